@@ -1,0 +1,119 @@
+//! ckpt: checkpoint a running process to a CRF image.
+
+/// Checkpoint a running process: freeze it without it noticing, write its CRF image, then let it
+/// run on (default), leave it stopped (--stop) or kill it (--kill).
+#[derive(argh::FromArgs)]
+struct Args {
+    /// kill the process once the image is complete and flushed (the paper's CRS_KILL)
+    #[argh(switch, short = 'k')]
+    kill: bool,
+    /// leave the process stopped (SIGSTOP) after the checkpoint
+    #[argh(switch)]
+    stop: bool,
+    /// do not store unmodified pages of the executable; rstrt then needs the same file
+    #[argh(switch)]
+    no_binary: bool,
+    /// do not store unmodified pages of shared libraries; rstrt then needs the same files
+    #[argh(switch)]
+    no_libs: bool,
+    /// image file (default PID.crf); "-" writes the image to standard output
+    #[argh(option, short = 'o')]
+    output: Option<String>,
+    /// print what was done (pages, bytes, freeze time) on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// the process to checkpoint
+    #[argh(positional)]
+    pid: i32,
+}
+
+use crate::error::Error;
+use crate::exit;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+
+pub fn main(name: &str, argv: &[String]) -> i32 {
+    let a: Args = match super::parse(name, argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    super::verbose(a.verbose);
+    if a.kill && a.stop {
+        eprintln!("{name}: --kill and --stop exclude each other: choose one");
+        return exit::USAGE;
+    }
+    if a.pid <= 0 {
+        eprintln!("{name}: {} is not a process id", a.pid);
+        return exit::USAGE;
+    }
+    let flags = crate::Flags {
+        kill: a.kill,
+        stop: a.stop,
+        no_binary: a.no_binary,
+        no_libs: a.no_libs,
+    };
+    let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
+    let result = if path == "-" {
+        let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        crate::engine::checkpoint::checkpoint(a.pid, out, &flags, |mut w| {
+            w.flush().map_err(|e| Error::io("standard output", e))
+        })
+    } else {
+        to_file(a.pid, &path, &flags)
+    };
+    match result {
+        Ok(r) => {
+            if a.verbose {
+                eprintln!(
+                    "{name}: pid {}: {} pages, image {} bytes, frozen {:.1} ms",
+                    r.pid,
+                    r.pages,
+                    r.image_bytes,
+                    r.frozen.as_secs_f64() * 1e3
+                );
+            }
+            exit::OK
+        }
+        Err(e) => exit::report(name, &e),
+    }
+}
+
+/// Writes to a temporary name beside `path` and renames it into place only when complete and
+/// synced, so a failed checkpoint never leaves a truncated image under the final name.
+fn to_file(pid: i32, path: &str, flags: &crate::Flags) -> crate::Result<crate::Report> {
+    let p = std::path::Path::new(path);
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let base = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string());
+    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    let out = BufWriter::with_capacity(1 << 20, f);
+    let r = crate::engine::checkpoint::checkpoint(pid, out, flags, |w| {
+        let f: File = w
+            .into_inner()
+            .map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;
+        f.sync_all()
+            .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        // The directory entry must be durable too before the process may be killed.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    });
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}

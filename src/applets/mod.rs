@@ -1,0 +1,78 @@
+//! The applet table: name, one-line summary, entry function. Nothing else lives here but the
+//! two helpers every applet uses (argument parsing, logging).
+
+mod check;
+mod ckpt;
+mod crfinfo;
+mod rstrt;
+
+pub struct Applet {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Gets a symlink from `crs --install`.
+    pub link: bool,
+    pub main: fn(&str, &[String]) -> i32,
+}
+
+/// Sorted by name.
+pub const APPLETS: &[Applet] = &[
+    Applet {
+        name: "check",
+        summary: "say whether this kernel and these privileges support crs",
+        link: false,
+        main: check::main,
+    },
+    Applet {
+        name: "ckpt",
+        summary: "checkpoint a running process to a CRF image",
+        link: true,
+        main: ckpt::main,
+    },
+    Applet {
+        name: "crfinfo",
+        summary: "describe and verify a CRF image",
+        link: true,
+        main: crfinfo::main,
+    },
+    Applet {
+        name: "rstrt",
+        summary: "restart a process from a CRF image",
+        link: true,
+        main: rstrt::main,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Applet> {
+    APPLETS.iter().find(|a| a.name == name)
+}
+
+/// Parses an applet's arguments; on --help or an error, prints and returns the exit code.
+pub fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, i32> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    T::from_args(&[name], &a).map_err(|e| {
+        if e.status.is_ok() {
+            print!("{}", e.output);
+            crate::exit::OK
+        } else {
+            eprintln!("{name}: {}", e.output.trim_end());
+            eprintln!("{name}: try '{name} --help'");
+            crate::exit::USAGE
+        }
+    })
+}
+
+/// Log lines go to stderr as "applet: message"; CRS_LOG=info|debug shows more.
+pub fn init_logging(applet: &'static str) {
+    use std::io::Write;
+    env_logger::Builder::new()
+        .parse_filters(&std::env::var("CRS_LOG").unwrap_or_else(|_| "warn".into()))
+        .format(move |f, rec| writeln!(f, "{applet}: {}", rec.args()))
+        .init();
+}
+
+/// Enables info-level logging for -v.
+pub fn verbose(on: bool) {
+    if on && std::env::var("CRS_LOG").is_err() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}

@@ -1,0 +1,158 @@
+//! rstrt: restart a process from a CRF image.
+
+/// Restart a process from a CRF image (a file, or "-" for standard input). In the foreground
+/// (default) rstrt waits for the process like a shell waits for a command: it exits with the
+/// process's status, and SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to rstrt reach the process.
+#[derive(argh::FromArgs)]
+struct Args {
+    /// run the process in a session of its own, print its pid and exit 0 once it runs
+    #[argh(switch, short = 'd')]
+    detach: bool,
+    /// leave the restored process stopped (the paper's RESTART_STOP); continue it with SIGCONT
+    #[argh(switch)]
+    stop: bool,
+    /// send SIGUSR1 to PID once the restore is complete (RESTART_NOTIFY; 0 = rstrt's parent)
+    #[argh(option)]
+    notify: Option<i32>,
+    /// write the restored process's pid to FILE
+    #[argh(option)]
+    pidfile: Option<String>,
+    /// fail unless the process gets its original pid back
+    #[argh(switch)]
+    require_pid: bool,
+    /// print what was done on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// the image file, or "-" to read it from standard input
+    #[argh(positional)]
+    image: String,
+}
+
+use crate::error::Error;
+use crate::exit;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+pub fn main(name: &str, argv: &[String]) -> i32 {
+    let a: Args = match super::parse(name, argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    super::verbose(a.verbose);
+    let stdin = a.image == "-";
+    let flags = crate::RestartFlags {
+        detach: a.detach,
+        stop: a.stop,
+        require_pid: a.require_pid,
+        stdin_is_image: stdin,
+    };
+    // Block the signals we forward before the process exists, so none is lost in between.
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    if !a.detach && set.thread_block().is_err() {
+        eprintln!("{name}: cannot block signals");
+        return exit::FAILURE;
+    }
+    let r = if stdin {
+        crate::restart(std::io::stdin().lock(), &flags, a.notify)
+    } else {
+        crate::restart_path(&a.image, &flags, a.notify)
+    };
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => return exit::report(name, &e),
+    };
+    if r.pid != r.original_pid {
+        eprintln!(
+            "{name}: pid {} was not available; restored as pid {}",
+            r.original_pid, r.pid
+        );
+    }
+    if r.exe_kept {
+        eprintln!(
+            "{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE",
+            r.pid
+        );
+    }
+    let stdio: Vec<String> = r
+        .state
+        .files
+        .iter()
+        .filter(|f| f.kind == crate::res::files::KIND_STDIO)
+        .map(|f| f.fd.to_string())
+        .collect();
+    if !stdio.is_empty() {
+        eprintln!(
+            "{name}: fds {} (terminal or pipe) now use rstrt's own",
+            stdio.join(",")
+        );
+    }
+    if let Some(p) = &a.pidfile
+        && let Err(e) = std::fs::write(p, format!("{}\n", r.pid)) {
+            return exit::report(name, &Error::io(p.as_str(), e));
+        }
+    if a.verbose {
+        eprintln!(
+            "{name}: restored pid {} ({}) as pid {}",
+            r.original_pid, r.state.head.comm, r.pid
+        );
+    }
+    if a.detach {
+        println!("{}", r.pid);
+        return exit::OK;
+    }
+    wait_foreground(r.pid, &set)
+}
+
+/// Waits for the restored child like a shell waits for a command, forwarding the signals
+/// someone sends rstrt. Signals from the terminal (si_code SI_KERNEL) already reached the whole
+/// foreground process group, the child included, and are not sent twice.
+fn wait_foreground(pid: i32, set: &SigSet) -> i32 {
+    let child = Pid::from_raw(pid);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => die_like(sig),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("rstrt: waitpid on pid {pid}: {}", e.desc());
+                return exit::FAILURE;
+            }
+        }
+        // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset and `info` a valid out-pointer.
+        let s = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        if s < 0 || s == libc::SIGCHLD {
+            continue;
+        }
+        if info.si_code != libc::SI_KERNEL
+            && let Ok(sig) = Signal::try_from(s) {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+    }
+}
+
+/// Ends rstrt the way the child ended, so the shell sees the same status.
+fn die_like(sig: Signal) -> ! {
+    // SAFETY: resetting a disposition and unblocking signals has no memory-safety impact.
+    unsafe {
+        libc::signal(sig as i32, libc::SIG_DFL);
+    }
+    let mut one = SigSet::empty();
+    one.add(sig);
+    let _ = one.thread_unblock();
+    let _ = nix::sys::signal::raise(sig);
+    std::process::exit(128 + sig as i32);
+}

@@ -1,0 +1,213 @@
+//! Page batches: the `PAGES` section. One batch carries many runs of pages so that both sides
+//! move page data with one vectored syscall per batch, never one per page.
+//!
+//! ```text
+//! u32 nruns | u32 pad | nruns x { u64 addr | u32 npages | u32 flags } | pad zero bytes | data
+//! ```
+//! `pad` makes the data start on a page boundary of the stream (offset 0 = the preamble).
+
+use super::{
+    CrfError, Dec, Enc, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer,
+};
+use std::io::{self, Read, Write};
+
+/// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
+/// A restore that maps the very same file skips them; one that cannot, writes them.
+pub const RUN_FILE_COPY: u32 = 1;
+const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY;
+
+/// Most pages in one batch: 4 MiB of data.
+pub const MAX_BATCH_PAGES: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub addr: u64,
+    pub npages: u32,
+    pub flags: u32,
+}
+
+impl Run {
+    pub fn len(&self) -> usize {
+        self.npages as usize * PAGE_SIZE
+    }
+    pub fn is_empty(&self) -> bool {
+        self.npages == 0
+    }
+}
+
+/// Writes one batch; `data` holds the pages of all runs, in order.
+pub fn write_batch<W: Write>(w: &mut Writer<W>, runs: &[Run], data: &[u8]) -> io::Result<()> {
+    let mut e = Enc::new();
+    e.u32(runs.len() as u32);
+    e.u32(0); // pad, patched below
+    for r in runs {
+        e.u64(r.addr).u32(r.npages).u32(r.flags);
+    }
+    let data_at = w.offset() + SECTION_HEADER_LEN as u64 + e.len() as u64;
+    let pad = (PAGE_SIZE as u64 - data_at % PAGE_SIZE as u64) % PAGE_SIZE as u64;
+    let mut head = e.into_bytes();
+    head[4..8].copy_from_slice(&(pad as u32).to_le_bytes());
+    head.resize(head.len() + pad as usize, 0);
+    w.section(Tag::Pages, 0, &[&head, data])
+}
+
+/// A batch whose header has been read; its data is still in the stream.
+pub struct Batch {
+    pub runs: Vec<Run>,
+    pub data_len: usize,
+    crc: crc32fast::Hasher,
+    expect: u32,
+    at: u64,
+}
+
+/// Reads a batch's header (run table and padding) and checks it against the section length.
+pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Batch> {
+    let mut fixed = [0u8; 8];
+    r.read_exact_at(&mut fixed, "PAGES header")?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&fixed);
+    let nruns = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
+    let pad = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]) as usize;
+    let table = nruns
+        .checked_mul(16)
+        .filter(|t| (8 + *t + pad) as u64 <= sec.len);
+    let (Some(table), true) = (table, pad < PAGE_SIZE) else {
+        return Err(CrfError::Bad {
+            offset: sec.offset,
+            what: format!("PAGES section: {nruns} runs and {pad} bytes of padding do not fit"),
+        });
+    };
+    let mut buf = vec![0u8; table + pad];
+    r.read_exact_at(&mut buf, "PAGES run table")?;
+    crc.update(&buf);
+    let mut d = Dec::new(&buf[..table], sec.offset + 8, "PAGES");
+    let mut runs = Vec::with_capacity(nruns);
+    let mut pages: u64 = 0;
+    let mut prev_end = 0u64;
+    for _ in 0..nruns {
+        let at = d.offset();
+        let run = Run {
+            addr: d.u64()?,
+            npages: d.u32()?,
+            flags: d.u32()?,
+        };
+        let end = run.addr.checked_add(run.npages as u64 * PAGE_SIZE as u64);
+        let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
+            && run.npages > 0
+            && run.flags & !RUN_FLAGS_KNOWN == 0
+            && run.addr >= prev_end
+            && end.is_some_and(|e| e <= 1 << 47);
+        if !ok {
+            return Err(d.bad_at(
+                at,
+                format!("invalid page run {:#x}+{} pages", run.addr, run.npages),
+            ));
+        }
+        prev_end = end.unwrap_or(0);
+        pages += run.npages as u64;
+        runs.push(run);
+    }
+    if buf[table..].iter().any(|&b| b != 0) {
+        return Err(CrfError::Bad {
+            offset: sec.offset + 8 + table as u64,
+            what: "PAGES padding is not zero".into(),
+        });
+    }
+    let data_len = pages * PAGE_SIZE as u64;
+    if 8 + (table + pad) as u64 + data_len != sec.len || pages as usize > MAX_BATCH_PAGES {
+        return Err(CrfError::Bad {
+            offset: sec.offset,
+            what: format!(
+                "PAGES section: {pages} pages do not match its length {}",
+                sec.len
+            ),
+        });
+    }
+    Ok(Batch {
+        runs,
+        data_len: data_len as usize,
+        crc,
+        expect: sec.crc,
+        at: sec.offset,
+    })
+}
+
+impl Batch {
+    /// Reads the batch's page data into `buf` (exactly `data_len` bytes) and checks the CRC.
+    pub fn read_data<R: Read>(mut self, r: &mut Reader<R>, buf: &mut [u8]) -> Result<()> {
+        r.read_exact_at(buf, "PAGES data")?;
+        self.crc.update(buf);
+        if self.crc.finalize() != self.expect {
+            return Err(CrfError::Bad {
+                offset: self.at,
+                what: "PAGES section checksum mismatch".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_and_alignment() {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.section(Tag::Head, 0, &[b"x"]).unwrap();
+        let runs = [
+            Run {
+                addr: 0x1000,
+                npages: 2,
+                flags: 0,
+            },
+            Run {
+                addr: 0x8000,
+                npages: 1,
+                flags: RUN_FILE_COPY,
+            },
+        ];
+        let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        write_batch(&mut w, &runs, &data).unwrap();
+        let img = w.finish().unwrap().0;
+
+        let mut r = Reader::new(&img[..]).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        r.payload(&s).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(s.tag, Tag::Pages);
+        let b = read_batch_header(&mut r, &s).unwrap();
+        assert_eq!(b.runs, runs);
+        assert_eq!(
+            r.offset() % PAGE_SIZE as u64,
+            0,
+            "page data must start on a page boundary"
+        );
+        let mut buf = vec![0u8; b.data_len];
+        b.read_data(&mut r, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        assert!(r.next_section().unwrap().is_none());
+    }
+
+    #[test]
+    fn overlapping_runs_are_refused() {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        let runs = [
+            Run {
+                addr: 0x2000,
+                npages: 2,
+                flags: 0,
+            },
+            Run {
+                addr: 0x3000,
+                npages: 1,
+                flags: 0,
+            },
+        ];
+        write_batch(&mut w, &runs, &vec![0u8; 3 * PAGE_SIZE]).unwrap();
+        let img = w.finish().unwrap().0;
+        let mut r = Reader::new(&img[..]).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert!(read_batch_header(&mut r, &s).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! x86_64 specifics: the register file, its CRF encoding, syscall restart rules, the syscall
+//! gadget. Everything another architecture would replace lives here.
+
+use crate::crf::{Dec, Enc};
+
+pub type Regs = libc::user_regs_struct;
+
+/// NT_X86_XSTATE: the XSAVE area (x87, SSE, AVX, AVX-512, PKRU...) for PTRACE_GETREGSET.
+pub const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Upper bound for the XSAVE area (AMX makes it ~11 KiB; 64 KiB leaves room).
+pub const XSTATE_MAX: usize = 64 << 10;
+/// Offset of XCR0 (the enabled feature mask) in the software-reserved bytes of the XSAVE area.
+pub const XSTATE_XCR0_OFFSET: usize = 464;
+
+/// Kernel-internal return values that ask for a syscall restart (include/linux/errno.h).
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Registers as 27 u64 in `user_regs_struct` order.
+pub fn regs_to_array(r: &Regs) -> [u64; 27] {
+    [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
+        r.es, r.fs, r.gs,
+    ]
+}
+
+pub fn regs_from_array(a: &[u64; 27]) -> Regs {
+    Regs {
+        r15: a[0],
+        r14: a[1],
+        r13: a[2],
+        r12: a[3],
+        rbp: a[4],
+        rbx: a[5],
+        r11: a[6],
+        r10: a[7],
+        r9: a[8],
+        r8: a[9],
+        rax: a[10],
+        rcx: a[11],
+        rdx: a[12],
+        rsi: a[13],
+        rdi: a[14],
+        orig_rax: a[15],
+        rip: a[16],
+        cs: a[17],
+        eflags: a[18],
+        rsp: a[19],
+        ss: a[20],
+        fs_base: a[21],
+        gs_base: a[22],
+        ds: a[23],
+        es: a[24],
+        fs: a[25],
+        gs: a[26],
+    }
+}
+
+pub fn encode_regs(e: &mut Enc, r: &Regs) {
+    for v in regs_to_array(r) {
+        e.u64(v);
+    }
+}
+
+pub fn decode_regs(d: &mut Dec) -> crate::crf::Result<Regs> {
+    let mut a = [0u64; 27];
+    for v in a.iter_mut() {
+        *v = d.u64()?;
+    }
+    Ok(regs_from_array(&a))
+}
+
+/// The registers a process stopped inside an interrupted syscall must resume with, so that the
+/// syscall is transparently re-issued. The kernel does this itself on the way out of a stop, but
+/// only while `orig_rax` still names the syscall; we always return registers with
+/// `orig_rax = -1` so that nothing else (our remote syscalls, a restore) can trigger it twice.
+///
+/// `restart_block` says whether the task still has its kernel restart block (the live process
+/// does; a restored one does not): then ERESTART_RESTARTBLOCK resumes via restart_syscall,
+/// otherwise the original syscall is re-issued with its original arguments (a sleep starts over).
+pub fn restart_regs(r: &Regs, restart_block: bool) -> Regs {
+    let mut out = *r;
+    if (r.orig_rax as i64) >= 0 {
+        match r.rax as i64 {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                out.rax = r.orig_rax;
+                out.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                out.rax = if restart_block {
+                    libc::SYS_restart_syscall as u64
+                } else {
+                    r.orig_rax
+                };
+                out.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    out.orig_rax = u64::MAX;
+    out
+}
+
+/// Loads a remote syscall into a register set.
+pub fn set_syscall(r: &mut Regs, gadget: u64, nr: i64, args: &[u64; 6]) {
+    r.rip = gadget;
+    r.rax = nr as u64;
+    r.orig_rax = u64::MAX;
+    r.rdi = args[0];
+    r.rsi = args[1];
+    r.rdx = args[2];
+    r.r10 = args[3];
+    r.r8 = args[4];
+    r.r9 = args[5];
+}
+
+pub fn syscall_result(r: &Regs) -> i64 {
+    r.rax as i64
+}
+
+/// The instruction bytes a remote syscall runs: `syscall; int3`.
+pub const GADGET_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+
+std::arch::global_asm!(
+    ".pushsection .text.crs_gadget,\"ax\",@progbits",
+    ".globl crs_syscall_gadget",
+    "crs_syscall_gadget:",
+    "syscall",
+    "int3",
+    ".popsection"
+);
+
+unsafe extern "C" {
+    fn crs_syscall_gadget();
+}
+
+/// Address of a `syscall` instruction in our own text. A forked child has it at the same address.
+pub fn own_gadget() -> u64 {
+    crs_syscall_gadget as *const () as usize as u64
+}
+
+/// Finds a `syscall` instruction (0f 05) in code bytes mapped at `base`.
+pub fn find_syscall_insn(code: &[u8], base: u64) -> Option<u64> {
+    code.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| base + i as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regs_array_round_trip() {
+        let a: [u64; 27] = std::array::from_fn(|i| i as u64 * 3 + 1);
+        assert_eq!(regs_to_array(&regs_from_array(&a)), a);
+    }
+
+    #[test]
+    fn restart_rules() {
+        let mut r = regs_from_array(&[0; 27]);
+        r.orig_rax = libc::SYS_read as u64;
+        r.rax = ERESTARTSYS as u64;
+        r.rip = 0x1002;
+        let o = restart_regs(&r, true);
+        assert_eq!(
+            (o.rax, o.rip, o.orig_rax),
+            (libc::SYS_read as u64, 0x1000, u64::MAX)
+        );
+        r.orig_rax = libc::SYS_nanosleep as u64;
+        r.rax = ERESTART_RESTARTBLOCK as u64;
+        assert_eq!(restart_regs(&r, true).rax, libc::SYS_restart_syscall as u64);
+        assert_eq!(restart_regs(&r, false).rax, libc::SYS_nanosleep as u64);
+        r.orig_rax = u64::MAX;
+        r.rax = 5;
+        let o = restart_regs(&r, true);
+        assert_eq!((o.rax, o.rip), (5, 0x1002));
+    }
+
+    #[test]
+    fn own_gadget_is_syscall() {
+        // SAFETY: own_gadget() is the address of our own global_asm! text, 3 bytes long.
+        let code = unsafe { std::slice::from_raw_parts(own_gadget() as *const u8, 3) };
+        assert_eq!(code, GADGET_CODE);
+    }
+}

@@ -1,0 +1,374 @@
+//! Checkpoint: check the process can be handled (touching nothing), freeze it with
+//! PTRACE_SEIZE + PTRACE_INTERRUPT, collect its state, stream the image in section order, and
+//! only after the image is committed kill it, leave it stopped or let it run on. On any failure
+//! the process gets its registers back and runs on exactly as before.
+
+use super::arch::{self, Regs};
+use super::remote::Remote;
+use super::tracee::{RseqConf, Tracee};
+use super::{Ctl, Scratch, mem, procfs};
+use crate::crf::{Tag, Writer};
+use crate::error::{Error, Result};
+use crate::res::head::{self, Header};
+use crate::res::memory::{self, MmStruct};
+use crate::res::regs::RegState;
+use crate::res::signals::Signals;
+use crate::res::task::Task;
+use crate::res::{cwd, fileid::FileId, files};
+use log::{debug, info};
+use nix::sys::signal::Signal;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Kill the process once the image is complete (CRS_KILL).
+    pub kill: bool,
+    /// Leave it stopped (SIGSTOP) instead of letting it run.
+    pub stop: bool,
+    /// Do not store unmodified pages of the executable (CRS_NO_BINARY_FILE).
+    pub no_binary: bool,
+    /// Do not store unmodified pages of shared libraries (CRS_NO_SHARED_LIBRARIES).
+    pub no_libs: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub pid: i32,
+    pub pages: u64,
+    pub image_bytes: u64,
+    /// How long the process was frozen.
+    pub frozen: Duration,
+}
+
+/// Everything we can check without touching the process: it exists, we may trace it, it is a
+/// single-threaded process with no fds or mappings we cannot restore.
+pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
+    let status = procfs::read_status(pid).map_err(|e| match e {
+        Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
+        e => e,
+    })?;
+    let field = |k| procfs::status_field(&status, k).unwrap_or("");
+    if field("State").starts_with('Z') || field("State").starts_with('X') {
+        return Err(Error::Refused(format!(
+            "pid {pid} is a zombie; there is nothing left to checkpoint"
+        )));
+    }
+    if field("Tgid") != pid.to_string() {
+        return Err(Error::Refused(format!(
+            "pid {pid} is a thread of process {}; checkpoint the process",
+            field("Tgid")
+        )));
+    }
+    let tracer = field("TracerPid");
+    if tracer != "0" && !tracer.is_empty() {
+        return Err(Error::Refused(format!(
+            "pid {pid} is already traced by pid {tracer} (a debugger?); detach it first"
+        )));
+    }
+    let uid = procfs::status_ids(&status, "Uid").unwrap_or([0; 4]);
+    let me = nix::unistd::geteuid().as_raw();
+    if me != 0 && uid.iter().any(|&u| u != me) {
+        return Err(Error::Permission(format!(
+            "pid {pid} belongs to uid {}; you (uid {me}) may not checkpoint it: run as its owner or as root",
+            uid[0]
+        )));
+    }
+    let threads: u64 = field("Threads").parse().unwrap_or(1);
+    if threads > 1 {
+        return Err(Error::Refused(format!(
+            "pid {pid} has {threads} threads; crs checkpoints single-threaded processes only (for now)"
+        )));
+    }
+    if me == 0 || uid.iter().all(|&u| u == me) {
+        files::scan(pid)?;
+        let maps = procfs::read_smaps(pid)?;
+        memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
+    }
+    Ok(())
+}
+
+/// Whether a mapped file's unmodified pages are left out of the image.
+fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (no_binary, no_libs) = (opts.no_binary, opts.no_libs);
+    move |path: &str, elf: bool| {
+        if path == exe {
+            no_binary
+        } else {
+            no_libs && elf
+        }
+    }
+}
+
+/// Checkpoints `pid` into `out`. `commit` runs after the last byte is written (flush, fsync,
+/// rename); only when it succeeds is the process killed or stopped as asked.
+pub fn checkpoint<W: Write>(
+    pid: i32,
+    out: W,
+    opts: &Options,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
+    precheck(pid, opts)?;
+    let t = Tracee::seize(pid)?;
+    let t0 = Instant::now();
+    let held = t.interrupt()?;
+    let orig = t.regs()?;
+    let rseq = t.rseq()?;
+    let fix = rseq_fixup(pid, rseq, &orig);
+    let mut live = arch::restart_regs(&orig, true);
+    let mut image = arch::restart_regs(&orig, false);
+    if let Some(ip) = fix {
+        live.rip = ip;
+        image.rip = ip;
+    }
+    let mut held_all = held;
+    let result = frozen_work(
+        &t,
+        pid,
+        out,
+        opts,
+        commit,
+        &live,
+        image,
+        rseq,
+        &mut held_all,
+    );
+    let frozen = t0.elapsed();
+    // Whatever happened, the process gets consistent registers back before it runs again.
+    let restored = t.set_regs(&live);
+    match result {
+        Ok((pages, bytes)) if opts.kill => {
+            t.kill(Signal::SIGKILL)?;
+            drop(t);
+            info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes) and killed it");
+            Ok(Report {
+                pid,
+                pages,
+                image_bytes: bytes,
+                frozen,
+            })
+        }
+        Ok((pages, bytes)) => {
+            restored?;
+            if opts.stop {
+                t.kill(Signal::SIGSTOP)?;
+            }
+            t.detach()?;
+            redeliver(pid, &held_all);
+            info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes), frozen {frozen:?}");
+            Ok(Report {
+                pid,
+                pages,
+                image_bytes: bytes,
+                frozen,
+            })
+        }
+        Err(e) => {
+            drop(t);
+            redeliver(pid, &held_all);
+            Err(e)
+        }
+    }
+}
+
+fn redeliver(pid: i32, sigs: &[i32]) {
+    for &s in sigs {
+        if let Ok(sig) = Signal::try_from(s) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// If the process was stopped inside an rseq critical section, the address it must resume at
+/// (its abort handler), as the kernel would have done on the way back to user mode.
+fn rseq_fixup(pid: i32, rseq: Option<RseqConf>, r: &Regs) -> Option<u64> {
+    let conf = rseq?;
+    let mut b = [0u8; 8];
+    mem::read_runs(pid, &[(conf.ptr + 8, 8)], &mut b).ok()?;
+    let cs = u64::from_le_bytes(b);
+    if cs == 0 {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    mem::read_runs(pid, &[(cs, 32)], &mut d).ok()?;
+    let w = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (start, post, abort) = (w(8), w(16), w(24));
+    (r.rip >= start && r.rip < start.wrapping_add(post)).then_some(abort)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn frozen_work<W: Write>(
+    t: &Tracee,
+    pid: i32,
+    out: W,
+    opts: &Options,
+    commit: impl FnOnce(W) -> Result<()>,
+    live: &Regs,
+    image_regs: Regs,
+    rseq: Option<RseqConf>,
+    held: &mut Vec<i32>,
+) -> Result<(u64, u64)> {
+    let xsave = t.xstate()?;
+    let sigmask = t.sigmask()?;
+    let status = procfs::read_status(pid)?;
+    if procfs::status_field(&status, "Threads") != Some("1") {
+        return Err(Error::Refused(format!(
+            "pid {pid} started a thread; crs checkpoints single-threaded processes only (for now)"
+        )));
+    }
+
+    // Things only the process itself can tell: ask it, through syscalls run in it.
+    let maps = procfs::read_smaps(pid)?;
+    let gadget = find_gadget(pid, &maps)?;
+    let mut r = Remote::new(t, gadget, *live);
+    let len = 4 * crate::crf::PAGE_SIZE;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let addr = r.call(
+        libc::SYS_mmap,
+        [0, len as u64, prot, flags, u64::MAX, 0],
+        "mmap",
+        "scratch area",
+    )?;
+    let mut c = Ctl {
+        r,
+        scratch: Scratch { addr, len },
+    };
+    let asked = (|| -> Result<(Signals, Task, u64)> {
+        let s = Signals::collect(&mut c, sigmask)?;
+        let task = Task::collect(&mut c, &status, rseq)?;
+        let brk = c.r.call(libc::SYS_brk, [0; 6], "brk", "query")?;
+        Ok((s, task, brk))
+    })();
+    let unmapped = c.r.call(
+        libc::SYS_munmap,
+        [addr, len as u64, 0, 0, 0, 0],
+        "munmap",
+        "scratch area",
+    );
+    held.append(&mut c.r.held);
+    let (signals, task, brk) = asked?;
+    unmapped?;
+
+    // Everything else comes from /proc, now that the scratch area is gone.
+    let stat = procfs::read_stat(pid)?;
+    let maps = procfs::read_smaps(pid)?;
+    let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
+    let fds = files::scan(pid)?;
+    let cwd = cwd::collect(pid)?;
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe_path = std::fs::read_link(&exe_link)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let exe = FileId::of(&exe_link, &exe_path, true)
+        .ok()
+        .filter(|_| !exe_path.ends_with(" (deleted)"));
+    let auxv_path = format!("/proc/{pid}/auxv");
+    let auxv = std::fs::read(&auxv_path).map_err(|e| Error::io(&auxv_path, e))?;
+    let mm = MmStruct {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv,
+        exe,
+    };
+    let head = header(pid, opts, &stat, &status, &exe_path)?;
+    debug!(
+        "pid {pid}: {} mappings, {} fds, cwd {cwd}",
+        vmas.len(),
+        fds.len()
+    );
+
+    let io = |e: std::io::Error| Error::io("image", e);
+    let mut w = Writer::new(out).map_err(io)?;
+    w.section(Tag::Head, 0, &[&head.encode()]).map_err(io)?;
+    w.section(Tag::Files, 0, &[&files::encode(&fds)])
+        .map_err(io)?;
+    w.section(Tag::MmStruct, 0, &[&mm.encode()]).map_err(io)?;
+    w.section(Tag::Vmas, 0, &[&memory::encode_vmas(&vmas)])
+        .map_err(io)?;
+    let (pages, _) = memory::dump_pages(pid, &vmas, &mut w)?;
+    let regs = RegState {
+        gpr: image_regs,
+        xsave,
+    };
+    w.section(Tag::Regs, 0, &[&regs.encode()]).map_err(io)?;
+    w.section(Tag::Signals, 0, &[&signals.encode()])
+        .map_err(io)?;
+    w.section(Tag::Task, 0, &[&task.encode()]).map_err(io)?;
+    w.section(Tag::Cwd, 0, &[&cwd::encode(&cwd)]).map_err(io)?;
+    let (out, bytes) = w.finish().map_err(io)?;
+    commit(out)?;
+    Ok((pages, bytes))
+}
+
+/// A `syscall` instruction in the process: in its vdso, which every process has and which we
+/// never modify.
+fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
+    let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| Error::Refused(format!("pid {pid} has no vdso (booted with vdso=0?); crs needs one to run syscalls in the process")))?;
+    let mut code = vec![0u8; vdso.len() as usize];
+    mem::read_runs(pid, &[(vdso.start, code.len())], &mut code)?;
+    arch::find_syscall_insn(&code, vdso.start)
+        .ok_or_else(|| Error::Refused(format!("pid {pid}: no syscall instruction in its vdso")))
+}
+
+fn header(
+    pid: i32,
+    opts: &Options,
+    stat: &procfs::Stat,
+    status: &str,
+    exe: &str,
+) -> Result<Header> {
+    let ids = |k| {
+        procfs::status_ids(status, k)
+            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no {k} line")))
+    };
+    let groups = procfs::status_field(status, "Groups")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let uts = nix::sys::utsname::uname().map_err(|e| Error::sys("uname", "this node", e))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut flags = 0;
+    for (on, f) in [
+        (opts.kill, head::CKPT_KILL),
+        (opts.no_binary, head::CKPT_NO_BINARY),
+        (opts.no_libs, head::CKPT_NO_LIBS),
+        (opts.stop, head::CKPT_STOP),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    Ok(Header {
+        flags,
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        uids: ids("Uid")?,
+        gids: ids("Gid")?,
+        groups,
+        comm: stat.comm.clone(),
+        exe: exe.to_string(),
+        hostname: uts.nodename().to_string_lossy().into_owned(),
+        kernel: uts.release().to_string_lossy().into_owned(),
+        boot_id: crate::res::fileid::boot_id(),
+        time_sec: now.as_secs() as i64,
+        time_nsec: now.subsec_nanos(),
+    })
+}

@@ -1,0 +1,107 @@
+//! Bulk page I/O with another process: process_vm_readv/writev with up to IOV_MAX runs per call,
+//! and /proc/PID/mem for pages the process itself cannot read (PROT_NONE).
+
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use std::os::unix::fs::FileExt;
+
+const IOV_MAX: usize = 1024;
+
+/// Remote ranges (address, length) paired in order with `buf`; moves all of it or fails.
+fn vm_io(pid: i32, remote: &[(u64, usize)], buf: *mut u8, write: bool) -> Result<()> {
+    let mut off = 0usize;
+    let mut i = 0usize;
+    let mut skip = 0usize; // bytes of remote[i] already done
+    while i < remote.len() {
+        if remote[i].1 == 0 {
+            i += 1;
+            continue;
+        }
+        let mut riov: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(remote.len() - i));
+        let mut total = 0usize;
+        for (j, &(a, l)) in remote[i..].iter().enumerate().take(IOV_MAX) {
+            let s = if j == 0 { skip } else { 0 };
+            riov.push(libc::iovec {
+                iov_base: (a as usize + s) as *mut libc::c_void,
+                iov_len: l - s,
+            });
+            total += l - s;
+        }
+        // SAFETY: `buf` holds at least sum(remote lengths) bytes (checked by callers) and we
+        // stay within [off, off + total).
+        let liov = libc::iovec {
+            iov_base: unsafe { buf.add(off) }.cast(),
+            iov_len: total,
+        };
+        // SAFETY: the iovecs point into `buf` (local) or describe remote addresses, which the
+        // kernel checks against the target's mappings.
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(
+                    pid,
+                    &liov,
+                    1,
+                    riov.as_ptr(),
+                    riov.len() as libc::c_ulong,
+                    0,
+                )
+            } else {
+                libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
+            }
+        };
+        let call = if write {
+            "process_vm_writev"
+        } else {
+            "process_vm_readv"
+        };
+        if n < 0 {
+            let (a, _) = remote[i];
+            return Err(Error::sys(
+                call,
+                format!("pid {pid} address {:#x}", a as usize + skip),
+                Errno::last(),
+            ));
+        }
+        if n == 0 {
+            return Err(Error::sys(
+                call,
+                format!("pid {pid} address {:#x}", remote[i].0),
+                Errno::EFAULT,
+            ));
+        }
+        // Advance over what was transferred.
+        let mut n = n as usize;
+        off += n;
+        while n > 0 {
+            let left = remote[i].1 - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn read_runs(pid: i32, remote: &[(u64, usize)], buf: &mut [u8]) -> Result<()> {
+    assert!(remote.iter().map(|r| r.1).sum::<usize>() <= buf.len());
+    vm_io(pid, remote, buf.as_mut_ptr(), false)
+}
+
+pub fn write_runs(pid: i32, remote: &[(u64, usize)], buf: &[u8]) -> Result<()> {
+    assert!(remote.iter().map(|r| r.1).sum::<usize>() <= buf.len());
+    // process_vm_writev only reads from the local buffer.
+    vm_io(pid, remote, buf.as_ptr() as *mut u8, true)
+}
+
+/// Reads through /proc/PID/mem, which also reaches pages without read permission.
+pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
+    let path = format!("/proc/{pid}/mem");
+    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    f.read_exact_at(buf, addr)
+        .map_err(|e| Error::io(format!("{path} at {addr:#x}"), e))
+}

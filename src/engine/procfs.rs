@@ -1,0 +1,258 @@
+//! Parsers for /proc/PID files. The parsers are pure functions over text (tested on fixtures);
+//! the `read_*` helpers add the file I/O and name the file in their errors.
+
+use crate::error::{Error, Result};
+use std::fs;
+
+/// One line of /proc/PID/maps, plus the VmFlags of /proc/PID/smaps when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev: (u32, u32),
+    pub inode: u64,
+    /// The path or pseudo-name ("[heap]", "[vdso]", "/dev/zero (deleted)"), empty for anonymous.
+    pub name: String,
+    /// Two-letter VmFlags ("rd", "gd", "sh", ...), from smaps.
+    pub vmflags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vmflags.iter().any(|x| x == f)
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+fn parse_map_line(line: &str) -> Option<MapEntry> {
+    // 7f38d4c73000-7f38d4c75000 rw-p 00033000 fe:00 325843   /usr/lib/x86_64-linux-gnu/ld.so
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() != 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode,
+        name,
+        vmflags: Vec::new(),
+    })
+}
+
+/// Parses /proc/PID/smaps (or maps: then VmFlags stay empty).
+pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmFlags:") {
+            let last = out.last_mut()?;
+            last.vmflags = rest.split_whitespace().map(str::to_string).collect();
+        } else if line
+            .split(' ')
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.contains(':'))
+        {
+            out.push(parse_map_line(line)?);
+        }
+    }
+    Some(out)
+}
+
+pub fn read_smaps(pid: i32) -> Result<Vec<MapEntry>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    parse_smaps(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))
+}
+
+/// Fields of /proc/PID/stat after the command name (which may contain spaces and parens).
+pub fn parse_stat(text: &str) -> Option<(String, Vec<u64>, char)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest = text.get(close + 2..)?;
+    let mut words = rest.split_whitespace();
+    let state = words.next()?.chars().next()?;
+    // Field 4 (ppid) onwards; signed fields are parsed as i64 and stored as u64.
+    let nums = words
+        .map(|w| {
+            w.parse::<i64>()
+                .map(|v| v as u64)
+                .or_else(|_| w.parse::<u64>())
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .ok()?;
+    Some((comm, nums, state))
+}
+
+/// The values of /proc/PID/stat that describe the mm layout and the process identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub num_threads: u64,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn stat_from_text(text: &str) -> Option<Stat> {
+    let (comm, n, state) = parse_stat(text)?;
+    // n[0] is field 4 (ppid); field k is n[k - 4].
+    let f = |k: usize| n.get(k - 4).copied();
+    Some(Stat {
+        comm,
+        state,
+        ppid: f(4)? as i32,
+        pgid: f(5)? as i32,
+        sid: f(6)? as i32,
+        num_threads: f(20)?,
+        start_code: f(26)?,
+        end_code: f(27)?,
+        start_stack: f(28)?,
+        start_data: f(45)?,
+        end_data: f(46)?,
+        start_brk: f(47)?,
+        arg_start: f(48)?,
+        arg_end: f(49)?,
+        env_start: f(50)?,
+        env_end: f(51)?,
+    })
+}
+
+pub fn read_stat(pid: i32) -> Result<Stat> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    stat_from_text(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))
+}
+
+/// A "Key:\tvalue" field of /proc/PID/status.
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// The four ids of a "Uid:" or "Gid:" line: real, effective, saved, filesystem.
+pub fn status_ids(status: &str, key: &str) -> Option<[u32; 4]> {
+    let v: Vec<u32> = status_field(status, key)?
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
+
+pub fn read_status(pid: i32) -> Result<String> {
+    let path = format!("/proc/{pid}/status");
+    fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+}
+
+/// pos and flags from /proc/PID/fdinfo/FD.
+pub fn parse_fdinfo(text: &str) -> Option<(u64, u32)> {
+    let pos = status_field(text, "pos")?.parse().ok()?;
+    let flags = u32::from_str_radix(status_field(text, "flags")?, 8).ok()?;
+    Some((pos, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 fe:00 1234                       /usr/bin/cat
+Size:                  8 kB
+Rss:                   8 kB
+VmFlags: rd mr mw me sd
+7ffd1000-7ffd3000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+VmFlags: rd wr mr mw me gd ac
+7f0000000000-7f0000001000 rw-s 00000000 00:01 99                         /dev/zero (deleted)
+VmFlags: rd wr sh mr mw me ms sd
+7fff00000000-7fff00004000 r--p 00000000 00:00 0                          [vvar]
+VmFlags: rd mr pf io de dd sd
+7fff00004000-7fff00006000 r--p 00000000 00:00 0                          [vvar_vclock]
+VmFlags: rd mr pf io de dd sd
+7fff00006000-7fff00008000 r-xp 00000000 00:00 0                          [vdso]
+VmFlags: rd ex mr mw me de sd
+";
+
+    #[test]
+    fn smaps_with_split_vvar() {
+        let m = parse_smaps(SMAPS).unwrap();
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[0].name, "/usr/bin/cat");
+        assert_eq!(m[0].dev, (0xfe, 0));
+        assert!(m[1].has_flag("gd") && m[1].write && !m[1].shared);
+        assert!(m[2].shared && m[2].name == "/dev/zero (deleted)");
+        assert_eq!(m[4].name, "[vvar_vclock]");
+        assert_eq!(m[5].len(), 0x2000);
+    }
+
+    #[test]
+    fn stat_with_parens_in_comm() {
+        let text = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 12345 1000 100 \
+                    18446744073709551615 4096 8192 140000 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 \
+                    12288 12300 13000 14000 14010 14010 14100 0";
+        let s = stat_from_text(text).unwrap();
+        assert_eq!(s.comm, "a) b) c");
+        assert_eq!(s.state, 'S');
+        assert_eq!((s.ppid, s.pgid, s.sid), (1, 42, 42));
+        assert_eq!(s.num_threads, 1);
+        assert_eq!(
+            (s.start_code, s.end_code, s.start_stack),
+            (4096, 8192, 140000)
+        );
+        assert_eq!(
+            (s.start_data, s.end_data, s.start_brk),
+            (12288, 12300, 13000)
+        );
+        assert_eq!(
+            (s.arg_start, s.arg_end, s.env_start, s.env_end),
+            (14000, 14010, 14010, 14100)
+        );
+    }
+
+    #[test]
+    fn status_and_fdinfo() {
+        let st = "Name:\tcat\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1000\nTracerPid:\t0\n";
+        assert_eq!(status_field(st, "Umask"), Some("0022"));
+        assert_eq!(status_ids(st, "Uid"), Some([1000; 4]));
+        let fi = "pos:\t42\nflags:\t02102001\nmnt_id:\t25\nino:\t7\n";
+        assert_eq!(parse_fdinfo(fi), Some((42, 0o2102001)));
+    }
+}

@@ -1,0 +1,58 @@
+//! Syscalls run inside a stopped tracee: load the registers, step it through a `syscall`
+//! instruction (the gadget) with PTRACE_SYSCALL, and collect the result at the exit stop.
+//! The tracee never executes anything but that one instruction, so any `0f 05` in its memory
+//! serves as a gadget, even in the middle of another instruction.
+
+use super::arch::{self, Regs};
+use super::tracee::Tracee;
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+
+pub struct Remote<'a> {
+    pub t: &'a Tracee,
+    pub gadget: u64,
+    base: Regs,
+    /// Signals that arrived while we drove the tracee; the caller delivers them later.
+    pub held: Vec<i32>,
+}
+
+impl<'a> Remote<'a> {
+    /// `base` supplies the registers a syscall does not set (segments, flags).
+    pub fn new(t: &'a Tracee, gadget: u64, base: Regs) -> Self {
+        Remote {
+            t,
+            gadget,
+            base,
+            held: Vec::new(),
+        }
+    }
+
+    /// Runs a syscall and returns its raw result (negative errno on failure).
+    pub fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut r = self.base;
+        arch::set_syscall(&mut r, self.gadget, nr, &args);
+        self.t.set_regs(&r)?;
+        self.t.to_syscall_stop(&mut self.held)?; // entry
+        self.t.to_syscall_stop(&mut self.held)?; // exit
+        Ok(arch::syscall_result(&self.t.regs()?))
+    }
+
+    /// Runs a syscall; a failure names the syscall (`call`) and its object (`what`).
+    pub fn call(&mut self, nr: i64, args: [u64; 6], call: &str, what: &str) -> Result<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::sys(
+                format!("{call} (in pid {})", self.t.pid),
+                what.to_string(),
+                Errno::from_raw(-r as i32),
+            ));
+        }
+        Ok(r as u64)
+    }
+
+    /// Runs a syscall and stays at its exit stop; used for the last one of a restore, which
+    /// unmaps the gadget itself (the tracee never returns to it).
+    pub fn last(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.raw(nr, args)
+    }
+}

@@ -1,0 +1,539 @@
+//! Restore: read an image strictly in order and rebuild the process in a child of ours.
+//!
+//! The child is a clone3 of rstrt (with the image's pid when it is free and we may), which stops
+//! itself under PTRACE_TRACEME. From then on it only ever executes single `syscall` instructions
+//! we point it at: we map a one-page gadget where the image has a hole, unmap everything rstrt
+//! left in it, move the vdso to where the image had it, map and fill the image's memory, set the
+//! mm layout, files, cwd, signals, credentials and rseq, and finally unmap the gadget from within
+//! (stopping at that syscall's exit) and load the image's registers. Nothing of the image runs
+//! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
+
+use super::arch;
+use super::procfs::{self, MapEntry};
+use super::remote::Remote;
+use super::tracee::Tracee;
+use super::{Ctl, Scratch, mem};
+use crate::crf::pages;
+use crate::crf::{PAGE_SIZE, Reader, Tag};
+use crate::error::{Error, Result};
+use crate::res::fileid;
+use crate::res::head::Header;
+use crate::res::memory::{self, MmStruct};
+use crate::res::regs::RegState;
+use crate::res::signals::Signals;
+use crate::res::task::{self, Task};
+use crate::res::{cwd, files};
+use crate::state::ProcessState;
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::io::Read;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Put the process in a session of its own (it outlives rstrt).
+    pub detach: bool,
+    /// Leave it stopped (RESTART_STOP).
+    pub stop: bool,
+    /// Fail if the original pid cannot be had.
+    pub require_pid: bool,
+    /// rstrt reads the image from its stdin: the process gets /dev/null as fd 0.
+    pub stdin_is_image: bool,
+}
+
+#[derive(Debug)]
+pub struct Restored {
+    pub pid: i32,
+    pub original_pid: i32,
+    /// The exe link could not be set (needs CAP_CHECKPOINT_RESTORE).
+    pub exe_kept: bool,
+    pub state: ProcessState,
+}
+
+/// Kills and reaps the child unless disarmed: a failed restore leaves nothing behind.
+struct ChildGuard {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(self.pid),
+                Some(nix::sys::wait::WaitPidFlag::__WALL),
+            );
+        }
+    }
+}
+
+fn expect<R: Read>(r: &mut Reader<R>, tag: Tag) -> Result<crate::crf::Section> {
+    match r.next_section()? {
+        Some(s) if s.tag == tag => Ok(s),
+        Some(s) => Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: s.offset,
+            what: format!("expected a {} section, found {}", tag.name(), s.tag.name()),
+        })),
+        None => Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: r.offset(),
+            what: format!("expected a {} section, found the end", tag.name()),
+        })),
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Refuses an image the caller may not restore: without privilege, only one's own.
+fn check_owner(h: &Header) -> Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    if h.uids.iter().any(|&u| u != uid) || h.gids.iter().any(|&g| g != gid) {
+        return Err(Error::Permission(format!(
+            "the image belongs to uid {} gid {}; as uid {uid} gid {gid} you may only restore your own processes (root restores any)",
+            h.uids[0], h.gids[0]
+        )));
+    }
+    Ok(())
+}
+
+/// Restores the image read from `input`. Returns once the process runs (or is stopped, with
+/// `stop`); it is our child and no longer traced.
+pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
+    let mut rd = Reader::new(input)?;
+    let mut st = ProcessState::default();
+    let s = expect(&mut rd, Tag::Head)?;
+    st.head = Header::decode(&rd.payload(&s)?, s.offset)?;
+    check_owner(&st.head)?;
+    let same_boot = st.head.boot_id == fileid::boot_id();
+    let s = expect(&mut rd, Tag::Files)?;
+    st.files = files::decode(&rd.payload(&s)?, s.offset)?;
+    files::check(&st.files, same_boot)?;
+    let s = expect(&mut rd, Tag::MmStruct)?;
+    st.mm = MmStruct::decode(&rd.payload(&s)?, s.offset)?;
+    let s = expect(&mut rd, Tag::Vmas)?;
+    st.vmas = memory::decode_vmas(&rd.payload(&s)?, s.offset)?;
+    let me = std::process::id() as i32;
+    let own = procfs::read_smaps(me)?;
+    let specials: Vec<MapEntry> = own
+        .iter()
+        .filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar"))
+        .cloned()
+        .collect();
+    let vdso = match own.iter().find(|m| m.name == "[vdso]") {
+        Some(v) => {
+            let mut b = vec![0u8; v.len() as usize];
+            mem::read_runs(me, &[(v.start, b.len())], &mut b)?;
+            b
+        }
+        None => Vec::new(),
+    };
+    let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
+    info!(
+        "restoring pid {} ({}) from {}: {} mappings, {} fds",
+        st.head.pid,
+        st.head.comm,
+        st.head.hostname,
+        plans.len(),
+        st.files.len()
+    );
+
+    let (pid, pid_kept) = spawn_child(st.head.pid, opts.require_pid)?;
+    let mut guard = ChildGuard { pid, armed: true };
+    let t = Tracee::adopt_child(pid)?;
+    let base = t.regs()?;
+    let inherited_rseq = t.rseq()?;
+    let mut c = Ctl {
+        r: Remote::new(&t, arch::own_gadget(), base),
+        scratch: Scratch { addr: 0, len: 0 },
+    };
+    let child_maps = procfs::read_smaps(pid)?;
+
+    // 1. The gadget page, where neither the child nor the image has anything.
+    let glen = 4 * PAGE_SIZE as u64;
+    let mut avoid: Vec<(u64, u64)> = st
+        .vmas
+        .iter()
+        .map(|v| (v.start, v.end))
+        .chain(child_maps.iter().map(|m| (m.start, m.end)))
+        .collect();
+    let g = find_free(&avoid, glen)
+        .ok_or_else(|| Error::Refused("no free address range for the restore gadget".into()))?;
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let fl = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    c.r.call(
+        libc::SYS_mmap,
+        [g, glen, rwx, fl, u64::MAX, 0],
+        "mmap",
+        "restore gadget",
+    )?;
+    mem::write_runs(pid, &[(g, arch::GADGET_CODE.len())], &arch::GADGET_CODE)?;
+    c.r.gadget = g;
+    c.scratch = Scratch {
+        addr: g + PAGE_SIZE as u64,
+        len: (glen as usize) - PAGE_SIZE,
+    };
+    avoid.push((g, g + glen));
+
+    // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping.
+    if let Some(r) = inherited_rseq {
+        task::unregister_rseq(&mut c, r)?;
+    }
+    for m in &child_maps {
+        if m.name == "[vdso]" || m.name.starts_with("[vvar") || m.name == "[vsyscall]" {
+            continue;
+        }
+        c.r.call(
+            libc::SYS_munmap,
+            [m.start, m.len(), 0, 0, 0, 0],
+            "munmap",
+            &format!("{:#x}-{:#x}", m.start, m.end),
+        )?;
+    }
+    move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
+
+    // 3. Memory: files are opened with the image owner's rights.
+    if is_root() {
+        task::restore_fs_creds(&mut c, &st.head)?;
+    }
+    memory::map_all(&mut c, &plans)?;
+    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
+    let mut npages = 0u64;
+    let mut s = rd.next_section()?;
+    while let Some(sec) = s.filter(|s| s.tag == Tag::Pages) {
+        let b = pages::read_batch_header(&mut rd, &sec)?;
+        let targets = memory::batch_targets(&plans, &b.runs)?;
+        let len = b.data_len;
+        b.read_data(&mut rd, &mut buf[..len])?;
+        write_batch(pid, &targets, &buf[..len])?;
+        npages += (len / PAGE_SIZE) as u64;
+        s = rd.next_section()?;
+    }
+    debug!("pid {pid}: {npages} pages written");
+
+    // 4. The rest of the image, checked to its trailer before anything else is applied.
+    let sec = s.ok_or_else(|| {
+        Error::Image(crate::crf::CrfError::Bad {
+            offset: rd.offset(),
+            what: "expected a REGS section, found the end".into(),
+        })
+    })?;
+    if sec.tag != Tag::Regs {
+        return Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: sec.offset,
+            what: format!("expected a REGS section, found {}", sec.tag.name()),
+        }));
+    }
+    let regs = RegState::decode(&rd.payload(&sec)?, sec.offset)?;
+    let s = expect(&mut rd, Tag::Signals)?;
+    st.signals = Signals::decode(&rd.payload(&s)?, s.offset)?;
+    let s = expect(&mut rd, Tag::Task)?;
+    st.task = Task::decode(&rd.payload(&s)?, s.offset)?;
+    let s = expect(&mut rd, Tag::Cwd)?;
+    st.cwd = cwd::decode(&rd.payload(&s)?, s.offset)?;
+    if let Some(extra) = rd.next_section()? {
+        return Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: extra.offset,
+            what: format!("unexpected {} section after CWD", extra.tag.name()),
+        }));
+    }
+    check_xstate(&regs)?;
+
+    // 5. Apply: layout, files, cwd, signals, then credentials (dropping privilege), then the
+    //    unprivileged rest.
+    memory::protect_all(&mut c, &plans)?;
+    let exe_set = st.mm.restore(&mut c)?;
+    files::restore(&mut c, &st.files, opts.stdin_is_image)?;
+    cwd::restore(&mut c, &st.cwd)?;
+    st.signals.restore(&mut c)?;
+    if opts.detach {
+        c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
+    }
+    if is_root() {
+        task::restore_creds(&mut c, &st.head)?;
+    }
+    st.task.restore_dumpable(&mut c)?;
+    st.task.restore(&mut c, &st.head.comm)?;
+    t.set_sigmask(st.signals.blocked)?;
+    if !regs.xsave.is_empty() {
+        t.set_xstate(&regs.xsave)?;
+    }
+    // 6. The last syscall removes the gadget; the child stops at its exit and never returns there.
+    let r = c.r.last(libc::SYS_munmap, [g, glen, 0, 0, 0, 0])?;
+    if r != 0 {
+        return Err(Error::sys(
+            "munmap (restore gadget)",
+            format!("pid {pid}"),
+            Errno::from_raw(-r as i32),
+        ));
+    }
+    let held = std::mem::take(&mut c.r.held);
+    let mut fin = regs.gpr;
+    fin.orig_rax = u64::MAX;
+    t.set_regs(&fin)?;
+    if opts.stop {
+        t.kill(Signal::SIGSTOP)?;
+    }
+    t.detach()?;
+    guard.armed = false;
+    for s in held
+        .into_iter()
+        .filter(|&s| s != libc::SIGSTOP || opts.stop)
+    {
+        if let Ok(sig) = Signal::try_from(s) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+        }
+    }
+    if !pid_kept {
+        warn!(
+            "pid {} was not available; restored as pid {pid}",
+            st.head.pid
+        );
+    }
+    info!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
+    Ok(Restored {
+        pid,
+        original_pid: st.head.pid,
+        exe_kept: !exe_set && st.mm.exe.is_some(),
+        state: st,
+    })
+}
+
+/// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).
+fn check_xstate(regs: &RegState) -> Result<()> {
+    if regs.xsave.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: xgetbv(0) reads XCR0; it is available whenever the OS enabled XSAVE, which the
+    // kernel reports through the XSAVE area we are holding (it has a nonzero XCR0 field).
+    let here = unsafe { core::arch::x86_64::_xgetbv(0) };
+    let need = regs.xcr0();
+    if need & !here != 0 {
+        return Err(Error::Refused(format!(
+            "the image's CPU state uses features {:#x} this CPU lacks (XCR0 here {here:#x}); restart it on the same kind of CPU",
+            need & !here
+        )));
+    }
+    Ok(())
+}
+
+fn write_batch(pid: i32, targets: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
+    // Contiguous data offsets go out in one process_vm_writev.
+    let mut i = 0;
+    while i < targets.len() {
+        let start = targets[i].2;
+        let mut j = i;
+        let mut end = start;
+        let mut iov = Vec::new();
+        while j < targets.len() && targets[j].2 == end {
+            iov.push((targets[j].0, targets[j].1));
+            end += targets[j].1;
+            j += 1;
+        }
+        mem::write_runs(pid, &iov, &data[start..end])?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
+/// `ranges`.
+fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut r: Vec<(u64, u64)> = ranges.to_vec();
+    r.sort_unstable();
+    let guard = PAGE_SIZE as u64;
+    let mut cand = 1u64 << 20;
+    for &(s, e) in &r {
+        if e + guard <= cand {
+            continue;
+        }
+        if cand + len + guard <= s {
+            return Some(cand);
+        }
+        cand = cand.max(e + guard);
+    }
+    (cand + len < 0x7fff_0000_0000).then_some(cand)
+}
+
+/// Moves this kernel's vdso/vvar mappings in the child to where the image had them (or removes
+/// them when the image had none). `plan` has already checked they are the same kind and size.
+fn move_specials(
+    c: &mut Ctl,
+    child: &[MapEntry],
+    vmas: &[memory::Vma],
+    avoid: &[(u64, u64)],
+) -> Result<()> {
+    let mine: Vec<&MapEntry> = child
+        .iter()
+        .filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar"))
+        .collect();
+    let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
+    if want.is_empty() {
+        for m in mine {
+            c.r.call(
+                libc::SYS_munmap,
+                [m.start, m.len(), 0, 0, 0, 0],
+                "munmap",
+                &m.name,
+            )?;
+        }
+        return Ok(());
+    }
+    let moves: Vec<(u64, u64, u64, &str)> = want
+        .iter()
+        .filter_map(|v| {
+            mine.iter()
+                .find(|m| m.name == v.name)
+                .map(|m| (m.start, v.start, v.len(), m.name.as_str()))
+        })
+        .filter(|(from, to, _, _)| from != to)
+        .collect();
+    let overlap = moves
+        .iter()
+        .any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
+    let mut moves_from: Vec<(u64, u64, u64, &str)> = moves.clone();
+    if overlap {
+        // Two steps: first out of the way, then into place.
+        let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
+        let mut all = avoid.to_vec();
+        all.extend(want.iter().map(|v| (v.start, v.end)));
+        let mut tmp = find_free(&all, total)
+            .ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
+        for m in moves_from.iter_mut() {
+            mremap(c, m.0, m.2, tmp, m.3)?;
+            m.0 = tmp;
+            tmp += m.2 + PAGE_SIZE as u64;
+        }
+    }
+    for &(from, to, len, name) in &moves_from {
+        mremap(c, from, len, to, name)?;
+    }
+    Ok(())
+}
+
+fn mremap(c: &mut Ctl, from: u64, len: u64, to: u64, name: &str) -> Result<()> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    c.r.call(
+        libc::SYS_mremap,
+        [from, len, len, flags, to, 0],
+        "mremap",
+        &format!("{name} {from:#x} -> {to:#x}"),
+    )
+    .map(|_| ())
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks the child that becomes the restored process, with pid `want` when possible.
+/// Returns the child's pid and whether it got `want`.
+fn spawn_child(want: i32, require: bool) -> Result<(i32, bool)> {
+    let parent = std::process::id() as libc::c_long;
+    let tid = [want];
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let call = |args: &CloneArgs| -> libc::c_long {
+        // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our memory. It runs
+        // only `child_stop`, which makes raw syscalls and never returns into Rust code that could
+        // touch state shared with the parent.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r == 0 {
+            child_stop(parent);
+        }
+        r
+    };
+    let r = call(&args);
+    if r > 0 {
+        return Ok((r as i32, true));
+    }
+    let e = Errno::last();
+    let why = match e {
+        Errno::EEXIST => format!("pid {want} is in use"),
+        Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
+        Errno::ENOSYS => "this kernel has no clone3".to_string(),
+        e => format!("clone3 with set_tid failed: {}", e.desc()),
+    };
+    if require {
+        return Err(Error::Refused(format!(
+            "cannot restore as pid {want}: {why} (--require-pid)"
+        )));
+    }
+    eprintln!("rstrt: {why}; the process gets a new pid");
+    args.set_tid = 0;
+    args.set_tid_size = 0;
+    let r = call(&args);
+    if r < 0 {
+        // clone3 may be missing entirely: fall back to fork.
+        // SAFETY: as above; the child only runs `child_stop`.
+        let f = unsafe { libc::fork() };
+        if f == 0 {
+            child_stop(parent);
+        }
+        if f < 0 {
+            return Err(Error::sys("fork", "restore child", Errno::last()));
+        }
+        return Ok((f, false));
+    }
+    Ok((r as i32, false))
+}
+
+/// In the child: die with rstrt, ask to be traced, stop. Raw syscalls only (glibc's cached
+/// thread id still names the parent, so raise() would signal the wrong task).
+fn child_stop(parent: libc::c_long) -> ! {
+    // SAFETY: plain syscalls with integer arguments; nothing here touches memory.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::syscall(libc::SYS_getppid) != parent {
+            libc::syscall(libc::SYS_exit_group, 1);
+        }
+        libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+        let me = libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        // Only reached if the parent let us go without restoring us.
+        libc::syscall(libc::SYS_exit_group, 127);
+    }
+    unreachable!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_gap() {
+        let r = [(0x100000, 0x200000), (0x201000, 0x300000)];
+        assert_eq!(find_free(&r, 0x1000), Some(0x301000));
+        assert_eq!(find_free(&[(0x400000, 0x500000)], 0x1000), Some(0x100000));
+    }
+}

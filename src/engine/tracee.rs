@@ -1,0 +1,288 @@
+//! A traced process: seize/interrupt, registers, XSAVE state, signal mask, rseq configuration,
+//! and waiting for stops. Every ptrace request goes through `ptrace_raw`, which names the request
+//! and the pid in its error and tells "the task vanished" (ESRCH) apart from real failures.
+
+use super::arch::{self, Regs};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+
+/// rseq registration as reported by PTRACE_GET_RSEQ_CONFIGURATION.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RseqConf {
+    pub ptr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// What a stopped tracee reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Syscall entry or exit (SIGTRAP | 0x80, with PTRACE_O_TRACESYSGOOD).
+    Syscall,
+    /// A PTRACE_EVENT_STOP (after PTRACE_INTERRUPT) or a group stop.
+    Event,
+    /// A signal is about to be delivered; the tracer decides whether it is.
+    Signal(i32),
+}
+
+pub struct Tracee {
+    pub pid: i32,
+    attached: bool,
+}
+
+/// One ptrace call with a typed error.
+pub fn ptrace_raw(
+    req: libc::c_uint,
+    pid: i32,
+    addr: usize,
+    data: usize,
+    what: &str,
+) -> Result<libc::c_long> {
+    Errno::clear();
+    // SAFETY: ptrace reads/writes only through `addr`/`data`, which callers pass as pointers to
+    // live buffers of the size the request needs (or as plain integers for requests that take
+    // none); a bad pid only yields an error.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r == -1 && Errno::last_raw() != 0 {
+        let e = Errno::last();
+        return Err(if e == Errno::ESRCH {
+            Error::Gone(pid)
+        } else {
+            Error::sys(format!("ptrace({what})"), format!("pid {pid}"), e)
+        });
+    }
+    Ok(r)
+}
+
+impl Tracee {
+    /// PTRACE_SEIZE: attaches without stopping or signalling the process.
+    pub fn seize(pid: i32) -> Result<Tracee> {
+        let opts = libc::PTRACE_O_TRACESYSGOOD as usize;
+        ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts, "PTRACE_SEIZE").map_err(|e| match e.errno() {
+            Some(Errno::EPERM) => Error::Permission(format!(
+                "may not trace pid {pid}: it belongs to another user, is already traced, or ptrace is \
+                 restricted; run as its owner or as root"
+            )),
+            _ => e,
+        })?;
+        Ok(Tracee {
+            pid,
+            attached: true,
+        })
+    }
+
+    /// Adopts a child that called PTRACE_TRACEME and stopped itself.
+    pub fn adopt_child(pid: i32) -> Result<Tracee> {
+        let t = Tracee {
+            pid,
+            attached: true,
+        };
+        match t.wait()? {
+            Stop::Signal(sig) if sig == libc::SIGSTOP => {}
+            other => {
+                return Err(Error::Proc(format!(
+                    "restore child {pid}: unexpected first stop {other:?}"
+                )));
+            }
+        }
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
+        ptrace_raw(libc::PTRACE_SETOPTIONS, pid, 0, opts, "PTRACE_SETOPTIONS")?;
+        Ok(t)
+    }
+
+    /// Stops the process with PTRACE_INTERRUPT (no SIGSTOP is sent) and waits for the stop.
+    /// Signals that arrive meanwhile are held back and returned, to be delivered later.
+    pub fn interrupt(&self) -> Result<Vec<i32>> {
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0, "PTRACE_INTERRUPT")?;
+        let mut held = Vec::new();
+        loop {
+            match self.wait()? {
+                Stop::Event => return Ok(held),
+                Stop::Signal(sig) => {
+                    held.push(sig);
+                    // Suppress it for now; the interrupt is still pending and stops it again.
+                    ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")?;
+                }
+                Stop::Syscall => {
+                    ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT").map(|_| ())?
+                }
+            }
+        }
+    }
+
+    /// Waits for the next stop of this tracee.
+    pub fn wait(&self) -> Result<Stop> {
+        loop {
+            let st = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::__WALL))
+                .map_err(|e| Error::sys("waitpid", format!("pid {}", self.pid), e))?;
+            return match st {
+                WaitStatus::PtraceSyscall(_) => Ok(Stop::Syscall),
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
+                    Ok(Stop::Event)
+                }
+                WaitStatus::PtraceEvent(..) => Ok(Stop::Event),
+                WaitStatus::Stopped(_, sig) => Ok(Stop::Signal(sig as i32)),
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Err(Error::Gone(self.pid)),
+                WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
+            };
+        }
+    }
+
+    pub fn regs(&self) -> Result<Regs> {
+        // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
+        let mut r: Regs = unsafe { std::mem::zeroed() };
+        ptrace_raw(
+            libc::PTRACE_GETREGS,
+            self.pid,
+            0,
+            &mut r as *mut Regs as usize,
+            "PTRACE_GETREGS",
+        )?;
+        Ok(r)
+    }
+
+    pub fn set_regs(&self, r: &Regs) -> Result<()> {
+        ptrace_raw(
+            libc::PTRACE_SETREGS,
+            self.pid,
+            0,
+            r as *const Regs as usize,
+            "PTRACE_SETREGS",
+        )
+        .map(|_| ())
+    }
+
+    /// The XSAVE area (all FPU/SSE/AVX/AVX-512 state), exactly as long as the kernel fills it.
+    pub fn xstate(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; arch::XSTATE_MAX];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        ptrace_raw(
+            libc::PTRACE_GETREGSET,
+            self.pid,
+            arch::NT_X86_XSTATE as usize,
+            &mut iov as *mut _ as usize,
+            "PTRACE_GETREGSET NT_X86_XSTATE",
+        )?;
+        buf.truncate(iov.iov_len);
+        Ok(buf)
+    }
+
+    pub fn set_xstate(&self, x: &[u8]) -> Result<()> {
+        let mut copy = x.to_vec();
+        let mut iov = libc::iovec {
+            iov_base: copy.as_mut_ptr().cast(),
+            iov_len: copy.len(),
+        };
+        ptrace_raw(
+            libc::PTRACE_SETREGSET,
+            self.pid,
+            arch::NT_X86_XSTATE as usize,
+            &mut iov as *mut _ as usize,
+            "PTRACE_SETREGSET NT_X86_XSTATE",
+        )
+        .map(|_| ())
+    }
+
+    pub fn sigmask(&self) -> Result<u64> {
+        let mut m = 0u64;
+        ptrace_raw(
+            PTRACE_GETSIGMASK,
+            self.pid,
+            8,
+            &mut m as *mut u64 as usize,
+            "PTRACE_GETSIGMASK",
+        )?;
+        Ok(m)
+    }
+
+    pub fn set_sigmask(&self, m: u64) -> Result<()> {
+        ptrace_raw(
+            PTRACE_SETSIGMASK,
+            self.pid,
+            8,
+            &m as *const u64 as usize,
+            "PTRACE_SETSIGMASK",
+        )
+        .map(|_| ())
+    }
+
+    /// The rseq area the task registered, if any.
+    pub fn rseq(&self) -> Result<Option<RseqConf>> {
+        #[repr(C)]
+        #[derive(Default)]
+        struct Conf {
+            ptr: u64,
+            size: u32,
+            sig: u32,
+            flags: u32,
+            pad: u32,
+        }
+        let mut c = Conf::default();
+        ptrace_raw(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            self.pid,
+            std::mem::size_of::<Conf>(),
+            &mut c as *mut Conf as usize,
+            "PTRACE_GET_RSEQ_CONFIGURATION",
+        )?;
+        Ok((c.ptr != 0 && c.size != 0).then_some(RseqConf {
+            ptr: c.ptr,
+            len: c.size,
+            sig: c.sig,
+        }))
+    }
+
+    /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
+    pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
+        ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+        loop {
+            match self.wait()? {
+                Stop::Syscall => return Ok(()),
+                Stop::Signal(sig) => {
+                    held.push(sig);
+                    ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+                }
+                Stop::Event => {
+                    ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+                }
+            }
+        }
+    }
+
+    /// Detaches; the process continues (or stays stopped if it has a SIGSTOP pending).
+    pub fn detach(mut self) -> Result<()> {
+        self.attached = false;
+        ptrace_raw(libc::PTRACE_DETACH, self.pid, 0, 0, "PTRACE_DETACH").map(|_| ())
+    }
+
+    pub fn kill(&self, sig: Signal) -> Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid), sig)
+            .map_err(|e| Error::sys(format!("kill({sig})"), format!("pid {}", self.pid), e))
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if self.attached {
+            // Best effort: on an error path the owner has already put the registers back.
+            let _ = ptrace_raw(libc::PTRACE_DETACH, self.pid, 0, 0, "PTRACE_DETACH");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! crs: checkpoint, restart and migrate running Linux processes.
+//!
+//! The library offers the paper's interface in Rust form:
+//! - [`checkpoint`] freezes a process and writes its CRF image to any file descriptor (a file,
+//!   a pipe, a socket), then lets it run on, stops it or kills it (`Flags`);
+//! - [`restart`] / [`restart_path`] rebuild a process from an image read from any reader or a
+//!   path, optionally stopped, and notify a pid when it is done.
+//!
+//! The applets (`ckpt`, `rstrt`, `crfinfo`, `crs check`) are thin layers over these calls.
+
+pub mod applets;
+pub mod crf;
+pub mod engine;
+pub mod error;
+pub mod exit;
+pub mod res;
+pub mod state;
+
+pub use engine::checkpoint::{Options as Flags, Report};
+pub use engine::restore::{Options as RestartFlags, Restored};
+pub use error::{Error, Result};
+
+use std::io::{BufWriter, Read};
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Checkpoints `pid` to `fd` (file, pipe or socket). For a regular file the data is flushed
+/// and fsync'ed before the process is killed (`flags.kill`).
+pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
+    let dup = fd
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("image fd", e))?;
+    let file = std::fs::File::from(dup);
+    let out = BufWriter::with_capacity(1 << 20, file);
+    engine::checkpoint::checkpoint(pid, out, flags, |w| {
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("image", e.into_error()))?;
+        sync_if_file(&f)
+    })
+}
+
+/// fsync for regular files; pipes and sockets have nothing to sync.
+pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
+    let md = f.metadata().map_err(|e| Error::io("image", e))?;
+    if md.is_file() {
+        f.sync_all()
+            .map_err(|e| Error::io(format!("image (fd {})", f.as_raw_fd()), e))?;
+    }
+    Ok(())
+}
+
+/// Restarts the process whose image `input` yields. With `notify`, sends SIGUSR1 to that pid
+/// (0: our parent) once the process is restored (the paper's RESTART_NOTIFY).
+pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
+    let r = engine::restore::restore(std::io::BufReader::with_capacity(1 << 20, input), flags)?;
+    if let Some(p) = notify {
+        let target = if p == 0 {
+            nix::unistd::getppid()
+        } else {
+            nix::unistd::Pid::from_raw(p)
+        };
+        nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGUSR1)
+            .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))?;
+    }
+    Ok(r)
+}
+
+/// [`restart`] from an image file.
+pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    restart(f, flags, notify)
+}

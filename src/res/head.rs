@@ -1,0 +1,113 @@
+//! HEAD: who the process was and where it was checkpointed (the paper's header).
+
+use crate::crf::{Dec, Enc, Result};
+
+/// Checkpoint flags (the paper's CRS_* flags), recorded in the header.
+pub const CKPT_KILL: u32 = 1;
+pub const CKPT_NO_BINARY: u32 = 2;
+pub const CKPT_NO_LIBS: u32 = 4;
+pub const CKPT_STOP: u32 = 8;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub flags: u32,
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// real, effective, saved, filesystem
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub comm: String,
+    pub exe: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub boot_id: String,
+    pub time_sec: i64,
+    pub time_nsec: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(self.flags)
+            .u32(self.pid as u32)
+            .u32(self.ppid as u32)
+            .u32(self.pgid as u32)
+            .u32(self.sid as u32);
+        for v in self.uids.iter().chain(self.gids.iter()) {
+            e.u32(*v);
+        }
+        e.u32(self.groups.len() as u32);
+        for g in &self.groups {
+            e.u32(*g);
+        }
+        e.str(&self.comm)
+            .str(&self.exe)
+            .str(&self.hostname)
+            .str(&self.kernel)
+            .str(&self.boot_id);
+        e.i64(self.time_sec).u32(self.time_nsec);
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8], at: u64) -> Result<Header> {
+        let mut d = Dec::new(b, at, "HEAD");
+        let mut h = Header {
+            flags: d.u32()?,
+            pid: d.u32()? as i32,
+            ppid: d.u32()? as i32,
+            pgid: d.u32()? as i32,
+            sid: d.u32()? as i32,
+            ..Default::default()
+        };
+        for v in h.uids.iter_mut() {
+            *v = d.u32()?;
+        }
+        for v in h.gids.iter_mut() {
+            *v = d.u32()?;
+        }
+        let n = d.count(4)?;
+        h.groups = (0..n).map(|_| d.u32()).collect::<Result<_>>()?;
+        h.comm = d.str()?;
+        h.exe = d.str()?;
+        h.hostname = d.str()?;
+        h.kernel = d.str()?;
+        h.boot_id = d.str()?;
+        h.time_sec = d.i64()?;
+        h.time_nsec = d.u32()?;
+        if h.pid <= 0 {
+            return Err(d.bad_at(at, format!("pid {} is not valid", h.pid)));
+        }
+        d.finish()?;
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let h = Header {
+            flags: CKPT_NO_LIBS,
+            pid: 42,
+            ppid: 1,
+            pgid: 42,
+            sid: 40,
+            uids: [1, 2, 3, 4],
+            gids: [5, 6, 7, 8],
+            groups: vec![9, 10],
+            comm: "counter".into(),
+            exe: "/usr/bin/counter".into(),
+            hostname: "node1".into(),
+            kernel: "6.18.44".into(),
+            boot_id: "abc".into(),
+            time_sec: 1_700_000_000,
+            time_nsec: 5,
+        };
+        assert_eq!(Header::decode(&h.encode(), 0).unwrap(), h);
+    }
+}

@@ -1,0 +1,878 @@
+//! MMSTRUCT, VMAS and PAGES: the address space. Every mapping is recreated at its address with
+//! its protection; file mappings are mapped from their file when the file on this node is the
+//! same, anonymous otherwise; page contents come from the image in batches; the vdso/vvar areas
+//! of this kernel are moved to where the process had them (same kernel build only).
+
+use super::fileid::FileId;
+use crate::crf::pages::{self, MAX_BATCH_PAGES, RUN_FILE_COPY, Run};
+use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Writer};
+use crate::engine::procfs::MapEntry;
+use crate::engine::{Ctl, mem};
+use crate::error::{Error, Result};
+use log::debug;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+pub const KIND_ANON: u8 = 1;
+pub const KIND_HEAP: u8 = 2;
+pub const KIND_STACK: u8 = 3;
+pub const KIND_FILE: u8 = 4;
+pub const KIND_SHMEM: u8 = 5;
+pub const KIND_VDSO: u8 = 6;
+pub const KIND_VVAR: u8 = 7;
+
+pub const VMA_SHARED: u32 = 1;
+pub const VMA_GROWSDOWN: u32 = 2;
+pub const VMA_NORESERVE: u32 = 4;
+/// A private file mapping whose unmodified pages were stored too (self-contained image).
+pub const VMA_FILE_COPY: u32 = 8;
+
+/// Highest user address on x86_64 with 5-level paging.
+const USER_TOP: u64 = 1 << 56;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC
+    pub prot: u32,
+    pub flags: u32,
+    pub kind: u8,
+    /// File offset in pages.
+    pub pgoff: u64,
+    /// "[heap]", "[vdso]", a path...
+    pub name: String,
+    pub file: Option<FileId>,
+    /// The bytes of the [vdso], to check that this kernel's vdso is the same.
+    pub content: Vec<u8>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn is_special(&self) -> bool {
+        self.kind == KIND_VDSO || self.kind == KIND_VVAR
+    }
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            KIND_ANON => "anon",
+            KIND_HEAP => "heap",
+            KIND_STACK => "stack",
+            KIND_FILE => "file",
+            KIND_SHMEM => "shmem",
+            KIND_VDSO => "vdso",
+            KIND_VVAR => "vvar",
+            _ => "?",
+        }
+    }
+    pub fn prot_string(&self) -> String {
+        let b = |f: u32, c: char| if self.prot & f != 0 { c } else { '-' };
+        let s = if self.flags & VMA_SHARED != 0 {
+            's'
+        } else {
+            'p'
+        };
+        format!(
+            "{}{}{}{s}",
+            b(libc::PROT_READ as u32, 'r'),
+            b(libc::PROT_WRITE as u32, 'w'),
+            b(libc::PROT_EXEC as u32, 'x')
+        )
+    }
+}
+
+/// The mm layout PR_SET_MM_MAP restores (what /proc/PID/stat, cmdline, environ, auxv show).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MmStruct {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u8>,
+    pub exe: Option<FileId>,
+}
+
+impl MmStruct {
+    fn fields(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        for v in self.fields() {
+            e.u64(v);
+        }
+        e.bytes(&self.auxv);
+        e.u8(self.exe.is_some() as u8);
+        if let Some(x) = &self.exe {
+            x.encode(&mut e);
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8], at: u64) -> CrfResult<MmStruct> {
+        let mut d = Dec::new(b, at, "MMSTRUCT");
+        let mut f = [0u64; 11];
+        for v in f.iter_mut() {
+            *v = d.u64()?;
+        }
+        let auxv = d.bytes()?.to_vec();
+        if auxv.len() % 16 != 0 || auxv.len() > 512 {
+            return Err(d.bad_at(at, format!("auxv of {} bytes is not valid", auxv.len())));
+        }
+        let exe = if d.u8()? != 0 {
+            Some(FileId::decode(&mut d)?)
+        } else {
+            None
+        };
+        d.finish()?;
+        let [
+            start_code,
+            end_code,
+            start_data,
+            end_data,
+            start_brk,
+            brk,
+            start_stack,
+            arg_start,
+            arg_end,
+            env_start,
+            env_end,
+        ] = f;
+        Ok(MmStruct {
+            start_code,
+            end_code,
+            start_data,
+            end_data,
+            start_brk,
+            brk,
+            start_stack,
+            arg_start,
+            arg_end,
+            env_start,
+            env_end,
+            auxv,
+            exe,
+        })
+    }
+
+    /// PR_SET_MM_MAP inside the restored child. The exe link needs CAP_CHECKPOINT_RESTORE (or
+    /// CAP_SYS_ADMIN); without it the rest is still set, and the caller is told.
+    pub fn restore(&self, c: &mut Ctl) -> Result<bool> {
+        let pid = c.pid();
+        let auxv_at = c.scratch.put(pid, 512, &self.auxv)?;
+        let mut exe_fd: i64 = -1;
+        if let Some(x) = &self.exe {
+            let p = c.scratch.put_cstr(pid, 1024, &x.path)?;
+            let r = c.r.raw(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as i64 as u64,
+                    p,
+                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            if r >= 0 {
+                exe_fd = r;
+            }
+        }
+        let mut e = Enc::new();
+        for v in self.fields() {
+            e.u64(v);
+        }
+        e.u64(auxv_at)
+            .u32(self.auxv.len() as u32)
+            .u32(exe_fd as u32);
+        let map = c.scratch.put(pid, 0, e.as_slice())?;
+        let size = e.len() as u64;
+        let mut r = c.r.raw(
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_MM as u64,
+                libc::PR_SET_MM_MAP as u64,
+                map,
+                size,
+                0,
+                0,
+            ],
+        )?;
+        let mut exe_set = exe_fd >= 0;
+        if r == -(libc::EPERM as i64) && exe_fd >= 0 {
+            // Not privileged enough to change the exe link: set everything else.
+            e = Enc::new();
+            for v in self.fields() {
+                e.u64(v);
+            }
+            e.u64(auxv_at).u32(self.auxv.len() as u32).u32(u32::MAX);
+            let map = c.scratch.put(pid, 0, e.as_slice())?;
+            r = c.r.raw(
+                libc::SYS_prctl,
+                [
+                    libc::PR_SET_MM as u64,
+                    libc::PR_SET_MM_MAP as u64,
+                    map,
+                    size,
+                    0,
+                    0,
+                ],
+            )?;
+            exe_set = false;
+        }
+        if exe_fd >= 0 {
+            c.r.call(
+                libc::SYS_close,
+                [exe_fd as u64, 0, 0, 0, 0, 0],
+                "close",
+                "exe fd",
+            )?;
+        }
+        if r < 0 {
+            return Err(Error::sys(
+                format!("prctl(PR_SET_MM_MAP) (in pid {pid})"),
+                format!("brk {:#x}..{:#x}", self.start_brk, self.brk),
+                nix::errno::Errno::from_raw(-r as i32),
+            ));
+        }
+        Ok(exe_set)
+    }
+}
+
+pub fn encode_vmas(vmas: &[Vma]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(vmas.len() as u32);
+    for v in vmas {
+        e.u64(v.start)
+            .u64(v.end)
+            .u32(v.prot)
+            .u32(v.flags)
+            .u8(v.kind)
+            .u64(v.pgoff)
+            .str(&v.name);
+        e.u8(v.file.is_some() as u8);
+        if let Some(f) = &v.file {
+            f.encode(&mut e);
+        }
+        e.bytes(&v.content);
+    }
+    e.into_bytes()
+}
+
+pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
+    let mut d = Dec::new(b, at, "VMAS");
+    let n = d.count(42)?;
+    let mut out: Vec<Vma> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let mut v = Vma {
+            start: d.u64()?,
+            end: d.u64()?,
+            prot: d.u32()?,
+            flags: d.u32()?,
+            kind: d.u8()?,
+            pgoff: d.u64()?,
+            name: d.str()?,
+            ..Default::default()
+        };
+        v.file = if d.u8()? != 0 {
+            Some(FileId::decode(&mut d)?)
+        } else {
+            None
+        };
+        v.content = d.bytes()?.to_vec();
+        let page = PAGE_SIZE as u64;
+        let ok = v.start.is_multiple_of(page)
+            && v.end.is_multiple_of(page)
+            && v.start < v.end
+            && v.end <= USER_TOP
+            && out.last().is_none_or(|p| p.end <= v.start)
+            && (KIND_ANON..=KIND_VVAR).contains(&v.kind)
+            && v.prot & !7 == 0
+            && v.flags & !15 == 0
+            && (v.kind == KIND_FILE) == v.file.is_some();
+        if !ok {
+            return Err(d.bad_at(
+                rec,
+                format!(
+                    "invalid mapping {:#x}-{:#x} kind {}",
+                    v.start, v.end, v.kind
+                ),
+            ));
+        }
+        out.push(v);
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+fn prot_of(m: &MapEntry) -> u32 {
+    (if m.read { libc::PROT_READ } else { 0 }
+        | if m.write { libc::PROT_WRITE } else { 0 }
+        | if m.exec { libc::PROT_EXEC } else { 0 }) as u32
+}
+
+/// Turns /proc/PID/smaps into the VMA list, refusing what cannot be restored. `no_copy(path)`
+/// says whether the unmodified pages of a mapped file are left out (--no-binary, --no-libs).
+pub fn classify(
+    pid: i32,
+    maps: &[MapEntry],
+    no_copy: &dyn Fn(&str, bool) -> bool,
+) -> Result<Vec<Vma>> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let refuse = |what: &str| {
+            Error::Refused(format!(
+                "pid {pid}: mapping {:#x}-{:#x} {} is {what}; crs cannot checkpoint that yet",
+                m.start, m.end, m.name
+            ))
+        };
+        if m.name == "[vsyscall]" {
+            continue;
+        }
+        if m.has_flag("ht") {
+            return Err(refuse("hugetlbfs memory"));
+        }
+        let mut v = Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(m),
+            kind: KIND_ANON,
+            pgoff: m.offset / PAGE_SIZE as u64,
+            name: m.name.clone(),
+            ..Default::default()
+        };
+        if m.shared {
+            v.flags |= VMA_SHARED;
+        }
+        if m.has_flag("gd") {
+            v.flags |= VMA_GROWSDOWN;
+        }
+        if m.has_flag("nr") {
+            v.flags |= VMA_NORESERVE;
+        }
+        let name = m.name.as_str();
+        v.kind = match name {
+            "[vdso]" => KIND_VDSO,
+            n if n.starts_with("[vvar") => KIND_VVAR,
+            "[heap]" => KIND_HEAP,
+            "[stack]" => KIND_STACK,
+            "" if m.shared => KIND_SHMEM,
+            "" => KIND_ANON,
+            "/dev/zero (deleted)" if m.shared => KIND_SHMEM,
+            n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
+            n if n.starts_with("[anon:") => KIND_ANON,
+            n if n.starts_with("/SYSV") => return Err(refuse("System V shared memory")),
+            n if n.starts_with("/memfd:") => return Err(refuse("a memfd")),
+            n if n.ends_with(" (deleted)") => return Err(refuse("a mapping of a deleted file")),
+            n if n.starts_with('/') => KIND_FILE,
+            _ => return Err(refuse("a special mapping")),
+        };
+        if v.kind == KIND_FILE {
+            let id = FileId::of(name, name, true)
+                .map_err(|e| Error::Refused(format!("pid {pid}: mapped file {name}: {e}")))?;
+            let (maj, min) = m.dev;
+            if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
+                return Err(refuse(
+                    "a file that was replaced on disk after it was mapped",
+                ));
+            }
+            if id.file_type() == libc::S_IFCHR && !m.shared {
+                // A private mapping of /dev/zero is plain anonymous memory.
+                v.kind = KIND_ANON;
+                v.name.clear();
+            } else {
+                if id.file_type() != libc::S_IFREG {
+                    return Err(refuse("a mapping of a device or special file"));
+                }
+                if !m.shared && !no_copy(name, is_elf(name)) {
+                    v.flags |= VMA_FILE_COPY;
+                }
+                v.file = Some(id);
+            }
+        }
+        if v.kind == KIND_VDSO {
+            v.content = vec![0u8; v.len() as usize];
+            mem::read_runs(pid, &[(v.start, v.len() as usize)], &mut v.content)?;
+        }
+        debug!(
+            "vma {:#x}-{:#x} {} {} {}",
+            v.start,
+            v.end,
+            v.prot_string(),
+            v.kind_name(),
+            v.name
+        );
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn is_elf(path: &str) -> bool {
+    let mut m = [0u8; 4];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut m, 0))
+        .is_ok()
+        && &m == b"\x7fELF"
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Which pages of `v` go into the image, as (first page index, count, flags) runs.
+fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
+    if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
+        return Ok(Vec::new());
+    }
+    let npages = (v.len() / PAGE_SIZE as u64) as usize;
+    // For a file mapping: pages wholly past the end of the file cannot be read (SIGBUS).
+    let file_pages = v
+        .file
+        .as_ref()
+        .map(|f| f.size.div_ceil(PAGE_SIZE as u64).saturating_sub(v.pgoff) as usize);
+    let copy = v.flags & VMA_FILE_COPY != 0 && v.prot & libc::PROT_READ as u32 != 0;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut ent = vec![0u8; 8 * 65536];
+    let mut i = 0usize;
+    while i < npages {
+        let n = (npages - i).min(65536);
+        let addr = v.start + (i * PAGE_SIZE) as u64;
+        let buf = &mut ent[..n * 8];
+        pagemap
+            .read_exact_at(buf, addr / PAGE_SIZE as u64 * 8)
+            .map_err(|e| Error::io(format!("pagemap at {addr:#x}"), e))?;
+        for k in 0..n {
+            let e = u64::from_le_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+            let idx = i + k;
+            let touched = e & (PM_PRESENT | PM_SWAP) != 0;
+            let flags = match v.kind {
+                KIND_FILE if touched && e & PM_FILE == 0 => Some(0), // modified (copied on write)
+                KIND_FILE if copy && file_pages.is_some_and(|fp| idx < fp) => Some(RUN_FILE_COPY),
+                KIND_FILE => None,
+                _ if touched => Some(0),
+                _ => None,
+            };
+            let Some(flags) = flags else { continue };
+            let a = v.start + (idx * PAGE_SIZE) as u64;
+            match runs.last_mut() {
+                Some(r) if r.flags == flags && r.addr + r.len() as u64 == a => r.npages += 1,
+                _ => runs.push(Run {
+                    addr: a,
+                    npages: 1,
+                    flags,
+                }),
+            }
+        }
+        i += n;
+    }
+    Ok(runs)
+}
+
+/// Writes the pages of every mapping in batches; returns (pages, bytes) written.
+pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<(u64, u64)> {
+    let pm_path = format!("/proc/{pid}/pagemap");
+    let pagemap = File::open(&pm_path).map_err(|e| Error::io(&pm_path, e))?;
+    let mut buf = vec![0u8; MAX_BATCH_PAGES * PAGE_SIZE];
+    let mut batch: Vec<Run> = Vec::new();
+    let mut batch_pages = 0usize;
+    let mut batch_readable: Vec<bool> = Vec::new();
+    let mut total = 0u64;
+    let start = w.offset();
+    let mut flush = |batch: &mut Vec<Run>,
+                     readable: &mut Vec<bool>,
+                     pages: &mut usize,
+                     w: &mut Writer<W>|
+     -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let data = &mut buf[..*pages * PAGE_SIZE];
+        // Readable runs in one process_vm_readv; the rest through /proc/PID/mem.
+        let mut off = 0usize;
+        let mut iov: Vec<(u64, usize)> = Vec::new();
+        let mut iov_at = 0usize;
+        for (r, &ok) in batch.iter().zip(readable.iter()) {
+            if ok {
+                if iov.is_empty() {
+                    iov_at = off;
+                }
+                iov.push((r.addr, r.len()));
+            } else {
+                if !iov.is_empty() {
+                    let len: usize = iov.iter().map(|x| x.1).sum();
+                    mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
+                    iov.clear();
+                }
+                mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
+            }
+            off += r.len();
+        }
+        if !iov.is_empty() {
+            let len: usize = iov.iter().map(|x| x.1).sum();
+            mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
+        }
+        pages::write_batch(w, batch, data).map_err(|e| Error::io("image", e))?;
+        total += *pages as u64;
+        batch.clear();
+        readable.clear();
+        *pages = 0;
+        Ok(())
+    };
+    for v in vmas {
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for mut r in page_runs(&pagemap, v)? {
+            while r.npages > 0 {
+                let room = MAX_BATCH_PAGES - batch_pages;
+                let take = (r.npages as usize).min(room) as u32;
+                batch.push(Run {
+                    addr: r.addr,
+                    npages: take,
+                    flags: r.flags,
+                });
+                batch_readable.push(readable);
+                batch_pages += take as usize;
+                r.addr += take as u64 * PAGE_SIZE as u64;
+                r.npages -= take;
+                if batch_pages == MAX_BATCH_PAGES {
+                    flush(&mut batch, &mut batch_readable, &mut batch_pages, w)?;
+                }
+            }
+        }
+    }
+    flush(&mut batch, &mut batch_readable, &mut batch_pages, w)?;
+    Ok((total, w.offset() - start))
+}
+
+/// A mapping as the restore will create it.
+pub struct Plan {
+    pub vma: Vma,
+    /// Map the file (it is the same here) rather than anonymous memory.
+    pub from_file: bool,
+}
+
+/// Decides, before anything is created, how each mapping is rebuilt on this node, and refuses
+/// an image whose files or vdso do not fit.
+pub fn plan(
+    vmas: &[Vma],
+    same_boot: bool,
+    local_specials: &[MapEntry],
+    local_vdso: &[u8],
+) -> Result<Vec<Plan>> {
+    let mut out = Vec::with_capacity(vmas.len());
+    let specials: Vec<&Vma> = vmas.iter().filter(|v| v.is_special()).collect();
+    if !specials.is_empty() {
+        let same_layout = specials.len() == local_specials.len()
+            && specials.iter().all(|v| {
+                local_specials
+                    .iter()
+                    .any(|l| l.name == v.name && l.len() == v.len())
+            });
+        let vdso_same = specials
+            .iter()
+            .filter(|v| v.kind == KIND_VDSO)
+            .all(|v| v.content == local_vdso);
+        if !same_layout || !vdso_same {
+            let names: Vec<String> = specials
+                .iter()
+                .map(|v| format!("{} {}K", v.name, v.len() / 1024))
+                .collect();
+            return Err(Error::Refused(format!(
+                "the image's vdso ({}) differs from this kernel's: restart it on a node running the kernel build it was checkpointed on",
+                names.join(", ")
+            )));
+        }
+    }
+    for v in vmas {
+        let mut from_file = false;
+        if let Some(f) = &v.file {
+            let why = match FileId::of(&f.path, &f.path, true) {
+                Ok(now) => f.same_content(&now, same_boot).err(),
+                Err(e) => Some(e.to_string()),
+            };
+            match why {
+                None => from_file = true,
+                Some(_) if v.flags & VMA_FILE_COPY != 0 => {} // the image has the pages
+                Some(why) => {
+                    return Err(Error::Refused(format!(
+                        "mapped file {} {why}; the image was made without its pages (--no-binary/--no-libs), so it needs the same file here",
+                        f.path
+                    )));
+                }
+            }
+        }
+        out.push(Plan {
+            vma: v.clone(),
+            from_file,
+        });
+    }
+    Ok(out)
+}
+
+/// Creates every non-special mapping inside the child (whose own mappings are gone by now).
+/// Mappings that receive pages are made writable first; `protect` sets the final protections.
+pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    let pid = c.pid();
+    for p in plans.iter().filter(|p| !p.vma.is_special()) {
+        let v = &p.vma;
+        let shared = v.flags & VMA_SHARED != 0;
+        let mut flags = libc::MAP_FIXED_NOREPLACE
+            | if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+        if v.flags & VMA_GROWSDOWN != 0 {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        if v.flags & VMA_NORESERVE != 0 {
+            flags |= libc::MAP_NORESERVE;
+        }
+        let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
+        let shared_file = v.kind == KIND_FILE && shared;
+        let prot = if shared_file {
+            v.prot
+        } else {
+            (libc::PROT_READ | libc::PROT_WRITE) as u32
+        };
+        let mut fd: i64 = -1;
+        if v.kind == KIND_FILE && (p.from_file || shared) {
+            let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let at = c.scratch.put_cstr(pid, 0, path)?;
+            fd = c.r.call(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as i64 as u64,
+                    at,
+                    (mode | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+                "openat",
+                path,
+            )? as i64;
+        } else {
+            flags |= libc::MAP_ANONYMOUS;
+        }
+        let off = if fd >= 0 {
+            v.pgoff * PAGE_SIZE as u64
+        } else {
+            0
+        };
+        let got = c.r.call(
+            libc::SYS_mmap,
+            [v.start, v.len(), prot as u64, flags as u64, fd as u64, off],
+            "mmap",
+            &what,
+        );
+        if fd >= 0 {
+            c.r.call(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0], "close", &what)?;
+        }
+        if got? != v.start {
+            return Err(Error::Proc(format!(
+                "mmap {what} in pid {pid} landed elsewhere"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the final protection of every mapping that was made writable for filling.
+pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    for p in plans.iter().filter(|p| !p.vma.is_special()) {
+        let v = &p.vma;
+        if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0)
+            || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32
+        {
+            continue;
+        }
+        c.r.call(
+            libc::SYS_mprotect,
+            [v.start, v.len(), v.prot as u64, 0, 0, 0],
+            "mprotect",
+            &format!("{:#x}-{:#x}", v.start, v.end),
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
+/// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped.
+pub fn batch_targets(plans: &[Plan], runs: &[Run]) -> Result<Vec<(u64, usize, usize)>> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut off = 0usize;
+    for r in runs {
+        let end = r.addr + r.len() as u64;
+        let i = plans.partition_point(|p| p.vma.end <= r.addr);
+        let p = plans
+            .get(i)
+            .filter(|p| p.vma.start <= r.addr && end <= p.vma.end);
+        let Some(p) = p else {
+            return Err(Error::Image(crate::crf::CrfError::Bad {
+                offset: 0,
+                what: format!("page run {:#x}-{end:#x} lies outside every mapping", r.addr),
+            }));
+        };
+        let v = &p.vma;
+        if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
+            return Err(Error::Image(crate::crf::CrfError::Bad {
+                offset: 0,
+                what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
+            }));
+        }
+        if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
+            out.push((r.addr, r.len(), off));
+        }
+        off += r.len();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmas_round_trip() {
+        let v = vec![
+            Vma {
+                start: 0x1000,
+                end: 0x3000,
+                prot: 5,
+                flags: VMA_FILE_COPY,
+                kind: KIND_FILE,
+                pgoff: 2,
+                name: "/bin/x".into(),
+                file: Some(FileId {
+                    path: "/bin/x".into(),
+                    ..Default::default()
+                }),
+                content: vec![],
+            },
+            Vma {
+                start: 0x3000,
+                end: 0x4000,
+                prot: 3,
+                flags: 0,
+                kind: KIND_HEAP,
+                pgoff: 0,
+                name: "[heap]".into(),
+                file: None,
+                content: vec![],
+            },
+            Vma {
+                start: 0x7000,
+                end: 0x9000,
+                prot: 5,
+                flags: 0,
+                kind: KIND_VDSO,
+                pgoff: 0,
+                name: "[vdso]".into(),
+                file: None,
+                content: vec![1, 2, 3],
+            },
+        ];
+        assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
+        let mut bad = v.clone();
+        bad[1].start = 0x2000; // overlaps
+        assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+    }
+
+    #[test]
+    fn mm_round_trip() {
+        let m = MmStruct {
+            start_code: 1,
+            end_code: 2,
+            start_data: 3,
+            end_data: 4,
+            start_brk: 5,
+            brk: 6,
+            start_stack: 7,
+            arg_start: 8,
+            arg_end: 9,
+            env_start: 10,
+            env_end: 11,
+            auxv: vec![0; 32],
+            exe: None,
+        };
+        assert_eq!(MmStruct::decode(&m.encode(), 0).unwrap(), m);
+    }
+
+    #[test]
+    fn runs_outside_mappings_are_refused() {
+        let plans = vec![Plan {
+            vma: Vma {
+                start: 0x1000,
+                end: 0x3000,
+                prot: 3,
+                kind: KIND_ANON,
+                ..Default::default()
+            },
+            from_file: false,
+        }];
+        assert!(
+            batch_targets(
+                &plans,
+                &[Run {
+                    addr: 0x2000,
+                    npages: 1,
+                    flags: 0
+                }]
+            )
+            .is_ok()
+        );
+        assert!(
+            batch_targets(
+                &plans,
+                &[Run {
+                    addr: 0x2000,
+                    npages: 2,
+                    flags: 0
+                }]
+            )
+            .is_err()
+        );
+        assert!(
+            batch_targets(
+                &plans,
+                &[Run {
+                    addr: 0x5000,
+                    npages: 1,
+                    flags: 0
+                }]
+            )
+            .is_err()
+        );
+    }
+}

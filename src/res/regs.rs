@@ -1,0 +1,73 @@
+//! REGS: the general-purpose registers (with fs/gs base) and the whole XSAVE area.
+
+use crate::crf::{Dec, Enc, Result};
+use crate::engine::arch::{self, Regs};
+
+#[derive(Clone)]
+pub struct RegState {
+    pub gpr: Regs,
+    pub xsave: Vec<u8>,
+}
+
+impl std::fmt::Debug for RegState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RegState {{ rip: {:#x}, rsp: {:#x}, xsave: {} bytes }}",
+            self.gpr.rip,
+            self.gpr.rsp,
+            self.xsave.len()
+        )
+    }
+}
+
+impl RegState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        arch::encode_regs(&mut e, &self.gpr);
+        e.bytes(&self.xsave);
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8], at: u64) -> Result<RegState> {
+        let mut d = Dec::new(b, at, "REGS");
+        let gpr = arch::decode_regs(&mut d)?;
+        let xsave = d.bytes()?.to_vec();
+        if !xsave.is_empty() && xsave.len() < 576 {
+            return Err(d.bad_at(
+                at,
+                format!("XSAVE area of {} bytes is too short", xsave.len()),
+            ));
+        }
+        d.finish()?;
+        Ok(RegState { gpr, xsave })
+    }
+
+    /// XCR0 as saved in the XSAVE area: which state components the image carries.
+    pub fn xcr0(&self) -> u64 {
+        let o = arch::XSTATE_XCR0_OFFSET;
+        self.xsave
+            .get(o..o + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let a: [u64; 27] = std::array::from_fn(|i| i as u64);
+        let mut xs = vec![0u8; 832];
+        xs[arch::XSTATE_XCR0_OFFSET] = 7;
+        let r = RegState {
+            gpr: arch::regs_from_array(&a),
+            xsave: xs.clone(),
+        };
+        let d = RegState::decode(&r.encode(), 0).unwrap();
+        assert_eq!(arch::regs_to_array(&d.gpr), a);
+        assert_eq!(d.xsave, xs);
+        assert_eq!(d.xcr0(), 7);
+    }
+}

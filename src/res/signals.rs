@@ -1,0 +1,176 @@
+//! SIGNALS: every handler with its flags, restorer and mask, the blocked mask and sigaltstack.
+//! Collected with rt_sigaction/sigaltstack run inside the tracee (no /proc file shows handler
+//! addresses); restored the same way.
+
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::engine::Ctl;
+use crate::error::Result;
+
+pub const NSIG: usize = 64;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Index i is signal i + 1.
+    pub actions: Vec<SigAction>,
+    pub blocked: u64,
+    pub altstack_sp: u64,
+    pub altstack_flags: u32,
+    pub altstack_size: u64,
+}
+
+fn settable(sig: usize) -> bool {
+    sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize
+}
+
+impl Signals {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(self.actions.len() as u32);
+        for a in &self.actions {
+            e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
+        }
+        e.u64(self.blocked)
+            .u64(self.altstack_sp)
+            .u32(self.altstack_flags)
+            .u64(self.altstack_size);
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8], at: u64) -> CrfResult<Signals> {
+        let mut d = Dec::new(b, at, "SIGNALS");
+        let n = d.count(32)?;
+        if n != NSIG {
+            return Err(d.bad_at(at, format!("{n} signal actions, expected {NSIG}")));
+        }
+        let actions = (0..n)
+            .map(|_| {
+                Ok(SigAction {
+                    handler: d.u64()?,
+                    flags: d.u64()?,
+                    restorer: d.u64()?,
+                    mask: d.u64()?,
+                })
+            })
+            .collect::<CrfResult<_>>()?;
+        let s = Signals {
+            actions,
+            blocked: d.u64()?,
+            altstack_sp: d.u64()?,
+            altstack_flags: d.u32()?,
+            altstack_size: d.u64()?,
+        };
+        d.finish()?;
+        Ok(s)
+    }
+
+    /// Reads the handlers and the alternate stack through syscalls run in the tracee.
+    pub fn collect(c: &mut Ctl, blocked: u64) -> Result<Signals> {
+        let pid = c.pid();
+        let out = c.scratch.addr;
+        let mut actions = Vec::with_capacity(NSIG);
+        for sig in 1..=NSIG {
+            if !settable(sig) {
+                actions.push(SigAction::default());
+                continue;
+            }
+            c.r.call(
+                libc::SYS_rt_sigaction,
+                [sig as u64, 0, out, 8, 0, 0],
+                "rt_sigaction",
+                &format!("signal {sig}"),
+            )?;
+            let b = c.scratch.get(pid, 0, 32)?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            actions.push(SigAction {
+                handler: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+            });
+        }
+        c.r.call(
+            libc::SYS_sigaltstack,
+            [0, out, 0, 0, 0, 0],
+            "sigaltstack",
+            "query",
+        )?;
+        let b = c.scratch.get(pid, 0, 24)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+        Ok(Signals {
+            actions,
+            blocked,
+            altstack_sp: w(0),
+            altstack_flags: w(1) as u32,
+            altstack_size: w(2),
+        })
+    }
+
+    /// Installs handlers and the alternate stack (the mask is set last, by ptrace).
+    pub fn restore(&self, c: &mut Ctl) -> Result<()> {
+        let pid = c.pid();
+        for (i, a) in self.actions.iter().enumerate() {
+            let sig = i + 1;
+            if !settable(sig) {
+                continue;
+            }
+            let mut e = Enc::new();
+            e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
+            let p = c.scratch.put(pid, 0, e.as_slice())?;
+            c.r.call(
+                libc::SYS_rt_sigaction,
+                [sig as u64, p, 0, 8, 0, 0],
+                "rt_sigaction",
+                &format!("signal {sig}"),
+            )?;
+        }
+        // SS_DISABLE is the default; SS_ONSTACK is a state, not a setting.
+        let flags = self.altstack_flags & !(libc::SS_ONSTACK as u32);
+        if flags & libc::SS_DISABLE as u32 == 0 {
+            let mut e = Enc::new();
+            e.u64(self.altstack_sp)
+                .u64(flags as u64)
+                .u64(self.altstack_size);
+            let p = c.scratch.put(pid, 0, e.as_slice())?;
+            c.r.call(
+                libc::SYS_sigaltstack,
+                [p, 0, 0, 0, 0, 0],
+                "sigaltstack",
+                &format!("stack {:#x}", self.altstack_sp),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let s = Signals {
+            actions: (0..NSIG as u64)
+                .map(|i| SigAction {
+                    handler: i,
+                    flags: i * 2,
+                    restorer: 3,
+                    mask: 1 << i,
+                })
+                .collect(),
+            blocked: 0x1234,
+            altstack_sp: 0x7000,
+            altstack_flags: 0,
+            altstack_size: 8192,
+        };
+        assert_eq!(Signals::decode(&s.encode(), 0).unwrap(), s);
+    }
+}
