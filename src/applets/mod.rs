@@ -47,8 +47,16 @@ pub fn find(name: &str) -> Option<&'static Applet> {
 }
 
 /// Parses an applet's arguments; on --help or an error, prints and returns the exit code.
+/// A lone "-" as the last argument is the positional "standard input" (argh would take it for
+/// an option).
 pub fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, i32> {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if a.last() == Some(&"-")
+        && !a.contains(&"--")
+        && !(a.len() >= 2 && matches!(a[a.len() - 2], "-o" | "--output"))
+    {
+        a.insert(a.len() - 1, "--");
+    }
     T::from_args(&[name], &a).map_err(|e| {
         if e.status.is_ok() {
             print!("{}", e.output);

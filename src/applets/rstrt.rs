@@ -99,9 +99,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         );
     }
     if let Some(p) = &a.pidfile
-        && let Err(e) = std::fs::write(p, format!("{}\n", r.pid)) {
-            return exit::report(name, &Error::io(p.as_str(), e));
-        }
+        && let Err(e) = std::fs::write(p, format!("{}\n", r.pid))
+    {
+        return exit::report(name, &Error::io(p.as_str(), e));
+    }
     if a.verbose {
         eprintln!(
             "{name}: restored pid {} ({}) as pid {}",
@@ -138,9 +139,10 @@ fn wait_foreground(pid: i32, set: &SigSet) -> i32 {
             continue;
         }
         if info.si_code != libc::SI_KERNEL
-            && let Ok(sig) = Signal::try_from(s) {
-                let _ = nix::sys::signal::kill(child, sig);
-            }
+            && let Ok(sig) = Signal::try_from(s)
+        {
+            let _ = nix::sys::signal::kill(child, sig);
+        }
     }
 }
 

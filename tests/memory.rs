@@ -1,0 +1,93 @@
+//! Memory, mm layout, pid reuse, leave-running and pipe mode, proven by the memory target.
+
+mod support;
+use support::*;
+
+#[test]
+fn all_memory_survives_kill_and_restart() {
+    let dir = tmpdir("mem-basic");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "64", "exe"], &dir);
+    let pid = p.pid().to_string();
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &pid]);
+    p.kill();
+    let info = run(&["crfinfo", &img]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let mut r = rstrt(&[&img]);
+    r.send("check");
+    let v = r.expect("");
+    assert_eq!(v, "ok", "target says: {:?}", r.seen);
+    assert!(r.wait().success());
+}
+
+#[test]
+fn sparse_mapping_stores_only_touched_pages() {
+    let dir = tmpdir("mem-sparse");
+    let d = dir.to_str().unwrap();
+    // 2 GiB mapped, one page in 256 touched: 8 MiB.
+    let mut p = start("memory", &[d, "2048"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        size < 24 << 20,
+        "image of a 2 GiB sparse process is {size} bytes"
+    );
+    let mut r = rstrt(&[&img]);
+    r.send("check");
+    assert_eq!(r.expect(""), "ok", "{:?}", r.seen);
+    assert!(r.wait().success());
+}
+
+#[test]
+fn original_and_copy_both_run_on() {
+    let dir = tmpdir("mem-leave");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "16"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-o", &img, &p.pid().to_string()]);
+    // The original keeps its pid, so the copy gets a new one, and says so.
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", &img]).stderr(std::process::Stdio::piped());
+    let mut r = Proc::spawn(c);
+    r.send("check");
+    assert_eq!(r.expect(""), "ok", "copy: {:?}", r.seen);
+    p.send("check");
+    assert_eq!(p.expect(""), "ok", "original: {:?}", p.seen);
+    assert!(p.wait().success());
+    assert!(r.wait().success());
+    let mut err = String::new();
+    use std::io::Read;
+    r.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("restored as pid"), "rstrt stderr: {err}");
+}
+
+#[test]
+fn pipe_mode_needs_no_file() {
+    let dir = tmpdir("mem-pipe");
+    let d = dir.to_str().unwrap();
+    let p = start("memory", &[d, "16"], &dir);
+    // ckpt streams to stdout, rstrt reads stdin; the restored process gets /dev/null as fd 0,
+    // so it is told to go on by a signal-free path: its stdout reports, and it reads EOF.
+    let script = format!("{} ckpt -k -o - {} | {} rstrt -", crs(), p.pid(), crs());
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", &script]);
+    let mut r = Proc::spawn(c);
+    // stdin of the restored process is /dev/null: fgets fails and the target says so.
+    assert_eq!(r.expect("FAIL"), "FAIL: stdin closed", "{:?}", r.seen);
+    r.wait();
+    assert!(
+        std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".crf"))
+    );
+}

@@ -1,0 +1,194 @@
+//! Test support: build C target programs, spawn them with piped stdio, synchronise on the lines
+//! they print (never on sleeps), and run the crs applets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn crs() -> &'static str {
+    env!("CARGO_BIN_EXE_crs")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A fresh directory for one test.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles tests/targets/NAME.c (once per test binary; atomically, as tests run in parallel).
+pub fn target(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/targets")
+        .join(format!("{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("target-{name}"));
+    let fresh = out
+        .metadata()
+        .and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?))
+        .unwrap_or(false);
+    if !fresh {
+        let tmp = out.with_extension(
+            format!(
+                "tmp{}.{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            )
+            .replace(['(', ')'], ""),
+        );
+        let st = Command::new("cc")
+            .args(["-O1", "-g", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("cc");
+        assert!(st.success(), "compiling {}", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// A process whose stdout lines we read through a channel, with stdin piped.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        close_extra_fds(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                match l {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it. Panics (with what was seen) when
+    /// the process ends or TIMEOUT passes first.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(TIMEOUT) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line starting with {prefix:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let s = self.stdin.as_mut().expect("stdin");
+        writeln!(s, "{line}").unwrap();
+        s.flush().unwrap();
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a compiled target with extra args, in `dir`, and waits for its "ready" line.
+pub fn start(name: &str, args: &[&str], dir: &Path) -> Proc {
+    let mut c = Command::new(target(name));
+    c.args(args).current_dir(dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    p
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let mut c = Command::new(crs());
+    c.args(args);
+    close_extra_fds(&mut c);
+    c.output().expect("run crs")
+}
+
+/// Targets must hold only what the test gives them: fds the test harness (or whatever started
+/// it) leaked would make ckpt refuse them.
+pub fn close_extra_fds(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range is async-signal-safe and touches only the child's fd table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+}
+
+/// Runs `crs ckpt ARGS`, asserting success.
+pub fn ckpt(args: &[&str]) -> Output {
+    let o = run(&[&["ckpt"], args].concat());
+    assert!(
+        o.status.success(),
+        "ckpt {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Starts `crs rstrt ARGS` with piped stdio: the restored process's fds 0-2 are these pipes.
+pub fn rstrt(args: &[&str]) -> Proc {
+    let mut c = Command::new(crs());
+    c.arg("rstrt").args(args);
+    Proc::spawn(c)
+}
+
+/// Kills a (non-child) pid with SIGKILL and waits until it is gone.
+pub fn kill_wait(p: &mut Proc) {
+    p.kill();
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
