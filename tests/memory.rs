@@ -17,7 +17,7 @@ fn all_memory_survives_kill_and_restart() {
     let mut r = rstrt(&[&img]);
     r.send("check");
     let v = r.expect("");
-    assert_eq!(v, "ok", "target says: {:?}", r.seen);
+    assert!(v.starts_with("ok"), "target says: {:?}", r.seen);
     assert!(r.wait().success());
 }
 
@@ -37,7 +37,7 @@ fn sparse_mapping_stores_only_touched_pages() {
     );
     let mut r = rstrt(&[&img]);
     r.send("check");
-    assert_eq!(r.expect(""), "ok", "{:?}", r.seen);
+    assert!(r.expect("").starts_with("ok"), "{:?}", r.seen);
     assert!(r.wait().success());
 }
 
@@ -53,9 +53,9 @@ fn original_and_copy_both_run_on() {
     c.args(["rstrt", &img]).stderr(std::process::Stdio::piped());
     let mut r = Proc::spawn(c);
     r.send("check");
-    assert_eq!(r.expect(""), "ok", "copy: {:?}", r.seen);
+    assert!(r.expect("").starts_with("ok"), "copy: {:?}", r.seen);
     p.send("check");
-    assert_eq!(p.expect(""), "ok", "original: {:?}", p.seen);
+    assert!(p.expect("").starts_with("ok"), "original: {:?}", p.seen);
     assert!(p.wait().success());
     assert!(r.wait().success());
     let mut err = String::new();
@@ -66,7 +66,10 @@ fn original_and_copy_both_run_on() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(err.contains("restored as pid"), "rstrt stderr: {err}");
+    assert!(
+        err.contains("is in use: restored pid"),
+        "rstrt stderr: {err}"
+    );
 }
 
 #[test]

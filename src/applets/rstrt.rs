@@ -73,9 +73,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         Ok(r) => r,
         Err(e) => return exit::report(name, &e),
     };
-    if r.pid != r.original_pid {
+    if let Some(why) = &r.pid_note {
         eprintln!(
-            "{name}: pid {} was not available; restored as pid {}",
+            "{name}: {why}: restored pid {} as pid {}",
             r.original_pid, r.pid
         );
     }

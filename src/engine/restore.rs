@@ -24,7 +24,7 @@ use crate::res::signals::Signals;
 use crate::res::task::{self, Task};
 use crate::res::{cwd, files};
 use crate::state::ProcessState;
-use log::{debug, info, warn};
+use log::{debug, info};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -46,6 +46,8 @@ pub struct Options {
 pub struct Restored {
     pub pid: i32,
     pub original_pid: i32,
+    /// Why the original pid could not be had, when it could not.
+    pub pid_note: Option<String>,
     /// The exe link could not be set (needs CAP_CHECKPOINT_RESTORE).
     pub exe_kept: bool,
     pub state: ProcessState,
@@ -146,7 +148,7 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
         st.files.len()
     );
 
-    let (pid, pid_kept) = spawn_child(st.head.pid, opts.require_pid)?;
+    let (pid, pid_note) = spawn_child(st.head.pid, opts.require_pid)?;
     let mut guard = ChildGuard { pid, armed: true };
     let t = Tracee::adopt_child(pid)?;
     let base = t.regs()?;
@@ -292,16 +294,11 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }
-    if !pid_kept {
-        warn!(
-            "pid {} was not available; restored as pid {pid}",
-            st.head.pid
-        );
-    }
     info!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
     Ok(Restored {
         pid,
         original_pid: st.head.pid,
+        pid_note,
         exe_kept: !exe_set && st.mm.exe.is_some(),
         state: st,
     })
@@ -447,8 +444,8 @@ struct CloneArgs {
 }
 
 /// Forks the child that becomes the restored process, with pid `want` when possible.
-/// Returns the child's pid and whether it got `want`.
-fn spawn_child(want: i32, require: bool) -> Result<(i32, bool)> {
+/// Returns the child's pid and, when it did not get `want`, why.
+fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
     let parent = std::process::id() as libc::c_long;
     let tid = [want];
     let mut args = CloneArgs {
@@ -475,7 +472,7 @@ fn spawn_child(want: i32, require: bool) -> Result<(i32, bool)> {
     };
     let r = call(&args);
     if r > 0 {
-        return Ok((r as i32, true));
+        return Ok((r as i32, None));
     }
     let e = Errno::last();
     let why = match e {
@@ -489,7 +486,6 @@ fn spawn_child(want: i32, require: bool) -> Result<(i32, bool)> {
             "cannot restore as pid {want}: {why} (--require-pid)"
         )));
     }
-    eprintln!("rstrt: {why}; the process gets a new pid");
     args.set_tid = 0;
     args.set_tid_size = 0;
     let r = call(&args);
@@ -503,9 +499,9 @@ fn spawn_child(want: i32, require: bool) -> Result<(i32, bool)> {
         if f < 0 {
             return Err(Error::sys("fork", "restore child", Errno::last()));
         }
-        return Ok((f, false));
+        return Ok((f, Some(why)));
     }
-    Ok((r as i32, false))
+    Ok((r as i32, Some(why)))
 }
 
 /// In the child: die with rstrt, ask to be traced, stop. Raw syscalls only (glibc's cached

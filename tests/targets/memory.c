@@ -108,7 +108,7 @@ int main(int argc, char **argv) {
     int cpu1 = sched_getcpu(); CHECK(cpu1 >= 0 && cpu0 >= 0, "sched_getcpu (rseq) %d", cpu1);
     char *big2 = malloc(5 << 20); CHECK(big2 != 0, "malloc after restore"); memset(big2, 1, 5 << 20); free(big2);
 
-    if (!fails) printf("ok\n");
+    if (!fails) printf("ok uid=%d gid=%d\n", (int)getuid(), (int)getgid());
     fflush(stdout);
     return fails != 0;
 }

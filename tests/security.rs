@@ -1,0 +1,100 @@
+//! Who may checkpoint and restore what, tested as an unprivileged user (nobody, via setpriv).
+
+mod support;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use support::*;
+
+const NOBODY: &str = "65534";
+
+fn as_nobody(args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .args(args);
+    close_extra_fds(&mut c);
+    c
+}
+
+fn open_dir(name: &str) -> std::path::PathBuf {
+    let d = tmpdir(name);
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+#[test]
+fn nobody_may_not_checkpoint_roots_process() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start a process as another user");
+        return;
+    }
+    let dir = open_dir("sec-ckpt");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let img = format!("{d}/x.crf");
+    let o = as_nobody(&[crs(), "ckpt", "-o", &img, &p.pid().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("may not checkpoint"), "{}", stderr(&o));
+    assert!(!std::path::Path::new(&img).exists());
+    // Untouched: it still answers.
+    p.send("check");
+    assert!(p.expect("").starts_with("ok uid=0"), "{:?}", p.seen);
+}
+
+#[test]
+fn nobody_may_not_restore_roots_image() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = open_dir("sec-rstrt");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let img = format!("{d}/x.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = as_nobody(&[crs(), "rstrt", &img]).output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("only restore your own"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to nobody");
+        return;
+    }
+    let dir = open_dir("sec-own");
+    let d = dir.to_str().unwrap();
+    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8"]);
+    c.current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid(); // setpriv execs the target: same pid
+    let img = format!("{d}/own.crf");
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nobody's ckpt: {}", stderr(&o));
+    p.kill();
+
+    let mut r = Proc::spawn(as_nobody(&[crs(), "rstrt", &img]));
+    r.send("check");
+    let v = r.expect("");
+    assert!(v.starts_with("ok uid=65534 gid=65534"), "{:?}", r.seen);
+    assert!(r.wait().success());
+
+    // Root restores nobody's image: the process runs as nobody, not as root.
+    let mut r = rstrt(&[&img]);
+    r.send("check");
+    let v = r.expect("");
+    assert!(v.starts_with("ok uid=65534 gid=65534"), "{:?}", r.seen);
+    assert!(r.wait().success());
+}
