@@ -9,11 +9,7 @@ use std::io;
 #[derive(Debug)]
 pub enum Error {
     /// A syscall failed: `call` names it, `object` says on what (pid, address range, path).
-    Sys {
-        call: String,
-        object: String,
-        errno: Errno,
-    },
+    Sys { call: String, object: String, errno: Errno },
     /// A file could not be read or written.
     Io { path: String, err: io::Error },
     /// /proc said something we cannot parse.
@@ -34,17 +30,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn sys(call: impl Into<String>, object: impl Into<String>, errno: Errno) -> Error {
-        Error::Sys {
-            call: call.into(),
-            object: object.into(),
-            errno,
-        }
+        Error::Sys { call: call.into(), object: object.into(), errno }
     }
     pub fn io(path: impl Into<String>, err: io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            err,
-        }
+        Error::Io { path: path.into(), err }
     }
     pub fn errno(&self) -> Option<Errno> {
         match self {
@@ -57,11 +46,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Sys {
-                call,
-                object,
-                errno,
-            } => write!(f, "{call} on {object}: {}", errno.desc()),
+            Error::Sys { call, object, errno } => write!(f, "{call} on {object}: {}", errno.desc()),
             Error::Io { path, err } => write!(f, "{path}: {err}"),
             Error::Proc(s) => write!(f, "{s}"),
             Error::Image(e) => write!(f, "{e}"),

@@ -25,14 +25,8 @@ pub fn code(e: &Error) -> i32 {
         Error::Image(_) => BAD_IMAGE,
         Error::Permission(_) => PERMISSION,
         Error::Gone(_) => NO_PROCESS,
-        Error::Sys {
-            errno: nix::errno::Errno::EPERM,
-            ..
-        } => PERMISSION,
-        Error::Sys {
-            errno: nix::errno::Errno::ESRCH,
-            ..
-        } => NO_PROCESS,
+        Error::Sys { errno: nix::errno::Errno::EPERM, .. } => PERMISSION,
+        Error::Sys { errno: nix::errno::Errno::ESRCH, .. } => NO_PROCESS,
         Error::Sys { .. } | Error::Io { .. } | Error::Proc(_) => FAILURE,
     }
 }

@@ -26,16 +26,11 @@ use std::os::fd::{AsFd, AsRawFd};
 /// Checkpoints `pid` to `fd` (file, pipe or socket). For a regular file the data is flushed
 /// and fsync'ed before the process is killed (`flags.kill`).
 pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
-    let dup = fd
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("image fd", e))?;
+    let dup = fd.as_fd().try_clone_to_owned().map_err(|e| Error::io("image fd", e))?;
     let file = std::fs::File::from(dup);
     let out = BufWriter::with_capacity(1 << 20, file);
     engine::checkpoint::checkpoint(pid, out, flags, |w| {
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io("image", e.into_error()))?;
+        let f = w.into_inner().map_err(|e| Error::io("image", e.into_error()))?;
         sync_if_file(&f)
     })
 }
@@ -44,8 +39,7 @@ pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
 pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
     let md = f.metadata().map_err(|e| Error::io("image", e))?;
     if md.is_file() {
-        f.sync_all()
-            .map_err(|e| Error::io(format!("image (fd {})", f.as_raw_fd()), e))?;
+        f.sync_all().map_err(|e| Error::io(format!("image (fd {})", f.as_raw_fd()), e))?;
     }
     Ok(())
 }
@@ -55,11 +49,7 @@ pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
 pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
     let r = engine::restore::restore(std::io::BufReader::with_capacity(1 << 20, input), flags)?;
     if let Some(p) = notify {
-        let target = if p == 0 {
-            nix::unistd::getppid()
-        } else {
-            nix::unistd::Pid::from_raw(p)
-        };
+        let target = if p == 0 { nix::unistd::getppid() } else { nix::unistd::Pid::from_raw(p) };
         nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGUSR1)
             .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))?;
     }

@@ -6,8 +6,7 @@ use crs::exit;
 use std::path::Path;
 
 fn usage() -> String {
-    let mut s =
-        String::from("usage: crs APPLET [ARGS...] | crs --list | crs --install DIR\n\napplets:\n");
+    let mut s = String::from("usage: crs APPLET [ARGS...] | crs --list | crs --install DIR\n\napplets:\n");
     for a in APPLETS {
         s.push_str(&format!("  {:<9} {}\n", a.name, a.summary));
     }
@@ -27,10 +26,7 @@ fn install(dir: &str) -> i32 {
         let link = Path::new(dir).join(a.name);
         let _ = std::fs::remove_file(&link);
         if let Err(e) = std::os::unix::fs::symlink(&exe, &link) {
-            eprintln!(
-                "crs: cannot create {}: {e}; does {dir} exist and may you write to it?",
-                link.display()
-            );
+            eprintln!("crs: cannot create {}: {e}; does {dir} exist and may you write to it?", link.display());
             return exit::FAILURE;
         }
         println!("{} -> {}", link.display(), exe.display());
@@ -42,23 +38,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args
         .first()
-        .map(|a| {
-            Path::new(a)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("crs")
-                .to_string()
-        })
+        .map(|a| Path::new(a).file_name().and_then(|n| n.to_str()).unwrap_or("crs").to_string())
         .unwrap_or_else(|| "crs".into());
     let (name, rest) = if argv0 == "crs" {
         match args.get(1).map(String::as_str) {
             None | Some("-h") | Some("--help") | Some("help") => {
                 print!("{}", usage());
-                std::process::exit(if args.len() > 1 {
-                    exit::OK
-                } else {
-                    exit::USAGE
-                });
+                std::process::exit(if args.len() > 1 { exit::OK } else { exit::USAGE });
             }
             Some("--list") => {
                 for a in APPLETS {
@@ -67,19 +53,13 @@ fn main() {
                 std::process::exit(exit::OK);
             }
             Some("--version") => {
-                println!(
-                    "crs {} (CRF format version {})",
-                    env!("CARGO_PKG_VERSION"),
-                    crs::crf::VERSION
-                );
+                println!("crs {} (CRF format version {})", env!("CARGO_PKG_VERSION"), crs::crf::VERSION);
                 std::process::exit(exit::OK);
             }
             Some("--install") => match args.get(2) {
                 Some(d) => std::process::exit(install(d)),
                 None => {
-                    eprintln!(
-                        "crs: --install needs a directory, e.g. crs --install /usr/local/bin"
-                    );
+                    eprintln!("crs: --install needs a directory, e.g. crs --install /usr/local/bin");
                     std::process::exit(exit::USAGE);
                 }
             },
@@ -90,10 +70,7 @@ fn main() {
     };
     let Some(applet) = applets::find(&name) else {
         let names: Vec<&str> = APPLETS.iter().map(|a| a.name).collect();
-        eprintln!(
-            "crs: unknown applet '{name}'; applets are: {}",
-            names.join(", ")
-        );
+        eprintln!("crs: unknown applet '{name}'; applets are: {}", names.join(", "));
         std::process::exit(exit::UNKNOWN_APPLET);
     };
     applets::init_logging(applet.name);

@@ -31,22 +31,12 @@ fn refused(dir: &std::path::Path, bytes: &[u8], what: &str, want: &str) {
     let bad = dir.join("bad.crf");
     std::fs::write(&bad, bytes).unwrap();
     let mut c = Command::new(crs());
-    c.args(["rstrt", bad.to_str().unwrap()])
-        .stdin(Stdio::null());
+    c.args(["rstrt", bad.to_str().unwrap()]).stdin(Stdio::null());
     close_extra_fds(&mut c);
     let o = c.output().unwrap();
     let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(4),
-        "{what}: rstrt exit {:?}, stderr {err}",
-        o.status
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "{what}: the process ran: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert_eq!(o.status.code(), Some(4), "{what}: rstrt exit {:?}, stderr {err}", o.status);
+    assert!(o.stdout.is_empty(), "{what}: the process ran: {}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
     assert!(err.contains(want), "{what}: {err:?} does not say {want:?}");
     let info = run(&["crfinfo", bad.to_str().unwrap()]);
@@ -56,11 +46,7 @@ fn refused(dir: &std::path::Path, bytes: &[u8], what: &str, want: &str) {
 #[test]
 fn a_flipped_byte_in_any_section_is_refused() {
     let (dir, bytes, secs) = image("img-flip");
-    assert!(
-        secs.len() >= 10,
-        "expected all sections, got {}",
-        secs.len()
-    );
+    assert!(secs.len() >= 10, "expected all sections, got {}", secs.len());
     for (i, &(off, len)) in secs.iter().enumerate() {
         let mut b = bytes.clone();
         b[off + 9] ^= 0x10; // length field of the header
@@ -68,12 +54,7 @@ fn a_flipped_byte_in_any_section_is_refused() {
         if len > 0 {
             let mut b = bytes.clone();
             b[off + 24 + len / 2] ^= 0x01;
-            refused(
-                &dir,
-                &b,
-                &format!("payload of section {i}"),
-                "checksum mismatch",
-            );
+            refused(&dir, &b, &format!("payload of section {i}"), "checksum mismatch");
         }
     }
 }
@@ -81,16 +62,7 @@ fn a_flipped_byte_in_any_section_is_refused() {
 #[test]
 fn truncated_images_are_refused() {
     let (dir, bytes, secs) = image("img-trunc");
-    let mut cuts = vec![
-        0,
-        3,
-        15,
-        16,
-        30,
-        bytes.len() / 3,
-        bytes.len() / 2,
-        bytes.len() - 1,
-    ];
+    let mut cuts = vec![0, 3, 15, 16, 30, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1];
     cuts.extend(secs.iter().map(|&(o, _)| o)); // at every section boundary, incl. the trailer
     for cut in cuts {
         refused(&dir, &bytes[..cut], &format!("cut at {cut}"), "truncated");
@@ -108,12 +80,7 @@ fn wrong_magic_and_future_version_are_refused() {
     let crc = crc32(&b[0..12]);
     b[12..16].copy_from_slice(&crc.to_le_bytes());
     refused(&dir, &b, "version", "version 99 is not supported");
-    refused(
-        &dir,
-        b"definitely not an image at all",
-        "text",
-        "not a CRF image",
-    );
+    refused(&dir, b"definitely not an image at all", "text", "not a CRF image");
 }
 
 /// CRC-32 (IEEE), bit by bit: the test does not trust the codec's own crc.
@@ -122,11 +89,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
         }
     }
     !c
@@ -138,15 +101,7 @@ fn crfinfo_describes_a_good_image() {
     let o = run(&["crfinfo", dir.join("m.crf").to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
-    for want in [
-        "process:",
-        "[heap]",
-        "[stack]",
-        "[vdso]",
-        "registers:",
-        "cwd:",
-        "trailer ok",
-    ] {
+    for want in ["process:", "[heap]", "[stack]", "[vdso]", "registers:", "cwd:", "trailer ok"] {
         assert!(out.contains(want), "crfinfo output lacks {want}:\n{out}");
     }
 }

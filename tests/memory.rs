@@ -31,10 +31,7 @@ fn sparse_mapping_stores_only_touched_pages() {
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let size = std::fs::metadata(&img).unwrap().len();
-    assert!(
-        size < 24 << 20,
-        "image of a 2 GiB sparse process is {size} bytes"
-    );
+    assert!(size < 24 << 20, "image of a 2 GiB sparse process is {size} bytes");
     let mut r = rstrt(&[&img]);
     r.send("check");
     assert!(r.expect("").starts_with("ok"), "{:?}", r.seen);
@@ -60,16 +57,8 @@ fn original_and_copy_both_run_on() {
     assert!(r.wait().success());
     let mut err = String::new();
     use std::io::Read;
-    r.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        err.contains("is in use: restored pid"),
-        "rstrt stderr: {err}"
-    );
+    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("is in use: restored pid"), "rstrt stderr: {err}");
 }
 
 #[test]
@@ -86,11 +75,5 @@ fn pipe_mode_needs_no_file() {
     // stdin of the restored process is /dev/null: fgets fails and the target says so.
     assert_eq!(r.expect("FAIL"), "FAIL: stdin closed", "{:?}", r.seen);
     r.wait();
-    assert!(
-        std::fs::read_dir(&dir).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with(".crf"))
-    );
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".crf")));
 }

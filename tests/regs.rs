@@ -21,10 +21,7 @@ fn wait_in_read(pid: i32) {
         if f.len() > 3 && f[0] == "0" && f[1] == "0x0" && f[3] == "0x1" {
             return;
         }
-        assert!(
-            start.elapsed() < support::TIMEOUT,
-            "pid {pid} never blocked in read: {s:?}"
-        );
+        assert!(start.elapsed() < support::TIMEOUT, "pid {pid} never blocked in read: {s:?}");
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -40,27 +37,15 @@ fn survive(mode: &str) {
     wait_in_read(p.pid());
     support::ckpt(&["-k", "-o", img, &p.pid().to_string()]);
     let st = p.wait();
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGKILL),
-        "ckpt -k did not kill the target: {st:?}"
-    );
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "ckpt -k did not kill the target: {st:?}");
 
     let mut r = support::rstrt(&[img]);
     r.send("x");
     let verdict = r.expect("");
-    assert!(
-        verdict.starts_with("ok"),
-        "target reported: {verdict:?} (saw {:?})",
-        r.seen
-    );
+    assert!(verdict.starts_with("ok"), "target reported: {verdict:?} (saw {:?})", r.seen);
     assert_eq!(verdict, format!("ok regs {mode}"));
     let st = r.wait();
-    assert!(
-        st.success(),
-        "restored target ended with {st:?}; saw {:?}",
-        r.seen
-    );
+    assert!(st.success(), "restored target ended with {st:?}; saw {:?}", r.seen);
 }
 
 #[test]

@@ -9,8 +9,7 @@ const NOBODY: &str = "65534";
 
 fn as_nobody(args: &[&str]) -> Command {
     let mut c = Command::new("setpriv");
-    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
-        .args(args);
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]).args(args);
     close_extra_fds(&mut c);
     c
 }
@@ -31,9 +30,7 @@ fn nobody_may_not_checkpoint_roots_process() {
     let d = dir.to_str().unwrap();
     let mut p = start("memory", &[d, "8"], &dir);
     let img = format!("{d}/x.crf");
-    let o = as_nobody(&[crs(), "ckpt", "-o", &img, &p.pid().to_string()])
-        .output()
-        .unwrap();
+    let o = as_nobody(&[crs(), "ckpt", "-o", &img, &p.pid().to_string()]).output().unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("may not checkpoint"), "{}", stderr(&o));
     assert!(!std::path::Path::new(&img).exists());
@@ -57,11 +54,7 @@ fn nobody_may_not_restore_roots_image() {
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = as_nobody(&[crs(), "rstrt", &img]).output().unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("only restore your own"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("only restore your own"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
 
@@ -79,9 +72,7 @@ fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() 
     p.expect("ready");
     let pid = p.pid(); // setpriv execs the target: same pid
     let img = format!("{d}/own.crf");
-    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &pid.to_string()])
-        .output()
-        .unwrap();
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &pid.to_string()]).output().unwrap();
     assert!(o.status.success(), "nobody's ckpt: {}", stderr(&o));
     p.kill();
 

@@ -65,10 +65,7 @@ impl Sleeper {
 
 impl Drop for Sleeper {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.0), None);
     }
 }
@@ -82,14 +79,8 @@ fn has_cap(bit: u32) -> bool {
 
 fn run_checks() -> Vec<Line> {
     let mut out = Vec::new();
-    let mut line = |ok: bool, essential: bool, name: &'static str, detail: String| {
-        out.push(Line {
-            ok,
-            essential,
-            name,
-            detail,
-        })
-    };
+    let mut line =
+        |ok: bool, essential: bool, name: &'static str, detail: String| out.push(Line { ok, essential, name, detail });
     let me = std::process::id() as i32;
 
     let sleeper = Sleeper::new();
@@ -102,65 +93,29 @@ fn run_checks() -> Vec<Line> {
                 (stopped && regs_ok, true, Some(rseq))
             }
             Err(e) => {
-                line(
-                    false,
-                    true,
-                    "ptrace",
-                    format!("{e}: crs cannot freeze or restore processes"),
-                );
+                line(false, true, "ptrace", format!("{e}: crs cannot freeze or restore processes"));
                 (false, false, None)
             }
         },
         None => (false, false, None),
     };
     if ptrace_ok {
-        line(
-            true,
-            true,
-            "ptrace",
-            "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS, NT_X86_XSTATE work".into(),
-        );
+        line(true, true, "ptrace", "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS, NT_X86_XSTATE work".into());
     }
     let mut b = [0u8; 8];
-    let vm = sleeper
-        .as_ref()
-        .map(|s| mem::read_runs(s.0, &[(arch::own_gadget(), 3)], &mut b[..3]));
+    let vm = sleeper.as_ref().map(|s| mem::read_runs(s.0, &[(arch::own_gadget(), 3)], &mut b[..3]));
     match vm {
-        Some(Ok(())) => line(
-            true,
-            true,
-            "process_vm_readv",
-            "bulk memory reads and writes work".into(),
-        ),
-        Some(Err(e)) => line(
-            false,
-            true,
-            "process_vm_readv",
-            format!("{e}: memory cannot be copied"),
-        ),
-        None => line(
-            false,
-            true,
-            "process_vm_readv",
-            "could not fork a test process".into(),
-        ),
+        Some(Ok(())) => line(true, true, "process_vm_readv", "bulk memory reads and writes work".into()),
+        Some(Err(e)) => line(false, true, "process_vm_readv", format!("{e}: memory cannot be copied")),
+        None => line(false, true, "process_vm_readv", "could not fork a test process".into()),
     }
     match rseq {
-        Some(Some(r)) => line(
-            true,
-            true,
-            "rseq",
-            format!(
-                "PTRACE_GET_RSEQ_CONFIGURATION works (glibc registers {} bytes)",
-                r.len
-            ),
-        ),
-        Some(None) => line(
-            true,
-            true,
-            "rseq",
-            "PTRACE_GET_RSEQ_CONFIGURATION works (no rseq registered by this libc)".into(),
-        ),
+        Some(Some(r)) => {
+            line(true, true, "rseq", format!("PTRACE_GET_RSEQ_CONFIGURATION works (glibc registers {} bytes)", r.len))
+        }
+        Some(None) => {
+            line(true, true, "rseq", "PTRACE_GET_RSEQ_CONFIGURATION works (no rseq registered by this libc)".into())
+        }
         None => {}
     }
     drop(sleeper);
@@ -168,15 +123,7 @@ fn run_checks() -> Vec<Line> {
     // PR_SET_MM_MAP: the size query works for everyone; changing the exe link needs a capability.
     let mut size: u32 = 0;
     // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the pointer we pass.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_SET_MM,
-            libc::PR_SET_MM_MAP_SIZE,
-            &mut size as *mut u32,
-            0,
-            0,
-        )
-    };
+    let r = unsafe { libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) };
     let cr = has_cap(40) || has_cap(21); // CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN
     if r == 0 {
         let exe = if cr {
@@ -184,12 +131,7 @@ fn run_checks() -> Vec<Line> {
         } else {
             "but without CAP_CHECKPOINT_RESTORE /proc/PID/exe of a restored process names crs"
         };
-        line(
-            true,
-            true,
-            "PR_SET_MM_MAP",
-            format!("available (struct of {size} bytes), {exe}"),
-        );
+        line(true, true, "PR_SET_MM_MAP", format!("available (struct of {size} bytes), {exe}"));
     } else {
         line(
             false,
@@ -207,26 +149,11 @@ fn run_checks() -> Vec<Line> {
     let r = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
     let present = !(r < 0 && Errno::last() == Errno::ENOSYS);
     if present && cr {
-        line(
-            true,
-            false,
-            "clone3 set_tid",
-            "available: restored processes keep their pid when it is free".into(),
-        );
+        line(true, false, "clone3 set_tid", "available: restored processes keep their pid when it is free".into());
     } else if present {
-        line(
-            false,
-            false,
-            "clone3 set_tid",
-            "needs CAP_CHECKPOINT_RESTORE: restored processes get a new pid".into(),
-        );
+        line(false, false, "clone3 set_tid", "needs CAP_CHECKPOINT_RESTORE: restored processes get a new pid".into());
     } else {
-        line(
-            false,
-            false,
-            "clone3 set_tid",
-            "no clone3 in this kernel: restored processes get a new pid".into(),
-        );
+        line(false, false, "clone3 set_tid", "no clone3 in this kernel: restored processes get a new pid".into());
     }
 
     // The vdso layout, parsed as found.
@@ -245,10 +172,7 @@ fn run_checks() -> Vec<Line> {
             });
             let ok = has_vdso && gadget.is_some();
             let detail = if ok {
-                format!(
-                    "{}; moved as a whole on restore (same kernel build needed)",
-                    sp.join(", ")
-                )
+                format!("{}; moved as a whole on restore (same kernel build needed)", sp.join(", "))
             } else {
                 "no vdso (vdso=0?): ckpt cannot run syscalls in a process".into()
             };
@@ -260,29 +184,18 @@ fn run_checks() -> Vec<Line> {
     // userfaultfd: not needed yet (lazy restore and live migration will use it).
     // SAFETY: userfaultfd takes flags only; a returned fd is closed right away.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_userfaultfd,
-            libc::O_CLOEXEC | 1, /* UFFD_USER_MODE_ONLY */
-        )
+        libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */)
     };
     if fd >= 0 {
         // SAFETY: fd is ours.
         unsafe { libc::close(fd as i32) };
-        line(
-            true,
-            false,
-            "userfaultfd",
-            "available (for lazy restore and live migration)".into(),
-        );
+        line(true, false, "userfaultfd", "available (for lazy restore and live migration)".into());
     } else {
         line(
             false,
             false,
             "userfaultfd",
-            format!(
-                "{}: lazy restore and live migration will not be possible",
-                Errno::last().desc()
-            ),
+            format!("{}: lazy restore and live migration will not be possible", Errno::last().desc()),
         );
     }
 

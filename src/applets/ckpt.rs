@@ -47,12 +47,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
     }
-    let flags = crate::Flags {
-        kill: a.kill,
-        stop: a.stop,
-        no_binary: a.no_binary,
-        no_libs: a.no_libs,
-    };
+    let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     let result = if path == "-" {
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
@@ -83,14 +78,8 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 /// synced, so a failed checkpoint never leaves a truncated image under the final name.
 fn to_file(pid: i32, path: &str, flags: &crate::Flags) -> crate::Result<crate::Report> {
     let p = std::path::Path::new(path);
-    let dir = p
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let base = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.to_string());
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());
     let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
     let f = OpenOptions::new()
         .write(true)
@@ -100,11 +89,8 @@ fn to_file(pid: i32, path: &str, flags: &crate::Flags) -> crate::Result<crate::R
         .map_err(|e| Error::io(tmp.display().to_string(), e))?;
     let out = BufWriter::with_capacity(1 << 20, f);
     let r = crate::engine::checkpoint::checkpoint(pid, out, flags, |w| {
-        let f: File = w
-            .into_inner()
-            .map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;
-        f.sync_all()
-            .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        let f: File = w.into_inner().map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(tmp.display().to_string(), e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         // The directory entry must be durable too before the process may be killed.
         if let Ok(d) = File::open(dir) {

@@ -58,19 +58,10 @@ fn describe(inp: impl Read) -> Result<()> {
             }
             Tag::Head => {
                 let h = Header::decode(&r.payload(&s)?, s.offset)?;
-                println!(
-                    "process:   pid {} ({}), ppid {}, pgid {}, sid {}",
-                    h.pid, h.comm, h.ppid, h.pgid, h.sid
-                );
+                println!("process:   pid {} ({}), ppid {}, pgid {}, sid {}", h.pid, h.comm, h.ppid, h.pgid, h.sid);
                 println!("exe:       {}", h.exe);
-                println!(
-                    "ids:       uid {:?} gid {:?} groups {:?}",
-                    h.uids, h.gids, h.groups
-                );
-                println!(
-                    "taken on:  {} (kernel {}) at {} (unix time)",
-                    h.hostname, h.kernel, h.time_sec
-                );
+                println!("ids:       uid {:?} gid {:?} groups {:?}", h.uids, h.gids, h.groups);
+                println!("taken on:  {} (kernel {}) at {} (unix time)", h.hostname, h.kernel, h.time_sec);
                 println!("flags:     {:#x}", h.flags);
             }
             Tag::Files => {
@@ -92,13 +83,7 @@ fn describe(inp: impl Read) -> Result<()> {
                 let m = memory::MmStruct::decode(&r.payload(&s)?, s.offset)?;
                 println!(
                     "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
-                    m.start_code,
-                    m.end_code,
-                    m.start_data,
-                    m.end_data,
-                    m.start_brk,
-                    m.brk,
-                    m.start_stack
+                    m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack
                 );
                 println!(
                     "           args {:#x}-{:#x} env {:#x}-{:#x} auxv {} bytes",
@@ -142,13 +127,8 @@ fn describe(inp: impl Read) -> Result<()> {
             }
             Tag::Task => {
                 let t = Task::decode(&r.payload(&s)?, s.offset)?;
-                let rs = t
-                    .rseq
-                    .map_or("none".to_string(), |x| format!("{:#x}+{}", x.ptr, x.len));
-                println!(
-                    "task:      umask {:03o}, personality {:#x}, rseq {rs}",
-                    t.umask, t.personality
-                );
+                let rs = t.rseq.map_or("none".to_string(), |x| format!("{:#x}+{}", x.ptr, x.len));
+                println!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality);
             }
             Tag::Cwd => println!("cwd:       {}", cwd::decode(&r.payload(&s)?, s.offset)?),
             Tag::End => {}
@@ -159,11 +139,7 @@ fn describe(inp: impl Read) -> Result<()> {
 }
 
 fn print_map(vmas: &[memory::Vma], stored: &BTreeMap<u64, u64>, total: u64) {
-    println!(
-        "memory:    {} mappings, {} bytes of pages stored",
-        vmas.len(),
-        total
-    );
+    println!("memory:    {} mappings, {} bytes of pages stored", vmas.len(), total);
     for v in vmas {
         let b = stored.get(&v.start).copied().unwrap_or(0);
         let extra = match &v.file {

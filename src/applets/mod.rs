@@ -4,6 +4,7 @@
 mod check;
 mod ckpt;
 mod crfinfo;
+mod demo;
 mod rstrt;
 
 pub struct Applet {
@@ -22,24 +23,15 @@ pub const APPLETS: &[Applet] = &[
         link: false,
         main: check::main,
     },
+    Applet { name: "ckpt", summary: "checkpoint a running process to a CRF image", link: true, main: ckpt::main },
+    Applet { name: "crfinfo", summary: "describe and verify a CRF image", link: true, main: crfinfo::main },
     Applet {
-        name: "ckpt",
-        summary: "checkpoint a running process to a CRF image",
-        link: true,
-        main: ckpt::main,
+        name: "demo",
+        summary: "checkpoint a sample counting process, kill it, restart it",
+        link: false,
+        main: demo::main,
     },
-    Applet {
-        name: "crfinfo",
-        summary: "describe and verify a CRF image",
-        link: true,
-        main: crfinfo::main,
-    },
-    Applet {
-        name: "rstrt",
-        summary: "restart a process from a CRF image",
-        link: true,
-        main: rstrt::main,
-    },
+    Applet { name: "rstrt", summary: "restart a process from a CRF image", link: true, main: rstrt::main },
 ];
 
 pub fn find(name: &str) -> Option<&'static Applet> {
@@ -51,10 +43,7 @@ pub fn find(name: &str) -> Option<&'static Applet> {
 /// an option).
 pub fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, i32> {
     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    if a.last() == Some(&"-")
-        && !a.contains(&"--")
-        && !(a.len() >= 2 && matches!(a[a.len() - 2], "-o" | "--output"))
-    {
+    if a.last() == Some(&"-") && !a.contains(&"--") && !(a.len() >= 2 && matches!(a[a.len() - 2], "-o" | "--output")) {
         a.insert(a.len() - 1, "--");
     }
     T::from_args(&[name], &a).map_err(|e| {

@@ -34,12 +34,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-const FORWARDED: [Signal; 4] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-];
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
     let a: Args = match super::parse(name, argv) {
@@ -48,12 +43,8 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     };
     super::verbose(a.verbose);
     let stdin = a.image == "-";
-    let flags = crate::RestartFlags {
-        detach: a.detach,
-        stop: a.stop,
-        require_pid: a.require_pid,
-        stdin_is_image: stdin,
-    };
+    let flags =
+        crate::RestartFlags { detach: a.detach, stop: a.stop, require_pid: a.require_pid, stdin_is_image: stdin };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();
     for s in FORWARDED {
@@ -74,29 +65,15 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         Err(e) => return exit::report(name, &e),
     };
     if let Some(why) = &r.pid_note {
-        eprintln!(
-            "{name}: {why}: restored pid {} as pid {}",
-            r.original_pid, r.pid
-        );
+        eprintln!("{name}: {why}: restored pid {} as pid {}", r.original_pid, r.pid);
     }
     if r.exe_kept {
-        eprintln!(
-            "{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE",
-            r.pid
-        );
+        eprintln!("{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE", r.pid);
     }
-    let stdio: Vec<String> = r
-        .state
-        .files
-        .iter()
-        .filter(|f| f.kind == crate::res::files::KIND_STDIO)
-        .map(|f| f.fd.to_string())
-        .collect();
+    let stdio: Vec<String> =
+        r.state.files.iter().filter(|f| f.kind == crate::res::files::KIND_STDIO).map(|f| f.fd.to_string()).collect();
     if !stdio.is_empty() {
-        eprintln!(
-            "{name}: fds {} (terminal or pipe) now use rstrt's own",
-            stdio.join(",")
-        );
+        eprintln!("{name}: fds {} (terminal or pipe) now use rstrt's own", stdio.join(","));
     }
     if let Some(p) = &a.pidfile
         && let Err(e) = std::fs::write(p, format!("{}\n", r.pid))
@@ -104,10 +81,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         return exit::report(name, &Error::io(p.as_str(), e));
     }
     if a.verbose {
-        eprintln!(
-            "{name}: restored pid {} ({}) as pid {}",
-            r.original_pid, r.state.head.comm, r.pid
-        );
+        eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
     }
     if a.detach {
         println!("{}", r.pid);

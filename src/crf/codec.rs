@@ -64,22 +64,14 @@ pub struct Dec<'a> {
 
 impl<'a> Dec<'a> {
     pub fn new(buf: &'a [u8], base: u64, section: &'static str) -> Self {
-        Dec {
-            buf,
-            pos: 0,
-            base,
-            section,
-        }
+        Dec { buf, pos: 0, base, section }
     }
 
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
         if self.buf.len() - self.pos < n {
             return Err(CrfError::Bad {
                 offset: self.base + self.pos as u64,
-                what: format!(
-                    "{} section: {field} runs past the end of the section",
-                    self.section
-                ),
+                what: format!("{} section: {field} runs past the end of the section", self.section),
             });
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -130,10 +122,7 @@ impl<'a> Dec<'a> {
     }
     /// Error for a value that decoded but makes no sense.
     pub fn bad_at(&self, offset: u64, what: String) -> CrfError {
-        CrfError::Bad {
-            offset,
-            what: format!("{} section: {what}", self.section),
-        }
+        CrfError::Bad { offset, what: format!("{} section: {what}", self.section) }
     }
     /// The payload must be fully consumed: trailing bytes mean a writer/reader mismatch.
     pub fn finish(&self) -> Result<()> {
@@ -151,12 +140,7 @@ mod tests {
     #[test]
     fn round_trip_fields() {
         let mut e = Enc::new();
-        e.u8(7)
-            .u32(0xdead_beef)
-            .u64(u64::MAX)
-            .i64(-5)
-            .str("héllo")
-            .bytes(&[1, 2, 3]);
+        e.u8(7).u32(0xdead_beef).u64(u64::MAX).i64(-5).str("héllo").bytes(&[1, 2, 3]);
         let b = e.into_bytes();
         let mut d = Dec::new(&b, 100, "TEST");
         assert_eq!(d.u8().unwrap(), 7);

@@ -119,10 +119,7 @@ impl std::error::Error for CrfError {}
 pub type Result<T> = std::result::Result<T, CrfError>;
 
 fn bad<T>(offset: u64, what: impl Into<String>) -> Result<T> {
-    Err(CrfError::Bad {
-        offset,
-        what: what.into(),
-    })
+    Err(CrfError::Bad { offset, what: what.into() })
 }
 
 /// Writes an image in order: `Writer::new` emits the preamble, `section` each section, `finish`
@@ -142,11 +139,7 @@ impl<W: Write> Writer<W> {
         let crc = crc32fast::hash(&pre[0..12]);
         pre[12..16].copy_from_slice(&crc.to_le_bytes());
         out.write_all(&pre)?;
-        Ok(Writer {
-            out,
-            offset: PREAMBLE_LEN as u64,
-            sections: 0,
-        })
+        Ok(Writer { out, offset: PREAMBLE_LEN as u64, sections: 0 })
     }
 
     /// Stream offset of the next byte to be written.
@@ -238,17 +231,9 @@ impl<R: Read> Reader<R> {
         }
         let arch = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
         if arch != ARCH_X86_64 {
-            return bad(
-                8,
-                format!("image is for architecture {arch} (ELF machine), this is x86_64"),
-            );
+            return bad(8, format!("image is for architecture {arch} (ELF machine), this is x86_64"));
         }
-        Ok(Reader {
-            inp,
-            offset: PREAMBLE_LEN as u64,
-            sections: 0,
-            done: false,
-        })
+        Ok(Reader { inp, offset: PREAMBLE_LEN as u64, sections: 0, done: false })
     }
 
     pub fn offset(&self) -> u64 {
@@ -275,10 +260,7 @@ impl<R: Read> Reader<R> {
             let len = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
             let crc = word(16);
             if len > MAX_SECTION {
-                return bad(
-                    start,
-                    format!("section length {len} exceeds the limit {MAX_SECTION}"),
-                );
+                return bad(start, format!("section length {len} exceeds the limit {MAX_SECTION}"));
             }
             let Some(tag) = Tag::from_u32(raw_tag) else {
                 if flags & FLAG_OPTIONAL != 0 {
@@ -286,18 +268,9 @@ impl<R: Read> Reader<R> {
                     self.sections += 1;
                     continue;
                 }
-                return bad(
-                    start,
-                    format!("unknown mandatory section tag {raw_tag:#x}: image needs a newer crs"),
-                );
+                return bad(start, format!("unknown mandatory section tag {raw_tag:#x}: image needs a newer crs"));
             };
-            let sec = Section {
-                tag,
-                flags,
-                len,
-                crc,
-                offset: self.offset,
-            };
+            let sec = Section { tag, flags, len, crc, offset: self.offset };
             if tag == Tag::End {
                 let payload = self.payload(&sec)?;
                 let mut d = Dec::new(&payload, sec.offset, "END");
@@ -306,10 +279,7 @@ impl<R: Read> Reader<R> {
                 if n != self.sections || bytes != start {
                     return bad(
                         sec.offset,
-                        format!(
-                            "trailer says {n} sections and {bytes} bytes, read {} and {start}",
-                            self.sections
-                        ),
+                        format!("trailer says {n} sections and {bytes} bytes, read {} and {start}", self.sections),
                     );
                 }
                 self.done = true;
@@ -325,10 +295,7 @@ impl<R: Read> Reader<R> {
         let mut buf = vec![0u8; sec.len as usize];
         self.read_exact_at(&mut buf, sec.tag.name())?;
         if crc32fast::hash(&buf) != sec.crc {
-            return bad(
-                sec.offset,
-                format!("{} section checksum mismatch", sec.tag.name()),
-            );
+            return bad(sec.offset, format!("{} section checksum mismatch", sec.tag.name()));
         }
         Ok(buf)
     }

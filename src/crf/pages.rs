@@ -6,9 +6,7 @@
 //! ```
 //! `pad` makes the data start on a page boundary of the stream (offset 0 = the preamble).
 
-use super::{
-    CrfError, Dec, Enc, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer,
-};
+use super::{CrfError, Dec, Enc, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer};
 use std::io::{self, Read, Write};
 
 /// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
@@ -68,9 +66,7 @@ pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Ba
     crc.update(&fixed);
     let nruns = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
     let pad = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]) as usize;
-    let table = nruns
-        .checked_mul(16)
-        .filter(|t| (8 + *t + pad) as u64 <= sec.len);
+    let table = nruns.checked_mul(16).filter(|t| (8 + *t + pad) as u64 <= sec.len);
     let (Some(table), true) = (table, pad < PAGE_SIZE) else {
         return Err(CrfError::Bad {
             offset: sec.offset,
@@ -86,11 +82,7 @@ pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Ba
     let mut prev_end = 0u64;
     for _ in 0..nruns {
         let at = d.offset();
-        let run = Run {
-            addr: d.u64()?,
-            npages: d.u32()?,
-            flags: d.u32()?,
-        };
+        let run = Run { addr: d.u64()?, npages: d.u32()?, flags: d.u32()? };
         let end = run.addr.checked_add(run.npages as u64 * PAGE_SIZE as u64);
         let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
             && run.npages > 0
@@ -98,38 +90,23 @@ pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Ba
             && run.addr >= prev_end
             && end.is_some_and(|e| e <= 1 << 47);
         if !ok {
-            return Err(d.bad_at(
-                at,
-                format!("invalid page run {:#x}+{} pages", run.addr, run.npages),
-            ));
+            return Err(d.bad_at(at, format!("invalid page run {:#x}+{} pages", run.addr, run.npages)));
         }
         prev_end = end.unwrap_or(0);
         pages += run.npages as u64;
         runs.push(run);
     }
     if buf[table..].iter().any(|&b| b != 0) {
-        return Err(CrfError::Bad {
-            offset: sec.offset + 8 + table as u64,
-            what: "PAGES padding is not zero".into(),
-        });
+        return Err(CrfError::Bad { offset: sec.offset + 8 + table as u64, what: "PAGES padding is not zero".into() });
     }
     let data_len = pages * PAGE_SIZE as u64;
     if 8 + (table + pad) as u64 + data_len != sec.len || pages as usize > MAX_BATCH_PAGES {
         return Err(CrfError::Bad {
             offset: sec.offset,
-            what: format!(
-                "PAGES section: {pages} pages do not match its length {}",
-                sec.len
-            ),
+            what: format!("PAGES section: {pages} pages do not match its length {}", sec.len),
         });
     }
-    Ok(Batch {
-        runs,
-        data_len: data_len as usize,
-        crc,
-        expect: sec.crc,
-        at: sec.offset,
-    })
+    Ok(Batch { runs, data_len: data_len as usize, crc, expect: sec.crc, at: sec.offset })
 }
 
 impl Batch {
@@ -138,10 +115,7 @@ impl Batch {
         r.read_exact_at(buf, "PAGES data")?;
         self.crc.update(buf);
         if self.crc.finalize() != self.expect {
-            return Err(CrfError::Bad {
-                offset: self.at,
-                what: "PAGES section checksum mismatch".into(),
-            });
+            return Err(CrfError::Bad { offset: self.at, what: "PAGES section checksum mismatch".into() });
         }
         Ok(())
     }
@@ -155,18 +129,7 @@ mod tests {
     fn batch_round_trip_and_alignment() {
         let mut w = Writer::new(Vec::new()).unwrap();
         w.section(Tag::Head, 0, &[b"x"]).unwrap();
-        let runs = [
-            Run {
-                addr: 0x1000,
-                npages: 2,
-                flags: 0,
-            },
-            Run {
-                addr: 0x8000,
-                npages: 1,
-                flags: RUN_FILE_COPY,
-            },
-        ];
+        let runs = [Run { addr: 0x1000, npages: 2, flags: 0 }, Run { addr: 0x8000, npages: 1, flags: RUN_FILE_COPY }];
         let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
         write_batch(&mut w, &runs, &data).unwrap();
         let img = w.finish().unwrap().0;
@@ -178,11 +141,7 @@ mod tests {
         assert_eq!(s.tag, Tag::Pages);
         let b = read_batch_header(&mut r, &s).unwrap();
         assert_eq!(b.runs, runs);
-        assert_eq!(
-            r.offset() % PAGE_SIZE as u64,
-            0,
-            "page data must start on a page boundary"
-        );
+        assert_eq!(r.offset() % PAGE_SIZE as u64, 0, "page data must start on a page boundary");
         let mut buf = vec![0u8; b.data_len];
         b.read_data(&mut r, &mut buf).unwrap();
         assert_eq!(buf, data);
@@ -192,18 +151,7 @@ mod tests {
     #[test]
     fn overlapping_runs_are_refused() {
         let mut w = Writer::new(Vec::new()).unwrap();
-        let runs = [
-            Run {
-                addr: 0x2000,
-                npages: 2,
-                flags: 0,
-            },
-            Run {
-                addr: 0x3000,
-                npages: 1,
-                flags: 0,
-            },
-        ];
+        let runs = [Run { addr: 0x2000, npages: 2, flags: 0 }, Run { addr: 0x3000, npages: 1, flags: 0 }];
         write_batch(&mut w, &runs, &vec![0u8; 3 * PAGE_SIZE]).unwrap();
         let img = w.finish().unwrap().0;
         let mut r = Reader::new(&img[..]).unwrap();

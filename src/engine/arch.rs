@@ -21,9 +21,8 @@ const ERESTART_RESTARTBLOCK: i64 = -516;
 /// Registers as 27 u64 in `user_regs_struct` order.
 pub fn regs_to_array(r: &Regs) -> [u64; 27] {
     [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
-        r.es, r.fs, r.gs,
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
+        r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
     ]
 }
 
@@ -90,11 +89,7 @@ pub fn restart_regs(r: &Regs, restart_block: bool) -> Regs {
                 out.rip -= 2;
             }
             ERESTART_RESTARTBLOCK => {
-                out.rax = if restart_block {
-                    libc::SYS_restart_syscall as u64
-                } else {
-                    r.orig_rax
-                };
+                out.rax = if restart_block { libc::SYS_restart_syscall as u64 } else { r.orig_rax };
                 out.rip -= 2;
             }
             _ => {}
@@ -144,9 +139,7 @@ pub fn own_gadget() -> u64 {
 
 /// Finds a `syscall` instruction (0f 05) in code bytes mapped at `base`.
 pub fn find_syscall_insn(code: &[u8], base: u64) -> Option<u64> {
-    code.windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|i| base + i as u64)
+    code.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| base + i as u64)
 }
 
 #[cfg(test)]
@@ -166,10 +159,7 @@ mod tests {
         r.rax = ERESTARTSYS as u64;
         r.rip = 0x1002;
         let o = restart_regs(&r, true);
-        assert_eq!(
-            (o.rax, o.rip, o.orig_rax),
-            (libc::SYS_read as u64, 0x1000, u64::MAX)
-        );
+        assert_eq!((o.rax, o.rip, o.orig_rax), (libc::SYS_read as u64, 0x1000, u64::MAX));
         r.orig_rax = libc::SYS_nanosleep as u64;
         r.rax = ERESTART_RESTARTBLOCK as u64;
         assert_eq!(restart_regs(&r, true).rax, libc::SYS_restart_syscall as u64);

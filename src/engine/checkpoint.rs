@@ -50,9 +50,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     })?;
     let field = |k| procfs::status_field(&status, k).unwrap_or("");
     if field("State").starts_with('Z') || field("State").starts_with('X') {
-        return Err(Error::Refused(format!(
-            "pid {pid} is a zombie; there is nothing left to checkpoint"
-        )));
+        return Err(Error::Refused(format!("pid {pid} is a zombie; there is nothing left to checkpoint")));
     }
     if field("Tgid") != pid.to_string() {
         return Err(Error::Refused(format!(
@@ -90,27 +88,17 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
 
 /// Whether a mapped file's unmodified pages are left out of the image.
 fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let exe =
+        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let (no_binary, no_libs) = (opts.no_binary, opts.no_libs);
     move |path: &str, elf: bool| {
-        if path == exe {
-            no_binary
-        } else {
-            no_libs && elf
-        }
+        if path == exe { no_binary } else { no_libs && elf }
     }
 }
 
 /// Checkpoints `pid` into `out`. `commit` runs after the last byte is written (flush, fsync,
 /// rename); only when it succeeds is the process killed or stopped as asked.
-pub fn checkpoint<W: Write>(
-    pid: i32,
-    out: W,
-    opts: &Options,
-    commit: impl FnOnce(W) -> Result<()>,
-) -> Result<Report> {
+pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
     precheck(pid, opts)?;
     let t = Tracee::seize(pid)?;
     let t0 = Instant::now();
@@ -125,17 +113,7 @@ pub fn checkpoint<W: Write>(
         image.rip = ip;
     }
     let mut held_all = held;
-    let result = frozen_work(
-        &t,
-        pid,
-        out,
-        opts,
-        commit,
-        &live,
-        image,
-        rseq,
-        &mut held_all,
-    );
+    let result = frozen_work(&t, pid, out, opts, commit, &live, image, rseq, &mut held_all);
     let frozen = t0.elapsed();
     // Whatever happened, the process gets consistent registers back before it runs again.
     let restored = t.set_regs(&live);
@@ -144,12 +122,7 @@ pub fn checkpoint<W: Write>(
             t.kill(Signal::SIGKILL)?;
             drop(t);
             info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes) and killed it");
-            Ok(Report {
-                pid,
-                pages,
-                image_bytes: bytes,
-                frozen,
-            })
+            Ok(Report { pid, pages, image_bytes: bytes, frozen })
         }
         Ok((pages, bytes)) => {
             restored?;
@@ -159,12 +132,7 @@ pub fn checkpoint<W: Write>(
             t.detach()?;
             redeliver(pid, &held_all);
             info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes), frozen {frozen:?}");
-            Ok(Report {
-                pid,
-                pages,
-                image_bytes: bytes,
-                frozen,
-            })
+            Ok(Report { pid, pages, image_bytes: bytes, frozen })
         }
         Err(e) => {
             drop(t);
@@ -227,28 +195,15 @@ fn frozen_work<W: Write>(
     let len = 4 * crate::crf::PAGE_SIZE;
     let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let addr = r.call(
-        libc::SYS_mmap,
-        [0, len as u64, prot, flags, u64::MAX, 0],
-        "mmap",
-        "scratch area",
-    )?;
-    let mut c = Ctl {
-        r,
-        scratch: Scratch { addr, len },
-    };
+    let addr = r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area")?;
+    let mut c = Ctl { r, scratch: Scratch { addr, len } };
     let asked = (|| -> Result<(Signals, Task, u64)> {
         let s = Signals::collect(&mut c, sigmask)?;
         let task = Task::collect(&mut c, &status, rseq)?;
         let brk = c.r.call(libc::SYS_brk, [0; 6], "brk", "query")?;
         Ok((s, task, brk))
     })();
-    let unmapped = c.r.call(
-        libc::SYS_munmap,
-        [addr, len as u64, 0, 0, 0, 0],
-        "munmap",
-        "scratch area",
-    );
+    let unmapped = c.r.call(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0], "munmap", "scratch area");
     held.append(&mut c.r.held);
     let (signals, task, brk) = asked?;
     unmapped?;
@@ -260,12 +215,8 @@ fn frozen_work<W: Write>(
     let fds = files::scan(pid)?;
     let cwd = cwd::collect(pid)?;
     let exe_link = format!("/proc/{pid}/exe");
-    let exe_path = std::fs::read_link(&exe_link)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let exe = FileId::of(&exe_link, &exe_path, true)
-        .ok()
-        .filter(|_| !exe_path.ends_with(" (deleted)"));
+    let exe_path = std::fs::read_link(&exe_link).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let exe = FileId::of(&exe_link, &exe_path, true).ok().filter(|_| !exe_path.ends_with(" (deleted)"));
     let auxv_path = format!("/proc/{pid}/auxv");
     let auxv = std::fs::read(&auxv_path).map_err(|e| Error::io(&auxv_path, e))?;
     let mm = MmStruct {
@@ -284,28 +235,18 @@ fn frozen_work<W: Write>(
         exe,
     };
     let head = header(pid, opts, &stat, &status, &exe_path)?;
-    debug!(
-        "pid {pid}: {} mappings, {} fds, cwd {cwd}",
-        vmas.len(),
-        fds.len()
-    );
+    debug!("pid {pid}: {} mappings, {} fds, cwd {cwd}", vmas.len(), fds.len());
 
     let io = |e: std::io::Error| Error::io("image", e);
     let mut w = Writer::new(out).map_err(io)?;
     w.section(Tag::Head, 0, &[&head.encode()]).map_err(io)?;
-    w.section(Tag::Files, 0, &[&files::encode(&fds)])
-        .map_err(io)?;
+    w.section(Tag::Files, 0, &[&files::encode(&fds)]).map_err(io)?;
     w.section(Tag::MmStruct, 0, &[&mm.encode()]).map_err(io)?;
-    w.section(Tag::Vmas, 0, &[&memory::encode_vmas(&vmas)])
-        .map_err(io)?;
+    w.section(Tag::Vmas, 0, &[&memory::encode_vmas(&vmas)]).map_err(io)?;
     let (pages, _) = memory::dump_pages(pid, &vmas, &mut w)?;
-    let regs = RegState {
-        gpr: image_regs,
-        xsave,
-    };
+    let regs = RegState { gpr: image_regs, xsave };
     w.section(Tag::Regs, 0, &[&regs.encode()]).map_err(io)?;
-    w.section(Tag::Signals, 0, &[&signals.encode()])
-        .map_err(io)?;
+    w.section(Tag::Signals, 0, &[&signals.encode()]).map_err(io)?;
     w.section(Tag::Task, 0, &[&task.encode()]).map_err(io)?;
     w.section(Tag::Cwd, 0, &[&cwd::encode(&cwd)]).map_err(io)?;
     let (out, bytes) = w.finish().map_err(io)?;
@@ -316,33 +257,26 @@ fn frozen_work<W: Write>(
 /// A `syscall` instruction in the process: in its vdso, which every process has and which we
 /// never modify.
 fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
-    let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| Error::Refused(format!("pid {pid} has no vdso (booted with vdso=0?); crs needs one to run syscalls in the process")))?;
+    let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
+        Error::Refused(format!(
+            "pid {pid} has no vdso (booted with vdso=0?); crs needs one to run syscalls in the process"
+        ))
+    })?;
     let mut code = vec![0u8; vdso.len() as usize];
     mem::read_runs(pid, &[(vdso.start, code.len())], &mut code)?;
     arch::find_syscall_insn(&code, vdso.start)
         .ok_or_else(|| Error::Refused(format!("pid {pid}: no syscall instruction in its vdso")))
 }
 
-fn header(
-    pid: i32,
-    opts: &Options,
-    stat: &procfs::Stat,
-    status: &str,
-    exe: &str,
-) -> Result<Header> {
-    let ids = |k| {
-        procfs::status_ids(status, k)
-            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no {k} line")))
-    };
+fn header(pid: i32, opts: &Options, stat: &procfs::Stat, status: &str, exe: &str) -> Result<Header> {
+    let ids = |k| procfs::status_ids(status, k).ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no {k} line")));
     let groups = procfs::status_field(status, "Groups")
         .unwrap_or("")
         .split_whitespace()
         .filter_map(|g| g.parse().ok())
         .collect();
     let uts = nix::sys::utsname::uname().map_err(|e| Error::sys("uname", "this node", e))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut flags = 0;
     for (on, f) in [
         (opts.kill, head::CKPT_KILL),

@@ -21,53 +21,28 @@ fn vm_io(pid: i32, remote: &[(u64, usize)], buf: *mut u8, write: bool) -> Result
         let mut total = 0usize;
         for (j, &(a, l)) in remote[i..].iter().enumerate().take(IOV_MAX) {
             let s = if j == 0 { skip } else { 0 };
-            riov.push(libc::iovec {
-                iov_base: (a as usize + s) as *mut libc::c_void,
-                iov_len: l - s,
-            });
+            riov.push(libc::iovec { iov_base: (a as usize + s) as *mut libc::c_void, iov_len: l - s });
             total += l - s;
         }
         // SAFETY: `buf` holds at least sum(remote lengths) bytes (checked by callers) and we
         // stay within [off, off + total).
-        let liov = libc::iovec {
-            iov_base: unsafe { buf.add(off) }.cast(),
-            iov_len: total,
-        };
+        let liov = libc::iovec { iov_base: unsafe { buf.add(off) }.cast(), iov_len: total };
         // SAFETY: the iovecs point into `buf` (local) or describe remote addresses, which the
         // kernel checks against the target's mappings.
         let n = unsafe {
             if write {
-                libc::process_vm_writev(
-                    pid,
-                    &liov,
-                    1,
-                    riov.as_ptr(),
-                    riov.len() as libc::c_ulong,
-                    0,
-                )
+                libc::process_vm_writev(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
             } else {
                 libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
             }
         };
-        let call = if write {
-            "process_vm_writev"
-        } else {
-            "process_vm_readv"
-        };
+        let call = if write { "process_vm_writev" } else { "process_vm_readv" };
         if n < 0 {
             let (a, _) = remote[i];
-            return Err(Error::sys(
-                call,
-                format!("pid {pid} address {:#x}", a as usize + skip),
-                Errno::last(),
-            ));
+            return Err(Error::sys(call, format!("pid {pid} address {:#x}", a as usize + skip), Errno::last()));
         }
         if n == 0 {
-            return Err(Error::sys(
-                call,
-                format!("pid {pid} address {:#x}", remote[i].0),
-                Errno::EFAULT,
-            ));
+            return Err(Error::sys(call, format!("pid {pid} address {:#x}", remote[i].0), Errno::EFAULT));
         }
         // Advance over what was transferred.
         let mut n = n as usize;
@@ -102,6 +77,5 @@ pub fn write_runs(pid: i32, remote: &[(u64, usize)], buf: &[u8]) -> Result<()> {
 pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     let path = format!("/proc/{pid}/mem");
     let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    f.read_exact_at(buf, addr)
-        .map_err(|e| Error::io(format!("{path} at {addr:#x}"), e))
+    f.read_exact_at(buf, addr).map_err(|e| Error::io(format!("{path} at {addr:#x}"), e))
 }

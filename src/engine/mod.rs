@@ -23,10 +23,7 @@ impl Scratch {
     /// Copies `bytes` to offset `off` of the scratch area; returns the remote address.
     pub fn put(&self, pid: i32, off: usize, bytes: &[u8]) -> Result<u64> {
         if off + bytes.len() > self.len {
-            return Err(Error::Proc(format!(
-                "scratch area too small for {} bytes",
-                bytes.len()
-            )));
+            return Err(Error::Proc(format!("scratch area too small for {} bytes", bytes.len())));
         }
         let at = self.addr + off as u64;
         mem::write_runs(pid, &[(at, bytes.len())], bytes)?;

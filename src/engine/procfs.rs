@@ -56,10 +56,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
         exec: perms[2] == b'x',
         shared: perms[3] == b's',
         offset,
-        dev: (
-            u32::from_str_radix(maj, 16).ok()?,
-            u32::from_str_radix(min, 16).ok()?,
-        ),
+        dev: (u32::from_str_radix(maj, 16).ok()?, u32::from_str_radix(min, 16).ok()?),
         inode,
         name,
         vmflags: Vec::new(),
@@ -73,11 +70,7 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
         if let Some(rest) = line.strip_prefix("VmFlags:") {
             let last = out.last_mut()?;
             last.vmflags = rest.split_whitespace().map(str::to_string).collect();
-        } else if line
-            .split(' ')
-            .next()
-            .is_some_and(|w| w.contains('-') && !w.contains(':'))
-        {
+        } else if line.split(' ').next().is_some_and(|w| w.contains('-') && !w.contains(':')) {
             out.push(parse_map_line(line)?);
         }
     }
@@ -100,11 +93,7 @@ pub fn parse_stat(text: &str) -> Option<(String, Vec<u64>, char)> {
     let state = words.next()?.chars().next()?;
     // Field 4 (ppid) onwards; signed fields are parsed as i64 and stored as u64.
     let nums = words
-        .map(|w| {
-            w.parse::<i64>()
-                .map(|v| v as u64)
-                .or_else(|_| w.parse::<u64>())
-        })
+        .map(|w| w.parse::<i64>().map(|v| v as u64).or_else(|_| w.parse::<u64>()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .ok()?;
     Some((comm, nums, state))
@@ -163,17 +152,12 @@ pub fn read_stat(pid: i32) -> Result<Stat> {
 
 /// A "Key:\tvalue" field of /proc/PID/status.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
 /// The four ids of a "Uid:" or "Gid:" line: real, effective, saved, filesystem.
 pub fn status_ids(status: &str, key: &str) -> Option<[u32; 4]> {
-    let v: Vec<u32> = status_field(status, key)?
-        .split_whitespace()
-        .map(|w| w.parse().ok())
-        .collect::<Option<_>>()?;
+    let v: Vec<u32> = status_field(status, key)?.split_whitespace().map(|w| w.parse().ok()).collect::<Option<_>>()?;
     v.try_into().ok()
 }
 
@@ -233,18 +217,9 @@ VmFlags: rd ex mr mw me de sd
         assert_eq!(s.state, 'S');
         assert_eq!((s.ppid, s.pgid, s.sid), (1, 42, 42));
         assert_eq!(s.num_threads, 1);
-        assert_eq!(
-            (s.start_code, s.end_code, s.start_stack),
-            (4096, 8192, 140000)
-        );
-        assert_eq!(
-            (s.start_data, s.end_data, s.start_brk),
-            (12288, 12300, 13000)
-        );
-        assert_eq!(
-            (s.arg_start, s.arg_end, s.env_start, s.env_end),
-            (14000, 14010, 14010, 14100)
-        );
+        assert_eq!((s.start_code, s.end_code, s.start_stack), (4096, 8192, 140000));
+        assert_eq!((s.start_data, s.end_data, s.start_brk), (12288, 12300, 13000));
+        assert_eq!((s.arg_start, s.arg_end, s.env_start, s.env_end), (14000, 14010, 14010, 14100));
     }
 
     #[test]

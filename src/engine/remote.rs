@@ -19,12 +19,7 @@ pub struct Remote<'a> {
 impl<'a> Remote<'a> {
     /// `base` supplies the registers a syscall does not set (segments, flags).
     pub fn new(t: &'a Tracee, gadget: u64, base: Regs) -> Self {
-        Remote {
-            t,
-            gadget,
-            base,
-            held: Vec::new(),
-        }
+        Remote { t, gadget, base, held: Vec::new() }
     }
 
     /// Runs a syscall and returns its raw result (negative errno on failure).

@@ -63,10 +63,7 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.armed {
             let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(
-                Pid::from_raw(self.pid),
-                Some(nix::sys::wait::WaitPidFlag::__WALL),
-            );
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(nix::sys::wait::WaitPidFlag::__WALL));
         }
     }
 }
@@ -94,10 +91,7 @@ fn check_owner(h: &Header) -> Result<()> {
     if is_root() {
         return Ok(());
     }
-    let (uid, gid) = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     if h.uids.iter().any(|&u| u != uid) || h.gids.iter().any(|&g| g != gid) {
         return Err(Error::Permission(format!(
             "the image belongs to uid {} gid {}; as uid {uid} gid {gid} you may only restore your own processes (root restores any)",
@@ -125,11 +119,8 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     st.vmas = memory::decode_vmas(&rd.payload(&s)?, s.offset)?;
     let me = std::process::id() as i32;
     let own = procfs::read_smaps(me)?;
-    let specials: Vec<MapEntry> = own
-        .iter()
-        .filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar"))
-        .cloned()
-        .collect();
+    let specials: Vec<MapEntry> =
+        own.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).cloned().collect();
     let vdso = match own.iter().find(|m| m.name == "[vdso]") {
         Some(v) => {
             let mut b = vec![0u8; v.len() as usize];
@@ -153,36 +144,21 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     let t = Tracee::adopt_child(pid)?;
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
-    let mut c = Ctl {
-        r: Remote::new(&t, arch::own_gadget(), base),
-        scratch: Scratch { addr: 0, len: 0 },
-    };
+    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0 } };
     let child_maps = procfs::read_smaps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
     let glen = 4 * PAGE_SIZE as u64;
-    let mut avoid: Vec<(u64, u64)> = st
-        .vmas
-        .iter()
-        .map(|v| (v.start, v.end))
-        .chain(child_maps.iter().map(|m| (m.start, m.end)))
-        .collect();
-    let g = find_free(&avoid, glen)
-        .ok_or_else(|| Error::Refused("no free address range for the restore gadget".into()))?;
+    let mut avoid: Vec<(u64, u64)> =
+        st.vmas.iter().map(|v| (v.start, v.end)).chain(child_maps.iter().map(|m| (m.start, m.end))).collect();
+    let g =
+        find_free(&avoid, glen).ok_or_else(|| Error::Refused("no free address range for the restore gadget".into()))?;
     let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let fl = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-    c.r.call(
-        libc::SYS_mmap,
-        [g, glen, rwx, fl, u64::MAX, 0],
-        "mmap",
-        "restore gadget",
-    )?;
+    c.r.call(libc::SYS_mmap, [g, glen, rwx, fl, u64::MAX, 0], "mmap", "restore gadget")?;
     mem::write_runs(pid, &[(g, arch::GADGET_CODE.len())], &arch::GADGET_CODE)?;
     c.r.gadget = g;
-    c.scratch = Scratch {
-        addr: g + PAGE_SIZE as u64,
-        len: (glen as usize) - PAGE_SIZE,
-    };
+    c.scratch = Scratch { addr: g + PAGE_SIZE as u64, len: (glen as usize) - PAGE_SIZE };
     avoid.push((g, g + glen));
 
     // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping.
@@ -193,12 +169,7 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
         if m.name == "[vdso]" || m.name.starts_with("[vvar") || m.name == "[vsyscall]" {
             continue;
         }
-        c.r.call(
-            libc::SYS_munmap,
-            [m.start, m.len(), 0, 0, 0, 0],
-            "munmap",
-            &format!("{:#x}-{:#x}", m.start, m.end),
-        )?;
+        c.r.call(libc::SYS_munmap, [m.start, m.len(), 0, 0, 0, 0], "munmap", &format!("{:#x}-{:#x}", m.start, m.end))?;
     }
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
 
@@ -271,11 +242,7 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     // 6. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.r.last(libc::SYS_munmap, [g, glen, 0, 0, 0, 0])?;
     if r != 0 {
-        return Err(Error::sys(
-            "munmap (restore gadget)",
-            format!("pid {pid}"),
-            Errno::from_raw(-r as i32),
-        ));
+        return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));
     }
     let held = std::mem::take(&mut c.r.held);
     let mut fin = regs.gpr;
@@ -286,22 +253,13 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     }
     t.detach()?;
     guard.armed = false;
-    for s in held
-        .into_iter()
-        .filter(|&s| s != libc::SIGSTOP || opts.stop)
-    {
+    for s in held.into_iter().filter(|&s| s != libc::SIGSTOP || opts.stop) {
         if let Ok(sig) = Signal::try_from(s) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }
     info!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
-    Ok(Restored {
-        pid,
-        original_pid: st.head.pid,
-        pid_note,
-        exe_kept: !exe_set && st.mm.exe.is_some(),
-        state: st,
-    })
+    Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept: !exe_set && st.mm.exe.is_some(), state: st })
 }
 
 /// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).
@@ -362,48 +320,28 @@ fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
 
 /// Moves this kernel's vdso/vvar mappings in the child to where the image had them (or removes
 /// them when the image had none). `plan` has already checked they are the same kind and size.
-fn move_specials(
-    c: &mut Ctl,
-    child: &[MapEntry],
-    vmas: &[memory::Vma],
-    avoid: &[(u64, u64)],
-) -> Result<()> {
-    let mine: Vec<&MapEntry> = child
-        .iter()
-        .filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar"))
-        .collect();
+fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &[(u64, u64)]) -> Result<()> {
+    let mine: Vec<&MapEntry> = child.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).collect();
     let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
     if want.is_empty() {
         for m in mine {
-            c.r.call(
-                libc::SYS_munmap,
-                [m.start, m.len(), 0, 0, 0, 0],
-                "munmap",
-                &m.name,
-            )?;
+            c.r.call(libc::SYS_munmap, [m.start, m.len(), 0, 0, 0, 0], "munmap", &m.name)?;
         }
         return Ok(());
     }
     let moves: Vec<(u64, u64, u64, &str)> = want
         .iter()
-        .filter_map(|v| {
-            mine.iter()
-                .find(|m| m.name == v.name)
-                .map(|m| (m.start, v.start, v.len(), m.name.as_str()))
-        })
+        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len(), m.name.as_str())))
         .filter(|(from, to, _, _)| from != to)
         .collect();
-    let overlap = moves
-        .iter()
-        .any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
+    let overlap = moves.iter().any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
     let mut moves_from: Vec<(u64, u64, u64, &str)> = moves.clone();
     if overlap {
         // Two steps: first out of the way, then into place.
         let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
         let mut all = avoid.to_vec();
         all.extend(want.iter().map(|v| (v.start, v.end)));
-        let mut tmp = find_free(&all, total)
-            .ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
+        let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
         for m in moves_from.iter_mut() {
             mremap(c, m.0, m.2, tmp, m.3)?;
             m.0 = tmp;
@@ -418,13 +356,8 @@ fn move_specials(
 
 fn mremap(c: &mut Ctl, from: u64, len: u64, to: u64, name: &str) -> Result<()> {
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    c.r.call(
-        libc::SYS_mremap,
-        [from, len, len, flags, to, 0],
-        "mremap",
-        &format!("{name} {from:#x} -> {to:#x}"),
-    )
-    .map(|_| ())
+    c.r.call(libc::SYS_mremap, [from, len, len, flags, to, 0], "mremap", &format!("{name} {from:#x} -> {to:#x}"))
+        .map(|_| ())
 }
 
 #[repr(C)]
@@ -458,13 +391,7 @@ fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
         // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our memory. It runs
         // only `child_stop`, which makes raw syscalls and never returns into Rust code that could
         // touch state shared with the parent.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
+        let r = unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
         if r == 0 {
             child_stop(parent);
         }
@@ -482,9 +409,7 @@ fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
         e => format!("clone3 with set_tid failed: {}", e.desc()),
     };
     if require {
-        return Err(Error::Refused(format!(
-            "cannot restore as pid {want}: {why} (--require-pid)"
-        )));
+        return Err(Error::Refused(format!("cannot restore as pid {want}: {why} (--require-pid)")));
     }
     args.set_tid = 0;
     args.set_tid_size = 0;

@@ -38,25 +38,12 @@ pub struct Tracee {
 }
 
 /// One ptrace call with a typed error.
-pub fn ptrace_raw(
-    req: libc::c_uint,
-    pid: i32,
-    addr: usize,
-    data: usize,
-    what: &str,
-) -> Result<libc::c_long> {
+pub fn ptrace_raw(req: libc::c_uint, pid: i32, addr: usize, data: usize, what: &str) -> Result<libc::c_long> {
     Errno::clear();
     // SAFETY: ptrace reads/writes only through `addr`/`data`, which callers pass as pointers to
     // live buffers of the size the request needs (or as plain integers for requests that take
     // none); a bad pid only yields an error.
-    let r = unsafe {
-        libc::ptrace(
-            req,
-            pid,
-            addr as *mut libc::c_void,
-            data as *mut libc::c_void,
-        )
-    };
+    let r = unsafe { libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void) };
     if r == -1 && Errno::last_raw() != 0 {
         let e = Errno::last();
         return Err(if e == Errno::ESRCH {
@@ -79,24 +66,16 @@ impl Tracee {
             )),
             _ => e,
         })?;
-        Ok(Tracee {
-            pid,
-            attached: true,
-        })
+        Ok(Tracee { pid, attached: true })
     }
 
     /// Adopts a child that called PTRACE_TRACEME and stopped itself.
     pub fn adopt_child(pid: i32) -> Result<Tracee> {
-        let t = Tracee {
-            pid,
-            attached: true,
-        };
+        let t = Tracee { pid, attached: true };
         match t.wait()? {
             Stop::Signal(sig) if sig == libc::SIGSTOP => {}
             other => {
-                return Err(Error::Proc(format!(
-                    "restore child {pid}: unexpected first stop {other:?}"
-                )));
+                return Err(Error::Proc(format!("restore child {pid}: unexpected first stop {other:?}")));
             }
         }
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
@@ -117,9 +96,7 @@ impl Tracee {
                     // Suppress it for now; the interrupt is still pending and stops it again.
                     ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")?;
                 }
-                Stop::Syscall => {
-                    ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT").map(|_| ())?
-                }
+                Stop::Syscall => ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT").map(|_| ())?,
             }
         }
     }
@@ -131,9 +108,7 @@ impl Tracee {
                 .map_err(|e| Error::sys("waitpid", format!("pid {}", self.pid), e))?;
             return match st {
                 WaitStatus::PtraceSyscall(_) => Ok(Stop::Syscall),
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {
-                    Ok(Stop::Event)
-                }
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => Ok(Stop::Event),
                 WaitStatus::PtraceEvent(..) => Ok(Stop::Event),
                 WaitStatus::Stopped(_, sig) => Ok(Stop::Signal(sig as i32)),
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Err(Error::Gone(self.pid)),
@@ -145,34 +120,18 @@ impl Tracee {
     pub fn regs(&self) -> Result<Regs> {
         // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
         let mut r: Regs = unsafe { std::mem::zeroed() };
-        ptrace_raw(
-            libc::PTRACE_GETREGS,
-            self.pid,
-            0,
-            &mut r as *mut Regs as usize,
-            "PTRACE_GETREGS",
-        )?;
+        ptrace_raw(libc::PTRACE_GETREGS, self.pid, 0, &mut r as *mut Regs as usize, "PTRACE_GETREGS")?;
         Ok(r)
     }
 
     pub fn set_regs(&self, r: &Regs) -> Result<()> {
-        ptrace_raw(
-            libc::PTRACE_SETREGS,
-            self.pid,
-            0,
-            r as *const Regs as usize,
-            "PTRACE_SETREGS",
-        )
-        .map(|_| ())
+        ptrace_raw(libc::PTRACE_SETREGS, self.pid, 0, r as *const Regs as usize, "PTRACE_SETREGS").map(|_| ())
     }
 
     /// The XSAVE area (all FPU/SSE/AVX/AVX-512 state), exactly as long as the kernel fills it.
     pub fn xstate(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; arch::XSTATE_MAX];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         ptrace_raw(
             libc::PTRACE_GETREGSET,
             self.pid,
@@ -186,10 +145,7 @@ impl Tracee {
 
     pub fn set_xstate(&self, x: &[u8]) -> Result<()> {
         let mut copy = x.to_vec();
-        let mut iov = libc::iovec {
-            iov_base: copy.as_mut_ptr().cast(),
-            iov_len: copy.len(),
-        };
+        let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
         ptrace_raw(
             libc::PTRACE_SETREGSET,
             self.pid,
@@ -202,25 +158,12 @@ impl Tracee {
 
     pub fn sigmask(&self) -> Result<u64> {
         let mut m = 0u64;
-        ptrace_raw(
-            PTRACE_GETSIGMASK,
-            self.pid,
-            8,
-            &mut m as *mut u64 as usize,
-            "PTRACE_GETSIGMASK",
-        )?;
+        ptrace_raw(PTRACE_GETSIGMASK, self.pid, 8, &mut m as *mut u64 as usize, "PTRACE_GETSIGMASK")?;
         Ok(m)
     }
 
     pub fn set_sigmask(&self, m: u64) -> Result<()> {
-        ptrace_raw(
-            PTRACE_SETSIGMASK,
-            self.pid,
-            8,
-            &m as *const u64 as usize,
-            "PTRACE_SETSIGMASK",
-        )
-        .map(|_| ())
+        ptrace_raw(PTRACE_SETSIGMASK, self.pid, 8, &m as *const u64 as usize, "PTRACE_SETSIGMASK").map(|_| ())
     }
 
     /// The rseq area the task registered, if any.
@@ -242,11 +185,7 @@ impl Tracee {
             &mut c as *mut Conf as usize,
             "PTRACE_GET_RSEQ_CONFIGURATION",
         )?;
-        Ok((c.ptr != 0 && c.size != 0).then_some(RseqConf {
-            ptr: c.ptr,
-            len: c.size,
-            sig: c.sig,
-        }))
+        Ok((c.ptr != 0 && c.size != 0).then_some(RseqConf { ptr: c.ptr, len: c.size, sig: c.sig }))
     }
 
     /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.

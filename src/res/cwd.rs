@@ -23,31 +23,23 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<String> {
 pub fn collect(pid: i32) -> Result<String> {
     let link = format!("/proc/{pid}/cwd");
     let p = std::fs::read_link(&link).map_err(|e| Error::io(&link, e))?;
-    let s = p
-        .to_str()
-        .ok_or_else(|| Error::Refused(format!("pid {pid}: cwd {p:?} is not UTF-8")))?;
+    let s = p.to_str().ok_or_else(|| Error::Refused(format!("pid {pid}: cwd {p:?} is not UTF-8")))?;
     if s.ends_with(" (deleted)") {
-        return Err(Error::Refused(format!(
-            "pid {pid}: its working directory {s} was deleted"
-        )));
+        return Err(Error::Refused(format!("pid {pid}: its working directory {s} was deleted")));
     }
     Ok(s.to_string())
 }
 
 pub fn restore(c: &mut Ctl, cwd: &str) -> Result<()> {
     let p = c.scratch.put_cstr(c.pid(), 0, cwd)?;
-    c.r.call(libc::SYS_chdir, [p, 0, 0, 0, 0, 0], "chdir", cwd)
-        .map(|_| ())
+    c.r.call(libc::SYS_chdir, [p, 0, 0, 0, 0, 0], "chdir", cwd).map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn round_trip() {
-        assert_eq!(
-            super::decode(&super::encode("/tmp/x y"), 0).unwrap(),
-            "/tmp/x y"
-        );
+        assert_eq!(super::decode(&super::encode("/tmp/x y"), 0).unwrap(), "/tmp/x y");
         assert!(super::decode(&super::encode("rel"), 0).is_err());
     }
 }

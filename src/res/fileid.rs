@@ -26,11 +26,7 @@ impl FileId {
     pub fn of(open_path: &str, path: &str, with_build_id: bool) -> std::io::Result<FileId> {
         let f = File::open(open_path)?;
         let md = f.metadata()?;
-        let build_id = if with_build_id && md.is_file() {
-            elf_build_id(&f).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let build_id = if with_build_id && md.is_file() { elf_build_id(&f).unwrap_or_default() } else { Vec::new() };
         Ok(FileId {
             path: path.to_string(),
             mode: md.mode(),
@@ -66,15 +62,8 @@ impl FileId {
     }
 
     pub fn encode(&self, e: &mut Enc) {
-        e.str(&self.path)
-            .u32(self.mode)
-            .u64(self.size)
-            .i64(self.mtime_sec)
-            .i64(self.mtime_nsec);
-        e.u64(self.dev)
-            .u64(self.ino)
-            .u64(self.rdev)
-            .bytes(&self.build_id);
+        e.str(&self.path).u32(self.mode).u64(self.size).i64(self.mtime_sec).i64(self.mtime_nsec);
+        e.u64(self.dev).u64(self.ino).u64(self.rdev).bytes(&self.build_id);
     }
 
     pub fn decode(d: &mut Dec) -> CrfResult<FileId> {
@@ -103,11 +92,7 @@ impl FileId {
         }
         if !self.build_id.is_empty() {
             if now.build_id != self.build_id {
-                return Err(format!(
-                    "has build-id {} (was {})",
-                    hex(&now.build_id),
-                    hex(&self.build_id)
-                ));
+                return Err(format!("has build-id {} (was {})", hex(&now.build_id), hex(&self.build_id)));
             }
         } else if (now.mtime_sec, now.mtime_nsec) != (self.mtime_sec, self.mtime_nsec) {
             return Err("was modified (mtime differs)".into());
@@ -130,10 +115,7 @@ impl FileId {
         if self.file_type() == libc::S_IFREG && now.size < self.size {
             return Err(format!("shrank to {} bytes (was {})", now.size, self.size));
         }
-        if same_boot
-            && self.file_type() != libc::S_IFCHR
-            && (now.dev, now.ino) != (self.dev, self.ino)
-        {
+        if same_boot && self.file_type() != libc::S_IFCHR && (now.dev, now.ino) != (self.dev, self.ino) {
             return Err("was replaced (different inode)".into());
         }
         Ok(())
@@ -152,8 +134,7 @@ pub fn elf_build_id(f: &File) -> Option<Vec<u8>> {
         return None;
     }
     let u16at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-    let u32at =
-        |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4])) as u64;
+    let u32at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4])) as u64;
     let u64at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let phoff = u64at(&eh, 32);
     let phentsize = u16at(&eh, 54);
@@ -193,8 +174,7 @@ pub fn elf_build_id(f: &File) -> Option<Vec<u8>> {
 /// The boot id of this kernel; identical boot ids mean "same node, same boot".
 pub fn boot_id() -> String {
     let mut s = String::new();
-    let _ =
-        File::open("/proc/sys/kernel/random/boot_id").and_then(|mut f| f.read_to_string(&mut s));
+    let _ = File::open("/proc/sys/kernel/random/boot_id").and_then(|mut f| f.read_to_string(&mut s));
     s.trim().to_string()
 }
 
@@ -232,21 +212,9 @@ mod tests {
 
     #[test]
     fn grown_log_is_fine_shrunk_is_not() {
-        let old = FileId {
-            path: "/l".into(),
-            mode: 0o100644,
-            size: 100,
-            ..Default::default()
-        };
-        let grown = FileId {
-            size: 150,
-            mtime_sec: 9,
-            ..old.clone()
-        };
-        let shrunk = FileId {
-            size: 10,
-            ..old.clone()
-        };
+        let old = FileId { path: "/l".into(), mode: 0o100644, size: 100, ..Default::default() };
+        let grown = FileId { size: 150, mtime_sec: 9, ..old.clone() };
+        let shrunk = FileId { size: 10, ..old.clone() };
         assert!(old.still_usable(&grown, true).is_ok());
         assert!(old.still_usable(&shrunk, true).is_err());
         assert!(old.same_content(&grown, true).is_err());

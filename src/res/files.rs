@@ -16,12 +16,8 @@ pub const KIND_DEV: u8 = 3;
 pub const KIND_STDIO: u8 = 4;
 
 /// (major, minor) of the character devices we reopen by path.
-const DEVICES: [(&str, u64); 4] = [
-    ("/dev/null", 0x103),
-    ("/dev/zero", 0x105),
-    ("/dev/random", 0x108),
-    ("/dev/urandom", 0x109),
-];
+const DEVICES: [(&str, u64); 4] =
+    [("/dev/null", 0x103), ("/dev/zero", 0x105), ("/dev/random", 0x108), ("/dev/urandom", 0x109)];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fd {
@@ -55,9 +51,7 @@ fn is_tty_or_pipe(target: &str) -> bool {
 pub fn scan(pid: i32) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut nums: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     nums.sort_unstable();
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {
@@ -69,14 +63,12 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
         };
         let info_path = format!("/proc/{pid}/fdinfo/{fd}");
         let info = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
-        let (pos, raw_flags) = procfs::parse_fdinfo(&info)
-            .ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
+        let (pos, raw_flags) =
+            procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
         let flags = raw_flags & !(libc::O_CLOEXEC as u32);
         let refuse = |what: &str| {
-            Error::Refused(format!(
-                "pid {pid}: fd {fd} is {what} ({target}); crs cannot checkpoint that yet"
-            ))
+            Error::Refused(format!("pid {pid}: fd {fd} is {what} ({target}); crs cannot checkpoint that yet"))
         };
         if fd <= 2 && is_tty_or_pipe(&target) {
             out.push(Fd {
@@ -85,10 +77,7 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
                 flags,
                 cloexec,
                 pos: 0,
-                id: FileId {
-                    path: target,
-                    ..Default::default()
-                },
+                id: FileId { path: target, ..Default::default() },
             });
             continue;
         }
@@ -99,41 +88,23 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
             let what = match target.split(':').next() {
                 Some("pipe") => "a pipe",
                 Some("socket") => "a socket",
-                Some("anon_inode") => {
-                    "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)"
-                }
+                Some("anon_inode") => "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)",
                 _ => "not a file",
             };
             return Err(refuse(what));
         }
         let id = FileId::stat(&link).map_err(|e| Error::io(&link, e))?;
-        let id = FileId {
-            path: target.clone(),
-            ..id
-        };
+        let id = FileId { path: target.clone(), ..id };
         let kind = match id.file_type() {
             libc::S_IFREG => KIND_FILE,
             libc::S_IFDIR => KIND_DIR,
-            libc::S_IFCHR
-                if DEVICES
-                    .iter()
-                    .any(|&(p, rdev)| p == target && rdev == id.rdev) =>
-            {
-                KIND_DEV
-            }
+            libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => KIND_DEV,
             libc::S_IFCHR => return Err(refuse("a character device")),
             libc::S_IFIFO => return Err(refuse("a named pipe")),
             libc::S_IFSOCK => return Err(refuse("a socket")),
             _ => return Err(refuse("a special file")),
         };
-        out.push(Fd {
-            fd,
-            kind,
-            flags,
-            cloexec,
-            pos,
-            id,
-        });
+        out.push(Fd { fd, kind, flags, cloexec, pos, id });
     }
     Ok(out)
 }
@@ -142,11 +113,7 @@ pub fn encode(fds: &[Fd]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(fds.len() as u32);
     for f in fds {
-        e.u32(f.fd as u32)
-            .u8(f.kind)
-            .u32(f.flags)
-            .u8(f.cloexec as u8)
-            .u64(f.pos);
+        e.u32(f.fd as u32).u8(f.kind).u32(f.flags).u8(f.cloexec as u8).u64(f.pos);
         f.id.encode(&mut e);
     }
     e.into_bytes()
@@ -173,10 +140,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
             || !(KIND_FILE..=KIND_STDIO).contains(&f.kind)
             || (f.kind == KIND_STDIO && f.fd > 2)
         {
-            return Err(d.bad_at(
-                rec,
-                format!("invalid fd record (fd {}, kind {})", f.fd, f.kind),
-            ));
+            return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
         }
         out.push(f);
     }
@@ -188,10 +152,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
 pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
     for f in fds.iter().filter(|f| f.kind != KIND_STDIO) {
         let now = FileId::stat(&f.id.path).map_err(|e| {
-            Error::Refused(format!(
-                "fd {}: {}: {e}; restore it there or use another image",
-                f.fd, f.id.path
-            ))
+            Error::Refused(format!("fd {}: {}: {e}; restore it there or use another image", f.fd, f.id.path))
         })?;
         f.id.still_usable(&now, same_boot)
             .map_err(|why| Error::Refused(format!("fd {}: {} {why}", f.fd, f.id.path)))?;
@@ -203,69 +164,36 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
 /// `stdin_is_image`: rstrt reads the image from its stdin, so fd 0 gets /dev/null instead.
 pub fn restore(c: &mut Ctl, fds: &[Fd], stdin_is_image: bool) -> Result<()> {
     let pid = c.pid();
-    let keep = |n: i32| {
-        fds.iter()
-            .any(|f| f.fd == n && f.kind == KIND_STDIO && !(n == 0 && stdin_is_image))
-    };
+    let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && !(n == 0 && stdin_is_image));
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-    let have: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let have: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     for n in have.into_iter().filter(|&n| !keep(n)) {
-        c.r.call(
-            libc::SYS_close,
-            [n as u64, 0, 0, 0, 0, 0],
-            "close",
-            &format!("fd {n}"),
-        )?;
+        c.r.call(libc::SYS_close, [n as u64, 0, 0, 0, 0, 0], "close", &format!("fd {n}"))?;
     }
     for f in fds.iter().filter(|f| !keep(f.fd)) {
-        let (path, flags) = if f.kind == KIND_STDIO {
-            ("/dev/null", libc::O_RDWR as u32)
-        } else {
-            (f.id.path.as_str(), f.flags)
-        };
+        let (path, flags) =
+            if f.kind == KIND_STDIO { ("/dev/null", libc::O_RDWR as u32) } else { (f.id.path.as_str(), f.flags) };
         let p = c.scratch.put_cstr(pid, 0, path)?;
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
-        let tmp = c.r.call(
-            libc::SYS_openat,
-            [libc::AT_FDCWD as i64 as u64, p, open_flags as u64, 0, 0, 0],
-            "openat",
-            &what,
-        )? as i32;
+        let tmp =
+            c.r.call(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, p, open_flags as u64, 0, 0, 0], "openat", &what)?
+                as i32;
         let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
         if tmp != f.fd {
-            c.r.call(
-                libc::SYS_dup3,
-                [tmp as u64, f.fd as u64, cloexec, 0, 0, 0],
-                "dup3",
-                &what,
-            )?;
+            c.r.call(libc::SYS_dup3, [tmp as u64, f.fd as u64, cloexec, 0, 0, 0], "dup3", &what)?;
             c.r.call(libc::SYS_close, [tmp as u64, 0, 0, 0, 0, 0], "close", &what)?;
         } else if f.cloexec {
             c.r.call(
                 libc::SYS_fcntl,
-                [
-                    f.fd as u64,
-                    libc::F_SETFD as u64,
-                    libc::FD_CLOEXEC as u64,
-                    0,
-                    0,
-                    0,
-                ],
+                [f.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
                 "fcntl(F_SETFD)",
                 &what,
             )?;
         }
         if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) {
-            c.r.call(
-                libc::SYS_lseek,
-                [f.fd as u64, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
-                "lseek",
-                &what,
-            )?;
+            c.r.call(libc::SYS_lseek, [f.fd as u64, f.pos, libc::SEEK_SET as u64, 0, 0, 0], "lseek", &what)?;
         }
     }
     Ok(())
@@ -284,10 +212,7 @@ mod tests {
                 flags: 2,
                 cloexec: false,
                 pos: 0,
-                id: FileId {
-                    path: "pipe:[1]".into(),
-                    ..Default::default()
-                },
+                id: FileId { path: "pipe:[1]".into(), ..Default::default() },
             },
             Fd {
                 fd: 3,
@@ -295,11 +220,7 @@ mod tests {
                 flags: libc::O_WRONLY as u32 | libc::O_APPEND as u32,
                 cloexec: true,
                 pos: 77,
-                id: FileId {
-                    path: "/tmp/log".into(),
-                    size: 77,
-                    ..Default::default()
-                },
+                id: FileId { path: "/tmp/log".into(), size: 77, ..Default::default() },
             },
         ];
         assert_eq!(decode(&encode(&fds), 0).unwrap(), fds);
@@ -311,10 +232,7 @@ mod tests {
         let fds = scan(std::process::id() as i32);
         // The test harness may hold sockets or pipes of its own: then scan refuses, by name.
         match fds {
-            Ok(v) => assert!(
-                v.iter()
-                    .any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")
-            ),
+            Ok(v) => assert!(v.iter().any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")),
             Err(e) => assert!(e.to_string().contains("fd "), "{e}"),
         }
         drop(f);

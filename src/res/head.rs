@@ -31,11 +31,7 @@ pub struct Header {
 impl Header {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(self.flags)
-            .u32(self.pid as u32)
-            .u32(self.ppid as u32)
-            .u32(self.pgid as u32)
-            .u32(self.sid as u32);
+        e.u32(self.flags).u32(self.pid as u32).u32(self.ppid as u32).u32(self.pgid as u32).u32(self.sid as u32);
         for v in self.uids.iter().chain(self.gids.iter()) {
             e.u32(*v);
         }
@@ -43,11 +39,7 @@ impl Header {
         for g in &self.groups {
             e.u32(*g);
         }
-        e.str(&self.comm)
-            .str(&self.exe)
-            .str(&self.hostname)
-            .str(&self.kernel)
-            .str(&self.boot_id);
+        e.str(&self.comm).str(&self.exe).str(&self.hostname).str(&self.kernel).str(&self.boot_id);
         e.i64(self.time_sec).u32(self.time_nsec);
         e.into_bytes()
     }

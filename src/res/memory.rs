@@ -10,9 +10,10 @@ use crate::engine::procfs::MapEntry;
 use crate::engine::{Ctl, mem};
 use crate::error::{Error, Result};
 use log::debug;
+use nix::errno::Errno;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 pub const KIND_ANON: u8 = 1;
 pub const KIND_HEAP: u8 = 2;
@@ -72,11 +73,7 @@ impl Vma {
     }
     pub fn prot_string(&self) -> String {
         let b = |f: u32, c: char| if self.prot & f != 0 { c } else { '-' };
-        let s = if self.flags & VMA_SHARED != 0 {
-            's'
-        } else {
-            'p'
-        };
+        let s = if self.flags & VMA_SHARED != 0 { 's' } else { 'p' };
         format!(
             "{}{}{}{s}",
             b(libc::PROT_READ as u32, 'r'),
@@ -144,11 +141,7 @@ impl MmStruct {
         if auxv.len() % 16 != 0 || auxv.len() > 512 {
             return Err(d.bad_at(at, format!("auxv of {} bytes is not valid", auxv.len())));
         }
-        let exe = if d.u8()? != 0 {
-            Some(FileId::decode(&mut d)?)
-        } else {
-            None
-        };
+        let exe = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
         d.finish()?;
         let [
             start_code,
@@ -180,85 +173,43 @@ impl MmStruct {
         })
     }
 
-    /// PR_SET_MM_MAP inside the restored child. The exe link needs CAP_CHECKPOINT_RESTORE (or
-    /// CAP_SYS_ADMIN); without it the rest is still set, and the caller is told.
+    /// PR_SET_MM_MAP inside the restored child. Returns whether /proc/PID/exe names the image's
+    /// executable. Changing the exe link needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) and is
+    /// refused while the old exe is still mapped; in those cases the rest is set without it.
     pub fn restore(&self, c: &mut Ctl) -> Result<bool> {
         let pid = c.pid();
         let auxv_at = c.scratch.put(pid, 512, &self.auxv)?;
+        // The child was forked from rstrt: its exe is ours. If that is already the image's
+        // executable (a restored crs), there is nothing to change.
+        let ours = std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino()));
+        let already = self.exe.as_ref().is_some_and(|x| ours == Some((x.dev, x.ino)));
         let mut exe_fd: i64 = -1;
-        if let Some(x) = &self.exe {
+        if let Some(x) = self.exe.as_ref().filter(|_| !already) {
             let p = c.scratch.put_cstr(pid, 1024, &x.path)?;
-            let r = c.r.raw(
-                libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as i64 as u64,
-                    p,
-                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            )?;
-            if r >= 0 {
-                exe_fd = r;
-            }
+            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+            exe_fd = c.r.raw(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, p, flags, 0, 0, 0])?.max(-1);
         }
-        let mut e = Enc::new();
-        for v in self.fields() {
-            e.u64(v);
-        }
-        e.u64(auxv_at)
-            .u32(self.auxv.len() as u32)
-            .u32(exe_fd as u32);
-        let map = c.scratch.put(pid, 0, e.as_slice())?;
-        let size = e.len() as u64;
-        let mut r = c.r.raw(
-            libc::SYS_prctl,
-            [
-                libc::PR_SET_MM as u64,
-                libc::PR_SET_MM_MAP as u64,
-                map,
-                size,
-                0,
-                0,
-            ],
-        )?;
-        let mut exe_set = exe_fd >= 0;
-        if r == -(libc::EPERM as i64) && exe_fd >= 0 {
-            // Not privileged enough to change the exe link: set everything else.
-            e = Enc::new();
+        let set = |c: &mut Ctl, fd: i64| -> Result<i64> {
+            let mut e = Enc::new();
             for v in self.fields() {
                 e.u64(v);
             }
-            e.u64(auxv_at).u32(self.auxv.len() as u32).u32(u32::MAX);
+            e.u64(auxv_at).u32(self.auxv.len() as u32).u32(fd as u32);
             let map = c.scratch.put(pid, 0, e.as_slice())?;
-            r = c.r.raw(
-                libc::SYS_prctl,
-                [
-                    libc::PR_SET_MM as u64,
-                    libc::PR_SET_MM_MAP as u64,
-                    map,
-                    size,
-                    0,
-                    0,
-                ],
-            )?;
+            c.r.raw(libc::SYS_prctl, [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map, e.len() as u64, 0, 0])
+        };
+        let mut r = set(c, exe_fd)?;
+        let mut exe_set = already || (exe_fd >= 0 && r == 0);
+        if exe_fd >= 0 && (r == -(libc::EPERM as i64) || r == -(libc::EBUSY as i64)) {
+            r = set(c, -1)?;
             exe_set = false;
         }
         if exe_fd >= 0 {
-            c.r.call(
-                libc::SYS_close,
-                [exe_fd as u64, 0, 0, 0, 0, 0],
-                "close",
-                "exe fd",
-            )?;
+            c.r.call(libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0], "close", "exe fd")?;
         }
         if r < 0 {
-            return Err(Error::sys(
-                format!("prctl(PR_SET_MM_MAP) (in pid {pid})"),
-                format!("brk {:#x}..{:#x}", self.start_brk, self.brk),
-                nix::errno::Errno::from_raw(-r as i32),
-            ));
+            let what = format!("brk {:#x}..{:#x}", self.start_brk, self.brk);
+            return Err(Error::sys(format!("prctl(PR_SET_MM_MAP) (in pid {pid})"), what, Errno::from_raw(-r as i32)));
         }
         Ok(exe_set)
     }
@@ -268,13 +219,7 @@ pub fn encode_vmas(vmas: &[Vma]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(vmas.len() as u32);
     for v in vmas {
-        e.u64(v.start)
-            .u64(v.end)
-            .u32(v.prot)
-            .u32(v.flags)
-            .u8(v.kind)
-            .u64(v.pgoff)
-            .str(&v.name);
+        e.u64(v.start).u64(v.end).u32(v.prot).u32(v.flags).u8(v.kind).u64(v.pgoff).str(&v.name);
         e.u8(v.file.is_some() as u8);
         if let Some(f) = &v.file {
             f.encode(&mut e);
@@ -300,11 +245,7 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             name: d.str()?,
             ..Default::default()
         };
-        v.file = if d.u8()? != 0 {
-            Some(FileId::decode(&mut d)?)
-        } else {
-            None
-        };
+        v.file = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
         v.content = d.bytes()?.to_vec();
         let page = PAGE_SIZE as u64;
         let ok = v.start.is_multiple_of(page)
@@ -317,13 +258,7 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && v.flags & !15 == 0
             && (v.kind == KIND_FILE) == v.file.is_some();
         if !ok {
-            return Err(d.bad_at(
-                rec,
-                format!(
-                    "invalid mapping {:#x}-{:#x} kind {}",
-                    v.start, v.end, v.kind
-                ),
-            ));
+            return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
         }
         out.push(v);
     }
@@ -339,11 +274,7 @@ fn prot_of(m: &MapEntry) -> u32 {
 
 /// Turns /proc/PID/smaps into the VMA list, refusing what cannot be restored. `no_copy(path)`
 /// says whether the unmodified pages of a mapped file are left out (--no-binary, --no-libs).
-pub fn classify(
-    pid: i32,
-    maps: &[MapEntry],
-    no_copy: &dyn Fn(&str, bool) -> bool,
-) -> Result<Vec<Vma>> {
+pub fn classify(pid: i32, maps: &[MapEntry], no_copy: &dyn Fn(&str, bool) -> bool) -> Result<Vec<Vma>> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let refuse = |what: &str| {
@@ -398,9 +329,7 @@ pub fn classify(
                 .map_err(|e| Error::Refused(format!("pid {pid}: mapped file {name}: {e}")))?;
             let (maj, min) = m.dev;
             if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
-                return Err(refuse(
-                    "a file that was replaced on disk after it was mapped",
-                ));
+                return Err(refuse("a file that was replaced on disk after it was mapped"));
             }
             if id.file_type() == libc::S_IFCHR && !m.shared {
                 // A private mapping of /dev/zero is plain anonymous memory.
@@ -420,14 +349,7 @@ pub fn classify(
             v.content = vec![0u8; v.len() as usize];
             mem::read_runs(pid, &[(v.start, v.len() as usize)], &mut v.content)?;
         }
-        debug!(
-            "vma {:#x}-{:#x} {} {} {}",
-            v.start,
-            v.end,
-            v.prot_string(),
-            v.kind_name(),
-            v.name
-        );
+        debug!("vma {:#x}-{:#x} {} {} {}", v.start, v.end, v.prot_string(), v.kind_name(), v.name);
         out.push(v);
     }
     Ok(out)
@@ -435,10 +357,7 @@ pub fn classify(
 
 fn is_elf(path: &str) -> bool {
     let mut m = [0u8; 4];
-    File::open(path)
-        .and_then(|f| f.read_exact_at(&mut m, 0))
-        .is_ok()
-        && &m == b"\x7fELF"
+    File::open(path).and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -452,10 +371,7 @@ fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
     }
     let npages = (v.len() / PAGE_SIZE as u64) as usize;
     // For a file mapping: pages wholly past the end of the file cannot be read (SIGBUS).
-    let file_pages = v
-        .file
-        .as_ref()
-        .map(|f| f.size.div_ceil(PAGE_SIZE as u64).saturating_sub(v.pgoff) as usize);
+    let file_pages = v.file.as_ref().map(|f| f.size.div_ceil(PAGE_SIZE as u64).saturating_sub(v.pgoff) as usize);
     let copy = v.flags & VMA_FILE_COPY != 0 && v.prot & libc::PROT_READ as u32 != 0;
     let mut runs: Vec<Run> = Vec::new();
     let mut ent = vec![0u8; 8 * 65536];
@@ -482,11 +398,7 @@ fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
             let a = v.start + (idx * PAGE_SIZE) as u64;
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.addr + r.len() as u64 == a => r.npages += 1,
-                _ => runs.push(Run {
-                    addr: a,
-                    npages: 1,
-                    flags,
-                }),
+                _ => runs.push(Run { addr: a, npages: 1, flags }),
             }
         }
         i += n;
@@ -504,57 +416,50 @@ pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result
     let mut batch_readable: Vec<bool> = Vec::new();
     let mut total = 0u64;
     let start = w.offset();
-    let mut flush = |batch: &mut Vec<Run>,
-                     readable: &mut Vec<bool>,
-                     pages: &mut usize,
-                     w: &mut Writer<W>|
-     -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let data = &mut buf[..*pages * PAGE_SIZE];
-        // Readable runs in one process_vm_readv; the rest through /proc/PID/mem.
-        let mut off = 0usize;
-        let mut iov: Vec<(u64, usize)> = Vec::new();
-        let mut iov_at = 0usize;
-        for (r, &ok) in batch.iter().zip(readable.iter()) {
-            if ok {
-                if iov.is_empty() {
-                    iov_at = off;
-                }
-                iov.push((r.addr, r.len()));
-            } else {
-                if !iov.is_empty() {
-                    let len: usize = iov.iter().map(|x| x.1).sum();
-                    mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
-                    iov.clear();
-                }
-                mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
+    let mut flush =
+        |batch: &mut Vec<Run>, readable: &mut Vec<bool>, pages: &mut usize, w: &mut Writer<W>| -> Result<()> {
+            if batch.is_empty() {
+                return Ok(());
             }
-            off += r.len();
-        }
-        if !iov.is_empty() {
-            let len: usize = iov.iter().map(|x| x.1).sum();
-            mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
-        }
-        pages::write_batch(w, batch, data).map_err(|e| Error::io("image", e))?;
-        total += *pages as u64;
-        batch.clear();
-        readable.clear();
-        *pages = 0;
-        Ok(())
-    };
+            let data = &mut buf[..*pages * PAGE_SIZE];
+            // Readable runs in one process_vm_readv; the rest through /proc/PID/mem.
+            let mut off = 0usize;
+            let mut iov: Vec<(u64, usize)> = Vec::new();
+            let mut iov_at = 0usize;
+            for (r, &ok) in batch.iter().zip(readable.iter()) {
+                if ok {
+                    if iov.is_empty() {
+                        iov_at = off;
+                    }
+                    iov.push((r.addr, r.len()));
+                } else {
+                    if !iov.is_empty() {
+                        let len: usize = iov.iter().map(|x| x.1).sum();
+                        mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
+                        iov.clear();
+                    }
+                    mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
+                }
+                off += r.len();
+            }
+            if !iov.is_empty() {
+                let len: usize = iov.iter().map(|x| x.1).sum();
+                mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
+            }
+            pages::write_batch(w, batch, data).map_err(|e| Error::io("image", e))?;
+            total += *pages as u64;
+            batch.clear();
+            readable.clear();
+            *pages = 0;
+            Ok(())
+        };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for mut r in page_runs(&pagemap, v)? {
             while r.npages > 0 {
                 let room = MAX_BATCH_PAGES - batch_pages;
                 let take = (r.npages as usize).min(room) as u32;
-                batch.push(Run {
-                    addr: r.addr,
-                    npages: take,
-                    flags: r.flags,
-                });
+                batch.push(Run { addr: r.addr, npages: take, flags: r.flags });
                 batch_readable.push(readable);
                 batch_pages += take as usize;
                 r.addr += take as u64 * PAGE_SIZE as u64;
@@ -578,30 +483,15 @@ pub struct Plan {
 
 /// Decides, before anything is created, how each mapping is rebuilt on this node, and refuses
 /// an image whose files or vdso do not fit.
-pub fn plan(
-    vmas: &[Vma],
-    same_boot: bool,
-    local_specials: &[MapEntry],
-    local_vdso: &[u8],
-) -> Result<Vec<Plan>> {
+pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vdso: &[u8]) -> Result<Vec<Plan>> {
     let mut out = Vec::with_capacity(vmas.len());
     let specials: Vec<&Vma> = vmas.iter().filter(|v| v.is_special()).collect();
     if !specials.is_empty() {
         let same_layout = specials.len() == local_specials.len()
-            && specials.iter().all(|v| {
-                local_specials
-                    .iter()
-                    .any(|l| l.name == v.name && l.len() == v.len())
-            });
-        let vdso_same = specials
-            .iter()
-            .filter(|v| v.kind == KIND_VDSO)
-            .all(|v| v.content == local_vdso);
+            && specials.iter().all(|v| local_specials.iter().any(|l| l.name == v.name && l.len() == v.len()));
+        let vdso_same = specials.iter().filter(|v| v.kind == KIND_VDSO).all(|v| v.content == local_vdso);
         if !same_layout || !vdso_same {
-            let names: Vec<String> = specials
-                .iter()
-                .map(|v| format!("{} {}K", v.name, v.len() / 1024))
-                .collect();
+            let names: Vec<String> = specials.iter().map(|v| format!("{} {}K", v.name, v.len() / 1024)).collect();
             return Err(Error::Refused(format!(
                 "the image's vdso ({}) differs from this kernel's: restart it on a node running the kernel build it was checkpointed on",
                 names.join(", ")
@@ -626,10 +516,7 @@ pub fn plan(
                 }
             }
         }
-        out.push(Plan {
-            vma: v.clone(),
-            from_file,
-        });
+        out.push(Plan { vma: v.clone(), from_file });
     }
     Ok(out)
 }
@@ -641,12 +528,7 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
     for p in plans.iter().filter(|p| !p.vma.is_special()) {
         let v = &p.vma;
         let shared = v.flags & VMA_SHARED != 0;
-        let mut flags = libc::MAP_FIXED_NOREPLACE
-            | if shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE
-            };
+        let mut flags = libc::MAP_FIXED_NOREPLACE | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
         if v.flags & VMA_GROWSDOWN != 0 {
             flags |= libc::MAP_GROWSDOWN;
         }
@@ -655,54 +537,29 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         }
         let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
         let shared_file = v.kind == KIND_FILE && shared;
-        let prot = if shared_file {
-            v.prot
-        } else {
-            (libc::PROT_READ | libc::PROT_WRITE) as u32
-        };
+        let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let mut fd: i64 = -1;
         if v.kind == KIND_FILE && (p.from_file || shared) {
             let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
-            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            };
+            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
             let at = c.scratch.put_cstr(pid, 0, path)?;
             fd = c.r.call(
                 libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as i64 as u64,
-                    at,
-                    (mode | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
+                [libc::AT_FDCWD as i64 as u64, at, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0],
                 "openat",
                 path,
             )? as i64;
         } else {
             flags |= libc::MAP_ANONYMOUS;
         }
-        let off = if fd >= 0 {
-            v.pgoff * PAGE_SIZE as u64
-        } else {
-            0
-        };
-        let got = c.r.call(
-            libc::SYS_mmap,
-            [v.start, v.len(), prot as u64, flags as u64, fd as u64, off],
-            "mmap",
-            &what,
-        );
+        let off = if fd >= 0 { v.pgoff * PAGE_SIZE as u64 } else { 0 };
+        let got =
+            c.r.call(libc::SYS_mmap, [v.start, v.len(), prot as u64, flags as u64, fd as u64, off], "mmap", &what);
         if fd >= 0 {
             c.r.call(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0], "close", &what)?;
         }
         if got? != v.start {
-            return Err(Error::Proc(format!(
-                "mmap {what} in pid {pid} landed elsewhere"
-            )));
+            return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
         }
     }
     Ok(())
@@ -712,9 +569,7 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
 pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
     for p in plans.iter().filter(|p| !p.vma.is_special()) {
         let v = &p.vma;
-        if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0)
-            || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32
-        {
+        if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32 {
             continue;
         }
         c.r.call(
@@ -735,9 +590,7 @@ pub fn batch_targets(plans: &[Plan], runs: &[Run]) -> Result<Vec<(u64, usize, us
     for r in runs {
         let end = r.addr + r.len() as u64;
         let i = plans.partition_point(|p| p.vma.end <= r.addr);
-        let p = plans
-            .get(i)
-            .filter(|p| p.vma.start <= r.addr && end <= p.vma.end);
+        let p = plans.get(i).filter(|p| p.vma.start <= r.addr && end <= p.vma.end);
         let Some(p) = p else {
             return Err(Error::Image(crate::crf::CrfError::Bad {
                 offset: 0,
@@ -774,10 +627,7 @@ mod tests {
                 kind: KIND_FILE,
                 pgoff: 2,
                 name: "/bin/x".into(),
-                file: Some(FileId {
-                    path: "/bin/x".into(),
-                    ..Default::default()
-                }),
+                file: Some(FileId { path: "/bin/x".into(), ..Default::default() }),
                 content: vec![],
             },
             Vma {
@@ -832,47 +682,11 @@ mod tests {
     #[test]
     fn runs_outside_mappings_are_refused() {
         let plans = vec![Plan {
-            vma: Vma {
-                start: 0x1000,
-                end: 0x3000,
-                prot: 3,
-                kind: KIND_ANON,
-                ..Default::default()
-            },
+            vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        assert!(
-            batch_targets(
-                &plans,
-                &[Run {
-                    addr: 0x2000,
-                    npages: 1,
-                    flags: 0
-                }]
-            )
-            .is_ok()
-        );
-        assert!(
-            batch_targets(
-                &plans,
-                &[Run {
-                    addr: 0x2000,
-                    npages: 2,
-                    flags: 0
-                }]
-            )
-            .is_err()
-        );
-        assert!(
-            batch_targets(
-                &plans,
-                &[Run {
-                    addr: 0x5000,
-                    npages: 1,
-                    flags: 0
-                }]
-            )
-            .is_err()
-        );
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }]).is_ok());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }]).is_err());
+        assert!(batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }]).is_err());
     }
 }

@@ -14,14 +14,5 @@ pub mod task;
 use crate::crf::Tag;
 
 /// Sections in image order (PAGES batches repeat after VMAS; END closes the image).
-pub const SECTION_ORDER: [Tag; 9] = [
-    Tag::Head,
-    Tag::Files,
-    Tag::MmStruct,
-    Tag::Vmas,
-    Tag::Pages,
-    Tag::Regs,
-    Tag::Signals,
-    Tag::Task,
-    Tag::Cwd,
-];
+pub const SECTION_ORDER: [Tag; 9] =
+    [Tag::Head, Tag::Files, Tag::MmStruct, Tag::Vmas, Tag::Pages, Tag::Regs, Tag::Signals, Tag::Task, Tag::Cwd];

@@ -34,10 +34,7 @@ impl RegState {
         let gpr = arch::decode_regs(&mut d)?;
         let xsave = d.bytes()?.to_vec();
         if !xsave.is_empty() && xsave.len() < 576 {
-            return Err(d.bad_at(
-                at,
-                format!("XSAVE area of {} bytes is too short", xsave.len()),
-            ));
+            return Err(d.bad_at(at, format!("XSAVE area of {} bytes is too short", xsave.len())));
         }
         d.finish()?;
         Ok(RegState { gpr, xsave })
@@ -46,9 +43,7 @@ impl RegState {
     /// XCR0 as saved in the XSAVE area: which state components the image carries.
     pub fn xcr0(&self) -> u64 {
         let o = arch::XSTATE_XCR0_OFFSET;
-        self.xsave
-            .get(o..o + 8)
-            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        self.xsave.get(o..o + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
 }
 
@@ -61,10 +56,7 @@ mod tests {
         let a: [u64; 27] = std::array::from_fn(|i| i as u64);
         let mut xs = vec![0u8; 832];
         xs[arch::XSTATE_XCR0_OFFSET] = 7;
-        let r = RegState {
-            gpr: arch::regs_from_array(&a),
-            xsave: xs.clone(),
-        };
+        let r = RegState { gpr: arch::regs_from_array(&a), xsave: xs.clone() };
         let d = RegState::decode(&r.encode(), 0).unwrap();
         assert_eq!(arch::regs_to_array(&d.gpr), a);
         assert_eq!(d.xsave, xs);

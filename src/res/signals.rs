@@ -37,10 +37,7 @@ impl Signals {
         for a in &self.actions {
             e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
         }
-        e.u64(self.blocked)
-            .u64(self.altstack_sp)
-            .u32(self.altstack_flags)
-            .u64(self.altstack_size);
+        e.u64(self.blocked).u64(self.altstack_sp).u32(self.altstack_flags).u64(self.altstack_size);
         e.into_bytes()
     }
 
@@ -51,14 +48,7 @@ impl Signals {
             return Err(d.bad_at(at, format!("{n} signal actions, expected {NSIG}")));
         }
         let actions = (0..n)
-            .map(|_| {
-                Ok(SigAction {
-                    handler: d.u64()?,
-                    flags: d.u64()?,
-                    restorer: d.u64()?,
-                    mask: d.u64()?,
-                })
-            })
+            .map(|_| Ok(SigAction { handler: d.u64()?, flags: d.u64()?, restorer: d.u64()?, mask: d.u64()? }))
             .collect::<CrfResult<_>>()?;
         let s = Signals {
             actions,
@@ -81,37 +71,16 @@ impl Signals {
                 actions.push(SigAction::default());
                 continue;
             }
-            c.r.call(
-                libc::SYS_rt_sigaction,
-                [sig as u64, 0, out, 8, 0, 0],
-                "rt_sigaction",
-                &format!("signal {sig}"),
-            )?;
+            c.r.call(libc::SYS_rt_sigaction, [sig as u64, 0, out, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
             let b = c.scratch.get(pid, 0, 32)?;
             let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            actions.push(SigAction {
-                handler: w(0),
-                flags: w(1),
-                restorer: w(2),
-                mask: w(3),
-            });
+            actions.push(SigAction { handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
         }
-        c.r.call(
-            libc::SYS_sigaltstack,
-            [0, out, 0, 0, 0, 0],
-            "sigaltstack",
-            "query",
-        )?;
+        c.r.call(libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0], "sigaltstack", "query")?;
         let b = c.scratch.get(pid, 0, 24)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-        Ok(Signals {
-            actions,
-            blocked,
-            altstack_sp: w(0),
-            altstack_flags: w(1) as u32,
-            altstack_size: w(2),
-        })
+        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
     }
 
     /// Installs handlers and the alternate stack (the mask is set last, by ptrace).
@@ -125,20 +94,13 @@ impl Signals {
             let mut e = Enc::new();
             e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
             let p = c.scratch.put(pid, 0, e.as_slice())?;
-            c.r.call(
-                libc::SYS_rt_sigaction,
-                [sig as u64, p, 0, 8, 0, 0],
-                "rt_sigaction",
-                &format!("signal {sig}"),
-            )?;
+            c.r.call(libc::SYS_rt_sigaction, [sig as u64, p, 0, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
         }
         // SS_DISABLE is the default; SS_ONSTACK is a state, not a setting.
         let flags = self.altstack_flags & !(libc::SS_ONSTACK as u32);
         if flags & libc::SS_DISABLE as u32 == 0 {
             let mut e = Enc::new();
-            e.u64(self.altstack_sp)
-                .u64(flags as u64)
-                .u64(self.altstack_size);
+            e.u64(self.altstack_sp).u64(flags as u64).u64(self.altstack_size);
             let p = c.scratch.put(pid, 0, e.as_slice())?;
             c.r.call(
                 libc::SYS_sigaltstack,
@@ -159,12 +121,7 @@ mod tests {
     fn round_trip() {
         let s = Signals {
             actions: (0..NSIG as u64)
-                .map(|i| SigAction {
-                    handler: i,
-                    flags: i * 2,
-                    restorer: 3,
-                    mask: 1 << i,
-                })
+                .map(|i| SigAction { handler: i, flags: i * 2, restorer: 3, mask: 1 << i })
                 .collect(),
             blocked: 0x1234,
             altstack_sp: 0x7000,

@@ -22,10 +22,7 @@ pub struct Task {
 impl Task {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(self.umask)
-            .u32(self.personality)
-            .u32(self.dumpable)
-            .u32(self.pdeathsig);
+        e.u32(self.umask).u32(self.personality).u32(self.dumpable).u32(self.pdeathsig);
         let r = self.rseq.unwrap_or_default();
         e.u64(r.ptr).u32(r.len).u32(r.sig);
         e.into_bytes()
@@ -33,18 +30,9 @@ impl Task {
 
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Task> {
         let mut d = Dec::new(b, at, "TASK");
-        let mut t = Task {
-            umask: d.u32()?,
-            personality: d.u32()?,
-            dumpable: d.u32()?,
-            pdeathsig: d.u32()?,
-            rseq: None,
-        };
-        let r = RseqConf {
-            ptr: d.u64()?,
-            len: d.u32()?,
-            sig: d.u32()?,
-        };
+        let mut t =
+            Task { umask: d.u32()?, personality: d.u32()?, dumpable: d.u32()?, pdeathsig: d.u32()?, rseq: None };
+        let r = RseqConf { ptr: d.u64()?, len: d.u32()?, sig: d.u32()? };
         t.rseq = (r.ptr != 0).then_some(r);
         if t.umask > 0o777 {
             return Err(d.bad_at(at, format!("umask {:o} is not valid", t.umask)));
@@ -58,12 +46,7 @@ impl Task {
         let umask = procfs::status_field(status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no Umask line")))?;
-        let personality = c.r.call(
-            libc::SYS_personality,
-            [0xffff_ffff, 0, 0, 0, 0, 0],
-            "personality",
-            "query",
-        )? as u32;
+        let personality = c.r.call(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0], "personality", "query")? as u32;
         let dumpable = c.r.call(
             libc::SYS_prctl,
             [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
@@ -78,23 +61,12 @@ impl Task {
         )?;
         let b = c.scratch.get(pid, 0, 4)?;
         let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        Ok(Task {
-            umask,
-            personality,
-            dumpable,
-            pdeathsig,
-            rseq,
-        })
+        Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
     }
 
     /// Restores what needs no privilege; called after memory is in place (rseq needs its area).
     pub fn restore(&self, c: &mut Ctl, comm: &str) -> Result<()> {
-        c.r.call(
-            libc::SYS_umask,
-            [self.umask as u64, 0, 0, 0, 0, 0],
-            "umask",
-            &format!("{:o}", self.umask),
-        )?;
+        c.r.call(libc::SYS_umask, [self.umask as u64, 0, 0, 0, 0, 0], "umask", &format!("{:o}", self.umask))?;
         c.r.call(
             libc::SYS_personality,
             [self.personality as u64, 0, 0, 0, 0, 0],
@@ -103,22 +75,10 @@ impl Task {
         )?;
         let name: String = comm.chars().take(15).collect();
         let p = c.scratch.put_cstr(c.pid(), 0, &name)?;
+        c.r.call(libc::SYS_prctl, [libc::PR_SET_NAME as u64, p, 0, 0, 0, 0], "prctl(PR_SET_NAME)", &name)?;
         c.r.call(
             libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, p, 0, 0, 0, 0],
-            "prctl(PR_SET_NAME)",
-            &name,
-        )?;
-        c.r.call(
-            libc::SYS_prctl,
-            [
-                libc::PR_SET_PDEATHSIG as u64,
-                self.pdeathsig as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
+            [libc::PR_SET_PDEATHSIG as u64, self.pdeathsig as u64, 0, 0, 0, 0],
             "prctl(PR_SET_PDEATHSIG)",
             "restore",
         )?;
@@ -136,13 +96,8 @@ impl Task {
     /// dumpable goes after the credentials (a uid change resets it).
     pub fn restore_dumpable(&self, c: &mut Ctl) -> Result<()> {
         let v = if self.dumpable == 0 { 0 } else { 1 };
-        c.r.call(
-            libc::SYS_prctl,
-            [libc::PR_SET_DUMPABLE as u64, v, 0, 0, 0, 0],
-            "prctl(PR_SET_DUMPABLE)",
-            "restore",
-        )
-        .map(|_| ())
+        c.r.call(libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, v, 0, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "restore")
+            .map(|_| ())
     }
 }
 
@@ -150,14 +105,7 @@ impl Task {
 pub fn unregister_rseq(c: &mut Ctl, r: RseqConf) -> Result<()> {
     c.r.call(
         libc::SYS_rseq,
-        [
-            r.ptr,
-            r.len as u64,
-            RSEQ_FLAG_UNREGISTER,
-            r.sig as u64,
-            0,
-            0,
-        ],
+        [r.ptr, r.len as u64, RSEQ_FLAG_UNREGISTER, r.sig as u64, 0, 0],
         "rseq(UNREGISTER)",
         &format!("area {:#x}", r.ptr),
     )
@@ -179,49 +127,19 @@ pub fn restore_fs_creds(c: &mut Ctl, h: &Header) -> Result<()> {
         "setgroups",
         &format!("{} groups", h.groups.len()),
     )?;
-    c.r.call(
-        libc::SYS_setfsgid,
-        [h.gids[3] as u64, 0, 0, 0, 0, 0],
-        "setfsgid",
-        &h.gids[3].to_string(),
-    )?;
-    c.r.call(
-        libc::SYS_setfsuid,
-        [h.uids[3] as u64, 0, 0, 0, 0, 0],
-        "setfsuid",
-        &h.uids[3].to_string(),
-    )?;
+    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
+    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
     Ok(())
 }
 
 /// Sets all uids and gids of the image; drops root's capabilities when the image was not root.
 pub fn restore_creds(c: &mut Ctl, h: &Header) -> Result<()> {
     let [r, e, s, _] = h.gids;
-    c.r.call(
-        libc::SYS_setresgid,
-        [r as u64, e as u64, s as u64, 0, 0, 0],
-        "setresgid",
-        &format!("{r}/{e}/{s}"),
-    )?;
+    c.r.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &format!("{r}/{e}/{s}"))?;
     let [r, e, s, _] = h.uids;
-    c.r.call(
-        libc::SYS_setresuid,
-        [r as u64, e as u64, s as u64, 0, 0, 0],
-        "setresuid",
-        &format!("{r}/{e}/{s}"),
-    )?;
-    c.r.call(
-        libc::SYS_setfsgid,
-        [h.gids[3] as u64, 0, 0, 0, 0, 0],
-        "setfsgid",
-        &h.gids[3].to_string(),
-    )?;
-    c.r.call(
-        libc::SYS_setfsuid,
-        [h.uids[3] as u64, 0, 0, 0, 0, 0],
-        "setfsuid",
-        &h.uids[3].to_string(),
-    )?;
+    c.r.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &format!("{r}/{e}/{s}"))?;
+    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
+    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
     Ok(())
 }
 
@@ -236,11 +154,7 @@ mod tests {
             personality: 0x40000,
             dumpable: 1,
             pdeathsig: 9,
-            rseq: Some(RseqConf {
-                ptr: 0x7f00,
-                len: 32,
-                sig: 0x53053053,
-            }),
+            rseq: Some(RseqConf { ptr: 0x7f00, len: 32, sig: 0x53053053 }),
         };
         assert_eq!(Task::decode(&t.encode(), 0).unwrap(), t);
         let t = Task { rseq: None, ..t };

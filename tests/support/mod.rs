@@ -29,29 +29,14 @@ pub fn tmpdir(name: &str) -> PathBuf {
 
 /// Compiles tests/targets/NAME.c (once per test binary; atomically, as tests run in parallel).
 pub fn target(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/targets")
-        .join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets").join(format!("{name}.c"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("target-{name}"));
-    let fresh = out
-        .metadata()
-        .and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?))
-        .unwrap_or(false);
+    let fresh = out.metadata().and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?)).unwrap_or(false);
     if !fresh {
         let tmp = out.with_extension(
-            format!(
-                "tmp{}.{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            )
-            .replace(['(', ')'], ""),
+            format!("tmp{}.{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
         );
-        let st = Command::new("cc")
-            .args(["-O1", "-g", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("cc");
+        let st = Command::new("cc").args(["-O1", "-g", "-Wall", "-o"]).arg(&tmp).arg(&src).status().expect("cc");
         assert!(st.success(), "compiling {}", src.display());
         std::fs::rename(&tmp, &out).unwrap();
     }
@@ -86,12 +71,7 @@ impl Proc {
                 }
             }
         });
-        Proc {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        Proc { child, stdin, lines: rx, seen: Vec::new() }
     }
 
     pub fn pid(&self) -> i32 {
@@ -169,11 +149,7 @@ pub fn close_extra_fds(cmd: &mut Command) {
 /// Runs `crs ckpt ARGS`, asserting success.
 pub fn ckpt(args: &[&str]) -> Output {
     let o = run(&[&["ckpt"], args].concat());
-    assert!(
-        o.status.success(),
-        "ckpt {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "ckpt {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     o
 }
 
