@@ -51,7 +51,7 @@ impl fmt::Display for Error {
             Error::Proc(s) => write!(f, "{s}"),
             Error::Image(e) => write!(f, "{e}"),
             Error::Refused(s) | Error::Permission(s) | Error::Usage(s) => write!(f, "{s}"),
-            Error::Gone(pid) => write!(f, "process {pid} exited while being worked on"),
+            Error::Gone(pid) => write!(f, "no process {pid}: it does not exist or has exited"),
         }
     }
 }

@@ -49,11 +49,16 @@ pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
 pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
     let r = engine::restore::restore(std::io::BufReader::with_capacity(1 << 20, input), flags)?;
     if let Some(p) = notify {
-        let target = if p == 0 { nix::unistd::getppid() } else { nix::unistd::Pid::from_raw(p) };
-        nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGUSR1)
-            .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))?;
+        self::notify(p)?;
     }
     Ok(r)
+}
+
+/// Sends SIGUSR1 to `pid` (0: our parent) to say a restore is complete (RESTART_NOTIFY).
+pub fn notify(pid: i32) -> Result<()> {
+    let target = if pid == 0 { nix::unistd::getppid() } else { nix::unistd::Pid::from_raw(pid) };
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGUSR1)
+        .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))
 }
 
 /// [`restart`] from an image file.

@@ -9,6 +9,11 @@ mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+/// support::start for this file's target.
+fn start(args: &[&str], dir: &std::path::Path) -> support::Proc {
+    support::start("regs", args, dir)
+}
+
 /// Waits (bounded) until `pid` is blocked in the target's raw read(0, buf, 1), so that the
 /// checkpoint really interrupts that syscall. A wait for a fact, not a timing guess.
 fn wait_in_read(pid: i32) {
@@ -33,7 +38,7 @@ fn survive(mode: &str) {
     let img = dir.join("regs.crf");
     let img = img.to_str().unwrap();
 
-    let mut p = support::start("regs", &[mode], &dir);
+    let mut p = start(&[mode], &dir);
     wait_in_read(p.pid());
     support::ckpt(&["-k", "-o", img, &p.pid().to_string()]);
     let st = p.wait();
@@ -76,7 +81,7 @@ fn avx512_registers_survive() {
 #[test]
 fn control_without_checkpoint() {
     let dir = support::tmpdir("regs-control");
-    let mut p = support::start("regs", &["sse"], &dir);
+    let mut p = start(&["sse"], &dir);
     p.send("x");
     let verdict = p.expect("");
     assert_eq!(verdict, "ok regs sse", "saw {:?}", p.seen);

@@ -29,6 +29,7 @@ struct Args {
 
 use crate::error::Error;
 use crate::exit;
+use nix::sys::signal::Signal;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -47,6 +48,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
     }
+    // While the process is frozen we must not die half-way (it would resume with the registers
+    // of a syscall we run in it): signals that would end ckpt wait until it is done.
+    let mut hold = nix::sys::signal::SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        hold.add(s);
+    }
+    let _ = hold.thread_block();
     let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     let result = if path == "-" {

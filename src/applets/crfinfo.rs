@@ -22,6 +22,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
+    // Like any filter: `crfinfo IMAGE | head` ends quietly.
+    // SAFETY: restoring the default disposition of SIGPIPE has no memory effects.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let r = if a.image == "-" {
         describe(std::io::stdin().lock())
     } else {

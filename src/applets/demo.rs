@@ -21,6 +21,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
+    let keep = a.output.is_some();
     let path = a.output.unwrap_or_else(|| format!("/tmp/crs-demo.{}.crf", std::process::id()));
     let _ = std::io::stdout().flush();
     // SAFETY: single-threaded here; the child only counts and sleeps.
@@ -60,7 +61,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     std::thread::sleep(Duration::from_millis(1100));
     let _ = kill(Pid::from_raw(r.pid), Signal::SIGKILL);
     let _ = waitpid(Pid::from_raw(r.pid), None);
-    let _ = std::fs::remove_file(&path);
+    if !keep {
+        let _ = std::fs::remove_file(&path);
+    }
     println!("{name}: done (the count went on from where it was checkpointed)");
     exit::OK
 }

@@ -61,13 +61,21 @@ pub fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, i32> {
 /// Log lines go to stderr as "applet: message"; CRS_LOG=info|debug shows more.
 pub fn init_logging(applet: &'static str) {
     use std::io::Write;
-    env_logger::Builder::new()
-        .parse_filters(&std::env::var("CRS_LOG").unwrap_or_else(|_| "warn".into()))
-        .format(move |f, rec| writeln!(f, "{applet}: {}", rec.args()))
-        .init();
+    let env = std::env::var("CRS_LOG").ok();
+    let mut b = env_logger::Builder::new();
+    b.format(move |f, rec| writeln!(f, "{applet}: {}", rec.args()));
+    match &env {
+        Some(filter) => b.parse_filters(filter),
+        // Info passes the logger's own filter; the global level (warn) is raised by -v.
+        None => b.filter_level(log::LevelFilter::Info),
+    };
+    b.init();
+    if env.is_none() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 }
 
-/// Enables info-level logging for -v.
+/// Enables info-level logging for -v (unless CRS_LOG says otherwise).
 pub fn verbose(on: bool) {
     if on && std::env::var("CRS_LOG").is_err() {
         log::set_max_level(log::LevelFilter::Info);

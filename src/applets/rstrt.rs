@@ -56,9 +56,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         return exit::FAILURE;
     }
     let r = if stdin {
-        crate::restart(std::io::stdin().lock(), &flags, a.notify)
+        crate::restart(std::io::stdin().lock(), &flags, None)
     } else {
-        crate::restart_path(&a.image, &flags, a.notify)
+        crate::restart_path(&a.image, &flags, None)
     };
     let r = match r {
         Ok(r) => r,
@@ -79,6 +79,12 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         && let Err(e) = std::fs::write(p, format!("{}\n", r.pid))
     {
         return exit::report(name, &Error::io(p.as_str(), e));
+    }
+    // Notify only once the pid file says where the process is.
+    if let Some(n) = a.notify
+        && let Err(e) = crate::notify(n)
+    {
+        return exit::report(name, &e);
     }
     if a.verbose {
         eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
@@ -125,6 +131,9 @@ fn die_like(sig: Signal) -> ! {
     // SAFETY: resetting a disposition and unblocking signals has no memory-safety impact.
     unsafe {
         libc::signal(sig as i32, libc::SIG_DFL);
+        // The process may have dumped core already; rstrt must not add one of its own.
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
     }
     let mut one = SigSet::empty();
     one.add(sig);

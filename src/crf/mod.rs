@@ -264,7 +264,7 @@ impl<R: Read> Reader<R> {
             }
             let Some(tag) = Tag::from_u32(raw_tag) else {
                 if flags & FLAG_OPTIONAL != 0 {
-                    self.skip(len)?;
+                    self.skip(len, crc, start)?;
                     self.sections += 1;
                     continue;
                 }
@@ -276,6 +276,7 @@ impl<R: Read> Reader<R> {
                 let mut d = Dec::new(&payload, sec.offset, "END");
                 let n = d.u64()?;
                 let bytes = d.u64()?;
+                d.finish()?;
                 if n != self.sections || bytes != start {
                     return bad(
                         sec.offset,
@@ -307,12 +308,18 @@ impl<R: Read> Reader<R> {
         Ok(())
     }
 
-    fn skip(&mut self, mut len: u64) -> Result<()> {
+    /// Skips an optional section, still checking its CRC.
+    fn skip(&mut self, mut len: u64, crc: u32, start: u64) -> Result<()> {
         let mut buf = [0u8; 8192];
+        let mut h = crc32fast::Hasher::new();
         while len > 0 {
             let n = len.min(buf.len() as u64) as usize;
             self.read_exact_at(&mut buf[..n], "skipped section")?;
+            h.update(&buf[..n]);
             len -= n as u64;
+        }
+        if h.finalize() != crc {
+            return bad(start, "optional section checksum mismatch");
         }
         Ok(())
     }

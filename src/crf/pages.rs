@@ -88,7 +88,7 @@ pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Ba
             && run.npages > 0
             && run.flags & !RUN_FLAGS_KNOWN == 0
             && run.addr >= prev_end
-            && end.is_some_and(|e| e <= 1 << 47);
+            && end.is_some_and(|e| e <= 1 << 56);
         if !ok {
             return Err(d.bad_at(at, format!("invalid page run {:#x}+{} pages", run.addr, run.npages)));
         }

@@ -120,6 +120,9 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
     match result {
         Ok((pages, bytes)) if opts.kill => {
             t.kill(Signal::SIGKILL)?;
+            // As its tracer we see it die: once this returns, the process is gone (a zombie
+            // until its parent reaps it).
+            while t.wait().is_ok() {}
             drop(t);
             info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes) and killed it");
             Ok(Report { pid, pages, image_bytes: bytes, frozen })

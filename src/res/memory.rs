@@ -174,8 +174,8 @@ impl MmStruct {
     }
 
     /// PR_SET_MM_MAP inside the restored child. Returns whether /proc/PID/exe names the image's
-    /// executable. Changing the exe link needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) and is
-    /// refused while the old exe is still mapped; in those cases the rest is set without it.
+    /// executable. Changing the exe link needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), an
+    /// executable file, and the old exe unmapped; when it fails the rest is set without it.
     pub fn restore(&self, c: &mut Ctl) -> Result<bool> {
         let pid = c.pid();
         let auxv_at = c.scratch.put(pid, 512, &self.auxv)?;
@@ -200,7 +200,9 @@ impl MmStruct {
         };
         let mut r = set(c, exe_fd)?;
         let mut exe_set = already || (exe_fd >= 0 && r == 0);
-        if exe_fd >= 0 && (r == -(libc::EPERM as i64) || r == -(libc::EBUSY as i64)) {
+        if exe_fd >= 0 && r < 0 {
+            // EPERM (no capability), EBUSY (old exe still mapped), EACCES (not executable here):
+            // the exe link is the one thing we can go without.
             r = set(c, -1)?;
             exe_set = false;
         }
@@ -391,6 +393,9 @@ fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
                 KIND_FILE if touched && e & PM_FILE == 0 => Some(0), // modified (copied on write)
                 KIND_FILE if copy && file_pages.is_some_and(|fp| idx < fp) => Some(RUN_FILE_COPY),
                 KIND_FILE => None,
+                // Shared memory may hold pages only another process (a child) touched, which
+                // our page table does not show: take all of it.
+                KIND_SHMEM => Some(0),
                 _ if touched => Some(0),
                 _ => None,
             };

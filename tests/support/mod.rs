@@ -27,15 +27,15 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-/// Compiles tests/targets/NAME.c (once per test binary; atomically, as tests run in parallel).
+/// Compiles tests/targets/NAME.c, once per test process (each test binary has its own copy, so
+/// no test ever replaces a binary another one is running).
 pub fn target(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets").join(format!("{name}.c"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("target-{name}"));
-    let fresh = out.metadata().and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?)).unwrap_or(false);
-    if !fresh {
-        let tmp = out.with_extension(
-            format!("tmp{}.{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
-        );
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("target-{name}-{}", std::process::id()));
+    if !out.exists() {
+        let tmp = out.with_extension("tmp");
         let st = Command::new("cc").args(["-O1", "-g", "-Wall", "-o"]).arg(&tmp).arg(&src).status().expect("cc");
         assert!(st.success(), "compiling {}", src.display());
         std::fs::rename(&tmp, &out).unwrap();

@@ -22,6 +22,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#ifndef SA_RESTORER
+#define SA_RESTORER 0x04000000 /* the kernel's flag that glibc sets and reports back */
+#endif
+
 #define ALTSZ (64 * 1024)
 #define NSIGS 64
 
@@ -31,7 +35,6 @@ struct ksigaction {
 
 static char *altbuf;
 static struct ksigaction before[NSIGS + 1];
-static uint64_t blocked_before;
 static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad;
 
 static void put(const char *s) {

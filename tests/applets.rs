@@ -1,0 +1,137 @@
+//! The multicall binary: dispatch, --list, --install, unknown names, flags; and the paper's
+//! RESTART_STOP / RESTART_NOTIFY, CRS_NO_SHARED_LIBRARIES and CRS_NO_BINARY_FILE flags.
+
+mod support;
+use std::process::{Command, Stdio};
+use support::*;
+
+#[test]
+fn dispatch_by_name_and_by_argument() {
+    let o = run(&["--list"]);
+    let list = String::from_utf8_lossy(&o.stdout);
+    for a in ["check", "ckpt", "crfinfo", "demo", "rstrt"] {
+        assert!(list.lines().any(|l| l == a), "--list lacks {a}: {list}");
+    }
+    let dir = tmpdir("applets-install");
+    let o = run(&["--install", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for a in ["ckpt", "rstrt", "crfinfo"] {
+        let link = dir.join(a);
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        // Run through the symlink: argv[0]'s basename picks the applet.
+        let o = Command::new(&link).arg("--help").output().unwrap();
+        assert!(o.status.success(), "{a} --help via symlink");
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("Usage: {a}")), "{a}");
+    }
+    let o = run(&["nosuch"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(stderr(&o).contains("unknown applet 'nosuch'") && stderr(&o).contains("ckpt"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_arguments_get_one_clear_line() {
+    let o = run(&["ckpt", "--kill", "--stop", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["ckpt", "999999999"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let o = run(&["rstrt", "/nonexistent/x.crf"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/x.crf"), "{}", stderr(&o));
+}
+
+/// Every flag an applet's --help lists appears in its man page.
+#[test]
+fn every_help_flag_is_in_the_man_page() {
+    let man = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    for (applet, page) in
+        [("ckpt", "ckpt.1"), ("rstrt", "rstrt.1"), ("crfinfo", "crfinfo.1"), ("demo", "crs.1"), ("check", "crs.1")]
+    {
+        let help = String::from_utf8_lossy(&run(&[applet, "--help"]).stdout).into_owned();
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("man/{page}: {e}"));
+        let text = text.replace("\\-", "-");
+        let flags: Vec<&str> =
+            help.split_whitespace().filter(|w| w.starts_with("--")).map(|w| w.trim_end_matches(',')).collect();
+        assert!(!flags.is_empty(), "{applet} --help shows no flags");
+        for f in flags {
+            assert!(text.contains(f), "man/{page} does not mention {applet} {f}");
+        }
+    }
+}
+
+#[test]
+fn stop_and_notify() {
+    let dir = tmpdir("applets-stop");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    // rstrt --stop --notify 0 -d: its parent (sh) gets SIGUSR1 when the restore is complete.
+    let pidfile = format!("{d}/pid");
+    let script = format!(
+        "trap 'echo notified' USR1; {} rstrt -d --stop --notify 0 --pidfile {pidfile} {img} >/dev/null 2>{d}/err </dev/null; echo done",
+        crs()
+    );
+    let o = Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("notified"), "no SIGUSR1: {out} {}", stderr(&o));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = st.rsplit(')').next().unwrap().split_whitespace().next().unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(state, "T", "restored process should be stopped: {st}");
+}
+
+#[test]
+fn no_libs_images_are_smaller_and_need_the_same_files() {
+    let dir = tmpdir("applets-nolibs");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let pid = p.pid().to_string();
+    let full = format!("{d}/full.crf");
+    let lean = format!("{d}/lean.crf");
+    ckpt(&["-o", &full, &pid]);
+    ckpt(&["-k", "--no-libs", "--no-binary", "-o", &lean, &pid]);
+    p.kill();
+    let (a, b) = (std::fs::metadata(&full).unwrap().len(), std::fs::metadata(&lean).unwrap().len());
+    assert!(b + (1 << 20) < a, "--no-libs image {b} bytes is not much smaller than {a}");
+    let mut r = rstrt(&[&lean]);
+    r.send("check");
+    assert!(r.expect("").starts_with("ok"), "{:?}", r.seen);
+    assert!(r.wait().success());
+}
+
+#[test]
+fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
+    let dir = tmpdir("applets-nobin");
+    let d = dir.to_str().unwrap();
+    // A private copy of the target, so we may change it.
+    let bin = dir.join("memtarget");
+    std::fs::copy(target("memory"), &bin).unwrap();
+    let mut c = Command::new(&bin);
+    c.args([d, "8"]).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid().to_string();
+    let full = format!("{d}/full.crf");
+    let lean = format!("{d}/lean.crf");
+    ckpt(&["-o", &full, &pid]);
+    ckpt(&["-k", "--no-binary", "-o", &lean, &pid]);
+    p.kill();
+    // Same size, another build-id: a rebuilt binary.
+    let mut bytes = std::fs::read(&bin).unwrap();
+    let id = crs::res::fileid::elf_build_id(&std::fs::File::open(&bin).unwrap()).expect("a build-id");
+    let at = bytes.windows(id.len()).position(|w| w == id).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(&bin, &bytes).unwrap();
+    let o = run(&["rstrt", &lean]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("memtarget"), "{}", stderr(&o));
+    // The self-contained image does not depend on the file.
+    let mut r = rstrt(&[&full]);
+    r.send("check");
+    assert!(r.expect("").starts_with("ok"), "{:?}", r.seen);
+    assert!(r.wait().success());
+}

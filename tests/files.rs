@@ -1,0 +1,131 @@
+//! Open files, cwd and umask survive a checkpoint; rstrt refuses an image whose file shrank; ckpt
+//! refuses (and leaves alone) a process holding a pipe beyond stdio. The target
+//! (tests/targets/files.c) verifies its own fds and reports one verdict line.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+/// support::start for this file's target.
+fn start(args: &[&str], dir: &Path) -> support::Proc {
+    support::start("files", args, dir)
+}
+
+/// A test directory: DIR/sub/data.txt holds "0123456789abcdef".
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = support::tmpdir(name);
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("data.txt"), "0123456789abcdef").unwrap();
+    (dir, sub)
+}
+
+/// Starts the target on `dir`, checkpoints it with -k (asserting it died), returns the image.
+fn checkpoint(dir: &Path) -> String {
+    let img = dir.join("files.crf").to_str().unwrap().to_string();
+    let mut p = start(&[dir.to_str().unwrap()], dir);
+    support::ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    let st = p.wait();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "ckpt -k did not kill the target: {st:?}");
+    img
+}
+
+/// Sends "check", asserts the verdict is ok and the target exits 0.
+fn check(p: &mut support::Proc) {
+    p.send("check");
+    let verdict = p.expect("");
+    assert!(verdict.starts_with("ok"), "target reported: {verdict:?} (saw {:?})", p.seen);
+    let st = p.wait();
+    assert!(st.success(), "target ended with {st:?}; saw {:?}", p.seen);
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn control_without_checkpoint() {
+    let (dir, sub) = setup("files-control");
+    let mut p = start(&[dir.to_str().unwrap()], &dir);
+    check(&mut p);
+    assert_eq!(read(&sub.join("log.txt")), "line1\nline2\n");
+}
+
+#[test]
+fn open_files_cwd_and_umask_survive() {
+    let (dir, sub) = setup("files-basic");
+    let img = checkpoint(&dir);
+    assert_eq!(read(&sub.join("log.txt")), "line1\n");
+    let mut r = support::rstrt(&[&img]);
+    check(&mut r);
+    assert_eq!(read(&sub.join("log.txt")), "line1\nline2\n");
+    assert_eq!(read(&sub.join("data.txt")), "0123456789abcdef");
+}
+
+#[test]
+fn grown_log_is_appended_at_its_new_end() {
+    let (dir, sub) = setup("files-grown");
+    let img = checkpoint(&dir);
+    let log = sub.join("log.txt");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"extra\n").unwrap();
+    }
+    let mut r = support::rstrt(&[&img]);
+    check(&mut r);
+    assert_eq!(read(&log), "line1\nextra\nline2\n");
+}
+
+#[test]
+fn truncated_file_makes_rstrt_refuse() {
+    let (dir, sub) = setup("files-truncated");
+    let img = checkpoint(&dir);
+    let data = sub.join("data.txt");
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(2).unwrap();
+
+    let pidfile = dir.join("restored.pid");
+    let o = support::run(&["rstrt", "--pidfile", pidfile.to_str().unwrap(), &img]);
+    let err = support::stderr(&o);
+    eprintln!("rstrt refused: {err}");
+    assert_eq!(o.status.code(), Some(3), "rstrt should refuse (exit 3): {o:?}");
+    assert_eq!(err.lines().count(), 1, "expected one line on stderr, got {err:?}");
+    assert!(err.contains("data.txt"), "message does not name data.txt: {err:?}");
+    // Nothing was restored: no output from the target, no pidfile, the log untouched.
+    assert!(o.stdout.is_empty(), "something ran: {:?}", String::from_utf8_lossy(&o.stdout));
+    assert!(!pidfile.exists(), "rstrt wrote a pidfile");
+    assert_eq!(read(&sub.join("log.txt")), "line1\n");
+    assert_eq!(read(&data), "01");
+}
+
+#[test]
+fn extra_pipe_makes_ckpt_refuse_and_leave_the_process_alone() {
+    let dir = support::tmpdir("files-pipe");
+    let mut p = start(&["pipe"], &dir);
+    let ready = p.seen.last().unwrap().clone();
+    let fds: Vec<i32> = ready.split_whitespace().skip(1).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(fds.len(), 2, "ready line: {ready:?}");
+    assert!(fds[0] >= 3 && fds[1] >= 3, "pipe fds {fds:?} should be beyond stdio");
+
+    let img = dir.join("pipe.crf");
+    let o = support::run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    let err = support::stderr(&o);
+    eprintln!("ckpt refused: {err}");
+    assert_eq!(o.status.code(), Some(3), "ckpt should refuse (exit 3): {o:?}");
+    // The first fd it meets is the read end, the lower number.
+    let fd = format!("fd {} ", fds[0]);
+    assert!(err.contains(&fd) && err.contains("a pipe"), "message should name {fd:?} and a pipe: {err:?}");
+    assert!(!img.exists(), "a refused checkpoint left an image");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(leftovers.is_empty(), "a refused checkpoint left files: {leftovers:?}");
+
+    // Not killed, not stopped, not traced: it still answers.
+    p.send("ping");
+    assert_eq!(p.expect(""), "pong", "saw {:?}", p.seen);
+    let status = read(Path::new(&format!("/proc/{}/status", p.pid())));
+    assert!(status.lines().any(|l| l == "TracerPid:\t0"), "still traced: {status}");
+    p.send("ping");
+    assert_eq!(p.expect(""), "pong", "saw {:?}", p.seen);
+    assert!(p.wait().success());
+}

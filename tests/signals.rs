@@ -1,0 +1,86 @@
+//! Signal state survives a checkpoint: handlers with SA_SIGINFO/SA_ONSTACK/SA_RESTART/
+//! SA_NODEFER and their masks, an ignored signal, the blocked mask and the alternate stack. The
+//! target (tests/targets/signals.c) verifies its own state and reports one verdict line.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// support::start for this file's target.
+fn start(args: &[&str], dir: &Path) -> support::Proc {
+    support::start("signals", args, dir)
+}
+
+/// Starts the target, checkpoints it with -k (asserting it died), returns the image path.
+fn checkpoint(dir: &Path) -> String {
+    let img = dir.join("signals.crf").to_str().unwrap().to_string();
+    let mut p = start(&[], dir);
+    support::ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    let st = p.wait();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "ckpt -k did not kill the target: {st:?}");
+    img
+}
+
+/// Sends "check" and asserts on the handler's line and the verdict, then on the exit status.
+fn check(r: &mut support::Proc) {
+    r.send("check");
+    let got = r.expect("got usr1");
+    assert_eq!(got, "got usr1: ok", "SIGUSR1 handler reported a problem; saw {:?}", r.seen);
+    let verdict = r.expect("");
+    assert!(verdict.starts_with("ok"), "target reported: {verdict:?} (saw {:?})", r.seen);
+    let st = r.wait();
+    assert!(st.success(), "target ended with {st:?}; saw {:?}", r.seen);
+}
+
+/// Waits (bounded) for rstrt to write the pidfile, which it does once the restore is complete.
+fn read_pidfile(path: &Path) -> i32 {
+    let start = Instant::now();
+    loop {
+        // rstrt writes "PID\n": only a complete line counts.
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s.trim().parse().unwrap_or_else(|_| panic!("pidfile holds {s:?}"));
+        }
+        assert!(start.elapsed() < support::TIMEOUT, "rstrt never wrote {}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn control_without_checkpoint() {
+    let dir = support::tmpdir("signals-control");
+    let mut p = start(&[], &dir);
+    check(&mut p);
+}
+
+#[test]
+fn handlers_masks_and_altstack_survive() {
+    let dir = support::tmpdir("signals-state");
+    let img = checkpoint(&dir);
+    let mut r = support::rstrt(&[&img]);
+    check(&mut r);
+}
+
+#[test]
+fn restored_process_handles_signal_from_outside() {
+    let dir = support::tmpdir("signals-external");
+    let img = checkpoint(&dir);
+    let pidfile = dir.join("restored.pid");
+    let mut r = support::rstrt(&["--pidfile", pidfile.to_str().unwrap(), &img]);
+    let pid = read_pidfile(&pidfile);
+
+    // The pidfile names the restored process itself (whatever pid it got).
+    r.send("pid");
+    assert_eq!(r.expect("pid "), format!("pid {pid}"), "saw {:?}", r.seen);
+
+    // SAFETY: kill(2) with a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "kill {pid}");
+    let got = r.expect("got usr1");
+    assert_eq!(got, "got usr1: ok", "SIGUSR1 handler reported a problem; saw {:?}", r.seen);
+
+    // It carries on normally after the interrupted read, and its state is still intact.
+    check(&mut r);
+}
