@@ -77,3 +77,52 @@ fn pipe_mode_needs_no_file() {
     r.wait();
     assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".crf")));
 }
+
+#[test]
+fn foreground_rstrt_forwards_signals_and_dies_like_the_process() {
+    let dir = tmpdir("mem-fg");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let img = format!("{d}/m.crf");
+    let pidfile = format!("{d}/pid");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&["--pidfile", &pidfile, &img]);
+    // The pid file appears once the process runs: wait for that fact, bounded.
+    let t0 = std::time::Instant::now();
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.strip_suffix('\n')?.parse().ok()) {
+            break pid;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no pid file");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // SIGTERM to rstrt (as from kill(1)) reaches the process, which dies of it; so does rstrt.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
+    let st = r.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "rstrt status {st:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/status")).exists() || {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            s.contains("zombie") || !s.contains("target-memory")
+        },
+        "restored process {pid} still runs"
+    );
+}
+
+#[test]
+fn ckpt_stop_leaves_the_process_stopped() {
+    let dir = tmpdir("mem-stop");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["--stop", "-o", &img, &p.pid().to_string()]);
+    let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    assert!(st.contains("State:\tT (stopped)"), "{st}");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(p.pid(), libc::SIGCONT) };
+    p.send("check");
+    assert!(p.expect("").starts_with("ok"), "{:?}", p.seen);
+}

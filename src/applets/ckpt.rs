@@ -66,18 +66,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         to_file(a.pid, &path, &flags)
     };
     match result {
-        Ok(r) => {
-            if a.verbose {
-                eprintln!(
-                    "{name}: pid {}: {} pages, image {} bytes, frozen {:.1} ms",
-                    r.pid,
-                    r.pages,
-                    r.image_bytes,
-                    r.frozen.as_secs_f64() * 1e3
-                );
-            }
-            exit::OK
-        }
+        Ok(_) => exit::OK,
         Err(e) => exit::report(name, &e),
     }
 }

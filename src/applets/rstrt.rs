@@ -86,9 +86,6 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     {
         return exit::report(name, &e);
     }
-    if a.verbose {
-        eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
-    }
     if a.detach {
         println!("{}", r.pid);
         return exit::OK;

@@ -124,7 +124,7 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
             // until its parent reaps it).
             while t.wait().is_ok() {}
             drop(t);
-            info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes) and killed it");
+            info!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
             Ok(Report { pid, pages, image_bytes: bytes, frozen })
         }
         Ok((pages, bytes)) => {
@@ -134,7 +134,10 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
             }
             t.detach()?;
             redeliver(pid, &held_all);
-            info!("checkpointed pid {pid} ({pages} pages, {bytes} bytes), frozen {frozen:?}");
+            info!(
+                "checkpointed pid {pid}: {pages} pages, image {bytes} bytes, frozen {:.1} ms",
+                frozen.as_secs_f64() * 1e3
+            );
             Ok(Report { pid, pages, image_bytes: bytes, frozen })
         }
         Err(e) => {
