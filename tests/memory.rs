@@ -100,7 +100,8 @@ fn foreground_rstrt_forwards_signals_and_dies_like_the_process() {
     // SIGTERM to rstrt (as from kill(1)) reaches the process, which dies of it; so does rstrt.
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(r.pid(), libc::SIGTERM) };
-    let st = r.wait();
+    // Keep its stdin open: EOF would end the target by another way.
+    let st = r.child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGTERM), "rstrt status {st:?}");
     assert!(

@@ -29,6 +29,19 @@ static char *slurp(const char *path, size_t *len) {
     return b;
 }
 
+/* The /proc/self/maps lines of [heap], [vdso], [vvar*] (range, perms, name) concatenated. */
+static void special_lines(char *out, size_t cap) {
+    size_t n; char *m = slurp("/proc/self/maps", &n);
+    m[n < 65535 ? n : 65535] = 0;
+    out[0] = 0;
+    for (char *l = strtok(m, "\n"); l; l = strtok(0, "\n")) {
+        if (!strstr(l, "[heap]") && !strstr(l, "[vdso]") && !strstr(l, "[vvar")) continue;
+        char range[64], perms[8], *name = strrchr(l, ' ');
+        if (sscanf(l, "%63s %7s", range, perms) != 2 || !name) continue;
+        snprintf(out + strlen(out), cap - strlen(out), "%s %s%s;", range, perms, name);
+    }
+}
+
 int main(int argc, char **argv) {
     const long pg = 4096;
     char path[4096];
@@ -63,19 +76,21 @@ int main(int argc, char **argv) {
     for (size_t off = 0; off < slen; off += 256 * pg) sparse[off] = (unsigned char)(off >> 20) | 1;
     volatile long counter = 41;
 
-    size_t n1, n2, n3;
+    size_t n1, n2;
     char cmd0[65536], env0[65536], exe0[4096];
     char *c = slurp("/proc/self/cmdline", &n1); memcpy(cmd0, c, n1);
     char *e = slurp("/proc/self/environ", &n2); memcpy(env0, e, n2);
     ssize_t xl = readlink("/proc/self/exe", exe0, sizeof exe0 - 1); exe0[xl < 0 ? 0 : xl] = 0;
-    /* the maps lines for special areas */
-    char *m = slurp("/proc/self/maps", &n3); (void)m;
+    /* the maps lines of the special areas: where and what they are */
+    char special0[4096]; special_lines(special0, sizeof special0);
     int cpu0 = sched_getcpu();
 
     printf("ready %d\n", getpid()); fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) { printf("FAIL: stdin closed\n"); return 1; }
 
+    char special1[4096]; special_lines(special1, sizeof special1);
+    CHECK(strcmp(special0, special1) == 0, "heap/vdso/vvar moved: %s -> %s", special0, special1);
     counter++;
     CHECK(counter == 42, "counter %ld", counter);
     CHECK(same(heap, 100000, 1), "heap");
