@@ -47,7 +47,7 @@ pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
 /// Restarts the process whose image `input` yields. With `notify`, sends SIGUSR1 to that pid
 /// (0: our parent) once the process is restored (the paper's RESTART_NOTIFY).
 pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
-    let r = engine::restore::restore(std::io::BufReader::with_capacity(1 << 20, input), flags)?;
+    let r = engine::restore::restore(crf::Stream(std::io::BufReader::with_capacity(1 << 20, input)), flags)?;
     if let Some(p) = notify {
         self::notify(p)?;
     }
@@ -61,8 +61,17 @@ pub fn notify(pid: i32) -> Result<()> {
         .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))
 }
 
-/// [`restart`] from an image file.
+/// [`restart`] from an image file. A regular file is mapped, and its pages go from the page
+/// cache straight into the process.
 pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    restart(f, flags, notify)
+    if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        return restart(f, flags, notify);
+    }
+    let m = engine::mem::Mapped::new(&f, path)?;
+    let r = engine::restore::restore(m.as_slice(), flags)?;
+    if let Some(p) = notify {
+        self::notify(p)?;
+    }
+    Ok(r)
 }

@@ -119,9 +119,8 @@ fn a_different_vdso_is_refused() {
         if s.tag == Tag::Pages {
             let b = pages::read_batch_header(&mut r, &s).unwrap();
             let runs = b.runs.clone();
-            let n = b.data_len;
-            b.read_data(&mut r, &mut buf[..n]).unwrap();
-            pages::write_batch(&mut w, &runs, &buf[..n]).unwrap();
+            let data = b.data(&mut r, &mut buf).unwrap().to_vec();
+            pages::write_batch(&mut w, &runs, &data).unwrap();
             continue;
         }
         let mut p = r.payload(&s).unwrap();

@@ -57,11 +57,19 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     let _ = hold.thread_block();
     let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
+    // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
+    // files get the temporary name and the rename.
+    let special = fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir());
     let result = if path == "-" {
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
         crate::engine::checkpoint::checkpoint(a.pid, out, &flags, |mut w| {
             w.flush().map_err(|e| Error::io("standard output", e))
         })
+    } else if special {
+        match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => crate::checkpoint(&f, a.pid, &flags),
+            Err(e) => Err(Error::io(path.as_str(), e)),
+        }
     } else {
         to_file(a.pid, &path, &flags)
     };

@@ -9,13 +9,12 @@ struct Args {
     image: String,
 }
 
-use crate::crf::{PAGE_SIZE, Reader, Tag, pages};
+use crate::crf::{Input, PAGE_SIZE, Reader, Stream, Tag, pages};
 use crate::error::{Error, Result};
 use crate::exit;
 use crate::res::fileid::hex;
 use crate::res::{cwd, files, head::Header, memory, regs::RegState, signals::Signals, task::Task};
 use std::collections::BTreeMap;
-use std::io::Read;
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
     let a: Args = match super::parse(name, argv) {
@@ -26,10 +25,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     // SAFETY: restoring the default disposition of SIGPIPE has no memory effects.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let r = if a.image == "-" {
-        describe(std::io::stdin().lock())
+        describe(Stream(std::io::stdin().lock()))
     } else {
         match std::fs::File::open(&a.image) {
-            Ok(f) => describe(std::io::BufReader::with_capacity(1 << 20, f)),
+            Ok(f) => describe(Stream(std::io::BufReader::with_capacity(1 << 20, f))),
             Err(e) => Err(Error::io(a.image.as_str(), e)),
         }
     };
@@ -39,7 +38,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     }
 }
 
-fn describe(inp: impl Read) -> Result<()> {
+fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
     println!("CRF image, format version {}, x86_64", crate::crf::VERSION);
     let mut vmas: Vec<memory::Vma> = Vec::new();
@@ -56,8 +55,7 @@ fn describe(inp: impl Read) -> Result<()> {
                     *stored.entry(key).or_default() += run.len() as u64;
                 }
                 total += b.data_len as u64;
-                let n = b.data_len;
-                b.read_data(&mut r, &mut buf[..n])?;
+                b.data(&mut r, &mut buf)?;
             }
             Tag::Head => {
                 let h = Header::decode(&r.payload(&s)?, s.offset)?;

@@ -187,6 +187,45 @@ fn section_header(tag: u32, flags: u32, len: u64, crc: u32) -> [u8; SECTION_HEAD
     h
 }
 
+/// Where an image is read from: any stream, or bytes already in memory (a mapped image file),
+/// from which page data is borrowed instead of copied.
+pub trait Input: Read {
+    /// True if `borrow` works: the whole image is in memory.
+    fn in_memory(&self) -> bool {
+        false
+    }
+    /// The next `n` bytes, consumed without a copy (in-memory inputs only).
+    fn borrow(&mut self, _n: usize) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl Input for &[u8] {
+    fn in_memory(&self) -> bool {
+        true
+    }
+    fn borrow(&mut self, n: usize) -> Option<&[u8]> {
+        let all: &[u8] = self;
+        if n > all.len() {
+            return None;
+        }
+        let (head, tail) = all.split_at(n);
+        *self = tail;
+        Some(head)
+    }
+}
+
+/// Any reader (a pipe, a socket, a buffered file) as an image input.
+pub struct Stream<R>(pub R);
+
+impl<R: Read> Read for Stream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Input for Stream<R> {}
+
 /// A section header as read, with the stream offset of its payload.
 #[derive(Clone, Copy, Debug)]
 pub struct Section {
@@ -200,14 +239,14 @@ pub struct Section {
 
 /// Reads an image in order. `next_section` yields section headers; the caller then reads the payload with
 /// `payload` (checked against its CRC) or, for page batches, with the `pages` helpers.
-pub struct Reader<R: Read> {
+pub struct Reader<R: Input> {
     inp: R,
     offset: u64,
     sections: u64,
     done: bool,
 }
 
-impl<R: Read> Reader<R> {
+impl<R: Input> Reader<R> {
     /// Reads and checks the preamble: magic, version and architecture.
     pub fn new(mut inp: R) -> Result<Self> {
         let mut pre = [0u8; PREAMBLE_LEN];
@@ -298,6 +337,19 @@ impl<R: Read> Reader<R> {
         if crc32fast::hash(&buf) != sec.crc {
             return bad(sec.offset, format!("{} section checksum mismatch", sec.tag.name()));
         }
+        Ok(buf)
+    }
+
+    /// The next `n` payload bytes: borrowed from an in-memory image, otherwise read into `buf`.
+    pub fn data<'b>(&'b mut self, buf: &'b mut [u8], n: usize, what: &str) -> Result<&'b [u8]> {
+        if self.inp.in_memory() {
+            let at = self.offset;
+            let s = self.inp.borrow(n).ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") })?;
+            self.offset += n as u64;
+            return Ok(s);
+        }
+        let buf = &mut buf[..n];
+        self.read_exact_at(buf, what)?;
         Ok(buf)
     }
 

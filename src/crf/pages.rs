@@ -6,8 +6,8 @@
 //! ```
 //! `pad` makes the data start on a page boundary of the stream (offset 0 = the preamble).
 
-use super::{CrfError, Dec, Enc, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer};
-use std::io::{self, Read, Write};
+use super::{CrfError, Dec, Enc, Input, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer};
+use std::io::{self, Write};
 
 /// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
 /// A restore that maps the very same file skips them; one that cannot, writes them.
@@ -59,7 +59,7 @@ pub struct Batch {
 }
 
 /// Reads a batch's header (run table and padding) and checks it against the section length.
-pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Batch> {
+pub fn read_batch_header<R: Input>(r: &mut Reader<R>, sec: &Section) -> Result<Batch> {
     let mut fixed = [0u8; 8];
     r.read_exact_at(&mut fixed, "PAGES header")?;
     let mut crc = crc32fast::Hasher::new();
@@ -110,14 +110,15 @@ pub fn read_batch_header<R: Read>(r: &mut Reader<R>, sec: &Section) -> Result<Ba
 }
 
 impl Batch {
-    /// Reads the batch's page data into `buf` (exactly `data_len` bytes) and checks the CRC.
-    pub fn read_data<R: Read>(mut self, r: &mut Reader<R>, buf: &mut [u8]) -> Result<()> {
-        r.read_exact_at(buf, "PAGES data")?;
-        self.crc.update(buf);
+    /// The batch's page data, checked against the CRC: borrowed from an in-memory image, or
+    /// read into `buf` (at least `data_len` bytes).
+    pub fn data<'b, R: Input>(mut self, r: &'b mut Reader<R>, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        let d = r.data(buf, self.data_len, "PAGES data")?;
+        self.crc.update(d);
         if self.crc.finalize() != self.expect {
             return Err(CrfError::Bad { offset: self.at, what: "PAGES section checksum mismatch".into() });
         }
-        Ok(())
+        Ok(d)
     }
 }
 
@@ -143,8 +144,7 @@ mod tests {
         assert_eq!(b.runs, runs);
         assert_eq!(r.offset() % PAGE_SIZE as u64, 0, "page data must start on a page boundary");
         let mut buf = vec![0u8; b.data_len];
-        b.read_data(&mut r, &mut buf).unwrap();
-        assert_eq!(buf, data);
+        assert_eq!(b.data(&mut r, &mut buf).unwrap(), &data[..]);
         assert!(r.next_section().unwrap().is_none());
     }
 

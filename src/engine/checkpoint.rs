@@ -133,6 +133,9 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
                 t.kill(Signal::SIGSTOP)?;
             }
             t.detach()?;
+            if opts.stop {
+                procfs::wait_stopped(pid);
+            }
             redeliver(pid, &held_all);
             info!(
                 "checkpointed pid {pid}: {pages} pages, image {bytes} bytes, frozen {:.1} ms",

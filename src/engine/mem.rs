@@ -79,3 +79,45 @@ pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
     f.read_exact_at(buf, addr).map_err(|e| Error::io(format!("{path} at {addr:#x}"), e))
 }
+
+/// A whole file mapped read-only, e.g. an image whose pages we write straight from the page cache
+/// into a process, with no copy of our own.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    pub fn new(f: &std::fs::File, what: &str) -> Result<Mapped> {
+        let len = f.metadata().map_err(|e| Error::io(what, e))?.len() as usize;
+        if len == 0 {
+            return Ok(Mapped { ptr: std::ptr::null_mut(), len: 0 });
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of a file we hold open; we only ever read it
+        // through `as_slice`, whose lifetime is tied to this struct, and unmap it in Drop.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::sys("mmap", what.to_string(), Errno::last()));
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: ptr..ptr+len is our live read-only mapping (see `new`). A file truncated under
+        // us would raise SIGBUS on access; images are written once and renamed into place.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping exactly the mapping we made; no slice of it outlives self.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}

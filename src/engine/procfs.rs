@@ -150,6 +150,19 @@ pub fn read_stat(pid: i32) -> Result<Stat> {
     stat_from_text(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))
 }
 
+/// Waits (at most a second) until the process shows as stopped: a SIGSTOP sent before a detach
+/// takes effect when the process next runs, and callers promise a stopped process.
+pub fn wait_stopped(pid: i32) -> bool {
+    for _ in 0..1000 {
+        match read_stat(pid) {
+            Ok(s) if s.state == 'T' => return true,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// A "Key:\tvalue" field of /proc/PID/status.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))

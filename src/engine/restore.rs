@@ -14,7 +14,7 @@ use super::remote::Remote;
 use super::tracee::Tracee;
 use super::{Ctl, Scratch, mem};
 use crate::crf::pages;
-use crate::crf::{PAGE_SIZE, Reader, Tag};
+use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
 use crate::error::{Error, Result};
 use crate::res::fileid;
 use crate::res::head::Header;
@@ -28,7 +28,6 @@ use log::{debug, info};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::io::Read;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -68,7 +67,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn expect<R: Read>(r: &mut Reader<R>, tag: Tag) -> Result<crate::crf::Section> {
+fn expect<R: Input>(r: &mut Reader<R>, tag: Tag) -> Result<crate::crf::Section> {
     match r.next_section()? {
         Some(s) if s.tag == tag => Ok(s),
         Some(s) => Err(Error::Image(crate::crf::CrfError::Bad {
@@ -103,7 +102,7 @@ fn check_owner(h: &Header) -> Result<()> {
 
 /// Restores the image read from `input`. Returns once the process runs (or is stopped, with
 /// `stop`); it is our child and no longer traced.
-pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
+pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
     let mut st = ProcessState::default();
     let s = expect(&mut rd, Tag::Head)?;
@@ -184,10 +183,9 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     while let Some(sec) = s.filter(|s| s.tag == Tag::Pages) {
         let b = pages::read_batch_header(&mut rd, &sec)?;
         let targets = memory::batch_targets(&plans, &b.runs)?;
-        let len = b.data_len;
-        b.read_data(&mut rd, &mut buf[..len])?;
-        write_batch(pid, &targets, &buf[..len])?;
-        npages += (len / PAGE_SIZE) as u64;
+        npages += (b.data_len / PAGE_SIZE) as u64;
+        let data = b.data(&mut rd, &mut buf)?;
+        write_batch(pid, &targets, data)?;
         s = rd.next_section()?;
     }
     debug!("pid {pid}: {npages} pages written");
@@ -253,6 +251,9 @@ pub fn restore<R: Read>(input: R, opts: &Options) -> Result<Restored> {
     }
     t.detach()?;
     guard.armed = false;
+    if opts.stop {
+        procfs::wait_stopped(pid);
+    }
     for s in held.into_iter().filter(|&s| s != libc::SIGSTOP || opts.stop) {
         if let Ok(sig) = Signal::try_from(s) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
