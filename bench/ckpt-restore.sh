@@ -57,6 +57,7 @@ for size in $SIZES; do
   for tool in crs ${CRIU:+criu}; do
     : > "$work/r"
     for _ in $(seq "$RUNS"); do "run_$tool" "$size" >> "$work/r"; done
+    [ -n "${VERBOSE:-}" ] && sed "s/^/  $tool run: /" "$work/r"
     d=$(cut -d' ' -f1 "$work/r" | median); r=$(cut -d' ' -f2 "$work/r" | median); b=$(cut -d' ' -f3 "$work/r" | median)
     printf '%-6s %-5s %10s %10s %14s\n' "$size" "$tool" "$d" "$r" "$b"
     echo "$size $tool $d $r $b" >> "$work/all"

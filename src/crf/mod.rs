@@ -344,7 +344,10 @@ impl<R: Input> Reader<R> {
     pub fn data<'b>(&'b mut self, buf: &'b mut [u8], n: usize, what: &str) -> Result<&'b [u8]> {
         if self.inp.in_memory() {
             let at = self.offset;
-            let s = self.inp.borrow(n).ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") })?;
+            let s = self
+                .inp
+                .borrow(n)
+                .ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") })?;
             self.offset += n as u64;
             return Ok(s);
         }

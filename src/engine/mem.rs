@@ -96,7 +96,8 @@ impl Mapped {
         use std::os::fd::AsRawFd;
         // SAFETY: a fresh private read-only mapping of a file we hold open; we only ever read it
         // through `as_slice`, whose lifetime is tied to this struct, and unmap it in Drop.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(Error::sys("mmap", what.to_string(), Errno::last()));
         }

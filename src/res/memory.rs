@@ -411,72 +411,107 @@ fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// Writes the pages of every mapping in batches; returns (pages, bytes) written.
-pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<(u64, u64)> {
+/// One batch to dump: its runs, and for each whether the process may read it (else the pages
+/// come through /proc/PID/mem).
+struct BatchPlan {
+    runs: Vec<Run>,
+    readable: Vec<bool>,
+    pages: usize,
+}
+
+/// Splits the pages to store into batches of at most MAX_BATCH_PAGES.
+fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
     let pm_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pm_path).map_err(|e| Error::io(&pm_path, e))?;
-    let mut buf = vec![0u8; MAX_BATCH_PAGES * PAGE_SIZE];
-    let mut batch: Vec<Run> = Vec::new();
-    let mut batch_pages = 0usize;
-    let mut batch_readable: Vec<bool> = Vec::new();
-    let mut total = 0u64;
-    let start = w.offset();
-    let mut flush =
-        |batch: &mut Vec<Run>, readable: &mut Vec<bool>, pages: &mut usize, w: &mut Writer<W>| -> Result<()> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let data = &mut buf[..*pages * PAGE_SIZE];
-            // Readable runs in one process_vm_readv; the rest through /proc/PID/mem.
-            let mut off = 0usize;
-            let mut iov: Vec<(u64, usize)> = Vec::new();
-            let mut iov_at = 0usize;
-            for (r, &ok) in batch.iter().zip(readable.iter()) {
-                if ok {
-                    if iov.is_empty() {
-                        iov_at = off;
-                    }
-                    iov.push((r.addr, r.len()));
-                } else {
-                    if !iov.is_empty() {
-                        let len: usize = iov.iter().map(|x| x.1).sum();
-                        mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
-                        iov.clear();
-                    }
-                    mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
-                }
-                off += r.len();
-            }
-            if !iov.is_empty() {
-                let len: usize = iov.iter().map(|x| x.1).sum();
-                mem::read_runs(pid, &iov, &mut data[iov_at..iov_at + len])?;
-            }
-            pages::write_batch(w, batch, data).map_err(|e| Error::io("image", e))?;
-            total += *pages as u64;
-            batch.clear();
-            readable.clear();
-            *pages = 0;
-            Ok(())
-        };
+    let mut out = Vec::new();
+    let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for mut r in page_runs(&pagemap, v)? {
             while r.npages > 0 {
-                let room = MAX_BATCH_PAGES - batch_pages;
-                let take = (r.npages as usize).min(room) as u32;
-                batch.push(Run { addr: r.addr, npages: take, flags: r.flags });
-                batch_readable.push(readable);
-                batch_pages += take as usize;
+                let take = (r.npages as usize).min(MAX_BATCH_PAGES - cur.pages) as u32;
+                cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
+                cur.readable.push(readable);
+                cur.pages += take as usize;
                 r.addr += take as u64 * PAGE_SIZE as u64;
                 r.npages -= take;
-                if batch_pages == MAX_BATCH_PAGES {
-                    flush(&mut batch, &mut batch_readable, &mut batch_pages, w)?;
+                if cur.pages == MAX_BATCH_PAGES {
+                    out.push(std::mem::replace(
+                        &mut cur,
+                        BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
+                    ));
                 }
             }
         }
     }
-    flush(&mut batch, &mut batch_readable, &mut batch_pages, w)?;
-    Ok((total, w.offset() - start))
+    if cur.pages > 0 {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// Reads one batch's pages: readable runs in one process_vm_readv, the rest through
+/// /proc/PID/mem.
+fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
+    let mut off = 0usize;
+    let mut iov: Vec<(u64, usize)> = Vec::new();
+    let mut iov_at = 0usize;
+    let flush = |iov: &mut Vec<(u64, usize)>, at: usize, data: &mut [u8]| -> Result<()> {
+        let len: usize = iov.iter().map(|x| x.1).sum();
+        mem::read_runs(pid, iov, &mut data[at..at + len])?;
+        iov.clear();
+        Ok(())
+    };
+    for (r, &ok) in b.runs.iter().zip(&b.readable) {
+        if ok {
+            if iov.is_empty() {
+                iov_at = off;
+            }
+            iov.push((r.addr, r.len()));
+        } else {
+            if !iov.is_empty() {
+                flush(&mut iov, iov_at, data)?;
+            }
+            mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
+        }
+        off += r.len();
+    }
+    if !iov.is_empty() {
+        flush(&mut iov, iov_at, data)?;
+    }
+    Ok(())
+}
+
+/// Writes the pages of every mapping in batches; returns the number of pages. A second thread
+/// reads the next batch from the process while this one checksums and writes the last.
+pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<u64> {
+    use std::sync::mpsc::sync_channel;
+    let batches = plan_batches(pid, vmas)?;
+    let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            let _ = free_tx.send(vec![0u8; MAX_BATCH_PAGES * PAGE_SIZE]);
+        }
+        let plans = &batches;
+        s.spawn(move || {
+            for b in plans {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let r = read_batch(pid, b, &mut buf[..b.pages * PAGE_SIZE]).map(|_| buf);
+                let failed = r.is_err();
+                if full_tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for b in &batches {
+            let buf = full_rx.recv().map_err(|_| Error::Proc("page reader stopped".into()))??;
+            pages::write_batch(w, &b.runs, &buf[..b.pages * PAGE_SIZE]).map_err(|e| Error::io("image", e))?;
+            let _ = free_tx.send(buf);
+        }
+        Ok(total)
+    })
 }
 
 /// A mapping as the restore will create it.
