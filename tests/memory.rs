@@ -15,10 +15,7 @@ fn all_memory_survives_kill_and_restart() {
     let info = run(&["crfinfo", &img]);
     assert!(info.status.success(), "{}", stderr(&info));
     let mut r = rstrt(&[&img]);
-    r.send("check");
-    let v = r.expect("");
-    assert!(v.starts_with("ok"), "target says: {:?}", r.seen);
-    assert!(r.wait().success());
+    r.verdict("ok");
 }
 
 #[test]
@@ -33,9 +30,7 @@ fn sparse_mapping_stores_only_touched_pages() {
     let size = std::fs::metadata(&img).unwrap().len();
     assert!(size < 24 << 20, "image of a 2 GiB sparse process is {size} bytes");
     let mut r = rstrt(&[&img]);
-    r.send("check");
-    assert!(r.expect("").starts_with("ok"), "{:?}", r.seen);
-    assert!(r.wait().success());
+    r.verdict("ok");
 }
 
 #[test]
@@ -49,12 +44,8 @@ fn original_and_copy_both_run_on() {
     let mut c = std::process::Command::new(crs());
     c.args(["rstrt", &img]).stderr(std::process::Stdio::piped());
     let mut r = Proc::spawn(c);
-    r.send("check");
-    assert!(r.expect("").starts_with("ok"), "copy: {:?}", r.seen);
-    p.send("check");
-    assert!(p.expect("").starts_with("ok"), "original: {:?}", p.seen);
-    assert!(p.wait().success());
-    assert!(r.wait().success());
+    r.verdict("ok");
+    p.verdict("ok");
     let mut err = String::new();
     use std::io::Read;
     r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
@@ -124,6 +115,5 @@ fn ckpt_stop_leaves_the_process_stopped() {
     assert!(st.contains("State:\tT (stopped)"), "{st}");
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(p.pid(), libc::SIGCONT) };
-    p.send("check");
-    assert!(p.expect("").starts_with("ok"), "{:?}", p.seen);
+    p.verdict("ok");
 }

@@ -100,6 +100,16 @@ impl Proc {
         s.flush().unwrap();
     }
 
+    /// Tells the target to check its state and asserts its verdict starts with `want` ("ok",
+    /// "ok uid=0"...); the target then exits, successfully.
+    pub fn verdict(&mut self, want: &str) -> String {
+        self.send("check");
+        let v = self.expect("");
+        assert!(v.starts_with(want), "target says: {:?}", self.seen);
+        assert!(self.wait().success(), "target failed after {v:?}");
+        v
+    }
+
     pub fn wait(&mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());
         self.child.wait().unwrap()
