@@ -24,6 +24,8 @@ pub enum Error {
     Gone(i32),
     /// Bad arguments.
     Usage(String),
+    /// The network or the peer failed us (migrate, restartd).
+    Net(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -50,13 +52,19 @@ impl fmt::Display for Error {
             Error::Io { path, err } => write!(f, "{path}: {err}"),
             Error::Proc(s) => write!(f, "{s}"),
             Error::Image(e) => write!(f, "{e}"),
-            Error::Refused(s) | Error::Permission(s) | Error::Usage(s) => write!(f, "{s}"),
+            Error::Refused(s) | Error::Permission(s) | Error::Usage(s) | Error::Net(s) => write!(f, "{s}"),
             Error::Gone(pid) => write!(f, "no process {pid}: it does not exist or has exited"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::net::NetError> for Error {
+    fn from(e: crate::net::NetError) -> Self {
+        Error::Net(e.to_string())
+    }
+}
 
 impl From<CrfError> for Error {
     fn from(e: CrfError) -> Self {

@@ -15,6 +15,8 @@ pub const BAD_IMAGE: i32 = 4;
 pub const PERMISSION: i32 = 5;
 /// The process does not exist or vanished.
 pub const NO_PROCESS: i32 = 6;
+/// The network or the destination failed (migrate, restartd); the process runs on at the source.
+pub const NETWORK: i32 = 7;
 /// Unknown applet name.
 pub const UNKNOWN_APPLET: i32 = 127;
 
@@ -25,6 +27,7 @@ pub fn code(e: &Error) -> i32 {
         Error::Image(_) => BAD_IMAGE,
         Error::Permission(_) => PERMISSION,
         Error::Gone(_) => NO_PROCESS,
+        Error::Net(_) => NETWORK,
         Error::Sys { errno: nix::errno::Errno::EPERM, .. } => PERMISSION,
         Error::Sys { errno: nix::errno::Errno::ESRCH, .. } => NO_PROCESS,
         Error::Sys { .. } | Error::Io { .. } | Error::Proc(_) => FAILURE,

@@ -13,6 +13,7 @@ pub mod crf;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod net;
 pub mod res;
 pub mod state;
 

@@ -74,7 +74,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         to_file(a.pid, &path, &flags)
     };
     match result {
-        Ok(_) => exit::OK,
+        Ok(r) => {
+            if a.verbose {
+                let ms = r.frozen.as_secs_f64() * 1e3;
+                eprintln!("{name}: pid {}: {} pages, image {} bytes, frozen {ms:.1} ms", r.pid, r.pages, r.image_bytes);
+            }
+            exit::OK
+        }
         Err(e) => exit::report(name, &e),
     }
 }

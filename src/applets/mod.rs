@@ -5,6 +5,9 @@ mod check;
 mod ckpt;
 mod crfinfo;
 mod demo;
+mod keygen;
+mod migrate;
+mod restartd;
 mod rstrt;
 
 pub struct Applet {
@@ -31,6 +34,14 @@ pub const APPLETS: &[Applet] = &[
         link: false,
         main: demo::main,
     },
+    Applet {
+        name: "keygen",
+        summary: "make the cluster key for migrate and restartd",
+        link: false,
+        main: keygen::main,
+    },
+    Applet { name: "migrate", summary: "move a running process to another node", link: true, main: migrate::main },
+    Applet { name: "restartd", summary: "receive and restart migrated processes", link: true, main: restartd::main },
     Applet { name: "rstrt", summary: "restart a process from a CRF image", link: true, main: rstrt::main },
 ];
 

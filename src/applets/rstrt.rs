@@ -44,7 +44,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     super::verbose(a.verbose);
     let stdin = a.image == "-";
     let flags =
-        crate::RestartFlags { detach: a.detach, stop: a.stop, require_pid: a.require_pid, stdin_is_image: stdin };
+        crate::RestartFlags { detach: a.detach, stop: a.stop, require_pid: a.require_pid, null_stdio: stdin as u8 };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();
     for s in FORWARDED {
@@ -85,6 +85,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         && let Err(e) = crate::notify(n)
     {
         return exit::report(name, &e);
+    }
+    if a.verbose {
+        eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
     }
     if a.detach {
         println!("{}", r.pid);

@@ -15,7 +15,7 @@ use crate::res::regs::RegState;
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::{cwd, fileid::FileId, files};
-use log::{debug, info};
+use log::debug;
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -124,7 +124,7 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
             // until its parent reaps it).
             while t.wait().is_ok() {}
             drop(t);
-            info!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
+            debug!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
             Ok(Report { pid, pages, image_bytes: bytes, frozen })
         }
         Ok((pages, bytes)) => {
@@ -137,7 +137,7 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
                 procfs::wait_stopped(pid);
             }
             redeliver(pid, &held_all);
-            info!(
+            debug!(
                 "checkpointed pid {pid}: {pages} pages, image {bytes} bytes, frozen {:.1} ms",
                 frozen.as_secs_f64() * 1e3
             );

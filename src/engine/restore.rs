@@ -24,7 +24,7 @@ use crate::res::signals::Signals;
 use crate::res::task::{self, Task};
 use crate::res::{cwd, files};
 use crate::state::ProcessState;
-use log::{debug, info};
+use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -37,8 +37,9 @@ pub struct Options {
     pub stop: bool,
     /// Fail if the original pid cannot be had.
     pub require_pid: bool,
-    /// rstrt reads the image from its stdin: the process gets /dev/null as fd 0.
-    pub stdin_is_image: bool,
+    /// Fds 0-2 (bit n for fd n) that were a terminal or pipe get /dev/null instead of ours:
+    /// fd 0 when the image comes on our stdin, all three for restartd.
+    pub null_stdio: u8,
 }
 
 #[derive(Debug)]
@@ -103,11 +104,18 @@ fn check_owner(h: &Header) -> Result<()> {
 /// Restores the image read from `input`. Returns once the process runs (or is stopped, with
 /// `stop`); it is our child and no longer traced.
 pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
+    restore_checked(input, opts, &|_| Ok(()))
+}
+
+/// [`restore`], with `policy` deciding from the header, before anything is created, whether
+/// this process may be restored here (restartd's uid rules).
+pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
     let mut st = ProcessState::default();
     let s = expect(&mut rd, Tag::Head)?;
     st.head = Header::decode(&rd.payload(&s)?, s.offset)?;
     check_owner(&st.head)?;
+    policy(&st.head)?;
     let same_boot = st.head.boot_id == fileid::boot_id();
     let s = expect(&mut rd, Tag::Files)?;
     st.files = files::decode(&rd.payload(&s)?, s.offset)?;
@@ -129,7 +137,7 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
         None => Vec::new(),
     };
     let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
-    info!(
+    debug!(
         "restoring pid {} ({}) from {}: {} mappings, {} fds",
         st.head.pid,
         st.head.comm,
@@ -222,7 +230,7 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
     //    unprivileged rest.
     memory::protect_all(&mut c, &plans)?;
     let exe_set = st.mm.restore(&mut c)?;
-    files::restore(&mut c, &st.files, opts.stdin_is_image)?;
+    files::restore(&mut c, &st.files, opts.null_stdio)?;
     cwd::restore(&mut c, &st.cwd)?;
     st.signals.restore(&mut c)?;
     if opts.detach {
@@ -259,7 +267,7 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }
-    info!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
+    debug!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
     Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept: !exe_set && st.mm.exe.is_some(), state: st })
 }
 

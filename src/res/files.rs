@@ -161,10 +161,11 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
 }
 
 /// Rebuilds the fd table inside the restored child, which starts with rstrt's own fds.
-/// `stdin_is_image`: rstrt reads the image from its stdin, so fd 0 gets /dev/null instead.
-pub fn restore(c: &mut Ctl, fds: &[Fd], stdin_is_image: bool) -> Result<()> {
+/// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
+/// image from its stdin; all three for restartd, whose stdio is not the process's business).
+pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8) -> Result<()> {
     let pid = c.pid();
-    let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && !(n == 0 && stdin_is_image));
+    let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && null_stdio & (1 << n) == 0);
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let have: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();

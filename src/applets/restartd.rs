@@ -1,0 +1,330 @@
+//! restartd: receive processes from migrate and restore them, straight from the socket.
+
+/// Receive processes sent by migrate and restart them here. Standalone it listens on port 1023
+/// and serves clients concurrently, one process each; with -i it serves the one connection on
+/// its standard input (inetd, systemd Accept=yes).
+#[derive(argh::FromArgs)]
+struct Args {
+    /// port to listen on (default 1023)
+    #[argh(option, short = 'p', default = "crate::net::DEFAULT_PORT")]
+    port: u16,
+    /// address to listen on (default 0.0.0.0; :: for IPv6)
+    #[argh(option, short = 'b')]
+    bind: Option<String>,
+    /// serve one connection on standard input/output, as started by inetd or systemd
+    #[argh(switch, short = 'i')]
+    inetd: bool,
+    /// cluster key file (default /etc/crs/key when it exists); without a key only clients on
+    /// this node are served
+    #[argh(option)]
+    key: Option<String>,
+    /// also keep every received image as a file in DIR
+    #[argh(option)]
+    spool: Option<String>,
+    /// restore only processes of these uids (comma-separated, ranges as 1000-1999)
+    #[argh(option)]
+    allow_uid: Option<String>,
+    /// restore processes that run as root too (refused by default)
+    #[argh(switch)]
+    allow_root: bool,
+    /// largest image accepted, in bytes or with K, M, G (default half of this node's memory)
+    #[argh(option)]
+    max_image_size: Option<String>,
+    /// most clients served at once; more are told to retry (default 16)
+    #[argh(option, default = "16")]
+    max_clients: usize,
+    /// seconds a client may stay silent before it is dropped (default 30)
+    #[argh(option, default = "30")]
+    timeout: u64,
+}
+
+use crate::error::{Error, Result};
+use crate::exit;
+use crate::net::session::{FrameReader, pid_payload, server_hello};
+use crate::net::{Code, Conn, Kind, Side, key};
+use crate::res::head::Header;
+use log::{info, warn};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+struct Config {
+    key: Option<[u8; 32]>,
+    spool: Option<String>,
+    uids: Option<Vec<(u32, u32)>>,
+    allow_root: bool,
+    limit: u64,
+    timeout: Duration,
+}
+
+pub fn main(name: &str, argv: &[String]) -> i32 {
+    let a: Args = match super::parse(name, argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    // A daemon logs one line per migration.
+    super::verbose(true);
+    let cfg = match config(&a) {
+        Ok(c) => c,
+        Err(e) => return exit::report(name, &e),
+    };
+    let r = if a.inetd { serve_stdin(&cfg) } else { serve(&a, &cfg) };
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => exit::report(name, &e),
+    }
+}
+
+fn config(a: &Args) -> Result<Config> {
+    let key_path =
+        a.key.clone().or_else(|| std::path::Path::new(key::DEFAULT_KEY).exists().then(|| key::DEFAULT_KEY.to_string()));
+    let key = match &key_path {
+        Some(p) => Some(key::load(p).map_err(Error::Usage)?),
+        None => None,
+    };
+    let uids = a.allow_uid.as_deref().map(parse_uids).transpose()?;
+    let limit = match &a.max_image_size {
+        Some(s) => parse_size(s)?,
+        None => mem_total() / 2,
+    };
+    if let Some(d) = &a.spool {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d.as_str(), e))?;
+    }
+    if a.max_clients == 0 {
+        return Err(Error::Usage("--max-clients must be at least 1".into()));
+    }
+    Ok(Config {
+        key,
+        spool: a.spool.clone(),
+        uids,
+        allow_root: a.allow_root,
+        limit,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+    })
+}
+
+fn parse_uids(s: &str) -> Result<Vec<(u32, u32)>> {
+    s.split(',')
+        .map(|p| {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            match (lo.trim().parse(), hi.trim().parse()) {
+                (Ok(l), Ok(h)) if l <= h => Ok((l, h)),
+                _ => Err(Error::Usage(format!("--allow-uid: {p:?} is not a uid or a range like 1000-1999"))),
+            }
+        })
+        .collect()
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| Error::Usage(format!("{s:?} is not a size (e.g. 512M, 4G)")))
+}
+
+fn mem_total() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    crate::engine::procfs::status_field(&m, "MemTotal")
+        .and_then(|v| v.trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20)
+        * 1024
+}
+
+/// Whether the image's owner may be restored here.
+fn policy(cfg: &Config, h: &Header) -> Result<()> {
+    let ids = h.uids.iter().chain(h.gids.iter());
+    if !cfg.allow_root && ids.clone().any(|&i| i == 0) {
+        return Err(Error::Permission(format!(
+            "process {} runs as root; this restartd restores root processes only with --allow-root",
+            h.pid
+        )));
+    }
+    if let Some(r) = &cfg.uids
+        && !h.uids.iter().all(|u| r.iter().any(|&(lo, hi)| (lo..=hi).contains(u)))
+    {
+        return Err(Error::Permission(format!("uid {} is not allowed here (--allow-uid)", h.uids[0])));
+    }
+    Ok(())
+}
+
+fn is_loopback(p: &SocketAddr) -> bool {
+    match p.ip() {
+        IpAddr::V4(v) => v.is_loopback(),
+        IpAddr::V6(v) => v.is_loopback() || v.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+    }
+}
+
+fn serve(a: &Args, cfg: &Config) -> Result<()> {
+    let addr = a.bind.clone().unwrap_or_else(|| "0.0.0.0".into());
+    let ip: IpAddr = addr.parse().map_err(|_| Error::Usage(format!("-b {addr}: not an IP address")))?;
+    let l = TcpListener::bind((ip, a.port))
+        .map_err(|e| Error::Net(format!("cannot listen on {addr} port {}: {e}", a.port)))?;
+    if cfg.key.is_none() {
+        warn!("no cluster key: serving only clients on this node (give --key or create {})", key::DEFAULT_KEY);
+    }
+    info!(
+        "listening on {}, up to {} clients, images up to {} bytes",
+        l.local_addr().map(|x| x.to_string()).unwrap_or(addr),
+        a.max_clients,
+        cfg.limit
+    );
+    let mut live = 0usize;
+    loop {
+        // Reap finished handlers (the processes they restored live on, as init's).
+        while live > 0 {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => live -= 1,
+            }
+        }
+        let (s, peer) = match l.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if live >= a.max_clients {
+            // Block until one finishes rather than turn the client away at once.
+            if waitpid(None::<Pid>, None).is_ok() {
+                live -= 1;
+            }
+        }
+        // SAFETY: restartd is single-threaded here; the child serves one client and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(l);
+                let code = match handle(s, peer, cfg) {
+                    Ok(()) => 0,
+                    Err(_) => 1,
+                };
+                std::process::exit(code);
+            }
+            -1 => warn!("fork for client {peer}: {}", std::io::Error::last_os_error()),
+            _ => live += 1,
+        }
+    }
+}
+
+fn serve_stdin(cfg: &Config) -> Result<()> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| Error::io("standard input", e))?;
+    let s = TcpStream::from(fd);
+    let peer = s.peer_addr().map_err(|e| {
+        Error::Net(format!("standard input is not a TCP connection ({e}); -i is for inetd and systemd"))
+    })?;
+    // Our stdio is the connection: the restored process must not inherit it, nor our logs go
+    // into it.
+    handle(s, peer, cfg).map_err(|e| Error::Net(e.to_string()))
+}
+
+/// Serves one client: handshake, image straight into a restore, commit.
+fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(cfg.timeout))
+        .and_then(|_| s.set_write_timeout(Some(cfg.timeout)))
+        .map_err(|e| Error::Net(e.to_string()))?;
+    let mut c = Conn::new(s, Side::Server);
+    if let Err(e) = server_hello(&mut c, cfg.key.as_ref(), is_loopback(&peer)) {
+        info!("{peer}: refused: {e}");
+        return Err(e.into());
+    }
+    let mut fr = FrameReader::new(&mut c, cfg.limit);
+    if let Some(d) = &cfg.spool {
+        let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
+        fr.tee = Some(std::fs::File::create(&name).map_err(|e| Error::io(name, e))?);
+    }
+    let opts = crate::RestartFlags { detach: true, stop: true, require_pid: false, null_stdio: 7 };
+    let who_cell = std::cell::RefCell::new(String::new());
+    let r = crate::engine::restore::restore_checked(
+        crate::crf::Stream(std::io::BufReader::with_capacity(1 << 20, &mut fr)),
+        &opts,
+        &|h| {
+            *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
+            policy(cfg, h)
+        },
+    );
+    let who = who_cell.into_inner();
+    // The image reader stops at the trailer; the End frame follows it.
+    let drained = match &r {
+        Ok(_) => std::io::copy(&mut fr, &mut std::io::sink())
+            .map(|_| ())
+            .map_err(|e| Error::Net(format!("after the image: {e}"))),
+        Err(_) => Ok(()),
+    };
+    let bytes = fr.bytes;
+    let failure = fr.failure.take();
+    let restored = match r.and_then(|x| drained.map(|_| x)) {
+        Ok(r) => r,
+        Err(e) => {
+            let (code, text) = failure.unwrap_or_else(|| (code_of(&e), e.to_string()));
+            info!("{peer}: {who} refused after {bytes} bytes: {text}");
+            let _ = c.send_error(code, &text);
+            return Err(e);
+        }
+    };
+    let pid = restored.pid;
+    let outcome = commit(&mut c, pid);
+    match &outcome {
+        Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, running"),
+        Err(e) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, then dropped: {e}"),
+    }
+    outcome
+}
+
+/// Reports the stopped copy and lets it run only on the client's Commit; without one (Abort,
+/// a cut connection, a timeout) the copy is killed, for the source runs on.
+fn commit(c: &mut Conn<TcpStream>, pid: i32) -> Result<()> {
+    let copy = Pid::from_raw(pid);
+    let mut buf = Vec::new();
+    let r = c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf));
+    match r {
+        Ok(Kind::Commit) => {}
+        other => {
+            let _ = kill(copy, Signal::SIGKILL);
+            return Err(match other {
+                Ok(k) => Error::Net(format!("expected Commit, got {k:?}")),
+                Err(e) => e.into(),
+            });
+        }
+    }
+    kill(copy, Signal::SIGCONT).map_err(|e| Error::sys("kill(SIGCONT)", format!("pid {pid}"), e))?;
+    c.send(Kind::Running, &pid_payload(pid))?;
+    Ok(())
+}
+
+fn code_of(e: &Error) -> Code {
+    match e {
+        Error::Image(_) => Code::BadImage,
+        Error::Permission(_) => Code::Forbidden,
+        Error::Net(_) => Code::Protocol,
+        _ => Code::RestoreFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_uids() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4g").unwrap(), 4 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_uids("1000,2000-2999").unwrap(), vec![(1000, 1000), (2000, 2999)]);
+        assert!(parse_uids("5-1").is_err());
+    }
+}

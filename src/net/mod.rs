@@ -1,0 +1,386 @@
+//! The migrate/restartd protocol: a version handshake, mutual authentication with a cluster key
+//! (HMAC-SHA256 over fresh nonces from both sides), the CRF image in authenticated frames, and
+//! a final status. man/restartd.8 specifies it; this module is the one implementation.
+//!
+//! ```text
+//! frame   u8 type | u32 len | payload | tag (32 bytes, once authenticated)
+//! tag     HMAC-SHA256(session key, direction | u64 seq | type | len | payload)
+//! session HMAC-SHA256(cluster key, "crs session" | client nonce | server nonce)
+//! ```
+//! Each direction numbers its frames from 0, so a frame replayed, reordered, dropped or taken
+//! from another session fails its tag.
+
+pub mod key;
+pub mod session;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+pub const MAGIC: [u8; 4] = *b"CRSM";
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const DEFAULT_PORT: u16 = 1023;
+pub const NONCE_LEN: usize = 32;
+pub const TAG_LEN: usize = 32;
+/// Largest frame payload accepted (image data is sent in 1 MiB chunks).
+pub const MAX_FRAME: u32 = 4 << 20;
+pub const CHUNK: usize = 1 << 20;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Message types, with their wire codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Auth = 2,
+    AuthOk = 3,
+    Data = 4,
+    End = 5,
+    Restored = 6,
+    Commit = 7,
+    Abort = 8,
+    Running = 9,
+    Error = 10,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        use Kind::*;
+        Some(match v {
+            1 => Hello,
+            2 => Auth,
+            3 => AuthOk,
+            4 => Data,
+            5 => End,
+            6 => Restored,
+            7 => Commit,
+            8 => Abort,
+            9 => Running,
+            10 => Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Error codes restartd sends (Error frames), also migrate's exit reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Code {
+    Version = 1,
+    Auth = 2,
+    Forbidden = 3,
+    TooLarge = 4,
+    BadImage = 5,
+    RestoreFailed = 6,
+    Busy = 7,
+    Protocol = 8,
+    Timeout = 9,
+}
+
+impl Code {
+    pub fn from_u32(v: u32) -> Code {
+        use Code::*;
+        match v {
+            1 => Version,
+            2 => Auth,
+            3 => Forbidden,
+            4 => TooLarge,
+            5 => BadImage,
+            6 => RestoreFailed,
+            7 => Busy,
+            9 => Timeout,
+            _ => Protocol,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum NetError {
+    Io(io::Error),
+    /// The peer sent something other than what the protocol allows here.
+    Protocol(String),
+    /// A frame's tag did not verify: tampered, replayed or wrong key.
+    BadTag(u64),
+    /// The peer reported an error.
+    Remote(Code, String),
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::Io(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+                write!(f, "timed out waiting for the peer")
+            }
+            NetError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => write!(f, "connection closed by the peer"),
+            NetError::Io(e) => write!(f, "{e}"),
+            NetError::Protocol(s) => write!(f, "protocol error: {s}"),
+            NetError::BadTag(seq) => write!(f, "frame {seq} failed authentication (tampered, replayed or wrong key)"),
+            NetError::Remote(c, s) => write!(f, "refused by the destination ({c:?}): {s}"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {}
+
+impl From<io::Error> for NetError {
+    fn from(e: io::Error) -> Self {
+        NetError::Io(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, NetError>;
+
+/// Which side sends: part of every tag, so a frame cannot be reflected back.
+#[derive(Clone, Copy)]
+pub enum Side {
+    Client = 0,
+    Server = 1,
+}
+
+/// One end of a connection: framing, sequence numbers and tags.
+pub struct Conn<S: Read + Write> {
+    pub s: S,
+    key: Option<[u8; 32]>,
+    me: Side,
+    sent: u64,
+    recvd: u64,
+}
+
+impl<S: Read + Write> Conn<S> {
+    pub fn new(s: S, me: Side) -> Self {
+        Conn { s, key: None, me, sent: 0, recvd: 0 }
+    }
+
+    /// From now on every frame carries a tag under `session`.
+    pub fn authenticate(&mut self, session: [u8; 32]) {
+        self.key = Some(session);
+    }
+
+    fn tag(key: &[u8; 32], dir: u8, seq: u64, kind: u8, payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut m =
+            <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(&[dir]);
+        m.update(&seq.to_le_bytes());
+        m.update(&[kind]);
+        m.update(&(payload.len() as u32).to_le_bytes());
+        m.update(payload);
+        m.finalize().into_bytes().into()
+    }
+
+    pub fn send(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
+        let mut hdr = [0u8; 5];
+        hdr[0] = kind as u8;
+        hdr[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.s.write_all(&hdr)?;
+        self.s.write_all(payload)?;
+        if let Some(k) = &self.key {
+            let t = Self::tag(k, self.me as u8, self.sent, kind as u8, payload);
+            self.s.write_all(&t)?;
+        }
+        self.sent += 1;
+        self.s.flush()?;
+        Ok(())
+    }
+
+    /// Receives one frame into `buf` (resized); returns its kind. The tag is checked before the
+    /// payload is returned, so nothing unauthenticated is ever acted upon.
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<Kind> {
+        let mut hdr = [0u8; 5];
+        self.s.read_exact(&mut hdr)?;
+        let len = u32::from_le_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]);
+        if len > MAX_FRAME {
+            return Err(NetError::Protocol(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+        }
+        buf.resize(len as usize, 0);
+        self.s.read_exact(buf)?;
+        if let Some(k) = &self.key {
+            let mut t = [0u8; TAG_LEN];
+            self.s.read_exact(&mut t)?;
+            let peer = match self.me {
+                Side::Client => Side::Server,
+                Side::Server => Side::Client,
+            };
+            let want = Self::tag(k, peer as u8, self.recvd, hdr[0], buf);
+            if !ct_eq(&want, &t) {
+                return Err(NetError::BadTag(self.recvd));
+            }
+        }
+        self.recvd += 1;
+        let kind =
+            Kind::from_u8(hdr[0]).ok_or_else(|| NetError::Protocol(format!("unknown message type {}", hdr[0])))?;
+        if kind == Kind::Error {
+            let code = buf.get(0..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let text = String::from_utf8_lossy(buf.get(4..).unwrap_or(&[])).into_owned();
+            return Err(NetError::Remote(Code::from_u32(code), text));
+        }
+        Ok(kind)
+    }
+
+    /// Receives a frame that must be of kind `want`.
+    pub fn expect(&mut self, want: Kind, buf: &mut Vec<u8>) -> Result<()> {
+        let got = self.recv(buf)?;
+        if got != want {
+            return Err(NetError::Protocol(format!("expected {want:?}, got {got:?}")));
+        }
+        Ok(())
+    }
+
+    pub fn send_error(&mut self, code: Code, text: &str) -> Result<()> {
+        let mut p = (code as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(text.as_bytes());
+        self.send(Kind::Error, &p)
+    }
+}
+
+/// Constant-time comparison of two tags.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// HMAC-SHA256(key, label | parts...).
+pub fn mac(key: &[u8], label: &str, parts: &[&[u8]]) -> [u8; 32] {
+    let mut m =
+        <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    m.update(label.as_bytes());
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Fresh random bytes from the kernel.
+pub fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    let mut got = 0;
+    while got < N {
+        // SAFETY: getrandom writes at most N - got bytes into our buffer.
+        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), N - got, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        got += r as usize;
+    }
+    Ok(b)
+}
+
+/// The Hello payload: magic, version, flags, nonce.
+pub fn hello(flags: u32, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut p = MAGIC.to_vec();
+    p.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    p.extend_from_slice(&flags.to_le_bytes());
+    p.extend_from_slice(nonce);
+    p
+}
+
+/// Parses a Hello: (version, flags, nonce), refusing other protocols clearly.
+pub fn parse_hello(p: &[u8]) -> Result<(u32, u32, [u8; NONCE_LEN])> {
+    if p.len() != 12 + NONCE_LEN || p[0..4] != MAGIC {
+        return Err(NetError::Protocol("the peer does not speak the crs migration protocol".into()));
+    }
+    let version = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+    let flags = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(&p[12..]);
+    Ok((version, flags, n))
+}
+
+/// Hello flag: the sender has a cluster key and wants to use it.
+pub const HELLO_KEYED: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe pair in memory: what one side writes the other reads.
+    struct Duplex {
+        inp: std::io::Cursor<Vec<u8>>,
+        out: Vec<u8>,
+    }
+    impl Read for Duplex {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.inp.read(b)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.out.write(b)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frames(key: Option<[u8; 32]>, msgs: &[(Kind, &[u8])]) -> Vec<u8> {
+        let mut c = Conn::new(Duplex { inp: Default::default(), out: Vec::new() }, Side::Client);
+        if let Some(k) = key {
+            c.authenticate(k);
+        }
+        for (k, p) in msgs {
+            c.send(*k, p).unwrap();
+        }
+        c.s.out
+    }
+
+    fn server(key: Option<[u8; 32]>, bytes: Vec<u8>) -> Conn<Duplex> {
+        let mut s = Conn::new(Duplex { inp: std::io::Cursor::new(bytes), out: Vec::new() }, Side::Server);
+        if let Some(k) = key {
+            s.authenticate(k);
+        }
+        s
+    }
+
+    #[test]
+    fn authenticated_round_trip() {
+        let k = [7u8; 32];
+        let b = frames(Some(k), &[(Kind::Data, b"abc"), (Kind::End, b"")]);
+        let mut s = server(Some(k), b);
+        let mut buf = Vec::new();
+        assert_eq!(s.recv(&mut buf).unwrap(), Kind::Data);
+        assert_eq!(buf, b"abc");
+        s.expect(Kind::End, &mut buf).unwrap();
+    }
+
+    #[test]
+    fn tampered_reordered_and_wrong_key_frames_fail() {
+        let k = [7u8; 32];
+        let b = frames(Some(k), &[(Kind::Data, b"abc"), (Kind::Data, b"def")]);
+        let mut t = b.clone();
+        t[6] ^= 1; // payload byte of frame 0
+        assert!(matches!(server(Some(k), t).recv(&mut Vec::new()), Err(NetError::BadTag(0))));
+        // Frame 1 replayed as frame 0.
+        let one = b[5 + 3 + 32..].to_vec();
+        assert!(matches!(server(Some(k), one).recv(&mut Vec::new()), Err(NetError::BadTag(0))));
+        assert!(matches!(server(Some([8u8; 32]), b).recv(&mut Vec::new()), Err(NetError::BadTag(0))));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocation() {
+        let mut b = vec![Kind::Data as u8];
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(server(None, b).recv(&mut Vec::new()), Err(NetError::Protocol(_))));
+    }
+
+    #[test]
+    fn error_frames_carry_code_and_text() {
+        let mut p = (Code::Forbidden as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(b"uid 0 not allowed");
+        let b = frames(None, &[(Kind::Error, &p)]);
+        match server(None, b).recv(&mut Vec::new()) {
+            Err(NetError::Remote(Code::Forbidden, t)) => assert_eq!(t, "uid 0 not allowed"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_round_trip_and_foreign_peer() {
+        let n = [3u8; NONCE_LEN];
+        assert_eq!(parse_hello(&hello(HELLO_KEYED, &n)).unwrap(), (PROTOCOL_VERSION, HELLO_KEYED, n));
+        assert!(parse_hello(b"GET / HTTP/1.1\r\n").is_err());
+    }
+}
