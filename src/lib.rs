@@ -65,8 +65,17 @@ pub fn notify(pid: i32) -> Result<()> {
 /// [`restart`] from an image file. A regular file is mapped, and its pages go from the page
 /// cache straight into the process.
 pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
+    use std::os::unix::fs::MetadataExt;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+    let md = f.metadata().map_err(|e| Error::io(path, e))?;
+    // Root restoring a user's image: the user must not be able to say who the process is.
+    if nix::unistd::geteuid().is_root() && md.uid() != 0 {
+        engine::restore::check_file_owner(&f, md.uid(), md.gid())?;
+    }
+    // Mapping is only safe for a file nobody else may change under us (a truncation would
+    // fault us; a rewrite would change pages after their checksum was verified).
+    let ours = md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o022 == 0;
+    if !md.is_file() || !ours {
         return restart(f, flags, notify);
     }
     let m = engine::mem::Mapped::new(&f, path)?;

@@ -110,29 +110,16 @@ fn crfinfo_describes_a_good_image() {
 /// before anything is created.
 #[test]
 fn a_different_vdso_is_refused() {
-    use crs::crf::{Reader, Tag, Writer, pages};
     let (dir, bytes, _) = image("img-vdso");
-    let mut r = Reader::new(&bytes[..]).unwrap();
-    let mut w = Writer::new(Vec::new()).unwrap();
-    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
-    while let Some(s) = r.next_section().unwrap() {
-        if s.tag == Tag::Pages {
-            let b = pages::read_batch_header(&mut r, &s).unwrap();
-            let runs = b.runs.clone();
-            let data = b.data(&mut r, &mut buf).unwrap().to_vec();
-            pages::write_batch(&mut w, &runs, &data).unwrap();
-            continue;
+    let img = rewrite(&bytes, |tag, p| {
+        if tag != crs::crf::Tag::Vmas {
+            return p;
         }
-        let mut p = r.payload(&s).unwrap();
-        if s.tag == Tag::Vmas {
-            let mut v = crs::res::memory::decode_vmas(&p, 0).unwrap();
-            let vdso = v.iter_mut().find(|v| v.name == "[vdso]").expect("a vdso");
-            vdso.content[100] ^= 0xff;
-            p = crs::res::memory::encode_vmas(&v);
-        }
-        w.section(s.tag, s.flags, &[&p]).unwrap();
-    }
-    let (img, _) = w.finish().unwrap();
+        let mut v = crs::res::memory::decode_vmas(&p, 0).unwrap();
+        let vdso = v.iter_mut().find(|v| v.name == "[vdso]").expect("a vdso");
+        vdso.content[100] ^= 0xff;
+        crs::res::memory::encode_vmas(&v)
+    });
     let bad = dir.join("vdso.crf");
     std::fs::write(&bad, img).unwrap();
     let o = run(&["rstrt", bad.to_str().unwrap()]);

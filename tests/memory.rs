@@ -117,3 +117,29 @@ fn ckpt_stop_leaves_the_process_stopped() {
     unsafe { libc::kill(p.pid(), libc::SIGCONT) };
     p.verdict("ok");
 }
+
+/// ckpt killed while it writes the image (a reader that stalls, then SIGKILL, an OOM kill) must
+/// leave the process running on as before.
+#[test]
+fn a_ckpt_killed_mid_image_leaves_the_process_intact() {
+    let dir = tmpdir("mem-killed");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "64"], &dir);
+    let mut c = std::process::Command::new(crs());
+    c.args(["ckpt", "-o", "-", &p.pid().to_string()]).stdout(std::process::Stdio::piped());
+    close_extra_fds(&mut c);
+    let mut ck = c.spawn().unwrap();
+    // Nobody reads its stdout: it blocks once the pipe is full. Wait for that fact.
+    let t0 = std::time::Instant::now();
+    loop {
+        let w = std::fs::read_to_string(format!("/proc/{}/wchan", ck.id())).unwrap_or_default();
+        if w.contains("pipe_write") || w.contains("pipe_wait") {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "ckpt never blocked on its pipe (wchan {w})");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    ck.kill().unwrap();
+    ck.wait().unwrap();
+    p.verdict("ok");
+}

@@ -84,3 +84,39 @@ fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() 
     let mut r = rstrt(&[&img]);
     r.verdict("ok uid=65534 gid=65534");
 }
+
+/// An image file a user owns may not make root restore it as someone else.
+#[test]
+fn a_users_image_claiming_root_is_refused_by_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = open_dir("sec-forge");
+    let d = dir.to_str().unwrap();
+    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8"]);
+    c.current_dir(&dir).stderr(std::process::Stdio::null());
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = format!("{d}/own.crf");
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let forged = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
+        if tag != crs::crf::Tag::Head {
+            return payload;
+        }
+        let mut h = crs::res::head::Header::decode(&payload, 0).unwrap();
+        h.uids = [0; 4];
+        h.gids = [0; 4];
+        h.encode()
+    });
+    let bad = format!("{d}/forged.crf");
+    // Written by nobody, as the forger would.
+    std::fs::write(&bad, forged).unwrap();
+    std::os::unix::fs::chown(&bad, Some(65534), Some(65534)).unwrap();
+    let o = run(&["rstrt", &bad]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("may not choose who it runs as"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}

@@ -86,7 +86,7 @@ fn run_checks() -> Vec<Line> {
     let sleeper = Sleeper::new();
     match sleeper.as_ref().map(|s| Tracee::seize(s.0)) {
         Some(Ok(t)) => {
-            let steps = t.interrupt().and_then(|_| t.regs()).and_then(|_| t.xstate());
+            let steps = t.interrupt(&mut Vec::new()).and_then(|_| t.regs()).and_then(|_| t.xstate());
             match steps {
                 Ok(_) => {
                     line(true, true, "ptrace", "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS, NT_X86_XSTATE work".into())

@@ -75,16 +75,18 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     if !stdio.is_empty() {
         eprintln!("{name}: fds {} (terminal or pipe) now use rstrt's own", stdio.join(","));
     }
+    // From here the process runs: a failure to report it is a warning, never a reason to stop
+    // waiting for it.
     if let Some(p) = &a.pidfile
         && let Err(e) = std::fs::write(p, format!("{}\n", r.pid))
     {
-        return exit::report(name, &Error::io(p.as_str(), e));
+        eprintln!("{name}: {}", Error::io(p.as_str(), e));
     }
     // Notify only once the pid file says where the process is.
     if let Some(n) = a.notify
         && let Err(e) = crate::notify(n)
     {
-        return exit::report(name, &e);
+        eprintln!("{name}: {e}");
     }
     if a.verbose {
         eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);

@@ -72,6 +72,26 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
             uid[0]
         )));
     }
+    if field("Seccomp") != "0" && !field("Seccomp").is_empty() {
+        return Err(Error::Refused(format!("pid {pid} runs under a seccomp filter; crs cannot checkpoint that yet")));
+    }
+    if field("NoNewPrivs") == "1" {
+        return Err(Error::Refused(format!("pid {pid} has no_new_privs set; crs cannot restore that yet")));
+    }
+    let caps_default = |k| {
+        let v = u64::from_str_radix(field(k), 16).unwrap_or(0);
+        let full = u64::from_str_radix(field("CapBnd"), 16).unwrap_or(0);
+        match k {
+            "CapInh" | "CapAmb" => v == 0,
+            _ if uid[1] == 0 => v == full,
+            _ => v == 0,
+        }
+    };
+    if !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
+        return Err(Error::Refused(format!(
+            "pid {pid} holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status); crs cannot restore them yet"
+        )));
+    }
     let threads: u64 = field("Threads").parse().unwrap_or(1);
     if threads > 1 {
         return Err(Error::Refused(format!(
@@ -102,21 +122,26 @@ pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnc
     precheck(pid, opts)?;
     let t = Tracee::seize(pid)?;
     let t0 = Instant::now();
-    let held = t.interrupt()?;
-    let orig = t.regs()?;
-    let rseq = t.rseq()?;
-    let fix = rseq_fixup(pid, rseq, &orig);
-    let mut live = arch::restart_regs(&orig, true);
-    let mut image = arch::restart_regs(&orig, false);
-    if let Some(ip) = fix {
-        live.rip = ip;
-        image.rip = ip;
-    }
-    let mut held_all = held;
-    let result = frozen_work(&t, pid, out, opts, commit, &live, image, rseq, &mut held_all);
+    let mut held_all = Vec::new();
+    let mut live: Option<Regs> = None;
+    let result = (|| {
+        t.interrupt(&mut held_all)?;
+        let orig = t.regs()?;
+        let rseq = t.rseq()?;
+        let fix = rseq_fixup(pid, rseq, &orig);
+        let mut l = arch::restart_regs(&orig, true);
+        let mut image = arch::restart_regs(&orig, false);
+        if let Some(ip) = fix {
+            l.rip = ip;
+            image.rip = ip;
+        }
+        live = Some(l);
+        frozen_work(&t, pid, out, opts, commit, &l, image, rseq, &mut held_all)
+    })();
     let frozen = t0.elapsed();
-    // Whatever happened, the process gets consistent registers back before it runs again.
-    let restored = t.set_regs(&live);
+    // Whatever happened, the process gets consistent registers back before it runs again (if
+    // we never read them, we never changed them).
+    let restored = live.as_ref().map_or(Ok(()), |l| t.set_regs(l));
     match result {
         Ok((pages, bytes)) if opts.kill => {
             t.kill(Signal::SIGKILL)?;
@@ -204,7 +229,13 @@ fn frozen_work<W: Write>(
     let len = 4 * crate::crf::PAGE_SIZE;
     let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let addr = r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area")?;
+    let addr = match r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area") {
+        Ok(a) => a,
+        Err(e) => {
+            held.append(&mut r.held);
+            return Err(e);
+        }
+    };
     let mut c = Ctl { r, scratch: Scratch { addr, len } };
     let asked = (|| -> Result<(Signals, Task, u64)> {
         let s = Signals::collect(&mut c, sigmask)?;
@@ -214,6 +245,10 @@ fn frozen_work<W: Write>(
     })();
     let unmapped = c.r.call(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0], "munmap", "scratch area");
     held.append(&mut c.r.held);
+    // Done with remote syscalls: the process gets its own registers back now, so that even if
+    // we die while writing the image (a reader that went away, SIGKILL, OOM), it runs on as
+    // before, not from the middle of our gadget.
+    t.set_regs(live)?;
     let (signals, task, brk) = asked?;
     unmapped?;
 

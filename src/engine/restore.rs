@@ -101,6 +101,54 @@ fn check_owner(h: &Header) -> Result<()> {
     Ok(())
 }
 
+/// Root restoring an image file a user owns: the image may only claim that user's ids and
+/// groups (as /etc/passwd and /etc/group say), or a user could make a process of theirs come
+/// back as root, or in the shadow group.
+pub fn check_file_owner(f: &std::fs::File, uid: u32, _gid: u32) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; 64 << 10];
+    let n = f.read_at(&mut head, 0).map_err(|e| Error::io("image", e))?;
+    head.truncate(n);
+    let mut rd = Reader::new(&head[..])?;
+    let s = expect(&mut rd, Tag::Head)?;
+    let h = Header::decode(&rd.payload(&s)?, s.offset)?;
+    if h.uids.iter().any(|&u| u != uid) {
+        return Err(Error::Permission(format!(
+            "the image file belongs to uid {uid} but says the process ran as uid {}; refusing (an image may not choose who it runs as)",
+            h.uids[0]
+        )));
+    }
+    let allowed = user_groups(uid);
+    if let Some(g) = h.gids.iter().chain(h.groups.iter()).find(|g| !allowed.contains(g)) {
+        return Err(Error::Permission(format!(
+            "the image of uid {uid} claims group {g}, which that user is not in (/etc/group)"
+        )));
+    }
+    Ok(())
+}
+
+/// The primary group (/etc/passwd) and the groups listing the user (/etc/group).
+fn user_groups(uid: u32) -> Vec<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((name, primary)) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| (f[0].to_string(), f[3].parse::<u32>().ok()))
+    }) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = primary.into_iter().collect();
+    for l in std::fs::read_to_string("/etc/group").unwrap_or_default().lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4
+            && f[3].split(',').any(|m| m == name)
+            && let Ok(g) = f[2].parse()
+        {
+            out.push(g);
+        }
+    }
+    out
+}
+
 /// Restores the image read from `input`. Returns once the process runs (or is stopped, with
 /// `stop`); it is our child and no longer traced.
 pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
@@ -147,8 +195,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     );
 
     let (pid, pid_note) = spawn_child(st.head.pid, opts.require_pid)?;
-    let mut guard = ChildGuard { pid, armed: true };
+    let mut early = ChildGuard { pid, armed: true };
     let t = Tracee::adopt_child(pid)?;
+    // Declared after `t`, so dropped before it: a failure kills the child while it is still
+    // traced and stopped, never after a detach that would let it run.
+    let mut guard = ChildGuard { pid, armed: true };
+    early.armed = false;
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
     let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0 } };
@@ -240,6 +292,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         task::restore_creds(&mut c, &st.head)?;
     }
     st.task.restore_dumpable(&mut c)?;
+    if opts.detach && st.task.pdeathsig != 0 {
+        // Its parent would be us, and we exit now: the signal would fire at once.
+        st.task.pdeathsig = 0;
+    }
     st.task.restore(&mut c, &st.head.comm)?;
     t.set_sigmask(st.signals.blocked)?;
     if !regs.xsave.is_empty() {
@@ -276,8 +332,12 @@ fn check_xstate(regs: &RegState) -> Result<()> {
     if regs.xsave.is_empty() {
         return Ok(());
     }
-    // SAFETY: xgetbv(0) reads XCR0; it is available whenever the OS enabled XSAVE, which the
-    // kernel reports through the XSAVE area we are holding (it has a nonzero XCR0 field).
+    // CPUID.1:ECX bit 27 (OSXSAVE): the OS enabled XSAVE, so XGETBV exists.
+    let osxsave = core::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
+    if !osxsave {
+        return Err(Error::Refused("the image has XSAVE state but this CPU or kernel has no XSAVE".into()));
+    }
+    // SAFETY: XGETBV(0) reads XCR0; OSXSAVE (checked above) guarantees the instruction exists.
     let here = unsafe { core::arch::x86_64::_xgetbv(0) };
     let need = regs.xcr0();
     if need & !here != 0 {

@@ -84,13 +84,12 @@ impl Tracee {
     }
 
     /// Stops the process with PTRACE_INTERRUPT (no SIGSTOP is sent) and waits for the stop.
-    /// Signals that arrive meanwhile are held back and returned, to be delivered later.
-    pub fn interrupt(&self) -> Result<Vec<i32>> {
+    /// Signals that arrive meanwhile are held back in `held`, to be delivered later.
+    pub fn interrupt(&self, held: &mut Vec<i32>) -> Result<()> {
         ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0, "PTRACE_INTERRUPT")?;
-        let mut held = Vec::new();
         loop {
             match self.wait()? {
-                Stop::Event => return Ok(held),
+                Stop::Event => return Ok(()),
                 Stop::Signal(sig) => {
                     held.push(sig);
                     // Suppress it for now; the interrupt is still pending and stops it again.
@@ -189,11 +188,21 @@ impl Tracee {
     }
 
     /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
+    /// A fault (the gadget is not executable, a seccomp trap...) is an error, never retried.
     pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
         ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
         loop {
             match self.wait()? {
                 Stop::Syscall => return Ok(()),
+                Stop::Signal(sig)
+                    if [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGTRAP, libc::SIGFPE, libc::SIGSYS]
+                        .contains(&sig) =>
+                {
+                    return Err(Error::Refused(format!(
+                        "pid {}: a syscall crs ran in it faulted (signal {sig}); its vdso may be unusable or a seccomp filter in the way",
+                        self.pid
+                    )));
+                }
                 Stop::Signal(sig) => {
                     held.push(sig);
                     ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;

@@ -24,7 +24,10 @@ impl FileId {
     /// Identity of the file at `open_path` (which may be a /proc magic link), recorded under the
     /// name `path`. The build-id is read only for regular files that are ELF.
     pub fn of(open_path: &str, path: &str, with_build_id: bool) -> std::io::Result<FileId> {
-        let f = File::open(open_path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never block (a FIFO), never acquire a terminal: paths may come from an image.
+        let f =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(open_path)?;
         let md = f.metadata()?;
         let build_id = if with_build_id && md.is_file() { elf_build_id(&f).unwrap_or_default() } else { Vec::new() };
         Ok(FileId {

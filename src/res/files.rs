@@ -154,6 +154,22 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
         let now = FileId::stat(&f.id.path).map_err(|e| {
             Error::Refused(format!("fd {}: {}: {e}; restore it there or use another image", f.fd, f.id.path))
         })?;
+        // The kind must match what is there now: an image may not name /dev/kmsg as "a file".
+        let fits = match f.kind {
+            KIND_FILE => now.file_type() == libc::S_IFREG,
+            KIND_DIR => now.file_type() == libc::S_IFDIR,
+            _ => {
+                now.file_type() == libc::S_IFCHR && DEVICES.iter().any(|&(p, rdev)| p == f.id.path && rdev == now.rdev)
+            }
+        };
+        if !fits {
+            return Err(Error::Refused(format!(
+                "fd {}: {} is not the {} the image says",
+                f.fd,
+                f.id.path,
+                kind_name(f.kind)
+            )));
+        }
         f.id.still_usable(&now, same_boot)
             .map_err(|why| Error::Refused(format!("fd {}: {} {why}", f.fd, f.id.path)))?;
     }

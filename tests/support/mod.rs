@@ -178,3 +178,24 @@ pub fn kill_wait(p: &mut Proc) {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Rewrites an image, letting `edit` change any section's payload (page batches are copied as
+/// they are); checksums and the trailer are recomputed, as a forger would.
+pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    use crs::crf::{Reader, Tag, Writer, pages};
+    let mut r = Reader::new(bytes).unwrap();
+    let mut w = Writer::new(Vec::new()).unwrap();
+    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
+    while let Some(s) = r.next_section().unwrap() {
+        if s.tag == Tag::Pages {
+            let b = pages::read_batch_header(&mut r, &s).unwrap();
+            let runs = b.runs.clone();
+            let data = b.data(&mut r, &mut buf).unwrap().to_vec();
+            pages::write_batch(&mut w, &runs, &data).unwrap();
+            continue;
+        }
+        let p = r.payload(&s).unwrap();
+        w.section(s.tag, s.flags, &[&edit(s.tag, p)]).unwrap();
+    }
+    w.finish().unwrap().0
+}
