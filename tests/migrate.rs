@@ -1,0 +1,357 @@
+//! Migration between two "nodes": network namespaces joined by a veth pair, restartd in one,
+//! migrate in the other. Each test proves from the target's own log where it runs, and that a
+//! failed migration leaves it running, intact, at the source.
+
+mod support;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Two namespaces `a` and `b` with 10.55.N.1 and 10.55.N.2; removed on drop.
+struct Nodes {
+    a: String,
+    b: String,
+    addr_b: String,
+    veth_a: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip");
+    assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+impl Nodes {
+    fn new() -> Option<Nodes> {
+        if !is_root() || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: needs root and iproute2");
+            return None;
+        }
+        let n = (std::process::id() % 200) as u32 * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
+        let (a, b) = (format!("crs-a{n}"), format!("crs-b{n}"));
+        let (va, vb) = (format!("crsa{n}"), format!("crsb{n}"));
+        let net = n % 250 + 1;
+        ip(&["netns", "add", &a]);
+        let nodes = Nodes { a: a.clone(), b: b.clone(), addr_b: format!("10.55.{net}.2"), veth_a: va.clone() };
+        ip(&["netns", "add", &b]);
+        ip(&["link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b]);
+        ip(&["-n", &a, "addr", "add", &format!("10.55.{net}.1/24"), "dev", &va]);
+        ip(&["-n", &b, "addr", "add", &format!("10.55.{net}.2/24"), "dev", &vb]);
+        for (ns, dev) in [(&a, &va), (&b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        Some(nodes)
+    }
+
+    fn cmd(&self, ns: &str, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, prog]).args(args);
+        close_extra_fds(&mut c);
+        c
+    }
+
+    /// The inode of namespace `ns`, as /proc/PID/ns/net shows it: "net:[N]".
+    fn ns_id(&self, ns: &str) -> String {
+        use std::os::unix::fs::MetadataExt;
+        format!("net:[{}]", std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino())
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            // Kill whatever still runs in the namespace, then remove it.
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
+                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", p]).status();
+                }
+            });
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// restartd in namespace b, listening on its address; killed on drop.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(n: &Nodes, extra: &[&str]) -> Daemon {
+        let mut args = vec!["restartd", "-b", &n.addr_b, "-p", "1023"];
+        args.extend_from_slice(extra);
+        let mut c = n.cmd(&n.b, crs(), &args);
+        c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        // It says it listens once it does: wait for that line.
+        use std::io::BufRead;
+        let err = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(err).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening on") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("restartd did not start"),
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                eprintln!("[restartd] {l}")
+            }
+        });
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (bounded) until the log has a line starting with `prefix` after `skip` lines.
+fn log_line(log: &Path, prefix: &str, skip: usize) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().skip(skip).find(|l| l.starts_with(prefix)) {
+            return l.to_string();
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no {prefix:?} line in {}: {text}", log.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn lines(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().count()
+}
+
+/// Starts the migrant in namespace a; returns it and its log.
+fn migrant(n: &Nodes, dir: &Path, mib: &str) -> (Child, PathBuf, i32) {
+    let log = dir.join("log");
+    let mut c = n.cmd(&n.a, target("migrant").to_str().unwrap(), &[log.to_str().unwrap(), mib]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let child = c.spawn().unwrap();
+    let l = log_line(&log, "ready", 0);
+    let pid = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (child, log, pid)
+}
+
+/// Asks `pid` to check itself; returns its verdict line.
+fn check(pid: i32, log: &Path) -> String {
+    let before = lines(log);
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "pid {pid} is gone");
+    log_line(log, "", before)
+}
+
+fn migrate(n: &Nodes, args: &[&str]) -> Output {
+    let mut a = vec!["migrate"];
+    a.extend_from_slice(args);
+    n.cmd(&n.a, crs(), &a).output().unwrap()
+}
+
+fn keyfile(dir: &Path, name: &str) -> String {
+    let k = dir.join(name);
+    let o = run(&["keygen", k.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    k.to_str().unwrap().to_string()
+}
+
+fn gone(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_))) || {
+        std::thread::sleep(Duration::from_millis(50));
+        matches!(child.try_wait(), Ok(Some(_)))
+    }
+}
+
+#[test]
+fn a_process_moves_to_the_other_node_and_goes_on_there() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-basic");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = migrant(&n, &dir, "8");
+    assert!(check(pid, &log).contains(&n.ns_id(&n.a)));
+    let o = migrate(&n, &["--key", &key, "-v", &pid.to_string(), &n.addr_b]);
+    assert!(o.status.success(), "migrate: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)), "after migration: {v}");
+    assert!(v.contains("check=2"), "the counter of checks did not survive: {v}");
+    assert!(stderr(&o).contains("frozen"), "-v: {}", stderr(&o));
+}
+
+#[test]
+fn keep_copies_instead_of_moving() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-keep");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = migrant(&n, &dir, "4");
+    let o = migrate(&n, &["--key", &key, "--keep", &pid.to_string(), &n.addr_b]);
+    assert!(o.status.success(), "migrate: {}", stderr(&o));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(!gone(&mut src));
+    assert!(check(pid, &log).contains(&n.ns_id(&n.a)));
+    assert!(check(new, &log).contains(&n.ns_id(&n.b)));
+    let _ = src.kill();
+}
+
+/// Each refusal leaves the source running, intact, and says why in one line.
+#[test]
+fn refusals_leave_the_source_running() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-refuse");
+    let key = keyfile(&dir, "key");
+    let other = keyfile(&dir, "other");
+    let (mut src, log, pid) = migrant(&n, &dir, "4");
+    let p = pid.to_string();
+    let cases: Vec<(Vec<&str>, Vec<&str>, &str)> = vec![
+        (vec!["--key", &key, "--allow-root"], vec!["--key", &other], "wrong cluster key"),
+        (vec!["--key", &key, "--allow-root"], vec![], "requires the cluster key"),
+        (vec!["--key", &key], vec!["--key", &key], "runs as root"),
+        (vec!["--key", &key, "--allow-root", "--allow-uid", "1000-2000"], vec!["--key", &key], "not allowed"),
+        (vec!["--key", &key, "--allow-root", "--max-image-size", "1M"], vec!["--key", &key], "exceeds the limit"),
+    ];
+    for (daemon, client, why) in cases {
+        let d = Daemon::start(&n, &daemon);
+        let mut args = client.clone();
+        args.extend_from_slice(&[&p, &n.addr_b]);
+        let o = migrate(&n, &args);
+        assert_eq!(o.status.code(), Some(7), "{daemon:?} {client:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(why) && e.lines().count() == 1, "{daemon:?} {client:?}: {e:?} lacks {why:?}");
+        assert!(!gone(&mut src));
+        let v = check(pid, &log);
+        assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{why}: {v}");
+        drop(d);
+    }
+    let _ = src.kill();
+}
+
+/// Nothing listening, or the restartd killed in the middle of the transfer: the source runs on.
+#[test]
+fn a_dead_destination_leaves_the_source_running() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-dead");
+    let key = keyfile(&dir, "key");
+    let (mut src, log, pid) = migrant(&n, &dir, "256");
+    let o = migrate(&n, &["--key", &key, "--timeout", "3", &pid.to_string(), &n.addr_b]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+    assert!(check(pid, &log).starts_with("ok"));
+
+    // Slow the link so the transfer takes long enough to be cut, then kill restartd once its
+    // spool file shows the image is arriving.
+    let spool = dir.join("spool");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root", "--spool", spool.to_str().unwrap()]);
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
+            "64kb", "latency", "50ms",
+        ])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let mut m = n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--timeout", "5", &pid.to_string(), &n.addr_b]);
+    m.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let m = m.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let size: u64 = std::fs::read_dir(&spool)
+            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        if size > 4 << 20 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Kill the daemon and its handler (the whole namespace's crs processes but the source).
+    let pids = Command::new("ip").args(["netns", "pids", &n.b]).output().unwrap();
+    for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", p]).status();
+    }
+    drop(d);
+    let o = m.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("runs on here"), "{}", stderr(&o));
+    assert!(!gone(&mut src));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    let _ = src.kill();
+}
+
+/// Eight processes migrated at once to one restartd all arrive intact.
+#[test]
+fn eight_at_once() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-eight");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let mut procs = Vec::new();
+    for i in 0..8 {
+        let sub = dir.join(format!("p{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        procs.push(migrant(&n, &sub, "16"));
+    }
+    let handles: Vec<_> = procs
+        .iter()
+        .map(|(_, _, pid)| {
+            let mut c = n.cmd(&n.a, crs(), &["migrate", "--key", &key, &pid.to_string(), &n.addr_b]);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for (h, (src, log, _)) in handles.into_iter().zip(procs.iter_mut()) {
+        let o = h.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(gone(src));
+        let v = check(new, log);
+        assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)), "{v}");
+    }
+}
+
+/// Random and truncated byte streams: restartd answers or drops them, and still serves.
+#[test]
+fn garbage_does_not_stop_restartd() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-fuzz");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--timeout", "2"]);
+    // From namespace a, through a small helper: the test itself lives in the root namespace.
+    let mut seed = 0x1234_5678u64;
+    for i in 0..40 {
+        let len = (i * 37) % 300;
+        let mut bytes = Vec::with_capacity(len);
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            bytes.push(seed as u8);
+        }
+        if i % 4 == 0 && len >= 4 {
+            bytes[..4].copy_from_slice(&[1, 44, 0, 0]); // a Hello header, then junk
+        }
+        let f = dir.join("junk");
+        std::fs::write(&f, &bytes).unwrap();
+        let script =
+            format!("exec 3<>/dev/tcp/{}/1023; cat {} >&3; timeout 3 cat <&3 >/dev/null; true", n.addr_b, f.display());
+        let st = n.cmd(&n.a, "bash", &["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        assert!(st.success());
+    }
+    let (mut src, log, pid) = migrant(&n, &dir, "4");
+    let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
+    assert!(o.status.success(), "restartd stopped serving after garbage: {}", stderr(&o));
+    assert!(gone(&mut src));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(check(new, &log).starts_with("ok"));
+}

@@ -1,0 +1,40 @@
+/* Migration target: holds state in memory, reports through a log file opened by path (its
+ * stdio is /dev/null once restartd restores it), and checks itself on SIGUSR1.
+ * argv[1]: log file; argv[2]: MiB of dirty anonymous memory (default 4). */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+int main(int argc, char **argv) {
+    close_range(3, ~0U, 0);
+    int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0644);
+    size_t n = (size_t)atol(argc > 2 ? argv[2] : "4") << 20;
+    unsigned char *mem = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < n; i++) mem[i] = (unsigned char)(i * 7 + (i >> 12));
+    struct sigaction sa = {0};
+    sa.sa_handler = on_usr1;
+    sigaction(SIGUSR1, &sa, 0);
+    long checks = 0;
+    dprintf(log, "ready %d\n", getpid());
+    for (;;) {
+        pause();
+        if (!asked) continue;
+        asked = 0;
+        int bad = 0;
+        for (size_t i = 0; i < n; i++)
+            if (mem[i] != (unsigned char)(i * 7 + (i >> 12))) { bad = 1; break; }
+        char ns[64] = "";
+        ssize_t l = readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+        ns[l < 0 ? 0 : l] = 0;
+        checks++;
+        dprintf(log, "%s pid=%d check=%ld %s\n", bad ? "FAIL memory" : "ok", getpid(), checks, ns);
+    }
+}
