@@ -355,3 +355,233 @@ fn garbage_does_not_stop_restartd() {
     let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(check(new, &log).starts_with("ok"));
 }
+
+/// A man in the middle on loopback: forwards a migration to restartd, recording what the client
+/// sends and optionally flipping one byte of it at `flip`.
+fn proxy(to: std::net::SocketAddr, flip: Option<usize>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut s = std::net::TcpStream::connect(to).unwrap();
+        let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut s2, &mut c2);
+            let _ = c2.shutdown(std::net::Shutdown::Write);
+        });
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(at) = flip
+                && at >= seen.len()
+                && at < seen.len() + n
+            {
+                buf[at - seen.len()] ^= 0x01;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = tx.send(seen);
+    });
+    (port, rx)
+}
+
+/// A byte changed in flight, or a whole recorded session played again, is refused before
+/// anything of it runs; the source runs on.
+#[test]
+fn tampered_and_replayed_streams_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let dir = tmpdir("mig-tamper");
+    let key = keyfile(&dir, "key");
+    // A free port, for restartd on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut d = Command::new(crs());
+    d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--key", &key, "--allow-root"])
+        .stderr(Stdio::piped());
+    close_extra_fds(&mut d);
+    let mut daemon = d.spawn().unwrap();
+    use std::io::BufRead;
+    let mut errs = std::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    assert!(errs.any(|l| l.map(|l| l.contains("listening")).unwrap_or(false)));
+    std::thread::spawn(move || {
+        for l in errs.map_while(Result::ok) {
+            eprintln!("[restartd] {l}")
+        }
+    });
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let log = dir.join("log");
+    let mut c = Command::new(target("migrant"));
+    c.args([log.to_str().unwrap(), "4"]).stdin(Stdio::null()).stdout(Stdio::null());
+    close_extra_fds(&mut c);
+    let mut src = c.spawn().unwrap();
+    log_line(&log, "ready", 0);
+    let pid = src.id() as i32;
+
+    // 1. One bit flipped in the middle of the image.
+    let (pp, _) = proxy(to, Some(200_000));
+    let o = run(&["migrate", "--key", &key, &pid.to_string(), &format!("127.0.0.1:{pp}")]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(!gone(&mut src));
+    assert!(check(pid, &log).starts_with("ok"));
+
+    // 2. A good session, recorded, then played again to restartd.
+    let (pp, rec) = proxy(to, None);
+    let o = run(&["migrate", "--key", &key, "--keep", &pid.to_string(), &format!("127.0.0.1:{pp}")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let copy: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(copy, libc::SIGKILL) };
+    let recorded = rec.recv_timeout(TIMEOUT).unwrap();
+    let before = lines(&log);
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&recorded);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("wrong cluster key"), "a replayed session got {text:?}");
+    assert_eq!(lines(&log), before, "something of the replayed image ran");
+    let _ = src.kill();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// restartd -i started by the real inetd (openbsd-inetd) for each connection.
+#[test]
+fn through_inetd() {
+    if !is_root() || !Path::new("/usr/sbin/inetd").exists() {
+        eprintln!("skipped: needs root and openbsd-inetd");
+        return;
+    }
+    let dir = tmpdir("mig-inetd");
+    let key = keyfile(&dir, "key");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.join("inetd.conf");
+    std::fs::write(
+        &conf,
+        format!("127.0.0.1:{port} stream tcp nowait root {} restartd -i --key {key} --allow-root\n", crs()),
+    )
+    .unwrap();
+    let mut i = Command::new("/usr/sbin/inetd");
+    i.arg("-d").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    close_extra_fds(&mut i);
+    let mut inetd = i.spawn().unwrap();
+    use std::io::BufRead;
+    let mut errs = std::io::BufReader::new(inetd.stderr.take().unwrap()).lines();
+    assert!(errs.any(|l| l.map(|l| l.starts_with("ADD")).unwrap_or(false)), "inetd did not take the service");
+    std::thread::spawn(move || {
+        for l in errs.map_while(Result::ok) {
+            eprintln!("[inetd] {l}")
+        }
+    });
+
+    let log = dir.join("log");
+    let mut c = Command::new(target("migrant"));
+    c.args([log.to_str().unwrap(), "8"]).stdin(Stdio::null()).stdout(Stdio::null());
+    close_extra_fds(&mut c);
+    let mut src = c.spawn().unwrap();
+    log_line(&log, "ready", 0);
+    let pid = src.id() as i32;
+    let o = run(&["migrate", "--key", &key, &pid.to_string(), &format!("127.0.0.1:{port}")]);
+    let _ = inetd.kill();
+    let _ = inetd.wait();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(gone(&mut src));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let v = check(new, &log);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(new, libc::SIGKILL) };
+    assert!(v.starts_with("ok") && v.contains("check=1"), "{v}");
+}
+
+/// The destination lacks a file the process has open (its own mount namespace hides the log's
+/// directory): the restore fails there, and the source runs on.
+#[test]
+fn a_restore_failing_at_the_destination_leaves_the_source_running() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-nofile");
+    let key = keyfile(&dir, "key");
+    let node = dir.join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let (mut src, log, pid) = migrant(&n, &node, "4");
+    let script = format!(
+        "mount -t tmpfs none {} && exec {} restartd -b {} -p 1023 --key {key} --allow-root",
+        node.display(),
+        crs(),
+        n.addr_b
+    );
+    let mut c = n.cmd(&n.b, "unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
+    c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+    let mut d = c.spawn().unwrap();
+    use std::io::BufRead;
+    let mut errs = std::io::BufReader::new(d.stderr.take().unwrap()).lines();
+    assert!(errs.any(|l| l.map(|l| l.contains("listening")).unwrap_or(false)));
+    std::thread::spawn(move || {
+        for l in errs.map_while(Result::ok) {
+            eprintln!("[restartd] {l}")
+        }
+    });
+    let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
+    let _ = d.kill();
+    let _ = d.wait();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("RestoreFailed") && stderr(&o).contains("log"), "{}", stderr(&o));
+    assert!(!gone(&mut src));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    let _ = src.kill();
+}
+
+/// The link goes down in the middle of the transfer: migrate gives up after its timeout and the
+/// source runs on; restartd drops its half-built copy.
+#[test]
+fn a_link_down_mid_transfer_leaves_the_source_running() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-linkdown");
+    let key = keyfile(&dir, "key");
+    let spool = dir.join("spool");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--timeout", "3", "--spool", spool.to_str().unwrap()]);
+    let (mut src, log, pid) = migrant(&n, &dir, "256");
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
+            "64kb", "latency", "50ms",
+        ])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let mut m = n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--timeout", "3", &pid.to_string(), &n.addr_b]);
+    m.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let m = m.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let size: u64 = std::fs::read_dir(&spool)
+            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        if size > 4 << 20 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ip(&["-n", &n.a, "link", "set", &n.veth_a, "down"]);
+    let o = m.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(!gone(&mut src));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    let _ = src.kill();
+}
