@@ -118,6 +118,7 @@ fn run(a: &Args) -> Result<()> {
 
     let flags = crate::Flags { kill: !a.keep, ..Default::default() };
     let pid = a.pid;
+    let keep = a.keep;
     let mut remote_pid = 0;
     let mut sent = 0u64;
     let t0 = Instant::now();
@@ -134,6 +135,9 @@ fn run(a: &Args) -> Result<()> {
         c.send(Kind::Commit, &[])?;
         match c.expect(Kind::Running, &mut buf) {
             Ok(()) => Ok(()),
+            Err(e) if keep => {
+                Err(Error::Net(format!("{e}; the copy (pid {remote_pid} on {peer}) may or may not run: check there")))
+            }
             Err(e) => {
                 // We cannot know whether the copy runs: keep the source, stopped.
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);

@@ -30,7 +30,7 @@ struct Args {
     /// largest image accepted, in bytes or with K, M, G (default half of this node's memory)
     #[argh(option)]
     max_image_size: Option<String>,
-    /// most clients served at once; more are told to retry (default 16)
+    /// most clients served at once; more wait until one finishes (default 16)
     #[argh(option, default = "16")]
     max_clients: usize,
     /// seconds a client may stay silent before it is dropped (default 30)
@@ -44,7 +44,6 @@ use crate::net::session::{FrameReader, pid_payload, server_hello};
 use crate::net::{Code, Conn, Kind, Side, key};
 use crate::res::head::Header;
 use log::{info, warn};
-use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -142,7 +141,7 @@ fn mem_total() -> u64 {
 
 /// Whether the image's owner may be restored here.
 fn policy(cfg: &Config, h: &Header) -> Result<()> {
-    let ids = h.uids.iter().chain(h.gids.iter());
+    let ids = h.uids.iter().chain(h.gids.iter()).chain(h.groups.iter());
     if !cfg.allow_root && ids.clone().any(|&i| i == 0) {
         return Err(Error::Permission(format!(
             "process {} runs as root; this restartd restores root processes only with --allow-root",
@@ -155,6 +154,27 @@ fn policy(cfg: &Config, h: &Header) -> Result<()> {
         return Err(Error::Permission(format!("uid {} is not allowed here (--allow-uid)", h.uids[0])));
     }
     Ok(())
+}
+
+/// The uid owning the other end of a TCP connection on this node, from /proc/net/tcp{,6}
+/// (the row whose local end is `peer` and remote end is `us`).
+fn local_peer_uid(peer: &SocketAddr, us: &SocketAddr) -> Option<u32> {
+    fn hex(a: &SocketAddr) -> String {
+        let ip = match a.ip() {
+            IpAddr::V4(v) => format!("{:08X}", u32::from_ne_bytes(v.octets())),
+            IpAddr::V6(v) => {
+                v.octets().chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect()
+            }
+        };
+        format!("{ip}:{:04X}", a.port())
+    }
+    let (p, u) = (hex(peer), hex(us));
+    let file = if peer.is_ipv4() { "/proc/self/net/tcp" } else { "/proc/self/net/tcp6" };
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 7 && f[1] == p && f[2] == u).then(|| f[7].parse().ok()).flatten()
+    })
 }
 
 fn is_loopback(p: &SocketAddr) -> bool {
@@ -225,9 +245,24 @@ fn serve_stdin(cfg: &Config) -> Result<()> {
     let peer = s.peer_addr().map_err(|e| {
         Error::Net(format!("standard input is not a TCP connection ({e}); -i is for inetd and systemd"))
     })?;
-    // Our stdio is the connection: the restored process must not inherit it, nor our logs go
-    // into it.
-    handle(s, peer, cfg).map_err(|e| Error::Net(e.to_string()))
+    // Classic inetd gives us the connection as stderr too: our log lines must not go into it.
+    use std::os::unix::fs::MetadataExt;
+    let same = |a: &str, b: &str| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    };
+    if same("/proc/self/fd/2", "/proc/self/fd/0")
+        && let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto our own stderr; `null` stays valid for the call.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+    }
+    if cfg.key.is_none() {
+        warn!("no cluster key: serving only clients on this node");
+    }
+    // The handler has logged why it failed; the exit status says that it did.
+    handle(s, peer, cfg).map_err(|_| Error::Net("the migration did not complete".into()))
 }
 
 /// Serves one client: handshake, image straight into a restore, commit.
@@ -236,6 +271,12 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     s.set_read_timeout(Some(cfg.timeout))
         .and_then(|_| s.set_write_timeout(Some(cfg.timeout)))
         .map_err(|e| Error::Net(e.to_string()))?;
+    // Without a key, a local user could have us restore a process as anyone: then the image
+    // must belong to the user at the other end of the connection (root excepted).
+    let local_uid = match (&cfg.key, s.local_addr()) {
+        (None, Ok(us)) => local_peer_uid(&peer, &us),
+        _ => None,
+    };
     let mut c = Conn::new(s, Side::Server);
     if let Err(e) = server_hello(&mut c, cfg.key.as_ref(), is_loopback(&peer)) {
         info!("{peer}: refused: {e}");
@@ -244,15 +285,41 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let mut fr = FrameReader::new(&mut c, cfg.limit);
     if let Some(d) = &cfg.spool {
         let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
-        fr.tee = Some(std::fs::File::create(&name).map_err(|e| Error::io(name, e))?);
+        // Whole process memories: for root's eyes only.
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&name);
+        match f {
+            Ok(f) => fr.tee = Some(f),
+            Err(e) => {
+                let e = Error::io(name, e);
+                let _ = c.send_error(Code::RestoreFailed, &format!("restartd cannot spool: {e}"));
+                return Err(e);
+            }
+        }
     }
-    let opts = crate::RestartFlags { detach: true, stop: true, require_pid: false, null_stdio: 7 };
+    let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
     let who_cell = std::cell::RefCell::new(String::new());
     let r = crate::engine::restore::restore_checked(
         crate::crf::Stream(std::io::BufReader::with_capacity(1 << 20, &mut fr)),
         &opts,
         &|h| {
             *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
+            if cfg.key.is_none() {
+                match local_uid {
+                    Some(0) => {}
+                    Some(u) if h.uids.iter().all(|&x| x == u) => {}
+                    Some(u) => {
+                        let msg =
+                            format!("a restartd without a key restores only the connecting user's processes (uid {u})");
+                        return Err(Error::Permission(msg));
+                    }
+                    None => {
+                        return Err(Error::Permission(
+                            "cannot tell which local user connects; give restartd a key".into(),
+                        ));
+                    }
+                }
+            }
             policy(cfg, h)
         },
     );
@@ -276,7 +343,7 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
         }
     };
     let pid = restored.pid;
-    let outcome = commit(&mut c, pid);
+    let outcome = commit(&mut c, pid, restored.held);
     match &outcome {
         Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, running"),
         Err(e) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, then dropped: {e}"),
@@ -284,23 +351,18 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     outcome
 }
 
-/// Reports the stopped copy and lets it run only on the client's Commit; without one (Abort,
-/// a cut connection, a timeout) the copy is killed, for the source runs on.
-fn commit(c: &mut Conn<TcpStream>, pid: i32) -> Result<()> {
-    let copy = Pid::from_raw(pid);
+/// Reports the copy, restored but held (traced, not yet run), and lets it run only on the
+/// client's Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the
+/// copy is killed, for the source runs on.
+fn commit(c: &mut Conn<TcpStream>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
+    let held = held.ok_or_else(|| Error::Proc("restore did not hold the process".into()))?;
     let mut buf = Vec::new();
-    let r = c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf));
-    match r {
+    match c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf)) {
         Ok(Kind::Commit) => {}
-        other => {
-            let _ = kill(copy, Signal::SIGKILL);
-            return Err(match other {
-                Ok(k) => Error::Net(format!("expected Commit, got {k:?}")),
-                Err(e) => e.into(),
-            });
-        }
+        Ok(k) => return Err(Error::Net(format!("expected Commit, got {k:?}"))),
+        Err(e) => return Err(e.into()),
     }
-    kill(copy, Signal::SIGCONT).map_err(|e| Error::sys("kill(SIGCONT)", format!("pid {pid}"), e))?;
+    held.release()?;
     c.send(Kind::Running, &pid_payload(pid))?;
     Ok(())
 }

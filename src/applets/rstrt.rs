@@ -43,8 +43,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     };
     super::verbose(a.verbose);
     let stdin = a.image == "-";
-    let flags =
-        crate::RestartFlags { detach: a.detach, stop: a.stop, require_pid: a.require_pid, null_stdio: stdin as u8 };
+    let flags = crate::RestartFlags {
+        detach: a.detach,
+        stop: a.stop,
+        require_pid: a.require_pid,
+        hold: false,
+        null_stdio: stdin as u8,
+    };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();
     for s in FORWARDED {

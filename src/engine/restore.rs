@@ -37,6 +37,9 @@ pub struct Options {
     pub stop: bool,
     /// Fail if the original pid cannot be had.
     pub require_pid: bool,
+    /// Keep the process traced and stopped, ready to go: the caller releases it (or kills it)
+    /// through `Restored::held`. Should the caller die first, the kernel kills the process.
+    pub hold: bool,
     /// Fds 0-2 (bit n for fd n) that were a terminal or pipe get /dev/null instead of ours:
     /// fd 0 when the image comes on our stdin, all three for restartd.
     pub null_stdio: u8,
@@ -51,6 +54,44 @@ pub struct Restored {
     /// The exe link could not be set (needs CAP_CHECKPOINT_RESTORE).
     pub exe_kept: bool,
     pub state: ProcessState,
+    /// With `Options::hold`: the process, still traced, not yet running.
+    pub held: Option<Held>,
+}
+
+/// A restored process that has not run yet. `release` lets it run; dropping it kills it.
+pub struct Held {
+    t: Option<Tracee>,
+    signals: Vec<i32>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({:?})", self.t.as_ref().map(|t| t.pid))
+    }
+}
+
+impl Held {
+    /// Detaches: the process runs from where it was checkpointed.
+    pub fn release(mut self) -> Result<()> {
+        let Some(t) = self.t.take() else { return Ok(()) };
+        let pid = t.pid;
+        t.detach()?;
+        for &s in &self.signals {
+            if let Ok(sig) = Signal::try_from(s) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(t) = self.t.take() {
+            let _ = t.kill(Signal::SIGKILL);
+            while t.wait().is_ok() {}
+        }
+    }
 }
 
 /// Kills and reaps the child unless disarmed: a failed restore leaves nothing behind.
@@ -310,6 +351,13 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let mut fin = regs.gpr;
     fin.orig_rax = u64::MAX;
     t.set_regs(&fin)?;
+    if opts.hold {
+        drop(c);
+        guard.armed = false;
+        let held = Some(Held { t: Some(t), signals: held });
+        let exe_kept = !exe_set && st.mm.exe.is_some();
+        return Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, state: st, held });
+    }
     if opts.stop {
         t.kill(Signal::SIGSTOP)?;
     }
@@ -324,7 +372,14 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
     }
     debug!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
-    Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept: !exe_set && st.mm.exe.is_some(), state: st })
+    Ok(Restored {
+        pid,
+        original_pid: st.head.pid,
+        pid_note,
+        exe_kept: !exe_set && st.mm.exe.is_some(),
+        state: st,
+        held: None,
+    })
 }
 
 /// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).

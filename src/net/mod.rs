@@ -280,10 +280,17 @@ pub fn hello(flags: u32, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
 
 /// Parses a Hello: (version, flags, nonce), refusing other protocols clearly.
 pub fn parse_hello(p: &[u8]) -> Result<(u32, u32, [u8; NONCE_LEN])> {
-    if p.len() != 12 + NONCE_LEN || p[0..4] != MAGIC {
+    if p.len() < 12 || p[0..4] != MAGIC {
         return Err(NetError::Protocol("the peer does not speak the crs migration protocol".into()));
     }
     let version = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+    if version != PROTOCOL_VERSION {
+        // Told by the caller, with both versions; the rest of a newer Hello may differ.
+        return Ok((version, 0, [0u8; NONCE_LEN]));
+    }
+    if p.len() != 12 + NONCE_LEN {
+        return Err(NetError::Protocol(format!("a Hello of {} bytes", p.len())));
+    }
     let flags = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(&p[12..]);

@@ -62,16 +62,15 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
         let _ = c.send_error(Code::Version, &msg);
         return Err(NetError::Protocol(msg));
     }
+    if key.is_none() && !loopback {
+        // Said instead of our Hello, so the client learns it before it freezes anything.
+        let msg = "this restartd has no cluster key and serves only clients on its own node";
+        let _ = c.send_error(Code::Auth, msg);
+        return Err(NetError::Protocol(msg.into()));
+    }
     let sn: [u8; NONCE_LEN] = random()?;
     c.send(Kind::Hello, &hello(if key.is_some() { HELLO_KEYED } else { 0 }, &sn))?;
-    let Some(k) = key else {
-        if !loopback {
-            let msg = "this restartd has no cluster key and serves only clients on its own node";
-            let _ = c.send_error(Code::Auth, msg);
-            return Err(NetError::Protocol(msg.into()));
-        }
-        return Ok(());
-    };
+    let Some(k) = key else { return Ok(()) };
     if flags & HELLO_KEYED == 0 {
         let msg = "this restartd requires the cluster key: give migrate --key";
         let _ = c.send_error(Code::Auth, msg);
