@@ -1,0 +1,63 @@
+#!/bin/bash
+# Migration between two network namespaces joined by a veth pair, next to the limits measured
+# in the same run: the raw TCP throughput of that veth (a plain socket copy of the same number
+# of bytes) and the first-touch fill rate of as much fresh memory.
+# usage: bench/migrate.sh [CRS_BINARY]   (env SIZES="64 1024", RUNS=3). Needs root, iproute2.
+set -euo pipefail
+cd "$(dirname "$0")"
+CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
+SIZES=${SIZES:-"64 1024"}
+RUNS=${RUNS:-3}
+A=crsbench-a$$ B=crsbench-b$$ VA=cbva$$ VB=cbvb$$
+work=$(mktemp -d /tmp/crs-migbench.XXXXXX)
+cleanup() {
+  for ns in $A $B; do
+    for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
+    ip netns del $ns 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add $A; ip netns add $B
+ip link add $VA netns $A type veth peer name $VB netns $B
+ip -n $A addr add 10.77.0.1/24 dev $VA; ip -n $B addr add 10.77.0.2/24 dev $VB
+for ns in $A $B; do ip -n $ns link set lo up; done
+ip -n $A link set $VA up; ip -n $B link set $VB up
+cc -O2 -o "$work/netio" netio.c
+cc -O2 -o "$work/dirty" dirty.c
+"$CRS" keygen "$work/key" >/dev/null
+ip netns exec $B "$CRS" restartd -b 10.77.0.2 -p 1023 --key "$work/key" --allow-root 2>"$work/restartd.log" &
+until grep -q listening "$work/restartd.log"; do sleep 0.01; done
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); veth between two namespaces; median of $RUNS runs"
+printf '%-6s %9s %9s %9s %10s %10s %10s %7s\n' MiB total_ms frozen_ms MB/s tcp_MB/s fill_MB/s limit_MB/s ratio
+for size in $SIZES; do
+  bytes=$((size << 20))
+  : > "$work/m"; : > "$work/t"; : > "$work/f"
+  for _ in $(seq "$RUNS"); do
+    # the process: its image is a little more than its dirty memory
+    ip netns exec $A setsid "$work/dirty" "$size" </dev/null >/dev/null 2>&1 &
+    pid=$!
+    until [ "$(awk '/^Rss:/ {s+=$2} END {print s+0}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)" -ge $((size * 1024)) ]; do sleep 0.01; done
+    out=$(ip netns exec $A "$CRS" migrate -v --key "$work/key" "$pid" 10.77.0.2 2>&1)
+    wait $pid 2>/dev/null || true
+    # "migrate: frozen F ms, B bytes in T ms (R MB/s)"
+    echo "$out" | awk '/frozen/ {gsub(/[(),]/,""); print $3, $8, $5}' >> "$work/m"
+    new=$(echo "$out" | awk '/runs there/ {print $NF}'); kill -9 "$new" 2>/dev/null || true
+    # the limits, same bytes
+    ip netns exec $B "$work/netio" recv 5001 > "$work/recv" &
+    rp=$!
+    until grep -q listening "$work/recv"; do sleep 0.01; done
+    ip netns exec $A "$work/netio" send 10.77.0.2 5001 "$bytes" >/dev/null
+    wait $rp
+    tail -1 "$work/recv" | awk '{printf "%.1f\n", $1/$2/1e6}' >> "$work/t"
+    "$work/netio" fill "$bytes" | awk '{printf "%.1f\n", $1/$2/1e6}' >> "$work/f"
+  done
+  total=$(cut -d' ' -f2 "$work/m" | median); frozen=$(cut -d' ' -f1 "$work/m" | median)
+  img=$(cut -d' ' -f3 "$work/m" | median)
+  tcp=$(median < "$work/t"); fill=$(median < "$work/f")
+  awk -v s="$size" -v t="$total" -v f="$frozen" -v b="$img" -v tcp="$tcp" -v fill="$fill" 'BEGIN {
+    rate = b / (t / 1000) / 1e6; lim = (tcp < fill) ? tcp : fill
+    printf "%-6s %9.0f %9.0f %9.0f %10.0f %10.0f %10.0f %6.0f%%\n", s, t, f, rate, tcp, fill, lim, 100 * rate / lim }'
+done

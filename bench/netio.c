@@ -1,0 +1,55 @@
+/* Limits for the migration benchmark, measured the way migration uses them:
+ *   netio recv PORT            accept one connection, read to EOF, print "bytes seconds"
+ *   netio send ADDR PORT BYTES write BYTES to ADDR:PORT in 1 MiB writes, print "bytes seconds"
+ *   netio fill BYTES           map BYTES of fresh memory and write every byte (first touch) */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+
+int main(int argc, char **argv) {
+    static char buf[1 << 20];
+    if (argc == 3 && !strcmp(argv[1], "recv")) {
+        int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+        if (bind(l, (void *)&a, sizeof a) || listen(l, 1)) { perror("bind"); return 1; }
+        printf("listening\n"); fflush(stdout);
+        int c = accept(l, 0, 0);
+        double t0 = now(); long long n = 0; ssize_t r;
+        while ((r = read(c, buf, sizeof buf)) > 0) n += r;
+        printf("%lld %.6f\n", n, now() - t0);
+        return 0;
+    }
+    if (argc == 5 && !strcmp(argv[1], "send")) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+        inet_pton(AF_INET, argv[2], &a.sin_addr);
+        if (connect(s, (void *)&a, sizeof a)) { perror("connect"); return 1; }
+        long long want = atoll(argv[4]), n = 0;
+        memset(buf, 7, sizeof buf);
+        double t0 = now();
+        while (n < want) { ssize_t w = write(s, buf, want - n < (long long)sizeof buf ? want - n : sizeof buf); if (w <= 0) return 1; n += w; }
+        shutdown(s, SHUT_WR);
+        while (read(s, buf, sizeof buf) > 0) {}
+        printf("%lld %.6f\n", n, now() - t0);
+        return 0;
+    }
+    if (argc == 3 && !strcmp(argv[1], "fill")) {
+        size_t n = atoll(argv[2]);
+        double t0 = now();
+        char *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(p, 1, n);
+        printf("%zu %.6f\n", n, now() - t0);
+        return 0;
+    }
+    fprintf(stderr, "usage: netio recv PORT | send ADDR PORT BYTES | fill BYTES\n");
+    return 2;
+}
