@@ -43,9 +43,16 @@ fn bad_arguments_get_one_clear_line() {
 #[test]
 fn every_help_flag_is_in_the_man_page() {
     let man = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
-    for (applet, page) in
-        [("ckpt", "ckpt.1"), ("rstrt", "rstrt.1"), ("crfinfo", "crfinfo.1"), ("demo", "crs.1"), ("check", "crs.1"), ("migrate", "migrate.1"), ("restartd", "restartd.8"), ("keygen", "crs.1")]
-    {
+    for (applet, page) in [
+        ("ckpt", "ckpt.1"),
+        ("rstrt", "rstrt.1"),
+        ("crfinfo", "crfinfo.1"),
+        ("demo", "crs.1"),
+        ("check", "crs.1"),
+        ("migrate", "migrate.1"),
+        ("restartd", "restartd.8"),
+        ("keygen", "crs.1"),
+    ] {
         let help = String::from_utf8_lossy(&run(&[applet, "--help"]).stdout).into_owned();
         let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("man/{page}: {e}"));
         let text = text.replace("\\-", "-");

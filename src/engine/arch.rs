@@ -9,6 +9,14 @@ pub type Regs = libc::user_regs_struct;
 pub const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Upper bound for the XSAVE area (AMX makes it ~11 KiB; 64 KiB leaves room).
 pub const XSTATE_MAX: usize = 64 << 10;
+/// The legacy FXSAVE area (x87 + SSE), what a CPU without XSAVE has.
+pub const FXSAVE_LEN: usize = 512;
+
+/// Whether the OS enabled XSAVE on this CPU (CPUID.1:ECX.OSXSAVE).
+pub fn has_xsave() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0
+}
+
 /// Offset of XCR0 (the enabled feature mask) in the software-reserved bytes of the XSAVE area.
 pub const XSTATE_XCR0_OFFSET: usize = 464;
 

@@ -384,12 +384,11 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
 /// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).
 fn check_xstate(regs: &RegState) -> Result<()> {
-    if regs.xsave.is_empty() {
+    if regs.xsave.is_empty() || regs.xsave.len() == arch::FXSAVE_LEN {
+        // x87 and SSE state: every x86_64 CPU has it.
         return Ok(());
     }
-    // CPUID.1:ECX bit 27 (OSXSAVE): the OS enabled XSAVE, so XGETBV exists.
-    let osxsave = core::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
-    if !osxsave {
+    if !arch::has_xsave() {
         return Err(Error::Refused("the image has XSAVE state but this CPU or kernel has no XSAVE".into()));
     }
     // SAFETY: XGETBV(0) reads XCR0; OSXSAVE (checked above) guarantees the instruction exists.

@@ -127,10 +127,16 @@ impl Tracee {
         ptrace_raw(libc::PTRACE_SETREGS, self.pid, 0, r as *const Regs as usize, "PTRACE_SETREGS").map(|_| ())
     }
 
-    /// The XSAVE area (all FPU/SSE/AVX/AVX-512 state), exactly as long as the kernel fills it.
+    /// The XSAVE area (all FPU/SSE/AVX/AVX-512 state), exactly as long as the kernel fills it;
+    /// on a CPU without XSAVE, the 512-byte FXSAVE area (x87 and SSE).
     pub fn xstate(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; arch::XSTATE_MAX];
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        if !arch::has_xsave() {
+            buf.truncate(arch::FXSAVE_LEN);
+            ptrace_raw(libc::PTRACE_GETFPREGS, self.pid, 0, buf.as_mut_ptr() as usize, "PTRACE_GETFPREGS")?;
+            return Ok(buf);
+        }
         ptrace_raw(
             libc::PTRACE_GETREGSET,
             self.pid,
@@ -144,6 +150,10 @@ impl Tracee {
 
     pub fn set_xstate(&self, x: &[u8]) -> Result<()> {
         let mut copy = x.to_vec();
+        if x.len() == arch::FXSAVE_LEN {
+            return ptrace_raw(libc::PTRACE_SETFPREGS, self.pid, 0, copy.as_mut_ptr() as usize, "PTRACE_SETFPREGS")
+                .map(|_| ());
+        }
         let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
         ptrace_raw(
             libc::PTRACE_SETREGSET,

@@ -33,7 +33,8 @@ impl RegState {
         let mut d = Dec::new(b, at, "REGS");
         let gpr = arch::decode_regs(&mut d)?;
         let xsave = d.bytes()?.to_vec();
-        if !xsave.is_empty() && xsave.len() < 576 {
+        // Empty, the 512-byte FXSAVE area of a CPU without XSAVE, or an XSAVE area.
+        if !xsave.is_empty() && xsave.len() != crate::engine::arch::FXSAVE_LEN && xsave.len() < 576 {
             return Err(d.bad_at(at, format!("XSAVE area of {} bytes is too short", xsave.len())));
         }
         d.finish()?;
@@ -42,6 +43,9 @@ impl RegState {
 
     /// XCR0 as saved in the XSAVE area: which state components the image carries.
     pub fn xcr0(&self) -> u64 {
+        if self.xsave.len() == arch::FXSAVE_LEN {
+            return 0;
+        }
         let o = arch::XSTATE_XCR0_OFFSET;
         self.xsave.get(o..o + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }

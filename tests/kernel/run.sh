@@ -1,0 +1,48 @@
+#!/bin/bash
+# Checkpoint and restart on Debian 12's own kernel (6.1), in a qemu guest (software emulation):
+# crs must work on the kernels users run, not only on the one it is developed on.
+# usage: tests/kernel/run.sh [CRS_BINARY]; installs what it needs (Debian packages). Root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+CRS=$(realpath "${1:-$here/../../target/x86_64-unknown-linux-gnu/release/crs}")
+work=$(mktemp -d /tmp/crs-kernel.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! dpkg -s linux-headers-amd64 >/dev/null 2>&1; then
+  # qemu-system-x86 from bookworm-backports: bookworm's own conflicts with the installed qemu-utils.
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      > /etc/apt/sources.list.d/crs-backports.sources
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static cpio linux-headers-amd64 >/dev/null
+fi
+# The kernel of Debian 12 as its headers name it (the ABI number changes with updates).
+kver=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/^linux-headers-\([^ ]*\).*/\1/p')
+(cd "$work" && apt-get download -qq "linux-image-$kver-unsigned" >/dev/null 2>&1 || apt-get download -qq "linux-image-$kver" >/dev/null)
+dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb | tar -x -C "$work" "./boot/vmlinuz-$kver"
+
+root="$work/root"
+mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
+cp /bin/busybox "$root/bin/busybox"
+cp "$CRS" "$root/bin/crs"
+cc -O1 -static -o "$root/bin/migrant" "$here/../targets/migrant.c"
+cc -O1 -static -o "$root/bin/guestexit" "$here/guestexit.c"
+cp "$here/init" "$root/init"
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
+
+set +e
+timeout 300 qemu-system-x86_64 -accel tcg -m 512 -nic none -no-reboot -display none -monitor none \
+  -serial "file:$work/console" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+  -kernel "$work/boot/vmlinuz-$kver" -initrd "$work/initrd" -append "console=ttyS0 quiet panic=-1" </dev/null
+status=$?
+set -e
+grep -a "GUEST\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|FAIL" "$work/console" || true
+# qemu exits with (code << 1) | 1: 1 means the guest said 0.
+if [ "$status" -ne 1 ]; then
+  echo "kernel $kver: FAILED (qemu status $status)"
+  exit 1
+fi
+echo "kernel $kver: checkpoint and restart work"
