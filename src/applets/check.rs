@@ -88,9 +88,15 @@ fn run_checks() -> Vec<Line> {
         Some(Ok(t)) => {
             let steps = t.interrupt(&mut Vec::new()).and_then(|_| t.regs()).and_then(|_| t.xstate());
             match steps {
-                Ok(_) => {
+                Ok(_) if crate::engine::arch::has_xsave() => {
                     line(true, true, "ptrace", "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS, NT_X86_XSTATE work".into())
                 }
+                Ok(_) => line(
+                    true,
+                    true,
+                    "ptrace",
+                    "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS work; no XSAVE: FPU state as FXSAVE".into(),
+                ),
                 Err(e) => line(false, true, "ptrace", format!("{e}: crs cannot freeze processes")),
             }
             match t.rseq() {
