@@ -40,7 +40,7 @@ struct Args {
 
 use crate::error::{Error, Result};
 use crate::exit;
-use crate::net::session::{FrameReader, pid_payload, server_hello};
+use crate::net::session::{FrameStream, pid_payload, server_hello};
 use crate::net::{Code, Conn, Kind, Side, key};
 use crate::res::head::Header;
 use log::{info, warn};
@@ -282,14 +282,14 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
         info!("{peer}: refused: {e}");
         return Err(e.into());
     }
-    let mut fr = FrameReader::new(&mut c, cfg.limit);
+    let mut tee = None;
     if let Some(d) = &cfg.spool {
         let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
         // Whole process memories: for root's eyes only.
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&name);
         match f {
-            Ok(f) => fr.tee = Some(f),
+            Ok(f) => tee = Some(f),
             Err(e) => {
                 let e = Error::io(name, e);
                 let _ = c.send_error(Code::RestoreFailed, &format!("restartd cannot spool: {e}"));
@@ -297,6 +297,10 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
             }
         }
     }
+    // The image arrives on a thread of its own, which checks each frame's tag, while this one
+    // restores from what has arrived.
+    let mut fr = FrameStream::start(c, cfg.limit);
+    fr.tee = tee;
     let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
     let who_cell = std::cell::RefCell::new(String::new());
     let r = crate::engine::restore::restore_checked(
@@ -333,6 +337,9 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     };
     let bytes = fr.bytes;
     let failure = fr.failure.take();
+    let Some(mut c) = fr.finish() else {
+        return Err(Error::Proc("the frame receiver failed".into()));
+    };
     let restored = match r.and_then(|x| drained.map(|_| x)) {
         Ok(r) => r,
         Err(e) => {

@@ -198,6 +198,106 @@ impl<S: Read + Write> Read for FrameReader<'_, S> {
     }
 }
 
+/// Receives the image's Data frames on a thread of its own, which authenticates them, so that
+/// the network and the restore overlap; hands the bytes on in order. `finish` gives the
+/// connection back for the rest of the session.
+pub struct FrameStream<S: Read + Write + Send + 'static> {
+    rx: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+    pub bytes: u64,
+    limit: u64,
+    /// A copy of everything received (restartd --spool).
+    pub tee: Option<std::fs::File>,
+    /// Why the stream stopped early, for the error reply.
+    pub failure: Option<(Code, String)>,
+    thread: Option<std::thread::JoinHandle<Conn<S>>>,
+}
+
+impl<S: Read + Write + Send + 'static> FrameStream<S> {
+    pub fn start(mut c: Conn<S>, limit: u64) -> Self {
+        use std::sync::mpsc::sync_channel;
+        let (tx, rx) = sync_channel::<Result<Vec<u8>>>(4);
+        let (back, spare) = sync_channel::<Vec<u8>>(8);
+        let thread = std::thread::spawn(move || {
+            loop {
+                let mut buf = spare.try_recv().unwrap_or_default();
+                let item = match c.recv(&mut buf) {
+                    Ok(Kind::Data) if buf.is_empty() => continue,
+                    Ok(Kind::Data) => Ok(buf),
+                    Ok(Kind::End) => Ok(Vec::new()),
+                    Ok(k) => Err(NetError::Protocol(format!("expected image data, got {k:?}"))),
+                    Err(e) => Err(e),
+                };
+                let last = !matches!(&item, Ok(b) if !b.is_empty());
+                if tx.send(item).is_err() || last {
+                    return c;
+                }
+            }
+        });
+        FrameStream {
+            rx,
+            back,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+            bytes: 0,
+            limit,
+            tee: None,
+            failure: None,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops receiving (the thread ends at its next frame) and returns the connection.
+    pub fn finish(mut self) -> Option<Conn<S>> {
+        let t = self.thread.take()?;
+        // Dropping our ends lets a thread blocked on a full channel end.
+        drop(std::mem::replace(&mut self.rx, std::sync::mpsc::sync_channel(0).1));
+        t.join().ok()
+    }
+}
+
+impl<S: Read + Write + Send + 'static> Read for FrameStream<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let item = self.rx.recv().unwrap_or_else(|_| Err(NetError::Protocol("receiver stopped".into())));
+            match item {
+                Ok(b) if b.is_empty() => self.done = true,
+                Ok(b) => {
+                    self.bytes += b.len() as u64;
+                    if self.bytes > self.limit {
+                        let msg = format!("image exceeds the limit of {} bytes (--max-image-size)", self.limit);
+                        self.failure = Some((Code::TooLarge, msg.clone()));
+                        return Err(io::Error::other(msg));
+                    }
+                    if let Some(f) = &mut self.tee {
+                        f.write_all(&b)?;
+                    }
+                    let old = std::mem::replace(&mut self.cur, b);
+                    let _ = self.back.try_send(old);
+                    self.pos = 0;
+                }
+                Err(e) => {
+                    let code = if matches!(e, NetError::Io(_)) { Code::Timeout } else { Code::Protocol };
+                    self.failure = Some((code, e.to_string()));
+                    self.done = true;
+                    return Err(to_io(e));
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// The u32 pid payload of Restored and Running.
 pub fn pid_payload(pid: i32) -> [u8; 4] {
     (pid as u32).to_le_bytes()
