@@ -75,6 +75,36 @@ impl Drop for Nodes {
     }
 }
 
+/// Waits for a line containing `needle` on the child's stderr, then keeps draining it (to our
+/// stderr, tagged) so the child never blocks on a full pipe.
+fn watch(child: &mut Child, needle: &str, tag: &'static str) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    assert!(lines.any(|l| l.map(|l| l.contains(needle)).unwrap_or(false)), "{tag} never said {needle:?}");
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[{tag}] {l}")));
+}
+
+/// Rate-limits the source's side of the link (so a transfer lasts long enough to be cut), then
+/// waits until more than 4 MiB of the image has reached restartd's spool.
+fn slow_link_and_wait_for_spool(n: &Nodes, spool: &Path) {
+    let tc = [
+        "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
+        "64kb", "latency", "50ms",
+    ];
+    assert!(Command::new("ip").args(tc).status().unwrap().success());
+    let t0 = Instant::now();
+    loop {
+        let size: u64 = std::fs::read_dir(spool)
+            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        if size > 4 << 20 {
+            return;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// restartd in namespace b, listening on its address; killed on drop.
 struct Daemon(Child);
 
@@ -85,23 +115,8 @@ impl Daemon {
         let mut c = n.cmd(&n.b, crs(), &args);
         c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
         let mut child = c.spawn().unwrap();
-        // It says it listens once it does: wait for that line.
-        use std::io::BufRead;
-        let err = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(err).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains("listening on") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("restartd did not start"),
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                eprintln!("[restartd] {l}")
-            }
-        });
+        // It says it listens once it does.
+        watch(&mut child, "listening on", "restartd");
         Daemon(child)
     }
 }
@@ -252,28 +267,10 @@ fn a_dead_destination_leaves_the_source_running() {
     // spool file shows the image is arriving.
     let spool = dir.join("spool");
     let d = Daemon::start(&n, &["--key", &key, "--allow-root", "--spool", spool.to_str().unwrap()]);
-    let tc = Command::new("ip")
-        .args([
-            "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
-            "64kb", "latency", "50ms",
-        ])
-        .status()
-        .unwrap();
-    assert!(tc.success());
     let mut m = n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--timeout", "5", &pid.to_string(), &n.addr_b]);
     m.stdout(Stdio::piped()).stderr(Stdio::piped());
     let m = m.spawn().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let size: u64 = std::fs::read_dir(&spool)
-            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0);
-        if size > 4 << 20 {
-            break;
-        }
-        assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    slow_link_and_wait_for_spool(&n, &spool);
     // Kill the daemon and its handler (the whole namespace's crs processes but the source).
     let pids = Command::new("ip").args(["netns", "pids", &n.b]).output().unwrap();
     for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
@@ -411,14 +408,7 @@ fn tampered_and_replayed_streams_are_refused() {
         .stderr(Stdio::piped());
     close_extra_fds(&mut d);
     let mut daemon = d.spawn().unwrap();
-    use std::io::BufRead;
-    let mut errs = std::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
-    assert!(errs.any(|l| l.map(|l| l.contains("listening")).unwrap_or(false)));
-    std::thread::spawn(move || {
-        for l in errs.map_while(Result::ok) {
-            eprintln!("[restartd] {l}")
-        }
-    });
+    watch(&mut daemon, "listening", "restartd");
     let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let log = dir.join("log");
@@ -479,14 +469,7 @@ fn through_inetd() {
     i.arg("-d").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     close_extra_fds(&mut i);
     let mut inetd = i.spawn().unwrap();
-    use std::io::BufRead;
-    let mut errs = std::io::BufReader::new(inetd.stderr.take().unwrap()).lines();
-    assert!(errs.any(|l| l.map(|l| l.starts_with("ADD")).unwrap_or(false)), "inetd did not take the service");
-    std::thread::spawn(move || {
-        for l in errs.map_while(Result::ok) {
-            eprintln!("[inetd] {l}")
-        }
-    });
+    watch(&mut inetd, "ADD", "inetd");
 
     let log = dir.join("log");
     let mut c = Command::new(target("migrant"));
@@ -526,14 +509,7 @@ fn a_restore_failing_at_the_destination_leaves_the_source_running() {
     let mut c = n.cmd(&n.b, "unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
     c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
     let mut d = c.spawn().unwrap();
-    use std::io::BufRead;
-    let mut errs = std::io::BufReader::new(d.stderr.take().unwrap()).lines();
-    assert!(errs.any(|l| l.map(|l| l.contains("listening")).unwrap_or(false)));
-    std::thread::spawn(move || {
-        for l in errs.map_while(Result::ok) {
-            eprintln!("[restartd] {l}")
-        }
-    });
+    watch(&mut d, "listening", "restartd");
     let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
     let _ = d.kill();
     let _ = d.wait();
@@ -555,28 +531,10 @@ fn a_link_down_mid_transfer_leaves_the_source_running() {
     let spool = dir.join("spool");
     let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--timeout", "3", "--spool", spool.to_str().unwrap()]);
     let (mut src, log, pid) = migrant(&n, &dir, "256");
-    let tc = Command::new("ip")
-        .args([
-            "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
-            "64kb", "latency", "50ms",
-        ])
-        .status()
-        .unwrap();
-    assert!(tc.success());
     let mut m = n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--timeout", "3", &pid.to_string(), &n.addr_b]);
     m.stdout(Stdio::piped()).stderr(Stdio::piped());
     let m = m.spawn().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let size: u64 = std::fs::read_dir(&spool)
-            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0);
-        if size > 4 << 20 {
-            break;
-        }
-        assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    slow_link_and_wait_for_spool(&n, &spool);
     ip(&["-n", &n.a, "link", "set", &n.veth_a, "down"]);
     let o = m.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
