@@ -105,6 +105,16 @@ fn slow_link_and_wait_for_spool(n: &Nodes, spool: &Path) {
     }
 }
 
+/// A process of a test that must not outlive it, even when the test fails.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// restartd in namespace b, listening on its address; killed on drop.
 struct Daemon(Child);
 
@@ -407,23 +417,23 @@ fn tampered_and_replayed_streams_are_refused() {
     d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--key", &key, "--allow-root"])
         .stderr(Stdio::piped());
     close_extra_fds(&mut d);
-    let mut daemon = d.spawn().unwrap();
-    watch(&mut daemon, "listening", "restartd");
+    let mut daemon = Reap(d.spawn().unwrap());
+    watch(&mut daemon.0, "listening", "restartd");
     let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let log = dir.join("log");
     let mut c = Command::new(target("migrant"));
     c.args([log.to_str().unwrap(), "4"]).stdin(Stdio::null()).stdout(Stdio::null());
     close_extra_fds(&mut c);
-    let mut src = c.spawn().unwrap();
+    let mut src = Reap(c.spawn().unwrap());
     log_line(&log, "ready", 0);
-    let pid = src.id() as i32;
+    let pid = src.0.id() as i32;
 
     // 1. One bit flipped in the middle of the image.
     let (pp, _) = proxy(to, Some(200_000));
     let o = run(&["migrate", "--key", &key, &pid.to_string(), &format!("127.0.0.1:{pp}")]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    assert!(!gone(&mut src));
+    assert!(!gone(&mut src.0));
     assert!(check(pid, &log).starts_with("ok"));
 
     // 2. A good session, recorded, then played again to restartd.
@@ -444,9 +454,6 @@ fn tampered_and_replayed_streams_are_refused() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.contains("wrong cluster key"), "a replayed session got {text:?}");
     assert_eq!(lines(&log), before, "something of the replayed image ran");
-    let _ = src.kill();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 /// restartd -i started by the real inetd (openbsd-inetd) for each connection.
@@ -468,21 +475,20 @@ fn through_inetd() {
     let mut i = Command::new("/usr/sbin/inetd");
     i.arg("-d").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     close_extra_fds(&mut i);
-    let mut inetd = i.spawn().unwrap();
-    watch(&mut inetd, "ADD", "inetd");
+    let mut inetd = Reap(i.spawn().unwrap());
+    watch(&mut inetd.0, "ADD", "inetd");
 
     let log = dir.join("log");
     let mut c = Command::new(target("migrant"));
     c.args([log.to_str().unwrap(), "8"]).stdin(Stdio::null()).stdout(Stdio::null());
     close_extra_fds(&mut c);
-    let mut src = c.spawn().unwrap();
+    let mut src = Reap(c.spawn().unwrap());
     log_line(&log, "ready", 0);
-    let pid = src.id() as i32;
+    let pid = src.0.id() as i32;
     let o = run(&["migrate", "--key", &key, &pid.to_string(), &format!("127.0.0.1:{port}")]);
-    let _ = inetd.kill();
-    let _ = inetd.wait();
+    drop(inetd);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(gone(&mut src));
+    assert!(gone(&mut src.0));
     let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
     let v = check(new, &log);
     // SAFETY: kill has no memory effects.

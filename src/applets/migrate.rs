@@ -33,7 +33,6 @@ use crate::exit;
 use crate::net::session::{FrameWriter, client_hello, parse_pid};
 use crate::net::{Conn, DEFAULT_PORT, Kind, Side, key};
 use nix::sys::signal::Signal;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -122,34 +121,20 @@ fn run(a: &Args) -> Result<()> {
     let mut remote_pid = 0;
     let mut sent = 0u64;
     let t0 = Instant::now();
-    let r = crate::engine::checkpoint::checkpoint(pid, FrameWriter::new(&mut c), &flags, |mut w| {
-        w.flush().map_err(|e| Error::Net(format!("sending the image to {peer}: {e}")))?;
-        sent = w.bytes;
-        let c = &mut *w.c;
-        c.send(Kind::End, &[])?;
-        let mut buf = Vec::new();
-        c.expect(Kind::Restored, &mut buf)?;
-        remote_pid = parse_pid(&buf)?;
-        // From here the copy may start: the frozen source must not run again unless we are
-        // sure the copy does not.
-        c.send(Kind::Commit, &[])?;
-        match c.expect(Kind::Running, &mut buf) {
-            Ok(()) => Ok(()),
-            Err(e) if keep => {
-                Err(Error::Net(format!("{e}; the copy (pid {remote_pid} on {peer}) may or may not run: check there")))
-            }
-            Err(e) => {
-                // We cannot know whether the copy runs: keep the source, stopped.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);
-                Err(Error::Net(format!(
-                    "{e}; the destination may or may not run the process (pid {remote_pid} there): it is left stopped here as pid {pid}; check {peer}, then kill or continue it"
-                )))
-            }
-        }
+    let mut peer_said = None;
+    let r = std::thread::scope(|s| {
+        let w = FrameWriter::new(s, &mut c);
+        peer_said = Some(w.peer_said.clone());
+        crate::engine::checkpoint::checkpoint(pid, w, &flags, |w| {
+            commit(w, &peer, pid, keep, &mut sent, &mut remote_pid)
+        })
     });
     let report = match r {
         Ok(r) => r,
-        Err(e) => return Err(explain(e, &mut c)),
+        Err(e) => {
+            let said = peer_said.and_then(|p| p.lock().ok()?.take());
+            return Err(explain(e, said, &mut c));
+        }
     };
     let secs = t0.elapsed().as_secs_f64();
     let verb = if a.keep { "copied" } else { "moved" };
@@ -166,9 +151,46 @@ fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The end of the image and the commit exchange, once the last byte is out.
+fn commit(
+    w: FrameWriter<'_, TcpStream>,
+    peer: &str,
+    pid: i32,
+    keep: bool,
+    sent: &mut u64,
+    remote_pid: &mut i32,
+) -> Result<()> {
+    let (c, bytes) = w.finish()?;
+    *sent = bytes;
+    c.send(Kind::End, &[])?;
+    let mut buf = Vec::new();
+    c.expect(Kind::Restored, &mut buf)?;
+    *remote_pid = parse_pid(&buf)?;
+    let remote_pid = *remote_pid;
+    // From here the copy may start: the frozen source must not run again unless we are sure
+    // the copy does not.
+    c.send(Kind::Commit, &[])?;
+    match c.expect(Kind::Running, &mut buf) {
+        Ok(()) => Ok(()),
+        Err(e) if keep => {
+            Err(Error::Net(format!("{e}; the copy (pid {remote_pid} on {peer}) may or may not run: check there")))
+        }
+        Err(e) => {
+            // We cannot know whether the copy runs: keep the source, stopped.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);
+            Err(Error::Net(format!(
+                "{e}; the destination may or may not run the process (pid {remote_pid} there): it is left stopped here as pid {pid}; check {peer}, then kill or continue it"
+            )))
+        }
+    }
+}
+
 /// A send that failed is often the destination closing after it refused: its Error frame, if
 /// one is waiting, says why better than "broken pipe".
-fn explain(e: Error, c: &mut Conn<TcpStream>) -> Error {
+fn explain(e: Error, said: Option<crate::net::NetError>, c: &mut Conn<TcpStream>) -> Error {
+    if let Some(crate::net::NetError::Remote(code, text)) = said {
+        return Error::Net(format!("refused by the destination ({code:?}): {text}; the process runs on here"));
+    }
     if matches!(e, Error::Io { .. } | Error::Net(_)) {
         let _ = c.s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = Vec::new();

@@ -87,25 +87,81 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
     Ok(())
 }
 
-/// Writes the image as Data frames of up to CHUNK bytes.
-pub struct FrameWriter<'a, S: Read + Write> {
-    pub c: &'a mut Conn<S>,
+/// Writes the image as Data frames of up to CHUNK bytes. The tagging and sending happen on a
+/// scoped thread of their own, so that they overlap with reading the process's memory;
+/// `finish` waits for it and gives the connection back.
+pub struct FrameWriter<'scope, S: Read + Write + Send> {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pub bytes: u64,
+    thread: Option<std::thread::ScopedJoinHandle<'scope, (&'scope mut Conn<S>, Option<NetError>)>>,
+    /// What the peer said when a send failed (an Error frame it sent before closing).
+    pub peer_said: std::sync::Arc<std::sync::Mutex<Option<NetError>>>,
 }
 
-impl<'a, S: Read + Write> FrameWriter<'a, S> {
-    pub fn new(c: &'a mut Conn<S>) -> Self {
-        FrameWriter { c, buf: Vec::with_capacity(super::CHUNK), bytes: 0 }
+impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
+    pub fn new<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, c: &'scope mut Conn<S>) -> Self {
+        use std::sync::mpsc::sync_channel;
+        let (tx, rx) = sync_channel::<Vec<u8>>(2);
+        let (back, spare) = sync_channel::<Vec<u8>>(4);
+        let peer_said = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let said = peer_said.clone();
+        let thread = scope.spawn(move || {
+            for mut buf in rx {
+                if let Err(e) = c.send(Kind::Data, &buf) {
+                    // The peer may have refused and closed: its reason beats "broken pipe".
+                    if let Ok(mut s) = said.lock() {
+                        *s = fetch_error(c);
+                    }
+                    return (c, Some(e));
+                }
+                buf.clear();
+                let _ = back.try_send(buf);
+            }
+            (c, None)
+        });
+        FrameWriter {
+            tx: Some(tx),
+            spare,
+            buf: Vec::with_capacity(super::CHUNK),
+            bytes: 0,
+            thread: Some(thread),
+            peer_said,
+        }
     }
 
     fn send_buf(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.c.send(Kind::Data, &self.buf).map_err(to_io)?;
-            self.bytes += self.buf.len() as u64;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(super::CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.bytes += full.len() as u64;
+        let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("frame writer finished"))?;
+        tx.send(full).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the destination failed"))
+    }
+
+    /// Sends what is buffered, waits for the sending thread and returns the connection and the
+    /// number of image bytes sent.
+    pub fn finish(mut self) -> Result<(&'scope mut Conn<S>, u64)> {
+        self.send_buf().map_err(NetError::Io)?;
+        drop(self.tx.take());
+        let t = self.thread.take().ok_or_else(|| NetError::Protocol("frame writer finished twice".into()))?;
+        match t.join() {
+            Ok((c, None)) => Ok((c, self.bytes)),
+            Ok((_, Some(e))) => Err(e),
+            Err(_) => Err(NetError::Protocol("the frame sender panicked".into())),
+        }
+    }
+}
+
+/// After a failed send: an Error frame the peer sent before closing, if one is there.
+fn fetch_error<S: Read + Write>(c: &mut Conn<S>) -> Option<NetError> {
+    let mut buf = Vec::new();
+    match c.recv(&mut buf) {
+        Err(e @ NetError::Remote(..)) => Some(e),
+        _ => None,
     }
 }
 
@@ -116,7 +172,7 @@ fn to_io(e: NetError) -> io::Error {
     }
 }
 
-impl<S: Read + Write> Write for FrameWriter<'_, S> {
+impl<S: Read + Write + Send> Write for FrameWriter<'_, S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = super::CHUNK - self.buf.len();
         let n = data.len().min(room);
