@@ -549,3 +549,81 @@ fn a_link_down_mid_transfer_leaves_the_source_running() {
     assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
     let _ = src.kill();
 }
+
+/// A restartd without a key serves only its own node, and restores only processes of the
+/// local user at the other end of the connection: nobody may not send root's image.
+#[test]
+fn a_keyless_restartd_restores_only_the_connecting_users_processes() {
+    if !is_root() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let dir = tmpdir("mig-keyless");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // An image of root's process, readable by nobody.
+    let log = dir.join("log");
+    let mut c = Command::new(target("migrant"));
+    c.args([log.to_str().unwrap(), "4"]).stdin(Stdio::null()).stdout(Stdio::null());
+    close_extra_fds(&mut c);
+    let mut src = Reap(c.spawn().unwrap());
+    log_line(&log, "ready", 0);
+    let img = dir.join("root.crf");
+    ckpt(&["-o", img.to_str().unwrap(), &src.0.id().to_string()]);
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut d = Command::new(crs());
+    d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--allow-root"]).stderr(Stdio::piped());
+    close_extra_fds(&mut d);
+    let mut daemon = Reap(d.spawn().unwrap());
+    watch(&mut daemon.0, "listening", "restartd");
+
+    // The keyless protocol by hand: Hello, the image as Data frames, End; print the answer.
+    let client = r#"
+import os, socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def send(t, p): s.sendall(struct.pack("<BI", t, len(p)) + p)
+def recv():
+    h = b""
+    while len(h) < 5:
+        c = s.recv(5 - len(h))
+        if not c: return None, b""
+        h += c
+    t, n = struct.unpack("<BI", h); p = b""
+    while len(p) < n: p += s.recv(n - len(p))
+    return t, p
+send(1, b"CRSM" + struct.pack("<II", 1, 0) + os.urandom(32))
+print("hello", recv()[0])
+data = open(sys.argv[2], "rb").read()
+try:
+    for i in range(0, len(data), 1 << 20): send(4, data[i:i + (1 << 20)])
+    send(5, b"")
+except OSError: pass
+t, p = recv()
+print("answer", t, p[4:].decode(errors="replace"))
+"#;
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+            &port.to_string(),
+            img.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("answer 10") && out.contains("connecting user's processes (uid 65534)"),
+        "{out} {}",
+        stderr(&o)
+    );
+    // Root's process runs on, untouched, and no copy of it was made.
+    assert!(!gone(&mut src.0));
+    assert_eq!(lines(&log), 1, "a copy ran: {}", std::fs::read_to_string(&log).unwrap());
+}
