@@ -627,3 +627,49 @@ print("answer", t, p[4:].decode(errors="replace"))
     assert!(!gone(&mut src.0));
     assert_eq!(lines(&log), 1, "a copy ran: {}", std::fs::read_to_string(&log).unwrap());
 }
+
+/// restartd -i as systemd starts it for each connection of a socket unit with Accept=yes
+/// (systemd-socket-activate --inetd does the same as the unit in contrib/).
+#[test]
+fn through_systemd_socket_activation() {
+    let tool = "/usr/bin/systemd-socket-activate";
+    if !is_root() || !Path::new(tool).exists() {
+        eprintln!("skipped: needs root and systemd-socket-activate");
+        return;
+    }
+    let dir = tmpdir("mig-systemd");
+    let key = keyfile(&dir, "key");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut a = Command::new(tool);
+    a.args([
+        "-l",
+        &format!("127.0.0.1:{port}"),
+        "--inetd",
+        "-a",
+        crs(),
+        "restartd",
+        "-i",
+        "--key",
+        &key,
+        "--allow-root",
+    ]);
+    a.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    close_extra_fds(&mut a);
+    let mut act = Reap(a.spawn().unwrap());
+    watch(&mut act.0, "Listening on", "socket-activate");
+
+    let log = dir.join("log");
+    let mut c = Command::new(target("migrant"));
+    c.args([log.to_str().unwrap(), "8"]).stdin(Stdio::null()).stdout(Stdio::null());
+    close_extra_fds(&mut c);
+    let mut src = Reap(c.spawn().unwrap());
+    log_line(&log, "ready", 0);
+    let o = run(&["migrate", "--key", &key, &src.0.id().to_string(), &format!("127.0.0.1:{port}")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(gone(&mut src.0));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let v = check(new, &log);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(new, libc::SIGKILL) };
+    assert!(v.starts_with("ok") && v.contains("check=1"), "{v}");
+}
