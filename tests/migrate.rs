@@ -166,6 +166,23 @@ fn migrant(n: &Nodes, dir: &Path, mib: &str) -> (Child, PathBuf, i32) {
     (child, log, pid)
 }
 
+/// Starts the migrant on this node (no namespace), reaped by the test; waits until it is ready.
+fn local_migrant(log: &Path, mib: &str) -> Reap {
+    let mut c = Command::new(target("migrant"));
+    c.args([log.to_str().unwrap(), mib]).stdin(Stdio::null()).stdout(Stdio::null());
+    close_extra_fds(&mut c);
+    let src = Reap(c.spawn().unwrap());
+    log_line(log, "ready", 0);
+    src
+}
+
+/// A failed migration must leave the source running at node a, its state intact.
+fn still_runs_at_source(n: &Nodes, src: &mut Child, pid: i32, log: &Path, why: &str) {
+    assert!(!gone(src), "{why}: the source is gone");
+    let v = check(pid, log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{why}: {v}");
+}
+
 /// Asks `pid` to check itself; returns its verdict line.
 fn check(pid: i32, log: &Path) -> String {
     let before = lines(log);
@@ -253,9 +270,7 @@ fn refusals_leave_the_source_running() {
         assert_eq!(o.status.code(), Some(7), "{daemon:?} {client:?}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(e.contains(why) && e.lines().count() == 1, "{daemon:?} {client:?}: {e:?} lacks {why:?}");
-        assert!(!gone(&mut src));
-        let v = check(pid, &log);
-        assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{why}: {v}");
+        still_runs_at_source(&n, &mut src, pid, &log, why);
         drop(d);
     }
     let _ = src.kill();
@@ -290,9 +305,7 @@ fn a_dead_destination_leaves_the_source_running() {
     let o = m.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(stderr(&o).contains("runs on here"), "{}", stderr(&o));
-    assert!(!gone(&mut src));
-    let v = check(pid, &log);
-    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    still_runs_at_source(&n, &mut src, pid, &log, "");
     let _ = src.kill();
 }
 
@@ -422,11 +435,7 @@ fn tampered_and_replayed_streams_are_refused() {
     let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let log = dir.join("log");
-    let mut c = Command::new(target("migrant"));
-    c.args([log.to_str().unwrap(), "4"]).stdin(Stdio::null()).stdout(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut src = Reap(c.spawn().unwrap());
-    log_line(&log, "ready", 0);
+    let mut src = local_migrant(&log, "4");
     let pid = src.0.id() as i32;
 
     // 1. One bit flipped in the middle of the image.
@@ -479,11 +488,7 @@ fn through_inetd() {
     watch(&mut inetd.0, "ADD", "inetd");
 
     let log = dir.join("log");
-    let mut c = Command::new(target("migrant"));
-    c.args([log.to_str().unwrap(), "8"]).stdin(Stdio::null()).stdout(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut src = Reap(c.spawn().unwrap());
-    log_line(&log, "ready", 0);
+    let mut src = local_migrant(&log, "8");
     let pid = src.0.id() as i32;
     let o = run(&["migrate", "--key", &key, &pid.to_string(), &format!("127.0.0.1:{port}")]);
     drop(inetd);
@@ -521,9 +526,7 @@ fn a_restore_failing_at_the_destination_leaves_the_source_running() {
     let _ = d.wait();
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(stderr(&o).contains("RestoreFailed") && stderr(&o).contains("log"), "{}", stderr(&o));
-    assert!(!gone(&mut src));
-    let v = check(pid, &log);
-    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    still_runs_at_source(&n, &mut src, pid, &log, "");
     let _ = src.kill();
 }
 
@@ -544,9 +547,7 @@ fn a_link_down_mid_transfer_leaves_the_source_running() {
     ip(&["-n", &n.a, "link", "set", &n.veth_a, "down"]);
     let o = m.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    assert!(!gone(&mut src));
-    let v = check(pid, &log);
-    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.a)), "{v}");
+    still_runs_at_source(&n, &mut src, pid, &log, "");
     let _ = src.kill();
 }
 
@@ -562,11 +563,7 @@ fn a_keyless_restartd_restores_only_the_connecting_users_processes() {
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // An image of root's process, readable by nobody.
     let log = dir.join("log");
-    let mut c = Command::new(target("migrant"));
-    c.args([log.to_str().unwrap(), "4"]).stdin(Stdio::null()).stdout(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut src = Reap(c.spawn().unwrap());
-    log_line(&log, "ready", 0);
+    let mut src = local_migrant(&log, "4");
     let img = dir.join("root.crf");
     ckpt(&["-o", img.to_str().unwrap(), &src.0.id().to_string()]);
     std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -659,11 +656,7 @@ fn through_systemd_socket_activation() {
     watch(&mut act.0, "Listening on", "socket-activate");
 
     let log = dir.join("log");
-    let mut c = Command::new(target("migrant"));
-    c.args([log.to_str().unwrap(), "8"]).stdin(Stdio::null()).stdout(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut src = Reap(c.spawn().unwrap());
-    log_line(&log, "ready", 0);
+    let mut src = local_migrant(&log, "8");
     let o = run(&["migrate", "--key", &key, &src.0.id().to_string(), &format!("127.0.0.1:{port}")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(gone(&mut src.0));
