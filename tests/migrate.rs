@@ -589,7 +589,7 @@ def recv():
     t, n = struct.unpack("<BI", h); p = b""
     while len(p) < n: p += s.recv(n - len(p))
     return t, p
-send(1, b"CRSM" + struct.pack("<II", 1, 0) + os.urandom(32))
+send(1, b"CRSM" + struct.pack("<II", int(sys.argv[3]), 0) + os.urandom(32))
 print("hello", recv()[0])
 data = open(sys.argv[2], "rb").read()
 try:
@@ -611,6 +611,7 @@ print("answer", t, p[4:].decode(errors="replace"))
             client,
             &port.to_string(),
             img.to_str().unwrap(),
+            &crs::net::PROTOCOL_VERSION.to_string(),
         ])
         .output()
         .unwrap();

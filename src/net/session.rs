@@ -87,7 +87,7 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
     Ok(())
 }
 
-/// Writes the image as Data frames of up to CHUNK bytes. The tagging and sending happen on a
+/// Writes the image as Data frames of up to CHUNK bytes. The sealing and sending happen on a
 /// scoped thread of their own, so that they overlap with reading the process's memory;
 /// `finish` waits for it and gives the connection back.
 pub struct FrameWriter<'scope, S: Read + Write + Send> {
@@ -109,7 +109,7 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
         let said = peer_said.clone();
         let thread = scope.spawn(move || {
             for mut buf in rx {
-                if let Err(e) = c.send(Kind::Data, &buf) {
+                if let Err(e) = c.send_in_place(Kind::Data, &mut buf) {
                     // The peer may have refused and closed: its reason beats "broken pipe".
                     if let Ok(mut s) = said.lock() {
                         *s = fetch_error(c);
@@ -188,7 +188,7 @@ impl<S: Read + Write + Send> Write for FrameWriter<'_, S> {
     }
 }
 
-/// Receives the image's Data frames on a thread of its own, which authenticates them, so that
+/// Receives the image's Data frames on a thread of its own, which opens them, so that
 /// the network and the restore overlap; hands the bytes on in order. `finish` gives the
 /// connection back for the rest of the session.
 pub struct FrameStream<S: Read + Write + Send + 'static> {
