@@ -15,8 +15,12 @@ fn start(args: &[&str], dir: &Path) -> support::Proc {
 
 /// Starts the target, checkpoints it with -k (asserting it died), returns the image path.
 fn checkpoint(dir: &Path) -> String {
+    checkpoint_with(&[], dir)
+}
+
+fn checkpoint_with(args: &[&str], dir: &Path) -> String {
     let img = dir.join("signals.crf").to_str().unwrap().to_string();
-    let mut p = start(&[], dir);
+    let mut p = start(args, dir);
     support::ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     let st = p.wait();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "ckpt -k did not kill the target: {st:?}");
@@ -60,6 +64,18 @@ fn control_without_checkpoint() {
 fn handlers_masks_and_altstack_survive() {
     let dir = support::tmpdir("signals-state");
     let img = checkpoint(&dir);
+    let mut r = support::rstrt(&[&img]);
+    check(&mut r);
+}
+
+#[test]
+fn no_alternate_stack_stays_none() {
+    // rstrt itself has an alternate stack (Rust's, for stack overflows) that its child
+    // inherits: a process that had none must not get it, or SA_ONSTACK runs on rstrt's.
+    let dir = support::tmpdir("signals-noalt");
+    let mut p = start(&["noalt"], &dir);
+    check(&mut p);
+    let img = checkpoint_with(&["noalt"], &dir);
     let mut r = support::rstrt(&[&img]);
     check(&mut r);
 }

@@ -235,6 +235,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.files.len()
     );
 
+    let inherited = Signals::own();
     let (pid, pid_note) = spawn_child(st.head.pid, opts.require_pid)?;
     let mut early = ChildGuard { pid, armed: true };
     let t = Tracee::adopt_child(pid)?;
@@ -261,15 +262,18 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.scratch = Scratch { addr: g + PAGE_SIZE as u64, len: (glen as usize) - PAGE_SIZE };
     avoid.push((g, g + glen));
 
-    // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping.
+    // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping, one
+    //    munmap for each stretch between what stays (each remote call costs two context
+    //    switches, which a busy node makes slow).
     if let Some(r) = inherited_rseq {
         task::unregister_rseq(&mut c, r)?;
     }
-    for m in &child_maps {
-        if m.name == "[vdso]" || m.name.starts_with("[vvar") || m.name == "[vsyscall]" {
-            continue;
-        }
-        c.r.call(libc::SYS_munmap, [m.start, m.len(), 0, 0, 0, 0], "munmap", &format!("{:#x}-{:#x}", m.start, m.end))?;
+    let special = |m: &MapEntry| m.name == "[vdso]" || m.name.starts_with("[vvar") || m.name == "[vsyscall]";
+    let keep: Vec<(u64, u64)> =
+        child_maps.iter().filter(|m| special(m)).map(|m| (m.start, m.end)).chain([(g, g + glen)]).collect();
+    let used: Vec<(u64, u64)> = child_maps.iter().filter(|m| !special(m)).map(|m| (m.start, m.end)).collect();
+    for (start, end) in stretches(&used, &keep) {
+        c.r.call(libc::SYS_munmap, [start, end - start, 0, 0, 0, 0], "munmap", &format!("{start:#x}-{end:#x}"))?;
     }
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
 
@@ -325,7 +329,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let exe_set = st.mm.restore(&mut c)?;
     files::restore(&mut c, &st.files, opts.null_stdio)?;
     cwd::restore(&mut c, &st.cwd)?;
-    st.signals.restore(&mut c)?;
+    st.signals.restore(&mut c, &inherited)?;
     if opts.detach {
         c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
     }
@@ -420,6 +424,27 @@ fn write_batch(pid: i32, targets: &[(u64, usize, usize)], data: &[u8]) -> Result
         i = j;
     }
     Ok(())
+}
+
+/// The fewest ranges that cover every range of `used` and nothing of `keep` (disjoint ranges of
+/// one process's mappings, in any order).
+fn stretches(used: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut used = used.to_vec();
+    used.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in used {
+        // Merge with the previous stretch unless something to keep lies between them.
+        if let Some(last) = out.last_mut()
+            && !keep.iter().any(|&(ks, ke)| ks < s && ke > last.1)
+        {
+            last.1 = last.1.max(e);
+            continue;
+        }
+        out.push((s, e));
+    }
+    out
 }
 
 /// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
@@ -573,6 +598,15 @@ fn child_stop(parent: libc::c_long) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stretches_go_around_what_stays() {
+        let used = [(0x1000, 0x2000), (0x3000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)];
+        let keep = [(0x6000, 0x7000), (0xb000, 0xc000)];
+        assert_eq!(stretches(&used, &keep), vec![(0x1000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)]);
+        assert_eq!(stretches(&used, &[]), vec![(0x1000, 0xd000)]);
+        assert_eq!(stretches(&[], &keep), vec![]);
+    }
 
     #[test]
     fn free_gap() {

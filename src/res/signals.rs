@@ -83,12 +83,41 @@ impl Signals {
         Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
     }
 
-    /// Installs handlers and the alternate stack (the mask is set last, by ptrace).
-    pub fn restore(&self, c: &mut Ctl) -> Result<()> {
+    /// This process's own handlers and alternate stack, which a child it clones inherits.
+    pub fn own() -> Signals {
+        let mut actions = Vec::with_capacity(NSIG);
+        for sig in 1..=NSIG {
+            let mut k = [0u64; 4];
+            // SAFETY: with a null new action, rt_sigaction only writes the current one (handler,
+            // flags, restorer, 8-byte mask: 32 bytes) into `k`.
+            let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u8>(), k.as_mut_ptr(), 8) };
+            // A signal we cannot ask about is set in the child whatever it holds.
+            let a = if r == 0 {
+                SigAction { handler: k[0], flags: k[1], restorer: k[2], mask: k[3] }
+            } else {
+                SigAction { handler: u64::MAX, ..Default::default() }
+            };
+            actions.push(a);
+        }
+        let mut st = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        // SAFETY: sigaltstack with a null new stack only writes the current one into `st`.
+        unsafe { libc::sigaltstack(std::ptr::null(), &mut st) };
+        Signals {
+            actions,
+            blocked: 0,
+            altstack_sp: st.ss_sp as u64,
+            altstack_flags: st.ss_flags as u32,
+            altstack_size: st.ss_size as u64,
+        }
+    }
+
+    /// Installs handlers and the alternate stack (the mask is set last, by ptrace) in a child
+    /// that inherited `from`: only what differs is set, each a remote syscall.
+    pub fn restore(&self, c: &mut Ctl, from: &Signals) -> Result<()> {
         let pid = c.pid();
         for (i, a) in self.actions.iter().enumerate() {
             let sig = i + 1;
-            if !settable(sig) {
+            if !settable(sig) || from.actions.get(i) == Some(a) {
                 continue;
             }
             let mut e = Enc::new();
@@ -96,9 +125,11 @@ impl Signals {
             let p = c.scratch.put(pid, 0, e.as_slice())?;
             c.r.call(libc::SYS_rt_sigaction, [sig as u64, p, 0, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
         }
-        // SS_DISABLE is the default; SS_ONSTACK is a state, not a setting.
+        // SS_ONSTACK is a state, not a setting. The inherited stack (our own) must not stay
+        // when the process had none: a handler with SA_ONSTACK would run on it.
         let flags = self.altstack_flags & !(libc::SS_ONSTACK as u32);
-        if flags & libc::SS_DISABLE as u32 == 0 {
+        let disabled = |f: u32| f & libc::SS_DISABLE as u32 != 0;
+        if !disabled(flags) || !disabled(from.altstack_flags) {
             let mut e = Enc::new();
             e.u64(self.altstack_sp).u64(flags as u64).u64(self.altstack_size);
             let p = c.scratch.put(pid, 0, e.as_slice())?;

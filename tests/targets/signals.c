@@ -3,7 +3,9 @@
  *
  * Sets up: SIGUSR1 -> usr1 (SA_SIGINFO|SA_ONSTACK, sa_mask {SIGTERM}); SIGUSR2 -> usr2
  * (SA_RESTART|SA_NODEFER, empty mask); SIGPIPE ignored; SIGHUP blocked; a 64 KiB alternate
- * stack on a malloc'd buffer. Prints "ready", then reads commands from stdin, one a line:
+ * stack on a malloc'd buffer -- or, with the argument "noalt", no alternate stack at all, so
+ * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack. Prints "ready", then reads
+ * commands from stdin, one a line:
  *   check  verify everything, raise the signals, print "ok signals" or "FAIL: <what>" and exit
  *          (status 0 only for ok)
  *   pid    print "pid N" (getpid())
@@ -34,6 +36,7 @@ struct ksigaction {
 };
 
 static char *altbuf;
+static int noalt;
 static struct ksigaction before[NSIGS + 1];
 static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad;
 
@@ -58,9 +61,11 @@ static void usr1(int sig, siginfo_t *si, void *uc) {
     (void)uc;
     if (sig != SIGUSR1 || si->si_signo != SIGUSR1)
         bad = "si_signo is not SIGUSR1";
-    else if (&here < altbuf || &here >= altbuf + ALTSZ)
+    else if (noalt && (sigaltstack(NULL, &ss) != 0 || ss.ss_flags != SS_DISABLE))
+        bad = "an alternate stack is set up in the handler, though the process never made one";
+    else if (!noalt && (&here < altbuf || &here >= altbuf + ALTSZ))
         bad = "handler does not run on the alternate stack";
-    else if (sigaltstack(NULL, &ss) != 0 || !(ss.ss_flags & SS_ONSTACK))
+    else if (!noalt && (sigaltstack(NULL, &ss) != 0 || !(ss.ss_flags & SS_ONSTACK)))
         bad = "sigaltstack does not report SS_ONSTACK in the handler";
     else if (sigprocmask(SIG_BLOCK, NULL, &cur) != 0)
         bad = "sigprocmask failed in the handler";
@@ -166,7 +171,10 @@ static void check(void) {
 
     if (sigaltstack(NULL, &ss) != 0)
         FAILF("sigaltstack query failed");
-    else if (ss.ss_sp != altbuf || ss.ss_size != ALTSZ || ss.ss_flags != 0)
+    else if (noalt && ss.ss_flags != SS_DISABLE)
+        FAILF("sigaltstack is sp %p size %zu flags %#x, expected none (SS_DISABLE)", ss.ss_sp,
+              ss.ss_size, ss.ss_flags);
+    else if (!noalt && (ss.ss_sp != altbuf || ss.ss_size != ALTSZ || ss.ss_flags != 0))
         FAILF("sigaltstack is sp %p size %zu flags %#x, expected %p %d 0", ss.ss_sp, ss.ss_size,
               ss.ss_flags, (void *)altbuf, ALTSZ);
 
@@ -216,16 +224,17 @@ static int get_line(char *buf, size_t size) {
     return 1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     struct sigaction sa;
     stack_t ss;
     sigset_t set;
 
+    noalt = argc > 1 && !strcmp(argv[1], "noalt");
     altbuf = malloc(ALTSZ);
     ss.ss_sp = altbuf;
     ss.ss_size = ALTSZ;
     ss.ss_flags = 0;
-    if (!altbuf || sigaltstack(&ss, NULL) != 0) {
+    if (!altbuf || (!noalt && sigaltstack(&ss, NULL) != 0)) {
         perror("sigaltstack");
         return 2;
     }
