@@ -303,30 +303,24 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     fr.tee = tee;
     let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
     let who_cell = std::cell::RefCell::new(String::new());
-    let r = crate::engine::restore::restore_checked(
-        crate::crf::Stream(std::io::BufReader::with_capacity(1 << 20, &mut fr)),
-        &opts,
-        &|h| {
-            *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
-            if cfg.key.is_none() {
-                match local_uid {
-                    Some(0) => {}
-                    Some(u) if h.uids.iter().all(|&x| x == u) => {}
-                    Some(u) => {
-                        let msg =
-                            format!("a restartd without a key restores only the connecting user's processes (uid {u})");
-                        return Err(Error::Permission(msg));
-                    }
-                    None => {
-                        return Err(Error::Permission(
-                            "cannot tell which local user connects; give restartd a key".into(),
-                        ));
-                    }
+    let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
+        *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
+        if cfg.key.is_none() {
+            match local_uid {
+                Some(0) => {}
+                Some(u) if h.uids.iter().all(|&x| x == u) => {}
+                Some(u) => {
+                    let msg =
+                        format!("a restartd without a key restores only the connecting user's processes (uid {u})");
+                    return Err(Error::Permission(msg));
+                }
+                None => {
+                    return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
                 }
             }
-            policy(cfg, h)
-        },
-    );
+        }
+        policy(cfg, h)
+    });
     let who = who_cell.into_inner();
     // The image reader stops at the trailer; the End frame follows it.
     let drained = match &r {

@@ -164,6 +164,11 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Pushes what is written on to the reader (a frame to restartd, a pipe to rstrt).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Writes the trailer and flushes; returns the inner writer and the image size in bytes.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         let mut e = Enc::new();
@@ -187,22 +192,23 @@ fn section_header(tag: u32, flags: u32, len: u64, crc: u32) -> [u8; SECTION_HEAD
     h
 }
 
-/// Where an image is read from: any stream, or bytes already in memory (a mapped image file),
-/// from which page data is borrowed instead of copied.
+/// Where an image is read from: any stream, or bytes already in memory (a mapped image file,
+/// a received frame), from which page data is borrowed instead of copied.
 pub trait Input: Read {
-    /// True if `borrow` works: the whole image is in memory.
-    fn in_memory(&self) -> bool {
-        false
+    /// Whether the next `n` bytes are in memory in one piece, so that `borrow` can hand them
+    /// out. It may read ahead to find out (the next frame of a network stream).
+    fn can_borrow(&mut self, _n: usize) -> io::Result<bool> {
+        Ok(false)
     }
-    /// The next `n` bytes, consumed without a copy (in-memory inputs only).
+    /// The next `n` bytes, consumed without a copy, once `can_borrow(n)` said yes.
     fn borrow(&mut self, _n: usize) -> Option<&[u8]> {
         None
     }
 }
 
 impl Input for &[u8] {
-    fn in_memory(&self) -> bool {
-        true
+    fn can_borrow(&mut self, n: usize) -> io::Result<bool> {
+        Ok(n <= self.len())
     }
     fn borrow(&mut self, n: usize) -> Option<&[u8]> {
         let all: &[u8] = self;
@@ -212,6 +218,15 @@ impl Input for &[u8] {
         let (head, tail) = all.split_at(n);
         *self = tail;
         Some(head)
+    }
+}
+
+impl<T: Input + ?Sized> Input for &mut T {
+    fn can_borrow(&mut self, n: usize) -> io::Result<bool> {
+        (**self).can_borrow(n)
+    }
+    fn borrow(&mut self, n: usize) -> Option<&[u8]> {
+        (**self).borrow(n)
     }
 }
 
@@ -340,16 +355,16 @@ impl<R: Input> Reader<R> {
         Ok(buf)
     }
 
-    /// The next `n` payload bytes: borrowed from an in-memory image, otherwise read into `buf`.
+    /// The next `n` payload bytes: borrowed where the input holds them in memory, otherwise
+    /// read into `buf`.
     pub fn data<'b>(&'b mut self, buf: &'b mut [u8], n: usize, what: &str) -> Result<&'b [u8]> {
-        if self.inp.in_memory() {
-            let at = self.offset;
-            let s = self
+        let at = self.offset;
+        if self.inp.can_borrow(n).map_err(CrfError::Io)? {
+            self.offset += n as u64;
+            return self
                 .inp
                 .borrow(n)
-                .ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") })?;
-            self.offset += n as u64;
-            return Ok(s);
+                .ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") });
         }
         let buf = &mut buf[..n];
         self.read_exact_at(buf, what)?;

@@ -287,6 +287,9 @@ fn frozen_work<W: Write>(
     w.section(Tag::Files, 0, &[&files::encode(&fds)]).map_err(io)?;
     w.section(Tag::MmStruct, 0, &[&mm.encode()]).map_err(io)?;
     w.section(Tag::Vmas, 0, &[&memory::encode_vmas(&vmas)]).map_err(io)?;
+    // A reader restoring from a stream can check the image's header, create the process and
+    // lay out its mappings while we read its pages.
+    w.flush().map_err(io)?;
     let pages = memory::dump_pages(pid, &vmas, &mut w)?;
     let regs = RegState { gpr: image_regs, xsave };
     w.section(Tag::Regs, 0, &[&regs.encode()]).map_err(io)?;

@@ -29,9 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
-/// Largest frame payload accepted (image data is sent in 1 MiB chunks).
+/// Largest frame payload accepted.
 pub const MAX_FRAME: u32 = 4 << 20;
-pub const CHUNK: usize = 1 << 20;
+/// A Data frame is sent once it holds this much (a batch of pages as ckpt writes them, with
+/// its header); it grows to MAX_FRAME rather than split a write.
+pub const FRAME: usize = 1 << 20;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -243,35 +245,40 @@ impl<S: Read + Write> Conn<S> {
     /// Receives one frame into `buf` (resized); returns its kind. The tag is checked before the
     /// payload is returned, so nothing unauthenticated is ever acted upon.
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<Kind> {
+        let (kind, len) = self.recv_into(buf)?;
+        buf.truncate(len);
+        Ok(kind)
+    }
+
+    /// Receives one frame into the start of `buf`, which only ever grows (a buffer reused for
+    /// frames of all sizes is not cleared again for each); returns its kind and length.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<(Kind, usize)> {
         let mut hdr = [0u8; 5];
         self.s.read_exact(&mut hdr)?;
         let len = u32::from_le_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
         if len > MAX_FRAME as usize {
             return Err(NetError::Protocol(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
         }
-        match &self.keys {
-            Some(k) => {
-                buf.resize(len + TAG_LEN, 0);
-                self.s.read_exact(buf)?;
-                if k.open.open_in_place(nonce(self.recvd), Aad::from(hdr), buf).is_err() {
-                    return Err(NetError::BadTag(self.recvd));
-                }
-                buf.truncate(len);
-            }
-            None => {
-                buf.resize(len, 0);
-                self.s.read_exact(buf)?;
-            }
+        let wire = len + if self.keys.is_some() { TAG_LEN } else { 0 };
+        if buf.len() < wire {
+            buf.resize(wire, 0);
+        }
+        let frame = &mut buf[..wire];
+        self.s.read_exact(frame)?;
+        if let Some(k) = &self.keys
+            && k.open.open_in_place(nonce(self.recvd), Aad::from(hdr), frame).is_err()
+        {
+            return Err(NetError::BadTag(self.recvd));
         }
         self.recvd += 1;
         let kind =
             Kind::from_u8(hdr[0]).ok_or_else(|| NetError::Protocol(format!("unknown message type {}", hdr[0])))?;
         if kind == Kind::Error {
             let code = buf.get(0..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            let text = String::from_utf8_lossy(buf.get(4..).unwrap_or(&[])).into_owned();
+            let text = String::from_utf8_lossy(buf.get(4..len).unwrap_or(&[])).into_owned();
             return Err(NetError::Remote(Code::from_u32(code), text));
         }
-        Ok(kind)
+        Ok((kind, len))
     }
 
     /// Receives a frame that must be of kind `want`.

@@ -87,9 +87,14 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
     Ok(())
 }
 
-/// Writes the image as Data frames of up to CHUNK bytes. The sealing and sending happen on a
-/// scoped thread of their own, so that they overlap with reading the process's memory;
-/// `finish` waits for it and gives the connection back.
+/// Writes the image as Data frames of FRAME bytes or a little more. A write that fits in a frame
+/// (MAX_FRAME) is never split across two, so each batch of pages travels in one frame and
+/// restartd restores it from the frame it arrived in. The sealing and sending happen on a scoped thread of their own, so
+/// that they overlap with reading the process's memory; `finish` waits for it and gives the
+/// connection back.
+/// A frame buffer's capacity: a batch of pages with its section header and run table.
+const FRAME_ROOM: usize = super::FRAME + (64 << 10);
+
 pub struct FrameWriter<'scope, S: Read + Write + Send> {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -124,7 +129,7 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
         FrameWriter {
             tx: Some(tx),
             spare,
-            buf: Vec::with_capacity(super::CHUNK),
+            buf: Vec::with_capacity(FRAME_ROOM),
             bytes: 0,
             thread: Some(thread),
             peer_said,
@@ -135,7 +140,7 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(super::CHUNK));
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(FRAME_ROOM));
         let full = std::mem::replace(&mut self.buf, next);
         self.bytes += full.len() as u64;
         let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("frame writer finished"))?;
@@ -174,10 +179,13 @@ fn to_io(e: NetError) -> io::Error {
 
 impl<S: Read + Write + Send> Write for FrameWriter<'_, S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = super::CHUNK - self.buf.len();
-        let n = data.len().min(room);
+        let max = super::MAX_FRAME as usize;
+        if self.buf.len() + data.len() > max {
+            self.send_buf()?;
+        }
+        let n = data.len().min(max - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == super::CHUNK {
+        if self.buf.len() >= super::FRAME {
             self.send_buf()?;
         }
         Ok(n)
@@ -189,12 +197,16 @@ impl<S: Read + Write + Send> Write for FrameWriter<'_, S> {
 }
 
 /// Receives the image's Data frames on a thread of its own, which opens them, so that
-/// the network and the restore overlap; hands the bytes on in order. `finish` gives the
-/// connection back for the rest of the session.
+/// the network and the restore overlap; hands the bytes on in order, and lends out what lies
+/// whole in one frame (a batch of pages) without a copy. `finish` gives the connection back
+/// for the rest of the session.
 pub struct FrameStream<S: Read + Write + Send + 'static> {
-    rx: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    /// Frames as they arrive: a buffer and the length of its payload (0: the End frame).
+    rx: std::sync::mpsc::Receiver<Result<(Vec<u8>, usize)>>,
+    /// Buffers going back to the receiving thread.
     back: std::sync::mpsc::SyncSender<Vec<u8>>,
     cur: Vec<u8>,
+    end: usize,
     pos: usize,
     done: bool,
     pub bytes: u64,
@@ -206,22 +218,39 @@ pub struct FrameStream<S: Read + Write + Send + 'static> {
     thread: Option<std::thread::JoinHandle<Conn<S>>>,
 }
 
+/// Frame buffers in use by one stream (of about 1 MiB each): two queued, one arriving, one
+/// being restored from.
+const POOL: usize = 4;
+
 impl<S: Read + Write + Send + 'static> FrameStream<S> {
     pub fn start(mut c: Conn<S>, limit: u64) -> Self {
         use std::sync::mpsc::sync_channel;
-        let (tx, rx) = sync_channel::<Result<Vec<u8>>>(4);
-        let (back, spare) = sync_channel::<Vec<u8>>(8);
+        let (tx, rx) = sync_channel::<Result<(Vec<u8>, usize)>>(POOL - 2);
+        let (back, spare) = sync_channel::<Vec<u8>>(POOL);
         let thread = std::thread::spawn(move || {
+            let mut made = 0;
             loop {
-                let mut buf = spare.try_recv().unwrap_or_default();
-                let item = match c.recv(&mut buf) {
-                    Ok(Kind::Data) if buf.is_empty() => continue,
-                    Ok(Kind::Data) => Ok(buf),
-                    Ok(Kind::End) => Ok(Vec::new()),
-                    Ok(k) => Err(NetError::Protocol(format!("expected image data, got {k:?}"))),
-                    Err(e) => Err(e),
+                let mut buf = match spare.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if made < POOL => {
+                        made += 1;
+                        Vec::new()
+                    }
+                    Err(_) => match spare.recv() {
+                        Ok(b) => b,
+                        Err(_) => return c,
+                    },
                 };
-                let last = !matches!(&item, Ok(b) if !b.is_empty());
+                let item = loop {
+                    break match c.recv_into(&mut buf) {
+                        Ok((Kind::Data, 0)) => continue,
+                        Ok((Kind::Data, n)) => Ok((buf, n)),
+                        Ok((Kind::End, _)) => Ok((buf, 0)),
+                        Ok((k, _)) => Err(NetError::Protocol(format!("expected image data, got {k:?}"))),
+                        Err(e) => Err(e),
+                    };
+                };
+                let last = !matches!(&item, Ok((_, n)) if *n > 0);
                 if tx.send(item).is_err() || last {
                     return c;
                 }
@@ -231,6 +260,7 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
             rx,
             back,
             cur: Vec::new(),
+            end: 0,
             pos: 0,
             done: false,
             bytes: 0,
@@ -243,35 +273,43 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
 
     /// Stops receiving (the thread ends at its next frame) and returns the connection.
     pub fn finish(mut self) -> Option<Conn<S>> {
+        use std::sync::mpsc::sync_channel;
         let t = self.thread.take()?;
-        // Dropping our ends lets a thread blocked on a full channel end.
-        drop(std::mem::replace(&mut self.rx, std::sync::mpsc::sync_channel(0).1));
+        // Dropping our ends lets a thread blocked on a full channel, or waiting for a buffer,
+        // end.
+        drop(std::mem::replace(&mut self.rx, sync_channel(0).1));
+        drop(std::mem::replace(&mut self.back, sync_channel(0).0));
         t.join().ok()
     }
-}
 
-impl<S: Read + Write + Send + 'static> Read for FrameStream<S> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
+    /// Makes the current frame hold unread bytes, waiting for the next frame if need be; false
+    /// at the end of the image.
+    fn fill(&mut self) -> io::Result<bool> {
+        while self.pos == self.end {
             if self.done {
-                return Ok(0);
+                return Ok(false);
             }
+            // The used buffer goes back first, for the receiving thread to take the next frame in.
+            let old = std::mem::take(&mut self.cur);
+            if old.capacity() > 0 {
+                let _ = self.back.try_send(old);
+            }
+            (self.pos, self.end) = (0, 0);
             let item = self.rx.recv().unwrap_or_else(|_| Err(NetError::Protocol("receiver stopped".into())));
             match item {
-                Ok(b) if b.is_empty() => self.done = true,
-                Ok(b) => {
-                    self.bytes += b.len() as u64;
+                Ok((_, 0)) => self.done = true,
+                Ok((b, n)) => {
+                    self.bytes += n as u64;
                     if self.bytes > self.limit {
                         let msg = format!("image exceeds the limit of {} bytes (--max-image-size)", self.limit);
                         self.failure = Some((Code::TooLarge, msg.clone()));
+                        self.done = true;
                         return Err(io::Error::other(msg));
                     }
                     if let Some(f) = &mut self.tee {
-                        f.write_all(&b)?;
+                        f.write_all(&b[..n])?;
                     }
-                    let old = std::mem::replace(&mut self.cur, b);
-                    let _ = self.back.try_send(old);
-                    self.pos = 0;
+                    (self.cur, self.end) = (b, n);
                 }
                 Err(e) => {
                     let code = if matches!(e, NetError::Io(_)) { Code::Timeout } else { Code::Protocol };
@@ -281,10 +319,32 @@ impl<S: Read + Write + Send + 'static> Read for FrameStream<S> {
                 }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
+        Ok(true)
+    }
+}
+
+impl<S: Read + Write + Send + 'static> Read for FrameStream<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.fill()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+impl<S: Read + Write + Send + 'static> crate::crf::Input for FrameStream<S> {
+    fn can_borrow(&mut self, n: usize) -> io::Result<bool> {
+        Ok(self.fill()? && self.end - self.pos >= n)
+    }
+
+    fn borrow(&mut self, n: usize) -> Option<&[u8]> {
+        let to = self.pos.checked_add(n).filter(|&t| t <= self.end)?;
+        let s = &self.cur[self.pos..to];
+        self.pos = to;
+        Some(s)
     }
 }
 
@@ -339,5 +399,84 @@ mod tests {
         assert!(c.is_ok() && s.is_ok());
         let (_, s) = pair(None, None, false);
         assert!(s.is_err());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::crf::pages::{self, Run};
+    use crate::crf::{PAGE_SIZE, Reader, Tag, Writer};
+    use crate::net::Side;
+    use std::os::unix::net::UnixStream;
+
+    /// An image of a header and three page batches of 1, 256 and 1024 pages.
+    fn batches() -> Vec<(Vec<Run>, Vec<u8>)> {
+        [1usize, 256, 1024]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let runs = vec![Run { addr: (i as u64 + 1) << 32, npages: n as u32, flags: 0 }];
+                let data = (0..n * PAGE_SIZE).map(|b| (b * 7 + i) as u8).collect();
+                (runs, data)
+            })
+            .collect()
+    }
+
+    fn write_image<W: Write>(out: W) -> W {
+        let mut w = Writer::new(out).unwrap();
+        w.section(Tag::Head, 0, &[b"head"]).unwrap();
+        for (runs, data) in batches() {
+            pages::write_batch(&mut w, &runs, &data).unwrap();
+        }
+        w.finish().unwrap().0
+    }
+
+    /// Receives the image from `b` and checks every batch against what was sent.
+    fn read_image(b: UnixStream) {
+        let mut c = Conn::new(b, Side::Server);
+        c.authenticate([5; 32]);
+        let mut fr = FrameStream::start(c, u64::MAX);
+        let mut r = Reader::new(&mut fr).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(r.payload(&s).unwrap(), b"head");
+        let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
+        for (runs, data) in batches() {
+            let s = r.next_section().unwrap().unwrap();
+            let b = pages::read_batch_header(&mut r, &s).unwrap();
+            assert_eq!(b.runs, runs);
+            assert!(b.data(&mut r, &mut buf).unwrap() == &data[..]);
+        }
+        assert!(r.next_section().unwrap().is_none() && r.complete());
+        assert!(fr.finish().is_some());
+    }
+
+    #[test]
+    fn image_through_frame_writer() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || read_image(b));
+        let mut c = Conn::new(a, Side::Client);
+        c.authenticate([5; 32]);
+        std::thread::scope(|s| {
+            let w = write_image(FrameWriter::new(s, &mut c));
+            let (c, _) = w.finish().unwrap();
+            c.send(Kind::End, &[]).unwrap();
+        });
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn image_split_anywhere() {
+        // Frames of odd sizes: batches straddle frames, and the reader copies them together.
+        let img = write_image(Vec::new());
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || read_image(b));
+        let mut c = Conn::new(a, Side::Client);
+        c.authenticate([5; 32]);
+        for part in img.chunks(333_331) {
+            c.send(Kind::Data, part).unwrap();
+        }
+        c.send(Kind::End, &[]).unwrap();
+        t.join().unwrap();
     }
 }

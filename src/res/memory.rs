@@ -4,7 +4,7 @@
 //! of this kernel are moved to where the process had them (same kernel build only).
 
 use super::fileid::FileId;
-use crate::crf::pages::{self, MAX_BATCH_PAGES, RUN_FILE_COPY, Run};
+use crate::crf::pages::{self, RUN_FILE_COPY, Run};
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Writer};
 use crate::engine::procfs::MapEntry;
 use crate::engine::{Ctl, mem};
@@ -420,6 +420,12 @@ struct BatchPlan {
 }
 
 /// Splits the pages to store into batches of at most MAX_BATCH_PAGES.
+/// Pages per PAGES section written: 1 MiB. Big enough that per-batch costs vanish, small
+/// enough that the buffers a stream passes through (two here, a few frames on each side of a
+/// migration) cost little to fault in for a small process. The format allows up to
+/// MAX_BATCH_PAGES.
+const DUMP_BATCH_PAGES: usize = 256;
+
 fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
     let pm_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pm_path).map_err(|e| Error::io(&pm_path, e))?;
@@ -429,13 +435,13 @@ fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for mut r in page_runs(&pagemap, v)? {
             while r.npages > 0 {
-                let take = (r.npages as usize).min(MAX_BATCH_PAGES - cur.pages) as u32;
+                let take = (r.npages as usize).min(DUMP_BATCH_PAGES - cur.pages) as u32;
                 cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
                 cur.readable.push(readable);
                 cur.pages += take as usize;
                 r.addr += take as u64 * PAGE_SIZE as u64;
                 r.npages -= take;
-                if cur.pages == MAX_BATCH_PAGES {
+                if cur.pages == DUMP_BATCH_PAGES {
                     out.push(std::mem::replace(
                         &mut cur,
                         BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
@@ -492,7 +498,7 @@ pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result
         let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
         for _ in 0..2 {
-            let _ = free_tx.send(vec![0u8; MAX_BATCH_PAGES * PAGE_SIZE]);
+            let _ = free_tx.send(vec![0u8; DUMP_BATCH_PAGES * PAGE_SIZE]);
         }
         let plans = &batches;
         s.spawn(move || {
