@@ -1,7 +1,10 @@
 #!/bin/bash
 # Migration between two network namespaces joined by a veth pair, next to the limits measured
 # in the same run: the raw TCP throughput of that veth (a plain socket copy of the same number
-# of bytes) and the first-touch fill rate of as much fresh memory.
+# of bytes) and the first-touch fill rate of as much fresh memory. MB/s is the image size over
+# the total time (migrate's, from the end of the handshake to the destination's Running);
+# ratio is MB/s over the slower limit; began_at is how much of the image restartd had
+# received when it began restoring (its log line), which shows the restore is pipelined.
 # usage: bench/migrate.sh [CRS_BINARY]   (env SIZES="64 1024", RUNS=3). Needs root, iproute2.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,10 +34,10 @@ until grep -q listening "$work/restartd.log"; do sleep 0.01; done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); veth between two namespaces; median of $RUNS runs"
-printf '%-6s %9s %9s %9s %10s %10s %10s %7s\n' MiB total_ms frozen_ms MB/s tcp_MB/s fill_MB/s limit_MB/s ratio
+printf '%-6s %9s %9s %9s %10s %10s %10s %7s %9s\n' MiB total_ms frozen_ms MB/s tcp_MB/s fill_MB/s limit_MB/s ratio began_at
 for size in $SIZES; do
   bytes=$((size << 20))
-  : > "$work/m"; : > "$work/t"; : > "$work/f"
+  : > "$work/m"; : > "$work/t"; : > "$work/f"; : > "$work/b"
   for _ in $(seq "$RUNS"); do
     # This VM hands freed memory back to its host after a few seconds (virtio free page
     # reporting); a first touch of such memory costs several times a touch of memory the guest
@@ -50,6 +53,10 @@ for size in $SIZES; do
     # "migrate: frozen F ms, B bytes in T ms (R MB/s)"
     echo "$out" | awk '/frozen/ {gsub(/[(),]/,""); print $3, $8, $5}' >> "$work/m"
     new=$(echo "$out" | awk '/runs there/ {print $NF}'); kill -9 "$new" 2>/dev/null || true
+    # restartd: "... restored as pid N, BYTES bytes (began at B), running": how much of the
+    # image had arrived when the destination began restoring
+    grep "restored as pid $new," "$work/restartd.log" | tail -1 |
+      sed -E 's/.* ([0-9]+) bytes \(began at ([0-9]+)\).*/\2 \1/' | awk '{printf "%.3f\n", 100 * $1 / $2}' >> "$work/b"
     # the limits, same bytes
     ip netns exec $B "$work/netio" recv 5001 > "$work/recv" &
     rp=$!
@@ -61,8 +68,8 @@ for size in $SIZES; do
   done
   total=$(cut -d' ' -f2 "$work/m" | median); frozen=$(cut -d' ' -f1 "$work/m" | median)
   img=$(cut -d' ' -f3 "$work/m" | median)
-  tcp=$(median < "$work/t"); fill=$(median < "$work/f")
-  awk -v s="$size" -v t="$total" -v f="$frozen" -v b="$img" -v tcp="$tcp" -v fill="$fill" 'BEGIN {
+  tcp=$(median < "$work/t"); fill=$(median < "$work/f"); began=$(median < "$work/b")
+  awk -v s="$size" -v t="$total" -v f="$frozen" -v b="$img" -v tcp="$tcp" -v fill="$fill" -v bg="$began" 'BEGIN {
     rate = b / (t / 1000) / 1e6; lim = (tcp < fill) ? tcp : fill
-    printf "%-6s %9.0f %9.0f %9.0f %10.0f %10.0f %10.0f %6.0f%%\n", s, t, f, rate, tcp, fill, lim, 100 * rate / lim }'
+    printf "%-6s %9.0f %9.0f %9.0f %10.0f %10.0f %10.0f %6.0f%% %8.3f%%\n", s, t, f, rate, tcp, fill, lim, 100 * rate / lim, bg }'
 done

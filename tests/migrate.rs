@@ -77,11 +77,37 @@ impl Drop for Nodes {
 
 /// Waits for a line containing `needle` on the child's stderr, then keeps draining it (to our
 /// stderr, tagged) so the child never blocks on a full pipe.
-fn watch(child: &mut Child, needle: &str, tag: &'static str) {
+fn watch(child: &mut Child, needle: &str, tag: &'static str) -> Said {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
     assert!(lines.any(|l| l.map(|l| l.contains(needle)).unwrap_or(false)), "{tag} never said {needle:?}");
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[{tag}] {l}")));
+    let said = Said::default();
+    let keep = said.clone();
+    std::thread::spawn(move || {
+        lines.map_while(Result::ok).for_each(|l| {
+            eprintln!("[{tag}] {l}");
+            keep.0.lock().unwrap().push(l);
+        })
+    });
+    said
+}
+
+/// What a watched program has said since.
+#[derive(Clone, Default)]
+struct Said(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Said {
+    /// Waits (bounded) for a line containing `needle`.
+    fn line(&self, needle: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(t0.elapsed() < TIMEOUT, "never said {needle:?}: {:?}", self.0.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Rate-limits the source's side of the link (so a transfer lasts long enough to be cut), then
@@ -116,7 +142,7 @@ impl Drop for Reap {
 }
 
 /// restartd in namespace b, listening on its address; killed on drop.
-struct Daemon(Child);
+struct Daemon(Child, Said);
 
 impl Daemon {
     fn start(n: &Nodes, extra: &[&str]) -> Daemon {
@@ -126,8 +152,8 @@ impl Daemon {
         c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
         let mut child = c.spawn().unwrap();
         // It says it listens once it does.
-        watch(&mut child, "listening on", "restartd");
-        Daemon(child)
+        let said = watch(&mut child, "listening on", "restartd");
+        Daemon(child, said)
     }
 }
 
@@ -216,7 +242,7 @@ fn a_process_moves_to_the_other_node_and_goes_on_there() {
     let Some(n) = Nodes::new() else { return };
     let dir = tmpdir("mig-basic");
     let key = keyfile(&dir, "key");
-    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
     let (mut src, log, pid) = migrant(&n, &dir, "8");
     assert!(check(pid, &log).contains(&n.ns_id(&n.a)));
     let o = migrate(&n, &["--key", &key, "-v", &pid.to_string(), &n.addr_b]);
@@ -228,6 +254,15 @@ fn a_process_moves_to_the_other_node_and_goes_on_there() {
     assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)), "after migration: {v}");
     assert!(v.contains("check=2"), "the counter of checks did not survive: {v}");
     assert!(stderr(&o).contains("frozen"), "-v: {}", stderr(&o));
+    // Pipelined: restartd began restoring (created the process) when the image's header had
+    // arrived, long before its 8 MiB of pages.
+    let l = d.1.line(&format!("restored as pid {new}, "));
+    let num = |after: &str| -> u64 {
+        let rest = &l[l.find(after).unwrap_or_else(|| panic!("{l}")) + after.len()..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()].parse().unwrap()
+    };
+    let (bytes, began) = (num(&format!("pid {new}, ")), num("began at "));
+    assert!(began > 0 && began < bytes / 8, "restore began at {began} of {bytes} bytes: {l}");
 }
 
 #[test]

@@ -303,7 +303,11 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     fr.tee = tee;
     let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
     let who_cell = std::cell::RefCell::new(String::new());
+    // How much of the image had arrived when the restore began (the restore is pipelined).
+    let progress = fr.progress.clone();
+    let began = std::cell::Cell::new(0u64);
     let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
+        began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
         *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
         if cfg.key.is_none() {
             match local_uid {
@@ -346,8 +350,10 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let pid = restored.pid;
     let outcome = commit(&mut c, pid, restored.held);
     match &outcome {
-        Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, running"),
-        Err(e) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes, then dropped: {e}"),
+        Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), running", began.get()),
+        Err(e) => {
+            info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), then dropped: {e}", began.get())
+        }
     }
     outcome
 }

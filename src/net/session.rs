@@ -210,6 +210,8 @@ pub struct FrameStream<S: Read + Write + Send + 'static> {
     pos: usize,
     done: bool,
     pub bytes: u64,
+    /// `bytes`, readable while the stream is lent to the restore.
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     limit: u64,
     /// A copy of everything received (restartd --spool).
     pub tee: Option<std::fs::File>,
@@ -264,6 +266,7 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
             pos: 0,
             done: false,
             bytes: 0,
+            progress: Default::default(),
             limit,
             tee: None,
             failure: None,
@@ -300,6 +303,7 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
                 Ok((_, 0)) => self.done = true,
                 Ok((b, n)) => {
                     self.bytes += n as u64;
+                    self.progress.store(self.bytes, std::sync::atomic::Ordering::Relaxed);
                     if self.bytes > self.limit {
                         let msg = format!("image exceeds the limit of {} bytes (--max-image-size)", self.limit);
                         self.failure = Some((Code::TooLarge, msg.clone()));
