@@ -125,7 +125,7 @@ fn run(a: &Args) -> Result<()> {
     let r = std::thread::scope(|s| {
         let w = FrameWriter::new(s, &mut c);
         peer_said = Some(w.peer_said.clone());
-        crate::engine::checkpoint::checkpoint(pid, w, &flags, |w| {
+        crate::engine::checkpoint::checkpoint_prechecked(pid, w, &flags, |w| {
             commit(w, &peer, pid, keep, &mut sent, &mut remote_pid)
         })
     });

@@ -48,7 +48,17 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
         e => e,
     })?;
-    let field = |k| procfs::status_field(&status, k).unwrap_or("");
+    // Past this, the process is ours to read (root, or its owner).
+    check_status(pid, &status, false)?;
+    files::scan(pid)?;
+    let maps = procfs::read_smaps(pid)?;
+    memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
+    Ok(())
+}
+
+/// The checks /proc/PID/status answers; `traced` once we trace the process ourselves.
+fn check_status(pid: i32, status: &str, traced: bool) -> Result<()> {
+    let field = |k| procfs::status_field(status, k).unwrap_or("");
     if field("State").starts_with('Z') || field("State").starts_with('X') {
         return Err(Error::Refused(format!("pid {pid} is a zombie; there is nothing left to checkpoint")));
     }
@@ -59,12 +69,12 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         )));
     }
     let tracer = field("TracerPid");
-    if tracer != "0" && !tracer.is_empty() {
+    if !traced && tracer != "0" && !tracer.is_empty() {
         return Err(Error::Refused(format!(
             "pid {pid} is already traced by pid {tracer} (a debugger?); detach it first"
         )));
     }
-    let uid = procfs::status_ids(&status, "Uid").unwrap_or([0; 4]);
+    let uid = procfs::status_ids(status, "Uid").unwrap_or([0; 4]);
     let me = nix::unistd::geteuid().as_raw();
     if me != 0 && uid.iter().any(|&u| u != me) {
         return Err(Error::Permission(format!(
@@ -94,14 +104,10 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     }
     let threads: u64 = field("Threads").parse().unwrap_or(1);
     if threads > 1 {
+        let what = if traced { "started a thread".to_string() } else { format!("has {threads} threads") };
         return Err(Error::Refused(format!(
-            "pid {pid} has {threads} threads; crs checkpoints single-threaded processes only (for now)"
+            "pid {pid} {what}; crs checkpoints single-threaded processes only (for now)"
         )));
-    }
-    if me == 0 || uid.iter().all(|&u| u == me) {
-        files::scan(pid)?;
-        let maps = procfs::read_smaps(pid)?;
-        memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     }
     Ok(())
 }
@@ -120,6 +126,17 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 /// rename); only when it succeeds is the process killed or stopped as asked.
 pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
     precheck(pid, opts)?;
+    checkpoint_prechecked(pid, out, opts, commit)
+}
+
+/// [`checkpoint`] for a caller that has just run [`precheck`] itself (migrate, before it
+/// connects): what changed since is still refused, once the process is frozen.
+pub fn checkpoint_prechecked<W: Write>(
+    pid: i32,
+    out: W,
+    opts: &Options,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
     let t = Tracee::seize(pid)?;
     let t0 = Instant::now();
     let mut held_all = Vec::new();
@@ -215,12 +232,9 @@ fn frozen_work<W: Write>(
 ) -> Result<(u64, u64)> {
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
+    // Again, now that it cannot change: a caller may have run precheck a while ago.
     let status = procfs::read_status(pid)?;
-    if procfs::status_field(&status, "Threads") != Some("1") {
-        return Err(Error::Refused(format!(
-            "pid {pid} started a thread; crs checkpoints single-threaded processes only (for now)"
-        )));
-    }
+    check_status(pid, &status, true)?;
 
     // Things only the process itself can tell: ask it, through syscalls run in it.
     let maps = procfs::read_smaps(pid)?;
