@@ -333,7 +333,7 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
             .map_err(|e| Error::Net(format!("after the image: {e}"))),
         Err(_) => Ok(()),
     };
-    let bytes = fr.bytes;
+    let bytes = fr.bytes();
     let failure = fr.failure.take();
     let Some(mut c) = fr.finish() else {
         return Err(Error::Proc("the frame receiver failed".into()));

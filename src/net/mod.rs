@@ -209,15 +209,9 @@ impl<S: Read + Write> Conn<S> {
         self.keys = Some(Keys { seal: key(self.me), open: key(self.me.peer()) });
     }
 
+    /// Sends a (small) frame; image data goes through `send_in_place`.
     pub fn send(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
-        if self.keys.is_some() {
-            return self.send_in_place(kind, &mut payload.to_vec());
-        }
-        self.s.write_all(&header(kind as u8, payload.len()))?;
-        self.s.write_all(payload)?;
-        self.sent += 1;
-        self.s.flush()?;
-        Ok(())
+        self.send_in_place(kind, &mut payload.to_vec())
     }
 
     /// Sends a frame, encrypting `payload` in place when the connection is keyed: what it

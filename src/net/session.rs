@@ -87,14 +87,14 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
     Ok(())
 }
 
-/// Writes the image as Data frames of FRAME bytes or a little more. A write that fits in a frame
-/// (MAX_FRAME) is never split across two, so each batch of pages travels in one frame and
-/// restartd restores it from the frame it arrived in. The sealing and sending happen on a scoped thread of their own, so
-/// that they overlap with reading the process's memory; `finish` waits for it and gives the
-/// connection back.
 /// A frame buffer's capacity: a batch of pages with its section header and run table.
 const FRAME_ROOM: usize = super::FRAME + (64 << 10);
 
+/// Writes the image as Data frames of FRAME bytes or a little more. A write that fits in a frame
+/// (MAX_FRAME) is never split across two, so each batch of pages travels in one frame and
+/// restartd restores it from the frame it arrived in. The sealing and sending happen on a
+/// scoped thread of their own, so that they overlap with reading the process's memory;
+/// `finish` waits for it and gives the connection back.
 pub struct FrameWriter<'scope, S: Read + Write + Send> {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -209,8 +209,7 @@ pub struct FrameStream<S: Read + Write + Send + 'static> {
     end: usize,
     pos: usize,
     done: bool,
-    pub bytes: u64,
-    /// `bytes`, readable while the stream is lent to the restore.
+    /// Image bytes taken in so far; shared, to be read while the stream is lent to the restore.
     pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     limit: u64,
     /// A copy of everything received (restartd --spool).
@@ -265,13 +264,17 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
             end: 0,
             pos: 0,
             done: false,
-            bytes: 0,
             progress: Default::default(),
             limit,
             tee: None,
             failure: None,
             thread: Some(thread),
         }
+    }
+
+    /// Image bytes taken in so far.
+    pub fn bytes(&self) -> u64 {
+        self.progress.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops receiving (the thread ends at its next frame) and returns the connection.
@@ -302,9 +305,8 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
             match item {
                 Ok((_, 0)) => self.done = true,
                 Ok((b, n)) => {
-                    self.bytes += n as u64;
-                    self.progress.store(self.bytes, std::sync::atomic::Ordering::Relaxed);
-                    if self.bytes > self.limit {
+                    let bytes = self.progress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
+                    if bytes > self.limit {
                         let msg = format!("image exceeds the limit of {} bytes (--max-image-size)", self.limit);
                         self.failure = Some((Code::TooLarge, msg.clone()));
                         self.done = true;
