@@ -61,6 +61,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     // files get the temporary name and the rename.
     let special = fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir());
     let result = if path == "-" {
+        crate::grow_pipe(std::io::stdout());
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
         crate::engine::checkpoint::checkpoint(a.pid, out, &flags, |mut w| {
             w.flush().map_err(|e| Error::io("standard output", e))

@@ -61,6 +61,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         return exit::FAILURE;
     }
     let r = if stdin {
+        crate::grow_pipe(std::io::stdin());
         crate::restart(std::io::stdin().lock(), &flags, None)
     } else {
         crate::restart_path(&a.image, &flags, None)
