@@ -257,7 +257,7 @@ fn frozen_work<W: Write>(
         let brk = c.r.call(libc::SYS_brk, [0; 6], "brk", "query")?;
         Ok((s, task, brk))
     })();
-    let unmapped = c.r.call(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0], "munmap", "scratch area");
+    let unmapped = c.r.call_last(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0], "munmap", "scratch area");
     held.append(&mut c.r.held);
     // Done with remote syscalls: the process gets its own registers back now, so that even if
     // we die while writing the image (a reader that went away, SIGKILL, OOM), it runs on as

@@ -1,5 +1,5 @@
-//! Syscalls run inside a stopped tracee: load the registers, step it through a `syscall`
-//! instruction (the gadget) with PTRACE_SYSCALL, and collect the result at the exit stop.
+//! Syscalls run inside a stopped tracee: load the registers, single-step it through a
+//! `syscall` instruction (the gadget), and collect the result from the stop after it.
 //! The tracee never executes anything but that one instruction, so any `0f 05` in its memory
 //! serves as a gadget, even in the middle of another instruction.
 
@@ -27,14 +27,17 @@ impl<'a> Remote<'a> {
         let mut r = self.base;
         arch::set_syscall(&mut r, self.gadget, nr, &args);
         self.t.set_regs(&r)?;
-        self.t.to_syscall_stop(&mut self.held)?; // entry
-        self.t.to_syscall_stop(&mut self.held)?; // exit
+        self.t.step_syscall(self.gadget, &mut self.held)?;
         Ok(arch::syscall_result(&self.t.regs()?))
     }
 
     /// Runs a syscall; a failure names the syscall (`call`) and its object (`what`).
     pub fn call(&mut self, nr: i64, args: [u64; 6], call: &str, what: &str) -> Result<u64> {
         let r = self.raw(nr, args)?;
+        self.checked(r, call, what)
+    }
+
+    fn checked(&self, r: i64, call: &str, what: &str) -> Result<u64> {
         if (-4095..0).contains(&r) {
             return Err(Error::sys(
                 format!("{call} (in pid {})", self.t.pid),
@@ -45,9 +48,29 @@ impl<'a> Remote<'a> {
         Ok(r as u64)
     }
 
+    /// Runs a syscall with a stop at its entry and one at its exit, not a single step. Resuming
+    /// with anything but PTRACE_SINGLESTEP clears the kernel's single-step state, which a tracer
+    /// that dies (PTRACE_DETACH would clear it too) leaves behind: the process would die of
+    /// SIGTRAP at its next syscall. The last remote syscall of a checkpoint or a restore goes
+    /// this way.
+    fn raw_unstepped(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut r = self.base;
+        arch::set_syscall(&mut r, self.gadget, nr, &args);
+        self.t.set_regs(&r)?;
+        self.t.to_syscall_stop(&mut self.held)?; // entry
+        self.t.to_syscall_stop(&mut self.held)?; // exit
+        Ok(arch::syscall_result(&self.t.regs()?))
+    }
+
+    /// [`Remote::call`] as the last remote syscall (see `raw_unstepped`).
+    pub fn call_last(&mut self, nr: i64, args: [u64; 6], call: &str, what: &str) -> Result<u64> {
+        let r = self.raw_unstepped(nr, args)?;
+        self.checked(r, call, what)
+    }
+
     /// Runs a syscall and stays at its exit stop; used for the last one of a restore, which
     /// unmaps the gadget itself (the tracee never returns to it).
     pub fn last(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
-        self.raw(nr, args)
+        self.raw_unstepped(nr, args)
     }
 }

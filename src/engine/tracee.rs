@@ -32,6 +32,9 @@ pub enum Stop {
     Signal(i32),
 }
 
+/// Signals that mean a syscall we ran faulted.
+const FAULTS: [i32; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
+
 pub struct Tracee {
     pub pid: i32,
     attached: bool,
@@ -197,31 +200,54 @@ impl Tracee {
         Ok((c.ptr != 0 && c.size != 0).then_some(RseqConf { ptr: c.ptr, len: c.size, sig: c.sig }))
     }
 
-    /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
-    /// A fault (the gadget is not executable, a seccomp trap...) is an error, never retried.
-    pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
-        ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+    /// Runs the `syscall` instruction at `at` (where the registers point) and stops right after
+    /// it, with a single step: one resume and one stop, where stopping at the syscall's entry and
+    /// exit takes two of each. Signals that arrive are held back. A fault (the gadget is not
+    /// executable, a seccomp trap...) is an error, never retried.
+    pub fn step_syscall(&self, at: u64, held: &mut Vec<i32>) -> Result<()> {
+        let step = || ptrace_raw(libc::PTRACE_SINGLESTEP, self.pid, 0, 0, "PTRACE_SINGLESTEP");
+        step()?;
         loop {
             match self.wait()? {
-                Stop::Syscall => return Ok(()),
-                Stop::Signal(sig)
-                    if [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGTRAP, libc::SIGFPE, libc::SIGSYS]
-                        .contains(&sig) =>
-                {
-                    return Err(Error::Refused(format!(
-                        "pid {}: a syscall crs ran in it faulted (signal {sig}); its vdso may be unusable or a seccomp filter in the way",
-                        self.pid
-                    )));
-                }
+                // The trap of the step, reported once the syscall has returned; a SIGTRAP that
+                // was pending before it (sent from outside) stops it at the instruction still.
+                Stop::Signal(libc::SIGTRAP) if self.regs()?.rip != at => return Ok(()),
+                Stop::Signal(sig) if FAULTS.contains(&sig) => return Err(self.faulted(sig)),
                 Stop::Signal(sig) => {
                     held.push(sig);
-                    ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+                    step()?;
                 }
-                Stop::Event => {
-                    ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL")?;
+                Stop::Syscall | Stop::Event => {
+                    step()?;
                 }
             }
         }
+    }
+
+    /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
+    pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
+        let resume = || ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL");
+        resume()?;
+        loop {
+            match self.wait()? {
+                Stop::Syscall => return Ok(()),
+                Stop::Signal(sig) if FAULTS.contains(&sig) || sig == libc::SIGTRAP => return Err(self.faulted(sig)),
+                Stop::Signal(sig) => {
+                    held.push(sig);
+                    resume()?;
+                }
+                Stop::Event => {
+                    resume()?;
+                }
+            }
+        }
+    }
+
+    fn faulted(&self, sig: i32) -> Error {
+        Error::Refused(format!(
+            "pid {}: a syscall crs ran in it faulted (signal {sig}); its vdso may be unusable or a seccomp filter in the way",
+            self.pid
+        ))
     }
 
     /// Detaches; the process continues (or stays stopped if it has a SIGSTOP pending).
