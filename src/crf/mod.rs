@@ -122,6 +122,19 @@ fn bad<T>(offset: u64, what: impl Into<String>) -> Result<T> {
     Err(CrfError::Bad { offset, what: what.into() })
 }
 
+/// Where an image is written. `give` hands over a buffer whole: an output that can send it as it
+/// is (a migration's frames) takes it without a copy and may hand back one it is done with;
+/// anything else writes it and hands it straight back.
+pub trait Sink: Write {
+    fn give(&mut self, data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+        self.write_all(&data)?;
+        Ok(Some(data))
+    }
+}
+
+impl<W: Write> Sink for io::BufWriter<W> {}
+impl Sink for Vec<u8> {}
+
 /// Writes an image in order: `Writer::new` emits the preamble, `section` each section, `finish`
 /// the trailer. It counts bytes so page data can be aligned relative to the stream start.
 pub struct Writer<W: Write> {
@@ -162,6 +175,24 @@ impl<W: Write> Writer<W> {
         self.offset += SECTION_HEADER_LEN as u64 + len;
         self.sections += 1;
         Ok(())
+    }
+
+    /// Writes one section whose payload is `head` then `data`, giving `data` to the output
+    /// whole (see [`Sink`]); returns a buffer the output is done with, if it has one.
+    pub fn section_given(&mut self, tag: Tag, flags: u32, head: &[u8], data: Vec<u8>) -> io::Result<Option<Vec<u8>>>
+    where
+        W: Sink,
+    {
+        let len = (head.len() + data.len()) as u64;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(head);
+        crc.update(&data);
+        self.out.write_all(&section_header(tag as u32, flags, len, crc.finalize()))?;
+        self.out.write_all(head)?;
+        let back = self.out.give(data)?;
+        self.offset += SECTION_HEADER_LEN as u64 + len;
+        self.sections += 1;
+        Ok(back)
     }
 
     /// Pushes what is written on to the reader (a frame to restartd, a pipe to rstrt).

@@ -6,7 +6,7 @@
 //! ```
 //! `pad` makes the data start on a page boundary of the stream (offset 0 = the preamble).
 
-use super::{CrfError, Dec, Enc, Input, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Tag, Writer};
+use super::{CrfError, Dec, Enc, Input, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Sink, Tag, Writer};
 use std::io::{self, Write};
 
 /// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
@@ -35,18 +35,32 @@ impl Run {
 
 /// Writes one batch; `data` holds the pages of all runs, in order.
 pub fn write_batch<W: Write>(w: &mut Writer<W>, runs: &[Run], data: &[u8]) -> io::Result<()> {
+    let head = batch_head(w.offset(), runs);
+    w.section(Tag::Pages, 0, &[&head, data])
+}
+
+/// [`write_batch`], giving `data` to the output whole (see [`crate::crf::Sink`]); returns a
+/// buffer the output is done with, if it has one.
+pub fn give_batch<W: Sink>(w: &mut Writer<W>, runs: &[Run], data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    let head = batch_head(w.offset(), runs);
+    w.section_given(Tag::Pages, 0, &head, data)
+}
+
+/// A batch's payload before its data: run count, padding, the runs, then padding that puts the
+/// data on a page boundary of the stream (the section starts at stream offset `at`).
+fn batch_head(at: u64, runs: &[Run]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(runs.len() as u32);
     e.u32(0); // pad, patched below
     for r in runs {
         e.u64(r.addr).u32(r.npages).u32(r.flags);
     }
-    let data_at = w.offset() + SECTION_HEADER_LEN as u64 + e.len() as u64;
+    let data_at = at + SECTION_HEADER_LEN as u64 + e.len() as u64;
     let pad = (PAGE_SIZE as u64 - data_at % PAGE_SIZE as u64) % PAGE_SIZE as u64;
     let mut head = e.into_bytes();
     head[4..8].copy_from_slice(&(pad as u32).to_le_bytes());
     head.resize(head.len() + pad as usize, 0);
-    w.section(Tag::Pages, 0, &[&head, data])
+    head
 }
 
 /// A batch whose header has been read; its data is still in the stream.

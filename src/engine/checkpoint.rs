@@ -7,7 +7,7 @@ use super::arch::{self, Regs};
 use super::remote::Remote;
 use super::tracee::{RseqConf, Tracee};
 use super::{Ctl, Scratch, mem, procfs};
-use crate::crf::{Tag, Writer};
+use crate::crf::{Sink, Tag, Writer};
 use crate::error::{Error, Result};
 use crate::res::head::{self, Header};
 use crate::res::memory::{self, MmStruct};
@@ -17,7 +17,6 @@ use crate::res::task::Task;
 use crate::res::{cwd, fileid::FileId, files};
 use log::debug;
 use nix::sys::signal::Signal;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -124,14 +123,14 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 
 /// Checkpoints `pid` into `out`. `commit` runs after the last byte is written (flush, fsync,
 /// rename); only when it succeeds is the process killed or stopped as asked.
-pub fn checkpoint<W: Write>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
+pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
     precheck(pid, opts)?;
     checkpoint_prechecked(pid, out, opts, commit)
 }
 
 /// [`checkpoint`] for a caller that has just run [`precheck`] itself (migrate, before it
 /// connects): what changed since is still refused, once the process is frozen.
-pub fn checkpoint_prechecked<W: Write>(
+pub fn checkpoint_prechecked<W: Sink>(
     pid: i32,
     out: W,
     opts: &Options,
@@ -219,7 +218,7 @@ fn rseq_fixup(pid: i32, rseq: Option<RseqConf>, r: &Regs) -> Option<u64> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn frozen_work<W: Write>(
+fn frozen_work<W: Sink>(
     t: &Tracee,
     pid: i32,
     out: W,

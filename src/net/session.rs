@@ -90,14 +90,18 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
 /// A frame buffer's capacity: a batch of pages with its section header and run table.
 const FRAME_ROOM: usize = super::FRAME + (64 << 10);
 
-/// Writes the image as Data frames of FRAME bytes or a little more. A write that fits in a frame
-/// (MAX_FRAME) is never split across two, so each batch of pages travels in one frame and
-/// restartd restores it from the frame it arrived in. The sealing and sending happen on a
+/// Writes the image as Data frames. A buffer given whole (`Sink::give`: the pages of a batch) is
+/// sent as a frame of its own, uncopied, so restartd restores it from the frame it arrived in;
+/// other writes are gathered into frames of FRAME bytes or a little more, and a write that
+/// fits in a frame (MAX_FRAME) is never split across two. The sealing and sending happen on a
 /// scoped thread of their own, so that they overlap with reading the process's memory;
 /// `finish` waits for it and gives the connection back.
 pub struct FrameWriter<'scope, S: Read + Write + Send> {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<Out>>,
+    /// Our own frame buffers, back from the sending thread, empty.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Buffers given to us (`Sink::give`), back from the sending thread, as they were.
+    given: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pub bytes: u64,
     thread: Option<std::thread::ScopedJoinHandle<'scope, (&'scope mut Conn<S>, Option<NetError>)>>,
@@ -108,27 +112,40 @@ pub struct FrameWriter<'scope, S: Read + Write + Send> {
 impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
     pub fn new<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, c: &'scope mut Conn<S>) -> Self {
         use std::sync::mpsc::sync_channel;
-        let (tx, rx) = sync_channel::<Vec<u8>>(2);
+        let (tx, rx) = sync_channel::<Out>(2);
         let (back, spare) = sync_channel::<Vec<u8>>(4);
+        let (given_back, given) = sync_channel::<Vec<u8>>(4);
         let peer_said = std::sync::Arc::new(std::sync::Mutex::new(None));
         let said = peer_said.clone();
         let thread = scope.spawn(move || {
-            for mut buf in rx {
-                if let Err(e) = c.send_in_place(Kind::Data, &mut buf) {
-                    // The peer may have refused and closed: its reason beats "broken pipe".
-                    if let Ok(mut s) = said.lock() {
-                        *s = fetch_error(c);
+            for out in rx {
+                let (framed, mut buf) = match out {
+                    Out::Framed(b) => (true, b),
+                    Out::Given(b) => (false, b),
+                };
+                // A given buffer larger than a frame goes in several.
+                for frame in buf.chunks_mut(super::MAX_FRAME as usize) {
+                    if let Err(e) = c.send_in_place(Kind::Data, frame) {
+                        // The peer may have refused and closed: its reason beats "broken pipe".
+                        if let Ok(mut s) = said.lock() {
+                            *s = fetch_error(c);
+                        }
+                        return (c, Some(e));
                     }
-                    return (c, Some(e));
                 }
-                buf.clear();
-                let _ = back.try_send(buf);
+                if framed {
+                    buf.clear();
+                    let _ = back.try_send(buf);
+                } else {
+                    let _ = given_back.try_send(buf);
+                }
             }
             (c, None)
         });
         FrameWriter {
             tx: Some(tx),
             spare,
+            given,
             buf: Vec::with_capacity(FRAME_ROOM),
             bytes: 0,
             thread: Some(thread),
@@ -142,9 +159,14 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
         }
         let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(FRAME_ROOM));
         let full = std::mem::replace(&mut self.buf, next);
-        self.bytes += full.len() as u64;
+        self.queue(Out::Framed(full))
+    }
+
+    fn queue(&mut self, out: Out) -> io::Result<()> {
+        let (Out::Framed(b) | Out::Given(b)) = &out;
+        self.bytes += b.len() as u64;
         let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("frame writer finished"))?;
-        tx.send(full).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the destination failed"))
+        tx.send(out).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the destination failed"))
     }
 
     /// Sends what is buffered, waits for the sending thread and returns the connection and the
@@ -158,6 +180,24 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
             Ok((_, Some(e))) => Err(e),
             Err(_) => Err(NetError::Protocol("the frame sender panicked".into())),
         }
+    }
+}
+
+/// What the sending thread sends: a frame we built, or a buffer given to us whole.
+enum Out {
+    Framed(Vec<u8>),
+    Given(Vec<u8>),
+}
+
+impl<S: Read + Write + Send> crate::crf::Sink for FrameWriter<'_, S> {
+    /// Sends what is buffered, then `data` as a frame of its own (or several, if larger than a
+    /// frame), without a copy; returns a buffer given earlier that has been sent since.
+    fn give(&mut self, data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+        self.send_buf()?;
+        if !data.is_empty() {
+            self.queue(Out::Given(data))?;
+        }
+        Ok(self.given.try_recv().ok())
     }
 }
 
@@ -429,11 +469,26 @@ mod stream_tests {
             .collect()
     }
 
+    /// A section of 5 MiB, more than a frame holds, then the batches.
+    fn big() -> Vec<u8> {
+        (0..5 << 20).map(|i: usize| (i / 4093) as u8).collect()
+    }
+
     fn write_image<W: Write>(out: W) -> W {
         let mut w = Writer::new(out).unwrap();
-        w.section(Tag::Head, 0, &[b"head"]).unwrap();
+        w.section(Tag::Head, 0, &[b"head", &big()]).unwrap();
         for (runs, data) in batches() {
             pages::write_batch(&mut w, &runs, &data).unwrap();
+        }
+        w.finish().unwrap().0
+    }
+
+    /// The same image, its big section and its batches given to the output whole.
+    fn give_image<W: crate::crf::Sink>(out: W) -> W {
+        let mut w = Writer::new(out).unwrap();
+        w.section_given(Tag::Head, 0, b"head", big()).unwrap();
+        for (runs, data) in batches() {
+            pages::give_batch(&mut w, &runs, data).unwrap();
         }
         w.finish().unwrap().0
     }
@@ -445,7 +500,7 @@ mod stream_tests {
         let mut fr = FrameStream::start(c, u64::MAX);
         let mut r = Reader::new(&mut fr).unwrap();
         let s = r.next_section().unwrap().unwrap();
-        assert_eq!(r.payload(&s).unwrap(), b"head");
+        assert!(r.payload(&s).unwrap() == [&b"head"[..], &big()].concat());
         let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
         for (runs, data) in batches() {
             let s = r.next_section().unwrap().unwrap();
@@ -469,6 +524,22 @@ mod stream_tests {
             c.send(Kind::End, &[]).unwrap();
         });
         t.join().unwrap();
+    }
+
+    #[test]
+    fn image_given_to_frame_writer() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || read_image(b));
+        let mut c = Conn::new(a, Side::Client);
+        c.authenticate([5; 32]);
+        std::thread::scope(|s| {
+            let w = give_image(FrameWriter::new(s, &mut c));
+            let (c, _) = w.finish().unwrap();
+            c.send(Kind::End, &[]).unwrap();
+        });
+        t.join().unwrap();
+        // Given to any other output, the buffers are written.
+        assert!(give_image(Vec::new()) == write_image(Vec::new()));
     }
 
     #[test]

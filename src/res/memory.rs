@@ -5,14 +5,13 @@
 
 use super::fileid::FileId;
 use crate::crf::pages::{self, RUN_FILE_COPY, Run};
-use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Writer};
+use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Sink, Writer};
 use crate::engine::procfs::MapEntry;
 use crate::engine::{Ctl, mem};
 use crate::error::{Error, Result};
 use log::debug;
 use nix::errno::Errno;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 pub const KIND_ANON: u8 = 1;
@@ -489,8 +488,10 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
 }
 
 /// Writes the pages of every mapping in batches; returns the number of pages. A second thread
-/// reads the next batch from the process while this one checksums and writes the last.
-pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<u64> {
+/// reads the next batch from the process while this one checksums and writes the last. Each
+/// batch's buffer is given to the output whole (a migration sends it as a frame, uncopied);
+/// the outputs hand buffers back for the reader to fill again.
+pub fn dump_pages<W: Sink>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<u64> {
     use std::sync::mpsc::sync_channel;
     let batches = plan_batches(pid, vmas)?;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
@@ -504,7 +505,12 @@ pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result
         s.spawn(move || {
             for b in plans {
                 let Ok(mut buf) = free_rx.recv() else { return };
-                let r = read_batch(pid, b, &mut buf[..b.pages * PAGE_SIZE]).map(|_| buf);
+                let n = b.pages * PAGE_SIZE;
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
+                buf.truncate(n);
+                let r = read_batch(pid, b, &mut buf).map(|_| buf);
                 let failed = r.is_err();
                 if full_tx.send(r).is_err() || failed {
                     return;
@@ -513,8 +519,11 @@ pub fn dump_pages<W: Write>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result
         });
         for b in &batches {
             let buf = full_rx.recv().map_err(|_| Error::Proc("page reader stopped".into()))??;
-            pages::write_batch(w, &b.runs, &buf[..b.pages * PAGE_SIZE]).map_err(|e| Error::io("image", e))?;
-            let _ = free_tx.send(buf);
+            let back = pages::give_batch(w, &b.runs, buf).map_err(|e| Error::io("image", e))?;
+            // The reader always gets a buffer for its next batch; at most two wait for it (a
+            // blocking send could deadlock against a reader waiting to hand over a batch).
+            let next = back.unwrap_or_else(|| vec![0u8; DUMP_BATCH_PAGES * PAGE_SIZE]);
+            let _ = free_tx.try_send(next);
         }
         Ok(total)
     })
