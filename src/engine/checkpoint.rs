@@ -240,16 +240,20 @@ fn frozen_work<W: Sink>(
     let gadget = find_gadget(pid, &maps)?;
     let mut r = Remote::new(t, gadget, *live);
     let len = 4 * crate::crf::PAGE_SIZE;
-    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let addr = match r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area") {
-        Ok(a) => a,
+    // Executable if the system allows (an LSM may refuse writable code): code run there asks
+    // many things in one go rather than one remote syscall each.
+    let mut mmap = |prot| r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area");
+    let mapped = mmap(rw | libc::PROT_EXEC as u64).map(|a| (a, true)).or_else(|_| mmap(rw).map(|a| (a, false)));
+    let (addr, exec) = match mapped {
+        Ok(x) => x,
         Err(e) => {
             held.append(&mut r.held);
             return Err(e);
         }
     };
-    let mut c = Ctl { r, scratch: Scratch { addr, len } };
+    let mut c = Ctl { r, scratch: Scratch { addr, len, exec } };
     let asked = (|| -> Result<(Signals, Task, u64)> {
         let s = Signals::collect(&mut c, sigmask)?;
         let task = Task::collect(&mut c, &status, rseq)?;

@@ -17,6 +17,8 @@ use remote::Remote;
 pub struct Scratch {
     pub addr: u64,
     pub len: usize,
+    /// Mapped executable too, so code can be copied there and run.
+    pub exec: bool,
 }
 
 impl Scratch {

@@ -31,6 +31,17 @@ impl<'a> Remote<'a> {
         Ok(arch::syscall_result(&self.t.regs()?))
     }
 
+    /// Runs `len` bytes of code at `entry` that end in an int3, with `set` applied to the
+    /// registers first; returns the registers at the int3.
+    pub fn run(&mut self, entry: u64, len: usize, set: impl FnOnce(&mut Regs)) -> Result<Regs> {
+        let mut r = self.base;
+        r.rip = entry;
+        set(&mut r);
+        self.t.set_regs(&r)?;
+        self.t.cont_to_trap(entry + len as u64, &mut self.held)?;
+        self.t.regs()
+    }
+
     /// Runs a syscall; a failure names the syscall (`call`) and its object (`what`).
     pub fn call(&mut self, nr: i64, args: [u64; 6], call: &str, what: &str) -> Result<u64> {
         let r = self.raw(nr, args)?;

@@ -245,7 +245,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     early.armed = false;
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
-    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0 } };
+    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0, exec: false } };
     let child_maps = procfs::read_smaps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
@@ -259,7 +259,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.r.call(libc::SYS_mmap, [g, glen, rwx, fl, u64::MAX, 0], "mmap", "restore gadget")?;
     mem::write_runs(pid, &[(g, arch::GADGET_CODE.len())], &arch::GADGET_CODE)?;
     c.r.gadget = g;
-    c.scratch = Scratch { addr: g + PAGE_SIZE as u64, len: (glen as usize) - PAGE_SIZE };
+    c.scratch = Scratch { addr: g + PAGE_SIZE as u64, len: (glen as usize) - PAGE_SIZE, exec: true };
     avoid.push((g, g + glen));
 
     // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping, one

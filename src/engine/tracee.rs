@@ -224,6 +224,26 @@ impl Tracee {
         }
     }
 
+    /// Resumes until the tracee stops on a breakpoint (int3) whose next instruction is at `end`;
+    /// signals that arrive are held back, a fault is an error.
+    pub fn cont_to_trap(&self, end: u64, held: &mut Vec<i32>) -> Result<()> {
+        let resume = || ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT");
+        resume()?;
+        loop {
+            match self.wait()? {
+                Stop::Signal(libc::SIGTRAP) if self.regs()?.rip == end => return Ok(()),
+                Stop::Signal(sig) if FAULTS.contains(&sig) || sig == libc::SIGTRAP => return Err(self.faulted(sig)),
+                Stop::Signal(sig) => {
+                    held.push(sig);
+                    resume()?;
+                }
+                Stop::Syscall | Stop::Event => {
+                    resume()?;
+                }
+            }
+        }
+    }
+
     /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
     pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
         let resume = || ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL");

@@ -2,7 +2,7 @@
 //! Collected with rt_sigaction/sigaltstack run inside the tracee (no /proc file shows handler
 //! addresses); restored the same way.
 
-use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::engine::Ctl;
 use crate::error::Result;
 
@@ -24,6 +24,12 @@ pub struct Signals {
     pub altstack_sp: u64,
     pub altstack_flags: u32,
     pub altstack_size: u64,
+}
+
+/// A kernel struct sigaction (handler, flags, restorer, mask: 32 bytes) as read.
+fn action(b: &[u8]) -> SigAction {
+    let w = |i: usize| u64::from_le_bytes(b.get(i * 8..i * 8 + 8).and_then(|x| x.try_into().ok()).unwrap_or([0; 8]));
+    SigAction { handler: w(0), flags: w(1), restorer: w(2), mask: w(3) }
 }
 
 fn settable(sig: usize) -> bool {
@@ -65,6 +71,18 @@ impl Signals {
     pub fn collect(c: &mut Ctl, blocked: u64) -> Result<Signals> {
         let pid = c.pid();
         let out = c.scratch.addr;
+        let actions = if c.scratch.exec { Self::query_at_once(c)? } else { Self::query_each(c)? };
+        c.r.call(libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0], "sigaltstack", "query")?;
+        let b = c.scratch.get(pid, 0, 24)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
+    }
+
+    /// One rt_sigaction query per signal, each a remote syscall.
+    fn query_each(c: &mut Ctl) -> Result<Vec<SigAction>> {
+        let pid = c.pid();
+        let out = c.scratch.addr;
         let mut actions = Vec::with_capacity(NSIG);
         for sig in 1..=NSIG {
             if !settable(sig) {
@@ -72,15 +90,43 @@ impl Signals {
                 continue;
             }
             c.r.call(libc::SYS_rt_sigaction, [sig as u64, 0, out, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
-            let b = c.scratch.get(pid, 0, 32)?;
-            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            actions.push(SigAction { handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
+            actions.push(action(&c.scratch.get(pid, 0, 32)?));
         }
-        c.r.call(libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0], "sigaltstack", "query")?;
-        let b = c.scratch.get(pid, 0, 24)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
+        Ok(actions)
+    }
+
+    /// All queries in one run of arch::sigactions_code inside the tracee, copied to the
+    /// executable scratch area: page 0 the code, page 1 the actions (32 bytes a signal, from
+    /// offset 32) and the results (4 bytes a signal, from offset 2176).
+    fn query_at_once(c: &mut Ctl) -> Result<Vec<SigAction>> {
+        let pid = c.pid();
+        let code = crate::engine::arch::sigactions_code();
+        let (acts, res) = (PAGE_SIZE, PAGE_SIZE + 32 * (NSIG + 1));
+        let entry = c.scratch.put(pid, 0, code)?;
+        let (base_acts, base_res) = (c.scratch.addr + acts as u64, c.scratch.addr + res as u64);
+        c.r.run(entry, code.len(), |r| {
+            r.r12 = base_acts;
+            r.r13 = base_res;
+        })?;
+        let all = c.scratch.get(pid, acts, 32 * (NSIG + 1))?;
+        let results = c.scratch.get(pid, res, 4 * (NSIG + 1))?;
+        let mut actions = Vec::with_capacity(NSIG);
+        for sig in 1..=NSIG {
+            if !settable(sig) {
+                actions.push(SigAction::default());
+                continue;
+            }
+            let r = i32::from_le_bytes(results[4 * sig..4 * sig + 4].try_into().unwrap_or([0; 4]));
+            if r != 0 {
+                return Err(crate::error::Error::sys(
+                    format!("rt_sigaction (in pid {pid})"),
+                    format!("signal {sig}"),
+                    nix::errno::Errno::from_raw(-r),
+                ));
+            }
+            actions.push(action(&all[32 * sig..32 * sig + 32]));
+        }
+        Ok(actions)
     }
 
     /// This process's own handlers and alternate stack, which a child it clones inherits.
