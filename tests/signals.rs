@@ -81,6 +81,26 @@ fn no_alternate_stack_stays_none() {
 }
 
 #[test]
+fn memory_deny_write_execute_is_refused_and_the_process_left_alone() {
+    let dir = support::tmpdir("signals-mdwe");
+    let mut p = start(&["mdwe"], &dir);
+    if p.seen.iter().any(|l| l.contains("nomdwe")) {
+        eprintln!("this kernel has no PR_SET_MDWE: nothing to test");
+        return;
+    }
+    // Its scratch area cannot be executable here, so ckpt asks the signals one by one before
+    // it meets MDWE and refuses.
+    let img = dir.join("mdwe.crf");
+    let o = support::run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    let err = support::stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "ckpt should refuse (exit 3): {err}");
+    assert!(err.contains("memory-deny-write-execute"), "{err}");
+    assert!(!img.exists(), "a refused checkpoint left an image");
+    // Untouched: every signal action, the mask and the stack are as they were.
+    check(&mut p);
+}
+
+#[test]
 fn restored_process_handles_signal_from_outside() {
     let dir = support::tmpdir("signals-external");
     let img = checkpoint(&dir);

@@ -61,6 +61,14 @@ impl Task {
         )?;
         let b = c.scratch.get(pid, 0, 4)?;
         let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        // Memory-deny-write-execute (Linux 6.3; older kernels say EINVAL): a restore could not
+        // put it back yet, and silently dropping a protection is not restoring the process.
+        let mdwe = c.r.raw(libc::SYS_prctl, [libc::PR_GET_MDWE as u64, 0, 0, 0, 0, 0])?;
+        if mdwe > 0 {
+            return Err(Error::Refused(format!(
+                "pid {pid} has memory-deny-write-execute set (PR_SET_MDWE, flags {mdwe:#x}); crs cannot restore that yet"
+            )));
+        }
         Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
     }
 

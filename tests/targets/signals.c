@@ -4,8 +4,9 @@
  * Sets up: SIGUSR1 -> usr1 (SA_SIGINFO|SA_ONSTACK, sa_mask {SIGTERM}); SIGUSR2 -> usr2
  * (SA_RESTART|SA_NODEFER, empty mask); SIGPIPE ignored; SIGHUP blocked; a 64 KiB alternate
  * stack on a malloc'd buffer -- or, with the argument "noalt", no alternate stack at all, so
- * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack. Prints "ready", then reads
- * commands from stdin, one a line:
+ * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack -- or, with "mdwe", the
+ * alternate stack and memory-deny-write-execute (PR_SET_MDWE; "ready nomdwe" if the kernel has
+ * none). Prints "ready", then reads commands from stdin, one a line:
  *   check  verify everything, raise the signals, print "ok signals" or "FAIL: <what>" and exit
  *          (status 0 only for ok)
  *   pid    print "pid N" (getpid())
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -266,7 +268,10 @@ int main(int argc, char **argv) {
         if (i != SIGKILL && i != SIGSTOP && ksig(i, &before[i]) != 0)
             return 2;
 
-    printf("ready\n");
+    if (argc > 1 && !strcmp(argv[1], "mdwe") && prctl(65 /* PR_SET_MDWE */, 1 /* REFUSE_EXEC_GAIN */, 0, 0, 0) != 0)
+        printf("ready nomdwe\n");
+    else
+        printf("ready\n");
     fflush(stdout);
 
     char line[128];
