@@ -27,7 +27,7 @@ impl<'a> Remote<'a> {
         let mut r = self.base;
         arch::set_syscall(&mut r, self.gadget, nr, &args);
         self.t.set_regs(&r)?;
-        self.t.step_syscall(self.gadget, &mut self.held)?;
+        self.t.step_syscall(self.gadget).run(&mut self.held)?;
         Ok(arch::syscall_result(&self.t.regs()?))
     }
 
@@ -38,7 +38,7 @@ impl<'a> Remote<'a> {
         r.rip = entry;
         set(&mut r);
         self.t.set_regs(&r)?;
-        self.t.cont_to_trap(entry + len as u64, &mut self.held)?;
+        self.t.cont_to_trap(entry + len as u64).run(&mut self.held)?;
         self.t.regs()
     }
 
@@ -68,8 +68,8 @@ impl<'a> Remote<'a> {
         let mut r = self.base;
         arch::set_syscall(&mut r, self.gadget, nr, &args);
         self.t.set_regs(&r)?;
-        self.t.to_syscall_stop(&mut self.held)?; // entry
-        self.t.to_syscall_stop(&mut self.held)?; // exit
+        self.t.to_syscall_stop().run(&mut self.held)?; // entry
+        self.t.to_syscall_stop().run(&mut self.held)?; // exit
         Ok(arch::syscall_result(&self.t.regs()?))
     }
 

@@ -32,6 +32,51 @@ pub enum Stop {
     Signal(i32),
 }
 
+/// A resume of a tracee that runs only what we put it up to (a remote syscall, code copied in),
+/// and the stop that ends it: `run` resumes it and waits for that stop. Signals sent to the
+/// tracee meanwhile are held back, for the caller to deliver later; a fault, or a trap other
+/// than the awaited one, is an error, never retried.
+pub struct Resumed<'a> {
+    t: &'a Tracee,
+    req: libc::c_uint,
+    name: &'static str,
+    until: Until,
+}
+
+enum Until {
+    /// The trap of a single step, once the instruction at this address has run.
+    StepFrom(u64),
+    /// An int3 whose next instruction is at this address.
+    TrapAt(u64),
+    /// A syscall entry or exit stop.
+    Syscall,
+}
+
+impl Resumed<'_> {
+    pub fn run(self, held: &mut Vec<i32>) -> Result<()> {
+        let t = self.t;
+        let resume = || ptrace_raw(self.req, t.pid, 0, 0, self.name);
+        resume()?;
+        loop {
+            match t.wait()? {
+                Stop::Syscall if matches!(self.until, Until::Syscall) => return Ok(()),
+                Stop::Signal(sig) if (sig == libc::SIGTRAP || FAULTS.contains(&sig)) && !t.sent()? => {
+                    let rip = t.regs()?.rip;
+                    let ours = match self.until {
+                        Until::StepFrom(at) => sig == libc::SIGTRAP && rip != at,
+                        Until::TrapAt(end) => sig == libc::SIGTRAP && rip == end,
+                        Until::Syscall => false,
+                    };
+                    return if ours { Ok(()) } else { Err(t.faulted(sig)) };
+                }
+                Stop::Signal(sig) => held.push(sig),
+                Stop::Syscall | Stop::Event => {}
+            }
+            resume()?;
+        }
+    }
+}
+
 /// Signals that mean a syscall we ran faulted.
 const FAULTS: [i32; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
 
@@ -202,65 +247,28 @@ impl Tracee {
 
     /// Runs the `syscall` instruction at `at` (where the registers point) and stops right after
     /// it, with a single step: one resume and one stop, where stopping at the syscall's entry and
-    /// exit takes two of each. Signals that arrive are held back. A fault (the gadget is not
-    /// executable, a seccomp trap...) is an error, never retried.
-    pub fn step_syscall(&self, at: u64, held: &mut Vec<i32>) -> Result<()> {
-        let step = || ptrace_raw(libc::PTRACE_SINGLESTEP, self.pid, 0, 0, "PTRACE_SINGLESTEP");
-        step()?;
-        loop {
-            match self.wait()? {
-                // The trap of the step, reported once the syscall has returned; a SIGTRAP that
-                // was pending before it (sent from outside) stops it at the instruction still.
-                Stop::Signal(libc::SIGTRAP) if self.regs()?.rip != at => return Ok(()),
-                Stop::Signal(sig) if FAULTS.contains(&sig) => return Err(self.faulted(sig)),
-                Stop::Signal(sig) => {
-                    held.push(sig);
-                    step()?;
-                }
-                Stop::Syscall | Stop::Event => {
-                    step()?;
-                }
-            }
-        }
+    /// exit takes two of each.
+    pub fn step_syscall(&self, at: u64) -> Resumed<'_> {
+        Resumed { t: self, req: libc::PTRACE_SINGLESTEP, name: "PTRACE_SINGLESTEP", until: Until::StepFrom(at) }
     }
 
-    /// Resumes until the tracee stops on a breakpoint (int3) whose next instruction is at `end`;
-    /// signals that arrive are held back, a fault is an error.
-    pub fn cont_to_trap(&self, end: u64, held: &mut Vec<i32>) -> Result<()> {
-        let resume = || ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT");
-        resume()?;
-        loop {
-            match self.wait()? {
-                Stop::Signal(libc::SIGTRAP) if self.regs()?.rip == end => return Ok(()),
-                Stop::Signal(sig) if FAULTS.contains(&sig) || sig == libc::SIGTRAP => return Err(self.faulted(sig)),
-                Stop::Signal(sig) => {
-                    held.push(sig);
-                    resume()?;
-                }
-                Stop::Syscall | Stop::Event => {
-                    resume()?;
-                }
-            }
-        }
+    /// Resumes until the tracee stops on a breakpoint (int3) whose next instruction is at `end`.
+    pub fn cont_to_trap(&self, end: u64) -> Resumed<'_> {
+        Resumed { t: self, req: libc::PTRACE_CONT, name: "PTRACE_CONT", until: Until::TrapAt(end) }
     }
 
-    /// Resumes until the next syscall entry or exit stop; signals that arrive are held back.
-    pub fn to_syscall_stop(&self, held: &mut Vec<i32>) -> Result<()> {
-        let resume = || ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0, "PTRACE_SYSCALL");
-        resume()?;
-        loop {
-            match self.wait()? {
-                Stop::Syscall => return Ok(()),
-                Stop::Signal(sig) if FAULTS.contains(&sig) || sig == libc::SIGTRAP => return Err(self.faulted(sig)),
-                Stop::Signal(sig) => {
-                    held.push(sig);
-                    resume()?;
-                }
-                Stop::Event => {
-                    resume()?;
-                }
-            }
-        }
+    /// Resumes until the next syscall entry or exit stop.
+    pub fn to_syscall_stop(&self) -> Resumed<'_> {
+        Resumed { t: self, req: libc::PTRACE_SYSCALL, name: "PTRACE_SYSCALL", until: Until::Syscall }
+    }
+
+    /// Whether the signal of the current signal-delivery stop was sent by a process (kill,
+    /// tgkill, sigqueue: si_code <= 0) rather than raised by the kernel for what the tracee ran.
+    fn sent(&self) -> Result<bool> {
+        // SAFETY: siginfo_t is plain data; PTRACE_GETSIGINFO fills it.
+        let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        ptrace_raw(libc::PTRACE_GETSIGINFO, self.pid, 0, &mut si as *mut _ as usize, "PTRACE_GETSIGINFO")?;
+        Ok(si.si_code <= 0)
     }
 
     fn faulted(&self, sig: i32) -> Error {

@@ -96,8 +96,8 @@ impl Signals {
     }
 
     /// All queries in one run of arch::sigactions_code inside the tracee, copied to the
-    /// executable scratch area: page 0 the code, page 1 the actions (32 bytes a signal, from
-    /// offset 32) and the results (4 bytes a signal, from offset 2176).
+    /// executable scratch area: the code at its start; in its second page, signal s's action
+    /// (32 bytes) at offset 32 × s and its result (an i32) at 32 × 65 + 4 × s.
     fn query_at_once(c: &mut Ctl) -> Result<Vec<SigAction>> {
         let pid = c.pid();
         let code = crate::engine::arch::sigactions_code();
