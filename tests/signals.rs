@@ -101,6 +101,48 @@ fn memory_deny_write_execute_is_refused_and_the_process_left_alone() {
 }
 
 #[test]
+fn signals_sent_during_a_checkpoint_are_held_and_delivered() {
+    // A storm of SIGTRAP and SIGUSR2 from another process while ckpt freezes the target and
+    // runs syscalls in it: a sent SIGTRAP is not a fault of ckpt's (ckpt used to fail on it),
+    // and every kind of signal sent reaches the process once it runs on.
+    let dir = support::tmpdir("signals-storm");
+    let mut p = start(&["trap"], &dir);
+    let pid = p.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let storm = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: kill(2) with valid signal numbers.
+                unsafe {
+                    libc::kill(pid, libc::SIGTRAP);
+                    libc::kill(pid, libc::SIGUSR2);
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let img = dir.join("storm.crf");
+    for _ in 0..5 {
+        let o = support::run(&["ckpt", "-o", img.to_str().unwrap(), &pid.to_string()]);
+        assert!(o.status.success(), "ckpt failed under a storm of signals: {}", support::stderr(&o));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    storm.join().unwrap();
+    assert!(sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    p.send("count");
+    let c = p.expect("traps ");
+    let n: Vec<u64> = c.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(n.len() == 2 && n[0] > 0 && n[1] > 0, "signals lost: {c}");
+    check(&mut p);
+    // The last image restores as well.
+    let mut r = support::rstrt(&[img.to_str().unwrap()]);
+    check(&mut r);
+}
+
+#[test]
 fn restored_process_handles_signal_from_outside() {
     let dir = support::tmpdir("signals-external");
     let img = checkpoint(&dir);

@@ -6,10 +6,12 @@
  * stack on a malloc'd buffer -- or, with the argument "noalt", no alternate stack at all, so
  * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack -- or, with "mdwe", the
  * alternate stack and memory-deny-write-execute (PR_SET_MDWE; "ready nomdwe" if the kernel has
- * none). Prints "ready", then reads commands from stdin, one a line:
+ * none) -- or, with "trap", also a SIGTRAP handler that counts (for signals sent while a
+ * checkpoint holds the process). Prints "ready", then reads commands from stdin, one a line:
  *   check  verify everything, raise the signals, print "ok signals" or "FAIL: <what>" and exit
  *          (status 0 only for ok)
  *   pid    print "pid N" (getpid())
+ *   count  print "traps N usr2 M": how many SIGTRAP and SIGUSR2 arrived
  *   quit   exit 0
  * (EOF exits 0 too.) Whenever SIGUSR1 arrives -- raised or sent from outside -- the handler
  * checks it runs on the alternate stack with the expected mask and prints one line
@@ -40,7 +42,12 @@ struct ksigaction {
 static char *altbuf;
 static int noalt;
 static struct ksigaction before[NSIGS + 1];
-static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad;
+static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad, trap_count;
+
+static void trap(int sig) {
+    (void)sig;
+    trap_count++;
+}
 
 static void put(const char *s) {
     size_t n = strlen(s);
@@ -259,6 +266,15 @@ int main(int argc, char **argv) {
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
         return 2;
 
+    if (argc > 1 && !strcmp(argv[1], "trap")) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = trap;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGTRAP, &sa, NULL) != 0)
+            return 2;
+    }
+
     sigemptyset(&set);
     sigaddset(&set, SIGHUP);
     if (sigprocmask(SIG_SETMASK, &set, NULL) != 0)
@@ -278,7 +294,10 @@ int main(int argc, char **argv) {
     while (get_line(line, sizeof line)) {
         if (!strcmp(line, "check"))
             check();
-        else if (!strcmp(line, "pid")) {
+        else if (!strcmp(line, "count")) {
+            printf("traps %d usr2 %d\n", (int)trap_count, (int)usr2_count);
+            fflush(stdout);
+        } else if (!strcmp(line, "pid")) {
             printf("pid %d\n", (int)getpid());
             fflush(stdout);
         } else if (!strcmp(line, "quit"))
