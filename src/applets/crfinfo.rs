@@ -132,6 +132,10 @@ fn describe(inp: impl Input) -> Result<()> {
                 println!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality);
             }
             Tag::Cwd => println!("cwd:       {}", cwd::decode(&r.payload(&s)?, s.offset)?),
+            Tag::Mdwe => println!(
+                "mdwe:      memory-deny-write-execute, flags {:#x}",
+                Task::decode_mdwe(&r.payload(&s)?, s.offset)?
+            ),
             Tag::End => {}
         }
     }

@@ -50,6 +50,8 @@ pub enum Tag {
     Signals = 7,
     Task = 8,
     Cwd = 9,
+    /// Written only for a process with memory-deny-write-execute set.
+    Mdwe = 10,
     End = 0xffff_ffff,
 }
 
@@ -65,6 +67,7 @@ impl Tag {
             7 => Tag::Signals,
             8 => Tag::Task,
             9 => Tag::Cwd,
+            10 => Tag::Mdwe,
             0xffff_ffff => Tag::End,
             _ => return None,
         })
@@ -81,6 +84,7 @@ impl Tag {
             Tag::Signals => "SIGNALS",
             Tag::Task => "TASK",
             Tag::Cwd => "CWD",
+            Tag::Mdwe => "MDWE",
             Tag::End => "END",
         }
     }

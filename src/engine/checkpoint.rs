@@ -313,6 +313,9 @@ fn frozen_work<W: Sink>(
     w.section(Tag::Signals, 0, &[&signals.encode()]).map_err(io)?;
     w.section(Tag::Task, 0, &[&task.encode()]).map_err(io)?;
     w.section(Tag::Cwd, 0, &[&cwd::encode(&cwd)]).map_err(io)?;
+    if task.mdwe != 0 {
+        w.section(Tag::Mdwe, 0, &[&task.encode_mdwe()]).map_err(io)?;
+    }
     let (out, bytes) = w.finish().map_err(io)?;
     commit(out)?;
     Ok((pages, bytes))

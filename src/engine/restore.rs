@@ -315,10 +315,16 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     st.task = Task::decode(&rd.payload(&s)?, s.offset)?;
     let s = expect(&mut rd, Tag::Cwd)?;
     st.cwd = cwd::decode(&rd.payload(&s)?, s.offset)?;
-    if let Some(extra) = rd.next_section()? {
+    let mut last = "CWD";
+    let mut s = rd.next_section()?;
+    if let Some(sec) = s.filter(|s| s.tag == Tag::Mdwe) {
+        st.task.mdwe = Task::decode_mdwe(&rd.payload(&sec)?, sec.offset)?;
+        (last, s) = ("MDWE", rd.next_section()?);
+    }
+    if let Some(extra) = s {
         return Err(Error::Image(crate::crf::CrfError::Bad {
             offset: extra.offset,
-            what: format!("unexpected {} section after CWD", extra.tag.name()),
+            what: format!("unexpected {} section after {last}", extra.tag.name()),
         }));
     }
     check_xstate(&regs)?;
@@ -342,6 +348,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.task.pdeathsig = 0;
     }
     st.task.restore(&mut c, &st.head.comm)?;
+    st.task.restore_mdwe(&mut c)?;
     t.set_sigmask(st.signals.blocked)?;
     if !regs.xsave.is_empty() {
         t.set_xstate(&regs.xsave)?;

@@ -1,5 +1,7 @@
 //! TASK: per-process attributes that are neither memory nor files: umask, personality,
 //! dumpable, parent-death signal, the rseq registration, the name, and (from HEAD) credentials.
+//! MDWE: memory-deny-write-execute, in a section of its own that only a process with it set
+//! has, so that a crs that does not know it refuses the image instead of dropping it.
 
 use super::head::Header;
 use crate::crf::{Dec, Enc, Result as CrfResult};
@@ -9,6 +11,8 @@ use crate::engine::tracee::RseqConf;
 use crate::error::{Error, Result};
 
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.
+const MDWE_KNOWN: u64 = 3;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Task {
@@ -17,6 +21,8 @@ pub struct Task {
     pub dumpable: u32,
     pub pdeathsig: u32,
     pub rseq: Option<RseqConf>,
+    /// PR_GET_MDWE's flags; not in TASK but in an MDWE section of its own, when not 0.
+    pub mdwe: u64,
 }
 
 impl Task {
@@ -31,7 +37,7 @@ impl Task {
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Task> {
         let mut d = Dec::new(b, at, "TASK");
         let mut t =
-            Task { umask: d.u32()?, personality: d.u32()?, dumpable: d.u32()?, pdeathsig: d.u32()?, rseq: None };
+            Task { umask: d.u32()?, personality: d.u32()?, dumpable: d.u32()?, pdeathsig: d.u32()?, ..Task::default() };
         let r = RseqConf { ptr: d.u64()?, len: d.u32()?, sig: d.u32()? };
         t.rseq = (r.ptr != 0).then_some(r);
         if t.umask > 0o777 {
@@ -61,15 +67,9 @@ impl Task {
         )?;
         let b = c.scratch.get(pid, 0, 4)?;
         let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        // Memory-deny-write-execute (Linux 6.3; older kernels say EINVAL): a restore could not
-        // put it back yet, and silently dropping a protection is not restoring the process.
-        let mdwe = c.r.raw(libc::SYS_prctl, [libc::PR_GET_MDWE as u64, 0, 0, 0, 0, 0])?;
-        if mdwe > 0 {
-            return Err(Error::Refused(format!(
-                "pid {pid} has memory-deny-write-execute set (PR_SET_MDWE, flags {mdwe:#x}); crs cannot restore that yet"
-            )));
-        }
-        Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
+        // Memory-deny-write-execute (Linux 6.3; older kernels say EINVAL: none).
+        let mdwe = c.r.raw(libc::SYS_prctl, [libc::PR_GET_MDWE as u64, 0, 0, 0, 0, 0])?.max(0) as u64;
+        Ok(Task { umask, personality, dumpable, pdeathsig, rseq, mdwe })
     }
 
     /// Restores what needs no privilege; called after memory is in place (rseq needs its area).
@@ -99,6 +99,44 @@ impl Task {
             )?;
         }
         Ok(())
+    }
+
+    /// The MDWE section's payload: u64 flags.
+    pub fn encode_mdwe(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u64(self.mdwe);
+        e.into_bytes()
+    }
+
+    pub fn decode_mdwe(b: &[u8], at: u64) -> CrfResult<u64> {
+        let mut d = Dec::new(b, at, "MDWE");
+        let flags = d.u64()?;
+        if flags == 0 || flags & !MDWE_KNOWN != 0 {
+            return Err(d.bad_at(at, format!("memory-deny-write-execute flags {flags:#x} are not valid")));
+        }
+        d.finish()?;
+        Ok(flags)
+    }
+
+    /// Memory-deny-write-execute goes last: once set, the process can no longer make memory
+    /// both writable and executable, and it can never be unset.
+    pub fn restore_mdwe(&self, c: &mut Ctl) -> Result<()> {
+        if self.mdwe == 0 {
+            return Ok(());
+        }
+        let r = c.r.raw(libc::SYS_prctl, [libc::PR_SET_MDWE as u64, self.mdwe, 0, 0, 0, 0])?;
+        match r {
+            0 => Ok(()),
+            r if r == -(libc::EINVAL as i64) => Err(Error::Refused(format!(
+                "the process had memory-deny-write-execute (flags {:#x}), which this kernel cannot set (it needs Linux 6.3 or later); restart it on such a node",
+                self.mdwe
+            ))),
+            r => Err(Error::sys(
+                format!("prctl(PR_SET_MDWE) (in pid {})", c.pid()),
+                format!("flags {:#x}", self.mdwe),
+                nix::errno::Errno::from_raw(-r as i32),
+            )),
+        }
     }
 
     /// dumpable goes after the credentials (a uid change resets it).
@@ -163,9 +201,14 @@ mod tests {
             dumpable: 1,
             pdeathsig: 9,
             rseq: Some(RseqConf { ptr: 0x7f00, len: 32, sig: 0x53053053 }),
+            mdwe: 0,
         };
         assert_eq!(Task::decode(&t.encode(), 0).unwrap(), t);
         let t = Task { rseq: None, ..t };
         assert_eq!(Task::decode(&t.encode(), 0).unwrap(), t);
+        let t = Task { mdwe: 1, ..t };
+        assert_eq!(Task::decode_mdwe(&t.encode_mdwe(), 0).unwrap(), 1);
+        assert!(Task::decode_mdwe(&Task { mdwe: 0, ..t.clone() }.encode_mdwe(), 0).is_err());
+        assert!(Task::decode_mdwe(&Task { mdwe: 8, ..t }.encode_mdwe(), 0).is_err());
     }
 }

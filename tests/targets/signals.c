@@ -6,7 +6,7 @@
  * stack on a malloc'd buffer -- or, with the argument "noalt", no alternate stack at all, so
  * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack -- or, with "mdwe", the
  * alternate stack and memory-deny-write-execute (PR_SET_MDWE; "ready nomdwe" if the kernel has
- * none) -- or, with "trap", also a SIGTRAP handler that counts (for signals sent while a
+ * none), which check then verifies -- or, with "trap", also a SIGTRAP handler that counts (for signals sent while a
  * checkpoint holds the process). Prints "ready", then reads commands from stdin, one a line:
  *   check  verify everything, raise the signals, print "ok signals" or "FAIL: <what>" and exit
  *          (status 0 only for ok)
@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -40,7 +41,7 @@ struct ksigaction {
 };
 
 static char *altbuf;
-static int noalt;
+static int noalt, mdwe;
 static struct ksigaction before[NSIGS + 1];
 static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad, trap_count;
 
@@ -187,6 +188,16 @@ static void check(void) {
         FAILF("sigaltstack is sp %p size %zu flags %#x, expected %p %d 0", ss.ss_sp, ss.ss_size,
               ss.ss_flags, (void *)altbuf, ALTSZ);
 
+    /* Memory-deny-write-execute: still set, and in force. */
+    if (mdwe) {
+        int f = prctl(66 /* PR_GET_MDWE */, 0, 0, 0, 0);
+        void *p = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (f != 1)
+            FAILF("PR_GET_MDWE says %d, expected 1 (REFUSE_EXEC_GAIN)", f);
+        else if (p != MAP_FAILED)
+            FAILF("a writable and executable mapping was allowed despite MDWE");
+    }
+
     /* Behaviour. */
     int n1 = usr1_count, n2 = usr2_count;
     raise(SIGPIPE); /* ignored: nothing happens */
@@ -284,9 +295,11 @@ int main(int argc, char **argv) {
         if (i != SIGKILL && i != SIGSTOP && ksig(i, &before[i]) != 0)
             return 2;
 
-    if (argc > 1 && !strcmp(argv[1], "mdwe") && prctl(65 /* PR_SET_MDWE */, 1 /* REFUSE_EXEC_GAIN */, 0, 0, 0) != 0)
+    mdwe = argc > 1 && !strcmp(argv[1], "mdwe");
+    if (mdwe && prctl(65 /* PR_SET_MDWE */, 1 /* REFUSE_EXEC_GAIN */, 0, 0, 0) != 0) {
+        mdwe = 0;
         printf("ready nomdwe\n");
-    else
+    } else
         printf("ready\n");
     fflush(stdout);
 
