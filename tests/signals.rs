@@ -142,6 +142,42 @@ fn signals_sent_during_a_checkpoint_are_held_and_delivered() {
 }
 
 #[test]
+fn a_blocked_or_ignored_sigtrap_is_left_as_it_was() {
+    // ckpt's single steps would force SIGTRAP on the process: when it is blocked or ignored,
+    // the kernel would reset its handler and unblock it. check compares every action and the
+    // mask with what they were.
+    for mode in ["trapblock", "trapign"] {
+        let dir = support::tmpdir(&format!("signals-{mode}"));
+        let mut p = start(&[mode], &dir);
+        let img = dir.join("live.crf");
+        support::ckpt(&["-o", img.to_str().unwrap(), &p.pid().to_string()]);
+        check(&mut p);
+        let img = checkpoint_with(&[mode], &dir);
+        let mut r = support::rstrt(&[&img]);
+        check(&mut r);
+    }
+}
+
+#[test]
+fn a_pending_signal_survives_with_its_siginfo() {
+    let dir = support::tmpdir("signals-pending");
+    let img = dir.join("pending.crf").to_str().unwrap().to_string();
+    let mut p = start(&[], &dir);
+    p.send("queue");
+    assert_eq!(p.expect("queued"), "queued");
+    support::ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.wait();
+    let info = support::run(&["crfinfo", &img]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("pending:   signals [1]"), "{text}");
+    // Still pending (SIGHUP is blocked) and still sent by sigqueue (SI_QUEUE, -1) with 42.
+    let mut r = support::rstrt(&[&img]);
+    r.send("take");
+    assert_eq!(r.expect("took"), "took code -1 value 42", "saw {:?}", r.seen);
+    check(&mut r);
+}
+
+#[test]
 fn restored_process_handles_signal_from_outside() {
     let dir = support::tmpdir("signals-external");
     let img = checkpoint(&dir);

@@ -132,6 +132,11 @@ fn describe(inp: impl Input) -> Result<()> {
                 println!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality);
             }
             Tag::Cwd => println!("cwd:       {}", cwd::decode(&r.payload(&s)?, s.offset)?),
+            Tag::Pending => {
+                let p = Signals::decode_pending(&r.payload(&s)?, s.offset)?;
+                let sigs: Vec<String> = p.iter().map(|p| p.signo().to_string()).collect();
+                println!("pending:   signals [{}]", sigs.join(" "));
+            }
             Tag::Mdwe => println!(
                 "mdwe:      memory-deny-write-execute, flags {:#x}",
                 Task::decode_mdwe(&r.payload(&s)?, s.offset)?

@@ -52,6 +52,8 @@ pub enum Tag {
     Cwd = 9,
     /// Written only for a process with memory-deny-write-execute set.
     Mdwe = 10,
+    /// Written only for a process with signals queued and not yet delivered.
+    Pending = 11,
     End = 0xffff_ffff,
 }
 
@@ -68,6 +70,7 @@ impl Tag {
             8 => Tag::Task,
             9 => Tag::Cwd,
             10 => Tag::Mdwe,
+            11 => Tag::Pending,
             0xffff_ffff => Tag::End,
             _ => return None,
         })
@@ -85,6 +88,7 @@ impl Tag {
             Tag::Task => "TASK",
             Tag::Cwd => "CWD",
             Tag::Mdwe => "MDWE",
+            Tag::Pending => "PENDING",
             Tag::End => "END",
         }
     }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::res::head::{self, Header};
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
-use crate::res::signals::Signals;
+use crate::res::signals::{Pending, Signals};
 use crate::res::task::Task;
 use crate::res::{cwd, fileid::FileId, files};
 use log::debug;
@@ -231,6 +231,7 @@ fn frozen_work<W: Sink>(
 ) -> Result<(u64, u64)> {
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
+    let pending: Vec<Pending> = t.pending()?.into_iter().map(|(shared, info)| Pending { shared, info }).collect();
     // Again, now that it cannot change: a caller may have run precheck a while ago.
     let status = procfs::read_status(pid)?;
     check_status(pid, &status, true)?;
@@ -239,6 +240,8 @@ fn frozen_work<W: Sink>(
     let maps = procfs::read_smaps(pid)?;
     let gadget = find_gadget(pid, &maps)?;
     let mut r = Remote::new(t, gadget, *live);
+    let ignored = procfs::status_field(&status, "SigIgn").and_then(|v| u64::from_str_radix(v, 16).ok());
+    r.stepping = ignored.is_some_and(|ign| super::remote::traps_harmless(sigmask, ign));
     let len = 4 * crate::crf::PAGE_SIZE;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
@@ -255,7 +258,8 @@ fn frozen_work<W: Sink>(
     };
     let mut c = Ctl { r, scratch: Scratch { addr, len, exec } };
     let asked = (|| -> Result<(Signals, Task, u64)> {
-        let s = Signals::collect(&mut c, sigmask)?;
+        let mut s = Signals::collect(&mut c, sigmask)?;
+        s.pending = pending;
         let task = Task::collect(&mut c, &status, rseq)?;
         let brk = c.r.call(libc::SYS_brk, [0; 6], "brk", "query")?;
         Ok((s, task, brk))
@@ -315,6 +319,9 @@ fn frozen_work<W: Sink>(
     w.section(Tag::Cwd, 0, &[&cwd::encode(&cwd)]).map_err(io)?;
     if task.mdwe != 0 {
         w.section(Tag::Mdwe, 0, &[&task.encode_mdwe()]).map_err(io)?;
+    }
+    if !signals.pending.is_empty() {
+        w.section(Tag::Pending, 0, &[&signals.encode_pending()]).map_err(io)?;
     }
     let (out, bytes) = w.finish().map_err(io)?;
     commit(out)?;

@@ -2,6 +2,12 @@
 //! `syscall` instruction (the gadget), and collect the result from the stop after it.
 //! The tracee never executes anything but that one instruction, so any `0f 05` in its memory
 //! serves as a gadget, even in the middle of another instruction.
+//!
+//! A single step, like the int3 that ends code we copy in, ends in a SIGTRAP the kernel forces
+//! on the tracee; and a forced signal that the tracee blocks or ignores has its handler reset
+//! to SIG_DFL and is unblocked. So stepping is only for a tracee whose SIGTRAP is neither
+//! blocked nor ignored (`stepping`); otherwise each syscall stops at its entry and its exit,
+//! which involves no signal.
 
 use super::arch::{self, Regs};
 use super::tracee::Tracee;
@@ -14,16 +20,30 @@ pub struct Remote<'a> {
     base: Regs,
     /// Signals that arrived while we drove the tracee; the caller delivers them later.
     pub held: Vec<i32>,
+    /// Whether a forced SIGTRAP leaves the tracee as it was: single steps and copied code
+    /// are allowed (see the module's notes).
+    pub stepping: bool,
+}
+
+/// Whether a tracee with this blocked mask and these ignored signals (SigIgn) takes a forced
+/// SIGTRAP without its handler being reset.
+pub fn traps_harmless(blocked: u64, ignored: u64) -> bool {
+    let bit = 1u64 << (libc::SIGTRAP - 1);
+    blocked & bit == 0 && ignored & bit == 0
 }
 
 impl<'a> Remote<'a> {
-    /// `base` supplies the registers a syscall does not set (segments, flags).
+    /// `base` supplies the registers a syscall does not set (segments, flags). Stepping is off
+    /// until the caller knows it is harmless.
     pub fn new(t: &'a Tracee, gadget: u64, base: Regs) -> Self {
-        Remote { t, gadget, base, held: Vec::new() }
+        Remote { t, gadget, base, held: Vec::new(), stepping: false }
     }
 
     /// Runs a syscall and returns its raw result (negative errno on failure).
     pub fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        if !self.stepping {
+            return self.raw_unstepped(nr, args);
+        }
         let mut r = self.base;
         arch::set_syscall(&mut r, self.gadget, nr, &args);
         self.t.set_regs(&r)?;
@@ -32,8 +52,11 @@ impl<'a> Remote<'a> {
     }
 
     /// Runs `len` bytes of code at `entry` that end in an int3, with `set` applied to the
-    /// registers first; returns the registers at the int3.
+    /// registers first; returns the registers at the int3. Only while `stepping`.
     pub fn run(&mut self, entry: u64, len: usize, set: impl FnOnce(&mut Regs)) -> Result<Regs> {
+        if !self.stepping {
+            return Err(Error::Proc("copied code run where a trap would change the process".into()));
+        }
         let mut r = self.base;
         r.rip = entry;
         set(&mut r);

@@ -246,6 +246,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
     let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0, exec: false } };
+    // Every signal blocked but SIGTRAP, and SIGTRAP as the child inherited it from us: single
+    // steps are harmless as long as that stays unignored (see engine::remote).
+    let trap = |s: &Signals| s.actions.get(libc::SIGTRAP as usize - 1).map_or(0, |a| a.handler);
+    let all_but_trap = !(1u64 << (libc::SIGTRAP - 1));
+    t.set_sigmask(all_but_trap)?;
+    c.r.stepping = trap(&inherited) != libc::SIG_IGN as u64;
     let child_maps = procfs::read_smaps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
@@ -321,6 +327,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.task.mdwe = Task::decode_mdwe(&rd.payload(&sec)?, sec.offset)?;
         (last, s) = ("MDWE", rd.next_section()?);
     }
+    if let Some(sec) = s.filter(|s| s.tag == Tag::Pending) {
+        st.signals.pending = Signals::decode_pending(&rd.payload(&sec)?, sec.offset)?;
+        (last, s) = ("PENDING", rd.next_section()?);
+    }
     if let Some(extra) = s {
         return Err(Error::Image(crate::crf::CrfError::Bad {
             offset: extra.offset,
@@ -335,6 +345,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let exe_set = st.mm.restore(&mut c)?;
     files::restore(&mut c, &st.files, opts.null_stdio)?;
     cwd::restore(&mut c, &st.cwd)?;
+    // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
+    c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
     st.signals.restore(&mut c, &inherited)?;
     if opts.detach {
         c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
@@ -349,7 +361,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     st.task.restore(&mut c, &st.head.comm)?;
     st.task.restore_mdwe(&mut c)?;
-    t.set_sigmask(st.signals.blocked)?;
+    // Pending signals go back with every signal blocked, so that none is delivered before the
+    // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set
+    // once the last remote syscall is done.
+    c.r.stepping = false;
+    t.set_sigmask(!0)?;
+    st.signals.restore_pending(&mut c)?;
     if !regs.xsave.is_empty() {
         t.set_xstate(&regs.xsave)?;
     }
@@ -358,6 +375,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if r != 0 {
         return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));
     }
+    t.set_sigmask(st.signals.blocked)?;
     let held = std::mem::take(&mut c.r.held);
     let mut fin = regs.gpr;
     fin.orig_rax = u64::MAX;

@@ -77,6 +77,9 @@ impl Resumed<'_> {
     }
 }
 
+/// The size of a siginfo_t.
+pub const SIGINFO_LEN: usize = 128;
+
 /// Signals that mean a syscall we ran faulted.
 const FAULTS: [i32; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
 
@@ -217,6 +220,38 @@ impl Tracee {
         let mut m = 0u64;
         ptrace_raw(PTRACE_GETSIGMASK, self.pid, 8, &mut m as *mut u64 as usize, "PTRACE_GETSIGMASK")?;
         Ok(m)
+    }
+
+    /// The signals queued for the process and not yet delivered, each with its siginfo as
+    /// the kernel holds it: `(shared, siginfo)`, the thread's own queue first.
+    pub fn pending(&self) -> Result<Vec<(bool, [u8; SIGINFO_LEN])>> {
+        #[repr(C)]
+        struct Args {
+            off: u64,
+            flags: u32,
+            nr: i32,
+        }
+        const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+        const SHARED: u32 = 1;
+        let mut out = Vec::new();
+        for flags in [0, SHARED] {
+            loop {
+                let mut buf = [[0u8; SIGINFO_LEN]; 16];
+                let a = Args { off: out.iter().filter(|(s, _)| *s == (flags == SHARED)).count() as u64, flags, nr: 16 };
+                let n = ptrace_raw(
+                    PTRACE_PEEKSIGINFO,
+                    self.pid,
+                    &a as *const Args as usize,
+                    buf.as_mut_ptr() as usize,
+                    "PTRACE_PEEKSIGINFO",
+                )? as usize;
+                out.extend(buf.iter().take(n.min(16)).map(|i| (flags == SHARED, *i)));
+                if n < 16 {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn set_sigmask(&self, m: u64) -> Result<()> {

@@ -1,9 +1,12 @@
 //! SIGNALS: every handler with its flags, restorer and mask, the blocked mask and sigaltstack.
 //! Collected with rt_sigaction/sigaltstack run inside the tracee (no /proc file shows handler
 //! addresses); restored the same way.
+//! PENDING: the signals queued and not yet delivered, with their siginfo, in a section of its
+//! own that only a process with some has; requeued by the restored process to itself.
 
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::engine::Ctl;
+use crate::engine::tracee::SIGINFO_LEN;
 use crate::error::Result;
 
 pub const NSIG: usize = 64;
@@ -24,6 +27,22 @@ pub struct Signals {
     pub altstack_sp: u64,
     pub altstack_flags: u32,
     pub altstack_size: u64,
+    /// Queued, undelivered signals (not in SIGNALS: in PENDING, when there are any).
+    pub pending: Vec<Pending>,
+}
+
+/// One queued signal: its siginfo as the kernel holds it, and whether it was queued for the
+/// whole process (kill) or for the thread (tgkill).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub shared: bool,
+    pub info: [u8; SIGINFO_LEN],
+}
+
+impl Pending {
+    pub fn signo(&self) -> i32 {
+        i32::from_le_bytes([self.info[0], self.info[1], self.info[2], self.info[3]])
+    }
 }
 
 /// A kernel struct sigaction (handler, flags, restorer, mask: 32 bytes) as read.
@@ -62,6 +81,7 @@ impl Signals {
             altstack_sp: d.u64()?,
             altstack_flags: d.u32()?,
             altstack_size: d.u64()?,
+            pending: Vec::new(),
         };
         d.finish()?;
         Ok(s)
@@ -71,12 +91,20 @@ impl Signals {
     pub fn collect(c: &mut Ctl, blocked: u64) -> Result<Signals> {
         let pid = c.pid();
         let out = c.scratch.addr;
-        let actions = if c.scratch.exec { Self::query_at_once(c)? } else { Self::query_each(c)? };
+        let at_once = c.scratch.exec && c.r.stepping;
+        let actions = if at_once { Self::query_at_once(c)? } else { Self::query_each(c)? };
         c.r.call(libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0], "sigaltstack", "query")?;
         let b = c.scratch.get(pid, 0, 24)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
+        Ok(Signals {
+            actions,
+            blocked,
+            altstack_sp: w(0),
+            altstack_flags: w(1) as u32,
+            altstack_size: w(2),
+            pending: Vec::new(),
+        })
     }
 
     /// One rt_sigaction query per signal, each a remote syscall.
@@ -129,6 +157,54 @@ impl Signals {
         Ok(actions)
     }
 
+    /// The PENDING section's payload: u32 count, then per signal u32 queue (0 the thread's,
+    /// 1 the process's) and the siginfo (a byte field of 128 bytes).
+    pub fn encode_pending(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(self.pending.len() as u32);
+        for p in &self.pending {
+            e.u32(p.shared as u32).bytes(&p.info);
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode_pending(b: &[u8], at: u64) -> CrfResult<Vec<Pending>> {
+        let mut d = Dec::new(b, at, "PENDING");
+        let n = d.count(8 + SIGINFO_LEN)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let queue = d.u32()?;
+            let raw = d.bytes()?;
+            let info: [u8; SIGINFO_LEN] =
+                raw.try_into().map_err(|_| d.bad_at(at, format!("a siginfo of {} bytes", raw.len())))?;
+            let p = Pending { shared: queue == 1, info };
+            if queue > 1 || !(1..=NSIG as i32).contains(&p.signo()) {
+                return Err(d.bad_at(at, format!("a pending signal {} in queue {queue}", p.signo())));
+            }
+            out.push(p);
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    /// Queues the pending signals again, sent by the process to itself (the only sender the
+    /// kernel lets give any siginfo). Its signals must be blocked meanwhile: an unblocked one
+    /// would otherwise be delivered at our next remote syscall.
+    pub fn restore_pending(&self, c: &mut Ctl) -> Result<()> {
+        let pid = c.pid() as u64;
+        for p in &self.pending {
+            let at = c.scratch.put(c.pid(), 0, &p.info)?;
+            let sig = p.signo() as u64;
+            let what = format!("signal {sig}");
+            if p.shared {
+                c.r.call(libc::SYS_rt_sigqueueinfo, [pid, sig, at, 0, 0, 0], "rt_sigqueueinfo", &what)?;
+            } else {
+                c.r.call(libc::SYS_rt_tgsigqueueinfo, [pid, pid, sig, at, 0, 0], "rt_tgsigqueueinfo", &what)?;
+            }
+        }
+        Ok(())
+    }
+
     /// This process's own handlers and alternate stack, which a child it clones inherits.
     pub fn own() -> Signals {
         let mut actions = Vec::with_capacity(NSIG);
@@ -154,6 +230,7 @@ impl Signals {
             altstack_sp: st.ss_sp as u64,
             altstack_flags: st.ss_flags as u32,
             altstack_size: st.ss_size as u64,
+            pending: Vec::new(),
         }
     }
 
@@ -204,7 +281,23 @@ mod tests {
             altstack_sp: 0x7000,
             altstack_flags: 0,
             altstack_size: 8192,
+            pending: Vec::new(),
         };
         assert_eq!(Signals::decode(&s.encode(), 0).unwrap(), s);
+    }
+
+    #[test]
+    fn pending_round_trip_and_bad_signals() {
+        let mut info = [7u8; SIGINFO_LEN];
+        info[..4].copy_from_slice(&34i32.to_le_bytes());
+        let one = Pending { shared: true, info };
+        let s = Signals { pending: vec![Pending { shared: false, ..one.clone() }, one], ..Default::default() };
+        assert_eq!(Signals::decode_pending(&s.encode_pending(), 0).unwrap(), s.pending);
+        for bad in [0i32, 65, -1] {
+            let mut info = info;
+            info[..4].copy_from_slice(&bad.to_le_bytes());
+            let s = Signals { pending: vec![Pending { shared: false, info }], ..Default::default() };
+            assert!(Signals::decode_pending(&s.encode_pending(), 0).is_err(), "signal {bad}");
+        }
     }
 }

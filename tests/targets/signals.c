@@ -7,11 +7,14 @@
  * that SIGUSR1's SA_ONSTACK must run it on the ordinary stack -- or, with "mdwe", the
  * alternate stack and memory-deny-write-execute (PR_SET_MDWE; "ready nomdwe" if the kernel has
  * none), which check then verifies -- or, with "trap", also a SIGTRAP handler that counts (for signals sent while a
- * checkpoint holds the process). Prints "ready", then reads commands from stdin, one a line:
+ * checkpoint holds the process) -- or, with "trapblock", SIGTRAP blocked (with a handler), or
+ * with "trapign", SIGTRAP ignored. Prints "ready", then reads commands from stdin, one a line:
  *   check  verify everything, raise the signals, print "ok signals" or "FAIL: <what>" and exit
  *          (status 0 only for ok)
  *   pid    print "pid N" (getpid())
  *   count  print "traps N usr2 M": how many SIGTRAP and SIGUSR2 arrived
+ *   queue  sigqueue SIGHUP (blocked: it stays pending) to itself with value 42; print "queued"
+ *   take   take a pending SIGHUP with sigtimedwait; print "took code C value V", or "took none"
  *   quit   exit 0
  * (EOF exits 0 too.) Whenever SIGUSR1 arrives -- raised or sent from outside -- the handler
  * checks it runs on the alternate stack with the expected mask and prints one line
@@ -41,7 +44,7 @@ struct ksigaction {
 };
 
 static char *altbuf;
-static int noalt, mdwe;
+static int noalt, mdwe, trapblock;
 static struct ksigaction before[NSIGS + 1];
 static volatile sig_atomic_t usr1_count, usr1_bad, usr2_count, usr2_bad, trap_count;
 
@@ -176,8 +179,10 @@ static void check(void) {
 
     if (sigprocmask(SIG_BLOCK, NULL, &set) != 0)
         FAILF("sigprocmask failed");
-    else if (!only_member(&set, SIGHUP))
-        FAILF("blocked mask is not exactly {SIGHUP}");
+    else if (trapblock ? !sigismember(&set, SIGTRAP) : !only_member(&set, SIGHUP))
+        FAILF("blocked mask is not exactly {SIGHUP%s}", trapblock ? ", SIGTRAP" : "");
+    else if (trapblock && (sigdelset(&set, SIGTRAP), !only_member(&set, SIGHUP)))
+        FAILF("blocked mask is not exactly {SIGHUP, SIGTRAP}");
 
     if (sigaltstack(NULL, &ss) != 0)
         FAILF("sigaltstack query failed");
@@ -288,6 +293,19 @@ int main(int argc, char **argv) {
 
     sigemptyset(&set);
     sigaddset(&set, SIGHUP);
+    /* SIGTRAP blocked (with a handler) or ignored: a trap forced on the process (a debugger's
+     * single step) would reset its handler and unblock it. */
+    trapblock = argc > 1 && !strcmp(argv[1], "trapblock");
+    if (trapblock) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = trap;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGTRAP, &sa, NULL) != 0)
+            return 2;
+        sigaddset(&set, SIGTRAP);
+    }
+    if (argc > 1 && !strcmp(argv[1], "trapign") && signal(SIGTRAP, SIG_IGN) == SIG_ERR)
+        return 2;
     if (sigprocmask(SIG_SETMASK, &set, NULL) != 0)
         return 2;
 
@@ -307,7 +325,22 @@ int main(int argc, char **argv) {
     while (get_line(line, sizeof line)) {
         if (!strcmp(line, "check"))
             check();
-        else if (!strcmp(line, "count")) {
+        else if (!strcmp(line, "queue")) {
+            union sigval v = {.sival_int = 42};
+            printf(sigqueue(getpid(), SIGHUP, v) == 0 ? "queued\n" : "FAIL: sigqueue\n");
+            fflush(stdout);
+        } else if (!strcmp(line, "take")) {
+            sigset_t hup;
+            siginfo_t si;
+            struct timespec zero = {0, 0};
+            sigemptyset(&hup);
+            sigaddset(&hup, SIGHUP);
+            if (sigtimedwait(&hup, &si, &zero) == SIGHUP)
+                printf("took code %d value %d\n", si.si_code, si.si_value.sival_int);
+            else
+                printf("took none\n");
+            fflush(stdout);
+        } else if (!strcmp(line, "count")) {
             printf("traps %d usr2 %d\n", (int)trap_count, (int)usr2_count);
             fflush(stdout);
         } else if (!strcmp(line, "pid")) {
