@@ -18,6 +18,10 @@ pub enum Error {
     Image(CrfError),
     /// The process or image uses something crs cannot (yet) handle; nothing was changed.
     Refused(String),
+    /// The image does not fit this node. `public` names the part of the image (what its sender
+    /// may be told); `detail` says what differs here (sizes, build-ids, errors: this node's
+    /// own business, for its log and its local user).
+    NotHere { public: String, detail: String },
     /// The caller may not do this (ptrace access, restoring another user's image).
     Permission(String),
     /// The target process disappeared while we worked on it.
@@ -37,6 +41,16 @@ impl Error {
     pub fn io(path: impl Into<String>, err: io::Error) -> Error {
         Error::Io { path: path.into(), err }
     }
+    pub fn not_here(public: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::NotHere { public: public.into(), detail: detail.into() }
+    }
+    /// The message for a remote party (restartd's client): without this node's own details.
+    pub fn public(&self) -> String {
+        match self {
+            Error::NotHere { public, .. } => printable(&format!("{public} (the destination's log says why)")),
+            e => e.to_string(),
+        }
+    }
     pub fn errno(&self) -> Option<Errno> {
         match self {
             Error::Sys { errno, .. } => Some(*errno),
@@ -46,16 +60,29 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// Messages carry strings from images and peers (paths, names): control characters are
+    /// escaped, so that no message can forge a line of a log or drive a terminal.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Sys { call, object, errno } => write!(f, "{call} on {object}: {}", errno.desc()),
-            Error::Io { path, err } => write!(f, "{path}: {err}"),
-            Error::Proc(s) => write!(f, "{s}"),
-            Error::Image(e) => write!(f, "{e}"),
-            Error::Refused(s) | Error::Permission(s) | Error::Usage(s) | Error::Net(s) => write!(f, "{s}"),
-            Error::Gone(pid) => write!(f, "no process {pid}: it does not exist or has exited"),
-        }
+        let s = match self {
+            Error::Sys { call, object, errno } => format!("{call} on {object}: {}", errno.desc()),
+            Error::Io { path, err } => format!("{path}: {err}"),
+            Error::Image(e) => e.to_string(),
+            Error::NotHere { public, detail } => format!("{public}: {detail}"),
+            Error::Proc(s) | Error::Refused(s) | Error::Permission(s) | Error::Usage(s) | Error::Net(s) => s.clone(),
+            Error::Gone(pid) => format!("no process {pid}: it does not exist or has exited"),
+        };
+        f.write_str(&printable(&s))
     }
+}
+
+/// `s` with control characters (newlines, escapes, C1 controls) and bidirectional overrides
+/// written as escapes: text from an image or a peer, fit for one line of a log or a terminal.
+pub fn printable(s: &str) -> String {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return s.to_string();
+    }
+    s.chars().map(|c| if unsafe_char(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 impl std::error::Error for Error {}
@@ -69,5 +96,19 @@ impl From<crate::net::NetError> for Error {
 impl From<CrfError> for Error {
     fn from(e: CrfError) -> Self {
         Error::Image(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_line_of_plain_text() {
+        let e = Error::Refused("fd 3: /tmp/a\nrestored pid 1 (x, uid 0), running\u{1b}[2J".into());
+        assert_eq!(e.to_string(), "fd 3: /tmp/a\\nrestored pid 1 (x, uid 0), running\\u{1b}[2J");
+        let e = Error::not_here("fd 3: /srv/x", "shrank to 1 byte (was 2)");
+        assert_eq!(e.public(), "fd 3: /srv/x (the destination's log says why)");
+        assert_eq!(e.to_string(), "fd 3: /srv/x: shrank to 1 byte (was 2)");
     }
 }

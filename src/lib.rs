@@ -77,22 +77,36 @@ pub fn notify(pid: i32) -> Result<()> {
 
 /// [`restart`] from an image file. A regular file is mapped, and its pages go from the page
 /// cache straight into the process.
+///
+/// Root restoring an image file that another user owns, or could have written, checks what
+/// the image claims on the very bytes the restore decodes: the file is read once, in order,
+/// and never reread (a check of one read followed by a restore from another would let the
+/// owner rewrite the file in between).
 pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
     use std::os::unix::fs::MetadataExt;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let md = f.metadata().map_err(|e| Error::io(path, e))?;
-    // Root restoring a user's image: the user must not be able to say who the process is.
-    if nix::unistd::geteuid().is_root() && md.uid() != 0 {
-        engine::restore::check_file_owner(&f, md.uid(), md.gid())?;
+    let me = nix::unistd::geteuid();
+    let others_may_write = md.mode() & 0o022 != 0;
+    if me.is_root() && md.uid() == 0 && others_may_write {
+        return Err(Error::Permission(format!(
+            "{path} is root's but group or others may write it, so anyone of them could have made it: refusing to restore it as root (chmod go-w, or restore it as its maker)"
+        )));
     }
-    // Mapping is only safe for a file nobody else may change under us (a truncation would
-    // fault us; a rewrite would change pages after their checksum was verified).
-    let ours = md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o022 == 0;
-    if !md.is_file() || !ours {
+    let r = if me.is_root() && md.uid() != 0 {
+        // Root restoring a user's image: the user must not be able to say who the process is.
+        let whose = format!("image file {path}");
+        let policy = |h: &res::head::Header| res::creds::check_user_claims(h, md.uid(), &whose);
+        let input = crf::Stream(std::io::BufReader::with_capacity(1 << 20, f));
+        engine::restore::restore_checked(input, flags, &policy)?
+    } else if md.is_file() && md.uid() == me.as_raw() && !others_may_write {
+        // Mapping is only safe for a file nobody else may change under us (a truncation would
+        // fault us; a rewrite would change pages after their checksum was verified).
+        let m = engine::mem::Mapped::new(&f, path)?;
+        engine::restore::restore(m.as_slice(), flags)?
+    } else {
         return restart(f, flags, notify);
-    }
-    let m = engine::mem::Mapped::new(&f, path)?;
-    let r = engine::restore::restore(m.as_slice(), flags)?;
+    };
     if let Some(p) = notify {
         self::notify(p)?;
     }

@@ -38,9 +38,15 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     }
 }
 
+/// println! for text that holds an image's strings (names, paths): escaped, so that an image
+/// cannot drive the terminal it is described on.
+macro_rules! out {
+    ($($t:tt)*) => { println!("{}", crate::error::printable(&format!($($t)*))) };
+}
+
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
-    println!("CRF image, format version {}, x86_64", crate::crf::VERSION);
+    out!("CRF image, format version {}, x86_64", crate::crf::VERSION);
     let mut vmas: Vec<memory::Vma> = Vec::new();
     let mut stored: BTreeMap<u64, u64> = BTreeMap::new(); // vma start -> bytes stored
     let mut total = 0u64;
@@ -59,17 +65,17 @@ fn describe(inp: impl Input) -> Result<()> {
             }
             Tag::Head => {
                 let h = Header::decode(&r.payload(&s)?, s.offset)?;
-                println!("process:   pid {} ({}), ppid {}, pgid {}, sid {}", h.pid, h.comm, h.ppid, h.pgid, h.sid);
-                println!("exe:       {}", h.exe);
-                println!("ids:       uid {:?} gid {:?} groups {:?}", h.uids, h.gids, h.groups);
-                println!("taken on:  {} (kernel {}) at {} (unix time)", h.hostname, h.kernel, h.time_sec);
-                println!("flags:     {:#x}", h.flags);
+                out!("process:   pid {} ({}), ppid {}, pgid {}, sid {}", h.pid, h.comm, h.ppid, h.pgid, h.sid);
+                out!("exe:       {}", h.exe);
+                out!("ids:       uid {:?} gid {:?} groups {:?}", h.uids, h.gids, h.groups);
+                out!("taken on:  {} (kernel {}) at {} (unix time)", h.hostname, h.kernel, h.time_sec);
+                out!("flags:     {:#x}", h.flags);
             }
             Tag::Files => {
                 let f = files::decode(&r.payload(&s)?, s.offset)?;
-                println!("files:     {}", f.len());
+                out!("files:     {}", f.len());
                 for x in f {
-                    println!(
+                    out!(
                         "  fd {:<3} {:<6} flags {:#o}{} pos {} {}",
                         x.fd,
                         files::kind_name(x.kind),
@@ -82,11 +88,17 @@ fn describe(inp: impl Input) -> Result<()> {
             }
             Tag::MmStruct => {
                 let m = memory::MmStruct::decode(&r.payload(&s)?, s.offset)?;
-                println!(
+                out!(
                     "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
-                    m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack
+                    m.start_code,
+                    m.end_code,
+                    m.start_data,
+                    m.end_data,
+                    m.start_brk,
+                    m.brk,
+                    m.start_stack
                 );
-                println!(
+                out!(
                     "           args {:#x}-{:#x} env {:#x}-{:#x} auxv {} bytes",
                     m.arg_start,
                     m.arg_end,
@@ -99,7 +111,7 @@ fn describe(inp: impl Input) -> Result<()> {
             Tag::Regs => {
                 print_map(&vmas, &stored, total);
                 let g = RegState::decode(&r.payload(&s)?, s.offset)?;
-                println!(
+                out!(
                     "registers: rip {:#x} rsp {:#x} rax {:#x} fs_base {:#x}; xsave {} bytes (xcr0 {:#x})",
                     g.gpr.rip,
                     g.gpr.rsp,
@@ -118,7 +130,7 @@ fn describe(inp: impl Input) -> Result<()> {
                     .filter(|(_, a)| a.handler > 1)
                     .map(|(i, _)| (i + 1).to_string())
                     .collect();
-                println!(
+                out!(
                     "signals:   handlers for [{}], blocked {:#x}, altstack {:#x}+{}",
                     handled.join(" "),
                     sg.blocked,
@@ -129,34 +141,33 @@ fn describe(inp: impl Input) -> Result<()> {
             Tag::Task => {
                 let t = Task::decode(&r.payload(&s)?, s.offset)?;
                 let rs = t.rseq.map_or("none".to_string(), |x| format!("{:#x}+{}", x.ptr, x.len));
-                println!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality);
+                out!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality);
             }
-            Tag::Cwd => println!("cwd:       {}", cwd::decode(&r.payload(&s)?, s.offset)?),
+            Tag::Cwd => out!("cwd:       {}", cwd::decode(&r.payload(&s)?, s.offset)?),
             Tag::Pending => {
                 let p = Signals::decode_pending(&r.payload(&s)?, s.offset)?;
                 let sigs: Vec<String> = p.iter().map(|p| p.signo().to_string()).collect();
-                println!("pending:   signals [{}]", sigs.join(" "));
+                out!("pending:   signals [{}]", sigs.join(" "));
             }
-            Tag::Mdwe => println!(
-                "mdwe:      memory-deny-write-execute, flags {:#x}",
-                Task::decode_mdwe(&r.payload(&s)?, s.offset)?
-            ),
+            Tag::Mdwe => {
+                out!("mdwe:      memory-deny-write-execute, flags {:#x}", Task::decode_mdwe(&r.payload(&s)?, s.offset)?)
+            }
             Tag::End => {}
         }
     }
-    println!("checksums: all {} bytes verified, trailer ok", r.offset());
+    out!("checksums: all {} bytes verified, trailer ok", r.offset());
     Ok(())
 }
 
 fn print_map(vmas: &[memory::Vma], stored: &BTreeMap<u64, u64>, total: u64) {
-    println!("memory:    {} mappings, {} bytes of pages stored", vmas.len(), total);
+    out!("memory:    {} mappings, {} bytes of pages stored", vmas.len(), total);
     for v in vmas {
         let b = stored.get(&v.start).copied().unwrap_or(0);
         let extra = match &v.file {
             Some(f) if !f.build_id.is_empty() => format!(" build-id {}", hex(&f.build_id)),
             _ => String::new(),
         };
-        println!(
+        out!(
             "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
             v.start,
             v.end,

@@ -36,10 +36,18 @@ struct Args {
     /// seconds a client may stay silent before it is dropped (default 30)
     #[argh(option, default = "30")]
     timeout: u64,
+    /// seconds a client has, from its connection, to complete the handshake (default 10)
+    #[argh(option, default = "10")]
+    handshake_timeout: u64,
+    /// slowest average rate an image may arrive at, in bytes per second or with K, M, G, after
+    /// an allowance of --timeout seconds (default 64K)
+    #[argh(option)]
+    min_rate: Option<String>,
 }
 
 use crate::error::{Error, Result};
 use crate::exit;
+use crate::net::pace::Paced;
 use crate::net::session::{FrameStream, pid_payload, server_hello};
 use crate::net::{Code, Conn, Kind, Side, key};
 use crate::res::head::Header;
@@ -56,6 +64,8 @@ struct Config {
     allow_root: bool,
     limit: u64,
     timeout: Duration,
+    handshake: Duration,
+    min_rate: u64,
 }
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
@@ -101,6 +111,13 @@ fn config(a: &Args) -> Result<Config> {
         allow_root: a.allow_root,
         limit,
         timeout: Duration::from_secs(a.timeout.max(1)),
+        handshake: Duration::from_secs(a.handshake_timeout.max(1)),
+        min_rate: match &a.min_rate {
+            Some(r) => parse_size(r)
+                .map_err(|_| Error::Usage(format!("--min-rate {r:?}: give bytes per second, e.g. 64K or 1M")))?
+                .max(1),
+            None => 64 << 10,
+        },
     })
 }
 
@@ -139,19 +156,32 @@ fn mem_total() -> u64 {
         * 1024
 }
 
-/// Whether the image's owner may be restored here.
-fn policy(cfg: &Config, h: &Header) -> Result<()> {
-    let ids = h.uids.iter().chain(h.gids.iter()).chain(h.groups.iter());
-    if !cfg.allow_root && ids.clone().any(|&i| i == 0) {
+/// Whether the image's owner may be restored here (restartd(8), THREAT MODEL). `local_uid` is
+/// the connecting user of a keyless restartd (None: a keyed one, whose peer proved the key).
+fn policy(cfg: &Config, h: &Header, local_uid: Option<u32>) -> Result<()> {
+    if let Some(u) = local_uid.filter(|&u| u != 0) {
+        // A local user hands us their image: it may claim only that user's ids and groups.
+        let whose = format!("the image sent by uid {u}");
+        crate::res::creds::check_user_claims(h, u, &whose).map_err(|e| {
+            Error::Permission(format!("{e} (a restartd without a key restores only the connecting user's processes)"))
+        })?;
+    }
+    if !cfg.allow_root
+        && let Some((name, _)) = h.ids().find(|&(_, v)| v == 0)
+    {
         return Err(Error::Permission(format!(
-            "process {} runs as root; this restartd restores root processes only with --allow-root",
+            "process {}'s {name} is 0 (root); this restartd restores root's processes only with --allow-root",
             h.pid
         )));
     }
     if let Some(r) = &cfg.uids
-        && !h.uids.iter().all(|u| r.iter().any(|&(lo, hi)| (lo..=hi).contains(u)))
+        && let Some((name, u)) = h.ids().take(4).find(|(_, u)| !r.iter().any(|&(lo, hi)| (lo..=hi).contains(u)))
     {
-        return Err(Error::Permission(format!("uid {} is not allowed here (--allow-uid)", h.uids[0])));
+        return Err(Error::Permission(format!("process {}'s {name} {u} is not allowed here (--allow-uid)", h.pid)));
+    }
+    // A process that is not root comes back only in groups its user has on this node.
+    if h.uids.iter().all(|&u| u != 0) {
+        crate::res::creds::check_user_claims(h, h.uids[0], &format!("process {}", h.pid))?;
     }
     Ok(())
 }
@@ -207,6 +237,11 @@ fn serve(a: &Args, cfg: &Config) -> Result<()> {
                 Ok(_) => live -= 1,
             }
         }
+        // A timed wait for the next client, so that a finished handler is reaped within a
+        // second even when nobody connects.
+        if !readable(&l, 1000) {
+            continue;
+        }
         let (s, peer) = match l.accept() {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -236,6 +271,14 @@ fn serve(a: &Args, cfg: &Config) -> Result<()> {
             _ => live += 1,
         }
     }
+}
+
+/// Waits up to `ms` milliseconds for a connection to accept.
+fn readable(l: &TcpListener, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll reads and writes the one pollfd we pass, which lives across the call.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 fn serve_stdin(cfg: &Config) -> Result<()> {
@@ -268,20 +311,19 @@ fn serve_stdin(cfg: &Config) -> Result<()> {
 /// Serves one client: handshake, image straight into a restore, commit.
 fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(cfg.timeout))
-        .and_then(|_| s.set_write_timeout(Some(cfg.timeout)))
-        .map_err(|e| Error::Net(e.to_string()))?;
+    s.set_write_timeout(Some(cfg.timeout)).map_err(|e| Error::Net(e.to_string()))?;
     // Without a key, a local user could have us restore a process as anyone: then the image
     // must belong to the user at the other end of the connection (root excepted).
     let local_uid = match (&cfg.key, s.local_addr()) {
         (None, Ok(us)) => local_peer_uid(&peer, &us),
         _ => None,
     };
-    let mut c = Conn::new(s, Side::Server);
+    let mut c = Conn::new(Paced::new(s, cfg.timeout, cfg.handshake), Side::Server);
     if let Err(e) = server_hello(&mut c, cfg.key.as_ref(), is_loopback(&peer)) {
         info!("{peer}: refused: {e}");
         return Err(e.into());
     }
+    c.s.transfer(cfg.min_rate, cfg.timeout);
     let mut tee = None;
     if let Some(d) = &cfg.spool {
         let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
@@ -308,22 +350,11 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let began = std::cell::Cell::new(0u64);
     let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
         began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
-        *who_cell.borrow_mut() = format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]);
-        if cfg.key.is_none() {
-            match local_uid {
-                Some(0) => {}
-                Some(u) if h.uids.iter().all(|&x| x == u) => {}
-                Some(u) => {
-                    let msg =
-                        format!("a restartd without a key restores only the connecting user's processes (uid {u})");
-                    return Err(Error::Permission(msg));
-                }
-                None => {
-                    return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
-                }
-            }
+        *who_cell.borrow_mut() = crate::error::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
+        if cfg.key.is_none() && local_uid.is_none() {
+            return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
         }
-        policy(cfg, h)
+        policy(cfg, h, local_uid)
     });
     let who = who_cell.into_inner();
     // The image reader stops at the trailer; the End frame follows it.
@@ -338,12 +369,18 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let Some(mut c) = fr.finish() else {
         return Err(Error::Proc("the frame receiver failed".into()));
     };
+    c.s.idle_only();
     let restored = match r.and_then(|x| drained.map(|_| x)) {
         Ok(r) => r,
         Err(e) => {
-            let (code, text) = failure.unwrap_or_else(|| (code_of(&e), e.to_string()));
+            // The log has the whole story; the client is told what concerns its image, not
+            // what this node holds (Error::public).
+            let (code, text, public) = match failure {
+                Some((code, text)) => (code, text.clone(), text),
+                None => (code_of(&e), e.to_string(), e.public()),
+            };
             info!("{peer}: {who} refused after {bytes} bytes: {text}");
-            let _ = c.send_error(code, &text);
+            let _ = c.send_error(code, &public);
             return Err(e);
         }
     };
@@ -361,7 +398,7 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
 /// Reports the copy, restored but held (traced, not yet run), and lets it run only on the
 /// client's Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the
 /// copy is killed, for the source runs on.
-fn commit(c: &mut Conn<TcpStream>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
+fn commit(c: &mut Conn<Paced>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
     let held = held.ok_or_else(|| Error::Proc("restore did not hold the process".into()))?;
     let mut buf = Vec::new();
     match c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf)) {
@@ -378,6 +415,7 @@ fn code_of(e: &Error) -> Code {
     match e {
         Error::Image(_) => Code::BadImage,
         Error::Permission(_) => Code::Forbidden,
+        Error::NotHere { .. } => Code::RestoreFailed,
         Error::Net(_) => Code::Protocol,
         _ => Code::RestoreFailed,
     }

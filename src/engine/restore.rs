@@ -22,7 +22,7 @@ use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
 use crate::res::signals::Signals;
 use crate::res::task::{self, Task};
-use crate::res::{cwd, files};
+use crate::res::{creds, cwd, files};
 use crate::state::ProcessState;
 use log::debug;
 use nix::errno::Errno;
@@ -127,69 +127,6 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Refuses an image the caller may not restore: without privilege, only one's own.
-fn check_owner(h: &Header) -> Result<()> {
-    if is_root() {
-        return Ok(());
-    }
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    if h.uids.iter().any(|&u| u != uid) || h.gids.iter().any(|&g| g != gid) {
-        return Err(Error::Permission(format!(
-            "the image belongs to uid {} gid {}; as uid {uid} gid {gid} you may only restore your own processes (root restores any)",
-            h.uids[0], h.gids[0]
-        )));
-    }
-    Ok(())
-}
-
-/// Root restoring an image file a user owns: the image may only claim that user's ids and
-/// groups (as /etc/passwd and /etc/group say), or a user could make a process of theirs come
-/// back as root, or in the shadow group.
-pub fn check_file_owner(f: &std::fs::File, uid: u32, _gid: u32) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut head = vec![0u8; 64 << 10];
-    let n = f.read_at(&mut head, 0).map_err(|e| Error::io("image", e))?;
-    head.truncate(n);
-    let mut rd = Reader::new(&head[..])?;
-    let s = expect(&mut rd, Tag::Head)?;
-    let h = Header::decode(&rd.payload(&s)?, s.offset)?;
-    if h.uids.iter().any(|&u| u != uid) {
-        return Err(Error::Permission(format!(
-            "the image file belongs to uid {uid} but says the process ran as uid {}; refusing (an image may not choose who it runs as)",
-            h.uids[0]
-        )));
-    }
-    let allowed = user_groups(uid);
-    if let Some(g) = h.gids.iter().chain(h.groups.iter()).find(|g| !allowed.contains(g)) {
-        return Err(Error::Permission(format!(
-            "the image of uid {uid} claims group {g}, which that user is not in (/etc/group)"
-        )));
-    }
-    Ok(())
-}
-
-/// The primary group (/etc/passwd) and the groups listing the user (/etc/group).
-fn user_groups(uid: u32) -> Vec<u32> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some((name, primary)) = passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| (f[0].to_string(), f[3].parse::<u32>().ok()))
-    }) else {
-        return Vec::new();
-    };
-    let mut out: Vec<u32> = primary.into_iter().collect();
-    for l in std::fs::read_to_string("/etc/group").unwrap_or_default().lines() {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() >= 4
-            && f[3].split(',').any(|m| m == name)
-            && let Ok(g) = f[2].parse()
-        {
-            out.push(g);
-        }
-    }
-    out
-}
-
 /// Restores the image read from `input`. Returns once the process runs (or is stopped, with
 /// `stop`); it is our child and no longer traced.
 pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
@@ -203,12 +140,11 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let mut st = ProcessState::default();
     let s = expect(&mut rd, Tag::Head)?;
     st.head = Header::decode(&rd.payload(&s)?, s.offset)?;
-    check_owner(&st.head)?;
+    creds::check_caller(&st.head)?;
     policy(&st.head)?;
     let same_boot = st.head.boot_id == fileid::boot_id();
     let s = expect(&mut rd, Tag::Files)?;
     st.files = files::decode(&rd.payload(&s)?, s.offset)?;
-    files::check(&st.files, same_boot)?;
     let s = expect(&mut rd, Tag::MmStruct)?;
     st.mm = MmStruct::decode(&rd.payload(&s)?, s.offset)?;
     let s = expect(&mut rd, Tag::Vmas)?;
@@ -225,7 +161,11 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
         None => Vec::new(),
     };
+    // The files the image names are looked at with its owner's rights, not ours.
+    let as_owner = creds::AsOwner::enter(&st.head)?;
+    files::check(&st.files, same_boot)?;
     let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
+    drop(as_owner);
     debug!(
         "restoring pid {} ({}) from {}: {} mappings, {} fds",
         st.head.pid,
@@ -285,7 +225,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     // 3. Memory: files are opened with the image owner's rights.
     if is_root() {
-        task::restore_fs_creds(&mut c, &st.head)?;
+        creds::restore_fs(&mut c, &st.head)?;
     }
     memory::map_all(&mut c, &plans)?;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
@@ -352,7 +292,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
     }
     if is_root() {
-        task::restore_creds(&mut c, &st.head)?;
+        creds::restore(&mut c, &st.head)?;
     }
     st.task.restore_dumpable(&mut c)?;
     if opts.detach && st.task.pdeathsig != 0 {

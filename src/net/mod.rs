@@ -16,6 +16,7 @@
 //! stream needs, and it keeps the process's memory secret on the wire.
 
 pub mod key;
+pub mod pace;
 pub mod session;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -116,17 +117,20 @@ pub enum NetError {
 }
 
 impl fmt::Display for NetError {
+    /// A peer's text is escaped: it may not forge a line of a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        let s = match self {
             NetError::Io(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
-                write!(f, "timed out waiting for the peer")
+                // A deadline of ours says which (net::pace); a bare socket timeout does not.
+                e.get_ref().map_or_else(|| "timed out waiting for the peer".to_string(), |m| m.to_string())
             }
-            NetError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => write!(f, "connection closed by the peer"),
-            NetError::Io(e) => write!(f, "{e}"),
-            NetError::Protocol(s) => write!(f, "protocol error: {s}"),
-            NetError::BadTag(seq) => write!(f, "frame {seq} failed authentication (tampered, replayed or wrong key)"),
-            NetError::Remote(c, s) => write!(f, "refused by the destination ({c:?}): {s}"),
-        }
+            NetError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => "connection closed by the peer".to_string(),
+            NetError::Io(e) => e.to_string(),
+            NetError::Protocol(s) => format!("protocol error: {s}"),
+            NetError::BadTag(seq) => format!("frame {seq} failed authentication (tampered, replayed or wrong key)"),
+            NetError::Remote(c, s) => format!("refused by the destination ({c:?}): {s}"),
+        };
+        f.write_str(&crate::error::printable(&s))
     }
 }
 
@@ -267,6 +271,10 @@ impl<S: Read + Write> Conn<S> {
         self.recvd += 1;
         let kind =
             Kind::from_u8(hdr[0]).ok_or_else(|| NetError::Protocol(format!("unknown message type {}", hdr[0])))?;
+        if kind == Kind::Error && matches!(self.me, Side::Server) {
+            // Only restartd reports errors; a client's Error frame is not a message to relay.
+            return Err(NetError::Protocol("the client sent an Error frame, which only restartd sends".into()));
+        }
         if kind == Kind::Error {
             let code = buf.get(0..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             let text = String::from_utf8_lossy(buf.get(4..len).unwrap_or(&[])).into_owned();
@@ -444,12 +452,24 @@ mod tests {
     }
 
     #[test]
-    fn error_frames_carry_code_and_text() {
+    fn error_frames_carry_code_and_text_to_the_client_only() {
         let mut p = (Code::Forbidden as u32).to_le_bytes().to_vec();
-        p.extend_from_slice(b"uid 0 not allowed");
+        p.extend_from_slice(b"uid 0 not allowed\nrestored pid 1, running");
         let b = frames(None, &[(Kind::Error, &p)]);
+        let mut c = Conn::new(Duplex { inp: std::io::Cursor::new(b.clone()), out: Vec::new() }, Side::Client);
+        match c.recv(&mut Vec::new()) {
+            Err(e @ NetError::Remote(Code::Forbidden, _)) => {
+                // Shown on one line: the newline is escaped.
+                assert_eq!(
+                    e.to_string(),
+                    "refused by the destination (Forbidden): uid 0 not allowed\\nrestored pid 1, running"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // restartd takes a client's Error frame for what it is: a protocol error, its text unread.
         match server(None, b).recv(&mut Vec::new()) {
-            Err(NetError::Remote(Code::Forbidden, t)) => assert_eq!(t, "uid 0 not allowed"),
+            Err(NetError::Protocol(t)) => assert!(t.contains("only restartd sends") && !t.contains("uid 0"), "{t}"),
             other => panic!("{other:?}"),
         }
     }

@@ -68,14 +68,15 @@ pub fn server_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>, lo
         let _ = c.send_error(Code::Auth, msg);
         return Err(NetError::Protocol(msg.into()));
     }
-    let sn: [u8; NONCE_LEN] = random()?;
-    c.send(Kind::Hello, &hello(if key.is_some() { HELLO_KEYED } else { 0 }, &sn))?;
-    let Some(k) = key else { return Ok(()) };
-    if flags & HELLO_KEYED == 0 {
+    if key.is_some() && flags & HELLO_KEYED == 0 {
+        // Also said instead of our Hello.
         let msg = "this restartd requires the cluster key: give migrate --key";
         let _ = c.send_error(Code::Auth, msg);
         return Err(NetError::Protocol(msg.into()));
     }
+    let sn: [u8; NONCE_LEN] = random()?;
+    c.send(Kind::Hello, &hello(if key.is_some() { HELLO_KEYED } else { 0 }, &sn))?;
+    let Some(k) = key else { return Ok(()) };
     c.expect(Kind::Auth, &mut buf)?;
     if !super::ct_eq(&buf, &mac(k, CLIENT_PROOF, &[&cn, &sn])) {
         let msg = "wrong cluster key";
@@ -434,6 +435,11 @@ mod tests {
         assert!(c.is_err() && s.is_err());
         let (c, s) = pair(None, Some([2; 32]), true);
         assert!(c.is_err() && s.is_err());
+        // The keyless client hears why, from an Error frame sent instead of the Hello.
+        assert!(
+            matches!(c, Err(NetError::Remote(Code::Auth, ref t)) if t.contains("requires the cluster key")),
+            "{c:?}"
+        );
         // A client with a key refuses a server without one.
         let (c, _) = pair(Some([1; 32]), None, true);
         assert!(c.is_err());

@@ -22,14 +22,21 @@ pub struct FileId {
 
 impl FileId {
     /// Identity of the file at `open_path` (which may be a /proc magic link), recorded under the
-    /// name `path`. The build-id is read only for regular files that are ELF.
+    /// name `path`. Only a regular file is ever opened for reading (for its ELF build-id): the
+    /// path is first opened with O_PATH, which has no side effects, so a FIFO or a device an
+    /// image names is looked at but never opened.
     pub fn of(open_path: &str, path: &str, with_build_id: bool) -> std::io::Result<FileId> {
         use std::os::unix::fs::OpenOptionsExt;
-        // Never block (a FIFO), never acquire a terminal: paths may come from an image.
-        let f =
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(open_path)?;
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOCTTY).open(open_path)?;
         let md = f.metadata()?;
-        let build_id = if with_build_id && md.is_file() { elf_build_id(&f).unwrap_or_default() } else { Vec::new() };
+        let build_id = if with_build_id && md.is_file() {
+            // Reopening through our own fd opens this very inode, whatever the path names now.
+            use std::os::fd::AsRawFd;
+            let again = File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+            elf_build_id(&again).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Ok(FileId {
             path: path.to_string(),
             mode: md.mode(),

@@ -149,10 +149,16 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
 }
 
 /// Checks on this node that every file is still there and usable, before anything is created.
+/// Nothing is opened: a stat of each path, with the caller's rights (a restore checks with the
+/// image owner's, see creds::AsOwner).
 pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
     for f in fds.iter().filter(|f| f.kind != KIND_STDIO) {
+        let what = format!("fd {}: {}", f.fd, f.id.path);
         let now = FileId::stat(&f.id.path).map_err(|e| {
-            Error::Refused(format!("fd {}: {}: {e}; restore it there or use another image", f.fd, f.id.path))
+            Error::not_here(
+                format!("{what} cannot be used here"),
+                format!("{e}; restore it where it is, or use another image"),
+            )
         })?;
         // The kind must match what is there now: an image may not name /dev/kmsg as "a file".
         let fits = match f.kind {
@@ -163,15 +169,13 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
             }
         };
         if !fits {
-            return Err(Error::Refused(format!(
-                "fd {}: {} is not the {} the image says",
-                f.fd,
-                f.id.path,
-                kind_name(f.kind)
-            )));
+            return Err(Error::not_here(
+                format!("{what} is not the file the process had"),
+                format!("it is not the {} the image says", kind_name(f.kind)),
+            ));
         }
         f.id.still_usable(&now, same_boot)
-            .map_err(|why| Error::Refused(format!("fd {}: {} {why}", f.fd, f.id.path)))?;
+            .map_err(|why| Error::not_here(format!("{what} is not the file the process had"), why))?;
     }
     Ok(())
 }

@@ -72,10 +72,42 @@ impl Header {
         if h.pid <= 0 {
             return Err(d.bad_at(at, format!("pid {} is not valid", h.pid)));
         }
+        // (uid_t)-1 means "leave unchanged" to setresuid and is ignored by setfsuid: an image
+        // saying it would keep the restorer's own ids. No process can have it.
+        if let Some((name, _)) = h.ids().find(|&(_, v)| v == NO_ID) {
+            return Err(d.bad_at(at, format!("{name} {NO_ID} (-1) is not a valid id")));
+        }
+        if h.groups.len() > NGROUPS_MAX {
+            return Err(d.bad_at(
+                at,
+                format!("{} supplementary groups, more than Linux allows ({NGROUPS_MAX})", h.groups.len()),
+            ));
+        }
         d.finish()?;
         Ok(h)
     }
+
+    /// Every id the process had, each with its name as messages give it: the four uids, the
+    /// four gids, then the supplementary groups.
+    pub fn ids(&self) -> impl Iterator<Item = (&'static str, u32)> + Clone + '_ {
+        const UIDS: [&str; 4] = ["uid", "effective uid", "saved uid", "filesystem uid"];
+        const GIDS: [&str; 4] = ["gid", "effective gid", "saved gid", "filesystem gid"];
+        UIDS.into_iter()
+            .zip(self.uids)
+            .chain(GIDS.into_iter().zip(self.gids))
+            .chain(self.groups.iter().map(|&g| ("supplementary group", g)))
+    }
+
+    /// The user and group ids alone (not the supplementary groups), named.
+    pub fn uid_gids(&self) -> impl Iterator<Item = (&'static str, u32)> + Clone + '_ {
+        self.ids().take(8)
+    }
 }
+
+/// (uid_t)-1: "unchanged" to the set*id calls, never a real id.
+pub const NO_ID: u32 = u32::MAX;
+/// The most supplementary groups a process can have (NGROUPS_MAX).
+pub const NGROUPS_MAX: usize = 65536;
 
 #[cfg(test)]
 mod tests {
@@ -101,5 +133,26 @@ mod tests {
             time_nsec: 5,
         };
         assert_eq!(Header::decode(&h.encode(), 0).unwrap(), h);
+        let names: Vec<_> = h.ids().map(|(n, _)| n).collect();
+        assert_eq!(names[2], "saved uid");
+        assert_eq!(names[8], "supplementary group");
+    }
+
+    #[test]
+    fn an_id_of_minus_one_is_refused_wherever_it_is() {
+        let ok = Header { pid: 7, uids: [1000; 4], gids: [1000; 4], groups: vec![1000], ..Default::default() };
+        assert!(Header::decode(&ok.encode(), 0).is_ok());
+        for i in 0..9 {
+            let mut h = ok.clone();
+            match i {
+                0..4 => h.uids[i] = NO_ID,
+                4..8 => h.gids[i - 4] = NO_ID,
+                _ => h.groups[0] = NO_ID,
+            }
+            let e = Header::decode(&h.encode(), 0).unwrap_err().to_string();
+            assert!(e.contains("is not a valid id"), "{e}");
+        }
+        let many = Header { groups: vec![5; NGROUPS_MAX + 1], ..ok };
+        assert!(Header::decode(&many.encode(), 0).is_err());
     }
 }

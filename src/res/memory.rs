@@ -257,7 +257,9 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && (KIND_ANON..=KIND_VVAR).contains(&v.kind)
             && v.prot & !7 == 0
             && v.flags & !15 == 0
-            && (v.kind == KIND_FILE) == v.file.is_some();
+            && (v.kind == KIND_FILE) == v.file.is_some()
+            // Only regular files are mapped: never a device or a FIFO an image names.
+            && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG);
         if !ok {
             return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
         }
@@ -357,8 +359,11 @@ pub fn classify(pid: i32, maps: &[MapEntry], no_copy: &dyn Fn(&str, bool) -> boo
 }
 
 fn is_elf(path: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut m = [0u8; 4];
-    File::open(path).and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
+    // Non-blocking: the path may have been replaced by a FIFO since the mapping was classified.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
+    f.and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -564,10 +569,13 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
                 None => from_file = true,
                 Some(_) if v.flags & VMA_FILE_COPY != 0 => {} // the image has the pages
                 Some(why) => {
-                    return Err(Error::Refused(format!(
-                        "mapped file {} {why}; the image was made without its pages (--no-binary/--no-libs), so it needs the same file here",
-                        f.path
-                    )));
+                    return Err(Error::not_here(
+                        format!(
+                            "mapped file {} is not the same here, and the image was made without its pages (--no-binary/--no-libs)",
+                            f.path
+                        ),
+                        format!("it {why}; the image needs the very same file"),
+                    ));
                 }
             }
         }
@@ -682,7 +690,7 @@ mod tests {
                 kind: KIND_FILE,
                 pgoff: 2,
                 name: "/bin/x".into(),
-                file: Some(FileId { path: "/bin/x".into(), ..Default::default() }),
+                file: Some(FileId { path: "/bin/x".into(), mode: libc::S_IFREG | 0o755, ..Default::default() }),
                 content: vec![],
             },
             Vma {
@@ -712,6 +720,12 @@ mod tests {
         let mut bad = v.clone();
         bad[1].start = 0x2000; // overlaps
         assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        // A mapping of a FIFO or a device is never taken from an image.
+        for mode in [libc::S_IFIFO, libc::S_IFCHR, libc::S_IFBLK, libc::S_IFDIR] {
+            let mut bad = v.clone();
+            bad[0].file.as_mut().unwrap().mode = mode | 0o644;
+            assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! collected from /proc and ptrace, and how it is restored. The order of `SECTION_ORDER` is the
 //! order sections appear in an image and the order a restore applies them.
 
+pub mod creds;
 pub mod cwd;
 pub mod fileid;
 pub mod files;

@@ -1,9 +1,8 @@
 //! TASK: per-process attributes that are neither memory nor files: umask, personality,
-//! dumpable, parent-death signal, the rseq registration, the name, and (from HEAD) credentials.
+//! dumpable, parent-death signal, the rseq registration and the name (credentials: creds.rs).
 //! MDWE: memory-deny-write-execute, in a section of its own that only a process with it set
 //! has, so that a crs that does not know it refuses the image instead of dropping it.
 
-use super::head::Header;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::engine::Ctl;
 use crate::engine::procfs;
@@ -42,6 +41,13 @@ impl Task {
         t.rseq = (r.ptr != 0).then_some(r);
         if t.umask > 0o777 {
             return Err(d.bad_at(at, format!("umask {:o} is not valid", t.umask)));
+        }
+        // personality(0xffffffff) only asks; no process has that persona.
+        if t.personality == u32::MAX {
+            return Err(d.bad_at(at, "personality 0xffffffff is not valid (it means \"query\")".into()));
+        }
+        if t.pdeathsig > 64 {
+            return Err(d.bad_at(at, format!("parent-death signal {} is not a signal", t.pdeathsig)));
         }
         d.finish()?;
         Ok(t)
@@ -156,37 +162,6 @@ pub fn unregister_rseq(c: &mut Ctl, r: RseqConf) -> Result<()> {
         &format!("area {:#x}", r.ptr),
     )
     .map(|_| ())
-}
-
-/// Makes file access checks use the image's ids (so files are opened with the owner's rights)
-/// while keeping the privileges still needed for the mm layout.
-pub fn restore_fs_creds(c: &mut Ctl, h: &Header) -> Result<()> {
-    let pid = c.pid();
-    let mut e = Enc::new();
-    for g in &h.groups {
-        e.u32(*g);
-    }
-    let p = c.scratch.put(pid, 0, e.as_slice())?;
-    c.r.call(
-        libc::SYS_setgroups,
-        [h.groups.len() as u64, p, 0, 0, 0, 0],
-        "setgroups",
-        &format!("{} groups", h.groups.len()),
-    )?;
-    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
-    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
-    Ok(())
-}
-
-/// Sets all uids and gids of the image; drops root's capabilities when the image was not root.
-pub fn restore_creds(c: &mut Ctl, h: &Header) -> Result<()> {
-    let [r, e, s, _] = h.gids;
-    c.r.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &format!("{r}/{e}/{s}"))?;
-    let [r, e, s, _] = h.uids;
-    c.r.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &format!("{r}/{e}/{s}"))?;
-    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
-    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,267 @@
+//! Credentials: who a restored process is, and who may ask for that.
+//!
+//! The ids themselves travel in HEAD (four uids, four gids, the supplementary groups). This file
+//! holds everything that turns them into a process, because a mistake here hands out root:
+//! - the rules on whose image a caller may restore ([`check_caller`], [`check_user_claims`]);
+//! - [`AsOwner`]: our own thread checks the image's files with the owner's file-system ids, so
+//!   that root never stats or opens a path an image names on the owner's behalf;
+//! - [`restore_fs`] and [`restore`], which set the ids inside the restored child, and
+//!   [`verify`], which reads them back from /proc and fails unless they are exactly the
+//!   image's: a set*id call that quietly leaves an id unchanged can never go unnoticed.
+
+use super::head::Header;
+use crate::crf::Enc;
+use crate::engine::{Ctl, procfs};
+use crate::error::{Error, Result};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// An unprivileged caller restores only its own processes: every id of the image must be its
+/// real uid or gid (it cannot set others). Root may restore any image it trusts.
+pub fn check_caller(h: &Header) -> Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    let wrong = h.uid_gids().find(|&(name, v)| v != if name.contains("uid") { uid } else { gid });
+    if let Some((name, v)) = wrong {
+        return Err(Error::Permission(format!(
+            "the image's {name} is {v}; as uid {uid} gid {gid} you may only restore your own processes (root restores any)"
+        )));
+    }
+    Ok(())
+}
+
+/// The rule for an image another party hands to a privileged restorer (a user's image file
+/// restored by root, an image sent to restartd): every uid must be `uid`, and every gid and
+/// supplementary group one that user has on this node (/etc/passwd and /etc/group). A user
+/// may not make their process come back as someone else, nor in a group they are not in.
+pub fn check_user_claims(h: &Header, uid: u32, whose: &str) -> Result<()> {
+    if let Some((name, v)) = h.ids().take(4).find(|&(_, v)| v != uid) {
+        return Err(Error::Permission(format!(
+            "{whose} belongs to uid {uid} but its {name} is {v}; refusing (an image may not choose who it runs as)"
+        )));
+    }
+    let allowed = user_groups(uid);
+    if let Some((name, g)) = h.ids().skip(4).find(|(_, g)| !allowed.contains(g)) {
+        return Err(Error::Permission(format!(
+            "{whose} belongs to uid {uid} but its {name} is {g}, a group that user is not in here (/etc/passwd, /etc/group)"
+        )));
+    }
+    Ok(())
+}
+
+/// The groups `uid` has on this node: its primary group (/etc/passwd) and every group of
+/// /etc/group that lists it. Empty for a uid /etc/passwd does not know.
+pub fn user_groups(uid: u32) -> Vec<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((name, primary)) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| (f[0].to_string(), f[3].parse::<u32>().ok()))
+    }) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = primary.into_iter().collect();
+    for l in std::fs::read_to_string("/etc/group").unwrap_or_default().lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4
+            && f[3].split(',').any(|m| m == name)
+            && let Ok(g) = f[2].parse()
+        {
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// While alive, this thread (only this one: raw syscalls, which glibc would otherwise apply
+/// to every thread) accesses files with the image owner's file-system ids and groups, so that
+/// checks of the paths an image names see only what the owner may see, and open nothing the
+/// owner could not. A no-op unless we are root and the image is not.
+pub struct AsOwner {
+    groups: Option<Vec<libc::gid_t>>,
+}
+
+impl AsOwner {
+    pub fn enter(h: &Header) -> Result<AsOwner> {
+        if !is_root() || h.uids[3] == 0 {
+            return Ok(AsOwner { groups: None });
+        }
+        let saved = nix::unistd::getgroups().map_err(|e| Error::sys("getgroups", "rstrt", e))?;
+        let guard = AsOwner { groups: Some(saved.iter().map(|g| g.as_raw()).collect()) };
+        // SAFETY: setgroups reads h.groups.len() gids from a live slice; setfsgid and setfsuid
+        // take integers. All three change only this thread's credentials.
+        let r = unsafe { libc::syscall(libc::SYS_setgroups, h.groups.len(), h.groups.as_ptr()) };
+        if r != 0 {
+            return Err(Error::sys(
+                "setgroups",
+                format!("{} groups of the image", h.groups.len()),
+                nix::errno::Errno::last(),
+            ));
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, h.gids[3]);
+            libc::syscall(libc::SYS_setfsuid, h.uids[3]);
+        }
+        // setfs*id report nothing useful on failure: ask (an invalid id changes nothing).
+        // SAFETY: as above.
+        let (fsuid, fsgid) = unsafe {
+            (libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32, libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32)
+        };
+        if (fsuid, fsgid) != (h.uids[3], h.gids[3]) {
+            return Err(Error::Proc(format!(
+                "could not take the image's file-system ids {}/{} to check its files (have {fsuid}/{fsgid})",
+                h.uids[3], h.gids[3]
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        let Some(groups) = self.groups.take() else { return };
+        // SAFETY: as in `enter`; back to our own effective ids and groups.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, libc::geteuid());
+            libc::syscall(libc::SYS_setfsgid, libc::getegid());
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr());
+        }
+    }
+}
+
+/// Inside the restored child, before it opens or maps anything: file access checks use the
+/// image's file-system ids and groups, while it keeps the privileges still needed for the mm
+/// layout. Read back before anything is opened.
+pub fn restore_fs(c: &mut Ctl, h: &Header) -> Result<()> {
+    let pid = c.pid();
+    let mut e = Enc::new();
+    for g in &h.groups {
+        e.u32(*g);
+    }
+    let p = c.scratch.put(pid, 0, e.as_slice())?;
+    c.r.call(
+        libc::SYS_setgroups,
+        [h.groups.len() as u64, p, 0, 0, 0, 0],
+        "setgroups",
+        &format!("{} groups", h.groups.len()),
+    )?;
+    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
+    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
+    verify(pid, h, Stage::FileSystem)
+}
+
+/// Sets all uids and gids of the image (dropping root's capabilities when the image was not
+/// root), then reads them back.
+pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
+    let [r, e, s, _] = h.gids;
+    c.r.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &format!("{r}/{e}/{s}"))?;
+    let [r, e, s, _] = h.uids;
+    c.r.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &format!("{r}/{e}/{s}"))?;
+    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
+    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
+    verify(c.pid(), h, Stage::All)
+}
+
+/// What [`verify`] compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The file-system ids and the groups (set before files are opened).
+    FileSystem,
+    /// Every id and group, and no capability left to a process that was not root.
+    All,
+}
+
+/// Reads the credentials of `pid` from /proc/PID/status and fails unless they are the
+/// image's. Ids that differ are named; so is a capability a non-root process kept.
+pub fn verify(pid: i32, h: &Header, stage: Stage) -> Result<()> {
+    let status = procfs::read_status(pid)?;
+    verify_status(&status, h, stage)
+        .map_err(|why| Error::Proc(format!("pid {pid} did not take the image's credentials: {why}; nothing of it ran")))
+}
+
+fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<(), String> {
+    let ids = |key: &str| procfs::status_ids(status, key).ok_or(format!("no {key} line in /proc/PID/status"));
+    let (uids, gids) = (ids("Uid")?, ids("Gid")?);
+    let mut groups: Vec<u32> = procfs::status_field(status, "Groups")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|g| g.parse().map_err(|_| format!("Groups line: {g:?}")))
+        .collect::<std::result::Result<_, _>>()?;
+    let have = Header { uids, gids, groups: groups.clone(), ..Header::default() };
+    let checked = |i: usize| stage == Stage::All || i % 4 == 3;
+    for (i, ((name, want), (_, got))) in h.uid_gids().zip(have.uid_gids()).enumerate() {
+        if checked(i) && want != got {
+            return Err(format!("its {name} is {got}, the image says {want}"));
+        }
+    }
+    let mut want = h.groups.clone();
+    want.sort_unstable();
+    groups.sort_unstable();
+    if want != groups {
+        return Err(format!("its supplementary groups are {groups:?}, the image says {want:?}"));
+    }
+    if stage == Stage::All && h.uids.iter().all(|&u| u != 0) {
+        for key in ["CapPrm", "CapEff", "CapAmb"] {
+            let v = procfs::status_field(status, key).and_then(|v| u64::from_str_radix(v, 16).ok());
+            if v != Some(0) {
+                return Err(format!(
+                    "it kept capabilities ({key} {})",
+                    procfs::status_field(status, key).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(uid: &str, gid: &str, groups: &str, cap: &str) -> String {
+        format!(
+            "Name:\tx\nUid:\t{uid}\nGid:\t{gid}\nGroups:\t{groups}\nCapInh:\t0000000000000000\nCapPrm:\t{cap}\nCapEff:\t{cap}\nCapAmb:\t0000000000000000\n"
+        )
+    }
+
+    fn head() -> Header {
+        Header { pid: 9, uids: [1000; 4], gids: [100; 4], groups: vec![100, 27], ..Header::default() }
+    }
+
+    #[test]
+    fn exact_credentials_pass() {
+        let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "27 100 ", "0000000000000000");
+        assert_eq!(verify_status(&st, &head(), Stage::All), Ok(()));
+    }
+
+    #[test]
+    fn a_kept_id_group_or_capability_is_named() {
+        let zero = "0000000000000000";
+        let st = status("1000\t1000\t0\t1000", "100\t100\t100\t100", "27 100", zero);
+        assert_eq!(verify_status(&st, &head(), Stage::All), Err("its saved uid is 0, the image says 1000".into()));
+        // Before setresuid only the file-system ids and groups count.
+        assert_eq!(verify_status(&st, &head(), Stage::FileSystem), Ok(()));
+        let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t0", "27 100", zero);
+        assert!(verify_status(&st, &head(), Stage::FileSystem).unwrap_err().contains("filesystem gid is 0"));
+        let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "0 27 100", zero);
+        assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("supplementary groups"));
+        let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "27 100", "000001ffffffffff");
+        assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("kept capabilities"));
+    }
+
+    #[test]
+    fn named_ids() {
+        let mut h = head();
+        h.groups = vec![100, 42];
+        let e = check_user_claims(&Header { uids: [1000, 1000, 0, 1000], ..h.clone() }, 1000, "x").unwrap_err();
+        assert!(e.to_string().contains("saved uid is 0"), "{e}");
+        // A uid /etc/passwd does not know has no groups at all.
+        h.uids = [4_000_000; 4];
+        let e = check_user_claims(&h, 4_000_000, "x").unwrap_err();
+        assert!(e.to_string().contains("gid is 100"), "{e}");
+    }
+}
