@@ -26,8 +26,7 @@ fn ip(args: &[&str]) {
 
 impl Nodes {
     fn new() -> Option<Nodes> {
-        if !is_root() || Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skipped: needs root and iproute2");
+        if !require(is_root() && Command::new("ip").arg("-V").output().is_ok(), "root and iproute2") {
             return None;
         }
         let n = (std::process::id() % 200) as u32 * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
@@ -75,41 +74,6 @@ impl Drop for Nodes {
     }
 }
 
-/// Waits for a line containing `needle` on the child's stderr, then keeps draining it (to our
-/// stderr, tagged) so the child never blocks on a full pipe.
-fn watch(child: &mut Child, needle: &str, tag: &'static str) -> Said {
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
-    assert!(lines.any(|l| l.map(|l| l.contains(needle)).unwrap_or(false)), "{tag} never said {needle:?}");
-    let said = Said::default();
-    let keep = said.clone();
-    std::thread::spawn(move || {
-        lines.map_while(Result::ok).for_each(|l| {
-            eprintln!("[{tag}] {l}");
-            keep.0.lock().unwrap().push(l);
-        })
-    });
-    said
-}
-
-/// What a watched program has said since.
-#[derive(Clone, Default)]
-struct Said(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl Said {
-    /// Waits (bounded) for a line containing `needle`.
-    fn line(&self, needle: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            assert!(t0.elapsed() < TIMEOUT, "never said {needle:?}: {:?}", self.0.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 /// Rate-limits the source's side of the link (so a transfer lasts long enough to be cut), then
 /// waits until more than 4 MiB of the image has reached restartd's spool.
 fn slow_link_and_wait_for_spool(n: &Nodes, spool: &Path) {
@@ -128,16 +92,6 @@ fn slow_link_and_wait_for_spool(n: &Nodes, spool: &Path) {
         }
         assert!(t0.elapsed() < TIMEOUT, "the image never started to arrive");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A process of a test that must not outlive it, even when the test fails.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -503,8 +457,7 @@ fn tampered_and_replayed_streams_are_refused() {
 /// restartd -i started by the real inetd (openbsd-inetd) for each connection.
 #[test]
 fn through_inetd() {
-    if !is_root() || !Path::new("/usr/sbin/inetd").exists() {
-        eprintln!("skipped: needs root and openbsd-inetd");
+    if !require(is_root() && Path::new("/usr/sbin/inetd").exists(), "root and openbsd-inetd") {
         return;
     }
     let dir = tmpdir("mig-inetd");
@@ -590,8 +543,7 @@ fn a_link_down_mid_transfer_leaves_the_source_running() {
 /// local user at the other end of the connection: nobody may not send root's image.
 #[test]
 fn a_keyless_restartd_restores_only_the_connecting_users_processes() {
-    if !is_root() || !Path::new("/usr/bin/python3").exists() {
-        eprintln!("skipped: needs root and python3");
+    if !require(is_root() && Path::new("/usr/bin/python3").exists(), "root and python3") {
         return;
     }
     let dir = tmpdir("mig-keyless");
@@ -666,8 +618,7 @@ print("answer", t, p[4:].decode(errors="replace"))
 #[test]
 fn through_systemd_socket_activation() {
     let tool = "/usr/bin/systemd-socket-activate";
-    if !is_root() || !Path::new(tool).exists() {
-        eprintln!("skipped: needs root and systemd-socket-activate");
+    if !require(is_root() && Path::new(tool).exists(), "root and systemd-socket-activate") {
         return;
     }
     let dir = tmpdir("mig-systemd");

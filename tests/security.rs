@@ -2,28 +2,11 @@
 
 mod support;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use support::*;
-
-const NOBODY: &str = "65534";
-
-fn as_nobody(args: &[&str]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]).args(args);
-    close_extra_fds(&mut c);
-    c
-}
-
-fn open_dir(name: &str) -> std::path::PathBuf {
-    let d = tmpdir(name);
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
-}
 
 #[test]
 fn nobody_may_not_checkpoint_roots_process() {
-    if !is_root() {
-        eprintln!("skipped: needs root to start a process as another user");
+    if !require(is_root(), "root") {
         return;
     }
     let dir = open_dir("sec-ckpt");
@@ -40,8 +23,7 @@ fn nobody_may_not_checkpoint_roots_process() {
 
 #[test]
 fn nobody_may_not_restore_roots_image() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require(is_root(), "root") {
         return;
     }
     let dir = open_dir("sec-rstrt");
@@ -59,8 +41,7 @@ fn nobody_may_not_restore_roots_image() {
 
 #[test]
 fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch to nobody");
+    if !require(is_root(), "root") {
         return;
     }
     let dir = open_dir("sec-own");
@@ -88,8 +69,7 @@ fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() 
 /// An image file a user owns may not make root restore it as someone else.
 #[test]
 fn a_users_image_claiming_root_is_refused_by_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require(is_root(), "root") {
         return;
     }
     let dir = open_dir("sec-forge");

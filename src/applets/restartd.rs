@@ -181,7 +181,7 @@ fn policy(cfg: &Config, h: &Header, local_uid: Option<u32>) -> Result<()> {
     }
     // A process that is not root comes back only in groups its user has on this node.
     if h.uids.iter().all(|&u| u != 0) {
-        crate::res::creds::check_user_claims(h, h.uids[0], &format!("process {}", h.pid))?;
+        crate::res::creds::check_groups(h)?;
     }
     Ok(())
 }

@@ -293,6 +293,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     if is_root() {
         creds::restore(&mut c, &st.head)?;
+    } else {
+        creds::verify(pid, &st.head, creds::Stage::Inherited)?;
     }
     st.task.restore_dumpable(&mut c)?;
     if opts.detach && st.task.pdeathsig != 0 {

@@ -53,6 +53,22 @@ pub fn check_user_claims(h: &Header, uid: u32, whose: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rule for a process that is not root, whoever sends it: its gids and groups must be
+/// groups that one of its uids has on this node. (A key holder may say which user a process
+/// belongs to, but not put it in a group that user is not in, such as shadow.)
+pub fn check_groups(h: &Header) -> Result<()> {
+    let mut uids = h.uids.to_vec();
+    uids.dedup();
+    let allowed: Vec<u32> = uids.iter().flat_map(|&u| user_groups(u)).collect();
+    if let Some((name, g)) = h.ids().skip(4).find(|(_, g)| !allowed.contains(g)) {
+        return Err(Error::Permission(format!(
+            "process {}'s {name} is {g}, a group its user (uid {}) is not in here (/etc/passwd, /etc/group)",
+            h.pid, h.uids[0]
+        )));
+    }
+    Ok(())
+}
+
 /// The groups `uid` has on this node: its primary group (/etc/passwd) and every group of
 /// /etc/group that lists it. Empty for a uid /etc/passwd does not know.
 pub fn user_groups(uid: u32) -> Vec<u32> {
@@ -173,6 +189,9 @@ pub enum Stage {
     FileSystem,
     /// Every id and group, and no capability left to a process that was not root.
     All,
+    /// An unprivileged restore, whose child keeps the ids it inherited from us: every id, and
+    /// no capability; not the groups, which only root can set (the process has the caller's).
+    Inherited,
 }
 
 /// Reads the credentials of `pid` from /proc/PID/status and fails unless they are the
@@ -192,7 +211,7 @@ fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<
         .map(|g| g.parse().map_err(|_| format!("Groups line: {g:?}")))
         .collect::<std::result::Result<_, _>>()?;
     let have = Header { uids, gids, groups: groups.clone(), ..Header::default() };
-    let checked = |i: usize| stage == Stage::All || i % 4 == 3;
+    let checked = |i: usize| stage != Stage::FileSystem || i % 4 == 3;
     for (i, ((name, want), (_, got))) in h.uid_gids().zip(have.uid_gids()).enumerate() {
         if checked(i) && want != got {
             return Err(format!("its {name} is {got}, the image says {want}"));
@@ -201,10 +220,10 @@ fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<
     let mut want = h.groups.clone();
     want.sort_unstable();
     groups.sort_unstable();
-    if want != groups {
+    if want != groups && stage != Stage::Inherited {
         return Err(format!("its supplementary groups are {groups:?}, the image says {want:?}"));
     }
-    if stage == Stage::All && h.uids.iter().all(|&u| u != 0) {
+    if stage != Stage::FileSystem && h.uids.iter().all(|&u| u != 0) {
         for key in ["CapPrm", "CapEff", "CapAmb"] {
             let v = procfs::status_field(status, key).and_then(|v| u64::from_str_radix(v, 16).ok());
             if v != Some(0) {
@@ -249,6 +268,8 @@ mod tests {
         assert!(verify_status(&st, &head(), Stage::FileSystem).unwrap_err().contains("filesystem gid is 0"));
         let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "0 27 100", zero);
         assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("supplementary groups"));
+        // An unprivileged restore cannot set groups: only the ids count.
+        assert_eq!(verify_status(&st, &head(), Stage::Inherited), Ok(()));
         let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "27 100", "000001ffffffffff");
         assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("kept capabilities"));
     }

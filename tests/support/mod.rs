@@ -199,3 +199,84 @@ pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -
     }
     w.finish().unwrap().0
 }
+
+/// Waits for a line containing `needle` on the child's stderr, then keeps draining it (to our
+/// stderr, tagged) so the child never blocks on a full pipe.
+pub fn watch(child: &mut std::process::Child, needle: &str, tag: &'static str) -> Said {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    assert!(lines.any(|l| l.map(|l| l.contains(needle)).unwrap_or(false)), "{tag} never said {needle:?}");
+    let said = Said::default();
+    let keep = said.clone();
+    std::thread::spawn(move || {
+        lines.map_while(Result::ok).for_each(|l| {
+            eprintln!("[{tag}] {l}");
+            keep.0.lock().unwrap().push(l);
+        })
+    });
+    said
+}
+
+/// What a watched program has said since.
+#[derive(Clone, Default)]
+pub struct Said(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Said {
+    /// Waits (bounded) for a line containing `needle`.
+    pub fn line(&self, needle: &str) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(t0.elapsed() < TIMEOUT, "never said {needle:?}: {:?}", self.0.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A process of a test that must not outlive it, even when the test fails.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Said {
+    /// Every line said so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Whether a test's prerequisite (root, a tool) is here. Without it the test is skipped when
+/// run by hand, but fails under CI (CI=true), where .ci/run installs everything: a test that
+/// cannot run must never pass there.
+pub fn require(ok: bool, what: &str) -> bool {
+    if !ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "prerequisite missing under CI: {what}");
+        eprintln!("skipped: needs {what}");
+    }
+    ok
+}
+
+pub const NOBODY: &str = "65534";
+
+/// A command run as nobody (uid and gid 65534, no supplementary groups), with no stray fds.
+pub fn as_nobody(args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]).args(args);
+    close_extra_fds(&mut c);
+    c
+}
+
+/// A fresh directory anyone may write (for files a test's unprivileged processes make).
+pub fn open_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmpdir(name);
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
