@@ -123,7 +123,7 @@ fn send_image(port: u16, key: Option<&[u8; 32]>, img: &[u8]) -> Result<i32, Stri
 /// Prints "restored PID" or "error CODE TEXT".
 const NOBODY_CLIENT: &str = r#"
 import os, socket, struct, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
 def send(t, p): s.sendall(struct.pack("<BI", t, len(p)) + p)
 def recv():
     h = b""
@@ -389,6 +389,22 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     // SAFETY: closing our own fd.
     unsafe { libc::close(ino) };
     assert!(n < 0, "the FIFO the image names was opened ({out})");
+
+    // An executable that is a FIFO by the time the process opens it (as nobody, to set its
+    // exe link): the open does not block, and the restore goes on without the link.
+    let fifo_path = fifo.to_str().unwrap().to_string();
+    let exe_fifo = rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
+        if tag != crs::crf::Tag::MmStruct {
+            return payload;
+        }
+        let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();
+        let x = m.exe.as_mut().unwrap();
+        x.path = fifo_path.clone();
+        m.encode()
+    });
+    let out = nobody_sends(d.port, &nobodys_file(&dir, "exe-fifo.crf", &exe_fifo));
+    let pid: i32 = out.strip_prefix("restored ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(creds_of(pid), NOBODYS_CREDS);
 }
 
 /// D5: a client that drips bytes cannot hold a handler: the handshake has a deadline of its

@@ -329,7 +329,13 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
         let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
         // Whole process memories: for root's eyes only.
         use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&name);
+        // A new file, never through a link: the spool directory may not be root's alone.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&name);
         match f {
             Ok(f) => tee = Some(f),
             Err(e) => {

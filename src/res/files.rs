@@ -198,9 +198,23 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8) -> Result<()> {
         let p = c.scratch.put_cstr(pid, 0, path)?;
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
-        let tmp =
-            c.r.call(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, p, open_flags as u64, 0, 0, 0], "openat", &what)?
-                as i32;
+        // Opened non-blocking, without taking a terminal: the path was checked, but may name a
+        // FIFO by now, whose open would never return. The fd's own flags are set back after.
+        let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
+        let tmp = c.r.call(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as i64 as u64, p, (open_flags | nonblock) as u64, 0, 0, 0],
+            "openat",
+            &what,
+        )? as i32;
+        if open_flags & libc::O_NONBLOCK as u32 == 0 {
+            c.r.call(
+                libc::SYS_fcntl,
+                [tmp as u64, libc::F_SETFL as u64, (open_flags & !libc::O_NONBLOCK as u32) as u64, 0, 0, 0],
+                "fcntl(F_SETFL)",
+                &what,
+            )?;
+        }
         let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
         if tmp != f.fd {
             c.r.call(libc::SYS_dup3, [tmp as u64, f.fd as u64, cloexec, 0, 0, 0], "dup3", &what)?;

@@ -141,6 +141,9 @@ impl MmStruct {
             return Err(d.bad_at(at, format!("auxv of {} bytes is not valid", auxv.len())));
         }
         let exe = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
+        if let Some(x) = exe.as_ref().filter(|x| x.file_type() != libc::S_IFREG) {
+            return Err(d.bad_at(at, format!("the executable {} is not a regular file", x.path)));
+        }
         d.finish()?;
         let [
             start_code,
@@ -185,7 +188,8 @@ impl MmStruct {
         let mut exe_fd: i64 = -1;
         if let Some(x) = self.exe.as_ref().filter(|_| !already) {
             let p = c.scratch.put_cstr(pid, 1024, &x.path)?;
-            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+            // Non-blocking: the path may name a FIFO by now, whose open would never return.
+            let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
             exe_fd = c.r.raw(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, p, flags, 0, 0, 0])?.max(-1);
         }
         let set = |c: &mut Ctl, fd: i64| -> Result<i64> {
@@ -606,12 +610,11 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
             let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
             let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
             let at = c.scratch.put_cstr(pid, 0, path)?;
-            fd = c.r.call(
-                libc::SYS_openat,
-                [libc::AT_FDCWD as i64 as u64, at, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0],
-                "openat",
-                path,
-            )? as i64;
+            // Non-blocking, for a path that names a FIFO by now (its mmap then fails).
+            let flags = mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+            fd =
+                c.r.call(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, at, flags as u64, 0, 0, 0], "openat", path)?
+                    as i64;
         } else {
             flags |= libc::MAP_ANONYMOUS;
         }
