@@ -2,6 +2,7 @@
 //! object (pid, address, path), or the reason a process or image is refused.
 
 use crate::crf::CrfError;
+use crate::text::printable;
 use nix::errno::Errno;
 use std::fmt;
 use std::io;
@@ -73,16 +74,6 @@ impl fmt::Display for Error {
         };
         f.write_str(&printable(&s))
     }
-}
-
-/// `s` with control characters (newlines, escapes, C1 controls) and bidirectional overrides
-/// written as escapes: text from an image or a peer, fit for one line of a log or a terminal.
-pub fn printable(s: &str) -> String {
-    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !s.chars().any(unsafe_char) {
-        return s.to_string();
-    }
-    s.chars().map(|c| if unsafe_char(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 impl std::error::Error for Error {}

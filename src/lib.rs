@@ -16,6 +16,7 @@ pub mod exit;
 pub mod net;
 pub mod res;
 pub mod state;
+pub mod text;
 
 pub use engine::checkpoint::{Options as Flags, Report};
 pub use engine::restore::{Options as RestartFlags, Restored};

@@ -41,7 +41,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 /// println! for text that holds an image's strings (names, paths): escaped, so that an image
 /// cannot drive the terminal it is described on.
 macro_rules! out {
-    ($($t:tt)*) => { println!("{}", crate::error::printable(&format!($($t)*))) };
+    ($($t:tt)*) => { println!("{}", crate::text::printable(&format!($($t)*))) };
 }
 
 fn describe(inp: impl Input) -> Result<()> {

@@ -356,7 +356,7 @@ fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
     let began = std::cell::Cell::new(0u64);
     let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
         began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
-        *who_cell.borrow_mut() = crate::error::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
+        *who_cell.borrow_mut() = crate::text::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
         if cfg.key.is_none() && local_uid.is_none() {
             return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
         }

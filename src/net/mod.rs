@@ -130,7 +130,7 @@ impl fmt::Display for NetError {
             NetError::BadTag(seq) => format!("frame {seq} failed authentication (tampered, replayed or wrong key)"),
             NetError::Remote(c, s) => format!("refused by the destination ({c:?}): {s}"),
         };
-        f.write_str(&crate::error::printable(&s))
+        f.write_str(&crate::text::printable(&s))
     }
 }
 
