@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod net;
+pub mod ptrace;
 pub mod res;
 pub mod state;
 pub mod text;
@@ -103,7 +104,7 @@ pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Re
     } else if md.is_file() && md.uid() == me.as_raw() && !others_may_write {
         // Mapping is only safe for a file nobody else may change under us (a truncation would
         // fault us; a rewrite would change pages after their checksum was verified).
-        let m = engine::mem::Mapped::new(&f, path)?;
+        let m = ptrace::mem::Mapped::new(&f, path)?;
         engine::restore::restore(m.as_slice(), flags)?
     } else {
         return restart(f, flags, notify);

@@ -523,7 +523,7 @@ fn finished_handlers_do_not_stay_zombies() {
         std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-            .filter_map(|st| crs::engine::procfs::stat_from_text(&st))
+            .filter_map(|st| crs::ptrace::procfs::stat_from_text(&st))
             .filter(|st| st.ppid == d.pid() && st.state == 'Z')
             .count()
     };

@@ -5,8 +5,8 @@
 #[derive(argh::FromArgs)]
 struct Args {}
 
-use crate::engine::{arch, mem, procfs, tracee::Tracee};
 use crate::exit;
+use crate::ptrace::{arch, mem, procfs, tracee::Tracee};
 use nix::errno::Errno;
 
 struct Line {
@@ -88,7 +88,7 @@ fn run_checks() -> Vec<Line> {
         Some(Ok(t)) => {
             let steps = t.interrupt(&mut Vec::new()).and_then(|_| t.regs()).and_then(|_| t.xstate());
             match steps {
-                Ok(_) if crate::engine::arch::has_xsave() => {
+                Ok(_) if crate::ptrace::arch::has_xsave() => {
                     line(true, true, "ptrace", "PTRACE_SEIZE, PTRACE_INTERRUPT, GETREGS, NT_X86_XSTATE work".into())
                 }
                 Ok(_) => line(

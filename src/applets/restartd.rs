@@ -150,7 +150,7 @@ fn parse_size(s: &str) -> Result<u64> {
 
 fn mem_total() -> u64 {
     let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    crate::engine::procfs::status_field(&m, "MemTotal")
+    crate::ptrace::procfs::status_field(&m, "MemTotal")
         .and_then(|v| v.trim_end_matches(" kB").trim().parse::<u64>().ok())
         .unwrap_or(1 << 20)
         * 1024

@@ -3,12 +3,12 @@
 //! only after the image is committed kill it, leave it stopped or let it run on. On any failure
 //! the process gets its registers back and runs on exactly as before.
 
-use super::arch::{self, Regs};
-use super::remote::Remote;
-use super::tracee::{RseqConf, Tracee};
-use super::{Ctl, Scratch, mem, procfs};
 use crate::crf::{Sink, Tag, Writer};
 use crate::error::{Error, Result};
+use crate::ptrace::arch::{self, Regs};
+use crate::ptrace::remote::Remote;
+use crate::ptrace::tracee::{RseqConf, Tracee};
+use crate::ptrace::{Ctl, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
@@ -241,7 +241,7 @@ fn frozen_work<W: Sink>(
     let gadget = find_gadget(pid, &maps)?;
     let mut r = Remote::new(t, gadget, *live);
     let ignored = procfs::status_field(&status, "SigIgn").and_then(|v| u64::from_str_radix(v, 16).ok());
-    r.stepping = ignored.is_some_and(|ign| super::remote::traps_harmless(sigmask, ign));
+    r.stepping = ignored.is_some_and(|ign| crate::ptrace::remote::traps_harmless(sigmask, ign));
     let len = 4 * crate::crf::PAGE_SIZE;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;

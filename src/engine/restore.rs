@@ -8,14 +8,14 @@
 //! (stopping at that syscall's exit) and load the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
-use super::arch;
-use super::procfs::{self, MapEntry};
-use super::remote::Remote;
-use super::tracee::Tracee;
-use super::{Ctl, Scratch, mem};
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
 use crate::error::{Error, Result};
+use crate::ptrace::arch;
+use crate::ptrace::procfs::{self, MapEntry};
+use crate::ptrace::remote::Remote;
+use crate::ptrace::tracee::Tracee;
+use crate::ptrace::{Ctl, Scratch, mem};
 use crate::res::fileid;
 use crate::res::head::Header;
 use crate::res::memory::{self, MmStruct};

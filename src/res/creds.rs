@@ -11,8 +11,8 @@
 
 use super::head::Header;
 use crate::crf::Enc;
-use crate::engine::{Ctl, procfs};
 use crate::error::{Error, Result};
+use crate::ptrace::{Ctl, procfs};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

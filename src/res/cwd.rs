@@ -1,8 +1,8 @@
 //! CWD: the working directory (the paper's "size of CWD" + "CWD"): the template resource.
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
-use crate::engine::Ctl;
 use crate::error::{Error, Result};
+use crate::ptrace::Ctl;
 
 pub fn encode(cwd: &str) -> Vec<u8> {
     let mut e = Enc::new();

@@ -5,9 +5,9 @@
 
 use super::fileid::FileId;
 use crate::crf::{Dec, Enc, Result as CrfResult};
-use crate::engine::Ctl;
-use crate::engine::procfs;
 use crate::error::{Error, Result};
+use crate::ptrace::Ctl;
+use crate::ptrace::procfs;
 use std::fs;
 
 pub const KIND_FILE: u8 = 1;

@@ -6,9 +6,9 @@
 use super::fileid::FileId;
 use crate::crf::pages::{self, RUN_FILE_COPY, Run};
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Sink, Writer};
-use crate::engine::procfs::MapEntry;
-use crate::engine::{Ctl, mem};
 use crate::error::{Error, Result};
+use crate::ptrace::procfs::MapEntry;
+use crate::ptrace::{Ctl, mem};
 use log::debug;
 use nix::errno::Errno;
 use std::fs::File;

@@ -1,7 +1,7 @@
 //! REGS: the general-purpose registers (with fs/gs base) and the whole XSAVE area.
 
 use crate::crf::{Dec, Enc, Result};
-use crate::engine::arch::{self, Regs};
+use crate::ptrace::arch::{self, Regs};
 
 #[derive(Clone)]
 pub struct RegState {
@@ -24,17 +24,23 @@ impl std::fmt::Debug for RegState {
 impl RegState {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        arch::encode_regs(&mut e, &self.gpr);
+        for v in arch::regs_to_array(&self.gpr) {
+            e.u64(v);
+        }
         e.bytes(&self.xsave);
         e.into_bytes()
     }
 
     pub fn decode(b: &[u8], at: u64) -> Result<RegState> {
         let mut d = Dec::new(b, at, "REGS");
-        let gpr = arch::decode_regs(&mut d)?;
+        let mut a = [0u64; 27];
+        for v in a.iter_mut() {
+            *v = d.u64()?;
+        }
+        let gpr = arch::regs_from_array(&a);
         let xsave = d.bytes()?.to_vec();
         // Empty, the 512-byte FXSAVE area of a CPU without XSAVE, or an XSAVE area.
-        if !xsave.is_empty() && xsave.len() != crate::engine::arch::FXSAVE_LEN && xsave.len() < 576 {
+        if !xsave.is_empty() && xsave.len() != crate::ptrace::arch::FXSAVE_LEN && xsave.len() < 576 {
             return Err(d.bad_at(at, format!("XSAVE area of {} bytes is too short", xsave.len())));
         }
         d.finish()?;

@@ -5,9 +5,9 @@
 //! own that only a process with some has; requeued by the restored process to itself.
 
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
-use crate::engine::Ctl;
-use crate::engine::tracee::SIGINFO_LEN;
 use crate::error::Result;
+use crate::ptrace::Ctl;
+use crate::ptrace::tracee::SIGINFO_LEN;
 
 pub const NSIG: usize = 64;
 
@@ -128,7 +128,7 @@ impl Signals {
     /// (32 bytes) at offset 32 × s and its result (an i32) at 32 × 65 + 4 × s.
     fn query_at_once(c: &mut Ctl) -> Result<Vec<SigAction>> {
         let pid = c.pid();
-        let code = crate::engine::arch::sigactions_code();
+        let code = crate::ptrace::arch::sigactions_code();
         let (acts, res) = (PAGE_SIZE, PAGE_SIZE + 32 * (NSIG + 1));
         let entry = c.scratch.put(pid, 0, code)?;
         let (base_acts, base_res) = (c.scratch.addr + acts as u64, c.scratch.addr + res as u64);

@@ -4,10 +4,10 @@
 //! has, so that a crs that does not know it refuses the image instead of dropping it.
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
-use crate::engine::Ctl;
-use crate::engine::procfs;
-use crate::engine::tracee::RseqConf;
 use crate::error::{Error, Result};
+use crate::ptrace::Ctl;
+use crate::ptrace::procfs;
+use crate::ptrace::tracee::RseqConf;
 
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.

@@ -1,7 +1,5 @@
-//! x86_64 specifics: the register file, its CRF encoding, syscall restart rules, the syscall
+//! x86_64 specifics: the register file (as an array, for the REGS section), syscall restart rules, the syscall
 //! gadget. Everything another architecture would replace lives here.
-
-use crate::crf::{Dec, Enc};
 
 pub type Regs = libc::user_regs_struct;
 
@@ -64,20 +62,6 @@ pub fn regs_from_array(a: &[u64; 27]) -> Regs {
         fs: a[25],
         gs: a[26],
     }
-}
-
-pub fn encode_regs(e: &mut Enc, r: &Regs) {
-    for v in regs_to_array(r) {
-        e.u64(v);
-    }
-}
-
-pub fn decode_regs(d: &mut Dec) -> crate::crf::Result<Regs> {
-    let mut a = [0u64; 27];
-    for v in a.iter_mut() {
-        *v = d.u64()?;
-    }
-    Ok(regs_from_array(&a))
 }
 
 /// The registers a process stopped inside an interrupted syscall must resume with, so that the

@@ -1,0 +1,58 @@
+//! The ptrace toolkit beneath the resources: a traced task (seize, interrupt, detach on drop),
+//! remote syscalls run inside it, bulk memory I/O, /proc parsers, and the x86_64 specifics.
+//! It knows nothing of images or resources; src/res/ builds on it, src/engine/ above both.
+
+pub mod arch;
+pub mod mem;
+pub mod procfs;
+pub mod remote;
+pub mod tracee;
+
+use crate::error::{Error, Result};
+use remote::Remote;
+
+/// A small buffer mapped inside the tracee, used to pass syscall arguments that are pointers
+/// (paths, structs) and to collect results.
+pub struct Scratch {
+    pub addr: u64,
+    pub len: usize,
+    /// Mapped executable too, so code can be copied there and run.
+    pub exec: bool,
+}
+
+impl Scratch {
+    /// Copies `bytes` to offset `off` of the scratch area; returns the remote address.
+    pub fn put(&self, pid: i32, off: usize, bytes: &[u8]) -> Result<u64> {
+        if off + bytes.len() > self.len {
+            return Err(Error::Proc(format!("scratch area too small for {} bytes", bytes.len())));
+        }
+        let at = self.addr + off as u64;
+        mem::write_runs(pid, &[(at, bytes.len())], bytes)?;
+        Ok(at)
+    }
+
+    /// A NUL-terminated copy of `s` at offset `off`.
+    pub fn put_cstr(&self, pid: i32, off: usize, s: &str) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(pid, off, &b)
+    }
+
+    pub fn get(&self, pid: i32, off: usize, len: usize) -> Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        mem::read_runs(pid, &[(self.addr + off as u64, len)], &mut b)?;
+        Ok(b)
+    }
+}
+
+/// A remote syscall driver plus its scratch area: what resources use to act inside a tracee.
+pub struct Ctl<'a> {
+    pub r: Remote<'a>,
+    pub scratch: Scratch,
+}
+
+impl Ctl<'_> {
+    pub fn pid(&self) -> i32 {
+        self.r.t.pid
+    }
+}
