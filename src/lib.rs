@@ -16,7 +16,6 @@ pub mod exit;
 pub mod net;
 pub mod ptrace;
 pub mod res;
-pub mod state;
 pub mod text;
 
 pub use engine::checkpoint::{Options as Flags, Report};

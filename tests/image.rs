@@ -112,7 +112,7 @@ fn crfinfo_describes_a_good_image() {
 fn a_different_vdso_is_refused() {
     let (dir, bytes, _) = image("img-vdso");
     let img = rewrite(&bytes, |tag, p| {
-        if tag != crs::crf::Tag::Vmas {
+        if tag != crs::res::memory::VMAS.tag {
             return p;
         }
         let mut v = crs::res::memory::decode_vmas(&p, 0).unwrap();

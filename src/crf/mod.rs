@@ -37,64 +37,24 @@ pub const MAX_SECTION: u64 = 64 << 20;
 /// Section flag: a reader that does not know this tag may skip the section.
 pub const FLAG_OPTIONAL: u32 = 1;
 
-/// Section tags, in the order a writer emits them (the paper's order, plus files and tasks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Tag {
-    Head = 1,
-    Files = 2,
-    MmStruct = 3,
-    Vmas = 4,
-    Pages = 5,
-    Regs = 6,
-    Signals = 7,
-    Task = 8,
-    Cwd = 9,
-    /// Written only for a process with memory-deny-write-execute set.
-    Mdwe = 10,
-    /// Written only for a process with signals queued and not yet delivered.
-    Pending = 11,
-    End = 0xffff_ffff,
-}
+/// A section's tag: a number, whose meaning belongs to the resource that owns it (the
+/// registry in src/res/image.rs). The container knows two: page batches and the trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag(pub u32);
 
 impl Tag {
-    pub fn from_u32(v: u32) -> Option<Tag> {
-        Some(match v {
-            1 => Tag::Head,
-            2 => Tag::Files,
-            3 => Tag::MmStruct,
-            4 => Tag::Vmas,
-            5 => Tag::Pages,
-            6 => Tag::Regs,
-            7 => Tag::Signals,
-            8 => Tag::Task,
-            9 => Tag::Cwd,
-            10 => Tag::Mdwe,
-            11 => Tag::Pending,
-            0xffff_ffff => Tag::End,
-            _ => return None,
-        })
-    }
+    /// A batch of page runs and their data (see `pages`).
+    pub const PAGES: Tag = Tag(5);
+    /// The trailer.
+    pub const END: Tag = Tag(0xffff_ffff);
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Tag::Head => "HEAD",
-            Tag::Files => "FILES",
-            Tag::MmStruct => "MMSTRUCT",
-            Tag::Vmas => "VMAS",
-            Tag::Pages => "PAGES",
-            Tag::Regs => "REGS",
-            Tag::Signals => "SIGNALS",
-            Tag::Task => "TASK",
-            Tag::Cwd => "CWD",
-            Tag::Mdwe => "MDWE",
-            Tag::Pending => "PENDING",
-            Tag::End => "END",
-        }
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tag {:#x}", self.0)
     }
 }
 
-/// Everything that can be wrong with an image, with where it was found.
 #[derive(Debug)]
 pub enum CrfError {
     Io(io::Error),
@@ -175,7 +135,7 @@ impl<W: Write> Writer<W> {
         for p in parts {
             crc.update(p);
         }
-        let hdr = section_header(tag as u32, flags, len, crc.finalize());
+        let hdr = section_header(tag.0, flags, len, crc.finalize());
         self.out.write_all(&hdr)?;
         for p in parts {
             self.out.write_all(p)?;
@@ -195,7 +155,7 @@ impl<W: Write> Writer<W> {
         let mut crc = crc32fast::Hasher::new();
         crc.update(head);
         crc.update(&data);
-        self.out.write_all(&section_header(tag as u32, flags, len, crc.finalize()))?;
+        self.out.write_all(&section_header(tag.0, flags, len, crc.finalize()))?;
         self.out.write_all(head)?;
         let back = self.out.give(data)?;
         self.offset += SECTION_HEADER_LEN as u64 + len;
@@ -214,7 +174,7 @@ impl<W: Write> Writer<W> {
         e.u64(self.sections);
         e.u64(self.offset);
         let payload = e.into_bytes();
-        self.section(Tag::End, 0, &[&payload])?;
+        self.section(Tag::END, 0, &[&payload])?;
         self.out.flush()?;
         Ok((self.out, self.offset))
     }
@@ -333,65 +293,64 @@ impl<R: Input> Reader<R> {
         self.offset
     }
 
-    /// The next section header. After the trailer has been read and checked, returns `None`.
-    /// Unknown optional sections are skipped; unknown mandatory ones are refused.
+    /// The next section header, whatever its tag (what a tag means, and whether an unknown
+    /// one may be skipped, is the caller's business). After the trailer has been read and
+    /// checked, returns `None`.
     pub fn next_section(&mut self) -> Result<Option<Section>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let start = self.offset;
-            let mut h = [0u8; SECTION_HEADER_LEN];
-            read_full(&mut self.inp, &mut h, start, "section header (no trailer)")?;
-            self.offset += SECTION_HEADER_LEN as u64;
-            let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-            if crc32fast::hash(&h[0..20]) != word(20) {
-                return bad(start, "section header checksum mismatch");
-            }
-            let raw_tag = word(0);
-            let flags = word(4);
-            let len = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
-            let crc = word(16);
-            if len > MAX_SECTION {
-                return bad(start, format!("section length {len} exceeds the limit {MAX_SECTION}"));
-            }
-            let Some(tag) = Tag::from_u32(raw_tag) else {
-                if flags & FLAG_OPTIONAL != 0 {
-                    self.skip(len, crc, start)?;
-                    self.sections += 1;
-                    continue;
-                }
-                return bad(start, format!("unknown mandatory section tag {raw_tag:#x}: image needs a newer crs"));
-            };
-            let sec = Section { tag, flags, len, crc, offset: self.offset };
-            if tag == Tag::End {
-                let payload = self.payload(&sec)?;
-                let mut d = Dec::new(&payload, sec.offset, "END");
-                let n = d.u64()?;
-                let bytes = d.u64()?;
-                d.finish()?;
-                if n != self.sections || bytes != start {
-                    return bad(
-                        sec.offset,
-                        format!("trailer says {n} sections and {bytes} bytes, read {} and {start}", self.sections),
-                    );
-                }
-                self.done = true;
-                return Ok(None);
-            }
-            self.sections += 1;
-            return Ok(Some(sec));
+        if self.done {
+            return Ok(None);
         }
+        let start = self.offset;
+        let mut h = [0u8; SECTION_HEADER_LEN];
+        read_full(&mut self.inp, &mut h, start, "section header (no trailer)")?;
+        self.offset += SECTION_HEADER_LEN as u64;
+        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        if crc32fast::hash(&h[0..20]) != word(20) {
+            return bad(start, "section header checksum mismatch");
+        }
+        let raw_tag = word(0);
+        let flags = word(4);
+        let len = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        let crc = word(16);
+        if len > MAX_SECTION {
+            return bad(start, format!("section length {len} exceeds the limit {MAX_SECTION}"));
+        }
+        let tag = Tag(raw_tag);
+        let sec = Section { tag, flags, len, crc, offset: self.offset };
+        if tag == Tag::END {
+            let payload = self.payload(&sec, "END")?;
+            let mut d = Dec::new(&payload, sec.offset, "END");
+            let n = d.u64()?;
+            let bytes = d.u64()?;
+            d.finish()?;
+            if n != self.sections || bytes != start {
+                return bad(
+                    sec.offset,
+                    format!("trailer says {n} sections and {bytes} bytes, read {} and {start}", self.sections),
+                );
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        self.sections += 1;
+        Ok(Some(sec))
     }
 
-    /// Reads a whole (small) section payload and checks its CRC.
-    pub fn payload(&mut self, sec: &Section) -> Result<Vec<u8>> {
+    /// Reads a whole (small) section payload and checks its CRC; `name` names the section in
+    /// errors.
+    pub fn payload(&mut self, sec: &Section, name: &str) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; sec.len as usize];
-        self.read_exact_at(&mut buf, sec.tag.name())?;
+        self.read_exact_at(&mut buf, name)?;
         if crc32fast::hash(&buf) != sec.crc {
-            return bad(sec.offset, format!("{} section checksum mismatch", sec.tag.name()));
+            return bad(sec.offset, format!("{name} section checksum mismatch"));
         }
         Ok(buf)
+    }
+
+    /// Passes over a section a reader has no use for (an optional one it does not know),
+    /// checking its CRC all the same.
+    pub fn skip(&mut self, sec: &Section) -> Result<()> {
+        self.skip_checked(sec.len, sec.crc, sec.offset)
     }
 
     /// The next `n` payload bytes: borrowed where the input holds them in memory, otherwise
@@ -417,8 +376,7 @@ impl<R: Input> Reader<R> {
         Ok(())
     }
 
-    /// Skips an optional section, still checking its CRC.
-    fn skip(&mut self, mut len: u64, crc: u32, start: u64) -> Result<()> {
+    fn skip_checked(&mut self, mut len: u64, crc: u32, start: u64) -> Result<()> {
         let mut buf = [0u8; 8192];
         let mut h = crc32fast::Hasher::new();
         while len > 0 {
@@ -428,7 +386,7 @@ impl<R: Input> Reader<R> {
             len -= n as u64;
         }
         if h.finalize() != crc {
-            return bad(start, "optional section checksum mismatch");
+            return bad(start, "skipped section checksum mismatch");
         }
         Ok(())
     }
@@ -463,8 +421,8 @@ mod tests {
 
     fn image() -> Vec<u8> {
         let mut w = Writer::new(Vec::new()).unwrap();
-        w.section(Tag::Head, 0, &[b"hello", b" world"]).unwrap();
-        w.section(Tag::Cwd, 0, &[b"/tmp"]).unwrap();
+        w.section(Tag(1), 0, &[b"hello", b" world"]).unwrap();
+        w.section(Tag(9), 0, &[b"/tmp"]).unwrap();
         w.finish().unwrap().0
     }
 
@@ -473,11 +431,11 @@ mod tests {
         let img = image();
         let mut r = Reader::new(&img[..]).unwrap();
         let s = r.next_section().unwrap().unwrap();
-        assert_eq!(s.tag, Tag::Head);
-        assert_eq!(r.payload(&s).unwrap(), b"hello world");
+        assert_eq!(s.tag, Tag(1));
+        assert_eq!(r.payload(&s, "X").unwrap(), b"hello world");
         let s = r.next_section().unwrap().unwrap();
-        assert_eq!(s.tag, Tag::Cwd);
-        assert_eq!(r.payload(&s).unwrap(), b"/tmp");
+        assert_eq!(s.tag, Tag(9));
+        assert_eq!(r.payload(&s, "X").unwrap(), b"/tmp");
         assert!(r.next_section().unwrap().is_none());
         assert!(r.complete());
     }
@@ -489,7 +447,7 @@ mod tests {
         let read_all = |b: &[u8]| -> Result<()> {
             let mut r = Reader::new(b)?;
             while let Some(s) = r.next_section()? {
-                r.payload(&s)?;
+                r.payload(&s, "X")?;
             }
             Ok(())
         };
@@ -514,25 +472,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_optional_section_is_skipped() {
-        // Splice an optional section with an unknown tag before the trailer, and fix the trailer.
+    fn any_tag_is_framed_and_can_be_skipped() {
         let mut w = Writer::new(Vec::new()).unwrap();
-        w.section(Tag::Head, 0, &[b"hello world"]).unwrap();
-        let hdr = section_header(0x1234, FLAG_OPTIONAL, 3, crc32fast::hash(b"abc"));
-        let mut v = w.finish().unwrap().0;
-        let trailer_at = v.len() - SECTION_HEADER_LEN - 16;
-        v.truncate(trailer_at);
-        v.extend_from_slice(&hdr);
-        v.extend_from_slice(b"abc");
-        let mut e = Enc::new();
-        e.u64(2);
-        e.u64(v.len() as u64);
-        let p = e.into_bytes();
-        v.extend_from_slice(&section_header(Tag::End as u32, 0, 16, crc32fast::hash(&p)));
-        v.extend_from_slice(&p);
+        w.section(Tag(0x1234), FLAG_OPTIONAL, &[b"abc"]).unwrap();
+        w.section(Tag(1), 0, &[b"x"]).unwrap();
+        let v = w.finish().unwrap().0;
         let mut r = Reader::new(&v[..]).unwrap();
         let s = r.next_section().unwrap().unwrap();
-        r.payload(&s).unwrap();
-        assert!(r.next_section().unwrap().is_none());
+        assert_eq!((s.tag, s.flags), (Tag(0x1234), FLAG_OPTIONAL));
+        r.skip(&s).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(r.payload(&s, "ONE").unwrap(), b"x");
+        assert!(r.next_section().unwrap().is_none() && r.complete());
     }
 }

@@ -36,14 +36,14 @@ impl Run {
 /// Writes one batch; `data` holds the pages of all runs, in order.
 pub fn write_batch<W: Write>(w: &mut Writer<W>, runs: &[Run], data: &[u8]) -> io::Result<()> {
     let head = batch_head(w.offset(), runs);
-    w.section(Tag::Pages, 0, &[&head, data])
+    w.section(Tag::PAGES, 0, &[&head, data])
 }
 
 /// [`write_batch`], giving `data` to the output whole (see [`crate::crf::Sink`]); returns a
 /// buffer the output is done with, if it has one.
 pub fn give_batch<W: Sink>(w: &mut Writer<W>, runs: &[Run], data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
     let head = batch_head(w.offset(), runs);
-    w.section_given(Tag::Pages, 0, &head, data)
+    w.section_given(Tag::PAGES, 0, &head, data)
 }
 
 /// A batch's payload before its data: run count, padding, the runs, then padding that puts the
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn batch_round_trip_and_alignment() {
         let mut w = Writer::new(Vec::new()).unwrap();
-        w.section(Tag::Head, 0, &[b"x"]).unwrap();
+        w.section(Tag(1), 0, &[b"x"]).unwrap();
         let runs = [Run { addr: 0x1000, npages: 2, flags: 0 }, Run { addr: 0x8000, npages: 1, flags: RUN_FILE_COPY }];
         let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
         write_batch(&mut w, &runs, &data).unwrap();
@@ -151,9 +151,9 @@ mod tests {
 
         let mut r = Reader::new(&img[..]).unwrap();
         let s = r.next_section().unwrap().unwrap();
-        r.payload(&s).unwrap();
+        r.payload(&s, "X").unwrap();
         let s = r.next_section().unwrap().unwrap();
-        assert_eq!(s.tag, Tag::Pages);
+        assert_eq!(s.tag, Tag::PAGES);
         let b = read_batch_header(&mut r, &s).unwrap();
         assert_eq!(b.runs, runs);
         assert_eq!(r.offset() % PAGE_SIZE as u64, 0, "page data must start on a page boundary");

@@ -3,13 +3,14 @@
 //! only after the image is committed kill it, leave it stopped or let it run on. On any failure
 //! the process gets its registers back and runs on exactly as before.
 
-use crate::crf::{Sink, Tag, Writer};
+use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::{RseqConf, Tracee};
 use crate::ptrace::{Ctl, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
+use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
 use crate::res::signals::{Pending, Signals};
@@ -87,9 +88,11 @@ fn check_status(pid: i32, status: &str, traced: bool) -> Result<()> {
     if field("NoNewPrivs") == "1" {
         return Err(Error::Refused(format!("pid {pid} has no_new_privs set; crs cannot restore that yet")));
     }
+    // What cannot be read is not taken for the default: a check that cannot be made refuses.
     let caps_default = |k| {
-        let v = u64::from_str_radix(field(k), 16).unwrap_or(0);
-        let full = u64::from_str_radix(field("CapBnd"), 16).unwrap_or(0);
+        let (Ok(v), Ok(full)) = (u64::from_str_radix(field(k), 16), u64::from_str_radix(field("CapBnd"), 16)) else {
+            return false;
+        };
         match k {
             "CapInh" | "CapAmb" => v == 0,
             _ if uid[1] == 0 => v == full,
@@ -101,7 +104,11 @@ fn check_status(pid: i32, status: &str, traced: bool) -> Result<()> {
             "pid {pid} holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status); crs cannot restore them yet"
         )));
     }
-    let threads: u64 = field("Threads").parse().unwrap_or(1);
+    let threads: u64 = field("Threads").parse().map_err(|_| {
+        Error::Proc(format!(
+            "/proc/{pid}/status: no Threads line that parses; cannot tell whether pid {pid} is single-threaded"
+        ))
+    })?;
     if threads > 1 {
         let what = if traced { "started a thread".to_string() } else { format!("has {threads} threads") };
         return Err(Error::Refused(format!(
@@ -302,27 +309,24 @@ fn frozen_work<W: Sink>(
     let head = header(pid, opts, &stat, &status, &exe_path)?;
     debug!("pid {pid}: {} mappings, {} fds, cwd {cwd}", vmas.len(), fds.len());
 
+    let st = ProcessState {
+        head,
+        files: fds,
+        mm,
+        vmas,
+        threads: vec![ThreadState { regs: RegState { gpr: image_regs, xsave } }],
+        signals,
+        task,
+        cwd,
+    };
     let io = |e: std::io::Error| Error::io("image", e);
     let mut w = Writer::new(out).map_err(io)?;
-    w.section(Tag::Head, 0, &[&head.encode()]).map_err(io)?;
-    w.section(Tag::Files, 0, &[&files::encode(&fds)]).map_err(io)?;
-    w.section(Tag::MmStruct, 0, &[&mm.encode()]).map_err(io)?;
-    w.section(Tag::Vmas, 0, &[&memory::encode_vmas(&vmas)]).map_err(io)?;
+    image::write(&mut w, &st, true)?;
     // A reader restoring from a stream can check the image's header, create the process and
     // lay out its mappings while we read its pages.
     w.flush().map_err(io)?;
-    let pages = memory::dump_pages(pid, &vmas, &mut w)?;
-    let regs = RegState { gpr: image_regs, xsave };
-    w.section(Tag::Regs, 0, &[&regs.encode()]).map_err(io)?;
-    w.section(Tag::Signals, 0, &[&signals.encode()]).map_err(io)?;
-    w.section(Tag::Task, 0, &[&task.encode()]).map_err(io)?;
-    w.section(Tag::Cwd, 0, &[&cwd::encode(&cwd)]).map_err(io)?;
-    if task.mdwe != 0 {
-        w.section(Tag::Mdwe, 0, &[&task.encode_mdwe()]).map_err(io)?;
-    }
-    if !signals.pending.is_empty() {
-        w.section(Tag::Pending, 0, &[&signals.encode_pending()]).map_err(io)?;
-    }
+    let pages = memory::dump_pages(pid, &st.vmas, &mut w)?;
+    image::write(&mut w, &st, false)?;
     let (out, bytes) = w.finish().map_err(io)?;
     commit(out)?;
     Ok((pages, bytes))
@@ -379,4 +383,30 @@ fn header(pid: i32, opts: &Options, stat: &procfs::Stat, status: &str, exe: &str
         time_sec: now.as_secs() as i64,
         time_nsec: now.subsec_nanos(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(threads: &str, cap: &str) -> String {
+        format!(
+            "Name:\tx\nState:\tS (sleeping)\nTgid:\t7\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nThreads:\t{threads}\nSeccomp:\t0\nNoNewPrivs:\t0\nCapInh:\t0000000000000000\nCapPrm:\t{cap}\nCapEff:\t{cap}\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n"
+        )
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_read_refuses() {
+        let full = "000001ffffffffff";
+        // Run as root (CI): a process of root's with root's capabilities passes.
+        if nix::unistd::geteuid().is_root() {
+            assert!(check_status(7, &status("1", full), false).is_ok());
+        }
+        let e = check_status(7, &status("", full), false).unwrap_err().to_string();
+        assert!(e.contains("no Threads line"), "{e}");
+        let e = check_status(7, &status("many", full), false).unwrap_err().to_string();
+        assert!(e.contains("no Threads line"), "{e}");
+        assert!(check_status(7, &status("2", full), false).unwrap_err().to_string().contains("2 threads"));
+        assert!(check_status(7, &status("1", "?"), false).is_err());
+    }
 }

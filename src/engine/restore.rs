@@ -17,13 +17,13 @@ use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::Tracee;
 use crate::ptrace::{Ctl, Scratch, mem};
 use crate::res::fileid;
-use crate::res::head::Header;
-use crate::res::memory::{self, MmStruct};
+use crate::res::head::{self, Header};
+use crate::res::image::{ProcessState, SectionReader};
+use crate::res::memory;
 use crate::res::regs::RegState;
 use crate::res::signals::Signals;
-use crate::res::task::{self, Task};
+use crate::res::task;
 use crate::res::{creds, cwd, files};
-use crate::state::ProcessState;
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -109,20 +109,6 @@ impl Drop for ChildGuard {
     }
 }
 
-fn expect<R: Input>(r: &mut Reader<R>, tag: Tag) -> Result<crate::crf::Section> {
-    match r.next_section()? {
-        Some(s) if s.tag == tag => Ok(s),
-        Some(s) => Err(Error::Image(crate::crf::CrfError::Bad {
-            offset: s.offset,
-            what: format!("expected a {} section, found {}", tag.name(), s.tag.name()),
-        })),
-        None => Err(Error::Image(crate::crf::CrfError::Bad {
-            offset: r.offset(),
-            what: format!("expected a {} section, found the end", tag.name()),
-        })),
-    }
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -138,17 +124,17 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
 pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
     let mut st = ProcessState::default();
-    let s = expect(&mut rd, Tag::Head)?;
-    st.head = Header::decode(&rd.payload(&s)?, s.offset)?;
-    creds::check_caller(&st.head)?;
-    policy(&st.head)?;
+    // The layout, read into the model; the header is checked as soon as it is in, before
+    // anything else is read or created.
+    let mut sections = SectionReader::new();
+    let first_batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| {
+        if d.tag != head::SECTION.tag {
+            return Ok(());
+        }
+        creds::check_caller(&st.head)?;
+        policy(&st.head)
+    })?;
     let same_boot = st.head.boot_id == fileid::boot_id();
-    let s = expect(&mut rd, Tag::Files)?;
-    st.files = files::decode(&rd.payload(&s)?, s.offset)?;
-    let s = expect(&mut rd, Tag::MmStruct)?;
-    st.mm = MmStruct::decode(&rd.payload(&s)?, s.offset)?;
-    let s = expect(&mut rd, Tag::Vmas)?;
-    st.vmas = memory::decode_vmas(&rd.payload(&s)?, s.offset)?;
     let me = std::process::id() as i32;
     let own = procfs::read_smaps(me)?;
     let specials: Vec<MapEntry> =
@@ -230,10 +216,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     memory::map_all(&mut c, &plans)?;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     let mut npages = 0u64;
-    let mut s = rd.next_section()?;
-    while let Some(sec) = s.filter(|s| s.tag == Tag::Pages) {
+    let mut s = first_batch;
+    while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
         let b = pages::read_batch_header(&mut rd, &sec)?;
-        let targets = memory::batch_targets(&plans, &b.runs)?;
+        let targets = memory::batch_targets(&plans, &b.runs, sec.offset)?;
         npages += (b.data_len / PAGE_SIZE) as u64;
         let data = b.data(&mut rd, &mut buf)?;
         write_batch(pid, &targets, data)?;
@@ -242,41 +228,11 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     debug!("pid {pid}: {npages} pages written");
 
     // 4. The rest of the image, checked to its trailer before anything else is applied.
-    let sec = s.ok_or_else(|| {
-        Error::Image(crate::crf::CrfError::Bad {
-            offset: rd.offset(),
-            what: "expected a REGS section, found the end".into(),
-        })
-    })?;
-    if sec.tag != Tag::Regs {
-        return Err(Error::Image(crate::crf::CrfError::Bad {
-            offset: sec.offset,
-            what: format!("expected a REGS section, found {}", sec.tag.name()),
-        }));
-    }
-    let regs = RegState::decode(&rd.payload(&sec)?, sec.offset)?;
-    let s = expect(&mut rd, Tag::Signals)?;
-    st.signals = Signals::decode(&rd.payload(&s)?, s.offset)?;
-    let s = expect(&mut rd, Tag::Task)?;
-    st.task = Task::decode(&rd.payload(&s)?, s.offset)?;
-    let s = expect(&mut rd, Tag::Cwd)?;
-    st.cwd = cwd::decode(&rd.payload(&s)?, s.offset)?;
-    let mut last = "CWD";
-    let mut s = rd.next_section()?;
-    if let Some(sec) = s.filter(|s| s.tag == Tag::Mdwe) {
-        st.task.mdwe = Task::decode_mdwe(&rd.payload(&sec)?, sec.offset)?;
-        (last, s) = ("MDWE", rd.next_section()?);
-    }
-    if let Some(sec) = s.filter(|s| s.tag == Tag::Pending) {
-        st.signals.pending = Signals::decode_pending(&rd.payload(&sec)?, sec.offset)?;
-        (last, s) = ("PENDING", rd.next_section()?);
-    }
-    if let Some(extra) = s {
-        return Err(Error::Image(crate::crf::CrfError::Bad {
-            offset: extra.offset,
-            what: format!("unexpected {} section after {last}", extra.tag.name()),
-        }));
-    }
+    sections.read_group(&mut rd, &mut st, s, false, &mut |_, _| Ok(()))?;
+    let regs = match &st.threads[..] {
+        [t] => t.regs.clone(),
+        more => return Err(Error::Refused(format!("the image holds {} threads; this crs restores one", more.len()))),
+    };
     check_xstate(&regs)?;
 
     // 5. Apply: layout, files, cwd, signals, then credentials (dropping privilege), then the

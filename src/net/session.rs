@@ -482,7 +482,7 @@ mod stream_tests {
 
     fn write_image<W: Write>(out: W) -> W {
         let mut w = Writer::new(out).unwrap();
-        w.section(Tag::Head, 0, &[b"head", &big()]).unwrap();
+        w.section(Tag(1), 0, &[b"head", &big()]).unwrap();
         for (runs, data) in batches() {
             pages::write_batch(&mut w, &runs, &data).unwrap();
         }
@@ -492,7 +492,7 @@ mod stream_tests {
     /// The same image, its big section and its batches given to the output whole.
     fn give_image<W: crate::crf::Sink>(out: W) -> W {
         let mut w = Writer::new(out).unwrap();
-        w.section_given(Tag::Head, 0, b"head", big()).unwrap();
+        w.section_given(Tag(1), 0, b"head", big()).unwrap();
         for (runs, data) in batches() {
             pages::give_batch(&mut w, &runs, data).unwrap();
         }
@@ -506,7 +506,7 @@ mod stream_tests {
         let mut fr = FrameStream::start(c, u64::MAX);
         let mut r = Reader::new(&mut fr).unwrap();
         let s = r.next_section().unwrap().unwrap();
-        assert!(r.payload(&s).unwrap() == [&b"head"[..], &big()].concat());
+        assert!(r.payload(&s, "X").unwrap() == [&b"head"[..], &big()].concat());
         let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
         for (runs, data) in batches() {
             let s = r.next_section().unwrap().unwrap();

@@ -62,13 +62,27 @@ fn vm_io(pid: i32, remote: &[(u64, usize)], buf: *mut u8, write: bool) -> Result
     Ok(())
 }
 
+/// Refuses runs that the local buffer cannot hold (an error, never an abort: the caller may
+/// hold a frozen process).
+fn fits(pid: i32, remote: &[(u64, usize)], len: usize) -> Result<()> {
+    let total = remote.iter().try_fold(0usize, |t, r| t.checked_add(r.1));
+    match total {
+        Some(t) if t <= len => Ok(()),
+        _ => Err(Error::Proc(format!(
+            "pid {pid}: {} runs starting at {:#x} need more than the {len} bytes given for them",
+            remote.len(),
+            remote.first().map_or(0, |r| r.0)
+        ))),
+    }
+}
+
 pub fn read_runs(pid: i32, remote: &[(u64, usize)], buf: &mut [u8]) -> Result<()> {
-    assert!(remote.iter().map(|r| r.1).sum::<usize>() <= buf.len());
+    fits(pid, remote, buf.len())?;
     vm_io(pid, remote, buf.as_mut_ptr(), false)
 }
 
 pub fn write_runs(pid: i32, remote: &[(u64, usize)], buf: &[u8]) -> Result<()> {
-    assert!(remote.iter().map(|r| r.1).sum::<usize>() <= buf.len());
+    fits(pid, remote, buf.len())?;
     // process_vm_writev only reads from the local buffer.
     vm_io(pid, remote, buf.as_ptr() as *mut u8, true)
 }
@@ -120,5 +134,22 @@ impl Drop for Mapped {
             // SAFETY: unmapping exactly the mapping we made; no slice of it outlives self.
             unsafe { libc::munmap(self.ptr, self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_larger_than_the_buffer_are_an_error_not_an_abort() {
+        let me = std::process::id() as i32;
+        let x = [7u8; 16];
+        let mut buf = [0u8; 8];
+        let e = read_runs(me, &[(x.as_ptr() as u64, 16)], &mut buf).unwrap_err();
+        assert!(e.to_string().contains("need more than the 8 bytes"), "{e}");
+        assert!(write_runs(me, &[(0, usize::MAX), (0, 2)], &buf).is_err());
+        read_runs(me, &[(x.as_ptr() as u64, 8)], &mut buf).unwrap();
+        assert_eq!(buf, [7; 8]);
     }
 }

@@ -4,6 +4,8 @@
 //! of this kernel are moved to where the process had them (same kernel build only).
 
 use super::fileid::FileId;
+use super::image::{Scope, SectionDef};
+use crate::crf::Tag;
 use crate::crf::pages::{self, RUN_FILE_COPY, Run};
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Sink, Writer};
 use crate::error::{Error, Result};
@@ -13,6 +15,72 @@ use log::debug;
 use nix::errno::Errno;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// MMSTRUCT: the mm layout (code, data, brk, stack, arguments, environment, auxv, exe).
+pub const MMSTRUCT: SectionDef = SectionDef {
+    tag: Tag(3),
+    name: "MMSTRUCT",
+    scope: Scope::Process,
+    required: true,
+    layout: true,
+    encode: |st| vec![st.mm.encode()],
+    decode: |b, at, st| {
+        st.mm = MmStruct::decode(b, at)?;
+        Ok(())
+    },
+    describe: |v| {
+        let m = &v.st.mm;
+        vec![
+            format!(
+                "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
+                m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack
+            ),
+            format!(
+                "           args {:#x}-{:#x} env {:#x}-{:#x} auxv {} bytes",
+                m.arg_start,
+                m.arg_end,
+                m.env_start,
+                m.env_end,
+                m.auxv.len()
+            ),
+        ]
+    },
+};
+
+/// VMAS: every mapping; the page batches that follow fill them.
+pub const VMAS: SectionDef = SectionDef {
+    tag: Tag(4),
+    name: "VMAS",
+    scope: Scope::Process,
+    required: true,
+    layout: true,
+    encode: |st| vec![encode_vmas(&st.vmas)],
+    decode: |b, at, st| {
+        st.vmas = decode_vmas(b, at)?;
+        Ok(())
+    },
+    describe: |v| {
+        let mut out = vec![format!("memory:    {} mappings, {} bytes of pages stored", v.st.vmas.len(), v.page_bytes)];
+        for m in &v.st.vmas {
+            let b = v.stored.get(&m.start).copied().unwrap_or(0);
+            let extra = match &m.file {
+                Some(f) if !f.build_id.is_empty() => format!(" build-id {}", super::fileid::hex(&f.build_id)),
+                _ => String::new(),
+            };
+            out.push(format!(
+                "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
+                m.start,
+                m.end,
+                m.prot_string(),
+                m.kind_name(),
+                b,
+                m.name,
+                extra
+            ));
+        }
+        out
+    },
+};
 
 pub const KIND_ANON: u8 = 1;
 pub const KIND_HEAP: u8 = 2;
@@ -650,7 +718,7 @@ pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
 
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
 /// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped.
-pub fn batch_targets(plans: &[Plan], runs: &[Run]) -> Result<Vec<(u64, usize, usize)>> {
+pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
     let mut off = 0usize;
     for r in runs {
@@ -659,14 +727,14 @@ pub fn batch_targets(plans: &[Plan], runs: &[Run]) -> Result<Vec<(u64, usize, us
         let p = plans.get(i).filter(|p| p.vma.start <= r.addr && end <= p.vma.end);
         let Some(p) = p else {
             return Err(Error::Image(crate::crf::CrfError::Bad {
-                offset: 0,
+                offset: at,
                 what: format!("page run {:#x}-{end:#x} lies outside every mapping", r.addr),
             }));
         };
         let v = &p.vma;
         if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
             return Err(Error::Image(crate::crf::CrfError::Bad {
-                offset: 0,
+                offset: at,
                 what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
             }));
         }
@@ -757,8 +825,9 @@ mod tests {
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }]).is_ok());
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }]).is_err());
-        assert!(batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }]).is_err());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64).is_ok());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64).is_err());
+        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64).unwrap_err();
+        assert!(e.to_string().contains("offset 64"), "{e}");
     }
 }

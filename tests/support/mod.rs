@@ -187,14 +187,14 @@ pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -
     let mut w = Writer::new(Vec::new()).unwrap();
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
     while let Some(s) = r.next_section().unwrap() {
-        if s.tag == Tag::Pages {
+        if s.tag == Tag::PAGES {
             let b = pages::read_batch_header(&mut r, &s).unwrap();
             let runs = b.runs.clone();
             let data = b.data(&mut r, &mut buf).unwrap().to_vec();
             pages::write_batch(&mut w, &runs, &data).unwrap();
             continue;
         }
-        let p = r.payload(&s).unwrap();
+        let p = r.payload(&s, "X").unwrap();
         w.section(s.tag, s.flags, &[&edit(s.tag, p)]).unwrap();
     }
     w.finish().unwrap().0

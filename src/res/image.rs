@@ -1,0 +1,279 @@
+//! The image as a whole: the model every resource reads into and writes from
+//! ([`ProcessState`]), and the one registry of sections ([`SECTIONS`]): per section its tag,
+//! name, scope, whether every image has it, whether it belongs to the layout read before the
+//! page batches, and how it is encoded, decoded and described. Checkpoint, restore and crfinfo
+//! all go through it; src/crf/ only frames sections and knows none of them.
+//!
+//! An image reads, in order: the layout sections (HEAD first: who the process is, checked
+//! before anything is created), the page batches (streamed into the process as they come), the
+//! rest, the trailer. A restore therefore creates the process and its mappings while the pages
+//! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
+//! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
+
+use super::{cwd, files, head, memory, regs, signals, task};
+use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+/// Everything an image says about a process except its page contents (which stream through
+/// the PAGES batches). Plain data, one field per resource.
+#[derive(Debug, Default)]
+pub struct ProcessState {
+    pub head: head::Header,
+    pub files: Vec<files::Fd>,
+    pub mm: memory::MmStruct,
+    pub vmas: Vec<memory::Vma>,
+    /// One per thread, the thread-group leader first. (Today one: crs refuses more.)
+    pub threads: Vec<ThreadState>,
+    pub signals: signals::Signals,
+    pub task: task::Task,
+    pub cwd: String,
+}
+
+/// What belongs to one thread.
+#[derive(Debug)]
+pub struct ThreadState {
+    pub regs: regs::RegState,
+}
+
+/// Whom a section describes: the image as a whole (objects shared by its processes, written
+/// once and referred to by id), one process, or one thread (repeated, one per thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Image,
+    Process,
+    Thread,
+}
+
+/// What crfinfo shows of an image: the model, and how many bytes of pages each mapping (by
+/// start address) has in the image.
+pub struct View<'a> {
+    pub st: &'a ProcessState,
+    pub stored: &'a BTreeMap<u64, u64>,
+    pub page_bytes: u64,
+}
+
+/// One kind of section.
+pub struct SectionDef {
+    pub tag: Tag,
+    pub name: &'static str,
+    pub scope: Scope,
+    /// Every image has it; otherwise it is written only when the process has something to say
+    /// (and a reader that does not know it refuses the image rather than drop what it says).
+    pub required: bool,
+    /// Part of the layout, read before the page batches.
+    pub layout: bool,
+    /// The section's payloads for this state: none (an optional section with nothing to say),
+    /// one, or one per thread.
+    pub encode: fn(&ProcessState) -> Vec<Vec<u8>>,
+    /// Decodes one payload (at stream offset `at`) into the state.
+    pub decode: fn(&[u8], u64, &mut ProcessState) -> crf::Result<()>,
+    /// crfinfo's lines for it (none when the image has nothing of it).
+    pub describe: fn(&View) -> Vec<String>,
+}
+
+/// Every section, in image order (the page batches come between the layout and the rest).
+pub const SECTIONS: &[&SectionDef] = &[
+    &head::SECTION,
+    &files::SECTION,
+    &memory::MMSTRUCT,
+    &memory::VMAS,
+    &regs::SECTION,
+    &signals::SECTION,
+    &task::SECTION,
+    &cwd::SECTION,
+    &task::MDWE,
+    &signals::PENDING,
+];
+
+/// The registry's entry for `tag`, if it has one.
+pub fn def(tag: Tag) -> Option<&'static SectionDef> {
+    SECTIONS.iter().copied().find(|d| d.tag == tag)
+}
+
+/// Writes the layout sections (`layout`) or the rest, in registry order.
+pub fn write<W: std::io::Write>(w: &mut Writer<W>, st: &ProcessState, layout: bool) -> Result<()> {
+    for d in SECTIONS.iter().filter(|d| d.layout == layout) {
+        for p in (d.encode)(st) {
+            w.section(d.tag, 0, &[&p]).map_err(|e| Error::io("image", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads sections into a [`ProcessState`] in registry order, refusing a section out of
+/// order, a missing one that every image has, and an unknown one that is not optional.
+#[derive(Default)]
+pub struct SectionReader {
+    /// Index in SECTIONS of the next section that may come (a thread section may repeat).
+    next: usize,
+    seen: Vec<bool>,
+    last: &'static str,
+}
+
+fn bad(offset: u64, what: String) -> Error {
+    Error::Image(crf::CrfError::Bad { offset, what })
+}
+
+impl SectionReader {
+    pub fn new() -> Self {
+        SectionReader { next: 0, seen: vec![false; SECTIONS.len()], last: "the preamble" }
+    }
+
+    /// Reads the layout sections (`layout`) or the rest into `st`, starting with `first` if
+    /// given, calling `after` once each section is decoded (a restore checks the header there,
+    /// before anything else is read). Returns the section that ends the group: after the
+    /// layout, the first page batch (or, without pages, the first section of the rest); None
+    /// at the trailer.
+    pub fn read_group<R: Input>(
+        &mut self,
+        rd: &mut Reader<R>,
+        st: &mut ProcessState,
+        first: Option<Section>,
+        layout: bool,
+        after: &mut dyn FnMut(&SectionDef, &ProcessState) -> Result<()>,
+    ) -> Result<Option<Section>> {
+        let mut next = first;
+        loop {
+            let sec = match next.take() {
+                Some(s) => Some(s),
+                None => rd.next_section()?,
+            };
+            let Some(sec) = sec else {
+                self.missing(layout, rd.offset(), "the end")?;
+                return Ok(None);
+            };
+            if sec.tag == Tag::PAGES {
+                if !layout {
+                    return Err(bad(sec.offset, format!("unexpected page batch after {}", self.last)));
+                }
+                self.missing(true, sec.offset, "a page batch")?;
+                return Ok(Some(sec));
+            }
+            let Some(i) = SECTIONS.iter().position(|d| d.tag == sec.tag) else {
+                if sec.flags & FLAG_OPTIONAL != 0 {
+                    rd.skip(&sec)?;
+                    continue;
+                }
+                return Err(bad(
+                    sec.offset,
+                    format!("unknown section {} after {}: the image needs a newer crs", sec.tag, self.last),
+                ));
+            };
+            let d = SECTIONS[i];
+            if layout && !d.layout {
+                // An image without pages: the rest begins.
+                self.missing(true, sec.offset, d.name)?;
+                return Ok(Some(sec));
+            }
+            let repeat = i + 1 == self.next && d.scope == Scope::Thread && self.seen[i];
+            if (i < self.next && !repeat) || d.layout != layout {
+                return Err(bad(sec.offset, format!("unexpected {} section after {}", d.name, self.last)));
+            }
+            if let Some(m) = SECTIONS[self.next.min(i)..i].iter().find(|d| d.required) {
+                return Err(bad(sec.offset, format!("expected a {} section, found {}", m.name, d.name)));
+            }
+            let payload = rd.payload(&sec, d.name)?;
+            (d.decode)(&payload, sec.offset, st)?;
+            self.seen[i] = true;
+            self.next = i + 1;
+            self.last = d.name;
+            after(d, st)?;
+        }
+    }
+
+    /// Fails if a section every image has is still to come in this group.
+    fn missing(&self, layout: bool, offset: u64, found: &str) -> Result<()> {
+        let rest = SECTIONS.iter().enumerate().skip(self.next);
+        if let Some((_, m)) = rest.filter(|(_, d)| d.layout == layout).find(|(i, d)| d.required && !self.seen[*i]) {
+            return Err(bad(offset, format!("expected a {} section, found {found}", m.name)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crf::pages;
+
+    fn state() -> ProcessState {
+        let mut st = ProcessState::default();
+        st.head.pid = 42;
+        st.cwd = "/".into();
+        st.signals.actions = vec![Default::default(); signals::NSIG];
+        st.threads.push(ThreadState {
+            regs: regs::RegState { gpr: crate::ptrace::arch::regs_from_array(&[0; 27]), xsave: vec![] },
+        });
+        st
+    }
+
+    /// An image of `st` with one page batch, and `extra` sections spliced in before END.
+    fn image(st: &ProcessState, extra: &[(Tag, u32)]) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        write(&mut w, st, true).unwrap();
+        pages::write_batch(&mut w, &[pages::Run { addr: 0x1000, npages: 1, flags: 0 }], &[0; 4096]).unwrap();
+        write(&mut w, st, false).unwrap();
+        for &(tag, flags) in extra {
+            w.section(tag, flags, &[b"?"]).unwrap();
+        }
+        w.finish().unwrap().0
+    }
+
+    fn read(b: &[u8]) -> Result<ProcessState> {
+        let mut rd = Reader::new(b)?;
+        let mut st = ProcessState::default();
+        let mut sr = SectionReader::new();
+        let mut next = sr.read_group(&mut rd, &mut st, None, true, &mut |_, _| Ok(()))?;
+        while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
+            rd.skip(&s)?;
+            next = rd.next_section()?;
+        }
+        sr.read_group(&mut rd, &mut st, next, false, &mut |_, _| Ok(()))?;
+        Ok(st)
+    }
+
+    #[test]
+    fn a_state_round_trips_through_the_registry() {
+        let mut st = state();
+        st.task.mdwe = 1;
+        let back = read(&image(&st, &[])).unwrap();
+        assert_eq!((back.head.pid, back.cwd.as_str(), back.task.mdwe, back.threads.len()), (42, "/", 1, 1));
+    }
+
+    #[test]
+    fn unknown_sections_are_skipped_when_optional_and_refused_when_not() {
+        assert!(read(&image(&state(), &[(Tag(0x1234), FLAG_OPTIONAL)])).is_ok());
+        let e = read(&image(&state(), &[(Tag(0x1234), 0)])).unwrap_err().to_string();
+        assert!(e.contains("unknown section tag 0x1234 after CWD: the image needs a newer crs"), "{e}");
+    }
+
+    #[test]
+    fn sections_out_of_order_or_missing_are_refused() {
+        // HEAD again at the end.
+        let e = read(&image(&state(), &[(head::SECTION.tag, 0)])).unwrap_err().to_string();
+        assert!(e.contains("unexpected HEAD section after CWD"), "{e}");
+        // No REGS: the image goes from the pages to SIGNALS.
+        let mut w = Writer::new(Vec::new()).unwrap();
+        let st = state();
+        write(&mut w, &st, true).unwrap();
+        for d in SECTIONS.iter().filter(|d| !d.layout && d.tag != regs::SECTION.tag) {
+            for p in (d.encode)(&st) {
+                w.section(d.tag, 0, &[&p]).unwrap();
+            }
+        }
+        let e = read(&w.finish().unwrap().0).unwrap_err().to_string();
+        assert!(e.contains("expected a REGS section, found SIGNALS"), "{e}");
+    }
+
+    #[test]
+    fn the_registry_is_consistent() {
+        for (i, d) in SECTIONS.iter().enumerate() {
+            assert!(d.tag != Tag::PAGES && d.tag != Tag::END, "{}", d.name);
+            assert!(SECTIONS[i + 1..].iter().all(|e| e.tag != d.tag && e.name != d.name), "{} twice", d.name);
+            // The layout comes first.
+            assert!(d.layout || SECTIONS[i + 1..].iter().all(|e| !e.layout), "{} before a layout section", d.name);
+        }
+        assert_eq!(SECTIONS[0].name, "HEAD");
+    }
+}
