@@ -84,14 +84,21 @@ pub fn notify(pid: i32) -> Result<()> {
 /// and never reread (a check of one read followed by a restore from another would let the
 /// owner rewrite the file in between).
 pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
-    use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let md = f.metadata().map_err(|e| Error::io(path, e))?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    // Looked at before it is opened: a device is never opened, a FIFO only as one.
+    let look =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| Error::io(path, e))?;
+    let md = look.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() && !md.file_type().is_fifo() {
+        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
+    }
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/proc/self/fd/{}", look.as_raw_fd())).map_err(|e| Error::io(path, e))?;
     let me = nix::unistd::geteuid();
     let others_may_write = md.mode() & 0o022 != 0;
-    if me.is_root() && md.uid() == 0 && others_may_write {
+    if me.is_root() && others_may_write {
         return Err(Error::Permission(format!(
-            "{path} is root's but group or others may write it, so anyone of them could have made it: refusing to restore it as root (chmod go-w, or restore it as its maker)"
+            "{path} may be written by group or others, so anyone of them could have made it: refusing to restore it as root (chmod go-w)"
         )));
     }
     let r = if me.is_root() && md.uid() != 0 {

@@ -533,3 +533,96 @@ fn finished_handlers_do_not_stay_zombies() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An open file keeps the credentials it was opened with, and a forked child keeps its
+/// parent's session keyring: a process root restores for nobody must open all it holds as
+/// nobody, and hold nothing of root's session. (Found by a second probe: the process read
+/// kernel addresses through its /proc/kallsyms fd, and a key of root's session.)
+#[test]
+fn a_restored_process_holds_nothing_of_its_restorers() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let dir = open_dir("hostile-held");
+    let mut c = as_nobody(&[target("creds").to_str().unwrap(), "/proc/kallsyms"]);
+    c.current_dir(&dir).stderr(Stdio::null());
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = dir.join("own.crf").to_str().unwrap().to_string();
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    // This thread, and the rstrt it starts, get a session keyring with a secret in it.
+    let (desc, payload) = (c"crs-test-secret", b"42");
+    // SAFETY: keyctl and add_key take integers and NUL-terminated strings that outlive the calls.
+    unsafe {
+        assert!(libc::syscall(libc::SYS_keyctl, 1, c"crs-test-session".as_ptr()) > 0, "keyctl(JOIN_SESSION_KEYRING)");
+        let k = libc::syscall(libc::SYS_add_key, c"user".as_ptr(), desc.as_ptr(), payload.as_ptr(), payload.len(), -3);
+        assert!(k > 0, "add_key");
+    }
+    let mut r = rstrt(&[&img]);
+    r.verdict("ok uid=65534 gid=65534 key=none fd3=0000000000000000");
+}
+
+/// The exe link may name only a program the process runs: an image cannot make its process
+/// pose, in /proc/PID/exe, as another program.
+#[test]
+fn the_exe_link_names_only_a_program_the_image_runs() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, img) = nobodys_image("hostile-exe");
+    let posing = "/usr/bin/setpriv";
+    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
+        if tag != crs::res::memory::MMSTRUCT.tag {
+            return payload;
+        }
+        let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();
+        m.exe = Some(crs::res::fileid::FileId::of(posing, posing, true).unwrap());
+        m.encode()
+    });
+    let forged = nobodys_file(&dir, "posing.crf", &bytes);
+    let o = run(&["rstrt", "-d", "--stop", &forged]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    creds_of(pid);
+    assert_ne!(exe.to_str().unwrap(), posing);
+    assert!(stderr(&o).contains("exe still names crs"), "{}", stderr(&o));
+}
+
+/// Root restores an image file only if nobody but its owner could have written it, and only
+/// from a file or a pipe: a device is not even opened.
+#[test]
+fn root_restores_only_image_files_their_owner_alone_could_write() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, img) = nobodys_image("hostile-writable");
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+    let o = run(&["rstrt", "-d", &img]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("may be written by group or others"), "{}", stderr(&o));
+    let o = run(&["rstrt", "-d", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not an image file"), "{}", stderr(&o));
+}
+
+/// A client that sends empty Data frames, however fast, never makes the image grow: it is a
+/// protocol error, not a way to hold a handler.
+#[test]
+fn empty_data_frames_end_the_connection() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let d = Daemon::start(&["--timeout", "2", "--min-rate", "1K"]);
+    let s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let mut c = Conn::new(s, Side::Client);
+    client_hello(&mut c, None).unwrap();
+    let t0 = Instant::now();
+    while c.send(Kind::Data, &[]).is_ok() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10), "empty frames held the handler for {:?}", t0.elapsed());
+    d.said.line("an empty Data frame");
+}

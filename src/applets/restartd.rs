@@ -201,9 +201,12 @@ fn local_peer_uid(peer: &SocketAddr, us: &SocketAddr) -> Option<u32> {
     let (p, u) = (hex(peer), hex(us));
     let file = if peer.is_ipv4() { "/proc/self/net/tcp" } else { "/proc/self/net/tcp6" };
     let text = std::fs::read_to_string(file).ok()?;
+    // Only a connection that is established and still has a socket (state 01, an inode): a
+    // closing one's row is left to the kernel, which reports it as root's.
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 7 && f[1] == p && f[2] == u).then(|| f[7].parse().ok()).flatten()
+        let live = f.len() > 9 && f[3] == "01" && f[9] != "0";
+        (live && f[1] == p && f[2] == u).then(|| f[7].parse().ok()).flatten()
     })
 }
 

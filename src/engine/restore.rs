@@ -3,9 +3,10 @@
 //! The child is a clone3 of rstrt (with the image's pid when it is free and we may), which stops
 //! itself under PTRACE_TRACEME. From then on it only ever executes single `syscall` instructions
 //! we point it at: we map a one-page gadget where the image has a hole, unmap everything rstrt
-//! left in it, move the vdso to where the image had it, map and fill the image's memory, set the
-//! mm layout, files, cwd, signals, credentials and rseq, and finally unmap the gadget from within
-//! (stopping at that syscall's exit) and load the image's registers. Nothing of the image runs
+//! left in it, move the vdso to where the image had it, set the mm layout, then the credentials
+//! (so that all it opens from then on is opened as the image's user), map and fill the image's
+//! memory, set files, cwd, signals and rseq, and finally unmap the gadget from within (stopping
+//! at that syscall's exit) and load the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
 use crate::crf::pages;
@@ -28,6 +29,7 @@ use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -151,6 +153,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
+    // The executable, for the exe link, which must be set while the child still has our
+    // privileges: opened here, as the owner, only if it is a regular file that one of the
+    // image's mappings is mapped from (an image cannot point the link at a program it does
+    // not run). The child, forked below, has it at the same fd.
+    let runs = |path: &str| plans.iter().any(|p| p.from_file && p.vma.file.as_ref().is_some_and(|f| f.path == path));
+    let exe = st.mm.exe.as_ref().filter(|x| runs(&x.path)).and_then(|x| fileid::open_regular(&x.path).ok());
     drop(as_owner);
     debug!(
         "restoring pid {} ({}) from {}: {} mappings, {} fds",
@@ -209,10 +217,21 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
 
-    // 3. Memory: files are opened with the image owner's rights.
+    // 3. The mm layout and the exe link, which need privilege (CAP_CHECKPOINT_RESTORE).
+    let exe_set = st.mm.restore(&mut c, exe.as_ref().map(|f| f.as_raw_fd()))?;
+    drop(exe);
+
+    // 4. Credentials, before anything is opened: from here on the child is the image's user,
+    //    with no capability unless that user is root, so every file it opens (mappings, fds,
+    //    cwd) is opened as that user, with what that user may have and nothing more (an open
+    //    file keeps the credentials it was opened with).
     if is_root() {
-        creds::restore_fs(&mut c, &st.head)?;
+        creds::restore(&mut c, &st.head)?;
+    } else {
+        creds::verify(pid, &st.head, creds::Stage::Inherited)?;
     }
+
+    // 5. Memory.
     memory::map_all(&mut c, &plans)?;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     let mut npages = 0u64;
@@ -227,7 +246,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     debug!("pid {pid}: {npages} pages written");
 
-    // 4. The rest of the image, checked to its trailer before anything else is applied.
+    // 6. The rest of the image, checked to its trailer before anything else is applied.
     sections.read_group(&mut rd, &mut st, s, false, &mut |_, _| Ok(()))?;
     let regs = match &st.threads[..] {
         [t] => t.regs.clone(),
@@ -235,10 +254,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     };
     check_xstate(&regs)?;
 
-    // 5. Apply: layout, files, cwd, signals, then credentials (dropping privilege), then the
-    //    unprivileged rest.
+    // 7. Apply the rest: protections, files, cwd, signals, session, task attributes.
     memory::protect_all(&mut c, &plans)?;
-    let exe_set = st.mm.restore(&mut c)?;
     files::restore(&mut c, &st.files, opts.null_stdio)?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
@@ -246,11 +263,6 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     st.signals.restore(&mut c, &inherited)?;
     if opts.detach {
         c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
-    }
-    if is_root() {
-        creds::restore(&mut c, &st.head)?;
-    } else {
-        creds::verify(pid, &st.head, creds::Stage::Inherited)?;
     }
     st.task.restore_dumpable(&mut c)?;
     if opts.detach && st.task.pdeathsig != 0 {
@@ -268,7 +280,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if !regs.xsave.is_empty() {
         t.set_xstate(&regs.xsave)?;
     }
-    // 6. The last syscall removes the gadget; the child stops at its exit and never returns there.
+    // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.r.last(libc::SYS_munmap, [g, glen, 0, 0, 0, 0])?;
     if r != 0 {
         return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));

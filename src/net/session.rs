@@ -283,14 +283,14 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
                         Err(_) => return c,
                     },
                 };
-                let item = loop {
-                    break match c.recv_into(&mut buf) {
-                        Ok((Kind::Data, 0)) => continue,
-                        Ok((Kind::Data, n)) => Ok((buf, n)),
-                        Ok((Kind::End, _)) => Ok((buf, 0)),
-                        Ok((k, _)) => Err(NetError::Protocol(format!("expected image data, got {k:?}"))),
-                        Err(e) => Err(e),
-                    };
+                let item = match c.recv_into(&mut buf) {
+                    // An empty frame carries nothing: a client that sends them would keep the
+                    // connection busy without the image ever growing.
+                    Ok((Kind::Data, 0)) => Err(NetError::Protocol("an empty Data frame".into())),
+                    Ok((Kind::Data, n)) => Ok((buf, n)),
+                    Ok((Kind::End, _)) => Ok((buf, 0)),
+                    Ok((k, _)) => Err(NetError::Protocol(format!("expected image data, got {k:?}"))),
+                    Err(e) => Err(e),
                 };
                 let last = !matches!(&item, Ok((_, n)) if *n > 0);
                 if tx.send(item).is_err() || last {

@@ -5,9 +5,10 @@
 //! - the rules on whose image a caller may restore ([`check_caller`], [`check_user_claims`]);
 //! - [`AsOwner`]: our own thread checks the image's files with the owner's file-system ids, so
 //!   that root never stats or opens a path an image names on the owner's behalf;
-//! - [`restore_fs`] and [`restore`], which set the ids inside the restored child, and
-//!   [`verify`], which reads them back from /proc and fails unless they are exactly the
-//!   image's: a set*id call that quietly leaves an id unchanged can never go unnoticed.
+//! - [`restore`], which sets the ids inside the restored child before it opens anything, and
+//!   gives it a session keyring of its own, and [`verify`], which reads them back from /proc
+//!   and fails unless they are exactly the image's: a set*id call that quietly leaves an id
+//!   unchanged can never go unnoticed.
 
 use super::head::Header;
 use crate::crf::Enc;
@@ -149,10 +150,10 @@ impl Drop for AsOwner {
     }
 }
 
-/// Inside the restored child, before it opens or maps anything: file access checks use the
-/// image's file-system ids and groups, while it keeps the privileges still needed for the mm
-/// layout. Read back before anything is opened.
-pub fn restore_fs(c: &mut Ctl, h: &Header) -> Result<()> {
+/// Sets the image's supplementary groups and all its uids and gids (dropping root's
+/// capabilities when the image was not root), gives it a session keyring of its own, then
+/// reads all of it back. Called before the child opens anything.
+pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     let pid = c.pid();
     let mut e = Enc::new();
     for g in &h.groups {
@@ -165,28 +166,47 @@ pub fn restore_fs(c: &mut Ctl, h: &Header) -> Result<()> {
         "setgroups",
         &format!("{} groups", h.groups.len()),
     )?;
-    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
-    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
-    verify(pid, h, Stage::FileSystem)
-}
-
-/// Sets all uids and gids of the image (dropping root's capabilities when the image was not
-/// root), then reads them back.
-pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     let [r, e, s, _] = h.gids;
     c.r.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &format!("{r}/{e}/{s}"))?;
     let [r, e, s, _] = h.uids;
     c.r.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &format!("{r}/{e}/{s}"))?;
     c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
     c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
-    verify(c.pid(), h, Stage::All)
+    new_session_keyring(c)?;
+    verify(pid, h, Stage::All)
+}
+
+const KEYCTL_GET_KEYRING_ID: u64 = 0;
+const KEYCTL_JOIN_SESSION_KEYRING: u64 = 1;
+const KEY_SPEC_SESSION_KEYRING: i64 = -3;
+
+/// The child inherited our session keyring, and with it every key of the restorer's session:
+/// it joins a new, empty one of its own (made as the image's user). Without keyrings in the
+/// kernel there is nothing to leave behind.
+fn new_session_keyring(c: &mut Ctl) -> Result<()> {
+    let r = c.r.raw(libc::SYS_keyctl, [KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0, 0])?;
+    if r == -(libc::ENOSYS as i64) {
+        return Ok(());
+    }
+    if r < 0 {
+        let e = nix::errno::Errno::from_raw(-r as i32);
+        return Err(Error::sys(
+            format!("keyctl(KEYCTL_JOIN_SESSION_KEYRING) (in pid {})", c.pid()),
+            "a new session keyring",
+            e,
+        ));
+    }
+    // SAFETY: keyctl(GET_KEYRING_ID) takes integers and touches no memory of ours.
+    let ours = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) };
+    if ours == r {
+        return Err(Error::Proc(format!("pid {} still shares the restorer's session keyring {r}", c.pid())));
+    }
+    Ok(())
 }
 
 /// What [`verify`] compares.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// The file-system ids and the groups (set before files are opened).
-    FileSystem,
     /// Every id and group, and no capability left to a process that was not root.
     All,
     /// An unprivileged restore, whose child keeps the ids it inherited from us: every id, and
@@ -211,9 +231,8 @@ fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<
         .map(|g| g.parse().map_err(|_| format!("Groups line: {g:?}")))
         .collect::<std::result::Result<_, _>>()?;
     let have = Header { uids, gids, groups: groups.clone(), ..Header::default() };
-    let checked = |i: usize| stage != Stage::FileSystem || i % 4 == 3;
-    for (i, ((name, want), (_, got))) in h.uid_gids().zip(have.uid_gids()).enumerate() {
-        if checked(i) && want != got {
+    for ((name, want), (_, got)) in h.uid_gids().zip(have.uid_gids()) {
+        if want != got {
             return Err(format!("its {name} is {got}, the image says {want}"));
         }
     }
@@ -223,8 +242,8 @@ fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<
     if want != groups && stage != Stage::Inherited {
         return Err(format!("its supplementary groups are {groups:?}, the image says {want:?}"));
     }
-    if stage != Stage::FileSystem && h.uids.iter().all(|&u| u != 0) {
-        for key in ["CapPrm", "CapEff", "CapAmb"] {
+    if h.uids.iter().all(|&u| u != 0) {
+        for key in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
             let v = procfs::status_field(status, key).and_then(|v| u64::from_str_radix(v, 16).ok());
             if v != Some(0) {
                 return Err(format!(
@@ -262,10 +281,8 @@ mod tests {
         let zero = "0000000000000000";
         let st = status("1000\t1000\t0\t1000", "100\t100\t100\t100", "27 100", zero);
         assert_eq!(verify_status(&st, &head(), Stage::All), Err("its saved uid is 0, the image says 1000".into()));
-        // Before setresuid only the file-system ids and groups count.
-        assert_eq!(verify_status(&st, &head(), Stage::FileSystem), Ok(()));
         let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t0", "27 100", zero);
-        assert!(verify_status(&st, &head(), Stage::FileSystem).unwrap_err().contains("filesystem gid is 0"));
+        assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("filesystem gid is 0"));
         let st = status("1000\t1000\t1000\t1000", "100\t100\t100\t100", "0 27 100", zero);
         assert!(verify_status(&st, &head(), Stage::All).unwrap_err().contains("supplementary groups"));
         // An unprivileged restore cannot set groups: only the ids count.

@@ -20,23 +20,37 @@ pub struct FileId {
     pub build_id: Vec<u8>,
 }
 
+/// `path` opened with O_PATH: looked at, not opened for I/O (no side effects, whatever it is).
+fn open_path_only(path: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOCTTY).open(path)
+}
+
+/// Opens for reading the very inode an O_PATH file names, whatever its path names by now.
+fn reopen(f: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// Opens `path` for reading only if it is a regular file (a FIFO or a device is never opened).
+pub fn open_regular(path: &str) -> std::io::Result<File> {
+    let f = open_path_only(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    reopen(&f)
+}
+
 impl FileId {
     /// Identity of the file at `open_path` (which may be a /proc magic link), recorded under the
     /// name `path`. Only a regular file is ever opened for reading (for its ELF build-id): the
     /// path is first opened with O_PATH, which has no side effects, so a FIFO or a device an
     /// image names is looked at but never opened.
     pub fn of(open_path: &str, path: &str, with_build_id: bool) -> std::io::Result<FileId> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOCTTY).open(open_path)?;
+        let f = open_path_only(open_path)?;
         let md = f.metadata()?;
-        let build_id = if with_build_id && md.is_file() {
-            // Reopening through our own fd opens this very inode, whatever the path names now.
-            use std::os::fd::AsRawFd;
-            let again = File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-            elf_build_id(&again).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let build_id =
+            if with_build_id && md.is_file() { elf_build_id(&reopen(&f)?).unwrap_or_default() } else { Vec::new() };
         Ok(FileId {
             path: path.to_string(),
             mode: md.mode(),

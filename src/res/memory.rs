@@ -244,22 +244,21 @@ impl MmStruct {
     }
 
     /// PR_SET_MM_MAP inside the restored child. Returns whether /proc/PID/exe names the image's
-    /// executable. Changing the exe link needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), an
-    /// executable file, and the old exe unmapped; when it fails the rest is set without it.
-    pub fn restore(&self, c: &mut Ctl) -> Result<bool> {
+    /// executable. `exe` is the executable as the child has it open (the restorer opened it
+    /// before the child was forked; see engine::restore), when the link may be set at all.
+    /// Changing the exe link needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), an executable
+    /// file, and the old exe unmapped; when it fails the rest is set without it.
+    pub fn restore(&self, c: &mut Ctl, exe: Option<i32>) -> Result<bool> {
         let pid = c.pid();
         let auxv_at = c.scratch.put(pid, 512, &self.auxv)?;
         // The child was forked from rstrt: its exe is ours. If that is already the image's
         // executable (a restored crs), there is nothing to change.
         let ours = std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino()));
         let already = self.exe.as_ref().is_some_and(|x| ours == Some((x.dev, x.ino)));
-        let mut exe_fd: i64 = -1;
-        if let Some(x) = self.exe.as_ref().filter(|_| !already) {
-            let p = c.scratch.put_cstr(pid, 1024, &x.path)?;
-            // Non-blocking: the path may name a FIFO by now, whose open would never return.
-            let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
-            exe_fd = c.r.raw(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, p, flags, 0, 0, 0])?.max(-1);
-        }
+        let exe_fd: i64 = match exe {
+            Some(fd) if !already => fd as i64,
+            _ => -1,
+        };
         let set = |c: &mut Ctl, fd: i64| -> Result<i64> {
             let mut e = Enc::new();
             for v in self.fields() {
@@ -276,9 +275,6 @@ impl MmStruct {
             // the exe link is the one thing we can go without.
             r = set(c, -1)?;
             exe_set = false;
-        }
-        if exe_fd >= 0 {
-            c.r.call(libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0], "close", "exe fd")?;
         }
         if r < 0 {
             let what = format!("brk {:#x}..{:#x}", self.start_brk, self.brk);
