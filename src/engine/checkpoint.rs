@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::{RseqConf, Tracee};
-use crate::ptrace::{Ctl, Scratch, mem, procfs};
+use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memory::{self, MmStruct};
@@ -246,32 +246,33 @@ fn frozen_work<W: Sink>(
     // Things only the process itself can tell: ask it, through syscalls run in it.
     let maps = procfs::read_smaps(pid)?;
     let gadget = find_gadget(pid, &maps)?;
-    let mut r = Remote::new(t, gadget, *live);
+    let mut c = Ctl { r: Remote::new(t, gadget, *live), scratch: Scratch::default() };
     let ignored = procfs::status_field(&status, "SigIgn").and_then(|v| u64::from_str_radix(v, 16).ok());
-    r.stepping = ignored.is_some_and(|ign| crate::ptrace::remote::traps_harmless(sigmask, ign));
+    c.r.stepping = ignored.is_some_and(|ign| crate::ptrace::remote::traps_harmless(sigmask, ign));
     let len = 4 * crate::crf::PAGE_SIZE;
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // Executable if the system allows (an LSM may refuse writable code): code run there asks
     // many things in one go rather than one remote syscall each.
-    let mut mmap = |prot| r.call(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0], "mmap", "scratch area");
-    let mapped = mmap(rw | libc::PROT_EXEC as u64).map(|a| (a, true)).or_else(|_| mmap(rw).map(|a| (a, false)));
+    let mmap = |c: &mut Ctl, prot| c.mmap(RemoteAddr(0), len as u64, prot, anon, None, 0, "scratch area");
+    let mapped =
+        mmap(&mut c, rw | libc::PROT_EXEC).map(|a| (a, true)).or_else(|_| mmap(&mut c, rw).map(|a| (a, false)));
     let (addr, exec) = match mapped {
         Ok(x) => x,
         Err(e) => {
-            held.append(&mut r.held);
+            held.append(&mut c.r.held);
             return Err(e);
         }
     };
-    let mut c = Ctl { r, scratch: Scratch { addr, len, exec } };
+    c.scratch = Scratch { addr, len, exec };
     let asked = (|| -> Result<(Signals, Task, u64)> {
         let mut s = Signals::collect(&mut c, sigmask)?;
         s.pending = pending;
         let task = Task::collect(&mut c, &status, rseq)?;
-        let brk = c.r.call(libc::SYS_brk, [0; 6], "brk", "query")?;
+        let brk = c.brk_query()?;
         Ok((s, task, brk))
     })();
-    let unmapped = c.r.call_last(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0], "munmap", "scratch area");
+    let unmapped = c.munmap_last(addr, len as u64, "scratch area");
     held.append(&mut c.r.held);
     // Done with remote syscalls: the process gets its own registers back now, so that even if
     // we die while writing the image (a reader that went away, SIGKILL, OOM), it runs on as

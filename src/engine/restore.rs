@@ -16,7 +16,7 @@ use crate::ptrace::arch;
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::Tracee;
-use crate::ptrace::{Ctl, Scratch, mem};
+use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem};
 use crate::res::fileid;
 use crate::res::head::{self, Header};
 use crate::res::image::{ProcessState, SectionReader};
@@ -179,7 +179,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     early.armed = false;
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
-    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch { addr: 0, len: 0, exec: false } };
+    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch::default() };
     // Every signal blocked but SIGTRAP, and SIGTRAP as the child inherited it from us: single
     // steps are harmless as long as that stays unignored (see engine::remote).
     let trap = |s: &Signals| s.actions.get(libc::SIGTRAP as usize - 1).map_or(0, |a| a.handler);
@@ -194,12 +194,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.vmas.iter().map(|v| (v.start, v.end)).chain(child_maps.iter().map(|m| (m.start, m.end))).collect();
     let g =
         find_free(&avoid, glen).ok_or_else(|| Error::Refused("no free address range for the restore gadget".into()))?;
-    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
-    let fl = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-    c.r.call(libc::SYS_mmap, [g, glen, rwx, fl, u64::MAX, 0], "mmap", "restore gadget")?;
+    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+    let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    c.mmap(RemoteAddr(g), glen, rwx, fl, None, 0, "restore gadget")?;
     mem::write_runs(pid, &[(g, arch::GADGET_CODE.len())], &arch::GADGET_CODE)?;
     c.r.gadget = g;
-    c.scratch = Scratch { addr: g + PAGE_SIZE as u64, len: (glen as usize) - PAGE_SIZE, exec: true };
+    c.scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: (glen as usize) - PAGE_SIZE, exec: true };
     avoid.push((g, g + glen));
 
     // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping, one
@@ -213,7 +213,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         child_maps.iter().filter(|m| special(m)).map(|m| (m.start, m.end)).chain([(g, g + glen)]).collect();
     let used: Vec<(u64, u64)> = child_maps.iter().filter(|m| !special(m)).map(|m| (m.start, m.end)).collect();
     for (start, end) in stretches(&used, &keep) {
-        c.r.call(libc::SYS_munmap, [start, end - start, 0, 0, 0, 0], "munmap", &format!("{start:#x}-{end:#x}"))?;
+        c.munmap(RemoteAddr(start), end - start, &format!("{start:#x}-{end:#x}"))?;
     }
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
 
@@ -262,7 +262,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
     st.signals.restore(&mut c, &inherited)?;
     if opts.detach {
-        c.r.call(libc::SYS_setsid, [0; 6], "setsid", "detach")?;
+        c.setsid()?;
     }
     st.task.restore_dumpable(&mut c)?;
     if opts.detach && st.task.pdeathsig != 0 {
@@ -281,7 +281,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         t.set_xstate(&regs.xsave)?;
     }
     // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
-    let r = c.r.last(libc::SYS_munmap, [g, glen, 0, 0, 0, 0])?;
+    let r = c.munmap_and_stop(RemoteAddr(g), glen)?;
     if r != 0 {
         return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));
     }
@@ -408,7 +408,7 @@ fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &
     let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
     if want.is_empty() {
         for m in mine {
-            c.r.call(libc::SYS_munmap, [m.start, m.len(), 0, 0, 0, 0], "munmap", &m.name)?;
+            c.munmap(RemoteAddr(m.start), m.len(), &m.name)?;
         }
         return Ok(());
     }
@@ -426,21 +426,15 @@ fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &
         all.extend(want.iter().map(|v| (v.start, v.end)));
         let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
         for m in moves_from.iter_mut() {
-            mremap(c, m.0, m.2, tmp, m.3)?;
+            c.mremap_to(RemoteAddr(m.0), m.2, RemoteAddr(tmp), m.3)?;
             m.0 = tmp;
             tmp += m.2 + PAGE_SIZE as u64;
         }
     }
     for &(from, to, len, name) in &moves_from {
-        mremap(c, from, len, to, name)?;
+        c.mremap_to(RemoteAddr(from), len, RemoteAddr(to), name)?;
     }
     Ok(())
-}
-
-fn mremap(c: &mut Ctl, from: u64, len: u64, to: u64, name: &str) -> Result<()> {
-    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    c.r.call(libc::SYS_mremap, [from, len, len, flags, to, 0], "mremap", &format!("{name} {from:#x} -> {to:#x}"))
-        .map(|_| ())
 }
 
 #[repr(C)]

@@ -6,15 +6,33 @@ pub mod arch;
 pub mod mem;
 pub mod procfs;
 pub mod remote;
+pub mod sys;
 pub mod tracee;
 
 use crate::error::{Error, Result};
 use remote::Remote;
 
+/// An address in a tracee's address space: never one of ours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteAddr(pub u64);
+
+impl std::fmt::Display for RemoteAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl RemoteAddr {
+    pub fn offset(self, off: u64) -> RemoteAddr {
+        RemoteAddr(self.0 + off)
+    }
+}
+
 /// A small buffer mapped inside the tracee, used to pass syscall arguments that are pointers
-/// (paths, structs) and to collect results.
+/// (paths, structs) and to collect results. The default is none at all.
+#[derive(Default)]
 pub struct Scratch {
-    pub addr: u64,
+    pub addr: RemoteAddr,
     pub len: usize,
     /// Mapped executable too, so code can be copied there and run.
     pub exec: bool,
@@ -22,17 +40,17 @@ pub struct Scratch {
 
 impl Scratch {
     /// Copies `bytes` to offset `off` of the scratch area; returns the remote address.
-    pub fn put(&self, pid: i32, off: usize, bytes: &[u8]) -> Result<u64> {
+    pub fn put(&self, pid: i32, off: usize, bytes: &[u8]) -> Result<RemoteAddr> {
         if off + bytes.len() > self.len {
             return Err(Error::Proc(format!("scratch area too small for {} bytes", bytes.len())));
         }
-        let at = self.addr + off as u64;
-        mem::write_runs(pid, &[(at, bytes.len())], bytes)?;
+        let at = self.addr.offset(off as u64);
+        mem::write_runs(pid, &[(at.0, bytes.len())], bytes)?;
         Ok(at)
     }
 
     /// A NUL-terminated copy of `s` at offset `off`.
-    pub fn put_cstr(&self, pid: i32, off: usize, s: &str) -> Result<u64> {
+    pub fn put_cstr(&self, pid: i32, off: usize, s: &str) -> Result<RemoteAddr> {
         let mut b = s.as_bytes().to_vec();
         b.push(0);
         self.put(pid, off, &b)
@@ -40,7 +58,7 @@ impl Scratch {
 
     pub fn get(&self, pid: i32, off: usize, len: usize) -> Result<Vec<u8>> {
         let mut b = vec![0u8; len];
-        mem::read_runs(pid, &[(self.addr + off as u64, len)], &mut b)?;
+        mem::read_runs(pid, &[(self.addr.0 + off as u64, len)], &mut b)?;
         Ok(b)
     }
 }

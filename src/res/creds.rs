@@ -11,7 +11,6 @@
 //!   unchanged can never go unnoticed.
 
 use super::head::Header;
-use crate::crf::Enc;
 use crate::error::{Error, Result};
 use crate::ptrace::{Ctl, procfs};
 
@@ -155,23 +154,12 @@ impl Drop for AsOwner {
 /// reads all of it back. Called before the child opens anything.
 pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     let pid = c.pid();
-    let mut e = Enc::new();
-    for g in &h.groups {
-        e.u32(*g);
-    }
-    let p = c.scratch.put(pid, 0, e.as_slice())?;
-    c.r.call(
-        libc::SYS_setgroups,
-        [h.groups.len() as u64, p, 0, 0, 0, 0],
-        "setgroups",
-        &format!("{} groups", h.groups.len()),
-    )?;
-    let [r, e, s, _] = h.gids;
-    c.r.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &format!("{r}/{e}/{s}"))?;
+    c.setgroups(&h.groups)?;
+    let [r, e, s, fs] = h.gids;
+    c.setresgid([r, e, s])?;
     let [r, e, s, _] = h.uids;
-    c.r.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &format!("{r}/{e}/{s}"))?;
-    c.r.call(libc::SYS_setfsgid, [h.gids[3] as u64, 0, 0, 0, 0, 0], "setfsgid", &h.gids[3].to_string())?;
-    c.r.call(libc::SYS_setfsuid, [h.uids[3] as u64, 0, 0, 0, 0, 0], "setfsuid", &h.uids[3].to_string())?;
+    c.setresuid([r, e, s])?;
+    c.setfs_ids(h.uids[3], fs)?;
     new_session_keyring(c)?;
     verify(pid, h, Stage::All)
 }
@@ -184,7 +172,7 @@ const KEY_SPEC_SESSION_KEYRING: i64 = -3;
 /// it joins a new, empty one of its own (made as the image's user). Without keyrings in the
 /// kernel there is nothing to leave behind.
 fn new_session_keyring(c: &mut Ctl) -> Result<()> {
-    let r = c.r.raw(libc::SYS_keyctl, [KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0, 0])?;
+    let r = c.keyctl_raw(KEYCTL_JOIN_SESSION_KEYRING, [0; 4])?;
     if r == -(libc::ENOSYS as i64) {
         return Ok(());
     }

@@ -47,8 +47,7 @@ pub fn collect(pid: i32) -> Result<String> {
 }
 
 pub fn restore(c: &mut Ctl, cwd: &str) -> Result<()> {
-    let p = c.scratch.put_cstr(c.pid(), 0, cwd)?;
-    c.r.call(libc::SYS_chdir, [p, 0, 0, 0, 0, 0], "chdir", cwd).map(|_| ())
+    c.chdir(cwd)
 }
 
 #[cfg(test)]

@@ -220,45 +220,29 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8) -> Result<()> {
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let have: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     for n in have.into_iter().filter(|&n| !keep(n)) {
-        c.r.call(libc::SYS_close, [n as u64, 0, 0, 0, 0, 0], "close", &format!("fd {n}"))?;
+        c.close(n, &format!("fd {n}"))?;
     }
     for f in fds.iter().filter(|f| !keep(f.fd)) {
         let (path, flags) =
             if f.kind == KIND_STDIO { ("/dev/null", libc::O_RDWR as u32) } else { (f.id.path.as_str(), f.flags) };
-        let p = c.scratch.put_cstr(pid, 0, path)?;
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
         // Opened non-blocking, without taking a terminal: the path was checked, but may name a
         // FIFO by now, whose open would never return. The fd's own flags are set back after.
         let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
-        let tmp = c.r.call(
-            libc::SYS_openat,
-            [libc::AT_FDCWD as i64 as u64, p, (open_flags | nonblock) as u64, 0, 0, 0],
-            "openat",
-            &what,
-        )? as i32;
+        let tmp = c.open(path, (open_flags | nonblock) as i32, &what)?;
         if open_flags & libc::O_NONBLOCK as u32 == 0 {
-            c.r.call(
-                libc::SYS_fcntl,
-                [tmp as u64, libc::F_SETFL as u64, (open_flags & !libc::O_NONBLOCK as u32) as u64, 0, 0, 0],
-                "fcntl(F_SETFL)",
-                &what,
-            )?;
+            let back = (open_flags & !libc::O_NONBLOCK as u32) as u64;
+            c.fcntl(tmp, libc::F_SETFL, back, "fcntl(F_SETFL)", &what)?;
         }
-        let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
         if tmp != f.fd {
-            c.r.call(libc::SYS_dup3, [tmp as u64, f.fd as u64, cloexec, 0, 0, 0], "dup3", &what)?;
-            c.r.call(libc::SYS_close, [tmp as u64, 0, 0, 0, 0, 0], "close", &what)?;
+            c.dup3(tmp, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what)?;
+            c.close(tmp, &what)?;
         } else if f.cloexec {
-            c.r.call(
-                libc::SYS_fcntl,
-                [f.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-                "fcntl(F_SETFD)",
-                &what,
-            )?;
+            c.fcntl(f.fd, libc::F_SETFD, libc::FD_CLOEXEC as u64, "fcntl(F_SETFD)", &what)?;
         }
         if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) {
-            c.r.call(libc::SYS_lseek, [f.fd as u64, f.pos, libc::SEEK_SET as u64, 0, 0, 0], "lseek", &what)?;
+            c.lseek_set(f.fd, f.pos, &what)?;
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::crf::pages::{self, RUN_FILE_COPY, Run};
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult, Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::MapEntry;
-use crate::ptrace::{Ctl, mem};
+use crate::ptrace::{Ctl, RemoteAddr, mem};
 use log::debug;
 use nix::errno::Errno;
 use std::fs::File;
@@ -264,9 +264,9 @@ impl MmStruct {
             for v in self.fields() {
                 e.u64(v);
             }
-            e.u64(auxv_at).u32(self.auxv.len() as u32).u32(fd as u32);
+            e.u64(auxv_at.0).u32(self.auxv.len() as u32).u32(fd as u32);
             let map = c.scratch.put(pid, 0, e.as_slice())?;
-            c.r.raw(libc::SYS_prctl, [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map, e.len() as u64, 0, 0])
+            c.prctl_raw(libc::PR_SET_MM, [libc::PR_SET_MM_MAP as u64, map.0, e.len() as u64, 0])
         };
         let mut r = set(c, exe_fd)?;
         let mut exe_set = already || (exe_fd >= 0 && r == 0);
@@ -669,26 +669,21 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
         let shared_file = v.kind == KIND_FILE && shared;
         let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
-        let mut fd: i64 = -1;
+        let mut fd = None;
         if v.kind == KIND_FILE && (p.from_file || shared) {
             let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
             let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
-            let at = c.scratch.put_cstr(pid, 0, path)?;
             // Non-blocking, for a path that names a FIFO by now (its mmap then fails).
-            let flags = mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-            fd =
-                c.r.call(libc::SYS_openat, [libc::AT_FDCWD as i64 as u64, at, flags as u64, 0, 0, 0], "openat", path)?
-                    as i64;
+            fd = Some(c.open(path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY, path)?);
         } else {
             flags |= libc::MAP_ANONYMOUS;
         }
-        let off = if fd >= 0 { v.pgoff * PAGE_SIZE as u64 } else { 0 };
-        let got =
-            c.r.call(libc::SYS_mmap, [v.start, v.len(), prot as u64, flags as u64, fd as u64, off], "mmap", &what);
-        if fd >= 0 {
-            c.r.call(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0], "close", &what)?;
+        let off = if fd.is_some() { v.pgoff * PAGE_SIZE as u64 } else { 0 };
+        let got = c.mmap(RemoteAddr(v.start), v.len(), prot as i32, flags, fd, off, &what);
+        if let Some(fd) = fd {
+            c.close(fd, &what)?;
         }
-        if got? != v.start {
+        if got? != RemoteAddr(v.start) {
             return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
         }
     }
@@ -702,12 +697,7 @@ pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32 {
             continue;
         }
-        c.r.call(
-            libc::SYS_mprotect,
-            [v.start, v.len(), v.prot as u64, 0, 0, 0],
-            "mprotect",
-            &format!("{:#x}-{:#x}", v.start, v.end),
-        )?;
+        c.mprotect(RemoteAddr(v.start), v.len(), v.prot)?;
     }
     Ok(())
 }

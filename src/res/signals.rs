@@ -143,7 +143,7 @@ impl Signals {
         let out = c.scratch.addr;
         let at_once = c.scratch.exec && c.r.stepping;
         let actions = if at_once { Self::query_at_once(c)? } else { Self::query_each(c)? };
-        c.r.call(libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0], "sigaltstack", "query")?;
+        c.sigaltstack(None, Some(out), "query")?;
         let b = c.scratch.get(pid, 0, 24)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
@@ -167,7 +167,7 @@ impl Signals {
                 actions.push(SigAction::default());
                 continue;
             }
-            c.r.call(libc::SYS_rt_sigaction, [sig as u64, 0, out, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
+            c.rt_sigaction(sig, None, Some(out))?;
             actions.push(action(&c.scratch.get(pid, 0, 32)?));
         }
         Ok(actions)
@@ -181,10 +181,10 @@ impl Signals {
         let code = crate::ptrace::arch::sigactions_code();
         let (acts, res) = (PAGE_SIZE, PAGE_SIZE + 32 * (NSIG + 1));
         let entry = c.scratch.put(pid, 0, code)?;
-        let (base_acts, base_res) = (c.scratch.addr + acts as u64, c.scratch.addr + res as u64);
-        c.r.run(entry, code.len(), |r| {
-            r.r12 = base_acts;
-            r.r13 = base_res;
+        let (base_acts, base_res) = (c.scratch.addr.offset(acts as u64), c.scratch.addr.offset(res as u64));
+        c.r.run(entry.0, code.len(), |r| {
+            r.r12 = base_acts.0;
+            r.r13 = base_res.0;
         })?;
         let all = c.scratch.get(pid, acts, 32 * (NSIG + 1))?;
         let results = c.scratch.get(pid, res, 4 * (NSIG + 1))?;
@@ -241,16 +241,10 @@ impl Signals {
     /// kernel lets give any siginfo). Its signals must be blocked meanwhile: an unblocked one
     /// would otherwise be delivered at our next remote syscall.
     pub fn restore_pending(&self, c: &mut Ctl) -> Result<()> {
-        let pid = c.pid() as u64;
+        let pid = c.pid();
         for p in &self.pending {
-            let at = c.scratch.put(c.pid(), 0, &p.info)?;
-            let sig = p.signo() as u64;
-            let what = format!("signal {sig}");
-            if p.shared {
-                c.r.call(libc::SYS_rt_sigqueueinfo, [pid, sig, at, 0, 0, 0], "rt_sigqueueinfo", &what)?;
-            } else {
-                c.r.call(libc::SYS_rt_tgsigqueueinfo, [pid, pid, sig, at, 0, 0], "rt_tgsigqueueinfo", &what)?;
-            }
+            let at = c.scratch.put(pid, 0, &p.info)?;
+            c.queue_signal(p.signo(), at, (!p.shared).then_some(pid))?;
         }
         Ok(())
     }
@@ -296,7 +290,7 @@ impl Signals {
             let mut e = Enc::new();
             e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
             let p = c.scratch.put(pid, 0, e.as_slice())?;
-            c.r.call(libc::SYS_rt_sigaction, [sig as u64, p, 0, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))?;
+            c.rt_sigaction(sig, Some(p), None)?;
         }
         // SS_ONSTACK is a state, not a setting. The inherited stack (our own) must not stay
         // when the process had none: a handler with SA_ONSTACK would run on it.
@@ -306,12 +300,7 @@ impl Signals {
             let mut e = Enc::new();
             e.u64(self.altstack_sp).u64(flags as u64).u64(self.altstack_size);
             let p = c.scratch.put(pid, 0, e.as_slice())?;
-            c.r.call(
-                libc::SYS_sigaltstack,
-                [p, 0, 0, 0, 0, 0],
-                "sigaltstack",
-                &format!("stack {:#x}", self.altstack_sp),
-            )?;
+            c.sigaltstack(Some(p), None, &format!("stack {:#x}", self.altstack_sp))?;
         }
         Ok(())
     }

@@ -7,9 +7,9 @@ use super::image::{Scope, SectionDef};
 use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
-use crate::ptrace::Ctl;
 use crate::ptrace::procfs;
 use crate::ptrace::tracee::RseqConf;
+use crate::ptrace::{Ctl, RemoteAddr};
 
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.
@@ -97,51 +97,27 @@ impl Task {
         let umask = procfs::status_field(status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no Umask line")))?;
-        let personality = c.r.call(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0], "personality", "query")? as u32;
-        let dumpable = c.r.call(
-            libc::SYS_prctl,
-            [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
-            "prctl(PR_GET_DUMPABLE)",
-            "query",
-        )? as u32;
-        c.r.call(
-            libc::SYS_prctl,
-            [libc::PR_GET_PDEATHSIG as u64, c.scratch.addr, 0, 0, 0, 0],
-            "prctl(PR_GET_PDEATHSIG)",
-            "query",
-        )?;
+        let personality = c.personality(0xffff_ffff)?;
+        let dumpable = c.prctl(libc::PR_GET_DUMPABLE, [0; 4], "prctl(PR_GET_DUMPABLE)", "query")? as u32;
+        let out = c.scratch.addr;
+        c.prctl(libc::PR_GET_PDEATHSIG, [out.0, 0, 0, 0], "prctl(PR_GET_PDEATHSIG)", "query")?;
         let b = c.scratch.get(pid, 0, 4)?;
         let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         // Memory-deny-write-execute (Linux 6.3; older kernels say EINVAL: none).
-        let mdwe = c.r.raw(libc::SYS_prctl, [libc::PR_GET_MDWE as u64, 0, 0, 0, 0, 0])?.max(0) as u64;
+        let mdwe = c.prctl_raw(libc::PR_GET_MDWE, [0; 4])?.max(0) as u64;
         Ok(Task { umask, personality, dumpable, pdeathsig, rseq, mdwe })
     }
 
     /// Restores what needs no privilege; called after memory is in place (rseq needs its area).
     pub fn restore(&self, c: &mut Ctl, comm: &str) -> Result<()> {
-        c.r.call(libc::SYS_umask, [self.umask as u64, 0, 0, 0, 0, 0], "umask", &format!("{:o}", self.umask))?;
-        c.r.call(
-            libc::SYS_personality,
-            [self.personality as u64, 0, 0, 0, 0, 0],
-            "personality",
-            &format!("{:#x}", self.personality),
-        )?;
+        c.umask(self.umask)?;
+        c.personality(self.personality)?;
         let name: String = comm.chars().take(15).collect();
         let p = c.scratch.put_cstr(c.pid(), 0, &name)?;
-        c.r.call(libc::SYS_prctl, [libc::PR_SET_NAME as u64, p, 0, 0, 0, 0], "prctl(PR_SET_NAME)", &name)?;
-        c.r.call(
-            libc::SYS_prctl,
-            [libc::PR_SET_PDEATHSIG as u64, self.pdeathsig as u64, 0, 0, 0, 0],
-            "prctl(PR_SET_PDEATHSIG)",
-            "restore",
-        )?;
+        c.prctl(libc::PR_SET_NAME, [p.0, 0, 0, 0], "prctl(PR_SET_NAME)", &name)?;
+        c.prctl(libc::PR_SET_PDEATHSIG, [self.pdeathsig as u64, 0, 0, 0], "prctl(PR_SET_PDEATHSIG)", "restore")?;
         if let Some(r) = self.rseq {
-            c.r.call(
-                libc::SYS_rseq,
-                [r.ptr, r.len as u64, 0, r.sig as u64, 0, 0],
-                "rseq",
-                &format!("area {:#x}", r.ptr),
-            )?;
+            c.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq")?;
         }
         Ok(())
     }
@@ -169,7 +145,7 @@ impl Task {
         if self.mdwe == 0 {
             return Ok(());
         }
-        let r = c.r.raw(libc::SYS_prctl, [libc::PR_SET_MDWE as u64, self.mdwe, 0, 0, 0, 0])?;
+        let r = c.prctl_raw(libc::PR_SET_MDWE, [self.mdwe, 0, 0, 0])?;
         match r {
             0 => Ok(()),
             r if r == -(libc::EINVAL as i64) => Err(Error::Refused(format!(
@@ -187,20 +163,13 @@ impl Task {
     /// dumpable goes after the credentials (a uid change resets it).
     pub fn restore_dumpable(&self, c: &mut Ctl) -> Result<()> {
         let v = if self.dumpable == 0 { 0 } else { 1 };
-        c.r.call(libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, v, 0, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "restore")
-            .map(|_| ())
+        c.prctl(libc::PR_SET_DUMPABLE, [v, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "restore").map(drop)
     }
 }
 
 /// Unregisters the rseq area a forked child inherited (its memory is about to be replaced).
 pub fn unregister_rseq(c: &mut Ctl, r: RseqConf) -> Result<()> {
-    c.r.call(
-        libc::SYS_rseq,
-        [r.ptr, r.len as u64, RSEQ_FLAG_UNREGISTER, r.sig as u64, 0, 0],
-        "rseq(UNREGISTER)",
-        &format!("area {:#x}", r.ptr),
-    )
-    .map(|_| ())
+    c.rseq(RemoteAddr(r.ptr), r.len, RSEQ_FLAG_UNREGISTER, r.sig, "rseq(UNREGISTER)")
 }
 
 #[cfg(test)]

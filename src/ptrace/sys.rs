@@ -1,0 +1,183 @@
+//! Typed remote syscalls: one method per syscall the resources run inside a tracee, taking
+//! typed arguments (a [`RemoteAddr`] for an address there, a `&str` for a path, which goes
+//! through the scratch area) and naming the syscall and its object when it fails. Call sites
+//! never build `[u64; 6]` arrays; those live here and in `remote`.
+
+use super::{Ctl, RemoteAddr};
+use crate::crf::Enc;
+use crate::error::Result;
+
+/// Scratch offset for a path argument (structs go at 0, paths after them).
+const PATH_AT: usize = 1024;
+
+impl Ctl<'_> {
+    fn call(&mut self, nr: i64, args: [u64; 6], call: &str, what: &str) -> Result<u64> {
+        self.r.call(nr, args, call, what)
+    }
+
+    /// mmap; `fd` None maps anonymous memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap(
+        &mut self,
+        at: RemoteAddr,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: Option<i32>,
+        off: u64,
+        what: &str,
+    ) -> Result<RemoteAddr> {
+        let fd = fd.map_or(u64::MAX, |f| f as u64);
+        self.call(libc::SYS_mmap, [at.0, len, prot as u64, flags as u64, fd, off], "mmap", what).map(RemoteAddr)
+    }
+
+    pub fn munmap(&mut self, at: RemoteAddr, len: u64, what: &str) -> Result<()> {
+        self.call(libc::SYS_munmap, [at.0, len, 0, 0, 0, 0], "munmap", what).map(drop)
+    }
+
+    /// munmap as the last remote syscall of a checkpoint (see `Remote::call_last`).
+    pub fn munmap_last(&mut self, at: RemoteAddr, len: u64, what: &str) -> Result<()> {
+        self.r.call_last(libc::SYS_munmap, [at.0, len, 0, 0, 0, 0], "munmap", what).map(drop)
+    }
+
+    /// munmap as the very last remote syscall of a restore, which unmaps the gadget itself:
+    /// the tracee stays at the syscall's exit and never returns there. Raw result.
+    pub fn munmap_and_stop(&mut self, at: RemoteAddr, len: u64) -> Result<i64> {
+        self.r.last(libc::SYS_munmap, [at.0, len, 0, 0, 0, 0])
+    }
+
+    pub fn mprotect(&mut self, at: RemoteAddr, len: u64, prot: u32) -> Result<()> {
+        let what = format!("{at}-{:#x}", at.0 + len);
+        self.call(libc::SYS_mprotect, [at.0, len, prot as u64, 0, 0, 0], "mprotect", &what).map(drop)
+    }
+
+    /// Moves a mapping to exactly `to` (MREMAP_MAYMOVE | MREMAP_FIXED).
+    pub fn mremap_to(&mut self, from: RemoteAddr, len: u64, to: RemoteAddr, what: &str) -> Result<()> {
+        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        let what = format!("{what} {from} -> {to}");
+        self.call(libc::SYS_mremap, [from.0, len, len, flags, to.0, 0], "mremap", &what).map(drop)
+    }
+
+    /// The current program break.
+    pub fn brk_query(&mut self) -> Result<u64> {
+        self.call(libc::SYS_brk, [0; 6], "brk", "query")
+    }
+
+    /// openat(AT_FDCWD, path, flags); returns the fd.
+    pub fn open(&mut self, path: &str, flags: i32, what: &str) -> Result<i32> {
+        let p = self.scratch.put_cstr(self.pid(), PATH_AT, path)?;
+        let at = libc::AT_FDCWD as i64 as u64;
+        self.call(libc::SYS_openat, [at, p.0, flags as u32 as u64, 0, 0, 0], "openat", what).map(|fd| fd as i32)
+    }
+
+    pub fn close(&mut self, fd: i32, what: &str) -> Result<()> {
+        self.call(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0], "close", what).map(drop)
+    }
+
+    pub fn dup3(&mut self, old: i32, new: i32, flags: i32, what: &str) -> Result<()> {
+        self.call(libc::SYS_dup3, [old as u64, new as u64, flags as u64, 0, 0, 0], "dup3", what).map(drop)
+    }
+
+    pub fn lseek_set(&mut self, fd: i32, pos: u64, what: &str) -> Result<()> {
+        self.call(libc::SYS_lseek, [fd as u64, pos, libc::SEEK_SET as u64, 0, 0, 0], "lseek", what).map(drop)
+    }
+
+    pub fn fcntl(&mut self, fd: i32, cmd: i32, arg: u64, call: &str, what: &str) -> Result<u64> {
+        self.call(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0], call, what)
+    }
+
+    pub fn chdir(&mut self, path: &str) -> Result<()> {
+        let p = self.scratch.put_cstr(self.pid(), PATH_AT, path)?;
+        self.call(libc::SYS_chdir, [p.0, 0, 0, 0, 0, 0], "chdir", path).map(drop)
+    }
+
+    pub fn setsid(&mut self) -> Result<()> {
+        self.call(libc::SYS_setsid, [0; 6], "setsid", "detach").map(drop)
+    }
+
+    pub fn umask(&mut self, mask: u32) -> Result<()> {
+        self.call(libc::SYS_umask, [mask as u64, 0, 0, 0, 0, 0], "umask", &format!("{mask:o}")).map(drop)
+    }
+
+    /// personality(2); 0xffffffff only asks.
+    pub fn personality(&mut self, p: u32) -> Result<u32> {
+        self.call(libc::SYS_personality, [p as u64, 0, 0, 0, 0, 0], "personality", &format!("{p:#x}")).map(|v| v as u32)
+    }
+
+    /// prctl(option, args...); `call` names the option in errors ("prctl(PR_SET_NAME)").
+    pub fn prctl(&mut self, option: i32, args: [u64; 4], call: &str, what: &str) -> Result<u64> {
+        self.call(libc::SYS_prctl, [option as u64, args[0], args[1], args[2], args[3], 0], call, what)
+    }
+
+    /// prctl(option, args...) with its raw result (negative errno), for callers that tell
+    /// errors apart.
+    pub fn prctl_raw(&mut self, option: i32, args: [u64; 4]) -> Result<i64> {
+        self.r.raw(libc::SYS_prctl, [option as u64, args[0], args[1], args[2], args[3], 0])
+    }
+
+    /// rt_sigaction(sig, new, old) with the kernel's 8-byte mask.
+    pub fn rt_sigaction(&mut self, sig: usize, new: Option<RemoteAddr>, old: Option<RemoteAddr>) -> Result<()> {
+        let (n, o) = (new.map_or(0, |a| a.0), old.map_or(0, |a| a.0));
+        self.call(libc::SYS_rt_sigaction, [sig as u64, n, o, 8, 0, 0], "rt_sigaction", &format!("signal {sig}"))
+            .map(drop)
+    }
+
+    pub fn sigaltstack(&mut self, new: Option<RemoteAddr>, old: Option<RemoteAddr>, what: &str) -> Result<()> {
+        let (n, o) = (new.map_or(0, |a| a.0), old.map_or(0, |a| a.0));
+        self.call(libc::SYS_sigaltstack, [n, o, 0, 0, 0, 0], "sigaltstack", what).map(drop)
+    }
+
+    /// Queues signal `sig` with the siginfo at `info` to the tracee itself: process-wide, or
+    /// to its thread `tid`.
+    pub fn queue_signal(&mut self, sig: i32, info: RemoteAddr, tid: Option<i32>) -> Result<()> {
+        let pid = self.pid() as u64;
+        let what = format!("signal {sig}");
+        match tid {
+            None => self.call(libc::SYS_rt_sigqueueinfo, [pid, sig as u64, info.0, 0, 0, 0], "rt_sigqueueinfo", &what),
+            Some(t) => self.call(
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid, t as u64, sig as u64, info.0, 0, 0],
+                "rt_tgsigqueueinfo",
+                &what,
+            ),
+        }
+        .map(drop)
+    }
+
+    pub fn setgroups(&mut self, groups: &[u32]) -> Result<()> {
+        let mut e = Enc::new();
+        for g in groups {
+            e.u32(*g);
+        }
+        let p = self.scratch.put(self.pid(), 0, e.as_slice())?;
+        let what = format!("{} groups", groups.len());
+        self.call(libc::SYS_setgroups, [groups.len() as u64, p.0, 0, 0, 0, 0], "setgroups", &what).map(drop)
+    }
+
+    pub fn setresgid(&mut self, [r, e, s]: [u32; 3]) -> Result<()> {
+        let what = format!("{r}/{e}/{s}");
+        self.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &what).map(drop)
+    }
+
+    pub fn setresuid(&mut self, [r, e, s]: [u32; 3]) -> Result<()> {
+        let what = format!("{r}/{e}/{s}");
+        self.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &what).map(drop)
+    }
+
+    /// setfsgid and setfsuid report nothing; [`crate::res::creds::verify`] reads them back.
+    pub fn setfs_ids(&mut self, uid: u32, gid: u32) -> Result<()> {
+        self.call(libc::SYS_setfsgid, [gid as u64, 0, 0, 0, 0, 0], "setfsgid", &gid.to_string())?;
+        self.call(libc::SYS_setfsuid, [uid as u64, 0, 0, 0, 0, 0], "setfsuid", &uid.to_string()).map(drop)
+    }
+
+    /// rseq(area, len, flags, sig).
+    pub fn rseq(&mut self, area: RemoteAddr, len: u32, flags: u64, sig: u32, call: &str) -> Result<()> {
+        self.call(libc::SYS_rseq, [area.0, len as u64, flags, sig as u64, 0, 0], call, &format!("area {area}"))
+            .map(drop)
+    }
+
+    /// keyctl(op, args...) with its raw result (negative errno).
+    pub fn keyctl_raw(&mut self, op: u64, args: [u64; 4]) -> Result<i64> {
+        self.r.raw(libc::SYS_keyctl, [op, args[0], args[1], args[2], args[3], 0])
+    }
+}
