@@ -30,7 +30,22 @@ pub enum Error {
     /// Bad arguments.
     Usage(String),
     /// The network or the peer failed us (migrate, restartd).
-    Net(String),
+    Net(crate::net::NetError),
+    /// A migration failed; `left` says where that left the process.
+    Migration { cause: Box<Error>, left: Left },
+}
+
+/// Where a failed migration left the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Left {
+    /// It runs on at the source, where it was; no copy runs at the destination.
+    RunningHere,
+    /// The answer to Commit was lost: the destination may or may not run its copy
+    /// (`remote_pid` at `peer`), so the source is kept, stopped, as `pid`.
+    StoppedHere { pid: i32, remote_pid: i32, peer: String },
+    /// A copy (--keep) whose last answer was lost: it may or may not run at the destination;
+    /// the source runs on.
+    CopyMayRun { remote_pid: i32, peer: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -69,7 +84,15 @@ impl fmt::Display for Error {
             Error::Io { path, err } => format!("{path}: {err}"),
             Error::Image(e) => e.to_string(),
             Error::NotHere { public, detail } => format!("{public}: {detail}"),
-            Error::Proc(s) | Error::Refused(s) | Error::Permission(s) | Error::Usage(s) | Error::Net(s) => s.clone(),
+            Error::Proc(s) | Error::Refused(s) | Error::Permission(s) | Error::Usage(s) => s.clone(),
+            Error::Net(e) => e.to_string(),
+            Error::Migration { cause, left: Left::RunningHere } => format!("{cause}; the process runs on here"),
+            Error::Migration { cause, left: Left::StoppedHere { pid, remote_pid, peer } } => format!(
+                "{cause}; the destination may or may not run the process (pid {remote_pid} there): it is left stopped here as pid {pid}; check {peer}, then kill or continue it"
+            ),
+            Error::Migration { cause, left: Left::CopyMayRun { remote_pid, peer } } => {
+                format!("{cause}; the copy (pid {remote_pid} on {peer}) may or may not run: check there")
+            }
             Error::Gone(pid) => format!("no process {pid}: it does not exist or has exited"),
         };
         f.write_str(&printable(&s))
@@ -80,7 +103,7 @@ impl std::error::Error for Error {}
 
 impl From<crate::net::NetError> for Error {
     fn from(e: crate::net::NetError) -> Self {
-        Error::Net(e.to_string())
+        Error::Net(e)
     }
 }
 

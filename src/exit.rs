@@ -27,7 +27,7 @@ pub fn code(e: &Error) -> i32 {
         Error::Image(_) => BAD_IMAGE,
         Error::Permission(_) => PERMISSION,
         Error::Gone(_) => NO_PROCESS,
-        Error::Net(_) => NETWORK,
+        Error::Net(_) | Error::Migration { .. } => NETWORK,
         Error::Sys { errno: nix::errno::Errno::EPERM, .. } => PERMISSION,
         Error::Sys { errno: nix::errno::Errno::ESRCH, .. } => NO_PROCESS,
         Error::Sys { .. } | Error::Io { .. } | Error::Proc(_) => FAILURE,

@@ -13,6 +13,7 @@ pub mod crf;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod migration;
 pub mod net;
 pub mod ptrace;
 pub mod res;

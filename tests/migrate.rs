@@ -653,3 +653,51 @@ fn through_systemd_socket_activation() {
     unsafe { libc::kill(new, libc::SIGKILL) };
     assert!(v.starts_with("ok") && v.contains("check=1"), "{v}");
 }
+
+/// Migration as library calls, as a balancer would make them: one thread serves a connection
+/// with `serve_one`, another moves a process there with `migrate`; no applet is involved.
+#[test]
+fn the_library_migrates_without_the_command_line() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let dir = tmpdir("mig-library");
+    let log = dir.join("log");
+    let mut src = local_migrant(&log, "4");
+    let key: [u8; 32] = crs::net::random().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let cfg = crs::migration::ServeConfig {
+        key: Some(key),
+        spool: None,
+        uids: None,
+        allow_root: true,
+        limit: 1 << 30,
+        timeout: Duration::from_secs(10),
+        handshake: Duration::from_secs(10),
+        min_rate: 1,
+    };
+    let server = std::thread::spawn(move || {
+        let (s, peer) = l.accept().unwrap();
+        crs::migration::serve_one(s, peer, &cfg)
+    });
+    let opts = crs::migration::Options { keep: false, key: Some(key), timeout: Duration::from_secs(10) };
+    let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
+    let served = server.join().unwrap().expect("serve_one");
+    assert_eq!(moved.remote_pid, served.pid);
+    assert_eq!(served.original_pid, src.0.id() as i32);
+    // Killed at the source (and reaped already: this process was its tracer as well as its
+    // parent).
+    assert!(!Path::new(&format!("/proc/{}", src.0.id())).exists(), "the source still runs");
+    let v = check(served.pid, &log);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(served.pid, libc::SIGKILL) };
+    assert!(v.starts_with("ok") && v.contains("check=1"), "{v}");
+
+    // A failure is typed: where it left the process says the error, not its text.
+    let mut src = local_migrant(&dir.join("log2"), "1");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let e = crs::migration::migrate(src.0.id() as i32, &[closed], &opts).unwrap_err();
+    assert!(matches!(e, crs::Error::Migration { left: crs::error::Left::RunningHere, .. }), "{e:?}");
+    assert!(!gone(&mut src.0));
+}

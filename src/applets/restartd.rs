@@ -47,26 +47,13 @@ struct Args {
 
 use crate::error::{Error, Result};
 use crate::exit;
-use crate::net::pace::Paced;
-use crate::net::session::{FrameStream, pid_payload, server_hello};
-use crate::net::{Code, Conn, Kind, Side, key};
-use crate::res::head::Header;
+use crate::migration::{ServeConfig, serve_one};
+use crate::net::{NetError, key};
 use log::{info, warn};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::Duration;
-
-struct Config {
-    key: Option<[u8; 32]>,
-    spool: Option<String>,
-    uids: Option<Vec<(u32, u32)>>,
-    allow_root: bool,
-    limit: u64,
-    timeout: Duration,
-    handshake: Duration,
-    min_rate: u64,
-}
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
     let a: Args = match super::parse(name, argv) {
@@ -86,7 +73,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     }
 }
 
-fn config(a: &Args) -> Result<Config> {
+fn config(a: &Args) -> Result<ServeConfig> {
     let key_path =
         a.key.clone().or_else(|| std::path::Path::new(key::DEFAULT_KEY).exists().then(|| key::DEFAULT_KEY.to_string()));
     let key = match &key_path {
@@ -104,7 +91,7 @@ fn config(a: &Args) -> Result<Config> {
     if a.max_clients == 0 {
         return Err(Error::Usage("--max-clients must be at least 1".into()));
     }
-    Ok(Config {
+    Ok(ServeConfig {
         key,
         spool: a.spool.clone(),
         uids,
@@ -156,72 +143,11 @@ fn mem_total() -> u64 {
         * 1024
 }
 
-/// Whether the image's owner may be restored here (restartd(8), THREAT MODEL). `local_uid` is
-/// the connecting user of a keyless restartd (None: a keyed one, whose peer proved the key).
-fn policy(cfg: &Config, h: &Header, local_uid: Option<u32>) -> Result<()> {
-    if let Some(u) = local_uid.filter(|&u| u != 0) {
-        // A local user hands us their image: it may claim only that user's ids and groups.
-        let whose = format!("the image sent by uid {u}");
-        crate::res::creds::check_user_claims(h, u, &whose).map_err(|e| {
-            Error::Permission(format!("{e} (a restartd without a key restores only the connecting user's processes)"))
-        })?;
-    }
-    if !cfg.allow_root
-        && let Some((name, _)) = h.ids().find(|&(_, v)| v == 0)
-    {
-        return Err(Error::Permission(format!(
-            "process {}'s {name} is 0 (root); this restartd restores root's processes only with --allow-root",
-            h.pid
-        )));
-    }
-    if let Some(r) = &cfg.uids
-        && let Some((name, u)) = h.ids().take(4).find(|(_, u)| !r.iter().any(|&(lo, hi)| (lo..=hi).contains(u)))
-    {
-        return Err(Error::Permission(format!("process {}'s {name} {u} is not allowed here (--allow-uid)", h.pid)));
-    }
-    // A process that is not root comes back only in groups its user has on this node.
-    if h.uids.iter().all(|&u| u != 0) {
-        crate::res::creds::check_groups(h)?;
-    }
-    Ok(())
-}
-
-/// The uid owning the other end of a TCP connection on this node, from /proc/net/tcp{,6}
-/// (the row whose local end is `peer` and remote end is `us`).
-fn local_peer_uid(peer: &SocketAddr, us: &SocketAddr) -> Option<u32> {
-    fn hex(a: &SocketAddr) -> String {
-        let ip = match a.ip() {
-            IpAddr::V4(v) => format!("{:08X}", u32::from_ne_bytes(v.octets())),
-            IpAddr::V6(v) => {
-                v.octets().chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect()
-            }
-        };
-        format!("{ip}:{:04X}", a.port())
-    }
-    let (p, u) = (hex(peer), hex(us));
-    let file = if peer.is_ipv4() { "/proc/self/net/tcp" } else { "/proc/self/net/tcp6" };
-    let text = std::fs::read_to_string(file).ok()?;
-    // Only a connection that is established and still has a socket (state 01, an inode): a
-    // closing one's row is left to the kernel, which reports it as root's.
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let live = f.len() > 9 && f[3] == "01" && f[9] != "0";
-        (live && f[1] == p && f[2] == u).then(|| f[7].parse().ok()).flatten()
-    })
-}
-
-fn is_loopback(p: &SocketAddr) -> bool {
-    match p.ip() {
-        IpAddr::V4(v) => v.is_loopback(),
-        IpAddr::V6(v) => v.is_loopback() || v.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
-    }
-}
-
-fn serve(a: &Args, cfg: &Config) -> Result<()> {
+fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
     let addr = a.bind.clone().unwrap_or_else(|| "0.0.0.0".into());
     let ip: IpAddr = addr.parse().map_err(|_| Error::Usage(format!("-b {addr}: not an IP address")))?;
     let l = TcpListener::bind((ip, a.port))
-        .map_err(|e| Error::Net(format!("cannot listen on {addr} port {}: {e}", a.port)))?;
+        .map_err(|e| Error::Net(NetError::Setup(format!("cannot listen on {addr} port {}: {e}", a.port))))?;
     if cfg.key.is_none() {
         warn!("no cluster key: serving only clients on this node (give --key or create {})", key::DEFAULT_KEY);
     }
@@ -264,8 +190,8 @@ fn serve(a: &Args, cfg: &Config) -> Result<()> {
         match unsafe { libc::fork() } {
             0 => {
                 drop(l);
-                let code = match handle(s, peer, cfg) {
-                    Ok(()) => 0,
+                let code = match serve_one(s, peer, cfg) {
+                    Ok(_) => 0,
                     Err(_) => 1,
                 };
                 std::process::exit(code);
@@ -284,12 +210,14 @@ fn readable(l: &TcpListener, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
-fn serve_stdin(cfg: &Config) -> Result<()> {
+fn serve_stdin(cfg: &ServeConfig) -> Result<()> {
     use std::os::fd::{AsFd, OwnedFd};
     let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| Error::io("standard input", e))?;
     let s = TcpStream::from(fd);
     let peer = s.peer_addr().map_err(|e| {
-        Error::Net(format!("standard input is not a TCP connection ({e}); -i is for inetd and systemd"))
+        Error::Net(NetError::Setup(format!(
+            "standard input is not a TCP connection ({e}); -i is for inetd and systemd"
+        )))
     })?;
     // Classic inetd gives us the connection as stderr too: our log lines must not go into it.
     use std::os::unix::fs::MetadataExt;
@@ -308,126 +236,7 @@ fn serve_stdin(cfg: &Config) -> Result<()> {
         warn!("no cluster key: serving only clients on this node");
     }
     // The handler has logged why it failed; the exit status says that it did.
-    handle(s, peer, cfg).map_err(|_| Error::Net("the migration did not complete".into()))
-}
-
-/// Serves one client: handshake, image straight into a restore, commit.
-fn handle(s: TcpStream, peer: SocketAddr, cfg: &Config) -> Result<()> {
-    let _ = s.set_nodelay(true);
-    s.set_write_timeout(Some(cfg.timeout)).map_err(|e| Error::Net(e.to_string()))?;
-    // Without a key, a local user could have us restore a process as anyone: then the image
-    // must belong to the user at the other end of the connection (root excepted).
-    let local_uid = match (&cfg.key, s.local_addr()) {
-        (None, Ok(us)) => local_peer_uid(&peer, &us),
-        _ => None,
-    };
-    let mut c = Conn::new(Paced::new(s, cfg.timeout, cfg.handshake), Side::Server);
-    if let Err(e) = server_hello(&mut c, cfg.key.as_ref(), is_loopback(&peer)) {
-        info!("{peer}: refused: {e}");
-        return Err(e.into());
-    }
-    c.s.transfer(cfg.min_rate, cfg.timeout);
-    let mut tee = None;
-    if let Some(d) = &cfg.spool {
-        let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
-        // Whole process memories: for root's eyes only.
-        use std::os::unix::fs::OpenOptionsExt;
-        // A new file, never through a link: the spool directory may not be root's alone.
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&name);
-        match f {
-            Ok(f) => tee = Some(f),
-            Err(e) => {
-                let e = Error::io(name, e);
-                let _ = c.send_error(Code::RestoreFailed, &format!("restartd cannot spool: {e}"));
-                return Err(e);
-            }
-        }
-    }
-    // The image arrives on a thread of its own, which checks each frame's tag, while this one
-    // restores from what has arrived.
-    let mut fr = FrameStream::start(c, cfg.limit);
-    fr.tee = tee;
-    let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
-    let who_cell = std::cell::RefCell::new(String::new());
-    // How much of the image had arrived when the restore began (the restore is pipelined).
-    let progress = fr.progress.clone();
-    let began = std::cell::Cell::new(0u64);
-    let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
-        began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
-        *who_cell.borrow_mut() = crate::text::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
-        if cfg.key.is_none() && local_uid.is_none() {
-            return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
-        }
-        policy(cfg, h, local_uid)
-    });
-    let who = who_cell.into_inner();
-    // The image reader stops at the trailer; the End frame follows it.
-    let drained = match &r {
-        Ok(_) => std::io::copy(&mut fr, &mut std::io::sink())
-            .map(|_| ())
-            .map_err(|e| Error::Net(format!("after the image: {e}"))),
-        Err(_) => Ok(()),
-    };
-    let bytes = fr.bytes();
-    let failure = fr.failure.take();
-    let Some(mut c) = fr.finish() else {
-        return Err(Error::Proc("the frame receiver failed".into()));
-    };
-    c.s.idle_only();
-    let restored = match r.and_then(|x| drained.map(|_| x)) {
-        Ok(r) => r,
-        Err(e) => {
-            // The log has the whole story; the client is told what concerns its image, not
-            // what this node holds (Error::public).
-            let (code, text, public) = match failure {
-                Some((code, text)) => (code, text.clone(), text),
-                None => (code_of(&e), e.to_string(), e.public()),
-            };
-            info!("{peer}: {who} refused after {bytes} bytes: {text}");
-            let _ = c.send_error(code, &public);
-            return Err(e);
-        }
-    };
-    let pid = restored.pid;
-    let outcome = commit(&mut c, pid, restored.held);
-    match &outcome {
-        Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), running", began.get()),
-        Err(e) => {
-            info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), then dropped: {e}", began.get())
-        }
-    }
-    outcome
-}
-
-/// Reports the copy, restored but held (traced, not yet run), and lets it run only on the
-/// client's Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the
-/// copy is killed, for the source runs on.
-fn commit(c: &mut Conn<Paced>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
-    let held = held.ok_or_else(|| Error::Proc("restore did not hold the process".into()))?;
-    let mut buf = Vec::new();
-    match c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf)) {
-        Ok(Kind::Commit) => {}
-        Ok(k) => return Err(Error::Net(format!("expected Commit, got {k:?}"))),
-        Err(e) => return Err(e.into()),
-    }
-    held.release()?;
-    c.send(Kind::Running, &pid_payload(pid))?;
-    Ok(())
-}
-
-fn code_of(e: &Error) -> Code {
-    match e {
-        Error::Image(_) => Code::BadImage,
-        Error::Permission(_) => Code::Forbidden,
-        Error::NotHere { .. } => Code::RestoreFailed,
-        Error::Net(_) => Code::Protocol,
-        _ => Code::RestoreFailed,
-    }
+    serve_one(s, peer, cfg).map(drop).map_err(|_| Error::Net(NetError::Setup("the migration did not complete".into())))
 }
 
 #[cfg(test)]

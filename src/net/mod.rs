@@ -114,6 +114,9 @@ pub enum NetError {
     BadTag(u64),
     /// The peer reported an error.
     Remote(Code, String),
+    /// No connection to speak over: a name that does not resolve, a peer that cannot be
+    /// reached, an address that cannot be listened on, a descriptor that is no TCP socket.
+    Setup(String),
 }
 
 impl fmt::Display for NetError {
@@ -129,6 +132,7 @@ impl fmt::Display for NetError {
             NetError::Protocol(s) => format!("protocol error: {s}"),
             NetError::BadTag(seq) => format!("frame {seq} failed authentication (tampered, replayed or wrong key)"),
             NetError::Remote(c, s) => format!("refused by the destination ({c:?}): {s}"),
+            NetError::Setup(s) => s.clone(),
         };
         f.write_str(&crate::text::printable(&s))
     }

@@ -1,0 +1,185 @@
+//! The client side of a migration: check the process, connect, prove the key, stream its
+//! image while it is frozen, and commit, so that it never runs twice and is never lost.
+
+use crate::error::{Error, Left, Result};
+use crate::net::session::{FrameWriter, client_hello, parse_pid};
+use crate::net::{Conn, DEFAULT_PORT, Kind, NetError, Side};
+use nix::sys::signal::Signal;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    /// Copy rather than move: the process runs on here too.
+    pub keep: bool,
+    /// The cluster key; without one only a keyless restartd on the same node serves us.
+    pub key: Option<[u8; 32]>,
+    /// How long to wait for the destination at each step.
+    pub timeout: Duration,
+}
+
+/// A process that now runs at the destination.
+#[derive(Debug)]
+pub struct Moved {
+    pub peer: SocketAddr,
+    pub remote_pid: i32,
+    pub report: crate::Report,
+    /// Image bytes sent.
+    pub bytes: u64,
+    /// From the start of the checkpoint to the destination's answer to Commit.
+    pub elapsed: Duration,
+}
+
+/// "host", "host:port", "[v6]:port", "v6" -> addresses (`port` overrides; default 1023).
+pub fn resolve(host: &str, port: Option<u16>) -> Result<Vec<SocketAddr>> {
+    let (h, p) = if let Some(rest) = host.strip_prefix('[') {
+        let (h, tail) = rest.split_once(']').ok_or_else(|| Error::Usage(format!("{host}: missing ']'")))?;
+        (h.to_string(), tail.strip_prefix(':').map(str::to_string))
+    } else if host.matches(':').count() == 1 {
+        let (h, p) = host.split_once(':').unwrap_or((host, ""));
+        (h.to_string(), Some(p.to_string()))
+    } else {
+        (host.to_string(), None)
+    };
+    let port = match (port, p) {
+        (Some(x), _) => x,
+        (None, Some(p)) => p.parse().map_err(|_| Error::Usage(format!("{p:?} is not a port number")))?,
+        (None, None) => DEFAULT_PORT,
+    };
+    let setup = |s: String| Error::Net(NetError::Setup(s));
+    let addrs: Vec<SocketAddr> =
+        (h.as_str(), port).to_socket_addrs().map_err(|e| setup(format!("cannot resolve {h}: {e}")))?.collect();
+    if addrs.is_empty() {
+        return Err(setup(format!("{h} has no address")));
+    }
+    Ok(addrs)
+}
+
+fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                s.set_read_timeout(Some(timeout))
+                    .and_then(|_| s.set_write_timeout(Some(timeout)))
+                    .map_err(|e| Error::Net(NetError::Setup(format!("{a}: {e}"))))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(format!("cannot reach restartd at {a}: {e}")),
+        }
+    }
+    Err(Error::Net(NetError::Setup(last.unwrap_or_default())))
+}
+
+/// Moves (or, with `keep`, copies) process `pid` to the restartd at `addrs` (the first that
+/// answers). On any failure the process runs on here, where it was, except in the one case
+/// [`Left::StoppedHere`] names; the error says which ([`Error::Migration`]).
+pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> {
+    if pid <= 0 {
+        return Err(Error::Usage(format!("{pid} is not a process id")));
+    }
+    // Nothing is touched before the destination has answered and proved itself.
+    crate::engine::checkpoint::precheck(pid, &crate::Flags::default())?;
+    let stream = connect(addrs, opts.timeout).map_err(here)?;
+    let peer = stream.peer_addr().unwrap_or(addrs[0]);
+    let mut c = Conn::new(stream, Side::Client);
+    client_hello(&mut c, opts.key.as_ref()).map_err(|e| here(e.into()))?;
+
+    // Signals that would end us wait until the process is safely here or there.
+    let mut hold = nix::sys::signal::SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        hold.add(s);
+    }
+    let _ = hold.thread_block();
+
+    let flags = crate::Flags { kill: !opts.keep, ..Default::default() };
+    let (mut remote_pid, mut sent) = (0, 0u64);
+    let t0 = Instant::now();
+    let mut peer_said = None;
+    let r = std::thread::scope(|s| {
+        let w = FrameWriter::new(s, &mut c);
+        peer_said = Some(w.peer_said.clone());
+        crate::engine::checkpoint::checkpoint_prechecked(pid, w, &flags, |w| {
+            commit(w, peer, pid, opts.keep, &mut sent, &mut remote_pid)
+        })
+    });
+    match r {
+        Ok(report) => Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed() }),
+        Err(e) => {
+            let said = peer_said.and_then(|p| p.lock().ok()?.take());
+            Err(explain(e, said, &mut c))
+        }
+    }
+}
+
+/// A failure before the copy could run: the process runs on here.
+fn here(cause: Error) -> Error {
+    Error::Migration { cause: Box::new(cause), left: Left::RunningHere }
+}
+
+/// The end of the image and the commit exchange, once the last byte is out.
+fn commit(
+    w: FrameWriter<'_, TcpStream>,
+    peer: SocketAddr,
+    pid: i32,
+    keep: bool,
+    sent: &mut u64,
+    remote_pid: &mut i32,
+) -> Result<()> {
+    let (c, bytes) = w.finish()?;
+    *sent = bytes;
+    c.send(Kind::End, &[])?;
+    let mut buf = Vec::new();
+    c.expect(Kind::Restored, &mut buf)?;
+    *remote_pid = parse_pid(&buf)?;
+    let remote_pid = *remote_pid;
+    // From here the copy may start: the frozen source must not run again unless we are sure
+    // the copy does not.
+    c.send(Kind::Commit, &[])?;
+    let Err(e) = c.expect(Kind::Running, &mut buf) else { return Ok(()) };
+    let peer = peer.to_string();
+    let left = if keep {
+        Left::CopyMayRun { remote_pid, peer }
+    } else {
+        // We cannot know whether the copy runs: keep the source, stopped.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);
+        Left::StoppedHere { pid, remote_pid, peer }
+    };
+    Err(Error::Migration { cause: Box::new(e.into()), left })
+}
+
+/// A send that failed is often the destination closing after it refused: its Error frame, if
+/// one is waiting, says why better than "broken pipe". Failures of the network or the stream
+/// become [`Error::Migration`] with the process running here; the checkpoint's own refusals
+/// (a process crs cannot take) are returned as they are: it runs on too.
+fn explain(e: Error, said: Option<NetError>, c: &mut Conn<TcpStream>) -> Error {
+    if let Some(r @ NetError::Remote(..)) = said {
+        return here(Error::Net(r));
+    }
+    if matches!(e, Error::Io { .. } | Error::Net(_)) {
+        let _ = c.s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = Vec::new();
+        if let Err(r @ NetError::Remote(..)) = c.recv(&mut buf) {
+            return here(Error::Net(r));
+        }
+    }
+    match e {
+        Error::Io { path, err } if path == "image" => here(Error::Io { path: "sending the image".into(), err }),
+        e @ (Error::Net(_) | Error::Io { .. }) => here(e),
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(resolve("127.0.0.1", None).unwrap()[0].to_string(), "127.0.0.1:1023");
+        assert_eq!(resolve("127.0.0.1:99", None).unwrap()[0].to_string(), "127.0.0.1:99");
+        assert_eq!(resolve("[::1]:7", None).unwrap()[0].to_string(), "[::1]:7");
+        assert_eq!(resolve("::1", Some(5)).unwrap()[0].to_string(), "[::1]:5");
+        assert!(resolve("127.0.0.1:x", None).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The server side of a migration: one client, from the handshake to the process running
+//! here (or nothing left of it). restartd runs it once per connection; any program may.
+
+use crate::error::{Error, Result};
+use crate::net::pace::Paced;
+use crate::net::session::{FrameStream, pid_payload, server_hello};
+use crate::net::{Code, Conn, Kind, NetError, Side};
+use crate::res::head::Header;
+use log::info;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// What a server accepts and how long it waits (restartd(8) describes each).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The cluster key; without one only clients on this node are served, each restoring
+    /// only its own user's processes.
+    pub key: Option<[u8; 32]>,
+    /// A directory that keeps a copy of every image received.
+    pub spool: Option<String>,
+    /// Uid ranges allowed (--allow-uid); None: any but root.
+    pub uids: Option<Vec<(u32, u32)>>,
+    pub allow_root: bool,
+    /// Largest image accepted, in bytes.
+    pub limit: u64,
+    /// Longest silence of the client.
+    pub timeout: Duration,
+    /// Time the client has for the handshake.
+    pub handshake: Duration,
+    /// Slowest average rate of the image, in bytes per second of waiting.
+    pub min_rate: u64,
+}
+
+/// A process restored here and running.
+#[derive(Debug)]
+pub struct Served {
+    pub pid: i32,
+    pub original_pid: i32,
+    /// Image bytes received.
+    pub bytes: u64,
+}
+
+/// Whether the image's owner may be restored here (restartd(8), THREAT MODEL). `local_uid` is
+/// the connecting user of a keyless restartd (None: a keyed one, whose peer proved the key).
+fn policy(cfg: &ServeConfig, h: &Header, local_uid: Option<u32>) -> Result<()> {
+    if let Some(u) = local_uid.filter(|&u| u != 0) {
+        // A local user hands us their image: it may claim only that user's ids and groups.
+        let whose = format!("the image sent by uid {u}");
+        crate::res::creds::check_user_claims(h, u, &whose).map_err(|e| {
+            Error::Permission(format!("{e} (a restartd without a key restores only the connecting user's processes)"))
+        })?;
+    }
+    if !cfg.allow_root
+        && let Some((name, _)) = h.ids().find(|&(_, v)| v == 0)
+    {
+        return Err(Error::Permission(format!(
+            "process {}'s {name} is 0 (root); this restartd restores root's processes only with --allow-root",
+            h.pid
+        )));
+    }
+    if let Some(r) = &cfg.uids
+        && let Some((name, u)) = h.ids().take(4).find(|(_, u)| !r.iter().any(|&(lo, hi)| (lo..=hi).contains(u)))
+    {
+        return Err(Error::Permission(format!("process {}'s {name} {u} is not allowed here (--allow-uid)", h.pid)));
+    }
+    // A process that is not root comes back only in groups its user has on this node.
+    if h.uids.iter().all(|&u| u != 0) {
+        crate::res::creds::check_groups(h)?;
+    }
+    Ok(())
+}
+
+/// The uid owning the other end of a TCP connection on this node, from /proc/net/tcp{,6}
+/// (the row whose local end is `peer` and remote end is `us`).
+fn local_peer_uid(peer: &SocketAddr, us: &SocketAddr) -> Option<u32> {
+    fn hex(a: &SocketAddr) -> String {
+        let ip = match a.ip() {
+            IpAddr::V4(v) => format!("{:08X}", u32::from_ne_bytes(v.octets())),
+            IpAddr::V6(v) => {
+                v.octets().chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect()
+            }
+        };
+        format!("{ip}:{:04X}", a.port())
+    }
+    let (p, u) = (hex(peer), hex(us));
+    let file = if peer.is_ipv4() { "/proc/self/net/tcp" } else { "/proc/self/net/tcp6" };
+    let text = std::fs::read_to_string(file).ok()?;
+    // Only a connection that is established and still has a socket (state 01, an inode): a
+    // closing one's row is left to the kernel, which reports it as root's.
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let live = f.len() > 9 && f[3] == "01" && f[9] != "0";
+        (live && f[1] == p && f[2] == u).then(|| f[7].parse().ok()).flatten()
+    })
+}
+
+fn is_loopback(p: &SocketAddr) -> bool {
+    match p.ip() {
+        IpAddr::V4(v) => v.is_loopback(),
+        IpAddr::V6(v) => v.is_loopback() || v.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+    }
+}
+
+/// Serves one client on `s` (from `peer`): handshake, image straight into a restore, commit.
+/// Logs one line of what became of it. Returns once the process runs here, or with what went
+/// wrong (then nothing of it is left here).
+pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Served> {
+    let _ = s.set_nodelay(true);
+    s.set_write_timeout(Some(cfg.timeout)).map_err(|e| Error::Net(NetError::Io(e)))?;
+    // Without a key, a local user could have us restore a process as anyone: then the image
+    // must belong to the user at the other end of the connection (root excepted).
+    let local_uid = match (&cfg.key, s.local_addr()) {
+        (None, Ok(us)) => local_peer_uid(&peer, &us),
+        _ => None,
+    };
+    let mut c = Conn::new(Paced::new(s, cfg.timeout, cfg.handshake), Side::Server);
+    if let Err(e) = server_hello(&mut c, cfg.key.as_ref(), is_loopback(&peer)) {
+        info!("{peer}: refused: {e}");
+        return Err(e.into());
+    }
+    c.s.transfer(cfg.min_rate, cfg.timeout);
+    let mut tee = None;
+    if let Some(d) = &cfg.spool {
+        let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
+        // Whole process memories: for root's eyes only.
+        use std::os::unix::fs::OpenOptionsExt;
+        // A new file, never through a link: the spool directory may not be root's alone.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&name);
+        match f {
+            Ok(f) => tee = Some(f),
+            Err(e) => {
+                let e = Error::io(name, e);
+                let _ = c.send_error(Code::RestoreFailed, &format!("restartd cannot spool: {e}"));
+                return Err(e);
+            }
+        }
+    }
+    // The image arrives on a thread of its own, which checks each frame's tag, while this one
+    // restores from what has arrived.
+    let mut fr = FrameStream::start(c, cfg.limit);
+    fr.tee = tee;
+    let opts = crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7 };
+    let who_cell = std::cell::RefCell::new(String::new());
+    // How much of the image had arrived when the restore began (the restore is pipelined).
+    let progress = fr.progress.clone();
+    let began = std::cell::Cell::new(0u64);
+    let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
+        began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
+        *who_cell.borrow_mut() = crate::text::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
+        if cfg.key.is_none() && local_uid.is_none() {
+            return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
+        }
+        policy(cfg, h, local_uid)
+    });
+    let who = who_cell.into_inner();
+    // The image reader stops at the trailer; the End frame follows it.
+    let drained = match &r {
+        Ok(_) => std::io::copy(&mut fr, &mut std::io::sink()).map(|_| ()).map_err(|e| Error::Net(NetError::Io(e))),
+        Err(_) => Ok(()),
+    };
+    let bytes = fr.bytes();
+    let failure = fr.failure.take();
+    let Some(mut c) = fr.finish() else {
+        return Err(Error::Proc("the frame receiver failed".into()));
+    };
+    c.s.idle_only();
+    let restored = match r.and_then(|x| drained.map(|_| x)) {
+        Ok(r) => r,
+        Err(e) => {
+            // The log has the whole story; the client is told what concerns its image, not
+            // what this node holds (Error::public).
+            let (code, text, public) = match failure {
+                Some((code, text)) => (code, text.clone(), text),
+                None => (code_of(&e), e.to_string(), e.public()),
+            };
+            info!("{peer}: {who} refused after {bytes} bytes: {text}");
+            let _ = c.send_error(code, &public);
+            return Err(e);
+        }
+    };
+    let pid = restored.pid;
+    let outcome = commit(&mut c, pid, restored.held);
+    match &outcome {
+        Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), running", began.get()),
+        Err(e) => {
+            info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), then dropped: {e}", began.get())
+        }
+    }
+    outcome.map(|()| Served { pid, original_pid: restored.original_pid, bytes })
+}
+
+/// Reports the copy, restored but held (traced, not yet run), and lets it run only on the
+/// client's Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the
+/// copy is killed, for the source runs on.
+fn commit(c: &mut Conn<Paced>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
+    let held = held.ok_or_else(|| Error::Proc("restore did not hold the process".into()))?;
+    let mut buf = Vec::new();
+    match c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf)) {
+        Ok(Kind::Commit) => {}
+        Ok(k) => return Err(Error::Net(NetError::Protocol(format!("expected Commit, got {k:?}")))),
+        Err(e) => return Err(e.into()),
+    }
+    held.release()?;
+    c.send(Kind::Running, &pid_payload(pid))?;
+    Ok(())
+}
+
+fn code_of(e: &Error) -> Code {
+    match e {
+        Error::Image(_) => Code::BadImage,
+        Error::Permission(_) => Code::Forbidden,
+        Error::NotHere { .. } => Code::RestoreFailed,
+        Error::Net(_) => Code::Protocol,
+        _ => Code::RestoreFailed,
+    }
+}
