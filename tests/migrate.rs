@@ -663,7 +663,7 @@ fn the_library_migrates_without_the_command_line() {
     }
     let dir = tmpdir("mig-library");
     let log = dir.join("log");
-    let mut src = local_migrant(&log, "4");
+    let src = local_migrant(&log, "4");
     let key: [u8; 32] = crs::net::random().unwrap();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
