@@ -5,7 +5,8 @@
 //! what the restored process really is (/proc/PID/status), or that none was made.
 
 mod support;
-use crs::net::session::{client_hello, parse_pid};
+use crs::net::handshake::client_hello;
+use crs::net::parse_pid;
 use crs::net::{Conn, Kind, Side};
 use crs::res::head::Header;
 use std::io::Write;

@@ -3,4 +3,6 @@
 //! toolkit they use in src/ptrace/.
 
 pub mod checkpoint;
+pub mod layout;
 pub mod restore;
+pub mod spawn;

@@ -9,6 +9,8 @@
 //! at that syscall's exit) and load the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
+use super::layout::{find_free, move_specials, stretches};
+use super::spawn::{ChildGuard, spawn_child};
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
 use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ use crate::res::fileid;
 use crate::res::head::{self, Header};
 use crate::res::image::{ProcessState, SectionReader};
 use crate::res::memory;
-use crate::res::regs::RegState;
+use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
 use crate::res::{creds, cwd, files};
@@ -92,21 +94,6 @@ impl Drop for Held {
         if let Some(t) = self.t.take() {
             let _ = t.kill(Signal::SIGKILL);
             while t.wait().is_ok() {}
-        }
-    }
-}
-
-/// Kills and reaps the child unless disarmed: a failed restore leaves nothing behind.
-struct ChildGuard {
-    pid: i32,
-    armed: bool,
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(nix::sys::wait::WaitPidFlag::__WALL));
         }
     }
 }
@@ -241,7 +228,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         let targets = memory::batch_targets(&plans, &b.runs, sec.offset)?;
         npages += (b.data_len / PAGE_SIZE) as u64;
         let data = b.data(&mut rd, &mut buf)?;
-        write_batch(pid, &targets, data)?;
+        memory::write_batch(pid, &targets, data)?;
         s = rd.next_section()?;
     }
     debug!("pid {pid}: {npages} pages written");
@@ -252,7 +239,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         [t] => t.regs.clone(),
         more => return Err(Error::Refused(format!("the image holds {} threads; this crs restores one", more.len()))),
     };
-    check_xstate(&regs)?;
+    regs::check_xstate(&regs)?;
 
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes.
     memory::protect_all(&mut c, &plans)?;
@@ -319,228 +306,4 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         state: st,
         held: None,
     })
-}
-
-/// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).
-fn check_xstate(regs: &RegState) -> Result<()> {
-    if regs.xsave.is_empty() || regs.xsave.len() == arch::FXSAVE_LEN {
-        // x87 and SSE state: every x86_64 CPU has it.
-        return Ok(());
-    }
-    if !arch::has_xsave() {
-        return Err(Error::Refused("the image has XSAVE state but this CPU or kernel has no XSAVE".into()));
-    }
-    // SAFETY: XGETBV(0) reads XCR0; OSXSAVE (checked above) guarantees the instruction exists.
-    let here = unsafe { core::arch::x86_64::_xgetbv(0) };
-    let need = regs.xcr0();
-    if need & !here != 0 {
-        return Err(Error::Refused(format!(
-            "the image's CPU state uses features {:#x} this CPU lacks (XCR0 here {here:#x}); restart it on the same kind of CPU",
-            need & !here
-        )));
-    }
-    Ok(())
-}
-
-fn write_batch(pid: i32, targets: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
-    // Contiguous data offsets go out in one process_vm_writev.
-    let mut i = 0;
-    while i < targets.len() {
-        let start = targets[i].2;
-        let mut j = i;
-        let mut end = start;
-        let mut iov = Vec::new();
-        while j < targets.len() && targets[j].2 == end {
-            iov.push((targets[j].0, targets[j].1));
-            end += targets[j].1;
-            j += 1;
-        }
-        mem::write_runs(pid, &iov, &data[start..end])?;
-        i = j;
-    }
-    Ok(())
-}
-
-/// The fewest ranges that cover every range of `used` and nothing of `keep` (disjoint ranges of
-/// one process's mappings, in any order).
-fn stretches(used: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut keep = keep.to_vec();
-    keep.sort_unstable();
-    let mut used = used.to_vec();
-    used.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in used {
-        // Merge with the previous stretch unless something to keep lies between them.
-        if let Some(last) = out.last_mut()
-            && !keep.iter().any(|&(ks, ke)| ks < s && ke > last.1)
-        {
-            last.1 = last.1.max(e);
-            continue;
-        }
-        out.push((s, e));
-    }
-    out
-}
-
-/// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
-/// `ranges`.
-fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
-    let mut r: Vec<(u64, u64)> = ranges.to_vec();
-    r.sort_unstable();
-    let guard = PAGE_SIZE as u64;
-    let mut cand = 1u64 << 20;
-    for &(s, e) in &r {
-        if e + guard <= cand {
-            continue;
-        }
-        if cand + len + guard <= s {
-            return Some(cand);
-        }
-        cand = cand.max(e + guard);
-    }
-    (cand + len < 0x7fff_0000_0000).then_some(cand)
-}
-
-/// Moves this kernel's vdso/vvar mappings in the child to where the image had them (or removes
-/// them when the image had none). `plan` has already checked they are the same kind and size.
-fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &[(u64, u64)]) -> Result<()> {
-    let mine: Vec<&MapEntry> = child.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).collect();
-    let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
-    if want.is_empty() {
-        for m in mine {
-            c.munmap(RemoteAddr(m.start), m.len(), &m.name)?;
-        }
-        return Ok(());
-    }
-    let moves: Vec<(u64, u64, u64, &str)> = want
-        .iter()
-        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len(), m.name.as_str())))
-        .filter(|(from, to, _, _)| from != to)
-        .collect();
-    let overlap = moves.iter().any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
-    let mut moves_from: Vec<(u64, u64, u64, &str)> = moves.clone();
-    if overlap {
-        // Two steps: first out of the way, then into place.
-        let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
-        let mut all = avoid.to_vec();
-        all.extend(want.iter().map(|v| (v.start, v.end)));
-        let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
-        for m in moves_from.iter_mut() {
-            c.mremap_to(RemoteAddr(m.0), m.2, RemoteAddr(tmp), m.3)?;
-            m.0 = tmp;
-            tmp += m.2 + PAGE_SIZE as u64;
-        }
-    }
-    for &(from, to, len, name) in &moves_from {
-        c.mremap_to(RemoteAddr(from), len, RemoteAddr(to), name)?;
-    }
-    Ok(())
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// Forks the child that becomes the restored process, with pid `want` when possible.
-/// Returns the child's pid and, when it did not get `want`, why.
-fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
-    let parent = std::process::id() as libc::c_long;
-    let tid = [want];
-    let mut args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    let call = |args: &CloneArgs| -> libc::c_long {
-        // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our memory. It runs
-        // only `child_stop`, which makes raw syscalls and never returns into Rust code that could
-        // touch state shared with the parent.
-        let r = unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
-        if r == 0 {
-            child_stop(parent);
-        }
-        r
-    };
-    let r = call(&args);
-    if r > 0 {
-        return Ok((r as i32, None));
-    }
-    let e = Errno::last();
-    let why = match e {
-        Errno::EEXIST => format!("pid {want} is in use"),
-        Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
-        Errno::ENOSYS => "this kernel has no clone3".to_string(),
-        e => format!("clone3 with set_tid failed: {}", e.desc()),
-    };
-    if require {
-        return Err(Error::Refused(format!("cannot restore as pid {want}: {why} (--require-pid)")));
-    }
-    args.set_tid = 0;
-    args.set_tid_size = 0;
-    let r = call(&args);
-    if r < 0 {
-        // clone3 may be missing entirely: fall back to fork.
-        // SAFETY: as above; the child only runs `child_stop`.
-        let f = unsafe { libc::fork() };
-        if f == 0 {
-            child_stop(parent);
-        }
-        if f < 0 {
-            return Err(Error::sys("fork", "restore child", Errno::last()));
-        }
-        return Ok((f, Some(why)));
-    }
-    Ok((r as i32, Some(why)))
-}
-
-/// In the child: die with rstrt, ask to be traced, stop. Raw syscalls only (glibc's cached
-/// thread id still names the parent, so raise() would signal the wrong task).
-fn child_stop(parent: libc::c_long) -> ! {
-    // SAFETY: plain syscalls with integer arguments; nothing here touches memory.
-    unsafe {
-        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::syscall(libc::SYS_getppid) != parent {
-            libc::syscall(libc::SYS_exit_group, 1);
-        }
-        libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
-        let me = libc::syscall(libc::SYS_getpid);
-        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
-        // Only reached if the parent let us go without restoring us.
-        libc::syscall(libc::SYS_exit_group, 127);
-    }
-    unreachable!()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stretches_go_around_what_stays() {
-        let used = [(0x1000, 0x2000), (0x3000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)];
-        let keep = [(0x6000, 0x7000), (0xb000, 0xc000)];
-        assert_eq!(stretches(&used, &keep), vec![(0x1000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)]);
-        assert_eq!(stretches(&used, &[]), vec![(0x1000, 0xd000)]);
-        assert_eq!(stretches(&[], &keep), vec![]);
-    }
-
-    #[test]
-    fn free_gap() {
-        let r = [(0x100000, 0x200000), (0x201000, 0x300000)];
-        assert_eq!(find_free(&r, 0x1000), Some(0x301000));
-        assert_eq!(find_free(&[(0x400000, 0x500000)], 0x1000), Some(0x100000));
-    }
 }

@@ -2,7 +2,9 @@
 //! image while it is frozen, and commit, so that it never runs twice and is never lost.
 
 use crate::error::{Error, Left, Result};
-use crate::net::session::{FrameWriter, client_hello, parse_pid};
+use crate::net::handshake::client_hello;
+use crate::net::parse_pid;
+use crate::net::stream::FrameWriter;
 use crate::net::{Conn, DEFAULT_PORT, Kind, NetError, Side};
 use nix::sys::signal::Signal;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -2,8 +2,10 @@
 //! here (or nothing left of it). restartd runs it once per connection; any program may.
 
 use crate::error::{Error, Result};
+use crate::net::handshake::server_hello;
 use crate::net::pace::Paced;
-use crate::net::session::{FrameStream, pid_payload, server_hello};
+use crate::net::pid_payload;
+use crate::net::stream::FrameStream;
 use crate::net::{Code, Conn, Kind, NetError, Side};
 use crate::res::head::Header;
 use log::info;

@@ -2,7 +2,8 @@
 
 use super::image::{Scope, SectionDef, ThreadState};
 use crate::crf::Tag;
-use crate::crf::{Dec, Enc, Result};
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 
 /// REGS: one per thread.
@@ -64,7 +65,7 @@ impl RegState {
         e.into_bytes()
     }
 
-    pub fn decode(b: &[u8], at: u64) -> Result<RegState> {
+    pub fn decode(b: &[u8], at: u64) -> CrfResult<RegState> {
         let mut d = Dec::new(b, at, "REGS");
         let mut a = [0u64; 27];
         for v in a.iter_mut() {
@@ -88,6 +89,27 @@ impl RegState {
         let o = arch::XSTATE_XCR0_OFFSET;
         self.xsave.get(o..o + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
+}
+
+/// Refuses registers this CPU cannot load (an image from a CPU with more XSAVE features).
+pub fn check_xstate(regs: &RegState) -> Result<()> {
+    if regs.xsave.is_empty() || regs.xsave.len() == arch::FXSAVE_LEN {
+        // x87 and SSE state: every x86_64 CPU has it.
+        return Ok(());
+    }
+    if !arch::has_xsave() {
+        return Err(Error::Refused("the image has XSAVE state but this CPU or kernel has no XSAVE".into()));
+    }
+    // SAFETY: XGETBV(0) reads XCR0; OSXSAVE (checked above) guarantees the instruction exists.
+    let here = unsafe { core::arch::x86_64::_xgetbv(0) };
+    let need = regs.xcr0();
+    if need & !here != 0 {
+        return Err(Error::Refused(format!(
+            "the image's CPU state uses features {:#x} this CPU lacks (XCR0 here {here:#x}); restart it on the same kind of CPU",
+            need & !here
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! they print (never on sleeps), and run the crs applets.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};

@@ -1,0 +1,106 @@
+//! Address-space surgery on the restore child before the image's memory goes in: where the
+//! gadget may go, what to unmap of what the child inherited, and moving this kernel's
+//! vdso/vvar to where the image had them.
+
+use crate::crf::PAGE_SIZE;
+use crate::error::{Error, Result};
+use crate::ptrace::procfs::MapEntry;
+use crate::ptrace::{Ctl, RemoteAddr};
+use crate::res::memory;
+
+/// The fewest ranges that cover every range of `used` and nothing of `keep` (disjoint ranges of
+/// one process's mappings, in any order).
+pub fn stretches(used: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut used = used.to_vec();
+    used.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in used {
+        // Merge with the previous stretch unless something to keep lies between them.
+        if let Some(last) = out.last_mut()
+            && !keep.iter().any(|&(ks, ke)| ks < s && ke > last.1)
+        {
+            last.1 = last.1.max(e);
+            continue;
+        }
+        out.push((s, e));
+    }
+    out
+}
+
+/// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
+/// `ranges`.
+pub fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut r: Vec<(u64, u64)> = ranges.to_vec();
+    r.sort_unstable();
+    let guard = PAGE_SIZE as u64;
+    let mut cand = 1u64 << 20;
+    for &(s, e) in &r {
+        if e + guard <= cand {
+            continue;
+        }
+        if cand + len + guard <= s {
+            return Some(cand);
+        }
+        cand = cand.max(e + guard);
+    }
+    (cand + len < 0x7fff_0000_0000).then_some(cand)
+}
+
+/// Moves this kernel's vdso/vvar mappings in the child to where the image had them (or removes
+/// them when the image had none). `plan` has already checked they are the same kind and size.
+pub fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &[(u64, u64)]) -> Result<()> {
+    let mine: Vec<&MapEntry> = child.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).collect();
+    let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
+    if want.is_empty() {
+        for m in mine {
+            c.munmap(RemoteAddr(m.start), m.len(), &m.name)?;
+        }
+        return Ok(());
+    }
+    let moves: Vec<(u64, u64, u64, &str)> = want
+        .iter()
+        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len(), m.name.as_str())))
+        .filter(|(from, to, _, _)| from != to)
+        .collect();
+    let overlap = moves.iter().any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
+    let mut moves_from: Vec<(u64, u64, u64, &str)> = moves.clone();
+    if overlap {
+        // Two steps: first out of the way, then into place.
+        let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
+        let mut all = avoid.to_vec();
+        all.extend(want.iter().map(|v| (v.start, v.end)));
+        let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
+        for m in moves_from.iter_mut() {
+            c.mremap_to(RemoteAddr(m.0), m.2, RemoteAddr(tmp), m.3)?;
+            m.0 = tmp;
+            tmp += m.2 + PAGE_SIZE as u64;
+        }
+    }
+    for &(from, to, len, name) in &moves_from {
+        c.mremap_to(RemoteAddr(from), len, RemoteAddr(to), name)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stretches_go_around_what_stays() {
+        let used = [(0x1000, 0x2000), (0x3000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)];
+        let keep = [(0x6000, 0x7000), (0xb000, 0xc000)];
+        assert_eq!(stretches(&used, &keep), vec![(0x1000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)]);
+        assert_eq!(stretches(&used, &[]), vec![(0x1000, 0xd000)]);
+        assert_eq!(stretches(&[], &keep), vec![]);
+    }
+
+    #[test]
+    fn free_gap() {
+        let r = [(0x100000, 0x200000), (0x201000, 0x300000)];
+        assert_eq!(find_free(&r, 0x1000), Some(0x301000));
+        assert_eq!(find_free(&[(0x400000, 0x500000)], 0x1000), Some(0x100000));
+    }
+}

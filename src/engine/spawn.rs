@@ -1,0 +1,110 @@
+//! The restored process's beginning: a clone3 of ours (with the image's pid when it is free and
+//! we may), which asks to be traced and stops before it runs anything of its own, and a guard
+//! that kills it again should the restore fail.
+
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// Kills and reaps the child unless disarmed: a failed restore leaves nothing behind.
+pub struct ChildGuard {
+    pub pid: i32,
+    pub armed: bool,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(nix::sys::wait::WaitPidFlag::__WALL));
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks the child that becomes the restored process, with pid `want` when possible.
+/// Returns the child's pid and, when it did not get `want`, why.
+pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
+    let parent = std::process::id() as libc::c_long;
+    let tid = [want];
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let call = |args: &CloneArgs| -> libc::c_long {
+        // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our memory. It runs
+        // only `child_stop`, which makes raw syscalls and never returns into Rust code that could
+        // touch state shared with the parent.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        if r == 0 {
+            child_stop(parent);
+        }
+        r
+    };
+    let r = call(&args);
+    if r > 0 {
+        return Ok((r as i32, None));
+    }
+    let e = Errno::last();
+    let why = match e {
+        Errno::EEXIST => format!("pid {want} is in use"),
+        Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
+        Errno::ENOSYS => "this kernel has no clone3".to_string(),
+        e => format!("clone3 with set_tid failed: {}", e.desc()),
+    };
+    if require {
+        return Err(Error::Refused(format!("cannot restore as pid {want}: {why} (--require-pid)")));
+    }
+    args.set_tid = 0;
+    args.set_tid_size = 0;
+    let r = call(&args);
+    if r < 0 {
+        // clone3 may be missing entirely: fall back to fork.
+        // SAFETY: as above; the child only runs `child_stop`.
+        let f = unsafe { libc::fork() };
+        if f == 0 {
+            child_stop(parent);
+        }
+        if f < 0 {
+            return Err(Error::sys("fork", "restore child", Errno::last()));
+        }
+        return Ok((f, Some(why)));
+    }
+    Ok((r as i32, Some(why)))
+}
+
+/// In the child: die with rstrt, ask to be traced, stop. Raw syscalls only (glibc's cached
+/// thread id still names the parent, so raise() would signal the wrong task).
+fn child_stop(parent: libc::c_long) -> ! {
+    // SAFETY: plain syscalls with integer arguments; nothing here touches memory.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::syscall(libc::SYS_getppid) != parent {
+            libc::syscall(libc::SYS_exit_group, 1);
+        }
+        libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+        let me = libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        // Only reached if the parent let us go without restoring us.
+        libc::syscall(libc::SYS_exit_group, 127);
+    }
+    unreachable!()
+}

@@ -1,0 +1,422 @@
+//! VMAS: every mapping, as /proc/PID/smaps shows it, and how a restore rebuilds it: at its
+//! address, with its protection, from its file when the file here is the same, anonymous
+//! otherwise; the vdso/vvar areas must be this kernel's.
+
+use crate::crf::Tag;
+use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
+use crate::error::{Error, Result};
+use crate::ptrace::procfs::MapEntry;
+use crate::ptrace::{Ctl, RemoteAddr, mem};
+use crate::res::fileid::FileId;
+use crate::res::image::{Scope, SectionDef};
+use log::debug;
+use std::os::unix::fs::FileExt;
+
+/// VMAS: every mapping; the page batches that follow fill them.
+pub const VMAS: SectionDef = SectionDef {
+    tag: Tag(4),
+    name: "VMAS",
+    scope: Scope::Process,
+    required: true,
+    layout: true,
+    encode: |st| vec![encode_vmas(&st.vmas)],
+    decode: |b, at, st| {
+        st.vmas = decode_vmas(b, at)?;
+        Ok(())
+    },
+    describe: |v| {
+        let mut out = vec![format!("memory:    {} mappings, {} bytes of pages stored", v.st.vmas.len(), v.page_bytes)];
+        for m in &v.st.vmas {
+            let b = v.stored.get(&m.start).copied().unwrap_or(0);
+            let extra = match &m.file {
+                Some(f) if !f.build_id.is_empty() => format!(" build-id {}", crate::res::fileid::hex(&f.build_id)),
+                _ => String::new(),
+            };
+            out.push(format!(
+                "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
+                m.start,
+                m.end,
+                m.prot_string(),
+                m.kind_name(),
+                b,
+                m.name,
+                extra
+            ));
+        }
+        out
+    },
+};
+
+pub const KIND_ANON: u8 = 1;
+pub const KIND_HEAP: u8 = 2;
+pub const KIND_STACK: u8 = 3;
+pub const KIND_FILE: u8 = 4;
+pub const KIND_SHMEM: u8 = 5;
+pub const KIND_VDSO: u8 = 6;
+pub const KIND_VVAR: u8 = 7;
+
+pub const VMA_SHARED: u32 = 1;
+pub const VMA_GROWSDOWN: u32 = 2;
+pub const VMA_NORESERVE: u32 = 4;
+/// A private file mapping whose unmodified pages were stored too (self-contained image).
+pub const VMA_FILE_COPY: u32 = 8;
+
+/// Highest user address on x86_64 with 5-level paging.
+const USER_TOP: u64 = 1 << 56;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC
+    pub prot: u32,
+    pub flags: u32,
+    pub kind: u8,
+    /// File offset in pages.
+    pub pgoff: u64,
+    /// "[heap]", "[vdso]", a path...
+    pub name: String,
+    pub file: Option<FileId>,
+    /// The bytes of the [vdso], to check that this kernel's vdso is the same.
+    pub content: Vec<u8>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn is_special(&self) -> bool {
+        self.kind == KIND_VDSO || self.kind == KIND_VVAR
+    }
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            KIND_ANON => "anon",
+            KIND_HEAP => "heap",
+            KIND_STACK => "stack",
+            KIND_FILE => "file",
+            KIND_SHMEM => "shmem",
+            KIND_VDSO => "vdso",
+            KIND_VVAR => "vvar",
+            _ => "?",
+        }
+    }
+    pub fn prot_string(&self) -> String {
+        let b = |f: u32, c: char| if self.prot & f != 0 { c } else { '-' };
+        let s = if self.flags & VMA_SHARED != 0 { 's' } else { 'p' };
+        format!(
+            "{}{}{}{s}",
+            b(libc::PROT_READ as u32, 'r'),
+            b(libc::PROT_WRITE as u32, 'w'),
+            b(libc::PROT_EXEC as u32, 'x')
+        )
+    }
+}
+
+/// The mm layout PR_SET_MM_MAP restores (what /proc/PID/stat, cmdline, environ, auxv show).
+pub fn encode_vmas(vmas: &[Vma]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(vmas.len() as u32);
+    for v in vmas {
+        e.u64(v.start).u64(v.end).u32(v.prot).u32(v.flags).u8(v.kind).u64(v.pgoff).str(&v.name);
+        e.u8(v.file.is_some() as u8);
+        if let Some(f) = &v.file {
+            f.encode(&mut e);
+        }
+        e.bytes(&v.content);
+    }
+    e.into_bytes()
+}
+
+pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
+    let mut d = Dec::new(b, at, "VMAS");
+    let n = d.count(42)?;
+    let mut out: Vec<Vma> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let mut v = Vma {
+            start: d.u64()?,
+            end: d.u64()?,
+            prot: d.u32()?,
+            flags: d.u32()?,
+            kind: d.u8()?,
+            pgoff: d.u64()?,
+            name: d.str()?,
+            ..Default::default()
+        };
+        v.file = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
+        v.content = d.bytes()?.to_vec();
+        let page = PAGE_SIZE as u64;
+        let ok = v.start.is_multiple_of(page)
+            && v.end.is_multiple_of(page)
+            && v.start < v.end
+            && v.end <= USER_TOP
+            && out.last().is_none_or(|p| p.end <= v.start)
+            && (KIND_ANON..=KIND_VVAR).contains(&v.kind)
+            && v.prot & !7 == 0
+            && v.flags & !15 == 0
+            && (v.kind == KIND_FILE) == v.file.is_some()
+            // Only regular files are mapped: never a device or a FIFO an image names.
+            && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG);
+        if !ok {
+            return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
+        }
+        out.push(v);
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+fn prot_of(m: &MapEntry) -> u32 {
+    (if m.read { libc::PROT_READ } else { 0 }
+        | if m.write { libc::PROT_WRITE } else { 0 }
+        | if m.exec { libc::PROT_EXEC } else { 0 }) as u32
+}
+
+/// Turns /proc/PID/smaps into the VMA list, refusing what cannot be restored. `no_copy(path)`
+/// says whether the unmodified pages of a mapped file are left out (--no-binary, --no-libs).
+pub fn classify(pid: i32, maps: &[MapEntry], no_copy: &dyn Fn(&str, bool) -> bool) -> Result<Vec<Vma>> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let refuse = |what: &str| {
+            Error::Refused(format!(
+                "pid {pid}: mapping {:#x}-{:#x} {} is {what}; crs cannot checkpoint that yet",
+                m.start, m.end, m.name
+            ))
+        };
+        if m.name == "[vsyscall]" {
+            continue;
+        }
+        if m.has_flag("ht") {
+            return Err(refuse("hugetlbfs memory"));
+        }
+        let mut v = Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(m),
+            kind: KIND_ANON,
+            pgoff: m.offset / PAGE_SIZE as u64,
+            name: m.name.clone(),
+            ..Default::default()
+        };
+        if m.shared {
+            v.flags |= VMA_SHARED;
+        }
+        if m.has_flag("gd") {
+            v.flags |= VMA_GROWSDOWN;
+        }
+        if m.has_flag("nr") {
+            v.flags |= VMA_NORESERVE;
+        }
+        let name = m.name.as_str();
+        v.kind = match name {
+            "[vdso]" => KIND_VDSO,
+            n if n.starts_with("[vvar") => KIND_VVAR,
+            "[heap]" => KIND_HEAP,
+            "[stack]" => KIND_STACK,
+            "" if m.shared => KIND_SHMEM,
+            "" => KIND_ANON,
+            "/dev/zero (deleted)" if m.shared => KIND_SHMEM,
+            n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
+            n if n.starts_with("[anon:") => KIND_ANON,
+            n if n.starts_with("/SYSV") => return Err(refuse("System V shared memory")),
+            n if n.starts_with("/memfd:") => return Err(refuse("a memfd")),
+            n if n.ends_with(" (deleted)") => return Err(refuse("a mapping of a deleted file")),
+            n if n.starts_with('/') => KIND_FILE,
+            _ => return Err(refuse("a special mapping")),
+        };
+        if v.kind == KIND_FILE {
+            let id = FileId::of(name, name, true)
+                .map_err(|e| Error::Refused(format!("pid {pid}: mapped file {name}: {e}")))?;
+            let (maj, min) = m.dev;
+            if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
+                return Err(refuse("a file that was replaced on disk after it was mapped"));
+            }
+            if id.file_type() == libc::S_IFCHR && !m.shared {
+                // A private mapping of /dev/zero is plain anonymous memory.
+                v.kind = KIND_ANON;
+                v.name.clear();
+            } else {
+                if id.file_type() != libc::S_IFREG {
+                    return Err(refuse("a mapping of a device or special file"));
+                }
+                if !m.shared && !no_copy(name, is_elf(name)) {
+                    v.flags |= VMA_FILE_COPY;
+                }
+                v.file = Some(id);
+            }
+        }
+        if v.kind == KIND_VDSO {
+            v.content = vec![0u8; v.len() as usize];
+            mem::read_runs(pid, &[(v.start, v.len() as usize)], &mut v.content)?;
+        }
+        debug!("vma {:#x}-{:#x} {} {} {}", v.start, v.end, v.prot_string(), v.kind_name(), v.name);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn is_elf(path: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut m = [0u8; 4];
+    // Non-blocking: the path may have been replaced by a FIFO since the mapping was classified.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
+    f.and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
+}
+
+/// A mapping as the restore will create it.
+pub struct Plan {
+    pub vma: Vma,
+    /// Map the file (it is the same here) rather than anonymous memory.
+    pub from_file: bool,
+}
+
+/// Decides, before anything is created, how each mapping is rebuilt on this node, and refuses
+/// an image whose files or vdso do not fit.
+pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vdso: &[u8]) -> Result<Vec<Plan>> {
+    let mut out = Vec::with_capacity(vmas.len());
+    let specials: Vec<&Vma> = vmas.iter().filter(|v| v.is_special()).collect();
+    if !specials.is_empty() {
+        let same_layout = specials.len() == local_specials.len()
+            && specials.iter().all(|v| local_specials.iter().any(|l| l.name == v.name && l.len() == v.len()));
+        let vdso_same = specials.iter().filter(|v| v.kind == KIND_VDSO).all(|v| v.content == local_vdso);
+        if !same_layout || !vdso_same {
+            let names: Vec<String> = specials.iter().map(|v| format!("{} {}K", v.name, v.len() / 1024)).collect();
+            return Err(Error::Refused(format!(
+                "the image's vdso ({}) differs from this kernel's: restart it on a node running the kernel build it was checkpointed on",
+                names.join(", ")
+            )));
+        }
+    }
+    for v in vmas {
+        let mut from_file = false;
+        if let Some(f) = &v.file {
+            let why = match FileId::of(&f.path, &f.path, true) {
+                Ok(now) => f.same_content(&now, same_boot).err(),
+                Err(e) => Some(e.to_string()),
+            };
+            match why {
+                None => from_file = true,
+                Some(_) if v.flags & VMA_FILE_COPY != 0 => {} // the image has the pages
+                Some(why) => {
+                    return Err(Error::not_here(
+                        format!(
+                            "mapped file {} is not the same here, and the image was made without its pages (--no-binary/--no-libs)",
+                            f.path
+                        ),
+                        format!("it {why}; the image needs the very same file"),
+                    ));
+                }
+            }
+        }
+        out.push(Plan { vma: v.clone(), from_file });
+    }
+    Ok(out)
+}
+
+/// Creates every non-special mapping inside the child (whose own mappings are gone by now).
+/// Mappings that receive pages are made writable first; `protect` sets the final protections.
+pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    let pid = c.pid();
+    for p in plans.iter().filter(|p| !p.vma.is_special()) {
+        let v = &p.vma;
+        let shared = v.flags & VMA_SHARED != 0;
+        let mut flags = libc::MAP_FIXED_NOREPLACE | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        if v.flags & VMA_GROWSDOWN != 0 {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        if v.flags & VMA_NORESERVE != 0 {
+            flags |= libc::MAP_NORESERVE;
+        }
+        let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
+        let shared_file = v.kind == KIND_FILE && shared;
+        let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+        let mut fd = None;
+        if v.kind == KIND_FILE && (p.from_file || shared) {
+            let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+            // Non-blocking, for a path that names a FIFO by now (its mmap then fails).
+            fd = Some(c.open(path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY, path)?);
+        } else {
+            flags |= libc::MAP_ANONYMOUS;
+        }
+        let off = if fd.is_some() { v.pgoff * PAGE_SIZE as u64 } else { 0 };
+        let got = c.mmap(RemoteAddr(v.start), v.len(), prot as i32, flags, fd, off, &what);
+        if let Some(fd) = fd {
+            c.close(fd, &what)?;
+        }
+        if got? != RemoteAddr(v.start) {
+            return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the final protection of every mapping that was made writable for filling.
+pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    for p in plans.iter().filter(|p| !p.vma.is_special()) {
+        let v = &p.vma;
+        if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+            continue;
+        }
+        c.mprotect(RemoteAddr(v.start), v.len(), v.prot)?;
+    }
+    Ok(())
+}
+
+/// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmas_round_trip() {
+        let v = vec![
+            Vma {
+                start: 0x1000,
+                end: 0x3000,
+                prot: 5,
+                flags: VMA_FILE_COPY,
+                kind: KIND_FILE,
+                pgoff: 2,
+                name: "/bin/x".into(),
+                file: Some(FileId { path: "/bin/x".into(), mode: libc::S_IFREG | 0o755, ..Default::default() }),
+                content: vec![],
+            },
+            Vma {
+                start: 0x3000,
+                end: 0x4000,
+                prot: 3,
+                flags: 0,
+                kind: KIND_HEAP,
+                pgoff: 0,
+                name: "[heap]".into(),
+                file: None,
+                content: vec![],
+            },
+            Vma {
+                start: 0x7000,
+                end: 0x9000,
+                prot: 5,
+                flags: 0,
+                kind: KIND_VDSO,
+                pgoff: 0,
+                name: "[vdso]".into(),
+                file: None,
+                content: vec![1, 2, 3],
+            },
+        ];
+        assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
+        let mut bad = v.clone();
+        bad[1].start = 0x2000; // overlaps
+        assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        // A mapping of a FIFO or a device is never taken from an image.
+        for mode in [libc::S_IFIFO, libc::S_IFCHR, libc::S_IFBLK, libc::S_IFDIR] {
+            let mut bad = v.clone();
+            bad[0].file.as_mut().unwrap().mode = mode | 0o644;
+            assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        }
+    }
+}
