@@ -18,6 +18,22 @@ fn all_memory_survives_kill_and_restart() {
     r.verdict("ok");
 }
 
+/// A process with transparent huge pages disabled comes back with them disabled (and one
+/// without, above, without: the target checks whichever it started with).
+#[test]
+fn transparent_huge_pages_stay_disabled() {
+    let dir = tmpdir("mem-thp");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8", "thp"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = run(&["crfinfo", &img]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("transparent huge pages disabled"), "{info:?}");
+    let mut r = rstrt(&[&img]);
+    r.verdict("ok");
+}
+
 #[test]
 fn sparse_mapping_stores_only_touched_pages() {
     let dir = tmpdir("mem-sparse");

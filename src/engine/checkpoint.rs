@@ -15,6 +15,7 @@ use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
 use crate::res::signals::{Pending, Signals};
 use crate::res::task::Task;
+use crate::res::thp;
 use crate::res::{cwd, fileid::FileId, files};
 use log::debug;
 use nix::sys::signal::Signal;
@@ -265,12 +266,13 @@ fn frozen_work<W: Sink>(
         }
     };
     c.scratch = Scratch { addr, len, exec };
-    let asked = (|| -> Result<(Signals, Task, u64)> {
-        let mut s = Signals::collect(&mut c, sigmask)?;
-        s.pending = pending;
-        let task = Task::collect(&mut c, &status, rseq)?;
-        let brk = c.brk_query()?;
-        Ok((s, task, brk))
+    // What the process itself says goes straight into the model.
+    let mut st = ProcessState::default();
+    let asked = (|| -> Result<u64> {
+        st.signals = Signals { pending, ..Signals::collect(&mut c, sigmask)? };
+        st.task = Task::collect(&mut c, &status, rseq)?;
+        st.thp_disabled = thp::collect(&mut c)?;
+        c.brk_query()
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");
     held.append(&mut c.r.held);
@@ -278,7 +280,7 @@ fn frozen_work<W: Sink>(
     // we die while writing the image (a reader that went away, SIGKILL, OOM), it runs on as
     // before, not from the middle of our gadget.
     t.set_regs(live)?;
-    let (signals, task, brk) = asked?;
+    let brk = asked?;
     unmapped?;
 
     // Everything else comes from /proc, now that the scratch area is gone.
@@ -310,16 +312,12 @@ fn frozen_work<W: Sink>(
     let head = header(pid, opts, &stat, &status, &exe_path)?;
     debug!("pid {pid}: {} mappings, {} fds, cwd {cwd}", vmas.len(), fds.len());
 
-    let st = ProcessState {
-        head,
-        files: fds,
-        mm,
-        vmas,
-        threads: vec![ThreadState { regs: RegState { gpr: image_regs, xsave } }],
-        signals,
-        task,
-        cwd,
-    };
+    st.head = head;
+    st.files = fds;
+    st.mm = mm;
+    st.vmas = vmas;
+    st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave } }];
+    st.cwd = cwd;
     let io = |e: std::io::Error| Error::io("image", e);
     let mut w = Writer::new(out).map_err(io)?;
     image::write(&mut w, &st, true)?;

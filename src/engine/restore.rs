@@ -26,7 +26,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
-use crate::res::{creds, cwd, files};
+use crate::res::{creds, cwd, files, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -257,6 +257,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.task.pdeathsig = 0;
     }
     st.task.restore(&mut c, &st.head.comm)?;
+    thp::restore(&mut c, st.thp_disabled)?;
     st.task.restore_mdwe(&mut c)?;
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set

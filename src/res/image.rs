@@ -10,7 +10,7 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, memory, regs, signals, task};
+use super::{cwd, files, head, memory, regs, signals, task, thp};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -28,6 +28,8 @@ pub struct ProcessState {
     pub signals: signals::Signals,
     pub task: task::Task,
     pub cwd: String,
+    /// PR_SET_THP_DISABLE is set.
+    pub thp_disabled: bool,
 }
 
 /// What belongs to one thread.
@@ -84,6 +86,7 @@ pub const SECTIONS: &[&SectionDef] = &[
     &cwd::SECTION,
     &task::MDWE,
     &signals::PENDING,
+    &thp::SECTION,
 ];
 
 /// The registry's entry for `tag`, if it has one.

@@ -12,3 +12,4 @@ pub mod memory;
 pub mod regs;
 pub mod signals;
 pub mod task;
+pub mod thp;

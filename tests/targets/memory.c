@@ -1,7 +1,9 @@
 /* Memory target: sets up every kind of memory a process has, waits on stdin, then proves that
  * all of it (contents, addresses, protections, mm layout) is what it was. Prints "ok" or
  * "FAIL: what". argv[1]: a directory for its data file; argv[2] (optional): MiB of a sparse
- * mapping to touch 1 page in 256 of. */
+ * mapping to touch 1 page in 256 of; argv[3] (optional), comma-separated: "exe" checks that
+ * /proc/self/exe is unchanged, "thp" disables transparent huge pages (PR_SET_THP_DISABLE).
+ * Whatever THP setting it starts with must be the one it ends with. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,6 +50,9 @@ int main(int argc, char **argv) {
     char path[4096];
     snprintf(path, sizeof path, "%s/mapped.dat", argc > 1 ? argv[1] : ".");
     unsigned long sparse_mib = argc > 2 ? strtoul(argv[2], 0, 10) : 64;
+    const char *opts = argc > 3 ? argv[3] : "";
+    if (strstr(opts, "thp")) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    int thp0 = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
 
     /* heap (malloc: brk) and a big malloc (mmap) */
     unsigned char *heap = malloc(100000); fill(heap, 100000, 1);
@@ -118,7 +124,9 @@ int main(int argc, char **argv) {
     c = slurp("/proc/self/cmdline", &n1); CHECK(memcmp(c, cmd0, n1) == 0, "cmdline");
     e = slurp("/proc/self/environ", &n2); CHECK(memcmp(e, env0, n2) == 0, "environ");
     char exe1[4096]; xl = readlink("/proc/self/exe", exe1, sizeof exe1 - 1); exe1[xl < 0 ? 0 : xl] = 0;
-    if (argc > 3 && !strcmp(argv[3], "exe")) CHECK(strcmp(exe0, exe1) == 0, "exe %s != %s", exe1, exe0);
+    if (strstr(opts, "exe")) CHECK(strcmp(exe0, exe1) == 0, "exe %s != %s", exe1, exe0);
+    int thp1 = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+    CHECK(thp1 == thp0, "PR_GET_THP_DISABLE %d, was %d", thp1, thp0);
     CHECK(getenv("HOME") || 1, "libc works");
     int cpu1 = sched_getcpu(); CHECK(cpu1 >= 0 && cpu0 >= 0, "sched_getcpu (rseq) %d", cpu1);
     char *big2 = malloc(5 << 20); CHECK(big2 != 0, "malloc after restore"); memset(big2, 1, 5 << 20); free(big2);

@@ -1,0 +1,65 @@
+//! THP: PR_SET_THP_DISABLE, a process's opt-out of transparent huge pages (inherited by its
+//! children and kept across exec; set by programs such as databases that suffer from THP's
+//! latency). A section of its own, written only when set, so that a crs that does not know it
+//! refuses such an image instead of dropping the setting.
+
+use super::image::{Scope, SectionDef};
+use crate::crf::{Dec, Enc, Result as CrfResult, Tag};
+use crate::error::Result;
+use crate::ptrace::Ctl;
+
+pub const SECTION: SectionDef = SectionDef {
+    tag: Tag(12),
+    name: "THP",
+    scope: Scope::Process,
+    required: false,
+    layout: false,
+    encode: |st| if st.thp_disabled { vec![encode()] } else { vec![] },
+    decode: |b, at, st| {
+        decode(b, at)?;
+        st.thp_disabled = true;
+        Ok(())
+    },
+    describe: |v| match v.st.thp_disabled {
+        true => vec!["thp:       transparent huge pages disabled (PR_SET_THP_DISABLE)".into()],
+        false => vec![],
+    },
+};
+
+/// The payload: u32 flags, 1 (disabled) the only one.
+fn encode() -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(1);
+    e.into_bytes()
+}
+
+fn decode(b: &[u8], at: u64) -> CrfResult<()> {
+    let mut d = Dec::new(b, at, "THP");
+    let flags = d.u32()?;
+    if flags != 1 {
+        return Err(d.bad_at(at, format!("flags {flags:#x} are not valid")));
+    }
+    d.finish()
+}
+
+/// Whether the frozen process has transparent huge pages disabled.
+pub fn collect(c: &mut Ctl) -> Result<bool> {
+    Ok(c.prctl(libc::PR_GET_THP_DISABLE, [0; 4], "prctl(PR_GET_THP_DISABLE)", "query")? != 0)
+}
+
+/// Disables transparent huge pages in the restored process, if its image says so.
+pub fn restore(c: &mut Ctl, disabled: bool) -> Result<()> {
+    if disabled {
+        c.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0], "prctl(PR_SET_THP_DISABLE)", "restore")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trip() {
+        assert!(super::decode(&super::encode(), 0).is_ok());
+        assert!(super::decode(&[2, 0, 0, 0], 0).is_err());
+    }
+}
