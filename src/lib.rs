@@ -6,7 +6,9 @@
 //! - [`restart`] / [`restart_path`] rebuild a process from an image read from any reader or a
 //!   path, optionally stopped, and notify a pid when it is done.
 //!
-//! The applets (`ckpt`, `rstrt`, `crfinfo`, `crs check`) are thin layers over these calls.
+//! The applets (`ckpt`, `rstrt`, `crfinfo`, `crs check`) are thin layers over these calls;
+//! [`migration`] moves processes between nodes. ARCHITECTURE.md, at the top of the sources,
+//! tells how the code stands in floors, how an image flows, and how to add a resource.
 
 pub mod applets;
 pub mod crf;

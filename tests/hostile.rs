@@ -39,7 +39,7 @@ fn nobodys_image(name: &str) -> (PathBuf, String) {
 /// The image with its header changed by `edit`, checksums recomputed, as a forger would.
 fn forge(img: &str, edit: impl Fn(&mut Header)) -> Vec<u8> {
     rewrite(&std::fs::read(img).unwrap(), |tag, payload| {
-        if tag != crs::res::head::SECTION.tag {
+        if tag != crs::res::image::tags::HEAD {
             return payload;
         }
         let mut h = Header::decode(&payload, 0).unwrap();
@@ -311,7 +311,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     let with_fd = |path: PathBuf| {
         let path = path.to_str().unwrap().to_string();
         rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-            if tag != crs::res::files::SECTION.tag {
+            if tag != crs::res::image::tags::FILES {
                 return payload;
             }
             let mut fds = crs::res::files::decode(&payload, 0).unwrap();
@@ -354,7 +354,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     assert!(unsafe { libc::inotify_add_watch(ino, cpath.as_ptr(), libc::IN_OPEN) } >= 0);
     let fifo_path = fifo.to_str().unwrap().to_string();
     let mapped = rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-        if tag != crs::res::memory::VMAS.tag {
+        if tag != crs::res::image::tags::VMAS {
             return payload;
         }
         let mut v = crs::res::memory::decode_vmas(&payload, 0).unwrap();
@@ -395,7 +395,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     // exe link): the open does not block, and the restore goes on without the link.
     let fifo_path = fifo.to_str().unwrap().to_string();
     let exe_fifo = rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-        if tag != crs::res::memory::MMSTRUCT.tag {
+        if tag != crs::res::image::tags::MMSTRUCT {
             return payload;
         }
         let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();
@@ -575,7 +575,7 @@ fn the_exe_link_names_only_a_program_the_image_runs() {
     let (dir, img) = nobodys_image("hostile-exe");
     let posing = "/usr/bin/setpriv";
     let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
-        if tag != crs::res::memory::MMSTRUCT.tag {
+        if tag != crs::res::image::tags::MMSTRUCT {
             return payload;
         }
         let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();

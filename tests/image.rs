@@ -112,7 +112,7 @@ fn crfinfo_describes_a_good_image() {
 fn a_different_vdso_is_refused() {
     let (dir, bytes, _) = image("img-vdso");
     let img = rewrite(&bytes, |tag, p| {
-        if tag != crs::res::memory::VMAS.tag {
+        if tag != crs::res::image::tags::VMAS {
             return p;
         }
         let mut v = crs::res::memory::decode_vmas(&p, 0).unwrap();

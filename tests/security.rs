@@ -83,7 +83,7 @@ fn a_users_image_claiming_root_is_refused_by_root() {
     assert!(o.status.success(), "{}", stderr(&o));
     p.kill();
     let forged = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
-        if tag != crs::res::head::SECTION.tag {
+        if tag != crs::res::image::tags::HEAD {
             return payload;
         }
         let mut h = crs::res::head::Header::decode(&payload, 0).unwrap();

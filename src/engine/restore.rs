@@ -20,7 +20,7 @@ use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::Tracee;
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem};
 use crate::res::fileid;
-use crate::res::head::{self, Header};
+use crate::res::head::Header;
 use crate::res::image::{ProcessState, SectionReader};
 use crate::res::memory;
 use crate::res::regs;
@@ -117,7 +117,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // anything else is read or created.
     let mut sections = SectionReader::new();
     let first_batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| {
-        if d.tag != head::SECTION.tag {
+        if d.tag != crate::res::image::tags::HEAD {
             return Ok(());
         }
         creds::check_caller(&st.head)?;

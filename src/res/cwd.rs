@@ -1,24 +1,13 @@
 //! CWD: the working directory (the paper's "size of CWD" + "CWD"): the template resource.
 
-use super::image::{Scope, SectionDef};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
 
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(9),
-    name: "CWD",
-    scope: Scope::Process,
-    required: true,
-    layout: false,
-    encode: |st| vec![encode(&st.cwd)],
-    decode: |b, at, st| {
-        st.cwd = decode(b, at)?;
-        Ok(())
-    },
-    describe: |v| vec![format!("cwd:       {}", v.st.cwd)],
-};
+/// crfinfo's line.
+pub fn describe(cwd: &str) -> Vec<String> {
+    vec![format!("cwd:       {cwd}")]
+}
 
 pub fn encode(cwd: &str) -> Vec<u8> {
     let mut e = Enc::new();

@@ -4,8 +4,6 @@
 //! rstrt). Anything else is refused by name before the process is touched.
 
 use super::fileid::FileId;
-use super::image::{Scope, SectionDef};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
@@ -20,34 +18,6 @@ pub const KIND_STDIO: u8 = 4;
 /// (major, minor) of the character devices we reopen by path.
 const DEVICES: [(&str, u64); 4] =
     [("/dev/null", 0x103), ("/dev/zero", 0x105), ("/dev/random", 0x108), ("/dev/urandom", 0x109)];
-
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(2),
-    name: "FILES",
-    scope: Scope::Process,
-    required: true,
-    layout: true,
-    encode: |st| vec![encode(&st.files)],
-    decode: |b, at, st| {
-        st.files = decode(b, at)?;
-        Ok(())
-    },
-    describe: |v| {
-        let mut out = vec![format!("files:     {}", v.st.files.len())];
-        for x in &v.st.files {
-            out.push(format!(
-                "  fd {:<3} {:<6} flags {:#o}{} pos {} {}",
-                x.fd,
-                kind_name(x.kind),
-                x.flags,
-                if x.cloexec { " cloexec" } else { "" },
-                x.pos,
-                x.id.path
-            ));
-        }
-        out
-    },
-};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fd {
@@ -137,6 +107,23 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
         out.push(Fd { fd, kind, flags, cloexec, pos, id });
     }
     Ok(out)
+}
+
+/// crfinfo's lines.
+pub fn describe(fds: &[Fd]) -> Vec<String> {
+    let mut out = vec![format!("files:     {}", fds.len())];
+    for x in fds {
+        out.push(format!(
+            "  fd {:<3} {:<6} flags {:#o}{} pos {} {}",
+            x.fd,
+            kind_name(x.kind),
+            x.flags,
+            if x.cloexec { " cloexec" } else { "" },
+            x.pos,
+            x.id.path
+        ));
+    }
+    out
 }
 
 pub fn encode(fds: &[Fd]) -> Vec<u8> {

@@ -1,7 +1,5 @@
 //! HEAD: who the process was and where it was checkpointed (the paper's header).
 
-use super::image::{Scope, SectionDef};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result};
 
 /// Checkpoint flags (the paper's CRS_* flags), recorded in the header.
@@ -9,31 +7,6 @@ pub const CKPT_KILL: u32 = 1;
 pub const CKPT_NO_BINARY: u32 = 2;
 pub const CKPT_NO_LIBS: u32 = 4;
 pub const CKPT_STOP: u32 = 8;
-
-/// HEAD: first in every image, so that a restore can check who the process is before it
-/// creates anything.
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(1),
-    name: "HEAD",
-    scope: Scope::Process,
-    required: true,
-    layout: true,
-    encode: |st| vec![st.head.encode()],
-    decode: |b, at, st| {
-        st.head = Header::decode(b, at)?;
-        Ok(())
-    },
-    describe: |v| {
-        let h = &v.st.head;
-        vec![
-            format!("process:   pid {} ({}), ppid {}, pgid {}, sid {}", h.pid, h.comm, h.ppid, h.pgid, h.sid),
-            format!("exe:       {}", h.exe),
-            format!("ids:       uid {:?} gid {:?} groups {:?}", h.uids, h.gids, h.groups),
-            format!("taken on:  {} (kernel {}) at {} (unix time)", h.hostname, h.kernel, h.time_sec),
-            format!("flags:     {:#x}", h.flags),
-        ]
-    },
-};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Header {
@@ -69,6 +42,18 @@ impl Header {
         e.str(&self.comm).str(&self.exe).str(&self.hostname).str(&self.kernel).str(&self.boot_id);
         e.i64(self.time_sec).u32(self.time_nsec);
         e.into_bytes()
+    }
+
+    /// crfinfo's lines.
+    pub fn describe(&self) -> Vec<String> {
+        let h = self;
+        vec![
+            format!("process:   pid {} ({}), ppid {}, pgid {}, sid {}", h.pid, h.comm, h.ppid, h.pgid, h.sid),
+            format!("exe:       {}", h.exe),
+            format!("ids:       uid {:?} gid {:?} groups {:?}", h.uids, h.gids, h.groups),
+            format!("taken on:  {} (kernel {}) at {} (unix time)", h.hostname, h.kernel, h.time_sec),
+            format!("flags:     {:#x}", h.flags),
+        ]
     }
 
     pub fn decode(b: &[u8], at: u64) -> Result<Header> {

@@ -74,20 +74,125 @@ pub struct SectionDef {
     pub describe: fn(&View) -> Vec<String>,
 }
 
-/// Every section, in image order (the page batches come between the layout and the rest).
+/// The tags, by name.
+pub mod tags {
+    use crate::crf::Tag;
+    pub const HEAD: Tag = Tag(1);
+    pub const FILES: Tag = Tag(2);
+    pub const MMSTRUCT: Tag = Tag(3);
+    pub const VMAS: Tag = Tag(4);
+    // 5 is PAGES (crf::Tag::PAGES), the page batches between the layout and the rest.
+    pub const REGS: Tag = Tag(6);
+    pub const SIGNALS: Tag = Tag(7);
+    pub const TASK: Tag = Tag(8);
+    pub const CWD: Tag = Tag(9);
+    pub const MDWE: Tag = Tag(10);
+    pub const PENDING: Tag = Tag(11);
+    pub const THP: Tag = Tag(12);
+}
+
+/// A section every image has, of the layout (read before the pages) or not.
+const fn every(tag: Tag, name: &'static str, layout: bool) -> SectionDef {
+    SectionDef {
+        tag,
+        name,
+        scope: Scope::Process,
+        required: true,
+        layout,
+        encode: |_| vec![],
+        decode: |_, _, _| Ok(()),
+        describe: |_| vec![],
+    }
+}
+
+/// A section written only when the process has something to say (after the pages).
+const fn only_if(tag: Tag, name: &'static str) -> SectionDef {
+    SectionDef { required: false, ..every(tag, name, false) }
+}
+
+/// Every section, in image order (the page batches come between the layout and the rest):
+/// the one registry. Each entry ties a resource's codec to its field of the model.
 pub const SECTIONS: &[&SectionDef] = &[
-    &head::SECTION,
-    &files::SECTION,
-    &memory::MMSTRUCT,
-    &memory::VMAS,
-    &regs::SECTION,
-    &signals::SECTION,
-    &task::SECTION,
-    &cwd::SECTION,
-    &task::MDWE,
-    &signals::PENDING,
-    &thp::SECTION,
+    &SectionDef {
+        encode: |st| vec![st.head.encode()],
+        decode: |b, at, st| set(&mut st.head, head::Header::decode(b, at)),
+        describe: |v| v.st.head.describe(),
+        ..every(tags::HEAD, "HEAD", true)
+    },
+    &SectionDef {
+        encode: |st| vec![files::encode(&st.files)],
+        decode: |b, at, st| set(&mut st.files, files::decode(b, at)),
+        describe: |v| files::describe(&v.st.files),
+        ..every(tags::FILES, "FILES", true)
+    },
+    &SectionDef {
+        encode: |st| vec![st.mm.encode()],
+        decode: |b, at, st| set(&mut st.mm, memory::MmStruct::decode(b, at)),
+        describe: |v| v.st.mm.describe(),
+        ..every(tags::MMSTRUCT, "MMSTRUCT", true)
+    },
+    &SectionDef {
+        encode: |st| vec![memory::encode_vmas(&st.vmas)],
+        decode: |b, at, st| set(&mut st.vmas, memory::decode_vmas(b, at)),
+        describe: |v| memory::describe_vmas(&v.st.vmas, v.stored, v.page_bytes),
+        ..every(tags::VMAS, "VMAS", true)
+    },
+    &SectionDef {
+        scope: Scope::Thread,
+        encode: |st| st.threads.iter().map(|t| t.regs.encode()).collect(),
+        decode: |b, at, st| regs::RegState::decode(b, at).map(|regs| st.threads.push(ThreadState { regs })),
+        describe: |v| v.st.threads.iter().map(|t| t.regs.describe()).collect(),
+        ..every(tags::REGS, "REGS", false)
+    },
+    &SectionDef {
+        encode: |st| vec![st.signals.encode()],
+        decode: |b, at, st| {
+            let pending = std::mem::take(&mut st.signals.pending);
+            set(&mut st.signals, signals::Signals::decode(b, at).map(|s| signals::Signals { pending, ..s }))
+        },
+        describe: |v| v.st.signals.describe(),
+        ..every(tags::SIGNALS, "SIGNALS", false)
+    },
+    &SectionDef {
+        encode: |st| vec![st.task.encode()],
+        decode: |b, at, st| {
+            let mdwe = st.task.mdwe;
+            set(&mut st.task, task::Task::decode(b, at).map(|t| task::Task { mdwe, ..t }))
+        },
+        describe: |v| v.st.task.describe(),
+        ..every(tags::TASK, "TASK", false)
+    },
+    &SectionDef {
+        encode: |st| vec![cwd::encode(&st.cwd)],
+        decode: |b, at, st| set(&mut st.cwd, cwd::decode(b, at)),
+        describe: |v| cwd::describe(&v.st.cwd),
+        ..every(tags::CWD, "CWD", false)
+    },
+    &SectionDef {
+        encode: |st| if st.task.mdwe == 0 { vec![] } else { vec![st.task.encode_mdwe()] },
+        decode: |b, at, st| set(&mut st.task.mdwe, task::Task::decode_mdwe(b, at)),
+        describe: |v| v.st.task.describe_mdwe(),
+        ..only_if(tags::MDWE, "MDWE")
+    },
+    &SectionDef {
+        encode: |st| if st.signals.pending.is_empty() { vec![] } else { vec![st.signals.encode_pending()] },
+        decode: |b, at, st| set(&mut st.signals.pending, signals::Signals::decode_pending(b, at)),
+        describe: |v| v.st.signals.describe_pending(),
+        ..only_if(tags::PENDING, "PENDING")
+    },
+    &SectionDef {
+        encode: |st| if st.thp_disabled { vec![thp::encode()] } else { vec![] },
+        decode: |b, at, st| set(&mut st.thp_disabled, thp::decode(b, at).map(|()| true)),
+        describe: |v| thp::describe(v.st.thp_disabled),
+        ..only_if(tags::THP, "THP")
+    },
 ];
+
+/// Stores a decoded value in its field of the model.
+fn set<T>(field: &mut T, v: crf::Result<T>) -> crf::Result<()> {
+    *field = v?;
+    Ok(())
+}
 
 /// The registry's entry for `tag`, if it has one.
 pub fn def(tag: Tag) -> Option<&'static SectionDef> {
@@ -254,13 +359,13 @@ mod tests {
     #[test]
     fn sections_out_of_order_or_missing_are_refused() {
         // HEAD again at the end.
-        let e = read(&image(&state(), &[(head::SECTION.tag, 0)])).unwrap_err().to_string();
+        let e = read(&image(&state(), &[(tags::HEAD, 0)])).unwrap_err().to_string();
         assert!(e.contains("unexpected HEAD section after CWD"), "{e}");
         // No REGS: the image goes from the pages to SIGNALS.
         let mut w = Writer::new(Vec::new()).unwrap();
         let st = state();
         write(&mut w, &st, true).unwrap();
-        for d in SECTIONS.iter().filter(|d| !d.layout && d.tag != regs::SECTION.tag) {
+        for d in SECTIONS.iter().filter(|d| !d.layout && d.tag != tags::REGS) {
             for p in (d.encode)(&st) {
                 w.section(d.tag, 0, &[&p]).unwrap();
             }

@@ -1,41 +1,8 @@
 //! REGS: the general-purpose registers (with fs/gs base) and the whole XSAVE area.
 
-use super::image::{Scope, SectionDef, ThreadState};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
-
-/// REGS: one per thread.
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(6),
-    name: "REGS",
-    scope: Scope::Thread,
-    required: true,
-    layout: false,
-    encode: |st| st.threads.iter().map(|t| t.regs.encode()).collect(),
-    decode: |b, at, st| {
-        st.threads.push(ThreadState { regs: RegState::decode(b, at)? });
-        Ok(())
-    },
-    describe: |v| {
-        v.st.threads
-            .iter()
-            .map(|t| {
-                let g = &t.regs;
-                format!(
-                    "registers: rip {:#x} rsp {:#x} rax {:#x} fs_base {:#x}; xsave {} bytes (xcr0 {:#x})",
-                    g.gpr.rip,
-                    g.gpr.rsp,
-                    g.gpr.rax,
-                    g.gpr.fs_base,
-                    g.xsave.len(),
-                    g.xcr0()
-                )
-            })
-            .collect()
-    },
-};
 
 #[derive(Clone)]
 pub struct RegState {
@@ -79,6 +46,19 @@ impl RegState {
         }
         d.finish()?;
         Ok(RegState { gpr, xsave })
+    }
+
+    /// crfinfo's line.
+    pub fn describe(&self) -> String {
+        format!(
+            "registers: rip {:#x} rsp {:#x} rax {:#x} fs_base {:#x}; xsave {} bytes (xcr0 {:#x})",
+            self.gpr.rip,
+            self.gpr.rsp,
+            self.gpr.rax,
+            self.gpr.fs_base,
+            self.xsave.len(),
+            self.xcr0()
+        )
     }
 
     /// XCR0 as saved in the XSAVE area: which state components the image carries.

@@ -4,62 +4,12 @@
 //! PENDING: the signals queued and not yet delivered, with their siginfo, in a section of its
 //! own that only a process with some has; requeued by the restored process to itself.
 
-use super::image::{Scope, SectionDef};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
 use crate::ptrace::tracee::SIGINFO_LEN;
 
 pub const NSIG: usize = 64;
-
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(7),
-    name: "SIGNALS",
-    scope: Scope::Process,
-    required: true,
-    layout: false,
-    encode: |st| vec![st.signals.encode()],
-    decode: |b, at, st| {
-        let pending = std::mem::take(&mut st.signals.pending);
-        st.signals = Signals { pending, ..Signals::decode(b, at)? };
-        Ok(())
-    },
-    describe: |v| {
-        let sg = &v.st.signals;
-        let handled: Vec<String> =
-            sg.actions.iter().enumerate().filter(|(_, a)| a.handler > 1).map(|(i, _)| (i + 1).to_string()).collect();
-        vec![format!(
-            "signals:   handlers for [{}], blocked {:#x}, altstack {:#x}+{}",
-            handled.join(" "),
-            sg.blocked,
-            sg.altstack_sp,
-            sg.altstack_size
-        )]
-    },
-};
-
-/// PENDING: written only for a process with signals queued and not yet delivered.
-pub const PENDING: SectionDef = SectionDef {
-    tag: Tag(11),
-    name: "PENDING",
-    scope: Scope::Process,
-    required: false,
-    layout: false,
-    encode: |st| if st.signals.pending.is_empty() { vec![] } else { vec![st.signals.encode_pending()] },
-    decode: |b, at, st| {
-        st.signals.pending = Signals::decode_pending(b, at)?;
-        Ok(())
-    },
-    describe: |v| {
-        let p = &v.st.signals.pending;
-        if p.is_empty() {
-            return vec![];
-        }
-        let sigs: Vec<String> = p.iter().map(|p| p.signo().to_string()).collect();
-        vec![format!("pending:   signals [{}]", sigs.join(" "))]
-    },
-};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SigAction {
@@ -114,6 +64,28 @@ impl Signals {
         }
         e.u64(self.blocked).u64(self.altstack_sp).u32(self.altstack_flags).u64(self.altstack_size);
         e.into_bytes()
+    }
+
+    /// crfinfo's line for SIGNALS.
+    pub fn describe(&self) -> Vec<String> {
+        let handled: Vec<String> =
+            self.actions.iter().enumerate().filter(|(_, a)| a.handler > 1).map(|(i, _)| (i + 1).to_string()).collect();
+        vec![format!(
+            "signals:   handlers for [{}], blocked {:#x}, altstack {:#x}+{}",
+            handled.join(" "),
+            self.blocked,
+            self.altstack_sp,
+            self.altstack_size
+        )]
+    }
+
+    /// crfinfo's line for PENDING, if any signal is.
+    pub fn describe_pending(&self) -> Vec<String> {
+        if self.pending.is_empty() {
+            return vec![];
+        }
+        let sigs: Vec<String> = self.pending.iter().map(|p| p.signo().to_string()).collect();
+        vec![format!("pending:   signals [{}]", sigs.join(" "))]
     }
 
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Signals> {

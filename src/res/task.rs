@@ -3,8 +3,6 @@
 //! MDWE: memory-deny-write-execute, in a section of its own that only a process with it set
 //! has, so that a crs that does not know it refuses the image instead of dropping it.
 
-use super::image::{Scope, SectionDef};
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::procfs;
@@ -14,43 +12,6 @@ use crate::ptrace::{Ctl, RemoteAddr};
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.
 const MDWE_KNOWN: u64 = 3;
-
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(8),
-    name: "TASK",
-    scope: Scope::Process,
-    required: true,
-    layout: false,
-    encode: |st| vec![st.task.encode()],
-    decode: |b, at, st| {
-        st.task = Task { mdwe: st.task.mdwe, ..Task::decode(b, at)? };
-        Ok(())
-    },
-    describe: |v| {
-        let t = &v.st.task;
-        let rs = t.rseq.map_or("none".to_string(), |x| format!("{:#x}+{}", x.ptr, x.len));
-        vec![format!("task:      umask {:03o}, personality {:#x}, rseq {rs}", t.umask, t.personality)]
-    },
-};
-
-/// MDWE: written only for a process with memory-deny-write-execute set, so that a crs that
-/// does not know it refuses the image instead of dropping it.
-pub const MDWE: SectionDef = SectionDef {
-    tag: Tag(10),
-    name: "MDWE",
-    scope: Scope::Process,
-    required: false,
-    layout: false,
-    encode: |st| if st.task.mdwe == 0 { vec![] } else { vec![st.task.encode_mdwe()] },
-    decode: |b, at, st| {
-        st.task.mdwe = Task::decode_mdwe(b, at)?;
-        Ok(())
-    },
-    describe: |v| match v.st.task.mdwe {
-        0 => vec![],
-        f => vec![format!("mdwe:      memory-deny-write-execute, flags {f:#x}")],
-    },
-};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Task {
@@ -70,6 +31,20 @@ impl Task {
         let r = self.rseq.unwrap_or_default();
         e.u64(r.ptr).u32(r.len).u32(r.sig);
         e.into_bytes()
+    }
+
+    /// crfinfo's line for TASK.
+    pub fn describe(&self) -> Vec<String> {
+        let rs = self.rseq.map_or("none".to_string(), |x| format!("{:#x}+{}", x.ptr, x.len));
+        vec![format!("task:      umask {:03o}, personality {:#x}, rseq {rs}", self.umask, self.personality)]
+    }
+
+    /// crfinfo's line for MDWE, if set.
+    pub fn describe_mdwe(&self) -> Vec<String> {
+        match self.mdwe {
+            0 => vec![],
+            f => vec![format!("mdwe:      memory-deny-write-execute, flags {f:#x}")],
+        }
     }
 
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Task> {

@@ -3,37 +3,26 @@
 //! latency). A section of its own, written only when set, so that a crs that does not know it
 //! refuses such an image instead of dropping the setting.
 
-use super::image::{Scope, SectionDef};
-use crate::crf::{Dec, Enc, Result as CrfResult, Tag};
+use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
 
-pub const SECTION: SectionDef = SectionDef {
-    tag: Tag(12),
-    name: "THP",
-    scope: Scope::Process,
-    required: false,
-    layout: false,
-    encode: |st| if st.thp_disabled { vec![encode()] } else { vec![] },
-    decode: |b, at, st| {
-        decode(b, at)?;
-        st.thp_disabled = true;
-        Ok(())
-    },
-    describe: |v| match v.st.thp_disabled {
+/// crfinfo's line, if disabled.
+pub fn describe(disabled: bool) -> Vec<String> {
+    match disabled {
         true => vec!["thp:       transparent huge pages disabled (PR_SET_THP_DISABLE)".into()],
         false => vec![],
-    },
-};
+    }
+}
 
 /// The payload: u32 flags, 1 (disabled) the only one.
-fn encode() -> Vec<u8> {
+pub fn encode() -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(1);
     e.into_bytes()
 }
 
-fn decode(b: &[u8], at: u64) -> CrfResult<()> {
+pub fn decode(b: &[u8], at: u64) -> CrfResult<()> {
     let mut d = Dec::new(b, at, "THP");
     let flags = d.u32()?;
     if flags != 1 {

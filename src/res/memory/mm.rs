@@ -1,45 +1,12 @@
 //! MMSTRUCT: the mm layout (code, data, brk, stack, arguments, environment, auxv, exe),
 //! restored with PR_SET_MM_MAP.
 
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
 use crate::res::fileid::FileId;
-use crate::res::image::{Scope, SectionDef};
 use nix::errno::Errno;
 use std::os::unix::fs::MetadataExt;
-
-/// MMSTRUCT: the mm layout (code, data, brk, stack, arguments, environment, auxv, exe).
-pub const MMSTRUCT: SectionDef = SectionDef {
-    tag: Tag(3),
-    name: "MMSTRUCT",
-    scope: Scope::Process,
-    required: true,
-    layout: true,
-    encode: |st| vec![st.mm.encode()],
-    decode: |b, at, st| {
-        st.mm = MmStruct::decode(b, at)?;
-        Ok(())
-    },
-    describe: |v| {
-        let m = &v.st.mm;
-        vec![
-            format!(
-                "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
-                m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack
-            ),
-            format!(
-                "           args {:#x}-{:#x} env {:#x}-{:#x} auxv {} bytes",
-                m.arg_start,
-                m.arg_end,
-                m.env_start,
-                m.env_end,
-                m.auxv.len()
-            ),
-        ]
-    },
-};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MmStruct {
@@ -72,6 +39,25 @@ impl MmStruct {
             self.arg_end,
             self.env_start,
             self.env_end,
+        ]
+    }
+
+    /// crfinfo's lines.
+    pub fn describe(&self) -> Vec<String> {
+        let m = self;
+        vec![
+            format!(
+                "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
+                m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack
+            ),
+            format!(
+                "           args {:#x}-{:#x} env {:#x}-{:#x} auxv {} bytes",
+                m.arg_start,
+                m.arg_end,
+                m.env_start,
+                m.env_end,
+                m.auxv.len()
+            ),
         ]
     }
 

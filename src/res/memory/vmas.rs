@@ -2,50 +2,13 @@
 //! address, with its protection, from its file when the file here is the same, anonymous
 //! otherwise; the vdso/vvar areas must be this kernel's.
 
-use crate::crf::Tag;
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::MapEntry;
 use crate::ptrace::{Ctl, RemoteAddr, mem};
 use crate::res::fileid::FileId;
-use crate::res::image::{Scope, SectionDef};
 use log::debug;
 use std::os::unix::fs::FileExt;
-
-/// VMAS: every mapping; the page batches that follow fill them.
-pub const VMAS: SectionDef = SectionDef {
-    tag: Tag(4),
-    name: "VMAS",
-    scope: Scope::Process,
-    required: true,
-    layout: true,
-    encode: |st| vec![encode_vmas(&st.vmas)],
-    decode: |b, at, st| {
-        st.vmas = decode_vmas(b, at)?;
-        Ok(())
-    },
-    describe: |v| {
-        let mut out = vec![format!("memory:    {} mappings, {} bytes of pages stored", v.st.vmas.len(), v.page_bytes)];
-        for m in &v.st.vmas {
-            let b = v.stored.get(&m.start).copied().unwrap_or(0);
-            let extra = match &m.file {
-                Some(f) if !f.build_id.is_empty() => format!(" build-id {}", crate::res::fileid::hex(&f.build_id)),
-                _ => String::new(),
-            };
-            out.push(format!(
-                "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
-                m.start,
-                m.end,
-                m.prot_string(),
-                m.kind_name(),
-                b,
-                m.name,
-                extra
-            ));
-        }
-        out
-    },
-};
 
 pub const KIND_ANON: u8 = 1;
 pub const KIND_HEAP: u8 = 2;
@@ -116,6 +79,30 @@ impl Vma {
 }
 
 /// The mm layout PR_SET_MM_MAP restores (what /proc/PID/stat, cmdline, environ, auxv show).
+/// crfinfo's lines: every mapping, with the bytes of its pages the image holds (`stored`, by
+/// mapping start).
+pub fn describe_vmas(vmas: &[Vma], stored: &std::collections::BTreeMap<u64, u64>, page_bytes: u64) -> Vec<String> {
+    let mut out = vec![format!("memory:    {} mappings, {} bytes of pages stored", vmas.len(), page_bytes)];
+    for m in vmas {
+        let b = stored.get(&m.start).copied().unwrap_or(0);
+        let extra = match &m.file {
+            Some(f) if !f.build_id.is_empty() => format!(" build-id {}", crate::res::fileid::hex(&f.build_id)),
+            _ => String::new(),
+        };
+        out.push(format!(
+            "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
+            m.start,
+            m.end,
+            m.prot_string(),
+            m.kind_name(),
+            b,
+            m.name,
+            extra
+        ));
+    }
+    out
+}
+
 pub fn encode_vmas(vmas: &[Vma]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(vmas.len() as u32);
