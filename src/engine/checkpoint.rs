@@ -13,10 +13,10 @@ use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::RegState;
-use crate::res::signals::{Pending, Signals};
+use crate::res::signals::Signals;
 use crate::res::task::Task;
-use crate::res::thp;
 use crate::res::{cwd, fileid::FileId, files};
+use crate::res::{mdwe, pending, thp};
 use log::debug;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -239,7 +239,7 @@ fn frozen_work<W: Sink>(
 ) -> Result<(u64, u64)> {
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
-    let pending: Vec<Pending> = t.pending()?.into_iter().map(|(shared, info)| Pending { shared, info }).collect();
+    let pending = pending::collect(t)?;
     // Again, now that it cannot change: a caller may have run precheck a while ago.
     let status = procfs::read_status(pid)?;
     check_status(pid, &status, true)?;
@@ -269,8 +269,10 @@ fn frozen_work<W: Sink>(
     // What the process itself says goes straight into the model.
     let mut st = ProcessState::default();
     let asked = (|| -> Result<u64> {
-        st.signals = Signals { pending, ..Signals::collect(&mut c, sigmask)? };
+        st.signals = Signals::collect(&mut c, sigmask)?;
+        st.pending = pending;
         st.task = Task::collect(&mut c, &status, rseq)?;
+        st.mdwe = mdwe::collect(&mut c)?;
         st.thp_disabled = thp::collect(&mut c)?;
         c.brk_query()
     })();

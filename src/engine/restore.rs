@@ -26,7 +26,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
-use crate::res::{creds, cwd, files, thp};
+use crate::res::{creds, cwd, files, mdwe, pending, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -258,13 +258,13 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     st.task.restore(&mut c, &st.head.comm)?;
     thp::restore(&mut c, st.thp_disabled)?;
-    st.task.restore_mdwe(&mut c)?;
+    mdwe::restore(&mut c, st.mdwe)?;
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set
     // once the last remote syscall is done.
     c.r.stepping = false;
     t.set_sigmask(!0)?;
-    st.signals.restore_pending(&mut c)?;
+    pending::restore(&mut c, &st.pending)?;
     if !regs.xsave.is_empty() {
         t.set_xstate(&regs.xsave)?;
     }

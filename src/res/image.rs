@@ -10,7 +10,7 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, memory, regs, signals, task, thp};
+use super::{cwd, files, head, mdwe, memory, pending, regs, signals, task, thp};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -26,8 +26,12 @@ pub struct ProcessState {
     /// One per thread, the thread-group leader first. (Today one: crs refuses more.)
     pub threads: Vec<ThreadState>,
     pub signals: signals::Signals,
+    /// Signals queued and not yet delivered.
+    pub pending: Vec<pending::Pending>,
     pub task: task::Task,
     pub cwd: String,
+    /// PR_GET_MDWE's flags (memory-deny-write-execute), 0 when not set.
+    pub mdwe: u64,
     /// PR_SET_THP_DISABLE is set.
     pub thp_disabled: bool,
 }
@@ -146,19 +150,13 @@ pub const SECTIONS: &[&SectionDef] = &[
     },
     &SectionDef {
         encode: |st| vec![st.signals.encode()],
-        decode: |b, at, st| {
-            let pending = std::mem::take(&mut st.signals.pending);
-            set(&mut st.signals, signals::Signals::decode(b, at).map(|s| signals::Signals { pending, ..s }))
-        },
+        decode: |b, at, st| set(&mut st.signals, signals::Signals::decode(b, at)),
         describe: |v| v.st.signals.describe(),
         ..every(tags::SIGNALS, "SIGNALS", false)
     },
     &SectionDef {
         encode: |st| vec![st.task.encode()],
-        decode: |b, at, st| {
-            let mdwe = st.task.mdwe;
-            set(&mut st.task, task::Task::decode(b, at).map(|t| task::Task { mdwe, ..t }))
-        },
+        decode: |b, at, st| set(&mut st.task, task::Task::decode(b, at)),
         describe: |v| v.st.task.describe(),
         ..every(tags::TASK, "TASK", false)
     },
@@ -169,15 +167,15 @@ pub const SECTIONS: &[&SectionDef] = &[
         ..every(tags::CWD, "CWD", false)
     },
     &SectionDef {
-        encode: |st| if st.task.mdwe == 0 { vec![] } else { vec![st.task.encode_mdwe()] },
-        decode: |b, at, st| set(&mut st.task.mdwe, task::Task::decode_mdwe(b, at)),
-        describe: |v| v.st.task.describe_mdwe(),
+        encode: |st| if st.mdwe == 0 { vec![] } else { vec![mdwe::encode(st.mdwe)] },
+        decode: |b, at, st| set(&mut st.mdwe, mdwe::decode(b, at)),
+        describe: |v| mdwe::describe(v.st.mdwe),
         ..only_if(tags::MDWE, "MDWE")
     },
     &SectionDef {
-        encode: |st| if st.signals.pending.is_empty() { vec![] } else { vec![st.signals.encode_pending()] },
-        decode: |b, at, st| set(&mut st.signals.pending, signals::Signals::decode_pending(b, at)),
-        describe: |v| v.st.signals.describe_pending(),
+        encode: |st| if st.pending.is_empty() { vec![] } else { vec![pending::encode(&st.pending)] },
+        decode: |b, at, st| set(&mut st.pending, pending::decode(b, at)),
+        describe: |v| pending::describe(&v.st.pending),
         ..only_if(tags::PENDING, "PENDING")
     },
     &SectionDef {
@@ -344,9 +342,9 @@ mod tests {
     #[test]
     fn a_state_round_trips_through_the_registry() {
         let mut st = state();
-        st.task.mdwe = 1;
+        st.mdwe = 1;
         let back = read(&image(&st, &[])).unwrap();
-        assert_eq!((back.head.pid, back.cwd.as_str(), back.task.mdwe, back.threads.len()), (42, "/", 1, 1));
+        assert_eq!((back.head.pid, back.cwd.as_str(), back.mdwe, back.threads.len()), (42, "/", 1, 1));
     }
 
     #[test]

@@ -1,13 +1,11 @@
 //! SIGNALS: every handler with its flags, restorer and mask, the blocked mask and sigaltstack.
 //! Collected with rt_sigaction/sigaltstack run inside the tracee (no /proc file shows handler
 //! addresses); restored the same way.
-//! PENDING: the signals queued and not yet delivered, with their siginfo, in a section of its
-//! own that only a process with some has; requeued by the restored process to itself.
+//! (Signals queued and not yet delivered: pending.rs.)
 
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
-use crate::ptrace::tracee::SIGINFO_LEN;
 
 pub const NSIG: usize = 64;
 
@@ -27,22 +25,6 @@ pub struct Signals {
     pub altstack_sp: u64,
     pub altstack_flags: u32,
     pub altstack_size: u64,
-    /// Queued, undelivered signals (not in SIGNALS: in PENDING, when there are any).
-    pub pending: Vec<Pending>,
-}
-
-/// One queued signal: its siginfo as the kernel holds it, and whether it was queued for the
-/// whole process (kill) or for the thread (tgkill).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pending {
-    pub shared: bool,
-    pub info: [u8; SIGINFO_LEN],
-}
-
-impl Pending {
-    pub fn signo(&self) -> i32 {
-        i32::from_le_bytes([self.info[0], self.info[1], self.info[2], self.info[3]])
-    }
 }
 
 /// A kernel struct sigaction (handler, flags, restorer, mask: 32 bytes) as read.
@@ -79,15 +61,6 @@ impl Signals {
         )]
     }
 
-    /// crfinfo's line for PENDING, if any signal is.
-    pub fn describe_pending(&self) -> Vec<String> {
-        if self.pending.is_empty() {
-            return vec![];
-        }
-        let sigs: Vec<String> = self.pending.iter().map(|p| p.signo().to_string()).collect();
-        vec![format!("pending:   signals [{}]", sigs.join(" "))]
-    }
-
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Signals> {
         let mut d = Dec::new(b, at, "SIGNALS");
         let n = d.count(32)?;
@@ -103,7 +76,6 @@ impl Signals {
             altstack_sp: d.u64()?,
             altstack_flags: d.u32()?,
             altstack_size: d.u64()?,
-            pending: Vec::new(),
         };
         d.finish()?;
         Ok(s)
@@ -119,14 +91,7 @@ impl Signals {
         let b = c.scratch.get(pid, 0, 24)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-        Ok(Signals {
-            actions,
-            blocked,
-            altstack_sp: w(0),
-            altstack_flags: w(1) as u32,
-            altstack_size: w(2),
-            pending: Vec::new(),
-        })
+        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
     }
 
     /// One rt_sigaction query per signal, each a remote syscall.
@@ -179,48 +144,6 @@ impl Signals {
         Ok(actions)
     }
 
-    /// The PENDING section's payload: u32 count, then per signal u32 queue (0 the thread's,
-    /// 1 the process's) and the siginfo (a byte field of 128 bytes).
-    pub fn encode_pending(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.u32(self.pending.len() as u32);
-        for p in &self.pending {
-            e.u32(p.shared as u32).bytes(&p.info);
-        }
-        e.into_bytes()
-    }
-
-    pub fn decode_pending(b: &[u8], at: u64) -> CrfResult<Vec<Pending>> {
-        let mut d = Dec::new(b, at, "PENDING");
-        let n = d.count(8 + SIGINFO_LEN)?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let queue = d.u32()?;
-            let raw = d.bytes()?;
-            let info: [u8; SIGINFO_LEN] =
-                raw.try_into().map_err(|_| d.bad_at(at, format!("a siginfo of {} bytes", raw.len())))?;
-            let p = Pending { shared: queue == 1, info };
-            if queue > 1 || !(1..=NSIG as i32).contains(&p.signo()) {
-                return Err(d.bad_at(at, format!("a pending signal {} in queue {queue}", p.signo())));
-            }
-            out.push(p);
-        }
-        d.finish()?;
-        Ok(out)
-    }
-
-    /// Queues the pending signals again, sent by the process to itself (the only sender the
-    /// kernel lets give any siginfo). Its signals must be blocked meanwhile: an unblocked one
-    /// would otherwise be delivered at our next remote syscall.
-    pub fn restore_pending(&self, c: &mut Ctl) -> Result<()> {
-        let pid = c.pid();
-        for p in &self.pending {
-            let at = c.scratch.put(pid, 0, &p.info)?;
-            c.queue_signal(p.signo(), at, (!p.shared).then_some(pid))?;
-        }
-        Ok(())
-    }
-
     /// This process's own handlers and alternate stack, which a child it clones inherits.
     pub fn own() -> Signals {
         let mut actions = Vec::with_capacity(NSIG);
@@ -246,7 +169,6 @@ impl Signals {
             altstack_sp: st.ss_sp as u64,
             altstack_flags: st.ss_flags as u32,
             altstack_size: st.ss_size as u64,
-            pending: Vec::new(),
         }
     }
 
@@ -292,23 +214,7 @@ mod tests {
             altstack_sp: 0x7000,
             altstack_flags: 0,
             altstack_size: 8192,
-            pending: Vec::new(),
         };
         assert_eq!(Signals::decode(&s.encode(), 0).unwrap(), s);
-    }
-
-    #[test]
-    fn pending_round_trip_and_bad_signals() {
-        let mut info = [7u8; SIGINFO_LEN];
-        info[..4].copy_from_slice(&34i32.to_le_bytes());
-        let one = Pending { shared: true, info };
-        let s = Signals { pending: vec![Pending { shared: false, ..one.clone() }, one], ..Default::default() };
-        assert_eq!(Signals::decode_pending(&s.encode_pending(), 0).unwrap(), s.pending);
-        for bad in [0i32, 65, -1] {
-            let mut info = info;
-            info[..4].copy_from_slice(&bad.to_le_bytes());
-            let s = Signals { pending: vec![Pending { shared: false, info }], ..Default::default() };
-            assert!(Signals::decode_pending(&s.encode_pending(), 0).is_err(), "signal {bad}");
-        }
     }
 }

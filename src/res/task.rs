@@ -1,7 +1,6 @@
 //! TASK: per-process attributes that are neither memory nor files: umask, personality,
-//! dumpable, parent-death signal, the rseq registration and the name (credentials: creds.rs).
-//! MDWE: memory-deny-write-execute, in a section of its own that only a process with it set
-//! has, so that a crs that does not know it refuses the image instead of dropping it.
+//! dumpable, parent-death signal, the rseq registration and the name (credentials: creds.rs;
+//! memory-deny-write-execute: mdwe.rs).
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
@@ -10,8 +9,6 @@ use crate::ptrace::tracee::RseqConf;
 use crate::ptrace::{Ctl, RemoteAddr};
 
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
-/// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.
-const MDWE_KNOWN: u64 = 3;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Task {
@@ -20,8 +17,6 @@ pub struct Task {
     pub dumpable: u32,
     pub pdeathsig: u32,
     pub rseq: Option<RseqConf>,
-    /// PR_GET_MDWE's flags; not in TASK but in an MDWE section of its own, when not 0.
-    pub mdwe: u64,
 }
 
 impl Task {
@@ -39,18 +34,10 @@ impl Task {
         vec![format!("task:      umask {:03o}, personality {:#x}, rseq {rs}", self.umask, self.personality)]
     }
 
-    /// crfinfo's line for MDWE, if set.
-    pub fn describe_mdwe(&self) -> Vec<String> {
-        match self.mdwe {
-            0 => vec![],
-            f => vec![format!("mdwe:      memory-deny-write-execute, flags {f:#x}")],
-        }
-    }
-
     pub fn decode(b: &[u8], at: u64) -> CrfResult<Task> {
         let mut d = Dec::new(b, at, "TASK");
         let mut t =
-            Task { umask: d.u32()?, personality: d.u32()?, dumpable: d.u32()?, pdeathsig: d.u32()?, ..Task::default() };
+            Task { umask: d.u32()?, personality: d.u32()?, dumpable: d.u32()?, pdeathsig: d.u32()?, rseq: None };
         let r = RseqConf { ptr: d.u64()?, len: d.u32()?, sig: d.u32()? };
         t.rseq = (r.ptr != 0).then_some(r);
         if t.umask > 0o777 {
@@ -78,9 +65,7 @@ impl Task {
         c.prctl(libc::PR_GET_PDEATHSIG, [out.0, 0, 0, 0], "prctl(PR_GET_PDEATHSIG)", "query")?;
         let b = c.scratch.get(pid, 0, 4)?;
         let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        // Memory-deny-write-execute (Linux 6.3; older kernels say EINVAL: none).
-        let mdwe = c.prctl_raw(libc::PR_GET_MDWE, [0; 4])?.max(0) as u64;
-        Ok(Task { umask, personality, dumpable, pdeathsig, rseq, mdwe })
+        Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
     }
 
     /// Restores what needs no privilege; called after memory is in place (rseq needs its area).
@@ -95,44 +80,6 @@ impl Task {
             c.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq")?;
         }
         Ok(())
-    }
-
-    /// The MDWE section's payload: u64 flags.
-    pub fn encode_mdwe(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.u64(self.mdwe);
-        e.into_bytes()
-    }
-
-    pub fn decode_mdwe(b: &[u8], at: u64) -> CrfResult<u64> {
-        let mut d = Dec::new(b, at, "MDWE");
-        let flags = d.u64()?;
-        if flags == 0 || flags & !MDWE_KNOWN != 0 {
-            return Err(d.bad_at(at, format!("memory-deny-write-execute flags {flags:#x} are not valid")));
-        }
-        d.finish()?;
-        Ok(flags)
-    }
-
-    /// Memory-deny-write-execute goes last: once set, the process can no longer make memory
-    /// both writable and executable, and it can never be unset.
-    pub fn restore_mdwe(&self, c: &mut Ctl) -> Result<()> {
-        if self.mdwe == 0 {
-            return Ok(());
-        }
-        let r = c.prctl_raw(libc::PR_SET_MDWE, [self.mdwe, 0, 0, 0])?;
-        match r {
-            0 => Ok(()),
-            r if r == -(libc::EINVAL as i64) => Err(Error::Refused(format!(
-                "the process had memory-deny-write-execute (flags {:#x}), which this kernel cannot set (it needs Linux 6.3 or later); restart it on such a node",
-                self.mdwe
-            ))),
-            r => Err(Error::sys(
-                format!("prctl(PR_SET_MDWE) (in pid {})", c.pid()),
-                format!("flags {:#x}", self.mdwe),
-                nix::errno::Errno::from_raw(-r as i32),
-            )),
-        }
     }
 
     /// dumpable goes after the credentials (a uid change resets it).
@@ -159,14 +106,9 @@ mod tests {
             dumpable: 1,
             pdeathsig: 9,
             rseq: Some(RseqConf { ptr: 0x7f00, len: 32, sig: 0x53053053 }),
-            mdwe: 0,
         };
         assert_eq!(Task::decode(&t.encode(), 0).unwrap(), t);
         let t = Task { rseq: None, ..t };
         assert_eq!(Task::decode(&t.encode(), 0).unwrap(), t);
-        let t = Task { mdwe: 1, ..t };
-        assert_eq!(Task::decode_mdwe(&t.encode_mdwe(), 0).unwrap(), 1);
-        assert!(Task::decode_mdwe(&Task { mdwe: 0, ..t.clone() }.encode_mdwe(), 0).is_err());
-        assert!(Task::decode_mdwe(&Task { mdwe: 8, ..t }.encode_mdwe(), 0).is_err());
     }
 }
