@@ -138,3 +138,38 @@ fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
     let mut r = rstrt(&[&full]);
     r.verdict("ok");
 }
+
+/// `PID=$(rstrt -d IMG)` returns at once: a detached process does not hold the pipe its pid
+/// is printed on (its fds 0-2 are /dev/null), and rstrt says so. Checked on sleep(1), a real
+/// program whose stdio were pipes when it was checkpointed.
+#[test]
+fn a_detached_restore_does_not_hold_its_callers_pipes() {
+    let dir = tmpdir("detach-stdio");
+    let mut c = std::process::Command::new("sleep");
+    c.arg("1000").stderr(std::process::Stdio::piped());
+    let mut p = Proc::spawn(c);
+    let img = dir.join("sleep.crf").to_str().unwrap().to_string();
+    // sleep says nothing: it is ready once it sleeps.
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{}/wchan", p.pid())).is_ok_and(|w| w.contains("nanosleep")) {
+        assert!(t0.elapsed() < TIMEOUT, "sleep never slept");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let i = img.clone();
+    // Command::output reads stdout to its end: it returns only once no process holds the pipe.
+    std::thread::spawn(move || tx.send(run(&["rstrt", "-d", &i])));
+    let o = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("rstrt -d's stdout stays open");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("now use /dev/null"), "{}", stderr(&o));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let fd1 = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(fd1.to_str(), Some("/dev/null"));
+    // And --inherit-stdio only with -d.
+    let o = run(&["rstrt", "--inherit-stdio", &img]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -5,9 +5,13 @@
 /// process's status, and SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to rstrt reach the process.
 #[derive(argh::FromArgs)]
 struct Args {
-    /// run the process in a session of its own, print its pid and exit 0 once it runs
+    /// run the process in a session of its own, print its pid and exit 0 once it runs; its
+    /// fds 0-2 that were a terminal or a pipe are /dev/null
     #[argh(switch, short = 'd')]
     detach: bool,
+    /// with -d: give the process rstrt's own fds 0-2 instead of /dev/null
+    #[argh(switch)]
+    inherit_stdio: bool,
     /// leave the restored process stopped (the paper's RESTART_STOP); continue it with SIGCONT
     #[argh(switch)]
     stop: bool,
@@ -43,12 +47,18 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     };
     super::verbose(a.verbose);
     let stdin = a.image == "-";
+    if a.inherit_stdio && !a.detach {
+        eprintln!("{name}: --inherit-stdio goes with -d (in the foreground the process has rstrt's stdio anyway)");
+        return exit::USAGE;
+    }
     let flags = crate::RestartFlags {
         detach: a.detach,
         stop: a.stop,
         require_pid: a.require_pid,
         hold: false,
-        null_stdio: stdin as u8,
+        // Detached, the process must not hold its caller's stdio: `PID=$(rstrt -d IMG)` would
+        // wait for it to close the pipe the pid is printed on.
+        null_stdio: if a.detach && !a.inherit_stdio { 7 } else { stdin as u8 },
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();
@@ -79,7 +89,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     let stdio: Vec<String> =
         r.state.files.iter().filter(|f| f.kind == crate::res::files::KIND_STDIO).map(|f| f.fd.to_string()).collect();
     if !stdio.is_empty() {
-        eprintln!("{name}: fds {} (terminal or pipe) now use rstrt's own", stdio.join(","));
+        let given =
+            if flags.null_stdio == 7 { "/dev/null (-d; --inherit-stdio gives them rstrt's)" } else { "rstrt's own" };
+        eprintln!("{name}: fds {} (terminal or pipe) now use {given}", stdio.join(","));
     }
     // From here the process runs: a failure to report it is a warning, never a reason to stop
     // waiting for it.
