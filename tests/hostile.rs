@@ -627,3 +627,101 @@ fn empty_data_frames_end_the_connection() {
     assert!(t0.elapsed() < Duration::from_secs(10), "empty frames held the handler for {:?}", t0.elapsed());
     d.said.line("an empty Data frame");
 }
+
+/// The vdso goes where the image says, but not below vm.mmap_min_addr when root restores
+/// another user's process: root could map there, the user could not, and a user's process
+/// with memory at address 0 makes kernel NULL dereferences exploitable.
+#[test]
+fn a_users_image_cannot_place_memory_below_mmap_min_addr() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, img) = nobodys_image("hostile-low");
+    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
+        if tag != crs::res::image::tags::VMAS {
+            return payload;
+        }
+        let mut v = crs::res::memory::decode_vmas(&payload, 0).unwrap();
+        // The vdso and vvar areas, in their order, from address 0 up.
+        let mut at = 0;
+        for m in v.iter_mut().filter(|m| m.is_special()) {
+            let len = m.len();
+            (m.start, m.end) = (at, at + len);
+            at += len;
+        }
+        v.sort_by_key(|m| m.start);
+        crs::res::memory::encode_vmas(&v)
+    });
+    let forged = nobodys_file(&dir, "low.crf", &bytes);
+    let o = run(&["rstrt", "-d", "--stop", &forged]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("below vm.mmap_min_addr"), "{}", stderr(&o));
+}
+
+/// nobody's process restored by root from root's terminal gets none of it: its fds on the
+/// terminal are /dev/null, and it is in a session of its own (no controlling terminal of
+/// root's to open, read or push input into).
+#[test]
+fn another_users_process_gets_none_of_roots_terminal() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = open_dir("hostile-tty");
+    let mut c = as_nobody(&["sleep", "1000"]);
+    c.current_dir(&dir).stderr(Stdio::piped());
+    let mut p = Proc::spawn(c);
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{}/wchan", p.pid())).is_ok_and(|w| w.contains("nanosleep")) {
+        assert!(t0.elapsed() < TIMEOUT, "sleep never slept");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let img = dir.join("sleep.crf").to_str().unwrap().to_string();
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    // rstrt on a terminal of its own (a pty), asked to hand its stdio over.
+    // (pty.spawn returns once nothing holds the terminal: a process that kept it would hang it.)
+    let (tx, rx) = std::sync::mpsc::channel();
+    let i = img.clone();
+    std::thread::spawn(move || {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-c", "import pty, sys; pty.spawn(sys.argv[1:])", crs(), "rstrt", "-d", "--inherit-stdio", &i]);
+        close_extra_fds(&mut c);
+        tx.send(c.output())
+    });
+    let o = rx.recv_timeout(Duration::from_secs(20)).expect("the restored process holds root's terminal").unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let pid: i32 =
+        out.lines().find_map(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("no pid in {out:?} {}", stderr(&o)));
+    assert!(out.contains("now use /dev/null (another user's process gets none of root's terminal)"), "{out}");
+    let fd0 = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let st = crs::ptrace::procfs::stat_from_text(&stat).unwrap();
+    creds_of(pid);
+    assert_eq!(fd0.to_str(), Some("/dev/null"));
+    assert_eq!(st.sid, pid, "not in a session of its own");
+}
+
+/// A restorer started with inheritable or ambient capabilities (a service unit with
+/// AmbientCapabilities=) must pass none of them on: the restore clears them before the ids
+/// change, rather than fail (or, without the read-back, leave them to the process).
+#[test]
+fn a_restorer_with_ambient_capabilities_passes_none_on() {
+    if !prerequisites() {
+        return;
+    }
+    let (_dir, img) = nobodys_image("hostile-ambient");
+    let o = Command::new("setpriv")
+        .args(["--inh-caps", "+net_raw", "--ambient-caps", "+net_raw", "--", crs(), "rstrt", "-d", "--stop", &img])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let creds = creds_of(pid);
+    assert_eq!(creds, NOBODYS_CREDS);
+    for k in ["CapInh:", "CapAmb:"] {
+        let line = st.lines().find(|l| l.starts_with(k)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+}

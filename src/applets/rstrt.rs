@@ -86,12 +86,20 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     if r.exe_kept {
         eprintln!("{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE", r.pid);
     }
-    let stdio: Vec<String> =
-        r.state.files.iter().filter(|f| f.kind == crate::res::files::KIND_STDIO).map(|f| f.fd.to_string()).collect();
-    if !stdio.is_empty() {
-        let given =
-            if flags.null_stdio == 7 { "/dev/null (-d; --inherit-stdio gives them rstrt's)" } else { "rstrt's own" };
-        eprintln!("{name}: fds {} (terminal or pipe) now use {given}", stdio.join(","));
+    // Fds 0-2 that were a terminal or a pipe: which got ours, which /dev/null.
+    let stdio = r.state.files.iter().filter(|f| f.kind == crate::res::files::KIND_STDIO).map(|f| f.fd);
+    let (null, own): (Vec<i32>, Vec<i32>) = stdio.partition(|&n| r.null_stdio & (1 << n) != 0);
+    let list = |v: &[i32]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+    if !own.is_empty() {
+        eprintln!("{name}: fds {} (terminal or pipe) now use rstrt's own", list(&own));
+    }
+    if !null.is_empty() {
+        let why = if a.detach && !a.inherit_stdio {
+            "-d; --inherit-stdio gives them rstrt's"
+        } else {
+            "another user's process gets none of root's terminal"
+        };
+        eprintln!("{name}: fds {} (terminal or pipe) now use /dev/null ({why})", list(&null));
     }
     // From here the process runs: a failure to report it is a warning, never a reason to stop
     // waiting for it.

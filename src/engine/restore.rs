@@ -57,6 +57,10 @@ pub struct Restored {
     pub pid_note: Option<String>,
     /// The exe link could not be set (needs CAP_CHECKPOINT_RESTORE).
     pub exe_kept: bool,
+    /// Fds 0-2 (bit n for fd n) that were a terminal or a pipe and got /dev/null: those of
+    /// `Options::null_stdio`, and those on a terminal when root restores another user's
+    /// process (which must get none of root's terminal).
+    pub null_stdio: u8,
     pub state: ProcessState,
     /// With `Options::hold`: the process, still traced, not yet running.
     pub held: Option<Held>,
@@ -146,7 +150,31 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // not run). The child, forked below, has it at the same fd.
     let runs = |path: &str| plans.iter().any(|p| p.from_file && p.vma.file.as_ref().is_some_and(|f| f.path == path));
     let exe = st.mm.exe.as_ref().filter(|x| runs(&x.path)).and_then(|x| fileid::open_regular(&x.path).ok());
+    // ...and one the owner may execute (the kernel checks that with the child's rights, root's).
+    let exe = exe.filter(fileid::may_execute);
     drop(as_owner);
+    // Root restoring another user's process: it gets no mapping below vm.mmap_min_addr (root
+    // could map there, the user could not), none of root's terminal, and a session of its own
+    // (no controlling terminal of root's).
+    let foreign = is_root() && st.head.uids.iter().any(|&u| u != 0);
+    if foreign {
+        let min = memory::mmap_min_addr();
+        if let Some(v) = st.vmas.iter().find(|v| v.start < min) {
+            return Err(Error::Refused(format!(
+                "the image maps {} at {:#x}, below vm.mmap_min_addr ({min:#x}), which its user may not",
+                v.name, v.start
+            )));
+        }
+    }
+    let mut null_stdio = opts.null_stdio;
+    if foreign {
+        for n in 0..3 {
+            // SAFETY: isatty only looks at our own fd n.
+            if unsafe { libc::isatty(n) } == 1 {
+                null_stdio |= 1 << n;
+            }
+        }
+    }
     debug!(
         "restoring pid {} ({}) from {}: {} mappings, {} fds",
         st.head.pid,
@@ -202,7 +230,6 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     for (start, end) in stretches(&used, &keep) {
         c.munmap(RemoteAddr(start), end - start, &format!("{start:#x}-{end:#x}"))?;
     }
-    move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
 
     // 3. The mm layout and the exe link, which need privilege (CAP_CHECKPOINT_RESTORE).
     let exe_set = st.mm.restore(&mut c, exe.as_ref().map(|f| f.as_raw_fd()))?;
@@ -218,7 +245,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         creds::verify(pid, &st.head, creds::Stage::Inherited)?;
     }
 
-    // 5. Memory.
+    // 5. Memory: the vdso where the image had it (moved as the image's user: the kernel
+    //    checks where it may go), then every mapping and its pages.
+    move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
     memory::map_all(&mut c, &plans)?;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     let mut npages = 0u64;
@@ -243,12 +272,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes.
     memory::protect_all(&mut c, &plans)?;
-    files::restore(&mut c, &st.files, opts.null_stdio)?;
+    files::restore(&mut c, &st.files, null_stdio)?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
     st.signals.restore(&mut c, &inherited)?;
-    if opts.detach {
+    if opts.detach || foreign {
         c.setsid()?;
     }
     st.task.restore_dumpable(&mut c)?;
@@ -283,7 +312,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         guard.armed = false;
         let held = Some(Held { t: Some(t), signals: held });
         let exe_kept = !exe_set && st.mm.exe.is_some();
-        return Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, state: st, held });
+        return Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, state: st, held });
     }
     if opts.stop {
         t.kill(Signal::SIGSTOP)?;
@@ -304,6 +333,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         original_pid: st.head.pid,
         pid_note,
         exe_kept: !exe_set && st.mm.exe.is_some(),
+        null_stdio,
         state: st,
         held: None,
     })

@@ -7,6 +7,13 @@ use super::{Ctl, RemoteAddr};
 use crate::crf::Enc;
 use crate::error::Result;
 
+/// A capget/capset header: _LINUX_CAPABILITY_VERSION_3, pid 0 (the caller).
+fn cap_header() -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&0x2008_0522u32.to_le_bytes());
+    h
+}
+
 /// Scratch offset for a path argument (structs go at 0, paths after them).
 const PATH_AT: usize = 1024;
 
@@ -168,6 +175,30 @@ impl Ctl<'_> {
     pub fn setfs_ids(&mut self, uid: u32, gid: u32) -> Result<()> {
         self.call(libc::SYS_setfsgid, [gid as u64, 0, 0, 0, 0, 0], "setfsgid", &gid.to_string())?;
         self.call(libc::SYS_setfsuid, [uid as u64, 0, 0, 0, 0, 0], "setfsuid", &uid.to_string()).map(drop)
+    }
+
+    /// capget for the tracee itself, as the kernel lays it out: effective, permitted and
+    /// inheritable of capabilities 0-31, then the same of 32-63.
+    pub fn capget(&mut self) -> Result<[u32; 6]> {
+        let pid = self.pid();
+        let hdr = self.scratch.put(pid, 0, &cap_header())?;
+        let data = self.scratch.addr.offset(64);
+        self.call(libc::SYS_capget, [hdr.0, data.0, 0, 0, 0, 0], "capget", "its capabilities")?;
+        let b = self.scratch.get(pid, 64, 24)?;
+        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        Ok([w(0), w(1), w(2), w(3), w(4), w(5)])
+    }
+
+    /// capset for the tracee itself, with the data as capget returns it.
+    pub fn capset(&mut self, data: [u32; 6]) -> Result<()> {
+        let pid = self.pid();
+        let hdr = self.scratch.put(pid, 0, &cap_header())?;
+        let mut e = Enc::new();
+        for v in data {
+            e.u32(v);
+        }
+        let at = self.scratch.put(pid, 64, e.as_slice())?;
+        self.call(libc::SYS_capset, [hdr.0, at.0, 0, 0, 0, 0], "capset", "its capabilities").map(drop)
     }
 
     /// rseq(area, len, flags, sig).

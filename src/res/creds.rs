@@ -154,6 +154,9 @@ impl Drop for AsOwner {
 /// reads all of it back. Called before the child opens anything.
 pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     let pid = c.pid();
+    if h.uids.iter().all(|&u| u != 0) {
+        drop_keepers(c)?;
+    }
     c.setgroups(&h.groups)?;
     let [r, e, s, fs] = h.gids;
     c.setresgid([r, e, s])?;
@@ -162,6 +165,29 @@ pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     c.setfs_ids(h.uids[3], fs)?;
     new_session_keyring(c)?;
     verify(pid, h, Stage::All)
+}
+
+/// What would let capabilities outlive setresuid, which the child may have inherited from a
+/// restorer started with them (a service with AmbientCapabilities, say): ambient
+/// capabilities, the inheritable set, and the securebits that keep capabilities across a
+/// uid change. All cleared while the child is still root.
+fn drop_keepers(c: &mut Ctl) -> Result<()> {
+    c.prctl(
+        libc::PR_CAP_AMBIENT,
+        [libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0, 0, 0],
+        "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+        "restore",
+    )?;
+    if c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? != 0 {
+        c.prctl(libc::PR_SET_SECUREBITS, [0; 4], "prctl(PR_SET_SECUREBITS)", "none")?;
+    }
+    let mut caps = c.capget()?;
+    if caps[2] != 0 || caps[5] != 0 {
+        caps[2] = 0;
+        caps[5] = 0;
+        c.capset(caps)?;
+    }
+    Ok(())
 }
 
 const KEYCTL_GET_KEYRING_ID: u64 = 0;

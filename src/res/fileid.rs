@@ -41,6 +41,15 @@ pub fn open_regular(path: &str) -> std::io::Result<File> {
     reopen(&f)
 }
 
+/// Whether the caller may execute the file `f` with its file-system ids (a thread that took
+/// another user's, see creds::AsOwner, asks for that user).
+pub fn may_execute(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())) else { return false };
+    // SAFETY: faccessat reads a NUL-terminated path that outlives the call.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0 }
+}
+
 impl FileId {
     /// Identity of the file at `open_path` (which may be a /proc magic link), recorded under the
     /// name `path`. Only a regular file is ever opened for reading (for its ELF build-id): the

@@ -156,6 +156,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
             || bad_order
             || !(KIND_FILE..=KIND_STDIO).contains(&f.kind)
             || (f.kind == KIND_STDIO && f.fd > 2)
+            || (f.kind != KIND_STDIO && !f.id.path.starts_with('/'))
         {
             return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
         }

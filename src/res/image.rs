@@ -256,6 +256,10 @@ impl SectionReader {
                 self.missing(true, sec.offset, "a page batch")?;
                 return Ok(Some(sec));
             }
+            // HEAD comes first, before anything else is even read: the caller checks it.
+            if !self.seen[0] && sec.tag != SECTIONS[0].tag {
+                return Err(bad(sec.offset, format!("expected a HEAD section first, found {}", sec.tag)));
+            }
             let Some(i) = SECTIONS.iter().position(|d| d.tag == sec.tag) else {
                 if sec.flags & FLAG_OPTIONAL != 0 {
                     rd.skip(&sec)?;
@@ -352,6 +356,16 @@ mod tests {
         assert!(read(&image(&state(), &[(Tag(0x1234), FLAG_OPTIONAL)])).is_ok());
         let e = read(&image(&state(), &[(Tag(0x1234), 0)])).unwrap_err().to_string();
         assert!(e.contains("unknown section tag 0x1234 after CWD: the image needs a newer crs"), "{e}");
+    }
+
+    #[test]
+    fn head_comes_before_anything_even_an_optional_section() {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.section(Tag(0x1234), FLAG_OPTIONAL, &[b"?"]).unwrap();
+        write(&mut w, &state(), true).unwrap();
+        write(&mut w, &state(), false).unwrap();
+        let e = read(&w.finish().unwrap().0).unwrap_err().to_string();
+        assert!(e.contains("expected a HEAD section first"), "{e}");
     }
 
     #[test]

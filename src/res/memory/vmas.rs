@@ -145,8 +145,11 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && v.prot & !7 == 0
             && v.flags & !15 == 0
             && (v.kind == KIND_FILE) == v.file.is_some()
-            // Only regular files are mapped: never a device or a FIFO an image names.
-            && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG);
+            // Only regular files are mapped, by absolute path: never a device or a FIFO an
+            // image names.
+            && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG && f.path.starts_with('/'))
+            // The pages of a shared file mapping are the file's: the image never carries them.
+            && !(v.flags & VMA_SHARED != 0 && v.flags & VMA_FILE_COPY != 0);
         if !ok {
             return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
         }
@@ -251,6 +254,11 @@ fn is_elf(path: &str) -> bool {
     // Non-blocking: the path may have been replaced by a FIFO since the mapping was classified.
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
     f.and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
+}
+
+/// The lowest address an unprivileged process may map (vm.mmap_min_addr; 64 KiB if unknown).
+pub fn mmap_min_addr() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/mmap_min_addr").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65536)
 }
 
 /// A mapping as the restore will create it.
@@ -398,6 +406,13 @@ mod tests {
         assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
         let mut bad = v.clone();
         bad[1].start = 0x2000; // overlaps
+        assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        // A shared mapping whose pages the image says it carries, or a relative path: refused.
+        let mut bad = v.clone();
+        bad[0].flags = VMA_SHARED | VMA_FILE_COPY;
+        assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        let mut bad = v.clone();
+        bad[0].file.as_mut().unwrap().path = "bin/x".into();
         assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
         // A mapping of a FIFO or a device is never taken from an image.
         for mode in [libc::S_IFIFO, libc::S_IFCHR, libc::S_IFBLK, libc::S_IFDIR] {
