@@ -41,6 +41,51 @@ pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
     })
 }
 
+/// Checkpoints `pid` into `out` (a file, a pipe, a socket: any [`crf::Sink`]) and runs
+/// `commit` with it once the last byte is written and before the process is killed or
+/// stopped (`flags`): a flush, an fsync, a rename. If `commit` fails, the process runs on.
+pub fn checkpoint_with<W: crf::Sink>(
+    pid: i32,
+    out: W,
+    flags: &Flags,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
+    engine::checkpoint::checkpoint(pid, out, flags, commit)
+}
+
+/// Checkpoints `pid` into the image file `path`: written under a temporary name beside it and
+/// renamed into place only when complete and synced, so a failed checkpoint never leaves a
+/// truncated image under the final name. The file is created with mode 0600.
+pub fn checkpoint_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
+    let p = std::path::Path::new(path);
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());
+    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
+    use std::fs::{self, File, OpenOptions};
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    let out = BufWriter::with_capacity(1 << 20, f);
+    let r = engine::checkpoint::checkpoint(pid, out, flags, |w| {
+        let f: File = w.into_inner().map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        // The directory entry must be durable too before the process may be killed.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    });
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
 /// Gives a pipe room for 1 MiB (the kernel's default is 64 KiB): an image through a pipe then
 /// moves in a sixteenth of the wakeups. Anything else, or a refusal (an unprivileged user past
 /// /proc/sys/fs/pipe-user-pages-soft), is left as it is.

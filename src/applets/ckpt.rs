@@ -30,9 +30,8 @@ struct Args {
 use crate::error::Error;
 use crate::exit;
 use nix::sys::signal::Signal;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
     let a: Args = match super::parse(name, argv) {
@@ -63,16 +62,14 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     let result = if path == "-" {
         crate::grow_pipe(std::io::stdout());
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        crate::engine::checkpoint::checkpoint(a.pid, out, &flags, |mut w| {
-            w.flush().map_err(|e| Error::io("standard output", e))
-        })
+        crate::checkpoint_with(a.pid, out, &flags, |mut w| w.flush().map_err(|e| Error::io("standard output", e)))
     } else if special {
         match OpenOptions::new().write(true).open(&path) {
             Ok(f) => crate::checkpoint(&f, a.pid, &flags),
             Err(e) => Err(Error::io(path.as_str(), e)),
         }
     } else {
-        to_file(a.pid, &path, &flags)
+        crate::checkpoint_to_file(a.pid, &path, &flags)
     };
     match result {
         Ok(r) => {
@@ -84,34 +81,4 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         }
         Err(e) => exit::report(name, &e),
     }
-}
-
-/// Writes to a temporary name beside `path` and renames it into place only when complete and
-/// synced, so a failed checkpoint never leaves a truncated image under the final name.
-fn to_file(pid: i32, path: &str, flags: &crate::Flags) -> crate::Result<crate::Report> {
-    let p = std::path::Path::new(path);
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());
-    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    let out = BufWriter::with_capacity(1 << 20, f);
-    let r = crate::engine::checkpoint::checkpoint(pid, out, flags, |w| {
-        let f: File = w.into_inner().map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(tmp.display().to_string(), e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        // The directory entry must be durable too before the process may be killed.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    });
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
 }
