@@ -120,55 +120,6 @@ fn send_image(port: u16, key: Option<&[u8; 32]>, img: &[u8]) -> Result<i32, Stri
     }
 }
 
-/// The keyless protocol, by hand, as nobody: Hello, the image, End; then Commit if restored.
-/// Prints "restored PID" or "error CODE TEXT".
-const NOBODY_CLIENT: &str = r#"
-import os, socket, struct, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
-def send(t, p): s.sendall(struct.pack("<BI", t, len(p)) + p)
-def recv():
-    h = b""
-    while len(h) < 5:
-        c = s.recv(5 - len(h))
-        if not c: return None, b""
-        h += c
-    t, n = struct.unpack("<BI", h); p = b""
-    while len(p) < n: p += s.recv(n - len(p))
-    return t, p
-def answer(t, p):
-    if t == 10: print("error", struct.unpack("<I", p[:4])[0], p[4:].decode(errors="replace")); sys.exit()
-send(1, b"CRSM" + struct.pack("<II", int(sys.argv[3]), 0) + os.urandom(32))
-t, p = recv()
-if t != 1: answer(t, p)
-data = open(sys.argv[2], "rb").read()
-try:
-    for i in range(0, len(data), 1 << 20): send(4, data[i:i + (1 << 20)])
-    send(5, b"")
-except OSError: pass
-t, p = recv()
-if t != 6: answer(t, p); print("closed"); sys.exit()
-send(7, b"")
-t, p2 = recv()
-print("restored", struct.unpack("<I", p)[0]) if t == 9 else answer(t, p2)
-"#;
-
-/// Sends `img` to the keyless restartd on `port` as nobody; its one line of answer.
-fn nobody_sends(port: u16, img: &str) -> String {
-    let o = as_nobody(&[
-        "/usr/bin/python3",
-        "-c",
-        NOBODY_CLIENT,
-        &port.to_string(),
-        img,
-        &crs::net::PROTOCOL_VERSION.to_string(),
-    ])
-    .output()
-    .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(!out.is_empty(), "the client said nothing: {}", stderr(&o));
-    out
-}
-
 fn prerequisites() -> bool {
     require(is_root() && Path::new("/usr/bin/python3").exists(), "root and python3")
 }
