@@ -12,7 +12,7 @@ use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memory::{self, MmStruct};
-use crate::res::regs::RegState;
+use crate::res::regs::{self, RegState};
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::{cwd, fileid::FileId, files};
@@ -150,17 +150,10 @@ pub fn checkpoint_prechecked<W: Sink>(
     let mut live: Option<Regs> = None;
     let result = (|| {
         t.interrupt(&mut held_all)?;
-        let orig = t.regs()?;
         let rseq = t.rseq()?;
-        let fix = rseq_fixup(pid, rseq, &orig);
-        let mut l = arch::restart_regs(&orig, true);
-        let mut image = arch::restart_regs(&orig, false);
-        if let Some(ip) = fix {
-            l.rip = ip;
-            image.rip = ip;
-        }
-        live = Some(l);
-        frozen_work(&t, pid, out, opts, commit, &l, image, rseq, &mut held_all)
+        let r = regs::collect(&t, rseq)?;
+        live = Some(r.live);
+        frozen_work(&t, pid, out, opts, commit, &r.live, r.image, rseq, &mut held_all)
     })();
     let frozen = t0.elapsed();
     // Whatever happened, the process gets consistent registers back before it runs again (if
@@ -208,23 +201,6 @@ fn redeliver(pid: i32, sigs: &[i32]) {
     }
 }
 
-/// If the process was stopped inside an rseq critical section, the address it must resume at
-/// (its abort handler), as the kernel would have done on the way back to user mode.
-fn rseq_fixup(pid: i32, rseq: Option<RseqConf>, r: &Regs) -> Option<u64> {
-    let conf = rseq?;
-    let mut b = [0u8; 8];
-    mem::read_runs(pid, &[(conf.ptr + 8, 8)], &mut b).ok()?;
-    let cs = u64::from_le_bytes(b);
-    if cs == 0 {
-        return None;
-    }
-    let mut d = [0u8; 32];
-    mem::read_runs(pid, &[(cs, 32)], &mut d).ok()?;
-    let w = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (start, post, abort) = (w(8), w(16), w(24));
-    (r.rip >= start && r.rip < start.wrapping_add(post)).then_some(abort)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn frozen_work<W: Sink>(
     t: &Tracee,
@@ -237,7 +213,7 @@ fn frozen_work<W: Sink>(
     rseq: Option<RseqConf>,
     held: &mut Vec<i32>,
 ) -> Result<(u64, u64)> {
-    let xsave = t.xstate()?;
+    let xsave = regs::collect_xstate(t)?;
     let sigmask = t.sigmask()?;
     let pending = pending::collect(t)?;
     // Again, now that it cannot change: a caller may have run precheck a while ago.

@@ -294,9 +294,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.r.stepping = false;
     t.set_sigmask(!0)?;
     pending::restore(&mut c, &st.pending)?;
-    if !regs.xsave.is_empty() {
-        t.set_xstate(&regs.xsave)?;
-    }
+    regs.load_xstate(&t)?;
     // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.munmap_and_stop(RemoteAddr(g), glen)?;
     if r != 0 {
@@ -304,9 +302,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     t.set_sigmask(st.signals.blocked)?;
     let held = std::mem::take(&mut c.r.held);
-    let mut fin = regs.gpr;
-    fin.orig_rax = u64::MAX;
-    t.set_regs(&fin)?;
+    regs.load_gprs(&t)?;
     if opts.hold {
         drop(c);
         guard.armed = false;

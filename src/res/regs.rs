@@ -1,8 +1,56 @@
-//! REGS: the general-purpose registers (with fs/gs base) and the whole XSAVE area.
+//! REGS: the general-purpose registers (with fs/gs base) and the whole XSAVE area of a
+//! thread: read from the frozen thread (with the kernel's syscall-restart and rseq rules
+//! applied, as on its way back to user mode), written to the image, checked against this CPU
+//! and loaded into the restored thread.
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
+use crate::ptrace::mem;
+use crate::ptrace::tracee::{RseqConf, Tracee};
+
+/// A frozen thread's general registers, twice: as it resumes if it runs on (`live`: its
+/// kernel restart block is still there, so an interrupted sleep goes on through
+/// restart_syscall) and as the image holds them (`image`: a restored thread re-issues the
+/// interrupted syscall). Both leave an rseq critical section at its abort handler.
+pub struct Frozen {
+    pub live: Regs,
+    pub image: Regs,
+}
+
+pub fn collect(t: &Tracee, rseq: Option<RseqConf>) -> Result<Frozen> {
+    let orig = t.regs()?;
+    let fix = rseq_fixup(t.pid, rseq, &orig);
+    let mut live = arch::restart_regs(&orig, true);
+    let mut image = arch::restart_regs(&orig, false);
+    if let Some(ip) = fix {
+        live.rip = ip;
+        image.rip = ip;
+    }
+    Ok(Frozen { live, image })
+}
+
+/// The frozen thread's XSAVE area (or FXSAVE, on a CPU without XSAVE).
+pub fn collect_xstate(t: &Tracee) -> Result<Vec<u8>> {
+    t.xstate()
+}
+
+/// If the process was stopped inside an rseq critical section, the address it must resume at
+/// (its abort handler), as the kernel would have done on the way back to user mode.
+fn rseq_fixup(pid: i32, rseq: Option<RseqConf>, r: &Regs) -> Option<u64> {
+    let conf = rseq?;
+    let mut b = [0u8; 8];
+    mem::read_runs(pid, &[(conf.ptr + 8, 8)], &mut b).ok()?;
+    let cs = u64::from_le_bytes(b);
+    if cs == 0 {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    mem::read_runs(pid, &[(cs, 32)], &mut d).ok()?;
+    let w = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (start, post, abort) = (w(8), w(16), w(24));
+    (r.rip >= start && r.rip < start.wrapping_add(post)).then_some(abort)
+}
 
 #[derive(Clone)]
 pub struct RegState {
@@ -59,6 +107,19 @@ impl RegState {
             self.xsave.len(),
             self.xcr0()
         )
+    }
+
+    /// Loads the XSAVE state into the restored thread (before its last remote syscall).
+    pub fn load_xstate(&self, t: &Tracee) -> Result<()> {
+        if self.xsave.is_empty() { Ok(()) } else { t.set_xstate(&self.xsave) }
+    }
+
+    /// Loads the general registers, with no syscall left to restart: the thread resumes
+    /// exactly where the image says.
+    pub fn load_gprs(&self, t: &Tracee) -> Result<()> {
+        let mut fin = self.gpr;
+        fin.orig_rax = u64::MAX;
+        t.set_regs(&fin)
     }
 
     /// XCR0 as saved in the XSAVE area: which state components the image carries.
