@@ -19,6 +19,9 @@ pub enum Error {
     Image(CrfError),
     /// The process or image uses something crs cannot (yet) handle; nothing was changed.
     Refused(String),
+    /// The process cannot be checkpointed, for every one of these reasons (each names what:
+    /// "fd 3 is a pipe (pipe:[123])"); nothing was changed.
+    Blocked { pid: i32, reasons: Vec<String> },
     /// The image does not fit this node. `public` names the part of the image (what its sender
     /// may be told); `detail` says what differs here (sizes, build-ids, errors: this node's
     /// own business, for its log and its local user).
@@ -57,6 +60,21 @@ impl Error {
     pub fn io(path: impl Into<String>, err: io::Error) -> Error {
         Error::Io { path: path.into(), err }
     }
+    /// The process is blocked for `reasons`, or Ok when there are none.
+    pub fn blocked(pid: i32, reasons: Vec<String>) -> Result<()> {
+        if reasons.is_empty() { Ok(()) } else { Err(Error::Blocked { pid, reasons }) }
+    }
+    /// Adds the reasons of a [`Error::Blocked`] to `all`; any other error is returned.
+    pub fn gather<T>(r: Result<T>, all: &mut Vec<String>) -> Result<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Blocked { reasons, .. }) => {
+                all.extend(reasons);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
     pub fn not_here(public: impl Into<String>, detail: impl Into<String>) -> Error {
         Error::NotHere { public: public.into(), detail: detail.into() }
     }
@@ -94,6 +112,14 @@ impl fmt::Display for Error {
                 format!("{cause}; the copy (pid {remote_pid} on {peer}) may or may not run: check there")
             }
             Error::Gone(pid) => format!("no process {pid}: it does not exist or has exited"),
+            Error::Blocked { pid, reasons } if reasons.len() == 1 => {
+                format!("pid {pid}: {}; crs cannot checkpoint that yet", reasons[0])
+            }
+            Error::Blocked { pid, reasons } => format!(
+                "pid {pid} cannot be checkpointed, for {} reasons: {}; crs cannot checkpoint these yet",
+                reasons.len(),
+                reasons.join("; ")
+            ),
         };
         f.write_str(&printable(&s))
     }

@@ -23,7 +23,7 @@ pub const UNKNOWN_APPLET: i32 = 127;
 pub fn code(e: &Error) -> i32 {
     match e {
         Error::Usage(_) => USAGE,
-        Error::Refused(_) | Error::NotHere { .. } => REFUSED,
+        Error::Refused(_) | Error::NotHere { .. } | Error::Blocked { .. } => REFUSED,
         Error::Image(_) => BAD_IMAGE,
         Error::Permission(_) => PERMISSION,
         Error::Gone(_) => NO_PROCESS,

@@ -41,6 +41,13 @@ pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
     })
 }
 
+/// Whether `pid` can be checkpointed, touching nothing: Ok, or [`Error::Blocked`] with every
+/// reason it cannot (each fd, mapping, child, lock... named), or why it cannot even be looked
+/// at (no such process, another user's).
+pub fn check(pid: i32, flags: &Flags) -> Result<()> {
+    engine::checkpoint::precheck(pid, flags)
+}
+
 /// Checkpoints `pid` into `out` (a file, a pipe, a socket: any [`crf::Sink`]) and runs
 /// `commit` with it once the last byte is written and before the process is killed or
 /// stopped (`flags`): a flush, an fsync, a rename. If `commit` fails, the process runs on.

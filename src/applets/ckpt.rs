@@ -22,6 +22,10 @@ struct Args {
     /// print what was done (pages, bytes, freeze time) on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
+    /// only say whether the process can be checkpointed, and every reason it cannot, one a
+    /// line; the process is not touched
+    #[argh(switch)]
+    check: bool,
     /// the process to checkpoint
     #[argh(positional)]
     pid: i32,
@@ -46,6 +50,22 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     if a.pid <= 0 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
+    }
+    if a.check {
+        let flags = crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, ..Default::default() };
+        return match crate::check(a.pid, &flags) {
+            Ok(()) => {
+                println!("pid {} can be checkpointed", a.pid);
+                exit::OK
+            }
+            Err(Error::Blocked { pid, reasons }) => {
+                for r in &reasons {
+                    println!("pid {pid}: {}", crate::text::printable(r));
+                }
+                exit::REFUSED
+            }
+            Err(e) => exit::report(name, &e),
+        };
     }
     // While the process is frozen we must not die half-way (it would resume with the registers
     // of a syscall we run in it): signals that would end ckpt wait until it is done.

@@ -3,6 +3,7 @@
 //! only after the image is committed kill it, leave it stopped or let it run on. On any failure
 //! the process gets its registers back and runs on exactly as before.
 
+use super::blockers;
 use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
@@ -49,74 +50,15 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
         e => e,
     })?;
-    // Past this, the process is ours to read (root, or its owner).
-    check_status(pid, &status, false)?;
-    files::scan(pid)?;
+    // Past this, the process is ours to read (root, or its owner). Every reason against it
+    // is gathered, then all are named at once.
+    let mut why = Vec::new();
+    Error::gather(blockers::status(pid, &status, false), &mut why)?;
+    why.extend(blockers::relations(pid));
+    Error::gather(files::scan(pid), &mut why)?;
     let maps = procfs::read_smaps(pid)?;
-    memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
-    Ok(())
-}
-
-/// The checks /proc/PID/status answers; `traced` once we trace the process ourselves.
-fn check_status(pid: i32, status: &str, traced: bool) -> Result<()> {
-    let field = |k| procfs::status_field(status, k).unwrap_or("");
-    if field("State").starts_with('Z') || field("State").starts_with('X') {
-        return Err(Error::Refused(format!("pid {pid} is a zombie; there is nothing left to checkpoint")));
-    }
-    if field("Tgid") != pid.to_string() {
-        return Err(Error::Refused(format!(
-            "pid {pid} is a thread of process {}; checkpoint the process",
-            field("Tgid")
-        )));
-    }
-    let tracer = field("TracerPid");
-    if !traced && tracer != "0" && !tracer.is_empty() {
-        return Err(Error::Refused(format!(
-            "pid {pid} is already traced by pid {tracer} (a debugger?); detach it first"
-        )));
-    }
-    let uid = procfs::status_ids(status, "Uid").unwrap_or([0; 4]);
-    let me = nix::unistd::geteuid().as_raw();
-    if me != 0 && uid.iter().any(|&u| u != me) {
-        return Err(Error::Permission(format!(
-            "pid {pid} belongs to uid {}; you (uid {me}) may not checkpoint it: run as its owner or as root",
-            uid[0]
-        )));
-    }
-    if field("Seccomp") != "0" && !field("Seccomp").is_empty() {
-        return Err(Error::Refused(format!("pid {pid} runs under a seccomp filter; crs cannot checkpoint that yet")));
-    }
-    if field("NoNewPrivs") == "1" {
-        return Err(Error::Refused(format!("pid {pid} has no_new_privs set; crs cannot restore that yet")));
-    }
-    // What cannot be read is not taken for the default: a check that cannot be made refuses.
-    let caps_default = |k| {
-        let (Ok(v), Ok(full)) = (u64::from_str_radix(field(k), 16), u64::from_str_radix(field("CapBnd"), 16)) else {
-            return false;
-        };
-        match k {
-            "CapInh" | "CapAmb" => v == 0,
-            _ if uid[1] == 0 => v == full,
-            _ => v == 0,
-        }
-    };
-    if !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
-        return Err(Error::Refused(format!(
-            "pid {pid} holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status); crs cannot restore them yet"
-        )));
-    }
-    let threads: u64 = field("Threads").parse().map_err(|_| {
-        Error::Proc(format!(
-            "/proc/{pid}/status: no Threads line that parses; cannot tell whether pid {pid} is single-threaded"
-        ))
-    })?;
-    if threads > 1 {
-        let what = if traced { "started a thread".to_string() } else { format!("has {threads} threads") };
-        return Err(Error::Refused(format!(
-            "pid {pid} {what}; crs checkpoints single-threaded processes only (for now)"
-        )));
-    }
-    Ok(())
+    Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
+    Error::blocked(pid, why)
 }
 
 /// Whether a mapped file's unmodified pages are left out of the image.
@@ -218,7 +160,10 @@ fn frozen_work<W: Sink>(
     let pending = pending::collect(t)?;
     // Again, now that it cannot change: a caller may have run precheck a while ago.
     let status = procfs::read_status(pid)?;
-    check_status(pid, &status, true)?;
+    let mut why = Vec::new();
+    Error::gather(blockers::status(pid, &status, true), &mut why)?;
+    why.extend(blockers::relations(pid));
+    Error::blocked(pid, why)?;
 
     // Things only the process itself can tell: ask it, through syscalls run in it.
     let maps = procfs::read_smaps(pid)?;
@@ -360,30 +305,4 @@ fn header(pid: i32, opts: &Options, stat: &procfs::Stat, status: &str, exe: &str
         time_sec: now.as_secs() as i64,
         time_nsec: now.subsec_nanos(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(threads: &str, cap: &str) -> String {
-        format!(
-            "Name:\tx\nState:\tS (sleeping)\nTgid:\t7\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nThreads:\t{threads}\nSeccomp:\t0\nNoNewPrivs:\t0\nCapInh:\t0000000000000000\nCapPrm:\t{cap}\nCapEff:\t{cap}\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n"
-        )
-    }
-
-    #[test]
-    fn a_status_that_cannot_be_read_refuses() {
-        let full = "000001ffffffffff";
-        // Run as root (CI): a process of root's with root's capabilities passes.
-        if nix::unistd::geteuid().is_root() {
-            assert!(check_status(7, &status("1", full), false).is_ok());
-        }
-        let e = check_status(7, &status("", full), false).unwrap_err().to_string();
-        assert!(e.contains("no Threads line"), "{e}");
-        let e = check_status(7, &status("many", full), false).unwrap_err().to_string();
-        assert!(e.contains("no Threads line"), "{e}");
-        assert!(check_status(7, &status("2", full), false).unwrap_err().to_string().contains("2 threads"));
-        assert!(check_status(7, &status("1", "?"), false).is_err());
-    }
 }

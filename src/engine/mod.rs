@@ -2,6 +2,7 @@
 //! image; `restore` builds a process from an image. The resources live in src/res/, the ptrace
 //! toolkit they use in src/ptrace/.
 
+pub mod blockers;
 pub mod checkpoint;
 pub mod layout;
 pub mod restore;

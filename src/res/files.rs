@@ -47,13 +47,14 @@ fn is_tty_or_pipe(target: &str) -> bool {
         || target == "/dev/console"
 }
 
-/// Lists the process's fds and classifies them; refuses on the first unsupported one.
+/// Lists the process's fds and classifies them; refuses, naming every unsupported one.
 pub fn scan(pid: i32) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     nums.sort_unstable();
     let mut out = Vec::with_capacity(nums.len());
+    let mut blocked = Vec::new();
     for fd in nums {
         let link = format!("{dir}/{fd}");
         let target = match fs::read_link(&link) {
@@ -67,9 +68,7 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
             procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
         let flags = raw_flags & !(libc::O_CLOEXEC as u32);
-        let refuse = |what: &str| {
-            Error::Refused(format!("pid {pid}: fd {fd} is {what} ({target}); crs cannot checkpoint that yet"))
-        };
+        let refuse = |what: &str| format!("fd {fd} is {what} ({target})");
         if fd <= 2 && is_tty_or_pipe(&target) {
             out.push(Fd {
                 fd,
@@ -82,7 +81,8 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
             continue;
         }
         if target.ends_with(" (deleted)") {
-            return Err(refuse("a deleted file"));
+            blocked.push(refuse("a deleted file"));
+            continue;
         }
         if !target.starts_with('/') {
             let what = match target.split(':').next() {
@@ -91,21 +91,30 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
                 Some("anon_inode") => "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)",
                 _ => "not a file",
             };
-            return Err(refuse(what));
+            blocked.push(refuse(what));
+            continue;
         }
         let id = FileId::stat(&link).map_err(|e| Error::io(&link, e))?;
         let id = FileId { path: target.clone(), ..id };
         let kind = match id.file_type() {
-            libc::S_IFREG => KIND_FILE,
-            libc::S_IFDIR => KIND_DIR,
-            libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => KIND_DEV,
-            libc::S_IFCHR => return Err(refuse("a character device")),
-            libc::S_IFIFO => return Err(refuse("a named pipe")),
-            libc::S_IFSOCK => return Err(refuse("a socket")),
-            _ => return Err(refuse("a special file")),
+            libc::S_IFREG => Ok(KIND_FILE),
+            libc::S_IFDIR => Ok(KIND_DIR),
+            libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
+            libc::S_IFCHR => Err(refuse("a character device")),
+            libc::S_IFIFO => Err(refuse("a named pipe")),
+            libc::S_IFSOCK => Err(refuse("a socket")),
+            _ => Err(refuse("a special file")),
+        };
+        let kind = match kind {
+            Ok(k) => k,
+            Err(why) => {
+                blocked.push(why);
+                continue;
+            }
         };
         out.push(Fd { fd, kind, flags, cloexec, pos, id });
     }
+    Error::blocked(pid, blocked)?;
     Ok(out)
 }
 

@@ -165,87 +165,100 @@ fn prot_of(m: &MapEntry) -> u32 {
         | if m.exec { libc::PROT_EXEC } else { 0 }) as u32
 }
 
-/// Turns /proc/PID/smaps into the VMA list, refusing what cannot be restored. `no_copy(path)`
-/// says whether the unmodified pages of a mapped file are left out (--no-binary, --no-libs).
+/// Turns /proc/PID/smaps into the VMA list, refusing, naming every one, what cannot be
+/// restored. `no_copy(path)` says whether the unmodified pages of a mapped file are left out
+/// (--no-binary, --no-libs).
 pub fn classify(pid: i32, maps: &[MapEntry], no_copy: &dyn Fn(&str, bool) -> bool) -> Result<Vec<Vma>> {
     let mut out = Vec::with_capacity(maps.len());
+    let mut blocked = Vec::new();
     for m in maps {
-        let refuse = |what: &str| {
-            Error::Refused(format!(
-                "pid {pid}: mapping {:#x}-{:#x} {} is {what}; crs cannot checkpoint that yet",
-                m.start, m.end, m.name
-            ))
-        };
-        if m.name == "[vsyscall]" {
-            continue;
+        match classify_one(pid, m, no_copy)? {
+            Ok(Some(v)) => out.push(v),
+            Ok(None) => {}
+            Err(why) => blocked.push(why),
         }
-        if m.has_flag("ht") {
-            return Err(refuse("hugetlbfs memory"));
-        }
-        let mut v = Vma {
-            start: m.start,
-            end: m.end,
-            prot: prot_of(m),
-            kind: KIND_ANON,
-            pgoff: m.offset / PAGE_SIZE as u64,
-            name: m.name.clone(),
-            ..Default::default()
-        };
-        if m.shared {
-            v.flags |= VMA_SHARED;
-        }
-        if m.has_flag("gd") {
-            v.flags |= VMA_GROWSDOWN;
-        }
-        if m.has_flag("nr") {
-            v.flags |= VMA_NORESERVE;
-        }
-        let name = m.name.as_str();
-        v.kind = match name {
-            "[vdso]" => KIND_VDSO,
-            n if n.starts_with("[vvar") => KIND_VVAR,
-            "[heap]" => KIND_HEAP,
-            "[stack]" => KIND_STACK,
-            "" if m.shared => KIND_SHMEM,
-            "" => KIND_ANON,
-            "/dev/zero (deleted)" if m.shared => KIND_SHMEM,
-            n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
-            n if n.starts_with("[anon:") => KIND_ANON,
-            n if n.starts_with("/SYSV") => return Err(refuse("System V shared memory")),
-            n if n.starts_with("/memfd:") => return Err(refuse("a memfd")),
-            n if n.ends_with(" (deleted)") => return Err(refuse("a mapping of a deleted file")),
-            n if n.starts_with('/') => KIND_FILE,
-            _ => return Err(refuse("a special mapping")),
-        };
-        if v.kind == KIND_FILE {
-            let id = FileId::of(name, name, true)
-                .map_err(|e| Error::Refused(format!("pid {pid}: mapped file {name}: {e}")))?;
-            let (maj, min) = m.dev;
-            if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
-                return Err(refuse("a file that was replaced on disk after it was mapped"));
-            }
-            if id.file_type() == libc::S_IFCHR && !m.shared {
-                // A private mapping of /dev/zero is plain anonymous memory.
-                v.kind = KIND_ANON;
-                v.name.clear();
-            } else {
-                if id.file_type() != libc::S_IFREG {
-                    return Err(refuse("a mapping of a device or special file"));
-                }
-                if !m.shared && !no_copy(name, is_elf(name)) {
-                    v.flags |= VMA_FILE_COPY;
-                }
-                v.file = Some(id);
-            }
-        }
-        if v.kind == KIND_VDSO {
-            v.content = vec![0u8; v.len() as usize];
-            mem::read_runs(pid, &[(v.start, v.len() as usize)], &mut v.content)?;
-        }
-        debug!("vma {:#x}-{:#x} {} {} {}", v.start, v.end, v.prot_string(), v.kind_name(), v.name);
-        out.push(v);
     }
+    Error::blocked(pid, blocked)?;
     Ok(out)
+}
+
+/// One mapping: the VMA to save, none (the vsyscall page), or why it cannot be.
+fn classify_one(
+    pid: i32,
+    m: &MapEntry,
+    no_copy: &dyn Fn(&str, bool) -> bool,
+) -> Result<std::result::Result<Option<Vma>, String>> {
+    let refuse = |what: &str| Ok(Err(format!("mapping {:#x}-{:#x} {} is {what}", m.start, m.end, m.name)));
+    if m.name == "[vsyscall]" {
+        return Ok(Ok(None));
+    }
+    if m.has_flag("ht") {
+        return refuse("hugetlbfs memory");
+    }
+    let mut v = Vma {
+        start: m.start,
+        end: m.end,
+        prot: prot_of(m),
+        kind: KIND_ANON,
+        pgoff: m.offset / PAGE_SIZE as u64,
+        name: m.name.clone(),
+        ..Default::default()
+    };
+    if m.shared {
+        v.flags |= VMA_SHARED;
+    }
+    if m.has_flag("gd") {
+        v.flags |= VMA_GROWSDOWN;
+    }
+    if m.has_flag("nr") {
+        v.flags |= VMA_NORESERVE;
+    }
+    let name = m.name.as_str();
+    v.kind = match name {
+        "[vdso]" => KIND_VDSO,
+        n if n.starts_with("[vvar") => KIND_VVAR,
+        "[heap]" => KIND_HEAP,
+        "[stack]" => KIND_STACK,
+        "" if m.shared => KIND_SHMEM,
+        "" => KIND_ANON,
+        "/dev/zero (deleted)" if m.shared => KIND_SHMEM,
+        n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
+        n if n.starts_with("[anon:") => KIND_ANON,
+        n if n.starts_with("/SYSV") => return refuse("System V shared memory"),
+        n if n.starts_with("/memfd:") => return refuse("a memfd"),
+        n if n.ends_with(" (deleted)") => return refuse("a mapping of a deleted file"),
+        n if n.starts_with('/') => KIND_FILE,
+        _ => return refuse("a special mapping"),
+    };
+    if v.kind == KIND_FILE {
+        let id = match FileId::of(name, name, true) {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(format!("mapped file {name}: {e}"))),
+        };
+        let (maj, min) = m.dev;
+        if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
+            return refuse("a file that was replaced on disk after it was mapped");
+        }
+        if id.file_type() == libc::S_IFCHR && !m.shared {
+            // A private mapping of /dev/zero is plain anonymous memory.
+            v.kind = KIND_ANON;
+            v.name.clear();
+        } else {
+            if id.file_type() != libc::S_IFREG {
+                return refuse("a mapping of a device or special file");
+            }
+            if !m.shared && !no_copy(name, is_elf(name)) {
+                v.flags |= VMA_FILE_COPY;
+            }
+            v.file = Some(id);
+        }
+    }
+    if v.kind == KIND_VDSO {
+        v.content = vec![0u8; v.len() as usize];
+        mem::read_runs(pid, &[(v.start, v.len() as usize)], &mut v.content)?;
+    }
+    debug!("vma {:#x}-{:#x} {} {} {}", v.start, v.end, v.prot_string(), v.kind_name(), v.name);
+    Ok(Ok(Some(v)))
 }
 
 fn is_elf(path: &str) -> bool {

@@ -1,0 +1,180 @@
+//! Everything that stops a process from being checkpointed, all of it at once: a refusal
+//! names every reason (each fd, mapping, child, lock...), not only the first, and
+//! `ckpt --check` lists them touching nothing. What /proc/PID/status says is checked here; the
+//! fds and mappings by the resources that save them (res::files, res::memory).
+
+use crate::error::{Error, Result};
+use crate::ptrace::procfs;
+
+/// The checks /proc/PID/status answers; `traced` once we trace the process ourselves.
+pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
+    let field = |k| procfs::status_field(status, k).unwrap_or("");
+    if field("State").starts_with('Z') || field("State").starts_with('X') {
+        return Err(Error::Refused(format!("pid {pid} is a zombie; there is nothing left to checkpoint")));
+    }
+    if field("Tgid") != pid.to_string() {
+        return Err(Error::Refused(format!(
+            "pid {pid} is a thread of process {}; checkpoint the process",
+            field("Tgid")
+        )));
+    }
+    let tracer = field("TracerPid");
+    if !traced && tracer != "0" && !tracer.is_empty() {
+        return Err(Error::Refused(format!(
+            "pid {pid} is already traced by pid {tracer} (a debugger?); detach it first"
+        )));
+    }
+    let uid = procfs::status_ids(status, "Uid").unwrap_or([0; 4]);
+    let me = nix::unistd::geteuid().as_raw();
+    if me != 0 && uid.iter().any(|&u| u != me) {
+        return Err(Error::Permission(format!(
+            "pid {pid} belongs to uid {}; you (uid {me}) may not checkpoint it: run as its owner or as root",
+            uid[0]
+        )));
+    }
+    // From here on, what crs cannot handle yet: every reason is named.
+    let mut why = Vec::new();
+    if field("Seccomp") != "0" && !field("Seccomp").is_empty() {
+        why.push("it runs under a seccomp filter".to_string());
+    }
+    if field("NoNewPrivs") == "1" {
+        why.push("it has no_new_privs set".to_string());
+    }
+    // What cannot be read is not taken for the default: a check that cannot be made refuses.
+    let caps_default = |k| {
+        let (Ok(v), Ok(full)) = (u64::from_str_radix(field(k), 16), u64::from_str_radix(field("CapBnd"), 16)) else {
+            return false;
+        };
+        match k {
+            "CapInh" | "CapAmb" => v == 0,
+            _ if uid[1] == 0 => v == full,
+            _ => v == 0,
+        }
+    };
+    if !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
+        why.push(format!("it holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"));
+    }
+    let threads: u64 = field("Threads").parse().map_err(|_| {
+        Error::Proc(format!(
+            "/proc/{pid}/status: no Threads line that parses; cannot tell whether pid {pid} is single-threaded"
+        ))
+    })?;
+    if threads > 1 {
+        let what = if traced { "it started a thread".to_string() } else { format!("it has {threads} threads") };
+        why.push(format!("{what} (crs checkpoints single-threaded processes only, for now)"));
+    }
+    Error::blocked(pid, why)
+}
+
+/// Its children: crs checkpoints one process, and a child would be left behind (killed with
+/// -k, its parent gone) or missing from the restored copy.
+pub fn children(pid: i32) -> Vec<String> {
+    let mut kids = Vec::new();
+    let dir = format!("/proc/{pid}/task");
+    for t in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        kids.extend(list.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+    }
+    if kids.is_empty() {
+        return vec![];
+    }
+    let named: Vec<String> = kids
+        .iter()
+        .map(|k| {
+            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            format!("pid {k} ({})", comm.trim())
+        })
+        .collect();
+    vec![format!(
+        "it has children ({}), which crs would leave behind: checkpoint processes without children",
+        named.join(", ")
+    )]
+}
+
+/// The file locks and leases it holds (/proc/locks: POSIX and flock locks, leases; OFD locks
+/// belong to no pid there and are not seen).
+pub fn locks(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let held: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: POSIX  ADVISORY  WRITE 1234 08:01:123 0 EOF"; "->" marks a waiter.
+            let f: Vec<&str> = f.into_iter().filter(|w| *w != "->").collect();
+            (f.len() >= 6 && f[4] == pid.to_string()).then(|| format!("{} {} lock on inode {}", f[1], f[3], f[5]))
+        })
+        .collect();
+    match held.len() {
+        0 => vec![],
+        _ => vec![format!("it holds file locks ({}), which crs does not restore yet", held.join(", "))],
+    }
+}
+
+/// Its POSIX timers (timer_create), from /proc/PID/timers.
+pub fn timers(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    let n = text.lines().filter(|l| l.starts_with("ID:")).count();
+    match n {
+        0 => vec![],
+        n => vec![format!("it has {n} POSIX timer(s) (timer_create), which crs does not restore yet")],
+    }
+}
+
+/// Namespaces it does not share with us: it would come back in ours. (Not the mount
+/// namespace: files are found by path wherever the restore runs, and `ip netns exec` gives
+/// every command a mount namespace of its own.)
+pub fn namespaces(pid: i32) -> Vec<String> {
+    let other: Vec<String> = ["net", "pid", "ipc", "uts", "user", "time", "cgroup"]
+        .iter()
+        .filter_map(|ns| {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()?;
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()?;
+            (theirs != ours).then(|| theirs.to_string_lossy().into_owned())
+        })
+        .collect();
+    match other.len() {
+        0 => vec![],
+        _ => vec![format!(
+            "it is in other namespaces than crs ({}), which crs does not restore: run crs in them",
+            other.join(", ")
+        )],
+    }
+}
+
+/// All that the process's relations and kernel objects say against it (children, locks,
+/// timers, namespaces).
+pub fn relations(pid: i32) -> Vec<String> {
+    [children(pid), locks(pid), timers(pid), namespaces(pid)].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_text(threads: &str, cap: &str) -> String {
+        format!(
+            "Name:\tx\nState:\tS (sleeping)\nTgid:\t7\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nThreads:\t{threads}\nSeccomp:\t0\nNoNewPrivs:\t0\nCapInh:\t0000000000000000\nCapPrm:\t{cap}\nCapEff:\t{cap}\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n"
+        )
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_read_refuses() {
+        let full = "000001ffffffffff";
+        // Run as root (CI): a process of root's with root's capabilities passes.
+        if nix::unistd::geteuid().is_root() {
+            assert!(status(7, &status_text("1", full), false).is_ok());
+        }
+        let e = status(7, &status_text("", full), false).unwrap_err().to_string();
+        assert!(e.contains("no Threads line"), "{e}");
+        let e = status(7, &status_text("many", full), false).unwrap_err().to_string();
+        assert!(e.contains("no Threads line"), "{e}");
+        assert!(status(7, &status_text("2", full), false).unwrap_err().to_string().contains("2 threads"));
+        assert!(status(7, &status_text("1", "?"), false).is_err());
+        // Every reason at once.
+        let t = status_text("3", "?").replace("Seccomp:\t0", "Seccomp:\t2").replace("NoNewPrivs:\t0", "NoNewPrivs:\t1");
+        match status(7, &t, false) {
+            Err(Error::Blocked { reasons, .. }) => assert_eq!(reasons.len(), 4, "{reasons:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

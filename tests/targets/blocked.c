@@ -1,0 +1,41 @@
+/* A process crs must refuse, for several reasons at once: a child, a pipe beyond stdio, a
+ * flock()ed file and a POSIX timer. argv[1]: a directory for the locked file. Prints "ready";
+ * on "check" it prints "ok" (it ran on, untouched) and exits. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    close_range(3, ~0U, 0);
+    pid_t kid = fork();
+    if (kid == 0) { prctl(PR_SET_PDEATHSIG, SIGKILL); pause(); _exit(0); }
+    int p[2];
+    if (pipe(p)) return 1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/locked", argc > 1 ? argv[1] : ".");
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0 || flock(fd, LOCK_EX)) return 1;
+    timer_t t;
+    struct sigevent ev = {0};
+    ev.sigev_notify = SIGEV_NONE;
+    if (timer_create(CLOCK_MONOTONIC, &ev, &t)) return 1;
+    printf("ready\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        if (strncmp(line, "check", 5)) continue;
+        kill(kid, SIGKILL);
+        waitpid(kid, 0, 0);
+        printf("ok\n");
+        fflush(stdout);
+        return 0;
+    }
+    return 1;
+}
