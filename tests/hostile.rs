@@ -177,6 +177,9 @@ fn a_keyless_restartd_refuses_groups_the_user_does_not_have() {
     }
     let (dir, img) = nobodys_image("hostile-groups");
     let d = Daemon::start(&[]);
+    // It says how it is set up.
+    let start = d.said.line("listening on");
+    assert!(start.contains("without a key") && start.contains("root's processes refused"), "{start}");
     let shadow = 42;
     let cases: [(&str, Vec<u8>, &str); 3] = [
         ("gid-shadow.crf", forge(&img, |h| h.gids = [42; 4]), "gid is 42"),

@@ -152,10 +152,12 @@ fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
         warn!("no cluster key: serving only clients on this node (give --key or create {})", key::DEFAULT_KEY);
     }
     info!(
-        "listening on {}, up to {} clients, images up to {} bytes",
+        "listening on {}, up to {} clients, images up to {} bytes, {}, root's processes {}",
         l.local_addr().map(|x| x.to_string()).unwrap_or(addr),
         a.max_clients,
-        cfg.limit
+        cfg.limit,
+        if cfg.key.is_some() { "with a cluster key" } else { "without a key (this node's clients only)" },
+        if cfg.allow_root { "accepted (--allow-root)" } else { "refused" }
     );
     let mut live = 0usize;
     loop {

@@ -207,8 +207,10 @@ pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -
 pub fn watch(child: &mut std::process::Child, needle: &str, tag: &'static str) -> Said {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
-    assert!(lines.any(|l| l.map(|l| l.contains(needle)).unwrap_or(false)), "{tag} never said {needle:?}");
+    let first = lines.find_map(|l| l.ok().filter(|l| l.contains(needle)));
+    let first = first.unwrap_or_else(|| panic!("{tag} never said {needle:?}"));
     let said = Said::default();
+    said.0.lock().unwrap().push(first);
     let keep = said.clone();
     std::thread::spawn(move || {
         lines.map_while(Result::ok).for_each(|l| {
@@ -219,7 +221,7 @@ pub fn watch(child: &mut std::process::Child, needle: &str, tag: &'static str) -
     said
 }
 
-/// What a watched program has said since.
+/// What a watched program has said, from the line waited for on.
 #[derive(Clone, Default)]
 pub struct Said(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
