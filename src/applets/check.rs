@@ -167,7 +167,7 @@ fn run_checks() -> Vec<Line> {
         Ok(maps) => {
             let sp: Vec<String> = maps
                 .iter()
-                .filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar"))
+                .filter(|m| m.is_vdso_or_vvar())
                 .map(|m| format!("{} {}K", m.name, m.len() / 1024))
                 .collect();
             let has_vdso = maps.iter().any(|m| m.name == "[vdso]");

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! What a section's payload means is up to the resource that owns the tag (src/res/); this module
-//! only frames it. Page data travels in `PAGE` sections whose data part starts on a page boundary
+//! only frames it. Page data travels in `PAGES` sections whose data part starts on a page boundary
 //! of the stream, so a file image can be read straight into place.
 //!
 //! The codec is pure: no syscalls, never panics on untrusted bytes, and never allocates more than

@@ -8,7 +8,7 @@ use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::Remote;
-use crate::ptrace::tracee::{RseqConf, Tracee};
+use crate::ptrace::tracee::{RseqConf, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
@@ -16,7 +16,7 @@ use crate::res::memory::{self, MmStruct};
 use crate::res::regs::{self, RegState};
 use crate::res::signals::Signals;
 use crate::res::task::Task;
-use crate::res::{cwd, fileid::FileId, files};
+use crate::res::{cwd, files};
 use crate::res::{mdwe, pending, thp};
 use log::debug;
 use nix::sys::signal::Signal;
@@ -135,14 +135,6 @@ pub fn checkpoint_prechecked<W: Sink>(
     }
 }
 
-fn redeliver(pid: i32, sigs: &[i32]) {
-    for &s in sigs {
-        if let Ok(sig) = Signal::try_from(s) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn frozen_work<W: Sink>(
     t: &Tracee,
@@ -155,15 +147,16 @@ fn frozen_work<W: Sink>(
     rseq: Option<RseqConf>,
     held: &mut Vec<i32>,
 ) -> Result<(u64, u64)> {
-    let xsave = regs::collect_xstate(t)?;
-    let sigmask = t.sigmask()?;
-    let pending = pending::collect(t)?;
-    // Again, now that it cannot change: a caller may have run precheck a while ago.
+    // Again, now that it cannot change, before anything is collected: a caller may have run
+    // precheck a while ago.
     let status = procfs::read_status(pid)?;
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
     why.extend(blockers::relations(pid));
     Error::blocked(pid, why)?;
+    let xsave = t.xstate()?;
+    let sigmask = t.sigmask()?;
+    let pending = pending::collect(t)?;
 
     // Things only the process itself can tell: ask it, through syscalls run in it.
     let maps = procfs::read_smaps(pid)?;
@@ -212,27 +205,19 @@ fn frozen_work<W: Sink>(
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid)?;
     let cwd = cwd::collect(pid)?;
-    let exe_link = format!("/proc/{pid}/exe");
-    let exe_path = std::fs::read_link(&exe_link).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let exe = FileId::of(&exe_link, &exe_path, true).ok().filter(|_| !exe_path.ends_with(" (deleted)"));
-    let auxv_path = format!("/proc/{pid}/auxv");
-    let auxv = std::fs::read(&auxv_path).map_err(|e| Error::io(&auxv_path, e))?;
-    let mm = MmStruct {
-        start_code: stat.start_code,
-        end_code: stat.end_code,
-        start_data: stat.start_data,
-        end_data: stat.end_data,
-        start_brk: stat.start_brk,
-        brk,
-        start_stack: stat.start_stack,
-        arg_start: stat.arg_start,
-        arg_end: stat.arg_end,
-        env_start: stat.env_start,
-        env_end: stat.env_end,
-        auxv,
-        exe,
-    };
-    let head = header(pid, opts, &stat, &status, &exe_path)?;
+    let (mm, exe_path) = MmStruct::collect(pid, &stat, brk)?;
+    let mut flags = 0;
+    for (on, f) in [
+        (opts.kill, head::CKPT_KILL),
+        (opts.no_binary, head::CKPT_NO_BINARY),
+        (opts.no_libs, head::CKPT_NO_LIBS),
+        (opts.stop, head::CKPT_STOP),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    let head = Header::collect(pid, flags, &stat, &status, &exe_path)?;
     debug!("pid {pid}: {} mappings, {} fds, cwd {cwd}", vmas.len(), fds.len());
 
     st.head = head;
@@ -266,43 +251,4 @@ fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
     mem::read_runs(pid, &[(vdso.start, code.len())], &mut code)?;
     arch::find_syscall_insn(&code, vdso.start)
         .ok_or_else(|| Error::Refused(format!("pid {pid}: no syscall instruction in its vdso")))
-}
-
-fn header(pid: i32, opts: &Options, stat: &procfs::Stat, status: &str, exe: &str) -> Result<Header> {
-    let ids = |k| procfs::status_ids(status, k).ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no {k} line")));
-    let groups = procfs::status_field(status, "Groups")
-        .unwrap_or("")
-        .split_whitespace()
-        .filter_map(|g| g.parse().ok())
-        .collect();
-    let uts = nix::sys::utsname::uname().map_err(|e| Error::sys("uname", "this node", e))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut flags = 0;
-    for (on, f) in [
-        (opts.kill, head::CKPT_KILL),
-        (opts.no_binary, head::CKPT_NO_BINARY),
-        (opts.no_libs, head::CKPT_NO_LIBS),
-        (opts.stop, head::CKPT_STOP),
-    ] {
-        if on {
-            flags |= f;
-        }
-    }
-    Ok(Header {
-        flags,
-        pid,
-        ppid: stat.ppid,
-        pgid: stat.pgid,
-        sid: stat.sid,
-        uids: ids("Uid")?,
-        gids: ids("Gid")?,
-        groups,
-        comm: stat.comm.clone(),
-        exe: exe.to_string(),
-        hostname: uts.nodename().to_string_lossy().into_owned(),
-        kernel: uts.release().to_string_lossy().into_owned(),
-        boot_id: crate::res::fileid::boot_id(),
-        time_sec: now.as_secs() as i64,
-        time_nsec: now.subsec_nanos(),
-    })
 }

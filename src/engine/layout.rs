@@ -51,7 +51,7 @@ pub fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
 /// Moves this kernel's vdso/vvar mappings in the child to where the image had them (or removes
 /// them when the image had none). `plan` has already checked they are the same kind and size.
 pub fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &[(u64, u64)]) -> Result<()> {
-    let mine: Vec<&MapEntry> = child.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).collect();
+    let mine: Vec<&MapEntry> = child.iter().filter(|m| m.is_vdso_or_vvar()).collect();
     let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
     if want.is_empty() {
         for m in mine {

@@ -2,11 +2,12 @@
 //!
 //! The child is a clone3 of rstrt (with the image's pid when it is free and we may), which stops
 //! itself under PTRACE_TRACEME. From then on it only ever executes single `syscall` instructions
-//! we point it at: we map a one-page gadget where the image has a hole, unmap everything rstrt
-//! left in it, move the vdso to where the image had it, set the mm layout, then the credentials
-//! (so that all it opens from then on is opened as the image's user), map and fill the image's
-//! memory, set files, cwd, signals and rseq, and finally unmap the gadget from within (stopping
-//! at that syscall's exit) and load the image's registers. Nothing of the image runs
+//! we point it at, in the numbered steps of `restore_checked`: a gadget (one page of code, three
+//! of scratch) where neither it nor the image has anything; everything rstrt left in it
+//! unmapped; the mm layout and exe link; the credentials, so that all it opens from then on is
+//! opened as the image's user; the vdso where the image had it, the mappings and their pages;
+//! files, cwd, signals, session, task attributes, THP, MDWE and pending signals; finally the
+//! gadget unmapped from within (stopping at that syscall's exit) and the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
 use super::layout::{find_free, move_specials, stretches};
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::ptrace::arch;
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::remote::Remote;
-use crate::ptrace::tracee::Tracee;
+use crate::ptrace::tracee::{Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem};
 use crate::res::fileid;
 use crate::res::head::Header;
@@ -30,7 +31,6 @@ use crate::res::{creds, cwd, files, mdwe, pending, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use std::os::fd::AsRawFd;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,11 +84,7 @@ impl Held {
         let Some(t) = self.t.take() else { return Ok(()) };
         let pid = t.pid;
         t.detach()?;
-        for &s in &self.signals {
-            if let Ok(sig) = Signal::try_from(s) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-            }
-        }
+        redeliver(pid, &self.signals);
         Ok(())
     }
 }
@@ -100,10 +96,6 @@ impl Drop for Held {
             while t.wait().is_ok() {}
         }
     }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// Restores the image read from `input`. Returns once the process runs (or is stopped, with
@@ -130,8 +122,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let same_boot = st.head.boot_id == fileid::boot_id();
     let me = std::process::id() as i32;
     let own = procfs::read_smaps(me)?;
-    let specials: Vec<MapEntry> =
-        own.iter().filter(|m| m.name == "[vdso]" || m.name.starts_with("[vvar")).cloned().collect();
+    let specials: Vec<MapEntry> = own.iter().filter(|m| m.is_vdso_or_vvar()).cloned().collect();
     let vdso = match own.iter().find(|m| m.name == "[vdso]") {
         Some(v) => {
             let mut b = vec![0u8; v.len() as usize];
@@ -156,7 +147,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // Root restoring another user's process: it gets no mapping below vm.mmap_min_addr (root
     // could map there, the user could not), none of root's terminal, and a session of its own
     // (no controlling terminal of root's).
-    let foreign = is_root() && st.head.uids.iter().any(|&u| u != 0);
+    let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
     if foreign {
         let min = memory::mmap_min_addr();
         if let Some(v) = st.vmas.iter().find(|v| v.start < min) {
@@ -196,7 +187,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let inherited_rseq = t.rseq()?;
     let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch::default() };
     // Every signal blocked but SIGTRAP, and SIGTRAP as the child inherited it from us: single
-    // steps are harmless as long as that stays unignored (see engine::remote).
+    // steps are harmless as long as that stays unignored (see ptrace::remote).
     let trap = |s: &Signals| s.actions.get(libc::SIGTRAP as usize - 1).map_or(0, |a| a.handler);
     let all_but_trap = !(1u64 << (libc::SIGTRAP - 1));
     t.set_sigmask(all_but_trap)?;
@@ -223,7 +214,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if let Some(r) = inherited_rseq {
         task::unregister_rseq(&mut c, r)?;
     }
-    let special = |m: &MapEntry| m.name == "[vdso]" || m.name.starts_with("[vvar") || m.name == "[vsyscall]";
+    let special = |m: &MapEntry| m.is_vdso_or_vvar() || m.name == "[vsyscall]";
     let keep: Vec<(u64, u64)> =
         child_maps.iter().filter(|m| special(m)).map(|m| (m.start, m.end)).chain([(g, g + glen)]).collect();
     let used: Vec<(u64, u64)> = child_maps.iter().filter(|m| !special(m)).map(|m| (m.start, m.end)).collect();
@@ -239,7 +230,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
-    if is_root() {
+    if creds::is_root() {
         creds::restore(&mut c, &st.head)?;
     } else {
         creds::verify(pid, &st.head, creds::Stage::Inherited)?;
@@ -301,14 +292,19 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));
     }
     t.set_sigmask(st.signals.blocked)?;
-    let held = std::mem::take(&mut c.r.held);
+    // Signals that came meanwhile go to the process once it runs (a SIGSTOP only if asked).
+    let held: Vec<i32> =
+        std::mem::take(&mut c.r.held).into_iter().filter(|&s| s != libc::SIGSTOP || opts.stop).collect();
     regs.load_gprs(&t)?;
+    drop(c);
+    let exe_kept = !exe_set && st.mm.exe.is_some();
+    let mut restored =
+        Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, state: st, held: None };
     if opts.hold {
-        drop(c);
+        // From here the Held kills it if it is dropped unreleased.
         guard.armed = false;
-        let held = Some(Held { t: Some(t), signals: held });
-        let exe_kept = !exe_set && st.mm.exe.is_some();
-        return Ok(Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, state: st, held });
+        restored.held = Some(Held { t: Some(t), signals: held });
+        return Ok(restored);
     }
     if opts.stop {
         t.kill(Signal::SIGSTOP)?;
@@ -318,19 +314,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if opts.stop {
         procfs::wait_stopped(pid);
     }
-    for s in held.into_iter().filter(|&s| s != libc::SIGSTOP || opts.stop) {
-        if let Ok(sig) = Signal::try_from(s) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-        }
-    }
-    debug!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
-    Ok(Restored {
-        pid,
-        original_pid: st.head.pid,
-        pid_note,
-        exe_kept: !exe_set && st.mm.exe.is_some(),
-        null_stdio,
-        state: st,
-        held: None,
-    })
+    redeliver(pid, &held);
+    debug!("restored pid {} as pid {pid} ({npages} pages)", restored.original_pid);
+    Ok(restored)
 }

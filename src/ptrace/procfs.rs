@@ -23,6 +23,10 @@ pub struct MapEntry {
 }
 
 impl MapEntry {
+    /// The kernel's vdso or one of its vvar areas ([vvar], [vvar_vclock]...).
+    pub fn is_vdso_or_vvar(&self) -> bool {
+        self.name == "[vdso]" || self.name.starts_with("[vvar")
+    }
     pub fn has_flag(&self, f: &str) -> bool {
         self.vmflags.iter().any(|x| x == f)
     }

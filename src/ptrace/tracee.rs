@@ -325,6 +325,16 @@ impl Tracee {
     }
 }
 
+/// Sends `pid` the signals that arrived while we held it (and that we kept from it), once it
+/// runs on its own again.
+pub fn redeliver(pid: i32, sigs: &[i32]) {
+    for &s in sigs {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
 impl Drop for Tracee {
     fn drop(&mut self) {
         if self.attached {

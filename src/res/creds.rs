@@ -14,7 +14,8 @@ use super::head::Header;
 use crate::error::{Error, Result};
 use crate::ptrace::{Ctl, procfs};
 
-fn is_root() -> bool {
+/// Whether we run with root's effective uid.
+pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 

@@ -1,6 +1,7 @@
 //! HEAD: who the process was and where it was checkpointed (the paper's header).
 
 use crate::crf::{Dec, Enc, Result};
+use crate::ptrace::procfs;
 
 /// Checkpoint flags (the paper's CRS_* flags), recorded in the header.
 pub const CKPT_KILL: u32 = 1;
@@ -42,6 +43,38 @@ impl Header {
         e.str(&self.comm).str(&self.exe).str(&self.hostname).str(&self.kernel).str(&self.boot_id);
         e.i64(self.time_sec).u32(self.time_nsec);
         e.into_bytes()
+    }
+
+    /// Who the frozen process `pid` is, from its stat and status, and where it is
+    /// checkpointed (this node, now); `flags` are the CKPT_* of the checkpoint.
+    pub fn collect(pid: i32, flags: u32, stat: &procfs::Stat, status: &str, exe: &str) -> crate::error::Result<Header> {
+        use crate::error::Error;
+        let ids =
+            |k| procfs::status_ids(status, k).ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no {k} line")));
+        let groups = procfs::status_field(status, "Groups")
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        let uts = nix::sys::utsname::uname().map_err(|e| Error::sys("uname", "this node", e))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Ok(Header {
+            flags,
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgid,
+            sid: stat.sid,
+            uids: ids("Uid")?,
+            gids: ids("Gid")?,
+            groups,
+            comm: stat.comm.clone(),
+            exe: exe.to_string(),
+            hostname: uts.nodename().to_string_lossy().into_owned(),
+            kernel: uts.release().to_string_lossy().into_owned(),
+            boot_id: super::fileid::boot_id(),
+            time_sec: now.as_secs() as i64,
+            time_nsec: now.subsec_nanos(),
+        })
     }
 
     /// crfinfo's lines.

@@ -192,11 +192,6 @@ fn set<T>(field: &mut T, v: crf::Result<T>) -> crf::Result<()> {
     Ok(())
 }
 
-/// The registry's entry for `tag`, if it has one.
-pub fn def(tag: Tag) -> Option<&'static SectionDef> {
-    SECTIONS.iter().copied().find(|d| d.tag == tag)
-}
-
 /// Writes the layout sections (`layout`) or the rest, in registry order.
 pub fn write<W: std::io::Write>(w: &mut Writer<W>, st: &ProcessState, layout: bool) -> Result<()> {
     for d in SECTIONS.iter().filter(|d| d.layout == layout) {

@@ -30,11 +30,6 @@ pub fn collect(t: &Tracee, rseq: Option<RseqConf>) -> Result<Frozen> {
     Ok(Frozen { live, image })
 }
 
-/// The frozen thread's XSAVE area (or FXSAVE, on a CPU without XSAVE).
-pub fn collect_xstate(t: &Tracee) -> Result<Vec<u8>> {
-    t.xstate()
-}
-
 /// If the process was stopped inside an rseq critical section, the address it must resume at
 /// (its abort handler), as the kernel would have done on the way back to user mode.
 fn rseq_fixup(pid: i32, rseq: Option<RseqConf>, r: &Regs) -> Option<u64> {

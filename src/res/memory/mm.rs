@@ -42,6 +42,32 @@ impl MmStruct {
         ]
     }
 
+    /// The frozen process's mm layout, from its stat, its program break (which only the
+    /// process can tell: `brk`), auxv and exe link. Also returns the exe link's path.
+    pub fn collect(pid: i32, stat: &crate::ptrace::procfs::Stat, brk: u64) -> Result<(MmStruct, String)> {
+        let exe_link = format!("/proc/{pid}/exe");
+        let exe_path = std::fs::read_link(&exe_link).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let exe = FileId::of(&exe_link, &exe_path, true).ok().filter(|_| !exe_path.ends_with(" (deleted)"));
+        let auxv_path = format!("/proc/{pid}/auxv");
+        let auxv = std::fs::read(&auxv_path).map_err(|e| Error::io(&auxv_path, e))?;
+        let mm = MmStruct {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+            auxv,
+            exe,
+        };
+        Ok((mm, exe_path))
+    }
+
     /// crfinfo's lines.
     pub fn describe(&self) -> Vec<String> {
         let m = self;

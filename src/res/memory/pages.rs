@@ -67,13 +67,13 @@ struct BatchPlan {
     pages: usize,
 }
 
-/// Splits the pages to store into batches of at most MAX_BATCH_PAGES.
 /// Pages per PAGES section written: 1 MiB. Big enough that per-batch costs vanish, small
 /// enough that the buffers a stream passes through (two here, a few frames on each side of a
 /// migration) cost little to fault in for a small process. The format allows up to
 /// MAX_BATCH_PAGES.
 const DUMP_BATCH_PAGES: usize = 256;
 
+/// Splits the pages to store into batches of at most DUMP_BATCH_PAGES.
 fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
     let pm_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pm_path).map_err(|e| Error::io(&pm_path, e))?;
@@ -178,6 +178,7 @@ pub fn dump_pages<W: Sink>(pid: i32, vmas: &[Vma], w: &mut Writer<W>) -> Result<
     })
 }
 
+/// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
 /// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped.
 pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
