@@ -679,3 +679,25 @@ fn a_restorer_with_ambient_capabilities_passes_none_on() {
         assert!(line.ends_with("0000000000000000"), "{line}");
     }
 }
+
+/// A user's image cannot raise its hard resource limits through root: they are set once the
+/// process has its user's ids, and one above what that user may have refuses the restore.
+#[test]
+fn a_users_image_cannot_raise_its_hard_limits() {
+    if !prerequisites() {
+        return;
+    }
+    let (dir, img) = nobodys_image("hostile-rlimits");
+    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
+        if tag != crs::res::image::tags::RLIMITS {
+            return payload;
+        }
+        let mut l = crs::res::rlimits::decode(&payload, 0).unwrap();
+        l[libc::RLIMIT_NOFILE as usize] = (u64::MAX, u64::MAX);
+        crs::res::rlimits::encode(&l)
+    });
+    let forged = nobodys_file(&dir, "nofile.crf", &bytes);
+    let o = run(&["rstrt", "-d", "--stop", &forged]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("RLIMIT_NOFILE hard limit unlimited"), "{}", stderr(&o));
+}

@@ -18,18 +18,20 @@ fn all_memory_survives_kill_and_restart() {
     r.verdict("ok");
 }
 
-/// A process with transparent huge pages disabled comes back with them disabled (and one
-/// without, above, without: the target checks whichever it started with).
+/// A process with transparent huge pages disabled and resource limits of its own comes back
+/// with them (and one without, above, without: the target checks whichever it started with).
 #[test]
-fn transparent_huge_pages_stay_disabled() {
+fn transparent_huge_pages_and_resource_limits_survive() {
     let dir = tmpdir("mem-thp");
     let d = dir.to_str().unwrap();
-    let mut p = start("memory", &[d, "8", "thp"], &dir);
+    let mut p = start("memory", &[d, "8", "thp,rlim"], &dir);
     let img = format!("{d}/m.crf");
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let info = run(&["crfinfo", &img]);
-    assert!(String::from_utf8_lossy(&info.stdout).contains("transparent huge pages disabled"), "{info:?}");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("transparent huge pages disabled"), "{text}");
+    assert!(text.contains("nofile 64/4096"), "{text}");
     let mut r = rstrt(&[&img]);
     r.verdict("ok");
 }

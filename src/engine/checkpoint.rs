@@ -17,7 +17,7 @@ use crate::res::regs::{self, RegState};
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::{cwd, files};
-use crate::res::{mdwe, pending, thp};
+use crate::res::{mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -188,6 +188,7 @@ fn frozen_work<W: Sink>(
         st.task = Task::collect(&mut c, &status, rseq)?;
         st.mdwe = mdwe::collect(&mut c)?;
         st.thp_disabled = thp::collect(&mut c)?;
+        st.rlimits = rlimits::collect(pid)?;
         c.brk_query()
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");

@@ -27,7 +27,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
-use crate::res::{creds, cwd, files, mdwe, pending, thp};
+use crate::res::{creds, cwd, files, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -278,6 +278,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     st.task.restore(&mut c, &st.head.comm)?;
     thp::restore(&mut c, st.thp_disabled)?;
+    rlimits::restore(&mut c, &st.rlimits)?;
     mdwe::restore(&mut c, st.mdwe)?;
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set

@@ -201,6 +201,12 @@ impl Ctl<'_> {
         self.call(libc::SYS_capset, [hdr.0, at.0, 0, 0, 0, 0], "capset", "its capabilities").map(drop)
     }
 
+    /// prlimit64(0, resource, new, NULL) for the tracee itself, with the new struct rlimit64
+    /// at `new`; the raw result (negative errno), for callers that tell errors apart.
+    pub fn prlimit_raw(&mut self, resource: u32, new: RemoteAddr) -> Result<i64> {
+        self.r.raw(libc::SYS_prlimit64, [0, resource as u64, new.0, 0, 0, 0])
+    }
+
     /// rseq(area, len, flags, sig).
     pub fn rseq(&mut self, area: RemoteAddr, len: u32, flags: u64, sig: u32, call: &str) -> Result<()> {
         self.call(libc::SYS_rseq, [area.0, len as u64, flags, sig as u64, 0, 0], call, &format!("area {area}"))

@@ -10,7 +10,7 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, mdwe, memory, pending, regs, signals, task, thp};
+use super::{cwd, files, head, mdwe, memory, pending, regs, rlimits, signals, task, thp};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -34,6 +34,8 @@ pub struct ProcessState {
     pub mdwe: u64,
     /// PR_SET_THP_DISABLE is set.
     pub thp_disabled: bool,
+    /// Resource limits (soft, hard), in RLIMIT_* order; empty in an image of an older crs.
+    pub rlimits: Vec<rlimits::Limit>,
 }
 
 /// What belongs to one thread.
@@ -93,6 +95,7 @@ pub mod tags {
     pub const MDWE: Tag = Tag(10);
     pub const PENDING: Tag = Tag(11);
     pub const THP: Tag = Tag(12);
+    pub const RLIMITS: Tag = Tag(13);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -183,6 +186,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.thp_disabled, thp::decode(b, at).map(|()| true)),
         describe: |v| thp::describe(v.st.thp_disabled),
         ..only_if(tags::THP, "THP")
+    },
+    &SectionDef {
+        // Written by every crs since 2026-12-04; an image of an older one has none, and its
+        // process keeps the restorer's limits, as it always did.
+        encode: |st| if st.rlimits.is_empty() { vec![] } else { vec![rlimits::encode(&st.rlimits)] },
+        decode: |b, at, st| set(&mut st.rlimits, rlimits::decode(b, at)),
+        describe: |v| rlimits::describe(&v.st.rlimits),
+        ..only_if(tags::RLIMITS, "RLIMITS")
     },
 ];
 

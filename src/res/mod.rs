@@ -12,6 +12,7 @@ pub mod mdwe;
 pub mod memory;
 pub mod pending;
 pub mod regs;
+pub mod rlimits;
 pub mod signals;
 pub mod task;
 pub mod thp;

@@ -2,8 +2,9 @@
  * all of it (contents, addresses, protections, mm layout) is what it was. Prints "ok" or
  * "FAIL: what". argv[1]: a directory for its data file; argv[2] (optional): MiB of a sparse
  * mapping to touch 1 page in 256 of; argv[3] (optional), comma-separated: "exe" checks that
- * /proc/self/exe is unchanged, "thp" disables transparent huge pages (PR_SET_THP_DISABLE).
- * Whatever THP setting it starts with must be the one it ends with. */
+ * /proc/self/exe is unchanged, "thp" disables transparent huge pages (PR_SET_THP_DISABLE),
+ * "rlim" lowers a few resource limits. Whatever THP setting and resource limits it starts
+ * with must be the ones it ends with. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,6 +55,14 @@ int main(int argc, char **argv) {
     const char *opts = argc > 3 ? argv[3] : "";
     if (strstr(opts, "thp")) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
     int thp0 = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+    if (strstr(opts, "rlim")) {
+        struct rlimit nofile = {64, 4096}, core = {0, 1 << 20}, nproc = {1000, 2000};
+        setrlimit(RLIMIT_NOFILE, &nofile);
+        setrlimit(RLIMIT_CORE, &core);
+        setrlimit(RLIMIT_NPROC, &nproc);
+    }
+    struct rlimit lim0[RLIM_NLIMITS];
+    for (int r = 0; r < RLIM_NLIMITS; r++) getrlimit(r, &lim0[r]);
 
     /* heap (malloc: brk) and a big malloc (mmap) */
     unsigned char *heap = malloc(100000); fill(heap, 100000, 1);
@@ -127,6 +137,12 @@ int main(int argc, char **argv) {
     if (strstr(opts, "exe")) CHECK(strcmp(exe0, exe1) == 0, "exe %s != %s", exe1, exe0);
     int thp1 = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
     CHECK(thp1 == thp0, "PR_GET_THP_DISABLE %d, was %d", thp1, thp0);
+    for (int r = 0; r < RLIM_NLIMITS; r++) {
+        struct rlimit l; getrlimit(r, &l);
+        CHECK(l.rlim_cur == lim0[r].rlim_cur && l.rlim_max == lim0[r].rlim_max, "resource limit %d: %llu/%llu, was %llu/%llu",
+              r, (unsigned long long)l.rlim_cur, (unsigned long long)l.rlim_max,
+              (unsigned long long)lim0[r].rlim_cur, (unsigned long long)lim0[r].rlim_max);
+    }
     CHECK(getenv("HOME") || 1, "libc works");
     int cpu1 = sched_getcpu(); CHECK(cpu1 >= 0 && cpu0 >= 0, "sched_getcpu (rseq) %d", cpu1);
     char *big2 = malloc(5 << 20); CHECK(big2 != 0, "malloc after restore"); memset(big2, 1, 5 << 20); free(big2);
