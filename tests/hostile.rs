@@ -38,14 +38,16 @@ fn nobodys_image(name: &str) -> (PathBuf, String) {
 
 /// The image with its header changed by `edit`, checksums recomputed, as a forger would.
 fn forge(img: &str, edit: impl Fn(&mut Header)) -> Vec<u8> {
-    rewrite(&std::fs::read(img).unwrap(), |tag, payload| {
-        if tag != crs::res::image::tags::HEAD {
-            return payload;
-        }
+    edit_section(img, crs::res::image::tags::HEAD, |payload| {
         let mut h = Header::decode(&payload, 0).unwrap();
         edit(&mut h);
         h.encode()
     })
+}
+
+/// The image with one section's payload changed by `edit`, checksums recomputed.
+fn edit_section(img: &str, tag: crs::crf::Tag, edit: impl Fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    rewrite(&std::fs::read(img).unwrap(), |t, payload| if t == tag { edit(payload) } else { payload })
 }
 
 /// Writes `bytes` to a file nobody owns, as nobody would have.
@@ -264,10 +266,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     std::fs::write(private.join("exists"), vec![b'x'; 1234]).unwrap();
     let with_fd = |path: PathBuf| {
         let path = path.to_str().unwrap().to_string();
-        rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-            if tag != crs::res::image::tags::FILES {
-                return payload;
-            }
+        edit_section(&img, crs::res::image::tags::FILES, move |payload| {
             let mut fds = crs::res::files::decode(&payload, 0).unwrap();
             let id = crs::res::fileid::FileId {
                 path: path.clone(),
@@ -307,10 +306,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     // SAFETY: as above.
     assert!(unsafe { libc::inotify_add_watch(ino, cpath.as_ptr(), libc::IN_OPEN) } >= 0);
     let fifo_path = fifo.to_str().unwrap().to_string();
-    let mapped = rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-        if tag != crs::res::image::tags::VMAS {
-            return payload;
-        }
+    let mapped = edit_section(&img, crs::res::image::tags::VMAS, move |payload| {
         let mut v = crs::res::memory::decode_vmas(&payload, 0).unwrap();
         let id = crs::res::fileid::FileId {
             path: fifo_path.clone(),
@@ -348,10 +344,7 @@ fn files_are_checked_as_their_owner_and_kept_from_the_client() {
     // An executable that is a FIFO by the time the process opens it (as nobody, to set its
     // exe link): the open does not block, and the restore goes on without the link.
     let fifo_path = fifo.to_str().unwrap().to_string();
-    let exe_fifo = rewrite(&std::fs::read(&img).unwrap(), move |tag, payload| {
-        if tag != crs::res::image::tags::MMSTRUCT {
-            return payload;
-        }
+    let exe_fifo = edit_section(&img, crs::res::image::tags::MMSTRUCT, move |payload| {
         let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();
         let x = m.exe.as_mut().unwrap();
         x.path = fifo_path.clone();
@@ -528,10 +521,7 @@ fn the_exe_link_names_only_a_program_the_image_runs() {
     }
     let (dir, img) = nobodys_image("hostile-exe");
     let posing = "/usr/bin/setpriv";
-    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
-        if tag != crs::res::image::tags::MMSTRUCT {
-            return payload;
-        }
+    let bytes = edit_section(&img, crs::res::image::tags::MMSTRUCT, |payload| {
         let mut m = crs::res::memory::MmStruct::decode(&payload, 0).unwrap();
         m.exe = Some(crs::res::fileid::FileId::of(posing, posing, true).unwrap());
         m.encode()
@@ -591,10 +581,7 @@ fn a_users_image_cannot_place_memory_below_mmap_min_addr() {
         return;
     }
     let (dir, img) = nobodys_image("hostile-low");
-    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
-        if tag != crs::res::image::tags::VMAS {
-            return payload;
-        }
+    let bytes = edit_section(&img, crs::res::image::tags::VMAS, |payload| {
         let mut v = crs::res::memory::decode_vmas(&payload, 0).unwrap();
         // The vdso and vvar areas, in their order, from address 0 up.
         let mut at = 0;
@@ -688,10 +675,7 @@ fn a_users_image_cannot_raise_its_hard_limits() {
         return;
     }
     let (dir, img) = nobodys_image("hostile-rlimits");
-    let bytes = rewrite(&std::fs::read(&img).unwrap(), |tag, payload| {
-        if tag != crs::res::image::tags::RLIMITS {
-            return payload;
-        }
+    let bytes = edit_section(&img, crs::res::image::tags::RLIMITS, |payload| {
         let mut l = crs::res::rlimits::decode(&payload, 0).unwrap();
         l[libc::RLIMIT_NOFILE as usize] = (u64::MAX, u64::MAX);
         crs::res::rlimits::encode(&l)

@@ -102,47 +102,31 @@ impl MmStruct {
 
     pub fn decode(b: &[u8], at: u64) -> CrfResult<MmStruct> {
         let mut d = Dec::new(b, at, "MMSTRUCT");
-        let mut f = [0u64; 11];
-        for v in f.iter_mut() {
-            *v = d.u64()?;
+        // Fields are read in the order they are written here, which is the image's.
+        let mut m = MmStruct {
+            start_code: d.u64()?,
+            end_code: d.u64()?,
+            start_data: d.u64()?,
+            end_data: d.u64()?,
+            start_brk: d.u64()?,
+            brk: d.u64()?,
+            start_stack: d.u64()?,
+            arg_start: d.u64()?,
+            arg_end: d.u64()?,
+            env_start: d.u64()?,
+            env_end: d.u64()?,
+            auxv: d.bytes()?.to_vec(),
+            exe: None,
+        };
+        if !m.auxv.len().is_multiple_of(16) || m.auxv.len() > 512 {
+            return Err(d.bad_at(at, format!("auxv of {} bytes is not valid", m.auxv.len())));
         }
-        let auxv = d.bytes()?.to_vec();
-        if auxv.len() % 16 != 0 || auxv.len() > 512 {
-            return Err(d.bad_at(at, format!("auxv of {} bytes is not valid", auxv.len())));
-        }
-        let exe = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
-        if let Some(x) = exe.as_ref().filter(|x| x.file_type() != libc::S_IFREG) {
+        m.exe = if d.u8()? != 0 { Some(FileId::decode(&mut d)?) } else { None };
+        if let Some(x) = m.exe.as_ref().filter(|x| x.file_type() != libc::S_IFREG) {
             return Err(d.bad_at(at, format!("the executable {} is not a regular file", x.path)));
         }
         d.finish()?;
-        let [
-            start_code,
-            end_code,
-            start_data,
-            end_data,
-            start_brk,
-            brk,
-            start_stack,
-            arg_start,
-            arg_end,
-            env_start,
-            env_end,
-        ] = f;
-        Ok(MmStruct {
-            start_code,
-            end_code,
-            start_data,
-            end_data,
-            start_brk,
-            brk,
-            start_stack,
-            arg_start,
-            arg_end,
-            env_start,
-            env_end,
-            auxv,
-            exe,
-        })
+        Ok(m)
     }
 
     /// PR_SET_MM_MAP inside the restored child. Returns whether /proc/PID/exe names the image's
