@@ -459,7 +459,12 @@ fn the_library_migrates_without_the_command_line() {
         let (s, peer) = l.accept().unwrap();
         crs::migration::serve_one(s, peer, &cfg)
     });
-    let opts = crs::migration::Options { keep: false, key: Some(key), timeout: Duration::from_secs(10) };
+    let opts = crs::migration::Options {
+        keep: false,
+        key: Some(key),
+        timeout: Duration::from_secs(10),
+        stubs: Default::default(),
+    };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
     let served = server.join().unwrap().expect("serve_one");
     assert_eq!(moved.remote_pid, served.pid);

@@ -100,3 +100,32 @@ fn a_users_image_claiming_root_is_refused_by_root() {
     assert!(stderr(&o).contains("may not choose who it runs as"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
+
+/// Root restores a user's process whose file that user may no longer open: the restore names
+/// the fd, the file and the uid, and exits with the permission status.
+#[test]
+fn a_file_the_user_may_no_longer_open_is_named_with_its_uid() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    use std::os::unix::fs::{OpenOptionsExt, chown};
+    let dir = open_dir("sec-reopen");
+    let d = dir.to_str().unwrap();
+    let log = dir.join("err.log");
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&log).unwrap();
+    chown(&log, Some(65534), Some(65534)).unwrap();
+    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8"]);
+    c.current_dir(&dir).stderr(f);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = format!("{d}/own.crf");
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "nobody's ckpt: {}", stderr(&o));
+    p.kill();
+    // The file is root's now, and only root may open it.
+    chown(&log, Some(0), Some(0)).unwrap();
+    let o = run(&["rstrt", &img]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let want = format!("the image's fd 2 ({}) cannot be reopened as uid 65534", log.display());
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}

@@ -22,6 +22,14 @@ struct Args {
     /// print what was done (pages, bytes, freeze time) on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
+    /// carry this fd as a stub instead of refusing it (repeatable): FD, or "outside" for every
+    /// pipe, FIFO, socket or terminal whose other end the checkpoint does not hold; said on stderr
+    #[argh(option)]
+    stub_fd: Vec<String>,
+    /// what a stub is on restore: "null" (/dev/null, the default) or "pipe" (a pipe with no
+    /// peer: reads see end of file, writes fail with EPIPE)
+    #[argh(option, default = "String::from(\"null\")")]
+    stub_as: String,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
     /// line; the process is not touched
     #[argh(switch)]
@@ -51,8 +59,15 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
     }
+    let stubs = match crate::res::files::Stubs::parse(&a.stub_fd, &a.stub_as) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return exit::USAGE;
+        }
+    };
     if a.check {
-        let flags = crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, ..Default::default() };
+        let flags = crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, stubs, ..Default::default() };
         return match crate::check(a.pid, &flags) {
             Ok(()) => {
                 println!("pid {} can be checkpointed", a.pid);
@@ -74,7 +89,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         hold.add(s);
     }
     let _ = hold.thread_block();
-    let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs };
+    // With -k, a parent that is not init will see its child die.
+    let parent = crate::ptrace::procfs::read_stat(a.pid).map(|s| s.ppid).unwrap_or(0);
+    let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs, stubs };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
     // files get the temporary name and the rename.
@@ -93,6 +110,16 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     };
     match result {
         Ok(r) => {
+            for s in &r.stubs {
+                eprintln!("{name}: {s} (--stub-fd)");
+            }
+            if a.kill && parent > 1 {
+                eprintln!(
+                    "{name}: pid {} was killed; its parent, {}, sees it die (ckpt cannot hide that yet)",
+                    a.pid,
+                    crate::res::endpoints::who(parent)
+                );
+            }
             if a.verbose {
                 let ms = r.frozen.as_secs_f64() * 1e3;
                 eprintln!("{name}: pid {}: {} pages, image {} bytes, frozen {ms:.1} ms", r.pid, r.pages, r.image_bytes);

@@ -17,6 +17,13 @@ struct Args {
     /// seconds to wait for the destination at each step (default 30)
     #[argh(option, default = "30")]
     timeout: u64,
+    /// carry this fd as a stub instead of refusing the process (repeatable): FD, or "outside";
+    /// as ckpt(1) does
+    #[argh(option)]
+    stub_fd: Vec<String>,
+    /// what a stub is at the destination: "null" (default) or "pipe"; as ckpt(1) does
+    #[argh(option, default = "String::from(\"null\")")]
+    stub_as: String,
     /// print the freeze time and the transfer rate
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -57,8 +64,12 @@ fn run(a: &Args) -> Result<()> {
         None => None,
     };
     let addrs = resolve(&a.host, a.port)?;
-    let opts = Options { keep: a.keep, key, timeout: Duration::from_secs(a.timeout.max(1)) };
+    let stubs = crate::res::files::Stubs::parse(&a.stub_fd, &a.stub_as).map_err(Error::Usage)?;
+    let opts = Options { keep: a.keep, key, timeout: Duration::from_secs(a.timeout.max(1)), stubs };
     let m = migrate(a.pid, &addrs, &opts)?;
+    for s in &m.report.stubs {
+        eprintln!("migrate: {s} (--stub-fd)");
+    }
     let verb = if a.keep { "copied" } else { "moved" };
     println!("{verb} pid {} to {}: it runs there as pid {}", a.pid, m.peer, m.remote_pid);
     if a.verbose {

@@ -83,6 +83,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     if let Some(why) = &r.pid_note {
         eprintln!("{name}: {why}: restored pid {} as pid {}", r.original_pid, r.pid);
     }
+    for n in &r.notes {
+        eprintln!("{name}: {n}");
+    }
     if r.exe_kept {
         eprintln!("{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE", r.pid);
     }

@@ -4,7 +4,10 @@
 //! fds and mappings by the resources that save them (res::files, res::memory).
 
 use crate::error::{Error, Result};
-use crate::ptrace::procfs;
+use crate::ptrace::tracee::Tracee;
+use crate::ptrace::{Ctl, procfs};
+
+const PR_GET_IO_FLUSHER: i32 = 58;
 
 /// The checks /proc/PID/status answers; `traced` once we trace the process ourselves.
 pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
@@ -54,6 +57,15 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
     if !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
         why.push(format!("it holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"));
     }
+    // x86: a shadow stack (CET) or linear address masking (LAM) the process turned on.
+    let features = field("x86_Thread_features");
+    if !features.is_empty() && features != "0" && !features.chars().all(char::is_whitespace) {
+        why.push(format!("it uses x86 thread features ({features}: a shadow stack?), which crs does not restore"));
+    }
+    let untag = field("untag_mask");
+    if !untag.is_empty() && u64::from_str_radix(untag.trim_start_matches("0x"), 16).is_ok_and(|m| m != u64::MAX) {
+        why.push(format!("it uses linear address masking (untag_mask {untag}), which crs does not restore"));
+    }
     let threads: u64 = field("Threads").parse().map_err(|_| {
         Error::Proc(format!(
             "/proc/{pid}/status: no Threads line that parses; cannot tell whether pid {pid} is single-threaded"
@@ -91,22 +103,21 @@ pub fn children(pid: i32) -> Vec<String> {
     )]
 }
 
-/// The file locks and leases it holds (/proc/locks: POSIX and flock locks, leases; OFD locks
-/// belong to no pid there and are not seen).
-pub fn locks(pid: i32) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let held: Vec<String> = text
+/// Memory areas with a NUMA policy of their own (mbind), from /proc/PID/numa_maps (absent
+/// without NUMA support: then there is none).
+pub fn numa(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap_or_default();
+    let bound: Vec<String> = text
         .lines()
         .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // "1: POSIX  ADVISORY  WRITE 1234 08:01:123 0 EOF"; "->" marks a waiter.
-            let f: Vec<&str> = f.into_iter().filter(|w| *w != "->").collect();
-            (f.len() >= 6 && f[4] == pid.to_string()).then(|| format!("{} {} lock on inode {}", f[1], f[3], f[5]))
+            let mut w = l.split_whitespace();
+            let (addr, policy) = (w.next()?, w.next()?);
+            (policy != "default").then(|| format!("{addr} {policy}"))
         })
         .collect();
-    match held.len() {
+    match bound.len() {
         0 => vec![],
-        _ => vec![format!("it holds file locks ({}), which crs does not restore yet", held.join(", "))],
+        _ => vec![format!("memory at {} has a NUMA policy (mbind), which crs does not restore yet", bound.join(", "))],
     }
 }
 
@@ -141,10 +152,41 @@ pub fn namespaces(pid: i32) -> Vec<String> {
     }
 }
 
-/// All that the process's relations and kernel objects say against it (children, locks,
-/// timers, namespaces).
+/// All that the process's relations and kernel objects say against it (children, timers,
+/// namespaces, NUMA policies). Its file locks are found with its fds (res::files).
 pub fn relations(pid: i32) -> Vec<String> {
-    [children(pid), locks(pid), timers(pid), namespaces(pid)].concat()
+    [children(pid), timers(pid), namespaces(pid), numa(pid)].concat()
+}
+
+/// What only the frozen process itself can tell: armed interval timers, security bits, a
+/// NUMA policy, syscall user dispatch, the I/O flusher flag.
+pub fn asked(c: &mut Ctl, t: &Tracee) -> Result<Vec<String>> {
+    let mut why = Vec::new();
+    for (which, name) in [(0, "ITIMER_REAL (setitimer, alarm)"), (1, "ITIMER_VIRTUAL"), (2, "ITIMER_PROF")] {
+        let [_, _, sec, usec] = c.getitimer(which)?;
+        if sec != 0 || usec != 0 {
+            why.push(format!("it has an armed interval timer, {name}, which crs does not restore yet"));
+        }
+    }
+    let bits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")?;
+    if bits != 0 {
+        why.push(format!(
+            "it has security bits {bits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS), which crs does not restore yet"
+        ));
+    }
+    let mode = c.mempolicy_mode()?;
+    if mode != 0 {
+        why.push(format!("it has a NUMA memory policy (set_mempolicy mode {mode:#x}), which crs does not restore yet"));
+    }
+    if t.syscall_user_dispatch()? {
+        why.push("it uses syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH), which crs does not restore".into());
+    }
+    // Only a process with CAP_SYS_RESOURCE may ask (EPERM otherwise), and only such a process
+    // can have set it.
+    if c.prctl_raw(PR_GET_IO_FLUSHER, [0; 4])? == 1 {
+        why.push("it is an I/O flusher (PR_SET_IO_FLUSHER), which crs does not restore yet".into());
+    }
+    Ok(why)
 }
 
 #[cfg(test)]

@@ -14,15 +14,16 @@ use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::{self, RegState};
+use crate::res::sched::Sched;
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::{cwd, files};
-use crate::res::{mdwe, pending, rlimits, thp};
+use crate::res::{knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Kill the process once the image is complete (CRS_KILL).
     pub kill: bool,
@@ -32,6 +33,8 @@ pub struct Options {
     pub no_binary: bool,
     /// Do not store unmodified pages of shared libraries (CRS_NO_SHARED_LIBRARIES).
     pub no_libs: bool,
+    /// Fds carried as stubs rather than refused.
+    pub stubs: files::Stubs,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Report {
     pub image_bytes: u64,
     /// How long the process was frozen.
     pub frozen: Duration,
+    /// The fds carried as stubs, one line each (see `files::stubs`).
+    pub stubs: Vec<String>,
 }
 
 /// Everything we can check without touching the process: it exists, we may trace it, it is a
@@ -55,7 +60,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, false), &mut why)?;
     why.extend(blockers::relations(pid));
-    Error::gather(files::scan(pid), &mut why)?;
+    Error::gather(files::scan(pid, &opts.stubs), &mut why)?;
     let maps = procfs::read_smaps(pid)?;
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
     Error::blocked(pid, why)
@@ -102,16 +107,16 @@ pub fn checkpoint_prechecked<W: Sink>(
     // we never read them, we never changed them).
     let restored = live.as_ref().map_or(Ok(()), |l| t.set_regs(l));
     match result {
-        Ok((pages, bytes)) if opts.kill => {
+        Ok((pages, bytes, stubs)) if opts.kill => {
             t.kill(Signal::SIGKILL)?;
             // As its tracer we see it die: once this returns, the process is gone (a zombie
             // until its parent reaps it).
             while t.wait().is_ok() {}
             drop(t);
             debug!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
-            Ok(Report { pid, pages, image_bytes: bytes, frozen })
+            Ok(Report { pid, pages, image_bytes: bytes, frozen, stubs })
         }
-        Ok((pages, bytes)) => {
+        Ok((pages, bytes, stubs)) => {
             restored?;
             if opts.stop {
                 t.kill(Signal::SIGSTOP)?;
@@ -125,7 +130,7 @@ pub fn checkpoint_prechecked<W: Sink>(
                 "checkpointed pid {pid}: {pages} pages, image {bytes} bytes, frozen {:.1} ms",
                 frozen.as_secs_f64() * 1e3
             );
-            Ok(Report { pid, pages, image_bytes: bytes, frozen })
+            Ok(Report { pid, pages, image_bytes: bytes, frozen, stubs })
         }
         Err(e) => {
             drop(t);
@@ -146,7 +151,7 @@ fn frozen_work<W: Sink>(
     image_regs: Regs,
     rseq: Option<RseqConf>,
     held: &mut Vec<i32>,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Vec<String>)> {
     // Again, now that it cannot change, before anything is collected: a caller may have run
     // precheck a while ago.
     let status = procfs::read_status(pid)?;
@@ -182,13 +187,17 @@ fn frozen_work<W: Sink>(
     c.scratch = Scratch { addr, len, exec };
     // What the process itself says goes straight into the model.
     let mut st = ProcessState::default();
+    let mut why = Vec::new();
     let asked = (|| -> Result<u64> {
+        why = blockers::asked(&mut c, t)?;
         st.signals = Signals::collect(&mut c, sigmask)?;
         st.pending = pending;
         st.task = Task::collect(&mut c, &status, rseq)?;
         st.mdwe = mdwe::collect(&mut c)?;
         st.thp_disabled = thp::collect(&mut c)?;
         st.rlimits = rlimits::collect(pid)?;
+        st.sched = Some(Sched::collect(&mut c)?);
+        st.knobs = knobs::collect(&mut c)?;
         c.brk_query()
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");
@@ -199,12 +208,13 @@ fn frozen_work<W: Sink>(
     t.set_regs(live)?;
     let brk = asked?;
     unmapped?;
+    Error::blocked(pid, why)?;
 
     // Everything else comes from /proc, now that the scratch area is gone.
     let stat = procfs::read_stat(pid)?;
     let maps = procfs::read_smaps(pid)?;
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
-    let fds = files::scan(pid)?;
+    let fds = files::scan(pid, &opts.stubs)?;
     let cwd = cwd::collect(pid)?;
     let (mm, exe_path) = MmStruct::collect(pid, &stat, brk)?;
     let mut flags = 0;
@@ -237,7 +247,7 @@ fn frozen_work<W: Sink>(
     image::write(&mut w, &st, false)?;
     let (out, bytes) = w.finish().map_err(io)?;
     commit(out)?;
-    Ok((pages, bytes))
+    Ok((pages, bytes, files::stubs(&st.files)))
 }
 
 /// A `syscall` instruction in the process: in its vdso, which every process has and which we

@@ -6,7 +6,8 @@
 //! of scratch) where neither it nor the image has anything; everything rstrt left in it
 //! unmapped; the mm layout and exe link; the credentials, so that all it opens from then on is
 //! opened as the image's user; the vdso where the image had it, the mappings and their pages;
-//! files, cwd, signals, session, task attributes, THP, MDWE and pending signals; finally the
+//! files, cwd, signals, session, task attributes, THP, resource limits, scheduling, knobs,
+//! the mappings' madvise/mlock flags, MDWE and pending signals; finally the
 //! gadget unmapped from within (stopping at that syscall's exit) and the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
@@ -27,7 +28,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
-use crate::res::{creds, cwd, files, mdwe, pending, rlimits, thp};
+use crate::res::{creds, cwd, files, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -61,6 +62,8 @@ pub struct Restored {
     /// `Options::null_stdio`, and those on a terminal when root restores another user's
     /// process (which must get none of root's terminal).
     pub null_stdio: u8,
+    /// What the process did not get back exactly, and why (said by rstrt, logged by restartd).
+    pub notes: Vec<String>,
     pub state: ProcessState,
     /// With `Options::hold`: the process, still traced, not yet running.
     pub held: Option<Held>,
@@ -261,9 +264,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     };
     regs::check_xstate(&regs)?;
 
-    // 7. Apply the rest: protections, files, cwd, signals, session, task attributes.
+    // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
+    //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
-    files::restore(&mut c, &st.files, null_stdio)?;
+    files::restore(&mut c, &st.files, null_stdio, st.head.uids[3])?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
@@ -271,7 +275,6 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if opts.detach || foreign {
         c.setsid()?;
     }
-    st.task.restore_dumpable(&mut c)?;
     if opts.detach && st.task.pdeathsig != 0 {
         // Its parent would be us, and we exit now: the signal would fire at once.
         st.task.pdeathsig = 0;
@@ -279,6 +282,14 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     st.task.restore(&mut c, &st.head.comm)?;
     thp::restore(&mut c, st.thp_disabled)?;
     rlimits::restore(&mut c, &st.rlimits)?;
+    // Scheduling and knobs after the limits (RLIMIT_NICE, RLIMIT_RTPRIO decide what the user
+    // may set); dumpable after the knobs, which write the process's own /proc files.
+    if let Some(s) = &st.sched {
+        s.restore(&mut c)?;
+    }
+    let notes = knobs::restore(&mut c, &st.knobs)?;
+    st.task.restore_dumpable(&mut c)?;
+    memory::advise_all(&mut c, &plans)?;
     mdwe::restore(&mut c, st.mdwe)?;
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set
@@ -300,7 +311,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     drop(c);
     let exe_kept = !exe_set && st.mm.exe.is_some();
     let mut restored =
-        Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, state: st, held: None };
+        Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, notes, state: st, held: None };
     if opts.hold {
         // From here the Held kills it if it is dropped unreleased.
         guard.armed = false;

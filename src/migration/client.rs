@@ -17,6 +17,8 @@ pub struct Options {
     pub key: Option<[u8; 32]>,
     /// How long to wait for the destination at each step.
     pub timeout: Duration,
+    /// Fds carried as stubs (see `ckpt --stub-fd`).
+    pub stubs: crate::res::files::Stubs,
 }
 
 /// A process that now runs at the destination.
@@ -81,7 +83,8 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         return Err(Error::Usage(format!("{pid} is not a process id")));
     }
     // Nothing is touched before the destination has answered and proved itself.
-    crate::engine::checkpoint::precheck(pid, &crate::Flags::default())?;
+    let flags = crate::Flags { kill: !opts.keep, stubs: opts.stubs.clone(), ..Default::default() };
+    crate::engine::checkpoint::precheck(pid, &flags)?;
     let stream = connect(addrs, opts.timeout).map_err(here)?;
     let peer = stream.peer_addr().unwrap_or(addrs[0]);
     let mut c = Conn::new(stream, Side::Client);
@@ -94,7 +97,6 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
     let _ = hold.thread_block();
 
-    let flags = crate::Flags { kill: !opts.keep, ..Default::default() };
     let (mut remote_pid, mut sent) = (0, 0u64);
     let t0 = Instant::now();
     let mut peer_said = None;

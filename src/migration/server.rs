@@ -186,6 +186,9 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     };
     let pid = restored.pid;
+    for n in &restored.notes {
+        info!("{peer}: {who}: {n}");
+    }
     let outcome = commit(&mut c, pid, restored.held);
     match &outcome {
         Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), running", began.get()),

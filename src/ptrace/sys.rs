@@ -5,7 +5,8 @@
 
 use super::{Ctl, RemoteAddr};
 use crate::crf::Enc;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use nix::errno::Errno;
 
 /// A capget/capset header: _LINUX_CAPABILITY_VERSION_3, pid 0 (the caller).
 fn cap_header() -> [u8; 8] {
@@ -216,5 +217,87 @@ impl Ctl<'_> {
     /// keyctl(op, args...) with its raw result (negative errno).
     pub fn keyctl_raw(&mut self, op: u64, args: [u64; 4]) -> Result<i64> {
         self.r.raw(libc::SYS_keyctl, [op, args[0], args[1], args[2], args[3], 0])
+    }
+    /// A syscall's raw result (negative errno), for callers that tell errors apart; `nr` is
+    /// one of the typed wrappers' below, never a call site's literal.
+    fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.r.raw(nr, args)
+    }
+
+    /// sched_setattr(0, attr, 0) with the struct sched_attr `attr`; raw result.
+    pub fn sched_setattr_raw(&mut self, attr: &[u8]) -> Result<i64> {
+        let at = self.scratch.put(self.pid(), 0, attr)?;
+        self.raw(libc::SYS_sched_setattr, [0, at.0, 0, 0, 0, 0])
+    }
+
+    /// sched_setaffinity(0, mask); raw result.
+    pub fn sched_setaffinity_raw(&mut self, mask: &[u8]) -> Result<i64> {
+        let at = self.scratch.put(self.pid(), 0, mask)?;
+        self.raw(libc::SYS_sched_setaffinity, [0, mask.len() as u64, at.0, 0, 0, 0])
+    }
+
+    /// ioprio_set(IOPRIO_WHO_PROCESS, 0, prio); raw result.
+    pub fn ioprio_set_raw(&mut self, prio: u32) -> Result<i64> {
+        self.raw(libc::SYS_ioprio_set, [1, 0, prio as u64, 0, 0, 0])
+    }
+
+    /// membarrier(cmd, 0); raw result (a registration mask for MEMBARRIER_CMD_GET_REGISTRATIONS).
+    pub fn membarrier_raw(&mut self, cmd: u64) -> Result<i64> {
+        self.raw(libc::SYS_membarrier, [cmd, 0, 0, 0, 0, 0])
+    }
+
+    /// getitimer(which): (interval, value), each as (seconds, microseconds).
+    pub fn getitimer(&mut self, which: i32) -> Result<[u64; 4]> {
+        let out = self.scratch.addr;
+        self.call(libc::SYS_getitimer, [which as u64, out.0, 0, 0, 0, 0], "getitimer", &format!("timer {which}"))?;
+        let b = self.scratch.get(self.pid(), 0, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default());
+        Ok([w(0), w(1), w(2), w(3)])
+    }
+
+    /// get_mempolicy's mode for the process (no node mask, no address); 0 (MPOL_DEFAULT) on a
+    /// kernel without NUMA.
+    pub fn mempolicy_mode(&mut self) -> Result<i32> {
+        let out = self.scratch.addr;
+        match self.raw(libc::SYS_get_mempolicy, [out.0, 0, 0, 0, 0, 0])? {
+            0 => {}
+            e if e == -(libc::ENOSYS as i64) => return Ok(0),
+            e => return Err(Error::sys("get_mempolicy", format!("pid {}", self.pid()), Errno::from_raw(-e as i32))),
+        }
+        let b = self.scratch.get(self.pid(), 0, 4)?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn madvise(&mut self, at: RemoteAddr, len: u64, advice: i32, call: &str) -> Result<()> {
+        let what = format!("{at}-{:#x}", at.0 + len);
+        self.call(libc::SYS_madvise, [at.0, len, advice as u64, 0, 0, 0], call, &what).map(drop)
+    }
+
+    /// mlock2(at, len, flags); raw result.
+    pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
+        self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])
+    }
+
+    /// pipe2(O_CLOEXEC): (read end, write end).
+    pub fn pipe(&mut self, what: &str) -> Result<(i32, i32)> {
+        let out = self.scratch.addr;
+        self.call(libc::SYS_pipe2, [out.0, libc::O_CLOEXEC as u64, 0, 0, 0, 0], "pipe2", what)?;
+        let b = self.scratch.get(self.pid(), 0, 8)?;
+        Ok((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])))
+    }
+
+    /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): both ends.
+    pub fn socketpair(&mut self, what: &str) -> Result<(i32, i32)> {
+        let out = self.scratch.addr;
+        let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+        self.call(libc::SYS_socketpair, [libc::AF_UNIX as u64, ty, 0, out.0, 0, 0], "socketpair", what)?;
+        let b = self.scratch.get(self.pid(), 0, 8)?;
+        Ok((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])))
+    }
+
+    /// write(fd, bytes) of a short buffer; raw result.
+    pub fn write_raw(&mut self, fd: i32, bytes: &[u8]) -> Result<i64> {
+        let at = self.scratch.put(self.pid(), 0, bytes)?;
+        self.raw(libc::SYS_write, [fd as u64, at.0, bytes.len() as u64, 0, 0, 0])
     }
 }

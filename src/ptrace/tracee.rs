@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
 
 /// rseq registration as reported by PTRACE_GET_RSEQ_CONFIGURATION.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -278,6 +279,24 @@ impl Tracee {
             "PTRACE_GET_RSEQ_CONFIGURATION",
         )?;
         Ok((c.ptr != 0 && c.size != 0).then_some(RseqConf { ptr: c.ptr, len: c.size, sig: c.sig }))
+    }
+
+    /// Whether syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH) is on; false where the
+    /// kernel (before 6.0) cannot tell.
+    pub fn syscall_user_dispatch(&self) -> Result<bool> {
+        let mut c = [0u64; 4]; // mode, offset, len, selector
+        let r = ptrace_raw(
+            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            self.pid,
+            std::mem::size_of_val(&c),
+            c.as_mut_ptr() as usize,
+            "PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG",
+        );
+        match r {
+            Ok(_) => Ok(c[0] != 0),
+            Err(Error::Sys { errno: Errno::EIO | Errno::EINVAL, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the `syscall` instruction at `at` (where the registers point) and stops right after

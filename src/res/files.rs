@@ -1,19 +1,64 @@
 //! FILES: the open file descriptors. Supported: regular files opened by path (number, access
 //! mode and flags, close-on-exec, offset), directories, /dev/null, /dev/zero, /dev/random,
 //! /dev/urandom, and fds 0-2 on a terminal or a pipe (which the restored process gets from
-//! rstrt). Anything else is refused by name before the process is touched.
+//! rstrt). Fds the user names as stubs (typically a pipe a launcher leaked into the process)
+//! come back as /dev/null or as a pipe with no peer. Anything else, and any fd holding a file
+//! lock or lease, is refused by name before the process is touched.
 
+use super::endpoints;
 use super::fileid::FileId;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
 use crate::ptrace::procfs;
+use nix::errno::Errno;
 use std::fs;
 
 pub const KIND_FILE: u8 = 1;
 pub const KIND_DIR: u8 = 2;
 pub const KIND_DEV: u8 = 3;
 pub const KIND_STDIO: u8 = 4;
+/// A stub opened on /dev/null, with the fd's access mode.
+pub const KIND_STUB_NULL: u8 = 5;
+/// A stub with no peer: a pipe's read end (reads see end of file), a pipe's write end (writes
+/// fail with EPIPE) or, for an fd open for both, a socket whose peer is closed.
+pub const KIND_STUB_PIPE: u8 = 6;
+
+/// Which fds to carry as stubs rather than refuse, and as what.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stubs {
+    /// These fds, whatever they are.
+    pub fds: Vec<i32>,
+    /// Every pipe, FIFO, socket or terminal (beyond fds 0-2 on a terminal or pipe): every fd
+    /// whose other end is outside the checkpoint.
+    pub outside: bool,
+    /// As a pipe with no peer rather than /dev/null.
+    pub pipe: bool,
+}
+
+impl Stubs {
+    /// From the command line: each of `fds` a number or "outside"; `kind` "null" or "pipe".
+    pub fn parse(fds: &[String], kind: &str) -> std::result::Result<Stubs, String> {
+        let pipe = match kind {
+            "null" => false,
+            "pipe" => true,
+            k => return Err(format!("--stub-as {}: say null or pipe", crate::text::printable(k))),
+        };
+        let mut s = Stubs { pipe, ..Default::default() };
+        for f in fds {
+            match f.parse::<i32>() {
+                _ if f == "outside" => s.outside = true,
+                Ok(fd) if fd >= 0 => s.fds.push(fd),
+                _ => return Err(format!("--stub-fd {}: give an fd number or \"outside\"", crate::text::printable(f))),
+            }
+        }
+        Ok(s)
+    }
+
+    fn kind(&self) -> u8 {
+        if self.pipe { KIND_STUB_PIPE } else { KIND_STUB_NULL }
+    }
+}
 
 /// (major, minor) of the character devices we reopen by path.
 const DEVICES: [(&str, u64); 4] =
@@ -36,6 +81,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_DIR => "dir",
         KIND_DEV => "device",
         KIND_STDIO => "stdio",
+        KIND_STUB_NULL | KIND_STUB_PIPE => "stub",
         _ => "?",
     }
 }
@@ -47,8 +93,35 @@ fn is_tty_or_pipe(target: &str) -> bool {
         || target == "/dev/console"
 }
 
-/// Lists the process's fds and classifies them; refuses, naming every unsupported one.
-pub fn scan(pid: i32) -> Result<Vec<Fd>> {
+/// What a stub says it was: "pipe:[123]: a pipe's read end, its write end held by pid 9 (sh)".
+fn stub_of(pid: i32, fd: i32, target: &str, flags: u32) -> String {
+    let what = match target.split(':').next() {
+        Some("pipe") => endpoints::pipe(pid, fd, target, flags),
+        Some("socket") => endpoints::socket(pid, fd, &format!("/proc/{pid}/fd/{fd}")),
+        _ => target.to_string(),
+    };
+    if what == target { what } else { format!("{target}: {what}") }
+}
+
+/// The file locks and leases an fd holds, from its fdinfo's "lock:" lines (POSIX, flock, OFD
+/// locks and leases alike).
+fn locks_held(info: &str) -> Vec<String> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .map(|l| {
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:123 0 EOF"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [_, kind, _, mode, _, _, start, end, ..] => format!("{kind} {mode} {start}-{end}"),
+                _ => l.trim().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
+/// `stubs` says to carry it as a stub.
+pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -68,8 +141,26 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
             procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
         let flags = raw_flags & !(libc::O_CLOEXEC as u32);
-        let refuse = |what: &str| format!("fd {fd} is {what} ({target})");
-        if fd <= 2 && is_tty_or_pipe(&target) {
+        let refuse = |what: &str| format!("fd {fd} is {what} ({target}; ckpt --stub-fd {fd} carries it as a stub)");
+        let locks = locks_held(&info);
+        if !locks.is_empty() {
+            blocked.push(format!(
+                "fd {fd} ({target}) holds file locks or leases ({}), which crs does not restore yet",
+                locks.join(", ")
+            ));
+            continue;
+        }
+        let outside = target.starts_with("pipe:")
+            || target.starts_with("socket:")
+            || is_tty_or_pipe(&target)
+            || FileId::stat(&link).is_ok_and(|id| [libc::S_IFIFO, libc::S_IFSOCK].contains(&id.file_type()));
+        let stdio = fd <= 2 && is_tty_or_pipe(&target);
+        if stubs.fds.contains(&fd) || (stubs.outside && outside && !stdio) {
+            let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
+            out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
+            continue;
+        }
+        if stdio {
             out.push(Fd {
                 fd,
                 kind: KIND_STDIO,
@@ -86,12 +177,12 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
         }
         if !target.starts_with('/') {
             let what = match target.split(':').next() {
-                Some("pipe") => "a pipe",
-                Some("socket") => "a socket",
-                Some("anon_inode") => "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)",
-                _ => "not a file",
+                Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
+                Some("socket") => endpoints::socket(pid, fd, &target),
+                Some("anon_inode") => "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)".into(),
+                _ => "not a file".into(),
             };
-            blocked.push(refuse(what));
+            blocked.push(refuse(&what));
             continue;
         }
         let id = FileId::stat(&link).map_err(|e| Error::io(&link, e))?;
@@ -116,6 +207,17 @@ pub fn scan(pid: i32) -> Result<Vec<Fd>> {
     }
     Error::blocked(pid, blocked)?;
     Ok(out)
+}
+
+/// The stubs among `fds`, one line each: "fd 7 (pipe:[12]: a pipe's ...) as /dev/null".
+pub fn stubs(fds: &[Fd]) -> Vec<String> {
+    fds.iter()
+        .filter(|f| matches!(f.kind, KIND_STUB_NULL | KIND_STUB_PIPE))
+        .map(|f| {
+            let what = if f.kind == KIND_STUB_NULL { "/dev/null" } else { "a pipe with no peer" };
+            format!("fd {} ({}) as {what}", f.fd, crate::text::printable(&f.id.path))
+        })
+        .collect()
 }
 
 /// crfinfo's lines.
@@ -163,9 +265,9 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
         if f.fd < 0
             || f.fd > 1 << 20
             || bad_order
-            || !(KIND_FILE..=KIND_STDIO).contains(&f.kind)
+            || !(KIND_FILE..=KIND_STUB_PIPE).contains(&f.kind)
             || (f.kind == KIND_STDIO && f.fd > 2)
-            || (f.kind != KIND_STDIO && !f.id.path.starts_with('/'))
+            || (f.kind <= KIND_DEV && !f.id.path.starts_with('/'))
         {
             return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
         }
@@ -179,7 +281,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
 /// Nothing is opened: a stat of each path, with the caller's rights (a restore checks with the
 /// image owner's, see creds::AsOwner).
 pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
-    for f in fds.iter().filter(|f| f.kind != KIND_STDIO) {
+    for f in fds.iter().filter(|f| f.kind <= KIND_DEV) {
         let what = format!("fd {}: {}", f.fd, f.id.path);
         let now = FileId::stat(&f.id.path).map_err(|e| {
             Error::not_here(
@@ -207,10 +309,11 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds the fd table inside the restored child, which starts with rstrt's own fds.
+/// Rebuilds the fd table inside the restored child, which starts with rstrt's own fds and by
+/// now has the image's credentials (`uid` its fs uid, for messages).
 /// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
 /// image from its stdin; all three for restartd, whose stdio is not the process's business).
-pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8) -> Result<()> {
+pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8, uid: u32) -> Result<()> {
     let pid = c.pid();
     let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && null_stdio & (1 << n) == 0);
     let dir = format!("/proc/{pid}/fd");
@@ -219,30 +322,62 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8) -> Result<()> {
     for n in have.into_iter().filter(|&n| !keep(n)) {
         c.close(n, &format!("fd {n}"))?;
     }
+    let access = libc::O_ACCMODE as u32;
     for f in fds.iter().filter(|f| !keep(f.fd)) {
-        let (path, flags) =
-            if f.kind == KIND_STDIO { ("/dev/null", libc::O_RDWR as u32) } else { (f.id.path.as_str(), f.flags) };
+        let (path, flags) = match f.kind {
+            KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
+            KIND_STUB_NULL => ("/dev/null", f.flags & (access | libc::O_NONBLOCK as u32)),
+            KIND_STUB_PIPE => ("a pipe", f.flags & (access | libc::O_NONBLOCK as u32)),
+            _ => (f.id.path.as_str(), f.flags),
+        };
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
-        // Opened non-blocking, without taking a terminal: the path was checked, but may name a
-        // FIFO by now, whose open would never return. The fd's own flags are set back after.
-        let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
-        let tmp = c.open(path, (open_flags | nonblock) as i32, &what)?;
-        if open_flags & libc::O_NONBLOCK as u32 == 0 {
-            let back = (open_flags & !libc::O_NONBLOCK as u32) as u64;
-            c.fcntl(tmp, libc::F_SETFL, back, "fcntl(F_SETFL)", &what)?;
-        }
+        let tmp = if f.kind == KIND_STUB_PIPE {
+            peerless(c, open_flags & access, &what)?
+        } else {
+            // Opened non-blocking, without taking a terminal: the path was checked, but may
+            // name a FIFO by now, whose open would never return.
+            let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
+            match c.open(path, (open_flags | nonblock) as i32, &what) {
+                Err(Error::Sys { errno: e @ (Errno::EACCES | Errno::EPERM), .. }) => {
+                    return Err(Error::Permission(format!(
+                        "the image's fd {} ({path}) cannot be reopened as uid {uid}: {}",
+                        f.fd,
+                        e.desc()
+                    )));
+                }
+                r => r?,
+            }
+        };
+        // The fd's own status flags, non-blocking or not.
+        c.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what)?;
         if tmp != f.fd {
             c.dup3(tmp, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what)?;
             c.close(tmp, &what)?;
-        } else if f.cloexec {
-            c.fcntl(f.fd, libc::F_SETFD, libc::FD_CLOEXEC as u64, "fcntl(F_SETFD)", &what)?;
+        } else {
+            let fd_flags = if f.cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
+            c.fcntl(f.fd, libc::F_SETFD, fd_flags, "fcntl(F_SETFD)", &what)?;
         }
         if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
     }
     Ok(())
+}
+
+/// One end of something whose other end is closed at once: a pipe's read end (end of file), a
+/// pipe's write end (EPIPE), a stream socket (both) for an fd open for both.
+fn peerless(c: &mut Ctl, access: u32, what: &str) -> Result<i32> {
+    let (keep, drop) = match access as i32 {
+        libc::O_RDONLY => c.pipe(what)?,
+        libc::O_WRONLY => {
+            let (r, w) = c.pipe(what)?;
+            (w, r)
+        }
+        _ => c.socketpair(what)?,
+    };
+    c.close(drop, what)?;
+    Ok(keep)
 }
 
 #[cfg(test)]
@@ -275,7 +410,7 @@ mod tests {
     #[test]
     fn scan_self_sees_our_files() {
         let f = fs::File::open("/dev/null").unwrap();
-        let fds = scan(std::process::id() as i32);
+        let fds = scan(std::process::id() as i32, &Stubs::default());
         // The test harness may hold sockets or pipes of its own: then scan refuses, by name.
         match fds {
             Ok(v) => assert!(v.iter().any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")),

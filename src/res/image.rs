@@ -10,7 +10,7 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, mdwe, memory, pending, regs, rlimits, signals, task, thp};
+use super::{cwd, files, head, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -36,6 +36,10 @@ pub struct ProcessState {
     pub thp_disabled: bool,
     /// Resource limits (soft, hard), in RLIMIT_* order; empty in an image of an older crs.
     pub rlimits: Vec<rlimits::Limit>,
+    /// CPU and I/O scheduling; None in an image of an older crs.
+    pub sched: Option<sched::Sched>,
+    /// (key, value) of every knob the checkpointing kernel could report.
+    pub knobs: Vec<(u32, u64)>,
 }
 
 /// What belongs to one thread.
@@ -96,6 +100,8 @@ pub mod tags {
     pub const PENDING: Tag = Tag(11);
     pub const THP: Tag = Tag(12);
     pub const RLIMITS: Tag = Tag(13);
+    pub const SCHED: Tag = Tag(14);
+    pub const KNOBS: Tag = Tag(15);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -194,6 +200,19 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.rlimits, rlimits::decode(b, at)),
         describe: |v| rlimits::describe(&v.st.rlimits),
         ..only_if(tags::RLIMITS, "RLIMITS")
+    },
+    &SectionDef {
+        // Like RLIMITS: every crs since 2026-12-04 writes them.
+        encode: |st| st.sched.iter().map(|s| s.encode()).collect(),
+        decode: |b, at, st| set(&mut st.sched, sched::Sched::decode(b, at).map(Some)),
+        describe: |v| v.st.sched.as_ref().map_or(vec![], |s| s.describe()),
+        ..only_if(tags::SCHED, "SCHED")
+    },
+    &SectionDef {
+        encode: |st| if st.knobs.is_empty() { vec![] } else { vec![knobs::encode(&st.knobs)] },
+        decode: |b, at, st| set(&mut st.knobs, knobs::decode(b, at)),
+        describe: |v| knobs::describe(&v.st.knobs),
+        ..only_if(tags::KNOBS, "KNOBS")
     },
 ];
 

@@ -4,15 +4,18 @@
 
 pub mod creds;
 pub mod cwd;
+pub mod endpoints;
 pub mod fileid;
 pub mod files;
 pub mod head;
 pub mod image;
+pub mod knobs;
 pub mod mdwe;
 pub mod memory;
 pub mod pending;
 pub mod regs;
 pub mod rlimits;
+pub mod sched;
 pub mod signals;
 pub mod task;
 pub mod thp;

@@ -54,9 +54,35 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command) -> Proc {
+    pub fn spawn(cmd: Command) -> Proc {
+        Proc::spawn_keeping(cmd, &[])
+    }
+
+    /// [`Proc::spawn`], giving the process fd `dst` as a copy of our `src` for each pair: the
+    /// fds a launcher leaks into what it starts.
+    pub fn spawn_keeping(mut cmd: Command, keep: &[(std::os::fd::OwnedFd, i32)]) -> Proc {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-        close_extra_fds(&mut cmd);
+        let mut pairs: Vec<(i32, i32)> = keep.iter().map(|(f, d)| (f.as_raw_fd(), *d)).collect();
+        pairs.sort_by_key(|p| p.1);
+        // SAFETY: dup2 and close_range are async-signal-safe and touch only the child's fds.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(src, dst) in &pairs {
+                    // Above every fd we keep first, so no dup2 overwrites a source.
+                    libc::dup2(src, 4000 + dst);
+                }
+                let mut from = 3u32;
+                for &(_, dst) in &pairs {
+                    libc::dup2(4000 + dst, dst);
+                    libc::syscall(libc::SYS_close_range, from, (dst - 1) as u32, 0u32);
+                    from = dst as u32 + 1;
+                }
+                libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().expect("spawn");
         let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();

@@ -23,6 +23,30 @@ pub const VMA_GROWSDOWN: u32 = 2;
 pub const VMA_NORESERVE: u32 = 4;
 /// A private file mapping whose unmodified pages were stored too (self-contained image).
 pub const VMA_FILE_COPY: u32 = 8;
+/// A shared file mapping of a file opened for writing (VM_MAYWRITE: mprotect may add
+/// PROT_WRITE), though it may be mapped read-only now.
+pub const VMA_MAY_WRITE: u32 = 1 << 4;
+/// MAP_DROPPABLE: the kernel may drop its pages under memory pressure.
+pub const VMA_DROPPABLE: u32 = 1 << 5;
+/// What madvise and mlock set on a mapping, as /proc/PID/smaps's VmFlags show them, with the
+/// call that sets each back (mlock's two are handled by `advise_all` itself).
+pub const ADVICE: [(u32, &str, i32, &str); 8] = [
+    (1 << 8, "dd", libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+    (1 << 9, "dc", libc::MADV_DONTFORK, "MADV_DONTFORK"),
+    (1 << 10, "hg", libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+    (1 << 11, "nh", libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+    (1 << 12, "wf", libc::MADV_WIPEONFORK, "MADV_WIPEONFORK"),
+    (1 << 13, "mg", libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+    (VMA_LOCKED, "lo", 0, "mlock"),
+    (VMA_LOCKONFAULT, "lf", 0, "mlock2(MLOCK_ONFAULT)"),
+];
+pub const VMA_LOCKED: u32 = 1 << 14;
+pub const VMA_LOCKONFAULT: u32 = 1 << 15;
+/// Every flag an image may carry.
+const VMA_ALL: u32 = (1 << 16) - 1 - (1 << 6) - (1 << 7);
+
+/// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
+const MAP_DROPPABLE: i32 = 0x08;
 
 /// Highest user address on x86_64 with 5-level paging.
 const USER_TOP: u64 = 1 << 56;
@@ -85,10 +109,14 @@ pub fn describe_vmas(vmas: &[Vma], stored: &std::collections::BTreeMap<u64, u64>
     let mut out = vec![format!("memory:    {} mappings, {} bytes of pages stored", vmas.len(), page_bytes)];
     for m in vmas {
         let b = stored.get(&m.start).copied().unwrap_or(0);
-        let extra = match &m.file {
+        let mut extra = match &m.file {
             Some(f) if !f.build_id.is_empty() => format!(" build-id {}", crate::res::fileid::hex(&f.build_id)),
             _ => String::new(),
         };
+        let advice: Vec<&str> = ADVICE.iter().filter(|a| m.flags & a.0 != 0).map(|a| a.3).collect();
+        if !advice.is_empty() {
+            extra.push_str(&format!(" [{}]", advice.join(" ")));
+        }
         out.push(format!(
             "  {:012x}-{:012x} {} {:<5} {:>10} {}{}",
             m.start,
@@ -143,7 +171,7 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && out.last().is_none_or(|p| p.end <= v.start)
             && (KIND_ANON..=KIND_VVAR).contains(&v.kind)
             && v.prot & !7 == 0
-            && v.flags & !15 == 0
+            && v.flags & !VMA_ALL == 0
             && (v.kind == KIND_FILE) == v.file.is_some()
             // Only regular files are mapped, by absolute path: never a device or a FIFO an
             // image names.
@@ -195,6 +223,19 @@ fn classify_one(
     if m.has_flag("ht") {
         return refuse("hugetlbfs memory");
     }
+    for (flag, what) in [
+        ("um", "registered with a userfaultfd"),
+        ("uw", "registered with a userfaultfd"),
+        ("ui", "registered with a userfaultfd"),
+        ("ss", "a shadow stack"),
+        ("sl", "sealed (mseal)"),
+        ("pf", "a PFN mapping of a device"),
+        ("io", "device I/O memory"),
+    ] {
+        if m.has_flag(flag) && !m.is_vdso_or_vvar() {
+            return refuse(what);
+        }
+    }
     let mut v = Vma {
         start: m.start,
         end: m.end,
@@ -212,6 +253,20 @@ fn classify_one(
     }
     if m.has_flag("nr") {
         v.flags |= VMA_NORESERVE;
+    }
+    if m.has_flag("dp") {
+        v.flags |= VMA_DROPPABLE;
+    }
+    for (bit, flag, _, _) in ADVICE {
+        // The kernel marks its own special areas "dd"; they are not the process's advice.
+        if m.has_flag(flag) && !m.is_vdso_or_vvar() {
+            v.flags |= bit;
+        }
+    }
+    // Older kernels (Debian 12's 6.1) have no mnemonic for VM_LOCKONFAULT and show "??":
+    // on a locked mapping, that is what it is.
+    if m.has_flag("lo") && m.has_flag("??") && !m.is_vdso_or_vvar() {
+        v.flags |= VMA_LOCKONFAULT;
     }
     let name = m.name.as_str();
     v.kind = match name {
@@ -249,6 +304,9 @@ fn classify_one(
             }
             if !m.shared && !no_copy(name, is_elf(name)) {
                 v.flags |= VMA_FILE_COPY;
+            }
+            if m.shared && m.has_flag("mw") {
+                v.flags |= VMA_MAY_WRITE;
             }
             v.file = Some(id);
         }
@@ -331,7 +389,12 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
     for p in plans.iter().filter(|p| !p.vma.is_special()) {
         let v = &p.vma;
         let shared = v.flags & VMA_SHARED != 0;
-        let mut flags = libc::MAP_FIXED_NOREPLACE | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        let mut flags = libc::MAP_FIXED_NOREPLACE
+            | match () {
+                _ if shared => libc::MAP_SHARED,
+                _ if v.flags & VMA_DROPPABLE != 0 => MAP_DROPPABLE,
+                _ => libc::MAP_PRIVATE,
+            };
         if v.flags & VMA_GROWSDOWN != 0 {
             flags |= libc::MAP_GROWSDOWN;
         }
@@ -344,7 +407,10 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         let mut fd = None;
         if v.kind == KIND_FILE && (p.from_file || shared) {
             let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
-            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+            // Writable if it was opened so, even if mapped read-only now: mprotect may make it
+            // writable later.
+            let writable = v.prot & libc::PROT_WRITE as u32 != 0 || v.flags & VMA_MAY_WRITE != 0;
+            let mode = if shared && writable { libc::O_RDWR } else { libc::O_RDONLY };
             // Non-blocking, for a path that names a FIFO by now (its mmap then fails).
             fd = Some(c.open(path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY, path)?);
         } else {
@@ -370,6 +436,40 @@ pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
             continue;
         }
         c.mprotect(RemoteAddr(v.start), v.len(), v.prot)?;
+    }
+    Ok(())
+}
+
+/// Gives every mapping back what madvise and mlock had set on it (VmFlags), once its pages
+/// are in and the process has its user's ids and limits: locking needs RLIMIT_MEMLOCK.
+pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    for v in plans.iter().map(|p| &p.vma).filter(|v| !v.is_special()) {
+        let at = RemoteAddr(v.start);
+        for (bit, _, advice, call) in ADVICE {
+            if v.flags & bit == 0 || bit == VMA_LOCKED || bit == VMA_LOCKONFAULT {
+                continue;
+            }
+            c.madvise(at, v.len(), advice, &format!("madvise({call})"))?;
+        }
+        if v.flags & (VMA_LOCKED | VMA_LOCKONFAULT) != 0 {
+            let onfault = if v.flags & VMA_LOCKONFAULT != 0 { libc::MLOCK_ONFAULT } else { 0 };
+            match c.mlock2_raw(at, v.len(), onfault)? {
+                0 => {}
+                e if [libc::EPERM, libc::ENOMEM, libc::EAGAIN].iter().any(|&x| e == -(x as i64)) => {
+                    return Err(Error::Refused(format!(
+                        "mapping {:#x}-{:#x} {} was locked in memory (mlock), more than its user may lock here (RLIMIT_MEMLOCK)",
+                        v.start, v.end, v.name
+                    )));
+                }
+                e => {
+                    return Err(Error::sys(
+                        "mlock2",
+                        format!("{:#x}-{:#x} in pid {}", v.start, v.end, c.pid()),
+                        nix::errno::Errno::from_raw(-e as i32),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }

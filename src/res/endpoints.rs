@@ -1,0 +1,265 @@
+//! What a pipe or socket fd is, and who is at its other end: "a TCP socket listening on
+//! 127.0.0.1:8089", "a unix stream socket connected to pid 812 (sshd)", "a pipe's read end,
+//! its write end held by pid 90 (bash)". A refusal names fds this way, and so does ckpt when
+//! it carries an fd as a stub. Read from /proc (the process's own network namespace), the
+//! socket's xattr and, for a unix socket's peer, the sock_diag netlink interface.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+/// "pid 90 (bash)".
+pub fn who(pid: i32) -> String {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    format!("pid {pid} ({})", crate::text::printable(comm.trim()))
+}
+
+/// The other processes (or other fds of `pid`) that hold `link` ("pipe:[123]",
+/// "socket:[456]"), with the access mode each holds it in.
+fn holders(link: &str, pid: i32, fd: i32) -> Vec<(i32, i32, u32)> {
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(other) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else { continue };
+        for f in fds.flatten() {
+            let Some(n) = f.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if (other, n) == (pid, fd) || fs::read_link(f.path()).ok().is_none_or(|t| t.as_os_str() != link) {
+                continue;
+            }
+            let info = fs::read_to_string(format!("/proc/{other}/fdinfo/{n}")).unwrap_or_default();
+            let flags = crate::ptrace::procfs::parse_fdinfo(&info).map_or(0, |(_, f)| f);
+            out.push((other, n, flags & libc::O_ACCMODE as u32));
+        }
+    }
+    out
+}
+
+/// "pid 90 (bash), pid 91 (cat)"; "itself (fd 4)" for the process's own fds.
+fn name_holders(h: &[(i32, i32, u32)], pid: i32) -> String {
+    let mut seen = BTreeSet::new();
+    let named: Vec<String> = h
+        .iter()
+        .filter(|(p, n, _)| seen.insert(if *p == pid { (*p, *n) } else { (*p, -1) }))
+        .map(|&(p, n, _)| if p == pid { format!("itself (fd {n})") } else { who(p) })
+        .collect();
+    named.join(", ")
+}
+
+/// A pipe fd: which end, and who holds the other.
+pub fn pipe(pid: i32, fd: i32, link: &str, flags: u32) -> String {
+    let reading = flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+    let (mine, other, want) = if reading {
+        ("read end", "write end", libc::O_WRONLY as u32)
+    } else {
+        ("write end", "read end", libc::O_RDONLY as u32)
+    };
+    let h: Vec<_> = holders(link, pid, fd).into_iter().filter(|x| x.2 == want).collect();
+    match h.len() {
+        0 => format!("a pipe's {mine}, its {other} closed"),
+        _ => format!("a pipe's {mine}, its {other} held by {}", name_holders(&h, pid)),
+    }
+}
+
+/// A socket fd, by protocol, state and address.
+pub fn socket(pid: i32, fd: i32, link: &str) -> String {
+    let proto = sock_proto(pid, fd).unwrap_or_default();
+    let ino: u64 = link.trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap_or(0);
+    let inet = |file: &str, kind: &str| inet_socket(pid, file, ino).map(|d| format!("a {kind} socket {d}"));
+    let found = match proto.as_str() {
+        "TCP" => inet("tcp", "TCP"),
+        "TCPv6" => inet("tcp6", "TCP"),
+        "UDP" | "UDP-Lite" => inet("udp", "UDP"),
+        "UDPv6" | "UDPLITEv6" => inet("udp6", "UDP"),
+        "RAW" => inet("raw", "raw IP"),
+        "RAWv6" => inet("raw6", "raw IP"),
+        p if p.starts_with("UNIX") => unix_socket(pid, fd, ino),
+        "NETLINK" => Some(format!("a netlink socket{}", netlink_protocol(pid, ino))),
+        "PACKET" => Some("a packet socket".into()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| match proto.as_str() {
+        "" => "a socket".into(),
+        p => format!("a {p} socket"),
+    })
+}
+
+/// The socket's protocol name, as its "system.sockprotoname" xattr says ("TCP", "UNIX-STREAM").
+fn sock_proto(pid: i32, fd: i32) -> Option<String> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both names are NUL-terminated and getxattr writes at most buf.len() bytes.
+    let n =
+        unsafe { libc::getxattr(path.as_ptr(), c"system.sockprotoname".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&buf[..n as usize]).trim_end_matches('\0').to_string())
+}
+
+/// "0100007F:1F99" (or 32 hex digits for IPv6) as an address and port.
+fn inet_addr(s: &str) -> Option<String> {
+    let (a, p) = s.split_once(':')?;
+    let port = u16::from_str_radix(p, 16).ok()?;
+    let words: Vec<u32> =
+        (0..a.len() / 8).map(|i| u32::from_str_radix(&a[8 * i..8 * i + 8], 16)).collect::<Result<_, _>>().ok()?;
+    Some(match words[..] {
+        [w] => format!("{}:{port}", std::net::Ipv4Addr::from(w.swap_bytes())),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    })
+}
+
+/// Finds inode `ino` in /proc/PID/net/FILE: "listening on A", "connected A -> B"...
+fn inet_socket(pid: i32, file: &str, ino: u64) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(9).and_then(|i| i.parse().ok()) == Some(ino))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (local, remote, st) = (inet_addr(f[1])?, inet_addr(f[2])?, u8::from_str_radix(f[3], 16).ok()?);
+    let tcp = file.starts_with("tcp");
+    Some(match st {
+        0x0A if tcp => format!("listening on {local}"),
+        0x01 if tcp => format!("connected {local} -> {remote}"),
+        0x07 if tcp => format!("bound to {local}, not connected"),
+        0x01 => format!("on {local}, connected to {remote}"),
+        0x07 => format!("bound to {local}"),
+        s => format!("on {local} -> {remote} (state {s:#x})"),
+    })
+}
+
+/// A unix socket from /proc/PID/net/unix, and its peer's holder through sock_diag.
+fn unix_socket(pid: i32, fd: i32, ino: u64) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
+    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|i| i.parse().ok()) == Some(ino))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let flags = u32::from_str_radix(f[3], 16).ok()?;
+    let kind = match f[4] {
+        "0001" => "stream",
+        "0002" => "datagram",
+        "0005" => "seqpacket",
+        _ => "",
+    };
+    let path = f.get(7).map(|p| crate::text::printable(p));
+    let at = path.as_ref().map(|p| format!(" on {p}")).unwrap_or_default();
+    if flags & 0x10000 != 0 {
+        return Some(format!("a unix {kind} socket listening{at}"));
+    }
+    let peer = unix_peer(ino).map(|p| {
+        let h = holders(&format!("socket:[{p}]"), pid, fd);
+        match h.is_empty() {
+            true => format!(" connected to socket {p}, which no process holds"),
+            false => format!(" connected to {}", name_holders(&h, pid)),
+        }
+    });
+    Some(format!("a unix {kind} socket{at}{}", peer.unwrap_or_default()))
+}
+
+/// The inode of unix socket `ino`'s peer (sock_diag, UNIX_DIAG_PEER), if it has one.
+fn unix_peer(ino: u64) -> Option<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UNIX_DIAG_PEER: u16 = 2;
+    // SAFETY: socket() takes no pointers; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 4) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // nlmsghdr (16) + unix_diag_req (24): one socket by inode, with its peer.
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]); // seq, pid
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&(ino as u32).to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    // SAFETY: `req` is a live buffer of the length given.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } != req.len() as isize {
+        return None;
+    }
+    let mut buf = [0u8; 8192];
+    // SAFETY: recv writes at most buf.len() bytes into `buf`.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let b = buf.get(..usize::try_from(n).ok()?)?;
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |o: usize| b.get(o..o + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
+    if u16_at(4)? != SOCK_DIAG_BY_FAMILY {
+        return None; // NLMSG_ERROR: no such socket
+    }
+    let end = (u32_at(0)? as usize).min(b.len());
+    // Attributes follow the 16-byte unix_diag_msg, each 4-byte aligned.
+    let mut at = 16 + 16;
+    while at + 4 <= end {
+        let (len, ty) = (u16_at(at)? as usize, u16_at(at + 2)?);
+        if len < 4 {
+            break;
+        }
+        if ty == UNIX_DIAG_PEER {
+            return u32_at(at + 4).map(u64::from);
+        }
+        at += (len + 3) & !3;
+    }
+    None
+}
+
+/// " (NETLINK_ROUTE)" and the like, from /proc/PID/net/netlink.
+fn netlink_protocol(pid: i32, ino: u64) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap_or_default();
+    let proto = text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(9).and_then(|i| i.parse::<u64>().ok()) == Some(ino)).then(|| f.get(1)?.parse::<u32>().ok())?
+    });
+    match proto {
+        Some(0) => " (NETLINK_ROUTE)".into(),
+        Some(9) => " (NETLINK_AUDIT)".into(),
+        Some(15) => " (NETLINK_KOBJECT_UEVENT)".into(),
+        Some(16) => " (NETLINK_GENERIC)".into(),
+        Some(p) => format!(" (protocol {p})"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(inet_addr("0100007F:1F99").unwrap(), "127.0.0.1:8089");
+        assert_eq!(inet_addr("00000000000000000000000001000000:0016").unwrap(), "[::1]:22");
+    }
+
+    #[test]
+    fn our_own_sockets_and_pipes() {
+        let me = std::process::id() as i32;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let d = socket(
+            me,
+            l.as_raw_fd(),
+            &fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().to_string_lossy(),
+        );
+        assert_eq!(d, format!("a TCP socket listening on 127.0.0.1:{port}"));
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        let d = socket(me, a.as_raw_fd(), &link.to_string_lossy());
+        assert_eq!(d, format!("a unix stream socket connected to itself (fd {})", b.as_raw_fd()));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", r.as_raw_fd())).unwrap();
+        let d = pipe(me, r.as_raw_fd(), &link.to_string_lossy(), libc::O_RDONLY as u32);
+        assert_eq!(d, format!("a pipe's read end, its write end held by itself (fd {})", w.as_raw_fd()));
+        drop(w);
+        assert_eq!(pipe(me, r.as_raw_fd(), &link.to_string_lossy(), 0), "a pipe's read end, its write end closed");
+    }
+}

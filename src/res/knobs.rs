@@ -1,0 +1,332 @@
+//! KNOBS: process-wide settings other subsystems keep for the process, each a number: its
+//! OOM-killer adjustment, audit login uid, child-subreaper flag, membarrier registrations,
+//! which memory a core dump holds (coredump_filter),
+//! KSM merging of all its memory, machine-check kill policy, TSC access and speculation
+//! controls. One table ([`KNOBS`]) says how each is read from the frozen process, set back in
+//! the restored one, and shown. The section stores (key, value) pairs: a knob this kernel
+//! cannot report is left out (and then not restored: see man/ckpt.1), and a key this crs does
+//! not know refuses the image.
+//!
+//! Each is set from inside the restored process, as its user, once its ids and limits are in
+//! place: what that user may not set (an oom_score_adj below its floor, KSM merging without
+//! CAP_SYS_RESOURCE) refuses the restore by name. The login uid is the exception: only root
+//! may set it, so for anyone else it stays the restorer's and the restore says so.
+
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use crate::ptrace::Ctl;
+use nix::errno::Errno;
+
+/// One knob: how it is read (None: this kernel cannot tell), set, and shown; its default
+/// (crfinfo shows only the others).
+pub struct Knob {
+    pub key: u32,
+    pub name: &'static str,
+    get: fn(&mut Ctl) -> Result<Option<u64>>,
+    set: fn(&mut Ctl, u64) -> Result<Applied>,
+    default: u64,
+}
+
+/// What setting a knob came to.
+pub enum Applied {
+    Done,
+    /// Left as the restorer's, with the reason (said, never silent).
+    Kept(String),
+}
+
+const PR_SPEC_PRCTL: u64 = 1;
+const PR_SPEC_STATES: u64 = 2 | 4 | 8 | 16;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// The REGISTER_* commands: global expedited, private expedited, its sync-core and rseq kinds.
+const MEMBARRIER_REGISTER: u64 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
+const PR_SET_MEMORY_MERGE: i32 = 67;
+const PR_GET_MEMORY_MERGE: i32 = 68;
+
+/// A prctl that answers in its return value; None when this kernel does not know it.
+fn prctl_get(c: &mut Ctl, op: i32, arg: u64) -> Result<Option<u64>> {
+    match c.prctl_raw(op, [arg, 0, 0, 0])? {
+        r if r >= 0 => Ok(Some(r as u64)),
+        e if e == -(libc::EINVAL as i64) || e == -(libc::ENODEV as i64) => Ok(None),
+        e => Err(Error::sys(format!("prctl({op})"), format!("pid {}", c.pid()), Errno::from_raw(-e as i32))),
+    }
+}
+
+/// A prctl that answers through an int it is pointed at.
+fn prctl_get_int(c: &mut Ctl, op: i32, call: &str) -> Result<Option<u64>> {
+    let out = c.scratch.addr;
+    c.prctl(op, [out.0, 0, 0, 0], call, "query")?;
+    let b = c.scratch.get(c.pid(), 0, 4)?;
+    Ok(Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64))
+}
+
+/// A prctl that sets; EPERM refuses the restore, naming the knob and what would allow it
+/// (`needs`, empty when nothing would).
+fn prctl_set(c: &mut Ctl, op: i32, args: [u64; 4], name: &str, needs: &str) -> Result<Applied> {
+    match c.prctl_raw(op, args)? {
+        0 => Ok(Applied::Done),
+        e if !needs.is_empty() && (e == -(libc::EPERM as i64) || e == -(libc::EACCES as i64)) => Err(Error::Refused(
+            format!("the process had {name} {}, which its user may not set here ({needs})", args[0]),
+        )),
+        e => Err(Error::sys(format!("prctl({name})"), format!("pid {}", c.pid()), Errno::from_raw(-e as i32))),
+    }
+}
+
+/// A /proc/PID file holding one number.
+fn proc_number(pid: i32, file: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?.trim().parse().ok()
+}
+
+/// Writes `v` to /proc/self/`file` from inside the process: the kernel checks what its user
+/// may write there. Raw result of the write (negative errno).
+fn proc_write(c: &mut Ctl, file: &str, v: &str) -> Result<i64> {
+    let path = format!("/proc/self/{file}");
+    let fd = match c.open(&path, libc::O_WRONLY | libc::O_CLOEXEC, &path) {
+        Ok(fd) => fd,
+        Err(Error::Sys { errno, .. }) => return Ok(-(errno as i64)),
+        Err(e) => return Err(e),
+    };
+    let r = c.write_raw(fd, v.as_bytes());
+    c.close(fd, &path)?;
+    r
+}
+
+fn spec_get(c: &mut Ctl, which: u64) -> Result<Option<u64>> {
+    prctl_get(c, libc::PR_GET_SPECULATION_CTRL, which)
+}
+
+fn spec_set(c: &mut Ctl, which: u64, v: u64) -> Result<Applied> {
+    let now = spec_get(c, which)?.unwrap_or(0);
+    // Only a state the process chose through prctl is its own; the rest is the CPU's and the
+    // kernel's (not affected, forced by the command line), which the restoring node decides.
+    if v & PR_SPEC_PRCTL == 0 || v & PR_SPEC_STATES == now & PR_SPEC_STATES {
+        return Ok(Applied::Done);
+    }
+    let name = ["speculative store bypass control", "indirect branch speculation control", "L1D flush control"]
+        [which.min(2) as usize];
+    match c.prctl_raw(libc::PR_SET_SPECULATION_CTRL, [which, v & PR_SPEC_STATES, 0, 0])? {
+        0 => Ok(Applied::Done),
+        e => Err(Error::not_here(
+            format!("the process had {name} {:#x} (PR_SET_SPECULATION_CTRL)", v & PR_SPEC_STATES),
+            format!("this kernel refuses it ({})", Errno::from_raw(-e as i32).desc()),
+        )),
+    }
+}
+
+pub const KNOBS: &[Knob] = &[
+    Knob {
+        key: 1,
+        name: "oom_score_adj",
+        get: |c| Ok(proc_number(c.pid(), "oom_score_adj").map(|v| v as u64)),
+        set: |c, v| {
+            let v = v as i64;
+            if proc_number(c.pid(), "oom_score_adj") == Some(v) {
+                return Ok(Applied::Done);
+            }
+            match proc_write(c, "oom_score_adj", &v.to_string())? {
+                r if r >= 0 => Ok(Applied::Done),
+                e if e == -(libc::EACCES as i64) || e == -(libc::EPERM as i64) => Err(Error::Refused(format!(
+                    "the process had oom_score_adj {v}, below what its user may set here (CAP_SYS_RESOURCE)"
+                ))),
+                e => Err(Error::sys("write /proc/self/oom_score_adj", v.to_string(), Errno::from_raw(-e as i32))),
+            }
+        },
+        default: 0,
+    },
+    Knob {
+        key: 2,
+        name: "loginuid",
+        get: |c| Ok(proc_number(c.pid(), "loginuid").map(|v| v as u64)),
+        set: |c, v| {
+            let now = proc_number(c.pid(), "loginuid");
+            if now == Some(v as i64) {
+                return Ok(Applied::Done);
+            }
+            match proc_write(c, "loginuid", &v.to_string())? {
+                r if r >= 0 => Ok(Applied::Done),
+                e => Ok(Applied::Kept(format!(
+                    "its audit login uid stays {} (the image has {v}; setting it needs CAP_AUDIT_CONTROL: {})",
+                    now.map_or("unknown".to_string(), |n| n.to_string()),
+                    Errno::from_raw(-e as i32).desc()
+                ))),
+            }
+        },
+        default: u32::MAX as u64,
+    },
+    Knob {
+        key: 3,
+        name: "child subreaper",
+        get: |c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)"),
+        set: |c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", ""),
+        default: 0,
+    },
+    Knob {
+        key: 4,
+        name: "membarrier registrations",
+        get: |c| match c.membarrier_raw(MEMBARRIER_CMD_GET_REGISTRATIONS)? {
+            r if r >= 0 => Ok(Some(r as u64 & MEMBARRIER_REGISTER)),
+            _ => Ok(None), // before Linux 6.3 a process cannot be asked
+        },
+        set: |c, v| {
+            for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b != 0) {
+                let r = c.membarrier_raw(bit)?;
+                if r < 0 {
+                    return Err(Error::not_here(
+                        format!("the process was registered for membarrier command {bit:#x}"),
+                        format!("this kernel refuses it ({})", Errno::from_raw(-r as i32).desc()),
+                    ));
+                }
+            }
+            Ok(Applied::Done)
+        },
+        default: 0,
+    },
+    Knob {
+        key: 5,
+        name: "KSM merging of all memory",
+        get: |c| prctl_get(c, PR_GET_MEMORY_MERGE, 0),
+        set: |c, v| match v {
+            0 => Ok(Applied::Done),
+            _ => prctl_set(c, PR_SET_MEMORY_MERGE, [1, 0, 0, 0], "PR_SET_MEMORY_MERGE", "CAP_SYS_RESOURCE"),
+        },
+        default: 0,
+    },
+    Knob {
+        key: 6,
+        name: "machine-check kill policy",
+        get: |c| prctl_get(c, libc::PR_MCE_KILL_GET, 0),
+        set: |c, v| match v {
+            2 => Ok(Applied::Done),
+            _ => prctl_set(c, libc::PR_MCE_KILL, [libc::PR_MCE_KILL_SET as u64, v, 0, 0], "PR_MCE_KILL", ""),
+        },
+        default: 2,
+    },
+    Knob {
+        key: 7,
+        name: "TSC access",
+        get: |c| prctl_get_int(c, libc::PR_GET_TSC, "prctl(PR_GET_TSC)"),
+        set: |c, v| prctl_set(c, libc::PR_SET_TSC, [v, 0, 0, 0], "PR_SET_TSC", ""),
+        default: libc::PR_TSC_ENABLE as u64,
+    },
+    Knob {
+        key: 8,
+        name: "speculative store bypass",
+        get: |c| spec_get(c, 0),
+        set: |c, v| spec_set(c, 0, v),
+        default: 0,
+    },
+    Knob {
+        key: 9,
+        name: "indirect branch speculation",
+        get: |c| spec_get(c, 1),
+        set: |c, v| spec_set(c, 1, v),
+        default: 0,
+    },
+    Knob { key: 10, name: "L1D flush", get: |c| spec_get(c, 2), set: |c, v| spec_set(c, 2, v), default: 0 },
+    Knob {
+        key: 11,
+        name: "coredump_filter",
+        get: |c| {
+            let t = std::fs::read_to_string(format!("/proc/{}/coredump_filter", c.pid())).unwrap_or_default();
+            Ok(u64::from_str_radix(t.trim(), 16).ok())
+        },
+        set: |c, v| {
+            let t = std::fs::read_to_string(format!("/proc/{}/coredump_filter", c.pid())).unwrap_or_default();
+            if u64::from_str_radix(t.trim(), 16).ok() == Some(v) {
+                return Ok(Applied::Done);
+            }
+            match proc_write(c, "coredump_filter", &format!("{v:#x}"))? {
+                r if r >= 0 => Ok(Applied::Done),
+                e => Err(Error::sys("write /proc/self/coredump_filter", format!("{v:#x}"), Errno::from_raw(-e as i32))),
+            }
+        },
+        default: 0x33,
+    },
+];
+
+fn knob(key: u32) -> Option<&'static Knob> {
+    KNOBS.iter().find(|k| k.key == key)
+}
+
+/// Every knob this kernel reports for the frozen process, by key.
+pub fn collect(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    for k in KNOBS {
+        if let Some(v) = (k.get)(c)? {
+            out.push((k.key, v));
+        }
+    }
+    Ok(out)
+}
+
+pub fn encode(knobs: &[(u32, u64)]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(knobs.len() as u32);
+    for &(k, v) in knobs {
+        e.u32(k).u64(v);
+    }
+    e.into_bytes()
+}
+
+pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<(u32, u64)>> {
+    let mut d = Dec::new(b, at, "KNOBS");
+    let n = d.count(12)?;
+    let mut out: Vec<(u32, u64)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let (k, v) = (d.u32()?, d.u64()?);
+        if knob(k).is_none() {
+            return Err(d.bad_at(rec, format!("knob {k} is unknown to this crs: restore it with a newer one")));
+        }
+        if out.last().is_some_and(|&(p, _)| p >= k) {
+            return Err(d.bad_at(rec, format!("knob {k} out of order")));
+        }
+        out.push((k, v));
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+/// crfinfo's line: the knobs not at their default.
+pub fn describe(knobs: &[(u32, u64)]) -> Vec<String> {
+    let set: Vec<String> = knobs
+        .iter()
+        .filter_map(|&(k, v)| knob(k).filter(|d| d.default != v).map(|d| (d, v)))
+        .map(|(d, v)| if d.key == 1 { format!("{} {}", d.name, v as i64) } else { format!("{} {v:#x}", d.name) })
+        .collect();
+    match set.len() {
+        0 => vec![],
+        _ => vec![format!("knobs:     {}", set.join(", "))],
+    }
+}
+
+/// Sets every knob inside the restored process. Returns what stayed the restorer's, and why.
+/// The process must be dumpable for its /proc files to be its own: the caller sets its
+/// dumpable flag afterwards.
+pub fn restore(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
+    c.prctl(libc::PR_SET_DUMPABLE, [1, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "for its /proc files")?;
+    let mut kept = Vec::new();
+    for &(k, v) in knobs {
+        if let Some(d) = knob(k)
+            && let Applied::Kept(why) = (d.set)(c, v)?
+        {
+            kept.push(why);
+        }
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_unknown_keys() {
+        let k = vec![(1, (-500i64) as u64), (3, 1), (4, 1 << 4), (7, 2)];
+        assert_eq!(decode(&encode(&k), 0).unwrap(), k);
+        assert!(describe(&k)[0].contains("oom_score_adj -500, child subreaper 0x1"), "{:?}", describe(&k));
+        assert!(decode(&encode(&[(99, 1)]), 0).is_err());
+        assert!(decode(&encode(&[(3, 1), (1, 0)]), 0).is_err());
+        let keys: Vec<u32> = KNOBS.iter().map(|k| k.key).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+}
