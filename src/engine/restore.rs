@@ -287,9 +287,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if let Some(s) = &st.sched {
         s.restore(&mut c)?;
     }
-    let notes = knobs::restore(&mut c, &st.knobs)?;
+    let mut notes = knobs::restore(&mut c, &st.knobs)?;
     st.task.restore_dumpable(&mut c)?;
-    memory::advise_all(&mut c, &plans)?;
+    notes.extend(memory::advise_all(&mut c, &plans)?);
     mdwe::restore(&mut c, st.mdwe)?;
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set

@@ -20,6 +20,8 @@ pub struct MapEntry {
     pub name: String,
     /// Two-letter VmFlags ("rd", "gd", "sh", ...), from smaps.
     pub vmflags: Vec<String>,
+    /// The memory protection key (pkey_mprotect), from smaps where the CPU has them.
+    pub pkey: u32,
 }
 
 impl MapEntry {
@@ -64,6 +66,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
         inode,
         name,
         vmflags: Vec::new(),
+        pkey: 0,
     })
 }
 
@@ -74,6 +77,8 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
         if let Some(rest) = line.strip_prefix("VmFlags:") {
             let last = out.last_mut()?;
             last.vmflags = rest.split_whitespace().map(str::to_string).collect();
+        } else if let Some(rest) = line.strip_prefix("ProtectionKey:") {
+            out.last_mut()?.pkey = rest.trim().parse().ok()?;
         } else if line.split(' ').next().is_some_and(|w| w.contains('-') && !w.contains(':')) {
             out.push(parse_map_line(line)?);
         }

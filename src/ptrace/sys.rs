@@ -273,6 +273,14 @@ impl Ctl<'_> {
         self.call(libc::SYS_madvise, [at.0, len, advice as u64, 0, 0, 0], call, &what).map(drop)
     }
 
+    /// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, at, len, name); raw result (EINVAL: a kernel
+    /// without CONFIG_ANON_VMA_NAME).
+    pub fn set_anon_name_raw(&mut self, at: RemoteAddr, len: u64, name: &str) -> Result<i64> {
+        const PR_SET_VMA: u64 = 0x53564d41;
+        let p = self.scratch.put_cstr(self.pid(), PATH_AT, name)?;
+        self.raw(libc::SYS_prctl, [PR_SET_VMA, 0, at.0, len, p.0, 0])
+    }
+
     /// mlock2(at, len, flags); raw result.
     pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
         self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])

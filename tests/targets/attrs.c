@@ -24,6 +24,10 @@
 #define PR_SET_MEMORY_MERGE 67
 #define PR_GET_MEMORY_MERGE 68
 #endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
 #endif
@@ -64,6 +68,27 @@ static void vmflags(char *a, char *out, size_t cap) {
     }
 }
 
+/* The name /proc/self/maps gives the mapping that starts at `a`. */
+static void map_name(char *a, char *out, size_t cap) {
+    static char buf[1 << 16];
+    int fd = open("/proc/self/maps", O_RDONLY); ssize_t n = 0, r;
+    while (fd >= 0 && (r = read(fd, buf + n, sizeof buf - 1 - n)) > 0) n += r;
+    if (fd >= 0) close(fd);
+    buf[n] = 0;
+    char key[32]; snprintf(key, sizeof key, "%lx-", (unsigned long)a);
+    out[0] = 0;
+    for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : 0) {
+        if (strncmp(l, key, strlen(key)) != 0) continue;
+        char *e = strchr(l, '\n'), *name = l;
+        for (int f = 0; f < 5 && name; f++) name = strchr(name, ' '), name = name ? name + 1 : 0;
+        while (name && *name == ' ') name++;
+        if (name) snprintf(out, cap, "%.*s", (int)(e ? e - name : (long)strlen(name)), name);
+        return;
+    }
+}
+
+static char *named;
+
 /* Everything, one "name=value" item after another. */
 static void snap(char *s, size_t cap) {
     size_t n = 0;
@@ -98,6 +123,8 @@ static void snap(char *s, size_t cap) {
         char f[512]; vmflags(area[i], f, sizeof f);
         ADD("%s=%s;", area_name[i], area[i] == MAP_FAILED ? "none" : f);
     }
+    char nm[256]; map_name(named, nm, sizeof nm);
+    ADD("named=%s;", nm);
 #undef ADD
 }
 
@@ -131,6 +158,8 @@ int main(int argc, char **argv) {
         memset(area[i], 'a' + i, 4 * pg);
         if (adv[i]) madvise(area[i], 4 * pg, adv[i]);
     }
+    named = mmap(0, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, named, 2 * pg, "crs-named");
     mlock(area[6], 4 * pg);
     mlock2(area[7], 4 * pg, MLOCK_ONFAULT);
 

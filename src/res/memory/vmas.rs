@@ -223,6 +223,9 @@ fn classify_one(
     if m.has_flag("ht") {
         return refuse("hugetlbfs memory");
     }
+    if m.pkey != 0 {
+        return refuse(&format!("tagged with memory protection key {} (pkey_mprotect)", m.pkey));
+    }
     for (flag, what) in [
         ("um", "registered with a userfaultfd"),
         ("uw", "registered with a userfaultfd"),
@@ -440,11 +443,28 @@ pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
     Ok(())
 }
 
-/// Gives every mapping back what madvise and mlock had set on it (VmFlags), once its pages
-/// are in and the process has its user's ids and limits: locking needs RLIMIT_MEMLOCK.
-pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+/// Gives every mapping back its name (PR_SET_VMA_ANON_NAME) and what madvise and mlock had
+/// set on it (VmFlags), once its pages are in and the process has its user's ids and limits
+/// (locking needs RLIMIT_MEMLOCK). Returns what it could not give back: a name, on a kernel
+/// that cannot name memory.
+pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
     for v in plans.iter().map(|p| &p.vma).filter(|v| !v.is_special()) {
         let at = RemoteAddr(v.start);
+        // A name given with PR_SET_VMA_ANON_NAME: "[anon:NAME]", "[anon_shmem:NAME]".
+        let anon_name = v.name.strip_prefix("[anon:").or_else(|| v.name.strip_prefix("[anon_shmem:"));
+        if let Some(name) = anon_name.and_then(|n| n.strip_suffix(']')) {
+            match c.set_anon_name_raw(at, v.len(), name)? {
+                0 => {}
+                e => notes.push(format!(
+                    "mapping {:#x}-{:#x} lost its name {} (PR_SET_VMA_ANON_NAME: {})",
+                    v.start,
+                    v.end,
+                    v.name,
+                    nix::errno::Errno::from_raw(-e as i32).desc()
+                )),
+            }
+        }
         for (bit, _, advice, call) in ADVICE {
             if v.flags & bit == 0 || bit == VMA_LOCKED || bit == VMA_LOCKONFAULT {
                 continue;
@@ -471,7 +491,7 @@ pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
