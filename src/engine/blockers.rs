@@ -90,13 +90,7 @@ pub fn children(pid: i32) -> Vec<String> {
     if kids.is_empty() {
         return vec![];
     }
-    let named: Vec<String> = kids
-        .iter()
-        .map(|k| {
-            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
-            format!("pid {k} ({})", comm.trim())
-        })
-        .collect();
+    let named: Vec<String> = kids.iter().map(|&k| crate::res::endpoints::who(k)).collect();
     vec![format!(
         "it has children ({}), which crs would leave behind: checkpoint processes without children",
         named.join(", ")
@@ -154,8 +148,13 @@ pub fn namespaces(pid: i32) -> Vec<String> {
 
 /// All that the process's relations and kernel objects say against it (children, timers,
 /// namespaces, NUMA policies). Its file locks are found with its fds (res::files).
-pub fn relations(pid: i32) -> Vec<String> {
-    [children(pid), timers(pid), namespaces(pid), numa(pid)].concat()
+/// `frozen`: asked again once the process is frozen, where time counts: numa_maps walks every
+/// page (17 ms a GiB), so it is read again only on a machine with more than one NUMA node
+/// (on one node, a policy set in between could only name node 0).
+pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
+    let numa_nodes = std::fs::read_to_string("/sys/devices/system/node/possible").unwrap_or_default();
+    let numa = if frozen && numa_nodes.trim() == "0" { vec![] } else { numa(pid) };
+    [children(pid), timers(pid), namespaces(pid), numa].concat()
 }
 
 /// What only the frozen process itself can tell: armed interval timers, security bits, a

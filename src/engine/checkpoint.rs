@@ -59,7 +59,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     // is gathered, then all are named at once.
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, false), &mut why)?;
-    why.extend(blockers::relations(pid));
+    why.extend(blockers::relations(pid, false));
     Error::gather(files::scan(pid, &opts.stubs), &mut why)?;
     let maps = procfs::read_smaps(pid)?;
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
@@ -157,7 +157,7 @@ fn frozen_work<W: Sink>(
     let status = procfs::read_status(pid)?;
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
-    why.extend(blockers::relations(pid));
+    why.extend(blockers::relations(pid, true));
     Error::blocked(pid, why)?;
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;

@@ -150,12 +150,15 @@ pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
             ));
             continue;
         }
-        let outside = target.starts_with("pipe:")
-            || target.starts_with("socket:")
-            || is_tty_or_pipe(&target)
-            || FileId::stat(&link).is_ok_and(|id| [libc::S_IFIFO, libc::S_IFSOCK].contains(&id.file_type()));
+        // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
+        let outside = || {
+            target.starts_with("pipe:")
+                || target.starts_with("socket:")
+                || is_tty_or_pipe(&target)
+                || FileId::stat(&link).is_ok_and(|id| [libc::S_IFIFO, libc::S_IFSOCK].contains(&id.file_type()))
+        };
         let stdio = fd <= 2 && is_tty_or_pipe(&target);
-        if stubs.fds.contains(&fd) || (stubs.outside && outside && !stdio) {
+        if stubs.fds.contains(&fd) || (stubs.outside && !stdio && outside()) {
             let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
             out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
             continue;
