@@ -1,5 +1,6 @@
 //! Signal state survives a checkpoint: handlers with SA_SIGINFO/SA_ONSTACK/SA_RESTART/
-//! SA_NODEFER and their masks, an ignored signal, the blocked mask and the alternate stack. The
+//! SA_NODEFER and their masks, an ignored signal, the blocked mask and the alternate stack; and
+//! the interval timers that send signals (tests/targets/itimers.c). The
 //! target (tests/targets/signals.c) verifies its own state and reports one verdict line.
 
 mod support;
@@ -196,4 +197,19 @@ fn restored_process_handles_signal_from_outside() {
 
     // It carries on normally after the interrupted read, and its state is still intact.
     check(&mut r);
+}
+
+/// Interval timers come back armed, with the time they had left, and keep firing.
+#[test]
+fn interval_timers_survive() {
+    let dir = support::tmpdir("itimers");
+    let d = dir.to_str().unwrap();
+    let mut p = support::start("itimers", &[], &dir);
+    let img = format!("{d}/t.crf");
+    support::ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&support::run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("ITIMER_REAL in 0.0") && info.contains("every 0.020 s"), "{info}");
+    let mut r = support::rstrt(&[&img]);
+    r.verdict("ok");
 }

@@ -157,16 +157,10 @@ pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
     [children(pid), timers(pid), namespaces(pid), numa].concat()
 }
 
-/// What only the frozen process itself can tell: armed interval timers, security bits, a
-/// NUMA policy, syscall user dispatch, the I/O flusher flag.
+/// What only the frozen process itself can tell: security bits, a NUMA policy, syscall user
+/// dispatch, the I/O flusher flag.
 pub fn asked(c: &mut Ctl, t: &Tracee) -> Result<Vec<String>> {
     let mut why = Vec::new();
-    for (which, name) in [(0, "ITIMER_REAL (setitimer, alarm)"), (1, "ITIMER_VIRTUAL"), (2, "ITIMER_PROF")] {
-        let [_, _, sec, usec] = c.getitimer(which)?;
-        if sec != 0 || usec != 0 {
-            why.push(format!("it has an armed interval timer, {name}, which crs does not restore yet"));
-        }
-    }
     let bits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")?;
     if bits != 0 {
         why.push(format!(

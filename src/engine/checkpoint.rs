@@ -18,7 +18,7 @@ use crate::res::sched::Sched;
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::{cwd, files};
-use crate::res::{knobs, mdwe, pending, rlimits, thp};
+use crate::res::{itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -198,6 +198,7 @@ fn frozen_work<W: Sink>(
         st.rlimits = rlimits::collect(pid)?;
         st.sched = Some(Sched::collect(&mut c)?);
         st.knobs = knobs::collect(&mut c)?;
+        st.itimers = itimers::collect(&mut c)?;
         c.brk_query()
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");

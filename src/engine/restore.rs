@@ -28,7 +28,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
-use crate::res::{creds, cwd, files, knobs, mdwe, pending, rlimits, thp};
+use crate::res::{creds, cwd, files, itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -297,6 +297,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.r.stepping = false;
     t.set_sigmask(!0)?;
     pending::restore(&mut c, &st.pending)?;
+    // The timers last: the time the restore takes must not count against them.
+    itimers::restore(&mut c, &st.itimers)?;
     regs.load_xstate(&t)?;
     // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.munmap_and_stop(RemoteAddr(g), glen)?;

@@ -255,6 +255,17 @@ impl Ctl<'_> {
         Ok([w(0), w(1), w(2), w(3)])
     }
 
+    /// setitimer(which, {interval, value}) with each as (seconds, microseconds).
+    pub fn setitimer(&mut self, which: i32, t: [u64; 4]) -> Result<()> {
+        let mut e = Enc::new();
+        for v in t {
+            e.u64(v);
+        }
+        let at = self.scratch.put(self.pid(), 0, e.as_slice())?;
+        self.call(libc::SYS_setitimer, [which as u64, at.0, 0, 0, 0, 0], "setitimer", &format!("timer {which}"))
+            .map(drop)
+    }
+
     /// get_mempolicy's mode for the process (no node mask, no address); 0 (MPOL_DEFAULT) on a
     /// kernel without NUMA.
     pub fn mempolicy_mode(&mut self) -> Result<i32> {

@@ -10,7 +10,7 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp};
+use super::{cwd, files, head, itimers, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -40,6 +40,8 @@ pub struct ProcessState {
     pub sched: Option<sched::Sched>,
     /// (key, value) of every knob the checkpointing kernel could report.
     pub knobs: Vec<(u32, u64)>,
+    /// The interval timers (REAL, VIRTUAL, PROF), empty when none is armed.
+    pub itimers: Vec<itimers::Timer>,
 }
 
 /// What belongs to one thread.
@@ -102,6 +104,7 @@ pub mod tags {
     pub const RLIMITS: Tag = Tag(13);
     pub const SCHED: Tag = Tag(14);
     pub const KNOBS: Tag = Tag(15);
+    pub const ITIMERS: Tag = Tag(16);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -213,6 +216,12 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.knobs, knobs::decode(b, at)),
         describe: |v| knobs::describe(&v.st.knobs),
         ..only_if(tags::KNOBS, "KNOBS")
+    },
+    &SectionDef {
+        encode: |st| if st.itimers.is_empty() { vec![] } else { vec![itimers::encode(&st.itimers)] },
+        decode: |b, at, st| set(&mut st.itimers, itimers::decode(b, at)),
+        describe: |v| itimers::describe(&v.st.itimers),
+        ..only_if(tags::ITIMERS, "ITIMERS")
     },
 ];
 

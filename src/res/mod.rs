@@ -9,6 +9,7 @@ pub mod fileid;
 pub mod files;
 pub mod head;
 pub mod image;
+pub mod itimers;
 pub mod knobs;
 pub mod mdwe;
 pub mod memory;
