@@ -76,6 +76,12 @@ fn proc_number(pid: i32, file: &str) -> Option<i64> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?.trim().parse().ok()
 }
 
+/// /proc/PID/coredump_filter, in hex there.
+fn coredump_filter(pid: i32) -> Option<u64> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).ok()?;
+    u64::from_str_radix(t.trim(), 16).ok()
+}
+
 /// Writes `v` to /proc/self/`file` from inside the process: the kernel checks what its user
 /// may write there. Raw result of the write (negative errno).
 fn proc_write(c: &mut Ctl, file: &str, v: &str) -> Result<i64> {
@@ -167,7 +173,8 @@ pub const KNOBS: &[Knob] = &[
             _ => Ok(None), // before Linux 6.3 a process cannot be asked
         },
         set: |c, v| {
-            for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b != 0) {
+            // Only registrations: an image's other bits would run barriers, not register.
+            for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b & MEMBARRIER_REGISTER != 0) {
                 let r = c.membarrier_raw(bit)?;
                 if r < 0 {
                     return Err(Error::not_here(
@@ -225,13 +232,9 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 11,
         name: "coredump_filter",
-        get: |c| {
-            let t = std::fs::read_to_string(format!("/proc/{}/coredump_filter", c.pid())).unwrap_or_default();
-            Ok(u64::from_str_radix(t.trim(), 16).ok())
-        },
+        get: |c| Ok(coredump_filter(c.pid())),
         set: |c, v| {
-            let t = std::fs::read_to_string(format!("/proc/{}/coredump_filter", c.pid())).unwrap_or_default();
-            if u64::from_str_radix(t.trim(), 16).ok() == Some(v) {
+            if coredump_filter(c.pid()) == Some(v) {
                 return Ok(Applied::Done);
             }
             match proc_write(c, "coredump_filter", &format!("{v:#x}"))? {

@@ -49,8 +49,9 @@ static long slurp_num(const char *path) {
     return n > 0 ? strtol(b, 0, 10) : -99999;
 }
 
-/* The VmFlags line of the mapping that starts at `a`. */
-static void vmflags(char *a, char *out, size_t cap) {
+/* The smaps header line (`what` 0: its name, the 6th field) or the VmFlags line (`what` 1)
+ * of the mapping that starts at `a`; empty if there is none. */
+static void mapping(char *a, int what, char *out, size_t cap) {
     static char buf[1 << 20];
     int fd = open("/proc/self/smaps", O_RDONLY); ssize_t n = 0, r;
     while (fd >= 0 && (r = read(fd, buf + n, sizeof buf - 1 - n)) > 0) n += r;
@@ -60,29 +61,12 @@ static void vmflags(char *a, char *out, size_t cap) {
     out[0] = 0;
     for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : 0) {
         if (strncmp(l, key, strlen(key)) != 0) continue;
-        char *v = strstr(l, "VmFlags:");
+        char *v = l;
+        if (what) v = strstr(l, "VmFlags:");
+        else for (int f = 0; f < 5 && v; f++) v = strchr(v, ' '), v = v ? v + strspn(v, " ") : 0;
         if (!v) return;
         char *e = strchr(v, '\n'); size_t len = e ? (size_t)(e - v) : strlen(v);
         snprintf(out, cap, "%.*s", (int)len, v);
-        return;
-    }
-}
-
-/* The name /proc/self/maps gives the mapping that starts at `a`. */
-static void map_name(char *a, char *out, size_t cap) {
-    static char buf[1 << 16];
-    int fd = open("/proc/self/maps", O_RDONLY); ssize_t n = 0, r;
-    while (fd >= 0 && (r = read(fd, buf + n, sizeof buf - 1 - n)) > 0) n += r;
-    if (fd >= 0) close(fd);
-    buf[n] = 0;
-    char key[32]; snprintf(key, sizeof key, "%lx-", (unsigned long)a);
-    out[0] = 0;
-    for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : 0) {
-        if (strncmp(l, key, strlen(key)) != 0) continue;
-        char *e = strchr(l, '\n'), *name = l;
-        for (int f = 0; f < 5 && name; f++) name = strchr(name, ' '), name = name ? name + 1 : 0;
-        while (name && *name == ' ') name++;
-        if (name) snprintf(out, cap, "%.*s", (int)(e ? e - name : (long)strlen(name)), name);
         return;
     }
 }
@@ -120,10 +104,10 @@ static void snap(char *s, size_t cap) {
         ADD("rlim%d=%llu/%llu;", r, (unsigned long long)l.rlim_cur, (unsigned long long)l.rlim_max);
     }
     for (int i = 0; i < NAREA; i++) {
-        char f[512]; vmflags(area[i], f, sizeof f);
+        char f[512]; mapping(area[i], 1, f, sizeof f);
         ADD("%s=%s;", area_name[i], area[i] == MAP_FAILED ? "none" : f);
     }
-    char nm[256]; map_name(named, nm, sizeof nm);
+    char nm[256]; mapping(named, 0, nm, sizeof nm);
     ADD("named=%s;", nm);
 #undef ADD
 }

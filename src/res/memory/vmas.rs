@@ -460,7 +460,7 @@ pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<Vec<String>> {
                     "mapping {:#x}-{:#x} lost its name {} (PR_SET_VMA_ANON_NAME: {})",
                     v.start,
                     v.end,
-                    v.name,
+                    crate::text::printable(&v.name),
                     nix::errno::Errno::from_raw(-e as i32).desc()
                 )),
             }
