@@ -17,6 +17,7 @@ use crate::res::regs::{self, RegState};
 use crate::res::sched::Sched;
 use crate::res::signals::Signals;
 use crate::res::task::Task;
+use crate::res::thread::{self, ThreadInfo};
 use crate::res::{cwd, files};
 use crate::res::{itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
@@ -95,22 +96,33 @@ pub fn checkpoint_prechecked<W: Sink>(
     let t0 = Instant::now();
     let mut held_all = Vec::new();
     let mut live: Option<Regs> = None;
+    let mut others: Vec<Other> = Vec::new();
     let result = (|| {
         t.interrupt(&mut held_all)?;
+        freeze_others(pid, &mut others, &mut held_all)?;
         let rseq = t.rseq()?;
         let r = regs::collect(&t, rseq)?;
         live = Some(r.live);
-        frozen_work(&t, pid, out, opts, commit, &r.live, r.image, rseq, &mut held_all)
+        frozen_work(&t, &mut others, pid, out, opts, commit, &r.live, r.image, rseq, &mut held_all)
     })();
     let frozen = t0.elapsed();
-    // Whatever happened, the process gets consistent registers back before it runs again (if
+    // Whatever happened, every thread gets consistent registers back before it runs again (if
     // we never read them, we never changed them).
-    let restored = live.as_ref().map_or(Ok(()), |l| t.set_regs(l));
+    let mut restored = live.as_ref().map_or(Ok(()), |l| t.set_regs(l));
+    for o in &others {
+        if let Some(l) = &o.live {
+            restored = restored.and(o.t.set_regs(l));
+        }
+    }
     match result {
         Ok((pages, bytes, stubs)) if opts.kill => {
             t.kill(Signal::SIGKILL)?;
-            // As its tracer we see it die: once this returns, the process is gone (a zombie
-            // until its parent reaps it).
+            // As their tracer we see them die, the other threads first (the leader is reported
+            // only after them): once this returns, the process is gone (a zombie until its
+            // parent reaps it).
+            for o in others {
+                while o.t.wait().is_ok() {}
+            }
             while t.wait().is_ok() {}
             drop(t);
             debug!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
@@ -120,6 +132,9 @@ pub fn checkpoint_prechecked<W: Sink>(
             restored?;
             if opts.stop {
                 t.kill(Signal::SIGSTOP)?;
+            }
+            for o in others {
+                o.t.detach()?;
             }
             t.detach()?;
             if opts.stop {
@@ -133,6 +148,7 @@ pub fn checkpoint_prechecked<W: Sink>(
             Ok(Report { pid, pages, image_bytes: bytes, frozen, stubs })
         }
         Err(e) => {
+            drop(others);
             drop(t);
             redeliver(pid, &held_all);
             Err(e)
@@ -140,9 +156,53 @@ pub fn checkpoint_prechecked<W: Sink>(
     }
 }
 
+/// A thread of the process other than its leader, frozen with it.
+struct Other {
+    t: Tracee,
+    /// Its registers as it resumes, once read.
+    live: Option<Regs>,
+}
+
+/// Freezes every other thread of `pid` (whose leader is frozen already): seizes and interrupts
+/// each one /proc/PID/task lists, then lists them again until no new one appears (a thread
+/// still running may have started another). A thread that exits meanwhile is left out.
+fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<i32>) -> Result<()> {
+    loop {
+        // All of the new ones are asked to stop first, then waited for: one by one, each would
+        // wait for a CPU that the others, still running, hold.
+        let mut asked = Vec::new();
+        for tid in procfs::tasks(pid)? {
+            if tid == pid || others.iter().any(|o| o.t.pid == tid) {
+                continue;
+            }
+            let t = match Tracee::seize(tid) {
+                Ok(t) => t,
+                Err(Error::Gone(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            match t.interrupt_start() {
+                Ok(()) => asked.push(t),
+                Err(Error::Gone(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if asked.is_empty() {
+            return Ok(());
+        }
+        for t in asked {
+            match t.interrupted(held) {
+                Ok(()) => others.push(Other { t, live: None }),
+                Err(Error::Gone(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn frozen_work<W: Sink>(
     t: &Tracee,
+    others: &mut [Other],
     pid: i32,
     out: W,
     opts: &Options,
@@ -158,6 +218,9 @@ fn frozen_work<W: Sink>(
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
     why.extend(blockers::relations(pid, true));
+    for o in others.iter() {
+        why.extend(blockers::thread(pid, o.t.pid, &status)?);
+    }
     Error::blocked(pid, why)?;
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
@@ -199,6 +262,25 @@ fn frozen_work<W: Sink>(
         st.sched = Some(Sched::collect(&mut c)?);
         st.knobs = knobs::collect(&mut c)?;
         st.itimers = itimers::collect(&mut c)?;
+        let (altstack, clear_tid) = thread::ask(&mut c)?;
+        let leader = ThreadInfo {
+            tid: pid,
+            sigmask,
+            altstack,
+            rseq,
+            clear_tid,
+            robust: thread::robust_list(pid)?,
+            comm: procfs::thread_comm(pid, pid),
+            pending: vec![],
+        };
+        st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
+        st.thread_info = vec![leader];
+        for o in others.iter_mut() {
+            let (state, info, against) = collect_thread(pid, o, &c.scratch, gadget, &st, held)?;
+            why.extend(against);
+            st.threads.push(state);
+            st.thread_info.push(info);
+        }
         c.brk_query()
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");
@@ -236,7 +318,6 @@ fn frozen_work<W: Sink>(
     st.files = fds;
     st.mm = mm;
     st.vmas = vmas;
-    st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave } }];
     st.cwd = cwd;
     let io = |e: std::io::Error| Error::io("image", e);
     let mut w = Writer::new(out).map_err(io)?;
@@ -249,6 +330,53 @@ fn frozen_work<W: Sink>(
     let (out, bytes) = w.finish().map_err(io)?;
     commit(out)?;
     Ok((pages, bytes, files::stubs(&st.files)))
+}
+
+/// One other thread: what the kernel shows of it from outside, and what only it can tell,
+/// asked by syscalls run in it, each with a stop at its entry and exit rather than a single
+/// step, which leaves no single-step state behind in it. Also returns what it has set for
+/// itself unlike the leader (its own scheduling, a knob of its own), which a restore would not
+/// give it back. `st` holds the leader's state so far.
+fn collect_thread(
+    pid: i32,
+    o: &mut Other,
+    scratch: &Scratch,
+    gadget: u64,
+    st: &ProcessState,
+    held: &mut Vec<i32>,
+) -> Result<(ThreadState, ThreadInfo, Vec<String>)> {
+    let tid = o.t.pid;
+    let rseq = o.t.rseq()?;
+    let r = regs::collect(&o.t, rseq)?;
+    o.live = Some(r.live);
+    let xsave = o.t.xstate()?;
+    let sigmask = o.t.sigmask()?;
+    let pending = o.t.pending()?.into_iter().filter(|(shared, _)| !shared);
+    let pending = pending.map(|(shared, info)| pending::Pending { shared, info }).collect();
+    let mut c = Ctl {
+        r: Remote::new(&o.t, gadget, r.live),
+        scratch: Scratch { addr: scratch.addr, len: scratch.len, exec: scratch.exec },
+    };
+    c.r.stepping = false;
+    let asked =
+        (|| -> Result<_> { Ok((thread::ask(&mut c)?, knobs::collect_per_task(&mut c)?, Sched::collect(&mut c)?)) })();
+    held.append(&mut c.r.held);
+    o.t.set_regs(&r.live)?;
+    let ((altstack, clear_tid), own_knobs, own_sched) = asked?;
+    let comm = procfs::thread_comm(pid, tid);
+    let mut why = Vec::new();
+    for (k, v) in own_knobs.iter().filter(|kv| !st.knobs.contains(kv)) {
+        let name = knobs::KNOBS.iter().find(|d| d.key == *k).map_or("?", |d| d.name);
+        why.push(format!("its thread {tid} ({comm}) has its own {name} ({v:#x}), which crs does not restore yet"));
+    }
+    if st.sched.as_ref() != Some(&own_sched) {
+        why.push(format!(
+            "its thread {tid} ({comm}) has scheduling of its own ({}), which crs does not restore yet",
+            own_sched.describe().concat().trim_start_matches("sched:").trim()
+        ));
+    }
+    let info = ThreadInfo { tid, sigmask, altstack, rseq, clear_tid, robust: thread::robust_list(tid)?, comm, pending };
+    Ok((ThreadState { regs: RegState { gpr: r.image, xsave } }, info, why))
 }
 
 /// A `syscall` instruction in the process: in its vdso, which every process has and which we

@@ -72,6 +72,8 @@ pub struct Restored {
 /// A restored process that has not run yet. `release` lets it run; dropping it kills it.
 pub struct Held {
     t: Option<Tracee>,
+    /// Its other threads, stopped too.
+    others: Vec<Tracee>,
     signals: Vec<i32>,
 }
 
@@ -86,6 +88,9 @@ impl Held {
     pub fn release(mut self) -> Result<()> {
         let Some(t) = self.t.take() else { return Ok(()) };
         let pid = t.pid;
+        for o in std::mem::take(&mut self.others) {
+            o.detach()?;
+        }
         t.detach()?;
         redeliver(pid, &self.signals);
         Ok(())
@@ -96,6 +101,9 @@ impl Drop for Held {
     fn drop(&mut self) {
         if let Some(t) = self.t.take() {
             let _ = t.kill(Signal::SIGKILL);
+            for o in std::mem::take(&mut self.others) {
+                while o.wait().is_ok() {}
+            }
             while t.wait().is_ok() {}
         }
     }
@@ -229,14 +237,26 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let exe_set = st.mm.restore(&mut c, exe.as_ref().map(|f| f.as_raw_fd()))?;
     drop(exe);
 
+    // 3b. The other threads, created while the child still has our privileges (a thread keeps
+    //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
+    //     anything. From here on every per-thread step is taken in each of them too.
+    let mut notes = Vec::new();
+    let others = create_threads(&mut c, &t, &st, pid == st.head.pid, &mut notes)?;
+    let ctl = |o| thread_ctl(o, g, glen);
+
     // 4. Credentials, before anything is opened: from here on the child is the image's user,
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
     if creds::is_root() {
         creds::restore(&mut c, &st.head)?;
+        for o in &others {
+            creds::restore(&mut ctl(o)?, &st.head)?;
+        }
     } else {
-        creds::verify(pid, &st.head, creds::Stage::Inherited)?;
+        for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
+            creds::verify(tid, &st.head, creds::Stage::Inherited)?;
+        }
     }
 
     // 5. Memory: the vdso where the image had it (moved as the image's user: the kernel
@@ -258,11 +278,18 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     // 6. The rest of the image, checked to its trailer before anything else is applied.
     sections.read_group(&mut rd, &mut st, s, false, &mut |_, _| Ok(()))?;
-    let regs = match &st.threads[..] {
-        [t] => t.regs.clone(),
-        more => return Err(Error::Refused(format!("the image holds {} threads; this crs restores one", more.len()))),
-    };
-    regs::check_xstate(&regs)?;
+    if st.threads.len() != st.thread_info.len().max(1) {
+        return Err(Error::Refused(format!(
+            "the image holds registers for {} threads and THREAD sections for {}: it is damaged",
+            st.threads.len(),
+            st.thread_info.len()
+        )));
+    }
+    for th in &st.threads {
+        regs::check_xstate(&th.regs)?;
+    }
+    let regs =
+        st.threads.first().map(|t| t.regs.clone()).ok_or_else(|| Error::Refused("the image holds no thread".into()))?;
 
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
@@ -287,7 +314,21 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if let Some(s) = &st.sched {
         s.restore(&mut c)?;
     }
-    let mut notes = knobs::restore(&mut c, &st.knobs)?;
+    notes.extend(knobs::restore(&mut c, &st.knobs)?);
+    if let Some(info) = st.thread_info.first() {
+        info.restore(&mut c, true)?;
+    }
+    // The other threads: what each task has of its own (the leader's values: a thread with
+    // other ones was refused at checkpoint), then what is the thread's alone.
+    for (o, info) in others.iter().zip(st.thread_info.iter().skip(1)) {
+        let mut oc = ctl(o)?;
+        oc.personality(st.task.personality)?;
+        if let Some(s) = &st.sched {
+            s.restore(&mut oc)?;
+        }
+        notes.extend(knobs::restore_per_task(&mut oc, &st.knobs)?);
+        info.restore(&mut oc, false)?;
+    }
     st.task.restore_dumpable(&mut c)?;
     notes.extend(memory::advise_all(&mut c, &plans)?);
     mdwe::restore(&mut c, st.mdwe)?;
@@ -296,10 +337,26 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // once the last remote syscall is done.
     c.r.stepping = false;
     t.set_sigmask(!0)?;
+    for o in &others {
+        o.set_sigmask(!0)?;
+    }
     pending::restore(&mut c, &st.pending)?;
+    for (o, info) in others.iter().zip(st.thread_info.iter().skip(1)) {
+        for p in &info.pending {
+            let at = c.scratch.put(pid, 0, &p.info)?;
+            c.queue_signal(p.signo(), at, Some(o.pid))?;
+        }
+    }
     // The timers last: the time the restore takes must not count against them.
     itimers::restore(&mut c, &st.itimers)?;
     regs.load_xstate(&t)?;
+    // The other threads get their own registers and mask now: they are stopped, and none of
+    // them is in the gadget the leader is about to unmap.
+    for ((o, th), info) in others.iter().zip(st.threads.iter().skip(1)).zip(st.thread_info.iter().skip(1)) {
+        th.regs.load_xstate(o)?;
+        o.set_sigmask(info.sigmask)?;
+        th.regs.load_gprs(o)?;
+    }
     // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.munmap_and_stop(RemoteAddr(g), glen)?;
     if r != 0 {
@@ -317,11 +374,14 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if opts.hold {
         // From here the Held kills it if it is dropped unreleased.
         guard.armed = false;
-        restored.held = Some(Held { t: Some(t), signals: held });
+        restored.held = Some(Held { t: Some(t), others, signals: held });
         return Ok(restored);
     }
     if opts.stop {
         t.kill(Signal::SIGSTOP)?;
+    }
+    for o in others {
+        o.detach()?;
     }
     t.detach()?;
     guard.armed = false;
@@ -331,4 +391,70 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     redeliver(pid, &held);
     debug!("restored pid {} as pid {pid} ({npages} pages)", restored.original_pid);
     Ok(restored)
+}
+
+/// A remote-syscall driver for thread `o` of the restored process, with the gadget at `g` (and
+/// the scratch area after its code page), its syscalls stopped at entry and exit rather than
+/// single-stepped, which leaves no single-step state behind.
+fn thread_ctl(o: &Tracee, g: u64, glen: u64) -> Result<Ctl<'_>> {
+    let scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: (glen as usize) - PAGE_SIZE, exec: true };
+    let mut oc = Ctl { r: Remote::new(o, g, o.regs()?), scratch };
+    oc.r.stepping = false;
+    Ok(oc)
+}
+
+/// Creates the image's other threads in the restored child `c` (its leader, traced as `t`):
+/// clone3 with the thread's clear_child_tid and, when `keep_tids` (the leader got its pid
+/// back), its tid. Each new thread stops before it runs anything and is traced from then on.
+/// A tid that cannot be had is said in `notes`.
+fn create_threads(
+    c: &mut Ctl,
+    t: &Tracee,
+    st: &ProcessState,
+    keep_tids: bool,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Tracee>> {
+    let mut others = Vec::new();
+    if st.thread_info.len() < 2 {
+        return Ok(others);
+    }
+    t.trace_clones()?;
+    const FLAGS: u64 = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    for info in &st.thread_info[1..] {
+        let tids_at = c.scratch.addr.offset(128);
+        let args = |set_tid: bool| {
+            let mut e = crate::crf::Enc::new();
+            let cleartid = if info.clear_tid != 0 { libc::CLONE_CHILD_CLEARTID as u64 } else { 0 };
+            e.u64(FLAGS | cleartid).u64(0).u64(info.clear_tid).u64(0).u64(0); // pidfd, child_tid, parent_tid, exit_signal
+            e.u64(0).u64(0).u64(0); // stack, stack_size, tls: set with the registers
+            if set_tid {
+                e.u64(tids_at.0).u64(1)
+            } else {
+                e.u64(0).u64(0)
+            };
+            e.u64(0); // cgroup
+            e.into_bytes()
+        };
+        let tid = (info.tid as u32).to_le_bytes();
+        let mut r = if keep_tids { c.clone3_raw(&args(true), &tid)? } else { -(libc::EPERM as i64) };
+        if r < 0 {
+            let why = match Errno::from_raw(-r as i32) {
+                Errno::EEXIST => format!("tid {} is in use", info.tid),
+                Errno::EPERM if !keep_tids => "the pid could not be kept".to_string(),
+                e => e.desc().to_string(),
+            };
+            r = c.clone3_raw(&args(false), &[])?;
+            if r < 0 {
+                return Err(Error::sys("clone3 (a thread)", format!("pid {}", c.pid()), Errno::from_raw(-r as i32)));
+            }
+            notes.push(format!("thread {} ({}) runs as tid {r}: {why}", info.tid, info.comm));
+        }
+        others.push(Tracee::adopt_child(r as i32)?);
+    }
+    Ok(others)
 }

@@ -183,6 +183,18 @@ pub fn status_ids(status: &str, key: &str) -> Option<[u32; 4]> {
     v.try_into().ok()
 }
 
+/// The thread ids of process `pid` (/proc/PID/task), in no particular order.
+pub fn tasks(pid: i32) -> Result<Vec<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+}
+
+/// A thread's name (/proc/PID/task/TID/comm), empty if it is gone.
+pub fn thread_comm(pid: i32, tid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default().trim_end_matches('\n').to_string()
+}
+
 pub fn read_status(pid: i32) -> Result<String> {
     let path = format!("/proc/{pid}/status");
     fs::read_to_string(&path).map_err(|e| Error::io(&path, e))

@@ -292,6 +292,23 @@ impl Ctl<'_> {
         self.raw(libc::SYS_prctl, [PR_SET_VMA, 0, at.0, len, p.0, 0])
     }
 
+    pub fn set_tid_address(&mut self, at: RemoteAddr) -> Result<()> {
+        self.call(libc::SYS_set_tid_address, [at.0, 0, 0, 0, 0, 0], "set_tid_address", &at.to_string()).map(drop)
+    }
+
+    pub fn set_robust_list(&mut self, head: RemoteAddr, len: u64) -> Result<()> {
+        self.call(libc::SYS_set_robust_list, [head.0, len, 0, 0, 0, 0], "set_robust_list", &head.to_string()).map(drop)
+    }
+
+    /// clone3 with the struct clone_args `args` (which may point into the scratch area past
+    /// 128 bytes, where `tail` goes); raw result: the new task's id, or a negative errno.
+    pub fn clone3_raw(&mut self, args: &[u8], tail: &[u8]) -> Result<i64> {
+        let pid = self.pid();
+        let at = self.scratch.put(pid, 0, args)?;
+        self.scratch.put(pid, 128, tail)?;
+        self.raw(libc::SYS_clone3, [at.0, args.len() as u64, 0, 0, 0, 0])
+    }
+
     /// mlock2(at, len, flags); raw result.
     pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
         self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])

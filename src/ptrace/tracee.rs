@@ -135,10 +135,27 @@ impl Tracee {
         Ok(t)
     }
 
+    /// Also traces the threads it creates from now on: each starts stopped (PTRACE_O_TRACECLONE).
+    pub fn trace_clones(&self) -> Result<()> {
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE) as usize;
+        ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts, "PTRACE_SETOPTIONS").map(|_| ())
+    }
+
     /// Stops the process with PTRACE_INTERRUPT (no SIGSTOP is sent) and waits for the stop.
     /// Signals that arrive meanwhile are held back in `held`, to be delivered later.
     pub fn interrupt(&self, held: &mut Vec<i32>) -> Result<()> {
-        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0, "PTRACE_INTERRUPT")?;
+        self.interrupt_start()?;
+        self.interrupted(held)
+    }
+
+    /// PTRACE_INTERRUPT without waiting: many threads are stopped in parallel by asking them
+    /// all, then waiting for each ([`Tracee::interrupted`]).
+    pub fn interrupt_start(&self) -> Result<()> {
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0, "PTRACE_INTERRUPT").map(drop)
+    }
+
+    /// Waits for the stop a PTRACE_INTERRUPT asked for; signals meanwhile go to `held`.
+    pub fn interrupted(&self, held: &mut Vec<i32>) -> Result<()> {
         loop {
             match self.wait()? {
                 Stop::Event => return Ok(()),

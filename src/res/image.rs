@@ -10,7 +10,9 @@
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
-use super::{cwd, files, head, itimers, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp};
+use super::{
+    cwd, files, head, itimers, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp, thread,
+};
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -23,8 +25,12 @@ pub struct ProcessState {
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
-    /// One per thread, the thread-group leader first. (Today one: crs refuses more.)
+    /// One per thread, the thread-group leader first.
     pub threads: Vec<ThreadState>,
+    /// What else each thread has, in the same order (THREAD sections, of the layout: a
+    /// restore creates the threads before the pages come); empty in an image of a crs before
+    /// threads, which has one thread.
+    pub thread_info: Vec<thread::ThreadInfo>,
     pub signals: signals::Signals,
     /// Signals queued and not yet delivered.
     pub pending: Vec<pending::Pending>,
@@ -44,7 +50,7 @@ pub struct ProcessState {
     pub itimers: Vec<itimers::Timer>,
 }
 
-/// What belongs to one thread.
+/// The registers of one thread.
 #[derive(Debug)]
 pub struct ThreadState {
     pub regs: regs::RegState,
@@ -105,6 +111,7 @@ pub mod tags {
     pub const SCHED: Tag = Tag(14);
     pub const KNOBS: Tag = Tag(15);
     pub const ITIMERS: Tag = Tag(16);
+    pub const THREAD: Tag = Tag(17);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -152,6 +159,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.vmas, memory::decode_vmas(b, at)),
         describe: |v| memory::describe_vmas(&v.st.vmas, v.stored, v.page_bytes),
         ..every(tags::VMAS, "VMAS", true)
+    },
+    &SectionDef {
+        scope: Scope::Thread,
+        layout: true,
+        encode: |st| st.thread_info.iter().map(|i| i.encode()).collect(),
+        decode: |b, at, st| thread::ThreadInfo::decode(b, at).map(|i| st.thread_info.push(i)),
+        describe: |v| v.st.thread_info.iter().map(|i| i.describe()).collect(),
+        ..only_if(tags::THREAD, "THREAD")
     },
     &SectionDef {
         scope: Scope::Thread,

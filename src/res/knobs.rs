@@ -25,6 +25,8 @@ pub struct Knob {
     get: fn(&mut Ctl) -> Result<Option<u64>>,
     set: fn(&mut Ctl, u64) -> Result<Applied>,
     default: u64,
+    /// Each thread has its own (the others are the process's or its memory's).
+    pub per_task: bool,
 }
 
 /// What setting a knob came to.
@@ -82,10 +84,11 @@ fn coredump_filter(pid: i32) -> Option<u64> {
     u64::from_str_radix(t.trim(), 16).ok()
 }
 
-/// Writes `v` to /proc/self/`file` from inside the process: the kernel checks what its user
-/// may write there. Raw result of the write (negative errno).
+/// Writes `v` to /proc/`file` ("self/oom_score_adj", "thread-self/loginuid": a login uid is
+/// the thread's own) from inside the process: the kernel checks what its user may write there.
+/// Raw result of the write (negative errno).
 fn proc_write(c: &mut Ctl, file: &str, v: &str) -> Result<i64> {
-    let path = format!("/proc/self/{file}");
+    let path = format!("/proc/{file}");
     let fd = match c.open(&path, libc::O_WRONLY | libc::O_CLOEXEC, &path) {
         Ok(fd) => fd,
         Err(Error::Sys { errno, .. }) => return Ok(-(errno as i64)),
@@ -128,7 +131,7 @@ pub const KNOBS: &[Knob] = &[
             if proc_number(c.pid(), "oom_score_adj") == Some(v) {
                 return Ok(Applied::Done);
             }
-            match proc_write(c, "oom_score_adj", &v.to_string())? {
+            match proc_write(c, "self/oom_score_adj", &v.to_string())? {
                 r if r >= 0 => Ok(Applied::Done),
                 e if e == -(libc::EACCES as i64) || e == -(libc::EPERM as i64) => Err(Error::Refused(format!(
                     "the process had oom_score_adj {v}, below what its user may set here (CAP_SYS_RESOURCE)"
@@ -137,6 +140,7 @@ pub const KNOBS: &[Knob] = &[
             }
         },
         default: 0,
+        per_task: false,
     },
     Knob {
         key: 2,
@@ -147,7 +151,7 @@ pub const KNOBS: &[Knob] = &[
             if now == Some(v as i64) {
                 return Ok(Applied::Done);
             }
-            match proc_write(c, "loginuid", &v.to_string())? {
+            match proc_write(c, "thread-self/loginuid", &v.to_string())? {
                 r if r >= 0 => Ok(Applied::Done),
                 e => Ok(Applied::Kept(format!(
                     "its audit login uid stays {} (the image has {v}; setting it needs CAP_AUDIT_CONTROL: {})",
@@ -157,6 +161,7 @@ pub const KNOBS: &[Knob] = &[
             }
         },
         default: u32::MAX as u64,
+        per_task: true,
     },
     Knob {
         key: 3,
@@ -164,6 +169,7 @@ pub const KNOBS: &[Knob] = &[
         get: |c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)"),
         set: |c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", ""),
         default: 0,
+        per_task: false,
     },
     Knob {
         key: 4,
@@ -186,6 +192,7 @@ pub const KNOBS: &[Knob] = &[
             Ok(Applied::Done)
         },
         default: 0,
+        per_task: false,
     },
     Knob {
         key: 5,
@@ -196,6 +203,7 @@ pub const KNOBS: &[Knob] = &[
             _ => prctl_set(c, PR_SET_MEMORY_MERGE, [1, 0, 0, 0], "PR_SET_MEMORY_MERGE", "CAP_SYS_RESOURCE"),
         },
         default: 0,
+        per_task: false,
     },
     Knob {
         key: 6,
@@ -206,6 +214,7 @@ pub const KNOBS: &[Knob] = &[
             _ => prctl_set(c, libc::PR_MCE_KILL, [libc::PR_MCE_KILL_SET as u64, v, 0, 0], "PR_MCE_KILL", ""),
         },
         default: 2,
+        per_task: true,
     },
     Knob {
         key: 7,
@@ -213,6 +222,7 @@ pub const KNOBS: &[Knob] = &[
         get: |c| prctl_get_int(c, libc::PR_GET_TSC, "prctl(PR_GET_TSC)"),
         set: |c, v| prctl_set(c, libc::PR_SET_TSC, [v, 0, 0, 0], "PR_SET_TSC", ""),
         default: libc::PR_TSC_ENABLE as u64,
+        per_task: true,
     },
     Knob {
         key: 8,
@@ -220,6 +230,7 @@ pub const KNOBS: &[Knob] = &[
         get: |c| spec_get(c, 0),
         set: |c, v| spec_set(c, 0, v),
         default: 0,
+        per_task: true,
     },
     Knob {
         key: 9,
@@ -227,8 +238,16 @@ pub const KNOBS: &[Knob] = &[
         get: |c| spec_get(c, 1),
         set: |c, v| spec_set(c, 1, v),
         default: 0,
+        per_task: true,
     },
-    Knob { key: 10, name: "L1D flush", get: |c| spec_get(c, 2), set: |c, v| spec_set(c, 2, v), default: 0 },
+    Knob {
+        key: 10,
+        name: "L1D flush",
+        get: |c| spec_get(c, 2),
+        set: |c, v| spec_set(c, 2, v),
+        default: 0,
+        per_task: true,
+    },
     Knob {
         key: 11,
         name: "coredump_filter",
@@ -237,12 +256,13 @@ pub const KNOBS: &[Knob] = &[
             if coredump_filter(c.pid()) == Some(v) {
                 return Ok(Applied::Done);
             }
-            match proc_write(c, "coredump_filter", &format!("{v:#x}"))? {
+            match proc_write(c, "self/coredump_filter", &format!("{v:#x}"))? {
                 r if r >= 0 => Ok(Applied::Done),
                 e => Err(Error::sys("write /proc/self/coredump_filter", format!("{v:#x}"), Errno::from_raw(-e as i32))),
             }
         },
         default: 0x33,
+        per_task: false,
     },
 ];
 
@@ -252,8 +272,17 @@ fn knob(key: u32) -> Option<&'static Knob> {
 
 /// Every knob this kernel reports for the frozen process, by key.
 pub fn collect(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
+    collect_some(c, false)
+}
+
+/// The knobs each thread has of its own, asked of the thread `c` drives.
+pub fn collect_per_task(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
+    collect_some(c, true)
+}
+
+fn collect_some(c: &mut Ctl, per_task_only: bool) -> Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
-    for k in KNOBS {
+    for k in KNOBS.iter().filter(|k| k.per_task || !per_task_only) {
         if let Some(v) = (k.get)(c)? {
             out.push((k.key, v));
         }
@@ -306,10 +335,19 @@ pub fn describe(knobs: &[(u32, u64)]) -> Vec<String> {
 /// The process must be dumpable for its /proc files to be its own: the caller sets its
 /// dumpable flag afterwards.
 pub fn restore(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
+    restore_some(c, knobs, false)
+}
+
+/// [`restore`] of the knobs each thread has of its own, in the other thread `c` drives.
+pub fn restore_per_task(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
+    restore_some(c, knobs, true)
+}
+
+fn restore_some(c: &mut Ctl, knobs: &[(u32, u64)], per_task_only: bool) -> Result<Vec<String>> {
     c.prctl(libc::PR_SET_DUMPABLE, [1, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "for its /proc files")?;
     let mut kept = Vec::new();
     for &(k, v) in knobs {
-        if let Some(d) = knob(k)
+        if let Some(d) = knob(k).filter(|d| d.per_task || !per_task_only)
             && let Applied::Kept(why) = (d.set)(c, v)?
         {
             kept.push(why);

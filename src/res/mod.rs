@@ -20,3 +20,4 @@ pub mod sched;
 pub mod signals;
 pub mod task;
 pub mod thp;
+pub mod thread;

@@ -1,0 +1,171 @@
+//! THREAD: what belongs to one thread besides its registers (REGS), one section per thread in
+//! the same order, the thread-group leader first: its tid, signal mask, alternate signal stack,
+//! rseq registration, clear_child_tid address (set_tid_address), robust futex list, name, and
+//! the signals queued for it alone. The leader's mask, stack and rseq are also in SIGNALS and
+//! TASK, and its own queued signals in PENDING (as images before threads had them); a restore
+//! takes the leader's from there and the other threads' from here.
+//!
+//! Collected from outside (ptrace, get_robust_list, /proc/PID/task) and, for the alternate
+//! stack and the clear_child_tid address, by syscalls run in the thread itself. A restore
+//! creates each thread with clone3 in the leader (with its tid, where the pid could be kept),
+//! then sets all of this from inside it.
+
+use super::pending::Pending;
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use crate::ptrace::tracee::{RseqConf, SIGINFO_LEN};
+use crate::ptrace::{Ctl, RemoteAddr};
+
+const PR_GET_TID_ADDRESS: i32 = 40;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThreadInfo {
+    pub tid: i32,
+    pub sigmask: u64,
+    /// sigaltstack: (sp, flags, size).
+    pub altstack: (u64, u32, u64),
+    pub rseq: Option<RseqConf>,
+    /// The clear_child_tid address (0: none).
+    pub clear_tid: u64,
+    /// The robust futex list: (head, len); (0, 0) for none.
+    pub robust: (u64, u64),
+    pub comm: String,
+    /// Signals queued for this thread alone (the leader's are in PENDING).
+    pub pending: Vec<Pending>,
+}
+
+/// The thread's robust list head and length, from outside (get_robust_list needs the ptrace
+/// access we have as its tracer).
+pub fn robust_list(tid: i32) -> Result<(u64, u64)> {
+    let (mut head, mut len) = (0u64, 0u64);
+    // SAFETY: get_robust_list writes one pointer and one size_t through the two pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut u64) };
+    if rc != 0 {
+        return Err(Error::sys("get_robust_list", format!("thread {tid}"), nix::errno::Errno::last()));
+    }
+    Ok((head, len))
+}
+
+/// What only the thread can tell, asked through syscalls run in it (the scratch area at 0..24):
+/// its alternate signal stack and its clear_child_tid address.
+pub fn ask(c: &mut Ctl) -> Result<((u64, u32, u64), u64)> {
+    let pid = c.pid();
+    let out = c.scratch.addr;
+    c.sigaltstack(None, Some(out), "query")?;
+    let b = c.scratch.get(pid, 0, 24)?;
+    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    let altstack = (w(0), w(8) as u32, w(16));
+    c.prctl(PR_GET_TID_ADDRESS, [out.0, 0, 0, 0], "prctl(PR_GET_TID_ADDRESS)", "query")?;
+    let b = c.scratch.get(pid, 0, 8)?;
+    Ok((altstack, u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]))))
+}
+
+impl ThreadInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(self.tid as u32).u64(self.sigmask);
+        e.u64(self.altstack.0).u32(self.altstack.1).u64(self.altstack.2);
+        let r = self.rseq.unwrap_or_default();
+        e.u64(r.ptr).u32(r.len).u32(r.sig);
+        e.u64(self.clear_tid).u64(self.robust.0).u64(self.robust.1).str(&self.comm);
+        e.u32(self.pending.len() as u32);
+        for p in &self.pending {
+            e.bytes(&p.info);
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode(b: &[u8], at: u64) -> CrfResult<ThreadInfo> {
+        let mut d = Dec::new(b, at, "THREAD");
+        let tid = d.u32()? as i32;
+        let sigmask = d.u64()?;
+        let altstack = (d.u64()?, d.u32()?, d.u64()?);
+        let r = RseqConf { ptr: d.u64()?, len: d.u32()?, sig: d.u32()? };
+        let (clear_tid, robust) = (d.u64()?, (d.u64()?, d.u64()?));
+        let comm = d.str()?;
+        let n = d.count(4 + SIGINFO_LEN)?;
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            let raw = d.bytes()?;
+            let info: [u8; SIGINFO_LEN] =
+                raw.try_into().map_err(|_| d.bad_at(at, format!("a siginfo of {} bytes", raw.len())))?;
+            let p = Pending { shared: false, info };
+            if !(1..=super::signals::NSIG as i32).contains(&p.signo()) {
+                return Err(d.bad_at(at, format!("a pending signal {}", p.signo())));
+            }
+            pending.push(p);
+        }
+        d.finish()?;
+        if tid <= 0 || comm.len() > 15 || comm.contains('\0') {
+            return Err(d.bad_at(at, format!("thread {tid} ({comm:?}) is not valid")));
+        }
+        Ok(ThreadInfo { tid, sigmask, altstack, rseq: (r.ptr != 0).then_some(r), clear_tid, robust, comm, pending })
+    }
+
+    /// crfinfo's line for one thread.
+    pub fn describe(&self) -> String {
+        format!(
+            "thread:    tid {} ({}), blocked {:#x}, altstack {:#x}+{}, robust list {:#x}, clear_tid {:#x}{}",
+            self.tid,
+            self.comm,
+            self.sigmask,
+            self.altstack.0,
+            self.altstack.2,
+            self.robust.0,
+            self.clear_tid,
+            if self.pending.is_empty() { String::new() } else { format!(", {} signals pending", self.pending.len()) }
+        )
+    }
+
+    /// Sets, inside the restored thread `c`, what it alone has: its name, robust list,
+    /// clear_child_tid and, but for the `leader` (whose TASK and SIGNALS restore them), its
+    /// rseq registration and alternate signal stack.
+    pub fn restore(&self, c: &mut Ctl, leader: bool) -> Result<()> {
+        let pid = c.pid();
+        let p = c.scratch.put_cstr(pid, 256, &self.comm)?;
+        c.prctl(libc::PR_SET_NAME, [p.0, 0, 0, 0], "prctl(PR_SET_NAME)", &self.comm)?;
+        c.set_tid_address(RemoteAddr(self.clear_tid))?;
+        if self.robust != (0, 0) {
+            c.set_robust_list(RemoteAddr(self.robust.0), self.robust.1)?;
+        }
+        if !leader {
+            if let Some(r) = self.rseq {
+                c.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq")?;
+            }
+            let mut e = Enc::new();
+            e.u64(self.altstack.0).u32(self.altstack.1).u32(0).u64(self.altstack.2);
+            // A disabled stack (SS_DISABLE) is what a new thread has already.
+            if self.altstack.1 & libc::SS_DISABLE as u32 == 0 {
+                let at = c.scratch.put(pid, 0, e.as_slice())?;
+                c.sigaltstack(Some(at), None, "restore")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut info = [0u8; SIGINFO_LEN];
+        info[..4].copy_from_slice(&10i32.to_le_bytes());
+        let t = ThreadInfo {
+            tid: 77,
+            sigmask: 0x4000,
+            altstack: (0x7000, 0, 8192),
+            rseq: Some(RseqConf { ptr: 0x9000, len: 32, sig: 0x53053053 }),
+            clear_tid: 0x7f00_0000_09d0,
+            robust: (0x7f00_0000_09e0, 24),
+            comm: "worker".into(),
+            pending: vec![Pending { shared: false, info }],
+        };
+        assert_eq!(ThreadInfo::decode(&t.encode(), 0).unwrap(), t);
+        let bad = ThreadInfo { tid: 0, ..t.clone() };
+        assert!(ThreadInfo::decode(&bad.encode(), 0).is_err());
+        let bad = ThreadInfo { comm: "a name much too long".into(), ..t };
+        assert!(ThreadInfo::decode(&bad.encode(), 0).is_err());
+    }
+}
