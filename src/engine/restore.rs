@@ -393,6 +393,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     Ok(restored)
 }
 
+/// The most threads a restore creates.
+const MAX_THREADS: usize = 8192;
+
 /// A remote-syscall driver for thread `o` of the restored process, with the gadget at `g` (and
 /// the scratch area after its code page), its syscalls stopped at entry and exit rather than
 /// single-stepped, which leaves no single-step state behind.
@@ -417,6 +420,14 @@ fn create_threads(
     let mut others = Vec::new();
     if st.thread_info.len() < 2 {
         return Ok(others);
+    }
+    // The threads are created while the child still has our privileges, so past the user's
+    // RLIMIT_NPROC: an image may not ask for an unbounded number of them.
+    if st.thread_info.len() > MAX_THREADS {
+        return Err(Error::Refused(format!(
+            "the image holds {} threads; crs restores at most {MAX_THREADS}",
+            st.thread_info.len()
+        )));
     }
     t.trace_clones()?;
     const FLAGS: u64 = (libc::CLONE_VM
