@@ -40,3 +40,45 @@ fn a_threaded_process_runs_on_after_its_checkpoint() {
     ckpt(&["-o", &format!("{d}/t.crf"), &p.pid().to_string()]);
     p.verdict("ok");
 }
+
+/// A real program nobody here wrote: CPython with two threads taking turns on the GIL and a
+/// lock, each counting. After the restore, both count on.
+#[test]
+fn threaded_python_counts_on() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import threading, time, sys
+count = [0, 0]
+lock = threading.Lock()
+def spin(k):
+    while True:
+        with lock:
+            count[k] += 1
+        time.sleep(0.01)
+for k in range(2):
+    threading.Thread(target=spin, args=(k,), daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    with lock:
+        a, b = count
+    time.sleep(0.3)
+    with lock:
+        c, d = count
+    print("progress", c > a and d > b, threading.active_count(), flush=True)
+"#;
+    let dir = tmpdir("threads-python");
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", SCRIPT]).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    p.send("before");
+    assert_eq!(p.expect("progress"), "progress True 3");
+    let img = format!("{}/py.crf", dir.display());
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&["--require-pid", &img]);
+    r.send("after");
+    assert_eq!(r.expect("progress"), "progress True 3");
+}
