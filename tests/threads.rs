@@ -82,3 +82,34 @@ for line in sys.stdin:
     r.send("after");
     assert_eq!(r.expect("progress"), "progress True 3");
 }
+
+/// A thread that set its own scheduling (a nice value of its own) is refused by name: a
+/// restore would give it its leader's.
+#[test]
+fn a_thread_with_its_own_nice_value_is_refused_by_name() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import os, sys, threading
+def nice():
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 7)
+    print("ready", threading.get_native_id(), flush=True)
+    sys.stdin.readline()
+t = threading.Thread(target=nice)
+t.start()
+t.join()
+"#;
+    let dir = tmpdir("threads-nice");
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", SCRIPT]).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    let tid = p.expect("ready").trim_start_matches("ready ").to_string();
+    let o = run(&["ckpt", "-k", "-o", &format!("{}/n.crf", dir.display()), &p.pid().to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let want = format!("its thread {tid} (python3) has scheduling of its own (SCHED_OTHER nice 7");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // Refused, untouched: it finishes normally.
+    p.send("done");
+    assert!(p.wait().success());
+}

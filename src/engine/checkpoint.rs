@@ -7,7 +7,7 @@ use super::blockers;
 use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
-use crate::ptrace::remote::Remote;
+use crate::ptrace::remote::{Remote, syscall_all};
 use crate::ptrace::tracee::{RseqConf, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
@@ -275,9 +275,7 @@ fn frozen_work<W: Sink>(
         };
         st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
         st.thread_info = vec![leader];
-        for o in others.iter_mut() {
-            let (state, info, against) = collect_thread(pid, o, &c.scratch, gadget, &st, held)?;
-            why.extend(against);
+        for (state, info) in collect_threads(pid, others, &c.scratch, gadget, &st, held, &mut why)? {
             st.threads.push(state);
             st.thread_info.push(info);
         }
@@ -332,51 +330,137 @@ fn frozen_work<W: Sink>(
     Ok((pages, bytes, files::stubs(&st.files)))
 }
 
-/// One other thread: what the kernel shows of it from outside, and what only it can tell,
-/// asked by syscalls run in it, each with a stop at its entry and exit rather than a single
-/// step, which leaves no single-step state behind in it. Also returns what it has set for
-/// itself unlike the leader (its own scheduling, a knob of its own), which a restore would not
-/// give it back. `st` holds the leader's state so far.
-fn collect_thread(
+/// The other threads: what the kernel shows of each from outside, and what only each can
+/// tell, asked by syscalls run in all of them at once (see [`ask_threads`]). Adds to `why` what
+/// a thread has set for itself unlike the leader (its own scheduling, a knob of its own),
+/// which a restore would not give it back. `st` holds the leader's state so far.
+fn collect_threads(
     pid: i32,
-    o: &mut Other,
+    others: &mut [Other],
     scratch: &Scratch,
     gadget: u64,
     st: &ProcessState,
     held: &mut Vec<i32>,
-) -> Result<(ThreadState, ThreadInfo, Vec<String>)> {
-    let tid = o.t.pid;
-    let rseq = o.t.rseq()?;
-    let r = regs::collect(&o.t, rseq)?;
-    o.live = Some(r.live);
-    let xsave = o.t.xstate()?;
-    let sigmask = o.t.sigmask()?;
-    let pending = o.t.pending()?.into_iter().filter(|(shared, _)| !shared);
-    let pending = pending.map(|(shared, info)| pending::Pending { shared, info }).collect();
-    let mut c = Ctl {
-        r: Remote::new(&o.t, gadget, r.live),
-        scratch: Scratch { addr: scratch.addr, len: scratch.len, exec: scratch.exec },
-    };
-    c.r.stepping = false;
-    let asked =
-        (|| -> Result<_> { Ok((thread::ask(&mut c)?, knobs::collect_per_task(&mut c)?, Sched::collect(&mut c)?)) })();
-    held.append(&mut c.r.held);
-    o.t.set_regs(&r.live)?;
-    let ((altstack, clear_tid), own_knobs, own_sched) = asked?;
-    let comm = procfs::thread_comm(pid, tid);
-    let mut why = Vec::new();
-    for (k, v) in own_knobs.iter().filter(|kv| !st.knobs.contains(kv)) {
-        let name = knobs::KNOBS.iter().find(|d| d.key == *k).map_or("?", |d| d.name);
-        why.push(format!("its thread {tid} ({comm}) has its own {name} ({v:#x}), which crs does not restore yet"));
+    why: &mut Vec<String>,
+) -> Result<Vec<(ThreadState, ThreadInfo)>> {
+    let mut outside = Vec::with_capacity(others.len());
+    for o in others.iter_mut() {
+        let rseq = o.t.rseq()?;
+        let r = regs::collect(&o.t, rseq)?;
+        o.live = Some(r.live);
+        outside.push((rseq, r.image));
     }
-    if st.sched.as_ref() != Some(&own_sched) {
-        why.push(format!(
-            "its thread {tid} ({comm}) has scheduling of its own ({}), which crs does not restore yet",
-            own_sched.describe().concat().trim_start_matches("sched:").trim()
-        ));
+    let asked = ask_threads(others, scratch, gadget, held);
+    // Their own registers back at once, whatever the answers were.
+    for o in others.iter() {
+        if let Some(l) = &o.live {
+            o.t.set_regs(l)?;
+        }
     }
-    let info = ThreadInfo { tid, sigmask, altstack, rseq, clear_tid, robust: thread::robust_list(tid)?, comm, pending };
-    Ok((ThreadState { regs: RegState { gpr: r.image, xsave } }, info, why))
+    let asked = asked?;
+    let mut out = Vec::with_capacity(others.len());
+    for ((o, (rseq, image)), a) in others.iter().zip(outside).zip(asked) {
+        let tid = o.t.pid;
+        let comm = procfs::thread_comm(pid, tid);
+        let mut own_knobs = a.knobs;
+        let mut c = Ctl { r: Remote::new(&o.t, gadget, image), scratch: Scratch::default() };
+        own_knobs.extend(knobs::collect_thread_outside(&mut c)?);
+        for (k, v) in own_knobs.iter().filter(|kv| !st.knobs.contains(kv)) {
+            let name = knobs::KNOBS.iter().find(|d| d.key == *k).map_or("?", |d| d.name);
+            why.push(format!("its thread {tid} ({comm}) has its own {name} ({v:#x}), which crs does not restore yet"));
+        }
+        let own_sched = Sched::read(tid, a.timer_slack)?;
+        if st.sched.as_ref() != Some(&own_sched) {
+            why.push(format!(
+                "its thread {tid} ({comm}) has scheduling of its own ({}), which crs does not restore yet",
+                own_sched.describe().concat().trim_start_matches("sched:").trim()
+            ));
+        }
+        let pending = o.t.pending()?.into_iter().filter(|(shared, _)| !shared);
+        let pending = pending.map(|(shared, info)| pending::Pending { shared, info }).collect();
+        let info = ThreadInfo {
+            tid,
+            sigmask: o.t.sigmask()?,
+            altstack: a.altstack,
+            rseq,
+            clear_tid: a.clear_tid,
+            robust: thread::robust_list(tid)?,
+            comm,
+            pending,
+        };
+        out.push((ThreadState { regs: RegState { gpr: image, xsave: o.t.xstate()? } }, info));
+    }
+    Ok(out)
+}
+
+/// What one thread told about itself.
+struct Asked {
+    altstack: (u64, u32, u64),
+    clear_tid: u64,
+    timer_slack: u64,
+    knobs: Vec<(u32, u64)>,
+}
+
+/// Bytes of the scratch area each thread writes its answers to.
+const SLOT: usize = 64;
+
+/// Asks every thread in `others` (their registers read, `live` set) its alternate signal stack,
+/// clear_child_tid address, timer slack and the knobs a thread has of its own: one syscall at
+/// a time in all of them at once ([`syscall_all`]), each thread writing into its own slot of
+/// the scratch area (groups of as many threads as it has slots), read back in one go.
+fn ask_threads(others: &[Other], scratch: &Scratch, gadget: u64, held: &mut Vec<i32>) -> Result<Vec<Asked>> {
+    let asks: Vec<(u32, knobs::Ask)> = knobs::thread_asks().collect();
+    let mut out = Vec::with_capacity(others.len());
+    for group in others.chunks((scratch.len / SLOT).max(1)) {
+        let ts: Vec<(&Tracee, Regs)> = group.iter().filter_map(|o| Some((&o.t, o.live?))).collect();
+        let slot = |i: usize| scratch.addr.offset((i * SLOT) as u64);
+        let round = |calls: &dyn Fn(RemoteAddr) -> (i64, [u64; 6]), held: &mut Vec<i32>| {
+            let calls: Vec<(i64, [u64; 6])> = (0..ts.len()).map(|i| calls(slot(i))).collect();
+            syscall_all(&ts, gadget, &calls, held)
+        };
+        let failed = |what: &str, r: &[i64]| -> Result<()> {
+            match r.iter().zip(&ts).find(|(r, _)| **r < 0) {
+                Some((r, (t, _))) => Err(Error::sys(
+                    what.to_string(),
+                    format!("thread {}", t.pid),
+                    nix::errno::Errno::from_raw(-*r as i32),
+                )),
+                None => Ok(()),
+            }
+        };
+        // [0, 24): stack_t; [24, 32): the clear_child_tid address; then 4 bytes per knob.
+        let r = round(&|s| (libc::SYS_sigaltstack, [0, s.0, 0, 0, 0, 0]), held)?;
+        failed("sigaltstack", &r)?;
+        let r = round(&|s| (libc::SYS_prctl, [thread::PR_GET_TID_ADDRESS as u64, s.0 + 24, 0, 0, 0, 0]), held)?;
+        failed("prctl(PR_GET_TID_ADDRESS)", &r)?;
+        let slack = round(&|_| (libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]), held)?;
+        failed("prctl(PR_GET_TIMERSLACK)", &slack)?;
+        let mut raws = Vec::with_capacity(asks.len());
+        for (k, (_, a)) in asks.iter().enumerate() {
+            raws.push(round(&|s| a.call(s.offset(32 + 4 * k as u64)), held)?);
+        }
+        let pid = ts.first().map_or(0, |(t, _)| t.pid);
+        let mut b = vec![0u8; ts.len() * SLOT];
+        crate::ptrace::mem::read_runs(pid, &[(scratch.addr.0, b.len())], &mut b)?;
+        for (i, (t, _)) in ts.iter().enumerate() {
+            let s = &b[i * SLOT..(i + 1) * SLOT];
+            let w = |o: usize| u64::from_le_bytes(s[o..o + 8].try_into().unwrap_or([0; 8]));
+            let int = |o: usize| u32::from_le_bytes(s[o..o + 4].try_into().unwrap_or([0; 4]));
+            let mut knobs = Vec::new();
+            for (k, (key, a)) in asks.iter().enumerate() {
+                if let Some(v) = a.answer(raws[k][i], || Ok(int(32 + 4 * k)), t.pid)? {
+                    knobs.push((*key, v));
+                }
+            }
+            out.push(Asked {
+                altstack: (w(0), w(8) as u32, w(16)),
+                clear_tid: w(24),
+                timer_slack: slack[i] as u64,
+                knobs,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A `syscall` instruction in the process: in its vdso, which every process has and which we

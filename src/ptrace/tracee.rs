@@ -55,9 +55,20 @@ enum Until {
 
 impl Resumed<'_> {
     pub fn run(self, held: &mut Vec<i32>) -> Result<()> {
+        self.start()?;
+        self.finish(held)
+    }
+
+    /// Resumes the tracee without waiting: many are run at once by starting them all, then
+    /// finishing each.
+    pub fn start(&self) -> Result<()> {
+        ptrace_raw(self.req, self.t.pid, 0, 0, self.name).map(drop)
+    }
+
+    /// Waits for the stop a [`Resumed::start`] runs the tracee up to.
+    pub fn finish(self, held: &mut Vec<i32>) -> Result<()> {
         let t = self.t;
         let resume = || ptrace_raw(self.req, t.pid, 0, 0, self.name);
-        resume()?;
         loop {
             match t.wait()? {
                 Stop::Syscall if matches!(self.until, Until::Syscall) => return Ok(()),

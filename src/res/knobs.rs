@@ -22,11 +22,91 @@ use nix::errno::Errno;
 pub struct Knob {
     pub key: u32,
     pub name: &'static str,
-    get: fn(&mut Ctl) -> Result<Option<u64>>,
+    /// How it is read: one plain prctl (which many threads can be asked at once), or more.
+    get: Get,
     set: fn(&mut Ctl, u64) -> Result<Applied>,
     default: u64,
     /// Each thread has its own (the others are the process's or its memory's).
     pub per_task: bool,
+}
+
+/// How a knob is read.
+#[derive(Clone, Copy)]
+enum Get {
+    Ask(Ask),
+    With(fn(&mut Ctl) -> Result<Option<u64>>),
+}
+
+/// A knob asked with one prctl: answered in its return value (`Returns(option, arg)`), or
+/// through an int it is pointed at (`IntAt(option)`). EINVAL or ENODEV: this kernel cannot
+/// tell.
+#[derive(Clone, Copy, Debug)]
+pub enum Ask {
+    Returns(i32, u64),
+    IntAt(i32),
+}
+
+impl Ask {
+    /// The syscall, with `slot` where an IntAt answer goes.
+    pub fn call(self, slot: crate::ptrace::RemoteAddr) -> (i64, [u64; 6]) {
+        match self {
+            Ask::Returns(op, arg) => (libc::SYS_prctl, [op as u64, arg, 0, 0, 0, 0]),
+            Ask::IntAt(op) => (libc::SYS_prctl, [op as u64, slot.0, 0, 0, 0, 0]),
+        }
+    }
+
+    /// The answer, from the raw result and the int at the slot (`int`, read only for IntAt).
+    pub fn answer(self, raw: i64, int: impl FnOnce() -> Result<u32>, who: i32) -> Result<Option<u64>> {
+        match raw {
+            r if r >= 0 => Ok(Some(match self {
+                Ask::Returns(..) => r as u64,
+                Ask::IntAt(_) => int()? as u64,
+            })),
+            e if e == -(libc::EINVAL as i64) || e == -(libc::ENODEV as i64) => Ok(None),
+            e => {
+                let op = match self {
+                    Ask::Returns(op, _) | Ask::IntAt(op) => op,
+                };
+                Err(Error::sys(format!("prctl({op})"), format!("thread {who}"), Errno::from_raw(-e as i32)))
+            }
+        }
+    }
+
+    fn one(self, c: &mut Ctl) -> Result<Option<u64>> {
+        let (_, args) = self.call(c.scratch.addr);
+        let raw = c.prctl_raw(args[0] as i32, [args[1], 0, 0, 0])?;
+        let pid = c.pid();
+        let scratch = &c.scratch;
+        self.answer(
+            raw,
+            || {
+                let b = scratch.get(pid, 0, 4)?;
+                Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            },
+            pid,
+        )
+    }
+}
+
+/// The knobs each thread has of its own and that one prctl asks: (key, how).
+pub fn thread_asks() -> impl Iterator<Item = (u32, Ask)> {
+    KNOBS.iter().filter(|k| k.per_task).filter_map(|k| match k.get {
+        Get::Ask(a) => Some((k.key, a)),
+        Get::With(_) => None,
+    })
+}
+
+/// The knobs each thread has of its own that are read from outside (its /proc files).
+pub fn collect_thread_outside(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    for k in KNOBS.iter().filter(|k| k.per_task) {
+        if let Get::With(f) = k.get
+            && let Some(v) = f(c)?
+        {
+            out.push((k.key, v));
+        }
+    }
+    Ok(out)
 }
 
 /// What setting a knob came to.
@@ -125,7 +205,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 1,
         name: "oom_score_adj",
-        get: |c| Ok(proc_number(c.pid(), "oom_score_adj").map(|v| v as u64)),
+        get: Get::With(|c| Ok(proc_number(c.pid(), "oom_score_adj").map(|v| v as u64))),
         set: |c, v| {
             let v = v as i64;
             if proc_number(c.pid(), "oom_score_adj") == Some(v) {
@@ -145,7 +225,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 2,
         name: "loginuid",
-        get: |c| Ok(proc_number(c.pid(), "loginuid").map(|v| v as u64)),
+        get: Get::With(|c| Ok(proc_number(c.pid(), "loginuid").map(|v| v as u64))),
         set: |c, v| {
             let now = proc_number(c.pid(), "loginuid");
             if now == Some(v as i64) {
@@ -166,7 +246,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 3,
         name: "child subreaper",
-        get: |c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)"),
+        get: Get::With(|c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)")),
         set: |c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", ""),
         default: 0,
         per_task: false,
@@ -174,10 +254,10 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 4,
         name: "membarrier registrations",
-        get: |c| match c.membarrier_raw(MEMBARRIER_CMD_GET_REGISTRATIONS)? {
+        get: Get::With(|c| match c.membarrier_raw(MEMBARRIER_CMD_GET_REGISTRATIONS)? {
             r if r >= 0 => Ok(Some(r as u64 & MEMBARRIER_REGISTER)),
             _ => Ok(None), // before Linux 6.3 a process cannot be asked
-        },
+        }),
         set: |c, v| {
             // Only registrations: an image's other bits would run barriers, not register.
             for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b & MEMBARRIER_REGISTER != 0) {
@@ -197,7 +277,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 5,
         name: "KSM merging of all memory",
-        get: |c| prctl_get(c, PR_GET_MEMORY_MERGE, 0),
+        get: Get::With(|c| prctl_get(c, PR_GET_MEMORY_MERGE, 0)),
         set: |c, v| match v {
             0 => Ok(Applied::Done),
             _ => prctl_set(c, PR_SET_MEMORY_MERGE, [1, 0, 0, 0], "PR_SET_MEMORY_MERGE", "CAP_SYS_RESOURCE"),
@@ -208,7 +288,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 6,
         name: "machine-check kill policy",
-        get: |c| prctl_get(c, libc::PR_MCE_KILL_GET, 0),
+        get: Get::Ask(Ask::Returns(libc::PR_MCE_KILL_GET, 0)),
         set: |c, v| match v {
             2 => Ok(Applied::Done),
             _ => prctl_set(c, libc::PR_MCE_KILL, [libc::PR_MCE_KILL_SET as u64, v, 0, 0], "PR_MCE_KILL", ""),
@@ -219,7 +299,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 7,
         name: "TSC access",
-        get: |c| prctl_get_int(c, libc::PR_GET_TSC, "prctl(PR_GET_TSC)"),
+        get: Get::Ask(Ask::IntAt(libc::PR_GET_TSC)),
         set: |c, v| prctl_set(c, libc::PR_SET_TSC, [v, 0, 0, 0], "PR_SET_TSC", ""),
         default: libc::PR_TSC_ENABLE as u64,
         per_task: true,
@@ -227,7 +307,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 8,
         name: "speculative store bypass",
-        get: |c| spec_get(c, 0),
+        get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 0)),
         set: |c, v| spec_set(c, 0, v),
         default: 0,
         per_task: true,
@@ -235,7 +315,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 9,
         name: "indirect branch speculation",
-        get: |c| spec_get(c, 1),
+        get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 1)),
         set: |c, v| spec_set(c, 1, v),
         default: 0,
         per_task: true,
@@ -243,7 +323,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 10,
         name: "L1D flush",
-        get: |c| spec_get(c, 2),
+        get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 2)),
         set: |c, v| spec_set(c, 2, v),
         default: 0,
         per_task: true,
@@ -251,7 +331,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 11,
         name: "coredump_filter",
-        get: |c| Ok(coredump_filter(c.pid())),
+        get: Get::With(|c| Ok(coredump_filter(c.pid()))),
         set: |c, v| {
             if coredump_filter(c.pid()) == Some(v) {
                 return Ok(Applied::Done);
@@ -272,18 +352,13 @@ fn knob(key: u32) -> Option<&'static Knob> {
 
 /// Every knob this kernel reports for the frozen process, by key.
 pub fn collect(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
-    collect_some(c, false)
-}
-
-/// The knobs each thread has of its own, asked of the thread `c` drives.
-pub fn collect_per_task(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
-    collect_some(c, true)
-}
-
-fn collect_some(c: &mut Ctl, per_task_only: bool) -> Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
-    for k in KNOBS.iter().filter(|k| k.per_task || !per_task_only) {
-        if let Some(v) = (k.get)(c)? {
+    for k in KNOBS {
+        let v = match k.get {
+            Get::Ask(a) => a.one(c)?,
+            Get::With(f) => f(c)?,
+        };
+        if let Some(v) = v {
             out.push((k.key, v));
         }
     }

@@ -180,11 +180,16 @@ fn show_ioprio(p: u32) -> String {
 impl Sched {
     /// Reads it from outside, but for the timer slack, which only the process can tell.
     pub fn collect(c: &mut Ctl) -> Result<Sched> {
-        let pid = c.pid();
-        let cpus = getaffinity(pid)?;
-        let cpus = if cpus == online_cpus() { vec![] } else { cpus };
         let timer_slack = c.prctl(libc::PR_GET_TIMERSLACK, [0; 4], "prctl(PR_GET_TIMERSLACK)", "query")?;
-        Ok(Sched { attr: getattr(pid)?, cpus, ioprio: getioprio(pid)?, timer_slack })
+        Sched::read(c.pid(), timer_slack)
+    }
+
+    /// All of it but the timer slack (which only the thread can tell), of task `tid`, read
+    /// from outside.
+    pub fn read(tid: i32, timer_slack: u64) -> Result<Sched> {
+        let cpus = getaffinity(tid)?;
+        let cpus = if cpus == online_cpus() { vec![] } else { cpus };
+        Ok(Sched { attr: getattr(tid)?, cpus, ioprio: getioprio(tid)?, timer_slack })
     }
 
     pub fn encode(&self) -> Vec<u8> {

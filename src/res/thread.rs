@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ptrace::tracee::{RseqConf, SIGINFO_LEN};
 use crate::ptrace::{Ctl, RemoteAddr};
 
-const PR_GET_TID_ADDRESS: i32 = 40;
+pub const PR_GET_TID_ADDRESS: i32 = 40;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ThreadInfo {
