@@ -1,6 +1,7 @@
 //! A process crs cannot checkpoint is refused with every reason at once, and `ckpt --check`
-//! lists them touching nothing. Proven on a target with a child, a pipe, a flock()ed file and
-//! a POSIX timer (its pipe's two fds are two reasons), which runs on untouched.
+//! lists them touching nothing. Proven on a target with a child, a pipe it shares with that
+//! child, a flock()ed file and a POSIX timer (its pipe's two fds are two reasons), which runs
+//! on untouched.
 
 mod support;
 use support::*;

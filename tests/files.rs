@@ -1,5 +1,5 @@
 //! Open files, cwd and umask survive a checkpoint; rstrt refuses an image whose file shrank; ckpt
-//! refuses (and leaves alone) a process holding a pipe beyond stdio. The target
+//! refuses (and leaves alone) a process holding a socket pair. The target
 //! (tests/targets/files.c) verifies its own fds and reports one verdict line.
 
 mod support;
@@ -100,22 +100,21 @@ fn truncated_file_makes_rstrt_refuse() {
 }
 
 #[test]
-fn extra_pipe_makes_ckpt_refuse_and_leave_the_process_alone() {
-    let dir = support::tmpdir("files-pipe");
-    let mut p = start(&["pipe"], &dir);
+fn a_socket_makes_ckpt_refuse_and_leave_the_process_alone() {
+    let dir = support::tmpdir("files-socket");
+    let mut p = start(&["socket"], &dir);
     let ready = p.seen.last().unwrap().clone();
     let fds: Vec<i32> = ready.split_whitespace().skip(1).map(|s| s.parse().unwrap()).collect();
     assert_eq!(fds.len(), 2, "ready line: {ready:?}");
-    assert!(fds[0] >= 3 && fds[1] >= 3, "pipe fds {fds:?} should be beyond stdio");
+    assert!(fds[0] >= 3 && fds[1] >= 3, "socket fds {fds:?} should be beyond stdio");
 
-    let img = dir.join("pipe.crf");
+    let img = dir.join("socket.crf");
     let o = support::run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
     let err = support::stderr(&o);
     eprintln!("ckpt refused: {err}");
     assert_eq!(o.status.code(), Some(3), "ckpt should refuse (exit 3): {o:?}");
-    // The first fd it meets is the read end, the lower number.
-    let fd = format!("fd {} ", fds[0]);
-    assert!(err.contains(&fd) && err.contains("a pipe"), "message should name {fd:?} and a pipe: {err:?}");
+    let fd = format!("fd {} is a unix stream socket connected to itself (fd {})", fds[0], fds[1]);
+    assert!(err.contains(&fd), "message should say {fd:?}: {err:?}");
     assert!(!img.exists(), "a refused checkpoint left an image");
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(leftovers.is_empty(), "a refused checkpoint left files: {leftovers:?}");

@@ -61,7 +61,9 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, false), &mut why)?;
     why.extend(blockers::relations(pid, false));
-    Error::gather(files::scan(pid, &opts.stubs), &mut why)?;
+    if let Some(fds) = Error::gather(files::scan(pid, &opts.stubs), &mut why)? {
+        Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
+    }
     let maps = procfs::read_smaps(pid)?;
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
     Error::blocked(pid, why)
@@ -296,6 +298,8 @@ fn frozen_work<W: Sink>(
     let maps = procfs::read_smaps(pid)?;
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid, &opts.stubs)?;
+    st.epolls = crate::res::epoll::collect(pid, &fds)?;
+    st.pipes = crate::res::pipes::collect_all(pid, &fds)?;
     let cwd = cwd::collect(pid)?;
     let (mm, exe_path) = MmStruct::collect(pid, &stat, brk)?;
     let mut flags = 0;

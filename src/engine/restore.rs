@@ -294,7 +294,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
-    files::restore(&mut c, &st.files, null_stdio, st.head.uids[3])?;
+    files::restore(&mut c, &st.files, &st.pipes, null_stdio, st.head.uids[3])?;
+    crate::res::epoll::restore(&mut c, &st.epolls)?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;

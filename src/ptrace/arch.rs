@@ -64,6 +64,18 @@ pub fn regs_from_array(a: &[u64; 27]) -> Regs {
     }
 }
 
+const EINTR: i64 = -(libc::EINTR as i64);
+/// epoll_wait, epoll_pwait, epoll_pwait2, semop, semtimedop, rt_sigtimedwait, io_getevents.
+const NEVER_RESTARTED: [i64; 7] = [
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    441,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_io_getevents,
+];
+
 /// The registers a process stopped inside an interrupted syscall must resume with, so that the
 /// syscall is transparently re-issued. The kernel does this itself on the way out of a stop, but
 /// only while `orig_rax` still names the syscall; we always return registers with
@@ -72,11 +84,19 @@ pub fn regs_from_array(a: &[u64; 27]) -> Regs {
 /// `restart_block` says whether the task still has its kernel restart block (the live process
 /// does; a restored one does not): then ERESTART_RESTARTBLOCK resumes via restart_syscall,
 /// otherwise the original syscall is re-issued with its original arguments (a sleep starts over).
+///
+/// A few syscalls the kernel never restarts: a stop alone makes them fail with EINTR (epoll_wait,
+/// semop, sigtimedwait, io_getevents: see signal(7)). Our stop must not show, so a thread that
+/// stopped right after one of them failed with EINTR makes it again too.
 pub fn restart_regs(r: &Regs, restart_block: bool) -> Regs {
     let mut out = *r;
     if (r.orig_rax as i64) >= 0 {
         match r.rax as i64 {
             ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                out.rax = r.orig_rax;
+                out.rip -= 2;
+            }
+            EINTR if NEVER_RESTARTED.contains(&(r.orig_rax as i64)) => {
                 out.rax = r.orig_rax;
                 out.rip -= 2;
             }

@@ -309,6 +309,21 @@ impl Ctl<'_> {
         self.raw(libc::SYS_clone3, [at.0, args.len() as u64, 0, 0, 0, 0])
     }
 
+    /// eventfd2(0, flags): a new eventfd.
+    pub fn eventfd(&mut self, flags: i32, what: &str) -> Result<i32> {
+        self.call(libc::SYS_eventfd2, [0, flags as u64, 0, 0, 0, 0], "eventfd2", what).map(|fd| fd as i32)
+    }
+
+    /// epoll_create1(flags): a new epoll instance.
+    pub fn epoll_create(&mut self, flags: i32, what: &str) -> Result<i32> {
+        self.call(libc::SYS_epoll_create1, [flags as u64, 0, 0, 0, 0, 0], "epoll_create1", what).map(|fd| fd as i32)
+    }
+
+    /// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event at `ev`); raw result.
+    pub fn epoll_ctl_add_raw(&mut self, epfd: i32, fd: i32, ev: RemoteAddr) -> Result<i64> {
+        self.raw(libc::SYS_epoll_ctl, [epfd as u64, libc::EPOLL_CTL_ADD as u64, fd as u64, ev.0, 0, 0])
+    }
+
     /// mlock2(at, len, flags); raw result.
     pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
         self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])

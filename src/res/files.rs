@@ -23,6 +23,12 @@ pub const KIND_STUB_NULL: u8 = 5;
 /// A stub with no peer: a pipe's read end (reads see end of file), a pipe's write end (writes
 /// fail with EPIPE) or, for an fd open for both, a socket whose peer is closed.
 pub const KIND_STUB_PIPE: u8 = 6;
+/// An end of a pipe whose ends are all in the process: `id.ino` names the pipe (see PIPES).
+pub const KIND_PIPE: u8 = 7;
+/// An eventfd: `pos` is its counter, `id.mode` 1 for EFD_SEMAPHORE.
+pub const KIND_EVENTFD: u8 = 8;
+/// An epoll instance (its interest list: EPOLL).
+pub const KIND_EPOLL: u8 = 9;
 
 /// Which fds to carry as stubs rather than refuse, and as what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +88,9 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_DEV => "device",
         KIND_STDIO => "stdio",
         KIND_STUB_NULL | KIND_STUB_PIPE => "stub",
+        KIND_PIPE => "pipe",
+        KIND_EVENTFD => "eventfd",
+        KIND_EPOLL => "epoll",
         _ => "?",
     }
 }
@@ -178,11 +187,32 @@ pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
             blocked.push(refuse("a deleted file"));
             continue;
         }
+        let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
+        if target.starts_with("pipe:") && endpoints::pipe_inside(pid, fd, &target, flags) {
+            let ino = target.trim_start_matches("pipe:[").trim_end_matches(']').parse().unwrap_or(0);
+            out.push(Fd { fd, kind: KIND_PIPE, flags, cloexec, pos: 0, id: anon(ino) });
+            continue;
+        }
+        if target == "anon_inode:[eventfd]" {
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+            let Some(count) = field("eventfd-count:").and_then(|v| v.parse::<u64>().ok()) else {
+                blocked.push(refuse("an eventfd whose counter its fdinfo does not show"));
+                continue;
+            };
+            let mut id = anon(0);
+            id.mode = field("eventfd-semaphore:").map_or(0, |v| (v == "1") as u32);
+            out.push(Fd { fd, kind: KIND_EVENTFD, flags, cloexec, pos: count, id });
+            continue;
+        }
+        if target == "anon_inode:[eventpoll]" {
+            out.push(Fd { fd, kind: KIND_EPOLL, flags, cloexec, pos: 0, id: anon(0) });
+            continue;
+        }
         if !target.starts_with('/') {
             let what = match target.split(':').next() {
                 Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
                 Some("socket") => endpoints::socket(pid, fd, &target),
-                Some("anon_inode") => "an anonymous inode (eventfd, epoll, timerfd, signalfd, io_uring...)".into(),
+                Some("anon_inode") => format!("an anonymous inode of a kind crs does not restore yet ({target})"),
                 _ => "not a file".into(),
             };
             blocked.push(refuse(&what));
@@ -268,7 +298,8 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
         if f.fd < 0
             || f.fd > 1 << 20
             || bad_order
-            || !(KIND_FILE..=KIND_STUB_PIPE).contains(&f.kind)
+            || !(KIND_FILE..=KIND_EPOLL).contains(&f.kind)
+            || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
             || (f.kind == KIND_STDIO && f.fd > 2)
             || (f.kind <= KIND_DEV && !f.id.path.starts_with('/'))
         {
@@ -316,7 +347,7 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
 /// now has the image's credentials (`uid` its fs uid, for messages).
 /// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
 /// image from its stdin; all three for restartd, whose stdio is not the process's business).
-pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8, uid: u32) -> Result<()> {
+pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio: u8, uid: u32) -> Result<()> {
     let pid = c.pid();
     let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && null_stdio & (1 << n) == 0);
     let dir = format!("/proc/{pid}/fd");
@@ -326,17 +357,50 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8, uid: u32) -> Result<()> 
         c.close(n, &format!("fd {n}"))?;
     }
     let access = libc::O_ACCMODE as u32;
+    // The pipes first, each filled, their ends moved above every fd the image has (a later
+    // dup3 must not land on one), dup'ed to their fds below and closed at the end.
+    let above = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64 + 1;
+    let mut made: Vec<(u64, i32, i32)> = Vec::new();
+    for f in fds.iter().filter(|f| f.kind == KIND_PIPE) {
+        if made.iter().any(|m| m.0 == f.id.ino) {
+            continue;
+        }
+        let p = pipes.iter().find(|p| p.ino == f.id.ino).ok_or_else(|| {
+            Error::Refused(format!("fd {} is pipe {} of which the image holds nothing: it is damaged", f.fd, f.id.ino))
+        })?;
+        let (r, w) = super::pipes::create(c, p)?;
+        let what = format!("pipe:[{}]", p.ino);
+        let hr = c.fcntl(r, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        let hw = c.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        c.close(r, &what)?;
+        c.close(w, &what)?;
+        made.push((p.ino, hr, hw));
+    }
     for f in fds.iter().filter(|f| !keep(f.fd)) {
         let (path, flags) = match f.kind {
             KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
             KIND_STUB_NULL => ("/dev/null", f.flags & (access | libc::O_NONBLOCK as u32)),
             KIND_STUB_PIPE => ("a pipe", f.flags & (access | libc::O_NONBLOCK as u32)),
+            KIND_PIPE | KIND_EVENTFD | KIND_EPOLL => (kind_name(f.kind), f.flags),
             _ => (f.id.path.as_str(), f.flags),
         };
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
         let tmp = if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
+        } else if f.kind == KIND_PIPE {
+            let &(_, r, w) = made.iter().find(|m| m.0 == f.id.ino).ok_or_else(|| Error::Proc(what.clone()))?;
+            let end = if open_flags & access == libc::O_RDONLY as u32 { r } else { w };
+            c.fcntl(end, libc::F_DUPFD_CLOEXEC, 0, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32
+        } else if f.kind == KIND_EVENTFD {
+            let sem = if f.id.mode == 1 { libc::EFD_SEMAPHORE } else { 0 };
+            let e = c.eventfd(libc::EFD_CLOEXEC | sem, &what)?;
+            if f.pos > 0 && c.write_raw(e, &f.pos.to_le_bytes())? != 8 {
+                return Err(Error::Proc(format!("{what}: the counter {} could not be set", f.pos)));
+            }
+            e
+        } else if f.kind == KIND_EPOLL {
+            c.epoll_create(libc::EPOLL_CLOEXEC, &what)?
         } else {
             // Opened non-blocking, without taking a terminal: the path was checked, but may
             // name a FIFO by now, whose open would never return.
@@ -364,6 +428,10 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], null_stdio: u8, uid: u32) -> Result<()> 
         if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
+    }
+    for (ino, r, w) in made {
+        c.close(r, &format!("pipe:[{ino}]"))?;
+        c.close(w, &format!("pipe:[{ino}]"))?;
     }
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, files, head, itimers, knobs, mdwe, memory, pending, regs, rlimits, sched, signals, task, thp, thread,
+    cwd, epoll, files, head, itimers, knobs, mdwe, memory, pending, pipes, regs, rlimits, sched, signals, task, thp,
+    thread,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -48,6 +49,10 @@ pub struct ProcessState {
     pub knobs: Vec<(u32, u64)>,
     /// The interval timers (REAL, VIRTUAL, PROF), empty when none is armed.
     pub itimers: Vec<itimers::Timer>,
+    /// The pipes whose ends are all in the process, with their unread bytes.
+    pub pipes: Vec<pipes::Pipe>,
+    /// The interest lists of its epoll fds.
+    pub epolls: Vec<epoll::Epoll>,
 }
 
 /// The registers of one thread.
@@ -112,6 +117,8 @@ pub mod tags {
     pub const KNOBS: Tag = Tag(15);
     pub const ITIMERS: Tag = Tag(16);
     pub const THREAD: Tag = Tag(17);
+    pub const PIPES: Tag = Tag(18);
+    pub const EPOLL: Tag = Tag(19);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -237,6 +244,18 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.itimers, itimers::decode(b, at)),
         describe: |v| itimers::describe(&v.st.itimers),
         ..only_if(tags::ITIMERS, "ITIMERS")
+    },
+    &SectionDef {
+        encode: |st| if st.pipes.is_empty() { vec![] } else { vec![pipes::encode(&st.pipes)] },
+        decode: |b, at, st| set(&mut st.pipes, pipes::decode(b, at)),
+        describe: |v| pipes::describe(&v.st.pipes),
+        ..only_if(tags::PIPES, "PIPES")
+    },
+    &SectionDef {
+        encode: |st| if st.epolls.is_empty() { vec![] } else { vec![epoll::encode(&st.epolls)] },
+        decode: |b, at, st| set(&mut st.epolls, epoll::decode(b, at)),
+        describe: |v| epoll::describe(&v.st.epolls),
+        ..only_if(tags::EPOLL, "EPOLL")
     },
 ];
 

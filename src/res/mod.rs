@@ -5,6 +5,7 @@
 pub mod creds;
 pub mod cwd;
 pub mod endpoints;
+pub mod epoll;
 pub mod fileid;
 pub mod files;
 pub mod head;
@@ -14,6 +15,7 @@ pub mod knobs;
 pub mod mdwe;
 pub mod memory;
 pub mod pending;
+pub mod pipes;
 pub mod regs;
 pub mod rlimits;
 pub mod sched;

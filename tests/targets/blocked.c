@@ -1,4 +1,4 @@
-/* A process crs must refuse, for several reasons at once: a child, a pipe beyond stdio, a
+/* A process crs must refuse, for several reasons at once: a child, a pipe it shares with it, a
  * flock()ed file and a POSIX timer. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
 #define _GNU_SOURCE
@@ -14,10 +14,10 @@
 
 int main(int argc, char **argv) {
     close_range(3, ~0U, 0);
+    int p[2]; /* made before the fork: the child holds its ends too */
+    if (pipe(p)) return 1;
     pid_t kid = fork();
     if (kid == 0) { prctl(PR_SET_PDEATHSIG, SIGKILL); pause(); _exit(0); }
-    int p[2];
-    if (pipe(p)) return 1;
     char path[4096];
     snprintf(path, sizeof path, "%s/locked", argc > 1 ? argv[1] : ".");
     int fd = open(path, O_RDWR | O_CREAT, 0644);

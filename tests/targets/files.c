@@ -2,7 +2,7 @@
  *
  * Usage: files DIR          (DIR absolute; DIR/sub and DIR/sub/data.txt exist, data.txt holding
  *                            "0123456789abcdef")
- *        files pipe         (holds an extra pipe: for ckpt's refusal)
+ *        files socket       (holds a socket pair: for ckpt's refusal)
  *
  * DIR mode: chdir(DIR/sub), umask(027); log.txt opened O_WRONLY|O_APPEND|O_CREAT and "line1\n"
  * written; data.txt opened O_RDWR at offset 5; DIR opened O_RDONLY|O_DIRECTORY|O_CLOEXEC;
@@ -10,7 +10,7 @@
  * then on the line "check" verifies all of it, appends "line2\n" to log.txt and prints one
  * verdict line, "ok files" or "FAIL: <what>"; exit status 0 only for ok.
  *
- * pipe mode: creates a pipe, prints "ready R W" (its fds), and answers every line "ping" with
+ * socket mode: creates a socket pair, prints "ready A B" (its fds), and answers every line "ping" with
  * "pong" until EOF (exit 0).
  */
 #define _GNU_SOURCE
@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,17 +46,17 @@ static int get_line(char *buf, size_t size) {
     return 1;
 }
 
-static int pipe_mode(void) {
+static int socket_mode(void) {
     int p[2];
     char line[128];
-    if (pipe(p) != 0) {
-        perror("pipe");
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, p) != 0) {
+        perror("socketpair");
         return 2;
     }
     printf("ready %d %d\n", p[0], p[1]);
     fflush(stdout);
     while (get_line(line, sizeof line)) {
-        /* The pipe still works too. */
+        /* The sockets still work too. */
         char c = 0;
         if (write(p[1], "z", 1) != 1 || read(p[0], &c, 1) != 1 || c != 'z')
             printf("FAIL: own pipe broken\n");
@@ -78,11 +79,11 @@ static int nbad;
 
 int main(int argc, char **argv) {
     if (argc != 2) {
-        fprintf(stderr, "usage: files DIR | files pipe\n");
+        fprintf(stderr, "usage: files DIR | files socket\n");
         return 2;
     }
-    if (!strcmp(argv[1], "pipe"))
-        return pipe_mode();
+    if (!strcmp(argv[1], "socket"))
+        return socket_mode();
 
     const char *dir = argv[1];
     char sub[PATH_MAX], real[PATH_MAX], want_cwd[PATH_MAX];
