@@ -327,7 +327,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         if let Some(s) = &st.sched {
             s.restore(&mut oc)?;
         }
-        notes.extend(knobs::restore_per_task(&mut oc, &st.knobs)?);
+        // A knob kept as the restorer's is said once, not once per thread.
+        for n in knobs::restore_per_task(&mut oc, &st.knobs)? {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
         info.restore(&mut oc, false)?;
     }
     st.task.restore_dumpable(&mut c)?;
