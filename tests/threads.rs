@@ -5,30 +5,60 @@
 mod support;
 use support::*;
 
-fn round_trip(name: &str, threads: usize) {
+/// Checkpoints (killing) a threads target with `workers` workers, plus the four extras when
+/// `sleep_ms` is given, and restores it with every tid.
+fn round_trip(name: &str, workers: usize, sleep_ms: Option<&str>) -> Proc {
     let dir = tmpdir(name);
     let d = dir.to_str().unwrap();
-    let n = threads.to_string();
-    let mut p = start("threads", &[&n], &dir);
+    let n = workers.to_string();
+    let mut args = vec![n.as_str()];
+    args.extend(sleep_ms);
+    let mut p = start("threads", &args, &dir);
+    if sleep_ms.is_some() {
+        // The extras have settled: the reader in read(), the sleeper in nanosleep().
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let img = format!("{d}/t.crf");
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
-    assert_eq!(info.lines().filter(|l| l.starts_with("thread:")).count(), threads + 1, "{info}");
+    let extras = if sleep_ms.is_some() { 4 } else { 0 };
+    assert_eq!(info.lines().filter(|l| l.starts_with("thread:")).count(), workers + 1 + extras, "{info}");
     assert!(info.contains("(worker-1)"), "{info}");
     // Its pid is free again (reaped above): every thread gets its own tid back.
-    let mut r = rstrt(&["--require-pid", &img]);
-    r.verdict("ok");
+    rstrt(&["--require-pid", &img])
 }
 
+/// The issue's C program: 64 threads waiting, sleeping and spinning (with vector registers),
+/// a mutex/condvar ping-pong, a reader blocked on a pipe, a sleeper, pthread_kill and join.
 #[test]
 fn threads_waiting_sleeping_and_spinning_survive() {
-    round_trip("threads", 6);
+    round_trip("threads", 64, Some("1500")).verdict("ok");
 }
 
 #[test]
 fn two_hundred_fifty_six_threads_survive() {
-    round_trip("threads-256", 256);
+    round_trip("threads-256", 256, None).verdict("ok");
+}
+
+/// A thread frozen 2 s into a 3 s nanosleep(&req, &rem) sleeps the second it had left after
+/// the restore, not 3 s again: the target's verdict waits for it (main joins the sleeper).
+#[test]
+fn a_sleep_goes_on_for_the_time_it_had_left() {
+    let dir = tmpdir("threads-sleep");
+    let d = dir.to_str().unwrap();
+    let mut p = start("threads", &["2", "3000"], &dir);
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let img = format!("{d}/t.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&["--require-pid", &img]);
+    let t = std::time::Instant::now();
+    r.verdict("ok");
+    let took = t.elapsed();
+    // About 1 s left; starting over would take 3 s.
+    assert!(took.as_millis() < 2000, "the sleep started over: the verdict took {took:?}");
+    assert!(took.as_millis() >= 500, "the sleep was cut short: the verdict took {took:?}");
 }
 
 /// The original runs on after a checkpoint of all its threads, none the wiser.
@@ -42,14 +72,16 @@ fn a_threaded_process_runs_on_after_its_checkpoint() {
 }
 
 /// A real program nobody here wrote: CPython with two threads taking turns on the GIL and a
-/// lock, each counting. After the restore, both count on.
+/// lock, each counting, a producer and a consumer on a queue.Queue (the consumer checks every
+/// item comes once and in order) and a threading.Timer re-arming itself. After the restore, all
+/// of them go on.
 #[test]
 fn threaded_python_counts_on() {
     if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
         return;
     }
     const SCRIPT: &str = r#"
-import threading, time, sys
+import queue, threading, time, sys
 count = [0, 0]
 lock = threading.Lock()
 def spin(k):
@@ -59,14 +91,38 @@ def spin(k):
         time.sleep(0.01)
 for k in range(2):
     threading.Thread(target=spin, args=(k,), daemon=True).start()
+q = queue.Queue(maxsize=8)
+got = [0, True]
+def produce():
+    i = 0
+    while True:
+        i += 1
+        q.put(i)
+        time.sleep(0.002)
+def consume():
+    while True:
+        v = q.get()
+        if v != got[0] + 1:
+            got[1] = False
+        got[0] = v
+threading.Thread(target=produce, daemon=True).start()
+threading.Thread(target=consume, daemon=True).start()
+ticks = [0]
+def tick():
+    ticks[0] += 1
+    t = threading.Timer(0.02, tick)
+    t.daemon = True
+    t.start()
+tick()
 print("ready", flush=True)
 for line in sys.stdin:
     with lock:
         a, b = count
+    n, t = got[0], ticks[0]
     time.sleep(0.3)
     with lock:
         c, d = count
-    print("progress", c > a and d > b, threading.active_count(), flush=True)
+    print("progress", c > a and d > b, got[0] > n and got[1], ticks[0] > t, flush=True)
 "#;
     let dir = tmpdir("threads-python");
     let mut c = std::process::Command::new("/usr/bin/python3");
@@ -74,13 +130,20 @@ for line in sys.stdin:
     let mut p = Proc::spawn(c);
     p.expect("ready");
     p.send("before");
-    assert_eq!(p.expect("progress"), "progress True 3");
+    assert_eq!(p.expect("progress"), "progress True True True");
+    // A leave-running copy (new pid, new tids) goes on, and so does the original.
+    let mut copy = copy_of(p.pid());
+    copy.send("copy");
+    assert_eq!(copy.expect("progress"), "progress True True True");
+    assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
+    p.send("original");
+    assert_eq!(p.expect("progress"), "progress True True True");
     let img = format!("{}/py.crf", dir.display());
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let mut r = rstrt(&["--require-pid", &img]);
     r.send("after");
-    assert_eq!(r.expect("progress"), "progress True 3");
+    assert_eq!(r.expect("progress"), "progress True True True");
 }
 
 /// A thread that set its own scheduling (a nice value of its own) is refused by name: a

@@ -96,13 +96,20 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     if !own.is_empty() {
         eprintln!("{name}: fds {} (terminal or pipe) now use rstrt's own", list(&own));
     }
-    if !null.is_empty() {
-        let why = if a.detach && !a.inherit_stdio {
+    // Why each went to /dev/null: -d, the image on our stdin, or root's terminal kept from
+    // another user's process.
+    let dash_d = a.detach && !a.inherit_stdio;
+    let (image_in, other): (Vec<i32>, Vec<i32>) = null.iter().partition(|&&n| n == 0 && stdin && !dash_d);
+    if !image_in.is_empty() {
+        eprintln!("{name}: fd 0 (terminal or pipe) now uses /dev/null (rstrt's stdin carries the image)");
+    }
+    if !other.is_empty() {
+        let why = if dash_d {
             "-d; --inherit-stdio gives them rstrt's"
         } else {
             "another user's process gets none of root's terminal"
         };
-        eprintln!("{name}: fds {} (terminal or pipe) now use /dev/null ({why})", list(&null));
+        eprintln!("{name}: fds {} (terminal or pipe) now use /dev/null ({why})", list(&other));
     }
     // From here the process runs: a failure to report it is a warning, never a reason to stop
     // waiting for it.

@@ -83,7 +83,11 @@ const NEVER_RESTARTED: [i64; 7] = [
 ///
 /// `restart_block` says whether the task still has its kernel restart block (the live process
 /// does; a restored one does not): then ERESTART_RESTARTBLOCK resumes via restart_syscall,
-/// otherwise the original syscall is re-issued with its original arguments (a sleep starts over).
+/// otherwise the original syscall is re-issued. A relative nanosleep or clock_nanosleep given a
+/// remaining-time pointer had the kernel write what was left there when our stop interrupted
+/// it, so it is re-issued with that as its request: it sleeps the rest, not the whole again.
+/// Without the pointer (usleep), or for poll and futex timeouts, the whole timeout starts over;
+/// absolute sleeps are re-issued as they were.
 ///
 /// A few syscalls the kernel never restarts: a stop alone makes them fail with EINTR (epoll_wait,
 /// semop, sigtimedwait, io_getevents: see signal(7)). Our stop must not show, so a thread that
@@ -103,12 +107,25 @@ pub fn restart_regs(r: &Regs, restart_block: bool) -> Regs {
             ERESTART_RESTARTBLOCK => {
                 out.rax = if restart_block { libc::SYS_restart_syscall as u64 } else { r.orig_rax };
                 out.rip -= 2;
+                if !restart_block {
+                    resume_with_remaining(&mut out);
+                }
             }
             _ => {}
         }
     }
     out.orig_rax = u64::MAX;
     out
+}
+
+/// For an interrupted relative sleep with a remaining-time pointer: makes that its request.
+fn resume_with_remaining(r: &mut Regs) {
+    const TIMER_ABSTIME: u64 = 1;
+    match r.orig_rax as i64 {
+        libc::SYS_nanosleep if r.rsi != 0 => r.rdi = r.rsi,
+        libc::SYS_clock_nanosleep if r.rsi & TIMER_ABSTIME == 0 && r.r10 != 0 => r.rdx = r.r10,
+        _ => {}
+    }
 }
 
 /// Loads a remote syscall into a register set.
@@ -217,6 +234,17 @@ mod tests {
         r.rax = ERESTART_RESTARTBLOCK as u64;
         assert_eq!(restart_regs(&r, true).rax, libc::SYS_restart_syscall as u64);
         assert_eq!(restart_regs(&r, false).rax, libc::SYS_nanosleep as u64);
+        // A relative sleep with a remaining-time pointer resumes with what was left.
+        (r.rdi, r.rsi) = (0x5000, 0x6000);
+        assert_eq!(restart_regs(&r, false).rdi, 0x6000);
+        assert_eq!(restart_regs(&r, true).rdi, 0x5000);
+        r.rsi = 0;
+        assert_eq!(restart_regs(&r, false).rdi, 0x5000);
+        r.orig_rax = libc::SYS_clock_nanosleep as u64;
+        (r.rsi, r.rdx, r.r10) = (0, 0x5000, 0x6000);
+        assert_eq!(restart_regs(&r, false).rdx, 0x6000);
+        r.rsi = 1; // TIMER_ABSTIME: the same deadline
+        assert_eq!(restart_regs(&r, false).rdx, 0x5000);
         r.orig_rax = u64::MAX;
         r.rax = 5;
         let o = restart_regs(&r, true);

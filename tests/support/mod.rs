@@ -198,6 +198,16 @@ pub fn rstrt(args: &[&str]) -> Proc {
     Proc::spawn(c)
 }
 
+/// A leave-running copy of a running process, the image going through a pipe: `rstrt
+/// <(ckpt -o - PID)`, the copy's stdio being our pipes (its pid and tids are new: the original
+/// keeps its own). The copy ends when its stdin closes (`wait`).
+pub fn copy_of(pid: i32) -> Proc {
+    let mut c = Command::new("/bin/bash");
+    let crs = crs();
+    c.args(["-c", &format!("exec {crs} rstrt <({crs} ckpt -o - {pid})")]);
+    Proc::spawn(c)
+}
+
 /// Kills a (non-child) pid with SIGKILL and waits until it is gone.
 pub fn kill_wait(p: &mut Proc) {
     p.kill();

@@ -1,10 +1,15 @@
 /* Threads target: argv[1] threads (default 4) besides main, each in its own state when
  * checkpointed: waiting on a condition variable (pthread_cond_wait: a futex wait), sleeping in
- * nanosleep loops, or spinning in user code; each names itself, has its own signal mask,
- * alternate signal stack and thread-local counter. Prints "ready PID", waits for a line on
- * stdin, then wakes them all: each checks that its tid (gettid, and glibc's own through
- * pthread_kill), name, mask, stack, TLS and progress are its own, and main joins them
- * (which needs clear_child_tid). Prints "ok" or "FAIL: what". */
+ * nanosleep loops, or spinning in user code with distinct contents in a vector register (zmm24
+ * with AVX-512, ymm8 with AVX, xmm8 otherwise); each names itself, has its own signal mask,
+ * alternate signal stack and thread-local counter. With argv[2] = MS, four more threads: two
+ * playing mutex/condvar ping-pong (strict turns, counted), one blocked in read() on a pipe, and
+ * one in a single nanosleep of MS milliseconds (with a remaining-time pointer). Prints
+ * "ready PID", waits for a line on stdin, then wakes them all: each checks that its tid
+ * (gettid, and glibc's own through pthread_kill), name, mask, stack, TLS, vector register and
+ * progress are its own; the ping-pong must go on, the reader gets the byte main writes, and
+ * main joins them all (which needs clear_child_tid; the sleeper joins when its sleep ends).
+ * Prints "ok" or "FAIL: what". */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -15,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define EXTRAS 4
+
 #define MAX 512
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -23,10 +30,80 @@ static __thread long mine = -1;
 static pid_t tids[MAX];
 static pthread_t th[MAX];
 static volatile unsigned long spins[MAX];
+/* Its own lock: the ping-pong players fail while holding mu. */
+static pthread_mutex_t fail_mu = PTHREAD_MUTEX_INITIALIZER;
+#define FAIL(...) do { pthread_mutex_lock(&fail_mu); printf("FAIL: " __VA_ARGS__); printf("\n"); fflush(stdout); fails++; pthread_mutex_unlock(&fail_mu); } while (0)
+static int vec_bytes; /* 64, 32 or 16: the widest vector register the CPU has */
+
+/* Spins until go, holding a pattern of its own in a vector register all along; returns
+ * whether the register still holds it. The loop is one asm block: no compiler-generated code
+ * can touch the register in between, only a checkpoint could. */
+__attribute__((target("avx512f"))) static int spin512(const unsigned char *in, unsigned char *out, volatile unsigned long *n) {
+    asm volatile("vmovdqu64 (%[in]), %%zmm24\n"
+                 "1: incq (%[n])\n pause\n cmpl $0, (%[go])\n je 1b\n"
+                 "vmovdqu64 %%zmm24, (%[out])\n"
+                 :: [in] "r"(in), [out] "r"(out), [n] "r"(n), [go] "r"(&go) : "memory", "xmm24");
+    return !memcmp(in, out, 64);
+}
+__attribute__((target("avx"))) static int spin256(const unsigned char *in, unsigned char *out, volatile unsigned long *n) {
+    asm volatile("vmovdqu (%[in]), %%ymm8\n"
+                 "1: incq (%[n])\n pause\n cmpl $0, (%[go])\n je 1b\n"
+                 "vmovdqu %%ymm8, (%[out])\n"
+                 :: [in] "r"(in), [out] "r"(out), [n] "r"(n), [go] "r"(&go) : "memory", "xmm8");
+    return !memcmp(in, out, 32);
+}
+static int spin128(const unsigned char *in, unsigned char *out, volatile unsigned long *n) {
+    asm volatile("movdqu (%[in]), %%xmm8\n"
+                 "1: incq (%[n])\n pause\n cmpl $0, (%[go])\n je 1b\n"
+                 "movdqu %%xmm8, (%[out])\n"
+                 :: [in] "r"(in), [out] "r"(out), [n] "r"(n), [go] "r"(&go) : "memory", "xmm8");
+    return !memcmp(in, out, 16);
+}
+
+/* The extras: ping-pong between two threads, a reader blocked on a pipe, a long sleeper. */
+static pthread_cond_t pp_cv = PTHREAD_COND_INITIALIZER;
+static int turn, last_by = -1, stop;
+static unsigned long volleys;
+static int rpipe[2];
+static long sleep_ms;
+
+static void *player(void *arg) {
+    int me = (int)(long)arg;
+    pthread_mutex_lock(&mu);
+    started++;
+    for (;;) {
+        while (!stop && turn != me) pthread_cond_wait(&pp_cv, &mu);
+        if (stop) break;
+        if (last_by == me) FAIL("ping-pong: player %d played twice in a row", me);
+        last_by = me;
+        volleys++;
+        turn = !me;
+        pthread_cond_broadcast(&pp_cv);
+    }
+    pthread_mutex_unlock(&mu);
+    return 0;
+}
+
+static void *reader(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&mu); started++; pthread_mutex_unlock(&mu);
+    char c = 0;
+    ssize_t n = read(rpipe[0], &c, 1);
+    if (n != 1 || c != 'x') FAIL("reader: read returned %zd, byte %d", n, c);
+    return 0;
+}
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    struct timespec t = {sleep_ms / 1000, sleep_ms % 1000 * 1000000L}, rem;
+    pthread_mutex_lock(&mu); started++; pthread_mutex_unlock(&mu);
+    /* One sleep, resumed after any interruption with what is left, as sleep(3) does. */
+    while (nanosleep(&t, &rem) != 0) t = rem;
+    return 0;
+}
 
 static void usr1(int s) { (void)s; if (mine >= 0 && mine < MAX) usr1_seen[mine] = 1; }
 
-#define FAIL(...) do { pthread_mutex_lock(&mu); printf("FAIL: " __VA_ARGS__); printf("\n"); fflush(stdout); fails++; pthread_mutex_unlock(&mu); } while (0)
 
 static void *worker(void *arg) {
     long i = (long)arg;
@@ -46,8 +123,12 @@ static void *worker(void *arg) {
     case 1: /* sleeping */
         while (!go) { struct timespec t = {0, 20 * 1000 * 1000}; nanosleep(&t, 0); }
         break;
-    default: /* spinning in user code */
-        while (!go) spins[i]++;
+    default: { /* spinning in user code, a pattern of its own in a vector register */
+        unsigned char in[64], out[64];
+        for (int k = 0; k < 64; k++) in[k] = (unsigned char)(i * 7 + k * 13 + 1);
+        int same = vec_bytes == 64 ? spin512(in, out, &spins[i]) : vec_bytes == 32 ? spin256(in, out, &spins[i]) : spin128(in, out, &spins[i]);
+        if (!same) FAIL("thread %ld: its %d-byte vector register lost its contents", i, vec_bytes);
+    }
     }
     mine = i; /* from here the handler marks usr1_seen[i] */
     if (syscall(SYS_gettid) != tids[i]) FAIL("thread %ld: tid %ld, was %d", i, (long)syscall(SYS_gettid), tids[i]);
@@ -68,9 +149,21 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4;
     if (n > MAX) n = MAX;
+    int extras = argc > 2;
+    sleep_ms = extras ? atol(argv[2]) : 0;
+    __builtin_cpu_init();
+    vec_bytes = __builtin_cpu_supports("avx512f") ? 64 : __builtin_cpu_supports("avx") ? 32 : 16;
+    pthread_t ex[EXTRAS];
+    if (extras && pipe(rpipe)) { perror("pipe"); return 1; }
     struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = usr1; sigaction(SIGUSR1, &sa, 0);
     for (long i = 0; i < n; i++) pthread_create(&th[i], 0, worker, (void *)i);
-    for (;;) { pthread_mutex_lock(&mu); int s = started; pthread_mutex_unlock(&mu); if (s == n) break; usleep(1000); }
+    if (extras) {
+        pthread_create(&ex[0], 0, player, (void *)0);
+        pthread_create(&ex[1], 0, player, (void *)1);
+        pthread_create(&ex[2], 0, reader, 0);
+        pthread_create(&ex[3], 0, sleeper, 0);
+    }
+    for (;;) { pthread_mutex_lock(&mu); int s = started; pthread_mutex_unlock(&mu); if (s == n + (extras ? EXTRAS : 0)) break; usleep(1000); }
     printf("ready %d\n", getpid()); fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) { printf("FAIL: stdin closed\n"); return 1; }
@@ -81,6 +174,15 @@ int main(int argc, char **argv) {
     for (long i = 0; i < n; i++) {
         void *r; int e = pthread_join(th[i], &r);
         if (e || r != (void *)(i + 100)) FAIL("join thread %ld: %d %p", i, e, r);
+    }
+    if (extras) {
+        pthread_mutex_lock(&mu); unsigned long v0 = volleys; pthread_mutex_unlock(&mu);
+        usleep(20000);
+        pthread_mutex_lock(&mu); unsigned long v1 = volleys; stop = 1; pthread_cond_broadcast(&pp_cv); pthread_mutex_unlock(&mu);
+        if (v1 <= v0) FAIL("ping-pong stopped at %lu volleys", v1);
+        if (write(rpipe[1], "x", 1) != 1) FAIL("write to the reader's pipe");
+        for (int k = 0; k < EXTRAS; k++)
+            if (pthread_join(ex[k], 0)) FAIL("join extra thread %d", k);
     }
     printf(fails ? "FAIL: %d\n" : "ok\n", fails);
     return fails != 0;

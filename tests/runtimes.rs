@@ -1,0 +1,62 @@
+//! Real runtimes nobody here wrote, each ticking and computing, checkpointed while they run:
+//! Go (its scheduler's threads, futexes, epoll with its own pipe or eventfd, timers,
+//! preemption signals). Node.js is in events.rs, CPython in threads.rs.
+
+mod support;
+use support::*;
+
+/// Builds tests/targets/NAME.go with Debian's golang-go, once per test process.
+fn go_target(name: &str) -> Option<std::path::PathBuf> {
+    if !require(std::path::Path::new("/usr/bin/go").exists(), "go (apt install golang-go)") {
+        return None;
+    }
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets").join(format!("{name}.go"));
+    let out = tmp.join(format!("go-{name}-{}", std::process::id()));
+    let st = std::process::Command::new("/usr/bin/go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("GOCACHE", tmp.join("gocache"))
+        .env("GOPATH", tmp.join("gopath"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("run go build");
+    assert!(st.success(), "go build {}", src.display());
+    Some(out)
+}
+
+/// Asks for the ticks of the next 500 ms; asserts the numbers on the channel came in order and
+/// kept coming, and that the 20 ms ticker kept about its period.
+fn progress(p: &mut Proc, when: &str) {
+    p.send(when);
+    let l = p.expect("progress");
+    let mut w = l.split_whitespace().skip(1);
+    let ticks: u32 = w.next().and_then(|t| t.parse().ok()).expect("a tick count");
+    assert_eq!(w.next(), Some("true"), "{when}: the channel lost, repeated or stopped numbers: {l}");
+    // 25 expected; fewer on a busy machine; more would be a ticker catching up on lost time.
+    assert!((8..=30).contains(&ticks), "{when}: {ticks} ticks of 20 ms in 500 ms: {l}");
+}
+
+/// A Go program with GOMAXPROCS=2, goroutines burning CPU, a channel and a time.Ticker:
+/// checkpointed (killed) and restored with its pid and tids, goes on counting in order at the
+/// ticker's period.
+#[test]
+fn go_ticks_on() {
+    let Some(bin) = go_target("ticker") else { return };
+    let dir = tmpdir("go");
+    let mut c = std::process::Command::new(&bin);
+    c.env("GOMAXPROCS", "2").current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    progress(&mut p, "before");
+    let img = format!("{}/go.crf", dir.display());
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.lines().filter(|l| l.starts_with("thread:")).count() >= 3, "{info}");
+    let mut r = rstrt(&["--require-pid", &img]);
+    progress(&mut r, "restored");
+    progress(&mut r, "restored, again");
+    assert!(r.wait().success(), "the restored program failed: {:?}", r.seen);
+}
