@@ -45,3 +45,36 @@ fn check_says_when_a_process_can_be_checkpointed() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("pid {} can be checkpointed", p.pid()));
     p.verdict("ok");
 }
+
+/// The fds crs does not restore are each refused by name, before the process is touched: an
+/// io_uring, a pidfd, a userfaultfd, a perf event, a fanotify instance (as root) and an inotify
+/// instance with an event not yet read.
+#[test]
+fn each_fd_crs_cannot_restore_is_named() {
+    let dir = tmpdir("blockers-fds");
+    let d = dir.to_str().unwrap();
+    let mut c = std::process::Command::new(target("unsupported"));
+    c.arg(d).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    let ready = p.expect("ready");
+    let fds: Vec<i32> = ready.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    let what = [
+        "an io_uring instance",
+        "a pidfd",
+        "a userfaultfd",
+        "a perf event",
+        "a fanotify instance",
+        "an inotify instance with 16 bytes of events not yet read",
+    ];
+    let o = run(&["ckpt", "-o", &format!("{d}/x.crf"), &p.pid().to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    for (fd, w) in fds.iter().zip(what) {
+        if *fd < 0 {
+            assert!(!is_root(), "root could not make {w}");
+            continue;
+        }
+        assert!(e.contains(&format!("fd {fd} is {w}")), "lacks fd {fd} as {w:?}: {e}");
+    }
+    p.verdict("ok");
+}

@@ -61,9 +61,10 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, false), &mut why)?;
     why.extend(blockers::relations(pid, false));
-    if let Some(fds) = Error::gather(files::scan(pid, &opts.stubs), &mut why)? {
-        Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
-    }
+    let (fds, unfit) = files::scan_all(pid, &opts.stubs)?;
+    why.extend(unfit);
+    Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
+    Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
     let maps = procfs::read_smaps(pid)?;
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
     Error::blocked(pid, why)
@@ -299,6 +300,8 @@ fn frozen_work<W: Sink>(
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid, &opts.stubs)?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
+    st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
+    st.inotify = crate::res::inotify::collect(pid, &fds)?;
     st.pipes = crate::res::pipes::collect_all(pid, &fds)?;
     let cwd = cwd::collect(pid)?;
     let (mm, exe_path) = MmStruct::collect(pid, &stat, brk)?;

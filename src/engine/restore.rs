@@ -295,6 +295,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
     files::restore(&mut c, &st.files, &st.pipes, null_stdio, st.head.uids[3])?;
+    crate::res::inotify::restore(&mut c, &st.inotify)?;
+    crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.

@@ -324,6 +324,64 @@ impl Ctl<'_> {
         self.raw(libc::SYS_epoll_ctl, [epfd as u64, libc::EPOLL_CTL_ADD as u64, fd as u64, ev.0, 0, 0])
     }
 
+    /// signalfd4(-1, mask, 8, flags): a new signalfd for the signals in `mask` (bit n-1 for
+    /// signal n).
+    pub fn signalfd(&mut self, mask: u64, flags: i32, what: &str) -> Result<i32> {
+        let at = self.scratch.put(self.pid(), 0, &mask.to_le_bytes())?;
+        self.call(libc::SYS_signalfd4, [u64::MAX, at.0, 8, flags as u64, 0, 0], "signalfd4", what).map(|fd| fd as i32)
+    }
+
+    /// timerfd_create(clock, flags): a new, disarmed timerfd.
+    pub fn timerfd_create(&mut self, clock: u32, flags: i32, what: &str) -> Result<i32> {
+        self.call(libc::SYS_timerfd_create, [clock as u64, flags as u64, 0, 0, 0, 0], "timerfd_create", what)
+            .map(|fd| fd as i32)
+    }
+
+    /// timerfd_settime(fd, flags, {interval, value}, NULL), times in nanoseconds; raw result.
+    pub fn timerfd_settime_raw(&mut self, fd: i32, flags: u32, interval: u64, value: u64) -> Result<i64> {
+        let mut e = Enc::new();
+        for ns in [interval, value] {
+            e.u64(ns / 1_000_000_000).u64(ns % 1_000_000_000);
+        }
+        let at = self.scratch.put(self.pid(), 0, e.as_slice())?;
+        self.raw(libc::SYS_timerfd_settime, [fd as u64, flags as u64, at.0, 0, 0, 0])
+    }
+
+    /// ioctl(fd, request, pointer to `arg`); raw result.
+    pub fn ioctl_in_raw(&mut self, fd: i32, request: u64, arg: &[u8]) -> Result<i64> {
+        let at = self.scratch.put(self.pid(), 0, arg)?;
+        self.raw(libc::SYS_ioctl, [fd as u64, request, at.0, 0, 0, 0])
+    }
+
+    /// ioctl(fd, FIONREAD): the bytes waiting to be read.
+    pub fn fionread(&mut self, fd: i32, what: &str) -> Result<u32> {
+        let at = self.scratch.addr;
+        self.call(libc::SYS_ioctl, [fd as u64, libc::FIONREAD, at.0, 0, 0, 0], "ioctl(FIONREAD)", what)?;
+        let b = self.scratch.get(self.pid(), 0, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// read(fd, scratch, len) for a short read whose bytes are thrown away; raw result.
+    pub fn read_discard_raw(&mut self, fd: i32, len: u64) -> Result<i64> {
+        let at = self.scratch.addr;
+        self.raw(libc::SYS_read, [fd as u64, at.0, len.min(self.scratch.len as u64), 0, 0, 0])
+    }
+
+    /// inotify_init1(flags): a new inotify instance.
+    pub fn inotify_init(&mut self, flags: i32, what: &str) -> Result<i32> {
+        self.call(libc::SYS_inotify_init1, [flags as u64, 0, 0, 0, 0, 0], "inotify_init1", what).map(|fd| fd as i32)
+    }
+
+    /// inotify_add_watch(fd, path, mask); raw result (the watch descriptor).
+    pub fn inotify_add_watch_raw(&mut self, fd: i32, path: &str, mask: u32) -> Result<i64> {
+        let p = self.scratch.put_cstr(self.pid(), PATH_AT, path)?;
+        self.raw(libc::SYS_inotify_add_watch, [fd as u64, p.0, mask as u64, 0, 0, 0])
+    }
+
+    pub fn inotify_rm_watch(&mut self, fd: i32, wd: i32, what: &str) -> Result<()> {
+        self.call(libc::SYS_inotify_rm_watch, [fd as u64, wd as u64, 0, 0, 0, 0], "inotify_rm_watch", what).map(drop)
+    }
+
     /// mlock2(at, len, flags); raw result.
     pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
         self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])

@@ -29,6 +29,14 @@ pub const KIND_PIPE: u8 = 7;
 pub const KIND_EVENTFD: u8 = 8;
 /// An epoll instance (its interest list: EPOLL).
 pub const KIND_EPOLL: u8 = 9;
+/// A signalfd: `pos` is its signal mask (bit n-1 for signal n).
+pub const KIND_SIGNALFD: u8 = 10;
+/// A timerfd: `id.mode` is its clock (its timer: TIMERFDS).
+pub const KIND_TIMERFD: u8 = 11;
+/// An inotify instance (its watches: INOTIFY).
+pub const KIND_INOTIFY: u8 = 12;
+/// The last kind this crs knows.
+const KIND_LAST: u8 = KIND_INOTIFY;
 
 /// Which fds to carry as stubs rather than refuse, and as what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +99,9 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_PIPE => "pipe",
         KIND_EVENTFD => "eventfd",
         KIND_EPOLL => "epoll",
+        KIND_SIGNALFD => "signalfd",
+        KIND_TIMERFD => "timerfd",
+        KIND_INOTIFY => "inotify",
         _ => "?",
     }
 }
@@ -131,6 +142,14 @@ fn locks_held(info: &str) -> Vec<String> {
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
 /// `stubs` says to carry it as a stub.
 pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
+    let (fds, blocked) = scan_all(pid, stubs)?;
+    Error::blocked(pid, blocked)?;
+    Ok(fds)
+}
+
+/// [`scan`], returning the fds crs can restore and, apart, why each other one cannot be: a
+/// precheck goes on to look into the ones it can (epoll sets, inotify watches).
+pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -208,11 +227,43 @@ pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
             out.push(Fd { fd, kind: KIND_EPOLL, flags, cloexec, pos: 0, id: anon(0) });
             continue;
         }
+        if target == "anon_inode:[signalfd]" {
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+            let Some(mask) = field("sigmask:").and_then(|v| u64::from_str_radix(v, 16).ok()) else {
+                blocked.push(refuse("a signalfd whose mask its fdinfo does not show"));
+                continue;
+            };
+            out.push(Fd { fd, kind: KIND_SIGNALFD, flags, cloexec, pos: mask, id: anon(0) });
+            continue;
+        }
+        if target == "anon_inode:[timerfd]" {
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+            let Some(clock) = field("clockid:").and_then(|v| v.parse::<u32>().ok()) else {
+                blocked.push(refuse("a timerfd whose clock its fdinfo does not show"));
+                continue;
+            };
+            let mut id = anon(0);
+            id.mode = clock;
+            out.push(Fd { fd, kind: KIND_TIMERFD, flags, cloexec, pos: 0, id });
+            continue;
+        }
+        if target == "anon_inode:inotify" {
+            out.push(Fd { fd, kind: KIND_INOTIFY, flags, cloexec, pos: 0, id: anon(0) });
+            continue;
+        }
         if !target.starts_with('/') {
             let what = match target.split(':').next() {
                 Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
                 Some("socket") => endpoints::socket(pid, fd, &target),
-                Some("anon_inode") => format!("an anonymous inode of a kind crs does not restore yet ({target})"),
+                Some("anon_inode") => match target.trim_start_matches("anon_inode:") {
+                    "[io_uring]" => "an io_uring instance, which crs does not restore".into(),
+                    "[pidfd]" => "a pidfd, which crs does not restore".into(),
+                    "[userfaultfd]" => "a userfaultfd, which crs does not restore".into(),
+                    "[perf_event]" => "a perf event, which crs does not restore".into(),
+                    "[fanotify]" => "a fanotify instance, which crs does not restore".into(),
+                    k if k.starts_with("bpf") => "a BPF object, which crs does not restore".into(),
+                    _ => format!("an anonymous inode of a kind crs does not restore yet ({target})"),
+                },
                 _ => "not a file".into(),
             };
             blocked.push(refuse(&what));
@@ -238,8 +289,7 @@ pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
         };
         out.push(Fd { fd, kind, flags, cloexec, pos, id });
     }
-    Error::blocked(pid, blocked)?;
-    Ok(out)
+    Ok((out, blocked))
 }
 
 /// The stubs among `fds`, one line each: "fd 7 (pipe:[12]: a pipe's ...) as /dev/null".
@@ -298,7 +348,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
         if f.fd < 0
             || f.fd > 1 << 20
             || bad_order
-            || !(KIND_FILE..=KIND_EPOLL).contains(&f.kind)
+            || !(KIND_FILE..=KIND_LAST).contains(&f.kind)
             || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
             || (f.kind == KIND_STDIO && f.fd > 2)
             || (f.kind <= KIND_DEV && !f.id.path.starts_with('/'))
@@ -381,7 +431,9 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio
             KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
             KIND_STUB_NULL => ("/dev/null", f.flags & (access | libc::O_NONBLOCK as u32)),
             KIND_STUB_PIPE => ("a pipe", f.flags & (access | libc::O_NONBLOCK as u32)),
-            KIND_PIPE | KIND_EVENTFD | KIND_EPOLL => (kind_name(f.kind), f.flags),
+            KIND_PIPE | KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_INOTIFY => {
+                (kind_name(f.kind), f.flags)
+            }
             _ => (f.id.path.as_str(), f.flags),
         };
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
@@ -401,6 +453,13 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio
             e
         } else if f.kind == KIND_EPOLL {
             c.epoll_create(libc::EPOLL_CLOEXEC, &what)?
+        } else if f.kind == KIND_SIGNALFD {
+            c.signalfd(f.pos, libc::SFD_CLOEXEC, &what)?
+        } else if f.kind == KIND_TIMERFD {
+            // Disarmed: TIMERFDS arms it once every fd exists.
+            c.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, &what)?
+        } else if f.kind == KIND_INOTIFY {
+            c.inotify_init(libc::IN_CLOEXEC, &what)?
         } else {
             // Opened non-blocking, without taking a terminal: the path was checked, but may
             // name a FIFO by now, whose open would never return.

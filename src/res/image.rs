@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, epoll, files, head, itimers, knobs, mdwe, memory, pending, pipes, regs, rlimits, sched, signals, task, thp,
-    thread,
+    cwd, epoll, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, regs, rlimits, sched, signals,
+    task, thp, thread, timerfd,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -53,6 +53,10 @@ pub struct ProcessState {
     pub pipes: Vec<pipes::Pipe>,
     /// The interest lists of its epoll fds.
     pub epolls: Vec<epoll::Epoll>,
+    /// Its timerfds' timers.
+    pub timerfds: Vec<timerfd::Timer>,
+    /// The watches of its inotify instances.
+    pub inotify: Vec<inotify::Inotify>,
 }
 
 /// The registers of one thread.
@@ -119,6 +123,8 @@ pub mod tags {
     pub const THREAD: Tag = Tag(17);
     pub const PIPES: Tag = Tag(18);
     pub const EPOLL: Tag = Tag(19);
+    pub const TIMERFDS: Tag = Tag(20);
+    pub const INOTIFY: Tag = Tag(21);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -256,6 +262,18 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.epolls, epoll::decode(b, at)),
         describe: |v| epoll::describe(&v.st.epolls),
         ..only_if(tags::EPOLL, "EPOLL")
+    },
+    &SectionDef {
+        encode: |st| if st.timerfds.is_empty() { vec![] } else { vec![timerfd::encode(&st.timerfds)] },
+        decode: |b, at, st| set(&mut st.timerfds, timerfd::decode(b, at)),
+        describe: |v| timerfd::describe(&v.st.timerfds),
+        ..only_if(tags::TIMERFDS, "TIMERFDS")
+    },
+    &SectionDef {
+        encode: |st| if st.inotify.is_empty() { vec![] } else { vec![inotify::encode(&st.inotify)] },
+        decode: |b, at, st| set(&mut st.inotify, inotify::decode(b, at)),
+        describe: |v| inotify::describe(&v.st.inotify),
+        ..only_if(tags::INOTIFY, "INOTIFY")
     },
 ];
 

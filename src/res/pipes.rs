@@ -9,7 +9,7 @@ use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipe {
@@ -30,20 +30,7 @@ fn sys(call: &str, what: String) -> Error {
 /// as `fd`. Nothing is consumed.
 pub fn collect(pid: i32, fd: i32, ino: u64) -> Result<Pipe> {
     let what = format!("pipe:[{ino}] (fd {fd} of pid {pid})");
-    // SAFETY: pidfd_open and pidfd_getfd take integers and return new fds, owned below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(sys("pidfd_open", format!("pid {pid}")));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: as above.
-    let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if ours < 0 {
-        return Err(sys("pidfd_getfd", what));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let ours = unsafe { OwnedFd::from_raw_fd(ours as i32) };
+    let ours = crate::ptrace::procfs::getfd(pid, fd, &format!("pipe:[{ino}]"))?;
     // SAFETY: fcntl with an integer command on an fd we own.
     let capacity = unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_GETPIPE_SZ) };
     if capacity < 0 {
