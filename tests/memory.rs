@@ -67,7 +67,9 @@ fn original_and_copy_both_run_on() {
     let mut err = String::new();
     use std::io::Read;
     r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("is in use: restored pid"), "rstrt stderr: {err}");
+    let pid = p.pid();
+    assert!(err.contains(&format!("pid {pid} is in use by target-memory")), "rstrt stderr: {err}");
+    assert!(err.contains("(rstrt --pidns would keep it): restored pid"), "rstrt stderr: {err}");
 }
 
 #[test]

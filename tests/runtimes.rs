@@ -39,8 +39,8 @@ fn progress(p: &mut Proc, when: &str) {
 }
 
 /// A Go program with GOMAXPROCS=2, goroutines burning CPU, a channel and a time.Ticker:
-/// checkpointed (killed) and restored with its pid and tids, goes on counting in order at the
-/// ticker's period.
+/// copied while it runs (rstrt --pidns), then checkpointed (killed) and restored with its pid
+/// and tids: each goes on counting in order at the ticker's period.
 #[test]
 fn go_ticks_on() {
     let Some(bin) = go_target("ticker") else { return };
@@ -50,6 +50,13 @@ fn go_ticks_on() {
     let mut p = Proc::spawn(c);
     p.expect("ready");
     progress(&mut p, "before");
+    // A leave-running copy in a pid namespace of its own keeps every tid, which Go's
+    // preemption signals go by (with new tids they would miss, and CPU-bound goroutines
+    // would starve the others).
+    let mut copy = copy_of(p.pid(), "--pidns");
+    progress(&mut copy, "copy");
+    assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
+    progress(&mut p, "original after the copy");
     let img = format!("{}/go.crf", dir.display());
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();

@@ -132,7 +132,7 @@ for line in sys.stdin:
     p.send("before");
     assert_eq!(p.expect("progress"), "progress True True True");
     // A leave-running copy (new pid, new tids) goes on, and so does the original.
-    let mut copy = copy_of(p.pid());
+    let mut copy = copy_of(p.pid(), "");
     copy.send("copy");
     assert_eq!(copy.expect("progress"), "progress True True True");
     assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
@@ -175,4 +175,29 @@ t.join()
     // Refused, untouched: it finishes normally.
     p.send("done");
     assert!(p.wait().success());
+}
+
+/// A leave-running copy restored in a pid namespace of its own (rstrt --pidns) gets its pid and
+/// every tid back while the original runs on: both check their tids themselves. rstrt ends as
+/// the copy ends, and forwards the signals it is sent.
+#[test]
+fn a_copy_in_its_own_pid_namespace_keeps_every_tid() {
+    if !require(is_root(), "root (rstrt --pidns)") {
+        return;
+    }
+    let dir = tmpdir("threads-pidns");
+    let d = dir.to_str().unwrap();
+    let mut p = start("threads", &["9", "300"], &dir);
+    let img = format!("{d}/t.crf");
+    ckpt(&["-o", &img, &p.pid().to_string()]);
+    let mut r = rstrt(&["--pidns", "--require-pid", &img]);
+    r.verdict("ok");
+    p.verdict("ok");
+
+    // SIGTERM to rstrt reaches the copy (threads.c does not catch it), and rstrt dies of it.
+    let mut r = rstrt(&["--pidns", "--require-pid", &img]);
+    let rstrt_pid = nix::unistd::Pid::from_raw(r.pid());
+    nix::sys::signal::kill(rstrt_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(r.wait().signal(), Some(libc::SIGTERM));
 }

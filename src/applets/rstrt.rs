@@ -24,6 +24,10 @@ struct Args {
     /// fail unless the process gets its original pid back
     #[argh(switch)]
     require_pid: bool,
+    /// restore in a new pid namespace, where every pid is free: the process and its threads
+    /// get their ids back even while the original still runs (root only)
+    #[argh(switch)]
+    pidns: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -32,6 +36,7 @@ struct Args {
     image: String,
 }
 
+use crate::engine::pidns::{self, End, Side};
 use crate::error::Error;
 use crate::exit;
 use nix::sys::signal::{SigSet, Signal};
@@ -66,9 +71,18 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         set.add(s);
     }
     set.add(Signal::SIGCHLD);
-    if !a.detach && set.thread_block().is_err() {
+    if (!a.detach || a.pidns) && set.thread_block().is_err() {
         eprintln!("{name}: cannot block signals");
         return exit::FAILURE;
+    }
+    // With --pidns, what follows runs in the namespace's init; rstrt waits outside.
+    let mut init = None;
+    if a.pidns {
+        match pidns::enter() {
+            Err(e) => return exit::report(name, &e),
+            Ok(Side::Outside(o)) => return outside(name, &a, o, &set),
+            Ok(Side::Init(i)) => init = Some(i),
+        }
     }
     let r = if stdin {
         crate::grow_pipe(std::io::stdin());
@@ -111,10 +125,37 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         };
         eprintln!("{name}: fds {} (terminal or pipe) now use /dev/null ({why})", list(&other));
     }
-    // From here the process runs: a failure to report it is a warning, never a reason to stop
-    // waiting for it.
+    if a.verbose {
+        eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
+    }
+    // In a pid namespace: rstrt outside reports the process (by its pid there); the init
+    // reaps until it ends.
+    if let Some(mut i) = init {
+        if let Err(e) = i.ready(a.detach) {
+            eprintln!("{name}: {e}");
+        }
+        return match i.wait(r.pid) {
+            End::Exited(c) => c,
+            End::Killed(s) => 128 + s,
+        };
+    }
+    report_running(name, &a, r.pid);
+    if a.detach {
+        println!("{}", r.pid);
+        return exit::OK;
+    }
+    match wait_forwarding(r.pid, r.pid, &set) {
+        Ok(End::Exited(c)) => c,
+        Ok(End::Killed(s)) => die_like(Signal::try_from(s).unwrap_or(Signal::SIGKILL)),
+        Err(code) => code,
+    }
+}
+
+/// The pid file and the notification, once the process runs as `pid`: a failure is a
+/// warning, never a reason to stop waiting for it.
+fn report_running(name: &str, a: &Args, pid: i32) {
     if let Some(p) = &a.pidfile
-        && let Err(e) = std::fs::write(p, format!("{}\n", r.pid))
+        && let Err(e) = std::fs::write(p, format!("{pid}\n"))
     {
         eprintln!("{name}: {}", Error::io(p.as_str(), e));
     }
@@ -124,29 +165,58 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     {
         eprintln!("{name}: {e}");
     }
-    if a.verbose {
-        eprintln!("{name}: restored pid {} ({}) as pid {}", r.original_pid, r.state.head.comm, r.pid);
-    }
-    if a.detach {
-        println!("{}", r.pid);
-        return exit::OK;
-    }
-    wait_foreground(r.pid, &set)
 }
 
-/// Waits for the restored child like a shell waits for a command, forwarding the signals
-/// someone sends rstrt. Signals from the terminal (si_code SI_KERNEL) already reached the whole
-/// foreground process group, the child included, and are not sent twice.
-fn wait_foreground(pid: i32, set: &SigSet) -> i32 {
-    let child = Pid::from_raw(pid);
+/// rstrt outside the pid namespace: reports the process by its pid here once the init says it
+/// runs, forwards signals to it, and ends as it ended.
+fn outside(name: &str, a: &Args, mut o: pidns::Outside, set: &SigSet) -> i32 {
+    let init = Pid::from_raw(o.init);
+    let init_status = || match waitpid(init, Some(WaitPidFlag::__WALL)) {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        _ => exit::FAILURE,
+    };
+    let pid = match o.ready() {
+        Ok(Some(p)) => p,
+        // The init said why on stderr.
+        Ok(None) => return init_status(),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+            init_status();
+            return exit::report(name, &e);
+        }
+    };
+    if a.verbose {
+        eprintln!("{name}: it is pid {pid} outside its pid namespace");
+    }
+    report_running(name, a, pid);
+    if a.detach {
+        println!("{pid}");
+        return exit::OK;
+    }
+    match wait_forwarding(o.init, pid, set) {
+        Err(code) => code,
+        Ok(_) => match o.end() {
+            Some(End::Exited(c)) => c,
+            Some(End::Killed(s)) => die_like(Signal::try_from(s).unwrap_or(Signal::SIGKILL)),
+            None => exit::FAILURE,
+        },
+    }
+}
+
+/// Waits for `child` like a shell waits for a command, forwarding the signals someone sends
+/// rstrt to `to` (the restored process: the child itself, or with --pidns the init's child).
+/// Signals from the terminal (si_code SI_KERNEL) already reached the whole foreground process
+/// group, the process included, and are not sent twice. Err: rstrt's exit code.
+fn wait_forwarding(child: i32, to: i32, set: &SigSet) -> Result<End, i32> {
+    let (child, to) = (Pid::from_raw(child), Pid::from_raw(to));
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => die_like(sig),
+            Ok(WaitStatus::Exited(_, code)) => return Ok(End::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(End::Killed(sig as i32)),
             Ok(_) => {}
             Err(e) => {
-                eprintln!("rstrt: waitpid on pid {pid}: {}", e.desc());
-                return exit::FAILURE;
+                eprintln!("rstrt: waitpid on pid {child}: {}", e.desc());
+                return Err(exit::FAILURE);
             }
         }
         // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
@@ -159,7 +229,7 @@ fn wait_foreground(pid: i32, set: &SigSet) -> i32 {
         if info.si_code != libc::SI_KERNEL
             && let Ok(sig) = Signal::try_from(s)
         {
-            let _ = nix::sys::signal::kill(child, sig);
+            let _ = nix::sys::signal::kill(to, sig);
         }
     }
 }

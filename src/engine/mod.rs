@@ -5,5 +5,6 @@
 pub mod blockers;
 pub mod checkpoint;
 pub mod layout;
+pub mod pidns;
 pub mod restore;
 pub mod spawn;

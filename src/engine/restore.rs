@@ -463,7 +463,14 @@ fn create_threads(
         let mut r = if keep_tids { c.clone3_raw(&args(true), &tid)? } else { -(libc::EPERM as i64) };
         if r < 0 {
             let why = match Errno::from_raw(-r as i32) {
-                Errno::EEXIST => format!("tid {} is in use", info.tid),
+                Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{}/status", info.tid)) {
+                    Ok(st) => {
+                        let of = procfs::status_field(&st, "Tgid").unwrap_or("?");
+                        let name = procfs::status_field(&st, "Name").unwrap_or("?");
+                        format!("tid {} is in use, by a thread of pid {of} ({name})", info.tid)
+                    }
+                    Err(_) => format!("tid {} is in use", info.tid),
+                },
                 Errno::EPERM if !keep_tids => "the pid could not be kept".to_string(),
                 e => e.desc().to_string(),
             };

@@ -65,7 +65,11 @@ pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
     }
     let e = Errno::last();
     let why = match e {
-        Errno::EEXIST => format!("pid {want} is in use"),
+        Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{want}/comm")) {
+            Ok(comm) => format!("pid {want} is in use by {} (rstrt --pidns would keep it)", comm.trim()),
+            // A thread's id, or a process that just ended.
+            Err(_) => format!("pid {want} is in use (rstrt --pidns would keep it)"),
+        },
         Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
         Errno::ENOSYS => "this kernel has no clone3".to_string(),
         e => format!("clone3 with set_tid failed: {}", e.desc()),

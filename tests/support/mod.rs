@@ -199,12 +199,12 @@ pub fn rstrt(args: &[&str]) -> Proc {
 }
 
 /// A leave-running copy of a running process, the image going through a pipe: `rstrt
-/// <(ckpt -o - PID)`, the copy's stdio being our pipes (its pid and tids are new: the original
-/// keeps its own). The copy ends when its stdin closes (`wait`).
-pub fn copy_of(pid: i32) -> Proc {
+/// RSTRT_ARGS <(ckpt -o - PID)`, the copy's stdio being our pipes (its pid and tids are new,
+/// the original keeps its own, unless --pidns). The copy ends when its stdin closes (`wait`).
+pub fn copy_of(pid: i32, rstrt_args: &str) -> Proc {
     let mut c = Command::new("/bin/bash");
     let crs = crs();
-    c.args(["-c", &format!("exec {crs} rstrt <({crs} ckpt -o - {pid})")]);
+    c.args(["-c", &format!("exec {crs} rstrt {rstrt_args} <({crs} ckpt -o - {pid})")]);
     Proc::spawn(c)
 }
 
