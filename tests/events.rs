@@ -52,7 +52,9 @@ fn pipes_eventfds_and_epoll_sets_survive() {
 }
 
 /// A real runtime nobody here wrote: Node.js (libuv: threads, epoll, eventfds, its own
-/// pipes) ticking on a timer and answering on stdin, before and after.
+/// pipes) ticking on a timer, with a worker thread posting numbered messages (checked in
+/// order), answering on stdin, before and after: after a checkpoint and restore, and in a
+/// leave-running copy (rstrt --pidns, which keeps V8's and libuv's threads' ids).
 #[test]
 fn node_ticks_on() {
     if !require(std::path::Path::new("/usr/bin/node").exists(), "node (apt install nodejs)") {
@@ -60,25 +62,46 @@ fn node_ticks_on() {
     }
     let dir = tmpdir("events-node");
     let mut c = std::process::Command::new("/usr/bin/node");
-    let js = "let i = 0; setInterval(() => { if (i++ == 3) console.log('ready') }, 5); \
-              process.stdin.on('data', d => console.log('ticks', i))";
+    let js = "const { Worker } = require('worker_threads'); let i = 0, msgs = 0, inorder = true; \
+              const w = new Worker(\"const { parentPort } = require('worker_threads'); let n = 0; \
+              setInterval(() => parentPort.postMessage(++n), 5);\", { eval: true }); \
+              w.on('message', n => { if (n !== msgs + 1) inorder = false; msgs = n; }); \
+              setInterval(() => { if (i++ == 3) console.log('ready') }, 5); \
+              process.stdin.on('data', d => console.log('ticks', i, msgs, inorder))";
     c.args(["-e", js]).current_dir(&dir);
     let mut p = Proc::spawn(c);
     p.expect("ready");
-    let ticks = |p: &mut Proc| -> u64 {
+    // (its timer's ticks, the worker's messages), asserting the messages came in order.
+    let ticks = |p: &mut Proc| -> (u64, u64) {
         p.send("?");
-        p.expect("ticks").trim_start_matches("ticks ").parse().expect("a count")
+        let l = p.expect("ticks");
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(w.get(3), Some(&"true"), "the worker's messages came out of order: {l}");
+        (w[1].parse().expect("a count"), w[2].parse().expect("a count"))
     };
+    // Both counts grow (each answer takes a round trip, timers tick meanwhile).
+    let grows = |p: &mut Proc, from: (u64, u64)| {
+        (0..200).any(|_| {
+            let t = ticks(p);
+            t.0 > from.0 && t.1 > from.1
+        })
+    };
+    let before = ticks(&mut p);
+    assert!(grows(&mut p, before), "node does not tick before any checkpoint");
+    let mut copy = copy_of(p.pid(), "--pidns");
+    let at = ticks(&mut copy);
+    let copied = grows(&mut copy, at);
+    drop(copy);
+    assert!(copied, "the copy's timer or worker stopped");
     let before = ticks(&mut p);
     let img = format!("{}/n.crf", dir.display());
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let mut r = rstrt(&["--require-pid", &img]);
     let after = ticks(&mut r);
-    assert!(after >= before, "the count went back: {before} -> {after}");
-    // Its timer goes on: the count grows (each answer takes a round trip, timers tick meanwhile).
-    let grew = (0..200).any(|_| ticks(&mut r) > after);
+    assert!(after >= before, "the counts went back: {before:?} -> {after:?}");
+    let grew = grows(&mut r, after);
     // Node runs on after rstrt is gone: it is ended here, whatever the verdict.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGKILL);
-    assert!(grew, "node's timer stopped after the restore");
+    assert!(grew, "node's timer or worker stopped after the restore");
 }
