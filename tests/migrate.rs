@@ -37,6 +37,27 @@ fn a_process_moves_to_the_other_node_and_goes_on_there() {
     assert!(began > 0 && began < bytes / 8, "restore began at {began} of {bytes} bytes: {l}");
 }
 
+/// A process with 8 threads, each counting, moves and goes on there, every thread counting on.
+#[test]
+fn a_threaded_process_moves_with_all_its_threads() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-threads");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = threaded_migrant(&n, &dir, "4", "8");
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains("threads=8"), "before: {v}");
+    let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
+    assert!(o.status.success(), "migrate: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    std::thread::sleep(Duration::from_millis(50));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)) && v.contains("threads=8"), "after migration: {v}");
+    assert_eq!(std::fs::read_dir(format!("/proc/{new}/task")).unwrap().count(), 9, "not every thread came along");
+}
+
 #[test]
 fn keep_copies_instead_of_moving() {
     let Some(n) = Nodes::new() else { return };

@@ -135,8 +135,13 @@ pub fn lines(log: &Path) -> usize {
 
 /// Starts the migrant in namespace a; returns it and its log.
 pub fn migrant(n: &Nodes, dir: &Path, mib: &str) -> (Child, PathBuf, i32) {
+    threaded_migrant(n, dir, mib, "0")
+}
+
+/// [`migrant`] with `threads` threads counting beside its main one.
+pub fn threaded_migrant(n: &Nodes, dir: &Path, mib: &str, threads: &str) -> (Child, PathBuf, i32) {
     let log = dir.join("log");
-    let mut c = n.cmd(&n.a, target("migrant").to_str().unwrap(), &[log.to_str().unwrap(), mib]);
+    let mut c = n.cmd(&n.a, target("migrant").to_str().unwrap(), &[log.to_str().unwrap(), mib, threads]);
     c.stdin(Stdio::null()).stdout(Stdio::null());
     let child = c.spawn().unwrap();
     let l = log_line(&log, "ready", 0);
