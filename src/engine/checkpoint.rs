@@ -278,9 +278,15 @@ fn frozen_work<W: Sink>(
         };
         st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
         st.thread_info = vec![leader];
-        for (state, info) in collect_threads(pid, others, &c.scratch, gadget, &st, held, &mut why)? {
+        let mut scheds = st.sched.iter().cloned().collect::<Vec<_>>();
+        for (state, info, sched) in collect_threads(pid, others, &c.scratch, gadget, &st, held, &mut why)? {
             st.threads.push(state);
             st.thread_info.push(info);
+            scheds.push(sched);
+        }
+        // Each thread's scheduling only when one differs from the leader's.
+        if scheds.iter().any(|s| Some(s) != st.sched.as_ref()) {
+            st.thread_sched = scheds;
         }
         c.brk_query()
     })();
@@ -338,9 +344,9 @@ fn frozen_work<W: Sink>(
 }
 
 /// The other threads: what the kernel shows of each from outside, and what only each can
-/// tell, asked by syscalls run in all of them at once (see [`ask_threads`]). Adds to `why` what
-/// a thread has set for itself unlike the leader (its own scheduling, a knob of its own),
-/// which a restore would not give it back. `st` holds the leader's state so far.
+/// tell, asked by syscalls run in all of them at once (see [`ask_threads`]), with each one's
+/// scheduling. Adds to `why` a knob a thread has set for itself unlike the leader, which a
+/// restore would not give it back. `st` holds the leader's state so far.
 fn collect_threads(
     pid: i32,
     others: &mut [Other],
@@ -349,7 +355,7 @@ fn collect_threads(
     st: &ProcessState,
     held: &mut Vec<i32>,
     why: &mut Vec<String>,
-) -> Result<Vec<(ThreadState, ThreadInfo)>> {
+) -> Result<Vec<(ThreadState, ThreadInfo, Sched)>> {
     let mut outside = Vec::with_capacity(others.len());
     for o in others.iter_mut() {
         let rseq = o.t.rseq()?;
@@ -376,13 +382,7 @@ fn collect_threads(
             let name = knobs::KNOBS.iter().find(|d| d.key == *k).map_or("?", |d| d.name);
             why.push(format!("its thread {tid} ({comm}) has its own {name} ({v:#x}), which crs does not restore yet"));
         }
-        let own_sched = Sched::read(tid, a.timer_slack)?;
-        if st.sched.as_ref() != Some(&own_sched) {
-            why.push(format!(
-                "its thread {tid} ({comm}) has scheduling of its own ({}), which crs does not restore yet",
-                own_sched.describe().concat().trim_start_matches("sched:").trim()
-            ));
-        }
+        let sched = Sched::read(tid, a.timer_slack)?;
         let pending = o.t.pending()?.into_iter().filter(|(shared, _)| !shared);
         let pending = pending.map(|(shared, info)| pending::Pending { shared, info }).collect();
         let info = ThreadInfo {
@@ -395,7 +395,7 @@ fn collect_threads(
             comm,
             pending,
         };
-        out.push((ThreadState { regs: RegState { gpr: image, xsave: o.t.xstate()? } }, info));
+        out.push((ThreadState { regs: RegState { gpr: image, xsave: o.t.xstate()? } }, info, sched));
     }
     Ok(out)
 }

@@ -285,6 +285,13 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
             st.thread_info.len()
         )));
     }
+    if !st.thread_sched.is_empty() && st.thread_sched.len() != st.threads.len() {
+        return Err(Error::Refused(format!(
+            "the image holds registers for {} threads and TSCHED sections for {}: it is damaged",
+            st.threads.len(),
+            st.thread_sched.len()
+        )));
+    }
     for th in &st.threads {
         regs::check_xstate(&th.regs)?;
     }
@@ -321,12 +328,13 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     if let Some(info) = st.thread_info.first() {
         info.restore(&mut c, true)?;
     }
-    // The other threads: what each task has of its own (the leader's values: a thread with
-    // other ones was refused at checkpoint), then what is the thread's alone.
-    for (o, info) in others.iter().zip(st.thread_info.iter().skip(1)) {
+    // The other threads: what each task has of its own (the leader's values, but for its own
+    // scheduling where it had one: a thread with another knob was refused at checkpoint),
+    // then what is the thread's alone.
+    for (i, (o, info)) in others.iter().zip(st.thread_info.iter().skip(1)).enumerate() {
         let mut oc = ctl(o)?;
         oc.personality(st.task.personality)?;
-        if let Some(s) = &st.sched {
+        if let Some(s) = st.thread_sched.get(i + 1).or(st.sched.as_ref()) {
             s.restore(&mut oc)?;
         }
         // A knob kept as the restorer's is said once, not once per thread.

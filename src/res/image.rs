@@ -45,6 +45,9 @@ pub struct ProcessState {
     pub rlimits: Vec<rlimits::Limit>,
     /// CPU and I/O scheduling; None in an image of an older crs.
     pub sched: Option<sched::Sched>,
+    /// Each thread's scheduling, in thread order, when one differs from the leader's
+    /// (`sched`); empty when all have the leader's.
+    pub thread_sched: Vec<sched::Sched>,
     /// (key, value) of every knob the checkpointing kernel could report.
     pub knobs: Vec<(u32, u64)>,
     /// The interval timers (REAL, VIRTUAL, PROF), empty when none is armed.
@@ -125,6 +128,7 @@ pub mod tags {
     pub const EPOLL: Tag = Tag(19);
     pub const TIMERFDS: Tag = Tag(20);
     pub const INOTIFY: Tag = Tag(21);
+    pub const TSCHED: Tag = Tag(22);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -238,6 +242,13 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.sched, sched::Sched::decode(b, at).map(Some)),
         describe: |v| v.st.sched.as_ref().map_or(vec![], |s| s.describe()),
         ..only_if(tags::SCHED, "SCHED")
+    },
+    &SectionDef {
+        scope: Scope::Thread,
+        encode: |st| st.thread_sched.iter().map(|s| s.encode()).collect(),
+        decode: |b, at, st| sched::Sched::decode(b, at).map(|s| st.thread_sched.push(s)),
+        describe: |v| sched::describe_threads(&v.st.thread_sched, &v.st.thread_info),
+        ..only_if(tags::TSCHED, "TSCHED")
     },
     &SectionDef {
         encode: |st| if st.knobs.is_empty() { vec![] } else { vec![knobs::encode(&st.knobs)] },

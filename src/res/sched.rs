@@ -247,14 +247,13 @@ impl Sched {
 
     /// crfinfo's line.
     pub fn describe(&self) -> Vec<String> {
+        vec![format!("sched:     {}", self.show_all())]
+    }
+
+    fn show_all(&self) -> String {
         let cpus =
             if self.cpus.is_empty() { "every CPU".to_string() } else { format!("CPUs {}", cpu_list(&self.cpus)) };
-        vec![format!(
-            "sched:     {}, {cpus}, I/O {}, timer slack {} ns",
-            self.attr.show(),
-            show_ioprio(self.ioprio),
-            self.timer_slack
-        )]
+        format!("{}, {cpus}, I/O {}, timer slack {} ns", self.attr.show(), show_ioprio(self.ioprio), self.timer_slack)
     }
 
     /// Sets, inside the restored process (its user's ids and resource limits in place), what
@@ -320,6 +319,17 @@ impl Sched {
         }
         Ok(())
     }
+}
+
+/// crfinfo's lines for TSCHED: each thread's scheduling, by tid.
+pub fn describe_threads(all: &[Sched], threads: &[super::thread::ThreadInfo]) -> Vec<String> {
+    all.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let tid = threads.get(i).map_or("?".to_string(), |t| t.tid.to_string());
+            format!("tsched:    thread {tid}: {}", s.show_all())
+        })
+        .collect()
 }
 
 #[cfg(test)]
