@@ -93,11 +93,15 @@ impl Init {
     /// The restored process runs. With `detach`, the init leaves rstrt's session and stdio
     /// (rstrt outside exits now) and no longer dies with rstrt.
     pub fn ready(&mut self, detach: bool) -> Result<()> {
+        // Detached, no longer bound to rstrt before it hears we are ready (and may exit).
+        if detach {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+        }
         writeln!(self.report, "ready").map_err(|e| Error::io("--pidns report", e))?;
         if detach {
             // SAFETY: plain syscalls; the fds replaced are our own stdio.
             unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, 0);
                 libc::setsid();
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
                 if null >= 0 {
