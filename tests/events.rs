@@ -1,7 +1,8 @@
 //! The event objects runtimes hold: pipes inside the process (with unread bytes), eventfds
 //! (plain and semaphore), epoll sets with their 64-bit data, a thread blocked in epoll_wait,
-//! timerfds (periodic, expired unread, absolute), a signalfd with a queued signal and inotify
-//! watches (tests/targets/events.c checks them itself); and Node.js, which holds most of them.
+//! timerfds (periodic, expired unread, absolute), a signalfd with a queued signal, inotify
+//! watches and a FIFO with unread bytes (tests/targets/events.c checks them itself); and
+//! Node.js, which holds most of them.
 
 mod support;
 use support::*;
@@ -22,6 +23,8 @@ fn pipes_eventfds_and_epoll_sets_survive() {
     assert!(info.contains("clock boottime, disarmed, 1 expiries unread"), "{info}");
     assert!(info.contains("clock monotonic,") && info.contains("every 0.050000000 s"), "{info}");
     assert!(info.contains(&format!("wd 3 mask 0x2 {d}/watched")), "{info}");
+    assert_eq!(info.matches(&format!(" pos 0 {d}/fifo")).count(), 2, "{info}");
+    assert!(info.contains("fifo ino") && info.contains("capacity 65536, 5 bytes unread"), "{info}");
     // A damaged TIMERFDS or INOTIFY record (checksums redone) is refused as a bad image.
     let bytes = std::fs::read(&img).unwrap();
     use crs::res::image::tags;

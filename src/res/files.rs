@@ -35,8 +35,16 @@ pub const KIND_SIGNALFD: u8 = 10;
 pub const KIND_TIMERFD: u8 = 11;
 /// An inotify instance (its watches: INOTIFY).
 pub const KIND_INOTIFY: u8 = 12;
+/// A FIFO (named pipe) by path whose every end the process holds; its unread bytes are the
+/// PIPES record `fifo_key(id.ino)`.
+pub const KIND_FIFO: u8 = 13;
 /// The last kind this crs knows.
-const KIND_LAST: u8 = KIND_INOTIFY;
+const KIND_LAST: u8 = KIND_INOTIFY + 1;
+
+/// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
+pub fn fifo_key(ino: u64) -> u64 {
+    ino | 1 << 63
+}
 
 /// Which fds to carry as stubs rather than refuse, and as what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,6 +110,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_SIGNALFD => "signalfd",
         KIND_TIMERFD => "timerfd",
         KIND_INOTIFY => "inotify",
+        KIND_FIFO => "fifo",
         _ => "?",
     }
 }
@@ -179,11 +188,14 @@ pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
             continue;
         }
         // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
+        // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
         let outside = || {
-            target.starts_with("pipe:")
+            let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
+            let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
+            (pipe && !endpoints::pipe_inside(pid, fd, &target, flags))
                 || target.starts_with("socket:")
-                || is_tty_or_pipe(&target)
-                || FileId::stat(&link).is_ok_and(|id| [libc::S_IFIFO, libc::S_IFSOCK].contains(&id.file_type()))
+                || (is_tty_or_pipe(&target) && !pipe)
+                || ty == libc::S_IFSOCK
         };
         let stdio = fd <= 2 && is_tty_or_pipe(&target);
         if stubs.fds.contains(&fd) || (stubs.outside && !stdio && outside()) {
@@ -276,7 +288,8 @@ pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
             libc::S_IFDIR => Ok(KIND_DIR),
             libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
             libc::S_IFCHR => Err(refuse("a character device")),
-            libc::S_IFIFO => Err(refuse("a named pipe")),
+            libc::S_IFIFO if endpoints::pipe_inside(pid, fd, &target, flags) => Ok(KIND_FIFO),
+            libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
             libc::S_IFSOCK => Err(refuse("a socket")),
             _ => Err(refuse("a special file")),
         };
@@ -351,7 +364,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
             || !(KIND_FILE..=KIND_LAST).contains(&f.kind)
             || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
             || (f.kind == KIND_STDIO && f.fd > 2)
-            || (f.kind <= KIND_DEV && !f.id.path.starts_with('/'))
+            || ((f.kind <= KIND_DEV || f.kind == KIND_FIFO) && !f.id.path.starts_with('/'))
         {
             return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
         }
@@ -365,7 +378,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
 /// Nothing is opened: a stat of each path, with the caller's rights (a restore checks with the
 /// image owner's, see creds::AsOwner).
 pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
-    for f in fds.iter().filter(|f| f.kind <= KIND_DEV) {
+    for f in fds.iter().filter(|f| f.kind <= KIND_DEV || f.kind == KIND_FIFO) {
         let what = format!("fd {}: {}", f.fd, f.id.path);
         let now = FileId::stat(&f.id.path).map_err(|e| {
             Error::not_here(
@@ -377,6 +390,7 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
         let fits = match f.kind {
             KIND_FILE => now.file_type() == libc::S_IFREG,
             KIND_DIR => now.file_type() == libc::S_IFDIR,
+            KIND_FIFO => now.file_type() == libc::S_IFIFO,
             _ => {
                 now.file_type() == libc::S_IFCHR && DEVICES.iter().any(|&(p, rdev)| p == f.id.path && rdev == now.rdev)
             }
@@ -425,6 +439,23 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio
         c.close(r, &what)?;
         c.close(w, &what)?;
         made.push((p.ino, hr, hw));
+    }
+    // Each FIFO opened once for both ends and filled, before its fds are opened by path (a
+    // reader or writer then always finds the other end); closed at the end.
+    let mut keepers: Vec<(u64, i32)> = Vec::new();
+    for f in fds.iter().filter(|f| f.kind == KIND_FIFO) {
+        let key = fifo_key(f.id.ino);
+        if keepers.iter().any(|k| k.0 == key) {
+            continue;
+        }
+        let what = format!("fifo {}", f.id.path);
+        let flags = libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        let k = c.open(&f.id.path, flags, &what)?;
+        let k = c.fcntl(k, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        if let Some(p) = pipes.iter().find(|p| p.ino == key) {
+            super::pipes::fill(c, k, p, &what)?;
+        }
+        keepers.push((key, k));
     }
     for f in fds.iter().filter(|f| !keep(f.fd)) {
         let (path, flags) = match f.kind {
@@ -491,6 +522,9 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio
     for (ino, r, w) in made {
         c.close(r, &format!("pipe:[{ino}]"))?;
         c.close(w, &format!("pipe:[{ino}]"))?;
+    }
+    for (_, k) in keepers {
+        c.close(k, "fifo")?;
     }
     Ok(())
 }

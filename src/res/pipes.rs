@@ -63,11 +63,13 @@ pub fn collect(pid: i32, fd: i32, ino: u64) -> Result<Pipe> {
 /// Every pipe among `fds` of the frozen process `pid` (KIND_PIPE), copied through one of its
 /// read ends.
 pub fn collect_all(pid: i32, fds: &[crate::res::files::Fd]) -> Result<Vec<Pipe>> {
+    use crate::res::files::{KIND_FIFO, KIND_PIPE, fifo_key};
     let mut out: Vec<Pipe> = Vec::new();
-    for f in fds.iter().filter(|f| f.kind == crate::res::files::KIND_PIPE) {
-        let reads = f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
-        if reads && !out.iter().any(|p| p.ino == f.id.ino) {
-            out.push(collect(pid, f.fd, f.id.ino)?);
+    for f in fds.iter().filter(|f| f.kind == KIND_PIPE || f.kind == KIND_FIFO) {
+        let key = if f.kind == KIND_FIFO { fifo_key(f.id.ino) } else { f.id.ino };
+        let reads = f.flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32;
+        if reads && !out.iter().any(|p| p.ino == key) {
+            out.push(collect(pid, f.fd, key)?);
         }
     }
     Ok(out)
@@ -103,7 +105,11 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Pipe>> {
 /// crfinfo's lines.
 pub fn describe(all: &[Pipe]) -> Vec<String> {
     all.iter()
-        .map(|p| format!("pipe:      [{}] capacity {}, {} bytes unread", p.ino, p.capacity, p.data.len()))
+        .map(|p| {
+            let what =
+                if p.ino & 1 << 63 != 0 { format!("fifo ino {}", p.ino & !(1 << 63)) } else { format!("[{}]", p.ino) };
+            format!("pipe:      {what} capacity {}, {} bytes unread", p.capacity, p.data.len())
+        })
         .collect()
 }
 
@@ -112,8 +118,14 @@ pub fn describe(all: &[Pipe]) -> Vec<String> {
 pub fn create(c: &mut Ctl, p: &Pipe) -> Result<(i32, i32)> {
     let what = format!("pipe:[{}]", p.ino);
     let (r, w) = c.pipe(&what)?;
+    fill(c, w, p, &what)?;
+    Ok((r, w))
+}
+
+/// Gives the pipe (or FIFO) whose write end is `w` the capacity and bytes of `p`.
+pub fn fill(c: &mut Ctl, w: i32, p: &Pipe, what: &str) -> Result<()> {
     if p.capacity != 65536 {
-        c.fcntl(w, libc::F_SETPIPE_SZ, p.capacity as u64, "fcntl(F_SETPIPE_SZ)", &what)?;
+        c.fcntl(w, libc::F_SETPIPE_SZ, p.capacity as u64, "fcntl(F_SETPIPE_SZ)", what)?;
     }
     for chunk in p.data.chunks(4096) {
         let n = c.write_raw(w, chunk)?;
@@ -121,7 +133,7 @@ pub fn create(c: &mut Ctl, p: &Pipe) -> Result<(i32, i32)> {
             return Err(Error::sys("write", format!("{what} in pid {}", c.pid()), Errno::from_raw((-n).max(0) as i32)));
         }
     }
-    Ok((r, w))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
  * watching another inner pipe; timerfds (a periodic one every 50 ms, a one-shot that expired
  * unread, an absolute one an hour ahead on the real-time clock); a signalfd for SIGUSR2 and
  * SIGHUP (blocked, a SIGUSR2 queued with a value); an inotify instance watching the current
- * directory (wd 1) and the file "watched" in it (wd 3: a watch was removed in between); and a
+ * directory (wd 1) and the file "watched" in it (wd 3: a watch was removed in between); a FIFO
+ * "fifo" in it, opened for reading and for writing, with 5 unread bytes; and a
  * third epoll set over the periodic timer, the signalfd and the inotify instance. Prints
  * "ready PID", waits for a line on stdin, then checks that all of it is as it was, that the
  * blocked thread wakes when its pipe is written, that the timers tick, the signals come out of
@@ -23,6 +24,7 @@
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,6 +74,11 @@ int main(int argc, char **argv) {
     int sfd = signalfd(-1, &sm, SFD_NONBLOCK);
     union sigval sv = {.sival_int = 1234};
     sigqueue(getpid(), SIGUSR2, sv);
+    /* A FIFO by path, both ends here, bytes unread. */
+    unlink("fifo");
+    mkfifo("fifo", 0600);
+    int fr = open("fifo", O_RDONLY | O_NONBLOCK), fw = open("fifo", O_WRONLY);
+    CHECK(fr >= 0 && fw >= 0 && write(fw, "fifo!", 5) == 5, "the FIFO");
     /* inotify: the directory as wd 1, "watched" as wd 3 (wd 2 came and went). */
     close(open("watched", O_WRONLY | O_CREAT | O_TRUNC, 0644));
     unlink("created");
@@ -141,6 +148,9 @@ int main(int argc, char **argv) {
     usleep(300000);
     uint64_t ticks = 0;
     CHECK(read(tp, &ticks, 8) == 8 && ticks >= 3 && ticks <= 8, "the periodic timer: %llu ticks in 300 ms", (unsigned long long)ticks);
+    char fb[8] = {0};
+    CHECK(read(fr, fb, sizeof fb) == 5 && !memcmp(fb, "fifo!", 5), "the FIFO's bytes: %.5s", fb);
+    CHECK(write(fw, "x", 1) == 1 && read(fr, fb, 1) == 1 && fb[0] == 'x', "the FIFO's ends are not one pipe");
     int queued = -1;
     CHECK(ioctl(in, FIONREAD, &queued) == 0 && queued == 0, "inotify: %d bytes of events nobody caused", queued);
     int wf = open("watched", O_WRONLY); write(wf, "x", 1); close(wf);
