@@ -199,6 +199,61 @@ unsafe extern "C" {
     fn crs_sigactions_end();
 }
 
+// Runs a list of syscalls in one go inside a tracee, instead of one remote syscall (two stops)
+// each: r12 entries of 8 u64 at r13, each {nr, a0..a5, result}; every result (the raw
+// return) is stored in its entry; then int3. Position-independent, copied into the tracee;
+// reentrant, so the threads of a process run one copy at once, each on its own list. Only
+// rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11, r12 and r13 change.
+std::arch::global_asm!(
+    ".pushsection .text.crs_batch,\"ax\",@progbits",
+    ".globl crs_batch_start",
+    ".globl crs_batch_end",
+    "crs_batch_start:",
+    "2:",
+    "test r12, r12",
+    "jz 3f",
+    "mov rax, qword ptr [r13]",
+    "mov rdi, qword ptr [r13 + 8]",
+    "mov rsi, qword ptr [r13 + 16]",
+    "mov rdx, qword ptr [r13 + 24]",
+    "mov r10, qword ptr [r13 + 32]",
+    "mov r8, qword ptr [r13 + 40]",
+    "mov r9, qword ptr [r13 + 48]",
+    "syscall",
+    "mov qword ptr [r13 + 56], rax",
+    "add r13, 64",
+    "dec r12",
+    "jmp 2b",
+    "3:",
+    "int3",
+    "crs_batch_end:",
+    ".popsection"
+);
+
+unsafe extern "C" {
+    fn crs_batch_start();
+    fn crs_batch_end();
+}
+
+/// The code that runs a list of syscalls at once (see the global_asm above it).
+pub fn batch_code() -> &'static [u8] {
+    let start = crs_batch_start as *const () as usize;
+    let end = crs_batch_end as *const () as usize;
+    // SAFETY: both labels delimit our own global_asm text, which is mapped and never changes.
+    unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }
+}
+
+/// Bytes of one entry of a batch list.
+pub const BATCH_ENTRY: usize = 64;
+
+/// Points registers at a batch list of `n` entries at `list`, to run the batch code at `entry`.
+pub fn set_batch(r: &mut Regs, entry: u64, list: u64, n: usize) {
+    r.rip = entry;
+    r.orig_rax = u64::MAX;
+    r.r12 = n as u64;
+    r.r13 = list;
+}
+
 /// The code that queries all signal actions at once (see the global_asm above it).
 pub fn sigactions_code() -> &'static [u8] {
     let start = crs_sigactions_start as *const () as usize;
@@ -255,6 +310,8 @@ mod tests {
     fn own_gadget_is_syscall() {
         // The signal query code ends in its int3 and is small enough for one scratch page.
         let code = sigactions_code();
+        assert!(code.len() < 128 && code.ends_with(&[0xcc]), "{code:02x?}");
+        let code = batch_code();
         assert!(code.len() < 128 && code.ends_with(&[0xcc]), "{code:02x?}");
         // SAFETY: own_gadget() is the address of our own global_asm! text, 3 bytes long.
         let code = unsafe { std::slice::from_raw_parts(own_gadget() as *const u8, 3) };

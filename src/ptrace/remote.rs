@@ -109,6 +109,28 @@ impl<'a> Remote<'a> {
     }
 }
 
+/// Runs a list of syscalls in each of several tracees at once, all in one go per tracee: the
+/// batch code (arch::batch_code) copied at `entry` in an executable area they share, each
+/// tracee `ts[i].0` from its registers `ts[i].1` on its own list at `lists[i]` (`n[i]`
+/// entries, written there by the caller; each result lands in its entry). Only where a
+/// forced SIGTRAP is harmless to every one of them (see the module's notes): its int3 ends in
+/// one. All are resumed before any is waited for.
+pub fn batch_all(ts: &[(&Tracee, Regs)], entry: u64, lists: &[(u64, usize)], held: &mut Vec<i32>) -> Result<()> {
+    let end = entry + arch::batch_code().len() as u64;
+    for ((t, base), &(list, n)) in ts.iter().zip(lists) {
+        let mut r = *base;
+        arch::set_batch(&mut r, entry, list, n);
+        t.set_regs(&r)?;
+    }
+    for (t, _) in ts {
+        t.cont_to_trap(end).start()?;
+    }
+    for (t, _) in ts {
+        t.cont_to_trap(end).finish(held)?;
+    }
+    Ok(())
+}
+
 /// Runs one syscall in each of several tracees at once (`calls[i]` in `ts[i].0`, at `gadget`,
 /// from its registers `ts[i].1`): all are resumed before any is waited for, so the cost is
 /// about that of one, not the sum; each stops at its syscall's entry and exit (no single
