@@ -1,6 +1,7 @@
 //! Signal state survives a checkpoint: handlers with SA_SIGINFO/SA_ONSTACK/SA_RESTART/
 //! SA_NODEFER and their masks, an ignored signal, the blocked mask and the alternate stack; and
-//! the interval timers that send signals (tests/targets/itimers.c). The
+//! the interval timers that send signals (tests/targets/itimers.c) and POSIX timers
+//! (tests/targets/ptimers.c). The
 //! target (tests/targets/signals.c) verifies its own state and reports one verdict line.
 
 mod support;
@@ -211,5 +212,25 @@ fn interval_timers_survive() {
     let info = String::from_utf8_lossy(&support::run(&["crfinfo", &img]).stdout).to_string();
     assert!(info.contains("ITIMER_REAL in 0.0") && info.contains("every 0.020 s"), "{info}");
     let mut r = support::rstrt(&[&img]);
+    r.verdict("ok");
+}
+
+/// POSIX timers (timer_create) come back under their own ids (a deleted one's stays free),
+/// each with its clock, its signal and value (to the process or to one thread) or none, its
+/// interval and the time it had left: the target checks them and that both periodic ones fire.
+#[test]
+fn posix_timers_keep_their_ids_and_fire_on() {
+    use support::{ckpt, rstrt, run, tmpdir};
+    let dir = tmpdir("ptimers");
+    let d = dir.to_str().unwrap();
+    let mut p = support::start("ptimers", &[], &dir);
+    let img = format!("{d}/p.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert_eq!(info.lines().filter(|l| l.starts_with("ptimer:")).count(), 5, "{info}");
+    assert!(info.contains("ptimer:    id 4 clock monotonic, signal 12 value 0x0, disarmed"), "{info}");
+    assert!(info.contains("id 5 clock process CPU time, no signal"), "{info}");
+    let mut r = rstrt(&["--require-pid", &img]);
     r.verdict("ok");
 }

@@ -138,14 +138,9 @@ pub fn numa(pid: i32) -> Vec<String> {
     }
 }
 
-/// Its POSIX timers (timer_create), from /proc/PID/timers.
+/// Its POSIX timers (timer_create) crs cannot restore, from /proc/PID/timers.
 pub fn timers(pid: i32) -> Vec<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    let n = text.lines().filter(|l| l.starts_with("ID:")).count();
-    match n {
-        0 => vec![],
-        n => vec![format!("it has {n} POSIX timer(s) (timer_create), which crs does not restore yet")],
-    }
+    crate::res::ptimers::refusals(pid)
 }
 
 /// Namespaces it does not share with us: it would come back in ours. (Not the mount

@@ -8,7 +8,7 @@ use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::{Remote, syscall_all};
-use crate::ptrace::tracee::{RseqConf, Tracee, redeliver};
+use crate::ptrace::tracee::{Caught, RseqConf, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
@@ -200,7 +200,7 @@ struct Other {
 /// Freezes every other thread of `pid` (whose leader is frozen already): seizes and interrupts
 /// each one /proc/PID/task lists, then lists them again until no new one appears (a thread
 /// still running may have started another). A thread that exits meanwhile is left out.
-fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<i32>) -> Result<()> {
+fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<Caught>) -> Result<()> {
     loop {
         // All of the new ones are asked to stop first, then waited for: one by one, each would
         // wait for a CPU that the others, still running, hold.
@@ -244,7 +244,7 @@ fn frozen_work<W: Sink>(
     live: &Regs,
     image_regs: Regs,
     rseq: Option<RseqConf>,
-    held: &mut Vec<i32>,
+    held: &mut Vec<Caught>,
 ) -> Result<(u64, u64, Vec<String>)> {
     let t0 = Instant::now();
     // Again, now that it cannot change, before anything is collected: a caller may have run
@@ -297,6 +297,7 @@ fn frozen_work<W: Sink>(
         st.sched = Some(Sched::collect(&mut c)?);
         st.knobs = knobs::collect(&mut c)?;
         st.itimers = itimers::collect(&mut c)?;
+        st.ptimers = crate::res::ptimers::collect(&mut c)?;
         let (altstack, clear_tid) = thread::ask(&mut c)?;
         let leader = ThreadInfo {
             tid: pid,
@@ -388,7 +389,7 @@ fn collect_threads(
     others: &mut [Other],
     how: &Asking,
     st: &ProcessState,
-    held: &mut Vec<i32>,
+    held: &mut Vec<Caught>,
     why: &mut Vec<String>,
 ) -> Result<Vec<(ThreadState, ThreadInfo, Sched)>> {
     let mut outside = Vec::with_capacity(others.len());
@@ -473,7 +474,7 @@ fn scratch_len(threads: usize) -> usize {
 /// mask, `ignored`: see remote's notes), each thread runs all its questions in one go (the
 /// batch code), all threads at once; otherwise one syscall at a time in all of them at once
 /// ([`syscall_all`]).
-fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<i32>) -> Result<Vec<Asked>> {
+fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result<Vec<Asked>> {
     let Asking { scratch, gadget, ignored } = *how;
     let Some(pid) = others.first().map(|o| o.t.pid) else { return Ok(vec![]) };
     let asks: Vec<(u32, knobs::Ask)> = knobs::thread_asks().collect();

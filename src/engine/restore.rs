@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::ptrace::arch;
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::remote::Remote;
-use crate::ptrace::tracee::{Tracee, redeliver};
+use crate::ptrace::tracee::{Caught, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem};
 use crate::res::fileid;
 use crate::res::head::Header;
@@ -74,7 +74,7 @@ pub struct Held {
     t: Option<Tracee>,
     /// Its other threads, stopped too.
     others: Vec<Tracee>,
-    signals: Vec<i32>,
+    signals: Vec<Caught>,
 }
 
 impl std::fmt::Debug for Held {
@@ -365,6 +365,11 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     // The timers last: the time the restore takes must not count against them.
     itimers::restore(&mut c, &st.itimers)?;
+    let tid_of = |tid: i32| {
+        let i = st.thread_info.iter().position(|t| t.tid == tid)?;
+        if i == 0 { Some(pid) } else { others.get(i - 1).map(|o| o.pid) }
+    };
+    crate::res::ptimers::restore(&mut c, &st.ptimers, &tid_of)?;
     regs.load_xstate(&t)?;
     // The other threads get their own registers and mask now: they are stopped, and none of
     // them is in the gadget the leader is about to unmap.
@@ -380,8 +385,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     t.set_sigmask(st.signals.blocked)?;
     // Signals that came meanwhile go to the process once it runs (a SIGSTOP only if asked).
-    let held: Vec<i32> =
-        std::mem::take(&mut c.r.held).into_iter().filter(|&s| s != libc::SIGSTOP || opts.stop).collect();
+    let held: Vec<Caught> =
+        std::mem::take(&mut c.r.held).into_iter().filter(|s| s.sig != libc::SIGSTOP || opts.stop).collect();
     regs.load_gprs(&t)?;
     drop(c);
     let exe_kept = !exe_set && st.mm.exe.is_some();

@@ -10,7 +10,7 @@
 //! which involves no signal.
 
 use super::arch::{self, Regs};
-use super::tracee::Tracee;
+use super::tracee::{Caught, Tracee};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 
@@ -19,7 +19,7 @@ pub struct Remote<'a> {
     pub gadget: u64,
     base: Regs,
     /// Signals that arrived while we drove the tracee; the caller delivers them later.
-    pub held: Vec<i32>,
+    pub held: Vec<Caught>,
     /// Whether a forced SIGTRAP leaves the tracee as it was: single steps and copied code
     /// are allowed (see the module's notes).
     pub stepping: bool,
@@ -115,7 +115,7 @@ impl<'a> Remote<'a> {
 /// entries, written there by the caller; each result lands in its entry). Only where a
 /// forced SIGTRAP is harmless to every one of them (see the module's notes): its int3 ends in
 /// one. All are resumed before any is waited for.
-pub fn batch_all(ts: &[(&Tracee, Regs)], entry: u64, lists: &[(u64, usize)], held: &mut Vec<i32>) -> Result<()> {
+pub fn batch_all(ts: &[(&Tracee, Regs)], entry: u64, lists: &[(u64, usize)], held: &mut Vec<Caught>) -> Result<()> {
     let end = entry + arch::batch_code().len() as u64;
     for ((t, base), &(list, n)) in ts.iter().zip(lists) {
         let mut r = *base;
@@ -139,7 +139,7 @@ pub fn syscall_all(
     ts: &[(&Tracee, Regs)],
     gadget: u64,
     calls: &[(i64, [u64; 6])],
-    held: &mut Vec<i32>,
+    held: &mut Vec<Caught>,
 ) -> Result<Vec<i64>> {
     for ((t, base), (nr, args)) in ts.iter().zip(calls) {
         let mut r = *base;

@@ -6,7 +6,6 @@ use super::arch::{self, Regs};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
@@ -54,7 +53,7 @@ enum Until {
 }
 
 impl Resumed<'_> {
-    pub fn run(self, held: &mut Vec<i32>) -> Result<()> {
+    pub fn run(self, held: &mut Vec<Caught>) -> Result<()> {
         self.start()?;
         self.finish(held)
     }
@@ -66,7 +65,7 @@ impl Resumed<'_> {
     }
 
     /// Waits for the stop a [`Resumed::start`] runs the tracee up to.
-    pub fn finish(self, held: &mut Vec<i32>) -> Result<()> {
+    pub fn finish(self, held: &mut Vec<Caught>) -> Result<()> {
         let t = self.t;
         let resume = || ptrace_raw(self.req, t.pid, 0, 0, self.name);
         loop {
@@ -81,7 +80,7 @@ impl Resumed<'_> {
                     };
                     return if ours { Ok(()) } else { Err(t.faulted(sig)) };
                 }
-                Stop::Signal(sig) => held.push(sig),
+                Stop::Signal(sig) => held.push(Caught::take(t, sig)),
                 Stop::Syscall | Stop::Event => {}
             }
             resume()?;
@@ -154,7 +153,7 @@ impl Tracee {
 
     /// Stops the process with PTRACE_INTERRUPT (no SIGSTOP is sent) and waits for the stop.
     /// Signals that arrive meanwhile are held back in `held`, to be delivered later.
-    pub fn interrupt(&self, held: &mut Vec<i32>) -> Result<()> {
+    pub fn interrupt(&self, held: &mut Vec<Caught>) -> Result<()> {
         self.interrupt_start()?;
         self.interrupted(held)
     }
@@ -166,12 +165,12 @@ impl Tracee {
     }
 
     /// Waits for the stop a PTRACE_INTERRUPT asked for; signals meanwhile go to `held`.
-    pub fn interrupted(&self, held: &mut Vec<i32>) -> Result<()> {
+    pub fn interrupted(&self, held: &mut Vec<Caught>) -> Result<()> {
         loop {
             match self.wait()? {
                 Stop::Event => return Ok(()),
                 Stop::Signal(sig) => {
-                    held.push(sig);
+                    held.push(Caught::take(self, sig));
                     // Suppress it for now; the interrupt is still pending and stops it again.
                     ptrace_raw(libc::PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")?;
                 }
@@ -180,19 +179,35 @@ impl Tracee {
         }
     }
 
-    /// Waits for the next stop of this tracee.
+    /// Waits for the next stop of this tracee. (The status is decoded here, not by nix, whose
+    /// Signal has no real-time signals: a timer's SIGRTMIN arriving during a freeze would read
+    /// as an error.)
     pub fn wait(&self) -> Result<Stop> {
         loop {
-            let st = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::__WALL))
-                .map_err(|e| Error::sys("waitpid", format!("pid {}", self.pid), e))?;
-            return match st {
-                WaitStatus::PtraceSyscall(_) => Ok(Stop::Syscall),
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => Ok(Stop::Event),
-                WaitStatus::PtraceEvent(..) => Ok(Stop::Event),
-                WaitStatus::Stopped(_, sig) => Ok(Stop::Signal(sig as i32)),
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Err(Error::Gone(self.pid)),
-                WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
-            };
+            let mut status = 0;
+            // SAFETY: waitpid writes one int.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r < 0 {
+                match Errno::last() {
+                    Errno::EINTR => continue,
+                    e => return Err(Error::sys("waitpid", format!("pid {}", self.pid), e)),
+                }
+            }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                return Err(Error::Gone(self.pid));
+            }
+            if !libc::WIFSTOPPED(status) {
+                continue; // continued
+            }
+            let sig = libc::WSTOPSIG(status);
+            return Ok(if status >> 16 != 0 {
+                // PTRACE_EVENT_STOP (an interrupt or a group stop) or another ptrace event.
+                Stop::Event
+            } else if sig == libc::SIGTRAP | 0x80 {
+                Stop::Syscall
+            } else {
+                Stop::Signal(sig)
+            });
         }
     }
 
@@ -374,10 +389,57 @@ impl Tracee {
 
 /// Sends `pid` the signals that arrived while we held it (and that we kept from it), once it
 /// runs on its own again.
-pub fn redeliver(pid: i32, sigs: &[i32]) {
-    for &s in sigs {
-        if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+pub fn redeliver(pid: i32, sigs: &[Caught]) {
+    for c in sigs {
+        c.requeue(pid);
+    }
+}
+
+/// A signal that reached a thread while we held it stopped (at its signal-delivery stop, where
+/// the kernel had already taken it from the queue): we suppress it then and queue it again
+/// when the process runs on ([`redeliver`]), with its siginfo, to the same thread.
+#[derive(Clone)]
+pub struct Caught {
+    pub tid: i32,
+    pub sig: i32,
+    /// Its siginfo (None if it could not be read).
+    info: Option<[u8; SIGINFO_LEN]>,
+}
+
+impl std::fmt::Debug for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "signal {} to {}", self.sig, self.tid)
+    }
+}
+
+impl Caught {
+    /// The signal `sig` of `t`'s current signal-delivery stop.
+    pub fn take(t: &Tracee, sig: i32) -> Caught {
+        let mut info = [0u8; SIGINFO_LEN];
+        let ok = ptrace_raw(libc::PTRACE_GETSIGINFO, t.pid, 0, info.as_mut_ptr() as usize, "PTRACE_GETSIGINFO").is_ok();
+        Caught { tid: t.pid, sig, info: ok.then_some(info) }
+    }
+
+    /// Queues it again to its thread of process `pid`: with its siginfo where the kernel lets
+    /// another process queue that one (si_code < 0: sigqueue, timers, tgkill... but SI_TKILL),
+    /// otherwise as tgkill would (a kill(2) from us, then).
+    fn requeue(&self, pid: i32) {
+        let code = self.info.map(|i| i32::from_le_bytes([i[8], i[9], i[10], i[11]]));
+        if let (Some(info), Some(code)) = (self.info, code)
+            && code < 0
+            && code != libc::SI_TKILL
+        {
+            // SAFETY: `info` is a whole siginfo_t the kernel gave us; the call only reads it.
+            let r = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, self.tid, self.sig, info.as_ptr()) };
+            if r == 0 {
+                return;
+            }
+        }
+        // SAFETY: tgkill takes integers.
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, self.tid, self.sig) } != 0 {
+            // The thread is gone: the process may still take it.
+            // SAFETY: kill takes integers.
+            unsafe { libc::kill(pid, self.sig) };
         }
     }
 }

@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, epoll, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, regs, rlimits, sched, signals,
-    task, thp, thread, timerfd,
+    cwd, epoll, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, ptimers, regs, rlimits, sched,
+    signals, task, thp, thread, timerfd,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -52,6 +52,8 @@ pub struct ProcessState {
     pub knobs: Vec<(u32, u64)>,
     /// The interval timers (REAL, VIRTUAL, PROF), empty when none is armed.
     pub itimers: Vec<itimers::Timer>,
+    /// Its POSIX timers (timer_create), by id.
+    pub ptimers: Vec<ptimers::PTimer>,
     /// The pipes whose ends are all in the process, with their unread bytes.
     pub pipes: Vec<pipes::Pipe>,
     /// The interest lists of its epoll fds.
@@ -129,6 +131,7 @@ pub mod tags {
     pub const TIMERFDS: Tag = Tag(20);
     pub const INOTIFY: Tag = Tag(21);
     pub const TSCHED: Tag = Tag(22);
+    pub const PTIMERS: Tag = Tag(23);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -261,6 +264,12 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.itimers, itimers::decode(b, at)),
         describe: |v| itimers::describe(&v.st.itimers),
         ..only_if(tags::ITIMERS, "ITIMERS")
+    },
+    &SectionDef {
+        encode: |st| if st.ptimers.is_empty() { vec![] } else { vec![ptimers::encode(&st.ptimers)] },
+        decode: |b, at, st| set(&mut st.ptimers, ptimers::decode(b, at)),
+        describe: |v| ptimers::describe(&v.st.ptimers),
+        ..only_if(tags::PTIMERS, "PTIMERS")
     },
     &SectionDef {
         encode: |st| if st.pipes.is_empty() { vec![] } else { vec![pipes::encode(&st.pipes)] },

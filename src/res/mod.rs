@@ -17,6 +17,7 @@ pub mod mdwe;
 pub mod memory;
 pub mod pending;
 pub mod pipes;
+pub mod ptimers;
 pub mod regs;
 pub mod rlimits;
 pub mod sched;

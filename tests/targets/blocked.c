@@ -1,5 +1,5 @@
 /* A process crs must refuse, for several reasons at once: a child, a pipe it shares with it, a
- * flock()ed file and a POSIX timer. argv[1]: a directory for the locked file. Prints "ready";
+ * flock()ed file and a POSIX timer on its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -25,7 +25,7 @@ int main(int argc, char **argv) {
     timer_t t;
     struct sigevent ev = {0};
     ev.sigev_notify = SIGEV_NONE;
-    if (timer_create(CLOCK_MONOTONIC, &ev, &t)) return 1;
+    if (timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &t)) return 1;
     printf("ready\n");
     fflush(stdout);
     char line[64];
