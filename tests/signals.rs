@@ -234,3 +234,18 @@ fn posix_timers_keep_their_ids_and_fire_on() {
     let mut r = rstrt(&["--require-pid", &img]);
     r.verdict("ok");
 }
+
+/// Timer signals that fire while ckpt holds the process frozen (a real-time signal with a
+/// value, from a timer, to one thread or another) reach it afterwards as they were sent: the
+/// target's handlers check each one's si_code, timer id, value and thread. Forty checkpoints
+/// of a process with timers every 20 and 30 ms: many fire during one.
+#[test]
+fn timer_signals_caught_during_a_freeze_keep_their_siginfo() {
+    let dir = support::tmpdir("ptimers-storm");
+    let d = dir.to_str().unwrap();
+    let mut p = support::start("ptimers", &[], &dir);
+    for _ in 0..40 {
+        support::ckpt(&["-o", &format!("{d}/p.crf"), &p.pid().to_string()]);
+    }
+    p.verdict("ok");
+}
