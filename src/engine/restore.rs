@@ -188,6 +188,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     let inherited = Signals::own();
     let (pid, pid_note) = spawn_child(st.head.pid, opts.require_pid)?;
+    let t0 = std::time::Instant::now();
+    let step = |n: &str| debug!("pid {pid}: step {n} at {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let mut early = ChildGuard { pid, armed: true };
     let t = Tracee::adopt_child(pid)?;
     // Declared after `t`, so dropped before it: a failure kills the child while it is still
@@ -219,6 +221,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     c.scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: (glen as usize) - PAGE_SIZE, exec: true };
     avoid.push((g, g + glen));
 
+    step("2");
     // 2. Empty the child: rseq first (the kernel writes to its area), then every mapping, one
     //    munmap for each stretch between what stays (each remote call costs two context
     //    switches, which a busy node makes slow).
@@ -233,10 +236,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         c.munmap(RemoteAddr(start), end - start, &format!("{start:#x}-{end:#x}"))?;
     }
 
+    step("3");
     // 3. The mm layout and the exe link, which need privilege (CAP_CHECKPOINT_RESTORE).
     let exe_set = st.mm.restore(&mut c, exe.as_ref().map(|f| f.as_raw_fd()))?;
     drop(exe);
 
+    step("3b");
     // 3b. The other threads, created while the child still has our privileges (a thread keeps
     //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
     //     anything. From here on every per-thread step is taken in each of them too.
@@ -244,6 +249,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let others = create_threads(&mut c, &t, &st, pid == st.head.pid, &mut notes)?;
     let ctl = |o| thread_ctl(o, g, glen);
 
+    step("4");
     // 4. Credentials, before anything is opened: from here on the child is the image's user,
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
@@ -259,6 +265,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
     }
 
+    step("5");
     // 5. Memory: the vdso where the image had it (moved as the image's user: the kernel
     //    checks where it may go), then every mapping and its pages.
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
@@ -276,6 +283,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     debug!("pid {pid}: {npages} pages written");
 
+    step("6");
     // 6. The rest of the image, checked to its trailer before anything else is applied.
     sections.read_group(&mut rd, &mut st, s, false, &mut |_, _| Ok(()))?;
     if st.threads.len() != st.thread_info.len().max(1) {
@@ -298,6 +306,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let regs =
         st.threads.first().map(|t| t.regs.clone()).ok_or_else(|| Error::Refused("the image holds no thread".into()))?;
 
+    step("7");
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
@@ -378,6 +387,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         o.set_sigmask(info.sigmask)?;
         th.regs.load_gprs(o)?;
     }
+    step("8");
     // 8. The last syscall removes the gadget; the child stops at its exit and never returns there.
     let r = c.munmap_and_stop(RemoteAddr(g), glen)?;
     if r != 0 {
