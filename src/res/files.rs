@@ -450,8 +450,9 @@ pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio
         }
         let what = format!("fifo {}", f.id.path);
         let flags = libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        let k = c.open(&f.id.path, flags, &what)?;
-        let k = c.fcntl(k, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        let opened = c.open(&f.id.path, flags, &what)?;
+        let k = c.fcntl(opened, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        c.close(opened, &what)?;
         if let Some(p) = pipes.iter().find(|p| p.ino == key) {
             super::pipes::fill(c, k, p, &what)?;
         }

@@ -30,6 +30,13 @@
 #include <unistd.h>
 
 static int fails, ep2, q[2];
+
+/* The highest fd open and how many are (the restore must leave none of its own behind). */
+static void fds(int *count, int *highest) {
+    *count = 0; *highest = -1;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) >= 0) { (*count)++; *highest = fd; }
+}
 static volatile uint64_t woke;
 #define CHECK(c, ...) do { if (!(c)) { printf("FAIL: " __VA_ARGS__); printf("\n"); fflush(stdout); fails++; } } while (0)
 
@@ -96,6 +103,7 @@ int main(int argc, char **argv) {
     ev.data.u64 = 22; epoll_ctl(ep3, EPOLL_CTL_ADD, in, &ev);
     pthread_t t; pthread_create(&t, 0, waiter, 0);
     usleep(20000); /* let it block in epoll_wait; the one-shot timer expires */
+    int nfd0, top0; fds(&nfd0, &top0);
     printf("ready %d\n", getpid()); fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) { printf("FAIL: stdin closed\n"); return 1; }
@@ -109,6 +117,8 @@ int main(int argc, char **argv) {
         else if (got[i].data.u64 == 8) seen |= 4;
     }
     CHECK(n == 3 && seen == 7, "epoll_wait: %d events, seen %#llx", n, (unsigned long long)seen);
+    int nfd1, top1; fds(&nfd1, &top1);
+    CHECK(nfd1 == nfd0 && top1 == top0, "fds: %d up to %d, were %d up to %d", nfd1, top1, nfd0, top0);
     char b[8] = {0};
     CHECK(read(p[0], b, sizeof b) == 4 && !memcmp(b, "wake", 4), "the pipe's bytes: %.4s", b);
     uint64_t v = 0;
