@@ -105,9 +105,13 @@ pub fn parse(text: &str) -> Option<Vec<PTimer>> {
 /// What crs cannot restore among `pid`'s timers, by name (before anything is touched).
 pub fn refusals(pid: i32) -> Vec<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    let Some(all) = parse(&text) else {
-        return vec![format!("/proc/{pid}/timers is in a format crs does not know")];
-    };
+    match parse(&text) {
+        Some(all) => unfit(&all),
+        None => vec![format!("/proc/{pid}/timers is in a format crs does not know")],
+    }
+}
+
+fn unfit(all: &[PTimer]) -> Vec<String> {
     all.iter()
         .filter(|t| !clock_ok(t.clock))
         .map(|t| {
@@ -125,8 +129,7 @@ pub fn collect(c: &mut Ctl) -> Result<Vec<PTimer>> {
     let path = format!("/proc/{pid}/timers");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut all = parse(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))?;
-    let why: Vec<String> = refusals(pid);
-    Error::blocked(pid, why)?;
+    Error::blocked(pid, unfit(&all))?;
     for t in &mut all {
         let [isec, insec, vsec, vnsec] = c.timer_gettime(t.id)?;
         t.interval = isec.saturating_mul(NS).saturating_add(insec);
