@@ -29,8 +29,8 @@ fn sys(call: &str, what: String) -> Error {
 /// The capacity and unread bytes of pipe `ino`, whose read end the frozen process `pid` holds
 /// as `fd`. Nothing is consumed.
 pub fn collect(pid: i32, fd: i32, ino: u64) -> Result<Pipe> {
-    let what = format!("pipe:[{ino}] (fd {fd} of pid {pid})");
-    let ours = crate::ptrace::procfs::getfd(pid, fd, &format!("pipe:[{ino}]"))?;
+    let what = format!("{} (fd {fd} of pid {pid})", name(ino));
+    let ours = crate::ptrace::procfs::getfd(pid, fd, &name(ino))?;
     // SAFETY: fcntl with an integer command on an fd we own.
     let capacity = unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_GETPIPE_SZ) };
     if capacity < 0 {
@@ -102,12 +102,16 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Pipe>> {
     Ok(out)
 }
 
+/// A pipe by its key: "pipe:[123]", or for a FIFO (bit 63 set) "fifo ino 456".
+fn name(key: u64) -> String {
+    if key & 1 << 63 != 0 { format!("fifo ino {}", key & !(1 << 63)) } else { format!("pipe:[{key}]") }
+}
+
 /// crfinfo's lines.
 pub fn describe(all: &[Pipe]) -> Vec<String> {
     all.iter()
         .map(|p| {
-            let what =
-                if p.ino & 1 << 63 != 0 { format!("fifo ino {}", p.ino & !(1 << 63)) } else { format!("[{}]", p.ino) };
+            let what = if p.ino & 1 << 63 != 0 { name(p.ino) } else { format!("[{}]", p.ino) };
             format!("pipe:      {what} capacity {}, {} bytes unread", p.capacity, p.data.len())
         })
         .collect()
