@@ -1,8 +1,8 @@
 //! A process crs cannot checkpoint is refused with every reason at once, and `ckpt --check`
 //! lists them touching nothing. Proven on a target with a child, a pipe it shares with that
-//! child, a flock()ed file and a POSIX timer on a thread's CPU clock (its pipe's two fds are
-//! two reasons), which runs
-//! on untouched.
+//! child, a flock()ed file and a POSIX timer on a thread's CPU clock (the pipe's two fds are
+//! two reasons in each of the two processes: the child is in the checkpoint, its reasons
+//! named as its own), which runs on untouched.
 
 mod support;
 use support::*;
@@ -20,8 +20,8 @@ fn every_reason_is_named_at_once_and_the_process_runs_on() {
     let e = stderr(&o);
     assert_eq!(e.lines().count(), 1, "{e}");
     for want in [
-        "cannot be checkpointed, for 5 reasons",
-        "it has children (pid ",
+        "cannot be checkpointed, for 6 reasons",
+        "its descendant pid ",
         "is a pipe",
         "FLOCK WRITE",
         "POSIX timer 0 is on a thread's",
@@ -33,7 +33,7 @@ fn every_reason_is_named_at_once_and_the_process_runs_on() {
     let o = run(&["ckpt", "--check", &pid]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out.lines().count(), 5, "{out}");
+    assert_eq!(out.lines().count(), 6, "{out}");
     assert!(out.lines().all(|l| l.starts_with(&format!("pid {pid}: "))), "{out}");
 
     // Untouched, twice over: it still answers.

@@ -1,7 +1,8 @@
 //! ckpt: checkpoint a running process to a CRF image.
 
-/// Checkpoint a running process: freeze it without it noticing, write its CRF image, then let it
-/// run on (default), leave it stopped (--stop) or kill it (--kill).
+/// Checkpoint a running process and its descendants: freeze them without them noticing, write
+/// their CRF image, then let them run on (default), leave them stopped (--stop) or kill them
+/// (--kill).
 #[derive(argh::FromArgs)]
 struct Args {
     /// kill the process once the image is complete and flushed (the paper's CRS_KILL)
@@ -30,6 +31,10 @@ struct Args {
     /// peer: reads see end of file, writes fail with EPIPE)
     #[argh(option, default = "String::from(\"null\")")]
     stub_as: String,
+    /// checkpoint the process alone, not its descendants: they run on, and the restored
+    /// process has no children
+    #[argh(switch)]
+    alone: bool,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
     /// line; the process is not touched
     #[argh(switch)]
@@ -67,7 +72,8 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         }
     };
     if a.check {
-        let flags = crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, stubs, ..Default::default() };
+        let flags =
+            crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, stubs, alone: a.alone, ..Default::default() };
         return match crate::check(a.pid, &flags) {
             Ok(()) => {
                 println!("pid {} can be checkpointed", a.pid);
@@ -91,7 +97,8 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     let _ = hold.thread_block();
     // With -k, a parent that is not init will see its child die.
     let parent = crate::ptrace::procfs::read_stat(a.pid).map(|s| s.ppid).unwrap_or(0);
-    let flags = crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs, stubs };
+    let flags =
+        crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs, stubs, alone: a.alone };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
     // files get the temporary name and the rename.
@@ -122,7 +129,15 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             }
             if a.verbose {
                 let ms = r.frozen.as_secs_f64() * 1e3;
-                eprintln!("{name}: pid {}: {} pages, image {} bytes, frozen {ms:.1} ms", r.pid, r.pages, r.image_bytes);
+                let tree = match (r.processes, r.zombies) {
+                    (1, 0) => String::new(),
+                    (n, 0) => format!(" and {} descendants", n - 1),
+                    (n, z) => format!(" and {} descendants ({z} zombies)", n - 1 + z),
+                };
+                eprintln!(
+                    "{name}: pid {}{tree}: {} pages, image {} bytes, frozen {ms:.1} ms",
+                    r.pid, r.pages, r.image_bytes
+                );
             }
             exit::OK
         }

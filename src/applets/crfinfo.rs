@@ -43,29 +43,49 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 /// that an image cannot drive the terminal it is described on.
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
-    let mut st = ProcessState::default();
-    let mut sections = SectionReader::new();
-    let mut next = sections.read_group(&mut r, &mut st, None, true, &mut |_, _| Ok(()))?;
-    let mut stored: BTreeMap<u64, u64> = BTreeMap::new(); // mapping start -> bytes stored
-    let mut page_bytes = 0u64;
+    // Each process's block in turn (an image of a tree holds one per live process).
+    let mut procs = Vec::new();
+    let mut head = None;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
-    while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
-        let b = pages::read_batch_header(&mut r, &s)?;
-        for run in &b.runs {
-            let i = st.vmas.partition_point(|v| v.end <= run.addr);
-            let key = st.vmas.get(i).map_or(run.addr, |v| v.start);
-            *stored.entry(key).or_default() += run.len() as u64;
+    loop {
+        let mut st = ProcessState::default();
+        let mut sections = SectionReader::new();
+        let mut next = sections.read_group(&mut r, &mut st, head, true, &mut |_, _| Ok(()))?;
+        if procs.is_empty() {
+            sections.more = st.tree.iter().filter(|m| m.zombie.is_none()).count() > 1;
+        } else {
+            sections.more = true;
         }
-        page_bytes += b.data_len as u64;
-        b.data(&mut r, &mut buf)?;
-        next = r.next_section()?;
+        let mut stored: BTreeMap<u64, u64> = BTreeMap::new(); // mapping start -> bytes stored
+        let mut page_bytes = 0u64;
+        while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
+            let b = pages::read_batch_header(&mut r, &s)?;
+            for run in &b.runs {
+                let i = st.vmas.partition_point(|v| v.end <= run.addr);
+                let key = st.vmas.get(i).map_or(run.addr, |v| v.start);
+                *stored.entry(key).or_default() += run.len() as u64;
+            }
+            page_bytes += b.data_len as u64;
+            b.data(&mut r, &mut buf)?;
+            next = r.next_section()?;
+        }
+        head = sections.read_group(&mut r, &mut st, next, false, &mut |_, _| Ok(()))?;
+        procs.push((st, stored, page_bytes));
+        if head.is_none() {
+            break;
+        }
     }
-    sections.read_group(&mut r, &mut st, next, false, &mut |_, _| Ok(()))?;
     println!("CRF image, format version {}, x86_64", crate::crf::VERSION);
-    let view = View { st: &st, stored: &stored, page_bytes };
-    for d in SECTIONS {
-        for line in (d.describe)(&view) {
-            println!("{}", printable(&line));
+    let n = procs.len();
+    for (i, (st, stored, page_bytes)) in procs.iter().enumerate() {
+        if n > 1 {
+            println!("-- process {} of {n}: pid {}", i + 1, st.head.pid);
+        }
+        let view = View { st, stored, page_bytes: *page_bytes };
+        for d in SECTIONS {
+            for line in (d.describe)(&view) {
+                println!("{}", printable(&line));
+            }
         }
     }
     println!("checksums: all {} bytes verified, trailer ok", r.offset());

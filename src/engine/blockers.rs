@@ -101,25 +101,6 @@ pub fn thread(pid: i32, tid: i32, leader: &str) -> Result<Vec<String>> {
     })
 }
 
-/// Its children: crs checkpoints one process, and a child would be left behind (killed with
-/// -k, its parent gone) or missing from the restored copy.
-pub fn children(pid: i32) -> Vec<String> {
-    let mut kids = Vec::new();
-    let dir = format!("/proc/{pid}/task");
-    for t in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        kids.extend(list.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-    }
-    if kids.is_empty() {
-        return vec![];
-    }
-    let named: Vec<String> = kids.iter().map(|&k| crate::res::endpoints::who(k)).collect();
-    vec![format!(
-        "it has children ({}), which crs would leave behind: checkpoint processes without children",
-        named.join(", ")
-    )]
-}
-
 /// Memory areas with a NUMA policy of their own (mbind), from /proc/PID/numa_maps (absent
 /// without NUMA support: then there is none).
 pub fn numa(pid: i32) -> Vec<String> {
@@ -172,7 +153,7 @@ pub fn namespaces(pid: i32) -> Vec<String> {
 pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
     let numa_nodes = std::fs::read_to_string("/sys/devices/system/node/possible").unwrap_or_default();
     let numa = if frozen && numa_nodes.trim() == "0" { vec![] } else { numa(pid) };
-    [children(pid), timers(pid), namespaces(pid), numa].concat()
+    [timers(pid), namespaces(pid), numa].concat()
 }
 
 /// What only the frozen process itself can tell: security bits, a NUMA policy, syscall user

@@ -8,7 +8,7 @@ use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::{Remote, syscall_all};
-use crate::ptrace::tracee::{Caught, RseqConf, Tracee, redeliver};
+use crate::ptrace::tracee::{Caught, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
@@ -18,7 +18,7 @@ use crate::res::sched::Sched;
 use crate::res::signals::Signals;
 use crate::res::task::Task;
 use crate::res::thread::{self, ThreadInfo};
-use crate::res::{cwd, files};
+use crate::res::{cwd, files, tree};
 use crate::res::{itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::sys::signal::Signal;
@@ -36,6 +36,9 @@ pub struct Options {
     pub no_libs: bool,
     /// Fds carried as stubs rather than refused.
     pub stubs: files::Stubs,
+    /// Only the process, not its descendants (they are left running, and the restored
+    /// process has no children).
+    pub alone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -43,15 +46,59 @@ pub struct Report {
     pub pid: i32,
     pub pages: u64,
     pub image_bytes: u64,
-    /// How long the process was frozen.
+    /// How long the processes were frozen.
     pub frozen: Duration,
     /// The fds carried as stubs, one line each (see `files::stubs`).
     pub stubs: Vec<String>,
+    /// How many processes the image holds: `pid` and its live descendants.
+    pub processes: usize,
+    /// How many of its descendants are zombies, held in the image as such.
+    pub zombies: usize,
 }
 
-/// Everything we can check without touching the process: it exists, we may trace it, it is a
-/// single-threaded process with no fds or mappings we cannot restore.
+/// The processes a checkpoint of `pid` takes: `pid`, and unless `alone` its descendants, as
+/// /proc shows them now, parents first.
+fn members(pid: i32, alone: bool) -> Vec<i32> {
+    if alone { vec![pid] } else { tree::walk(pid) }
+}
+
+/// Everything we can check without touching the processes: they exist, we may trace them, none
+/// has fds or mappings we cannot restore, their relations can be rebuilt. A descendant's
+/// reasons name it.
 pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
+    let mut why = Vec::new();
+    let pids = members(pid, opts.alone);
+    let mut all = Vec::with_capacity(pids.len());
+    for (i, &m) in pids.iter().enumerate() {
+        let member = match tree::member(m) {
+            Ok(x) => x,
+            Err(Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
+                if i == 0 {
+                    return Err(Error::Gone(pid));
+                }
+                continue; // a descendant that just went
+            }
+            Err(e) => return Err(e),
+        };
+        let zombie = member.zombie.is_some();
+        all.push(member);
+        if i > 0 && zombie {
+            continue; // kept as a zombie
+        }
+        let own = precheck_one(m, opts)?;
+        if i == 0 {
+            why.extend(own);
+        } else {
+            let who = crate::res::endpoints::who(m);
+            why.extend(own.into_iter().map(|r| format!("its descendant {who}: {r}")));
+        }
+    }
+    why.extend(tree::check(&all));
+    Error::blocked(pid, why)
+}
+
+/// The reasons against one process.
+fn precheck_one(pid: i32, opts: &Options) -> Result<Vec<String>> {
     let status = procfs::read_status(pid).map_err(|e| match e {
         Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
         e => e,
@@ -67,7 +114,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
     let maps = procfs::read_smaps(pid)?;
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
-    Error::blocked(pid, why)
+    Ok(why)
 }
 
 /// Whether a mapped file's unmodified pages are left out of the image.
@@ -80,87 +127,213 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
     }
 }
 
-/// Checkpoints `pid` into `out`. `commit` runs after the last byte is written (flush, fsync,
-/// rename); only when it succeeds is the process killed or stopped as asked.
+/// Checkpoints `pid` (and its descendants) into `out`. `commit` runs after the last byte is
+/// written (flush, fsync, rename); only when it succeeds are the processes killed or stopped
+/// as asked.
 pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
     precheck(pid, opts)?;
     checkpoint_prechecked(pid, out, opts, commit)
 }
 
+/// One process of the checkpoint, frozen: its leader and other threads traced, every
+/// thread's registers to put back once read, the signals that came meanwhile.
+struct Frozen {
+    t: Tracee,
+    others: Vec<Other>,
+    live: Option<Regs>,
+    held: Vec<Caught>,
+}
+
+impl Frozen {
+    /// Every thread gets consistent registers back before it runs again (if we never read
+    /// them, we never changed them).
+    fn put_back(&self) -> Result<()> {
+        let mut r = self.live.as_ref().map_or(Ok(()), |l| self.t.set_regs(l));
+        for o in &self.others {
+            if let Some(l) = &o.live {
+                r = r.and(o.t.set_regs(l));
+            }
+        }
+        r
+    }
+}
+
 /// [`checkpoint`] for a caller that has just run [`precheck`] itself (migrate, before it
-/// connects): what changed since is still refused, once the process is frozen.
+/// connects): what changed since is still refused, once the processes are frozen.
 pub fn checkpoint_prechecked<W: Sink>(
     pid: i32,
     out: W,
     opts: &Options,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
-    let t = Tracee::seize(pid)?;
-    // While the process is frozen, its threads that still run (spinning ones, on a busy node)
+    // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let _urgent = Urgent::raise();
     let t0 = Instant::now();
-    let mut held_all = Vec::new();
-    let mut live: Option<Regs> = None;
-    let mut others: Vec<Other> = Vec::new();
+    let mut procs: Vec<Frozen> = Vec::new();
+    let mut zombies = 0;
     let result = (|| {
-        t.interrupt(&mut held_all)?;
-        freeze_others(pid, &mut others, &mut held_all)?;
-        debug!("pid {pid}: {} threads frozen after {:.1} ms", others.len() + 1, t0.elapsed().as_secs_f64() * 1e3);
-        let rseq = t.rseq()?;
-        let r = regs::collect(&t, rseq)?;
-        live = Some(r.live);
-        frozen_work(&t, &mut others, pid, out, opts, commit, &r.live, r.image, rseq, &mut held_all)
+        let members = freeze_tree(pid, opts.alone, &mut procs)?;
+        zombies = members.iter().filter(|m| m.zombie.is_some()).count();
+        let threads: usize = procs.iter().map(|p| p.others.len() + 1).sum();
+        debug!("pid {pid}: {} processes, {threads} threads frozen after {:.1} ms", procs.len(), ms(t0));
+        // Again, now that nothing can change, before anything is collected: a caller may have
+        // run precheck a while ago.
+        Error::blocked(pid, tree::check(&members))?;
+        let mut states = Vec::with_capacity(procs.len());
+        for (i, p) in procs.iter_mut().enumerate() {
+            let st = collect(p, opts).map_err(|e| match e {
+                Error::Blocked { pid: m, reasons } if i > 0 => {
+                    let who = crate::res::endpoints::who(m);
+                    Error::Blocked {
+                        pid,
+                        reasons: reasons.into_iter().map(|r| format!("its descendant {who}: {r}")).collect(),
+                    }
+                }
+                e => e,
+            })?;
+            states.push(st);
+        }
+        if members.len() > 1 {
+            states[0].tree = members;
+        }
+        debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
+        write(out, &states, commit)
     })();
     let frozen = t0.elapsed();
-    // Whatever happened, every thread gets consistent registers back before it runs again (if
-    // we never read them, we never changed them).
-    let mut restored = live.as_ref().map_or(Ok(()), |l| t.set_regs(l));
-    for o in &others {
-        if let Some(l) = &o.live {
-            restored = restored.and(o.t.set_regs(l));
-        }
+    let mut restored = Ok(());
+    for p in &procs {
+        restored = restored.and(p.put_back());
     }
+    let processes = procs.len();
     match result {
-        Ok((pages, bytes, stubs)) if opts.kill => {
-            t.kill(Signal::SIGKILL)?;
+        Ok((pages, image_bytes, stubs)) if opts.kill => {
+            for p in &procs {
+                p.t.kill(Signal::SIGKILL)?;
+            }
             // As their tracer we see them die, the other threads first (the leader is reported
-            // only after them): once this returns, the process is gone (a zombie until its
-            // parent reaps it).
-            for o in others {
-                while o.t.wait().is_ok() {}
+            // only after them): once this returns, the processes are gone (zombies until their
+            // parents reap them).
+            for p in procs {
+                for o in p.others {
+                    while o.t.wait().is_ok() {}
+                }
+                while p.t.wait().is_ok() {}
             }
-            while t.wait().is_ok() {}
-            drop(t);
-            debug!("checkpointed pid {pid}: {pages} pages, image {bytes} bytes; killed it");
-            Ok(Report { pid, pages, image_bytes: bytes, frozen, stubs })
+            debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies })
         }
-        Ok((pages, bytes, stubs)) => {
+        Ok((pages, image_bytes, stubs)) => {
             restored?;
-            if opts.stop {
-                t.kill(Signal::SIGSTOP)?;
+            let mut pids = Vec::new();
+            for p in procs {
+                if opts.stop {
+                    p.t.kill(Signal::SIGSTOP)?;
+                }
+                for o in p.others {
+                    o.t.detach()?;
+                }
+                pids.push((p.t.pid, p.held));
+                p.t.detach()?;
             }
-            for o in others {
-                o.t.detach()?;
+            for (m, held) in &pids {
+                if opts.stop {
+                    procfs::wait_stopped(*m);
+                }
+                redeliver(*m, held);
             }
-            t.detach()?;
-            if opts.stop {
-                procfs::wait_stopped(pid);
-            }
-            redeliver(pid, &held_all);
-            debug!(
-                "checkpointed pid {pid}: {pages} pages, image {bytes} bytes, frozen {:.1} ms",
-                frozen.as_secs_f64() * 1e3
-            );
-            Ok(Report { pid, pages, image_bytes: bytes, frozen, stubs })
+            debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies })
         }
         Err(e) => {
-            drop(others);
-            drop(t);
-            redeliver(pid, &held_all);
+            let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();
+            for (m, h) in &held {
+                redeliver(*m, h);
+            }
             Err(e)
         }
     }
+}
+
+fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// Freezes `root` and, unless `alone`, every descendant: each live one is seized with all its
+/// threads, and the tree is walked again until it holds no live process not yet frozen (one
+/// still running may have forked meanwhile). A zombie is left as it is; a descendant that
+/// exits meanwhile is left out, or kept as the zombie it became. Returns the members, parents
+/// first, with `procs` (the live ones) in the same order.
+fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tree::Member>> {
+    freeze_process(root, procs)?;
+    loop {
+        let mut grew = false;
+        for m in members(root, alone) {
+            if procs.iter().any(|p| p.t.pid == m) || tree::member(m).is_ok_and(|x| x.zombie.is_some()) {
+                continue;
+            }
+            match freeze_process(m, procs) {
+                Ok(()) => grew = true,
+                Err(Error::Gone(_)) => {}
+                // A process that became a zombie cannot be traced.
+                Err(_) if tree::member(m).is_ok_and(|x| x.zombie.is_some()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let order = members(root, alone);
+    let mut out = Vec::with_capacity(order.len());
+    for &m in &order {
+        match tree::member(m) {
+            Ok(x) if x.zombie.is_some() || procs.iter().any(|p| p.t.pid == m) => out.push(x),
+            Ok(_) => return Err(Error::Proc(format!("pid {m} appeared in the tree after it was frozen"))),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(p) = procs.iter().find(|p| !order.contains(&p.t.pid)) {
+        return Err(Error::Proc(format!("pid {} left the tree while frozen", p.t.pid)));
+    }
+    procs.sort_by_key(|p| order.iter().position(|&x| x == p.t.pid));
+    Ok(out)
+}
+
+/// Seizes and stops process `pid` and all its threads, adding it to `procs`.
+fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
+    let t = Tracee::seize(pid)?;
+    let mut p = Frozen { t, others: Vec::new(), live: None, held: Vec::new() };
+    p.t.interrupt(&mut p.held)?;
+    let r = freeze_others(pid, &mut p.others, &mut p.held);
+    // Pushed even on failure: the caller puts back and lets go of whatever was frozen.
+    procs.push(p);
+    r
+}
+
+/// Writes the image of the collected `states` (the root's first) to `out`, then `commit`s it.
+/// Returns the pages and bytes written and the stubs.
+fn write<W: Sink>(
+    out: W,
+    states: &[ProcessState],
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<(u64, u64, Vec<String>)> {
+    let io = |e: std::io::Error| Error::io("image", e);
+    let mut w = Writer::new(out).map_err(io)?;
+    let mut pages = 0;
+    let mut stubs = Vec::new();
+    for st in states {
+        image::write(&mut w, st, true)?;
+        // A reader restoring from a stream can check the image's header, create the processes
+        // and lay out the mappings while we read the pages.
+        w.flush().map_err(io)?;
+        pages += memory::dump_pages(st.head.pid, &st.vmas, &mut w)?;
+        image::write(&mut w, st, false)?;
+        stubs.extend(files::stubs(&st.files));
+    }
+    let (out, bytes) = w.finish().map_err(io)?;
+    commit(out)?;
+    Ok((pages, bytes, stubs))
 }
 
 /// crs's own thread at nice -20 where allowed (root, or RLIMIT_NICE), back to its old nice
@@ -233,19 +406,16 @@ fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<Caught>) -> R
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn frozen_work<W: Sink>(
-    t: &Tracee,
-    others: &mut [Other],
-    pid: i32,
-    out: W,
-    opts: &Options,
-    commit: impl FnOnce(W) -> Result<()>,
-    live: &Regs,
-    image_regs: Regs,
-    rseq: Option<RseqConf>,
-    held: &mut Vec<Caught>,
-) -> Result<(u64, u64, Vec<String>)> {
+/// Collects the state of the frozen process `p`: what /proc shows, and what only the process
+/// itself can tell, asked through syscalls run in it (its registers are put back as soon as
+/// those are done).
+fn collect(p: &mut Frozen, opts: &Options) -> Result<ProcessState> {
+    let pid = p.t.pid;
+    let rseq = p.t.rseq()?;
+    let r = regs::collect(&p.t, rseq)?;
+    p.live = Some(r.live);
+    let (live, image_regs) = (&r.live, r.image);
+    let (t, others, held) = (&p.t, &mut p.others, &mut p.held);
     let t0 = Instant::now();
     // Again, now that it cannot change, before anything is collected: a caller may have run
     // precheck a while ago.
@@ -366,18 +536,7 @@ fn frozen_work<W: Sink>(
     st.mm = mm;
     st.vmas = vmas;
     st.cwd = cwd;
-    let io = |e: std::io::Error| Error::io("image", e);
-    debug!("pid {pid}: all collected {:.1} ms into the frozen work", t0.elapsed().as_secs_f64() * 1e3);
-    let mut w = Writer::new(out).map_err(io)?;
-    image::write(&mut w, &st, true)?;
-    // A reader restoring from a stream can check the image's header, create the process and
-    // lay out its mappings while we read its pages.
-    w.flush().map_err(io)?;
-    let pages = memory::dump_pages(pid, &st.vmas, &mut w)?;
-    image::write(&mut w, &st, false)?;
-    let (out, bytes) = w.finish().map_err(io)?;
-    commit(out)?;
-    Ok((pages, bytes, files::stubs(&st.files)))
+    Ok(st)
 }
 
 /// The other threads: what the kernel shows of each from outside, and what only each can

@@ -4,6 +4,7 @@
 
 pub mod blockers;
 pub mod checkpoint;
+pub mod family;
 pub mod layout;
 pub mod pidns;
 pub mod restore;

@@ -11,8 +11,8 @@
 //! gadget unmapped from within (stopping at that syscall's exit) and the image's registers. Nothing of the image runs
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
+use super::family::{self, Family};
 use super::layout::{find_free, move_specials, stretches};
-use super::spawn::{ChildGuard, spawn_child};
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
 use crate::error::{Error, Result};
@@ -28,6 +28,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
+use crate::res::tree::Member;
 use crate::res::{creds, cwd, files, itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::errno::Errno;
@@ -62,75 +63,93 @@ pub struct Restored {
     /// `Options::null_stdio`, and those on a terminal when root restores another user's
     /// process (which must get none of root's terminal).
     pub null_stdio: u8,
-    /// What the process did not get back exactly, and why (said by rstrt, logged by restartd).
+    /// What the processes did not get back exactly, and why (said by rstrt, logged by
+    /// restartd).
     pub notes: Vec<String>,
+    /// The first process's state.
     pub state: ProcessState,
-    /// With `Options::hold`: the process, still traced, not yet running.
+    /// Every live process restored, (pid in the image, pid here), the first one first.
+    pub members: Vec<(i32, i32)>,
+    /// How many zombies were restored, for their parents to reap.
+    pub zombies: usize,
+    /// With `Options::hold`: the processes, still traced, not yet running.
     pub held: Option<Held>,
 }
 
-/// A restored process that has not run yet. `release` lets it run; dropping it kills it.
+/// Restored processes that have not run yet. `release` lets them run; dropping it kills them.
 pub struct Held {
-    t: Option<Tracee>,
-    /// Its other threads, stopped too.
-    others: Vec<Tracee>,
-    signals: Vec<Caught>,
+    family: Family,
 }
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Held({:?})", self.t.as_ref().map(|t| t.pid))
+        write!(f, "Held({:?})", self.family.procs.iter().map(|p| p.t.pid).collect::<Vec<_>>())
     }
 }
 
 impl Held {
-    /// Detaches: the process runs from where it was checkpointed.
+    /// Detaches: the processes run from where they were checkpointed, children first (a parent
+    /// that runs first finds them there either way).
     pub fn release(mut self) -> Result<()> {
-        let Some(t) = self.t.take() else { return Ok(()) };
-        let pid = t.pid;
-        for o in std::mem::take(&mut self.others) {
-            o.detach()?;
+        self.family.armed = false;
+        let procs = std::mem::take(&mut self.family.procs);
+        let mut out = Ok(());
+        for p in procs.into_iter().rev() {
+            let pid = p.t.pid;
+            let r = (|| {
+                for o in p.others {
+                    o.detach()?;
+                }
+                p.t.detach()
+            })();
+            redeliver(pid, &p.held);
+            out = out.and(r);
         }
-        t.detach()?;
-        redeliver(pid, &self.signals);
-        Ok(())
+        out
     }
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(t) = self.t.take() {
-            let _ = t.kill(Signal::SIGKILL);
-            for o in std::mem::take(&mut self.others) {
-                while o.wait().is_ok() {}
-            }
-            while t.wait().is_ok() {}
-        }
-    }
-}
-
-/// Restores the image read from `input`. Returns once the process runs (or is stopped, with
-/// `stop`); it is our child and no longer traced.
+/// Restores the image read from `input`. Returns once the processes run (or are stopped, with
+/// `stop`); the first is our child and none is traced any more.
 pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
     restore_checked(input, opts, &|_| Ok(()))
 }
 
-/// [`restore`], with `policy` deciding from the header, before anything is created, whether
-/// this process may be restored here (restartd's uid rules).
+/// What every process's restore shares: rstrt's own vdso and specials, the signal actions the
+/// children inherited from us, the options.
+struct Shared<'a> {
+    opts: &'a Options,
+    specials: Vec<MapEntry>,
+    vdso: Vec<u8>,
+    inherited: Signals,
+}
+
+/// [`restore`], with `policy` deciding from each process's header, before anything of it is
+/// created, whether it may be restored here (restartd's uid rules).
 pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
     // anything else is read or created.
-    let mut sections = SectionReader::new();
-    let first_batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| {
+    let check = |d: &crate::res::image::SectionDef, st: &ProcessState| {
         if d.tag != crate::res::image::tags::HEAD {
             return Ok(());
         }
         creds::check_caller(&st.head)?;
         policy(&st.head)
-    })?;
-    let same_boot = st.head.boot_id == fileid::boot_id();
+    };
+    let mut sections = SectionReader::new();
+    let mut batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| check(d, st))?;
+    let tree = if st.tree.is_empty() {
+        let h = &st.head;
+        vec![Member { pid: h.pid, ppid: h.ppid, pgid: h.pgid, sid: h.sid, zombie: None }]
+    } else {
+        std::mem::take(&mut st.tree)
+    };
+    let live: Vec<i32> = tree.iter().filter(|m| m.zombie.is_none()).map(|m| m.pid).collect();
+    if live.first() != Some(&st.head.pid) {
+        return Err(Error::Refused("the image's TREE does not begin with its first process: it is damaged".into()));
+    }
     let me = std::process::id() as i32;
     let own = procfs::read_smaps(me)?;
     let specials: Vec<MapEntry> = own.iter().filter(|m| m.is_vdso_or_vvar()).cloned().collect();
@@ -142,22 +161,115 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
         None => Vec::new(),
     };
+    let shared = Shared { opts, specials, vdso, inherited: Signals::own() };
+    // Root restoring another user's process gives it a session of its own (no controlling
+    // terminal of root's); so does -d; and so it is when it led its session.
+    let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
+    let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
+    let mut notes = Vec::new();
+    let mut family = family::create(&tree, opts.require_pid, own_session, &mut notes)?;
+    let mut first: Option<(ProcessState, bool, u8)> = None;
+    for (i, &original) in live.iter().enumerate() {
+        if i > 0 {
+            // The next process's block: its HEAD is checked before anything of it is read.
+            st = ProcessState::default();
+            sections = SectionReader::new();
+            batch = sections.read_group(&mut rd, &mut st, batch, true, &mut |d, st| check(d, st))?;
+            if st.head.pid != original || !st.tree.is_empty() {
+                return Err(Error::Refused(format!(
+                    "the image's process {i} is pid {}, where its TREE says {original}: it is damaged",
+                    st.head.pid
+                )));
+            }
+        }
+        sections.more = i + 1 < live.len();
+        let p = family
+            .procs
+            .iter_mut()
+            .find(|p| p.original == original)
+            .ok_or_else(|| Error::Proc(format!("pid {original} was not created")))?;
+        let (next, exe_set, null_stdio) = restore_one(&mut rd, &mut sections, batch, &mut st, p, &shared, &mut notes)?;
+        batch = next;
+        if i == 0 {
+            first = Some((std::mem::take(&mut st), exe_set, null_stdio));
+        }
+    }
+    if let Some(s) = batch {
+        return Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: s.offset,
+            what: format!("a section ({}) after the last process", s.tag),
+        }));
+    }
+    // The whole image is in and checked: the processes may run.
+    let (st, exe_set, null_stdio) = first.ok_or_else(|| Error::Refused("the image holds no process".into()))?;
+    let root = &family.procs[0];
+    let (pid, pid_note) = (root.t.pid, root.pid_note.clone());
+    let members = family.procs.iter().map(|p| (p.original, p.t.pid)).collect();
+    let exe_kept = !exe_set && st.mm.exe.is_some();
+    let zombies = tree.iter().filter(|m| m.zombie.is_some()).count();
+    let mut restored = Restored {
+        pid,
+        original_pid: st.head.pid,
+        pid_note,
+        exe_kept,
+        null_stdio,
+        notes,
+        state: st,
+        members,
+        zombies,
+        held: None,
+    };
+    if opts.hold {
+        // From here the Held kills them if it is dropped unreleased.
+        restored.held = Some(Held { family });
+        return Ok(restored);
+    }
+    if opts.stop {
+        for p in &family.procs {
+            p.t.kill(Signal::SIGSTOP)?;
+        }
+    }
+    let pids: Vec<i32> = family.procs.iter().map(|p| p.t.pid).collect();
+    Held { family }.release()?;
+    if opts.stop {
+        for p in pids {
+            procfs::wait_stopped(p);
+        }
+    }
+    debug!("restored pid {} as pid {pid}", restored.original_pid);
+    Ok(restored)
+}
+
+/// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
+/// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
+/// stopped, ready to run. Returns the section after its own (the next process's HEAD, None at
+/// the trailer), whether its exe link was set, and the stdio fds that got /dev/null.
+fn restore_one<R: Input>(
+    rd: &mut Reader<R>,
+    sections: &mut SectionReader,
+    first_batch: Option<crate::crf::Section>,
+    st: &mut ProcessState,
+    p: &mut family::Proc,
+    shared: &Shared,
+    notes: &mut Vec<String>,
+) -> Result<(Option<crate::crf::Section>, bool, u8)> {
+    let opts = shared.opts;
+    let same_boot = st.head.boot_id == fileid::boot_id();
     // The files the image names are looked at with its owner's rights, not ours.
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
-    let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
+    let plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
     // The executable, for the exe link, which must be set while the child still has our
     // privileges: opened here, as the owner, only if it is a regular file that one of the
     // image's mappings is mapped from (an image cannot point the link at a program it does
-    // not run). The child, forked below, has it at the same fd.
+    // not run).
     let runs = |path: &str| plans.iter().any(|p| p.from_file && p.vma.file.as_ref().is_some_and(|f| f.path == path));
     let exe = st.mm.exe.as_ref().filter(|x| runs(&x.path)).and_then(|x| fileid::open_regular(&x.path).ok());
     // ...and one the owner may execute (the kernel checks that with the child's rights, root's).
     let exe = exe.filter(fileid::may_execute);
     drop(as_owner);
     // Root restoring another user's process: it gets no mapping below vm.mmap_min_addr (root
-    // could map there, the user could not), none of root's terminal, and a session of its own
-    // (no controlling terminal of root's).
+    // could map there, the user could not) and none of root's terminal.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
     if foreign {
         let min = memory::mmap_min_addr();
@@ -186,25 +298,20 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         st.files.len()
     );
 
-    let inherited = Signals::own();
-    let (pid, pid_note) = spawn_child(st.head.pid, opts.require_pid)?;
+    let inherited = &shared.inherited;
+    let t = &p.t;
+    let pid = t.pid;
     let t0 = std::time::Instant::now();
     let step = |n: &str| debug!("pid {pid}: step {n} at {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-    let mut early = ChildGuard { pid, armed: true };
-    let t = Tracee::adopt_child(pid)?;
-    // Declared after `t`, so dropped before it: a failure kills the child while it is still
-    // traced and stopped, never after a detach that would let it run.
-    let mut guard = ChildGuard { pid, armed: true };
-    early.armed = false;
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
-    let mut c = Ctl { r: Remote::new(&t, arch::own_gadget(), base), scratch: Scratch::default() };
+    let mut c = Ctl { r: Remote::new(t, arch::own_gadget(), base), scratch: Scratch::default() };
     // Every signal blocked but SIGTRAP, and SIGTRAP as the child inherited it from us: single
     // steps are harmless as long as that stays unignored (see ptrace::remote).
     let trap = |s: &Signals| s.actions.get(libc::SIGTRAP as usize - 1).map_or(0, |a| a.handler);
     let all_but_trap = !(1u64 << (libc::SIGTRAP - 1));
     t.set_sigmask(all_but_trap)?;
-    c.r.stepping = trap(&inherited) != libc::SIG_IGN as u64;
+    c.r.stepping = trap(inherited) != libc::SIG_IGN as u64;
     let child_maps = procfs::read_smaps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
@@ -238,15 +345,26 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     step("3");
     // 3. The mm layout and the exe link, which need privilege (CAP_CHECKPOINT_RESTORE).
-    let exe_set = st.mm.restore(&mut c, exe.as_ref().map(|f| f.as_raw_fd()))?;
+    //    The child opens the executable we opened as the owner through our fd: the very file
+    //    checked above, whatever its path names by now.
+    let exe_fd = match &exe {
+        Some(f) => {
+            let ours = format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd());
+            Some(c.open(&ours, libc::O_RDONLY | libc::O_CLOEXEC, "the executable")?)
+        }
+        None => None,
+    };
+    let exe_set = st.mm.restore(&mut c, exe_fd)?;
+    if let Some(fd) = exe_fd {
+        c.close(fd, "the executable")?;
+    }
     drop(exe);
 
     step("3b");
     // 3b. The other threads, created while the child still has our privileges (a thread keeps
     //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
     //     anything. From here on every per-thread step is taken in each of them too.
-    let mut notes = Vec::new();
-    let others = create_threads(&mut c, &t, &st, pid == st.head.pid, &mut notes)?;
+    let others = create_threads(&mut c, t, st, pid == st.head.pid, notes)?;
     let ctl = |o| thread_ctl(o, g, glen);
 
     step("4");
@@ -274,10 +392,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let mut npages = 0u64;
     let mut s = first_batch;
     while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
-        let b = pages::read_batch_header(&mut rd, &sec)?;
+        let b = pages::read_batch_header(rd, &sec)?;
         let targets = memory::batch_targets(&plans, &b.runs, sec.offset)?;
         npages += (b.data_len / PAGE_SIZE) as u64;
-        let data = b.data(&mut rd, &mut buf)?;
+        let data = b.data(rd, &mut buf)?;
         memory::write_batch(pid, &targets, data)?;
         s = rd.next_section()?;
     }
@@ -285,7 +403,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 
     step("6");
     // 6. The rest of the image, checked to its trailer before anything else is applied.
-    sections.read_group(&mut rd, &mut st, s, false, &mut |_, _| Ok(()))?;
+    let next = sections.read_group(rd, st, s, false, &mut |_, _| Ok(()))?;
     if st.threads.len() != st.thread_info.len().max(1) {
         return Err(Error::Refused(format!(
             "the image holds registers for {} threads and THREAD sections for {}: it is damaged",
@@ -317,11 +435,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
-    st.signals.restore(&mut c, &inherited)?;
-    if opts.detach || foreign {
-        c.setsid()?;
-    }
-    if opts.detach && st.task.pdeathsig != 0 {
+    st.signals.restore(&mut c, inherited)?;
+    let ours = procfs::read_stat(pid)?.ppid == std::process::id() as i32;
+    if opts.detach && ours && st.task.pdeathsig != 0 {
         // Its parent would be us, and we exit now: the signal would fire at once.
         st.task.pdeathsig = 0;
     }
@@ -379,7 +495,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         if i == 0 { Some(pid) } else { others.get(i - 1).map(|o| o.pid) }
     };
     crate::res::ptimers::restore(&mut c, &st.ptimers, &tid_of)?;
-    regs.load_xstate(&t)?;
+    regs.load_xstate(t)?;
     // The other threads get their own registers and mask now: they are stopped, and none of
     // them is in the gadget the leader is about to unmap.
     for ((o, th), info) in others.iter().zip(st.threads.iter().skip(1)).zip(st.thread_info.iter().skip(1)) {
@@ -394,34 +510,18 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         return Err(Error::sys("munmap (restore gadget)", format!("pid {pid}"), Errno::from_raw(-r as i32)));
     }
     t.set_sigmask(st.signals.blocked)?;
-    // Signals that came meanwhile go to the process once it runs (a SIGSTOP only if asked).
-    let held: Vec<Caught> =
-        std::mem::take(&mut c.r.held).into_iter().filter(|s| s.sig != libc::SIGSTOP || opts.stop).collect();
-    regs.load_gprs(&t)?;
+    // Signals that came meanwhile go to the process once it runs (a SIGSTOP only if asked;
+    // no SIGCHLD: the only children that changed state meanwhile are the zombies the restore
+    // made, whose SIGCHLD the checkpointed process had had, or has pending in the image).
+    let artefact = |s: &Caught| (s.sig == libc::SIGSTOP && !opts.stop) || s.sig == libc::SIGCHLD;
+    let held: Vec<Caught> = std::mem::take(&mut c.r.held).into_iter().filter(|s| !artefact(s)).collect();
+    regs.load_gprs(t)?;
     drop(c);
-    let exe_kept = !exe_set && st.mm.exe.is_some();
-    let mut restored =
-        Restored { pid, original_pid: st.head.pid, pid_note, exe_kept, null_stdio, notes, state: st, held: None };
-    if opts.hold {
-        // From here the Held kills it if it is dropped unreleased.
-        guard.armed = false;
-        restored.held = Some(Held { t: Some(t), others, signals: held });
-        return Ok(restored);
-    }
-    if opts.stop {
-        t.kill(Signal::SIGSTOP)?;
-    }
-    for o in others {
-        o.detach()?;
-    }
-    t.detach()?;
-    guard.armed = false;
-    if opts.stop {
-        procfs::wait_stopped(pid);
-    }
-    redeliver(pid, &held);
-    debug!("restored pid {} as pid {pid} ({npages} pages)", restored.original_pid);
-    Ok(restored)
+    p.held.retain(|s| !artefact(s));
+    p.held.extend(held);
+    p.others = others;
+    debug!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
+    Ok((next, exe_set, null_stdio))
 }
 
 /// The most threads a restore creates.

@@ -127,6 +127,8 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// A zombie's exit status as waitpid reports it (field 52; 0 while it runs).
+    pub exit_code: i32,
 }
 
 pub fn stat_from_text(text: &str) -> Option<Stat> {
@@ -150,6 +152,7 @@ pub fn stat_from_text(text: &str) -> Option<Stat> {
         arg_end: f(49)?,
         env_start: f(50)?,
         env_end: f(51)?,
+        exit_code: f(52).unwrap_or(0) as i32,
     })
 }
 

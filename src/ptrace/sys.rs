@@ -103,6 +103,11 @@ impl Ctl<'_> {
         self.call(libc::SYS_setsid, [0; 6], "setsid", "detach").map(drop)
     }
 
+    /// setpgid(0, pgid): the process joins (or, with its own pid, makes) group `pgid`.
+    pub fn setpgid(&mut self, pgid: i32, what: &str) -> Result<()> {
+        self.call(libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0], "setpgid", what).map(drop)
+    }
+
     pub fn umask(&mut self, mask: u32) -> Result<()> {
         self.call(libc::SYS_umask, [mask as u64, 0, 0, 0, 0, 0], "umask", &format!("{mask:o}")).map(drop)
     }

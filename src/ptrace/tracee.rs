@@ -151,6 +151,12 @@ impl Tracee {
         ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts, "PTRACE_SETOPTIONS").map(|_| ())
     }
 
+    /// Also traces the processes it forks from now on: each starts stopped (PTRACE_O_TRACEFORK).
+    pub fn trace_forks(&self) -> Result<()> {
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK) as usize;
+        ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts, "PTRACE_SETOPTIONS").map(|_| ())
+    }
+
     /// Stops the process with PTRACE_INTERRUPT (no SIGSTOP is sent) and waits for the stop.
     /// Signals that arrive meanwhile are held back in `held`, to be delivered later.
     pub fn interrupt(&self, held: &mut Vec<Caught>) -> Result<()> {

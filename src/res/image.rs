@@ -12,7 +12,7 @@
 
 use super::{
     cwd, epoll, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, ptimers, regs, rlimits, sched,
-    signals, task, thp, thread, timerfd,
+    signals, task, thp, thread, timerfd, tree,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default)]
 pub struct ProcessState {
     pub head: head::Header,
+    /// The processes of the image, when it holds more than one (the first process's block
+    /// carries it; empty in the others' and in an image of one process).
+    pub tree: Vec<tree::Member>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -132,6 +135,7 @@ pub mod tags {
     pub const INOTIFY: Tag = Tag(21);
     pub const TSCHED: Tag = Tag(22);
     pub const PTIMERS: Tag = Tag(23);
+    pub const TREE: Tag = Tag(24);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -161,6 +165,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.head, head::Header::decode(b, at)),
         describe: |v| v.st.head.describe(),
         ..every(tags::HEAD, "HEAD", true)
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.tree.is_empty() { vec![] } else { vec![tree::encode(&st.tree)] },
+        decode: |b, at, st| set(&mut st.tree, tree::decode(b, at)),
+        describe: |v| tree::describe(&v.st.tree),
+        ..only_if(tags::TREE, "TREE")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],
@@ -321,6 +333,8 @@ pub struct SectionReader {
     next: usize,
     seen: Vec<bool>,
     last: &'static str,
+    /// Another process's block may follow this one's (its HEAD ends this one's rest).
+    pub more: bool,
 }
 
 fn bad(offset: u64, what: String) -> Error {
@@ -329,14 +343,14 @@ fn bad(offset: u64, what: String) -> Error {
 
 impl SectionReader {
     pub fn new() -> Self {
-        SectionReader { next: 0, seen: vec![false; SECTIONS.len()], last: "the preamble" }
+        SectionReader { next: 0, seen: vec![false; SECTIONS.len()], last: "the preamble", more: false }
     }
 
     /// Reads the layout sections (`layout`) or the rest into `st`, starting with `first` if
     /// given, calling `after` once each section is decoded (a restore checks the header there,
     /// before anything else is read). Returns the section that ends the group: after the
-    /// layout, the first page batch (or, without pages, the first section of the rest); None
-    /// at the trailer.
+    /// layout, the first page batch (or, without pages, the first section of the rest); after
+    /// the rest, the next process's HEAD (when `more`), or None at the trailer.
     pub fn read_group<R: Input>(
         &mut self,
         rd: &mut Reader<R>,
@@ -377,6 +391,10 @@ impl SectionReader {
                 ));
             };
             let d = SECTIONS[i];
+            if !layout && self.more && i == 0 {
+                self.missing(false, sec.offset, "the next process")?;
+                return Ok(Some(sec));
+            }
             if layout && !d.layout {
                 // An image without pages: the rest begins.
                 self.missing(true, sec.offset, d.name)?;

@@ -26,3 +26,4 @@ pub mod task;
 pub mod thp;
 pub mod thread;
 pub mod timerfd;
+pub mod tree;

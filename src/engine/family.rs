@@ -1,0 +1,244 @@
+//! The processes a restore creates, before anything of the image is in them. The image's
+//! first process is a clone3 of rstrt (spawn.rs); every other member is forked by its restored
+//! parent (a clone3 run in it, with the member's pid when that can be had), so that parents,
+//! sessions and process groups are the image's before any process drops privileges or holds
+//! anything of the image. A session leader calls setsid before it forks its children, who
+//! inherit the session; groups are joined once every member exists. A zombie is forked like
+//! the others and made to exit with its status, for its parent to reap after the restore.
+//! [`Family`] owns them all: until it is disarmed, dropping it kills every one.
+
+use super::spawn::{ChildGuard, spawn_child};
+use crate::crf::PAGE_SIZE;
+use crate::error::{Error, Result};
+use crate::ptrace::arch;
+use crate::ptrace::procfs;
+use crate::ptrace::remote::Remote;
+use crate::ptrace::tracee::{Caught, Stop, Tracee, ptrace_raw};
+use crate::ptrace::{Ctl, RemoteAddr, Scratch};
+use crate::res::tree::Member;
+use nix::errno::Errno;
+
+/// A process of the image being restored: traced and stopped; nothing of the image runs yet.
+pub struct Proc {
+    pub t: Tracee,
+    /// Its pid in the image.
+    pub original: i32,
+    /// Its other threads, once created.
+    pub others: Vec<Tracee>,
+    /// Signals that came while we drove it, delivered once it runs.
+    pub held: Vec<Caught>,
+    /// Why it did not get its pid, when it did not.
+    pub pid_note: Option<String>,
+    /// A page of its own for the arguments of the clone3 that forks its children.
+    scratch: Option<RemoteAddr>,
+}
+
+/// Every process created for an image, the first one first. Dropped while armed, it kills
+/// them all, before any can run: a failed restore leaves nothing behind.
+pub struct Family {
+    pub procs: Vec<Proc>,
+    pub armed: bool,
+}
+
+impl Drop for Family {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in &self.procs {
+            let _ = p.t.kill(nix::sys::signal::Signal::SIGKILL);
+        }
+        // As their tracer (and the first one's parent) we see each die.
+        for p in &self.procs {
+            for o in &p.others {
+                while o.wait().is_ok() {}
+            }
+            while p.t.wait().is_ok() {}
+        }
+    }
+}
+
+/// A remote-syscall driver for `p` as it was created (a copy of rstrt: our own `syscall`
+/// instruction serves as the gadget), stopping at syscall entry and exit.
+fn ctl(p: &Proc) -> Result<Ctl<'_>> {
+    let scratch = Scratch { addr: p.scratch.unwrap_or(RemoteAddr(0)), len: PAGE_SIZE, exec: false };
+    let mut c = Ctl { r: Remote::new(&p.t, arch::own_gadget(), p.t.regs()?), scratch };
+    c.r.stepping = false;
+    Ok(c)
+}
+
+/// Runs `f` in `p`, keeping the signals that come meanwhile.
+fn with<T>(p: &mut Proc, f: impl FnOnce(&mut Ctl) -> Result<T>) -> Result<T> {
+    let mut c = ctl(p)?;
+    let r = f(&mut c);
+    let held = std::mem::take(&mut c.r.held);
+    drop(c);
+    p.held.extend(held);
+    r
+}
+
+/// Creates the processes of `members` (the image's tree, parents first; one member for an
+/// image of one process). The first is a child of ours; `own_session` makes it a session
+/// leader (it was one, or it is to be detached). With `require_pid`, a pid that cannot be had
+/// fails the restore; otherwise it is said in `notes`.
+pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &mut Vec<String>) -> Result<Family> {
+    let root = members.first().ok_or_else(|| Error::Refused("the image holds no process".into()))?;
+    let (pid, pid_note) = spawn_child(root.pid, require_pid)?;
+    let mut early = ChildGuard { pid, armed: true };
+    let t = Tracee::adopt_child(pid)?;
+    early.armed = false;
+    let first = Proc { t, original: root.pid, others: Vec::new(), held: Vec::new(), pid_note, scratch: None };
+    let mut fam = Family { procs: vec![first], armed: true };
+    if own_session {
+        with(&mut fam.procs[0], |c| c.setsid())?;
+    }
+    for m in &members[1..] {
+        let pi = fam.procs.iter().position(|p| p.original == m.ppid).ok_or_else(|| {
+            Error::Refused(format!("the image's pid {} has no parent {} before it: it is damaged", m.pid, m.ppid))
+        })?;
+        let mut child = fork(&mut fam.procs[pi], m.pid, require_pid)?;
+        if let Some(n) = &child.pid_note {
+            notes.push(format!("pid {} runs as pid {}: {n}", m.pid, child.t.pid));
+        }
+        if m.sid == m.pid {
+            let r = with(&mut child, |c| c.setsid());
+            fam.procs.push(child);
+            r?;
+        } else {
+            fam.procs.push(child);
+        }
+    }
+    groups(&mut fam, members)?;
+    // The zombies last: each exits with its status, now that every group it led was joined.
+    for m in members.iter().filter(|m| m.zombie.is_some()) {
+        if let Some(i) = fam.procs.iter().position(|p| p.original == m.pid) {
+            let p = fam.procs.remove(i);
+            die(p, m.zombie.unwrap_or(0))?;
+        }
+    }
+    Ok(fam)
+}
+
+/// Has `parent` fork a child with pid `want` (when it can be had), traced and stopped before it
+/// runs anything: a copy of `parent`, which is still a copy of rstrt.
+fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
+    parent.t.trace_forks()?;
+    if parent.scratch.is_none() {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let at = with(parent, |c| c.mmap(RemoteAddr(0), PAGE_SIZE as u64, rw, fl, None, 0, "clone3 arguments"))?;
+        parent.scratch = Some(at);
+    }
+    let tid_at = parent.scratch.map_or(0, |a| a.0 + 128);
+    let args = |set_tid: bool| {
+        let mut e = crate::crf::Enc::new();
+        e.u64(0).u64(0).u64(0).u64(0).u64(libc::SIGCHLD as u64); // flags, pidfd, child_tid, parent_tid, exit_signal
+        e.u64(0).u64(0).u64(0); // stack, stack_size, tls: a fork
+        if set_tid {
+            e.u64(tid_at).u64(1)
+        } else {
+            e.u64(0).u64(0)
+        };
+        e.u64(0); // cgroup
+        e.into_bytes()
+    };
+    let tid = (want as u32).to_le_bytes();
+    let mut r = with(parent, |c| c.clone3_raw(&args(true), &tid))?;
+    let mut note = None;
+    if r < 0 {
+        let why = match Errno::from_raw(-r as i32) {
+            Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{want}/comm")) {
+                Ok(comm) => format!("pid {want} is in use by {} (rstrt --pidns would keep it)", comm.trim()),
+                Err(_) => format!("pid {want} is in use (rstrt --pidns would keep it)"),
+            },
+            Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
+            e => format!("clone3 with set_tid failed: {}", e.desc()),
+        };
+        if require {
+            return Err(Error::Refused(format!("cannot restore as pid {want}: {why} (--require-pid)")));
+        }
+        r = with(parent, |c| c.clone3_raw(&args(false), &[]))?;
+        if r < 0 {
+            return Err(Error::sys("clone3 (a child)", format!("pid {}", parent.t.pid), Errno::from_raw(-r as i32)));
+        }
+        note = Some(why);
+    }
+    let t = Tracee::adopt_child(r as i32)?;
+    Ok(Proc { t, original: want, others: Vec::new(), held: Vec::new(), pid_note: note, scratch: None })
+}
+
+/// Puts every member in its process group: the leaders make theirs, then the others join
+/// theirs (the first process's group being whatever it has here).
+fn groups(fam: &mut Family, members: &[Member]) -> Result<()> {
+    let root = &members[0];
+    let here = |pid: i32| procfs::read_stat(pid).map(|s| s.pgid);
+    let root_group = here(fam.procs[0].t.pid)?;
+    for leaders in [true, false] {
+        for m in &members[1..] {
+            if (m.pgid == m.pid) != leaders {
+                continue;
+            }
+            let Some(i) = fam.procs.iter().position(|p| p.original == m.pid) else { continue };
+            let want = if leaders {
+                fam.procs[i].t.pid
+            } else if m.pgid == root.pgid {
+                root_group
+            } else {
+                let leader = fam.procs.iter().find(|p| p.original == m.pgid);
+                leader.map(|p| p.t.pid).ok_or_else(|| {
+                    Error::Refused(format!("the image's pid {} is in group {}, which it does not hold", m.pid, m.pgid))
+                })?
+            };
+            let p = &mut fam.procs[i];
+            if here(p.t.pid)? != want {
+                let what = format!("pid {} into group {want}", p.t.pid);
+                with(p, |c| c.setpgid(want, &what))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes `p` exit with wait status `status`, leaving the zombie for its parent to reap.
+fn die(mut p: Proc, status: i32) -> Result<()> {
+    let pid = p.t.pid;
+    let done = |r: Result<()>| match r {
+        Err(Error::Gone(_)) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if !libc::WIFSIGNALED(status) {
+        let code = libc::WEXITSTATUS(status) as u64;
+        return done(with(&mut p, |c| c.r.raw(libc::SYS_exit_group, [code, 0, 0, 0, 0, 0]).map(drop)));
+    }
+    let sig = libc::WTERMSIG(status);
+    // Its own action for the signal, the default (a copy of rstrt may have a handler), no
+    // core dump (it would be rstrt's), the signal unblocked.
+    with(&mut p, |c| {
+        c.prctl(libc::PR_SET_DUMPABLE, [0; 4], "prctl(PR_SET_DUMPABLE)", "a zombie")?;
+        let page = c.mmap(
+            RemoteAddr(0),
+            PAGE_SIZE as u64,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+            0,
+            "a zombie's signal action",
+        )?;
+        c.rt_sigaction(sig as usize, Some(page), None)
+    })?;
+    p.t.set_sigmask(0)?;
+    // SAFETY: kill takes integers. (nix's Signal has no real-time signals.)
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(Error::sys("kill", format!("pid {pid} (a zombie to be)"), Errno::last()));
+    }
+    let mut deliver = 0usize;
+    loop {
+        ptrace_raw(libc::PTRACE_CONT, pid, 0, deliver, "PTRACE_CONT")?;
+        match p.t.wait() {
+            Ok(Stop::Signal(s)) => deliver = s as usize,
+            Ok(_) => deliver = 0,
+            Err(Error::Gone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}

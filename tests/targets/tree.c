@@ -1,0 +1,159 @@
+/* A process tree that checks its own relations after a restore.
+ *
+ * main forks: a zombie that exited 7, a zombie killed by SIGTERM, a worker, a session leader
+ * (setsid) with a grandchild in its session, and a group leader (setpgid) with a grandchild in
+ * its group. Every live member remembers its pid, parent, group and session, and fills 1 MiB
+ * with a pattern of its own; it counts in a loop of short sleeps. Prints "ready" once the
+ * zombies are zombies. On the line "check" on stdin, main signals each child (SIGUSR1), which
+ * signals its own child, reaps it, checks itself and exits 0 if all is as it was (1 otherwise,
+ * after a line saying what differs); main reaps them and the two zombies (status 7, SIGTERM)
+ * and says "ok" or "bad: ...". */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+/* A member's ids; its group and session by their relation to it and its parent (the tree's
+ * root is restored into rstrt's group and session, so absolute values would differ). */
+struct ids { pid_t pid, ppid; int group, session; };
+static struct ids mine;
+static int root;
+static unsigned char *mem;
+static const size_t MEM = 1 << 20;
+
+static struct ids now(void) {
+    pid_t pid = getpid(), ppid = getppid(), g = getpgrp(), s = getsid(0);
+    struct ids i = { pid, root ? 0 : ppid, 0, 0 };
+    if (root) return i;
+    i.group = g == pid ? 1 : g == ppid ? 2 : g == getpgid(ppid) ? 3 : 4;
+    i.session = s == pid ? 1 : s == getsid(ppid) ? 2 : 4;
+    return i;
+}
+
+static void remember(void) {
+    mine = now();
+    mem = malloc(MEM);
+    for (size_t i = 0; i < MEM; i++) mem[i] = (unsigned char)(i * 7 + mine.pid);
+}
+
+/* 0 if this process is as it was; else says what differs. */
+static int self_check(const char *name, long counted) {
+    struct ids n = now();
+    if (memcmp(&n, &mine, sizeof n)) {
+        printf("bad %s: pid %d ppid %d group %d session %d, was %d %d %d %d\n", name, n.pid, n.ppid, n.group,
+               n.session, mine.pid, mine.ppid, mine.group, mine.session);
+        return 1;
+    }
+    for (size_t i = 0; i < MEM; i++)
+        if (mem[i] != (unsigned char)(i * 7 + mine.pid)) {
+            printf("bad %s: memory differs at %zu\n", name, i);
+            return 1;
+        }
+    if (counted <= 0) {
+        printf("bad %s: it did not run\n", name);
+        return 1;
+    }
+    return 0;
+}
+
+/* Counts until asked; then asks `child` (if any), reaps it, checks itself; exits. */
+static void member(const char *name, pid_t child) {
+    long counted = 0;
+    struct timespec t = { 0, 5 * 1000 * 1000 };
+    while (!asked) {
+        nanosleep(&t, NULL);
+        counted++;
+    }
+    int bad = 0;
+    if (child > 0) {
+        int st;
+        kill(child, SIGUSR1);
+        if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            printf("bad %s: its child %d ended with status %#x\n", name, child, st);
+            bad = 1;
+        }
+    }
+    bad |= self_check(name, counted);
+    fflush(stdout);
+    _exit(bad);
+}
+
+static pid_t spawn(const char *name, int how) {
+    pid_t p = fork();
+    if (p) return p;
+    root = 0;
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that fails leaves no orphan behind */
+    if (how == 1) setsid();
+    if (how == 2) setpgid(0, 0);
+    remember();
+    pid_t child = 0;
+    if (how) {
+        child = fork();
+        if (child == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            remember();
+            member("grandchild", 0);
+        }
+    }
+    member(name, child);
+    return 0;
+}
+
+static int is_zombie(pid_t p) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", p);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *e = strrchr(buf, ')');
+    return e && e[1] == ' ' && e[2] == 'Z';
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGUSR1, on_usr1);
+    root = 1;
+    remember();
+    pid_t z7 = fork();
+    if (z7 == 0) _exit(7);
+    pid_t zt = fork();
+    if (zt == 0) {
+        signal(SIGTERM, SIG_DFL);
+        raise(SIGTERM);
+        _exit(0);
+    }
+    pid_t kids[3] = { spawn("worker", 0), spawn("session", 1), spawn("group", 2) };
+    while (!is_zombie(z7) || !is_zombie(zt)) usleep(1000);
+    printf("ready %d %d %d %d %d\n", kids[0], kids[1], kids[2], z7, zt);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin)) return 2;
+    int bad = 0, st;
+    for (int i = 0; i < 3; i++) {
+        kill(kids[i], SIGUSR1);
+        if (waitpid(kids[i], &st, 0) != kids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            printf("bad: child %d ended with status %#x\n", kids[i], st);
+            bad = 1;
+        }
+    }
+    if (waitpid(z7, &st, WNOHANG) != z7 || !WIFEXITED(st) || WEXITSTATUS(st) != 7) {
+        printf("bad: zombie %d reaped with status %#x\n", z7, st);
+        bad = 1;
+    }
+    if (waitpid(zt, &st, WNOHANG) != zt || !WIFSIGNALED(st) || WTERMSIG(st) != SIGTERM) {
+        printf("bad: zombie %d reaped with status %#x\n", zt, st);
+        bad = 1;
+    }
+    bad |= self_check("main", 1);
+    if (!bad) printf("ok\n");
+    return bad;
+}
