@@ -86,3 +86,68 @@ fn alone_leaves_the_children_out() {
     assert!(!info.contains("tree:"), "{info}");
     p.verdict("ok");
 }
+
+/// The lines of `file` that are complete, as numbers; panics on a line that is not the one
+/// after the previous (a line lost, repeated or reordered).
+fn consecutive(file: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    let mut n = 0;
+    for (i, l) in complete.lines().enumerate() {
+        assert_eq!(l, (i + 1).to_string(), "line {} of {}", i + 1, file.display());
+        n = i + 1;
+    }
+    n
+}
+
+/// Waits until `file` has at least `n` complete consecutive lines.
+fn until_lines(file: &std::path::Path, n: usize) -> usize {
+    let t = std::time::Instant::now();
+    loop {
+        let have = consecutive(file);
+        if have >= n {
+            return have;
+        }
+        assert!(t.elapsed() < TIMEOUT, "{} has {have} lines, not {n}", file.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The session: `setsid bash -c 'seq | pv -q -L 4k | cat > FILE'` (Debian's pv, rate
+/// limited, with its timers), checkpointed as a whole while the pipes are full, killed, and
+/// restored detached: the output goes on with not one line lost or repeated.
+#[test]
+fn a_pipeline_session_goes_on_with_nothing_lost() {
+    if !require(std::path::Path::new("/usr/bin/pv").exists(), "pv (apt install pv)") {
+        return;
+    }
+    let dir = tmpdir("tree-pv");
+    let out = dir.join("out");
+    let mut c = std::process::Command::new("setsid");
+    c.args(["bash", "-c", &format!("seq 1 100000000 | pv -q -L 4k | cat > {}", out.display())]);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let mut session = c.spawn().unwrap();
+    until_lines(&out, 200);
+    // setsid execs bash (it forks first only when it leads a group already).
+    let mut bash = session.id() as i32;
+    if std::fs::read_to_string(format!("/proc/{bash}/comm")).unwrap_or_default().trim() == "setsid" {
+        let kids = std::fs::read_to_string(format!("/proc/{bash}/task/{bash}/children")).unwrap_or_default();
+        bash = kids.split_whitespace().next().and_then(|p| p.parse().ok()).expect("setsid's child");
+    }
+    let img = dir.join("s.crf");
+    let o = ckpt(&["-k", "-v", "-o", img.to_str().unwrap(), &bash.to_string()]);
+    assert!(stderr(&o).contains("and 3 descendants"), "{}", stderr(&o));
+    let _ = session.kill();
+    let _ = session.wait();
+    let at = consecutive(&out);
+    let info = String::from_utf8_lossy(&run(&["crfinfo", img.to_str().unwrap()]).stdout).to_string();
+    assert!(info.contains("bytes unread"), "the pipes were empty: {info}");
+    let r = run(&["rstrt", "-d", img.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let root: i32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+    let had = until_lines(&out, at + 300);
+    // SAFETY: kill takes integers; the restored session's group is its leader's pid.
+    unsafe { libc::kill(-root, libc::SIGKILL) };
+    assert!(had > at, "{had} lines after the restore, {at} before");
+}

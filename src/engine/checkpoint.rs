@@ -85,7 +85,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         if i > 0 && zombie {
             continue; // kept as a zombie
         }
-        let own = precheck_one(m, opts)?;
+        let own = precheck_one(m, opts, &pids)?;
         if i == 0 {
             why.extend(own);
         } else {
@@ -97,8 +97,8 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     Error::blocked(pid, why)
 }
 
-/// The reasons against one process.
-fn precheck_one(pid: i32, opts: &Options) -> Result<Vec<String>> {
+/// The reasons against one process, of those in `tree`.
+fn precheck_one(pid: i32, opts: &Options, tree: &[i32]) -> Result<Vec<String>> {
     let status = procfs::read_status(pid).map_err(|e| match e {
         Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
         e => e,
@@ -108,7 +108,7 @@ fn precheck_one(pid: i32, opts: &Options) -> Result<Vec<String>> {
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, false), &mut why)?;
     why.extend(blockers::relations(pid, false));
-    let (fds, unfit) = files::scan_all(pid, &opts.stubs)?;
+    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree)?;
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
     Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
@@ -181,8 +181,9 @@ pub fn checkpoint_prechecked<W: Sink>(
         // run precheck a while ago.
         Error::blocked(pid, tree::check(&members))?;
         let mut states = Vec::with_capacity(procs.len());
+        let pids: Vec<i32> = procs.iter().map(|p| p.t.pid).collect();
         for (i, p) in procs.iter_mut().enumerate() {
-            let st = collect(p, opts).map_err(|e| match e {
+            let st = collect(p, opts, &pids).map_err(|e| match e {
                 Error::Blocked { pid: m, reasons } if i > 0 => {
                     let who = crate::res::endpoints::who(m);
                     Error::Blocked {
@@ -196,6 +197,7 @@ pub fn checkpoint_prechecked<W: Sink>(
         }
         if members.len() > 1 {
             states[0].tree = members;
+            states[0].tree_pipes = tree_pipes(&mut states);
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
@@ -298,6 +300,28 @@ fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tr
     }
     procs.sort_by_key(|p| order.iter().position(|&x| x == p.t.pid));
     Ok(out)
+}
+
+/// The pipes more than one process of the tree holds, taken out of each one's own: the image
+/// holds each once, for the restore to make before the processes, which inherit it.
+fn tree_pipes(states: &mut [ProcessState]) -> Vec<crate::res::pipes::Pipe> {
+    let holders = |ino: u64, states: &[ProcessState]| {
+        states.iter().filter(|st| st.files.iter().any(|f| f.kind == files::KIND_PIPE && f.id.ino == ino)).count()
+    };
+    let mut out: Vec<crate::res::pipes::Pipe> = Vec::new();
+    for i in 0..states.len() {
+        let mine = std::mem::take(&mut states[i].pipes);
+        for p in mine {
+            if holders(p.ino, states) > 1 {
+                if !out.iter().any(|q| q.ino == p.ino) {
+                    out.push(p);
+                }
+            } else {
+                states[i].pipes.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Seizes and stops process `pid` and all its threads, adding it to `procs`.
@@ -409,7 +433,7 @@ fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<Caught>) -> R
 /// Collects the state of the frozen process `p`: what /proc shows, and what only the process
 /// itself can tell, asked through syscalls run in it (its registers are put back as soon as
 /// those are done).
-fn collect(p: &mut Frozen, opts: &Options) -> Result<ProcessState> {
+fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState> {
     let pid = p.t.pid;
     let rseq = p.t.rseq()?;
     let r = regs::collect(&p.t, rseq)?;
@@ -510,7 +534,7 @@ fn collect(p: &mut Frozen, opts: &Options) -> Result<ProcessState> {
     let stat = procfs::read_stat(pid)?;
     let maps = procfs::read_smaps(pid)?;
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
-    let fds = files::scan(pid, &opts.stubs)?;
+    let fds = files::scan(pid, &opts.stubs, tree)?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
     st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
     st.inotify = crate::res::inotify::collect(pid, &fds)?;

@@ -119,9 +119,11 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
 /// children inherited from us, the options.
 struct Shared<'a> {
     opts: &'a Options,
+    /// The tree's pipes, as every process inherited them: (pipe, read end, write end).
+    inherited: Vec<(u64, i32, i32)>,
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
-    inherited: Signals,
+    inherited_signals: Signals,
 }
 
 /// [`restore`], with `policy` deciding from each process's header, before anything of it is
@@ -161,13 +163,26 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
         None => Vec::new(),
     };
-    let shared = Shared { opts, specials, vdso, inherited: Signals::own() };
+    let mut shared = Shared { opts, inherited: Vec::new(), specials, vdso, inherited_signals: Signals::own() };
     // Root restoring another user's process gives it a session of its own (no controlling
     // terminal of root's); so does -d; and so it is when it led its session.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
     let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
+    // The pipes between processes of the tree, made here and filled: every process created
+    // below inherits them at the same fds, and keeps what it uses. Ours are closed once all
+    // exist (a reader must see end of file when its writers close their ends).
+    let mut tree_pipes = Vec::with_capacity(st.tree_pipes.len());
+    for p in &st.tree_pipes {
+        let (r, w) = crate::res::pipes::create_here(p)?;
+        tree_pipes.push((p.ino, r, w));
+    }
+    let inherited: Vec<(u64, i32, i32)> =
+        tree_pipes.iter().map(|(ino, r, w)| (*ino, r.as_raw_fd(), w.as_raw_fd())).collect();
     let mut notes = Vec::new();
-    let mut family = family::create(&tree, opts.require_pid, own_session, &mut notes)?;
+    let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
+    drop(tree_pipes);
+    let mut family = family?;
+    shared.inherited = inherited;
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -298,7 +313,7 @@ fn restore_one<R: Input>(
         st.files.len()
     );
 
-    let inherited = &shared.inherited;
+    let inherited = &shared.inherited_signals;
     let t = &p.t;
     let pid = t.pid;
     let t0 = std::time::Instant::now();
@@ -428,7 +443,7 @@ fn restore_one<R: Input>(
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
-    files::restore(&mut c, &st.files, &st.pipes, null_stdio, st.head.uids[3])?;
+    files::restore(&mut c, &st.files, &st.pipes, &shared.inherited, null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;

@@ -45,15 +45,15 @@ fn name_holders(h: &[(i32, i32, u32)], pid: i32) -> String {
     named.join(", ")
 }
 
-/// Whether every holder of pipe `link` ("pipe:[123]", or a FIFO's path; held as `fd` with
-/// `flags`) is process `pid` itself, which holds both ends (an fd open for both counts as
-/// both): a pipe entirely inside the process.
-pub fn pipe_inside(pid: i32, fd: i32, link: &str, flags: u32) -> bool {
+/// Whether every holder of pipe `link` ("pipe:[123]", or a FIFO's path; held by `pid` as
+/// `fd` with `flags`) is one of the processes `within` (`pid` among them), which between them
+/// hold both ends (an fd open for both counts as both): a pipe entirely inside the checkpoint.
+pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str, flags: u32) -> bool {
     let h = holders(link, pid, fd);
     let modes = h.iter().map(|x| x.2).chain([flags & libc::O_ACCMODE as u32]).collect::<BTreeSet<_>>();
     let both = modes.contains(&(libc::O_RDWR as u32))
         || (modes.contains(&(libc::O_RDONLY as u32)) && modes.contains(&(libc::O_WRONLY as u32)));
-    h.iter().all(|x| x.0 == pid) && both
+    h.iter().all(|x| x.0 == pid || within.contains(&x.0)) && both
 }
 
 /// A pipe fd: which end, and who holds the other.

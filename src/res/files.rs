@@ -150,15 +150,17 @@ fn locks_held(info: &str) -> Vec<String> {
 
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
 /// `stubs` says to carry it as a stub.
-pub fn scan(pid: i32, stubs: &Stubs) -> Result<Vec<Fd>> {
-    let (fds, blocked) = scan_all(pid, stubs)?;
+pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<Vec<Fd>> {
+    let (fds, blocked) = scan_all(pid, stubs, tree)?;
     Error::blocked(pid, blocked)?;
     Ok(fds)
 }
 
 /// [`scan`], returning the fds crs can restore and, apart, why each other one cannot be: a
-/// precheck goes on to look into the ones it can (epoll sets, inotify watches).
-pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
+/// precheck goes on to look into the ones it can (epoll sets, inotify watches). `tree` holds
+/// the processes checkpointed with `pid`: a pipe between them is theirs (a FIFO only when
+/// `pid` holds it whole).
+pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<String>)> {
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -192,12 +194,16 @@ pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
         let outside = || {
             let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
             let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
-            (pipe && !endpoints::pipe_inside(pid, fd, &target, flags))
+            let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
+            (pipe && !endpoints::pipe_inside(within, pid, fd, &target, flags))
                 || target.starts_with("socket:")
                 || (is_tty_or_pipe(&target) && !pipe)
                 || ty == libc::S_IFSOCK
         };
-        let stdio = fd <= 2 && is_tty_or_pipe(&target);
+        // A pipe between processes of the tree is theirs, even on fds 0-2 (a pipeline).
+        let tree_pipe =
+            || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target, flags);
+        let stdio = fd <= 2 && is_tty_or_pipe(&target) && !tree_pipe();
         if stubs.fds.contains(&fd) || (stubs.outside && !stdio && outside()) {
             let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
             out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
@@ -219,7 +225,7 @@ pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
             continue;
         }
         let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
-        if target.starts_with("pipe:") && endpoints::pipe_inside(pid, fd, &target, flags) {
+        if target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target, flags) {
             let ino = target.trim_start_matches("pipe:[").trim_end_matches(']').parse().unwrap_or(0);
             out.push(Fd { fd, kind: KIND_PIPE, flags, cloexec, pos: 0, id: anon(ino) });
             continue;
@@ -288,7 +294,7 @@ pub fn scan_all(pid: i32, stubs: &Stubs) -> Result<(Vec<Fd>, Vec<String>)> {
             libc::S_IFDIR => Ok(KIND_DIR),
             libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
             libc::S_IFCHR => Err(refuse("a character device")),
-            libc::S_IFIFO if endpoints::pipe_inside(pid, fd, &target, flags) => Ok(KIND_FIFO),
+            libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target, flags) => Ok(KIND_FIFO),
             libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
             libc::S_IFSOCK => Err(refuse("a socket")),
             _ => Err(refuse("a special file")),
@@ -411,20 +417,39 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
 /// now has the image's credentials (`uid` its fs uid, for messages).
 /// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
 /// image from its stdin; all three for restartd, whose stdio is not the process's business).
-pub fn restore(c: &mut Ctl, fds: &[Fd], pipes: &[super::pipes::Pipe], null_stdio: u8, uid: u32) -> Result<()> {
+pub fn restore(
+    c: &mut Ctl,
+    fds: &[Fd],
+    pipes: &[super::pipes::Pipe],
+    inherited: &[(u64, i32, i32)],
+    null_stdio: u8,
+    uid: u32,
+) -> Result<()> {
     let pid = c.pid();
     let keep = |n: i32| fds.iter().any(|f| f.fd == n && f.kind == KIND_STDIO && null_stdio & (1 << n) == 0);
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let have: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let access = libc::O_ACCMODE as u32;
+    // The pipes first, their ends moved above every fd the image has (a later dup3 must not
+    // land on one), dup'ed to their fds below and closed at the end: those shared with other
+    // processes of the tree as inherited from the restorer (`inherited`: pipe, read end, write
+    // end), the process's own made here and filled.
+    let above = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64 + 1;
+    let mut made: Vec<(u64, i32, i32)> = Vec::new();
+    for &(ino, r, w) in inherited {
+        if !fds.iter().any(|f| f.kind == KIND_PIPE && f.id.ino == ino) {
+            continue;
+        }
+        let what = format!("pipe:[{ino}]");
+        let hr = c.fcntl(r, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        let hw = c.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
+        made.push((ino, hr, hw));
+    }
+    // Everything else it inherited goes (the copies above were not there yet).
     for n in have.into_iter().filter(|&n| !keep(n)) {
         c.close(n, &format!("fd {n}"))?;
     }
-    let access = libc::O_ACCMODE as u32;
-    // The pipes first, each filled, their ends moved above every fd the image has (a later
-    // dup3 must not land on one), dup'ed to their fds below and closed at the end.
-    let above = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64 + 1;
-    let mut made: Vec<(u64, i32, i32)> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_PIPE) {
         if made.iter().any(|m| m.0 == f.id.ino) {
             continue;
@@ -575,7 +600,7 @@ mod tests {
     #[test]
     fn scan_self_sees_our_files() {
         let f = fs::File::open("/dev/null").unwrap();
-        let fds = scan(std::process::id() as i32, &Stubs::default());
+        let fds = scan(std::process::id() as i32, &Stubs::default(), &[]);
         // The test harness may hold sockets or pipes of its own: then scan refuses, by name.
         match fds {
             Ok(v) => assert!(v.iter().any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")),

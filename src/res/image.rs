@@ -26,6 +26,10 @@ pub struct ProcessState {
     /// The processes of the image, when it holds more than one (the first process's block
     /// carries it; empty in the others' and in an image of one process).
     pub tree: Vec<tree::Member>,
+    /// The pipes between processes of the tree, with their unread bytes (the first process's
+    /// block carries them): a restore makes them before it creates the processes, which
+    /// inherit them.
+    pub tree_pipes: Vec<pipes::Pipe>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -136,6 +140,7 @@ pub mod tags {
     pub const TSCHED: Tag = Tag(22);
     pub const PTIMERS: Tag = Tag(23);
     pub const TREE: Tag = Tag(24);
+    pub const TREEPIPES: Tag = Tag(25);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -173,6 +178,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.tree, tree::decode(b, at)),
         describe: |v| tree::describe(&v.st.tree),
         ..only_if(tags::TREE, "TREE")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.tree_pipes.is_empty() { vec![] } else { vec![pipes::encode(&st.tree_pipes)] },
+        decode: |b, at, st| set(&mut st.tree_pipes, pipes::decode(b, at)),
+        describe: |v| pipes::describe(&v.st.tree_pipes),
+        ..only_if(tags::TREEPIPES, "TREEPIPES")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

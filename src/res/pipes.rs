@@ -140,6 +140,22 @@ pub fn fill(c: &mut Ctl, w: i32, p: &Pipe, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes pipe `p` here, in the restorer, for the processes it forks to inherit: a pipe of its
+/// capacity, filled with its bytes. Returns (read end, write end), close-on-exec.
+pub fn create_here(p: &Pipe) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let what = name(p.ino);
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", &what, e))?;
+    // SAFETY: fcntl with integer arguments on a pipe we own.
+    if p.capacity != 65536 && unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.capacity as libc::c_int) } < 0 {
+        return Err(sys("fcntl(F_SETPIPE_SZ)", what));
+    }
+    let n = nix::unistd::write(&w, &p.data).map_err(|e| Error::sys("write", &what, e))?;
+    if n != p.data.len() {
+        return Err(Error::Proc(format!("{what}: {n} of its {} bytes written", p.data.len())));
+    }
+    Ok((r, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-/* A process crs must refuse, for several reasons at once: a child, a pipe it shares with it, a
- * flock()ed file and a POSIX timer on its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
+/* A process crs must refuse, for several reasons at once: a child holding a socket (the pipe
+ * they share is no reason: both are in the checkpoint), a flock()ed file and a POSIX timer on
+ * its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,7 +19,12 @@ int main(int argc, char **argv) {
     int p[2]; /* made before the fork: the child holds its ends too */
     if (pipe(p)) return 1;
     pid_t kid = fork();
-    if (kid == 0) { prctl(PR_SET_PDEATHSIG, SIGKILL); pause(); _exit(0); }
+    if (kid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (socket(AF_INET, SOCK_DGRAM, 0) < 0) _exit(1);
+        pause();
+        _exit(0);
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/locked", argc > 1 ? argv[1] : ".");
     int fd = open(path, O_RDWR | O_CREAT, 0644);
