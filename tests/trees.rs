@@ -151,3 +151,16 @@ fn a_pipeline_session_goes_on_with_nothing_lost() {
     unsafe { libc::kill(-root, libc::SIGKILL) };
     assert!(had > at, "{had} lines after the restore, {at} before");
 }
+
+/// Anonymous memory a fork left shared cannot be restored shared yet: refused, by name, and
+/// the tree runs on.
+#[test]
+fn memory_shared_across_a_fork_is_refused_by_name() {
+    let dir = tmpdir("tree-shm");
+    let mut p = start("tree", &["shared"], &dir);
+    let o = run(&["ckpt", "--check", &p.pid().to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("MAP_SHARED anonymous memory at") && out.contains("is shared with pid"), "{out}");
+    p.verdict("ok");
+}

@@ -94,6 +94,8 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         }
     }
     why.extend(tree::check(&all));
+    let live: Vec<i32> = all.iter().filter(|m| m.zombie.is_none()).map(|m| m.pid).collect();
+    why.extend(tree::shared_memory(&live));
     Error::blocked(pid, why)
 }
 
@@ -179,9 +181,11 @@ pub fn checkpoint_prechecked<W: Sink>(
         debug!("pid {pid}: {} processes, {threads} threads frozen after {:.1} ms", procs.len(), ms(t0));
         // Again, now that nothing can change, before anything is collected: a caller may have
         // run precheck a while ago.
-        Error::blocked(pid, tree::check(&members))?;
-        let mut states = Vec::with_capacity(procs.len());
         let pids: Vec<i32> = procs.iter().map(|p| p.t.pid).collect();
+        let mut why = tree::check(&members);
+        why.extend(tree::shared_memory(&pids));
+        Error::blocked(pid, why)?;
+        let mut states = Vec::with_capacity(procs.len());
         for (i, p) in procs.iter_mut().enumerate() {
             let st = collect(p, opts, &pids).map_err(|e| match e {
                 Error::Blocked { pid: m, reasons } if i > 0 => {
@@ -199,6 +203,9 @@ pub fn checkpoint_prechecked<W: Sink>(
             states[0].tree = members;
             states[0].tree_pipes = tree_pipes(&mut states);
         }
+        let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
+        let shared = crate::res::fdescs::collect(&all)?;
+        states[0].fdescs = shared;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();

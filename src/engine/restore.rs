@@ -121,6 +121,10 @@ struct Shared<'a> {
     opts: &'a Options,
     /// The tree's pipes, as every process inherited them: (pipe, read end, write end).
     inherited: Vec<(u64, i32, i32)>,
+    /// The file descriptions more than one fd held, and the fds every process inherited them
+    /// at, in the same order.
+    descs: Vec<crate::res::fdescs::Desc>,
+    opened: Vec<i32>,
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
     inherited_signals: Signals,
@@ -163,7 +167,15 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
         None => Vec::new(),
     };
-    let mut shared = Shared { opts, inherited: Vec::new(), specials, vdso, inherited_signals: Signals::own() };
+    let mut shared = Shared {
+        opts,
+        inherited: Vec::new(),
+        descs: Vec::new(),
+        opened: Vec::new(),
+        specials,
+        vdso,
+        inherited_signals: Signals::own(),
+    };
     // Root restoring another user's process gives it a session of its own (no controlling
     // terminal of root's); so does -d; and so it is when it led its session.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
@@ -178,11 +190,27 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     let inherited: Vec<(u64, i32, i32)> =
         tree_pipes.iter().map(|(ino, r, w)| (*ino, r.as_raw_fd(), w.as_raw_fd())).collect();
+    // So are the file descriptions more than one fd held: opened once, as the owner, at their
+    // offset, after the same checks as every file the image names.
+    let descs = std::mem::take(&mut st.fdescs);
+    let mut opened = Vec::with_capacity(descs.len());
+    {
+        let _as_owner = creds::AsOwner::enter(&st.head)?;
+        let same_boot = st.head.boot_id == fileid::boot_id();
+        for d in &descs {
+            files::check(std::slice::from_ref(&d.file), same_boot)?;
+            opened.push(crate::res::fdescs::open_here(d)?);
+        }
+    }
+    let opened_raw: Vec<i32> = opened.iter().map(|f| f.as_raw_fd()).collect();
     let mut notes = Vec::new();
     let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
     drop(tree_pipes);
+    drop(opened);
     let mut family = family?;
     shared.inherited = inherited;
+    shared.descs = descs;
+    shared.opened = opened_raw;
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -443,7 +471,9 @@ fn restore_one<R: Input>(
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
-    files::restore(&mut c, &st.files, &st.pipes, &shared.inherited, null_stdio, st.head.uids[3])?;
+    let descs = crate::res::fdescs::held_by(st.head.pid, &shared.descs, &shared.opened);
+    let from_us = files::Inherited { pipes: &shared.inherited, descs: &descs };
+    files::restore(&mut c, &st.files, &st.pipes, &from_us, null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;

@@ -343,10 +343,15 @@ pub fn encode(fds: &[Fd]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(fds.len() as u32);
     for f in fds {
-        e.u32(f.fd as u32).u8(f.kind).u32(f.flags).u8(f.cloexec as u8).u64(f.pos);
-        f.id.encode(&mut e);
+        encode_one(&mut e, f);
     }
     e.into_bytes()
+}
+
+/// One FILES record (also FDESCS's).
+pub fn encode_one(e: &mut Enc, f: &Fd) {
+    e.u32(f.fd as u32).u8(f.kind).u32(f.flags).u8(f.cloexec as u8).u64(f.pos);
+    f.id.encode(e);
 }
 
 pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
@@ -355,29 +360,37 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Fd>> {
     let mut out: Vec<Fd> = Vec::with_capacity(n);
     for _ in 0..n {
         let rec = d.offset();
-        let f = Fd {
-            fd: d.u32()? as i32,
-            kind: d.u8()?,
-            flags: d.u32()?,
-            cloexec: d.u8()? != 0,
-            pos: d.u64()?,
-            id: FileId::decode(&mut d)?,
-        };
-        let bad_order = out.last().is_some_and(|p| p.fd >= f.fd);
-        if f.fd < 0
-            || f.fd > 1 << 20
-            || bad_order
-            || !(KIND_FILE..=KIND_LAST).contains(&f.kind)
-            || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
-            || (f.kind == KIND_STDIO && f.fd > 2)
-            || ((f.kind <= KIND_DEV || f.kind == KIND_FIFO) && !f.id.path.starts_with('/'))
-        {
+        let f = decode_one(&mut d)?;
+        if out.last().is_some_and(|p| p.fd >= f.fd) {
             return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
         }
         out.push(f);
     }
     d.finish()?;
     Ok(out)
+}
+
+/// One FILES record, checked.
+pub fn decode_one(d: &mut Dec) -> CrfResult<Fd> {
+    let rec = d.offset();
+    let f = Fd {
+        fd: d.u32()? as i32,
+        kind: d.u8()?,
+        flags: d.u32()?,
+        cloexec: d.u8()? != 0,
+        pos: d.u64()?,
+        id: FileId::decode(d)?,
+    };
+    if f.fd < 0
+        || f.fd > 1 << 20
+        || !(KIND_FILE..=KIND_LAST).contains(&f.kind)
+        || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
+        || (f.kind == KIND_STDIO && f.fd > 2)
+        || ((f.kind <= KIND_DEV || f.kind == KIND_FIFO) && !f.id.path.starts_with('/'))
+    {
+        return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
+    }
+    Ok(f)
 }
 
 /// Checks on this node that every file is still there and usable, before anything is created.
@@ -417,11 +430,19 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
 /// now has the image's credentials (`uid` its fs uid, for messages).
 /// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
 /// image from its stdin; all three for restartd, whose stdio is not the process's business).
+/// What a restored process inherited from the restorer, for the fds that held it.
+pub struct Inherited<'a> {
+    /// The tree's pipes: (pipe, read end, write end).
+    pub pipes: &'a [(u64, i32, i32)],
+    /// File descriptions more than one fd held: (the image's fd, the inherited fd).
+    pub descs: &'a [(i32, i32)],
+}
+
 pub fn restore(
     c: &mut Ctl,
     fds: &[Fd],
     pipes: &[super::pipes::Pipe],
-    inherited: &[(u64, i32, i32)],
+    inherited: &Inherited,
     null_stdio: u8,
     uid: u32,
 ) -> Result<()> {
@@ -437,7 +458,7 @@ pub fn restore(
     // end), the process's own made here and filled.
     let above = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64 + 1;
     let mut made: Vec<(u64, i32, i32)> = Vec::new();
-    for &(ino, r, w) in inherited {
+    for &(ino, r, w) in inherited.pipes {
         if !fds.iter().any(|f| f.kind == KIND_PIPE && f.id.ino == ino) {
             continue;
         }
@@ -445,6 +466,12 @@ pub fn restore(
         let hr = c.fcntl(r, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
         let hw = c.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
         made.push((ino, hr, hw));
+    }
+    // A shared description, dup'ed above for each fd that held it.
+    let mut descs: Vec<(i32, i32)> = Vec::new();
+    for &(fd, raw) in inherited.descs {
+        let what = format!("fd {fd} (a shared file description)");
+        descs.push((fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
     }
     // Everything else it inherited goes (the copies above were not there yet).
     for n in have.into_iter().filter(|&n| !keep(n)) {
@@ -495,7 +522,10 @@ pub fn restore(
         };
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
         let what = format!("fd {} {path}", f.fd);
-        let tmp = if f.kind == KIND_STUB_PIPE {
+        let shared = descs.iter().find(|d| d.0 == f.fd).map(|d| d.1);
+        let tmp = if let Some(t) = shared {
+            t
+        } else if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
         } else if f.kind == KIND_PIPE {
             let &(_, r, w) = made.iter().find(|m| m.0 == f.id.ino).ok_or_else(|| Error::Proc(what.clone()))?;
@@ -541,7 +571,7 @@ pub fn restore(
             let fd_flags = if f.cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
             c.fcntl(f.fd, libc::F_SETFD, fd_flags, "fcntl(F_SETFD)", &what)?;
         }
-        if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) {
+        if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) && shared.is_none() {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
     }

@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, epoll, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, ptimers, regs, rlimits, sched,
-    signals, task, thp, thread, timerfd, tree,
+    cwd, epoll, fdescs, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, ptimers, regs, rlimits,
+    sched, signals, task, thp, thread, timerfd, tree,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -30,6 +30,9 @@ pub struct ProcessState {
     /// block carries them): a restore makes them before it creates the processes, which
     /// inherit them.
     pub tree_pipes: Vec<pipes::Pipe>,
+    /// The open file descriptions more than one fd holds, in any process of the image (the
+    /// first process's block carries them).
+    pub fdescs: Vec<fdescs::Desc>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -141,6 +144,7 @@ pub mod tags {
     pub const PTIMERS: Tag = Tag(23);
     pub const TREE: Tag = Tag(24);
     pub const TREEPIPES: Tag = Tag(25);
+    pub const FDESCS: Tag = Tag(26);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -186,6 +190,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.tree_pipes, pipes::decode(b, at)),
         describe: |v| pipes::describe(&v.st.tree_pipes),
         ..only_if(tags::TREEPIPES, "TREEPIPES")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.fdescs.is_empty() { vec![] } else { vec![fdescs::encode(&st.fdescs)] },
+        decode: |b, at, st| set(&mut st.fdescs, fdescs::decode(b, at)),
+        describe: |v| fdescs::describe(&v.st.fdescs),
+        ..only_if(tags::FDESCS, "FDESCS")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -6,6 +6,7 @@ pub mod creds;
 pub mod cwd;
 pub mod endpoints;
 pub mod epoll;
+pub mod fdescs;
 pub mod fileid;
 pub mod files;
 pub mod head;

@@ -1,0 +1,205 @@
+//! FDESCS: open file descriptions that more than one fd holds (dup'ed fds of one process, as
+//! `prog > log 2>&1` makes; fds a script's children inherited from it), which share one
+//! offset and one set of status flags. Reopened once per fd, they would each get an offset of
+//! their own, and two writers would overwrite each other. Found at checkpoint with kcmp(2)
+//! among the regular files and directories with the same inode; each is listed once, with
+//! every (pid, fd) that holds it. A restore opens it once, in the restorer, before it creates
+//! the processes, which inherit it and dup it to each fd that held it.
+
+use super::files::{self, Fd, KIND_DIR, KIND_FILE};
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desc {
+    /// The first holder's FILES record: what to open, with which flags, at which offset.
+    pub file: Fd,
+    /// Every (pid, fd) that holds it, the first one first.
+    pub holders: Vec<(i32, i32)>,
+}
+
+/// The most holders a description may list.
+const MAX_HOLDERS: usize = 1 << 16;
+
+/// Whether fd `a` of process `pa` and fd `b` of `pb` are one open file description.
+fn same(pa: i32, a: i32, pb: i32, b: i32) -> Result<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes integers and reads nothing of ours.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a as libc::c_long, b as libc::c_long) };
+    if r < 0 {
+        return Err(Error::sys(
+            "kcmp (do two fds share a file description?)",
+            format!("fd {a} of pid {pa}, fd {b} of pid {pb}"),
+            Errno::last(),
+        ));
+    }
+    Ok(r == 0)
+}
+
+/// The descriptions more than one fd of the frozen processes holds, each process given as
+/// (pid, its fds).
+pub fn collect(procs: &[(i32, &[Fd])]) -> Result<Vec<Desc>> {
+    let mut out: Vec<Desc> = Vec::new();
+    // Candidates: the files and directories with the same inode (a description has one).
+    let mut all: Vec<(i32, &Fd)> = Vec::new();
+    for &(pid, fds) in procs {
+        all.extend(fds.iter().filter(|f| f.kind == KIND_FILE || f.kind == KIND_DIR).map(|f| (pid, f)));
+    }
+    let mut taken = vec![false; all.len()];
+    for i in 0..all.len() {
+        if taken[i] {
+            continue;
+        }
+        let (pa, a) = all[i];
+        let mut d = Desc { file: a.clone(), holders: vec![(pa, a.fd)] };
+        for j in i + 1..all.len() {
+            let (pb, b) = all[j];
+            if taken[j] || (b.id.dev, b.id.ino) != (a.id.dev, a.id.ino) {
+                continue;
+            }
+            if same(pa, a.fd, pb, b.fd)? {
+                taken[j] = true;
+                d.holders.push((pb, b.fd));
+            }
+        }
+        if d.holders.len() > 1 {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The fds (image fd, inherited fd) of process `pid` that hold one of `descs`, opened at
+/// `opened` (in the same order).
+pub fn held_by(pid: i32, descs: &[Desc], opened: &[i32]) -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for (d, &raw) in descs.iter().zip(opened) {
+        out.extend(d.holders.iter().filter(|h| h.0 == pid).map(|h| (h.1, raw)));
+    }
+    out
+}
+
+/// Opens description `d` here (the caller holds the image owner's file-system ids), with its
+/// status flags and offset.
+pub fn open_here(d: &Desc) -> Result<OwnedFd> {
+    let f = &d.file;
+    let what = format!("fd {} {}", f.fd, f.id.path);
+    let keep = !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
+    let flags = (f.flags & keep) as i32 | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let path =
+        std::ffi::CString::new(f.id.path.as_str()).map_err(|_| Error::Refused(format!("{what}: a NUL in it")))?;
+    // SAFETY: open reads a NUL-terminated path that lives across the call.
+    let raw = unsafe { libc::open(path.as_ptr(), flags) };
+    if raw < 0 {
+        let e = Errno::last();
+        return Err(match e {
+            Errno::EACCES | Errno::EPERM => {
+                Error::Permission(format!("the image's {what} cannot be reopened as its owner: {}", e.desc()))
+            }
+            e => Error::sys("open", what, e),
+        });
+    }
+    // SAFETY: `raw` was just opened and is ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: fcntl and lseek take integers, on our own fd.
+    unsafe {
+        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, (f.flags & keep) as libc::c_int) < 0 {
+            return Err(Error::sys("fcntl(F_SETFL)", what, Errno::last()));
+        }
+        if f.pos > 0 && libc::lseek(fd.as_raw_fd(), f.pos as libc::off_t, libc::SEEK_SET) < 0 {
+            return Err(Error::sys("lseek", what, Errno::last()));
+        }
+    }
+    Ok(fd)
+}
+
+pub fn encode(all: &[Desc]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(all.len() as u32);
+    for d in all {
+        files::encode_one(&mut e, &d.file);
+        e.u32(d.holders.len() as u32);
+        for &(pid, fd) in &d.holders {
+            e.u32(pid as u32).u32(fd as u32);
+        }
+    }
+    e.into_bytes()
+}
+
+pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Desc>> {
+    let mut d = Dec::new(b, at, "FDESCS");
+    let n = d.count(18 + 4 + 16)?;
+    let mut out: Vec<Desc> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let file = files::decode_one(&mut d)?;
+        let m = d.count(8)?;
+        if !(2..=MAX_HOLDERS).contains(&m) || !(file.kind == KIND_FILE || file.kind == KIND_DIR) {
+            return Err(d.bad_at(rec, format!("a description of kind {} held {m} times", file.kind)));
+        }
+        let mut holders: Vec<(i32, i32)> = Vec::with_capacity(m);
+        for _ in 0..m {
+            let h = (d.u32()? as i32, d.u32()? as i32);
+            // An fd holds one description.
+            if h.0 <= 0 || h.1 < 0 || holders.contains(&h) || out.iter().any(|o| o.holders.contains(&h)) {
+                return Err(d.bad_at(rec, format!("fd {} of pid {} held twice or invalid", h.1, h.0)));
+            }
+            holders.push(h);
+        }
+        out.push(Desc { file, holders });
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+/// crfinfo's lines.
+pub fn describe(all: &[Desc]) -> Vec<String> {
+    all.iter()
+        .map(|d| {
+            let by: Vec<String> = d.holders.iter().map(|(p, f)| format!("pid {p} fd {f}")).collect();
+            format!(
+                "shared:    {} flags {:#o} pos {}, held by {}",
+                d.file.id.path,
+                d.file.flags,
+                d.file.pos,
+                by.join(", ")
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_a_dup_found_by_kcmp() {
+        let f = std::fs::File::create(std::env::temp_dir().join(format!("fdescs.{}", std::process::id()))).unwrap();
+        let dup = nix::unistd::dup(&f).unwrap();
+        let me = std::process::id() as i32;
+        let fds = files::scan(me, &files::Stubs::default(), &[]);
+        // The harness may hold fds scan refuses; then only the codec is checked.
+        if let Ok(fds) = fds {
+            let found = collect(&[(me, &fds)]).unwrap();
+            let ours = found.iter().find(|d| d.holders.contains(&(me, f.as_raw_fd()))).expect("the dup");
+            assert!(ours.holders.contains(&(me, dup.as_raw_fd())), "{ours:?}");
+        }
+        let d = Desc {
+            file: Fd {
+                fd: 1,
+                kind: KIND_FILE,
+                flags: 1,
+                cloexec: false,
+                pos: 9,
+                id: crate::res::fileid::FileId { path: "/tmp/log".into(), ..Default::default() },
+            },
+            holders: vec![(10, 1), (10, 2), (11, 1)],
+        };
+        assert_eq!(decode(&encode(std::slice::from_ref(&d)), 0).unwrap(), vec![d.clone()]);
+        let mut twice = d.clone();
+        twice.holders.push((10, 2));
+        assert!(decode(&encode(&[twice]), 0).is_err());
+    }
+}
