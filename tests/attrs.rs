@@ -117,8 +117,14 @@ fn every_property_survives_and_proc_says_the_same() {
     r.verdict("ok");
 }
 
+/// A real program's locks: the sqlite3 shell in WAL mode holds shared POSIX locks on its
+/// database and its -shm file as long as its connection is open (they tell other connections
+/// it is there). The restored shell holds both again, and sees every row 50 outside writers
+/// commit after it is back. (Without its locks it sees them too, on this sqlite: each writer,
+/// finding itself alone, checkpoints and removes the WAL, and the shell rereads the database;
+/// the loss of rows the issue reports was not reproduced here.)
 #[test]
-fn sqlite_in_wal_mode_is_refused_for_its_locks_and_runs_on() {
+fn sqlite_in_wal_mode_holds_its_locks_and_loses_no_committed_row() {
     if !require(std::path::Path::new("/usr/bin/sqlite3").exists(), "sqlite3 (apt install sqlite3)") {
         return;
     }
@@ -126,19 +132,46 @@ fn sqlite_in_wal_mode_is_refused_for_its_locks_and_runs_on() {
     let db = dir.join("t.db");
     let mut c = std::process::Command::new("sqlite3");
     c.arg(&db).current_dir(&dir);
+    close_extra_fds(&mut c);
     let mut p = Proc::spawn(c);
     p.send("PRAGMA journal_mode=WAL;");
     p.send("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);");
     p.send("SELECT 'ready', count(*) FROM t;");
     assert_eq!(p.expect("ready"), "ready|2");
-    let pid = p.pid().to_string();
-    let o = run(&["ckpt", "-k", "-o", &format!("{}/s.crf", dir.display()), &pid]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let e = stderr(&o);
-    assert!(e.contains("t.db-shm) holds file locks or leases (POSIX READ"), "{e}");
-    // Refused, untouched: it answers, with its rows.
-    p.send("INSERT INTO t VALUES (3); SELECT 'rows', count(*) FROM t;");
-    assert_eq!(p.expect("rows"), "rows|3");
+    let img = format!("{}/s.crf", dir.display());
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("lock:") && info.contains("POSIX read"), "{info}");
+    let mut r = rstrt(&[&img]);
+    // Once it answers, it runs (and holds its locks again).
+    r.send("SELECT 'back', count(*) FROM t;");
+    assert_eq!(r.expect("back"), "back|2");
+    // The kernel says so: the copy (rstrt's child) holds a shared POSIX lock on the database
+    // and on its -shm file, as the original did.
+    let rp = r.pid();
+    let copy = std::fs::read_to_string(format!("/proc/{rp}/task/{rp}/children")).unwrap();
+    let copy = copy.split_whitespace().next().expect("the restored sqlite3").to_string();
+    let held: Vec<String> = std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("POSIX") && l.contains("READ") && l.split_whitespace().nth(4) == Some(copy.as_str()))
+        .map(String::from)
+        .collect();
+    assert_eq!(held.len(), 2, "the restored sqlite3 (pid {copy}) holds {held:?}");
+    // 50 commits, each by a writer of its own that closes its connection.
+    for i in 0..50 {
+        let o = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!("INSERT INTO t VALUES ({i} + 3);"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "writer {i}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    r.send("SELECT 'rows', count(*) FROM t;");
+    assert_eq!(r.expect("rows"), "rows|52", "the restored shell lost committed rows");
+    r.send("INSERT INTO t VALUES (53); SELECT 'rows', count(*) FROM t;");
+    assert_eq!(r.expect("rows"), "rows|53");
 }
 
 #[test]

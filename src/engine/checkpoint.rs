@@ -545,6 +545,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
     st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
     st.inotify = crate::res::inotify::collect(pid, &fds)?;
+    st.locks = crate::res::locks::collect(pid, &fds)?;
     st.pipes = crate::res::pipes::collect_all(pid, &fds)?;
     let cwd = cwd::collect(pid)?;
     let (mm, exe_path) = MmStruct::collect(pid, &stat, brk)?;

@@ -477,6 +477,7 @@ fn restore_one<R: Input>(
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;
+    crate::res::locks::restore(&mut c, &st.locks, &st.files)?;
     cwd::restore(&mut c, &st.cwd)?;
     // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;

@@ -132,22 +132,6 @@ fn stub_of(pid: i32, fd: i32, target: &str, flags: u32) -> String {
     if what == target { what } else { format!("{target}: {what}") }
 }
 
-/// The file locks and leases an fd holds, from its fdinfo's "lock:" lines (POSIX, flock, OFD
-/// locks and leases alike).
-fn locks_held(info: &str) -> Vec<String> {
-    info.lines()
-        .filter_map(|l| l.strip_prefix("lock:"))
-        .map(|l| {
-            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:123 0 EOF"
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [_, kind, _, mode, _, _, start, end, ..] => format!("{kind} {mode} {start}-{end}"),
-                _ => l.trim().to_string(),
-            }
-        })
-        .collect()
-}
-
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
 /// `stubs` says to carry it as a stub.
 pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<Vec<Fd>> {
@@ -181,12 +165,9 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
         let flags = raw_flags & !(libc::O_CLOEXEC as u32);
         let refuse = |what: &str| format!("fd {fd} is {what} ({target}; ckpt --stub-fd {fd} carries it as a stub)");
-        let locks = locks_held(&info);
-        if !locks.is_empty() {
-            blocked.push(format!(
-                "fd {fd} ({target}) holds file locks or leases ({}), which crs does not restore yet",
-                locks.join(", ")
-            ));
+        // Locks are taken again (LOCKS); a lease, a delegation or a mandatory lock is not.
+        if let Err(why) = super::locks::parse(fd, &info) {
+            blocked.push(format!("fd {fd} ({target}) {why}"));
             continue;
         }
         // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.

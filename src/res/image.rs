@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, epoll, fdescs, files, head, inotify, itimers, knobs, mdwe, memory, pending, pipes, ptimers, regs, rlimits,
-    sched, signals, task, thp, thread, timerfd, tree,
+    cwd, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memory, pending, pipes, ptimers, regs,
+    rlimits, sched, signals, task, thp, thread, timerfd, tree,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -72,6 +72,8 @@ pub struct ProcessState {
     pub timerfds: Vec<timerfd::Timer>,
     /// The watches of its inotify instances.
     pub inotify: Vec<inotify::Inotify>,
+    /// The file locks it holds.
+    pub locks: Vec<locks::Lock>,
 }
 
 /// The registers of one thread.
@@ -145,6 +147,7 @@ pub mod tags {
     pub const TREE: Tag = Tag(24);
     pub const TREEPIPES: Tag = Tag(25);
     pub const FDESCS: Tag = Tag(26);
+    pub const LOCKS: Tag = Tag(27);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -331,6 +334,12 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.inotify, inotify::decode(b, at)),
         describe: |v| inotify::describe(&v.st.inotify),
         ..only_if(tags::INOTIFY, "INOTIFY")
+    },
+    &SectionDef {
+        encode: |st| if st.locks.is_empty() { vec![] } else { vec![locks::encode(&st.locks)] },
+        decode: |b, at, st| set(&mut st.locks, locks::decode(b, at)),
+        describe: |v| locks::describe(&v.st.locks),
+        ..only_if(tags::LOCKS, "LOCKS")
     },
 ];
 

@@ -14,6 +14,7 @@ pub mod image;
 pub mod inotify;
 pub mod itimers;
 pub mod knobs;
+pub mod locks;
 pub mod mdwe;
 pub mod memory;
 pub mod pending;

@@ -1,6 +1,6 @@
 /* A process crs must refuse, for several reasons at once: a child holding a socket (the pipe
- * they share is no reason: both are in the checkpoint), a flock()ed file and a POSIX timer on
- * its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
+ * they share is no reason: both are in the checkpoint), a read lease on a file and a POSIX
+ * timer on its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -28,7 +28,10 @@ int main(int argc, char **argv) {
     char path[4096];
     snprintf(path, sizeof path, "%s/locked", argc > 1 ? argv[1] : ".");
     int fd = open(path, O_RDWR | O_CREAT, 0644);
-    if (fd < 0 || flock(fd, LOCK_EX)) return 1;
+    if (fd < 0) return 1;
+    close(fd);
+    fd = open(path, O_RDONLY);
+    if (fd < 0 || fcntl(fd, F_SETLEASE, F_RDLCK)) return 1;
     timer_t t;
     struct sigevent ev = {0};
     ev.sigev_notify = SIGEV_NONE;
