@@ -53,6 +53,14 @@ pss() { # root pid -> MiB of Pss of its tree
   done
   echo $((sum / 1024))
 }
+gone() { # pids: waits until each is reaped (zombies have no command line for pgrep to see)
+  local p
+  for p in "$@"; do
+    for _ in $(seq 400); do [ -e "/proc/$p" ] || continue 2; sleep 0.05; done
+    echo "pid $p still there after 20 s" >&2
+    exit 1
+  done
+}
 settle() { # pattern [pid to keep]: waits until pgrep lists nothing else
   local left
   for _ in $(seq 400); do
@@ -135,6 +143,7 @@ for row in $ROWS; do
       rm -rf "$d"
     done
     stdin=$(readlink "/proc/$pid/fd/0")
+    members=$(tree "$pid")
     d=$(mktemp -d "$shm/criu.XXXXXX")
     "$CRIU" dump -t "$pid" -D "$d" --shell-job -o dump.log >/dev/null 2>&1 ||
       { echo "criu dump failed: $(tail -3 "$d/dump.log")" >&2; exit 1; }
@@ -143,6 +152,7 @@ for row in $ROWS; do
     wait "$tpid" 2>/dev/null || true
     for _ in $(seq "$RUNS"); do
       settle "$work/forest"
+      gone $members
       t0=$(now)
       "$CRIU" restore -d -D "$d" --shell-job --inherit-fd "fd[$hold]:$stdin" -o restore.log >/dev/null 2>&1 ||
         { echo "criu restore failed: $(grep -m3 Error "$d/restore.log")" >&2; exit 1; }
@@ -152,6 +162,7 @@ for row in $ROWS; do
       kill -9 $(tree "$pid")
     done
     settle "$work/forest"
+    gone $members
     rm -rf "$d"
     IFS='|' read -r f1 f2 f3 <<<"$crs_cells"
     printf "%-10s| $c  $c | $c  $c | $c  $c | %s\n" "$label" "$f1" "$(stats <"$work/cfrozen.ms")" \
