@@ -164,3 +164,43 @@ fn memory_shared_across_a_fork_is_refused_by_name() {
     assert!(out.contains("MAP_SHARED anonymous memory at") && out.contains("is shared with pid"), "{out}");
     p.verdict("ok");
 }
+
+/// The Python program: a multiprocessing.Pool (3 worker processes, its pipes, its
+/// POSIX semaphores, unlinked from /dev/shm as soon as made, its handler threads) computing the
+/// sum of i*i item by item, checkpointed with -k while it works and restored: every progress
+/// line after the restore is right, and so is the total.
+#[test]
+fn a_python_pool_finishes_its_sum() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+        return;
+    }
+    let dir = tmpdir("tree-pool");
+    let d = dir.to_str().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/pool.py");
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.arg(&script).arg("3000").current_dir(&dir);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = format!("{d}/p.crf");
+    let o = ckpt(&["-k", "-v", "-o", &img, &p.pid().to_string()]);
+    assert!(stderr(&o).contains("and 3 descendants"), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("deleted:   /dev/shm/sem."), "{info}");
+    let mut r = rstrt(&[&img]);
+    let sum = |n: u64| (0..=n).map(|i| i * i).sum::<u64>();
+    loop {
+        let l = r.expect("");
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["at", i, s] => assert_eq!(s.parse::<u64>().unwrap(), sum(i.parse().unwrap()), "{l}"),
+            ["total", s] => {
+                assert_eq!(s.parse::<u64>().unwrap(), sum(2999), "{l}");
+                break;
+            }
+            _ => panic!("unexpected line {l:?}; saw {:?}", r.seen),
+        }
+    }
+    assert!(r.wait().success());
+}

@@ -31,6 +31,10 @@ struct Args {
     /// peer: reads see end of file, writes fail with EPIPE)
     #[argh(option, default = "String::from(\"null\")")]
     stub_as: String,
+    /// the most MiB of files deleted while open or mapped that the image carries, all together
+    /// (default 48, the most)
+    #[argh(option, default = "48")]
+    deleted_max: u64,
     /// checkpoint the process alone, not its descendants: they run on, and the restored
     /// process has no children
     #[argh(switch)]
@@ -60,6 +64,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: --kill and --stop exclude each other: choose one");
         return exit::USAGE;
     }
+    if a.deleted_max > 48 {
+        eprintln!("{name}: --deleted-max {}: an image carries at most 48 MiB of deleted files", a.deleted_max);
+        return exit::USAGE;
+    }
     if a.pid <= 0 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
@@ -72,8 +80,14 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         }
     };
     if a.check {
-        let flags =
-            crate::Flags { no_binary: a.no_binary, no_libs: a.no_libs, stubs, alone: a.alone, ..Default::default() };
+        let flags = crate::Flags {
+            no_binary: a.no_binary,
+            no_libs: a.no_libs,
+            stubs,
+            alone: a.alone,
+            deleted_max: Some(a.deleted_max << 20),
+            ..Default::default()
+        };
         return match crate::check(a.pid, &flags) {
             Ok(()) => {
                 println!("pid {} can be checkpointed", a.pid);
@@ -97,8 +111,15 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     let _ = hold.thread_block();
     // With -k, a parent that is not init will see its child die.
     let parent = crate::ptrace::procfs::read_stat(a.pid).map(|s| s.ppid).unwrap_or(0);
-    let flags =
-        crate::Flags { kill: a.kill, stop: a.stop, no_binary: a.no_binary, no_libs: a.no_libs, stubs, alone: a.alone };
+    let flags = crate::Flags {
+        kill: a.kill,
+        stop: a.stop,
+        no_binary: a.no_binary,
+        no_libs: a.no_libs,
+        stubs,
+        alone: a.alone,
+        deleted_max: Some(a.deleted_max << 20),
+    };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
     // files get the temporary name and the rename.

@@ -36,6 +36,9 @@ pub struct Options {
     pub no_libs: bool,
     /// Fds carried as stubs rather than refused.
     pub stubs: files::Stubs,
+    /// The most bytes of deleted files the image carries (all of them together); None:
+    /// `deleted::MAX_TOTAL`.
+    pub deleted_max: Option<u64>,
     /// Only the process, not its descendants (they are left running, and the restored
     /// process has no children).
     pub alone: bool,
@@ -206,6 +209,7 @@ pub fn checkpoint_prechecked<W: Sink>(
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
         states[0].fdescs = shared;
+        states[0].deleted = deleted_files(&states, opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL))?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -329,6 +333,31 @@ fn tree_pipes(states: &mut [ProcessState]) -> Vec<crate::res::pipes::Pipe> {
         }
     }
     out
+}
+
+/// The deleted files the processes hold open or mapped, each once, read through the first fd
+/// or mapping found; refused past `limit` bytes in all.
+fn deleted_files(states: &[ProcessState], limit: u64) -> Result<Vec<crate::res::deleted::Deleted>> {
+    use crate::res::memory::VMA_DELETED;
+    let mut out: Vec<crate::res::deleted::Deleted> = Vec::new();
+    let mut total = 0u64;
+    for st in states {
+        let pid = st.head.pid;
+        let fds = st.files.iter().filter(|f| f.kind == files::KIND_DELETED);
+        let by_fd = fds.map(|f| (format!("/proc/{pid}/fd/{}", f.fd), &f.id));
+        let maps = st.vmas.iter().filter(|v| v.flags & VMA_DELETED != 0);
+        let by_map =
+            maps.filter_map(|v| Some((format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end), v.file.as_ref()?)));
+        for (link, id) in by_fd.chain(by_map) {
+            if out.iter().any(|d| (d.dev, d.ino) == (id.dev, id.ino)) {
+                continue;
+            }
+            let d = crate::res::deleted::collect(&link, &id.path, limit.saturating_sub(total))?;
+            total += d.data.len() as u64;
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 /// Seizes and stops process `pid` and all its threads, adding it to `procs`.

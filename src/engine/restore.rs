@@ -125,6 +125,8 @@ struct Shared<'a> {
     /// at, in the same order.
     descs: Vec<crate::res::fdescs::Desc>,
     opened: Vec<i32>,
+    /// The deleted files made again: (dev, ino in the image, the fd every process inherited).
+    deleted: Vec<(u64, u64, i32)>,
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
     inherited_signals: Signals,
@@ -172,6 +174,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         inherited: Vec::new(),
         descs: Vec::new(),
         opened: Vec::new(),
+        deleted: Vec::new(),
         specials,
         vdso,
         inherited_signals: Signals::own(),
@@ -190,27 +193,48 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     let inherited: Vec<(u64, i32, i32)> =
         tree_pipes.iter().map(|(ino, r, w)| (*ino, r.as_raw_fd(), w.as_raw_fd())).collect();
+    let mut notes = Vec::new();
+    // And the files unlinked while open or mapped, made again from the image, as the owner.
+    let mut remade = Vec::with_capacity(st.deleted.len());
+    {
+        let _as_owner = creds::AsOwner::enter(&st.head)?;
+        for d in &st.deleted {
+            let (fd, other) = crate::res::deleted::create_here(d)?;
+            if let Some(name) = other {
+                notes.push(format!("deleted file {} was made again as {name}, its name being in use", d.path));
+            }
+            remade.push((d.dev, d.ino, fd));
+        }
+    }
+    let remade_raw: Vec<(u64, u64, i32)> = remade.iter().map(|(d, i, f)| (*d, *i, f.as_raw_fd())).collect();
     // So are the file descriptions more than one fd held: opened once, as the owner, at their
-    // offset, after the same checks as every file the image names.
+    // offset, after the same checks as every file the image names (a deleted one through the
+    // file just made again).
     let descs = std::mem::take(&mut st.fdescs);
     let mut opened = Vec::with_capacity(descs.len());
     {
         let _as_owner = creds::AsOwner::enter(&st.head)?;
         let same_boot = st.head.boot_id == fileid::boot_id();
         for d in &descs {
+            let again = remade_raw.iter().find(|r| (r.0, r.1) == (d.file.id.dev, d.file.id.ino));
+            let via = match again {
+                Some(r) if d.file.kind == files::KIND_DELETED => Some(format!("/proc/self/fd/{}", r.2)),
+                _ => None,
+            };
             files::check(std::slice::from_ref(&d.file), same_boot)?;
-            opened.push(crate::res::fdescs::open_here(d)?);
+            opened.push(crate::res::fdescs::open_here(d, via.as_deref())?);
         }
     }
     let opened_raw: Vec<i32> = opened.iter().map(|f| f.as_raw_fd()).collect();
-    let mut notes = Vec::new();
     let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
     drop(tree_pipes);
     drop(opened);
+    drop(remade);
     let mut family = family?;
     shared.inherited = inherited;
     shared.descs = descs;
     shared.opened = opened_raw;
+    shared.deleted = remade_raw;
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -301,7 +325,12 @@ fn restore_one<R: Input>(
     // The files the image names are looked at with its owner's rights, not ours.
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
-    let plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
+    let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
+    // A mapping of a deleted file maps the one the restorer made again, as inherited.
+    for p in plans.iter_mut().filter(|p| p.vma.flags & memory::VMA_DELETED != 0) {
+        let id = p.vma.file.as_ref().map(|f| (f.dev, f.ino));
+        p.reopen = shared.deleted.iter().find(|d| Some((d.0, d.1)) == id).map(|d| d.2);
+    }
     // The executable, for the exe link, which must be set while the child still has our
     // privileges: opened here, as the owner, only if it is a regular file that one of the
     // image's mappings is mapped from (an image cannot point the link at a program it does
@@ -472,7 +501,7 @@ fn restore_one<R: Input>(
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
     let descs = crate::res::fdescs::held_by(st.head.pid, &shared.descs, &shared.opened);
-    let from_us = files::Inherited { pipes: &shared.inherited, descs: &descs };
+    let from_us = files::Inherited { pipes: &shared.inherited, descs: &descs, deleted: &shared.deleted };
     files::restore(&mut c, &st.files, &st.pipes, &from_us, null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;

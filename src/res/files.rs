@@ -39,7 +39,10 @@ pub const KIND_INOTIFY: u8 = 12;
 /// PIPES record `fifo_key(id.ino)`.
 pub const KIND_FIFO: u8 = 13;
 /// The last kind this crs knows.
-const KIND_LAST: u8 = KIND_INOTIFY + 1;
+/// A regular file unlinked while open: the image carries it (DELETED, by `id.dev`/`id.ino`);
+/// `id.path` is the name it had.
+pub const KIND_DELETED: u8 = 14;
+const KIND_LAST: u8 = KIND_DELETED;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -111,6 +114,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_TIMERFD => "timerfd",
         KIND_INOTIFY => "inotify",
         KIND_FIFO => "fifo",
+        KIND_DELETED => "deleted",
         _ => "?",
     }
 }
@@ -202,7 +206,14 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             continue;
         }
         if target.ends_with(" (deleted)") {
-            blocked.push(refuse("a deleted file"));
+            // A regular file unlinked while open: carried in the image (DELETED).
+            let id = super::deleted::unlinked(&target).and_then(|p| FileId::of(&link, p, false).ok());
+            match id {
+                Some(id) if id.file_type() == libc::S_IFREG => {
+                    out.push(Fd { fd, kind: KIND_DELETED, flags, cloexec, pos, id });
+                }
+                _ => blocked.push(refuse("a deleted file that is not a regular one")),
+            }
             continue;
         }
         let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
@@ -417,6 +428,8 @@ pub struct Inherited<'a> {
     pub pipes: &'a [(u64, i32, i32)],
     /// File descriptions more than one fd held: (the image's fd, the inherited fd).
     pub descs: &'a [(i32, i32)],
+    /// Deleted files made again: (dev, ino in the image, the inherited fd).
+    pub deleted: &'a [(u64, u64, i32)],
 }
 
 pub fn restore(
@@ -506,6 +519,14 @@ pub fn restore(
         let shared = descs.iter().find(|d| d.0 == f.fd).map(|d| d.1);
         let tmp = if let Some(t) = shared {
             t
+        } else if f.kind == KIND_DELETED {
+            // Reopened through the file the restorer made again, with the fd's own flags.
+            let &(_, _, raw) =
+                inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(|| {
+                    Error::Refused(format!("{what}: the image holds no deleted file {}: it is damaged", f.id.path))
+                })?;
+            let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
+            c.open(&format!("/proc/self/fd/{raw}"), (open_flags | nonblock) as i32, &what)?
         } else if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
         } else if f.kind == KIND_PIPE {
@@ -552,7 +573,7 @@ pub fn restore(
             let fd_flags = if f.cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
             c.fcntl(f.fd, libc::F_SETFD, fd_flags, "fcntl(F_SETFD)", &what)?;
         }
-        if f.pos > 0 && (f.kind == KIND_FILE || f.kind == KIND_DIR) && shared.is_none() {
+        if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED) && shared.is_none() {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
     }

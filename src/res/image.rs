@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memory, pending, pipes, ptimers, regs,
-    rlimits, sched, signals, task, thp, thread, timerfd, tree,
+    cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memory, pending, pipes, ptimers,
+    regs, rlimits, sched, signals, task, thp, thread, timerfd, tree,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -33,6 +33,9 @@ pub struct ProcessState {
     /// The open file descriptions more than one fd holds, in any process of the image (the
     /// first process's block carries them).
     pub fdescs: Vec<fdescs::Desc>,
+    /// The files unlinked while open or mapped, with their contents (the first process's
+    /// block carries them).
+    pub deleted: Vec<deleted::Deleted>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -148,6 +151,7 @@ pub mod tags {
     pub const TREEPIPES: Tag = Tag(25);
     pub const FDESCS: Tag = Tag(26);
     pub const LOCKS: Tag = Tag(27);
+    pub const DELETED: Tag = Tag(28);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -201,6 +205,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.fdescs, fdescs::decode(b, at)),
         describe: |v| fdescs::describe(&v.st.fdescs),
         ..only_if(tags::FDESCS, "FDESCS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.deleted.is_empty() { vec![] } else { vec![deleted::encode(&st.deleted)] },
+        decode: |b, at, st| set(&mut st.deleted, deleted::decode(b, at)),
+        describe: |v| deleted::describe(&v.st.deleted),
+        ..only_if(tags::DELETED, "DELETED")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -4,6 +4,7 @@
 
 pub mod creds;
 pub mod cwd;
+pub mod deleted;
 pub mod endpoints;
 pub mod epoll;
 pub mod fdescs;

@@ -10,7 +10,8 @@
  * and says "ok" or "bad: ...".
  * All share one open file description, "log" in the current directory, at fd 3 (main has it
  * at fd 4 too, dup'ed): each writes a line there when it starts and when it ends, and main
- * checks at the end that none overwrote another's (one offset for all). */
+ * checks at the end that none overwrote another's (one offset for all). And a file it
+ * unlinked while open, at fd 5 in every member, still reads back. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -138,6 +140,10 @@ int main(int argc, char **argv) {
     if (log < 0 || dup2(log, 3) != 3 || dup2(3, 4) != 4) return 2;
     if (log != 3) close(log);
     dprintf(3, "start main\n");
+    /* A file unlinked while open, at fd 5, which every member inherits. */
+    int tmp = open("tmp", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (tmp < 0 || write(tmp, "unlinked but here", 17) != 17 || unlink("tmp") || dup2(tmp, 5) != 5) return 2;
+    if (tmp != 5) close(tmp);
     pid_t z7 = fork();
     if (z7 == 0) _exit(7);
     pid_t zt = fork();
@@ -168,6 +174,12 @@ int main(int argc, char **argv) {
         bad = 1;
     }
     bad |= self_check("main", 1);
+    char got[32] = {0};
+    struct stat sb;
+    if (pread(5, got, sizeof got - 1, 0) != 17 || strcmp(got, "unlinked but here") || fstat(5, &sb) || sb.st_nlink) {
+        printf("bad: the unlinked file at fd 5 reads %s\n", got);
+        bad = 1;
+    }
     dprintf(3, "done main\n");
     dprintf(4, "done main at fd 4\n");
     /* 6 members started and ended, main twice at the end: 13 whole lines, none overwritten. */

@@ -235,6 +235,7 @@ mod tests {
     #[test]
     fn runs_outside_mappings_are_refused() {
         let plans = vec![Plan {
+            reopen: None,
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];

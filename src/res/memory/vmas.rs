@@ -42,8 +42,11 @@ pub const ADVICE: [(u32, &str, i32, &str); 8] = [
 ];
 pub const VMA_LOCKED: u32 = 1 << 14;
 pub const VMA_LOCKONFAULT: u32 = 1 << 15;
+/// A mapping of a regular file unlinked since: the image carries the file (DELETED, by
+/// `file.dev`/`file.ino`), and a restore maps the file it made again.
+pub const VMA_DELETED: u32 = 1 << 6;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 16) - 1 - (1 << 6) - (1 << 7);
+const VMA_ALL: u32 = (1 << 16) - 1 - (1 << 7);
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -284,11 +287,35 @@ fn classify_one(
         n if n.starts_with("[anon:") => KIND_ANON,
         n if n.starts_with("/SYSV") => return refuse("System V shared memory"),
         n if n.starts_with("/memfd:") => return refuse("a memfd"),
-        n if n.ends_with(" (deleted)") => return refuse("a mapping of a deleted file"),
+        n if n.ends_with(" (deleted)") && crate::res::deleted::unlinked(n).is_none() => {
+            return refuse("a mapping of a deleted special file");
+        }
+        n if n.ends_with(" (deleted)") => {
+            v.flags |= VMA_DELETED;
+            KIND_FILE
+        }
         n if n.starts_with('/') => KIND_FILE,
         _ => return refuse("a special mapping"),
     };
-    if v.kind == KIND_FILE {
+    if v.flags & VMA_DELETED != 0 {
+        // Nothing names it but the mapping itself (reading that link needs CAP_SYS_ADMIN).
+        let path = crate::res::deleted::unlinked(name).unwrap_or(name);
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let id = match FileId::of(&link, path, false) {
+            Ok(id) if id.file_type() == libc::S_IFREG => id,
+            Ok(_) => return refuse("a mapping of a deleted file that is not a regular one"),
+            Err(e) => {
+                return Ok(Err(format!("mapping {:#x}-{:#x} of deleted file {path}: {link}: {e}", m.start, m.end)));
+            }
+        };
+        if !m.shared && !no_copy(path, false) {
+            v.flags |= VMA_FILE_COPY;
+        }
+        if m.shared && m.has_flag("mw") {
+            v.flags |= VMA_MAY_WRITE;
+        }
+        v.file = Some(id);
+    } else if v.kind == KIND_FILE {
         let id = match FileId::of(name, name, true) {
             Ok(id) => id,
             Err(e) => return Ok(Err(format!("mapped file {name}: {e}"))),
@@ -340,6 +367,9 @@ pub struct Plan {
     pub vma: Vma,
     /// Map the file (it is the same here) rather than anonymous memory.
     pub from_file: bool,
+    /// For a deleted file: the fd of the file the restorer made again, inherited by the
+    /// process (set by the restore once it made it).
+    pub reopen: Option<i32>,
 }
 
 /// Decides, before anything is created, how each mapping is rebuilt on this node, and refuses
@@ -361,6 +391,11 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
     }
     for v in vmas {
         let mut from_file = false;
+        if v.flags & VMA_DELETED != 0 {
+            // The restore makes the file again from the image.
+            out.push(Plan { vma: v.clone(), from_file: true, reopen: None });
+            continue;
+        }
         if let Some(f) = &v.file {
             let why = match FileId::of(&f.path, &f.path, true) {
                 Ok(now) => f.same_content(&now, same_boot).err(),
@@ -380,7 +415,7 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
                 }
             }
         }
-        out.push(Plan { vma: v.clone(), from_file });
+        out.push(Plan { vma: v.clone(), from_file, reopen: None });
     }
     Ok(out)
 }
@@ -409,7 +444,17 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let mut fd = None;
         if v.kind == KIND_FILE && (p.from_file || shared) {
-            let path = &v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+            let path = match p.reopen {
+                Some(fd) => format!("/proc/self/fd/{fd}"),
+                None if v.flags & VMA_DELETED != 0 => {
+                    return Err(Error::Refused(format!(
+                        "{:#x}-{:#x}: deleted file {} not made again",
+                        v.start, v.end, v.name
+                    )));
+                }
+                None => v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+            };
+            let path = &path;
             // Writable if it was opened so, even if mapped read-only now: mprotect may make it
             // writable later.
             let writable = v.prot & libc::PROT_WRITE as u32 != 0 || v.flags & VMA_MAY_WRITE != 0;
