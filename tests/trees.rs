@@ -58,7 +58,8 @@ fn a_tree_is_copied_into_a_new_pid_namespace_and_both_run() {
     p.verdict("ok");
 }
 
-/// A pid in use is named with its holder; --require-pid then refuses, and nothing is left.
+/// A pid in use is named with its holder; --require-pid then refuses, and a child's pid in use
+/// refuses anyway; nothing is left behind.
 #[test]
 fn a_pid_in_use_is_named() {
     let dir = tmpdir("tree-taken");
@@ -70,6 +71,12 @@ fn a_pid_in_use_is_named() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains(&format!("cannot restore as pid {}: pid {} is in use by target-tree", p.pid(), p.pid())), "{e}");
+    // Without --require-pid the root may take another pid, but not its children: their parent
+    // knows them by theirs. The first child in the image is named.
+    let o = run(&["rstrt", &img]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(&format!("a child of pid {}: pid ", p.pid())) && e.contains("its parent would not find it"), "{e}");
     p.verdict("ok");
 }
 
@@ -118,7 +125,9 @@ fn until_lines(file: &std::path::Path, n: usize) -> usize {
 /// restored detached: the output goes on with not one line lost or repeated.
 #[test]
 fn a_pipeline_session_goes_on_with_nothing_lost() {
-    if !require(std::path::Path::new("/usr/bin/pv").exists(), "pv (apt install pv)") {
+    if !require(std::path::Path::new("/usr/bin/pv").exists(), "pv (apt install pv)")
+        || !require(is_root(), "root (rstrt --pidns)")
+    {
         return;
     }
     let dir = tmpdir("tree-pv");
@@ -143,7 +152,9 @@ fn a_pipeline_session_goes_on_with_nothing_lost() {
     let at = consecutive(&out);
     let info = String::from_utf8_lossy(&run(&["crfinfo", img.to_str().unwrap()]).stdout).to_string();
     assert!(info.contains("bytes unread"), "the pipes were empty: {info}");
-    let r = run(&["rstrt", "-d", img.to_str().unwrap()]);
+    // In a pid namespace of its own: the killed originals' pids may not be free yet (init
+    // reaps them in its time), and bash waits for its children by pid.
+    let r = run(&["rstrt", "-d", "--pidns", img.to_str().unwrap()]);
     assert!(r.status.success(), "{}", stderr(&r));
     let root: i32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
     let had = until_lines(&out, at + 300);
@@ -171,7 +182,9 @@ fn memory_shared_across_a_fork_is_refused_by_name() {
 /// line after the restore is right, and so is the total.
 #[test]
 fn a_python_pool_finishes_its_sum() {
-    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)")
+        || !require(is_root(), "root (rstrt --pidns)")
+    {
         return;
     }
     let dir = tmpdir("tree-pool");
@@ -188,7 +201,8 @@ fn a_python_pool_finishes_its_sum() {
     p.kill();
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
     assert!(info.contains("deleted:   /dev/shm/sem."), "{info}");
-    let mut r = rstrt(&[&img]);
+    // In a pid namespace of its own, where the workers' pids are free (see the pipeline test).
+    let mut r = rstrt(&["--pidns", &img]);
     let sum = |n: u64| (0..=n).map(|i| i * i).sum::<u64>();
     loop {
         let l = r.expect("");
@@ -203,4 +217,94 @@ fn a_python_pool_finishes_its_sum() {
         }
     }
     assert!(r.wait().success());
+}
+
+/// Writes a small C project of 24 files into `dir`, each compile followed by a short sleep so
+/// that a build takes a few seconds.
+fn c_project(dir: &std::path::Path) {
+    let mut main = String::from("#include <stdio.h>\n");
+    let mut body = String::from("int main(void) { long t = 0;\n");
+    for i in 1..=24 {
+        let f = format!("int f{i}(int x) {{ int s = 0; for (int i = 0; i < x; i++) s += i * {i}; return s; }}\n");
+        std::fs::write(dir.join(format!("f{i}.c")), f).unwrap();
+        main.push_str(&format!("int f{i}(int);\n"));
+        body.push_str(&format!("t += f{i}({});\n", 100 + i));
+    }
+    body.push_str("printf(\"%ld\\n\", t); return 0; }\n");
+    std::fs::write(dir.join("main.c"), main + &body).unwrap();
+    let objs: Vec<String> = (1..=24).map(|i| format!("f{i}.o")).collect();
+    let mk = format!(
+        "OBJS = main.o {}\nprog: $(OBJS)\n\tcc -o $@ $(OBJS)\n%.o: %.c\n\tcc -O2 -c $< -o $@ && sleep 0.2\n",
+        objs.join(" ")
+    );
+    std::fs::write(dir.join("Makefile"), mk).unwrap();
+}
+
+/// What the built program prints.
+fn prog_says(dir: &std::path::Path) -> String {
+    let o = std::process::Command::new(dir.join("prog")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The build: `make -j2` of a small C project of the test's own (make, its shells,
+/// the compilers, make's jobserver pipe), checkpointed with -k mid-build and restored: it
+/// finishes, and the program it built says what an uninterrupted build's says.
+#[test]
+fn make_j2_finishes_a_build_checkpointed_midway() {
+    if !require(std::path::Path::new("/usr/bin/make").exists(), "make (apt install make)")
+        || !require(is_root(), "root (rstrt --pidns)")
+    {
+        return;
+    }
+    let dir = tmpdir("tree-make");
+    let (whole, cut) = (dir.join("whole"), dir.join("cut"));
+    for d in [&whole, &cut] {
+        std::fs::create_dir_all(d).unwrap();
+        c_project(d);
+    }
+    let make = |d: &std::path::Path| {
+        let mut c = std::process::Command::new("make");
+        c.args(["-j2", "-s"]).current_dir(d);
+        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        close_extra_fds(&mut c);
+        c
+    };
+    assert!(make(&whole).status().unwrap().success());
+    let expected = prog_says(&whole);
+    let mut m = make(&cut).spawn().unwrap();
+    let t = std::time::Instant::now();
+    let built = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "o"))
+            .count()
+    };
+    while built(&cut) < 6 {
+        assert!(t.elapsed() < TIMEOUT, "the build does not progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let img = dir.join("m.crf");
+    let o = ckpt(&["-k", "-v", "-o", img.to_str().unwrap(), &m.id().to_string()]);
+    assert!(stderr(&o).contains("descendants"), "{}", stderr(&o));
+    let _ = m.wait();
+    let at = built(&cut);
+    assert!(at < 25, "the build was over before the checkpoint");
+    // In a pid namespace of its own, where every pid of the tree is free (the killed
+    // originals may still be zombies, which init reaps in its time): make waits for them.
+    let r = run(&["rstrt", "-d", "--pidns", img.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let t = std::time::Instant::now();
+    while !cut.join("prog").exists() {
+        assert!(t.elapsed() < TIMEOUT, "the restored build did not finish ({} objects)", built(&cut));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The link may still be writing: the restored make exits once it is done.
+    let root: i32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+    while std::path::Path::new(&format!("/proc/{root}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{root}/stat")).unwrap_or_default().contains(") Z")
+    {
+        assert!(t.elapsed() < TIMEOUT, "the restored make did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(prog_says(&cut), expected);
 }

@@ -88,7 +88,13 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         if i > 0 && zombie {
             continue; // kept as a zombie
         }
-        let own = precheck_one(m, opts, &pids)?;
+        let own = match precheck_one(m, opts, &pids) {
+            Ok(own) => own,
+            // A descendant that ended while we looked (a compiler a make ran) is no reason:
+            // the freeze walks the tree again.
+            Err(e) if i > 0 && gone_meanwhile(&e, m) => continue,
+            Err(e) => return Err(e),
+        };
         if i == 0 {
             why.extend(own);
         } else {
@@ -100,6 +106,17 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
     let live: Vec<i32> = all.iter().filter(|m| m.zombie.is_none()).map(|m| m.pid).collect();
     why.extend(tree::shared_memory(&live));
     Error::blocked(pid, why)
+}
+
+/// Whether `e` only says that process `pid` is gone: its /proc files went away.
+fn gone_meanwhile(e: &Error, pid: i32) -> bool {
+    match e {
+        Error::Gone(_) => true,
+        Error::Io { err, .. } => {
+            err.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
 }
 
 /// The reasons against one process, of those in `tree`.

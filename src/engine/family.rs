@@ -157,6 +157,15 @@ fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
         if require {
             return Err(Error::Refused(format!("cannot restore as pid {want}: {why} (--require-pid)")));
         }
+        // Its parent knows it by its pid (bash, make and Python wait for that pid): a tree
+        // whose pids are taken is not restored with others, only where it may have its own
+        // (without the privilege to choose pids, every pid is new: see rstrt(1)).
+        if Errno::from_raw(-r as i32) == Errno::EEXIST {
+            return Err(Error::Refused(format!(
+                "cannot restore the tree's pid {want}, a child of pid {}: {why}; its parent would not find it",
+                parent.original
+            )));
+        }
         r = with(parent, |c| c.clone3_raw(&args(false), &[]))?;
         if r < 0 {
             return Err(Error::sys("clone3 (a child)", format!("pid {}", parent.t.pid), Errno::from_raw(-r as i32)));

@@ -46,14 +46,11 @@ fn name_holders(h: &[(i32, i32, u32)], pid: i32) -> String {
 }
 
 /// Whether every holder of pipe `link` ("pipe:[123]", or a FIFO's path; held by `pid` as
-/// `fd` with `flags`) is one of the processes `within` (`pid` among them), which between them
-/// hold both ends (an fd open for both counts as both): a pipe entirely inside the checkpoint.
-pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str, flags: u32) -> bool {
-    let h = holders(link, pid, fd);
-    let modes = h.iter().map(|x| x.2).chain([flags & libc::O_ACCMODE as u32]).collect::<BTreeSet<_>>();
-    let both = modes.contains(&(libc::O_RDWR as u32))
-        || (modes.contains(&(libc::O_RDONLY as u32)) && modes.contains(&(libc::O_WRONLY as u32)));
-    h.iter().all(|x| x.0 == pid || within.contains(&x.0)) && both
+/// `fd`) is one of the processes `within` (`pid` among them): a pipe entirely inside the
+/// checkpoint. An end nobody holds any more is inside too: a restore closes it again (a read
+/// end whose writers are all gone reads end of file, as make's jobserver pipe does).
+pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str) -> bool {
+    holders(link, pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0))
 }
 
 /// A pipe fd: which end, and who holds the other.

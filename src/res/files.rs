@@ -180,14 +180,14 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
             let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
             let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
-            (pipe && !endpoints::pipe_inside(within, pid, fd, &target, flags))
+            (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
                 || target.starts_with("socket:")
                 || (is_tty_or_pipe(&target) && !pipe)
                 || ty == libc::S_IFSOCK
         };
         // A pipe between processes of the tree is theirs, even on fds 0-2 (a pipeline).
         let tree_pipe =
-            || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target, flags);
+            || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target);
         let stdio = fd <= 2 && is_tty_or_pipe(&target) && !tree_pipe();
         if stubs.fds.contains(&fd) || (stubs.outside && !stdio && outside()) {
             let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
@@ -217,7 +217,7 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             continue;
         }
         let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
-        if target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target, flags) {
+        if target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target) {
             let ino = target.trim_start_matches("pipe:[").trim_end_matches(']').parse().unwrap_or(0);
             out.push(Fd { fd, kind: KIND_PIPE, flags, cloexec, pos: 0, id: anon(ino) });
             continue;
@@ -286,7 +286,7 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             libc::S_IFDIR => Ok(KIND_DIR),
             libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
             libc::S_IFCHR => Err(refuse("a character device")),
-            libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target, flags) => Ok(KIND_FIFO),
+            libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target) => Ok(KIND_FIFO),
             libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
             libc::S_IFSOCK => Err(refuse("a socket")),
             _ => Err(refuse("a special file")),
