@@ -76,7 +76,10 @@ fn a_pid_in_use_is_named() {
     let o = run(&["rstrt", &img]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains(&format!("a child of pid {}: pid ", p.pid())) && e.contains("its parent would not find it"), "{e}");
+    assert!(
+        e.contains(&format!("a child of pid {}: pid ", p.pid())) && e.contains("its parent would not find it"),
+        "{e}"
+    );
     p.verdict("ok");
 }
 
@@ -163,16 +166,17 @@ fn a_pipeline_session_goes_on_with_nothing_lost() {
     assert!(had > at, "{had} lines after the restore, {at} before");
 }
 
-/// Anonymous memory a fork left shared cannot be restored shared yet: refused, by name, and
-/// the tree runs on.
+/// Anonymous memory a fork left shared stays shared: every child of the copy adds to a page
+/// its parent reads (tree.c "shared"), in a copy beside the original, in a pid namespace.
 #[test]
-fn memory_shared_across_a_fork_is_refused_by_name() {
+fn memory_shared_across_a_fork_stays_shared() {
+    if !require(is_root(), "root (rstrt --pidns)") {
+        return;
+    }
     let dir = tmpdir("tree-shm");
     let mut p = start("tree", &["shared"], &dir);
-    let o = run(&["ckpt", "--check", &p.pid().to_string()]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.contains("MAP_SHARED anonymous memory at") && out.contains("is shared with pid"), "{out}");
+    let mut copy = copy_of(p.pid(), "--pidns");
+    copy.verdict("ok");
     p.verdict("ok");
 }
 
@@ -307,4 +311,21 @@ fn make_j2_finishes_a_build_checkpointed_midway() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(prog_says(&cut), expected);
+}
+
+/// Connected unix socket pairs (stream, datagram, seqpacket) between a process and its child,
+/// and one a process holds both ends of, each with messages queued at both ends that nobody
+/// read: restored with every byte and every message boundary (tests/targets/pairs.c checks).
+#[test]
+fn unix_socket_pairs_keep_their_queued_messages() {
+    let dir = tmpdir("tree-pairs");
+    let d = dir.to_str().unwrap();
+    let mut p = start("pairs", &[], &dir);
+    let img = format!("{d}/s.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert_eq!(info.lines().filter(|l| l.starts_with("unixpair:")).count(), 4, "{info}");
+    let args: &[&str] = if is_root() { &["--pidns", &img] } else { &[&img] };
+    rstrt(args).verdict("ok");
 }

@@ -103,8 +103,6 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         }
     }
     why.extend(tree::check(&all));
-    let live: Vec<i32> = all.iter().filter(|m| m.zombie.is_none()).map(|m| m.pid).collect();
-    why.extend(tree::shared_memory(&live));
     Error::blocked(pid, why)
 }
 
@@ -202,9 +200,7 @@ pub fn checkpoint_prechecked<W: Sink>(
         // Again, now that nothing can change, before anything is collected: a caller may have
         // run precheck a while ago.
         let pids: Vec<i32> = procs.iter().map(|p| p.t.pid).collect();
-        let mut why = tree::check(&members);
-        why.extend(tree::shared_memory(&pids));
-        Error::blocked(pid, why)?;
+        Error::blocked(pid, tree::check(&members))?;
         let mut states = Vec::with_capacity(procs.len());
         for (i, p) in procs.iter_mut().enumerate() {
             let st = collect(p, opts, &pids).map_err(|e| match e {
@@ -222,11 +218,13 @@ pub fn checkpoint_prechecked<W: Sink>(
         if members.len() > 1 {
             states[0].tree = members;
             states[0].tree_pipes = tree_pipes(&mut states);
+            states[0].tree_shm = crate::res::treeshm::collect(&mut states)?;
         }
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
         states[0].fdescs = shared;
         states[0].deleted = deleted_files(&states, opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL))?;
+        states[0].unix_pairs = unix_pairs(&states)?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -373,6 +371,36 @@ fn deleted_files(states: &[ProcessState], limit: u64) -> Result<Vec<crate::res::
             total += d.data.len() as u64;
             out.push(d);
         }
+    }
+    Ok(out)
+}
+
+/// The connected unix socket pairs the processes hold whole, each once, each end's queue
+/// copied through one of its holders.
+fn unix_pairs(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Pair>> {
+    use crate::res::unixpairs::{Pair, collect_end};
+    // Every end, by inode, with one (pid, fd) that holds it.
+    let mut ends: Vec<(u64, i32, i32)> = Vec::new();
+    for st in states {
+        for f in st.files.iter().filter(|f| f.kind == files::KIND_UNIXPAIR) {
+            if !ends.iter().any(|e| e.0 == f.id.ino) {
+                ends.push((f.id.ino, st.head.pid, f.fd));
+            }
+        }
+    }
+    let pids: Vec<i32> = states.iter().map(|st| st.head.pid).collect();
+    let mut out: Vec<Pair> = Vec::new();
+    for &(ino, pid, fd) in &ends {
+        if out.iter().any(|p| p.ends.iter().any(|e| e.ino == ino)) {
+            continue;
+        }
+        let peer = crate::res::endpoints::unix_pair(&pids, pid, fd, ino);
+        let other = peer.and_then(|p| ends.iter().find(|e| e.0 == p)).ok_or_else(|| {
+            Error::Proc(format!("socket:[{ino}] (fd {fd} of pid {pid}): its peer is no longer held in the checkpoint"))
+        })?;
+        let (ty, a) = collect_end(pid, fd, ino)?;
+        let (_, b) = collect_end(other.1, other.2, other.0)?;
+        out.push(Pair { ty, ends: [a, b] });
     }
     Ok(out)
 }

@@ -125,8 +125,11 @@ struct Shared<'a> {
     /// at, in the same order.
     descs: Vec<crate::res::fdescs::Desc>,
     opened: Vec<i32>,
-    /// The deleted files made again: (dev, ino in the image, the fd every process inherited).
+    /// The deleted files and the tree's shared memory made again: (dev, ino in the image, the
+    /// fd every process inherited).
     deleted: Vec<(u64, u64, i32)>,
+    /// The unix socket pairs' ends: (inode in the image, the fd every process inherited).
+    sockets: Vec<(u64, i32)>,
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
     inherited_signals: Signals,
@@ -175,6 +178,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         descs: Vec::new(),
         opened: Vec::new(),
         deleted: Vec::new(),
+        sockets: Vec::new(),
         specials,
         vdso,
         inherited_signals: Signals::own(),
@@ -206,7 +210,21 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
             remade.push((d.dev, d.ino, fd));
         }
     }
+    // And the shared memory of the tree, made as one object each.
+    for o in &st.tree_shm {
+        let (fd, note) = crate::res::treeshm::create_here(o)?;
+        notes.extend(note);
+        remade.push((o.dev, o.ino, fd));
+    }
     let remade_raw: Vec<(u64, u64, i32)> = remade.iter().map(|(d, i, f)| (*d, *i, f.as_raw_fd())).collect();
+    // And the unix socket pairs, with what each end had queued.
+    let mut pairs = Vec::with_capacity(st.unix_pairs.len() * 2);
+    for p in &st.unix_pairs {
+        let [a, b] = crate::res::unixpairs::create_here(p)?;
+        pairs.push((p.ends[0].ino, a));
+        pairs.push((p.ends[1].ino, b));
+    }
+    let pairs_raw: Vec<(u64, i32)> = pairs.iter().map(|(i, f)| (*i, f.as_raw_fd())).collect();
     // So are the file descriptions more than one fd held: opened once, as the owner, at their
     // offset, after the same checks as every file the image names (a deleted one through the
     // file just made again).
@@ -230,7 +248,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     drop(tree_pipes);
     drop(opened);
     drop(remade);
+    drop(pairs);
     let mut family = family?;
+    shared.sockets = pairs_raw;
     shared.inherited = inherited;
     shared.descs = descs;
     shared.opened = opened_raw;
@@ -326,8 +346,9 @@ fn restore_one<R: Input>(
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
-    // A mapping of a deleted file maps the one the restorer made again, as inherited.
-    for p in plans.iter_mut().filter(|p| p.vma.flags & memory::VMA_DELETED != 0) {
+    // A mapping of a deleted file (or of the tree's shared memory) maps the one the restorer
+    // made again, as inherited.
+    for p in plans.iter_mut().filter(|p| p.vma.flags & (memory::VMA_DELETED | memory::VMA_TREE_SHM) != 0) {
         let id = p.vma.file.as_ref().map(|f| (f.dev, f.ino));
         p.reopen = shared.deleted.iter().find(|d| Some((d.0, d.1)) == id).map(|d| d.2);
     }
@@ -501,7 +522,12 @@ fn restore_one<R: Input>(
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
     let descs = crate::res::fdescs::held_by(st.head.pid, &shared.descs, &shared.opened);
-    let from_us = files::Inherited { pipes: &shared.inherited, descs: &descs, deleted: &shared.deleted };
+    let from_us = files::Inherited {
+        pipes: &shared.inherited,
+        descs: &descs,
+        deleted: &shared.deleted,
+        sockets: &shared.sockets,
+    };
     files::restore(&mut c, &st.files, &st.pipes, &from_us, null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;

@@ -169,10 +169,44 @@ fn unix_socket(pid: i32, fd: i32, ino: u64) -> Option<String> {
 
 /// The inode of unix socket `ino`'s peer (sock_diag, UNIX_DIAG_PEER), if it has one.
 fn unix_peer(ino: u64) -> Option<u64> {
+    unix_diag(ino).and_then(|d| d.0)
+}
+
+/// Whether socket `ino`, held by `pid` as `fd`, is one end of a connected pair of unnamed unix
+/// sockets whose two ends only processes in `within` (`pid` among them) hold, neither shut
+/// down nor listening: a pair the checkpoint holds whole (UNIXPAIRS). Returns its peer.
+pub fn unix_pair(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
+    let line = |i: u64| {
+        text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|x| x.parse().ok()) == Some(i)).map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (u32::from_str_radix(f[3], 16).unwrap_or(0), f.len() > 7)
+        })
+    };
+    let (flags, named) = line(ino)?;
+    if flags & 0x10000 != 0 || named {
+        return None;
+    }
+    let (peer, shut) = unix_diag(ino)?;
+    let peer = peer?;
+    let (_, peer_named) = line(peer)?;
+    let (_, peer_shut) = unix_diag(peer)?;
+    if peer_named || shut != 0 || peer_shut != 0 {
+        return None;
+    }
+    let inside = |h: &[(i32, i32, u32)]| h.iter().all(|x| x.0 == pid || within.contains(&x.0));
+    let peer_held = holders(&format!("socket:[{peer}]"), 0, -1);
+    (inside(&holders(&format!("socket:[{ino}]"), pid, fd)) && !peer_held.is_empty() && inside(&peer_held))
+        .then_some(peer)
+}
+
+/// What sock_diag says of unix socket `ino`: its peer's inode and its shutdown bits.
+fn unix_diag(ino: u64) -> Option<(Option<u64>, u8)> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
     // SAFETY: socket() takes no pointers; the fd is owned below.
     let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 4) };
     if raw < 0 {
@@ -206,18 +240,21 @@ fn unix_peer(ino: u64) -> Option<u64> {
     }
     let end = (u32_at(0)? as usize).min(b.len());
     // Attributes follow the 16-byte unix_diag_msg, each 4-byte aligned.
+    let (mut peer, mut shut) = (None, 0);
     let mut at = 16 + 16;
     while at + 4 <= end {
         let (len, ty) = (u16_at(at)? as usize, u16_at(at + 2)?);
         if len < 4 {
             break;
         }
-        if ty == UNIX_DIAG_PEER {
-            return u32_at(at + 4).map(u64::from);
+        match ty {
+            UNIX_DIAG_PEER => peer = u32_at(at + 4).map(u64::from),
+            UNIX_DIAG_SHUTDOWN => shut = *b.get(at + 4)?,
+            _ => {}
         }
         at += (len + 3) & !3;
     }
-    None
+    Some((peer, shut))
 }
 
 /// " (NETLINK_ROUTE)" and the like, from /proc/PID/net/netlink.

@@ -42,7 +42,10 @@ pub const KIND_FIFO: u8 = 13;
 /// A regular file unlinked while open: the image carries it (DELETED, by `id.dev`/`id.ino`);
 /// `id.path` is the name it had.
 pub const KIND_DELETED: u8 = 14;
-const KIND_LAST: u8 = KIND_DELETED;
+/// One end of a connected pair of unix sockets the checkpoint holds whole (UNIXPAIRS, by
+/// `id.ino`, the socket's inode).
+pub const KIND_UNIXPAIR: u8 = 15;
+const KIND_LAST: u8 = KIND_UNIXPAIR;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -115,6 +118,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_INOTIFY => "inotify",
         KIND_FIFO => "fifo",
         KIND_DELETED => "deleted",
+        KIND_UNIXPAIR => "unix pair",
         _ => "?",
     }
 }
@@ -180,10 +184,14 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
             let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
             let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
+            let pair = || {
+                let ino = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
+                ino.is_some_and(|i| endpoints::unix_pair(tree, pid, fd, i).is_some())
+            };
             (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
-                || target.starts_with("socket:")
+                || (target.starts_with("socket:") && !pair())
                 || (is_tty_or_pipe(&target) && !pipe)
-                || ty == libc::S_IFSOCK
+                || (ty == libc::S_IFSOCK && !target.starts_with("socket:"))
         };
         // A pipe between processes of the tree is theirs, even on fds 0-2 (a pipeline).
         let tree_pipe =
@@ -259,6 +267,12 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
         }
         if target == "anon_inode:inotify" {
             out.push(Fd { fd, kind: KIND_INOTIFY, flags, cloexec, pos: 0, id: anon(0) });
+            continue;
+        }
+        if let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok())
+            && endpoints::unix_pair(tree, pid, fd, ino).is_some()
+        {
+            out.push(Fd { fd, kind: KIND_UNIXPAIR, flags, cloexec, pos: 0, id: anon(ino) });
             continue;
         }
         if !target.starts_with('/') {
@@ -430,6 +444,8 @@ pub struct Inherited<'a> {
     pub descs: &'a [(i32, i32)],
     /// Deleted files made again: (dev, ino in the image, the inherited fd).
     pub deleted: &'a [(u64, u64, i32)],
+    /// Unix socket pairs: (the socket's inode in the image, the inherited fd).
+    pub sockets: &'a [(u64, i32)],
 }
 
 pub fn restore(
@@ -466,6 +482,17 @@ pub fn restore(
     for &(fd, raw) in inherited.descs {
         let what = format!("fd {fd} (a shared file description)");
         descs.push((fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
+    }
+    // Each end of a unix socket pair, dup'ed above for each fd that held it.
+    for f in fds.iter().filter(|f| f.kind == KIND_UNIXPAIR) {
+        let &(_, raw) = inherited.sockets.iter().find(|s| s.0 == f.id.ino).ok_or_else(|| {
+            Error::Refused(format!(
+                "fd {} is socket {} of which the image holds no pair: it is damaged",
+                f.fd, f.id.ino
+            ))
+        })?;
+        let what = format!("fd {} (socket:[{}])", f.fd, f.id.ino);
+        descs.push((f.fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
     }
     // Everything else it inherited goes (the copies above were not there yet).
     for n in have.into_iter().filter(|&n| !keep(n)) {

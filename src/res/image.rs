@@ -12,7 +12,7 @@
 
 use super::{
     cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memory, pending, pipes, ptimers,
-    regs, rlimits, sched, signals, task, thp, thread, timerfd, tree,
+    regs, rlimits, sched, signals, task, thp, thread, timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -36,6 +36,12 @@ pub struct ProcessState {
     /// The files unlinked while open or mapped, with their contents (the first process's
     /// block carries them).
     pub deleted: Vec<deleted::Deleted>,
+    /// The shared anonymous memory more than one process of the tree maps (the first
+    /// process's block carries it).
+    pub tree_shm: Vec<treeshm::Obj>,
+    /// The connected pairs of unix sockets whose both ends the image's processes hold (the
+    /// first process's block carries them).
+    pub unix_pairs: Vec<unixpairs::Pair>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -152,6 +158,8 @@ pub mod tags {
     pub const FDESCS: Tag = Tag(26);
     pub const LOCKS: Tag = Tag(27);
     pub const DELETED: Tag = Tag(28);
+    pub const TREESHM: Tag = Tag(29);
+    pub const UNIXPAIRS: Tag = Tag(30);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -213,6 +221,22 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.deleted, deleted::decode(b, at)),
         describe: |v| deleted::describe(&v.st.deleted),
         ..only_if(tags::DELETED, "DELETED")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.tree_shm.is_empty() { vec![] } else { vec![treeshm::encode(&st.tree_shm)] },
+        decode: |b, at, st| set(&mut st.tree_shm, treeshm::decode(b, at)),
+        describe: |v| treeshm::describe(&v.st.tree_shm),
+        ..only_if(tags::TREESHM, "TREESHM")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.unix_pairs.is_empty() { vec![] } else { vec![unixpairs::encode(&st.unix_pairs)] },
+        decode: |b, at, st| set(&mut st.unix_pairs, unixpairs::decode(b, at)),
+        describe: |v| unixpairs::describe(&v.st.unix_pairs),
+        ..only_if(tags::UNIXPAIRS, "UNIXPAIRS")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -30,3 +30,5 @@ pub mod thp;
 pub mod thread;
 pub mod timerfd;
 pub mod tree;
+pub mod treeshm;
+pub mod unixpairs;

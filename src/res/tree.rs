@@ -94,41 +94,6 @@ pub fn check(members: &[Member]) -> Vec<String> {
     why
 }
 
-/// MAP_SHARED anonymous memory that more than one of `pids` maps (what a fork left shared):
-/// a restore would give each its own copy, so each is named, once.
-pub fn shared_memory(pids: &[i32]) -> Vec<String> {
-    let mut seen: Vec<((u32, u32), u64, i32, String)> = Vec::new();
-    let mut why = Vec::new();
-    for &pid in pids {
-        // One that just went (a precheck looks at running processes) shares nothing.
-        let Ok(maps) = procfs::read_smaps(pid) else { continue };
-        for m in maps {
-            let anon = m.shared
-                && (m.name.is_empty() || m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:"));
-            if !anon {
-                continue;
-            }
-            let range = format!("{:#x}-{:#x}", m.start, m.end);
-            match seen.iter().find(|s| (s.0, s.1) == (m.dev, m.inode) && s.2 != pid) {
-                Some((_, _, first, at)) => {
-                    let line = format!(
-                        "{}'s MAP_SHARED anonymous memory at {at} is shared with {} (at {range}), which crs does not restore shared yet",
-                        who(*first),
-                        who(pid)
-                    );
-                    if !why.iter().any(|w: &String| {
-                        w.starts_with(&format!("{}'s MAP_SHARED anonymous memory at {at} ", who(*first)))
-                    }) {
-                        why.push(line);
-                    }
-                }
-                None => seen.push((m.dev, m.inode, pid, range)),
-            }
-        }
-    }
-    why
-}
-
 pub fn encode(all: &[Member]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(all.len() as u32);

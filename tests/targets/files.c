@@ -2,7 +2,7 @@
  *
  * Usage: files DIR          (DIR absolute; DIR/sub and DIR/sub/data.txt exist, data.txt holding
  *                            "0123456789abcdef")
- *        files socket       (holds a socket pair: for ckpt's refusal)
+ *        files socket       (holds a connected pair of named unix sockets: for ckpt's refusal)
  *
  * DIR mode: chdir(DIR/sub), umask(027); log.txt opened O_WRONLY|O_APPEND|O_CREAT and "line1\n"
  * written; data.txt opened O_RDWR at offset 5; DIR opened O_RDONLY|O_DIRECTORY|O_CLOEXEC;
@@ -10,8 +10,9 @@
  * then on the line "check" verifies all of it, appends "line2\n" to log.txt and prints one
  * verdict line, "ok files" or "FAIL: <what>"; exit status 0 only for ok.
  *
- * socket mode: creates a socket pair, prints "ready A B" (its fds), and answers every line "ping" with
- * "pong" until EOF (exit 0).
+ * socket mode: listens on an abstract unix name, connects to it and accepts (a pair crs does not
+ * restore: the accepted end has the listener's name), prints "ready A B" (the connected end and
+ * the accepted one), and answers every line "ping" with "pong" until EOF (exit 0).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,8 @@
 #include <limits.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -49,10 +52,17 @@ static int get_line(char *buf, size_t size) {
 static int socket_mode(void) {
     int p[2];
     char line[128];
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, p) != 0) {
-        perror("socketpair");
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "crs-files-%d", getpid());
+    socklen_t len = offsetof(struct sockaddr_un, sun_path) + 1 + n;
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    p[0] = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (l < 0 || p[0] < 0 || bind(l, (struct sockaddr *)&a, len) || listen(l, 1) ||
+        connect(p[0], (struct sockaddr *)&a, len) || (p[1] = accept(l, NULL, NULL)) < 0) {
+        perror("socket");
         return 2;
     }
+    close(l);
     printf("ready %d %d\n", p[0], p[1]);
     fflush(stdout);
     while (get_line(line, sizeof line)) {

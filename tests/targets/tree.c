@@ -33,6 +33,7 @@ static void on_usr1(int s) { (void)s; asked = 1; }
 struct ids { pid_t pid, ppid; int group, session; };
 static struct ids mine;
 static int root;
+static int *shared;
 static unsigned char *mem;
 static const size_t MEM = 1 << 20;
 
@@ -90,6 +91,7 @@ static void member(const char *name, pid_t child) {
         }
     }
     bad |= self_check(name, counted);
+    if (shared) __sync_fetch_and_add(shared, 1);
     dprintf(3, "done %s\n", name);
     fflush(stdout);
     _exit(bad);
@@ -130,9 +132,12 @@ static int is_zombie(pid_t p) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* "shared": memory its children share with it, which crs refuses (yet). */
-    if (argc > 1 && !strcmp(argv[1], "shared"))
-        *(int *)mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0) = 1;
+    /* "shared": a page every member shares (MAP_SHARED anonymous, made before the forks),
+     * where each child adds 1 once it has checked itself: main must see all 5. */
+    if (argc > 1 && !strcmp(argv[1], "shared")) {
+        shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (shared == MAP_FAILED) return 2;
+    }
     signal(SIGUSR1, on_usr1);
     root = 1;
     remember();
@@ -174,6 +179,10 @@ int main(int argc, char **argv) {
         bad = 1;
     }
     bad |= self_check("main", 1);
+    if (shared && *shared != 5) {
+        printf("bad: the shared page counts %d children, not 5\n", *shared);
+        bad = 1;
+    }
     char got[32] = {0};
     struct stat sb;
     if (pread(5, got, sizeof got - 1, 0) != 17 || strcmp(got, "unlinked but here") || fstat(5, &sb) || sb.st_nlink) {

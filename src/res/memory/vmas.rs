@@ -45,8 +45,11 @@ pub const VMA_LOCKONFAULT: u32 = 1 << 15;
 /// A mapping of a regular file unlinked since: the image carries the file (DELETED, by
 /// `file.dev`/`file.ino`), and a restore maps the file it made again.
 pub const VMA_DELETED: u32 = 1 << 6;
+/// Shared anonymous memory that other processes of the tree map too: TREESHM holds the object
+/// (`file.dev`, `file.ino`), which a restore makes once and maps in each.
+pub const VMA_TREE_SHM: u32 = 1 << 7;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 16) - 1 - (1 << 7);
+const VMA_ALL: u32 = (1 << 16) - 1;
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -175,7 +178,9 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && (KIND_ANON..=KIND_VVAR).contains(&v.kind)
             && v.prot & !7 == 0
             && v.flags & !VMA_ALL == 0
-            && (v.kind == KIND_FILE) == v.file.is_some()
+            // A file: a file mapping's, or the tree's shared memory's identity.
+            && (v.kind == KIND_FILE || v.flags & VMA_TREE_SHM != 0) == v.file.is_some()
+            && (v.flags & VMA_TREE_SHM == 0 || v.kind == KIND_SHMEM)
             // Only regular files are mapped, by absolute path: never a device or a FIFO an
             // image names.
             && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG && f.path.starts_with('/'))
@@ -391,8 +396,8 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
     }
     for v in vmas {
         let mut from_file = false;
-        if v.flags & VMA_DELETED != 0 {
-            // The restore makes the file again from the image.
+        if v.flags & (VMA_DELETED | VMA_TREE_SHM) != 0 {
+            // The restore makes the file (or the shared memory) again from the image.
             out.push(Plan { vma: v.clone(), from_file: true, reopen: None });
             continue;
         }
@@ -443,10 +448,10 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         let shared_file = v.kind == KIND_FILE && shared;
         let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         let mut fd = None;
-        if v.kind == KIND_FILE && (p.from_file || shared) {
+        if p.reopen.is_some() || (v.kind == KIND_FILE && (p.from_file || shared)) {
             let path = match p.reopen {
                 Some(fd) => format!("/proc/self/fd/{fd}"),
-                None if v.flags & VMA_DELETED != 0 => {
+                None if v.flags & (VMA_DELETED | VMA_TREE_SHM) != 0 => {
                     return Err(Error::Refused(format!(
                         "{:#x}-{:#x}: deleted file {} not made again",
                         v.start, v.end, v.name

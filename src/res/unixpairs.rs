@@ -1,0 +1,281 @@
+//! UNIXPAIRS: connected pairs of unnamed unix sockets (socketpair(2): stream, datagram or
+//! seqpacket) whose two ends are both held inside the checkpoint, by one process or by
+//! several of the tree (a parent and its worker, libevent's signal pair, Python's duplex
+//! multiprocessing.Pipe). Each pair is listed once, with what is queued for reading at each end,
+//! message by message, and each end's buffer sizes; the fds are FILES records of kind
+//! KIND_UNIXPAIR naming their socket's inode. The queues are copied without being consumed:
+//! an end is taken into crs (pidfd_getfd) and peeked at with SO_PEEK_OFF, whose old value is
+//! put back. A restore makes each pair in the restorer before the processes exist, refills
+//! both queues, and every process inherits the pair and dups its ends to its fds.
+//! Refused: a message carrying fds or credentials (SCM_RIGHTS in flight), an end shut down,
+//! a named socket, a pair with an end held outside the checkpoint.
+
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct End {
+    pub ino: u64,
+    /// What a read at this end would return, message by message (one chunk for a stream).
+    pub queued: Vec<Vec<u8>>,
+    pub sndbuf: u32,
+    pub rcvbuf: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pair {
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub ty: u32,
+    pub ends: [End; 2],
+}
+
+/// The most bytes one end's queue may hold in an image.
+const MAX_QUEUE: usize = 64 << 20;
+
+fn sys(call: &str, what: &str) -> Error {
+    Error::sys(call, what, Errno::last())
+}
+
+fn getsockopt_int(fd: RawFd, opt: i32, what: &str) -> Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `v` and its size into `len`.
+    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) } != 0 {
+        return Err(sys("getsockopt", what));
+    }
+    Ok(v)
+}
+
+fn setsockopt_int(fd: RawFd, opt: i32, v: i32, what: &str) -> Result<()> {
+    // SAFETY: setsockopt reads one int from `v`.
+    if unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&v as *const libc::c_int).cast(), 4) } != 0 {
+        return Err(sys("setsockopt", what));
+    }
+    Ok(())
+}
+
+/// The type and queue of the socket end `fd` of frozen process `pid` holds, copied without
+/// consuming anything.
+pub fn collect_end(pid: i32, fd: i32, ino: u64) -> Result<(u32, End)> {
+    let what = format!("socket:[{ino}] (fd {fd} of pid {pid})");
+    let ours = crate::ptrace::procfs::getfd(pid, fd, &what)?;
+    let s = ours.as_raw_fd();
+    let ty = getsockopt_int(s, libc::SO_TYPE, &what)? as u32;
+    let sndbuf = getsockopt_int(s, libc::SO_SNDBUF, &what)? as u32;
+    let rcvbuf = getsockopt_int(s, libc::SO_RCVBUF, &what)? as u32;
+    let old_off = getsockopt_int(s, libc::SO_PEEK_OFF, &what)?;
+    setsockopt_int(s, libc::SO_PEEK_OFF, 0, &what)?;
+    let peeked = peek_all(s, ty, &what);
+    // The process's own peek offset back, whatever happened.
+    let back = setsockopt_int(s, libc::SO_PEEK_OFF, old_off, &what);
+    let queued = peeked?;
+    back?;
+    // Half the kernel's doubled value: what setsockopt was (or would be) given.
+    Ok((ty, End { ino, queued, sndbuf: sndbuf / 2, rcvbuf: rcvbuf / 2 }))
+}
+
+/// Every message queued at socket `s` (its peek offset at 0), without consuming any.
+fn peek_all(s: RawFd, ty: u32, what: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut ctl = [0u8; 256];
+    loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.as_mut_ptr().cast();
+        msg.msg_controllen = ctl.len();
+        // SAFETY: recvmsg writes at most the buffers' lengths into them.
+        let n = unsafe { libc::recvmsg(s, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::EAGAIN => return Ok(out),
+                e => return Err(Error::sys("recvmsg(MSG_PEEK)", what, e)),
+            }
+        }
+        if msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(Error::Refused(format!(
+                "{what} has a message carrying fds or credentials queued (SCM_RIGHTS), which crs does not restore"
+            )));
+        }
+        let n = n as usize;
+        if n == 0 {
+            if ty == libc::SOCK_STREAM as u32 {
+                return Ok(out); // end of file: the other end shut down (refused elsewhere)
+            }
+            return Err(Error::Refused(format!("{what} has an empty message queued, which crs does not restore")));
+        }
+        // A datagram larger than the buffer: peek it whole.
+        if msg.msg_flags & libc::MSG_TRUNC != 0 && buf.len() < MAX_QUEUE {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        total += n;
+        if total > MAX_QUEUE {
+            return Err(Error::Refused(format!("{what} has more than {MAX_QUEUE} bytes queued")));
+        }
+        if ty == libc::SOCK_STREAM as u32 && !out.is_empty() {
+            out[0].extend_from_slice(&buf[..n]);
+        } else {
+            out.push(buf[..n].to_vec());
+        }
+    }
+}
+
+/// Makes pair `p` here, for the processes created after to inherit: a socketpair of its type,
+/// each end's queue filled through the other end, its buffer sizes set. Returns the two ends,
+/// close-on-exec, in the order of `p.ends`.
+pub fn create_here(p: &Pair) -> Result<[OwnedFd; 2]> {
+    let what = format!("socket pair [{}, {}]", p.ends[0].ino, p.ends[1].ino);
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two fds into `fds`.
+    if unsafe { libc::socketpair(libc::AF_UNIX, p.ty as i32 | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(sys("socketpair", &what));
+    }
+    // SAFETY: both fds were just made and are ours alone.
+    let ends = unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] };
+    for (i, e) in p.ends.iter().enumerate() {
+        let (me, other) = (ends[i].as_raw_fd(), ends[1 - i].as_raw_fd());
+        // Room for the queue in the writer's buffer while it is refilled (root may go past
+        // the system's limit), then each end's own sizes.
+        let need: usize = e.queued.iter().map(|m| m.len() + 512).sum();
+        if need > 0 {
+            let _ = setsockopt_int(other, libc::SO_SNDBUFFORCE, (need * 2).min(i32::MAX as usize) as i32, &what);
+        }
+        for m in &e.queued {
+            // SAFETY: send reads m.len() bytes from a live slice.
+            let n = unsafe { libc::send(other, m.as_ptr().cast(), m.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if n != m.len() as isize {
+                let why = if n < 0 { Errno::last().desc().to_string() } else { format!("{n} bytes taken") };
+                return Err(Error::not_here(
+                    format!("{what}: its queued messages do not fit here"),
+                    format!("{} of {} bytes: {why} (net.unix.max_dgram_qlen?)", m.len(), e.queued.len()),
+                ));
+            }
+        }
+        if e.rcvbuf > 0 {
+            let _ = setsockopt_int(me, libc::SO_RCVBUF, e.rcvbuf as i32, &what);
+        }
+    }
+    for (i, e) in p.ends.iter().enumerate() {
+        if e.sndbuf > 0 {
+            let _ = setsockopt_int(ends[i].as_raw_fd(), libc::SO_SNDBUF, e.sndbuf as i32, &what);
+        }
+    }
+    Ok(ends)
+}
+
+pub fn encode(all: &[Pair]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(all.len() as u32);
+    for p in all {
+        e.u32(p.ty);
+        for end in &p.ends {
+            e.u64(end.ino).u32(end.sndbuf).u32(end.rcvbuf);
+            e.u32(end.queued.len() as u32);
+            for m in &end.queued {
+                // A stream's queue may pass the 1 MiB of a byte field: in pieces.
+                let pieces: Vec<&[u8]> = m.chunks(1 << 20).collect();
+                e.u32(pieces.len() as u32);
+                for c in pieces {
+                    e.bytes(c);
+                }
+            }
+        }
+    }
+    e.into_bytes()
+}
+
+pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Pair>> {
+    let mut d = Dec::new(b, at, "UNIXPAIRS");
+    let n = d.count(4 + 2 * 20)?;
+    let mut out: Vec<Pair> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let mut p = Pair { ty: d.u32()?, ..Default::default() };
+        for end in p.ends.iter_mut() {
+            end.ino = d.u64()?;
+            end.sndbuf = d.u32()?;
+            end.rcvbuf = d.u32()?;
+            let m = d.count(4)?;
+            for _ in 0..m {
+                let k = d.count(4)?;
+                let mut msg = Vec::new();
+                for _ in 0..k {
+                    msg.extend_from_slice(d.bytes()?);
+                }
+                end.queued.push(msg);
+            }
+        }
+        let types = [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].map(|t| t as u32);
+        let inos: Vec<u64> = out.iter().flat_map(|q| q.ends.iter().map(|e| e.ino)).collect();
+        if !types.contains(&p.ty) || p.ends[0].ino == p.ends[1].ino || p.ends.iter().any(|e| inos.contains(&e.ino)) {
+            return Err(d.bad_at(rec, format!("socket pair of type {} [{}, {}]", p.ty, p.ends[0].ino, p.ends[1].ino)));
+        }
+        out.push(p);
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+/// crfinfo's lines.
+pub fn describe(all: &[Pair]) -> Vec<String> {
+    let kind = |t: u32| match t as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        _ => "seqpacket",
+    };
+    all.iter()
+        .map(|p| {
+            let q = |e: &End| {
+                format!(
+                    "{} ({} messages, {} bytes queued)",
+                    e.ino,
+                    e.queued.len(),
+                    e.queued.iter().map(Vec::len).sum::<usize>()
+                )
+            };
+            format!("unixpair:  {} [{}, {}]", kind(p.ty), q(&p.ends[0]), q(&p.ends[1]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_is_copied_without_consuming_and_made_again() {
+        for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET] {
+            let mut fds = [0; 2];
+            // SAFETY: socketpair writes two fds.
+            assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) }, 0);
+            // SAFETY: ours alone.
+            let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            for m in [&b"one"[..], b"two!"] {
+                assert_eq!(nix::unistd::write(&b, m).unwrap(), m.len());
+            }
+            let me = std::process::id() as i32;
+            let (t, end) = collect_end(me, a.as_raw_fd(), 1).unwrap();
+            assert_eq!(t, ty as u32);
+            let want: Vec<Vec<u8>> = if ty == libc::SOCK_STREAM {
+                vec![b"onetwo!".to_vec()]
+            } else {
+                vec![b"one".to_vec(), b"two!".to_vec()]
+            };
+            assert_eq!(end.queued, want);
+            // Still there for the process.
+            let mut buf = [0u8; 16];
+            assert_eq!(nix::unistd::read(&a, &mut buf).unwrap(), if ty == libc::SOCK_STREAM { 7 } else { 3 });
+            let p = Pair { ty: ty as u32, ends: [End { ino: 1, ..end }, End { ino: 2, ..Default::default() }] };
+            assert_eq!(decode(&encode(std::slice::from_ref(&p)), 0).unwrap(), vec![p.clone()]);
+            let [x, _y] = create_here(&p).unwrap();
+            assert_eq!(nix::unistd::read(&x, &mut buf).unwrap(), if ty == libc::SOCK_STREAM { 7 } else { 3 });
+        }
+    }
+}
