@@ -205,5 +205,6 @@ fn a_copy_in_its_own_pid_namespace_keeps_every_tid() {
     let rstrt_pid = nix::unistd::Pid::from_raw(r.pid());
     nix::sys::signal::kill(rstrt_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(r.wait().signal(), Some(libc::SIGTERM));
+    // Its stdin stays open (Proc::wait would close it, and the copy would end of that).
+    assert_eq!(r.child.wait().unwrap().signal(), Some(libc::SIGTERM));
 }

@@ -185,6 +185,16 @@ fn outside(name: &str, a: &Args, mut o: pidns::Outside, set: &SigSet) -> i32 {
             return exit::report(name, &e);
         }
     };
+    if pid == 0 {
+        // It ended before we saw it: end as it ended, as when it ends later.
+        let end = o.end();
+        let status = init_status();
+        return match end {
+            Some(End::Exited(c)) => c,
+            Some(End::Killed(s)) => die_like(Signal::try_from(s).unwrap_or(Signal::SIGKILL)),
+            None => status,
+        };
+    }
     if a.verbose {
         eprintln!("{name}: it is pid {pid} outside its pid namespace");
     }

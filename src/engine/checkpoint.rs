@@ -93,6 +93,11 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
             // A descendant that ended while we looked (a compiler a make ran) is no reason:
             // the freeze walks the tree again.
             Err(e) if i > 0 && gone_meanwhile(&e, m) => continue,
+            Err(Error::Permission(why)) if i > 0 => {
+                return Err(Error::Permission(format!(
+                    "{why} (it is a descendant of pid {pid}; ckpt --alone leaves them out)"
+                )));
+            }
             Err(e) => return Err(e),
         };
         if i == 0 {
@@ -305,6 +310,11 @@ fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tr
                 Err(Error::Gone(_)) => {}
                 // A process that became a zombie cannot be traced.
                 Err(_) if tree::member(m).is_ok_and(|x| x.zombie.is_some()) => {}
+                Err(Error::Permission(why)) => {
+                    return Err(Error::Permission(format!(
+                        "{why} (it is a descendant of pid {root}; ckpt --alone leaves them out)"
+                    )));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -475,6 +485,13 @@ struct Other {
     live: Option<Regs>,
 }
 
+/// Whether thread `tid` of `pid` is gone or on its way out (dead or a zombie).
+fn exiting(pid: i32, tid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    matches!(state, None | Some('Z') | Some('X'))
+}
+
 /// Freezes every other thread of `pid` (whose leader is frozen already): seizes and interrupts
 /// each one /proc/PID/task lists, then lists them again until no new one appears (a thread
 /// still running may have started another). A thread that exits meanwhile is left out.
@@ -490,6 +507,8 @@ fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<Caught>) -> R
             let t = match Tracee::seize(tid) {
                 Ok(t) => t,
                 Err(Error::Gone(_)) => continue,
+                // A thread that is exiting (a threading.Timer's, done) may no longer be traced.
+                Err(Error::Permission(_)) if exiting(pid, tid) => continue,
                 Err(e) => return Err(e),
             };
             match t.interrupt_start() {

@@ -5,6 +5,7 @@
 pub mod blockers;
 pub mod checkpoint;
 pub mod family;
+pub mod inherit;
 pub mod layout;
 pub mod pidns;
 pub mod restore;

@@ -149,7 +149,8 @@ impl Init {
 
 impl Outside {
     /// Waits for the init's word that the process runs; returns its pid outside the
-    /// namespace. None: the restore failed (the init said why on stderr and exits).
+    /// namespace (0 when it has ended already: the init says how next). None: the restore
+    /// failed (the init said why on stderr and exits).
     pub fn ready(&mut self) -> Result<Option<i32>> {
         let mut line = String::new();
         self.report.read_line(&mut line).map_err(|e| Error::io("--pidns report", e))?;
@@ -159,8 +160,8 @@ impl Outside {
         // The init's only child is the restored process.
         let path = format!("/proc/{0}/task/{0}/children", self.init);
         let kids = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let pid = kids.split_whitespace().next().and_then(|p| p.parse().ok());
-        pid.map(Some).ok_or_else(|| Error::Proc(format!("{path}: the restored process is not there")))
+        // None there: it ended (and the init reaped it) before we looked.
+        Ok(Some(kids.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0)))
     }
 
     /// How the restored process ended, once the init has said it (None: the init ended

@@ -12,6 +12,7 @@
 //! before its trailer has been read and checked: a corrupt image kills the child, never runs it.
 
 use super::family::{self, Family};
+use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
@@ -119,17 +120,8 @@ pub fn restore<R: Input>(input: R, opts: &Options) -> Result<Restored> {
 /// children inherited from us, the options.
 struct Shared<'a> {
     opts: &'a Options,
-    /// The tree's pipes, as every process inherited them: (pipe, read end, write end).
-    inherited: Vec<(u64, i32, i32)>,
-    /// The file descriptions more than one fd held, and the fds every process inherited them
-    /// at, in the same order.
-    descs: Vec<crate::res::fdescs::Desc>,
-    opened: Vec<i32>,
-    /// The deleted files and the tree's shared memory made again: (dev, ino in the image, the
-    /// fd every process inherited).
-    deleted: Vec<(u64, u64, i32)>,
-    /// The unix socket pairs' ends: (inode in the image, the fd every process inherited).
-    sockets: Vec<(u64, i32)>,
+    /// What every process inherited from us.
+    made: Made,
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
     inherited_signals: Signals,
@@ -172,89 +164,17 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
         None => Vec::new(),
     };
-    let mut shared = Shared {
-        opts,
-        inherited: Vec::new(),
-        descs: Vec::new(),
-        opened: Vec::new(),
-        deleted: Vec::new(),
-        sockets: Vec::new(),
-        specials,
-        vdso,
-        inherited_signals: Signals::own(),
-    };
+    let mut shared = Shared { opts, made: Made::default(), specials, vdso, inherited_signals: Signals::own() };
     // Root restoring another user's process gives it a session of its own (no controlling
     // terminal of root's); so does -d; and so it is when it led its session.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
     let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
-    // The pipes between processes of the tree, made here and filled: every process created
-    // below inherits them at the same fds, and keeps what it uses. Ours are closed once all
-    // exist (a reader must see end of file when its writers close their ends).
-    let mut tree_pipes = Vec::with_capacity(st.tree_pipes.len());
-    for p in &st.tree_pipes {
-        let (r, w) = crate::res::pipes::create_here(p)?;
-        tree_pipes.push((p.ino, r, w));
-    }
-    let inherited: Vec<(u64, i32, i32)> =
-        tree_pipes.iter().map(|(ino, r, w)| (*ino, r.as_raw_fd(), w.as_raw_fd())).collect();
     let mut notes = Vec::new();
-    // And the files unlinked while open or mapped, made again from the image, as the owner.
-    let mut remade = Vec::with_capacity(st.deleted.len());
-    {
-        let _as_owner = creds::AsOwner::enter(&st.head)?;
-        for d in &st.deleted {
-            let (fd, other) = crate::res::deleted::create_here(d)?;
-            if let Some(name) = other {
-                notes.push(format!("deleted file {} was made again as {name}, its name being in use", d.path));
-            }
-            remade.push((d.dev, d.ino, fd));
-        }
-    }
-    // And the shared memory of the tree, made as one object each.
-    for o in &st.tree_shm {
-        let (fd, note) = crate::res::treeshm::create_here(o)?;
-        notes.extend(note);
-        remade.push((o.dev, o.ino, fd));
-    }
-    let remade_raw: Vec<(u64, u64, i32)> = remade.iter().map(|(d, i, f)| (*d, *i, f.as_raw_fd())).collect();
-    // And the unix socket pairs, with what each end had queued.
-    let mut pairs = Vec::with_capacity(st.unix_pairs.len() * 2);
-    for p in &st.unix_pairs {
-        let [a, b] = crate::res::unixpairs::create_here(p)?;
-        pairs.push((p.ends[0].ino, a));
-        pairs.push((p.ends[1].ino, b));
-    }
-    let pairs_raw: Vec<(u64, i32)> = pairs.iter().map(|(i, f)| (*i, f.as_raw_fd())).collect();
-    // So are the file descriptions more than one fd held: opened once, as the owner, at their
-    // offset, after the same checks as every file the image names (a deleted one through the
-    // file just made again).
-    let descs = std::mem::take(&mut st.fdescs);
-    let mut opened = Vec::with_capacity(descs.len());
-    {
-        let _as_owner = creds::AsOwner::enter(&st.head)?;
-        let same_boot = st.head.boot_id == fileid::boot_id();
-        for d in &descs {
-            let again = remade_raw.iter().find(|r| (r.0, r.1) == (d.file.id.dev, d.file.id.ino));
-            let via = match again {
-                Some(r) if d.file.kind == files::KIND_DELETED => Some(format!("/proc/self/fd/{}", r.2)),
-                _ => None,
-            };
-            files::check(std::slice::from_ref(&d.file), same_boot)?;
-            opened.push(crate::res::fdescs::open_here(d, via.as_deref())?);
-        }
-    }
-    let opened_raw: Vec<i32> = opened.iter().map(|f| f.as_raw_fd()).collect();
+    let made = Made::make(&mut st, &mut notes)?;
     let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
-    drop(tree_pipes);
-    drop(opened);
-    drop(remade);
-    drop(pairs);
+    shared.made = made;
+    shared.made.close_ours();
     let mut family = family?;
-    shared.sockets = pairs_raw;
-    shared.inherited = inherited;
-    shared.descs = descs;
-    shared.opened = opened_raw;
-    shared.deleted = remade_raw;
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -349,8 +269,7 @@ fn restore_one<R: Input>(
     // A mapping of a deleted file (or of the tree's shared memory) maps the one the restorer
     // made again, as inherited.
     for p in plans.iter_mut().filter(|p| p.vma.flags & (memory::VMA_DELETED | memory::VMA_TREE_SHM) != 0) {
-        let id = p.vma.file.as_ref().map(|f| (f.dev, f.ino));
-        p.reopen = shared.deleted.iter().find(|d| Some((d.0, d.1)) == id).map(|d| d.2);
+        p.reopen = p.vma.file.as_ref().and_then(|f| shared.made.remade(f.dev, f.ino));
     }
     // The executable, for the exe link, which must be set while the child still has our
     // privileges: opened here, as the owner, only if it is a regular file that one of the
@@ -521,14 +440,8 @@ fn restore_one<R: Input>(
     // 7. Apply the rest: protections, files, cwd, signals, session, task attributes, limits,
     //    scheduling, knobs, mapping flags.
     memory::protect_all(&mut c, &plans)?;
-    let descs = crate::res::fdescs::held_by(st.head.pid, &shared.descs, &shared.opened);
-    let from_us = files::Inherited {
-        pipes: &shared.inherited,
-        descs: &descs,
-        deleted: &shared.deleted,
-        sockets: &shared.sockets,
-    };
-    files::restore(&mut c, &st.files, &st.pipes, &from_us, null_stdio, st.head.uids[3])?;
+    let descs = shared.made.descs_of(st.head.pid);
+    files::restore(&mut c, &st.files, &st.pipes, &shared.made.for_files(&descs), null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;

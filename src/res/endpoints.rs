@@ -164,7 +164,33 @@ fn unix_socket(pid: i32, fd: i32, ino: u64) -> Option<String> {
             false => format!(" connected to {}", name_holders(&h, pid)),
         }
     });
-    Some(format!("a unix {kind} socket{at}{}", peer.unwrap_or_default()))
+    let unknown = match peer {
+        None if !unix_diag_works() => {
+            " (crs cannot tell its peer: the kernel's unix_diag is not loaded; modprobe unix_diag)".to_string()
+        }
+        _ => String::new(),
+    };
+    Some(format!("a unix {kind} socket{at}{}{unknown}", peer.unwrap_or_default()))
+}
+
+/// Whether sock_diag answers for unix sockets here (Debian loads unix_diag on demand; a
+/// system without modules may lack it): asked once, of a socket pair of our own.
+pub fn unix_diag_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds, owned below.
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0
+        {
+            return false;
+        }
+        // SAFETY: both were just made and are ours alone.
+        let (a, _b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&a));
+        fs::metadata(link).is_ok_and(|m| unix_peer(m.ino()).is_some())
+    })
 }
 
 /// The inode of unix socket `ino`'s peer (sock_diag, UNIX_DIAG_PEER), if it has one.

@@ -21,12 +21,16 @@ fi
 # The kernel of Debian 12 as its headers name it (the ABI number changes with updates).
 kver=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/^linux-headers-\([^ ]*\).*/\1/p')
 (cd "$work" && apt-get download -qq "linux-image-$kver-unsigned" >/dev/null 2>&1 || apt-get download -qq "linux-image-$kver" >/dev/null)
-dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb | tar -x -C "$work" "./boot/vmlinuz-$kver"
+dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb | tar -x -C "$work" "./boot/vmlinuz-$kver" \
+  "./lib/modules/$kver/kernel/net/unix/unix_diag.ko"
 
 root="$work/root"
 mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
 cp "$CRS" "$root/bin/crs"
+# Debian loads unix_diag when sock_diag is first asked about a unix socket; the guest has no
+# module tree, so its init loads it (crs finds the peer of a unix socket through it).
+cp "$work/lib/modules/$kver/kernel/net/unix/unix_diag.ko" "$root/unix_diag.ko"
 cc -O1 -static -o "$root/bin/migrant" "$here/../targets/migrant.c"
 cc -O1 -static -o "$root/bin/attrs" "$here/../targets/attrs.c"
 cc -O1 -static -pthread -o "$root/bin/threads" "$here/../targets/threads.c"

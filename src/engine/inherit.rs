@@ -1,0 +1,100 @@
+//! What the restorer makes, before it creates the processes, for all of them to inherit at
+//! the same fds: the pipes and unix socket pairs between them (filled with what was queued),
+//! the files deleted while open or mapped (made again), the tree's shared memory, and the
+//! open file descriptions more than one fd held. Each process keeps, at its own fds and
+//! mappings, what it held, and closes the rest; the restorer closes its copies once every
+//! process exists (a reader must see end of file when its writers close their ends).
+
+use crate::error::Result;
+use crate::res::fdescs::{self, Desc};
+use crate::res::files::{self, Inherited};
+use crate::res::image::ProcessState;
+use crate::res::{creds, deleted, fileid, pipes, treeshm, unixpairs};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+#[derive(Default)]
+pub struct Made {
+    /// The restorer's own copies, closed by `close_ours`.
+    owned: Vec<OwnedFd>,
+    /// The tree's pipes: (pipe, read end, write end).
+    pipes: Vec<(u64, i32, i32)>,
+    /// Deleted files and shared memory made again: (dev, ino in the image, fd).
+    remade: Vec<(u64, u64, i32)>,
+    /// Unix socket pairs' ends: (inode in the image, fd).
+    sockets: Vec<(u64, i32)>,
+    /// Descriptions more than one fd held, and the fd each was opened at.
+    descs: Vec<Desc>,
+    opened: Vec<i32>,
+}
+
+impl Made {
+    /// Makes all of it from the first process's state `st` (the image-wide sections, taken out
+    /// of it), as the image's owner where files are concerned. What could not be made exactly
+    /// goes to `notes`.
+    pub fn make(st: &mut ProcessState, notes: &mut Vec<String>) -> Result<Made> {
+        let mut m = Made::default();
+        for p in &st.tree_pipes {
+            let (r, w) = pipes::create_here(p)?;
+            m.pipes.push((p.ino, r.as_raw_fd(), w.as_raw_fd()));
+            m.owned.extend([r, w]);
+        }
+        for p in &st.unix_pairs {
+            for (end, fd) in p.ends.iter().zip(unixpairs::create_here(p)?) {
+                m.sockets.push((end.ino, fd.as_raw_fd()));
+                m.owned.push(fd);
+            }
+        }
+        for o in &st.tree_shm {
+            let (fd, note) = treeshm::create_here(o)?;
+            notes.extend(note);
+            m.remade.push((o.dev, o.ino, fd.as_raw_fd()));
+            m.owned.push(fd);
+        }
+        let _as_owner = creds::AsOwner::enter(&st.head)?;
+        for d in &st.deleted {
+            let (fd, other) = deleted::create_here(d)?;
+            if let Some(name) = other {
+                notes.push(format!("deleted file {} was made again as {name}, its name being in use", d.path));
+            }
+            m.remade.push((d.dev, d.ino, fd.as_raw_fd()));
+            m.owned.push(fd);
+        }
+        // Each description after the same checks as every file the image names; a deleted
+        // one's through the file just made again.
+        let same_boot = st.head.boot_id == fileid::boot_id();
+        m.descs = std::mem::take(&mut st.fdescs);
+        for d in &m.descs {
+            let again = m.remade.iter().find(|r| (r.0, r.1) == (d.file.id.dev, d.file.id.ino));
+            let via = match again {
+                Some(r) if d.file.kind == files::KIND_DELETED => Some(format!("/proc/self/fd/{}", r.2)),
+                _ => None,
+            };
+            files::check(std::slice::from_ref(&d.file), same_boot)?;
+            let fd = fdescs::open_here(d, via.as_deref())?;
+            m.opened.push(fd.as_raw_fd());
+            m.owned.push(fd);
+        }
+        Ok(m)
+    }
+
+    /// Closes the restorer's copies, once every process has inherited them.
+    pub fn close_ours(&mut self) {
+        self.owned.clear();
+    }
+
+    /// The fd a deleted file or the tree's shared memory (by its identity in the image) was
+    /// made again at.
+    pub fn remade(&self, dev: u64, ino: u64) -> Option<i32> {
+        self.remade.iter().find(|r| (r.0, r.1) == (dev, ino)).map(|r| r.2)
+    }
+
+    /// The shared descriptions process `pid` (of the image) held: (its fd, the inherited fd).
+    pub fn descs_of(&self, pid: i32) -> Vec<(i32, i32)> {
+        fdescs::held_by(pid, &self.descs, &self.opened)
+    }
+
+    /// What `files::restore` takes from it, for a process holding `descs` (see `descs_of`).
+    pub fn for_files<'a>(&'a self, descs: &'a [(i32, i32)]) -> Inherited<'a> {
+        Inherited { pipes: &self.pipes, descs, deleted: &self.remade, sockets: &self.sockets }
+    }
+}
