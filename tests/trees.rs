@@ -329,3 +329,69 @@ fn unix_socket_pairs_keep_their_queued_messages() {
     let args: &[&str] = if is_root() { &["--pidns", &img] } else { &[&img] };
     rstrt(args).verdict("ok");
 }
+
+/// The script: bash running `producer | filter | consumer` (programs of the test's
+/// own: numbers, doubled, appended to a file, the consumer checking each is the last plus 2)
+/// and a background job that leaves a zombie child, checkpointed as a whole with -k and
+/// restored: the output goes on with nothing lost, repeated or reordered, and the background
+/// job reaps its zombie with the status it exited with.
+#[test]
+fn a_bash_pipeline_and_a_zombie_go_on() {
+    if !require(is_root(), "root (rstrt --pidns)") {
+        return;
+    }
+    let dir = tmpdir("tree-bash");
+    let t = target("pipeline");
+    let t = t.to_str().unwrap();
+    let script = format!("{t} producer | {t} filter | {t} consumer out.txt &\n{t} zombie &\nwait\n");
+    std::fs::write(dir.join("job.sh"), script).unwrap();
+    let mut c = std::process::Command::new("bash");
+    c.arg("job.sh").current_dir(&dir);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let mut bash = c.spawn().unwrap();
+    let out = dir.join("out.txt");
+    let doubled = |file: &std::path::Path| {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        for (i, l) in complete.lines().enumerate() {
+            assert_eq!(l, (2 * (i + 1)).to_string(), "line {} of {}", i + 1, file.display());
+        }
+        complete.lines().count()
+    };
+    let until = |n: usize| {
+        let t0 = std::time::Instant::now();
+        while doubled(&out) < n {
+            assert!(t0.elapsed() < TIMEOUT, "{} has {} lines, not {n}", out.display(), doubled(&out));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    until(100);
+    // The background job's child is a zombie by now.
+    let z: i32 = loop {
+        if let Some(z) = std::fs::read_to_string(dir.join("zombie.pid")).ok().and_then(|s| s.trim().parse().ok())
+            && std::fs::read_to_string(format!("/proc/{z}/stat")).unwrap_or_default().contains(") Z")
+        {
+            break z;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let img = dir.join("b.crf");
+    let o = ckpt(&["-k", "-v", "-o", img.to_str().unwrap(), &bash.id().to_string()]);
+    assert!(stderr(&o).contains("(1 zombies)"), "zombie {z}: {}", stderr(&o));
+    let _ = bash.wait();
+    let at = doubled(&out);
+    let r = run(&["rstrt", "-d", "--pidns", img.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let root: i32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+    until(at + 200);
+    std::fs::write(dir.join("reap"), "").unwrap();
+    let t0 = std::time::Instant::now();
+    while !dir.join("zombie.out").exists() {
+        assert!(t0.elapsed() < TIMEOUT, "the background job did not reap its zombie");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill takes integers: the restored bash (its pid namespace ends with it).
+    unsafe { libc::kill(root, libc::SIGKILL) };
+    assert_eq!(std::fs::read_to_string(dir.join("zombie.out")).unwrap(), "reaped 1 status 3\n");
+}
