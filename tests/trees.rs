@@ -395,3 +395,48 @@ fn a_bash_pipeline_and_a_zombie_go_on() {
     unsafe { libc::kill(root, libc::SIGKILL) };
     assert_eq!(std::fs::read_to_string(dir.join("zombie.out")).unwrap(), "reaped 1 status 3\n");
 }
+
+/// A pre-forking server of the test's own (a parent and 4 workers accepting on one listening
+/// unix socket bound to a path), checkpointed with -k and restored: it listens on the same path
+/// again and its workers answer the test's connections.
+#[test]
+fn a_pre_forking_server_serves_again() {
+    if !require(is_root(), "root (rstrt --pidns)") {
+        return;
+    }
+    let dir = tmpdir("tree-prefork");
+    let d = dir.to_str().unwrap();
+    let mut p = start("prefork", &[], &dir);
+    let ask = |what: &str| {
+        use std::io::{Read, Write};
+        // Until the restore has bound the name again (the restored server is the fact).
+        let t0 = std::time::Instant::now();
+        let mut s = loop {
+            match std::os::unix::net::UnixStream::connect(dir.join("srv.sock")) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() < TIMEOUT => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("srv.sock: {e}"),
+            }
+        };
+        s.write_all(format!("{what}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(ask("before").ends_with(": before\n"));
+    let img = format!("{d}/s.crf");
+    let o = ckpt(&["-k", "-v", "-o", &img, &p.pid().to_string()]);
+    assert!(stderr(&o).contains("and 4 descendants"), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("listen:    unix socket") && info.contains("srv.sock, backlog 16"), "{info}");
+    let mut r = rstrt(&["--pidns", &img]);
+    for i in 0..8 {
+        let a = ask(&format!("after {i}"));
+        assert!(a.starts_with("worker ") && a.ends_with(&format!(": after {i}\n")), "{a:?}");
+    }
+    assert!(r.wait().success());
+}

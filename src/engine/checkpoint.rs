@@ -230,6 +230,7 @@ pub fn checkpoint_prechecked<W: Sink>(
         states[0].fdescs = shared;
         states[0].deleted = deleted_files(&states, opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL))?;
         states[0].unix_pairs = unix_pairs(&states)?;
+        states[0].unix_listening = unix_listening(&states)?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -411,6 +412,27 @@ fn unix_pairs(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Pair
         let (ty, a) = collect_end(pid, fd, ino)?;
         let (_, b) = collect_end(other.1, other.2, other.0)?;
         out.push(Pair { ty, ends: [a, b] });
+    }
+    Ok(out)
+}
+
+/// The listening unix sockets the processes hold whole, each once.
+fn unix_listening(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Listening>> {
+    let pids: Vec<i32> = states.iter().map(|st| st.head.pid).collect();
+    let mut out: Vec<crate::res::unixpairs::Listening> = Vec::new();
+    for st in states {
+        for f in st.files.iter().filter(|f| f.kind == files::KIND_UNIXLISTEN) {
+            if out.iter().any(|l| l.ino == f.id.ino) {
+                continue;
+            }
+            let l = crate::res::endpoints::unix_listener(&pids, st.head.pid, f.fd, f.id.ino).ok_or_else(|| {
+                Error::Proc(format!(
+                    "socket:[{}] (fd {} of pid {}) no longer listens alone",
+                    f.id.ino, f.fd, st.head.pid
+                ))
+            })?;
+            out.push(crate::res::unixpairs::Listening { ino: f.id.ino, ty: l.ty, name: l.name, backlog: l.backlog });
+        }
     }
     Ok(out)
 }

@@ -51,6 +51,11 @@ impl Made {
             m.owned.push(fd);
         }
         let _as_owner = creds::AsOwner::enter(&st.head)?;
+        for l in &st.unix_listening {
+            let fd = unixpairs::listen_here(l)?;
+            m.sockets.push((l.ino, fd.as_raw_fd()));
+            m.owned.push(fd);
+        }
         for d in &st.deleted {
             let (fd, other) = deleted::create_here(d)?;
             if let Some(name) = other {

@@ -5,6 +5,7 @@
 //! socket's xattr and, for a unix socket's peer, the sock_diag netlink interface.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::fs;
 
 /// "pid 90 (bash)".
@@ -226,11 +227,77 @@ pub fn unix_pair(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<u64> {
         .then_some(peer)
 }
 
+/// A listening unix socket the checkpoint holds whole (UNIXPAIRS' listeners): its type, its
+/// name (a path, or an abstract name beginning with a NUL byte) and its backlog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub ty: u32,
+    pub name: Vec<u8>,
+    pub backlog: u32,
+}
+
+/// Whether socket `ino`, held by `pid` as `fd`, is a named unix socket listening, with no
+/// connection waiting to be accepted, which only processes in `within` hold.
+pub fn unix_listener(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<Listener> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
+    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|x| x.parse().ok()) == Some(ino))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let flags = u32::from_str_radix(f[3], 16).ok()?;
+    let ty = u32::from_str_radix(f[4], 16).ok()?;
+    if flags & 0x10000 == 0 || !(ty == libc::SOCK_STREAM as u32 || ty == libc::SOCK_SEQPACKET as u32) {
+        return None;
+    }
+    let d = unix_diag_full(ino)?;
+    let (pending, backlog) = d.rq?;
+    let mut name = d.name?;
+    // A path bound relative to the cwd of its time: found from the process's cwd now, and
+    // only if the socket file there is the one it bound (its inode, UNIX_DIAG_VFS).
+    if name.first().is_some_and(|&b| b != 0 && b != b'/') {
+        use std::os::unix::fs::MetadataExt;
+        let rel = name.split(|&b| b == 0).next().unwrap_or_default();
+        let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let abs = cwd.join(std::ffi::OsStr::from_bytes(rel));
+        let (vfs_ino, _) = d.vfs?;
+        if fs::metadata(&abs).ok()?.ino() != vfs_ino as u64 {
+            return None;
+        }
+        name = abs.as_os_str().as_bytes().to_vec();
+        name.push(0);
+        if name.len() > 108 {
+            return None;
+        }
+    }
+    let inside = holders(&format!("socket:[{ino}]"), pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0));
+    (inside && pending == 0 && !name.is_empty()).then_some(Listener { ty, name, backlog })
+}
+
 /// What sock_diag says of unix socket `ino`: its peer's inode and its shutdown bits.
 fn unix_diag(ino: u64) -> Option<(Option<u64>, u8)> {
+    unix_diag_full(ino).map(|d| (d.peer, d.shut))
+}
+
+struct Diag {
+    peer: Option<u64>,
+    shut: u8,
+    /// (connections waiting, backlog) of a listening socket; bytes queued otherwise.
+    rq: Option<(u32, u32)>,
+    /// The bound name (sun_path as given), if any.
+    name: Option<Vec<u8>>,
+    /// The socket file's (inode, device) on disk, for a path.
+    vfs: Option<(u32, u32)>,
+}
+
+/// sock_diag's answer for unix socket `ino`.
+fn unix_diag_full(ino: u64) -> Option<Diag> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 1;
     const UDIAG_SHOW_PEER: u32 = 4;
+    const UDIAG_SHOW_RQLEN: u32 = 16;
+    const UDIAG_SHOW_VFS: u32 = 2;
+    const UNIX_DIAG_VFS: u16 = 1;
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_RQLEN: u16 = 4;
     const UNIX_DIAG_PEER: u16 = 2;
     const UNIX_DIAG_SHUTDOWN: u16 = 6;
     // SAFETY: socket() takes no pointers; the fd is owned below.
@@ -249,7 +316,7 @@ fn unix_diag(ino: u64) -> Option<(Option<u64>, u8)> {
     req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&(ino as u32).to_ne_bytes());
-    req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // no cookie
     // SAFETY: `req` is a live buffer of the length given.
     if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } != req.len() as isize {
@@ -266,7 +333,7 @@ fn unix_diag(ino: u64) -> Option<(Option<u64>, u8)> {
     }
     let end = (u32_at(0)? as usize).min(b.len());
     // Attributes follow the 16-byte unix_diag_msg, each 4-byte aligned.
-    let (mut peer, mut shut) = (None, 0);
+    let mut d = Diag { peer: None, shut: 0, rq: None, name: None, vfs: None };
     let mut at = 16 + 16;
     while at + 4 <= end {
         let (len, ty) = (u16_at(at)? as usize, u16_at(at + 2)?);
@@ -274,13 +341,16 @@ fn unix_diag(ino: u64) -> Option<(Option<u64>, u8)> {
             break;
         }
         match ty {
-            UNIX_DIAG_PEER => peer = u32_at(at + 4).map(u64::from),
-            UNIX_DIAG_SHUTDOWN => shut = *b.get(at + 4)?,
+            UNIX_DIAG_PEER => d.peer = u32_at(at + 4).map(u64::from),
+            UNIX_DIAG_SHUTDOWN => d.shut = *b.get(at + 4)?,
+            UNIX_DIAG_RQLEN => d.rq = Some((u32_at(at + 4)?, u32_at(at + 8)?)),
+            UNIX_DIAG_NAME => d.name = Some(b.get(at + 4..at + len)?.to_vec()),
+            UNIX_DIAG_VFS => d.vfs = Some((u32_at(at + 4)?, u32_at(at + 8)?)),
             _ => {}
         }
         at += (len + 3) & !3;
     }
-    Some((peer, shut))
+    Some(d)
 }
 
 /// " (NETLINK_ROUTE)" and the like, from /proc/PID/net/netlink.

@@ -45,7 +45,9 @@ pub const KIND_DELETED: u8 = 14;
 /// One end of a connected pair of unix sockets the checkpoint holds whole (UNIXPAIRS, by
 /// `id.ino`, the socket's inode).
 pub const KIND_UNIXPAIR: u8 = 15;
-const KIND_LAST: u8 = KIND_UNIXPAIR;
+/// A named unix socket listening, held whole by the checkpoint (UNIXLISTEN, by `id.ino`).
+pub const KIND_UNIXLISTEN: u8 = 16;
+const KIND_LAST: u8 = KIND_UNIXLISTEN;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -119,6 +121,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_FIFO => "fifo",
         KIND_DELETED => "deleted",
         KIND_UNIXPAIR => "unix pair",
+        KIND_UNIXLISTEN => "listening",
         _ => "?",
     }
 }
@@ -186,7 +189,10 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
             let pair = || {
                 let ino = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
-                ino.is_some_and(|i| endpoints::unix_pair(tree, pid, fd, i).is_some())
+                ino.is_some_and(|i| {
+                    endpoints::unix_pair(tree, pid, fd, i).is_some()
+                        || endpoints::unix_listener(tree, pid, fd, i).is_some()
+                })
             };
             (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
                 || (target.starts_with("socket:") && !pair())
@@ -273,6 +279,12 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             && endpoints::unix_pair(tree, pid, fd, ino).is_some()
         {
             out.push(Fd { fd, kind: KIND_UNIXPAIR, flags, cloexec, pos: 0, id: anon(ino) });
+            continue;
+        }
+        if let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok())
+            && endpoints::unix_listener(tree, pid, fd, ino).is_some()
+        {
+            out.push(Fd { fd, kind: KIND_UNIXLISTEN, flags, cloexec, pos: 0, id: anon(ino) });
             continue;
         }
         if !target.starts_with('/') {
@@ -444,7 +456,8 @@ pub struct Inherited<'a> {
     pub descs: &'a [(i32, i32)],
     /// Deleted files made again: (dev, ino in the image, the inherited fd).
     pub deleted: &'a [(u64, u64, i32)],
-    /// Unix socket pairs: (the socket's inode in the image, the inherited fd).
+    /// Unix socket pairs' ends and listening unix sockets: (the socket's inode in the image,
+    /// the inherited fd).
     pub sockets: &'a [(u64, i32)],
 }
 
@@ -484,7 +497,7 @@ pub fn restore(
         descs.push((fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
     }
     // Each end of a unix socket pair, dup'ed above for each fd that held it.
-    for f in fds.iter().filter(|f| f.kind == KIND_UNIXPAIR) {
+    for f in fds.iter().filter(|f| f.kind == KIND_UNIXPAIR || f.kind == KIND_UNIXLISTEN) {
         let &(_, raw) = inherited.sockets.iter().find(|s| s.0 == f.id.ino).ok_or_else(|| {
             Error::Refused(format!(
                 "fd {} is socket {} of which the image holds no pair: it is damaged",

@@ -42,6 +42,9 @@ pub struct ProcessState {
     /// The connected pairs of unix sockets whose both ends the image's processes hold (the
     /// first process's block carries them).
     pub unix_pairs: Vec<unixpairs::Pair>,
+    /// The listening unix sockets the image's processes hold whole (the first process's block
+    /// carries them).
+    pub unix_listening: Vec<unixpairs::Listening>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -160,6 +163,7 @@ pub mod tags {
     pub const DELETED: Tag = Tag(28);
     pub const TREESHM: Tag = Tag(29);
     pub const UNIXPAIRS: Tag = Tag(30);
+    pub const UNIXLISTEN: Tag = Tag(31);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -237,6 +241,16 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.unix_pairs, unixpairs::decode(b, at)),
         describe: |v| unixpairs::describe(&v.st.unix_pairs),
         ..only_if(tags::UNIXPAIRS, "UNIXPAIRS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| {
+            if st.unix_listening.is_empty() { vec![] } else { vec![unixpairs::encode_listening(&st.unix_listening)] }
+        },
+        decode: |b, at, st| set(&mut st.unix_listening, unixpairs::decode_listening(b, at)),
+        describe: |v| unixpairs::describe_listening(&v.st.unix_listening),
+        ..only_if(tags::UNIXLISTEN, "UNIXLISTEN")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -279,3 +279,112 @@ mod tests {
         }
     }
 }
+
+/// A named unix socket listening (stream or seqpacket), with no connection waiting, whose
+/// every holder is in the checkpoint (the listening socket of a pre-forked server's parent and
+/// workers). Its fds are KIND_UNIXLISTEN records naming its inode. A restore binds a socket
+/// of its type to the same name again (a path left behind by the checkpointed process, a
+/// socket file nobody listens on, is removed first) and listens with the same backlog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub ino: u64,
+    pub ty: u32,
+    /// sun_path as bound: a path, or an abstract name beginning with a NUL byte.
+    pub name: Vec<u8>,
+    pub backlog: u32,
+}
+
+fn name_of(n: &[u8]) -> String {
+    match n.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(n.split(|&b| b == 0).next().unwrap_or_default()).into_owned(),
+    }
+}
+
+/// Makes listener `l` here (the caller holds the image owner's file-system ids, for a path).
+pub fn listen_here(l: &Listening) -> Result<OwnedFd> {
+    let what = format!("unix socket listening on {}", crate::text::printable(&name_of(&l.name)));
+    // SAFETY: socket takes integers; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, l.ty as i32 | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(sys("socket", &what));
+    }
+    // SAFETY: just made, ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero sockaddr_un is valid; the name is copied in below, bounds checked.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if l.name.is_empty() || l.name.len() > a.sun_path.len() {
+        return Err(Error::Refused(format!("{what}: a name of {} bytes", l.name.len())));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(&l.name) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + l.name.len()) as libc::socklen_t;
+    let bind = |a: &libc::sockaddr_un| {
+        // SAFETY: bind reads `len` bytes of a live sockaddr_un.
+        unsafe { libc::bind(fd.as_raw_fd(), (a as *const libc::sockaddr_un).cast(), len) }
+    };
+    if bind(&a) != 0 {
+        let e = Errno::last();
+        // A path the checkpointed process left behind: a socket file nobody listens on.
+        let path = (l.name[0] != 0).then(|| {
+            use std::os::unix::ffi::OsStrExt;
+            let n = l.name.split(|&b| b == 0).next().unwrap_or_default();
+            std::path::PathBuf::from(std::ffi::OsStr::from_bytes(n))
+        });
+        let stale = e == Errno::EADDRINUSE
+            && path.as_ref().is_some_and(|p| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+                    && std::os::unix::net::UnixStream::connect(p)
+                        .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
+            });
+        if !stale {
+            return Err(Error::Refused(format!("{what}: bind: {} (is it in use?)", e.desc())));
+        }
+        if let Some(p) = &path {
+            std::fs::remove_file(p).map_err(|e| Error::io(p.to_string_lossy().as_ref(), e))?;
+        }
+        if bind(&a) != 0 {
+            return Err(sys("bind", &what));
+        }
+    }
+    // SAFETY: listen takes integers.
+    if unsafe { libc::listen(fd.as_raw_fd(), l.backlog as i32) } != 0 {
+        return Err(sys("listen", &what));
+    }
+    Ok(fd)
+}
+
+pub fn encode_listening(all: &[Listening]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(all.len() as u32);
+    for l in all {
+        e.u64(l.ino).u32(l.ty).bytes(&l.name).u32(l.backlog);
+    }
+    e.into_bytes()
+}
+
+pub fn decode_listening(b: &[u8], at: u64) -> CrfResult<Vec<Listening>> {
+    let mut d = Dec::new(b, at, "UNIXLISTEN");
+    let n = d.count(20)?;
+    let mut out: Vec<Listening> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let l = Listening { ino: d.u64()?, ty: d.u32()?, name: d.bytes()?.to_vec(), backlog: d.u32()? };
+        let types = [libc::SOCK_STREAM as u32, libc::SOCK_SEQPACKET as u32];
+        if !types.contains(&l.ty) || l.name.is_empty() || l.name.len() > 108 || out.iter().any(|o| o.ino == l.ino) {
+            return Err(d.bad_at(rec, format!("listening socket {} of type {}", l.ino, l.ty)));
+        }
+        out.push(l);
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+pub fn describe_listening(all: &[Listening]) -> Vec<String> {
+    all.iter()
+        .map(|l| format!("listen:    unix socket {} on {}, backlog {}", l.ino, name_of(&l.name), l.backlog))
+        .collect()
+}
