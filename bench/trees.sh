@@ -29,17 +29,8 @@ cc -O2 -o "$work/forest" forest.c
 mkfifo "$work/stdin"
 exec {hold}<>"$work/stdin" # the copies' stdin never sees EOF
 
-bare() { # runs a command with no fd above 2
-  local f n
-  for f in /proc/$BASHPID/fd/*; do
-    n=${f##*/}
-    [ "$n" -gt 2 ] && eval "exec $n>&-"
-  done
-  exec "$@"
-}
-stats() { sort -n | awk '{a[NR]=$1} END {printf "%7.1f %7.1f %7.1f", a[1], a[int((NR+1)/2)], a[NR]}'; }
-now() { echo "${EPOCHREALTIME//[!0-9]/}"; }
-ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f\n", (b - a) / 1000}'; }
+. ./lib.sh
+stats7() { stats 7; }
 tree() { # pid -> it and its descendants
   local p=$1 k
   echo "$p"
@@ -52,47 +43,6 @@ pss() { # root pid -> MiB of Pss of its tree
     sum=$((sum + ${v:-0}))
   done
   echo $((sum / 1024))
-}
-gone() { # pids: waits until each is reaped (zombies have no command line for pgrep to see)
-  local p
-  for p in "$@"; do
-    for _ in $(seq 400); do [ -e "/proc/$p" ] || continue 2; sleep 0.05; done
-    echo "pid $p still there after 20 s" >&2
-    exit 1
-  done
-}
-settle() { # pattern [pid to keep]: waits until pgrep lists nothing else
-  local left
-  for _ in $(seq 400); do
-    left=$(pgrep -f "$1" | grep -vx "${2:-none}" || true)
-    [ -z "$left" ] && return 0
-    sleep 0.05
-  done
-  echo "still running after 20 s: $(echo "$left" | tr '\n' ' ')($1)" >&2
-  exit 1
-}
-criu_frozen() {
-  python3 - "$1/stats-dump" <<'PY'
-import struct, sys
-b = open(sys.argv[1], 'rb').read()
-n = struct.unpack('<I', b[8:12])[0]
-def fields(pb):
-    i, out = 0, {}
-    def varint():
-        nonlocal i
-        v = sh = 0
-        while True:
-            c = pb[i]; i += 1; v |= (c & 0x7f) << sh; sh += 7
-            if c < 0x80: return v
-    while i < len(pb):
-        key = varint(); f, wt = key >> 3, key & 7
-        if wt == 0: out[f] = varint()
-        elif wt == 2: l = varint(); out[f] = pb[i:i + l]; i += l
-        else: raise SystemExit('unexpected wire type')
-    return out
-d = fields(fields(b[12:12 + n])[1])
-print('%.1f' % ((d.get(1, 0) + d.get(2, 0)) / 1000))
-PY
 }
 
 c="%-23s"
@@ -130,7 +80,7 @@ for row in $ROWS; do
     crs_img=$(( $(stat -c %s "$img") >> 20 ))
     rm -f "$img"
   done
-  crs_cells="$(stats <"$work/frozen.ms")|$(stats <"$work/ckpt.ms")|$(stats <"$work/rstrt.ms")"
+  crs_cells="$(stats7 <"$work/frozen.ms")|$(stats7 <"$work/ckpt.ms")|$(stats7 <"$work/rstrt.ms")"
   if [ -n "${CRIU:-}" ]; then
     for _ in $(seq "$RUNS"); do
       d=$(mktemp -d "$shm/criu.XXXXXX")
@@ -165,8 +115,8 @@ for row in $ROWS; do
     gone $members
     rm -rf "$d"
     IFS='|' read -r f1 f2 f3 <<<"$crs_cells"
-    printf "%-10s| $c  $c | $c  $c | $c  $c | %s\n" "$label" "$f1" "$(stats <"$work/cfrozen.ms")" \
-      "$f2" "$(stats <"$work/cckpt.ms")" "$f3" "$(stats <"$work/crstrt.ms")" \
+    printf "%-10s| $c  $c | $c  $c | $c  $c | %s\n" "$label" "$f1" "$(stats7 <"$work/cfrozen.ms")" \
+      "$f2" "$(stats7 <"$work/cckpt.ms")" "$f3" "$(stats7 <"$work/crstrt.ms")" \
       "$crs_img/$crs_copy, $criu_img/$criu_copy, $orig"
   else
     IFS='|' read -r f1 f2 f3 <<<"$crs_cells"

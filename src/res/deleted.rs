@@ -21,7 +21,8 @@ pub struct Deleted {
     pub ino: u64,
     /// Its path when it was unlinked (without " (deleted)").
     pub path: String,
-    /// Its permission bits.
+    /// Its permission bits and sticky bit: a set-user-ID or set-group-ID bit is not carried
+    /// (the restorer, root, would make such a file for an image).
     pub mode: u32,
     pub data: Vec<u8>,
 }
@@ -59,7 +60,7 @@ pub fn collect(link: &str, path: &str, limit: u64) -> Result<Deleted> {
     }
     let mut data = Vec::with_capacity(id.size as usize);
     f.read_to_end(&mut data).map_err(|e| Error::io(link, e))?;
-    Ok(Deleted { dev: id.dev, ino: id.ino, path: path.to_string(), mode: id.mode & 0o7777, data })
+    Ok(Deleted { dev: id.dev, ino: id.ino, path: path.to_string(), mode: id.mode & 0o1777, data })
 }
 
 /// Makes `d` again here (the caller holds the image owner's file-system ids): under its old
@@ -132,7 +133,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Deleted>> {
         for _ in 0..m {
             data.extend_from_slice(d.bytes()?);
         }
-        if data.len() as u64 != len || !path.starts_with('/') || mode > 0o7777 {
+        if data.len() as u64 != len || !path.starts_with('/') || mode & !0o1777 != 0 {
             return Err(d.bad_at(rec, format!("deleted file {path}: {len} bytes said, {} found", data.len())));
         }
         if out.iter().any(|o| (o.dev, o.ino) == (dev, ino)) {

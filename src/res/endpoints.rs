@@ -5,8 +5,8 @@
 //! socket's xattr and, for a unix socket's peer, the sock_diag netlink interface.
 
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStrExt;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 
 /// "pid 90 (bash)".
 pub fn who(pid: i32) -> String {

@@ -1,0 +1,63 @@
+# Helpers the benchmarks share; sourced, not run.
+
+# Runs a command with no fd above 2: a leaked one (a CI runner's pipe) would make ckpt refuse.
+bare() {
+  local f n
+  for f in /proc/$BASHPID/fd/*; do
+    n=${f##*/}
+    [ "$n" -gt 2 ] && eval "exec $n>&-"
+  done
+  exec "$@"
+}
+
+# min / median / max of the numbers on stdin, each in a cell WIDTH wide (default 6).
+stats() {
+  sort -n | awk -v w="${1:-6}" '{a[NR]=$1} END {f = "%" w ".1f"; printf f " " f " " f, a[1], a[int((NR+1)/2)], a[NR]}'
+}
+now() { echo "${EPOCHREALTIME//[!0-9]/}"; } # microseconds
+ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f\n", (b - a) / 1000}'; }
+
+criu_frozen() { # dir -> freezing+frozen ms from CRIU's stats-dump
+  python3 - "$1/stats-dump" <<'PY'
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<I', b[8:12])[0]
+def fields(pb):
+    i, out = 0, {}
+    def varint():
+        nonlocal i
+        v = sh = 0
+        while True:
+            c = pb[i]; i += 1; v |= (c & 0x7f) << sh; sh += 7
+            if c < 0x80: return v
+    while i < len(pb):
+        key = varint(); f, wt = key >> 3, key & 7
+        if wt == 0: out[f] = varint()
+        elif wt == 2: l = varint(); out[f] = pb[i:i + l]; i += l
+        else: raise SystemExit('unexpected wire type')
+    return out
+d = fields(fields(b[12:12 + n])[1])   # stats_entry.dump: freezing_time 1, frozen_time 2 (us)
+print('%.1f' % ((d.get(1, 0) + d.get(2, 0)) / 1000))
+PY
+}
+
+# Waits until `pgrep -f $1` lists nothing but $2 (may be empty); fails after 20 s.
+settle() {
+  local left
+  for _ in $(seq 400); do
+    left=$(pgrep -f "$1" | grep -vx "${2:-none}" || true)
+    [ -z "$left" ] && return 0
+    sleep 0.05
+  done
+  echo "still running after 20 s: $(echo "$left" | tr '\n' ' ')($1)" >&2
+  exit 1
+}
+gone() { # pids: waits until each is reaped (a zombie has no command line for pgrep to see)
+  local p
+  for p in "$@"; do
+    for _ in $(seq 400); do [ -e "/proc/$p" ] || continue 2; sleep 0.05; done
+    echo "pid $p still there after 20 s" >&2
+    exit 1
+  done
+}
+
