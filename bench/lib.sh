@@ -61,3 +61,18 @@ gone() { # pids: waits until each is reaped (a zombie has no command line for pg
   done
 }
 
+# RUNS leave-running CRIU dumps of `pid` ($1) into $shm: the wall time of each to
+# $work/cckpt.ms, CRIU's own freezing + frozen time to $work/cfrozen.ms.
+criu_dumps() {
+  local d t0 t1
+  for _ in $(seq "$RUNS"); do
+    d=$(mktemp -d "$shm/criu.XXXXXX")
+    t0=$(now)
+    "$CRIU" dump -t "$1" -D "$d" --leave-running --shell-job -o dump.log >/dev/null 2>&1 ||
+      { echo "criu dump failed: $(tail -3 "$d/dump.log")" >&2; exit 1; }
+    t1=$(now)
+    ms "$t0" "$t1" >>"$work/cckpt.ms"
+    criu_frozen "$d" >>"$work/cfrozen.ms"
+    rm -rf "$d"
+  done
+}

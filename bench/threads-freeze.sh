@@ -86,16 +86,7 @@ for n in $WORKERS; do
   [ -n "$base" ] || base=$median
 
   if [ -n "${CRIU:-}" ]; then
-    for _ in $(seq "$RUNS"); do
-      d=$(mktemp -d "$shm/criu.XXXXXX")
-      t0=$(now)
-      "$CRIU" dump -t "$pid" -D "$d" --leave-running --shell-job -o dump.log >/dev/null 2>&1 ||
-        { echo "criu dump failed: $(tail -3 "$d/dump.log")" >&2; exit 1; }
-      t1=$(now)
-      ms "$t0" "$t1" >>"$work/cckpt.ms"
-      criu_frozen "$d" >>"$work/cfrozen.ms"
-      rm -rf "$d"
-    done
+    criu_dumps "$pid"
     # Restore: one dump that kills the original (its pid must be free), restored RUNS times.
     # Its stdin pipe's other end (the shell loop) is not in the dump: --inherit-fd gives the
     # copy the held FIFO in its place (else CRIU makes a pipe with no writer: EOF, it exits).

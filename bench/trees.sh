@@ -82,16 +82,7 @@ for row in $ROWS; do
   done
   crs_cells="$(stats7 <"$work/frozen.ms")|$(stats7 <"$work/ckpt.ms")|$(stats7 <"$work/rstrt.ms")"
   if [ -n "${CRIU:-}" ]; then
-    for _ in $(seq "$RUNS"); do
-      d=$(mktemp -d "$shm/criu.XXXXXX")
-      t0=$(now)
-      "$CRIU" dump -t "$pid" -D "$d" --leave-running --shell-job -o dump.log >/dev/null 2>&1 ||
-        { echo "criu dump failed: $(tail -3 "$d/dump.log")" >&2; exit 1; }
-      t1=$(now)
-      ms "$t0" "$t1" >>"$work/cckpt.ms"
-      criu_frozen "$d" >>"$work/cfrozen.ms"
-      rm -rf "$d"
-    done
+    criu_dumps "$pid"
     stdin=$(readlink "/proc/$pid/fd/0")
     members=$(tree "$pid")
     d=$(mktemp -d "$shm/criu.XXXXXX")

@@ -141,21 +141,42 @@ fn inet_socket(pid: i32, file: &str, ino: u64) -> Option<String> {
     })
 }
 
-/// A unix socket from /proc/PID/net/unix, and its peer's holder through sock_diag.
-fn unix_socket(pid: i32, fd: i32, ino: u64) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
+/// A unix socket's line of /proc/PID/net/unix.
+struct UnixLine {
+    listening: bool,
+    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
+    ty: u32,
+    /// Its name, as /proc shows it ("@..." for an abstract one), when bound.
+    path: Option<String>,
+}
+
+/// Socket `ino`'s line of `text` (/proc/PID/net/unix).
+fn unix_line(text: &str, ino: u64) -> Option<UnixLine> {
     let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|i| i.parse().ok()) == Some(ino))?;
     let f: Vec<&str> = line.split_whitespace().collect();
-    let flags = u32::from_str_radix(f[3], 16).ok()?;
-    let kind = match f[4] {
-        "0001" => "stream",
-        "0002" => "datagram",
-        "0005" => "seqpacket",
+    Some(UnixLine {
+        listening: u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0,
+        ty: u32::from_str_radix(f.get(4)?, 16).ok()?,
+        path: f.get(7).map(|p| p.to_string()),
+    })
+}
+
+/// /proc/PID/net/unix: the unix sockets of `pid`'s network namespace.
+fn net_unix(pid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()
+}
+
+/// A unix socket from /proc/PID/net/unix, and its peer's holder through sock_diag.
+fn unix_socket(pid: i32, fd: i32, ino: u64) -> Option<String> {
+    let l = unix_line(&net_unix(pid)?, ino)?;
+    let kind = match l.ty as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
         _ => "",
     };
-    let path = f.get(7).map(|p| crate::text::printable(p));
-    let at = path.as_ref().map(|p| format!(" on {p}")).unwrap_or_default();
-    if flags & 0x10000 != 0 {
+    let at = l.path.as_ref().map(|p| format!(" on {}", crate::text::printable(p))).unwrap_or_default();
+    if l.listening {
         return Some(format!("a unix {kind} socket listening{at}"));
     }
     let peer = unix_peer(ino).map(|p| {
@@ -203,20 +224,14 @@ fn unix_peer(ino: u64) -> Option<u64> {
 /// sockets whose two ends only processes in `within` (`pid` among them) hold, neither shut
 /// down nor listening: a pair the checkpoint holds whole (UNIXPAIRS). Returns its peer.
 pub fn unix_pair(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
-    let line = |i: u64| {
-        text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|x| x.parse().ok()) == Some(i)).map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (u32::from_str_radix(f[3], 16).unwrap_or(0), f.len() > 7)
-        })
-    };
-    let (flags, named) = line(ino)?;
-    if flags & 0x10000 != 0 || named {
+    let text = net_unix(pid)?;
+    let me = unix_line(&text, ino)?;
+    if me.listening || me.path.is_some() {
         return None;
     }
     let (peer, shut) = unix_diag(ino)?;
     let peer = peer?;
-    let (_, peer_named) = line(peer)?;
+    let peer_named = unix_line(&text, peer)?.path.is_some();
     let (_, peer_shut) = unix_diag(peer)?;
     if peer_named || shut != 0 || peer_shut != 0 {
         return None;
@@ -239,12 +254,8 @@ pub struct Listener {
 /// Whether socket `ino`, held by `pid` as `fd`, is a named unix socket listening, with no
 /// connection waiting to be accepted, which only processes in `within` hold.
 pub fn unix_listener(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<Listener> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
-    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|x| x.parse().ok()) == Some(ino))?;
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let flags = u32::from_str_radix(f[3], 16).ok()?;
-    let ty = u32::from_str_radix(f[4], 16).ok()?;
-    if flags & 0x10000 == 0 || !(ty == libc::SOCK_STREAM as u32 || ty == libc::SOCK_SEQPACKET as u32) {
+    let UnixLine { listening, ty, .. } = unix_line(&net_unix(pid)?, ino)?;
+    if !listening || !(ty == libc::SOCK_STREAM as u32 || ty == libc::SOCK_SEQPACKET as u32) {
         return None;
     }
     let d = unix_diag_full(ino)?;

@@ -181,21 +181,23 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             blocked.push(format!("fd {fd} ({target}) {why}"));
             continue;
         }
+        // A unix socket the checkpoint holds whole: one end of a pair, or a listener.
+        let socket = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
+        let whole = socket.and_then(|ino| {
+            if endpoints::unix_pair(tree, pid, fd, ino).is_some() {
+                Some((ino, KIND_UNIXPAIR))
+            } else {
+                endpoints::unix_listener(tree, pid, fd, ino).map(|_| (ino, KIND_UNIXLISTEN))
+            }
+        });
         // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
         // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
         let outside = || {
             let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
             let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
             let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
-            let pair = || {
-                let ino = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
-                ino.is_some_and(|i| {
-                    endpoints::unix_pair(tree, pid, fd, i).is_some()
-                        || endpoints::unix_listener(tree, pid, fd, i).is_some()
-                })
-            };
             (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
-                || (target.starts_with("socket:") && !pair())
+                || (target.starts_with("socket:") && whole.is_none())
                 || (is_tty_or_pipe(&target) && !pipe)
                 || (ty == libc::S_IFSOCK && !target.starts_with("socket:"))
         };
@@ -275,16 +277,8 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             out.push(Fd { fd, kind: KIND_INOTIFY, flags, cloexec, pos: 0, id: anon(0) });
             continue;
         }
-        if let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok())
-            && endpoints::unix_pair(tree, pid, fd, ino).is_some()
-        {
-            out.push(Fd { fd, kind: KIND_UNIXPAIR, flags, cloexec, pos: 0, id: anon(ino) });
-            continue;
-        }
-        if let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok())
-            && endpoints::unix_listener(tree, pid, fd, ino).is_some()
-        {
-            out.push(Fd { fd, kind: KIND_UNIXLISTEN, flags, cloexec, pos: 0, id: anon(ino) });
+        if let Some((ino, kind)) = whole {
+            out.push(Fd { fd, kind, flags, cloexec, pos: 0, id: anon(ino) });
             continue;
         }
         if !target.starts_with('/') {

@@ -94,6 +94,21 @@ pub fn check(members: &[Member]) -> Vec<String> {
     why
 }
 
+/// Whether signal `sig`'s default action ends a process.
+fn ends_by_default(sig: i32) -> bool {
+    let ignored_or_stops = [
+        libc::SIGCHLD,
+        libc::SIGCONT,
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGURG,
+        libc::SIGWINCH,
+    ];
+    (1..=64).contains(&sig) && !ignored_or_stops.contains(&sig)
+}
+
 pub fn encode(all: &[Member]) -> Vec<u8> {
     let mut e = Enc::new();
     e.u32(all.len() as u32);
@@ -126,6 +141,10 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Member>> {
         }
         if i == 0 && zombie {
             return Err(d.bad_at(at, "the first process is a zombie".to_string()));
+        }
+        // A restore makes the zombie die of the same signal: one whose default is to end it.
+        if zombie && libc::WIFSIGNALED(status) && !ends_by_default(libc::WTERMSIG(status)) {
+            return Err(d.bad_at(at, format!("pid {}: a zombie killed by signal {}", m.pid, libc::WTERMSIG(status))));
         }
         out.push(m);
     }
@@ -165,6 +184,10 @@ mod tests {
         z.push(m(13, 12, 10, 10));
         assert!(decode(&encode(&z), 0).is_err());
         assert!(decode(&encode(&all[2..]), 0).is_err());
+        // A zombie 'killed' by a signal that ends nobody: its restore would wait forever.
+        let mut w = all.clone();
+        w[2].zombie = Some(libc::SIGCHLD);
+        assert!(decode(&encode(&w), 0).is_err());
     }
 
     #[test]
