@@ -330,6 +330,38 @@ fn unix_socket_pairs_keep_their_queued_messages() {
     rstrt(args).verdict("ok");
 }
 
+/// Memfds (tests/targets/memfd.c): one sealed against growing and shrinking, open in a parent
+/// and its child through one description and mapped shared by both; one sealed against writing
+/// and sealing; a sparse one mapped with its fd closed. Each comes back once, with its name,
+/// contents, holes, mode and seals, shared again; crfinfo lists each once.
+#[test]
+fn memfds_come_back_sealed_and_shared() {
+    let dir = tmpdir("tree-memfd");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memfd", &[], &dir);
+    let img = format!("{d}/m.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let memfds: Vec<&str> = info.lines().filter(|l| l.starts_with("memfd:")).collect();
+    assert_eq!(memfds.len(), 3, "{info}");
+    assert!(info.contains("memfd:     crs-sealed mode 777, 32 bytes (32 of data), sealed seal,write"), "{info}");
+    assert!(info.contains("memfd:     crs-sparse mode 777, 67108864 bytes (4096 of data), sealed seal"), "{info}");
+    // The 64 MiB of the sparse one are not in the image, nor the shared mappings' pages.
+    assert!(std::fs::metadata(&img).unwrap().len() < 8 << 20);
+    let args: &[&str] = if is_root() { &["--pidns", &img] } else { &[&img] };
+    rstrt(args).verdict("ok");
+
+    // A memfd sealed F_SEAL_FUTURE_WRITE while mapped writable is refused by name, and the
+    // process runs on untouched.
+    let mut p = start("memfd", &["future"], &dir);
+    let o = run(&["ckpt", "-o", &format!("{d}/f.crf"), &p.pid().to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("memfd /memfd:crs-future (deleted) is sealed F_SEAL_FUTURE_WRITE"), "{}", stderr(&o));
+    p.verdict("ok");
+}
+
 /// The script: bash running `producer | filter | consumer` (programs of the test's
 /// own: numbers, doubled, appended to a file, the consumer checking each is the last plus 2)
 /// and a background job that leaves a zombie child, checkpointed as a whole with -k and

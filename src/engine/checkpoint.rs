@@ -10,8 +10,11 @@ use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::{Remote, syscall_all};
 use crate::ptrace::tracee::{Caught, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
+use crate::res::deleted::Deleted;
+use crate::res::fileid::FileId;
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
+use crate::res::memfd::Memfd;
 use crate::res::memory::{self, MmStruct};
 use crate::res::regs::{self, RegState};
 use crate::res::sched::Sched;
@@ -228,7 +231,8 @@ pub fn checkpoint_prechecked<W: Sink>(
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
         states[0].fdescs = shared;
-        states[0].deleted = deleted_files(&states, opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL))?;
+        let limit = opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL);
+        (states[0].deleted, states[0].memfds) = carried_files(&states, limit)?;
         states[0].unix_pairs = unix_pairs(&states)?;
         states[0].unix_listening = unix_listening(&states)?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
@@ -361,29 +365,47 @@ fn tree_pipes(states: &mut [ProcessState]) -> Vec<crate::res::pipes::Pipe> {
     out
 }
 
-/// The deleted files the processes hold open or mapped, each once, read through the first fd
-/// or mapping found; refused past `limit` bytes in all.
-fn deleted_files(states: &[ProcessState], limit: u64) -> Result<Vec<crate::res::deleted::Deleted>> {
-    use crate::res::memory::VMA_DELETED;
-    let mut out: Vec<crate::res::deleted::Deleted> = Vec::new();
+/// The deleted files and memfds the processes hold open or mapped, each once, read through
+/// the first fd or mapping found; refused past `limit` bytes in all.
+fn carried_files(states: &[ProcessState], limit: u64) -> Result<(Vec<Deleted>, Vec<Memfd>)> {
+    use crate::res::memory::{VMA_DELETED, VMA_MAY_WRITE, VMA_MEMFD, VMA_SHARED};
+    let (mut deleted, mut memfds): (Vec<Deleted>, Vec<Memfd>) = (Vec::new(), Vec::new());
     let mut total = 0u64;
+    // Whether any process maps file `id` shared and writable (or able to become so).
+    let mapped_writable = |id: &FileId| {
+        let writable = |v: &&crate::res::memory::Vma| {
+            v.flags & VMA_SHARED != 0 && (v.prot & libc::PROT_WRITE as u32 != 0 || v.flags & VMA_MAY_WRITE != 0)
+        };
+        let same = |v: &&crate::res::memory::Vma| v.file.as_ref().is_some_and(|f| (f.dev, f.ino) == (id.dev, id.ino));
+        states.iter().any(|st| st.vmas.iter().filter(writable).any(|v| same(&v)))
+    };
     for st in states {
         let pid = st.head.pid;
-        let fds = st.files.iter().filter(|f| f.kind == files::KIND_DELETED);
-        let by_fd = fds.map(|f| (format!("/proc/{pid}/fd/{}", f.fd), &f.id));
-        let maps = st.vmas.iter().filter(|v| v.flags & VMA_DELETED != 0);
-        let by_map =
-            maps.filter_map(|v| Some((format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end), v.file.as_ref()?)));
-        for (link, id) in by_fd.chain(by_map) {
-            if out.iter().any(|d| (d.dev, d.ino) == (id.dev, id.ino)) {
+        let fds = st.files.iter().filter(|f| matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD));
+        let by_fd = fds.map(|f| (format!("/proc/{pid}/fd/{}", f.fd), &f.id, f.kind == files::KIND_MEMFD));
+        let maps = st.vmas.iter().filter(|v| v.flags & (VMA_DELETED | VMA_MEMFD) != 0);
+        let by_map = maps.filter_map(|v| {
+            let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            Some((link, v.file.as_ref()?, v.flags & VMA_MEMFD != 0))
+        });
+        for (link, id, is_memfd) in by_fd.chain(by_map) {
+            let seen = |dev, ino| (dev, ino) == (id.dev, id.ino);
+            if deleted.iter().any(|d| seen(d.dev, d.ino)) || memfds.iter().any(|m| seen(m.dev, m.ino)) {
                 continue;
             }
-            let d = crate::res::deleted::collect(&link, &id.path, limit.saturating_sub(total))?;
-            total += d.data.len() as u64;
-            out.push(d);
+            let left = limit.saturating_sub(total);
+            if is_memfd {
+                let m = crate::res::memfd::collect(&link, id, left, mapped_writable(id))?;
+                total += m.runs.iter().map(|r| r.1.len() as u64).sum::<u64>();
+                memfds.push(m);
+            } else {
+                let d = crate::res::deleted::collect(&link, &id.path, left)?;
+                total += d.data.len() as u64;
+                deleted.push(d);
+            }
         }
     }
-    Ok(out)
+    Ok((deleted, memfds))
 }
 
 /// The connected unix socket pairs the processes hold whole, each once, each end's queue

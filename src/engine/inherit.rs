@@ -1,7 +1,7 @@
 //! What the restorer makes, before it creates the processes, for all of them to inherit at
 //! the same fds: the pipes and unix socket pairs between them (filled with what was queued),
-//! the files deleted while open or mapped (made again), the tree's shared memory, and the
-//! open file descriptions more than one fd held. Each process keeps, at its own fds and
+//! the files deleted while open or mapped and the memfds (made again), the tree's shared
+//! memory, and the open file descriptions more than one fd held. Each process keeps, at its own fds and
 //! mappings, what it held, and closes the rest; the restorer closes its copies once every
 //! process exists (a reader must see end of file when its writers close their ends).
 
@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
-use crate::res::{creds, deleted, fileid, pipes, treeshm, unixpairs};
+use crate::res::{creds, deleted, fileid, memfd, pipes, treeshm, unixpairs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Default)]
@@ -64,6 +64,11 @@ impl Made {
             m.remade.push((d.dev, d.ino, fd.as_raw_fd()));
             m.owned.push(fd);
         }
+        for d in &st.memfds {
+            let fd = memfd::create_here(d)?;
+            m.remade.push((d.dev, d.ino, fd.as_raw_fd()));
+            m.owned.push(fd);
+        }
         // Each description after the same checks as every file the image names; a deleted
         // one's through the file just made again.
         let same_boot = st.head.boot_id == fileid::boot_id();
@@ -71,7 +76,9 @@ impl Made {
         for d in &m.descs {
             let again = m.remade.iter().find(|r| (r.0, r.1) == (d.file.id.dev, d.file.id.ino));
             let via = match again {
-                Some(r) if d.file.kind == files::KIND_DELETED => Some(format!("/proc/self/fd/{}", r.2)),
+                Some(r) if matches!(d.file.kind, files::KIND_DELETED | files::KIND_MEMFD) => {
+                    Some(format!("/proc/self/fd/{}", r.2))
+                }
                 _ => None,
             };
             files::check(std::slice::from_ref(&d.file), same_boot)?;

@@ -266,9 +266,9 @@ fn restore_one<R: Input>(
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
-    // A mapping of a deleted file (or of the tree's shared memory) maps the one the restorer
-    // made again, as inherited.
-    for p in plans.iter_mut().filter(|p| p.vma.flags & (memory::VMA_DELETED | memory::VMA_TREE_SHM) != 0) {
+    // A mapping of a deleted file, a memfd or the tree's shared memory maps the one the
+    // restorer made again, as inherited.
+    for p in plans.iter_mut().filter(|p| p.vma.flags & memory::VMA_REMADE != 0) {
         p.reopen = p.vma.file.as_ref().and_then(|f| shared.made.remade(f.dev, f.ino));
     }
     // The executable, for the exe link, which must be set while the child still has our

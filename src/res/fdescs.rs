@@ -45,7 +45,7 @@ pub fn collect(procs: &[(i32, &[Fd])]) -> Result<Vec<Desc>> {
     // Candidates: the files and directories with the same inode (a description has one).
     let mut all: Vec<(i32, &Fd)> = Vec::new();
     for &(pid, fds) in procs {
-        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED];
+        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD];
         all.extend(fds.iter().filter(|f| kinds.contains(&f.kind)).map(|f| (pid, f)));
     }
     let mut taken = vec![false; all.len()];
@@ -83,13 +83,13 @@ pub fn held_by(pid: i32, descs: &[Desc], opened: &[i32]) -> Vec<(i32, i32)> {
 }
 
 /// Opens description `d` here (the caller holds the image owner's file-system ids), with its
-/// status flags and offset; through `via` rather than its path when given (a deleted file,
-/// made again).
+/// status flags and offset; through `via` rather than its path when given (a deleted file or
+/// a memfd, made again).
 pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     let f = &d.file;
     let what = format!("fd {} {}", f.fd, f.id.path);
-    if f.kind == files::KIND_DELETED && via.is_none() {
-        return Err(Error::Refused(format!("{what}: the image holds no such deleted file: it is damaged")));
+    if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD) && via.is_none() {
+        return Err(Error::Refused(format!("{what}: the image does not hold this file: it is damaged")));
     }
     let keep = !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
     let flags = (f.flags & keep) as i32 | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
@@ -141,7 +141,9 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Desc>> {
         let rec = d.offset();
         let file = files::decode_one(&mut d)?;
         let m = d.count(8)?;
-        if !(2..=MAX_HOLDERS).contains(&m) || ![KIND_FILE, KIND_DIR, files::KIND_DELETED].contains(&file.kind) {
+        if !(2..=MAX_HOLDERS).contains(&m)
+            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD].contains(&file.kind)
+        {
             return Err(d.bad_at(rec, format!("a description of kind {} held {m} times", file.kind)));
         }
         let mut holders: Vec<(i32, i32)> = Vec::with_capacity(m);

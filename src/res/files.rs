@@ -47,7 +47,10 @@ pub const KIND_DELETED: u8 = 14;
 pub const KIND_UNIXPAIR: u8 = 15;
 /// A named unix socket listening, held whole by the checkpoint (UNIXLISTEN, by `id.ino`).
 pub const KIND_UNIXLISTEN: u8 = 16;
-const KIND_LAST: u8 = KIND_UNIXLISTEN;
+/// A memfd: the image carries it (MEMFDS, by `id.dev`/`id.ino`); `id.path` is its link,
+/// "/memfd:NAME (deleted)".
+pub const KIND_MEMFD: u8 = 17;
+const KIND_LAST: u8 = KIND_MEMFD;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -122,6 +125,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_DELETED => "deleted",
         KIND_UNIXPAIR => "unix pair",
         KIND_UNIXLISTEN => "listening",
+        KIND_MEMFD => "memfd",
         _ => "?",
     }
 }
@@ -219,6 +223,16 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
                 pos: 0,
                 id: FileId { path: target, ..Default::default() },
             });
+            continue;
+        }
+        if super::memfd::name_of(&target).is_some() {
+            // Carried in the image (MEMFDS).
+            match FileId::of(&link, &target, false) {
+                Ok(id) if id.file_type() == libc::S_IFREG => {
+                    out.push(Fd { fd, kind: KIND_MEMFD, flags, cloexec, pos, id });
+                }
+                _ => blocked.push(refuse("a memfd crs cannot read")),
+            }
             continue;
         }
         if target.ends_with(" (deleted)") {
@@ -448,7 +462,7 @@ pub struct Inherited<'a> {
     pub pipes: &'a [(u64, i32, i32)],
     /// File descriptions more than one fd held: (the image's fd, the inherited fd).
     pub descs: &'a [(i32, i32)],
-    /// Deleted files made again: (dev, ino in the image, the inherited fd).
+    /// Deleted files and memfds made again: (dev, ino in the image, the inherited fd).
     pub deleted: &'a [(u64, u64, i32)],
     /// Unix socket pairs' ends and listening unix sockets: (the socket's inode in the image,
     /// the inherited fd).
@@ -553,11 +567,11 @@ pub fn restore(
         let shared = descs.iter().find(|d| d.0 == f.fd).map(|d| d.1);
         let tmp = if let Some(t) = shared {
             t
-        } else if f.kind == KIND_DELETED {
+        } else if matches!(f.kind, KIND_DELETED | KIND_MEMFD) {
             // Reopened through the file the restorer made again, with the fd's own flags.
             let &(_, _, raw) =
                 inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(|| {
-                    Error::Refused(format!("{what}: the image holds no deleted file {}: it is damaged", f.id.path))
+                    Error::Refused(format!("{what}: the image does not hold {}: it is damaged", f.id.path))
                 })?;
             let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
             c.open(&format!("/proc/self/fd/{raw}"), (open_flags | nonblock) as i32, &what)?
@@ -607,7 +621,7 @@ pub fn restore(
             let fd_flags = if f.cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
             c.fcntl(f.fd, libc::F_SETFD, fd_flags, "fcntl(F_SETFD)", &what)?;
         }
-        if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED) && shared.is_none() {
+        if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED | KIND_MEMFD) && shared.is_none() {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
     }

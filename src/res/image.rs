@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memory, pending, pipes, ptimers,
-    regs, rlimits, sched, signals, task, thp, thread, timerfd, tree, treeshm, unixpairs,
+    cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending, pipes,
+    ptimers, regs, rlimits, sched, signals, task, thp, thread, timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -36,6 +36,9 @@ pub struct ProcessState {
     /// The files unlinked while open or mapped, with their contents (the first process's
     /// block carries them).
     pub deleted: Vec<deleted::Deleted>,
+    /// The memfds the processes hold open or mapped, with their contents and seals (the first
+    /// process's block carries them).
+    pub memfds: Vec<memfd::Memfd>,
     /// The shared anonymous memory more than one process of the tree maps (the first
     /// process's block carries it).
     pub tree_shm: Vec<treeshm::Obj>,
@@ -164,6 +167,7 @@ pub mod tags {
     pub const TREESHM: Tag = Tag(29);
     pub const UNIXPAIRS: Tag = Tag(30);
     pub const UNIXLISTEN: Tag = Tag(31);
+    pub const MEMFDS: Tag = Tag(32);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -225,6 +229,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.deleted, deleted::decode(b, at)),
         describe: |v| deleted::describe(&v.st.deleted),
         ..only_if(tags::DELETED, "DELETED")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.memfds.is_empty() { vec![] } else { vec![memfd::encode(&st.memfds)] },
+        decode: |b, at, st| set(&mut st.memfds, memfd::decode(b, at)),
+        describe: |v| memfd::describe(&v.st.memfds),
+        ..only_if(tags::MEMFDS, "MEMFDS")
     },
     &SectionDef {
         scope: Scope::Image,

@@ -17,6 +17,7 @@ pub mod itimers;
 pub mod knobs;
 pub mod locks;
 pub mod mdwe;
+pub mod memfd;
 pub mod memory;
 pub mod pending;
 pub mod pipes;

@@ -48,8 +48,13 @@ pub const VMA_DELETED: u32 = 1 << 6;
 /// Shared anonymous memory that other processes of the tree map too: TREESHM holds the object
 /// (`file.dev`, `file.ino`), which a restore makes once and maps in each.
 pub const VMA_TREE_SHM: u32 = 1 << 7;
+/// A mapping of a memfd: the image carries the memfd (MEMFDS, by `file.dev`/`file.ino`), and
+/// a restore maps the one it made again.
+pub const VMA_MEMFD: u32 = 1 << 16;
+/// The mappings of something a restore makes again before it maps it.
+pub const VMA_REMADE: u32 = VMA_DELETED | VMA_TREE_SHM | VMA_MEMFD;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 16) - 1;
+const VMA_ALL: u32 = (1 << 17) - 1;
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -291,7 +296,10 @@ fn classify_one(
         n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
         n if n.starts_with("[anon:") => KIND_ANON,
         n if n.starts_with("/SYSV") => return refuse("System V shared memory"),
-        n if n.starts_with("/memfd:") => return refuse("a memfd"),
+        n if crate::res::memfd::name_of(n).is_some() => {
+            v.flags |= VMA_MEMFD;
+            KIND_FILE
+        }
         n if n.ends_with(" (deleted)") && crate::res::deleted::unlinked(n).is_none() => {
             return refuse("a mapping of a deleted special file");
         }
@@ -302,9 +310,9 @@ fn classify_one(
         n if n.starts_with('/') => KIND_FILE,
         _ => return refuse("a special mapping"),
     };
-    if v.flags & VMA_DELETED != 0 {
+    if v.flags & (VMA_DELETED | VMA_MEMFD) != 0 {
         // Nothing names it but the mapping itself (reading that link needs CAP_SYS_ADMIN).
-        let path = crate::res::deleted::unlinked(name).unwrap_or(name);
+        let path = if v.flags & VMA_MEMFD != 0 { name } else { crate::res::deleted::unlinked(name).unwrap_or(name) };
         let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
         let id = match FileId::of(&link, path, false) {
             Ok(id) if id.file_type() == libc::S_IFREG => id,
@@ -396,7 +404,7 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
     }
     for v in vmas {
         let mut from_file = false;
-        if v.flags & (VMA_DELETED | VMA_TREE_SHM) != 0 {
+        if v.flags & VMA_REMADE != 0 {
             // The restore makes the file (or the shared memory) again from the image.
             out.push(Plan { vma: v.clone(), from_file: true, reopen: None });
             continue;
@@ -451,7 +459,7 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         if p.reopen.is_some() || (v.kind == KIND_FILE && (p.from_file || shared)) {
             let path = match p.reopen {
                 Some(fd) => format!("/proc/self/fd/{fd}"),
-                None if v.flags & (VMA_DELETED | VMA_TREE_SHM) != 0 => {
+                None if v.flags & VMA_REMADE != 0 => {
                     return Err(Error::Refused(format!(
                         "{:#x}-{:#x}: deleted file {} not made again",
                         v.start, v.end, v.name
