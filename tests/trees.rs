@@ -362,6 +362,70 @@ fn memfds_come_back_sealed_and_shared() {
     p.verdict("ok");
 }
 
+/// System V IPC between a process and its child (tests/targets/sysv.c): a semaphore set, a
+/// message queue with messages of three types, a segment both attach (half of it read-only)
+/// and one removed while attached. After `ckpt -k` the objects outlive the processes: a
+/// restore refuses, naming the id in use and the way out; in a new IPC namespace (--ipcns)
+/// everything comes back with its ids; once the leftovers are removed, here too.
+#[test]
+fn system_v_objects_come_back_with_their_ids() {
+    if !require(is_root(), "root (System V ids are kept through /proc/sys/kernel/*_next_id)") {
+        return;
+    }
+    let dir = tmpdir("tree-sysv");
+    let d = dir.to_str().unwrap();
+    let mut p = start("sysv", &[], &dir);
+    let ready = p.seen.last().cloned().unwrap_or_default();
+    let ids: Vec<String> = ready.split_whitespace().skip(1).map(String::from).collect();
+    assert_eq!(ids.len(), 3, "{ready}");
+    let img = format!("{d}/v.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains(&format!("sysv sem:  id {} ", ids[0])) && info.contains("values 3 0 7"), "{info}");
+    assert!(info.contains(&format!("sysv msg:  id {} ", ids[1])) && info.contains("3 messages (24 bytes)"), "{info}");
+    assert!(
+        info.contains(&format!("sysv shm:  id {} ", ids[2])) && info.contains("1048576 bytes (1048576 of data)"),
+        "{info}"
+    );
+    assert_eq!(info.lines().filter(|l| l.starts_with("sysv shm:")).count(), 2, "{info}");
+    // The objects are still here: refused by name, and nothing is left of the attempt.
+    let o = run(&["rstrt", &img]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("System V semaphore set {} ", ids[0]))
+            && e.contains("in use here")
+            && e.contains("--ipcns"),
+        "{e}"
+    );
+    rstrt(&["--ipcns", "--pidns", &img]).verdict("ok");
+    for (flag, id) in ["-s", "-q", "-m"].iter().zip(&ids) {
+        let st = std::process::Command::new("ipcrm").args([*flag, id]).status().unwrap();
+        assert!(st.success(), "ipcrm {flag} {id}");
+    }
+    rstrt(&["--pidns", &img]).verdict("ok");
+    // The restored process removed its objects itself, with the ids it knew.
+    let left = std::fs::read_to_string("/proc/sysvipc/sem").unwrap();
+    assert!(!left.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(ids[0].as_str())), "{left}");
+
+    // In an IPC namespace of its own, all of that namespace is the tree's: a restore makes a
+    // new one for it, without being asked.
+    let mut c = std::process::Command::new("unshare");
+    c.arg("--ipc").arg(target("sysv")).current_dir(&dir);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = format!("{d}/ns.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("sysv:      an IPC namespace of their own"), "{info}");
+    rstrt(&["--pidns", &img]).verdict("ok");
+}
+
 /// The issue's script: bash running `producer | filter | consumer` (programs of the test's
 /// own: numbers, doubled, appended to a file, the consumer checking each is the last plus 2)
 /// and a background job that leaves a zombie child, checkpointed as a whole with -k and

@@ -28,6 +28,10 @@ struct Args {
     /// get their ids back even while the original still runs (root only)
     #[argh(switch)]
     pidns: bool,
+    /// restore in a new IPC namespace, where the System V objects the image holds get their
+    /// ids and keys even if this node's are taken (root only)
+    #[argh(switch)]
+    ipcns: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -64,6 +68,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         // Detached, the process must not hold its caller's stdio: `PID=$(rstrt -d IMG)` would
         // wait for it to close the pipe the pid is printed on.
         null_stdio: if a.detach && !a.inherit_stdio { 7 } else { stdin as u8 },
+        ipcns: a.ipcns,
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();

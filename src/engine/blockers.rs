@@ -126,9 +126,10 @@ pub fn timers(pid: i32) -> Vec<String> {
 
 /// Namespaces it does not share with us: it would come back in ours. (Not the mount
 /// namespace: files are found by path wherever the restore runs, and `ip netns exec` gives
-/// every command a mount namespace of its own.)
+/// every command a mount namespace of its own. Nor the IPC namespace: every System V object
+/// in it is then the tree's, and a restore makes a new one; see res::sysv.)
 pub fn namespaces(pid: i32) -> Vec<String> {
-    let other: Vec<String> = ["net", "pid", "ipc", "uts", "user", "time", "cgroup"]
+    let other: Vec<String> = ["net", "pid", "uts", "user", "time", "cgroup"]
         .iter()
         .filter_map(|ns| {
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()?;

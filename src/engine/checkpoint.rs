@@ -233,6 +233,9 @@ pub fn checkpoint_prechecked<W: Sink>(
         states[0].fdescs = shared;
         let limit = opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL);
         (states[0].deleted, states[0].memfds) = carried_files(&states, limit)?;
+        let used = states[0].deleted.iter().map(|d| d.data.len() as u64).sum::<u64>()
+            + states[0].memfds.iter().flat_map(|m| m.runs.iter()).map(|r| r.1.len() as u64).sum::<u64>();
+        states[0].sysv = sysv_objects(&states, limit.saturating_sub(used))?;
         states[0].unix_pairs = unix_pairs(&states)?;
         states[0].unix_listening = unix_listening(&states)?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
@@ -406,6 +409,49 @@ fn carried_files(states: &[ProcessState], limit: u64) -> Result<(Vec<Deleted>, V
         }
     }
     Ok((deleted, memfds))
+}
+
+/// The System V objects the processes use, with the attachments of each segment checked whole:
+/// from its start to its end, in pieces that follow each other (a restore attaches the whole
+/// segment again, then protects each piece).
+fn sysv_objects(states: &[ProcessState], limit: u64) -> Result<crate::res::sysv::Ipc> {
+    use crate::res::memory::{VMA_SYSV, Vma};
+    let pids: Vec<i32> = states.iter().map(|st| st.head.pid).collect();
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok();
+    let root = pids.first().copied().unwrap_or_default();
+    if let Some(&other) = pids.iter().find(|&&p| ns(p) != ns(root)) {
+        return Err(Error::Refused(format!(
+            "pid {other} is in another IPC namespace than pid {root}, which crs does not restore: checkpoint each on its own"
+        )));
+    }
+    let id = |v: &Vma| v.file.as_ref().map_or(-1, |f| f.ino as i32);
+    let attached: Vec<i32> =
+        states.iter().flat_map(|st| st.vmas.iter()).filter(|v| v.flags & VMA_SYSV != 0).map(id).collect();
+    let ipc = crate::res::sysv::collect(&pids, &attached, limit)?;
+    for st in states {
+        // Each attachment: (id, where its next piece would start, its length so far; MAX
+        // for one that does not begin at the segment's start).
+        let mut whole: Vec<(i32, u64, u64)> = Vec::new();
+        for v in st.vmas.iter().filter(|v| v.flags & VMA_SYSV != 0) {
+            let off = v.pgoff * crate::crf::PAGE_SIZE as u64;
+            match whole.last_mut() {
+                Some(w) if off != 0 && w.0 == id(v) && w.1 == v.start && w.2 == off => {
+                    (w.1, w.2) = (v.end, off + v.len())
+                }
+                _ => whole.push((id(v), v.end, if off == 0 { v.len() } else { u64::MAX })),
+            }
+        }
+        for (i, _, len) in whole {
+            let size = ipc.shms.iter().find(|s| s.0.id == i).map(|s| s.1.div_ceil(4096) * 4096);
+            if size != Some(len) {
+                return Err(Error::Refused(format!(
+                    "pid {} has System V shared memory {i} attached in part (a piece unmapped or moved), which crs does not restore",
+                    st.head.pid
+                )));
+            }
+        }
+    }
+    Ok(ipc)
 }
 
 /// The connected unix socket pairs the processes hold whole, each once, each end's queue

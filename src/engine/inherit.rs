@@ -1,7 +1,8 @@
 //! What the restorer makes, before it creates the processes, for all of them to inherit at
 //! the same fds: the pipes and unix socket pairs between them (filled with what was queued),
 //! the files deleted while open or mapped and the memfds (made again), the tree's shared
-//! memory, and the open file descriptions more than one fd held. Each process keeps, at its own fds and
+//! memory, the System V objects they use, and the open file descriptions more than one fd
+//! held. Each process keeps, at its own fds and
 //! mappings, what it held, and closes the rest; the restorer closes its copies once every
 //! process exists (a reader must see end of file when its writers close their ends).
 
@@ -9,7 +10,7 @@ use crate::error::Result;
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
-use crate::res::{creds, deleted, fileid, memfd, pipes, treeshm, unixpairs};
+use crate::res::{creds, deleted, fileid, memfd, pipes, sysv, treeshm, unixpairs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Default)]
@@ -25,14 +26,17 @@ pub struct Made {
     /// Descriptions more than one fd held, and the fd each was opened at.
     descs: Vec<Desc>,
     opened: Vec<i32>,
+    /// The System V objects made again: removed if the restore fails.
+    pub ipc: Option<sysv::Made>,
 }
 
 impl Made {
     /// Makes all of it from the first process's state `st` (the image-wide sections, taken out
     /// of it), as the image's owner where files are concerned. What could not be made exactly
     /// goes to `notes`.
-    pub fn make(st: &mut ProcessState, notes: &mut Vec<String>) -> Result<Made> {
-        let mut m = Made::default();
+    /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns).
+    pub fn make(st: &mut ProcessState, ipcns: bool, notes: &mut Vec<String>) -> Result<Made> {
+        let mut m = Made { ipc: Some(sysv::create_here(&st.sysv, ipcns)?), ..Default::default() };
         for p in &st.tree_pipes {
             let (r, w) = pipes::create_here(p)?;
             m.pipes.push((p.ino, r.as_raw_fd(), w.as_raw_fd()));

@@ -50,6 +50,9 @@ pub struct Options {
     /// Fds 0-2 (bit n for fd n) that were a terminal or pipe get /dev/null instead of ours:
     /// fd 0 when the image comes on our stdin, all three for restartd.
     pub null_stdio: u8,
+    /// Give the processes a new IPC namespace, where the System V objects get their ids
+    /// whatever this one holds (rstrt --ipcns).
+    pub ipcns: bool,
 }
 
 #[derive(Debug)]
@@ -80,6 +83,8 @@ pub struct Restored {
 /// Restored processes that have not run yet. `release` lets them run; dropping it kills them.
 pub struct Held {
     family: Family,
+    /// The System V objects made for them: removed if they are killed (dropped after them).
+    ipc: Option<crate::res::sysv::Made>,
 }
 
 impl std::fmt::Debug for Held {
@@ -105,6 +110,9 @@ impl Held {
             })();
             redeliver(pid, &p.held);
             out = out.and(r);
+        }
+        if let Some(ipc) = self.ipc.take() {
+            ipc.keep();
         }
         out
     }
@@ -170,11 +178,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
     let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
     let mut notes = Vec::new();
-    let made = Made::make(&mut st, &mut notes)?;
+    let made = Made::make(&mut st, opts.ipcns, &mut notes)?;
     let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;
+    let ipc = shared.made.ipc.take();
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -228,7 +237,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     };
     if opts.hold {
         // From here the Held kills them if it is dropped unreleased.
-        restored.held = Some(Held { family });
+        restored.held = Some(Held { family, ipc });
         return Ok(restored);
     }
     if opts.stop {
@@ -237,7 +246,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
     }
     let pids: Vec<i32> = family.procs.iter().map(|p| p.t.pid).collect();
-    Held { family }.release()?;
+    Held { family, ipc }.release()?;
     if opts.stop {
         for p in pids {
             procfs::wait_stopped(p);

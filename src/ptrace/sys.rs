@@ -39,6 +39,11 @@ impl Ctl<'_> {
         self.call(libc::SYS_mmap, [at.0, len, prot as u64, flags as u64, fd, off], "mmap", what).map(RemoteAddr)
     }
 
+    /// shmat: attaches System V shared memory segment `id` at exactly `at`.
+    pub fn shmat(&mut self, id: i32, at: RemoteAddr, flags: i32, what: &str) -> Result<RemoteAddr> {
+        self.call(libc::SYS_shmat, [id as u64, at.0, flags as u64, 0, 0, 0], "shmat", what).map(RemoteAddr)
+    }
+
     pub fn munmap(&mut self, at: RemoteAddr, len: u64, what: &str) -> Result<()> {
         self.call(libc::SYS_munmap, [at.0, len, 0, 0, 0, 0], "munmap", what).map(drop)
     }

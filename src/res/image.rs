@@ -12,7 +12,7 @@
 
 use super::{
     cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending, pipes,
-    ptimers, regs, rlimits, sched, signals, task, thp, thread, timerfd, tree, treeshm, unixpairs,
+    ptimers, regs, rlimits, sched, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -39,6 +39,8 @@ pub struct ProcessState {
     /// The memfds the processes hold open or mapped, with their contents and seals (the first
     /// process's block carries them).
     pub memfds: Vec<memfd::Memfd>,
+    /// The System V objects the processes use (the first process's block carries them).
+    pub sysv: sysv::Ipc,
     /// The shared anonymous memory more than one process of the tree maps (the first
     /// process's block carries it).
     pub tree_shm: Vec<treeshm::Obj>,
@@ -168,6 +170,7 @@ pub mod tags {
     pub const UNIXPAIRS: Tag = Tag(30);
     pub const UNIXLISTEN: Tag = Tag(31);
     pub const MEMFDS: Tag = Tag(32);
+    pub const SYSVIPC: Tag = Tag(33);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -237,6 +240,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.memfds, memfd::decode(b, at)),
         describe: |v| memfd::describe(&v.st.memfds),
         ..only_if(tags::MEMFDS, "MEMFDS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.sysv.is_empty() { vec![] } else { vec![sysv::encode(&st.sysv)] },
+        decode: |b, at, st| set(&mut st.sysv, sysv::decode(b, at)),
+        describe: |v| sysv::describe(&v.st.sysv),
+        ..only_if(tags::SYSVIPC, "SYSVIPC")
     },
     &SectionDef {
         scope: Scope::Image,

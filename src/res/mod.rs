@@ -26,6 +26,7 @@ pub mod regs;
 pub mod rlimits;
 pub mod sched;
 pub mod signals;
+pub mod sysv;
 pub mod task;
 pub mod thp;
 pub mod thread;

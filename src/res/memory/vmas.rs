@@ -51,10 +51,14 @@ pub const VMA_TREE_SHM: u32 = 1 << 7;
 /// A mapping of a memfd: the image carries the memfd (MEMFDS, by `file.dev`/`file.ino`), and
 /// a restore maps the one it made again.
 pub const VMA_MEMFD: u32 = 1 << 16;
+/// An attachment of System V shared memory (shmat): SYSVIPC holds the segment, whose id is
+/// `file.ino`; a restore attaches it again (the piece at offset 0 attaches the whole segment,
+/// the others are its parts, protected as they were).
+pub const VMA_SYSV: u32 = 1 << 17;
 /// The mappings of something a restore makes again before it maps it.
 pub const VMA_REMADE: u32 = VMA_DELETED | VMA_TREE_SHM | VMA_MEMFD;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 17) - 1;
+const VMA_ALL: u32 = (1 << 18) - 1;
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -295,7 +299,10 @@ fn classify_one(
         "/dev/zero (deleted)" if m.shared => KIND_SHMEM,
         n if n.starts_with("[anon_shmem:") => KIND_SHMEM,
         n if n.starts_with("[anon:") => KIND_ANON,
-        n if n.starts_with("/SYSV") => return refuse("System V shared memory"),
+        n if n.starts_with("/SYSV") && n.ends_with(" (deleted)") && m.shared => {
+            v.flags |= VMA_SYSV;
+            KIND_FILE
+        }
         n if crate::res::memfd::name_of(n).is_some() => {
             v.flags |= VMA_MEMFD;
             KIND_FILE
@@ -310,7 +317,21 @@ fn classify_one(
         n if n.starts_with('/') => KIND_FILE,
         _ => return refuse("a special mapping"),
     };
-    if v.flags & (VMA_DELETED | VMA_MEMFD) != 0 {
+    if v.flags & VMA_SYSV != 0 {
+        // Its file's inode number is the segment's id.
+        let (maj, min) = m.dev;
+        let mode = libc::S_IFREG | 0o600;
+        v.file = Some(FileId {
+            path: name.to_string(),
+            mode,
+            dev: libc::makedev(maj, min),
+            ino: m.inode,
+            ..Default::default()
+        });
+        if m.has_flag("mw") {
+            v.flags |= VMA_MAY_WRITE;
+        }
+    } else if v.flags & (VMA_DELETED | VMA_MEMFD) != 0 {
         // Nothing names it but the mapping itself (reading that link needs CAP_SYS_ADMIN).
         let path = if v.flags & VMA_MEMFD != 0 { name } else { crate::res::deleted::unlinked(name).unwrap_or(name) };
         let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -404,7 +425,7 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
     }
     for v in vmas {
         let mut from_file = false;
-        if v.flags & VMA_REMADE != 0 {
+        if v.flags & (VMA_REMADE | VMA_SYSV) != 0 {
             // The restore makes the file (or the shared memory) again from the image.
             out.push(Plan { vma: v.clone(), from_file: true, reopen: None });
             continue;
@@ -439,6 +460,10 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
     let pid = c.pid();
     for p in plans.iter().filter(|p| !p.vma.is_special()) {
         let v = &p.vma;
+        if v.flags & VMA_SYSV != 0 {
+            attach(c, v)?;
+            continue;
+        }
         let shared = v.flags & VMA_SHARED != 0;
         let mut flags = libc::MAP_FIXED_NOREPLACE
             | match () {
@@ -485,6 +510,26 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         if got? != RemoteAddr(v.start) {
             return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
         }
+    }
+    Ok(())
+}
+
+/// One piece of an attachment of System V shared memory: the piece at offset 0 attaches the
+/// whole segment (which SYSVIPC made again, with its id) at its address, read-only unless it
+/// was attached for writing; every piece then gets its own protection.
+fn attach(c: &mut Ctl, v: &Vma) -> Result<()> {
+    let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
+    let writable = v.prot & libc::PROT_WRITE as u32 != 0 || v.flags & VMA_MAY_WRITE != 0;
+    let given = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ } as u32;
+    if v.pgoff == 0 {
+        let id = v.file.as_ref().map_or(-1, |f| f.ino as i32);
+        let flags = if writable { 0 } else { libc::SHM_RDONLY };
+        if c.shmat(id, RemoteAddr(v.start), flags, &what)? != RemoteAddr(v.start) {
+            return Err(Error::Proc(format!("shmat {what} in pid {} landed elsewhere", c.pid())));
+        }
+    }
+    if v.prot != given {
+        c.mprotect(RemoteAddr(v.start), v.len(), v.prot)?;
     }
     Ok(())
 }
