@@ -492,17 +492,21 @@ fn a_bash_pipeline_and_a_zombie_go_on() {
     assert_eq!(std::fs::read_to_string(dir.join("zombie.out")).unwrap(), "reaped 1 status 3\n");
 }
 
-/// A pre-forking server of the test's own (a parent and 4 workers accepting on one listening
-/// unix socket bound to a path), checkpointed with -k and restored: it listens on the same path
-/// again and its workers answer the test's connections.
+/// A pre-forking server of the test's own (tests/targets/prefork.c: a parent and 4 workers
+/// accepting on one listening unix socket bound to a path, a System V semaphore their accept
+/// lock and another their request counter) and a client of its own in the tree, asking
+/// without pause: checkpointed with -k mid-conversation and restored, the server listens on
+/// the same path again, answers the test's connections, and the client goes on where it was,
+/// its connection of the moment (accepted or still waiting) with it: not a request lost,
+/// repeated or answered wrong.
 #[test]
 fn a_pre_forking_server_serves_again() {
-    if !require(is_root(), "root (rstrt --pidns)") {
+    if !require(is_root(), "root (rstrt --pidns --ipcns)") {
         return;
     }
     let dir = tmpdir("tree-prefork");
     let d = dir.to_str().unwrap();
-    let mut p = start("prefork", &[], &dir);
+    let mut p = start("prefork", &["client"], &dir);
     let ask = |what: &str| {
         use std::io::{Read, Write};
         // Until the restore has bound the name again (the restored server is the fact).
@@ -522,17 +526,50 @@ fn a_pre_forking_server_serves_again() {
         s.read_to_string(&mut answer).unwrap();
         answer
     };
+    // Every line of the client's log: request i answered for i = 1, 2, ...
+    let log = dir.join("client.log");
+    let answered = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        for (i, l) in complete.lines().enumerate() {
+            let want = format!("{} worker ", i + 1);
+            assert!(l.starts_with(&want) && l.ends_with(&format!(": req {}", i + 1)), "client.log line {}: {l}", i + 1);
+        }
+        complete.lines().count()
+    };
+    let until = |n: usize| {
+        let t0 = std::time::Instant::now();
+        while answered() < n {
+            assert!(t0.elapsed() < TIMEOUT, "the client answered {} requests, not {n}", answered());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
     assert!(ask("before").ends_with(": before\n"));
+    until(30);
+    p.send("served");
+    let served: u32 = p.expect("served").split_whitespace().nth(1).unwrap().parse().unwrap();
     let img = format!("{d}/s.crf");
     let o = ckpt(&["-k", "-v", "-o", &img, &p.pid().to_string()]);
-    assert!(stderr(&o).contains("and 4 descendants"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("and 5 descendants"), "{}", stderr(&o));
     p.kill();
+    let at = answered();
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
     assert!(info.contains("listen:    unix socket") && info.contains("srv.sock, backlog 16"), "{info}");
-    let mut r = rstrt(&["--pidns", &img]);
+    let sem =
+        info.lines().find_map(|l| l.strip_prefix("sysv sem:  id ")?.split_whitespace().next()).unwrap().to_string();
+    let mut r = rstrt(&["--pidns", "--ipcns", &img]);
     for i in 0..8 {
+        // The greeting first, then (the test sends before reading) the answer.
         let a = ask(&format!("after {i}"));
-        assert!(a.starts_with("worker ") && a.ends_with(&format!(": after {i}\n")), "{a:?}");
+        assert!(a.starts_with("hello\nworker ") && a.ends_with(&format!(": after {i}\n")), "{a:?}");
     }
+    until(at + 50);
+    r.send("served");
+    let now: u32 = r.expect("served").split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(now as usize >= served as usize + 50 + 8, "served {served} before, {now} after");
+    drop(r.stdin.take());
     assert!(r.wait().success());
+    // The original's semaphore set, left behind by -k in this IPC namespace.
+    let st = std::process::Command::new("ipcrm").args(["-s", &sem]).status().unwrap();
+    assert!(st.success(), "ipcrm -s {sem}");
 }

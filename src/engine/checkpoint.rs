@@ -72,6 +72,11 @@ fn members(pid: i32, alone: bool) -> Vec<i32> {
 /// has fds or mappings we cannot restore, their relations can be rebuilt. A descendant's
 /// reasons name it.
 pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
+    check_all(pid, opts, false)
+}
+
+/// [`precheck`], of processes we have frozen (`frozen`: traced by us) or not.
+fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
     let mut why = Vec::new();
     let pids = members(pid, opts.alone);
     let mut all = Vec::with_capacity(pids.len());
@@ -91,7 +96,7 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
         if i > 0 && zombie {
             continue; // kept as a zombie
         }
-        let own = match precheck_one(m, opts, &pids) {
+        let own = match precheck_one(m, opts, &pids, frozen) {
             Ok(own) => own,
             // A descendant that ended while we looked (a compiler a make ran) is no reason:
             // the freeze walks the tree again.
@@ -126,7 +131,7 @@ fn gone_meanwhile(e: &Error, pid: i32) -> bool {
 }
 
 /// The reasons against one process, of those in `tree`.
-fn precheck_one(pid: i32, opts: &Options, tree: &[i32]) -> Result<Vec<String>> {
+fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<Vec<String>> {
     let status = procfs::read_status(pid).map_err(|e| match e {
         Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::Gone(pid),
         e => e,
@@ -134,8 +139,8 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32]) -> Result<Vec<String>> {
     // Past this, the process is ours to read (root, or its owner). Every reason against it
     // is gathered, then all are named at once.
     let mut why = Vec::new();
-    Error::gather(blockers::status(pid, &status, false), &mut why)?;
-    why.extend(blockers::relations(pid, false));
+    Error::gather(blockers::status(pid, &status, frozen), &mut why)?;
+    why.extend(blockers::relations(pid, frozen));
     let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree)?;
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
@@ -159,8 +164,17 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 /// written (flush, fsync, rename); only when it succeeds are the processes killed or stopped
 /// as asked.
 pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
-    precheck(pid, opts)?;
-    checkpoint_prechecked(pid, out, opts, commit)
+    let recheck = match precheck(pid, opts) {
+        // Seen running, a process may be between two states (a client between socket and
+        // connect, an fd closed while we looked): the same checks of the frozen processes
+        // say for sure, with every reason, and let them go as they were if one stands.
+        Err(Error::Blocked { reasons, .. }) => {
+            debug!("pid {pid} refused while running ({}); asked again frozen", reasons.join("; "));
+            true
+        }
+        r => r.map(|_| false)?,
+    };
+    frozen_checkpoint(pid, out, opts, recheck, commit)
 }
 
 /// One process of the checkpoint, frozen: its leader and other threads traced, every
@@ -194,6 +208,17 @@ pub fn checkpoint_prechecked<W: Sink>(
     opts: &Options,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
+    frozen_checkpoint(pid, out, opts, false, commit)
+}
+
+/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it.
+fn frozen_checkpoint<W: Sink>(
+    pid: i32,
+    out: W,
+    opts: &Options,
+    recheck: bool,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let _urgent = Urgent::raise();
@@ -202,6 +227,9 @@ pub fn checkpoint_prechecked<W: Sink>(
     let mut zombies = 0;
     let result = (|| {
         let members = freeze_tree(pid, opts.alone, &mut procs)?;
+        if recheck {
+            check_all(pid, opts, true)?;
+        }
         zombies = members.iter().filter(|m| m.zombie.is_some()).count();
         let threads: usize = procs.iter().map(|p| p.others.len() + 1).sum();
         debug!("pid {pid}: {} processes, {threads} threads frozen after {:.1} ms", procs.len(), ms(t0));
@@ -236,8 +264,9 @@ pub fn checkpoint_prechecked<W: Sink>(
         let used = states[0].deleted.iter().map(|d| d.data.len() as u64).sum::<u64>()
             + states[0].memfds.iter().flat_map(|m| m.runs.iter()).map(|r| r.1.len() as u64).sum::<u64>();
         states[0].sysv = sysv_objects(&states, limit.saturating_sub(used))?;
-        states[0].unix_pairs = unix_pairs(&states)?;
-        states[0].unix_listening = unix_listening(&states)?;
+        let listening = unix_listening(&states)?;
+        (states[0].unix_pairs, states[0].unix_conns) = unix_pairs(&states, &listening)?;
+        states[0].unix_listening = listening.into_iter().map(|l| l.0).collect();
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -455,9 +484,14 @@ fn sysv_objects(states: &[ProcessState], limit: u64) -> Result<crate::res::sysv:
 }
 
 /// The connected unix socket pairs the processes hold whole, each once, each end's queue
-/// copied through one of its holders.
-fn unix_pairs(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Pair>> {
-    use crate::res::unixpairs::{Pair, collect_end};
+/// copied through one of its holders; and which of them are connections to their listeners,
+/// accepted or waiting. Refuses a listener with connections waiting from outside.
+fn unix_pairs(
+    states: &[ProcessState],
+    listening: &[(crate::res::unixpairs::Listening, u32)],
+) -> Result<(Vec<crate::res::unixpairs::Pair>, Vec<crate::res::unixpairs::Conn>)> {
+    use crate::res::endpoints::{Peer, unix_pair};
+    use crate::res::unixpairs::{Conn, Pair, collect_end};
     // Every end, by inode, with one (pid, fd) that holds it.
     let mut ends: Vec<(u64, i32, i32)> = Vec::new();
     for st in states {
@@ -468,29 +502,57 @@ fn unix_pairs(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Pair
         }
     }
     let pids: Vec<i32> = states.iter().map(|st| st.head.pid).collect();
-    let mut out: Vec<Pair> = Vec::new();
+    let (mut pairs, mut conns): (Vec<Pair>, Vec<Conn>) = (Vec::new(), Vec::new());
     for &(ino, pid, fd) in &ends {
-        if out.iter().any(|p| p.ends.iter().any(|e| e.ino == ino)) {
+        if pairs.iter().any(|p| p.ends.iter().any(|e| e.ino == ino)) {
             continue;
         }
-        let peer = crate::res::endpoints::unix_pair(&pids, pid, fd, ino);
-        let other = peer.and_then(|p| ends.iter().find(|e| e.0 == p)).ok_or_else(|| {
+        let gone = || {
             Error::Proc(format!("socket:[{ino}] (fd {fd} of pid {pid}): its peer is no longer held in the checkpoint"))
-        })?;
-        let (ty, a) = collect_end(pid, fd, ino)?;
-        let (_, b) = collect_end(other.1, other.2, other.0)?;
-        out.push(Pair { ty, ends: [a, b] });
+        };
+        match unix_pair(&pids, pid, fd, ino).ok_or_else(gone)? {
+            Peer::Socket { ino: peer, via } => {
+                let other = ends.iter().find(|e| e.0 == peer).ok_or_else(gone)?;
+                let (ty, a) = collect_end(pid, fd, ino)?;
+                let (_, b) = collect_end(other.1, other.2, other.0)?;
+                pairs.push(Pair { ty, ends: [a, b] });
+                if let Some((listener, mine)) = via {
+                    let ino = if mine { ino } else { peer };
+                    conns.push(Conn { listener, ino, accepted: true, ..Default::default() });
+                }
+            }
+            Peer::Closed => {
+                let (ty, a) = collect_end(pid, fd, ino)?;
+                pairs.push(Pair { ty, ends: [a, Default::default()] });
+            }
+            Peer::Waiting { listener } => {
+                let (_, e) = collect_end(pid, fd, ino)?;
+                let (sndbuf, rcvbuf) = (e.sndbuf, e.rcvbuf);
+                conns.push(Conn { listener, ino, accepted: false, sndbuf, rcvbuf });
+            }
+        }
     }
-    Ok(out)
+    for (l, waiting) in listening {
+        let ours = conns.iter().filter(|c| !c.accepted && c.listener == l.ino).count() as u32;
+        if ours != *waiting {
+            return Err(Error::Refused(format!(
+                "the unix socket listening on {} has {waiting} connections waiting, {} of them from outside the checkpoint or with data sent already",
+                crate::text::printable(&String::from_utf8_lossy(&l.name)),
+                waiting - ours.min(*waiting)
+            )));
+        }
+    }
+    Ok((pairs, conns))
 }
 
-/// The listening unix sockets the processes hold whole, each once.
-fn unix_listening(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::Listening>> {
+/// The listening unix sockets the processes hold whole, each once, with the connections
+/// waiting on each.
+fn unix_listening(states: &[ProcessState]) -> Result<Vec<(crate::res::unixpairs::Listening, u32)>> {
     let pids: Vec<i32> = states.iter().map(|st| st.head.pid).collect();
-    let mut out: Vec<crate::res::unixpairs::Listening> = Vec::new();
+    let mut out: Vec<(crate::res::unixpairs::Listening, u32)> = Vec::new();
     for st in states {
         for f in st.files.iter().filter(|f| f.kind == files::KIND_UNIXLISTEN) {
-            if out.iter().any(|l| l.ino == f.id.ino) {
+            if out.iter().any(|l| l.0.ino == f.id.ino) {
                 continue;
             }
             let l = crate::res::endpoints::unix_listener(&pids, st.head.pid, f.fd, f.id.ino).ok_or_else(|| {
@@ -499,7 +561,9 @@ fn unix_listening(states: &[ProcessState]) -> Result<Vec<crate::res::unixpairs::
                     f.id.ino, f.fd, st.head.pid
                 ))
             })?;
-            out.push(crate::res::unixpairs::Listening { ino: f.id.ino, ty: l.ty, name: l.name, backlog: l.backlog });
+            let listening =
+                crate::res::unixpairs::Listening { ino: f.id.ino, ty: l.ty, name: l.name, backlog: l.backlog };
+            out.push((listening, l.waiting));
         }
     }
     Ok(out)

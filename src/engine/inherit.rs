@@ -6,7 +6,7 @@
 //! mappings, what it held, and closes the rest; the restorer closes its copies once every
 //! process exists (a reader must see end of file when its writers close their ends).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
@@ -42,12 +42,6 @@ impl Made {
             m.pipes.push((p.ino, r.as_raw_fd(), w.as_raw_fd()));
             m.owned.extend([r, w]);
         }
-        for p in &st.unix_pairs {
-            for (end, fd) in p.ends.iter().zip(unixpairs::create_here(p)?) {
-                m.sockets.push((end.ino, fd.as_raw_fd()));
-                m.owned.push(fd);
-            }
-        }
         for o in &st.tree_shm {
             let (fd, note) = treeshm::create_here(o)?;
             notes.extend(note);
@@ -58,6 +52,34 @@ impl Made {
         for l in &st.unix_listening {
             let fd = unixpairs::listen_here(l)?;
             m.sockets.push((l.ino, fd.as_raw_fd()));
+            m.owned.push(fd);
+        }
+        // The pairs, after the listeners: a connection connects to its listener again, and
+        // is accepted unless it was waiting.
+        let listener = |ino: u64| {
+            let l = st.unix_listening.iter().find(|l| l.ino == ino);
+            let fd = m.sockets.iter().find(|s| s.0 == ino).map(|s| s.1);
+            l.zip(fd).ok_or_else(|| Error::Refused(format!("the image has no listening socket {ino}: it is damaged")))
+        };
+        let mut made = Vec::new();
+        for p in &st.unix_pairs {
+            let conn = st.unix_conns.iter().find(|c| c.accepted && p.ends.iter().any(|e| e.ino == c.ino));
+            let fds = match conn {
+                Some(c) => {
+                    let (l, lfd) = listener(c.listener)?;
+                    unixpairs::connect_here(p, c.ino, l, lfd)?
+                }
+                None => unixpairs::create_here(p)?,
+            };
+            // A peer closed before the checkpoint (inode 0) is closed again here, its work done.
+            made.extend(p.ends.iter().map(|e| e.ino).zip(fds).filter(|e| e.0 != 0));
+        }
+        for c in st.unix_conns.iter().filter(|c| !c.accepted) {
+            let (l, _) = listener(c.listener)?;
+            made.push((c.ino, unixpairs::wait_here(c, l)?));
+        }
+        for (ino, fd) in made {
+            m.sockets.push((ino, fd.as_raw_fd()));
             m.owned.push(fd);
         }
         for d in &st.deleted {

@@ -97,6 +97,9 @@ impl Held {
     /// Detaches: the processes run from where they were checkpointed, children first (a parent
     /// that runs first finds them there either way).
     pub fn release(mut self) -> Result<()> {
+        if let Some(ipc) = self.ipc.as_mut() {
+            ipc.remove_doomed();
+        }
         self.family.armed = false;
         let procs = std::mem::take(&mut self.family.procs);
         let mut out = Ok(());

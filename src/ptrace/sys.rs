@@ -448,6 +448,12 @@ impl Ctl<'_> {
     }
 
     /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): both ends.
+    /// socket(AF_UNIX, ty | SOCK_CLOEXEC, 0): a new unix socket.
+    pub fn unix_socket(&mut self, ty: u32, what: &str) -> Result<i32> {
+        let ty = (ty as i32 | libc::SOCK_CLOEXEC) as u64;
+        self.call(libc::SYS_socket, [libc::AF_UNIX as u64, ty, 0, 0, 0, 0], "socket", what).map(|fd| fd as i32)
+    }
+
     pub fn socketpair(&mut self, what: &str) -> Result<(i32, i32)> {
         let out = self.scratch.addr;
         let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;

@@ -220,26 +220,120 @@ fn unix_peer(ino: u64) -> Option<u64> {
     unix_diag(ino).and_then(|d| d.0)
 }
 
-/// Whether socket `ino`, held by `pid` as `fd`, is one end of a connected pair of unnamed unix
-/// sockets whose two ends only processes in `within` (`pid` among them) hold, neither shut
-/// down nor listening: a pair the checkpoint holds whole (UNIXPAIRS). Returns its peer.
-pub fn unix_pair(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<u64> {
+/// What a unix socket the checkpoint holds whole is connected to (UNIXPAIRS, UNIXCONNS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// The other end of a pair (made by socketpair, or by a connect that listener `via`
+    /// accepted: then `accepted` says which end the accepted one is, this or the peer).
+    Socket { ino: u64, via: Option<(u64, bool)> },
+    /// A connection listener `listener` has not accepted yet (the peer has no inode yet).
+    Waiting { listener: u64 },
+    /// A stream or seqpacket connection whose peer was closed: reads get what is queued,
+    /// then end of file.
+    Closed,
+}
+
+/// The listening unix socket of /proc/PID/net/unix named `path`, if one.
+fn listener_named(text: &str, path: &str) -> Option<u64> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let listening = u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0;
+        (listening && f.get(7) == Some(&path)).then(|| f.get(6)?.parse().ok())?
+    })
+}
+
+/// The type of socket `ino` if it is a unix socket made and nothing more: unbound,
+/// unconnected, not listening (a client between socket and connect).
+pub fn unix_fresh(pid: i32, ino: u64) -> Option<u32> {
+    let text = net_unix(pid)?;
+    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|i| i.parse().ok()) == Some(ino))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let me = unix_line(&text, ino)?;
+    // St 01: SS_UNCONNECTED.
+    let unconnected = f.get(5) == Some(&"01") && !me.listening && me.path.is_none();
+    let types = [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].map(|t| t as u32);
+    (unconnected && types.contains(&me.ty) && unix_diag(ino)?.0.is_none()).then_some(me.ty)
+}
+
+/// Whether socket `ino`, held by `pid` as `fd`, is one end of a connected pair of unix sockets
+/// whose two ends only processes in `within` (`pid` among them) hold, neither shut down nor
+/// listening: a socketpair, or a connection to a listener held in the checkpoint, accepted or
+/// still waiting (with nothing sent yet: the waiting end's data cannot be read). Both ends of
+/// a socketpair are unnamed; of a connection, the accepted end has the listener's name.
+pub fn unix_pair(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<Peer> {
     let text = net_unix(pid)?;
     let me = unix_line(&text, ino)?;
-    if me.listening || me.path.is_some() {
-        return None;
-    }
-    let (peer, shut) = unix_diag(ino)?;
-    let peer = peer?;
-    let peer_named = unix_line(&text, peer)?.path.is_some();
-    let (_, peer_shut) = unix_diag(peer)?;
-    if peer_named || shut != 0 || peer_shut != 0 {
+    if me.listening {
         return None;
     }
     let inside = |h: &[(i32, i32, u32)]| h.iter().all(|x| x.0 == pid || within.contains(&x.0));
-    let peer_held = holders(&format!("socket:[{peer}]"), 0, -1);
-    (inside(&holders(&format!("socket:[{ino}]"), pid, fd)) && !peer_held.is_empty() && inside(&peer_held))
-        .then_some(peer)
+    let held_inside = |l: u64| {
+        let h = holders(&format!("socket:[{l}]"), 0, -1);
+        !h.is_empty() && inside(&h)
+    };
+    let (peer, shut) = unix_diag(ino)?;
+    let peer = peer?;
+    if !inside(&holders(&format!("socket:[{ino}]"), pid, fd)) {
+        return None;
+    }
+    // The peer was closed: the kernel shut this end down both ways (SHUTDOWN_MASK), and the
+    // peer has no inode any more.
+    if peer == 0 && shut == 3 && me.ty != libc::SOCK_DGRAM as u32 {
+        return Some(Peer::Closed);
+    }
+    if shut != 0 {
+        return None;
+    }
+    // An accepted end: named as its listener, which the checkpoint holds.
+    let accepted = |line: &UnixLine| -> Option<Option<u64>> {
+        match &line.path {
+            None => Some(None),
+            Some(p) => listener_named(&text, p).filter(|&l| held_inside(l)).map(Some),
+        }
+    };
+    let mine = accepted(&me)?;
+    if peer == 0 {
+        // The listener's embryo: a connection not accepted yet. Its listener is the one
+        // the checkpoint holds with connections waiting; it must be the only such.
+        if mine.is_some() {
+            return None;
+        }
+        let waiting: Vec<u64> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let listening = u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0;
+                let i: u64 = f.get(6)?.parse().ok()?;
+                (listening && held_inside(i) && unix_diag_full(i)?.rq?.0 > 0).then_some(i)
+            })
+            .collect();
+        return match waiting[..] {
+            [listener] if sent_nothing(pid, fd) => Some(Peer::Waiting { listener }),
+            _ => None,
+        };
+    }
+    let (_, peer_shut) = unix_diag(peer)?;
+    let theirs = accepted(&unix_line(&text, peer)?)?;
+    if peer_shut != 0 || !held_inside(peer) || (mine.is_some() && theirs.is_some()) {
+        return None;
+    }
+    let via = match (mine, theirs) {
+        (Some(l), _) => Some((l, true)),
+        (_, Some(l)) => Some((l, false)),
+        _ => None,
+    };
+    Some(Peer::Socket { ino: peer, via })
+}
+
+/// Whether the socket `pid` holds as `fd` has nothing sent that its peer has not read
+/// (SIOCOUTQ on a copy of it).
+fn sent_nothing(pid: i32, fd: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(ours) = crate::ptrace::procfs::getfd(pid, fd, "a waiting connection") else { return false };
+    let mut n: libc::c_int = -1;
+    // SAFETY: SIOCOUTQ writes one int into `n`.
+    unsafe { libc::ioctl(ours.as_raw_fd(), libc::TIOCOUTQ, &mut n) == 0 && n == 0 }
 }
 
 /// A listening unix socket the checkpoint holds whole (UNIXPAIRS' listeners): its type, its
@@ -249,10 +343,12 @@ pub struct Listener {
     pub ty: u32,
     pub name: Vec<u8>,
     pub backlog: u32,
+    /// Connections waiting to be accepted (each must be from a process of the checkpoint).
+    pub waiting: u32,
 }
 
-/// Whether socket `ino`, held by `pid` as `fd`, is a named unix socket listening, with no
-/// connection waiting to be accepted, which only processes in `within` hold.
+/// Whether socket `ino`, held by `pid` as `fd`, is a named unix socket listening, which only
+/// processes in `within` hold.
 pub fn unix_listener(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<Listener> {
     let UnixLine { listening, ty, .. } = unix_line(&net_unix(pid)?, ino)?;
     if !listening || !(ty == libc::SOCK_STREAM as u32 || ty == libc::SOCK_SEQPACKET as u32) {
@@ -279,7 +375,7 @@ pub fn unix_listener(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<List
         }
     }
     let inside = holders(&format!("socket:[{ino}]"), pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0));
-    (inside && pending == 0 && !name.is_empty()).then_some(Listener { ty, name, backlog })
+    (inside && !name.is_empty()).then_some(Listener { ty, name, backlog, waiting: pending })
 }
 
 /// What sock_diag says of unix socket `ino`: its peer's inode and its shutdown bits.

@@ -50,7 +50,10 @@ pub const KIND_UNIXLISTEN: u8 = 16;
 /// A memfd: the image carries it (MEMFDS, by `id.dev`/`id.ino`); `id.path` is its link,
 /// "/memfd:NAME (deleted)".
 pub const KIND_MEMFD: u8 = 17;
-const KIND_LAST: u8 = KIND_MEMFD;
+/// A unix socket made and nothing more (unbound, unconnected, not listening): made again of
+/// its type, `id.mode`.
+pub const KIND_UNIXNEW: u8 = 18;
+const KIND_LAST: u8 = KIND_UNIXNEW;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -126,6 +129,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_UNIXPAIR => "unix pair",
         KIND_UNIXLISTEN => "listening",
         KIND_MEMFD => "memfd",
+        KIND_UNIXNEW => "new socket",
         _ => "?",
     }
 }
@@ -187,6 +191,11 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
         }
         // A unix socket the checkpoint holds whole: one end of a pair, or a listener.
         let socket = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
+        if let Some(ty) = socket.and_then(|ino| endpoints::unix_fresh(pid, ino)) {
+            let id = FileId { path: target.clone(), mode: ty, ..Default::default() };
+            out.push(Fd { fd, kind: KIND_UNIXNEW, flags, cloexec, pos: 0, id });
+            continue;
+        }
         let whole = socket.and_then(|ino| {
             if endpoints::unix_pair(tree, pid, fd, ino).is_some() {
                 Some((ino, KIND_UNIXPAIR))
@@ -557,7 +566,7 @@ pub fn restore(
             KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
             KIND_STUB_NULL => ("/dev/null", f.flags & (access | libc::O_NONBLOCK as u32)),
             KIND_STUB_PIPE => ("a pipe", f.flags & (access | libc::O_NONBLOCK as u32)),
-            KIND_PIPE | KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_INOTIFY => {
+            KIND_PIPE | KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_INOTIFY | KIND_UNIXNEW => {
                 (kind_name(f.kind), f.flags)
             }
             _ => (f.id.path.as_str(), f.flags),
@@ -595,6 +604,8 @@ pub fn restore(
         } else if f.kind == KIND_TIMERFD {
             // Disarmed: TIMERFDS arms it once every fd exists.
             c.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, &what)?
+        } else if f.kind == KIND_UNIXNEW {
+            c.unix_socket(f.id.mode, &what)?
         } else if f.kind == KIND_INOTIFY {
             c.inotify_init(libc::IN_CLOEXEC, &what)?
         } else {

@@ -50,6 +50,9 @@ pub struct ProcessState {
     /// The listening unix sockets the image's processes hold whole (the first process's block
     /// carries them).
     pub unix_listening: Vec<unixpairs::Listening>,
+    /// Which unix socket pairs are connections to those listeners, and the connections
+    /// waiting on them (the first process's block carries them).
+    pub unix_conns: Vec<unixpairs::Conn>,
     pub files: Vec<files::Fd>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
@@ -171,6 +174,7 @@ pub mod tags {
     pub const UNIXLISTEN: Tag = Tag(31);
     pub const MEMFDS: Tag = Tag(32);
     pub const SYSVIPC: Tag = Tag(33);
+    pub const UNIXCONNS: Tag = Tag(34);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -274,6 +278,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.unix_listening, unixpairs::decode_listening(b, at)),
         describe: |v| unixpairs::describe_listening(&v.st.unix_listening),
         ..only_if(tags::UNIXLISTEN, "UNIXLISTEN")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.unix_conns.is_empty() { vec![] } else { vec![unixpairs::encode_conns(&st.unix_conns)] },
+        decode: |b, at, st| set(&mut st.unix_conns, unixpairs::decode_conns(b, at)),
+        describe: |v| unixpairs::describe_conns(&v.st.unix_conns),
+        ..only_if(tags::UNIXCONNS, "UNIXCONNS")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -307,13 +307,19 @@ pub struct Made {
 }
 
 impl Made {
-    /// The restore succeeded: the objects stay, and the segments that were removed while
-    /// attached are removed again (they live as long as they are attached).
-    pub fn keep(mut self) {
+    /// Every process is made and has attached its segments: those that were removed while
+    /// attached are removed again (they live as long as they are attached), before any
+    /// process runs and may look.
+    pub fn remove_doomed(&mut self) {
         for id in std::mem::take(&mut self.doomed) {
             // SAFETY: shmctl(IPC_RMID) takes integers only.
             unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+            self.made.retain(|&(k, i)| (k, i) != ('m', id));
         }
+    }
+
+    /// The restore succeeded: the objects stay.
+    pub fn keep(mut self) {
         self.made.clear();
     }
 }

@@ -7,8 +7,11 @@
 //! an end is taken into crs (pidfd_getfd) and peeked at with SO_PEEK_OFF, whose old value is
 //! put back. A restore makes each pair in the restorer before the processes exist, refills
 //! both queues, and every process inherits the pair and dups its ends to its fds.
+//! A connection to a listening socket the checkpoint holds is such a pair too (UNIXCONNS),
+//! and so is a stream or seqpacket socket whose peer was closed (the peer's inode is 0: a
+//! restore closes that end once the queue is filled, and reads see end of file after it).
 //! Refused: a message carrying fds or credentials (SCM_RIGHTS in flight), an end shut down,
-//! a named socket, a pair with an end held outside the checkpoint.
+//! another named socket, a pair with an end held outside the checkpoint.
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
@@ -139,6 +142,69 @@ pub fn create_here(p: &Pair) -> Result<[OwnedFd; 2]> {
     }
     // SAFETY: both fds were just made and are ours alone.
     let ends = unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] };
+    fill(p, ends, &what)
+}
+
+/// Makes the connection `p` was again: a socket of its type connected to listener `l`
+/// (already made here, at `lfd`), and the end `l` accepts, which the image knew as socket
+/// `accepted`; then both queues filled, as a socketpair's. Returns the two ends in the order
+/// of `p.ends`.
+pub fn connect_here(p: &Pair, accepted: u64, l: &Listening, lfd: RawFd) -> Result<[OwnedFd; 2]> {
+    let what =
+        format!("connection [{}, {}] to {}", p.ends[0].ino, p.ends[1].ino, crate::text::printable(&name_of(&l.name)));
+    let client = connect_to(l, &what)?;
+    // SAFETY: accept4 takes the listener's fd and no address buffers; the fd is owned below.
+    let raw = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    if raw < 0 {
+        return Err(sys("accept4", &what));
+    }
+    // SAFETY: just accepted, ours alone.
+    let server = unsafe { OwnedFd::from_raw_fd(raw) };
+    let ends = if p.ends[0].ino == accepted { [server, client] } else { [client, server] };
+    fill(p, ends, &what)
+}
+
+/// Makes waiting connection `c` again: a socket connected to listener `l`, left for the
+/// processes to accept. Returns the connecting end.
+pub fn wait_here(c: &Conn, l: &Listening) -> Result<OwnedFd> {
+    let what = format!("connection {} waiting on {}", c.ino, crate::text::printable(&name_of(&l.name)));
+    let fd = connect_to(l, &what)?;
+    if c.rcvbuf > 0 {
+        let _ = setsockopt_int(fd.as_raw_fd(), libc::SO_RCVBUF, c.rcvbuf as i32, &what);
+    }
+    if c.sndbuf > 0 {
+        let _ = setsockopt_int(fd.as_raw_fd(), libc::SO_SNDBUF, c.sndbuf as i32, &what);
+    }
+    Ok(fd)
+}
+
+/// A socket of `l`'s type connected to `l`'s name (without waiting: `l`'s backlog has room
+/// for every connection the image had waiting).
+fn connect_to(l: &Listening, what: &str) -> Result<OwnedFd> {
+    let flags = l.ty as i32 | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: socket takes integers; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if raw < 0 {
+        return Err(sys("socket", what));
+    }
+    // SAFETY: just made, ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (a, len) = sockaddr(&l.name, what)?;
+    // SAFETY: connect reads `len` bytes of a live sockaddr_un.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) } != 0 {
+        return Err(sys("connect", what));
+    }
+    // Blocking again, as sockets are made (the process's fd gets its own flags later).
+    // SAFETY: fcntl takes integers.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) } != 0 {
+        return Err(sys("fcntl(F_SETFL)", what));
+    }
+    Ok(fd)
+}
+
+/// Fills both queues of pair `p`, made as `ends`, and sets each end's buffer sizes.
+fn fill(p: &Pair, ends: [OwnedFd; 2], what: &str) -> Result<[OwnedFd; 2]> {
+    let what = what.to_string();
     for (i, e) in p.ends.iter().enumerate() {
         let (me, other) = (ends[i].as_raw_fd(), ends[1 - i].as_raw_fd());
         // Room for the queue in the writer's buffer while it is refilled (root may go past
@@ -213,8 +279,15 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Pair>> {
             }
         }
         let types = [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].map(|t| t as u32);
-        let inos: Vec<u64> = out.iter().flat_map(|q| q.ends.iter().map(|e| e.ino)).collect();
-        if !types.contains(&p.ty) || p.ends[0].ino == p.ends[1].ino || p.ends.iter().any(|e| inos.contains(&e.ino)) {
+        // Inode 0: a peer closed before the checkpoint (nothing queued at it).
+        let inos: Vec<u64> = out.iter().flat_map(|q| q.ends.iter().map(|e| e.ino)).filter(|&i| i != 0).collect();
+        let closed = p.ends[1].ino == 0 && p.ends[1].queued.is_empty() && p.ty != libc::SOCK_DGRAM as u32;
+        if !types.contains(&p.ty)
+            || p.ends[0].ino == 0
+            || (p.ends[1].ino == 0 && !closed)
+            || p.ends[0].ino == p.ends[1].ino
+            || p.ends.iter().any(|e| inos.contains(&e.ino))
+        {
             return Err(d.bad_at(rec, format!("socket pair of type {} [{}, {}]", p.ty, p.ends[0].ino, p.ends[1].ino)));
         }
         out.push(p);
@@ -233,6 +306,9 @@ pub fn describe(all: &[Pair]) -> Vec<String> {
     all.iter()
         .map(|p| {
             let q = |e: &End| {
+                if e.ino == 0 {
+                    return "closed".to_string();
+                }
                 format!(
                     "{} ({} messages, {} bytes queued)",
                     e.ino,
@@ -294,11 +370,77 @@ pub struct Listening {
     pub backlog: u32,
 }
 
+/// UNIXCONNS: a connection to a listener the checkpoint holds (a pre-forked server's
+/// clients, when they are in the checkpoint too). Accepted: its pair is in UNIXPAIRS, and a
+/// restore makes it by connecting to the listener and accepting, so each end has its name
+/// (getsockname, getpeername) back. Waiting: not accepted yet, nothing sent; a restore
+/// connects again, and leaves it for the processes to accept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    /// The listener's inode (UNIXLISTEN).
+    pub listener: u64,
+    /// Accepted: the accepted end's inode. Waiting: the connecting end's.
+    pub ino: u64,
+    pub accepted: bool,
+    /// A waiting connection's connecting end's buffer sizes (an accepted one's are its pair's).
+    pub sndbuf: u32,
+    pub rcvbuf: u32,
+}
+
+pub fn encode_conns(all: &[Conn]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(all.len() as u32);
+    for c in all {
+        e.u64(c.listener).u64(c.ino).u8(c.accepted as u8).u32(c.sndbuf).u32(c.rcvbuf);
+    }
+    e.into_bytes()
+}
+
+pub fn decode_conns(b: &[u8], at: u64) -> CrfResult<Vec<Conn>> {
+    let mut d = Dec::new(b, at, "UNIXCONNS");
+    let n = d.count(25)?;
+    let mut out: Vec<Conn> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let (listener, ino, accepted) = (d.u64()?, d.u64()?, d.u8()?);
+        let c = Conn { listener, ino, accepted: accepted == 1, sndbuf: d.u32()?, rcvbuf: d.u32()? };
+        if accepted > 1 || out.iter().any(|o| o.ino == c.ino) {
+            return Err(d.bad_at(rec, format!("connection {} to listener {}", c.ino, c.listener)));
+        }
+        out.push(c);
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+pub fn describe_conns(all: &[Conn]) -> Vec<String> {
+    all.iter()
+        .map(|c| {
+            let how = if c.accepted { "accepted as" } else { "waiting, from" };
+            format!("unixconn:  to listener {}, {how} socket {}", c.listener, c.ino)
+        })
+        .collect()
+}
+
 fn name_of(n: &[u8]) -> String {
     match n.split_first() {
         Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
         _ => String::from_utf8_lossy(n.split(|&b| b == 0).next().unwrap_or_default()).into_owned(),
     }
+}
+
+/// The address of unix socket name `name` (sun_path as bound), and its length.
+fn sockaddr(name: &[u8], what: &str) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: an all-zero sockaddr_un is valid; the name is copied in below, bounds checked.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if name.is_empty() || name.len() > a.sun_path.len() {
+        return Err(Error::Refused(format!("{what}: a name of {} bytes", name.len())));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    Ok((a, (std::mem::size_of::<libc::sa_family_t>() + name.len()) as libc::socklen_t))
 }
 
 /// Makes listener `l` here (the caller holds the image owner's file-system ids, for a path).
@@ -311,16 +453,7 @@ pub fn listen_here(l: &Listening) -> Result<OwnedFd> {
     }
     // SAFETY: just made, ours alone.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: an all-zero sockaddr_un is valid; the name is copied in below, bounds checked.
-    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if l.name.is_empty() || l.name.len() > a.sun_path.len() {
-        return Err(Error::Refused(format!("{what}: a name of {} bytes", l.name.len())));
-    }
-    for (d, s) in a.sun_path.iter_mut().zip(&l.name) {
-        *d = *s as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + l.name.len()) as libc::socklen_t;
+    let (a, len) = sockaddr(&l.name, &what)?;
     let bind = |a: &libc::sockaddr_un| {
         // SAFETY: bind reads `len` bytes of a live sockaddr_un.
         unsafe { libc::bind(fd.as_raw_fd(), (a as *const libc::sockaddr_un).cast(), len) }
