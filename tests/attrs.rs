@@ -207,3 +207,23 @@ fn a_bash_loop_with_a_leaked_pipe_checkpoints_with_a_stub() {
     b.send("c");
     assert_eq!(b.expect("count"), "count 3 c");
 }
+
+/// A hardened process (tests/targets/seccomp.c): no_new_privs and two seccomp filters, one
+/// with SECCOMP_FILTER_FLAG_LOG, over two threads. Restored, both filters hold in both threads,
+/// and a third added with TSYNC reaches the other thread: they share their filters again.
+#[test]
+fn seccomp_filters_and_no_new_privs_come_back() {
+    if !require(is_root(), "root (PTRACE_SECCOMP_GET_FILTER, PTRACE_O_SUSPEND_SECCOMP)") {
+        return;
+    }
+    let dir = tmpdir("seccomp");
+    let d = dir.to_str().unwrap();
+    let mut p = start("seccomp", &[], &dir);
+    let img = format!("{d}/s.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("seccomp:   no_new_privs 1, 2 filters: 7 instructions, 7 instructions (log)"), "{info}");
+    rstrt(&[&img]).verdict("ok");
+}

@@ -37,11 +37,15 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
     }
     // From here on, what crs cannot handle yet: every reason is named.
     let mut why = Vec::new();
-    if field("Seccomp") != "0" && !field("Seccomp").is_empty() {
-        why.push("it runs under a seccomp filter".to_string());
-    }
-    if field("NoNewPrivs") == "1" {
-        why.push("it has no_new_privs set".to_string());
+    // Seccomp filters are read and restored by root (res::seccomp); strict mode is not.
+    match field("Seccomp") {
+        "0" | "" => {}
+        "1" => why.push("it runs in seccomp strict mode (SECCOMP_MODE_STRICT), which crs does not restore".into()),
+        _ if !crate::res::seccomp::can_suspend() => why.push(
+            "it runs under a seccomp filter, which only root may checkpoint (PTRACE_SECCOMP_GET_FILTER, PTRACE_O_SUSPEND_SECCOMP)"
+                .into(),
+        ),
+        _ => {}
     }
     // What cannot be read is not taken for the default: a check that cannot be made refuses.
     let caps_default = |k| {
@@ -208,9 +212,10 @@ mod tests {
         }
         assert!(status(7, &status_text("1", "?"), false).is_err());
         // Every reason at once.
-        let t = status_text("3", "?").replace("Seccomp:\t0", "Seccomp:\t2").replace("NoNewPrivs:\t0", "NoNewPrivs:\t1");
+        // (no_new_privs and, for root, seccomp filters are restored: no reason.)
+        let t = status_text("3", "?").replace("Seccomp:\t0", "Seccomp:\t1").replace("NoNewPrivs:\t0", "NoNewPrivs:\t1");
         match status(7, &t, false) {
-            Err(Error::Blocked { reasons, .. }) => assert_eq!(reasons.len(), 3, "{reasons:?}"),
+            Err(Error::Blocked { reasons, .. }) => assert_eq!(reasons.len(), 2, "{reasons:?}"),
             other => panic!("{other:?}"),
         }
     }

@@ -704,6 +704,8 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     for o in others.iter() {
         why.extend(blockers::thread(pid, o.t.pid, &status)?);
     }
+    let tids: Vec<i32> = std::iter::once(pid).chain(others.iter().map(|o| o.t.pid)).collect();
+    let seccomp = crate::res::seccomp::collect(pid, &tids, &status, &mut why)?;
     Error::blocked(pid, why)?;
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
@@ -732,7 +734,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     };
     c.scratch = Scratch { addr, len, exec };
     // What the process itself says goes straight into the model.
-    let mut st = ProcessState::default();
+    let mut st = ProcessState { seccomp, ..Default::default() };
     let mut why = Vec::new();
     let asked = (|| -> Result<u64> {
         why = blockers::asked(&mut c, t)?;

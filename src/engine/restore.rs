@@ -339,7 +339,8 @@ fn restore_one<R: Input>(
     let child_maps = procfs::read_smaps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
-    let glen = 4 * PAGE_SIZE as u64;
+    // Room for a seccomp filter of BPF_MAXINSNS instructions in the scratch area.
+    let glen = 12 * PAGE_SIZE as u64;
     let mut avoid: Vec<(u64, u64)> =
         st.vmas.iter().map(|v| (v.start, v.end)).chain(child_maps.iter().map(|m| (m.start, m.end))).collect();
     let g =
@@ -390,6 +391,10 @@ fn restore_one<R: Input>(
     //     anything. From here on every per-thread step is taken in each of them too.
     let others = create_threads(&mut c, t, st, pid == st.head.pid, notes)?;
     let ctl = |o| thread_ctl(o, g, glen);
+    // 3c. no_new_privs and the seccomp filters, in the leader for all its threads (TSYNC),
+    //     while the child may still install any (the filters are suspended for our syscalls
+    //     as long as we trace it: they apply once it runs).
+    crate::res::seccomp::restore(&mut c, &st.seccomp, !others.is_empty())?;
 
     step("4");
     // 4. Credentials, before anything is opened: from here on the child is the image's user,

@@ -448,6 +448,13 @@ impl Ctl<'_> {
     }
 
     /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): both ends.
+    /// seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): installs the filter whose sock_fprog
+    /// is at `prog`; raw result (with TSYNC, a positive one is a thread that could not).
+    pub fn seccomp_filter_raw(&mut self, flags: u32, prog: RemoteAddr) -> Result<i64> {
+        const SECCOMP_SET_MODE_FILTER: u64 = 1;
+        self.raw(libc::SYS_seccomp, [SECCOMP_SET_MODE_FILTER, flags as u64, prog.0, 0, 0, 0])
+    }
+
     /// socket(AF_UNIX, ty | SOCK_CLOEXEC, 0): a new unix socket.
     pub fn unix_socket(&mut self, ty: u32, what: &str) -> Result<i32> {
         let ty = (ty as i32 | libc::SOCK_CLOEXEC) as u64;

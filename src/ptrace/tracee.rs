@@ -117,10 +117,17 @@ pub fn ptrace_raw(req: libc::c_uint, pid: i32, addr: usize, data: usize, what: &
     Ok(r)
 }
 
+/// PTRACE_O_SUSPEND_SECCOMP, when crs may ask it (see res::seccomp::can_suspend): a traced
+/// process's seccomp filters do not apply to the syscalls crs makes it run.
+fn suspend() -> usize {
+    const PTRACE_O_SUSPEND_SECCOMP: usize = 1 << 21;
+    if crate::res::seccomp::can_suspend() { PTRACE_O_SUSPEND_SECCOMP } else { 0 }
+}
+
 impl Tracee {
     /// PTRACE_SEIZE: attaches without stopping or signalling the process.
     pub fn seize(pid: i32) -> Result<Tracee> {
-        let opts = libc::PTRACE_O_TRACESYSGOOD as usize;
+        let opts = libc::PTRACE_O_TRACESYSGOOD as usize | suspend();
         ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts, "PTRACE_SEIZE").map_err(|e| match e.errno() {
             Some(Errno::EPERM) => Error::Permission(format!(
                 "may not trace pid {pid}: it belongs to another user, is already traced, or ptrace is \
@@ -140,20 +147,22 @@ impl Tracee {
                 return Err(Error::Proc(format!("restore child {pid}: unexpected first stop {other:?}")));
             }
         }
-        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize | suspend();
         ptrace_raw(libc::PTRACE_SETOPTIONS, pid, 0, opts, "PTRACE_SETOPTIONS")?;
         Ok(t)
     }
 
     /// Also traces the threads it creates from now on: each starts stopped (PTRACE_O_TRACECLONE).
     pub fn trace_clones(&self) -> Result<()> {
-        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE) as usize;
+        let opts =
+            (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE) as usize | suspend();
         ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts, "PTRACE_SETOPTIONS").map(|_| ())
     }
 
     /// Also traces the processes it forks from now on: each starts stopped (PTRACE_O_TRACEFORK).
     pub fn trace_forks(&self) -> Result<()> {
-        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK) as usize;
+        let opts =
+            (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK) as usize | suspend();
         ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts, "PTRACE_SETOPTIONS").map(|_| ())
     }
 

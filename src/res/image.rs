@@ -12,7 +12,7 @@
 
 use super::{
     cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending, pipes,
-    ptimers, regs, rlimits, sched, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
+    ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -54,6 +54,9 @@ pub struct ProcessState {
     /// waiting on them (the first process's block carries them).
     pub unix_conns: Vec<unixpairs::Conn>,
     pub files: Vec<files::Fd>,
+    /// no_new_privs and the seccomp filters (of the layout: a restore installs them before it
+    /// drops its privileges).
+    pub seccomp: seccomp::Seccomp,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
     /// One per thread, the thread-group leader first.
@@ -175,6 +178,7 @@ pub mod tags {
     pub const MEMFDS: Tag = Tag(32);
     pub const SYSVIPC: Tag = Tag(33);
     pub const UNIXCONNS: Tag = Tag(34);
+    pub const SECCOMP: Tag = Tag(35);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -292,6 +296,13 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.files, files::decode(b, at)),
         describe: |v| files::describe(&v.st.files),
         ..every(tags::FILES, "FILES", true)
+    },
+    &SectionDef {
+        layout: true,
+        encode: |st| if st.seccomp.is_empty() { vec![] } else { vec![seccomp::encode(&st.seccomp)] },
+        decode: |b, at, st| set(&mut st.seccomp, seccomp::decode(b, at)),
+        describe: |v| if v.st.seccomp.is_empty() { vec![] } else { seccomp::describe(&v.st.seccomp) },
+        ..only_if(tags::SECCOMP, "SECCOMP")
     },
     &SectionDef {
         encode: |st| vec![st.mm.encode()],

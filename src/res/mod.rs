@@ -25,6 +25,7 @@ pub mod ptimers;
 pub mod regs;
 pub mod rlimits;
 pub mod sched;
+pub mod seccomp;
 pub mod signals;
 pub mod sysv;
 pub mod task;

@@ -130,10 +130,13 @@ fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Res
         for i in 0..n {
             // SAFETY: semctl(GETPID) takes integers only.
             let pid = unsafe { libc::semctl(p.id, i as i32, libc::GETPID) };
-            if pid < 0 {
-                return Err(Error::sys("semctl(GETPID)", &what, Errno::last()));
+            match Errno::last() {
+                _ if pid >= 0 => pids.push(pid as i64),
+                // Another user's, which the processes (ours, as crs is) could not use either.
+                Errno::EACCES | Errno::EPERM => break,
+                Errno::EINVAL | Errno::EIDRM => break, // removed meanwhile
+                e => return Err(Error::sys("semctl(GETPID)", &what, e)),
             }
-            pids.push(pid as i64);
         }
         if !own_ns && !pids.into_iter().any(ours) {
             continue;
@@ -168,7 +171,10 @@ fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Res
         let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         if unsafe { libc::msgctl(p.id, libc::IPC_STAT, &mut ds) } != 0 {
-            return Err(Error::sys("msgctl(IPC_STAT)", &what, Errno::last()));
+            match Errno::last() {
+                Errno::EACCES | Errno::EPERM | Errno::EINVAL | Errno::EIDRM => continue, // not readable: not theirs; or gone
+                e => return Err(Error::sys("msgctl(IPC_STAT)", &what, e)),
+            }
         }
         let mut msgs = Vec::new();
         let max = (ds.msg_qbytes as usize).max(1);
@@ -257,7 +263,9 @@ impl Drop for Attach {
 }
 
 /// The runs of data of segment `id` (`size` bytes), read through the file our own read-only
-/// attachment maps: its holes are skipped without being touched.
+/// attachment maps: its holes are skipped without being touched. Without the privilege to
+/// open that file (/proc/self/map_files needs CAP_SYS_ADMIN), read through the attachment,
+/// page by page, pages of zeros left out (reading a hole gives it a page).
 fn read_segment(
     id: i32,
     size: u64,
@@ -266,7 +274,27 @@ fn read_segment(
 ) -> Result<Vec<(u64, Vec<u8>)>> {
     let a = Attach::new(id, libc::SHM_RDONLY).ok_or_else(|| Error::sys("shmat", what, Errno::last()))?;
     let link = a.link();
-    let f = std::fs::File::open(&link).map_err(|e| Error::io(&link, e))?;
+    let f = match std::fs::File::open(&link) {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+            // SAFETY: the attachment maps `a.len` >= `size` readable bytes, ours until dropped.
+            let all = unsafe { std::slice::from_raw_parts(a.at as *const u8, size as usize) };
+            for (i, page) in all.chunks(4096).enumerate() {
+                let off = (i * 4096) as u64;
+                if page.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                count(page.len(), what)?;
+                match runs.last_mut() {
+                    Some((s, v)) if *s + v.len() as u64 == off => v.extend_from_slice(page),
+                    _ => runs.push((off, page.to_vec())),
+                }
+            }
+            return Ok(runs);
+        }
+        Err(e) => return Err(Error::io(&link, e)),
+    };
     let fd = f.as_raw_fd();
     let mut runs = Vec::new();
     let mut at = 0u64;
