@@ -242,6 +242,7 @@ impl Attach {
         if at as isize == -1 {
             return None;
         }
+        // SAFETY: an all-zero shmid_ds is a valid value of this plain C struct.
         let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
         // SAFETY: IPC_STAT fills the zeroed struct we own.
         let len = if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0 { ds.shm_segsz as u64 } else { 0 };
