@@ -227,3 +227,27 @@ fn seccomp_filters_and_no_new_privs_come_back() {
     assert!(info.contains("seccomp:   no_new_privs 1, 2 filters: 7 instructions, 7 instructions (log)"), "{info}");
     rstrt(&[&img]).verdict("ok");
 }
+
+/// A root process that gave up some of its power (tests/targets/caps.c: a reduced bounding
+/// set, permitted and effective sets, an inheritable and ambient capability, SECBIT_KEEP_CAPS)
+/// gets exactly that back, and not root's full power, as its own report says.
+#[test]
+fn a_root_process_keeps_the_capabilities_it_gave_up() {
+    if !require(is_root(), "root (a root process's capabilities)") {
+        return;
+    }
+    let dir = tmpdir("caps");
+    let d = dir.to_str().unwrap();
+    let mut p = start("caps", &[], &dir);
+    p.send("show");
+    let before = p.expect("caps ");
+    let img = format!("{d}/c.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("caps:      bounding "), "{info}");
+    let mut r = rstrt(&[&img]);
+    r.send("show");
+    assert_eq!(r.expect("caps "), before);
+}

@@ -48,6 +48,9 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
         _ => {}
     }
     // What cannot be read is not taken for the default: a check that cannot be made refuses.
+    // A process whose every uid is 0 may have any (res::caps brings them back); the bounding
+    // set comes back for every process.
+    let all_root = uid.iter().all(|&u| u == 0) && procfs::status_ids(status, "Uid").is_some();
     let caps_default = |k| {
         let (Ok(v), Ok(full)) = (u64::from_str_radix(field(k), 16), u64::from_str_radix(field("CapBnd"), 16)) else {
             return false;
@@ -58,7 +61,7 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
             _ => v == 0,
         }
     };
-    if !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
+    if !all_root && !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
         why.push(format!("it holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"));
     }
     // x86: a shadow stack (CET) or linear address masking (LAM) the process turned on.
@@ -163,12 +166,13 @@ pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
 
 /// What only the frozen process itself can tell: security bits, a NUMA policy, syscall user
 /// dispatch, the I/O flusher flag.
-pub fn asked(c: &mut Ctl, t: &Tracee) -> Result<Vec<String>> {
+/// `securebits`: its PR_GET_SECUREBITS, which come back for a process whose every uid is 0
+/// (`all_root`) only.
+pub fn asked(c: &mut Ctl, t: &Tracee, securebits: u32, all_root: bool) -> Result<Vec<String>> {
     let mut why = Vec::new();
-    let bits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")?;
-    if bits != 0 {
+    if securebits != 0 && !all_root {
         why.push(format!(
-            "it has security bits {bits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS), which crs does not restore yet"
+            "it has security bits {securebits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS) and is not root, which crs does not restore"
         ));
     }
     let mode = c.mempolicy_mode()?;
@@ -210,13 +214,20 @@ mod tests {
         if nix::unistd::geteuid().is_root() {
             assert!(status(7, &status_text("2", full), false).is_ok(), "threads are no reason");
         }
-        assert!(status(7, &status_text("1", "?"), false).is_err());
-        // Every reason at once.
-        // (no_new_privs and, for root, seccomp filters are restored: no reason.)
-        let t = status_text("3", "?").replace("Seccomp:\t0", "Seccomp:\t1").replace("NoNewPrivs:\t0", "NoNewPrivs:\t1");
-        match status(7, &t, false) {
-            Err(Error::Blocked { reasons, .. }) => assert_eq!(reasons.len(), 2, "{reasons:?}"),
-            other => panic!("{other:?}"),
+        // A root process's capabilities come back (res::caps); a user's unreadable ones refuse.
+        assert!(status(7, &status_text("1", "?"), false).is_ok() || !nix::unistd::geteuid().is_root());
+        let user = |t: String| t.replace("Uid:\t0\t0\t0\t0", "Uid:\t1000\t1000\t1000\t1000");
+        assert!(status(7, &user(status_text("1", "?")), false).is_err());
+        // Every reason at once (no_new_privs and, for root, seccomp filters are restored: no
+        // reason).
+        if nix::unistd::geteuid().is_root() {
+            let t = user(status_text("3", "?"))
+                .replace("Seccomp:\t0", "Seccomp:\t1")
+                .replace("NoNewPrivs:\t0", "NoNewPrivs:\t1");
+            match status(7, &t, false) {
+                Err(Error::Blocked { reasons, .. }) => assert_eq!(reasons.len(), 2, "{reasons:?}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

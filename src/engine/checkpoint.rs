@@ -737,7 +737,10 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let mut st = ProcessState { seccomp, ..Default::default() };
     let mut why = Vec::new();
     let asked = (|| -> Result<u64> {
-        why = blockers::asked(&mut c, t)?;
+        let securebits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? as u32;
+        let all_root = procfs::status_ids(&status, "Uid").is_some_and(|u| u.iter().all(|&x| x == 0));
+        why = blockers::asked(&mut c, t, securebits, all_root)?;
+        st.caps = crate::res::caps::collect(&status, securebits, all_root);
         st.signals = Signals::collect(&mut c, sigmask)?;
         st.pending = pending;
         st.task = Task::collect(&mut c, &status, rseq)?;

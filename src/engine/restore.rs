@@ -30,7 +30,7 @@ use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
 use crate::res::tree::Member;
-use crate::res::{creds, cwd, files, itimers, knobs, mdwe, pending, rlimits, thp};
+use crate::res::{caps, creds, cwd, files, itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -401,6 +401,13 @@ fn restore_one<R: Input>(
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
+    // The bounding set first, while the child may still drop from it (CAP_SETPCAP).
+    if let Some(caps) = &st.caps {
+        caps::restore_bounding(&mut c, caps)?;
+        for o in &others {
+            caps::restore_bounding(&mut ctl(o)?, caps)?;
+        }
+    }
     if creds::is_root() {
         creds::restore(&mut c, &st.head)?;
         for o in &others {
@@ -504,6 +511,18 @@ fn restore_one<R: Input>(
     st.task.restore_dumpable(&mut c)?;
     notes.extend(memory::advise_all(&mut c, &plans)?);
     mdwe::restore(&mut c, st.mdwe)?;
+    // A root process's own capabilities last: every step before needed root's.
+    if let Some(caps) = st.caps.as_ref().filter(|_| caps::all_root(&st.head) && creds::is_root()) {
+        caps::restore_root(&mut c, caps)?;
+        for o in &others {
+            caps::restore_root(&mut ctl(o)?, caps)?;
+        }
+    }
+    if let Some(caps) = &st.caps {
+        for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
+            caps::verify(pid, tid, caps, caps::all_root(&st.head) && creds::is_root())?;
+        }
+    }
     // Pending signals go back with every signal blocked, so that none is delivered before the
     // process runs (and no more steps, whose SIGTRAP would now be blocked); its own mask is set
     // once the last remote syscall is done.

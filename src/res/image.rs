@@ -11,8 +11,8 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending, pipes,
-    ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
+    caps, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending,
+    pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -57,6 +57,9 @@ pub struct ProcessState {
     /// no_new_privs and the seccomp filters (of the layout: a restore installs them before it
     /// drops its privileges).
     pub seccomp: seccomp::Seccomp,
+    /// The capability sets and securebits, when not the default ones (of the layout: the
+    /// bounding set is dropped before the credentials change).
+    pub caps: Option<caps::Caps>,
     pub mm: memory::MmStruct,
     pub vmas: Vec<memory::Vma>,
     /// One per thread, the thread-group leader first.
@@ -179,6 +182,7 @@ pub mod tags {
     pub const SYSVIPC: Tag = Tag(33);
     pub const UNIXCONNS: Tag = Tag(34);
     pub const SECCOMP: Tag = Tag(35);
+    pub const CAPS: Tag = Tag(36);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -303,6 +307,13 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.seccomp, seccomp::decode(b, at)),
         describe: |v| if v.st.seccomp.is_empty() { vec![] } else { seccomp::describe(&v.st.seccomp) },
         ..only_if(tags::SECCOMP, "SECCOMP")
+    },
+    &SectionDef {
+        layout: true,
+        encode: |st| st.caps.iter().map(caps::encode).collect(),
+        decode: |b, at, st| set(&mut st.caps, caps::decode(b, at)),
+        describe: |v| v.st.caps.iter().flat_map(caps::describe).collect(),
+        ..only_if(tags::CAPS, "CAPS")
     },
     &SectionDef {
         encode: |st| vec![st.mm.encode()],

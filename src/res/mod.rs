@@ -2,6 +2,7 @@
 //! collected (from /proc and ptrace), its CRF section encoding, how it is restored, and its unit
 //! tests. image.rs holds the model of a whole image and the one registry of sections.
 
+pub mod caps;
 pub mod creds;
 pub mod cwd;
 pub mod deleted;

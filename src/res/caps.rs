@@ -1,0 +1,186 @@
+//! CAPS: the capability sets and securebits of a process, when they are not the default ones
+//! (a container's root with a reduced bounding set, a unit's CapabilityBoundingSet=, a root
+//! daemon that dropped what it does not need, `capsh --drop`).
+//!
+//! What comes back, and only ever less than the restorer has:
+//! - the bounding set, for every process (a restriction: never silently lifted);
+//! - for a process whose every uid is 0, also the permitted, effective, inheritable and
+//!   ambient sets and the securebits, set as the last thing before it runs, so that the
+//!   restore itself keeps root's powers until then.
+//!
+//! A process that is not root with capabilities (permitted, effective, inheritable, ambient)
+//! or securebits, or whose uids mix 0 and others, is refused by engine::blockers: bringing
+//! those back means granting privilege on an image's word.
+
+use super::head::Header;
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use crate::ptrace::Ctl;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub bnd: u64,
+    pub prm: u64,
+    pub eff: u64,
+    pub inh: u64,
+    pub amb: u64,
+    pub securebits: u32,
+}
+
+/// Every capability this kernel knows (/proc/sys/kernel/cap_last_cap).
+pub fn all_known() -> u64 {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63);
+    if last == 63 { u64::MAX } else { (1u64 << (last + 1)) - 1 }
+}
+
+fn hex(status: &str, k: &str) -> u64 {
+    crate::ptrace::procfs::status_field(status, k).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0)
+}
+
+/// The process's sets from its /proc/PID/status, and its securebits; None when they are the
+/// default ones (the whole bounding set, no securebits, and root's every capability or a user's
+/// none), which a restore gives anyway.
+pub fn collect(status: &str, securebits: u32, all_root: bool) -> Option<Caps> {
+    let c = Caps {
+        bnd: hex(status, "CapBnd"),
+        prm: hex(status, "CapPrm"),
+        eff: hex(status, "CapEff"),
+        inh: hex(status, "CapInh"),
+        amb: hex(status, "CapAmb"),
+        securebits,
+    };
+    let full = all_known();
+    let sets_default = if all_root {
+        c.prm == full && c.eff == full && c.inh == 0 && c.amb == 0
+    } else {
+        c.prm | c.eff | c.inh | c.amb == 0
+    };
+    (c.bnd != full || securebits != 0 || !sets_default).then_some(c)
+}
+
+fn bits(v: u64) -> impl Iterator<Item = u32> {
+    (0..64).filter(move |b| v & (1u64 << b) != 0)
+}
+
+/// The bounding set, dropped to the image's in the child (which is still root: PR_CAPBSET_DROP
+/// needs CAP_SETPCAP). A capability this kernel does not know cannot be in it here anyway.
+/// Restored by a user, the child has the restorer's bounding set, which it cannot narrow: the
+/// restore is refused if that has a capability the image's had not (it may have fewer: the
+/// restorer's own restriction).
+pub fn restore_bounding(c: &mut Ctl, caps: &Caps) -> Result<()> {
+    if !crate::res::creds::is_root() {
+        let own = hex(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), "CapBnd");
+        if own & !caps.bnd != 0 {
+            return Err(Error::Permission(format!(
+                "the image's process had a narrower capability bounding set ({:016x}) than yours ({own:016x}), which only root may restore: run rstrt as root",
+                caps.bnd
+            )));
+        }
+        return Ok(());
+    }
+    for cap in bits(all_known() & !caps.bnd) {
+        c.prctl(libc::PR_CAPBSET_DROP, [cap as u64, 0, 0, 0], "prctl(PR_CAPBSET_DROP)", &format!("capability {cap}"))?;
+    }
+    Ok(())
+}
+
+/// A root process's own sets and securebits, as the last thing before it runs: the
+/// inheritable set, then each ambient capability, the securebits, and the permitted and
+/// effective sets (which may lack what the earlier steps needed).
+pub fn restore_root(c: &mut Ctl, caps: &Caps) -> Result<()> {
+    let mut now = c.capget()?;
+    let lo = |v: u64| v as u32;
+    let hi = |v: u64| (v >> 32) as u32;
+    // [eff, prm, inh] of the low words, then of the high ones.
+    now[2] = lo(caps.inh);
+    now[5] = hi(caps.inh);
+    c.capset(now)?;
+    for cap in bits(caps.amb) {
+        let what = format!("ambient capability {cap}");
+        c.prctl(
+            libc::PR_CAP_AMBIENT,
+            [libc::PR_CAP_AMBIENT_RAISE as u64, cap as u64, 0, 0],
+            "prctl(PR_CAP_AMBIENT)",
+            &what,
+        )?;
+    }
+    if caps.securebits != 0 {
+        c.prctl(libc::PR_SET_SECUREBITS, [caps.securebits as u64, 0, 0, 0], "prctl(PR_SET_SECUREBITS)", "the process")?;
+    }
+    c.capset([lo(caps.eff), lo(caps.prm), lo(caps.inh), hi(caps.eff), hi(caps.prm), hi(caps.inh)])
+}
+
+/// Reads the sets back from /proc/PID/task/TID/status: exactly the image's, or an error that
+/// names the set.
+pub fn verify(pid: i32, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
+    let path = format!("/proc/{pid}/task/{tid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut want = vec![("CapBnd", caps.bnd & all_known())];
+    if all_root {
+        want.extend([("CapPrm", caps.prm), ("CapEff", caps.eff), ("CapInh", caps.inh), ("CapAmb", caps.amb)]);
+    }
+    for (k, v) in want {
+        if hex(&status, k) != v {
+            return Err(Error::Proc(format!(
+                "pid {tid}: {k} is {:016x} after the restore, not the image's {v:016x}",
+                hex(&status, k)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether every uid of `h` is 0.
+pub fn all_root(h: &Header) -> bool {
+    h.uids.iter().all(|&u| u == 0)
+}
+
+pub fn encode(c: &Caps) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u64(c.bnd).u64(c.prm).u64(c.eff).u64(c.inh).u64(c.amb).u32(c.securebits);
+    e.into_bytes()
+}
+
+pub fn decode(b: &[u8], at: u64) -> CrfResult<Option<Caps>> {
+    let mut d = Dec::new(b, at, "CAPS");
+    let c = Caps { bnd: d.u64()?, prm: d.u64()?, eff: d.u64()?, inh: d.u64()?, amb: d.u64()?, securebits: d.u32()? };
+    // The kernel's own rules: effective within permitted, ambient within permitted and
+    // inheritable; securebits are 6 bits.
+    if c.eff & !c.prm != 0 || c.amb & !(c.prm & c.inh) != 0 || c.securebits & !0x3f != 0 {
+        return Err(d.bad_at(0, format!("capability sets that no process can have ({c:x?})")));
+    }
+    d.finish()?;
+    Ok(Some(c))
+}
+
+pub fn describe(c: &Caps) -> Vec<String> {
+    vec![format!(
+        "caps:      bounding {:016x}, permitted {:016x}, effective {:016x}, inheritable {:016x}, ambient {:016x}, securebits {:#x}",
+        c.bnd, c.prm, c.eff, c.inh, c.amb, c.securebits
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_differs_from_the_default_is_kept() {
+        let full = all_known();
+        let st = |bnd: u64, prm: u64| {
+            format!(
+                "CapInh:\t0000000000000000\nCapPrm:\t{prm:016x}\nCapEff:\t{prm:016x}\nCapBnd:\t{bnd:016x}\nCapAmb:\t0000000000000000\n"
+            )
+        };
+        assert_eq!(collect(&st(full, full), 0, true), None);
+        assert_eq!(collect(&st(full, 0), 0, false), None);
+        let c = collect(&st(full & !(1 << 21), full & !(1 << 21)), 0, true).unwrap();
+        assert_eq!(decode(&encode(&c), 0).unwrap(), Some(c));
+        let bad = Caps { eff: 1, ..Default::default() };
+        assert!(decode(&encode(&bad), 0).is_err());
+    }
+}
