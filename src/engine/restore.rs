@@ -513,9 +513,9 @@ fn restore_one<R: Input>(
     mdwe::restore(&mut c, st.mdwe)?;
     // A root process's own capabilities last: every step before needed root's.
     if let Some(caps) = st.caps.as_ref().filter(|_| caps::all_root(&st.head) && creds::is_root()) {
-        caps::restore_root(&mut c, caps)?;
+        caps::restore_root(&mut c, pid, caps)?;
         for o in &others {
-            caps::restore_root(&mut ctl(o)?, caps)?;
+            caps::restore_root(&mut ctl(o)?, o.pid, caps)?;
         }
     }
     if let Some(caps) = &st.caps {

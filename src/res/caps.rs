@@ -91,7 +91,19 @@ pub fn restore_bounding(c: &mut Ctl, caps: &Caps) -> Result<()> {
 /// A root process's own sets and securebits, as the last thing before it runs: the
 /// inheritable set, then each ambient capability, the securebits, and the permitted and
 /// effective sets (which may lack what the earlier steps needed).
-pub fn restore_root(c: &mut Ctl, caps: &Caps) -> Result<()> {
+pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps) -> Result<()> {
+    // Nothing to do when the thread has them already (the restorer's own, as on the node it
+    // was checkpointed on): read from /proc, without a remote syscall.
+    let path = format!("/proc/{}/task/{tid}/status", c.pid());
+    let status = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let same = [("CapPrm", caps.prm), ("CapEff", caps.eff), ("CapInh", caps.inh), ("CapAmb", caps.amb)]
+        .iter()
+        .all(|&(k, v)| hex(&status, k) == v);
+    // SAFETY: prctl(PR_GET_SECUREBITS) takes no pointers: our own bits, which the child inherited.
+    let ours = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    if same && caps.securebits == 0 && ours == 0 {
+        return Ok(());
+    }
     let mut now = c.capget()?;
     let lo = |v: u64| v as u32;
     let hi = |v: u64| (v >> 32) as u32;
