@@ -251,3 +251,36 @@ fn a_root_process_keeps_the_capabilities_it_gave_up() {
     r.send("show");
     assert_eq!(r.expect("caps "), before);
 }
+
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME: restored on the same boot they went on counting while
+/// the process was away (it sees the 1.5 s pass); with --timens they go on from where they
+/// were frozen (it sees only the restore's milliseconds), as the process itself reports.
+#[test]
+fn the_clocks_go_on_from_where_they_were_with_timens() {
+    if !require(is_root(), "root (rstrt --timens --pidns)") {
+        return;
+    }
+    let dir = tmpdir("clocks");
+    let d = dir.to_str().unwrap();
+    let mut p = start("clocks", &[], &dir);
+    let ready = p.seen.last().cloned().unwrap_or_default();
+    let at = |l: &str| -> Vec<i64> { l.split_whitespace().skip(1).map(|w| w.parse().unwrap()).collect() };
+    let before = at(&ready);
+    let img = format!("{d}/c.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("clocks:    monotonic "), "{info}");
+    for (args, away) in [(vec!["--pidns", "--timens"], false), (vec!["--pidns"], true)] {
+        let mut r = rstrt(&[args.as_slice(), &[img.as_str()]].concat());
+        r.send("check");
+        let now = at(&r.expect("clocks "));
+        for (i, clock) in ["CLOCK_MONOTONIC", "CLOCK_BOOTTIME"].iter().enumerate() {
+            let passed = now[i] - before[i];
+            assert!(passed >= 0, "{clock} went back {passed} ns with {args:?}");
+            assert_eq!(passed >= 1_500_000_000, away, "{clock}: {passed} ns passed with {args:?}");
+        }
+    }
+}

@@ -32,6 +32,10 @@ struct Args {
     /// ids and keys even if this node's are taken (root only)
     #[argh(switch)]
     ipcns: bool,
+    /// restore in a new time namespace, where CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from
+    /// where they were when the process was frozen, on any node (root only)
+    #[argh(switch)]
+    timens: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -69,6 +73,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         // wait for it to close the pipe the pid is printed on.
         null_stdio: if a.detach && !a.inherit_stdio { 7 } else { stdin as u8 },
         ipcns: a.ipcns,
+        timens: a.timens,
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();

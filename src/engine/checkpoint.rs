@@ -227,6 +227,7 @@ fn frozen_checkpoint<W: Sink>(
     let mut zombies = 0;
     let result = (|| {
         let members = freeze_tree(pid, opts.alone, &mut procs)?;
+        let clocks = crate::res::clocks::read();
         if recheck {
             check_all(pid, opts, true)?;
         }
@@ -251,6 +252,7 @@ fn frozen_checkpoint<W: Sink>(
             })?;
             states.push(st);
         }
+        states[0].clocks = Some(clocks);
         if members.len() > 1 {
             states[0].tree = members;
             states[0].tree_pipes = tree_pipes(&mut states);

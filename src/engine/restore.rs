@@ -53,6 +53,9 @@ pub struct Options {
     /// Give the processes a new IPC namespace, where the System V objects get their ids
     /// whatever this one holds (rstrt --ipcns).
     pub ipcns: bool,
+    /// Give the processes a time namespace in which CLOCK_MONOTONIC and CLOCK_BOOTTIME go on
+    /// from where they were frozen (rstrt --timens).
+    pub timens: bool,
 }
 
 #[derive(Debug)]
@@ -182,6 +185,15 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
     let mut notes = Vec::new();
     let made = Made::make(&mut st, opts.ipcns, &mut notes)?;
+    if opts.timens {
+        let c = st.clocks.ok_or_else(|| {
+            Error::Refused(
+                "the image does not say its clocks (a crs before --timens wrote it): restore it without --timens"
+                    .into(),
+            )
+        })?;
+        crate::res::clocks::enter_namespace(&c)?;
+    }
     let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
     shared.made = made;
     shared.made.close_ours();
@@ -467,7 +479,9 @@ fn restore_one<R: Input>(
     let descs = shared.made.descs_of(st.head.pid);
     files::restore(&mut c, &st.files, &st.pipes, &shared.made.for_files(&descs), null_stdio, st.head.uids[3])?;
     crate::res::inotify::restore(&mut c, &st.inotify)?;
-    crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot)?;
+    // In a time namespace of their own (--timens) the clocks go on from where they were, as on
+    // the same boot.
+    crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot || shared.opts.timens)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;
     crate::res::locks::restore(&mut c, &st.locks, &st.files)?;
     cwd::restore(&mut c, &st.cwd)?;

@@ -146,8 +146,15 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     // restores from what has arrived.
     let mut fr = FrameStream::start(c, cfg.limit);
     fr.tee = tee;
-    let opts =
-        crate::RestartFlags { detach: true, stop: false, require_pid: false, hold: true, null_stdio: 7, ipcns: false };
+    let opts = crate::RestartFlags {
+        detach: true,
+        stop: false,
+        require_pid: false,
+        hold: true,
+        null_stdio: 7,
+        ipcns: false,
+        timens: false,
+    };
     let who_cell = std::cell::RefCell::new(String::new());
     // How much of the image had arrived when the restore began (the restore is pipelined).
     let progress = fr.progress.clone();

@@ -11,8 +11,9 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    caps, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory, pending,
-    pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm, unixpairs,
+    caps, clocks, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory,
+    pending, pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm,
+    unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -26,6 +27,9 @@ pub struct ProcessState {
     /// The processes of the image, when it holds more than one (the first process's block
     /// carries it; empty in the others' and in an image of one process).
     pub tree: Vec<tree::Member>,
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME when the processes were frozen (the first
+    /// process's block carries them; none in an image of an older crs).
+    pub clocks: Option<clocks::Clocks>,
     /// The pipes between processes of the tree, with their unread bytes (the first process's
     /// block carries them): a restore makes them before it creates the processes, which
     /// inherit them.
@@ -135,6 +139,9 @@ pub struct SectionDef {
     pub required: bool,
     /// Part of the layout, read before the page batches.
     pub layout: bool,
+    /// Written with FLAG_OPTIONAL: a reader that does not know it may skip it (what it says
+    /// only serves an option of the restore).
+    pub skippable: bool,
     /// The section's payloads for this state: none (an optional section with nothing to say),
     /// one, or one per thread.
     pub encode: fn(&ProcessState) -> Vec<Vec<u8>>,
@@ -183,6 +190,7 @@ pub mod tags {
     pub const UNIXCONNS: Tag = Tag(34);
     pub const SECCOMP: Tag = Tag(35);
     pub const CAPS: Tag = Tag(36);
+    pub const CLOCKS: Tag = Tag(37);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -193,6 +201,7 @@ const fn every(tag: Tag, name: &'static str, layout: bool) -> SectionDef {
         scope: Scope::Process,
         required: true,
         layout,
+        skippable: false,
         encode: |_| vec![],
         decode: |_, _, _| Ok(()),
         describe: |_| vec![],
@@ -220,6 +229,15 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.tree, tree::decode(b, at)),
         describe: |v| tree::describe(&v.st.tree),
         ..only_if(tags::TREE, "TREE")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        skippable: true,
+        encode: |st| st.clocks.iter().map(clocks::encode).collect(),
+        decode: |b, at, st| set(&mut st.clocks, clocks::decode(b, at)),
+        describe: |v| v.st.clocks.iter().flat_map(clocks::describe).collect(),
+        ..only_if(tags::CLOCKS, "CLOCKS")
     },
     &SectionDef {
         scope: Scope::Image,
@@ -459,8 +477,9 @@ fn set<T>(field: &mut T, v: crf::Result<T>) -> crf::Result<()> {
 /// Writes the layout sections (`layout`) or the rest, in registry order.
 pub fn write<W: std::io::Write>(w: &mut Writer<W>, st: &ProcessState, layout: bool) -> Result<()> {
     for d in SECTIONS.iter().filter(|d| d.layout == layout) {
+        let flags = if d.skippable { FLAG_OPTIONAL } else { 0 };
         for p in (d.encode)(st) {
-            w.section(d.tag, 0, &[&p]).map_err(|e| Error::io("image", e))?;
+            w.section(d.tag, flags, &[&p]).map_err(|e| Error::io("image", e))?;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! tests. image.rs holds the model of a whole image and the one registry of sections.
 
 pub mod caps;
+pub mod clocks;
 pub mod creds;
 pub mod cwd;
 pub mod deleted;
