@@ -284,3 +284,31 @@ fn the_clocks_go_on_from_where_they_were_with_timens() {
         }
     }
 }
+
+/// An unprivileged user never gets a filter-free copy of a process under seccomp, nor
+/// checkpoints one: reading and restoring filters needs root, and both say so.
+#[test]
+fn seccomp_is_root_only_and_says_so() {
+    if !require(is_root(), "root (to run a target as nobody)") {
+        return;
+    }
+    let dir = open_dir("seccomp-nobody");
+    let d = dir.to_str().unwrap();
+    let mut c = as_nobody(&[target("seccomp").to_str().unwrap()]);
+    c.current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid().to_string();
+    let o = as_nobody(&[crs(), "ckpt", "-o", &format!("{d}/n.crf"), &pid]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("runs under a seccomp filter, which only root may checkpoint"), "{}", stderr(&o));
+    // Root checkpoints it; nobody may not restore it without its filters.
+    let img = format!("{d}/r.crf");
+    let o = ckpt(&["-o", &img, &pid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = as_nobody(&[crs(), "rstrt", &img]).output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("seccomp filters, which only root may restore"), "{}", stderr(&o));
+    p.verdict("ok");
+}

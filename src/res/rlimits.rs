@@ -40,9 +40,36 @@ fn get(pid: i32, r: usize) -> Result<Limit> {
     Ok((old.rlim_cur, old.rlim_max))
 }
 
-/// Every limit of process `pid` (0: ourselves).
+/// Every limit of process `pid` (0: ourselves): with prlimit64, or, when that is not allowed
+/// (another user's process and no CAP_SYS_RESOURCE, as root in some containers), from
+/// /proc/PID/limits, which anyone may read.
 pub fn collect(pid: i32) -> Result<Vec<Limit>> {
-    (0..NAMES.len()).map(|r| get(pid, r)).collect()
+    match (0..NAMES.len()).map(|r| get(pid, r)).collect() {
+        Err(Error::Sys { errno: nix::errno::Errno::EPERM, .. }) => from_proc(pid),
+        r => r,
+    }
+}
+
+/// /proc/PID/limits: a header, then one line per limit in the kernel's order, its soft and
+/// hard values ("unlimited" or a number) in the columns after the 25 of its name.
+fn from_proc(pid: i32) -> Result<Vec<Limit>> {
+    let path = format!("/proc/{pid}/limits");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value = |w: Option<&str>| match w {
+        Some("unlimited") => Some(u64::MAX),
+        Some(n) => n.parse().ok(),
+        None => None,
+    };
+    let out: Option<Vec<Limit>> = text
+        .lines()
+        .skip(1)
+        .take(NAMES.len())
+        .map(|l| {
+            let mut w = l.get(26..)?.split_whitespace();
+            Some((value(w.next())?, value(w.next())?))
+        })
+        .collect();
+    out.filter(|v| v.len() == NAMES.len()).ok_or_else(|| Error::Proc(format!("{path}: a format crs does not know")))
 }
 
 pub fn encode(limits: &[Limit]) -> Vec<u8> {
@@ -126,6 +153,12 @@ pub fn restore(c: &mut Ctl, limits: &[Limit]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_limits_read_as_prlimit64_does() {
+        let me = std::process::id() as i32;
+        assert_eq!(from_proc(me).unwrap(), (0..NAMES.len()).map(|r| get(me, r).unwrap()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn round_trip_and_bad_limits() {
