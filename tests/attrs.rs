@@ -208,9 +208,10 @@ fn a_bash_loop_with_a_leaked_pipe_checkpoints_with_a_stub() {
     assert_eq!(b.expect("count"), "count 3 c");
 }
 
-/// A hardened process (tests/targets/seccomp.c): no_new_privs and two seccomp filters, one
-/// with SECCOMP_FILTER_FLAG_LOG, over two threads. Restored, both filters hold in both threads,
-/// and a third added with TSYNC reaches the other thread: they share their filters again.
+/// A hardened process (tests/targets/seccomp.c): no_new_privs and three seccomp filters (one
+/// with SECCOMP_FILTER_FLAG_LOG, one that kills), over two threads. Restored, the filters hold
+/// in both threads, the killing one still kills, and a fourth added with TSYNC reaches the
+/// other thread: they share their filters again.
 #[test]
 fn seccomp_filters_and_no_new_privs_come_back() {
     if !require(is_root(), "root (PTRACE_SECCOMP_GET_FILTER, PTRACE_O_SUSPEND_SECCOMP)") {
@@ -224,7 +225,10 @@ fn seccomp_filters_and_no_new_privs_come_back() {
     assert!(o.status.success(), "{}", stderr(&o));
     p.kill();
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
-    assert!(info.contains("seccomp:   no_new_privs 1, 2 filters: 7 instructions, 7 instructions (log)"), "{info}");
+    assert!(
+        info.contains("seccomp:   no_new_privs 1, 3 filters: 7 instructions, 7 instructions (log), 7 instructions"),
+        "{info}"
+    );
     rstrt(&[&img]).verdict("ok");
 }
 
