@@ -36,7 +36,7 @@ impl Made {
     /// goes to `notes`.
     /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns).
     pub fn make(st: &mut ProcessState, ipcns: bool, notes: &mut Vec<String>) -> Result<Made> {
-        let mut m = Made { ipc: Some(sysv::create_here(&st.sysv, ipcns)?), ..Default::default() };
+        let mut m = Made { ipc: Some(sysv::create_here(&st.sysv, &st.head, ipcns)?), ..Default::default() };
         for p in &st.tree_pipes {
             let (r, w) = pipes::create_here(p)?;
             m.pipes.push((p.ino, r.as_raw_fd(), w.as_raw_fd()));

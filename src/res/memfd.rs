@@ -31,8 +31,8 @@ pub struct Memfd {
     /// F_GET_SEALS: F_SEAL_SEAL (sealing not allowed), SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC.
     pub seals: u32,
     pub size: u64,
-    /// The runs of data, by offset, in order; what lies between reads as zeros.
-    pub runs: Vec<(u64, Vec<u8>)>,
+    /// The runs of data; what lies between reads as zeros.
+    pub runs: Vec<super::runs::Run>,
 }
 
 /// F_SEAL_FUTURE_WRITE and F_SEAL_EXEC (newer than the libc crate's list).
@@ -44,8 +44,6 @@ const MFD_NOEXEC_SEAL: libc::c_uint = 0x8;
 const MFD_EXEC: libc::c_uint = 0x10;
 /// The longest name memfd_create takes (249 bytes, NAME_MAX less "memfd:").
 const NAME_MAX: usize = 249;
-/// A run of contents (a CRF byte field holds at most 1 MiB).
-const CHUNK: usize = 1 << 20;
 
 /// The name of a memfd as an fd link or a mapping names it ("/memfd:NAME (deleted)").
 pub fn name_of(link_target: &str) -> Option<&str> {
@@ -84,35 +82,16 @@ pub fn collect(link: &str, id: &FileId, limit: u64, mapped_writable: bool) -> Re
         )));
     }
     let size = f.metadata().map_err(|e| Error::io(link, e))?.len();
-    let mut runs = Vec::new();
     let mut total = 0u64;
-    let mut at = 0u64;
-    while at < size {
-        // SAFETY: lseek takes integers; SEEK_DATA/SEEK_HOLE only move this file's offset.
-        let data = unsafe { libc::lseek(fd, at as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            match Errno::last() {
-                Errno::ENXIO => break, // only a hole is left
-                e => return Err(Error::sys("lseek(SEEK_DATA)", link, e)),
-            }
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(Error::sys("lseek(SEEK_HOLE)", link, Errno::last()));
-        }
-        let (start, end) = (data as u64, (hole as u64).min(size));
-        total += end - start;
+    let runs = super::runs::read(&f, size, link, &mut |n| {
+        total += n as u64;
         if total > limit {
             return Err(Error::Refused(format!(
                 "{what} holds more data than the {limit} bytes the image may still carry of deleted files and memfds (ckpt --deleted-max)"
             )));
         }
-        let mut buf = vec![0u8; (end - start) as usize];
-        f.read_exact_at(&mut buf, start).map_err(|e| Error::io(link, e))?;
-        runs.push((start, buf));
-        at = end.max(start + 1);
-    }
+        Ok(())
+    })?;
     let name = name_of(&id.path).unwrap_or(&id.path).to_string();
     Ok(Memfd { dev: id.dev, ino: id.ino, name, mode: id.mode & 0o777, seals, size, runs })
 }
@@ -171,15 +150,7 @@ pub fn encode(all: &[Memfd]) -> Vec<u8> {
     e.u32(all.len() as u32);
     for m in all {
         e.u64(m.dev).u64(m.ino).str(&m.name).u32(m.mode).u32(m.seals).u64(m.size);
-        let pieces: Vec<(u64, &[u8])> = m
-            .runs
-            .iter()
-            .flat_map(|(at, data)| data.chunks(CHUNK).enumerate().map(move |(i, c)| (at + (i * CHUNK) as u64, c)))
-            .collect();
-        e.u32(pieces.len() as u32);
-        for (at, c) in pieces {
-            e.u64(at).bytes(c);
-        }
+        super::runs::encode(&mut e, &m.runs);
     }
     e.into_bytes()
 }
@@ -191,21 +162,11 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Memfd>> {
     for _ in 0..n {
         let rec = d.offset();
         let (dev, ino, name, mode, seals, size) = (d.u64()?, d.u64()?, d.str()?, d.u32()?, d.u32()?, d.u64()?);
-        let pieces = d.count(8 + 4)?;
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut ok = name.len() <= NAME_MAX && mode & !0o777 == 0 && seals & !SEALS_ALL == 0;
-        for _ in 0..pieces {
-            let (at, data) = (d.u64()?, d.bytes()?);
-            let end = runs.last().map_or(0, |(s, v)| s + v.len() as u64);
-            ok &= at >= end && at.checked_add(data.len() as u64).is_some_and(|e| e <= size);
-            match runs.last_mut() {
-                Some((s, v)) if *s + v.len() as u64 == at => v.extend_from_slice(data),
-                _ => runs.push((at, data.to_vec())),
-            }
-        }
-        if !ok {
+        let runs = super::runs::decode(&mut d, size)?;
+        let ok = name.len() <= NAME_MAX && mode & !0o777 == 0 && seals & !SEALS_ALL == 0;
+        let Some(runs) = runs.filter(|_| ok) else {
             return Err(d.bad_at(rec, format!("memfd {name}: invalid name, mode, seals or contents")));
-        }
+        };
         if out.iter().any(|o| (o.dev, o.ino) == (dev, ino)) {
             return Err(d.bad_at(rec, format!("memfd {name} twice")));
         }
@@ -228,7 +189,7 @@ pub fn describe(all: &[Memfd]) -> Vec<String> {
     all.iter()
         .map(|m| {
             let seals: Vec<&str> = seal_names.iter().filter(|s| m.seals & s.0 != 0).map(|s| s.1).collect();
-            let data: usize = m.runs.iter().map(|r| r.1.len()).sum();
+            let data = super::runs::len(&m.runs);
             let sealed = if seals.is_empty() { String::new() } else { format!(", sealed {}", seals.join(",")) };
             format!("memfd:     {} mode {:o}, {} bytes ({data} of data){sealed}", m.name, m.mode, m.size)
         })
@@ -238,6 +199,7 @@ pub fn describe(all: &[Memfd]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    const CHUNK: usize = 1 << 20;
 
     #[test]
     fn a_sealed_sparse_memfd_round_trips_and_is_made_again() {

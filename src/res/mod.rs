@@ -26,6 +26,7 @@ pub mod pipes;
 pub mod ptimers;
 pub mod regs;
 pub mod rlimits;
+pub mod runs;
 pub mod sched;
 pub mod seccomp;
 pub mod signals;

@@ -17,11 +17,11 @@
 //! namespace of its own. What is not kept, said in man/ckpt.1: the creator's ids (the
 //! restorer's), times, the last pids, and SEM_UNDO adjustments (the kernel shows none).
 
+use super::runs::Run;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Perm {
@@ -44,8 +44,8 @@ pub struct Ipc {
 
 /// A message queue: (perm, msg_qbytes, its messages (type, text) in queue order).
 pub type Queue = (Perm, u64, Vec<(i64, Vec<u8>)>);
-/// A shared memory segment: (perm, size, its runs of data by offset).
-pub type Segment = (Perm, u64, Vec<(u64, Vec<u8>)>);
+/// A shared memory segment: (perm, size, its runs of data).
+pub type Segment = (Perm, u64, Vec<Run>);
 
 impl Ipc {
     pub fn is_empty(&self) -> bool {
@@ -55,8 +55,7 @@ impl Ipc {
     /// The data it carries, in bytes (counted against `ckpt --deleted-max`).
     pub fn data_len(&self) -> u64 {
         let m: usize = self.msgs.iter().flat_map(|q| q.2.iter()).map(|m| m.1.len()).sum();
-        let s: usize = self.shms.iter().flat_map(|s| s.2.iter()).map(|r| r.1.len()).sum();
-        (m + s) as u64
+        m as u64 + self.shms.iter().map(|s| super::runs::len(&s.2)).sum::<u64>()
     }
 }
 
@@ -64,8 +63,6 @@ impl Ipc {
 const SHM_DEST: u32 = 0o1000;
 const SHM_LOCKED: u32 = 0o2000;
 const SEMVMX: u16 = 32767;
-/// A piece of data (a CRF byte field holds at most 1 MiB).
-const CHUNK: usize = 1 << 20;
 
 /// One line of /proc/sysvipc/{sem,msg,shm}, as numbers (keys and ids are signed).
 fn table(kind: &str) -> Result<Vec<Vec<i64>>> {
@@ -267,18 +264,13 @@ impl Drop for Attach {
 /// attachment maps: its holes are skipped without being touched. Without the privilege to
 /// open that file (/proc/self/map_files needs CAP_SYS_ADMIN), read through the attachment,
 /// page by page, pages of zeros left out (reading a hole gives it a page).
-fn read_segment(
-    id: i32,
-    size: u64,
-    what: &str,
-    count: &mut dyn FnMut(usize, &str) -> Result<()>,
-) -> Result<Vec<(u64, Vec<u8>)>> {
+fn read_segment(id: i32, size: u64, what: &str, count: &mut dyn FnMut(usize, &str) -> Result<()>) -> Result<Vec<Run>> {
     let a = Attach::new(id, libc::SHM_RDONLY).ok_or_else(|| Error::sys("shmat", what, Errno::last()))?;
     let link = a.link();
     let f = match std::fs::File::open(&link) {
         Ok(f) => f,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut runs: Vec<Run> = Vec::new();
             // SAFETY: the attachment maps `a.len` >= `size` readable bytes, ours until dropped.
             let all = unsafe { std::slice::from_raw_parts(a.at as *const u8, size as usize) };
             for (i, page) in all.chunks(4096).enumerate() {
@@ -296,34 +288,7 @@ fn read_segment(
         }
         Err(e) => return Err(Error::io(&link, e)),
     };
-    let fd = f.as_raw_fd();
-    let mut runs = Vec::new();
-    let mut at = 0u64;
-    while at < size {
-        // SAFETY: lseek takes integers and moves only this file's offset.
-        let data = unsafe { libc::lseek(fd, at as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            match Errno::last() {
-                Errno::ENXIO => break,
-                e => return Err(Error::sys("lseek(SEEK_DATA)", &link, e)),
-            }
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(Error::sys("lseek(SEEK_HOLE)", &link, Errno::last()));
-        }
-        let (start, end) = (data as u64, (hole as u64).min(size));
-        if start >= end {
-            break;
-        }
-        count((end - start) as usize, what)?;
-        let mut buf = vec![0u8; (end - start) as usize];
-        f.read_exact_at(&mut buf, start).map_err(|e| Error::io(&link, e))?;
-        runs.push((start, buf));
-        at = end;
-    }
-    Ok(runs)
+    super::runs::read(&f, size, &link, &mut |n| count(n, what))
 }
 
 /// The objects a restore made, removed again if it fails (dropped before `keep`).
@@ -420,9 +385,38 @@ fn free(kind: char, p: &Perm, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an object an image gives an owner its process could not give it (another user's
+/// key, squatted for them, is the danger), or more room than this node grants a queue: only
+/// an image of root's may.
+fn claims(ipc: &Ipc, h: &super::head::Header) -> Result<()> {
+    if h.uids.iter().all(|&u| u == 0) {
+        return Ok(());
+    }
+    let gids: Vec<u32> = h.gids.iter().chain(&h.groups).copied().collect();
+    let perms = ipc.sems.iter().map(|s| &s.0).chain(ipc.msgs.iter().map(|q| &q.0)).chain(ipc.shms.iter().map(|s| &s.0));
+    for p in perms {
+        if !h.uids.contains(&p.uid) || !gids.contains(&p.gid) {
+            return Err(Error::Permission(format!(
+                "the image's System V object {} (key {:#x}) belongs to uid {} gid {}, which its process (uid {}) may not give",
+                p.id, p.key, p.uid, p.gid, h.uids[0]
+            )));
+        }
+    }
+    let most = std::fs::read_to_string("/proc/sys/kernel/msgmnb").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(q) = ipc.msgs.iter().find(|q| most.is_some_and(|m| q.1 > m)) {
+        return Err(Error::Permission(format!(
+            "the image's System V message queue {} holds up to {} bytes, more than this node grants (kernel.msgmnb) to a process that is not root's",
+            q.0.id, q.1
+        )));
+    }
+    Ok(())
+}
+
 /// Makes every object of `ipc` here, in this thread's IPC namespace (a new one first when the
-/// processes had their own, or `new_ns`), with its id, key, owner, mode and contents.
-pub fn create_here(ipc: &Ipc, new_ns: bool) -> Result<Made> {
+/// processes had their own, or `new_ns`), with its id, key, owner, mode and contents, once `h`
+/// (the first process's header, whose ids the caller has checked) allows each owner.
+pub fn create_here(ipc: &Ipc, h: &super::head::Header, new_ns: bool) -> Result<Made> {
+    claims(ipc, h)?;
     let mut made = Made::default();
     if ipc.own_ns || new_ns {
         // SAFETY: unshare takes flags only; it moves this thread, whose children the
@@ -591,14 +585,8 @@ pub fn encode(ipc: &Ipc) -> Vec<u8> {
     e.u32(ipc.shms.len() as u32);
     for (p, size, runs) in &ipc.shms {
         perm(&mut e, p);
-        let pieces: Vec<(u64, &[u8])> = runs
-            .iter()
-            .flat_map(|(at, d)| d.chunks(CHUNK).enumerate().map(move |(i, c)| (at + (i * CHUNK) as u64, c)))
-            .collect();
-        e.u64(*size).u32(pieces.len() as u32);
-        for (at, c) in pieces {
-            e.u64(at).bytes(c);
-        }
+        e.u64(*size);
+        super::runs::encode(&mut e, runs);
     }
     e.into_bytes()
 }
@@ -641,19 +629,9 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Ipc> {
         let rec = d.offset();
         let p = perm(&mut d)?;
         let size = d.u64()?;
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut ok = size > 0;
-        for _ in 0..d.count(12)? {
-            let (at, data) = (d.u64()?, d.bytes()?);
-            let end = runs.last().map_or(0, |(s, v)| s + v.len() as u64);
-            ok &= at >= end && at.checked_add(data.len() as u64).is_some_and(|e| e <= size);
-            match runs.last_mut() {
-                Some((s, v)) if *s + v.len() as u64 == at => v.extend_from_slice(data),
-                _ => runs.push((at, data.to_vec())),
-            }
-        }
-        check(&d, rec, 'm', &p, ok)?;
-        ipc.shms.push((p, size, runs));
+        let runs = super::runs::decode(&mut d, size)?;
+        check(&d, rec, 'm', &p, size > 0 && runs.is_some())?;
+        ipc.shms.push((p, size, runs.unwrap_or_default()));
     }
     d.finish()?;
     Ok(ipc)
@@ -675,8 +653,7 @@ pub fn describe(ipc: &Ipc) -> Vec<String> {
         out.push(format!("sysv msg:  {}, {} messages ({bytes} bytes), at most {q} bytes", head(p), m.len()));
     }
     for (p, size, runs) in &ipc.shms {
-        let data: usize = runs.iter().map(|r| r.1.len()).sum();
-        out.push(format!("sysv shm:  {}, {size} bytes ({data} of data)", head(p)));
+        out.push(format!("sysv shm:  {}, {size} bytes ({} of data)", head(p), super::runs::len(runs)));
     }
     out
 }
@@ -684,6 +661,8 @@ pub fn describe(ipc: &Ipc) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CHUNK: usize = 1 << 20;
 
     #[test]
     fn round_trip() {
@@ -698,5 +677,17 @@ mod tests {
         let mut bad = ipc.clone();
         bad.sems.push((p(3), vec![1]));
         assert!(decode(&encode(&bad), 0).is_err());
+    }
+
+    #[test]
+    fn a_users_image_gives_its_objects_only_its_own_ids() {
+        let user = crate::res::head::Header { uids: [1; 4], gids: [2; 4], ..Default::default() };
+        let mine = Perm { key: 7, id: 1, uid: 1, gid: 2, mode: 0o600 };
+        let ipc = |p: Perm| Ipc { sems: vec![(p, vec![1])], ..Default::default() };
+        assert!(claims(&ipc(mine.clone()), &user).is_ok());
+        let e = claims(&ipc(Perm { uid: 0, ..mine.clone() }), &user).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 0 gid 2"), "{e}");
+        let root = crate::res::head::Header { uids: [0; 4], ..Default::default() };
+        assert!(claims(&ipc(Perm { uid: 5, gid: 5, ..mine }), &root).is_ok());
     }
 }
