@@ -685,3 +685,42 @@ fn a_users_image_cannot_raise_its_hard_limits() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("RLIMIT_NOFILE hard limit unlimited"), "{}", stderr(&o));
 }
+
+/// A user's image that says its process had capabilities (ckpt never writes that: it refuses
+/// such a process) is refused by root, which never grants a capability on an image's word.
+/// Nobody's process is given a narrower bounding set, so that its image has a CAPS section to
+/// forge.
+#[test]
+fn a_users_image_never_gets_a_capability() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = open_dir("hostile-caps");
+    let log = dir.join("log");
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--bounding-set", "-net_raw", "--"]);
+    c.args([target("migrant").to_str().unwrap(), log.to_str().unwrap(), "1"]);
+    close_extra_fds(&mut c);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut p = Reap(c.spawn().unwrap());
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().starts_with("ready") {
+        assert!(t0.elapsed() < TIMEOUT, "the migrant never got ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let img = dir.join("own.crf").to_str().unwrap().to_string();
+    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.0.id().to_string()]).output().unwrap();
+    assert!(o.status.success(), "nobody's ckpt: {}", stderr(&o));
+    let _ = p.0.wait();
+    let bytes = edit_section(&img, crs::res::image::tags::CAPS, |payload| {
+        // 13 is CAP_NET_RAW, 21 CAP_SYS_ADMIN.
+        let mut caps = crs::res::caps::decode(&payload, 0).unwrap().unwrap();
+        assert_eq!(caps.bnd & (1 << 13), 0, "the bounding set was not narrowed");
+        (caps.prm, caps.eff) = (1 << 21, 1 << 21);
+        crs::res::caps::encode(&caps)
+    });
+    let forged = nobodys_file(&dir, "caps.crf", &bytes);
+    let o = run(&["rstrt", "-d", "--stop", &forged]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("had capabilities or securebits"), "{}", stderr(&o));
+}

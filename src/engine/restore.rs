@@ -415,6 +415,7 @@ fn restore_one<R: Input>(
     //    file keeps the credentials it was opened with).
     // The bounding set first, while the child may still drop from it (CAP_SETPCAP).
     if let Some(caps) = &st.caps {
+        caps::check_claims(caps, &st.head)?;
         caps::restore_bounding(&mut c, caps)?;
         for o in &others {
             caps::restore_bounding(&mut ctl(o)?, caps)?;

@@ -146,6 +146,19 @@ pub fn verify(pid: i32, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an image of a process that is not root's which says it had capabilities or
+/// securebits: ckpt never writes that (it refuses such a process), so the image was forged to
+/// get privilege from its restorer.
+pub fn check_claims(caps: &Caps, h: &Header) -> Result<()> {
+    if !all_root(h) && (caps.prm | caps.eff | caps.inh | caps.amb != 0 || caps.securebits != 0) {
+        return Err(Error::Permission(format!(
+            "the image says its process (uid {}) had capabilities or securebits, which crs never restores to a process that is not root's",
+            h.uids[0]
+        )));
+    }
+    Ok(())
+}
+
 /// Whether every uid of `h` is 0.
 pub fn all_root(h: &Header) -> bool {
     h.uids.iter().all(|&u| u == 0)
