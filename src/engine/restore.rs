@@ -397,6 +397,13 @@ fn restore_one<R: Input>(
     }
     drop(exe);
 
+    // The bounding set, while the child may still drop from it (CAP_SETPCAP), and before the
+    // other threads exist: they inherit it.
+    if let Some(caps) = &st.caps {
+        caps::check_claims(caps, &st.head)?;
+        caps::restore_bounding(&mut c, caps)?;
+    }
+
     step("3b");
     // 3b. The other threads, created while the child still has our privileges (a thread keeps
     //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
@@ -413,14 +420,6 @@ fn restore_one<R: Input>(
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
-    // The bounding set first, while the child may still drop from it (CAP_SETPCAP).
-    if let Some(caps) = &st.caps {
-        caps::check_claims(caps, &st.head)?;
-        caps::restore_bounding(&mut c, caps)?;
-        for o in &others {
-            caps::restore_bounding(&mut ctl(o)?, caps)?;
-        }
-    }
     if creds::is_root() {
         creds::restore(&mut c, &st.head)?;
         for o in &others {
