@@ -19,9 +19,18 @@ use support::*;
 /// A process of nobody's (the migrant, 1 MiB of memory), checkpointed by nobody with -k.
 /// Returns the directory (anyone may write it) and the image, which nobody owns.
 fn nobodys_image(name: &str) -> (PathBuf, String) {
+    nobodys_image_with(name, &[])
+}
+
+/// [`nobodys_image`], the process started with `setpriv`'s further options `extra` (root's
+/// setpriv applies them before it becomes nobody).
+fn nobodys_image_with(name: &str, extra: &[&str]) -> (PathBuf, String) {
     let dir = open_dir(name);
     let log = dir.join("log");
-    let mut c = as_nobody(&[target("migrant").to_str().unwrap(), log.to_str().unwrap(), "1"]);
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"]).args(extra).arg("--");
+    c.args([target("migrant").to_str().unwrap(), log.to_str().unwrap(), "1"]);
+    close_extra_fds(&mut c);
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let mut p = Reap(c.spawn().unwrap());
     let t0 = Instant::now();
@@ -695,23 +704,7 @@ fn a_users_image_never_gets_a_capability() {
     if !prerequisites() {
         return;
     }
-    let dir = open_dir("hostile-caps");
-    let log = dir.join("log");
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--bounding-set", "-net_raw", "--"]);
-    c.args([target("migrant").to_str().unwrap(), log.to_str().unwrap(), "1"]);
-    close_extra_fds(&mut c);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut p = Reap(c.spawn().unwrap());
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().starts_with("ready") {
-        assert!(t0.elapsed() < TIMEOUT, "the migrant never got ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let img = dir.join("own.crf").to_str().unwrap().to_string();
-    let o = as_nobody(&[crs(), "ckpt", "-k", "-o", &img, &p.0.id().to_string()]).output().unwrap();
-    assert!(o.status.success(), "nobody's ckpt: {}", stderr(&o));
-    let _ = p.0.wait();
+    let (dir, img) = nobodys_image_with("hostile-caps", &["--bounding-set", "-net_raw"]);
     let bytes = edit_section(&img, crs::res::image::tags::CAPS, |payload| {
         // 13 is CAP_NET_RAW, 21 CAP_SYS_ADMIN.
         let mut caps = crs::res::caps::decode(&payload, 0).unwrap().unwrap();

@@ -148,6 +148,8 @@ struct UnixLine {
     ty: u32,
     /// Its name, as /proc shows it ("@..." for an abstract one), when bound.
     path: Option<String>,
+    /// St 01: SS_UNCONNECTED.
+    unconnected: bool,
 }
 
 /// Socket `ino`'s line of `text` (/proc/PID/net/unix).
@@ -158,6 +160,7 @@ fn unix_line(text: &str, ino: u64) -> Option<UnixLine> {
         listening: u32::from_str_radix(f.get(3)?, 16).ok()? & 0x10000 != 0,
         ty: u32::from_str_radix(f.get(4)?, 16).ok()?,
         path: f.get(7).map(|p| p.to_string()),
+        unconnected: f.get(5) == Some(&"01"),
     })
 }
 
@@ -245,12 +248,8 @@ fn listener_named(text: &str, path: &str) -> Option<u64> {
 /// The type of socket `ino` if it is a unix socket made and nothing more: unbound,
 /// unconnected, not listening (a client between socket and connect).
 pub fn unix_fresh(pid: i32, ino: u64) -> Option<u32> {
-    let text = net_unix(pid)?;
-    let line = text.lines().skip(1).find(|l| l.split_whitespace().nth(6).and_then(|i| i.parse().ok()) == Some(ino))?;
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let me = unix_line(&text, ino)?;
-    // St 01: SS_UNCONNECTED.
-    let unconnected = f.get(5) == Some(&"01") && !me.listening && me.path.is_none();
+    let me = unix_line(&net_unix(pid)?, ino)?;
+    let unconnected = me.unconnected && !me.listening && me.path.is_none();
     let types = [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].map(|t| t as u32);
     (unconnected && types.contains(&me.ty) && unix_diag(ino)?.0.is_none()).then_some(me.ty)
 }
