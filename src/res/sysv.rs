@@ -473,6 +473,10 @@ pub fn create_here(ipc: &Ipc, h: &super::head::Header, new_ns: bool) -> Result<M
         next_id("sem", p.id)?;
         // SAFETY: semget takes integers only.
         let id = unsafe { libc::semget(p.key, values.len() as i32, create) };
+        if id < 0 {
+            // Not used: the node's next object must not get it.
+            let _ = std::fs::write("/proc/sys/kernel/sem_next_id", "-1");
+        }
         if id >= 0 {
             made.made.push(('s', id));
         }
@@ -493,6 +497,10 @@ pub fn create_here(ipc: &Ipc, h: &super::head::Header, new_ns: bool) -> Result<M
         next_id("msg", p.id)?;
         // SAFETY: msgget takes integers only.
         let id = unsafe { libc::msgget(p.key, create) };
+        if id < 0 {
+            // Not used: the node's next object must not get it.
+            let _ = std::fs::write("/proc/sys/kernel/msg_next_id", "-1");
+        }
         if id >= 0 {
             made.made.push(('q', id));
         }
@@ -529,6 +537,10 @@ pub fn create_here(ipc: &Ipc, h: &super::head::Header, new_ns: bool) -> Result<M
         // A segment removed while attached has key IPC_PRIVATE by then.
         // SAFETY: shmget takes integers only.
         let id = unsafe { libc::shmget(p.key, *size as usize, create) };
+        if id < 0 {
+            // Not used: the node's next object must not get it.
+            let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
+        }
         if id >= 0 {
             made.made.push(('m', id));
         }
