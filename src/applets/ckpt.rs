@@ -39,6 +39,10 @@ struct Args {
     /// process has no children
     #[argh(switch)]
     alone: bool,
+    /// a job run from an interactive shell: carry its fds on its controlling terminal (any
+    /// number, /dev/tty too) and the terminal's modes and size, for rstrt --shell-job
+    #[argh(switch)]
+    shell_job: bool,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
     /// line; the process is not touched
     #[argh(switch)]
@@ -85,6 +89,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             no_libs: a.no_libs,
             stubs,
             alone: a.alone,
+            shell_job: a.shell_job,
             deleted_max: Some(a.deleted_max << 20),
             ..Default::default()
         };
@@ -118,6 +123,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         no_libs: a.no_libs,
         stubs,
         alone: a.alone,
+        shell_job: a.shell_job,
         deleted_max: Some(a.deleted_max << 20),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));

@@ -36,6 +36,10 @@ struct Args {
     /// where they were when the process was frozen, on any node (root only)
     #[argh(switch)]
     timens: bool,
+    /// run a job checkpointed with ckpt --shell-job in rstrt's session and process group, its
+    /// terminal fds on rstrt's terminal, with the terminal modes it had; it gets SIGWINCH
+    #[argh(switch)]
+    shell_job: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -74,6 +78,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         null_stdio: if a.detach && !a.inherit_stdio { 7 } else { stdin as u8 },
         ipcns: a.ipcns,
         timens: a.timens,
+        shell_job: a.shell_job,
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();

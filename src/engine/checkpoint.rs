@@ -45,6 +45,9 @@ pub struct Options {
     /// Only the process, not its descendants (they are left running, and the restored
     /// process has no children).
     pub alone: bool,
+    /// A job of an interactive shell: its fds on its controlling terminal, and the terminal's
+    /// state, are carried for `rstrt --shell-job` (see res::terminal).
+    pub shell_job: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +119,9 @@ fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
         }
     }
     why.extend(tree::check(&all));
+    if opts.shell_job && crate::res::terminal::controlling(pid).is_none() {
+        why.push("it has no controlling terminal (--shell-job is for a job run from a terminal)".into());
+    }
     Error::blocked(pid, why)
 }
 
@@ -141,7 +147,7 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, frozen), &mut why)?;
     why.extend(blockers::relations(pid, frozen));
-    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree)?;
+    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.shell_job)?;
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
     Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
@@ -253,6 +259,7 @@ fn frozen_checkpoint<W: Sink>(
             states.push(st);
         }
         states[0].clocks = Some(clocks);
+        states[0].terminal = job_terminal(&states)?;
         if members.len() > 1 {
             states[0].tree = members;
             states[0].tree_pipes = tree_pipes(&mut states);
@@ -375,6 +382,17 @@ fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tr
     }
     procs.sort_by_key(|p| order.iter().position(|&x| x == p.t.pid));
     Ok(out)
+}
+
+/// The state of the job's terminal, read through the first fd found on it (`--shell-job`).
+fn job_terminal(states: &[ProcessState]) -> Result<Option<crate::res::terminal::Terminal>> {
+    let root = states[0].head.pid;
+    for st in states {
+        if let Some(f) = st.files.iter().find(|f| f.kind == files::KIND_TTY) {
+            return crate::res::terminal::collect(st.head.pid, f.fd, &f.id.path, f.id.rdev, root).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// The pipes more than one process of the tree holds, taken out of each one's own: the image
@@ -795,7 +813,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let stat = procfs::read_stat(pid)?;
     let maps = procfs::read_smaps(pid)?;
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
-    let fds = files::scan(pid, &opts.stubs, tree)?;
+    let fds = files::scan(pid, &opts.stubs, tree, opts.shell_job)?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
     st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
     st.inotify = crate::res::inotify::collect(pid, &fds)?;

@@ -28,15 +28,22 @@ pub struct Made {
     opened: Vec<i32>,
     /// The System V objects made again: removed if the restore fails.
     pub ipc: Option<sysv::Made>,
+    /// Where the job's terminal fds are opened (rstrt --shell-job: rstrt's terminal).
+    terminal: Option<String>,
 }
 
 impl Made {
     /// Makes all of it from the first process's state `st` (the image-wide sections, taken out
     /// of it), as the image's owner where files are concerned. What could not be made exactly
     /// goes to `notes`.
-    /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns).
-    pub fn make(st: &mut ProcessState, ipcns: bool, notes: &mut Vec<String>) -> Result<Made> {
-        let mut m = Made { ipc: Some(sysv::create_here(&st.sysv, &st.head, ipcns)?), ..Default::default() };
+    /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns). `terminal`:
+    /// the path the job's terminal fds are opened on (rstrt --shell-job).
+    pub fn make(st: &mut ProcessState, ipcns: bool, terminal: Option<&str>, notes: &mut Vec<String>) -> Result<Made> {
+        let mut m = Made {
+            ipc: Some(sysv::create_here(&st.sysv, &st.head, ipcns)?),
+            terminal: terminal.map(str::to_string),
+            ..Default::default()
+        };
         for p in &st.tree_pipes {
             let (r, w) = pipes::create_here(p)?;
             m.pipes.push((p.ino, r.as_raw_fd(), w.as_raw_fd()));
@@ -105,6 +112,8 @@ impl Made {
                 Some(r) if matches!(d.file.kind, files::KIND_DELETED | files::KIND_MEMFD) => {
                     Some(format!("/proc/self/fd/{}", r.2))
                 }
+                _ if d.file.kind == files::KIND_TTY && d.file.id.path == "/dev/tty" => Some("/dev/tty".into()),
+                _ if d.file.kind == files::KIND_TTY => terminal.map(str::to_string),
                 _ => None,
             };
             files::check(std::slice::from_ref(&d.file), same_boot)?;
@@ -133,6 +142,7 @@ impl Made {
 
     /// What `files::restore` takes from it, for a process holding `descs` (see `descs_of`).
     pub fn for_files<'a>(&'a self, descs: &'a [(i32, i32)]) -> Inherited<'a> {
-        Inherited { pipes: &self.pipes, descs, deleted: &self.remade, sockets: &self.sockets }
+        let terminal = self.terminal.as_deref();
+        Inherited { pipes: &self.pipes, descs, deleted: &self.remade, sockets: &self.sockets, terminal }
     }
 }

@@ -56,6 +56,9 @@ pub struct Options {
     /// Give the processes a time namespace in which CLOCK_MONOTONIC and CLOCK_BOOTTIME go on
     /// from where they were frozen (rstrt --timens).
     pub timens: bool,
+    /// Make the job a member of our session and process group, on our terminal, with the
+    /// image's terminal modes (rstrt --shell-job; see res::terminal).
+    pub shell_job: bool,
 }
 
 #[derive(Debug)]
@@ -182,9 +185,16 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // Root restoring another user's process gives it a session of its own (no controlling
     // terminal of root's); so does -d; and so it is when it led its session.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
-    let own_session = opts.detach || foreign || st.head.sid == st.head.pid;
+    let here = shell_job(opts, foreign, &st.head)?;
+    if here.is_none() {
+        // Without --shell-job, fds 0-2 on the job's terminal are stdio (see `no_terminal`).
+        st.fdescs.retain(|d| d.file.kind != files::KIND_TTY);
+    }
+    // A shell job joins our session (and group): the terminal's and the shell's job control
+    // reach it.
+    let own_session = here.is_none() && (opts.detach || foreign || st.head.sid == st.head.pid);
     let mut notes = Vec::new();
-    let made = Made::make(&mut st, opts.ipcns, &mut notes)?;
+    let made = Made::make(&mut st, opts.ipcns, here.as_ref().map(|h| h.path.as_str()), &mut notes)?;
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(
@@ -250,6 +260,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         zombies,
         held: None,
     };
+    // The terminal's modes, before the job runs on it.
+    if let (Some(h), Some(t)) = (&here, &restored.state.terminal) {
+        h.apply(t)?;
+    }
     if opts.hold {
         // From here the Held kills them if it is dropped unreleased.
         restored.held = Some(Held { family, ipc });
@@ -262,6 +276,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     let pids: Vec<i32> = family.procs.iter().map(|p| p.t.pid).collect();
     Held { family, ipc }.release()?;
+    if let (Some(h), Some(_)) = (&here, &restored.state.terminal) {
+        crate::res::terminal::winch(h, &pids);
+    }
     if opts.stop {
         for p in pids {
             procfs::wait_stopped(p);
@@ -269,6 +286,42 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     debug!("restored pid {} as pid {pid}", restored.original_pid);
     Ok(restored)
+}
+
+/// rstrt's terminal, for `--shell-job` (None without it), once it is known that it may be
+/// given to the image's processes.
+fn shell_job(opts: &Options, foreign: bool, head: &Header) -> Result<Option<crate::res::terminal::Here>> {
+    if !opts.shell_job {
+        return Ok(None);
+    }
+    if opts.detach {
+        return Err(Error::Refused(
+            "--shell-job puts the job on rstrt's terminal, -d in a session without one: choose one".into(),
+        ));
+    }
+    if foreign {
+        return Err(Error::Refused(format!(
+            "--shell-job would give root's terminal to uid {}'s process: run rstrt --shell-job as that user",
+            head.uids[0]
+        )));
+    }
+    crate::res::terminal::Here::find().map(Some)
+}
+
+/// Without --shell-job: the image's fds 0-2 on its terminal are stdio, like those of an image
+/// taken without it; any other fd on it is refused, naming the option.
+fn no_terminal(fds: &mut [files::Fd], pid: i32) -> Result<()> {
+    for f in fds.iter_mut().filter(|f| f.kind == files::KIND_TTY) {
+        if f.fd > 2 {
+            return Err(Error::Refused(format!(
+                "fd {} of pid {pid} is on its terminal ({}): rstrt --shell-job puts it on rstrt's",
+                f.fd,
+                crate::text::printable(&f.id.path)
+            )));
+        }
+        f.kind = files::KIND_STDIO;
+    }
+    Ok(())
 }
 
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
@@ -287,6 +340,9 @@ fn restore_one<R: Input>(
     let opts = shared.opts;
     let same_boot = st.head.boot_id == fileid::boot_id();
     // The files the image names are looked at with its owner's rights, not ours.
+    if !opts.shell_job {
+        no_terminal(&mut st.files, st.head.pid)?;
+    }
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;

@@ -154,6 +154,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         null_stdio: 7,
         ipcns: false,
         timens: false,
+        shell_job: false,
     };
     let who_cell = std::cell::RefCell::new(String::new());
     // How much of the image had arrived when the restore began (the restore is pipelined).

@@ -45,7 +45,7 @@ pub fn collect(procs: &[(i32, &[Fd])]) -> Result<Vec<Desc>> {
     // Candidates: the files and directories with the same inode (a description has one).
     let mut all: Vec<(i32, &Fd)> = Vec::new();
     for &(pid, fds) in procs {
-        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD];
+        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY];
         all.extend(fds.iter().filter(|f| kinds.contains(&f.kind)).map(|f| (pid, f)));
     }
     let mut taken = vec![false; all.len()];
@@ -84,11 +84,11 @@ pub fn held_by(pid: i32, descs: &[Desc], opened: &[i32]) -> Vec<(i32, i32)> {
 
 /// Opens description `d` here (the caller holds the image owner's file-system ids), with its
 /// status flags and offset; through `via` rather than its path when given (a deleted file or
-/// a memfd, made again).
+/// a memfd, made again; the job's terminal, on rstrt's).
 pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     let f = &d.file;
     let what = format!("fd {} {}", f.fd, f.id.path);
-    if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD) && via.is_none() {
+    if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD | files::KIND_TTY) && via.is_none() {
         return Err(Error::Refused(format!("{what}: the image does not hold this file: it is damaged")));
     }
     let keep = !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
@@ -142,7 +142,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Desc>> {
         let file = files::decode_one(&mut d)?;
         let m = d.count(8)?;
         if !(2..=MAX_HOLDERS).contains(&m)
-            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD].contains(&file.kind)
+            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY].contains(&file.kind)
         {
             return Err(d.bad_at(rec, format!("a description of kind {} held {m} times", file.kind)));
         }
@@ -186,7 +186,7 @@ mod tests {
         let f = std::fs::File::create(std::env::temp_dir().join(format!("fdescs.{}", std::process::id()))).unwrap();
         let dup = nix::unistd::dup(&f).unwrap();
         let me = std::process::id() as i32;
-        let fds = files::scan(me, &files::Stubs::default(), &[]);
+        let fds = files::scan(me, &files::Stubs::default(), &[], false);
         // The harness may hold fds scan refuses; then only the codec is checked.
         if let Ok(fds) = fds {
             let found = collect(&[(me, &fds)]).unwrap();

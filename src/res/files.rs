@@ -53,7 +53,10 @@ pub const KIND_MEMFD: u8 = 17;
 /// A unix socket made and nothing more (unbound, unconnected, not listening): made again of
 /// its type, `id.mode`.
 pub const KIND_UNIXNEW: u8 = 18;
-const KIND_LAST: u8 = KIND_UNIXNEW;
+/// An fd on the job's controlling terminal (`ckpt --shell-job`; its state: TERMINAL):
+/// `id.path` is its /proc link (/dev/pts/3, or /dev/tty), `id.rdev` the terminal's device.
+pub const KIND_TTY: u8 = 19;
+const KIND_LAST: u8 = KIND_TTY;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -130,6 +133,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_UNIXLISTEN => "listening",
         KIND_MEMFD => "memfd",
         KIND_UNIXNEW => "new socket",
+        KIND_TTY => "terminal",
         _ => "?",
     }
 }
@@ -152,9 +156,10 @@ fn stub_of(pid: i32, fd: i32, target: &str, flags: u32) -> String {
 }
 
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
-/// `stubs` says to carry it as a stub.
-pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<Vec<Fd>> {
-    let (fds, blocked) = scan_all(pid, stubs, tree)?;
+/// `stubs` says to carry it as a stub. `shell_job`: fds on the job's terminal (the controlling
+/// one of `tree`'s first process) are carried as such (`KIND_TTY`).
+pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<Vec<Fd>> {
+    let (fds, blocked) = scan_all(pid, stubs, tree, shell_job)?;
     Error::blocked(pid, blocked)?;
     Ok(fds)
 }
@@ -163,7 +168,8 @@ pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<Vec<Fd>> {
 /// precheck goes on to look into the ones it can (epoll sets, inotify watches). `tree` holds
 /// the processes checkpointed with `pid`: a pipe between them is theirs (a FIFO only when
 /// `pid` holds it whole).
-pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<String>)> {
+pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<(Vec<Fd>, Vec<String>)> {
+    let job = super::terminal::controlling(tree.first().copied().unwrap_or(pid));
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -218,9 +224,21 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
         let tree_pipe =
             || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target);
         let stdio = fd <= 2 && is_tty_or_pipe(&target) && !tree_pipe();
-        if stubs.fds.contains(&fd) || (stubs.outside && !stdio && outside()) {
+        // A terminal: the job's (the controlling one of the tree's first process) or another.
+        let tty = super::terminal::named_like_one(&target)
+            .then(|| FileId::stat(&link).ok())
+            .flatten()
+            .filter(|id| id.file_type() == libc::S_IFCHR)
+            .map(|id| FileId { rdev: super::terminal::device(pid, fd, &target, id.rdev), ..id });
+        let on_job = tty.as_ref().is_some_and(|id| Some(id.rdev) == job);
+        if stubs.fds.contains(&fd) || (stubs.outside && !stdio && !(on_job && shell_job) && outside()) {
             let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
             out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
+            continue;
+        }
+        if let Some(id) = tty.clone().filter(|_| on_job && shell_job) {
+            let id = FileId { path: target, ..id };
+            out.push(Fd { fd, kind: KIND_TTY, flags, cloexec, pos: 0, id });
             continue;
         }
         if stdio {
@@ -328,6 +346,16 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32]) -> Result<(Vec<Fd>, Vec<S
             libc::S_IFREG => Ok(KIND_FILE),
             libc::S_IFDIR => Ok(KIND_DIR),
             libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
+            libc::S_IFCHR if on_job => Err(refuse("its controlling terminal, which only ckpt --shell-job carries")),
+            libc::S_IFCHR if tty.is_some() && shell_job => Err(refuse(
+                "a terminal other than the job's (crs restores one: the controlling terminal of the first process)",
+            )),
+            libc::S_IFCHR if tty.is_some() => {
+                Err(refuse("a terminal that is not the job's (ckpt --shell-job carries the job's terminal only)"))
+            }
+            libc::S_IFCHR if target == "/dev/ptmx" || target.starts_with("/dev/pts/ptmx") => {
+                Err(refuse("a pseudo-terminal master, which crs does not restore yet"))
+            }
             libc::S_IFCHR => Err(refuse("a character device")),
             libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target) => Ok(KIND_FIFO),
             libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
@@ -422,6 +450,7 @@ pub fn decode_one(d: &mut Dec) -> CrfResult<Fd> {
         || (f.kind == KIND_EVENTFD && (f.id.mode > 1 || f.pos == u64::MAX))
         || (f.kind == KIND_STDIO && f.fd > 2)
         || ((f.kind <= KIND_DEV || f.kind == KIND_FIFO) && !f.id.path.starts_with('/'))
+        || (f.kind == KIND_TTY && !super::terminal::named_like_one(&f.id.path))
     {
         return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
     }
@@ -476,6 +505,8 @@ pub struct Inherited<'a> {
     /// Unix socket pairs' ends and listening unix sockets: (the socket's inode in the image,
     /// the inherited fd).
     pub sockets: &'a [(u64, i32)],
+    /// Where an fd on the job's terminal is opened (rstrt --shell-job: rstrt's terminal).
+    pub terminal: Option<&'a str>,
 }
 
 pub fn restore(
@@ -569,6 +600,13 @@ pub fn restore(
             KIND_PIPE | KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_INOTIFY | KIND_UNIXNEW => {
                 (kind_name(f.kind), f.flags)
             }
+            KIND_TTY if f.id.path == "/dev/tty" => ("/dev/tty", f.flags),
+            KIND_TTY => (
+                inherited.terminal.ok_or_else(|| {
+                    Error::Refused(format!("fd {} is on its terminal, and the restore has none to give it", f.fd))
+                })?,
+                f.flags,
+            ),
             _ => (f.id.path.as_str(), f.flags),
         };
         let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
@@ -691,7 +729,7 @@ mod tests {
     #[test]
     fn scan_self_sees_our_files() {
         let f = fs::File::open("/dev/null").unwrap();
-        let fds = scan(std::process::id() as i32, &Stubs::default(), &[]);
+        let fds = scan(std::process::id() as i32, &Stubs::default(), &[], false);
         // The test harness may hold sockets or pipes of its own: then scan refuses, by name.
         match fds {
             Ok(v) => assert!(v.iter().any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")),

@@ -12,8 +12,8 @@
 
 use super::{
     caps, clocks, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory,
-    pending, pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, thp, thread, timerfd, tree, treeshm,
-    unixpairs,
+    pending, pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, terminal, thp, thread, timerfd, tree,
+    treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ pub struct ProcessState {
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME when the processes were frozen (the first
     /// process's block carries them; none in an image of an older crs).
     pub clocks: Option<clocks::Clocks>,
+    /// The job's terminal (`ckpt --shell-job`; the first process's block carries it).
+    pub terminal: Option<terminal::Terminal>,
     /// The pipes between processes of the tree, with their unread bytes (the first process's
     /// block carries them): a restore makes them before it creates the processes, which
     /// inherit them.
@@ -191,6 +193,7 @@ pub mod tags {
     pub const SECCOMP: Tag = Tag(35);
     pub const CAPS: Tag = Tag(36);
     pub const CLOCKS: Tag = Tag(37);
+    pub const TERMINAL: Tag = Tag(38);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -238,6 +241,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.clocks, clocks::decode(b, at)),
         describe: |v| v.st.clocks.iter().flat_map(clocks::describe).collect(),
         ..only_if(tags::CLOCKS, "CLOCKS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| st.terminal.iter().map(terminal::encode).collect(),
+        decode: |b, at, st| set(&mut st.terminal, terminal::decode(b, at)),
+        describe: |v| v.st.terminal.iter().flat_map(terminal::describe).collect(),
+        ..only_if(tags::TERMINAL, "TERMINAL")
     },
     &SectionDef {
         scope: Scope::Image,

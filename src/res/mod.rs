@@ -32,6 +32,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sysv;
 pub mod task;
+pub mod terminal;
 pub mod thp;
 pub mod thread;
 pub mod timerfd;

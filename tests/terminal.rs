@@ -1,0 +1,245 @@
+//! Shell jobs on a terminal (ckpt/rstrt --shell-job), with tmux as the terminal: vim and less
+//! checkpointed in one pane and restarted in a pane of another size, where they redraw and
+//! take keys; a bash job printing a counter moved between panes, then ^Z and `fg` there.
+//! Everything is judged from what the panes show and what the programs write.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A tmux server of the test's own, its panes running `bash --norc` with a prompt of "$ ".
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(name: &str) -> Option<Tmux> {
+        if !require(Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()), "tmux") {
+            return None;
+        }
+        Some(Tmux { socket: format!("crs-{name}-{}", std::process::id()) })
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]).args(args);
+        // The server (started by the first command) and the panes hold nothing of ours.
+        close_extra_fds(&mut c);
+        let o = c.output().expect("tmux");
+        assert!(o.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A session (one pane) of `cols` x `rows` running a plain bash.
+    fn pane(&self, name: &str, cols: u16, rows: u16) -> String {
+        let (c, r) = (cols.to_string(), rows.to_string());
+        self.cmd(&["new-session", "-d", "-s", name, "-x", &c, "-y", &r, "env PS1='$ ' bash --norc --noprofile"]);
+        self.wait(name, |s| s.contains("$ "), "a prompt");
+        name.to_string()
+    }
+
+    fn keys(&self, pane: &str, keys: &[&str]) {
+        self.cmd(&[&["send-keys", "-t", pane], keys].concat());
+    }
+
+    fn type_line(&self, pane: &str, line: &str) {
+        self.cmd(&["send-keys", "-t", pane, "-l", line]);
+        self.keys(pane, &["Enter"]);
+    }
+
+    fn screen(&self, pane: &str) -> String {
+        self.cmd(&["capture-pane", "-p", "-J", "-t", pane])
+    }
+
+    /// Waits (bounded) until the pane's screen satisfies `ok`; returns that screen.
+    fn wait(&self, pane: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen(pane);
+            if ok(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < TIMEOUT, "pane {pane} never showed {what}; it shows:\n{s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of the program the pane's shell runs in the foreground.
+    fn job(&self, pane: &str, comm: &str) -> i32 {
+        let shell: i32 = self.cmd(&["display-message", "-p", "-t", pane, "#{pane_pid}"]).trim().parse().unwrap();
+        let t0 = Instant::now();
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+                if std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == comm) {
+                    return k;
+                }
+            }
+            assert!(t0.elapsed() < TIMEOUT, "pane {pane} runs no {comm}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+    }
+}
+
+/// Waits until no process has pid `pid` (a killed job's member, reaped by init).
+fn wait_free(pid: i32) {
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < TIMEOUT, "pid {pid} never went");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ckpt_job(pid: i32, img: &Path) {
+    ckpt(&["--shell-job", "-k", "-o", img.to_str().unwrap(), &pid.to_string()]);
+    wait_free(pid);
+}
+
+#[test]
+fn vim_moves_to_a_bigger_pane_redraws_and_takes_keys() {
+    let Some(t) = Tmux::new("vim") else { return };
+    if !require(Path::new("/usr/bin/vim.tiny").exists(), "vim.tiny (Debian's vim-tiny)") {
+        return;
+    }
+    let dir = tmpdir("term-vim");
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "line one\nline two\n").unwrap();
+    let img = dir.join("vim.crf");
+    let a = t.pane("a", 80, 24);
+    let b = t.pane("b", 100, 30);
+    t.type_line(&a, &format!("vim.tiny -u NONE -N -n {}", file.display()));
+    t.wait(&a, |s| s.contains("line two"), "the file");
+    // An edit not yet written: it lives only in vim's memory.
+    t.keys(&a, &["ihello ", "Escape"]);
+    t.wait(&a, |s| s.contains("hello line one"), "the edit");
+    let vim = t.job(&a, "vim.tiny");
+    ckpt_job(vim, &img);
+
+    t.type_line(&b, &format!("{} rstrt --shell-job {}; echo rstrt-said=$?", crs(), img.display()));
+    // vim learns the new size (SIGWINCH) and redraws everything: the edit, and the 30-row
+    // screen filled with "~" below the two lines (27 of them: 30 less two lines and the last).
+    let s = t.wait(
+        &b,
+        |s| s.contains("hello line one") && s.lines().filter(|l| l.starts_with('~')).count() == 27,
+        "vim redrawn at 30 rows",
+    );
+    assert!(!s.contains("rstrt-said"), "{s}");
+    // Keys reach it at once, in the terminal mode it had (raw: no echo, no line buffering).
+    t.keys(&b, &["A", "-appended", "Escape"]);
+    let s = t.wait(&b, |s| s.lines().next() == Some("hello line one-appended"), "the keys taken");
+    assert!(!s.contains("^["), "the terminal echoed the keys:\n{s}");
+    t.keys(&b, &[":wq", "Enter"]);
+    t.wait(&b, |s| s.contains("rstrt-said=0"), "vim ending, and rstrt with it");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello line one-appended\nline two\n");
+}
+
+#[test]
+fn less_needs_the_option_then_moves_to_another_pane() {
+    let Some(t) = Tmux::new("less") else { return };
+    if !require(Path::new("/usr/bin/less").exists(), "less") {
+        return;
+    }
+    let dir = tmpdir("term-less");
+    let file = dir.join("numbers.txt");
+    std::fs::write(&file, (1..=300).map(|n| format!("{n}\n")).collect::<String>()).unwrap();
+    let img = dir.join("less.crf");
+    let a = t.pane("a", 80, 24);
+    let b = t.pane("b", 90, 30);
+    t.type_line(&a, &format!("less {}", file.display()));
+    t.wait(&a, |s| s.lines().next() == Some("1"), "the top of the file");
+    t.keys(&a, &["j", "j", "j", "j", "j"]);
+    t.wait(&a, |s| s.lines().next() == Some("6"), "line 6 at the top");
+    let less = t.job(&a, "less");
+    // less reads keys from the terminal on fd 3: only --shell-job carries that.
+    let o = run(&["ckpt", "--check", &less.to_string()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.contains("fd 3 is its controlling terminal") && out.contains("--shell-job"), "{out}");
+    ckpt_job(less, &img);
+    // Restored without the option, it is refused, naming it, and nothing runs.
+    t.type_line(&b, &format!("{} rstrt {}; echo rstrt-said=$?", crs(), img.display()));
+    let s = t.wait(&b, |s| s.contains("rstrt-said=3"), "rstrt's refusal");
+    assert!(s.contains("rstrt --shell-job puts it on rstrt's"), "{s}");
+    t.type_line(&b, "clear");
+    t.wait(&b, |s| !s.contains("rstrt-said"), "a clear screen");
+    t.type_line(&b, &format!("{} rstrt --shell-job {}; echo rstrt-said=$?", crs(), img.display()));
+    // Redrawn at the new height: lines 6 to 34 and less's prompt.
+    let s = t.wait(&b, |s| s.lines().next() == Some("6") && s.contains("\n34\n"), "less redrawn at 30 rows");
+    assert!(!s.contains("\n35\n"), "{s}");
+    t.keys(&b, &["j"]);
+    t.wait(&b, |s| s.lines().next() == Some("7") && s.contains("\n35\n"), "a key that scrolled");
+    t.keys(&b, &["q"]);
+    t.wait(&b, |s| s.contains("rstrt-said=0"), "less ending, and rstrt with it");
+}
+
+/// The last "n=K" a pane shows.
+fn last_count(screen: &str) -> Option<u64> {
+    screen.lines().rev().find_map(|l| l.trim().strip_prefix("n=")?.parse().ok())
+}
+
+#[test]
+fn a_counting_job_moves_panes_then_stops_and_goes_on_with_job_control() {
+    let Some(t) = Tmux::new("job") else { return };
+    let dir = tmpdir("term-job");
+    let img = dir.join("job.crf");
+    let a = t.pane("a", 80, 24);
+    let b = t.pane("b", 80, 24);
+    // A job of two processes: bash and the sleep it waits for.
+    t.type_line(&a, "bash -c 'i=0; while :; do echo n=$i; i=$((i+1)); sleep 0.1; done'");
+    t.wait(&a, |s| last_count(s).is_some_and(|n| n >= 3), "the count");
+    let job = t.job(&a, "bash");
+    let sleeper = std::fs::read_to_string(format!("/proc/{job}/task/{job}/children")).unwrap_or_default();
+    ckpt_job(job, &img);
+    let last = last_count(&t.screen(&a)).unwrap();
+    for p in sleeper.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        wait_free(p);
+    }
+    t.type_line(&b, &format!("{} rstrt --shell-job {}", crs(), img.display()));
+    // It goes on from where it was, not from 0.
+    let s = t.wait(&b, |s| last_count(s).is_some_and(|n| n >= last + 3), "the count going on");
+    let first = s.lines().find_map(|l| l.trim().strip_prefix("n=")?.parse::<u64>().ok());
+    assert_eq!(first, Some(last + 1), "{s}");
+    // ^Z stops the whole job (rstrt with it): the shell says so and the count stands still.
+    t.keys(&b, &["C-z"]);
+    let s = t.wait(&b, |s| s.contains("Stopped"), "the job stopped");
+    let stopped = last_count(&s).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(last_count(&t.screen(&b)), Some(stopped), "the count went on while stopped");
+    // fg: it goes on in the foreground, and ^C ends it.
+    t.type_line(&b, "fg");
+    t.wait(&b, |s| last_count(s).is_some_and(|n| n >= stopped + 3), "the count going on after fg");
+    t.keys(&b, &["C-c"]);
+    t.type_line(&b, "echo rstrt-said=$?");
+    t.wait(&b, |s| s.contains("rstrt-said=130"), "the job ended by ^C");
+}
+
+#[test]
+fn shell_job_without_a_terminal_is_refused_by_name() {
+    let dir = tmpdir("term-none");
+    // A process with no controlling terminal (its own session, stdio on pipes).
+    let mut c = Command::new("setsid");
+    c.args(["sleep", "100"]);
+    let mut p = Proc::spawn(c);
+    let pid = p.child.id() as i32;
+    let o = run(&["ckpt", "--shell-job", "-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no controlling terminal"), "{}", stderr(&o));
+    // An image of it, restored with --shell-job by an rstrt that has no terminal.
+    ckpt(&["-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
+    let mut r = Command::new("setsid");
+    r.args([crs(), "rstrt", "--shell-job", dir.join("x.crf").to_str().unwrap()]);
+    close_extra_fds(&mut r);
+    let o = r.output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rstrt has none"), "{}", stderr(&o));
+    p.kill();
+}
