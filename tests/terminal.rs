@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -242,4 +243,102 @@ fn shell_job_without_a_terminal_is_refused_by_name() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("rstrt has none"), "{}", stderr(&o));
     p.kill();
+}
+
+/// Every descendant of `pid`, and `pid`.
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        i += 1;
+    }
+    out
+}
+
+/// What the driver prints once told "go": the lines from its master, then bash's status.
+fn driven(p: &mut Proc, pts: &str) {
+    p.send("go\n");
+    p.expect("master: out-before");
+    p.expect("master: typed-ahead");
+    p.expect(&format!("master: got:typed-ahead ({pts})"));
+    p.expect("bash ended 0");
+}
+
+#[test]
+fn a_pty_pair_with_bytes_in_flight_both_ways_runs_on_and_comes_back() {
+    if !require(is_root(), "root (to restore the pids bash and python know each other by)") {
+        return;
+    }
+    let dir = tmpdir("term-pty");
+    let img = dir.join("pty.crf");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/ptydriver.py");
+    let mut c = Command::new("python3");
+    c.arg(&script);
+    let mut p = Proc::spawn(c);
+    let ready = p.expect("ready");
+    let pts = ready.trim_start_matches("ready ").trim().to_string();
+    let pid = p.child.id() as i32;
+    let members = tree_of(pid);
+    // Its slave open outside the tree too: the pair is not the checkpoint's alone.
+    let outsider = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOCTTY).open(&pts).unwrap();
+    let o = run(&["ckpt", "--check", &pid.to_string()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let me = format!("is open in pid {}", std::process::id());
+    assert!(o.status.code() == Some(3) && out.contains(&me) && out.contains("outside the checkpoint"), "{out}");
+    drop(outsider);
+    ckpt(&["-o", img.to_str().unwrap(), &pid.to_string()]);
+    // The line bash wrote (and the echo of the one typed) and the line typed to it were read
+    // out of the pair...
+    let info = String::from_utf8_lossy(&run(&["crfinfo", img.to_str().unwrap()]).stdout).into_owned();
+    let pty = info.lines().find(|l| l.starts_with("pty:")).unwrap_or_else(|| panic!("{info}"));
+    assert!(pty.contains(&format!("{pts} (")), "{pty}");
+    assert!(pty.contains("12 bytes typed and 25 shown unread"), "{pty}");
+    assert!(pty.contains("terminal of session"), "{pty}");
+    // ...and put back: the original runs on and finds them there.
+    driven(&mut p, &pts);
+    assert!(p.wait().success());
+    for m in members {
+        wait_free(m);
+    }
+    // Restored, the pair has its number, its bytes in flight and its session again.
+    let mut again = rstrt(&[img.to_str().unwrap()]);
+    driven(&mut again, &pts);
+    assert!(again.wait().success());
+}
+
+#[test]
+fn a_tmux_server_with_its_shells_moves_whole() {
+    let Some(t) = Tmux::new("server") else { return };
+    let dir = tmpdir("term-tmux");
+    let img = dir.join("tmux.crf");
+    let a = t.pane("a", 80, 24);
+    t.type_line(&a, "i=0; while :; do echo n=$i; i=$((i+1)); sleep 0.1; done");
+    t.cmd(&["split-window", "-t", &a, "env PS1='$ ' bash --norc --noprofile"]);
+    let (left, right) = (format!("{a}.0"), format!("{a}.1"));
+    t.wait(&right, |s| s.contains("$ "), "the second pane's prompt");
+    // A line half typed in the second pane: readline holds it.
+    t.keys(&right, &["echo", " half-typed"]);
+    t.wait(&right, |s| s.contains("echo half-typed"), "the half-typed line");
+    t.wait(&left, |s| last_count(s).is_some_and(|n| n >= 3), "the count");
+    let server: i32 = t.cmd(&["display-message", "-p", "#{pid}"]).trim().parse().unwrap();
+    let members = tree_of(server);
+    let o = run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &server.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for m in &members {
+        wait_free(*m);
+    }
+    let o = run(&["rstrt", "-d", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert_eq!(back, server, "{}", stderr(&o));
+    // A new client finds the server at its socket, with its panes, their screens and shells.
+    let before = last_count(&t.screen(&left)).unwrap();
+    let s = t.wait(&left, |s| last_count(s).is_some_and(|n| n >= before + 3), "the count going on");
+    assert!(s.contains("n=0") || s.lines().filter(|l| l.starts_with("n=")).count() > 5, "{s}");
+    t.keys(&right, &[" now", "Enter"]);
+    t.wait(&right, |s| s.lines().any(|l| l == "half-typed now"), "the half-typed line ended and run");
+    t.cmd(&["kill-server"]);
 }

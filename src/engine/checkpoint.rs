@@ -119,6 +119,7 @@ fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
         }
     }
     why.extend(tree::check(&all));
+    why.extend(crate::res::ptys::outside(&pids, &crate::res::ptys::masters(&pids)));
     if opts.shell_job && crate::res::terminal::controlling(pid).is_none() {
         why.push("it has no controlling terminal (--shell-job is for a job run from a terminal)".into());
     }
@@ -231,6 +232,8 @@ fn frozen_checkpoint<W: Sink>(
     let t0 = Instant::now();
     let mut procs: Vec<Frozen> = Vec::new();
     let mut zombies = 0;
+    // Pty pairs whose bytes in flight were read out, to be put back if the processes run on.
+    let mut drained = Vec::new();
     let result = (|| {
         let members = freeze_tree(pid, opts.alone, &mut procs)?;
         let clocks = crate::res::clocks::read();
@@ -260,6 +263,7 @@ fn frozen_checkpoint<W: Sink>(
         }
         states[0].clocks = Some(clocks);
         states[0].terminal = job_terminal(&states)?;
+        states[0].ptys = pty_pairs(&states, &members, &pids, &mut drained)?;
         if members.len() > 1 {
             states[0].tree = members;
             states[0].tree_pipes = tree_pipes(&mut states);
@@ -281,6 +285,11 @@ fn frozen_checkpoint<W: Sink>(
     })();
     let frozen = t0.elapsed();
     let mut restored = Ok(());
+    if !(opts.kill && result.is_ok()) {
+        for d in &drained {
+            restored = restored.and(d.put_back());
+        }
+    }
     for p in &procs {
         restored = restored.and(p.put_back());
     }
@@ -382,6 +391,31 @@ fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tr
     }
     procs.sort_by_key(|p| order.iter().position(|&x| x == p.t.pid));
     Ok(out)
+}
+
+/// The pty pairs the processes hold whole, read out (see res::ptys) onto `drained`.
+fn pty_pairs(
+    states: &[ProcessState],
+    members: &[tree::Member],
+    pids: &[i32],
+    drained: &mut Vec<crate::res::ptys::Drained>,
+) -> Result<Vec<crate::res::ptys::Pty>> {
+    use crate::res::ptys;
+    let mut holders: Vec<(i32, i32, u32)> = Vec::new();
+    for st in states {
+        let ptmx = st.files.iter().filter(|f| f.kind == files::KIND_PTMX);
+        holders.extend(ptmx.map(|f| (st.head.pid, f.fd, f.id.ino as u32)));
+    }
+    if holders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut numbers: Vec<u32> = holders.iter().map(|h| h.2).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    Error::blocked(pids[0], ptys::outside(pids, &numbers))?;
+    let live: Vec<(i32, i32, i32)> =
+        members.iter().filter(|m| m.zombie.is_none()).map(|m| (m.pid, m.pgid, m.sid)).collect();
+    ptys::collect(&holders, &live, drained)
 }
 
 /// The state of the job's terminal, read through the first fd found on it (`--shell-job`).

@@ -77,11 +77,28 @@ fn with<T>(p: &mut Proc, f: impl FnOnce(&mut Ctl) -> Result<T>) -> Result<T> {
     r
 }
 
+/// A pty made again that is the controlling terminal of a session of the tree.
+pub struct Ctty {
+    /// The image's pid of the session's leader.
+    pub session: i32,
+    /// The slave's path here.
+    pub path: String,
+    /// The session's foreground group (the image's pid; 0: none).
+    pub foreground: i32,
+}
+
 /// Creates the processes of `members` (the image's tree, parents first; one member for an
 /// image of one process). The first is a child of ours; `own_session` makes it a session
 /// leader (it was one, or it is to be detached). With `require_pid`, a pid that cannot be had
-/// fails the restore; otherwise it is said in `notes`.
-pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &mut Vec<String>) -> Result<Family> {
+/// fails the restore; otherwise it is said in `notes`. A session leader of `ctty` takes its
+/// terminal as soon as it leads its session, before it forks: its children inherit it.
+pub fn create(
+    members: &[Member],
+    require_pid: bool,
+    own_session: bool,
+    ctty: &[Ctty],
+    notes: &mut Vec<String>,
+) -> Result<Family> {
     let root = members.first().ok_or_else(|| Error::Refused("the image holds no process".into()))?;
     let (pid, pid_note) = spawn_child(root.pid, require_pid)?;
     let mut early = ChildGuard { pid, armed: true };
@@ -91,6 +108,7 @@ pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &
     let mut fam = Family { procs: vec![first], armed: true };
     if own_session {
         with(&mut fam.procs[0], |c| c.setsid())?;
+        take_terminal(&mut fam.procs[0], ctty)?;
     }
     for m in &members[1..] {
         let pi = fam.procs.iter().position(|p| p.original == m.ppid).ok_or_else(|| {
@@ -101,7 +119,7 @@ pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &
             notes.push(format!("pid {} runs as pid {}: {n}", m.pid, child.t.pid));
         }
         if m.sid == m.pid {
-            let r = with(&mut child, |c| c.setsid());
+            let r = with(&mut child, |c| c.setsid()).and_then(|_| take_terminal(&mut child, ctty));
             fam.procs.push(child);
             r?;
         } else {
@@ -109,6 +127,7 @@ pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &
         }
     }
     groups(&mut fam, members)?;
+    foregrounds(&mut fam, members, ctty)?;
     // The zombies last: each exits with its status, now that every group it led was joined.
     for m in members.iter().filter(|m| m.zombie.is_some()) {
         if let Some(i) = fam.procs.iter().position(|p| p.original == m.pid) {
@@ -119,16 +138,62 @@ pub fn create(members: &[Member], require_pid: bool, own_session: bool, notes: &
     Ok(fam)
 }
 
+/// Gives `p` a page of its own for the arguments of the calls run in it.
+fn scratch(p: &mut Proc) -> Result<()> {
+    if p.scratch.is_none() {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let at = with(p, |c| c.mmap(RemoteAddr(0), PAGE_SIZE as u64, rw, fl, None, 0, "call arguments"))?;
+        p.scratch = Some(at);
+    }
+    Ok(())
+}
+
+/// `p` has just made its session: if a pty of `ctty` was that session's terminal, it opens it
+/// (a session leader without a terminal takes the first it opens) and closes it again.
+fn take_terminal(p: &mut Proc, ctty: &[Ctty]) -> Result<()> {
+    let Some(t) = ctty.iter().find(|t| t.session == p.original) else { return Ok(()) };
+    scratch(p)?;
+    let what = format!("{} (the terminal of session {})", t.path, p.original);
+    with(p, |c| {
+        let fd = c.open(&t.path, libc::O_RDWR | libc::O_CLOEXEC, &what)?;
+        c.close(fd, &what)
+    })
+}
+
+/// Gives each session's terminal of `ctty` its foreground group, once every group exists.
+fn foregrounds(fam: &mut Family, members: &[Member], ctty: &[Ctty]) -> Result<()> {
+    for t in ctty.iter().filter(|t| t.foreground != 0) {
+        let Some(leader) = fam.procs.iter().position(|p| p.original == t.session) else { continue };
+        let group = if t.foreground == members[0].pgid {
+            procfs::read_stat(fam.procs[0].t.pid)?.pgid
+        } else {
+            match fam.procs.iter().find(|p| p.original == t.foreground) {
+                Some(p) => p.t.pid,
+                None => continue,
+            }
+        };
+        let p = &mut fam.procs[leader];
+        scratch(p)?;
+        let what = format!("{} (foreground group {group})", t.path);
+        with(p, |c| {
+            let fd = c.open(&t.path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, &what)?;
+            let r = c.ioctl_in_raw(fd, libc::TIOCSPGRP, &group.to_le_bytes())?;
+            c.close(fd, &what)?;
+            if r < 0 {
+                return Err(Error::sys("ioctl(TIOCSPGRP)", what.as_str(), Errno::from_raw(-r as i32)));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Has `parent` fork a child with pid `want` (when it can be had), traced and stopped before it
 /// runs anything: a copy of `parent`, which is still a copy of rstrt.
 fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
     parent.t.trace_forks()?;
-    if parent.scratch.is_none() {
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-        let at = with(parent, |c| c.mmap(RemoteAddr(0), PAGE_SIZE as u64, rw, fl, None, 0, "clone3 arguments"))?;
-        parent.scratch = Some(at);
-    }
+    scratch(parent)?;
     let tid_at = parent.scratch.map_or(0, |a| a.0 + 128);
     let args = |set_tid: bool| {
         let mut e = crate::crf::Enc::new();

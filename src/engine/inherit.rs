@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
-use crate::res::{creds, deleted, fileid, memfd, pipes, sysv, treeshm, unixpairs};
+use crate::res::{creds, deleted, fileid, memfd, pipes, ptys, sysv, treeshm, unixpairs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Default)]
@@ -30,6 +30,10 @@ pub struct Made {
     pub ipc: Option<sysv::Made>,
     /// Where the job's terminal fds are opened (rstrt --shell-job: rstrt's terminal).
     terminal: Option<String>,
+    /// The pty pairs: (the image's number, master fd, the slave's path here).
+    pub ptys: Vec<(u32, i32, String)>,
+    /// Their slaves, held until the restore ends (a pair whose slave no one holds reads EIO).
+    slaves: Vec<OwnedFd>,
 }
 
 impl Made {
@@ -56,6 +60,11 @@ impl Made {
             m.owned.push(fd);
         }
         let _as_owner = creds::AsOwner::enter(&st.head)?;
+        for p in ptys::create_here(&st.ptys, notes)? {
+            m.ptys.push((p.index, p.master.as_raw_fd(), p.path));
+            m.owned.push(p.master);
+            m.slaves.push(p.slave);
+        }
         for l in &st.unix_listening {
             let fd = unixpairs::listen_here(l)?;
             m.sockets.push((l.ino, fd.as_raw_fd()));
@@ -114,6 +123,11 @@ impl Made {
                 }
                 _ if d.file.kind == files::KIND_TTY && d.file.id.path == "/dev/tty" => Some("/dev/tty".into()),
                 _ if d.file.kind == files::KIND_TTY => terminal.map(str::to_string),
+                // Opened here on the slave itself, /dev/tty too (ours is another terminal).
+                _ if d.file.kind == files::KIND_PTS => {
+                    let n = ptys::slave_index(d.file.id.rdev);
+                    m.ptys.iter().find(|p| Some(p.0) == n).map(|p| p.2.clone())
+                }
                 _ => None,
             };
             files::check(std::slice::from_ref(&d.file), same_boot)?;
@@ -143,6 +157,13 @@ impl Made {
     /// What `files::restore` takes from it, for a process holding `descs` (see `descs_of`).
     pub fn for_files<'a>(&'a self, descs: &'a [(i32, i32)]) -> Inherited<'a> {
         let terminal = self.terminal.as_deref();
-        Inherited { pipes: &self.pipes, descs, deleted: &self.remade, sockets: &self.sockets, terminal }
+        Inherited {
+            pipes: &self.pipes,
+            descs,
+            deleted: &self.remade,
+            sockets: &self.sockets,
+            terminal,
+            ptys: &self.ptys,
+        }
     }
 }

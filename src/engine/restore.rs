@@ -204,7 +204,17 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         })?;
         crate::res::clocks::enter_namespace(&c)?;
     }
-    let family = family::create(&tree, opts.require_pid, own_session, &mut notes);
+    // The sessions whose terminal is a pty the restorer made again.
+    let ctty: Vec<family::Ctty> = st
+        .ptys
+        .iter()
+        .filter(|p| p.session != 0)
+        .filter_map(|p| {
+            let made = made.ptys.iter().find(|m| m.0 == p.index)?;
+            Some(family::Ctty { session: p.session, path: made.2.clone(), foreground: p.foreground })
+        })
+        .collect();
+    let family = family::create(&tree, opts.require_pid, own_session, &ctty, &mut notes);
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;

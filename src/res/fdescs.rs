@@ -45,7 +45,7 @@ pub fn collect(procs: &[(i32, &[Fd])]) -> Result<Vec<Desc>> {
     // Candidates: the files and directories with the same inode (a description has one).
     let mut all: Vec<(i32, &Fd)> = Vec::new();
     for &(pid, fds) in procs {
-        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY];
+        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY, files::KIND_PTS];
         all.extend(fds.iter().filter(|f| kinds.contains(&f.kind)).map(|f| (pid, f)));
     }
     let mut taken = vec![false; all.len()];
@@ -88,7 +88,7 @@ pub fn held_by(pid: i32, descs: &[Desc], opened: &[i32]) -> Vec<(i32, i32)> {
 pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     let f = &d.file;
     let what = format!("fd {} {}", f.fd, f.id.path);
-    if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD | files::KIND_TTY) && via.is_none() {
+    if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD | files::KIND_TTY | files::KIND_PTS) && via.is_none() {
         return Err(Error::Refused(format!("{what}: the image does not hold this file: it is damaged")));
     }
     let keep = !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
@@ -142,7 +142,8 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Desc>> {
         let file = files::decode_one(&mut d)?;
         let m = d.count(8)?;
         if !(2..=MAX_HOLDERS).contains(&m)
-            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY].contains(&file.kind)
+            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY, files::KIND_PTS]
+                .contains(&file.kind)
         {
             return Err(d.bad_at(rec, format!("a description of kind {} held {m} times", file.kind)));
         }

@@ -56,7 +56,12 @@ pub const KIND_UNIXNEW: u8 = 18;
 /// An fd on the job's controlling terminal (`ckpt --shell-job`; its state: TERMINAL):
 /// `id.path` is its /proc link (/dev/pts/3, or /dev/tty), `id.rdev` the terminal's device.
 pub const KIND_TTY: u8 = 19;
-const KIND_LAST: u8 = KIND_TTY;
+/// The master of a pty pair the checkpoint holds whole (PTYS, by its number `id.ino`).
+pub const KIND_PTMX: u8 = 20;
+/// The slave of a pty pair the checkpoint holds whole: `id.path` its link (/dev/pts/N, or
+/// /dev/tty), `id.rdev` its device (whose minor is the pair's number).
+pub const KIND_PTS: u8 = 21;
+const KIND_LAST: u8 = KIND_PTS;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -134,6 +139,8 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_MEMFD => "memfd",
         KIND_UNIXNEW => "new socket",
         KIND_TTY => "terminal",
+        KIND_PTMX => "pty master",
+        KIND_PTS => "pty slave",
         _ => "?",
     }
 }
@@ -170,6 +177,8 @@ pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<Ve
 /// `pid` holds it whole).
 pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<(Vec<Fd>, Vec<String>)> {
     let job = super::terminal::controlling(tree.first().copied().unwrap_or(pid));
+    // The numbers of the ptys whose masters the tree holds, looked up at the first slave.
+    let masters = std::cell::OnceCell::new();
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -230,6 +239,23 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Resul
             .flatten()
             .filter(|id| id.file_type() == libc::S_IFCHR)
             .map(|id| FileId { rdev: super::terminal::device(pid, fd, &target, id.rdev), ..id });
+        // A pty pair whose master the tree holds: its own, whatever the job's terminal is.
+        let ptmx = super::ptys::is_master(&target).then(|| super::ptys::master_index(&info)).flatten();
+        let pts = tty.as_ref().and_then(|id| super::ptys::slave_index(id.rdev)).filter(|n| {
+            let tree = if tree.is_empty() { std::slice::from_ref(&pid) } else { tree };
+            masters.get_or_init(|| super::ptys::masters(tree)).contains(n)
+        });
+        if !stubs.fds.contains(&fd) {
+            if let Some(n) = ptmx {
+                let id = FileId { path: target, ino: n as u64, ..Default::default() };
+                out.push(Fd { fd, kind: KIND_PTMX, flags, cloexec, pos: 0, id });
+                continue;
+            }
+            if let (Some(_), Some(id)) = (pts, tty.clone()) {
+                out.push(Fd { fd, kind: KIND_PTS, flags, cloexec, pos: 0, id: FileId { path: target, ..id } });
+                continue;
+            }
+        }
         let on_job = tty.as_ref().is_some_and(|id| Some(id.rdev) == job);
         if stubs.fds.contains(&fd) || (stubs.outside && !stdio && !(on_job && shell_job) && outside()) {
             let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
@@ -451,6 +477,10 @@ pub fn decode_one(d: &mut Dec) -> CrfResult<Fd> {
         || (f.kind == KIND_STDIO && f.fd > 2)
         || ((f.kind <= KIND_DEV || f.kind == KIND_FIFO) && !f.id.path.starts_with('/'))
         || (f.kind == KIND_TTY && !super::terminal::named_like_one(&f.id.path))
+        || (f.kind == KIND_PTMX && (!super::ptys::is_master(&f.id.path) || f.id.ino >= 1 << 20))
+        || (f.kind == KIND_PTS
+            && (super::ptys::slave_index(f.id.rdev).is_none()
+                || !(f.id.path == "/dev/tty" || f.id.path.starts_with("/dev/pts/"))))
     {
         return Err(d.bad_at(rec, format!("invalid fd record (fd {}, kind {})", f.fd, f.kind)));
     }
@@ -507,6 +537,16 @@ pub struct Inherited<'a> {
     pub sockets: &'a [(u64, i32)],
     /// Where an fd on the job's terminal is opened (rstrt --shell-job: rstrt's terminal).
     pub terminal: Option<&'a str>,
+    /// The pty pairs made again: (the image's number, the inherited master, the slave's path).
+    pub ptys: &'a [(u32, i32, String)],
+}
+
+impl Inherited<'_> {
+    /// Where the slave of the image's pty `n` is here.
+    pub fn pts(&self, n: u32) -> Result<&str> {
+        let p = self.ptys.iter().find(|p| p.0 == n);
+        p.map(|p| p.2.as_str()).ok_or_else(|| Error::Refused(format!("the image holds no pty {n}: it is damaged")))
+    }
 }
 
 pub fn restore(
@@ -555,6 +595,15 @@ pub fn restore(
         let what = format!("fd {} (socket:[{}])", f.fd, f.id.ino);
         descs.push((f.fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
     }
+    // Each pty master, dup'ed above for each fd that held it.
+    for f in fds.iter().filter(|f| f.kind == KIND_PTMX) {
+        let p = inherited.ptys.iter().find(|p| p.0 as u64 == f.id.ino);
+        let &(_, raw, _) = p.ok_or_else(|| {
+            Error::Refused(format!("fd {} is pty {} of which the image holds nothing: it is damaged", f.fd, f.id.ino))
+        })?;
+        let what = format!("fd {} (pty master {})", f.fd, f.id.ino);
+        descs.push((f.fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
+    }
     // Everything else it inherited goes (the copies above were not there yet).
     for n in have.into_iter().filter(|&n| !keep(n)) {
         c.close(n, &format!("fd {n}"))?;
@@ -600,7 +649,8 @@ pub fn restore(
             KIND_PIPE | KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_INOTIFY | KIND_UNIXNEW => {
                 (kind_name(f.kind), f.flags)
             }
-            KIND_TTY if f.id.path == "/dev/tty" => ("/dev/tty", f.flags),
+            KIND_TTY | KIND_PTS if f.id.path == "/dev/tty" => ("/dev/tty", f.flags),
+            KIND_PTS => (inherited.pts(super::ptys::slave_index(f.id.rdev).unwrap_or(u32::MAX))?, f.flags),
             KIND_TTY => (
                 inherited.terminal.ok_or_else(|| {
                     Error::Refused(format!("fd {} is on its terminal, and the restore has none to give it", f.fd))

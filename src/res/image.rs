@@ -12,8 +12,8 @@
 
 use super::{
     caps, clocks, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory,
-    pending, pipes, ptimers, regs, rlimits, sched, seccomp, signals, sysv, task, terminal, thp, thread, timerfd, tree,
-    treeshm, unixpairs,
+    pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, terminal, thp, thread, timerfd,
+    tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -32,6 +32,9 @@ pub struct ProcessState {
     pub clocks: Option<clocks::Clocks>,
     /// The job's terminal (`ckpt --shell-job`; the first process's block carries it).
     pub terminal: Option<terminal::Terminal>,
+    /// The pty pairs the image's processes hold whole (the first process's block carries
+    /// them).
+    pub ptys: Vec<ptys::Pty>,
     /// The pipes between processes of the tree, with their unread bytes (the first process's
     /// block carries them): a restore makes them before it creates the processes, which
     /// inherit them.
@@ -194,6 +197,7 @@ pub mod tags {
     pub const CAPS: Tag = Tag(36);
     pub const CLOCKS: Tag = Tag(37);
     pub const TERMINAL: Tag = Tag(38);
+    pub const PTYS: Tag = Tag(39);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -249,6 +253,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.terminal, terminal::decode(b, at)),
         describe: |v| v.st.terminal.iter().flat_map(terminal::describe).collect(),
         ..only_if(tags::TERMINAL, "TERMINAL")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.ptys.is_empty() { vec![] } else { vec![ptys::encode(&st.ptys)] },
+        decode: |b, at, st| set(&mut st.ptys, ptys::decode(b, at)),
+        describe: |v| ptys::describe(&v.st.ptys),
+        ..only_if(tags::PTYS, "PTYS")
     },
     &SectionDef {
         scope: Scope::Image,

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod pending;
 pub mod pipes;
 pub mod ptimers;
+pub mod ptys;
 pub mod regs;
 pub mod rlimits;
 pub mod runs;

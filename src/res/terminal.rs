@@ -21,7 +21,7 @@ use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::procfs;
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The kernel's NCCS: how many control characters TCGETS shows.
 const NCCS: usize = 19;
@@ -32,6 +32,14 @@ pub struct Terminal {
     pub path: String,
     /// Its device number at checkpoint.
     pub rdev: u64,
+    pub modes: Modes,
+    /// Its foreground process group then (the image's pid; 0: none).
+    pub foreground: i32,
+}
+
+/// A terminal's modes (termios, as TCGETS shows them) and window size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
     pub iflag: u32,
     pub oflag: u32,
     pub cflag: u32,
@@ -40,8 +48,136 @@ pub struct Terminal {
     pub cc: [u8; NCCS],
     /// Rows, columns, and the pixel sizes (TIOCGWINSZ).
     pub winsize: [u16; 4],
-    /// Its foreground process group then (the image's pid; 0: none).
-    pub foreground: i32,
+}
+
+impl Modes {
+    /// The modes of terminal `fd` (`what` names it), refused unless its line discipline is
+    /// N_TTY.
+    pub fn read(fd: RawFd, what: &str) -> Result<Modes> {
+        let mut ldisc: libc::c_int = 0;
+        // SAFETY: TIOCGETD writes one int into `ldisc`, which we own.
+        if unsafe { libc::ioctl(fd, libc::TIOCGETD, &mut ldisc) } != 0 {
+            return Err(Error::sys("ioctl(TIOCGETD)", what, Errno::last()));
+        }
+        if ldisc != 0 {
+            return Err(Error::Refused(format!(
+                "{what} uses line discipline {ldisc}, not N_TTY, which crs does not restore"
+            )));
+        }
+        let t = termios_of(fd, what)?;
+        let mut w = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one winsize into `w`, which we own.
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut w) } != 0 {
+            return Err(Error::sys("ioctl(TIOCGWINSZ)", what, Errno::last()));
+        }
+        let mut cc = [0u8; NCCS];
+        cc.copy_from_slice(&t.c_cc[..NCCS]);
+        Ok(Modes {
+            iflag: t.c_iflag,
+            oflag: t.c_oflag,
+            cflag: t.c_cflag,
+            lflag: t.c_lflag,
+            line: t.c_line,
+            cc,
+            winsize: [w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel],
+        })
+    }
+
+    /// Gives terminal `fd` these modes (not the window size), at once.
+    pub fn set(&self, fd: RawFd, what: &str) -> Result<()> {
+        let mut t = termios_of(fd, what)?;
+        t.c_iflag = self.iflag;
+        t.c_oflag = self.oflag;
+        t.c_cflag = self.cflag;
+        t.c_lflag = self.lflag;
+        t.c_line = self.line;
+        t.c_cc[..NCCS].copy_from_slice(&self.cc);
+        // SAFETY: `t` is a valid termios.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
+            return Err(Error::sys("tcsetattr", what, Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// Gives terminal `fd` this window size.
+    pub fn set_winsize(&self, fd: RawFd, what: &str) -> Result<()> {
+        let [ws_row, ws_col, ws_xpixel, ws_ypixel] = self.winsize;
+        let w = libc::winsize { ws_row, ws_col, ws_xpixel, ws_ypixel };
+        // SAFETY: TIOCSWINSZ reads one winsize, which lives across the call.
+        if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &w) } != 0 {
+            return Err(Error::sys("ioctl(TIOCSWINSZ)", what, Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// These modes with every byte passing unchanged in both directions: no line editing,
+    /// echo, signals or translation, and reads that never wait.
+    pub fn raw(&self) -> Modes {
+        let mut m = *self;
+        m.lflag &= !(libc::ICANON | libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG | libc::IEXTEN);
+        m.iflag &= !(libc::ICRNL
+            | libc::INLCR
+            | libc::IGNCR
+            | libc::ISTRIP
+            | libc::IXON
+            | libc::IXOFF
+            | libc::IUCLC
+            | libc::PARMRK
+            | libc::BRKINT
+            | libc::INPCK);
+        m.oflag &= !libc::OPOST;
+        m.cc[libc::VMIN] = 0;
+        m.cc[libc::VTIME] = 0;
+        m
+    }
+
+    pub fn encode(&self, e: &mut Enc) {
+        e.u32(self.iflag).u32(self.oflag).u32(self.cflag).u32(self.lflag).u8(self.line);
+        for &c in &self.cc {
+            e.u8(c);
+        }
+        for &w in &self.winsize {
+            e.u32(w as u32);
+        }
+    }
+
+    pub fn decode(d: &mut Dec) -> CrfResult<Modes> {
+        let at = d.offset();
+        let mut m = Modes { iflag: d.u32()?, oflag: d.u32()?, cflag: d.u32()?, lflag: d.u32()?, ..Default::default() };
+        m.line = d.u8()?;
+        for c in m.cc.iter_mut() {
+            *c = d.u8()?;
+        }
+        for w in m.winsize.iter_mut() {
+            let v = d.u32()?;
+            *w = u16::try_from(v).map_err(|_| d.bad_at(d.offset() - 4, format!("invalid window size {v}")))?;
+        }
+        if m.line != 0 {
+            return Err(d.bad_at(at, format!("line discipline {} (crs restores N_TTY, 0)", m.line)));
+        }
+        Ok(m)
+    }
+
+    /// "24 rows, 80 columns, raw, echo".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} rows, {} columns, {}{}",
+            self.winsize[0],
+            self.winsize[1],
+            if self.lflag & libc::ICANON != 0 { "canonical" } else { "raw" },
+            if self.lflag & libc::ECHO != 0 { ", echo" } else { "" },
+        )
+    }
+}
+
+fn termios_of(fd: RawFd, what: &str) -> Result<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid out-pointer for the call.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return Err(Error::sys("tcgetattr", what, Errno::last()));
+    }
+    Ok(t)
 }
 
 /// Whether an fd whose /proc link reads `target` may be a terminal.
@@ -60,7 +196,7 @@ pub fn controlling(pid: i32) -> Option<u64> {
 
 /// A device number from the kernel's 32-bit encoding (stat's tty_nr, TIOCGDEV's answer):
 /// major in bits 8-19, minor in bits 0-7 and 20-31.
-fn from_kernel(nr: u32) -> u64 {
+pub fn from_kernel(nr: u32) -> u64 {
     libc::makedev((nr >> 8) & 0xfff, (nr & 0xff) | ((nr >> 12) & 0xfff00))
 }
 
@@ -97,42 +233,8 @@ pub fn device(pid: i32, fd: i32, target: &str, rdev: u64) -> u64 {
 /// Reads the state of terminal fd `fd` of the frozen process `pid`; `root`'s foreground group.
 pub fn collect(pid: i32, fd: i32, path: &str, rdev: u64, root: i32) -> Result<Terminal> {
     let f = procfs::getfd(pid, fd, path)?;
-    let what = format!("{path} (fd {fd} of pid {pid})");
-    let mut ldisc: libc::c_int = 0;
-    // SAFETY: TIOCGETD writes one int into `ldisc`, which we own.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGETD, &mut ldisc) } != 0 {
-        return Err(Error::sys("ioctl(TIOCGETD)", what, Errno::last()));
-    }
-    if ldisc != 0 {
-        return Err(Error::Refused(format!(
-            "its terminal {path} uses line discipline {ldisc}, not N_TTY, which crs does not restore"
-        )));
-    }
-    // SAFETY: termios is plain data; tcgetattr fills it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: `t` is a valid out-pointer for the call.
-    if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
-        return Err(Error::sys("tcgetattr", what, Errno::last()));
-    }
-    let mut w = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCGWINSZ writes one winsize into `w`, which we own.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut w) } != 0 {
-        return Err(Error::sys("ioctl(TIOCGWINSZ)", what, Errno::last()));
-    }
-    let mut cc = [0u8; NCCS];
-    cc.copy_from_slice(&t.c_cc[..NCCS]);
-    Ok(Terminal {
-        path: path.to_string(),
-        rdev,
-        iflag: t.c_iflag,
-        oflag: t.c_oflag,
-        cflag: t.c_cflag,
-        lflag: t.c_lflag,
-        line: t.c_line,
-        cc,
-        winsize: [w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel],
-        foreground: foreground_of(root),
-    })
+    let modes = Modes::read(f.as_raw_fd(), &format!("its terminal {path} (fd {fd} of pid {pid})"))?;
+    Ok(Terminal { path: path.to_string(), rdev, modes, foreground: foreground_of(root) })
 }
 
 /// rstrt's controlling terminal, which `rstrt --shell-job` gives the job.
@@ -181,31 +283,14 @@ impl Here {
     /// Gives the terminal the image's modes (with SIGTTOU blocked meanwhile: a restore in the
     /// background sets them too, for the job brought to the foreground later).
     pub fn apply(&self, t: &Terminal) -> Result<()> {
-        // SAFETY: termios is plain data, read back from the terminal and then changed.
-        let mut now: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: `now` is a valid out-pointer.
-        if unsafe { libc::tcgetattr(self.tty.as_raw_fd(), &mut now) } != 0 {
-            return Err(Error::sys("tcgetattr", self.path.as_str(), Errno::last()));
-        }
-        now.c_iflag = t.iflag;
-        now.c_oflag = t.oflag;
-        now.c_cflag = t.cflag;
-        now.c_lflag = t.lflag;
-        now.c_line = t.line;
-        now.c_cc[..NCCS].copy_from_slice(&t.cc);
         let mut ttou = nix::sys::signal::SigSet::empty();
         ttou.add(nix::sys::signal::Signal::SIGTTOU);
         let old = ttou.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
-        // SAFETY: `now` is a valid termios.
-        let r = unsafe { libc::tcsetattr(self.tty.as_raw_fd(), libc::TCSANOW, &now) };
-        let err = Errno::last();
+        let r = t.modes.set(self.tty.as_raw_fd(), &self.path);
         if let Ok(old) = old {
             let _ = old.thread_set_mask();
         }
-        if r != 0 {
-            return Err(Error::sys("tcsetattr", self.path.as_str(), err));
-        }
-        Ok(())
+        r
     }
 }
 
@@ -227,46 +312,24 @@ pub fn winch(here: &Here, pids: &[i32]) {
 
 pub fn encode(t: &Terminal) -> Vec<u8> {
     let mut e = Enc::new();
-    e.u32(t.iflag).u32(t.oflag).u32(t.cflag).u32(t.lflag).u8(t.line);
-    for &c in &t.cc {
-        e.u8(c);
-    }
-    for &w in &t.winsize {
-        e.u32(w as u32);
-    }
+    t.modes.encode(&mut e);
     e.u64(t.rdev).u32(t.foreground as u32).str(&t.path);
     e.into_bytes()
 }
 
 pub fn decode(b: &[u8], at: u64) -> CrfResult<Option<Terminal>> {
     let mut d = Dec::new(b, at, "TERMINAL");
-    let mut t = Terminal { iflag: d.u32()?, oflag: d.u32()?, cflag: d.u32()?, lflag: d.u32()?, ..Default::default() };
-    t.line = d.u8()?;
-    for c in t.cc.iter_mut() {
-        *c = d.u8()?;
-    }
-    for w in t.winsize.iter_mut() {
-        let v = d.u32()?;
-        *w = u16::try_from(v).map_err(|_| d.bad_at(d.offset() - 4, format!("invalid window size {v}")))?;
-    }
-    t.rdev = d.u64()?;
-    t.foreground = d.u32()? as i32;
-    t.path = d.str()?;
-    if t.line != 0 {
-        return Err(d.bad_at(at, format!("line discipline {} (crs restores N_TTY, 0)", t.line)));
-    }
+    let modes = Modes::decode(&mut d)?;
+    let t = Terminal { modes, rdev: d.u64()?, foreground: d.u32()? as i32, path: d.str()? };
     d.finish()?;
     Ok(Some(t))
 }
 
 pub fn describe(t: &Terminal) -> Vec<String> {
     vec![format!(
-        "terminal:  {} ({} rows, {} columns), {}{}, foreground group {}",
+        "terminal:  {} ({}), foreground group {}",
         crate::text::printable(&t.path),
-        t.winsize[0],
-        t.winsize[1],
-        if t.lflag & libc::ICANON != 0 { "canonical" } else { "raw" },
-        if t.lflag & libc::ECHO != 0 { ", echo" } else { "" },
+        t.modes.describe(),
         t.foreground
     )]
 }
@@ -280,13 +343,15 @@ mod tests {
         let t = Terminal {
             path: "/dev/pts/3".into(),
             rdev: libc::makedev(136, 3),
-            iflag: 0o2400,
-            oflag: 5,
-            cflag: 0o277,
-            lflag: 0o105073,
-            line: 0,
-            cc: [3; NCCS],
-            winsize: [24, 80, 0, 0],
+            modes: Modes {
+                iflag: 0o2400,
+                oflag: 5,
+                cflag: 0o277,
+                lflag: 0o105073,
+                line: 0,
+                cc: [3; NCCS],
+                winsize: [24, 80, 0, 0],
+            },
             foreground: 4242,
         };
         assert_eq!(decode(&encode(&t), 0).unwrap(), Some(t));
