@@ -258,26 +258,23 @@ fn tree_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// What the driver prints once told "go": the lines from its master, then bash's status.
+/// What the driver prints once told "go": the lines from its master, then its child's status.
 fn driven(p: &mut Proc, pts: &str) {
     p.send("go\n");
     p.expect("master: out-before");
     p.expect("master: typed-ahead");
     p.expect(&format!("master: got:typed-ahead ({pts})"));
-    p.expect("bash ended 0");
+    p.expect("child ended 0");
 }
 
 #[test]
 fn a_pty_pair_with_bytes_in_flight_both_ways_runs_on_and_comes_back() {
-    if !require(is_root(), "root (to restore the pids bash and python know each other by)") {
+    if !require(is_root(), "root (to restore the pids the two processes know each other by)") {
         return;
     }
     let dir = tmpdir("term-pty");
     let img = dir.join("pty.crf");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/ptydriver.py");
-    let mut c = Command::new("python3");
-    c.arg(&script);
-    let mut p = Proc::spawn(c);
+    let mut p = Proc::spawn(Command::new(target("pty")));
     let ready = p.expect("ready");
     let pts = ready.trim_start_matches("ready ").trim().to_string();
     let pid = p.child.id() as i32;
