@@ -68,14 +68,15 @@ impl Tmux {
         }
     }
 
-    /// The pid of the program the pane's shell runs in the foreground.
+    /// The pid of the program the pane's shell runs in the foreground (its name begins with
+    /// `comm`).
     fn job(&self, pane: &str, comm: &str) -> i32 {
         let shell: i32 = self.cmd(&["display-message", "-p", "-t", pane, "#{pane_pid}"]).trim().parse().unwrap();
         let t0 = Instant::now();
         loop {
             let kids = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
             for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
-                if std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == comm) {
+                if std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim().starts_with(comm)) {
                     return k;
                 }
             }
@@ -180,6 +181,45 @@ fn less_needs_the_option_then_moves_to_another_pane() {
     t.wait(&b, |s| s.lines().next() == Some("7") && s.contains("\n35\n"), "a key that scrolled");
     t.keys(&b, &["q"]);
     t.wait(&b, |s| s.contains("rstrt-said=0"), "less ending, and rstrt with it");
+}
+
+#[test]
+fn a_python_repl_comes_back_in_its_terminal_mode() {
+    let Some(t) = Tmux::new("repl") else { return };
+    let dir = tmpdir("term-repl");
+    let img = dir.join("repl.crf");
+    let a = t.pane("a", 80, 24);
+    let b = t.pane("b", 80, 24);
+    t.type_line(&a, "python3 -q");
+    t.wait(&a, |s| s.contains(">>> "), "the prompt");
+    t.type_line(&a, "x = 41");
+    t.wait(&a, |s| s.matches(">>> ").count() == 2, "the second prompt");
+    let py = t.job(&a, "python3");
+    ckpt_job(py, &img);
+    t.type_line(&b, &format!("{} rstrt --shell-job {}; echo rstrt-said=$?", crs(), img.display()));
+    // Python does not redraw its prompt: the restore is over once rstrt's child runs untraced
+    // (keys typed before would be echoed by the terminal in the shell's modes).
+    let rstrt = t.job(&b, "crs");
+    let t0 = Instant::now();
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{rstrt}/task/{rstrt}/children")).unwrap_or_default();
+        let free = |k: &str| {
+            let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap_or_default();
+            status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["TracerPid:", "0"])
+        };
+        if kids.split_whitespace().any(free) {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "the restored python never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Readline's own modes (no echo by the terminal, keys one at a time): the line typed
+    // shows once, and the variable is there.
+    t.keys(&b, &["x + 1", "Enter"]);
+    let s = t.wait(&b, |s| s.lines().any(|l| l.trim() == "42"), "x + 1 evaluated");
+    assert_eq!(s.matches("x + 1").count(), 1, "the line typed shows twice:\n{s}");
+    t.type_line(&b, "exit()");
+    t.wait(&b, |s| s.contains("rstrt-said=0"), "python ending, and rstrt with it");
 }
 
 /// The last "n=K" a pane shows.

@@ -354,9 +354,10 @@ fn ms(t0: Instant) -> f64 {
 /// first, with `procs` (the live ones) in the same order.
 fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tree::Member>> {
     freeze_process(root, procs)?;
-    loop {
+    let order = loop {
         let mut grew = false;
-        for m in members(root, alone) {
+        let walked = members(root, alone);
+        for &m in &walked {
             if procs.iter().any(|p| p.t.pid == m) || tree::member(m).is_ok_and(|x| x.zombie.is_some()) {
                 continue;
             }
@@ -373,11 +374,11 @@ fn freeze_tree(root: i32, alone: bool, procs: &mut Vec<Frozen>) -> Result<Vec<tr
                 Err(e) => return Err(e),
             }
         }
+        // A walk that found no one new is the tree as it stays.
         if !grew {
-            break;
+            break walked;
         }
-    }
-    let order = members(root, alone);
+    };
     let mut out = Vec::with_capacity(order.len());
     for &m in &order {
         match tree::member(m) {
@@ -627,8 +628,14 @@ fn unix_listening(states: &[ProcessState]) -> Result<Vec<(crate::res::unixpairs:
 fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
     let t = Tracee::seize(pid)?;
     let mut p = Frozen { t, others: Vec::new(), live: None, held: Vec::new() };
-    p.t.interrupt(&mut p.held)?;
-    let r = freeze_others(pid, &mut p.others, &mut p.held);
+    // The leader is asked first and waited for last: until its other threads stop, those
+    // that spin may hold every CPU it needs to reach its stop. Threads it started meanwhile
+    // are caught by the second round.
+    let r = p.t.interrupt_start().and_then(|_| {
+        freeze_others(pid, &mut p.others, &mut p.held)?;
+        p.t.interrupted(&mut p.held)?;
+        freeze_others(pid, &mut p.others, &mut p.held)
+    });
     // Pushed even on failure: the caller puts back and lets go of whatever was frozen.
     procs.push(p);
     r

@@ -11,6 +11,17 @@ pub const XSTATE_MAX: usize = 64 << 10;
 pub const FXSAVE_LEN: usize = 512;
 
 /// Whether the OS enabled XSAVE on this CPU (CPUID.1:ECX.OSXSAVE).
+/// The XSAVE area the kernel shows through NT_X86_XSTATE: at most CPUID 0xD's size for every
+/// feature this CPU supports (read once; a checkpoint reads it for every thread).
+pub fn xstate_len() -> usize {
+    static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        // CPUID leaf 0xD exists wherever XSAVE does (the only caller checks).
+        let max = core::arch::x86_64::__cpuid_count(0xd, 0).ecx as usize;
+        max.clamp(FXSAVE_LEN + 64, XSTATE_MAX)
+    })
+}
+
 pub fn has_xsave() -> bool {
     core::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0
 }

@@ -240,13 +240,15 @@ impl Tracee {
     /// The XSAVE area (all FPU/SSE/AVX/AVX-512 state), exactly as long as the kernel fills it;
     /// on a CPU without XSAVE, the 512-byte FXSAVE area (x87 and SSE).
     pub fn xstate(&self) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; arch::XSTATE_MAX];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         if !arch::has_xsave() {
-            buf.truncate(arch::FXSAVE_LEN);
+            let mut buf = vec![0u8; arch::FXSAVE_LEN];
             ptrace_raw(libc::PTRACE_GETFPREGS, self.pid, 0, buf.as_mut_ptr() as usize, "PTRACE_GETFPREGS")?;
             return Ok(buf);
         }
+        // Sized for this CPU, not for the largest possible area: a 64-thread process would
+        // otherwise fault in megabytes of zeroes.
+        let mut buf = vec![0u8; arch::xstate_len()];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         ptrace_raw(
             libc::PTRACE_GETREGSET,
             self.pid,

@@ -133,8 +133,14 @@ fn getioprio(pid: i32) -> Result<u32> {
     Ok(rc as u32)
 }
 
-/// The online CPUs, as a bitmap of 64-bit words.
-fn online_cpus() -> Vec<u64> {
+/// The online CPUs, as a bitmap of 64-bit words (read once: a checkpoint asks it for every
+/// thread).
+fn online_cpus() -> &'static [u64] {
+    static ONLINE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    ONLINE.get_or_init(read_online_cpus)
+}
+
+fn read_online_cpus() -> Vec<u64> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
     let mut words = Vec::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {

@@ -14,8 +14,10 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-/// Which pages of `v` go into the image, as (first page index, count, flags) runs.
-fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
+/// Which pages of `v` go into the image, as (first page index, count, flags) runs. `ent` is a
+/// buffer for the pagemap entries, kept from one mapping to the next (a process with many
+/// threads has as many stacks).
+fn page_runs(pagemap: &File, v: &Vma, ent: &mut Vec<u8>) -> Result<Vec<Run>> {
     if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
         return Ok(Vec::new());
     }
@@ -24,7 +26,9 @@ fn page_runs(pagemap: &File, v: &Vma) -> Result<Vec<Run>> {
     let file_pages = v.file.as_ref().map(|f| f.size.div_ceil(PAGE_SIZE as u64).saturating_sub(v.pgoff) as usize);
     let copy = v.flags & VMA_FILE_COPY != 0 && v.prot & libc::PROT_READ as u32 != 0;
     let mut runs: Vec<Run> = Vec::new();
-    let mut ent = vec![0u8; 8 * 65536];
+    if ent.len() < 8 * npages.min(65536) {
+        ent.resize(8 * npages.min(65536), 0);
+    }
     let mut i = 0usize;
     while i < npages {
         let n = (npages - i).min(65536);
@@ -79,9 +83,10 @@ fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
     let pagemap = File::open(&pm_path).map_err(|e| Error::io(&pm_path, e))?;
     let mut out = Vec::new();
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+    let mut ent = Vec::new();
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        for mut r in page_runs(&pagemap, v)? {
+        for mut r in page_runs(&pagemap, v, &mut ent)? {
             while r.npages > 0 {
                 let take = (r.npages as usize).min(DUMP_BATCH_PAGES - cur.pages) as u32;
                 cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });

@@ -216,8 +216,11 @@ fn prot_of(m: &MapEntry) -> u32 {
 pub fn classify(pid: i32, maps: &[MapEntry], no_copy: &dyn Fn(&str, bool) -> bool) -> Result<Vec<Vma>> {
     let mut out = Vec::with_capacity(maps.len());
     let mut blocked = Vec::new();
+    // Each mapped file is looked at once (a library has four or five mappings; its build-id
+    // takes a dozen reads), however many mappings it has.
+    let mut seen = Vec::new();
     for m in maps {
-        match classify_one(pid, m, no_copy)? {
+        match classify_one(pid, m, no_copy, &mut seen)? {
             Ok(Some(v)) => out.push(v),
             Ok(None) => {}
             Err(why) => blocked.push(why),
@@ -232,6 +235,7 @@ fn classify_one(
     pid: i32,
     m: &MapEntry,
     no_copy: &dyn Fn(&str, bool) -> bool,
+    seen: &mut Vec<(String, FileId, bool)>,
 ) -> Result<std::result::Result<Option<Vma>, String>> {
     let refuse = |what: &str| Ok(Err(format!("mapping {:#x}-{:#x} {} is {what}", m.start, m.end, m.name)));
     if m.name == "[vsyscall]" {
@@ -350,9 +354,17 @@ fn classify_one(
         }
         v.file = Some(id);
     } else if v.kind == KIND_FILE {
-        let id = match FileId::of(name, name, true) {
-            Ok(id) => id,
-            Err(e) => return Ok(Err(format!("mapped file {name}: {e}"))),
+        let (id, elf) = match seen.iter().find(|s| s.0 == name) {
+            Some((_, id, elf)) => (id.clone(), *elf),
+            None => {
+                let id = match FileId::of(name, name, true) {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(format!("mapped file {name}: {e}"))),
+                };
+                let elf = id.file_type() == libc::S_IFREG && is_elf(name);
+                seen.push((name.to_string(), id.clone(), elf));
+                (id, elf)
+            }
         };
         let (maj, min) = m.dev;
         if libc::major(id.dev) != maj || libc::minor(id.dev) != min || id.ino != m.inode {
@@ -366,7 +378,7 @@ fn classify_one(
             if id.file_type() != libc::S_IFREG {
                 return refuse("a mapping of a device or special file");
             }
-            if !m.shared && !no_copy(name, is_elf(name)) {
+            if !m.shared && !no_copy(name, elf) {
                 v.flags |= VMA_FILE_COPY;
             }
             if m.shared && m.has_flag("mw") {
