@@ -762,9 +762,15 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
     why.extend(blockers::relations(pid, true));
-    for o in others.iter() {
-        why.extend(blockers::thread(pid, o.t.pid, &status)?);
-    }
+    // Each other thread's credentials against the leader's, and its name: read from /proc by
+    // a thread of ours while the threads are asked (the process is frozen, a CPU otherwise
+    // idle); their reasons count with the others, before anything is written.
+    let names = {
+        let (status, tids) = (status.clone(), others.iter().map(|o| o.t.pid).collect::<Vec<_>>());
+        std::thread::spawn(move || -> Result<Vec<(Vec<String>, String)>> {
+            tids.iter().map(|&tid| Ok((blockers::thread(pid, tid, &status)?, procfs::thread_comm(pid, tid)))).collect()
+        })
+    };
     let tids: Vec<i32> = std::iter::once(pid).chain(others.iter().map(|o| o.t.pid)).collect();
     let seccomp = crate::res::seccomp::collect(pid, &tids, &status, &mut why)?;
     Error::blocked(pid, why)?;
@@ -827,7 +833,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         st.thread_info = vec![leader];
         let mut scheds = st.sched.iter().cloned().collect::<Vec<_>>();
         for (state, info, sched) in
-            collect_threads(pid, others, &Asking { scratch: &c.scratch, gadget, ignored }, &st, held, &mut why)?
+            collect_threads(pid, others, &Asking { scratch: &c.scratch, gadget, ignored }, &st, held, names, &mut why)?
         {
             st.threads.push(state);
             st.thread_info.push(info);
@@ -894,6 +900,7 @@ fn collect_threads(
     how: &Asking,
     st: &ProcessState,
     held: &mut Vec<Caught>,
+    names: Names,
     why: &mut Vec<String>,
 ) -> Result<Vec<(ThreadState, ThreadInfo, Sched)>> {
     let mut outside = Vec::with_capacity(others.len());
@@ -911,10 +918,12 @@ fn collect_threads(
         }
     }
     let asked = asked?;
+    let names =
+        names.join().map_err(|_| Error::Proc(format!("pid {pid}: reading its threads' /proc files failed")))??;
     let mut out = Vec::with_capacity(others.len());
-    for ((o, (rseq, image)), a) in others.iter().zip(outside).zip(asked) {
+    for (((o, (rseq, image)), a), (reasons, comm)) in others.iter().zip(outside).zip(asked).zip(names) {
         let tid = o.t.pid;
-        let comm = procfs::thread_comm(pid, tid);
+        why.extend(reasons);
         let mut own_knobs = a.knobs;
         let mut c = Ctl { r: Remote::new(&o.t, how.gadget, image), scratch: Scratch::default() };
         own_knobs.extend(knobs::collect_thread_outside(&mut c)?);
@@ -939,6 +948,10 @@ fn collect_threads(
     }
     Ok(out)
 }
+
+/// Each other thread's reasons against it (its credentials against the leader's) and its
+/// name, read from /proc by a thread of ours.
+type Names = std::thread::JoinHandle<Result<Vec<(Vec<String>, String)>>>;
 
 /// What one thread told about itself.
 struct Asked {

@@ -22,6 +22,9 @@ pub struct MapEntry {
     pub vmflags: Vec<String>,
     /// The memory protection key (pkey_mprotect), from smaps where the CPU has them.
     pub pkey: u32,
+    /// smaps shows no page of it in memory or in swap (Rss and Swap 0): its page table holds
+    /// nothing to read.
+    pub untouched: bool,
 }
 
 impl MapEntry {
@@ -67,6 +70,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
         name,
         vmflags: Vec::new(),
         pkey: 0,
+        untouched: false,
     })
 }
 
@@ -79,6 +83,11 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
             last.vmflags = rest.split_whitespace().map(str::to_string).collect();
         } else if let Some(rest) = line.strip_prefix("ProtectionKey:") {
             out.last_mut()?.pkey = rest.trim().parse().ok()?;
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            out.last_mut()?.untouched = rest.trim() == "0 kB";
+        } else if let Some(rest) = line.strip_prefix("Swap:") {
+            let last = out.last_mut()?;
+            last.untouched &= rest.trim() == "0 kB";
         } else if line.split(' ').next().is_some_and(|w| w.contains('-') && !w.contains(':')) {
             out.push(parse_map_line(line)?);
         }

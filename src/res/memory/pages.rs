@@ -25,6 +25,11 @@ fn page_runs(pagemap: &File, v: &Vma, ent: &mut Vec<u8>) -> Result<Vec<Run>> {
     // For a file mapping: pages wholly past the end of the file cannot be read (SIGBUS).
     let file_pages = v.file.as_ref().map(|f| f.size.div_ceil(PAGE_SIZE as u64).saturating_sub(v.pgoff) as usize);
     let copy = v.flags & VMA_FILE_COPY != 0 && v.prot & libc::PROT_READ as u32 != 0;
+    // Nothing in memory or swap: no page to store (shared memory is taken whole, a copied
+    // file's pages come from the file).
+    if v.untouched && v.kind != KIND_SHMEM && !copy {
+        return Ok(Vec::new());
+    }
     let mut runs: Vec<Run> = Vec::new();
     if ent.len() < 8 * npages.min(65536) {
         ent.resize(8 * npages.min(65536), 0);

@@ -81,6 +81,10 @@ pub struct Vma {
     pub file: Option<FileId>,
     /// The bytes of the [vdso], to check that this kernel's vdso is the same.
     pub content: Vec<u8>,
+    /// At checkpoint only (not in the image): smaps showed no page of it resident or
+    /// swapped, so that its pagemap need not be read (64 threads have 64 stacks, mostly
+    /// unused, and 64 malloc arenas reserved).
+    pub untouched: bool,
 }
 
 impl Vma {
@@ -267,6 +271,7 @@ fn classify_one(
         kind: KIND_ANON,
         pgoff: m.offset / PAGE_SIZE as u64,
         name: m.name.clone(),
+        untouched: m.untouched,
         ..Default::default()
     };
     if m.shared {
@@ -627,6 +632,7 @@ mod tests {
                 name: "/bin/x".into(),
                 file: Some(FileId { path: "/bin/x".into(), mode: libc::S_IFREG | 0o755, ..Default::default() }),
                 content: vec![],
+                untouched: false,
             },
             Vma {
                 start: 0x3000,
@@ -638,6 +644,7 @@ mod tests {
                 name: "[heap]".into(),
                 file: None,
                 content: vec![],
+                untouched: false,
             },
             Vma {
                 start: 0x7000,
@@ -649,6 +656,7 @@ mod tests {
                 name: "[vdso]".into(),
                 file: None,
                 content: vec![1, 2, 3],
+                untouched: false,
             },
         ];
         assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
