@@ -271,6 +271,12 @@ fn shell_job_without_a_terminal_is_refused_by_name() {
     c.args(["sleep", "100"]);
     let mut p = Proc::spawn(c);
     let pid = p.child.id() as i32;
+    // Once setsid has become sleep (a process in the middle of execve is no target).
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+        assert!(t0.elapsed() < TIMEOUT, "setsid never ran sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let o = run(&["ckpt", "--shell-job", "-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no controlling terminal"), "{}", stderr(&o));

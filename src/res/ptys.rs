@@ -249,26 +249,33 @@ fn write_all(fd: RawFd, mut b: &[u8], what: &str) -> Result<()> {
 fn fill(master: RawFd, slave: RawFd, p: &Pty, winsize: bool) -> Result<()> {
     let what = format!("pty {}", p.index);
     p.modes.raw().set(slave, &what)?;
-    write_all(master, &p.input, &what)?;
-    write_all(slave, &p.output, &what)?;
+    // The modes come back whatever happens to the bytes.
+    let r = put(master, slave, p, &what);
+    p.modes.set(slave, &what)?;
+    r?;
+    if winsize {
+        p.modes.set_winsize(slave, &what)?;
+    }
+    Ok(())
+}
+
+/// Writes `p`'s bytes into the raw pair and waits until they are in.
+fn put(master: RawFd, slave: RawFd, p: &Pty, what: &str) -> Result<()> {
+    write_all(master, &p.input, what)?;
+    write_all(slave, &p.output, what)?;
     // The kernel passes them on asynchronously: they must be in before the modes change.
     let t0 = std::time::Instant::now();
     loop {
-        let inn = ioctl_int(slave, libc::FIONREAD, "ioctl(FIONREAD)", &what)?;
-        let out = ioctl_int(master, libc::FIONREAD, "ioctl(FIONREAD)", &what)?;
+        let inn = ioctl_int(slave, libc::FIONREAD, "ioctl(FIONREAD)", what)?;
+        let out = ioctl_int(master, libc::FIONREAD, "ioctl(FIONREAD)", what)?;
         if inn as usize >= p.input.len() && out as usize >= p.output.len() {
-            break;
+            return Ok(());
         }
         if t0.elapsed().as_secs() >= 2 {
             return Err(Error::Proc(format!("{what}: the bytes written back did not arrive")));
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    p.modes.set(slave, &what)?;
-    if winsize {
-        p.modes.set_winsize(slave, &what)?;
-    }
-    Ok(())
 }
 
 /// A pair made again by the restorer.
@@ -305,9 +312,16 @@ pub fn create_here(ptys: &[Pty], notes: &mut Vec<String>) -> Result<Vec<Made>> {
     let mut out = Vec::new();
     for p in order {
         let (master, got) = loop {
-            let m = open_ptmx()?;
+            let (m, last) = match open_ptmx() {
+                Ok(m) => (m, false),
+                // Out of fds (or ptys) while seeking: the highest one held will do.
+                Err(e) => match spare.pop() {
+                    Some(m) => (m, true),
+                    None => return Err(e),
+                },
+            };
             let got = ioctl_int(m.as_raw_fd(), libc::TIOCGPTN, "ioctl(TIOCGPTN)", "/dev/ptmx")? as u32;
-            if got < p.index && spare.len() < 4096 {
+            if got < p.index && spare.len() < 512 && !last {
                 spare.push(m);
                 continue;
             }
