@@ -256,6 +256,40 @@ fn a_root_process_keeps_the_capabilities_it_gave_up() {
     assert_eq!(r.expect("caps "), before);
 }
 
+/// A user's service with capabilities (a unit's User=nobody with AmbientCapabilities=):
+/// root's rstrt --user-caps gives them back exactly, as its own report says; restored by
+/// nobody (even asking), or by root without the option, the image is refused (exit 5).
+#[test]
+fn a_users_service_gets_its_capabilities_back_from_root_only() {
+    if !require(is_root(), "root (a process that drops to nobody keeping capabilities)") {
+        return;
+    }
+    let dir = open_dir("usercaps");
+    let d = dir.to_str().unwrap();
+    // Its stderr /dev/null: the harness's may be a file only root may open.
+    let mut c = std::process::Command::new(target("caps"));
+    c.arg("user").current_dir(&dir).stderr(std::process::Stdio::null());
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    p.send("show");
+    let before = p.expect("caps ");
+    assert!(before.contains(" 0000000000000400 ") && before.ends_with(" 16"), "{before}");
+    let img = format!("{d}/c.crf");
+    let o = ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = as_nobody(&[crs(), "rstrt", "--user-caps", &img]).output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("had capabilities or securebits, which only root gives back"), "{}", stderr(&o));
+    let o = run(&["rstrt", &img]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rstrt --user-caps"), "{}", stderr(&o));
+    let mut r = rstrt(&["--user-caps", &img]);
+    r.send("show");
+    assert_eq!(r.expect("caps "), before);
+}
+
 /// CLOCK_MONOTONIC and CLOCK_BOOTTIME: restored on the same boot they went on counting while
 /// the process was away (it sees the 1.5 s pass); with --timens they go on from where they
 /// were frozen (it sees only the restore's milliseconds), as the process itself reports.

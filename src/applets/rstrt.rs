@@ -40,6 +40,10 @@ struct Args {
     /// terminal fds on rstrt's terminal, with the terminal modes it had; it gets SIGWINCH
     #[argh(switch)]
     shell_job: bool,
+    /// as root: give a user's process the capabilities its image says it had (a unit's
+    /// AmbientCapabilities=); only for images you trust, since their owner could forge one
+    #[argh(switch)]
+    user_caps: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -79,6 +83,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         ipcns: a.ipcns,
         timens: a.timens,
         shell_job: a.shell_job,
+        grant_caps: a.user_caps,
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();

@@ -61,8 +61,16 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
             _ => v == 0,
         }
     };
-    if !all_root && !["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().all(|k| caps_default(k)) {
-        why.push(format!("it holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"));
+    // A user's process may hold capabilities (a unit's AmbientCapabilities=): they come back
+    // when root restores it. One whose uids mix 0 and others is refused.
+    let mixed = !all_root && uid.contains(&0);
+    let sets = ["CapInh", "CapPrm", "CapEff", "CapAmb"];
+    if !all_root && !sets.iter().all(|k| u64::from_str_radix(field(k), 16).is_ok()) {
+        why.push(format!("its capabilities cannot be read (CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"));
+    } else if mixed && !sets.iter().all(|k| caps_default(k)) {
+        why.push(format!(
+            "its uids mix 0 and others and it holds non-default capabilities (see CapInh/CapPrm/CapEff/CapAmb in /proc/{pid}/status)"
+        ));
     }
     // x86: a shadow stack (CET) or linear address masking (LAM) the process turned on.
     let features = field("x86_Thread_features");
@@ -166,13 +174,13 @@ pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
 
 /// What only the frozen process itself can tell: security bits, a NUMA policy, syscall user
 /// dispatch, the I/O flusher flag.
-/// `securebits`: its PR_GET_SECUREBITS, which come back for a process whose every uid is 0
-/// (`all_root`) only.
-pub fn asked(c: &mut Ctl, t: &Tracee, securebits: u32, all_root: bool) -> Result<Vec<String>> {
+/// `securebits`: its PR_GET_SECUREBITS, which come back (res::caps) unless its uids mix 0 and
+/// others (`mixed`).
+pub fn asked(c: &mut Ctl, t: &Tracee, securebits: u32, mixed: bool) -> Result<Vec<String>> {
     let mut why = Vec::new();
-    if securebits != 0 && !all_root {
+    if securebits != 0 && mixed {
         why.push(format!(
-            "it has security bits {securebits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS) and is not root, which crs does not restore"
+            "it has security bits {securebits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS) and uids that mix 0 and others, which crs does not restore"
         ));
     }
     let mode = c.mempolicy_mode()?;

@@ -805,8 +805,10 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let mut why = Vec::new();
     let asked = (|| -> Result<u64> {
         let securebits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? as u32;
-        let all_root = procfs::status_ids(&status, "Uid").is_some_and(|u| u.iter().all(|&x| x == 0));
-        why = blockers::asked(&mut c, t, securebits, all_root)?;
+        let uids = procfs::status_ids(&status, "Uid");
+        let all_root = uids.is_some_and(|u| u.iter().all(|&x| x == 0));
+        let mixed = uids.is_none_or(|u| !all_root && u.contains(&0));
+        why = blockers::asked(&mut c, t, securebits, mixed)?;
         st.caps = crate::res::caps::collect(&status, securebits, all_root);
         st.signals = Signals::collect(&mut c, sigmask)?;
         st.pending = pending;

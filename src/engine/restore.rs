@@ -59,6 +59,10 @@ pub struct Options {
     /// Make the job a member of our session and process group, on our terminal, with the
     /// image's terminal modes (rstrt --shell-job; see res::terminal).
     pub shell_job: bool,
+    /// Root may give a user's process the capabilities its image says it had (rstrt
+    /// --user-caps: root vouches for the image; never restartd, whose peers are trusted with
+    /// uids, not with privilege).
+    pub grant_caps: bool,
 }
 
 #[derive(Debug)]
@@ -465,8 +469,11 @@ fn restore_one<R: Input>(
 
     // The bounding set, while the child may still drop from it (CAP_SETPCAP), and before the
     // other threads exist: they inherit it.
+    // A user's process that had capabilities gets them back from root's rstrt --user-caps only.
+    let grant = opts.grant_caps && creds::is_root();
+    let kept = st.caps.as_ref().is_some_and(|caps| caps::claims(caps, &st.head)) && grant;
     if let Some(caps) = &st.caps {
-        caps::check_claims(caps, &st.head)?;
+        caps::check_claims(caps, &st.head, grant)?;
         caps::restore_bounding(&mut c, caps)?;
     }
 
@@ -487,9 +494,9 @@ fn restore_one<R: Input>(
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
     if creds::is_root() {
-        creds::restore(&mut c, &st.head)?;
+        creds::restore(&mut c, &st.head, kept)?;
         for o in &others {
-            creds::restore(&mut ctl(o)?, &st.head)?;
+            creds::restore(&mut ctl(o)?, &st.head, kept)?;
         }
     } else {
         for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
@@ -592,15 +599,16 @@ fn restore_one<R: Input>(
     notes.extend(memory::advise_all(&mut c, &plans)?);
     mdwe::restore(&mut c, st.mdwe)?;
     // A root process's own capabilities last: every step before needed root's.
-    if let Some(caps) = st.caps.as_ref().filter(|_| caps::all_root(&st.head) && creds::is_root()) {
-        caps::restore_root(&mut c, pid, caps)?;
+    let own_sets = (caps::all_root(&st.head) && creds::is_root()) || kept;
+    if let Some(caps) = st.caps.as_ref().filter(|_| own_sets) {
+        caps::restore_root(&mut c, pid, caps, kept)?;
         for o in &others {
-            caps::restore_root(&mut ctl(o)?, o.pid, caps)?;
+            caps::restore_root(&mut ctl(o)?, o.pid, caps, kept)?;
         }
     }
     if let Some(caps) = &st.caps {
         for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
-            caps::verify(pid, tid, caps, caps::all_root(&st.head) && creds::is_root())?;
+            caps::verify(pid, tid, caps, own_sets)?;
         }
     }
     // Pending signals go back with every signal blocked, so that none is delivered before the

@@ -155,6 +155,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         ipcns: false,
         timens: false,
         shell_job: false,
+        grant_caps: false,
     };
     let who_cell = std::cell::RefCell::new(String::new());
     // How much of the image had arrived when the restore began (the restore is pipelined).

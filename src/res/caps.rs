@@ -6,11 +6,16 @@
 //! - the bounding set, for every process (a restriction: never silently lifted);
 //! - for a process whose every uid is 0, also the permitted, effective, inheritable and
 //!   ambient sets and the securebits, set as the last thing before it runs, so that the
-//!   restore itself keeps root's powers until then.
+//!   restore itself keeps root's powers until then;
+//! - for a user's process (a unit's User= with AmbientCapabilities=), the same, but only when
+//!   root restores it with `rstrt --user-caps` (`grant`: root vouches for the image, which its
+//!   owner could have forged): its child keeps its permitted set across the uid
+//!   change (PR_SET_KEEPCAPS, with no effective capability meanwhile), and it is cut to the
+//!   image's at the end. An ordinary user's rstrt and restartd refuse such an image: that
+//!   would be granting privilege on an image's word.
 //!
-//! A process that is not root with capabilities (permitted, effective, inheritable, ambient)
-//! or securebits, or whose uids mix 0 and others, is refused by engine::blockers: bringing
-//! those back means granting privilege on an image's word.
+//! A process whose uids mix 0 and others with capabilities or securebits is refused by
+//! engine::blockers.
 
 use super::head::Header;
 use crate::crf::{Dec, Enc, Result as CrfResult};
@@ -91,7 +96,10 @@ pub fn restore_bounding(c: &mut Ctl, caps: &Caps) -> Result<()> {
 /// A root process's own sets and securebits, as the last thing before it runs: the
 /// inheritable set, then each ambient capability, the securebits, and the permitted and
 /// effective sets (which may lack what the earlier steps needed).
-pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps) -> Result<()> {
+/// `kept`: a user's process whose permitted set was kept across the uid change (see the
+/// module's notes), whose effective set is raised first (securebits need CAP_SETPCAP) and
+/// whose securebits are always set (its PR_SET_KEEPCAPS goes).
+pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps, kept: bool) -> Result<()> {
     // Nothing to do when the thread has them already (the restorer's own, as on the node it
     // was checkpointed on): read from /proc, without a remote syscall.
     let path = format!("/proc/{}/task/{tid}/status", c.pid());
@@ -101,10 +109,13 @@ pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps) -> Result<()> {
         .all(|&(k, v)| hex(&status, k) == v);
     // SAFETY: prctl(PR_GET_SECUREBITS) takes no pointers: our own bits, which the child inherited.
     let ours = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
-    if same && caps.securebits == 0 && ours == 0 {
+    if same && caps.securebits == 0 && ours == 0 && !kept {
         return Ok(());
     }
     let mut now = c.capget()?;
+    if kept {
+        (now[0], now[3]) = (now[1], now[4]);
+    }
     let lo = |v: u64| v as u32;
     let hi = |v: u64| (v >> 32) as u32;
     // [eff, prm, inh] of the low words, then of the high ones.
@@ -120,7 +131,7 @@ pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps) -> Result<()> {
             &what,
         )?;
     }
-    if caps.securebits != 0 {
+    if caps.securebits != 0 || kept {
         c.prctl(libc::PR_SET_SECUREBITS, [caps.securebits as u64, 0, 0, 0], "prctl(PR_SET_SECUREBITS)", "the process")?;
     }
     c.capset([lo(caps.eff), lo(caps.prm), lo(caps.inh), hi(caps.eff), hi(caps.prm), hi(caps.inh)])
@@ -146,13 +157,27 @@ pub fn verify(pid: i32, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether the image says its process, not root's, had capabilities or securebits.
+pub fn claims(caps: &Caps, h: &Header) -> bool {
+    !all_root(h) && (caps.prm | caps.eff | caps.inh | caps.amb != 0 || caps.securebits != 0)
+}
+
 /// Refuses an image of a process that is not root's which says it had capabilities or
-/// securebits: ckpt never writes that (it refuses such a process), so the image was forged to
-/// get privilege from its restorer.
-pub fn check_claims(caps: &Caps, h: &Header) -> Result<()> {
-    if !all_root(h) && (caps.prm | caps.eff | caps.inh | caps.amb != 0 || caps.securebits != 0) {
+/// securebits, unless `grant` (root restoring with rstrt --user-caps, vouching for the image):
+/// otherwise that would be granting privilege on an image's word. An image whose uids mix 0 and others is refused whatever.
+pub fn check_claims(caps: &Caps, h: &Header, grant: bool) -> Result<()> {
+    if !claims(caps, h) {
+        return Ok(());
+    }
+    if h.uids.contains(&0) {
         return Err(Error::Permission(format!(
-            "the image says its process (uid {}) had capabilities or securebits, which crs never restores to a process that is not root's",
+            "the image says its process, whose uids mix 0 and others ({:?}), had capabilities or securebits, which crs never restores",
+            h.uids
+        )));
+    }
+    if !grant {
+        return Err(Error::Permission(format!(
+            "the image says its process (uid {}) had capabilities or securebits, which only root gives back, with rstrt --user-caps, for an image it trusts",
             h.uids[0]
         )));
     }

@@ -153,10 +153,16 @@ impl Drop for AsOwner {
 /// Sets the image's supplementary groups and all its uids and gids (dropping root's
 /// capabilities when the image was not root), gives it a session keyring of its own, then
 /// reads all of it back. Called before the child opens anything.
-pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
+/// `keep`: the process's permitted set is to outlive the uid change (PR_SET_KEEPCAPS), for
+/// res::caps to cut it to the image's at the end (root restoring a user's process that had
+/// capabilities); its effective set is empty meanwhile all the same.
+pub fn restore(c: &mut Ctl, h: &Header, keep: bool) -> Result<()> {
     let pid = c.pid();
     if h.uids.iter().all(|&u| u != 0) {
         drop_keepers(c)?;
+        if keep {
+            c.prctl(libc::PR_SET_KEEPCAPS, [1, 0, 0, 0], "prctl(PR_SET_KEEPCAPS)", "until the end of the restore")?;
+        }
     }
     c.setgroups(&h.groups)?;
     let [r, e, s, fs] = h.gids;
@@ -165,7 +171,7 @@ pub fn restore(c: &mut Ctl, h: &Header) -> Result<()> {
     c.setresuid([r, e, s])?;
     c.setfs_ids(h.uids[3], fs)?;
     new_session_keyring(c)?;
-    verify(pid, h, Stage::All)
+    verify(pid, h, if keep { Stage::Keeping } else { Stage::All })
 }
 
 /// What would let capabilities outlive setresuid, which the child may have inherited from a
@@ -227,6 +233,8 @@ pub enum Stage {
     /// An unprivileged restore, whose child keeps the ids it inherited from us: every id, and
     /// no capability; not the groups, which only root can set (the process has the caller's).
     Inherited,
+    /// Every id and group, and no effective capability: a permitted set kept for res::caps.
+    Keeping,
 }
 
 /// Reads the credentials of `pid` from /proc/PID/status and fails unless they are the
@@ -258,7 +266,9 @@ fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<
         return Err(format!("its supplementary groups are {groups:?}, the image says {want:?}"));
     }
     if h.uids.iter().all(|&u| u != 0) {
-        for key in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        let keys: &[&str] =
+            if stage == Stage::Keeping { &["CapEff"] } else { &["CapInh", "CapPrm", "CapEff", "CapAmb"] };
+        for &key in keys {
             let v = procfs::status_field(status, key).and_then(|v| u64::from_str_radix(v, 16).ok());
             if v != Some(0) {
                 return Err(format!(
