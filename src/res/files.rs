@@ -1,7 +1,8 @@
 //! FILES: the open file descriptors. Supported: regular files opened by path (number, access
 //! mode and flags, close-on-exec, offset), directories, /dev/null, /dev/zero, /dev/random,
-//! /dev/urandom, and fds 0-2 on a terminal or a pipe (which the restored process gets from
-//! rstrt). Fds the user names as stubs (typically a pipe a launcher leaked into the process)
+//! /dev/urandom, fds 0-2 on a terminal or a pipe (which the restored process gets from
+//! rstrt), fds on the job's terminal with --shell-job (res::terminal) and both ends of pty
+//! pairs the tree holds whole (res::ptys). Fds the user names as stubs (typically a pipe a launcher leaked into the process)
 //! come back as /dev/null or as a pipe with no peer. Anything else, and any fd holding a file
 //! lock or lease, is refused by name before the process is touched.
 
