@@ -765,12 +765,12 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     // Each other thread's credentials against the leader's, and its name: read from /proc by
     // a thread of ours while the threads are asked (the process is frozen, a CPU otherwise
     // idle); their reasons count with the others, before anything is written.
-    let names = {
+    let names = (!others.is_empty()).then(|| {
         let (status, tids) = (status.clone(), others.iter().map(|o| o.t.pid).collect::<Vec<_>>());
         std::thread::spawn(move || -> Result<Vec<(Vec<String>, String)>> {
             tids.iter().map(|&tid| Ok((blockers::thread(pid, tid, &status)?, procfs::thread_comm(pid, tid)))).collect()
         })
-    };
+    });
     let tids: Vec<i32> = std::iter::once(pid).chain(others.iter().map(|o| o.t.pid)).collect();
     let seccomp = crate::res::seccomp::collect(pid, &tids, &status, &mut why)?;
     Error::blocked(pid, why)?;
@@ -902,7 +902,7 @@ fn collect_threads(
     how: &Asking,
     st: &ProcessState,
     held: &mut Vec<Caught>,
-    names: Names,
+    names: Option<Names>,
     why: &mut Vec<String>,
 ) -> Result<Vec<(ThreadState, ThreadInfo, Sched)>> {
     let mut outside = Vec::with_capacity(others.len());
@@ -920,8 +920,12 @@ fn collect_threads(
         }
     }
     let asked = asked?;
-    let names =
-        names.join().map_err(|_| Error::Proc(format!("pid {pid}: reading its threads' /proc files failed")))??;
+    let names = match names {
+        Some(h) => {
+            h.join().map_err(|_| Error::Proc(format!("pid {pid}: reading its threads' /proc files failed")))??
+        }
+        None => Vec::new(),
+    };
     let mut out = Vec::with_capacity(others.len());
     for (((o, (rseq, image)), a), (reasons, comm)) in others.iter().zip(outside).zip(asked).zip(names) {
         let tid = o.t.pid;
@@ -952,7 +956,7 @@ fn collect_threads(
 }
 
 /// Each other thread's reasons against it (its credentials against the leader's) and its
-/// name, read from /proc by a thread of ours.
+/// name, read from /proc by a thread of ours (none for a process of one thread).
 type Names = std::thread::JoinHandle<Result<Vec<(Vec<String>, String)>>>;
 
 /// What one thread told about itself.

@@ -125,6 +125,10 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Its controlling terminal, in the kernel's encoding (field 7; 0: none).
+    pub tty_nr: u32,
+    /// That terminal's foreground process group (field 8; -1: none).
+    pub tpgid: i32,
     pub num_threads: u64,
     pub start_code: u64,
     pub end_code: u64,
@@ -150,6 +154,8 @@ pub fn stat_from_text(text: &str) -> Option<Stat> {
         ppid: f(4)? as i32,
         pgid: f(5)? as i32,
         sid: f(6)? as i32,
+        tty_nr: f(7)? as u32,
+        tpgid: f(8)? as i32,
         num_threads: f(20)?,
         start_code: f(26)?,
         end_code: f(27)?,

@@ -187,10 +187,7 @@ pub fn named_like_one(target: &str) -> bool {
 
 /// The controlling terminal of process `pid` (its device number), if it has one.
 pub fn controlling(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, n, _) = procfs::parse_stat(&text)?;
-    // Field 7, tty_nr: the kernel's encoding of a device number.
-    let nr = *n.get(7 - 4)? as u32;
+    let nr = procfs::read_stat(pid).ok()?.tty_nr;
     (nr != 0).then(|| from_kernel(nr))
 }
 
@@ -202,11 +199,7 @@ pub fn from_kernel(nr: u32) -> u64 {
 
 /// The foreground process group of `pid`'s controlling terminal (stat field 8), if any.
 fn foreground_of(pid: i32) -> i32 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    procfs::parse_stat(&text)
-        .and_then(|(_, n, _)| n.get(8 - 4).map(|&v| v as i64 as i32))
-        .filter(|&g| g > 0)
-        .unwrap_or(0)
+    procfs::read_stat(pid).map_or(0, |s| s.tpgid.max(0))
 }
 
 /// The device an open terminal is (TIOCGDEV): for an fd opened on /dev/tty, the terminal it
