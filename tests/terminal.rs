@@ -74,8 +74,7 @@ impl Tmux {
         let shell: i32 = self.cmd(&["display-message", "-p", "-t", pane, "#{pane_pid}"]).trim().parse().unwrap();
         let t0 = Instant::now();
         loop {
-            let kids = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
-            for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+            for k in children(shell) {
                 if std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim().starts_with(comm)) {
                     return k;
                 }
@@ -202,12 +201,11 @@ fn a_python_repl_comes_back_in_its_terminal_mode() {
     let rstrt = t.job(&b, "crs");
     let t0 = Instant::now();
     loop {
-        let kids = std::fs::read_to_string(format!("/proc/{rstrt}/task/{rstrt}/children")).unwrap_or_default();
-        let free = |k: &str| {
+        let free = |k: i32| {
             let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap_or_default();
             status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["TracerPid:", "0"])
         };
-        if kids.split_whitespace().any(free) {
+        if children(rstrt).into_iter().any(free) {
             break;
         }
         assert!(t0.elapsed() < TIMEOUT, "the restored python never ran");
@@ -238,10 +236,10 @@ fn a_counting_job_moves_panes_then_stops_and_goes_on_with_job_control() {
     t.type_line(&a, "bash -c 'i=0; while :; do echo n=$i; i=$((i+1)); sleep 0.1; done'");
     t.wait(&a, |s| last_count(s).is_some_and(|n| n >= 3), "the count");
     let job = t.job(&a, "bash");
-    let sleeper = std::fs::read_to_string(format!("/proc/{job}/task/{job}/children")).unwrap_or_default();
+    let members = tree_of(job);
     ckpt_job(job, &img);
     let last = last_count(&t.screen(&a)).unwrap();
-    for p in sleeper.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for p in members {
         wait_free(p);
     }
     t.type_line(&b, &format!("{} rstrt --shell-job {}", crs(), img.display()));
@@ -291,14 +289,18 @@ fn shell_job_without_a_terminal_is_refused_by_name() {
     p.kill();
 }
 
+/// The children of `pid` (none if it is gone).
+fn children(pid: i32) -> Vec<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace().filter_map(|k| k.parse().ok()).collect()
+}
+
 /// Every descendant of `pid`, and `pid`.
 fn tree_of(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
     let mut i = 0;
     while i < out.len() {
-        let p = out[i];
-        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        out.extend(children(out[i]));
         i += 1;
     }
     out
