@@ -21,7 +21,7 @@ fn every_reason_is_named_at_once_and_the_process_runs_on() {
     for want in [
         "cannot be checkpointed, for 3 reasons",
         "its descendant pid ",
-        "socket",
+        "fd 5 is a netlink socket",
         "holds a lease (LEASE READ",
         "POSIX timer 0 is on a thread's",
     ] {

@@ -147,6 +147,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             for s in &r.stubs {
                 eprintln!("{name}: {s} (--stub-fd)");
             }
+            for n in &r.notes {
+                eprintln!("{name}: note: {n}");
+            }
             if a.kill && parent > 1 {
                 eprintln!(
                     "{name}: pid {} was killed; its parent, {}, sees it die (ckpt cannot hide that yet)",

@@ -70,6 +70,9 @@ fn run(a: &Args) -> Result<()> {
     for s in &m.report.stubs {
         eprintln!("migrate: {s} (--stub-fd)");
     }
+    for n in &m.report.notes {
+        eprintln!("migrate: note: {n}");
+    }
     let verb = if a.keep { "copied" } else { "moved" };
     println!("{verb} pid {} to {}: it runs there as pid {}", a.pid, m.peer, m.remote_pid);
     if a.verbose {

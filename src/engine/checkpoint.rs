@@ -63,6 +63,9 @@ pub struct Report {
     pub processes: usize,
     /// How many of its descendants are zombies, held in the image as such.
     pub zombies: usize,
+    /// What the image leaves out that a restore cannot have (connections not yet accepted,
+    /// datagrams queued), one line each.
+    pub notes: Vec<String>,
 }
 
 /// The processes a checkpoint of `pid` takes: `pid`, and unless `alone` its descendants, as
@@ -234,6 +237,7 @@ fn frozen_checkpoint<W: Sink>(
     let mut zombies = 0;
     // Pty pairs whose bytes in flight were read out, to be put back if the processes run on.
     let mut drained = Vec::new();
+    let mut notes = Vec::new();
     let result = (|| {
         let members = freeze_tree(pid, opts.alone, &mut procs)?;
         let clocks = crate::res::clocks::read();
@@ -280,6 +284,7 @@ fn frozen_checkpoint<W: Sink>(
         let listening = unix_listening(&states)?;
         (states[0].unix_pairs, states[0].unix_conns) = unix_pairs(&states, &listening)?;
         states[0].unix_listening = listening.into_iter().map(|l| l.0).collect();
+        states[0].inet_socks = inet_sockets(&states, &mut notes)?;
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -309,7 +314,7 @@ fn frozen_checkpoint<W: Sink>(
                 while p.t.wait().is_ok() {}
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies })
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes })
         }
         Ok((pages, image_bytes, stubs)) => {
             restored?;
@@ -331,7 +336,7 @@ fn frozen_checkpoint<W: Sink>(
                 redeliver(*m, held);
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies })
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes })
         }
         Err(e) => {
             let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();
@@ -598,6 +603,19 @@ fn unix_pairs(
         }
     }
     Ok((pairs, conns))
+}
+
+/// The TCP and UDP sockets the processes hold, each once, read through one of its holders.
+fn inet_sockets(states: &[ProcessState], notes: &mut Vec<String>) -> Result<Vec<crate::res::inet::Sock>> {
+    let mut out: Vec<crate::res::inet::Sock> = Vec::new();
+    for st in states {
+        for f in st.files.iter().filter(|f| f.kind == files::KIND_INET) {
+            if !out.iter().any(|s| s.ino == f.id.ino) {
+                out.push(crate::res::inet::collect(st.head.pid, f.fd, f.id.ino, notes)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The listening unix sockets the processes hold whole, each once, with the connections

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
-use crate::res::{creds, deleted, fileid, memfd, pipes, ptys, sysv, treeshm, unixpairs};
+use crate::res::{caps, creds, deleted, fileid, inet, memfd, pipes, ptys, sysv, treeshm, unixpairs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Default)]
@@ -41,8 +41,15 @@ impl Made {
     /// of it), as the image's owner where files are concerned. What could not be made exactly
     /// goes to `notes`.
     /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns). `terminal`:
-    /// the path the job's terminal fds are opened on (rstrt --shell-job).
-    pub fn make(st: &mut ProcessState, ipcns: bool, terminal: Option<&str>, notes: &mut Vec<String>) -> Result<Made> {
+    /// the path the job's terminal fds are opened on (rstrt --shell-job). `grant`: root gives
+    /// a user's process the capabilities its image says it had (rstrt --user-caps).
+    pub fn make(
+        st: &mut ProcessState,
+        ipcns: bool,
+        terminal: Option<&str>,
+        grant: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<Made> {
         let mut m = Made {
             ipc: Some(sysv::create_here(&st.sysv, &st.head, ipcns)?),
             terminal: terminal.map(str::to_string),
@@ -64,6 +71,21 @@ impl Made {
             m.ptys.push((p.index, p.master.as_raw_fd(), p.path));
             m.owned.push(p.master);
             m.slaves.push(p.slave);
+        }
+        // TCP and UDP sockets, with no effective capability root has and the image's
+        // process had not: an image cannot bind a privileged port its owner could not have.
+        if !st.inet_socks.is_empty() {
+            let _lowered = if creds::is_root() && !caps::all_root(&st.head) {
+                let had = st.caps.filter(|c| grant && caps::claims(c, &st.head)).map_or(0, |c| c.eff);
+                caps::Lowered::to(had)?
+            } else {
+                caps::Lowered::none()
+            };
+            for s in &st.inet_socks {
+                let fd = inet::create_here(s)?;
+                m.sockets.push((s.ino, fd.as_raw_fd()));
+                m.owned.push(fd);
+            }
         }
         for l in &st.unix_listening {
             let fd = unixpairs::listen_here(l)?;

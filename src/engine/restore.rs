@@ -198,7 +198,8 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // reach it.
     let own_session = here.is_none() && (opts.detach || foreign || st.head.sid == st.head.pid);
     let mut notes = Vec::new();
-    let made = Made::make(&mut st, opts.ipcns, here.as_ref().map(|h| h.path.as_str()), &mut notes)?;
+    let grant = opts.grant_caps && creds::is_root();
+    let made = Made::make(&mut st, opts.ipcns, here.as_ref().map(|h| h.path.as_str()), grant, &mut notes)?;
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(

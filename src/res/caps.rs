@@ -157,6 +157,49 @@ pub fn verify(pid: i32, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
     Ok(())
 }
 
+/// While alive, this thread (only this one: raw syscalls) has no effective capability but
+/// those of `keep` it has; the others stay permitted, and come back on drop. The restorer,
+/// root, makes what another user's image asks for (sockets) this way: the kernel then checks
+/// it as it would have the image's process, not root.
+pub struct Lowered {
+    saved: Option<[u32; 6]>,
+}
+
+const CAP_HEADER: [u32; 2] = [0x2008_0522, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
+
+impl Lowered {
+    pub fn to(keep: u64) -> Result<Lowered> {
+        let mut data = [0u32; 6];
+        // SAFETY: capget reads the 8-byte header and writes two 12-byte data records.
+        if unsafe { libc::syscall(libc::SYS_capget, CAP_HEADER.as_ptr(), data.as_mut_ptr()) } != 0 {
+            return Err(Error::sys("capget", "rstrt", nix::errno::Errno::last()));
+        }
+        let saved = data;
+        data[0] &= keep as u32;
+        data[3] &= (keep >> 32) as u32;
+        // SAFETY: capset reads the header and the two data records; lowering the effective set
+        // is always allowed, and affects only this thread.
+        if unsafe { libc::syscall(libc::SYS_capset, CAP_HEADER.as_ptr(), data.as_ptr()) } != 0 {
+            return Err(Error::sys("capset", "rstrt", nix::errno::Errno::last()));
+        }
+        Ok(Lowered { saved: Some(saved) })
+    }
+
+    /// Nothing lowered.
+    pub fn none() -> Lowered {
+        Lowered { saved: None }
+    }
+}
+
+impl Drop for Lowered {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: as in `to`; the effective set back within the unchanged permitted one.
+            unsafe { libc::syscall(libc::SYS_capset, CAP_HEADER.as_ptr(), saved.as_ptr()) };
+        }
+    }
+}
+
 /// Whether the image says its process, not root's, had capabilities or securebits.
 pub fn claims(caps: &Caps, h: &Header) -> bool {
     !all_root(h) && (caps.prm | caps.eff | caps.inh | caps.amb != 0 || caps.securebits != 0)

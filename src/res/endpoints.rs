@@ -15,12 +15,17 @@ pub fn who(pid: i32) -> String {
 }
 
 /// The other processes (or other fds of `pid`) that hold `link` ("pipe:[123]",
-/// "socket:[456]"), with the access mode each holds it in.
+/// "socket:[456]"), with the access mode each holds it in. crs itself, which may hold a copy
+/// to look at, is not one.
 fn holders(link: &str, pid: i32, fd: i32) -> Vec<(i32, i32, u32)> {
     let mut out = Vec::new();
     let Ok(procs) = fs::read_dir("/proc") else { return out };
+    let me = std::process::id() as i32;
     for p in procs.flatten() {
         let Some(other) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if other == me && pid != me {
+            continue;
+        }
         let Ok(fds) = fs::read_dir(p.path().join("fd")) else { continue };
         for f in fds.flatten() {
             let Some(n) = f.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
@@ -52,6 +57,45 @@ fn name_holders(h: &[(i32, i32, u32)], pid: i32) -> String {
 /// end whose writers are all gone reads end of file, as make's jobserver pipe does).
 pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str) -> bool {
     holders(link, pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0))
+}
+
+/// The processes other than `pid` and those `within` that hold `link` ("socket:[456]"),
+/// named ("pid 1 (systemd)"); empty when there are none.
+pub fn held_outside(within: &[i32], pid: i32, fd: i32, link: &str) -> String {
+    let h: Vec<_> = holders(link, pid, fd).into_iter().filter(|x| x.0 != pid && !within.contains(&x.0)).collect();
+    name_holders(&h, pid)
+}
+
+/// What holds local port `port` in our network namespace: the processes with a TCP or UDP
+/// socket on it, named, and the closed TCP connections on it still closing, counted; empty when
+/// nothing is found.
+pub fn inet_port_holders(port: u16) -> String {
+    let (mut h, mut time_wait) = (Vec::new(), 0);
+    for file in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = fs::read_to_string(format!("/proc/self/net/{file}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1).and_then(|a| a.rsplit_once(':')).and_then(|p| u16::from_str_radix(p.1, 16).ok());
+            if local_port != Some(port) {
+                continue;
+            }
+            match f.get(9).and_then(|i| i.parse::<u64>().ok()) {
+                Some(0) if file.starts_with("tcp") => time_wait += 1,
+                Some(ino) if ino != 0 => h.extend(holders(&format!("socket:[{ino}]"), 0, -1)),
+                _ => {}
+            }
+        }
+    }
+    let mut said = name_holders(&h, 0);
+    if time_wait > 0 {
+        if !said.is_empty() {
+            said += " and ";
+        }
+        said += &format!(
+            "{time_wait} closed connections still closing (FIN_WAIT, TIME_WAIT), which keep a listener without SO_REUSEADDR out for up to 60 s"
+        );
+    }
+    said
 }
 
 /// A pipe fd: which end, and who holds the other.

@@ -62,7 +62,10 @@ pub const KIND_PTMX: u8 = 20;
 /// The slave of a pty pair the checkpoint holds whole: `id.path` its link (/dev/pts/N, or
 /// /dev/tty), `id.rdev` its device (whose minor is the pair's number).
 pub const KIND_PTS: u8 = 21;
-const KIND_LAST: u8 = KIND_PTS;
+/// A TCP or UDP socket a restore makes again by itself: listening, bound or new, or UDP
+/// connected (INETSOCKS, by `id.ino`, the socket's inode).
+pub const KIND_INET: u8 = 22;
+const KIND_LAST: u8 = KIND_INET;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -142,6 +145,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_TTY => "terminal",
         KIND_PTMX => "pty master",
         KIND_PTS => "pty slave",
+        KIND_INET => "inet socket",
         _ => "?",
     }
 }
@@ -212,13 +216,21 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Resul
             out.push(Fd { fd, kind: KIND_UNIXNEW, flags, cloexec, pos: 0, id });
             continue;
         }
-        let whole = socket.and_then(|ino| {
-            if endpoints::unix_pair(tree, pid, fd, ino).is_some() {
-                Some((ino, KIND_UNIXPAIR))
-            } else {
-                endpoints::unix_listener(tree, pid, fd, ino).map(|_| (ino, KIND_UNIXLISTEN))
-            }
-        });
+        // Or a TCP or UDP socket a restore makes again by itself (or why it cannot).
+        let mut inet_refused = None;
+        let whole = match socket {
+            Some(ino) if endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
+            Some(ino) if endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
+            Some(ino) => match super::inet::classify(tree, pid, fd, ino) {
+                Some(Ok(())) => Some((ino, KIND_INET)),
+                Some(Err(why)) => {
+                    inet_refused = Some(why);
+                    None
+                }
+                None => None,
+            },
+            None => None,
+        };
         // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
         // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
         let outside = || {
@@ -352,7 +364,10 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Resul
         if !target.starts_with('/') {
             let what = match target.split(':').next() {
                 Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
-                Some("socket") => endpoints::socket(pid, fd, &target),
+                Some("socket") => match &inet_refused {
+                    Some(why) => format!("{}, {why}", endpoints::socket(pid, fd, &target)),
+                    None => endpoints::socket(pid, fd, &target),
+                },
                 Some("anon_inode") => match target.trim_start_matches("anon_inode:") {
                     "[io_uring]" => "an io_uring instance, which crs does not restore".into(),
                     "[pidfd]" => "a pidfd, which crs does not restore".into(),
@@ -533,8 +548,8 @@ pub struct Inherited<'a> {
     pub descs: &'a [(i32, i32)],
     /// Deleted files and memfds made again: (dev, ino in the image, the inherited fd).
     pub deleted: &'a [(u64, u64, i32)],
-    /// Unix socket pairs' ends and listening unix sockets: (the socket's inode in the image,
-    /// the inherited fd).
+    /// Unix socket pairs' ends, listening unix sockets and TCP and UDP sockets: (the
+    /// socket's inode in the image, the inherited fd).
     pub sockets: &'a [(u64, i32)],
     /// Where an fd on the job's terminal is opened (rstrt --shell-job: rstrt's terminal).
     pub terminal: Option<&'a str>,
@@ -586,10 +601,10 @@ pub fn restore(
         descs.push((fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
     }
     // Each end of a unix socket pair, dup'ed above for each fd that held it.
-    for f in fds.iter().filter(|f| f.kind == KIND_UNIXPAIR || f.kind == KIND_UNIXLISTEN) {
+    for f in fds.iter().filter(|f| matches!(f.kind, KIND_UNIXPAIR | KIND_UNIXLISTEN | KIND_INET)) {
         let &(_, raw) = inherited.sockets.iter().find(|s| s.0 == f.id.ino).ok_or_else(|| {
             Error::Refused(format!(
-                "fd {} is socket {} of which the image holds no pair: it is damaged",
+                "fd {} is socket {} of which the image holds nothing: it is damaged",
                 f.fd, f.id.ino
             ))
         })?;

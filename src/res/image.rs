@@ -11,7 +11,7 @@
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
-    caps, clocks, cwd, deleted, epoll, fdescs, files, head, inotify, itimers, knobs, locks, mdwe, memfd, memory,
+    caps, clocks, cwd, deleted, epoll, fdescs, files, head, inet, inotify, itimers, knobs, locks, mdwe, memfd, memory,
     pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, terminal, thp, thread, timerfd,
     tree, treeshm, unixpairs,
 };
@@ -59,6 +59,9 @@ pub struct ProcessState {
     /// The listening unix sockets the image's processes hold whole (the first process's block
     /// carries them).
     pub unix_listening: Vec<unixpairs::Listening>,
+    /// The TCP and UDP sockets a restore makes again by itself (the first process's block
+    /// carries them).
+    pub inet_socks: Vec<inet::Sock>,
     /// Which unix socket pairs are connections to those listeners, and the connections
     /// waiting on them (the first process's block carries them).
     pub unix_conns: Vec<unixpairs::Conn>,
@@ -198,6 +201,7 @@ pub mod tags {
     pub const CLOCKS: Tag = Tag(37);
     pub const TERMINAL: Tag = Tag(38);
     pub const PTYS: Tag = Tag(39);
+    pub const INETSOCKS: Tag = Tag(40);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -335,6 +339,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.unix_conns, unixpairs::decode_conns(b, at)),
         describe: |v| unixpairs::describe_conns(&v.st.unix_conns),
         ..only_if(tags::UNIXCONNS, "UNIXCONNS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.inet_socks.is_empty() { vec![] } else { vec![inet::encode(&st.inet_socks)] },
+        decode: |b, at, st| set(&mut st.inet_socks, inet::decode(b, at)),
+        describe: |v| inet::describe(&v.st.inet_socks),
+        ..only_if(tags::INETSOCKS, "INETSOCKS")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

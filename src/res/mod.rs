@@ -14,6 +14,7 @@ pub mod fileid;
 pub mod files;
 pub mod head;
 pub mod image;
+pub mod inet;
 pub mod inotify;
 pub mod itimers;
 pub mod knobs;

@@ -1,4 +1,4 @@
-/* A process crs must refuse, for several reasons at once: a child holding a socket (the pipe
+/* A process crs must refuse, for several reasons at once: a child holding a netlink socket (the pipe
  * they share is no reason: both are in the checkpoint), a read lease on a file and a POSIX
  * timer on its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,7 +22,7 @@ int main(int argc, char **argv) {
     pid_t kid = fork();
     if (kid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (socket(AF_INET, SOCK_DGRAM, 0) < 0) _exit(1);
+        if (socket(AF_NETLINK, SOCK_RAW, 0) < 0) _exit(1);
         pause();
         _exit(0);
     }
