@@ -43,6 +43,11 @@ struct Args {
     /// number, /dev/tty too) and the terminal's modes and size, for rstrt --shell-job
     #[argh(switch)]
     shell_job: bool,
+    /// carry established TCP connections too (TCP_REPAIR, root): their packets are blocked
+    /// (nftables) from the freeze until the restored process runs, or the checkpointed one
+    /// runs on; with --kill the block stays for rstrt to lift
+    #[argh(switch)]
+    tcp_established: bool,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
     /// line; the process is not touched
     #[argh(switch)]
@@ -124,6 +129,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         stubs,
         alone: a.alone,
         shell_job: a.shell_job,
+        tcp_established: a.tcp_established,
         deleted_max: Some(a.deleted_max << 20),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));

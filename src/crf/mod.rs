@@ -19,7 +19,7 @@
 mod codec;
 pub mod pages;
 
-pub use codec::{Dec, Enc};
+pub use codec::{Dec, Enc, MAX_FIELD};
 
 use std::fmt;
 use std::io::{self, Read, Write};

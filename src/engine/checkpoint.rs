@@ -48,6 +48,14 @@ pub struct Options {
     /// A job of an interactive shell: its fds on its controlling terminal, and the terminal's
     /// state, are carried for `rstrt --shell-job` (see res::terminal).
     pub shell_job: bool,
+    /// Established TCP connections are carried, with TCP_REPAIR (see res::tcpconn).
+    pub tcp_established: bool,
+}
+
+impl Options {
+    fn carry(&self) -> files::Carry {
+        files::Carry { shell_job: self.shell_job, tcp_established: self.tcp_established }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +159,7 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, frozen), &mut why)?;
     why.extend(blockers::relations(pid, frozen));
-    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.shell_job)?;
+    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.carry())?;
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
     Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
@@ -238,6 +246,8 @@ fn frozen_checkpoint<W: Sink>(
     // Pty pairs whose bytes in flight were read out, to be put back if the processes run on.
     let mut drained = Vec::new();
     let mut notes = Vec::new();
+    // Established TCP connections held still (repair mode, their packets blocked).
+    let mut conns = crate::res::tcpconn::Frozen::default();
     let result = (|| {
         let members = freeze_tree(pid, opts.alone, &mut procs)?;
         let clocks = crate::res::clocks::read();
@@ -284,7 +294,11 @@ fn frozen_checkpoint<W: Sink>(
         let listening = unix_listening(&states)?;
         (states[0].unix_pairs, states[0].unix_conns) = unix_pairs(&states, &listening)?;
         states[0].unix_listening = listening.into_iter().map(|l| l.0).collect();
-        states[0].inet_socks = inet_sockets(&states, &mut notes)?;
+        (states[0].inet_socks, states[0].tcp_conns.conns) = inet_sockets(&states, &mut conns, &mut notes)?;
+        // With --kill the block on their packets stays, for the restore to lift.
+        if opts.kill {
+            states[0].tcp_conns.lock = conns.lock_name();
+        }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         write(out, &states, commit)
     })();
@@ -294,6 +308,11 @@ fn frozen_checkpoint<W: Sink>(
         for d in &drained {
             restored = restored.and(d.put_back());
         }
+        // Their connections carry on with them.
+        restored = restored.and(conns.release());
+    } else {
+        // Killed in repair mode, their connections close without a packet; the block stays.
+        conns.keep();
     }
     for p in &procs {
         restored = restored.and(p.put_back());
@@ -605,17 +624,45 @@ fn unix_pairs(
     Ok((pairs, conns))
 }
 
-/// The TCP and UDP sockets the processes hold, each once, read through one of its holders.
-fn inet_sockets(states: &[ProcessState], notes: &mut Vec<String>) -> Result<Vec<crate::res::inet::Sock>> {
-    let mut out: Vec<crate::res::inet::Sock> = Vec::new();
+/// The TCP and UDP sockets the processes hold, each once, read through one of its holders;
+/// the established connections apart, held still by `conns`.
+fn inet_sockets(
+    states: &[ProcessState],
+    conns: &mut crate::res::tcpconn::Frozen,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<crate::res::inet::Sock>, Vec<crate::res::tcpconn::Conn>)> {
+    use crate::res::inet;
+    let mut socks: Vec<inet::Sock> = Vec::new();
+    let mut seen = Vec::new();
+    let mut established = Vec::new();
+    let mut netns = None;
     for st in states {
+        let pid = st.head.pid;
         for f in st.files.iter().filter(|f| f.kind == files::KIND_INET) {
-            if !out.iter().any(|s| s.ino == f.id.ino) {
-                out.push(crate::res::inet::collect(st.head.pid, f.fd, f.id.ino, notes)?);
+            if seen.contains(&f.id.ino) {
+                continue;
             }
+            seen.push(f.id.ino);
+            let what = format!("socket:[{}] (fd {} of pid {pid})", f.id.ino, f.fd);
+            let s = procfs::getfd(pid, f.fd, &what)?;
+            if !inet::is_established(std::os::fd::AsRawFd::as_raw_fd(&s)) {
+                socks.push(inet::collect(pid, f.fd, f.id.ino, notes)?);
+                continue;
+            }
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            if netns.get_or_insert_with(|| (pid, ns.clone())).1 != ns {
+                return Err(Error::Refused(format!(
+                    "{what} is an established connection in another network namespace than the others', which crs does not restore"
+                )));
+            }
+            established.push((s, f.id.ino));
         }
     }
-    Ok(out)
+    let taken = match netns {
+        Some((pid, _)) => conns.take(pid, established)?,
+        None => Vec::new(),
+    };
+    Ok((socks, taken))
 }
 
 /// The listening unix sockets the processes hold whole, each once, with the connections
@@ -880,7 +927,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let stat = procfs::read_stat(pid)?;
     let maps = procfs::read_smaps(pid)?;
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
-    let fds = files::scan(pid, &opts.stubs, tree, opts.shell_job)?;
+    let fds = files::scan(pid, &opts.stubs, tree, opts.carry())?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
     st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
     st.inotify = crate::res::inotify::collect(pid, &fds)?;

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::res::fdescs::{self, Desc};
 use crate::res::files::{self, Inherited};
 use crate::res::image::ProcessState;
-use crate::res::{caps, creds, deleted, fileid, inet, memfd, pipes, ptys, sysv, treeshm, unixpairs};
+use crate::res::{caps, creds, deleted, fileid, inet, memfd, pipes, ptys, sysv, tcpconn, treeshm, unixpairs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Default)]
@@ -34,6 +34,8 @@ pub struct Made {
     pub ptys: Vec<(u32, i32, String)>,
     /// Their slaves, held until the restore ends (a pair whose slave no one holds reads EIO).
     slaves: Vec<OwnedFd>,
+    /// The established TCP connections, in repair mode until the processes run.
+    pub repaired: tcpconn::Repaired,
 }
 
 impl Made {
@@ -85,6 +87,23 @@ impl Made {
                 let fd = inet::create_here(s)?;
                 m.sockets.push((s.ino, fd.as_raw_fd()));
                 m.owned.push(fd);
+            }
+        }
+        // Established TCP connections, after the listeners whose ports they share.
+        if !st.tcp_conns.conns.is_empty() {
+            if creds::is_root() && !caps::all_root(&st.head) {
+                return Err(Error::Permission(format!(
+                    "the image of uid {}'s process holds established TCP connections, which root restores for its own images only (an image could forge any connection)",
+                    st.head.uids[0]
+                )));
+            }
+            m.repaired = tcpconn::Repaired::new(&st.tcp_conns.lock);
+            for c in &st.tcp_conns.conns {
+                let fd = tcpconn::create_here(c)?;
+                let copy = fd.try_clone().map_err(|e| Error::io("a restored TCP connection (dup)", e))?;
+                m.sockets.push((c.ino, fd.as_raw_fd()));
+                m.owned.push(fd);
+                m.repaired.push(copy, c);
             }
         }
         for l in &st.unix_listening {

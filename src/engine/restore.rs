@@ -95,6 +95,9 @@ pub struct Held {
     family: Family,
     /// The System V objects made for them: removed if they are killed (dropped after them).
     ipc: Option<crate::res::sysv::Made>,
+    /// Their established TCP connections, in repair mode until they run (closed silently,
+    /// their packets still blocked, if they are killed).
+    tcp: Option<crate::res::tcpconn::Repaired>,
 }
 
 impl std::fmt::Debug for Held {
@@ -107,6 +110,9 @@ impl Held {
     /// Detaches: the processes run from where they were checkpointed, children first (a parent
     /// that runs first finds them there either way).
     pub fn release(mut self) -> Result<()> {
+        if let Some(tcp) = self.tcp.take() {
+            tcp.release()?;
+        }
         if let Some(ipc) = self.ipc.as_mut() {
             ipc.remove_doomed();
         }
@@ -224,6 +230,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     shared.made.close_ours();
     let mut family = family?;
     let ipc = shared.made.ipc.take();
+    let tcp = Some(std::mem::take(&mut shared.made.repaired));
     let mut first: Option<(ProcessState, bool, u8)> = None;
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
@@ -281,7 +288,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     }
     if opts.hold {
         // From here the Held kills them if it is dropped unreleased.
-        restored.held = Some(Held { family, ipc });
+        restored.held = Some(Held { family, ipc, tcp });
         return Ok(restored);
     }
     if opts.stop {
@@ -290,7 +297,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         }
     }
     let pids: Vec<i32> = family.procs.iter().map(|p| p.t.pid).collect();
-    Held { family, ipc }.release()?;
+    Held { family, ipc, tcp }.release()?;
     if let (Some(h), Some(_)) = (&here, &restored.state.terminal) {
         crate::res::terminal::winch(h, &pids);
     }

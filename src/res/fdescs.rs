@@ -187,7 +187,7 @@ mod tests {
         let f = std::fs::File::create(std::env::temp_dir().join(format!("fdescs.{}", std::process::id()))).unwrap();
         let dup = nix::unistd::dup(&f).unwrap();
         let me = std::process::id() as i32;
-        let fds = files::scan(me, &files::Stubs::default(), &[], false);
+        let fds = files::scan(me, &files::Stubs::default(), &[], Default::default());
         // The harness may hold fds scan refuses; then only the codec is checked.
         if let Ok(fds) = fds {
             let found = collect(&[(me, &fds)]).unwrap();

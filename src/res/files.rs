@@ -167,11 +167,20 @@ fn stub_of(pid: i32, fd: i32, target: &str, flags: u32) -> String {
     if what == target { what } else { format!("{target}: {what}") }
 }
 
+/// What a checkpoint carries beyond what it always does.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Carry {
+    /// Fds on the job's terminal (the controlling one of the tree's first process), as such
+    /// (`KIND_TTY`; ckpt --shell-job).
+    pub shell_job: bool,
+    /// Established TCP connections (`KIND_INET`, res::tcpconn; ckpt --tcp-established).
+    pub tcp_established: bool,
+}
+
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
-/// `stubs` says to carry it as a stub. `shell_job`: fds on the job's terminal (the controlling
-/// one of `tree`'s first process) are carried as such (`KIND_TTY`).
-pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<Vec<Fd>> {
-    let (fds, blocked) = scan_all(pid, stubs, tree, shell_job)?;
+/// `stubs` says to carry it as a stub.
+pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<Vec<Fd>> {
+    let (fds, blocked) = scan_all(pid, stubs, tree, carry)?;
     Error::blocked(pid, blocked)?;
     Ok(fds)
 }
@@ -180,7 +189,8 @@ pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<Ve
 /// precheck goes on to look into the ones it can (epoll sets, inotify watches). `tree` holds
 /// the processes checkpointed with `pid`: a pipe between them is theirs (a FIFO only when
 /// `pid` holds it whole).
-pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Result<(Vec<Fd>, Vec<String>)> {
+pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(Vec<Fd>, Vec<String>)> {
+    let shell_job = carry.shell_job;
     let job = super::terminal::controlling(tree.first().copied().unwrap_or(pid));
     // The numbers of the ptys whose masters the tree holds, looked up at the first slave.
     let masters = std::cell::OnceCell::new();
@@ -221,7 +231,7 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], shell_job: bool) -> Resul
         let whole = match socket {
             Some(ino) if endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
             Some(ino) if endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
-            Some(ino) => match super::inet::classify(tree, pid, fd, ino) {
+            Some(ino) => match super::inet::classify(tree, pid, fd, ino, carry.tcp_established) {
                 Some(Ok(())) => Some((ino, KIND_INET)),
                 Some(Err(why)) => {
                     inet_refused = Some(why);
@@ -795,7 +805,7 @@ mod tests {
     #[test]
     fn scan_self_sees_our_files() {
         let f = fs::File::open("/dev/null").unwrap();
-        let fds = scan(std::process::id() as i32, &Stubs::default(), &[], false);
+        let fds = scan(std::process::id() as i32, &Stubs::default(), &[], Carry::default());
         // The test harness may hold sockets or pipes of its own: then scan refuses, by name.
         match fds {
             Ok(v) => assert!(v.iter().any(|x| x.kind == KIND_DEV && x.id.path == "/dev/null")),

@@ -12,8 +12,8 @@
 
 use super::{
     caps, clocks, cwd, deleted, epoll, fdescs, files, head, inet, inotify, itimers, knobs, locks, mdwe, memfd, memory,
-    pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, terminal, thp, thread, timerfd,
-    tree, treeshm, unixpairs,
+    pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, tcpconn, terminal, thp, thread,
+    timerfd, tree, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -62,6 +62,9 @@ pub struct ProcessState {
     /// The TCP and UDP sockets a restore makes again by itself (the first process's block
     /// carries them).
     pub inet_socks: Vec<inet::Sock>,
+    /// The established TCP connections (ckpt --tcp-established; the first process's block
+    /// carries them).
+    pub tcp_conns: tcpconn::Conns,
     /// Which unix socket pairs are connections to those listeners, and the connections
     /// waiting on them (the first process's block carries them).
     pub unix_conns: Vec<unixpairs::Conn>,
@@ -202,6 +205,7 @@ pub mod tags {
     pub const TERMINAL: Tag = Tag(38);
     pub const PTYS: Tag = Tag(39);
     pub const INETSOCKS: Tag = Tag(40);
+    pub const TCPCONNS: Tag = Tag(41);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -347,6 +351,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.inet_socks, inet::decode(b, at)),
         describe: |v| inet::describe(&v.st.inet_socks),
         ..only_if(tags::INETSOCKS, "INETSOCKS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.tcp_conns.conns.is_empty() { vec![] } else { vec![tcpconn::encode(&st.tcp_conns)] },
+        decode: |b, at, st| set(&mut st.tcp_conns, tcpconn::decode(b, at)),
+        describe: |v| tcpconn::describe(&v.st.tcp_conns),
+        ..only_if(tags::TCPCONNS, "TCPCONNS")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

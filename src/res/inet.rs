@@ -131,7 +131,7 @@ const OPTS: &[(i32, i32, &str)] = &[
 /// The most bytes of one option's value.
 const MAX_OPT: usize = 64;
 
-fn opt_name(level: i32, name: i32) -> String {
+pub(super) fn opt_name(level: i32, name: i32) -> String {
     match OPTS.iter().find(|o| (o.0, o.1) == (level, name)) {
         Some(o) => o.2.into(),
         None => format!("socket option {level}/{name}"),
@@ -144,7 +144,7 @@ fn sys(call: &str, what: &str) -> Error {
 
 /// Option `name` of `level` as the kernel gives it, or None where this socket has no such
 /// option.
-fn getsockopt(s: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
+pub(super) fn getsockopt(s: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut buf = [0u8; MAX_OPT];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `buf`, and the length into `len`.
@@ -152,7 +152,7 @@ fn getsockopt(s: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     (r == 0).then(|| buf[..(len as usize).min(MAX_OPT)].to_vec())
 }
 
-fn int_opt(s: RawFd, level: i32, name: i32, what: &str) -> Result<i32> {
+pub(super) fn int_opt(s: RawFd, level: i32, name: i32, what: &str) -> Result<i32> {
     let v =
         getsockopt(s, level, name).ok_or_else(|| sys("getsockopt", &format!("{} of {what}", opt_name(level, name))))?;
     let b: [u8; 4] = v
@@ -173,16 +173,17 @@ fn kind(s: RawFd) -> Option<(u16, u32)> {
 }
 
 /// A TCP socket's state (TCP_INFO's first byte: 7 closed, 10 listening).
-fn tcp_state(s: RawFd) -> Option<u8> {
+pub(super) fn tcp_state(s: RawFd) -> Option<u8> {
     getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO)?.first().copied()
 }
 
+pub(super) const TCP_ESTABLISHED: u8 = 1;
 const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
 
 /// getsockname (`peer` false) or getpeername of `s`: the sockaddr's bytes, or None when it has
 /// no peer.
-fn name_of(s: RawFd, peer: bool) -> Option<Vec<u8>> {
+pub(super) fn name_of(s: RawFd, peer: bool) -> Option<Vec<u8>> {
     // SAFETY: an all-zero sockaddr_storage is valid.
     let mut a: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -257,14 +258,27 @@ fn unbound(b: &[u8]) -> bool {
     addr_of(b).is_none_or(|a| a.port() == 0 && a.ip().is_unspecified())
 }
 
-/// Whether fd `fd` of `pid` (socket `ino`) is a socket of this kind: None when it is not a TCP
-/// or UDP socket, or a TCP one connected (or on its way to or from it); otherwise Ok, or why
-/// crs cannot carry it.
-pub fn classify(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<std::result::Result<(), String>> {
+/// Whether fd `fd` of `pid` (socket `ino`) is a socket crs carries (this kind, or with
+/// `established` (ckpt --tcp-established) an established TCP connection, res::tcpconn): None
+/// when it is not a TCP or UDP socket; otherwise Ok, or why crs cannot carry it.
+pub fn classify(
+    within: &[i32],
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    established: bool,
+) -> Option<std::result::Result<(), String>> {
     let s = crate::ptrace::procfs::getfd(pid, fd, "a socket").ok()?;
     let (_, ty) = kind(s.as_raw_fd())?;
-    if ty == libc::SOCK_STREAM as u32 && !matches!(tcp_state(s.as_raw_fd())?, TCP_CLOSE | TCP_LISTEN) {
-        return None;
+    let state = if ty == libc::SOCK_STREAM as u32 { tcp_state(s.as_raw_fd())? } else { TCP_CLOSE };
+    match state {
+        TCP_CLOSE | TCP_LISTEN => {}
+        TCP_ESTABLISHED if established => {}
+        TCP_ESTABLISHED => return Some(Err("which only ckpt --tcp-established carries".into())),
+        st => {
+            let name = TCP_STATES.get(st as usize).copied().unwrap_or("?");
+            return Some(Err(format!("a connection closing ({name}), which crs does not restore")));
+        }
     }
     let outside = super::endpoints::held_outside(within, pid, fd, &format!("socket:[{ino}]"));
     if !outside.is_empty() {
@@ -276,6 +290,28 @@ pub fn classify(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<std::resu
     Some(Ok(()))
 }
 
+/// Whether `s` is an established TCP connection.
+pub fn is_established(s: RawFd) -> bool {
+    kind(s).is_some_and(|k| k.1 == libc::SOCK_STREAM as u32) && tcp_state(s) == Some(TCP_ESTABLISHED)
+}
+
+/// The kernel's TCP states, by number.
+const TCP_STATES: [&str; 13] = [
+    "?",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
+
 /// How many instructions the classic BPF filter on `s` has (0: none).
 fn filter_len(s: RawFd) -> u32 {
     let mut len: libc::socklen_t = 0;
@@ -285,7 +321,7 @@ fn filter_len(s: RawFd) -> u32 {
 }
 
 /// A fresh socket of `family` and `ty`, to compare options with.
-fn fresh(family: u16, ty: u32, what: &str) -> Result<OwnedFd> {
+pub(super) fn fresh(family: u16, ty: u32, what: &str) -> Result<OwnedFd> {
     // SAFETY: socket takes integers; the fd is owned below.
     let raw = unsafe { libc::socket(family as i32, ty as i32 | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -322,13 +358,7 @@ pub fn collect(pid: i32, fd: i32, ino: u64, notes: &mut Vec<String>) -> Result<S
     if addr_of(&sock.local).is_none() || (sock.state == CONNECTED && addr_of(&sock.peer).is_none()) {
         return Err(Error::Proc(format!("{what}: an address crs does not know")));
     }
-    let base = fresh(family, ty, &what)?;
-    for &(level, name, _) in OPTS {
-        let Some(v) = getsockopt(s, level, name) else { continue };
-        if getsockopt(base.as_raw_fd(), level, name).as_ref() != Some(&v) {
-            sock.opts.push(Opt { level, name, value: v });
-        }
-    }
+    sock.opts = options(s, family, ty, false, &what)?;
     let desc = describe_one(&sock);
     if sock.state == LISTEN {
         let (waiting, backlog) = diag_listener(pid, family, ino).map_err(|e| match e {
@@ -349,6 +379,100 @@ pub fn collect(pid: i32, fd: i32, ino: u64, notes: &mut Vec<String>) -> Result<S
         }
     }
     Ok(sock)
+}
+
+/// The options of socket `s` (of `family` and `ty`) whose value differs from a fresh socket's.
+/// `established`: but those the kernel sets for a connection by itself (the MSS, the window
+/// clamp and the buffer sizes, which res::tcpconn carries apart).
+pub(super) fn options(s: RawFd, family: u16, ty: u32, established: bool, what: &str) -> Result<Vec<Opt>> {
+    let base = fresh(family, ty, what)?;
+    let mut out = Vec::new();
+    // Multicast is not TCP's (and an accepted socket's multicast TTL is its SYN's TTL).
+    let multicast = [
+        libc::IP_MULTICAST_TTL,
+        libc::IP_MULTICAST_LOOP,
+        libc::IP_MULTICAST_ALL,
+        libc::IPV6_MULTICAST_HOPS,
+        libc::IPV6_MULTICAST_LOOP,
+    ];
+    for &(level, name, _) in OPTS {
+        if ty == libc::SOCK_STREAM as u32
+            && matches!(level, libc::IPPROTO_IP | libc::IPPROTO_IPV6)
+            && multicast.contains(&name)
+        {
+            continue;
+        }
+        let own = [
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG),
+            (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF),
+            (libc::SOL_SOCKET, libc::SO_RCVBUF),
+        ];
+        if established && own.contains(&(level, name)) {
+            continue;
+        }
+        let Some(v) = getsockopt(s, level, name) else { continue };
+        if getsockopt(base.as_raw_fd(), level, name).as_ref() != Some(&v) {
+            out.push(Opt { level, name, value: v });
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `opts` on socket `raw`, in order, but for those `skip` names.
+pub(super) fn set_options(raw: RawFd, opts: &[Opt], skip: &[(i32, i32)], what: &str) -> Result<()> {
+    for o in opts.iter().filter(|o| !skip.contains(&(o.level, o.name))) {
+        let mut v = o.value.clone();
+        // getsockopt gives the kernel's doubled buffer size; setsockopt takes half of it.
+        if o.level == libc::SOL_SOCKET && matches!(o.name, libc::SO_SNDBUF | libc::SO_RCVBUF) && v.len() == 4 {
+            let n = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) / 2;
+            v = n.to_ne_bytes().to_vec();
+        }
+        // SAFETY: setsockopt reads v.len() bytes from a live buffer.
+        let r = unsafe { libc::setsockopt(raw, o.level, o.name, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+        if r != 0 {
+            let e = Errno::last();
+            let name = opt_name(o.level, o.name);
+            return Err(match (o.name, e) {
+                (libc::SO_BINDTODEVICE, Errno::ENODEV) => Error::Refused(format!(
+                    "{what}: it was bound to interface {} (SO_BINDTODEVICE), which this node does not have",
+                    crate::text::printable(&String::from_utf8_lossy(v.split(|&b| b == 0).next().unwrap_or_default()))
+                )),
+                (_, Errno::EPERM | Errno::EACCES) => Error::Permission(format!(
+                    "{what}: setting {name} takes a capability the restore does not have for this image"
+                )),
+                _ => Error::sys("setsockopt", format!("{name} of the {what}"), e),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The value of option SO_REUSEADDR in `opts` (0 when it is not there: a fresh socket's).
+pub(super) fn reuseaddr(opts: &[Opt]) -> i32 {
+    let o = opts.iter().find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR));
+    o.and_then(|o| Some(i32::from_ne_bytes(o.value.get(..4)?.try_into().ok()?))).unwrap_or(0)
+}
+
+pub(super) fn encode_opts(e: &mut Enc, opts: &[Opt]) {
+    e.u32(opts.len() as u32);
+    for o in opts {
+        e.u32(o.level as u32).u32(o.name as u32).bytes(&o.value);
+    }
+}
+
+pub(super) fn decode_opts(d: &mut Dec, what: &str) -> CrfResult<Vec<Opt>> {
+    let at = d.offset();
+    let n = d.count(12)?;
+    let mut opts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let o = Opt { level: d.u32()? as i32, name: d.u32()? as i32, value: d.bytes()?.to_vec() };
+        if !OPTS.iter().any(|k| (k.0, k.1) == (o.level, o.name)) || o.value.len() > MAX_OPT {
+            return Err(d.bad_at(at, format!("{what}: option {}/{} of {} bytes", o.level, o.name, o.value.len())));
+        }
+        opts.push(o);
+    }
+    Ok(opts)
 }
 
 /// (connections waiting, backlog) of listening TCP socket `ino` of `pid`, from sock_diag in
@@ -441,37 +565,13 @@ pub fn create_here(s: &Sock) -> Result<OwnedFd> {
     let what = describe_one(s);
     let fd = fresh(s.family, s.ty, &what)?;
     let raw = fd.as_raw_fd();
-    for o in &s.opts {
-        let mut v = o.value.clone();
-        // getsockopt gives the kernel's doubled buffer size; setsockopt takes half of it.
-        if o.level == libc::SOL_SOCKET && matches!(o.name, libc::SO_SNDBUF | libc::SO_RCVBUF) && v.len() == 4 {
-            let n = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) / 2;
-            v = n.to_ne_bytes().to_vec();
-        }
-        // SAFETY: setsockopt reads v.len() bytes from a live buffer.
-        let r = unsafe { libc::setsockopt(raw, o.level, o.name, v.as_ptr().cast(), v.len() as libc::socklen_t) };
-        if r != 0 {
-            let e = Errno::last();
-            let name = opt_name(o.level, o.name);
-            return Err(match (o.name, e) {
-                (libc::SO_BINDTODEVICE, Errno::ENODEV) => Error::Refused(format!(
-                    "{what}: it was bound to interface {} (SO_BINDTODEVICE), which this node does not have",
-                    crate::text::printable(&String::from_utf8_lossy(v.split(|&b| b == 0).next().unwrap_or_default()))
-                )),
-                (_, Errno::EPERM | Errno::EACCES) => Error::Permission(format!(
-                    "{what}: setting {name} takes a capability the restore does not have for this image"
-                )),
-                _ => Error::sys("setsockopt", format!("{name} of the {what}"), e),
-            });
-        }
-    }
+    set_options(raw, &s.opts, &[], &what)?;
     if s.state != NEW {
         // A TCP port the checkpointed process's own closed connections still hold (TIME_WAIT)
         // takes SO_REUSEADDR to bind again, which the process may not have had: set for the
         // bind, then back to the image's. A live listener on it is refused all the same.
         let tcp = s.ty == libc::SOCK_STREAM as u32;
-        let reuse = s.opts.iter().find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR));
-        let had = reuse.and_then(|o| Some(i32::from_ne_bytes(o.value.get(..4)?.try_into().ok()?))).unwrap_or(0);
+        let had = reuseaddr(&s.opts);
         if tcp && had == 0 {
             set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, &what)?;
         }
@@ -497,7 +597,7 @@ pub fn create_here(s: &Sock) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn set_int(raw: RawFd, level: i32, name: i32, v: i32, what: &str) -> Result<()> {
+pub(super) fn set_int(raw: RawFd, level: i32, name: i32, v: i32, what: &str) -> Result<()> {
     // SAFETY: setsockopt reads one int.
     if unsafe { libc::setsockopt(raw, level, name, (&v as *const i32).cast(), 4) } != 0 {
         return Err(sys("setsockopt", &format!("{} of the {what}", opt_name(level, name))));
@@ -513,7 +613,7 @@ fn in_use(addr: &[u8], what: &str) -> Error {
     Error::Refused(format!("{what}: {at} is in use here{by}: stop what holds it, or restore on another node"))
 }
 
-fn bind(raw: RawFd, addr: &[u8], what: &str) -> Result<()> {
+pub(super) fn bind(raw: RawFd, addr: &[u8], what: &str) -> Result<()> {
     // SAFETY: bind reads addr.len() bytes of a live sockaddr.
     if unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as libc::socklen_t) } == 0 {
         return Ok(());
@@ -538,10 +638,7 @@ pub fn encode(all: &[Sock]) -> Vec<u8> {
     e.u32(all.len() as u32);
     for s in all {
         e.u64(s.ino).u32(s.family as u32).u32(s.ty).u8(s.state).bytes(&s.local).bytes(&s.peer).u32(s.backlog);
-        e.u32(s.opts.len() as u32);
-        for o in &s.opts {
-            e.u32(o.level as u32).u32(o.name as u32).bytes(&o.value);
-        }
+        encode_opts(&mut e, &s.opts);
     }
     e.into_bytes()
 }
@@ -554,17 +651,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Sock>> {
         let rec = d.offset();
         let (ino, family, ty, state) = (d.u64()?, d.u32()?, d.u32()?, d.u8()?);
         let (local, peer, backlog) = (d.bytes()?.to_vec(), d.bytes()?.to_vec(), d.u32()?);
-        let nopts = d.count(12)?;
-        let mut opts = Vec::with_capacity(nopts);
-        for _ in 0..nopts {
-            let o = Opt { level: d.u32()? as i32, name: d.u32()? as i32, value: d.bytes()?.to_vec() };
-            if !OPTS.iter().any(|k| (k.0, k.1) == (o.level, o.name)) || o.value.len() > MAX_OPT {
-                return Err(
-                    d.bad_at(rec, format!("socket {ino}: option {}/{} of {} bytes", o.level, o.name, o.value.len()))
-                );
-            }
-            opts.push(o);
-        }
+        let opts = decode_opts(&mut d, &format!("socket {ino}"))?;
         let s = Sock { ino, family: family as u16, ty, state, local, peer, backlog, opts };
         let fam = |a: &[u8]| addr_of(a).is_some() && a.get(..2) == Some(&s.family.to_ne_bytes()[..]);
         let ok = matches!(family as i32, libc::AF_INET | libc::AF_INET6)
@@ -623,7 +710,7 @@ mod tests {
         // SAFETY: listen takes integers.
         assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 9) }, 0);
         let (pid, fd, ino) = own(&l);
-        assert_eq!(classify(&[], pid, fd, ino), Some(Ok(())));
+        assert_eq!(classify(&[], pid, fd, ino, false), Some(Ok(())));
         let mut notes = Vec::new();
         let s = collect(pid, fd, ino, &mut notes).unwrap();
         assert_eq!((s.state, s.backlog), (LISTEN, 9));

@@ -34,6 +34,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sysv;
 pub mod task;
+pub mod tcpconn;
 pub mod terminal;
 pub mod thp;
 pub mod thread;

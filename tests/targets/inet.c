@@ -6,7 +6,10 @@
  * Prints "ready P4 P6 PIDLE"; then each connection accepted on the first two gets "n=N", N a
  * count in memory. On stdin: "state" prints every socket's address and options on one line;
  * "udp" sends a datagram on the connected socket and says what the bound one got, from which
- * port; "check" says "ok" and exits.
+ * port; "hold" accepts a connection on the listener that serves no one else, and keeps it; "pump N" writes up to N
+ * more bytes of a pattern (byte i of the stream is i % 251) on it, as many as fit without
+ * blocking, and says how many; "read" reads what is there and prints it; "check" says "ok"
+ * and exits.
  * With the argument "share", a child holds every socket too (and waits). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,6 +19,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -84,7 +88,8 @@ int main(int argc, char **argv) {
         for (;;) pause();
     }
     printf("ready %d %d %d\n", port(l4), port(l6), port(idle));
-    int n = 0;
+    int n = 0, conn = -1;
+    unsigned long pumped = 0;
     char line[64];
     for (;;) {
         struct pollfd p[3] = {{0, POLLIN, 0}, {l4, POLLIN, 0}, {l6, POLLIN, 0}};
@@ -116,6 +121,26 @@ int main(int argc, char **argv) {
             send(uc, "ping", 4, 0);
             ssize_t got = recvfrom(ub, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &flen);
             printf("udp got %s from %d (%zd bytes)\n", buf, ntohs(from.sin_port), got);
+        } else if (!strncmp(line, "hold", 4)) {
+            conn = accept(idle, NULL, NULL);
+            printf("holding %d\n", conn >= 0);
+        } else if (!strncmp(line, "pump", 4)) {
+            unsigned long want = strtoul(line + 5, NULL, 10), done = 0;
+            char buf[65536];
+            while (done < want) {
+                size_t len = want - done < sizeof buf ? want - done : sizeof buf;
+                for (size_t i = 0; i < len; i++) buf[i] = (pumped + i) % 251;
+                ssize_t w = send(conn, buf, len, MSG_DONTWAIT);
+                if (w <= 0) break;
+                pumped += w, done += w;
+            }
+            printf("pumped %lu\n", done);
+        } else if (!strncmp(line, "read", 4)) {
+            char buf[256] = {0};
+            ssize_t got = recv(conn, buf, sizeof buf - 1, MSG_DONTWAIT);
+            buf[got > 0 ? got : 0] = 0;
+            buf[strcspn(buf, "\n")] = 0;
+            printf("read %zd %s\n", got, buf);
         } else if (!strncmp(line, "check", 5)) {
             printf("ok\n");
             return 0;

@@ -1,0 +1,591 @@
+//! TCPCONNS: established TCP connections (ckpt --tcp-established), taken and made again with
+//! TCP_REPAIR, as CRIU does: per connection its addresses, both sequence numbers, both queues
+//! (what was received and not read; what was written and not acknowledged, with how much of
+//! it was not sent yet), the options the handshake agreed (MSS, window scaling, SACK,
+//! timestamps, with the timestamp clock), the window, and the socket options that differ from
+//! a fresh socket's. Their fds are FILES records of kind KIND_INET, like those of INETSOCKS.
+//!
+//! While the queues are read, and until the restored process runs (or the checkpointed one
+//! runs on), no packet of the peer's may reach the connection: one the kernel would take after
+//! the queues were read would be lost, and one reaching no socket would be answered with a
+//! reset. So a checkpoint blocks them first with an nftables table of its own in the process's
+//! network namespace (`Lock`), and puts each socket in repair mode, where it sends nothing and
+//! closes silently. With ckpt --kill the table stays, its name in the image, and the
+//! restore removes it once the connections are made again and out of repair mode; otherwise
+//! the checkpoint takes the sockets out of repair mode and removes it.
+//!
+//! A restore makes each connection in the restorer, in repair mode: bound, its sequence
+//! numbers set, "connected" without a packet, its options, timestamp and window set, the
+//! received bytes put back in its receive queue, the sent ones in its send queue, then the
+//! unsent ones sent as new data. It leaves repair mode when the processes are let run.
+//! Buffer sizes come back as they were, fixed (SO_SNDBUF and SO_RCVBUF set: the kernel's
+//! autotuning is off for the connection from then on).
+//! Root only (TCP_REPAIR takes CAP_NET_ADMIN); root restores them for its own images only
+//! (a user's image could forge any connection from any port).
+
+use super::inet::{self, Opt};
+use crate::crf::{Dec, Enc, Result as CrfResult};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+const TCPOPT_MAXSEG: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+/// The most bytes of one queue, and of all queues, in an image (whose TCPCONNS section holds
+/// them all, within crf::MAX_SECTION).
+const MAX_QUEUE: usize = 16 << 20;
+const MAX_QUEUES: usize = 56 << 20;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub ino: u64,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Local and peer addresses, as getsockname and getpeername give them.
+    pub local: Vec<u8>,
+    pub peer: Vec<u8>,
+    /// The sequence number after the last byte written (write_seq) and after the last byte
+    /// received (rcv_nxt).
+    pub snd_seq: u32,
+    pub rcv_seq: u32,
+    /// The send queue: written, not acknowledged; its last `unsent` bytes not sent yet.
+    pub sent: Vec<u8>,
+    pub unsent: u32,
+    /// The receive queue: received, not read.
+    pub received: Vec<u8>,
+    pub mss: u32,
+    /// TCP_INFO's tcpi_options (TCPI_OPT_TIMESTAMPS 1, SACK 2, WSCALE 4).
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// The connection's timestamp clock (TCP_TIMESTAMP).
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// SO_SNDBUF and SO_RCVBUF as getsockopt gives them (the kernel's doubled values).
+    pub sndbuf: u32,
+    pub rcvbuf: u32,
+    pub opts: Vec<Opt>,
+}
+
+/// The connections of an image, and the nftables table that blocks their packets, left by
+/// ckpt --kill for the restore to remove (empty when there is none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conns {
+    pub lock: String,
+    pub conns: Vec<Conn>,
+}
+
+fn sys(call: &str, what: &str) -> Error {
+    Error::sys(call, what, Errno::last())
+}
+
+fn set(s: RawFd, name: i32, v: i32, what: &str) -> Result<()> {
+    inet::set_int(s, libc::IPPROTO_TCP, name, v, what)
+}
+
+fn set_bytes(s: RawFd, name: i32, v: &[u8], what: &str, call: &str) -> Result<()> {
+    // SAFETY: setsockopt reads v.len() bytes from a live buffer.
+    if unsafe { libc::setsockopt(s, libc::IPPROTO_TCP, name, v.as_ptr().cast(), v.len() as libc::socklen_t) } != 0 {
+        return Err(sys(call, what));
+    }
+    Ok(())
+}
+
+fn ioctl_int(s: RawFd, req: libc::c_ulong, what: &str, call: &str) -> Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: these ioctls write one int into `n`.
+    if unsafe { libc::ioctl(s, req, &mut n) } != 0 {
+        return Err(sys(call, what));
+    }
+    Ok(n.max(0) as u32)
+}
+
+/// "TCP connection 10.0.0.1:6379 -> 10.0.0.9:51234".
+fn name(local: &[u8], peer: &[u8]) -> String {
+    let a = |b: &[u8]| inet::addr_of(b).map_or_else(|| "?".into(), |a| a.to_string());
+    format!("TCP connection {} -> {}", a(local), a(peer))
+}
+
+/// Puts socket `s` in repair mode (or out of it).
+fn repair(s: RawFd, on: bool, what: &str) -> Result<()> {
+    match set(s, TCP_REPAIR, on as i32, what) {
+        Err(Error::Sys { errno: Errno::EPERM, .. }) => Err(Error::Permission(format!(
+            "{what}: TCP_REPAIR takes CAP_NET_ADMIN: established connections are root's to checkpoint and restore"
+        ))),
+        r => r,
+    }
+}
+
+/// The first `len` bytes of queue `q` of socket `s` (in repair mode), without taking them.
+fn peek_queue(s: RawFd, q: i32, len: u32, what: &str) -> Result<(u32, Vec<u8>)> {
+    set(s, TCP_REPAIR_QUEUE, q, what)?;
+    let seq = inet::int_opt(s, libc::IPPROTO_TCP, TCP_QUEUE_SEQ, what)? as u32;
+    if len as usize > MAX_QUEUE {
+        return Err(Error::Refused(format!("{what} has more than {MAX_QUEUE} bytes queued")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    if len > 0 {
+        // SAFETY: recv writes at most buf.len() bytes into `buf`.
+        let n = unsafe { libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n != len as isize {
+            return Err(Error::Proc(format!("{what}: peeking at its queue gave {n} bytes of {len}")));
+        }
+    }
+    Ok((seq, buf))
+}
+
+/// Connection `ino`, whose socket is `s` (crs's copy, already in repair mode, its packets
+/// blocked).
+pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
+    let what0 = format!("socket:[{ino}]");
+    let local = inet::name_of(s, false).ok_or_else(|| sys("getsockname", &what0))?;
+    let peer = inet::name_of(s, true).ok_or_else(|| sys("getpeername", &what0))?;
+    let what = name(&local, &peer);
+    let info =
+        inet::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).ok_or_else(|| sys("getsockopt(TCP_INFO)", &what))?;
+    if info.first() != Some(&inet::TCP_ESTABLISHED) || info.len() < 8 {
+        return Err(Error::Proc(format!("{what} is no longer established")));
+    }
+    let family = inet::int_opt(s, libc::SOL_SOCKET, libc::SO_DOMAIN, &what)? as u16;
+    let outq = ioctl_int(s, libc::TIOCOUTQ, &what, "ioctl(SIOCOUTQ)")?;
+    let unsent = ioctl_int(s, SIOCOUTQNSD, &what, "ioctl(SIOCOUTQNSD)")?;
+    let inq = ioctl_int(s, libc::FIONREAD, &what, "ioctl(SIOCINQ)")?;
+    let (rcv_seq, received) = peek_queue(s, TCP_RECV_QUEUE, inq, &what)?;
+    let (snd_seq, sent) = peek_queue(s, TCP_SEND_QUEUE, outq, &what)?;
+    set(s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, &what)?;
+    let int = |level, name| inet::int_opt(s, level, name, &what);
+    let mut window = [0u8; 20];
+    let mut len = window.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes exactly 20 bytes (the length it insists on) into `window`.
+    let r = unsafe { libc::getsockopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, window.as_mut_ptr().cast(), &mut len) };
+    if r != 0 || len != 20 {
+        return Err(sys("getsockopt(TCP_REPAIR_WINDOW)", &what));
+    }
+    let w = |i: usize| u32::from_ne_bytes([window[4 * i], window[4 * i + 1], window[4 * i + 2], window[4 * i + 3]]);
+    Ok(Conn {
+        ino,
+        family,
+        snd_seq,
+        rcv_seq,
+        unsent: unsent.min(sent.len() as u32),
+        sent,
+        received,
+        mss: int(libc::IPPROTO_TCP, libc::TCP_MAXSEG)? as u32,
+        options: info[5],
+        snd_wscale: info[6] & 0xf,
+        rcv_wscale: info[6] >> 4,
+        timestamp: int(libc::IPPROTO_TCP, TCP_TIMESTAMP)? as u32,
+        window: [w(0), w(1), w(2), w(3), w(4)],
+        sndbuf: int(libc::SOL_SOCKET, libc::SO_SNDBUF)? as u32,
+        rcvbuf: int(libc::SOL_SOCKET, libc::SO_RCVBUF)? as u32,
+        opts: inet::options(s, family, libc::SOCK_STREAM as u32, true, &what)?,
+        local,
+        peer,
+    })
+}
+
+/// Makes connection `c` here, in repair mode (it leaves it in [`Repaired::release`]).
+pub fn create_here(c: &Conn) -> Result<OwnedFd> {
+    let what = name(&c.local, &c.peer);
+    let fd = inet::fresh(c.family, libc::SOCK_STREAM as u32, &what)?;
+    let s = fd.as_raw_fd();
+    repair(s, true, &what)?;
+    // SO_REUSEADDR after repair mode, which binds whatever holds the port (the listener).
+    inet::set_options(s, &c.opts, &[(libc::SOL_SOCKET, libc::SO_REUSEADDR)], &what)?;
+    // Room for both queues, whatever the fresh socket's buffers.
+    let force = |name, v: u32, need: usize| {
+        let v = (v / 2).max(need as u32).min(i32::MAX as u32) as i32;
+        inet::set_int(s, libc::SOL_SOCKET, name, v, &what)
+    };
+    force(libc::SO_SNDBUFFORCE, c.sndbuf, c.sent.len())?;
+    force(libc::SO_RCVBUFFORCE, c.rcvbuf, c.received.len())?;
+    inet::bind(s, &c.local, &what)?;
+    set(s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, &what)?;
+    set(s, TCP_QUEUE_SEQ, c.rcv_seq.wrapping_sub(c.received.len() as u32) as i32, &what)?;
+    set(s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, &what)?;
+    set(s, TCP_QUEUE_SEQ, c.snd_seq.wrapping_sub(c.sent.len() as u32) as i32, &what)?;
+    // SAFETY: connect reads c.peer.len() bytes of a live sockaddr; in repair mode it sends
+    // nothing and makes the socket established.
+    if unsafe { libc::connect(s, c.peer.as_ptr().cast(), c.peer.len() as libc::socklen_t) } != 0 {
+        return Err(sys("connect (TCP_REPAIR)", &what));
+    }
+    let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, c.mss)];
+    if c.options & TCPI_OPT_SACK != 0 {
+        opts.push((TCPOPT_SACK_PERM, 0));
+    }
+    if c.options & TCPI_OPT_WSCALE != 0 {
+        opts.push((TCPOPT_WINDOW, c.snd_wscale as u32 | (c.rcv_wscale as u32) << 16));
+    }
+    if c.options & TCPI_OPT_TIMESTAMPS != 0 {
+        opts.push((TCPOPT_TIMESTAMP, 0));
+    }
+    let bytes: Vec<u8> = opts.iter().flat_map(|(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes())).collect();
+    set_bytes(s, TCP_REPAIR_OPTIONS, &bytes, &what, "setsockopt(TCP_REPAIR_OPTIONS)")?;
+    if c.options & TCPI_OPT_TIMESTAMPS != 0 {
+        set(s, TCP_TIMESTAMP, c.timestamp as i32, &what)?;
+    }
+    set(s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, &what)?;
+    send_all(s, &c.received, &what)?;
+    set(s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, &what)?;
+    let sent = c.sent.len() - c.unsent as usize;
+    send_all(s, &c.sent[..sent], &what)?;
+    // The window once the queues are in (the kernel checks it against what was received).
+    let w: Vec<u8> = c.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    set_bytes(s, TCP_REPAIR_WINDOW, &w, &what, "setsockopt(TCP_REPAIR_WINDOW)")?;
+    if c.unsent > 0 {
+        // Never sent: sent now as new data (its peer's answers are blocked until the release).
+        repair(s, false, &what)?;
+        send_all(s, &c.sent[sent..], &what)?;
+        repair(s, true, &what)?;
+    }
+    set(s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, &what)?;
+    Ok(fd)
+}
+
+fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
+    while !data.is_empty() {
+        let chunk = data.len().min(1 << 20);
+        // SAFETY: send reads `chunk` bytes of a live buffer.
+        let n = unsafe { libc::send(s, data.as_ptr().cast(), chunk, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n <= 0 {
+            return Err(Error::sys("send (TCP_REPAIR)", format!("{what}, {} bytes left", data.len()), Errno::last()));
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// The connections a restore made, in repair mode, until the processes are let run.
+#[derive(Default)]
+pub struct Repaired {
+    socks: Vec<(OwnedFd, i32, String)>,
+    lock: String,
+}
+
+impl Repaired {
+    pub fn new(lock: &str) -> Repaired {
+        Repaired { socks: Vec::new(), lock: lock.to_string() }
+    }
+
+    /// Keeps `fd` (a copy of connection `c`'s socket) for the release.
+    pub fn push(&mut self, fd: OwnedFd, c: &Conn) {
+        self.socks.push((fd, inet::reuseaddr(&c.opts), name(&c.local, &c.peer)));
+    }
+
+    /// Out of repair mode (each sends a window probe), SO_REUSEADDR as it was, then the
+    /// block on their packets lifted: the connections carry on.
+    pub fn release(self) -> Result<()> {
+        for (fd, reuse, what) in &self.socks {
+            repair(fd.as_raw_fd(), false, what)?;
+            inet::set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse, what)?;
+        }
+        if !self.lock.is_empty() {
+            unlock(&self.lock, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// The connections a checkpoint froze: crs's copies of their sockets, in repair mode, and the
+/// table blocking their packets.
+#[derive(Default)]
+pub struct Frozen {
+    socks: Vec<OwnedFd>,
+    lock: Option<Lock>,
+}
+
+impl Frozen {
+    /// Blocks the packets of connections `which` (socket, inode) of `pid`, puts each in repair
+    /// mode and reads it.
+    pub fn take(&mut self, pid: i32, which: Vec<(OwnedFd, u64)>) -> Result<Vec<Conn>> {
+        let mut ends = Vec::new();
+        for (s, ino) in &which {
+            let what = format!("socket:[{ino}]");
+            let local = inet::name_of(s.as_raw_fd(), false).ok_or_else(|| sys("getsockname", &what))?;
+            let peer = inet::name_of(s.as_raw_fd(), true).ok_or_else(|| sys("getpeername", &what))?;
+            ends.push((local, peer));
+        }
+        self.lock = Some(Lock::new(pid, &ends)?);
+        let mut out = Vec::new();
+        for (s, ino) in which {
+            let what = format!("socket:[{ino}]");
+            repair(s.as_raw_fd(), true, &what)?;
+            self.socks.push(s);
+            let last = self.socks.len() - 1;
+            out.push(collect(self.socks[last].as_raw_fd(), ino)?);
+        }
+        let total: usize = out.iter().map(|c| c.sent.len() + c.received.len()).sum();
+        if total > MAX_QUEUES {
+            return Err(Error::Refused(format!(
+                "the established connections have {} MiB queued, more than the {} MiB an image carries",
+                total >> 20,
+                MAX_QUEUES >> 20
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The checkpoint failed, or the processes run on: the connections carry on.
+    pub fn release(self) -> Result<()> {
+        let mut r = Ok(());
+        for s in &self.socks {
+            r = r.and(repair(s.as_raw_fd(), false, "a connection"));
+        }
+        match self.lock {
+            Some(l) => r.and(l.remove()),
+            None => r,
+        }
+    }
+
+    /// The processes are killed: their connections close silently (in repair mode), and the
+    /// block stays for the restore to lift. Returns the table's name.
+    pub fn keep(mut self) -> String {
+        self.socks.clear();
+        self.lock.take().map(|l| l.keep()).unwrap_or_default()
+    }
+
+    /// The table's name (empty without connections).
+    pub fn lock_name(&self) -> String {
+        self.lock.as_ref().map(|l| l.table.clone()).unwrap_or_default()
+    }
+}
+
+/// An nftables table in a process's network namespace that drops every packet to the
+/// connections' local ends from their peers (on input, and on output for a peer on this very
+/// node), until removed.
+pub struct Lock {
+    table: String,
+    pid: i32,
+    armed: bool,
+}
+
+/// "ip saddr 10.0.0.9 ip daddr 10.0.0.1 tcp sport 51234 tcp dport 6379": the packets from the
+/// peer to the local end (an IPv4 address mapped in IPv6 as IPv4).
+fn rule(local: &[u8], peer: &[u8]) -> Option<String> {
+    let (l, p) = (inet::addr_of(local)?, inet::addr_of(peer)?);
+    let v4 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        ip => ip,
+    };
+    let (lip, pip) = (v4(l.ip()), v4(p.ip()));
+    let fam = if lip.is_ipv4() { "ip" } else { "ip6" };
+    Some(format!("{fam} saddr {pip} {fam} daddr {lip} tcp sport {} tcp dport {}", p.port(), l.port()))
+}
+
+/// Runs `nft -f -` with `script`, in the network namespace of `pid` (None: ours).
+fn nft(script: &str, pid: Option<i32>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::piped());
+    let ns = match pid {
+        Some(p) => {
+            let path = format!("/proc/{p}/ns/net");
+            Some(std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?)
+        }
+        None => None,
+    };
+    if let Some(ns) = ns.as_ref().map(|f| f.as_raw_fd()) {
+        // SAFETY: setns is async-signal-safe and changes only the child's namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Refused(
+            "established TCP connections are held still with nftables: install nft (apt install nftables)".into(),
+        ),
+        _ => Error::io("nft", e),
+    })?;
+    let fed = child.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| Error::io("nft", e))?;
+    if !out.status.success() || fed.is_some_and(|r| r.is_err()) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Proc(format!("nft: {}", crate::text::printable(err.lines().next().unwrap_or("failed")))));
+    }
+    Ok(())
+}
+
+/// Removes table `table` from the network namespace of `pid` (None: ours), if it is there.
+pub fn unlock(table: &str, pid: Option<i32>) -> Result<()> {
+    nft(&format!("destroy table inet {table}\n"), pid).or_else(|_| {
+        // nft before 1.0.8 has no "destroy": add (a no-op if it is there) and delete.
+        nft(&format!("add table inet {table}\ndelete table inet {table}\n"), pid)
+    })
+}
+
+impl Lock {
+    fn new(pid: i32, ends: &[(Vec<u8>, Vec<u8>)]) -> Result<Lock> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let table = format!("crs_{pid}_{:x}", nanos as u64);
+        let mut script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} i {{ type filter hook input priority -300; policy accept; }}\n\
+             add chain inet {table} o {{ type filter hook output priority -300; policy accept; }}\n"
+        );
+        for (l, p) in ends {
+            let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
+            script += &format!("add rule inet {table} i {r} drop\nadd rule inet {table} o {r} drop\n");
+        }
+        nft(&script, Some(pid))?;
+        Ok(Lock { table, pid, armed: true })
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.armed = false;
+        unlock(&self.table, Some(self.pid))
+    }
+
+    fn keep(mut self) -> String {
+        self.armed = false;
+        std::mem::take(&mut self.table)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = unlock(&self.table, Some(self.pid));
+        }
+    }
+}
+
+/// A queue as chunks of at most a field's length: a count, then each.
+fn chunks(e: &mut Enc, data: &[u8]) {
+    let n = data.len().div_ceil(crate::crf::MAX_FIELD);
+    e.u32(n as u32);
+    for c in data.chunks(crate::crf::MAX_FIELD) {
+        e.bytes(c);
+    }
+}
+
+fn unchunk(d: &mut Dec) -> CrfResult<Vec<u8>> {
+    let at = d.offset();
+    let n = d.count(4)?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend_from_slice(d.bytes()?);
+        if out.len() > MAX_QUEUE {
+            return Err(d.bad_at(at, format!("a queue of more than {MAX_QUEUE} bytes")));
+        }
+    }
+    Ok(out)
+}
+
+pub fn encode(c: &Conns) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.str(&c.lock).u32(c.conns.len() as u32);
+    for c in &c.conns {
+        e.u64(c.ino).u32(c.family as u32).bytes(&c.local).bytes(&c.peer).u32(c.snd_seq).u32(c.rcv_seq);
+        chunks(&mut e, &c.sent);
+        e.u32(c.unsent);
+        chunks(&mut e, &c.received);
+        e.u32(c.mss).u8(c.options).u8(c.snd_wscale);
+        e.u8(c.rcv_wscale).u32(c.timestamp);
+        for w in c.window {
+            e.u32(w);
+        }
+        e.u32(c.sndbuf).u32(c.rcvbuf);
+        inet::encode_opts(&mut e, &c.opts);
+    }
+    e.into_bytes()
+}
+
+pub fn decode(b: &[u8], at: u64) -> CrfResult<Conns> {
+    let mut d = Dec::new(b, at, "TCPCONNS");
+    let lock = d.str()?;
+    if !lock.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') || lock.len() > 64 {
+        return Err(d.bad_at(at, "a lock table name that is not a plain name".into()));
+    }
+    let n = d.count(60)?;
+    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rec = d.offset();
+        let (ino, family) = (d.u64()?, d.u32()?);
+        let (local, peer) = (d.bytes()?.to_vec(), d.bytes()?.to_vec());
+        let (snd_seq, rcv_seq) = (d.u32()?, d.u32()?);
+        let (sent, unsent, received) = (unchunk(&mut d)?, d.u32()?, unchunk(&mut d)?);
+        let (mss, options, snd_wscale, rcv_wscale, timestamp) = (d.u32()?, d.u8()?, d.u8()?, d.u8()?, d.u32()?);
+        let window = [d.u32()?, d.u32()?, d.u32()?, d.u32()?, d.u32()?];
+        let (sndbuf, rcvbuf) = (d.u32()?, d.u32()?);
+        let opts = inet::decode_opts(&mut d, &format!("connection {ino}"))?;
+        let c = Conn {
+            ino,
+            family: family as u16,
+            local,
+            peer,
+            snd_seq,
+            rcv_seq,
+            sent,
+            unsent,
+            received,
+            mss,
+            options,
+            snd_wscale,
+            rcv_wscale,
+            timestamp,
+            window,
+            sndbuf,
+            rcvbuf,
+            opts,
+        };
+        let fam = |a: &[u8]| inet::addr_of(a).is_some() && a.get(..2) == Some(&c.family.to_ne_bytes()[..]);
+        let ok = matches!(family as i32, libc::AF_INET | libc::AF_INET6)
+            && fam(&c.local)
+            && fam(&c.peer)
+            && c.unsent as usize <= c.sent.len()
+            && c.snd_wscale <= 14
+            && c.rcv_wscale <= 14
+            && !conns.iter().any(|o| o.ino == ino);
+        if !ok {
+            return Err(d.bad_at(rec, format!("connection {ino}")));
+        }
+        conns.push(c);
+    }
+    d.finish()?;
+    Ok(Conns { lock, conns })
+}
+
+pub fn describe(c: &Conns) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .conns
+        .iter()
+        .map(|c| {
+            format!(
+                "tcpconn:   {} {}: {} bytes received unread, {} sent unacknowledged, {} unsent; mss {}",
+                c.ino,
+                name(&c.local, &c.peer),
+                c.received.len(),
+                c.sent.len() - c.unsent as usize,
+                c.unsent,
+                c.mss
+            )
+        })
+        .collect();
+    if !c.lock.is_empty() {
+        out.push(format!("tcplock:   their packets are blocked by nftables table inet {}", c.lock));
+    }
+    out
+}
