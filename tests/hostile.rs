@@ -113,6 +113,7 @@ fn send_image(port: u16, key: Option<&[u8; 32]>, img: &[u8]) -> Result<i32, Stri
     let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     let mut c = Conn::new(s, Side::Client);
     client_hello(&mut c, key).map_err(|e| e.to_string())?;
+    c.send(Kind::Options, &[]).map_err(|e| e.to_string())?;
     for chunk in img.chunks(1 << 20) {
         if c.send(Kind::Data, chunk).is_err() {
             break; // refused early: the Error frame says why
@@ -396,6 +397,7 @@ fn dripping_clients_are_cut_and_do_not_hold_restartd() {
             if handshake_first {
                 let mut c = Conn::new(s.try_clone().unwrap(), Side::Client);
                 client_hello(&mut c, None).unwrap();
+                c.send(Kind::Options, &[]).unwrap();
                 s.write_all(&[Kind::Data as u8, 0, 0, 16, 0]).unwrap();
                 bytes = vec![b'x'; 1 << 20];
             }
@@ -573,6 +575,7 @@ fn empty_data_frames_end_the_connection() {
     let s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     let mut c = Conn::new(s, Side::Client);
     client_hello(&mut c, None).unwrap();
+    c.send(Kind::Options, &[]).unwrap();
     let t0 = Instant::now();
     while c.send(Kind::Data, &[]).is_ok() && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(4));

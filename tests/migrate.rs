@@ -475,6 +475,7 @@ fn the_library_migrates_without_the_command_line() {
         timeout: Duration::from_secs(10),
         handshake: Duration::from_secs(10),
         min_rate: 1,
+        move_address: false,
     };
     let server = std::thread::spawn(move || {
         let (s, peer) = l.accept().unwrap();
@@ -485,6 +486,8 @@ fn the_library_migrates_without_the_command_line() {
         key: Some(key),
         timeout: Duration::from_secs(10),
         stubs: Default::default(),
+        tcp_established: false,
+        move_address: None,
     };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
     let served = server.join().unwrap().expect("serve_one");

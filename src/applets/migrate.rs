@@ -24,6 +24,15 @@ struct Args {
     /// what a stub is at the destination: "null" (default) or "pipe"; as ckpt(1) does
     #[argh(option, default = "String::from(\"null\")")]
     stub_as: String,
+    /// carry established TCP connections too, as ckpt(1) does (root); with --move-address
+    /// they carry on at the destination
+    #[argh(switch)]
+    tcp_established: bool,
+    /// move this address (ADDR/PREFIX, IPv4) with the process: taken off here once its image
+    /// is sent, put on the destination's interface in that subnet (with a gratuitous ARP)
+    /// before it runs there, put back here on any failure; restartd must allow it
+    #[argh(option)]
+    move_address: Option<String>,
     /// print the freeze time and the transfer rate
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -65,7 +74,16 @@ fn run(a: &Args) -> Result<()> {
     };
     let addrs = resolve(&a.host, a.port)?;
     let stubs = crate::res::files::Stubs::parse(&a.stub_fd, &a.stub_as).map_err(Error::Usage)?;
-    let opts = Options { keep: a.keep, key, timeout: Duration::from_secs(a.timeout.max(1)), stubs };
+    let move_address =
+        a.move_address.as_deref().map(crate::net::address::Address::parse).transpose().map_err(Error::Usage)?;
+    let opts = Options {
+        keep: a.keep,
+        key,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        stubs,
+        tcp_established: a.tcp_established,
+        move_address,
+    };
     let m = migrate(a.pid, &addrs, &opts)?;
     for s in &m.report.stubs {
         eprintln!("migrate: {s} (--stub-fd)");

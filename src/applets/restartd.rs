@@ -43,6 +43,11 @@ struct Args {
     /// an allowance of --timeout seconds (default 64K)
     #[argh(option)]
     min_rate: Option<String>,
+    /// let clients that ask with migrate --move-address move their process's address here;
+    /// it is put on the interface in its subnet before the process runs, taken off if it does
+    /// not
+    #[argh(switch)]
+    move_address: bool,
 }
 
 use crate::error::{Error, Result};
@@ -96,6 +101,7 @@ fn config(a: &Args) -> Result<ServeConfig> {
         spool: a.spool.clone(),
         uids,
         allow_root: a.allow_root,
+        move_address: a.move_address,
         limit,
         timeout: Duration::from_secs(a.timeout.max(1)),
         handshake: Duration::from_secs(a.handshake_timeout.max(1)),

@@ -73,6 +73,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         return exit::USAGE;
     }
     let flags = crate::RestartFlags {
+        free_bind: None,
         detach: a.detach,
         stop: a.stop,
         require_pid: a.require_pid,

@@ -74,6 +74,9 @@ pub struct Report {
     /// What the image leaves out that a restore cannot have (connections not yet accepted,
     /// datagrams queued), one line each.
     pub notes: Vec<String>,
+    /// The nftables table still blocking the packets of the killed processes' established
+    /// connections (see res::tcpconn), for the restore to remove; empty when none.
+    pub tcp_lock: String,
 }
 
 /// The processes a checkpoint of `pid` takes: `pid`, and unless `alone` its descendants, as
@@ -304,6 +307,7 @@ fn frozen_checkpoint<W: Sink>(
     })();
     let frozen = t0.elapsed();
     let mut restored = Ok(());
+    let mut tcp_lock = String::new();
     if !(opts.kill && result.is_ok()) {
         for d in &drained {
             restored = restored.and(d.put_back());
@@ -312,7 +316,7 @@ fn frozen_checkpoint<W: Sink>(
         restored = restored.and(conns.release());
     } else {
         // Killed in repair mode, their connections close without a packet; the block stays.
-        conns.keep();
+        tcp_lock = conns.keep();
     }
     for p in &procs {
         restored = restored.and(p.put_back());
@@ -333,7 +337,7 @@ fn frozen_checkpoint<W: Sink>(
                 while p.t.wait().is_ok() {}
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes })
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock: tcp_lock.clone() })
         }
         Ok((pages, image_bytes, stubs)) => {
             restored?;
@@ -355,7 +359,7 @@ fn frozen_checkpoint<W: Sink>(
                 redeliver(*m, held);
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes })
+            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock: tcp_lock.clone() })
         }
         Err(e) => {
             let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();

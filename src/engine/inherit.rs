@@ -42,18 +42,19 @@ impl Made {
     /// Makes all of it from the first process's state `st` (the image-wide sections, taken out
     /// of it), as the image's owner where files are concerned. What could not be made exactly
     /// goes to `notes`.
-    /// `ipcns`: make the System V objects in a new IPC namespace (rstrt --ipcns). `terminal`:
+    /// `opts`: the restore's (System V objects in a new IPC namespace, an address to bind
+    /// though this node lacks it). `terminal`:
     /// the path the job's terminal fds are opened on (rstrt --shell-job). `grant`: root gives
     /// a user's process the capabilities its image says it had (rstrt --user-caps).
     pub fn make(
         st: &mut ProcessState,
-        ipcns: bool,
+        opts: &crate::engine::restore::Options,
         terminal: Option<&str>,
         grant: bool,
         notes: &mut Vec<String>,
     ) -> Result<Made> {
         let mut m = Made {
-            ipc: Some(sysv::create_here(&st.sysv, &st.head, ipcns)?),
+            ipc: Some(sysv::create_here(&st.sysv, &st.head, opts.ipcns)?),
             terminal: terminal.map(str::to_string),
             ..Default::default()
         };
@@ -84,7 +85,7 @@ impl Made {
                 caps::Lowered::none()
             };
             for s in &st.inet_socks {
-                let fd = inet::create_here(s)?;
+                let fd = inet::create_here(s, opts.free_bind)?;
                 m.sockets.push((s.ino, fd.as_raw_fd()));
                 m.owned.push(fd);
             }
@@ -99,7 +100,7 @@ impl Made {
             }
             m.repaired = tcpconn::Repaired::new(&st.tcp_conns.lock);
             for c in &st.tcp_conns.conns {
-                let fd = tcpconn::create_here(c)?;
+                let fd = tcpconn::create_here(c, opts.free_bind)?;
                 let copy = fd.try_clone().map_err(|e| Error::io("a restored TCP connection (dup)", e))?;
                 m.sockets.push((c.ino, fd.as_raw_fd()));
                 m.owned.push(fd);

@@ -63,6 +63,9 @@ pub struct Options {
     /// --user-caps: root vouches for the image; never restartd, whose peers are trusted with
     /// uids, not with privilege).
     pub grant_caps: bool,
+    /// An address this node does not have yet (migrate --move-address puts it on before the
+    /// processes run): sockets bound to it are bound with IP_FREEBIND.
+    pub free_bind: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug)]
@@ -205,7 +208,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     let own_session = here.is_none() && (opts.detach || foreign || st.head.sid == st.head.pid);
     let mut notes = Vec::new();
     let grant = opts.grant_caps && creds::is_root();
-    let made = Made::make(&mut st, opts.ipcns, here.as_ref().map(|h| h.path.as_str()), grant, &mut notes)?;
+    let made = Made::make(&mut st, opts, here.as_ref().map(|h| h.path.as_str()), grant, &mut notes)?;
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(

@@ -19,6 +19,10 @@ pub struct Options {
     pub timeout: Duration,
     /// Fds carried as stubs (see `ckpt --stub-fd`).
     pub stubs: crate::res::files::Stubs,
+    /// Established TCP connections are carried (see `ckpt --tcp-established`).
+    pub tcp_established: bool,
+    /// An address that moves with the process (see net::address).
+    pub move_address: Option<crate::net::address::Address>,
 }
 
 /// A process that now runs at the destination.
@@ -83,12 +87,25 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         return Err(Error::Usage(format!("{pid} is not a process id")));
     }
     // Nothing is touched before the destination has answered and proved itself.
-    let flags = crate::Flags { kill: !opts.keep, stubs: opts.stubs.clone(), ..Default::default() };
+    let flags = crate::Flags {
+        kill: !opts.keep,
+        stubs: opts.stubs.clone(),
+        tcp_established: opts.tcp_established,
+        ..Default::default()
+    };
+    if opts.move_address.is_some() && opts.keep {
+        return Err(Error::Usage("--move-address moves the process's address: it cannot go with --keep".into()));
+    }
     crate::engine::checkpoint::precheck(pid, &flags)?;
+    if let Some(a) = opts.move_address {
+        crate::net::address::device_of(a)?;
+    }
     let stream = connect(addrs, opts.timeout).map_err(here)?;
     let peer = stream.peer_addr().unwrap_or(addrs[0]);
     let mut c = Conn::new(stream, Side::Client);
     client_hello(&mut c, opts.key.as_ref()).map_err(|e| here(e.into()))?;
+    let wishes = opts.move_address.map(|a| a.to_string()).unwrap_or_default();
+    c.send(Kind::Options, wishes.as_bytes()).map_err(|e| here(e.into()))?;
 
     // Signals that would end us wait until the process is safely here or there.
     let mut hold = nix::sys::signal::SigSet::empty();
@@ -100,15 +117,34 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     let (mut remote_pid, mut sent) = (0, 0u64);
     let t0 = Instant::now();
     let mut peer_said = None;
+    let mut moved = None;
     let r = std::thread::scope(|s| {
         let w = FrameWriter::new(s, &mut c);
         peer_said = Some(w.peer_said.clone());
         crate::engine::checkpoint::checkpoint_prechecked(pid, w, &flags, |w| {
-            commit(w, peer, pid, opts.keep, &mut sent, &mut remote_pid)
+            // The address leaves with the process, once its image is out; it is back before
+            // the process runs here again.
+            if let Some(a) = opts.move_address {
+                moved = Some(crate::net::address::take_off(a)?);
+            }
+            let r = commit(w, peer, pid, opts.keep, &mut sent, &mut remote_pid);
+            if r.is_err() {
+                moved = None;
+            }
+            r
         })
     });
     match r {
-        Ok(report) => Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed() }),
+        Ok(report) => {
+            if let Some(m) = moved {
+                m.keep();
+            }
+            // Its connections run there now: the block on their packets here goes.
+            if !report.tcp_lock.is_empty() {
+                crate::res::tcpconn::unlock(&report.tcp_lock, None)?;
+            }
+            Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed() })
+        }
         Err(e) => {
             let said = peer_said.and_then(|p| p.lock().ok()?.take());
             Err(explain(e, said, &mut c))

@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub handshake: Duration,
     /// Slowest average rate of the image, in bytes per second of waiting.
     pub min_rate: u64,
+    /// Clients may move an address here with their process (restartd --move-address).
+    pub move_address: bool,
 }
 
 /// A process restored here and running.
@@ -120,6 +122,19 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         info!("{peer}: refused: {e}");
         return Err(e.into());
     }
+    let mut buf = Vec::new();
+    c.expect(Kind::Options, &mut buf).map_err(Error::Net)?;
+    let wish = String::from_utf8_lossy(&buf).into_owned();
+    let addr = match wish.as_str() {
+        "" => None,
+        w => Some(crate::net::address::Address::parse(w).map_err(|e| Error::Net(NetError::Protocol(e)))?),
+    };
+    if addr.is_some() && !cfg.move_address {
+        let msg = "this restartd moves no address: start it with --move-address";
+        let _ = c.send_error(Code::Forbidden, msg);
+        info!("{peer}: refused: asked to move address {wish}");
+        return Err(Error::Permission(msg.into()));
+    }
     c.s.transfer(cfg.min_rate, cfg.timeout);
     let mut tee = None;
     if let Some(d) = &cfg.spool {
@@ -147,6 +162,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     let mut fr = FrameStream::start(c, cfg.limit);
     fr.tee = tee;
     let opts = crate::RestartFlags {
+        free_bind: addr.map(|a| a.ip),
         detach: true,
         stop: false,
         require_pid: false,
@@ -199,7 +215,20 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     for n in &restored.notes {
         info!("{peer}: {who}: {n}");
     }
+    // The address the process moves with, here before it runs (taken off again if it never
+    // does).
+    let placed = match addr.map(crate::net::address::put_on).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            info!("{peer}: {who} refused: {e}");
+            let _ = c.send_error(code_of(&e), &e.public());
+            return Err(e);
+        }
+    };
     let outcome = commit(&mut c, pid, restored.held);
+    if let (Ok(()), Some(p)) = (&outcome, placed) {
+        p.keep();
+    }
     match &outcome {
         Ok(()) => info!("{peer}: {who} restored as pid {pid}, {bytes} bytes (began at {}), running", began.get()),
         Err(e) => {

@@ -561,7 +561,7 @@ fn netlink_in(pid: i32) -> Result<OwnedFd> {
 /// Makes socket `s` here, for the processes created after to inherit: options, bind, then
 /// listen or connect. Returns it, close-on-exec. The caller holds the image owner's
 /// file-system ids and, for another user's image, no effective capability it must not use.
-pub fn create_here(s: &Sock) -> Result<OwnedFd> {
+pub fn create_here(s: &Sock, free: Option<std::net::Ipv4Addr>) -> Result<OwnedFd> {
     let what = describe_one(s);
     let fd = fresh(s.family, s.ty, &what)?;
     let raw = fd.as_raw_fd();
@@ -575,7 +575,7 @@ pub fn create_here(s: &Sock) -> Result<OwnedFd> {
         if tcp && had == 0 {
             set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, &what)?;
         }
-        bind(raw, &s.local, &what)?;
+        bind(raw, &s.local, free, &what)?;
         if tcp && had == 0 {
             set_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0, &what)?;
         }
@@ -613,12 +613,36 @@ fn in_use(addr: &[u8], what: &str) -> Error {
     Error::Refused(format!("{what}: {at} is in use here{by}: stop what holds it, or restore on another node"))
 }
 
-pub(super) fn bind(raw: RawFd, addr: &[u8], what: &str) -> Result<()> {
+/// Whether sockaddr `addr` is on address `free` (IPv4, or mapped in IPv6).
+pub(super) fn is_free(addr: &[u8], free: Option<std::net::Ipv4Addr>) -> bool {
+    let v4 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v) => Some(v),
+        std::net::IpAddr::V6(v) => v.to_ipv4_mapped(),
+    };
+    free.is_some() && addr_of(addr).and_then(|a| v4(a.ip())) == free
+}
+
+/// Binds `raw` to `addr`; with IP_FREEBIND for the bind when it is `free`, an address this
+/// node does not have yet.
+pub(super) fn bind(raw: RawFd, addr: &[u8], free: Option<std::net::Ipv4Addr>, what: &str) -> Result<()> {
+    let freebind = is_free(addr, free);
+    let (level, name) = match addr_of(addr) {
+        Some(std::net::SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
+        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND),
+    };
+    let had = if freebind { int_opt(raw, level, name, what)? } else { 0 };
+    if freebind {
+        set_int(raw, level, name, 1, what)?;
+    }
     // SAFETY: bind reads addr.len() bytes of a live sockaddr.
-    if unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as libc::socklen_t) } == 0 {
+    let r = unsafe { libc::bind(raw, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    let e = Errno::last();
+    if freebind {
+        set_int(raw, level, name, had, what)?;
+    }
+    if r == 0 {
         return Ok(());
     }
-    let e = Errno::last();
     let at = addr_of(addr).map_or_else(|| "?".into(), |a| a.to_string());
     Err(match e {
         Errno::EADDRINUSE => in_use(addr, what),
@@ -706,7 +730,7 @@ mod tests {
         set(&l, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
         set(&l, libc::SOL_SOCKET, libc::SO_RCVBUF, 50000);
         let sa = sockaddr(std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)));
-        bind(l.as_raw_fd(), &sa, "test").unwrap();
+        bind(l.as_raw_fd(), &sa, None, "test").unwrap();
         // SAFETY: listen takes integers.
         assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 9) }, 0);
         let (pid, fd, ino) = own(&l);
@@ -721,7 +745,7 @@ mod tests {
         assert_eq!(decode(&encode(std::slice::from_ref(&s)), 0).unwrap(), vec![s.clone()]);
         // Made again on the same address, once the first is closed.
         drop(l);
-        let again = create_here(&s).unwrap();
+        let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
         let s2 = collect(p2, f2, i2, &mut notes).unwrap();
         assert_eq!(Sock { ino: s.ino, ..s2 }, s);
@@ -736,7 +760,7 @@ mod tests {
         assert_eq!(s.state, CONNECTED);
         assert_eq!(addr_of(&s.peer), Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
         drop(u);
-        let again = create_here(&s).unwrap();
+        let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
         assert_eq!(Sock { ino: s.ino, ..collect(p2, f2, i2, &mut notes).unwrap() }, s);
         assert!(notes.is_empty(), "{notes:?}");

@@ -201,7 +201,7 @@ pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
 }
 
 /// Makes connection `c` here, in repair mode (it leaves it in [`Repaired::release`]).
-pub fn create_here(c: &Conn) -> Result<OwnedFd> {
+pub fn create_here(c: &Conn, free: Option<std::net::Ipv4Addr>) -> Result<OwnedFd> {
     let what = name(&c.local, &c.peer);
     let fd = inet::fresh(c.family, libc::SOCK_STREAM as u32, &what)?;
     let s = fd.as_raw_fd();
@@ -215,7 +215,17 @@ pub fn create_here(c: &Conn) -> Result<OwnedFd> {
     };
     force(libc::SO_SNDBUFFORCE, c.sndbuf, c.sent.len())?;
     force(libc::SO_RCVBUFFORCE, c.rcvbuf, c.received.len())?;
-    inet::bind(s, &c.local, &what)?;
+    // From an address this node does not have yet, the route to the peer takes
+    // IP_TRANSPARENT, for the connect only.
+    let transparent = inet::is_free(&c.local, free);
+    let (tlevel, tname) = match c.family as i32 {
+        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT),
+        _ => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+    };
+    if transparent {
+        inet::set_int(s, tlevel, tname, 1, &what)?;
+    }
+    inet::bind(s, &c.local, free, &what)?;
     set(s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, &what)?;
     set(s, TCP_QUEUE_SEQ, c.rcv_seq.wrapping_sub(c.received.len() as u32) as i32, &what)?;
     set(s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, &what)?;
@@ -224,6 +234,9 @@ pub fn create_here(c: &Conn) -> Result<OwnedFd> {
     // nothing and makes the socket established.
     if unsafe { libc::connect(s, c.peer.as_ptr().cast(), c.peer.len() as libc::socklen_t) } != 0 {
         return Err(sys("connect (TCP_REPAIR)", &what));
+    }
+    if transparent {
+        inet::set_int(s, tlevel, tname, 0, &what)?;
     }
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, c.mss)];
     if c.options & TCPI_OPT_SACK != 0 {

@@ -341,6 +341,7 @@ def answer(t, p):
 send(1, b"CRSM" + struct.pack("<II", int(sys.argv[3]), 0) + os.urandom(32))
 t, p = recv()
 if t != 1: answer(t, p)
+send(11, b"")
 data = open(sys.argv[2], "rb").read()
 try:
     for i in range(0, len(data), 1 << 20): send(4, data[i:i + (1 << 20)])

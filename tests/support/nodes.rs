@@ -193,3 +193,73 @@ pub fn gone(child: &mut Child) -> bool {
         matches!(child.try_wait(), Ok(Some(_)))
     }
 }
+
+/// Three nodes on one Ethernet segment: namespaces a, b (as [`Nodes`]) and c, each with a
+/// veth into a bridge in a fourth namespace; 10.57.N.1, .2 and .3, and the service address
+/// 10.57.N.100 on a. Removed on drop.
+pub struct Segment {
+    pub nodes: Nodes,
+    pub c: String,
+    br: String,
+    pub service: String,
+    pub prefix: String,
+}
+
+impl Segment {
+    pub fn new() -> Option<Segment> {
+        if !require(is_root() && Command::new("ip").arg("-V").output().is_ok(), "root and iproute2") {
+            return None;
+        }
+        let n = (std::process::id() % 200) * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
+        let net = format!("10.57.{}", n % 250 + 1);
+        let name = |x: &str| format!("crs-{x}{n}");
+        let (a, b, c, br) = (name("a"), name("b"), name("c"), name("br"));
+        for ns in [&br, &a, &b, &c] {
+            ip(&["netns", "add", ns]);
+        }
+        let seg = Segment {
+            nodes: Nodes { a: a.clone(), b: b.clone(), addr_b: format!("{net}.2"), veth_a: format!("crsa{n}") },
+            c: c.clone(),
+            br: br.clone(),
+            service: format!("{net}.100"),
+            prefix: format!("{net}.100/24"),
+        };
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for (ns, x, last) in [(&a, "a", 1), (&b, "b", 2), (&c, "c", 3)] {
+            let (inner, outer) = (format!("crs{x}{n}"), format!("p{x}{n}"));
+            ip(&["link", "add", &inner, "netns", ns, "type", "veth", "peer", "name", &outer, "netns", &br]);
+            ip(&["-n", &br, "link", "set", &outer, "master", "br0", "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("{net}.{last}/24"), "dev", &inner]);
+            ip(&["-n", ns, "link", "set", &inner, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &a, "addr", "add", &seg.prefix, "dev", &format!("crsa{n}")]);
+        Some(seg)
+    }
+
+    /// Whether namespace `ns` has the service address.
+    pub fn has_service(&self, ns: &str) -> bool {
+        let o = Command::new("ip").args(["-n", ns, "-o", "-4", "addr", "show"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(&format!(" {}/", self.service))
+    }
+
+    /// The nftables tables crs left in namespace `ns`.
+    pub fn crs_tables(&self, ns: &str) -> String {
+        let o = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "tables"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(" crs_")).collect::<Vec<_>>().join("; ")
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        for ns in [&self.c, &self.br] {
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
+                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", p]).status();
+                }
+            });
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
