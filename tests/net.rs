@@ -551,3 +551,169 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     // SAFETY: kill takes integers; the restored server is no child of ours.
     unsafe { libc::kill(there, libc::SIGKILL) };
 }
+
+/// A redis client of the test's own: one connection to ADDR:PORT, INCR n for SECONDS, then
+/// GET n on the same connection; prints "ok ACKED VALUE" or what broke.
+const INCR_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+f = s.makefile("rb")
+print("connected", flush=True)
+end = time.time() + float(sys.argv[3])
+acked = 0
+try:
+    while time.time() < end:
+        s.sendall(b"*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n")
+        got = f.readline()
+        if got != b":%d\r\n" % (acked + 1):
+            print("bad: INCR %d answered %r" % (acked + 1, got), flush=True); sys.exit(1)
+        acked += 1
+        time.sleep(0.002)
+    s.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nn\r\n")
+    f.readline()
+    value = int(f.readline())
+except OSError as e:
+    print("bad: %s after %d INCRs" % (e, acked), flush=True); sys.exit(1)
+print("ok %d %d" % (acked, value), flush=True)
+"#;
+
+/// redis-server (Debian's: threads, epoll, a listening socket, clients) serving on the
+/// service address of node a, a client on node c running INCR in a loop on one connection:
+/// migrated to node b with its address and connections, the final counter equals the number
+/// of INCRs acknowledged, and the key set before is there.
+#[test]
+fn redis_migrates_with_its_client_counting_on() {
+    use support::nodes::{Daemon, Segment, keyfile};
+    if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)") {
+        return;
+    }
+    let Some(seg) = Segment::new() else { return };
+    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
+        return;
+    }
+    let n = &seg.nodes;
+    let dir = tmpdir("redis-migrate");
+    let d = dir.to_str().unwrap();
+    let key = keyfile(&dir, "key");
+    let _daemon = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
+    let mut c = n.cmd(
+        &n.a,
+        "/usr/bin/redis-server",
+        &[
+            "--bind",
+            &seg.service,
+            "--port",
+            "6379",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            d,
+        ],
+    );
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut server = Reap(c.spawn().unwrap());
+    let pid = server.0.id() as i32;
+    // Set a key, through node c.
+    let setter = |cmd: &str| {
+        let script = format!(
+            "import socket,sys,time\nfor i in range(500):\n  try: s=socket.create_connection(('{}',6379),timeout=5); break\n  except OSError: time.sleep(0.02)\ns.sendall(b'{cmd}'); print(s.recv(100))",
+            seg.service
+        );
+        let o = n.cmd(&seg.c, "/usr/bin/python3", &["-c", &script]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o))
+    };
+    let said = setter("*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n$4\\r\\nkept\\r\\n");
+    assert!(said.contains("OK"), "{said}");
+    let mut cl = n.cmd(&seg.c, "/usr/bin/python3", &["-c", INCR_CLIENT, &seg.service, "6379", "3"]);
+    cl.stdin(Stdio::null());
+    let mut cl = Proc::spawn(cl);
+    cl.expect("connected");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let o = support::nodes::migrate(
+        n,
+        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = server.0.wait();
+    let said = cl.expect("");
+    eprintln!("the INCR client, through the migration: {said}");
+    let f: Vec<&str> = said.split_whitespace().collect();
+    assert_eq!(f[0], "ok", "{said}");
+    assert_eq!(f[1], f[2], "acknowledged INCRs and the final counter differ: {said}");
+    assert!(setter("*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n").contains("kept"), "the key set before is gone");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let there: i32 = out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out);
+    // SAFETY: kill takes integers; the restored server is no child of ours.
+    unsafe { libc::kill(there, libc::SIGKILL) };
+}
+
+/// nginx (Debian's nginx-light: a master and 2 workers sharing a listening socket) on the
+/// service address of node a, serving an 8 MB file to a slow client on node c (about
+/// 3 MB/s): migrated to node b (a pid namespace of its own there, as on another machine) with
+/// its address and connections, the download completes, byte for byte.
+#[test]
+fn nginx_migrates_while_a_slow_client_downloads() {
+    use support::nodes::{Daemon, Segment, keyfile};
+    if !require(std::path::Path::new("/usr/sbin/nginx").exists(), "nginx (apt install nginx-light)") {
+        return;
+    }
+    let Some(seg) = Segment::new() else { return };
+    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
+        return;
+    }
+    let n = &seg.nodes;
+    let dir = tmpdir("nginx-migrate");
+    let d = dir.to_str().unwrap();
+    let key = keyfile(&dir, "key");
+    let _daemon = Daemon::start_own_pids(n, &["--key", &key, "--allow-root", "--move-address"]);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let body: Vec<u8> = (0..8_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(dir.join("www/big"), &body).unwrap();
+    let conf = format!(
+        "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
+  fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  server {{ listen {}:8080; root {d}/www; }} }}\n",
+        seg.service
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut c = n.cmd(&n.a, "/usr/sbin/nginx", &["-c", &format!("{d}/nginx.conf"), "-p", d]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut master = Reap(c.spawn().unwrap());
+    let pid = master.0.id() as i32;
+    // A slow client of the test's own: 64 KiB every 20 ms, with a small receive buffer, so
+    // that most of the file waits in nginx's send queue.
+    let slow = format!(
+        "import socket,sys,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n\
+         s.connect(('{}',8080)); s.sendall(b'GET /big HTTP/1.0\\r\\n\\r\\n')\nout=open(sys.argv[1],'wb')\n\
+         while True:\n  b=s.recv(65536)\n  if not b: break\n  out.write(b); out.flush(); time.sleep(0.02)\n",
+        seg.service
+    );
+    let got = dir.join("got");
+    let mut curl = n.cmd(&seg.c, "/usr/bin/python3", &["-c", &slow, got.to_str().unwrap()]);
+    curl.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let curl = curl.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while std::fs::metadata(&got).map_or(0, |m| m.len()) < 1_000_000 {
+        assert!(t.elapsed() < TIMEOUT, "the download does not begin");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = support::nodes::migrate(
+        n,
+        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = master.0.wait();
+    let done = curl.wait_with_output().unwrap();
+    assert!(done.status.success(), "the client: {}", stderr(&done));
+    let all = std::fs::read(&got).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer") + 4;
+    eprintln!("the download took {:?}, the migration in its middle", t.elapsed());
+    assert!(all[at..] == body[..], "the file downloaded through the migration differs ({} bytes)", all.len() - at);
+}

@@ -178,8 +178,11 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     let progress = fr.progress.clone();
     let began = std::cell::Cell::new(0u64);
     let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
-        began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
-        *who_cell.borrow_mut() = crate::text::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
+        // Named by its first process (the tree's root), whose header comes first.
+        if who_cell.borrow().is_empty() {
+            began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
+            *who_cell.borrow_mut() = crate::text::printable(&format!("pid {} ({}, uid {})", h.pid, h.comm, h.uids[0]));
+        }
         if cfg.key.is_none() && local_uid.is_none() {
             return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
         }

@@ -109,6 +109,20 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// [`Daemon::start`], in a pid namespace of its own (with its /proc): node b as a machine
+    /// of its own, where every pid of a tree from node a is free.
+    pub fn start_own_pids(n: &Nodes, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--pid", "--fork", "--mount-proc", crs(), "restartd", "-b", &n.addr_b, "-p", "1023"];
+        args.extend_from_slice(extra);
+        let mut c = n.cmd(&n.b, "unshare", &args);
+        c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let said = watch(&mut child, "listening on", "restartd");
+        Daemon(child, said)
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
