@@ -59,11 +59,31 @@ pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str) -> bool {
     holders(link, pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0))
 }
 
-/// The processes other than `pid` and those `within` that hold `link` ("socket:[456]"),
-/// named ("pid 1 (systemd)"); empty when there are none.
-pub fn held_outside(within: &[i32], pid: i32, fd: i32, link: &str) -> String {
-    let h: Vec<_> = holders(link, pid, fd).into_iter().filter(|x| x.0 != pid && !within.contains(&x.0)).collect();
-    name_holders(&h, pid)
+/// Every socket a process other than `pid` and those `within` (and crs) holds, by inode,
+/// with its holders named ("pid 1 (systemd)"): one walk of /proc for all of a process's
+/// sockets.
+pub fn sockets_held_outside(within: &[i32], pid: i32) -> std::collections::HashMap<u64, String> {
+    let mut by: std::collections::HashMap<u64, Vec<i32>> = std::collections::HashMap::new();
+    let me = std::process::id() as i32;
+    let Ok(procs) = fs::read_dir("/proc") else { return Default::default() };
+    for p in procs.flatten() {
+        let Some(other) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if other == me || other == pid || within.contains(&other) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else { continue };
+        for f in fds.flatten() {
+            let Ok(t) = fs::read_link(f.path()) else { continue };
+            let ino = t.to_str().and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok());
+            if let Some(ino) = ino {
+                let h = by.entry(ino).or_default();
+                if !h.contains(&other) {
+                    h.push(other);
+                }
+            }
+        }
+    }
+    by.into_iter().map(|(ino, h)| (ino, h.iter().map(|&p| who(p)).collect::<Vec<_>>().join(", "))).collect()
 }
 
 /// What holds local port `port` in our network namespace: the processes with a TCP or UDP
@@ -137,7 +157,7 @@ pub fn socket(pid: i32, fd: i32, link: &str) -> String {
 }
 
 /// The socket's protocol name, as its "system.sockprotoname" xattr says ("TCP", "UNIX-STREAM").
-fn sock_proto(pid: i32, fd: i32) -> Option<String> {
+pub fn sock_proto(pid: i32, fd: i32) -> Option<String> {
     let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let mut buf = [0u8; 64];
     // SAFETY: both names are NUL-terminated and getxattr writes at most buf.len() bytes.

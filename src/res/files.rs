@@ -194,6 +194,8 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
     let job = super::terminal::controlling(tree.first().copied().unwrap_or(pid));
     // The numbers of the ptys whose masters the tree holds, looked up at the first slave.
     let masters = std::cell::OnceCell::new();
+    // The sockets processes outside the checkpoint hold, looked up at the first TCP or UDP one.
+    let outside_sockets = std::cell::OnceCell::new();
     let dir = format!("/proc/{pid}/fd");
     let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -221,7 +223,12 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
         }
         // A unix socket the checkpoint holds whole: one end of a pair, or a listener.
         let socket = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
-        if let Some(ty) = socket.and_then(|ino| endpoints::unix_fresh(pid, ino)) {
+        // Its protocol first: the unix checks read /proc/PID/net/unix, which a process of a
+        // thousand TCP connections should not pay a thousand times.
+        let proto = socket.and_then(|_| endpoints::sock_proto(pid, fd)).unwrap_or_default();
+        let unix = proto.starts_with("UNIX");
+        let socket_unix = socket.filter(|_| unix);
+        if let Some(ty) = socket_unix.and_then(|ino| endpoints::unix_fresh(pid, ino)) {
             let id = FileId { path: target.clone(), mode: ty, ..Default::default() };
             out.push(Fd { fd, kind: KIND_UNIXNEW, flags, cloexec, pos: 0, id });
             continue;
@@ -229,9 +236,12 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
         // Or a TCP or UDP socket a restore makes again by itself (or why it cannot).
         let mut inet_refused = None;
         let whole = match socket {
-            Some(ino) if endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
-            Some(ino) if endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
-            Some(ino) => match super::inet::classify(tree, pid, fd, ino, carry.tcp_established) {
+            Some(ino) if unix && endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
+            Some(ino) if unix && endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
+            Some(_) if unix => None,
+            Some(ino) => match super::inet::classify(pid, fd, ino, carry.tcp_established, &|ino| {
+                outside_sockets.get_or_init(|| endpoints::sockets_held_outside(tree, pid)).get(&ino).cloned()
+            }) {
                 Some(Ok(())) => Some((ino, KIND_INET)),
                 Some(Err(why)) => {
                     inet_refused = Some(why);

@@ -261,12 +261,13 @@ fn unbound(b: &[u8]) -> bool {
 /// Whether fd `fd` of `pid` (socket `ino`) is a socket crs carries (this kind, or with
 /// `established` (ckpt --tcp-established) an established TCP connection, res::tcpconn): None
 /// when it is not a TCP or UDP socket; otherwise Ok, or why crs cannot carry it.
+/// `outside(ino)`: the processes outside the checkpoint that hold socket `ino`, named.
 pub fn classify(
-    within: &[i32],
     pid: i32,
     fd: i32,
     ino: u64,
     established: bool,
+    outside: &dyn Fn(u64) -> Option<String>,
 ) -> Option<std::result::Result<(), String>> {
     let s = crate::ptrace::procfs::getfd(pid, fd, "a socket").ok()?;
     let (_, ty) = kind(s.as_raw_fd())?;
@@ -280,9 +281,8 @@ pub fn classify(
             return Some(Err(format!("a connection closing ({name}), which crs does not restore")));
         }
     }
-    let outside = super::endpoints::held_outside(within, pid, fd, &format!("socket:[{ino}]"));
-    if !outside.is_empty() {
-        return Some(Err(format!("held also by {outside}, outside the checkpoint")));
+    if let Some(holders) = outside(ino) {
+        return Some(Err(format!("held also by {holders}, outside the checkpoint")));
     }
     if getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER).is_some_and(|_| filter_len(s.as_raw_fd()) > 0) {
         return Some(Err("it has a BPF filter attached (SO_ATTACH_FILTER), which crs does not restore".into()));
@@ -385,7 +385,7 @@ pub fn collect(pid: i32, fd: i32, ino: u64, notes: &mut Vec<String>) -> Result<S
 /// `established`: but those the kernel sets for a connection by itself (the MSS, the window
 /// clamp and the buffer sizes, which res::tcpconn carries apart).
 pub(super) fn options(s: RawFd, family: u16, ty: u32, established: bool, what: &str) -> Result<Vec<Opt>> {
-    let base = fresh(family, ty, what)?;
+    let base = defaults(family, ty, what)?;
     let mut out = Vec::new();
     // Multicast is not TCP's (and an accepted socket's multicast TTL is its SYN's TTL).
     let multicast = [
@@ -412,11 +412,28 @@ pub(super) fn options(s: RawFd, family: u16, ty: u32, established: bool, what: &
             continue;
         }
         let Some(v) = getsockopt(s, level, name) else { continue };
-        if getsockopt(base.as_raw_fd(), level, name).as_ref() != Some(&v) {
+        if base.iter().find(|b| (b.0, b.1) == (level, name)).and_then(|b| b.2.as_ref()) != Some(&v) {
             out.push(Opt { level, name, value: v });
         }
     }
     Ok(out)
+}
+
+type Defaults = Vec<(i32, i32, Option<Vec<u8>>)>;
+type DefaultsCache = Vec<((u16, u32), std::sync::Arc<Defaults>)>;
+
+/// Every option of OPTS as a fresh socket of `family` and `ty` has it, read once per kind.
+fn defaults(family: u16, ty: u32, what: &str) -> Result<std::sync::Arc<Defaults>> {
+    static CACHE: std::sync::Mutex<DefaultsCache> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = cache.iter().find(|c| c.0 == (family, ty)) {
+        return Ok(d.1.clone());
+    }
+    let base = fresh(family, ty, what)?;
+    let d: Defaults = OPTS.iter().map(|&(l, n, _)| (l, n, getsockopt(base.as_raw_fd(), l, n))).collect();
+    let d = std::sync::Arc::new(d);
+    cache.push(((family, ty), d.clone()));
+    Ok(d)
 }
 
 /// Sets `opts` on socket `raw`, in order, but for those `skip` names.
@@ -734,7 +751,7 @@ mod tests {
         // SAFETY: listen takes integers.
         assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 9) }, 0);
         let (pid, fd, ino) = own(&l);
-        assert_eq!(classify(&[], pid, fd, ino, false), Some(Ok(())));
+        assert_eq!(classify(pid, fd, ino, false, &|_| None), Some(Ok(())));
         let mut notes = Vec::new();
         let s = collect(pid, fd, ino, &mut notes).unwrap();
         assert_eq!((s.state, s.backlog), (LISTEN, 9));

@@ -1,0 +1,74 @@
+#!/bin/bash
+# Downtime a service's clients see when it migrates with its established connections and its
+# address (migrate --tcp-established --move-address), for several numbers of connections.
+# Three namespaces on a bridge: the echo server (tests/targets/echo.py) on node a with the
+# service address, restartd on node b, the clients (bench/tcp-clients.py) on node c, each
+# connection echoing a line every 10 ms. Per run: the longest round the clients saw (a line
+# on every connection, every echo back), the round before the migration (the baseline), the
+# migration's frozen time and total time (migrate -v). No peer: CRIU has no migration of its
+# own; its dump/restore of the same sockets is not measured here yet.
+# usage: bench/tcp-migrate.sh [CRS_BINARY]   (env CONNS="1 100 1000", RUNS=3). Needs root,
+# iproute2, nftables, python3.
+set -euo pipefail
+cd "$(dirname "$0")"
+CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
+CONNS=${CONNS:-"1 100 1000"}
+RUNS=${RUNS:-3}
+source ./lib.sh
+BR=cbtbr$$ A=cbta$$ B=cbtb$$ C=cbtc$$
+NET=10.78.0
+work=$(mktemp -d /tmp/crs-tcpbench.XXXXXX)
+cleanup() {
+  for ns in $A $B $C $BR; do
+    for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
+    ip netns del $ns 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for ns in $BR $A $B $C; do ip netns add $ns; done
+ip -n $BR link add br0 type bridge; ip -n $BR link set br0 up
+i=1
+for ns in $A $B $C; do
+  ip link add v$ns netns $ns type veth peer name p$ns netns $BR
+  ip -n $BR link set p$ns master br0 up
+  ip -n $ns addr add $NET.$i/24 dev v$ns; ip -n $ns link set v$ns up; ip -n $ns link set lo up
+  i=$((i + 1))
+done
+"$CRS" keygen "$work/key" >/dev/null
+ip netns exec $B "$CRS" restartd -b $NET.2 -p 1023 --key "$work/key" --allow-root --move-address 2>"$work/restartd.log" &
+until grep -q listening "$work/restartd.log"; do sleep 0.01; done
+
+echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); three namespaces on a bridge; min/median/max of $RUNS runs"
+printf '%-6s %-22s %-22s %-22s %-22s\n' conns "clients' longest (ms)" "baseline round (ms)" "frozen (ms)" "migrate total (ms)"
+for n in $CONNS; do
+  : > "$work/w"; : > "$work/base"; : > "$work/f"; : > "$work/t"
+  for run in $(seq "$RUNS"); do
+    # The service address and the server on a, each run.
+    ip -n $B addr del $NET.100/24 dev v$B 2>/dev/null || true
+    ip -n $A addr add $NET.100/24 dev v$A
+    ip -n $C neigh flush all
+    ip netns exec $A bash -c "$(declare -f bare); bare python3 ../tests/targets/echo.py $NET.100 7000" > "$work/srv" 2>&1 &
+    until grep -q ready "$work/srv"; do sleep 0.01; done
+    pid=$(awk '/ready/ {print $2}' "$work/srv")
+    # A baseline without migration, then the run with one in its middle.
+    ip netns exec $C python3 tcp-clients.py $NET.100 7000 "$n" 1 > "$work/base1"
+    awk '/^ok/ {print $5}' "$work/base1" >> "$work/base"
+    ip netns exec $C python3 tcp-clients.py $NET.100 7000 "$n" 4 > "$work/cl" &
+    cl=$!
+    until grep -q connected "$work/cl"; do sleep 0.01; done
+    sleep 1
+    ip netns exec $A "$CRS" migrate -v --key "$work/key" --tcp-established --move-address $NET.100/24 "$pid" $NET.2 \
+      > "$work/mig" 2> "$work/migerr"
+    wait $cl
+    grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
+    awk '/^ok/ {print $5}' "$work/cl" >> "$work/w"
+    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
+    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
+    there=$(awk '{print $NF}' "$work/mig")
+    kill -9 "$there" 2>/dev/null || true
+    for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+  done
+  printf '%-6s %-22s %-22s %-22s %-22s\n' "$n" "$(stats 6 < "$work/w")" "$(stats 6 < "$work/base")" \
+    "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
+done
