@@ -487,6 +487,7 @@ fn the_library_migrates_without_the_command_line() {
         timeout: Duration::from_secs(10),
         stubs: Default::default(),
         tcp_established: false,
+        unix_reconnect: false,
         move_address: None,
     };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");

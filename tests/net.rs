@@ -717,3 +717,74 @@ http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_tem
     eprintln!("the download took {:?}, the migration in its middle", t.elapsed());
     assert!(all[at..] == body[..], "the file downloaded through the migration differs ({} bytes)", all.len() - at);
 }
+
+/// A program of the test's own talking to daemons outside the checkpoint over unix sockets:
+/// a datagram socket connected to a log socket, a stream connected to a listener. Prints
+/// "ready"; on "send" it sends "dgram N" and "stream N" on them, N a count in memory.
+const UNIX_CLIENT: &str = r#"
+import socket, sys
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.connect(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[2])
+n = 0
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.startswith("send"):
+        n += 1
+        d.send(b"dgram %d" % n); s.sendall(b"stream %d\n" % n)
+        print("sent", n, flush=True)
+"#;
+
+/// Unix sockets to daemons outside the checkpoint are refused, naming the option; with
+/// `ckpt --unix-reconnect` they are connected again to the same names on restore (refused,
+/// saying so, while the daemon is not there), and the program carries on talking to them.
+#[test]
+fn unix_sockets_to_daemons_outside_connect_again_with_unix_reconnect() {
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let dir = tmpdir("unix-reconnect");
+    let (log, db) = (dir.join("log"), dir.join("db"));
+    let logd = UnixDatagram::bind(&log).unwrap();
+    logd.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let dbd = UnixListener::bind(&db).unwrap();
+    let mut c = Command::new("/usr/bin/python3");
+    c.args(["-c", UNIX_CLIENT, log.to_str().unwrap(), db.to_str().unwrap()]);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let (conn, _) = dbd.accept().unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut conn = BufReader::new(conn);
+    let got = |logd: &UnixDatagram, conn: &mut BufReader<std::os::unix::net::UnixStream>| {
+        let mut b = [0u8; 64];
+        let n = logd.recv(&mut b).unwrap();
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        (String::from_utf8_lossy(&b[..n]).to_string(), line.trim().to_string())
+    };
+    p.send("send");
+    p.expect("sent 1");
+    assert_eq!(got(&logd, &mut conn), ("dgram 1".into(), "stream 1".into()));
+    let pid = p.pid().to_string();
+    let o = run(&["ckpt", "--check", &pid]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("which ckpt --unix-reconnect would connect again to its peer's name"), "{out}");
+    let img = format!("{}/u.crf", dir.display());
+    ckpt(&["--unix-reconnect", "--kill", "-o", &img, &pid]);
+    p.kill();
+    // The database daemon is away: the restore is refused, saying so.
+    drop(dbd);
+    std::fs::remove_file(&db).unwrap();
+    let mut r = Command::new(crs());
+    r.args(["rstrt", &img]).stdin(Stdio::null());
+    close_extra_fds(&mut r);
+    let o = r.output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("could not connect again to"), "{}", stderr(&o));
+    let dbd = UnixListener::bind(&db).unwrap();
+    let mut r = rstrt(&[&img]);
+    let (conn, _) = dbd.accept().unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut conn = BufReader::new(conn);
+    r.send("send");
+    r.expect("sent 2");
+    assert_eq!(got(&logd, &mut conn), ("dgram 2".into(), "stream 2".into()));
+}

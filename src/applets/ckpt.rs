@@ -48,6 +48,11 @@ struct Args {
     /// runs on; with --kill the block stays for rstrt to lift
     #[argh(switch)]
     tcp_established: bool,
+    /// connect a unix socket whose peer is outside the checkpoint (a syslog, a database
+    /// daemon) again to its peer's name on restore, for programs that tolerate a new
+    /// connection; refused when something sent to it is unread
+    #[argh(switch)]
+    unix_reconnect: bool,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
     /// line; the process is not touched
     #[argh(switch)]
@@ -130,6 +135,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         alone: a.alone,
         shell_job: a.shell_job,
         tcp_established: a.tcp_established,
+        unix_reconnect: a.unix_reconnect,
         deleted_max: Some(a.deleted_max << 20),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));

@@ -28,6 +28,10 @@ struct Args {
     /// they carry on at the destination
     #[argh(switch)]
     tcp_established: bool,
+    /// connect unix sockets to peers outside again by name at the destination, as ckpt(1)
+    /// does
+    #[argh(switch)]
+    unix_reconnect: bool,
     /// move this address (ADDR/PREFIX, IPv4) with the process: taken off here once its image
     /// is sent, put on the destination's interface in that subnet (with a gratuitous ARP)
     /// before it runs there, put back here on any failure; restartd must allow it
@@ -82,6 +86,7 @@ fn run(a: &Args) -> Result<()> {
         timeout: Duration::from_secs(a.timeout.max(1)),
         stubs,
         tcp_established: a.tcp_established,
+        unix_reconnect: a.unix_reconnect,
         move_address,
     };
     let m = migrate(a.pid, &addrs, &opts)?;

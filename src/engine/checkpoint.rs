@@ -50,11 +50,17 @@ pub struct Options {
     pub shell_job: bool,
     /// Established TCP connections are carried, with TCP_REPAIR (see res::tcpconn).
     pub tcp_established: bool,
+    /// Unix sockets connected to a peer outside are connected again to its name on restore.
+    pub unix_reconnect: bool,
 }
 
 impl Options {
     fn carry(&self) -> files::Carry {
-        files::Carry { shell_job: self.shell_job, tcp_established: self.tcp_established }
+        files::Carry {
+            shell_job: self.shell_job,
+            tcp_established: self.tcp_established,
+            unix_reconnect: self.unix_reconnect,
+        }
     }
 }
 

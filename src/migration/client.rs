@@ -21,6 +21,8 @@ pub struct Options {
     pub stubs: crate::res::files::Stubs,
     /// Established TCP connections are carried (see `ckpt --tcp-established`).
     pub tcp_established: bool,
+    /// Unix sockets to peers outside are connected again by name (see `ckpt --unix-reconnect`).
+    pub unix_reconnect: bool,
     /// An address that moves with the process (see net::address).
     pub move_address: Option<crate::net::address::Address>,
 }
@@ -91,6 +93,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         kill: !opts.keep,
         stubs: opts.stubs.clone(),
         tcp_established: opts.tcp_established,
+        unix_reconnect: opts.unix_reconnect,
         ..Default::default()
     };
     if opts.move_address.is_some() && opts.keep {

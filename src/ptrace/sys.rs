@@ -461,6 +461,17 @@ impl Ctl<'_> {
         self.call(libc::SYS_socket, [libc::AF_UNIX as u64, ty, 0, 0, 0, 0], "socket", what).map(|fd| fd as i32)
     }
 
+    /// connect(2) of unix socket `fd` to `name` (sun_path as bound).
+    pub fn unix_connect(&mut self, fd: i32, name: &[u8], what: &str) -> Result<()> {
+        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        if name.is_empty() || name.len() > 108 {
+            return Err(Error::Refused(format!("{what}: a unix socket name of {} bytes", name.len())));
+        }
+        a.extend_from_slice(name);
+        let p = self.scratch.put(self.pid(), PATH_AT, &a)?;
+        self.call(libc::SYS_connect, [fd as u64, p.0, a.len() as u64, 0, 0, 0], "connect", what).map(drop)
+    }
+
     pub fn socketpair(&mut self, what: &str) -> Result<(i32, i32)> {
         let out = self.scratch.addr;
         let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;

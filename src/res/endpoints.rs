@@ -287,6 +287,31 @@ fn unix_peer(ino: u64) -> Option<u64> {
     unix_diag(ino).and_then(|d| d.0)
 }
 
+/// A unix socket connected to a peer outside the checkpoint, to be connected again to the
+/// same name (ckpt --unix-reconnect): its type and its peer's name (sun_path as bound: a
+/// path, or an abstract name beginning with a NUL byte). Err: why it cannot be.
+pub fn unix_reconnectable(pid: i32, fd: i32, ino: u64) -> std::result::Result<(u32, String), String> {
+    let l = unix_line(&net_unix(pid).unwrap_or_default(), ino).ok_or("crs cannot find it in /proc/net/unix")?;
+    if l.listening || l.unconnected {
+        return Err("it is not connected".into());
+    }
+    if l.path.is_some() {
+        return Err("it is bound to a name of its own, which --unix-reconnect does not bind again".into());
+    }
+    let peer = unix_peer(ino).ok_or("crs cannot tell its peer (unix_diag)")?;
+    let name = unix_diag_full(peer).and_then(|d| d.name).filter(|n| !n.is_empty());
+    let name = name.ok_or("its peer has no name to connect to again")?;
+    let name = String::from_utf8(name).map_err(|_| "its peer's name is not UTF-8".to_string())?;
+    use std::os::fd::AsRawFd;
+    let ours = crate::ptrace::procfs::getfd(pid, fd, "a unix socket").map_err(|e| e.to_string())?;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    if unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONREAD, &mut n) } == 0 && n > 0 {
+        return Err(format!("{n} bytes sent to it are unread, which connecting again would lose"));
+    }
+    Ok((l.ty, name))
+}
+
 /// What a unix socket the checkpoint holds whole is connected to (UNIXPAIRS, UNIXCONNS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {

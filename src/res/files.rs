@@ -65,7 +65,11 @@ pub const KIND_PTS: u8 = 21;
 /// A TCP or UDP socket a restore makes again by itself: listening, bound or new, or UDP
 /// connected (INETSOCKS, by `id.ino`, the socket's inode).
 pub const KIND_INET: u8 = 22;
-const KIND_LAST: u8 = KIND_INET;
+/// A unix socket connected to a peer outside the checkpoint, connected again to the same name
+/// on restore (ckpt --unix-reconnect): `id.path` the peer's name (sun_path as bound; an
+/// abstract one begins with a NUL byte), `id.mode` the socket's type.
+pub const KIND_UNIXCONNECT: u8 = 23;
+const KIND_LAST: u8 = KIND_UNIXCONNECT;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -146,6 +150,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_PTMX => "pty master",
         KIND_PTS => "pty slave",
         KIND_INET => "inet socket",
+        KIND_UNIXCONNECT => "unix reconnect",
         _ => "?",
     }
 }
@@ -175,6 +180,9 @@ pub struct Carry {
     pub shell_job: bool,
     /// Established TCP connections (`KIND_INET`, res::tcpconn; ckpt --tcp-established).
     pub tcp_established: bool,
+    /// Unix sockets connected to a peer outside, connected again to its name on restore
+    /// (`KIND_UNIXCONNECT`; ckpt --unix-reconnect).
+    pub unix_reconnect: bool,
 }
 
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
@@ -235,10 +243,26 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
         }
         // Or a TCP or UDP socket a restore makes again by itself (or why it cannot).
         let mut inet_refused = None;
+        let mut reconnect = None;
         let whole = match socket {
             Some(ino) if unix && endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
             Some(ino) if unix && endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
-            Some(_) if unix => None,
+            Some(ino) if unix && carry.unix_reconnect => match endpoints::unix_reconnectable(pid, fd, ino) {
+                Ok((ty, name)) => {
+                    reconnect = Some((ty, name));
+                    None
+                }
+                Err(why) => {
+                    inet_refused = Some(format!("which --unix-reconnect cannot connect again: {why}"));
+                    None
+                }
+            },
+            Some(ino) if unix => {
+                if endpoints::unix_reconnectable(pid, fd, ino).is_ok() {
+                    inet_refused = Some("which ckpt --unix-reconnect would connect again to its peer's name".into());
+                }
+                None
+            }
             Some(ino) => match super::inet::classify(pid, fd, ino, carry.tcp_established, &|ino| {
                 outside_sockets.get_or_init(|| endpoints::sockets_held_outside(tree, pid)).get(&ino).cloned()
             }) {
@@ -251,6 +275,11 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
             },
             None => None,
         };
+        if let Some((ty, name)) = reconnect.filter(|_| !stubs.fds.contains(&fd)) {
+            let id = FileId { path: name, mode: ty, ino: socket.unwrap_or(0), ..Default::default() };
+            out.push(Fd { fd, kind: KIND_UNIXCONNECT, flags, cloexec, pos: 0, id });
+            continue;
+        }
         // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
         // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
         let outside = || {
@@ -662,6 +691,8 @@ pub fn restore(
     // Each FIFO opened once for both ends and filled, before its fds are opened by path (a
     // reader or writer then always finds the other end); closed at the end.
     let mut keepers: Vec<(u64, i32)> = Vec::new();
+    // Unix sockets connected again, by the image's inode: (inode, the fd it is at by now).
+    let mut reconnected: Vec<(u64, i32)> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_FIFO) {
         let key = fifo_key(f.id.ino);
         if keepers.iter().any(|k| k.0 == key) {
@@ -730,6 +761,22 @@ pub fn restore(
             c.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, &what)?
         } else if f.kind == KIND_UNIXNEW {
             c.unix_socket(f.id.mode, &what)?
+        } else if let Some(&(_, first)) = reconnected.iter().find(|r| f.kind == KIND_UNIXCONNECT && r.0 == f.id.ino) {
+            // Another fd of the same socket: the same connection.
+            c.fcntl(first, libc::F_DUPFD_CLOEXEC, 0, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32
+        } else if f.kind == KIND_UNIXCONNECT {
+            reconnected.push((f.id.ino, f.fd));
+            let s = c.unix_socket(f.id.mode, &what)?;
+            c.unix_connect(s, f.id.path.as_bytes(), &what).map_err(|e| match e {
+                Error::Sys { errno, .. } => Error::Refused(format!(
+                    "fd {} could not connect again to {} ({}): is what it talked to running here?",
+                    f.fd,
+                    crate::text::printable(&f.id.path.replace('\0', "@")),
+                    errno.desc()
+                )),
+                e => e,
+            })?;
+            s
         } else if f.kind == KIND_INOTIFY {
             c.inotify_init(libc::IN_CLOEXEC, &what)?
         } else {
