@@ -526,7 +526,11 @@ fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
         while let (Some(len), Some(ty)) = (u32_at(at), u16_at(at + 4)) {
             match ty {
                 NLMSG_DONE => return Err(Error::Proc(format!("sock_diag does not list socket:[{ino}] as listening"))),
-                NLMSG_ERROR => return Err(Error::Proc("sock_diag refused to list the listening sockets".into())),
+                NLMSG_ERROR => {
+                    return Err(Error::Refused(
+                        "sock_diag does not list TCP sockets here, which crs reads a listener's backlog from: load the kernel's tcp_diag (modprobe tcp_diag)".into(),
+                    ));
+                }
                 _ => {}
             }
             // inet_diag_msg after the header: rqueue at 56, wqueue at 60, inode at 68.

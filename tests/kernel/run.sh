@@ -22,7 +22,8 @@ fi
 kver=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/^linux-headers-\([^ ]*\).*/\1/p')
 (cd "$work" && apt-get download -qq "linux-image-$kver-unsigned" >/dev/null 2>&1 || apt-get download -qq "linux-image-$kver" >/dev/null)
 dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb | tar -x -C "$work" "./boot/vmlinuz-$kver" \
-  "./lib/modules/$kver/kernel/net/unix/unix_diag.ko"
+  "./lib/modules/$kver/kernel/net/unix/unix_diag.ko" "./lib/modules/$kver/kernel/net/ipv4/inet_diag.ko" \
+  "./lib/modules/$kver/kernel/net/ipv4/tcp_diag.ko"
 
 root="$work/root"
 mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
@@ -31,6 +32,9 @@ cp "$CRS" "$root/bin/crs"
 # Debian loads unix_diag when sock_diag is first asked about a unix socket; the guest has no
 # module tree, so its init loads it (crs finds the peer of a unix socket through it).
 cp "$work/lib/modules/$kver/kernel/net/unix/unix_diag.ko" "$root/unix_diag.ko"
+# Likewise inet_diag and tcp_diag: a listener's backlog is read through them.
+cp "$work/lib/modules/$kver/kernel/net/ipv4/inet_diag.ko" "$root/inet_diag.ko"
+cp "$work/lib/modules/$kver/kernel/net/ipv4/tcp_diag.ko" "$root/tcp_diag.ko"
 cc -O1 -static -o "$root/bin/migrant" "$here/../targets/migrant.c"
 cc -O1 -static -o "$root/bin/attrs" "$here/../targets/attrs.c"
 cc -O1 -static -pthread -o "$root/bin/threads" "$here/../targets/threads.c"
@@ -44,6 +48,7 @@ cc -O1 -static -pthread -o "$root/bin/seccomp" "$here/../targets/seccomp.c"
 cc -O1 -static -o "$root/bin/caps" "$here/../targets/caps.c"
 cc -O1 -static -o "$root/bin/clocks" "$here/../targets/clocks.c"
 cc -O1 -static -o "$root/bin/pty" "$here/../targets/pty.c"
+cc -O1 -static -o "$root/bin/inet" "$here/../targets/inet.c"
 cc -O1 -static -o "$root/bin/guestexit" "$here/guestexit.c"
 cp "$here/init" "$root/init"
 chmod +x "$root/init"
