@@ -472,8 +472,9 @@ print("ok %d lines, longest wait %d ms" % (n, worst * 1000), flush=True)
 /// --tcp-established --move-address` moves the server to node b: the client sees no reset,
 /// no loss, no reordering, only a pause (printed); the address is on b and no packet block is
 /// left on either node. Refused first by a restartd that moves no address, then by one where
-/// the address is already (after the whole image), the service stays at a each time, with its
-/// address and its client's connection, and no block is left.
+/// the address is already (after the whole image), then with the link to b cut during the
+/// transfer, the service stays at a each time, with its address and its client's
+/// connection, and no block is left.
 #[test]
 fn a_service_migrates_with_its_address_and_its_clients_connection() {
     use support::nodes::{Daemon, Segment, keyfile};
@@ -511,7 +512,7 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
         assert!(seg.has_service(&n.a) && !seg.has_service(&n.b));
         assert_eq!(seg.crs_tables(&n.a), "");
     }
-    let _d = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
+    let _d = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address", "--timeout", "2"]);
     // Refused at b once the image is in (b has the address already): the address is back at
     // a before the service runs on there.
     {
@@ -528,6 +529,57 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
         assert!(said.starts_with("ok"), "{said}");
         assert!(seg.has_service(&n.a) && !seg.has_service(&n.b));
         assert_eq!(seg.crs_tables(&n.a), "");
+    }
+    // The link to b cut in the middle of the transfer (slowed for that): the service stays
+    // at a, its address and connection with it.
+    {
+        let mut cl = client("6");
+        let tc =
+            ["qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "50ms"];
+        let o = Command::new("ip").args(["netns", "exec", &n.a, "tc"]).args(tc).output().unwrap();
+        assert!(o.status.success(), "tc: {}", stderr(&o));
+        let mut m = n.cmd(
+            &n.a,
+            crs(),
+            &[
+                "migrate",
+                "--timeout",
+                "2",
+                "--key",
+                &key,
+                "--tcp-established",
+                "--move-address",
+                &seg.prefix,
+                &pid.to_string(),
+                &n.addr_b,
+            ],
+        );
+        let m = m.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let veth_b = n.veth_a.replacen("crsa", "crsb", 1);
+        support::nodes::ip(&["-n", &n.b, "link", "set", &veth_b, "down"]);
+        let o = m.wait_with_output().unwrap();
+        support::nodes::ip(&["-n", &n.b, "link", "set", &veth_b, "up"]);
+        let _ =
+            Command::new("ip").args(["netns", "exec", &n.a, "tc", "qdisc", "del", "dev", &n.veth_a, "root"]).status();
+        assert!(!o.status.success(), "the migration went through a cut link");
+        assert!(stderr(&o).contains("runs on here"), "{}", stderr(&o));
+        let said = cl.expect("");
+        assert!(said.starts_with("ok"), "{said}");
+        assert!(seg.has_service(&n.a) && !seg.has_service(&n.b));
+        assert_eq!(seg.crs_tables(&n.a), "");
+        assert_eq!(seg.crs_tables(&n.b), "");
+        // The restore the cut left half done at b holds its sockets until restartd's
+        // --timeout drops it.
+        let t = std::time::Instant::now();
+        loop {
+            let o = Command::new("ip").args(["netns", "exec", &n.b, "ss", "-Hltn", "sport = :7000"]).output().unwrap();
+            if o.stdout.is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < TIMEOUT, "restartd still holds the half-restored service");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let mut cl = client("3");
     std::thread::sleep(std::time::Duration::from_millis(500));
