@@ -57,6 +57,15 @@ pub fn collect(pid: i32, fd: i32, ino: u64) -> Result<Pipe> {
     if unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0 && queued as usize > data.len() {
         return Err(Error::Refused(format!("{what} holds {queued} bytes, of which crs could copy {}", data.len())));
     }
+    // An image carries a pipe's bytes in one field: a larger pipe (root's F_SETPIPE_SZ past
+    // fs.pipe-max-size) would make an image no restore could read.
+    if data.len() > crate::crf::MAX_FIELD {
+        return Err(Error::Refused(format!(
+            "{what} holds {} bytes unread, more than the {} an image carries for a pipe",
+            data.len(),
+            crate::crf::MAX_FIELD
+        )));
+    }
     Ok(Pipe { ino, capacity: capacity as u32, data })
 }
 
