@@ -99,6 +99,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if opts.move_address.is_some() && opts.keep {
         return Err(Error::Usage("--move-address moves the process's address: it cannot go with --keep".into()));
     }
+    if opts.tcp_established && opts.keep {
+        return Err(Error::Usage(
+            "--tcp-established moves the process's connections, which a copy cannot share with it: drop --keep".into(),
+        ));
+    }
     crate::engine::checkpoint::precheck(pid, &flags)?;
     if let Some(a) = opts.move_address {
         crate::net::address::device_of(a)?;

@@ -233,7 +233,12 @@ pub fn create_here(c: &Conn, free: Option<std::net::Ipv4Addr>) -> Result<OwnedFd
     // SAFETY: connect reads c.peer.len() bytes of a live sockaddr; in repair mode it sends
     // nothing and makes the socket established.
     if unsafe { libc::connect(s, c.peer.as_ptr().cast(), c.peer.len() as libc::socklen_t) } != 0 {
-        return Err(sys("connect (TCP_REPAIR)", &what));
+        return Err(match Errno::last() {
+            Errno::EADDRNOTAVAIL | Errno::EADDRINUSE => Error::Refused(format!(
+                "{what} exists here already (the checkpointed process, still running, holds it): a connection can be in one place only"
+            )),
+            e => Error::sys("connect (TCP_REPAIR)", &what, e),
+        });
     }
     if transparent {
         inet::set_int(s, tlevel, tname, 0, &what)?;
