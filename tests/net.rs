@@ -840,3 +840,42 @@ fn unix_sockets_to_daemons_outside_connect_again_with_unix_reconnect() {
     r.expect("sent 2");
     assert_eq!(got(&logd, &mut conn), ("dgram 2".into(), "stream 2".into()));
 }
+
+/// A program of the test's own listening to address changes on a NETLINK_ROUTE socket
+/// (RTMGRP_IPV4_IFADDR). Prints "ready PORT"; on "wait" it says "waiting", reads one message
+/// and prints "newaddr" for an RTM_NEWADDR.
+const NETLINK_CLIENT: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.bind((0, 0x10))
+print("ready", s.getsockname()[0], flush=True)
+for line in sys.stdin:
+    if line.startswith("wait"):
+        print("waiting", flush=True)
+        m = s.recv(65536)
+        print("newaddr" if struct.unpack("=IHH", m[:8])[1] == 20 else "other", flush=True)
+"#;
+
+/// A NETLINK_ROUTE socket with nothing waiting is made again with its port and groups: the
+/// restored program hears of an address added after the restore.
+#[test]
+fn a_netlink_route_socket_listens_to_its_groups_again() {
+    let Some(n) = support::nodes::Nodes::new() else { return };
+    let dir = tmpdir("netlink");
+    let mut p = Proc::spawn(n.cmd(&n.a, "/usr/bin/python3", &["-c", NETLINK_CLIENT]));
+    let ready = p.expect("ready");
+    let img = format!("{}/nl.crf", dir.display());
+    let o = n.cmd(&n.a, crs(), &["ckpt", "--kill", "-o", &img, &p.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("netlink route"), "{info}");
+    let mut c = n.cmd(&n.a, crs(), &["rstrt", &img]);
+    c.stdin(Stdio::piped());
+    let mut r = Proc::spawn(c);
+    r.send("wait");
+    // Once it runs (its socket was made before), an address comes.
+    r.expect("waiting");
+    support::nodes::ip(&["-n", &n.a, "addr", "add", "10.99.0.9/32", "dev", "lo"]);
+    assert_eq!(r.expect(""), "newaddr", "before the restore it said {ready}");
+}

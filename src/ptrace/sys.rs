@@ -472,6 +472,24 @@ impl Ctl<'_> {
         self.call(libc::SYS_connect, [fd as u64, p.0, a.len() as u64, 0, 0, 0], "connect", what).map(drop)
     }
 
+    /// socket(2) of `family`, `ty` (close-on-exec) and `proto`.
+    pub fn socket(&mut self, family: i32, ty: i32, proto: i32, what: &str) -> Result<i32> {
+        let ty = (ty | libc::SOCK_CLOEXEC) as u64;
+        self.call(libc::SYS_socket, [family as u64, ty, proto as u64, 0, 0, 0], "socket", what).map(|fd| fd as i32)
+    }
+
+    /// setsockopt(2) of one int on `fd`.
+    pub fn setsockopt_int(&mut self, fd: i32, level: i32, name: i32, v: i32, what: &str) -> Result<()> {
+        let p = self.scratch.put(self.pid(), PATH_AT, &v.to_ne_bytes())?;
+        self.call(libc::SYS_setsockopt, [fd as u64, level as u64, name as u64, p.0, 4, 0], "setsockopt", what).map(drop)
+    }
+
+    /// bind(2) of `fd` to the sockaddr `addr` (its bytes).
+    pub fn bind_raw(&mut self, fd: i32, addr: &[u8], what: &str) -> Result<()> {
+        let p = self.scratch.put(self.pid(), PATH_AT, addr)?;
+        self.call(libc::SYS_bind, [fd as u64, p.0, addr.len() as u64, 0, 0, 0], "bind", what).map(drop)
+    }
+
     pub fn socketpair(&mut self, what: &str) -> Result<(i32, i32)> {
         let out = self.scratch.addr;
         let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;

@@ -69,7 +69,11 @@ pub const KIND_INET: u8 = 22;
 /// on restore (ckpt --unix-reconnect): `id.path` the peer's name (sun_path as bound; an
 /// abstract one begins with a NUL byte), `id.mode` the socket's type.
 pub const KIND_UNIXCONNECT: u8 = 23;
-const KIND_LAST: u8 = KIND_UNIXCONNECT;
+/// A NETLINK_ROUTE socket made again (res::netlink): `id.mode` its type, `id.ino` its port id,
+/// `id.rdev` its multicast groups (bit i: group i + 1), `id.dev` its netlink flags, `pos` its
+/// SO_RCVBUF.
+pub const KIND_NETLINK: u8 = 24;
+const KIND_LAST: u8 = KIND_NETLINK;
 
 /// The PIPES key of a FIFO: its inode number with bit 63 set (a pipe's is its pipefs inode).
 pub fn fifo_key(ino: u64) -> u64 {
@@ -151,6 +155,7 @@ pub fn kind_name(k: u8) -> &'static str {
         KIND_PTS => "pty slave",
         KIND_INET => "inet socket",
         KIND_UNIXCONNECT => "unix reconnect",
+        KIND_NETLINK => "netlink route",
         _ => "?",
     }
 }
@@ -275,6 +280,25 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
             },
             None => None,
         };
+        // A NETLINK_ROUTE socket with nothing waiting: made again.
+        if let Some(ino) = socket.filter(|_| proto == "NETLINK" && !stubs.fds.contains(&fd)) {
+            match super::netlink::classify(pid, fd, ino) {
+                Some(Ok(r)) => {
+                    let id = FileId {
+                        path: target.clone(),
+                        mode: r.ty,
+                        ino: r.port as u64,
+                        rdev: r.groups,
+                        dev: r.flags,
+                        ..Default::default()
+                    };
+                    out.push(Fd { fd, kind: KIND_NETLINK, flags, cloexec, pos: r.rcvbuf as u64, id });
+                    continue;
+                }
+                Some(Err(why)) => inet_refused = Some(format!("NETLINK_ROUTE {why}")),
+                None => {}
+            }
+        }
         if let Some((ty, name)) = reconnect.filter(|_| !stubs.fds.contains(&fd)) {
             let id = FileId { path: name, mode: ty, ino: socket.unwrap_or(0), ..Default::default() };
             out.push(Fd { fd, kind: KIND_UNIXCONNECT, flags, cloexec, pos: 0, id });
@@ -585,6 +609,17 @@ pub fn check(fds: &[Fd], same_boot: bool) -> Result<()> {
     Ok(())
 }
 
+/// Which socket a restore makes again by itself fd `f` is, so that the process's other fds of
+/// it get the same: a unix socket connected again by its inode, a bound NETLINK_ROUTE socket by
+/// its port id; u64::MAX for any other fd.
+fn made_key(f: &Fd) -> u64 {
+    match f.kind {
+        KIND_UNIXCONNECT => f.id.ino & !(1 << 63),
+        KIND_NETLINK if f.id.ino != 0 => f.id.ino | 1 << 63,
+        _ => u64::MAX,
+    }
+}
+
 /// Rebuilds the fd table inside the restored child, which starts with rstrt's own fds and by
 /// now has the image's credentials (`uid` its fs uid, for messages).
 /// `null_stdio`: bit n set gives fd n /dev/null instead of ours (fd 0 when rstrt reads the
@@ -691,7 +726,7 @@ pub fn restore(
     // Each FIFO opened once for both ends and filled, before its fds are opened by path (a
     // reader or writer then always finds the other end); closed at the end.
     let mut keepers: Vec<(u64, i32)> = Vec::new();
-    // Unix sockets connected again, by the image's inode: (inode, the fd it is at by now).
+    // Sockets made again, by made_key: (key, the fd the first is at by now).
     let mut reconnected: Vec<(u64, i32)> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_FIFO) {
         let key = fifo_key(f.id.ino);
@@ -761,11 +796,23 @@ pub fn restore(
             c.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, &what)?
         } else if f.kind == KIND_UNIXNEW {
             c.unix_socket(f.id.mode, &what)?
-        } else if let Some(&(_, first)) = reconnected.iter().find(|r| f.kind == KIND_UNIXCONNECT && r.0 == f.id.ino) {
+        } else if f.kind == KIND_NETLINK {
+            let r = super::netlink::Route {
+                ty: f.id.mode,
+                port: f.id.ino as u32,
+                groups: f.id.rdev,
+                flags: f.id.dev,
+                rcvbuf: f.pos as u32,
+            };
+            if r.port != 0 {
+                reconnected.push((made_key(f), f.fd));
+            }
+            super::netlink::restore(c, &r, &what)?
+        } else if let Some(&(_, first)) = reconnected.iter().find(|r| r.0 == made_key(f)) {
             // Another fd of the same socket: the same connection.
             c.fcntl(first, libc::F_DUPFD_CLOEXEC, 0, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32
         } else if f.kind == KIND_UNIXCONNECT {
-            reconnected.push((f.id.ino, f.fd));
+            reconnected.push((made_key(f), f.fd));
             let s = c.unix_socket(f.id.mode, &what)?;
             c.unix_connect(s, f.id.path.as_bytes(), &what).map_err(|e| match e {
                 Error::Sys { errno, .. } => Error::Refused(format!(

@@ -22,6 +22,7 @@ pub mod locks;
 pub mod mdwe;
 pub mod memfd;
 pub mod memory;
+pub mod netlink;
 pub mod pending;
 pub mod pipes;
 pub mod ptimers;
