@@ -879,3 +879,44 @@ fn a_netlink_route_socket_listens_to_its_groups_again() {
     support::nodes::ip(&["-n", &n.a, "addr", "add", "10.99.0.9/32", "dev", "lo"]);
     assert_eq!(r.expect(""), "newaddr", "before the restore it said {ready}");
 }
+
+/// The same over IPv6: the echo server on the service address fd00:57:N::100 of node a, a
+/// client on node c; migrated with it to node b, which announces it with an unsolicited
+/// neighbour advertisement, the client sees no reset, no loss, no reordering.
+#[test]
+fn a_service_on_ipv6_migrates_with_its_address() {
+    use support::nodes::{Daemon, Segment, keyfile};
+    let Some(seg) = Segment::new() else { return };
+    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
+        return;
+    }
+    let n = &seg.nodes;
+    let dir = tmpdir("service6");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/echo.py");
+    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[echo.to_str().unwrap(), &seg.service6, "7000"]);
+    c.stdin(Stdio::null()).stderr(Stdio::null());
+    let mut server = Proc::spawn(c);
+    let pid: i32 = server.expect("ready").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut c = n.cmd(&seg.c, "/usr/bin/python3", &["-c", ECHO_CLIENT, &seg.service6, "7000", "3"]);
+    c.stdin(Stdio::null());
+    let mut cl = Proc::spawn(c);
+    cl.expect("connected");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let o = support::nodes::migrate(
+        n,
+        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix6, &pid.to_string(), &n.addr_b],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = cl.expect("");
+    eprintln!("the IPv6 client, through the migration: {said}");
+    assert!(said.starts_with("ok"), "{said}");
+    assert!(seg.has(&n.b, &seg.service6) && !seg.has(&n.a, &seg.service6), "the address did not move");
+    assert_eq!(seg.crs_tables(&n.a), "");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let there: i32 = out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out);
+    drop(server);
+    // SAFETY: kill takes integers; the restored server is no child of ours.
+    unsafe { libc::kill(there, libc::SIGKILL) };
+}

@@ -32,9 +32,9 @@ struct Args {
     /// does
     #[argh(switch)]
     unix_reconnect: bool,
-    /// move this address (ADDR/PREFIX, IPv4) with the process: taken off here once its image
-    /// is sent, put on the destination's interface in that subnet (with a gratuitous ARP)
-    /// before it runs there, put back here on any failure; restartd must allow it
+    /// move this address (ADDR/PREFIX, IPv4 or IPv6) with the process: taken off here once its
+    /// image is sent, put on the destination's interface in that subnet (announced to its
+    /// neighbours) before it runs there, put back here on any failure; restartd must allow it
     #[argh(option)]
     move_address: Option<String>,
     /// print the freeze time and the transfer rate

@@ -65,7 +65,7 @@ pub struct Options {
     pub grant_caps: bool,
     /// An address this node does not have yet (migrate --move-address puts it on before the
     /// processes run): sockets bound to it are bound with IP_FREEBIND.
-    pub free_bind: Option<std::net::Ipv4Addr>,
+    pub free_bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]

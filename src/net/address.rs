@@ -1,18 +1,20 @@
 //! A service address that moves with its process (migrate --move-address): taken off its
 //! interface at the source once the process is frozen and its image sent, put on the
 //! destination's interface in the same subnet before the restored process runs, with a
-//! gratuitous ARP so that the segment's neighbours send to its new place at once; put back
-//! where it was on any failure (each side's `Held` does so when dropped). IPv4 only. Done
-//! with iproute2's `ip`, in the caller's network namespace.
+//! gratuitous ARP (IPv4) or an unsolicited neighbour advertisement (IPv6) so that the
+//! segment's neighbours send to its new place at once; put back where it was on any failure
+//! (each side's `Held` does so when dropped). Done with iproute2's `ip`, in the caller's
+//! network namespace; an IPv6 address is added without duplicate address detection (it has
+//! just left the source), so that it serves at once.
 
 use crate::error::{Error, Result};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
-/// "10.0.0.100/24".
+/// "10.0.0.100/24", "fd00::100/64".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Address {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix: u8,
 }
 
@@ -24,16 +26,28 @@ impl std::fmt::Display for Address {
 
 impl Address {
     pub fn parse(s: &str) -> std::result::Result<Address, String> {
-        let bad =
-            || format!("{}: give an IPv4 address and its prefix length, as 10.0.0.100/24", crate::text::printable(s));
+        let bad = || {
+            format!(
+                "{}: give an address and its prefix length, as 10.0.0.100/24 or fd00::100/64",
+                crate::text::printable(s)
+            )
+        };
         let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(bad)?;
+        let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+        let most = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix.parse().ok().filter(|p| (1..=most).contains(p)).ok_or_else(bad)?;
         Ok(Address { ip, prefix })
     }
 
-    fn network(&self, ip: Ipv4Addr) -> u32 {
-        u32::from(ip) & (u32::MAX << (32 - self.prefix as u32))
+    /// Whether `ip` is in this address's subnet.
+    fn same_subnet(&self, ip: IpAddr) -> bool {
+        // Both as 128 bits, an IPv4 address in the top 32.
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v) => (u32::from(v) as u128) << 96,
+            IpAddr::V6(v) => u128::from(v),
+        };
+        let mask = u128::MAX << (128 - self.prefix as u32);
+        self.ip.is_ipv4() == ip.is_ipv4() && bits(ip) & mask == bits(self.ip) & mask
     }
 }
 
@@ -53,13 +67,14 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// This node's IPv4 addresses: (interface, address, prefix).
-fn addresses() -> Result<Vec<(String, Ipv4Addr, u8)>> {
-    let out = ip(&["-o", "-4", "addr", "show"])?;
+/// This node's addresses: (interface, address, prefix).
+fn addresses() -> Result<Vec<(String, IpAddr, u8)>> {
+    let out = ip(&["-o", "addr", "show"])?;
     let mut v = Vec::new();
     for l in out.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let (Some(dev), Some(a)) = (f.get(1), f.iter().position(|w| *w == "inet").and_then(|i| f.get(i + 1))) else {
+        let at = f.iter().position(|w| *w == "inet" || *w == "inet6");
+        let (Some(dev), Some(a)) = (f.get(1), at.and_then(|i| f.get(i + 1))) else {
             continue;
         };
         if let Ok(a) = Address::parse(a) {
@@ -101,13 +116,30 @@ pub fn put_on(addr: Address) -> Result<Held> {
     }
     let dev = all
         .into_iter()
-        .find(|a| a.2 == addr.prefix && addr.network(a.1) == addr.network(addr.ip))
+        .find(|a| a.2 == addr.prefix && addr.same_subnet(a.1))
         .map(|a| a.0)
         .ok_or_else(|| Error::Refused(format!("this node has no interface on the subnet of {addr}")))?;
-    ip(&["addr", "add", &addr.to_string(), "dev", &dev])?;
+    add(addr, &dev)?;
     let held = Held { addr, dev, undo_add: false, armed: true };
-    gratuitous_arp(&held.dev, addr.ip)?;
+    announce(&held.dev, addr.ip)?;
     Ok(held)
+}
+
+/// Puts `addr` on `dev`; an IPv6 one without duplicate address detection.
+fn add(addr: Address, dev: &str) -> Result<()> {
+    let a = addr.to_string();
+    match addr.ip {
+        IpAddr::V4(_) => ip(&["addr", "add", &a, "dev", dev]).map(drop),
+        IpAddr::V6(_) => ip(&["addr", "add", &a, "dev", dev, "nodad"]).map(drop),
+    }
+}
+
+/// Tells the segment `addr` is on `dev` now.
+fn announce(dev: &str, addr: IpAddr) -> Result<()> {
+    match addr {
+        IpAddr::V4(v) => gratuitous_arp(dev, v),
+        IpAddr::V6(v) => unsolicited_na(dev, v),
+    }
 }
 
 impl Held {
@@ -120,19 +152,17 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.armed {
-            let verb = if self.undo_add { "add" } else { "del" };
-            let r = ip(&["addr", verb, &self.addr.to_string(), "dev", &self.dev]);
             if self.undo_add {
-                let _ = r.and_then(|_| gratuitous_arp(&self.dev, self.addr.ip));
+                let _ = add(self.addr, &self.dev).and_then(|_| announce(&self.dev, self.addr.ip));
+            } else {
+                let _ = ip(&["addr", "del", &self.addr.to_string(), "dev", &self.dev]);
             }
         }
     }
 }
 
-/// Broadcasts an ARP request for `addr` from `addr` on `dev`: its neighbours learn our MAC
-/// for it.
-fn gratuitous_arp(dev: &str, addr: Ipv4Addr) -> Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+/// The Ethernet address and the index of interface `dev`.
+fn link(dev: &str) -> Result<(Vec<u8>, u32)> {
     let path = format!("/sys/class/net/{dev}/address");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mac: Vec<u8> = text.trim().split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
@@ -145,6 +175,67 @@ fn gratuitous_arp(dev: &str, addr: Ipv4Addr) -> Result<()> {
     if index == 0 {
         return Err(Error::sys("if_nametoindex", dev, nix::errno::Errno::last()));
     }
+    Ok((mac, index))
+}
+
+fn sockaddr6(addr: Ipv6Addr, scope: u32) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as u16,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: addr.octets() },
+        sin6_scope_id: scope,
+    }
+}
+
+/// Sends an unsolicited neighbour advertisement (override set) for `addr`, from it, on `dev`
+/// to all nodes: its neighbours learn our MAC for it.
+fn unsolicited_na(dev: &str, addr: Ipv6Addr) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (mac, index) = link(dev)?;
+    // SAFETY: socket takes integers; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMPV6) };
+    if raw < 0 {
+        return Err(Error::sys("socket(ICMPv6)", dev, nix::errno::Errno::last()));
+    }
+    // SAFETY: just made, ours alone.
+    let s = unsafe { OwnedFd::from_raw_fd(raw) };
+    let set = |name: i32, v: i32| {
+        // SAFETY: setsockopt reads one int.
+        unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IPV6, name, (&v as *const i32).cast(), 4) }
+    };
+    if set(libc::IPV6_MULTICAST_HOPS, 255) != 0 || set(libc::IPV6_MULTICAST_IF, index as i32) != 0 {
+        return Err(Error::sys("setsockopt(IPV6_MULTICAST_*)", dev, nix::errno::Errno::last()));
+    }
+    let from = sockaddr6(addr, 0);
+    // SAFETY: bind reads a live sockaddr_in6 (the address is on this node by now).
+    if unsafe { libc::bind(s.as_raw_fd(), (&from as *const libc::sockaddr_in6).cast(), 28) } != 0 {
+        return Err(Error::sys("bind (neighbour advertisement)", addr.to_string(), nix::errno::Errno::last()));
+    }
+    // Type 136, code 0, the checksum (the kernel's), flags: override; the target; the target
+    // link-layer address option.
+    let mut na = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    na.extend_from_slice(&addr.octets());
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&mac);
+    let all = sockaddr6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), index);
+    for _ in 0..2 {
+        // SAFETY: sendto reads the message and a live sockaddr_in6.
+        let n = unsafe {
+            libc::sendto(s.as_raw_fd(), na.as_ptr().cast(), na.len(), 0, (&all as *const libc::sockaddr_in6).cast(), 28)
+        };
+        if n < 0 {
+            return Err(Error::sys("sendto (neighbour advertisement)", dev, nix::errno::Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Broadcasts an ARP request for `addr` from `addr` on `dev`: its neighbours learn our MAC
+/// for it.
+fn gratuitous_arp(dev: &str, addr: Ipv4Addr) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (mac, index) = link(dev)?;
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: socket takes integers; the fd is owned below.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };

@@ -582,7 +582,7 @@ fn netlink_in(pid: i32) -> Result<OwnedFd> {
 /// Makes socket `s` here, for the processes created after to inherit: options, bind, then
 /// listen or connect. Returns it, close-on-exec. The caller holds the image owner's
 /// file-system ids and, for another user's image, no effective capability it must not use.
-pub fn create_here(s: &Sock, free: Option<std::net::Ipv4Addr>) -> Result<OwnedFd> {
+pub fn create_here(s: &Sock, free: Option<std::net::IpAddr>) -> Result<OwnedFd> {
     let what = describe_one(s);
     let fd = fresh(s.family, s.ty, &what)?;
     let raw = fd.as_raw_fd();
@@ -635,17 +635,18 @@ fn in_use(addr: &[u8], what: &str) -> Error {
 }
 
 /// Whether sockaddr `addr` is on address `free` (IPv4, or mapped in IPv6).
-pub(super) fn is_free(addr: &[u8], free: Option<std::net::Ipv4Addr>) -> bool {
-    let v4 = |ip: std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(v) => Some(v),
-        std::net::IpAddr::V6(v) => v.to_ipv4_mapped(),
+pub(super) fn is_free(addr: &[u8], free: Option<std::net::IpAddr>) -> bool {
+    // An IPv4 address mapped in IPv6 is the IPv4 one.
+    let plain = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        ip => ip,
     };
-    free.is_some() && addr_of(addr).and_then(|a| v4(a.ip())) == free
+    free.is_some() && addr_of(addr).map(|a| plain(a.ip())) == free
 }
 
 /// Binds `raw` to `addr`; with IP_FREEBIND for the bind when it is `free`, an address this
 /// node does not have yet.
-pub(super) fn bind(raw: RawFd, addr: &[u8], free: Option<std::net::Ipv4Addr>, what: &str) -> Result<()> {
+pub(super) fn bind(raw: RawFd, addr: &[u8], free: Option<std::net::IpAddr>, what: &str) -> Result<()> {
     let freebind = is_free(addr, free);
     let (level, name) = match addr_of(addr) {
         Some(std::net::SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),

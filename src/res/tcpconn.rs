@@ -201,7 +201,7 @@ pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
 }
 
 /// Makes connection `c` here, in repair mode (it leaves it in [`Repaired::release`]).
-pub fn create_here(c: &Conn, free: Option<std::net::Ipv4Addr>) -> Result<OwnedFd> {
+pub fn create_here(c: &Conn, free: Option<std::net::IpAddr>) -> Result<OwnedFd> {
     let what = name(&c.local, &c.peer);
     let fd = inet::fresh(c.family, libc::SOCK_STREAM as u32, &what)?;
     let s = fd.as_raw_fd();

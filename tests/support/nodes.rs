@@ -209,14 +209,16 @@ pub fn gone(child: &mut Child) -> bool {
 }
 
 /// Three nodes on one Ethernet segment: namespaces a, b (as [`Nodes`]) and c, each with a
-/// veth into a bridge in a fourth namespace; 10.57.N.1, .2 and .3, and the service address
-/// 10.57.N.100 on a. Removed on drop.
+/// veth into a bridge in a fourth namespace; 10.57.N.1, .2 and .3 (fd00:57:N::1, 2, 3), and
+/// the service address 10.57.N.100 (fd00:57:N::100) on a. Removed on drop.
 pub struct Segment {
     pub nodes: Nodes,
     pub c: String,
     br: String,
     pub service: String,
     pub prefix: String,
+    pub service6: String,
+    pub prefix6: String,
 }
 
 impl Segment {
@@ -226,6 +228,7 @@ impl Segment {
         }
         let n = (std::process::id() % 200) * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
         let net = format!("10.57.{}", n % 250 + 1);
+        let net6 = format!("fd00:57:{:x}", n % 250 + 1);
         let name = |x: &str| format!("crs-{x}{n}");
         let (a, b, c, br) = (name("a"), name("b"), name("c"), name("br"));
         for ns in [&br, &a, &b, &c] {
@@ -237,6 +240,8 @@ impl Segment {
             br: br.clone(),
             service: format!("{net}.100"),
             prefix: format!("{net}.100/24"),
+            service6: format!("{net6}::100"),
+            prefix6: format!("{net6}::100/64"),
         };
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &br, "link", "set", "br0", "up"]);
@@ -245,17 +250,24 @@ impl Segment {
             ip(&["link", "add", &inner, "netns", ns, "type", "veth", "peer", "name", &outer, "netns", &br]);
             ip(&["-n", &br, "link", "set", &outer, "master", "br0", "up"]);
             ip(&["-n", ns, "addr", "add", &format!("{net}.{last}/24"), "dev", &inner]);
+            ip(&["-n", ns, "addr", "add", &format!("{net6}::{last}/64"), "dev", &inner, "nodad"]);
             ip(&["-n", ns, "link", "set", &inner, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         ip(&["-n", &a, "addr", "add", &seg.prefix, "dev", &format!("crsa{n}")]);
+        ip(&["-n", &a, "addr", "add", &seg.prefix6, "dev", &format!("crsa{n}"), "nodad"]);
         Some(seg)
     }
 
     /// Whether namespace `ns` has the service address.
     pub fn has_service(&self, ns: &str) -> bool {
-        let o = Command::new("ip").args(["-n", ns, "-o", "-4", "addr", "show"]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).contains(&format!(" {}/", self.service))
+        self.has(ns, &self.service)
+    }
+
+    /// Whether namespace `ns` has address `addr`.
+    pub fn has(&self, ns: &str, addr: &str) -> bool {
+        let o = Command::new("ip").args(["-n", ns, "-o", "addr", "show"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(&format!(" {addr}/"))
     }
 
     /// The nftables tables crs left in namespace `ns`.
