@@ -5,7 +5,7 @@
 mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use support::*;
 
 /// The first line a server sends on a new connection to `addr`.
@@ -36,6 +36,76 @@ fn gone(pids: &[i32]) {
 /// A TCP port nobody listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn has_nft() -> bool {
+    require(Command::new("nft").arg("-v").output().is_ok(), "nft (apt install nftables)")
+}
+
+/// The three nodes on one segment, a directory and the cluster key, for a migration test
+/// (None, said, when root, iproute2 or nft is missing).
+fn segment(name: &str) -> Option<(support::nodes::Segment, std::path::PathBuf, String)> {
+    let seg = support::nodes::Segment::new()?;
+    if !has_nft() {
+        return None;
+    }
+    let dir = tmpdir(name);
+    let key = support::nodes::keyfile(&dir, "key");
+    Some((seg, dir, key))
+}
+
+/// migrate --tcp-established --move-address PREFIX of `pid` from node a to node b.
+fn migrate_service(seg: &support::nodes::Segment, key: &str, prefix: &str, pid: i32, extra: &[&str]) -> Output {
+    let n = &seg.nodes;
+    let pid = pid.to_string();
+    let mut args = vec!["--key", key, "--tcp-established", "--move-address", prefix];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&pid, &n.addr_b]);
+    support::nodes::migrate(n, &args)
+}
+
+/// The pid a migration's process runs as at b (migrate says "... it runs there as pid Q").
+fn there(o: &Output) -> i32 {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out)
+}
+
+/// Kills the process a migration left running at b.
+fn kill_there(o: &Output) {
+    // SAFETY: kill takes integers; the restored process is no child of ours.
+    unsafe { libc::kill(there(o), libc::SIGKILL) };
+}
+
+/// The echo server of the tests on `addr`:7000 of node a; its pid.
+fn echo_server(seg: &support::nodes::Segment, addr: &str) -> (Proc, i32) {
+    let n = &seg.nodes;
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/echo.py");
+    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[echo.to_str().unwrap(), addr, "7000"]);
+    c.stdin(Stdio::null()).stderr(Stdio::null());
+    let mut server = Proc::spawn(c);
+    let pid = server.expect("ready").split_whitespace().nth(1).unwrap().parse().unwrap();
+    (server, pid)
+}
+
+/// ECHO_CLIENT on node c against `addr`:7000 for `secs`, once connected.
+fn echo_client(seg: &support::nodes::Segment, addr: &str, secs: &str) -> Proc {
+    let mut c = seg.nodes.cmd(&seg.c, "/usr/bin/python3", &["-c", ECHO_CLIENT, addr, "7000", secs]);
+    c.stdin(Stdio::null());
+    let mut p = Proc::spawn(c);
+    p.expect("connected");
+    p
+}
+
+/// An nginx configuration: a master, 2 workers, everything under `d`, serving `d`/www on
+/// `listen`.
+fn nginx_conf(d: &str, listen: &str) -> String {
+    format!(
+        "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
+  fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  server {{ listen {listen}; root {d}/www; }} }}\n"
+    )
 }
 
 #[test]
@@ -265,13 +335,7 @@ fn nginx_master_and_workers_serve_again_after_restore() {
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(dir.join("www/big"), &body).unwrap();
     let port = free_port();
-    let conf = format!(
-        "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
-  fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-  server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n"
-    );
+    let conf = nginx_conf(d, &format!("127.0.0.1:{port}"));
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let mut c = Command::new("/usr/sbin/nginx");
     c.args(["-c", &format!("{d}/nginx.conf"), "-p", d]).stdin(Stdio::null()).stdout(Stdio::null());
@@ -344,7 +408,7 @@ fn connected(p: &mut Proc, port: &str) -> TcpStream {
 /// not. No packet block is left behind.
 #[test]
 fn an_established_connection_carries_on_with_its_bytes_in_flight() {
-    if !require(is_root(), "root (TCP_REPAIR)") || !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
+    if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() {
         return;
     }
     let dir = tmpdir("tcp-established");
@@ -387,7 +451,7 @@ fn an_established_connection_carries_on_with_its_bytes_in_flight() {
 /// there, and the block is lifted.
 #[test]
 fn an_established_connection_of_a_process_that_runs_on_is_untouched() {
-    if !require(is_root(), "root (TCP_REPAIR)") || !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
+    if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() {
         return;
     }
     let dir = tmpdir("tcp-runs-on");
@@ -413,7 +477,7 @@ fn an_established_connection_of_a_process_that_runs_on_is_untouched() {
 fn redis_answers_the_same_connection_after_restore() {
     if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)")
         || !require(is_root(), "root (TCP_REPAIR)")
-        || !require(Command::new("nft").arg("-v").output().is_ok(), "nft")
+        || !has_nft()
     {
         return;
     }
@@ -477,34 +541,16 @@ print("ok %d lines, longest wait %d ms" % (n, worst * 1000), flush=True)
 /// connection, and no block is left.
 #[test]
 fn a_service_migrates_with_its_address_and_its_clients_connection() {
-    use support::nodes::{Daemon, Segment, keyfile};
-    let Some(seg) = Segment::new() else { return };
-    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
-        return;
-    }
+    use support::nodes::Daemon;
+    let Some((seg, _dir, key)) = segment("service") else { return };
     let n = &seg.nodes;
-    let dir = tmpdir("service");
-    let key = keyfile(&dir, "key");
-    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/echo.py");
-    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[echo.to_str().unwrap(), &seg.service, "7000"]);
-    c.stdin(Stdio::null()).stderr(Stdio::null());
-    let mut server = Proc::spawn(c);
-    let pid: i32 = server.expect("ready").split_whitespace().nth(1).unwrap().parse().unwrap();
-    let client = |secs: &str| {
-        let mut c = n.cmd(&seg.c, "/usr/bin/python3", &["-c", ECHO_CLIENT, &seg.service, "7000", secs]);
-        c.stdin(Stdio::null());
-        let mut p = Proc::spawn(c);
-        p.expect("connected");
-        p
-    };
+    let (server, pid) = echo_server(&seg, &seg.service);
+    let client = |secs: &str| echo_client(&seg, &seg.service, secs);
     // Refused by a restartd that moves no address: the service stays, and serves.
     {
         let _d = Daemon::start(n, &["--key", &key, "--allow-root"]);
         let mut cl = client("2");
-        let o = support::nodes::migrate(
-            n,
-            &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
-        );
+        let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("moves no address"), "{}", stderr(&o));
         let said = cl.expect("");
@@ -518,10 +564,7 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     {
         let mut cl = client("2");
         support::nodes::ip(&["-n", &n.b, "addr", "add", &format!("{}/32", seg.service), "dev", "lo"]);
-        let o = support::nodes::migrate(
-            n,
-            &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
-        );
+        let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
         support::nodes::ip(&["-n", &n.b, "addr", "del", &format!("{}/32", seg.service), "dev", "lo"]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("is already on this node"), "{}", stderr(&o));
@@ -583,10 +626,7 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     }
     let mut cl = client("3");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let o = support::nodes::migrate(
-        n,
-        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, "-v", &pid.to_string(), &n.addr_b],
-    );
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &["-v"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = cl.expect("");
     eprintln!("the client, through the migration: {said}");
@@ -595,13 +635,10 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     assert_eq!(seg.crs_tables(&n.a), "");
     assert_eq!(seg.crs_tables(&n.b), "");
     // "moved pid P to HOST: it runs there as pid Q"
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let there: i32 = out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out);
-    let ns = std::fs::read_link(format!("/proc/{there}/ns/net")).unwrap();
+    let ns = std::fs::read_link(format!("/proc/{}/ns/net", there(&o))).unwrap();
     assert_eq!(ns.to_string_lossy(), n.ns_id(&n.b), "the server does not run at b");
     drop(server);
-    // SAFETY: kill takes integers; the restored server is no child of ours.
-    unsafe { libc::kill(there, libc::SIGKILL) };
+    kill_there(&o);
 }
 
 /// A redis client of the test's own: one connection to ADDR:PORT, INCR n for SECONDS, then
@@ -635,18 +672,13 @@ print("ok %d %d" % (acked, value), flush=True)
 /// of INCRs acknowledged, and the key set before is there.
 #[test]
 fn redis_migrates_with_its_client_counting_on() {
-    use support::nodes::{Daemon, Segment, keyfile};
+    use support::nodes::Daemon;
     if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)") {
         return;
     }
-    let Some(seg) = Segment::new() else { return };
-    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
-        return;
-    }
+    let Some((seg, dir, key)) = segment("redis-migrate") else { return };
     let n = &seg.nodes;
-    let dir = tmpdir("redis-migrate");
     let d = dir.to_str().unwrap();
-    let key = keyfile(&dir, "key");
     let _daemon = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
     let mut c = n.cmd(
         &n.a,
@@ -685,10 +717,7 @@ fn redis_migrates_with_its_client_counting_on() {
     let mut cl = Proc::spawn(cl);
     cl.expect("connected");
     std::thread::sleep(std::time::Duration::from_millis(700));
-    let o = support::nodes::migrate(
-        n,
-        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
-    );
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = server.0.wait();
     let said = cl.expect("");
@@ -697,10 +726,7 @@ fn redis_migrates_with_its_client_counting_on() {
     assert_eq!(f[0], "ok", "{said}");
     assert_eq!(f[1], f[2], "acknowledged INCRs and the final counter differ: {said}");
     assert!(setter("*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n").contains("kept"), "the key set before is gone");
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let there: i32 = out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out);
-    // SAFETY: kill takes integers; the restored server is no child of ours.
-    unsafe { libc::kill(there, libc::SIGKILL) };
+    kill_there(&o);
 }
 
 /// nginx (Debian's nginx-light: a master and 2 workers sharing a listening socket) on the
@@ -709,31 +735,19 @@ fn redis_migrates_with_its_client_counting_on() {
 /// its address and connections, the download completes, byte for byte.
 #[test]
 fn nginx_migrates_while_a_slow_client_downloads() {
-    use support::nodes::{Daemon, Segment, keyfile};
+    use support::nodes::Daemon;
     if !require(std::path::Path::new("/usr/sbin/nginx").exists(), "nginx (apt install nginx-light)") {
         return;
     }
-    let Some(seg) = Segment::new() else { return };
-    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
-        return;
-    }
+    let Some((seg, dir, key)) = segment("nginx-migrate") else { return };
     let n = &seg.nodes;
-    let dir = tmpdir("nginx-migrate");
     let d = dir.to_str().unwrap();
-    let key = keyfile(&dir, "key");
     let _daemon = Daemon::start_own_pids(n, &["--key", &key, "--allow-root", "--move-address"]);
     std::fs::create_dir_all(dir.join("www")).unwrap();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let body: Vec<u8> = (0..8_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     std::fs::write(dir.join("www/big"), &body).unwrap();
-    let conf = format!(
-        "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
-  fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-  server {{ listen {}:8080; root {d}/www; }} }}\n",
-        seg.service
-    );
+    let conf = nginx_conf(d, &format!("{}:8080", seg.service));
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let mut c = n.cmd(&n.a, "/usr/sbin/nginx", &["-c", &format!("{d}/nginx.conf"), "-p", d]);
     c.stdin(Stdio::null()).stdout(Stdio::null());
@@ -756,10 +770,7 @@ http {{ access_log {d}/logs/access.log; client_body_temp_path {d}/tmp; proxy_tem
         assert!(t.elapsed() < TIMEOUT, "the download does not begin");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let o = support::nodes::migrate(
-        n,
-        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix, &pid.to_string(), &n.addr_b],
-    );
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = master.0.wait();
     let done = curl.wait_with_output().unwrap();
@@ -885,38 +896,20 @@ fn a_netlink_route_socket_listens_to_its_groups_again() {
 /// neighbour advertisement, the client sees no reset, no loss, no reordering.
 #[test]
 fn a_service_on_ipv6_migrates_with_its_address() {
-    use support::nodes::{Daemon, Segment, keyfile};
-    let Some(seg) = Segment::new() else { return };
-    if !require(Command::new("nft").arg("-v").output().is_ok(), "nft") {
-        return;
-    }
+    use support::nodes::Daemon;
+    let Some((seg, _dir, key)) = segment("service6") else { return };
     let n = &seg.nodes;
-    let dir = tmpdir("service6");
-    let key = keyfile(&dir, "key");
     let _d = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
-    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/echo.py");
-    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[echo.to_str().unwrap(), &seg.service6, "7000"]);
-    c.stdin(Stdio::null()).stderr(Stdio::null());
-    let mut server = Proc::spawn(c);
-    let pid: i32 = server.expect("ready").split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut c = n.cmd(&seg.c, "/usr/bin/python3", &["-c", ECHO_CLIENT, &seg.service6, "7000", "3"]);
-    c.stdin(Stdio::null());
-    let mut cl = Proc::spawn(c);
-    cl.expect("connected");
+    let (server, pid) = echo_server(&seg, &seg.service6);
+    let mut cl = echo_client(&seg, &seg.service6, "3");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let o = support::nodes::migrate(
-        n,
-        &["--key", &key, "--tcp-established", "--move-address", &seg.prefix6, &pid.to_string(), &n.addr_b],
-    );
+    let o = migrate_service(&seg, &key, &seg.prefix6, pid, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = cl.expect("");
     eprintln!("the IPv6 client, through the migration: {said}");
     assert!(said.starts_with("ok"), "{said}");
     assert!(seg.has(&n.b, &seg.service6) && !seg.has(&n.a, &seg.service6), "the address did not move");
     assert_eq!(seg.crs_tables(&n.a), "");
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let there: i32 = out.split_whitespace().last().and_then(|p| p.parse().ok()).expect(&out);
     drop(server);
-    // SAFETY: kill takes integers; the restored server is no child of ours.
-    unsafe { libc::kill(there, libc::SIGKILL) };
+    kill_there(&o);
 }

@@ -534,8 +534,10 @@ pub fn encode(c: &Conns) -> Vec<u8> {
 pub fn decode(b: &[u8], at: u64) -> CrfResult<Conns> {
     let mut d = Dec::new(b, at, "TCPCONNS");
     let lock = d.str()?;
-    if !lock.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') || lock.len() > 64 {
-        return Err(d.bad_at(at, "a lock table name that is not a plain name".into()));
+    // Only a table of crs's own: a restore removes it, as root.
+    let plain = lock.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') && lock.len() <= 64;
+    if !(lock.is_empty() || plain && lock.starts_with("crs_")) {
+        return Err(d.bad_at(at, "a lock table name that is not one of crs's (crs_...)".into()));
     }
     let n = d.count(60)?;
     let mut conns: Vec<Conn> = Vec::with_capacity(n);

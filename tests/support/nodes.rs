@@ -58,17 +58,23 @@ impl Nodes {
     }
 }
 
+/// Kills whatever still runs in namespace `ns`, then removes it.
+fn remove_ns(ns: &str) {
+    let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
+        for p in String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            if p > 1 {
+                // SAFETY: kill takes integers.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    });
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            // Kill whatever still runs in the namespace, then remove it.
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", p]).status();
-                }
-            });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        remove_ns(&self.a);
+        remove_ns(&self.b);
     }
 }
 
@@ -279,13 +285,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        for ns in [&self.c, &self.br] {
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", p]).status();
-                }
-            });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        remove_ns(&self.c);
+        remove_ns(&self.br);
     }
 }
