@@ -149,7 +149,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             }
             // Its connections run there now: the block on their packets here goes.
             if !report.tcp_lock.is_empty() {
-                crate::res::tcpconn::unlock(&report.tcp_lock, None)?;
+                crate::res::tcpconn::unlock(&report.tcp_lock)?;
             }
             Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed() })
         }

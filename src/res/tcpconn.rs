@@ -314,7 +314,7 @@ impl Repaired {
             inet::set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse, what)?;
         }
         if !self.lock.is_empty() {
-            unlock(&self.lock, None)?;
+            unlock(&self.lock)?;
         }
         Ok(())
     }
@@ -389,7 +389,8 @@ impl Frozen {
 /// node), until removed.
 pub struct Lock {
     table: String,
-    pid: i32,
+    /// The namespace, held open: the table goes even if the process is gone by then.
+    ns: std::fs::File,
     armed: bool,
 }
 
@@ -406,21 +407,14 @@ fn rule(local: &[u8], peer: &[u8]) -> Option<String> {
     Some(format!("{fam} saddr {pip} {fam} daddr {lip} tcp sport {} tcp dport {}", p.port(), l.port()))
 }
 
-/// Runs `nft -f -` with `script`, in the network namespace of `pid` (None: ours).
-fn nft(script: &str, pid: Option<i32>) -> Result<()> {
+/// Runs `nft -f -` with `script`, in network namespace `ns` (None: ours).
+fn nft(script: &str, ns: Option<&std::fs::File>) -> Result<()> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("nft");
     cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
     cmd.stderr(std::process::Stdio::piped());
-    let ns = match pid {
-        Some(p) => {
-            let path = format!("/proc/{p}/ns/net");
-            Some(std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?)
-        }
-        None => None,
-    };
-    if let Some(ns) = ns.as_ref().map(|f| f.as_raw_fd()) {
+    if let Some(ns) = ns.map(|f| f.as_raw_fd()) {
         // SAFETY: setns is async-signal-safe and changes only the child's namespace.
         unsafe {
             cmd.pre_exec(move || {
@@ -446,12 +440,27 @@ fn nft(script: &str, pid: Option<i32>) -> Result<()> {
     Ok(())
 }
 
-/// Removes table `table` from the network namespace of `pid` (None: ours), if it is there.
-pub fn unlock(table: &str, pid: Option<i32>) -> Result<()> {
-    nft(&format!("destroy table inet {table}\n"), pid).or_else(|_| {
+/// Removes table `table` from our network namespace, if it is there.
+pub fn unlock(table: &str) -> Result<()> {
+    unlock_in(table, None)
+}
+
+/// Removes table `table` from network namespace `ns` (None: ours), if it is there. Without
+/// nft there is none of crs's to remove.
+fn unlock_in(table: &str, ns: Option<&std::fs::File>) -> Result<()> {
+    let r = nft(&format!("destroy table inet {table}\n"), ns).or_else(|_| {
         // nft before 1.0.8 has no "destroy": add (a no-op if it is there) and delete.
-        nft(&format!("add table inet {table}\ndelete table inet {table}\n"), pid)
-    })
+        nft(&format!("add table inet {table}\ndelete table inet {table}\n"), ns)
+    });
+    match r {
+        Err(Error::Refused(_)) if !nft_here() => Ok(()),
+        r => r,
+    }
+}
+
+/// Whether an nft program is on the PATH.
+fn nft_here() -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
 }
 
 impl Lock {
@@ -467,13 +476,15 @@ impl Lock {
             let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
             script += &format!("add rule inet {table} i {r} drop\nadd rule inet {table} o {r} drop\n");
         }
-        nft(&script, Some(pid))?;
-        Ok(Lock { table, pid, armed: true })
+        let path = format!("/proc/{pid}/ns/net");
+        let ns = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        nft(&script, Some(&ns))?;
+        Ok(Lock { table, ns, armed: true })
     }
 
     fn remove(mut self) -> Result<()> {
         self.armed = false;
-        unlock(&self.table, Some(self.pid))
+        unlock_in(&self.table, Some(&self.ns))
     }
 
     fn keep(mut self) -> String {
@@ -485,7 +496,7 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.armed {
-            let _ = unlock(&self.table, Some(self.pid));
+            let _ = unlock_in(&self.table, Some(&self.ns));
         }
     }
 }
