@@ -268,6 +268,19 @@ fn redis(s: &mut BufReader<TcpStream>, args: &[&str]) -> String {
     line.trim().to_string()
 }
 
+fn has_redis() -> bool {
+    require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)")
+}
+
+/// Debian's redis-server on 127.0.0.1's `port` (and ::1's), no persistence, its files in `d`.
+fn redis_server(port: u16, d: &str) -> Reap {
+    let mut c = Command::new("/usr/bin/redis-server");
+    c.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", d]);
+    c.stdout(Stdio::null()).stdin(Stdio::null());
+    close_extra_fds(&mut c);
+    Reap(c.spawn().unwrap())
+}
+
 fn redis_at(port: u16) -> BufReader<TcpStream> {
     let t = std::time::Instant::now();
     loop {
@@ -286,17 +299,13 @@ fn redis_at(port: u16) -> BufReader<TcpStream> {
 /// checkpoint (killed) and restore, and it serves new clients on the same port.
 #[test]
 fn redis_keeps_its_keys_and_serves_on_after_restore() {
-    if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)") {
+    if !has_redis() {
         return;
     }
     let dir = tmpdir("redis");
     let d = dir.to_str().unwrap();
     let port = free_port();
-    let mut c = Command::new("/usr/bin/redis-server");
-    c.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", d]);
-    c.stdout(Stdio::null()).stdin(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut server = Reap(c.spawn().unwrap());
+    let mut server = redis_server(port, d);
     let pid = server.0.id() as i32;
     let mut s = redis_at(port);
     assert_eq!(redis(&mut s, &["SET", "k", "kept across the restore"]), "+OK");
@@ -475,20 +484,13 @@ fn an_established_connection_of_a_process_that_runs_on_is_untouched() {
 /// restored, it answers the same client on the same connection, its counter intact.
 #[test]
 fn redis_answers_the_same_connection_after_restore() {
-    if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)")
-        || !require(is_root(), "root (TCP_REPAIR)")
-        || !has_nft()
-    {
+    if !has_redis() || !require(is_root(), "root (TCP_REPAIR)") || !has_nft() {
         return;
     }
     let dir = tmpdir("redis-conn");
     let d = dir.to_str().unwrap();
     let port = free_port();
-    let mut c = Command::new("/usr/bin/redis-server");
-    c.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", d]);
-    c.stdout(Stdio::null()).stdin(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut server = Reap(c.spawn().unwrap());
+    let mut server = redis_server(port, d);
     let pid = server.0.id() as i32;
     let mut s = redis_at(port);
     for n in 1..=100 {
@@ -673,7 +675,7 @@ print("ok %d %d" % (acked, value), flush=True)
 #[test]
 fn redis_migrates_with_its_client_counting_on() {
     use support::nodes::Daemon;
-    if !require(std::path::Path::new("/usr/bin/redis-server").exists(), "redis-server (apt install redis-server)") {
+    if !has_redis() {
         return;
     }
     let Some((seg, dir, key)) = segment("redis-migrate") else { return };
