@@ -95,25 +95,28 @@ pub fn status(pid: i32, status: &str, traced: bool) -> Result<()> {
 /// What a thread of the process has of its own in /proc/PID/task/TID/status, unlike its
 /// leader (`leader`: the leader's status): credentials, capabilities, seccomp, no_new_privs,
 /// x86 thread features. A restore gives every thread the leader's.
-pub fn thread(pid: i32, tid: i32, leader: &str) -> Result<Vec<String>> {
+pub fn thread(pid: i32, tid: i32, leader: &str) -> Result<(Vec<String>, bool)> {
     let path = format!("/proc/{pid}/task/{tid}/status");
     let own = match std::fs::read_to_string(&path) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]), // it exited
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], false)), // it exited
         Err(e) => return Err(Error::io(path, e)),
     };
+    // Signals queued for the thread itself (not for its process): none, most often.
+    let pending = procfs::status_field(&own, "SigPnd").is_none_or(|m| !m.trim_start_matches('0').is_empty());
     let keys = ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
     let differ: Vec<&str> = keys
         .into_iter()
         .chain(["x86_Thread_features"])
         .filter(|k| procfs::status_field(&own, k) != procfs::status_field(leader, k))
         .collect();
-    Ok(match differ.len() {
+    let reasons = match differ.len() {
         0 => vec![],
         _ => {
             vec![format!("its thread {tid} has its own {} (see {path}), which crs does not restore", differ.join(", "))]
         }
-    })
+    };
+    Ok((reasons, pending))
 }
 
 /// Memory areas with a NUMA policy of their own (mbind), from /proc/PID/numa_maps (absent

@@ -218,7 +218,7 @@ impl Frozen {
     /// them, we never changed them).
     fn put_back(&self) -> Result<()> {
         let mut r = self.live.as_ref().map_or(Ok(()), |l| self.t.set_regs(l));
-        for o in &self.others {
+        for o in self.others.iter().filter(|o| o.moved) {
             if let Some(l) = &o.live {
                 r = r.and(o.t.set_regs(l));
             }
@@ -248,7 +248,8 @@ fn frozen_checkpoint<W: Sink>(
 ) -> Result<Report> {
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
-    let _urgent = Urgent::raise();
+    let mut urgent = Urgent::raise();
+    let mut spare = memory::warm_buffers();
     let t0 = Instant::now();
     let mut procs: Vec<Frozen> = Vec::new();
     let mut zombies = 0;
@@ -258,7 +259,10 @@ fn frozen_checkpoint<W: Sink>(
     // Established TCP connections held still (repair mode, their packets blocked).
     let mut conns = crate::res::tcpconn::Frozen::default();
     let result = (|| {
-        let members = freeze_tree(pid, opts.alone, &mut procs)?;
+        urgent.real_time(true);
+        let members = freeze_tree(pid, opts.alone, &mut procs);
+        urgent.real_time(false);
+        let members = members?;
         let clocks = crate::res::clocks::read();
         if recheck {
             check_all(pid, opts, true)?;
@@ -309,9 +313,9 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tcp_conns.lock = conns.lock_name();
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
-        write(out, &states, commit)
+        write(out, &states, &mut spare, commit)
     })();
-    let frozen = t0.elapsed();
+    urgent.real_time(true);
     let mut restored = Ok(());
     let mut tcp_lock = String::new();
     if !(opts.kill && result.is_ok()) {
@@ -333,6 +337,8 @@ fn frozen_checkpoint<W: Sink>(
             for p in &procs {
                 p.t.kill(Signal::SIGKILL)?;
             }
+            let frozen = t0.elapsed();
+            urgent.real_time(false);
             // As their tracer we see them die, the other threads first (the leader is reported
             // only after them): once this returns, the processes are gone (zombies until their
             // parents reap them).
@@ -358,6 +364,9 @@ fn frozen_checkpoint<W: Sink>(
                 pids.push((p.t.pid, p.held));
                 p.t.detach()?;
             }
+            // Until the last thread was let go.
+            let frozen = t0.elapsed();
+            urgent.real_time(false);
             for (m, held) in &pids {
                 if opts.stop {
                     procfs::wait_stopped(*m);
@@ -721,6 +730,7 @@ fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
 fn write<W: Sink>(
     out: W,
     states: &[ProcessState],
+    spare: &mut Vec<Vec<u8>>,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<(u64, u64, Vec<String>)> {
     let io = |e: std::io::Error| Error::io("image", e);
@@ -732,7 +742,7 @@ fn write<W: Sink>(
         // A reader restoring from a stream can check the image's header, create the processes
         // and lay out the mappings while we read the pages.
         w.flush().map_err(io)?;
-        pages += memory::dump_pages(st.head.pid, &st.vmas, &mut w)?;
+        pages += memory::dump_pages(st.head.pid, &st.vmas, &mut w, spare)?;
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));
     }
@@ -741,29 +751,70 @@ fn write<W: Sink>(
     Ok((pages, bytes, stubs))
 }
 
-/// crs's own thread at nice -20 where allowed (root, or RLIMIT_NICE), back to its old nice
-/// value when dropped.
-struct Urgent(Option<i32>);
+/// crs's own thread scheduled ahead of the process it freezes, back as it was when dropped:
+/// at nice -20 where allowed (root, or RLIMIT_NICE), so that threads still running (spinning
+/// ones, on a busy node) do not keep it from the CPU; and while it stops the threads and lets
+/// them go ([`Urgent::real_time`]), real-time where allowed (root, or RLIMIT_RTPRIO). Nice is
+/// not enough then: each thread let go is a fresh wakeup that the fair scheduler may run
+/// first, for a whole slice (3 ms here), while those not yet let go stay frozen (16 ms for 64
+/// threads, a third of them spinning, on 2 CPUs). Not real-time throughout: a real-time task
+/// is not kept on its CPU when woken as a fair one is, so each syscall run in the process
+/// would cost two wakeups across CPUs.
+struct Urgent {
+    nice: Option<i32>,
+    fifo: Option<(i32, i32)>,
+}
 
 impl Urgent {
     fn raise() -> Urgent {
         // SAFETY: getpriority/setpriority take integers; `which` 0 with who 0 is this thread.
-        unsafe {
+        let nice = unsafe {
             *libc::__errno_location() = 0;
             let old = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if old == -1 && *libc::__errno_location() != 0 {
-                return Urgent(None);
+            (!(old == -1 && *libc::__errno_location() != 0) && libc::setpriority(libc::PRIO_PROCESS, 0, -20) == 0)
+                .then_some(old)
+        };
+        Urgent { nice, fifo: None }
+    }
+
+    /// SCHED_FIFO at its lowest priority (`on`), or back to what it was: while the threads
+    /// are stopped and let go. crs does not spin meanwhile: it makes a ptrace call per
+    /// thread and waits.
+    fn real_time(&mut self, on: bool) {
+        // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler take this thread (0) and
+        // a sched_param we own.
+        unsafe {
+            match self.fifo.take() {
+                Some((policy, priority)) if !on => {
+                    libc::sched_setscheduler(0, policy, &libc::sched_param { sched_priority: priority });
+                }
+                Some(was) => self.fifo = Some(was),
+                None if on => {
+                    let policy = libc::sched_getscheduler(0);
+                    let mut old = libc::sched_param { sched_priority: 0 };
+                    if policy == libc::SCHED_OTHER && libc::sched_getparam(0, &mut old) == 0 {
+                        let fifo = libc::sched_param { sched_priority: 1 };
+                        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) == 0 {
+                            self.fifo = Some((policy, old.sched_priority));
+                        }
+                    }
+                }
+                None => {}
             }
-            Urgent((libc::setpriority(libc::PRIO_PROCESS, 0, -20) == 0).then_some(old))
         }
     }
 }
 
 impl Drop for Urgent {
     fn drop(&mut self) {
-        if let Some(old) = self.0 {
-            // SAFETY: as above.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, old) };
+        // SAFETY: as above.
+        unsafe {
+            if let Some((policy, priority)) = self.fifo {
+                libc::sched_setscheduler(0, policy, &libc::sched_param { sched_priority: priority });
+            }
+            if let Some(old) = self.nice {
+                libc::setpriority(libc::PRIO_PROCESS, 0, old);
+            }
         }
     }
 }
@@ -773,6 +824,10 @@ struct Other {
     t: Tracee,
     /// Its registers as it resumes, once read.
     live: Option<Regs>,
+    /// Its signal mask, once read.
+    mask: Option<u64>,
+    /// Its registers may not be its own: syscalls were run in it since they were read.
+    moved: bool,
 }
 
 /// Whether thread `tid` of `pid` is gone or on its way out (dead or a zombie).
@@ -812,7 +867,7 @@ fn freeze_others(pid: i32, others: &mut Vec<Other>, held: &mut Vec<Caught>) -> R
         }
         for t in asked {
             match t.interrupted(held) {
-                Ok(()) => others.push(Other { t, live: None }),
+                Ok(()) => others.push(Other { t, live: None, mask: None, moved: false }),
                 Err(Error::Gone(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -837,13 +892,25 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
     why.extend(blockers::relations(pid, true));
-    // Each other thread's credentials against the leader's, and its name: read from /proc by
-    // a thread of ours while the threads are asked (the process is frozen, a CPU otherwise
-    // idle); their reasons count with the others, before anything is written.
+    // What the kernel shows of each other thread from outside (its credentials against the
+    // leader's, its name, scheduling and robust list): read by a thread of ours while the
+    // threads are asked (the process is frozen, a CPU otherwise idle); their reasons count
+    // with the others, before anything is written.
     let names = (!others.is_empty()).then(|| {
         let (status, tids) = (status.clone(), others.iter().map(|o| o.t.pid).collect::<Vec<_>>());
-        std::thread::spawn(move || -> Result<Vec<(Vec<String>, String)>> {
-            tids.iter().map(|&tid| Ok((blockers::thread(pid, tid, &status)?, procfs::thread_comm(pid, tid)))).collect()
+        std::thread::spawn(move || -> Result<Vec<Outside>> {
+            tids.iter()
+                .map(|&tid| {
+                    let (reasons, pending) = blockers::thread(pid, tid, &status)?;
+                    Ok(Outside {
+                        reasons,
+                        pending,
+                        sched: Sched::read(tid, 0)?,
+                        robust: thread::robust_list(tid)?,
+                        knobs: knobs::thread_read(tid),
+                    })
+                })
+                .collect()
         })
     });
     let tids: Vec<i32> = std::iter::once(pid).chain(others.iter().map(|o| o.t.pid)).collect();
@@ -854,14 +921,13 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let pending = pending::collect(t)?;
 
     // Things only the process itself can tell: ask it, through syscalls run in it.
-    let maps = procfs::read_smaps(pid)?;
-    let gadget = find_gadget(pid, &maps)?;
+    let gadget = find_gadget(pid, &procfs::read_maps(pid)?)?;
     let mut c = Ctl { r: Remote::new(t, gadget, *live), scratch: Scratch::default() };
     let ignored = procfs::status_field(&status, "SigIgn").and_then(|v| u64::from_str_radix(v, 16).ok());
     c.r.stepping = ignored.is_some_and(|ign| crate::ptrace::remote::traps_harmless(sigmask, ign));
     let len = scratch_len(1 + others.len());
     let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let anon = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
     // Executable if the system allows (an LSM may refuse writable code): code run there asks
     // many things in one go rather than one remote syscall each.
     let mmap = |c: &mut Ctl, prot| c.mmap(RemoteAddr(0), len as u64, prot, anon, None, 0, "scratch area");
@@ -875,6 +941,13 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         }
     };
     c.scratch = Scratch { addr, len, exec };
+    // Its mappings, of a process with other threads: read by a thread of ours while they are
+    // asked (smaps walks every page table: a millisecond for 64 thread stacks). Nothing
+    // changes them meanwhile but the scratch area, unmapped at the end, which is shared
+    // memory of its own so that it never merges with a neighbour: it is left out by its
+    // bounds. (Not earlier: the mmap would wait for the reader's hold on the mappings, and the
+    // leader's questions for a CPU.)
+    let mut smaps = None;
     // What the process itself says goes straight into the model.
     let mut st = ProcessState { seccomp, ..Default::default() };
     let mut why = Vec::new();
@@ -908,6 +981,9 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         };
         st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
         st.thread_info = vec![leader];
+        if !others.is_empty() {
+            smaps = Some(std::thread::spawn(move || procfs::read_smaps(pid)));
+        }
         let mut scheds = st.sched.iter().cloned().collect::<Vec<_>>();
         for (state, info, sched) in
             collect_threads(pid, others, &Asking { scratch: &c.scratch, gadget, ignored }, &st, held, names, &mut why)?
@@ -935,7 +1011,11 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
 
     // Everything else comes from /proc, now that the scratch area is gone.
     let stat = procfs::read_stat(pid)?;
-    let maps = procfs::read_smaps(pid)?;
+    let mut maps = match smaps {
+        Some(h) => h.join().map_err(|_| Error::Proc(format!("pid {pid}: reading its smaps failed")))??,
+        None => procfs::read_smaps(pid)?,
+    };
+    maps.retain(|m| (m.start, m.end) != (addr.0, addr.0 + len as u64));
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid, &opts.stubs, tree, opts.carry())?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;
@@ -985,13 +1065,18 @@ fn collect_threads(
         let rseq = o.t.rseq()?;
         let r = regs::collect(&o.t, rseq)?;
         o.live = Some(r.live);
+        o.mask = Some(o.t.sigmask()?);
         outside.push((rseq, r.image));
+    }
+    for o in others.iter_mut() {
+        o.moved = true;
     }
     let asked = ask_threads(others, how, held);
     // Their own registers back at once, whatever the answers were.
-    for o in others.iter() {
+    for o in others.iter_mut() {
         if let Some(l) = &o.live {
             o.t.set_regs(l)?;
+            o.moved = false;
         }
     }
     let asked = asked?;
@@ -1002,42 +1087,52 @@ fn collect_threads(
         None => Vec::new(),
     };
     let mut out = Vec::with_capacity(others.len());
-    for (((o, (rseq, image)), a), (reasons, comm)) in others.iter().zip(outside).zip(asked).zip(names) {
+    for (((o, (rseq, image)), a), seen) in others.iter().zip(outside).zip(asked).zip(names) {
         let tid = o.t.pid;
+        let Outside { reasons, pending, mut sched, robust, knobs: read } = seen;
+        let comm = a.comm;
         why.extend(reasons);
-        let mut own_knobs = a.knobs;
-        let mut c = Ctl { r: Remote::new(&o.t, how.gadget, image), scratch: Scratch::default() };
-        own_knobs.extend(knobs::collect_thread_outside(&mut c)?);
-        for (k, v) in own_knobs.iter().filter(|kv| !st.knobs.contains(kv)) {
+        for (k, v) in a.knobs.iter().chain(&read).filter(|kv| !st.knobs.contains(kv)) {
             let name = knobs::KNOBS.iter().find(|d| d.key == *k).map_or("?", |d| d.name);
             why.push(format!("its thread {tid} ({comm}) has its own {name} ({v:#x}), which crs does not restore yet"));
         }
-        let sched = Sched::read(tid, a.timer_slack)?;
-        let pending = o.t.pending()?.into_iter().filter(|(shared, _)| !shared);
-        let pending = pending.map(|(shared, info)| pending::Pending { shared, info }).collect();
-        let info = ThreadInfo {
-            tid,
-            sigmask: o.t.sigmask()?,
-            altstack: a.altstack,
-            rseq,
-            clear_tid: a.clear_tid,
-            robust: thread::robust_list(tid)?,
-            comm,
-            pending,
+        sched.timer_slack = a.timer_slack;
+        // Its own queue: the process's shared one is the leader's to carry.
+        let pending = if pending { o.t.pending(false)? } else { Vec::new() };
+        let pending = pending.into_iter().map(|info| pending::Pending { shared: false, info }).collect();
+        let sigmask = match o.mask {
+            Some(m) => m,
+            None => o.t.sigmask()?,
         };
+        let info =
+            ThreadInfo { tid, sigmask, altstack: a.altstack, rseq, clear_tid: a.clear_tid, robust, comm, pending };
         out.push((ThreadState { regs: RegState { gpr: image, xsave: o.t.xstate()? } }, info, sched));
     }
     Ok(out)
 }
 
-/// Each other thread's reasons against it (its credentials against the leader's) and its
-/// name, read from /proc by a thread of ours (none for a process of one thread).
-type Names = std::thread::JoinHandle<Result<Vec<(Vec<String>, String)>>>;
+/// What the kernel shows of a thread other than the leader from outside, read by a thread of
+/// ours while the threads are asked.
+struct Outside {
+    /// Its reasons against it (its credentials against the leader's).
+    reasons: Vec<String>,
+    /// Whether signals are queued for it (its status's SigPnd), to be read then.
+    pending: bool,
+    /// Its scheduling but the timer slack, which only it can tell.
+    sched: Sched,
+    robust: (u64, u64),
+    /// The knobs of its own its /proc files show.
+    knobs: Vec<(u32, u64)>,
+}
+
+/// The thread reading [`Outside`] for each other thread (none for a process of one thread).
+type Names = std::thread::JoinHandle<Result<Vec<Outside>>>;
 
 /// What one thread told about itself.
 struct Asked {
     altstack: (u64, u32, u64),
     clear_tid: u64,
+    comm: String,
     timer_slack: u64,
     knobs: Vec<(u32, u64)>,
 }
@@ -1052,7 +1147,7 @@ struct Asking<'a> {
 }
 
 /// Bytes of the scratch area each thread writes its answers to, asked one syscall at a time.
-const SLOT: usize = 64;
+const SLOT: usize = 128;
 /// Each thread's bytes when it runs its questions in one go: its answers, then (at LIST_AT)
 /// its list of syscalls for the batch code, which sits in the scratch area's first page.
 const BATCH_SLOT: usize = 1024;
@@ -1077,25 +1172,34 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
     let Some(pid) = others.first().map(|o| o.t.pid) else { return Ok(vec![]) };
     let asks: Vec<(u32, knobs::Ask)> = knobs::thread_asks().collect();
     // One thread's questions, its answers going to its slot at `s`: [0, 24) stack_t, [24, 32)
-    // the clear_child_tid address, then 4 bytes per knob.
+    // the clear_child_tid address, [32, 48) its name, then 4 bytes per knob.
     let questions = |s: RemoteAddr| -> Vec<(i64, [u64; 6])> {
         let mut q = vec![
             (libc::SYS_sigaltstack, [0, s.0, 0, 0, 0, 0]),
             (libc::SYS_prctl, [thread::PR_GET_TID_ADDRESS as u64, s.0 + 24, 0, 0, 0, 0]),
             (libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]),
+            (libc::SYS_prctl, [libc::PR_GET_NAME as u64, s.0 + 32, 0, 0, 0, 0]),
         ];
-        q.extend(asks.iter().enumerate().map(|(k, (_, a))| a.call(s.offset(32 + 4 * k as u64))));
+        q.extend(asks.iter().enumerate().map(|(k, (_, a))| a.call(s.offset(48 + 4 * k as u64))));
         q
     };
-    let names = ["sigaltstack", "prctl(PR_GET_TID_ADDRESS)", "prctl(PR_GET_TIMERSLACK)"];
+    let names = ["sigaltstack", "prctl(PR_GET_TID_ADDRESS)", "prctl(PR_GET_TIMERSLACK)", "prctl(PR_GET_NAME)"];
     let n = names.len() + asks.len();
+    let answers = 48 + 4 * asks.len();
+    if answers > SLOT {
+        return Err(Error::Proc(format!("{} thread knobs do not fit a scratch slot of {SLOT} bytes", asks.len())));
+    }
     let mut batch = scratch.exec
-        && 32 + 4 * asks.len() <= LIST_AT
+        && answers <= LIST_AT
         && LIST_AT + n * arch::BATCH_ENTRY <= BATCH_SLOT
         && scratch.len >= crate::crf::PAGE_SIZE + BATCH_SLOT;
     if let (true, Some(ign)) = (batch, ignored) {
         for o in others {
-            batch &= crate::ptrace::remote::traps_harmless(o.t.sigmask()?, ign);
+            let mask = match o.mask {
+                Some(m) => m,
+                None => o.t.sigmask()?,
+            };
+            batch &= crate::ptrace::remote::traps_harmless(mask, ign);
         }
     } else {
         batch = false;
@@ -1157,13 +1261,14 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
             let int = |o: usize| u32::from_le_bytes(s[o..o + 4].try_into().unwrap_or([0; 4]));
             let mut knobs = Vec::new();
             for (k, (key, a)) in asks.iter().enumerate() {
-                if let Some(v) = a.answer(raw[names.len() + k][i], || Ok(int(32 + 4 * k)), t.pid)? {
+                if let Some(v) = a.answer(raw[names.len() + k][i], || Ok(int(48 + 4 * k)), t.pid)? {
                     knobs.push((*key, v));
                 }
             }
             out.push(Asked {
                 altstack: (w(0), w(8) as u32, w(16)),
                 clear_tid: w(24),
+                comm: thread::comm_from(&s[32..48]),
                 timer_slack: raw[2][i] as u64,
                 knobs,
             });

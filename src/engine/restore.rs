@@ -184,7 +184,7 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
         return Err(Error::Refused("the image's TREE does not begin with its first process: it is damaged".into()));
     }
     let me = std::process::id() as i32;
-    let own = procfs::read_smaps(me)?;
+    let own = procfs::read_maps(me)?;
     let specials: Vec<MapEntry> = own.iter().filter(|m| m.is_vdso_or_vvar()).cloned().collect();
     let vdso = match own.iter().find(|m| m.name == "[vdso]") {
         Some(v) => {
@@ -429,7 +429,7 @@ fn restore_one<R: Input>(
     let all_but_trap = !(1u64 << (libc::SIGTRAP - 1));
     t.set_sigmask(all_but_trap)?;
     c.r.stepping = trap(inherited) != libc::SIG_IGN as u64;
-    let child_maps = procfs::read_smaps(pid)?;
+    let child_maps = procfs::read_maps(pid)?;
 
     // 1. The gadget page, where neither the child nor the image has anything.
     // Room for a seccomp filter of BPF_MAXINSNS instructions in the scratch area.

@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod mem;
+pub mod pagemap;
 pub mod procfs;
 pub mod remote;
 pub mod sys;

@@ -283,9 +283,9 @@ impl Tracee {
         Ok(m)
     }
 
-    /// The signals queued for the process and not yet delivered, each with its siginfo as
-    /// the kernel holds it: `(shared, siginfo)`, the thread's own queue first.
-    pub fn pending(&self) -> Result<Vec<(bool, [u8; SIGINFO_LEN])>> {
+    /// The signals queued for the thread and not yet delivered, each with its siginfo as the
+    /// kernel holds it: its own queue, or with `shared` the process's.
+    pub fn pending(&self, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>> {
         #[repr(C)]
         struct Args {
             off: u64,
@@ -294,22 +294,21 @@ impl Tracee {
         }
         const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
         const SHARED: u32 = 1;
+        let flags = if shared { SHARED } else { 0 };
         let mut out = Vec::new();
-        for flags in [0, SHARED] {
-            loop {
-                let mut buf = [[0u8; SIGINFO_LEN]; 16];
-                let a = Args { off: out.iter().filter(|(s, _)| *s == (flags == SHARED)).count() as u64, flags, nr: 16 };
-                let n = ptrace_raw(
-                    PTRACE_PEEKSIGINFO,
-                    self.pid,
-                    &a as *const Args as usize,
-                    buf.as_mut_ptr() as usize,
-                    "PTRACE_PEEKSIGINFO",
-                )? as usize;
-                out.extend(buf.iter().take(n.min(16)).map(|i| (flags == SHARED, *i)));
-                if n < 16 {
-                    break;
-                }
+        loop {
+            let mut buf = [[0u8; SIGINFO_LEN]; 16];
+            let a = Args { off: out.len() as u64, flags, nr: 16 };
+            let n = ptrace_raw(
+                PTRACE_PEEKSIGINFO,
+                self.pid,
+                &a as *const Args as usize,
+                buf.as_mut_ptr() as usize,
+                "PTRACE_PEEKSIGINFO",
+            )? as usize;
+            out.extend(buf.iter().take(n.min(16)));
+            if n < 16 {
+                break;
             }
         }
         Ok(out)

@@ -35,6 +35,8 @@ pub struct Knob {
 enum Get {
     Ask(Ask),
     With(fn(&mut Ctl) -> Result<Option<u64>>),
+    /// From the task's /proc files, by its id: from any thread of crs, no syscall run in it.
+    Proc(fn(i32) -> Option<u64>),
 }
 
 /// A knob asked with one prctl: answered in its return value (`Returns(option, arg)`), or
@@ -88,25 +90,22 @@ impl Ask {
     }
 }
 
-/// The knobs each thread has of its own and that one prctl asks: (key, how).
+/// The knobs each thread has of its own that one prctl asks: (key, how).
 pub fn thread_asks() -> impl Iterator<Item = (u32, Ask)> {
     KNOBS.iter().filter(|k| k.per_task).filter_map(|k| match k.get {
         Get::Ask(a) => Some((k.key, a)),
-        Get::With(_) => None,
+        _ => None,
     })
 }
 
-/// The knobs each thread has of its own that are read from outside (its /proc files).
-pub fn collect_thread_outside(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
-    let mut out = Vec::new();
-    for k in KNOBS.iter().filter(|k| k.per_task) {
-        if let Get::With(f) = k.get
-            && let Some(v) = f(c)?
-        {
-            out.push((k.key, v));
-        }
-    }
-    Ok(out)
+/// The knobs thread `tid` has of its own that its /proc files show: (key, value). With
+/// [`thread_asks`], all of a thread's knobs (test `thread_knobs_are_asked_or_read`).
+pub fn thread_read(tid: i32) -> Vec<(u32, u64)> {
+    let read = KNOBS.iter().filter(|k| k.per_task).filter_map(|k| match k.get {
+        Get::Proc(f) => f(tid).map(|v| (k.key, v)),
+        _ => None,
+    });
+    read.collect()
 }
 
 /// What setting a knob came to.
@@ -205,7 +204,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 1,
         name: "oom_score_adj",
-        get: Get::With(|c| Ok(proc_number(c.pid(), "oom_score_adj").map(|v| v as u64))),
+        get: Get::Proc(|tid| proc_number(tid, "oom_score_adj").map(|v| v as u64)),
         set: |c, v| {
             let v = v as i64;
             if proc_number(c.pid(), "oom_score_adj") == Some(v) {
@@ -225,7 +224,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 2,
         name: "loginuid",
-        get: Get::With(|c| Ok(proc_number(c.pid(), "loginuid").map(|v| v as u64))),
+        get: Get::Proc(|tid| proc_number(tid, "loginuid").map(|v| v as u64)),
         set: |c, v| {
             let now = proc_number(c.pid(), "loginuid");
             if now == Some(v as i64) {
@@ -331,7 +330,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 11,
         name: "coredump_filter",
-        get: Get::With(|c| Ok(coredump_filter(c.pid()))),
+        get: Get::Proc(coredump_filter),
         set: |c, v| {
             if coredump_filter(c.pid()) == Some(v) {
                 return Ok(Applied::Done);
@@ -357,6 +356,7 @@ pub fn collect(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
         let v = match k.get {
             Get::Ask(a) => a.one(c)?,
             Get::With(f) => f(c)?,
+            Get::Proc(f) => f(c.pid()),
         };
         if let Some(v) = v {
             out.push((k.key, v));
@@ -444,5 +444,13 @@ mod tests {
         assert!(decode(&encode(&[(3, 1), (1, 0)]), 0).is_err());
         let keys: Vec<u32> = KNOBS.iter().map(|k| k.key).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// A checkpoint reads the other threads' knobs through thread_asks and thread_read only:
+    /// one read any other way would be left out for them.
+    #[test]
+    fn thread_knobs_are_asked_or_read() {
+        let read = KNOBS.iter().filter(|k| k.per_task && matches!(k.get, Get::Proc(_))).count();
+        assert_eq!(KNOBS.iter().filter(|k| k.per_task).count(), thread_asks().count() + read);
     }
 }

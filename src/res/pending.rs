@@ -24,7 +24,11 @@ impl Pending {
 
 /// The frozen process's queued signals, the thread's queue first, each in its order.
 pub fn collect(t: &Tracee) -> Result<Vec<Pending>> {
-    Ok(t.pending()?.into_iter().map(|(shared, info)| Pending { shared, info }).collect())
+    let mut out = Vec::new();
+    for shared in [false, true] {
+        out.extend(t.pending(shared)?.into_iter().map(|info| Pending { shared, info }));
+    }
+    Ok(out)
 }
 
 /// The payload: u32 count, then per signal u32 queue (0 the thread's, 1 the process's) and the

@@ -46,6 +46,18 @@ pub fn robust_list(tid: i32) -> Result<(u64, u64)> {
     Ok((head, len))
 }
 
+/// A thread's name from the 16 bytes PR_GET_NAME wrote (up to its NUL), as text: a name
+/// that is not UTF-8 comes back with U+FFFD in place of the bytes that are not, cut to 15
+/// bytes.
+pub fn comm_from(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len()).min(15);
+    let mut s = String::from_utf8_lossy(&b[..end]).into_owned();
+    while s.len() > 15 {
+        s.pop();
+    }
+    s
+}
+
 /// What only the thread can tell, asked through syscalls run in it (the scratch area at 0..24):
 /// its alternate signal stack and its clear_child_tid address.
 pub fn ask(c: &mut Ctl) -> Result<((u64, u32, u64), u64)> {
