@@ -927,13 +927,20 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     c.r.stepping = ignored.is_some_and(|ign| crate::ptrace::remote::traps_harmless(sigmask, ign));
     let len = scratch_len(1 + others.len());
     let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let anon = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
     // Executable if the system allows (an LSM may refuse writable code): code run there asks
-    // many things in one go rather than one remote syscall each.
-    let mmap = |c: &mut Ctl, prot| c.mmap(RemoteAddr(0), len as u64, prot, anon, None, 0, "scratch area");
-    let mapped =
-        mmap(&mut c, rw | libc::PROT_EXEC).map(|a| (a, true)).or_else(|_| mmap(&mut c, rw).map(|a| (a, false)));
-    let (addr, exec) = match mapped {
+    // many things in one go rather than one remote syscall each. Shared memory of its own if
+    // the process may map it (a seccomp filter may say no), so that it never merges with a
+    // neighbouring mapping (see `smaps` below).
+    let mmap = |c: &mut Ctl, prot, share| {
+        c.mmap(RemoteAddr(0), len as u64, prot, share | libc::MAP_ANONYMOUS, None, 0, "scratch area")
+    };
+    let (wx, shared) = (rw | libc::PROT_EXEC, libc::MAP_SHARED);
+    let mapped = mmap(&mut c, wx, shared)
+        .map(|a| (a, true, true))
+        .or_else(|_| mmap(&mut c, rw, shared).map(|a| (a, false, true)))
+        .or_else(|_| mmap(&mut c, wx, libc::MAP_PRIVATE).map(|a| (a, true, false)))
+        .or_else(|_| mmap(&mut c, rw, libc::MAP_PRIVATE).map(|a| (a, false, false)));
+    let (addr, exec, apart) = match mapped {
         Ok(x) => x,
         Err(e) => {
             held.append(&mut c.r.held);
@@ -943,10 +950,11 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     c.scratch = Scratch { addr, len, exec };
     // Its mappings, of a process with other threads: read by a thread of ours while they are
     // asked (smaps walks every page table: a millisecond for 64 thread stacks). Nothing
-    // changes them meanwhile but the scratch area, unmapped at the end, which is shared
-    // memory of its own so that it never merges with a neighbour: it is left out by its
+    // changes them meanwhile but the scratch area, unmapped at the end, which (`apart`) is
+    // shared memory of its own that never merges with a neighbour: it is left out by its
     // bounds. (Not earlier: the mmap would wait for the reader's hold on the mappings, and the
-    // leader's questions for a CPU.)
+    // leader's questions for a CPU.) A private scratch area may have merged: smaps is read
+    // once it is gone.
     let mut smaps = None;
     // What the process itself says goes straight into the model.
     let mut st = ProcessState { seccomp, ..Default::default() };
@@ -981,7 +989,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         };
         st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
         st.thread_info = vec![leader];
-        if !others.is_empty() {
+        if apart && !others.is_empty() {
             smaps = Some(std::thread::spawn(move || procfs::read_smaps(pid)));
         }
         let mut scheds = st.sched.iter().cloned().collect::<Vec<_>>();
