@@ -830,6 +830,13 @@ struct Other {
     moved: bool,
 }
 
+impl Other {
+    /// Its signal mask: as read with its registers, or now.
+    fn sigmask(&self) -> Result<u64> {
+        self.mask.map_or_else(|| self.t.sigmask(), Ok)
+    }
+}
+
 /// Whether thread `tid` of `pid` is gone or on its way out (dead or a zombie).
 fn exiting(pid: i32, tid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
@@ -1108,10 +1115,7 @@ fn collect_threads(
         // Its own queue: the process's shared one is the leader's to carry.
         let pending = if pending { o.t.pending(false)? } else { Vec::new() };
         let pending = pending.into_iter().map(|info| pending::Pending { shared: false, info }).collect();
-        let sigmask = match o.mask {
-            Some(m) => m,
-            None => o.t.sigmask()?,
-        };
+        let sigmask = o.sigmask()?;
         let info =
             ThreadInfo { tid, sigmask, altstack: a.altstack, rseq, clear_tid: a.clear_tid, robust, comm, pending };
         out.push((ThreadState { regs: RegState { gpr: image, xsave: o.t.xstate()? } }, info, sched));
@@ -1156,6 +1160,9 @@ struct Asking<'a> {
 
 /// Bytes of the scratch area each thread writes its answers to, asked one syscall at a time.
 const SLOT: usize = 128;
+/// Where in a thread's slot its name (16 bytes) and its knobs' answers go.
+const COMM_AT: usize = 32;
+const KNOBS_AT: usize = 48;
 /// Each thread's bytes when it runs its questions in one go: its answers, then (at LIST_AT)
 /// its list of syscalls for the batch code, which sits in the scratch area's first page.
 const BATCH_SLOT: usize = 1024;
@@ -1180,20 +1187,20 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
     let Some(pid) = others.first().map(|o| o.t.pid) else { return Ok(vec![]) };
     let asks: Vec<(u32, knobs::Ask)> = knobs::thread_asks().collect();
     // One thread's questions, its answers going to its slot at `s`: [0, 24) stack_t, [24, 32)
-    // the clear_child_tid address, [32, 48) its name, then 4 bytes per knob.
+    // the clear_child_tid address, [COMM_AT, +16) its name, then 4 bytes per knob from KNOBS_AT.
     let questions = |s: RemoteAddr| -> Vec<(i64, [u64; 6])> {
         let mut q = vec![
             (libc::SYS_sigaltstack, [0, s.0, 0, 0, 0, 0]),
             (libc::SYS_prctl, [thread::PR_GET_TID_ADDRESS as u64, s.0 + 24, 0, 0, 0, 0]),
             (libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]),
-            (libc::SYS_prctl, [libc::PR_GET_NAME as u64, s.0 + 32, 0, 0, 0, 0]),
+            (libc::SYS_prctl, [libc::PR_GET_NAME as u64, s.0 + COMM_AT as u64, 0, 0, 0, 0]),
         ];
-        q.extend(asks.iter().enumerate().map(|(k, (_, a))| a.call(s.offset(48 + 4 * k as u64))));
+        q.extend(asks.iter().enumerate().map(|(k, (_, a))| a.call(s.offset((KNOBS_AT + 4 * k) as u64))));
         q
     };
     let names = ["sigaltstack", "prctl(PR_GET_TID_ADDRESS)", "prctl(PR_GET_TIMERSLACK)", "prctl(PR_GET_NAME)"];
     let n = names.len() + asks.len();
-    let answers = 48 + 4 * asks.len();
+    let answers = KNOBS_AT + 4 * asks.len();
     if answers > SLOT {
         return Err(Error::Proc(format!("{} thread knobs do not fit a scratch slot of {SLOT} bytes", asks.len())));
     }
@@ -1203,11 +1210,7 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
         && scratch.len >= crate::crf::PAGE_SIZE + BATCH_SLOT;
     if let (true, Some(ign)) = (batch, ignored) {
         for o in others {
-            let mask = match o.mask {
-                Some(m) => m,
-                None => o.t.sigmask()?,
-            };
-            batch &= crate::ptrace::remote::traps_harmless(mask, ign);
+            batch &= crate::ptrace::remote::traps_harmless(o.sigmask()?, ign);
         }
     } else {
         batch = false;
@@ -1253,7 +1256,7 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
             }
             mem::read_runs(pid, &[(at, b.len())], &mut b)?;
         }
-        // The three that must answer.
+        // The four that must answer.
         for (k, name) in names.iter().enumerate() {
             if let Some((r, (t, _))) = raw[k].iter().zip(&ts).find(|(r, _)| **r < 0) {
                 return Err(Error::sys(
@@ -1269,14 +1272,14 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
             let int = |o: usize| u32::from_le_bytes(s[o..o + 4].try_into().unwrap_or([0; 4]));
             let mut knobs = Vec::new();
             for (k, (key, a)) in asks.iter().enumerate() {
-                if let Some(v) = a.answer(raw[names.len() + k][i], || Ok(int(48 + 4 * k)), t.pid)? {
+                if let Some(v) = a.answer(raw[names.len() + k][i], || Ok(int(KNOBS_AT + 4 * k)), t.pid)? {
                     knobs.push((*key, v));
                 }
             }
             out.push(Asked {
                 altstack: (w(0), w(8) as u32, w(16)),
                 clear_tid: w(24),
-                comm: thread::comm_from(&s[32..48]),
+                comm: thread::comm_from(&s[COMM_AT..KNOBS_AT]),
                 timer_slack: raw[2][i] as u64,
                 knobs,
             });
