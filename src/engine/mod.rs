@@ -10,3 +10,4 @@ pub mod layout;
 pub mod pidns;
 pub mod restore;
 pub mod spawn;
+pub mod urgent;

@@ -14,10 +14,12 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
+use super::urgent::Urgent;
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
 use crate::error::{Error, Result};
-use crate::ptrace::arch;
+use crate::ptrace::arch::{self, Regs};
+use crate::ptrace::calls::{self, Calls};
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::remote::Remote;
 use crate::ptrace::tracee::{Caught, Tracee, redeliver};
@@ -29,6 +31,7 @@ use crate::res::memory;
 use crate::res::regs;
 use crate::res::signals::Signals;
 use crate::res::task;
+use crate::res::thread::ThreadInfo;
 use crate::res::tree::Member;
 use crate::res::{caps, creds, cwd, files, itimers, knobs, mdwe, pending, rlimits, thp};
 use log::debug;
@@ -121,6 +124,11 @@ impl Held {
         }
         self.family.armed = false;
         let procs = std::mem::take(&mut self.family.procs);
+        // Each thread let go may otherwise run first, for a whole slice, while the rest wait.
+        let mut urgent = Urgent::raise();
+        if procs.iter().any(|p| !p.others.is_empty()) {
+            urgent.real_time(true);
+        }
         let mut out = Ok(());
         for p in procs.into_iter().rev() {
             let pid = p.t.pid;
@@ -431,9 +439,9 @@ fn restore_one<R: Input>(
     c.r.stepping = trap(inherited) != libc::SIG_IGN as u64;
     let child_maps = procfs::read_maps(pid)?;
 
-    // 1. The gadget page, where neither the child nor the image has anything.
-    // Room for a seccomp filter of BPF_MAXINSNS instructions in the scratch area.
-    let glen = 12 * PAGE_SIZE as u64;
+    // 1. The gadget page, where neither the child nor the image has anything, its scratch
+    //    area, and one for the other threads' lists of syscalls (step 7).
+    let glen = GADGET_LEN + threads_area(st.thread_info.len());
     let mut avoid: Vec<(u64, u64)> =
         st.vmas.iter().map(|v| (v.start, v.end)).chain(child_maps.iter().map(|m| (m.start, m.end))).collect();
     let g =
@@ -443,7 +451,8 @@ fn restore_one<R: Input>(
     c.mmap(RemoteAddr(g), glen, rwx, fl, None, 0, "restore gadget")?;
     mem::write_runs(pid, &[(g, arch::GADGET_CODE.len())], &arch::GADGET_CODE)?;
     c.r.gadget = g;
-    c.scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: (glen as usize) - PAGE_SIZE, exec: true };
+    c.scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: GADGET_LEN as usize - PAGE_SIZE, exec: true };
+    let threads_area = Scratch { addr: RemoteAddr(g + GADGET_LEN), len: (glen - GADGET_LEN) as usize, exec: true };
     avoid.push((g, g + glen));
 
     step("2");
@@ -492,8 +501,8 @@ fn restore_one<R: Input>(
     // 3b. The other threads, created while the child still has our privileges (a thread keeps
     //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
     //     anything. From here on every per-thread step is taken in each of them too.
-    let others = create_threads(&mut c, t, st, pid == st.head.pid, notes)?;
-    let ctl = |o| thread_ctl(o, g, glen);
+    let others = create_threads(&mut c, t, st, pid == st.head.pid, &threads_area, notes)?;
+    let ctl = |o| thread_ctl(o, g);
     // 3c. no_new_privs and the seccomp filters, in the leader for all its threads (TSYNC),
     //     while the child may still install any (the filters are suspended for our syscalls
     //     as long as we trace it: they apply once it runs).
@@ -504,11 +513,11 @@ fn restore_one<R: Input>(
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
     //    cwd) is opened as that user, with what that user may have and nothing more (an open
     //    file keeps the credentials it was opened with).
+    //    The other threads take the same ids at step 7, in one go with the rest of theirs:
+    //    until then they run nothing.
+    let mut keepers = None;
     if creds::is_root() {
-        creds::restore(&mut c, &st.head, kept)?;
-        for o in &others {
-            creds::restore(&mut ctl(o)?, &st.head, kept)?;
-        }
+        keepers = creds::restore(&mut c, &st.head, kept)?;
     } else {
         for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
             creds::verify(tid, &st.head, creds::Stage::Inherited)?;
@@ -582,44 +591,87 @@ fn restore_one<R: Input>(
     rlimits::restore(&mut c, &st.rlimits)?;
     // Scheduling and knobs after the limits (RLIMIT_NICE, RLIMIT_RTPRIO decide what the user
     // may set); dumpable after the knobs, which write the process's own /proc files.
-    if let Some(s) = &st.sched {
-        s.restore(&mut c)?;
-    }
-    notes.extend(knobs::restore(&mut c, &st.knobs)?);
+    let slack = st.sched.as_ref().map(|s| s.restore(&mut c)).transpose()?;
+    let (kept_knobs, thread_knobs) = knobs::restore(&mut c, &st.knobs)?;
+    notes.extend(kept_knobs);
     if let Some(info) = st.thread_info.first() {
-        info.restore(&mut c, true)?;
+        let mut l = Calls::new();
+        info.calls(&mut l, true);
+        c.run(&l)?;
     }
-    // The other threads: what each task has of its own (the leader's values, but for its own
-    // scheduling where it had one: a thread with another knob was refused at checkpoint),
-    // then what is the thread's alone.
-    for (i, (o, info)) in others.iter().zip(st.thread_info.iter().skip(1)).enumerate() {
-        let mut oc = ctl(o)?;
-        oc.personality(st.task.personality)?;
-        if let Some(s) = st.thread_sched.get(i + 1).or(st.sched.as_ref()) {
-            s.restore(&mut oc)?;
+    // The other threads: the ids (as the leader's at step 4), what each task has of its own
+    // (the leader's values, but for its own scheduling where it had one), then what is the
+    // thread's alone. Made from the leader at step 3b, they still hold what it held then: its
+    // timer slack and knobs before step 7, what it had to drop at step 4.
+    let slack = match slack {
+        Some(v) => v,
+        None if !st.thread_sched.is_empty() => {
+            c.prctl(libc::PR_GET_TIMERSLACK, [0; 4], "prctl(PR_GET_TIMERSLACK)", "query")?
         }
-        // A knob kept as the restorer's is said once, not once per thread.
-        for n in knobs::restore_per_task(&mut oc, &st.knobs)? {
+        None => 0,
+    };
+    let mut lists = Vec::with_capacity(others.len());
+    for (i, (o, info)) in others.iter().zip(st.thread_info.iter().skip(1)).enumerate() {
+        let mut l = if creds::is_root() { creds::calls(&st.head, kept, keepers) } else { Calls::new() };
+        l.personality(st.task.personality);
+        if let Some(s) = st.thread_sched.get(i + 1).or(st.sched.as_ref()) {
+            l.append(s.calls(o.pid, slack)?);
+        }
+        thread_knobs.calls(&mut l);
+        info.calls(&mut l, false);
+        lists.push(l);
+    }
+    // Each thread runs its list in one go, all at once, where the int3 that ends it is harmless:
+    // SIGTRAP not blocked (they block every other signal, as the leader did when it made them)
+    // nor ignored, which is what lets the leader be stepped.
+    if c.r.stepping {
+        let ts: Vec<(&Tracee, Regs)> = others.iter().map(|o| Ok((o, o.regs()?))).collect::<Result<_>>()?;
+        calls::run_in_threads(pid, &ts, &lists, &threads_area, &mut c.r.held)?;
+    } else {
+        for (o, l) in others.iter().zip(&lists) {
+            let mut oc = ctl(o)?;
+            oc.run(l)?;
+            c.r.held.append(&mut oc.r.held);
+        }
+    }
+    if creds::is_root() && kept {
+        for o in &others {
+            creds::verify(o.pid, &st.head, creds::Stage::Keeping)?;
+        }
+    }
+    // The other knobs of a task's own (the login uid), in each thread (a thread with other
+    // values than the leader's was refused at checkpoint); a knob kept as the restorer's is
+    // said once, not once per thread.
+    for o in &others {
+        for n in knobs::restore_per_task(&mut ctl(o)?, &st.knobs)? {
             if !notes.contains(&n) {
                 notes.push(n);
             }
         }
-        info.restore(&mut oc, false)?;
     }
     st.task.restore_dumpable(&mut c)?;
     notes.extend(memory::advise_all(&mut c, &plans)?);
     mdwe::restore(&mut c, st.mdwe)?;
     // A root process's own capabilities last: every step before needed root's.
+    // Each task's credentials are then read back, once where nothing was left to do: its
+    // sets and, for the other threads (which took the ids in one go at step 7), the ids.
     let own_sets = (caps::all_root(&st.head) && creds::is_root()) || kept;
-    if let Some(caps) = st.caps.as_ref().filter(|_| own_sets) {
-        caps::restore_root(&mut c, pid, caps, kept)?;
-        for o in &others {
-            caps::restore_root(&mut ctl(o)?, o.pid, caps, kept)?;
+    for (i, tid) in std::iter::once(pid).chain(others.iter().map(|o| o.pid)).enumerate() {
+        let path = format!("/proc/{pid}/task/{tid}/status");
+        let read = || std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e));
+        let mut status = read()?;
+        if let Some(caps) = &st.caps {
+            if own_sets && !caps::already(&status, caps, kept) {
+                match i.checked_sub(1).and_then(|k| others.get(k)) {
+                    Some(o) => caps::restore_root(&mut ctl(o)?, caps, kept)?,
+                    None => caps::restore_root(&mut c, caps, kept)?,
+                }
+                status = read()?;
+            }
+            caps::verify(&status, tid, caps, own_sets)?;
         }
-    }
-    if let Some(caps) = &st.caps {
-        for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
-            caps::verify(pid, tid, caps, own_sets)?;
+        if i > 0 && creds::is_root() && !kept {
+            creds::verify_in(&status, tid, &st.head, creds::Stage::All)?;
         }
     }
     // Pending signals go back with every signal blocked, so that none is delivered before the
@@ -676,11 +728,25 @@ fn restore_one<R: Input>(
 /// The most threads a restore creates.
 const MAX_THREADS: usize = 8192;
 
+/// Bytes of the gadget, at the start of its area, and of the scratch area after its code page:
+/// room for a seccomp filter of BPF_MAXINSNS instructions.
+const GADGET_LEN: u64 = 12 * PAGE_SIZE as u64;
+
+/// Bytes of the area after the gadget's for the lists of syscalls of a process's `threads`
+/// threads but its leader: a page for the code that runs them and 2 KiB each, for up to 256 of
+/// them at once (more take turns).
+fn threads_area(threads: usize) -> u64 {
+    match threads {
+        0 | 1 => 0,
+        n => (PAGE_SIZE + (n - 1).min(256) * 2048).next_multiple_of(PAGE_SIZE) as u64,
+    }
+}
+
 /// A remote-syscall driver for thread `o` of the restored process, with the gadget at `g` (and
 /// the scratch area after its code page), its syscalls stopped at entry and exit rather than
 /// single-stepped, which leaves no single-step state behind.
-fn thread_ctl(o: &Tracee, g: u64, glen: u64) -> Result<Ctl<'_>> {
-    let scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: (glen as usize) - PAGE_SIZE, exec: true };
+fn thread_ctl(o: &Tracee, g: u64) -> Result<Ctl<'_>> {
+    let scratch = Scratch { addr: RemoteAddr(g + PAGE_SIZE as u64), len: GADGET_LEN as usize - PAGE_SIZE, exec: true };
     let mut oc = Ctl { r: Remote::new(o, g, o.regs()?), scratch };
     oc.r.stepping = false;
     Ok(oc)
@@ -688,13 +754,14 @@ fn thread_ctl(o: &Tracee, g: u64, glen: u64) -> Result<Ctl<'_>> {
 
 /// Creates the image's other threads in the restored child `c` (its leader, traced as `t`):
 /// clone3 with the thread's clear_child_tid and, when `keep_tids` (the leader got its pid
-/// back), its tid. Each new thread stops before it runs anything and is traced from then on.
-/// A tid that cannot be had is said in `notes`.
+/// back), its tid, all in one go with `area` for the list. Each new thread stops before it
+/// runs anything and is traced from then on. A tid that cannot be had is said in `notes`.
 fn create_threads(
     c: &mut Ctl,
     t: &Tracee,
     st: &ProcessState,
     keep_tids: bool,
+    area: &Scratch,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Tracee>> {
     let mut others = Vec::new();
@@ -716,25 +783,18 @@ fn create_threads(
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
+    let flags = |info: &ThreadInfo| FLAGS | if info.clear_tid != 0 { libc::CLONE_CHILD_CLEARTID as u64 } else { 0 };
+    // All in one go; each new thread stops before it runs anything (PTRACE_O_TRACECLONE),
+    // adopted below.
+    let mut all = Calls::new();
     for info in &st.thread_info[1..] {
-        let tids_at = c.scratch.addr.offset(128);
-        let args = |set_tid: bool| {
-            let mut e = crate::crf::Enc::new();
-            let cleartid = if info.clear_tid != 0 { libc::CLONE_CHILD_CLEARTID as u64 } else { 0 };
-            e.u64(FLAGS | cleartid).u64(0).u64(info.clear_tid).u64(0).u64(0); // pidfd, child_tid, parent_tid, exit_signal
-            e.u64(0).u64(0).u64(0); // stack, stack_size, tls: set with the registers
-            if set_tid {
-                e.u64(tids_at.0).u64(1)
-            } else {
-                e.u64(0).u64(0)
-            };
-            e.u64(0); // cgroup
-            e.into_bytes()
-        };
-        let tid = (info.tid as u32).to_le_bytes();
-        let mut r = if keep_tids { c.clone3_raw(&args(true), &tid)? } else { -(libc::EPERM as i64) };
-        if r < 0 {
+        all.clone3_thread(flags(info), info.clear_tid, keep_tids.then_some(info.tid));
+    }
+    let made = c.run_at_once(&all, area)?;
+    for (info, mut r) in st.thread_info[1..].iter().zip(made) {
+        if r < 0 || !keep_tids {
             let why = match Errno::from_raw(-r as i32) {
+                _ if !keep_tids => "the pid could not be kept".to_string(),
                 Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{}/status", info.tid)) {
                     Ok(st) => {
                         let of = procfs::status_field(&st, "Tgid").unwrap_or("?");
@@ -743,10 +803,13 @@ fn create_threads(
                     }
                     Err(_) => format!("tid {} is in use", info.tid),
                 },
-                Errno::EPERM if !keep_tids => "the pid could not be kept".to_string(),
                 e => e.desc().to_string(),
             };
-            r = c.clone3_raw(&args(false), &[])?;
+            if r < 0 {
+                let mut one = Calls::new();
+                one.clone3_thread(flags(info), info.clear_tid, None);
+                r = c.run_at_once(&one, area)?.first().copied().unwrap_or(-(libc::EINVAL as i64));
+            }
             if r < 0 {
                 return Err(Error::sys("clone3 (a thread)", format!("pid {}", c.pid()), Errno::from_raw(-r as i32)));
             }

@@ -3,6 +3,7 @@
 //! It knows nothing of images or resources; src/res/ builds on it, src/engine/ above both.
 
 pub mod arch;
+pub mod calls;
 pub mod mem;
 pub mod pagemap;
 pub mod procfs;
@@ -31,7 +32,7 @@ impl RemoteAddr {
 
 /// A small buffer mapped inside the tracee, used to pass syscall arguments that are pointers
 /// (paths, structs) and to collect results. The default is none at all.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Scratch {
     pub addr: RemoteAddr,
     pub len: usize,

@@ -1,7 +1,7 @@
 //! Typed remote syscalls: one method per syscall the resources run inside a tracee, taking
 //! typed arguments (a [`RemoteAddr`] for an address there, a `&str` for a path, which goes
 //! through the scratch area) and naming the syscall and its object when it fails. Call sites
-//! never build `[u64; 6]` arrays; those live here and in `remote`.
+//! never build `[u64; 6]` arrays; those live here, in `remote` and in `calls` (lists of them).
 
 use super::{Ctl, RemoteAddr};
 use crate::crf::Enc;
@@ -162,32 +162,6 @@ impl Ctl<'_> {
         .map(drop)
     }
 
-    pub fn setgroups(&mut self, groups: &[u32]) -> Result<()> {
-        let mut e = Enc::new();
-        for g in groups {
-            e.u32(*g);
-        }
-        let p = self.scratch.put(self.pid(), 0, e.as_slice())?;
-        let what = format!("{} groups", groups.len());
-        self.call(libc::SYS_setgroups, [groups.len() as u64, p.0, 0, 0, 0, 0], "setgroups", &what).map(drop)
-    }
-
-    pub fn setresgid(&mut self, [r, e, s]: [u32; 3]) -> Result<()> {
-        let what = format!("{r}/{e}/{s}");
-        self.call(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", &what).map(drop)
-    }
-
-    pub fn setresuid(&mut self, [r, e, s]: [u32; 3]) -> Result<()> {
-        let what = format!("{r}/{e}/{s}");
-        self.call(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", &what).map(drop)
-    }
-
-    /// setfsgid and setfsuid report nothing; [`crate::res::creds::verify`] reads them back.
-    pub fn setfs_ids(&mut self, uid: u32, gid: u32) -> Result<()> {
-        self.call(libc::SYS_setfsgid, [gid as u64, 0, 0, 0, 0, 0], "setfsgid", &gid.to_string())?;
-        self.call(libc::SYS_setfsuid, [uid as u64, 0, 0, 0, 0, 0], "setfsuid", &uid.to_string()).map(drop)
-    }
-
     /// capget for the tracee itself, as the kernel lays it out: effective, permitted and
     /// inheritable of capabilities 0-31, then the same of 32-63.
     pub fn capget(&mut self) -> Result<[u32; 6]> {
@@ -224,31 +198,10 @@ impl Ctl<'_> {
             .map(drop)
     }
 
-    /// keyctl(op, args...) with its raw result (negative errno).
-    pub fn keyctl_raw(&mut self, op: u64, args: [u64; 4]) -> Result<i64> {
-        self.r.raw(libc::SYS_keyctl, [op, args[0], args[1], args[2], args[3], 0])
-    }
     /// A syscall's raw result (negative errno), for callers that tell errors apart; `nr` is
     /// one of the typed wrappers' below, never a call site's literal.
     fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         self.r.raw(nr, args)
-    }
-
-    /// sched_setattr(0, attr, 0) with the struct sched_attr `attr`; raw result.
-    pub fn sched_setattr_raw(&mut self, attr: &[u8]) -> Result<i64> {
-        let at = self.scratch.put(self.pid(), 0, attr)?;
-        self.raw(libc::SYS_sched_setattr, [0, at.0, 0, 0, 0, 0])
-    }
-
-    /// sched_setaffinity(0, mask); raw result.
-    pub fn sched_setaffinity_raw(&mut self, mask: &[u8]) -> Result<i64> {
-        let at = self.scratch.put(self.pid(), 0, mask)?;
-        self.raw(libc::SYS_sched_setaffinity, [0, mask.len() as u64, at.0, 0, 0, 0])
-    }
-
-    /// ioprio_set(IOPRIO_WHO_PROCESS, 0, prio); raw result.
-    pub fn ioprio_set_raw(&mut self, prio: u32) -> Result<i64> {
-        self.raw(libc::SYS_ioprio_set, [1, 0, prio as u64, 0, 0, 0])
     }
 
     /// membarrier(cmd, 0); raw result (a registration mask for MEMBARRIER_CMD_GET_REGISTRATIONS).
@@ -331,27 +284,6 @@ impl Ctl<'_> {
         Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    pub fn madvise(&mut self, at: RemoteAddr, len: u64, advice: i32, call: &str) -> Result<()> {
-        let what = format!("{at}-{:#x}", at.0 + len);
-        self.call(libc::SYS_madvise, [at.0, len, advice as u64, 0, 0, 0], call, &what).map(drop)
-    }
-
-    /// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, at, len, name); raw result (EINVAL: a kernel
-    /// without CONFIG_ANON_VMA_NAME).
-    pub fn set_anon_name_raw(&mut self, at: RemoteAddr, len: u64, name: &str) -> Result<i64> {
-        const PR_SET_VMA: u64 = 0x53564d41;
-        let p = self.scratch.put_cstr(self.pid(), PATH_AT, name)?;
-        self.raw(libc::SYS_prctl, [PR_SET_VMA, 0, at.0, len, p.0, 0])
-    }
-
-    pub fn set_tid_address(&mut self, at: RemoteAddr) -> Result<()> {
-        self.call(libc::SYS_set_tid_address, [at.0, 0, 0, 0, 0, 0], "set_tid_address", &at.to_string()).map(drop)
-    }
-
-    pub fn set_robust_list(&mut self, head: RemoteAddr, len: u64) -> Result<()> {
-        self.call(libc::SYS_set_robust_list, [head.0, len, 0, 0, 0, 0], "set_robust_list", &head.to_string()).map(drop)
-    }
-
     /// clone3 with the struct clone_args `args` (which may point into the scratch area past
     /// 128 bytes, where `tail` goes); raw result: the new task's id, or a negative errno.
     pub fn clone3_raw(&mut self, args: &[u8], tail: &[u8]) -> Result<i64> {
@@ -432,11 +364,6 @@ impl Ctl<'_> {
 
     pub fn inotify_rm_watch(&mut self, fd: i32, wd: i32, what: &str) -> Result<()> {
         self.call(libc::SYS_inotify_rm_watch, [fd as u64, wd as u64, 0, 0, 0, 0], "inotify_rm_watch", what).map(drop)
-    }
-
-    /// mlock2(at, len, flags); raw result.
-    pub fn mlock2_raw(&mut self, at: RemoteAddr, len: u64, flags: u32) -> Result<i64> {
-        self.raw(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0])
     }
 
     /// pipe2(O_CLOEXEC): (read end, write end).

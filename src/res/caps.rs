@@ -93,25 +93,25 @@ pub fn restore_bounding(c: &mut Ctl, caps: &Caps) -> Result<()> {
     Ok(())
 }
 
+/// Whether a task whose /proc status is `status` has the sets and securebits [`restore_root`]
+/// would give it already (read without a remote syscall; its securebits are ours, which it
+/// inherited).
+pub fn already(status: &str, caps: &Caps, kept: bool) -> bool {
+    let same = [("CapPrm", caps.prm), ("CapEff", caps.eff), ("CapInh", caps.inh), ("CapAmb", caps.amb)]
+        .iter()
+        .all(|&(k, v)| hex(status, k) == v);
+    // SAFETY: prctl(PR_GET_SECUREBITS) takes no pointers.
+    let ours = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    same && caps.securebits == 0 && ours == 0 && !kept
+}
+
 /// A root process's own sets and securebits, as the last thing before it runs: the
 /// inheritable set, then each ambient capability, the securebits, and the permitted and
 /// effective sets (which may lack what the earlier steps needed).
 /// `kept`: a user's process whose permitted set was kept across the uid change (see the
 /// module's notes), whose effective set is raised first (securebits need CAP_SETPCAP) and
 /// whose securebits are always set (its PR_SET_KEEPCAPS goes).
-pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps, kept: bool) -> Result<()> {
-    // Nothing to do when the thread has them already (the restorer's own, as on the node it
-    // was checkpointed on): read from /proc, without a remote syscall.
-    let path = format!("/proc/{}/task/{tid}/status", c.pid());
-    let status = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let same = [("CapPrm", caps.prm), ("CapEff", caps.eff), ("CapInh", caps.inh), ("CapAmb", caps.amb)]
-        .iter()
-        .all(|&(k, v)| hex(&status, k) == v);
-    // SAFETY: prctl(PR_GET_SECUREBITS) takes no pointers: our own bits, which the child inherited.
-    let ours = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
-    if same && caps.securebits == 0 && ours == 0 && !kept {
-        return Ok(());
-    }
+pub fn restore_root(c: &mut Ctl, caps: &Caps, kept: bool) -> Result<()> {
     let mut now = c.capget()?;
     if kept {
         (now[0], now[3]) = (now[1], now[4]);
@@ -137,20 +137,18 @@ pub fn restore_root(c: &mut Ctl, tid: i32, caps: &Caps, kept: bool) -> Result<()
     c.capset([lo(caps.eff), lo(caps.prm), lo(caps.inh), hi(caps.eff), hi(caps.prm), hi(caps.inh)])
 }
 
-/// Reads the sets back from /proc/PID/task/TID/status: exactly the image's, or an error that
-/// names the set.
-pub fn verify(pid: i32, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
-    let path = format!("/proc/{pid}/task/{tid}/status");
-    let status = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+/// Checks the sets in task `tid`'s /proc status (`status`, read after [`restore_root`]):
+/// exactly the image's, or an error that names the set.
+pub fn verify(status: &str, tid: i32, caps: &Caps, all_root: bool) -> Result<()> {
     let mut want = vec![("CapBnd", caps.bnd & all_known())];
     if all_root {
         want.extend([("CapPrm", caps.prm), ("CapEff", caps.eff), ("CapInh", caps.inh), ("CapAmb", caps.amb)]);
     }
     for (k, v) in want {
-        if hex(&status, k) != v {
+        if hex(status, k) != v {
             return Err(Error::Proc(format!(
                 "pid {tid}: {k} is {:016x} after the restore, not the image's {v:016x}",
-                hex(&status, k)
+                hex(status, k)
             )));
         }
     }

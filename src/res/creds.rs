@@ -12,6 +12,7 @@
 
 use super::head::Header;
 use crate::error::{Error, Result};
+use crate::ptrace::calls::Calls;
 use crate::ptrace::{Ctl, procfs};
 
 /// Whether we run with root's effective uid.
@@ -156,45 +157,67 @@ impl Drop for AsOwner {
 /// `keep`: the process's permitted set is to outlive the uid change (PR_SET_KEEPCAPS), for
 /// res::caps to cut it to the image's at the end (root restoring a user's process that had
 /// capabilities); its effective set is empty meanwhile all the same.
-pub fn restore(c: &mut Ctl, h: &Header, keep: bool) -> Result<()> {
+/// Returns what it found to drop, for [`calls`] in the process's other threads: they were
+/// made from this one before, so they hold what it held.
+pub fn restore(c: &mut Ctl, h: &Header, keep: bool) -> Result<Option<Keepers>> {
     let pid = c.pid();
-    if h.uids.iter().all(|&u| u != 0) {
-        drop_keepers(c)?;
+    let keepers = if h.uids.iter().all(|&u| u != 0) { Some(keepers(c)?) } else { None };
+    c.run(&calls(h, keep, keepers))?;
+    verify(pid, h, if keep { Stage::Keeping } else { Stage::All })?;
+    Ok(keepers)
+}
+
+/// What [`restore`] runs in each task: `keepers` (the securebits and
+/// capabilities the task holds, for an image that was not root) dropped first; [`verify`]
+/// reads the result back.
+pub fn calls(h: &Header, keep: bool, keepers: Option<Keepers>) -> Calls {
+    let mut l = Calls::new();
+    if let Some(k) = keepers {
+        k.drop(&mut l);
         if keep {
-            c.prctl(libc::PR_SET_KEEPCAPS, [1, 0, 0, 0], "prctl(PR_SET_KEEPCAPS)", "until the end of the restore")?;
+            l.prctl(libc::PR_SET_KEEPCAPS, [1, 0, 0, 0], "prctl(PR_SET_KEEPCAPS)", "until the end of the restore");
         }
     }
-    c.setgroups(&h.groups)?;
+    l.setgroups(&h.groups);
     let [r, e, s, fs] = h.gids;
-    c.setresgid([r, e, s])?;
+    l.setresgid([r, e, s]);
     let [r, e, s, _] = h.uids;
-    c.setresuid([r, e, s])?;
-    c.setfs_ids(h.uids[3], fs)?;
-    new_session_keyring(c)?;
-    verify(pid, h, if keep { Stage::Keeping } else { Stage::All })
+    l.setresuid([r, e, s]);
+    l.setfs_ids(h.uids[3], fs);
+    new_session_keyring(&mut l);
+    l
 }
 
 /// What would let capabilities outlive setresuid, which the child may have inherited from a
 /// restorer started with them (a service with AmbientCapabilities, say): ambient
 /// capabilities, the inheritable set, and the securebits that keep capabilities across a
 /// uid change. All cleared while the child is still root.
-fn drop_keepers(c: &mut Ctl) -> Result<()> {
-    c.prctl(
-        libc::PR_CAP_AMBIENT,
-        [libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0, 0, 0],
-        "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
-        "restore",
-    )?;
-    if c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? != 0 {
-        c.prctl(libc::PR_SET_SECUREBITS, [0; 4], "prctl(PR_SET_SECUREBITS)", "none")?;
+#[derive(Clone, Copy)]
+pub struct Keepers {
+    securebits: bool,
+    /// capget's words, when the inheritable set is not empty.
+    caps: Option<[u32; 6]>,
+}
+
+fn keepers(c: &mut Ctl) -> Result<Keepers> {
+    let securebits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? != 0;
+    let caps = c.capget()?;
+    Ok(Keepers { securebits, caps: (caps[2] != 0 || caps[5] != 0).then_some(caps) })
+}
+
+impl Keepers {
+    fn drop(&self, l: &mut Calls) {
+        let clear = [libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0, 0, 0];
+        l.prctl(libc::PR_CAP_AMBIENT, clear, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", "restore");
+        if self.securebits {
+            l.prctl(libc::PR_SET_SECUREBITS, [0; 4], "prctl(PR_SET_SECUREBITS)", "none");
+        }
+        if let Some(mut caps) = self.caps {
+            caps[2] = 0;
+            caps[5] = 0;
+            l.capset(caps);
+        }
     }
-    let mut caps = c.capget()?;
-    if caps[2] != 0 || caps[5] != 0 {
-        caps[2] = 0;
-        caps[5] = 0;
-        c.capset(caps)?;
-    }
-    Ok(())
 }
 
 const KEYCTL_GET_KEYRING_ID: u64 = 0;
@@ -204,25 +227,26 @@ const KEY_SPEC_SESSION_KEYRING: i64 = -3;
 /// The child inherited our session keyring, and with it every key of the restorer's session:
 /// it joins a new, empty one of its own (made as the image's user). Without keyrings in the
 /// kernel there is nothing to leave behind.
-fn new_session_keyring(c: &mut Ctl) -> Result<()> {
-    let r = c.keyctl_raw(KEYCTL_JOIN_SESSION_KEYRING, [0; 4])?;
-    if r == -(libc::ENOSYS as i64) {
-        return Ok(());
-    }
-    if r < 0 {
-        let e = nix::errno::Errno::from_raw(-r as i32);
-        return Err(Error::sys(
-            format!("keyctl(KEYCTL_JOIN_SESSION_KEYRING) (in pid {})", c.pid()),
-            "a new session keyring",
-            e,
-        ));
-    }
+fn new_session_keyring(l: &mut Calls) {
     // SAFETY: keyctl(GET_KEYRING_ID) takes integers and touches no memory of ours.
     let ours = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) };
-    if ours == r {
-        return Err(Error::Proc(format!("pid {} still shares the restorer's session keyring {r}", c.pid())));
-    }
-    Ok(())
+    l.keyctl_checked(KEYCTL_JOIN_SESSION_KEYRING, [0; 4], move |r, who| {
+        if r == -(libc::ENOSYS as i64) {
+            return Ok(());
+        }
+        if r < 0 {
+            let e = nix::errno::Errno::from_raw(-r as i32);
+            return Err(Error::sys(
+                format!("keyctl(KEYCTL_JOIN_SESSION_KEYRING) (in {who})"),
+                "a new session keyring",
+                e,
+            ));
+        }
+        if ours == r {
+            return Err(Error::Proc(format!("{who} still shares the restorer's session keyring {r}")));
+        }
+        Ok(())
+    });
 }
 
 /// What [`verify`] compares.
@@ -240,9 +264,13 @@ pub enum Stage {
 /// Reads the credentials of `pid` from /proc/PID/status and fails unless they are the
 /// image's. Ids that differ are named; so is a capability a non-root process kept.
 pub fn verify(pid: i32, h: &Header, stage: Stage) -> Result<()> {
-    let status = procfs::read_status(pid)?;
-    verify_status(&status, h, stage)
-        .map_err(|why| Error::Proc(format!("pid {pid} did not take the image's credentials: {why}; nothing of it ran")))
+    verify_in(&procfs::read_status(pid)?, pid, h, stage)
+}
+
+/// [`verify`] of task `tid` whose /proc status is `status`.
+pub fn verify_in(status: &str, tid: i32, h: &Header, stage: Stage) -> Result<()> {
+    verify_status(status, h, stage)
+        .map_err(|why| Error::Proc(format!("pid {tid} did not take the image's credentials: {why}; nothing of it ran")))
 }
 
 fn verify_status(status: &str, h: &Header, stage: Stage) -> std::result::Result<(), String> {

@@ -10,11 +10,14 @@
 //! Each is set from inside the restored process, as its user, once its ids and limits are in
 //! place: what that user may not set (an oom_score_adj below its floor, KSM merging without
 //! CAP_SYS_RESOURCE) refuses the restore by name. The login uid is the exception: only root
-//! may set it, so for anyone else it stays the restorer's and the restore says so.
+//! may set it, so for anyone else it stays the restorer's and the restore says so. A thread's
+//! own knobs set with one prctl go to the other threads in their lists of syscalls
+//! ([`ForThreads`]).
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 use nix::errno::Errno;
 
 /// One knob: how it is read (None: this kernel cannot tell), set, and shown; its default
@@ -24,11 +27,25 @@ pub struct Knob {
     pub name: &'static str,
     /// How it is read: one plain prctl (which many threads can be asked at once), or more.
     get: Get,
-    set: fn(&mut Ctl, u64) -> Result<Applied>,
+    set: Set,
     default: u64,
     /// Each thread has its own (the others are the process's or its memory's).
     pub per_task: bool,
 }
+
+/// How a knob is set.
+#[derive(Clone, Copy)]
+enum Set {
+    /// Through the task, which may read first.
+    With(fn(&mut Ctl, u64) -> Result<Applied>),
+    /// A thread's own, asked with one prctl (`Get::Ask`) and set with at most one: what gives
+    /// a task with value `now` (as asked) the value `v`. The process's other threads, made
+    /// from its leader before, hold what the leader held: the same calls serve them.
+    Plan(Plan),
+}
+
+/// What gives a task whose value is `now` (second) the value `v` (first), added to its list.
+type Plan = fn(u64, u64, &mut Calls);
 
 /// How a knob is read.
 #[derive(Clone, Copy)]
@@ -143,13 +160,21 @@ fn prctl_get_int(c: &mut Ctl, op: i32, call: &str) -> Result<Option<u64>> {
 /// A prctl that sets; EPERM refuses the restore, naming the knob and what would allow it
 /// (`needs`, empty when nothing would).
 fn prctl_set(c: &mut Ctl, op: i32, args: [u64; 4], name: &str, needs: &str) -> Result<Applied> {
-    match c.prctl_raw(op, args)? {
-        0 => Ok(Applied::Done),
+    let mut l = Calls::new();
+    prctl_plan(&mut l, op, args, name, needs);
+    c.run(&l).map(|_| Applied::Done)
+}
+
+/// [`prctl_set`] as a call of a list.
+fn prctl_plan(l: &mut Calls, op: i32, args: [u64; 4], name: &str, needs: &str) {
+    let (name, needs) = (name.to_string(), needs.to_string());
+    l.prctl_checked(op, args, move |r, who| match r {
+        0.. => Ok(()),
         e if !needs.is_empty() && (e == -(libc::EPERM as i64) || e == -(libc::EACCES as i64)) => Err(Error::Refused(
             format!("the process had {name} {}, which its user may not set here ({needs})", args[0]),
         )),
-        e => Err(Error::sys(format!("prctl({name})"), format!("pid {}", c.pid()), Errno::from_raw(-e as i32))),
-    }
+        e => Err(Error::sys(format!("prctl({name})"), who.to_string(), Errno::from_raw(-e as i32))),
+    });
 }
 
 /// A /proc/PID file holding one number.
@@ -178,26 +203,23 @@ fn proc_write(c: &mut Ctl, file: &str, v: &str) -> Result<i64> {
     r
 }
 
-fn spec_get(c: &mut Ctl, which: u64) -> Result<Option<u64>> {
-    prctl_get(c, libc::PR_GET_SPECULATION_CTRL, which)
-}
-
-fn spec_set(c: &mut Ctl, which: u64, v: u64) -> Result<Applied> {
-    let now = spec_get(c, which)?.unwrap_or(0);
+/// A speculation control `which` set to `v` in a task where it is `now`.
+fn spec_plan(which: u64, v: u64, now: u64, l: &mut Calls) {
     // Only a state the process chose through prctl is its own; the rest is the CPU's and the
     // kernel's (not affected, forced by the command line), which the restoring node decides.
     if v & PR_SPEC_PRCTL == 0 || v & PR_SPEC_STATES == now & PR_SPEC_STATES {
-        return Ok(Applied::Done);
+        return;
     }
     let name = ["speculative store bypass control", "indirect branch speculation control", "L1D flush control"]
         [which.min(2) as usize];
-    match c.prctl_raw(libc::PR_SET_SPECULATION_CTRL, [which, v & PR_SPEC_STATES, 0, 0])? {
-        0 => Ok(Applied::Done),
+    let state = v & PR_SPEC_STATES;
+    l.prctl_checked(libc::PR_SET_SPECULATION_CTRL, [which, state, 0, 0], move |r, _| match r {
+        0.. => Ok(()),
         e => Err(Error::not_here(
-            format!("the process had {name} {:#x} (PR_SET_SPECULATION_CTRL)", v & PR_SPEC_STATES),
+            format!("the process had {name} {state:#x} (PR_SET_SPECULATION_CTRL)"),
             format!("this kernel refuses it ({})", Errno::from_raw(-e as i32).desc()),
         )),
-    }
+    });
 }
 
 pub const KNOBS: &[Knob] = &[
@@ -205,7 +227,7 @@ pub const KNOBS: &[Knob] = &[
         key: 1,
         name: "oom_score_adj",
         get: Get::Proc(|tid| proc_number(tid, "oom_score_adj").map(|v| v as u64)),
-        set: |c, v| {
+        set: Set::With(|c, v| {
             let v = v as i64;
             if proc_number(c.pid(), "oom_score_adj") == Some(v) {
                 return Ok(Applied::Done);
@@ -217,7 +239,7 @@ pub const KNOBS: &[Knob] = &[
                 ))),
                 e => Err(Error::sys("write /proc/self/oom_score_adj", v.to_string(), Errno::from_raw(-e as i32))),
             }
-        },
+        }),
         default: 0,
         per_task: false,
     },
@@ -225,7 +247,7 @@ pub const KNOBS: &[Knob] = &[
         key: 2,
         name: "loginuid",
         get: Get::Proc(|tid| proc_number(tid, "loginuid").map(|v| v as u64)),
-        set: |c, v| {
+        set: Set::With(|c, v| {
             let now = proc_number(c.pid(), "loginuid");
             if now == Some(v as i64) {
                 return Ok(Applied::Done);
@@ -238,7 +260,7 @@ pub const KNOBS: &[Knob] = &[
                     Errno::from_raw(-e as i32).desc()
                 ))),
             }
-        },
+        }),
         default: u32::MAX as u64,
         per_task: true,
     },
@@ -246,7 +268,7 @@ pub const KNOBS: &[Knob] = &[
         key: 3,
         name: "child subreaper",
         get: Get::With(|c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)")),
-        set: |c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", ""),
+        set: Set::With(|c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", "")),
         default: 0,
         per_task: false,
     },
@@ -257,7 +279,7 @@ pub const KNOBS: &[Knob] = &[
             r if r >= 0 => Ok(Some(r as u64 & MEMBARRIER_REGISTER)),
             _ => Ok(None), // before Linux 6.3 a process cannot be asked
         }),
-        set: |c, v| {
+        set: Set::With(|c, v| {
             // Only registrations: an image's other bits would run barriers, not register.
             for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b & MEMBARRIER_REGISTER != 0) {
                 let r = c.membarrier_raw(bit)?;
@@ -269,7 +291,7 @@ pub const KNOBS: &[Knob] = &[
                 }
             }
             Ok(Applied::Done)
-        },
+        }),
         default: 0,
         per_task: false,
     },
@@ -277,10 +299,10 @@ pub const KNOBS: &[Knob] = &[
         key: 5,
         name: "KSM merging of all memory",
         get: Get::With(|c| prctl_get(c, PR_GET_MEMORY_MERGE, 0)),
-        set: |c, v| match v {
+        set: Set::With(|c, v| match v {
             0 => Ok(Applied::Done),
             _ => prctl_set(c, PR_SET_MEMORY_MERGE, [1, 0, 0, 0], "PR_SET_MEMORY_MERGE", "CAP_SYS_RESOURCE"),
-        },
+        }),
         default: 0,
         per_task: false,
     },
@@ -288,10 +310,11 @@ pub const KNOBS: &[Knob] = &[
         key: 6,
         name: "machine-check kill policy",
         get: Get::Ask(Ask::Returns(libc::PR_MCE_KILL_GET, 0)),
-        set: |c, v| match v {
-            2 => Ok(Applied::Done),
-            _ => prctl_set(c, libc::PR_MCE_KILL, [libc::PR_MCE_KILL_SET as u64, v, 0, 0], "PR_MCE_KILL", ""),
-        },
+        set: Set::Plan(|v, _, l| {
+            if v != 2 {
+                prctl_plan(l, libc::PR_MCE_KILL, [libc::PR_MCE_KILL_SET as u64, v, 0, 0], "PR_MCE_KILL", "");
+            }
+        }),
         default: 2,
         per_task: true,
     },
@@ -299,7 +322,7 @@ pub const KNOBS: &[Knob] = &[
         key: 7,
         name: "TSC access",
         get: Get::Ask(Ask::IntAt(libc::PR_GET_TSC)),
-        set: |c, v| prctl_set(c, libc::PR_SET_TSC, [v, 0, 0, 0], "PR_SET_TSC", ""),
+        set: Set::Plan(|v, _, l| prctl_plan(l, libc::PR_SET_TSC, [v, 0, 0, 0], "PR_SET_TSC", "")),
         default: libc::PR_TSC_ENABLE as u64,
         per_task: true,
     },
@@ -307,7 +330,7 @@ pub const KNOBS: &[Knob] = &[
         key: 8,
         name: "speculative store bypass",
         get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 0)),
-        set: |c, v| spec_set(c, 0, v),
+        set: Set::Plan(|v, now, l| spec_plan(0, v, now, l)),
         default: 0,
         per_task: true,
     },
@@ -315,7 +338,7 @@ pub const KNOBS: &[Knob] = &[
         key: 9,
         name: "indirect branch speculation",
         get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 1)),
-        set: |c, v| spec_set(c, 1, v),
+        set: Set::Plan(|v, now, l| spec_plan(1, v, now, l)),
         default: 0,
         per_task: true,
     },
@@ -323,7 +346,7 @@ pub const KNOBS: &[Knob] = &[
         key: 10,
         name: "L1D flush",
         get: Get::Ask(Ask::Returns(libc::PR_GET_SPECULATION_CTRL, 2)),
-        set: |c, v| spec_set(c, 2, v),
+        set: Set::Plan(|v, now, l| spec_plan(2, v, now, l)),
         default: 0,
         per_task: true,
     },
@@ -331,7 +354,7 @@ pub const KNOBS: &[Knob] = &[
         key: 11,
         name: "coredump_filter",
         get: Get::Proc(coredump_filter),
-        set: |c, v| {
+        set: Set::With(|c, v| {
             if coredump_filter(c.pid()) == Some(v) {
                 return Ok(Applied::Done);
             }
@@ -339,7 +362,7 @@ pub const KNOBS: &[Knob] = &[
                 r if r >= 0 => Ok(Applied::Done),
                 e => Err(Error::sys("write /proc/self/coredump_filter", format!("{v:#x}"), Errno::from_raw(-e as i32))),
             }
-        },
+        }),
         default: 0x33,
         per_task: false,
     },
@@ -406,24 +429,55 @@ pub fn describe(knobs: &[(u32, u64)]) -> Vec<String> {
     }
 }
 
-/// Sets every knob inside the restored process. Returns what stayed the restorer's, and why.
-/// The process must be dumpable for its /proc files to be its own: the caller sets its
-/// dumpable flag afterwards.
-pub fn restore(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
-    restore_some(c, knobs, false)
-}
-
-/// [`restore`] of the knobs each thread has of its own, in the other thread `c` drives.
-pub fn restore_per_task(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
-    restore_some(c, knobs, true)
-}
-
-fn restore_some(c: &mut Ctl, knobs: &[(u32, u64)], per_task_only: bool) -> Result<Vec<String>> {
+/// Sets every knob inside the restored process. Returns what stayed the restorer's, and why,
+/// and what its other threads need of it: those a thread has of its own. The process must be
+/// dumpable for its /proc files to be its own: the caller sets its dumpable flag afterwards.
+pub fn restore(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<(Vec<String>, ForThreads)> {
     c.prctl(libc::PR_SET_DUMPABLE, [1, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "for its /proc files")?;
     let mut kept = Vec::new();
+    let mut threads = ForThreads(Vec::new());
     for &(k, v) in knobs {
-        if let Some(d) = knob(k).filter(|d| d.per_task || !per_task_only)
-            && let Applied::Kept(why) = (d.set)(c, v)?
+        let Some(d) = knob(k) else { continue };
+        match (d.set, d.get) {
+            (Set::With(set), _) => {
+                if let Applied::Kept(why) = set(c, v)? {
+                    kept.push(why);
+                }
+            }
+            (Set::Plan(plan), Get::Ask(a)) => {
+                let now = a.one(c)?.unwrap_or(0);
+                let mut l = Calls::new();
+                plan(v, now, &mut l);
+                c.run(&l)?;
+                threads.0.push((plan, v, now));
+            }
+            (Set::Plan(_), _) => return Err(Error::Proc(format!("knob {} is set by plan but not asked", d.name))),
+        }
+    }
+    Ok((kept, threads))
+}
+
+/// The knobs a thread has of its own that one prctl sets, as the leader found them: the same
+/// calls for each of the process's other threads, made from the leader before its knobs were
+/// set, and which hold what it held then.
+pub struct ForThreads(Vec<(Plan, u64, u64)>);
+
+impl ForThreads {
+    /// Adds a thread's calls to its list.
+    pub fn calls(&self, l: &mut Calls) {
+        for &(plan, v, now) in &self.0 {
+            plan(v, now, l);
+        }
+    }
+}
+
+/// [`restore`] of the other knobs each thread has of its own (the login uid), in the other
+/// thread `c` drives (whose process is dumpable by then). Returns what stayed the restorer's.
+pub fn restore_per_task(c: &mut Ctl, knobs: &[(u32, u64)]) -> Result<Vec<String>> {
+    let mut kept = Vec::new();
+    for &(k, v) in knobs {
+        if let Some(Set::With(set)) = knob(k).filter(|d| d.per_task).map(|d| d.set)
+            && let Applied::Kept(why) = set(c, v)?
         {
             kept.push(why);
         }
@@ -452,5 +506,7 @@ mod tests {
     fn thread_knobs_are_asked_or_read() {
         let read = KNOBS.iter().filter(|k| k.per_task && matches!(k.get, Get::Proc(_))).count();
         assert_eq!(KNOBS.iter().filter(|k| k.per_task).count(), thread_asks().count() + read);
+        // A knob set by plan is a thread's own, asked with one prctl.
+        assert!(KNOBS.iter().all(|k| !matches!(k.set, Set::Plan(_)) || (k.per_task && matches!(k.get, Get::Ask(_)))));
     }
 }

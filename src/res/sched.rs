@@ -11,6 +11,7 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 use nix::errno::Errno;
 
 /// The struct sched_attr of sched_getattr/sched_setattr (SCHED_ATTR_SIZE_VER1: with clamps).
@@ -264,66 +265,72 @@ impl Sched {
 
     /// Sets, inside the restored process (its user's ids and resource limits in place), what
     /// differs from what it inherited from us. What its user may not set refuses the restore.
-    pub fn restore(&self, c: &mut Ctl) -> Result<()> {
-        let pid = c.pid();
-        let denied = |what: String, how: &str| {
-            Error::Refused(format!("the process had {what}, which its user may not set here ({how})"))
-        };
+    /// Returns the timer slack the process had before, which threads made from it have too.
+    pub fn restore(&self, c: &mut Ctl) -> Result<u64> {
         let slack = c.prctl(libc::PR_GET_TIMERSLACK, [0; 4], "prctl(PR_GET_TIMERSLACK)", "query")?;
+        c.run(&self.calls(c.pid(), slack)?)?;
+        Ok(slack)
+    }
+
+    /// What [`Sched::restore`] runs in task `tid`, whose timer slack is `slack`: a call for
+    /// each setting that differs from the task's now (read here).
+    pub fn calls(&self, tid: i32, slack: u64) -> Result<Calls> {
+        let mut l = Calls::new();
+        let denied = |what: String, how: &str| {
+            let why = format!("the process had {what}, which its user may not set here ({how})");
+            move || Error::Refused(why.clone())
+        };
+        let other = |call: &'static str, what: String| {
+            move |e: i64, who: &str| Error::sys(format!("{call} (in {who})"), what.clone(), Errno::from_raw(-e as i32))
+        };
         if slack != self.timer_slack {
-            c.prctl(libc::PR_SET_TIMERSLACK, [self.timer_slack, 0, 0, 0], "prctl(PR_SET_TIMERSLACK)", "restore")?;
+            l.prctl(libc::PR_SET_TIMERSLACK, [self.timer_slack, 0, 0, 0], "prctl(PR_SET_TIMERSLACK)", "restore");
         }
-        if !self.cpus.is_empty() && getaffinity(pid)? != self.cpus {
+        if !self.cpus.is_empty() && getaffinity(tid)? != self.cpus {
             let mut bytes = Vec::with_capacity(self.cpus.len() * 8);
             for w in &self.cpus {
                 bytes.extend_from_slice(&w.to_le_bytes());
             }
-            match c.sched_setaffinity_raw(&bytes)? {
-                0 => {}
-                e if e == -(libc::EINVAL as i64) => {
-                    return Err(Error::not_here(
-                        format!("the process was bound to CPUs {} (sched_setaffinity)", cpu_list(&self.cpus)),
-                        "none of them is online here; restore it on a node that has them",
-                    ));
-                }
-                e => return Err(Error::sys("sched_setaffinity", format!("pid {pid}"), Errno::from_raw(-e as i32))),
-            }
+            let offline = format!("the process was bound to CPUs {} (sched_setaffinity)", cpu_list(&self.cpus));
+            let failed = other("sched_setaffinity", format!("CPUs {}", cpu_list(&self.cpus)));
+            l.sched_setaffinity(&bytes, move |r, who| match r {
+                0.. => Ok(()),
+                e if e == -(libc::EINVAL as i64) => Err(Error::not_here(
+                    offline.clone(),
+                    "none of them is online here; restore it on a node that has them",
+                )),
+                e => Err(failed(e, who)),
+            });
         }
-        if getioprio(pid)? != self.ioprio {
-            match c.ioprio_set_raw(self.ioprio)? {
-                0 => {}
-                e if e == -(libc::EPERM as i64) => {
-                    return Err(denied(format!("I/O priority {}", show_ioprio(self.ioprio)), "CAP_SYS_ADMIN"));
-                }
-                e => return Err(Error::sys("ioprio_set", format!("pid {pid}"), Errno::from_raw(-e as i32))),
-            }
+        if getioprio(tid)? != self.ioprio {
+            let refused = denied(format!("I/O priority {}", show_ioprio(self.ioprio)), "CAP_SYS_ADMIN");
+            let failed = other("ioprio_set", show_ioprio(self.ioprio));
+            l.ioprio_set(self.ioprio, move |r, who| match r {
+                0.. => Ok(()),
+                e if e == -(libc::EPERM as i64) => Err(refused()),
+                e => Err(failed(e, who)),
+            });
         }
-        let now = getattr(pid)?;
+        let now = getattr(tid)?;
         if now != self.attr {
             let mut want = self.attr;
             if (want.util_min, want.util_max) != (now.util_min, now.util_max) {
                 want.flags |= SCHED_FLAG_UTIL_CLAMP;
             }
-            match c.sched_setattr_raw(&want.to_bytes())? {
-                0 => {}
-                e if e == -(libc::EPERM as i64) => {
-                    let how = match want.policy {
-                        1 | 2 => "RLIMIT_RTPRIO or CAP_SYS_NICE",
-                        SCHED_DEADLINE => "CAP_SYS_NICE",
-                        _ => "RLIMIT_NICE or CAP_SYS_NICE",
-                    };
-                    return Err(denied(self.attr.show(), how));
-                }
-                e => {
-                    return Err(Error::sys(
-                        "sched_setattr",
-                        format!("pid {pid}, {}", self.attr.show()),
-                        Errno::from_raw(-e as i32),
-                    ));
-                }
-            }
+            let how = match want.policy {
+                1 | 2 => "RLIMIT_RTPRIO or CAP_SYS_NICE",
+                SCHED_DEADLINE => "CAP_SYS_NICE",
+                _ => "RLIMIT_NICE or CAP_SYS_NICE",
+            };
+            let refused = denied(self.attr.show(), how);
+            let failed = other("sched_setattr", self.attr.show());
+            l.sched_setattr(&want.to_bytes(), move |r, who| match r {
+                0.. => Ok(()),
+                e if e == -(libc::EPERM as i64) => Err(refused()),
+                e => Err(failed(e, who)),
+            });
         }
-        Ok(())
+        Ok(l)
     }
 }
 

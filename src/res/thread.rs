@@ -13,6 +13,7 @@
 use super::pending::Pending;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
+use crate::ptrace::calls::Calls;
 use crate::ptrace::tracee::{RseqConf, SIGINFO_LEN};
 use crate::ptrace::{Ctl, RemoteAddr};
 
@@ -129,30 +130,24 @@ impl ThreadInfo {
         )
     }
 
-    /// Sets, inside the restored thread `c`, what it alone has: its name, robust list,
-    /// clear_child_tid and, but for the `leader` (whose TASK and SIGNALS restore them), its
-    /// rseq registration and alternate signal stack.
-    pub fn restore(&self, c: &mut Ctl, leader: bool) -> Result<()> {
-        let pid = c.pid();
-        let p = c.scratch.put_cstr(pid, 256, &self.comm)?;
-        c.prctl(libc::PR_SET_NAME, [p.0, 0, 0, 0], "prctl(PR_SET_NAME)", &self.comm)?;
-        c.set_tid_address(RemoteAddr(self.clear_tid))?;
+    /// What the restored thread alone has: its name, robust list, clear_child_tid and, but
+    /// for the `leader` (whose TASK and SIGNALS restore them), its rseq registration and
+    /// alternate signal stack; added to `l`, the thread's list of syscalls.
+    pub fn calls(&self, l: &mut Calls, leader: bool) {
+        l.set_name(&self.comm);
+        l.set_tid_address(RemoteAddr(self.clear_tid));
         if self.robust != (0, 0) {
-            c.set_robust_list(RemoteAddr(self.robust.0), self.robust.1)?;
+            l.set_robust_list(RemoteAddr(self.robust.0), self.robust.1);
         }
         if !leader {
             if let Some(r) = self.rseq {
-                c.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq")?;
+                l.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq");
             }
-            let mut e = Enc::new();
-            e.u64(self.altstack.0).u32(self.altstack.1).u32(0).u64(self.altstack.2);
             // A disabled stack (SS_DISABLE) is what a new thread has already.
             if self.altstack.1 & libc::SS_DISABLE as u32 == 0 {
-                let at = c.scratch.put(pid, 0, e.as_slice())?;
-                c.sigaltstack(Some(at), None, "restore")?;
+                l.sigaltstack(self.altstack, "restore");
             }
         }
-        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::{Error, Result};
+use crate::ptrace::calls::Calls;
 use crate::ptrace::procfs::MapEntry;
 use crate::ptrace::{Ctl, RemoteAddr, mem};
 use crate::res::fileid::FileId;
@@ -553,14 +554,16 @@ fn attach(c: &mut Ctl, v: &Vma) -> Result<()> {
 
 /// Sets the final protection of every mapping that was made writable for filling.
 pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+    let mut l = Calls::new();
     for p in plans.iter().filter(|p| !p.vma.is_special()) {
         let v = &p.vma;
         if (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) || v.prot == (libc::PROT_READ | libc::PROT_WRITE) as u32 {
             continue;
         }
-        c.mprotect(RemoteAddr(v.start), v.len(), v.prot)?;
+        l.mprotect(RemoteAddr(v.start), v.len(), v.prot);
     }
-    Ok(())
+    let area = c.scratch.clone();
+    c.run_at_once(&l, &area).map(drop)
 }
 
 /// Gives every mapping back its name (PR_SET_VMA_ANON_NAME) and what madvise and mlock had
@@ -568,49 +571,58 @@ pub fn protect_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
 /// (locking needs RLIMIT_MEMLOCK). Returns what it could not give back: a name, on a kernel
 /// that cannot name memory.
 pub fn advise_all(c: &mut Ctl, plans: &[Plan]) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
+    let mut l = Calls::new();
+    // Which calls name a mapping, which one: a failure there is a note, not an error.
+    let mut named = Vec::new();
     for v in plans.iter().map(|p| &p.vma).filter(|v| !v.is_special()) {
         let at = RemoteAddr(v.start);
         // A name given with PR_SET_VMA_ANON_NAME: "[anon:NAME]", "[anon_shmem:NAME]".
         let anon_name = v.name.strip_prefix("[anon:").or_else(|| v.name.strip_prefix("[anon_shmem:"));
         if let Some(name) = anon_name.and_then(|n| n.strip_suffix(']')) {
-            match c.set_anon_name_raw(at, v.len(), name)? {
-                0 => {}
-                e => notes.push(format!(
-                    "mapping {:#x}-{:#x} lost its name {} (PR_SET_VMA_ANON_NAME: {})",
-                    v.start,
-                    v.end,
-                    crate::text::printable(&v.name),
-                    nix::errno::Errno::from_raw(-e as i32).desc()
-                )),
-            }
+            named.push((l.len(), v));
+            l.set_anon_name(at, v.len(), name);
         }
         for (bit, _, advice, call) in ADVICE {
             if v.flags & bit == 0 || bit == VMA_LOCKED || bit == VMA_LOCKONFAULT {
                 continue;
             }
-            c.madvise(at, v.len(), advice, &format!("madvise({call})"))?;
+            l.madvise(at, v.len(), advice, &format!("madvise({call})"));
         }
         if v.flags & (VMA_LOCKED | VMA_LOCKONFAULT) != 0 {
             let onfault = if v.flags & VMA_LOCKONFAULT != 0 { libc::MLOCK_ONFAULT } else { 0 };
-            match c.mlock2_raw(at, v.len(), onfault)? {
-                0 => {}
+            let (start, end) = (v.start, v.end);
+            let locked = format!(
+                "mapping {start:#x}-{end:#x} {} was locked in memory (mlock), more than its user may lock here (RLIMIT_MEMLOCK)",
+                v.name
+            );
+            l.mlock2(at, v.len(), onfault, move |r, who| match r {
+                0.. => Ok(()),
                 e if [libc::EPERM, libc::ENOMEM, libc::EAGAIN].iter().any(|&x| e == -(x as i64)) => {
-                    return Err(Error::Refused(format!(
-                        "mapping {:#x}-{:#x} {} was locked in memory (mlock), more than its user may lock here (RLIMIT_MEMLOCK)",
-                        v.start, v.end, v.name
-                    )));
+                    Err(Error::Refused(locked.clone()))
                 }
-                e => {
-                    return Err(Error::sys(
-                        "mlock2",
-                        format!("{:#x}-{:#x} in pid {}", v.start, v.end, c.pid()),
-                        nix::errno::Errno::from_raw(-e as i32),
-                    ));
-                }
-            }
+                e => Err(Error::sys(
+                    format!("mlock2 (in {who})"),
+                    format!("{start:#x}-{end:#x}"),
+                    nix::errno::Errno::from_raw(-e as i32),
+                )),
+            });
         }
     }
+    let area = c.scratch.clone();
+    let r = c.run_at_once(&l, &area)?;
+    let notes = named
+        .into_iter()
+        .filter_map(|(i, v)| r.get(i).filter(|&&e| e < 0).map(|&e| (v, e)))
+        .map(|(v, e)| {
+            format!(
+                "mapping {:#x}-{:#x} lost its name {} (PR_SET_VMA_ANON_NAME: {})",
+                v.start,
+                v.end,
+                crate::text::printable(&v.name),
+                nix::errno::Errno::from_raw(-e as i32).desc()
+            )
+        })
+        .collect();
     Ok(notes)
 }
 

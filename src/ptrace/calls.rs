@@ -1,0 +1,423 @@
+//! Lists of syscalls for one task of a tracee, made once and run either one remote syscall at
+//! a time in one task ([`Ctl::run`]) or, for many threads, each thread's whole list in one go
+//! and all threads at once ([`run_in_threads`]): one stop per thread instead of two per
+//! syscall, which is what restoring a process with many threads costs. What a list does must
+//! not depend on what its own calls return: each result is only checked, by the check given
+//! with its call. Typed constructors here, as in `sys`: call sites build no `[u64; 6]`.
+
+use super::arch::{self, Regs};
+use super::tracee::{Caught, Tracee};
+use super::{Ctl, RemoteAddr, Scratch, mem};
+use crate::crf::{Enc, PAGE_SIZE};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+
+/// An argument of a call: a value, or the address the list's bytes at this offset land at.
+#[derive(Clone, Copy)]
+pub enum Arg {
+    V(u64),
+    At(usize),
+}
+use Arg::{At, V};
+
+/// Checks a call's raw result (negative errno on failure) in the task `who` names.
+type Check = Box<dyn Fn(i64, &str) -> Result<()>>;
+
+struct Call {
+    nr: i64,
+    args: [Arg; 6],
+    check: Check,
+}
+
+/// The syscalls to run in one task, in order, and the bytes their pointer arguments point to.
+#[derive(Default)]
+pub struct Calls {
+    calls: Vec<Call>,
+    bytes: Vec<u8>,
+    /// Pointers inside the bytes: (where, to which offset), made addresses once placed.
+    fixups: Vec<(usize, usize)>,
+}
+
+/// The usual check: a failure names the syscall (`call`), the task and the object (`what`).
+fn named(call: &str, what: String) -> Check {
+    let call = call.to_string();
+    Box::new(move |r, who| {
+        if (-4095..0).contains(&r) {
+            return Err(Error::sys(format!("{call} (in {who})"), what.clone(), Errno::from_raw(-r as i32)));
+        }
+        Ok(())
+    })
+}
+
+impl Calls {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// How many calls it holds: the index the next one gets in the results.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Adds `other`'s calls after these.
+    pub fn append(&mut self, other: Calls) {
+        let shift = self.bytes.len().next_multiple_of(8);
+        self.bytes.resize(shift, 0);
+        self.bytes.extend_from_slice(&other.bytes);
+        self.fixups.extend(other.fixups.iter().map(|&(w, to)| (w + shift, to + shift)));
+        for mut c in other.calls {
+            c.args = c.args.map(|a| match a {
+                At(off) => At(off + shift),
+                v => v,
+            });
+            self.calls.push(c);
+        }
+    }
+
+    /// Keeps `b` for a pointer argument; its offset among the list's bytes (8-aligned).
+    fn keep(&mut self, b: &[u8]) -> usize {
+        let at = self.bytes.len().next_multiple_of(8);
+        self.bytes.resize(at, 0);
+        self.bytes.extend_from_slice(b);
+        at
+    }
+
+    /// Adds a call whose result `check` judges.
+    fn push(&mut self, nr: i64, args: [Arg; 6], check: Check) -> &mut Self {
+        self.calls.push(Call { nr, args, check });
+        self
+    }
+
+    /// Adds a call that must succeed; a failure names `call` and `what`.
+    fn must(&mut self, nr: i64, args: [u64; 6], call: &str, what: String) -> &mut Self {
+        self.push(nr, args.map(V), named(call, what))
+    }
+
+    /// The arguments of call `i`, with the list's bytes at `base`.
+    fn args(&self, i: usize, base: u64) -> [u64; 6] {
+        self.calls[i].args.map(|a| match a {
+            V(v) => v,
+            At(off) => base + off as u64,
+        })
+    }
+
+    /// The list's bytes as they are to lie at `base`, their pointers made addresses.
+    fn bytes_at(&self, base: u64) -> Vec<u8> {
+        let mut b = self.bytes.clone();
+        for &(w, to) in &self.fixups {
+            b[w..w + 8].copy_from_slice(&(base + to as u64).to_le_bytes());
+        }
+        b
+    }
+
+    /// Bytes of a batch slot: the list's bytes, then its entries for the batch code.
+    fn slot_len(&self) -> usize {
+        self.bytes.len().next_multiple_of(8) + self.calls.len() * arch::BATCH_ENTRY
+    }
+
+    /// The batch slot as it is to lie at `base`, and where its entries start.
+    fn slot_at(&self, base: u64) -> (Vec<u8>, u64) {
+        self.part_at(base, 0..self.calls.len())
+    }
+
+    /// [`Calls::slot_at`] with the entries of the calls in `part` only.
+    fn part_at(&self, base: u64, part: std::ops::Range<usize>) -> (Vec<u8>, u64) {
+        let mut s = self.bytes_at(base);
+        let first = s.len().next_multiple_of(8);
+        s.resize(first, 0);
+        for k in part {
+            let words = [self.calls[k].nr as u64].into_iter().chain(self.args(k, base)).chain([0]);
+            s.extend(words.flat_map(u64::to_le_bytes));
+        }
+        (s, base + first as u64)
+    }
+
+    pub fn prctl(&mut self, option: i32, args: [u64; 4], call: &str, what: &str) -> &mut Self {
+        self.must(libc::SYS_prctl, [option as u64, args[0], args[1], args[2], args[3], 0], call, what.to_string())
+    }
+
+    /// prctl(option, args...) whose raw result `check` judges.
+    pub fn prctl_checked(
+        &mut self,
+        option: i32,
+        args: [u64; 4],
+        check: impl Fn(i64, &str) -> Result<()> + 'static,
+    ) -> &mut Self {
+        self.push(libc::SYS_prctl, [option as u64, args[0], args[1], args[2], args[3], 0].map(V), Box::new(check))
+    }
+
+    /// prctl(PR_SET_NAME): the task's name (cut to 15 bytes, as the kernel keeps it).
+    pub fn set_name(&mut self, name: &str) -> &mut Self {
+        let mut b: Vec<u8> = name.bytes().take(15).collect();
+        b.push(0);
+        let at = self.keep(&b);
+        let args = [V(libc::PR_SET_NAME as u64), At(at), V(0), V(0), V(0), V(0)];
+        self.push(libc::SYS_prctl, args, named("prctl(PR_SET_NAME)", name.to_string()))
+    }
+
+    /// personality(2).
+    pub fn personality(&mut self, p: u32) -> &mut Self {
+        self.must(libc::SYS_personality, [p as u64, 0, 0, 0, 0, 0], "personality", format!("{p:#x}"))
+    }
+
+    pub fn setgroups(&mut self, groups: &[u32]) -> &mut Self {
+        let mut e = Enc::new();
+        for g in groups {
+            e.u32(*g);
+        }
+        let at = self.keep(e.as_slice());
+        let args = [V(groups.len() as u64), At(at), V(0), V(0), V(0), V(0)];
+        self.push(libc::SYS_setgroups, args, named("setgroups", format!("{} groups", groups.len())))
+    }
+
+    pub fn setresgid(&mut self, [r, e, s]: [u32; 3]) -> &mut Self {
+        self.must(libc::SYS_setresgid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresgid", format!("{r}/{e}/{s}"))
+    }
+
+    pub fn setresuid(&mut self, [r, e, s]: [u32; 3]) -> &mut Self {
+        self.must(libc::SYS_setresuid, [r as u64, e as u64, s as u64, 0, 0, 0], "setresuid", format!("{r}/{e}/{s}"))
+    }
+
+    /// setfsgid and setfsuid report nothing; [`crate::res::creds::verify`] reads them back.
+    pub fn setfs_ids(&mut self, uid: u32, gid: u32) -> &mut Self {
+        self.must(libc::SYS_setfsgid, [gid as u64, 0, 0, 0, 0, 0], "setfsgid", gid.to_string());
+        self.must(libc::SYS_setfsuid, [uid as u64, 0, 0, 0, 0, 0], "setfsuid", uid.to_string())
+    }
+
+    /// capset for the task itself, with the data as capget returns it.
+    pub fn capset(&mut self, data: [u32; 6]) -> &mut Self {
+        let mut e = Enc::new();
+        e.u32(0x2008_0522).u32(0); // _LINUX_CAPABILITY_VERSION_3, pid 0: the caller
+        for v in data {
+            e.u32(v);
+        }
+        let hdr = self.keep(e.as_slice());
+        let args = [At(hdr), At(hdr + 8), V(0), V(0), V(0), V(0)];
+        self.push(libc::SYS_capset, args, named("capset", "its capabilities".into()))
+    }
+
+    /// keyctl(op, args...) whose raw result `check` judges.
+    pub fn keyctl_checked(
+        &mut self,
+        op: u64,
+        args: [u64; 4],
+        check: impl Fn(i64, &str) -> Result<()> + 'static,
+    ) -> &mut Self {
+        self.push(libc::SYS_keyctl, [op, args[0], args[1], args[2], args[3], 0].map(V), Box::new(check))
+    }
+
+    pub fn set_tid_address(&mut self, at: RemoteAddr) -> &mut Self {
+        self.must(libc::SYS_set_tid_address, [at.0, 0, 0, 0, 0, 0], "set_tid_address", at.to_string())
+    }
+
+    pub fn set_robust_list(&mut self, head: RemoteAddr, len: u64) -> &mut Self {
+        self.must(libc::SYS_set_robust_list, [head.0, len, 0, 0, 0, 0], "set_robust_list", head.to_string())
+    }
+
+    /// rseq(area, len, flags, sig).
+    pub fn rseq(&mut self, area: RemoteAddr, len: u32, flags: u64, sig: u32, call: &str) -> &mut Self {
+        self.must(libc::SYS_rseq, [area.0, len as u64, flags, sig as u64, 0, 0], call, format!("area {area}"))
+    }
+
+    /// sigaltstack(new, NULL) with the stack_t {sp, flags, size}.
+    pub fn sigaltstack(&mut self, (sp, flags, size): (u64, u32, u64), what: &str) -> &mut Self {
+        let mut e = Enc::new();
+        e.u64(sp).u32(flags).u32(0).u64(size);
+        let at = self.keep(e.as_slice());
+        self.push(libc::SYS_sigaltstack, [At(at), V(0), V(0), V(0), V(0), V(0)], named("sigaltstack", what.into()))
+    }
+
+    /// clone3 of a thread (`flags`, which the caller chooses, CLONE_THREAD among them) with
+    /// its clear_child_tid address and, if given, its tid (set_tid); the result, its tid or a
+    /// negative errno, is for the caller to judge.
+    pub fn clone3_thread(&mut self, flags: u64, clear_tid: u64, tid: Option<i32>) -> &mut Self {
+        let mut e = Enc::new();
+        e.u64(flags).u64(0).u64(clear_tid).u64(0).u64(0); // pidfd, child_tid, parent_tid, exit_signal
+        e.u64(0).u64(0).u64(0); // stack, stack_size, tls: set with the registers
+        e.u64(0).u64(tid.map_or(0, |_| 1)); // set_tid (below), set_tid_size
+        e.u64(0); // cgroup
+        let at = self.keep(e.as_slice());
+        if let Some(t) = tid {
+            let to = self.keep(&(t as u32).to_le_bytes());
+            self.fixups.push((at + 64, to));
+        }
+        let args = [At(at), V(e.as_slice().len() as u64), V(0), V(0), V(0), V(0)];
+        self.push(libc::SYS_clone3, args, Box::new(|_, _| Ok(())))
+    }
+
+    pub fn mprotect(&mut self, at: RemoteAddr, len: u64, prot: u32) -> &mut Self {
+        let what = format!("{at}-{:#x}", at.0 + len);
+        self.must(libc::SYS_mprotect, [at.0, len, prot as u64, 0, 0, 0], "mprotect", what)
+    }
+
+    /// madvise(at, len, advice); `call` names the advice ("madvise(MADV_DONTDUMP)").
+    pub fn madvise(&mut self, at: RemoteAddr, len: u64, advice: i32, call: &str) -> &mut Self {
+        let what = format!("{at}-{:#x}", at.0 + len);
+        self.must(libc::SYS_madvise, [at.0, len, advice as u64, 0, 0, 0], call, what)
+    }
+
+    /// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, at, len, name); its result (EINVAL: a kernel
+    /// without CONFIG_ANON_VMA_NAME) is for the caller to judge.
+    pub fn set_anon_name(&mut self, at: RemoteAddr, len: u64, name: &str) -> &mut Self {
+        const PR_SET_VMA: u64 = 0x53564d41;
+        let mut b = name.as_bytes().to_vec();
+        b.push(0);
+        let p = self.keep(&b);
+        let args = [V(PR_SET_VMA), V(0), V(at.0), V(len), At(p), V(0)];
+        self.push(libc::SYS_prctl, args, Box::new(|_, _| Ok(())))
+    }
+
+    /// mlock2(at, len, flags).
+    pub fn mlock2(
+        &mut self,
+        at: RemoteAddr,
+        len: u64,
+        flags: u32,
+        check: impl Fn(i64, &str) -> Result<()> + 'static,
+    ) -> &mut Self {
+        self.push(libc::SYS_mlock2, [at.0, len, flags as u64, 0, 0, 0].map(V), Box::new(check))
+    }
+
+    /// sched_setattr(0, attr, 0) with the struct sched_attr `attr`.
+    pub fn sched_setattr(&mut self, attr: &[u8], check: impl Fn(i64, &str) -> Result<()> + 'static) -> &mut Self {
+        let at = self.keep(attr);
+        self.push(libc::SYS_sched_setattr, [V(0), At(at), V(0), V(0), V(0), V(0)], Box::new(check))
+    }
+
+    /// sched_setaffinity(0, mask).
+    pub fn sched_setaffinity(&mut self, mask: &[u8], check: impl Fn(i64, &str) -> Result<()> + 'static) -> &mut Self {
+        let at = self.keep(mask);
+        let args = [V(0), V(mask.len() as u64), At(at), V(0), V(0), V(0)];
+        self.push(libc::SYS_sched_setaffinity, args, Box::new(check))
+    }
+
+    /// ioprio_set(IOPRIO_WHO_PROCESS, 0, prio).
+    pub fn ioprio_set(&mut self, prio: u32, check: impl Fn(i64, &str) -> Result<()> + 'static) -> &mut Self {
+        self.push(libc::SYS_ioprio_set, [1, 0, prio as u64, 0, 0, 0].map(V), Box::new(check))
+    }
+}
+
+impl Ctl<'_> {
+    /// Runs `calls` here, one remote syscall each, stopping at the first that fails.
+    pub fn run(&mut self, calls: &Calls) -> Result<()> {
+        self.run_each(calls).map(drop)
+    }
+
+    fn run_each(&mut self, calls: &Calls) -> Result<Vec<i64>> {
+        let base = self.scratch.addr.0;
+        if !calls.bytes.is_empty() {
+            self.scratch.put(self.pid(), 0, &calls.bytes_at(base))?;
+        }
+        let who = format!("pid {}", self.pid());
+        let mut out = Vec::with_capacity(calls.calls.len());
+        for (i, c) in calls.calls.iter().enumerate() {
+            let r = self.r.raw(c.nr, calls.args(i, base))?;
+            (c.check)(r, &who)?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Runs `calls` here in one go (in parts, if the list is longer than `area` holds), the
+    /// code and the list in `area` (executable), where a trap is harmless (`stepping`);
+    /// otherwise one remote syscall each, as [`Ctl::run`]. Their raw results.
+    pub fn run_at_once(&mut self, calls: &Calls, area: &Scratch) -> Result<Vec<i64>> {
+        let code = arch::batch_code();
+        let room = area.len.saturating_sub(PAGE_SIZE + calls.bytes.len().next_multiple_of(8)) / arch::BATCH_ENTRY;
+        if !self.r.stepping || !area.exec || room == 0 {
+            return self.run_each(calls);
+        }
+        let pid = self.pid();
+        let base = area.addr.0 + PAGE_SIZE as u64;
+        area.put(pid, 0, code)?;
+        let who = format!("pid {pid}");
+        let mut out = Vec::with_capacity(calls.calls.len());
+        let mut from = 0;
+        while from < calls.calls.len() {
+            let part = from..(from + room).min(calls.calls.len());
+            let (b, list) = calls.part_at(base, part.clone());
+            area.put(pid, PAGE_SIZE, &b)?;
+            let n = part.len();
+            self.r.run(area.addr.0, code.len(), |r| arch::set_batch(r, area.addr.0, list, n))?;
+            let mut b = vec![0u8; b.len()];
+            mem::read_runs(pid, &[(base, b.len())], &mut b)?;
+            for (k, c) in calls.calls[part.clone()].iter().enumerate() {
+                let o = (list - base) as usize + k * arch::BATCH_ENTRY + 56;
+                let r = i64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+                (c.check)(r, &who)?;
+                out.push(r);
+            }
+            from = part.end;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `lists[i]` in thread `ts[i].0` (from its registers `ts[i].1`), each thread's whole list
+/// in one go (the batch code), as many threads at once as their lists fit in `area` after its
+/// first page, which takes the code. `area` is executable and shared by the threads (of
+/// process `pid`); a forced SIGTRAP must be harmless to every one of them (see remote's
+/// notes). Signals meanwhile go to `held`. The first failure, in thread order and then in
+/// list order, is the error; the calls after it in that thread have run all the same.
+pub fn run_in_threads(
+    pid: i32,
+    ts: &[(&Tracee, Regs)],
+    lists: &[Calls],
+    area: &Scratch,
+    held: &mut Vec<Caught>,
+) -> Result<()> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    if !area.exec || area.len <= PAGE_SIZE {
+        return Err(Error::Proc("no executable area for the threads' syscalls".into()));
+    }
+    area.put(pid, 0, arch::batch_code())?;
+    let mut i = 0;
+    while i < ts.len().min(lists.len()) {
+        // A group: the threads from i whose slots fit, at offsets from the second page.
+        let mut slots = Vec::new();
+        let mut end = PAGE_SIZE;
+        for l in &lists[i..ts.len().min(lists.len())] {
+            if end + l.slot_len() > area.len {
+                break;
+            }
+            slots.push(end);
+            end += l.slot_len();
+        }
+        if slots.is_empty() {
+            return Err(Error::Proc(format!(
+                "thread {}'s {} syscalls do not fit a scratch area of {} bytes",
+                ts[i].0.pid,
+                lists[i].calls.len(),
+                area.len
+            )));
+        }
+        let group = i..i + slots.len();
+        let mut b = vec![0u8; end - PAGE_SIZE];
+        let mut entries = Vec::with_capacity(slots.len());
+        for (&off, l) in slots.iter().zip(&lists[group.clone()]) {
+            let (s, list) = l.slot_at(area.addr.0 + off as u64);
+            b[off - PAGE_SIZE..off - PAGE_SIZE + s.len()].copy_from_slice(&s);
+            entries.push((list, l.calls.len()));
+        }
+        let at = area.addr.0 + PAGE_SIZE as u64;
+        mem::write_runs(pid, &[(at, b.len())], &b)?;
+        super::remote::batch_all(&ts[group.clone()], area.addr.0, &entries, held)?;
+        mem::read_runs(pid, &[(at, b.len())], &mut b)?;
+        for ((&(list, _), l), (t, _)) in entries.iter().zip(&lists[group.clone()]).zip(&ts[group.clone()]) {
+            let who = format!("thread {}", t.pid);
+            for (k, c) in l.calls.iter().enumerate() {
+                let o = (list - at) as usize + k * arch::BATCH_ENTRY + 56;
+                let r = i64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+                (c.check)(r, &who)?;
+            }
+        }
+        i = group.end;
+    }
+    Ok(())
+}
