@@ -8,6 +8,16 @@ use support::*;
 /// Checkpoints (killing) a threads target with `workers` workers, plus the four extras when
 /// `sleep_ms` is given, and restores it with every tid.
 fn round_trip(name: &str, workers: usize, sleep_ms: Option<&str>) -> Proc {
+    round_trip_with(name, workers, sleep_ms, |_| {})
+}
+
+/// [`round_trip`] with the rstrt command changed by `change`.
+fn round_trip_with(
+    name: &str,
+    workers: usize,
+    sleep_ms: Option<&str>,
+    change: impl FnOnce(&mut std::process::Command),
+) -> Proc {
     let dir = tmpdir(name);
     let d = dir.to_str().unwrap();
     let n = workers.to_string();
@@ -26,7 +36,10 @@ fn round_trip(name: &str, workers: usize, sleep_ms: Option<&str>) -> Proc {
     assert_eq!(info.lines().filter(|l| l.starts_with("thread:")).count(), workers + 1 + extras, "{info}");
     assert!(info.contains("(worker-1)"), "{info}");
     // Its pid is free again (reaped above): every thread gets its own tid back.
-    rstrt(&["--require-pid", &img])
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "--require-pid", &img]);
+    change(&mut c);
+    Proc::spawn(c)
 }
 
 /// The C program: 64 threads waiting, sleeping and spinning (with vector registers),
@@ -34,6 +47,24 @@ fn round_trip(name: &str, workers: usize, sleep_ms: Option<&str>) -> Proc {
 #[test]
 fn threads_waiting_sleeping_and_spinning_survive() {
     round_trip("threads", 64, Some("1500")).verdict("ok");
+}
+
+/// Where a trap would change the process (rstrt runs with SIGTRAP ignored, which the child it
+/// restores into inherits), the threads are made and set up one system call at a time, not
+/// in one run each: the same process comes back all the same.
+#[test]
+fn threads_come_back_one_syscall_at_a_time_where_a_trap_would_show() {
+    use std::os::unix::process::CommandExt;
+    let ignore_trap = |c: &mut std::process::Command| {
+        // SAFETY: signal() is async-signal-safe and changes only the child's own disposition.
+        let ignore = || match unsafe { libc::signal(libc::SIGTRAP, libc::SIG_IGN) } {
+            libc::SIG_ERR => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        };
+        // SAFETY: the hook only calls signal(), as above.
+        unsafe { c.pre_exec(ignore) };
+    };
+    round_trip_with("threads-trapign", 16, Some("1500"), ignore_trap).verdict("ok");
 }
 
 #[test]

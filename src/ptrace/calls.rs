@@ -421,3 +421,72 @@ pub fn run_in_threads(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entries of a slot laid at `base`: (nr, args) of each.
+    fn entries(l: &Calls, base: u64) -> (Vec<u8>, Vec<(u64, [u64; 6])>) {
+        let (s, list) = l.slot_at(base);
+        let first = (list - base) as usize;
+        let w = |o: usize| u64::from_le_bytes(s[o..o + 8].try_into().unwrap());
+        let e = (0..l.len())
+            .map(|k| {
+                let o = first + k * arch::BATCH_ENTRY;
+                (w(o), std::array::from_fn(|j| w(o + 8 + 8 * j)))
+            })
+            .collect();
+        (s[..first].to_vec(), e)
+    }
+
+    #[test]
+    fn pointers_land_where_the_bytes_do_after_append() {
+        let mut a = Calls::new();
+        a.set_name("worker");
+        let mut b = Calls::new();
+        b.setgroups(&[7, 8]).clone3_thread(0x100, 0x5000, Some(1234));
+        a.append(b);
+        let base = 0x10_0000;
+        let (bytes, e) = entries(&a, base);
+        assert_eq!(e.len(), 3);
+        let at = |p: u64| &bytes[(p - base) as usize..];
+        // prctl(PR_SET_NAME, name)
+        assert_eq!((e[0].0, e[0].1[0]), (libc::SYS_prctl as u64, libc::PR_SET_NAME as u64));
+        assert!(at(e[0].1[1]).starts_with(b"worker\0"));
+        // setgroups(2, list): after the name, 8-aligned.
+        assert_eq!((e[1].0, e[1].1[0]), (libc::SYS_setgroups as u64, 2));
+        assert_eq!(e[1].1[1] % 8, 0);
+        assert_eq!(&at(e[1].1[1])[..8], &[7, 0, 0, 0, 8, 0, 0, 0]);
+        // clone3(args, 88), whose set_tid points at the tid 1234.
+        assert_eq!((e[2].0, e[2].1[1]), (libc::SYS_clone3 as u64, 88));
+        let args = at(e[2].1[0]);
+        let word = |i: usize| u64::from_le_bytes(args[8 * i..8 * i + 8].try_into().unwrap());
+        assert_eq!((word(0), word(2), word(9)), (0x100, 0x5000, 1));
+        assert_eq!(&at(word(8))[..4], &1234u32.to_le_bytes());
+    }
+
+    #[test]
+    fn parts_hold_the_bytes_and_only_their_entries() {
+        let mut l = Calls::new();
+        l.set_name("x");
+        for i in 0..5 {
+            l.mprotect(RemoteAddr(0x1000 * i), 0x1000, 1);
+        }
+        let (s, list) = l.part_at(0x2000, 2..4);
+        assert_eq!(s.len() as u64, list - 0x2000 + 2 * arch::BATCH_ENTRY as u64);
+        let nr = u64::from_le_bytes(s[(list - 0x2000) as usize..][..8].try_into().unwrap());
+        assert_eq!(nr, libc::SYS_mprotect as u64);
+        let addr = u64::from_le_bytes(s[(list - 0x2000) as usize + 8..][..8].try_into().unwrap());
+        assert_eq!(addr, 0x1000, "the part starts at call 2, the second mprotect");
+    }
+
+    #[test]
+    fn a_failure_names_the_call_and_the_task() {
+        let mut l = Calls::new();
+        l.setresuid([1, 2, 3]);
+        let e = (l.calls[0].check)(-(libc::EPERM as i64), "thread 42").unwrap_err().to_string();
+        assert!(e.contains("setresuid (in thread 42)") && e.contains("1/2/3"), "{e}");
+        assert!((l.calls[0].check)(0, "thread 42").is_ok());
+    }
+}
