@@ -756,9 +756,11 @@ fn nginx_migrates_while_a_slow_client_downloads() {
     let mut master = Reap(c.spawn().unwrap());
     let pid = master.0.id() as i32;
     // A slow client of the test's own: 64 KiB every 20 ms, with a small receive buffer, so
-    // that most of the file waits in nginx's send queue.
+    // that most of the file waits in nginx's send queue. A connection that stalls for 30 s
+    // fails it (socket.timeout) rather than hanging the test.
     let slow = format!(
         "import socket,sys,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n\
+         s.settimeout(30)\n\
          s.connect(('{}',8080)); s.sendall(b'GET /big HTTP/1.0\\r\\n\\r\\n')\nout=open(sys.argv[1],'wb')\n\
          while True:\n  b=s.recv(65536)\n  if not b: break\n  out.write(b); out.flush(); time.sleep(0.02)\n",
         seg.service

@@ -624,30 +624,40 @@ fn restore_one<R: Input>(
     // Each thread runs its list in one go, all at once, where the int3 that ends it is harmless:
     // SIGTRAP not blocked (they block every other signal, as the leader did when it made them)
     // nor ignored, which is what lets the leader be stepped.
-    if c.r.stepping {
-        let ts: Vec<(&Tracee, Regs)> = others.iter().map(|o| Ok((o, o.regs()?))).collect::<Result<_>>()?;
-        calls::run_in_threads(pid, &ts, &lists, &threads_area, &mut c.r.held)?;
-    } else {
-        for (o, l) in others.iter().zip(&lists) {
-            let mut oc = ctl(o)?;
-            oc.run(l)?;
-            c.r.held.append(&mut oc.r.held);
-        }
+    // (In one go, the calls after one that fails run all the same, as root maybe: the restore
+    // fails on the first, and nothing of the process's own runs.) A list too long for the
+    // area (a user with thousands of groups) goes one syscall at a time.
+    let (batched, alone): (Vec<_>, Vec<_>) =
+        others.iter().zip(lists).partition(|(_, l)| c.r.stepping && l.fits(&threads_area));
+    let ts: Vec<(&Tracee, Regs)> = batched.iter().map(|(o, _)| Ok((*o, o.regs()?))).collect::<Result<_>>()?;
+    let batched: Vec<Calls> = batched.into_iter().map(|(_, l)| l).collect();
+    calls::run_in_threads(pid, &ts, &batched, &threads_area, &mut c.r.held)?;
+    for (o, l) in alone {
+        let mut oc = ctl(o)?;
+        oc.run(&l)?;
+        c.r.held.append(&mut oc.r.held);
     }
     if creds::is_root() && kept {
         for o in &others {
             creds::verify(o.pid, &st.head, creds::Stage::Keeping)?;
         }
     }
+    if creds::is_root() && !others.is_empty() {
+        // A thread's change of ids made the whole process undumpable again (suid_dumpable),
+        // and with that its /proc files root's: dumpable until restore_dumpable below.
+        c.prctl(libc::PR_SET_DUMPABLE, [1, 0, 0, 0], "prctl(PR_SET_DUMPABLE)", "for its /proc files")?;
+    }
     // The other knobs of a task's own (the login uid), in each thread (a thread with other
     // values than the leader's was refused at checkpoint); a knob kept as the restorer's is
     // said once, not once per thread.
     for o in &others {
-        for n in knobs::restore_per_task(&mut ctl(o)?, &st.knobs)? {
+        let mut oc = ctl(o)?;
+        for n in knobs::restore_per_task(&mut oc, &st.knobs)? {
             if !notes.contains(&n) {
                 notes.push(n);
             }
         }
+        c.r.held.append(&mut oc.r.held);
     }
     st.task.restore_dumpable(&mut c)?;
     notes.extend(memory::advise_all(&mut c, &plans)?);
@@ -663,7 +673,11 @@ fn restore_one<R: Input>(
         if let Some(caps) = &st.caps {
             if own_sets && !caps::already(&status, caps, kept) {
                 match i.checked_sub(1).and_then(|k| others.get(k)) {
-                    Some(o) => caps::restore_root(&mut ctl(o)?, caps, kept)?,
+                    Some(o) => {
+                        let mut oc = ctl(o)?;
+                        caps::restore_root(&mut oc, caps, kept)?;
+                        c.r.held.append(&mut oc.r.held);
+                    }
                     None => caps::restore_root(&mut c, caps, kept)?,
                 }
                 status = read()?;
@@ -733,12 +747,12 @@ const MAX_THREADS: usize = 8192;
 const GADGET_LEN: u64 = 12 * PAGE_SIZE as u64;
 
 /// Bytes of the area after the gadget's for the lists of syscalls of a process's `threads`
-/// threads but its leader: a page for the code that runs them and 2 KiB each, for up to 256 of
-/// them at once (more take turns).
+/// threads but its leader (and for the clone3 calls that make them): a page for the code that
+/// runs them and 2 KiB each, at least 16 KiB, for up to 256 of them at once (more take turns).
 fn threads_area(threads: usize) -> u64 {
     match threads {
         0 | 1 => 0,
-        n => (PAGE_SIZE + (n - 1).min(256) * 2048).next_multiple_of(PAGE_SIZE) as u64,
+        n => (PAGE_SIZE + (n - 1).clamp(8, 256) * 2048).next_multiple_of(PAGE_SIZE) as u64,
     }
 }
 

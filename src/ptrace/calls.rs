@@ -11,6 +11,7 @@ use super::{Ctl, RemoteAddr, Scratch, mem};
 use crate::crf::{Enc, PAGE_SIZE};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
+use std::ops::Range;
 
 /// An argument of a call: a value, or the address the list's bytes at this offset land at.
 #[derive(Clone, Copy)]
@@ -27,6 +28,9 @@ struct Call {
     nr: i64,
     args: [Arg; 6],
     check: Check,
+    /// Where its bytes end among the list's: each call's bytes are those kept after the
+    /// previous call's and before it, so a run of calls has its bytes in one stretch.
+    upto: usize,
 }
 
 /// The syscalls to run in one task, in order, and the bytes their pointer arguments point to.
@@ -74,6 +78,7 @@ impl Calls {
                 At(off) => At(off + shift),
                 v => v,
             });
+            c.upto += shift;
             self.calls.push(c);
         }
     }
@@ -88,7 +93,7 @@ impl Calls {
 
     /// Adds a call whose result `check` judges.
     fn push(&mut self, nr: i64, args: [Arg; 6], check: Check) -> &mut Self {
-        self.calls.push(Call { nr, args, check });
+        self.calls.push(Call { nr, args, check, upto: self.bytes.len() });
         self
     }
 
@@ -97,26 +102,46 @@ impl Calls {
         self.push(nr, args.map(V), named(call, what))
     }
 
-    /// The arguments of call `i`, with the list's bytes at `base`.
-    fn args(&self, i: usize, base: u64) -> [u64; 6] {
+    /// The stretch of the list's bytes the calls in `part` point into, from an 8-aligned
+    /// offset.
+    fn stretch(&self, part: &Range<usize>) -> Range<usize> {
+        let lo = part.start.checked_sub(1).map_or(0, |k| self.calls[k].upto) & !7;
+        let hi = part.end.checked_sub(1).map_or(0, |k| self.calls[k].upto);
+        lo..hi.max(lo)
+    }
+
+    /// The arguments of call `i`, with the list's bytes from offset `lo` at `base`.
+    fn args(&self, i: usize, base: u64, lo: usize) -> [u64; 6] {
         self.calls[i].args.map(|a| match a {
             V(v) => v,
-            At(off) => base + off as u64,
+            At(off) => base + (off - lo) as u64,
         })
     }
 
-    /// The list's bytes as they are to lie at `base`, their pointers made addresses.
-    fn bytes_at(&self, base: u64) -> Vec<u8> {
-        let mut b = self.bytes.clone();
-        for &(w, to) in &self.fixups {
-            b[w..w + 8].copy_from_slice(&(base + to as u64).to_le_bytes());
+    /// The bytes in `stretch` as they are to lie at `base`, their pointers made addresses.
+    fn bytes_at(&self, base: u64, stretch: &Range<usize>) -> Vec<u8> {
+        let mut b = self.bytes[stretch.clone()].to_vec();
+        for &(w, to) in self.fixups.iter().filter(|(w, _)| stretch.contains(w)) {
+            let at = (base + (to - stretch.start) as u64).to_le_bytes();
+            b[w - stretch.start..w - stretch.start + 8].copy_from_slice(&at);
         }
         b
     }
 
-    /// Bytes of a batch slot: the list's bytes, then its entries for the batch code.
+    /// Bytes of a batch slot for the calls in `part`: their bytes, then their entries for the
+    /// batch code.
+    fn part_len(&self, part: &Range<usize>) -> usize {
+        self.stretch(part).len().next_multiple_of(8) + part.len() * arch::BATCH_ENTRY
+    }
+
+    /// Whether the whole list fits `area` beside the batch code, to run in one go.
+    pub fn fits(&self, area: &Scratch) -> bool {
+        PAGE_SIZE + self.slot_len() <= area.len
+    }
+
+    /// Bytes of a batch slot for the whole list.
     fn slot_len(&self) -> usize {
-        self.bytes.len().next_multiple_of(8) + self.calls.len() * arch::BATCH_ENTRY
+        self.part_len(&(0..self.calls.len()))
     }
 
     /// The batch slot as it is to lie at `base`, and where its entries start.
@@ -124,13 +149,14 @@ impl Calls {
         self.part_at(base, 0..self.calls.len())
     }
 
-    /// [`Calls::slot_at`] with the entries of the calls in `part` only.
-    fn part_at(&self, base: u64, part: std::ops::Range<usize>) -> (Vec<u8>, u64) {
-        let mut s = self.bytes_at(base);
+    /// [`Calls::slot_at`] for the calls in `part` only: their bytes and entries.
+    fn part_at(&self, base: u64, part: Range<usize>) -> (Vec<u8>, u64) {
+        let stretch = self.stretch(&part);
+        let mut s = self.bytes_at(base, &stretch);
         let first = s.len().next_multiple_of(8);
         s.resize(first, 0);
         for k in part {
-            let words = [self.calls[k].nr as u64].into_iter().chain(self.args(k, base)).chain([0]);
+            let words = [self.calls[k].nr as u64].into_iter().chain(self.args(k, base, stretch.start)).chain([0]);
             s.extend(words.flat_map(u64::to_le_bytes));
         }
         (s, base + first as u64)
@@ -304,54 +330,70 @@ impl Calls {
 impl Ctl<'_> {
     /// Runs `calls` here, one remote syscall each, stopping at the first that fails.
     pub fn run(&mut self, calls: &Calls) -> Result<()> {
-        self.run_each(calls).map(drop)
+        let mut out = Vec::with_capacity(calls.len());
+        for k in 0..calls.len() {
+            self.run_one(calls, k, &mut out)?;
+        }
+        Ok(())
     }
 
-    fn run_each(&mut self, calls: &Calls) -> Result<Vec<i64>> {
+    /// Runs call `k` of `calls` as a remote syscall, its bytes in the scratch area; its raw
+    /// result goes to `out` once checked.
+    fn run_one(&mut self, calls: &Calls, k: usize, out: &mut Vec<i64>) -> Result<()> {
         let base = self.scratch.addr.0;
-        if !calls.bytes.is_empty() {
-            self.scratch.put(self.pid(), 0, &calls.bytes_at(base))?;
+        let stretch = calls.stretch(&(k..k + 1));
+        if !stretch.is_empty() {
+            self.scratch.put(self.pid(), 0, &calls.bytes_at(base, &stretch))?;
         }
-        let who = format!("pid {}", self.pid());
-        let mut out = Vec::with_capacity(calls.calls.len());
-        for (i, c) in calls.calls.iter().enumerate() {
-            let r = self.r.raw(c.nr, calls.args(i, base))?;
-            (c.check)(r, &who)?;
-            out.push(r);
-        }
-        Ok(out)
+        let c = &calls.calls[k];
+        let r = self.r.raw(c.nr, calls.args(k, base, stretch.start))?;
+        (c.check)(r, &format!("pid {}", self.pid()))?;
+        out.push(r);
+        Ok(())
     }
 
-    /// Runs `calls` here in one go (in parts, if the list is longer than `area` holds), the
+    /// Runs `calls` here in one go (in parts, as many calls at a time as `area` holds), the
     /// code and the list in `area` (executable), where a trap is harmless (`stepping`);
-    /// otherwise one remote syscall each, as [`Ctl::run`]. Their raw results.
+    /// otherwise, or for a call too big for `area` alone, one remote syscall each, as
+    /// [`Ctl::run`]. Their raw results.
     pub fn run_at_once(&mut self, calls: &Calls, area: &Scratch) -> Result<Vec<i64>> {
-        let code = arch::batch_code();
-        let room = area.len.saturating_sub(PAGE_SIZE + calls.bytes.len().next_multiple_of(8)) / arch::BATCH_ENTRY;
-        if !self.r.stepping || !area.exec || room == 0 {
-            return self.run_each(calls);
+        let mut out = Vec::with_capacity(calls.len());
+        if !self.r.stepping || !area.exec || area.len <= PAGE_SIZE {
+            for k in 0..calls.len() {
+                self.run_one(calls, k, &mut out)?;
+            }
+            return Ok(out);
         }
+        let code = arch::batch_code();
         let pid = self.pid();
         let base = area.addr.0 + PAGE_SIZE as u64;
         area.put(pid, 0, code)?;
         let who = format!("pid {pid}");
-        let mut out = Vec::with_capacity(calls.calls.len());
+        let room = area.len - PAGE_SIZE;
         let mut from = 0;
-        while from < calls.calls.len() {
-            let part = from..(from + room).min(calls.calls.len());
-            let (b, list) = calls.part_at(base, part.clone());
+        while from < calls.len() {
+            let mut to = from;
+            while to < calls.len() && calls.part_len(&(from..to + 1)) <= room {
+                to += 1;
+            }
+            if to == from {
+                self.run_one(calls, from, &mut out)?;
+                from += 1;
+                continue;
+            }
+            let (b, list) = calls.part_at(base, from..to);
             area.put(pid, PAGE_SIZE, &b)?;
-            let n = part.len();
+            let n = to - from;
             self.r.run(area.addr.0, code.len(), |r| arch::set_batch(r, area.addr.0, list, n))?;
             let mut b = vec![0u8; b.len()];
             mem::read_runs(pid, &[(base, b.len())], &mut b)?;
-            for (k, c) in calls.calls[part.clone()].iter().enumerate() {
+            for (k, c) in calls.calls[from..to].iter().enumerate() {
                 let o = (list - base) as usize + k * arch::BATCH_ENTRY + 56;
                 let r = i64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
                 (c.check)(r, &who)?;
                 out.push(r);
             }
-            from = part.end;
+            from = to;
         }
         Ok(out)
     }
@@ -479,6 +521,32 @@ mod tests {
         assert_eq!(nr, libc::SYS_mprotect as u64);
         let addr = u64::from_le_bytes(s[(list - 0x2000) as usize + 8..][..8].try_into().unwrap());
         assert_eq!(addr, 0x1000, "the part starts at call 2, the second mprotect");
+    }
+
+    /// One call at a time needs room for its own bytes only, however long the list: 8192
+    /// threads' clone3s would not fit a scratch area at once.
+    #[test]
+    fn each_call_carries_only_its_own_bytes() {
+        let mut l = Calls::new();
+        for t in 0..8192 {
+            l.clone3_thread(0x100, 0, Some(t)).set_name("a thread's name");
+        }
+        assert!(l.bytes.len() > 512 << 10);
+        for k in 0..l.len() {
+            let r = k..k + 1;
+            assert!(l.part_len(&r) <= 200, "call {k}: {} bytes", l.part_len(&r));
+            // ...and the bytes it lays point where its arguments say.
+            let (b, _) = l.part_at(0x9000, r.clone());
+            let p = l.args(k, 0x9000, l.stretch(&r).start)[if k % 2 == 0 { 0 } else { 1 }];
+            assert!(p >= 0x9000 && ((p - 0x9000) as usize) < b.len(), "call {k}");
+        }
+        let tid_at = |k: usize| {
+            let (b, _) = l.part_at(0x9000, k..k + 1);
+            let a = (l.args(k, 0x9000, l.stretch(&(k..k + 1)).start)[0] - 0x9000) as usize;
+            let p = (u64::from_le_bytes(b[a + 64..a + 72].try_into().unwrap()) - 0x9000) as usize;
+            u32::from_le_bytes(b[p..p + 4].try_into().unwrap())
+        };
+        assert_eq!((tid_at(0), tid_at(2 * 4000)), (0, 4000));
     }
 
     #[test]
