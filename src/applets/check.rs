@@ -205,6 +205,18 @@ fn run_checks() -> Vec<Line> {
         );
     }
 
+    match crate::ptrace::wp::available() {
+        Ok(()) => line(
+            true,
+            false,
+            "write tracking",
+            "userfaultfd WP_ASYNC with PAGEMAP_SCAN: a running process's writes can be followed".into(),
+        ),
+        Err(why) => {
+            line(false, false, "write tracking", format!("{why}: a running process's writes cannot be followed"))
+        }
+    }
+
     let pagemap = std::fs::File::open(format!("/proc/{me}/pagemap")).is_ok();
     let detail = if pagemap {
         "readable: only touched pages are stored"

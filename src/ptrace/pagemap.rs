@@ -148,6 +148,53 @@ impl Pagemap {
     }
 }
 
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+impl Pagemap {
+    /// The pages of [start, end) written since they were last write-protected, as runs, and
+    /// write-protected again in the same walk (PM_SCAN_WP_MATCHING): the range must be
+    /// registered with a userfaultfd in WP_ASYNC mode (see ptrace::wp), or EPERM.
+    pub fn written(&mut self, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        if self.regions.is_empty() {
+            self.regions = vec![Region::default(); 512];
+        }
+        let mut at = start;
+        while at < end {
+            let mut a = ScanArg {
+                size: std::mem::size_of::<ScanArg>() as u64,
+                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                start: at,
+                end,
+                vec: self.regions.as_mut_ptr() as u64,
+                vec_len: self.regions.len() as u64,
+                category_mask: PAGE_IS_WRITTEN,
+                return_mask: PAGE_IS_WRITTEN,
+                ..Default::default()
+            };
+            // SAFETY: as in scan_touched: the argument is ours and sized, the kernel writes at
+            // most vec_len regions to our buffer of that many.
+            let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut a as *mut ScanArg) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for r in &self.regions[..(n as usize).min(self.regions.len())] {
+                match out.last_mut() {
+                    Some(last) if last.1 == r.start => last.1 = r.end,
+                    _ => out.push((r.start, r.end)),
+                }
+            }
+            if a.walk_end <= at {
+                break;
+            }
+            at = a.walk_end;
+        }
+        Ok(out)
+    }
+}
+
 /// Appends a run, joined to the last one when it continues it.
 fn push(out: &mut Vec<Touched>, start: u64, end: u64, file: bool) {
     match out.last_mut() {

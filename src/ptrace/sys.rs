@@ -293,6 +293,12 @@ impl Ctl<'_> {
         self.raw(libc::SYS_clone3, [at.0, args.len() as u64, 0, 0, 0, 0])
     }
 
+    /// userfaultfd(flags): a new userfaultfd for the tracee's memory.
+    pub fn userfaultfd(&mut self, flags: i32) -> Result<i32> {
+        self.call(libc::SYS_userfaultfd, [flags as u64, 0, 0, 0, 0, 0], "userfaultfd", "for its memory")
+            .map(|fd| fd as i32)
+    }
+
     /// eventfd2(0, flags): a new eventfd.
     pub fn eventfd(&mut self, flags: i32, what: &str) -> Result<i32> {
         self.call(libc::SYS_eventfd2, [0, flags as u64, 0, 0, 0, 0], "eventfd2", what).map(|fd| fd as i32)

@@ -1,0 +1,227 @@
+//! Which pages of a running process it writes, without stopping it: userfaultfd
+//! write-protection in asynchronous mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7+: the kernel lifts
+//! the protection of a page at its first write and sends no message), read and re-armed in one
+//! walk with the PAGEMAP_SCAN ioctl. With WP_UNPOPULATED, a page never touched counts when it
+//! is first written too. This is what a copy of a process's memory made while it runs needs
+//! (pre-copy), on kernels without soft-dirty tracking.
+//!
+//! The userfaultfd must be the process's own (made for its memory): [`uffd_of`] makes it
+//! inside the stopped process and takes it out, closing the process's copy at once. Dropping
+//! the [`Tracker`] closes the last copy, which unregisters every range: the process is left
+//! as it was.
+
+use super::pagemap::Pagemap;
+use super::{Ctl, procfs};
+use crate::error::{Error, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const UFFD_USER_MODE_ONLY: i32 = 1;
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+/// The features a tracker needs.
+const NEEDED: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+
+/// struct uffdio_api.
+#[repr(C)]
+struct Api {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// struct uffdio_register.
+#[repr(C)]
+struct Register {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// The writes to some ranges of a process's memory.
+pub struct Tracker {
+    uffd: OwnedFd,
+    pagemap: Pagemap,
+    /// The ranges registered, in order.
+    ranges: Vec<(u64, u64)>,
+    /// Those the kernel would not track (a mapping kind uffd-wp does not cover): a copy takes
+    /// them whole at the end.
+    pub untracked: Vec<(u64, u64)>,
+}
+
+/// A userfaultfd for the memory of the process `c` drives (stopped), made there with a remote
+/// syscall and taken out (pidfd_getfd); the process's own copy is closed again.
+pub fn uffd_of(c: &mut Ctl) -> Result<OwnedFd> {
+    let fd = c.userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)?;
+    let ours = procfs::getfd(c.pid(), fd, "its userfaultfd");
+    c.close(fd, "its userfaultfd")?;
+    ours
+}
+
+/// Enables the asynchronous write-protection features on a fresh userfaultfd.
+fn api(uffd: &OwnedFd) -> std::io::Result<()> {
+    let mut a = Api { api: UFFD_API, features: NEEDED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, ioctls: 0 };
+    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } == 0 {
+        return Ok(());
+    }
+    // A kernel without the shmem and hugetlbfs kind tracks anonymous memory all the same.
+    let mut a = Api { api: UFFD_API, features: NEEDED, ioctls: 0 };
+    // SAFETY: as above. (A failed UFFDIO_API leaves the fd unconfigured: it may be asked again.)
+    match unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+impl Tracker {
+    /// Tracks the writes of process `pid` (whose userfaultfd `uffd` is, see [`uffd_of`]) to
+    /// `ranges` (page-aligned, each within one mapping or spanning whole ones) from now on:
+    /// registers them for asynchronous write-protection and protects them all.
+    pub fn new(pid: i32, uffd: OwnedFd, ranges: &[(u64, u64)]) -> Result<Tracker> {
+        api(&uffd).map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => Error::not_here(
+                format!("tracking the writes of pid {pid} (userfaultfd WP_ASYNC)"),
+                "this kernel lacks asynchronous write-protection (Linux 6.7 or later has it)",
+            ),
+            _ => Error::io(format!("UFFDIO_API (pid {pid})"), e),
+        })?;
+        let mut t = Tracker { uffd, pagemap: Pagemap::open(pid)?, ranges: Vec::new(), untracked: Vec::new() };
+        for &(start, end) in ranges {
+            let mut r = Register { start, len: end - start, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
+            // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the
+            // range is in the process's address space, not ours.
+            match unsafe { libc::ioctl(t.uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } {
+                0 => t.ranges.push((start, end)),
+                _ => match std::io::Error::last_os_error() {
+                    // Not a kind of memory uffd-wp covers (a file's, a special mapping).
+                    e if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
+                        t.untracked.push((start, end))
+                    }
+                    e => return Err(Error::io(format!("UFFDIO_REGISTER {start:#x}-{end:#x} (pid {pid})"), e)),
+                },
+            }
+        }
+        // Protects everything: the first walk finds every page "written" (none is protected
+        // yet) and protects it.
+        t.take()?;
+        Ok(t)
+    }
+
+    /// The pages written since the tracker began or since the last call, as runs in address
+    /// order; each is protected again in the same walk, so a write that comes after it is
+    /// found by the next call.
+    pub fn take(&mut self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for &(start, end) in &self.ranges {
+            let runs = self
+                .pagemap
+                .written(start, end)
+                .map_err(|e| Error::io(format!("PAGEMAP_SCAN of {start:#x}-{end:#x} (written pages)"), e))?;
+            out.extend(runs);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether this kernel lets crs track a running process's writes, asked on a userfaultfd and
+/// the pagemap of crs's own: Ok, or what is missing.
+pub fn available() -> std::result::Result<(), String> {
+    // SAFETY: userfaultfd takes flags and returns a new fd, owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
+    if fd < 0 {
+        return Err(format!("no userfaultfd ({})", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    api(&uffd).map_err(|_| "userfaultfd without asynchronous write-protection (Linux 6.7+)".to_string())?;
+    let mut pm = Pagemap::open(std::process::id() as i32).map_err(|e| e.to_string())?;
+    // A range nothing is registered in: PAGEMAP_SCAN answers EPERM (CHECK_WPASYNC), a kernel
+    // without it ENOTTY or EINVAL.
+    match pm.written(0x1000, 0x2000) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+            Err("no PAGEMAP_SCAN ioctl (Linux 6.7+)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
+
+    /// On this process's own memory: every page at first, then exactly the pages written
+    /// since, then none; and once dropped, nothing is registered any more.
+    #[test]
+    fn finds_exactly_the_pages_written_since() {
+        if let Err(why) = available() {
+            assert!(std::env::var_os("CI").is_none(), "CI needs write tracking: {why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let len = 64 * PAGE as usize;
+        // SAFETY: a fresh private anonymous mapping, written only inside its bounds, unmapped
+        // at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let at = p as u64;
+        let write = |pages: &[usize]| {
+            for &i in pages {
+                // SAFETY: inside the mapping.
+                unsafe { std::ptr::write_volatile(p.add(i * PAGE as usize), 7) };
+            }
+        };
+        write(&[0, 1, 2, 30]);
+        // SAFETY: userfaultfd takes flags; the fd is owned at once.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd.
+        let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let me = std::process::id() as i32;
+        let mut t = Tracker::new(me, uffd, &[(at, at + len as u64)]).unwrap();
+        assert!(t.untracked.is_empty());
+        assert_eq!(t.take().unwrap(), vec![]);
+        write(&[5, 40, 41, 63]);
+        let pg = |a: u64, b: u64| (at + a * PAGE, at + b * PAGE);
+        assert_eq!(t.take().unwrap(), vec![pg(5, 6), pg(40, 42), pg(63, 64)]);
+        assert_eq!(t.take().unwrap(), vec![]);
+        write(&[5]);
+        assert_eq!(t.take().unwrap(), vec![pg(5, 6)]);
+        let registered = || {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut inside = false;
+            for l in smaps.lines() {
+                if let Some((range, _)) = l.split_once(' ').filter(|(r, _)| r.contains('-')) {
+                    let start = u64::from_str_radix(range.split('-').next().unwrap_or(""), 16).unwrap_or(0);
+                    inside = start >= at && start < at + len as u64;
+                } else if inside && l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw") {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(registered());
+        drop(t);
+        assert!(!registered(), "still registered after the tracker is gone");
+        write(&[6]);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(p as *mut libc::c_void, len) };
+    }
+}
