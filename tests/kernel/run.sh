@@ -60,7 +60,7 @@ timeout 300 qemu-system-x86_64 -accel tcg -m 512 -nic none -no-reboot -display n
   -kernel "$work/boot/vmlinuz-$kver" -initrd "$work/initrd" -append "console=ttyS0 quiet panic=-1" </dev/null
 status=$?
 set -e
-grep -a "GUEST\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|FAIL" "$work/console" || true
+grep -a "GUEST\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|^warn\|FAIL" "$work/console" || true
 # qemu exits with (code << 1) | 1: 1 means the guest said 0.
 if [ "$status" -ne 1 ]; then
   echo "kernel $kver: FAILED (qemu status $status)"
