@@ -1,8 +1,11 @@
 /* Limits for the migration benchmark, measured the way migration uses them:
  *   netio recv PORT            accept one connection, read to EOF, print "bytes seconds"
  *   netio send ADDR PORT BYTES write BYTES to ADDR:PORT in 1 MiB writes, print "bytes seconds"
- *   netio fill BYTES           map BYTES of fresh memory and write every byte (first touch) */
+ *   netio fill BYTES           map BYTES of fresh memory and write every byte (first touch)
+ *   netio write PATH BYTES     write BYTES to a new file PATH in 1 MiB writes, close it, print
+ *                              "bytes seconds" (the file is removed) */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +53,23 @@ int main(int argc, char **argv) {
         printf("%zu %.6f\n", n, now() - t0);
         return 0;
     }
-    fprintf(stderr, "usage: netio recv PORT | send ADDR PORT BYTES | fill BYTES\n");
+    if (argc == 4 && !strcmp(argv[1], "write")) {
+        long long want = atoll(argv[3]), n = 0;
+        static char buf[1 << 20];
+        memset(buf, 1, sizeof buf);
+        double t0 = now();
+        int fd = open(argv[2], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) { perror(argv[2]); return 1; }
+        while (n < want) {
+            ssize_t w = write(fd, buf, want - n < (long long)sizeof buf ? (size_t)(want - n) : sizeof buf);
+            if (w <= 0) { perror("write"); return 1; }
+            n += w;
+        }
+        close(fd);
+        printf("%lld %.6f\n", n, now() - t0);
+        unlink(argv[2]);
+        return 0;
+    }
+    fprintf(stderr, "usage: netio recv PORT | send ADDR PORT BYTES | fill BYTES | write PATH BYTES\n");
     return 2;
 }
