@@ -497,6 +497,9 @@ fn restore_one<R: Input>(
         caps::restore_bounding(&mut c, caps)?;
     }
 
+    // Its own session keyring, which the other threads share by being made after it.
+    let join = !creds::is_root() || !creds::session_keyring(&mut c, &st.head)?;
+
     step("3b");
     // 3b. The other threads, created while the child still has our privileges (a thread keeps
     //     its tid only through clone3's set_tid, which needs them), each stopped before it runs
@@ -517,7 +520,7 @@ fn restore_one<R: Input>(
     //    until then they run nothing.
     let mut keepers = None;
     if creds::is_root() {
-        keepers = creds::restore(&mut c, &st.head, kept)?;
+        keepers = creds::restore(&mut c, &st.head, kept, join)?;
     } else {
         for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
             creds::verify(tid, &st.head, creds::Stage::Inherited)?;
@@ -612,7 +615,7 @@ fn restore_one<R: Input>(
     };
     let mut lists = Vec::with_capacity(others.len());
     for (i, (o, info)) in others.iter().zip(st.thread_info.iter().skip(1)).enumerate() {
-        let mut l = if creds::is_root() { creds::calls(&st.head, kept, keepers) } else { Calls::new() };
+        let mut l = if creds::is_root() { creds::calls(&st.head, kept, keepers, join) } else { Calls::new() };
         l.personality(st.task.personality);
         if let Some(s) = st.thread_sched.get(i + 1).or(st.sched.as_ref()) {
             l.append(s.calls(o.pid, slack)?);

@@ -6,7 +6,8 @@
 //! - [`AsOwner`]: our own thread checks the image's files with the owner's file-system ids, so
 //!   that root never stats or opens a path an image names on the owner's behalf;
 //! - [`restore`], which sets the ids inside the restored child before it opens anything, and
-//!   gives it a session keyring of its own, and [`verify`], which reads them back from /proc
+//!   [`session_keyring`], which gives it a session keyring of its own that its threads share,
+//!   and [`verify`], which reads them back from /proc
 //!   and fails unless they are exactly the image's: a set*id call that quietly leaves an id
 //!   unchanged can never go unnoticed.
 
@@ -152,25 +153,26 @@ impl Drop for AsOwner {
 }
 
 /// Sets the image's supplementary groups and all its uids and gids (dropping root's
-/// capabilities when the image was not root), gives it a session keyring of its own, then
-/// reads all of it back. Called before the child opens anything.
+/// capabilities when the image was not root), gives it a session keyring of its own if `join`
+/// (when [`session_keyring`] could not give the process one to share), then reads all of it
+/// back. Called before the child opens anything.
 /// `keep`: the process's permitted set is to outlive the uid change (PR_SET_KEEPCAPS), for
 /// res::caps to cut it to the image's at the end (root restoring a user's process that had
 /// capabilities); its effective set is empty meanwhile all the same.
 /// Returns what it found to drop, for [`calls`] in the process's other threads: they were
 /// made from this one before, so they hold what it held.
-pub fn restore(c: &mut Ctl, h: &Header, keep: bool) -> Result<Option<Keepers>> {
+pub fn restore(c: &mut Ctl, h: &Header, keep: bool, join: bool) -> Result<Option<Keepers>> {
     let pid = c.pid();
     let keepers = if h.uids.iter().all(|&u| u != 0) { Some(keepers(c)?) } else { None };
-    c.run(&calls(h, keep, keepers))?;
+    c.run(&calls(h, keep, keepers, join))?;
     verify(pid, h, if keep { Stage::Keeping } else { Stage::All })?;
     Ok(keepers)
 }
 
-/// What [`restore`] runs in each task: `keepers` (the securebits and
-/// capabilities the task holds, for an image that was not root) dropped first; [`verify`]
-/// reads the result back.
-pub fn calls(h: &Header, keep: bool, keepers: Option<Keepers>) -> Calls {
+/// What [`restore`] runs in each task: `keepers` (the securebits and capabilities the task
+/// holds, for an image that was not root) dropped first, a session keyring of its own joined
+/// last if `join`; [`verify`] reads the result back.
+pub fn calls(h: &Header, keep: bool, keepers: Option<Keepers>, join: bool) -> Calls {
     let mut l = Calls::new();
     if let Some(k) = keepers {
         k.drop(&mut l);
@@ -184,7 +186,9 @@ pub fn calls(h: &Header, keep: bool, keepers: Option<Keepers>) -> Calls {
     let [r, e, s, _] = h.uids;
     l.setresuid([r, e, s]);
     l.setfs_ids(h.uids[3], fs);
-    new_session_keyring(&mut l);
+    if join {
+        new_session_keyring(&mut l);
+    }
     l
 }
 
@@ -224,9 +228,36 @@ const KEYCTL_GET_KEYRING_ID: u64 = 0;
 const KEYCTL_JOIN_SESSION_KEYRING: u64 = 1;
 const KEY_SPEC_SESSION_KEYRING: i64 = -3;
 
+const KEYCTL_CHOWN: u64 = 4;
+
 /// The child inherited our session keyring, and with it every key of the restorer's session:
-/// it joins a new, empty one of its own (made as the image's user). Without keyrings in the
-/// kernel there is nothing to leave behind.
+/// it joins a new, empty one, before its other threads are made from it, so that they share
+/// it as a process's threads do; made by root, it is then given to the image's user
+/// (KEYCTL_CHOWN), who would have made it. Whether that worked: otherwise each task joins one
+/// of its own with its ids ([`calls`] with `join`), owned right but not shared. Without
+/// keyrings in the kernel there is nothing to leave behind.
+pub fn session_keyring(c: &mut Ctl, h: &Header) -> Result<bool> {
+    let area = c.scratch.clone();
+    let mut l = Calls::new();
+    new_session_keyring(&mut l);
+    let r = c.run_at_once(&l, &area)?.first().copied().unwrap_or(-(libc::ENOSYS as i64));
+    if r < 0 {
+        return Ok(true); // no keyrings (ENOSYS): nothing to share
+    }
+    let mut l = Calls::new();
+    l.keyctl_checked(KEYCTL_CHOWN, [r as u64, h.uids[0] as u64, h.gids[0] as u64, 0], |_, _| Ok(()));
+    let chown = c.run_at_once(&l, &area)?.first().copied().unwrap_or(-(libc::EINVAL as i64));
+    if chown < 0 {
+        log::debug!(
+            "pid {}: its session keyring {r} stays root's ({}): each thread joins one of its own",
+            c.pid(),
+            nix::errno::Errno::from_raw(-chown as i32).desc()
+        );
+    }
+    Ok(chown >= 0)
+}
+
+/// A new, empty session keyring joined, made with the task's ids; not the restorer's.
 fn new_session_keyring(l: &mut Calls) {
     // SAFETY: keyctl(GET_KEYRING_ID) takes integers and touches no memory of ours.
     let ours = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) };

@@ -8,7 +8,8 @@
  * "ready PID", waits for a line on stdin, then wakes them all: each checks that its tid
  * (gettid, and glibc's own through pthread_kill), name, mask, stack, TLS, vector register and
  * progress are its own; the ping-pong must go on, the reader gets the byte main writes, and
- * main joins them all (which needs clear_child_tid; the sleeper joins when its sleep ends).
+ * main joins them all (which needs clear_child_tid; the sleeper joins when its sleep ends);
+ * every thread has main's session keyring.
  * Prints "ok" or "FAIL: what". */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -26,6 +27,7 @@
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static volatile int go, started, fails, usr1_seen[MAX];
+static volatile long session; /* main's session keyring, once woken */
 static __thread long mine = -1;
 static pid_t tids[MAX];
 static pthread_t th[MAX];
@@ -137,6 +139,10 @@ static void *worker(void *arg) {
     sigset_t cur; pthread_sigmask(SIG_BLOCK, 0, &cur);
     for (int s = SIGRTMIN; s < SIGRTMIN + 8; s++)
         if (sigismember(&cur, s) != (s == SIGRTMIN + (int)(i % 8))) FAIL("thread %ld: mask for signal %d", i, s);
+    /* One session keyring for the whole process, as before the checkpoint (a new one after a
+     * restore: but the same in every thread). */
+    long ses = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* KEY_SPEC_SESSION_KEYRING */, 0);
+    if (ses != session) FAIL("thread %ld: session keyring %ld, the process's %ld", i, ses, session);
     stack_t now_ss; sigaltstack(0, &now_ss);
     if (now_ss.ss_sp != ss.ss_sp || now_ss.ss_size != ss.ss_size) FAIL("thread %ld: altstack %p+%zu, was %p+%zu", i, now_ss.ss_sp, now_ss.ss_size, ss.ss_sp, ss.ss_size);
     if (i % 3 == 2 && spins[i] == 0) FAIL("thread %ld never spun", i);
@@ -167,6 +173,7 @@ int main(int argc, char **argv) {
     printf("ready %d\n", getpid()); fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) { printf("FAIL: stdin closed\n"); return 1; }
+    session = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* KEY_SPEC_SESSION_KEYRING */, 0);
     pthread_mutex_lock(&mu); go = 1; pthread_cond_broadcast(&cv); pthread_mutex_unlock(&mu);
     for (long i = 0; i < n; i++) {
         for (int k = 0; k < 1000 && !usr1_seen[i]; k++) { pthread_kill(th[i], SIGUSR1); struct timespec t = {0, 1000000}; nanosleep(&t, 0); }
@@ -176,9 +183,10 @@ int main(int argc, char **argv) {
         if (e || r != (void *)(i + 100)) FAIL("join thread %ld: %d %p", i, e, r);
     }
     if (extras) {
-        pthread_mutex_lock(&mu); unsigned long v0 = volleys; pthread_mutex_unlock(&mu);
-        usleep(20000);
-        pthread_mutex_lock(&mu); unsigned long v1 = volleys; stop = 1; pthread_cond_broadcast(&pp_cv); pthread_mutex_unlock(&mu);
+        /* It goes on: a volley within 2 s (on a busy node the players may wait for a CPU). */
+        pthread_mutex_lock(&mu); unsigned long v0 = volleys, v1 = v0; pthread_mutex_unlock(&mu);
+        for (int k = 0; k < 200 && v1 <= v0; k++) { usleep(10000); pthread_mutex_lock(&mu); v1 = volleys; pthread_mutex_unlock(&mu); }
+        pthread_mutex_lock(&mu); stop = 1; pthread_cond_broadcast(&pp_cv); pthread_mutex_unlock(&mu);
         if (v1 <= v0) FAIL("ping-pong stopped at %lu volleys", v1);
         if (write(rpipe[1], "x", 1) != 1) FAIL("write to the reader's pipe");
         for (int k = 0; k < EXTRAS; k++)
