@@ -88,6 +88,18 @@ impl Pagemap {
 
     fn scan_touched(&mut self, start: u64, end: u64) -> std::io::Result<Vec<Touched>> {
         let mut out: Vec<Touched> = Vec::new();
+        let ask = ScanArg {
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            ..Default::default()
+        };
+        self.scan(start, end, ask, |r| push(&mut out, r.start, r.end, r.categories & PAGE_IS_FILE != 0))?;
+        Ok(out)
+    }
+
+    /// Walks [start, end) with PAGEMAP_SCAN, asking what `ask` says (its flags and masks),
+    /// handing each region the kernel returns to `each`, in order.
+    fn scan(&mut self, start: u64, end: u64, ask: ScanArg, mut each: impl FnMut(&Region)) -> std::io::Result<()> {
         if self.regions.is_empty() {
             self.regions = vec![Region::default(); 512];
         }
@@ -99,9 +111,7 @@ impl Pagemap {
                 end,
                 vec: self.regions.as_mut_ptr() as u64,
                 vec_len: self.regions.len() as u64,
-                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
-                ..Default::default()
+                ..ask
             };
             // SAFETY: PAGEMAP_SCAN reads the pm_scan_arg we pass (sized by its own size field)
             // and writes at most vec_len page_regions to `vec`, our buffer of that many, and
@@ -110,16 +120,14 @@ impl Pagemap {
             if n < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for r in &self.regions[..(n as usize).min(self.regions.len())] {
-                push(&mut out, r.start, r.end, r.categories & PAGE_IS_FILE != 0);
-            }
+            self.regions[..(n as usize).min(self.regions.len())].iter().for_each(&mut each);
             // The walk stops early when the buffer is full; walk_end says where.
             if a.walk_end <= at {
                 break;
             }
             at = a.walk_end;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn read_touched(&mut self, start: u64, end: u64) -> Result<Vec<Touched>> {
@@ -158,39 +166,16 @@ impl Pagemap {
     /// registered with a userfaultfd in WP_ASYNC mode (see ptrace::wp), or EPERM.
     pub fn written(&mut self, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        if self.regions.is_empty() {
-            self.regions = vec![Region::default(); 512];
-        }
-        let mut at = start;
-        while at < end {
-            let mut a = ScanArg {
-                size: std::mem::size_of::<ScanArg>() as u64,
-                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                start: at,
-                end,
-                vec: self.regions.as_mut_ptr() as u64,
-                vec_len: self.regions.len() as u64,
-                category_mask: PAGE_IS_WRITTEN,
-                return_mask: PAGE_IS_WRITTEN,
-                ..Default::default()
-            };
-            // SAFETY: as in scan_touched: the argument is ours and sized, the kernel writes at
-            // most vec_len regions to our buffer of that many.
-            let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut a as *mut ScanArg) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for r in &self.regions[..(n as usize).min(self.regions.len())] {
-                match out.last_mut() {
-                    Some(last) if last.1 == r.start => last.1 = r.end,
-                    _ => out.push((r.start, r.end)),
-                }
-            }
-            if a.walk_end <= at {
-                break;
-            }
-            at = a.walk_end;
-        }
+        let ask = ScanArg {
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        self.scan(start, end, ask, |r| match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        })?;
         Ok(out)
     }
 }
