@@ -189,16 +189,13 @@ fn push(out: &mut Vec<Touched>, start: u64, end: u64, file: bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Both ways agree, on this process: pages written, a hole, a file's page read, a page
-    /// of it written (copied).
-    #[test]
-    fn scan_and_read_agree() {
-        let len = 64 * PAGE as usize;
-        // SAFETY: a fresh private anonymous mapping, written only inside its bounds, unmapped
-        // at the end.
+    /// A fresh private anonymous mapping of `len` bytes for a test, which writes only inside
+    /// it and unmaps it at the end.
+    pub(crate) fn fresh(len: usize) -> *mut u8 {
+        // SAFETY: a new mapping of our own; nothing else uses its addresses.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -208,8 +205,17 @@ mod tests {
                 -1,
                 0,
             )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as *mut u8
+    }
+
+    /// Both ways agree, on this process: pages written, a hole, a file's page read, a page
+    /// of it written (copied).
+    #[test]
+    fn scan_and_read_agree() {
+        let len = 64 * PAGE as usize;
+        let p = fresh(len);
         for i in [0usize, 1, 2, 10, 40, 41, 63] {
             // SAFETY: inside the mapping.
             unsafe { *p.add(i * PAGE as usize) = 1 };

@@ -168,19 +168,7 @@ mod tests {
             return;
         }
         let len = 64 * PAGE as usize;
-        // SAFETY: a fresh private anonymous mapping, written only inside its bounds, unmapped
-        // at the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = crate::ptrace::pagemap::tests::fresh(len);
         let at = p as u64;
         let write = |pages: &[usize]| {
             for &i in pages {
