@@ -778,7 +778,26 @@ fn nginx_migrates_while_a_slow_client_downloads() {
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = master.0.wait();
     let done = curl.wait_with_output().unwrap();
-    assert!(done.status.success(), "the client: {}", stderr(&done));
+    if !done.status.success() {
+        // What each node holds, for the one run in many where the connection stalls after
+        // the migration (not understood yet): its sockets, addresses and nftables rules.
+        let mut seen = String::new();
+        for (node, prog, args) in [
+            (&n.b, "ss", &["-tnpi"][..]),
+            (&seg.c, "ss", &["-tni"][..]),
+            (&n.a, "ip", &["-br", "addr"][..]),
+            (&n.b, "ip", &["-br", "addr"][..]),
+            (&n.a, "nft", &["list", "ruleset"][..]),
+            (&n.b, "nft", &["list", "ruleset"][..]),
+        ] {
+            let o = n.cmd(node, prog, args).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+            seen.push_str(&format!("--- {node}: {prog} {}\n{}\n", args.join(" "), o.unwrap_or_default()));
+        }
+        let ps = std::process::Command::new("sh").args(["-c", "ps -eo pid,ppid,stat,cmd | grep [n]ginx"]).output();
+        let ps = ps.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        seen.push_str(&format!("--- nginx processes\n{ps}"));
+        panic!("the client: {}\nmigrate said: {}\n{seen}", stderr(&done), stderr(&o));
+    }
     let all = std::fs::read(&got).unwrap();
     let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer") + 4;
     eprintln!("the download took {:?}, the migration in its middle", t.elapsed());
