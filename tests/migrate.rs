@@ -489,6 +489,7 @@ fn the_library_migrates_without_the_command_line() {
         tcp_established: false,
         unix_reconnect: false,
         move_address: None,
+        live: None,
     };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
     let served = server.join().unwrap().expect("serve_one");
@@ -508,4 +509,88 @@ fn the_library_migrates_without_the_command_line() {
     let e = crs::migration::migrate(src.0.id() as i32, &[closed], &opts).unwrap_err();
     assert!(matches!(e, crs::Error::Migration { left: crs::error::Left::RunningHere, .. }), "{e:?}");
     assert!(!gone(&mut src.0));
+}
+
+/// The live migration target: 64 MiB written at 10 MB/s, pages dropped and an area mapped
+/// afresh now and then (tests/targets/writer.c).
+fn writer(n: &Nodes, dir: &Path) -> (std::process::Child, std::path::PathBuf, i32) {
+    let log = dir.join("log");
+    let mut c = n.cmd(&n.a, target("writer").to_str().unwrap(), &[log.to_str().unwrap(), "64", "10", "churn"]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let child = c.spawn().unwrap();
+    let l = log_line(&log, "ready", 0);
+    let pid = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (child, log, pid)
+}
+
+/// Whether process `pid` holds a userfaultfd or has memory registered with one.
+fn tracked(pid: i32) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let registered = smaps.lines().any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw"));
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let uffd =
+        fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_string_lossy().contains("userfaultfd")));
+    registered || uffd
+}
+
+/// --live: the memory of a process that keeps writing goes ahead while it runs; it moves with
+/// every page as it last wrote it (pages it dropped read as zero, an area it mapped afresh
+/// holds what it wrote there since), and the image sent once it was frozen carried only a
+/// small part of its memory.
+#[test]
+fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = writer(&n, &dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok"), "before: {v}");
+    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        return;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    assert!(err.contains("round 1:") && err.contains("sent ahead"), "-v says no round: {err}");
+    // It writes on there; each page checks.
+    std::thread::sleep(Duration::from_millis(300));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    let sent_ahead = d.1.line("bytes sent ahead");
+    let ahead: u64 =
+        sent_ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{sent_ahead}"));
+    assert!(ahead >= 64 << 20, "less than its memory went ahead: {sent_ahead}");
+    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    assert!(image < 16 << 20, "the image after the freeze carried {image} bytes of a 64 MiB process: {err}");
+    assert!(!tracked(new), "the restored process is tracked");
+}
+
+/// A live migration that fails once the pre-copy has begun (restartd refuses it: it spools)
+/// leaves the process running at the source as it was: no userfaultfd, nothing registered.
+#[test]
+fn a_failed_live_migration_leaves_no_trace() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live-fail");
+    let key = keyfile(&dir, "key");
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--spool", spool.to_str().unwrap()]);
+    let (mut src, log, pid) = writer(&n, &dir);
+    let o = migrate(&n, &["--key", &key, "--live", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        return;
+    }
+    assert!(!o.status.success(), "migrated to a spooling restartd");
+    assert!(err.contains("--spool") && err.contains("runs on here"), "{err}");
+    assert!(!gone(&mut src), "the source is gone");
+    assert!(!tracked(pid), "the source is left tracked");
+    std::thread::sleep(Duration::from_millis(200));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok"), "after: {v}");
 }

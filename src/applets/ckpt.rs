@@ -137,6 +137,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         tcp_established: a.tcp_established,
         unix_reconnect: a.unix_reconnect,
         deleted_max: Some(a.deleted_max << 20),
+        precopied: None,
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular

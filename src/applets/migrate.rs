@@ -37,6 +37,14 @@ struct Args {
     /// neighbours) before it runs there, put back here on any failure; restartd must allow it
     #[argh(option)]
     move_address: Option<String>,
+    /// live migration: send the process's memory ahead while it runs, in rounds, and freeze
+    /// it only for what it wrote since (needs Linux 6.7+; otherwise stop-and-copy, said)
+    #[argh(switch)]
+    live: bool,
+    /// the longest the process should be frozen with --live, in milliseconds (default 50);
+    /// the rounds go on until what is left fits half of it
+    #[argh(option, default = "50")]
+    max_downtime: u64,
     /// print the freeze time and the transfer rate
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -88,8 +96,15 @@ fn run(a: &Args) -> Result<()> {
         tcp_established: a.tcp_established,
         unix_reconnect: a.unix_reconnect,
         move_address,
+        live: a.live.then(|| Duration::from_millis(a.max_downtime.max(1))),
     };
     let m = migrate(a.pid, &addrs, &opts)?;
+    if let Some(why) = &m.ahead.not_live {
+        eprintln!("migrate: not live: {why}; the process was frozen for the whole copy");
+    }
+    if let Some(why) = &m.ahead.gave_up {
+        eprintln!("migrate: {why}");
+    }
     for s in &m.report.stubs {
         eprintln!("migrate: {s} (--stub-fd)");
     }
@@ -99,6 +114,14 @@ fn run(a: &Args) -> Result<()> {
     let verb = if a.keep { "copied" } else { "moved" };
     println!("{verb} pid {} to {}: it runs there as pid {}", a.pid, m.peer, m.remote_pid);
     if a.verbose {
+        for (i, (pages, took)) in m.ahead.rounds.iter().enumerate() {
+            eprintln!(
+                "migrate: round {}: {} bytes sent ahead in {:.1} ms",
+                i + 1,
+                pages * crate::crf::PAGE_SIZE as u64,
+                took.as_secs_f64() * 1e3
+            );
+        }
         let secs = m.elapsed.as_secs_f64();
         eprintln!(
             "migrate: frozen {:.1} ms, {} bytes in {:.1} ms ({:.0} MB/s)",

@@ -25,8 +25,11 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRF\0";
-/// Bumped whenever the layout of any section changes; older or newer images are refused.
-pub const VERSION: u32 = 1;
+/// Bumped whenever the layout of any section changes; newer images are refused. Version 2
+/// added kept page runs (pages::RUN_KEPT), so a version 1 image reads as version 2.
+pub const VERSION: u32 = 2;
+/// The oldest version this crs reads.
+pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
 pub const PAGE_SIZE: usize = 4096;
 pub const PREAMBLE_LEN: usize = 16;
@@ -273,12 +276,12 @@ impl<R: Input> Reader<R> {
             return bad(12, "preamble checksum mismatch");
         }
         let version = u32::from_le_bytes([pre[4], pre[5], pre[6], pre[7]]);
-        if version != VERSION {
+        if !(OLDEST..=VERSION).contains(&version) {
             return bad(
                 4,
                 format!(
-                    "CRF format version {version} is not supported (this crs reads version {VERSION}); \
-                     use the crs release that wrote the image"
+                    "CRF format version {version} is not supported (this crs reads versions {OLDEST} to \
+                     {VERSION}); use the crs release that wrote the image"
                 ),
             );
         }
@@ -464,11 +467,23 @@ mod tests {
     #[test]
     fn future_version_is_refused_clearly() {
         let mut img = image();
-        img[4..8].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32fast::hash(&img[0..12]);
-        img[12..16].copy_from_slice(&crc.to_le_bytes());
+        let with_version = |img: &mut Vec<u8>, v: u32| {
+            img[4..8].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32fast::hash(&img[0..12]);
+            img[12..16].copy_from_slice(&crc.to_le_bytes());
+        };
+        with_version(&mut img, VERSION + 1);
         let e = Reader::new(&img[..]).err().unwrap().to_string();
-        assert!(e.contains("version 2 is not supported"), "{e}");
+        assert!(e.contains(&format!("version {} is not supported", VERSION + 1)), "{e}");
+        // Version 1 is version 2 without kept runs: still read.
+        with_version(&mut img, 1);
+        let mut r = Reader::new(&img[..]).unwrap();
+        while let Some(s) = r.next_section().unwrap() {
+            r.payload(&s, "X").unwrap();
+        }
+        assert!(r.complete());
+        with_version(&mut img, 0);
+        assert!(Reader::new(&img[..]).is_err());
     }
 
     #[test]

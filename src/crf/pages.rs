@@ -12,7 +12,11 @@ use std::io::{self, Write};
 /// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
 /// A restore that maps the very same file skips them; one that cannot, writes them.
 pub const RUN_FILE_COPY: u32 = 1;
-const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY;
+/// Run flag (version 2): the pages are not in the image; the receiver of a live migration
+/// holds them already, as sent while the process still ran, unchanged since. A run with this
+/// flag has no data in the batch.
+pub const RUN_KEPT: u32 = 2;
+const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT;
 
 /// Most pages in one batch: 4 MiB of data.
 pub const MAX_BATCH_PAGES: usize = 1024;
@@ -30,6 +34,10 @@ impl Run {
     }
     pub fn is_empty(&self) -> bool {
         self.npages == 0
+    }
+    /// The bytes of data it has in its batch: none for a kept run.
+    pub fn data_len(&self) -> usize {
+        if self.flags & RUN_KEPT != 0 { 0 } else { self.len() }
     }
 }
 
@@ -101,13 +109,14 @@ pub fn read_batch_header<R: Input>(r: &mut Reader<R>, sec: &Section) -> Result<B
         let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
             && run.npages > 0
             && run.flags & !RUN_FLAGS_KNOWN == 0
+            && run.flags != RUN_FILE_COPY | RUN_KEPT
             && run.addr >= prev_end
             && end.is_some_and(|e| e <= 1 << 56);
         if !ok {
             return Err(d.bad_at(at, format!("invalid page run {:#x}+{} pages", run.addr, run.npages)));
         }
         prev_end = end.unwrap_or(0);
-        pages += run.npages as u64;
+        pages += (run.data_len() / PAGE_SIZE) as u64;
         runs.push(run);
     }
     if buf[table..].iter().any(|&b| b != 0) {

@@ -53,6 +53,9 @@ pub struct Options {
     pub tcp_established: bool,
     /// Unix sockets connected to a peer outside are connected again to its name on restore.
     pub unix_reconnect: bool,
+    /// A live migration's pre-copy: its tracking ends once the processes are frozen, and the
+    /// pages the destination holds already are written as kept runs.
+    pub precopied: Option<super::precopy::Precopied>,
 }
 
 impl Options {
@@ -264,6 +267,11 @@ fn frozen_checkpoint<W: Sink>(
         let members = freeze_tree(pid, opts.alone, &mut procs);
         urgent.real_time(false);
         let members = members?;
+        // The last writes of a pre-copy, and its tracking gone before the mappings are read
+        // (they would show a userfaultfd).
+        if let Some(p) = &opts.precopied {
+            p.freeze()?;
+        }
         let clocks = crate::res::clocks::read();
         if recheck {
             check_all(pid, opts, true)?;
@@ -314,7 +322,7 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tcp_conns.lock = conns.lock_name();
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
-        write(out, &states, &mut spare, commit)
+        write(out, &states, &mut spare, opts.precopied.as_ref(), commit)
     })();
     urgent.real_time(true);
     let mut restored = Ok(());
@@ -385,6 +393,35 @@ fn frozen_checkpoint<W: Sink>(
             Err(e)
         }
     }
+}
+
+/// Runs `f` on process `pid`, frozen for that moment (all its threads), with syscalls run in
+/// its leader; then lets it go as it was (registers, signals that came meanwhile).
+pub fn in_process<T>(pid: i32, f: impl FnOnce(&mut Ctl) -> Result<T>) -> Result<T> {
+    let mut procs = Vec::new();
+    let r = freeze_process(pid, &mut procs).and_then(|_| {
+        let p = procs.first_mut().ok_or_else(|| Error::Proc(format!("pid {pid} was not frozen")))?;
+        let rseq = p.t.rseq()?;
+        let live = regs::collect(&p.t, rseq)?.live;
+        p.live = Some(live);
+        let gadget = find_gadget(pid, &procfs::read_maps(pid)?)?;
+        let mut c = Ctl { r: Remote::new(&p.t, gadget, live), scratch: Scratch::default() };
+        let r = f(&mut c);
+        p.held.append(&mut c.r.held);
+        r
+    });
+    let mut back = Ok(());
+    for p in procs {
+        back = back.and(p.put_back());
+        for o in p.others {
+            back = back.and(o.t.detach());
+        }
+        let (m, held) = (p.t.pid, p.held);
+        back = back.and(p.t.detach());
+        redeliver(m, &held);
+    }
+    let r = r?;
+    back.map(|_| r)
 }
 
 fn ms(t0: Instant) -> f64 {
@@ -732,6 +769,7 @@ fn write<W: Sink>(
     out: W,
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
+    precopied: Option<&super::precopy::Precopied>,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<(u64, u64, Vec<String>)> {
     let io = |e: std::io::Error| Error::io("image", e);
@@ -743,7 +781,8 @@ fn write<W: Sink>(
         // A reader restoring from a stream can check the image's header, create the processes
         // and lay out the mappings while we read the pages.
         w.flush().map_err(io)?;
-        pages += memory::dump_pages(st.head.pid, &st.vmas, &mut w, spare)?;
+        let kept = precopied.map(|p| p.kept(st.head.pid, &st.vmas)).transpose()?.unwrap_or_default();
+        pages += memory::dump_pages(st.head.pid, &st.vmas, &kept, &mut w, spare)?;
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));
     }

@@ -29,6 +29,29 @@ pub fn stretches(used: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The parts of sorted ranges `a` not in sorted ranges `b`.
+pub fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(mut s, e) in a {
+        for &(bs, be) in b {
+            if be <= s || bs >= e {
+                continue;
+            }
+            if bs > s {
+                out.push((s, bs.min(e)));
+            }
+            s = s.max(be);
+            if s >= e {
+                break;
+            }
+        }
+        if s < e {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
 /// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
 /// `ranges`.
 pub fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {

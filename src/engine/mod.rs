@@ -8,6 +8,7 @@ pub mod family;
 pub mod inherit;
 pub mod layout;
 pub mod pidns;
+pub mod precopy;
 pub mod restore;
 pub mod spawn;
 pub mod urgent;

@@ -14,6 +14,7 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
+use super::precopy::Store;
 use super::urgent::Urgent;
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
@@ -168,6 +169,17 @@ struct Shared<'a> {
 /// [`restore`], with `policy` deciding from each process's header, before anything of it is
 /// created, whether it may be restored here (restartd's uid rules).
 pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
+    restore_live(input, opts, None, policy)
+}
+
+/// [`restore_checked`] of the image of a live migration, whose first process's pages sent
+/// ahead are in `store` (see engine::precopy).
+pub fn restore_live<R: Input>(
+    input: R,
+    opts: &Options,
+    mut store: Option<&mut Store>,
+    policy: &dyn Fn(&Header) -> Result<()>,
+) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
@@ -215,6 +227,10 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     // reach it.
     let own_session = here.is_none() && (opts.detach || foreign || st.head.sid == st.head.pid);
     let mut notes = Vec::new();
+    // The pages sent ahead, out of the way of the process's mappings before it is forked.
+    if let Some(s) = store.as_deref_mut() {
+        s.clear_of(&st.vmas)?;
+    }
     let grant = opts.grant_caps && creds::is_root();
     let made = Made::make(&mut st, opts, here.as_ref().map(|h| h.path.as_str()), grant, &mut notes)?;
     if opts.timens {
@@ -240,6 +256,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;
+    if let Some(s) = store.as_deref_mut() {
+        s.let_go();
+    }
     let ipc = shared.made.ipc.take();
     let tcp = Some(std::mem::take(&mut shared.made.repaired));
     let mut first: Option<(ProcessState, bool, u8)> = None;
@@ -262,7 +281,9 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
             .iter_mut()
             .find(|p| p.original == original)
             .ok_or_else(|| Error::Proc(format!("pid {original} was not created")))?;
-        let (next, exe_set, null_stdio) = restore_one(&mut rd, &mut sections, batch, &mut st, p, &shared, &mut notes)?;
+        let held = if i == 0 { store.as_deref_mut() } else { None };
+        let (next, exe_set, null_stdio) =
+            restore_one(&mut rd, &mut sections, batch, &mut st, (p, held), &shared, &mut notes)?;
         batch = next;
         if i == 0 {
             first = Some((std::mem::take(&mut st), exe_set, null_stdio));
@@ -366,7 +387,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    p: &mut family::Proc,
+    (p, mut store): (&mut family::Proc, Option<&mut Store>),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -463,9 +484,17 @@ fn restore_one<R: Input>(
         task::unregister_rseq(&mut c, r)?;
     }
     let special = |m: &MapEntry| m.is_vdso_or_vvar() || m.name == "[vsyscall]";
-    let keep: Vec<(u64, u64)> =
-        child_maps.iter().filter(|m| special(m)).map(|m| (m.start, m.end)).chain([(g, g + glen)]).collect();
+    // (And the pages sent ahead, until step 5 moves them into place.)
+    let ahead = store.as_ref().map(|s| s.ranges()).unwrap_or_default();
+    let keep: Vec<(u64, u64)> = child_maps
+        .iter()
+        .filter(|m| special(m))
+        .map(|m| (m.start, m.end))
+        .chain([(g, g + glen)])
+        .chain(ahead.iter().copied())
+        .collect();
     let used: Vec<(u64, u64)> = child_maps.iter().filter(|m| !special(m)).map(|m| (m.start, m.end)).collect();
+    let used = super::layout::minus(&used, &ahead);
     for (start, end) in stretches(&used, &keep) {
         c.munmap(RemoteAddr(start), end - start, &format!("{start:#x}-{end:#x}"))?;
     }
@@ -532,16 +561,37 @@ fn restore_one<R: Input>(
     //    checks where it may go), then every mapping and its pages.
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
     memory::map_all(&mut c, &plans)?;
+    if let Some(st) = store.as_deref_mut() {
+        st.move_into(&mut c, &plans)?;
+    }
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     let mut npages = 0u64;
     let mut s = first_batch;
+    let mut ahead = Vec::new();
     while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
         let b = pages::read_batch_header(rd, &sec)?;
-        let targets = memory::batch_targets(&plans, &b.runs, sec.offset)?;
+        ahead.clear();
+        let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut ahead)?;
+        match store.as_deref_mut() {
+            Some(st) => {
+                st.keep(&ahead)?;
+                st.written(&targets);
+            }
+            None if !ahead.is_empty() => {
+                return Err(Error::Refused(format!(
+                    "the image leaves out pages {:#x}-{:#x} of pid {}, sent ahead in a live migration: it restores only there",
+                    ahead[0].0, ahead[0].1, st.head.pid
+                )));
+            }
+            None => {}
+        }
         npages += (b.data_len / PAGE_SIZE) as u64;
         let data = b.data(rd, &mut buf)?;
         memory::write_batch(pid, &targets, data)?;
         s = rd.next_section()?;
+    }
+    if let Some(st) = store.as_deref() {
+        st.drop_stale(&mut c)?;
     }
     debug!("pid {pid}: {npages} pages written");
 

@@ -1,11 +1,13 @@
 //! The client side of a migration: check the process, connect, prove the key, stream its
 //! image while it is frozen, and commit, so that it never runs twice and is never lost.
 
+use crate::engine::precopy::{Frame, Precopied, Source};
 use crate::error::{Error, Left, Result};
 use crate::net::handshake::client_hello;
 use crate::net::parse_pid;
 use crate::net::stream::FrameWriter;
 use crate::net::{Conn, DEFAULT_PORT, Kind, NetError, Side};
+use log::debug;
 use nix::sys::signal::Signal;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -25,6 +27,20 @@ pub struct Options {
     pub unix_reconnect: bool,
     /// An address that moves with the process (see net::address).
     pub move_address: Option<crate::net::address::Address>,
+    /// Live: send the pages ahead while the process runs, until what is left fits this
+    /// downtime (see engine::precopy); None: stop-and-copy.
+    pub live: Option<Duration>,
+}
+
+/// What a live migration sent ahead.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    /// Per round: pages sent, and how long it took.
+    pub rounds: Vec<(u64, Duration)>,
+    /// Why the rounds stopped before what was left fit the downtime, if they did.
+    pub gave_up: Option<String>,
+    /// Why there was no pre-copy at all (a kernel that cannot track writes).
+    pub not_live: Option<String>,
 }
 
 /// A process that now runs at the destination.
@@ -35,8 +51,10 @@ pub struct Moved {
     pub report: crate::Report,
     /// Image bytes sent.
     pub bytes: u64,
-    /// From the start of the checkpoint to the destination's answer to Commit.
+    /// From the start of the checkpoint (of the pre-copy, if live) to the destination's
+    /// answer to Commit.
     pub elapsed: Duration,
+    pub ahead: Ahead,
 }
 
 /// "host", "host:port", "[v6]:port", "v6" -> addresses (`port` overrides; default 1023).
@@ -108,12 +126,33 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if let Some(a) = opts.move_address {
         crate::net::address::device_of(a)?;
     }
+    let t0 = Instant::now();
     let stream = connect(addrs, opts.timeout).map_err(here)?;
     let peer = stream.peer_addr().unwrap_or(addrs[0]);
     let mut c = Conn::new(stream, Side::Client);
     client_hello(&mut c, opts.key.as_ref()).map_err(|e| here(e.into()))?;
-    let wishes = opts.move_address.map(|a| a.to_string()).unwrap_or_default();
-    c.send(Kind::Options, wishes.as_bytes()).map_err(|e| here(e.into()))?;
+    let mut ahead = Ahead::default();
+    // Its writes tracked from now on (a kernel that cannot: stop-and-copy, said).
+    let mut source = match opts.live.map(|_| Source::arm(pid)).transpose() {
+        Ok(s) => s,
+        Err(e @ Error::NotHere { .. }) => {
+            ahead.not_live = Some(format!("{e}"));
+            None
+        }
+        Err(e) => return Err(here(e)),
+    };
+    let mut wishes: Vec<String> = opts.move_address.map(|a| a.to_string()).into_iter().collect();
+    if source.is_some() {
+        wishes.push("live".into());
+    }
+    c.send(Kind::Options, wishes.join(" ").as_bytes()).map_err(|e| here(e.into()))?;
+    if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
+        && let Err(e) = send_ahead(src, &mut c, budget, &mut ahead)
+    {
+        return Err(explain(e, None, &mut c));
+    }
+    let precopied = source.map(|s| Precopied(std::sync::Arc::new(std::sync::Mutex::new(s))));
+    let flags = crate::Flags { precopied, ..flags };
 
     // Signals that would end us wait until the process is safely here or there.
     let mut hold = nix::sys::signal::SigSet::empty();
@@ -123,7 +162,6 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     let _ = hold.thread_block();
 
     let (mut remote_pid, mut sent) = (0, 0u64);
-    let t0 = Instant::now();
     let mut peer_said = None;
     let mut moved = None;
     let r = std::thread::scope(|s| {
@@ -151,13 +189,70 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             if !report.tcp_lock.is_empty() {
                 crate::res::tcpconn::unlock(&report.tcp_lock)?;
             }
-            Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed() })
+            Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed(), ahead })
         }
         Err(e) => {
             let said = peer_said.and_then(|p| p.lock().ok()?.take());
             Err(explain(e, said, &mut c))
         }
     }
+}
+
+/// Most rounds of a pre-copy.
+const MAX_ROUNDS: usize = 30;
+
+/// A live migration's pre-copy: rounds of pages sent ahead while the process runs, until
+/// what a last round would carry takes at most half of `budget` at the rate the rounds went
+/// (the other half is for the rest of the freeze: the process's other state, the restore
+/// there); or until it is clear it never will (the process writes faster than the link
+/// carries, or MAX_ROUNDS). Then the Freeze frame: the image follows.
+fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead: &mut Ahead) -> Result<()> {
+    const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
+    let mut rate = 0f64;
+    let mut stalled = 0;
+    let mut last_left = u64::MAX;
+    loop {
+        let r = src.round(&mut |f, b| {
+            let kind = match f {
+                Frame::Areas => Kind::Areas,
+                Frame::Pages => Kind::Pages,
+            };
+            c.send_in_place(kind, b).map_err(Error::Net)
+        })?;
+        ahead.rounds.push((r.pages, r.took));
+        let bytes = r.pages * PAGE;
+        // The rate of a round big enough to tell (or the first).
+        if bytes >= 4 << 20 || rate == 0.0 {
+            rate = rate.max(bytes as f64 / r.took.as_secs_f64().max(1e-6));
+        }
+        let left = src.left_bytes()?;
+        let need = Duration::from_secs_f64(left as f64 / rate.max(1.0));
+        debug!(
+            "pid {}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
+            src.pid(),
+            ahead.rounds.len(),
+            r.pages,
+            r.took.as_secs_f64() * 1e3,
+            need.as_secs_f64() * 1e3,
+            rate / 1e6
+        );
+        if need <= budget / 2 {
+            break;
+        }
+        // Written during the round about as fast as it went: no round will be shorter.
+        stalled = if left as f64 >= 0.9 * last_left.min(bytes.max(PAGE)) as f64 { stalled + 1 } else { 0 };
+        last_left = left;
+        if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
+            ahead.gave_up = Some(format!(
+                "pid {} writes its memory about as fast as the link carries it ({:.0} MB/s): the last {} MiB go while it is frozen",
+                src.pid(),
+                rate / 1e6,
+                left >> 20
+            ));
+            break;
+        }
+    }
+    c.send(Kind::Freeze, &[]).map_err(Error::Net)
 }
 
 /// A failure before the copy could run: the process runs on here.

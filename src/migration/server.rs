@@ -1,6 +1,7 @@
 //! The server side of a migration: one client, from the handshake to the process running
 //! here (or nothing left of it). restartd runs it once per connection; any program may.
 
+use crate::engine::precopy::{Store, decode_areas};
 use crate::error::{Error, Result};
 use crate::net::handshake::server_hello;
 use crate::net::pace::Paced;
@@ -124,7 +125,9 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     }
     let mut buf = Vec::new();
     c.expect(Kind::Options, &mut buf).map_err(Error::Net)?;
-    let wish = String::from_utf8_lossy(&buf).into_owned();
+    let wishes = String::from_utf8_lossy(&buf).into_owned();
+    let live = wishes.split_whitespace().any(|w| w == "live");
+    let wish = wishes.split_whitespace().filter(|&w| w != "live").collect::<Vec<_>>().join(" ");
     let addr = match wish.as_str() {
         "" => None,
         w => Some(crate::net::address::Address::parse(w).map_err(|e| Error::Net(NetError::Protocol(e)))?),
@@ -135,7 +138,26 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         info!("{peer}: refused: asked to move address {wish}");
         return Err(Error::Permission(msg.into()));
     }
+    if live && cfg.spool.is_some() {
+        let msg = "this restartd keeps a copy of every image (--spool), which a live migration's is not: migrate without --live";
+        let _ = c.send_error(Code::Forbidden, msg);
+        info!("{peer}: refused: a live migration to a spooling restartd");
+        return Err(Error::Refused(msg.into()));
+    }
     c.s.transfer(cfg.min_rate, cfg.timeout);
+    let mut store = None;
+    if live {
+        let mut st = Store::new(cfg.limit);
+        if let Err(e) = receive_ahead(&mut c, &mut st) {
+            info!("{peer}: live migration failed while pages were sent ahead ({} bytes): {e}", st.received);
+            if !matches!(e, Error::Net(_)) {
+                let _ = c.send_error(code_of(&e), &e.public());
+            }
+            return Err(e);
+        }
+        info!("{peer}: {} bytes sent ahead", st.received);
+        store = Some(st);
+    }
     let mut tee = None;
     if let Some(d) = &cfg.spool {
         let name = format!("{d}/{}-{}.crf", peer.to_string().replace([':', '[', ']'], "_"), std::process::id());
@@ -177,7 +199,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     // How much of the image had arrived when the restore began (the restore is pipelined).
     let progress = fr.progress.clone();
     let began = std::cell::Cell::new(0u64);
-    let r = crate::engine::restore::restore_checked(&mut fr, &opts, &|h| {
+    let r = crate::engine::restore::restore_live(&mut fr, &opts, store.as_mut(), &|h| {
         // Named by its first process (the tree's root), whose header comes first.
         if who_cell.borrow().is_empty() {
             began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
@@ -239,6 +261,19 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     }
     outcome.map(|()| Served { pid, original_pid: restored.original_pid, bytes })
+}
+
+/// A live migration's pre-copy: areas and pages until the source freezes the process.
+fn receive_ahead(c: &mut Conn<Paced>, st: &mut Store) -> Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        match c.recv(&mut buf).map_err(Error::Net)? {
+            Kind::Areas => st.follow(&decode_areas(&buf).map_err(|e| Error::Net(NetError::Protocol(e)))?)?,
+            Kind::Pages => st.pages(&buf)?,
+            Kind::Freeze => return Ok(()),
+            k => return Err(Error::Net(NetError::Protocol(format!("expected pages sent ahead, got {k:?}")))),
+        }
+    }
 }
 
 /// Reports the copy, restored but held (traced, not yet run), and lets it run only on the

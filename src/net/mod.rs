@@ -28,7 +28,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -54,9 +54,15 @@ pub enum Kind {
     Abort = 8,
     Running = 9,
     Error = 10,
-    /// The client's wishes, right after the handshake: the address that moves with the
-    /// process ("10.0.0.100/24"), or nothing.
+    /// The client's wishes, right after the handshake, words apart: the address that moves
+    /// with the process ("10.0.0.100/24"), "live" (pages are sent ahead), or nothing.
     Options = 11,
+    /// Live migration (see engine::precopy): the process's areas whose pages are sent ahead.
+    Areas = 12,
+    /// Live migration: pages sent ahead.
+    Pages = 13,
+    /// Live migration: the process is frozen; its image follows.
+    Freeze = 14,
 }
 
 impl Kind {
@@ -74,6 +80,9 @@ impl Kind {
             9 => Running,
             10 => Error,
             11 => Options,
+            12 => Areas,
+            13 => Pages,
+            14 => Freeze,
             _ => return None,
         })
     }

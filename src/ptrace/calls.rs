@@ -275,6 +275,19 @@ impl Calls {
         self.push(libc::SYS_clone3, args, Box::new(|_, _| Ok(())))
     }
 
+    /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping, pages and
+    /// all, over whatever lies at `to`.
+    pub fn mremap(&mut self, from: u64, len: u64, to: u64) -> &mut Self {
+        let what = format!("{from:#x}-{:#x} to {to:#x}", from + len);
+        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        self.must(libc::SYS_mremap, [from, len, len, flags, to, 0], "mremap", what)
+    }
+
+    pub fn munmap(&mut self, at: u64, len: u64) -> &mut Self {
+        let what = format!("{at:#x}-{:#x}", at + len);
+        self.must(libc::SYS_munmap, [at, len, 0, 0, 0, 0], "munmap", what)
+    }
+
     pub fn mprotect(&mut self, at: RemoteAddr, len: u64, prot: u32) -> &mut Self {
         let what = format!("{at}-{:#x}", at.0 + len);
         self.must(libc::SYS_mprotect, [at.0, len, prot as u64, 0, 0, 0], "mprotect", what)

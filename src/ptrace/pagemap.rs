@@ -159,8 +159,28 @@ impl Pagemap {
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 impl Pagemap {
+    /// The pages of [start, end) that hold data: in memory or in swap, and not the shared zero
+    /// page (which a read of a page dropped with MADV_DONTNEED maps without a write), as runs.
+    /// Needs PAGEMAP_SCAN.
+    pub fn with_data(&mut self, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let ask = ScanArg {
+            category_inverted: PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_PFNZERO,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        self.scan(start, end, ask, |r| match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        })?;
+        Ok(out)
+    }
+
     /// The pages of [start, end) written since they were last write-protected, as runs, and
     /// write-protected again in the same walk (PM_SCAN_WP_MATCHING): the range must be
     /// registered with a userfaultfd in WP_ASYNC mode (see ptrace::wp), or EPERM.

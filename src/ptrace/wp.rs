@@ -46,6 +46,7 @@ struct Register {
 
 /// The writes to some ranges of a process's memory.
 pub struct Tracker {
+    pid: i32,
     uffd: OwnedFd,
     pagemap: Pagemap,
     /// The ranges registered, in order.
@@ -92,42 +93,83 @@ impl Tracker {
             ),
             _ => Error::io(format!("UFFDIO_API (pid {pid})"), e),
         })?;
-        let mut t = Tracker { uffd, pagemap: Pagemap::open(pid)?, ranges: Vec::new(), untracked: Vec::new() };
+        let mut t = Tracker { pid, uffd, pagemap: Pagemap::open(pid)?, ranges: Vec::new(), untracked: Vec::new() };
+        t.add(ranges)?;
+        Ok(t)
+    }
+
+    /// Tracks `ranges` too (as [`Tracker::new`]): the process may run meanwhile. Returns those
+    /// now tracked; the others (gone meanwhile, or a kind uffd-wp does not cover) are not.
+    pub fn add(&mut self, ranges: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+        let pid = self.pid;
+        let mut added = Vec::new();
         for &(start, end) in ranges {
             let mut r = Register { start, len: end - start, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
             // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the
             // range is in the process's address space, not ours.
-            match unsafe { libc::ioctl(t.uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } {
-                0 => t.ranges.push((start, end)),
+            match unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } {
+                0 => added.push((start, end)),
                 _ => match std::io::Error::last_os_error() {
-                    // Not a kind of memory uffd-wp covers (a file's, a special mapping).
-                    e if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
-                        t.untracked.push((start, end))
+                    // Not a kind of memory uffd-wp covers (a file's, a special mapping), or
+                    // unmapped since (ENOMEM).
+                    e if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOMEM)) => {
+                        self.untracked.push((start, end))
                     }
                     e => return Err(Error::io(format!("UFFDIO_REGISTER {start:#x}-{end:#x} (pid {pid})"), e)),
                 },
             }
         }
-        // Protects everything: the first walk finds every page "written" (none is protected
-        // yet) and protects it.
-        t.take()?;
-        Ok(t)
+        // Protects them: the first walk finds every page "written" (none is protected yet) and
+        // protects it.
+        for &(start, end) in &added {
+            self.pagemap
+                .written(start, end)
+                .map_err(|e| Error::io(format!("PAGEMAP_SCAN of {start:#x}-{end:#x} (pid {pid})"), e))?;
+        }
+        self.ranges.extend(&added);
+        self.ranges.sort_unstable();
+        Ok(added)
+    }
+
+    /// The ranges tracked, in order.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// The pagemap of the process, for other questions.
+    pub fn pagemap(&mut self) -> &mut Pagemap {
+        &mut self.pagemap
     }
 
     /// The pages written since the tracker began or since the last call, as runs in address
     /// order; each is protected again in the same walk, so a write that comes after it is
-    /// found by the next call.
-    pub fn take(&mut self) -> Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
+    /// found by the next call. With them, the ranges whose tracking was lost (unmapped, or
+    /// mapped again: what they hold now is unknown), no longer tracked.
+    pub fn take(&mut self) -> Result<Taken> {
+        let mut t = Taken::default();
+        let pid = self.pid;
+        let mut lost = Vec::new();
         for &(start, end) in &self.ranges {
-            let runs = self
-                .pagemap
-                .written(start, end)
-                .map_err(|e| Error::io(format!("PAGEMAP_SCAN of {start:#x}-{end:#x} (written pages)"), e))?;
-            out.extend(runs);
+            match self.pagemap.written(start, end) {
+                Ok(runs) => t.written.extend(runs),
+                // Some of it is not registered memory any more.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT)) => lost.push((start, end)),
+                Err(e) => {
+                    return Err(Error::io(format!("PAGEMAP_SCAN of {start:#x}-{end:#x} (pid {pid})"), e));
+                }
+            }
         }
-        Ok(out)
+        self.ranges.retain(|r| !lost.contains(r));
+        t.lost = lost;
+        Ok(t)
     }
+}
+
+/// What [`Tracker::take`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub written: Vec<(u64, u64)>,
+    pub lost: Vec<(u64, u64)>,
 }
 
 /// Whether this kernel lets crs track a running process's writes, asked on a userfaultfd and
@@ -185,13 +227,14 @@ mod tests {
         let me = std::process::id() as i32;
         let mut t = Tracker::new(me, uffd, &[(at, at + len as u64)]).unwrap();
         assert!(t.untracked.is_empty());
-        assert_eq!(t.take().unwrap(), vec![]);
+        let w = |t: &mut Tracker| t.take().unwrap().written;
+        assert_eq!(w(&mut t), vec![]);
         write(&[5, 40, 41, 63]);
         let pg = |a: u64, b: u64| (at + a * PAGE, at + b * PAGE);
-        assert_eq!(t.take().unwrap(), vec![pg(5, 6), pg(40, 42), pg(63, 64)]);
-        assert_eq!(t.take().unwrap(), vec![]);
+        assert_eq!(w(&mut t), vec![pg(5, 6), pg(40, 42), pg(63, 64)]);
+        assert_eq!(w(&mut t), vec![]);
         write(&[5]);
-        assert_eq!(t.take().unwrap(), vec![pg(5, 6)]);
+        assert_eq!(w(&mut t), vec![pg(5, 6)]);
         let registered = || {
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
             let mut inside = false;

@@ -3,14 +3,16 @@
 //! the process as it arrives.
 
 use super::vmas::*;
-use crate::crf::pages::{self, RUN_FILE_COPY, Run};
+use crate::crf::pages::{self, RUN_FILE_COPY, RUN_KEPT, Run};
 use crate::crf::{PAGE_SIZE, Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::mem;
 use crate::ptrace::pagemap::Pagemap;
 
-/// Which pages of `v` go into the image, as runs of (address, count, flags).
-fn page_runs(pagemap: &mut Pagemap, v: &Vma) -> Result<Vec<Run>> {
+/// Which pages of `v` go into the image, as runs of (address, count, flags); those of an
+/// anonymous mapping that lie in `kept` (sorted ranges the receiver of a live migration holds
+/// already) as kept runs, without data.
+fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<Run>> {
     if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
         return Ok(Vec::new());
     }
@@ -56,8 +58,28 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma) -> Result<Vec<Run>> {
             push(at, file_end, RUN_FILE_COPY);
         }
         _ => {
+            let mut k = kept.partition_point(|r| r.1 <= v.start);
             for t in pagemap.touched(v.start, v.end)? {
-                push(t.start, t.end, 0);
+                let mut at = t.start;
+                while at < t.end {
+                    while k < kept.len() && kept[k].1 <= at {
+                        k += 1;
+                    }
+                    match kept.get(k) {
+                        Some(&(ks, ke)) if ks <= at => {
+                            push(at, ke.min(t.end), RUN_KEPT);
+                            at = ke.min(t.end);
+                        }
+                        Some(&(ks, _)) => {
+                            push(at, ks.min(t.end), 0);
+                            at = ks.min(t.end);
+                        }
+                        None => {
+                            push(at, t.end, 0);
+                            at = t.end;
+                        }
+                    }
+                }
             }
         }
     }
@@ -78,14 +100,28 @@ struct BatchPlan {
 /// MAX_BATCH_PAGES.
 const DUMP_BATCH_PAGES: usize = 256;
 
-/// Splits the pages to store into batches of at most DUMP_BATCH_PAGES.
-fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
+/// Most runs in one batch written.
+const DUMP_BATCH_RUNS: usize = 1024;
+
+/// Splits the pages to store into batches of at most DUMP_BATCH_PAGES pages of data.
+fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<BatchPlan>> {
     let mut pagemap = Pagemap::open(pid)?;
     let mut out = Vec::new();
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        for mut r in page_runs(&mut pagemap, v)? {
+        for mut r in page_runs(&mut pagemap, v, kept)? {
+            if r.flags & RUN_KEPT != 0 {
+                cur.runs.push(r);
+                cur.readable.push(readable);
+                if cur.runs.len() == DUMP_BATCH_RUNS {
+                    out.push(std::mem::replace(
+                        &mut cur,
+                        BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
+                    ));
+                }
+                continue;
+            }
             while r.npages > 0 {
                 let take = (r.npages as usize).min(DUMP_BATCH_PAGES - cur.pages) as u32;
                 cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
@@ -93,7 +129,7 @@ fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
                 cur.pages += take as usize;
                 r.addr += take as u64 * PAGE_SIZE as u64;
                 r.npages -= take;
-                if cur.pages == DUMP_BATCH_PAGES {
+                if cur.pages == DUMP_BATCH_PAGES || cur.runs.len() == DUMP_BATCH_RUNS {
                     out.push(std::mem::replace(
                         &mut cur,
                         BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
@@ -102,7 +138,7 @@ fn plan_batches(pid: i32, vmas: &[Vma]) -> Result<Vec<BatchPlan>> {
             }
         }
     }
-    if cur.pages > 0 {
+    if !cur.runs.is_empty() {
         out.push(cur);
     }
     Ok(out)
@@ -121,6 +157,9 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
         Ok(())
     };
     for (r, &ok) in b.runs.iter().zip(&b.readable) {
+        if r.flags & RUN_KEPT != 0 {
+            continue;
+        }
         if ok {
             if iov.is_empty() {
                 iov_at = off;
@@ -146,9 +185,17 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
 /// the outputs hand buffers back for the reader to fill again.
 /// `spare`: buffers to read batches into, faulted in already (see [`warm_buffers`]); it gets
 /// them back at the end, for the next process.
-pub fn dump_pages<W: Sink>(pid: i32, vmas: &[Vma], w: &mut Writer<W>, spare: &mut Vec<Vec<u8>>) -> Result<u64> {
+/// `kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
+/// otherwise): written as kept runs, without data, and not counted.
+pub fn dump_pages<W: Sink>(
+    pid: i32,
+    vmas: &[Vma],
+    kept: &[(u64, u64)],
+    w: &mut Writer<W>,
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<u64> {
     use std::sync::mpsc::sync_channel;
-    let batches = plan_batches(pid, vmas)?;
+    let batches = plan_batches(pid, vmas, kept)?;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
     std::thread::scope(|s| {
         let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
@@ -219,8 +266,14 @@ pub fn warm_buffers() -> Vec<Vec<u8>> {
 }
 
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
-/// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped.
-pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64) -> Result<Vec<(u64, usize, usize)>> {
+/// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped,
+/// kept runs (no data) go to `kept`.
+pub fn batch_targets(
+    plans: &[Plan],
+    runs: &[Run],
+    at: u64,
+    kept: &mut Vec<(u64, u64)>,
+) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
     let mut off = 0usize;
     for r in runs {
@@ -240,10 +293,12 @@ pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64) -> Result<Vec<(u64, 
                 what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
             }));
         }
-        if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
+        if r.flags & RUN_KEPT != 0 {
+            kept.push((r.addr, end));
+        } else if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
             out.push((r.addr, r.len(), off));
         }
-        off += r.len();
+        off += r.data_len();
     }
     Ok(out)
 }
@@ -279,9 +334,10 @@ mod tests {
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64).is_ok());
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64).is_err());
-        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64).unwrap_err();
+        let k = &mut Vec::new();
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64, k).is_ok());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64, k).is_err());
+        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64, k).unwrap_err();
         assert!(e.to_string().contains("offset 64"), "{e}");
     }
 }

@@ -1,0 +1,774 @@
+//! Pre-copy, for a live migration: the pages of a process's private anonymous memory sent
+//! ahead while it runs, in rounds, so that the final image (made once it is frozen) carries
+//! only what changed since: its other pages are kept runs (crf::pages::RUN_KEPT) that the
+//! destination already holds.
+//!
+//! The source ([`Source`]) tracks the process's writes with userfaultfd write-protection
+//! (ptrace::wp). Each round it follows the process's mappings, tracks the new ones, and sends
+//! the pages that hold data and that the destination does not hold as they are now: those
+//! written since the last round, and those never sent. Writes during a round are found by
+//! the next one; the last, taken frozen, decides what is kept.
+//!
+//! The destination ([`Store`]) holds what it is sent in one mapping of its own per area (a
+//! whole private anonymous mapping of the process, the same size), so that the restore can
+//! move each into place with mremap, no page copied: the restored process is forked from the
+//! holder and inherits them. Both sides follow the same rule when the process's mappings
+//! change ([`Area`] exact match; pages of a changed area carried over where old and new
+//! overlap), so that the source always knows which pages the destination holds.
+//!
+//! What is never pre-copied (sent whole in the final image, as without --live): stacks
+//! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the other processes of a
+//! tree (only the first is tracked).
+
+use super::layout::{find_free, minus};
+use crate::crf::PAGE_SIZE;
+use crate::error::{Error, Result};
+use crate::ptrace::procfs::{self, MapEntry};
+use crate::ptrace::wp::{self, Tracker};
+use crate::res::memory::{self, Vma};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// Pages sent in one frame: 1 MiB of data.
+const FRAME_PAGES: usize = 256;
+
+/// A private anonymous mapping whose pages are sent ahead, as the destination holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Area {
+    pub start: u64,
+    pub end: u64,
+    /// MAP_NORESERVE: the holder's mapping has it too, and the restored one.
+    pub noreserve: bool,
+}
+
+impl Area {
+    fn pages(&self) -> usize {
+        ((self.end - self.start) / PAGE) as usize
+    }
+}
+
+/// Whether a mapping of the image is one whose pages may have been sent ahead: the same test
+/// on both sides ([`eligible_map`] for a running process).
+pub fn eligible(v: &Vma) -> bool {
+    use memory::*;
+    matches!(v.kind, KIND_ANON | KIND_HEAP)
+        && v.file.is_none()
+        && v.flags & (VMA_SHARED | VMA_GROWSDOWN | VMA_DROPPABLE | VMA_SYSV | VMA_REMADE) == 0
+}
+
+/// The area of an eligible mapping.
+pub fn area_of(v: &Vma) -> Area {
+    Area { start: v.start, end: v.end, noreserve: v.flags & memory::VMA_NORESERVE != 0 }
+}
+
+/// [`eligible`] for a mapping of a running process, as smaps shows it.
+fn eligible_map(m: &MapEntry) -> bool {
+    let anon = m.name.is_empty() || m.name == "[heap]" || m.name.starts_with("[anon:");
+    anon && m.inode == 0
+        && !m.shared
+        && m.pkey == 0
+        && !["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].iter().any(|f| m.has_flag(f))
+}
+
+/// Areas frame: u32 count, then per area u64 start, u64 end, u32 flags (bit 0: noreserve),
+/// u32 zero.
+pub fn encode_areas(areas: &[Area]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + areas.len() * 24);
+    b.extend((areas.len() as u32).to_le_bytes());
+    for a in areas {
+        b.extend(a.start.to_le_bytes());
+        b.extend(a.end.to_le_bytes());
+        b.extend((a.noreserve as u32).to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+    }
+    b
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
+
+/// Reads an Areas frame: areas in order, page-aligned, not overlapping, in user space.
+pub fn decode_areas(b: &[u8]) -> std::result::Result<Vec<Area>, String> {
+    let n = le32(b, 0) as usize;
+    if b.len() != 4 + n * 24 {
+        return Err(format!("an Areas frame of {} bytes for {n} areas", b.len()));
+    }
+    let mut out: Vec<Area> = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = 4 + i * 24;
+        let a = Area { start: le64(b, at), end: le64(b, at + 8), noreserve: le32(b, at + 16) & 1 != 0 };
+        let ok = a.start.is_multiple_of(PAGE)
+            && a.end.is_multiple_of(PAGE)
+            && a.start < a.end
+            && a.end <= 1 << 56
+            && out.last().is_none_or(|p| p.end <= a.start);
+        if !ok {
+            return Err(format!("area {:#x}-{:#x} is not a mapping's", a.start, a.end));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// A Pages frame: u32 run count, u32 zero, per run u64 address, u32 pages, u32 zero; then the
+/// pages' data, in order.
+fn pages_header(runs: &[(u64, u64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 + runs.len() * 16);
+    b.extend((runs.len() as u32).to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    for &(s, e) in runs {
+        b.extend(s.to_le_bytes());
+        b.extend((((e - s) / PAGE) as u32).to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+    }
+    b
+}
+
+/// The frames a round sends (the protocol's Areas and Pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Areas,
+    Pages,
+}
+
+/// What one round sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Round {
+    pub pages: u64,
+    pub took: Duration,
+}
+
+/// The source side: the process's writes tracked, and which pages the destination holds.
+pub struct Source {
+    pid: i32,
+    /// None once the last round is taken (the process is frozen): the process is left with
+    /// no trace of it.
+    tracker: Option<Tracker>,
+    /// Per area the destination holds, by start: a flag per page, set when it holds the page
+    /// as it is now.
+    held: BTreeMap<u64, (Area, Vec<bool>)>,
+    pub rounds: Vec<Round>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source(pid {}, {} areas, {} rounds)", self.pid, self.held.len(), self.rounds.len())
+    }
+}
+
+impl Source {
+    /// Starts tracking the writes of process `pid` (a userfaultfd made in it, taken out: it
+    /// is frozen for that moment). A kernel without asynchronous write-protection is
+    /// [`Error::NotHere`].
+    pub fn arm(pid: i32) -> Result<Source> {
+        wp::available().map_err(|why| Error::not_here(format!("tracking the writes of pid {pid}"), why))?;
+        let uffd = super::checkpoint::in_process(pid, wp::uffd_of)?;
+        let tracker = Tracker::new(pid, uffd, &[])?;
+        Ok(Source { pid, tracker: Some(tracker), held: BTreeMap::new(), rounds: Vec::new() })
+    }
+
+    fn tracker(&mut self) -> Result<&mut Tracker> {
+        self.tracker.as_mut().ok_or_else(|| Error::Proc("pre-copy after the last round".into()))
+    }
+
+    /// The areas now held, in order.
+    fn areas(&self) -> Vec<Area> {
+        self.held.values().map(|h| h.0).collect()
+    }
+
+    /// Bytes the destination holds.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.values().map(|h| h.1.iter().filter(|&&x| x).count() as u64).sum::<u64>() * PAGE
+    }
+
+    /// Follows the process's areas now, as [`Store::follow`] does with the areas it is sent:
+    /// returns them when they changed (the caller sends them before any page of the round).
+    /// What a lost range holds now is unknown: it is sent again.
+    fn follow(&mut self, areas: &[Area], lost: &[(u64, u64)]) -> Option<Vec<Area>> {
+        self.forget(lost);
+        if self.areas() == areas {
+            return None;
+        }
+        let mut next = BTreeMap::new();
+        for &a in areas {
+            let bits = match self.held.get(&a.start) {
+                Some((old, bits)) if *old == a => bits.clone(),
+                _ => {
+                    let mut bits = vec![false; a.pages()];
+                    for (old, obits) in self.held.values().filter(|(o, _)| o.end > a.start && o.start < a.end) {
+                        let (s, e) = (old.start.max(a.start), old.end.min(a.end));
+                        let (from, to) = (((s - old.start) / PAGE) as usize, ((s - a.start) / PAGE) as usize);
+                        let n = ((e - s) / PAGE) as usize;
+                        bits[to..to + n].copy_from_slice(&obits[from..from + n]);
+                    }
+                    bits
+                }
+            };
+            next.insert(a.start, (a, bits));
+        }
+        self.held = next;
+        Some(self.areas())
+    }
+
+    /// The destination no longer holds `ranges` as they are (written, or lost).
+    fn forget(&mut self, ranges: &[(u64, u64)]) {
+        for &(s, e) in ranges {
+            for (a, bits) in self.held.values_mut().filter(|(a, _)| a.end > s && a.start < e) {
+                let (from, to) =
+                    (((s.max(a.start) - a.start) / PAGE) as usize, ((e.min(a.end) - a.start) / PAGE) as usize);
+                bits[from..to].iter_mut().for_each(|b| *b = false);
+            }
+        }
+    }
+
+    /// One round: follows the mappings, tracks new ones, sends (`send(areas, pages)`: an
+    /// Areas frame when they changed, then Pages frames) the pages that hold data and that the
+    /// destination does not hold as they are. Returns what it sent.
+    pub fn round(&mut self, send: &mut dyn FnMut(Frame, &mut Vec<u8>) -> Result<()>) -> Result<Round> {
+        let t0 = Instant::now();
+        let pid = self.pid;
+        let maps = procfs::read_smaps(pid)?;
+        let readable: Vec<(u64, u64)> =
+            maps.iter().filter(|m| eligible_map(m) && m.read).map(|m| (m.start, m.end)).collect();
+        let areas: Vec<Area> = maps
+            .iter()
+            .filter(|m| eligible_map(m))
+            .map(|m| Area { start: m.start, end: m.end, noreserve: m.has_flag("nr") })
+            .collect();
+        let taken = self.tracker()?.take()?;
+        self.forget(&taken.written);
+        if let Some(now) = self.follow(&areas, &taken.lost) {
+            send(Frame::Areas, &mut encode_areas(&now))?;
+        }
+        let spans: Vec<(u64, u64)> = areas.iter().map(|a| (a.start, a.end)).collect();
+        let fresh = minus(&spans, self.tracker()?.ranges());
+        // Tracked from now on; what they hold now is sent below (the destination holds none of it).
+        self.tracker()?.add(&fresh)?;
+        let mut want: Vec<(u64, u64)> = Vec::new();
+        for &(s, e) in &readable {
+            let data = self
+                .tracker()?
+                .pagemap()
+                .with_data(s, e)
+                .map_err(|e| Error::io(format!("PAGEMAP_SCAN (pid {pid})"), e))?;
+            let (a, bits) = match self.held.get(&s) {
+                Some(h) => h,
+                None => continue,
+            };
+            // Runs never span two areas (the destination holds each apart).
+            let first = want.len();
+            for (ds, de) in data {
+                let mut p = ds;
+                while p < de {
+                    let i = ((p - a.start) / PAGE) as usize;
+                    if !bits.get(i).copied().unwrap_or(true) {
+                        let n = want.len();
+                        match want.last_mut() {
+                            Some(w) if w.1 == p && n > first => w.1 = p + PAGE,
+                            _ => want.push((p, p + PAGE)),
+                        }
+                    }
+                    p += PAGE;
+                }
+            }
+        }
+        let mut sent = 0u64;
+        let mut batch: Vec<(u64, u64)> = Vec::new();
+        let mut n = 0usize;
+        let mut flush = |batch: &mut Vec<(u64, u64)>, me: &mut Source| -> Result<u64> {
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            let got = me.send_batch(batch, send)?;
+            batch.clear();
+            Ok(got)
+        };
+        for &(s, e) in &want {
+            let mut at = s;
+            while at < e {
+                let take = ((e - at) / PAGE).min((FRAME_PAGES - n) as u64);
+                batch.push((at, at + take * PAGE));
+                n += take as usize;
+                at += take * PAGE;
+                if n == FRAME_PAGES {
+                    sent += flush(&mut batch, self)?;
+                    n = 0;
+                }
+            }
+        }
+        sent += flush(&mut batch, self)?;
+        let r = Round { pages: sent, took: t0.elapsed() };
+        self.rounds.push(r);
+        Ok(r)
+    }
+
+    /// Reads `runs` from the process and sends them as one Pages frame; marks them held.
+    /// Runs unmapped meanwhile are left out (the next round finds the change). Returns the
+    /// pages sent.
+    fn send_batch(
+        &mut self,
+        runs: &[(u64, u64)],
+        send: &mut dyn FnMut(Frame, &mut Vec<u8>) -> Result<()>,
+    ) -> Result<u64> {
+        let pid = self.pid;
+        let total: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+        let mut frame = pages_header(runs);
+        let head = frame.len();
+        frame.resize(head + total as usize, 0);
+        let iov: Vec<(u64, usize)> = runs.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
+        let runs: Vec<(u64, u64)> = if crate::ptrace::mem::read_runs(pid, &iov, &mut frame[head..]).is_ok() {
+            runs.to_vec()
+        } else {
+            // One of them went away: each alone, those that still read.
+            let mut ok = Vec::new();
+            let mut data = Vec::new();
+            for &(s, e) in runs {
+                let mut b = vec![0u8; (e - s) as usize];
+                if crate::ptrace::mem::read_runs(pid, &[(s, b.len())], &mut b).is_ok() {
+                    ok.push((s, e));
+                    data.extend(b);
+                }
+            }
+            frame = pages_header(&ok);
+            frame.extend(data);
+            ok
+        };
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        send(Frame::Pages, &mut frame)?;
+        for &(s, e) in &runs {
+            for (a, bits) in self.held.values_mut().filter(|(a, _)| a.end > s && a.start < e) {
+                let (from, to) =
+                    (((s.max(a.start) - a.start) / PAGE) as usize, ((e.min(a.end) - a.start) / PAGE) as usize);
+                bits[from..to].iter_mut().for_each(|b| *b = true);
+            }
+        }
+        Ok(runs.iter().map(|r| (r.1 - r.0) / PAGE).sum())
+    }
+
+    /// What a round now would send, in bytes: the pages written since the last round (found,
+    /// and protected again: the next round sends them) and those never sent, that hold data.
+    pub fn left_bytes(&mut self) -> Result<u64> {
+        let pid = self.pid;
+        let taken = self.tracker()?.take()?;
+        self.forget(&taken.written);
+        self.forget(&taken.lost);
+        let areas: Vec<Area> = self.areas();
+        let mut left = 0;
+        for a in areas {
+            let data = self.tracker()?.pagemap().with_data(a.start, a.end);
+            let data = data.map_err(|e| Error::io(format!("PAGEMAP_SCAN (pid {pid})"), e))?;
+            let bits = &self.held[&a.start].1;
+            for (s, e) in data {
+                let (i, j) = (((s - a.start) / PAGE) as usize, ((e - a.start) / PAGE) as usize);
+                left += bits[i..j].iter().filter(|&&x| !x).count() as u64 * PAGE;
+            }
+        }
+        Ok(left)
+    }
+
+    /// The process is frozen: the last writes are taken and the tracking ends (the
+    /// process's mappings are left unregistered, as they were).
+    pub fn freeze(&mut self) -> Result<()> {
+        let Some(mut t) = self.tracker.take() else { return Ok(()) };
+        let taken = t.take()?;
+        self.forget(&taken.written);
+        self.forget(&taken.lost);
+        drop(t);
+        Ok(())
+    }
+
+    /// For the frozen process's mappings `vmas` (after [`Source::freeze`]): the sorted ranges
+    /// whose pages the destination holds as they are, and that hold data now (what the image
+    /// writes as kept runs).
+    pub fn kept(&mut self, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
+        if self.tracker.is_some() {
+            return Err(Error::Proc("pre-copy: kept pages asked for before the last round".into()));
+        }
+        let pid = self.pid;
+        let mut pm = crate::ptrace::pagemap::Pagemap::open(pid)?;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for v in vmas.iter().filter(|v| eligible(v)) {
+            let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| *a == area_of(v)) else { continue };
+            let data = pm.with_data(a.start, a.end).map_err(|e| Error::io(format!("PAGEMAP_SCAN (pid {pid})"), e))?;
+            let first = out.len();
+            for (ds, de) in data {
+                let mut p = ds;
+                while p < de {
+                    if bits[((p - a.start) / PAGE) as usize] {
+                        let n = out.len();
+                        match out.last_mut() {
+                            Some(w) if w.1 == p && n > first => w.1 = p + PAGE,
+                            _ => out.push((p, p + PAGE)),
+                        }
+                    }
+                    p += PAGE;
+                }
+            }
+        }
+        log::debug!(
+            "pid {pid}: {} of {} bytes held kept",
+            out.iter().map(|r| r.1 - r.0).sum::<u64>(),
+            self.held_bytes()
+        );
+        Ok(out)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+/// The source of a live migration, for the checkpoint that ends it (ckpt's Options carry it).
+#[derive(Clone)]
+pub struct Precopied(pub std::sync::Arc<std::sync::Mutex<Source>>);
+
+impl std::fmt::Debug for Precopied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Precopied")
+    }
+}
+
+impl Precopied {
+    fn with<T>(&self, f: impl FnOnce(&mut Source) -> Result<T>) -> Result<T> {
+        let mut s = self.0.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
+        f(&mut s)
+    }
+    /// See [`Source::freeze`].
+    pub fn freeze(&self) -> Result<()> {
+        self.with(|s| s.freeze())
+    }
+    /// See [`Source::kept`]; nothing for another process than the tracked one.
+    pub fn kept(&self, pid: i32, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
+        self.with(|s| if s.pid == pid { s.kept(vmas) } else { Ok(Vec::new()) })
+    }
+}
+
+/// One area held at the destination: a mapping of ours, and per page 0 (nothing), 1 (as
+/// received), and during the restore 2 (kept) or 3 (written over by the image).
+struct Held {
+    area: Area,
+    local: u64,
+    state: Vec<u8>,
+}
+
+/// The destination side: the pages sent ahead, in mappings of ours shaped as the process's.
+pub struct Store {
+    held: BTreeMap<u64, Held>,
+    /// Most bytes of areas held.
+    limit: u64,
+    /// Bytes of pages received.
+    pub received: u64,
+    /// Our mappings are the restored process's now (see [`Store::let_go`]).
+    let_go: bool,
+}
+
+fn map_local(len: u64, noreserve: bool) -> Result<u64> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if noreserve { libc::MAP_NORESERVE } else { 0 };
+    // SAFETY: a new anonymous mapping at an address the kernel chooses: it touches nothing of
+    // ours.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(Error::sys("mmap", format!("{len} bytes for pages sent ahead"), nix::errno::Errno::last()));
+    }
+    Ok(p as u64)
+}
+
+fn unmap_local(at: u64, len: u64) {
+    // SAFETY: `at` is a mapping of `len` bytes this store made and owns; nothing else points
+    // into it.
+    unsafe { libc::munmap(at as *mut libc::c_void, len as usize) };
+}
+
+impl Store {
+    pub fn new(limit: u64) -> Store {
+        Store { held: BTreeMap::new(), limit, received: 0, let_go: false }
+    }
+
+    /// The areas the process has now (an Areas frame): those held already stay, a changed one
+    /// gets the pages of the old ones where they overlap, the others go.
+    pub fn follow(&mut self, areas: &[Area]) -> Result<()> {
+        let total: u64 = areas.iter().map(|a| a.end - a.start).sum();
+        if total > self.limit {
+            return Err(Error::Refused(format!(
+                "the process's memory sent ahead ({total} bytes of mappings) exceeds this restartd's limit ({} bytes)",
+                self.limit
+            )));
+        }
+        let mut old = std::mem::take(&mut self.held);
+        for &a in areas {
+            if old.get(&a.start).is_some_and(|h| h.area == a)
+                && let Some(h) = old.remove(&a.start)
+            {
+                self.held.insert(a.start, h);
+                continue;
+            }
+            let local = map_local(a.end - a.start, a.noreserve)?;
+            let mut h = Held { area: a, local, state: vec![0; a.pages()] };
+            // Carried over from the old areas: the very pages the source counts as held.
+            for o in old.values().filter(|o| o.area.end > a.start && o.area.start < a.end) {
+                let (s, e) = (o.area.start.max(a.start), o.area.end.min(a.end));
+                for p in (s..e).step_by(PAGE as usize) {
+                    let (i, j) = (((p - o.area.start) / PAGE) as usize, ((p - a.start) / PAGE) as usize);
+                    if o.state[i] == 1 {
+                        // SAFETY: both pages lie inside mappings this store owns (i and j are
+                        // within their areas), which do not overlap.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                (o.local + i as u64 * PAGE) as *const u8,
+                                (h.local + j as u64 * PAGE) as *mut u8,
+                                PAGE as usize,
+                            )
+                        };
+                        h.state[j] = 1;
+                    }
+                }
+            }
+            self.held.insert(a.start, h);
+        }
+        for h in old.into_values() {
+            unmap_local(h.local, h.area.end - h.area.start);
+        }
+        Ok(())
+    }
+
+    /// A Pages frame: each run must lie in one area held.
+    pub fn pages(&mut self, b: &[u8]) -> Result<()> {
+        let bad = |what: String| Error::Net(crate::net::NetError::Protocol(format!("pages sent ahead: {what}")));
+        let n = le32(b, 0) as usize;
+        let head = 8 + n * 16;
+        if b.len() < head {
+            return Err(bad(format!("a frame of {} bytes for {n} runs", b.len())));
+        }
+        let mut off = head;
+        for i in 0..n {
+            let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
+            let e = s.checked_add(np * PAGE).unwrap_or(0);
+            let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| h.area.start <= s && e <= h.area.end);
+            let Some(h) = h.filter(|_| s.is_multiple_of(PAGE) && np > 0) else {
+                return Err(bad(format!("run {s:#x}+{np} pages lies outside the areas")));
+            };
+            let len = (np * PAGE) as usize;
+            let data = b.get(off..off + len).ok_or_else(|| bad("data shorter than its runs".into()))?;
+            let at = s - h.area.start;
+            // SAFETY: [at, at + len) lies inside the area's mapping, ours (checked above).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (h.local + at) as *mut u8, len) };
+            let i = (at / PAGE) as usize;
+            h.state[i..i + np as usize].iter_mut().for_each(|x| *x = 1);
+            off += len;
+            self.received += len as u64;
+        }
+        // The source stops its rounds well before this (engine::precopy, MAX_ROUNDS).
+        if self.received > 32 * self.limit.min(1 << 40) {
+            return Err(Error::Refused(format!(
+                "{} bytes sent ahead: more than rounds of a live migration send",
+                self.received
+            )));
+        }
+        if off != b.len() {
+            return Err(bad("data longer than its runs".into()));
+        }
+        Ok(())
+    }
+
+    /// Before the restored process is forked: moves every mapping of ours that overlaps one
+    /// of the image's `vmas` elsewhere (in our own address space, pages and all), so that the
+    /// process's mappings can be made where they were.
+    pub fn clear_of(&mut self, vmas: &[Vma]) -> Result<()> {
+        let me = std::process::id() as i32;
+        let mut avoid: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        avoid.extend(procfs::read_maps(me)?.iter().map(|m| (m.start, m.end)));
+        for h in self.held.values_mut() {
+            let len = h.area.end - h.area.start;
+            if !vmas.iter().any(|v| v.end > h.local && v.start < h.local + len) {
+                continue;
+            }
+            let to =
+                find_free(&avoid, len).ok_or_else(|| Error::Refused("no room to move the pages sent ahead".into()))?;
+            // SAFETY: moves our own mapping to `to`, a range nothing of ours uses (read from
+            // our maps above, and kept in `avoid` as each is placed).
+            let r = unsafe {
+                libc::mremap(
+                    h.local as *mut libc::c_void,
+                    len as usize,
+                    len as usize,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to as *mut libc::c_void,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return Err(Error::sys("mremap", format!("pages sent ahead to {to:#x}"), nix::errno::Errno::last()));
+            }
+            avoid.push((to, to + len));
+            h.local = to;
+        }
+        Ok(())
+    }
+
+    /// Our mappings, as (start, end): the restored process's to keep until it moves them.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut r: Vec<(u64, u64)> =
+            self.held.values().map(|h| (h.local, h.local + h.area.end - h.area.start)).collect();
+        r.sort_unstable();
+        r
+    }
+
+    /// Once the restored process is forked: our copies go (on a thread of their own: freeing
+    /// a GiB takes milliseconds), so that its pages are its own alone and its writes copy
+    /// nothing. What the restore needs to know of them stays.
+    pub fn let_go(&mut self) {
+        let ranges = self.ranges();
+        std::thread::spawn(move || {
+            for (s, e) in ranges {
+                unmap_local(s, e - s);
+            }
+        });
+        self.let_go = true;
+    }
+
+    /// In the restored process (`c`), its pages moved into place: each area held that is
+    /// one of the image's mappings (the same range and kind) replaces it, the others are
+    /// unmapped. `plans` is sorted by address.
+    pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan]) -> Result<()> {
+        let mut l = crate::ptrace::calls::Calls::new();
+        for h in self.held.values_mut() {
+            let (local, len) = (h.local, h.area.end - h.area.start);
+            let i = plans.partition_point(|p| p.vma.end <= h.area.start);
+            let matched = plans.get(i).is_some_and(|p| eligible(&p.vma) && area_of(&p.vma) == h.area);
+            if matched {
+                l.mremap(local, len, h.area.start);
+            } else {
+                l.munmap(local, len);
+                h.state.iter_mut().for_each(|x| *x = 0);
+            }
+        }
+        let area = c.scratch.clone();
+        c.run_at_once(&l, &area).map(drop)
+    }
+
+    /// Kept runs of the image, `runs` (start, end): each must be pages held as received.
+    pub fn keep(&mut self, runs: &[(u64, u64)]) -> Result<()> {
+        for &(s, e) in runs {
+            let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| e <= h.area.end);
+            let ok = h.is_some_and(|h| {
+                let (i, j) = (((s - h.area.start) / PAGE) as usize, ((e - h.area.start) / PAGE) as usize);
+                let ok = h.state[i..j].iter().all(|&x| x == 1 || x == 2);
+                h.state[i..j].iter_mut().for_each(|x| *x = 2);
+                ok
+            });
+            if !ok {
+                return Err(Error::Refused(format!(
+                    "the image keeps pages {s:#x}-{e:#x} as sent ahead, which did not arrive: it restores only from a live migration that sent them"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages the image writes: not to be dropped.
+    pub fn written(&mut self, targets: &[(u64, usize, usize)]) {
+        for &(s, len, _) in targets {
+            let e = s + len as u64;
+            for h in self.held.values_mut().filter(|h| h.area.end > s && h.area.start < e) {
+                let (i, j) = (
+                    ((s.max(h.area.start) - h.area.start) / PAGE) as usize,
+                    ((e.min(h.area.end) - h.area.start) / PAGE) as usize,
+                );
+                h.state[i..j].iter_mut().filter(|x| **x == 1).for_each(|x| *x = 3);
+            }
+        }
+    }
+
+    /// After the image's pages: every page held that the image neither kept nor wrote held
+    /// nothing at the freeze, and is dropped in the restored process (it reads as zero).
+    pub fn drop_stale(&self, c: &mut crate::ptrace::Ctl) -> Result<()> {
+        let mut l = crate::ptrace::calls::Calls::new();
+        for h in self.held.values() {
+            let mut i = 0;
+            while i < h.state.len() {
+                if h.state[i] != 1 {
+                    i += 1;
+                    continue;
+                }
+                let j = i + h.state[i..].iter().take_while(|&&x| x == 1).count();
+                let at = h.area.start + i as u64 * PAGE;
+                l.madvise(
+                    crate::ptrace::RemoteAddr(at),
+                    (j - i) as u64 * PAGE,
+                    libc::MADV_DONTNEED,
+                    "madvise(MADV_DONTNEED)",
+                );
+                i = j;
+            }
+        }
+        let area = c.scratch.clone();
+        c.run_at_once(&l, &area).map(drop)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        for h in self.held.values().filter(|_| !self.let_go) {
+            unmap_local(h.local, h.area.end - h.area.start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_minus_ranges() {
+        assert_eq!(minus(&[(0, 100)], &[(10, 20), (30, 40)]), vec![(0, 10), (20, 30), (40, 100)]);
+        assert_eq!(minus(&[(0, 100)], &[(0, 100)]), vec![]);
+        assert_eq!(minus(&[(0, 10), (20, 30)], &[(5, 25)]), vec![(0, 5), (25, 30)]);
+        assert_eq!(minus(&[(0, 10)], &[]), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn areas_round_trip_and_bad_ones_are_refused() {
+        let a = vec![
+            Area { start: 0x1000, end: 0x5000, noreserve: true },
+            Area { start: 0x8000, end: 0x9000, noreserve: false },
+        ];
+        assert_eq!(decode_areas(&encode_areas(&a)).unwrap(), a);
+        let overlap = vec![a[0], Area { start: 0x4000, end: 0x6000, noreserve: false }];
+        assert!(decode_areas(&encode_areas(&overlap)).is_err());
+        assert!(decode_areas(&encode_areas(&a)[..10]).is_err());
+    }
+
+    /// The source and the store follow a change of areas by the same rule: what the source
+    /// counts as held is what the store has.
+    #[test]
+    fn store_carries_pages_over_as_the_source_counts_them() {
+        let mut st = Store::new(1 << 30);
+        let a = Area { start: 0x10000, end: 0x14000, noreserve: false };
+        st.follow(&[a]).unwrap();
+        let mut frame = pages_header(&[(0x11000, 0x13000)]);
+        frame.extend(std::iter::repeat_n(7u8, 2 * PAGE as usize));
+        st.pages(&frame).unwrap();
+        assert_eq!(st.received, 2 * PAGE);
+        // The area grows: the pages received stay, at the same addresses.
+        let b = Area { start: 0x10000, end: 0x18000, noreserve: false };
+        st.follow(&[b]).unwrap();
+        let h = &st.held[&0x10000];
+        assert_eq!(h.state[..4], [0, 1, 1, 0]);
+        // SAFETY: page 1 of the store's own mapping.
+        assert_eq!(unsafe { *((h.local + PAGE) as *const u8) }, 7);
+        // A run outside every area is refused.
+        let mut out = pages_header(&[(0x30000, 0x31000)]);
+        out.extend(vec![0u8; PAGE as usize]);
+        assert!(st.pages(&out).is_err());
+        // Kept pages must have arrived.
+        assert!(st.keep(&[(0x11000, 0x13000)]).is_ok());
+        assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
+    }
+}

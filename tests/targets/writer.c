@@ -1,0 +1,120 @@
+/* Live migration target: keeps writing its memory at a steady rate, each page in a form it
+ * can check, and measures how long it was stopped.
+ * argv[1]: log file; argv[2]: MiB of memory; argv[3]: MB/s written (pages rewritten whole, at
+ * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
+ * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then.
+ * On SIGUSR1 it checks every page against its own record and logs
+ * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
+ * check, CLOCK_MONOTONIC) or "BAD ...". */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+#define SIDE_PAGES 64
+#define ZERO 0xffffffffu
+
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+/* Page i of generation g: its index, its generation, then bytes that depend on both. */
+static void fill(unsigned char *p, uint64_t i, uint32_t g) {
+    memcpy(p, &i, 8);
+    memcpy(p + 8, &g, 4);
+    for (int k = 12; k < PAGE; k++) p[k] = (unsigned char)(i * 31 + g * 7 + k);
+}
+
+static int good(const unsigned char *p, uint64_t i, uint32_t g) {
+    if (g == ZERO) {
+        for (int k = 0; k < PAGE; k++)
+            if (p[k]) return 0;
+        return 1;
+    }
+    unsigned char want[PAGE];
+    fill(want, i, g);
+    return memcmp(p, want, PAGE) == 0;
+}
+
+int main(int argc, char **argv) {
+    close_range(3, ~0U, 0);
+    int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0644);
+    size_t pages = ((size_t)atol(argc > 2 ? argv[2] : "64") << 20) / PAGE;
+    double rate = atof(argc > 3 ? argv[3] : "10") * 1e6 / PAGE; /* pages per second */
+    int churn = argc > 4 && strcmp(argv[4], "churn") == 0;
+    unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned char *side = mmap(0, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint32_t *gen = calloc(pages, sizeof *gen);
+    if (mem == MAP_FAILED || side == MAP_FAILED || !gen) return 1;
+    for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
+    uint32_t side_gen = 0;
+    for (size_t i = 0; i < SIDE_PAGES; i++) fill(side + i * PAGE, i, side_gen);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_usr1;
+    sigaction(SIGUSR1, &sa, 0);
+    uint64_t seed = 88172645463325252ull, writes = 0, gap = 0;
+    uint64_t start = now_ns(), last = start;
+    dprintf(log, "ready %d\n", getpid());
+    for (;;) {
+        uint64_t t = now_ns();
+        if (t - last > gap) gap = t - last;
+        last = t;
+        if (asked) {
+            asked = 0;
+            size_t bad = pages;
+            for (size_t i = 0; i < pages && bad == pages; i++)
+                if (!good(mem + i * PAGE, i, gen[i])) bad = i;
+            size_t side_bad = SIDE_PAGES;
+            for (size_t i = 0; i < SIDE_PAGES && side_bad == SIDE_PAGES; i++)
+                if (!good(side + i * PAGE, i, side_gen == 0 || i % 2 == 0 ? side_gen : ZERO)) side_bad = i;
+            if (bad < pages)
+                dprintf(log, "BAD page %zu (generation %u) pid %d\n", bad, gen[bad], getpid());
+            else if (side_bad < SIDE_PAGES)
+                dprintf(log, "BAD side page %zu (generation %u) pid %d\n", side_bad, side_gen, getpid());
+            else
+                dprintf(log, "ok writes=%llu gap_us=%llu pid %d\n", (unsigned long long)writes,
+                        (unsigned long long)(gap / 1000), getpid());
+            gap = 0;
+            last = now_ns();
+            continue;
+        }
+        /* As many writes as the rate asks by now, then a short sleep. */
+        uint64_t due = (uint64_t)((double)(t - start) * 1e-9 * rate);
+        while (writes < due) {
+            seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+            size_t i = seed % pages;
+            gen[i] = gen[i] == ZERO ? 1 : gen[i] + 1;
+            fill(mem + i * PAGE, i, gen[i]);
+            writes++;
+            if (churn && writes % 97 == 0) {
+                size_t j = (seed >> 20) % pages;
+                madvise(mem + j * PAGE, PAGE, MADV_DONTNEED);
+                gen[j] = ZERO;
+                /* A read maps the zero page, which no write marks. */
+                if (*(volatile unsigned char *)(mem + j * PAGE + 100)) return 2;
+            }
+            if (churn && writes % 1009 == 0) {
+                side = mmap(side, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                if (side == MAP_FAILED) return 3;
+                side_gen++;
+                /* Every other page written again: the others read as zero. */
+                for (size_t k = 0; k < SIDE_PAGES; k += 2) fill(side + k * PAGE, k, side_gen);
+            }
+        }
+        struct timespec s = {0, 200 * 1000};
+        nanosleep(&s, 0);
+    }
+}
