@@ -42,7 +42,7 @@ struct Args {
     #[argh(switch)]
     live: bool,
     /// the longest the process should be frozen with --live, in milliseconds (default 50);
-    /// the rounds go on until what is left fits half of it
+    /// the rounds go on until what is left fits a tenth of it (half, once they stop shrinking)
     #[argh(option, default = "50")]
     max_downtime: u64,
     /// print the freeze time and the transfer rate

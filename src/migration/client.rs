@@ -202,10 +202,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
 const MAX_ROUNDS: usize = 30;
 
 /// A live migration's pre-copy: rounds of pages sent ahead while the process runs, until
-/// what a last round would carry takes at most half of `budget` at the rate the rounds went
-/// (the other half is for the rest of the freeze: the process's other state, the restore
-/// there); or until it is clear it never will (the process writes faster than the link
-/// carries, or MAX_ROUNDS). Then the Freeze frame: the image follows.
+/// what a last round would carry takes at most a tenth of `budget` at the rate the rounds
+/// went, or half of it once rounds stop getting shorter (the rest is for the rest of the
+/// freeze: the process's other state, the restore there); or until it is clear it never
+/// will (the process writes faster than the link carries, or MAX_ROUNDS). Then the Freeze
+/// frame: the image follows.
 fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead: &mut Ahead) -> Result<()> {
     const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
     let mut rate = 0f64;
@@ -236,12 +237,17 @@ fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead
             need.as_secs_f64() * 1e3,
             rate / 1e6
         );
-        if need <= budget / 2 {
+        // Another round while it makes the last one markedly shorter: the freeze costs more
+        // than the memory left (the destination forks the holder of what was sent ahead).
+        if need <= budget / 10 {
             break;
         }
         // Written during the round about as fast as it went: no round will be shorter.
-        stalled = if left as f64 >= 0.9 * last_left.min(bytes.max(PAGE)) as f64 { stalled + 1 } else { 0 };
+        stalled = if left as f64 >= 0.5 * last_left.min(bytes.max(PAGE)) as f64 { stalled + 1 } else { 0 };
         last_left = left;
+        if (stalled >= 2 || ahead.rounds.len() >= MAX_ROUNDS) && need <= budget / 2 {
+            break;
+        }
         if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
             ahead.gave_up = Some(format!(
                 "pid {} writes its memory about as fast as the link carries it ({:.0} MB/s): the last {} MiB go while it is frozen",
