@@ -174,10 +174,7 @@ impl Pagemap {
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ..Default::default()
         };
-        self.scan(start, end, ask, |r| match out.last_mut() {
-            Some(last) if last.1 == r.start => last.1 = r.end,
-            _ => out.push((r.start, r.end)),
-        })?;
+        self.scan(start, end, ask, |r| join(&mut out, r.start, r.end))?;
         Ok(out)
     }
 
@@ -192,11 +189,16 @@ impl Pagemap {
             return_mask: PAGE_IS_WRITTEN,
             ..Default::default()
         };
-        self.scan(start, end, ask, |r| match out.last_mut() {
-            Some(last) if last.1 == r.start => last.1 = r.end,
-            _ => out.push((r.start, r.end)),
-        })?;
+        self.scan(start, end, ask, |r| join(&mut out, r.start, r.end))?;
         Ok(out)
+    }
+}
+
+/// Appends a range, joined to the last one when it continues it.
+fn join(out: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    match out.last_mut() {
+        Some(last) if last.1 == start => last.1 = end,
+        _ => out.push((start, end)),
     }
 }
 
