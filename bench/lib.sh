@@ -76,3 +76,29 @@ criu_dumps() {
     rm -rf "$d"
   done
 }
+
+# Two nodes for a migration benchmark: network namespaces $A and $B joined by a veth pair,
+# 10.SUBNET.0.1 and 10.SUBNET.0.2, a work directory $work, and a restartd in $B on port 1023
+# keyed with $work/key (its log $work/restartd.log); all removed on exit. $CRS must be set.
+# usage: two_nodes SUBNET TAG   (TAG: a few letters naming the benchmark)
+two_nodes() {
+  A=crs$2-a$$ B=crs$2-b$$ VA=c${2}a$$ VB=c${2}b$$
+  work=$(mktemp -d "/tmp/crs-$2.XXXXXX")
+  trap two_nodes_gone EXIT
+  ip netns add "$A"; ip netns add "$B"
+  ip link add "$VA" netns "$A" type veth peer name "$VB" netns "$B"
+  ip -n "$A" addr add "10.$1.0.1/24" dev "$VA"; ip -n "$B" addr add "10.$1.0.2/24" dev "$VB"
+  for ns in $A $B; do ip -n "$ns" link set lo up; done
+  ip -n "$A" link set "$VA" up; ip -n "$B" link set "$VB" up
+  "$CRS" keygen "$work/key" >/dev/null
+  ip netns exec "$B" "$CRS" restartd -b "10.$1.0.2" -p 1023 --key "$work/key" --allow-root 2>"$work/restartd.log" &
+  disown
+  until grep -q listening "$work/restartd.log"; do sleep 0.01; done
+}
+two_nodes_gone() {
+  for ns in $A $B; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}

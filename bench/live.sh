@@ -18,25 +18,9 @@ MIB=${MIB:-1024}
 RATES=${RATES:-"1 10 100"}
 RUNS=${RUNS:-3}
 BUDGET=${BUDGET:-50}
-A=crslive-a$$ B=crslive-b$$ VA=clva$$ VB=clvb$$
-work=$(mktemp -d /tmp/crs-livebench.XXXXXX)
-cleanup() {
-  for ns in $A $B; do
-    for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
-    ip netns del $ns 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add $A; ip netns add $B
-ip link add $VA netns $A type veth peer name $VB netns $B
-ip -n $A addr add 10.78.0.1/24 dev $VA; ip -n $B addr add 10.78.0.2/24 dev $VB
-for ns in $A $B; do ip -n $ns link set lo up; done
-ip -n $A link set $VA up; ip -n $B link set $VB up
+. ./lib.sh
+two_nodes 78 live
 cc -O2 -o "$work/writer" ../tests/targets/writer.c
-"$CRS" keygen "$work/key" >/dev/null
-ip netns exec $B "$CRS" restartd -b 10.78.0.2 -p 1023 --key "$work/key" --allow-root 2>"$work/restartd.log" &
-until grep -q listening "$work/restartd.log"; do sleep 0.01; done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Asks the writer (pid $1) to check itself; prints its verdict line.

@@ -11,26 +11,10 @@ cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
 SIZES=${SIZES:-"64 1024"}
 RUNS=${RUNS:-3}
-A=crsbench-a$$ B=crsbench-b$$ VA=cbva$$ VB=cbvb$$
-work=$(mktemp -d /tmp/crs-migbench.XXXXXX)
-cleanup() {
-  for ns in $A $B; do
-    for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
-    ip netns del $ns 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add $A; ip netns add $B
-ip link add $VA netns $A type veth peer name $VB netns $B
-ip -n $A addr add 10.77.0.1/24 dev $VA; ip -n $B addr add 10.77.0.2/24 dev $VB
-for ns in $A $B; do ip -n $ns link set lo up; done
-ip -n $A link set $VA up; ip -n $B link set $VB up
+. ./lib.sh
+two_nodes 77 mig
 cc -O2 -o "$work/netio" netio.c
 cc -O2 -o "$work/dirty" dirty.c
-"$CRS" keygen "$work/key" >/dev/null
-ip netns exec $B "$CRS" restartd -b 10.77.0.2 -p 1023 --key "$work/key" --allow-root 2>"$work/restartd.log" &
-until grep -q listening "$work/restartd.log"; do sleep 0.01; done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); veth between two namespaces; median of $RUNS runs"

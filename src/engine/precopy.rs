@@ -154,6 +154,8 @@ pub struct Source {
     /// as it is now.
     held: BTreeMap<u64, (Area, Vec<bool>)>,
     pub rounds: Vec<Round>,
+    /// The buffer Pages frames are read into and sent from.
+    frame: Vec<u8>,
 }
 
 impl std::fmt::Debug for Source {
@@ -170,7 +172,7 @@ impl Source {
         wp::available().map_err(|why| Error::not_here(format!("tracking the writes of pid {pid}"), why))?;
         let uffd = super::checkpoint::in_process(pid, wp::uffd_of)?;
         let tracker = Tracker::new(pid, uffd, &[])?;
-        Ok(Source { pid, tracker: Some(tracker), held: BTreeMap::new(), rounds: Vec::new() })
+        Ok(Source { pid, tracker: Some(tracker), held: BTreeMap::new(), rounds: Vec::new(), frame: Vec::new() })
     }
 
     fn tracker(&mut self) -> Result<&mut Tracker> {
@@ -230,7 +232,7 @@ impl Source {
     /// One round: follows the mappings, tracks new ones, sends (`send(areas, pages)`: an
     /// Areas frame when they changed, then Pages frames) the pages that hold data and that the
     /// destination does not hold as they are. Returns what it sent.
-    pub fn round(&mut self, send: &mut dyn FnMut(Frame, &mut Vec<u8>) -> Result<()>) -> Result<Round> {
+    pub fn round(&mut self, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
         let t0 = Instant::now();
         let pid = self.pid;
         let maps = procfs::read_smaps(pid)?;
@@ -244,7 +246,7 @@ impl Source {
         let taken = self.tracker()?.take()?;
         self.forget(&taken.written);
         if let Some(now) = self.follow(&areas, &taken.lost) {
-            send(Frame::Areas, &mut encode_areas(&now))?;
+            send(Frame::Areas, &mut encode_areas(&now)[..])?;
         }
         let spans: Vec<(u64, u64)> = areas.iter().map(|a| (a.start, a.end)).collect();
         let fresh = minus(&spans, self.tracker()?.ranges());
@@ -311,18 +313,20 @@ impl Source {
     /// Reads `runs` from the process and sends them as one Pages frame; marks them held.
     /// Runs unmapped meanwhile are left out (the next round finds the change). Returns the
     /// pages sent.
-    fn send_batch(
-        &mut self,
-        runs: &[(u64, u64)],
-        send: &mut dyn FnMut(Frame, &mut Vec<u8>) -> Result<()>,
-    ) -> Result<u64> {
+    fn send_batch(&mut self, runs: &[(u64, u64)], send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<u64> {
         let pid = self.pid;
         let total: u64 = runs.iter().map(|r| r.1 - r.0).sum();
-        let mut frame = pages_header(runs);
-        let head = frame.len();
-        frame.resize(head + total as usize, 0);
+        let header = pages_header(runs);
+        let (head, mut len) = (header.len(), header.len() + total as usize);
+        // One buffer for every frame, in memory already: a fresh megabyte each would be
+        // faulted in page by page, and zeroed, before the pages are read into it.
+        let mut frame = std::mem::take(&mut self.frame);
+        if frame.len() < len {
+            frame.resize(len, 0);
+        }
+        frame[..head].copy_from_slice(&header);
         let iov: Vec<(u64, usize)> = runs.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
-        let runs: Vec<(u64, u64)> = if crate::ptrace::mem::read_runs(pid, &iov, &mut frame[head..]).is_ok() {
+        let runs: Vec<(u64, u64)> = if crate::ptrace::mem::read_runs(pid, &iov, &mut frame[head..len]).is_ok() {
             runs.to_vec()
         } else {
             // One of them went away: each alone, those that still read.
@@ -335,14 +339,18 @@ impl Source {
                     data.extend(b);
                 }
             }
-            frame = pages_header(&ok);
-            frame.extend(data);
+            let mut f = pages_header(&ok);
+            f.extend(data);
+            len = f.len();
+            frame = f;
             ok
         };
         if runs.is_empty() {
             return Ok(0);
         }
-        send(Frame::Pages, &mut frame)?;
+        let sent = send(Frame::Pages, &mut frame[..len]);
+        self.frame = frame;
+        sent?;
         for &(s, e) in &runs {
             for (a, bits) in self.held.values_mut().filter(|(a, _)| a.end > s && a.start < e) {
                 let (from, to) =
@@ -590,10 +598,25 @@ impl Store {
             if !vmas.iter().any(|v| v.end > h.local && v.start < h.local + len) {
                 continue;
             }
-            let to =
-                find_free(&avoid, len).ok_or_else(|| Error::Refused("no room to move the pages sent ahead".into()))?;
-            // SAFETY: moves our own mapping to `to`, a range nothing of ours uses (read from
-            // our maps above, and kept in `avoid` as each is placed).
+            // Claimed first (MAP_FIXED_NOREPLACE): another thread of ours may have mapped
+            // something there since our maps were read.
+            let to = loop {
+                let to = find_free(&avoid, len)
+                    .ok_or_else(|| Error::Refused("no room to move the pages sent ahead".into()))?;
+                avoid.push((to, to + len));
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+                // SAFETY: a new mapping that replaces nothing (NOREPLACE): it fails, or lands
+                // at `to`, where nothing of ours is.
+                let got = unsafe { libc::mmap(to as *mut libc::c_void, len as usize, libc::PROT_NONE, flags, -1, 0) };
+                if got as u64 == to {
+                    break to;
+                }
+                if got != libc::MAP_FAILED {
+                    // An old kernel that took the address as a hint.
+                    unmap_local(got as u64, len);
+                }
+            };
+            // SAFETY: moves our own mapping over `to`, which we have just claimed.
             let r = unsafe {
                 libc::mremap(
                     h.local as *mut libc::c_void,
@@ -604,9 +627,10 @@ impl Store {
                 )
             };
             if r == libc::MAP_FAILED {
-                return Err(Error::sys("mremap", format!("pages sent ahead to {to:#x}"), nix::errno::Errno::last()));
+                let e = nix::errno::Errno::last();
+                unmap_local(to, len);
+                return Err(Error::sys("mremap", format!("pages sent ahead to {to:#x}"), e));
             }
-            avoid.push((to, to + len));
             h.local = to;
         }
         Ok(())
@@ -770,5 +794,23 @@ mod tests {
         // Kept pages must have arrived.
         assert!(st.keep(&[(0x11000, 0x13000)]).is_ok());
         assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
+    }
+
+    /// A mapping of ours where the image has one moves elsewhere, its pages with it.
+    #[test]
+    fn store_moves_out_of_the_images_way() {
+        let mut st = Store::new(1 << 30);
+        let a = Area { start: 0x10000, end: 0x12000, noreserve: false };
+        st.follow(&[a]).unwrap();
+        let mut frame = pages_header(&[(0x11000, 0x12000)]);
+        frame.extend(std::iter::repeat_n(9u8, PAGE as usize));
+        st.pages(&frame).unwrap();
+        let local = st.held[&0x10000].local;
+        let image = Vma { start: local + PAGE, end: local + 8 * PAGE, kind: memory::KIND_ANON, ..Default::default() };
+        st.clear_of(std::slice::from_ref(&image)).unwrap();
+        let moved = st.held[&0x10000].local;
+        assert!(moved + 2 * PAGE <= image.start || moved >= image.end, "{moved:#x} still overlaps");
+        // SAFETY: page 1 of the store's own mapping, where it is now.
+        assert_eq!(unsafe { *((moved + PAGE + 5) as *const u8) }, 9);
     }
 }
