@@ -53,8 +53,9 @@ pub struct Options {
     pub tcp_established: bool,
     /// Unix sockets connected to a peer outside are connected again to its name on restore.
     pub unix_reconnect: bool,
-    /// A live migration's pre-copy: its tracking ends once the processes are frozen, and the
-    /// pages the destination holds already are written as kept runs.
+    /// A live migration's pre-copy: its last writes are taken once the processes are frozen
+    /// (its own marks on their mappings are not theirs), and the pages the destination holds
+    /// already are written as kept runs.
     pub precopied: Option<super::precopy::Precopied>,
 }
 
@@ -267,8 +268,7 @@ fn frozen_checkpoint<W: Sink>(
         let members = freeze_tree(pid, opts.alone, &mut procs);
         urgent.real_time(false);
         let members = members?;
-        // The last writes of a pre-copy, and its tracking gone before the mappings are read
-        // (they would show a userfaultfd).
+        // The last writes of a pre-copy.
         if let Some(p) = &opts.precopied {
             p.freeze()?;
         }
@@ -1003,6 +1003,9 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         None => procfs::read_smaps(pid)?,
     };
     maps.retain(|m| (m.start, m.end) != (addr.0, addr.0 + len as u64));
+    if let Some(p) = &opts.precopied {
+        p.unmark(pid, &mut maps)?;
+    }
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid, &opts.stubs, tree, opts.carry())?;
     st.epolls = crate::res::epoll::collect(pid, &fds)?;

@@ -71,15 +71,15 @@ fn eligible_map(m: &MapEntry) -> bool {
         && !["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].iter().any(|f| m.has_flag(f))
 }
 
-/// Areas frame: u32 count, then per area u64 start, u64 end, u32 flags (bit 0: noreserve),
-/// u32 zero.
-pub fn encode_areas(areas: &[Area]) -> Vec<u8> {
+/// Areas frame: u32 count, then per area u64 start, u64 end, u32 flags (bit 0: noreserve;
+/// bit 1: huge pages allowed, a hint, see [`Store::pages`]), u32 zero.
+pub fn encode_areas(areas: &[(Area, bool)]) -> Vec<u8> {
     let mut b = Vec::with_capacity(4 + areas.len() * 24);
     b.extend((areas.len() as u32).to_le_bytes());
-    for a in areas {
+    for (a, huge) in areas {
         b.extend(a.start.to_le_bytes());
         b.extend(a.end.to_le_bytes());
-        b.extend((a.noreserve as u32).to_le_bytes());
+        b.extend((a.noreserve as u32 | (*huge as u32) << 1).to_le_bytes());
         b.extend(0u32.to_le_bytes());
     }
     b
@@ -94,24 +94,25 @@ fn le32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Reads an Areas frame: areas in order, page-aligned, not overlapping, in user space.
-pub fn decode_areas(b: &[u8]) -> std::result::Result<Vec<Area>, String> {
+pub fn decode_areas(b: &[u8]) -> std::result::Result<Vec<(Area, bool)>, String> {
     let n = le32(b, 0) as usize;
     if b.len() != 4 + n * 24 {
         return Err(format!("an Areas frame of {} bytes for {n} areas", b.len()));
     }
-    let mut out: Vec<Area> = Vec::with_capacity(n);
+    let mut out: Vec<(Area, bool)> = Vec::with_capacity(n);
     for i in 0..n {
         let at = 4 + i * 24;
-        let a = Area { start: le64(b, at), end: le64(b, at + 8), noreserve: le32(b, at + 16) & 1 != 0 };
+        let flags = le32(b, at + 16);
+        let a = Area { start: le64(b, at), end: le64(b, at + 8), noreserve: flags & 1 != 0 };
         let ok = a.start.is_multiple_of(PAGE)
             && a.end.is_multiple_of(PAGE)
             && a.start < a.end
             && a.end <= 1 << 56
-            && out.last().is_none_or(|p| p.end <= a.start);
+            && out.last().is_none_or(|p| p.0.end <= a.start);
         if !ok {
             return Err(format!("area {:#x}-{:#x} is not a mapping's", a.start, a.end));
         }
-        out.push(a);
+        out.push((a, flags & 2 != 0));
     }
     Ok(out)
 }
@@ -147,15 +148,19 @@ pub struct Round {
 /// The source side: the process's writes tracked, and which pages the destination holds.
 pub struct Source {
     pid: i32,
-    /// None once the last round is taken (the process is frozen): the process is left with
-    /// no trace of it.
-    tracker: Option<Tracker>,
+    /// Dropped with the Source: the process is left with no trace of it (unregistering
+    /// costs 7 ms a GiB, which the freeze does not wait for).
+    tracker: Tracker,
+    /// The last round is taken: the process is frozen.
+    frozen: bool,
     /// Per area the destination holds, by start: a flag per page, set when it holds the page
     /// as it is now.
     held: BTreeMap<u64, (Area, Vec<bool>)>,
     pub rounds: Vec<Round>,
     /// The buffer Pages frames are read into and sent from.
     frame: Vec<u8>,
+    /// The areas as last sent, with their hints.
+    sent: Vec<(Area, bool)>,
 }
 
 impl std::fmt::Debug for Source {
@@ -172,11 +177,22 @@ impl Source {
         wp::available().map_err(|why| Error::not_here(format!("tracking the writes of pid {pid}"), why))?;
         let uffd = super::checkpoint::in_process(pid, wp::uffd_of)?;
         let tracker = Tracker::new(pid, uffd, &[])?;
-        Ok(Source { pid, tracker: Some(tracker), held: BTreeMap::new(), rounds: Vec::new(), frame: Vec::new() })
+        Ok(Source {
+            pid,
+            tracker,
+            frozen: false,
+            held: BTreeMap::new(),
+            rounds: Vec::new(),
+            frame: Vec::new(),
+            sent: Vec::new(),
+        })
     }
 
     fn tracker(&mut self) -> Result<&mut Tracker> {
-        self.tracker.as_mut().ok_or_else(|| Error::Proc("pre-copy after the last round".into()))
+        match self.frozen {
+            false => Ok(&mut self.tracker),
+            true => Err(Error::Proc("pre-copy after the last round".into())),
+        }
     }
 
     /// The areas now held, in order.
@@ -192,13 +208,13 @@ impl Source {
     /// Follows the process's areas now, as [`Store::follow`] does with the areas it is sent:
     /// returns them when they changed (the caller sends them before any page of the round).
     /// What a lost range holds now is unknown: it is sent again.
-    fn follow(&mut self, areas: &[Area], lost: &[(u64, u64)]) -> Option<Vec<Area>> {
+    fn follow(&mut self, areas: &[(Area, bool)], lost: &[(u64, u64)]) -> Option<Vec<(Area, bool)>> {
         self.forget(lost);
-        if self.areas() == areas {
+        if self.sent == areas {
             return None;
         }
         let mut next = BTreeMap::new();
-        for &a in areas {
+        for &(a, _) in areas {
             let bits = match self.held.get(&a.start) {
                 Some((old, bits)) if *old == a => bits.clone(),
                 _ => {
@@ -215,7 +231,8 @@ impl Source {
             next.insert(a.start, (a, bits));
         }
         self.held = next;
-        Some(self.areas())
+        self.sent = areas.to_vec();
+        Some(self.sent.clone())
     }
 
     /// The destination no longer holds `ranges` as they are (written, or lost).
@@ -238,17 +255,22 @@ impl Source {
         let maps = procfs::read_smaps(pid)?;
         let readable: Vec<(u64, u64)> =
             maps.iter().filter(|m| eligible_map(m) && m.read).map(|m| (m.start, m.end)).collect();
-        let areas: Vec<Area> = maps
+        let huge =
+            procfs::read_status(pid).ok().and_then(|s| procfs::status_field(&s, "THP_enabled").map(|v| v == "1"));
+        let areas: Vec<(Area, bool)> = maps
             .iter()
             .filter(|m| eligible_map(m))
-            .map(|m| Area { start: m.start, end: m.end, noreserve: m.has_flag("nr") })
+            .map(|m| {
+                let a = Area { start: m.start, end: m.end, noreserve: m.has_flag("nr") };
+                (a, huge.unwrap_or(false) && !m.has_flag("nh"))
+            })
             .collect();
         let taken = self.tracker()?.take()?;
         self.forget(&taken.written);
         if let Some(now) = self.follow(&areas, &taken.lost) {
             send(Frame::Areas, &mut encode_areas(&now)[..])?;
         }
-        let spans: Vec<(u64, u64)> = areas.iter().map(|a| (a.start, a.end)).collect();
+        let spans: Vec<(u64, u64)> = areas.iter().map(|(a, _)| (a.start, a.end)).collect();
         let fresh = minus(&spans, self.tracker()?.ranges());
         // Tracked from now on; what they hold now is sent below (the destination holds none of it).
         self.tracker()?.add(&fresh)?;
@@ -382,22 +404,33 @@ impl Source {
         Ok(left)
     }
 
-    /// The process is frozen: the last writes are taken and the tracking ends (the
-    /// process's mappings are left unregistered, as they were).
+    /// The process is frozen: the last writes are taken. The tracking itself ends when the
+    /// Source is dropped, once the process is let go or killed.
     pub fn freeze(&mut self) -> Result<()> {
-        let Some(mut t) = self.tracker.take() else { return Ok(()) };
-        let taken = t.take()?;
+        let taken = self.tracker()?.take()?;
         self.forget(&taken.written);
         self.forget(&taken.lost);
-        drop(t);
+        self.frozen = true;
         Ok(())
+    }
+
+    /// Mappings of the process as smaps shows them, without the mark of our own tracking
+    /// ("uw" on the ranges we registered): what they are without it. A range registered by
+    /// the process itself keeps its mark.
+    pub fn unmark(&self, maps: &mut [MapEntry]) {
+        let ours = self.tracker.ranges();
+        for m in maps.iter_mut() {
+            if ours.iter().any(|&(s, e)| s <= m.start && m.end <= e) {
+                m.vmflags.retain(|f| f != "uw");
+            }
+        }
     }
 
     /// For the frozen process's mappings `vmas` (after [`Source::freeze`]): the sorted ranges
     /// whose pages the destination holds as they are, and that hold data now (what the image
     /// writes as kept runs).
     pub fn kept(&mut self, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
-        if self.tracker.is_some() {
+        if !self.frozen {
             return Err(Error::Proc("pre-copy: kept pages asked for before the last round".into()));
         }
         let pid = self.pid;
@@ -453,6 +486,15 @@ impl Precopied {
     pub fn freeze(&self) -> Result<()> {
         self.with(|s| s.freeze())
     }
+    /// See [`Source::unmark`], for the tracked process.
+    pub fn unmark(&self, pid: i32, maps: &mut [MapEntry]) -> Result<()> {
+        self.with(|s| {
+            if s.pid == pid {
+                s.unmark(maps);
+            }
+            Ok(())
+        })
+    }
     /// See [`Source::kept`]; nothing for another process than the tracked one.
     pub fn kept(&self, pid: i32, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
         self.with(|s| if s.pid == pid { s.kept(vmas) } else { Ok(Vec::new()) })
@@ -465,6 +507,52 @@ struct Held {
     area: Area,
     local: u64,
     state: Vec<u8>,
+    /// The source allows huge pages here (see [`Store::pages`]).
+    huge: bool,
+    /// Per huge page of the area (2 MiB, aligned in the process): collapsed already.
+    collapsed: Vec<bool>,
+}
+
+/// A huge page (PMD) on x86_64.
+const HUGE: u64 = 2 << 20;
+
+impl Held {
+    fn new(area: Area, huge: bool) -> Result<Held> {
+        let local = map_local(area, huge)?;
+        let chunks = (area.end.div_ceil(HUGE) - area.start / HUGE) as usize;
+        Ok(Held { area, local, state: vec![0; area.pages()], huge, collapsed: vec![false; chunks] })
+    }
+
+    /// Once every page of a huge page of the process's has arrived: made one huge page here
+    /// (MADV_COLLAPSE, which leaves the mapping's own THP setting as it was), so that the
+    /// fork of the restore copies one entry for it, not 512, and mremap moves it whole. A
+    /// partly received one stays small pages: a huge one would hold memory the process never
+    /// had. Failures (THP off here, no huge page free) leave small pages, as they were.
+    fn collapse(&mut self, from: u64, to: u64) {
+        const MADV_COLLAPSE: i32 = 25;
+        let first = from / HUGE * HUGE;
+        let mut c = first;
+        while c < to {
+            let i = ((c - self.area.start / HUGE * HUGE) / HUGE) as usize;
+            let whole = c >= self.area.start && c + HUGE <= self.area.end;
+            if whole && !self.collapsed[i] {
+                let p = ((c - self.area.start) / PAGE) as usize;
+                if self.state[p..p + (HUGE / PAGE) as usize].iter().all(|&x| x == 1) {
+                    self.collapsed[i] = true;
+                    // SAFETY: madvise on a whole huge page inside our own mapping; it changes
+                    // how the pages are held, not what they hold.
+                    unsafe {
+                        libc::madvise(
+                            (self.local + (c - self.area.start)) as *mut libc::c_void,
+                            HUGE as usize,
+                            MADV_COLLAPSE,
+                        )
+                    };
+                }
+            }
+            c += HUGE;
+        }
+    }
 }
 
 /// The destination side: the pages sent ahead, in mappings of ours shaped as the process's.
@@ -474,19 +562,34 @@ pub struct Store {
     limit: u64,
     /// Bytes of pages received.
     pub received: u64,
-    /// Our mappings are the restored process's now (see [`Store::let_go`]).
-    let_go: bool,
 }
 
-fn map_local(len: u64, noreserve: bool) -> Result<u64> {
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if noreserve { libc::MAP_NORESERVE } else { 0 };
+/// A mapping of ours for `area`, placed as the area is within huge pages (the same offset
+/// from a 2 MiB boundary), so that a huge page here is one there, when `huge`.
+fn map_local(area: Area, huge: bool) -> Result<u64> {
+    let len = area.end - area.start;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if area.noreserve { libc::MAP_NORESERVE } else { 0 };
+    let extra = if huge { HUGE } else { 0 };
     // SAFETY: a new anonymous mapping at an address the kernel chooses: it touches nothing of
     // ours.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
-    if p == libc::MAP_FAILED {
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), (len + extra) as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+    } as u64;
+    if p == libc::MAP_FAILED as u64 {
         return Err(Error::sys("mmap", format!("{len} bytes for pages sent ahead"), nix::errno::Errno::last()));
     }
-    Ok(p as u64)
+    if !huge {
+        return Ok(p);
+    }
+    let at = p + (area.start % HUGE + HUGE - p % HUGE) % HUGE;
+    // What lies before and after the placed mapping goes back.
+    if at > p {
+        unmap_local(p, at - p);
+    }
+    if p + extra > at {
+        unmap_local(at + len, p + extra - at);
+    }
+    Ok(at)
 }
 
 fn unmap_local(at: u64, len: u64) {
@@ -497,13 +600,13 @@ fn unmap_local(at: u64, len: u64) {
 
 impl Store {
     pub fn new(limit: u64) -> Store {
-        Store { held: BTreeMap::new(), limit, received: 0, let_go: false }
+        Store { held: BTreeMap::new(), limit, received: 0 }
     }
 
     /// The areas the process has now (an Areas frame): those held already stay, a changed one
     /// gets the pages of the old ones where they overlap, the others go.
-    pub fn follow(&mut self, areas: &[Area]) -> Result<()> {
-        let total: u64 = areas.iter().map(|a| a.end - a.start).sum();
+    pub fn follow(&mut self, areas: &[(Area, bool)]) -> Result<()> {
+        let total: u64 = areas.iter().map(|(a, _)| a.end - a.start).sum();
         if total > self.limit {
             return Err(Error::Refused(format!(
                 "the process's memory sent ahead ({total} bytes of mappings) exceeds this restartd's limit ({} bytes)",
@@ -511,15 +614,15 @@ impl Store {
             )));
         }
         let mut old = std::mem::take(&mut self.held);
-        for &a in areas {
+        for &(a, huge) in areas {
             if old.get(&a.start).is_some_and(|h| h.area == a)
-                && let Some(h) = old.remove(&a.start)
+                && let Some(mut h) = old.remove(&a.start)
             {
+                h.huge = huge && h.local % HUGE == a.start % HUGE;
                 self.held.insert(a.start, h);
                 continue;
             }
-            let local = map_local(a.end - a.start, a.noreserve)?;
-            let mut h = Held { area: a, local, state: vec![0; a.pages()] };
+            let mut h = Held::new(a, huge)?;
             // Carried over from the old areas: the very pages the source counts as held.
             for o in old.values().filter(|o| o.area.end > a.start && o.area.start < a.end) {
                 let (s, e) = (o.area.start.max(a.start), o.area.end.min(a.end));
@@ -538,6 +641,9 @@ impl Store {
                         h.state[j] = 1;
                     }
                 }
+            }
+            if h.huge {
+                h.collapse(a.start, a.end);
             }
             self.held.insert(a.start, h);
         }
@@ -570,6 +676,9 @@ impl Store {
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (h.local + at) as *mut u8, len) };
             let i = (at / PAGE) as usize;
             h.state[i..i + np as usize].iter_mut().for_each(|x| *x = 1);
+            if h.huge {
+                h.collapse(s, e);
+            }
             off += len;
             self.received += len as u64;
         }
@@ -601,9 +710,11 @@ impl Store {
             // Claimed first (MAP_FIXED_NOREPLACE): another thread of ours may have mapped
             // something there since our maps were read.
             let to = loop {
-                let to = find_free(&avoid, len)
+                // At the same offset from a huge page boundary as it is now.
+                let free = find_free(&avoid, len + HUGE)
                     .ok_or_else(|| Error::Refused("no room to move the pages sent ahead".into()))?;
-                avoid.push((to, to + len));
+                let to = free + (h.local % HUGE + HUGE - free % HUGE) % HUGE;
+                avoid.push((free, free + len + HUGE));
                 let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
                 // SAFETY: a new mapping that replaces nothing (NOREPLACE): it fails, or lands
                 // at `to`, where nothing of ours is.
@@ -642,19 +753,6 @@ impl Store {
             self.held.values().map(|h| (h.local, h.local + h.area.end - h.area.start)).collect();
         r.sort_unstable();
         r
-    }
-
-    /// Once the restored process is forked: our copies go (on a thread of their own: freeing
-    /// a GiB takes milliseconds), so that its pages are its own alone and its writes copy
-    /// nothing. What the restore needs to know of them stays.
-    pub fn let_go(&mut self) {
-        let ranges = self.ranges();
-        std::thread::spawn(move || {
-            for (s, e) in ranges {
-                unmap_local(s, e - s);
-            }
-        });
-        self.let_go = true;
     }
 
     /// In the restored process (`c`), its pages moved into place: each area held that is
@@ -737,9 +835,13 @@ impl Store {
     }
 }
 
+/// Our mappings go with the Store. After a restore the restored process has its own (it was
+/// forked with them): the caller drops the Store once it runs, so that the restore never waits
+/// for the freeing (some 9 ms a GiB of small pages), and the process's first writes until then
+/// copy the few pages they touch.
 impl Drop for Store {
     fn drop(&mut self) {
-        for h in self.held.values().filter(|_| !self.let_go) {
+        for h in self.held.values() {
             unmap_local(h.local, h.area.end - h.area.start);
         }
     }
@@ -760,11 +862,11 @@ mod tests {
     #[test]
     fn areas_round_trip_and_bad_ones_are_refused() {
         let a = vec![
-            Area { start: 0x1000, end: 0x5000, noreserve: true },
-            Area { start: 0x8000, end: 0x9000, noreserve: false },
+            (Area { start: 0x1000, end: 0x5000, noreserve: true }, false),
+            (Area { start: 0x8000, end: 0x9000, noreserve: false }, true),
         ];
         assert_eq!(decode_areas(&encode_areas(&a)).unwrap(), a);
-        let overlap = vec![a[0], Area { start: 0x4000, end: 0x6000, noreserve: false }];
+        let overlap = vec![a[0], (Area { start: 0x4000, end: 0x6000, noreserve: false }, false)];
         assert!(decode_areas(&encode_areas(&overlap)).is_err());
         assert!(decode_areas(&encode_areas(&a)[..10]).is_err());
     }
@@ -775,14 +877,14 @@ mod tests {
     fn store_carries_pages_over_as_the_source_counts_them() {
         let mut st = Store::new(1 << 30);
         let a = Area { start: 0x10000, end: 0x14000, noreserve: false };
-        st.follow(&[a]).unwrap();
+        st.follow(&[(a, false)]).unwrap();
         let mut frame = pages_header(&[(0x11000, 0x13000)]);
         frame.extend(std::iter::repeat_n(7u8, 2 * PAGE as usize));
         st.pages(&frame).unwrap();
         assert_eq!(st.received, 2 * PAGE);
         // The area grows: the pages received stay, at the same addresses.
         let b = Area { start: 0x10000, end: 0x18000, noreserve: false };
-        st.follow(&[b]).unwrap();
+        st.follow(&[(b, false)]).unwrap();
         let h = &st.held[&0x10000];
         assert_eq!(h.state[..4], [0, 1, 1, 0]);
         // SAFETY: page 1 of the store's own mapping.
@@ -796,12 +898,49 @@ mod tests {
         assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
     }
 
+    /// A mapping of ours sits as the process's area does within huge pages; a huge page of
+    /// it received whole becomes one huge page here (THP allowing), one partly received does
+    /// not.
+    #[test]
+    fn whole_huge_pages_received_are_collapsed() {
+        let mut st = Store::new(1 << 30);
+        let a = Area { start: 0x4000_0000 + HUGE - 3 * PAGE, end: 0x4000_0000 + 4 * HUGE, noreserve: false };
+        st.follow(&[(a, true)]).unwrap();
+        let local = st.held[&a.start].local;
+        assert_eq!(local % HUGE, a.start % HUGE, "not placed as the area is within huge pages");
+        // The first whole huge page of the area, all of it; the next, all but one page.
+        let whole = a.start + 3 * PAGE;
+        let mut frame = pages_header(&[(whole, whole + HUGE), (whole + HUGE, whole + 2 * HUGE - PAGE)]);
+        frame.extend(std::iter::repeat_n(5u8, (2 * HUGE - PAGE) as usize));
+        st.pages(&frame).unwrap();
+        let h = &st.held[&a.start];
+        assert_eq!(h.collapsed, vec![false, true, false, false]);
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        if thp.contains("[never]") {
+            return;
+        }
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut huge_kb = 0;
+        for l in smaps.lines() {
+            if let Some((range, _)) = l.split_once(' ').filter(|(r, _)| r.contains('-')) {
+                let start = u64::from_str_radix(range.split('-').next().unwrap_or(""), 16).unwrap_or(0);
+                inside = start >= local && start < local + (a.end - a.start);
+            } else if inside && let Some(v) = l.strip_prefix("AnonHugePages:") {
+                huge_kb += v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap();
+            }
+        }
+        assert_eq!(huge_kb, 2048, "the whole huge page received is not one here");
+        // SAFETY: a page of the store's own mapping.
+        assert_eq!(unsafe { *((local + 3 * PAGE + HUGE - 1) as *const u8) }, 5);
+    }
+
     /// A mapping of ours where the image has one moves elsewhere, its pages with it.
     #[test]
     fn store_moves_out_of_the_images_way() {
         let mut st = Store::new(1 << 30);
         let a = Area { start: 0x10000, end: 0x12000, noreserve: false };
-        st.follow(&[a]).unwrap();
+        st.follow(&[(a, false)]).unwrap();
         let mut frame = pages_header(&[(0x11000, 0x12000)]);
         frame.extend(std::iter::repeat_n(9u8, PAGE as usize));
         st.pages(&frame).unwrap();

@@ -256,9 +256,7 @@ pub fn restore_live<R: Input>(
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;
-    if let Some(s) = store.as_deref_mut() {
-        s.let_go();
-    }
+
     let ipc = shared.made.ipc.take();
     let tcp = Some(std::mem::take(&mut shared.made.repaired));
     let mut first: Option<(ProcessState, bool, u8)> = None;
