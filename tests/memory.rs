@@ -51,6 +51,22 @@ fn sparse_mapping_stores_only_touched_pages() {
     r.verdict("ok");
 }
 
+/// Pages a process only read (the shared zero page) are not stored, and read as zero after
+/// the restore; the one it wrote among them comes back.
+#[test]
+fn pages_only_read_are_not_stored() {
+    let dir = tmpdir("mem-zero");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "16", "zero"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(size < 24 << 20, "image of a process that read 64 MiB of zeros is {size} bytes");
+    let mut r = rstrt(&[&img]);
+    r.verdict("ok");
+}
+
 #[test]
 fn original_and_copy_both_run_on() {
     let dir = tmpdir("mem-leave");

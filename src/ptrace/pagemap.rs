@@ -74,6 +74,21 @@ impl Pagemap {
         Ok(Pagemap { file, path, scan: true, regions: Vec::new(), entries: Vec::new() })
     }
 
+    /// The pages of [start, end) of anonymous memory that hold data, in runs, in order: those
+    /// in memory or in swap but the shared zero page (which a read maps where nothing was
+    /// written: it reads as zero without being stored). Without PAGEMAP_SCAN, every page in
+    /// memory or in swap.
+    pub fn own_data(&mut self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        if self.scan {
+            match self.with_data(start, end) {
+                Ok(t) => return Ok(t),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => self.scan = false,
+                Err(e) => return Err(Error::io(format!("PAGEMAP_SCAN of {} at {start:#x}", self.path), e)),
+            }
+        }
+        Ok(self.read_touched(start, end)?.into_iter().map(|t| (t.start, t.end)).collect())
+    }
+
     /// The pages of [start, end) (page-aligned) in memory or in swap, in runs, in order.
     pub fn touched(&mut self, start: u64, end: u64) -> Result<Vec<Touched>> {
         if self.scan {

@@ -3,7 +3,7 @@
  * "FAIL: what". argv[1]: a directory for its data file; argv[2] (optional): MiB of a sparse
  * mapping to touch 1 page in 256 of; argv[3] (optional), comma-separated: "exe" checks that
  * /proc/self/exe is unchanged, "thp" disables transparent huge pages (PR_SET_THP_DISABLE),
- * "rlim" lowers a few resource limits. Whatever THP setting and resource limits it starts
+ * "rlim" lowers a few resource limits, "zero" reads 64 MiB it never writes but one byte. Whatever THP setting and resource limits it starts
  * with must be the ones it ends with. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -90,6 +90,11 @@ int main(int argc, char **argv) {
     size_t slen = sparse_mib << 20;
     unsigned char *sparse = mmap(0, slen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     for (size_t off = 0; off < slen; off += 256 * pg) sparse[off] = (unsigned char)(off >> 20) | 1;
+    /* "zero": 64 MiB only read (the shared zero page), but one page written */
+    size_t zlen = strstr(opts, "zero") ? 64ul << 20 : pg;
+    unsigned char *zread = mmap(0, zlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t off = 0; off < zlen; off += pg) CHECK(((volatile unsigned char *)zread)[off] == 0, "fresh page");
+    zread[zlen / 2 + 7] = 0x77;
     volatile long counter = 41;
 
     size_t n1, n2;
@@ -125,6 +130,8 @@ int main(int argc, char **argv) {
     for (size_t off = 0; off < slen; off += 256 * pg)
         if (sparse[off] != ((unsigned char)(off >> 20) | 1)) { CHECK(0, "sparse at %zu", off); break; }
     CHECK(sparse[pg] == 0, "untouched sparse page is zero");
+    for (size_t off = 0; off < zlen; off++)
+        if (zread[off] != (off == zlen / 2 + 7 ? 0x77 : 0)) { CHECK(0, "read-only page at %zu", off); break; }
     /* a child of the restored process still forks and shares MAP_SHARED memory */
     pid_t kid = fork();
     if (kid == 0) { shm[0] = 0x5A; _exit(0); }

@@ -57,9 +57,11 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
             }
             push(at, file_end, RUN_FILE_COPY);
         }
+        // Anonymous memory: the zero page is not stored (it reads as zero anyway).
         _ => {
             let mut k = kept.partition_point(|r| r.1 <= v.start);
-            for t in pagemap.touched(v.start, v.end)? {
+            for (ts, te) in pagemap.own_data(v.start, v.end)? {
+                let t = crate::ptrace::pagemap::Touched { start: ts, end: te, file: false };
                 let mut at = t.start;
                 while at < t.end {
                     while k < kept.len() && kept[k].1 <= at {
