@@ -187,7 +187,7 @@ fn run_checks() -> Vec<Line> {
         Err(e) => line(false, true, "vdso layout", e.to_string()),
     }
 
-    // userfaultfd: not needed yet (lazy restore and live migration will use it).
+    // userfaultfd: live migration needs it (with write tracking, below).
     // SAFETY: userfaultfd takes flags only; a returned fd is closed right away.
     let fd = unsafe {
         libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */)
@@ -195,13 +195,13 @@ fn run_checks() -> Vec<Line> {
     if fd >= 0 {
         // SAFETY: fd is ours.
         unsafe { libc::close(fd as i32) };
-        line(true, false, "userfaultfd", "available (for lazy restore and live migration)".into());
+        line(true, false, "userfaultfd", "available (for live migration)".into());
     } else {
         line(
             false,
             false,
             "userfaultfd",
-            format!("{}: lazy restore and live migration will not be possible", Errno::last().desc()),
+            format!("{}: migrate --live will copy with the process stopped", Errno::last().desc()),
         );
     }
 
@@ -210,10 +210,10 @@ fn run_checks() -> Vec<Line> {
             true,
             false,
             "write tracking",
-            "userfaultfd WP_ASYNC with PAGEMAP_SCAN: a running process's writes can be followed".into(),
+            "userfaultfd WP_ASYNC with PAGEMAP_SCAN: migrate --live copies memory while the process runs".into(),
         ),
         Err(why) => {
-            line(false, false, "write tracking", format!("{why}: a running process's writes cannot be followed"))
+            line(false, false, "write tracking", format!("{why}: migrate --live copies with the process stopped"))
         }
     }
 

@@ -24,6 +24,14 @@ struct Args {
     /// what a stub is at the destination: "null" (default) or "pipe"; as ckpt(1) does
     #[argh(option, default = "String::from(\"null\")")]
     stub_as: String,
+    /// do not carry the unmodified pages of the executable, as ckpt(1) does: the
+    /// destination needs the very same file
+    #[argh(switch)]
+    no_binary: bool,
+    /// do not carry the unmodified pages of shared libraries, as ckpt(1) does: the
+    /// destination needs the very same files
+    #[argh(switch)]
+    no_libs: bool,
     /// carry established TCP connections too, as ckpt(1) does (root); with --move-address
     /// they carry on at the destination
     #[argh(switch)]
@@ -93,6 +101,8 @@ fn run(a: &Args) -> Result<()> {
         key,
         timeout: Duration::from_secs(a.timeout.max(1)),
         stubs,
+        no_binary: a.no_binary,
+        no_libs: a.no_libs,
         tcp_established: a.tcp_established,
         unix_reconnect: a.unix_reconnect,
         move_address,

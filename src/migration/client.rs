@@ -21,6 +21,10 @@ pub struct Options {
     pub timeout: Duration,
     /// Fds carried as stubs (see `ckpt --stub-fd`).
     pub stubs: crate::res::files::Stubs,
+    /// The unmodified pages of the executable, of shared libraries, are not carried: the
+    /// destination has the same files (see `ckpt --no-binary`, `--no-libs`).
+    pub no_binary: bool,
+    pub no_libs: bool,
     /// Established TCP connections are carried (see `ckpt --tcp-established`).
     pub tcp_established: bool,
     /// Unix sockets to peers outside are connected again by name (see `ckpt --unix-reconnect`).
@@ -109,6 +113,8 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     // Nothing is touched before the destination has answered and proved itself.
     let flags = crate::Flags {
         kill: !opts.keep,
+        no_binary: opts.no_binary,
+        no_libs: opts.no_libs,
         stubs: opts.stubs.clone(),
         tcp_established: opts.tcp_established,
         unix_reconnect: opts.unix_reconnect,

@@ -198,9 +198,13 @@ impl Pagemap {
     /// registered with a userfaultfd in WP_ASYNC mode (see ptrace::wp), or EPERM.
     pub fn written(&mut self, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
+        // Only pages in memory or in swap: protecting an untouched page would put a marker
+        // in it, which the kernel then reports as swapped (and the walk would reach every
+        // page of a reserved gigabyte). A page first touched later is written all the same.
         let ask = ScanArg {
             flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
             category_mask: PAGE_IS_WRITTEN,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             return_mask: PAGE_IS_WRITTEN,
             ..Default::default()
         };

@@ -1,9 +1,14 @@
 //! Which pages of a running process it writes, without stopping it: userfaultfd
 //! write-protection in asynchronous mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7+: the kernel lifts
 //! the protection of a page at its first write and sends no message), read and re-armed in one
-//! walk with the PAGEMAP_SCAN ioctl. With WP_UNPOPULATED, a page never touched counts when it
-//! is first written too. This is what a copy of a process's memory made while it runs needs
-//! (pre-copy), on kernels without soft-dirty tracking.
+//! walk with the PAGEMAP_SCAN ioctl. This is what a copy of a process's memory made while it
+//! runs needs (pre-copy), on kernels without soft-dirty tracking.
+//!
+//! Only pages in memory or in swap are protected (see `Pagemap::written`), and not with
+//! WP_UNPOPULATED: a page never touched counts as written when it is first written all the
+//! same (the page faulted in is not protected). Protecting an untouched page puts a marker in
+//! it, which PAGEMAP_SCAN then reports as swapped: a gigabyte reserved and never touched
+//! would look like a gigabyte of data.
 //!
 //! The userfaultfd must be the process's own (made for its memory): [`uffd_of`] makes it
 //! inside the stopped process and takes it out, closing the process's copy at once. Dropping
@@ -21,11 +26,10 @@ const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdi
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 /// The features a tracker needs.
-const NEEDED: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+const NEEDED: u64 = UFFD_FEATURE_WP_ASYNC;
 
 /// struct uffdio_api.
 #[repr(C)]

@@ -3,6 +3,7 @@
  * argv[1]: log file; argv[2]: MiB of memory; argv[3]: MB/s written (pages rewritten whole, at
  * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
  * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then.
+ * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
  * check, CLOCK_MONOTONIC) or "BAD ...". */
@@ -56,6 +57,10 @@ int main(int argc, char **argv) {
     int churn = argc > 4 && strcmp(argv[4], "churn") == 0;
     unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned char *side = mmap(0, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* Reserved and hardly touched, as allocators and runtimes reserve: not to be copied. */
+    unsigned char *reserve = mmap(0, 512ul << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reserve == MAP_FAILED) return 1;
+    reserve[12345] = 1;
     uint32_t *gen = calloc(pages, sizeof *gen);
     if (mem == MAP_FAILED || side == MAP_FAILED || !gen) return 1;
     for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
@@ -79,7 +84,9 @@ int main(int argc, char **argv) {
             size_t side_bad = SIDE_PAGES;
             for (size_t i = 0; i < SIDE_PAGES && side_bad == SIDE_PAGES; i++)
                 if (!good(side + i * PAGE, i, side_gen == 0 || i % 2 == 0 ? side_gen : ZERO)) side_bad = i;
-            if (bad < pages)
+            if (reserve[12345] != 1 || reserve[1 << 20])
+                dprintf(log, "BAD reserve pid %d\n", getpid());
+            else if (bad < pages)
                 dprintf(log, "BAD page %zu (generation %u) pid %d\n", bad, gen[bad], getpid());
             else if (side_bad < SIDE_PAGES)
                 dprintf(log, "BAD side page %zu (generation %u) pid %d\n", side_bad, side_gen, getpid());
