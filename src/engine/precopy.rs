@@ -598,6 +598,13 @@ fn unmap_local(at: u64, len: u64) {
     unsafe { libc::munmap(at as *mut libc::c_void, len as usize) };
 }
 
+/// Whether held area `h` is one of the image's mappings (`plans`, sorted): the same range
+/// and kind, which it then becomes.
+fn matched(h: &Held, plans: &[memory::Plan]) -> bool {
+    let i = plans.partition_point(|p| p.vma.end <= h.area.start);
+    plans.get(i).is_some_and(|p| eligible(&p.vma) && area_of(&p.vma) == h.area)
+}
+
 impl Store {
     pub fn new(limit: u64) -> Store {
         Store { held: BTreeMap::new(), limit, received: 0 }
@@ -755,16 +762,20 @@ impl Store {
         r
     }
 
+    /// The image's mappings (`plans`, sorted) that an area held here becomes: sorted ranges.
+    pub fn moved(&self, plans: &[memory::Plan]) -> Vec<(u64, u64)> {
+        self.held.values().filter(|h| matched(h, plans)).map(|h| (h.area.start, h.area.end)).collect()
+    }
+
     /// In the restored process (`c`), its pages moved into place: each area held that is
-    /// one of the image's mappings (the same range and kind) replaces it, the others are
-    /// unmapped. `plans` is sorted by address.
+    /// one of the image's mappings (the same range and kind) is moved there (map_all left
+    /// that range free: see [`Store::moved`]), the others are unmapped. `plans` is sorted by
+    /// address.
     pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan]) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values_mut() {
             let (local, len) = (h.local, h.area.end - h.area.start);
-            let i = plans.partition_point(|p| p.vma.end <= h.area.start);
-            let matched = plans.get(i).is_some_and(|p| eligible(&p.vma) && area_of(&p.vma) == h.area);
-            if matched {
+            if matched(h, plans) {
                 l.mremap(local, len, h.area.start);
             } else {
                 l.munmap(local, len);

@@ -558,7 +558,8 @@ fn restore_one<R: Input>(
     // 5. Memory: the vdso where the image had it (moved as the image's user: the kernel
     //    checks where it may go), then every mapping and its pages.
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
-    memory::map_all(&mut c, &plans)?;
+    let moved = store.as_ref().map(|s| s.moved(&plans)).unwrap_or_default();
+    memory::map_all(&mut c, &plans, &moved)?;
     if let Some(st) = store.as_deref_mut() {
         st.move_into(&mut c, &plans)?;
     }

@@ -275,6 +275,26 @@ impl Calls {
         self.push(libc::SYS_clone3, args, Box::new(|_, _| Ok(())))
     }
 
+    /// mmap(at, len, prot, flags | MAP_ANONYMOUS, -1, 0) that must land at `at` (flags with
+    /// MAP_FIXED_NOREPLACE: it fails rather than replace anything); `what` names the mapping.
+    pub fn mmap_anon_at(&mut self, at: u64, len: u64, prot: u32, flags: i32, what: String) -> &mut Self {
+        let flags = (flags | libc::MAP_ANONYMOUS) as u64;
+        let args = [at, len, prot as u64, flags, u64::MAX, 0].map(V);
+        self.push(
+            libc::SYS_mmap,
+            args,
+            Box::new(move |r, who| {
+                if (-4095..0).contains(&r) {
+                    return Err(Error::sys(format!("mmap (in {who})"), what.clone(), Errno::from_raw(-r as i32)));
+                }
+                if r as u64 != at {
+                    return Err(Error::Proc(format!("mmap {what} in {who} landed elsewhere")));
+                }
+                Ok(())
+            }),
+        )
+    }
+
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping, pages and
     /// all, over whatever lies at `to`.
     pub fn mremap(&mut self, from: u64, len: u64, to: u64) -> &mut Self {

@@ -474,9 +474,14 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
 
 /// Creates every non-special mapping inside the child (whose own mappings are gone by now).
 /// Mappings that receive pages are made writable first; `protect` sets the final protections.
-pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
+/// `moved`: the exact ranges (sorted) of mappings made otherwise (moved in whole, see engine::precopy),
+/// left out here. Anonymous mappings are made in one go; those of files one by one (each
+/// opens its file).
+pub fn map_all(c: &mut Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Result<()> {
     let pid = c.pid();
-    for p in plans.iter().filter(|p| !p.vma.is_special()) {
+    let mut anon = Calls::new();
+    let made_here = |p: &&Plan| !p.vma.is_special() && moved.binary_search(&(p.vma.start, p.vma.end)).is_err();
+    for p in plans.iter().filter(made_here) {
         let v = &p.vma;
         if v.flags & VMA_SYSV != 0 {
             attach(c, v)?;
@@ -498,7 +503,6 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
         let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
         let shared_file = v.kind == KIND_FILE && shared;
         let prot = if shared_file { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
-        let mut fd = None;
         if p.reopen.is_some() || (v.kind == KIND_FILE && (p.from_file || shared)) {
             let path = match p.reopen {
                 Some(fd) => format!("/proc/self/fd/{fd}"),
@@ -516,20 +520,19 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan]) -> Result<()> {
             let writable = v.prot & libc::PROT_WRITE as u32 != 0 || v.flags & VMA_MAY_WRITE != 0;
             let mode = if shared && writable { libc::O_RDWR } else { libc::O_RDONLY };
             // Non-blocking, for a path that names a FIFO by now (its mmap then fails).
-            fd = Some(c.open(path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY, path)?);
-        } else {
-            flags |= libc::MAP_ANONYMOUS;
-        }
-        let off = if fd.is_some() { v.pgoff * PAGE_SIZE as u64 } else { 0 };
-        let got = c.mmap(RemoteAddr(v.start), v.len(), prot as i32, flags, fd, off, &what);
-        if let Some(fd) = fd {
+            let fd = c.open(path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY, path)?;
+            let off = v.pgoff * PAGE_SIZE as u64;
+            let got = c.mmap(RemoteAddr(v.start), v.len(), prot as i32, flags, Some(fd), off, &what);
             c.close(fd, &what)?;
-        }
-        if got? != RemoteAddr(v.start) {
-            return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
+            if got? != RemoteAddr(v.start) {
+                return Err(Error::Proc(format!("mmap {what} in pid {pid} landed elsewhere")));
+            }
+        } else {
+            anon.mmap_anon_at(v.start, v.len(), prot, flags, what);
         }
     }
-    Ok(())
+    let area = c.scratch.clone();
+    c.run_at_once(&anon, &area).map(drop)
 }
 
 /// One piece of an attachment of System V shared memory: the piece at offset 0 attaches the
