@@ -12,6 +12,7 @@
 
 pub mod applets;
 pub mod crf;
+pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod exit;
@@ -30,15 +31,28 @@ use std::os::fd::{AsFd, AsRawFd};
 
 /// Checkpoints `pid` to `fd` (file, pipe or socket). For a regular file the data is flushed
 /// and fsync'ed before the process is killed (`flags.kill`).
+///
+/// `flags.backend` chooses the engine: the userspace one (ptrace), the kernel module
+/// (/dev/crd, see [`dev`]), or by default the first, and the second when ptrace is not
+/// permitted on `pid` and /dev/crd is there.
 pub fn checkpoint(fd: impl AsFd, pid: i32, flags: &Flags) -> Result<Report> {
-    grow_pipe(&fd);
-    let dup = fd.as_fd().try_clone_to_owned().map_err(|e| Error::io("image fd", e))?;
+    let fd = fd.as_fd();
+    grow_pipe(fd);
+    if dev::choose(flags.backend, pid) == dev::Backend::Crd {
+        return dev::checkpoint(fd, pid, flags);
+    }
+    let dup = fd.try_clone_to_owned().map_err(|e| Error::io("image fd", e))?;
     let file = std::fs::File::from(dup);
     let out = BufWriter::with_capacity(1 << 20, file);
-    engine::checkpoint::checkpoint(pid, out, flags, |w| {
+    let r = engine::checkpoint::checkpoint(pid, out, flags, |w| {
         let f = w.into_inner().map_err(|e| Error::io("image", e.into_error()))?;
         sync_if_file(&f)
-    })
+    });
+    // A refused PTRACE_SEIZE comes before the first byte of the image is written.
+    match r {
+        Err(Error::Permission(why)) if dev::fallback(flags.backend, pid, &why) => dev::checkpoint(fd, pid, flags),
+        r => r,
+    }
 }
 
 /// Whether `pid` can be checkpointed, touching nothing: Ok, or [`Error::Blocked`] with every
@@ -57,6 +71,9 @@ pub fn checkpoint_with<W: crf::Sink>(
     flags: &Flags,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
+    if flags.backend == dev::Backend::Crd {
+        return Err(Error::Usage("the crd backend writes to a file descriptor: use checkpoint()".into()));
+    }
     engine::checkpoint::checkpoint(pid, out, flags, commit)
 }
 
@@ -64,6 +81,52 @@ pub fn checkpoint_with<W: crf::Sink>(
 /// renamed into place only when complete and synced, so a failed checkpoint never leaves a
 /// truncated image under the final name. The file is created with mode 0600.
 pub fn checkpoint_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
+    let r = match dev::choose(flags.backend, pid) {
+        dev::Backend::Crd => return crd_to_file(pid, path, flags),
+        _ => ptrace_to_file(pid, path, flags),
+    };
+    match r {
+        Err(Error::Permission(why)) if dev::fallback(flags.backend, pid, &why) => crd_to_file(pid, path, flags),
+        r => r,
+    }
+}
+
+/// A temporary file beside `path` for its image, and the directory.
+fn temp_beside(path: &str) -> Result<(std::fs::File, std::path::PathBuf, std::path::PathBuf)> {
+    let p = std::path::Path::new(path);
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());
+    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    Ok((f, tmp, dir.to_path_buf()))
+}
+
+/// [`checkpoint_to_file`] through /dev/crd: the module writes the temporary file (and syncs it
+/// before it kills the process); it is renamed into place once complete.
+fn crd_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
+    let (f, tmp, dir) = temp_beside(path)?;
+    let r = dev::checkpoint(&f, pid, flags).and_then(|r| {
+        f.sync_all().map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(r)
+    });
+    // Once the process is killed, its image is all there is: the temporary file stays.
+    if r.is_err() && !flags.kill {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn ptrace_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
     let p = std::path::Path::new(path);
     let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());

@@ -57,6 +57,10 @@ struct Args {
     /// line; the process is not touched
     #[argh(switch)]
     check: bool,
+    /// which engine checkpoints: "ptrace" (the userspace one), "crd" (the kernel module,
+    /// /dev/crd, see crd(4)), or "auto" (the default: ptrace, and crd when ptrace is refused)
+    #[argh(option, default = "String::from(\"auto\")")]
+    backend: String,
     /// the process to checkpoint
     #[argh(positional)]
     pid: i32,
@@ -66,7 +70,6 @@ use crate::error::Error;
 use crate::exit;
 use nix::sys::signal::Signal;
 use std::fs::{self, OpenOptions};
-use std::io::{BufWriter, Write};
 
 pub fn main(name: &str, argv: &[String]) -> i32 {
     let a: Args = match super::parse(name, argv) {
@@ -86,6 +89,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: {} is not a process id", a.pid);
         return exit::USAGE;
     }
+    let backend: crate::dev::Backend = match a.backend.parse() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return exit::USAGE;
+        }
+    };
     let stubs = match crate::res::files::Stubs::parse(&a.stub_fd, &a.stub_as) {
         Ok(s) => s,
         Err(e) => {
@@ -138,15 +148,14 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         unix_reconnect: a.unix_reconnect,
         deleted_max: Some(a.deleted_max << 20),
         precopied: None,
+        backend,
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
     // files get the temporary name and the rename.
     let special = fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir());
     let result = if path == "-" {
-        crate::grow_pipe(std::io::stdout());
-        let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        crate::checkpoint_with(a.pid, out, &flags, |mut w| w.flush().map_err(|e| Error::io("standard output", e)))
+        crate::checkpoint(std::io::stdout(), a.pid, &flags)
     } else if special {
         match OpenOptions::new().write(true).open(&path) {
             Ok(f) => crate::checkpoint(&f, a.pid, &flags),

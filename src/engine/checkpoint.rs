@@ -57,6 +57,9 @@ pub struct Options {
     /// (its own marks on their mappings are not theirs), and the pages the destination holds
     /// already are written as kept runs.
     pub precopied: Option<super::precopy::Precopied>,
+    /// Which engine checkpoints (see crate::dev): the default, `Auto`, is this one, and
+    /// /dev/crd when ptrace is refused.
+    pub backend: crate::dev::Backend,
 }
 
 impl Options {

@@ -8,7 +8,7 @@ CRS=$(realpath "${1:-$here/../../target/x86_64-unknown-linux-gnu/release/crs}")
 work=$(mktemp -d /tmp/crs-kernel.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! dpkg -s linux-headers-amd64 >/dev/null 2>&1; then
+if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! dpkg -s linux-headers-amd64 >/dev/null 2>&1 || ! command -v make >/dev/null; then
   # qemu-system-x86 from bookworm-backports: bookworm's own conflicts with the installed qemu-utils.
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
     printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
@@ -16,7 +16,7 @@ if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! dpkg
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static cpio linux-headers-amd64 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static cpio make linux-headers-amd64 >/dev/null
 fi
 # The kernel of Debian 12 as its headers name it (the ABI number changes with updates).
 kver=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/^linux-headers-\([^ ]*\).*/\1/p')
@@ -50,17 +50,24 @@ cc -O1 -static -o "$root/bin/clocks" "$here/../targets/clocks.c"
 cc -O1 -static -o "$root/bin/pty" "$here/../targets/pty.c"
 cc -O1 -static -o "$root/bin/inet" "$here/../targets/inet.c"
 cc -O1 -static -o "$root/bin/guestexit" "$here/guestexit.c"
+cc -O1 -static -o "$root/bin/asuser" "$here/asuser.c"
+cc -O1 -static -o "$root/bin/regs" "$here/../targets/regs.c"
+# The kernel backend, built against the guest kernel's headers (warnings are errors: kmod/Kbuild).
+rm -rf "$work/kmod" && cp -r "$here/../../kmod" "$work/kmod"
+make -s -C "$work/kmod" KVER="$kver" >"$work/kmod.log" 2>&1 || { cat "$work/kmod.log"; echo "kernel $kver: crd.ko does not build"; exit 1; }
+cp "$work/kmod/crd.ko" "$root/crd.ko"
+cp "$here/../../kmod/test/guest.sh" "$root/crd-guest.sh"
 cp "$here/init" "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
 
 set +e
-timeout 300 qemu-system-x86_64 -accel tcg -m 512 -nic none -no-reboot -display none -monitor none \
+timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 512 -nic none -no-reboot -display none -monitor none \
   -serial "file:$work/console" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$work/boot/vmlinuz-$kver" -initrd "$work/initrd" -append "console=ttyS0 quiet panic=-1" </dev/null
 status=$?
 set -e
-grep -a "GUEST\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|^warn\|FAIL" "$work/console" || true
+grep -a "GUEST\|BUG\|WARNING\|Oops\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|^warn\|FAIL" "$work/console" || true
 # qemu exits with (code << 1) | 1: 1 means the guest said 0.
 if [ "$status" -ne 1 ]; then
   echo "kernel $kver: FAILED (qemu status $status)"

@@ -1,6 +1,6 @@
 /* Migration target: holds state in memory, reports through a log file opened by path (its
  * stdio is /dev/null once restartd restores it), and checks itself on SIGUSR1.
- * argv[1]: log file; argv[2]: MiB of dirty anonymous memory (default 4); argv[3]: threads
+ * argv[1]: log file, or "-" for standard output; argv[2]: MiB of dirty anonymous memory (default 4); argv[3]: threads
  * (default 0, at most 64), each counting in a 1 ms nanosleep loop: a check then also asks
  * that each counted on since the last one (" threads=N" in its line). */
 #define _GNU_SOURCE
@@ -30,7 +30,8 @@ static void on_usr1(int s) { (void)s; asked = 1; }
 
 int main(int argc, char **argv) {
     close_range(3, ~0U, 0);
-    int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0644);
+    /* "-": the log is standard output (a process with no fd beyond 0-2, for /dev/crd). */
+    int log = strcmp(argv[1], "-") ? open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0644) : 1;
     size_t n = (size_t)atol(argc > 2 ? argv[2] : "4") << 20;
     unsigned char *mem = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (size_t i = 0; i < n; i++) mem[i] = (unsigned char)(i * 7 + (i >> 12));

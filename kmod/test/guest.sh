@@ -1,0 +1,117 @@
+# The kernel backend, /dev/crd, in the test guest (sourced by tests/kernel/init, which defines
+# fail and wait_line): checkpoints through the module, restarts with the ptrace engine, and
+# the refusals. One "GUEST PASS: crd ..." line per case. Yama's ptrace_scope=3 cannot be
+# undone: that case comes last.
+/bin/busybox insmod /crd.ko || fail "insmod crd.ko"
+mode=$(ls -l /dev/crd | cut -c1-10)
+[ "$mode" = "crw-------" ] || fail "crd: /dev/crd is $mode, not crw-------"
+echo "GUEST PASS: crd loaded, /dev/crd $mode"
+
+# 1. Runs on: the image restores with the ptrace engine, whose process finds its memory, its
+# registers (the counter of checks) and its log (stdout, a regular file opened O_APPEND).
+/bin/migrant - 16 </dev/null >>/tmp/c1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/c1.log ready 0 >/dev/null || fail "crd: target did not start"
+kill -USR1 $pid
+wait_line /tmp/c1.log ok 1 >/dev/null || fail "crd: target check before"
+/bin/crs ckpt --backend crd -v -o /tmp/c1.crf $pid 2>&1 | sed 's/^/GUEST /' || fail "crd: ckpt"
+[ -s /tmp/c1.crf ] || fail "crd: no image"
+grep -q "TracerPid:	0" /proc/$pid/status || fail "crd: the target saw a tracer"
+kill -USR1 $pid
+l=$(wait_line /tmp/c1.log ok 2) || fail "crd: the target did not run on: $(cat /tmp/c1.log)"
+case "$l" in *check=2*) ;; *) fail "crd: running on, state lost: $l" ;; esac
+kill -9 $pid; wait $pid 2>/dev/null
+/bin/crs crfinfo /tmp/c1.crf > /tmp/c1.info || fail "crd: crfinfo refuses the image: $(cat /tmp/c1.info)"
+new=$(/bin/crs rstrt -d /tmp/c1.crf) || fail "crd: rstrt of the module's image"
+kill -USR1 $new
+l=$(wait_line /tmp/c1.log ok 3) || fail "crd: no verdict after restore: $(cat /tmp/c1.log)"
+case "$l" in *check=2*) ;; *) fail "crd: state lost: $l" ;; esac
+echo "GUEST PASS: crd checkpoint (runs on), ptrace restart: $l"
+# The same process through both backends: the same mappings (placement, protection, kind,
+# name, flags) and the same size of XSAVE area.
+/bin/crs ckpt --backend crd -o /tmp/c1m.crf $new || fail "crd: ckpt of the restored process"
+/bin/crs ckpt --backend ptrace -o /tmp/c1p.crf $new || fail "crd: ptrace ckpt of the restored process"
+/bin/crs crfinfo /tmp/c1m.crf | grep -E "^  [0-9a-f]+-|xsave" | awk '{$4=""; print}' | sed 's/rip.*xsave/xsave/' > /tmp/c1m.map
+/bin/crs crfinfo /tmp/c1p.crf | grep -E "^  [0-9a-f]+-|xsave" | awk '{$4=""; print}' | sed 's/rip.*xsave/xsave/' > /tmp/c1p.map
+cmp -s /tmp/c1m.map /tmp/c1p.map || { diff /tmp/c1p.map /tmp/c1m.map; fail "crd: the two backends see the process differently"; }
+echo "GUEST PASS: crd and ptrace images agree: $(wc -l < /tmp/c1m.map) lines, $(grep xsave /tmp/c1m.map)"
+kill -9 $new
+
+# 1b. Registers: vector, x87 and general registers loaded by one asm block around a raw read(0)
+# where the checkpoint comes; the read is re-issued after the restore.
+(while [ ! -e /tmp/gor ]; do sleep 0.05; done; echo x) | /bin/regs avx > /tmp/r.log 2>&1 &
+sleep 0.3
+rpid=$(pidof regs) || fail "crd: regs did not start"
+grep -q pipe_read /proc/$rpid/wchan || fail "crd: regs is not in its read: $(cat /proc/$rpid/wchan)"
+/bin/crs ckpt --backend crd -k -o /tmp/r.crf $rpid || fail "crd: ckpt regs"
+(while [ ! -e /tmp/gor2 ]; do sleep 0.05; done; echo x) | /bin/crs rstrt /tmp/r.crf > /tmp/r2.log 2>&1 &
+touch /tmp/gor2
+# Its stdout, /tmp/r.log, is reopened where it was: the verdict follows "ready".
+l=$(wait_line /tmp/r.log ok 0) || fail "crd: regs after restore: $(cat /tmp/r.log /tmp/r2.log)"
+echo "GUEST PASS: crd registers: $l"
+
+# 2. --kill: the process is gone once ckpt returns; the image brings it back.
+/bin/migrant - 8 </dev/null >>/tmp/c2.log 2>/dev/null &
+pid=$!
+wait_line /tmp/c2.log ready 0 >/dev/null || fail "crd: target 2 did not start"
+/bin/crs ckpt --backend crd -k -o /tmp/c2.crf $pid || fail "crd: ckpt -k"
+wait $pid
+st=$?
+[ $st = 137 ] || fail "crd: ckpt -k: the target ended with $st, not SIGKILL"
+new=$(/bin/crs rstrt -d /tmp/c2.crf) || fail "crd: rstrt after -k"
+kill -USR1 $new
+l=$(wait_line /tmp/c2.log ok 1) || fail "crd: no verdict after -k and restore: $(cat /tmp/c2.log)"
+case "$l" in *check=1*) ;; *) fail "crd: state lost after -k: $l" ;; esac
+echo "GUEST PASS: crd kill, ptrace restart: $l"
+kill -9 $new
+
+# 3. Refused by name, and the process runs on as it was: threads.
+/bin/migrant - 4 2 </dev/null >>/tmp/c3.log 2>/dev/null &
+pid=$!
+wait_line /tmp/c3.log ready 0 >/dev/null || fail "crd: target 3 did not start"
+out=$(/bin/crs ckpt --backend crd -o /tmp/c3.crf $pid 2>&1) && fail "crd: a threaded process was checkpointed"
+case "$out" in *threads*) ;; *) fail "crd: refusal does not name the threads: $out" ;; esac
+[ -e /tmp/c3.crf ] && fail "crd: a refused checkpoint left an image"
+kill -USR1 $pid
+l=$(wait_line /tmp/c3.log ok 1) || fail "crd: refused target does not run on"
+case "$l" in ok*threads=2*) ;; *) fail "crd: refused target: $l" ;; esac
+echo "GUEST PASS: crd refuses threads: $out"
+kill -9 $pid
+
+# 4. Permission: a user may not checkpoint root's process, even with the device open to all.
+/bin/migrant - 1 </dev/null >>/tmp/c4.log 2>/dev/null &
+pid=$!
+wait_line /tmp/c4.log ready 0 >/dev/null || fail "crd: target 4 did not start"
+chmod 0666 /dev/crd
+out=$(/bin/asuser 1000 /bin/crs ckpt --backend crd -o /tmp/c4.crf $pid 2>&1) && fail "crd: a user checkpointed root's process"
+chmod 0600 /dev/crd
+case "$out" in *"not allowed"*) ;; *) fail "crd: permission refusal: $out" ;; esac
+out2=$(/bin/asuser 1000 /bin/crs ckpt --backend crd -o /tmp/c4.crf $pid 2>&1) && fail "crd: a user opened /dev/crd 0600"
+case "$out2" in *"permission denied"*) ;; *) fail "crd: device refusal: $out2" ;; esac
+echo "GUEST PASS: crd permission: $out"
+echo "GUEST PASS: crd device mode: $out2"
+kill -9 $pid
+
+# 5. Yama ptrace_scope=3 forbids ptrace to everyone, root too: the default backend falls back
+# to /dev/crd, says so at -v, and the process runs on untraced.
+if [ -e /proc/sys/kernel/yama/ptrace_scope ]; then
+  /bin/migrant - 2 </dev/null >>/tmp/c5.log 2>/dev/null &
+  pid=$!
+  wait_line /tmp/c5.log ready 0 >/dev/null || fail "crd: target 5 did not start"
+  echo 3 > /proc/sys/kernel/yama/ptrace_scope
+  /bin/crs ckpt --backend ptrace -o /tmp/c5p.crf $pid 2>/dev/null && fail "crd: ptrace worked under Yama 3"
+  out=$(/bin/crs ckpt -v -o /tmp/c5.crf $pid 2>&1) || fail "crd: auto under Yama 3: $out"
+  case "$out" in *"/dev/crd"*) ;; *) fail "crd: auto did not say it used /dev/crd: $out" ;; esac
+  /bin/crs crfinfo /tmp/c5.crf >/dev/null || fail "crd: image under Yama 3"
+  kill -USR1 $pid
+  wait_line /tmp/c5.log ok 1 >/dev/null || fail "crd: target under Yama 3 does not run on"
+  echo "GUEST PASS: crd under Yama ptrace_scope=3: $(echo "$out" | grep -c crd) lines name it"
+  kill -9 $pid
+else
+  fail "crd: this kernel has no Yama (/proc/sys/kernel/yama/ptrace_scope)"
+fi
+if dmesg | grep -E "BUG|WARNING|Oops|Call Trace" >/tmp/kmsg; then
+  cat /tmp/kmsg
+  fail "crd: the kernel complained"
+fi
+echo "GUEST PASS: crd left no kernel warning"

@@ -1,0 +1,276 @@
+//! The thin layer over /dev/crd, the kernel backend (kmod/): what the paper calls crslib. It
+//! opens the device, issues its ioctls and turns their failures into one-line messages; the
+//! module writes the CRF image itself. The structs and numbers mirror kmod/crd.h
+//! (tests/crd_abi.rs checks that they agree).
+
+use crate::engine::checkpoint::{Options, Report};
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Instant;
+
+pub const PATH: &str = "/dev/crd";
+pub const ABI_VERSION: u32 = 1;
+
+/// crd_checkpoint.flags
+pub const KILL: u32 = 1;
+pub const NO_BINARY_FILE: u32 = 2;
+pub const NO_SHARED_LIBRARIES: u32 = 4;
+pub const STOP: u32 = 8;
+
+/// struct crd_checkpoint
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CheckpointArg {
+    pub size: u32,
+    pub fd: i32,
+    pub pid: i32,
+    pub flags: u32,
+    pub reason: u64,
+    pub reason_len: u32,
+    pub pad: u32,
+    pub bytes: u64,
+    pub pages: u64,
+}
+
+/// struct crd_restart
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RestartArg {
+    pub size: u32,
+    pub fd: i32,
+    pub notify_pid: i32,
+    pub flags: u32,
+    pub reason: u64,
+    pub reason_len: u32,
+    pub pad: u32,
+}
+
+/// crd_restart.flags
+pub const RESTART_NOTIFY: u32 = 1;
+pub const RESTART_STOP: u32 = 2;
+
+const MAGIC: u64 = 0xCD;
+/// _IOC(dir, type, nr, size) of the kernel's asm-generic/ioctl.h.
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (MAGIC << 8) | nr
+}
+const WRITE: u64 = 1;
+const READ: u64 = 2;
+pub const VERSION: u64 = ioc(0, 0, 0);
+pub const CHECKPOINT: u64 = ioc(READ | WRITE, 1, std::mem::size_of::<CheckpointArg>());
+pub const RESTART: u64 = ioc(WRITE, 2, std::mem::size_of::<RestartArg>());
+
+/// Which engine checkpoints: the userspace one (ptrace), the kernel module (/dev/crd), or the
+/// first when ptrace is permitted and the second otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    #[default]
+    Auto,
+    Ptrace,
+    Crd,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Backend, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "ptrace" => Ok(Backend::Ptrace),
+            "crd" => Ok(Backend::Crd),
+            _ => Err(format!("--backend {s}: choose auto, ptrace or crd")),
+        }
+    }
+}
+
+/// The open device.
+pub struct Crd(File);
+
+impl Crd {
+    pub fn open() -> Result<Crd> {
+        match File::options().read(true).write(true).open(PATH) {
+            Ok(f) => {
+                let c = Crd(f);
+                let v = c.version()?;
+                if v != ABI_VERSION {
+                    return Err(Error::Refused(format!(
+                        "{PATH} speaks ABI version {v}, this crs version {ABI_VERSION}: load the crd.ko built with this crs"
+                    )));
+                }
+                Ok(c)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotHere {
+                public: format!(
+                    "{PATH} does not exist: load the module (insmod crd.ko, see kmod/README) or use --backend ptrace"
+                ),
+                detail: String::new(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::Permission(format!(
+                "{PATH}: permission denied (the device is root's by default: see the module's mode parameter)"
+            ))),
+            Err(e) => Err(Error::io(PATH, e)),
+        }
+    }
+
+    fn version(&self) -> Result<u32> {
+        // SAFETY: CRD_VERSION takes no argument; the fd is ours and open.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), VERSION as _, 0) };
+        if r < 0 {
+            return Err(Error::sys("ioctl(CRD_VERSION)", PATH, Errno::last()));
+        }
+        Ok(r as u32)
+    }
+
+    /// CRD_CHECKPOINT: the module writes the CRF image of `pid` to `fd`; returns its size in
+    /// bytes and the pages of memory in it.
+    pub fn checkpoint(&self, fd: impl AsFd, pid: i32, flags: u32) -> Result<(u64, u64)> {
+        let mut reason = [0u8; 256];
+        let mut a = CheckpointArg {
+            size: std::mem::size_of::<CheckpointArg>() as u32,
+            fd: fd.as_fd().as_raw_fd(),
+            pid,
+            flags,
+            reason: reason.as_mut_ptr() as u64,
+            reason_len: reason.len() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `a` is a struct crd_checkpoint (repr(C), the layout of kmod/crd.h) that lives
+        // across the call, and its reason buffer is `reason`, 256 bytes that outlive it too.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), CHECKPOINT as _, &mut a as *mut CheckpointArg) };
+        if r == 0 {
+            return Ok((a.bytes, a.pages));
+        }
+        let errno = Errno::last();
+        let end = reason.iter().position(|&b| b == 0).unwrap_or(reason.len());
+        let why = String::from_utf8_lossy(&reason[..end]).into_owned();
+        let why = if why.is_empty() { format!("ioctl(CRD_CHECKPOINT) on {PATH} failed: {errno}") } else { why };
+        Err(match errno {
+            Errno::EPERM => Error::Permission(format!("{PATH}: {why}")),
+            Errno::ESRCH => Error::Gone(pid),
+            Errno::EOPNOTSUPP | Errno::EAGAIN | Errno::EBUSY => Error::Blocked { pid, reasons: vec![why] },
+            _ => Error::Refused(format!("{PATH}: {why}")),
+        })
+    }
+}
+
+/// The CRD_* flags of a checkpoint's options, or why the crd backend cannot do it.
+pub fn flags_of(o: &Options) -> Result<u32> {
+    let mut unsupported = Vec::new();
+    if o.shell_job {
+        unsupported.push("--shell-job");
+    }
+    if o.tcp_established {
+        unsupported.push("--tcp-established");
+    }
+    if o.unix_reconnect {
+        unsupported.push("--unix-reconnect");
+    }
+    if !o.stubs.fds.is_empty() || o.stubs.outside {
+        unsupported.push("--stub-fd");
+    }
+    if o.precopied.is_some() {
+        unsupported.push("a live migration");
+    }
+    if !unsupported.is_empty() {
+        return Err(Error::Usage(format!(
+            "the crd backend does not do {}: use --backend ptrace",
+            unsupported.join(", ")
+        )));
+    }
+    let mut f = 0;
+    f |= if o.kill { KILL } else { 0 };
+    f |= if o.stop { STOP } else { 0 };
+    f |= if o.no_binary { NO_BINARY_FILE } else { 0 };
+    f |= if o.no_libs { NO_SHARED_LIBRARIES } else { 0 };
+    Ok(f)
+}
+
+/// Checkpoints `pid` through /dev/crd into `fd`. The module refuses a process with children
+/// (it takes one process): the ptrace engine's tree is not cut silently.
+pub fn checkpoint(fd: impl AsFd, pid: i32, o: &Options) -> Result<Report> {
+    let flags = flags_of(o)?;
+    let crd = Crd::open()?;
+    if !o.alone {
+        let kids = crate::res::tree::children(pid);
+        if !kids.is_empty() {
+            return Err(Error::Blocked {
+                pid,
+                reasons: vec![format!(
+                    "it has children ({}): the crd backend checkpoints one process; use --backend ptrace, or --alone",
+                    kids.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")
+                )],
+            });
+        }
+    }
+    let t0 = Instant::now();
+    let (bytes, pages) = crd.checkpoint(fd, pid, flags)?;
+    Ok(Report {
+        pid,
+        pages,
+        image_bytes: bytes,
+        frozen: t0.elapsed(),
+        stubs: Vec::new(),
+        processes: 1,
+        zombies: 0,
+        notes: Vec::new(),
+        tcp_lock: String::new(),
+    })
+}
+
+/// Whether a checkpoint the ptrace engine could not do (`why`: PTRACE_SEIZE refused) goes
+/// through /dev/crd instead: with the backend `Auto`, when the device is there (said at -v).
+pub fn fallback(b: Backend, pid: i32, why: &str) -> bool {
+    let yes = b == Backend::Auto && std::path::Path::new(PATH).exists();
+    if yes {
+        log::info!("ptrace refused on pid {pid} ({why}): checkpointing through {PATH}");
+    }
+    yes
+}
+
+/// The backend a checkpoint of `pid` starts with: `Auto` is crd when Yama forbids this caller
+/// to ptrace `pid` (the ptrace engine would fail on its first look at the memory) and
+/// /dev/crd is there, else ptrace (which still falls back when its PTRACE_SEIZE is refused).
+pub fn choose(b: Backend, pid: i32) -> Backend {
+    if b != Backend::Auto || !std::path::Path::new(PATH).exists() {
+        return b;
+    }
+    match yama_forbids(pid) {
+        Some(why) => {
+            log::info!("{why}: checkpointing pid {pid} through {PATH}");
+            Backend::Crd
+        }
+        None => b,
+    }
+}
+
+/// Why Yama (/proc/sys/kernel/yama/ptrace_scope) forbids this process to ptrace `pid`, if it
+/// does: scope 3 forbids everyone, 2 whoever lacks CAP_SYS_PTRACE, 1 also unless `pid`
+/// descends from us (a PR_SET_PTRACER exception is not looked for: then PTRACE_SEIZE decides).
+fn yama_forbids(pid: i32) -> Option<String> {
+    let scope: u32 = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?.trim().parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = crate::ptrace::procfs::status_field(&status, "CapEff")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_PTRACE: u32 = 19;
+    let cap = eff & (1 << CAP_SYS_PTRACE) != 0;
+    let ours = || {
+        let me = std::process::id() as i32;
+        let mut p = pid;
+        for _ in 0..4096 {
+            match crate::ptrace::procfs::read_stat(p).map(|s| s.ppid) {
+                Ok(q) if q == me => return true,
+                Ok(q) if q > 1 => p = q,
+                _ => return false,
+            }
+        }
+        false
+    };
+    match scope {
+        3 => Some("Yama's ptrace_scope is 3: ptrace is forbidden".into()),
+        2 if !cap => Some("Yama's ptrace_scope is 2: ptrace needs CAP_SYS_PTRACE".into()),
+        1 if !cap && !ours() => Some(format!("Yama's ptrace_scope is 1: pid {pid} does not descend from crs")),
+        _ => None,
+    }
+}
