@@ -2,6 +2,8 @@
 # Checkpoint and restart on Debian 12's own kernel (6.1), in a qemu guest (software emulation):
 # crs must work on the kernels users run, not only on the one it is developed on.
 # usage: tests/kernel/run.sh [CRS_BINARY]; installs what it needs (Debian packages). Root.
+# With GUEST_BENCH=SCRIPT (bench/crd.sh sets it), the guest runs SCRIPT instead of the tests,
+# with more memory, and its "BENCH" lines are printed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CRS=$(realpath "${1:-$here/../../target/x86_64-unknown-linux-gnu/release/crs}")
@@ -57,16 +59,26 @@ rm -rf "$work/kmod" && cp -r "$here/../../kmod" "$work/kmod"
 make -s -C "$work/kmod" KVER="$kver" >"$work/kmod.log" 2>&1 || { cat "$work/kmod.log"; echo "kernel $kver: crd.ko does not build"; exit 1; }
 cp "$work/kmod/crd.ko" "$root/crd.ko"
 cp "$here/../../kmod/test/guest.sh" "$root/crd-guest.sh"
+mem=512
+if [ -n "${GUEST_BENCH:-}" ]; then
+  cp "$GUEST_BENCH" "$root/bench.sh"
+  mem=2048
+fi
 cp "$here/init" "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
 
 set +e
-timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 512 -nic none -no-reboot -display none -monitor none \
+timeout 600 qemu-system-x86_64 -accel tcg -cpu max -m $mem -nic none -no-reboot -display none -monitor none \
   -serial "file:$work/console" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$work/boot/vmlinuz-$kver" -initrd "$work/initrd" -append "console=ttyS0 quiet panic=-1" </dev/null
 status=$?
 set -e
+if [ -n "${GUEST_BENCH:-}" ]; then
+  grep -a "^BENCH\|FAIL\|BUG\|WARNING" "$work/console" | sed 's/^BENCH //'
+  [ "$status" -eq 1 ] || { echo "kernel $kver: benchmark FAILED (qemu status $status)"; exit 1; }
+  exit 0
+fi
 grep -a "GUEST\|BUG\|WARNING\|Oops\|ckpt:\|rstrt:\|crs\|vdso\|vvar\|trailer\|^ok\|^warn\|FAIL" "$work/console" || true
 # qemu exits with (code << 1) | 1: 1 means the guest said 0.
 if [ "$status" -ne 1 ]; then
