@@ -65,6 +65,24 @@ case "$l" in *check=1*) ;; *) fail "crd: state lost after -k: $l" ;; esac
 echo "GUEST PASS: crd kill, ptrace restart: $l"
 kill -9 $new
 
+# 2b. A process already traced (as under gdb or strace), which the ptrace engine cannot take.
+/bin/tracer /bin/migrant - 4 </dev/null >>/tmp/c2b.log 2>/dev/null &
+wait_line /tmp/c2b.log ready 0 >/dev/null || fail "crd: traced target did not start"
+pid=$(sed -n 's/^ready //p' /tmp/c2b.log)
+grep -q "TracerPid:	0" /proc/$pid/status && fail "crd: the target is not traced"
+/bin/crs ckpt --backend ptrace -o /tmp/c2b.crf $pid 2>/dev/null && fail "crd: the ptrace engine took a traced process"
+/bin/crs ckpt --backend crd -o /tmp/c2b.crf $pid || fail "crd: ckpt of a traced process"
+kill -USR1 $pid
+wait_line /tmp/c2b.log ok 1 >/dev/null || fail "crd: the traced process does not run on"
+kill -9 $pid
+new=$(/bin/crs rstrt -d /tmp/c2b.crf) || fail "crd: rstrt of a traced process's image"
+kill -USR1 $new
+l=$(wait_line /tmp/c2b.log ok 2) || fail "crd: traced, no verdict after restore: $(cat /tmp/c2b.log)"
+case "$l" in *check=1*) ;; *) fail "crd: traced, state lost: $l" ;; esac
+grep -q "TracerPid:	0" /proc/$new/status || fail "crd: the restored process is traced"
+echo "GUEST PASS: crd takes a traced process: $l"
+kill -9 $new
+
 # 3. Refused by name, and the process runs on as it was: threads.
 /bin/migrant - 4 2 </dev/null >>/tmp/c3.log 2>/dev/null &
 pid=$!
