@@ -22,6 +22,11 @@
  *    on as it was.
  * What it does not carry (threads, fds beyond 0-2, timers, shared or deleted mappings, pending
  * signals, seccomp...) is refused with a one-line reason the caller reads back; see man/crd.4.
+ *
+ * CRD_RESTART is the other way: crs has read and checked the image and set up in user space all
+ * it can (credentials, fds, handlers, the FPU state...); the module replaces the caller's
+ * memory with the plan's mappings and pages, read from the image file, and sets its registers
+ * and mask in a task_work on its way back to user mode (crd.h says what the plan holds).
  */
 #include <linux/module.h>
 #include <linux/miscdevice.h>
@@ -57,6 +62,10 @@
 #include <linux/delay.h>
 #include <linux/hugetlb.h>
 #include <asm/unaligned.h>
+#include <asm/fsgsbase.h>
+#include <asm/segment.h>
+#include <linux/sched/task_stack.h>
+#include <linux/ptrace.h>
 #include <asm/unistd.h>
 #include "crd.h"
 
@@ -1517,6 +1526,371 @@ out_task:
 	return err;
 }
 
+/* --- Restart ---------------------------------------------------------------------------- */
+
+#define RESTART_CHUNK	(1 << 20)
+#define MAX_MAPS	65536
+#define MAX_RUNS	(1 << 22)
+/* The flags a process may set (arch/x86/kernel/ptrace.c, FLAG_MASK). */
+#define USER_FLAGS	(X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | X86_EFLAGS_SF | \
+			 X86_EFLAGS_TF | X86_EFLAGS_DF | X86_EFLAGS_OF | X86_EFLAGS_RF | X86_EFLAGS_AC)
+
+/* What the process resumes with, set on its way back to user mode (the system call's own return
+ * value would otherwise overwrite rax). */
+struct resume {
+	struct callback_head cb;
+	u64 regs[27];
+	u64 sigmask;
+	u32 flags;
+	struct pid *notify;
+};
+
+static void crd_resume(struct callback_head *cb)
+{
+	struct resume *w = container_of(cb, struct resume, cb);
+	struct pt_regs *regs = current_pt_regs();
+	const u64 *r = w->regs;
+	sigset_t mask;
+
+	regs->r15 = r[0];
+	regs->r14 = r[1];
+	regs->r13 = r[2];
+	regs->r12 = r[3];
+	regs->bp = r[4];
+	regs->bx = r[5];
+	regs->r11 = r[6];
+	regs->r10 = r[7];
+	regs->r9 = r[8];
+	regs->r8 = r[9];
+	regs->ax = r[10];
+	regs->cx = r[11];
+	regs->dx = r[12];
+	regs->si = r[13];
+	regs->di = r[14];
+	regs->orig_ax = -1;	/* no system call to restart */
+	regs->ip = r[16];
+	regs->flags = (regs->flags & ~USER_FLAGS) | (r[18] & USER_FLAGS);
+	regs->sp = r[19];
+	/* As arch_prctl(ARCH_SET_FS) does it. */
+	preempt_disable();
+	loadsegment(fs, 0);
+	x86_fsbase_write_cpu(r[21]);
+	current->thread.fsindex = 0;
+	current->thread.fsbase = r[21];
+	preempt_enable();
+	/* Its own mask: a signal that came meanwhile is delivered now, on its registers. */
+	mask.sig[0] = w->sigmask;
+	sigprocmask(SIG_SETMASK, &mask, NULL);
+	if (w->notify) {
+		/* From this process (si_pid), which the notified one may not be allowed to signal
+		 * otherwise (its user's process notifying root's rstrt). */
+		struct kernel_siginfo info;
+		struct task_struct *t;
+
+		clear_siginfo(&info);
+		info.si_signo = SIGUSR1;
+		info.si_code = SI_USER;
+		rcu_read_lock();
+		t = pid_task(w->notify, PIDTYPE_PID);
+		if (t) {
+			info.si_pid = task_tgid_nr_ns(current, task_active_pid_ns(t));
+			info.si_uid = from_kuid_munged(task_cred_xxx(t, user_ns), current_uid());
+			send_sig_info(SIGUSR1, &info, t);
+		}
+		rcu_read_unlock();
+	}
+	if (w->flags & CRD_RESTART_STOP)
+		send_sig(SIGSTOP, current, 1);
+	put_pid(w->notify);
+	kfree(w);
+}
+
+static void rsay(struct crd_restart *a, const char *fmt, ...)
+{
+	char buf[REASON_MAX];
+	va_list ap;
+	size_t n;
+
+	if (!a->reason || !a->reason_len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	n = min_t(size_t, strlen(buf), a->reason_len - 1);
+	buf[n] = 0;
+	if (copy_to_user(u64_to_user_ptr(a->reason), buf, n + 1))
+		return;
+}
+
+/* Checks the plan before anything is changed; takes a reference on each mapped file. */
+static int check_plan(struct crd_restart *a, struct crd_map *m, struct crd_run *r, struct file **files)
+{
+	u32 i, j = 0;
+
+	for (i = 0; i < a->nmaps; i++) {
+		u32 kind = m[i].flags & (MAP_PRIVATE | MAP_SHARED);
+
+		if ((m[i].start | m[i].end) & ~PAGE_MASK || m[i].start >= m[i].end || m[i].end > TASK_SIZE ||
+		    (i && m[i].start < m[i - 1].end) || m[i].prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC) ||
+		    m[i].flags & ~(MAP_PRIVATE | MAP_SHARED | MAP_GROWSDOWN | MAP_NORESERVE) ||
+		    (kind != MAP_PRIVATE && kind != MAP_SHARED)) {
+			rsay(a, "mapping %u (%#llx-%#llx) of the plan is invalid", i, m[i].start, m[i].end);
+			return -EINVAL;
+		}
+		if (m[i].fd < 0) {
+			if (kind == MAP_SHARED) {
+				rsay(a, "shared anonymous memory at %#llx: the crd restart does not make it", m[i].start);
+				return -EOPNOTSUPP;
+			}
+			continue;
+		}
+		files[i] = fget(m[i].fd);
+		if (!files[i] || !(files[i]->f_mode & FMODE_READ)) {
+			rsay(a, "the file of mapping %#llx (fd %d) is not open for reading", m[i].start, m[i].fd);
+			return -EBADF;
+		}
+	}
+	for (i = 0; i < a->nruns; i++) {
+		u64 end = r[i].addr + r[i].len;
+
+		while (j < a->nmaps && m[j].end <= r[i].addr)
+			j++;
+		if ((r[i].addr | r[i].len) & ~PAGE_MASK || !r[i].len || end < r[i].addr || j == a->nmaps ||
+		    r[i].addr < m[j].start || end > m[j].end || (m[j].flags & MAP_SHARED) ||
+		    r[i].offset + r[i].len < r[i].offset || (i && r[i].addr < r[i - 1].addr + r[i - 1].len)) {
+			rsay(a, "page run %u (%#llx+%#llx) lies outside the private mappings of the plan", i, r[i].addr,
+			     r[i].len);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* Unmaps everything but the special mappings (the vdso and vvar, already where the image has
+ * them). */
+static int unmap_all(struct mm_struct *mm)
+{
+	struct vm_area_struct *vma;
+	unsigned long (*ranges)[2];
+	int n = 0, i, err = 0;
+	VMA_ITERATOR(vmi, mm, 0);
+
+	mmap_read_lock(mm);
+	for_each_vma(vmi, vma)
+		n++;
+	ranges = kvmalloc_array(n ?: 1, sizeof(*ranges), GFP_KERNEL);
+	if (!ranges) {
+		mmap_read_unlock(mm);
+		return -ENOMEM;
+	}
+	i = 0;
+	vma_iter_init(&vmi, mm, 0);
+	for_each_vma(vmi, vma) {
+		if (i == n)
+			break;
+		if (vma->vm_ops && vma->vm_ops->name)
+			continue;
+		ranges[i][0] = vma->vm_start;
+		ranges[i][1] = vma->vm_end;
+		i++;
+	}
+	mmap_read_unlock(mm);
+	while (i-- > 0 && !err)
+		err = vm_munmap(ranges[i][0], ranges[i][1] - ranges[i][0]);
+	kvfree(ranges);
+	return err;
+}
+
+/* Reads each run of pages from the image into place. */
+static int fill(struct file *image, struct crd_map *m, u32 nmaps, struct crd_run *r, u32 nruns, u8 *buf)
+{
+	u32 i, j = 0;
+
+	for (i = 0; i < nruns; i++) {
+		u64 done = 0;
+
+		while (j < nmaps && m[j].end <= r[i].addr)
+			j++;
+		while (done < r[i].len) {
+			size_t n = min_t(u64, r[i].len - done, RESTART_CHUNK);
+			loff_t pos = r[i].offset + done;
+			unsigned long at = r[i].addr + done;
+
+			if (kernel_read(image, buf, n, &pos) != n)
+				return -EIO;
+			if (m[j].prot & PROT_WRITE) {
+				if (copy_to_user((void __user *)at, buf, n))
+					return -EFAULT;
+			} else if (access_process_vm(current, at, buf, n, FOLL_FORCE | FOLL_WRITE) != n) {
+				/* A read-only private mapping: written as a debugger would, copied on write. */
+				return -EFAULT;
+			}
+			done += n;
+			if (fatal_signal_pending(current))
+				return -EINTR;
+			cond_resched();
+		}
+	}
+	return 0;
+}
+
+static void set_layout(struct mm_struct *mm, const struct crd_restart *a)
+{
+	size_t n = min(ARRAY_SIZE(mm->saved_auxv), ARRAY_SIZE(a->auxv));
+
+	mmap_write_lock(mm);
+	mm->start_code = a->mm[0];
+	mm->end_code = a->mm[1];
+	mm->start_data = a->mm[2];
+	mm->end_data = a->mm[3];
+	mm->start_brk = a->mm[4];
+	mm->brk = a->mm[5];
+	mm->start_stack = a->mm[6];
+	mm->arg_start = a->mm[7];
+	mm->arg_end = a->mm[8];
+	mm->env_start = a->mm[9];
+	mm->env_end = a->mm[10];
+	memcpy(mm->saved_auxv, a->auxv, n * sizeof(a->auxv[0]));
+	mm->saved_auxv[n - 2] = 0;	/* AT_NULL ends it, whatever was cut */
+	mm->saved_auxv[n - 1] = 0;
+	mmap_write_unlock(mm);
+}
+
+static long crd_restart(void __user *uarg)
+{
+	struct crd_restart *a;
+	struct crd_map *maps = NULL;
+	struct crd_run *runs = NULL;
+	struct file **files = NULL, *image = NULL;
+	struct resume *w = NULL;
+	struct mm_struct *mm = current->mm;
+	u8 *buf = NULL;
+	u32 usize, i;
+	int err, fd, max;
+
+	if (get_user(usize, (u32 __user *)uarg))
+		return -EFAULT;
+	if (usize < offsetofend(struct crd_restart, rseq_sig))
+		return -EINVAL;
+	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	if (!a)
+		return -ENOMEM;
+	err = copy_struct_from_user(a, sizeof(*a), uarg, usize);
+	if (err)
+		goto out;
+	err = -EINVAL;
+	if (a->flags & ~(CRD_RESTART_NOTIFY | CRD_RESTART_STOP)) {
+		rsay(a, "unknown flags %#x", a->flags);
+		goto out;
+	}
+	if (!a->nmaps || a->nmaps > MAX_MAPS || a->nruns > MAX_RUNS) {
+		rsay(a, "a plan of %u mappings and %u runs", a->nmaps, a->nruns);
+		goto out;
+	}
+	/* 64-bit code and stack segments, no gs base, addresses of user space. */
+	if (a->regs[17] != __USER_CS || a->regs[20] != __USER_DS || a->regs[22] || a->regs[21] >= TASK_SIZE_MAX ||
+	    a->regs[16] >= TASK_SIZE_MAX || a->rseq >= TASK_SIZE_MAX) {
+		rsay(a, "the registers are not those of a 64-bit process (cs %#llx ss %#llx gs_base %#llx)", a->regs[17],
+		     a->regs[20], a->regs[22]);
+		goto out;
+	}
+	if (get_nr_threads(current) != 1 || !mm || atomic_read(&mm->mm_users) != 1) {
+		rsay(a, "the caller must be single-threaded and share its memory with nobody");
+		goto out;
+	}
+	err = -ENOMEM;
+	maps = kvmalloc_array(a->nmaps, sizeof(*maps), GFP_KERNEL);
+	runs = kvmalloc_array(a->nruns ?: 1, sizeof(*runs), GFP_KERNEL);
+	files = kvcalloc(a->nmaps, sizeof(*files), GFP_KERNEL);
+	w = kzalloc(sizeof(*w), GFP_KERNEL);
+	buf = kvmalloc(RESTART_CHUNK, GFP_KERNEL);
+	if (!maps || !runs || !files || !w || !buf)
+		goto out;
+	err = -EFAULT;
+	if (copy_from_user(maps, u64_to_user_ptr(a->maps), a->nmaps * sizeof(*maps)) ||
+	    copy_from_user(runs, u64_to_user_ptr(a->runs), a->nruns * sizeof(*runs)))
+		goto out;
+	err = check_plan(a, maps, runs, files);
+	if (err)
+		goto out;
+	err = -EBADF;
+	image = fget(a->fd);
+	if (!image || !(image->f_mode & FMODE_READ) || !(image->f_mode & FMODE_PREAD)) {
+		rsay(a, "the image (fd %d) is not a file open for reading", a->fd);
+		goto out;
+	}
+	if (a->flags & CRD_RESTART_NOTIFY) {
+		if (a->notify_pid) {
+			w->notify = find_get_pid(a->notify_pid);
+		} else {
+			rcu_read_lock();
+			w->notify = get_pid(task_tgid(rcu_dereference(current->real_parent)));
+			rcu_read_unlock();
+		}
+		if (!w->notify) {
+			err = -ESRCH;
+			rsay(a, "no process %d to notify", a->notify_pid);
+			goto out;
+		}
+	}
+	memcpy(w->regs, a->regs, sizeof(w->regs));
+	w->sigmask = a->sigmask;
+	w->flags = a->flags;
+	init_task_work(&w->cb, crd_resume);
+
+	/* No way back from here: on failure the process is killed, never run half-made. */
+	err = unmap_all(mm);
+	for (i = 0; i < a->nmaps && !err; i++) {
+		struct crd_map *m = &maps[i];
+		unsigned long got = vm_mmap(files[i], m->start, m->end - m->start, m->prot,
+					    m->flags | MAP_FIXED_NOREPLACE, m->pgoff << PAGE_SHIFT);
+
+		if (got != m->start)
+			err = IS_ERR_VALUE(got) ? (int)got : -EEXIST;
+	}
+	err = err ?: fill(image, maps, a->nmaps, runs, a->nruns, buf);
+	if (!err) {
+		set_layout(mm, a);
+		current->rseq = (struct rseq __user *)(uintptr_t)a->rseq;
+		current->rseq_sig = a->rseq ? a->rseq_sig : 0;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+		current->rseq_len = a->rseq ? a->rseq_len : 0;
+#endif
+		rseq_set_notify_resume(current);
+		/* Only fds 0-2 are the image's. */
+		rcu_read_lock();
+		max = files_fdtable(current->files)->max_fds;
+		rcu_read_unlock();
+		for (fd = 3; fd < max; fd++)
+			close_fd(fd);
+		err = task_work_add(current, &w->cb, TWA_RESUME);
+		if (!err)
+			w = NULL;
+	}
+	if (err) {
+		pr_warn("crd: restart of pid %d failed after its memory was released (error %d): killed\n",
+			task_pid_nr(current), err);
+		force_sig(SIGKILL);
+	}
+out:
+	if (files)
+		for (i = 0; i < a->nmaps; i++)
+			if (files[i])
+				fput(files[i]);
+	if (image)
+		fput(image);
+	if (w) {
+		put_pid(w->notify);
+		kfree(w);
+	}
+	kvfree(buf);
+	kvfree(files);
+	kvfree(runs);
+	kvfree(maps);
+	kfree(a);
+	return err;
+}
+
 static long crd_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	if (_IOC_TYPE(cmd) != CRD_IOC_MAGIC)
@@ -1526,6 +1900,8 @@ static long crd_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return CRD_ABI_VERSION;
 	case _IOC_NR(CRD_CHECKPOINT):
 		return crd_checkpoint((void __user *)arg);
+	case _IOC_NR(CRD_RESTART):
+		return crd_restart((void __user *)arg);
 	}
 	return -ENOTTY;
 }

@@ -39,14 +39,53 @@ struct crd_checkpoint {
 #define CRD_RESTART_NOTIFY	1	/* send SIGUSR1 to notify_pid once restarted */
 #define CRD_RESTART_STOP	2	/* restarted, stop (SIGSTOP) before running */
 
+/*
+ * A restart replaces the calling process's address space and registers with an image's. The
+ * caller (crs rstrt) has read and checked the whole image with the one CRF codec, set up what
+ * user space can (credentials, fds 0-2, cwd, limits, signal handlers, alternate stack, tid
+ * address, robust list; every signal blocked; the vdso moved to the image's place) and loaded
+ * the image's FPU state (XRSTOR) just before the ioctl; it hands the module a plan: the
+ * mappings, where each run of pages lies in the image file, the memory layout, the registers
+ * and the signal mask. The module unmaps everything but the vdso and vvar, makes the mappings,
+ * reads the pages from the image, sets the layout, closes every fd above 2, and the process
+ * returns to user space as the image's, with the image's mask. Past the first unmap, a failure
+ * kills the process: it is never half-run.
+ */
+struct crd_map {
+	__u64 start;		/* page aligned */
+	__u64 end;
+	__u32 prot;		/* PROT_READ | PROT_WRITE | PROT_EXEC */
+	__u32 flags;		/* MAP_PRIVATE or MAP_SHARED, MAP_GROWSDOWN, MAP_NORESERVE */
+	__s32 fd;		/* the file mapped, or -1 for anonymous memory */
+	__u32 pad;
+	__u64 pgoff;		/* in pages */
+};
+
+struct crd_run {
+	__u64 addr;		/* page aligned, inside one private mapping */
+	__u64 len;		/* bytes, a multiple of the page size */
+	__u64 offset;		/* where the bytes are in the image file */
+};
+
 struct crd_restart {
 	__u32 size;		/* sizeof(struct crd_restart) */
-	__s32 fd;		/* the CRF image, open for reading */
+	__s32 fd;		/* the CRF image: a file (pread), open for reading */
 	__s32 notify_pid;	/* with CRD_RESTART_NOTIFY: who gets SIGUSR1; 0 = the parent */
 	__u32 flags;		/* CRD_RESTART_* above */
 	__u64 reason;		/* as in crd_checkpoint */
 	__u32 reason_len;
+	__u32 nmaps;		/* the plan: */
+	__u64 maps;		/* user address of nmaps struct crd_map, in address order */
+	__u64 runs;		/* user address of nruns struct crd_run, in address order */
+	__u32 nruns;
 	__u32 pad;
+	__u64 mm[11];		/* start_code .. env_end, as in the image's MMSTRUCT */
+	__u64 auxv[64];		/* the auxiliary vector, up to and with AT_NULL */
+	__u64 regs[27];		/* struct user_regs_struct: what the process resumes with */
+	__u64 sigmask;		/* its blocked signals */
+	__u64 rseq;		/* its rseq area, 0 for none */
+	__u32 rseq_len;
+	__u32 rseq_sig;
 };
 
 #define CRD_IOC_MAGIC	0xCD
@@ -54,7 +93,8 @@ struct crd_restart {
 #define CRD_VERSION	_IO(CRD_IOC_MAGIC, 0)
 /* Checkpoints a process into a file descriptor; returns 0. */
 #define CRD_CHECKPOINT	_IOWR(CRD_IOC_MAGIC, 1, struct crd_checkpoint)
-/* Replaces the caller with a process from an image (not in this version: ENOTTY). */
+/* Replaces the caller with the process of an image; returns only on failure (-1, errno), and
+ * then only before anything was changed. */
 #define CRD_RESTART	_IOW(CRD_IOC_MAGIC, 2, struct crd_restart)
 
 #endif /* _CRD_H */

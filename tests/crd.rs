@@ -18,9 +18,12 @@ fn the_abi_of_crd_h_is_the_one_src_dev_speaks() {
 #include <stdio.h>
 #include "crd.h"
 int main(void) {
-    printf("%zu %zu %zu %zu %lu %lu %lu %d %d %d %d %d %d %d\n",
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %lu %lu %lu %d %d %d %d %d %d %d\n",
         sizeof(struct crd_checkpoint), sizeof(struct crd_restart),
         offsetof(struct crd_checkpoint, bytes), offsetof(struct crd_checkpoint, pages),
+        sizeof(struct crd_map), sizeof(struct crd_run), offsetof(struct crd_restart, maps),
+        offsetof(struct crd_restart, mm), offsetof(struct crd_restart, regs),
+        offsetof(struct crd_restart, rseq_sig),
         (unsigned long)CRD_VERSION, (unsigned long)CRD_CHECKPOINT, (unsigned long)CRD_RESTART,
         CRD_ABI_VERSION, CRD_KILL, CRD_NO_BINARY_FILE, CRD_NO_SHARED_LIBRARIES, CRD_STOP,
         CRD_RESTART_NOTIFY, CRD_RESTART_STOP);
@@ -36,13 +39,20 @@ int main(void) {
     let out = Command::new(&exe).output().unwrap();
     let c = String::from_utf8_lossy(&out.stdout).trim().to_string();
     use crs::dev;
+    use dev::restart::{MapArg, RunArg};
     use std::mem::{offset_of, size_of};
     let rust = format!(
-        "{} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
         size_of::<dev::CheckpointArg>(),
         size_of::<dev::RestartArg>(),
         offset_of!(dev::CheckpointArg, bytes),
         offset_of!(dev::CheckpointArg, pages),
+        size_of::<MapArg>(),
+        size_of::<RunArg>(),
+        offset_of!(dev::RestartArg, maps),
+        offset_of!(dev::RestartArg, mm),
+        offset_of!(dev::RestartArg, regs),
+        offset_of!(dev::RestartArg, rseq_sig),
         dev::VERSION,
         dev::CHECKPOINT,
         dev::RESTART,
@@ -84,4 +94,12 @@ fn without_the_module_the_crd_backend_is_refused_and_the_process_runs_on() {
     // The default backend is the ptrace engine here (ptrace is permitted).
     ckpt(&["-o", img.to_str().unwrap(), &p.pid().to_string()]);
     p.verdict("ok");
+    // A restart through the module, likewise.
+    let o = run(&["rstrt", "--backend", "crd", "-d", img.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("/dev/crd does not exist"), "{err}");
+    let o = run(&["rstrt", "--backend", "crd", "--pidns", img.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(crs::exit::USAGE), "{}", stderr(&o));
 }

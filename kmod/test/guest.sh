@@ -83,6 +83,75 @@ grep -q "TracerPid:	0" /proc/$new/status || fail "crd: the restored process is t
 echo "GUEST PASS: crd takes a traced process: $l"
 kill -9 $new
 
+# R. Restart through the module: its own image, the ptrace engine's, registers, a corrupt image,
+# stop and notify.
+/bin/migrant - 8 </dev/null >>/tmp/r1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/r1.log ready 0 >/dev/null || fail "crd restart: target did not start"
+kill -USR1 $pid
+wait_line /tmp/r1.log ok 1 >/dev/null || fail "crd restart: target check before"
+/bin/crs ckpt --backend crd -k -o /tmp/r1.crf $pid || fail "crd restart: ckpt"
+wait $pid 2>/dev/null
+new=$(/bin/crs rstrt --backend crd -d /tmp/r1.crf 2>/tmp/r1.err) || fail "crd restart: rstrt: $(cat /tmp/r1.err)"
+kill -USR1 $new
+l=$(wait_line /tmp/r1.log ok 2) || fail "crd restart: no verdict: $(cat /tmp/r1.log /tmp/r1.err)"
+case "$l" in *check=2*) ;; *) fail "crd restart: state lost: $l" ;; esac
+echo "GUEST PASS: crd checkpoint, crd restart: $l ($(head -1 /tmp/r1.err))"
+# ... and the restarted process checkpoints and restarts again, through the other engine.
+/bin/crs ckpt --backend ptrace -k -o /tmp/r2.crf $new || fail "crd restart: ptrace ckpt of a crd-restarted process"
+new2=$(/bin/crs rstrt --backend crd -d /tmp/r2.crf 2>/dev/null) || fail "crd restart: rstrt of a ptrace image"
+kill -USR1 $new2
+l=$(wait_line /tmp/r1.log ok 3) || fail "crd restart: no verdict after the ptrace image: $(cat /tmp/r1.log)"
+case "$l" in *check=3*) ;; *) fail "crd restart: ptrace image, state lost: $l" ;; esac
+echo "GUEST PASS: ptrace checkpoint, crd restart: $l"
+kill -9 $new2
+(while [ ! -e /tmp/gor3 ]; do sleep 0.05; done; echo x) | /bin/regs avx > /tmp/r3.log 2>&1 &
+sleep 0.3
+rpid=$(pidof regs) || fail "crd restart: regs did not start"
+/bin/crs ckpt --backend crd -k -o /tmp/r3.crf $rpid || fail "crd restart: ckpt regs"
+(while [ ! -e /tmp/gor4 ]; do sleep 0.05; done; echo x) | /bin/crs rstrt --backend crd /tmp/r3.crf > /tmp/r4.log 2>&1 &
+touch /tmp/gor4
+l=$(wait_line /tmp/r3.log ok 0) || fail "crd restart: regs: $(cat /tmp/r3.log /tmp/r4.log)"
+echo "GUEST PASS: crd restart, registers: $l"
+# A corrupt image (one byte of a page flipped) is refused, and nothing runs.
+cp /tmp/r1.crf /tmp/bad.crf
+printf '\377' | dd of=/tmp/bad.crf bs=1 seek=20000 conv=notrunc 2>/dev/null
+out=$(/bin/crs rstrt --backend crd -d /tmp/bad.crf 2>&1) && fail "crd restart: a corrupt image ran"
+case "$out" in *checksum*|*CRC*|*damaged*) ;; *) fail "crd restart: corrupt image: $out" ;; esac
+echo "GUEST PASS: crd restart refuses a corrupt image: $out"
+# --stop: restarted, stopped before it runs; it goes on once continued.
+new=$(/bin/crs rstrt --backend crd --stop -d /tmp/r1.crf 2>/dev/null) || fail "crd restart: --stop"
+i=0; while [ $i -lt 100 ] && ! grep -q "^State:	T" /proc/$new/status; do i=$((i+1)); sleep 0.05; done
+grep -q "^State:	T" /proc/$new/status || fail "crd restart: --stop: $(grep State /proc/$new/status)"
+kill -USR1 $new; kill -CONT $new
+l=$(wait_line /tmp/r1.log ok 4) || fail "crd restart: --stop, no verdict: $(cat /tmp/r1.log)"
+case "$l" in *check=2*) ;; *) fail "crd restart: --stop, state lost: $l" ;; esac
+echo "GUEST PASS: crd restart --stop: $l"
+kill -9 $new
+
+# Root restarting a user's image: the process is that user's; an image file a user owns may not
+# claim root.
+mkdir -p /etc
+printf 'root:x:0:0:root:/:/bin/sh\nuser:x:1000:1000:user:/tmp:/bin/sh\n' > /etc/passwd
+printf 'root:x:0:\nuser:x:1000:\n' > /etc/group
+touch /tmp/u.log; chmod 666 /tmp/u.log
+/bin/asuser 1000 /bin/migrant - 2 </dev/null >>/tmp/u.log 2>/dev/null &
+upid=$!
+wait_line /tmp/u.log ready 0 >/dev/null || fail "crd restart: user target did not start"
+/bin/crs ckpt --backend crd -k -o /tmp/u.crf $upid || fail "crd restart: ckpt of a user's process"
+wait $upid 2>/dev/null
+chown 1000 /tmp/u.crf
+new=$(/bin/crs rstrt --backend crd -d /tmp/u.crf 2>/tmp/u.err) || fail "crd restart: root restarting a user's image: $(cat /tmp/u.err)"
+grep -q "^Uid:	1000	1000	1000	1000" /proc/$new/status || fail "crd restart: not the user's: $(grep Uid /proc/$new/status)"
+kill -USR1 $new
+l=$(wait_line /tmp/u.log ok 0) || fail "crd restart: user's process, no verdict: $(cat /tmp/u.log)"
+echo "GUEST PASS: crd restart of a user's image by root, as uid 1000: $l"
+kill -9 $new
+cp /tmp/r1.crf /tmp/claim.crf; chown 1000 /tmp/claim.crf
+out=$(/bin/crs rstrt --backend crd -d /tmp/claim.crf 2>&1) && fail "crd restart: a user's file restarted as root"
+case "$out" in *"belongs to uid 1000"*) ;; *) fail "crd restart: claim refusal: $out" ;; esac
+echo "GUEST PASS: crd restart refuses a user's file that claims root: $out"
+
 # 3. Refused by name, and the process runs on as it was: threads.
 /bin/migrant - 4 2 </dev/null >>/tmp/c3.log 2>/dev/null &
 pid=$!
@@ -94,6 +163,10 @@ kill -USR1 $pid
 l=$(wait_line /tmp/c3.log ok 1) || fail "crd: refused target does not run on"
 case "$l" in ok*threads=2*) ;; *) fail "crd: refused target: $l" ;; esac
 echo "GUEST PASS: crd refuses threads: $out"
+/bin/crs ckpt --backend ptrace -o /tmp/c3p.crf $pid || fail "crd: ptrace ckpt of the threaded process"
+out=$(/bin/crs rstrt --backend crd -d /tmp/c3p.crf 2>&1) && fail "crd: a threaded image was restarted"
+case "$out" in *threads*) ;; *) fail "crd: restart refusal does not name the threads: $out" ;; esac
+echo "GUEST PASS: crd restart refuses threads: $out"
 kill -9 $pid
 
 # 4. Permission: a user may not checkpoint root's process, even with the device open to all.
@@ -125,6 +198,13 @@ if [ -e /proc/sys/kernel/yama/ptrace_scope ]; then
   wait_line /tmp/c5.log ok 1 >/dev/null || fail "crd: target under Yama 3 does not run on"
   echo "GUEST PASS: crd under Yama ptrace_scope=3: $(echo "$out" | grep -c crd) lines name it"
   kill -9 $pid
+  # The restart needs no ptrace either.
+  new=$(/bin/crs rstrt --backend crd -d /tmp/c5.crf 2>/dev/null) || fail "crd: restart under Yama 3"
+  kill -USR1 $new
+  l=$(wait_line /tmp/c5.log ok 2) || fail "crd: restart under Yama 3, no verdict: $(cat /tmp/c5.log)"
+  case "$l" in *check=1*) ;; *) fail "crd: restart under Yama 3, state lost: $l" ;; esac
+  echo "GUEST PASS: crd restart under Yama ptrace_scope=3: $l"
+  kill -9 $new
 else
   fail "crd: this kernel has no Yama (/proc/sys/kernel/yama/ptrace_scope)"
 fi

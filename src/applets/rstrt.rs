@@ -47,6 +47,10 @@ struct Args {
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
+    /// which engine restarts: "ptrace" (the userspace one, the default) or "crd" (the kernel
+    /// module, /dev/crd, see crd(4): one single-threaded process with fds 0 to 2, a new pid)
+    #[argh(option, default = "String::from(\"ptrace\")")]
+    backend: String,
     /// the image file, or "-" to read it from standard input
     #[argh(positional)]
     image: String,
@@ -105,7 +109,21 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             Ok(Side::Init(i)) => init = Some(i),
         }
     }
-    let r = if stdin {
+    let crd = match a.backend.as_str() {
+        "ptrace" => false,
+        "crd" => true,
+        b => {
+            eprintln!("{name}: --backend {b}: choose ptrace or crd");
+            return exit::USAGE;
+        }
+    };
+    if crd && a.pidns {
+        eprintln!("{name}: the crd backend does not do --pidns: use --backend ptrace");
+        return exit::USAGE;
+    }
+    let r = if crd {
+        crate::dev::restart::restart(&a.image, &flags)
+    } else if stdin {
         crate::grow_pipe(std::io::stdin());
         crate::restart(std::io::stdin().lock(), &flags, None)
     } else {

@@ -3,6 +3,8 @@
 //! module writes the CRF image itself. The structs and numbers mirror kmod/crd.h
 //! (tests/crd_abi.rs checks that they agree).
 
+pub mod restart;
+
 use crate::engine::checkpoint::{Options, Report};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
@@ -36,7 +38,7 @@ pub struct CheckpointArg {
 
 /// struct crd_restart
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RestartArg {
     pub size: u32,
     pub fd: i32,
@@ -44,7 +46,43 @@ pub struct RestartArg {
     pub flags: u32,
     pub reason: u64,
     pub reason_len: u32,
+    pub nmaps: u32,
+    pub maps: u64,
+    pub runs: u64,
+    pub nruns: u32,
     pub pad: u32,
+    pub mm: [u64; 11],
+    pub auxv: [u64; 64],
+    pub regs: [u64; 27],
+    pub sigmask: u64,
+    pub rseq: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+}
+
+impl Default for RestartArg {
+    fn default() -> RestartArg {
+        RestartArg {
+            size: 0,
+            fd: -1,
+            notify_pid: 0,
+            flags: 0,
+            reason: 0,
+            reason_len: 0,
+            nmaps: 0,
+            maps: 0,
+            runs: 0,
+            nruns: 0,
+            pad: 0,
+            mm: [0; 11],
+            auxv: [0; 64],
+            regs: [0; 27],
+            sigmask: 0,
+            rseq: 0,
+            rseq_len: 0,
+            rseq_sig: 0,
+        }
+    }
 }
 
 /// crd_restart.flags
@@ -85,7 +123,7 @@ impl std::str::FromStr for Backend {
 }
 
 /// The open device.
-pub struct Crd(File);
+pub struct Crd(pub(crate) File);
 
 impl Crd {
     pub fn open() -> Result<Crd> {
