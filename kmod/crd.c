@@ -61,7 +61,12 @@
 #include <linux/kdev_t.h>
 #include <linux/delay.h>
 #include <linux/hugetlb.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+#include <linux/rseq.h>
+#include <linux/unaligned.h>
+#else
 #include <asm/unaligned.h>
+#endif
 #include <asm/fsgsbase.h>
 #include <asm/segment.h>
 #include <linux/sched/task_stack.h>
@@ -540,12 +545,15 @@ static void enc_put(struct enc *e, const void *p, size_t n)
 		return;
 	if (e->len + n > e->cap) {
 		size_t cap = max(e->cap * 2, e->len + n + 256);
-		u8 *b = kvrealloc(e->b, e->cap, cap, GFP_KERNEL);
+		u8 *b = kvmalloc(cap, GFP_KERNEL);	/* kvrealloc's arguments differ across kernels */
 
 		if (!b) {
 			e->err = -ENOMEM;
 			return;
 		}
+		if (e->len)
+			memcpy(b, e->b, e->len);
+		kvfree(e->b);
 		e->b = b;
 		e->cap = cap;
 	}
