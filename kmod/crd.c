@@ -60,6 +60,7 @@
 #include <linux/version.h>
 #include <linux/kdev_t.h>
 #include <linux/delay.h>
+#include <linux/uio.h>
 #include <linux/hugetlb.h>
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
 #include <linux/rseq.h>
@@ -1724,14 +1725,22 @@ static int fill(struct file *image, struct crd_map *m, u32 nmaps, struct crd_run
 			loff_t pos = r[i].offset + done;
 			unsigned long at = r[i].addr + done;
 
-			if (kernel_read(image, buf, n, &pos) != n)
-				return -EIO;
 			if (m[j].prot & PROT_WRITE) {
-				if (copy_to_user((void __user *)at, buf, n))
-					return -EFAULT;
-			} else if (access_process_vm(current, at, buf, n, FOLL_FORCE | FOLL_WRITE) != n) {
+				/* Straight from the page cache into place. */
+				struct iov_iter it;
+				ssize_t got;
+
+				iov_iter_ubuf(&it, ITER_DEST, (void __user *)at, n);
+				got = vfs_iter_read(image, &it, &pos, 0);
+				if (got <= 0)
+					return got < 0 ? got : -EIO;
+				n = got;
+			} else {
 				/* A read-only private mapping: written as a debugger would, copied on write. */
-				return -EFAULT;
+				if (kernel_read(image, buf, n, &pos) != n)
+					return -EIO;
+				if (access_process_vm(current, at, buf, n, FOLL_FORCE | FOLL_WRITE) != n)
+					return -EFAULT;
 			}
 			done += n;
 			if (fatal_signal_pending(current))
