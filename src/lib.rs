@@ -71,8 +71,8 @@ pub fn checkpoint_with<W: crf::Sink>(
     flags: &Flags,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
-    if flags.backend == dev::Backend::Crd {
-        return Err(Error::Usage("the crd backend writes to a file descriptor: use checkpoint()".into()));
+    if dev::choose(flags.backend, pid) == dev::Backend::Crd {
+        return dev::checkpoint_with(pid, out, flags, commit);
     }
     engine::checkpoint::checkpoint(pid, out, flags, commit)
 }
@@ -180,7 +180,11 @@ pub fn sync_if_file(f: &std::fs::File) -> Result<()> {
 /// Restarts the process whose image `input` yields. With `notify`, sends SIGUSR1 to that pid
 /// (0: our parent) once the process is restored (the paper's RESTART_NOTIFY).
 pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
-    let r = engine::restore::restore(crf::Stream(std::io::BufReader::with_capacity(1 << 20, input)), flags)?;
+    let r = if dev::choose_restart(flags.backend) == dev::Backend::Crd {
+        dev::restart::restart_from(input, flags, &|_| Ok(()))?
+    } else {
+        engine::restore::restore(crf::Stream(std::io::BufReader::with_capacity(1 << 20, input)), flags)?
+    };
     if let Some(p) = notify {
         self::notify(p)?;
     }
@@ -202,6 +206,13 @@ pub fn notify(pid: i32) -> Result<()> {
 /// and never reread (a check of one read followed by a restore from another would let the
 /// owner rewrite the file in between).
 pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Result<Restored> {
+    if dev::choose_restart(flags.backend) == dev::Backend::Crd {
+        let r = dev::restart::restart(path, flags)?;
+        if let Some(p) = notify {
+            self::notify(p)?;
+        }
+        return Ok(r);
+    }
     use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
     // Looked at before it is opened: a device is never opened, a FIFO only as one.
     let look =

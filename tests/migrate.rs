@@ -476,6 +476,7 @@ fn the_library_migrates_without_the_command_line() {
         handshake: Duration::from_secs(10),
         min_rate: 1,
         move_address: false,
+        backend: Default::default(),
     };
     let server = std::thread::spawn(move || {
         let (s, peer) = l.accept().unwrap();
@@ -492,6 +493,7 @@ fn the_library_migrates_without_the_command_line() {
         unix_reconnect: false,
         move_address: None,
         live: None,
+        backend: Default::default(),
     };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
     let served = server.join().unwrap().expect("serve_one");

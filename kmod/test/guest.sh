@@ -183,6 +183,31 @@ echo "GUEST PASS: crd permission: $out"
 echo "GUEST PASS: crd device mode: $out2"
 kill -9 $pid
 
+# M. Migration through the module at both ends (over loopback: source and destination are this
+# node): the process is stopped while its image goes, killed once the destination runs it.
+/bin/crs keygen /tmp/key >/dev/null || fail "crd migrate: keygen"
+mig() { # backend log n: migrates the migrant of log, which has answered n checks
+  /bin/crs restartd $1 -b 127.0.0.1 -p 1023 --key /tmp/key --allow-root 2>/tmp/rd.log &
+  rd=$!
+  wait_line /tmp/rd.log "" 0 >/dev/null
+  i=0; while [ $i -lt 100 ] && ! grep -q listening /tmp/rd.log; do i=$((i+1)); sleep 0.05; done
+  out=$(/bin/crs migrate $1 --key /tmp/key $2 127.0.0.1 2>&1) || { kill $rd; fail "crd migrate ($1): $out; restartd said: $(cat /tmp/rd.log)"; }
+  kill $rd; wait $rd 2>/dev/null
+  echo "$out" | sed -n 's/.* as pid \([0-9]*\).*/\1/p'
+}
+/bin/migrant - 4 </dev/null >>/tmp/m1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/m1.log ready 0 >/dev/null || fail "crd migrate: target did not start"
+new=$(mig "--backend crd" $pid) || exit 1
+[ -n "$new" ] || fail "crd migrate: no new pid"
+wait $pid 2>/dev/null
+[ -d /proc/$pid ] && fail "crd migrate: the source still runs"
+kill -USR1 $new
+l=$(wait_line /tmp/m1.log ok 0) || fail "crd migrate: no verdict: $(cat /tmp/m1.log)"
+case "$l" in *check=1*) ;; *) fail "crd migrate: state lost: $l" ;; esac
+echo "GUEST PASS: crd migrate, pid $pid now $new: $l"
+kill -9 $new
+
 # 5. Yama ptrace_scope=3 forbids ptrace to everyone, root too: the default backend falls back
 # to /dev/crd, says so at -v, and the process runs on untraced.
 if [ -e /proc/sys/kernel/yama/ptrace_scope ]; then
@@ -204,6 +229,15 @@ if [ -e /proc/sys/kernel/yama/ptrace_scope ]; then
   l=$(wait_line /tmp/c5.log ok 2) || fail "crd: restart under Yama 3, no verdict: $(cat /tmp/c5.log)"
   case "$l" in *check=1*) ;; *) fail "crd: restart under Yama 3, state lost: $l" ;; esac
   echo "GUEST PASS: crd restart under Yama ptrace_scope=3: $l"
+  kill -9 $new
+  # Migration with the default backends at both ends: both find ptrace forbidden.
+  /bin/migrant - 2 </dev/null >>/tmp/m2.log 2>/dev/null &
+  pid=$!
+  wait_line /tmp/m2.log ready 0 >/dev/null || fail "crd: migrate target under Yama 3 did not start"
+  new=$(mig "" $pid) || exit 1
+  kill -USR1 $new
+  l=$(wait_line /tmp/m2.log ok 0) || fail "crd: migrate under Yama 3, no verdict: $(cat /tmp/m2.log)"
+  echo "GUEST PASS: crd migrate under Yama ptrace_scope=3 (default backends): $l"
   kill -9 $new
 else
   fail "crd: this kernel has no Yama (/proc/sys/kernel/yama/ptrace_scope)"

@@ -53,6 +53,11 @@ struct Args {
     /// the rounds go on until what is left fits a tenth of it (half, once they stop shrinking)
     #[argh(option, default = "50")]
     max_downtime: u64,
+    /// which engine checkpoints here: "ptrace", "crd" (the kernel module, /dev/crd, see
+    /// crd(4): the process is stopped, not killed, until the destination runs it), or "auto"
+    /// (the default: ptrace, and crd when Yama forbids ptrace)
+    #[argh(option, default = "String::from(\"auto\")")]
+    backend: String,
     /// print the freeze time and the transfer rate
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -107,6 +112,7 @@ fn run(a: &Args) -> Result<()> {
         unix_reconnect: a.unix_reconnect,
         move_address,
         live: a.live.then(|| Duration::from_millis(a.max_downtime.max(1))),
+        backend: a.backend.parse().map_err(Error::Usage)?,
     };
     let m = migrate(a.pid, &addrs, &opts)?;
     if let Some(why) = &m.ahead.not_live {

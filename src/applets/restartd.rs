@@ -48,6 +48,11 @@ struct Args {
     /// not
     #[argh(switch)]
     move_address: bool,
+    /// which engine restores: "ptrace", "crd" (the kernel module, /dev/crd, see crd(4): one
+    /// single-threaded process, a new pid, not live), or "auto" (the default: ptrace, and crd
+    /// when Yama forbids ptrace)
+    #[argh(option, default = "String::from(\"auto\")")]
+    backend: String,
 }
 
 use crate::error::{Error, Result};
@@ -105,6 +110,7 @@ fn config(a: &Args) -> Result<ServeConfig> {
         limit,
         timeout: Duration::from_secs(a.timeout.max(1)),
         handshake: Duration::from_secs(a.handshake_timeout.max(1)),
+        backend: a.backend.parse().map_err(Error::Usage)?,
         min_rate: match &a.min_rate {
             Some(r) => parse_size(r)
                 .map_err(|_| Error::Usage(format!("--min-rate {r:?}: give bytes per second, e.g. 64K or 1M")))?

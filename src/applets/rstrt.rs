@@ -47,9 +47,10 @@ struct Args {
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// which engine restarts: "ptrace" (the userspace one, the default) or "crd" (the kernel
-    /// module, /dev/crd, see crd(4): one single-threaded process with fds 0 to 2, a new pid)
-    #[argh(option, default = "String::from(\"ptrace\")")]
+    /// which engine restarts: "ptrace" (the userspace one), "crd" (the kernel module, /dev/crd,
+    /// see crd(4): one single-threaded process with fds 0 to 2, a new pid), or "auto" (the
+    /// default: ptrace, and crd when Yama forbids ptrace)
+    #[argh(option, default = "String::from(\"auto\")")]
     backend: String,
     /// the image file, or "-" to read it from standard input
     #[argh(positional)]
@@ -89,6 +90,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         timens: a.timens,
         shell_job: a.shell_job,
         grant_caps: a.user_caps,
+        backend: crate::dev::Backend::Auto,
     };
     // Block the signals we forward before the process exists, so none is lost in between.
     let mut set = SigSet::empty();
@@ -109,18 +111,22 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             Ok(Side::Init(i)) => init = Some(i),
         }
     }
-    let crd = match a.backend.as_str() {
-        "ptrace" => false,
-        "crd" => true,
-        b => {
-            eprintln!("{name}: --backend {b}: choose ptrace or crd");
+    let backend: crate::dev::Backend = match a.backend.parse() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{name}: {e}");
             return exit::USAGE;
         }
     };
+    let crd = crate::dev::choose_restart(backend) == crate::dev::Backend::Crd;
     if crd && a.pidns {
         eprintln!("{name}: the crd backend does not do --pidns: use --backend ptrace");
         return exit::USAGE;
     }
+    let flags = crate::RestartFlags {
+        backend: if crd { crate::dev::Backend::Crd } else { crate::dev::Backend::Ptrace },
+        ..flags
+    };
     let r = if crd {
         crate::dev::restart::restart(&a.image, &flags)
     } else if stdin {

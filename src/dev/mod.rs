@@ -229,18 +229,7 @@ pub fn flags_of(o: &Options) -> Result<u32> {
 pub fn checkpoint(fd: impl AsFd, pid: i32, o: &Options) -> Result<Report> {
     let flags = flags_of(o)?;
     let crd = Crd::open()?;
-    if !o.alone {
-        let kids = crate::res::tree::children(pid);
-        if !kids.is_empty() {
-            return Err(Error::Blocked {
-                pid,
-                reasons: vec![format!(
-                    "it has children ({}): the crd backend checkpoints one process; use --backend ptrace, or --alone",
-                    kids.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")
-                )],
-            });
-        }
-    }
+    refuse_children(pid, o)?;
     let t0 = Instant::now();
     let (bytes, pages) = crd.checkpoint(fd, pid, flags)?;
     Ok(Report {
@@ -253,6 +242,86 @@ pub fn checkpoint(fd: impl AsFd, pid: i32, o: &Options) -> Result<Report> {
         zombies: 0,
         notes: Vec::new(),
         tcp_lock: String::new(),
+    })
+}
+
+/// Checkpoints `pid` through /dev/crd into any writer (a migration's connection): the module
+/// writes into a pipe that this thread pumps into `out`, and leaves the process stopped
+/// (CRD_STOP) until `commit` has the image safe; then it is killed (`o.kill`), left stopped
+/// (`o.stop`) or continued. If anything fails, it is continued: it runs on as it was (its
+/// parent may see it stop and continue, a job-control notice).
+pub fn checkpoint_with<W: std::io::Write>(
+    pid: i32,
+    mut out: W,
+    o: &Options,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
+    let flags = (flags_of(o)? & !(KILL | STOP)) | STOP;
+    refuse_children(pid, o)?;
+    let crd = Crd::open()?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", "image", e))?;
+    crate::grow_pipe(&wr);
+    let t0 = Instant::now();
+    let (made, pumped) = std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let r = crd.checkpoint(&wr, pid, flags);
+            drop(wr);
+            r
+        });
+        let mut from = File::from(rd);
+        let pumped = std::io::copy(&mut from, &mut out).and_then(|_| out.flush());
+        // A failed copy: the module's next write sees no reader (EPIPE) and lets go.
+        drop(from);
+        let made = writer.join().unwrap_or_else(|_| Err(Error::Proc("the crd writer thread died".into())));
+        (made, pumped)
+    });
+    let resume = |sig: libc::c_int| {
+        // SAFETY: kill takes a pid and a signal.
+        unsafe { libc::kill(pid, sig) };
+    };
+    let (bytes, pages) = made?;
+    let frozen = t0.elapsed();
+    if let Err(e) = pumped {
+        resume(libc::SIGCONT);
+        return Err(Error::io("image", e));
+    }
+    if let Err(e) = commit(out) {
+        resume(libc::SIGCONT);
+        return Err(e);
+    }
+    if o.kill {
+        resume(libc::SIGKILL);
+    } else if !o.stop {
+        resume(libc::SIGCONT);
+    }
+    Ok(Report {
+        pid,
+        pages,
+        image_bytes: bytes,
+        frozen,
+        stubs: Vec::new(),
+        processes: 1,
+        zombies: 0,
+        notes: Vec::new(),
+        tcp_lock: String::new(),
+    })
+}
+
+/// The module takes one process: the ptrace engine's tree is not cut silently.
+fn refuse_children(pid: i32, o: &Options) -> Result<()> {
+    if o.alone {
+        return Ok(());
+    }
+    let kids = crate::res::tree::children(pid);
+    if kids.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Blocked {
+        pid,
+        reasons: vec![format!(
+            "it has children ({}): the crd backend checkpoints one process; use --backend ptrace, or --alone",
+            kids.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")
+        )],
     })
 }
 
@@ -279,6 +348,21 @@ pub fn choose(b: Backend, pid: i32) -> Backend {
             Backend::Crd
         }
         None => b,
+    }
+}
+
+/// The backend a restart starts with: `Auto` is crd when Yama forbids us to trace even our own
+/// child (the ptrace engine's restore traces the process it makes) and /dev/crd is there.
+pub fn choose_restart(b: Backend) -> Backend {
+    if b != Backend::Auto || !std::path::Path::new(PATH).exists() {
+        return if b == Backend::Auto { Backend::Ptrace } else { b };
+    }
+    match yama_forbids(std::process::id() as i32) {
+        Some(why) => {
+            log::info!("{why}: restarting through {PATH}");
+            Backend::Crd
+        }
+        None => Backend::Ptrace,
     }
 }
 

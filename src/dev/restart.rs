@@ -12,6 +12,7 @@ use crate::engine::restore::{Options, Restored};
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::res::files::{KIND_DEV, KIND_FILE, KIND_STDIO};
+use crate::res::head::Header;
 use crate::res::image::{ProcessState, SectionReader};
 use crate::res::memory::{self, Vma};
 use std::fs::File;
@@ -162,14 +163,7 @@ fn stable(path: &str) -> Result<(File, Option<u32>)> {
     if !md.is_file() && !md.file_type().is_fifo() && !md.file_type().is_socket() {
         return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
     }
-    let name = c"crs-image";
-    // SAFETY: memfd_create reads a NUL-terminated name.
-    let m = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if m < 0 {
-        return Err(Error::sys("memfd_create", "image copy", nix::errno::Errno::last()));
-    }
-    // SAFETY: `m` is a new fd we own.
-    let mut copy = unsafe { File::from_raw_fd(m) };
+    let mut copy = memfd()?;
     std::io::copy(&mut f, &mut copy).map_err(|e| Error::io(path, e))?;
     copy.rewind().map_err(|e| Error::io("image copy", e))?;
     Ok((copy, owner))
@@ -239,6 +233,36 @@ fn map_arg(p: &memory::Plan) -> MapArg {
 
 /// Restarts the image at `path` ("-": standard input) through /dev/crd, as a child of ours.
 pub fn restart(path: &str, opts: &Options) -> Result<Restored> {
+    let (image, owner) = stable(path)?;
+    let whose = format!("image file {path}");
+    restart_checked(image, opts, &|h| match owner.filter(|_| crate::res::creds::is_root()) {
+        Some(uid) => crate::res::creds::check_user_claims(h, uid, &whose),
+        None => Ok(()),
+    })
+}
+
+/// Restarts an image read from `input` (copied to memory first) through /dev/crd.
+pub fn restart_from(mut input: impl Read, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
+    let mut copy = memfd()?;
+    std::io::copy(&mut input, &mut copy).map_err(|e| Error::io("image", e))?;
+    copy.rewind().map_err(|e| Error::io("image copy", e))?;
+    restart_checked(copy, opts, policy)
+}
+
+fn memfd() -> Result<File> {
+    let name = c"crs-image";
+    // SAFETY: memfd_create reads a NUL-terminated name.
+    let m = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if m < 0 {
+        return Err(Error::sys("memfd_create", "image copy", nix::errno::Errno::last()));
+    }
+    // SAFETY: `m` is a new fd we own.
+    Ok(unsafe { File::from_raw_fd(m) })
+}
+
+/// Restarts the image in `image` (a file nobody else may change) through /dev/crd, once the
+/// caller may restore it and `policy` accepts its header (who it claims to be).
+pub fn restart_checked(image: File, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
     if opts.ipcns || opts.timens || opts.shell_job || opts.grant_caps || opts.require_pid || opts.hold {
         return Err(Error::Usage(
             "the crd backend does not do --ipcns, --timens, --shell-job, --user-caps or --require-pid: use --backend ptrace"
@@ -246,12 +270,9 @@ pub fn restart(path: &str, opts: &Options) -> Result<Restored> {
         ));
     }
     let crd = Crd::open()?;
-    let (image, owner) = stable(path)?;
     let Checked { st, runs } = read_all(&image)?;
     crate::res::creds::check_caller(&st.head)?;
-    if let Some(uid) = owner.filter(|_| crate::res::creds::is_root()) {
-        crate::res::creds::check_user_claims(&st.head, uid, &format!("image file {path}"))?;
-    }
+    policy(&st.head)?;
     check(&st)?;
     if let Some(t) = st.threads.first() {
         crate::res::regs::check_xstate(&t.regs)?;

@@ -70,6 +70,9 @@ pub struct Options {
     /// An address this node does not have yet (migrate --move-address puts it on before the
     /// processes run): sockets bound to it are bound with IP_FREEBIND.
     pub free_bind: Option<std::net::IpAddr>,
+    /// Which engine restarts (see crate::dev): this one, /dev/crd, or `Auto`: this one unless
+    /// Yama forbids it to trace its child and /dev/crd is there.
+    pub backend: crate::dev::Backend,
 }
 
 #[derive(Debug)]

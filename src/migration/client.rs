@@ -34,6 +34,8 @@ pub struct Options {
     /// Live: send the pages ahead while the process runs, until what is left fits this
     /// downtime (see engine::precopy); None: stop-and-copy.
     pub live: Option<Duration>,
+    /// Which engine checkpoints (see crate::dev).
+    pub backend: crate::dev::Backend,
 }
 
 /// What a live migration sent ahead.
@@ -118,8 +120,13 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         stubs: opts.stubs.clone(),
         tcp_established: opts.tcp_established,
         unix_reconnect: opts.unix_reconnect,
+        backend: crate::dev::choose(opts.backend, pid),
         ..Default::default()
     };
+    let crd = flags.backend == crate::dev::Backend::Crd;
+    if crd && opts.live.is_some() {
+        return Err(Error::Usage("the crd backend does not migrate live: drop --live, or use --backend ptrace".into()));
+    }
     if opts.move_address.is_some() && opts.keep {
         return Err(Error::Usage("--move-address moves the process's address: it cannot go with --keep".into()));
     }
@@ -128,7 +135,12 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             "--tcp-established moves the process's connections, which a copy cannot share with it: drop --keep".into(),
         ));
     }
-    crate::engine::checkpoint::precheck(pid, &flags)?;
+    if crd {
+        // The module says what it refuses once it has the process (no ptrace to look first).
+        crate::dev::flags_of(&flags)?;
+    } else {
+        crate::engine::checkpoint::precheck(pid, &flags)?;
+    }
     if let Some(a) = opts.move_address {
         crate::net::address::device_of(a)?;
     }
@@ -173,7 +185,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     let r = std::thread::scope(|s| {
         let w = FrameWriter::new(s, &mut c);
         peer_said = Some(w.peer_said.clone());
-        crate::engine::checkpoint::checkpoint_prechecked(pid, w, &flags, |w| {
+        let done = |w| {
             // The address leaves with the process, once its image is out; it is back before
             // the process runs here again.
             if let Some(a) = opts.move_address {
@@ -184,7 +196,12 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
                 moved = None;
             }
             r
-        })
+        };
+        if crd {
+            crate::dev::checkpoint_with(pid, w, &flags, done)
+        } else {
+            crate::engine::checkpoint::checkpoint_prechecked(pid, w, &flags, done)
+        }
     });
     match r {
         Ok(report) => {

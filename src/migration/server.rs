@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub min_rate: u64,
     /// Clients may move an address here with their process (restartd --move-address).
     pub move_address: bool,
+    /// Which engine restores (see crate::dev).
+    pub backend: crate::dev::Backend,
 }
 
 /// A process restored here and running.
@@ -194,12 +196,13 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         timens: false,
         shell_job: false,
         grant_caps: false,
+        backend: crate::dev::Backend::Ptrace,
     };
     let who_cell = std::cell::RefCell::new(String::new());
     // How much of the image had arrived when the restore began (the restore is pipelined).
     let progress = fr.progress.clone();
     let began = std::cell::Cell::new(0u64);
-    let r = crate::engine::restore::restore_live(&mut fr, &opts, store.as_mut(), &|h| {
+    let check = |h: &crate::res::head::Header| {
         // Named by its first process (the tree's root), whose header comes first.
         if who_cell.borrow().is_empty() {
             began.set(progress.load(std::sync::atomic::Ordering::Relaxed));
@@ -209,7 +212,19 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
             return Err(Error::Permission("cannot tell which local user connects; give restartd a key".into()));
         }
         policy(cfg, h, local_uid)
-    });
+    };
+    let crd = crate::dev::choose_restart(cfg.backend) == crate::dev::Backend::Crd;
+    let r = if crd && store.is_some() {
+        Err(Error::Refused(
+            "this restartd restores through /dev/crd, which takes no pages sent ahead: migrate without --live".into(),
+        ))
+    } else if crd {
+        // Read whole and checked, then restarted stopped: it runs on the client's Commit.
+        let opts = crate::RestartFlags { hold: false, stop: true, backend: crate::dev::Backend::Crd, ..opts };
+        crate::dev::restart::restart_from(&mut fr, &opts, &check)
+    } else {
+        crate::engine::restore::restore_live(&mut fr, &opts, store.as_mut(), &check)
+    };
     let who = who_cell.into_inner();
     // The image reader stops at the trailer; the End frame follows it.
     let drained = match &r {
@@ -237,6 +252,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     };
     let pid = restored.pid;
+    let copy = Copy { pid, held: restored.held, stopped: crd };
     for n in &restored.notes {
         info!("{peer}: {who}: {n}");
     }
@@ -250,7 +266,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
             return Err(e);
         }
     };
-    let outcome = commit(&mut c, pid, restored.held);
+    let outcome = commit(&mut c, copy);
     if let (Ok(()), Some(p)) = (&outcome, placed) {
         p.keep();
     }
@@ -276,18 +292,51 @@ fn receive_ahead(c: &mut Conn<Paced>, st: &mut Store) -> Result<()> {
     }
 }
 
-/// Reports the copy, restored but held (traced, not yet run), and lets it run only on the
-/// client's Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the
-/// copy is killed, for the source runs on.
-fn commit(c: &mut Conn<Paced>, pid: i32, held: Option<crate::engine::restore::Held>) -> Result<()> {
-    let held = held.ok_or_else(|| Error::Proc("restore did not hold the process".into()))?;
+/// The restored copy, not yet run: held traced by the ptrace engine, or stopped (SIGSTOP) by
+/// the crd one. Dropped before its release, it is killed: the source runs on.
+struct Copy {
+    pid: i32,
+    held: Option<crate::engine::restore::Held>,
+    stopped: bool,
+}
+
+impl Copy {
+    fn release(mut self) -> Result<()> {
+        if let Some(h) = self.held.take() {
+            return h.release();
+        }
+        if !self.stopped {
+            return Err(Error::Proc("restore did not hold the process".into()));
+        }
+        self.stopped = false;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGCONT)
+            .map_err(|e| Error::sys("kill(SIGCONT)", format!("pid {}", self.pid), e))
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        if self.stopped {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reports the copy, restored but held (not yet run), and lets it run only on the client's
+/// Commit. Without one (Abort, a cut connection, a timeout, this handler dying) the copy is
+/// killed, for the source runs on.
+fn commit(c: &mut Conn<Paced>, copy: Copy) -> Result<()> {
+    let pid = copy.pid;
+    if copy.held.is_none() && !copy.stopped {
+        return Err(Error::Proc("restore did not hold the process".into()));
+    }
     let mut buf = Vec::new();
     match c.send(Kind::Restored, &pid_payload(pid)).and_then(|_| c.recv(&mut buf)) {
         Ok(Kind::Commit) => {}
         Ok(k) => return Err(Error::Net(NetError::Protocol(format!("expected Commit, got {k:?}")))),
         Err(e) => return Err(e.into()),
     }
-    held.release()?;
+    copy.release()?;
     c.send(Kind::Running, &pid_payload(pid))?;
     Ok(())
 }
