@@ -183,6 +183,22 @@ echo "GUEST PASS: crd permission: $out"
 echo "GUEST PASS: crd device mode: $out2"
 kill -9 $pid
 
+# S. A caller whose seccomp filter forbids ptrace (a sandbox): the ptrace engine is refused, the
+# default backend falls back to /dev/crd.
+/bin/migrant - 2 </dev/null >>/tmp/s1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/s1.log ready 0 >/dev/null || fail "crd: sandbox target did not start"
+/bin/noptrace /bin/crs ckpt --backend ptrace -o /tmp/s1p.crf $pid 2>/dev/null && fail "crd: ptrace worked in the sandbox"
+out=$(/bin/noptrace /bin/crs ckpt -v -o /tmp/s1.crf $pid 2>&1) || fail "crd: auto in the sandbox: $out"
+case "$out" in *"/dev/crd"*) ;; *) fail "crd: auto in the sandbox did not say /dev/crd: $out" ;; esac
+kill -9 $pid; wait $pid 2>/dev/null
+new=$(/bin/noptrace /bin/crs rstrt --backend crd -d /tmp/s1.crf 2>/dev/null) || fail "crd: restart in the sandbox"
+kill -USR1 $new
+l=$(wait_line /tmp/s1.log ok 0) || fail "crd: sandbox, no verdict: $(cat /tmp/s1.log)"
+grep -q "^Seccomp:	2" /proc/$new/status || fail "crd: the restarted process lost the sandbox it was restarted in"
+echo "GUEST PASS: crd in a seccomp sandbox without ptrace: $l"
+kill -9 $new
+
 # M. Migration through the module at both ends (over loopback: source and destination are this
 # node): the process is stopped while its image goes, killed once the destination runs it.
 /bin/crs keygen /tmp/key >/dev/null || fail "crd migrate: keygen"

@@ -89,6 +89,7 @@ cc -O1 -static -o "$root/bin/guestexit" "$here/guestexit.c"
 cc -O1 -static -o "$root/bin/asuser" "$here/asuser.c"
 cc -O1 -static -o "$root/bin/regs" "$here/../targets/regs.c"
 cc -O1 -static -o "$root/bin/tracer" "$here/tracer.c"
+cc -O1 -static -o "$root/bin/noptrace" "$here/noptrace.c"
 # The kernel backend, built against the guest kernel's headers (warnings are errors: kmod/Kbuild).
 rm -rf "$work/kmod" && cp -r "$here/../../kmod" "$work/kmod"
 make -s -C "$work/kmod" KVER="$kver" >"$work/kmod.log" 2>&1 || { cat "$work/kmod.log"; echo "kernel $kver: crd.ko does not build"; exit 1; }
