@@ -113,6 +113,15 @@ rpid=$(pidof regs) || fail "crd restart: regs did not start"
 touch /tmp/gor4
 l=$(wait_line /tmp/r3.log ok 0) || fail "crd restart: regs: $(cat /tmp/r3.log /tmp/r4.log)"
 echo "GUEST PASS: crd restart, registers: $l"
+# Through a pipe, both ways: the module writes into it, rstrt copies it to memory first.
+/bin/migrant - 4 </dev/null >>/tmp/p1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/p1.log ready 0 >/dev/null || fail "crd pipe: target did not start"
+new=$( (/bin/crs ckpt --backend crd -k -o - $pid | /bin/crs rstrt --backend crd -d -) 2>/tmp/p1.err) || fail "crd pipe: $(cat /tmp/p1.err)"
+kill -USR1 $new
+l=$(wait_line /tmp/p1.log ok 0) || fail "crd pipe: no verdict: $(cat /tmp/p1.log /tmp/p1.err)"
+echo "GUEST PASS: crd through a pipe, pid $pid now $new: $l"
+kill -9 $new
 # A corrupt image (one byte of a page flipped) is refused, and nothing runs.
 cp /tmp/r1.crf /tmp/bad.crf
 printf '\377' | dd of=/tmp/bad.crf bs=1 seek=20000 conv=notrunc 2>/dev/null
