@@ -93,10 +93,11 @@ wait_line /tmp/r1.log ok 1 >/dev/null || fail "crd restart: target check before"
 /bin/crs ckpt --backend crd -k -o /tmp/r1.crf $pid || fail "crd restart: ckpt"
 wait $pid 2>/dev/null
 new=$(/bin/crs rstrt --backend crd -d /tmp/r1.crf 2>/tmp/r1.err) || fail "crd restart: rstrt: $(cat /tmp/r1.err)"
+[ "$new" = "$pid" ] || fail "crd restart: pid $pid was free, yet it came back as $new: $(cat /tmp/r1.err)"
 kill -USR1 $new
 l=$(wait_line /tmp/r1.log ok 2) || fail "crd restart: no verdict: $(cat /tmp/r1.log /tmp/r1.err)"
 case "$l" in *check=2*) ;; *) fail "crd restart: state lost: $l" ;; esac
-echo "GUEST PASS: crd checkpoint, crd restart: $l ($(head -1 /tmp/r1.err))"
+echo "GUEST PASS: crd checkpoint, crd restart, same pid $new: $l"
 # ... and the restarted process checkpoints and restarts again, through the other engine.
 /bin/crs ckpt --backend ptrace -k -o /tmp/r2.crf $new || fail "crd restart: ptrace ckpt of a crd-restarted process"
 new2=$(/bin/crs rstrt --backend crd -d /tmp/r2.crf 2>/dev/null) || fail "crd restart: rstrt of a ptrace image"

@@ -49,8 +49,8 @@ struct Args {
     #[argh(switch)]
     move_address: bool,
     /// which engine restores: "ptrace", "crd" (the kernel module, /dev/crd, see crd(4): one
-    /// single-threaded process, a new pid, not live), or "auto" (the default: ptrace, and crd
-    /// when Yama forbids ptrace)
+    /// single-threaded process, not live), or "auto" (the default: ptrace, and crd when Yama
+    /// forbids ptrace)
     #[argh(option, default = "String::from(\"auto\")")]
     backend: String,
 }

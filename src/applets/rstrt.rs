@@ -48,7 +48,7 @@ struct Args {
     #[argh(switch, short = 'v')]
     verbose: bool,
     /// which engine restarts: "ptrace" (the userspace one), "crd" (the kernel module, /dev/crd,
-    /// see crd(4): one single-threaded process with fds 0 to 2, a new pid), or "auto" (the
+    /// see crd(4): one single-threaded process with fds 0 to 2), or "auto" (the
     /// default: ptrace, and crd when Yama forbids ptrace)
     #[argh(option, default = "String::from(\"auto\")")]
     backend: String,

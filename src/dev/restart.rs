@@ -263,10 +263,9 @@ fn memfd() -> Result<File> {
 /// Restarts the image in `image` (a file nobody else may change) through /dev/crd, once the
 /// caller may restore it and `policy` accepts its header (who it claims to be).
 pub fn restart_checked(image: File, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
-    if opts.ipcns || opts.timens || opts.shell_job || opts.grant_caps || opts.require_pid || opts.hold {
+    if opts.ipcns || opts.timens || opts.shell_job || opts.grant_caps || opts.hold {
         return Err(Error::Usage(
-            "the crd backend does not do --ipcns, --timens, --shell-job, --user-caps or --require-pid: use --backend ptrace"
-                .into(),
+            "the crd backend does not do --ipcns, --timens, --shell-job or --user-caps: use --backend ptrace".into(),
         ));
     }
     let crd = Crd::open()?;
@@ -304,12 +303,7 @@ fn spawn(
     wr: OwnedFd,
     usr1: &nix::sys::signal::SigSet,
 ) -> Result<Restored> {
-    // SAFETY: the child only runs code of ours until it calls CRD_RESTART or _exit: it never
-    // returns into the caller's code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::sys("fork", "restart child", nix::errno::Errno::last()));
-    }
+    let (pid, pid_note) = fork_as(st.head.pid, opts.require_pid)?;
     if pid == 0 {
         drop(rd);
         let why = child(crd, image, &st, &plans, maps, &runs, opts);
@@ -337,7 +331,7 @@ fn spawn(
         let s = unsafe { libc::sigtimedwait(usr1.as_ref(), &mut info, &t) };
         // SAFETY: si_pid is valid for a signal sent with kill (SI_USER), as the module's is.
         if s == libc::SIGUSR1 && unsafe { info.si_pid() } == pid {
-            return Ok(restored(pid, st, opts));
+            return Ok(restored(pid, st, opts, pid_note));
         }
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)) => {
@@ -365,12 +359,60 @@ fn unsafe_zeroed() -> libc::siginfo_t {
     unsafe { std::mem::zeroed() }
 }
 
-fn restored(pid: i32, st: ProcessState, opts: &Options) -> Restored {
+/// Forks the child that becomes the process, with the image's pid `want` when it is free and
+/// we may (clone3 with set_tid); returns 0 in the child, as fork does, and in the parent the
+/// child's pid and why it is not `want`.
+fn fork_as(want: i32, require: bool) -> Result<(i32, Option<String>)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = [want];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork. The child only runs code of ours until it
+    // calls CRD_RESTART or _exit (rstrt is single-threaded here), never the caller's.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r >= 0 {
+        return Ok((r as i32, None));
+    }
+    let why = match nix::errno::Errno::last() {
+        nix::errno::Errno::EEXIST => format!("pid {want} is in use"),
+        nix::errno::Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
+        e => format!("clone3 with set_tid failed: {}", e.desc()),
+    };
+    if require {
+        return Err(Error::Refused(format!("cannot restart as pid {want}: {why} (--require-pid)")));
+    }
+    // SAFETY: as above.
+    let f = unsafe { libc::fork() };
+    if f < 0 {
+        return Err(Error::sys("fork", "restart child", nix::errno::Errno::last()));
+    }
+    Ok((f, (f > 0).then_some(why)))
+}
+
+fn restored(pid: i32, st: ProcessState, opts: &Options, pid_note: Option<String>) -> Restored {
     let original_pid = st.head.pid;
     Restored {
         pid,
         original_pid,
-        pid_note: (pid != original_pid).then(|| "the crd backend gives the process a new pid".to_string()),
+        pid_note,
         exe_kept: false,
         null_stdio: opts.null_stdio,
         notes: vec![format!("/proc/{pid}/exe names crs: the crd backend does not set it")],
