@@ -363,23 +363,8 @@ fn unsafe_zeroed() -> libc::siginfo_t {
 /// we may (clone3 with set_tid); returns 0 in the child, as fork does, and in the parent the
 /// child's pid and why it is not `want`.
 fn fork_as(want: i32, require: bool) -> Result<(i32, Option<String>)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     let tid = [want];
-    let args = CloneArgs {
+    let args = crate::engine::spawn::CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
@@ -387,7 +372,9 @@ fn fork_as(want: i32, require: bool) -> Result<(i32, Option<String>)> {
     };
     // SAFETY: clone3 without CLONE_VM is a fork. The child only runs code of ours until it
     // calls CRD_RESTART or _exit (rstrt is single-threaded here), never the caller's.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const _, std::mem::size_of::<crate::engine::spawn::CloneArgs>())
+    };
     if r >= 0 {
         return Ok((r as i32, None));
     }
@@ -631,9 +618,7 @@ fn set_comm(comm: &str) {
 /// own memory fails the restart (try again: the addresses are random).
 fn move_vdso(vmas: &[Vma]) -> Result<()> {
     let own = procfs::read_maps(std::process::id() as i32)?;
-    let want: Vec<&Vma> = vmas.iter().filter(|v| v.is_special()).collect();
-    let mine: Vec<&MapEntry> = own.iter().filter(|m| m.is_vdso_or_vvar()).collect();
-    for v in &want {
+    for v in vmas.iter().filter(|v| v.is_special()) {
         if let Some(m) = own.iter().find(|m| !m.is_vdso_or_vvar() && m.start < v.end && v.start < m.end) {
             return Err(Error::Refused(format!(
                 "the image's {} at {:#x} is where rstrt has {} here; try again",
@@ -641,9 +626,10 @@ fn move_vdso(vmas: &[Vma]) -> Result<()> {
             )));
         }
     }
-    let mremap = |from: u64, len: u64, to: u64| -> Result<()> {
+    let used: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
+    for (from, to, len, name) in crate::engine::layout::special_moves(&own, vmas, &used)? {
         // SAFETY: moves a whole special mapping of ours to a range that holds nothing of ours
-        // but the specials (checked above); nothing here uses the vdso any more.
+        // but the specials (checked above, or found free); nothing here uses the vdso any more.
         let r = unsafe {
             libc::mremap(
                 from as *mut _,
@@ -653,29 +639,9 @@ fn move_vdso(vmas: &[Vma]) -> Result<()> {
                 to as *mut libc::c_void,
             )
         };
-        if r == libc::MAP_FAILED { Err(sys("mremap", format!("vdso {from:#x} to {to:#x}"))) } else { Ok(()) }
-    };
-    let moves: Vec<(u64, u64, u64)> = want
-        .iter()
-        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len())))
-        .filter(|(from, to, _)| from != to)
-        .collect();
-    let overlap = moves.iter().any(|&(_, to, len)| mine.iter().any(|m| m.start < to + len && to < m.end));
-    let mut from: Vec<(u64, u64, u64)> = moves.clone();
-    if overlap {
-        let mut used: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
-        used.extend(want.iter().map(|v| (v.start, v.end)));
-        let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
-        let mut tmp = crate::engine::layout::find_free(&used, total)
-            .ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
-        for m in from.iter_mut() {
-            mremap(m.0, m.2, tmp)?;
-            m.0 = tmp;
-            tmp += m.2 + PAGE_SIZE as u64;
+        if r == libc::MAP_FAILED {
+            return Err(sys("mremap", format!("{name} {from:#x} to {to:#x}")));
         }
-    }
-    for &(f, t, len) in &from {
-        mremap(f, len, t)?;
     }
     Ok(())
 }

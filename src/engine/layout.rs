@@ -75,36 +75,50 @@ pub fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
 /// them when the image had none). `plan` has already checked they are the same kind and size.
 pub fn move_specials(c: &mut Ctl, child: &[MapEntry], vmas: &[memory::Vma], avoid: &[(u64, u64)]) -> Result<()> {
     let mine: Vec<&MapEntry> = child.iter().filter(|m| m.is_vdso_or_vvar()).collect();
-    let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
-    if want.is_empty() {
+    if !vmas.iter().any(|v| v.is_special()) {
         for m in mine {
             c.munmap(RemoteAddr(m.start), m.len(), &m.name)?;
         }
         return Ok(());
     }
-    let moves: Vec<(u64, u64, u64, &str)> = want
-        .iter()
-        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len(), m.name.as_str())))
-        .filter(|(from, to, _, _)| from != to)
-        .collect();
-    let overlap = moves.iter().any(|&(_, to, len, _)| mine.iter().any(|m| m.start < to + len && to < m.end));
-    let mut moves_from: Vec<(u64, u64, u64, &str)> = moves.clone();
-    if overlap {
-        // Two steps: first out of the way, then into place.
-        let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
-        let mut all = avoid.to_vec();
-        all.extend(want.iter().map(|v| (v.start, v.end)));
-        let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
-        for m in moves_from.iter_mut() {
-            c.mremap_to(RemoteAddr(m.0), m.2, RemoteAddr(tmp), m.3)?;
-            m.0 = tmp;
-            tmp += m.2 + PAGE_SIZE as u64;
-        }
-    }
-    for &(from, to, len, name) in &moves_from {
-        c.mremap_to(RemoteAddr(from), len, RemoteAddr(to), name)?;
+    for (from, to, len, name) in special_moves(child, vmas, avoid)? {
+        c.mremap_to(RemoteAddr(from), len, RemoteAddr(to), &name)?;
     }
     Ok(())
+}
+
+/// The mremaps, in order, that take the vdso/vvar mappings of `maps` (a process's) to where
+/// the image's `vmas` have them: first out of the way (clear of `avoid` and of the places)
+/// when a place overlaps one of them, then into place. (from, to, len, name).
+pub fn special_moves(
+    maps: &[MapEntry],
+    vmas: &[memory::Vma],
+    avoid: &[(u64, u64)],
+) -> Result<Vec<(u64, u64, u64, String)>> {
+    let mine: Vec<&MapEntry> = maps.iter().filter(|m| m.is_vdso_or_vvar()).collect();
+    let want: Vec<&memory::Vma> = vmas.iter().filter(|v| v.is_special()).collect();
+    let moves: Vec<(u64, u64, u64, String)> = want
+        .iter()
+        .filter_map(|v| mine.iter().find(|m| m.name == v.name).map(|m| (m.start, v.start, v.len(), m.name.clone())))
+        .filter(|(from, to, _, _)| from != to)
+        .collect();
+    let overlap = moves.iter().any(|(_, to, len, _)| mine.iter().any(|m| m.start < to + len && *to < m.end));
+    if !overlap {
+        return Ok(moves);
+    }
+    let mut all = avoid.to_vec();
+    all.extend(want.iter().map(|v| (v.start, v.end)));
+    let total: u64 = moves.iter().map(|m| m.2 + PAGE_SIZE as u64).sum();
+    let mut tmp = find_free(&all, total).ok_or_else(|| Error::Refused("no room to move the vdso".into()))?;
+    let mut out = Vec::with_capacity(2 * moves.len());
+    let mut second = Vec::with_capacity(moves.len());
+    for (from, to, len, name) in moves {
+        out.push((from, tmp, len, name.clone()));
+        second.push((tmp, to, len, name));
+        tmp += len + PAGE_SIZE as u64;
+    }
+    out.extend(second);
+    Ok(out)
 }
 
 #[cfg(test)]
