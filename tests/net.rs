@@ -785,6 +785,8 @@ fn nginx_migrates_while_a_slow_client_downloads() {
         for (node, prog, args) in [
             (&n.b, "ss", &["-tnpi"][..]),
             (&seg.c, "ss", &["-tni"][..]),
+            (&seg.c, "ip", &["neigh"][..]),
+            (&seg.c, "nstat", &["-az", "TcpExtPAWSEstab", "TcpExtTCPACKSkippedPAWS", "TcpExtTCPOFODrop"][..]),
             (&n.a, "ip", &["-br", "addr"][..]),
             (&n.b, "ip", &["-br", "addr"][..]),
             (&n.a, "nft", &["list", "ruleset"][..]),

@@ -143,9 +143,18 @@ fn announce(dev: &str, addr: IpAddr) -> Result<()> {
 }
 
 impl Held {
-    /// The move is done: leave the address where it is now.
+    /// The move is done: leave the address where it is now, and say so again, twice, over the
+    /// next half second (as keepalived repeats its gratuitous ARPs): a neighbour that was
+    /// probing the old place when the first announcement came, and got its answer after it,
+    /// learns the new place all the same.
     pub fn keep(mut self) {
         self.armed = false;
+        for pause in [100, 400] {
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            if let Err(e) = announce(&self.dev, self.addr.ip) {
+                log::info!("announcing {} again: {e}", self.addr);
+            }
+        }
     }
 }
 
