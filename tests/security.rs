@@ -46,7 +46,9 @@ fn nobody_checkpoints_and_restores_own_process_and_root_restores_it_as_nobody() 
     }
     let dir = open_dir("sec-own");
     let d = dir.to_str().unwrap();
-    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8"]);
+    // "exe": the process checks that /proc/self/exe names its program after each restore (an
+    // unprivileged one, which cannot set the link, executes the program first).
+    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8", "exe"]);
     // Its stderr must be something nobody can reopen on restore (the harness's may be a file
     // only root may write).
     c.current_dir(&dir).stderr(std::process::Stdio::null());

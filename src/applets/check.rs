@@ -135,7 +135,7 @@ fn run_checks() -> Vec<Line> {
         let exe = if cr {
             "and the exe link can be set"
         } else {
-            "but without CAP_CHECKPOINT_RESTORE /proc/PID/exe of a restored process names crs"
+            "and without CAP_CHECKPOINT_RESTORE the exe link comes from executing the program first"
         };
         line(true, true, "PR_SET_MM_MAP", format!("available (struct of {size} bytes), {exe}"));
     } else {

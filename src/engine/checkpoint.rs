@@ -1268,7 +1268,7 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
 
 /// A `syscall` instruction in the process: in its vdso, which every process has and which we
 /// never modify.
-fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
+pub(crate) fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
         Error::Refused(format!(
             "pid {pid} has no vdso (booted with vdso=0?); crs needs one to run syscalls in the process"

@@ -31,6 +31,11 @@ pub struct Proc {
     pub pid_note: Option<String>,
     /// A page of its own for the arguments of the clone3 that forks its children.
     scratch: Option<RemoteAddr>,
+    /// A `syscall` instruction in it: our own while it is a copy of rstrt, one in its vdso once
+    /// it executed the image's program (see spawn::Exec).
+    pub gadget: u64,
+    /// It executed the image's program: /proc/PID/exe names it.
+    pub executed: bool,
 }
 
 /// Every process created for an image, the first one first. Dropped while armed, it kills
@@ -62,7 +67,7 @@ impl Drop for Family {
 /// instruction serves as the gadget), stopping at syscall entry and exit.
 fn ctl(p: &Proc) -> Result<Ctl<'_>> {
     let scratch = Scratch { addr: p.scratch.unwrap_or(RemoteAddr(0)), len: PAGE_SIZE, exec: false };
-    let mut c = Ctl { r: Remote::new(&p.t, arch::own_gadget(), p.t.regs()?), scratch };
+    let mut c = Ctl { r: Remote::new(&p.t, p.gadget, p.t.regs()?), scratch };
     c.r.stepping = false;
     Ok(c)
 }
@@ -92,19 +97,24 @@ pub struct Ctty {
 /// leader (it was one, or it is to be detached). With `require_pid`, a pid that cannot be had
 /// fails the restore; otherwise it is said in `notes`. A session leader of `ctty` takes its
 /// terminal as soon as it leads its session, before it forks: its children inherit it.
+/// With `exec`, the first process executes the image's program before it stops.
 pub fn create(
     members: &[Member],
     require_pid: bool,
     own_session: bool,
     ctty: &[Ctty],
+    exec: Option<&super::spawn::Exec>,
     notes: &mut Vec<String>,
 ) -> Result<Family> {
     let root = members.first().ok_or_else(|| Error::Refused("the image holds no process".into()))?;
-    let (pid, pid_note) = spawn_child(root.pid, require_pid)?;
+    let (pid, pid_note) = spawn_child(root.pid, require_pid, exec)?;
     let mut early = ChildGuard { pid, armed: true };
-    let t = Tracee::adopt_child(pid)?;
+    let (t, executed) = Tracee::adopt_child_exec(pid)?;
+    let gadget =
+        if executed { super::checkpoint::find_gadget(pid, &procfs::read_maps(pid)?)? } else { arch::own_gadget() };
     early.armed = false;
-    let first = Proc { t, original: root.pid, others: Vec::new(), held: Vec::new(), pid_note, scratch: None };
+    let first =
+        Proc { t, original: root.pid, others: Vec::new(), held: Vec::new(), pid_note, scratch: None, gadget, executed };
     let mut fam = Family { procs: vec![first], armed: true };
     if own_session {
         with(&mut fam.procs[0], |c| c.setsid())?;
@@ -238,7 +248,18 @@ fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
         note = Some(why);
     }
     let t = Tracee::adopt_child(r as i32)?;
-    Ok(Proc { t, original: want, others: Vec::new(), held: Vec::new(), pid_note: note, scratch: None })
+    // A copy of its parent: the same gadget, the same executable.
+    let (gadget, executed) = (parent.gadget, parent.executed);
+    Ok(Proc {
+        t,
+        original: want,
+        others: Vec::new(),
+        held: Vec::new(),
+        pid_note: note,
+        scratch: None,
+        gadget,
+        executed,
+    })
 }
 
 /// Puts every member in its process group: the leaders make theirs, then the others join

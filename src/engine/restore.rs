@@ -255,7 +255,12 @@ pub fn restore_live<R: Input>(
             Some(family::Ctty { session: p.session, path: made.2.clone(), foreground: p.foreground })
         })
         .collect();
-    let family = family::create(&tree, opts.require_pid, own_session, &ctty, &mut notes);
+    // Without the privilege to set the exe link (CAP_CHECKPOINT_RESTORE), the first process
+    // executes the image's program before anything else, so that /proc/PID/exe names it:
+    // only the very file the image maps (same content), one its owner may execute.
+    let program = if creds::is_root() { None } else { own_program(&st) };
+    let exec = program.as_ref().map(super::spawn::Exec::of);
+    let family = family::create(&tree, opts.require_pid, own_session, &ctty, exec.as_ref(), &mut notes);
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;
@@ -379,6 +384,19 @@ fn no_terminal(fds: &mut [files::Fd], pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// The image's executable, opened, when a process that does not have our privileges may
+/// execute it to be restored: the image maps it, and it is the same file here.
+fn own_program(st: &ProcessState) -> Option<std::fs::File> {
+    let x = st.mm.exe.as_ref()?;
+    if !st.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.path == x.path)) {
+        return None;
+    }
+    let f = fileid::open_regular(&x.path).ok()?;
+    let now = fileid::FileId::of(&format!("/proc/self/fd/{}", f.as_raw_fd()), &x.path, true).ok()?;
+    x.same_content(&now, st.head.boot_id == fileid::boot_id()).ok()?;
+    fileid::may_execute(&f).then_some(f)
+}
+
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
 /// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
 /// stopped, ready to run. Returns the section after its own (the next process's HEAD, None at
@@ -452,7 +470,7 @@ fn restore_one<R: Input>(
     let step = |n: &str| debug!("pid {pid}: step {n} at {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let base = t.regs()?;
     let inherited_rseq = t.rseq()?;
-    let mut c = Ctl { r: Remote::new(t, arch::own_gadget(), base), scratch: Scratch::default() };
+    let mut c = Ctl { r: Remote::new(t, p.gadget, base), scratch: Scratch::default() };
     // Every signal blocked but SIGTRAP, and SIGTRAP as the child inherited it from us: single
     // steps are harmless as long as that stays unignored (see ptrace::remote).
     let trap = |s: &Signals| s.actions.get(libc::SIGTRAP as usize - 1).map_or(0, |a| a.handler);
@@ -511,7 +529,14 @@ fn restore_one<R: Input>(
         }
         None => None,
     };
-    let exe_set = st.mm.restore(&mut c, exe_fd)?;
+    let mut exe_set = st.mm.restore(&mut c, exe_fd)?;
+    // A process that executed the image's program (see own_program) names it already: the
+    // same inode as the file opened here (a forked member has its parent's program).
+    if p.executed && !exe_set {
+        use std::os::unix::fs::MetadataExt;
+        let linked = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
+        exe_set = exe.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| linked == Some((m.dev(), m.ino())));
+    }
     if let Some(fd) = exe_fd {
         c.close(fd, "the executable")?;
     }

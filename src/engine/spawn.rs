@@ -39,9 +39,26 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
+/// What the child executes before it stops, when given: the process's own executable (an fd
+/// the restorer opened), so that /proc/PID/exe names it without the privilege PR_SET_MM_MAP
+/// needs to change the link. Nothing of it runs: the traced child stops as the exec completes.
+pub struct Exec {
+    fd: libc::c_int,
+    argv: [*const libc::c_char; 2],
+    envp: [*const libc::c_char; 1],
+}
+
+impl Exec {
+    pub fn of(f: &std::fs::File) -> Exec {
+        use std::os::fd::AsRawFd;
+        static ARG0: &std::ffi::CStr = c"crs-restore";
+        Exec { fd: f.as_raw_fd(), argv: [ARG0.as_ptr(), std::ptr::null()], envp: [std::ptr::null()] }
+    }
+}
+
 /// Forks the child that becomes the restored process, with pid `want` when possible.
 /// Returns the child's pid and, when it did not get `want`, why.
-pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
+pub fn spawn_child(want: i32, require: bool, exec: Option<&Exec>) -> Result<(i32, Option<String>)> {
     let parent = std::process::id() as libc::c_long;
     let tid = [want];
     let mut args = CloneArgs {
@@ -56,7 +73,7 @@ pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
         // touch state shared with the parent.
         let r = unsafe { libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
         if r == 0 {
-            child_stop(parent);
+            child_stop(parent, exec);
         }
         r
     };
@@ -86,7 +103,7 @@ pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
         // SAFETY: as above; the child only runs `child_stop`.
         let f = unsafe { libc::fork() };
         if f == 0 {
-            child_stop(parent);
+            child_stop(parent, exec);
         }
         if f < 0 {
             return Err(Error::sys("fork", "restore child", Errno::last()));
@@ -96,16 +113,28 @@ pub fn spawn_child(want: i32, require: bool) -> Result<(i32, Option<String>)> {
     Ok((r as i32, Some(why)))
 }
 
-/// In the child: die with rstrt, ask to be traced, stop. Raw syscalls only (glibc's cached
-/// thread id still names the parent, so raise() would signal the wrong task).
-fn child_stop(parent: libc::c_long) -> ! {
-    // SAFETY: plain syscalls with integer arguments; nothing here touches memory.
+/// In the child: die with rstrt, ask to be traced, then execute `exec` (the tracer sees the
+/// exec's SIGTRAP) or, without one or should it fail, stop (SIGSTOP). Raw syscalls only
+/// (glibc's cached thread id still names the parent, so raise() would signal the wrong task).
+fn child_stop(parent: libc::c_long, exec: Option<&Exec>) -> ! {
+    // SAFETY: plain syscalls with integer arguments, and execveat's, which reads a path ("")
+    // and argv/envp arrays that the parent built before the fork and this copy still holds.
     unsafe {
         libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::syscall(libc::SYS_getppid) != parent {
             libc::syscall(libc::SYS_exit_group, 1);
         }
         libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+        if let Some(e) = exec {
+            libc::syscall(
+                libc::SYS_execveat,
+                e.fd,
+                c"".as_ptr(),
+                e.argv.as_ptr(),
+                e.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+        }
         let me = libc::syscall(libc::SYS_getpid);
         libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
         // Only reached if the parent let us go without restoring us.

@@ -140,16 +140,26 @@ impl Tracee {
 
     /// Adopts a child that called PTRACE_TRACEME and stopped itself.
     pub fn adopt_child(pid: i32) -> Result<Tracee> {
+        match Tracee::adopt_child_exec(pid)? {
+            (t, false) => Ok(t),
+            (_, true) => Err(Error::Proc(format!("restore child {pid}: unexpected first stop at an exec"))),
+        }
+    }
+
+    /// Adopts a child that called PTRACE_TRACEME and then either stopped itself (false) or
+    /// executed a program, stopping as the exec completed (true: SIGTRAP).
+    pub fn adopt_child_exec(pid: i32) -> Result<(Tracee, bool)> {
         let t = Tracee { pid, attached: true };
-        match t.wait()? {
-            Stop::Signal(sig) if sig == libc::SIGSTOP => {}
+        let executed = match t.wait()? {
+            Stop::Signal(sig) if sig == libc::SIGSTOP => false,
+            Stop::Signal(sig) if sig == libc::SIGTRAP => true,
             other => {
                 return Err(Error::Proc(format!("restore child {pid}: unexpected first stop {other:?}")));
             }
-        }
+        };
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize | suspend();
         ptrace_raw(libc::PTRACE_SETOPTIONS, pid, 0, opts, "PTRACE_SETOPTIONS")?;
-        Ok(t)
+        Ok((t, executed))
     }
 
     /// Also traces the threads it creates from now on: each starts stopped (PTRACE_O_TRACECLONE).
