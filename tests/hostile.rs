@@ -107,13 +107,24 @@ impl Daemon {
     }
 }
 
+/// What a client says after the handshake: no wishes, and no mapped files to ask about.
+fn options(c: &mut Conn<TcpStream>) -> Result<(), String> {
+    c.send(Kind::Options, &[]).map_err(|e| e.to_string())?;
+    c.send(Kind::Files, &crs::migration::files::encode("", &[])).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    match c.recv(&mut buf).map_err(|e| e.to_string())? {
+        Kind::Have => Ok(()),
+        k => Err(format!("expected Have, got {k:?}: {}", String::from_utf8_lossy(&buf))),
+    }
+}
+
 /// A migration client written against the library: sends `img` to restartd as its image and
 /// commits. Returns the restored pid, or what went wrong (restartd's Error text included).
 fn send_image(port: u16, key: Option<&[u8; 32]>, img: &[u8]) -> Result<i32, String> {
     let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     let mut c = Conn::new(s, Side::Client);
     client_hello(&mut c, key).map_err(|e| e.to_string())?;
-    c.send(Kind::Options, &[]).map_err(|e| e.to_string())?;
+    options(&mut c)?;
     for chunk in img.chunks(1 << 20) {
         if c.send(Kind::Data, chunk).is_err() {
             break; // refused early: the Error frame says why
@@ -397,7 +408,7 @@ fn dripping_clients_are_cut_and_do_not_hold_restartd() {
             if handshake_first {
                 let mut c = Conn::new(s.try_clone().unwrap(), Side::Client);
                 client_hello(&mut c, None).unwrap();
-                c.send(Kind::Options, &[]).unwrap();
+                options(&mut c).unwrap();
                 s.write_all(&[Kind::Data as u8, 0, 0, 16, 0]).unwrap();
                 bytes = vec![b'x'; 1 << 20];
             }
@@ -575,7 +586,7 @@ fn empty_data_frames_end_the_connection() {
     let s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     let mut c = Conn::new(s, Side::Client);
     client_hello(&mut c, None).unwrap();
-    c.send(Kind::Options, &[]).unwrap();
+    options(&mut c).unwrap();
     let t0 = Instant::now();
     while c.send(Kind::Data, &[]).is_ok() && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(4));

@@ -149,6 +149,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         deleted_max: Some(a.deleted_max << 20),
         precopied: None,
         backend,
+        held_there: Vec::new(),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular

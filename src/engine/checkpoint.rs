@@ -60,6 +60,9 @@ pub struct Options {
     /// Which engine checkpoints (see crate::dev): the default, `Auto`, is this one, and
     /// /dev/crd when ptrace is refused.
     pub backend: crate::dev::Backend,
+    /// Mapped files the restoring node holds the very same of (a migration asks it): their
+    /// unmodified pages are left out, as with `no_libs`.
+    pub held_there: Vec<String>,
 }
 
 impl Options {
@@ -190,9 +193,8 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let (no_binary, no_libs) = (opts.no_binary, opts.no_libs);
-    move |path: &str, elf: bool| {
-        if path == exe { no_binary } else { no_libs && elf }
-    }
+    let there = opts.held_there.clone();
+    move |path: &str, elf: bool| there.iter().any(|p| p == path) || if path == exe { no_binary } else { no_libs && elf }
 }
 
 /// Checkpoints `pid` (and its descendants) into `out`. `commit` runs after the last byte is

@@ -164,13 +164,25 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         wishes.push("live".into());
     }
     c.send(Kind::Options, wishes.join(" ").as_bytes()).map_err(|e| here(e.into()))?;
+    // The files it maps that the destination has the same of stay out of the image.
+    let mapped = super::files::mapped(pid);
+    let boot = crate::res::fileid::boot_id();
+    let mut have = Vec::new();
+    // A refusal of the Options (an Error frame, then the close) is read here.
+    if let Err(e) =
+        c.send(Kind::Files, &super::files::encode(&boot, &mapped)).and_then(|_| c.expect(Kind::Have, &mut have))
+    {
+        return Err(explain(Error::Net(e), None, &mut c));
+    }
+    let held_there = super::files::held(&mapped, &have);
+    debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
     if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
         && let Err(e) = send_ahead(src, &mut c, budget, &mut ahead)
     {
         return Err(explain(e, None, &mut c));
     }
     let precopied = source.map(|s| Precopied(std::sync::Arc::new(std::sync::Mutex::new(s))));
-    let flags = crate::Flags { precopied, ..flags };
+    let flags = crate::Flags { precopied, held_there, ..flags };
 
     // Signals that would end us wait until the process is safely here or there.
     let mut hold = nix::sys::signal::SigSet::empty();

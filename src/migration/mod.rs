@@ -5,6 +5,7 @@
 //! The protocol itself (frames, handshake, streams) lives in src/net/.
 
 pub mod client;
+pub mod files;
 pub mod server;
 
 pub use client::{Moved, Options, migrate, resolve};

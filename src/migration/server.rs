@@ -146,6 +146,17 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         info!("{peer}: refused: a live migration to a spooling restartd");
         return Err(Error::Refused(msg.into()));
     }
+    // Which of the files it maps this node holds the same of: those stay out of the image.
+    c.expect(Kind::Files, &mut buf).map_err(Error::Net)?;
+    let have = match super::files::have(&buf) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = c.send_error(code_of(&e), &e.public());
+            info!("{peer}: refused: {e}");
+            return Err(e);
+        }
+    };
+    c.send(Kind::Have, &have).map_err(Error::Net)?;
     c.s.transfer(cfg.min_rate, cfg.timeout);
     let mut store = None;
     if live {

@@ -28,7 +28,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -63,6 +63,11 @@ pub enum Kind {
     Pages = 13,
     /// Live migration: the process is frozen; its image follows.
     Freeze = 14,
+    /// The files the process maps privately (the source's boot id, then FileIds): the
+    /// destination says which it holds the very same of.
+    Files = 15,
+    /// The answer to Files: one byte per file, 1 where the destination has the same file.
+    Have = 16,
 }
 
 impl Kind {
@@ -83,6 +88,8 @@ impl Kind {
             12 => Areas,
             13 => Pages,
             14 => Freeze,
+            15 => Files,
+            16 => Have,
             _ => return None,
         })
     }

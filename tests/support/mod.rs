@@ -321,7 +321,8 @@ pub fn open_dir(name: &str) -> PathBuf {
     d
 }
 
-/// The keyless protocol, by hand, as nobody: Hello, the image, End; then Commit if restored.
+/// The keyless protocol, by hand, as nobody: Hello, Options, Files (none), the image, End;
+/// then Commit if restored.
 /// Prints "restored PID" or "error CODE TEXT".
 pub const NOBODY_CLIENT: &str = r#"
 import os, socket, struct, sys
@@ -342,6 +343,9 @@ send(1, b"CRSM" + struct.pack("<II", int(sys.argv[3]), 0) + os.urandom(32))
 t, p = recv()
 if t != 1: answer(t, p)
 send(11, b"")
+send(15, b"\0" * 8)
+t, p = recv()
+if t != 16: answer(t, p)
 data = open(sys.argv[2], "rb").read()
 try:
     for i in range(0, len(data), 1 << 20): send(4, data[i:i + (1 << 20)])
