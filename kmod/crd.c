@@ -130,6 +130,8 @@ struct crd_ctx {
 	struct completion release;	/* the caller is done with it */
 	spinlock_t lock;
 	bool abandoned;			/* the caller gave up before the process parked */
+	bool killed;			/* a SIGKILL ended its wait: the image is of a dead process */
+	struct mm_struct *mm;		/* the memory the caller checked (not referenced here) */
 	int verdict;			/* what the process does once released: 0 run, CRD_KILL, CRD_STOP */
 	int err;			/* set by the process: why it cannot be checkpointed */
 	char reason[REASON_MAX];
@@ -506,7 +508,11 @@ static void crd_park(struct callback_head *cb)
 	spin_lock(&c->lock);
 	gone = c->abandoned;
 	spin_unlock(&c->lock);
-	if (!gone && !(current->flags & PF_EXITING) && current->mm) {
+	if (!gone && (current->flags & PF_EXITING || current->mm != c->mm)) {
+		/* Exiting, or it executed a program since the caller looked at it. */
+		refuse(c, -EAGAIN, "it exited or executed another program meanwhile (try again)");
+		complete(&c->parked);
+	} else if (!gone) {
 		if (get_nr_threads(current) != 1)
 			refuse(c, -EOPNOTSUPP, "it has %d threads: the crd backend checkpoints single-threaded processes only",
 			       get_nr_threads(current));
@@ -517,8 +523,12 @@ static void crd_park(struct callback_head *cb)
 		take_mm(c);
 		take_task(c);
 		complete(&c->parked);
-		/* A SIGKILL ends the wait (and the process); the caller then fails to read it. */
-		if (wait_for_completion_killable(&c->release) == 0) {
+		/* A SIGKILL ends the wait (and the process); the caller then fails. */
+		if (wait_for_completion_killable(&c->release) != 0) {
+			spin_lock(&c->lock);
+			c->killed = true;
+			spin_unlock(&c->lock);
+		} else {
 			spin_lock(&c->lock);
 			verdict = c->verdict;
 			spin_unlock(&c->lock);
@@ -566,7 +576,53 @@ static void enc_u8(struct enc *e, u8 v) { enc_put(e, &v, 1); }
 static void enc_u32(struct enc *e, u32 v) { __le32 x = cpu_to_le32(v); enc_put(e, &x, 4); }
 static void enc_u64(struct enc *e, u64 v) { __le64 x = cpu_to_le64(v); enc_put(e, &x, 8); }
 static void enc_bytes(struct enc *e, const void *p, u32 n) { enc_u32(e, n); enc_put(e, p, n); }
-static void enc_str(struct enc *e, const char *s) { enc_bytes(e, s, strlen(s)); }
+/* Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), as a CRF
+ * str must be. */
+static bool utf8_ok(const u8 *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		u8 c = p[i++];
+		u32 cp;
+		int k;
+
+		if (c < 0x80)
+			continue;
+		if (c >= 0xc2 && c <= 0xdf) {
+			k = 1;
+			cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			k = 2;
+			cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			k = 3;
+			cp = c & 0x07;
+		} else {
+			return false;
+		}
+		if (n - i < k)
+			return false;
+		while (k--) {
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (p[i++] & 0x3f);
+		}
+		if ((cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff || (c == 0xe0 && cp < 0x800) ||
+		    (c == 0xf0 && cp < 0x10000))
+			return false;
+	}
+	return true;
+}
+
+static void enc_str(struct enc *e, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (!utf8_ok((const u8 *)s, n) && !e->err)
+		e->err = -EILSEQ;
+	enc_bytes(e, s, n);
+}
 
 struct out {
 	struct file *file;
@@ -773,6 +829,17 @@ static bool is_std_device(struct file *f, const char *path)
 	return false;
 }
 
+/* What a restore gives the restorer's own fd for (KIND_STDIO): a terminal, a pipe, a socket. */
+static bool is_stdio(struct file *f)
+{
+	umode_t m = file_inode(f)->i_mode;
+	unsigned int major = imajor(file_inode(f));
+
+	if (d_unlinked(f->f_path.dentry) && !S_ISFIFO(m) && !S_ISSOCK(m))
+		return false;
+	return S_ISFIFO(m) || S_ISSOCK(m) || (S_ISCHR(m) && (major == 4 || major == 5 || (major >= 136 && major <= 143)));
+}
+
 static int write_files(struct out *o, struct enc *e)
 {
 	struct crd_ctx *c = o->c;
@@ -793,6 +860,10 @@ static int write_files(struct out *o, struct enc *e)
 		if (!p)
 			return -ENAMETOOLONG;
 		reg = S_ISREG(file_inode(f)->i_mode) && !d_unlinked(f->f_path.dentry);
+		if (!reg && !is_std_device(f, p) && !is_stdio(f)) {
+			refuse(c, -EOPNOTSUPP, "its fd %d is %s, which the crd backend does not carry", i, p);
+			return -EOPNOTSUPP;
+		}
 		enc_u32(e, i);
 		enc_u8(e, reg ? KIND_FILE_FD : is_std_device(f, p) ? KIND_DEV_FD : KIND_STDIO_FD);
 		enc_u32(e, f->f_flags & ~O_CLOEXEC);
@@ -877,6 +948,18 @@ static int vma_kind(struct crd_ctx *c, struct mm_struct *mm, struct vm_area_stru
 		refuse(c, -EOPNOTSUPP, "it maps hugetlbfs pages at %#lx, which crs does not carry", vma->vm_start);
 		return -EOPNOTSUPP;
 	}
+#ifdef VM_DROPPABLE
+	if (vma->vm_flags & VM_DROPPABLE) {
+		refuse(c, -EOPNOTSUPP, "it has droppable memory at %#lx, which the crd backend does not carry", vma->vm_start);
+		return -EOPNOTSUPP;
+	}
+#endif
+#ifdef VM_SHADOW_STACK
+	if (vma->vm_flags & VM_SHADOW_STACK && VM_SHADOW_STACK != VM_NONE) {
+		refuse(c, -EOPNOTSUPP, "it has a shadow stack at %#lx, which crs does not carry", vma->vm_start);
+		return -EOPNOTSUPP;
+	}
+#endif
 	if (vma->vm_flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP)) {
 		refuse(c, -EOPNOTSUPP, "it maps a device at %#lx, which crs does not carry", vma->vm_start);
 		return -EOPNOTSUPP;
@@ -1123,10 +1206,11 @@ static int flush(struct out *o, struct batch *b)
 	if (!b->n)
 		return 0;
 	for (i = 0; i < b->n; i++) {
-		u8 *r = runs + (nruns - 1) * 16;
+		u8 *r;
 
 		if (nruns && b->flag[i] == b->flag[i - 1] && b->vma[i] == b->vma[i - 1] &&
 		    b->addr[i] == b->addr[i - 1] + PAGE_SIZE) {
+			r = runs + (nruns - 1) * 16;
 			put_unaligned_le32(get_unaligned_le32(r + 8) + 1, r + 8);
 			continue;
 		}
@@ -1464,6 +1548,7 @@ static long crd_checkpoint(void __user *uarg)
 	spin_lock_init(&c->lock);
 	c->user_ns = get_user_ns(current_user_ns());
 	c->pid_ns = get_pid_ns(task_active_pid_ns(current));
+	c->mm = mm;
 	init_task_work(&c->work, crd_park);
 	kref_get(&c->ref);
 	__module_get(THIS_MODULE);
@@ -1496,6 +1581,14 @@ static long crd_checkpoint(void __user *uarg)
 	err = write_image(&o, mm, a.flags);
 	if (!o.stream && o.offset)
 		o.file->f_pos = o.pos;
+	spin_lock(&c->lock);
+	if (!err && c->killed)
+		err = -ESRCH;
+	spin_unlock(&c->lock);
+	if (err == -ESRCH)
+		refuse(c, -ESRCH, "it was killed while its image was written");
+	if (err == -EILSEQ)
+		refuse(c, -EILSEQ, "a name it has (command, path, mapping) is not UTF-8, which CRF cannot hold");
 	if (err) {
 		if (c->err)
 			say(&a, "%s", c->reason);
@@ -1589,7 +1682,13 @@ static void crd_resume(struct callback_head *cb)
 	preempt_enable();
 	/* Its own mask: a signal that came meanwhile is delivered now, on its registers. */
 	mask.sig[0] = w->sigmask;
+	/* sigprocmask from the kernel would block these too. */
+	sigdelsetmask(&mask, sigmask(SIGKILL) | sigmask(SIGSTOP));
 	sigprocmask(SIG_SETMASK, &mask, NULL);
+	/* The stop is queued before anyone hears the process is there: a SIGCONT of theirs that
+	 * follows the notification must find it. */
+	if (w->flags & CRD_RESTART_STOP)
+		send_sig(SIGSTOP, current, 1);
 	if (w->notify) {
 		/* From this process (si_pid), which the notified one may not be allowed to signal
 		 * otherwise (its user's process notifying root's rstrt). */
@@ -1608,10 +1707,9 @@ static void crd_resume(struct callback_head *cb)
 		}
 		rcu_read_unlock();
 	}
-	if (w->flags & CRD_RESTART_STOP)
-		send_sig(SIGSTOP, current, 1);
 	put_pid(w->notify);
 	kfree(w);
+	module_put(THIS_MODULE);
 }
 
 static void rsay(struct crd_restart *a, const char *fmt, ...)
@@ -1644,6 +1742,10 @@ static int check_plan(struct crd_restart *a, struct crd_map *m, struct crd_run *
 		    m[i].flags & ~(MAP_PRIVATE | MAP_SHARED | MAP_GROWSDOWN | MAP_NORESERVE) ||
 		    (kind != MAP_PRIVATE && kind != MAP_SHARED)) {
 			rsay(a, "mapping %u (%#llx-%#llx) of the plan is invalid", i, m[i].start, m[i].end);
+			return -EINVAL;
+		}
+		if (m[i].pgoff > (ULONG_MAX >> PAGE_SHIFT)) {
+			rsay(a, "mapping %u has a file offset out of range", i);
 			return -EINVAL;
 		}
 		if (m[i].fd < 0) {
@@ -1756,6 +1858,7 @@ static void set_layout(struct mm_struct *mm, const struct crd_restart *a)
 	size_t n = min(ARRAY_SIZE(mm->saved_auxv), ARRAY_SIZE(a->auxv));
 
 	mmap_write_lock(mm);
+	spin_lock(&mm->arg_lock);
 	mm->start_code = a->mm[0];
 	mm->end_code = a->mm[1];
 	mm->start_data = a->mm[2];
@@ -1767,6 +1870,7 @@ static void set_layout(struct mm_struct *mm, const struct crd_restart *a)
 	mm->arg_end = a->mm[8];
 	mm->env_start = a->mm[9];
 	mm->env_end = a->mm[10];
+	spin_unlock(&mm->arg_lock);
 	memcpy(mm->saved_auxv, a->auxv, n * sizeof(a->auxv[0]));
 	mm->saved_auxv[n - 2] = 0;	/* AT_NULL ends it, whatever was cut */
 	mm->saved_auxv[n - 1] = 0;
@@ -1787,7 +1891,7 @@ static long crd_restart(void __user *uarg)
 
 	if (get_user(usize, (u32 __user *)uarg))
 		return -EFAULT;
-	if (usize < offsetofend(struct crd_restart, rseq_sig))
+	if (usize < offsetofend(struct crd_restart, dumpable))
 		return -EINVAL;
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
 	if (!a)
@@ -1809,6 +1913,22 @@ static long crd_restart(void __user *uarg)
 	    a->regs[16] >= TASK_SIZE_MAX || a->rseq >= TASK_SIZE_MAX) {
 		rsay(a, "the registers are not those of a 64-bit process (cs %#llx ss %#llx gs_base %#llx)", a->regs[17],
 		     a->regs[20], a->regs[22]);
+		goto out;
+	}
+	/* As rseq(2) and PR_SET_MM_MAP check them. */
+	if (a->rseq && (!IS_ALIGNED(a->rseq, 32) || a->rseq_len < 32 || a->rseq_len > PAGE_SIZE)) {
+		rsay(a, "the rseq area %#llx+%u is not one rseq(2) would take", a->rseq, a->rseq_len);
+		goto out;
+	}
+	for (i = 0; i < 11; i++) {
+		if (a->mm[i] >= TASK_SIZE) {
+			rsay(a, "the memory layout's value %u (%#llx) is outside user space", i, a->mm[i]);
+			goto out;
+		}
+	}
+	if (a->mm[0] > a->mm[1] || a->mm[2] > a->mm[3] || a->mm[4] > a->mm[5] || a->mm[7] > a->mm[8] ||
+	    a->mm[9] > a->mm[10]) {
+		rsay(a, "the memory layout's ranges are inverted");
 		goto out;
 	}
 	if (get_nr_threads(current) != 1 || !mm || atomic_read(&mm->mm_users) != 1) {
@@ -1838,7 +1958,25 @@ static long crd_restart(void __user *uarg)
 	}
 	if (a->flags & CRD_RESTART_NOTIFY) {
 		if (a->notify_pid) {
+			/* Another process than the parent: one the caller may signal. */
+			struct task_struct *t;
+			bool ok = capable(CAP_KILL);
+
 			w->notify = find_get_pid(a->notify_pid);
+			rcu_read_lock();
+			t = w->notify ? pid_task(w->notify, PIDTYPE_PID) : NULL;
+			if (t && !ok) {
+				const struct cred *tc = __task_cred(t);
+
+				ok = uid_eq(current_euid(), tc->suid) || uid_eq(current_euid(), tc->uid) ||
+				     uid_eq(current_uid(), tc->suid) || uid_eq(current_uid(), tc->uid);
+			}
+			rcu_read_unlock();
+			if (w->notify && !ok) {
+				err = -EPERM;
+				rsay(a, "not allowed to signal process %d", a->notify_pid);
+				goto out;
+			}
 		} else {
 			rcu_read_lock();
 			w->notify = get_pid(task_tgid(rcu_dereference(current->real_parent)));
@@ -1868,6 +2006,8 @@ static long crd_restart(void __user *uarg)
 	err = err ?: fill(image, maps, a->nmaps, runs, a->nruns, buf);
 	if (!err) {
 		set_layout(mm, a);
+		/* Dumpable only now that it is the image's process (PR_SET_DUMPABLE's values). */
+		set_mask_bits(&mm->flags, MMF_DUMPABLE_MASK, a->dumpable ? SUID_DUMP_USER : SUID_DUMP_DISABLE);
 		current->rseq = (struct rseq __user *)(uintptr_t)a->rseq;
 		current->rseq_sig = a->rseq ? a->rseq_sig : 0;
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
@@ -1880,9 +2020,12 @@ static long crd_restart(void __user *uarg)
 		rcu_read_unlock();
 		for (fd = 3; fd < max; fd++)
 			close_fd(fd);
+		__module_get(THIS_MODULE);
 		err = task_work_add(current, &w->cb, TWA_RESUME);
 		if (!err)
 			w = NULL;
+		else
+			module_put(THIS_MODULE);
 	}
 	if (err) {
 		pr_warn("crd: restart of pid %d failed after its memory was released (error %d): killed\n",

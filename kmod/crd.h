@@ -86,6 +86,8 @@ struct crd_restart {
 	__u64 rseq;		/* its rseq area, 0 for none */
 	__u32 rseq_len;
 	__u32 rseq_sig;
+	__u32 dumpable;		/* PR_SET_DUMPABLE, set once it is the image's process */
+	__u32 pad2;
 };
 
 #define CRD_IOC_MAGIC	0xCD

@@ -111,34 +111,25 @@ fn temp_beside(path: &str) -> Result<(std::fs::File, std::path::PathBuf, std::pa
 /// before it kills the process); it is renamed into place once complete.
 fn crd_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
     let (f, tmp, dir) = temp_beside(path)?;
-    let r = dev::checkpoint(&f, pid, flags).and_then(|r| {
+    // Killed only once the image is synced under its name: the module leaves it stopped, and
+    // dev::checkpoint_with kills it after the commit (or continues it if that fails).
+    let r = dev::checkpoint_with(pid, &f, flags, |f| {
         f.sync_all().map_err(|e| Error::io(tmp.display().to_string(), e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
-        Ok(r)
+        Ok(())
     });
-    // Once the process is killed, its image is all there is: the temporary file stays.
-    if r.is_err() && !flags.kill {
+    if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r
 }
 
 fn ptrace_to_file(pid: i32, path: &str, flags: &Flags) -> Result<Report> {
-    let p = std::path::Path::new(path);
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string());
-    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
-    use std::fs::{self, File, OpenOptions};
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    use std::fs::{self, File};
+    let (f, tmp, dir) = temp_beside(path)?;
     let out = BufWriter::with_capacity(1 << 20, f);
     let r = engine::checkpoint::checkpoint(pid, out, flags, |w| {
         let f: File = w.into_inner().map_err(|e| Error::io(tmp.display().to_string(), e.into_error()))?;

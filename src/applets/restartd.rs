@@ -76,6 +76,12 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => return exit::report(name, &e),
     };
+    // A restart through /dev/crd says it is done with SIGUSR1 to the handler: every thread,
+    // the frame receiver's too, inherits it blocked from here (only the one that waits for it
+    // takes it, with sigtimedwait).
+    let mut usr1 = nix::sys::signal::SigSet::empty();
+    usr1.add(nix::sys::signal::Signal::SIGUSR1);
+    let _ = usr1.thread_block();
     let r = if a.inetd { serve_stdin(&cfg) } else { serve(&a, &cfg) };
     match r {
         Ok(()) => exit::OK,

@@ -58,6 +58,8 @@ pub struct RestartArg {
     pub rseq: u64,
     pub rseq_len: u32,
     pub rseq_sig: u32,
+    pub dumpable: u32,
+    pub pad2: u32,
 }
 
 impl Default for RestartArg {
@@ -81,6 +83,8 @@ impl Default for RestartArg {
             rseq: 0,
             rseq_len: 0,
             rseq_sig: 0,
+            dumpable: 0,
+            pad2: 0,
         }
     }
 }
@@ -328,7 +332,8 @@ fn refuse_children(pid: i32, o: &Options) -> Result<()> {
 /// Whether a checkpoint the ptrace engine could not do (`why`: PTRACE_SEIZE refused) goes
 /// through /dev/crd instead: with the backend `Auto`, when the device is there (said at -v).
 pub fn fallback(b: Backend, pid: i32, why: &str) -> bool {
-    let yes = b == Backend::Auto && std::path::Path::new(PATH).exists();
+    // Only PTRACE_SEIZE's own refusal (tracee::Tracee::seize), not any other permission.
+    let yes = b == Backend::Auto && why.starts_with("may not trace pid") && usable();
     if yes {
         log::info!("ptrace refused on pid {pid} ({why}): checkpointing through {PATH}");
     }
@@ -339,7 +344,7 @@ pub fn fallback(b: Backend, pid: i32, why: &str) -> bool {
 /// to ptrace `pid` (the ptrace engine would fail on its first look at the memory) and
 /// /dev/crd is there, else ptrace (which still falls back when its PTRACE_SEIZE is refused).
 pub fn choose(b: Backend, pid: i32) -> Backend {
-    if b != Backend::Auto || !std::path::Path::new(PATH).exists() {
+    if b != Backend::Auto || !usable() {
         return b;
     }
     match yama_forbids(pid) {
@@ -354,16 +359,24 @@ pub fn choose(b: Backend, pid: i32) -> Backend {
 /// The backend a restart starts with: `Auto` is crd when Yama forbids us to trace even our own
 /// child (the ptrace engine's restore traces the process it makes) and /dev/crd is there.
 pub fn choose_restart(b: Backend) -> Backend {
-    if b != Backend::Auto || !std::path::Path::new(PATH).exists() {
+    if b != Backend::Auto || !usable() {
         return if b == Backend::Auto { Backend::Ptrace } else { b };
     }
-    match yama_forbids(std::process::id() as i32) {
-        Some(why) => {
+    // Scope 1 lets a child ask to be traced (PTRACE_TRACEME), as the restore's does.
+    match yama_forbids(0) {
+        Some(why) if !why.contains("scope is 1") => {
             log::info!("{why}: restarting through {PATH}");
             Backend::Crd
         }
-        None => Backend::Ptrace,
+        _ => Backend::Ptrace,
     }
+}
+
+/// /dev/crd is there and we may open it.
+fn usable() -> bool {
+    let Ok(p) = std::ffi::CString::new(PATH) else { return false };
+    // SAFETY: access reads a NUL-terminated path.
+    unsafe { libc::access(p.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
 }
 
 /// Why Yama (/proc/sys/kernel/yama/ptrace_scope) forbids this process to ptrace `pid`, if it

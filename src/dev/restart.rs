@@ -137,31 +137,31 @@ fn check(st: &ProcessState) -> Result<()> {
 /// copy. With the uid of the file's owner when that is not the caller: root restoring a user's
 /// image lets the image claim that user only (as restart_path does for the ptrace engine).
 fn stable(path: &str) -> Result<(File, Option<u32>)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut f = if path == "-" {
-        // SAFETY: fd 0 stays open for as long as rstrt runs; the File is a duplicate.
-        let d = unsafe { libc::dup(0) };
-        if d < 0 {
-            return Err(Error::sys("dup", "standard input", nix::errno::Errno::last()));
-        }
-        // SAFETY: `d` is a new fd we own.
-        unsafe { File::from_raw_fd(d) }
-    } else {
-        File::open(path).map_err(|e| Error::io(path, e))?
-    };
-    let md = f.metadata().map_err(|e| Error::io(path, e))?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    if path == "-" {
+        // Whatever standard input is, the bytes checked are those of a private copy.
+        let mut copy = memfd()?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut copy).map_err(|e| Error::io("standard input", e))?;
+        copy.rewind().map_err(|e| Error::io("image copy", e))?;
+        return Ok((copy, None));
+    }
+    // Looked at before it is opened: a device is never opened, a FIFO only as one.
+    let look =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| Error::io(path, e))?;
+    let md = look.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() && !md.file_type().is_fifo() {
+        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
+    }
+    let mut f = File::open(format!("/proc/self/fd/{}", look.as_raw_fd())).map_err(|e| Error::io(path, e))?;
     let me = nix::unistd::geteuid();
-    if path != "-" && me.is_root() && md.mode() & 0o022 != 0 {
+    if me.is_root() && md.mode() & 0o022 != 0 {
         return Err(Error::Permission(format!(
             "{path} may be written by group or others, so anyone of them could have made it: refusing to restore it as root (chmod go-w)"
         )));
     }
-    let owner = (path != "-" && md.uid() != me.as_raw()).then_some(md.uid());
+    let owner = (md.uid() != me.as_raw()).then_some(md.uid());
     if md.is_file() && owner.is_none() && md.mode() & 0o022 == 0 {
         return Ok((f, None));
-    }
-    if !md.is_file() && !md.file_type().is_fifo() && !md.file_type().is_socket() {
-        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
     }
     let mut copy = memfd()?;
     std::io::copy(&mut f, &mut copy).map_err(|e| Error::io(path, e))?;
@@ -183,8 +183,11 @@ fn plan(st: &ProcessState, runs: &[(u64, u64, u64, bool)]) -> Result<(Vec<memory
         None => Vec::new(),
     };
     let same_boot = st.head.boot_id == crate::res::fileid::boot_id();
+    // The files the image names are looked at with its owner's rights, not ours.
+    let as_owner = crate::res::creds::AsOwner::enter(&st.head)?;
     crate::res::files::check(&st.files, same_boot)?;
     let plans = memory::plan(&st.vmas, same_boot, &specials, &vdso)?;
+    drop(as_owner);
     let mut out: Vec<RunArg> = Vec::with_capacity(runs.len());
     for &(addr, len, offset, file_copy) in runs {
         let i = plans.partition_point(|p| p.vma.end <= addr);
@@ -265,7 +268,8 @@ fn memfd() -> Result<File> {
 pub fn restart_checked(image: File, opts: &Options, policy: &dyn Fn(&Header) -> Result<()>) -> Result<Restored> {
     if opts.ipcns || opts.timens || opts.shell_job || opts.grant_caps || opts.hold {
         return Err(Error::Usage(
-            "the crd backend does not do --ipcns, --timens, --shell-job or --user-caps: use --backend ptrace".into(),
+            "the crd backend does not do --ipcns, --timens, --shell-job, --user-caps, nor hold a process traced: use --backend ptrace"
+                .into(),
         ));
     }
     let crd = Crd::open()?;
@@ -275,6 +279,7 @@ pub fn restart_checked(image: File, opts: &Options, policy: &dyn Fn(&Header) -> 
     check(&st)?;
     if let Some(t) = st.threads.first() {
         crate::res::regs::check_xstate(&t.regs)?;
+        check_xrstor(&t.regs.xsave)?;
     }
     let (plans, runs) = plan(&st, &runs)?;
     let maps: Vec<MapArg> = plans.iter().filter(|p| !p.vma.is_special()).map(map_arg).collect();
@@ -314,7 +319,19 @@ fn spawn(
     }
     drop(wr);
     // The child's report: a line if it failed before the module took it; nothing (the module
-    // closed the pipe with every fd above 2) once it runs as the image's process.
+    // closed the pipe with every fd above 2) once it runs as the image's process. A child
+    // stuck before either (a lock a thread of ours held at the fork) is killed after 60 s.
+    let give_up = |why: String| {
+        // SAFETY: kill takes a pid and a signal.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        Err(Error::Refused(why))
+    };
+    let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll reads and writes the one pollfd, alive across the call.
+    if unsafe { libc::poll(&mut pfd, 1, 60_000) } <= 0 {
+        return give_up("the restart child did not reach /dev/crd within 60 s: killed".into());
+    }
     let mut said = String::new();
     let _ = File::from(rd).read_to_string(&mut said);
     if !said.trim().is_empty() {
@@ -349,9 +366,7 @@ fn spawn(
             _ => {}
         }
     }
-    // SAFETY: kill takes a pid and a signal.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    Err(Error::Refused("the process restarted through /dev/crd did not say it runs within 30 s: killed".into()))
+    give_up("the process restarted through /dev/crd did not say it runs within 30 s: killed".into())
 }
 
 fn unsafe_zeroed() -> libc::siginfo_t {
@@ -436,6 +451,7 @@ fn child(
         nruns: runs.len() as u32,
         regs: crate::ptrace::arch::regs_to_array(&t.regs.gpr),
         sigmask: st.signals.blocked,
+        dumpable: st.task.dumpable.min(1),
         ..Default::default()
     };
     let m = &st.mm;
@@ -487,6 +503,18 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
         nix::unistd::setsid().map_err(|e| Error::sys("setsid", "restart child", e))?;
     }
     let h = &st.head;
+    // Root restoring another user's process gives it none of root's terminal (as the ptrace
+    // engine does): its fds 0-2 that would be a terminal of ours are /dev/null.
+    let foreign = crate::res::creds::is_root() && h.uids.iter().any(|&u| u != 0);
+    let mut null_stdio = opts.null_stdio;
+    if foreign {
+        for n in 0..3 {
+            // SAFETY: isatty only looks at our own fd n.
+            if unsafe { libc::isatty(n) } == 1 {
+                null_stdio |= 1 << n;
+            }
+        }
+    }
     if crate::res::creds::is_root() && (h.uids != [0; 4] || h.gids != [0; 4]) {
         let groups: Vec<nix::unistd::Gid> = h.groups.iter().map(|&g| nix::unistd::Gid::from_raw(g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| Error::sys("setgroups", "restart child", e))?;
@@ -500,7 +528,7 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
         }
     }
     for f in &st.files {
-        let null = f.kind == KIND_STDIO && opts.null_stdio & (1 << f.fd) != 0;
+        let null = f.kind == KIND_STDIO && null_stdio & (1 << f.fd) != 0;
         if f.kind == KIND_STDIO && !null {
             continue;
         }
@@ -513,9 +541,15 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
         let file = std::fs::OpenOptions::new()
             .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
             .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .custom_flags(flags & !libc::O_ACCMODE)
+            // Non-blocking, without taking a terminal: the path was checked, but may name a
+            // FIFO by now, whose open would never return. Its own flags are set after.
+            .custom_flags((flags & !libc::O_ACCMODE) | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
+        // SAFETY: F_SETFL on an fd we own takes an int.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_ACCMODE) } < 0 {
+            return Err(sys("fcntl(F_SETFL)", path));
+        }
         if f.kind == KIND_FILE {
             // SAFETY: lseek on an fd we own.
             if unsafe { libc::lseek(file.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
@@ -562,12 +596,17 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
     // SAFETY: personality takes a word; prctl options below take plain words.
     unsafe {
         libc::personality(st.task.personality as libc::c_ulong);
-        libc::prctl(libc::PR_SET_PDEATHSIG, st.task.pdeathsig as libc::c_ulong, 0, 0, 0);
+        // Detached, its parent is rstrt, which exits now: the signal would fire at once (as
+        // the ptrace engine does).
+        if !opts.detach {
+            libc::prctl(libc::PR_SET_PDEATHSIG, st.task.pdeathsig as libc::c_ulong, 0, 0, 0);
+        }
         if st.thp_disabled {
             libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
-        libc::prctl(libc::PR_SET_DUMPABLE, st.task.dumpable.min(1) as libc::c_ulong, 0, 0, 0);
     }
+    // Dumpable only once it is the image's process (the module sets it): until then it holds
+    // a copy of our memory and our /dev/crd fd, which its user must not ptrace out of it.
     set_comm(&st.head.comm);
     // The image's handlers, registered only (they run once the image is the process).
     for (i, a) in st.signals.actions.iter().enumerate() {
@@ -646,11 +685,53 @@ fn move_vdso(vmas: &[Vma]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an FPU area that XRSTOR (or FXRSTOR) would fault on, or that would make it read
+/// past the image's bytes: a header naming components the area is too short for or this CPU
+/// lacks, a compacted form, reserved header bytes, an MXCSR with bits its mask forbids.
+fn check_xrstor(x: &[u8]) -> Result<()> {
+    let bad = |what: &str| Err(Error::Refused(format!("the image's FPU state cannot be loaded here: {what}")));
+    let word = |o: usize| x.get(o..o + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    if x.is_empty() {
+        return Ok(());
+    }
+    if x.len() < crate::ptrace::arch::FXSAVE_LEN {
+        return bad("a short area");
+    }
+    let mxcsr = word(24) as u32;
+    let mask = (word(24) >> 32) as u32;
+    let mask = if mask == 0 { 0xffbf } else { mask };
+    if mxcsr & !mask != 0 {
+        return bad(&format!("MXCSR {mxcsr:#x} has bits its mask {mask:#x} forbids"));
+    }
+    if x.len() == crate::ptrace::arch::FXSAVE_LEN {
+        return Ok(());
+    }
+    // SAFETY: XGETBV(0) exists on a CPU with XSAVE (check_xstate saw it).
+    let xcr0 = unsafe { core::arch::x86_64::_xgetbv(0) };
+    let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+    let (bv, comp) = (word(512), word(520));
+    if bv & !xcr0 != 0 {
+        return bad(&format!("components {:#x} this CPU does not enable", bv & !xcr0));
+    }
+    if comp != 0 || x[528..576.min(x.len())].iter().any(|&b| b != 0) {
+        return bad("a compacted or damaged XSAVE header");
+    }
+    if bv > 3 && x.len() < size {
+        return bad(&format!("{} bytes for components that take {size} here", x.len()));
+    }
+    Ok(())
+}
+
+/// MXCSR's value at process start: every exception masked, round to nearest.
+static MXCSR_DEFAULT: u32 = 0x1f80;
+
 /// Loads the image's FPU state and calls CRD_RESTART in one stretch of code that touches no
 /// FPU or vector register in between. Returns only if the ioctl failed, with its errno.
 fn jump(crd: &Crd, xsave: &[u8], a: &mut super::RestartArg) -> nix::errno::Errno {
-    // XRSTOR wants its area 64-byte aligned.
-    let mut buf = vec![0u8; xsave.len() + 64];
+    // XRSTOR wants its area 64-byte aligned; zeros past the image's bytes (check_xrstor made
+    // sure the header names none of them).
+    let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+    let mut buf = vec![0u8; xsave.len().max(size) + 64];
     let off = buf.as_ptr().align_offset(64);
     buf[off..off + xsave.len()].copy_from_slice(xsave);
     let x = buf[off..].as_ptr();
@@ -658,11 +739,12 @@ fn jump(crd: &Crd, xsave: &[u8], a: &mut super::RestartArg) -> nix::errno::Errno
     let arg = a as *mut super::RestartArg as u64;
     let ret: i64;
     if xsave.len() > crate::ptrace::arch::FXSAVE_LEN {
-        // SAFETY: the area is the image's XSAVE state, checked against this CPU's XCR0
-        // (regs::check_xstate), 64-byte aligned; XRSTOR with every bit requested loads what it
-        // holds. The ioctl that follows replaces this process on success (no return); on
-        // failure its vector and x87 registers are the image's, which the code after it (an
-        // error message, then _exit) does not rely on.
+        // SAFETY: the area is the image's XSAVE state, checked against this CPU (regs::
+        // check_xstate, check_xrstor: components enabled here, standard form, long enough),
+        // in a zeroed, 64-byte aligned buffer of the size this CPU's XSAVE takes; XRSTOR with
+        // every bit requested loads what it holds. The ioctl that follows replaces this
+        // process on success (no return); on failure the x87 state and MXCSR are reset before
+        // Rust code runs again, and the vector registers are declared clobbered.
         unsafe {
             core::arch::asm!(
                 "mov eax, 0xffffffff",
@@ -671,8 +753,12 @@ fn jump(crd: &Crd, xsave: &[u8], a: &mut super::RestartArg) -> nix::errno::Errno
                 "mov rdx, {a}",
                 "mov eax, 16",
                 "syscall",
+                // Only on failure: the x87 stack empty and MXCSR as the ABI wants them back.
+                "fninit",
+                "ldmxcsr [{m}]",
                 x = in(reg) x,
                 a = in(reg) arg,
+                m = in(reg) &MXCSR_DEFAULT,
                 in("rdi") fd,
                 in("rsi") RESTART,
                 inout("rax") 0i64 => ret,
@@ -689,7 +775,10 @@ fn jump(crd: &Crd, xsave: &[u8], a: &mut super::RestartArg) -> nix::errno::Errno
                 "fxrstor64 [{x}]",
                 "mov eax, 16",
                 "syscall",
+                "fninit",
+                "ldmxcsr [{m}]",
                 x = in(reg) x,
+                m = in(reg) &MXCSR_DEFAULT,
                 in("rdi") fd,
                 in("rsi") RESTART,
                 in("rdx") arg,
