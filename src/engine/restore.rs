@@ -258,7 +258,8 @@ pub fn restore_live<R: Input>(
     // Without the privilege to set the exe link (CAP_CHECKPOINT_RESTORE), the first process
     // executes the image's program before anything else, so that /proc/PID/exe names it:
     // only the very file the image maps (same content), one its owner may execute.
-    let program = if creds::is_root() { None } else { own_program(&st) };
+    // (Driven then through a syscall instruction of its vdso: without one, not at all.)
+    let program = if creds::is_root() || shared.vdso.is_empty() { None } else { own_program(&st) };
     let exec = program.as_ref().map(super::spawn::Exec::of);
     let family = family::create(&tree, opts.require_pid, own_session, &ctty, exec.as_ref(), &mut notes);
     shared.made = made;

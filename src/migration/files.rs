@@ -19,7 +19,11 @@ pub fn mapped(pid: i32) -> Vec<FileId> {
         if out.len() == MAX_FILES || out.iter().any(|f| f.path == m.name) {
             continue;
         }
-        if let Ok(id) = FileId::of(&m.name, &m.name, true).filter_regular() {
+        // The very file mapped (its map_files link, where we may read it), as the checkpoint
+        // names it: a process in another mount namespace sees other files under its paths.
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let id = FileId::of(&link, &m.name, true).or_else(|_| FileId::of(&m.name, &m.name, true));
+        if let Ok(id) = id.filter_regular().filter_same(m) {
             out.push(id);
         }
     }
@@ -28,6 +32,8 @@ pub fn mapped(pid: i32) -> Vec<FileId> {
 
 trait Regular {
     fn filter_regular(self) -> std::io::Result<FileId>;
+    /// The file the mapping `m` maps (its device and inode), not another under its name.
+    fn filter_same(self, m: &crate::ptrace::procfs::MapEntry) -> std::io::Result<FileId>;
 }
 
 impl Regular for std::io::Result<FileId> {
@@ -37,6 +43,16 @@ impl Regular for std::io::Result<FileId> {
                 Ok(id)
             } else {
                 Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"))
+            }
+        })
+    }
+    fn filter_same(self, m: &crate::ptrace::procfs::MapEntry) -> std::io::Result<FileId> {
+        self.and_then(|id| {
+            let (maj, min) = m.dev;
+            if libc::major(id.dev) == maj && libc::minor(id.dev) == min && id.ino == m.inode {
+                Ok(id)
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "another file"))
             }
         })
     }
@@ -74,6 +90,9 @@ fn decode(b: &[u8]) -> std::result::Result<(String, Vec<FileId>), String> {
 pub fn have(files: &[u8]) -> Result<Vec<u8>> {
     let (boot, ids) = decode(files).map_err(|e| Error::Net(NetError::Protocol(e)))?;
     let same_boot = boot == crate::res::fileid::boot_id();
+    // Looked at as nobody (this thread's file-system ids): a file, or a directory on its way,
+    // that not anyone may read or search is not even opened.
+    let _nobody = AsNobody::enter();
     Ok(ids
         .iter()
         .map(|id| {
@@ -82,6 +101,33 @@ pub fn have(files: &[u8]) -> Result<Vec<u8>> {
             here.filter(|now| now.mode & 0o004 != 0).is_some_and(|now| id.same_content(&now, same_boot).is_ok()) as u8
         })
         .collect())
+}
+
+/// This thread's file-system ids set to nobody's (65534) for as long as it lives.
+struct AsNobody(Option<(u32, u32)>);
+
+impl AsNobody {
+    fn enter() -> AsNobody {
+        // SAFETY: setfsuid/setfsgid change this thread's file-system ids only; -1 only asks.
+        unsafe {
+            let (uid, gid) = (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX));
+            libc::setfsgid(65534);
+            libc::setfsuid(65534);
+            AsNobody(Some((uid as u32, gid as u32)))
+        }
+    }
+}
+
+impl Drop for AsNobody {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.0.take() {
+            // SAFETY: as above, back to what they were.
+            unsafe {
+                libc::setfsuid(uid);
+                libc::setfsgid(gid);
+            }
+        }
+    }
 }
 
 /// At the source: the paths of `ids` the destination says it holds (`have`).
