@@ -1436,22 +1436,27 @@ static bool may_checkpoint(struct task_struct *task)
 	return ok;
 }
 
-static void say(struct crd_checkpoint *a, const char *fmt, ...)
+/* Writes a one-line reason into the caller's buffer (the reason and reason_len of either
+ * ioctl's struct), if it gave one. */
+static __printf(3, 4) void tell(u64 reason, u32 len, const char *fmt, ...)
 {
 	char buf[REASON_MAX];
 	va_list ap;
 	size_t n;
 
-	if (!a->reason || !a->reason_len)
+	if (!reason || !len)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	n = min_t(size_t, strlen(buf), a->reason_len - 1);
+	n = min_t(size_t, strlen(buf), len - 1);
 	buf[n] = 0;
-	if (copy_to_user(u64_to_user_ptr(a->reason), buf, n + 1))
+	if (copy_to_user(u64_to_user_ptr(reason), buf, n + 1))
 		return;
 }
+
+#define say(a, ...) tell((a)->reason, (a)->reason_len, __VA_ARGS__)
+#define rsay say
 
 /* Waits (a little) until the released process is dead or stopped, as the caller asked. */
 static void settle(struct task_struct *task, int verdict)
@@ -1710,23 +1715,6 @@ static void crd_resume(struct callback_head *cb)
 	put_pid(w->notify);
 	kfree(w);
 	module_put(THIS_MODULE);
-}
-
-static void rsay(struct crd_restart *a, const char *fmt, ...)
-{
-	char buf[REASON_MAX];
-	va_list ap;
-	size_t n;
-
-	if (!a->reason || !a->reason_len)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	n = min_t(size_t, strlen(buf), a->reason_len - 1);
-	buf[n] = 0;
-	if (copy_to_user(u64_to_user_ptr(a->reason), buf, n + 1))
-		return;
 }
 
 /* Checks the plan before anything is changed; takes a reference on each mapped file. */
