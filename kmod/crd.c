@@ -1484,6 +1484,7 @@ static long crd_checkpoint(void __user *uarg)
 	struct out o = { 0 };
 	u32 usize;
 	long left;
+	bool locked;
 	int err;
 
 	if (get_user(usize, (u32 __user *)uarg))
@@ -1582,10 +1583,16 @@ static long crd_checkpoint(void __user *uarg)
 	}
 	o.c = c;
 	o.stream = o.file->f_mode & FMODE_STREAM;
+	/* The file position as write(2) keeps it: under f_pos_lock where the file has one. */
+	locked = !o.stream && (o.file->f_mode & FMODE_ATOMIC_POS);
+	if (locked)
+		mutex_lock(&o.file->f_pos_lock);
 	o.pos = o.file->f_pos;
 	err = write_image(&o, mm, a.flags);
 	if (!o.stream && o.offset)
 		o.file->f_pos = o.pos;
+	if (locked)
+		mutex_unlock(&o.file->f_pos_lock);
 	spin_lock(&c->lock);
 	if (!err && c->killed)
 		err = -ESRCH;
