@@ -182,6 +182,27 @@ pub fn restart(input: impl Read, flags: &RestartFlags, notify: Option<i32>) -> R
     Ok(r)
 }
 
+/// An image file opened for a restore, with its metadata: looked at first with O_PATH (a
+/// device is never opened, a FIFO only as one), then opened through that very inode; refused
+/// to root when group or others may write it (anyone of them could have made it).
+pub(crate) fn open_image(path: &str) -> Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let look =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| Error::io(path, e))?;
+    let md = look.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() && !md.file_type().is_fifo() {
+        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
+    }
+    if nix::unistd::geteuid().is_root() && md.mode() & 0o022 != 0 {
+        return Err(Error::Permission(format!(
+            "{path} may be written by group or others, so anyone of them could have made it: refusing to restore it as root (chmod go-w)"
+        )));
+    }
+    let f = std::fs::File::open(format!("/proc/self/fd/{}", look.as_raw_fd())).map_err(|e| Error::io(path, e))?;
+    Ok((f, md))
+}
+
 /// Sends SIGUSR1 to `pid` (0: our parent) to say a restore is complete (RESTART_NOTIFY).
 pub fn notify(pid: i32) -> Result<()> {
     let target = if pid == 0 { nix::unistd::getppid() } else { nix::unistd::Pid::from_raw(pid) };
@@ -204,23 +225,10 @@ pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Re
         }
         return Ok(r);
     }
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-    // Looked at before it is opened: a device is never opened, a FIFO only as one.
-    let look =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| Error::io(path, e))?;
-    let md = look.metadata().map_err(|e| Error::io(path, e))?;
-    if !md.is_file() && !md.file_type().is_fifo() {
-        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
-    }
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/proc/self/fd/{}", look.as_raw_fd())).map_err(|e| Error::io(path, e))?;
+    use std::os::unix::fs::MetadataExt;
+    let (f, md) = open_image(path)?;
     let me = nix::unistd::geteuid();
     let others_may_write = md.mode() & 0o022 != 0;
-    if me.is_root() && others_may_write {
-        return Err(Error::Permission(format!(
-            "{path} may be written by group or others, so anyone of them could have made it: refusing to restore it as root (chmod go-w)"
-        )));
-    }
     let r = if me.is_root() && md.uid() != 0 {
         // Root restoring a user's image: the user must not be able to say who the process is.
         let whose = format!("image file {path}");

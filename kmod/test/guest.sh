@@ -38,16 +38,20 @@ echo "GUEST PASS: crd and ptrace images agree: $(wc -l < /tmp/c1m.map) lines, $(
 kill -9 $new
 
 # 1b. Registers: vector, x87 and general registers loaded by one asm block around a raw read(0)
-# where the checkpoint comes; the read is re-issued after the restore.
-(while [ ! -e /tmp/gor ]; do sleep 0.05; done; echo x) | /bin/regs avx > /tmp/r.log 2>&1 &
-sleep 0.3
-rpid=$(pidof regs) || fail "crd: regs did not start"
-grep -q pipe_read /proc/$rpid/wchan || fail "crd: regs is not in its read: $(cat /proc/$rpid/wchan)"
-/bin/crs ckpt --backend crd -k -o /tmp/r.crf $rpid || fail "crd: ckpt regs"
-(while [ ! -e /tmp/gor2 ]; do sleep 0.05; done; echo x) | /bin/crs rstrt /tmp/r.crf > /tmp/r2.log 2>&1 &
-touch /tmp/gor2
-# Its stdout, /tmp/r.log, is reopened where it was: the verdict follows "ready".
-l=$(wait_line /tmp/r.log ok 0) || fail "crd: regs after restore: $(cat /tmp/r.log /tmp/r2.log)"
+# where the checkpoint (through the module) comes; the read is re-issued after the restore by
+# the engine of backend $2. Its stdout, /tmp/$1.log, is reopened where it was: the verdict
+# follows "ready".
+regs_case() { # name backend
+  sleep 30 | /bin/regs avx > /tmp/$1.log 2>&1 &
+  sleep 0.3
+  rpid=$(pidof regs) || fail "crd: regs did not start"
+  grep -q pipe_read /proc/$rpid/wchan || fail "crd: regs is not in its read: $(cat /proc/$rpid/wchan)"
+  /bin/crs ckpt --backend crd -k -o /tmp/$1.crf $rpid || fail "crd: ckpt regs"
+  echo x | /bin/crs rstrt --backend $2 /tmp/$1.crf > /tmp/$1.err 2>&1 &
+  l=$(wait_line /tmp/$1.log ok 0) || fail "crd: regs restarted by $2: $(cat /tmp/$1.log /tmp/$1.err)"
+  echo "$l"
+}
+l=$(regs_case r ptrace) || exit 1
 echo "GUEST PASS: crd registers: $l"
 
 # 2. --kill: the process is gone once ckpt returns; the image brings it back.
@@ -106,13 +110,7 @@ l=$(wait_line /tmp/r1.log ok 3) || fail "crd restart: no verdict after the ptrac
 case "$l" in *check=3*) ;; *) fail "crd restart: ptrace image, state lost: $l" ;; esac
 echo "GUEST PASS: ptrace checkpoint, crd restart: $l"
 kill -9 $new2
-(while [ ! -e /tmp/gor3 ]; do sleep 0.05; done; echo x) | /bin/regs avx > /tmp/r3.log 2>&1 &
-sleep 0.3
-rpid=$(pidof regs) || fail "crd restart: regs did not start"
-/bin/crs ckpt --backend crd -k -o /tmp/r3.crf $rpid || fail "crd restart: ckpt regs"
-(while [ ! -e /tmp/gor4 ]; do sleep 0.05; done; echo x) | /bin/crs rstrt --backend crd /tmp/r3.crf > /tmp/r4.log 2>&1 &
-touch /tmp/gor4
-l=$(wait_line /tmp/r3.log ok 0) || fail "crd restart: regs: $(cat /tmp/r3.log /tmp/r4.log)"
+l=$(regs_case r3 crd) || exit 1
 echo "GUEST PASS: crd restart, registers: $l"
 # Through a pipe, both ways: the module writes into it, rstrt copies it to memory first.
 /bin/migrant - 4 </dev/null >>/tmp/p1.log 2>/dev/null &

@@ -236,17 +236,7 @@ pub fn checkpoint(fd: impl AsFd, pid: i32, o: &Options) -> Result<Report> {
     refuse_children(pid, o)?;
     let t0 = Instant::now();
     let (bytes, pages) = crd.checkpoint(fd, pid, flags)?;
-    Ok(Report {
-        pid,
-        pages,
-        image_bytes: bytes,
-        frozen: t0.elapsed(),
-        stubs: Vec::new(),
-        processes: 1,
-        zombies: 0,
-        notes: Vec::new(),
-        tcp_lock: String::new(),
-    })
+    Ok(report(pid, bytes, pages, t0.elapsed()))
 }
 
 /// Checkpoints `pid` through /dev/crd into any writer (a migration's connection): the module
@@ -284,7 +274,7 @@ pub fn checkpoint_with<W: std::io::Write>(
         unsafe { libc::kill(pid, sig) };
     };
     let (bytes, pages) = made?;
-    let frozen = t0.elapsed();
+    let report = report(pid, bytes, pages, t0.elapsed());
     if let Err(e) = pumped {
         resume(libc::SIGCONT);
         return Err(Error::io("image", e));
@@ -298,7 +288,12 @@ pub fn checkpoint_with<W: std::io::Write>(
     } else if !o.stop {
         resume(libc::SIGCONT);
     }
-    Ok(Report {
+    Ok(report)
+}
+
+/// What a checkpoint through the module did: one process, `bytes` of image, `pages` of memory.
+fn report(pid: i32, bytes: u64, pages: u64, frozen: std::time::Duration) -> Report {
+    Report {
         pid,
         pages,
         image_bytes: bytes,
@@ -308,7 +303,7 @@ pub fn checkpoint_with<W: std::io::Write>(
         zombies: 0,
         notes: Vec::new(),
         tcp_lock: String::new(),
-    })
+    }
 }
 
 /// The module takes one process: the ptrace engine's tree is not cut silently.

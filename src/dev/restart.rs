@@ -137,7 +137,7 @@ fn check(st: &ProcessState) -> Result<()> {
 /// copy. With the uid of the file's owner when that is not the caller: root restoring a user's
 /// image lets the image claim that user only (as restart_path does for the ptrace engine).
 fn stable(path: &str) -> Result<(File, Option<u32>)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     if path == "-" {
         // Whatever standard input is, the bytes checked are those of a private copy.
         let mut copy = memfd()?;
@@ -145,20 +145,8 @@ fn stable(path: &str) -> Result<(File, Option<u32>)> {
         copy.rewind().map_err(|e| Error::io("image copy", e))?;
         return Ok((copy, None));
     }
-    // Looked at before it is opened: a device is never opened, a FIFO only as one.
-    let look =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| Error::io(path, e))?;
-    let md = look.metadata().map_err(|e| Error::io(path, e))?;
-    if !md.is_file() && !md.file_type().is_fifo() {
-        return Err(Error::Usage(format!("{path} is not an image file (nor a pipe)")));
-    }
-    let mut f = File::open(format!("/proc/self/fd/{}", look.as_raw_fd())).map_err(|e| Error::io(path, e))?;
+    let (mut f, md) = crate::open_image(path)?;
     let me = nix::unistd::geteuid();
-    if me.is_root() && md.mode() & 0o022 != 0 {
-        return Err(Error::Permission(format!(
-            "{path} may be written by group or others, so anyone of them could have made it: refusing to restore it as root (chmod go-w)"
-        )));
-    }
     let owner = (md.uid() != me.as_raw()).then_some(md.uid());
     if md.is_file() && owner.is_none() && md.mode() & 0o022 == 0 {
         return Ok((f, None));
