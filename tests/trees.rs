@@ -586,3 +586,81 @@ fn a_pre_forking_server_serves_again() {
     let st = std::process::Command::new("ipcrm").args(["-s", &sem]).status().unwrap();
     assert!(st.success(), "ipcrm -s {sem}");
 }
+
+/// The pids of `pid`'s descendants (not itself).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+    for t in tasks.unwrap_or_default() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+            out.push(k);
+            out.extend(descendants(k));
+        }
+    }
+    out
+}
+
+/// MiB of Pss (each page shared by n processes counts 1/n in each) of `pids` together.
+fn pss_mib(pids: &[i32]) -> u64 {
+    let kib: u64 = pids
+        .iter()
+        .map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            let line = s.lines().find(|l| l.starts_with("Pss:")).unwrap_or("Pss: 0 kB").to_string();
+            line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    kib / 1024
+}
+
+/// Private memory a fork left shared (a parent's 256 MiB that its 4 children never wrote)
+/// is stored once, and shared again after the restore: the tree takes the memory it took,
+/// not 5 times as much. The checkpoint leaves the original's sharing as it was, and
+/// copy-on-write still holds in the copy: a child that writes its copy changes nobody else's
+/// (every process of the copy checks its own 256 MiB), and then takes 256 MiB more.
+#[test]
+fn memory_a_fork_left_shared_is_stored_once_and_shared_again() {
+    if !require(is_root(), "root (frame numbers in /proc/PID/pagemap; rstrt --pidns)") {
+        return;
+    }
+    let dir = tmpdir("cow");
+    let d = dir.to_str().unwrap();
+    let mut p = start("cow", &[], &dir);
+    let tree = || [vec![p.pid()], descendants(p.pid())].concat();
+    assert_eq!(tree().len(), 5);
+    let before = pss_mib(&tree());
+    let img = format!("{d}/c.crf");
+    ckpt(&["-o", &img, &p.pid().to_string()]);
+    let after = pss_mib(&tree());
+    println!("original tree's Pss: {before} MiB before the checkpoint, {after} MiB after");
+    assert!(before < 300 && after <= before + 8, "the checkpoint changed the tree's memory: {before} -> {after} MiB");
+    let size = std::fs::metadata(&img).unwrap().len() >> 20;
+    assert!((256..320).contains(&size), "an image of {size} MiB for 256 MiB shared by 5 processes");
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let shared: u64 =
+        info.lines().find_map(|l| l.strip_prefix("shared:    ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    assert!(shared >= 256 << 20, "{info}");
+
+    let mut copy = rstrt(&["--pidns", &img]);
+    copy.send("ping");
+    copy.expect("pong");
+    let members = descendants(copy.pid());
+    let restored = pss_mib(&members);
+    println!("the copy's tree ({} processes with its pid namespace's init): {restored} MiB of Pss", members.len());
+    assert!(restored <= before + 16, "the copy takes {restored} MiB where the original took {before}");
+    // One child writes its copy: only it sees that, and it has 256 MiB of its own now.
+    copy.send("write");
+    copy.expect("wrote");
+    let written = pss_mib(&members);
+    assert!(written >= restored + 240, "after a child wrote its copy: {written} MiB, before {restored}");
+    copy.send("check");
+    copy.expect("ok");
+    let sums: Vec<&String> = copy.seen.iter().filter(|l| l.starts_with("sum")).collect();
+    assert!(sums.len() == 5 && sums.iter().all(|l| l.ends_with(" ok")), "{:?}", copy.seen);
+    assert!(copy.wait().success());
+    // The original, which the child's write never reached.
+    p.send("check");
+    p.expect("ok");
+    assert!(p.seen.iter().filter(|l| l.starts_with("sum")).all(|l| l.ends_with(" ok")), "{:?}", p.seen);
+}

@@ -47,6 +47,8 @@ fn describe(inp: impl Input) -> Result<()> {
     let mut procs = Vec::new();
     let mut head = None;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
+    // Bytes of the pages the processes share (TREEPAGES, after the first one's layout).
+    let mut shared_bytes = 0u64;
     loop {
         let mut st = ProcessState::default();
         let mut sections = SectionReader::new();
@@ -58,9 +60,15 @@ fn describe(inp: impl Input) -> Result<()> {
         }
         let mut stored: BTreeMap<u64, u64> = BTreeMap::new(); // mapping start -> bytes stored
         let mut page_bytes = 0u64;
+        while let Some(s) = next.filter(|s| s.tag == Tag::TREEPAGES && procs.is_empty()) {
+            let b = pages::read_batch_header(&mut r, &s)?;
+            shared_bytes += b.data_len as u64;
+            b.data(&mut r, &mut buf)?;
+            next = r.next_section()?;
+        }
         while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(&mut r, &s)?;
-            for run in &b.runs {
+            for run in b.runs.iter().filter(|r| r.flags & pages::RUN_KEPT == 0) {
                 let i = st.vmas.partition_point(|v| v.end <= run.addr);
                 let key = st.vmas.get(i).map_or(run.addr, |v| v.start);
                 *stored.entry(key).or_default() += run.len() as u64;
@@ -87,6 +95,9 @@ fn describe(inp: impl Input) -> Result<()> {
                 println!("{}", printable(&line));
             }
         }
+    }
+    if shared_bytes > 0 {
+        println!("shared:    {shared_bytes} bytes of pages stored once for the processes that share them");
     }
     println!("checksums: all {} bytes verified, trailer ok", r.offset());
     Ok(())

@@ -48,6 +48,9 @@ pub struct Tag(pub u32);
 impl Tag {
     /// A batch of page runs and their data (see `pages`).
     pub const PAGES: Tag = Tag(5);
+    /// A batch of the pages processes of the tree share (same format as PAGES): between the
+    /// first process's layout and its own batches (see res::treecow).
+    pub const TREEPAGES: Tag = Tag(43);
     /// The trailer.
     pub const END: Tag = Tag(0xffff_ffff);
 }

@@ -50,8 +50,13 @@ pub fn write_batch<W: Write>(w: &mut Writer<W>, runs: &[Run], data: &[u8]) -> io
 /// [`write_batch`], giving `data` to the output whole (see [`crate::crf::Sink`]); returns a
 /// buffer the output is done with, if it has one.
 pub fn give_batch<W: Sink>(w: &mut Writer<W>, runs: &[Run], data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    give_batch_as(w, Tag::PAGES, runs, data)
+}
+
+/// [`give_batch`] as a section of `tag`: PAGES, or TREEPAGES (the same format).
+pub fn give_batch_as<W: Sink>(w: &mut Writer<W>, tag: Tag, runs: &[Run], data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
     let head = batch_head(w.offset(), runs);
-    w.section_given(Tag::PAGES, 0, &head, data)
+    w.section_given(tag, 0, &head, data)
 }
 
 /// A batch's payload before its data: run count, padding, the runs, then padding that puts the

@@ -5,6 +5,7 @@
 
 use super::blockers;
 use super::urgent::Urgent;
+use crate::crf::pages::Run;
 use crate::crf::{Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
@@ -310,6 +311,11 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tree_pipes = tree_pipes(&mut states);
             states[0].tree_shm = crate::res::treeshm::collect(&mut states)?;
         }
+        // The private pages they share since a fork, stored once (not with a live migration,
+        // whose first process's pages are held at the destination already).
+        let cow =
+            if states.len() > 1 && opts.precopied.is_none() { crate::res::treecow::collect(&states)? } else { None };
+        states[0].tree_cow = cow.as_ref().map(|c| c.cow.clone());
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
         states[0].fdescs = shared;
@@ -327,7 +333,7 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tcp_conns.lock = conns.lock_name();
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
-        write(out, &states, &mut spare, opts.precopied.as_ref(), commit)
+        write(out, &states, &mut spare, opts.precopied.as_ref(), cow.as_ref(), commit)
     })();
     urgent.real_time(true);
     let mut restored = Ok(());
@@ -775,18 +781,28 @@ fn write<W: Sink>(
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
     precopied: Option<&super::precopy::Precopied>,
+    cow: Option<&crate::res::treecow::Found>,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<(u64, u64, Vec<String>)> {
     let io = |e: std::io::Error| Error::io("image", e);
     let mut w = Writer::new(out).map_err(io)?;
     let mut pages = 0;
     let mut stubs = Vec::new();
-    for st in states {
+    for (i, st) in states.iter().enumerate() {
         image::write(&mut w, st, true)?;
         // A reader restoring from a stream can check the image's header, create the processes
         // and lay out the mappings while we read the pages.
         w.flush().map_err(io)?;
-        let kept = precopied.map(|p| p.kept(st.head.pid, &st.vmas)).transpose()?.unwrap_or_default();
+        if let Some(c) = cow.filter(|_| i == 0) {
+            let sources: Vec<(i32, &[Run])> =
+                states.iter().zip(&c.sources).map(|(s, r)| (s.head.pid, r.as_slice())).collect();
+            pages += memory::dump_shared(&sources, &mut w, spare)?;
+        }
+        let kept = match (precopied, cow) {
+            (Some(p), _) => p.kept(st.head.pid, &st.vmas)?,
+            (None, Some(c)) => c.kept[i].clone(),
+            (None, None) => Vec::new(),
+        };
         pages += memory::dump_pages(st.head.pid, &st.vmas, &kept, &mut w, spare)?;
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));

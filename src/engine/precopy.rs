@@ -16,6 +16,10 @@
 //! change ([`Area`] exact match; pages of a changed area carried over where old and new
 //! overlap), so that the source always knows which pages the destination holds.
 //!
+//! The same Store holds, for the restore of a tree, the pages its processes share since a
+//! fork (res::treecow): every process inherits it, and each moves into place the areas it
+//! maps, so that they share those pages again.
+//!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
 //! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the other processes of a
 //! tree (only the first is tracked).
@@ -51,10 +55,7 @@ impl Area {
 /// Whether a mapping of the image is one whose pages may have been sent ahead: the same test
 /// on both sides ([`eligible_map`] for a running process).
 pub fn eligible(v: &Vma) -> bool {
-    use memory::*;
-    matches!(v.kind, KIND_ANON | KIND_HEAP)
-        && v.file.is_none()
-        && v.flags & (VMA_SHARED | VMA_GROWSDOWN | VMA_DROPPABLE | VMA_SYSV | VMA_REMADE) == 0
+    memory::private_anon(v)
 }
 
 /// The area of an eligible mapping.
@@ -502,7 +503,8 @@ impl Precopied {
 }
 
 /// One area held at the destination: a mapping of ours, and per page 0 (nothing), 1 (as
-/// received), and during the restore 2 (kept) or 3 (written over by the image).
+/// received), and during the restore 2 (kept), 3 (written over by the image) or 4 (not in
+/// the restored process: its mapping differs).
 struct Held {
     area: Area,
     local: u64,
@@ -702,16 +704,75 @@ impl Store {
         Ok(())
     }
 
+    /// The pages the processes of a tree share (res::treecow), held for a restore: its
+    /// areas made, then [`Store::put`] for each TREEPAGES batch.
+    pub fn shared(areas: &[crate::res::treecow::Area]) -> Result<Store> {
+        let total: u64 = areas.iter().map(|a| a.end - a.start).sum();
+        let mut st = Store::new(total);
+        let areas: Vec<(Area, bool)> =
+            areas.iter().map(|a| (Area { start: a.start, end: a.end, noreserve: a.noreserve }, false)).collect();
+        st.follow(&areas)?;
+        Ok(st)
+    }
+
+    /// A TREEPAGES batch: each run, of shared pages (no flag), must lie in one area held, and
+    /// come once.
+    pub fn put(&mut self, runs: &[crate::crf::pages::Run], data: &[u8], at: u64) -> Result<()> {
+        let mut off = 0usize;
+        for r in runs {
+            let (s, e) = (r.addr, r.addr + r.len() as u64);
+            let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| e <= h.area.end);
+            let fresh = |h: &Held| {
+                let i = ((s - h.area.start) / PAGE) as usize;
+                h.state[i..i + r.npages as usize].iter().all(|&x| x == 0)
+            };
+            let Some(h) = h.filter(|h| r.flags == 0 && fresh(h)) else {
+                return Err(Error::Image(crate::crf::CrfError::Bad {
+                    offset: at,
+                    what: format!("shared pages {s:#x}-{e:#x} lie outside the TREECOW areas, or come twice"),
+                }));
+            };
+            let src = data.get(off..off + r.len()).ok_or_else(|| {
+                Error::Image(crate::crf::CrfError::Bad {
+                    offset: at,
+                    what: "shared pages shorter than their runs".into(),
+                })
+            })?;
+            let i = ((s - h.area.start) / PAGE) as usize;
+            // SAFETY: [s, e) lies inside the area (checked above), whose mapping of `len`
+            // bytes at `local` is ours.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (h.local + (s - h.area.start)) as *mut u8, r.len()) };
+            h.state[i..i + r.npages as usize].fill(1);
+            off += r.len();
+            self.received += r.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Before the next process of the tree takes its pages: every page held counts as held
+    /// again (the last process kept or wrote over its own copies, not ours).
+    pub fn rearm(&mut self) {
+        for h in self.held.values_mut() {
+            h.state.iter_mut().filter(|x| **x > 1).for_each(|x| *x = 1);
+        }
+    }
+
     /// Before the restored process is forked: moves every mapping of ours that overlaps one
     /// of the image's `vmas` elsewhere (in our own address space, pages and all), so that the
     /// process's mappings can be made where they were.
     pub fn clear_of(&mut self, vmas: &[Vma]) -> Result<()> {
+        let ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        self.clear_of_ranges(&ranges)
+    }
+
+    /// [`Store::clear_of`] for every range of `ranges`.
+    pub fn clear_of_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<()> {
         let me = std::process::id() as i32;
-        let mut avoid: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        let mut avoid: Vec<(u64, u64)> = ranges.to_vec();
         avoid.extend(procfs::read_maps(me)?.iter().map(|m| (m.start, m.end)));
         for h in self.held.values_mut() {
             let len = h.area.end - h.area.start;
-            if !vmas.iter().any(|v| v.end > h.local && v.start < h.local + len) {
+            if !ranges.iter().any(|v| v.1 > h.local && v.0 < h.local + len) {
                 continue;
             }
             // Claimed first (MAP_FIXED_NOREPLACE): another thread of ours may have mapped
@@ -779,7 +840,8 @@ impl Store {
                 l.mremap(local, len, h.area.start);
             } else {
                 l.munmap(local, len);
-                h.state.iter_mut().for_each(|x| *x = 0);
+                // Gone from this process (a tree's next one has them still: see `rearm`).
+                h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
             }
         }
         let area = c.scratch.clone();
@@ -944,6 +1006,27 @@ mod tests {
         assert_eq!(huge_kb, 2048, "the whole huge page received is not one here");
         // SAFETY: a page of the store's own mapping.
         assert_eq!(unsafe { *((local + 3 * PAGE + HUGE - 1) as *const u8) }, 5);
+    }
+
+    /// The pages of a tree's TREEPAGES: only inside the areas, each once; a process's kept
+    /// runs must be among them; the next process may keep them again.
+    #[test]
+    fn shared_pages_are_held_once_and_kept_by_each_process() {
+        use crate::crf::pages::Run;
+        let a = crate::res::treecow::Area { start: 0x10000, end: 0x14000, noreserve: false };
+        let mut st = Store::shared(&[a]).unwrap();
+        let page = vec![3u8; PAGE as usize];
+        st.put(&[Run { addr: 0x11000, npages: 1, flags: 0 }], &page, 0).unwrap();
+        assert!(st.put(&[Run { addr: 0x11000, npages: 1, flags: 0 }], &page, 0).is_err(), "twice");
+        assert!(st.put(&[Run { addr: 0x20000, npages: 1, flags: 0 }], &page, 0).is_err(), "outside");
+        assert!(st.put(&[Run { addr: 0x12000, npages: 1, flags: 2 }], &page, 0).is_err(), "a flag");
+        assert!(st.put(&[Run { addr: 0x12000, npages: 2, flags: 0 }], &page, 0).is_err(), "short");
+        st.keep(&[(0x11000, 0x12000)]).unwrap();
+        assert!(st.keep(&[(0x12000, 0x13000)]).is_err());
+        st.rearm();
+        st.keep(&[(0x11000, 0x12000)]).unwrap();
+        // SAFETY: a page of the store's own mapping.
+        assert_eq!(unsafe { *((st.held[&0x10000].local + PAGE) as *const u8) }, 3);
     }
 
     /// A mapping of ours where the image has one moves elsewhere, its pages with it.

@@ -196,6 +196,24 @@ pub fn restore_live<R: Input>(
     };
     let mut sections = SectionReader::new();
     let mut batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| check(d, st))?;
+    // The pages the processes share since a fork, held here before they are made: each
+    // inherits them and moves them into place.
+    let mut cow = match &st.tree_cow {
+        Some(_) if store.is_some() => {
+            return Err(Error::Refused(format!(
+                "the image of pid {} shares pages between its processes and comes from a live migration, which never writes both: it is damaged",
+                st.head.pid
+            )));
+        }
+        Some(c) => Some(shared_pages(&mut rd, c, &mut batch)?),
+        None => None,
+    };
+    if let Some(s) = batch.as_ref().filter(|s| s.tag == Tag::TREEPAGES && cow.is_none()) {
+        return Err(Error::Image(crate::crf::CrfError::Bad {
+            offset: s.offset,
+            what: "shared pages (TREEPAGES) without a TREECOW section".into(),
+        }));
+    }
     let tree = if st.tree.is_empty() {
         let h = &st.head;
         vec![Member { pid: h.pid, ppid: h.ppid, pgid: h.pgid, sid: h.sid, zombie: None }]
@@ -259,7 +277,15 @@ pub fn restore_live<R: Input>(
     // executes the image's program before anything else, so that /proc/PID/exe names it:
     // only the very file the image maps (same content), one its owner may execute.
     // (Driven then through a syscall instruction of its vdso: without one, not at all.)
+    // (Not when the processes share pages held here: an execve would drop them.)
     let program = if creds::is_root() || shared.vdso.is_empty() { None } else { own_program(&st) };
+    if program.is_some() && cow.is_some() {
+        notes.push(
+            "the first process names crs as its program (/proc/PID/exe): executing its own would lose the pages its tree shares"
+                .into(),
+        );
+    }
+    let program = program.filter(|_| cow.is_none());
     let exec = program.as_ref().map(super::spawn::Exec::of);
     let family = family::create(&tree, opts.require_pid, own_session, &ctty, exec.as_ref(), &mut notes);
     shared.made = made;
@@ -288,7 +314,14 @@ pub fn restore_live<R: Input>(
             .iter_mut()
             .find(|p| p.original == original)
             .ok_or_else(|| Error::Proc(format!("pid {original} was not created")))?;
-        let held = if i == 0 { store.as_deref_mut() } else { None };
+        let held = match cow.as_mut() {
+            Some(c) => {
+                c.rearm();
+                Some(c)
+            }
+            None if i == 0 => store.as_deref_mut(),
+            None => None,
+        };
         let (next, exe_set, null_stdio) =
             restore_one(&mut rd, &mut sections, batch, &mut st, (p, held), &shared, &mut notes)?;
         batch = next;
@@ -302,6 +335,8 @@ pub fn restore_live<R: Input>(
             what: format!("a section ({}) after the last process", s.tag),
         }));
     }
+    // Every process has its copies of the shared pages: ours go.
+    drop(cow);
     // The whole image is in and checked: the processes may run.
     let (st, exe_set, null_stdio) = first.ok_or_else(|| Error::Refused("the image holds no process".into()))?;
     let root = &family.procs[0];
@@ -347,6 +382,27 @@ pub fn restore_live<R: Input>(
     }
     debug!("restored pid {} as pid {pid}", restored.original_pid);
     Ok(restored)
+}
+
+/// Reads the TREEPAGES batches that follow the first process's layout (`batch`, the first
+/// section after it, is left at the next one) into a Store of ours, which every process of
+/// the tree inherits; moved out of the way of every range the processes map.
+fn shared_pages<R: Input>(
+    rd: &mut Reader<R>,
+    cow: &crate::res::treecow::TreeCow,
+    batch: &mut Option<crate::crf::Section>,
+) -> Result<Store> {
+    let mut held = Store::shared(&cow.areas)?;
+    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
+    while let Some(sec) = batch.take_if(|s| s.tag == Tag::TREEPAGES) {
+        let b = pages::read_batch_header(rd, &sec)?;
+        let runs = b.runs.clone();
+        let data = b.data(rd, &mut buf)?;
+        held.put(&runs, data, sec.offset)?;
+        *batch = rd.next_section()?;
+    }
+    held.clear_of_ranges(&cow.busy)?;
+    Ok(held)
 }
 
 /// rstrt's terminal, for `--shell-job` (None without it), once it is known that it may be

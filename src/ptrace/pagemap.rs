@@ -145,9 +145,39 @@ impl Pagemap {
         Ok(())
     }
 
-    fn read_touched(&mut self, start: u64, end: u64) -> Result<Vec<Touched>> {
-        const CHUNK: u64 = 65536;
+    /// Per page of [start, end) (page-aligned), the frame number of the process's own page in
+    /// memory there that another process maps too (what a fork leaves shared until one
+    /// writes), else 0: not present, in swap, a file's, mapped by this process alone, or
+    /// frame numbers hidden from us (they need CAP_SYS_ADMIN).
+    pub fn shared_frames(&mut self, start: u64, end: u64) -> Result<Vec<u64>> {
+        const PM_EXCLUSIVE: u64 = 1 << 56;
+        const PFN: u64 = (1 << 55) - 1;
+        let mut out = Vec::with_capacity(((end - start) / PAGE) as usize);
+        self.each_entry(start, end, |e| {
+            let own = e & PM_PRESENT != 0 && e & (PM_FILE | PM_EXCLUSIVE) == 0;
+            out.push(if own { e & PFN } else { 0 });
+        })?;
+        Ok(out)
+    }
+
+    /// The pages of [start, end) in memory that are the process's own (anonymous, or a
+    /// private copy) and that another process maps too (a fork left them shared), as runs.
+    pub fn shared_anon(&mut self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        const PM_EXCLUSIVE: u64 = 1 << 56;
         let mut out = Vec::new();
+        let mut a = start;
+        self.each_entry(start, end, |e| {
+            if e & PM_PRESENT != 0 && e & (PM_FILE | PM_EXCLUSIVE) == 0 {
+                join(&mut out, a, a + PAGE);
+            }
+            a += PAGE;
+        })?;
+        Ok(out)
+    }
+
+    /// Reads the pagemap entry of every page of [start, end), in order.
+    fn each_entry(&mut self, start: u64, end: u64, mut each: impl FnMut(u64)) -> Result<()> {
+        const CHUNK: u64 = 65536;
         let mut at = start;
         while at < end {
             let n = ((end - at) / PAGE).min(CHUNK) as usize;
@@ -158,15 +188,23 @@ impl Pagemap {
             self.file
                 .read_exact_at(buf, at / PAGE * 8)
                 .map_err(|e| Error::io(format!("{} at {at:#x}", self.path), e))?;
-            for (k, e) in buf.chunks_exact(8).enumerate() {
-                let e = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
-                if e & (PM_PRESENT | PM_SWAP) != 0 {
-                    let a = at + k as u64 * PAGE;
-                    push(&mut out, a, a + PAGE, e & PM_FILE != 0);
-                }
+            for e in buf.chunks_exact(8) {
+                each(u64::from_le_bytes(e.try_into().unwrap_or([0; 8])));
             }
             at += n as u64 * PAGE;
         }
+        Ok(())
+    }
+
+    fn read_touched(&mut self, start: u64, end: u64) -> Result<Vec<Touched>> {
+        let mut out = Vec::new();
+        let mut a = start;
+        self.each_entry(start, end, |e| {
+            if e & (PM_PRESENT | PM_SWAP) != 0 {
+                push(&mut out, a, a + PAGE, e & PM_FILE != 0);
+            }
+            a += PAGE;
+        })?;
         Ok(out)
     }
 }

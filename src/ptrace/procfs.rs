@@ -25,6 +25,9 @@ pub struct MapEntry {
     /// smaps shows no page of it in memory or in swap (Rss and Swap 0): its page table holds
     /// nothing to read.
     pub untouched: bool,
+    /// smaps shows pages of it that another process maps too (Shared_Clean, Shared_Dirty):
+    /// in private memory, pages a fork left shared copy-on-write.
+    pub shares: bool,
 }
 
 impl MapEntry {
@@ -71,6 +74,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
         vmflags: Vec::new(),
         pkey: 0,
         untouched: false,
+        shares: false,
     })
 }
 
@@ -85,6 +89,8 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
             out.last_mut()?.pkey = rest.trim().parse().ok()?;
         } else if let Some(rest) = line.strip_prefix("Rss:") {
             out.last_mut()?.untouched = rest.trim() == "0 kB";
+        } else if let Some(rest) = line.strip_prefix("Shared_Clean:").or_else(|| line.strip_prefix("Shared_Dirty:")) {
+            out.last_mut()?.shares |= rest.trim() != "0 kB";
         } else if let Some(rest) = line.strip_prefix("Swap:") {
             let last = out.last_mut()?;
             last.untouched &= rest.trim() == "0 kB";

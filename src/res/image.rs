@@ -6,14 +6,15 @@
 //!
 //! An image reads, in order: the layout sections (HEAD first: who the process is, checked
 //! before anything is created), the page batches (streamed into the process as they come), the
-//! rest, the trailer. A restore therefore creates the process and its mappings while the pages
+//! rest, the trailer; a tree's first process has the pages its processes share (TREEPAGES,
+//! see treecow) between its layout and its own batches. A restore therefore creates the process and its mappings while the pages
 //! still arrive. Adding a resource: a file in src/res/ with its model, collect, codec, apply
 //! and a `SectionDef`; one line in `SECTIONS`; one field below; a section in man/crf.5.
 
 use super::{
     caps, clocks, cwd, deleted, epoll, fdescs, files, head, inet, inotify, itimers, knobs, locks, mdwe, memfd, memory,
     pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, tcpconn, terminal, thp, thread,
-    timerfd, tree, treeshm, unixpairs,
+    timerfd, tree, treecow, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -53,6 +54,9 @@ pub struct ProcessState {
     /// The shared anonymous memory more than one process of the tree maps (the first
     /// process's block carries it).
     pub tree_shm: Vec<treeshm::Obj>,
+    /// The private memory processes of the tree share since a fork (the first process's block
+    /// carries it; its pages come in the TREEPAGES batches after that block's layout).
+    pub tree_cow: Option<treecow::TreeCow>,
     /// The connected pairs of unix sockets whose both ends the image's processes hold (the
     /// first process's block carries them).
     pub unix_pairs: Vec<unixpairs::Pair>,
@@ -194,6 +198,7 @@ pub mod tags {
     pub const LOCKS: Tag = Tag(27);
     pub const DELETED: Tag = Tag(28);
     pub const TREESHM: Tag = Tag(29);
+    pub const TREECOW: Tag = Tag(42);
     pub const UNIXPAIRS: Tag = Tag(30);
     pub const UNIXLISTEN: Tag = Tag(31);
     pub const MEMFDS: Tag = Tag(32);
@@ -317,6 +322,14 @@ pub const SECTIONS: &[&SectionDef] = &[
         decode: |b, at, st| set(&mut st.tree_shm, treeshm::decode(b, at)),
         describe: |v| treeshm::describe(&v.st.tree_shm),
         ..only_if(tags::TREESHM, "TREESHM")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| st.tree_cow.iter().map(treecow::encode).collect(),
+        decode: |b, at, st| set(&mut st.tree_cow, treecow::decode(b, at).map(Some)),
+        describe: |v| v.st.tree_cow.iter().flat_map(treecow::describe).collect(),
+        ..only_if(tags::TREECOW, "TREECOW")
     },
     &SectionDef {
         scope: Scope::Image,
@@ -576,7 +589,7 @@ impl SectionReader {
                 self.missing(layout, rd.offset(), "the end")?;
                 return Ok(None);
             };
-            if sec.tag == Tag::PAGES {
+            if sec.tag == Tag::PAGES || sec.tag == Tag::TREEPAGES {
                 if !layout {
                     return Err(bad(sec.offset, format!("unexpected page batch after {}", self.last)));
                 }
@@ -720,7 +733,7 @@ mod tests {
     #[test]
     fn the_registry_is_consistent() {
         for (i, d) in SECTIONS.iter().enumerate() {
-            assert!(d.tag != Tag::PAGES && d.tag != Tag::END, "{}", d.name);
+            assert!(d.tag != Tag::PAGES && d.tag != Tag::TREEPAGES && d.tag != Tag::END, "{}", d.name);
             assert!(SECTIONS[i + 1..].iter().all(|e| e.tag != d.tag && e.name != d.name), "{} twice", d.name);
             // The layout comes first.
             assert!(d.layout || SECTIONS[i + 1..].iter().all(|e| !e.layout), "{} before a layout section", d.name);

@@ -41,5 +41,6 @@ pub mod thp;
 pub mod thread;
 pub mod timerfd;
 pub mod tree;
+pub mod treecow;
 pub mod treeshm;
 pub mod unixpairs;

@@ -112,7 +112,17 @@ fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<Batch
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        for mut r in page_runs(&mut pagemap, v, kept)? {
+        let runs = page_runs(&mut pagemap, v, kept)?;
+        // Pages a fork left shared are read through /proc/PID/mem: process_vm_readv pins
+        // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
+        // so that a checkpoint would leave a pre-forked server's workers taking their memory
+        // once each.
+        let shared = if v.shares && readable && !runs.is_empty() && v.kind != KIND_SHMEM {
+            pagemap.shared_anon(v.start, v.end)?
+        } else {
+            Vec::new()
+        };
+        for (mut r, readable) in split_shared(runs, &shared, readable) {
             if r.flags & RUN_KEPT != 0 {
                 cur.runs.push(r);
                 cur.readable.push(readable);
@@ -146,9 +156,38 @@ fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<Batch
     Ok(out)
 }
 
+/// Splits `runs` where they cross the sorted ranges `shared`: each piece with whether
+/// process_vm_readv may read it (`readable`, and not shared).
+fn split_shared(runs: Vec<Run>, shared: &[(u64, u64)], readable: bool) -> Vec<(Run, bool)> {
+    if shared.is_empty() {
+        return runs.into_iter().map(|r| (r, readable)).collect();
+    }
+    let page = PAGE_SIZE as u64;
+    let mut out = Vec::with_capacity(runs.len());
+    let mut k = 0;
+    for r in runs {
+        let end = r.addr + r.len() as u64;
+        let mut at = r.addr;
+        while at < end {
+            while k < shared.len() && shared[k].1 <= at {
+                k += 1;
+            }
+            let (to, ok) = match shared.get(k) {
+                Some(&(s, e)) if s <= at => (e.min(end), false),
+                Some(&(s, _)) => (s.min(end), readable),
+                None => (end, readable),
+            };
+            out.push((Run { addr: at, npages: ((to - at) / page) as u32, flags: r.flags }, ok));
+            at = to;
+        }
+    }
+    out
+}
+
 /// Reads one batch's pages: readable runs in one process_vm_readv, the rest through
 /// /proc/PID/mem.
 fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
+    let mut procmem: Option<std::fs::File> = None;
     let mut off = 0usize;
     let mut iov: Vec<(u64, usize)> = Vec::new();
     let mut iov_at = 0usize;
@@ -171,7 +210,13 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
             if !iov.is_empty() {
                 flush(&mut iov, iov_at, data)?;
             }
-            mem::read_proc_mem(pid, r.addr, &mut data[off..off + r.len()])?;
+            let path = || format!("/proc/{pid}/mem");
+            let f = match &procmem {
+                Some(f) => f,
+                None => procmem.insert(std::fs::File::open(path()).map_err(|e| Error::io(path(), e))?),
+            };
+            std::os::unix::fs::FileExt::read_exact_at(f, &mut data[off..off + r.len()], r.addr)
+                .map_err(|e| Error::io(format!("{} at {:#x}", path(), r.addr), e))?;
         }
         off += r.len();
     }
@@ -237,6 +282,47 @@ pub fn dump_pages<W: Sink>(
 
         Ok(total)
     })
+}
+
+/// Writes the pages the processes of a tree share (res::treecow) as TREEPAGES batches: per
+/// process (`sources`: pid, the runs to read from it, in order), its runs, read from it.
+/// Returns the number of pages.
+pub fn dump_shared<W: Sink>(sources: &[(i32, &[Run])], w: &mut Writer<W>, spare: &mut Vec<Vec<u8>>) -> Result<u64> {
+    let mut total = 0;
+    for &(pid, runs) in sources {
+        // Read through /proc/PID/mem, which leaves them shared (see plan_batches).
+        let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+        let mut flush = |cur: &mut BatchPlan| -> Result<()> {
+            if cur.runs.is_empty() {
+                return Ok(());
+            }
+            let mut buf = spare.pop().unwrap_or_default();
+            buf.resize(cur.pages * PAGE_SIZE, 0);
+            read_batch(pid, cur, &mut buf)?;
+            let back = pages::give_batch_as(w, crate::crf::Tag::TREEPAGES, &cur.runs, buf)
+                .map_err(|e| Error::io("image", e))?;
+            spare.extend(back);
+            total += cur.pages as u64;
+            *cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+            Ok(())
+        };
+        for r in runs {
+            let mut r = *r;
+            while r.npages > 0 {
+                let take = (r.npages as usize).min(DUMP_BATCH_PAGES - cur.pages) as u32;
+                cur.runs.push(Run { addr: r.addr, npages: take, flags: 0 });
+                cur.readable.push(false);
+                cur.pages += take as usize;
+                r.addr += take as u64 * PAGE_SIZE as u64;
+                r.npages -= take;
+                if cur.pages == DUMP_BATCH_PAGES || cur.runs.len() == DUMP_BATCH_RUNS {
+                    flush(&mut cur)?;
+                }
+            }
+        }
+        flush(&mut cur)?;
+    }
+    Ok(total)
 }
 
 /// Two buffers for [`dump_pages`], their pages faulted in: made before the process is frozen.

@@ -86,6 +86,9 @@ pub struct Vma {
     /// swapped, so that its pagemap need not be read (64 threads have 64 stacks, mostly
     /// unused, and 64 malloc arenas reserved).
     pub untouched: bool,
+    /// At checkpoint only (not in the image): smaps showed pages of it another process maps
+    /// too (see [`crate::ptrace::procfs::MapEntry::shares`]).
+    pub shares: bool,
 }
 
 impl Vma {
@@ -120,6 +123,15 @@ impl Vma {
             b(libc::PROT_EXEC as u32, 'x')
         )
     }
+}
+
+/// A whole private anonymous mapping (anonymous memory or the heap; not a stack, droppable
+/// memory or a file's private copy): one a restore may make by moving pages already held into
+/// place (engine::precopy::Store).
+pub fn private_anon(v: &Vma) -> bool {
+    matches!(v.kind, KIND_ANON | KIND_HEAP)
+        && v.file.is_none()
+        && v.flags & (VMA_SHARED | VMA_GROWSDOWN | VMA_DROPPABLE | VMA_SYSV | VMA_REMADE) == 0
 }
 
 /// The mm layout PR_SET_MM_MAP restores (what /proc/PID/stat, cmdline, environ, auxv show).
@@ -273,6 +285,7 @@ fn classify_one(
         pgoff: m.offset / PAGE_SIZE as u64,
         name: m.name.clone(),
         untouched: m.untouched,
+        shares: m.shares,
         ..Default::default()
     };
     if m.shared {
@@ -648,6 +661,7 @@ mod tests {
                 file: Some(FileId { path: "/bin/x".into(), mode: libc::S_IFREG | 0o755, ..Default::default() }),
                 content: vec![],
                 untouched: false,
+                shares: false,
             },
             Vma {
                 start: 0x3000,
@@ -660,6 +674,7 @@ mod tests {
                 file: None,
                 content: vec![],
                 untouched: false,
+                shares: false,
             },
             Vma {
                 start: 0x7000,
@@ -672,6 +687,7 @@ mod tests {
                 file: None,
                 content: vec![1, 2, 3],
                 untouched: false,
+                shares: false,
             },
         ];
         assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
