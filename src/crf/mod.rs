@@ -209,9 +209,17 @@ pub trait Input: Read {
     fn borrow(&mut self, _n: usize) -> Option<&[u8]> {
         None
     }
+    /// Whether what `borrow` hands out stays valid and unchanged as long as the memory the
+    /// input reads from (a slice that outlives the reader), not only until the next read.
+    fn lasting(&self) -> bool {
+        false
+    }
 }
 
 impl Input for &[u8] {
+    fn lasting(&self) -> bool {
+        true
+    }
     fn can_borrow(&mut self, n: usize) -> io::Result<bool> {
         Ok(n <= self.len())
     }
@@ -232,6 +240,9 @@ impl<T: Input + ?Sized> Input for &mut T {
     }
     fn borrow(&mut self, n: usize) -> Option<&[u8]> {
         (**self).borrow(n)
+    }
+    fn lasting(&self) -> bool {
+        (**self).lasting()
     }
 }
 
@@ -357,6 +368,12 @@ impl<R: Input> Reader<R> {
     /// checking its CRC all the same.
     pub fn skip(&mut self, sec: &Section) -> Result<()> {
         self.skip_checked(sec.len, sec.crc, sec.offset)
+    }
+
+    /// Whether data borrowed from the input stays valid as long as the input's memory (see
+    /// [`Input::lasting`]).
+    pub fn lasting(&self) -> bool {
+        self.inp.lasting()
     }
 
     /// The next `n` payload bytes: borrowed where the input holds them in memory, otherwise

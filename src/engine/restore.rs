@@ -648,32 +648,55 @@ fn restore_one<R: Input>(
     if let Some(st) = store.as_deref_mut() {
         st.move_into(&mut c, &plans)?;
     }
-    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
-    while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
-        let b = pages::read_batch_header(rd, &sec)?;
-        ahead.clear();
-        let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut ahead)?;
-        match store.as_deref_mut() {
-            Some(st) => {
-                st.keep(&ahead)?;
-                st.written(&targets);
+    // The batches are written by threads of ours while this one reads and checks the next.
+    let lasting = rd.lasting();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut w = memory::Writers::start(scope, pid);
+        while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
+            let b = pages::read_batch_header(rd, &sec)?;
+            ahead.clear();
+            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut ahead)?;
+            match store.as_deref_mut() {
+                Some(st) => {
+                    st.keep(&ahead)?;
+                    st.written(&targets);
+                }
+                None if !ahead.is_empty() => {
+                    return Err(Error::Refused(format!(
+                        "the image leaves out pages {:#x}-{:#x} of pid {}, sent ahead in a live migration: it restores only there",
+                        ahead[0].0, ahead[0].1, st.head.pid
+                    )));
+                }
+                None => {}
             }
-            None if !ahead.is_empty() => {
-                return Err(Error::Refused(format!(
-                    "the image leaves out pages {:#x}-{:#x} of pid {}, sent ahead in a live migration: it restores only there",
-                    ahead[0].0, ahead[0].1, st.head.pid
-                )));
-            }
-            None => {}
+            npages += (b.data_len / PAGE_SIZE) as u64;
+            let mut buf = w.buffer()?;
+            let base = buf.as_ptr();
+            let (at, n) = b.data(rd, &mut buf).map(|d| (d.as_ptr(), d.len()))?;
+            // SAFETY: the data just read, read into `buf` or borrowed from the input, which
+            // keeps it until it is read from again (below, after this).
+            let data = unsafe { std::slice::from_raw_parts(at, n) };
+            let job = if std::ptr::eq(at, base) {
+                buf.truncate(n);
+                memory::Data::Owned(buf)
+            } else if lasting {
+                w.reuse(buf);
+                // SAFETY: borrowed from an input whose data lives as long as its memory,
+                // which outlives this restore (Input::lasting); the writers finish below.
+                memory::Data::Lasting(unsafe { memory::Lasting::of(data) })
+            } else {
+                buf.clear();
+                buf.extend_from_slice(data);
+                memory::Data::Owned(buf)
+            };
+            w.write(targets, job)?;
+            s = rd.next_section()?;
         }
-        npages += (b.data_len / PAGE_SIZE) as u64;
-        let data = b.data(rd, &mut buf)?;
-        memory::write_batch(pid, &targets, data)?;
-        s = rd.next_section()?;
-    }
+        w.finish()
+    })?;
     if let Some(st) = store.as_deref() {
         st.drop_stale(&mut c)?;
     }

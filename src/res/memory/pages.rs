@@ -411,6 +411,139 @@ pub fn write_batch(pid: i32, targets: &[(u64, usize, usize)], data: &[u8]) -> Re
     Ok(())
 }
 
+/// A batch's data for [`Writers`]: a buffer of ours, or where the image lies in memory for
+/// the whole restore (a mapped file).
+pub enum Data {
+    Owned(Vec<u8>),
+    Lasting(Lasting),
+}
+
+/// Data in memory that outlives every writer (see [`crate::crf::Input::lasting`]).
+pub struct Lasting {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a Lasting is only made (by `Lasting::of`) from a slice that stays valid and
+// unchanged for the whole restore, and only read.
+unsafe impl Send for Lasting {}
+
+impl Lasting {
+    /// # Safety
+    /// `data` must stay valid and unchanged until every [`Writers`] it is given to finished.
+    pub unsafe fn of(data: &[u8]) -> Lasting {
+        Lasting { ptr: data.as_ptr(), len: data.len() }
+    }
+}
+
+struct Job {
+    targets: Vec<(u64, usize, usize)>,
+    data: Data,
+}
+
+/// Threads that write a restored process's page batches while the restore reads and checks
+/// the next ones: the first-touch fill of the process's memory (every page zeroed by the
+/// kernel, then copied into) runs on every CPU, not only on the restore's.
+pub struct Writers<'s> {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    made: usize,
+    /// A buffer given back unused.
+    spare: Option<Vec<u8>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<Error>>>,
+    threads: Vec<std::thread::ScopedJoinHandle<'s, ()>>,
+}
+
+/// Most buffers of a batch's size the writers use (each MAX_BATCH_PAGES pages).
+const WRITE_BUFFERS: usize = 4;
+
+impl<'s> Writers<'s> {
+    pub fn start<'e>(scope: &'s std::thread::Scope<'s, 'e>, pid: i32) -> Writers<'s> {
+        use std::sync::{Arc, Mutex, mpsc};
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 3);
+        let (jobs, rx) = mpsc::sync_channel::<Job>(2);
+        let (back, free) = mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(Mutex::new(None::<Error>));
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, back, failed) = (rx.clone(), back.clone(), failed.clone());
+                scope.spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let done = |f: &Mutex<Option<Error>>| f.lock().map_or(true, |e| e.is_some());
+                        let data: &[u8] = match &job.data {
+                            Data::Owned(v) => v,
+                            // SAFETY: see Lasting::of: valid and unchanged until we finish.
+                            Data::Lasting(l) => unsafe { std::slice::from_raw_parts(l.ptr, l.len) },
+                        };
+                        if !done(&failed)
+                            && let Err(e) = write_batch(pid, &job.targets, data)
+                            && let Ok(mut f) = failed.lock()
+                        {
+                            f.get_or_insert(e);
+                        }
+                        if let Data::Owned(v) = job.data {
+                            let _ = back.try_send(v);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { jobs: Some(jobs), free, made: 0, spare: None, failed, threads }
+    }
+
+    /// A buffer for the next batch's data (of MAX_BATCH_PAGES pages), once one is free.
+    pub fn buffer(&mut self) -> Result<Vec<u8>> {
+        if let Some(b) = self.spare.take() {
+            return Ok(b);
+        }
+        if let Ok(b) = self.free.try_recv() {
+            return Ok(b);
+        }
+        if self.made < WRITE_BUFFERS {
+            self.made += 1;
+            return Ok(vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE]);
+        }
+        self.free.recv().map_err(|_| Error::Proc("the page writers stopped".into()))
+    }
+
+    /// Gives back a buffer [`Writers::buffer`] gave, unused.
+    pub fn reuse(&mut self, b: Vec<u8>) {
+        self.spare = Some(b);
+    }
+
+    /// Hands a batch to the writers; fails at once if one of them failed.
+    pub fn write(&mut self, targets: Vec<(u64, usize, usize)>, data: Data) -> Result<()> {
+        self.check()?;
+        let jobs = self.jobs.as_ref().ok_or_else(|| Error::Proc("the page writers stopped".into()))?;
+        jobs.send(Job { targets, data }).map_err(|_| Error::Proc("the page writers stopped".into()))
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failed.lock().map(|mut f| f.take()) {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(_) => Err(Error::Proc("a page writer failed".into())),
+        }
+    }
+
+    /// Waits until every batch is written; the first failure.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                return Err(Error::Proc("a page writer failed".into()));
+            }
+        }
+        self.check()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
