@@ -112,7 +112,11 @@ pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
 
 /// [`precheck`], of processes we have frozen (`frozen`: traced by us) or not.
 fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
+    let _walk = crate::res::endpoints::Snapshot::take();
     let mut why = Vec::new();
+    // The descendants' reasons, each once, with every descendant it stands against (64
+    // workers that inherited the same fd are one reason, not 64).
+    let mut by_reason: Vec<(String, Vec<i32>)> = Vec::new();
     let pids = members(pid, opts.alone);
     let mut all = Vec::with_capacity(pids.len());
     for (i, &m) in pids.iter().enumerate() {
@@ -146,16 +150,33 @@ fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
         if i == 0 {
             why.extend(own);
         } else {
-            let who = crate::res::endpoints::who(m);
-            why.extend(own.into_iter().map(|r| format!("its descendant {who}: {r}")));
+            for r in own {
+                match by_reason.iter_mut().find(|(x, _)| *x == r) {
+                    Some((_, who)) => who.push(m),
+                    None => by_reason.push((r, vec![m])),
+                }
+            }
         }
     }
+    why.extend(by_reason.into_iter().map(|(r, who)| format!("{}: {r}", descendants(&who))));
     why.extend(tree::check(&all));
     why.extend(crate::res::ptys::outside(&pids, &crate::res::ptys::masters(&pids)));
     if opts.shell_job && crate::res::terminal::controlling(pid).is_none() {
         why.push("it has no controlling terminal (--shell-job is for a job run from a terminal)".into());
     }
     Error::blocked(pid, why)
+}
+
+/// "its descendant pid 9 (make)", "3 of its descendants, pid 9 (cc), pid 10 (cc), pid 11
+/// (cc)", "64 of its descendants, pid 9 (w), pid 10 (w), pid 11 (w) and 61 more".
+fn descendants(pids: &[i32]) -> String {
+    const NAMED: usize = 3;
+    let named: Vec<String> = pids.iter().take(NAMED).map(|&p| crate::res::endpoints::who(p)).collect();
+    match pids.len() {
+        1 => format!("its descendant {}", named.join("")),
+        n if n <= NAMED => format!("{n} of its descendants, {}", named.join(", ")),
+        n => format!("{n} of its descendants, {} and {} more", named.join(", "), n - NAMED),
+    }
 }
 
 /// Whether `e` only says that process `pid` is gone: its /proc files went away.
@@ -272,6 +293,8 @@ fn frozen_checkpoint<W: Sink>(
     let result = (|| {
         urgent.real_time(true);
         let members = freeze_tree(pid, opts.alone, &mut procs);
+        // Who holds the tree's pipes and sockets outside it: one walk of /proc, frozen.
+        let _walk = crate::res::endpoints::Snapshot::take();
         urgent.real_time(false);
         let members = members?;
         // The last writes of a pre-copy.
