@@ -99,6 +99,7 @@ impl Made {
                 )));
             }
             m.repaired = tcpconn::Repaired::new(&st.tcp_conns.lock);
+            m.repaired.block(&st.tcp_conns.conns)?;
             for c in &st.tcp_conns.conns {
                 let fd = tcpconn::create_here(c, opts.free_bind)?;
                 let copy = fd.try_clone().map_err(|e| Error::io("a restored TCP connection (dup)", e))?;

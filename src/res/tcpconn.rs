@@ -293,12 +293,25 @@ fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
 #[derive(Default)]
 pub struct Repaired {
     socks: Vec<(OwnedFd, i32, String)>,
+    /// The checkpoint's table (the image names it), still here after `ckpt -k` on this node.
     lock: String,
+    /// Ours: their packets blocked here from before the sockets exist until the release, or
+    /// until this is dropped (a failed restore).
+    guard: Option<Lock>,
 }
 
 impl Repaired {
     pub fn new(lock: &str) -> Repaired {
-        Repaired { socks: Vec::new(), lock: lock.to_string() }
+        Repaired { socks: Vec::new(), lock: lock.to_string(), guard: None }
+    }
+
+    /// Blocks the packets of `conns` in our network namespace until the release. On another
+    /// node (a migration, its address moved here before the release), a peer's packet would
+    /// otherwise reach a socket still in repair mode, half made, and the connection stall.
+    pub fn block(&mut self, conns: &[Conn]) -> Result<()> {
+        let ends: Vec<(Vec<u8>, Vec<u8>)> = conns.iter().map(|c| (c.local.clone(), c.peer.clone())).collect();
+        self.guard = Some(Lock::new(std::process::id() as i32, &ends, false)?);
+        Ok(())
     }
 
     /// Keeps `fd` (a copy of connection `c`'s socket) for the release.
@@ -316,7 +329,10 @@ impl Repaired {
         if !self.lock.is_empty() {
             unlock(&self.lock)?;
         }
-        Ok(())
+        match self.guard {
+            Some(g) => g.remove(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -339,7 +355,7 @@ impl Frozen {
             let peer = inet::name_of(s.as_raw_fd(), true).ok_or_else(|| sys("getpeername", &what))?;
             ends.push((local, peer));
         }
-        self.lock = Some(Lock::new(pid, &ends)?);
+        self.lock = Some(Lock::new(pid, &ends, true)?);
         let mut out = Vec::new();
         for (s, ino) in which {
             let what = format!("socket:[{ino}]");
@@ -386,7 +402,11 @@ impl Frozen {
 
 /// An nftables table in a process's network namespace that drops every packet to the
 /// connections' local ends from their peers (on input, and on output for a peer on this very
-/// node), until removed.
+/// node), and for a checkpoint every packet they send, until removed. A connection in repair
+/// mode still transmits what its pacing timer releases (tcp_write_xmit only holds back while
+/// the send queue is being repaired): a segment that reached the peer after the checkpoint
+/// read the queue would be one the restored connection sends as new, behind what the peer
+/// acknowledges, and the connection would stall on challenge ACKs.
 pub struct Lock {
     table: String,
     /// The namespace, held open: the table goes even if the process is gone by then.
@@ -398,13 +418,19 @@ pub struct Lock {
 /// peer to the local end (an IPv4 address mapped in IPv6 as IPv4).
 fn rule(local: &[u8], peer: &[u8]) -> Option<String> {
     let (l, p) = (inet::addr_of(local)?, inet::addr_of(peer)?);
+    Some(rule_from(p, l))
+}
+
+/// The packets from `from` to `to`.
+fn rule_from(from: std::net::SocketAddr, to: std::net::SocketAddr) -> String {
+    let (p, l) = (from, to);
     let v4 = |ip: std::net::IpAddr| match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
         ip => ip,
     };
     let (lip, pip) = (v4(l.ip()), v4(p.ip()));
     let fam = if lip.is_ipv4() { "ip" } else { "ip6" };
-    Some(format!("{fam} saddr {pip} {fam} daddr {lip} tcp sport {} tcp dport {}", p.port(), l.port()))
+    format!("{fam} saddr {pip} {fam} daddr {lip} tcp sport {} tcp dport {}", p.port(), l.port())
 }
 
 /// Runs `nft -f -` with `script`, in network namespace `ns` (None: ours).
@@ -464,7 +490,8 @@ fn nft_here() -> bool {
 }
 
 impl Lock {
-    fn new(pid: i32, ends: &[(Vec<u8>, Vec<u8>)]) -> Result<Lock> {
+    /// `outgoing`: the connections' own packets too.
+    fn new(pid: i32, ends: &[(Vec<u8>, Vec<u8>)], outgoing: bool) -> Result<Lock> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let table = format!("crs_{pid}_{:x}", nanos as u64);
         let mut script = format!(
@@ -475,6 +502,11 @@ impl Lock {
         for (l, p) in ends {
             let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
             script += &format!("add rule inet {table} i {r} drop\nadd rule inet {table} o {r} drop\n");
+            if outgoing {
+                let r =
+                    rule(p, l).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
+                script += &format!("add rule inet {table} o {r} drop\n");
+            }
         }
         let path = format!("/proc/{pid}/ns/net");
         let ns = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
