@@ -779,8 +779,9 @@ fn nginx_migrates_while_a_slow_client_downloads() {
     let _ = master.0.wait();
     let done = curl.wait_with_output().unwrap();
     if !done.status.success() {
-        // What each node holds, for the one run in many where the connection stalls after
-        // the migration (not understood yet): its sockets, addresses and nftables rules.
+        // What each node holds, should the connection stall after the migration (it did in
+        // one run in eight while a segment could leave the frozen connection after its queue
+        // was read: see tcpconn::Lock): its sockets, addresses, rules and counters.
         let mut seen = String::new();
         for (node, prog, args) in [
             (&n.b, "ss", &["-tnpi"][..]),
