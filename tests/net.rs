@@ -630,6 +630,20 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let o = migrate_service(&seg, &key, &seg.prefix, pid, &["-v"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The client's node is sent to b, and nothing sends it back to a afterwards (a's
+    // announcing the address it gave away sent clients to a for 13 s, until their
+    // neighbour entries went stale).
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mac = |ns: &str, what: &[&str]| {
+        let o = Command::new("ip").args([&["-n", ns][..], what].concat()).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let at = text.split_whitespace().skip_while(|w| *w != "lladdr" && *w != "link/ether").nth(1);
+        at.unwrap_or_default().to_string()
+    };
+    let veth_b = n.veth_a.replacen("crsa", "crsb", 1);
+    let b_mac = mac(&n.b, &["link", "show", &veth_b]);
+    assert!(!b_mac.is_empty());
+    assert_eq!(mac(&seg.c, &["neigh", "show", &seg.service]), b_mac, "the client's node sends to another node than b");
     let said = cl.expect("");
     eprintln!("the client, through the migration: {said}");
     assert!(said.starts_with("ok"), "{said}");

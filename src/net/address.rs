@@ -143,12 +143,17 @@ fn announce(dev: &str, addr: IpAddr) -> Result<()> {
 }
 
 impl Held {
-    /// The move is done: leave the address where it is now, and say so again, twice, over the
-    /// next half second (as keepalived repeats its gratuitous ARPs): a neighbour that was
-    /// probing the old place when the first announcement came, and got its answer after it,
-    /// learns the new place all the same.
+    /// The move is done: leave the address where it is now. Where it was put on, say so
+    /// again, twice, over the next half second (as keepalived repeats its gratuitous ARPs): a
+    /// neighbour that was probing the old place when the first announcement came, and got its
+    /// answer after it, learns the new place all the same. (Where it was taken off, nothing
+    /// is said: an announcement from there would send the neighbours back to a node that no
+    /// longer has it, until their entries went stale: a 13 s pause for the clients.)
     pub fn keep(mut self) {
         self.armed = false;
+        if self.undo_add {
+            return;
+        }
         for pause in [100, 400] {
             std::thread::sleep(std::time::Duration::from_millis(pause));
             if let Err(e) = announce(&self.dev, self.addr.ip) {
