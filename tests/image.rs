@@ -59,6 +59,39 @@ fn a_flipped_byte_in_any_section_is_refused() {
     }
 }
 
+/// Page batches out of address order (the first two swapped, checksums right) are refused:
+/// a restore writes a process's batches in parallel, which only works when none overlaps.
+#[test]
+fn page_batches_out_of_order_are_refused() {
+    use crs::crf::{Reader, Tag, Writer, pages};
+    let (dir, bytes, _) = image("img-order");
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
+    // Every section: (tag, flags, payload) or a batch (runs, data).
+    let mut all: Vec<Result<(Tag, u32, Vec<u8>), (Vec<pages::Run>, Vec<u8>)>> = Vec::new();
+    while let Some(s) = r.next_section().unwrap() {
+        if s.tag == Tag::PAGES {
+            let b = pages::read_batch_header(&mut r, &s).unwrap();
+            let runs = b.runs.clone();
+            all.push(Err((runs, b.data(&mut r, &mut buf).unwrap().to_vec())));
+        } else {
+            let p = r.payload(&s, "X").unwrap();
+            all.push(Ok((s.tag, s.flags, p)));
+        }
+    }
+    let first = all.iter().position(|s| s.is_err()).unwrap();
+    assert!(all[first + 1].is_err(), "the memory target has one page batch only");
+    all.swap(first, first + 1);
+    let mut w = Writer::new(Vec::new()).unwrap();
+    for s in &all {
+        match s {
+            Ok((tag, flags, p)) => w.section(*tag, *flags, &[p]).unwrap(),
+            Err((runs, data)) => pages::write_batch(&mut w, runs, data).unwrap(),
+        }
+    }
+    refused(&dir, &w.finish().unwrap().0, "batches swapped", "goes back to");
+}
+
 #[test]
 fn truncated_images_are_refused() {
     let (dir, bytes, secs) = image("img-trunc");

@@ -66,8 +66,10 @@ fn describe(inp: impl Input) -> Result<()> {
             b.data(&mut r, &mut buf)?;
             next = r.next_section()?;
         }
+        let mut order = pages::InOrder::default();
         while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(&mut r, &s)?;
+            order.next(&b.runs, s.offset)?;
             for run in b.runs.iter().filter(|r| r.flags & pages::RUN_KEPT == 0) {
                 let i = st.vmas.partition_point(|v| v.end <= run.addr);
                 let key = st.vmas.get(i).map_or(run.addr, |v| v.start);

@@ -76,6 +76,23 @@ fn batch_head(at: u64, runs: &[Run]) -> Vec<u8> {
     head
 }
 
+/// A process's batches in address order (as ckpt writes them): each begins at or after the
+/// end of the one before, so that no page comes twice and a restore may write them in any
+/// order (in parallel).
+#[derive(Default)]
+pub struct InOrder(u64);
+
+impl InOrder {
+    /// Checks the next batch's `runs` (its section at stream offset `at`).
+    pub fn next(&mut self, runs: &[Run], at: u64) -> Result<()> {
+        if let Some(r) = runs.first().filter(|r| r.addr < self.0) {
+            return Err(CrfError::Bad { offset: at, what: format!("a page batch goes back to {:#x}", r.addr) });
+        }
+        self.0 = runs.last().map_or(self.0, |r| r.addr + r.len() as u64);
+        Ok(())
+    }
+}
+
 /// A batch whose header has been read; its data is still in the stream.
 pub struct Batch {
     pub runs: Vec<Run>,

@@ -655,8 +655,12 @@ fn restore_one<R: Input>(
     let lasting = rd.lasting();
     std::thread::scope(|scope| -> Result<()> {
         let mut w = memory::Writers::start(scope, pid);
+        // Batches in address order: no page is written twice, so the order the writers take
+        // them in cannot matter.
+        let mut order = pages::InOrder::default();
         while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(rd, &sec)?;
+            order.next(&b.runs, sec.offset)?;
             ahead.clear();
             let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut ahead)?;
             match store.as_deref_mut() {
