@@ -67,8 +67,9 @@ fn page_batches_out_of_order_are_refused() {
     let (dir, bytes, _) = image("img-order");
     let mut r = Reader::new(&bytes[..]).unwrap();
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
-    // Every section: (tag, flags, payload) or a batch (runs, data).
-    let mut all: Vec<Result<(Tag, u32, Vec<u8>), (Vec<pages::Run>, Vec<u8>)>> = Vec::new();
+    /// A section (tag, flags, payload), or a batch (runs, data).
+    type Sec = Result<(Tag, u32, Vec<u8>), (Vec<pages::Run>, Vec<u8>)>;
+    let mut all: Vec<Sec> = Vec::new();
     while let Some(s) = r.next_section().unwrap() {
         if s.tag == Tag::PAGES {
             let b = pages::read_batch_header(&mut r, &s).unwrap();
