@@ -664,3 +664,37 @@ fn memory_a_fork_left_shared_is_stored_once_and_shared_again() {
     p.expect("ok");
     assert!(p.seen.iter().filter(|l| l.starts_with("sum")).all(|l| l.ends_with(" ok")), "{:?}", p.seen);
 }
+
+/// The unmodified pages of the tree's program are stored once (the first process's mapping),
+/// and a restore where the program changed since gives every process that copy: the tree's
+/// own checks pass, each member running the code it ran.
+#[test]
+fn a_trees_program_is_stored_once_and_serves_all_when_it_changed() {
+    let dir = tmpdir("tree-copies");
+    let d = dir.to_str().unwrap();
+    let prog = dir.join("tree");
+    std::fs::copy(target("tree"), &prog).unwrap();
+    let mut c = std::process::Command::new(&prog);
+    c.current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    let ready = p.expect("ready");
+    let kids = pids(&ready);
+    let img = format!("{d}/t.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("unmodified pages with an earlier process"), "{info}");
+    // Every member's program text but the first one's is left to it.
+    let text = |l: &&str| l.contains(" r-xp file ") && l.contains(&format!(" {} ", prog.display()));
+    let stored: Vec<u64> =
+        info.lines().filter(text).filter_map(|l| l.split_whitespace().nth(3).and_then(|b| b.parse().ok())).collect();
+    assert!(stored.len() >= 4 && stored[0] > 0 && stored[1..].iter().all(|&b| b == 0), "{stored:?}");
+    // The program changes: the restore cannot map it, and writes the image's copy.
+    let mut bytes = std::fs::read(&prog).unwrap();
+    bytes.extend_from_slice(b"changed");
+    std::fs::write(&prog, &bytes).unwrap();
+    let mut all = kids.clone();
+    all.push(p.pid());
+    gone(&all);
+    rstrt(&["--require-pid", &img]).verdict("ok");
+}

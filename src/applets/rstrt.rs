@@ -146,7 +146,12 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         eprintln!("{name}: {n}");
     }
     if r.exe_kept {
-        eprintln!("{name}: /proc/{}/exe still names crs: setting it needs CAP_CHECKPOINT_RESTORE", r.pid);
+        let why = if crate::res::creds::is_root() {
+            "its program here is not the one the image maps (changed since, or one its owner may not execute)"
+        } else {
+            "setting it needs CAP_CHECKPOINT_RESTORE"
+        };
+        eprintln!("{name}: /proc/{}/exe still names crs: {why}", r.pid);
     }
     // Fds 0-2 that were a terminal or a pipe: which got ours, which /dev/null.
     let stdio = r.state.files.iter().filter(|f| f.kind == crate::res::files::KIND_STDIO).map(|f| f.fd);

@@ -167,6 +167,39 @@ fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
     Error::blocked(pid, why)
 }
 
+/// The unmodified pages of a file that several processes map the same part of (a tree's
+/// binary and libraries: 2 MiB a process for a C program) are stored by the first whose
+/// mapping has every page of that part unmodified (program text): the others' mappings say
+/// so (VMA_COPY_ELSEWHERE), and store only the pages they changed themselves.
+fn copies_once(states: &mut [ProcessState]) -> Result<()> {
+    let mut stored: Vec<(FileId, (u64, u64))> = Vec::new();
+    for st in states.iter_mut() {
+        let mut mine = Vec::new();
+        let copied = |v: &memory::Vma| {
+            v.flags & memory::VMA_FILE_COPY != 0
+                && v.flags & memory::VMA_REMADE == 0
+                && v.prot & libc::PROT_READ as u32 != 0
+        };
+        let mut pagemap = None;
+        for v in st.vmas.iter_mut().filter(|v| copied(v)) {
+            let (Some(f), Some((from, to))) = (v.file.clone(), memory::copy_range(v)) else { continue };
+            if stored.iter().any(|(g, (s, e))| *g == f && *s <= from && to <= *e) {
+                v.flags |= memory::VMA_COPY_ELSEWHERE;
+                continue;
+            }
+            let pm = match &mut pagemap {
+                Some(pm) => pm,
+                slot => slot.insert(crate::ptrace::pagemap::Pagemap::open(st.head.pid)?),
+            };
+            if pm.touched(v.start, v.end)?.iter().all(|t| t.file) {
+                mine.push((f, (from, to)));
+            }
+        }
+        stored.extend(mine);
+    }
+    Ok(())
+}
+
 /// "its descendant pid 9 (make)", "3 of its descendants, pid 9 (cc), pid 10 (cc), pid 11
 /// (cc)", "64 of its descendants, pid 9 (w), pid 10 (w), pid 11 (w) and 61 more".
 fn descendants(pids: &[i32]) -> String {
@@ -339,6 +372,9 @@ fn frozen_checkpoint<W: Sink>(
         let cow =
             if states.len() > 1 && opts.precopied.is_none() { crate::res::treecow::collect(&states)? } else { None };
         states[0].tree_cow = cow.as_ref().map(|c| c.cow.clone());
+        if states.len() > 1 {
+            copies_once(&mut states)?;
+        }
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
         states[0].fdescs = shared;

@@ -295,6 +295,9 @@ pub fn restore_live<R: Input>(
     let ipc = shared.made.ipc.take();
     let tcp = Some(std::mem::take(&mut shared.made.repaired));
     let mut first: Option<(ProcessState, bool, u8)> = None;
+    // The unmodified pages of files that changed here, for the processes whose mappings left
+    // them to an earlier one's.
+    let mut copies = memory::FileCopies::default();
     for (i, &original) in live.iter().enumerate() {
         if i > 0 {
             // The next process's block: its HEAD is checked before anything of it is read.
@@ -323,7 +326,7 @@ pub fn restore_live<R: Input>(
             None => None,
         };
         let (next, exe_set, null_stdio) =
-            restore_one(&mut rd, &mut sections, batch, &mut st, (p, held), &shared, &mut notes)?;
+            restore_one(&mut rd, &mut sections, batch, &mut st, (p, held, &mut copies), &shared, &mut notes)?;
         batch = next;
         if i == 0 {
             first = Some((std::mem::take(&mut st), exe_set, null_stdio));
@@ -463,7 +466,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, mut store): (&mut family::Proc, Option<&mut Store>),
+    (p, mut store, copies): (&mut family::Proc, Option<&mut Store>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -648,6 +651,7 @@ fn restore_one<R: Input>(
     if let Some(st) = store.as_deref_mut() {
         st.move_into(&mut c, &plans)?;
     }
+    copies.write_into(pid, &plans)?;
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
@@ -679,10 +683,12 @@ fn restore_one<R: Input>(
             npages += (b.data_len / PAGE_SIZE) as u64;
             let mut buf = w.buffer()?;
             let base = buf.as_ptr();
+            let runs = b.runs.clone();
             let (at, n) = b.data(rd, &mut buf).map(|d| (d.as_ptr(), d.len()))?;
             // SAFETY: the data just read, read into `buf` or borrowed from the input, which
             // keeps it until it is read from again (below, after this).
             let data = unsafe { std::slice::from_raw_parts(at, n) };
+            copies.keep(&plans, &runs, data);
             let job = if std::ptr::eq(at, base) {
                 buf.truncate(n);
                 memory::Data::Owned(buf)

@@ -17,7 +17,8 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
         return Ok(Vec::new());
     }
     let page = PAGE_SIZE as u64;
-    let copy = v.flags & VMA_FILE_COPY != 0 && v.prot & libc::PROT_READ as u32 != 0;
+    let copy =
+        v.flags & VMA_FILE_COPY != 0 && v.flags & VMA_COPY_ELSEWHERE == 0 && v.prot & libc::PROT_READ as u32 != 0;
     // Nothing in memory or swap: no page to store (shared memory is taken whole, a copied
     // file's pages come from the file).
     if v.untouched && v.kind != KIND_SHMEM && !copy {
@@ -409,6 +410,69 @@ pub fn write_batch(pid: i32, targets: &[(u64, usize, usize)], data: &[u8]) -> Re
         i = j;
     }
     Ok(())
+}
+
+/// The file range [from, to) whose unmodified pages a VMA_FILE_COPY mapping `v` stores: its
+/// part of the file, up to the file's last page.
+pub fn copy_range(v: &Vma) -> Option<(u64, u64)> {
+    let page = PAGE_SIZE as u64;
+    let f = v.file.as_ref()?;
+    let from = v.pgoff.checked_mul(page)?;
+    let to = from.checked_add(v.len())?.min(f.size.next_multiple_of(page));
+    (to > from).then_some((from, to))
+}
+
+/// The unmodified pages of mapped files as the image stored them, for a restore that cannot
+/// map those files here (they changed): a mapping that left them to an earlier process's
+/// (VMA_COPY_ELSEWHERE) gets that process's copy. By (dev, ino, page offset in the file).
+#[derive(Default)]
+pub struct FileCopies(std::collections::HashMap<(u64, u64, u64), Vec<u8>>);
+
+impl FileCopies {
+    /// Keeps the file-copy pages of batch `runs` (data `data`) that go to mappings not made
+    /// from their file.
+    pub fn keep(&mut self, plans: &[Plan], runs: &[Run], data: &[u8]) {
+        let page = PAGE_SIZE as u64;
+        let mut off = 0usize;
+        for r in runs {
+            let i = plans.partition_point(|p| p.vma.end <= r.addr);
+            if r.flags & RUN_FILE_COPY != 0
+                && let Some(p) = plans.get(i).filter(|p| !p.from_file && p.vma.start <= r.addr)
+                && let Some(f) = &p.vma.file
+            {
+                for k in 0..r.npages as u64 {
+                    let at = off + (k * page) as usize;
+                    let Some(bytes) = data.get(at..at + PAGE_SIZE) else { break };
+                    let file_off = p.vma.pgoff * page + (r.addr - p.vma.start) + k * page;
+                    self.0.insert((f.dev, f.ino, file_off), bytes.to_vec());
+                }
+            }
+            off += r.data_len();
+        }
+    }
+
+    /// Writes into process `pid` the unmodified pages of its mappings that left them to an
+    /// earlier process and are not made from their file (before its own pages: those it
+    /// changed come after, over them).
+    pub fn write_into(&self, pid: i32, plans: &[Plan]) -> Result<()> {
+        let page = PAGE_SIZE as u64;
+        for p in plans.iter().filter(|p| p.vma.flags & VMA_COPY_ELSEWHERE != 0 && !p.from_file) {
+            let (Some(f), Some((from, to))) = (&p.vma.file, copy_range(&p.vma)) else { continue };
+            let mut at = from;
+            while at < to {
+                let bytes = self.0.get(&(f.dev, f.ino, at)).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "the image leaves the unmodified pages of {} at {:#x} to another process's copy, which it does not hold: it is damaged",
+                        f.path,
+                        p.vma.start + (at - from)
+                    ))
+                })?;
+                mem::write_runs(pid, &[(p.vma.start + (at - from), PAGE_SIZE)], bytes)?;
+                at += page;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A batch's data for [`Writers`]: a buffer of ours, or where the image lies in memory for

@@ -56,10 +56,14 @@ pub const VMA_MEMFD: u32 = 1 << 16;
 /// `file.ino`; a restore attaches it again (the piece at offset 0 attaches the whole segment,
 /// the others are its parts, protected as they were).
 pub const VMA_SYSV: u32 = 1 << 17;
+/// A VMA_FILE_COPY mapping whose unmodified pages an earlier process of the image stored
+/// (it maps the same part of the same file: a tree's binary and libraries are stored once);
+/// a restore that cannot map the file itself writes that process's copy of them.
+pub const VMA_COPY_ELSEWHERE: u32 = 1 << 18;
 /// The mappings of something a restore makes again before it maps it.
 pub const VMA_REMADE: u32 = VMA_DELETED | VMA_TREE_SHM | VMA_MEMFD;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 18) - 1;
+const VMA_ALL: u32 = (1 << 19) - 1;
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -145,7 +149,10 @@ pub fn describe_vmas(vmas: &[Vma], stored: &std::collections::BTreeMap<u64, u64>
             Some(f) if !f.build_id.is_empty() => format!(" build-id {}", crate::res::fileid::hex(&f.build_id)),
             _ => String::new(),
         };
-        let advice: Vec<&str> = ADVICE.iter().filter(|a| m.flags & a.0 != 0).map(|a| a.3).collect();
+        let mut advice: Vec<&str> = ADVICE.iter().filter(|a| m.flags & a.0 != 0).map(|a| a.3).collect();
+        if m.flags & VMA_COPY_ELSEWHERE != 0 {
+            advice.push("unmodified pages with an earlier process");
+        }
         if !advice.is_empty() {
             extra.push_str(&format!(" [{}]", advice.join(" ")));
         }
@@ -211,7 +218,9 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             // image names.
             && v.file.as_ref().is_none_or(|f| f.file_type() == libc::S_IFREG && f.path.starts_with('/'))
             // The pages of a shared file mapping are the file's: the image never carries them.
-            && !(v.flags & VMA_SHARED != 0 && v.flags & VMA_FILE_COPY != 0);
+            && !(v.flags & VMA_SHARED != 0 && v.flags & VMA_FILE_COPY != 0)
+            // Pages stored elsewhere are a file copy's, of a file the image names.
+            && (v.flags & VMA_COPY_ELSEWHERE == 0 || (v.flags & VMA_FILE_COPY != 0 && v.kind == KIND_FILE));
         if !ok {
             return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
         }
