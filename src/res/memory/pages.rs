@@ -509,6 +509,7 @@ struct Job {
 /// the next ones: the first-touch fill of the process's memory (every page zeroed by the
 /// kernel, then copied into) runs on every CPU, not only on the restore's.
 pub struct Writers<'s> {
+    pid: i32,
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     made: usize,
@@ -529,36 +530,40 @@ impl<'s> Writers<'s> {
         let (back, free) = mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(Mutex::new(None::<Error>));
+        // A thread may not be had (after unshare(CLONE_NEWTIME), Linux 6.1 refuses CLONE_VM
+        // until the next fork): then the batches are written inline.
         let threads = (0..n)
-            .map(|_| {
+            .map_while(|_| {
                 let (rx, back, failed) = (rx.clone(), back.clone(), failed.clone());
-                scope.spawn(move || {
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        let done = |f: &Mutex<Option<Error>>| f.lock().map_or(true, |e| e.is_some());
-                        let data: &[u8] = match &job.data {
-                            Data::Owned(v) => v,
-                            // SAFETY: see Lasting::of: valid and unchanged until we finish.
-                            Data::Lasting(l) => unsafe { std::slice::from_raw_parts(l.ptr, l.len) },
-                        };
-                        if !done(&failed)
-                            && let Err(e) = write_batch(pid, &job.targets, data)
-                            && let Ok(mut f) = failed.lock()
-                        {
-                            f.get_or_insert(e);
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        loop {
+                            let job = match rx.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok(job) = job else { return };
+                            let done = |f: &Mutex<Option<Error>>| f.lock().map_or(true, |e| e.is_some());
+                            let data: &[u8] = match &job.data {
+                                Data::Owned(v) => v,
+                                // SAFETY: see Lasting::of: valid and unchanged until we finish.
+                                Data::Lasting(l) => unsafe { std::slice::from_raw_parts(l.ptr, l.len) },
+                            };
+                            if !done(&failed)
+                                && let Err(e) = write_batch(pid, &job.targets, data)
+                                && let Ok(mut f) = failed.lock()
+                            {
+                                f.get_or_insert(e);
+                            }
+                            if let Data::Owned(v) = job.data {
+                                let _ = back.try_send(v);
+                            }
                         }
-                        if let Data::Owned(v) = job.data {
-                            let _ = back.try_send(v);
-                        }
-                    }
-                })
+                    })
+                    .ok()
             })
             .collect();
-        Writers { jobs: Some(jobs), free, made: 0, spare: None, failed, threads }
+        Writers { pid, jobs: Some(jobs), free, made: 0, spare: None, failed, threads }
     }
 
     /// A buffer for the next batch's data (of MAX_BATCH_PAGES pages), once one is free.
@@ -583,6 +588,18 @@ impl<'s> Writers<'s> {
 
     /// Hands a batch to the writers; fails at once if one of them failed.
     pub fn write(&mut self, targets: Vec<(u64, usize, usize)>, data: Data) -> Result<()> {
+        if self.threads.is_empty() {
+            let bytes: &[u8] = match &data {
+                Data::Owned(v) => v,
+                // SAFETY: see Lasting::of: valid and unchanged until we finish.
+                Data::Lasting(l) => unsafe { std::slice::from_raw_parts(l.ptr, l.len) },
+            };
+            let r = write_batch(self.pid, &targets, bytes);
+            if let Data::Owned(v) = data {
+                self.spare = Some(v);
+            }
+            return r;
+        }
         self.check()?;
         let jobs = self.jobs.as_ref().ok_or_else(|| Error::Proc("the page writers stopped".into()))?;
         jobs.send(Job { targets, data }).map_err(|_| Error::Proc("the page writers stopped".into()))
