@@ -10,7 +10,9 @@
  * and says "ok" or "bad: ...".
  * All share one open file description, "log" in the current directory, at fd 3 (main has it
  * at fd 4 too, dup'ed): each writes a line there when it starts and when it ends, and main
- * checks at the end that none overwrote another's (one offset for all). And a file it
+ * checks at the end that none overwrote another's (one offset for all). Every line has the
+ * same length: a copy restored beside the original (same file, same offset) writes its lines
+ * where the original writes its own, and whole lines replace whole lines. And a file it
  * unlinked while open, at fd 5 in every member, still reads back. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -75,7 +77,7 @@ static int self_check(const char *name, long counted) {
 /* Counts until asked; then asks `child` (if any), reaps it, checks itself; exits. */
 static void member(const char *name, pid_t child) {
     long counted = 0;
-    dprintf(3, "start %s\n", name);
+    dprintf(3, "start %-20s\n", name);
     struct timespec t = { 0, 5 * 1000 * 1000 };
     while (!asked) {
         nanosleep(&t, NULL);
@@ -92,7 +94,7 @@ static void member(const char *name, pid_t child) {
     }
     bad |= self_check(name, counted);
     if (shared) __sync_fetch_and_add(shared, 1);
-    dprintf(3, "done %s\n", name);
+    dprintf(3, "done %-21s\n", name);
     fflush(stdout);
     _exit(bad);
 }
@@ -144,7 +146,7 @@ int main(int argc, char **argv) {
     int log = open("log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (log < 0 || dup2(log, 3) != 3 || dup2(3, 4) != 4) return 2;
     if (log != 3) close(log);
-    dprintf(3, "start main\n");
+    dprintf(3, "start %-20s\n", "main");
     /* A file unlinked while open, at fd 5, which every member inherits. */
     int tmp = open("tmp", O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (tmp < 0 || write(tmp, "unlinked but here", 17) != 17 || unlink("tmp") || dup2(tmp, 5) != 5) return 2;
@@ -189,8 +191,8 @@ int main(int argc, char **argv) {
         printf("bad: the unlinked file at fd 5 reads %s\n", got);
         bad = 1;
     }
-    dprintf(3, "done main\n");
-    dprintf(4, "done main at fd 4\n");
+    dprintf(3, "done %-21s\n", "main");
+    dprintf(4, "done %-21s\n", "main at fd 4");
     /* 6 members started and ended, main twice at the end: 13 whole lines, none overwritten. */
     FILE *f = fopen("log", "r");
     int lines = 0, whole = 1;
