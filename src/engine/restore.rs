@@ -688,7 +688,9 @@ fn restore_one<R: Input>(
             // SAFETY: the data just read, read into `buf` or borrowed from the input, which
             // keeps it until it is read from again (below, after this).
             let data = unsafe { std::slice::from_raw_parts(at, n) };
-            copies.keep(&plans, &runs, data);
+            if sections.more {
+                copies.keep(&plans, &runs, data)?;
+            }
             let job = if std::ptr::eq(at, base) {
                 buf.truncate(n);
                 memory::Data::Owned(buf)
@@ -698,9 +700,11 @@ fn restore_one<R: Input>(
                 // which outlives this restore (Input::lasting); the writers finish below.
                 memory::Data::Lasting(unsafe { memory::Lasting::of(data) })
             } else {
-                buf.clear();
-                buf.extend_from_slice(data);
-                memory::Data::Owned(buf)
+                // Borrowed until the next read (a network frame): written now, from there.
+                w.reuse(buf);
+                memory::write_batch(pid, &targets, data)?;
+                s = rd.next_section()?;
+                continue;
             };
             w.write(targets, job)?;
             s = rd.next_section()?;

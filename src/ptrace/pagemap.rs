@@ -252,7 +252,7 @@ impl Pagemap {
 }
 
 /// Appends a range, joined to the last one when it continues it.
-fn join(out: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+pub fn join(out: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     match out.last_mut() {
         Some(last) if last.1 == start => last.1 = end,
         _ => out.push((start, end)),

@@ -130,7 +130,7 @@ pub fn collect(states: &[ProcessState]) -> Result<Option<Found>> {
             let mut source = true;
             for (j, _) in frames.iter().enumerate().filter(|(_, f)| f[k] == best.0) {
                 let i = who[j];
-                push_range(&mut found.kept[i], at);
+                crate::ptrace::pagemap::join(&mut found.kept[i], at, at + PAGE);
                 if source {
                     push_run(&mut found.sources[i], at);
                     source = false;
@@ -160,13 +160,6 @@ pub fn collect(states: &[ProcessState]) -> Result<Option<Found>> {
         }
     }
     Ok(Some(found))
-}
-
-fn push_range(out: &mut Vec<(u64, u64)>, at: u64) {
-    match out.last_mut() {
-        Some(l) if l.1 == at => l.1 += PAGE,
-        _ => out.push((at, at + PAGE)),
-    }
 }
 
 fn push_run(out: &mut Vec<Run>, at: u64) {

@@ -422,6 +422,9 @@ pub fn copy_range(v: &Vma) -> Option<(u64, u64)> {
     (to > from).then_some((from, to))
 }
 
+/// Most bytes of file copies a restore keeps for the later processes of a tree.
+const MAX_FILE_COPIES: usize = 1 << 30;
+
 /// The unmodified pages of mapped files as the image stored them, for a restore that cannot
 /// map those files here (they changed): a mapping that left them to an earlier process's
 /// (VMA_COPY_ELSEWHERE) gets that process's copy. By (dev, ino, page offset in the file).
@@ -430,8 +433,8 @@ pub struct FileCopies(std::collections::HashMap<(u64, u64, u64), Vec<u8>>);
 
 impl FileCopies {
     /// Keeps the file-copy pages of batch `runs` (data `data`) that go to mappings not made
-    /// from their file.
-    pub fn keep(&mut self, plans: &[Plan], runs: &[Run], data: &[u8]) {
+    /// from their file. Refuses to keep more than MAX_FILE_COPIES bytes.
+    pub fn keep(&mut self, plans: &[Plan], runs: &[Run], data: &[u8]) -> Result<()> {
         let page = PAGE_SIZE as u64;
         let mut off = 0usize;
         for r in runs {
@@ -446,9 +449,16 @@ impl FileCopies {
                     let file_off = p.vma.pgoff * page + (r.addr - p.vma.start) + k * page;
                     self.0.insert((f.dev, f.ino, file_off), bytes.to_vec());
                 }
+                if self.0.len() * PAGE_SIZE > MAX_FILE_COPIES {
+                    return Err(Error::Refused(format!(
+                        "the image's copies of files that changed here exceed {} MiB: restore it where its programs and libraries are the same",
+                        MAX_FILE_COPIES >> 20
+                    )));
+                }
             }
             off += r.data_len();
         }
+        Ok(())
     }
 
     /// Writes into process `pid` the unmodified pages of its mappings that left them to an
