@@ -162,6 +162,8 @@ pub struct Source {
     frame: Vec<u8>,
     /// The areas as last sent, with their hints.
     sent: Vec<(Area, bool)>,
+    /// This round's pages a fork left shared (sorted ranges), read without pinning them.
+    shared: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Source {
@@ -185,6 +187,7 @@ impl Source {
             held: BTreeMap::new(),
             rounds: Vec::new(),
             frame: Vec::new(),
+            shared: Vec::new(),
             sent: Vec::new(),
         })
     }
@@ -275,6 +278,13 @@ impl Source {
         let fresh = minus(&spans, self.tracker()?.ranges());
         // Tracked from now on; what they hold now is sent below (the destination holds none of it).
         self.tracker()?.add(&fresh)?;
+        // Pages shared with another process (the tree's children) are read through
+        // /proc/PID/mem: pinned by process_vm_readv, each would become the process's own copy.
+        self.shared.clear();
+        for m in maps.iter().filter(|m| m.shares && eligible_map(m) && m.read) {
+            let sh = self.tracker()?.pagemap().shared_anon(m.start, m.end)?;
+            self.shared.extend(sh);
+        }
         let mut want: Vec<(u64, u64)> = Vec::new();
         for &(s, e) in &readable {
             let data = self
@@ -349,7 +359,9 @@ impl Source {
         }
         frame[..head].copy_from_slice(&header);
         let iov: Vec<(u64, usize)> = runs.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
-        let runs: Vec<(u64, u64)> = if crate::ptrace::mem::read_runs(pid, &iov, &mut frame[head..len]).is_ok() {
+        let read =
+            |iov: &[(u64, usize)], buf: &mut [u8]| crate::ptrace::mem::read_runs_unpinned(pid, iov, buf, &self.shared);
+        let runs: Vec<(u64, u64)> = if read(&iov, &mut frame[head..len]).is_ok() {
             runs.to_vec()
         } else {
             // One of them went away: each alone, those that still read.
@@ -357,7 +369,7 @@ impl Source {
             let mut data = Vec::new();
             for &(s, e) in runs {
                 let mut b = vec![0u8; (e - s) as usize];
-                if crate::ptrace::mem::read_runs(pid, &[(s, b.len())], &mut b).is_ok() {
+                if read(&[(s, b.len())], &mut b).is_ok() {
                     ok.push((s, e));
                     data.extend(b);
                 }

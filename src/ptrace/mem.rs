@@ -87,6 +87,46 @@ pub fn write_runs(pid: i32, remote: &[(u64, usize)], buf: &[u8]) -> Result<()> {
     vm_io(pid, remote, buf.as_ptr() as *mut u8, true)
 }
 
+/// [`read_runs`], but the parts of the runs that lie in `shared` (sorted ranges: pages a fork
+/// left shared) through /proc/PID/mem: process_vm_readv pins pages, and the kernel then gives
+/// the process its own copy of each shared one (FAULT_FLAG_UNSHARE).
+pub fn read_runs_unpinned(pid: i32, remote: &[(u64, usize)], buf: &mut [u8], shared: &[(u64, u64)]) -> Result<()> {
+    if shared.is_empty() {
+        return read_runs(pid, remote, buf);
+    }
+    fits(pid, remote, buf.len())?;
+    let (mut pinned, mut unpinned) = (Vec::new(), Vec::new());
+    let mut off = 0usize;
+    for &(s, len) in remote {
+        let e = s + len as u64;
+        let mut at = s;
+        let k = shared.partition_point(|r| r.1 <= at);
+        for &(ss, se) in shared[k..].iter().take_while(|r| r.0 < e) {
+            if ss > at {
+                pinned.push((at, (ss - at) as usize, off + (at - s) as usize));
+            }
+            let (from, to) = (ss.max(at), se.min(e));
+            unpinned.push((from, (to - from) as usize, off + (from - s) as usize));
+            at = to;
+        }
+        if at < e {
+            pinned.push((at, (e - at) as usize, off + (at - s) as usize));
+        }
+        off += len;
+    }
+    for (addr, len, at) in pinned {
+        read_runs(pid, &[(addr, len)], &mut buf[at..at + len])?;
+    }
+    if !unpinned.is_empty() {
+        let path = format!("/proc/{pid}/mem");
+        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        for (addr, len, at) in unpinned {
+            f.read_exact_at(&mut buf[at..at + len], addr).map_err(|e| Error::io(format!("{path} at {addr:#x}"), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads through /proc/PID/mem, which also reaches pages without read permission.
 pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     let path = format!("/proc/{pid}/mem");
@@ -140,6 +180,60 @@ impl Drop for Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages a fork left shared, read without pinning, stay shared in the process read; read
+    /// with process_vm_readv, they become its own copies.
+    #[test]
+    fn shared_pages_are_read_without_unsharing_them() {
+        const LEN: usize = 4 * 4096;
+        // SAFETY: a fresh private anonymous mapping of ours.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: the mapping is ours and LEN long.
+        unsafe { std::ptr::write_bytes(p, 7, LEN) };
+        // SAFETY: the child only pauses (async-signal-safe) until it is killed.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: pause takes nothing.
+                unsafe { libc::pause() };
+            }
+        }
+        let at = p as u64;
+        let exclusive = || {
+            let f = std::fs::File::open(format!("/proc/{child}/pagemap")).unwrap();
+            let mut e = [0u8; 8];
+            f.read_exact_at(&mut e, at / 4096 * 8).unwrap();
+            u64::from_le_bytes(e) & (1 << 56) != 0
+        };
+        let mut pm = crate::ptrace::pagemap::Pagemap::open(child).unwrap();
+        let shared = pm.shared_anon(at, at + LEN as u64).unwrap();
+        let mut buf = vec![0u8; LEN];
+        let r = read_runs_unpinned(child, &[(at, LEN)], &mut buf, &shared);
+        let after_unpinned = exclusive();
+        read_runs(child, &[(at, LEN)], &mut buf).unwrap();
+        let after_pinned = exclusive();
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            libc::munmap(p as *mut libc::c_void, LEN);
+        }
+        r.unwrap();
+        assert_eq!(shared, vec![(at, at + LEN as u64)]);
+        assert!(buf.iter().all(|&b| b == 7));
+        assert!(!after_unpinned, "read through /proc/PID/mem, the page is no longer shared");
+        assert!(after_pinned, "process_vm_readv left the page shared: the test shows nothing");
+    }
 
     #[test]
     fn runs_larger_than_the_buffer_are_an_error_not_an_abort() {
