@@ -210,6 +210,35 @@ pub fn notify(pid: i32) -> Result<()> {
         .map_err(|e| Error::sys("kill(SIGUSR1)", format!("notify pid {target}"), e))
 }
 
+/// [`restart_path`] that leaves the pages of the processes' private anonymous memory in the
+/// image file until they touch them (rstrt --lazy; see engine::lazy): they run at once, and
+/// the returned `Restored::lazy` serves their pages until all are in. Only a regular file,
+/// only for root. The file is read through a buffer, never mapped (it may change under us:
+/// each batch of pages is checked when read).
+pub fn restart_lazy(path: &str, flags: &RestartFlags) -> Result<Restored> {
+    use std::os::unix::fs::MetadataExt;
+    if let Err(why) = engine::lazy::available() {
+        return Err(Error::Refused(format!("rstrt --lazy cannot work here: {why}")));
+    }
+    if flags.backend == dev::Backend::Crd {
+        return Err(Error::Usage("the crd backend does not restore lazily: use --backend ptrace".into()));
+    }
+    let (f, md) = open_image(path)?;
+    if !md.is_file() {
+        return Err(Error::Usage(format!(
+            "{path} is not a regular file: rstrt --lazy reads pages from the image as the process touches them (restore a pipe without --lazy)"
+        )));
+    }
+    let pages = f.try_clone().map_err(|e| Error::io(path, e))?;
+    let whose = format!("image file {path}");
+    let owner = md.uid();
+    let policy = |h: &res::head::Header| {
+        if owner != 0 { res::creds::check_user_claims(h, owner, &whose) } else { Ok(()) }
+    };
+    let input = crf::Seekable(std::io::BufReader::with_capacity(16 << 10, f));
+    engine::restore::restore_lazy(input, pages, flags, &policy)
+}
+
 /// [`restart`] from an image file. A regular file is mapped, and its pages go from the page
 /// cache straight into the process.
 ///

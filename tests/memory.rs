@@ -179,3 +179,98 @@ fn a_ckpt_killed_mid_image_leaves_the_process_intact() {
     ck.wait().unwrap();
     p.verdict("ok");
 }
+
+/// `rstrt --lazy` and what its `-v` line says: (pages touched first, forks followed).
+fn lazy_rstrt(img: &str) -> (Proc, impl FnOnce(&mut Proc) -> (u64, u64)) {
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "--lazy", "-v", img]).stderr(std::process::Stdio::piped());
+    let p = Proc::spawn(c);
+    let finish = |p: &mut Proc| {
+        let st = p.wait();
+        let mut err = String::new();
+        use std::io::Read;
+        p.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(st.success(), "rstrt --lazy: {st}: {err}");
+        let line = err.lines().find(|l| l.contains("every page in after")).unwrap_or_else(|| panic!("{err}"));
+        let n = |after: &str| -> u64 {
+            let at = line.find(after).unwrap_or_else(|| panic!("{line}"));
+            line[..at].split([' ', ',', ':']).filter(|w| !w.is_empty()).next_back().unwrap().parse().unwrap()
+        };
+        (n(" touched first"), n(" forks followed"))
+    };
+    (p, finish)
+}
+
+/// rstrt --lazy: the process runs before its pages are in, and does at once what a process
+/// may do to its memory (fork, mremap, MADV_DONTNEED, munmap and mmap, system calls that read
+/// and write it, two threads reading): its own checks, and its child's, find every byte as it
+/// was, or zero where it dropped them.
+#[test]
+fn lazy_restore_serves_pages_while_the_process_runs() {
+    if !require(is_root(), "root (rstrt --lazy)") {
+        return;
+    }
+    let dir = tmpdir("mem-lazy");
+    let d = dir.to_str().unwrap();
+    let mut p = start("lazy", &["512"], &dir);
+    let img = format!("{d}/l.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let (mut r, finish) = lazy_rstrt(&img);
+    r.send("go");
+    assert_eq!(r.expect(""), "ok", "{:?}", r.seen);
+    r.send("end");
+    let (touched, forks) = finish(&mut r);
+    assert!(touched > 0, "no page was brought in by a fault: the restore was not lazy");
+    assert_eq!(forks, 1, "the fork was not followed");
+}
+
+/// A page batch damaged in the image is found when a lazy restore reads it, after the process
+/// ran: the process is killed rather than left to run on without those pages, and rstrt says
+/// which batch. Without --lazy the same image is refused before anything runs.
+#[test]
+fn lazy_restore_kills_the_process_when_a_page_batch_is_damaged() {
+    if !require(is_root(), "root (rstrt --lazy)") {
+        return;
+    }
+    let dir = tmpdir("mem-lazy-bad");
+    let d = dir.to_str().unwrap();
+    let mut p = start("lazy", &["64"], &dir);
+    let img = format!("{d}/l.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut b = std::fs::read(&img).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    std::fs::write(&img, &b).unwrap();
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "--lazy", &img]).stderr(std::process::Stdio::piped());
+    let mut r = Proc::spawn(c);
+    r.send("go");
+    let st = r.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!st.success(), "rstrt --lazy of a damaged image succeeded: {err}");
+    assert!(err.contains("PAGES section checksum mismatch"), "{err}");
+    assert!(!r.seen.iter().any(|l| l == "ok"), "the process ran on: {:?}", r.seen);
+    let o = run(&["rstrt", &img]);
+    assert!(!o.status.success() && stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+}
+
+/// rstrt --lazy needs a file it can read pages from later, and root: each refusal says so.
+#[test]
+fn lazy_restore_refuses_a_pipe_and_an_ordinary_user() {
+    let o = run(&["rstrt", "--lazy", "-"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give a file, not \"-\""), "{}", stderr(&o));
+    if !require(is_root(), "root (to try as nobody)") {
+        return;
+    }
+    let dir = open_dir("mem-lazy-user");
+    let img = dir.join("none.crf");
+    std::fs::write(&img, b"CRF").unwrap();
+    let o = as_nobody(&[crs(), "rstrt", "--lazy", img.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("rstrt --lazy cannot work here: only root may"), "{}", stderr(&o));
+}

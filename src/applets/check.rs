@@ -217,6 +217,16 @@ fn run_checks() -> Vec<Line> {
         }
     }
 
+    match crate::engine::lazy::available() {
+        Ok(()) => line(
+            true,
+            false,
+            "lazy restore",
+            "userfaultfd with fork, remap, remove and unmap events: rstrt --lazy runs a process before its memory is in".into(),
+        ),
+        Err(why) => line(false, false, "lazy restore", format!("{why}: rstrt --lazy is refused")),
+    }
+
     let pagemap = std::fs::File::open(format!("/proc/{me}/pagemap")).is_ok();
     let detail = if pagemap {
         "readable: only touched pages are stored"

@@ -44,6 +44,11 @@ struct Args {
     /// AmbientCapabilities=); only for images you trust, since their owner could forge one
     #[argh(switch)]
     user_caps: bool,
+    /// run the process at once, before its memory is in place: its private anonymous pages
+    /// come from the image as it touches them, the rest in the background; rstrt stays until
+    /// all are in (root only; IMAGE a regular file)
+    #[argh(switch)]
+    lazy: bool,
     /// print what was done on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -127,18 +132,29 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         backend: if crd { crate::dev::Backend::Crd } else { crate::dev::Backend::Ptrace },
         ..flags
     };
-    let r = if crd {
+    if a.lazy && stdin {
+        eprintln!("{name}: --lazy reads pages from the image as the process touches them: give a file, not \"-\"");
+        return exit::USAGE;
+    }
+    let r = if crd && a.lazy {
+        eprintln!("{name}: the crd backend does not restore lazily: use --backend ptrace");
+        return exit::USAGE;
+    } else if crd {
         crate::dev::restart::restart(&a.image, &flags)
+    } else if a.lazy {
+        crate::restart_lazy(&a.image, &flags)
     } else if stdin {
         crate::grow_pipe(std::io::stdin());
         crate::restart(std::io::stdin().lock(), &flags, None)
     } else {
         crate::restart_path(&a.image, &flags, None)
     };
-    let r = match r {
+    let mut r = match r {
         Ok(r) => r,
         Err(e) => return exit::report(name, &e),
     };
+    // A lazy restore's pages: served while rstrt goes on, waited for before it ends.
+    let lazy = Lazy(r.lazy.take(), a.verbose);
     if let Some(why) = &r.pid_note {
         eprintln!("{name}: {why}: restored pid {} as pid {}", r.original_pid, r.pid);
     }
@@ -184,20 +200,61 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         if let Err(e) = i.ready(a.detach) {
             eprintln!("{name}: {e}");
         }
-        return match i.wait(r.pid) {
+        let end = i.wait(r.pid);
+        return lazy.finish(name).unwrap_or(match end {
             End::Exited(c) => c,
             End::Killed(s) => 128 + s,
-        };
+        });
     }
     report_running(name, &a, r.pid);
     if a.detach {
         println!("{}", r.pid);
-        return exit::OK;
+        if lazy.0.is_some() {
+            // Whoever reads the pid must not wait for the pages: stdout is closed first.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+                // SAFETY: dup2 onto our own fd 1; `null` stays open across the call.
+                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+            }
+        }
+        return lazy.finish(name).unwrap_or(exit::OK);
     }
-    match wait_forwarding(r.pid, r.pid, &set) {
+    let end = wait_forwarding(r.pid, r.pid, &set);
+    if let Some(code) = lazy.finish(name) {
+        return code;
+    }
+    match end {
         Ok(End::Exited(c)) => c,
         Ok(End::Killed(s)) => die_like(Signal::try_from(s).unwrap_or(Signal::SIGKILL)),
         Err(code) => code,
+    }
+}
+
+/// A lazy restore's page server, and whether to say what it did.
+struct Lazy(Option<crate::engine::lazy::Server>, bool);
+
+impl Lazy {
+    /// Waits until every page is in: None, or rstrt's exit code when the server failed (the
+    /// processes were killed then: see engine::lazy).
+    fn finish(self, name: &str) -> Option<i32> {
+        let s = self.0?;
+        match s.finish() {
+            Ok(st) => {
+                if self.1 {
+                    eprintln!(
+                        "{name}: every page in after {:.0} ms: {} touched first, {} copied in the background, {} zero, {} forks followed",
+                        st.seconds * 1e3,
+                        st.faulted,
+                        st.filled,
+                        st.zeroed,
+                        st.forks
+                    );
+                }
+                None
+            }
+            Err(e) => Some(exit::report(name, &e)),
+        }
     }
 }
 

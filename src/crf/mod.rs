@@ -214,9 +214,22 @@ pub trait Input: Read {
     fn lasting(&self) -> bool {
         false
     }
+    /// Passes over the next `n` bytes without reading them, if the input can (a seekable
+    /// file, bytes in memory): Ok(false) when it cannot, and nothing was consumed.
+    fn pass(&mut self, _n: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Input for &[u8] {
+    fn pass(&mut self, n: u64) -> io::Result<bool> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > self.len() {
+            return Ok(false);
+        }
+        *self = &self[n..];
+        Ok(true)
+    }
     fn lasting(&self) -> bool {
         true
     }
@@ -243,6 +256,27 @@ impl<T: Input + ?Sized> Input for &mut T {
     }
     fn lasting(&self) -> bool {
         (**self).lasting()
+    }
+    fn pass(&mut self, n: u64) -> io::Result<bool> {
+        (**self).pass(n)
+    }
+}
+
+/// A file read through a buffer, whose bytes a reader may pass over without reading them
+/// (rstrt --lazy reads a process's pages later, as it touches them).
+pub struct Seekable<R: Read + io::Seek>(pub io::BufReader<R>);
+
+impl<R: Read + io::Seek> Read for Seekable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + io::Seek> Input for Seekable<R> {
+    fn pass(&mut self, n: u64) -> io::Result<bool> {
+        let n = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.0.seek_relative(n)?;
+        Ok(true)
     }
 }
 
@@ -390,6 +424,16 @@ impl<R: Input> Reader<R> {
         let buf = &mut buf[..n];
         self.read_exact_at(buf, what)?;
         Ok(buf)
+    }
+
+    /// Passes over the next `n` payload bytes, unread and unchecked (the caller checks them
+    /// when it reads them later): Ok(false), nothing consumed, if the input cannot.
+    pub fn pass(&mut self, n: u64) -> Result<bool> {
+        if !self.inp.pass(n).map_err(CrfError::Io)? {
+            return Ok(false);
+        }
+        self.offset += n;
+        Ok(true)
     }
 
     /// Reads raw payload bytes (the caller checks the CRC).

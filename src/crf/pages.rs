@@ -167,6 +167,43 @@ impl Batch {
     }
 }
 
+/// A batch whose data was passed over (see [`Batch::pass`]): where the data lies in the input,
+/// and what checks it once read.
+#[derive(Clone)]
+pub struct Deferred {
+    /// Stream offset of the first data byte.
+    pub data_at: u64,
+    pub data_len: usize,
+    /// Stream offset of the section (for errors).
+    pub at: u64,
+    crc: crc32fast::Hasher,
+    expect: u32,
+}
+
+impl Deferred {
+    /// Checks the batch's data, read later, against its CRC.
+    pub fn check(&self, data: &[u8]) -> Result<()> {
+        let mut crc = self.crc.clone();
+        crc.update(data);
+        if data.len() != self.data_len || crc.finalize() != self.expect {
+            return Err(CrfError::Bad { offset: self.at, what: "PAGES section checksum mismatch".into() });
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// Passes over the batch's data without reading it, where the input can (None if it
+    /// cannot: the data is still to be read): what the data is checked with when read later.
+    pub fn pass<R: Input>(&self, r: &mut Reader<R>) -> Result<Option<Deferred>> {
+        let data_at = r.offset();
+        if !r.pass(self.data_len as u64)? {
+            return Ok(None);
+        }
+        Ok(Some(Deferred { data_at, data_len: self.data_len, at: self.at, crc: self.crc.clone(), expect: self.expect }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,6 +410,7 @@ fn restored(pid: i32, st: ProcessState, opts: &Options, pid_note: Option<String>
         members: vec![(original_pid, pid)],
         zombies: 0,
         held: None,
+        lazy: None,
     }
 }
 

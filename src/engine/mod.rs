@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod family;
 pub mod inherit;
 pub mod layout;
+pub mod lazy;
 pub mod pidns;
 pub mod precopy;
 pub mod restore;

@@ -98,6 +98,9 @@ pub struct Restored {
     pub zombies: usize,
     /// With `Options::hold`: the processes, still traced, not yet running.
     pub held: Option<Held>,
+    /// A lazy restore's page server ([`restore_lazy`]): the processes run, and not all their
+    /// pages are in yet. Dropping it waits until they are.
+    pub lazy: Option<super::lazy::Server>,
 }
 
 /// Restored processes that have not run yet. `release` lets them run; dropping it kills them.
@@ -167,6 +170,9 @@ struct Shared<'a> {
     specials: Vec<MapEntry>,
     vdso: Vec<u8>,
     inherited_signals: Signals,
+    /// A lazy restore's page server: the pages of private anonymous mappings stay in the
+    /// image until touched.
+    lazy: Option<&'a super::lazy::Server>,
 }
 
 /// [`restore`], with `policy` deciding from each process's header, before anything of it is
@@ -180,7 +186,37 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
 pub fn restore_live<R: Input>(
     input: R,
     opts: &Options,
+    store: Option<&mut Store>,
+    policy: &dyn Fn(&Header) -> Result<()>,
+) -> Result<Restored> {
+    restore_all(input, opts, store, None, policy)
+}
+
+/// [`restore_checked`] that leaves the pages of private anonymous mappings in the image file
+/// `pages` (which `input` reads) until the processes touch them, or a thread of ours copies them
+/// in: they run at once (see engine::lazy). `input` must be able to pass over page data
+/// unread (a file: crf::Seekable).
+pub fn restore_lazy<R: Input>(
+    input: R,
+    pages: std::fs::File,
+    opts: &Options,
+    policy: &dyn Fn(&Header) -> Result<()>,
+) -> Result<Restored> {
+    if opts.hold {
+        return Err(Error::Usage("a lazy restore cannot hold the processes back: they run at once".into()));
+    }
+    let mut server = super::lazy::Server::start(pages)?;
+    let mut r = restore_all(input, opts, None, Some(&server), policy)?;
+    server.running();
+    r.lazy = Some(server);
+    Ok(r)
+}
+
+fn restore_all<R: Input>(
+    input: R,
+    opts: &Options,
     mut store: Option<&mut Store>,
+    lazy: Option<&super::lazy::Server>,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
@@ -235,7 +271,7 @@ pub fn restore_live<R: Input>(
         }
         None => Vec::new(),
     };
-    let mut shared = Shared { opts, made: Made::default(), specials, vdso, inherited_signals: Signals::own() };
+    let mut shared = Shared { opts, made: Made::default(), specials, vdso, inherited_signals: Signals::own(), lazy };
     // Root restoring another user's process gives it a session of its own (no controlling
     // terminal of root's); so does -d; and so it is when it led its session.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);
@@ -358,6 +394,7 @@ pub fn restore_live<R: Input>(
         members,
         zombies,
         held: None,
+        lazy: None,
     };
     // The terminal's modes, before the job runs on it.
     if let (Some(h), Some(t)) = (&here, &restored.state.terminal) {
@@ -626,6 +663,11 @@ fn restore_one<R: Input>(
     //     as long as we trace it: they apply once it runs).
     crate::res::seccomp::restore(&mut c, &st.seccomp, !others.is_empty())?;
 
+    // A lazy restore's userfaultfd, made while the child still has our privileges (see
+    // engine::lazy).
+    let uffd = shared.lazy.map(|_| super::lazy::uffd_of(&mut c)).transpose()?;
+    let mut deferred = super::lazy::Lazy::default();
+
     step("4");
     // 4. Credentials, before anything is opened: from here on the child is the image's user,
     //    with no capability unless that user is root, so every file it opens (mappings, fds,
@@ -655,6 +697,14 @@ fn restore_one<R: Input>(
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
+    // A lazy restore leaves in the image the batches all of whose pages go to private
+    // anonymous mappings (no pages held for them here: a page there would hide the image's).
+    let held_here = store.as_ref().map(|s| s.ranges()).unwrap_or_default();
+    let lazy_target = |&(a, len, _): &(u64, usize, usize)| {
+        let i = plans.partition_point(|p| p.vma.end <= a);
+        plans.get(i).is_some_and(|p| memory::private_anon(&p.vma) && !p.from_file)
+            && !held_here.iter().any(|&(s, e)| s < a + len as u64 && a < e)
+    };
     // The batches are written by threads of ours while this one reads and checks the next.
     let lasting = rd.lasting();
     std::thread::scope(|scope| -> Result<()> {
@@ -679,6 +729,16 @@ fn restore_one<R: Input>(
                     )));
                 }
                 None => {}
+            }
+            if uffd.is_some()
+                && b.runs.iter().all(|r| r.flags == 0)
+                && targets.len() == b.runs.len()
+                && targets.iter().all(lazy_target)
+                && let Some(d) = b.pass(rd)?
+            {
+                deferred.defer(d, &targets);
+                s = rd.next_section()?;
+                continue;
             }
             npages += (b.data_len / PAGE_SIZE) as u64;
             let mut buf = w.buffer()?;
@@ -715,6 +775,11 @@ fn restore_one<R: Input>(
         st.drop_stale(&mut c)?;
     }
     debug!("pid {pid}: {npages} pages written");
+    // The pages left in the image: from here on the server answers for them.
+    if let (Some(server), Some(uffd)) = (shared.lazy, uffd) {
+        let areas: Vec<(u64, u64)> = plans.iter().map(|p| (p.vma.start, p.vma.end)).collect();
+        server.add(pid, uffd, std::mem::take(&mut deferred), &areas)?;
+    }
 
     step("6");
     // 6. The rest of the image, checked to its trailer before anything else is applied.

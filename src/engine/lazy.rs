@@ -1,0 +1,685 @@
+//! Lazy restore (rstrt --lazy): the processes run before their memory is all in place. The
+//! pages of their private anonymous mappings stay in the image file until a process touches
+//! one (a userfaultfd missing-page fault, answered with UFFDIO_COPY) or the server thread
+//! copies it in the background; rstrt goes on once every page is in.
+//!
+//! Each process gets a userfaultfd for its own mm, made inside it while it still has rstrt's
+//! privileges (faults raised inside system calls, and the fork event, need CAP_SYS_PTRACE) and
+//! taken out ([`uffd_of`]). Its mappings with pages left in the image are registered for
+//! missing pages once its other pages are written ([`Server::add`]); from then on the server
+//! answers every fault, so the rest of the restore may touch that memory (rseq, mlock) just as
+//! the process will.
+//!
+//! What a process does to that memory meanwhile is followed through the userfaultfd's events:
+//! a fork (the child's userfaultfd comes with the event; the child lacks what its parent
+//! lacked), mremap (the pages not yet in move with the mapping), madvise(MADV_DONTNEED,
+//! MADV_REMOVE) and munmap (the pages not yet in are forgotten: the memory reads as zero, as it
+//! would have). A page of a registered mapping that the image does not hold is the zero page.
+//!
+//! Pages are checked against their batch's CRC when they are read from the file. A damaged
+//! batch found once the processes run cannot be taken back: they and their descendants are
+//! killed, and rstrt says why. Once every page is in, the userfaultfds are closed, which
+//! unregisters everything: the processes are left as a plain restore leaves them.
+
+use crate::crf::pages::Deferred;
+use crate::error::{Error, Result};
+use crate::ptrace::{Ctl, procfs};
+use log::debug;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02; // _IOR(0xAA, 0x02, struct uffdio_range)
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04; // _IOWR(0xAA, 0x04, struct uffdio_zeropage)
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_FORK: u8 = 0x13;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
+
+/// The events a lazy restore follows: fork, mremap, madvise(DONTNEED/REMOVE), munmap.
+const FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
+
+/// Most bytes one fault brings in (from the page on), and one background copy.
+const FAULT_CHUNK: u64 = 64 * PAGE;
+const FILL_CHUNK: u64 = 256 * PAGE;
+/// Batches kept read and checked.
+const CACHED: usize = 4;
+
+/// struct uffdio_api.
+#[repr(C)]
+struct Api {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// struct uffdio_register.
+#[repr(C)]
+struct Register {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// struct uffdio_range.
+#[repr(C)]
+struct Range {
+    start: u64,
+    len: u64,
+}
+
+/// struct uffdio_copy.
+#[repr(C)]
+struct Copy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// struct uffdio_zeropage.
+#[repr(C)]
+struct Zero {
+    start: u64,
+    len: u64,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// struct uffd_msg (packed, 32 bytes): the event, then its arguments as three words.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Msg {
+    event: u8,
+    _reserved: [u8; 7],
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+/// A stretch of pages not yet in: `len` bytes at the map key, whose data is at `off` in batch
+/// `batch`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    len: u64,
+    batch: u32,
+    off: u64,
+}
+
+type Pending = BTreeMap<u64, Piece>;
+
+/// Removes from `p` what lies in [start, end) and returns it, in order (pieces cut at the
+/// edges keep their outer parts).
+fn cut(p: &mut Pending, start: u64, end: u64) -> Vec<(u64, Piece)> {
+    let keys: Vec<u64> = p.range(..end).rev().take_while(|(k, v)| *k + v.len > start).map(|(k, _)| *k).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys.into_iter().rev() {
+        let Some(v) = p.remove(&k) else { continue };
+        let e = k + v.len;
+        if k < start {
+            p.insert(k, Piece { len: start - k, ..v });
+        }
+        if e > end {
+            p.insert(end, Piece { len: e - end, off: v.off + (end - k), ..v });
+        }
+        let (s, t) = (k.max(start), e.min(end));
+        out.push((s, Piece { len: t - s, off: v.off + (s - k), ..v }));
+    }
+    out
+}
+
+/// What one process leaves to the server: filled in while its batches are read.
+#[derive(Default)]
+pub struct Lazy {
+    batches: Vec<Deferred>,
+    pending: Pending,
+}
+
+impl Lazy {
+    /// A batch whose data stays in the file, and where its runs go: (address, length, offset
+    /// of the data in the batch).
+    pub fn defer(&mut self, batch: Deferred, targets: &[(u64, usize, usize)]) {
+        let id = self.batches.len() as u32;
+        for &(addr, len, off) in targets {
+            self.pending.insert(addr, Piece { len: len as u64, batch: id, off: off as u64 });
+        }
+        self.batches.push(batch);
+    }
+
+    /// Whether any page is left to the server.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether a page in [start, end) is left to the server.
+    pub fn holds(&self, start: u64, end: u64) -> bool {
+        self.pending.range(..end).next_back().is_some_and(|(k, v)| k + v.len > start)
+    }
+}
+
+/// A userfaultfd for the memory of the process `c` drives (stopped, still with rstrt's
+/// privileges), made there and taken out; its own copy is closed again.
+pub fn uffd_of(c: &mut Ctl) -> Result<OwnedFd> {
+    let pid = c.pid();
+    let fd = c.userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    let ours = procfs::getfd(pid, fd, "its userfaultfd");
+    c.close(fd, "its userfaultfd")?;
+    let ours = ours?;
+    let mut a = Api { api: UFFD_API, features: FEATURES, ioctls: 0 };
+    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
+    if unsafe { libc::ioctl(ours.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } != 0 {
+        return Err(Error::io(
+            format!("UFFDIO_API with fork, remap, remove and unmap events (pid {pid})"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(ours)
+}
+
+/// One mm the server fills: a restored process, or one it forked since.
+struct Mm {
+    /// The process (0: forked since, pid unknown).
+    pid: i32,
+    uffd: OwnedFd,
+    pending: Pending,
+}
+
+/// The page data, read from the image file and checked, a few batches at a time.
+struct Pages {
+    file: std::fs::File,
+    batches: Vec<Deferred>,
+    cache: Vec<(u32, Vec<u8>)>,
+}
+
+impl Pages {
+    /// Batch `b`'s data, read and checked.
+    fn data(&mut self, b: u32) -> Result<&[u8]> {
+        if let Some(i) = self.cache.iter().position(|c| c.0 == b) {
+            return Ok(&self.cache[i].1);
+        }
+        let d = self.batches.get(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
+        let mut buf = if self.cache.len() >= CACHED { self.cache.remove(0).1 } else { Vec::new() };
+        buf.resize(d.data_len, 0);
+        self.file
+            .read_exact_at(&mut buf, d.data_at)
+            .map_err(|e| Error::io(format!("the image's pages at offset {}", d.data_at), e))?;
+        d.check(&buf)?;
+        self.cache.push((b, buf));
+        Ok(&self.cache[self.cache.len() - 1].1)
+    }
+}
+
+/// What a copy into an mm came to.
+enum Outcome {
+    /// All of it is in (or was there already).
+    Done,
+    /// The mm is changing (an event not yet read): this much is left, from this address.
+    Again(u64, Piece),
+    /// The mm is gone (the process exited or executed another program).
+    Gone,
+}
+
+/// How much the server did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Pages copied because a process touched them, and in the background.
+    pub faulted: u64,
+    pub filled: u64,
+    /// Faults on pages the image does not hold, answered with the zero page.
+    pub zeroed: u64,
+    /// Processes forked meanwhile, followed.
+    pub forks: u64,
+    /// From the first process given to the last page in.
+    pub seconds: f64,
+}
+
+struct State {
+    pages: Pages,
+    mms: Vec<Mm>,
+    /// Faults that could not be answered yet (an event to read first): (mm's uffd, address).
+    retry: Vec<(i32, u64)>,
+    stats: Stats,
+}
+
+/// The thread that serves the pages of a lazy restore. Dropped before the processes run, it
+/// stops at once (they are killed); once they run ([`Server::running`]), dropping it waits
+/// for every page to be in, since a process left without them would read zeros.
+pub struct Server {
+    tx: Option<mpsc::Sender<(i32, OwnedFd, Lazy)>>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Stats>>>,
+    running: bool,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lazy::Server(running: {})", self.running)
+    }
+}
+
+impl Server {
+    /// Starts the server; pages are read from `file`, the image.
+    pub fn start(file: std::fs::File) -> Result<Server> {
+        // SAFETY: eventfd takes flags and returns a new fd, owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::io("eventfd (lazy restore)", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let st = State {
+            pages: Pages { file, batches: Vec::new(), cache: Vec::new() },
+            mms: Vec::new(),
+            retry: Vec::new(),
+            stats: Stats::default(),
+        };
+        let (w, s) = (wake.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("crs-lazy".into())
+            .spawn(move || serve(st, rx, &w, &s))
+            .map_err(|e| Error::io("a thread to serve pages (lazy restore)", e))?;
+        Ok(Server { tx: Some(tx), wake, stop, thread: Some(thread), running: false })
+    }
+
+    /// Registers the mappings of process `pid` (whose userfaultfd `uffd` is, see [`uffd_of`])
+    /// that hold pages left in the image, and hands them to the server.
+    pub fn add(&self, pid: i32, uffd: OwnedFd, lazy: Lazy, ranges: &[(u64, u64)]) -> Result<()> {
+        for &(start, end) in ranges.iter().filter(|r| lazy.holds(r.0, r.1)) {
+            let mut r = Register { start, len: end - start, mode: UFFDIO_REGISTER_MODE_MISSING, ioctls: 0 };
+            // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the
+            // range is in the process's address space, not ours.
+            if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } != 0 {
+                return Err(Error::io(
+                    format!("UFFDIO_REGISTER {start:#x}-{end:#x} for missing pages (pid {pid})"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        let tx =
+            self.tx.as_ref().ok_or_else(|| Error::Proc("lazy restore: the server takes no more processes".into()))?;
+        tx.send((pid, uffd, lazy)).map_err(|_| Error::Proc("lazy restore: the page server stopped".into()))?;
+        self.poke();
+        Ok(())
+    }
+
+    /// The processes run: from now on the server must finish.
+    pub fn running(&mut self) {
+        self.running = true;
+        self.tx = None;
+        self.poke();
+    }
+
+    fn poke(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes of ours to our eventfd. (A full counter means it is woken
+        // anyway.)
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+    }
+
+    /// Waits until every page is in; what the server did, or why it failed.
+    pub fn finish(mut self) -> Result<Stats> {
+        self.running();
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Stats> {
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(Error::Proc("lazy restore: the page server panicked".into()))),
+            None => Ok(Stats::default()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.running {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        self.tx = None;
+        self.poke();
+        if let Err(e) = self.join() {
+            eprintln!("rstrt: {e}");
+        }
+    }
+}
+
+fn serve(mut st: State, rx: mpsc::Receiver<(i32, OwnedFd, Lazy)>, wake: &OwnedFd, stop: &AtomicBool) -> Result<Stats> {
+    let t0 = std::time::Instant::now();
+    let mut more = true;
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok((pid, uffd, lazy)) => {
+                    let base = st.pages.batches.len() as u32;
+                    st.pages.batches.extend(lazy.batches);
+                    let pending =
+                        lazy.pending.into_iter().map(|(k, p)| (k, Piece { batch: p.batch + base, ..p })).collect();
+                    st.mms.push(Mm { pid, uffd, pending });
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(st.stats);
+        }
+        let busy = st.mms.iter().any(|m| !m.pending.is_empty()) || !st.retry.is_empty();
+        if !more && !busy {
+            break;
+        }
+        fds.clear();
+        fds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.extend(st.mms.iter().map(|m| libc::pollfd { fd: m.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
+        // SAFETY: `fds` is a valid array of pollfd of that length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, if busy { 0 } else { -1 }) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io("poll (lazy restore)", e));
+            }
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let mut b = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `b`.
+            unsafe { libc::read(wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
+        }
+        let ready: Vec<i32> = fds[1..].iter().filter(|f| f.revents != 0).map(|f| f.fd).collect();
+        let r = (|| {
+            for fd in ready {
+                st.events(fd)?;
+            }
+            st.retry_faults()?;
+            st.fill()
+        })();
+        if let Err(e) = r {
+            let pids = st.kill_all();
+            let killed = format!(
+                "found after the processes ran (rstrt --lazy), so pids {} and their descendants were killed",
+                pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            return Err(match e {
+                Error::Image(crate::crf::CrfError::Bad { offset, what }) => {
+                    Error::Image(crate::crf::CrfError::Bad { offset, what: format!("{what}: {killed}") })
+                }
+                e => Error::Refused(format!("{e}: {killed}")),
+            });
+        }
+    }
+    st.stats.seconds = t0.elapsed().as_secs_f64();
+    debug!("lazy restore: {:?}", st.stats);
+    Ok(st.stats)
+}
+
+impl State {
+    fn mm(&mut self, fd: i32) -> Option<&mut Mm> {
+        self.mms.iter_mut().find(|m| m.uffd.as_raw_fd() == fd)
+    }
+
+    /// Reads and answers the events of the mm whose userfaultfd is `fd`.
+    fn events(&mut self, fd: i32) -> Result<()> {
+        let mut msgs = [Msg::default(); 16];
+        loop {
+            // SAFETY: reads whole struct uffd_msg records into `msgs`, ours.
+            let n = unsafe { libc::read(fd, msgs.as_mut_ptr() as *mut libc::c_void, std::mem::size_of_val(&msgs)) };
+            if n <= 0 {
+                return Ok(());
+            }
+            for m in &msgs[..n as usize / std::mem::size_of::<Msg>()] {
+                self.event(fd, m)?;
+            }
+        }
+    }
+
+    fn event(&mut self, fd: i32, msg: &Msg) -> Result<()> {
+        match msg.event {
+            UFFD_EVENT_PAGEFAULT => self.fault(fd, msg.b & !(PAGE - 1))?,
+            UFFD_EVENT_FORK => {
+                // SAFETY: the kernel installed this fd in our table for us, with the event.
+                let uffd = unsafe { OwnedFd::from_raw_fd(msg.a as u32 as i32) };
+                if let Some(pending) = self.mm(fd).map(|m| m.pending.clone()) {
+                    self.mms.push(Mm { pid: 0, uffd, pending });
+                    self.stats.forks += 1;
+                }
+            }
+            UFFD_EVENT_REMAP => {
+                let (from, to, len) = (msg.a, msg.b, msg.c);
+                if let Some(m) = self.mm(fd) {
+                    cut(&mut m.pending, to, to + len);
+                    for (s, p) in cut(&mut m.pending, from, from + len) {
+                        m.pending.insert(s - from + to, p);
+                    }
+                }
+            }
+            UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => {
+                if let Some(m) = self.mm(fd) {
+                    cut(&mut m.pending, msg.a, msg.b);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A thread of the mm waits for the page at `page`: the pages from there that the image
+    /// holds, or the zero page.
+    fn fault(&mut self, fd: i32, page: u64) -> Result<()> {
+        let Some(m) = self.mm(fd) else { return Ok(()) };
+        let held = m.pending.range(..=page).next_back().is_some_and(|(k, v)| page < k + v.len);
+        if !held {
+            let mut z = Zero { start: page, len: PAGE, mode: 0, zeropage: 0 };
+            // SAFETY: UFFDIO_ZEROPAGE reads and writes one struct uffdio_zeropage, ours.
+            if unsafe { libc::ioctl(fd, UFFDIO_ZEROPAGE, &mut z as *mut Zero) } == 0 {
+                self.stats.zeroed += 1;
+                return Ok(());
+            }
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EEXIST) => wake(fd, page),
+                Some(libc::EAGAIN) => {
+                    self.retry.push((fd, page));
+                    Ok(())
+                }
+                // The mm or the mapping is gone: nobody waits any more.
+                _ => Ok(()),
+            };
+        }
+        let mut pieces = cut(&mut m.pending, page, page + FAULT_CHUNK).into_iter();
+        let mut first = true;
+        while let Some((s, p)) = pieces.next() {
+            match self.copy(fd, s, p)? {
+                Outcome::Done => self.stats.faulted += p.len / PAGE,
+                Outcome::Again(at, rest) => {
+                    // The mm changes (an event to read first): the rest waits.
+                    if let Some(m) = self.mm(fd) {
+                        m.pending.insert(at, rest);
+                        m.pending.extend(pieces);
+                    }
+                    if first {
+                        self.retry.push((fd, page));
+                        return Ok(());
+                    }
+                    break;
+                }
+                Outcome::Gone => {
+                    self.gone(fd);
+                    return Ok(());
+                }
+            }
+            first = false;
+        }
+        // (The page itself may have been there already: its waiters are woken all the same.)
+        wake(fd, page)
+    }
+
+    fn retry_faults(&mut self) -> Result<()> {
+        for (fd, page) in std::mem::take(&mut self.retry) {
+            self.fault(fd, page)?;
+        }
+        Ok(())
+    }
+
+    /// Copies a piece of the background's into its mm.
+    fn fill(&mut self) -> Result<()> {
+        let Some(i) = self.mms.iter().position(|m| !m.pending.is_empty()) else { return Ok(()) };
+        let fd = self.mms[i].uffd.as_raw_fd();
+        let Some((&start, &p)) = self.mms[i].pending.iter().next() else { return Ok(()) };
+        let end = start + p.len.min(FILL_CHUNK);
+        let mut pieces = cut(&mut self.mms[i].pending, start, end).into_iter();
+        while let Some((s, p)) = pieces.next() {
+            match self.copy(fd, s, p)? {
+                Outcome::Done => self.stats.filled += p.len / PAGE,
+                Outcome::Again(at, rest) => {
+                    if let Some(m) = self.mm(fd) {
+                        m.pending.insert(at, rest);
+                        m.pending.extend(pieces);
+                    }
+                    break;
+                }
+                Outcome::Gone => {
+                    self.gone(fd);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gone(&mut self, fd: i32) {
+        self.mms.retain(|m| m.uffd.as_raw_fd() != fd);
+        self.retry.retain(|r| r.0 != fd);
+    }
+
+    /// Copies piece `p` to `start` in the mm of userfaultfd `fd`, page by page where some are
+    /// there already.
+    fn copy(&mut self, fd: i32, start: u64, p: Piece) -> Result<Outcome> {
+        let data = self.pages.data(p.batch)?;
+        let src = data
+            .get(p.off as usize..(p.off + p.len) as usize)
+            .ok_or_else(|| Error::Proc(format!("lazy restore: pages {start:#x}+{} lie outside their batch", p.len)))?;
+        let mut done = 0u64;
+        while done < p.len {
+            let mut c =
+                Copy { dst: start + done, src: src.as_ptr() as u64 + done, len: p.len - done, mode: 0, copy: 0 };
+            // SAFETY: UFFDIO_COPY reads and writes one struct uffdio_copy, ours; it reads
+            // `len` bytes at `src`, inside `data`, and writes only the other mm.
+            if unsafe { libc::ioctl(fd, UFFDIO_COPY, &mut c as *mut Copy) } == 0 {
+                return Ok(Outcome::Done);
+            }
+            let e = std::io::Error::last_os_error();
+            if c.copy > 0 {
+                done += c.copy as u64;
+                continue;
+            }
+            match e.raw_os_error() {
+                // That page is there already (the process faulted it in): the next one.
+                Some(libc::EEXIST) => done += PAGE,
+                Some(libc::EAGAIN) => {
+                    return Ok(Outcome::Again(start + done, Piece { len: p.len - done, off: p.off + done, ..p }));
+                }
+                Some(libc::ESRCH) => return Ok(Outcome::Gone),
+                // No registered mapping there any more (unmapped): nothing to fill.
+                Some(libc::ENOENT) | Some(libc::EINVAL) => return Ok(Outcome::Done),
+                _ => return Err(Error::io(format!("UFFDIO_COPY to {:#x} (lazy restore)", start + done), e)),
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// A damaged image found once the processes may run: none of them may go on with memory
+    /// it lacks. Kills each restored process and its descendants (those forked meanwhile).
+    fn kill_all(&mut self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self.mms.iter().map(|m| m.pid).filter(|&p| p > 0).collect();
+        let restored = pids.clone();
+        let mut i = 0;
+        while i < pids.len() {
+            let kids = crate::res::tree::children(pids[i]);
+            pids.extend(kids.into_iter().filter(|k| !pids.contains(k)).collect::<Vec<_>>());
+            i += 1;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+        restored
+    }
+}
+
+/// Wakes the threads that wait for the page at `page` (already there).
+fn wake(fd: i32, page: u64) -> Result<()> {
+    let mut r = Range { start: page, len: PAGE };
+    // SAFETY: UFFDIO_WAKE reads one struct uffdio_range, ours.
+    unsafe { libc::ioctl(fd, UFFDIO_WAKE, &mut r as *mut Range) };
+    Ok(())
+}
+
+/// Whether rstrt --lazy can work here: Ok, or why not.
+pub fn available() -> std::result::Result<(), String> {
+    if !crate::res::creds::is_root() {
+        return Err("only root may (faults raised inside system calls, and fork events, need CAP_SYS_PTRACE)".into());
+    }
+    // SAFETY: userfaultfd takes flags and returns a new fd, owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("no userfaultfd ({})", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut a = Api { api: UFFD_API, features: FEATURES, ioctls: 0 };
+    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } != 0 {
+        return Err(format!(
+            "userfaultfd without fork, remap, remove and unmap events ({})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(len: u64, off: u64) -> Piece {
+        Piece { len, batch: 0, off }
+    }
+
+    #[test]
+    fn cut_takes_exactly_the_range_and_keeps_the_edges() {
+        let mut p = Pending::new();
+        p.insert(0x1000, piece(0x3000, 0));
+        p.insert(0x8000, piece(0x2000, 0x3000));
+        let got = cut(&mut p, 0x2000, 0x9000);
+        assert_eq!(got, vec![(0x2000, piece(0x2000, 0x1000)), (0x8000, piece(0x1000, 0x3000))]);
+        assert_eq!(
+            p.into_iter().collect::<Vec<_>>(),
+            vec![(0x1000, piece(0x1000, 0)), (0x9000, piece(0x1000, 0x4000))]
+        );
+        let mut p = Pending::new();
+        p.insert(0x1000, piece(0x4000, 0));
+        let got = cut(&mut p, 0x2000, 0x3000);
+        assert_eq!(got, vec![(0x2000, piece(0x1000, 0x1000))]);
+        assert_eq!(p.len(), 2);
+        assert!(cut(&mut p, 0x5000, 0x9000).is_empty());
+        assert!(cut(&mut p, 0, 0x1000).is_empty());
+    }
+}
