@@ -194,7 +194,7 @@ fn lazy_rstrt(img: &str) -> (Proc, impl FnOnce(&mut Proc) -> (u64, u64)) {
         let line = err.lines().find(|l| l.contains("every page in after")).unwrap_or_else(|| panic!("{err}"));
         let n = |after: &str| -> u64 {
             let at = line.find(after).unwrap_or_else(|| panic!("{line}"));
-            line[..at].split([' ', ',', ':']).filter(|w| !w.is_empty()).next_back().unwrap().parse().unwrap()
+            line[..at].split([' ', ',', ':']).rfind(|w| !w.is_empty()).unwrap().parse().unwrap()
         };
         (n(" touched first"), n(" forks followed"))
     };
