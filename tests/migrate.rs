@@ -500,6 +500,7 @@ fn the_library_migrates_without_the_command_line() {
         unix_reconnect: false,
         move_address: None,
         live: None,
+        post_copy: false,
         backend: Default::default(),
     };
     let moved = crs::migration::migrate(src.0.id() as i32, &[addr], &opts).expect("migrate");
@@ -606,4 +607,72 @@ fn a_failed_live_migration_leaves_no_trace() {
     std::thread::sleep(Duration::from_millis(200));
     let v = check(pid, &log);
     assert!(v.starts_with("ok"), "after: {v}");
+}
+
+/// --post-copy: the process runs at the destination before its memory is there, and keeps
+/// writing it (dropping pages, mapping an area afresh) while its pages follow from the source,
+/// those it waits for first; then every page checks, and the source is gone.
+#[test]
+fn a_post_copy_migration_runs_there_before_its_memory_arrives() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-post");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = writer(&n, &dir);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(check(pid, &log).starts_with("ok"), "before");
+    let o = migrate(&n, &["--key", &key, "--post-copy", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "migrate: {err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    assert!(err.contains("post-copy: it ran there after"), "-v: {err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    let l = d.1.line("post-copy: ");
+    let num = |before: &str| -> u64 {
+        let at = l.find(before).unwrap_or_else(|| panic!("{l}"));
+        l[..at].rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"))
+    };
+    assert!(num(" pages in ") >= 16 << 8, "less than its 64 MiB followed: {l}");
+    assert!(num(" asked for first") > 0, "it never waited for a page: {l}");
+    assert!(!tracked(new), "the restored process is still registered with a userfaultfd");
+}
+
+/// The link goes down while a post-copy's pages follow: the copy, which cannot have them all,
+/// is killed at the destination, and the process runs on at the source as it was.
+#[test]
+fn a_post_copy_whose_link_fails_runs_on_at_the_source() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-post-fail");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root", "--timeout", "3"]);
+    let (mut src, log, pid) = migrant(&n, &dir, "256");
+    let tc = [
+        "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
+        "64kb", "latency", "50ms",
+    ];
+    assert!(std::process::Command::new("ip").args(tc).status().unwrap().success());
+    let mut m =
+        n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--timeout", "3", "--post-copy", &pid.to_string(), &n.addr_b]);
+    m.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let m = m.spawn().unwrap();
+    let l = d.1.line("its pages follow (post-copy)");
+    let copy: i32 = l.split(" runs as pid ").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    ip(&["-n", &n.a, "link", "set", &n.veth_a, "down"]);
+    let o = m.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("post-copy stopped before every page was sent"), "{err}");
+    still_runs_at_source(&n, &mut src, pid, &log, "");
+    let k = d.1.line("were killed");
+    assert!(k.contains(&copy.to_string()), "{k}");
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{copy}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the copy {copy} still runs at the destination");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = src.kill();
 }

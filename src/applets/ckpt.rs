@@ -148,6 +148,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         unix_reconnect: a.unix_reconnect,
         deleted_max: Some(a.deleted_max << 20),
         precopied: None,
+        postcopy: None,
         backend,
         held_there: Vec::new(),
     };

@@ -53,6 +53,12 @@ struct Args {
     /// the rounds go on until what is left fits a tenth of it (half, once they stop shrinking)
     #[argh(option, default = "50")]
     max_downtime: u64,
+    /// post-copy: run the process at the destination at once, frozen here only for its state
+    /// without its private anonymous memory, which follows from here (first the pages it waits
+    /// for); it is killed here once every page is there, and runs on here if the link fails
+    /// before that (the copy is then killed)
+    #[argh(switch)]
+    post_copy: bool,
     /// which engine checkpoints here: "ptrace", "crd" (the kernel module, /dev/crd, see
     /// crd(4): the process is stopped, not killed, until the destination runs it), or "auto"
     /// (the default: ptrace, and crd when Yama forbids ptrace)
@@ -112,6 +118,7 @@ fn run(a: &Args) -> Result<()> {
         unix_reconnect: a.unix_reconnect,
         move_address,
         live: a.live.then(|| Duration::from_millis(a.max_downtime.max(1))),
+        post_copy: a.post_copy,
         backend: a.backend.parse().map_err(Error::Usage)?,
     };
     let m = migrate(a.pid, &addrs, &opts)?;
@@ -136,6 +143,17 @@ fn run(a: &Args) -> Result<()> {
                 i + 1,
                 pages * crate::crf::PAGE_SIZE as u64,
                 took.as_secs_f64() * 1e3
+            );
+        }
+        if let Some(p) = &m.post {
+            // Frozen here until it ran there: the freeze, but for the pages sent after.
+            let ran = m.report.frozen.saturating_sub(p.took);
+            eprintln!(
+                "migrate: post-copy: it ran there after {:.1} ms frozen; then {} bytes followed in {:.1} ms, {} of them asked for first",
+                ran.as_secs_f64() * 1e3,
+                p.pages * crate::crf::PAGE_SIZE as u64,
+                p.took.as_secs_f64() * 1e3,
+                p.wanted * crate::crf::PAGE_SIZE as u64
             );
         }
         let secs = m.elapsed.as_secs_f64();

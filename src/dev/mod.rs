@@ -214,6 +214,9 @@ pub fn flags_of(o: &Options) -> Result<u32> {
     if o.precopied.is_some() {
         unsupported.push("a live migration");
     }
+    if o.postcopy.is_some() {
+        unsupported.push("a post-copy migration");
+    }
     if !unsupported.is_empty() {
         return Err(Error::Usage(format!(
             "the crd backend does not do {}: use --backend ptrace",

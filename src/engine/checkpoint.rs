@@ -58,12 +58,45 @@ pub struct Options {
     /// (its own marks on their mappings are not theirs), and the pages the destination holds
     /// already are written as kept runs.
     pub precopied: Option<super::precopy::Precopied>,
+    /// A post-copy migration: the first process's private anonymous pages are written as kept
+    /// runs, sent once the copy runs (see migration::postcopy); their runs are left here.
+    pub postcopy: Option<PostCopy>,
     /// Which engine checkpoints (see crate::dev): the default, `Auto`, is this one, and
     /// /dev/crd when ptrace is refused.
     pub backend: crate::dev::Backend,
     /// Mapped files the restoring node holds the very same of (a migration asks it): their
     /// unmodified pages are left out, as with `no_libs`.
     pub held_there: Vec<String>,
+}
+
+/// The pages a post-copy's image leaves at the source: (start, end) runs, in order, filled in
+/// by the checkpoint before its commit.
+#[derive(Clone, Debug, Default)]
+pub struct PostCopy(pub std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+
+impl PostCopy {
+    /// The ranges of a process whose pages a post-copy sends later: its private anonymous
+    /// mappings, but for those it locked in memory and the pages of its threads' rseq areas,
+    /// which a restore touches before the process runs (mlock populates; rseq registration
+    /// writes the area).
+    pub fn ranges(st: &ProcessState) -> Vec<(u64, u64)> {
+        let page = crate::crf::PAGE_SIZE as u64;
+        let lock = memory::VMA_LOCKED | memory::VMA_LOCKONFAULT;
+        let all: Vec<(u64, u64)> = st
+            .vmas
+            .iter()
+            .filter(|v| memory::private_anon(v) && v.flags & lock == 0)
+            .map(|v| (v.start, v.end))
+            .collect();
+        let mut touched: Vec<(u64, u64)> = st
+            .thread_info
+            .iter()
+            .filter_map(|t| t.rseq.as_ref())
+            .map(|r| (r.ptr & !(page - 1), (r.ptr + r.len as u64).div_ceil(page) * page))
+            .collect();
+        touched.sort_unstable();
+        super::layout::minus(&all, &touched)
+    }
 }
 
 impl Options {
@@ -369,8 +402,11 @@ fn frozen_checkpoint<W: Sink>(
         }
         // The private pages they share since a fork, stored once (not with a live migration,
         // whose first process's pages are held at the destination already).
-        let cow =
-            if states.len() > 1 && opts.precopied.is_none() { crate::res::treecow::collect(&states)? } else { None };
+        let cow = if states.len() > 1 && opts.precopied.is_none() && opts.postcopy.is_none() {
+            crate::res::treecow::collect(&states)?
+        } else {
+            None
+        };
         states[0].tree_cow = cow.as_ref().map(|c| c.cow.clone());
         if states.len() > 1 {
             copies_once(&mut states)?;
@@ -392,7 +428,7 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tcp_conns.lock = conns.lock_name();
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
-        write(out, &states, &mut spare, opts.precopied.as_ref(), cow.as_ref(), commit)
+        write(out, &states, &mut spare, (opts.precopied.as_ref(), opts.postcopy.as_ref()), cow.as_ref(), commit)
     })();
     urgent.real_time(true);
     let mut restored = Ok(());
@@ -839,7 +875,7 @@ fn write<W: Sink>(
     out: W,
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
-    precopied: Option<&super::precopy::Precopied>,
+    (precopied, postcopy): (Option<&super::precopy::Precopied>, Option<&PostCopy>),
     cow: Option<&crate::res::treecow::Found>,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<(u64, u64, Vec<String>)> {
@@ -860,9 +896,14 @@ fn write<W: Sink>(
         let kept = match (precopied, cow) {
             (Some(p), _) => p.kept(st.head.pid, &st.vmas)?,
             (None, Some(c)) => c.kept[i].clone(),
+            (None, None) if postcopy.is_some() && i == 0 => PostCopy::ranges(st),
             (None, None) => Vec::new(),
         };
         pages += memory::dump_pages(st.head.pid, &st.vmas, &kept, &mut w, spare)?;
+        if let Some(p) = postcopy.filter(|_| i == 0) {
+            let runs = memory::kept_runs(st.head.pid, &st.vmas, &kept)?;
+            *p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))? = runs;
+        }
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));
     }

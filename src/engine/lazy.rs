@@ -20,6 +20,13 @@
 //! batch found once the processes run cannot be taken back: they and their descendants are
 //! killed, and rstrt says why. Once every page is in, the userfaultfds are closed, which
 //! unregisters everything: the processes are left as a plain restore leaves them.
+//!
+//! A post-copy migration (migrate --post-copy) uses the same server with another source of
+//! pages ([`Server::remote`]): the image leaves those pages out (kept runs), and they come
+//! from the frozen process at the source, over the migration's connection ([`Link`]): pushed
+//! in address order, and the pages a process waits for asked for first (Want). Until the
+//! connection is handed over, nothing may wait for such a page: the restore's own steps never
+//! touch them (the source sends mlocked memory and rseq areas with the image).
 
 use crate::crf::pages::Deferred;
 use crate::error::{Error, Result};
@@ -112,7 +119,8 @@ struct Msg {
 }
 
 /// A stretch of pages not yet in: `len` bytes at the map key, whose data is at `off` in batch
-/// `batch`'s.
+/// `batch`'s, or, for a post-copy ([`REMOTE`]), the source's pages at address `off` (where
+/// the image had them: a mremap since moved the key, not them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Piece {
     len: u64,
@@ -121,6 +129,9 @@ struct Piece {
 }
 
 type Pending = BTreeMap<u64, Piece>;
+
+/// The batch of pages a post-copy's source sends.
+const REMOTE: u32 = u32::MAX;
 
 /// Removes from `p` what lies in [start, end) and returns it, in order (pieces cut at the
 /// edges keep their outer parts).
@@ -158,6 +169,13 @@ impl Lazy {
             self.pending.insert(addr, Piece { len: len as u64, batch: id, off: off as u64 });
         }
         self.batches.push(batch);
+    }
+
+    /// Pages the image leaves at the source of a post-copy: `runs` (start, end).
+    pub fn remote(&mut self, runs: &[(u64, u64)]) {
+        for &(s, e) in runs {
+            self.pending.insert(s, Piece { len: e - s, batch: REMOTE, off: s });
+        }
     }
 
     /// Whether any page is left to the server.
@@ -200,7 +218,8 @@ struct Mm {
 
 /// The page data, read from the image file and checked, a few batches at a time.
 struct Pages {
-    file: std::fs::File,
+    /// None: a post-copy's server, whose pages come over its Link.
+    file: Option<std::fs::File>,
     batches: Vec<Deferred>,
     cache: Vec<(u32, Vec<u8>)>,
 }
@@ -214,8 +233,9 @@ impl Pages {
         let d = self.batches.get(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
         let mut buf = if self.cache.len() >= CACHED { self.cache.remove(0).1 } else { Vec::new() };
         buf.resize(d.data_len, 0);
-        self.file
-            .read_exact_at(&mut buf, d.data_at)
+        let file =
+            self.file.as_ref().ok_or_else(|| Error::Proc("post-copy: no image file to read pages from".into()))?;
+        file.read_exact_at(&mut buf, d.data_at)
             .map_err(|e| Error::io(format!("the image's pages at offset {}", d.data_at), e))?;
         d.check(&buf)?;
         self.cache.push((b, buf));
@@ -243,6 +263,9 @@ pub struct Stats {
     pub zeroed: u64,
     /// Processes forked meanwhile, followed.
     pub forks: u64,
+    /// Post-copy: pages received from the source, and pages asked for first.
+    pub received: u64,
+    pub wanted: u64,
     /// From the first process given to the last page in.
     pub seconds: f64,
 }
@@ -253,15 +276,47 @@ struct State {
     /// Faults that could not be answered yet (an event to read first): (mm's uffd, address).
     retry: Vec<(i32, u64)>,
     stats: Stats,
+    /// A post-copy's connection to the source, once handed over.
+    link: Option<Box<dyn Link>>,
+    /// The processes may run: a fault on a page still at the source waits for it (before, it
+    /// is a restore step that should not have touched it).
+    released: Arc<AtomicBool>,
+    /// Pages asked of the source (by their address in the image), and faults waiting for one.
+    asked: std::collections::BTreeSet<u64>,
+    waiting: Vec<(i32, u64)>,
+    /// The source sent its last page.
+    ended: bool,
+    /// How long the source may stay silent while pages are missing.
+    silence: std::time::Duration,
+}
+
+/// A post-copy's connection to the source of its pages (see migration::postcopy).
+pub trait Link: Send {
+    /// The fd to poll for what the source sends.
+    fn fd(&self) -> i32;
+    /// Asks for the pages [addr, addr + len) (their address in the image) before the others.
+    fn want(&mut self, addr: u64, len: u64) -> Result<()>;
+    /// The next frame: Some(length) of a Pages frame read into `buf` (runs and their data, as
+    /// engine::precopy sends them), or None: the source sent its last page.
+    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>>;
+    /// Every page is in: the source may let its copy go.
+    fn all_in(&mut self) -> Result<()>;
+}
+
+enum ToServer {
+    Add(i32, OwnedFd, Lazy),
+    Link(Box<dyn Link>),
 }
 
 /// The thread that serves the pages of a lazy restore. Dropped before the processes run, it
 /// stops at once (they are killed); once they run ([`Server::running`]), dropping it waits
 /// for every page to be in, since a process left without them would read zeros.
 pub struct Server {
-    tx: Option<mpsc::Sender<(i32, OwnedFd, Lazy)>>,
+    tx: Option<mpsc::Sender<ToServer>>,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
+    released: Arc<AtomicBool>,
+    remote: bool,
     thread: Option<std::thread::JoinHandle<Result<Stats>>>,
     running: bool,
 }
@@ -275,6 +330,22 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts the server; pages are read from `file`, the image.
     pub fn start(file: std::fs::File) -> Result<Server> {
+        Server::with(Some(file), std::time::Duration::MAX)
+    }
+
+    /// Starts the server of a post-copy: its pages come from the source, over the link given
+    /// once the processes run ([`Server::link`]), which may be silent `silence` at most.
+    pub fn remote(silence: std::time::Duration) -> Result<Server> {
+        Server::with(None, silence)
+    }
+
+    /// Whether the pages come from the source of a post-copy.
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    fn with(file: Option<std::fs::File>, silence: std::time::Duration) -> Result<Server> {
+        let remote = file.is_none();
         // SAFETY: eventfd takes flags and returns a new fd, owned at once.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -284,18 +355,25 @@ impl Server {
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        let released = Arc::new(AtomicBool::new(false));
         let st = State {
             pages: Pages { file, batches: Vec::new(), cache: Vec::new() },
             mms: Vec::new(),
             retry: Vec::new(),
             stats: Stats::default(),
+            link: None,
+            released: released.clone(),
+            asked: Default::default(),
+            waiting: Vec::new(),
+            ended: false,
+            silence,
         };
         let (w, s) = (wake.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("crs-lazy".into())
             .spawn(move || serve(st, rx, &w, &s))
             .map_err(|e| Error::io("a thread to serve pages (lazy restore)", e))?;
-        Ok(Server { tx: Some(tx), wake, stop, thread: Some(thread), running: false })
+        Ok(Server { tx: Some(tx), wake, stop, released, remote, thread: Some(thread), running: false })
     }
 
     /// Registers the mappings of process `pid` (whose userfaultfd `uffd` is, see [`uffd_of`])
@@ -314,13 +392,30 @@ impl Server {
         }
         let tx =
             self.tx.as_ref().ok_or_else(|| Error::Proc("lazy restore: the server takes no more processes".into()))?;
-        tx.send((pid, uffd, lazy)).map_err(|_| Error::Proc("lazy restore: the page server stopped".into()))?;
+        tx.send(ToServer::Add(pid, uffd, lazy))
+            .map_err(|_| Error::Proc("lazy restore: the page server stopped".into()))?;
+        self.poke();
+        Ok(())
+    }
+
+    /// The restore is over: from now on only the processes touch their memory (a post-copy's
+    /// faults then wait for the source).
+    pub fn restored(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        self.poke();
+    }
+
+    /// A post-copy's connection to the source, once the processes run.
+    pub fn link(&self, link: Box<dyn Link>) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Proc("post-copy: the page server is done".into()))?;
+        tx.send(ToServer::Link(link)).map_err(|_| Error::Proc("post-copy: the page server stopped".into()))?;
         self.poke();
         Ok(())
     }
 
     /// The processes run: from now on the server must finish.
     pub fn running(&mut self) {
+        self.restored();
         self.running = true;
         self.tx = None;
         self.poke();
@@ -360,19 +455,30 @@ impl Drop for Server {
     }
 }
 
-fn serve(mut st: State, rx: mpsc::Receiver<(i32, OwnedFd, Lazy)>, wake: &OwnedFd, stop: &AtomicBool) -> Result<Stats> {
+fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &AtomicBool) -> Result<Stats> {
     let t0 = std::time::Instant::now();
     let mut more = true;
     let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut frame = Vec::new();
+    let mut heard = std::time::Instant::now();
     loop {
         loop {
             match rx.try_recv() {
-                Ok((pid, uffd, lazy)) => {
+                Ok(ToServer::Add(pid, uffd, lazy)) => {
                     let base = st.pages.batches.len() as u32;
                     st.pages.batches.extend(lazy.batches);
-                    let pending =
-                        lazy.pending.into_iter().map(|(k, p)| (k, Piece { batch: p.batch + base, ..p })).collect();
+                    let rebase = |p: Piece| if p.batch == REMOTE { p } else { Piece { batch: p.batch + base, ..p } };
+                    let pending = lazy.pending.into_iter().map(|(k, p)| (k, rebase(p))).collect();
                     st.mms.push(Mm { pid, uffd, pending });
+                }
+                Ok(ToServer::Link(l)) => {
+                    st.link = Some(l);
+                    heard = std::time::Instant::now();
+                    // The faults that came before it.
+                    for (fd, page) in std::mem::take(&mut st.waiting) {
+                        st.retry.push((fd, page));
+                    }
+                    st.asked.clear();
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
@@ -384,15 +490,38 @@ fn serve(mut st: State, rx: mpsc::Receiver<(i32, OwnedFd, Lazy)>, wake: &OwnedFd
         if stop.load(Ordering::SeqCst) {
             return Ok(st.stats);
         }
-        let busy = st.mms.iter().any(|m| !m.pending.is_empty()) || !st.retry.is_empty();
-        if !more && !busy {
+        let missing = st.mms.iter().any(|m| !m.pending.is_empty());
+        // Work of our own to do: pages to copy from the file, faults to answer again.
+        let busy = (missing && st.pages.file.is_some()) || !st.retry.is_empty();
+        if !more && !missing && st.retry.is_empty() {
+            if let Some(l) = st.link.as_mut() {
+                l.all_in()?;
+            }
             break;
+        }
+        if missing && st.ended {
+            let left: u64 = st.mms.iter().flat_map(|m| m.pending.values()).map(|p| p.len / PAGE).sum();
+            let e = Error::Proc(format!("post-copy: the source sent its last page, and {left} are still missing"));
+            return Err(kill_for(&mut st, e));
         }
         fds.clear();
         fds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        let link_fd = st.link.as_ref().map(|l| l.fd());
+        if let Some(fd) = link_fd {
+            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+        }
+        let uffds = fds.len();
         fds.extend(st.mms.iter().map(|m| libc::pollfd { fd: m.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 }));
+        // Waiting for the source: as long as it may stay silent.
+        let timeout = if busy {
+            0
+        } else if link_fd.is_some() && missing {
+            st.silence.saturating_sub(heard.elapsed()).as_millis().clamp(1, i32::MAX as u128) as i32
+        } else {
+            -1
+        };
         // SAFETY: `fds` is a valid array of pollfd of that length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, if busy { 0 } else { -1 }) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -405,31 +534,47 @@ fn serve(mut st: State, rx: mpsc::Receiver<(i32, OwnedFd, Lazy)>, wake: &OwnedFd
             // SAFETY: reads at most 8 bytes into `b`.
             unsafe { libc::read(wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
         }
-        let ready: Vec<i32> = fds[1..].iter().filter(|f| f.revents != 0).map(|f| f.fd).collect();
+        let from_source = link_fd.is_some() && fds[1].revents != 0;
+        let ready: Vec<i32> = fds[uffds..].iter().filter(|f| f.revents != 0).map(|f| f.fd).collect();
         let r = (|| {
             for fd in ready {
                 st.events(fd)?;
+            }
+            if from_source {
+                heard = std::time::Instant::now();
+                st.receive(&mut frame)?;
+            } else if link_fd.is_some() && missing && heard.elapsed() >= st.silence {
+                return Err(Error::Proc(format!(
+                    "post-copy: the source sent nothing for {} s, and pages are missing",
+                    st.silence.as_secs()
+                )));
             }
             st.retry_faults()?;
             st.fill()
         })();
         if let Err(e) = r {
-            let pids = st.kill_all();
-            let killed = format!(
-                "found after the processes ran (rstrt --lazy), so pids {} and their descendants were killed",
-                pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-            );
-            return Err(match e {
-                Error::Image(crate::crf::CrfError::Bad { offset, what }) => {
-                    Error::Image(crate::crf::CrfError::Bad { offset, what: format!("{what}: {killed}") })
-                }
-                e => Error::Refused(format!("{e}: {killed}")),
-            });
+            return Err(kill_for(&mut st, e));
         }
     }
     st.stats.seconds = t0.elapsed().as_secs_f64();
     debug!("lazy restore: {:?}", st.stats);
     Ok(st.stats)
+}
+
+/// Kills the processes for `e`, which left them without pages they need; says so.
+fn kill_for(st: &mut State, e: Error) -> Error {
+    let pids = st.kill_all();
+    let killed = format!(
+        "found after the processes ran ({}), so pids {} and their descendants were killed",
+        if st.pages.file.is_some() { "rstrt --lazy" } else { "post-copy" },
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    match e {
+        Error::Image(crate::crf::CrfError::Bad { offset, what }) => {
+            Error::Image(crate::crf::CrfError::Bad { offset, what: format!("{what}: {killed}") })
+        }
+        e => Error::Refused(format!("{e}: {killed}")),
+    }
 }
 
 impl State {
@@ -485,8 +630,33 @@ impl State {
     /// A thread of the mm waits for the page at `page`: the pages from there that the image
     /// holds, or the zero page.
     fn fault(&mut self, fd: i32, page: u64) -> Result<()> {
+        let released = self.released.load(Ordering::SeqCst);
         let Some(m) = self.mm(fd) else { return Ok(()) };
-        let held = m.pending.range(..=page).next_back().is_some_and(|(k, v)| page < k + v.len);
+        let (pid, hit) = (m.pid, m.pending.range(..=page).next_back().map(|(k, v)| (*k, *v)));
+        let held = hit.is_some_and(|(k, v)| page < k + v.len);
+        if let Some((k, v)) = hit.filter(|(_, v)| held && v.batch == REMOTE) {
+            if !released {
+                return Err(Error::Refused(format!(
+                    "restoring pid {pid} touched its memory at {page:#x}, which a post-copy leaves at the source until the process runs"
+                )));
+            }
+            // Asked of the source, from this page on; its arrival wakes the fault.
+            let from = v.off + (page - k);
+            let to = (from + FAULT_CHUNK).min(v.off + v.len);
+            self.waiting.push((fd, page));
+            if let Some(l) = self.link.as_mut()
+                && !self.asked.contains(&from)
+            {
+                let mut a = from;
+                while a < to {
+                    self.asked.insert(a);
+                    a += PAGE;
+                }
+                l.want(from, to - from)?;
+                self.stats.wanted += (to - from) / PAGE;
+            }
+            return Ok(());
+        }
         if !held {
             let mut z = Zero { start: page, len: PAGE, mode: 0, zeropage: 0 };
             // SAFETY: UFFDIO_ZEROPAGE reads and writes one struct uffdio_zeropage, ours.
@@ -541,6 +711,9 @@ impl State {
 
     /// Copies a piece of the background's into its mm.
     fn fill(&mut self) -> Result<()> {
+        if self.pages.file.is_none() {
+            return Ok(());
+        }
         let Some(i) = self.mms.iter().position(|m| !m.pending.is_empty()) else { return Ok(()) };
         let fd = self.mms[i].uffd.as_raw_fd();
         let Some((&start, &p)) = self.mms[i].pending.iter().next() else { return Ok(()) };
@@ -577,6 +750,95 @@ impl State {
         let src = data
             .get(p.off as usize..(p.off + p.len) as usize)
             .ok_or_else(|| Error::Proc(format!("lazy restore: pages {start:#x}+{} lie outside their batch", p.len)))?;
+        copy_from(fd, start, p, src)
+    }
+
+    /// A Pages frame from the source (in `frame`): its pages go to every mm that still lacks
+    /// them, wherever each has them now.
+    fn receive(&mut self, frame: &mut Vec<u8>) -> Result<()> {
+        let Some(l) = self.link.as_mut() else { return Ok(()) };
+        let Some(len) = l.next(frame)? else {
+            self.ended = true;
+            return Ok(());
+        };
+        let b = &frame[..len];
+        let bad = |what: String| Error::Proc(format!("post-copy: a bad Pages frame from the source: {what}"));
+        let word = |at: usize, n: usize| -> u64 {
+            b.get(at..at + n).map_or(0, |x| x.iter().rev().fold(0u64, |a, &y| (a << 8) | y as u64))
+        };
+        let n = word(0, 4) as usize;
+        let mut off = 8 + n * 16;
+        if b.len() < off {
+            return Err(bad(format!("{} bytes for {n} runs", b.len())));
+        }
+        for i in 0..n {
+            let (s, np) = (word(8 + i * 16, 8), word(16 + i * 16, 4));
+            let len = np * PAGE;
+            let data = b.get(off..off + len as usize).ok_or_else(|| bad("data shorter than its runs".into()))?;
+            self.put(s, data)?;
+            self.stats.received += np;
+            off += len as usize;
+        }
+        // Faults whose page is no longer wanted (dropped meanwhile): woken to fault again.
+        let waiting = std::mem::take(&mut self.waiting);
+        for (fd, page) in waiting {
+            let still = self
+                .mm(fd)
+                .is_some_and(|m| m.pending.range(..=page).next_back().is_some_and(|(k, v)| page < k + v.len));
+            if still {
+                self.waiting.push((fd, page));
+            } else {
+                wake(fd, page)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The source's pages at `s` (their address in the image): into every mm that lacks them.
+    fn put(&mut self, s: u64, data: &[u8]) -> Result<()> {
+        let e = s + data.len() as u64;
+        let mut i = 0;
+        'mms: while i < self.mms.len() {
+            let fd = self.mms[i].uffd.as_raw_fd();
+            // One piece at a time: an event read meanwhile may change them.
+            while let Some(m) = self.mms.get_mut(i) {
+                let hit = m
+                    .pending
+                    .iter()
+                    .find(|(_, p)| p.batch == REMOTE && p.off < e && s < p.off + p.len)
+                    .map(|(k, p)| (*k, *p));
+                let Some((k, p)) = hit else { break };
+                let (from, to) = (s.max(p.off), e.min(p.off + p.len));
+                let at = k + (from - p.off);
+                cut(&mut m.pending, at, at + (to - from));
+                let part = Piece { len: to - from, batch: REMOTE, off: from };
+                let src = &data[(from - s) as usize..(to - s) as usize];
+                match copy_from(fd, at, part, src)? {
+                    Outcome::Done => {}
+                    Outcome::Again(at, rest) => {
+                        // The mm changes: its events first, then again.
+                        if let Some(m) = self.mms.get_mut(i) {
+                            m.pending.insert(at, rest);
+                        }
+                        self.events(fd)?;
+                        std::thread::yield_now();
+                    }
+                    Outcome::Gone => {
+                        self.gone(fd);
+                        continue 'mms;
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `src`, the data of piece `p`, to `start` in the mm of userfaultfd `fd`, page by page
+/// where some are there already.
+fn copy_from(fd: i32, start: u64, p: Piece, src: &[u8]) -> Result<Outcome> {
+    {
         let mut done = 0u64;
         while done < p.len {
             let mut c =
@@ -605,7 +867,9 @@ impl State {
         }
         Ok(Outcome::Done)
     }
+}
 
+impl State {
     /// A damaged image found once the processes may run: none of them may go on with memory
     /// it lacks. Kills each restored process and its descendants (those forked meanwhile).
     fn kill_all(&mut self) -> Vec<i32> {

@@ -212,6 +212,23 @@ pub fn restore_lazy<R: Input>(
     Ok(r)
 }
 
+/// [`restore_checked`] of the image of a post-copy migration: its kept runs are pages the
+/// source sends once the processes run, through the returned `Restored::lazy`, to which the
+/// caller hands the connection (`lazy::Server::link`) once it released them (`opts.hold`).
+/// The server may wait `silence` at most for the source.
+pub fn restore_postcopy<R: Input>(
+    input: R,
+    opts: &Options,
+    silence: std::time::Duration,
+    policy: &dyn Fn(&Header) -> Result<()>,
+) -> Result<Restored> {
+    let server = super::lazy::Server::remote(silence)?;
+    let mut r = restore_all(input, opts, None, Some(&server), policy)?;
+    server.restored();
+    r.lazy = Some(server);
+    Ok(r)
+}
+
 fn restore_all<R: Input>(
     input: R,
     opts: &Options,
@@ -697,6 +714,7 @@ fn restore_one<R: Input>(
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
+    let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
     // A lazy restore leaves in the image the batches all of whose pages go to private
     // anonymous mappings (no pages held for them here: a page there would hide the image's).
     let held_here = store.as_ref().map(|s| s.ranges()).unwrap_or_default();
@@ -722,6 +740,8 @@ fn restore_one<R: Input>(
                     st.keep(&ahead)?;
                     st.written(&targets);
                 }
+                // A post-copy: the source sends them once the process runs.
+                None if remote => deferred.remote(&ahead),
                 None if !ahead.is_empty() => {
                     return Err(Error::Refused(format!(
                         "the image leaves out pages {:#x}-{:#x} of pid {}, sent ahead in a live migration: it restores only there",
@@ -731,6 +751,7 @@ fn restore_one<R: Input>(
                 None => {}
             }
             if uffd.is_some()
+                && !remote
                 && b.runs.iter().all(|r| r.flags == 0)
                 && targets.len() == b.runs.len()
                 && targets.iter().all(lazy_target)

@@ -34,6 +34,9 @@ pub struct Options {
     /// Live: send the pages ahead while the process runs, until what is left fits this
     /// downtime (see engine::precopy); None: stop-and-copy.
     pub live: Option<Duration>,
+    /// Post-copy: the process runs at the destination before its private anonymous memory is
+    /// there, which follows from here (see migration::postcopy).
+    pub post_copy: bool,
     /// Which engine checkpoints (see crate::dev).
     pub backend: crate::dev::Backend,
 }
@@ -61,6 +64,8 @@ pub struct Moved {
     /// answer to Commit.
     pub elapsed: Duration,
     pub ahead: Ahead,
+    /// A post-copy's pages, sent once the process ran there.
+    pub post: Option<super::postcopy::Sent>,
 }
 
 /// "host", "host:port", "[v6]:port", "v6" -> addresses (`port` overrides; default 1023).
@@ -127,6 +132,20 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if crd && opts.live.is_some() {
         return Err(Error::Usage("the crd backend does not migrate live: drop --live, or use --backend ptrace".into()));
     }
+    if opts.post_copy {
+        let clash = [
+            (opts.keep, "--keep (the process here could not run on while its pages go)"),
+            (opts.live.is_some(), "--live"),
+            (crd, "the crd backend"),
+            (
+                opts.tcp_established,
+                "--tcp-established (connections the copy used before a failure could not be taken back here)",
+            ),
+        ];
+        if let Some((_, what)) = clash.iter().find(|c| c.0) {
+            return Err(Error::Usage(format!("--post-copy does not go with {what}")));
+        }
+    }
     if opts.move_address.is_some() && opts.keep {
         return Err(Error::Usage("--move-address moves the process's address: it cannot go with --keep".into()));
     }
@@ -163,6 +182,9 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if source.is_some() {
         wishes.push("live".into());
     }
+    if opts.post_copy {
+        wishes.push("post-copy".into());
+    }
     c.send(Kind::Options, wishes.join(" ").as_bytes()).map_err(|e| here(e.into()))?;
     // The files it maps that the destination has the same of stay out of the image.
     let mapped = super::files::mapped(pid);
@@ -182,7 +204,9 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         return Err(explain(e, None, &mut c));
     }
     let precopied = source.map(|s| Precopied(std::sync::Arc::new(std::sync::Mutex::new(s))));
-    let flags = crate::Flags { precopied, held_there, ..flags };
+    let postcopy = opts.post_copy.then(crate::engine::checkpoint::PostCopy::default);
+    let flags = crate::Flags { precopied, held_there, postcopy: postcopy.clone(), ..flags };
+    let mut post = None;
 
     // Signals that would end us wait until the process is safely here or there.
     let mut hold = nix::sys::signal::SigSet::empty();
@@ -203,7 +227,8 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             if let Some(a) = opts.move_address {
                 moved = Some(crate::net::address::take_off(a)?);
             }
-            let r = commit(w, peer, pid, opts.keep, &mut sent, &mut remote_pid);
+            let later = postcopy.as_ref().map(|p| (p, opts.timeout, &mut post));
+            let r = commit(w, peer, pid, opts.keep, later, &mut sent, &mut remote_pid);
             if r.is_err() {
                 moved = None;
             }
@@ -224,7 +249,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             if !report.tcp_lock.is_empty() {
                 crate::res::tcpconn::unlock(&report.tcp_lock)?;
             }
-            Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed(), ahead })
+            Ok(Moved { peer, remote_pid, report, bytes: sent, elapsed: t0.elapsed(), ahead, post })
         }
         Err(e) => {
             let said = peer_said.and_then(|p| p.lock().ok()?.take());
@@ -307,6 +332,7 @@ fn commit(
     peer: SocketAddr,
     pid: i32,
     keep: bool,
+    later: Option<(&crate::engine::checkpoint::PostCopy, Duration, &mut Option<super::postcopy::Sent>)>,
     sent: &mut u64,
     remote_pid: &mut i32,
 ) -> Result<()> {
@@ -320,7 +346,32 @@ fn commit(
     // From here the copy may start: the frozen source must not run again unless we are sure
     // the copy does not.
     c.send(Kind::Commit, &[])?;
-    let Err(e) = c.expect(Kind::Running, &mut buf) else { return Ok(()) };
+    let e = match c.expect(Kind::Running, &mut buf) {
+        Ok(()) => {
+            let Some((p, timeout, out)) = later else { return Ok(()) };
+            // Post-copy: it runs there; its pages follow from here, where it stays frozen.
+            let runs = p.0.lock().map(|r| r.clone()).map_err(|_| Error::Proc("post-copy state poisoned".into()))?;
+            match super::postcopy::send(c, pid, &runs, timeout) {
+                Ok(s) => {
+                    *out = Some(s);
+                    return Ok(());
+                }
+                // Before its last page the copy cannot have them all: the destination kills
+                // it (as soon as it sees the link broken or silent), and the process runs on
+                // here.
+                Err((e, false)) => {
+                    return Err(Error::Migration {
+                        cause: Box::new(Error::Proc(format!(
+                            "post-copy stopped before every page was sent ({e}); the copy at {peer} is killed, what it did is lost"
+                        ))),
+                        left: Left::RunningHere,
+                    });
+                }
+                Err((e, true)) => NetError::Protocol(format!("after the last page of a post-copy: {e}")),
+            }
+        }
+        Err(e) => e,
+    };
     let peer = peer.to_string();
     let left = if keep {
         Left::CopyMayRun { remote_pid, peer }

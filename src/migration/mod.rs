@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod files;
+pub mod postcopy;
 pub mod server;
 
 pub use client::{Moved, Options, migrate, resolve};

@@ -129,7 +129,8 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     c.expect(Kind::Options, &mut buf).map_err(Error::Net)?;
     let wishes = String::from_utf8_lossy(&buf).into_owned();
     let live = wishes.split_whitespace().any(|w| w == "live");
-    let wish = wishes.split_whitespace().filter(|&w| w != "live").collect::<Vec<_>>().join(" ");
+    let post_copy = wishes.split_whitespace().any(|w| w == "post-copy");
+    let wish = wishes.split_whitespace().filter(|&w| w != "live" && w != "post-copy").collect::<Vec<_>>().join(" ");
     let addr = match wish.as_str() {
         "" => None,
         w => Some(crate::net::address::Address::parse(w).map_err(|e| Error::Net(NetError::Protocol(e)))?),
@@ -144,6 +145,27 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         let msg = "this restartd keeps a copy of every image (--spool), which a live migration's is not: migrate without --live";
         let _ = c.send_error(Code::Forbidden, msg);
         info!("{peer}: refused: a live migration to a spooling restartd");
+        return Err(Error::Refused(msg.into()));
+    }
+    let crd = crate::dev::choose_restart(cfg.backend) == crate::dev::Backend::Crd;
+    let post_refused = if !post_copy {
+        None
+    } else if live {
+        Some("a migration is either live or post-copy, not both")
+    } else if cfg.spool.is_some() {
+        Some(
+            "this restartd keeps a copy of every image (--spool), which a post-copy's is not: migrate without --post-copy",
+        )
+    } else if crd {
+        Some("this restartd restores through /dev/crd, which does not restore lazily: migrate without --post-copy")
+    } else if !crate::res::creds::is_root() {
+        Some("post-copy needs a restartd run as root (userfaultfd with fork events)")
+    } else {
+        None
+    };
+    if let Some(msg) = post_refused {
+        let _ = c.send_error(Code::Forbidden, msg);
+        info!("{peer}: refused a post-copy migration: {msg}");
         return Err(Error::Refused(msg.into()));
     }
     // Which of the files it maps this node holds the same of: those stay out of the image.
@@ -224,7 +246,6 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
         policy(cfg, h, local_uid)
     };
-    let crd = crate::dev::choose_restart(cfg.backend) == crate::dev::Backend::Crd;
     let r = if crd && store.is_some() {
         Err(Error::Refused(
             "this restartd restores through /dev/crd, which takes no pages sent ahead: migrate without --live".into(),
@@ -233,6 +254,8 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         // Read whole and checked, then restarted stopped: it runs on the client's Commit.
         let opts = crate::RestartFlags { hold: false, stop: true, backend: crate::dev::Backend::Crd, ..opts };
         crate::dev::restart::restart_from(&mut fr, &opts, &check)
+    } else if post_copy {
+        crate::engine::restore::restore_postcopy(&mut fr, &opts, cfg.timeout, &check)
     } else {
         crate::engine::restore::restore_live(&mut fr, &opts, store.as_mut(), &check)
     };
@@ -248,7 +271,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         return Err(Error::Proc("the frame receiver failed".into()));
     };
     c.s.idle_only();
-    let restored = match r.and_then(|x| drained.map(|_| x)) {
+    let mut restored = match r.and_then(|x| drained.map(|_| x)) {
         Ok(r) => r,
         Err(e) => {
             // The log has the whole story; the client is told what concerns its image, not
@@ -263,6 +286,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     };
     let pid = restored.pid;
+    let lazy = restored.lazy.take();
     let copy = Copy { pid, held: restored.held, stopped: crd };
     for n in &restored.notes {
         info!("{peer}: {who}: {n}");
@@ -277,7 +301,21 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
             return Err(e);
         }
     };
-    let outcome = commit(&mut c, copy);
+    let mut outcome = commit(&mut c, copy);
+    // A post-copy: it runs; its pages follow, from the source over this connection.
+    if let (Ok(()), Some(server)) = (&outcome, lazy) {
+        let t0 = std::time::Instant::now();
+        info!("{peer}: {who} runs as pid {pid}; its pages follow (post-copy)");
+        outcome = server.link(Box::new(super::postcopy::Link::new(c))).and_then(|()| server.finish()).map(|st| {
+            info!(
+                "{peer}: {who}: post-copy: {} pages in {:.1} ms after it ran, {} asked for first, {} forks followed",
+                st.received,
+                t0.elapsed().as_secs_f64() * 1e3,
+                st.wanted,
+                st.forks
+            );
+        });
+    }
     if let (Ok(()), Some(p)) = (&outcome, placed) {
         p.keep();
     }

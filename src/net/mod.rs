@@ -28,7 +28,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -68,6 +68,10 @@ pub enum Kind {
     Files = 15,
     /// The answer to Files: one byte per file, 1 where the destination has the same file.
     Have = 16,
+    /// Post-copy (migration::postcopy): the destination asks for pages first.
+    Want = 17,
+    /// Post-copy: the destination holds every page; the source may let its copy go.
+    AllIn = 18,
 }
 
 impl Kind {
@@ -90,6 +94,8 @@ impl Kind {
             14 => Freeze,
             15 => Files,
             16 => Have,
+            17 => Want,
+            18 => AllIn,
             _ => return None,
         })
     }

@@ -227,6 +227,22 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// The kept runs [`dump_pages`] writes for `kept` (the pages there that hold data), as
+/// (start, end), in order.
+pub fn kept_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for b in plan_batches(pid, vmas, kept)? {
+        for r in b.runs.iter().filter(|r| r.flags & RUN_KEPT != 0) {
+            let end = r.addr + r.len() as u64;
+            match out.last_mut() {
+                Some(l) if l.1 == r.addr => l.1 = end,
+                _ => out.push((r.addr, end)),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Writes the pages of every mapping in batches; returns the number of pages. A second thread
 /// reads the next batch from the process while this one checksums and writes the last. Each
 /// batch's buffer is given to the output whole (a migration sends it as a frame, uncopied);
