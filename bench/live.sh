@@ -63,10 +63,14 @@ for rate in $RATES; do
       post=$(echo "$out" | awk '/post-copy: it ran there/ {print $7}')
       [ -n "$post" ] && frozen=$post
       after=$(echo "$out" | awk '/post-copy: it ran there/ {print $11}')
-      image=$(echo "$out" | awk '/frozen/ {gsub(/,/,""); print $5}')
+      image=$(echo "$out" | awk '/ frozen [0-9.]* ms/ {gsub(/,/,""); print $5}')
       ahead=$(echo "$out" | awk '/sent ahead/ {s += $4} END {print s + 0}')
       rounds=$(echo "$out" | grep -c "sent ahead" || true)
       echo "$gap $frozen $(( (t1 - t0) / 1000000 )) $rounds $ahead $image ${after:-0}" >> "$work/r"
+      if [ -n "${VERBOSE:-}" ]; then
+        echo "  $mode run: gap $gap us; $(echo "$out" | grep -E 'frozen|post-copy' | tr '\n' ' ')" >&2
+        [ "$mode" = post ] && grep "post-copy: " "$work/restartd.log" | tail -1 >&2
+      fi
     done
     awk -v rate="$rate" -v mode="$mode" -v mib="$MIB" '
       { g[NR]=$1/1000; f[NR]=$2; t[NR]=$3; r[NR]=$4; s[NR]=($5+$6+$7)/(mib*1048576) }

@@ -61,6 +61,9 @@ const FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
 /// Most bytes one fault brings in (from the page on), and one background copy.
 const FAULT_CHUNK: u64 = 64 * PAGE;
 const FILL_CHUNK: u64 = 256 * PAGE;
+/// Most bytes one fault asks of a post-copy's source: each costs the faulting thread a round
+/// trip, and the source's reading and sealing of it.
+const WANT_CHUNK: u64 = 16 * PAGE;
 /// Batches kept read and checked.
 const CACHED: usize = 4;
 
@@ -266,6 +269,8 @@ pub struct Stats {
     /// Post-copy: pages received from the source, and pages asked for first.
     pub received: u64,
     pub wanted: u64,
+    /// The longest a fault waited for its page from the source, in seconds.
+    pub longest: f64,
     /// From the first process given to the last page in.
     pub seconds: f64,
 }
@@ -283,7 +288,7 @@ struct State {
     released: Arc<AtomicBool>,
     /// Pages asked of the source (by their address in the image), and faults waiting for one.
     asked: std::collections::BTreeSet<u64>,
-    waiting: Vec<(i32, u64)>,
+    waiting: Vec<(i32, u64, std::time::Instant)>,
     /// The source sent its last page.
     ended: bool,
     /// How long the source may stay silent while pages are missing.
@@ -475,7 +480,7 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
                     st.link = Some(l);
                     heard = std::time::Instant::now();
                     // The faults that came before it.
-                    for (fd, page) in std::mem::take(&mut st.waiting) {
+                    for (fd, page, _) in std::mem::take(&mut st.waiting) {
                         st.retry.push((fd, page));
                     }
                     st.asked.clear();
@@ -642,8 +647,8 @@ impl State {
             }
             // Asked of the source, from this page on; its arrival wakes the fault.
             let from = v.off + (page - k);
-            let to = (from + FAULT_CHUNK).min(v.off + v.len);
-            self.waiting.push((fd, page));
+            let to = (from + WANT_CHUNK).min(v.off + v.len);
+            self.waiting.push((fd, page, std::time::Instant::now()));
             if let Some(l) = self.link.as_mut()
                 && !self.asked.contains(&from)
             {
@@ -781,13 +786,14 @@ impl State {
         }
         // Faults whose page is no longer wanted (dropped meanwhile): woken to fault again.
         let waiting = std::mem::take(&mut self.waiting);
-        for (fd, page) in waiting {
+        for (fd, page, since) in waiting {
             let still = self
                 .mm(fd)
                 .is_some_and(|m| m.pending.range(..=page).next_back().is_some_and(|(k, v)| page < k + v.len));
             if still {
-                self.waiting.push((fd, page));
+                self.waiting.push((fd, page, since));
             } else {
+                self.stats.longest = self.stats.longest.max(since.elapsed().as_secs_f64());
                 wake(fd, page)?;
             }
         }
