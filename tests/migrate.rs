@@ -676,3 +676,37 @@ fn a_post_copy_whose_link_fails_runs_on_at_the_source() {
     }
     let _ = src.kill();
 }
+
+/// --live --post-copy (the hybrid mode): the memory goes ahead in a round or two while the
+/// process runs, the process runs there after a short freeze, and what it wrote since the last
+/// round follows; every page checks there.
+#[test]
+fn a_hybrid_migration_sends_most_ahead_and_the_rest_after() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-hybrid");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = writer(&n, &dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = migrate(&n, &["--key", &key, "--live", "--post-copy", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        return;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    assert!(err.contains("round 1:") && err.contains("post-copy: it ran there after"), "-v: {err}");
+    assert!(!err.contains("round 3:"), "more than two rounds: {err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    let ahead = d.1.line("bytes sent ahead");
+    let ahead: u64 = ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{ahead}"));
+    assert!(ahead >= 64 << 20, "less than its memory went ahead: {ahead}");
+    let l = d.1.line("post-copy: ");
+    let after: u64 = l[..l.find(" pages in ").unwrap()].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(after < 8 << 8, "{after} pages followed, of 64 MiB that went ahead: {l}");
+    assert!(!tracked(new), "the restored process is still registered with a userfaultfd");
+}

@@ -26,8 +26,9 @@ use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// Bumped whenever the layout of any section changes; newer images are refused. Version 2
-/// added kept page runs (pages::RUN_KEPT), so a version 1 image reads as version 2.
-pub const VERSION: u32 = 2;
+/// added kept page runs (pages::RUN_KEPT), version 3 kept runs sent later (pages::RUN_LATER),
+/// so older images read as version 3.
+pub const VERSION: u32 = 3;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64

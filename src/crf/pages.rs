@@ -16,7 +16,11 @@ pub const RUN_FILE_COPY: u32 = 1;
 /// holds them already, as sent while the process still ran, unchanged since. A run with this
 /// flag has no data in the batch.
 pub const RUN_KEPT: u32 = 2;
-const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT;
+/// Run flag (version 3), only with RUN_KEPT: the source of a post-copy migration sends these
+/// pages once the restored process runs (they are not held ahead: a page held ahead at the
+/// same address is stale).
+pub const RUN_LATER: u32 = 4;
+const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT | RUN_LATER;
 
 /// Most pages in one batch: 4 MiB of data.
 pub const MAX_BATCH_PAGES: usize = 1024;
@@ -131,7 +135,8 @@ pub fn read_batch_header<R: Input>(r: &mut Reader<R>, sec: &Section) -> Result<B
         let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
             && run.npages > 0
             && run.flags & !RUN_FLAGS_KNOWN == 0
-            && run.flags != RUN_FILE_COPY | RUN_KEPT
+            && run.flags & (RUN_FILE_COPY | RUN_KEPT) != RUN_FILE_COPY | RUN_KEPT
+            && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
             && run.addr >= prev_end
             && end.is_some_and(|e| e <= 1 << 56);
         if !ok {
@@ -239,5 +244,23 @@ mod tests {
         let mut r = Reader::new(&img[..]).unwrap();
         let s = r.next_section().unwrap().unwrap();
         assert!(read_batch_header(&mut r, &s).is_err());
+    }
+
+    /// RUN_LATER goes with RUN_KEPT alone, and such a run has no data.
+    #[test]
+    fn runs_sent_later_are_kept_runs() {
+        let header = |flags: u32| {
+            let mut w = Writer::new(Vec::new()).unwrap();
+            let runs = [Run { addr: 0x2000, npages: 2, flags }, Run { addr: 0x8000, npages: 1, flags: 0 }];
+            write_batch(&mut w, &runs, &vec![0u8; PAGE_SIZE]).unwrap();
+            let img = w.finish().unwrap().0;
+            let mut r = Reader::new(&img[..]).unwrap();
+            let s = r.next_section().unwrap().unwrap();
+            read_batch_header(&mut r, &s).map(|b| b.data_len)
+        };
+        assert_eq!(header(RUN_KEPT | RUN_LATER).unwrap(), PAGE_SIZE);
+        assert!(header(RUN_LATER).is_err());
+        assert!(header(RUN_LATER | RUN_FILE_COPY).is_err());
+        assert!(header(RUN_KEPT | RUN_LATER | RUN_FILE_COPY).is_err());
     }
 }

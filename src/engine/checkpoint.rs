@@ -896,12 +896,19 @@ fn write<W: Sink>(
         let kept = match (precopied, cow) {
             (Some(p), _) => p.kept(st.head.pid, &st.vmas)?,
             (None, Some(c)) => c.kept[i].clone(),
-            (None, None) if postcopy.is_some() && i == 0 => PostCopy::ranges(st),
             (None, None) => Vec::new(),
         };
-        pages += memory::dump_pages(st.head.pid, &st.vmas, &kept, &mut w, spare)?;
+        // A post-copy sends the rest of those ranges later (after a pre-copy, what changed
+        // since it or never went).
+        let later = match postcopy.filter(|_| i == 0) {
+            Some(_) => super::layout::minus(&PostCopy::ranges(st), &kept),
+            None => Vec::new(),
+        };
+        let mut all = [kept.as_slice(), later.as_slice()].concat();
+        all.sort_unstable();
+        pages += memory::dump_pages(st.head.pid, &st.vmas, (&all, &later), &mut w, spare)?;
         if let Some(p) = postcopy.filter(|_| i == 0) {
-            let runs = memory::kept_runs(st.head.pid, &st.vmas, &kept)?;
+            let runs = memory::later_runs(st.head.pid, &st.vmas, &all, &later)?;
             *p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))? = runs;
         }
         image::write(&mut w, st, false)?;

@@ -215,15 +215,17 @@ pub fn restore_lazy<R: Input>(
 /// [`restore_checked`] of the image of a post-copy migration: its kept runs are pages the
 /// source sends once the processes run, through the returned `Restored::lazy`, to which the
 /// caller hands the connection (`lazy::Server::link`) once it released them (`opts.hold`).
-/// The server may wait `silence` at most for the source.
+/// The server may wait `silence` at most for the source. After a pre-copy (the hybrid mode),
+/// `store` holds the pages sent ahead, as for [`restore_live`].
 pub fn restore_postcopy<R: Input>(
     input: R,
     opts: &Options,
+    store: Option<&mut Store>,
     silence: std::time::Duration,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
     let server = super::lazy::Server::remote(silence)?;
-    let mut r = restore_all(input, opts, None, Some(&server), policy)?;
+    let mut r = restore_all(input, opts, store, Some(&server), policy)?;
     server.restored();
     r.lazy = Some(server);
     Ok(r)
@@ -714,6 +716,7 @@ fn restore_one<R: Input>(
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
+    let mut later = Vec::new();
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
     // A lazy restore leaves in the image the batches all of whose pages go to private
     // anonymous mappings (no pages held for them here: a page there would hide the image's).
@@ -734,14 +737,22 @@ fn restore_one<R: Input>(
             let b = pages::read_batch_header(rd, &sec)?;
             order.next(&b.runs, sec.offset)?;
             ahead.clear();
-            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut ahead)?;
+            later.clear();
+            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later))?;
+            if !later.is_empty() {
+                if !remote {
+                    return Err(Error::Refused(format!(
+                        "the image leaves out pages {:#x}-{:#x} of pid {}, which the source of a post-copy migration sends later: it restores only there",
+                        later[0].0, later[0].1, st.head.pid
+                    )));
+                }
+                deferred.remote(&later);
+            }
             match store.as_deref_mut() {
                 Some(st) => {
                     st.keep(&ahead)?;
                     st.written(&targets);
                 }
-                // A post-copy: the source sends them once the process runs.
-                None if remote => deferred.remote(&ahead),
                 None if !ahead.is_empty() => {
                     return Err(Error::Refused(format!(
                         "the image leaves out pages {:#x}-{:#x} of pid {}, sent ahead in a live migration: it restores only there",

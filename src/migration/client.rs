@@ -135,7 +135,6 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if opts.post_copy {
         let clash = [
             (opts.keep, "--keep (the process here could not run on while its pages go)"),
-            (opts.live.is_some(), "--live"),
             (crd, "the crd backend"),
             (
                 opts.tcp_established,
@@ -199,7 +198,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     let held_there = super::files::held(&mapped, &have);
     debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
     if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
-        && let Err(e) = send_ahead(src, &mut c, budget, &mut ahead)
+        && let Err(e) = send_ahead(src, &mut c, budget, opts.post_copy, &mut ahead)
     {
         return Err(explain(e, None, &mut c));
     }
@@ -258,16 +257,25 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
 }
 
-/// Most rounds of a pre-copy.
+/// Most rounds of a pre-copy, and of one followed by a post-copy.
 const MAX_ROUNDS: usize = 30;
+const HYBRID_ROUNDS: usize = 2;
 
 /// A live migration's pre-copy: rounds of pages sent ahead while the process runs, until
 /// what a last round would carry takes at most a tenth of `budget` at the rate the rounds
 /// went, or half of it once rounds stop getting shorter (the rest is for the rest of the
 /// freeze: the process's other state, the restore there); or until it is clear it never
 /// will (the process writes faster than the link carries, or MAX_ROUNDS). Then the Freeze
-/// frame: the image follows.
-fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead: &mut Ahead) -> Result<()> {
+/// frame: the image follows. With `post` (the hybrid mode: what is left follows once the
+/// process runs there), HYBRID_ROUNDS at most: the first sends its memory, the next what it
+/// wrote meanwhile.
+fn send_ahead(
+    src: &mut Source,
+    c: &mut Conn<TcpStream>,
+    budget: Duration,
+    post: bool,
+    ahead: &mut Ahead,
+) -> Result<()> {
     const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
     let mut rate = 0f64;
     let mut stalled = 0;
@@ -299,7 +307,7 @@ fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead
         );
         // Another round while it makes the last one markedly shorter: the freeze costs more
         // than the memory left (the destination forks the holder of what was sent ahead).
-        if need <= budget / 10 {
+        if need <= budget / 10 || (post && ahead.rounds.len() >= HYBRID_ROUNDS) {
             break;
         }
         // Written during the round about as fast as it went: no round will be shorter.
@@ -309,8 +317,9 @@ fn send_ahead(src: &mut Source, c: &mut Conn<TcpStream>, budget: Duration, ahead
             break;
         }
         if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
+            let when = if post { "follow once it runs there" } else { "go while it is frozen" };
             ahead.gave_up = Some(format!(
-                "pid {} writes its memory about as fast as the link carries it ({:.0} MB/s): the last {} MiB go while it is frozen",
+                "pid {} writes its memory about as fast as the link carries it ({:.0} MB/s): the last {} MiB {when}",
                 src.pid(),
                 rate / 1e6,
                 left >> 20

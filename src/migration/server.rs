@@ -150,8 +150,6 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     let crd = crate::dev::choose_restart(cfg.backend) == crate::dev::Backend::Crd;
     let post_refused = if !post_copy {
         None
-    } else if live {
-        Some("a migration is either live or post-copy, not both")
     } else if cfg.spool.is_some() {
         Some(
             "this restartd keeps a copy of every image (--spool), which a post-copy's is not: migrate without --post-copy",
@@ -255,7 +253,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         let opts = crate::RestartFlags { hold: false, stop: true, backend: crate::dev::Backend::Crd, ..opts };
         crate::dev::restart::restart_from(&mut fr, &opts, &check)
     } else if post_copy {
-        crate::engine::restore::restore_postcopy(&mut fr, &opts, cfg.timeout, &check)
+        crate::engine::restore::restore_postcopy(&mut fr, &opts, store.as_mut(), cfg.timeout, &check)
     } else {
         crate::engine::restore::restore_live(&mut fr, &opts, store.as_mut(), &check)
     };

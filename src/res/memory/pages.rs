@@ -3,7 +3,7 @@
 //! the process as it arrives.
 
 use super::vmas::*;
-use crate::crf::pages::{self, RUN_FILE_COPY, RUN_KEPT, Run};
+use crate::crf::pages::{self, RUN_FILE_COPY, RUN_KEPT, RUN_LATER, Run};
 use crate::crf::{PAGE_SIZE, Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::mem;
@@ -89,6 +89,37 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
     Ok(runs)
 }
 
+/// A range of addresses: [start, end).
+pub type Span = (u64, u64);
+
+/// Kept runs within `later` (sorted ranges) become RUN_LATER ones, cut at its edges.
+fn mark_later(runs: Vec<Run>, later: &[(u64, u64)]) -> Vec<Run> {
+    if later.is_empty() {
+        return runs;
+    }
+    let page = PAGE_SIZE as u64;
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        if r.flags & RUN_KEPT == 0 {
+            out.push(r);
+            continue;
+        }
+        let end = r.addr + r.len() as u64;
+        let mut at = r.addr;
+        while at < end {
+            let i = later.partition_point(|l| l.1 <= at);
+            let (to, flags) = match later.get(i) {
+                Some(&(ls, le)) if ls <= at => (le.min(end), RUN_KEPT | RUN_LATER),
+                Some(&(ls, _)) => (ls.min(end), RUN_KEPT),
+                None => (end, RUN_KEPT),
+            };
+            out.push(Run { addr: at, npages: ((to - at) / page) as u32, flags });
+            at = to;
+        }
+    }
+    out
+}
+
 /// One batch to dump: its runs, and for each whether the process may read it (else the pages
 /// come through /proc/PID/mem).
 struct BatchPlan {
@@ -107,13 +138,13 @@ const DUMP_BATCH_PAGES: usize = 256;
 const DUMP_BATCH_RUNS: usize = 1024;
 
 /// Splits the pages to store into batches of at most DUMP_BATCH_PAGES pages of data.
-fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<BatchPlan>> {
+fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u64)]) -> Result<Vec<BatchPlan>> {
     let mut pagemap = Pagemap::open(pid)?;
     let mut out = Vec::new();
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        let runs = page_runs(&mut pagemap, v, kept)?;
+        let runs = mark_later(page_runs(&mut pagemap, v, kept)?, later);
         // Pages a fork left shared are read through /proc/PID/mem: process_vm_readv pins
         // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
         // so that a checkpoint would leave a pre-forked server's workers taking their memory
@@ -227,12 +258,12 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// The kept runs [`dump_pages`] writes for `kept` (the pages there that hold data), as
+/// The runs sent later [`dump_pages`] writes for `later` (the pages there that hold data), as
 /// (start, end), in order.
-pub fn kept_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+pub fn later_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for b in plan_batches(pid, vmas, kept)? {
-        for r in b.runs.iter().filter(|r| r.flags & RUN_KEPT != 0) {
+    for b in plan_batches(pid, vmas, kept, later)? {
+        for r in b.runs.iter().filter(|r| r.flags & RUN_LATER != 0) {
             let end = r.addr + r.len() as u64;
             match out.last_mut() {
                 Some(l) if l.1 == r.addr => l.1 = end,
@@ -250,16 +281,17 @@ pub fn kept_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)]) -> Result<Vec<(u64
 /// `spare`: buffers to read batches into, faulted in already (see [`warm_buffers`]); it gets
 /// them back at the end, for the next process.
 /// `kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
-/// otherwise): written as kept runs, without data, and not counted.
+/// otherwise): written as kept runs, without data, and not counted; of them, those in `later`
+/// (a post-copy) as runs sent later.
 pub fn dump_pages<W: Sink>(
     pid: i32,
     vmas: &[Vma],
-    kept: &[(u64, u64)],
+    (kept, later): (&[Span], &[Span]),
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
 ) -> Result<u64> {
     use std::sync::mpsc::sync_channel;
-    let batches = plan_batches(pid, vmas, kept)?;
+    let batches = plan_batches(pid, vmas, kept, later)?;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
     std::thread::scope(|s| {
         let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
@@ -372,12 +404,12 @@ pub fn warm_buffers() -> Vec<Vec<u8>> {
 
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
 /// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped,
-/// kept runs (no data) go to `kept`.
+/// kept runs (no data) go to `kept`, those sent later to `later`.
 pub fn batch_targets(
     plans: &[Plan],
     runs: &[Run],
     at: u64,
-    kept: &mut Vec<(u64, u64)>,
+    (kept, later): (&mut Vec<Span>, &mut Vec<Span>),
 ) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
     let mut off = 0usize;
@@ -398,7 +430,9 @@ pub fn batch_targets(
                 what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
             }));
         }
-        if r.flags & RUN_KEPT != 0 {
+        if r.flags & RUN_LATER != 0 {
+            later.push((r.addr, end));
+        } else if r.flags & RUN_KEPT != 0 {
             kept.push((r.addr, end));
         } else if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
             out.push((r.addr, r.len(), off));
@@ -656,16 +690,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kept_runs_in_later_ranges_are_cut_and_marked() {
+        let p = PAGE_SIZE as u64;
+        let run = |a: u64, n: u32, flags: u32| Run { addr: a * p, npages: n, flags };
+        let runs = vec![run(0, 10, RUN_KEPT), run(10, 2, 0), run(20, 4, RUN_KEPT)];
+        let got = mark_later(runs, &[(3 * p, 5 * p), (9 * p, 22 * p)]);
+        let later = RUN_KEPT | RUN_LATER;
+        assert_eq!(
+            got,
+            vec![
+                run(0, 3, RUN_KEPT),
+                run(3, 2, later),
+                run(5, 4, RUN_KEPT),
+                run(9, 1, later),
+                run(10, 2, 0),
+                run(20, 2, later),
+                run(22, 2, RUN_KEPT)
+            ]
+        );
+    }
+
+    #[test]
     fn runs_outside_mappings_are_refused() {
         let plans = vec![Plan {
             reopen: None,
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        let k = &mut Vec::new();
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64, k).is_ok());
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64, k).is_err());
-        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64, k).unwrap_err();
+        let (k, l) = (&mut Vec::new(), &mut Vec::new());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64, (&mut *k, &mut *l)).is_ok());
+        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64, (&mut *k, &mut *l)).is_err());
+        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64, (k, l)).unwrap_err();
         assert!(e.to_string().contains("offset 64"), "{e}");
     }
 }
