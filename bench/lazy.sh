@@ -66,6 +66,7 @@ restore_criu() {
   local t0 t1 t2 pid
   "$work/netio" fill $(((SIZE + 64) << 20)) >/dev/null
   if [ "$1" = lazy ]; then
+    rm -f "$work/criu/lazy-pages.socket" # the last run's: connecting to it would be refused
     "$CRIU" lazy-pages -D "$work/criu" -o lazy.log >/dev/null 2>&1 &
     lp=$!
     until [ -S "$work/criu/lazy-pages.socket" ]; do sleep 0.005; done

@@ -454,8 +454,9 @@ impl Drop for Server {
         }
         self.tx = None;
         self.poke();
+        // (Its failure was said already, or the restore's own is what matters.)
         if let Err(e) = self.join() {
-            eprintln!("rstrt: {e}");
+            debug!("lazy restore: {e}");
         }
     }
 }
@@ -499,8 +500,10 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
         // Work of our own to do: pages to copy from the file, faults to answer again.
         let busy = (missing && st.pages.file.is_some()) || !st.retry.is_empty();
         if !more && !missing && st.retry.is_empty() {
-            if let Some(l) = st.link.as_mut() {
-                l.all_in()?;
+            // The processes have every page: they run on whatever becomes of the source, which
+            // keeps its copy stopped if it does not hear this (migration::postcopy).
+            if let Some(Err(e)) = st.link.as_mut().map(|l| l.all_in()) {
+                log::warn!("post-copy: every page is in, but the source may not know it: {e}");
             }
             break;
         }
