@@ -229,13 +229,22 @@ pub fn restart_lazy(path: &str, flags: &RestartFlags) -> Result<Restored> {
             "{path} is not a regular file: rstrt --lazy reads pages from the image as the process touches them (restore a pipe without --lazy)"
         )));
     }
-    let pages = f.try_clone().map_err(|e| Error::io(path, e))?;
     let whose = format!("image file {path}");
     let owner = md.uid();
     let policy = |h: &res::head::Header| {
         if owner != 0 { res::creds::check_user_claims(h, owner, &whose) } else { Ok(()) }
     };
-    let input = crf::Seekable(std::io::BufReader::with_capacity(16 << 10, f));
+    // As restart_path: mapped only when nobody else may change it under us; the pages of a
+    // mapped image are read in place, those of another are read (and checked) a batch at a
+    // time, after the process ran.
+    // The rest of the image is read through a small buffer, passing over the pages: a page
+    // of headers read for each batch (faulting in a mapping's pages costs more).
+    let pages = if owner == nix::unistd::geteuid().as_raw() && md.mode() & 0o022 == 0 {
+        engine::lazy::Source::Mapped(std::sync::Arc::new(ptrace::mem::Mapped::new(&f, path)?))
+    } else {
+        engine::lazy::Source::File(f.try_clone().map_err(|e| Error::io(path, e))?)
+    };
+    let input = crf::Seekable(std::io::BufReader::with_capacity(4 << 10, f));
     engine::restore::restore_lazy(input, pages, flags, &policy)
 }
 

@@ -219,25 +219,45 @@ struct Mm {
     pending: Pending,
 }
 
-/// The page data, read from the image file and checked, a few batches at a time.
+/// Where a lazy restore's pages are: the image file, read a batch at a time, or the file
+/// mapped (one nobody else may write: see crate::restart_lazy), read in place.
+pub enum Source {
+    File(std::fs::File),
+    Mapped(Arc<crate::ptrace::mem::Mapped>),
+}
+
+/// The page data, read from the image and checked, a few batches at a time.
 struct Pages {
     /// None: a post-copy's server, whose pages come over its Link.
-    file: Option<std::fs::File>,
+    from: Option<Source>,
     batches: Vec<Deferred>,
     cache: Vec<(u32, Vec<u8>)>,
+    /// Batches of a mapped image checked already.
+    checked: std::collections::HashSet<u32>,
 }
 
 impl Pages {
     /// Batch `b`'s data, read and checked.
     fn data(&mut self, b: u32) -> Result<&[u8]> {
+        let d = self.batches.get(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
+        let file = match &self.from {
+            Some(Source::Mapped(m)) => {
+                let data = m.as_slice().get(d.data_at as usize..d.data_at as usize + d.data_len).ok_or_else(|| {
+                    Error::Proc(format!("lazy restore: the image ends before its pages at offset {}", d.data_at))
+                })?;
+                if self.checked.insert(b) {
+                    d.check(data)?;
+                }
+                return Ok(data);
+            }
+            Some(Source::File(f)) => f,
+            None => return Err(Error::Proc("post-copy: no image file to read pages from".into())),
+        };
         if let Some(i) = self.cache.iter().position(|c| c.0 == b) {
             return Ok(&self.cache[i].1);
         }
-        let d = self.batches.get(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
         let mut buf = if self.cache.len() >= CACHED { self.cache.remove(0).1 } else { Vec::new() };
         buf.resize(d.data_len, 0);
-        let file =
-            self.file.as_ref().ok_or_else(|| Error::Proc("post-copy: no image file to read pages from".into()))?;
         file.read_exact_at(&mut buf, d.data_at)
             .map_err(|e| Error::io(format!("the image's pages at offset {}", d.data_at), e))?;
         d.check(&buf)?;
@@ -333,9 +353,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Starts the server; pages are read from `file`, the image.
-    pub fn start(file: std::fs::File) -> Result<Server> {
-        Server::with(Some(file), std::time::Duration::MAX)
+    /// Starts the server; pages are read from the image, `from`.
+    pub fn start(from: Source) -> Result<Server> {
+        Server::with(Some(from), std::time::Duration::MAX)
     }
 
     /// Starts the server of a post-copy: its pages come from the source, over the link given
@@ -349,8 +369,8 @@ impl Server {
         self.remote
     }
 
-    fn with(file: Option<std::fs::File>, silence: std::time::Duration) -> Result<Server> {
-        let remote = file.is_none();
+    fn with(from: Option<Source>, silence: std::time::Duration) -> Result<Server> {
+        let remote = from.is_none();
         // SAFETY: eventfd takes flags and returns a new fd, owned at once.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -362,7 +382,7 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let released = Arc::new(AtomicBool::new(false));
         let st = State {
-            pages: Pages { file, batches: Vec::new(), cache: Vec::new() },
+            pages: Pages { from, batches: Vec::new(), cache: Vec::new(), checked: Default::default() },
             mms: Vec::new(),
             retry: Vec::new(),
             stats: Stats::default(),
@@ -498,7 +518,10 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
         }
         let missing = st.mms.iter().any(|m| !m.pending.is_empty());
         // Work of our own to do: pages to copy from the file, faults to answer again.
-        let busy = (missing && st.pages.file.is_some()) || !st.retry.is_empty();
+        // (The background copy waits until the processes run: before, it would only slow the
+        // rest of their restore down.)
+        let filling = missing && st.pages.from.is_some() && st.released.load(Ordering::SeqCst);
+        let busy = filling || !st.retry.is_empty();
         if !more && !missing && st.retry.is_empty() {
             // The processes have every page: they run on whatever becomes of the source, which
             // keeps its copy stopped if it does not hear this (migration::postcopy).
@@ -574,7 +597,7 @@ fn kill_for(st: &mut State, e: Error) -> Error {
     let pids = st.kill_all();
     let killed = format!(
         "found after the processes ran ({}), so pids {} and their descendants were killed",
-        if st.pages.file.is_some() { "rstrt --lazy" } else { "post-copy" },
+        if st.pages.from.is_some() { "rstrt --lazy" } else { "post-copy" },
         pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
     );
     match e {
@@ -719,7 +742,7 @@ impl State {
 
     /// Copies a piece of the background's into its mm.
     fn fill(&mut self) -> Result<()> {
-        if self.pages.file.is_none() {
+        if self.pages.from.is_none() || !self.released.load(Ordering::SeqCst) {
             return Ok(());
         }
         let Some(i) = self.mms.iter().position(|m| !m.pending.is_empty()) else { return Ok(()) };

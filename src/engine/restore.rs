@@ -198,7 +198,7 @@ pub fn restore_live<R: Input>(
 /// unread (a file: crf::Seekable).
 pub fn restore_lazy<R: Input>(
     input: R,
-    pages: std::fs::File,
+    pages: super::lazy::Source,
     opts: &Options,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
@@ -709,6 +709,7 @@ fn restore_one<R: Input>(
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
     let moved = store.as_ref().map(|s| s.moved(&plans)).unwrap_or_default();
     memory::map_all(&mut c, &plans, &moved)?;
+    step("5 (mapped)");
     if let Some(st) = store.as_deref_mut() {
         st.move_into(&mut c, &plans)?;
     }
@@ -807,6 +808,7 @@ fn restore_one<R: Input>(
         st.drop_stale(&mut c)?;
     }
     debug!("pid {pid}: {npages} pages written");
+    step("5 (written)");
     // The pages left in the image: from here on the server answers for them.
     if let (Some(server), Some(uffd)) = (shared.lazy, uffd) {
         let areas: Vec<(u64, u64)> = plans.iter().map(|p| (p.vma.start, p.vma.end)).collect();

@@ -168,6 +168,12 @@ impl Mapped {
     }
 }
 
+// SAFETY: the mapping is read-only and private, never written through `ptr`, and lives until
+// Drop: reading it from several threads at once is sound.
+unsafe impl Send for Mapped {}
+// SAFETY: as above; `as_slice` hands out shared, read-only views only.
+unsafe impl Sync for Mapped {}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         if self.len > 0 {
