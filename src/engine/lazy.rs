@@ -769,9 +769,12 @@ impl State {
         Ok(())
     }
 
+    /// The mm of userfaultfd `fd` is gone: so is all that refers to it (its fd number may be
+    /// given to the next fork's userfaultfd).
     fn gone(&mut self, fd: i32) {
         self.mms.retain(|m| m.uffd.as_raw_fd() != fd);
         self.retry.retain(|r| r.0 != fd);
+        self.waiting.retain(|w| w.0 != fd);
     }
 
     /// Copies piece `p` to `start` in the mm of userfaultfd `fd`, page by page where some are
