@@ -213,8 +213,8 @@ pub fn notify(pid: i32) -> Result<()> {
 /// [`restart_path`] that leaves the pages of the processes' private anonymous memory in the
 /// image file until they touch them (rstrt --lazy; see engine::lazy): they run at once, and
 /// the returned `Restored::lazy` serves their pages until all are in. Only a regular file,
-/// only for root. The file is read through a buffer, never mapped (it may change under us:
-/// each batch of pages is checked when read).
+/// only for root. Its pages are read in place (mapped) when nobody else may write it, else a
+/// batch at a time; each batch is checked when read.
 pub fn restart_lazy(path: &str, flags: &RestartFlags) -> Result<Restored> {
     use std::os::unix::fs::MetadataExt;
     if let Err(why) = engine::lazy::available() {

@@ -63,6 +63,7 @@ struct Args {
 }
 
 use crate::engine::pidns::{self, End, Side};
+use std::io::Write;
 use crate::error::Error;
 use crate::exit;
 use nix::sys::signal::{SigSet, Signal};
@@ -103,7 +104,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         set.add(s);
     }
     set.add(Signal::SIGCHLD);
-    if (!a.detach || a.pidns) && set.thread_block().is_err() {
+    // (With --lazy, -d too: rstrt serves the pages until all are in, and must not die of a
+    // ^C or a hangup meanwhile.)
+    if (!a.detach || a.pidns || a.lazy) && set.thread_block().is_err() {
         eprintln!("{name}: cannot block signals");
         return exit::FAILURE;
     }
@@ -208,10 +211,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     }
     report_running(name, &a, r.pid);
     if a.detach {
-        println!("{}", r.pid);
+        // (A reader gone is no reason to die: the process runs.)
+        let _ = writeln!(std::io::stdout(), "{}", r.pid);
         if lazy.0.is_some() {
             // Whoever reads the pid must not wait for the pages: stdout is closed first.
-            use std::io::Write;
             let _ = std::io::stdout().flush();
             if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
                 // SAFETY: dup2 onto our own fd 1; `null` stays open across the call.

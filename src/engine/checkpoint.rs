@@ -78,10 +78,11 @@ impl PostCopy {
     /// The ranges of a process whose pages a post-copy sends later: its private anonymous
     /// mappings, but for those it locked in memory and the pages of its threads' rseq areas,
     /// which a restore touches before the process runs (mlock populates; rseq registration
-    /// writes the area).
+    /// writes the area), and those wiped on fork (a child forked before their pages came
+    /// would get them: its own are zero).
     pub fn ranges(st: &ProcessState) -> Vec<(u64, u64)> {
         let page = crate::crf::PAGE_SIZE as u64;
-        let lock = memory::VMA_LOCKED | memory::VMA_LOCKONFAULT;
+        let lock = memory::VMA_LOCKED | memory::VMA_LOCKONFAULT | memory::VMA_WIPEONFORK;
         let all: Vec<(u64, u64)> = st
             .vmas
             .iter()

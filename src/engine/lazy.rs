@@ -181,6 +181,18 @@ impl Lazy {
         }
     }
 
+    /// The ranges left to the server, joined where they touch, in order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&k, p) in &self.pending {
+            match out.last_mut() {
+                Some(l) if l.1 == k => l.1 = k + p.len,
+                _ => out.push((k, k + p.len)),
+            }
+        }
+        out
+    }
+
     /// Whether any page is left to the server.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -333,9 +345,10 @@ enum ToServer {
     Link(Box<dyn Link>),
 }
 
-/// The thread that serves the pages of a lazy restore. Dropped before the processes run, it
-/// stops at once (they are killed); once they run ([`Server::running`]), dropping it waits
-/// for every page to be in, since a process left without them would read zeros.
+/// The thread that serves the pages of a lazy restore. Dropped before the processes are said
+/// to run, it stops at once and kills them (and what they forked), in case a release went
+/// part of the way; once they run ([`Server::running`]), dropping it waits for every page to
+/// be in, since a process left without them would read zeros.
 pub struct Server {
     tx: Option<mpsc::Sender<ToServer>>,
     wake: Arc<OwnedFd>,
@@ -514,6 +527,9 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
             }
         }
         if stop.load(Ordering::SeqCst) {
+            // Given up before the processes were said to run: none may run on without its
+            // pages (a release that failed half-way, a post-copy whose commit failed).
+            st.kill_all();
             return Ok(st.stats);
         }
         let missing = st.mms.iter().any(|m| !m.pending.is_empty());
@@ -617,6 +633,10 @@ impl State {
     fn events(&mut self, fd: i32) -> Result<()> {
         let mut msgs = [Msg::default(); 16];
         loop {
+            // Its mm may be gone, and the fd closed, since it was found ready.
+            if self.mm(fd).is_none() {
+                return Ok(());
+            }
             // SAFETY: reads whole struct uffd_msg records into `msgs`, ours.
             let n = unsafe { libc::read(fd, msgs.as_mut_ptr() as *mut libc::c_void, std::mem::size_of_val(&msgs)) };
             if n <= 0 {
@@ -701,8 +721,9 @@ impl State {
                     self.retry.push((fd, page));
                     Ok(())
                 }
-                // The mm or the mapping is gone: nobody waits any more.
-                _ => Ok(()),
+                // The mapping went meanwhile (or the mm): a thread that still waits faults
+                // again, wherever it is now.
+                _ => wake(fd, page),
             };
         }
         let mut pieces = cut(&mut m.pending, page, page + FAULT_CHUNK).into_iter();

@@ -721,11 +721,13 @@ fn restore_one<R: Input>(
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
     // A lazy restore leaves in the image the batches all of whose pages go to private
     // anonymous mappings (no pages held for them here: a page there would hide the image's).
-    let held_here = store.as_ref().map(|s| s.ranges()).unwrap_or_default();
-    let lazy_target = |&(a, len, _): &(u64, usize, usize)| {
+    // (Not with pages held here, a tree's shared ones: one there would hide the image's.
+    // Not wiped on fork: a child forked before they came would get them.)
+    let lazy_target = |&(a, _, _): &(u64, usize, usize)| {
         let i = plans.partition_point(|p| p.vma.end <= a);
-        plans.get(i).is_some_and(|p| memory::private_anon(&p.vma) && !p.from_file)
-            && !held_here.iter().any(|&(s, e)| s < a + len as u64 && a < e)
+        plans.get(i).is_some_and(|p| {
+            memory::private_anon(&p.vma) && !p.from_file && p.vma.flags & memory::VMA_WIPEONFORK == 0
+        })
     };
     // The batches are written by threads of ours while this one reads and checks the next.
     let lasting = rd.lasting();
@@ -764,6 +766,7 @@ fn restore_one<R: Input>(
             }
             if uffd.is_some()
                 && !remote
+                && store.is_none()
                 && b.runs.iter().all(|r| r.flags == 0)
                 && targets.len() == b.runs.len()
                 && targets.iter().all(lazy_target)
@@ -809,8 +812,18 @@ fn restore_one<R: Input>(
     }
     debug!("pid {pid}: {npages} pages written");
     step("5 (written)");
-    // The pages left in the image: from here on the server answers for them.
+    // The pages left in the image: from here on the server answers for them. Any page that is
+    // there already is dropped first: a huge page that a write nearby (or khugepaged) filled
+    // with zeros, a stale one held ahead; else no fault would ever ask for the image's.
     if let (Some(server), Some(uffd)) = (shared.lazy, uffd) {
+        let mut l = Calls::new();
+        for (s, e) in deferred.ranges() {
+            l.madvise(RemoteAddr(s), e - s, libc::MADV_DONTNEED, "madvise(MADV_DONTNEED)");
+        }
+        if !deferred.is_empty() {
+            let area = c.scratch.clone();
+            c.run_at_once(&l, &area)?;
+        }
         let areas: Vec<(u64, u64)> = plans.iter().map(|p| (p.vma.start, p.vma.end)).collect();
         server.add(pid, uffd, std::mem::take(&mut deferred), &areas)?;
     }

@@ -369,6 +369,9 @@ fn commit(
                 // it (as soon as it sees the link broken or silent), and the process runs on
                 // here.
                 Err((e, false)) => {
+                    // The destination sees the end at once, and kills its copy, before this
+                    // one runs again.
+                    let _ = c.s.shutdown(std::net::Shutdown::Both);
                     return Err(Error::Migration {
                         cause: Box::new(Error::Proc(format!(
                             "post-copy stopped before every page was sent ({e}); the copy at {peer} is killed, what it did is lost"

@@ -40,8 +40,14 @@ pub struct Sent {
 /// Whether `fd` has something to read, within `ms` milliseconds.
 fn readable(fd: i32, ms: i32) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd of ours.
-    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+    loop {
+        // SAFETY: one pollfd of ours.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            n if n >= 0 => return n > 0,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Takes from `left` (start -> end) at most `max` pages of what lies in [from, to), first
@@ -101,8 +107,9 @@ pub fn send(
             match c.recv(&mut msg).map_err(|e| net(e, ended))? {
                 Kind::Want if msg.len() == 16 => {
                     let w = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().unwrap_or([0; 8]));
-                    let (a, n) = (w(0), w(8));
-                    wants.push_back((a, a.saturating_add(n)));
+                    // Whole pages (a peer's frame must not make us read past ours).
+                    let (a, n) = (w(0) & !(PAGE - 1), w(8));
+                    wants.push_back((a, a.saturating_add(n).saturating_add(PAGE - 1) & !(PAGE - 1)));
                 }
                 Kind::AllIn => {
                     if !ended {
