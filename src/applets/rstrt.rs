@@ -63,12 +63,12 @@ struct Args {
 }
 
 use crate::engine::pidns::{self, End, Side};
-use std::io::Write;
 use crate::error::Error;
 use crate::exit;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use std::io::Write;
 
 const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
 

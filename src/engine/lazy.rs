@@ -30,7 +30,7 @@
 
 use crate::crf::pages::Deferred;
 use crate::error::{Error, Result};
-use crate::ptrace::{Ctl, procfs};
+use crate::ptrace::{Ctl, uffd};
 use log::debug;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -41,13 +41,9 @@ use std::sync::mpsc;
 
 const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
 
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02; // _IOR(0xAA, 0x02, struct uffdio_range)
 const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
 const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04; // _IOWR(0xAA, 0x04, struct uffdio_zeropage)
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_EVENT_FORK: u8 = 0x13;
@@ -66,23 +62,6 @@ const FILL_CHUNK: u64 = 256 * PAGE;
 const WANT_CHUNK: u64 = 16 * PAGE;
 /// Batches kept read and checked.
 const CACHED: usize = 4;
-
-/// struct uffdio_api.
-#[repr(C)]
-struct Api {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-/// struct uffdio_register.
-#[repr(C)]
-struct Register {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
 
 /// struct uffdio_range.
 #[repr(C)]
@@ -208,18 +187,9 @@ impl Lazy {
 /// privileges), made there and taken out; its own copy is closed again.
 pub fn uffd_of(c: &mut Ctl) -> Result<OwnedFd> {
     let pid = c.pid();
-    let fd = c.userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
-    let ours = procfs::getfd(pid, fd, "its userfaultfd");
-    c.close(fd, "its userfaultfd")?;
-    let ours = ours?;
-    let mut a = Api { api: UFFD_API, features: FEATURES, ioctls: 0 };
-    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
-    if unsafe { libc::ioctl(ours.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } != 0 {
-        return Err(Error::io(
-            format!("UFFDIO_API with fork, remap, remove and unmap events (pid {pid})"),
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let ours = uffd::made_in(c, libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    uffd::api(&ours, FEATURES)
+        .map_err(|e| Error::io(format!("UFFDIO_API with fork, remap, remove and unmap events (pid {pid})"), e))?;
     Ok(ours)
 }
 
@@ -416,21 +386,15 @@ impl Server {
 
     /// Registers the mappings of process `pid` (whose userfaultfd `uffd` is, see [`uffd_of`])
     /// that hold pages left in the image, and hands them to the server.
-    pub fn add(&self, pid: i32, uffd: OwnedFd, lazy: Lazy, ranges: &[(u64, u64)]) -> Result<()> {
+    pub fn add(&self, pid: i32, fd: OwnedFd, lazy: Lazy, ranges: &[(u64, u64)]) -> Result<()> {
         for &(start, end) in ranges.iter().filter(|r| lazy.holds(r.0, r.1)) {
-            let mut r = Register { start, len: end - start, mode: UFFDIO_REGISTER_MODE_MISSING, ioctls: 0 };
-            // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the
-            // range is in the process's address space, not ours.
-            if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } != 0 {
-                return Err(Error::io(
-                    format!("UFFDIO_REGISTER {start:#x}-{end:#x} for missing pages (pid {pid})"),
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            uffd::register(&fd, start, end, uffd::MODE_MISSING).map_err(|e| {
+                Error::io(format!("UFFDIO_REGISTER {start:#x}-{end:#x} for missing pages (pid {pid})"), e)
+            })?;
         }
         let tx =
             self.tx.as_ref().ok_or_else(|| Error::Proc("lazy restore: the server takes no more processes".into()))?;
-        tx.send(ToServer::Add(pid, uffd, lazy))
+        tx.send(ToServer::Add(pid, fd, lazy))
             .map_err(|_| Error::Proc("lazy restore: the page server stopped".into()))?;
         self.poke();
         Ok(())
@@ -852,7 +816,9 @@ impl State {
 
     /// The source's pages at `s` (their address in the image): into every mm that lacks them.
     fn put(&mut self, s: u64, data: &[u8]) -> Result<()> {
-        let e = s + data.len() as u64;
+        let e = s.checked_add(data.len() as u64).ok_or_else(|| {
+            Error::Proc(format!("post-copy: the source sent pages at {s:#x}, past the address space"))
+        })?;
         let mut i = 0;
         'mms: while i < self.mms.len() {
             let fd = self.mms[i].uffd.as_raw_fd();
@@ -963,16 +929,8 @@ pub fn available() -> std::result::Result<(), String> {
         return Err(format!("no userfaultfd ({})", std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh fd nobody else owns.
-    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut a = Api { api: UFFD_API, features: FEATURES, ioctls: 0 };
-    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } != 0 {
-        return Err(format!(
-            "userfaultfd without fork, remap, remove and unmap events ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    uffd::api(&fd, FEATURES).map_err(|e| format!("userfaultfd without fork, remap, remove and unmap events ({e})"))
 }
 
 #[cfg(test)]

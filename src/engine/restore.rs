@@ -725,9 +725,9 @@ fn restore_one<R: Input>(
     // Not wiped on fork: a child forked before they came would get them.)
     let lazy_target = |&(a, _, _): &(u64, usize, usize)| {
         let i = plans.partition_point(|p| p.vma.end <= a);
-        plans.get(i).is_some_and(|p| {
-            memory::private_anon(&p.vma) && !p.from_file && p.vma.flags & memory::VMA_WIPEONFORK == 0
-        })
+        plans
+            .get(i)
+            .is_some_and(|p| memory::private_anon(&p.vma) && !p.from_file && p.vma.flags & memory::VMA_WIPEONFORK == 0)
     };
     // The batches are written by threads of ours while this one reads and checks the next.
     let lasting = rd.lasting();

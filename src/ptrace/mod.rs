@@ -10,6 +10,7 @@ pub mod procfs;
 pub mod remote;
 pub mod sys;
 pub mod tracee;
+pub mod uffd;
 pub mod wp;
 
 use crate::error::{Error, Result};

@@ -15,38 +15,18 @@
 //! the [`Tracker`] closes the last copy, which unregisters every range: the process is left
 //! as it was.
 
+use super::Ctl;
 use super::pagemap::Pagemap;
-use super::{Ctl, procfs};
 use crate::error::{Error, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
-const UFFD_USER_MODE_ONLY: i32 = 1;
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+use super::uffd::{self, USER_MODE_ONLY as UFFD_USER_MODE_ONLY};
+
 const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 /// The features a tracker needs.
 const NEEDED: u64 = UFFD_FEATURE_WP_ASYNC;
-
-/// struct uffdio_api.
-#[repr(C)]
-struct Api {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-/// struct uffdio_register.
-#[repr(C)]
-struct Register {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
 
 /// The writes to some ranges of a process's memory.
 pub struct Tracker {
@@ -63,26 +43,13 @@ pub struct Tracker {
 /// A userfaultfd for the memory of the process `c` drives (stopped), made there with a remote
 /// syscall and taken out (pidfd_getfd); the process's own copy is closed again.
 pub fn uffd_of(c: &mut Ctl) -> Result<OwnedFd> {
-    let fd = c.userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)?;
-    let ours = procfs::getfd(c.pid(), fd, "its userfaultfd");
-    c.close(fd, "its userfaultfd")?;
-    ours
+    uffd::made_in(c, libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)
 }
 
 /// Enables the asynchronous write-protection features on a fresh userfaultfd.
-fn api(uffd: &OwnedFd) -> std::io::Result<()> {
-    let mut a = Api { api: UFFD_API, features: NEEDED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, ioctls: 0 };
-    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api, ours.
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } == 0 {
-        return Ok(());
-    }
+fn api(fd: &OwnedFd) -> std::io::Result<()> {
     // A kernel without the shmem and hugetlbfs kind tracks anonymous memory all the same.
-    let mut a = Api { api: UFFD_API, features: NEEDED, ioctls: 0 };
-    // SAFETY: as above. (A failed UFFDIO_API leaves the fd unconfigured: it may be asked again.)
-    match unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut a as *mut Api) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    uffd::api(fd, NEEDED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM).or_else(|_| uffd::api(fd, NEEDED))
 }
 
 impl Tracker {
@@ -108,12 +75,9 @@ impl Tracker {
         let pid = self.pid;
         let mut added = Vec::new();
         for &(start, end) in ranges {
-            let mut r = Register { start, len: end - start, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
-            // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the
-            // range is in the process's address space, not ours.
-            match unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } {
-                0 => added.push((start, end)),
-                _ => match std::io::Error::last_os_error() {
+            match uffd::register(&self.uffd, start, end, uffd::MODE_WP) {
+                Ok(()) => added.push((start, end)),
+                Err(e) => match e {
                     // Not a kind of memory uffd-wp covers (a file's, a special mapping), or
                     // unmapped since (ENOMEM).
                     e if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOMEM)) => {
