@@ -690,32 +690,44 @@ impl State {
                 _ => wake(fd, page),
             };
         }
-        let mut pieces = cut(&mut m.pending, page, page + FAULT_CHUNK).into_iter();
-        let mut first = true;
+        let pieces = cut(&mut m.pending, page, page + FAULT_CHUNK);
+        let (copied, stop) = self.copy_all(fd, pieces)?;
+        self.stats.faulted += copied;
+        match stop {
+            Some(Outcome::Gone) => Ok(()),
+            // Not even the page itself: an event to read first.
+            Some(_) if copied == 0 => {
+                self.retry.push((fd, page));
+                Ok(())
+            }
+            // (The page itself may have been there already: its waiters are woken all the same.)
+            _ => wake(fd, page),
+        }
+    }
+
+    /// Copies `pieces`, cut from the pending pages of the mm of `fd`, in order. Returns the
+    /// pages copied, and why it stopped early, if it did: Again (an event to read first; what
+    /// is left is pending again) or Gone.
+    fn copy_all(&mut self, fd: i32, pieces: Vec<(u64, Piece)>) -> Result<(u64, Option<Outcome>)> {
+        let mut copied = 0;
+        let mut pieces = pieces.into_iter();
         while let Some((s, p)) = pieces.next() {
             match self.copy(fd, s, p)? {
-                Outcome::Done => self.stats.faulted += p.len / PAGE,
+                Outcome::Done => copied += p.len / PAGE,
                 Outcome::Again(at, rest) => {
-                    // The mm changes (an event to read first): the rest waits.
                     if let Some(m) = self.mm(fd) {
                         m.pending.insert(at, rest);
                         m.pending.extend(pieces);
                     }
-                    if first {
-                        self.retry.push((fd, page));
-                        return Ok(());
-                    }
-                    break;
+                    return Ok((copied, Some(Outcome::Again(at, rest))));
                 }
                 Outcome::Gone => {
                     self.gone(fd);
-                    return Ok(());
+                    return Ok((copied, Some(Outcome::Gone)));
                 }
             }
-            first = false;
         }
-        // (The page itself may have been there already: its waiters are woken all the same.)
-        wake(fd, page)
+        Ok((copied, None))
     }
 
     fn retry_faults(&mut self) -> Result<()> {
@@ -734,23 +746,8 @@ impl State {
         let fd = self.mms[i].uffd.as_raw_fd();
         let Some((&start, &p)) = self.mms[i].pending.iter().next() else { return Ok(()) };
         let end = start + p.len.min(FILL_CHUNK);
-        let mut pieces = cut(&mut self.mms[i].pending, start, end).into_iter();
-        while let Some((s, p)) = pieces.next() {
-            match self.copy(fd, s, p)? {
-                Outcome::Done => self.stats.filled += p.len / PAGE,
-                Outcome::Again(at, rest) => {
-                    if let Some(m) = self.mm(fd) {
-                        m.pending.insert(at, rest);
-                        m.pending.extend(pieces);
-                    }
-                    break;
-                }
-                Outcome::Gone => {
-                    self.gone(fd);
-                    break;
-                }
-            }
-        }
+        let pieces = cut(&mut self.mms[i].pending, start, end);
+        self.stats.filled += self.copy_all(fd, pieces)?.0;
         Ok(())
     }
 
