@@ -274,3 +274,128 @@ fn lazy_restore_refuses_a_pipe_and_an_ordinary_user() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("rstrt --lazy cannot work here: only root may"), "{}", stderr(&o));
 }
+
+/// The writer target (tests/targets/writer.c): 64 MiB written at `rate` MB/s, pages dropped
+/// and an area mapped afresh now and then; each page checked on SIGUSR1. Returns it, its log
+/// and its pid.
+fn writer(dir: &std::path::Path, rate: &str) -> (std::process::Child, std::path::PathBuf, i32) {
+    let log = dir.join("log");
+    let mut c = std::process::Command::new(target("writer"));
+    c.args([log.to_str().unwrap(), "64", rate, "churn"]);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let child = c.spawn().unwrap();
+    let l = support::nodes::log_line(&log, "ready", 0);
+    (child, log, l.split_whitespace().nth(1).unwrap().parse().unwrap())
+}
+
+/// Restores `img` detached (`-` with `stdin` from a file: through a pipe) and checks every
+/// page of the writer it holds; returns the new pid.
+fn restore_writer(img: &str, stdin: Option<std::fs::File>, log: &std::path::Path) -> i32 {
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "-d", if stdin.is_some() { "-" } else { img }]);
+    if let Some(f) = stdin {
+        c.stdin(f);
+    }
+    close_extra_fds(&mut c);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "rstrt {img}: {}", stderr(&o));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let v = support::nodes::check(pid, log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "restored: {v}");
+    pid
+}
+
+fn kill_pid(pid: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A checkpoint of a process that runs on copies its memory while it writes it, and freezes
+/// it only for what it wrote since: the frozen part of the image is a small part of its
+/// memory; the process runs on with nothing of the tracking left; the image, restored from a
+/// file and through a pipe, holds every page as the process last wrote it (pages it dropped
+/// read as zero, an area it mapped afresh holds what it wrote there since).
+#[test]
+fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
+    let dir = tmpdir("mem-running");
+    let (mut w, log, pid) = writer(&dir, "20");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let img = dir.join("r.crf");
+    let img = img.to_str().unwrap();
+    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
+    let err = stderr(&o);
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        w.kill().unwrap();
+        return;
+    }
+    assert!(err.contains("copied while it ran, "), "-v says no round: {err}");
+    let frozen_pages: u64 = err
+        .split(" pages, image")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(frozen_pages < 4096, "the frozen part carried {frozen_pages} pages of a 64 MiB process: {err}");
+    // The original runs on as it was.
+    let v = support::nodes::check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "after the checkpoint: {v}");
+    assert!(!tracked(pid), "the process is left tracked");
+    let info = run(&["crfinfo", img]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let out = String::from_utf8_lossy(&info.stdout);
+    assert!(out.contains("ahead:") && out.contains("copied while the process ran"), "{out}");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let new = restore_writer(img, None, &log);
+    assert!(!tracked(new), "the restored process is tracked");
+    kill_pid(new);
+    let new = restore_writer(img, Some(std::fs::File::open(img).unwrap()), &log);
+    kill_pid(new);
+}
+
+/// --frozen copies as before: no pages before the freeze; and a damaged page copied while the
+/// process ran is refused before anything runs, by crfinfo and by rstrt.
+#[test]
+fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
+    let dir = tmpdir("mem-running-bad");
+    let (mut w, log, pid) = writer(&dir, "10");
+    let d = dir.to_str().unwrap();
+    let (plain, tracked_img) = (format!("{d}/f.crf"), format!("{d}/t.crf"));
+    let o = ckpt(&["-v", "--frozen", "-o", &plain, &pid.to_string()]);
+    assert!(!stderr(&o).contains("copied while it ran"), "{}", stderr(&o));
+    let info = run(&["crfinfo", &plain]);
+    assert!(!String::from_utf8_lossy(&info.stdout).contains("ahead:"));
+    let o = ckpt(&["-v", "-o", &tracked_img, &pid.to_string()]);
+    let tracking = !stderr(&o).contains("Linux 6.7+");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    kill_pid(restore_writer(&plain, None, &log));
+    if !require(tracking, "write tracking (Linux 6.7+)") {
+        return;
+    }
+    // A byte in the middle of the first PREPAGES section's data.
+    let mut b = std::fs::read(&tracked_img).unwrap();
+    let at = {
+        let mut r = crs::crf::Reader::new(&b[..]).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(s.tag, crs::crf::Tag::PREAREAS);
+        r.skip(&s).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(s.tag, crs::crf::Tag::PREPAGES);
+        (s.offset + s.len / 2) as usize
+    };
+    b[at] ^= 0x40;
+    std::fs::write(&tracked_img, &b).unwrap();
+    for args in [vec!["crfinfo", tracked_img.as_str()], vec!["rstrt", "-d", tracked_img.as_str()]] {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} took a damaged image");
+        let e = stderr(&o);
+        assert!(e.contains("pages copied while the process ran: section checksum mismatch"), "{args:?}: {e}");
+        // rstrt -d prints the pid of what it restored: nothing.
+        assert!(o.stdout.is_empty(), "{args:?} restored something: {}", String::from_utf8_lossy(&o.stdout));
+    }
+}

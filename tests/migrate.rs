@@ -535,16 +535,6 @@ fn writer(n: &Nodes, dir: &Path) -> (std::process::Child, std::path::PathBuf, i3
     (child, log, pid)
 }
 
-/// Whether process `pid` holds a userfaultfd or has memory registered with one.
-fn tracked(pid: i32) -> bool {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let registered = smaps.lines().any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw"));
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    let uffd =
-        fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_string_lossy().contains("userfaultfd")));
-    registered || uffd
-}
-
 /// --live: the memory of a process that keeps writing goes ahead while it runs; it moves with
 /// every page as it last wrote it (pages it dropped read as zero, an area it mapped afresh
 /// holds what it wrote there since), and the image sent once it was frozen carried only a

@@ -210,10 +210,10 @@ fn run_checks() -> Vec<Line> {
             true,
             false,
             "write tracking",
-            "userfaultfd WP_ASYNC with PAGEMAP_SCAN: migrate --live copies memory while the process runs".into(),
+            "userfaultfd WP_ASYNC with PAGEMAP_SCAN: migrate --live, and ckpt of a process that runs on, copy memory while it runs".into(),
         ),
         Err(why) => {
-            line(false, false, "write tracking", format!("{why}: migrate --live copies with the process stopped"))
+            line(false, false, "write tracking", format!("{why}: migrate --live and ckpt copy with the process stopped"))
         }
     }
 

@@ -57,6 +57,17 @@ struct Args {
     /// line; the process is not touched
     #[argh(switch)]
     check: bool,
+    /// copy the memory with the process frozen throughout (as --kill and --stop do): by
+    /// default a process that runs on, with 16 MiB or more of private memory and no
+    /// descendants, has it copied while it runs and is frozen only for what it wrote since
+    /// (Linux 6.7+)
+    #[argh(switch)]
+    frozen: bool,
+    /// the longest the process should be frozen when its memory is copied while it runs, in
+    /// milliseconds (default 50): the copy goes round again until what is left fits a tenth
+    /// of it (half, once rounds stop shrinking)
+    #[argh(option, default = "50")]
+    max_frozen: u64,
     /// which engine checkpoints: "ptrace" (the userspace one), "crd" (the kernel module,
     /// /dev/crd, see crd(4)), or "auto" (the default: ptrace, and crd when ptrace is refused)
     #[argh(option, default = "String::from(\"auto\")")]
@@ -151,6 +162,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         postcopy: None,
         backend,
         held_there: Vec::new(),
+        running: (!a.frozen).then(|| std::time::Duration::from_millis(a.max_frozen.max(1))),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
@@ -188,6 +200,22 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
                     (n, 0) => format!(" and {} descendants", n - 1),
                     (n, z) => format!(" and {} descendants ({z} zombies)", n - 1 + z),
                 };
+                if let Some(ahead) = &r.ahead {
+                    if let Some(why) = &ahead.not_live {
+                        eprintln!("{name}: {why}");
+                    }
+                    let rounds: Vec<String> = ahead
+                        .rounds
+                        .iter()
+                        .map(|(p, took)| format!("{} KiB in {:.1} ms", p * 4, took.as_secs_f64() * 1e3))
+                        .collect();
+                    if !rounds.is_empty() {
+                        eprintln!("{name}: copied while it ran, {} rounds: {}", rounds.len(), rounds.join(", "));
+                    }
+                    if let Some(why) = &ahead.gave_up {
+                        eprintln!("{name}: {why}");
+                    }
+                }
                 eprintln!(
                     "{name}: pid {}{tree}: {} pages, image {} bytes, frozen {ms:.1} ms",
                     r.pid, r.pages, r.image_bytes

@@ -43,9 +43,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 /// that an image cannot drive the terminal it is described on.
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
+    // The pages a running checkpoint copied before the freeze, checked as a restore holds them.
+    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r)?;
     // Each process's block in turn (an image of a tree holds one per live process).
     let mut procs = Vec::new();
-    let mut head = None;
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
     // Bytes of the pages the processes share (TREEPAGES, after the first one's layout).
     let mut shared_bytes = 0u64;
@@ -97,6 +98,13 @@ fn describe(inp: impl Input) -> Result<()> {
                 println!("{}", printable(&line));
             }
         }
+    }
+    if let Some(a) = &ahead {
+        println!(
+            "ahead:     {} bytes of pages copied while the process ran, {} bytes of them distinct pages",
+            a.received,
+            a.held_bytes()
+        );
     }
     if shared_bytes > 0 {
         println!("shared:    {shared_bytes} bytes of pages stored once for the processes that share them");

@@ -27,8 +27,9 @@ use std::io::{self, Read, Write};
 pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// Bumped whenever the layout of any section changes; newer images are refused. Version 2
 /// added kept page runs (pages::RUN_KEPT), version 3 kept runs sent later (pages::RUN_LATER),
-/// so older images read as version 3.
-pub const VERSION: u32 = 3;
+/// version 4 pages copied before the freeze (PREAREAS, PREPAGES), so older images read as
+/// version 4.
+pub const VERSION: u32 = 4;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
@@ -52,6 +53,12 @@ impl Tag {
     /// A batch of the pages processes of the tree share (same format as PAGES): between the
     /// first process's layout and its own batches (see res::treecow).
     pub const TREEPAGES: Tag = Tag(43);
+    /// The private anonymous mappings whose pages a checkpoint copied while the process ran
+    /// (an Areas frame of the migration protocol, see engine::precopy): before HEAD.
+    pub const PREAREAS: Tag = Tag(44);
+    /// Pages copied while the process ran (a Pages frame of the migration protocol): after
+    /// the PREAREAS that holds them, before HEAD; a later one replaces an earlier page.
+    pub const PREPAGES: Tag = Tag(45);
     /// The trailer.
     pub const END: Tag = Tag(0xffff_ffff);
 }

@@ -306,6 +306,7 @@ fn report(pid: i32, bytes: u64, pages: u64, frozen: std::time::Duration) -> Repo
         zombies: 0,
         notes: Vec::new(),
         tcp_lock: String::new(),
+        ahead: None,
     }
 }
 

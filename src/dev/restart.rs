@@ -52,7 +52,13 @@ fn read_all(f: &File) -> Result<Checked> {
     let mut r = Reader::new(Stream(std::io::BufReader::with_capacity(1 << 20, f)))?;
     let mut st = ProcessState::default();
     let mut sections = SectionReader::new();
-    let mut next = sections.read_group(&mut r, &mut st, None, true, &mut |_, _| Ok(()))?;
+    let first = r.next_section()?;
+    if first.is_some_and(|s| s.tag == Tag::PREAREAS || s.tag == Tag::PREPAGES) {
+        return Err(refused(
+            "its memory was copied while the process ran (checkpoint it with ckpt --frozen for this backend)",
+        ));
+    }
+    let mut next = sections.read_group(&mut r, &mut st, first, true, &mut |_, _| Ok(()))?;
     if st.tree.iter().filter(|m| m.zombie.is_none()).count() > 1 {
         return Err(refused("it holds several processes (a tree)"));
     }

@@ -6,7 +6,7 @@
 use super::blockers;
 use super::urgent::Urgent;
 use crate::crf::pages::Run;
-use crate::crf::{Sink, Writer};
+use crate::crf::{Sink, Tag, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::remote::{Remote, syscall_all};
@@ -64,6 +64,10 @@ pub struct Options {
     /// Which engine checkpoints (see crate::dev): the default, `Auto`, is this one, and
     /// /dev/crd when ptrace is refused.
     pub backend: crate::dev::Backend,
+    /// A process that runs on (neither `kill` nor `stop`) has its memory copied while it runs,
+    /// its writes tracked, and is frozen only for what it wrote since and its other state,
+    /// aiming at this long (see [`running_checkpoint`]); None: frozen for the whole copy.
+    pub running: Option<Duration>,
     /// Mapped files the restoring node holds the very same of (a migration asks it): their
     /// unmodified pages are left out, as with `no_libs`.
     pub held_there: Vec<String>,
@@ -129,6 +133,8 @@ pub struct Report {
     /// The nftables table still blocking the packets of the killed processes' established
     /// connections (see res::tcpconn), for the restore to remove; empty when none.
     pub tcp_lock: String,
+    /// With `Options::running`: what was copied while the process ran, or why nothing was.
+    pub ahead: Option<super::precopy::Ahead>,
 }
 
 /// The processes a checkpoint of `pid` takes: `pid`, and unless `alone` its descendants, as
@@ -300,7 +306,91 @@ pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce
         }
         r => r.map(|_| false)?,
     };
-    frozen_checkpoint(pid, out, opts, recheck, commit)
+    if let Some(budget) = opts.running.filter(|_| !opts.kill && !opts.stop)
+        && opts.precopied.is_none()
+        && opts.postcopy.is_none()
+    {
+        return running_checkpoint(pid, out, opts, budget, recheck, commit);
+    }
+    frozen_checkpoint(pid, Writer::new(out).map_err(image_io)?, opts, recheck, commit)
+}
+
+fn image_io(e: std::io::Error) -> Error {
+    Error::io("image", e)
+}
+
+/// Below this much private memory a process is copied frozen: quicker than tracking it.
+const RUNNING_MIN: u64 = 16 << 20;
+
+/// Why process `pid` is not worth copying while it runs, if it is not: little memory, or
+/// descendants (a tracked process's pages are not stored once with theirs, res::treecow).
+fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
+    if !opts.alone && tree::walk(pid).len() > 1 {
+        return Some(format!("pid {pid} has descendants: copied frozen, so that the pages they share are stored once"));
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let anon = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb << 10);
+    match anon {
+        Some(a) if a >= RUNNING_MIN => None,
+        Some(a) => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
+        None => Some(format!("/proc/{pid}/smaps_rollup does not say its private memory: copied frozen")),
+    }
+}
+
+/// A checkpoint of a process that runs on: its private anonymous memory is copied into the
+/// image while it runs (PREAREAS and PREPAGES sections, before HEAD: engine::precopy's rounds,
+/// as a live migration sends them), its writes tracked; then it is frozen, and the image
+/// stores only what it wrote since, the rest as kept runs (crf::pages::RUN_KEPT), which a
+/// restore takes from those sections. Frozen for milliseconds, whatever the image's size and
+/// the sink's speed; the image holds the process as it was at the freeze, as always. A
+/// kernel that cannot track writes (before Linux 6.7), a small process or one with
+/// descendants: frozen for the whole copy, as without `running` (said in Report::ahead).
+fn running_checkpoint<W: Sink>(
+    pid: i32,
+    out: W,
+    opts: &Options,
+    budget: Duration,
+    recheck: bool,
+    commit: impl FnOnce(W) -> Result<()>,
+) -> Result<Report> {
+    let mut ahead = super::precopy::Ahead::default();
+    let mut source = None;
+    match not_worth_tracking(pid, opts) {
+        Some(why) => ahead.not_live = Some(why),
+        None => match super::precopy::Source::arm(pid) {
+            Ok(s) => source = Some(s),
+            Err(e @ Error::NotHere { .. }) => ahead.not_live = Some(format!("{e}: copied frozen")),
+            Err(e) => return Err(e),
+        },
+    }
+    // (A refused PTRACE_SEIZE came before the first byte of the image: crate::checkpoint
+    // may still turn to /dev/crd.)
+    let mut w = Writer::new(out).map_err(image_io)?;
+    let Some(mut src) = source else {
+        let mut r = frozen_checkpoint(pid, w, opts, recheck, commit)?;
+        r.ahead = Some(ahead);
+        return Ok(r);
+    };
+    let mut send = |f: super::precopy::Frame, b: &mut [u8]| {
+        let tag = match f {
+            super::precopy::Frame::Areas => Tag::PREAREAS,
+            super::precopy::Frame::Pages => Tag::PREPAGES,
+        };
+        w.section(tag, 0, &[b]).map_err(image_io)
+    };
+    // Failed, the Source goes with its tracking: the process runs on as it was.
+    super::precopy::rounds(&mut src, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
+    let precopied = super::precopy::Precopied(std::sync::Arc::new(std::sync::Mutex::new(src)));
+    let opts = Options { precopied: Some(precopied), ..opts.clone() };
+    let mut r = frozen_checkpoint(pid, w, &opts, recheck, commit)?;
+    // The tracking ends here, once the process runs again (see precopy::Source).
+    drop(opts);
+    r.ahead = Some(ahead);
+    Ok(r)
 }
 
 /// One process of the checkpoint, frozen: its leader and other threads traced, every
@@ -334,13 +424,15 @@ pub fn checkpoint_prechecked<W: Sink>(
     opts: &Options,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
-    frozen_checkpoint(pid, out, opts, false, commit)
+    let opts = Options { running: None, ..opts.clone() };
+    frozen_checkpoint(pid, Writer::new(out).map_err(image_io)?, &opts, false, commit)
 }
 
-/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it.
+/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it. With
+/// `Options::running` and neither kill nor stop, `commit` runs once the processes run again.
 fn frozen_checkpoint<W: Sink>(
     pid: i32,
-    out: W,
+    out: Writer<W>,
     opts: &Options,
     recheck: bool,
     commit: impl FnOnce(W) -> Result<()>,
@@ -357,6 +449,9 @@ fn frozen_checkpoint<W: Sink>(
     let mut notes = Vec::new();
     // Established TCP connections held still (repair mode, their packets blocked).
     let mut conns = crate::res::tcpconn::Frozen::default();
+    let late = opts.running.is_some() && !opts.kill && !opts.stop && opts.postcopy.is_none();
+    let mut commit = Some(commit);
+    let mut written = None;
     let result = (|| {
         urgent.real_time(true);
         let members = freeze_tree(pid, opts.alone, &mut procs);
@@ -429,7 +524,13 @@ fn frozen_checkpoint<W: Sink>(
             states[0].tcp_conns.lock = conns.lock_name();
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
-        write(out, &states, &mut spare, (opts.precopied.as_ref(), opts.postcopy.as_ref()), cow.as_ref(), commit)
+        let (pages, bytes, stubs, out) =
+            write(out, &states, &mut spare, (opts.precopied.as_ref(), opts.postcopy.as_ref()), cow.as_ref())?;
+        match commit.take() {
+            Some(c) if !late => c(out)?,
+            c => written = c.map(|c| (c, out)),
+        }
+        Ok((pages, bytes, stubs))
     })();
     urgent.real_time(true);
     let mut restored = Ok(());
@@ -465,7 +566,18 @@ fn frozen_checkpoint<W: Sink>(
                 while p.t.wait().is_ok() {}
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock: tcp_lock.clone() })
+            Ok(Report {
+                pid,
+                pages,
+                image_bytes,
+                frozen,
+                stubs,
+                processes,
+                zombies,
+                notes,
+                tcp_lock: tcp_lock.clone(),
+                ahead: None,
+            })
         }
         Ok((pages, image_bytes, stubs)) => {
             restored?;
@@ -490,7 +602,22 @@ fn frozen_checkpoint<W: Sink>(
                 redeliver(*m, held);
             }
             debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
-            Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock: tcp_lock.clone() })
+            // They run on whatever becomes of it.
+            if let Some((commit, out)) = written {
+                commit(out)?;
+            }
+            Ok(Report {
+                pid,
+                pages,
+                image_bytes,
+                frozen,
+                stubs,
+                processes,
+                zombies,
+                notes,
+                tcp_lock: tcp_lock.clone(),
+                ahead: None,
+            })
         }
         Err(e) => {
             let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();
@@ -870,18 +997,16 @@ fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
     r
 }
 
-/// Writes the image of the collected `states` (the root's first) to `out`, then `commit`s it.
-/// Returns the pages and bytes written and the stubs.
+/// Writes the image of the collected `states` (the root's first) to `w`. Returns the pages
+/// and bytes written, the stubs, and the output, for the caller to commit.
 fn write<W: Sink>(
-    out: W,
+    mut w: Writer<W>,
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
     (precopied, postcopy): (Option<&super::precopy::Precopied>, Option<&PostCopy>),
     cow: Option<&crate::res::treecow::Found>,
-    commit: impl FnOnce(W) -> Result<()>,
-) -> Result<(u64, u64, Vec<String>)> {
-    let io = |e: std::io::Error| Error::io("image", e);
-    let mut w = Writer::new(out).map_err(io)?;
+) -> Result<(u64, u64, Vec<String>, W)> {
+    let io = image_io;
     let mut pages = 0;
     let mut stubs = Vec::new();
     for (i, st) in states.iter().enumerate() {
@@ -916,8 +1041,7 @@ fn write<W: Sink>(
         stubs.extend(files::stubs(&st.files));
     }
     let (out, bytes) = w.finish().map_err(io)?;
-    commit(out)?;
-    Ok((pages, bytes, stubs))
+    Ok((pages, bytes, stubs, out))
 }
 
 /// A thread of the process other than its leader, frozen with it.

@@ -435,6 +435,8 @@ impl Source {
         for m in maps.iter_mut() {
             if ours.iter().any(|&(s, e)| s <= m.start && m.end <= e) {
                 m.vmflags.retain(|f| f != "uw");
+            } else if m.has_flag("uw") {
+                log::debug!("pid {}: {:#x}-{:#x} uw, not ours: {:x?}", self.pid, m.start, m.end, ours);
             }
         }
     }
@@ -477,6 +479,82 @@ impl Source {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+}
+
+/// What the rounds of a pre-copy sent.
+#[derive(Clone, Debug, Default)]
+pub struct Ahead {
+    /// Per round: pages sent, and how long it took.
+    pub rounds: Vec<(u64, Duration)>,
+    /// Why the rounds stopped before what was left fit the downtime, if they did.
+    pub gave_up: Option<String>,
+    /// Why there was no pre-copy at all (a kernel that cannot track writes).
+    pub not_live: Option<String>,
+}
+
+/// Most rounds of a pre-copy, and of one followed by a post-copy.
+const MAX_ROUNDS: usize = 30;
+const HYBRID_ROUNDS: usize = 2;
+
+/// The rounds of a pre-copy (`send`: a live migration's link, a checkpoint's image), while
+/// the process runs, until what a last round would carry takes at most a tenth of `budget`
+/// at the rate the rounds went, or half of it once rounds stop getting shorter (the rest is
+/// for the rest of the freeze: the process's other state, the restore there); or until it is
+/// clear it never will (the process writes faster than `send` carries, or MAX_ROUNDS: said
+/// in `ahead.gave_up`, with `rest`, what becomes of the rest). With `post` (the hybrid mode:
+/// what is left follows once the process runs there), HYBRID_ROUNDS at most: the first sends
+/// its memory, the next what it wrote meanwhile.
+pub fn rounds(
+    src: &mut Source,
+    budget: Duration,
+    post: bool,
+    send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
+    rest: &str,
+    ahead: &mut Ahead,
+) -> Result<()> {
+    let mut rate = 0f64;
+    let mut stalled = 0;
+    let mut last_left = u64::MAX;
+    loop {
+        let r = src.round(send)?;
+        ahead.rounds.push((r.pages, r.took));
+        let bytes = r.pages * PAGE;
+        // The rate of a round big enough to tell (or the first).
+        if bytes >= 4 << 20 || rate == 0.0 {
+            rate = rate.max(bytes as f64 / r.took.as_secs_f64().max(1e-6));
+        }
+        let left = src.left_bytes()?;
+        let need = Duration::from_secs_f64(left as f64 / rate.max(1.0));
+        log::debug!(
+            "pid {}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
+            src.pid(),
+            ahead.rounds.len(),
+            r.pages,
+            r.took.as_secs_f64() * 1e3,
+            need.as_secs_f64() * 1e3,
+            rate / 1e6
+        );
+        // Another round while it makes the last one markedly shorter: the freeze costs more
+        // than the memory left (the destination forks the holder of what was sent ahead).
+        if need <= budget / 10 || (post && ahead.rounds.len() >= HYBRID_ROUNDS) {
+            return Ok(());
+        }
+        // Written during the round about as fast as it went: no round will be shorter.
+        stalled = if left as f64 >= 0.5 * last_left.min(bytes.max(PAGE)) as f64 { stalled + 1 } else { 0 };
+        last_left = left;
+        if (stalled >= 2 || ahead.rounds.len() >= MAX_ROUNDS) && need <= budget / 2 {
+            return Ok(());
+        }
+        if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
+            ahead.gave_up = Some(format!(
+                "pid {} writes its memory about as fast as it is copied ({:.0} MB/s): the last {} MiB {rest}",
+                src.pid(),
+                rate / 1e6,
+                left >> 20
+            ));
+            return Ok(());
+        }
     }
 }
 
@@ -674,6 +752,11 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes of the pages held.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.values().map(|h| h.state.iter().filter(|&&x| x != 0).count() as u64).sum::<u64>() * PAGE
+    }
+
     /// A Pages frame: each run must lie in one area held.
     pub fn pages(&mut self, b: &[u8]) -> Result<()> {
         let bad = |what: String| Error::Net(crate::net::NetError::Protocol(format!("pages sent ahead: {what}")));
@@ -682,36 +765,55 @@ impl Store {
         if b.len() < head {
             return Err(bad(format!("a frame of {} bytes for {n} runs", b.len())));
         }
+        // Checked whole first, then copied, then collapsed into huge pages where they may be.
         let mut off = head;
+        let mut copies: Vec<(usize, u64, usize)> = Vec::with_capacity(n); // from, to, len
+        let mut runs = Vec::with_capacity(n);
         for i in 0..n {
             let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
             let e = s.checked_add(np * PAGE).unwrap_or(0);
-            let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| h.area.start <= s && e <= h.area.end);
+            let h = self.held.range(..=s).next_back().map(|x| x.1).filter(|h| h.area.start <= s && e <= h.area.end);
             let Some(h) = h.filter(|_| s.is_multiple_of(PAGE) && np > 0) else {
                 return Err(bad(format!("run {s:#x}+{np} pages lies outside the areas")));
             };
             let len = (np * PAGE) as usize;
-            let data = b.get(off..off + len).ok_or_else(|| bad("data shorter than its runs".into()))?;
-            let at = s - h.area.start;
-            // SAFETY: [at, at + len) lies inside the area's mapping, ours (checked above).
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (h.local + at) as *mut u8, len) };
-            let i = (at / PAGE) as usize;
-            h.state[i..i + np as usize].iter_mut().for_each(|x| *x = 1);
+            if b.len() < off + len {
+                return Err(bad("data shorter than its runs".into()));
+            }
+            copies.push((off, h.local + (s - h.area.start), len));
+            runs.push((h.area.start, s, e));
+            off += len;
+        }
+        if off != b.len() {
+            return Err(bad("data longer than its runs".into()));
+        }
+        const MADV_POPULATE_WRITE: i32 = 23;
+        for &(from, to, len) in &copies {
+            // SAFETY: `to` and `len` lie inside an area's mapping, ours, and `from` and `len`
+            // inside `b` (both checked above). The pages are faulted in first, in one call
+            // (Linux 5.14+; a failure leaves them to the copy's own faults, one at a time,
+            // which costs a third more).
+            unsafe {
+                libc::madvise(to as *mut libc::c_void, len, MADV_POPULATE_WRITE);
+                std::ptr::copy_nonoverlapping(b.as_ptr().add(from), to as *mut u8, len)
+            };
+        }
+        let total = off - head;
+        for (area, s, e) in runs {
+            let Some(h) = self.held.get_mut(&area) else { continue };
+            let i = ((s - area) / PAGE) as usize;
+            h.state[i..i + ((e - s) / PAGE) as usize].iter_mut().for_each(|x| *x = 1);
             if h.huge {
                 h.collapse(s, e);
             }
-            off += len;
-            self.received += len as u64;
         }
+        self.received += total as u64;
         // The source stops its rounds well before this (engine::precopy, MAX_ROUNDS).
         if self.received > 32 * self.limit.min(1 << 40) {
             return Err(Error::Refused(format!(
                 "{} bytes sent ahead: more than rounds of a live migration send",
                 self.received
             )));
-        }
-        if off != b.len() {
-            return Err(bad("data longer than its runs".into()));
         }
         Ok(())
     }
@@ -924,6 +1026,50 @@ impl Store {
 /// forked with them): the caller drops the Store once it runs, so that the restore never waits
 /// for the freeing (some 9 ms a GiB of small pages), and the process's first writes until then
 /// copy the few pages they touch.
+/// Reads the PREAREAS and PREPAGES sections an image of a running checkpoint begins with
+/// (engine::checkpoint's `running_checkpoint`) into a Store, each checked before it is used.
+/// Returns the Store (None: the image has no such section) and the first section after them.
+pub fn read_ahead<R: crate::crf::Input>(
+    rd: &mut crate::crf::Reader<R>,
+) -> Result<(Option<Store>, Option<crate::crf::Section>)> {
+    use crate::crf::{CrfError, Tag};
+    const WHAT: &str = "pages copied while the process ran";
+    let mut store: Option<Store> = None;
+    let mut buf = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        let sec = rd.next_section()?;
+        let Some(s) = sec.filter(|s| s.tag == Tag::PREAREAS || s.tag == Tag::PREPAGES) else {
+            log::debug!("pages copied while the process ran: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+            return Ok((store, sec));
+        };
+        let n = s.len as usize;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let data = rd.data(&mut buf, n, WHAT)?;
+        let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
+        if crc32fast::hash(data) != s.crc {
+            return Err(bad("section checksum mismatch".into()));
+        }
+        let damaged = |e: Error| match e {
+            Error::Net(crate::net::NetError::Protocol(w)) => bad(w),
+            e => e,
+        };
+        // Areas span at most the address space; memory, what the image holds.
+        let st = store.get_or_insert_with(|| Store::new(1 << 47));
+        if s.tag == Tag::PREAREAS {
+            // Small pages, as a restore without them makes: made huge pages here (a copy
+            // each) they would cost more than the fork they spare.
+            let areas: Vec<(Area, bool)> =
+                decode_areas(data).map_err(bad)?.into_iter().map(|(a, _)| (a, false)).collect();
+            st.follow(&areas).map_err(damaged)?;
+        } else {
+            st.pages(data).map_err(damaged)?;
+        }
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         for h in self.held.values() {

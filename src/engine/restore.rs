@@ -234,11 +234,21 @@ pub fn restore_postcopy<R: Input>(
 fn restore_all<R: Input>(
     input: R,
     opts: &Options,
-    mut store: Option<&mut Store>,
+    store: Option<&mut Store>,
     lazy: Option<&super::lazy::Server>,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
     let mut rd = Reader::new(input)?;
+    // An image of a running checkpoint: the pages copied before the freeze, held as a live
+    // migration's destination holds those sent ahead.
+    let (mut ahead, first) = super::precopy::read_ahead(&mut rd)?;
+    if ahead.is_some() && store.is_some() {
+        return Err(Error::Refused(
+            "the image of a live migration holds pages copied before the freeze too, which no crs writes: it is damaged"
+                .into(),
+        ));
+    }
+    let mut store = store.or(ahead.as_mut());
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
     // anything else is read or created.
@@ -250,13 +260,13 @@ fn restore_all<R: Input>(
         policy(&st.head)
     };
     let mut sections = SectionReader::new();
-    let mut batch = sections.read_group(&mut rd, &mut st, None, true, &mut |d, st| check(d, st))?;
+    let mut batch = sections.read_group(&mut rd, &mut st, first, true, &mut |d, st| check(d, st))?;
     // The pages the processes share since a fork, held here before they are made: each
     // inherits them and moves them into place.
     let mut cow = match &st.tree_cow {
         Some(_) if store.is_some() => {
             return Err(Error::Refused(format!(
-                "the image of pid {} shares pages between its processes and comes from a live migration, which never writes both: it is damaged",
+                "the image of pid {} shares pages between its processes and has pages copied ahead (a live migration's, or a running checkpoint's), which no crs writes together: it is damaged",
                 st.head.pid
             )));
         }

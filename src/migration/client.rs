@@ -1,6 +1,7 @@
 //! The client side of a migration: check the process, connect, prove the key, stream its
 //! image while it is frozen, and commit, so that it never runs twice and is never lost.
 
+pub use crate::engine::precopy::Ahead;
 use crate::engine::precopy::{Frame, Precopied, Source};
 use crate::error::{Error, Left, Result};
 use crate::net::handshake::client_hello;
@@ -39,17 +40,6 @@ pub struct Options {
     pub post_copy: bool,
     /// Which engine checkpoints (see crate::dev).
     pub backend: crate::dev::Backend,
-}
-
-/// What a live migration sent ahead.
-#[derive(Debug, Default)]
-pub struct Ahead {
-    /// Per round: pages sent, and how long it took.
-    pub rounds: Vec<(u64, Duration)>,
-    /// Why the rounds stopped before what was left fit the downtime, if they did.
-    pub gave_up: Option<String>,
-    /// Why there was no pre-copy at all (a kernel that cannot track writes).
-    pub not_live: Option<String>,
 }
 
 /// A process that now runs at the destination.
@@ -257,18 +247,8 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
 }
 
-/// Most rounds of a pre-copy, and of one followed by a post-copy.
-const MAX_ROUNDS: usize = 30;
-const HYBRID_ROUNDS: usize = 2;
-
-/// A live migration's pre-copy: rounds of pages sent ahead while the process runs, until
-/// what a last round would carry takes at most a tenth of `budget` at the rate the rounds
-/// went, or half of it once rounds stop getting shorter (the rest is for the rest of the
-/// freeze: the process's other state, the restore there); or until it is clear it never
-/// will (the process writes faster than the link carries, or MAX_ROUNDS). Then the Freeze
-/// frame: the image follows. With `post` (the hybrid mode: what is left follows once the
-/// process runs there), HYBRID_ROUNDS at most: the first sends its memory, the next what it
-/// wrote meanwhile.
+/// A live migration's pre-copy (engine::precopy::rounds), sent as Areas and Pages frames,
+/// then the Freeze frame: the image follows.
 fn send_ahead(
     src: &mut Source,
     c: &mut Conn<TcpStream>,
@@ -276,57 +256,15 @@ fn send_ahead(
     post: bool,
     ahead: &mut Ahead,
 ) -> Result<()> {
-    const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
-    let mut rate = 0f64;
-    let mut stalled = 0;
-    let mut last_left = u64::MAX;
-    loop {
-        let r = src.round(&mut |f, b| {
-            let kind = match f {
-                Frame::Areas => Kind::Areas,
-                Frame::Pages => Kind::Pages,
-            };
-            c.send_in_place(kind, b).map_err(Error::Net)
-        })?;
-        ahead.rounds.push((r.pages, r.took));
-        let bytes = r.pages * PAGE;
-        // The rate of a round big enough to tell (or the first).
-        if bytes >= 4 << 20 || rate == 0.0 {
-            rate = rate.max(bytes as f64 / r.took.as_secs_f64().max(1e-6));
-        }
-        let left = src.left_bytes()?;
-        let need = Duration::from_secs_f64(left as f64 / rate.max(1.0));
-        debug!(
-            "pid {}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
-            src.pid(),
-            ahead.rounds.len(),
-            r.pages,
-            r.took.as_secs_f64() * 1e3,
-            need.as_secs_f64() * 1e3,
-            rate / 1e6
-        );
-        // Another round while it makes the last one markedly shorter: the freeze costs more
-        // than the memory left (the destination forks the holder of what was sent ahead).
-        if need <= budget / 10 || (post && ahead.rounds.len() >= HYBRID_ROUNDS) {
-            break;
-        }
-        // Written during the round about as fast as it went: no round will be shorter.
-        stalled = if left as f64 >= 0.5 * last_left.min(bytes.max(PAGE)) as f64 { stalled + 1 } else { 0 };
-        last_left = left;
-        if (stalled >= 2 || ahead.rounds.len() >= MAX_ROUNDS) && need <= budget / 2 {
-            break;
-        }
-        if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
-            let when = if post { "follow once it runs there" } else { "go while it is frozen" };
-            ahead.gave_up = Some(format!(
-                "pid {} writes its memory about as fast as the link carries it ({:.0} MB/s): the last {} MiB {when}",
-                src.pid(),
-                rate / 1e6,
-                left >> 20
-            ));
-            break;
-        }
-    }
+    let mut send = |f: Frame, b: &mut [u8]| {
+        let kind = match f {
+            Frame::Areas => Kind::Areas,
+            Frame::Pages => Kind::Pages,
+        };
+        c.send_in_place(kind, b).map_err(Error::Net)
+    };
+    let how = if post { "follow once it runs there" } else { "go while it is frozen" };
+    crate::engine::precopy::rounds(src, budget, post, &mut send, how, ahead)?;
     c.send(Kind::Freeze, &[]).map_err(Error::Net)
 }
 

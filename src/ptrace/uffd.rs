@@ -11,6 +11,7 @@ pub const USER_MODE_ONLY: i32 = 1;
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01; // _IOR(0xAA, 0x01, struct uffdio_range)
 /// UFFDIO_REGISTER modes.
 pub const MODE_MISSING: u64 = 1;
 pub const MODE_WP: u64 = 1 << 1;
@@ -59,6 +60,18 @@ pub fn register(uffd: &OwnedFd, start: u64, end: u64, mode: u64) -> std::io::Res
     // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register, ours; the range is
     // in the userfaultfd's process's address space, not ours.
     match unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut Register) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Unregisters [start, end) of the userfaultfd's process (UFFDIO_UNREGISTER): whatever is
+/// registered there, by any userfaultfd of that process, is no longer.
+pub fn unregister(uffd: &OwnedFd, start: u64, end: u64) -> std::io::Result<()> {
+    let mut r = [start, end - start];
+    // SAFETY: UFFDIO_UNREGISTER reads one struct uffdio_range (u64 start, u64 len), ours; the
+    // range is in the userfaultfd's process's address space, not ours.
+    match unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_UNREGISTER, r.as_mut_ptr()) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }

@@ -128,6 +128,15 @@ impl Tracker {
             }
         }
         self.ranges.retain(|r| !lost.contains(r));
+        // What is left registered of a lost range (the process mapped over part of it) is
+        // let go: it would look like a registration of the process's own, and a range
+        // tracked again is registered anew. (The process holds no userfaultfd of its own, or
+        // it could not be checkpointed: nothing else is registered there.)
+        for &(start, end) in &lost {
+            if let Err(e) = uffd::unregister(&self.uffd, start, end) {
+                log::debug!("pid {pid}: UFFDIO_UNREGISTER {start:#x}-{end:#x}: {e}");
+            }
+        }
         t.lost = lost;
         Ok(t)
     }

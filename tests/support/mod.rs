@@ -208,6 +208,16 @@ pub fn copy_of(pid: i32, rstrt_args: &str) -> Proc {
     Proc::spawn(c)
 }
 
+/// Whether process `pid` holds a userfaultfd or has memory registered with one.
+pub fn tracked(pid: i32) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let registered = smaps.lines().any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw"));
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let uffd =
+        fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_string_lossy().contains("userfaultfd")));
+    registered || uffd
+}
+
 /// Kills a (non-child) pid with SIGKILL and waits until it is gone.
 pub fn kill_wait(p: &mut Proc) {
     p.kill();
