@@ -277,7 +277,7 @@ pub fn restart_path(path: &str, flags: &RestartFlags, notify: Option<i32>) -> Re
         // Mapping is only safe for a file nobody else may change under us (a truncation would
         // fault us; a rewrite would change pages after their checksum was verified).
         let m = ptrace::mem::Mapped::new(&f, path)?;
-        engine::restore::restore(m.as_slice(), flags)?
+        engine::restore::restore(crf::Whole::new(m.as_slice()), flags)?
     } else {
         return restart(f, flags, notify);
     };

@@ -44,7 +44,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
     // The pages a running checkpoint copied before the freeze, checked as a restore holds them.
-    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r)?;
+    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r, true)?;
     // Each process's block in turn (an image of a tree holds one per live process).
     let mut procs = Vec::new();
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
@@ -102,7 +102,7 @@ fn describe(inp: impl Input) -> Result<()> {
     if let Some(a) = &ahead {
         println!(
             "ahead:     {} bytes of pages copied while the process ran, {} bytes of them distinct pages",
-            a.received,
+            a.received(),
             a.held_bytes()
         );
     }

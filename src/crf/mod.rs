@@ -227,6 +227,59 @@ pub trait Input: Read {
     fn pass(&mut self, _n: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// The `len` bytes at stream offset `off`, read or not, where the whole image lies in
+    /// memory that outlives the reader ([`Whole`]); None elsewhere.
+    fn window(&self, _off: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// A whole image in memory (a mapped image file), read from its start: [`Input::window`]
+/// reaches back to any part of it.
+pub struct Whole<'a> {
+    all: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Whole<'a> {
+    pub fn new(all: &'a [u8]) -> Whole<'a> {
+        Whole { all, at: 0 }
+    }
+}
+
+impl Read for Whole<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&self.all[self.at..]).read(buf)?;
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Input for Whole<'_> {
+    fn can_borrow(&mut self, n: usize) -> io::Result<bool> {
+        Ok(n <= self.all.len() - self.at)
+    }
+    fn borrow(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.all.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(b)
+    }
+    fn lasting(&self) -> bool {
+        true
+    }
+    fn pass(&mut self, n: u64) -> io::Result<bool> {
+        match usize::try_from(n).ok().filter(|&n| n <= self.all.len() - self.at) {
+            Some(n) => {
+                self.at += n;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn window(&self, off: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(off).ok()?;
+        self.all.get(off..off.checked_add(len)?)
+    }
 }
 
 impl Input for &[u8] {
@@ -267,6 +320,9 @@ impl<T: Input + ?Sized> Input for &mut T {
     }
     fn pass(&mut self, n: u64) -> io::Result<bool> {
         (**self).pass(n)
+    }
+    fn window(&self, off: u64, len: usize) -> Option<&[u8]> {
+        (**self).window(off, len)
     }
 }
 
@@ -432,6 +488,11 @@ impl<R: Input> Reader<R> {
         let buf = &mut buf[..n];
         self.read_exact_at(buf, what)?;
         Ok(buf)
+    }
+
+    /// See [`Input::window`].
+    pub fn window(&self, off: u64, len: usize) -> Option<&[u8]> {
+        self.inp.window(off, len)
     }
 
     /// Passes over the next `n` payload bytes, unread and unchecked (the caller checks them

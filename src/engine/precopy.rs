@@ -1022,29 +1022,149 @@ impl Store {
     }
 }
 
-/// Our mappings go with the Store. After a restore the restored process has its own (it was
-/// forked with them): the caller drops the Store once it runs, so that the restore never waits
-/// for the freeing (some 9 ms a GiB of small pages), and the process's first writes until then
-/// copy the few pages they touch.
+/// The pages a running checkpoint copied before the freeze, where they lie in the image: per
+/// range of the process's addresses, the stream offset of their last copy. What a [`Store`]
+/// holds, without holding it: a restore from a mapped image writes them from there, as it
+/// writes the image's other pages.
+#[derive(Debug, Default)]
+pub struct Offsets {
+    /// The areas of the last PREAREAS, in order.
+    areas: Vec<Area>,
+    /// start -> (end, offset of the page at start), apart, inside the areas.
+    runs: BTreeMap<u64, (u64, u64)>,
+    /// Bytes of pages recorded, copies of the same page too.
+    received: u64,
+}
+
+impl Offsets {
+    /// The areas from now on: what lies outside them goes (as [`Store::follow`]).
+    fn follow(&mut self, areas: &[(Area, bool)]) {
+        self.areas = areas.iter().map(|a| a.0).collect();
+        let old = std::mem::take(&mut self.runs);
+        for (s, (e, off)) in old {
+            for a in self.areas.iter().filter(|a| a.end > s && a.start < e) {
+                let (from, to) = (s.max(a.start), e.min(a.end));
+                self.runs.insert(from, (to, off + (from - s)));
+            }
+        }
+    }
+
+    /// A PREPAGES section's payload `b`, at stream offset `at`: each run lies in one area, and
+    /// replaces what was there.
+    fn record(&mut self, b: &[u8], at: u64) -> std::result::Result<(), String> {
+        let n = le32(b, 0) as usize;
+        let head = 8 + n * 16;
+        if b.len() < head {
+            return Err(format!("{} bytes for {n} runs", b.len()));
+        }
+        let mut off = head as u64;
+        for i in 0..n {
+            let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
+            let e = s.checked_add(np * PAGE).unwrap_or(0);
+            if !s.is_multiple_of(PAGE) || np == 0 || !self.areas.iter().any(|a| a.start <= s && e <= a.end) {
+                return Err(format!("run {s:#x}+{np} pages lies outside the areas"));
+            }
+            self.cut(s, e);
+            self.runs.insert(s, (e, at + off));
+            off += np * PAGE;
+            self.received += np * PAGE;
+        }
+        if off != b.len() as u64 {
+            return Err(format!("{} bytes of data for runs of {}", b.len() as u64 - head as u64, off - head as u64));
+        }
+        Ok(())
+    }
+
+    /// Forgets [s, e).
+    fn cut(&mut self, s: u64, e: u64) {
+        let first = self.runs.range(..s).next_back().filter(|(_, (re, _))| *re > s).map(|(k, _)| *k);
+        let keys: Vec<u64> = first.into_iter().chain(self.runs.range(s..e).map(|(k, _)| *k)).collect();
+        for k in keys {
+            let Some((re, off)) = self.runs.remove(&k) else { continue };
+            if k < s {
+                self.runs.insert(k, (s, off));
+            }
+            if re > e {
+                self.runs.insert(e, (re, off + (e - k)));
+            }
+        }
+    }
+
+    /// Where the pages of `ranges` (sorted) lie: (address, length, stream offset), in order;
+    /// Err with the first range it does not hold all of.
+    pub fn pieces(&self, ranges: &[(u64, u64)]) -> std::result::Result<Vec<Piece>, (u64, u64)> {
+        let mut out = Vec::new();
+        for &(s, e) in ranges {
+            let mut at = s;
+            while at < e {
+                let Some((&k, &(re, off))) = self.runs.range(..=at).next_back().filter(|(_, (re, _))| *re > at) else {
+                    return Err((s, e));
+                };
+                let to = re.min(e);
+                out.push((at, (to - at) as usize, off + (at - k)));
+                at = to;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the pages held.
+    pub fn held_bytes(&self) -> u64 {
+        self.runs.iter().map(|(s, (e, _))| e - s).sum()
+    }
+}
+
+/// Pages held in the image: address, length, stream offset.
+pub type Piece = (u64, usize, u64);
+
+/// Where a restore keeps the pages a running checkpoint copied before the freeze.
+pub enum Copied {
+    /// In mappings of its own, moved into place (an image read as a stream).
+    Held(Store),
+    /// In the image, where they are (a mapped image: crf::Whole).
+    InImage(Offsets),
+}
+
+impl Copied {
+    /// Bytes of pages read, copies of the same page too.
+    pub fn received(&self) -> u64 {
+        match self {
+            Copied::Held(s) => s.received,
+            Copied::InImage(o) => o.received,
+        }
+    }
+
+    /// Bytes of the pages held: the last copy of each.
+    pub fn held_bytes(&self) -> u64 {
+        match self {
+            Copied::Held(s) => s.held_bytes(),
+            Copied::InImage(o) => o.held_bytes(),
+        }
+    }
+}
+
 /// Reads the PREAREAS and PREPAGES sections an image of a running checkpoint begins with
-/// (engine::checkpoint's `running_checkpoint`) into a Store, each checked before it is used.
-/// Returns the Store (None: the image has no such section) and the first section after them.
+/// (engine::checkpoint's `running_checkpoint`), each checked before it is used: into a Store,
+/// or, where the whole image lies in memory or `in_place` (a reader that only looks), as
+/// Offsets. Returns them (None: the image has no such section) and the first section after.
 pub fn read_ahead<R: crate::crf::Input>(
     rd: &mut crate::crf::Reader<R>,
-) -> Result<(Option<Store>, Option<crate::crf::Section>)> {
+    in_place: bool,
+) -> Result<(Option<Copied>, Option<crate::crf::Section>)> {
     use crate::crf::{CrfError, Tag};
     const WHAT: &str = "pages copied while the process ran";
-    let mut store: Option<Store> = None;
+    let in_place = in_place || rd.window(0, 0).is_some();
+    let mut copied: Option<Copied> = None;
     let mut buf = Vec::new();
     let t0 = Instant::now();
     loop {
         let sec = rd.next_section()?;
         let Some(s) = sec.filter(|s| s.tag == Tag::PREAREAS || s.tag == Tag::PREPAGES) else {
-            log::debug!("pages copied while the process ran: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-            return Ok((store, sec));
+            log::debug!("{WHAT}: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+            return Ok((copied, sec));
         };
         let n = s.len as usize;
-        if buf.len() < n {
+        if buf.len() < n && rd.window(s.offset, n).is_none() {
             buf.resize(n, 0);
         }
         let data = rd.data(&mut buf, n, WHAT)?;
@@ -1057,19 +1177,32 @@ pub fn read_ahead<R: crate::crf::Input>(
             e => e,
         };
         // Areas span at most the address space; memory, what the image holds.
-        let st = store.get_or_insert_with(|| Store::new(1 << 47));
+        let c = copied.get_or_insert_with(|| match in_place {
+            true => Copied::InImage(Offsets::default()),
+            false => Copied::Held(Store::new(1 << 47)),
+        });
         if s.tag == Tag::PREAREAS {
             // Small pages, as a restore without them makes: made huge pages here (a copy
             // each) they would cost more than the fork they spare.
             let areas: Vec<(Area, bool)> =
                 decode_areas(data).map_err(bad)?.into_iter().map(|(a, _)| (a, false)).collect();
-            st.follow(&areas).map_err(damaged)?;
+            match c {
+                Copied::Held(st) => st.follow(&areas).map_err(damaged)?,
+                Copied::InImage(o) => o.follow(&areas),
+            }
         } else {
-            st.pages(data).map_err(damaged)?;
+            match c {
+                Copied::Held(st) => st.pages(data).map_err(damaged)?,
+                Copied::InImage(o) => o.record(data, s.offset).map_err(bad)?,
+            }
         }
     }
 }
 
+/// Our mappings go with the Store. After a restore the restored process has its own (it was
+/// forked with them): the caller drops the Store once it runs, so that the restore never waits
+/// for the freeing (some 9 ms a GiB of small pages), and the process's first writes until then
+/// copy the few pages they touch.
 impl Drop for Store {
     fn drop(&mut self) {
         for h in self.held.values() {
@@ -1081,6 +1214,58 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Pages frame of `runs` (address, pages), each page's data its address's byte.
+    fn frame(runs: &[(u64, u32)]) -> Vec<u8> {
+        let r: Vec<(u64, u64)> = runs.iter().map(|&(a, n)| (a, a + n as u64 * PAGE)).collect();
+        let mut b = pages_header(&r);
+        for &(a, n) in runs {
+            for p in 0..n as u64 {
+                b.extend(std::iter::repeat_n((a / PAGE + p) as u8, PAGE as usize));
+            }
+        }
+        b
+    }
+
+    /// Offsets hold what a Store would: the last copy of each page, the areas followed, and
+    /// say which kept pages they lack.
+    #[test]
+    fn offsets_keep_the_last_copy_of_each_page_in_the_areas() {
+        let area = |s: u64, e: u64| (Area { start: s * PAGE, end: e * PAGE, noreserve: false }, false);
+        let mut o = Offsets::default();
+        o.follow(&[area(0, 16), area(32, 40)]);
+        // Pages 0-7 at 1000; then 2-3 again at 9000; page 33 at 20000.
+        let f = frame(&[(0, 8)]);
+        o.record(&f, 1000).unwrap();
+        let head = f.len() as u64 - 8 * PAGE;
+        o.record(&frame(&[(2 * PAGE, 2), (33 * PAGE, 1)]), 9000).unwrap();
+        let h2 = 8 + 2 * 16;
+        let p = o.pieces(&[(0, 8 * PAGE), (33 * PAGE, 34 * PAGE)]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                (0, 2 * PAGE as usize, 1000 + head),
+                (2 * PAGE, 2 * PAGE as usize, 9000 + h2),
+                (4 * PAGE, 4 * PAGE as usize, 1000 + head + 4 * PAGE),
+                (33 * PAGE, PAGE as usize, 9000 + h2 + 2 * PAGE),
+            ]
+        );
+        assert_eq!(o.held_bytes(), 9 * PAGE);
+        assert_eq!(o.pieces(&[(7 * PAGE, 9 * PAGE)]), Err((7 * PAGE, 9 * PAGE)));
+        // A run outside the areas, or data that does not match the runs, is refused.
+        assert!(o.record(&frame(&[(20 * PAGE, 1)]), 0).is_err());
+        let mut short = frame(&[(PAGE, 1)]);
+        short.pop();
+        assert!(o.record(&short, 0).is_err());
+        // The areas change: what lies outside the new ones goes, the rest stays.
+        o.follow(&[area(4, 12)]);
+        assert_eq!(
+            o.pieces(&[(4 * PAGE, 8 * PAGE)]).unwrap(),
+            vec![(4 * PAGE, 4 * PAGE as usize, 1000 + head + 4 * PAGE)]
+        );
+        assert!(o.pieces(&[(2 * PAGE, 3 * PAGE)]).is_err());
+        assert_eq!(o.held_bytes(), 4 * PAGE);
+    }
 
     #[test]
     fn ranges_minus_ranges() {

@@ -14,7 +14,7 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
-use super::precopy::Store;
+use super::precopy::{Copied, Offsets, Store};
 use super::urgent::Urgent;
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
@@ -241,14 +241,19 @@ fn restore_all<R: Input>(
     let mut rd = Reader::new(input)?;
     // An image of a running checkpoint: the pages copied before the freeze, held as a live
     // migration's destination holds those sent ahead.
-    let (mut ahead, first) = super::precopy::read_ahead(&mut rd)?;
-    if ahead.is_some() && store.is_some() {
+    let (copied, first) = super::precopy::read_ahead(&mut rd, false)?;
+    if copied.is_some() && store.is_some() {
         return Err(Error::Refused(
             "the image of a live migration holds pages copied before the freeze too, which no crs writes: it is damaged"
                 .into(),
         ));
     }
-    let mut store = store.or(ahead.as_mut());
+    let (mut own, offsets) = match copied {
+        Some(Copied::Held(s)) => (Some(s), None),
+        Some(Copied::InImage(o)) => (None, Some(o)),
+        None => (None, None),
+    };
+    let mut store = store.or(own.as_mut());
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
     // anything else is read or created.
@@ -264,7 +269,7 @@ fn restore_all<R: Input>(
     // The pages the processes share since a fork, held here before they are made: each
     // inherits them and moves them into place.
     let mut cow = match &st.tree_cow {
-        Some(_) if store.is_some() => {
+        Some(_) if store.is_some() || offsets.is_some() => {
             return Err(Error::Refused(format!(
                 "the image of pid {} shares pages between its processes and has pages copied ahead (a live migration's, or a running checkpoint's), which no crs writes together: it is damaged",
                 st.head.pid
@@ -390,8 +395,15 @@ fn restore_all<R: Input>(
             None if i == 0 => store.as_deref_mut(),
             None => None,
         };
-        let (next, exe_set, null_stdio) =
-            restore_one(&mut rd, &mut sections, batch, &mut st, (p, held, &mut copies), &shared, &mut notes)?;
+        let (next, exe_set, null_stdio) = restore_one(
+            &mut rd,
+            &mut sections,
+            batch,
+            &mut st,
+            (p, held, offsets.as_ref().filter(|_| i == 0), &mut copies),
+            &shared,
+            &mut notes,
+        )?;
         batch = next;
         if i == 0 {
             first = Some((std::mem::take(&mut st), exe_set, null_stdio));
@@ -532,7 +544,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, mut store, copies): (&mut family::Proc, Option<&mut Store>, &mut memory::FileCopies),
+    (p, mut store, offsets, copies): (&mut family::Proc, Option<&mut Store>, Option<&Offsets>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -765,6 +777,26 @@ fn restore_one<R: Input>(
                 Some(st) => {
                     st.keep(&ahead)?;
                     st.written(&targets);
+                }
+                None if !ahead.is_empty() && offsets.is_some() && lasting => {
+                    // Copied while it ran: written from where the image holds them.
+                    let o = offsets.ok_or_else(|| Error::Proc("no offsets".into()))?;
+                    let pieces = o.pieces(&ahead).map_err(|(s, e)| {
+                        Error::Image(crate::crf::CrfError::Bad {
+                            offset: sec.offset,
+                            what: format!("pid {} keeps pages {s:#x}-{e:#x}, which no PREPAGES holds", st.head.pid),
+                        })
+                    })?;
+                    let lo = pieces.iter().map(|p| p.2).min().unwrap_or(0);
+                    let hi = pieces.iter().map(|p| p.2 + p.1 as u64).max().unwrap_or(0);
+                    let data = rd.window(lo, (hi - lo) as usize).ok_or_else(|| {
+                        Error::Proc(format!("image bytes {lo}-{hi} out of reach of a restore from a mapped image"))
+                    })?;
+                    npages += pieces.iter().map(|p| p.1 as u64).sum::<u64>() / PAGE_SIZE as u64;
+                    let targets = pieces.iter().map(|&(a, n, off)| (a, n, (off - lo) as usize)).collect();
+                    // SAFETY: borrowed from an input whose data lives as long as its memory
+                    // (Input::lasting), which outlives this restore; the writers finish below.
+                    w.write(targets, memory::Data::Lasting(unsafe { memory::Lasting::of(data) }))?;
                 }
                 None if !ahead.is_empty() => {
                     return Err(Error::Refused(format!(
