@@ -36,7 +36,7 @@ image() { # $1 = MiB -> $work/img.crf, the process killed
     [ "$rss" -ge "$want" ] && break
     sleep 0.01
   done
-  "$CRS" ckpt --frozen -o "$work/img.crf" "$pid" >/dev/null # (not copied while it runs: then it would not restore lazily)
+  "$CRS" ckpt --frozen -o "$work/img.crf" "$pid" >/dev/null # (frozen, as the figures before session 29)
   if [ -n "$CRIU" ]; then
     rm -rf "$work/criu"; mkdir "$work/criu"
     "$CRIU" dump -t "$pid" -D "$work/criu" --leave-running -o dump.log >/dev/null 2>&1 ||

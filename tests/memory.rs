@@ -289,11 +289,11 @@ fn writer(dir: &std::path::Path, rate: &str) -> (std::process::Child, std::path:
     (child, log, l.split_whitespace().nth(1).unwrap().parse().unwrap())
 }
 
-/// Restores `img` detached (`-` with `stdin` from a file: through a pipe) and checks every
-/// page of the writer it holds; returns the new pid.
-fn restore_writer(img: &str, stdin: Option<std::fs::File>, log: &std::path::Path) -> i32 {
+/// Restores `img` detached, with `args` (`-` with `stdin` from a file: through a pipe), and
+/// checks every page of the writer it holds; returns the new pid and what rstrt said.
+fn restore_writer(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: &std::path::Path) -> (i32, String) {
     let mut c = std::process::Command::new(crs());
-    c.args(["rstrt", "-d", if stdin.is_some() { "-" } else { img }]);
+    c.args(["rstrt", "-d"]).args(args).arg(if stdin.is_some() { "-" } else { img });
     if let Some(f) = stdin {
         c.stdin(f);
     }
@@ -303,7 +303,7 @@ fn restore_writer(img: &str, stdin: Option<std::fs::File>, log: &std::path::Path
     let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
     let v = support::nodes::check(pid, log);
     assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "restored: {v}");
-    pid
+    (pid, stderr(&o))
 }
 
 fn kill_pid(pid: i32) {
@@ -317,7 +317,7 @@ fn kill_pid(pid: i32) {
 /// A checkpoint of a process that runs on copies its memory while it writes it, and freezes
 /// it only for what it wrote since: the frozen part of the image is a small part of its
 /// memory; the process runs on with nothing of the tracking left; the image, restored from a
-/// file and through a pipe, holds every page as the process last wrote it (pages it dropped
+/// file, through a pipe and lazily, holds every page as the process last wrote it (pages it dropped
 /// read as zero, an area it mapped afresh holds what it wrote there since).
 #[test]
 fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
@@ -350,15 +350,32 @@ fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
     assert!(out.contains("ahead:") && out.contains("copied while the process ran"), "{out}");
     w.kill().unwrap();
     w.wait().unwrap();
-    let new = restore_writer(img, None, &log);
+    let (new, _) = restore_writer(img, &[], None, &log);
     assert!(!tracked(new), "the restored process is tracked");
     kill_pid(new);
-    let new = restore_writer(img, Some(std::fs::File::open(img).unwrap()), &log);
+    let (new, _) = restore_writer(img, &[], Some(std::fs::File::open(img).unwrap()), &log);
     kill_pid(new);
+    // Lazily: the pages copied while it ran stay in the image until it touches them (or the
+    // background copies them): most of its 64 MiB.
+    if is_root() {
+        let (new, said) = restore_writer(img, &["--lazy", "-v"], None, &log);
+        let served: u64 = said
+            .split("every page in after ")
+            .nth(1)
+            .map(|l| {
+                let n =
+                    |w: &str| l.split(w).next().and_then(|x| x.rsplit(' ').next()).and_then(|x| x.parse::<u64>().ok());
+                n(" touched first").unwrap_or(0) + n(" copied in the background").unwrap_or(0)
+            })
+            .unwrap_or_else(|| panic!("rstrt --lazy -v: {said}"));
+        assert!(served > 12000, "only {served} pages came lazily: {said}");
+        kill_pid(new);
+    }
 }
 
 /// --frozen copies as before: no pages before the freeze; and a damaged page copied while the
-/// process ran is refused before anything runs, by crfinfo and by rstrt.
+/// process ran is refused before anything runs, by crfinfo and by rstrt, and kills what a
+/// lazy restore ran.
 #[test]
 fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
     let dir = tmpdir("mem-running-bad");
@@ -373,7 +390,7 @@ fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
     let tracking = !stderr(&o).contains("Linux 6.7+");
     w.kill().unwrap();
     w.wait().unwrap();
-    kill_pid(restore_writer(&plain, None, &log));
+    kill_pid(restore_writer(&plain, &[], None, &log).0);
     if !require(tracking, "write tracking (Linux 6.7+)") {
         return;
     }
@@ -397,5 +414,17 @@ fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
         assert!(e.contains("pages copied while the process ran: section checksum mismatch"), "{args:?}: {e}");
         // rstrt -d prints the pid of what it restored: nothing.
         assert!(o.stdout.is_empty(), "{args:?} restored something: {}", String::from_utf8_lossy(&o.stdout));
+    }
+    // A lazy restore finds the damage when it reads the pages, after the process ran: it
+    // kills it (rstrt says so and exits with 4).
+    if is_root() {
+        let o = run(&["rstrt", "-d", "--lazy", &tracked_img]);
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        assert!(stderr(&o).contains("PREPAGES section checksum mismatch"), "{}", stderr(&o));
+        let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        // Killed before rstrt exits (its parent, init, may not have reaped it yet).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        assert!(matches!(state, None | Some('Z') | Some('X')), "pid {pid} runs on: {stat}");
     }
 }

@@ -44,7 +44,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
     // The pages a running checkpoint copied before the freeze, checked as a restore holds them.
-    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r, true)?;
+    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r, crate::engine::precopy::Keep::Look)?;
     // Each process's block in turn (an image of a tree holds one per live process).
     let mut procs = Vec::new();
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];

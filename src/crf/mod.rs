@@ -232,6 +232,11 @@ pub trait Input: Read {
     fn window(&self, _off: u64, _len: usize) -> Option<&[u8]> {
         None
     }
+    /// Reads `buf.len()` bytes at stream offset `off`, without moving on, where the input can
+    /// (a file, bytes in memory): Ok(false) when it cannot.
+    fn read_at(&self, _off: u64, _buf: &mut [u8]) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A whole image in memory (a mapped image file), read from its start: [`Input::window`]
@@ -280,6 +285,15 @@ impl Input for Whole<'_> {
         let off = usize::try_from(off).ok()?;
         self.all.get(off..off.checked_add(len)?)
     }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+        match self.window(off, buf.len()) {
+            Some(w) => {
+                buf.copy_from_slice(w);
+                Ok(true)
+            }
+            None => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        }
+    }
 }
 
 impl Input for &[u8] {
@@ -324,6 +338,9 @@ impl<T: Input + ?Sized> Input for &mut T {
     fn window(&self, off: u64, len: usize) -> Option<&[u8]> {
         (**self).window(off, len)
     }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+        (**self).read_at(off, buf)
+    }
 }
 
 /// A file read through a buffer, whose bytes a reader may pass over without reading them
@@ -336,10 +353,15 @@ impl<R: Read + io::Seek> Read for Seekable<R> {
     }
 }
 
-impl<R: Read + io::Seek> Input for Seekable<R> {
+impl<R: Read + io::Seek + std::os::unix::fs::FileExt> Input for Seekable<R> {
     fn pass(&mut self, n: u64) -> io::Result<bool> {
         let n = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         self.0.seek_relative(n)?;
+        Ok(true)
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+        // (pread: the file's position, and what the buffer holds, stay.)
+        self.0.get_ref().read_exact_at(buf, off)?;
         Ok(true)
     }
 }
@@ -493,6 +515,11 @@ impl<R: Input> Reader<R> {
     /// See [`Input::window`].
     pub fn window(&self, off: u64, len: usize) -> Option<&[u8]> {
         self.inp.window(off, len)
+    }
+
+    /// See [`Input::read_at`].
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+        self.inp.read_at(off, buf)
     }
 
     /// Passes over the next `n` payload bytes, unread and unchecked (the caller checks them

@@ -183,6 +183,8 @@ pub struct Deferred {
     pub at: u64,
     crc: crc32fast::Hasher,
     expect: u32,
+    /// The section's name, for errors.
+    name: &'static str,
 }
 
 impl Deferred {
@@ -191,9 +193,24 @@ impl Deferred {
         let mut crc = self.crc.clone();
         crc.update(data);
         if data.len() != self.data_len || crc.finalize() != self.expect {
-            return Err(CrfError::Bad { offset: self.at, what: "PAGES section checksum mismatch".into() });
+            return Err(CrfError::Bad { offset: self.at, what: format!("{} section checksum mismatch", self.name) });
         }
         Ok(())
+    }
+
+    /// Section `sec` (named `name`) whose payload begins with `head`, already read; the rest,
+    /// its data, passed over.
+    pub fn after_head(sec: &Section, head: &[u8], name: &'static str) -> Deferred {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(head);
+        Deferred {
+            data_at: sec.offset + head.len() as u64,
+            data_len: (sec.len as usize).saturating_sub(head.len()),
+            at: sec.offset,
+            crc,
+            expect: sec.crc,
+            name,
+        }
     }
 }
 
@@ -205,7 +222,14 @@ impl Batch {
         if !r.pass(self.data_len as u64)? {
             return Ok(None);
         }
-        Ok(Some(Deferred { data_at, data_len: self.data_len, at: self.at, crc: self.crc.clone(), expect: self.expect }))
+        Ok(Some(Deferred {
+            data_at,
+            data_len: self.data_len,
+            at: self.at,
+            crc: self.crc.clone(),
+            expect: self.expect,
+            name: "PAGES",
+        }))
     }
 }
 

@@ -153,6 +153,18 @@ impl Lazy {
         self.batches.push(batch);
     }
 
+    /// Batches whose pieces come later ([`Lazy::defer_piece`]); returns the first's id.
+    pub fn add_batches(&mut self, batches: &[Deferred]) -> u32 {
+        let id = self.batches.len() as u32;
+        self.batches.extend(batches.iter().cloned());
+        id
+    }
+
+    /// `len` bytes at `addr`, whose data is at `off` in batch `batch`'s.
+    pub fn defer_piece(&mut self, batch: u32, addr: u64, len: u64, off: u64) {
+        self.pending.insert(addr, Piece { len, batch, off });
+    }
+
     /// Pages the image leaves at the source of a post-copy: `runs` (start, end).
     pub fn remote(&mut self, runs: &[(u64, u64)]) {
         for &(s, e) in runs {

@@ -1049,9 +1049,9 @@ impl Offsets {
         }
     }
 
-    /// A PREPAGES section's payload `b`, at stream offset `at`: each run lies in one area, and
-    /// replaces what was there.
-    fn record(&mut self, b: &[u8], at: u64) -> std::result::Result<(), String> {
+    /// A PREPAGES section's payload, at stream offset `at`: its `head` (the runs) and the
+    /// length of its data. Each run lies in one area, and replaces what was there.
+    fn record(&mut self, b: &[u8], data_len: u64, at: u64) -> std::result::Result<(), String> {
         let n = le32(b, 0) as usize;
         let head = 8 + n * 16;
         if b.len() < head {
@@ -1069,8 +1069,8 @@ impl Offsets {
             off += np * PAGE;
             self.received += np * PAGE;
         }
-        if off != b.len() as u64 {
-            return Err(format!("{} bytes of data for runs of {}", b.len() as u64 - head as u64, off - head as u64));
+        if off != head as u64 + data_len {
+            return Err(format!("{data_len} bytes of data for runs of {}", off - head as u64));
         }
         Ok(())
     }
@@ -1123,6 +1123,20 @@ pub enum Copied {
     Held(Store),
     /// In the image, where they are (a mapped image: crf::Whole).
     InImage(Offsets),
+    /// In the image, read and checked when a lazy restore serves them: the PREPAGES sections'
+    /// data passed over, in order.
+    Later(Offsets, Vec<crate::crf::pages::Deferred>),
+}
+
+/// How [`read_ahead`] keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Where they lie if the whole image is in memory, else in a Store.
+    Auto,
+    /// Where they lie, read and checked (crfinfo).
+    Look,
+    /// Where they lie, passed over (rstrt --lazy, from a file).
+    Later,
 }
 
 impl Copied {
@@ -1130,7 +1144,7 @@ impl Copied {
     pub fn received(&self) -> u64 {
         match self {
             Copied::Held(s) => s.received,
-            Copied::InImage(o) => o.received,
+            Copied::InImage(o) | Copied::Later(o, _) => o.received,
         }
     }
 
@@ -1138,22 +1152,21 @@ impl Copied {
     pub fn held_bytes(&self) -> u64 {
         match self {
             Copied::Held(s) => s.held_bytes(),
-            Copied::InImage(o) => o.held_bytes(),
+            Copied::InImage(o) | Copied::Later(o, _) => o.held_bytes(),
         }
     }
 }
 
 /// Reads the PREAREAS and PREPAGES sections an image of a running checkpoint begins with
-/// (engine::checkpoint's `running_checkpoint`), each checked before it is used: into a Store,
-/// or, where the whole image lies in memory or `in_place` (a reader that only looks), as
-/// Offsets. Returns them (None: the image has no such section) and the first section after.
+/// (engine::checkpoint's `running_checkpoint`), each checked before it is used (with
+/// [`Keep::Later`], a PREPAGES's data when it is read): kept as `how` says. Returns them (None:
+/// the image has no such section) and the first section after.
 pub fn read_ahead<R: crate::crf::Input>(
     rd: &mut crate::crf::Reader<R>,
-    in_place: bool,
+    how: Keep,
 ) -> Result<(Option<Copied>, Option<crate::crf::Section>)> {
     use crate::crf::{CrfError, Tag};
     const WHAT: &str = "pages copied while the process ran";
-    let in_place = in_place || rd.window(0, 0).is_some();
     let mut copied: Option<Copied> = None;
     let mut buf = Vec::new();
     let t0 = Instant::now();
@@ -1163,12 +1176,36 @@ pub fn read_ahead<R: crate::crf::Input>(
             log::debug!("{WHAT}: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
             return Ok((copied, sec));
         };
+        let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
+        // Areas span at most the address space; memory, what the image holds.
+        let c = copied.get_or_insert_with(|| match how {
+            Keep::Auto if rd.window(0, 0).is_none() => Copied::Held(Store::new(1 << 47)),
+            Keep::Later => Copied::Later(Offsets::default(), Vec::new()),
+            _ => Copied::InImage(Offsets::default()),
+        });
         let n = s.len as usize;
+        if let (Copied::Later(o, later), true) = (&mut *c, s.tag == Tag::PREPAGES) {
+            // The runs, read; the data, passed over.
+            let mut head = vec![0u8; 8];
+            rd.read_exact_at(&mut head, WHAT)?;
+            let runs = le32(&head, 0) as usize;
+            if 8 + runs * 16 > n {
+                return Err(bad(format!("{runs} runs in {n} bytes")));
+            }
+            head.resize(8 + runs * 16, 0);
+            rd.read_exact_at(&mut head[8..], WHAT)?;
+            let d = crate::crf::pages::Deferred::after_head(&s, &head, "PREPAGES");
+            o.record(&head, d.data_len as u64, s.offset).map_err(bad)?;
+            if !rd.pass(d.data_len as u64)? {
+                return Err(Error::Proc(format!("{WHAT}: the image cannot be passed over (not a file)")));
+            }
+            later.push(d);
+            continue;
+        }
         if buf.len() < n && rd.window(s.offset, n).is_none() {
             buf.resize(n, 0);
         }
         let data = rd.data(&mut buf, n, WHAT)?;
-        let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
         if crc32fast::hash(data) != s.crc {
             return Err(bad("section checksum mismatch".into()));
         }
@@ -1176,11 +1213,6 @@ pub fn read_ahead<R: crate::crf::Input>(
             Error::Net(crate::net::NetError::Protocol(w)) => bad(w),
             e => e,
         };
-        // Areas span at most the address space; memory, what the image holds.
-        let c = copied.get_or_insert_with(|| match in_place {
-            true => Copied::InImage(Offsets::default()),
-            false => Copied::Held(Store::new(1 << 47)),
-        });
         if s.tag == Tag::PREAREAS {
             // Small pages, as a restore without them makes: made huge pages here (a copy
             // each) they would cost more than the fork they spare.
@@ -1188,12 +1220,15 @@ pub fn read_ahead<R: crate::crf::Input>(
                 decode_areas(data).map_err(bad)?.into_iter().map(|(a, _)| (a, false)).collect();
             match c {
                 Copied::Held(st) => st.follow(&areas).map_err(damaged)?,
-                Copied::InImage(o) => o.follow(&areas),
+                Copied::InImage(o) | Copied::Later(o, _) => o.follow(&areas),
             }
         } else {
             match c {
                 Copied::Held(st) => st.pages(data).map_err(damaged)?,
-                Copied::InImage(o) => o.record(data, s.offset).map_err(bad)?,
+                Copied::InImage(o) | Copied::Later(o, _) => {
+                    let head = (8 + le32(data, 0) as usize * 16).min(data.len());
+                    o.record(&data[..head], (data.len() - head) as u64, s.offset).map_err(bad)?
+                }
             }
         }
     }
@@ -1227,6 +1262,11 @@ mod tests {
         b
     }
 
+    fn rec(o: &mut Offsets, b: &[u8], at: u64) -> std::result::Result<(), String> {
+        let head = (8 + le32(b, 0) as usize * 16).min(b.len());
+        o.record(&b[..head], (b.len() - head) as u64, at)
+    }
+
     /// Offsets hold what a Store would: the last copy of each page, the areas followed, and
     /// say which kept pages they lack.
     #[test]
@@ -1236,9 +1276,9 @@ mod tests {
         o.follow(&[area(0, 16), area(32, 40)]);
         // Pages 0-7 at 1000; then 2-3 again at 9000; page 33 at 20000.
         let f = frame(&[(0, 8)]);
-        o.record(&f, 1000).unwrap();
+        rec(&mut o, &f, 1000).unwrap();
         let head = f.len() as u64 - 8 * PAGE;
-        o.record(&frame(&[(2 * PAGE, 2), (33 * PAGE, 1)]), 9000).unwrap();
+        rec(&mut o, &frame(&[(2 * PAGE, 2), (33 * PAGE, 1)]), 9000).unwrap();
         let h2 = 8 + 2 * 16;
         let p = o.pieces(&[(0, 8 * PAGE), (33 * PAGE, 34 * PAGE)]).unwrap();
         assert_eq!(
@@ -1253,10 +1293,10 @@ mod tests {
         assert_eq!(o.held_bytes(), 9 * PAGE);
         assert_eq!(o.pieces(&[(7 * PAGE, 9 * PAGE)]), Err((7 * PAGE, 9 * PAGE)));
         // A run outside the areas, or data that does not match the runs, is refused.
-        assert!(o.record(&frame(&[(20 * PAGE, 1)]), 0).is_err());
+        assert!(rec(&mut o, &frame(&[(20 * PAGE, 1)]), 0).is_err());
         let mut short = frame(&[(PAGE, 1)]);
         short.pop();
-        assert!(o.record(&short, 0).is_err());
+        assert!(rec(&mut o, &short, 0).is_err());
         // The areas change: what lies outside the new ones goes, the rest stays.
         o.follow(&[area(4, 12)]);
         assert_eq!(

@@ -14,7 +14,11 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
-use super::precopy::{Copied, Offsets, Store};
+use super::precopy::{self, Copied, Keep, Offsets, Store};
+
+/// The pages a running checkpoint copied before the freeze, where the image holds them, and,
+/// for a lazy restore, the PREPAGES batches they are in (see precopy::read_ahead).
+type InImage<'a> = (&'a Offsets, Option<&'a [crate::crf::pages::Deferred]>);
 use super::urgent::Urgent;
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
@@ -241,7 +245,9 @@ fn restore_all<R: Input>(
     let mut rd = Reader::new(input)?;
     // An image of a running checkpoint: the pages copied before the freeze, held as a live
     // migration's destination holds those sent ahead.
-    let (copied, first) = super::precopy::read_ahead(&mut rd, false)?;
+    // (A lazy restore from a file leaves them there until the processes touch them.)
+    let how = if lazy.is_some_and(|l| !l.is_remote()) { Keep::Later } else { Keep::Auto };
+    let (copied, first) = super::precopy::read_ahead(&mut rd, how)?;
     if copied.is_some() && store.is_some() {
         return Err(Error::Refused(
             "the image of a live migration holds pages copied before the freeze too, which no crs writes: it is damaged"
@@ -250,7 +256,8 @@ fn restore_all<R: Input>(
     }
     let (mut own, offsets) = match copied {
         Some(Copied::Held(s)) => (Some(s), None),
-        Some(Copied::InImage(o)) => (None, Some(o)),
+        Some(Copied::InImage(o)) => (None, Some((o, None))),
+        Some(Copied::Later(o, d)) => (None, Some((o, Some(d)))),
         None => (None, None),
     };
     let mut store = store.or(own.as_mut());
@@ -400,7 +407,7 @@ fn restore_all<R: Input>(
             &mut sections,
             batch,
             &mut st,
-            (p, held, offsets.as_ref().filter(|_| i == 0), &mut copies),
+            (p, held, offsets.as_ref().filter(|_| i == 0).map(|(o, d)| (o, d.as_deref())), &mut copies),
             &shared,
             &mut notes,
         )?;
@@ -535,6 +542,61 @@ fn own_program(st: &ProcessState) -> Option<std::fs::File> {
     fileid::may_execute(&f).then_some(f)
 }
 
+/// Writes `pieces` (address, length, stream offset) of a running checkpoint's pages from where
+/// the image lies in memory (crf::Whole): handed to the page writers.
+fn write_in_place<R: Input>(rd: &Reader<R>, pieces: &[precopy::Piece], w: &mut memory::Writers) -> Result<()> {
+    let lo = pieces.iter().map(|p| p.2).min().unwrap_or(0);
+    let hi = pieces.iter().map(|p| p.2 + p.1 as u64).max().unwrap_or(0);
+    let data = rd
+        .window(lo, (hi - lo) as usize)
+        .filter(|_| rd.lasting())
+        .ok_or_else(|| Error::Proc(format!("image bytes {lo}-{hi}: not in memory for the whole restore")))?;
+    let targets = pieces.iter().map(|&(a, n, off)| (a, n, (off - lo) as usize)).collect();
+    // SAFETY: borrowed from an input whose data lives as long as its memory (Input::lasting),
+    // which outlives this restore; the writers finish before it ends.
+    w.write(targets, memory::Data::Lasting(unsafe { memory::Lasting::of(data) }))
+}
+
+/// A lazy restore's `pieces` of a running checkpoint's pages: those that may wait (`later`)
+/// are left to the server, in their PREPAGES batch (`batches`, given to `deferred` from id
+/// `base` on); the others are read now, each batch whole and checked, and written.
+fn write_later<R: Input>(
+    rd: &Reader<R>,
+    pieces: &[precopy::Piece],
+    batches: &[crate::crf::pages::Deferred],
+    base: u32,
+    deferred: &mut super::lazy::Lazy,
+    pid: i32,
+    later: impl Fn(&(u64, usize, usize)) -> bool,
+) -> Result<()> {
+    let mut now: std::collections::BTreeMap<usize, Vec<(u64, usize, usize)>> = Default::default();
+    for &(addr, len, off) in pieces {
+        let i = batches.partition_point(|d| d.data_at <= off);
+        let d =
+            i.checked_sub(1).and_then(|i| batches.get(i)).filter(|d| off + len as u64 <= d.data_at + d.data_len as u64);
+        let Some(d) = d else {
+            return Err(Error::Proc(format!("pages at image offset {off} lie in no PREPAGES")));
+        };
+        let at = (off - d.data_at) as usize;
+        if later(&(addr, len, at)) {
+            deferred.defer_piece(base + (i - 1) as u32, addr, len as u64, at as u64);
+        } else {
+            now.entry(i - 1).or_default().push((addr, len, at));
+        }
+    }
+    for (i, targets) in now {
+        let d = &batches[i];
+        let mut buf = vec![0u8; d.data_len];
+        let read = rd.read_at(d.data_at, &mut buf);
+        if !read.map_err(|e| Error::io(format!("the image's pages at offset {}", d.data_at), e))? {
+            return Err(Error::Proc(format!("the image's pages at offset {}: the input cannot reread", d.data_at)));
+        }
+        d.check(&buf)?;
+        memory::write_batch(pid, &targets, &buf)?;
+    }
+    Ok(())
+}
+
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
 /// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
 /// stopped, ready to run. Returns the section after its own (the next process's HEAD, None at
@@ -544,7 +606,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, mut store, offsets, copies): (&mut family::Proc, Option<&mut Store>, Option<&Offsets>, &mut memory::FileCopies),
+    (p, mut store, offsets, copies): (&mut family::Proc, Option<&mut Store>, Option<InImage>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -740,6 +802,8 @@ fn restore_one<R: Input>(
     let mut s = first_batch;
     let mut ahead = Vec::new();
     let mut later = Vec::new();
+    // The id of the first PREPAGES batch in `deferred`, once given.
+    let mut prepages: Option<u32> = None;
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
     // A lazy restore leaves in the image the batches all of whose pages go to private
     // anonymous mappings (no pages held for them here: a page there would hide the image's).
@@ -778,25 +842,23 @@ fn restore_one<R: Input>(
                     st.keep(&ahead)?;
                     st.written(&targets);
                 }
-                None if !ahead.is_empty() && offsets.is_some() && lasting => {
-                    // Copied while it ran: written from where the image holds them.
-                    let o = offsets.ok_or_else(|| Error::Proc("no offsets".into()))?;
+                None if !ahead.is_empty() && offsets.is_some() => {
+                    let (o, later) = offsets.ok_or_else(|| Error::Proc("no offsets".into()))?;
                     let pieces = o.pieces(&ahead).map_err(|(s, e)| {
                         Error::Image(crate::crf::CrfError::Bad {
                             offset: sec.offset,
                             what: format!("pid {} keeps pages {s:#x}-{e:#x}, which no PREPAGES holds", st.head.pid),
                         })
                     })?;
-                    let lo = pieces.iter().map(|p| p.2).min().unwrap_or(0);
-                    let hi = pieces.iter().map(|p| p.2 + p.1 as u64).max().unwrap_or(0);
-                    let data = rd.window(lo, (hi - lo) as usize).ok_or_else(|| {
-                        Error::Proc(format!("image bytes {lo}-{hi} out of reach of a restore from a mapped image"))
-                    })?;
                     npages += pieces.iter().map(|p| p.1 as u64).sum::<u64>() / PAGE_SIZE as u64;
-                    let targets = pieces.iter().map(|&(a, n, off)| (a, n, (off - lo) as usize)).collect();
-                    // SAFETY: borrowed from an input whose data lives as long as its memory
-                    // (Input::lasting), which outlives this restore; the writers finish below.
-                    w.write(targets, memory::Data::Lasting(unsafe { memory::Lasting::of(data) }))?;
+                    match later {
+                        None => write_in_place(rd, &pieces, &mut w)?,
+                        Some(batches) => {
+                            let base = *prepages.get_or_insert_with(|| deferred.add_batches(batches));
+                            let lazy = uffd.is_some() && !remote;
+                            write_later(rd, &pieces, batches, base, &mut deferred, pid, |p| lazy && lazy_target(p))?;
+                        }
+                    }
                 }
                 None if !ahead.is_empty() => {
                     return Err(Error::Refused(format!(
