@@ -1034,6 +1034,9 @@ pub struct Offsets {
     runs: BTreeMap<u64, (u64, u64)>,
     /// Bytes of pages recorded, copies of the same page too.
     received: u64,
+    /// PREPAGES sections not checked yet (stream offset, length, CRC): for [`Checker`], while
+    /// the restore goes on.
+    pub unchecked: Vec<(u64, usize, u32)>,
 }
 
 impl Offsets {
@@ -1111,6 +1114,75 @@ impl Offsets {
     /// Bytes of the pages held.
     pub fn held_bytes(&self) -> u64 {
         self.runs.iter().map(|(s, (e, _))| e - s).sum()
+    }
+}
+
+/// Checks the CRCs of sections of a mapped image on a thread of its own; [`Checker::finish`]
+/// (or the drop) waits for it.
+pub struct Checker {
+    thread: Option<std::thread::JoinHandle<Option<u64>>>,
+}
+
+/// The stream offset of the first of `sections` (stream offset, length, CRC) of `image`
+/// (whose first byte is at stream offset `base`) that does not check.
+fn first_bad(image: &[u8], base: u64, sections: &[(u64, usize, u32)]) -> Option<u64> {
+    sections.iter().find_map(|&(off, n, crc)| {
+        let from = off.checked_sub(base)? as usize;
+        match image.get(from..from + n) {
+            Some(d) if crc32fast::hash(d) == crc => None,
+            _ => Some(off),
+        }
+    })
+}
+
+fn damaged_at(offset: u64) -> Error {
+    Error::Image(crate::crf::CrfError::Bad {
+        offset,
+        what: "pages copied while the process ran: section checksum mismatch".into(),
+    })
+}
+
+impl Checker {
+    /// Checks `sections` (stream offset, length, CRC) of `image`, whose first byte is at
+    /// stream offset `base`: on a thread, or here if none is to be had (Err: one does not
+    /// check).
+    ///
+    /// # Safety
+    /// `image` must stay mapped and unchanged until the Checker is finished or dropped.
+    pub unsafe fn start(image: &[u8], base: u64, sections: Vec<(u64, usize, u32)>) -> Result<Checker> {
+        let (at, len) = (image.as_ptr() as usize, image.len());
+        let spawned = std::thread::Builder::new().spawn({
+            let sections = sections.clone();
+            move || {
+                // SAFETY: the caller keeps `image` as it is until the thread is joined.
+                let image = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
+                first_bad(image, base, &sections)
+            }
+        });
+        match spawned {
+            Ok(t) => Ok(Checker { thread: Some(t) }),
+            Err(_) => match first_bad(image, base, &sections) {
+                None => Ok(Checker { thread: None }),
+                Some(off) => Err(damaged_at(off)),
+            },
+        }
+    }
+
+    /// Ok once every section checked; the first that did not, as a damaged image.
+    pub fn finish(mut self) -> Result<()> {
+        match self.thread.take().map(|t| t.join()) {
+            None | Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(offset))) => Err(damaged_at(offset)),
+            Some(Err(_)) => Err(Error::Proc("the checksum thread panicked".into())),
+        }
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -1206,7 +1278,12 @@ pub fn read_ahead<R: crate::crf::Input>(
             buf.resize(n, 0);
         }
         let data = rd.data(&mut buf, n, WHAT)?;
-        if crc32fast::hash(data) != s.crc {
+        // Pages in a mapped image are checked beside the restore (a Checker), before the
+        // processes run: a third of its time for 1 GiB, read alone first.
+        let beside = how == Keep::Auto && s.tag == Tag::PREPAGES && matches!(c, Copied::InImage(_));
+        if beside && let Copied::InImage(o) = &mut *c {
+            o.unchecked.push((s.offset, n, s.crc));
+        } else if crc32fast::hash(data) != s.crc {
             return Err(bad("section checksum mismatch".into()));
         }
         let damaged = |e: Error| match e {

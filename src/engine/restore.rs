@@ -254,11 +254,26 @@ fn restore_all<R: Input>(
                 .into(),
         ));
     }
-    let (mut own, offsets) = match copied {
+    let (mut own, mut offsets) = match copied {
         Some(Copied::Held(s)) => (Some(s), None),
         Some(Copied::InImage(o)) => (None, Some((o, None))),
         Some(Copied::Later(o, d)) => (None, Some((o, Some(d)))),
         None => (None, None),
+    };
+    // Their checksums, checked beside the restore (a mapped image), before anything runs.
+    let checker = match offsets.as_mut().map(|o| std::mem::take(&mut o.0.unchecked)).filter(|u| !u.is_empty()) {
+        Some(u) => {
+            let lo = u.iter().map(|s| s.0).min().unwrap_or(0);
+            let hi = u.iter().map(|s| s.0 + s.1 as u64).max().unwrap_or(0);
+            let image = rd
+                .window(lo, (hi - lo) as usize)
+                .filter(|_| rd.lasting())
+                .ok_or_else(|| Error::Proc(format!("image bytes {lo}-{hi}: not in memory for the whole restore")))?;
+            // SAFETY: a lasting input's memory outlives this restore; the checker is finished
+            // or dropped (joined) before it returns.
+            Some(unsafe { super::precopy::Checker::start(image, lo, u) }?)
+        }
+        None => None,
     };
     let mut store = store.or(own.as_mut());
     let mut st = ProcessState::default();
@@ -421,6 +436,9 @@ fn restore_all<R: Input>(
             offset: s.offset,
             what: format!("a section ({}) after the last process", s.tag),
         }));
+    }
+    if let Some(c) = checker {
+        c.finish()?;
     }
     // Every process has its copies of the shared pages: ours go.
     drop(cow);
