@@ -279,9 +279,13 @@ fn lazy_restore_refuses_a_pipe_and_an_ordinary_user() {
 /// and an area mapped afresh now and then; each page checked on SIGUSR1. Returns it, its log
 /// and its pid.
 fn writer(dir: &std::path::Path, rate: &str) -> (std::process::Child, std::path::PathBuf, i32) {
+    writer_with(dir, rate, "churn")
+}
+
+fn writer_with(dir: &std::path::Path, rate: &str, mode: &str) -> (std::process::Child, std::path::PathBuf, i32) {
     let log = dir.join("log");
     let mut c = std::process::Command::new(target("writer"));
-    c.args([log.to_str().unwrap(), "64", rate, "churn"]);
+    c.args([log.to_str().unwrap(), "64", rate, mode]);
     c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
     close_extra_fds(&mut c);
     let child = c.spawn().unwrap();
@@ -371,6 +375,30 @@ fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
         assert!(served > 12000, "only {served} pages came lazily: {said}");
         kill_pid(new);
     }
+}
+
+/// A process with a userfaultfd of its own is not tracked (its ranges and ours would meet):
+/// the checkpoint is refused, naming the userfaultfd, and the process runs on unharmed.
+#[test]
+fn a_running_checkpoint_of_a_process_with_its_own_userfaultfd_is_refused_by_name() {
+    let dir = tmpdir("mem-running-uffd");
+    let (mut w, log, pid) = writer_with(&dir, "10", "uffd");
+    let img = dir.join("u.crf");
+    let o = run(&["ckpt", "-v", "-o", img.to_str().unwrap(), &pid.to_string()]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("a userfaultfd, which crs does not restore") && !err.contains("UFFDIO"), "{err}");
+    assert!(!img.exists());
+    let v = support::nodes::check(pid, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "after the refusal: {v}");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let uffds = fds
+        .flatten()
+        .filter(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.to_string_lossy().ends_with("[userfaultfd]")));
+    let uffds = uffds.count();
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert_eq!(uffds, 1, "the process's userfaultfds changed");
 }
 
 /// --frozen copies as before: no pages before the freeze; and a damaged page copied while the

@@ -278,7 +278,11 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
     Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
-    let maps = procfs::read_smaps(pid)?;
+    let mut maps = procfs::read_smaps(pid)?;
+    // Frozen after a copy made while it ran: without the marks of our own tracking.
+    if let Some(p) = &opts.precopied {
+        p.unmark(pid, &mut maps)?;
+    }
     Error::gather(memory::classify(pid, &maps, &no_copy_rule(pid, opts)), &mut why)?;
     Ok(why)
 }
@@ -312,7 +316,24 @@ pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce
     {
         return running_checkpoint(pid, out, opts, budget, recheck, commit);
     }
-    frozen_checkpoint(pid, Writer::new(out).map_err(image_io)?, opts, recheck, commit)
+    frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)
+}
+
+/// The image a checkpoint writes: begun already (the sections a running checkpoint copied
+/// first), or not yet, and then only once the processes are frozen (a refused PTRACE_SEIZE
+/// leaves the sink untouched, for crate::checkpoint to turn to /dev/crd).
+enum Out<W: Sink> {
+    New(W),
+    Begun(Writer<W>),
+}
+
+impl<W: Sink> Out<W> {
+    fn begin(self) -> Result<Writer<W>> {
+        match self {
+            Out::New(w) => Writer::new(w).map_err(image_io),
+            Out::Begun(w) => Ok(w),
+        }
+    }
 }
 
 fn image_io(e: std::io::Error) -> Error {
@@ -367,14 +388,13 @@ fn running_checkpoint<W: Sink>(
             Err(e) => return Err(e),
         },
     }
-    // (A refused PTRACE_SEIZE came before the first byte of the image: crate::checkpoint
-    // may still turn to /dev/crd.)
-    let mut w = Writer::new(out).map_err(image_io)?;
     let Some(mut src) = source else {
-        let mut r = frozen_checkpoint(pid, w, opts, recheck, commit)?;
+        let mut r = frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)?;
         r.ahead = Some(ahead);
         return Ok(r);
     };
+    // (Source::arm seized the process: a refused PTRACE_SEIZE came before the first byte.)
+    let mut w = Writer::new(out).map_err(image_io)?;
     let mut send = |f: super::precopy::Frame, b: &mut [u8]| {
         let tag = match f {
             super::precopy::Frame::Areas => Tag::PREAREAS,
@@ -386,9 +406,17 @@ fn running_checkpoint<W: Sink>(
     super::precopy::rounds(&mut src, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
     let precopied = super::precopy::Precopied(std::sync::Arc::new(std::sync::Mutex::new(src)));
     let opts = Options { precopied: Some(precopied), ..opts.clone() };
-    let mut r = frozen_checkpoint(pid, w, &opts, recheck, commit)?;
-    // The tracking ends here, once the process runs again (see precopy::Source).
+    // The image is committed (synced, renamed) once the process runs again, as in a frozen
+    // checkpoint that lets it run on, and once its tracking has ended (precopy::Source).
+    let mut written = None;
+    let mut r = frozen_checkpoint(pid, Out::Begun(w), &opts, recheck, |w| {
+        written = Some(w);
+        Ok(())
+    })?;
     drop(opts);
+    if let Some(w) = written {
+        commit(w)?;
+    }
     r.ahead = Some(ahead);
     Ok(r)
 }
@@ -425,14 +453,14 @@ pub fn checkpoint_prechecked<W: Sink>(
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     let opts = Options { running: None, ..opts.clone() };
-    frozen_checkpoint(pid, Writer::new(out).map_err(image_io)?, &opts, false, commit)
+    frozen_checkpoint(pid, Out::New(out), &opts, false, commit)
 }
 
 /// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it. With
 /// `Options::running` and neither kill nor stop, `commit` runs once the processes run again.
 fn frozen_checkpoint<W: Sink>(
     pid: i32,
-    out: Writer<W>,
+    out: Out<W>,
     opts: &Options,
     recheck: bool,
     commit: impl FnOnce(W) -> Result<()>,
@@ -459,6 +487,7 @@ fn frozen_checkpoint<W: Sink>(
         let _walk = crate::res::endpoints::Snapshot::take();
         urgent.real_time(false);
         let members = members?;
+        let out = out.begin()?;
         // The last writes of a pre-copy.
         if let Some(p) = &opts.precopied {
             p.freeze()?;

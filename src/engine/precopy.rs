@@ -172,13 +172,30 @@ impl std::fmt::Debug for Source {
     }
 }
 
+/// The first fd of process `pid` that is a userfaultfd, if any.
+fn own_uffd(pid: i32) -> Option<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.flatten().find_map(|e| {
+        let target = std::fs::read_link(e.path()).ok()?;
+        (target.as_os_str() == "anon_inode:[userfaultfd]").then(|| e.file_name().to_str()?.parse().ok())?
+    })
+}
+
 impl Source {
     /// Starts tracking the writes of process `pid` (a userfaultfd made in it, taken out: it
     /// is frozen for that moment). A kernel without asynchronous write-protection is
     /// [`Error::NotHere`].
     pub fn arm(pid: i32) -> Result<Source> {
         wp::available().map_err(|why| Error::not_here(format!("tracking the writes of pid {pid}"), why))?;
-        let uffd = super::checkpoint::in_process(pid, wp::uffd_of)?;
+        // A process with a userfaultfd of its own is not tracked: its ranges and ours would
+        // meet (EBUSY for it), and the checkpoint refuses it at the freeze anyway.
+        let uffd = super::checkpoint::in_process(pid, |c| match own_uffd(pid) {
+            Some(fd) => Err(Error::not_here(
+                format!("tracking the writes of pid {pid}"),
+                format!("it has a userfaultfd of its own (fd {fd})"),
+            )),
+            None => wp::uffd_of(c),
+        })?;
         let tracker = Tracker::new(pid, uffd, &[])?;
         Ok(Source {
             pid,
@@ -605,14 +622,39 @@ struct Held {
     collapsed: Vec<bool>,
 }
 
+/// `n` zero bytes, or None if they cannot be had (zeroed lazily, as vec! does).
+fn zeroed(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p comes from the global allocator with the layout of n bytes (capacity n), all
+    // of them initialized (zero).
+    Some(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 /// A huge page (PMD) on x86_64.
 const HUGE: u64 = 2 << 20;
 
 impl Held {
     fn new(area: Area, huge: bool) -> Result<Held> {
-        let local = map_local(area, huge)?;
         let chunks = (area.end.div_ceil(HUGE) - area.start / HUGE) as usize;
-        Ok(Held { area, local, state: vec![0; area.pages()], huge, collapsed: vec![false; chunks] })
+        // A byte per page: an image's area of many TiB (sparse ones exist) is refused if this
+        // machine cannot even hold that, rather than an abort.
+        let state = zeroed(area.pages()).ok_or_else(|| {
+            Error::Refused(format!(
+                "an area of {} bytes at {:#x}, sent ahead, is too large to follow on this machine",
+                area.end - area.start,
+                area.start
+            ))
+        })?;
+        let local = map_local(area, huge)?;
+        Ok(Held { area, local, state, huge, collapsed: vec![false; chunks] })
     }
 
     /// Once every page of a huge page of the process's has arrived: made one huge page here
@@ -723,7 +765,8 @@ impl Store {
             }
             let mut h = Held::new(a, huge)?;
             // Carried over from the old areas: the very pages the source counts as held.
-            for o in old.values().filter(|o| o.area.end > a.start && o.area.start < a.end) {
+            // (The old areas are apart, as these are: those that meet it, walking down.)
+            for (_, o) in old.range(..a.end).rev().take_while(|(_, o)| o.area.end > a.start) {
                 let (s, e) = (o.area.start.max(a.start), o.area.end.min(a.end));
                 for p in (s..e).step_by(PAGE as usize) {
                     let (i, j) = (((p - o.area.start) / PAGE) as usize, ((p - a.start) / PAGE) as usize);
@@ -1045,7 +1088,9 @@ impl Offsets {
         self.areas = areas.iter().map(|a| a.0).collect();
         let old = std::mem::take(&mut self.runs);
         for (s, (e, off)) in old {
-            for a in self.areas.iter().filter(|a| a.end > s && a.start < e) {
+            // The areas are in order and apart (decode_areas): those that meet [s, e).
+            let first = self.areas.partition_point(|a| a.end <= s);
+            for a in self.areas[first..].iter().take_while(|a| a.start < e) {
                 let (from, to) = (s.max(a.start), e.min(a.end));
                 self.runs.insert(from, (to, off + (from - s)));
             }
@@ -1064,7 +1109,8 @@ impl Offsets {
         for i in 0..n {
             let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
             let e = s.checked_add(np * PAGE).unwrap_or(0);
-            if !s.is_multiple_of(PAGE) || np == 0 || !self.areas.iter().any(|a| a.start <= s && e <= a.end) {
+            let i = self.areas.partition_point(|a| a.end <= s);
+            if !s.is_multiple_of(PAGE) || np == 0 || !self.areas.get(i).is_some_and(|a| a.start <= s && e <= a.end) {
                 return Err(format!("run {s:#x}+{np} pages lies outside the areas"));
             }
             self.cut(s, e);

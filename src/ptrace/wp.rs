@@ -78,9 +78,14 @@ impl Tracker {
             match uffd::register(&self.uffd, start, end, uffd::MODE_WP) {
                 Ok(()) => added.push((start, end)),
                 Err(e) => match e {
-                    // Not a kind of memory uffd-wp covers (a file's, a special mapping), or
-                    // unmapped since (ENOMEM).
-                    e if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOMEM)) => {
+                    // Not a kind of memory uffd-wp covers (a file's, a special mapping),
+                    // unmapped since (ENOMEM), or registered by another userfaultfd (EBUSY:
+                    // the checkpoint refuses that at the freeze).
+                    e if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOMEM) | Some(libc::EBUSY)
+                    ) =>
+                    {
                         self.untracked.push((start, end))
                     }
                     e => return Err(Error::io(format!("UFFDIO_REGISTER {start:#x}-{end:#x} (pid {pid})"), e)),
@@ -130,8 +135,9 @@ impl Tracker {
         self.ranges.retain(|r| !lost.contains(r));
         // What is left registered of a lost range (the process mapped over part of it) is
         // let go: it would look like a registration of the process's own, and a range
-        // tracked again is registered anew. (The process holds no userfaultfd of its own, or
-        // it could not be checkpointed: nothing else is registered there.)
+        // tracked again is registered anew. (Source::arm tracks no process that holds a
+        // userfaultfd of its own: nothing else is registered there, short of a userfaultfd
+        // for its memory held by another process.)
         for &(start, end) in &lost {
             if let Err(e) = uffd::unregister(&self.uffd, start, end) {
                 log::debug!("pid {pid}: UFFDIO_UNREGISTER {start:#x}-{end:#x}: {e}");

@@ -2,7 +2,8 @@
  * can check, and measures how long it was stopped.
  * argv[1]: log file; argv[2]: MiB of memory; argv[3]: MB/s written (pages rewritten whole, at
  * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
- * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then.
+ * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then;
+ * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages).
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
@@ -14,7 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +70,13 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
     uint32_t side_gen = 0;
     for (size_t i = 0; i < SIDE_PAGES; i++) fill(side + i * PAGE, i, side_gen);
+    if (argc > 4 && strcmp(argv[4], "uffd") == 0) {
+        int u = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        struct uffdio_api api = {.api = UFFD_API};
+        struct uffdio_register r = {.range = {(unsigned long)side, SIDE_PAGES * PAGE},
+                                    .mode = UFFDIO_REGISTER_MODE_MISSING};
+        if (u < 0 || ioctl(u, UFFDIO_API, &api) || ioctl(u, UFFDIO_REGISTER, &r)) return 4;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, 0);
