@@ -58,6 +58,60 @@ fn a_tree_is_copied_into_a_new_pid_namespace_and_both_run() {
     p.verdict("ok");
 }
 
+/// An ordinary user's tree copied into a new pid namespace through a user namespace of the
+/// user's own: every pid kept (the tree checks itself), the copy's program named by
+/// /proc/PID/exe, no capability left to it, the bounding set the original's.
+#[test]
+fn an_ordinary_user_copies_a_tree_into_a_new_pid_namespace() {
+    if !require(is_root(), "root (to run a target as nobody)") {
+        return;
+    }
+    let dir = open_dir("tree-pidns-user");
+    let tree = target("tree");
+    let mut c = as_nobody(&[tree.to_str().unwrap()]);
+    c.current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let crs = crs();
+    let pid = p.pid();
+    // (Checkpointed by root, which sees that the stdout pipe is read outside the tree; see
+    // a_pipe_read_by_another_user_is_outside for nobody's own checkpoint.)
+    let img = dir.join("t.crf");
+    let img = img.to_str().unwrap();
+    ckpt(&["-o", img, &pid.to_string()]);
+    std::fs::set_permissions(img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut copy = Proc::spawn(as_nobody(&[crs, "rstrt", "--pidns", img]));
+    // rstrt (setpriv became it), the namespace's init, the restored tree's first process
+    // (once it is that: the init may fork others first), as it is once restored.
+    let orig = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |s: &str, k: &str| s.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+    let first_child = |p: i32| {
+        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        kids.split_whitespace().next().and_then(|k| k.parse::<i32>().ok())
+    };
+    let t = std::time::Instant::now();
+    let (restored, new) = loop {
+        let last = first_child(copy.pid()).and_then(first_child).and_then(|r| {
+            let new = std::fs::read_to_string(format!("/proc/{r}/status")).ok()?;
+            let exe = std::fs::read_link(format!("/proc/{r}/exe")).ok()?;
+            let nspid = field(&new, "NSpid:");
+            (exe == tree && nspid.split_whitespace().nth(1) == Some(pid.to_string().as_str())).then_some((r, new))
+        });
+        if let Some(x) = last {
+            break x;
+        }
+        assert!(t.elapsed() < TIMEOUT, "no restored process with the tree's pid {pid} and program");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    for k in ["CapPrm:", "CapEff:", "CapInh:", "CapAmb:"] {
+        assert_eq!(field(&new, k), "0000000000000000", "{k} of the copy, pid {restored}: {new}");
+    }
+    assert_eq!(field(&new, "CapBnd:"), field(&orig, "CapBnd:"));
+    assert_eq!(field(&new, "Uid:"), field(&orig, "Uid:"));
+    copy.verdict("ok");
+    p.verdict("ok");
+}
+
 /// A pid in use is named with its holder; --require-pid then refuses, and a child's pid in use
 /// refuses anyway; nothing is left behind.
 #[test]

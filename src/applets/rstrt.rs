@@ -25,15 +25,16 @@ struct Args {
     #[argh(switch)]
     require_pid: bool,
     /// restore in a new pid namespace, where every pid is free: the process and its threads
-    /// get their ids back even while the original still runs (root only)
+    /// get their ids back even while the original still runs (root, or a user through a user
+    /// namespace of its own)
     #[argh(switch)]
     pidns: bool,
     /// restore in a new IPC namespace, where the System V objects the image holds get their
-    /// ids and keys even if this node's are taken (root only)
+    /// ids and keys even if this node's are taken (root only, or with --pidns for a user)
     #[argh(switch)]
     ipcns: bool,
     /// restore in a new time namespace, where CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from
-    /// where they were when the process was frozen, on any node (root only)
+    /// where they were when the process was frozen, on any node (root only, or with --pidns for a user)
     #[argh(switch)]
     timens: bool,
     /// run a job checkpointed with ckpt --shell-job in rstrt's session and process group, its

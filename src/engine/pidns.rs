@@ -38,9 +38,12 @@ pub enum End {
     Killed(i32),
 }
 
-/// Unshares a pid namespace and forks its init. Needs CAP_SYS_ADMIN; must be called while
-/// rstrt has a single thread.
+/// Unshares a pid namespace and forks its init; an ordinary user first enters a user
+/// namespace of its own ([`own_user_ns`]). Must be called while rstrt has a single thread.
 pub fn enter() -> Result<Side> {
+    if !crate::res::creds::is_root() {
+        own_user_ns()?;
+    }
     // SAFETY: unshare takes flags only.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(match Errno::last() {
@@ -68,6 +71,32 @@ pub fn enter() -> Result<Side> {
             Ok(Side::Init(Init { report: std::fs::File::from(w) }))
         }
     }
+}
+
+/// For an ordinary user: a user namespace of its own, in which it has the capabilities the
+/// pid and mount namespaces and the restore need (to choose pids, to set the exe link), over
+/// those namespaces only. Only its own uid and gid are mapped, as themselves: the restored
+/// process has its ids, sees other users' files as owned by the overflow ids (nobody), and
+/// cannot change its supplementary groups (setgroups is denied there).
+fn own_user_ns() -> Result<()> {
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        let e = Errno::last();
+        return Err(Error::Permission(format!(
+            "--pidns as an ordinary user needs a user namespace, which this system refuses (unshare(CLONE_NEWUSER): {}; see user.max_user_namespaces, kernel.unprivileged_userns_clone, or AppArmor's userns restriction): run rstrt as root",
+            e.desc()
+        )));
+    }
+    for (file, text) in [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("{uid} {uid} 1")),
+        ("gid_map", format!("{gid} {gid} 1")),
+    ] {
+        let path = format!("/proc/self/{file}");
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// In the init: a mount namespace of our own with a /proc of the new pid namespace.

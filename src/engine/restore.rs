@@ -370,7 +370,9 @@ fn restore_all<R: Input>(
     // only the very file the image maps (same content), one its owner may execute.
     // (Driven then through a syscall instruction of its vdso: without one, not at all.)
     // (Not when the processes share pages held here: an execve would drop them.)
-    let program = if creds::is_root() || shared.vdso.is_empty() { None } else { own_program(&st) };
+    // (In a user namespace of its own, rstrt --pidns as an ordinary user may set the link.)
+    let privileged = creds::is_root() || creds::user_with_caps();
+    let program = if privileged || shared.vdso.is_empty() { None } else { own_program(&st) };
     if program.is_some() && cow.is_some() {
         notes.push(
             "the first process names crs as its program (/proc/PID/exe): executing its own would lose the pages its tree shares"
@@ -800,6 +802,22 @@ fn restore_one<R: Input>(
     if creds::is_root() {
         keepers = creds::restore(&mut c, &st.head, kept, join)?;
     } else {
+        // In a user namespace of its own (rstrt --pidns), the child and its threads had our
+        // capabilities there: they go, as an ordinary user's restore never had them.
+        if creds::user_with_caps() {
+            for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
+                let mut l = Calls::new();
+                l.capset([0; 6]);
+                match others.iter().find(|o| o.pid == tid) {
+                    Some(o) => {
+                        let mut oc = ctl(o)?;
+                        oc.run(&l)?;
+                        c.r.held.append(&mut oc.r.held);
+                    }
+                    None => c.run(&l)?,
+                }
+            }
+        }
         for tid in std::iter::once(pid).chain(others.iter().map(|o| o.pid)) {
             creds::verify(tid, &st.head, creds::Stage::Inherited)?;
         }
@@ -1073,7 +1091,7 @@ fn restore_one<R: Input>(
     // A root process's own capabilities last: every step before needed root's.
     // Each task's credentials are then read back, once where nothing was left to do: its
     // sets and, for the other threads (which took the ids in one go at step 7), the ids.
-    let own_sets = (caps::all_root(&st.head) && creds::is_root()) || kept;
+    let own_sets = (caps::all_root(&st.head) && creds::is_root()) || kept || creds::user_with_caps();
     for (i, tid) in std::iter::once(pid).chain(others.iter().map(|o| o.pid)).enumerate() {
         let path = format!("/proc/{pid}/task/{tid}/status");
         let read = || std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e));

@@ -75,9 +75,10 @@ fn bits(v: u64) -> impl Iterator<Item = u32> {
 /// needs CAP_SETPCAP). A capability this kernel does not know cannot be in it here anyway.
 /// Restored by a user, the child has the restorer's bounding set, which it cannot narrow: the
 /// restore is refused if that has a capability the image's had not (it may have fewer: the
-/// restorer's own restriction).
+/// restorer's own restriction). A user in a user namespace of its own (rstrt --pidns), whose
+/// bounding set there is full, drops from it as root does.
 pub fn restore_bounding(c: &mut Ctl, caps: &Caps) -> Result<()> {
-    if !crate::res::creds::is_root() {
+    if !crate::res::creds::is_root() && !crate::res::creds::user_with_caps() {
         let own = hex(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), "CapBnd");
         if own & !caps.bnd != 0 {
             return Err(Error::Permission(format!(

@@ -36,7 +36,9 @@ pub fn enter_namespace(c: &Clocks) -> Result<()> {
     // SAFETY: unshare takes flags only; CLONE_NEWTIME moves the children made after it.
     if unsafe { libc::unshare(libc::CLONE_NEWTIME) } != 0 {
         return Err(match Errno::last() {
-            Errno::EPERM => Error::Permission("--timens needs CAP_SYS_ADMIN (run rstrt as root)".into()),
+            Errno::EPERM => Error::Permission(
+                "--timens needs CAP_SYS_ADMIN: run rstrt as root, or add --pidns (a user namespace of its own)".into(),
+            ),
             Errno::EINVAL => {
                 Error::not_here("--timens", "this kernel has no time namespaces (Linux 5.6, CONFIG_TIME_NS)")
             }

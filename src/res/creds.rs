@@ -21,6 +21,21 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether we are an ordinary user with capabilities: in a user namespace of our own (rstrt
+/// --pidns), where they reach no further than the namespaces we made. A process restored
+/// there must not keep them: it gets the image's sets (none, for an ordinary user's).
+pub fn user_with_caps() -> bool {
+    // Not in the initial user namespace (its uid_map is the whole range, as itself): a user
+    // with capabilities there (ambient ones, a service's) is an ordinary restorer.
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    if map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"] {
+        return false;
+    }
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim);
+    !is_root() && eff.is_some_and(|v| !u64::from_str_radix(v, 16).is_ok_and(|v| v == 0))
+}
+
 /// An unprivileged caller restores only its own processes: every id of the image must be its
 /// real uid or gid (it cannot set others). Root may restore any image it trusts.
 pub fn check_caller(h: &Header) -> Result<()> {

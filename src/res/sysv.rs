@@ -424,7 +424,7 @@ pub fn create_here(ipc: &Ipc, h: &super::head::Header, new_ns: bool) -> Result<M
         if unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
             return Err(match Errno::last() {
                 Errno::EPERM => Error::Permission(
-                    "a new IPC namespace (rstrt --ipcns, or the processes had one of their own) needs CAP_SYS_ADMIN: run rstrt as root".into(),
+                    "a new IPC namespace (rstrt --ipcns, or the processes had one of their own) needs CAP_SYS_ADMIN: run rstrt as root, or add --pidns (a user namespace of its own)".into(),
                 ),
                 e => Error::sys("unshare(CLONE_NEWIPC)", "rstrt", e),
             });
