@@ -112,6 +112,27 @@ fn an_ordinary_user_copies_a_tree_into_a_new_pid_namespace() {
     p.verdict("ok");
 }
 
+/// An ordinary user's checkpoint of a tree whose stdout is a pipe another user (root, here
+/// the test) reads: it cannot see that reader among the processes, the pipe tells it that
+/// its read end is open, so fds 1 and 2 are stdio, the pipe the restore's, and not a pipe
+/// of the tree's own (of which the image would hold nothing). All done as nobody.
+#[test]
+fn a_pipe_read_by_another_user_is_outside() {
+    if !require(is_root(), "root (to run a target as nobody)") {
+        return;
+    }
+    let dir = open_dir("tree-pipe-user");
+    let mut c = as_nobody(&[target("tree").to_str().unwrap()]);
+    c.current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let crs = crs();
+    let script = format!("exec {crs} rstrt --pidns <({crs} ckpt -o - {})", p.pid());
+    let mut copy = Proc::spawn(as_nobody(&["/bin/bash", "-c", &script]));
+    copy.verdict("ok");
+    p.verdict("ok");
+}
+
 /// A pid in use is named with its holder; --require-pid then refuses, and a child's pid in use
 /// refuses anyway; nothing is left behind.
 #[test]

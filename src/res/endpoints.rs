@@ -118,7 +118,34 @@ fn name_holders(h: &[(i32, i32, u32)], pid: i32) -> String {
 /// checkpoint. An end nobody holds any more is inside too: a restore closes it again (a read
 /// end whose writers are all gone reads end of file, as make's jobserver pipe does).
 pub fn pipe_inside(within: &[i32], pid: i32, fd: i32, link: &str) -> bool {
-    holders(link, pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0))
+    let h = holders(link, pid, fd);
+    if !h.iter().all(|x| x.0 == pid || within.contains(&x.0)) {
+        return false;
+    }
+    if !link.starts_with("pipe:") {
+        return true;
+    }
+    // No holder of the other end seen: closed, or held by a process whose fds we may not
+    // read (an ordinary user's ckpt, a pipe another user reads): the pipe itself says which.
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let flags = crate::ptrace::procfs::parse_fdinfo(&info).map_or(0, |(_, f)| f) & libc::O_ACCMODE as u32;
+    let other = if flags == libc::O_RDONLY as u32 { libc::O_WRONLY as u32 } else { libc::O_RDONLY as u32 };
+    h.iter().any(|x| x.2 == other || x.2 == libc::O_RDWR as u32) || !other_end_open(pid, fd, flags)
+}
+
+/// Whether the other end of the pipe that `pid` holds as `fd` (opened with access mode
+/// `mode`) is open anywhere, asked of a copy of the fd: a write end with no reader polls
+/// POLLERR, a read end with no writer POLLHUP. Without a copy (pidfd_getfd refused), false:
+/// what the walk of /proc saw stands.
+fn other_end_open(pid: i32, fd: i32, mode: u32) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(ours) = crate::ptrace::procfs::getfd(pid, fd, "a pipe") else { return false };
+    let (events, closed) =
+        if mode == libc::O_RDONLY as u32 { (libc::POLLIN, libc::POLLHUP) } else { (libc::POLLOUT, libc::POLLERR) };
+    let mut p = libc::pollfd { fd: ours.as_raw_fd(), events, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd, ours; timeout 0.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n >= 0 && p.revents & closed == 0
 }
 
 /// Every socket a process other than `pid` and those `within` (and crs) holds, by inode,
