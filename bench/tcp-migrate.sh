@@ -5,10 +5,12 @@
 # service address, restartd on node b, the clients (bench/tcp-clients.py) on node c, each
 # connection echoing a line every 10 ms. Per run: the longest round the clients saw (a line
 # on every connection, every echo back), the round before the migration (the baseline), the
-# migration's frozen time and total time (migrate -v). No peer: CRIU has no migration of its
-# own; its dump/restore of the same sockets is not measured here yet.
-# usage: bench/tcp-migrate.sh [CRS_BINARY]   (env CONNS="1 100 1000", RUNS=3). Needs root,
-# iproute2, nftables, python3.
+# migration's frozen time and total time (migrate -v). CRIU has no migration of its own: with
+# CRIU=path, a second table puts a checkpoint and a restore in place on node a (ckpt -k then
+# rstrt, criu dump then criu restore, both --tcp-established, images in /dev/shm) side by side,
+# with the longest round the clients saw across them.
+# usage: bench/tcp-migrate.sh [CRS_BINARY]   (env CONNS="1 100 1000", RUNS=3, CRIU=). Needs
+# root, iproute2, nftables, python3.
 set -euo pipefail
 cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
@@ -18,12 +20,13 @@ source ./lib.sh
 BR=cbtbr$$ A=cbta$$ B=cbtb$$ C=cbtc$$
 NET=10.78.0
 work=$(mktemp -d /tmp/crs-tcpbench.XXXXXX)
+shm=$(mktemp -d /dev/shm/crs-tcpbench.XXXXXX)
 cleanup() {
   for ns in $A $B $C $BR; do
     for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
     ip netns del $ns 2>/dev/null || true
   done
-  rm -rf "$work"
+  rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
 for ns in $BR $A $B $C; do ip netns add $ns; done
@@ -71,4 +74,66 @@ for n in $CONNS; do
   done
   printf '%-6s %-22s %-22s %-22s %-22s\n' "$n" "$(stats 6 < "$work/w")" "$(stats 6 < "$work/base")" \
     "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
+done
+
+[ -n "${CRIU:-}" ] || exit 0
+CRIU=$(realpath "$CRIU")
+# In place on node a: the server checkpointed (and so killed) with its connections, restored
+# at once; the clients pause meanwhile. crs: ckpt -k, rstrt -d; CRIU: dump, restore -d.
+serve() { # starts the echo server on a (with the service address), its pid in $pid
+  ip -n $B addr del $NET.100/24 dev v$B 2>/dev/null || true
+  ip -n $A addr add $NET.100/24 dev v$A 2>/dev/null || true
+  ip -n $C neigh flush all
+  # (Its stdio opened inside the namespaces ip netns exec makes: CRIU finds no mount for a
+  # file opened outside the mount namespace it dumps; and in a session of its own, which
+  # CRIU asks of a process it dumps without --shell-job.)
+  rm -f "$work/srv"
+  ip netns exec $A bash -c "exec < /dev/null > $work/srv 2>&1; $(declare -f bare); bare setsid python3 ../tests/targets/echo.py $NET.100 7000" &
+  until grep -qs ready "$work/srv"; do sleep 0.01; done
+  pid=$(awk '/ready/ {print $2}' "$work/srv")
+}
+echo
+echo "in place on node a, --tcp-established, images in /dev/shm: checkpoint (killing it), restore, clients' longest round; ms"
+printf '%-6s %-22s %-22s %-22s %-22s %-22s %-22s\n' conns "ckpt crs" "dump criu" "rstrt crs" "restore criu" \
+  "clients' crs" "clients' criu"
+for n in $CONNS; do
+  for f in ck cd rs rc wc wd; do : > "$work/$f"; done
+  for run in $(seq "$RUNS"); do
+    for tool in crs criu; do
+      serve
+      ip netns exec $C python3 tcp-clients.py $NET.100 7000 "$n" 4 > "$work/cl" &
+      cl=$!
+      until grep -q connected "$work/cl"; do sleep 0.01; done
+      sleep 1
+      rm -rf "$shm/img"; mkdir "$shm/img"
+      t0=$(now)
+      if [ $tool = crs ]; then
+        ip netns exec $A "$CRS" ckpt -k --tcp-established -o "$shm/img/s.crf" "$pid" 2> "$work/err" \
+          || { echo "crs ckpt failed: $(cat "$work/err")"; exit 1; }
+        t1=$(now)
+        ip netns exec $A "$CRS" rstrt -d "$shm/img/s.crf" > /dev/null 2>> "$work/err" \
+          || { echo "crs rstrt failed: $(cat "$work/err")"; exit 1; }
+      else
+        # (In the server's own mount namespace too: each ip netns exec makes one, whose mounts
+        # CRIU would try to dump.)
+        nsenter -t "$pid" -m -n "$CRIU" dump -t "$pid" -D "$shm/img" --tcp-established -o dump.log \
+          || { echo "criu dump failed: $(tail -5 "$shm/img/dump.log")"; exit 1; }
+        t1=$(now)
+        ip netns exec $A "$CRIU" restore -D "$shm/img" --tcp-established -d -o restore.log \
+          || { echo "criu restore failed: $(tail -5 "$shm/img/restore.log")"; exit 1; }
+      fi
+      t2=$(now)
+      wait $cl
+      grep -q '^ok' "$work/cl" || { echo "$tool run failed: $(cat "$work/cl")"; exit 1; }
+      if [ $tool = crs ]; then
+        ms "$t0" "$t1" >> "$work/ck"; ms "$t1" "$t2" >> "$work/rs"; awk '/^ok/ {print $5}' "$work/cl" >> "$work/wc"
+      else
+        ms "$t0" "$t1" >> "$work/cd"; ms "$t1" "$t2" >> "$work/rc"; awk '/^ok/ {print $5}' "$work/cl" >> "$work/wd"
+      fi
+      for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+      while [ -n "$(ip netns pids $A)" ]; do sleep 0.01; done
+    done
+  done
+  printf '%-6s %-22s %-22s %-22s %-22s %-22s %-22s\n' "$n" "$(stats 6 < "$work/ck")" "$(stats 6 < "$work/cd")" \
+    "$(stats 6 < "$work/rs")" "$(stats 6 < "$work/rc")" "$(stats 6 < "$work/wc")" "$(stats 6 < "$work/wd")"
 done
