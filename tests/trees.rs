@@ -132,6 +132,41 @@ fn a_pipe_read_by_another_user_is_outside() {
     let mut copy = Proc::spawn(as_nobody(&["/bin/bash", "-c", &script]));
     copy.verdict("ok");
     p.verdict("ok");
+    // On another fd than 0-2, such a pipe is refused, and said to be read by a process nobody
+    // may not look at (not "closed").
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds, owned by this test (closed below).
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let w = fds[1];
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--", "sleep", "100"]);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and close_range are async-signal-safe and touch only the child's fd table.
+    unsafe {
+        c.pre_exec(move || {
+            libc::dup2(w, 5);
+            libc::syscall(libc::SYS_close_range, 3u32, 4u32, 0u32);
+            libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut sleeper = c.spawn().unwrap();
+    // SAFETY: our copy of the write end; the read end stays open until the end.
+    unsafe { libc::close(w) };
+    let o = as_nobody(&[crs, "ckpt", "-o", dir.join("s.crf").to_str().unwrap(), &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // SAFETY: the read end, ours.
+    unsafe { libc::close(fds[0]) };
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("fd 5 is a pipe's write end, its read end held by a process crs may not look at"),
+        "{e}"
+    );
 }
 
 /// A pid in use is named with its holder; --require-pid then refuses, and a child's pid in use

@@ -212,6 +212,9 @@ pub fn pipe(pid: i32, fd: i32, link: &str, flags: u32) -> String {
     };
     let h: Vec<_> = holders(link, pid, fd).into_iter().filter(|x| x.2 == want).collect();
     match h.len() {
+        0 if link.starts_with("pipe:") && other_end_open(pid, fd, flags & libc::O_ACCMODE as u32) => {
+            format!("a pipe's {mine}, its {other} held by a process crs may not look at (another user's)")
+        }
         0 => format!("a pipe's {mine}, its {other} closed"),
         _ => format!("a pipe's {mine}, its {other} held by {}", name_holders(&h, pid)),
     }
