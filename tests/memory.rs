@@ -293,7 +293,7 @@ fn writer_with(dir: &std::path::Path, rate: &str, mode: &str) -> (std::process::
     (child, log, l.split_whitespace().nth(1).unwrap().parse().unwrap())
 }
 
-/// Restores `img` detached, with `args` (`-` with `stdin` from a file: through a pipe), and
+/// Restores `img` detached, with `args` (`-` with `stdin` from a file: read as a stream, as from a pipe), and
 /// checks every page of the writer it holds; returns the new pid and what rstrt said.
 fn restore_writer(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: &std::path::Path) -> (i32, String) {
     let mut c = std::process::Command::new(crs());
@@ -321,7 +321,7 @@ fn kill_pid(pid: i32) {
 /// A checkpoint of a process that runs on copies its memory while it writes it, and freezes
 /// it only for what it wrote since: the frozen part of the image is a small part of its
 /// memory; the process runs on with nothing of the tracking left; the image, restored from a
-/// file, through a pipe and lazily, holds every page as the process last wrote it (pages it dropped
+/// file, as a stream (rstrt -) and lazily, holds every page as the process last wrote it (pages it dropped
 /// read as zero, an area it mapped afresh holds what it wrote there since).
 #[test]
 fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
