@@ -162,6 +162,18 @@ impl Calls {
         (s, base + first as u64)
     }
 
+    pub fn fcntl(&mut self, fd: i32, cmd: i32, arg: u64, call: &str, what: &str) -> &mut Self {
+        self.must(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0], call, what.to_string())
+    }
+
+    pub fn dup3(&mut self, old: i32, new: i32, flags: i32, what: &str) -> &mut Self {
+        self.must(libc::SYS_dup3, [old as u64, new as u64, flags as u64, 0, 0, 0], "dup3", what.to_string())
+    }
+
+    pub fn close(&mut self, fd: i32, what: &str) -> &mut Self {
+        self.must(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0], "close", what.to_string())
+    }
+
     pub fn prctl(&mut self, option: i32, args: [u64; 4], call: &str, what: &str) -> &mut Self {
         self.must(libc::SYS_prctl, [option as u64, args[0], args[1], args[2], args[3], 0], call, what.to_string())
     }
@@ -328,6 +340,13 @@ impl Calls {
         let p = self.keep(&b);
         let args = [V(PR_SET_VMA), V(0), V(at.0), V(len), At(p), V(0)];
         self.push(libc::SYS_prctl, args, Box::new(|_, _| Ok(())))
+    }
+
+    /// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event) with the struct epoll_event `event`.
+    pub fn epoll_ctl_add(&mut self, epfd: i32, fd: i32, event: &[u8], what: &str) -> &mut Self {
+        let at = self.keep(event);
+        let args = [V(epfd as u64), V(libc::EPOLL_CTL_ADD as u64), V(fd as u64), At(at), V(0), V(0)];
+        self.push(libc::SYS_epoll_ctl, args, named("epoll_ctl(EPOLL_CTL_ADD)", what.to_string()))
     }
 
     /// mlock2(at, len, flags).

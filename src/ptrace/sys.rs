@@ -309,11 +309,6 @@ impl Ctl<'_> {
         self.call(libc::SYS_epoll_create1, [flags as u64, 0, 0, 0, 0, 0], "epoll_create1", what).map(|fd| fd as i32)
     }
 
-    /// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event at `ev`); raw result.
-    pub fn epoll_ctl_add_raw(&mut self, epfd: i32, fd: i32, ev: RemoteAddr) -> Result<i64> {
-        self.raw(libc::SYS_epoll_ctl, [epfd as u64, libc::EPOLL_CTL_ADD as u64, fd as u64, ev.0, 0, 0])
-    }
-
     /// signalfd4(-1, mask, 8, flags): a new signalfd for the signals in `mask` (bit n-1 for
     /// signal n).
     pub fn signalfd(&mut self, mask: u64, flags: i32, what: &str) -> Result<i32> {

@@ -130,21 +130,19 @@ pub fn describe(all: &[Epoll]) -> Vec<String> {
 /// Registers every target in its epoll instance, inside the restored process (all its fds
 /// exist by now).
 pub fn restore(c: &mut Ctl, all: &[Epoll]) -> Result<()> {
+    // In one go: a server's epoll may watch thousands of connections.
+    let mut l = crate::ptrace::calls::Calls::new();
     for ep in all {
         for t in &ep.targets {
             let mut e = Enc::new();
             // struct epoll_event is packed on x86_64: u32 events, u64 data.
             e.u32(t.events).u64(t.data);
-            let at = c.scratch.put(c.pid(), 0, e.as_slice())?;
-            let r = c.epoll_ctl_add_raw(ep.fd, t.tfd, at)?;
-            if r < 0 {
-                return Err(Error::sys(
-                    "epoll_ctl(EPOLL_CTL_ADD)",
-                    format!("epoll fd {} fd {} in pid {}", ep.fd, t.tfd, c.pid()),
-                    nix::errno::Errno::from_raw(-r as i32),
-                ));
-            }
+            l.epoll_ctl_add(ep.fd, t.tfd, e.as_slice(), &format!("epoll fd {} fd {}", ep.fd, t.tfd));
         }
+    }
+    if !l.is_empty() {
+        let area = c.scratch.clone();
+        c.run_at_once(&l, &area)?;
     }
     Ok(())
 }

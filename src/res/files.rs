@@ -11,6 +11,7 @@ use super::fileid::FileId;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 use crate::ptrace::procfs;
 use nix::errno::Errno;
 use std::fs;
@@ -678,13 +679,21 @@ pub fn restore(
         let hw = c.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
         made.push((ino, hr, hw));
     }
-    // A shared description, dup'ed above for each fd that held it.
-    let mut descs: Vec<(i32, i32)> = Vec::new();
+    // A shared description, each end of a unix socket pair, a socket, each pty master: dup'ed
+    // above for each fd that held it, in one go (a service's thousand connections are a
+    // thousand fds: one remote syscall each would be most of its restore).
+    let mut up = Calls::new();
+    let mut ups: Vec<i32> = Vec::new();
     for &(fd, raw) in inherited.descs {
-        let what = format!("fd {fd} (a shared file description)");
-        descs.push((fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
+        up.fcntl(
+            raw,
+            libc::F_DUPFD_CLOEXEC,
+            above,
+            "fcntl(F_DUPFD_CLOEXEC)",
+            &format!("fd {fd} (a shared file description)"),
+        );
+        ups.push(fd);
     }
-    // Each end of a unix socket pair, dup'ed above for each fd that held it.
     for f in fds.iter().filter(|f| matches!(f.kind, KIND_UNIXPAIR | KIND_UNIXLISTEN | KIND_INET)) {
         let &(_, raw) = inherited.sockets.iter().find(|s| s.0 == f.id.ino).ok_or_else(|| {
             Error::Refused(format!(
@@ -692,22 +701,42 @@ pub fn restore(
                 f.fd, f.id.ino
             ))
         })?;
-        let what = format!("fd {} (socket:[{}])", f.fd, f.id.ino);
-        descs.push((f.fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
+        up.fcntl(
+            raw,
+            libc::F_DUPFD_CLOEXEC,
+            above,
+            "fcntl(F_DUPFD_CLOEXEC)",
+            &format!("fd {} (socket:[{}])", f.fd, f.id.ino),
+        );
+        ups.push(f.fd);
     }
-    // Each pty master, dup'ed above for each fd that held it.
     for f in fds.iter().filter(|f| f.kind == KIND_PTMX) {
         let p = inherited.ptys.iter().find(|p| p.0 as u64 == f.id.ino);
         let &(_, raw, _) = p.ok_or_else(|| {
             Error::Refused(format!("fd {} is pty {} of which the image holds nothing: it is damaged", f.fd, f.id.ino))
         })?;
-        let what = format!("fd {} (pty master {})", f.fd, f.id.ino);
-        descs.push((f.fd, c.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32));
+        up.fcntl(
+            raw,
+            libc::F_DUPFD_CLOEXEC,
+            above,
+            "fcntl(F_DUPFD_CLOEXEC)",
+            &format!("fd {} (pty master {})", f.fd, f.id.ino),
+        );
+        ups.push(f.fd);
     }
     // Everything else it inherited goes (the copies above were not there yet).
+    let mut gone = Calls::new();
     for n in have.into_iter().filter(|&n| !keep(n)) {
-        c.close(n, &format!("fd {n}"))?;
+        gone.close(n, &format!("fd {n}"));
     }
+    up.append(gone);
+    let area = c.scratch.clone();
+    let got = c.run_at_once(&up, &area)?;
+    let descs: Vec<(i32, i32)> = ups.iter().zip(&got).map(|(&fd, &r)| (fd, r as i32)).collect();
+    // Each fd of those, put in place at the end, in one go: their copies lie above every fd
+    // of the image, and each of its fds is one of them or made below, so no move there
+    // lands on another.
+    let mut placed = Calls::new();
     for f in fds.iter().filter(|f| f.kind == KIND_PIPE) {
         if made.iter().any(|m| m.0 == f.id.ino) {
             continue;
@@ -841,6 +870,12 @@ pub fn restore(
                 r => r?,
             }
         };
+        if shared.is_some() {
+            placed.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what);
+            placed.dup3(tmp, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what);
+            placed.close(tmp, &what);
+            continue;
+        }
         // The fd's own status flags, non-blocking or not.
         c.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what)?;
         if tmp != f.fd {
@@ -853,6 +888,10 @@ pub fn restore(
         if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED | KIND_MEMFD) && shared.is_none() {
             c.lseek_set(f.fd, f.pos, &what)?;
         }
+    }
+    if !placed.is_empty() {
+        let area = c.scratch.clone();
+        c.run_at_once(&placed, &area)?;
     }
     for (ino, r, w) in made {
         c.close(r, &format!("pipe:[{ino}]"))?;
