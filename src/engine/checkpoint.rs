@@ -578,84 +578,63 @@ fn frozen_checkpoint<W: Sink>(
         restored = restored.and(p.put_back());
     }
     let processes = procs.len();
-    match result {
-        Ok((pages, image_bytes, stubs)) if opts.kill => {
-            for p in &procs {
-                p.t.kill(Signal::SIGKILL)?;
-            }
-            let frozen = t0.elapsed();
-            urgent.real_time(false);
-            // As their tracer we see them die, the other threads first (the leader is reported
-            // only after them): once this returns, the processes are gone (zombies until their
-            // parents reap them).
-            for p in procs {
-                for o in p.others {
-                    while o.t.wait().is_ok() {}
-                }
-                while p.t.wait().is_ok() {}
-            }
-            debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
-            Ok(Report {
-                pid,
-                pages,
-                image_bytes,
-                frozen,
-                stubs,
-                processes,
-                zombies,
-                notes,
-                tcp_lock: tcp_lock.clone(),
-                ahead: None,
-            })
-        }
-        Ok((pages, image_bytes, stubs)) => {
-            restored?;
-            let mut pids = Vec::new();
-            for p in procs {
-                if opts.stop {
-                    p.t.kill(Signal::SIGSTOP)?;
-                }
-                for o in p.others {
-                    o.t.detach()?;
-                }
-                pids.push((p.t.pid, p.held));
-                p.t.detach()?;
-            }
-            // Until the last thread was let go.
-            let frozen = t0.elapsed();
-            urgent.real_time(false);
-            for (m, held) in &pids {
-                if opts.stop {
-                    procfs::wait_stopped(*m);
-                }
-                redeliver(*m, held);
-            }
-            debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
-            // They run on whatever becomes of it.
-            if let Some((commit, out)) = written {
-                commit(out)?;
-            }
-            Ok(Report {
-                pid,
-                pages,
-                image_bytes,
-                frozen,
-                stubs,
-                processes,
-                zombies,
-                notes,
-                tcp_lock: tcp_lock.clone(),
-                ahead: None,
-            })
-        }
+    let (pages, image_bytes, stubs) = match result {
+        Ok(r) => r,
         Err(e) => {
             let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();
             for (m, h) in &held {
                 redeliver(*m, h);
             }
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    let frozen = if opts.kill {
+        for p in &procs {
+            p.t.kill(Signal::SIGKILL)?;
+        }
+        let frozen = t0.elapsed();
+        urgent.real_time(false);
+        // As their tracer we see them die, the other threads first (the leader is reported
+        // only after them): once this returns, the processes are gone (zombies until their
+        // parents reap them).
+        for p in procs {
+            for o in p.others {
+                while o.t.wait().is_ok() {}
+            }
+            while p.t.wait().is_ok() {}
+        }
+        debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes; killed it");
+        frozen
+    } else {
+        restored?;
+        let mut pids = Vec::new();
+        for p in procs {
+            if opts.stop {
+                p.t.kill(Signal::SIGSTOP)?;
+            }
+            for o in p.others {
+                o.t.detach()?;
+            }
+            pids.push((p.t.pid, p.held));
+            p.t.detach()?;
+        }
+        // Until the last thread was let go.
+        let frozen = t0.elapsed();
+        urgent.real_time(false);
+        for (m, held) in &pids {
+            if opts.stop {
+                procfs::wait_stopped(*m);
+            }
+            redeliver(*m, held);
+        }
+        debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
+        // They run on whatever becomes of it.
+        if let Some((commit, out)) = written {
+            commit(out)?;
+        }
+        frozen
+    };
+    Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock, ahead: None })
 }
 
 /// Runs `f` on process `pid`, frozen for that moment (all its threads), with syscalls run in
