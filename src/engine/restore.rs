@@ -263,12 +263,7 @@ fn restore_all<R: Input>(
     // Their checksums, checked beside the restore (a mapped image), before anything runs.
     let checker = match offsets.as_mut().map(|o| std::mem::take(&mut o.0.unchecked)).filter(|u| !u.is_empty()) {
         Some(u) => {
-            let lo = u.iter().map(|s| s.0).min().unwrap_or(0);
-            let hi = u.iter().map(|s| s.0 + s.1 as u64).max().unwrap_or(0);
-            let image = rd
-                .window(lo, (hi - lo) as usize)
-                .filter(|_| rd.lasting())
-                .ok_or_else(|| Error::Proc(format!("image bytes {lo}-{hi}: not in memory for the whole restore")))?;
+            let (lo, image) = lasting_span(&rd, u.iter().map(|s| (s.0, s.1)))?;
             // SAFETY: a lasting input's memory outlives this restore; the checker is finished
             // or dropped (joined) before it returns.
             Some(unsafe { super::precopy::Checker::start(image, lo, u) }?)
@@ -562,15 +557,23 @@ fn own_program(st: &ProcessState) -> Option<std::fs::File> {
     fileid::may_execute(&f).then_some(f)
 }
 
-/// Writes `pieces` (address, length, stream offset) of a running checkpoint's pages from where
-/// the image lies in memory (crf::Whole): handed to the page writers.
-fn write_in_place<R: Input>(rd: &Reader<R>, pieces: &[precopy::Piece], w: &mut memory::Writers) -> Result<()> {
-    let lo = pieces.iter().map(|p| p.2).min().unwrap_or(0);
-    let hi = pieces.iter().map(|p| p.2 + p.1 as u64).max().unwrap_or(0);
-    let data = rd
+/// The image's bytes from the first of `spans` (stream offset, length) to the end of the last,
+/// where the image lies in memory for the whole restore (crf::Whole): the first offset, and
+/// the bytes.
+fn lasting_span<R: Input>(rd: &Reader<R>, spans: impl Iterator<Item = (u64, usize)> + Clone) -> Result<(u64, &[u8])> {
+    let lo = spans.clone().map(|s| s.0).min().unwrap_or(0);
+    let hi = spans.map(|s| s.0 + s.1 as u64).max().unwrap_or(0);
+    let bytes = rd
         .window(lo, (hi - lo) as usize)
         .filter(|_| rd.lasting())
         .ok_or_else(|| Error::Proc(format!("image bytes {lo}-{hi}: not in memory for the whole restore")))?;
+    Ok((lo, bytes))
+}
+
+/// Writes `pieces` (address, length, stream offset) of a running checkpoint's pages from where
+/// the image lies in memory (crf::Whole): handed to the page writers.
+fn write_in_place<R: Input>(rd: &Reader<R>, pieces: &[precopy::Piece], w: &mut memory::Writers) -> Result<()> {
+    let (lo, data) = lasting_span(rd, pieces.iter().map(|p| (p.2, p.1)))?;
     let targets = pieces.iter().map(|&(a, n, off)| (a, n, (off - lo) as usize)).collect();
     // SAFETY: borrowed from an input whose data lives as long as its memory (Input::lasting),
     // which outlives this restore; the writers finish before it ends.

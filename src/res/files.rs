@@ -684,15 +684,12 @@ pub fn restore(
     // thousand fds: one remote syscall each would be most of its restore).
     let mut up = Calls::new();
     let mut ups: Vec<i32> = Vec::new();
-    for &(fd, raw) in inherited.descs {
-        up.fcntl(
-            raw,
-            libc::F_DUPFD_CLOEXEC,
-            above,
-            "fcntl(F_DUPFD_CLOEXEC)",
-            &format!("fd {fd} (a shared file description)"),
-        );
+    let mut copy_up = |raw: i32, fd: i32, what: String| {
+        up.fcntl(raw, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what);
         ups.push(fd);
+    };
+    for &(fd, raw) in inherited.descs {
+        copy_up(raw, fd, format!("fd {fd} (a shared file description)"));
     }
     for f in fds.iter().filter(|f| matches!(f.kind, KIND_UNIXPAIR | KIND_UNIXLISTEN | KIND_INET)) {
         let &(_, raw) = inherited.sockets.iter().find(|s| s.0 == f.id.ino).ok_or_else(|| {
@@ -701,28 +698,14 @@ pub fn restore(
                 f.fd, f.id.ino
             ))
         })?;
-        up.fcntl(
-            raw,
-            libc::F_DUPFD_CLOEXEC,
-            above,
-            "fcntl(F_DUPFD_CLOEXEC)",
-            &format!("fd {} (socket:[{}])", f.fd, f.id.ino),
-        );
-        ups.push(f.fd);
+        copy_up(raw, f.fd, format!("fd {} (socket:[{}])", f.fd, f.id.ino));
     }
     for f in fds.iter().filter(|f| f.kind == KIND_PTMX) {
         let p = inherited.ptys.iter().find(|p| p.0 as u64 == f.id.ino);
         let &(_, raw, _) = p.ok_or_else(|| {
             Error::Refused(format!("fd {} is pty {} of which the image holds nothing: it is damaged", f.fd, f.id.ino))
         })?;
-        up.fcntl(
-            raw,
-            libc::F_DUPFD_CLOEXEC,
-            above,
-            "fcntl(F_DUPFD_CLOEXEC)",
-            &format!("fd {} (pty master {})", f.fd, f.id.ino),
-        );
-        ups.push(f.fd);
+        copy_up(raw, f.fd, format!("fd {} (pty master {})", f.fd, f.id.ino));
     }
     // Everything else it inherited goes (the copies above were not there yet).
     let mut gone = Calls::new();
