@@ -912,8 +912,22 @@ impl State {
             pids.extend(kids.into_iter().filter(|k| !pids.contains(k)).collect::<Vec<_>>());
             i += 1;
         }
-        for p in pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        // Through pidfds, so a pid freed meanwhile is not another process's; and waited for,
+        // so nothing of them runs once rstrt says they were killed.
+        let fds: Vec<_> = pids.iter().filter_map(|&p| crate::ptrace::procfs::pidfd(p).ok()).collect();
+        for fd in &fds {
+            // SAFETY: pidfd_send_signal takes a pidfd of ours, a signal number and no siginfo.
+            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, 0usize, 0u32) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for fd in &fds {
+            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
+            // SAFETY: poll reads and writes one pollfd of ours.
+            if unsafe { libc::poll(&mut p, 1, left) } <= 0 {
+                log::warn!("a process killed for a damaged image is still exiting after 5 s");
+                break;
+            }
         }
         restored
     }

@@ -239,19 +239,26 @@ pub fn parse_fdinfo(text: &str) -> Option<(u64, u32)> {
     Some((pos, flags))
 }
 
+/// A pidfd of process `pid` (pidfd_open): it keeps naming that process even once its pid is
+/// free again, and polls readable when it has exited.
+pub fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes integers and returns a new fd, owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Error::sys("pidfd_open", format!("pid {pid}"), nix::errno::Errno::last()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// A copy of fd `fd` of process `pid` in crs (pidfd_getfd: the same open file, so what crs
 /// asks of it is what the process would be told), to read state /proc does not show.
 pub fn getfd(pid: i32, fd: i32, what: &str) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let sys = |call: &str, what: String| Error::sys(call, what, nix::errno::Errno::last());
-    // SAFETY: pidfd_open and pidfd_getfd take integers and return new fds, owned below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(sys("pidfd_open", format!("pid {pid}")));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: as above.
+    let pidfd = pidfd(pid)?;
+    // SAFETY: pidfd_getfd takes integers and returns a new fd, owned below.
     let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if ours < 0 {
         return Err(sys("pidfd_getfd", format!("{what} (fd {fd} of pid {pid})")));
