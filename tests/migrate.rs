@@ -574,6 +574,76 @@ fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
     assert!(!tracked(new), "the restored process is tracked");
 }
 
+/// The pid, as this test sees it, of the process that is `inner` in a pid namespace below
+/// ours (restartd's own).
+fn outer_pid(inner: i32) -> i32 {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let ns: Vec<i32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|v| v.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default();
+        if ns.len() == 2 && ns[1] == inner {
+            return ns[0];
+        }
+    }
+    panic!("no process is pid {inner} in a pid namespace below ours")
+}
+
+/// --live moves a tree: the memory of the process and of its child goes ahead while both
+/// write it; there (a pid namespace of its own, where their pids are free) each checks every
+/// page, the child still the parent's, and the image sent once they were frozen carried a
+/// small part of their memory.
+#[test]
+fn a_live_migration_sends_a_trees_memory_ahead() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live-tree");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
+    let log = dir.join("log");
+    let mut c = n.cmd(&n.a, target("writer").to_str().unwrap(), &[log.to_str().unwrap(), "64", "10", "fork"]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut src = c.spawn().unwrap();
+    let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kid: i32 = log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for p in [pid, kid] {
+        let v = check(p, &log);
+        assert!(v.starts_with("ok") && v.ends_with(&format!("pid {p}")), "before: {v}");
+    }
+    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        let _ = src.kill();
+        let _ = src.wait();
+        return;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    assert!(err.contains(&format!("the rounds sent ahead the memory of pids {pid}, {kid}")), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let there: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(there, pid, "restartd's pid namespace did not keep the pid");
+    assert!(gone(&mut src), "the source still runs");
+    let new = outer_pid(pid);
+    let kids = std::fs::read_to_string(format!("/proc/{new}/task/{new}/children")).unwrap();
+    let new_kid: i32 = kids.trim().parse().unwrap_or_else(|_| panic!("children of {new}: {kids:?}"));
+    assert_eq!(outer_pid(kid), new_kid, "the child is not the restored parent's");
+    std::thread::sleep(Duration::from_millis(300));
+    // Each answers with its pid there, the one it had here.
+    for (p, was) in [(new, pid), (new_kid, kid)] {
+        let v = check(p, &log);
+        assert!(v.starts_with("ok") && v.ends_with(&format!("pid {was}")), "after: {v}");
+        assert!(!tracked(p), "restored pid {p} is tracked");
+    }
+    let sent_ahead = d.1.line("bytes sent ahead");
+    let ahead: u64 =
+        sent_ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{sent_ahead}"));
+    assert!(ahead >= 128 << 20, "less than the two processes' memory went ahead: {sent_ahead}");
+    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    assert!(image < 32 << 20, "the image after the freeze carried {image} bytes of two 64 MiB processes: {err}");
+}
+
 /// A live migration that fails once the pre-copy has begun (restartd refuses it: it spools)
 /// leaves the process running at the source as it was: no userfaultfd, nothing registered.
 #[test]

@@ -137,6 +137,13 @@ fn run(a: &Args) -> Result<()> {
     let verb = if a.keep { "copied" } else { "moved" };
     println!("{verb} pid {} to {}: it runs there as pid {}", a.pid, m.peer, m.remote_pid);
     if a.verbose {
+        if m.ahead.tracked.len() > 1 {
+            let pids: Vec<String> = m.ahead.tracked.iter().map(|p| p.to_string()).collect();
+            eprintln!("migrate: the rounds sent ahead the memory of pids {}", pids.join(", "));
+        }
+        for why in &m.ahead.frozen_throughout {
+            eprintln!("migrate: {why}: its memory went while it was frozen");
+        }
         for (i, (pages, took)) in m.ahead.rounds.iter().enumerate() {
             eprintln!(
                 "migrate: round {}: {} bytes sent ahead in {:.1} ms",

@@ -388,23 +388,26 @@ fn running_checkpoint<W: Sink>(
             Err(e) => return Err(e),
         },
     }
-    let Some(mut src) = source else {
+    let Some(src) = source else {
         let mut r = frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)?;
         r.ahead = Some(ahead);
         return Ok(r);
     };
     // (Source::arm seized the process: a refused PTRACE_SEIZE came before the first byte.)
     let mut w = Writer::new(out).map_err(image_io)?;
+    // The image's sections ahead are its first process's (the only one tracked): no Member.
     let mut send = |f: super::precopy::Frame, b: &mut [u8]| {
         let tag = match f {
+            super::precopy::Frame::Member => return Ok(()),
             super::precopy::Frame::Areas => Tag::PREAREAS,
             super::precopy::Frame::Pages => Tag::PREPAGES,
         };
         w.section(tag, 0, &[b]).map_err(image_io)
     };
     // Failed, the Source goes with its tracking: the process runs on as it was.
-    super::precopy::rounds(&mut src, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
-    let precopied = super::precopy::Precopied(std::sync::Arc::new(std::sync::Mutex::new(src)));
+    let mut srcs = vec![src];
+    super::precopy::rounds(&mut srcs, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
+    let precopied = super::precopy::Precopied::new(srcs);
     let opts = Options { precopied: Some(precopied), ..opts.clone() };
     // The image is committed (synced, renamed) once the process runs again, as in a frozen
     // checkpoint that lets it run on, and once its tracking has ended (precopy::Source).
@@ -490,7 +493,7 @@ fn frozen_checkpoint<W: Sink>(
         let out = out.begin()?;
         // The last writes of a pre-copy.
         if let Some(p) = &opts.precopied {
-            p.freeze()?;
+            p.freeze(&procs.iter().map(|p| p.t.pid).collect::<Vec<_>>())?;
         }
         let clocks = crate::res::clocks::read();
         if recheck {

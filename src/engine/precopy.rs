@@ -20,9 +20,16 @@
 //! fork (res::treecow): every process inherits it, and each moves into place the areas it
 //! maps, so that they share those pages again.
 //!
+//! A tree's processes are tracked each with its own Source, and their rounds go one after the
+//! other, each process's frames after a Member frame naming it; the destination holds a Store
+//! per process ([`Stores`]). Each restored process inherits them all (forked from the holder
+//! or from its restored parent, which is one until it is restored), moves its own out of the
+//! way of its mappings ([`Store::clear_there`]) and into place, and drops the others.
+//!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
-//! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the other processes of a
-//! tree (only the first is tracked).
+//! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the processes of a tree
+//! forked once the rounds began. Pages a tree's processes share since a fork are sent ahead
+//! once per process (res::treecow does not store them once in a live migration's image).
 
 use super::layout::{find_free, minus};
 use crate::crf::PAGE_SIZE;
@@ -132,9 +139,11 @@ fn pages_header(runs: &[(u64, u64)]) -> Vec<u8> {
     b
 }
 
-/// The frames a round sends (the protocol's Areas and Pages).
+/// The frames a round sends (the protocol's Member, Areas and Pages): Member (the pid, u32
+/// little-endian) before each process's Areas and Pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame {
+    Member,
     Areas,
     Pages,
 }
@@ -207,6 +216,24 @@ impl Source {
             shared: Vec::new(),
             sent: Vec::new(),
         })
+    }
+
+    /// [`Source::arm`] for `pid` and each of its live descendants (`alone`: none), the root
+    /// first. The root's NotHere is the caller's; a descendant that cannot be tracked (a
+    /// userfaultfd of its own) or that ends meanwhile is left out, and copied frozen, said in
+    /// `ahead.frozen_throughout`.
+    pub fn arm_tree(pid: i32, alone: bool, ahead: &mut Ahead) -> Result<Vec<Source>> {
+        let mut srcs = vec![Source::arm(pid)?];
+        let kids = if alone { Vec::new() } else { crate::res::tree::walk(pid).split_off(1) };
+        for k in kids.into_iter().filter(|&k| !ended(k)) {
+            match Source::arm(k) {
+                Ok(s) => srcs.push(s),
+                Err(e @ Error::NotHere { .. }) => ahead.frozen_throughout.push(format!("{e}")),
+                Err(_) if ended(k) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(srcs)
     }
 
     fn tracker(&mut self) -> Result<&mut Tracker> {
@@ -508,44 +535,102 @@ pub struct Ahead {
     pub gave_up: Option<String>,
     /// Why there was no pre-copy at all (a kernel that cannot track writes).
     pub not_live: Option<String>,
+    /// The processes of the tree whose memory was not copied ahead (copied frozen), and why.
+    pub frozen_throughout: Vec<String>,
+    /// The processes whose memory was copied ahead, the root first.
+    pub tracked: Vec<i32>,
 }
 
 /// Most rounds of a pre-copy, and of one followed by a post-copy.
 const MAX_ROUNDS: usize = 30;
 const HYBRID_ROUNDS: usize = 2;
 
-/// The rounds of a pre-copy (`send`: a live migration's link, a checkpoint's image), while
-/// the process runs, until what a last round would carry takes at most a tenth of `budget`
-/// at the rate the rounds went, or half of it once rounds stop getting shorter (the rest is
-/// for the rest of the freeze: the process's other state, the restore there); or until it is
-/// clear it never will (the process writes faster than `send` carries, or MAX_ROUNDS: said
-/// in `ahead.gave_up`, with `rest`, what becomes of the rest). With `post` (the hybrid mode:
-/// what is left follows once the process runs there), HYBRID_ROUNDS at most: the first sends
-/// its memory, the next what it wrote meanwhile.
+/// Whether process `pid` has ended (gone, or a zombie): its rounds end with it.
+fn ended(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).is_none_or(|s| s == 'Z' || s == 'X')
+}
+
+/// One round of every process of `srcs` (the first: the tree's root), each after a Member
+/// frame. A process other than the first that ended meanwhile leaves the rounds (it is not
+/// in the image: what was sent of it goes unused).
+fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
+    let t0 = Instant::now();
+    let mut pages = 0;
+    let mut i = 0;
+    while i < srcs.len() {
+        let pid = srcs[i].pid;
+        send(Frame::Member, &mut (pid as u32).to_le_bytes())?;
+        match srcs[i].round(send) {
+            Ok(r) => pages += r.pages,
+            Err(e) if i > 0 && ended(pid) => {
+                log::debug!("pid {pid} ended during the pre-copy ({e}): no more rounds of it");
+                srcs.remove(i);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        i += 1;
+    }
+    Ok(Round { pages, took: t0.elapsed() })
+}
+
+/// [`Source::left_bytes`] of every process of `srcs` (those that ended leave).
+fn left_all(srcs: &mut Vec<Source>) -> Result<u64> {
+    let mut left = 0;
+    let mut i = 0;
+    while i < srcs.len() {
+        match srcs[i].left_bytes() {
+            Ok(b) => left += b,
+            Err(_) if i > 0 && ended(srcs[i].pid) => {
+                srcs.remove(i);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        i += 1;
+    }
+    Ok(left)
+}
+
+/// The rounds of a pre-copy of the processes of `srcs` (the tree's root first; `send`: a live
+/// migration's link, a checkpoint's image), while they run, until what a last round would
+/// carry takes at most a tenth of `budget` at the rate the rounds went, or half of it once
+/// rounds stop getting shorter (the rest is for the rest of the freeze: the processes' other
+/// state, the restore there); or until it is clear it never will (they write faster than
+/// `send` carries, or MAX_ROUNDS: said in `ahead.gave_up`, with `rest`, what becomes of the
+/// rest). With `post` (the hybrid mode: what is left follows once the processes run there),
+/// HYBRID_ROUNDS at most: the first sends their memory, the next what they wrote meanwhile.
 pub fn rounds(
-    src: &mut Source,
+    srcs: &mut Vec<Source>,
     budget: Duration,
     post: bool,
     send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
     rest: &str,
     ahead: &mut Ahead,
 ) -> Result<()> {
+    let root = srcs.first().map(|s| s.pid).ok_or_else(|| Error::Proc("a pre-copy of no process".into()))?;
+    let who = |n: usize| match n {
+        1 => format!("pid {root}"),
+        n => format!("pid {root} and its {} descendants", n - 1),
+    };
     let mut rate = 0f64;
     let mut stalled = 0;
     let mut last_left = u64::MAX;
     loop {
-        let r = src.round(send)?;
+        let r = round_all(srcs, send)?;
+        ahead.tracked = srcs.iter().map(|s| s.pid).collect();
         ahead.rounds.push((r.pages, r.took));
         let bytes = r.pages * PAGE;
         // The rate of a round big enough to tell (or the first).
         if bytes >= 4 << 20 || rate == 0.0 {
             rate = rate.max(bytes as f64 / r.took.as_secs_f64().max(1e-6));
         }
-        let left = src.left_bytes()?;
+        let left = left_all(srcs)?;
         let need = Duration::from_secs_f64(left as f64 / rate.max(1.0));
         log::debug!(
-            "pid {}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
-            src.pid(),
+            "{}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
+            who(srcs.len()),
             ahead.rounds.len(),
             r.pages,
             r.took.as_secs_f64() * 1e3,
@@ -565,8 +650,8 @@ pub fn rounds(
         }
         if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
             ahead.gave_up = Some(format!(
-                "pid {} writes its memory about as fast as it is copied ({:.0} MB/s): the last {} MiB {rest}",
-                src.pid(),
+                "{} write their memory about as fast as it is copied ({:.0} MB/s): the last {} MiB {rest}",
+                who(srcs.len()),
                 rate / 1e6,
                 left >> 20
             ));
@@ -575,9 +660,10 @@ pub fn rounds(
     }
 }
 
-/// The source of a live migration, for the checkpoint that ends it (ckpt's Options carry it).
+/// The sources of a live migration (a process and its descendants, or some of them), for the
+/// checkpoint that ends it (ckpt's Options carry it).
 #[derive(Clone)]
-pub struct Precopied(pub std::sync::Arc<std::sync::Mutex<Source>>);
+pub struct Precopied(pub std::sync::Arc<std::sync::Mutex<Vec<Source>>>);
 
 impl std::fmt::Debug for Precopied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -586,26 +672,36 @@ impl std::fmt::Debug for Precopied {
 }
 
 impl Precopied {
-    fn with<T>(&self, f: impl FnOnce(&mut Source) -> Result<T>) -> Result<T> {
+    pub fn new(srcs: Vec<Source>) -> Precopied {
+        Precopied(std::sync::Arc::new(std::sync::Mutex::new(srcs)))
+    }
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Source>) -> Result<T>) -> Result<T> {
         let mut s = self.0.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
         f(&mut s)
     }
-    /// See [`Source::freeze`].
-    pub fn freeze(&self) -> Result<()> {
-        self.with(|s| s.freeze())
+    /// See [`Source::freeze`], for each tracked process of the frozen ones, `pids`; the
+    /// others (ended since the last round) are dropped.
+    pub fn freeze(&self, pids: &[i32]) -> Result<()> {
+        self.with(|srcs| {
+            srcs.retain(|s| pids.contains(&s.pid));
+            srcs.iter_mut().try_for_each(|s| s.freeze())
+        })
     }
-    /// See [`Source::unmark`], for the tracked process.
+    /// See [`Source::unmark`], for process `pid` if it is tracked.
     pub fn unmark(&self, pid: i32, maps: &mut [MapEntry]) -> Result<()> {
-        self.with(|s| {
-            if s.pid == pid {
+        self.with(|srcs| {
+            if let Some(s) = srcs.iter().find(|s| s.pid == pid) {
                 s.unmark(maps);
             }
             Ok(())
         })
     }
-    /// See [`Source::kept`]; nothing for another process than the tracked one.
+    /// See [`Source::kept`]; nothing for a process that is not tracked.
     pub fn kept(&self, pid: i32, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
-        self.with(|s| if s.pid == pid { s.kept(vmas) } else { Ok(Vec::new()) })
+        self.with(|srcs| match srcs.iter_mut().find(|s| s.pid == pid) {
+            Some(s) => s.kept(vmas),
+            None => Ok(Vec::new()),
+        })
     }
 }
 
@@ -614,7 +710,11 @@ impl Precopied {
 /// the restored process: its mapping differs).
 struct Held {
     area: Area,
+    /// Our mapping's address.
     local: u64,
+    /// Its address in the process being restored, which inherited it (see
+    /// [`Store::clear_there`]).
+    there: u64,
     state: Vec<u8>,
     /// The source allows huge pages here (see [`Store::pages`]).
     huge: bool,
@@ -654,7 +754,7 @@ impl Held {
             ))
         })?;
         let local = map_local(area, huge)?;
-        Ok(Held { area, local, state, huge, collapsed: vec![false; chunks] })
+        Ok(Held { area, local, there: local, state, huge, collapsed: vec![false; chunks] })
     }
 
     /// Once every page of a huge page of the process's has arrived: made one huge page here
@@ -911,6 +1011,7 @@ impl Store {
     pub fn rearm(&mut self) {
         for h in self.held.values_mut() {
             h.state.iter_mut().filter(|x| **x > 1).for_each(|x| *x = 1);
+            h.there = h.local;
         }
     }
 
@@ -968,16 +1069,55 @@ impl Store {
                 return Err(Error::sys("mremap", format!("pages sent ahead to {to:#x}"), e));
             }
             h.local = to;
+            h.there = to;
         }
         Ok(())
     }
 
-    /// Our mappings, as (start, end): the restored process's to keep until it moves them.
+    /// In the restored process (`c`), which inherited our mappings where we have them: moves
+    /// those that overlap one of `ranges` (its mappings to be) elsewhere in it, where nothing
+    /// of `avoid` (all it maps and will map) is; each is then at [`Store::ranges`] there. For
+    /// a tree's processes after the first, whose mappings were not known before they were
+    /// forked (the first's are cleared of in our own address space first: see
+    /// [`Store::clear_of`]).
+    pub fn clear_there(
+        &mut self,
+        c: &mut crate::ptrace::Ctl,
+        ranges: &[(u64, u64)],
+        avoid: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let mut l = crate::ptrace::calls::Calls::new();
+        for h in self.held.values_mut() {
+            let len = h.area.end - h.area.start;
+            if !ranges.iter().any(|v| v.1 > h.there && v.0 < h.there + len) {
+                continue;
+            }
+            let free = find_free(avoid, len + HUGE)
+                .ok_or_else(|| Error::Refused("no room to move the pages sent ahead in the restored process".into()))?;
+            let to = free + (h.there % HUGE + HUGE - free % HUGE) % HUGE;
+            avoid.push((free, free + len + HUGE));
+            l.mremap(h.there, len, to);
+            h.there = to;
+        }
+        if l.is_empty() {
+            return Ok(());
+        }
+        let area = c.scratch.clone();
+        c.run_at_once(&l, &area).map(drop)
+    }
+
+    /// Our mappings as the restored process has them, as (start, end): its to keep until it
+    /// moves them.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
         let mut r: Vec<(u64, u64)> =
-            self.held.values().map(|h| (h.local, h.local + h.area.end - h.area.start)).collect();
+            self.held.values().map(|h| (h.there, h.there + h.area.end - h.area.start)).collect();
         r.sort_unstable();
         r
+    }
+
+    /// Bytes of the areas held (mapped, whether pages arrived or not).
+    fn area_bytes(&self) -> u64 {
+        self.held.values().map(|h| h.area.end - h.area.start).sum()
     }
 
     /// The image's mappings (`plans`, sorted) that an area held here becomes: sorted ranges.
@@ -992,11 +1132,11 @@ impl Store {
     pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan]) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values_mut() {
-            let (local, len) = (h.local, h.area.end - h.area.start);
+            let (there, len) = (h.there, h.area.end - h.area.start);
             if matched(h, plans) {
-                l.mremap(local, len, h.area.start);
+                l.mremap(there, len, h.area.start);
             } else {
-                l.munmap(local, len);
+                l.munmap(there, len);
                 // Gone from this process (a tree's next one has them still: see `rearm`).
                 h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
             }
@@ -1062,6 +1202,79 @@ impl Store {
         }
         let area = c.scratch.clone();
         c.run_at_once(&l, &area).map(drop)
+    }
+}
+
+/// The destination of a live migration: what was sent ahead of each process of the tree, a
+/// [`Store`] each, by its pid at the source (Member frames say whose the next ones are).
+pub struct Stores {
+    by_pid: BTreeMap<i32, Store>,
+    /// Most bytes of areas held, all processes together.
+    limit: u64,
+    current: Option<i32>,
+}
+
+/// Most processes of a tree whose pages are sent ahead.
+const MAX_MEMBERS: usize = 1 << 14;
+
+impl Stores {
+    pub fn new(limit: u64) -> Stores {
+        Stores { by_pid: BTreeMap::new(), limit, current: None }
+    }
+
+    /// The pages a running checkpoint copied of its process `pid`.
+    pub fn of(pid: i32, st: Store) -> Stores {
+        let limit = st.limit;
+        Stores { by_pid: BTreeMap::from([(pid, st)]), limit, current: Some(pid) }
+    }
+
+    fn bad(what: String) -> Error {
+        Error::Net(crate::net::NetError::Protocol(format!("pages sent ahead: {what}")))
+    }
+
+    /// A Member frame: the frames that follow are of that process.
+    pub fn member(&mut self, b: &[u8]) -> Result<()> {
+        let pid = match <[u8; 4]>::try_from(b).map(u32::from_le_bytes) {
+            Ok(p) if p > 0 && p <= i32::MAX as u32 => p as i32,
+            _ => return Err(Self::bad(format!("a Member frame of {} bytes, or of pid 0", b.len()))),
+        };
+        if !self.by_pid.contains_key(&pid) && self.by_pid.len() >= MAX_MEMBERS {
+            return Err(Error::Refused(format!("pages sent ahead of more than {MAX_MEMBERS} processes")));
+        }
+        self.by_pid.entry(pid).or_insert_with(|| Store::new(self.limit));
+        self.current = Some(pid);
+        Ok(())
+    }
+
+    fn current(&mut self) -> Result<(&mut Store, u64)> {
+        let pid = self.current.ok_or_else(|| Self::bad("areas or pages before any Member frame".into()))?;
+        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.area_bytes()).sum();
+        let st = self.by_pid.get_mut(&pid).ok_or_else(|| Self::bad("no such member".into()))?;
+        Ok((st, others))
+    }
+
+    /// An Areas frame, for the current process: [`Store::follow`], within what the others
+    /// leave of the limit.
+    pub fn follow(&mut self, areas: &[(Area, bool)]) -> Result<()> {
+        let limit = self.limit;
+        let (st, others) = self.current()?;
+        st.limit = limit.saturating_sub(others);
+        st.follow(areas)
+    }
+
+    /// A Pages frame, for the current process: [`Store::pages`].
+    pub fn pages(&mut self, b: &[u8]) -> Result<()> {
+        self.current()?.0.pages(b)
+    }
+
+    /// Bytes of pages received, all processes together.
+    pub fn received(&self) -> u64 {
+        self.by_pid.values().map(|s| s.received).sum()
+    }
+
+    /// What was sent ahead of process `pid` (its pid at the source).
+    pub fn get_mut(&mut self, pid: i32) -> Option<&mut Store> {
+        self.by_pid.get_mut(&pid)
     }
 }
 

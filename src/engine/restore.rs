@@ -14,7 +14,7 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
-use super::precopy::{self, Copied, Keep, Offsets, Store};
+use super::precopy::{self, Copied, Keep, Offsets, Store, Stores};
 
 /// The pages a running checkpoint copied before the freeze, where the image holds them, and,
 /// for a lazy restore, the PREPAGES batches they are in (see precopy::read_ahead).
@@ -185,12 +185,12 @@ pub fn restore_checked<R: Input>(input: R, opts: &Options, policy: &dyn Fn(&Head
     restore_live(input, opts, None, policy)
 }
 
-/// [`restore_checked`] of the image of a live migration, whose first process's pages sent
-/// ahead are in `store` (see engine::precopy).
+/// [`restore_checked`] of the image of a live migration, whose processes' pages sent ahead
+/// are in `stores` (see engine::precopy).
 pub fn restore_live<R: Input>(
     input: R,
     opts: &Options,
-    store: Option<&mut Store>,
+    store: Option<&mut Stores>,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
     restore_all(input, opts, store, None, policy)
@@ -224,7 +224,7 @@ pub fn restore_lazy<R: Input>(
 pub fn restore_postcopy<R: Input>(
     input: R,
     opts: &Options,
-    store: Option<&mut Store>,
+    store: Option<&mut Stores>,
     silence: std::time::Duration,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
@@ -238,7 +238,7 @@ pub fn restore_postcopy<R: Input>(
 fn restore_all<R: Input>(
     input: R,
     opts: &Options,
-    store: Option<&mut Store>,
+    store: Option<&mut Stores>,
     lazy: Option<&super::lazy::Server>,
     policy: &dyn Fn(&Header) -> Result<()>,
 ) -> Result<Restored> {
@@ -270,7 +270,6 @@ fn restore_all<R: Input>(
         }
         None => None,
     };
-    let mut store = store.or(own.as_mut());
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
     // anything else is read or created.
@@ -283,6 +282,9 @@ fn restore_all<R: Input>(
     };
     let mut sections = SectionReader::new();
     let mut batch = sections.read_group(&mut rd, &mut st, first, true, &mut |d, st| check(d, st))?;
+    // (A running checkpoint's pages copied ahead are its first process's.)
+    let mut own = own.take().map(|s| Stores::of(st.head.pid, s));
+    let mut store = store.or(own.as_mut());
     // The pages the processes share since a fork, held here before they are made: each
     // inherits them and moves them into place.
     let mut cow = match &st.tree_cow {
@@ -336,7 +338,7 @@ fn restore_all<R: Input>(
     let own_session = here.is_none() && (opts.detach || foreign || st.head.sid == st.head.pid);
     let mut notes = Vec::new();
     // The pages sent ahead, out of the way of the process's mappings before it is forked.
-    if let Some(s) = store.as_deref_mut() {
+    if let Some(s) = store.as_deref_mut().and_then(|s| s.get_mut(st.head.pid)) {
         s.clear_of(&st.vmas)?;
     }
     let grant = opts.grant_caps && creds::is_root();
@@ -411,8 +413,7 @@ fn restore_all<R: Input>(
                 c.rearm();
                 Some(c)
             }
-            None if i == 0 => store.as_deref_mut(),
-            None => None,
+            None => store.as_deref_mut().and_then(|s| s.get_mut(original)),
         };
         let (next, exe_set, null_stdio) = restore_one(
             &mut rd,
@@ -739,6 +740,12 @@ fn restore_one<R: Input>(
     let used = super::layout::minus(&used, &ahead);
     for (start, end) in stretches(&used, &keep) {
         c.munmap(RemoteAddr(start), end - start, &format!("{start:#x}-{end:#x}"))?;
+    }
+    // A tree's process after the first has the pages sent ahead of it where they were in
+    // rstrt when it was forked, before its mappings were known: out of their way first.
+    if let Some(s) = store.as_deref_mut() {
+        let ranges: Vec<(u64, u64)> = st.vmas.iter().map(|v| (v.start, v.end)).collect();
+        s.clear_there(&mut c, &ranges, &mut avoid)?;
     }
 
     step("3");

@@ -159,7 +159,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     client_hello(&mut c, opts.key.as_ref()).map_err(|e| here(e.into()))?;
     let mut ahead = Ahead::default();
     // Its writes tracked from now on (a kernel that cannot: stop-and-copy, said).
-    let mut source = match opts.live.map(|_| Source::arm(pid)).transpose() {
+    let mut source = match opts.live.map(|_| Source::arm_tree(pid, false, &mut ahead)).transpose() {
         Ok(s) => s,
         Err(e @ Error::NotHere { .. }) => {
             ahead.not_live = Some(format!("{e}"));
@@ -192,7 +192,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     {
         return Err(explain(e, None, &mut c));
     }
-    let precopied = source.map(|s| Precopied(std::sync::Arc::new(std::sync::Mutex::new(s))));
+    let precopied = source.map(Precopied::new);
     let postcopy = opts.post_copy.then(crate::engine::checkpoint::PostCopy::default);
     let flags = crate::Flags { precopied, held_there, postcopy: postcopy.clone(), ..flags };
     let mut post = None;
@@ -250,7 +250,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
 /// A live migration's pre-copy (engine::precopy::rounds), sent as Areas and Pages frames,
 /// then the Freeze frame: the image follows.
 fn send_ahead(
-    src: &mut Source,
+    src: &mut Vec<Source>,
     c: &mut Conn<TcpStream>,
     budget: Duration,
     post: bool,
@@ -258,6 +258,7 @@ fn send_ahead(
 ) -> Result<()> {
     let mut send = |f: Frame, b: &mut [u8]| {
         let kind = match f {
+            Frame::Member => Kind::Member,
             Frame::Areas => Kind::Areas,
             Frame::Pages => Kind::Pages,
         };

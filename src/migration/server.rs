@@ -1,7 +1,7 @@
 //! The server side of a migration: one client, from the handshake to the process running
 //! here (or nothing left of it). restartd runs it once per connection; any program may.
 
-use crate::engine::precopy::{Store, decode_areas};
+use crate::engine::precopy::{Stores, decode_areas};
 use crate::error::{Error, Result};
 use crate::net::handshake::server_hello;
 use crate::net::pace::Paced;
@@ -180,15 +180,15 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     c.s.transfer(cfg.min_rate, cfg.timeout);
     let mut store = None;
     if live {
-        let mut st = Store::new(cfg.limit);
+        let mut st = Stores::new(cfg.limit);
         if let Err(e) = receive_ahead(&mut c, &mut st) {
-            info!("{peer}: live migration failed while pages were sent ahead ({} bytes): {e}", st.received);
+            info!("{peer}: live migration failed while pages were sent ahead ({} bytes): {e}", st.received());
             if !matches!(e, Error::Net(_)) {
                 let _ = c.send_error(code_of(&e), &e.public());
             }
             return Err(e);
         }
-        info!("{peer}: {} bytes sent ahead", st.received);
+        info!("{peer}: {} bytes sent ahead", st.received());
         store = Some(st);
     }
     let mut tee = None;
@@ -328,10 +328,11 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
 }
 
 /// A live migration's pre-copy: areas and pages until the source freezes the process.
-fn receive_ahead(c: &mut Conn<Paced>, st: &mut Store) -> Result<()> {
+fn receive_ahead(c: &mut Conn<Paced>, st: &mut Stores) -> Result<()> {
     let mut buf = Vec::new();
     loop {
         match c.recv(&mut buf).map_err(Error::Net)? {
+            Kind::Member => st.member(&buf)?,
             Kind::Areas => st.follow(&decode_areas(&buf).map_err(|e| Error::Net(NetError::Protocol(e)))?)?,
             Kind::Pages => st.pages(&buf)?,
             Kind::Freeze => return Ok(()),

@@ -28,7 +28,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -72,6 +72,9 @@ pub enum Kind {
     Want = 17,
     /// Post-copy: the destination holds every page; the source may let its copy go.
     AllIn = 18,
+    /// Live migration: the Areas and Pages frames that follow are of this process (its pid
+    /// at the source, u32 little-endian).
+    Member = 19,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
             16 => Have,
             17 => Want,
             18 => AllIn,
+            19 => Member,
             _ => return None,
         })
     }

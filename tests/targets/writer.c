@@ -3,7 +3,10 @@
  * argv[1]: log file; argv[2]: MiB of memory; argv[3]: MB/s written (pages rewritten whole, at
  * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
  * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then;
- * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages).
+ * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages);
+ * "fork": forks a child once its memory is filled, which writes its own copy the same way
+ * (another sequence of pages), logs "forked PID" and answers SIGUSR1 as the parent does
+ * (and dies with the parent).
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
@@ -18,6 +21,7 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,8 +85,17 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, 0);
     uint64_t seed = 88172645463325252ull, writes = 0, gap = 0;
+    if (argc > 4 && strcmp(argv[4], "fork") == 0) {
+        pid_t k = fork();
+        if (k < 0) return 5;
+        if (k == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            seed = 1181783497276652981ull;
+            dprintf(log, "forked %d\n", getpid());
+        }
+    }
     uint64_t start = now_ns(), last = start;
-    dprintf(log, "ready %d\n", getpid());
+    if (seed == 88172645463325252ull) dprintf(log, "ready %d\n", getpid());
     for (;;) {
         uint64_t t = now_ns();
         if (t - last > gap) gap = t - last;
