@@ -809,3 +809,37 @@ fn a_trees_program_is_stored_once_and_serves_all_when_it_changed() {
     gone(&all);
     rstrt(&["--require-pid", &img]).verdict("ok");
 }
+
+/// A unix socket with an fd in flight (a message carrying SCM_RIGHTS, not yet read) is refused
+/// by name, and the process runs on with the message still queued: it reads the fd after, and
+/// the fd is the file sent.
+#[test]
+fn an_fd_in_flight_is_refused_by_name() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+        return;
+    }
+    let dir = tmpdir("tree-scm");
+    let d = dir.to_str().unwrap();
+    let script = "import os,socket,sys\n\
+        a,b=socket.socketpair()\n\
+        f=open('sent','w+'); f.write('the file sent'); f.flush()\n\
+        socket.send_fds(a,[b'x'],[f.fileno()])\n\
+        print('ready',flush=True)\n\
+        sys.stdin.readline()\n\
+        m,fds,_,_=socket.recv_fds(b,16,4)\n\
+        os.lseek(fds[0],0,0)\n\
+        print('got',m.decode(),os.read(fds[0],64).decode(),flush=True)\n";
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", script]).current_dir(&dir);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = format!("{d}/s.crf");
+    let o = run(&["ckpt", "-o", &img, &p.pid().to_string()]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "ckpt took an fd in flight");
+    assert!(e.contains("a message carrying fds or credentials queued (SCM_RIGHTS)"), "{e}");
+    assert!(!std::path::Path::new(&img).exists());
+    p.send("");
+    assert_eq!(p.expect("got"), "got x the file sent");
+}

@@ -79,6 +79,26 @@ pub fn collect_end(pid: i32, fd: i32, ino: u64) -> Result<(u32, End)> {
     Ok((ty, End { ino, queued, sndbuf: sndbuf / 2, rcvbuf: rcvbuf / 2 }))
 }
 
+/// Closes the fds a peek at a message carrying SCM_RIGHTS gave us (the kernel installs them
+/// even for MSG_PEEK): copies of the sender's files that crs must not keep open.
+fn close_passed(msg: &libc::msghdr) {
+    // SAFETY: `msg` is the header recvmsg filled: its control buffer and length are ours and
+    // hold whole cmsg headers as the kernel wrote them; the CMSG macros stay within them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const i32;
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
+                for i in 0..n {
+                    libc::close(std::ptr::read_unaligned(data.add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}
+
 /// Every message queued at socket `s` (its peek offset at 0), without consuming any.
 fn peek_all(s: RawFd, ty: u32, what: &str) -> Result<Vec<Vec<u8>>> {
     let mut out: Vec<Vec<u8>> = Vec::new();
@@ -102,6 +122,7 @@ fn peek_all(s: RawFd, ty: u32, what: &str) -> Result<Vec<Vec<u8>>> {
             }
         }
         if msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            close_passed(&msg);
             return Err(Error::Refused(format!(
                 "{what} has a message carrying fds or credentials queued (SCM_RIGHTS), which crs does not restore"
             )));
