@@ -377,6 +377,83 @@ fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
     }
 }
 
+/// Restores the writer tree of `img` (the writer and its child) detached, with `args` (`-`:
+/// the image from `stdin`, a stream); checks every page of both; returns the new pids.
+fn restore_writers(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: &std::path::Path) -> (i32, i32) {
+    let (new, _) = restore_writer(img, args, stdin, log);
+    let kids = std::fs::read_to_string(format!("/proc/{new}/task/{new}/children")).unwrap();
+    let kid: i32 = kids.trim().parse().unwrap_or_else(|_| panic!("children of {new}: {kids:?}"));
+    let v = support::nodes::check(kid, log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {kid}")), "restored child: {v}");
+    assert!(!tracked(new) && !tracked(kid), "a restored process is tracked");
+    (new, kid)
+}
+
+/// A running checkpoint of a tree whose processes hold their own memory copies the memory of
+/// each while they write it (PREMEMBER sections say whose), and freezes them only for what
+/// they wrote since; restored from a file, as a stream and lazily, each process checks every
+/// page. A tree that shares most of its memory since a fork is copied frozen, so that those
+/// pages are stored once (res::treecow), and -v says why.
+#[test]
+fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
+    let dir = tmpdir("mem-running-tree");
+    let (mut w, log, pid) = writer_with(&dir, "10", "fork");
+    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let img = dir.join("t.crf");
+    let img = img.to_str().unwrap();
+    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
+    let err = stderr(&o);
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        w.kill().unwrap();
+        return;
+    }
+    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    let frozen_pages: u64 = err
+        .split(" pages, image")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(frozen_pages < 8192, "the frozen part carried {frozen_pages} pages of two 64 MiB processes: {err}");
+    for p in [pid, kid] {
+        let v = support::nodes::check(p, &log);
+        assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
+        assert!(!tracked(p), "pid {p} is left tracked");
+    }
+    let info = run(&["crfinfo", img]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let out = String::from_utf8_lossy(&info.stdout);
+    for p in [pid, kid] {
+        assert!(out.contains(&format!("ahead:     pid {p}: ")), "{out}");
+    }
+    w.kill().unwrap();
+    w.wait().unwrap();
+    kill_pid(kid);
+    let (new, kid2) = restore_writers(img, &[], None, &log);
+    kill_pid(new);
+    kill_pid(kid2);
+    let (new, kid2) = restore_writers(img, &[], Some(std::fs::File::open(img).unwrap()), &log);
+    kill_pid(new);
+    kill_pid(kid2);
+    if is_root() {
+        let (new, kid2) = restore_writers(img, &["--lazy"], None, &log);
+        kill_pid(new);
+        kill_pid(kid2);
+    }
+
+    // Most of its memory shared with its child since the fork: copied frozen.
+    let dir = tmpdir("mem-running-cow");
+    let (mut w, log, pid) = writer_with(&dir, "10", "cow");
+    support::nodes::log_line(&log, "forked", 0);
+    let img = dir.join("c.crf");
+    let o = ckpt(&["-v", "-o", img.to_str().unwrap(), &pid.to_string()]);
+    let err = stderr(&o);
+    assert!(err.contains("since a fork: copied frozen, so that those pages are stored once"), "{err}");
+    w.kill().unwrap();
+    w.wait().unwrap();
+}
+
 /// A process with a userfaultfd of its own is not tracked (its ranges and ours would meet):
 /// the checkpoint is refused, naming the userfaultfd, and the process runs on unharmed.
 #[test]
@@ -426,6 +503,9 @@ fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
     let mut b = std::fs::read(&tracked_img).unwrap();
     let at = {
         let mut r = crs::crf::Reader::new(&b[..]).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!(s.tag, crs::crf::Tag::PREMEMBER);
+        r.skip(&s).unwrap();
         let s = r.next_section().unwrap().unwrap();
         assert_eq!(s.tag, crs::crf::Tag::PREAREAS);
         r.skip(&s).unwrap();

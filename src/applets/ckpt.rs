@@ -209,6 +209,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
                         .iter()
                         .map(|(p, took)| format!("{} KiB in {:.1} ms", p * 4, took.as_secs_f64() * 1e3))
                         .collect();
+                    if ahead.tracked.len() > 1 {
+                        let pids: Vec<String> = ahead.tracked.iter().map(|p| p.to_string()).collect();
+                        eprintln!("{name}: copied while they ran: the memory of pids {}", pids.join(", "));
+                    }
+                    for why in &ahead.frozen_throughout {
+                        eprintln!("{name}: {why}: its memory was copied frozen");
+                    }
                     if !rounds.is_empty() {
                         eprintln!("{name}: copied while it ran, {} rounds: {}", rounds.len(), rounds.join(", "));
                     }

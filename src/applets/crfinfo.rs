@@ -99,9 +99,11 @@ fn describe(inp: impl Input) -> Result<()> {
             }
         }
     }
-    if let Some(a) = &ahead {
+    for (pid, a) in &ahead {
+        // The first process's when no section names one.
+        let who = if *pid == 0 { String::new() } else { format!("pid {pid}: ") };
         println!(
-            "ahead:     {} bytes of pages copied while the process ran, {} bytes of them distinct pages",
+            "ahead:     {who}{} bytes of pages copied while the process ran, {} bytes of them distinct pages",
             a.received(),
             a.held_bytes()
         );

@@ -27,9 +27,9 @@ use std::io::{self, Read, Write};
 pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// Bumped whenever the layout of any section changes; newer images are refused. Version 2
 /// added kept page runs (pages::RUN_KEPT), version 3 kept runs sent later (pages::RUN_LATER),
-/// version 4 pages copied before the freeze (PREAREAS, PREPAGES), so older images read as
-/// version 4.
-pub const VERSION: u32 = 4;
+/// version 4 pages copied before the freeze (PREAREAS, PREPAGES), version 5 those of each
+/// process of a tree (PREMEMBER), so older images read as version 5.
+pub const VERSION: u32 = 5;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
@@ -59,6 +59,9 @@ impl Tag {
     /// Pages copied while the process ran (a Pages frame of the migration protocol): after
     /// the PREAREAS that holds them, before HEAD; a later one replaces an earlier page.
     pub const PREPAGES: Tag = Tag(45);
+    /// The PREAREAS and PREPAGES that follow are of this process (u32 pid, as in the image);
+    /// without any, of the first process.
+    pub const PREMEMBER: Tag = Tag(46);
     /// The trailer.
     pub const END: Tag = Tag(0xffff_ffff);
 }

@@ -343,22 +343,41 @@ fn image_io(e: std::io::Error) -> Error {
 /// Below this much private memory a process is copied frozen: quicker than tracking it.
 const RUNNING_MIN: u64 = 16 << 20;
 
-/// Why process `pid` is not worth copying while it runs, if it is not: little memory, or
-/// descendants (a tracked process's pages are not stored once with theirs, res::treecow).
+/// A field of /proc/PID/smaps_rollup, in bytes.
+fn rollup_bytes(rollup: &str, field: &str) -> Option<u64> {
+    let v = rollup.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    v.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb << 10)
+}
+
+/// Why process `pid` (and its descendants, unless `alone`) is not worth copying while it
+/// runs, if it is not: little memory, or a tree whose processes share much of it since a fork
+/// (copied frozen, res::treecow stores those pages once; a tracked tree's copy of each
+/// process is its own).
 fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
-    if !opts.alone && tree::walk(pid).len() > 1 {
-        return Some(format!("pid {pid} has descendants: copied frozen, so that the pages they share are stored once"));
+    let procs = if opts.alone { vec![pid] } else { tree::walk(pid) };
+    // Anonymous memory mapped, and its proportional share: what each process's own copy of
+    // the pages it shares would add is the difference.
+    let (mut anon, mut own) = (0u64, 0u64);
+    for &p in &procs {
+        let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+        match (rollup_bytes(&rollup, "Anonymous"), rollup_bytes(&rollup, "Pss_Anon")) {
+            (Some(a), Some(o)) => (anon, own) = (anon + a, own + o),
+            // A zombie, or one gone meanwhile, has none.
+            _ if p != pid => {}
+            _ => return Some(format!("/proc/{pid}/smaps_rollup does not say its private memory: copied frozen")),
+        }
     }
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let anon = rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb << 10);
-    match anon {
-        Some(a) if a >= RUNNING_MIN => None,
-        Some(a) => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
-        None => Some(format!("/proc/{pid}/smaps_rollup does not say its private memory: copied frozen")),
+    let shared = anon.saturating_sub(own);
+    if procs.len() > 1 && shared > own / 8 {
+        return Some(format!(
+            "pid {pid} and its descendants share {} MiB of their {} MiB since a fork: copied frozen, so that those pages are stored once",
+            shared >> 20,
+            own >> 20
+        ));
+    }
+    match own {
+        o if o >= RUNNING_MIN => None,
+        o => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", o >> 10)),
     }
 }
 
@@ -382,30 +401,28 @@ fn running_checkpoint<W: Sink>(
     let mut source = None;
     match not_worth_tracking(pid, opts) {
         Some(why) => ahead.not_live = Some(why),
-        None => match super::precopy::Source::arm(pid) {
+        None => match super::precopy::Source::arm_tree(pid, opts.alone, &mut ahead) {
             Ok(s) => source = Some(s),
             Err(e @ Error::NotHere { .. }) => ahead.not_live = Some(format!("{e}: copied frozen")),
             Err(e) => return Err(e),
         },
     }
-    let Some(src) = source else {
+    let Some(mut srcs) = source else {
         let mut r = frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)?;
         r.ahead = Some(ahead);
         return Ok(r);
     };
     // (Source::arm seized the process: a refused PTRACE_SEIZE came before the first byte.)
     let mut w = Writer::new(out).map_err(image_io)?;
-    // The image's sections ahead are its first process's (the only one tracked): no Member.
     let mut send = |f: super::precopy::Frame, b: &mut [u8]| {
         let tag = match f {
-            super::precopy::Frame::Member => return Ok(()),
+            super::precopy::Frame::Member => Tag::PREMEMBER,
             super::precopy::Frame::Areas => Tag::PREAREAS,
             super::precopy::Frame::Pages => Tag::PREPAGES,
         };
         w.section(tag, 0, &[b]).map_err(image_io)
     };
-    // Failed, the Source goes with its tracking: the process runs on as it was.
-    let mut srcs = vec![src];
+    // Failed, the Sources go with their tracking: the processes run on as they were.
     super::precopy::rounds(&mut srcs, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
     let precopied = super::precopy::Precopied::new(srcs);
     let opts = Options { precopied: Some(precopied), ..opts.clone() };

@@ -1222,10 +1222,10 @@ impl Stores {
         Stores { by_pid: BTreeMap::new(), limit, current: None }
     }
 
-    /// The pages a running checkpoint copied of its process `pid`.
-    pub fn of(pid: i32, st: Store) -> Stores {
-        let limit = st.limit;
-        Stores { by_pid: BTreeMap::from([(pid, st)]), limit, current: Some(pid) }
+    /// The pages a running checkpoint copied of its processes, by pid.
+    pub fn held(stores: Vec<(i32, Store)>) -> Stores {
+        let limit = stores.iter().map(|s| s.1.limit).max().unwrap_or(0);
+        Stores { by_pid: stores.into_iter().collect(), limit, current: None }
     }
 
     fn bad(what: String) -> Error {
@@ -1488,32 +1488,69 @@ impl Copied {
     }
 }
 
-/// Reads the PREAREAS and PREPAGES sections an image of a running checkpoint begins with
-/// (engine::checkpoint's `running_checkpoint`), each checked before it is used (with
-/// [`Keep::Later`], a PREPAGES's data when it is read): kept as `how` says. Returns them (None:
-/// the image has no such section) and the first section after.
+/// What the PREAREAS and PREPAGES sections of an image hold, per process: by its pid in the
+/// image, 0 for the first process (an image without PREMEMBER sections, a version 4 one's).
+pub type CopiedAll = Vec<(i32, Copied)>;
+
+/// Reads the PREMEMBER, PREAREAS and PREPAGES sections an image of a running checkpoint begins
+/// with (engine::checkpoint's `running_checkpoint`), each checked before it is used (with
+/// [`Keep::Later`], a PREPAGES's data when it is read): kept as `how` says, per process.
+/// Returns them (empty: the image has no such section) and the first section after.
 pub fn read_ahead<R: crate::crf::Input>(
     rd: &mut crate::crf::Reader<R>,
     how: Keep,
-) -> Result<(Option<Copied>, Option<crate::crf::Section>)> {
+) -> Result<(CopiedAll, Option<crate::crf::Section>)> {
     use crate::crf::{CrfError, Tag};
     const WHAT: &str = "pages copied while the process ran";
-    let mut copied: Option<Copied> = None;
+    let mut all: CopiedAll = Vec::new();
+    // The process the sections are of, as its index in `all`.
+    let mut current: Option<usize> = None;
     let mut buf = Vec::new();
     let t0 = Instant::now();
+    let mapped = rd.window(0, 0).is_some();
     loop {
         let sec = rd.next_section()?;
-        let Some(s) = sec.filter(|s| s.tag == Tag::PREAREAS || s.tag == Tag::PREPAGES) else {
+        let ahead = |t: Tag| t == Tag::PREAREAS || t == Tag::PREPAGES || t == Tag::PREMEMBER;
+        let Some(s) = sec.filter(|s| ahead(s.tag)) else {
             log::debug!("{WHAT}: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-            return Ok((copied, sec));
+            return Ok((all, sec));
         };
         let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
-        // Areas span at most the address space; memory, what the image holds.
-        let c = copied.get_or_insert_with(|| match how {
-            Keep::Auto if rd.window(0, 0).is_none() => Copied::Held(Store::new(1 << 47)),
+        let fresh = || match how {
+            Keep::Auto if !mapped => Copied::Held(Store::new(1 << 47)),
             Keep::Later => Copied::Later(Offsets::default(), Vec::new()),
             _ => Copied::InImage(Offsets::default()),
+        };
+        if s.tag == Tag::PREMEMBER {
+            let mut b = [0u8; 4];
+            if s.len != 4 {
+                return Err(bad(format!("a PREMEMBER of {} bytes", s.len)));
+            }
+            rd.read_exact_at(&mut b, WHAT)?;
+            if crc32fast::hash(&b) != s.crc {
+                return Err(bad("section checksum mismatch".into()));
+            }
+            let pid = u32::from_le_bytes(b);
+            if pid == 0 || pid > i32::MAX as u32 || all.first().is_some_and(|a| a.0 == 0) {
+                return Err(bad(format!("a PREMEMBER of pid {pid}, or after sections of no process")));
+            }
+            let pid = pid as i32;
+            current = Some(match all.iter().position(|a| a.0 == pid) {
+                Some(i) => i,
+                None if all.len() >= MAX_MEMBERS => return Err(bad(format!("more than {MAX_MEMBERS} processes"))),
+                None => {
+                    all.push((pid, fresh()));
+                    all.len() - 1
+                }
+            });
+            continue;
+        }
+        // Sections of no PREMEMBER: the first process's.
+        let i = *current.get_or_insert_with(|| {
+            all.push((0, fresh()));
+            0
         });
+        let c = &mut all[i].1;
         let n = s.len as usize;
         if let (Copied::Later(o, later), true) = (&mut *c, s.tag == Tag::PREPAGES) {
             // The runs, read; the data, passed over.

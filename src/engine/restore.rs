@@ -248,27 +248,32 @@ fn restore_all<R: Input>(
     // (A lazy restore from a file leaves them there until the processes touch them.)
     let how = if lazy.is_some_and(|l| !l.is_remote()) { Keep::Later } else { Keep::Auto };
     let (copied, first) = super::precopy::read_ahead(&mut rd, how)?;
-    if copied.is_some() && store.is_some() {
+    if !copied.is_empty() && store.is_some() {
         return Err(Error::Refused(
             "the image of a live migration holds pages copied before the freeze too, which no crs writes: it is damaged"
                 .into(),
         ));
     }
-    let (mut own, mut offsets) = match copied {
-        Some(Copied::Held(s)) => (Some(s), None),
-        Some(Copied::InImage(o)) => (None, Some((o, None))),
-        Some(Copied::Later(o, d)) => (None, Some((o, Some(d)))),
-        None => (None, None),
-    };
+    // Per process (its pid in the image; 0: the first process).
+    let mut held: Vec<(i32, Store)> = Vec::new();
+    let mut offsets: Vec<(i32, (Offsets, Option<Vec<pages::Deferred>>))> = Vec::new();
+    for (pid, c) in copied {
+        match c {
+            Copied::Held(s) => held.push((pid, s)),
+            Copied::InImage(o) => offsets.push((pid, (o, None))),
+            Copied::Later(o, d) => offsets.push((pid, (o, Some(d)))),
+        }
+    }
     // Their checksums, checked beside the restore (a mapped image), before anything runs.
-    let checker = match offsets.as_mut().map(|o| std::mem::take(&mut o.0.unchecked)).filter(|u| !u.is_empty()) {
-        Some(u) => {
-            let (lo, image) = lasting_span(&rd, u.iter().map(|s| (s.0, s.1)))?;
+    let unchecked: Vec<_> = offsets.iter_mut().flat_map(|(_, o)| std::mem::take(&mut o.0.unchecked)).collect();
+    let checker = match unchecked.is_empty() {
+        false => {
+            let (lo, image) = lasting_span(&rd, unchecked.iter().map(|s| (s.0, s.1)))?;
             // SAFETY: a lasting input's memory outlives this restore; the checker is finished
             // or dropped (joined) before it returns.
-            Some(unsafe { super::precopy::Checker::start(image, lo, u) }?)
+            Some(unsafe { super::precopy::Checker::start(image, lo, unchecked) }?)
         }
-        None => None,
+        true => None,
     };
     let mut st = ProcessState::default();
     // The layout, read into the model; the header is checked as soon as it is in, before
@@ -282,13 +287,16 @@ fn restore_all<R: Input>(
     };
     let mut sections = SectionReader::new();
     let mut batch = sections.read_group(&mut rd, &mut st, first, true, &mut |d, st| check(d, st))?;
-    // (A running checkpoint's pages copied ahead are its first process's.)
-    let mut own = own.take().map(|s| Stores::of(st.head.pid, s));
+    // (Pages copied ahead of no named process are the first process's.)
+    let first_pid = st.head.pid;
+    held.iter_mut().filter(|h| h.0 == 0).for_each(|h| h.0 = first_pid);
+    offsets.iter_mut().filter(|o| o.0 == 0).for_each(|o| o.0 = first_pid);
+    let mut own = (!held.is_empty()).then(|| Stores::held(held));
     let mut store = store.or(own.as_mut());
     // The pages the processes share since a fork, held here before they are made: each
     // inherits them and moves them into place.
     let mut cow = match &st.tree_cow {
-        Some(_) if store.is_some() || offsets.is_some() => {
+        Some(_) if store.is_some() || !offsets.is_empty() => {
             return Err(Error::Refused(format!(
                 "the image of pid {} shares pages between its processes and has pages copied ahead (a live migration's, or a running checkpoint's), which no crs writes together: it is damaged",
                 st.head.pid
@@ -420,7 +428,7 @@ fn restore_all<R: Input>(
             &mut sections,
             batch,
             &mut st,
-            (p, held, offsets.as_ref().filter(|_| i == 0).map(|(o, d)| (o, d.as_deref())), &mut copies),
+            (p, held, offsets.iter().find(|o| o.0 == original).map(|(_, (o, d))| (o, d.as_deref())), &mut copies),
             &shared,
             &mut notes,
         )?;

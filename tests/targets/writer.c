@@ -4,9 +4,10 @@
  * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
  * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then;
  * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages);
- * "fork": forks a child once its memory is filled, which writes its own copy the same way
- * (another sequence of pages), logs "forked PID" and answers SIGUSR1 as the parent does
- * (and dies with the parent).
+ * "fork": forks a child once its memory is filled, which makes every page its own (written
+ * again), then writes them the same way (another sequence of pages), logs "forked PID" and
+ * answers SIGUSR1 as the parent does (and dies with the parent); "cow": the same, but the
+ * child leaves its pages shared with the parent until it writes them.
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
@@ -85,11 +86,16 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, 0);
     uint64_t seed = 88172645463325252ull, writes = 0, gap = 0;
-    if (argc > 4 && strcmp(argv[4], "fork") == 0) {
+    int cow = argc > 4 && strcmp(argv[4], "cow") == 0;
+    if (cow || (argc > 4 && strcmp(argv[4], "fork") == 0)) {
         pid_t k = fork();
         if (k < 0) return 5;
         if (k == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
+            /* Its own copy of every page (written again, the same): nothing shared since the
+             * fork, as workers that computed their own data. */
+            if (!cow)
+                for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
             seed = 1181783497276652981ull;
             dprintf(log, "forked %d\n", getpid());
         }
