@@ -19,6 +19,8 @@ use super::precopy::{self, Copied, Keep, Offsets, Store, Stores};
 /// The pages a running checkpoint copied before the freeze, where the image holds them, and,
 /// for a lazy restore, the PREPAGES batches they are in (see precopy::read_ahead).
 type InImage<'a> = (&'a Offsets, Option<&'a [crate::crf::pages::Deferred]>);
+/// The same, owned, per process (its pid in the image).
+type AllInImage = Vec<(i32, (Offsets, Option<Vec<crate::crf::pages::Deferred>>))>;
 use super::urgent::Urgent;
 use crate::crf::pages;
 use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
@@ -256,7 +258,7 @@ fn restore_all<R: Input>(
     }
     // Per process (its pid in the image; 0: the first process).
     let mut held: Vec<(i32, Store)> = Vec::new();
-    let mut offsets: Vec<(i32, (Offsets, Option<Vec<pages::Deferred>>))> = Vec::new();
+    let mut offsets: AllInImage = Vec::new();
     for (pid, c) in copied {
         match c {
             Copied::Held(s) => held.push((pid, s)),
