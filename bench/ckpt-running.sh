@@ -3,7 +3,8 @@
 # frozen for what it wrote since) beside the same checkpoint frozen throughout (ckpt
 # --frozen) and, given CRIU, criu dump --leave-running (which cannot pre-dump here: this kernel
 # has no soft-dirty tracking). The process has MIB of memory and keeps rewriting it at RATE
-# MB/s (tests/targets/writer.c). Sinks: "file", an image file in WORKDIR (synced, renamed);
+# MB/s (tests/targets/writer.c); with TREE=1 it has a child with MIB of its own, written
+# the same way (the gap is the parent's; image/mem counts both). Sinks: "file", an image file in WORKDIR (synced, renamed);
 # "pipe", the image through a pipe to gzip -1 (a slow reader, as a compressor or a network
 # is). Per case, min / median / max of RUNS runs of:
 #   gap_ms     the longest gap between two turns of the process's own loop (CLOCK_MONOTONIC,
@@ -16,7 +17,7 @@
 #              restore -d), after the original is killed; the restored process then checks
 #              every page of its memory
 # usage: bench/ckpt-running.sh [CRS_BINARY] [CRIU_BINARY]   (env MIB=1024, RATE=10, RUNS=5,
-# SINKS="file pipe", WORKDIR=/var/tmp). Root for CRIU.
+# SINKS="file pipe", WORKDIR=/var/tmp, TREE=). Root for CRIU.
 set -euo pipefail
 cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
@@ -25,6 +26,8 @@ MIB=${MIB:-1024}
 RATE=${RATE:-10}
 RUNS=${RUNS:-5}
 SINKS=${SINKS:-"file pipe"}
+TREE=${TREE:-}
+if [ -n "$TREE" ]; then kind=fork procs=2; else kind=plain procs=1; fi
 . ./lib.sh
 work=$(mktemp -d "${WORKDIR:-/var/tmp}/ckpt-running.XXXXXX")
 trap 'pkill -9 -f "$work/writer" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -38,7 +41,7 @@ check() {
   tail -1 "$work/log"
 }
 echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); images in $(df --output=source,fstype "$work" | tail -1)"
-echo "process: $MIB MiB, rewriting $RATE MB/s; min / median / max of $RUNS runs"
+echo "process: $MIB MiB, rewriting $RATE MB/s$([ -n "$TREE" ] && echo ", and a child the same"); min / median / max of $RUNS runs"
 printf '%-5s %-8s %20s %20s %20s %9s %20s\n' sink mode gap_ms frozen_ms total_ms image/mem rstrt_ms
 for sink in $SINKS; do
   modes="running frozen"
@@ -47,7 +50,7 @@ for sink in $SINKS; do
     : > "$work/r"
     for _ in $(seq "$RUNS"); do
       : > "$work/log"
-      (bare setsid "$work/writer" "$work/log" "$MIB" "$RATE" </dev/null >/dev/null 2>&1 &)
+      (bare setsid "$work/writer" "$work/log" "$MIB" "$RATE" "$kind" </dev/null >/dev/null 2>&1 &)
       until grep -q ready "$work/log" 2>/dev/null; do sleep 0.05; done
       pid=$(awk '/ready/ {print $2}' "$work/log")
       sleep 1
@@ -70,7 +73,7 @@ for sink in $SINKS; do
       v=$(check "$pid")
       case "$v" in ok*) ;; *) echo "after the checkpoint: $v" >&2; exit 1;; esac
       kill -9 "$pid"
-      while [ -e "/proc/$pid" ]; do sleep 0.01; done
+      while pgrep -f "$work/writer" >/dev/null; do sleep 0.01; done
       back=0
       if [ "$sink" = file ]; then
         r0=$(now)
@@ -86,7 +89,8 @@ for sink in $SINKS; do
         w=$(check "$new")
         case "$w" in ok*) ;; *) echo "restored: $w" >&2; exit 1;; esac
         kill -9 "$new"
-        while [ -e "/proc/$new" ]; do sleep 0.01; done
+        pkill -9 -f "$work/writer" || true
+        while pgrep -f "$work/writer" >/dev/null; do sleep 0.01; done
       fi
       gap=$(echo "$v" | sed -E 's/.*gap_us=([0-9]+).*/\1/')
       frozen=$(echo "$out" | sed -nE 's/.*frozen ([0-9.]+) ms.*/\1/p' | tail -1)
@@ -102,7 +106,7 @@ for sink in $SINKS; do
     printf '%-5s %-8s %20s %20s %20s %9s %20s\n' "$sink" "$mode" \
       "$(awk '{print $1/1000}' "$work/r" | stats)" "$(awk '{print $2}' "$work/r" | stats)" \
       "$(awk '{print $3}' "$work/r" | stats)" \
-      "$(awk -v m="$MIB" '{print $4/(m*1048576)}' "$work/r" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}')" \
+      "$(awk -v m="$((MIB * procs))" '{print $4/(m*1048576)}' "$work/r" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}')" \
       "$(awk '{print $5}' "$work/r" | stats)"
   done
 done
