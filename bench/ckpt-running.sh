@@ -72,8 +72,10 @@ for sink in $SINKS; do
       sleep 0.2
       v=$(check "$pid")
       case "$v" in ok*) ;; *) echo "after the checkpoint: $v" >&2; exit 1;; esac
-      kill -9 "$pid"
-      while pgrep -f "$work/writer" >/dev/null; do sleep 0.01; done
+      # (Each gone, reaped: a zombie still holds its pid, which the restore wants.)
+      kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+      kill -9 "$pid" $kids
+      for p in $pid $kids; do while [ -e "/proc/$p" ]; do sleep 0.01; done; done
       back=0
       if [ "$sink" = file ]; then
         r0=$(now)
@@ -88,9 +90,9 @@ for sink in $SINKS; do
         back=$(( (r1 - r0) / 1000 ))
         w=$(check "$new")
         case "$w" in ok*) ;; *) echo "restored: $w" >&2; exit 1;; esac
-        kill -9 "$new"
-        pkill -9 -f "$work/writer" || true
-        while pgrep -f "$work/writer" >/dev/null; do sleep 0.01; done
+        kids=$(cat /proc/"$new"/task/*/children 2>/dev/null || true)
+        kill -9 "$new" $kids
+        for p in $new $kids; do while [ -e "/proc/$p" ]; do sleep 0.01; done; done
       fi
       gap=$(echo "$v" | sed -E 's/.*gap_us=([0-9]+).*/\1/')
       frozen=$(echo "$out" | sed -nE 's/.*frozen ([0-9.]+) ms.*/\1/p' | tail -1)
