@@ -57,6 +57,7 @@
 #include <linux/completion.h>
 #include <linux/seccomp.h>
 #include <linux/namei.h>
+#include <linux/mount.h>
 #include <linux/version.h>
 #include <linux/kdev_t.h>
 #include <linux/delay.h>
@@ -1872,12 +1873,76 @@ static void set_layout(struct mm_struct *mm, const struct crd_restart *a)
 	mmap_write_unlock(mm);
 }
 
+/*
+ * The executable of an mm holds write access to its file denied, as execve leaves it (and the
+ * kernel allows it again when the mm lets the file go), on every kernel but 6.11's, which did
+ * not deny it.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0) && LINUX_VERSION_CODE < KERNEL_VERSION(6, 12, 0)
+#define EXE_DENIES_WRITE 0
+#else
+#define EXE_DENIES_WRITE 1
+#endif
+
+static void exe_allow_write(struct file *f)
+{
+	if (EXE_DENIES_WRITE)
+		allow_write_access(f);
+}
+
+/*
+ * The file of mapping a->exe_map, to be the restored process's executable: a regular file on a
+ * mount that allows execution, which the caller (with the image owner's credentials by now) may
+ * execute -- what execve would take -- with write access denied as execve denies it. No more
+ * than the caller could get by executing that file itself.
+ */
+static int take_exe(struct crd_restart *a, struct file **files, struct file **exe)
+{
+	struct file *f;
+	bool noexec;
+
+	if (a->exe_map >= a->nmaps || !files[a->exe_map]) {
+		rsay(a, "the program's mapping (%u) is not one of a file", a->exe_map);
+		return -EINVAL;
+	}
+	f = files[a->exe_map];
+	/* path_noexec(), which modules cannot call. */
+	noexec = (f->f_path.mnt->mnt_flags & MNT_NOEXEC) || (f->f_path.mnt->mnt_sb->s_iflags & SB_I_NOEXEC);
+	if (!S_ISREG(file_inode(f)->i_mode) || noexec || file_permission(f, MAY_EXEC)) {
+		rsay(a, "the program (the file of mapping %u) is not one the caller may execute", a->exe_map);
+		return -EACCES;
+	}
+	if (EXE_DENIES_WRITE && deny_write_access(f)) {
+		rsay(a, "the program is open for writing");
+		return -ETXTBSY;
+	}
+	*exe = f;
+	return 0;
+}
+
+/*
+ * Makes `exe` (from take_exe: write access denied) the executable of `mm`, the caller's, once it
+ * holds the image's mappings: what /proc/PID/exe names, as after an execve of it. The one it had
+ * (crs, which it no longer maps) is let go as the kernel lets an executable go.
+ */
+static void set_exe(struct mm_struct *mm, struct file *exe)
+{
+	struct file *old;
+
+	get_file(exe);
+	old = xchg((struct file __force **)&mm->exe_file, exe);
+	if (old) {
+		exe_allow_write(old);
+		fput(old);
+	}
+}
+
 static long crd_restart(void __user *uarg)
 {
 	struct crd_restart *a;
 	struct crd_map *maps = NULL;
 	struct crd_run *runs = NULL;
-	struct file **files = NULL, *image = NULL;
+	struct file **files = NULL, *image = NULL, *exe = NULL;
 	struct resume *w = NULL;
 	struct mm_struct *mm = current->mm;
 	u8 *buf = NULL;
@@ -1895,7 +1960,7 @@ static long crd_restart(void __user *uarg)
 	if (err)
 		goto out;
 	err = -EINVAL;
-	if (a->flags & ~(CRD_RESTART_NOTIFY | CRD_RESTART_STOP)) {
+	if (a->flags & ~(CRD_RESTART_NOTIFY | CRD_RESTART_STOP | CRD_RESTART_EXE)) {
 		rsay(a, "unknown flags %#x", a->flags);
 		goto out;
 	}
@@ -1945,6 +2010,11 @@ static long crd_restart(void __user *uarg)
 	err = check_plan(a, maps, runs, files);
 	if (err)
 		goto out;
+	if (a->flags & CRD_RESTART_EXE) {
+		err = take_exe(a, files, &exe);
+		if (err)
+			goto out;
+	}
 	err = -EBADF;
 	image = fget(a->fd);
 	if (!image || !(image->f_mode & FMODE_READ) || !(image->f_mode & FMODE_PREAD)) {
@@ -2015,6 +2085,10 @@ static long crd_restart(void __user *uarg)
 		rcu_read_unlock();
 		for (fd = 3; fd < max; fd++)
 			close_fd(fd);
+		if (exe) {
+			set_exe(mm, exe);
+			exe = NULL;
+		}
 		__module_get(THIS_MODULE);
 		err = task_work_add(current, &w->cb, TWA_RESUME);
 		if (!err)
@@ -2028,6 +2102,8 @@ static long crd_restart(void __user *uarg)
 		force_sig(SIGKILL);
 	}
 out:
+	if (exe)
+		exe_allow_write(exe);
 	if (files)
 		for (i = 0; i < a->nmaps; i++)
 			if (files[i])

@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define CRD_ABI_VERSION 1
+#define CRD_ABI_VERSION 2
 
 /* crd_checkpoint.flags: the paper's CRS_KILL, CRS_NO_BINARY_FILE, CRS_NO_SHARED_LIBRARIES, and a
  * stop flag; the same bits as the CKPT_* flags of a CRF image's HEAD. */
@@ -38,6 +38,7 @@ struct crd_checkpoint {
 /* crd_restart.flags */
 #define CRD_RESTART_NOTIFY	1	/* send SIGUSR1 to notify_pid once restarted */
 #define CRD_RESTART_STOP	2	/* restarted, stop (SIGSTOP) before running */
+#define CRD_RESTART_EXE		4	/* exe_map's file becomes the process's executable */
 
 /*
  * A restart replaces the calling process's address space and registers with an image's. The
@@ -87,7 +88,9 @@ struct crd_restart {
 	__u32 rseq_len;
 	__u32 rseq_sig;
 	__u32 dumpable;		/* PR_SET_DUMPABLE, set once it is the image's process */
-	__u32 pad2;
+	__u32 exe_map;		/* with CRD_RESTART_EXE: the index in maps of the mapping whose
+				 * file becomes /proc/PID/exe (a regular file the caller may
+				 * execute, as execve would take it) */
 };
 
 #define CRD_IOC_MAGIC	0xCD

@@ -18,15 +18,15 @@ fn the_abi_of_crd_h_is_the_one_src_dev_speaks() {
 #include <stdio.h>
 #include "crd.h"
 int main(void) {
-    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %lu %lu %lu %d %d %d %d %d %d %d\n",
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %lu %lu %lu %d %d %d %d %d %d %d %d\n",
         sizeof(struct crd_checkpoint), sizeof(struct crd_restart),
         offsetof(struct crd_checkpoint, bytes), offsetof(struct crd_checkpoint, pages),
         sizeof(struct crd_map), sizeof(struct crd_run), offsetof(struct crd_restart, maps),
         offsetof(struct crd_restart, mm), offsetof(struct crd_restart, regs),
-        offsetof(struct crd_restart, rseq_sig),
+        offsetof(struct crd_restart, rseq_sig), offsetof(struct crd_restart, exe_map),
         (unsigned long)CRD_VERSION, (unsigned long)CRD_CHECKPOINT, (unsigned long)CRD_RESTART,
         CRD_ABI_VERSION, CRD_KILL, CRD_NO_BINARY_FILE, CRD_NO_SHARED_LIBRARIES, CRD_STOP,
-        CRD_RESTART_NOTIFY, CRD_RESTART_STOP);
+        CRD_RESTART_NOTIFY, CRD_RESTART_STOP, CRD_RESTART_EXE);
     return 0;
 }
 "#,
@@ -42,7 +42,7 @@ int main(void) {
     use dev::restart::{MapArg, RunArg};
     use std::mem::{offset_of, size_of};
     let rust = format!(
-        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
         size_of::<dev::CheckpointArg>(),
         size_of::<dev::RestartArg>(),
         offset_of!(dev::CheckpointArg, bytes),
@@ -53,6 +53,7 @@ int main(void) {
         offset_of!(dev::RestartArg, mm),
         offset_of!(dev::RestartArg, regs),
         offset_of!(dev::RestartArg, rseq_sig),
+        offset_of!(dev::RestartArg, exe_map),
         dev::VERSION,
         dev::CHECKPOINT,
         dev::RESTART,
@@ -63,6 +64,7 @@ int main(void) {
         dev::STOP,
         dev::RESTART_NOTIFY,
         dev::RESTART_STOP,
+        dev::RESTART_EXE,
     );
     assert_eq!(c, rust, "kmod/crd.h (left) and src/dev (right) disagree");
 }

@@ -102,6 +102,11 @@ kill -USR1 $new
 l=$(wait_line /tmp/r1.log ok 2) || fail "crd restart: no verdict: $(cat /tmp/r1.log /tmp/r1.err)"
 case "$l" in *check=2*) ;; *) fail "crd restart: state lost: $l" ;; esac
 echo "GUEST PASS: crd checkpoint, crd restart, same pid $new: $l"
+# Its executable is its program again (CRD_RESTART_EXE).
+exe=$(readlink /proc/$new/exe)
+[ "$exe" = /bin/migrant ] || fail "crd restart: /proc/$new/exe names $exe: $(cat /tmp/r1.err)"
+grep -q "names crs" /tmp/r1.err && fail "crd restart: rstrt says: $(cat /tmp/r1.err)"
+echo "GUEST PASS: crd restart: /proc/$new/exe names $exe"
 # ... and the restarted process checkpoints and restarts again, through the other engine.
 /bin/crs ckpt --backend ptrace -k -o /tmp/r2.crf $new || fail "crd restart: ptrace ckpt of a crd-restarted process"
 new2=$(/bin/crs rstrt --backend crd -d /tmp/r2.crf 2>/dev/null) || fail "crd restart: rstrt of a ptrace image"
@@ -109,7 +114,35 @@ kill -USR1 $new2
 l=$(wait_line /tmp/r1.log ok 3) || fail "crd restart: no verdict after the ptrace image: $(cat /tmp/r1.log)"
 case "$l" in *check=3*) ;; *) fail "crd restart: ptrace image, state lost: $l" ;; esac
 echo "GUEST PASS: ptrace checkpoint, crd restart: $l"
+[ "$(readlink /proc/$new2/exe)" = /bin/migrant ] || fail "crd restart: the ptrace image's restart names $(readlink /proc/$new2/exe)"
 kill -9 $new2
+# A program of its own (a copy nothing else runs): held as execve holds it while the restarted
+# process runs (not writable), let go when it ends (writable, and executable, again).
+mkdir -p /tmp/own && cp /bin/migrant /tmp/own/migrant
+/tmp/own/migrant - 2 </dev/null >>/tmp/x1.log 2>/dev/null &
+pid=$!
+wait_line /tmp/x1.log ready 0 >/dev/null || fail "crd exe: target did not start"
+/bin/crs ckpt --backend crd -k -o /tmp/x1.crf $pid || fail "crd exe: ckpt"
+wait $pid 2>/dev/null
+w=$( ( : >> /tmp/own/migrant ) 2>&1) || fail "crd exe: the program is busy with nothing running it: $w"
+x=$(/bin/crs rstrt --backend crd -d /tmp/x1.crf 2>/tmp/x1.err) || fail "crd exe: rstrt: $(cat /tmp/x1.err)"
+[ "$(readlink /proc/$x/exe)" = /tmp/own/migrant ] || fail "crd exe: /proc/$x/exe names $(readlink /proc/$x/exe)"
+( : >> /tmp/own/migrant ) 2>/dev/null && fail "crd exe: its program can be written while it runs"
+kill -USR1 $x
+v=$(wait_line /tmp/x1.log ok 1) || fail "crd exe: no verdict: $(cat /tmp/x1.log)"
+kill -9 $x
+# (Dead once a zombie: its memory, and its executable with it, is gone by then.)
+i=0
+while [ -e /proc/$x ] && ! grep -q "^State:.Z" /proc/$x/status 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 200 ] || fail "crd exe: pid $x does not die"; sleep 0.05
+done
+w=$( ( : >> /tmp/own/migrant ) 2>&1) || fail "crd exe: its program stays unwritable after it ended: $w"
+/tmp/own/migrant - 1 </dev/null >/tmp/x2.log 2>/dev/null &
+y=$!
+wait_line /tmp/x2.log ready 0 >/dev/null || fail "crd exe: its program no longer executes"
+kill -9 $y
+wait $y 2>/dev/null
+echo "GUEST PASS: crd exe: /proc/PID/exe names its program, unwritable while it runs, writable and executable once it ended: $v"
 l=$(regs_case r3 crd) || exit 1
 echo "GUEST PASS: crd restart, registers: $l"
 # Through a pipe, both ways: the module writes into it, rstrt copies it to memory first.

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 pub const PATH: &str = "/dev/crd";
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// crd_checkpoint.flags
 pub const KILL: u32 = 1;
@@ -59,7 +59,9 @@ pub struct RestartArg {
     pub rseq_len: u32,
     pub rseq_sig: u32,
     pub dumpable: u32,
-    pub pad2: u32,
+    /// With RESTART_EXE: the index in `maps` of the mapping whose file becomes the
+    /// executable.
+    pub exe_map: u32,
 }
 
 impl Default for RestartArg {
@@ -84,7 +86,7 @@ impl Default for RestartArg {
             rseq_len: 0,
             rseq_sig: 0,
             dumpable: 0,
-            pad2: 0,
+            exe_map: 0,
         }
     }
 }
@@ -92,6 +94,7 @@ impl Default for RestartArg {
 /// crd_restart.flags
 pub const RESTART_NOTIFY: u32 = 1;
 pub const RESTART_STOP: u32 = 2;
+pub const RESTART_EXE: u32 = 4;
 
 const MAGIC: u64 = 0xCD;
 /// _IOC(dir, type, nr, size) of the kernel's asm-generic/ioctl.h.

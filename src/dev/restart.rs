@@ -6,7 +6,7 @@
 //! where each run of pages lies in the image file, the layout, the registers and the mask. The
 //! module replaces the child's memory and registers with the image's (kmod/crd.h).
 
-use super::{Crd, RESTART, RESTART_NOTIFY, RESTART_STOP};
+use super::{Crd, RESTART, RESTART_EXE, RESTART_NOTIFY, RESTART_STOP};
 use crate::crf::{PAGE_SIZE, Reader, Stream, Tag, pages};
 use crate::engine::restore::{Options, Restored};
 use crate::error::{Error, Result};
@@ -405,13 +405,17 @@ fn fork_as(want: i32, require: bool) -> Result<(i32, Option<String>)> {
 
 fn restored(pid: i32, st: ProcessState, opts: &Options, pid_note: Option<String>) -> Restored {
     let original_pid = st.head.pid;
+    // The module made the program the executable (CRD_RESTART_EXE) when the restore maps it
+    // from a file here; otherwise it is still crs.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
+    let exe_kept = st.mm.exe.as_ref().is_some_and(|x| exe.as_deref().ok() != Some(x.path.as_str()));
     Restored {
         pid,
         original_pid,
         pid_note,
-        exe_kept: false,
+        exe_kept,
         null_stdio: opts.null_stdio,
-        notes: vec![format!("/proc/{pid}/exe names crs: the crd backend does not set it")],
+        notes: Vec::new(),
         state: st,
         members: vec![(original_pid, pid)],
         zombies: 0,
@@ -449,6 +453,20 @@ fn child(
         dumpable: st.task.dumpable.min(1),
         ..Default::default()
     };
+    // The program, once more the executable (/proc/PID/exe), from the mapping of it the restore
+    // opened here as the image's user (checked to be the image's very file): the module takes
+    // only a file that user may execute.
+    let program = st.mm.exe.as_ref().and_then(|x| {
+        plans
+            .iter()
+            .filter(|p| !p.vma.is_special())
+            .zip(&maps)
+            .position(|(p, m)| m.fd >= 0 && p.from_file && p.vma.file.as_ref().is_some_and(|f| f.path == x.path))
+    });
+    if let Some(k) = program {
+        a.flags |= RESTART_EXE;
+        a.exe_map = k as u32;
+    }
     let m = &st.mm;
     a.mm = [
         m.start_code,
