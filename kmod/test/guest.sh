@@ -243,26 +243,34 @@ kill -9 $new
 # M. Migration through the module at both ends (over loopback: source and destination are this
 # node): the process is stopped while its image goes, killed once the destination runs it.
 /bin/crs keygen /tmp/key >/dev/null || fail "crd migrate: keygen"
-mig() { # backend log n: migrates the migrant of log, which has answered n checks
+mig() { # backend pid [migrate's own options]: migrates pid, prints its pid there
   /bin/crs restartd $1 -b 127.0.0.1 -p 1023 --key /tmp/key --allow-root 2>/tmp/rd.log &
   rd=$!
   wait_line /tmp/rd.log "" 0 >/dev/null
   i=0; while [ $i -lt 100 ] && ! grep -q listening /tmp/rd.log; do i=$((i+1)); sleep 0.05; done
-  out=$(/bin/crs migrate $1 --key /tmp/key $2 127.0.0.1 2>&1) || { kill $rd; fail "crd migrate ($1): $out; restartd said: $(cat /tmp/rd.log)"; }
+  out=$(/bin/crs migrate $1 ${3:-} --key /tmp/key $2 127.0.0.1 2>&1) || { kill $rd; echo "crd migrate ($1): $out; restartd said: $(cat /tmp/rd.log)" > /tmp/mig.out; return 1; }
   kill $rd; wait $rd 2>/dev/null
+  echo "$out" > /tmp/mig.out
   echo "$out" | sed -n 's/.* as pid \([0-9]*\).*/\1/p'
 }
 /bin/migrant - 4 </dev/null >>/tmp/m1.log 2>/dev/null &
 pid=$!
 wait_line /tmp/m1.log ready 0 >/dev/null || fail "crd migrate: target did not start"
-new=$(mig "--backend crd" $pid) || exit 1
+# Its program is the same file at the destination (this node): its pages stay out of the image,
+# as with --no-binary.
+/bin/crs ckpt --backend crd -o /tmp/m1full.crf $pid || fail "crd migrate: ckpt"
+/bin/crs ckpt --backend crd --no-binary -o /tmp/m1nb.crf $pid || fail "crd migrate: ckpt --no-binary"
+full=$(stat -c %s /tmp/m1full.crf); nb=$(stat -c %s /tmp/m1nb.crf)
+new=$(mig "--backend crd" $pid -v) || fail "$(cat /tmp/mig.out)"
+sent=$(sed -n 's/.* \([0-9]*\) bytes in .*/\1/p' /tmp/mig.out)
+[ -n "$sent" ] && [ $((sent * 2)) -lt $((full + nb)) ] || fail "crd migrate: $sent bytes sent, against $full for the whole image and $nb without the program: $(cat /tmp/mig.out)"
 [ -n "$new" ] || fail "crd migrate: no new pid"
 wait $pid 2>/dev/null
 [ -d /proc/$pid ] && fail "crd migrate: the source still runs"
 kill -USR1 $new
 l=$(wait_line /tmp/m1.log ok 0) || fail "crd migrate: no verdict: $(cat /tmp/m1.log)"
 case "$l" in *check=1*) ;; *) fail "crd migrate: state lost: $l" ;; esac
-echo "GUEST PASS: crd migrate, pid $pid now $new: $l"
+echo "GUEST PASS: crd migrate, pid $pid now $new, $sent bytes (image $full, $nb without the program): $l"
 kill -9 $new
 
 # 5. Yama ptrace_scope=3 forbids ptrace to everyone, root too: the default backend falls back
@@ -291,7 +299,7 @@ if [ -e /proc/sys/kernel/yama/ptrace_scope ]; then
   /bin/migrant - 2 </dev/null >>/tmp/m2.log 2>/dev/null &
   pid=$!
   wait_line /tmp/m2.log ready 0 >/dev/null || fail "crd: migrate target under Yama 3 did not start"
-  new=$(mig "" $pid) || exit 1
+  new=$(mig "" $pid) || fail "$(cat /tmp/mig.out)"
   kill -USR1 $new
   l=$(wait_line /tmp/m2.log ok 0) || fail "crd: migrate under Yama 3, no verdict: $(cat /tmp/m2.log)"
   echo "GUEST PASS: crd migrate under Yama ptrace_scope=3 (default backends): $l"

@@ -187,6 +187,14 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
     let held_there = super::files::held(&mapped, &have);
     debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
+    // The module leaves out the executable's pages, or every other ELF file's, not files one
+    // by one: as much of that as the destination holds.
+    let mut flags = flags;
+    if crd {
+        let (binary, libs) = super::files::held_wholesale(pid, &mapped, &held_there);
+        flags.no_binary |= binary;
+        flags.no_libs |= libs;
+    }
     if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
         && let Err(e) = send_ahead(src, &mut c, budget, opts.post_copy, &mut ahead)
     {
