@@ -591,16 +591,15 @@ fn outer_pid(inner: i32) -> i32 {
     panic!("no process is pid {inner} in a pid namespace below ours")
 }
 
-/// --live moves a tree: the memory of the process and of its child goes ahead while both
-/// write it; there (a pid namespace of its own, where their pids are free) each checks every
-/// page, the child still the parent's, and the image sent once they were frozen carried a
-/// small part of their memory.
-#[test]
-fn a_live_migration_sends_a_trees_memory_ahead() {
-    let Some(n) = Nodes::new() else { return };
-    let dir = tmpdir("mig-live-tree");
+/// A writer and its child (64 MiB each, each its own pages, both writing) on node a, moved
+/// with `how` to node b (a pid namespace of its own there, where their pids are free); each
+/// then checks every page there, the child still the parent's. Returns what migrate said, or
+/// None when the kernel cannot track writes (`how` has --live).
+fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
+    let n = Nodes::new()?;
+    let dir = tmpdir(name);
     let key = keyfile(&dir, "key");
-    let d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
+    let _d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
     let log = dir.join("log");
     let mut c = n.cmd(&n.a, target("writer").to_str().unwrap(), &[log.to_str().unwrap(), "64", "10", "fork"]);
     c.stdin(Stdio::null()).stdout(Stdio::null());
@@ -612,15 +611,18 @@ fn a_live_migration_sends_a_trees_memory_ahead() {
         let v = check(p, &log);
         assert!(v.starts_with("ok") && v.ends_with(&format!("pid {p}")), "before: {v}");
     }
-    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let mut args = vec!["--key", &key, "-v"];
+    args.extend_from_slice(how);
+    let (p, b) = (pid.to_string(), n.addr_b.clone());
+    args.extend([p.as_str(), b.as_str()]);
+    let o = migrate(&n, &args);
     let err = stderr(&o);
     if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
         let _ = src.kill();
         let _ = src.wait();
-        return;
+        return None;
     }
     assert!(o.status.success(), "migrate: {err}");
-    assert!(err.contains(&format!("the rounds sent ahead the memory of pids {pid}, {kid}")), "{err}");
     let out = String::from_utf8_lossy(&o.stdout);
     let there: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
     assert_eq!(there, pid, "restartd's pid namespace did not keep the pid");
@@ -636,12 +638,40 @@ fn a_live_migration_sends_a_trees_memory_ahead() {
         assert!(v.starts_with("ok") && v.ends_with(&format!("pid {was}")), "after: {v}");
         assert!(!tracked(p), "restored pid {p} is tracked");
     }
-    let sent_ahead = d.1.line("bytes sent ahead");
-    let ahead: u64 =
-        sent_ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{sent_ahead}"));
-    assert!(ahead >= 128 << 20, "less than the two processes' memory went ahead: {sent_ahead}");
-    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    Some(format!("pids {pid}, {kid}\n{err}"))
+}
+
+/// The bytes a "N bytes ..." figure of `text` says, N the word before `after`.
+fn bytes_before(text: &str, after: &str) -> u64 {
+    let at = text.find(after).unwrap_or_else(|| panic!("no {after:?} in {text}"));
+    text[..at].rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{text}"))
+}
+
+/// --live moves a tree: the memory of the process and of its child goes ahead while both
+/// write it, and the image sent once they were frozen carries a small part of it.
+#[test]
+fn a_live_migration_sends_a_trees_memory_ahead() {
+    let Some(said) = migrate_writer_tree("mig-live-tree", &["--live"]) else { return };
+    let (pids, err) = said.split_once('\n').unwrap();
+    assert!(err.contains(&format!("the rounds sent ahead the memory of {pids}")), "{err}");
+    let ahead: u64 = err.lines().filter(|l| l.contains("sent ahead in")).map(|l| bytes_before(l, " bytes sent")).sum();
+    assert!(ahead >= 128 << 20, "less than the two processes' memory went ahead: {err}");
+    let image = bytes_before(err, " bytes in ");
     assert!(image < 32 << 20, "the image after the freeze carried {image} bytes of two 64 MiB processes: {err}");
+}
+
+/// --post-copy moves a tree: both processes run there before their memory is there; the
+/// memory of each follows (pages of the one, then the other: they hold different data at the
+/// same addresses, and each checks its own).
+#[test]
+fn a_post_copy_migration_moves_a_tree() {
+    let Some(said) = migrate_writer_tree("mig-post-tree", &["--post-copy"]) else { return };
+    let err = said.split_once('\n').unwrap().1;
+    assert!(err.contains("post-copy: it ran there after"), "-v: {err}");
+    let followed = bytes_before(err, " bytes followed");
+    assert!(followed >= 128 << 20, "less than the two processes' memory followed: {err}");
+    let image = bytes_before(err, " bytes in ");
+    assert!(image < 32 << 20, "the image carried {image} bytes of two 64 MiB processes: {err}");
 }
 
 /// A live migration that fails once the pre-copy has begun (restartd refuses it: it spools)

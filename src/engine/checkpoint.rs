@@ -73,10 +73,13 @@ pub struct Options {
     pub held_there: Vec<String>,
 }
 
-/// The pages a post-copy's image leaves at the source: (start, end) runs, in order, filled in
-/// by the checkpoint before its commit.
+/// The pages a post-copy's image leaves at the source: per process (its pid), (start, end)
+/// runs, in order, filled in by the checkpoint before its commit.
 #[derive(Clone, Debug, Default)]
-pub struct PostCopy(pub std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+pub struct PostCopy(pub std::sync::Arc<std::sync::Mutex<LaterRuns>>);
+
+/// Per process (its pid), the runs of its pages a post-copy sends later.
+pub type LaterRuns = Vec<(i32, Vec<(u64, u64)>)>;
 
 impl PostCopy {
     /// The ranges of a process whose pages a post-copy sends later: its private anonymous
@@ -1053,17 +1056,17 @@ fn write<W: Sink>(
             (None, None) => Vec::new(),
         };
         // A post-copy sends the rest of those ranges later (after a pre-copy, what changed
-        // since it or never went).
-        let later = match postcopy.filter(|_| i == 0) {
+        // since it or never went), of every process.
+        let later = match postcopy {
             Some(_) => super::layout::minus(&PostCopy::ranges(st), &kept),
             None => Vec::new(),
         };
         let mut all = [kept.as_slice(), later.as_slice()].concat();
         all.sort_unstable();
         pages += memory::dump_pages(st.head.pid, &st.vmas, (&all, &later), &mut w, spare)?;
-        if let Some(p) = postcopy.filter(|_| i == 0) {
+        if let Some(p) = postcopy {
             let runs = memory::later_runs(st.head.pid, &st.vmas, &all, &later)?;
-            *p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))? = runs;
+            p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))?.push((st.head.pid, runs));
         }
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));

@@ -23,8 +23,11 @@
 //!
 //! A post-copy migration (migrate --post-copy) uses the same server with another source of
 //! pages ([`Server::remote`]): the image leaves those pages out (kept runs), and they come
-//! from the frozen process at the source, over the migration's connection ([`Link`]): pushed
-//! in address order, and the pages a process waits for asked for first (Want). Until the
+//! from the frozen processes at the source, over the migration's connection ([`Link`]): pushed
+//! process by process in address order, and the pages a process waits for asked for first
+//! (Want). Each mm knows which process at the source its pages come from (a fork's child, its
+//! parent's), and takes only that one's (the processes of a tree have pages at the same
+//! addresses, with other data). Until the
 //! connection is handed over, nothing may wait for such a page: the restore's own steps never
 //! touch them (the source sends mlocked memory and rseq areas with the image).
 
@@ -140,6 +143,8 @@ fn cut(p: &mut Pending, start: u64, end: u64) -> Vec<(u64, Piece)> {
 pub struct Lazy {
     batches: Vec<Deferred>,
     pending: Pending,
+    /// Post-copy: the process (its pid at the source) whose pages its REMOTE pieces are.
+    from: i32,
 }
 
 impl Lazy {
@@ -165,8 +170,10 @@ impl Lazy {
         self.pending.insert(addr, Piece { len, batch, off });
     }
 
-    /// Pages the image leaves at the source of a post-copy: `runs` (start, end).
-    pub fn remote(&mut self, runs: &[(u64, u64)]) {
+    /// Pages the image leaves at the source of a post-copy: `runs` (start, end) of process
+    /// `from` (its pid there, as in the image).
+    pub fn remote(&mut self, runs: &[(u64, u64)], from: i32) {
+        self.from = from;
         for &(s, e) in runs {
             self.pending.insert(s, Piece { len: e - s, batch: REMOTE, off: s });
         }
@@ -211,6 +218,9 @@ struct Mm {
     pid: i32,
     uffd: OwnedFd,
     pending: Pending,
+    /// Post-copy: the process at the source whose pages its REMOTE pieces are (a process
+    /// forked since has its parent's).
+    from: i32,
 }
 
 /// Where a lazy restore's pages are: the image file, read a batch at a time, or the file
@@ -300,8 +310,11 @@ struct State {
     /// The processes may run: a fault on a page still at the source waits for it (before, it
     /// is a restore step that should not have touched it).
     released: Arc<AtomicBool>,
-    /// Pages asked of the source (by their address in the image), and faults waiting for one.
-    asked: std::collections::BTreeSet<u64>,
+    /// Pages asked of the source (by process there and address in the image), and faults
+    /// waiting for one.
+    asked: std::collections::BTreeSet<(i32, u64)>,
+    /// The process at the source whose pages the next Pages frames are.
+    member: i32,
     waiting: Vec<(i32, u64, std::time::Instant)>,
     /// The source sent its last page.
     ended: bool,
@@ -313,13 +326,22 @@ struct State {
 pub trait Link: Send {
     /// The fd to poll for what the source sends.
     fn fd(&self) -> i32;
-    /// Asks for the pages [addr, addr + len) (their address in the image) before the others.
-    fn want(&mut self, addr: u64, len: u64) -> Result<()>;
-    /// The next frame: Some(length) of a Pages frame read into `buf` (runs and their data, as
-    /// engine::precopy sends them), or None: the source sent its last page.
-    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>>;
+    /// Asks for the pages [addr, addr + len) of process `who` (its pid at the source; their
+    /// address in the image) before the others.
+    fn want(&mut self, who: i32, addr: u64, len: u64) -> Result<()>;
+    /// The next frame: a Pages frame read into `buf` (runs and their data, as engine::precopy
+    /// sends them), or whose the Pages after it are; None: the source sent its last page.
+    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<Arrived>>;
     /// Every page is in: the source may let its copy go.
     fn all_in(&mut self) -> Result<()>;
+}
+
+/// What a post-copy's source sent.
+pub enum Arrived {
+    /// A Pages frame of this length.
+    Pages(usize),
+    /// The Pages frames that follow are of this process (its pid at the source).
+    Member(i32),
 }
 
 enum ToServer {
@@ -384,6 +406,7 @@ impl Server {
             link: None,
             released: released.clone(),
             asked: Default::default(),
+            member: 0,
             waiting: Vec::new(),
             ended: false,
             silence,
@@ -484,7 +507,7 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
                     st.pages.batches.extend(lazy.batches);
                     let rebase = |p: Piece| if p.batch == REMOTE { p } else { Piece { batch: p.batch + base, ..p } };
                     let pending = lazy.pending.into_iter().map(|(k, p)| (k, rebase(p))).collect();
-                    st.mms.push(Mm { pid, uffd, pending });
+                    st.mms.push(Mm { pid, uffd, pending, from: lazy.from });
                 }
                 Ok(ToServer::Link(l)) => {
                     st.link = Some(l);
@@ -630,8 +653,8 @@ impl State {
             UFFD_EVENT_FORK => {
                 // SAFETY: the kernel installed this fd in our table for us, with the event.
                 let uffd = unsafe { OwnedFd::from_raw_fd(msg.a as u32 as i32) };
-                if let Some(pending) = self.mm(fd).map(|m| m.pending.clone()) {
-                    self.mms.push(Mm { pid: 0, uffd, pending });
+                if let Some((pending, from)) = self.mm(fd).map(|m| (m.pending.clone(), m.from)) {
+                    self.mms.push(Mm { pid: 0, uffd, pending, from });
                     self.stats.forks += 1;
                 }
             }
@@ -659,7 +682,7 @@ impl State {
     fn fault(&mut self, fd: i32, page: u64) -> Result<()> {
         let released = self.released.load(Ordering::SeqCst);
         let Some(m) = self.mm(fd) else { return Ok(()) };
-        let (pid, hit) = (m.pid, m.pending.range(..=page).next_back().map(|(k, v)| (*k, *v)));
+        let (pid, who, hit) = (m.pid, m.from, m.pending.range(..=page).next_back().map(|(k, v)| (*k, *v)));
         let held = hit.is_some_and(|(k, v)| page < k + v.len);
         if let Some((k, v)) = hit.filter(|(_, v)| held && v.batch == REMOTE) {
             if !released {
@@ -672,14 +695,14 @@ impl State {
             let to = (from + WANT_CHUNK).min(v.off + v.len);
             self.waiting.push((fd, page, std::time::Instant::now()));
             if let Some(l) = self.link.as_mut()
-                && !self.asked.contains(&from)
+                && !self.asked.contains(&(who, from))
             {
                 let mut a = from;
                 while a < to {
-                    self.asked.insert(a);
+                    self.asked.insert((who, a));
                     a += PAGE;
                 }
-                l.want(from, to - from)?;
+                l.want(who, from, to - from)?;
                 self.stats.wanted += (to - from) / PAGE;
             }
             return Ok(());
@@ -785,9 +808,16 @@ impl State {
     /// them, wherever each has them now.
     fn receive(&mut self, frame: &mut Vec<u8>) -> Result<()> {
         let Some(l) = self.link.as_mut() else { return Ok(()) };
-        let Some(len) = l.next(frame)? else {
-            self.ended = true;
-            return Ok(());
+        // (A Member frame comes with the Pages frame after it: that one may be read already.)
+        let len = loop {
+            match l.next(frame)? {
+                None => {
+                    self.ended = true;
+                    return Ok(());
+                }
+                Some(Arrived::Member(pid)) => self.member = pid,
+                Some(Arrived::Pages(len)) => break len,
+            }
         };
         let b = &frame[..len];
         let bad = |what: String| Error::Proc(format!("post-copy: a bad Pages frame from the source: {what}"));
@@ -823,8 +853,10 @@ impl State {
         Ok(())
     }
 
-    /// The source's pages at `s` (their address in the image): into every mm that lacks them.
+    /// The source's pages at `s` (their address in the image) of its process `self.member`:
+    /// into every mm that lacks them (that process's, and those forked from it since).
     fn put(&mut self, s: u64, data: &[u8]) -> Result<()> {
+        let member = self.member;
         let e = s.checked_add(data.len() as u64).ok_or_else(|| {
             Error::Proc(format!("post-copy: the source sent pages at {s:#x}, past the address space"))
         })?;
@@ -832,7 +864,7 @@ impl State {
         'mms: while i < self.mms.len() {
             let fd = self.mms[i].uffd.as_raw_fd();
             // One piece at a time: an event read meanwhile may change them.
-            while let Some(m) = self.mms.get_mut(i) {
+            while let Some(m) = self.mms.get_mut(i).filter(|m| m.from == member) {
                 let hit = m
                     .pending
                     .iter()

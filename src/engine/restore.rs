@@ -891,7 +891,7 @@ fn restore_one<R: Input>(
                         later[0].0, later[0].1, st.head.pid
                     )));
                 }
-                deferred.remote(&later);
+                deferred.remote(&later, st.head.pid);
             }
             match store.as_deref_mut() {
                 Some(st) => {

@@ -307,7 +307,7 @@ fn commit(
             let Some((p, timeout, out)) = later else { return Ok(()) };
             // Post-copy: it runs there; its pages follow from here, where it stays frozen.
             let runs = p.0.lock().map(|r| r.clone()).map_err(|_| Error::Proc("post-copy state poisoned".into()))?;
-            match super::postcopy::send(c, pid, &runs, timeout) {
+            match super::postcopy::send(c, &runs, timeout) {
                 Ok(s) => {
                     *out = Some(s);
                     return Ok(());

@@ -1,8 +1,8 @@
-//! Post-copy (migrate --post-copy): the process runs at the destination before its memory is
-//! there. The image leaves out the pages of its private anonymous memory (kept runs, see
-//! engine::checkpoint::PostCopy); once the destination runs the process (Running), the source
-//! sends them from the process, still frozen here: in address order, and first those the
-//! destination asks for (Want), which a thread of the process there waits for (engine::lazy).
+//! Post-copy (migrate --post-copy): the processes run at the destination before their memory
+//! is there. The image leaves out the pages of their private anonymous memory (kept runs, see
+//! engine::checkpoint::PostCopy); once the destination runs them (Running), the source sends
+//! them from the processes, still frozen here: process by process in address order, and first
+//! those the destination asks for (Want), which a thread there waits for (engine::lazy).
 //! The source's End says the last page went; the destination's AllIn that every page is in.
 //! Only then is the process here killed.
 //!
@@ -12,8 +12,10 @@
 //! for its --timeout: what the copy did meanwhile is lost. After the last page, a lost AllIn is
 //! the same doubt as a lost Running: the process here stays stopped (see Left::StoppedHere).
 //!
-//! Frames: Want (destination to source) u64 address, u64 length (the pages' addresses in the
-//! image); Pages (source to destination) as a live migration's (engine::precopy); End; AllIn.
+//! Frames: Want (destination to source) u32 pid, u32 0, u64 address, u64 length (the process
+//! and the pages' addresses as the image has them); Member (source to destination) u32 pid:
+//! the Pages that follow are that process's; Pages as a live migration's (engine::precopy);
+//! End; AllIn.
 
 use crate::error::{Error, Result};
 use crate::net::pace::Paced;
@@ -78,26 +80,32 @@ fn take(left: &mut BTreeMap<u64, u64>, from: u64, to: u64, max: u64) -> Vec<(u64
     out
 }
 
-/// The source's side, once the destination said Running: sends `runs` (start, end) of the
-/// frozen process `pid`, the wanted ones first, then End, and waits for AllIn. Err with
+/// The source's side, once the destination said Running: sends `runs` (start, end) of each
+/// frozen process (by pid), the wanted ones first, then End, and waits for AllIn. Err with
 /// whether the last page had gone (then the destination may run on with them all).
 pub fn send(
     c: &mut Conn<TcpStream>,
-    pid: i32,
-    runs: &[(u64, u64)],
+    runs: &[(i32, Vec<(u64, u64)>)],
     timeout: Duration,
 ) -> std::result::Result<Sent, (Error, bool)> {
     let t0 = Instant::now();
-    let path = format!("/proc/{pid}/mem");
-    // Through /proc/PID/mem: it reads protected pages too, and pins none.
-    let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
-    let mut left: BTreeMap<u64, u64> = runs.iter().copied().collect();
-    let mut wants: std::collections::VecDeque<(u64, u64)> = Default::default();
+    // Per process: its memory, through /proc/PID/mem (it reads protected pages too, and pins
+    // none), and what is left to send of it.
+    let mut procs = Vec::with_capacity(runs.len());
+    for (pid, r) in runs.iter().filter(|r| !r.1.is_empty()) {
+        let path = format!("/proc/{pid}/mem");
+        let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
+        let left: BTreeMap<u64, u64> = r.iter().copied().collect();
+        procs.push((*pid, mem, left));
+    }
+    let mut wants: std::collections::VecDeque<(i32, u64, u64)> = Default::default();
     let mut sent = Sent::default();
     let mut frame = Vec::new();
     let mut msg = Vec::new();
     let fd = c.s.as_raw_fd();
     let mut ended = false;
+    // The process the destination takes Pages frames for.
+    let mut member: Option<i32> = None;
     let net = |e: NetError, ended: bool| (Error::Net(e), ended);
     loop {
         // What the destination says: at once while there is something to send; once the
@@ -105,11 +113,12 @@ pub fn send(
         let wait = if ended { timeout.as_millis().clamp(1, i32::MAX as u128) as i32 } else { 0 };
         if readable(fd, wait) {
             match c.recv(&mut msg).map_err(|e| net(e, ended))? {
-                Kind::Want if msg.len() == 16 => {
+                Kind::Want if msg.len() == 24 => {
                     let w = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().unwrap_or([0; 8]));
+                    let pid = w(0) as u32 as i32;
                     // Whole pages (a peer's frame must not make us read past ours).
-                    let (a, n) = (w(0) & !(PAGE - 1), w(8));
-                    wants.push_back((a, a.saturating_add(n).saturating_add(PAGE - 1) & !(PAGE - 1)));
+                    let (a, n) = (w(8) & !(PAGE - 1), w(16));
+                    wants.push_back((pid, a, a.saturating_add(n).saturating_add(PAGE - 1) & !(PAGE - 1)));
                 }
                 Kind::AllIn => {
                     if !ended {
@@ -129,15 +138,19 @@ pub fn send(
             );
             return Err(net(NetError::Io(e), true));
         }
-        if left.is_empty() {
+        if procs.iter().all(|p| p.2.is_empty()) {
             c.send(Kind::End, &[]).map_err(|e| net(e, false))?;
             ended = true;
             continue;
         }
         let mut chunk = Vec::new();
+        let mut who = 0;
         let mut wanted = false;
-        while let Some(&(a, b)) = wants.front() {
-            chunk = take(&mut left, a, b, FRAME_PAGES);
+        while let Some(&(pid, a, b)) = wants.front() {
+            if let Some(i) = procs.iter().position(|p| p.0 == pid) {
+                chunk = take(&mut procs[i].2, a, b, FRAME_PAGES);
+                who = i;
+            }
             if chunk.is_empty() {
                 wants.pop_front();
             } else {
@@ -146,8 +159,14 @@ pub fn send(
             }
         }
         if chunk.is_empty() {
-            let first = left.keys().next().copied().unwrap_or(0);
-            chunk = take(&mut left, first, u64::MAX, FRAME_PAGES);
+            who = procs.iter().position(|p| !p.2.is_empty()).unwrap_or(0);
+            let first = procs[who].2.keys().next().copied().unwrap_or(0);
+            chunk = take(&mut procs[who].2, first, u64::MAX, FRAME_PAGES);
+        }
+        let (pid, mem) = (procs[who].0, &procs[who].1);
+        if member != Some(pid) {
+            c.send(Kind::Member, &(pid as u32).to_le_bytes()).map_err(|e| net(e, false))?;
+            member = Some(pid);
         }
         let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
         frame.clear();
@@ -163,8 +182,8 @@ pub fn send(
         let mut at = head;
         for &(a, b) in &chunk {
             let n = (b - a) as usize;
-            std::os::unix::fs::FileExt::read_exact_at(&mem, &mut frame[at..at + n], a)
-                .map_err(|e| (Error::io(format!("{path} at {a:#x}"), e), false))?;
+            std::os::unix::fs::FileExt::read_exact_at(mem, &mut frame[at..at + n], a)
+                .map_err(|e| (Error::io(format!("/proc/{pid}/mem at {a:#x}"), e), false))?;
             at += n;
         }
         c.send_in_place(Kind::Pages, &mut frame).map_err(|e| net(e, false))?;
@@ -192,21 +211,30 @@ impl crate::engine::lazy::Link for Link {
         self.c.s.stream().as_raw_fd()
     }
 
-    fn want(&mut self, addr: u64, len: u64) -> Result<()> {
-        let mut p = [0u8; 16];
-        p[..8].copy_from_slice(&addr.to_le_bytes());
-        p[8..].copy_from_slice(&len.to_le_bytes());
+    fn want(&mut self, who: i32, addr: u64, len: u64) -> Result<()> {
+        let mut p = [0u8; 24];
+        p[..4].copy_from_slice(&(who as u32).to_le_bytes());
+        p[8..16].copy_from_slice(&addr.to_le_bytes());
+        p[16..].copy_from_slice(&len.to_le_bytes());
         self.c.send(Kind::Want, &p).map_err(Error::Net)
     }
 
-    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>> {
+    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<crate::engine::lazy::Arrived>> {
+        use crate::engine::lazy::Arrived;
         match self.c.recv_into(buf).map_err(Error::Net)? {
-            (Kind::Pages, n) => Ok(Some(n)),
+            (Kind::Pages, n) => Ok(Some(Arrived::Pages(n))),
+            (Kind::Member, 4) => {
+                let pid = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                if pid == 0 || pid > i32::MAX as u32 {
+                    return Err(Error::Net(NetError::Protocol(format!("a Member frame of pid {pid}"))));
+                }
+                Ok(Some(Arrived::Member(pid as i32)))
+            }
             (Kind::End, _) => {
                 self.ended = true;
                 Ok(None)
             }
-            (k, _) => Err(Error::Net(NetError::Protocol(format!("expected Pages or End, got {k:?}")))),
+            (k, _) => Err(Error::Net(NetError::Protocol(format!("expected Pages, Member or End, got {k:?}")))),
         }
     }
 
