@@ -747,8 +747,8 @@ fn redis_migrates_with_its_client_counting_on() {
 
 /// nginx (Debian's nginx-light: a master and 2 workers sharing a listening socket) on the
 /// service address of node a, serving an 8 MB file to a slow client on node c (about
-/// 3 MB/s): migrated to node b (a pid namespace of its own there, as on another machine) with
-/// its address and connections, the download completes, byte for byte.
+/// 3 MB/s): migrated live to node b (a pid namespace of its own there, as on another machine)
+/// with its address and connections, the download completes, byte for byte.
 #[test]
 fn nginx_migrates_while_a_slow_client_downloads() {
     use support::nodes::Daemon;
@@ -788,8 +788,11 @@ fn nginx_migrates_while_a_slow_client_downloads() {
         assert!(t.elapsed() < TIMEOUT, "the download does not begin");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
+    // Live: the master's and the workers' memory goes ahead while they serve.
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &["--live", "-v"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let said = stderr(&o);
+    assert!(said.contains("not live") || said.contains("the rounds sent ahead the memory of pids"), "{said}");
     let _ = master.0.wait();
     let done = curl.wait_with_output().unwrap();
     if !done.status.success() {

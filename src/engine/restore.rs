@@ -975,17 +975,28 @@ fn restore_one<R: Input>(
     // The pages left in the image: from here on the server answers for them. Any page that is
     // there already is dropped first: a huge page that a write nearby (or khugepaged) filled
     // with zeros, a stale one held ahead; else no fault would ever ask for the image's.
+    // (Transparent huge pages are off meanwhile: khugepaged could otherwise fill a dropped
+    // range with zeros before it is registered; registered, it leaves it alone. The image's
+    // own setting comes at step 7.)
     if let (Some(server), Some(uffd)) = (shared.lazy, uffd) {
+        const THP: &str = "prctl(PR_SET_THP_DISABLE)";
         let mut l = Calls::new();
+        l.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0], THP, "lazy restore");
         for (s, e) in deferred.ranges() {
             l.madvise(RemoteAddr(s), e - s, libc::MADV_DONTNEED, "madvise(MADV_DONTNEED)");
         }
-        if !deferred.is_empty() {
-            let area = c.scratch.clone();
+        let dropping = !deferred.is_empty();
+        let area = c.scratch.clone();
+        if dropping {
             c.run_at_once(&l, &area)?;
         }
         let areas: Vec<(u64, u64)> = plans.iter().map(|p| (p.vma.start, p.vma.end)).collect();
         server.add(pid, uffd, std::mem::take(&mut deferred), &areas)?;
+        if dropping {
+            let mut l = Calls::new();
+            l.prctl(libc::PR_SET_THP_DISABLE, [0; 4], THP, "lazy restore");
+            c.run_at_once(&l, &area)?;
+        }
     }
 
     step("6");
