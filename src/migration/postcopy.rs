@@ -26,8 +26,10 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
-/// Most pages in one Pages frame (1 MiB).
-const FRAME_PAGES: u64 = 256;
+/// Most pages in one Pages frame (256 KiB).
+const FRAME_PAGES: u64 = 128;
+/// The socket's send buffer while pages follow (the kernel doubles it).
+const SNDBUF: libc::c_int = 512 << 10;
 
 /// What the source sent.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,6 +91,18 @@ pub fn send(
     timeout: Duration,
 ) -> std::result::Result<Sent, (Error, bool)> {
     let t0 = Instant::now();
+    // A page a process waits for goes after what the socket holds already: hold little.
+    let small: libc::c_int = SNDBUF;
+    // SAFETY: setsockopt reads one int of ours; a failure leaves the buffer as it was.
+    unsafe {
+        libc::setsockopt(
+            c.s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &small as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     // Per process: its memory, through /proc/PID/mem (it reads protected pages too, and pins
     // none), and what is left to send of it.
     let mut procs = Vec::with_capacity(runs.len());
