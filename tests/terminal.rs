@@ -387,3 +387,55 @@ fn a_tmux_server_with_its_shells_moves_whole() {
     t.wait(&right, |s| s.lines().any(|l| l == "half-typed now"), "the half-typed line ended and run");
     t.cmd(&["kill-server"]);
 }
+
+/// A pty pair of a devpts instance of its own (a container's /dev/pts), numbered as a pair
+/// of the host's that a process outside holds: the pair is the checkpoint's alone (the host's
+/// pty of that number is another), and comes back, with its bytes in flight, in rstrt's
+/// /dev/pts.
+#[test]
+fn a_pty_of_another_devpts_instance_is_told_from_the_hosts() {
+    if !require(is_root(), "root (a mount namespace with a devpts instance of its own)")
+        || !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)")
+    {
+        return;
+    }
+    // A pair of the host's, held here: its number.
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two fds of ours; the name, termios and winsize are not asked.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty");
+    let n = std::fs::read_link(format!("/proc/self/fd/{s}")).unwrap();
+    let n: u32 = n.to_str().unwrap().trim_start_matches("/dev/pts/").parse().unwrap();
+    // The target opens pairs in its own instance until it has number n, keeps that one, types
+    // into it; on a line of stdin, reads what its slave has and says so.
+    let script = "import os,sys\n\
+        n=int(sys.argv[1]); keep=None; others=[]\n\
+        while keep is None:\n  m,s=os.openpty()\n  \
+        k=int(os.ttyname(s).rsplit('/',1)[1])\n  \
+        if k==n: keep=(m,s)\n  else: others.append((m,s))\n\
+        for a,b in others: os.close(a); os.close(b)\n\
+        m,s=keep\nimport tty\ntty.setraw(s)\nos.write(m,b'typed')\n\
+        print('ready', os.ttyname(s), flush=True)\n\
+        sys.stdin.readline()\nprint('got', os.read(s,64).decode(), flush=True)\n";
+    let sh = format!(
+        "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts && mount --bind /dev/pts/ptmx /dev/ptmx && exec python3 -c \"$0\" {n}"
+    );
+    let mut c = std::process::Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &sh, script]);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    assert_eq!(p.expect("ready"), format!("ready /dev/pts/{n}"));
+    let dir = tmpdir("pty-instance");
+    let img = dir.join("p.crf");
+    let o = run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    assert!(o.status.success(), "ckpt took the host's pty {n} for the target's: {}", stderr(&o));
+    p.kill();
+    let mut r = rstrt(&[img.to_str().unwrap()]);
+    r.send("");
+    assert_eq!(r.expect("got"), "got typed");
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(m);
+        libc::close(s);
+    }
+}

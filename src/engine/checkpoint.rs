@@ -749,17 +749,25 @@ fn pty_pairs(
 ) -> Result<Vec<crate::res::ptys::Pty>> {
     use crate::res::ptys;
     let mut holders: Vec<(i32, i32, u32)> = Vec::new();
+    let mut pairs: Vec<ptys::PtyId> = Vec::new();
     for st in states {
         let ptmx = st.files.iter().filter(|f| f.kind == files::KIND_PTMX);
-        holders.extend(ptmx.map(|f| (st.head.pid, f.fd, f.id.ino as u32)));
+        holders.extend(ptmx.clone().map(|f| (st.head.pid, f.fd, f.id.ino as u32)));
+        pairs.extend(ptmx.map(|f| (f.id.dev, f.id.ino as u32)));
     }
     if holders.is_empty() {
         return Ok(Vec::new());
     }
-    let mut numbers: Vec<u32> = holders.iter().map(|h| h.2).collect();
-    numbers.sort_unstable();
-    numbers.dedup();
-    Error::blocked(pids[0], ptys::outside(pids, &numbers))?;
+    pairs.sort_unstable_by_key(|p| (p.1, p.0));
+    pairs.dedup();
+    // A restore makes every pair again in its own /dev/pts, each with its number.
+    if let Some(w) = pairs.windows(2).find(|w| w[0].1 == w[1].1) {
+        return Err(Error::Refused(format!(
+            "the processes hold two pty pairs numbered {} in two devpts instances (a container's /dev/pts and another), which a restore cannot both make again",
+            w[0].1
+        )));
+    }
+    Error::blocked(pids[0], ptys::outside(pids, &pairs))?;
     let live: Vec<(i32, i32, i32)> =
         members.iter().filter(|m| m.zombie.is_none()).map(|m| (m.pid, m.pgid, m.sid)).collect();
     ptys::collect(&holders, &live, drained)

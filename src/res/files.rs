@@ -328,13 +328,15 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
             .map(|id| FileId { rdev: super::terminal::device(pid, fd, &target, id.rdev), ..id });
         // A pty pair whose master the tree holds: its own, whatever the job's terminal is.
         let ptmx = super::ptys::is_master(&target).then(|| super::ptys::master_index(&info)).flatten();
-        let pts = tty.as_ref().and_then(|id| super::ptys::slave_index(id.rdev)).filter(|n| {
+        // (The same pair: the same number in the same devpts instance, its slave's st_dev.)
+        let pts = tty.as_ref().and_then(|id| super::ptys::slave_index(id.rdev).map(|n| (id.dev, n))).filter(|p| {
             let tree = if tree.is_empty() { std::slice::from_ref(&pid) } else { tree };
-            masters.get_or_init(|| super::ptys::masters(tree)).contains(n)
+            masters.get_or_init(|| super::ptys::masters(tree)).contains(p)
         });
         if !stubs.fds.contains(&fd) {
             if let Some(n) = ptmx {
-                let id = FileId { path: target, ino: n as u64, ..Default::default() };
+                let dev = super::ptys::master_id(pid, fd).map_or(0, |p| p.0);
+                let id = FileId { path: target, ino: n as u64, dev, ..Default::default() };
                 out.push(Fd { fd, kind: KIND_PTMX, flags, cloexec, pos: 0, id });
                 continue;
             }

@@ -56,8 +56,28 @@ pub fn slave_index(rdev: u64) -> Option<u32> {
     (libc::major(rdev) == SLAVE_MAJOR).then(|| libc::minor(rdev))
 }
 
-/// The pty masters process `pid` holds: (fd, number).
-fn masters_of(pid: i32) -> Vec<(i32, u32)> {
+/// A pty pair: the devpts instance its slave lives in (st_dev: a container's /dev/pts is
+/// another than the host's) and its number there.
+pub type PtyId = (u64, u32);
+
+/// The pair of master fd `fd` of process `pid`: its slave looked at (TIOCGPTPEER with
+/// O_PATH: not opened as a terminal) through a copy of the fd. None when crs may not take it.
+pub fn master_id(pid: i32, fd: i32) -> Option<PtyId> {
+    let m = procfs::getfd(pid, fd, "a pty master").ok()?;
+    let flags = libc::O_PATH | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags as its argument and returns a new fd.
+    let fd = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = nix::sys::stat::fstat(&slave).ok()?;
+    slave_index(st.st_rdev).map(|n| (st.st_dev, n))
+}
+
+/// The pty masters process `pid` holds: (fd, pair).
+fn masters_of(pid: i32) -> Vec<(i32, PtyId)> {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
     let mut out = Vec::new();
     for e in rd.flatten() {
@@ -65,23 +85,30 @@ fn masters_of(pid: i32) -> Vec<(i32, u32)> {
         if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_str().is_some_and(is_master)) {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        out.extend(master_index(&info).map(|n| (fd, n)));
+        out.extend(master_id(pid, fd).map(|id| (fd, id)));
     }
     out
 }
 
-/// The numbers of the ptys whose master one of `tree` holds.
-pub fn masters(tree: &[i32]) -> Vec<u32> {
-    let mut out: Vec<u32> = tree.iter().flat_map(|&p| masters_of(p)).map(|m| m.1).collect();
+/// The pairs whose master one of `tree` holds.
+pub fn masters(tree: &[i32]) -> Vec<PtyId> {
+    let mut out: Vec<PtyId> = tree.iter().flat_map(|&p| masters_of(p)).map(|m| m.1).collect();
     out.sort_unstable();
     out.dedup();
     out
 }
 
-/// Why the pairs numbered `ptys` (whose masters `tree` holds) are not the checkpoint's alone:
-/// processes outside it that hold either end or have the slave as controlling terminal.
-pub fn outside(tree: &[i32], ptys: &[u32]) -> Vec<String> {
+/// Whether the slave `/dev/pts/N` that process `pid` sees (in its mount namespace) is in
+/// devpts instance `dev`; true when that cannot be told (a conflict is then assumed).
+fn sees(pid: i32, dev: u64, n: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/root/dev/pts/{n}")).map_or(true, |m| m.dev() == dev)
+}
+
+/// Why the pairs `ptys` (whose masters `tree` holds) are not the checkpoint's alone:
+/// processes outside it that hold either end or have the slave as controlling terminal (in
+/// the same devpts instance: pty 0 of a container's /dev/pts is not the host's).
+pub fn outside(tree: &[i32], ptys: &[PtyId]) -> Vec<String> {
     let mut why = Vec::new();
     if ptys.is_empty() {
         return why;
@@ -93,7 +120,8 @@ pub fn outside(tree: &[i32], ptys: &[u32]) -> Vec<String> {
             continue;
         }
         let who = super::endpoints::who(pid);
-        if let Some(n) = terminal::controlling(pid).and_then(slave_index).filter(|n| ptys.contains(n)) {
+        let ctty = terminal::controlling(pid).and_then(slave_index);
+        if let Some(n) = ctty.filter(|&n| ptys.iter().any(|&(d, m)| m == n && sees(pid, d, n))) {
             why.push(format!("pty {n} (/dev/pts/{n}) is the controlling terminal of {who}, outside the checkpoint"));
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
@@ -101,16 +129,27 @@ pub fn outside(tree: &[i32], ptys: &[u32]) -> Vec<String> {
         for f in fds.flatten() {
             let Ok(target) = std::fs::read_link(f.path()) else { continue };
             let Some(target) = target.to_str() else { continue };
-            let n = match target.strip_prefix("/dev/pts/").and_then(|n| n.parse::<u32>().ok()) {
-                Some(n) => Some(n),
-                None if is_master(target) => {
-                    let fd = f.file_name().to_string_lossy().into_owned();
-                    master_index(&std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default())
+            let index = |n: u32| ptys.iter().any(|p| p.1 == n);
+            let id = match target.strip_prefix("/dev/pts/").and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) if index(n) => {
+                    use std::os::unix::fs::MetadataExt;
+                    // The slave's own instance (its st_dev); unknown: the first pair of its number.
+                    let dev = std::fs::metadata(f.path()).map(|m| m.dev()).ok();
+                    dev.map(|d| (d, n)).or_else(|| ptys.iter().copied().find(|p| p.1 == n))
                 }
-                None => None,
+                None if is_master(target) => {
+                    let fd = f.file_name().to_string_lossy().parse::<i32>().unwrap_or(-1);
+                    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+                    match master_index(&info).filter(|&n| index(n)) {
+                        Some(n) => master_id(pid, fd).or_else(|| ptys.iter().copied().find(|p| p.1 == n)),
+                        None => None,
+                    }
+                }
+                _ => None,
             };
-            if let Some(n) = n.filter(|n| ptys.contains(n) && !named.contains(n)) {
-                named.push(n);
+            if let Some(id) = id.filter(|id| ptys.contains(id) && !named.contains(id)) {
+                named.push(id);
+                let n = id.1;
                 why.push(format!("pty {n} (/dev/pts/{n}) is open in {who} too, outside the checkpoint"));
             }
         }
