@@ -395,11 +395,20 @@ pub(super) fn options(s: RawFd, family: u16, ty: u32, established: bool, what: &
         libc::IPV6_MULTICAST_HOPS,
         libc::IPV6_MULTICAST_LOOP,
     ];
+    let stream = ty == libc::SOCK_STREAM as u32;
     for &(level, name, _) in OPTS {
-        if ty == libc::SOCK_STREAM as u32
-            && matches!(level, libc::IPPROTO_IP | libc::IPPROTO_IPV6)
-            && multicast.contains(&name)
-        {
+        if stream && matches!(level, libc::IPPROTO_IP | libc::IPPROTO_IPV6) && multicast.contains(&name) {
+            continue;
+        }
+        // Options of another protocol, which the kernel refuses to say (a syscall each, a
+        // thousand connections a checkpoint).
+        let other = match level {
+            libc::IPPROTO_IPV6 => family != libc::AF_INET6 as u16,
+            libc::IPPROTO_TCP => !stream,
+            libc::IPPROTO_UDP => stream,
+            _ => false,
+        };
+        if other {
             continue;
         }
         let own = [
