@@ -1874,20 +1874,21 @@ static void set_layout(struct mm_struct *mm, const struct crd_restart *a)
 }
 
 /*
- * The executable of an mm holds write access to its file denied, as execve leaves it (and the
- * kernel allows it again when the mm lets the file go), on every kernel but 6.11's, which did
- * not deny it.
+ * Whether this kernel holds write access denied to the executable of an mm (as execve leaves
+ * it, allowed again when the mm lets the file go): most do; 6.11.0-6.11.10 and 6.12.0-6.12.1
+ * did not, and distributions backport either way, so it is asked of the caller's own, which
+ * execve gave it: its file is denied writers (a negative count) on such a kernel.
  */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0) && LINUX_VERSION_CODE < KERNEL_VERSION(6, 12, 0)
-#define EXE_DENIES_WRITE 0
-#else
-#define EXE_DENIES_WRITE 1
-#endif
-
-static void exe_allow_write(struct file *f)
+static bool exe_denies_write(struct mm_struct *mm)
 {
-	if (EXE_DENIES_WRITE)
-		allow_write_access(f);
+	struct file *cur;
+	bool denies;
+
+	rcu_read_lock();
+	cur = rcu_dereference(mm->exe_file);
+	denies = cur && atomic_read(&file_inode(cur)->i_writecount) < 0;
+	rcu_read_unlock();
+	return denies;
 }
 
 /*
@@ -1896,7 +1897,7 @@ static void exe_allow_write(struct file *f)
  * execute -- what execve would take -- with write access denied as execve denies it. No more
  * than the caller could get by executing that file itself.
  */
-static int take_exe(struct crd_restart *a, struct file **files, struct file **exe)
+static int take_exe(struct crd_restart *a, struct file **files, struct file **exe, bool denies)
 {
 	struct file *f;
 	bool noexec;
@@ -1912,7 +1913,7 @@ static int take_exe(struct crd_restart *a, struct file **files, struct file **ex
 		rsay(a, "the program (the file of mapping %u) is not one the caller may execute", a->exe_map);
 		return -EACCES;
 	}
-	if (EXE_DENIES_WRITE && deny_write_access(f)) {
+	if (denies && deny_write_access(f)) {
 		rsay(a, "the program is open for writing");
 		return -ETXTBSY;
 	}
@@ -1925,14 +1926,15 @@ static int take_exe(struct crd_restart *a, struct file **files, struct file **ex
  * holds the image's mappings: what /proc/PID/exe names, as after an execve of it. The one it had
  * (crs, which it no longer maps) is let go as the kernel lets an executable go.
  */
-static void set_exe(struct mm_struct *mm, struct file *exe)
+static void set_exe(struct mm_struct *mm, struct file *exe, bool denies)
 {
 	struct file *old;
 
 	get_file(exe);
 	old = xchg((struct file __force **)&mm->exe_file, exe);
 	if (old) {
-		exe_allow_write(old);
+		if (denies)
+			allow_write_access(old);
 		fput(old);
 	}
 }
@@ -1943,6 +1945,7 @@ static long crd_restart(void __user *uarg)
 	struct crd_map *maps = NULL;
 	struct crd_run *runs = NULL;
 	struct file **files = NULL, *image = NULL, *exe = NULL;
+	bool denies = false;
 	struct resume *w = NULL;
 	struct mm_struct *mm = current->mm;
 	u8 *buf = NULL;
@@ -2011,7 +2014,8 @@ static long crd_restart(void __user *uarg)
 	if (err)
 		goto out;
 	if (a->flags & CRD_RESTART_EXE) {
-		err = take_exe(a, files, &exe);
+		denies = exe_denies_write(mm);
+		err = take_exe(a, files, &exe, denies);
 		if (err)
 			goto out;
 	}
@@ -2086,7 +2090,7 @@ static long crd_restart(void __user *uarg)
 		for (fd = 3; fd < max; fd++)
 			close_fd(fd);
 		if (exe) {
-			set_exe(mm, exe);
+			set_exe(mm, exe, denies);
 			exe = NULL;
 		}
 		__module_get(THIS_MODULE);
@@ -2102,8 +2106,8 @@ static long crd_restart(void __user *uarg)
 		force_sig(SIGKILL);
 	}
 out:
-	if (exe)
-		exe_allow_write(exe);
+	if (exe && denies)
+		allow_write_access(exe);
 	if (files)
 		for (i = 0; i < a->nmaps; i++)
 			if (files[i])
