@@ -158,6 +158,8 @@ pub struct Round {
 /// The source side: the process's writes tracked, and which pages the destination holds.
 pub struct Source {
     pid: i32,
+    /// When the process started (procfs::Stat::starttime): its pid, reused, is another's.
+    start: u64,
     /// Dropped with the Source: the process is left with no trace of it (unregistering
     /// costs 7 ms a GiB, which the freeze does not wait for).
     tracker: Tracker,
@@ -206,8 +208,10 @@ impl Source {
             None => wp::uffd_of(c),
         })?;
         let tracker = Tracker::new(pid, uffd, &[])?;
+        let start = procfs::read_stat(pid)?.starttime;
         Ok(Source {
             pid,
+            start,
             tracker,
             frozen: false,
             held: BTreeMap::new(),
@@ -547,8 +551,14 @@ const HYBRID_ROUNDS: usize = 2;
 
 /// Whether process `pid` has ended (gone, or a zombie): its rounds end with it.
 fn ended(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).is_none_or(|s| s == 'Z' || s == 'X')
+    procfs::read_stat(pid).map_or(true, |s| s.state == 'Z' || s.state == 'X')
+}
+
+impl Source {
+    /// Whether the tracked process has ended (its pid gone, a zombie's, or another process's).
+    fn ended(&self) -> bool {
+        procfs::read_stat(self.pid).map_or(true, |s| s.state == 'Z' || s.state == 'X' || s.starttime != self.start)
+    }
 }
 
 /// One round of every process of `srcs` (the first: the tree's root), each after a Member
@@ -560,10 +570,16 @@ fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> R
     let mut i = 0;
     while i < srcs.len() {
         let pid = srcs[i].pid;
+        // (Ended, its pid may be another process's by now: not that one's pages.)
+        if i > 0 && srcs[i].ended() {
+            log::debug!("pid {pid} ended during the pre-copy: no more rounds of it");
+            srcs.remove(i);
+            continue;
+        }
         send(Frame::Member, &mut (pid as u32).to_le_bytes())?;
         match srcs[i].round(send) {
             Ok(r) => pages += r.pages,
-            Err(e) if i > 0 && ended(pid) => {
+            Err(e) if i > 0 && srcs[i].ended() => {
                 log::debug!("pid {pid} ended during the pre-copy ({e}): no more rounds of it");
                 srcs.remove(i);
                 continue;
@@ -582,7 +598,7 @@ fn left_all(srcs: &mut Vec<Source>) -> Result<u64> {
     while i < srcs.len() {
         match srcs[i].left_bytes() {
             Ok(b) => left += b,
-            Err(_) if i > 0 && ended(srcs[i].pid) => {
+            Err(_) if i > 0 && srcs[i].ended() => {
                 srcs.remove(i);
                 continue;
             }
@@ -683,7 +699,7 @@ impl Precopied {
     /// others (ended since the last round) are dropped.
     pub fn freeze(&self, pids: &[i32]) -> Result<()> {
         self.with(|srcs| {
-            srcs.retain(|s| pids.contains(&s.pid));
+            srcs.retain(|s| pids.contains(&s.pid) && !s.ended());
             srcs.iter_mut().try_for_each(|s| s.freeze())
         })
     }

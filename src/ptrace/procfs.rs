@@ -144,6 +144,8 @@ pub struct Stat {
     /// That terminal's foreground process group (field 8; -1: none).
     pub tpgid: i32,
     pub num_threads: u64,
+    /// When it started, in clock ticks after boot (field 22): with the pid, which process.
+    pub starttime: u64,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -171,6 +173,7 @@ pub fn stat_from_text(text: &str) -> Option<Stat> {
         tty_nr: f(7)? as u32,
         tpgid: f(8)? as i32,
         num_threads: f(20)?,
+        starttime: f(22)?,
         start_code: f(26)?,
         end_code: f(27)?,
         start_stack: f(28)?,
