@@ -536,3 +536,40 @@ fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
         assert!(matches!(state, None | Some('Z') | Some('X')), "pid {pid} runs on: {stat}");
     }
 }
+
+/// An ordinary user's running checkpoint, restored by that user from a stream (rstrt - <
+/// image): the pages copied while the process ran are held for it in rstrt, so its first
+/// process does not execute its own program first (that would drop them): it is restored,
+/// every page as it was, and rstrt says its exe link names crs.
+#[test]
+fn an_ordinary_users_running_checkpoint_restores_from_a_stream() {
+    let dir = open_dir("mem-running-user");
+    let log = dir.join("log");
+    let mut c = as_nobody(&[target("writer").to_str().unwrap(), log.to_str().unwrap(), "32", "10"]);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut w = c.spawn().unwrap();
+    let pid: i32 = support::nodes::log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let img = dir.join("u.crf");
+    let o = as_nobody(&[crs(), "ckpt", "-v", "-o", img.to_str().unwrap(), &pid.to_string()]).output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        w.kill().unwrap();
+        w.wait().unwrap();
+        return;
+    }
+    assert!(err.contains("copied while it ran, "), "{err}");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let mut r = as_nobody(&[crs(), "rstrt", "-d", "-"]);
+    r.stdin(std::fs::File::open(&img).unwrap());
+    let o = r.output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "rstrt - as the user: {err}");
+    assert!(err.contains("names crs as its program"), "{err}");
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let v = support::nodes::check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "restored: {v}");
+    kill_pid(new);
+}

@@ -376,17 +376,19 @@ fn restore_all<R: Input>(
     // executes the image's program before anything else, so that /proc/PID/exe names it:
     // only the very file the image maps (same content), one its owner may execute.
     // (Driven then through a syscall instruction of its vdso: without one, not at all.)
-    // (Not when the processes share pages held here: an execve would drop them.)
+    // (Not when pages are held here for the processes: an execve would drop them.)
     // (In a user namespace of its own, rstrt --pidns as an ordinary user may set the link.)
     let privileged = creds::is_root() || creds::user_with_caps();
     let program = if privileged || shared.vdso.is_empty() { None } else { own_program(&st) };
-    if program.is_some() && cow.is_some() {
+    // (Nor when pages are held here for the processes, shared or copied ahead: the same.)
+    let held_here = cow.is_some() || store.is_some();
+    if program.is_some() && held_here {
         notes.push(
-            "the first process names crs as its program (/proc/PID/exe): executing its own would lose the pages its tree shares"
+            "the first process names crs as its program (/proc/PID/exe): executing its own would lose the pages held for it (its tree's shared ones, or those copied while it ran)"
                 .into(),
         );
     }
-    let program = program.filter(|_| cow.is_none());
+    let program = program.filter(|_| !held_here);
     let exec = program.as_ref().map(super::spawn::Exec::of);
     let family = family::create(&tree, opts.require_pid, own_session, &ctty, exec.as_ref(), &mut notes);
     shared.made = made;
