@@ -378,9 +378,9 @@ fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
             own >> 20
         ));
     }
-    match own {
-        o if o >= RUNNING_MIN => None,
-        o => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", o >> 10)),
+    match anon {
+        a if a >= RUNNING_MIN => None,
+        a => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
     }
 }
 
