@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
 /// Most pages in one Pages frame (256 KiB).
 const FRAME_PAGES: u64 = 128;
-/// The socket's send buffer while pages follow (the kernel doubles it).
-const SNDBUF: libc::c_int = 512 << 10;
+/// Most bytes the socket holds unsent while pages follow.
+const NOTSENT: libc::c_int = 128 << 10;
 
 /// What the source sent.
 #[derive(Clone, Copy, Debug, Default)]
@@ -91,14 +91,15 @@ pub fn send(
     timeout: Duration,
 ) -> std::result::Result<Sent, (Error, bool)> {
     let t0 = Instant::now();
-    // A page a process waits for goes after what the socket holds already: hold little.
-    let small: libc::c_int = SNDBUF;
-    // SAFETY: setsockopt reads one int of ours; a failure leaves the buffer as it was.
+    // A page a process waits for goes after what the socket holds and has not sent yet: hold
+    // little of that (TCP_NOTSENT_LOWAT: what is in flight on a long link is not limited).
+    let small: libc::c_int = NOTSENT;
+    // SAFETY: setsockopt reads one int of ours; a failure leaves the socket as it was.
     unsafe {
         libc::setsockopt(
             c.s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
             &small as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
