@@ -563,24 +563,25 @@ impl Source {
 
 /// One round of every process of `srcs` (the first: the tree's root), each after a Member
 /// frame. A process other than the first that ended meanwhile leaves the rounds (it is not
-/// in the image: what was sent of it goes unused).
+/// in the image), and its areas go (an Areas frame of none): the destination holds nothing
+/// more of it.
 fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
     let t0 = Instant::now();
     let mut pages = 0;
     let mut i = 0;
     while i < srcs.len() {
         let pid = srcs[i].pid;
-        // (Ended, its pid may be another process's by now: not that one's pages.)
-        if i > 0 && srcs[i].ended() {
-            log::debug!("pid {pid} ended during the pre-copy: no more rounds of it");
-            srcs.remove(i);
-            continue;
-        }
         send(Frame::Member, &mut (pid as u32).to_le_bytes())?;
-        match srcs[i].round(send) {
+        // (Ended, its pid may be another process's by now: not that one's pages.)
+        let r = match srcs[i].ended() {
+            false => srcs[i].round(send),
+            true => Err(Error::Proc(format!("pid {pid} ended"))),
+        };
+        match r {
             Ok(r) => pages += r.pages,
             Err(e) if i > 0 && srcs[i].ended() => {
                 log::debug!("pid {pid} ended during the pre-copy ({e}): no more rounds of it");
+                send(Frame::Areas, &mut encode_areas(&[])[..])?;
                 srcs.remove(i);
                 continue;
             }
@@ -591,20 +592,16 @@ fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> R
     Ok(Round { pages, took: t0.elapsed() })
 }
 
-/// [`Source::left_bytes`] of every process of `srcs` (those that ended leave).
-fn left_all(srcs: &mut Vec<Source>) -> Result<u64> {
+/// [`Source::left_bytes`] of every process of `srcs` (one that ended has none: the next round
+/// lets it go).
+fn left_all(srcs: &mut [Source]) -> Result<u64> {
     let mut left = 0;
-    let mut i = 0;
-    while i < srcs.len() {
-        match srcs[i].left_bytes() {
+    for (i, s) in srcs.iter_mut().enumerate() {
+        match s.left_bytes() {
             Ok(b) => left += b,
-            Err(_) if i > 0 && srcs[i].ended() => {
-                srcs.remove(i);
-                continue;
-            }
+            Err(_) if i > 0 && s.ended() => {}
             Err(e) => return Err(e),
         }
-        i += 1;
     }
     Ok(left)
 }
