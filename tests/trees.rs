@@ -154,6 +154,12 @@ fn a_pipe_read_by_another_user_is_outside() {
     let mut sleeper = c.spawn().unwrap();
     // SAFETY: our copy of the write end; the read end stays open until the end.
     unsafe { libc::close(w) };
+    // Until setpriv has become sleep (as nobody): before, the process is still root's.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(format!("/proc/{}/comm", sleeper.id())).map_or(true, |c| c.trim() != "sleep") {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "setpriv did not run sleep");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let o = as_nobody(&[crs, "ckpt", "-o", dir.join("s.crf").to_str().unwrap(), &sleeper.id().to_string()])
         .output()
         .unwrap();
