@@ -141,15 +141,11 @@ pub fn held(ids: &[FileId], have: &[u8]) -> Vec<String> {
 /// and whether it holds every other ELF file of `ids` (a file not known to be ELF or not
 /// counts as one). `held`: the paths the destination holds (see [`held`]).
 pub fn held_wholesale(pid: i32, ids: &[FileId], held: &[String]) -> (bool, bool) {
-    use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
     let is_exe = |id: &FileId| exe == Some((id.dev, id.ino));
     let there = |id: &FileId| held.contains(&id.path);
-    let elf = |id: &FileId| {
-        let mut magic = [0u8; 4];
-        std::fs::File::open(&id.path).and_then(|mut f| f.read_exact(&mut magic)).map_or(true, |_| magic == *b"\x7fELF")
-    };
+    let elf = |id: &FileId| crate::res::memory::elf_magic(&id.path) != Some(false);
     let binary = ids.iter().any(|id| is_exe(id) && there(id));
     let libs = ids.iter().filter(|id| !is_exe(id)).all(|id| there(id) || !elf(id));
     (binary, libs)

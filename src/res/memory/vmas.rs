@@ -425,11 +425,16 @@ fn classify_one(
 }
 
 fn is_elf(path: &str) -> bool {
+    elf_magic(path) == Some(true)
+}
+
+/// Whether the file at `path` begins as an ELF file does; None when it cannot be read.
+pub fn elf_magic(path: &str) -> Option<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut m = [0u8; 4];
     // Non-blocking: the path may have been replaced by a FIFO since the mapping was classified.
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
-    f.and_then(|f| f.read_exact_at(&mut m, 0)).is_ok() && &m == b"\x7fELF"
+    f.and_then(|f| f.read_exact_at(&mut m, 0)).ok().map(|()| &m == b"\x7fELF")
 }
 
 /// The lowest address an unprivileged process may map (vm.mmap_min_addr; 64 KiB if unknown).
