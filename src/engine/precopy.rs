@@ -229,11 +229,11 @@ impl Source {
     pub fn arm_tree(pid: i32, alone: bool, ahead: &mut Ahead) -> Result<Vec<Source>> {
         let mut srcs = vec![Source::arm(pid)?];
         let kids = if alone { Vec::new() } else { crate::res::tree::walk(pid).split_off(1) };
-        for k in kids.into_iter().filter(|&k| !ended(k)) {
+        for k in kids.into_iter().filter(|&k| !ended(k, None)) {
             match Source::arm(k) {
                 Ok(s) => srcs.push(s),
                 Err(e @ Error::NotHere { .. }) => ahead.frozen_throughout.push(format!("{e}")),
-                Err(_) if ended(k) => {}
+                Err(_) if ended(k, None) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -549,15 +549,16 @@ pub struct Ahead {
 const MAX_ROUNDS: usize = 30;
 const HYBRID_ROUNDS: usize = 2;
 
-/// Whether process `pid` has ended (gone, or a zombie): its rounds end with it.
-fn ended(pid: i32) -> bool {
-    procfs::read_stat(pid).map_or(true, |s| s.state == 'Z' || s.state == 'X')
+/// Whether process `pid` (started at `start`, when given) has ended: its pid gone, a
+/// zombie's, or another process's. Its rounds end with it.
+fn ended(pid: i32, start: Option<u64>) -> bool {
+    let gone = |s: procfs::Stat| s.state == 'Z' || s.state == 'X' || start.is_some_and(|t| t != s.starttime);
+    procfs::read_stat(pid).map_or(true, gone)
 }
 
 impl Source {
-    /// Whether the tracked process has ended (its pid gone, a zombie's, or another process's).
     fn ended(&self) -> bool {
-        procfs::read_stat(self.pid).map_or(true, |s| s.state == 'Z' || s.state == 'X' || s.starttime != self.start)
+        ended(self.pid, Some(self.start))
     }
 }
 

@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
-/// Most pages in one Pages frame (256 KiB).
+/// Most pages in one Pages frame (512 KiB).
 const FRAME_PAGES: u64 = 128;
 /// Most bytes the socket holds unsent while pages follow.
 const NOTSENT: libc::c_int = 128 << 10;
