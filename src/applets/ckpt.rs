@@ -58,9 +58,9 @@ struct Args {
     #[argh(switch)]
     check: bool,
     /// copy the memory with the process frozen throughout (as --kill and --stop do): by
-    /// default a process that runs on, with 16 MiB or more of private memory and no
-    /// descendants, has it copied while it runs and is frozen only for what it wrote since
-    /// (Linux 6.7+)
+    /// default a process that runs on, with 16 MiB or more of private memory (and its
+    /// descendants, unless they share much of it since a fork), has it copied while it runs
+    /// and is frozen only for what it wrote since (Linux 6.7+)
     #[argh(switch)]
     frozen: bool,
     /// the longest the process should be frozen when its memory is copied while it runs, in

@@ -45,18 +45,19 @@ struct Args {
     /// neighbours) before it runs there, put back here on any failure; restartd must allow it
     #[argh(option)]
     move_address: Option<String>,
-    /// live migration: send the process's memory ahead while it runs, in rounds, and freeze
-    /// it only for what it wrote since (needs Linux 6.7+; otherwise stop-and-copy, said)
+    /// live migration: send the memory of the process and its descendants ahead while they
+    /// run, in rounds, and freeze them only for what they wrote since (needs Linux 6.7+;
+    /// otherwise stop-and-copy, said)
     #[argh(switch)]
     live: bool,
     /// the longest the process should be frozen with --live, in milliseconds (default 50);
     /// the rounds go on until what is left fits a tenth of it (half, once they stop shrinking)
     #[argh(option, default = "50")]
     max_downtime: u64,
-    /// post-copy: run the process at the destination at once, frozen here only for its state
-    /// without its private anonymous memory, which follows from here (first the pages it waits
-    /// for); it is killed here once every page is there, and runs on here if the link fails
-    /// before that (the copy is then killed)
+    /// post-copy: run the process (and its descendants) at the destination at once, frozen
+    /// here only for its state without its private anonymous memory, which follows from here
+    /// (first the pages it waits for); it is killed here once every page is there, and runs on
+    /// here if the link fails before that (the copy is then killed)
     #[argh(switch)]
     post_copy: bool,
     /// which engine checkpoints here: "ptrace", "crd" (the kernel module, /dev/crd, see
