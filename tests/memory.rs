@@ -318,6 +318,12 @@ fn kill_pid(pid: i32) {
     }
 }
 
+/// The pages ckpt -v says the image holds of what the processes were frozen for.
+fn frozen_pages(err: &str) -> u64 {
+    let n = err.split(" pages, image").next().and_then(|s| s.rsplit(' ').next());
+    n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{err}"))
+}
+
 /// A checkpoint of a process that runs on copies its memory while it writes it, and freezes
 /// it only for what it wrote since: the frozen part of the image is a small part of its
 /// memory; the process runs on with nothing of the tracking left; the image, restored from a
@@ -337,12 +343,7 @@ fn a_running_checkpoint_copies_the_memory_while_the_process_writes_it() {
         return;
     }
     assert!(err.contains("copied while it ran, "), "-v says no round: {err}");
-    let frozen_pages: u64 = err
-        .split(" pages, image")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{err}"));
+    let frozen_pages = frozen_pages(&err);
     assert!(frozen_pages < 4096, "the frozen part carried {frozen_pages} pages of a 64 MiB process: {err}");
     // The original runs on as it was.
     let v = support::nodes::check(pid, &log);
@@ -409,12 +410,7 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
         return;
     }
     assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
-    let frozen_pages: u64 = err
-        .split(" pages, image")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{err}"));
+    let frozen_pages = frozen_pages(&err);
     assert!(frozen_pages < 8192, "the frozen part carried {frozen_pages} pages of two 64 MiB processes: {err}");
     for p in [pid, kid] {
         let v = support::nodes::check(p, &log);
