@@ -729,6 +729,44 @@ fn a_post_copy_migration_runs_there_before_its_memory_arrives() {
     assert!(num(" pages in ") >= 16 << 8, "less than its 64 MiB followed: {l}");
     assert!(num(" asked for first") > 0, "it never waited for a page: {l}");
     assert!(!tracked(new), "the restored process is still registered with a userfaultfd");
+    assert!(err.contains("asked for first (on a second connection)"), "-v: {err}");
+    assert!(d.1.line("second connection from").contains("the pages asked for come on it"), "restartd");
+}
+
+/// A post-copy whose second connection cannot be made (the destination's node takes no
+/// connection but restartd's): the pages asked for share the one connection, and the process
+/// moves all the same.
+#[test]
+fn a_post_copy_without_its_second_connection_still_moves() {
+    let Some(n) = Nodes::new() else { return };
+    if !require(std::process::Command::new("nft").arg("-v").output().is_ok(), "nft (apt install nftables)") {
+        return;
+    }
+    let dir = tmpdir("mig-post-one");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let rules = "table inet only1023 {\n chain input {\n  type filter hook input priority 0;\n  tcp dport != 1023 drop\n }\n}\n";
+    let nft = n.cmd(&n.b, "nft", &["-f", "-"]).stdin(Stdio::piped()).spawn().map(|mut c| {
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        c.wait().unwrap()
+    });
+    assert!(nft.unwrap().success(), "nft");
+    let (mut src, log, pid) = writer(&n, &dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = migrate(&n, &["--key", &key, "--post-copy", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "migrate: {err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(gone(&mut src), "the source still runs");
+    assert!(err.contains("no second connection to") && err.contains("share the stream"), "-v: {err}");
+    assert!(!err.contains("(on a second connection)"), "-v: {err}");
+    assert!(d.1.line("no second connection").contains("none came within"), "restartd");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    assert!(d.1.line("post-copy: ").contains(" asked for first"), "restartd");
 }
 
 /// The link goes down while a post-copy's pages follow: the copy, which cannot have them all,

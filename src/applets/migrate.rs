@@ -157,11 +157,12 @@ fn run(a: &Args) -> Result<()> {
             // Frozen here until it ran there: the freeze, but for the pages sent after.
             let ran = m.report.frozen.saturating_sub(p.took);
             eprintln!(
-                "migrate: post-copy: it ran there after {:.1} ms frozen; then {} bytes followed in {:.1} ms, {} of them asked for first",
+                "migrate: post-copy: it ran there after {:.1} ms frozen; then {} bytes followed in {:.1} ms, {} of them asked for first{}",
                 ran.as_secs_f64() * 1e3,
                 p.pages * crate::crf::PAGE_SIZE as u64,
                 p.took.as_secs_f64() * 1e3,
-                p.wanted * crate::crf::PAGE_SIZE as u64
+                p.wanted * crate::crf::PAGE_SIZE as u64,
+                if p.second { " (on a second connection)" } else { "" }
             );
         }
         let secs = m.elapsed.as_secs_f64();

@@ -313,8 +313,9 @@ struct State {
     /// Pages asked of the source (by process there and address in the image), and faults
     /// waiting for one.
     asked: std::collections::BTreeSet<(i32, u64)>,
-    /// The process at the source whose pages the next Pages frames are.
-    member: i32,
+    /// The process at the source whose pages the next Pages frames are, on each connection
+    /// (the migration's, the second one of the pages asked for).
+    member: [i32; 2],
     waiting: Vec<(i32, u64, std::time::Instant)>,
     /// The source sent its last page.
     ended: bool,
@@ -322,16 +323,21 @@ struct State {
     silence: std::time::Duration,
 }
 
-/// A post-copy's connection to the source of its pages (see migration::postcopy).
+/// A post-copy's connections to the source of its pages (see migration::postcopy): its own,
+/// and maybe a second one, on which the pages asked for come back.
 pub trait Link: Send {
-    /// The fd to poll for what the source sends.
-    fn fd(&self) -> i32;
+    /// The fds to poll for what the source sends: the first connection's, the second's
+    /// while it has more to say.
+    fn fds(&self) -> (i32, Option<i32>);
     /// Asks for the pages [addr, addr + len) of process `who` (its pid at the source; their
     /// address in the image) before the others.
     fn want(&mut self, who: i32, addr: u64, len: u64) -> Result<()>;
-    /// The next frame: a Pages frame read into `buf` (runs and their data, as engine::precopy
-    /// sends them), or whose the Pages after it are; None: the source sent its last page.
-    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<Arrived>>;
+    /// The next frame on the first connection or the second (`urgent`): a Pages frame read
+    /// into `buf` (runs and their data, as engine::precopy sends them), or whose the Pages
+    /// after it are; None: the source sent its last page on that one.
+    fn next(&mut self, urgent: bool, buf: &mut Vec<u8>) -> Result<Option<Arrived>>;
+    /// The source sent its last page on every connection.
+    fn ended(&self) -> bool;
     /// Every page is in: the source may let its copy go.
     fn all_in(&mut self) -> Result<()>;
 }
@@ -406,7 +412,7 @@ impl Server {
             link: None,
             released: released.clone(),
             asked: Default::default(),
-            member: 0,
+            member: [0; 2],
             waiting: Vec::new(),
             ended: false,
             silence,
@@ -552,8 +558,11 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
         }
         fds.clear();
         fds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        let link_fd = st.link.as_ref().map(|l| l.fd());
-        if let Some(fd) = link_fd {
+        let link_fds = st.link.as_ref().map(|l| l.fds());
+        let link_fd = link_fds.map(|f| f.0);
+        if let Some((fd, urgent)) = link_fds {
+            // The second connection first: a process waits for what comes on it.
+            fds.extend(urgent.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
             fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
         let uffds = fds.len();
@@ -580,15 +589,19 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
             // SAFETY: reads at most 8 bytes into `b`.
             unsafe { libc::read(wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
         }
-        let from_source = link_fd.is_some() && fds[1].revents != 0;
+        let urgent_in = link_fds.is_some_and(|f| f.1.is_some()) && fds[1].revents != 0;
+        let from_source = link_fd.is_some() && fds[uffds - 1].revents != 0;
         let ready: Vec<i32> = fds[uffds..].iter().filter(|f| f.revents != 0).map(|f| f.fd).collect();
         let r = (|| {
             for fd in ready {
                 st.events(fd)?;
             }
-            if from_source {
+            if urgent_in {
                 heard = std::time::Instant::now();
-                st.receive(&mut frame)?;
+                st.receive(true, &mut frame)?;
+            } else if from_source {
+                heard = std::time::Instant::now();
+                st.receive(false, &mut frame)?;
             } else if link_fd.is_some() && missing && heard.elapsed() >= st.silence {
                 return Err(Error::Proc(format!(
                     "post-copy: the source sent nothing for {} s, and pages are missing",
@@ -806,16 +819,16 @@ impl State {
 
     /// A Pages frame from the source (in `frame`): its pages go to every mm that still lacks
     /// them, wherever each has them now.
-    fn receive(&mut self, frame: &mut Vec<u8>) -> Result<()> {
+    fn receive(&mut self, urgent: bool, frame: &mut Vec<u8>) -> Result<()> {
         let Some(l) = self.link.as_mut() else { return Ok(()) };
         // (A Member frame comes with the Pages frame after it: that one may be read already.)
         let len = loop {
-            match l.next(frame)? {
+            match l.next(urgent, frame)? {
                 None => {
-                    self.ended = true;
+                    self.ended = l.ended();
                     return Ok(());
                 }
-                Some(Arrived::Member(pid)) => self.member = pid,
+                Some(Arrived::Member(pid)) => self.member[urgent as usize] = pid,
                 Some(Arrived::Pages(len)) => break len,
             }
         };
@@ -833,7 +846,7 @@ impl State {
             let (s, np) = (word(8 + i * 16, 8), word(16 + i * 16, 4));
             let len = np * PAGE;
             let data = b.get(off..off + len as usize).ok_or_else(|| bad("data shorter than its runs".into()))?;
-            self.put(s, data)?;
+            self.put(self.member[urgent as usize], s, data)?;
             self.stats.received += np;
             off += len as usize;
         }
@@ -853,10 +866,9 @@ impl State {
         Ok(())
     }
 
-    /// The source's pages at `s` (their address in the image) of its process `self.member`:
-    /// into every mm that lacks them (that process's, and those forked from it since).
-    fn put(&mut self, s: u64, data: &[u8]) -> Result<()> {
-        let member = self.member;
+    /// The source's pages at `s` (their address in the image) of its process `member`: into
+    /// every mm that lacks them (that process's, and those forked from it since).
+    fn put(&mut self, member: i32, s: u64, data: &[u8]) -> Result<()> {
         let e = s.checked_add(data.len() as u64).ok_or_else(|| {
             Error::Proc(format!("post-copy: the source sent pages at {s:#x}, past the address space"))
         })?;

@@ -185,6 +185,15 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     {
         return Err(explain(Error::Net(e), None, &mut c));
     }
+    // A post-copy's second connection, for the pages a process there waits for.
+    let urgent = if opts.post_copy && c.sibling().is_some() {
+        match second_connection(&mut c, peer, opts.timeout) {
+            Ok(u) => u,
+            Err(e) => return Err(explain(e, None, &mut c)),
+        }
+    } else {
+        None
+    };
     let held_there = super::files::held(&mapped, &have);
     debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
     // The module leaves out the executable's pages, or every other ELF file's, not files one
@@ -224,7 +233,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             if let Some(a) = opts.move_address {
                 moved = Some(crate::net::address::take_off(a)?);
             }
-            let later = postcopy.as_ref().map(|p| (p, opts.timeout, &mut post));
+            let later = postcopy.as_ref().map(|runs| Later { runs, urgent, timeout: opts.timeout, out: &mut post });
             let r = commit(w, peer, pid, opts.keep, later, &mut sent, &mut remote_pid);
             if r.is_err() {
                 moved = None;
@@ -277,9 +286,56 @@ fn send_ahead(
     c.send(Kind::Freeze, &[]).map_err(Error::Net)
 }
 
+/// The destination's answer to a post-copy's Options: the port of a second connection, for
+/// the pages a process there waits for (they would queue behind the others on this one), or
+/// none. Made, and proved to be ours, before anything is frozen; one that cannot be made is
+/// not a failure: the pages asked for then share the stream (said with -v).
+fn second_connection(c: &mut Conn<TcpStream>, peer: SocketAddr, timeout: Duration) -> Result<Option<Conn<TcpStream>>> {
+    let mut buf = Vec::new();
+    c.expect(Kind::Urgent, &mut buf).map_err(Error::Net)?;
+    let (Some(session), &[a, b]) = (c.sibling(), &buf[..]) else { return Ok(None) };
+    let to = SocketAddr::new(peer.ip(), u16::from_le_bytes([a, b]));
+    let made = (|| -> std::result::Result<Conn<TcpStream>, String> {
+        let s = TcpStream::connect_timeout(&to, URGENT_WAIT.min(timeout)).map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        s.set_read_timeout(Some(URGENT_WAIT.min(timeout)))
+            .and_then(|_| s.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())?;
+        let mut u = Conn::new(s, Side::Client);
+        u.authenticate(session);
+        u.send(Kind::Urgent, &[]).map_err(|e| e.to_string())?;
+        // Its answer: it took this connection as ours.
+        u.expect(Kind::Urgent, &mut buf).map_err(|e| e.to_string())?;
+        u.s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        Ok(u)
+    })();
+    match made {
+        Ok(u) => {
+            debug!("post-copy: a second connection to {to}, for the pages asked for");
+            Ok(Some(u))
+        }
+        Err(e) => {
+            log::info!("post-copy: no second connection to {to} ({e}): the pages asked for share the stream");
+            Ok(None)
+        }
+    }
+}
+
+/// How long a post-copy's second connection may take to be made.
+const URGENT_WAIT: Duration = Duration::from_secs(2);
+
 /// A failure before the copy could run: the process runs on here.
 fn here(cause: Error) -> Error {
     Error::Migration { cause: Box::new(cause), left: Left::RunningHere }
+}
+
+/// A post-copy's pages, to send once the process runs there.
+struct Later<'a> {
+    runs: &'a crate::engine::checkpoint::PostCopy,
+    /// The second connection, for the pages asked for.
+    urgent: Option<Conn<TcpStream>>,
+    timeout: Duration,
+    out: &'a mut Option<super::postcopy::Sent>,
 }
 
 /// The end of the image and the commit exchange, once the last byte is out.
@@ -288,7 +344,7 @@ fn commit(
     peer: SocketAddr,
     pid: i32,
     keep: bool,
-    later: Option<(&crate::engine::checkpoint::PostCopy, Duration, &mut Option<super::postcopy::Sent>)>,
+    later: Option<Later<'_>>,
     sent: &mut u64,
     remote_pid: &mut i32,
 ) -> Result<()> {
@@ -304,10 +360,10 @@ fn commit(
     c.send(Kind::Commit, &[])?;
     let e = match c.expect(Kind::Running, &mut buf) {
         Ok(()) => {
-            let Some((p, timeout, out)) = later else { return Ok(()) };
+            let Some(Later { runs: p, urgent, timeout, out }) = later else { return Ok(()) };
             // Post-copy: it runs there; its pages follow from here, where it stays frozen.
             let runs = p.0.lock().map(|r| r.clone()).map_err(|_| Error::Proc("post-copy state poisoned".into()))?;
-            match super::postcopy::send(c, &runs, timeout) {
+            match super::postcopy::send(c, urgent, &runs, timeout) {
                 Ok(s) => {
                     *out = Some(s);
                     return Ok(());

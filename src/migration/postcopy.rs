@@ -12,6 +12,12 @@
 //! for its --timeout: what the copy did meanwhile is lost. After the last page, a lost AllIn is
 //! the same doubt as a lost Running: the process here stays stopped (see Left::StoppedHere).
 //!
+//! A page a process waits for would queue behind the stream (what the socket holds here, what
+//! the destination has received and not read yet): with a key, a second connection, made
+//! before the freeze (migration::client, server), carries the Wants and the pages asked for,
+//! and the source writes the stream without blocking, so a Want waits at most for the frame
+//! being read from the process's memory. Where it cannot be made, both share the one.
+//!
 //! Frames: Want (destination to source) u32 pid, u32 0, u64 address, u64 length (the process
 //! and the pages' addresses as the image has them); Member (source to destination) u32 pid:
 //! the Pages that follow are that process's; Pages as a live migration's (engine::precopy);
@@ -37,21 +43,10 @@ pub struct Sent {
     /// Pages sent, and of them those the destination asked for first.
     pub pages: u64,
     pub wanted: u64,
+    /// The pages asked for went back on a second connection.
+    pub second: bool,
     /// From Running to AllIn.
     pub took: Duration,
-}
-
-/// Whether `fd` has something to read, within `ms` milliseconds.
-fn readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    loop {
-        // SAFETY: one pollfd of ours.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
-            n if n >= 0 => return n > 0,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return false,
-        }
-    }
 }
 
 /// Takes from `left` (start -> end) at most `max` pages of what lies in [from, to), first
@@ -82,11 +77,110 @@ fn take(left: &mut BTreeMap<u64, u64>, from: u64, to: u64, max: u64) -> Vec<(u64
     out
 }
 
+/// A process frozen here whose pages follow: its memory, through /proc/PID/mem (it reads
+/// protected pages too, and pins none), and what is left to send of it.
+struct Proc {
+    pid: i32,
+    mem: std::fs::File,
+    left: BTreeMap<u64, u64>,
+}
+
+/// A Pages frame of `chunk` of `p`, 5 bytes left for the header (Conn::seal).
+fn pages_frame(p: &Proc, chunk: &[(u64, u64)]) -> Result<Vec<u8>> {
+    let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
+    let mut frame = vec![0u8; 5];
+    frame.extend((chunk.len() as u32).to_le_bytes());
+    frame.extend(0u32.to_le_bytes());
+    for &(a, b) in chunk {
+        frame.extend(a.to_le_bytes());
+        frame.extend((((b - a) / PAGE) as u32).to_le_bytes());
+        frame.extend(0u32.to_le_bytes());
+    }
+    let head = frame.len();
+    frame.resize(head + (pages * PAGE) as usize, 0);
+    let mut at = head;
+    for &(a, b) in chunk {
+        let n = (b - a) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(&p.mem, &mut frame[at..at + n], a)
+            .map_err(|e| Error::io(format!("/proc/{}/mem at {a:#x}", p.pid), e))?;
+        at += n;
+    }
+    Ok(frame)
+}
+
+/// One connection's frames: sealed, and preceded by a Member frame when the process is not
+/// that of the frame before on it.
+struct Channel {
+    member: Option<i32>,
+}
+
+impl Channel {
+    fn seal(
+        &mut self,
+        c: &mut Conn<TcpStream>,
+        pid: i32,
+        mut frame: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, NetError> {
+        let mut out = Vec::new();
+        if self.member != Some(pid) {
+            out.extend([0u8; 5]);
+            out.extend((pid as u32).to_le_bytes());
+            c.seal(Kind::Member, &mut out)?;
+            self.member = Some(pid);
+        }
+        c.seal(Kind::Pages, &mut frame)?;
+        if out.is_empty() {
+            return Ok(frame);
+        }
+        out.extend_from_slice(&frame);
+        Ok(out)
+    }
+}
+
+/// A Want frame: (pid, start, end), whole pages (a peer's frame must not make us read past
+/// ours).
+fn parse_want(msg: &[u8]) -> Option<(i32, u64, u64)> {
+    if msg.len() != 24 {
+        return None;
+    }
+    let w = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (a, n) = (w(8) & !(PAGE - 1), w(16));
+    Some((w(0) as u32 as i32, a, a.saturating_add(n).saturating_add(PAGE - 1) & !(PAGE - 1)))
+}
+
+/// Writes what `c` can take now of `out[*at..]` (MSG_DONTWAIT: the socket stays blocking for
+/// the reads). Ok(false): it takes nothing now.
+fn write_some(c: &Conn<TcpStream>, out: &[u8], at: &mut usize) -> std::result::Result<bool, NetError> {
+    let rest = &out[*at..];
+    // SAFETY: send reads `rest`, ours, for its length.
+    let n = unsafe {
+        libc::send(
+            c.s.as_raw_fd(),
+            rest.as_ptr() as *const libc::c_void,
+            rest.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        *at += n as usize;
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(false),
+        _ => Err(NetError::Io(e)),
+    }
+}
+
 /// The source's side, once the destination said Running: sends `runs` (start, end) of each
-/// frozen process (by pid), the wanted ones first, then End, and waits for AllIn. Err with
-/// whether the last page had gone (then the destination may run on with them all).
+/// frozen process (by pid), the wanted ones first, then End, and waits for AllIn. The pages
+/// asked for on `urgent` (the second connection, when there is one) go back on it at once;
+/// the others follow on `c`, written as it takes them, so a Want is never kept waiting by a
+/// frame the destination is slow to take. Err with whether the last page had gone (then the
+/// destination may run on with them all).
 pub fn send(
     c: &mut Conn<TcpStream>,
+    mut urgent: Option<Conn<TcpStream>>,
     runs: &[(i32, Vec<(u64, u64)>)],
     timeout: Duration,
 ) -> std::result::Result<Sent, (Error, bool)> {
@@ -104,39 +198,85 @@ pub fn send(
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    // Per process: its memory, through /proc/PID/mem (it reads protected pages too, and pins
-    // none), and what is left to send of it.
     let mut procs = Vec::with_capacity(runs.len());
     for (pid, r) in runs.iter().filter(|r| !r.1.is_empty()) {
         let path = format!("/proc/{pid}/mem");
         let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
-        let left: BTreeMap<u64, u64> = r.iter().copied().collect();
-        procs.push((*pid, mem, left));
+        procs.push(Proc { pid: *pid, mem, left: r.iter().copied().collect() });
     }
+    // Wants that came on `c` (no second connection): answered on it, before the rest.
     let mut wants: std::collections::VecDeque<(i32, u64, u64)> = Default::default();
-    let mut sent = Sent::default();
-    let mut frame = Vec::new();
+    let mut sent = Sent { second: urgent.is_some(), ..Sent::default() };
     let mut msg = Vec::new();
     let fd = c.s.as_raw_fd();
     let mut ended = false;
-    // The process the destination takes Pages frames for.
-    let mut member: Option<i32> = None;
+    let (mut main, mut side) = (Channel { member: None }, Channel { member: None });
+    // The frame being written on `c`, and how much of it is.
+    let (mut out, mut at) = (Vec::new(), 0usize);
     let net = |e: NetError, ended: bool| (Error::Net(e), ended);
+    let mut idle = Instant::now();
     loop {
-        // What the destination says: at once while there is something to send; once the
-        // last page went, its AllIn, within the timeout.
-        let wait = if ended { timeout.as_millis().clamp(1, i32::MAX as u128) as i32 } else { 0 };
-        if readable(fd, wait) {
-            match c.recv(&mut msg).map_err(|e| net(e, ended))? {
-                Kind::Want if msg.len() == 24 => {
-                    let w = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().unwrap_or([0; 8]));
-                    let pid = w(0) as u32 as i32;
-                    // Whole pages (a peer's frame must not make us read past ours).
-                    let (a, n) = (w(8) & !(PAGE - 1), w(16));
-                    wants.push_back((pid, a, a.saturating_add(n).saturating_add(PAGE - 1) & !(PAGE - 1)));
+        let pending = at < out.len();
+        let mut fds =
+            vec![libc::pollfd { fd, events: libc::POLLIN | if pending { libc::POLLOUT } else { 0 }, revents: 0 }];
+        if let Some(u) = &urgent {
+            fds.push(libc::pollfd { fd: u.s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        // Nothing to write but what waits for the socket: wait for it, or for the
+        // destination; once the last page went, for its AllIn; else look and go on.
+        let wait = if ended || pending { timeout.as_millis().clamp(1, i32::MAX as u128) as i32 } else { 0 };
+        // SAFETY: `fds` is an array of pollfd of ours, of that length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err((Error::io("poll (post-copy)", e), ended));
+        }
+        if n == 0 && wait > 0 {
+            let what = if ended { "say it had every page" } else { "take more pages" };
+            let e = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the destination did not {what} within {} s", timeout.as_secs()),
+            );
+            return Err(net(NetError::Io(e), ended));
+        }
+        // A page a process there waits for: back on the second connection at once.
+        if fds.get(1).is_some_and(|f| f.revents != 0)
+            && let Some(u) = urgent.as_mut()
+        {
+            let k = u.recv(&mut msg).map_err(|e| net(e, ended))?;
+            let Some((pid, a, b)) = parse_want(&msg).filter(|_| k == Kind::Want) else {
+                return Err(net(
+                    NetError::Protocol(format!("expected Want on the second connection, got {k:?}")),
+                    ended,
+                ));
+            };
+            if let Some(p) = procs.iter_mut().find(|p| p.pid == pid) {
+                let chunk = take(&mut p.left, a, b, FRAME_PAGES);
+                if !chunk.is_empty() {
+                    let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
+                    let frame = pages_frame(p, &chunk).map_err(|e| (e, false))?;
+                    let wire = side.seal(u, pid, frame).map_err(|e| net(e, false))?;
+                    std::io::Write::write_all(&mut u.s, &wire).map_err(|e| net(NetError::Io(e), false))?;
+                    sent.pages += pages;
+                    sent.wanted += pages;
                 }
+            }
+            continue;
+        }
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            match c.recv(&mut msg).map_err(|e| net(e, ended))? {
+                Kind::Want => match parse_want(&msg) {
+                    Some(w) => wants.push_back(w),
+                    None => return Err(net(NetError::Protocol(format!("a Want of {} bytes", msg.len())), ended)),
+                },
                 Kind::AllIn => {
                     if !ended {
+                        if let Some(mut u) = urgent.take() {
+                            u.send(Kind::End, &[]).map_err(|e| net(e, true))?;
+                        }
                         c.send(Kind::End, &[]).map_err(|e| net(e, true))?;
                     }
                     sent.took = t0.elapsed();
@@ -146,24 +286,38 @@ pub fn send(
             }
             continue;
         }
-        if ended {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the destination did not say it had every page within {} s", timeout.as_secs()),
-            );
-            return Err(net(NetError::Io(e), true));
+        if pending {
+            if write_some(c, &out, &mut at).map_err(|e| net(e, false))? {
+                idle = Instant::now();
+            } else if idle.elapsed() >= timeout {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the destination took no page for {} s", timeout.as_secs()),
+                );
+                return Err(net(NetError::Io(e), false));
+            }
+            continue;
         }
-        if procs.iter().all(|p| p.2.is_empty()) {
+        if ended {
+            continue;
+        }
+        if procs.iter().all(|p| p.left.is_empty()) {
+            // Every page went: on the second connection first, which the destination
+            // reads until its End too (and then closes: it is not read any more).
+            if let Some(mut u) = urgent.take() {
+                u.send(Kind::End, &[]).map_err(|e| net(e, false))?;
+            }
             c.send(Kind::End, &[]).map_err(|e| net(e, false))?;
             ended = true;
             continue;
         }
+        // The next frame: pages asked for on this connection first, then in order.
         let mut chunk = Vec::new();
         let mut who = 0;
         let mut wanted = false;
         while let Some(&(pid, a, b)) = wants.front() {
-            if let Some(i) = procs.iter().position(|p| p.0 == pid) {
-                chunk = take(&mut procs[i].2, a, b, FRAME_PAGES);
+            if let Some(i) = procs.iter().position(|p| p.pid == pid) {
+                chunk = take(&mut procs[i].left, a, b, FRAME_PAGES);
                 who = i;
             }
             if chunk.is_empty() {
@@ -174,34 +328,14 @@ pub fn send(
             }
         }
         if chunk.is_empty() {
-            who = procs.iter().position(|p| !p.2.is_empty()).unwrap_or(0);
-            let first = procs[who].2.keys().next().copied().unwrap_or(0);
-            chunk = take(&mut procs[who].2, first, u64::MAX, FRAME_PAGES);
-        }
-        let (pid, mem) = (procs[who].0, &procs[who].1);
-        if member != Some(pid) {
-            c.send(Kind::Member, &(pid as u32).to_le_bytes()).map_err(|e| net(e, false))?;
-            member = Some(pid);
+            who = procs.iter().position(|p| !p.left.is_empty()).unwrap_or(0);
+            let first = procs[who].left.keys().next().copied().unwrap_or(0);
+            chunk = take(&mut procs[who].left, first, u64::MAX, FRAME_PAGES);
         }
         let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
-        frame.clear();
-        frame.extend((chunk.len() as u32).to_le_bytes());
-        frame.extend(0u32.to_le_bytes());
-        for &(a, b) in &chunk {
-            frame.extend(a.to_le_bytes());
-            frame.extend((((b - a) / PAGE) as u32).to_le_bytes());
-            frame.extend(0u32.to_le_bytes());
-        }
-        let head = frame.len();
-        frame.resize(head + (pages * PAGE) as usize, 0);
-        let mut at = head;
-        for &(a, b) in &chunk {
-            let n = (b - a) as usize;
-            std::os::unix::fs::FileExt::read_exact_at(mem, &mut frame[at..at + n], a)
-                .map_err(|e| (Error::io(format!("/proc/{pid}/mem at {a:#x}"), e), false))?;
-            at += n;
-        }
-        c.send_in_place(Kind::Pages, &mut frame).map_err(|e| net(e, false))?;
+        let frame = pages_frame(&procs[who], &chunk).map_err(|e| (e, false))?;
+        out = main.seal(c, procs[who].pid, frame).map_err(|e| net(e, false))?;
+        at = 0;
         sent.pages += pages;
         if wanted {
             sent.wanted += pages;
@@ -209,21 +343,30 @@ pub fn send(
     }
 }
 
-/// The destination's side: the connection to the source, for the page server (engine::lazy).
+/// The destination's side: the connections to the source, for the page server
+/// (engine::lazy): the migration's own, and the second one of the pages asked for, if made.
 pub struct Link {
     c: Conn<Paced>,
-    ended: bool,
+    urgent: Option<Conn<Paced>>,
+    /// Each connection's End came (the second's, or there is none).
+    ended: [bool; 2],
 }
 
 impl Link {
-    pub fn new(c: Conn<Paced>) -> Link {
-        Link { c, ended: false }
+    pub fn new(c: Conn<Paced>, urgent: Option<Conn<Paced>>) -> Link {
+        let none = urgent.is_none();
+        Link { c, urgent, ended: [false, none] }
+    }
+
+    fn conn(&mut self, urgent: bool) -> Option<&mut Conn<Paced>> {
+        if urgent { self.urgent.as_mut() } else { Some(&mut self.c) }
     }
 }
 
 impl crate::engine::lazy::Link for Link {
-    fn fd(&self) -> i32 {
-        self.c.s.stream().as_raw_fd()
+    fn fds(&self) -> (i32, Option<i32>) {
+        let u = self.urgent.as_ref().filter(|_| !self.ended[1]).map(|u| u.s.stream().as_raw_fd());
+        (self.c.s.stream().as_raw_fd(), u)
     }
 
     fn want(&mut self, who: i32, addr: u64, len: u64) -> Result<()> {
@@ -231,12 +374,14 @@ impl crate::engine::lazy::Link for Link {
         p[..4].copy_from_slice(&(who as u32).to_le_bytes());
         p[8..16].copy_from_slice(&addr.to_le_bytes());
         p[16..].copy_from_slice(&len.to_le_bytes());
-        self.c.send(Kind::Want, &p).map_err(Error::Net)
+        let c = if self.ended[1] { &mut self.c } else { self.urgent.as_mut().unwrap_or(&mut self.c) };
+        c.send(Kind::Want, &p).map_err(Error::Net)
     }
 
-    fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<crate::engine::lazy::Arrived>> {
+    fn next(&mut self, urgent: bool, buf: &mut Vec<u8>) -> Result<Option<crate::engine::lazy::Arrived>> {
         use crate::engine::lazy::Arrived;
-        match self.c.recv_into(buf).map_err(Error::Net)? {
+        let Some(c) = self.conn(urgent) else { return Ok(None) };
+        match c.recv_into(buf).map_err(Error::Net)? {
             (Kind::Pages, n) => Ok(Some(Arrived::Pages(n))),
             (Kind::Member, 4) => {
                 let pid = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
@@ -246,19 +391,25 @@ impl crate::engine::lazy::Link for Link {
                 Ok(Some(Arrived::Member(pid as i32)))
             }
             (Kind::End, _) => {
-                self.ended = true;
+                self.ended[urgent as usize] = true;
                 Ok(None)
             }
             (k, _) => Err(Error::Net(NetError::Protocol(format!("expected Pages, Member or End, got {k:?}")))),
         }
     }
 
+    fn ended(&self) -> bool {
+        self.ended == [true, true]
+    }
+
     fn all_in(&mut self) -> Result<()> {
         self.c.send(Kind::AllIn, &[]).map_err(Error::Net)?;
-        // What the source sent before it read AllIn, up to its End.
+        // What the source sent before it read AllIn, up to its End, on each connection.
         let mut buf = Vec::new();
-        while !self.ended {
-            self.next(&mut buf)?;
+        for urgent in [true, false] {
+            while !self.ended[urgent as usize] {
+                self.next(urgent, &mut buf)?;
+            }
         }
         Ok(())
     }

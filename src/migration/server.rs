@@ -177,6 +177,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     };
     c.send(Kind::Have, &have).map_err(Error::Net)?;
+    let urgent = if post_copy && c.sibling().is_some() { second_connection(&mut c, peer, cfg)? } else { None };
     c.s.transfer(cfg.min_rate, cfg.timeout);
     let mut store = None;
     if live {
@@ -304,7 +305,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     if let (Ok(()), Some(server)) = (&outcome, lazy) {
         let t0 = std::time::Instant::now();
         info!("{peer}: {who} runs as pid {pid}; its pages follow (post-copy)");
-        outcome = server.link(Box::new(super::postcopy::Link::new(c))).and_then(|()| server.finish()).map(|st| {
+        outcome = server.link(Box::new(super::postcopy::Link::new(c, urgent))).and_then(|()| server.finish()).map(|st| {
             info!(
                 "{peer}: {who}: post-copy: {} pages in {:.1} ms after it ran, {} asked for first (the longest wait {:.1} ms), {} forks followed",
                 st.received,
@@ -325,6 +326,55 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     }
     outcome.map(|()| Served { pid, original_pid: restored.original_pid, bytes })
+}
+
+/// How long the source has to make a post-copy's second connection.
+const URGENT_WAIT: Duration = Duration::from_secs(2);
+
+/// A post-copy's second connection, for the pages a process here waits for (on the first
+/// they would queue behind the others): a port of our own, said in an Urgent frame (empty
+/// when none can be had), taken by the first connection from the client's address that
+/// proves it is the client's (its Urgent frame opens under the session's sibling keys),
+/// answered with Urgent. None when none came in time: the pages asked for then share the
+/// first.
+fn second_connection(c: &mut Conn<Paced>, peer: SocketAddr, cfg: &ServeConfig) -> Result<Option<Conn<Paced>>> {
+    let Some(session) = c.sibling() else { return Ok(None) };
+    let l = c.s.stream().local_addr().and_then(|a| std::net::TcpListener::bind((a.ip(), 0)));
+    let (l, port) = match l.and_then(|l| l.local_addr().map(|a| (l, a.port()))) {
+        Ok(x) => x,
+        Err(e) => {
+            info!("{peer}: no second connection for the pages asked for: cannot listen for one: {e}");
+            c.send(Kind::Urgent, &[]).map_err(Error::Net)?;
+            return Ok(None);
+        }
+    };
+    c.send(Kind::Urgent, &port.to_le_bytes()).map_err(Error::Net)?;
+    let until = std::time::Instant::now() + URGENT_WAIT;
+    let mut buf = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&l), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes one pollfd of ours.
+        if left.is_zero() || unsafe { libc::poll(&mut p, 1, left.as_millis().max(1) as i32) } <= 0 {
+            info!("{peer}: no second connection for the pages asked for: none came within {} s", URGENT_WAIT.as_secs());
+            return Ok(None);
+        }
+        let Ok((s, from)) = l.accept() else { continue };
+        if from.ip() != peer.ip() {
+            continue;
+        }
+        let _ = s.set_nodelay(true);
+        let mut u = Conn::new(Paced::new(s, cfg.timeout, left), Side::Server);
+        u.authenticate(session);
+        match u.expect(Kind::Urgent, &mut buf).and_then(|()| u.send(Kind::Urgent, &[])) {
+            Ok(()) => {
+                u.s.idle_only();
+                info!("{peer}: second connection from {from}: the pages asked for come on it");
+                return Ok(Some(u));
+            }
+            Err(e) => info!("{peer}: a second connection from {from} refused: {e}"),
+        }
+    }
 }
 
 /// A live migration's pre-copy: areas and pages until the source freezes the process.

@@ -7,6 +7,8 @@
 //! seal    AES-256-GCM(direction key, nonce = u32 0 | u64 seq, aad = type | len)
 //! keys    HMAC-SHA256(session, "crs client frames") and (session, "crs server frames")
 //! session HMAC-SHA256(cluster key, "crs session" | client nonce | server nonce)
+//! urgent  HMAC-SHA256(session, "crs urgent connection"): a post-copy's second connection's
+//!         session, its frame keys derived from it as above
 //! ```
 //! Each direction has its own key and numbers its frames from 0, so a frame replayed,
 //! reordered, dropped, reflected or taken from another session fails its tag.
@@ -28,7 +30,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -39,6 +41,9 @@ pub const MAX_FRAME: u32 = 4 << 20;
 pub const FRAME: usize = 1 << 20;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The label of a second connection's session key (Conn::sibling).
+const SIBLING: &str = "crs urgent connection";
 
 /// Message types, with their wire codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +80,10 @@ pub enum Kind {
     /// Live migration: the Areas and Pages frames that follow are of this process (its pid
     /// at the source, u32 little-endian).
     Member = 19,
+    /// Post-copy: the destination's port for a second connection (u16 little-endian; empty:
+    /// none), and, as the first frame on that connection, the source's proof that it is the
+    /// same client (empty, sealed under keys of the session's own: Conn::sibling).
+    Urgent = 20,
 }
 
 impl Kind {
@@ -100,6 +109,7 @@ impl Kind {
             17 => Want,
             18 => AllIn,
             19 => Member,
+            20 => Urgent,
             _ => return None,
         })
     }
@@ -230,6 +240,8 @@ fn header(kind: u8, len: usize) -> [u8; 5] {
 pub struct Conn<S: Read + Write> {
     pub s: S,
     keys: Option<Keys>,
+    /// The session of a second connection of this one's (post-copy's urgent pages).
+    sibling: Option<[u8; 32]>,
     me: Side,
     sent: u64,
     recvd: u64,
@@ -237,7 +249,7 @@ pub struct Conn<S: Read + Write> {
 
 impl<S: Read + Write> Conn<S> {
     pub fn new(s: S, me: Side) -> Self {
-        Conn { s, keys: None, me, sent: 0, recvd: 0 }
+        Conn { s, keys: None, sibling: None, me, sent: 0, recvd: 0 }
     }
 
     /// From now on every frame is encrypted and tagged under keys derived from `session`.
@@ -247,6 +259,32 @@ impl<S: Read + Write> Conn<S> {
             LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).unwrap_or_else(|_| unreachable!("a 32-byte key")))
         };
         self.keys = Some(Keys { seal: key(self.me), open: key(self.me.peer()) });
+        self.sibling = Some(mac(&session, SIBLING, &[]));
+    }
+
+    /// The session key of a second connection of the same client, once keyed: its frames
+    /// are sealed under keys of its own, which only the two ends of this one can derive.
+    pub fn sibling(&self) -> Option<[u8; 32]> {
+        self.sibling
+    }
+
+    /// Seals a frame for the caller to write itself: `wire` holds 5 bytes for the header,
+    /// then the payload; it becomes the frame as it goes on the wire (header, payload
+    /// encrypted in place, tag). Frames are numbered as they are sealed: they must go in
+    /// that order, and between the frames `send` writes only once written whole.
+    pub fn seal(&mut self, kind: Kind, wire: &mut Vec<u8>) -> Result<()> {
+        let len = wire.len().checked_sub(5).ok_or_else(|| NetError::Protocol("a frame without its header".into()))?;
+        let hdr = header(kind as u8, len);
+        wire[..5].copy_from_slice(&hdr);
+        if let Some(k) = &self.keys {
+            let tag = k
+                .seal
+                .seal_in_place_separate_tag(nonce(self.sent), Aad::from(hdr), &mut wire[5..])
+                .map_err(|_| NetError::Protocol(format!("frame of {len} bytes too large to seal")))?;
+            wire.extend_from_slice(tag.as_ref());
+        }
+        self.sent += 1;
+        Ok(())
     }
 
     /// Sends a (small) frame; image data goes through `send_in_place`.
