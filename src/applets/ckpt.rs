@@ -162,6 +162,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         postcopy: None,
         backend,
         held_there: Vec::new(),
+        flags_later: None,
         running: (!a.frozen).then(|| std::time::Duration::from_millis(a.max_frozen.max(1))),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));

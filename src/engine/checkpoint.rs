@@ -71,6 +71,9 @@ pub struct Options {
     /// Mapped files the restoring node holds the very same of (a migration asks it): their
     /// unmodified pages are left out, as with `no_libs`.
     pub held_there: Vec<String>,
+    /// The mappings' flags are read just before the freeze, and checked while the image goes
+    /// (see engine::vmflags): the caller waits for the check before the copy may run.
+    pub flags_later: Option<super::vmflags::FlagsLater>,
 }
 
 /// The pages a post-copy's image leaves at the source: per process (its pid), (start, end)
@@ -488,6 +491,10 @@ fn frozen_checkpoint<W: Sink>(
     recheck: bool,
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
+    // Their mappings' flags, read while they still run (engine::vmflags).
+    if let Some(f) = &opts.flags_later {
+        f.look(&members(pid, opts.alone))?;
+    }
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let mut urgent = Urgent::raise();
@@ -574,6 +581,9 @@ fn frozen_checkpoint<W: Sink>(
         // With --kill the block on their packets stays, for the restore to lift.
         if opts.kill {
             states[0].tcp_conns.lock = conns.lock_name();
+        }
+        if let Some(f) = &opts.flags_later {
+            f.check()?;
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         let (pages, bytes, stubs, out) =
@@ -1071,9 +1081,9 @@ fn write<W: Sink>(
         };
         let mut all = [kept.as_slice(), later.as_slice()].concat();
         all.sort_unstable();
-        pages += memory::dump_pages(st.head.pid, &st.vmas, (&all, &later), &mut w, spare)?;
+        let (n, runs) = memory::dump_pages(st.head.pid, &st.vmas, (&all, &later), &mut w, spare)?;
+        pages += n;
         if let Some(p) = postcopy {
-            let runs = memory::later_runs(st.head.pid, &st.vmas, &all, &later)?;
             p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))?.push((st.head.pid, runs));
         }
         image::write(&mut w, st, false)?;
@@ -1260,7 +1270,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
         };
         st.threads = vec![ThreadState { regs: RegState { gpr: image_regs, xsave: xsave.clone() } }];
         st.thread_info = vec![leader];
-        if apart && !others.is_empty() {
+        if apart && !others.is_empty() && opts.flags_later.is_none() {
             smaps = Some(std::thread::spawn(move || procfs::read_smaps(pid)));
         }
         let mut scheds = st.sched.iter().cloned().collect::<Vec<_>>();
@@ -1292,7 +1302,10 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let stat = procfs::read_stat(pid)?;
     let mut maps = match smaps {
         Some(h) => h.join().map_err(|_| Error::Proc(format!("pid {pid}: reading its smaps failed")))??,
-        None => procfs::read_smaps(pid)?,
+        None => match opts.flags_later.as_ref().map(|f| f.frozen(pid)).transpose()?.flatten() {
+            Some(m) => m,
+            None => procfs::read_smaps(pid)?,
+        },
     };
     maps.retain(|m| (m.start, m.end) != (addr.0, addr.0 + len as u64));
     if let Some(p) = &opts.precopied {

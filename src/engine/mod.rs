@@ -13,3 +13,4 @@ pub mod precopy;
 pub mod restore;
 pub mod spawn;
 pub mod urgent;
+pub mod vmflags;

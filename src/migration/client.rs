@@ -211,7 +211,15 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
     let precopied = source.map(Precopied::new);
     let postcopy = opts.post_copy.then(crate::engine::checkpoint::PostCopy::default);
-    let flags = crate::Flags { precopied, held_there, postcopy: postcopy.clone(), ..flags };
+    // The mappings' flags as read just before the freeze, checked before the copy may run.
+    let flags_later = crate::engine::vmflags::FlagsLater::default();
+    let flags = crate::Flags {
+        precopied,
+        held_there,
+        postcopy: postcopy.clone(),
+        flags_later: Some(flags_later.clone()),
+        ..flags
+    };
     let mut post = None;
 
     // Signals that would end us wait until the process is safely here or there.
@@ -234,7 +242,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
                 moved = Some(crate::net::address::take_off(a)?);
             }
             let later = postcopy.as_ref().map(|runs| Later { runs, urgent, timeout: opts.timeout, out: &mut post });
-            let r = commit(w, peer, pid, opts.keep, later, &mut sent, &mut remote_pid);
+            let r = commit(w, peer, pid, opts.keep, (later, &flags_later), &mut sent, &mut remote_pid);
             if r.is_err() {
                 moved = None;
             }
@@ -344,7 +352,7 @@ fn commit(
     peer: SocketAddr,
     pid: i32,
     keep: bool,
-    later: Option<Later<'_>>,
+    (later, flags): (Option<Later<'_>>, &crate::engine::vmflags::FlagsLater),
     sent: &mut u64,
     remote_pid: &mut i32,
 ) -> Result<()> {
@@ -355,6 +363,8 @@ fn commit(
     c.expect(Kind::Restored, &mut buf)?;
     *remote_pid = parse_pid(&buf)?;
     let remote_pid = *remote_pid;
+    // The mappings as they were frozen (checked while the image went and it was restored).
+    flags.wait()?;
     // From here the copy may start: the frozen source must not run again unless we are sure
     // the copy does not.
     c.send(Kind::Commit, &[])?;

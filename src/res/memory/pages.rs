@@ -258,22 +258,6 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// The runs sent later [`dump_pages`] writes for `later` (the pages there that hold data), as
-/// (start, end), in order.
-pub fn later_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for b in plan_batches(pid, vmas, kept, later)? {
-        for r in b.runs.iter().filter(|r| r.flags & RUN_LATER != 0) {
-            let end = r.addr + r.len() as u64;
-            match out.last_mut() {
-                Some(l) if l.1 == r.addr => l.1 = end,
-                _ => out.push((r.addr, end)),
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Writes the pages of every mapping in batches; returns the number of pages. A second thread
 /// reads the next batch from the process while this one checksums and writes the last. Each
 /// batch's buffer is given to the output whole (a migration sends it as a frame, uncopied);
@@ -282,17 +266,26 @@ pub fn later_runs(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u6
 /// them back at the end, for the next process.
 /// `kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
 /// otherwise): written as kept runs, without data, and not counted; of them, those in `later`
-/// (a post-copy) as runs sent later.
+/// (a post-copy) as runs sent later, which it returns too, as (start, end) ranges: the pages
+/// in memory or in swap there (one look at the page tables for both).
 pub fn dump_pages<W: Sink>(
     pid: i32,
     vmas: &[Vma],
     (kept, later): (&[Span], &[Span]),
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
-) -> Result<u64> {
+) -> Result<(u64, Vec<(u64, u64)>)> {
     use std::sync::mpsc::sync_channel;
     let batches = plan_batches(pid, vmas, kept, later)?;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
+    let mut after: Vec<(u64, u64)> = Vec::new();
+    for r in batches.iter().flat_map(|b| b.runs.iter()).filter(|r| r.flags & RUN_LATER != 0) {
+        let end = r.addr + r.len() as u64;
+        match after.last_mut() {
+            Some(l) if l.1 == r.addr => l.1 = end,
+            _ => after.push((r.addr, end)),
+        }
+    }
     std::thread::scope(|s| {
         let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
@@ -329,7 +322,7 @@ pub fn dump_pages<W: Sink>(
             spare.extend(free_rx.try_iter());
         }
 
-        Ok(total)
+        Ok((total, after))
     })
 }
 
