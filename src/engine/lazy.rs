@@ -843,8 +843,16 @@ impl State {
             return Err(bad(format!("{} bytes for {n} runs", b.len())));
         }
         for i in 0..n {
-            let (s, np) = (word(8 + i * 16, 8), word(16 + i * 16, 4));
+            let (s, np, flags) = (word(8 + i * 16, 8), word(16 + i * 16, 4), word(20 + i * 16, 4));
             let len = np * PAGE;
+            if flags != 0 && flags != crate::migration::postcopy::ZERO as u64 {
+                return Err(bad(format!("a run of flags {flags:#x}")));
+            }
+            if flags == crate::migration::postcopy::ZERO as u64 {
+                // Pages that hold nothing at the source: a fault there maps the zero page.
+                self.zero(self.member[urgent as usize], s, len);
+                continue;
+            }
             let data = b.get(off..off + len as usize).ok_or_else(|| bad("data shorter than its runs".into()))?;
             self.put(self.member[urgent as usize], s, data)?;
             self.stats.received += np;
@@ -864,6 +872,24 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The source's pages [s, s + len) (their addresses in the image) of its process `member`
+    /// hold nothing: no mm waits for them any more (a fault there maps the zero page).
+    fn zero(&mut self, member: i32, s: u64, len: u64) {
+        let e = s.saturating_add(len);
+        for m in self.mms.iter_mut().filter(|m| m.from == member) {
+            while let Some((k, p)) = m
+                .pending
+                .iter()
+                .find(|(_, p)| p.batch == REMOTE && p.off < e && s < p.off + p.len)
+                .map(|(k, p)| (*k, *p))
+            {
+                let (from, to) = (s.max(p.off), e.min(p.off + p.len));
+                let at = k + (from - p.off);
+                cut(&mut m.pending, at, at + (to - from));
+            }
+        }
     }
 
     /// The source's pages at `s` (their address in the image) of its process `member`: into

@@ -116,11 +116,12 @@ impl FlagsLater {
             let h = std::thread::Builder::new()
                 .name("crs-vmflags".into())
                 .spawn(move || {
-                    // Work for a CPU nothing else wants: it must not slow the image (nor, on
-                    // one node, the restore) down, only be done before the copy runs. (This
-                    // thread alone: Linux's setpriority with 0 names the calling thread.)
+                    // At the usual priority, not crs's own while processes are frozen: it must
+                    // not hold up the image (nor, on one node, the restore), only be done
+                    // before the copy runs. (This thread alone: Linux's setpriority with 0
+                    // names the calling thread.)
                     // SAFETY: setpriority takes integers; a failure leaves the nice as it was.
-                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
                     compare(pid, &maps)
                 })
                 .map_err(|e| Error::io("a thread to check mapping flags", e))?;

@@ -20,12 +20,15 @@
 //!
 //! Frames: Want (destination to source) u32 pid, u32 0, u64 address, u64 length (the process
 //! and the pages' addresses as the image has them); Member (source to destination) u32 pid:
-//! the Pages that follow are that process's; Pages as a live migration's (engine::precopy);
-//! End; AllIn.
+//! the Pages that follow are that process's; Pages as a live migration's (engine::precopy),
+//! but that a run whose last word is ZERO has no data: its pages hold nothing here (the image
+//! leaves whole mappings to be sent later, unlooked at: the page tables are walked here once
+//! the process runs there, LOOK_PAGES at a time); End; AllIn.
 
 use crate::error::{Error, Result};
 use crate::net::pace::Paced;
 use crate::net::{Conn, Kind, NetError};
+use crate::ptrace::pagemap::Pagemap;
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -36,6 +39,11 @@ const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
 const FRAME_PAGES: u64 = 128;
 /// Most bytes the socket holds unsent while pages follow.
 const NOTSENT: libc::c_int = 128 << 10;
+/// Most pages looked at in the page table at once (64 MiB, a fraction of a millisecond):
+/// between two looks, a Want is answered.
+const LOOK_PAGES: u64 = 16384;
+/// The flag of a run of a Pages frame whose pages are zero: no data follows for it.
+pub const ZERO: u32 = 1;
 
 /// What the source sent.
 #[derive(Clone, Copy, Debug, Default)]
@@ -82,7 +90,62 @@ fn take(left: &mut BTreeMap<u64, u64>, from: u64, to: u64, max: u64) -> Vec<(u64
 struct Proc {
     pid: i32,
     mem: std::fs::File,
+    /// What the image left to send later, not looked at yet: the pages there that hold data
+    /// go to `left` once looked at, and the destination is told the others are zero.
+    unseen: BTreeMap<u64, u64>,
     left: BTreeMap<u64, u64>,
+    pagemap: Pagemap,
+}
+
+impl Proc {
+    fn done(&self) -> bool {
+        self.left.is_empty() && self.unseen.is_empty()
+    }
+
+    /// Up to `max` pages of [a, b) still to send, data read here or not (a page of `unseen`
+    /// reads as zero where it holds none).
+    fn take(&mut self, a: u64, b: u64, max: u64) -> Vec<(u64, u64)> {
+        let mut out = take(&mut self.left, a, b, max);
+        let had: u64 = out.iter().map(|(a, b)| (b - a) / PAGE).sum();
+        out.extend(take(&mut self.unseen, a, b, max - had));
+        out.sort_unstable();
+        out
+    }
+
+    /// Looks at the first `max` pages of `unseen`: those that hold data go to `left`; returns
+    /// the others, as runs.
+    fn look(&mut self, max: u64) -> Result<Vec<(u64, u64)>> {
+        let first = self.unseen.keys().next().copied().unwrap_or(0);
+        let mut zero = Vec::new();
+        for (a, b) in take(&mut self.unseen, first, u64::MAX, max) {
+            let mut at = a;
+            for (s, e) in self.pagemap.own_data(a, b)? {
+                if at < s {
+                    zero.push((at, s));
+                }
+                self.left.insert(s, e);
+                at = e;
+            }
+            if at < b {
+                zero.push((at, b));
+            }
+        }
+        Ok(zero)
+    }
+}
+
+/// A Pages frame that says `runs` of a process are zero: runs flagged ZERO, no data; 5 bytes
+/// left for the header.
+fn zero_frame(runs: &[(u64, u64)]) -> Vec<u8> {
+    let mut frame = vec![0u8; 5];
+    frame.extend((runs.len() as u32).to_le_bytes());
+    frame.extend(0u32.to_le_bytes());
+    for &(a, b) in runs {
+        frame.extend(a.to_le_bytes());
+        frame.extend((((b - a) / PAGE) as u32).to_le_bytes());
+        frame.extend(ZERO.to_le_bytes());
+    }
+    frame
 }
 
 /// A Pages frame of `chunk` of `p`, 5 bytes left for the header (Conn::seal).
@@ -202,7 +265,8 @@ pub fn send(
     for (pid, r) in runs.iter().filter(|r| !r.1.is_empty()) {
         let path = format!("/proc/{pid}/mem");
         let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
-        procs.push(Proc { pid: *pid, mem, left: r.iter().copied().collect() });
+        let pagemap = Pagemap::open(*pid).map_err(|e| (e, false))?;
+        procs.push(Proc { pid: *pid, mem, unseen: r.iter().copied().collect(), left: BTreeMap::new(), pagemap });
     }
     // Wants that came on `c` (no second connection): answered on it, before the rest.
     let mut wants: std::collections::VecDeque<(i32, u64, u64)> = Default::default();
@@ -254,7 +318,7 @@ pub fn send(
                 ));
             };
             if let Some(p) = procs.iter_mut().find(|p| p.pid == pid) {
-                let chunk = take(&mut p.left, a, b, FRAME_PAGES);
+                let chunk = p.take(a, b, FRAME_PAGES);
                 if !chunk.is_empty() {
                     let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
                     let frame = pages_frame(p, &chunk).map_err(|e| (e, false))?;
@@ -301,7 +365,7 @@ pub fn send(
         if ended {
             continue;
         }
-        if procs.iter().all(|p| p.left.is_empty()) {
+        if procs.iter().all(Proc::done) {
             // Every page went: on the second connection first, which the destination
             // reads until its End too (and then closes: it is not read any more).
             if let Some(mut u) = urgent.take() {
@@ -317,7 +381,7 @@ pub fn send(
         let mut wanted = false;
         while let Some(&(pid, a, b)) = wants.front() {
             if let Some(i) = procs.iter().position(|p| p.pid == pid) {
-                chunk = take(&mut procs[i].left, a, b, FRAME_PAGES);
+                chunk = procs[i].take(a, b, FRAME_PAGES);
                 who = i;
             }
             if chunk.is_empty() {
@@ -328,7 +392,16 @@ pub fn send(
             }
         }
         if chunk.is_empty() {
-            who = procs.iter().position(|p| !p.left.is_empty()).unwrap_or(0);
+            who = procs.iter().position(|p| !p.done()).unwrap_or(0);
+            if procs[who].left.is_empty() {
+                // The next part of its memory to look at: what holds no data is zero there.
+                let zero = procs[who].look(LOOK_PAGES).map_err(|e| (e, false))?;
+                if !zero.is_empty() {
+                    out = main.seal(c, procs[who].pid, zero_frame(&zero)).map_err(|e| net(e, false))?;
+                    at = 0;
+                }
+                continue;
+            }
             let first = procs[who].left.keys().next().copied().unwrap_or(0);
             chunk = take(&mut procs[who].left, first, u64::MAX, FRAME_PAGES);
         }

@@ -11,8 +11,11 @@ use crate::ptrace::pagemap::Pagemap;
 
 /// Which pages of `v` go into the image, as runs of (address, count, flags); those of an
 /// anonymous mapping that lie in `kept` (sorted ranges the receiver of a live migration holds
-/// already) as kept runs, without data.
-fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<Run>> {
+/// already) as kept runs, without data. What lies in `later` (a post-copy's, within `kept`)
+/// is not looked at: one kept run each, whose pages the source sends once the process runs,
+/// those that hold data, and says the others are zero (migration::postcopy): a page table
+/// walk is for the process to wait for where it is frozen, not here.
+fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)], later: &[(u64, u64)]) -> Result<Vec<Run>> {
     if v.is_special() || (v.kind == KIND_FILE && v.flags & VMA_SHARED != 0) {
         return Ok(Vec::new());
     }
@@ -61,7 +64,27 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
         // Anonymous memory: the zero page is not stored (it reads as zero anyway).
         _ => {
             let mut k = kept.partition_point(|r| r.1 <= v.start);
-            for (ts, te) in pagemap.own_data(v.start, v.end)? {
+            let mut seen = Vec::new();
+            let mut at = v.start;
+            for &(ls, le) in &later[later.partition_point(|l| l.1 <= v.start)..] {
+                if ls >= v.end {
+                    break;
+                }
+                let (ls, le) = (ls.max(v.start), le.min(v.end));
+                if at < ls {
+                    seen.extend(pagemap.own_data(at, ls)?.into_iter().map(|r| (r, false)));
+                }
+                seen.push(((ls, le), true));
+                at = le;
+            }
+            if at < v.end {
+                seen.extend(pagemap.own_data(at, v.end)?.into_iter().map(|r| (r, false)));
+            }
+            for ((ts, te), unseen) in seen {
+                if unseen {
+                    push(ts, te, RUN_KEPT);
+                    continue;
+                }
                 let t = crate::ptrace::pagemap::Touched { start: ts, end: te, file: false };
                 let mut at = t.start;
                 while at < t.end {
@@ -144,7 +167,7 @@ fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u64)
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        let runs = mark_later(page_runs(&mut pagemap, v, kept)?, later);
+        let runs = mark_later(page_runs(&mut pagemap, v, kept, later)?, later);
         // Pages a fork left shared are read through /proc/PID/mem: process_vm_readv pins
         // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
         // so that a checkpoint would leave a pre-forked server's workers taking their memory
