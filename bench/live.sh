@@ -50,7 +50,7 @@ for rate in $RATES; do
       [ "$mode" = post ] && flags+=(--post-copy)
       [ "$mode" = hybrid ] && flags+=(--live --max-downtime "$BUDGET" --post-copy)
       t0=$(date +%s%N)
-      out=$(ip netns exec $A "$CRS" migrate "${flags[@]}" "$pid" 10.78.0.2 2>&1)
+      out=$(ip netns exec $A "$CRS" migrate "${flags[@]}" "$pid" 10.78.0.2 2>&1) || { echo "migrate failed: $out" >&2; cat "$work/restartd.log" >&2; exit 1; }
       t1=$(date +%s%N)
       new=$(echo "$out" | awk '/runs there/ {print $NF}')
       if [ -z "$new" ]; then echo "migrate failed: $out" >&2; exit 1; fi

@@ -283,7 +283,8 @@ pub fn send(
         let pending = at < out.len();
         let mut fds =
             vec![libc::pollfd { fd, events: libc::POLLIN | if pending { libc::POLLOUT } else { 0 }, revents: 0 }];
-        if let Some(u) = &urgent {
+        // (Not once its End went: what comes on it then is a Want of a page on its way.)
+        if let Some(u) = urgent.as_ref().filter(|_| !ended) {
             fds.push(libc::pollfd { fd: u.s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
         // Nothing to write but what waits for the socket: wait for it, or for the
@@ -338,7 +339,7 @@ pub fn send(
                 },
                 Kind::AllIn => {
                     if !ended {
-                        if let Some(mut u) = urgent.take() {
+                        if let Some(u) = urgent.as_mut() {
                             u.send(Kind::End, &[]).map_err(|e| net(e, true))?;
                         }
                         c.send(Kind::End, &[]).map_err(|e| net(e, true))?;
@@ -367,8 +368,9 @@ pub fn send(
         }
         if procs.iter().all(Proc::done) {
             // Every page went: on the second connection first, which the destination
-            // reads until its End too (and then closes: it is not read any more).
-            if let Some(mut u) = urgent.take() {
+            // reads until its End too. (It stays open until AllIn: the destination may still
+            // ask on it for a page on its way, and must not find it closed.)
+            if let Some(u) = urgent.as_mut() {
                 u.send(Kind::End, &[]).map_err(|e| net(e, false))?;
             }
             c.send(Kind::End, &[]).map_err(|e| net(e, false))?;
