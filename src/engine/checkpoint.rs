@@ -493,7 +493,7 @@ fn frozen_checkpoint<W: Sink>(
 ) -> Result<Report> {
     // Their mappings' flags, read while they still run (engine::vmflags).
     if let Some(f) = &opts.flags_later {
-        f.look(&members(pid, opts.alone))?;
+        f.look(&members(pid, opts.alone), opts.precopied.as_ref())?;
     }
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.

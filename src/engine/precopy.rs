@@ -490,30 +490,24 @@ impl Source {
     }
 
     /// For the frozen process's mappings `vmas` (after [`Source::freeze`]): the sorted ranges
-    /// whose pages the destination holds as they are, and that hold data now (what the image
-    /// writes as kept runs).
+    /// whose pages the destination holds as they are. (Of those, the image writes as kept runs
+    /// the pages that hold data now: memory::dump_pages looks at the page tables, once; a page
+    /// dropped since it went is dropped there too.)
     pub fn kept(&mut self, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
         if !self.frozen {
             return Err(Error::Proc("pre-copy: kept pages asked for before the last round".into()));
         }
         let pid = self.pid;
-        let mut pm = crate::ptrace::pagemap::Pagemap::open(pid)?;
         let mut out: Vec<(u64, u64)> = Vec::new();
         for v in vmas.iter().filter(|v| eligible(v)) {
             let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| *a == area_of(v)) else { continue };
-            let data = pm.with_data(a.start, a.end).map_err(|e| Error::io(format!("PAGEMAP_SCAN (pid {pid})"), e))?;
             let first = out.len();
-            for (ds, de) in data {
-                let mut p = ds;
-                while p < de {
-                    if bits[((p - a.start) / PAGE) as usize] {
-                        let n = out.len();
-                        match out.last_mut() {
-                            Some(w) if w.1 == p && n > first => w.1 = p + PAGE,
-                            _ => out.push((p, p + PAGE)),
-                        }
-                    }
-                    p += PAGE;
+            for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+                let p = a.start + i as u64 * PAGE;
+                let n = out.len();
+                match out.last_mut() {
+                    Some(w) if w.1 == p && n > first => w.1 = p + PAGE,
+                    _ => out.push((p, p + PAGE)),
                 }
             }
         }

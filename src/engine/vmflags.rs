@@ -21,6 +21,10 @@ use std::thread::JoinHandle;
 
 #[derive(Default)]
 struct State {
+    /// A live migration's tracking: its own mark ("uw") is not the process's flag, in the look
+    /// before as in the check (its ranges may change at the freeze: an area mapped afresh in
+    /// between is not tracked any more).
+    precopied: Option<super::precopy::Precopied>,
     /// Each process's smaps, read while it ran.
     before: HashMap<i32, Vec<MapEntry>>,
     /// The processes whose frozen mappings took their flags from `before`: what they took.
@@ -66,9 +70,18 @@ fn lock(s: &Mutex<State>) -> Result<std::sync::MutexGuard<'_, State>> {
     s.lock().map_err(|_| Error::Proc("the look at the mapping flags failed".into()))
 }
 
+/// `pid`'s smaps, without the marks of a live migration's tracking.
+fn read(pid: i32, precopied: Option<&super::precopy::Precopied>) -> Result<Vec<MapEntry>> {
+    let mut m = procfs::read_smaps(pid)?;
+    if let Some(p) = precopied {
+        p.unmark(pid, &mut m)?;
+    }
+    Ok(m)
+}
+
 /// Reads `pid`'s smaps (frozen) and compares it with what was `taken`.
-fn compare(pid: i32, taken: &[MapEntry]) -> Result<()> {
-    let now = procfs::read_smaps(pid)?;
+fn compare(pid: i32, taken: &[MapEntry], precopied: Option<&super::precopy::Precopied>) -> Result<()> {
+    let now = read(pid, precopied)?;
     match differs(pid, taken, &now) {
         Some(d) => Err(Error::Refused(format!("{d}: nothing was moved, and it runs on here; try again"))),
         None => Ok(()),
@@ -76,16 +89,19 @@ fn compare(pid: i32, taken: &[MapEntry]) -> Result<()> {
 }
 
 impl FlagsLater {
-    /// Reads the smaps of `pids` while they run. One that cannot be read is left out (the
-    /// frozen one is read then).
-    pub fn look(&self, pids: &[i32]) -> Result<()> {
+    /// Reads the smaps of `pids` while they run (of a live migration, `precopied`: without
+    /// the marks of its tracking). One that cannot be read is left out (the frozen one is
+    /// read then).
+    pub fn look(&self, pids: &[i32], precopied: Option<&super::precopy::Precopied>) -> Result<()> {
         let mut got = Vec::new();
         for &p in pids {
-            if let Ok(m) = procfs::read_smaps(p) {
+            if let Ok(m) = read(p, precopied) {
                 got.push((p, m));
             }
         }
-        lock(&self.0)?.before.extend(got);
+        let mut st = lock(&self.0)?;
+        st.before.extend(got);
+        st.precopied = precopied.cloned();
         Ok(())
     }
 
@@ -113,6 +129,7 @@ impl FlagsLater {
         let mut st = lock(&self.0)?;
         let taken = std::mem::take(&mut st.taken);
         for (pid, maps) in taken {
+            let precopied = st.precopied.clone();
             let h = std::thread::Builder::new()
                 .name("crs-vmflags".into())
                 .spawn(move || {
@@ -122,7 +139,7 @@ impl FlagsLater {
                     // names the calling thread.)
                     // SAFETY: setpriority takes integers; a failure leaves the nice as it was.
                     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
-                    compare(pid, &maps)
+                    compare(pid, &maps, precopied.as_ref())
                 })
                 .map_err(|e| Error::io("a thread to check mapping flags", e))?;
             st.checks.push(h);
@@ -133,9 +150,9 @@ impl FlagsLater {
     /// Waits for every comparison: Err names the first mapping whose flags changed. Flags
     /// taken whose comparison was not started are compared now.
     pub fn wait(&self) -> Result<()> {
-        let (checks, taken) = {
+        let (checks, taken, precopied) = {
             let mut st = lock(&self.0)?;
-            (std::mem::take(&mut st.checks), std::mem::take(&mut st.taken))
+            (std::mem::take(&mut st.checks), std::mem::take(&mut st.taken), st.precopied.clone())
         };
         let mut r = Ok(());
         for h in checks {
@@ -143,7 +160,7 @@ impl FlagsLater {
             r = r.and(one);
         }
         for (pid, maps) in taken {
-            r = r.and_then(|()| compare(pid, &maps));
+            r = r.and_then(|()| compare(pid, &maps, precopied.as_ref()));
         }
         r
     }

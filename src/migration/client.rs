@@ -291,7 +291,10 @@ fn send_ahead(
     };
     let how = if post { "follow once it runs there" } else { "go while it is frozen" };
     crate::engine::precopy::rounds(src, budget, post, &mut send, how, ahead)?;
-    c.send(Kind::Freeze, &[]).map_err(Error::Net)
+    // The destination answers once it has put every page in place (a round's last frames
+    // may still be in its socket): the process is frozen after that, not before.
+    let mut buf = Vec::new();
+    c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut buf)).map_err(Error::Net)
 }
 
 /// The destination's answer to a post-copy's Options: the port of a second connection, for

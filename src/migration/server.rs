@@ -385,7 +385,9 @@ fn receive_ahead(c: &mut Conn<Paced>, st: &mut Stores) -> Result<()> {
             Kind::Member => st.member(&buf)?,
             Kind::Areas => st.follow(&decode_areas(&buf).map_err(|e| Error::Net(NetError::Protocol(e)))?)?,
             Kind::Pages => st.pages(&buf)?,
-            Kind::Freeze => return Ok(()),
+            // Every page sent ahead is in place: the source may freeze the process now (it
+            // waits for this, so that the freeze does not wait for us to catch up).
+            Kind::Freeze => return c.send(Kind::Freeze, &[]).map_err(Error::Net),
             k => return Err(Error::Net(NetError::Protocol(format!("expected pages sent ahead, got {k:?}")))),
         }
     }
