@@ -129,14 +129,20 @@ pub fn decode_areas(b: &[u8]) -> std::result::Result<Vec<(Area, bool)>, String> 
 /// pages' data, in order.
 fn pages_header(runs: &[(u64, u64)]) -> Vec<u8> {
     let mut b = Vec::with_capacity(8 + runs.len() * 16);
+    put_runs(&mut b, runs, 0);
+    b
+}
+
+/// Appends the head of a Pages frame of `runs` (start, end) to `b`, each run's last word
+/// `flag` (0; a post-copy's ZERO, migration::postcopy).
+pub fn put_runs(b: &mut Vec<u8>, runs: &[(u64, u64)], flag: u32) {
     b.extend((runs.len() as u32).to_le_bytes());
     b.extend(0u32.to_le_bytes());
     for &(s, e) in runs {
         b.extend(s.to_le_bytes());
         b.extend((((e - s) / PAGE) as u32).to_le_bytes());
-        b.extend(0u32.to_le_bytes());
+        b.extend(flag.to_le_bytes());
     }
-    b
 }
 
 /// The frames a round sends (the protocol's Member, Areas and Pages): Member (the pid, u32

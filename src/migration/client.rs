@@ -7,7 +7,7 @@ use crate::error::{Error, Left, Result};
 use crate::net::handshake::client_hello;
 use crate::net::parse_pid;
 use crate::net::stream::FrameWriter;
-use crate::net::{Conn, DEFAULT_PORT, Kind, NetError, Side};
+use crate::net::{Conn, DEFAULT_PORT, Kind, NetError, Side, URGENT_WAIT};
 use log::debug;
 use nix::sys::signal::Signal;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -331,9 +331,6 @@ fn second_connection(c: &mut Conn<TcpStream>, peer: SocketAddr, timeout: Duratio
         }
     }
 }
-
-/// How long a post-copy's second connection may take to be made.
-const URGENT_WAIT: Duration = Duration::from_secs(2);
 
 /// A failure before the copy could run: the process runs on here.
 fn here(cause: Error) -> Error {

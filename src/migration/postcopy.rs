@@ -25,6 +25,7 @@
 //! leaves whole mappings to be sent later, unlooked at: the page tables are walked here once
 //! the process runs there, LOOK_PAGES at a time); End; AllIn.
 
+use crate::engine::precopy::put_runs;
 use crate::error::{Error, Result};
 use crate::net::pace::Paced;
 use crate::net::{Conn, Kind, NetError};
@@ -138,27 +139,18 @@ impl Proc {
 /// left for the header.
 fn zero_frame(runs: &[(u64, u64)]) -> Vec<u8> {
     let mut frame = vec![0u8; 5];
-    frame.extend((runs.len() as u32).to_le_bytes());
-    frame.extend(0u32.to_le_bytes());
-    for &(a, b) in runs {
-        frame.extend(a.to_le_bytes());
-        frame.extend((((b - a) / PAGE) as u32).to_le_bytes());
-        frame.extend(ZERO.to_le_bytes());
-    }
+    put_runs(&mut frame, runs, ZERO);
     frame
 }
 
-/// A Pages frame of `chunk` of `p`, 5 bytes left for the header (Conn::seal).
-fn pages_frame(p: &Proc, chunk: &[(u64, u64)]) -> Result<Vec<u8>> {
+/// A Pages frame of `chunk` of `p`, 5 bytes left for the header (Conn::seal), in `frame` (a
+/// buffer sent before: its memory is faulted in already).
+fn pages_frame(p: &Proc, chunk: &[(u64, u64)], mut frame: Vec<u8>) -> Result<Vec<u8>> {
     let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
-    let mut frame = vec![0u8; 5];
-    frame.extend((chunk.len() as u32).to_le_bytes());
-    frame.extend(0u32.to_le_bytes());
-    for &(a, b) in chunk {
-        frame.extend(a.to_le_bytes());
-        frame.extend((((b - a) / PAGE) as u32).to_le_bytes());
-        frame.extend(0u32.to_le_bytes());
-    }
+    frame.clear();
+    frame.reserve(5 + 8 + 16 * chunk.len() + (pages * PAGE) as usize + crate::net::TAG_LEN);
+    frame.resize(5, 0);
+    put_runs(&mut frame, chunk, 0);
     let head = frame.len();
     frame.resize(head + (pages * PAGE) as usize, 0);
     let mut at = head;
@@ -275,8 +267,9 @@ pub fn send(
     let fd = c.s.as_raw_fd();
     let mut ended = false;
     let (mut main, mut side) = (Channel { member: None }, Channel { member: None });
-    // The frame being written on `c`, and how much of it is.
+    // The frame being written on `c`, and how much of it is; the last one sent on `urgent`.
     let (mut out, mut at) = (Vec::new(), 0usize);
+    let mut side_buf = Vec::new();
     let net = |e: NetError, ended: bool| (Error::Net(e), ended);
     let mut idle = Instant::now();
     loop {
@@ -322,9 +315,10 @@ pub fn send(
                 let chunk = p.take(a, b, FRAME_PAGES);
                 if !chunk.is_empty() {
                     let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
-                    let frame = pages_frame(p, &chunk).map_err(|e| (e, false))?;
+                    let frame = pages_frame(p, &chunk, std::mem::take(&mut side_buf)).map_err(|e| (e, false))?;
                     let wire = side.seal(u, pid, frame).map_err(|e| net(e, false))?;
                     std::io::Write::write_all(&mut u.s, &wire).map_err(|e| net(NetError::Io(e), false))?;
+                    side_buf = wire;
                     sent.pages += pages;
                     sent.wanted += pages;
                 }
@@ -408,7 +402,8 @@ pub fn send(
             chunk = take(&mut procs[who].left, first, u64::MAX, FRAME_PAGES);
         }
         let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
-        let frame = pages_frame(&procs[who], &chunk).map_err(|e| (e, false))?;
+        // (`out` went whole: its buffer takes the next frame.)
+        let frame = pages_frame(&procs[who], &chunk, std::mem::take(&mut out)).map_err(|e| (e, false))?;
         out = main.seal(c, procs[who].pid, frame).map_err(|e| net(e, false))?;
         at = 0;
         sent.pages += pages;

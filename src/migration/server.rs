@@ -7,7 +7,7 @@ use crate::net::handshake::server_hello;
 use crate::net::pace::Paced;
 use crate::net::pid_payload;
 use crate::net::stream::FrameStream;
-use crate::net::{Code, Conn, Kind, NetError, Side};
+use crate::net::{Code, Conn, Kind, NetError, Side, URGENT_WAIT};
 use crate::res::head::Header;
 use log::info;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -328,9 +328,6 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     outcome.map(|()| Served { pid, original_pid: restored.original_pid, bytes })
 }
 
-/// How long the source has to make a post-copy's second connection.
-const URGENT_WAIT: Duration = Duration::from_secs(2);
-
 /// A post-copy's second connection, for the pages a process here waits for (on the first
 /// they would queue behind the others): a port of our own, said in an Urgent frame (empty
 /// when none can be had), taken by the first connection from the client's address that
@@ -364,6 +361,9 @@ fn second_connection(c: &mut Conn<Paced>, peer: SocketAddr, cfg: &ServeConfig) -
             continue;
         }
         let _ = s.set_nodelay(true);
+        if s.set_write_timeout(Some(cfg.timeout)).is_err() {
+            continue;
+        }
         let mut u = Conn::new(Paced::new(s, cfg.timeout, left), Side::Server);
         u.authenticate(session);
         match u.expect(Kind::Urgent, &mut buf).and_then(|()| u.send(Kind::Urgent, &[])) {

@@ -34,6 +34,8 @@ pub const PROTOCOL_VERSION: u32 = 8;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
+/// How long a post-copy's second connection (Kind::Urgent) may take to be made.
+pub const URGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest frame payload accepted.
 pub const MAX_FRAME: u32 = 4 << 20;
 /// A Data frame is sent once it holds this much (a batch of pages as ckpt writes them, with
