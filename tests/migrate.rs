@@ -19,8 +19,7 @@ fn a_process_moves_to_the_other_node_and_goes_on_there() {
     assert!(check(pid, &log).contains(&n.ns_id(&n.a)));
     let o = migrate(&n, &["--key", &key, "-v", &pid.to_string(), &n.addr_b]);
     assert!(o.status.success(), "migrate: {}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     let v = check(new, &log);
     assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)), "after migration: {v}");
@@ -56,8 +55,7 @@ fn a_threaded_process_moves_with_all_its_threads() {
     assert!(v.starts_with("ok") && v.contains("threads=8"), "before: {v}");
     let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
     assert!(o.status.success(), "migrate: {}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     std::thread::sleep(Duration::from_millis(50));
     let v = check(new, &log);
@@ -74,7 +72,7 @@ fn keep_copies_instead_of_moving() {
     let (mut src, log, pid) = migrant(&n, &dir, "4");
     let o = migrate(&n, &["--key", &key, "--keep", &pid.to_string(), &n.addr_b]);
     assert!(o.status.success(), "migrate: {}", stderr(&o));
-    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let new = pid_there(&o);
     assert!(!gone(&mut src));
     assert!(check(pid, &log).contains(&n.ns_id(&n.a)));
     assert!(check(new, &log).contains(&n.ns_id(&n.b)));
@@ -168,7 +166,7 @@ fn eight_at_once() {
     for (h, (src, log, _)) in handles.into_iter().zip(procs.iter_mut()) {
         let o = h.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
-        let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+        let new = pid_there(&o);
         assert!(gone(src));
         let v = check(new, log);
         assert!(v.starts_with("ok") && v.contains(&n.ns_id(&n.b)), "{v}");
@@ -207,7 +205,7 @@ fn garbage_does_not_stop_restartd() {
     let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
     assert!(o.status.success(), "restartd stopped serving after garbage: {}", stderr(&o));
     assert!(gone(&mut src));
-    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let new = pid_there(&o);
     assert!(check(new, &log).starts_with("ok"));
 }
 
@@ -284,7 +282,7 @@ fn tampered_and_replayed_streams_are_refused() {
     let (pp, rec) = proxy(to, None);
     let o = run(&["migrate", "--key", &key, "--keep", &pid.to_string(), &format!("127.0.0.1:{pp}")]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let copy: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let copy = pid_there(&o);
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(copy, libc::SIGKILL) };
     let recorded = rec.recv_timeout(TIMEOUT).unwrap();
@@ -328,7 +326,7 @@ fn through_inetd() {
     drop(inetd);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(gone(&mut src.0));
-    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let new = pid_there(&o);
     let v = check(new, &log);
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(new, libc::SIGKILL) };
@@ -453,7 +451,7 @@ fn through_systemd_socket_activation() {
     let o = run(&["migrate", "--key", &key, &src.0.id().to_string(), &format!("127.0.0.1:{port}")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(gone(&mut src.0));
-    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let new = pid_there(&o);
     let v = check(new, &log);
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(new, libc::SIGKILL) };
@@ -540,6 +538,12 @@ fn writer_as(n: &Nodes, dir: &Path, mode: &str) -> (std::process::Child, std::pa
     (child, log, pid)
 }
 
+/// The pid the process runs as at the destination, from migrate's "... it runs there as pid N".
+fn pid_there(o: &std::process::Output) -> i32 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {out:?}"))
+}
+
 /// --live: the memory of a process that keeps writing goes ahead while it runs; it moves with
 /// every page as it last wrote it (pages it dropped read as zero, an area it mapped afresh
 /// holds what it wrote there since), and the image sent once it was frozen carried only a
@@ -560,8 +564,7 @@ fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
         return;
     }
     assert!(o.status.success(), "migrate: {err}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     assert!(err.contains("round 1:") && err.contains("sent ahead"), "-v says no round: {err}");
     // It writes on there; each page checks.
@@ -628,8 +631,7 @@ fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
         return None;
     }
     assert!(o.status.success(), "migrate: {err}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let there: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let there = pid_there(&o);
     assert_eq!(there, pid, "restartd's pid namespace did not keep the pid");
     assert!(gone(&mut src), "the source still runs");
     let new = outer_pid(pid);
@@ -719,8 +721,7 @@ fn a_post_copy_migration_runs_there_before_its_memory_arrives() {
     let o = migrate(&n, &["--key", &key, "--post-copy", "-v", &pid.to_string(), &n.addr_b]);
     let err = stderr(&o);
     assert!(o.status.success(), "migrate: {err}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     assert!(err.contains("post-copy: it ran there after"), "-v: {err}");
     std::thread::sleep(Duration::from_millis(300));
@@ -762,8 +763,7 @@ fn a_post_copy_without_its_second_connection_still_moves() {
     let o = migrate(&n, &["--key", &key, "--post-copy", "-v", &pid.to_string(), &n.addr_b]);
     let err = stderr(&o);
     assert!(o.status.success(), "migrate: {err}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     assert!(err.contains("no second connection to") && err.contains("share the stream"), "-v: {err}");
     assert!(!err.contains("(on a second connection)"), "-v: {err}");
@@ -830,8 +830,7 @@ fn a_hybrid_migration_sends_most_ahead_and_the_rest_after() {
         return;
     }
     assert!(o.status.success(), "migrate: {err}");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let new: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+    let new = pid_there(&o);
     assert!(gone(&mut src), "the source still runs");
     assert!(err.contains("round 1:") && err.contains("post-copy: it ran there after"), "-v: {err}");
     assert!(!err.contains("round 3:"), "more than two rounds: {err}");
@@ -882,8 +881,7 @@ fn mapping_flags_that_change_as_the_process_is_frozen_fail_the_migration() {
         let o = migrate(&n, &["--key", &key, "--keep", &pid.to_string(), &n.addr_b]);
         let err = stderr(&o);
         if o.status.success() {
-            let out = String::from_utf8_lossy(&o.stdout);
-            let copy: i32 = out.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{out}"));
+            let copy = pid_there(&o);
             // SAFETY: kill has no memory effects.
             unsafe { libc::kill(copy, libc::SIGKILL) };
             continue;
