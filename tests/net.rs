@@ -480,6 +480,69 @@ fn an_established_connection_of_a_process_that_runs_on_is_untouched() {
     p.verdict("ok");
 }
 
+/// Whether this kernel puts connections back in a listener's queue (`crs check` says).
+fn queues_come_back() -> bool {
+    let o = run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let ok = out.lines().any(|l| l.starts_with("ok") && l.contains("waiting connections"));
+    require(ok, "BPF SYN cookies (bpf_sk_assign_tcp_reqsk: Linux 6.9+ with BTF)")
+}
+
+/// Two connections a listener had not accepted yet, one with bytes sent, one its client
+/// closed after sending: a checkpoint of the process that runs on leaves them waiting as they
+/// were (the next checkpoint finds them whole); one with --kill carries them, and the
+/// restored server accepts each, reads its bytes (and the end of the closed one), and talks
+/// on the first both ways. No packet block is left behind.
+#[test]
+fn connections_waiting_to_be_accepted_wait_again_after_restore() {
+    if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() || !queues_come_back() {
+        return;
+    }
+    let dir = tmpdir("tcp-waiting");
+    let d = dir.to_str().unwrap();
+    let mut p = start("inet", &[], &dir);
+    let ready = p.seen.last().cloned().unwrap_or_default();
+    let idle = ready.split_whitespace().nth(3).unwrap().to_string();
+    let mut c1 = TcpStream::connect(format!("127.0.0.1:{idle}")).unwrap();
+    c1.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c1.write_all(b"sent while it waited\n").unwrap();
+    let mut c2 = TcpStream::connect(format!("127.0.0.1:{idle}")).unwrap();
+    c2.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c2.write_all(b"bye\n").unwrap();
+    c2.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pid = p.pid();
+    ckpt(&["--tcp-established", "-o", &format!("{d}/runs-on.crf"), &pid.to_string()]);
+    assert!(crs_tables(pid).is_empty(), "a block was left: {:?}", crs_tables(pid));
+    let img = format!("{d}/waiting.crf");
+    ckpt(&["--tcp-established", "--kill", "-o", &img, &pid.to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("21 bytes received; mss"), "{info}");
+    assert!(info.contains("4 bytes received, then its peer's FIN"), "{info}");
+    let mut r = rstrt(&[&img]);
+    r.send("hold");
+    assert_eq!(r.expect("holding"), "holding 1");
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 21 sent while it waited");
+    r.send("pump 1000");
+    assert_eq!(r.expect("pumped"), "pumped 1000");
+    let mut at = 0;
+    pattern(&mut c1, &mut at, 1000);
+    c1.write_all(b"after the restore\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 18 after the restore");
+    r.send("hold");
+    assert_eq!(r.expect("holding"), "holding 1");
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 4 bye");
+    r.send("read");
+    assert!(r.expect("read").starts_with("read 0"), "the closed connection's end is lost");
+    assert!(crs_tables(pid).is_empty(), "a block was left: {:?}", crs_tables(pid));
+    r.verdict("ok");
+}
+
 /// redis-server with a client connected: checkpointed with --tcp-established and killed, then
 /// restored, it answers the same client on the same connection, its counter intact.
 #[test]
@@ -651,6 +714,51 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     assert_eq!(seg.crs_tables(&n.a), "");
     assert_eq!(seg.crs_tables(&n.b), "");
     // "moved pid P to HOST: it runs there as pid Q"
+    let ns = std::fs::read_link(format!("/proc/{}/ns/net", there(&o))).unwrap();
+    assert_eq!(ns.to_string_lossy(), n.ns_id(&n.b), "the server does not run at b");
+    drop(server);
+    kill_there(&o);
+}
+
+/// A client whose connection the echo server had not accepted yet (it waits until told, the
+/// client's first line in the listener's queue) when it migrated with --tcp-established and
+/// its address: a migration refused at b leaves it waiting at a, whole; at b, after the next
+/// one, the server accepts it, echoes that first line and the rest; the client sees no
+/// reset, only a pause. No packet block is left on either node.
+#[test]
+fn a_connection_waiting_to_be_accepted_migrates_with_its_service() {
+    use support::nodes::Daemon;
+    let Some((seg, dir, key)) = segment("waiting") else { return };
+    if !queues_come_back() {
+        return;
+    }
+    let n = &seg.nodes;
+    let go = dir.join("accept");
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/echo.py");
+    let args = [echo.to_str().unwrap(), &seg.service, "7000", "late", go.to_str().unwrap()];
+    let mut c = n.cmd(&n.a, "/usr/bin/python3", &args);
+    c.stdin(Stdio::null()).stderr(Stdio::null());
+    let mut server = Proc::spawn(c);
+    let pid: i32 = server.expect("ready").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut cl = echo_client(&seg, &seg.service, "3");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _d = Daemon::start(n, &["--key", &key, "--allow-root", "--move-address"]);
+    // Refused at b once the image is in (b has the address already): the connection is back
+    // in the queue at a, whole, for the migration after.
+    support::nodes::ip(&["-n", &n.b, "addr", "add", &format!("{}/32", seg.service), "dev", "lo"]);
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &[]);
+    support::nodes::ip(&["-n", &n.b, "addr", "del", &format!("{}/32", seg.service), "dev", "lo"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is already on this node"), "{}", stderr(&o));
+    assert_eq!(seg.crs_tables(&n.a), "");
+    let o = migrate_service(&seg, &key, &seg.prefix, pid, &["-v"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(seg.crs_tables(&n.a), "");
+    assert_eq!(seg.crs_tables(&n.b), "");
+    std::fs::write(&go, "").unwrap();
+    let said = cl.expect("");
+    eprintln!("the waiting client, through the migration: {said}");
+    assert!(said.starts_with("ok"), "{said}");
     let ns = std::fs::read_link(format!("/proc/{}/ns/net", there(&o))).unwrap();
     assert_eq!(ns.to_string_lossy(), n.ns_id(&n.b), "the server does not run at b");
     drop(server);

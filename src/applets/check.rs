@@ -227,6 +227,21 @@ fn run_checks() -> Vec<Line> {
         Err(why) => line(false, false, "lazy restore", format!("{why}: rstrt --lazy is refused")),
     }
 
+    match crate::res::tcpqueue::usable() {
+        Ok(()) => line(
+            true,
+            false,
+            "waiting connections",
+            "BPF SYN cookies (bpf_sk_assign_tcp_reqsk): ckpt --tcp-established carries connections a listener had not accepted".into(),
+        ),
+        Err(why) => line(
+            false,
+            false,
+            "waiting connections",
+            format!("{why}: connections a listener had not accepted are left out"),
+        ),
+    }
+
     let pagemap = std::fs::File::open(format!("/proc/{me}/pagemap")).is_ok();
     let detail = if pagemap {
         "readable: only touched pages are stored"

@@ -577,7 +577,8 @@ fn frozen_checkpoint<W: Sink>(
         let listening = unix_listening(&states)?;
         (states[0].unix_pairs, states[0].unix_conns) = unix_pairs(&states, &listening)?;
         states[0].unix_listening = listening.into_iter().map(|l| l.0).collect();
-        (states[0].inet_socks, states[0].tcp_conns.conns) = inet_sockets(&states, &mut conns, &mut notes)?;
+        (states[0].inet_socks, states[0].tcp_conns.conns, states[0].tcp_queued) =
+            inet_sockets(&states, opts.tcp_established, &mut conns, &mut notes)?;
         // With --kill the block on their packets stays, for the restore to lift.
         if opts.kill {
             states[0].tcp_conns.lock = conns.lock_name();
@@ -965,17 +966,34 @@ fn unix_pairs(
 }
 
 /// The TCP and UDP sockets the processes hold, each once, read through one of its holders;
-/// the established connections apart, held still by `conns`.
+/// the established connections apart, held still by `conns`, with (`established`: ckpt
+/// --tcp-established) those waiting in listeners' queues.
 fn inet_sockets(
     states: &[ProcessState],
+    established: bool,
     conns: &mut crate::res::tcpconn::Frozen,
     notes: &mut Vec<String>,
-) -> Result<(Vec<crate::res::inet::Sock>, Vec<crate::res::tcpconn::Conn>)> {
+) -> Result<(Vec<crate::res::inet::Sock>, Vec<crate::res::tcpconn::Conn>, Vec<crate::res::tcpqueue::Queued>)> {
     use crate::res::inet;
+    // Why the connections waiting on a listener are left out (None: they are not).
+    let queue = match (established, crate::res::tcpqueue::usable()) {
+        (false, _) => Some("ckpt --tcp-established carries them".to_string()),
+        (true, Err(why)) => Some(format!("this kernel cannot put them back: {why}")),
+        (true, Ok(())) => None,
+    };
     let mut socks: Vec<inet::Sock> = Vec::new();
     let mut seen = Vec::new();
-    let mut established = Vec::new();
+    let mut connections = Vec::new();
     let mut netns = None;
+    let mut same_netns = |pid: i32, what: &str| {
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if netns.get_or_insert_with(|| (pid, ns.clone())).1 != ns {
+            return Err(Error::Refused(format!(
+                "{what} is in another network namespace than the others' connections, which crs does not restore"
+            )));
+        }
+        Ok(())
+    };
     for st in states {
         let pid = st.head.pid;
         for f in st.files.iter().filter(|f| f.kind == files::KIND_INET) {
@@ -986,23 +1004,29 @@ fn inet_sockets(
             let what = format!("socket:[{}] (fd {} of pid {pid})", f.id.ino, f.fd);
             let s = procfs::getfd(pid, f.fd, &what)?;
             if !inet::is_established(std::os::fd::AsRawFd::as_raw_fd(&s)) {
-                socks.push(inet::collect(pid, f.fd, f.id.ino, notes)?);
+                let sock = inet::collect(pid, f.fd, f.id.ino, queue.as_deref(), notes)?;
+                if queue.is_none() && sock.state == inet::LISTEN {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+                    if conns.adopt(pid, fd, f.id.ino)? > 0 {
+                        same_netns(pid, &format!("the listener {what}, with connections waiting,"))?;
+                    }
+                }
+                socks.push(sock);
                 continue;
             }
-            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-            if netns.get_or_insert_with(|| (pid, ns.clone())).1 != ns {
-                return Err(Error::Refused(format!(
-                    "{what} is an established connection in another network namespace than the others', which crs does not restore"
-                )));
-            }
-            established.push((s, f.id.ino));
+            same_netns(pid, &format!("{what}, an established connection,"))?;
+            connections.push((s, f.id.ino));
         }
     }
-    let taken = match netns {
-        Some((pid, _)) => conns.take(pid, established)?,
-        None => Vec::new(),
+    let (taken, queued) = match netns {
+        Some((pid, _)) => {
+            let (taken, queued, left) = conns.take(pid, connections)?;
+            notes.extend(left);
+            (taken, queued)
+        }
+        None => Default::default(),
     };
-    Ok((socks, taken))
+    Ok((socks, taken, queued))
 }
 
 /// The listening unix sockets the processes hold whole, each once, with the connections

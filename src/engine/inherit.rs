@@ -91,7 +91,7 @@ impl Made {
             }
         }
         // Established TCP connections, after the listeners whose ports they share.
-        if !st.tcp_conns.conns.is_empty() {
+        if !st.tcp_conns.conns.is_empty() || !st.tcp_queued.is_empty() {
             if creds::is_root() && !caps::all_root(&st.head) {
                 return Err(Error::Permission(format!(
                     "the image of uid {}'s process holds established TCP connections, which root restores for its own images only (an image could forge any connection)",
@@ -99,7 +99,24 @@ impl Made {
                 )));
             }
             m.repaired = tcpconn::Repaired::new(&st.tcp_conns.lock);
-            m.repaired.block(&st.tcp_conns.conns)?;
+            if !st.tcp_queued.is_empty() {
+                crate::res::tcpqueue::usable().map_err(|why| {
+                    Error::Refused(format!(
+                        "the image holds {} TCP connections waiting to be accepted, which this kernel cannot put back in their listeners' queues: {why}",
+                        st.tcp_queued.len()
+                    ))
+                })?;
+            }
+            for q in &st.tcp_queued {
+                let listens = st.inet_socks.iter().any(|s| s.ino == q.listener && s.state == inet::LISTEN);
+                if !listens {
+                    return Err(Error::Refused(format!(
+                        "the image has no listening socket {}: it is damaged",
+                        q.listener
+                    )));
+                }
+            }
+            m.repaired.block(&st.tcp_conns.conns, &st.tcp_queued)?;
             for c in &st.tcp_conns.conns {
                 let fd = tcpconn::create_here(c, opts.free_bind)?;
                 let copy = fd.try_clone().map_err(|e| Error::io("a restored TCP connection (dup)", e))?;

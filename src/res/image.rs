@@ -13,8 +13,8 @@
 
 use super::{
     caps, clocks, cwd, deleted, epoll, fdescs, files, head, inet, inotify, itimers, knobs, locks, mdwe, memfd, memory,
-    pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, tcpconn, terminal, thp, thread,
-    timerfd, tree, treecow, treeshm, unixpairs,
+    pending, pipes, ptimers, ptys, regs, rlimits, sched, seccomp, signals, sysv, task, tcpconn, tcpqueue, terminal,
+    thp, thread, timerfd, tree, treecow, treeshm, unixpairs,
 };
 use crate::crf::{self, FLAG_OPTIONAL, Input, Reader, Section, Tag, Writer};
 use crate::error::{Error, Result};
@@ -69,6 +69,9 @@ pub struct ProcessState {
     /// The established TCP connections (ckpt --tcp-established; the first process's block
     /// carries them).
     pub tcp_conns: tcpconn::Conns,
+    /// The connections TCP listeners had not accepted yet (ckpt --tcp-established; the first
+    /// process's block carries them).
+    pub tcp_queued: Vec<tcpqueue::Queued>,
     /// Which unix socket pairs are connections to those listeners, and the connections
     /// waiting on them (the first process's block carries them).
     pub unix_conns: Vec<unixpairs::Conn>,
@@ -211,6 +214,7 @@ pub mod tags {
     pub const PTYS: Tag = Tag(39);
     pub const INETSOCKS: Tag = Tag(40);
     pub const TCPCONNS: Tag = Tag(41);
+    pub const TCPQUEUED: Tag = Tag(47);
 }
 
 /// A section every image has, of the layout (read before the pages) or not.
@@ -368,10 +372,21 @@ pub const SECTIONS: &[&SectionDef] = &[
     &SectionDef {
         scope: Scope::Image,
         layout: true,
-        encode: |st| if st.tcp_conns.conns.is_empty() { vec![] } else { vec![tcpconn::encode(&st.tcp_conns)] },
+        encode: |st| {
+            let c = &st.tcp_conns;
+            if c.conns.is_empty() && c.lock.is_empty() { vec![] } else { vec![tcpconn::encode(c)] }
+        },
         decode: |b, at, st| set(&mut st.tcp_conns, tcpconn::decode(b, at)),
         describe: |v| tcpconn::describe(&v.st.tcp_conns),
         ..only_if(tags::TCPCONNS, "TCPCONNS")
+    },
+    &SectionDef {
+        scope: Scope::Image,
+        layout: true,
+        encode: |st| if st.tcp_queued.is_empty() { vec![] } else { vec![tcpqueue::encode(&st.tcp_queued)] },
+        decode: |b, at, st| set(&mut st.tcp_queued, tcpqueue::decode(b, at)),
+        describe: |v| tcpqueue::describe(&v.st.tcp_queued),
+        ..only_if(tags::TCPQUEUED, "TCPQUEUED")
     },
     &SectionDef {
         encode: |st| vec![files::encode(&st.files)],

@@ -14,8 +14,9 @@
 //! had and `rstrt --user-caps` grants: an image cannot get a privileged port or SO_MARK its
 //! owner could not have had.
 //!
-//! Left out, and said at checkpoint: connections a listener had not accepted yet (their
-//! clients see a reset once they send), and datagrams queued at a UDP socket (dropped, as UDP
+//! Left out, and said at checkpoint: connections a listener had not accepted yet, but with
+//! --tcp-established where the kernel can put them back (res::tcpqueue; their clients see a
+//! reset once they send), and datagrams queued at a UDP socket (dropped, as UDP
 //! may). Not carried: multicast group memberships and source filters (the kernel shows them
 //! per interface, not per socket), BPF programs attached to a socket (refused when a classic
 //! filter is present), SO_REUSEPORT groups' BPF steering, and corked UDP output not yet sent.
@@ -332,8 +333,9 @@ pub(super) fn fresh(family: u16, ty: u32, what: &str) -> Result<OwnedFd> {
 }
 
 /// Socket `ino`, fd `fd` of frozen process `pid`: its state, address, backlog and options.
-/// What a restore will not have goes to `notes`.
-pub fn collect(pid: i32, fd: i32, ino: u64, notes: &mut Vec<String>) -> Result<Sock> {
+/// What a restore will not have goes to `notes`: a listener's waiting connections unless
+/// `queue` is None (they are carried), with why they are not.
+pub fn collect(pid: i32, fd: i32, ino: u64, queue: Option<&str>, notes: &mut Vec<String>) -> Result<Sock> {
     let what = format!("socket:[{ino}] (fd {fd} of pid {pid})");
     let ours = crate::ptrace::procfs::getfd(pid, fd, &what)?;
     let s = ours.as_raw_fd();
@@ -366,9 +368,9 @@ pub fn collect(pid: i32, fd: i32, ino: u64, notes: &mut Vec<String>) -> Result<S
             e => e,
         })?;
         sock.backlog = backlog;
-        if waiting > 0 {
+        if let Some(why) = queue.filter(|_| waiting > 0) {
             notes.push(format!(
-                "{waiting} connections waiting on the {desc} are left out (their clients see a reset once they send)"
+                "{waiting} connections waiting on the {desc} are left out (their clients see a reset once they send): {why}"
             ));
         }
     } else if !tcp {
@@ -556,18 +558,75 @@ fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
     }
 }
 
+/// The state and the bytes to read (the FIN counted) of the TCP socket of `family` from
+/// `local` to `peer` (sockaddrs) in our network namespace, from sock_diag; None when there is
+/// none.
+pub fn diag_one(family: u16, local: &[u8], peer: &[u8]) -> Result<Option<(u8, u32)>> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    let (Some(l), Some(p)) = (addr_of(local), addr_of(peer)) else {
+        return Ok(None);
+    };
+    let sock = netlink_here()?;
+    let ip = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(a) => [&a.octets()[..], &[0; 12]].concat(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    // nlmsghdr (16) + inet_diag_req_v2 (56): that one socket, in any state.
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]); // seq, pid
+    req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&l.port().to_be_bytes());
+    req.extend_from_slice(&p.port().to_be_bytes());
+    req.extend_from_slice(&ip(l.ip()));
+    req.extend_from_slice(&ip(p.ip()));
+    req.extend_from_slice(&[0; 4]); // interface
+    req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    let what = format!("sock_diag of {l} -> {p}");
+    // SAFETY: `req` is a live buffer of the length given.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } != req.len() as isize {
+        return Err(sys("send(SOCK_DIAG_BY_FAMILY)", &what));
+    }
+    let mut buf = vec![0u8; 1 << 12];
+    // SAFETY: recv writes at most buf.len() bytes into `buf`.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let b = match usize::try_from(n) {
+        Ok(n) if n >= 20 => &buf[..n],
+        _ => return Err(sys("recv(SOCK_DIAG_BY_FAMILY)", &what)),
+    };
+    let u32_at = |o: usize| b.get(o..o + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
+    if u16::from_ne_bytes([b[4], b[5]]) == NLMSG_ERROR {
+        return match u32_at(16).map(|e| -(e as i32)) {
+            Some(libc::ENOENT) => Ok(None),
+            Some(e) => Err(Error::sys("SOCK_DIAG_BY_FAMILY", &what, Errno::from_raw(e))),
+            None => Err(Error::Proc(format!("{what}: a short answer"))),
+        };
+    }
+    match (b.get(17), u32_at(16 + 56)) {
+        (Some(&state), Some(rq)) => Ok(Some((state, rq))),
+        _ => Err(Error::Proc(format!("{what}: a short answer"))),
+    }
+}
+
+/// A sock_diag netlink socket in our network namespace.
+fn netlink_here() -> Result<OwnedFd> {
+    // SAFETY: socket takes integers; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 4) };
+    if raw < 0 {
+        return Err(sys("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", "sock_diag"));
+    }
+    // SAFETY: just made, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// A sock_diag netlink socket in the network namespace of `pid` (made by a thread that
 /// enters it when it is not ours).
 fn netlink_in(pid: i32) -> Result<OwnedFd> {
-    let open = || {
-        // SAFETY: socket takes integers; the fd is owned below.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 4) };
-        if raw < 0 {
-            return Err(sys("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", "sock_diag"));
-        }
-        // SAFETY: just made, ours alone.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-    };
+    let open = netlink_here;
     let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let theirs = format!("/proc/{pid}/ns/net");
     if ns("/proc/self/ns/net").ok() == ns(&theirs).ok() {
@@ -767,7 +826,7 @@ mod tests {
         let (pid, fd, ino) = own(&l);
         assert_eq!(classify(pid, fd, ino, false, &|_| None), Some(Ok(())));
         let mut notes = Vec::new();
-        let s = collect(pid, fd, ino, &mut notes).unwrap();
+        let s = collect(pid, fd, ino, Some(""), &mut notes).unwrap();
         assert_eq!((s.state, s.backlog), (LISTEN, 9));
         let names: Vec<String> = s.opts.iter().map(|o| opt_name(o.level, o.name)).collect();
         for n in ["SO_REUSEADDR", "IPV6_V6ONLY", "TCP_KEEPIDLE", "SO_RCVBUF"] {
@@ -778,7 +837,7 @@ mod tests {
         drop(l);
         let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
-        let s2 = collect(p2, f2, i2, &mut notes).unwrap();
+        let s2 = collect(p2, f2, i2, Some(""), &mut notes).unwrap();
         assert_eq!(Sock { ino: s.ino, ..s2 }, s);
 
         let u = fresh(libc::AF_INET as u16, libc::SOCK_DGRAM as u32, "test").unwrap();
@@ -787,13 +846,13 @@ mod tests {
         // SAFETY: connect reads peer.len() bytes of a live sockaddr.
         assert_eq!(unsafe { libc::connect(u.as_raw_fd(), peer.as_ptr().cast(), peer.len() as u32) }, 0);
         let (pid, fd, ino) = own(&u);
-        let s = collect(pid, fd, ino, &mut notes).unwrap();
+        let s = collect(pid, fd, ino, Some(""), &mut notes).unwrap();
         assert_eq!(s.state, CONNECTED);
         assert_eq!(addr_of(&s.peer), Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
         drop(u);
         let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
-        assert_eq!(Sock { ino: s.ino, ..collect(p2, f2, i2, &mut notes).unwrap() }, s);
+        assert_eq!(Sock { ino: s.ino, ..collect(p2, f2, i2, Some(""), &mut notes).unwrap() }, s);
         assert!(notes.is_empty(), "{notes:?}");
     }
 

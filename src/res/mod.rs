@@ -36,6 +36,7 @@ pub mod signals;
 pub mod sysv;
 pub mod task;
 pub mod tcpconn;
+pub mod tcpqueue;
 pub mod terminal;
 pub mod thp;
 pub mod thread;

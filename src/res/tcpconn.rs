@@ -22,12 +22,18 @@
 //! autotuning is off for the connection from then on).
 //! Root only (TCP_REPAIR takes CAP_NET_ADMIN); root restores them for its own images only
 //! (a user's image could forge any connection from any port).
+//!
+//! The connections waiting in a listener's queue are taken here too (`Frozen::adopt`: crs
+//! accepts them, before the block, and reads them with the others) and go back in their
+//! listener's queue through res::tcpqueue: at the release of a restore (once the service
+//! address is here), or of a checkpoint whose processes run on or that failed.
 
 use super::inet::{self, Opt};
+use super::tcpqueue::{self, Queued};
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
@@ -39,9 +45,12 @@ const TCP_NO_QUEUE: i32 = 0;
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 const SIOCOUTQNSD: libc::c_ulong = 0x894B;
-const TCPI_OPT_TIMESTAMPS: u8 = 1;
-const TCPI_OPT_SACK: u8 = 2;
-const TCPI_OPT_WSCALE: u8 = 4;
+pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
+pub const TCPI_OPT_SACK: u8 = 2;
+pub const TCPI_OPT_WSCALE: u8 = 4;
+pub const TCPI_OPT_ECN: u8 = 8;
+pub const TCPI_OPT_USEC_TS: u8 = 64;
+const TCP_CLOSE_WAIT: u8 = 8;
 const TCPOPT_MAXSEG: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
@@ -117,7 +126,7 @@ fn ioctl_int(s: RawFd, req: libc::c_ulong, what: &str, call: &str) -> Result<u32
 }
 
 /// "TCP connection 10.0.0.1:6379 -> 10.0.0.9:51234".
-fn name(local: &[u8], peer: &[u8]) -> String {
+pub fn name(local: &[u8], peer: &[u8]) -> String {
     let a = |b: &[u8]| inet::addr_of(b).map_or_else(|| "?".into(), |a| a.to_string());
     format!("TCP connection {} -> {}", a(local), a(peer))
 }
@@ -150,16 +159,38 @@ fn peek_queue(s: RawFd, q: i32, len: u32, what: &str) -> Result<(u32, Vec<u8>)> 
     Ok((seq, buf))
 }
 
+/// Puts socket `s` in repair mode.
+pub fn repair_on(s: RawFd, what: &str) -> Result<()> {
+    repair(s, true, what)
+}
+
 /// Connection `ino`, whose socket is `s` (crs's copy, already in repair mode, its packets
 /// blocked).
 pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
+    collect_in(s, ino, false).map(|c| c.0)
+}
+
+/// Connection `ino` taken from a listener's queue, whose socket is `s` (as for `collect`),
+/// and whether its peer had closed its side (its FIN counted in `rcv_seq`). Nothing accepted
+/// it, so nothing wrote to it.
+pub fn collect_queued(s: RawFd, ino: u64) -> Result<(Conn, bool)> {
+    let (c, fin) = collect_in(s, ino, true)?;
+    if !c.sent.is_empty() {
+        let what = name(&c.local, &c.peer);
+        return Err(Error::Proc(format!("{what} has bytes to send, though it waited to be accepted")));
+    }
+    Ok((c, fin))
+}
+
+fn collect_in(s: RawFd, ino: u64, queued: bool) -> Result<(Conn, bool)> {
     let what0 = format!("socket:[{ino}]");
     let local = inet::name_of(s, false).ok_or_else(|| sys("getsockname", &what0))?;
     let peer = inet::name_of(s, true).ok_or_else(|| sys("getpeername", &what0))?;
     let what = name(&local, &peer);
     let info =
         inet::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).ok_or_else(|| sys("getsockopt(TCP_INFO)", &what))?;
-    if info.first() != Some(&inet::TCP_ESTABLISHED) || info.len() < 8 {
+    let fin = queued && info.first() == Some(&TCP_CLOSE_WAIT);
+    if !(fin || info.first() == Some(&inet::TCP_ESTABLISHED)) || info.len() < 8 {
         return Err(Error::Proc(format!("{what} is no longer established")));
     }
     let family = inet::int_opt(s, libc::SOL_SOCKET, libc::SO_DOMAIN, &what)? as u16;
@@ -178,7 +209,7 @@ pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
         return Err(sys("getsockopt(TCP_REPAIR_WINDOW)", &what));
     }
     let w = |i: usize| u32::from_ne_bytes([window[4 * i], window[4 * i + 1], window[4 * i + 2], window[4 * i + 3]]);
-    Ok(Conn {
+    let conn = Conn {
         ino,
         family,
         snd_seq,
@@ -197,7 +228,8 @@ pub fn collect(s: RawFd, ino: u64) -> Result<Conn> {
         opts: inet::options(s, family, libc::SOCK_STREAM as u32, true, &what)?,
         local,
         peer,
-    })
+    };
+    Ok((conn, fin))
 }
 
 /// Makes connection `c` here, in repair mode (it leaves it in [`Repaired::release`]).
@@ -289,10 +321,12 @@ fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The connections a restore made, in repair mode, until the processes are let run.
+/// The connections a restore made, in repair mode, until the processes are let run, and
+/// those it puts back in their listeners' queues then.
 #[derive(Default)]
 pub struct Repaired {
     socks: Vec<(OwnedFd, i32, String)>,
+    queued: Vec<Queued>,
     /// The checkpoint's table (the image names it), still here after `ckpt -k` on this node.
     lock: String,
     /// Ours: their packets blocked here from before the sockets exist until the release, or
@@ -302,15 +336,19 @@ pub struct Repaired {
 
 impl Repaired {
     pub fn new(lock: &str) -> Repaired {
-        Repaired { socks: Vec::new(), lock: lock.to_string(), guard: None }
+        Repaired { lock: lock.to_string(), ..Default::default() }
     }
 
-    /// Blocks the packets of `conns` in our network namespace until the release. On another
-    /// node (a migration, its address moved here before the release), a peer's packet would
-    /// otherwise reach a socket still in repair mode, half made, and the connection stall.
-    pub fn block(&mut self, conns: &[Conn]) -> Result<()> {
-        let ends: Vec<(Vec<u8>, Vec<u8>)> = conns.iter().map(|c| (c.local.clone(), c.peer.clone())).collect();
+    /// Blocks the packets of `conns` and `queued` in our network namespace until the
+    /// release. On another node (a migration, its address moved here before the release), a
+    /// peer's packet would otherwise reach a socket still in repair mode, half made, and the
+    /// connection stall, or reach the listener of one not back in its queue yet, which would
+    /// reset it.
+    pub fn block(&mut self, conns: &[Conn], queued: &[Queued]) -> Result<()> {
+        let ends: Vec<(Vec<u8>, Vec<u8>)> =
+            conns.iter().chain(queued.iter().map(|q| &q.conn)).map(|c| (c.local.clone(), c.peer.clone())).collect();
         self.guard = Some(Lock::new(std::process::id() as i32, &ends, false)?);
+        self.queued = queued.to_vec();
         Ok(())
     }
 
@@ -319,9 +357,14 @@ impl Repaired {
         self.socks.push((fd, inet::reuseaddr(&c.opts), name(&c.local, &c.peer)));
     }
 
-    /// Out of repair mode (each sends a window probe), SO_REUSEADDR as it was, then the
-    /// block on their packets lifted: the connections carry on.
+    /// The connections that waited go back in their listeners' queues (the service address
+    /// is here by now), then the others leave repair mode (each sends a window probe),
+    /// SO_REUSEADDR as it was, then the block on their packets is lifted: the connections
+    /// carry on.
     pub fn release(self) -> Result<()> {
+        for q in &self.queued {
+            tcpqueue::put_back(q)?;
+        }
         for (fd, reuse, what) in &self.socks {
             repair(fd.as_raw_fd(), false, what)?;
             inet::set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse, what)?;
@@ -336,24 +379,73 @@ impl Repaired {
     }
 }
 
-/// The connections a checkpoint froze: crs's copies of their sockets, in repair mode, and the
-/// table blocking their packets.
+/// A connection a checkpoint took out of a listener's queue: crs's socket of it, and what
+/// was read of it (once its packets are blocked).
+struct Taken {
+    fd: OwnedFd,
+    listener: u64,
+    ino: u64,
+    read: Option<Queued>,
+}
+
+/// The connections a checkpoint froze: crs's copies of their sockets, in repair mode, those
+/// it took out of listeners' queues, and the table blocking their packets.
 #[derive(Default)]
 pub struct Frozen {
     socks: Vec<OwnedFd>,
+    queued: Vec<Taken>,
+    /// The processes' network namespace, where the queued connections go back.
+    ns: Option<std::fs::File>,
     lock: Option<Lock>,
 }
 
 impl Frozen {
-    /// Blocks the packets of connections `which` (socket, inode) of `pid`, puts each in repair
-    /// mode and reads it.
-    pub fn take(&mut self, pid: i32, which: Vec<(OwnedFd, u64)>) -> Result<Vec<Conn>> {
+    /// Takes the connections waiting in the queue of `listener` (crs's copy of socket `ino`
+    /// of frozen process `pid`), for `take` to read; how many. They go back in it when the
+    /// process runs on (`release`).
+    pub fn adopt(&mut self, pid: i32, listener: RawFd, ino: u64) -> Result<usize> {
+        if self.ns.is_none() {
+            let path = format!("/proc/{pid}/ns/net");
+            self.ns = Some(std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?);
+        }
+        let what = format!("the listener socket:[{ino}] of pid {pid}");
+        let mut n = 0;
+        loop {
+            let mut p = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll reads and writes one live pollfd.
+            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
+                return Ok(n);
+            }
+            // SAFETY: accept4 with no address to fill; the fd is owned at once.
+            let raw =
+                unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            if raw < 0 {
+                return match Errno::last() {
+                    Errno::EAGAIN | Errno::ECONNABORTED => Ok(n),
+                    e => Err(Error::sys("accept4", &what, e)),
+                };
+            }
+            // SAFETY: just accepted, ours alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::sys("fstat", &what, e))?;
+            self.queued.push(Taken { fd, listener: ino, ino: st.st_ino, read: None });
+            n += 1;
+        }
+    }
+
+    /// Blocks the packets of connections `which` (socket, inode) of `pid` and of those
+    /// adopted, puts each in repair mode and reads it. Returns the connections, those that
+    /// waited, and what was left out (a waiting connection its client had reset).
+    pub fn take(&mut self, pid: i32, which: Vec<(OwnedFd, u64)>) -> Result<(Vec<Conn>, Vec<Queued>, Vec<String>)> {
         let mut ends = Vec::new();
-        for (s, ino) in &which {
+        let socks = which.iter().map(|(s, ino)| (s, *ino)).chain(self.queued.iter().map(|t| (&t.fd, t.ino)));
+        for (s, ino) in socks {
             let what = format!("socket:[{ino}]");
-            let local = inet::name_of(s.as_raw_fd(), false).ok_or_else(|| sys("getsockname", &what))?;
-            let peer = inet::name_of(s.as_raw_fd(), true).ok_or_else(|| sys("getpeername", &what))?;
-            ends.push((local, peer));
+            let Some(local) = inet::name_of(s.as_raw_fd(), false) else { return Err(sys("getsockname", &what)) };
+            // A waiting connection its client reset has no peer any more.
+            if let Some(peer) = inet::name_of(s.as_raw_fd(), true) {
+                ends.push((local, peer));
+            }
         }
         self.lock = Some(Lock::new(pid, &ends, true)?);
         let mut out = Vec::new();
@@ -364,7 +456,19 @@ impl Frozen {
             let last = self.socks.len() - 1;
             out.push(collect(self.socks[last].as_raw_fd(), ino)?);
         }
-        let total: usize = out.iter().map(|c| c.sent.len() + c.received.len()).sum();
+        let mut notes = Vec::new();
+        for t in &mut self.queued {
+            t.read = read_queued(t)?;
+            if t.read.is_none() {
+                notes.push(format!(
+                    "a connection waiting on the listener socket:[{}] is left out: its client had reset it",
+                    t.listener
+                ));
+            }
+        }
+        let queued: Vec<Queued> = self.queued.iter().filter_map(|t| t.read.clone()).collect();
+        let total: usize =
+            out.iter().chain(queued.iter().map(|q| &q.conn)).map(|c| c.sent.len() + c.received.len()).sum();
         if total > MAX_QUEUES {
             return Err(Error::Refused(format!(
                 "the established connections have {} MiB queued, more than the {} MiB an image carries",
@@ -372,14 +476,34 @@ impl Frozen {
                 MAX_QUEUES >> 20
             )));
         }
-        Ok(out)
+        Ok((out, queued, notes))
     }
 
-    /// The checkpoint failed, or the processes run on: the connections carry on.
+    /// The checkpoint failed, or the processes run on: the connections carry on, those that
+    /// waited back in their listeners' queues.
     pub fn release(self) -> Result<()> {
         let mut r = Ok(());
         for s in &self.socks {
             r = r.and(repair(s.as_raw_fd(), false, "a connection"));
+        }
+        for mut t in self.queued {
+            // Taken but not read yet (the checkpoint failed in between): read now.
+            let q = match t.read.take() {
+                Some(q) => Ok(Some(q)),
+                None => repair(t.fd.as_raw_fd(), true, "a waiting connection").and_then(|()| read_queued(&t)),
+            };
+            // In repair mode it closes without a packet (else with one: it is lost anyway).
+            drop(t.fd);
+            let back = q.and_then(|q| match q {
+                Some(q) => tcpqueue::in_netns(self.ns.as_ref(), || tcpqueue::put_back(&q)),
+                None => Ok(()),
+            });
+            r = r.and(back.map_err(|e| {
+                Error::Proc(format!(
+                    "a connection waiting on the listener socket:[{}] is lost, its client sees a reset: {e}",
+                    t.listener
+                ))
+            }));
         }
         match self.lock {
             Some(l) => r.and(l.remove()),
@@ -391,6 +515,7 @@ impl Frozen {
     /// block stays for the restore to lift. Returns the table's name.
     pub fn keep(mut self) -> String {
         self.socks.clear();
+        self.queued.clear();
         self.lock.take().map(|l| l.keep()).unwrap_or_default()
     }
 
@@ -398,6 +523,17 @@ impl Frozen {
     pub fn lock_name(&self) -> String {
         self.lock.as_ref().map(|l| l.table.clone()).unwrap_or_default()
     }
+}
+
+/// Waiting connection `t` (its socket in repair mode), or None when its client had reset it.
+fn read_queued(t: &Taken) -> Result<Option<Queued>> {
+    let s = t.fd.as_raw_fd();
+    if inet::name_of(s, true).is_none() {
+        return Ok(None);
+    }
+    repair(s, true, &format!("socket:[{}]", t.ino))?;
+    let (conn, fin) = collect_queued(s, t.ino)?;
+    Ok(Some(Queued { listener: t.listener, fin, conn }))
 }
 
 /// An nftables table in a process's network namespace that drops every packet to the
@@ -499,6 +635,10 @@ impl Lock {
              add chain inet {table} i {{ type filter hook input priority -300; policy accept; }}\n\
              add chain inet {table} o {{ type filter hook output priority -300; policy accept; }}\n"
         );
+        // What puts a waiting connection back in its listener's queue passes (res::tcpqueue).
+        for chain in ["i", "o"] {
+            script += &format!("add rule inet {table} {chain} meta mark {:#x} accept\n", tcpqueue::MARK);
+        }
         for (l, p) in ends {
             let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
             script += &format!("add rule inet {table} i {r} drop\nadd rule inet {table} o {r} drop\n");
@@ -559,19 +699,24 @@ pub fn encode(c: &Conns) -> Vec<u8> {
     let mut e = Enc::new();
     e.str(&c.lock).u32(c.conns.len() as u32);
     for c in &c.conns {
-        e.u64(c.ino).u32(c.family as u32).bytes(&c.local).bytes(&c.peer).u32(c.snd_seq).u32(c.rcv_seq);
-        chunks(&mut e, &c.sent);
-        e.u32(c.unsent);
-        chunks(&mut e, &c.received);
-        e.u32(c.mss).u8(c.options).u8(c.snd_wscale);
-        e.u8(c.rcv_wscale).u32(c.timestamp);
-        for w in c.window {
-            e.u32(w);
-        }
-        e.u32(c.sndbuf).u32(c.rcvbuf);
-        inet::encode_opts(&mut e, &c.opts);
+        encode_conn(&mut e, c);
     }
     e.into_bytes()
+}
+
+/// One connection's record (TCPCONNS's, and TCPQUEUED's after its listener).
+pub fn encode_conn(e: &mut Enc, c: &Conn) {
+    e.u64(c.ino).u32(c.family as u32).bytes(&c.local).bytes(&c.peer).u32(c.snd_seq).u32(c.rcv_seq);
+    chunks(e, &c.sent);
+    e.u32(c.unsent);
+    chunks(e, &c.received);
+    e.u32(c.mss).u8(c.options).u8(c.snd_wscale);
+    e.u8(c.rcv_wscale).u32(c.timestamp);
+    for w in c.window {
+        e.u32(w);
+    }
+    e.u32(c.sndbuf).u32(c.rcvbuf);
+    inet::encode_opts(e, &c.opts);
 }
 
 pub fn decode(b: &[u8], at: u64) -> CrfResult<Conns> {
@@ -586,49 +731,58 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Conns> {
     let mut conns: Vec<Conn> = Vec::with_capacity(n);
     for _ in 0..n {
         let rec = d.offset();
-        let (ino, family) = (d.u64()?, d.u32()?);
-        let (local, peer) = (d.bytes()?.to_vec(), d.bytes()?.to_vec());
-        let (snd_seq, rcv_seq) = (d.u32()?, d.u32()?);
-        let (sent, unsent, received) = (unchunk(&mut d)?, d.u32()?, unchunk(&mut d)?);
-        let (mss, options, snd_wscale, rcv_wscale, timestamp) = (d.u32()?, d.u8()?, d.u8()?, d.u8()?, d.u32()?);
-        let window = [d.u32()?, d.u32()?, d.u32()?, d.u32()?, d.u32()?];
-        let (sndbuf, rcvbuf) = (d.u32()?, d.u32()?);
-        let opts = inet::decode_opts(&mut d, &format!("connection {ino}"))?;
-        let c = Conn {
-            ino,
-            family: family as u16,
-            local,
-            peer,
-            snd_seq,
-            rcv_seq,
-            sent,
-            unsent,
-            received,
-            mss,
-            options,
-            snd_wscale,
-            rcv_wscale,
-            timestamp,
-            window,
-            sndbuf,
-            rcvbuf,
-            opts,
-        };
-        let fam = |a: &[u8]| inet::addr_of(a).is_some() && a.get(..2) == Some(&c.family.to_ne_bytes()[..]);
-        let ok = matches!(family as i32, libc::AF_INET | libc::AF_INET6)
-            && fam(&c.local)
-            && fam(&c.peer)
-            && c.unsent as usize <= c.sent.len()
-            && c.snd_wscale <= 14
-            && c.rcv_wscale <= 14
-            && !conns.iter().any(|o| o.ino == ino);
-        if !ok {
-            return Err(d.bad_at(rec, format!("connection {ino}")));
+        let c = decode_conn(&mut d)?;
+        if conns.iter().any(|o| o.ino == c.ino) {
+            return Err(d.bad_at(rec, format!("connection {}", c.ino)));
         }
         conns.push(c);
     }
     d.finish()?;
     Ok(Conns { lock, conns })
+}
+
+/// One connection's record, checked.
+pub fn decode_conn(d: &mut Dec) -> CrfResult<Conn> {
+    let rec = d.offset();
+    let (ino, family) = (d.u64()?, d.u32()?);
+    let (local, peer) = (d.bytes()?.to_vec(), d.bytes()?.to_vec());
+    let (snd_seq, rcv_seq) = (d.u32()?, d.u32()?);
+    let (sent, unsent, received) = (unchunk(d)?, d.u32()?, unchunk(d)?);
+    let (mss, options, snd_wscale, rcv_wscale, timestamp) = (d.u32()?, d.u8()?, d.u8()?, d.u8()?, d.u32()?);
+    let window = [d.u32()?, d.u32()?, d.u32()?, d.u32()?, d.u32()?];
+    let (sndbuf, rcvbuf) = (d.u32()?, d.u32()?);
+    let opts = inet::decode_opts(d, &format!("connection {ino}"))?;
+    let c = Conn {
+        ino,
+        family: family as u16,
+        local,
+        peer,
+        snd_seq,
+        rcv_seq,
+        sent,
+        unsent,
+        received,
+        mss,
+        options,
+        snd_wscale,
+        rcv_wscale,
+        timestamp,
+        window,
+        sndbuf,
+        rcvbuf,
+        opts,
+    };
+    let fam = |a: &[u8]| inet::addr_of(a).is_some() && a.get(..2) == Some(&c.family.to_ne_bytes()[..]);
+    let ok = matches!(family as i32, libc::AF_INET | libc::AF_INET6)
+        && fam(&c.local)
+        && fam(&c.peer)
+        && c.unsent as usize <= c.sent.len()
+        && c.snd_wscale <= 14
+        && c.rcv_wscale <= 14;
+    if !ok {
+        return Err(d.bad_at(rec, format!("connection {ino}")));
+    }
+    Ok(c)
 }
 
 pub fn describe(c: &Conns) -> Vec<String> {
