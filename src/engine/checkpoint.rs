@@ -975,11 +975,16 @@ fn inet_sockets(
     notes: &mut Vec<String>,
 ) -> Result<(Vec<crate::res::inet::Sock>, Vec<crate::res::tcpconn::Conn>, Vec<crate::res::tcpqueue::Queued>)> {
     use crate::res::inet;
-    // Why the connections waiting on a listener are left out (None: they are not).
-    let queue = match (established, crate::res::tcpqueue::usable()) {
-        (false, _) => Some("ckpt --tcp-established carries them".to_string()),
-        (true, Err(why)) => Some(format!("this kernel cannot put them back: {why}")),
-        (true, Ok(())) => None,
+    // Why the connections waiting on a listener are left out (None: they are not), asked
+    // only of a listener (it loads a BPF program).
+    let why = std::cell::OnceCell::new();
+    let queue = || {
+        why.get_or_init(|| match (crate::res::tcpqueue::usable(), established) {
+            (Err(why), _) => Some(format!("this kernel cannot put them back: {why}")),
+            (Ok(()), false) => Some("ckpt --tcp-established carries them".to_string()),
+            (Ok(()), true) => None,
+        })
+        .clone()
     };
     let mut socks: Vec<inet::Sock> = Vec::new();
     let mut seen = Vec::new();
@@ -1004,8 +1009,8 @@ fn inet_sockets(
             let what = format!("socket:[{}] (fd {} of pid {pid})", f.id.ino, f.fd);
             let s = procfs::getfd(pid, f.fd, &what)?;
             if !inet::is_established(std::os::fd::AsRawFd::as_raw_fd(&s)) {
-                let sock = inet::collect(pid, f.fd, f.id.ino, queue.as_deref(), notes)?;
-                if queue.is_none() && sock.state == inet::LISTEN {
+                let sock = inet::collect(pid, f.fd, f.id.ino, &queue, notes)?;
+                if established && sock.state == inet::LISTEN && queue().is_none() {
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
                     if conns.adopt(pid, fd, f.id.ino)? > 0 {
                         same_netns(pid, &format!("the listener {what}, with connections waiting,"))?;

@@ -334,8 +334,14 @@ pub(super) fn fresh(family: u16, ty: u32, what: &str) -> Result<OwnedFd> {
 
 /// Socket `ino`, fd `fd` of frozen process `pid`: its state, address, backlog and options.
 /// What a restore will not have goes to `notes`: a listener's waiting connections unless
-/// `queue` is None (they are carried), with why they are not.
-pub fn collect(pid: i32, fd: i32, ino: u64, queue: Option<&str>, notes: &mut Vec<String>) -> Result<Sock> {
+/// `queue` says None (they are carried), with why they are not.
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    queue: &dyn Fn() -> Option<String>,
+    notes: &mut Vec<String>,
+) -> Result<Sock> {
     let what = format!("socket:[{ino}] (fd {fd} of pid {pid})");
     let ours = crate::ptrace::procfs::getfd(pid, fd, &what)?;
     let s = ours.as_raw_fd();
@@ -368,7 +374,7 @@ pub fn collect(pid: i32, fd: i32, ino: u64, queue: Option<&str>, notes: &mut Vec
             e => e,
         })?;
         sock.backlog = backlog;
-        if let Some(why) = queue.filter(|_| waiting > 0) {
+        if let Some(why) = (waiting > 0).then(queue).flatten() {
             notes.push(format!(
                 "{waiting} connections waiting on the {desc} are left out (their clients see a reset once they send): {why}"
             ));
@@ -826,7 +832,7 @@ mod tests {
         let (pid, fd, ino) = own(&l);
         assert_eq!(classify(pid, fd, ino, false, &|_| None), Some(Ok(())));
         let mut notes = Vec::new();
-        let s = collect(pid, fd, ino, Some(""), &mut notes).unwrap();
+        let s = collect(pid, fd, ino, &|| Some(String::new()), &mut notes).unwrap();
         assert_eq!((s.state, s.backlog), (LISTEN, 9));
         let names: Vec<String> = s.opts.iter().map(|o| opt_name(o.level, o.name)).collect();
         for n in ["SO_REUSEADDR", "IPV6_V6ONLY", "TCP_KEEPIDLE", "SO_RCVBUF"] {
@@ -837,7 +843,7 @@ mod tests {
         drop(l);
         let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
-        let s2 = collect(p2, f2, i2, Some(""), &mut notes).unwrap();
+        let s2 = collect(p2, f2, i2, &|| Some(String::new()), &mut notes).unwrap();
         assert_eq!(Sock { ino: s.ino, ..s2 }, s);
 
         let u = fresh(libc::AF_INET as u16, libc::SOCK_DGRAM as u32, "test").unwrap();
@@ -846,13 +852,13 @@ mod tests {
         // SAFETY: connect reads peer.len() bytes of a live sockaddr.
         assert_eq!(unsafe { libc::connect(u.as_raw_fd(), peer.as_ptr().cast(), peer.len() as u32) }, 0);
         let (pid, fd, ino) = own(&u);
-        let s = collect(pid, fd, ino, Some(""), &mut notes).unwrap();
+        let s = collect(pid, fd, ino, &|| Some(String::new()), &mut notes).unwrap();
         assert_eq!(s.state, CONNECTED);
         assert_eq!(addr_of(&s.peer), Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
         drop(u);
         let again = create_here(&s, None).unwrap();
         let (p2, f2, i2) = own(&again);
-        assert_eq!(Sock { ino: s.ino, ..collect(p2, f2, i2, Some(""), &mut notes).unwrap() }, s);
+        assert_eq!(Sock { ino: s.ino, ..collect(p2, f2, i2, &|| Some(String::new()), &mut notes).unwrap() }, s);
         assert!(notes.is_empty(), "{notes:?}");
     }
 

@@ -326,7 +326,8 @@ fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
 #[derive(Default)]
 pub struct Repaired {
     socks: Vec<(OwnedFd, i32, String)>,
-    queued: Vec<Queued>,
+    /// Those that waited, their program attached already.
+    queued: Option<tcpqueue::PutBack>,
     /// The checkpoint's table (the image names it), still here after `ckpt -k` on this node.
     lock: String,
     /// Ours: their packets blocked here from before the sockets exist until the release, or
@@ -348,7 +349,7 @@ impl Repaired {
         let ends: Vec<(Vec<u8>, Vec<u8>)> =
             conns.iter().chain(queued.iter().map(|q| &q.conn)).map(|c| (c.local.clone(), c.peer.clone())).collect();
         self.guard = Some(Lock::new(std::process::id() as i32, &ends, false)?);
-        self.queued = queued.to_vec();
+        self.queued = Some(tcpqueue::PutBack::prepare(queued.to_vec())?);
         Ok(())
     }
 
@@ -362,8 +363,8 @@ impl Repaired {
     /// SO_REUSEADDR as it was, then the block on their packets is lifted: the connections
     /// carry on.
     pub fn release(self) -> Result<()> {
-        for q in &self.queued {
-            tcpqueue::put_back(q)?;
+        if let Some(p) = self.queued {
+            p.send()?;
         }
         for (fd, reuse, what) in &self.socks {
             repair(fd.as_raw_fd(), false, what)?;
@@ -486,6 +487,7 @@ impl Frozen {
         for s in &self.socks {
             r = r.and(repair(s.as_raw_fd(), false, "a connection"));
         }
+        let mut back = Vec::new();
         for mut t in self.queued {
             // Taken but not read yet (the checkpoint failed in between): read now.
             let q = match t.read.take() {
@@ -494,15 +496,21 @@ impl Frozen {
             };
             // In repair mode it closes without a packet (else with one: it is lost anyway).
             drop(t.fd);
-            let back = q.and_then(|q| match q {
-                Some(q) => tcpqueue::in_netns(self.ns.as_ref(), || tcpqueue::put_back(&q)),
-                None => Ok(()),
-            });
-            r = r.and(back.map_err(|e| {
-                Error::Proc(format!(
-                    "a connection waiting on the listener socket:[{}] is lost, its client sees a reset: {e}",
-                    t.listener
-                ))
+            match q {
+                Ok(q) => back.extend(q),
+                Err(e) => {
+                    r = r.and(Err(Error::Proc(format!(
+                        "a connection waiting on the listener socket:[{}] is lost, its client sees a reset: {e}",
+                        t.listener
+                    ))))
+                }
+            }
+        }
+        if !back.is_empty() {
+            let n = back.len();
+            let put = tcpqueue::in_netns(self.ns.as_ref(), || tcpqueue::put_back_all(back));
+            r = r.and(put.map_err(|e| {
+                Error::Proc(format!("of the {n} connections waiting to be accepted, some are lost: {e}"))
             }));
         }
         match self.lock {
@@ -637,7 +645,8 @@ impl Lock {
         );
         // What puts a waiting connection back in its listener's queue passes (res::tcpqueue).
         for chain in ["i", "o"] {
-            script += &format!("add rule inet {table} {chain} meta mark {:#x} accept\n", tcpqueue::MARK);
+            let (mask, mark) = (tcpqueue::MARK_MASK, tcpqueue::MARK);
+            script += &format!("add rule inet {table} {chain} meta mark & {mask:#x} == {mark:#x} accept\n");
         }
         for (l, p) in ends {
             let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;

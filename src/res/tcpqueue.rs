@@ -27,9 +27,23 @@ use nix::errno::Errno;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// The mark of crs's packets that put a connection back (SO_MARK): its TC program acts on
-/// them alone, and its nftables blocks let them through.
-pub const MARK: u32 = 0x6372_7371;
+/// The marks of crs's packets that put a connection back (SO_MARK): the high half MARK, the
+/// low one the put-back's own (another crs may put one back at the same time: each TC
+/// program acts on its packets alone). crs's nftables blocks let them through.
+pub const MARK: u32 = 0x6372_0000;
+pub const MARK_MASK: u32 = 0xffff_0000;
+
+/// The first of `n` marks of MARK no other put-back of ours uses now (one batch of this
+/// process's at a time; the pid and the clock against other processes').
+fn fresh_marks() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (std::process::id() ^ nanos ^ nanos >> 16) & 0xffff
+}
+
+/// The mark of the `i`th connection of a batch whose first is `first`.
+fn mark_of(first: u32, i: usize) -> u32 {
+    MARK | (first + i as u32) & 0xffff
+}
 
 /// A connection that waited in listener `listener`'s queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,32 +138,45 @@ fn store(p: &mut Vec<u64>, off: i16, bytes: &[u8]) {
     }
 }
 
-/// The program for one connection: for a packet of ours (MARK), the listener its tuple
-/// reaches gets a request with `attrs` (struct bpf_tcp_req_attrs); every packet goes on.
-fn program(tuple: &[u8], attrs: &[u8; 20], kfunc: u32) -> Vec<u64> {
+/// One connection's part of a program: for its packets (`mark`), the listener its tuple
+/// reaches gets a request with `attrs` (struct bpf_tcp_req_attrs), then the program ends.
+struct Part {
+    mark: u32,
+    tuple: Vec<u8>,
+    attrs: [u8; 20],
+}
+
+/// The program for connections `parts`: each packet goes on (TCX_NEXT), a packet of one of
+/// theirs with a request. r6 holds the packet, r2 its mark; each part tests the mark, and
+/// ends in an exit of its own (no jump runs beyond a part).
+fn program(parts: &[Part], kfunc: u32) -> Vec<u64> {
     let mut p = vec![mov(6, 1), insn(0x61, 2, 1, 8, 0)]; // r2 = skb->mark
-    let not_ours = p.len();
-    p.push(0);
-    store(&mut p, -40, tuple);
-    p.extend([mov(2, 10), addi(2, -40), mov(1, 6), movi(3, tuple.len() as i32), movi(4, -1), movi(5, 0)]);
-    p.push(call(HELPER_SKC_LOOKUP_TCP));
-    let none = p.len();
-    p.push(0);
-    p.extend([mov(7, 0), mov(1, 0), call(HELPER_SKC_TO_TCP_SOCK)]);
-    let not_tcp = p.len();
-    p.push(0);
-    p.push(mov(8, 0));
-    store(&mut p, -64, attrs);
-    p.extend([mov(1, 6), mov(2, 8), mov(3, 10), addi(3, -64), movi(4, 20)]);
-    p.push(insn(0x85, 0, BPF_PSEUDO_KFUNC_CALL, 0, kfunc as i32));
-    let release = p.len();
-    p.extend([mov(1, 7), call(HELPER_SK_RELEASE)]);
-    let out = p.len();
-    p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]); // TCX_NEXT
-    let jump = |from: usize, to: usize| (to - from - 1) as i16;
-    p[not_ours] = insn(0x55, 2, 0, jump(not_ours, out), MARK as i32);
-    p[none] = insn(0x15, 0, 0, jump(none, out), 0);
-    p[not_tcp] = insn(0x15, 0, 0, jump(not_tcp, release), 0);
+    for part in parts {
+        let not_ours = p.len();
+        p.push(0);
+        store(&mut p, -40, &part.tuple);
+        p.extend([mov(2, 10), addi(2, -40), mov(1, 6), movi(3, part.tuple.len() as i32), movi(4, -1), movi(5, 0)]);
+        p.push(call(HELPER_SKC_LOOKUP_TCP));
+        let none = p.len();
+        p.push(0);
+        p.extend([mov(7, 0), mov(1, 0), call(HELPER_SKC_TO_TCP_SOCK)]);
+        let not_tcp = p.len();
+        p.push(0);
+        p.push(mov(8, 0));
+        store(&mut p, -64, &part.attrs);
+        p.extend([mov(1, 6), mov(2, 8), mov(3, 10), addi(3, -64), movi(4, 20)]);
+        p.push(insn(0x85, 0, BPF_PSEUDO_KFUNC_CALL, 0, kfunc as i32));
+        let release = p.len();
+        p.extend([mov(1, 7), call(HELPER_SK_RELEASE)]);
+        let out = p.len();
+        p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]); // TCX_NEXT
+        let jump = |from: usize, to: usize| (to - from - 1) as i16;
+        // (A mark below 2^31: the comparison sign-extends it.)
+        p[not_ours] = insn(0x55, 2, 0, jump(not_ours, p.len()), part.mark as i32);
+        p[none] = insn(0x15, 0, 0, jump(none, out), 0);
+        p[not_tcp] = insn(0x15, 0, 0, jump(not_tcp, release), 0);
+    }
+    p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]);
     p
 }
 
@@ -202,7 +229,7 @@ pub fn usable() -> std::result::Result<(), String> {
     static OK: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     OK.get_or_init(|| {
         let id = kfunc()?;
-        load(&program(&[0; 12], &[0; 20], id)).map(drop)
+        load(&program(&[Part { mark: MARK, tuple: vec![0; 12], attrs: [0; 20] }], id)).map(drop)
     })
     .clone()
 }
@@ -333,30 +360,91 @@ fn loopback() -> Result<u32> {
     Ok(i)
 }
 
-/// Puts connection `q` back in the queue of the listener it reaches in our network
-/// namespace, and checks it is there with all its bytes.
-pub fn put_back(q: &Queued) -> Result<()> {
+/// Connections to put back in their listeners' queues in our network namespace, their
+/// program attached (which takes a while: the attachment, not the put-back, when the
+/// processes are about to run).
+pub struct PutBack {
+    queued: Vec<Queued>,
+    first: u32,
+    links: Vec<OwnedFd>,
+}
+
+/// Connections in one program: the verifier takes about 40 instructions of each.
+const PER_PROGRAM: usize = 1024;
+
+impl PutBack {
+    /// Loads and attaches the program for `queued` (none when there are none).
+    pub fn prepare(queued: Vec<Queued>) -> Result<PutBack> {
+        let first = fresh_marks();
+        let mut links = Vec::new();
+        if queued.is_empty() {
+            return Ok(PutBack { queued, first, links });
+        }
+        let refused = |why: String| {
+            Error::Refused(format!(
+                "{} TCP connections waiting to be accepted cannot be put back in their listeners' queues: {why}",
+                queued.len()
+            ))
+        };
+        let kfunc = kfunc().map_err(refused)?;
+        if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").is_ok_and(|s| s.trim() == "0") {
+            return Err(refused("net.ipv4.tcp_syncookies is 0 here, and SYN cookies are how crs does it".into()));
+        }
+        let mut parts = Vec::new();
+        for (i, q) in queued.iter().enumerate() {
+            let c = &q.conn;
+            let what = tcpconn::name(&c.local, &c.peer);
+            let (local, peer) = ends(c)?;
+            let min_mss = if local.is_ipv4() { 536 } else { 1220 };
+            if c.mss < min_mss {
+                return Err(Error::Refused(format!(
+                    "{what} (waiting to be accepted) cannot be put back: its MSS ({}) is below the {min_mss} a SYN cookie takes",
+                    c.mss
+                )));
+            }
+            parts.push(Part { mark: mark_of(first, i), tuple: tuple(peer, local), attrs: attrs(c) });
+        }
+        let lo = loopback()?;
+        for chunk in parts.chunks(PER_PROGRAM) {
+            let prog = load(&program(chunk, kfunc)).map_err(refused)?;
+            let mut attr = [0u8; 64];
+            attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+            attr[4..8].copy_from_slice(&lo.to_ne_bytes());
+            attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
+            let link = bpf(BPF_LINK_CREATE, &mut attr)
+                .map_err(|e| Error::sys("bpf(BPF_LINK_CREATE, tcx ingress)", "lo", e))?;
+            links.push(link);
+        }
+        Ok(PutBack { queued, first, links })
+    }
+
+    /// Puts each connection back in its listener's queue, in order, and checks it is there
+    /// with all its bytes; then the program goes (on a thread of its own: its detachment
+    /// takes a while too).
+    pub fn send(self) -> Result<()> {
+        let r = self.queued.iter().enumerate().try_for_each(|(i, q)| put_back(q, mark_of(self.first, i)));
+        let links = self.links;
+        if !links.is_empty() {
+            std::thread::spawn(move || drop(links));
+        }
+        r
+    }
+}
+
+/// The local and peer addresses of `c` as its packets carry them.
+fn ends(c: &Conn) -> Result<(SocketAddr, SocketAddr)> {
+    match (inet::addr_of(&c.local), inet::addr_of(&c.peer)) {
+        (Some(l), Some(p)) => Ok((plain(l), plain(p))),
+        _ => Err(Error::Proc(format!("{}: an address crs does not know", tcpconn::name(&c.local, &c.peer)))),
+    }
+}
+
+/// Sends connection `q`'s packets, marked `mark` for its part of the program, and checks it
+/// is back.
+fn put_back(q: &Queued, mark: u32) -> Result<()> {
     let c = &q.conn;
     let what = format!("{} (waiting to be accepted)", tcpconn::name(&c.local, &c.peer));
-    let refused = |why: String| Error::Refused(format!("{what} cannot be put back in its listener's queue: {why}"));
-    let kfunc = kfunc().map_err(refused)?;
-    let (Some(local), Some(peer)) = (inet::addr_of(&c.local), inet::addr_of(&c.peer)) else {
-        return Err(Error::Proc(format!("{what}: an address crs does not know")));
-    };
-    let (local, peer) = (plain(local), plain(peer));
-    let min_mss = if local.is_ipv4() { 536 } else { 1220 };
-    if c.mss < min_mss {
-        return Err(refused(format!("its MSS ({}) is below the {min_mss} a SYN cookie takes", c.mss)));
-    }
-    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").is_ok_and(|s| s.trim() == "0") {
-        return Err(refused("net.ipv4.tcp_syncookies is 0 here, and SYN cookies are how crs does it".into()));
-    }
-    let prog = load(&program(&tuple(peer, local), &attrs(c), kfunc)).map_err(refused)?;
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&loopback()?.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-    let link = bpf(BPF_LINK_CREATE, &mut attr).map_err(|e| Error::sys("bpf(BPF_LINK_CREATE, tcx ingress)", "lo", e))?;
+    let (local, peer) = ends(c)?;
     let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: socket takes integers; the fd is owned at once.
     let raw = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
@@ -365,7 +453,7 @@ pub fn put_back(q: &Queued) -> Result<()> {
     }
     // SAFETY: just made, ours alone.
     let raw = unsafe { OwnedFd::from_raw_fd(raw) };
-    inet::set_int(raw.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, MARK as i32, &what)?;
+    inet::set_int(raw.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark as i32, &what)?;
     let to = inet::sockaddr(SocketAddr::new(local.ip(), 0));
     let send = |p: &[u8]| {
         // SAFETY: sendto reads p.len() bytes of a live packet and a live sockaddr.
@@ -407,18 +495,22 @@ pub fn put_back(q: &Queued) -> Result<()> {
         if got.is_some_and(|(_, rq)| rq == want) || t.elapsed() > std::time::Duration::from_millis(500) {
             break got;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     };
-    drop((link, prog));
     match got {
         Some((_, rq)) if rq == want => Ok(()),
         Some((_, rq)) => Err(Error::Proc(format!(
             "{what} is back in its listener's queue with {rq} of its {want} bytes received: the rest did not fit its new window"
         ))),
-        None => Err(refused(
-            "the listener made no connection of it (is the listener here, listening on that address?)".into(),
-        )),
+        None => Err(Error::Refused(format!(
+            "{what} cannot be put back in its listener's queue: the listener made no connection of it (is it here, listening on that address?)"
+        ))),
     }
+}
+
+/// Puts `queued` back in their listeners' queues in our network namespace.
+pub fn put_back_all(queued: Vec<Queued>) -> Result<()> {
+    PutBack::prepare(queued)?.send()
 }
 
 /// Runs `f` in the network namespace `ns` (None: ours), on a thread of its own when it is
@@ -497,15 +589,20 @@ mod tests {
     #[test]
     fn a_program_jumps_within_itself() {
         for t in [12, 36] {
-            let p = program(&vec![0; t], &[0; 20], 7);
+            let parts: Vec<Part> =
+                (0..3).map(|i| Part { mark: mark_of(7, i), tuple: vec![0; t], attrs: [0; 20] }).collect();
+            let p = program(&parts, 7);
+            let exits: Vec<usize> = (0..p.len()).filter(|&i| p[i] == insn(0x95, 0, 0, 0, 0)).collect();
+            assert_eq!((exits.len(), exits.last()), (4, Some(&(p.len() - 1))));
             for (i, x) in p.iter().enumerate() {
                 let code = (*x & 0xff) as u8;
                 if code == 0x55 || code == 0x15 {
-                    let off = (*x >> 16) as u16 as i16;
-                    assert!(i as i64 + 1 + off as i64 <= p.len() as i64 - 2, "{i} jumps to {off}");
+                    // Within its part, but for the mark test, which goes to the next.
+                    let to = (i as i64 + 1 + (*x >> 16) as u16 as i16 as i64) as usize;
+                    let next_exit = exits.iter().find(|&&e| e > i).copied().unwrap_or(0);
+                    assert!(to <= next_exit + 1 && to > i, "{i} jumps to {to}");
                 }
             }
-            assert_eq!(p.last(), Some(&insn(0x95, 0, 0, 0, 0)));
         }
     }
 
@@ -553,9 +650,7 @@ mod tests {
             back.push(Queued { listener: 0, fin, conn });
         }
         assert!(!back[0].fin && back[1].fin);
-        for q in &back {
-            put_back(q).unwrap();
-        }
+        put_back_all(back).unwrap();
         let (mut s1, _) = l.accept().unwrap();
         let mut buf = [0u8; 21];
         s1.read_exact(&mut buf).unwrap();
@@ -579,5 +674,45 @@ mod tests {
         c2.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         c2.read_to_end(&mut end).unwrap();
         assert_eq!(end, b"ok");
+    }
+
+    /// A hundred waiting connections, taken and put back in one program: the listener gives
+    /// them back in the order they waited, each with its own bytes.
+    #[test]
+    fn a_hundred_waiting_connections_come_back_in_order() {
+        // SAFETY: geteuid takes nothing.
+        if unsafe { libc::geteuid() } != 0 || usable().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "root and BPF SYN cookies");
+            return;
+        }
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let clients: Vec<std::net::TcpStream> = (0..100u8)
+            .map(|i| {
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.write_all(&[i; 3]).unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut back = Vec::new();
+        let mut order = Vec::new();
+        for i in 0..100 {
+            let (s, from) = l.accept().unwrap();
+            order.push(from);
+            let fd: OwnedFd = s.into();
+            tcpconn::repair_on(fd.as_raw_fd(), "test").unwrap();
+            let (conn, fin) = tcpconn::collect_queued(fd.as_raw_fd(), i).unwrap();
+            back.push(Queued { listener: 0, fin, conn });
+        }
+        put_back_all(back).unwrap();
+        for from in order {
+            let (mut s, again) = l.accept().unwrap();
+            assert_eq!(again, from);
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).unwrap();
+            let i = clients.iter().position(|c| c.local_addr().unwrap() == from).unwrap() as u8;
+            assert_eq!(b, [i; 3]);
+        }
     }
 }
