@@ -9,7 +9,9 @@
 # CRIU=path, a second table puts a checkpoint and a restore in place on node a (ckpt -k then
 # rstrt, criu dump then criu restore, both --tcp-established, images in /dev/shm) side by side,
 # with the longest round the clients saw across them.
-# usage: bench/tcp-migrate.sh [CRS_BINARY]   (env CONNS="1 100 1000", RUNS=3, CRIU=). Needs
+# A third table: the migration with N connections waiting in the server's queue (WAITING).
+# usage: bench/tcp-migrate.sh [CRS_BINARY]   (env CONNS="1 100 1000", WAITING="0 100 1000",
+# RUNS=3, CRIU=). Needs
 # root, iproute2, nftables, python3.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,7 +41,7 @@ for ns in $A $B $C; do
   i=$((i + 1))
 done
 "$CRS" keygen "$work/key" >/dev/null
-ip netns exec $B "$CRS" restartd -b $NET.2 -p 1023 --key "$work/key" --allow-root --move-address 2>"$work/restartd.log" &
+ip netns exec $B env ${SHOW:+CRS_LOG=debug} "$CRS" restartd -b $NET.2 -p 1023 --key "$work/key" --allow-root --move-address 2>"$work/restartd.log" &
 until grep -q listening "$work/restartd.log"; do sleep 0.01; done
 
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); three namespaces on a bridge; min/median/max of $RUNS runs"
@@ -74,6 +76,56 @@ for n in $CONNS; do
   done
   printf '%-6s %-22s %-22s %-22s %-22s\n' "$n" "$(stats 6 < "$work/w")" "$(stats 6 < "$work/base")" \
     "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
+done
+
+# Connections the server had not accepted yet: it accepts nothing before it is told (echo.py
+# late), N clients on c each send a line and wait; migrated, then told, it echoes every line
+# from b. The migration's frozen and total time beside the same with none waiting.
+WAITING=${WAITING:-"0 100 1000"}
+WAITERS='
+import socket, sys
+n = int(sys.argv[3])
+conns = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60) for _ in range(n)]
+for c in conns:
+    c.sendall(b"waiting\n")
+print("connected", flush=True)
+for c in conns:
+    if c.makefile("rb").readline() != b"waiting\n":
+        print("bad: an echo lost", flush=True); sys.exit(1)
+print("ok", n, flush=True)
+'
+echo
+echo "connections waiting to be accepted (not one echoed before the migration, each after): ms"
+printf '%-8s %-22s %-22s\n' waiting "frozen (ms)" "migrate total (ms)"
+for n in $WAITING; do
+  : > "$work/f"; : > "$work/t"
+  for run in $(seq "$RUNS"); do
+    ip -n $B addr del $NET.100/24 dev v$B 2>/dev/null || true
+    ip -n $A addr add $NET.100/24 dev v$A
+    ip -n $C neigh flush all
+    rm -f "$work/go"
+    ip netns exec $A bash -c "$(declare -f bare); bare python3 ../tests/targets/echo.py $NET.100 7000 late $work/go" > "$work/srv" 2>&1 &
+    disown $!
+    until grep -q ready "$work/srv"; do sleep 0.01; done
+    pid=$(awk '/ready/ {print $2}' "$work/srv")
+    ip netns exec $C python3 -c "$WAITERS" $NET.100 7000 "$n" > "$work/cl" &
+    cl=$!
+    until grep -q connected "$work/cl"; do sleep 0.01; done
+    sleep 0.5
+    ip netns exec $A env ${SHOW:+CRS_LOG=debug} "$CRS" migrate -v --key "$work/key" --tcp-established --move-address $NET.100/24 "$pid" $NET.2 \
+      > "$work/mig" 2> "$work/migerr" || { echo "migrate failed: $(cat "$work/migerr")"; exit 1; }
+    [ -n "${SHOW:-}" ] && cat "$work/migerr" >&2
+    touch "$work/go"
+    wait $cl
+    grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
+    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
+    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
+    there=$(awk '{print $NF}' "$work/mig")
+    kill -9 "$there" 2>/dev/null || true
+    for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+  done
+  printf '%-8s %-22s %-22s\n' "$n" "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
+  [ -z "${SHOW:-}" ] || grep -v 'vma \| fd ' "$work/restartd.log" | tail -30 >&2
 done
 
 [ -n "${CRIU:-}" ] || exit 0

@@ -348,8 +348,17 @@ impl Repaired {
     pub fn block(&mut self, conns: &[Conn], queued: &[Queued]) -> Result<()> {
         let ends: Vec<(Vec<u8>, Vec<u8>)> =
             conns.iter().chain(queued.iter().map(|q| &q.conn)).map(|c| (c.local.clone(), c.peer.clone())).collect();
+        let t = std::time::Instant::now();
         self.guard = Some(Lock::new(std::process::id() as i32, &ends, false)?);
+        let locked = t.elapsed();
         self.queued = Some(tcpqueue::PutBack::prepare(queued.to_vec())?);
+        log::debug!(
+            "{} connections and {} waiting: blocked in {:.1} ms, their program ready {:.1} ms after",
+            conns.len(),
+            queued.len(),
+            locked.as_secs_f64() * 1e3,
+            (t.elapsed() - locked).as_secs_f64() * 1e3
+        );
         Ok(())
     }
 
@@ -364,7 +373,10 @@ impl Repaired {
     /// carry on.
     pub fn release(self) -> Result<()> {
         if let Some(p) = self.queued {
+            let t = std::time::Instant::now();
+            let n = p.len();
             p.send()?;
+            log::debug!("{n} waiting connections back in their queues in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         }
         for (fd, reuse, what) in &self.socks {
             repair(fd.as_raw_fd(), false, what)?;
@@ -448,7 +460,9 @@ impl Frozen {
                 ends.push((local, peer));
             }
         }
+        let t = std::time::Instant::now();
         self.lock = Some(Lock::new(pid, &ends, true)?);
+        let locked = t.elapsed();
         let mut out = Vec::new();
         for (s, ino) in which {
             let what = format!("socket:[{ino}]");
@@ -468,6 +482,13 @@ impl Frozen {
             }
         }
         let queued: Vec<Queued> = self.queued.iter().filter_map(|t| t.read.clone()).collect();
+        log::debug!(
+            "{} connections and {} waiting: blocked in {:.1} ms, read {:.1} ms after",
+            out.len(),
+            queued.len(),
+            locked.as_secs_f64() * 1e3,
+            (t.elapsed() - locked).as_secs_f64() * 1e3
+        );
         let total: usize =
             out.iter().chain(queued.iter().map(|q| &q.conn)).map(|c| c.sent.len() + c.received.len()).sum();
         if total > MAX_QUEUES {
@@ -544,9 +565,10 @@ fn read_queued(t: &Taken) -> Result<Option<Queued>> {
     Ok(Some(Queued { listener: t.listener, fin, conn }))
 }
 
-/// An nftables table in a process's network namespace that drops every packet to the
-/// connections' local ends from their peers (on input, and on output for a peer on this very
-/// node), and for a checkpoint every packet they send, until removed. A connection in repair
+/// An nftables table in a process's network namespace (sets of addresses and ports, a rule
+/// for each) that drops every packet to the connections' local ends from their peers (on
+/// input, and on output for a peer on this very node), and for a checkpoint every packet
+/// they send, until removed. A connection in repair
 /// mode still transmits what its pacing timer releases (tcp_write_xmit only holds back while
 /// the send queue is being repaired): a segment that reached the peer after the checkpoint
 /// read the queue would be one the restored connection sends as new, behind what the peer
@@ -558,23 +580,17 @@ pub struct Lock {
     armed: bool,
 }
 
-/// "ip saddr 10.0.0.9 ip daddr 10.0.0.1 tcp sport 51234 tcp dport 6379": the packets from the
-/// peer to the local end (an IPv4 address mapped in IPv6 as IPv4).
-fn rule(local: &[u8], peer: &[u8]) -> Option<String> {
-    let (l, p) = (inet::addr_of(local)?, inet::addr_of(peer)?);
-    Some(rule_from(p, l))
-}
-
-/// The packets from `from` to `to`.
-fn rule_from(from: std::net::SocketAddr, to: std::net::SocketAddr) -> String {
-    let (p, l) = (from, to);
+/// "10.0.0.9 . 10.0.0.1 . 51234 . 6379": the packets from `from` to `to` as an element of a
+/// set of (saddr, daddr, sport, dport), and whether it is an IPv4 one (an IPv4 address mapped
+/// in IPv6 as IPv4).
+fn element(from: &[u8], to: &[u8]) -> Option<(String, bool)> {
+    let (p, l) = (inet::addr_of(from)?, inet::addr_of(to)?);
     let v4 = |ip: std::net::IpAddr| match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
         ip => ip,
     };
     let (lip, pip) = (v4(l.ip()), v4(p.ip()));
-    let fam = if lip.is_ipv4() { "ip" } else { "ip6" };
-    format!("{fam} saddr {pip} {fam} daddr {lip} tcp sport {} tcp dport {}", p.port(), l.port())
+    Some((format!("{pip} . {lip} . {} . {}", p.port(), l.port()), lip.is_ipv4()))
 }
 
 /// Runs `nft -f -` with `script`, in network namespace `ns` (None: ours).
@@ -648,13 +664,29 @@ impl Lock {
             let (mask, mark) = (tcpqueue::MARK_MASK, tcpqueue::MARK);
             script += &format!("add rule inet {table} {chain} meta mark & {mask:#x} == {mark:#x} accept\n");
         }
+        // Sets of the packets to drop, by family: to the local ends ("to", on input, and on
+        // output for a peer on this node), and (`outgoing`) from them ("from", on output).
+        let mut sets: [Vec<String>; 4] = Default::default(); // to4, to6, from4, from6
         for (l, p) in ends {
-            let r = rule(l, p).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
-            script += &format!("add rule inet {table} i {r} drop\nadd rule inet {table} o {r} drop\n");
+            let unknown = || Error::Proc(format!("{}: an address crs does not know", name(l, p)));
+            let (e, v4) = element(p, l).ok_or_else(unknown)?;
+            sets[!v4 as usize].push(e);
             if outgoing {
-                let r =
-                    rule(p, l).ok_or_else(|| Error::Proc(format!("{}: an address crs does not know", name(l, p))))?;
-                script += &format!("add rule inet {table} o {r} drop\n");
+                let (e, v4) = element(l, p).ok_or_else(unknown)?;
+                sets[2 + !v4 as usize].push(e);
+            }
+        }
+        for (i, elements) in sets.iter().enumerate().filter(|s| !s.1.is_empty()) {
+            let (set, fam) = (["to4", "to6", "from4", "from6"][i], ["ip", "ip6"][i % 2]);
+            let ty = ["ipv4_addr", "ipv6_addr"][i % 2];
+            script += &format!("add set inet {table} {set} {{ type {ty} . {ty} . inet_service . inet_service; }}\n");
+            for chunk in elements.chunks(256) {
+                script += &format!("add element inet {table} {set} {{ {} }}\n", chunk.join(", "));
+            }
+            let m = format!("{fam} saddr . {fam} daddr . tcp sport . tcp dport @{set} drop");
+            let chains: &[&str] = if i < 2 { &["i", "o"] } else { &["o"] };
+            for c in chains {
+                script += &format!("add rule inet {table} {c} {m}\n");
             }
         }
         let path = format!("/proc/{pid}/ns/net");

@@ -61,7 +61,12 @@ fn sys(call: &str, what: &str) -> Error {
 
 // BPF: the program, its load and its attachment.
 
+const BPF_MAP_CREATE: i32 = 0;
+const BPF_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_PROG_LOAD: i32 = 5;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_LINK_CREATE: i32 = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
@@ -129,66 +134,95 @@ fn addi(dst: u8, imm: i32) -> u64 {
 fn call(helper: i32) -> u64 {
     insn(0x85, 0, 0, 0, helper)
 }
-/// *(u32 *)(r10 + off + 4 i) = the words of `bytes`, as they lie in memory.
-fn store(p: &mut Vec<u64>, off: i16, bytes: &[u8]) {
-    for (i, w) in bytes.chunks(4).enumerate() {
-        let mut x = [0u8; 4];
-        x[..w.len()].copy_from_slice(w);
-        p.push(insn(0x62, 10, 0, off + 4 * i as i16, i32::from_ne_bytes(x)));
-    }
-}
+/// A map entry's value: the tuple bpf_skc_lookup_tcp takes (36 bytes, an IPv4 one in its
+/// first 12), its length (u32), and the request's struct bpf_tcp_req_attrs (20 bytes).
+const VALUE: usize = 60;
 
-/// One connection's part of a program: for its packets (`mark`), the listener its tuple
-/// reaches gets a request with `attrs` (struct bpf_tcp_req_attrs), then the program ends.
-struct Part {
-    mark: u32,
-    tuple: Vec<u8>,
-    attrs: [u8; 20],
-}
-
-/// The program for connections `parts`: each packet goes on (TCX_NEXT), a packet of one of
-/// theirs with a request. r6 holds the packet, r2 its mark; each part tests the mark, and
-/// ends in an exit of its own (no jump runs beyond a part).
-fn program(parts: &[Part], kfunc: u32) -> Vec<u64> {
+/// The program: every packet goes on (TCX_NEXT); one of ours (its mark's high half MARK)
+/// whose mark the map (fd `map`, u32 mark -> VALUE) holds gives the listener its tuple
+/// reaches a request with the entry's attributes. r6 the packet, r9 the entry.
+fn program(map: i32, kfunc: u32) -> Vec<u64> {
     let mut p = vec![mov(6, 1), insn(0x61, 2, 1, 8, 0)]; // r2 = skb->mark
-    for part in parts {
-        let not_ours = p.len();
-        p.push(0);
-        store(&mut p, -40, &part.tuple);
-        p.extend([mov(2, 10), addi(2, -40), mov(1, 6), movi(3, part.tuple.len() as i32), movi(4, -1), movi(5, 0)]);
-        p.push(call(HELPER_SKC_LOOKUP_TCP));
-        let none = p.len();
-        p.push(0);
-        p.extend([mov(7, 0), mov(1, 0), call(HELPER_SKC_TO_TCP_SOCK)]);
-        let not_tcp = p.len();
-        p.push(0);
-        p.push(mov(8, 0));
-        store(&mut p, -64, &part.attrs);
-        p.extend([mov(1, 6), mov(2, 8), mov(3, 10), addi(3, -64), movi(4, 20)]);
-        p.push(insn(0x85, 0, BPF_PSEUDO_KFUNC_CALL, 0, kfunc as i32));
-        let release = p.len();
-        p.extend([mov(1, 7), call(HELPER_SK_RELEASE)]);
-        let out = p.len();
-        p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]); // TCX_NEXT
-        let jump = |from: usize, to: usize| (to - from - 1) as i16;
-        // (A mark below 2^31: the comparison sign-extends it.)
-        p[not_ours] = insn(0x55, 2, 0, jump(not_ours, p.len()), part.mark as i32);
-        p[none] = insn(0x15, 0, 0, jump(none, out), 0);
-        p[not_tcp] = insn(0x15, 0, 0, jump(not_tcp, release), 0);
-    }
-    p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]);
+    p.extend([mov(3, 2), insn(0x57, 3, 0, 0, MARK_MASK as i32)]); // r3 = r2 & MARK_MASK
+    let not_ours = p.len();
+    p.push(0);
+    p.push(insn(0x63, 10, 2, -4, 0)); // *(u32 *)(r10 - 4) = r2: the key
+    p.extend([insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map), 0]); // r1 = the map
+    p.extend([mov(2, 10), addi(2, -4), call(HELPER_MAP_LOOKUP_ELEM)]);
+    let none = p.len();
+    p.push(0);
+    p.extend([mov(9, 0), insn(0x61, 3, 9, 36, 0)]); // r3 = the tuple's length
+    let v6 = p.len();
+    p.push(0);
+    let lookup = |p: &mut Vec<u64>, len: i32| {
+        p.extend([mov(1, 6), mov(2, 9), movi(3, len), movi(4, -1), movi(5, 0), call(HELPER_SKC_LOOKUP_TCP)]);
+    };
+    lookup(&mut p, 12);
+    let skip = p.len();
+    p.push(0);
+    let v6_at = p.len();
+    lookup(&mut p, 36);
+    let found = p.len();
+    let none2 = p.len();
+    p.push(0);
+    p.extend([mov(7, 0), mov(1, 0), call(HELPER_SKC_TO_TCP_SOCK)]);
+    let not_tcp = p.len();
+    p.push(0);
+    p.extend([mov(2, 0), mov(1, 6), mov(3, 9), addi(3, 40), movi(4, 20)]);
+    p.push(insn(0x85, 0, BPF_PSEUDO_KFUNC_CALL, 0, kfunc as i32));
+    let release = p.len();
+    p.extend([mov(1, 7), call(HELPER_SK_RELEASE)]);
+    let out = p.len();
+    p.extend([movi(0, -1), insn(0x95, 0, 0, 0, 0)]); // TCX_NEXT
+    let jump = |from: usize, to: usize| (to - from - 1) as i16;
+    // (MARK below 2^31: the comparison sign-extends it.)
+    p[not_ours] = insn(0x55, 3, 0, jump(not_ours, out), MARK as i32);
+    p[none] = insn(0x15, 0, 0, jump(none, out), 0);
+    p[v6] = insn(0x15, 3, 0, jump(v6, v6_at), 36);
+    p[skip] = insn(0x05, 0, 0, jump(skip, found), 0);
+    p[none2] = insn(0x15, 0, 0, jump(none2, out), 0);
+    p[not_tcp] = insn(0x15, 0, 0, jump(not_tcp, release), 0);
     p
 }
 
-fn bpf(cmd: i32, attr: &mut [u8]) -> std::result::Result<OwnedFd, Errno> {
+/// A hash map of `n` entries, u32 mark -> VALUE.
+fn map(n: usize) -> std::result::Result<OwnedFd, String> {
+    let mut attr = [0u8; 72];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_HASH.to_ne_bytes());
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&(VALUE as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&(n.max(1) as u32).to_ne_bytes());
+    bpf(BPF_MAP_CREATE, &mut attr).map_err(|e| format!("bpf(BPF_MAP_CREATE) of {n} entries: {e}"))
+}
+
+/// Map `map`'s entry for `mark`: `value`.
+fn set_entry(map: &OwnedFd, mark: u32, value: &[u8; VALUE]) -> Result<()> {
+    let key = mark.to_ne_bytes();
+    let mut attr = [0u8; 32];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+    bpf_raw(BPF_MAP_UPDATE_ELEM, &mut attr)
+        .map(drop)
+        .map_err(|e| Error::sys("bpf(BPF_MAP_UPDATE_ELEM)", "crs's map", e))
+}
+
+/// bpf(2) command `cmd` on `attr`: its result.
+fn bpf_raw(cmd: i32, attr: &mut [u8]) -> std::result::Result<i64, Errno> {
     // SAFETY: bpf reads (and for some commands writes) attr.len() bytes of a live buffer;
     // every pointer in it points to a live buffer of the length given beside it.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if r < 0 {
         return Err(Errno::last());
     }
-    // SAFETY: the fd bpf returned is new and ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    Ok(r)
+}
+
+/// bpf(2) command `cmd` on `attr`, one that makes an object: its fd.
+fn bpf(cmd: i32, attr: &mut [u8]) -> std::result::Result<OwnedFd, Errno> {
+    let fd = bpf_raw(cmd, attr)?;
+    // SAFETY: the commands given here return a new fd, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Loads `insns` as a TC program; its verifier's last words on a refusal.
@@ -229,7 +263,8 @@ pub fn usable() -> std::result::Result<(), String> {
     static OK: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     OK.get_or_init(|| {
         let id = kfunc()?;
-        load(&program(&[Part { mark: MARK, tuple: vec![0; 12], attrs: [0; 20] }], id)).map(drop)
+        let m = map(1)?;
+        load(&program(m.as_raw_fd(), id)).map(drop)
     })
     .clone()
 }
@@ -366,19 +401,15 @@ fn loopback() -> Result<u32> {
 pub struct PutBack {
     queued: Vec<Queued>,
     first: u32,
-    links: Vec<OwnedFd>,
+    link: Option<OwnedFd>,
 }
-
-/// Connections in one program: the verifier takes about 40 instructions of each.
-const PER_PROGRAM: usize = 1024;
 
 impl PutBack {
     /// Loads and attaches the program for `queued` (none when there are none).
     pub fn prepare(queued: Vec<Queued>) -> Result<PutBack> {
         let first = fresh_marks();
-        let mut links = Vec::new();
         if queued.is_empty() {
-            return Ok(PutBack { queued, first, links });
+            return Ok(PutBack { queued, first, link: None });
         }
         let refused = |why: String| {
             Error::Refused(format!(
@@ -387,10 +418,13 @@ impl PutBack {
             ))
         };
         let kfunc = kfunc().map_err(refused)?;
+        if queued.len() > 1 << 16 {
+            return Err(refused("crs puts back 65536 at most".into()));
+        }
         if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").is_ok_and(|s| s.trim() == "0") {
             return Err(refused("net.ipv4.tcp_syncookies is 0 here, and SYN cookies are how crs does it".into()));
         }
-        let mut parts = Vec::new();
+        let m = map(queued.len()).map_err(refused)?;
         for (i, q) in queued.iter().enumerate() {
             let c = &q.conn;
             let what = tcpconn::name(&c.local, &c.peer);
@@ -402,20 +436,29 @@ impl PutBack {
                     c.mss
                 )));
             }
-            parts.push(Part { mark: mark_of(first, i), tuple: tuple(peer, local), attrs: attrs(c) });
+            let t = tuple(peer, local);
+            let mut value = [0u8; VALUE];
+            value[..t.len()].copy_from_slice(&t);
+            value[36..40].copy_from_slice(&(t.len() as u32).to_ne_bytes());
+            value[40..].copy_from_slice(&attrs(c));
+            set_entry(&m, mark_of(first, i), &value)?;
         }
-        let lo = loopback()?;
-        for chunk in parts.chunks(PER_PROGRAM) {
-            let prog = load(&program(chunk, kfunc)).map_err(refused)?;
-            let mut attr = [0u8; 64];
-            attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-            attr[4..8].copy_from_slice(&lo.to_ne_bytes());
-            attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-            let link = bpf(BPF_LINK_CREATE, &mut attr)
-                .map_err(|e| Error::sys("bpf(BPF_LINK_CREATE, tcx ingress)", "lo", e))?;
-            links.push(link);
-        }
-        Ok(PutBack { queued, first, links })
+        let prog = load(&program(m.as_raw_fd(), kfunc)).map_err(refused)?;
+        let mut attr = [0u8; 64];
+        attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&loopback()?.to_ne_bytes());
+        attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
+        let link =
+            bpf(BPF_LINK_CREATE, &mut attr).map_err(|e| Error::sys("bpf(BPF_LINK_CREATE, tcx ingress)", "lo", e))?;
+        Ok(PutBack { queued, first, link: Some(link) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
     }
 
     /// Puts each connection back in its listener's queue, in order, and checks it is there
@@ -423,9 +466,8 @@ impl PutBack {
     /// takes a while too).
     pub fn send(self) -> Result<()> {
         let r = self.queued.iter().enumerate().try_for_each(|(i, q)| put_back(q, mark_of(self.first, i)));
-        let links = self.links;
-        if !links.is_empty() {
-            std::thread::spawn(move || drop(links));
+        if let Some(link) = self.link {
+            std::thread::spawn(move || drop(link));
         }
         r
     }
@@ -587,21 +629,15 @@ mod tests {
     use std::io::{Read, Write};
 
     #[test]
-    fn a_program_jumps_within_itself() {
-        for t in [12, 36] {
-            let parts: Vec<Part> =
-                (0..3).map(|i| Part { mark: mark_of(7, i), tuple: vec![0; t], attrs: [0; 20] }).collect();
-            let p = program(&parts, 7);
-            let exits: Vec<usize> = (0..p.len()).filter(|&i| p[i] == insn(0x95, 0, 0, 0, 0)).collect();
-            assert_eq!((exits.len(), exits.last()), (4, Some(&(p.len() - 1))));
-            for (i, x) in p.iter().enumerate() {
-                let code = (*x & 0xff) as u8;
-                if code == 0x55 || code == 0x15 {
-                    // Within its part, but for the mark test, which goes to the next.
-                    let to = (i as i64 + 1 + (*x >> 16) as u16 as i16 as i64) as usize;
-                    let next_exit = exits.iter().find(|&&e| e > i).copied().unwrap_or(0);
-                    assert!(to <= next_exit + 1 && to > i, "{i} jumps to {to}");
-                }
+    fn a_program_jumps_within_itself_and_ends_in_one_exit() {
+        let p = program(3, 7);
+        assert_eq!(p.iter().filter(|&&x| x == insn(0x95, 0, 0, 0, 0)).count(), 1);
+        assert_eq!(p.last(), Some(&insn(0x95, 0, 0, 0, 0)));
+        for (i, x) in p.iter().enumerate() {
+            let code = (*x & 0xff) as u8;
+            if matches!(code, 0x05 | 0x15 | 0x55) {
+                let to = i as i64 + 1 + (*x >> 16) as u16 as i16 as i64;
+                assert!(to > i as i64 && to < p.len() as i64, "{i} jumps to {to}");
             }
         }
     }
