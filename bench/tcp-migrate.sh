@@ -65,7 +65,7 @@ for n in $CONNS; do
     sleep 1
     ip netns exec $A "$CRS" migrate -v --key "$work/key" --tcp-established --move-address $NET.100/24 "$pid" $NET.2 \
       > "$work/mig" 2> "$work/migerr"
-    wait $cl
+    wait $cl || true
     grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
     awk '/^ok/ {print $5}' "$work/cl" >> "$work/w"
     awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
@@ -116,7 +116,7 @@ for n in $WAITING; do
       > "$work/mig" 2> "$work/migerr" || { echo "migrate failed: $(cat "$work/migerr")"; exit 1; }
     [ -n "${SHOW:-}" ] && cat "$work/migerr" >&2
     touch "$work/go"
-    wait $cl
+    wait $cl || true
     grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
     awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
     awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
@@ -175,7 +175,7 @@ for n in $CONNS; do
           || { echo "criu restore failed: $(tail -5 "$shm/img/restore.log")"; exit 1; }
       fi
       t2=$(now)
-      wait $cl
+      wait $cl || true
       grep -q '^ok' "$work/cl" || { echo "$tool run failed: $(cat "$work/cl")"; exit 1; }
       if [ $tool = crs ]; then
         ms "$t0" "$t1" >> "$work/ck"; ms "$t1" "$t2" >> "$work/rs"; awk '/^ok/ {print $5}' "$work/cl" >> "$work/wc"

@@ -169,6 +169,9 @@ fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
     if cfg.key.is_none() {
         warn!("no cluster key: serving only clients on this node (give --key or create {})", key::DEFAULT_KEY);
     }
+    // Whether this kernel puts waiting TCP connections back (its BTF read, a program loaded):
+    // once, for every child to know.
+    let _ = crate::res::tcpqueue::usable();
     info!(
         "listening on {}, up to {} clients, images up to {} bytes, {}, root's processes {}",
         l.local_addr().map(|x| x.to_string()).unwrap_or(addr),

@@ -499,6 +499,11 @@ fn frozen_checkpoint<W: Sink>(
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let mut urgent = Urgent::raise();
     let mut spare = memory::warm_buffers();
+    if opts.tcp_established {
+        // Whether waiting connections can go back (the kernel's BTF read, a program loaded):
+        // asked now, not while the processes are frozen.
+        let _ = crate::res::tcpqueue::usable();
+    }
     let t0 = Instant::now();
     let mut procs: Vec<Frozen> = Vec::new();
     let mut zombies = 0;
