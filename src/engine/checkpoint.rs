@@ -1015,11 +1015,11 @@ fn inet_sockets(
             let s = procfs::getfd(pid, f.fd, &what)?;
             if !inet::is_established(std::os::fd::AsRawFd::as_raw_fd(&s)) {
                 let sock = inet::collect(pid, f.fd, f.id.ino, &queue, notes)?;
-                if established && sock.state == inet::LISTEN && queue().is_none() {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-                    if conns.adopt(pid, fd, f.id.ino)? > 0 {
-                        same_netns(pid, &format!("the listener {what}, with connections waiting,"))?;
-                    }
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+                if established && sock.state == inet::LISTEN && inet::readable(fd) && queue().is_none() {
+                    // (Before they are taken: they go back in the namespace of the first.)
+                    same_netns(pid, &format!("the listener {what}, with connections waiting,"))?;
+                    conns.adopt(pid, fd, f.id.ino)?;
                 }
                 socks.push(sock);
                 continue;

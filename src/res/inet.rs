@@ -564,6 +564,13 @@ fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
     }
 }
 
+/// Whether socket `s` has something to read (a listener: a connection to accept) now.
+pub fn readable(s: RawFd) -> bool {
+    let mut p = libc::pollfd { fd: s, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll reads and writes one live pollfd.
+    (unsafe { libc::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// The state and the bytes to read (the FIN counted) of the TCP socket of `family` from
 /// `local` to `peer` (sockaddrs) in our network namespace, from sock_diag; None when there is
 /// none.

@@ -433,9 +433,7 @@ impl Frozen {
         let what = format!("the listener socket:[{ino}] of pid {pid}");
         let mut n = 0;
         loop {
-            let mut p = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
-            // SAFETY: poll reads and writes one live pollfd.
-            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
+            if !inet::readable(listener) {
                 return Ok(n);
             }
             // SAFETY: accept4 with no address to fill; the fd is owned at once.

@@ -662,13 +662,14 @@ mod tests {
             eprintln!("skipped: {why}");
             return;
         }
-        for at in ["127.0.0.1", "::1"] {
-            round_trip(at);
+        // IPv4, IPv6, and IPv4 to a listener taking both (the connection's addresses mapped).
+        for (listen, at) in [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("::", "127.0.0.1")] {
+            round_trip(listen, at);
         }
     }
 
-    fn round_trip(at: &str) {
-        let l = std::net::TcpListener::bind((at, 0)).unwrap();
+    fn round_trip(listen: &str, at: &str) {
+        let l = std::net::TcpListener::bind((listen, 0)).unwrap();
         let port = l.local_addr().unwrap().port();
         let mut c1 = std::net::TcpStream::connect((at, port)).unwrap();
         c1.write_all(b"sent while it waited\n").unwrap();
