@@ -221,6 +221,21 @@ struct Mm {
     /// Post-copy: the process at the source whose pages its REMOTE pieces are (a process
     /// forked since has its parent's).
     from: i32,
+    /// Some of its pages were moved (mremap): a REMOTE piece's key may differ from its
+    /// address at the source. Until then they are the same, and a piece is found by its key.
+    moved: bool,
+}
+
+impl Mm {
+    /// A REMOTE piece holding some of the source's pages [s, e).
+    fn remote(&self, s: u64, e: u64) -> Option<(u64, Piece)> {
+        let hit = |p: &Piece| p.batch == REMOTE && p.off < e && s < p.off + p.len;
+        if self.moved {
+            return self.pending.iter().find(|(_, p)| hit(p)).map(|(k, p)| (*k, *p));
+        }
+        let near = self.pending.range(..e).rev().take_while(|(k, v)| *k + v.len > s);
+        near.filter(|(_, p)| hit(p)).map(|(k, p)| (*k, *p)).next()
+    }
 }
 
 /// Where a lazy restore's pages are: the image file, read a batch at a time, or the file
@@ -513,7 +528,7 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
                     st.pages.batches.extend(lazy.batches);
                     let rebase = |p: Piece| if p.batch == REMOTE { p } else { Piece { batch: p.batch + base, ..p } };
                     let pending = lazy.pending.into_iter().map(|(k, p)| (k, rebase(p))).collect();
-                    st.mms.push(Mm { pid, uffd, pending, from: lazy.from });
+                    st.mms.push(Mm { pid, uffd, pending, from: lazy.from, moved: false });
                 }
                 Ok(ToServer::Link(l)) => {
                     st.link = Some(l);
@@ -666,14 +681,15 @@ impl State {
             UFFD_EVENT_FORK => {
                 // SAFETY: the kernel installed this fd in our table for us, with the event.
                 let uffd = unsafe { OwnedFd::from_raw_fd(msg.a as u32 as i32) };
-                if let Some((pending, from)) = self.mm(fd).map(|m| (m.pending.clone(), m.from)) {
-                    self.mms.push(Mm { pid: 0, uffd, pending, from });
+                if let Some((pending, from, moved)) = self.mm(fd).map(|m| (m.pending.clone(), m.from, m.moved)) {
+                    self.mms.push(Mm { pid: 0, uffd, pending, from, moved });
                     self.stats.forks += 1;
                 }
             }
             UFFD_EVENT_REMAP => {
                 let (from, to, len) = (msg.a, msg.b, msg.c);
                 if let Some(m) = self.mm(fd) {
+                    m.moved = true;
                     cut(&mut m.pending, to, to + len);
                     for (s, p) in cut(&mut m.pending, from, from + len) {
                         m.pending.insert(s - from + to, p);
@@ -879,12 +895,7 @@ impl State {
     fn zero(&mut self, member: i32, s: u64, len: u64) {
         let e = s.saturating_add(len);
         for m in self.mms.iter_mut().filter(|m| m.from == member) {
-            while let Some((k, p)) = m
-                .pending
-                .iter()
-                .find(|(_, p)| p.batch == REMOTE && p.off < e && s < p.off + p.len)
-                .map(|(k, p)| (*k, *p))
-            {
+            while let Some((k, p)) = m.remote(s, e) {
                 let (from, to) = (s.max(p.off), e.min(p.off + p.len));
                 let at = k + (from - p.off);
                 cut(&mut m.pending, at, at + (to - from));
@@ -903,12 +914,7 @@ impl State {
             let fd = self.mms[i].uffd.as_raw_fd();
             // One piece at a time: an event read meanwhile may change them.
             while let Some(m) = self.mms.get_mut(i).filter(|m| m.from == member) {
-                let hit = m
-                    .pending
-                    .iter()
-                    .find(|(_, p)| p.batch == REMOTE && p.off < e && s < p.off + p.len)
-                    .map(|(k, p)| (*k, *p));
-                let Some((k, p)) = hit else { break };
+                let Some((k, p)) = m.remote(s, e) else { break };
                 let (from, to) = (s.max(p.off), e.min(p.off + p.len));
                 let at = k + (from - p.off);
                 cut(&mut m.pending, at, at + (to - from));
@@ -1032,6 +1038,31 @@ mod tests {
 
     fn piece(len: u64, off: u64) -> Piece {
         Piece { len, batch: 0, off }
+    }
+
+    /// Until a remap, a REMOTE piece is found by its key; after one, by a walk: both find a
+    /// piece overlapping the range exactly when there is one, and never a local piece.
+    #[test]
+    fn a_remote_piece_is_found_by_its_key_until_pages_move() {
+        let mut pending = Pending::new();
+        for (at, len, batch) in [(0x1000, 0x2000, REMOTE), (0x3000, 0x1000, 0), (0x8000, 0x4000, REMOTE)] {
+            pending.insert(at, Piece { len, batch, off: at });
+        }
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let mut m = Mm { pid: 0, uffd: null.into(), pending, from: 0, moved: false };
+        for s in (0..0x10000u64).step_by(0x800) {
+            for len in [0x800u64, 0x1000, 0x5000] {
+                let e = s + len;
+                let fast = m.remote(s, e);
+                m.moved = true;
+                let walk = m.remote(s, e);
+                m.moved = false;
+                assert_eq!(fast.is_some(), walk.is_some(), "[{s:#x}, {e:#x})");
+                if let Some((k, p)) = fast {
+                    assert!(p.batch == REMOTE && k < e && s < k + p.len, "[{s:#x}, {e:#x}): {k:#x}");
+                }
+            }
+        }
     }
 
     #[test]
