@@ -11,8 +11,10 @@
 #   total_ms     migrate's wall time, pre-copy included
 #   rounds       pre-copy rounds
 #   sent/mem     bytes sent (ahead, image, and after, with post-copy) over the process's memory
+# With PATTERN=seq the process writes its pages in order, round and round, instead of at
+# random (a writer going through its memory, a scan: post-copy's pages follow its faults).
 # usage: bench/live.sh [CRS_BINARY]   (env MIB=1024, RATES="1 10 100", MODES="live post hybrid stop",
-# RUNS=3). Root, iproute2.
+# RUNS=3, PATTERN=). Root, iproute2.
 set -euo pipefail
 cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
@@ -40,7 +42,7 @@ for rate in $RATES; do
     : > "$work/r"
     for _ in $(seq "$RUNS"); do
       : > "$work/log"
-      ip netns exec $A setsid "$work/writer" "$work/log" "$MIB" "$rate" </dev/null >/dev/null 2>&1 &
+      ip netns exec $A setsid "$work/writer" "$work/log" "$MIB" "$rate" ${PATTERN:-} </dev/null >/dev/null 2>&1 &
       until grep -q ready "$work/log" 2>/dev/null; do sleep 0.05; done
       pid=$(awk '/ready/ {print $2}' "$work/log")
       sleep 1

@@ -1,7 +1,8 @@
 /* Live migration target: keeps writing its memory at a steady rate, each page in a form it
  * can check, and measures how long it was stopped.
  * argv[1]: log file; argv[2]: MiB of memory; argv[3]: MB/s written (pages rewritten whole, at
- * random); argv[4] (optional) "churn": also drops pages (MADV_DONTNEED, then reads one so the
+ * random); argv[4] (optional) "seq": the pages in order instead, round and round (a
+ * writer going through its memory, a scan); "churn": also drops pages (MADV_DONTNEED, then reads one so the
  * zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then;
  * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages);
  * "fork": forks a child once its memory is filled, which makes every page its own (written
@@ -64,6 +65,7 @@ int main(int argc, char **argv) {
     size_t pages = ((size_t)atol(argc > 2 ? argv[2] : "64") << 20) / PAGE;
     double rate = atof(argc > 3 ? argv[3] : "10") * 1e6 / PAGE; /* pages per second */
     int churn = argc > 4 && strcmp(argv[4], "churn") == 0;
+    int seq = argc > 4 && strcmp(argv[4], "seq") == 0;
     unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned char *side = mmap(0, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     /* Reserved and hardly touched, as allocators and runtimes reserve: not to be copied. */
@@ -131,7 +133,7 @@ int main(int argc, char **argv) {
         uint64_t due = (uint64_t)((double)(t - start) * 1e-9 * rate);
         while (writes < due) {
             seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-            size_t i = seed % pages;
+            size_t i = seq ? writes % pages : seed % pages;
             gen[i] = gen[i] == ZERO ? 1 : gen[i] + 1;
             fill(mem + i * PAGE, i, gen[i]);
             writes++;
