@@ -96,18 +96,6 @@ struct Proc {
     unseen: BTreeMap<u64, u64>,
     left: BTreeMap<u64, u64>,
     pagemap: Pagemap,
-    /// Where the pages sent in order go on from: after the last ones sent, or after the last
-    /// ones a process there asked for (it is likely to touch the next ones soon: a writer
-    /// going through its memory, a scan), as the pages of a QEMU post-copy follow its faults.
-    cursor: u64,
-}
-
-/// The first address at or after `at` that `map` (start -> end) holds.
-fn from_at(map: &BTreeMap<u64, u64>, at: u64) -> Option<u64> {
-    match map.range(..=at).next_back() {
-        Some((_, &e)) if e > at => Some(at),
-        _ => map.range(at..).next().map(|(s, _)| *s),
-    }
 }
 
 impl Proc {
@@ -122,15 +110,13 @@ impl Proc {
         let had: u64 = out.iter().map(|(a, b)| (b - a) / PAGE).sum();
         out.extend(take(&mut self.unseen, a, b, max - had));
         out.sort_unstable();
-        if let Some(&(_, e)) = out.last() {
-            self.cursor = e;
-        }
         out
     }
 
-    /// Looks at the first `max` pages of `unseen` from `first`: those that hold data go to
-    /// `left`; returns the others, as runs.
-    fn look(&mut self, first: u64, max: u64) -> Result<Vec<(u64, u64)>> {
+    /// Looks at the first `max` pages of `unseen`: those that hold data go to `left`; returns
+    /// the others, as runs.
+    fn look(&mut self, max: u64) -> Result<Vec<(u64, u64)>> {
+        let first = self.unseen.keys().next().copied().unwrap_or(0);
         let mut zero = Vec::new();
         for (a, b) in take(&mut self.unseen, first, u64::MAX, max) {
             let mut at = a;
@@ -272,8 +258,7 @@ pub fn send(
         let path = format!("/proc/{pid}/mem");
         let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
         let pagemap = Pagemap::open(*pid).map_err(|e| (e, false))?;
-        let unseen = r.iter().copied().collect();
-        procs.push(Proc { pid: *pid, mem, unseen, left: BTreeMap::new(), pagemap, cursor: 0 });
+        procs.push(Proc { pid: *pid, mem, unseen: r.iter().copied().collect(), left: BTreeMap::new(), pagemap });
     }
     // Wants that came on `c` (no second connection): answered on it, before the rest.
     let mut wants: std::collections::VecDeque<(i32, u64, u64)> = Default::default();
@@ -404,28 +389,17 @@ pub fn send(
         }
         if chunk.is_empty() {
             who = procs.iter().position(|p| !p.done()).unwrap_or(0);
-            let p = &mut procs[who];
-            // From its cursor on: pages looked at already, or the next part to look at.
-            match (from_at(&p.left, p.cursor), from_at(&p.unseen, p.cursor)) {
-                (None, None) => {
-                    // What is left lies before it: around.
-                    p.cursor = 0;
-                    continue;
+            if procs[who].left.is_empty() {
+                // The next part of its memory to look at: what holds no data is zero there.
+                let zero = procs[who].look(LOOK_PAGES).map_err(|e| (e, false))?;
+                if !zero.is_empty() {
+                    out = main.seal(c, procs[who].pid, zero_frame(&zero)).map_err(|e| net(e, false))?;
+                    at = 0;
                 }
-                (Some(l), u) if u.is_none_or(|u| l <= u) => {
-                    chunk = take(&mut p.left, l, u64::MAX, FRAME_PAGES);
-                    p.cursor = chunk.last().map_or(l, |r| r.1);
-                }
-                (_, u) => {
-                    // What holds no data there is zero.
-                    let zero = p.look(u.unwrap_or(0), LOOK_PAGES).map_err(|e| (e, false))?;
-                    if !zero.is_empty() {
-                        out = main.seal(c, p.pid, zero_frame(&zero)).map_err(|e| net(e, false))?;
-                        at = 0;
-                    }
-                    continue;
-                }
+                continue;
             }
+            let first = procs[who].left.keys().next().copied().unwrap_or(0);
+            chunk = take(&mut procs[who].left, first, u64::MAX, FRAME_PAGES);
         }
         let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
         // (`out` went whole: its buffer takes the next frame.)
