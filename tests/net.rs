@@ -720,6 +720,33 @@ fn a_service_migrates_with_its_address_and_its_clients_connection() {
     kill_there(&o);
 }
 
+/// A connection waiting to be accepted whose client sent more than crs can put back in the
+/// queue: the checkpoint is refused, saying so, before it takes any, and the process finds
+/// the connection with its bytes.
+#[test]
+fn a_waiting_connection_with_too_many_bytes_is_refused_and_left_alone() {
+    if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() || !queues_come_back() {
+        return;
+    }
+    let dir = tmpdir("tcp-waiting-big");
+    let mut p = start("inet", &[], &dir);
+    let ready = p.seen.last().cloned().unwrap_or_default();
+    let idle = ready.split_whitespace().nth(3).unwrap().to_string();
+    let mut c = TcpStream::connect(format!("127.0.0.1:{idle}")).unwrap();
+    c.write_all(&[b'x'; 100_000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img = format!("{}/big.crf", dir.display());
+    let o = run(&["ckpt", "--tcp-established", "-o", &img, &p.pid().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("more than the 65536 crs can put back"), "{}", stderr(&o));
+    assert!(crs_tables(p.pid()).is_empty(), "a block was left: {:?}", crs_tables(p.pid()));
+    p.send("hold");
+    assert_eq!(p.expect("holding"), "holding 1");
+    p.send("read");
+    assert!(p.expect("read").starts_with("read 255 xxxx"), "{:?}", p.seen);
+    p.verdict("ok");
+}
+
 /// A client whose connection the echo server had not accepted yet (it waits until told, the
 /// client's first line in the listener's queue) when it migrated with --tcp-established and
 /// its address: a migration refused at b leaves it waiting at a, whole; at b, after the next

@@ -1019,6 +1019,16 @@ fn inet_sockets(
                 if established && sock.state == inet::LISTEN && inet::readable(fd) && queue().is_none() {
                     // (Before they are taken: they go back in the namespace of the first.)
                     same_netns(pid, &format!("the listener {what}, with connections waiting,"))?;
+                    // And none is taken that could not go back whole.
+                    let port = inet::addr_of(&sock.local).map_or(0, |a| a.port());
+                    let most = inet::most_waiting(pid, sock.family, port)?;
+                    if most > crate::res::tcpqueue::MAX_WAITING {
+                        return Err(Error::Refused(format!(
+                            "a connection waiting on the {} holds {most} bytes its client sent, more than the {} crs can put back in a listener's queue: let the process accept it first",
+                            inet::describe_one(&sock),
+                            crate::res::tcpqueue::MAX_WAITING
+                        )));
+                    }
                     conns.adopt(pid, fd, f.id.ino)?;
                 }
                 socks.push(sock);

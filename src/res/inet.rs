@@ -512,18 +512,58 @@ pub(super) fn decode_opts(d: &mut Dec, what: &str) -> CrfResult<Vec<Opt>> {
 /// (connections waiting, backlog) of listening TCP socket `ino` of `pid`, from sock_diag in
 /// the process's network namespace.
 fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
+    let mut found = None;
+    diag_dump(pid, family, 1 << TCP_LISTEN, |m| {
+        // inet_diag_msg: rqueue at 56, wqueue at 60, inode at 68.
+        if m.u32_at(68).map(u64::from) == Some(ino) {
+            found = Some((m.u32_at(56).unwrap_or(0), m.u32_at(60).unwrap_or(0)));
+        }
+        found.is_none()
+    })?;
+    found.ok_or_else(|| Error::Proc(format!("sock_diag does not list socket:[{ino}] as listening")))
+}
+
+/// The most bytes received by a connection of `family` to local `port` that no process
+/// holds yet (one waiting in a listener's queue: no inode), in the network namespace of
+/// `pid`.
+pub fn most_waiting(pid: i32, family: u16, port: u16) -> Result<u32> {
+    const TCP_CLOSE_WAIT: u32 = 8;
+    let mut most = 0;
+    diag_dump(pid, family, 1 << TCP_ESTABLISHED | 1 << TCP_CLOSE_WAIT, |m| {
+        // The socket's own port first in the sockid, at 4, in network order.
+        let theirs = m.0.get(4..6).map(|p| u16::from_be_bytes([p[0], p[1]]));
+        if theirs == Some(port) && m.u32_at(68) == Some(0) {
+            most = most.max(m.u32_at(56).unwrap_or(0));
+        }
+        true
+    })?;
+    Ok(most)
+}
+
+/// An inet_diag_msg.
+struct DiagMsg<'a>(&'a [u8]);
+
+impl DiagMsg<'_> {
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        self.0.get(o..o + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    }
+}
+
+/// Each TCP socket of `family` in one of `states` (a mask of 1 << state) in the network
+/// namespace of `pid`, from sock_diag, to `each` while it says go on.
+fn diag_dump(pid: i32, family: u16, states: u32, mut each: impl FnMut(&DiagMsg) -> bool) -> Result<()> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
     let sock = netlink_in(pid)?;
-    // nlmsghdr (16) + inet_diag_req_v2 (56): every TCP socket of `family` listening.
+    // nlmsghdr (16) + inet_diag_req_v2 (56): every TCP socket of `family` in `states`.
     let mut req = Vec::with_capacity(72);
     req.extend_from_slice(&72u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
     req.extend_from_slice(&[0; 8]); // seq, pid
     req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0; 48]); // inet_diag_sockid: any
     // SAFETY: `req` is a live buffer of the length given.
     if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } != req.len() as isize {
@@ -542,7 +582,7 @@ fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
         let mut at = 0;
         while let (Some(len), Some(ty)) = (u32_at(at), u16_at(at + 4)) {
             match ty {
-                NLMSG_DONE => return Err(Error::Proc(format!("sock_diag does not list socket:[{ino}] as listening"))),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     return Err(Error::Refused(
                         "sock_diag does not list TCP sockets here, which crs reads a listener's backlog from: load the kernel's tcp_diag (modprobe tcp_diag)".into(),
@@ -550,14 +590,12 @@ fn diag_listener(pid: i32, family: u16, ino: u64) -> Result<(u32, u32)> {
                 }
                 _ => {}
             }
-            // inet_diag_msg after the header: rqueue at 56, wqueue at 60, inode at 68.
-            if u32_at(at + 16 + 68).map(u64::from) == Some(ino) {
-                let rq = u32_at(at + 16 + 56).unwrap_or(0);
-                let wq = u32_at(at + 16 + 60).unwrap_or(0);
-                return Ok((rq, wq));
-            }
             if len < 16 {
-                break;
+                return Ok(());
+            }
+            let end = (at + len as usize).min(b.len());
+            if !each(&DiagMsg(b.get(at + 16..end).unwrap_or(&[]))) {
+                return Ok(());
             }
             at += (len as usize + 3) & !3;
         }
