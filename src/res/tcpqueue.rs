@@ -493,6 +493,13 @@ fn put_back(q: &Queued, mark: u32) -> Result<()> {
     let c = &q.conn;
     let what = format!("{} (waiting to be accepted)", tcpconn::name(&c.local, &c.peer));
     let (local, peer) = ends(c)?;
+    // Its address must be this node's: else the packets would leave by a route.
+    if std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).is_err() {
+        return Err(Error::Refused(format!(
+            "{what} cannot be put back in its listener's queue: {} is not an address of this node",
+            local.ip()
+        )));
+    }
     let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: socket takes integers; the fd is owned at once.
     let raw = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
@@ -802,5 +809,25 @@ mod tests {
         let mut got = vec![0u8; block.len()];
         s.read_exact(&mut got).unwrap();
         assert!(got == block, "the bytes came back changed");
+    }
+
+    /// A connection whose address this node lacks is refused, no packet sent.
+    #[test]
+    fn a_connection_to_an_address_not_here_is_refused() {
+        // SAFETY: geteuid takes nothing.
+        if unsafe { libc::geteuid() } != 0 || usable().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "root and BPF SYN cookies");
+            return;
+        }
+        let at = |a: &str| inet::sockaddr(a.parse().unwrap());
+        let conn = Conn {
+            family: libc::AF_INET as u16,
+            local: at("192.0.2.1:80"),
+            peer: at("192.0.2.9:5000"),
+            mss: 1460,
+            ..Default::default()
+        };
+        let e = put_back_all(vec![Queued { listener: 0, fin: false, conn }]).unwrap_err().to_string();
+        assert!(e.contains("192.0.2.1 is not an address of this node"), "{e}");
     }
 }
