@@ -674,24 +674,29 @@ fn netlink_here() -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// A sock_diag netlink socket in the network namespace of `pid` (made by a thread that
-/// enters it when it is not ours).
+/// A sock_diag netlink socket in the network namespace of `pid`.
 fn netlink_in(pid: i32) -> Result<OwnedFd> {
-    let open = netlink_here;
-    let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let theirs = format!("/proc/{pid}/ns/net");
-    if ns("/proc/self/ns/net").ok() == ns(&theirs).ok() {
-        return open();
-    }
     let file = std::fs::File::open(&theirs).map_err(|e| Error::io(&theirs, e))?;
+    in_netns(Some(&file), netlink_here)
+}
+
+/// Runs `f` in the network namespace `ns` (None: ours), on a thread of its own when it is
+/// not ours.
+pub fn in_netns<T: Send>(ns: Option<&std::fs::File>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let Some(ns) = ns else { return f() };
+    let id = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if id(std::fs::metadata("/proc/self/ns/net")) == id(ns.metadata()) {
+        return f();
+    }
     std::thread::scope(|sc| {
         sc.spawn(|| {
             // SAFETY: setns takes an fd we hold open and a flag; it moves only this thread,
-            // which ends once the socket is made.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(sys("setns(CLONE_NEWNET)", &theirs));
+            // which ends with `f`.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(sys("setns(CLONE_NEWNET)", "the process's network namespace"));
             }
-            open()
+            f()
         })
         .join()
         .unwrap_or_else(|_| Err(Error::Proc("the thread entering the network namespace failed".into())))

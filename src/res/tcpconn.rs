@@ -536,7 +536,7 @@ impl Frozen {
         }
         if !back.is_empty() {
             let n = back.len();
-            let put = tcpqueue::in_netns(self.ns.as_ref(), || tcpqueue::put_back_all(back));
+            let put = inet::in_netns(self.ns.as_ref(), || tcpqueue::put_back_all(back));
             r = r.and(put.map_err(|e| {
                 Error::Proc(format!("of the {n} connections waiting to be accepted, some are lost: {e}"))
             }));

@@ -585,28 +585,6 @@ pub fn put_back_all(queued: Vec<Queued>) -> Result<()> {
     PutBack::prepare(queued)?.send()
 }
 
-/// Runs `f` in the network namespace `ns` (None: ours), on a thread of its own when it is
-/// not ours.
-pub fn in_netns<T: Send>(ns: Option<&std::fs::File>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let Some(ns) = ns else { return f() };
-    let id = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    if id(std::fs::metadata("/proc/self/ns/net")) == id(ns.metadata()) {
-        return f();
-    }
-    std::thread::scope(|sc| {
-        sc.spawn(|| {
-            // SAFETY: setns takes an fd we hold open and a flag; it moves only this thread,
-            // which ends with `f`.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(sys("setns(CLONE_NEWNET)", "the process's network namespace"));
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Error::Proc("the thread entering the network namespace failed".into())))
-    })
-}
-
 // The section.
 
 pub fn encode(all: &[Queued]) -> Vec<u8> {
