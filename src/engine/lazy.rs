@@ -45,7 +45,6 @@ use std::sync::mpsc;
 const PAGE: u64 = crate::crf::PAGE_SIZE as u64;
 
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02; // _IOR(0xAA, 0x02, struct uffdio_range)
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
 const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04; // _IOWR(0xAA, 0x04, struct uffdio_zeropage)
 
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
@@ -71,16 +70,6 @@ const CACHED: usize = 4;
 struct Range {
     start: u64,
     len: u64,
-}
-
-/// struct uffdio_copy.
-#[repr(C)]
-struct Copy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
 }
 
 /// struct uffdio_zeropage.
@@ -945,35 +934,34 @@ impl State {
 /// Copies `src`, the data of piece `p`, to `start` in the mm of userfaultfd `fd`, page by page
 /// where some are there already.
 fn copy_from(fd: i32, start: u64, p: Piece, src: &[u8]) -> Result<Outcome> {
-    {
-        let mut done = 0u64;
-        while done < p.len {
-            let mut c =
-                Copy { dst: start + done, src: src.as_ptr() as u64 + done, len: p.len - done, mode: 0, copy: 0 };
-            // SAFETY: UFFDIO_COPY reads and writes one struct uffdio_copy, ours; it reads
-            // `len` bytes at `src`, inside `data`, and writes only the other mm.
-            if unsafe { libc::ioctl(fd, UFFDIO_COPY, &mut c as *mut Copy) } == 0 {
-                return Ok(Outcome::Done);
-            }
-            let e = std::io::Error::last_os_error();
-            if c.copy > 0 {
-                done += c.copy as u64;
-                continue;
-            }
-            match e.raw_os_error() {
-                // That page is there already (the process faulted it in): the next one.
-                Some(libc::EEXIST) => done += PAGE,
-                Some(libc::EAGAIN) => {
-                    return Ok(Outcome::Again(start + done, Piece { len: p.len - done, off: p.off + done, ..p }));
-                }
-                Some(libc::ESRCH) => return Ok(Outcome::Gone),
-                // No registered mapping there any more (unmapped): nothing to fill.
-                Some(libc::ENOENT) | Some(libc::EINVAL) => return Ok(Outcome::Done),
-                _ => return Err(Error::io(format!("UFFDIO_COPY to {:#x} (lazy restore)", start + done), e)),
-            }
+    let mut done = 0u64;
+    while done < p.len {
+        let Some(rest) = src.get(done as usize..p.len as usize) else {
+            return Err(Error::Proc(format!(
+                "lazy restore: {} bytes for a piece of {} at {start:#x}",
+                src.len(),
+                p.len
+            )));
+        };
+        let (n, e) = uffd::copy(fd, start + done, rest);
+        done += n;
+        let Some(e) = e else { return Ok(Outcome::Done) };
+        if n > 0 {
+            continue;
         }
-        Ok(Outcome::Done)
+        match e.raw_os_error() {
+            // That page is there already (the process faulted it in): the next one.
+            Some(libc::EEXIST) => done += PAGE,
+            Some(libc::EAGAIN) => {
+                return Ok(Outcome::Again(start + done, Piece { len: p.len - done, off: p.off + done, ..p }));
+            }
+            Some(libc::ESRCH) => return Ok(Outcome::Gone),
+            // No registered mapping there any more (unmapped): nothing to fill.
+            Some(libc::ENOENT) | Some(libc::EINVAL) => return Ok(Outcome::Done),
+            _ => return Err(Error::io(format!("UFFDIO_COPY to {:#x} (lazy restore)", start + done), e)),
+        }
     }
+    Ok(Outcome::Done)
 }
 
 impl State {

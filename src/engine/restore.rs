@@ -602,7 +602,7 @@ fn write_later<R: Input>(
     batches: &[crate::crf::pages::Deferred],
     base: u32,
     deferred: &mut super::lazy::Lazy,
-    pid: i32,
+    (pid, fill): (i32, Option<&memory::Fill>),
     later: impl Fn(&(u64, usize, usize)) -> bool,
 ) -> Result<()> {
     let mut now: std::collections::BTreeMap<usize, Vec<(u64, usize, usize)>> = Default::default();
@@ -628,7 +628,7 @@ fn write_later<R: Input>(
             return Err(Error::Proc(format!("the image's pages at offset {}: the input cannot reread", d.data_at)));
         }
         d.check(&buf)?;
-        memory::write_batch(pid, &targets, &buf)?;
+        memory::write_batch(pid, fill, &targets, &buf)?;
     }
     Ok(())
 }
@@ -856,6 +856,10 @@ fn restore_one<R: Input>(
         st.move_into(&mut c, &plans)?;
     }
     copies.write_into(pid, &plans)?;
+    // Pages of fresh private anonymous mappings go in with UFFDIO_COPY (not with a lazy
+    // restore's userfaultfd, which registers its own ranges afterwards). Dropped once they
+    // are written: nothing else may touch those ranges meanwhile.
+    let fill = if uffd.is_none() { memory::Fill::new(&mut c, &plans, &moved) } else { None };
     let mut npages = 0u64;
     let mut s = first_batch;
     let mut ahead = Vec::new();
@@ -876,7 +880,7 @@ fn restore_one<R: Input>(
     // The batches are written by threads of ours while this one reads and checks the next.
     let lasting = rd.lasting();
     std::thread::scope(|scope| -> Result<()> {
-        let mut w = memory::Writers::start(scope, pid);
+        let mut w = memory::Writers::start(scope, pid, fill.as_ref());
         // Batches in address order: no page is written twice, so the order the writers take
         // them in cannot matter.
         let mut order = pages::InOrder::default();
@@ -914,7 +918,9 @@ fn restore_one<R: Input>(
                         Some(batches) => {
                             let base = *prepages.get_or_insert_with(|| deferred.add_batches(batches));
                             let lazy = uffd.is_some() && !remote;
-                            write_later(rd, &pieces, batches, base, &mut deferred, pid, |p| lazy && lazy_target(p))?;
+                            write_later(rd, &pieces, batches, base, &mut deferred, (pid, fill.as_ref()), |p| {
+                                lazy && lazy_target(p)
+                            })?;
                         }
                     }
                 }
@@ -960,7 +966,7 @@ fn restore_one<R: Input>(
             } else {
                 // Borrowed until the next read (a network frame): written now, from there.
                 w.reuse(buf);
-                memory::write_batch(pid, &targets, data)?;
+                memory::write_batch(pid, fill.as_ref(), &targets, data)?;
                 s = rd.next_section()?;
                 continue;
             };
@@ -969,6 +975,7 @@ fn restore_one<R: Input>(
         }
         w.finish()
     })?;
+    drop(fill);
     if let Some(st) = store.as_deref() {
         st.drop_stale(&mut c)?;
     }

@@ -12,6 +12,7 @@ const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xAA, 0x3F, struct uffdio_api)
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00; // _IOWR(0xAA, 0x00, struct uffdio_register)
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01; // _IOR(0xAA, 0x01, struct uffdio_range)
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03; // _IOWR(0xAA, 0x03, struct uffdio_copy)
 /// UFFDIO_REGISTER modes.
 pub const MODE_MISSING: u64 = 1;
 pub const MODE_WP: u64 = 1 << 1;
@@ -31,6 +32,16 @@ struct Register {
     len: u64,
     mode: u64,
     ioctls: u64,
+}
+
+/// struct uffdio_copy.
+#[repr(C)]
+struct Copy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
 }
 
 /// A userfaultfd for the memory of the process `c` drives (stopped), made there with a remote
@@ -75,4 +86,19 @@ pub fn unregister(uffd: &OwnedFd, start: u64, end: u64) -> std::io::Result<()> {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
+}
+
+/// Copies `src` to `dst` in the userfaultfd's process (UFFDIO_COPY: each page a new one, filled
+/// from `src` without being zeroed first; `dst` and the length page-aligned, the range
+/// registered for missing pages). Returns the bytes copied, and the error that stopped it
+/// short of all of them (EEXIST: the next page is there already; EAGAIN: the mm is changing).
+pub fn copy(uffd: i32, dst: u64, src: &[u8]) -> (u64, Option<std::io::Error>) {
+    let mut c = Copy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
+    // SAFETY: UFFDIO_COPY reads and writes one struct uffdio_copy, ours; it reads `len` bytes
+    // at `src`, all inside the slice, and writes only the other process's memory.
+    if unsafe { libc::ioctl(uffd, UFFDIO_COPY, &mut c as *mut Copy) } == 0 {
+        return (src.len() as u64, None);
+    }
+    let e = std::io::Error::last_os_error();
+    (c.copy.max(0) as u64, Some(e))
 }

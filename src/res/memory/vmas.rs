@@ -35,12 +35,13 @@ pub const ADVICE: [(u32, &str, i32, &str); 8] = [
     (1 << 8, "dd", libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
     (1 << 9, "dc", libc::MADV_DONTFORK, "MADV_DONTFORK"),
     (1 << 10, "hg", libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
-    (1 << 11, "nh", libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+    (VMA_NOHUGEPAGE, "nh", libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
     (VMA_WIPEONFORK, "wf", libc::MADV_WIPEONFORK, "MADV_WIPEONFORK"),
     (1 << 13, "mg", libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
     (VMA_LOCKED, "lo", 0, "mlock"),
     (VMA_LOCKONFAULT, "lf", 0, "mlock2(MLOCK_ONFAULT)"),
 ];
+pub const VMA_NOHUGEPAGE: u32 = 1 << 11;
 pub const VMA_WIPEONFORK: u32 = 1 << 12;
 pub const VMA_LOCKED: u32 = 1 << 14;
 pub const VMA_LOCKONFAULT: u32 = 1 << 15;
