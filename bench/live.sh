@@ -43,6 +43,7 @@ for rate in $RATES; do
     for _ in $(seq "$RUNS"); do
       : > "$work/log"
       ip netns exec $A setsid "$work/writer" "$work/log" "$MIB" "$rate" ${PATTERN:-} </dev/null >/dev/null 2>&1 &
+      disown # migrate kills it: no "Killed" line from this shell
       until grep -q ready "$work/log" 2>/dev/null; do sleep 0.05; done
       pid=$(awk '/ready/ {print $2}' "$work/log")
       sleep 1

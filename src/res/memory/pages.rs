@@ -508,21 +508,25 @@ impl Fill {
     /// is to be had: the pages are then written with process_vm_writev.
     pub fn new(c: &mut crate::ptrace::Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Option<Fill> {
         use crate::ptrace::uffd;
-        let thp = thp_on_touch();
         let overlaps = |s: u64, e: u64| {
             let i = moved.partition_point(|m| m.1 <= s);
             moved.get(i).is_some_and(|m| m.0 < e)
         };
-        let wanted: Vec<(u64, u64)> = plans
+        let mut wanted: Vec<&Plan> = plans
             .iter()
             .filter(|p| private_anon(&p.vma) && !p.from_file)
             .filter(|p| p.vma.flags & (VMA_LOCKED | VMA_LOCKONFAULT) == 0)
-            .filter(|p| !thp || p.vma.flags & VMA_NOHUGEPAGE != 0)
-            .map(|p| (p.vma.start, p.vma.end))
-            .filter(|&(s, e)| !overlaps(s, e))
+            .filter(|p| !overlaps(p.vma.start, p.vma.end))
             .collect();
-        if wanted.iter().map(|(s, e)| e - s).sum::<u64>() < FILL_MIN {
+        let enough = |w: &[&Plan]| w.iter().map(|p| p.vma.len()).sum::<u64>() >= FILL_MIN;
+        if !enough(&wanted) {
             return None;
+        }
+        if thp_on_touch() {
+            wanted.retain(|p| p.vma.flags & VMA_NOHUGEPAGE != 0);
+            if !enough(&wanted) {
+                return None;
+            }
         }
         let pid = c.pid();
         let fd = match uffd::made_in(c, libc::O_CLOEXEC | uffd::USER_MODE_ONLY) {
@@ -538,6 +542,7 @@ impl Fill {
         }
         let ranges: Vec<(u64, u64)> = wanted
             .into_iter()
+            .map(|p| (p.vma.start, p.vma.end))
             .filter(|&(s, e)| match uffd::register(&fd, s, e, uffd::MODE_MISSING) {
                 Ok(()) => true,
                 Err(err) => {
