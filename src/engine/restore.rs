@@ -966,7 +966,7 @@ fn restore_one<R: Input>(
             } else {
                 // Borrowed until the next read (a network frame): written now, from there.
                 w.reuse(buf);
-                memory::write_batch(pid, fill.as_ref(), &targets, data)?;
+                w.write_now(&targets, data)?;
                 s = rd.next_section()?;
                 continue;
             };

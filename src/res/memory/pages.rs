@@ -712,6 +712,31 @@ impl Lasting {
 struct Job {
     targets: Vec<(u64, usize, usize)>,
     data: Data,
+    /// Told once the job is written (see [`Writers::write_now`]).
+    done: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+/// `targets` (address, length, data offset; whole pages) cut into at most `n` parts of about
+/// as many bytes each, in order.
+fn split(targets: &[(u64, usize, usize)], n: usize) -> Vec<Vec<(u64, usize, usize)>> {
+    let total: usize = targets.iter().map(|t| t.1).sum();
+    let share = (total / n.max(1)).next_multiple_of(PAGE_SIZE).max(PAGE_SIZE);
+    let mut out = vec![Vec::new()];
+    let mut room = share;
+    for &(mut at, mut len, mut off) in targets {
+        while len > 0 {
+            if room == 0 {
+                out.push(Vec::new());
+                room = share;
+            }
+            let take = len.min(room);
+            if let Some(part) = out.last_mut() {
+                part.push((at, take, off));
+            }
+            (at, len, off, room) = (at + take as u64, len - take, off + take, room - take);
+        }
+    }
+    out
 }
 
 /// Threads that write a restored process's page batches while the restore reads and checks
@@ -769,6 +794,9 @@ impl<'s> Writers<'s> {
                             if let Data::Owned(v) = job.data {
                                 let _ = back.try_send(v);
                             }
+                            if let Some(d) = job.done {
+                                let _ = d.send(());
+                            }
                         }
                     })
                     .ok()
@@ -813,7 +841,39 @@ impl<'s> Writers<'s> {
         }
         self.check()?;
         let jobs = self.jobs.as_ref().ok_or_else(|| Error::Proc("the page writers stopped".into()))?;
-        jobs.send(Job { targets, data }).map_err(|_| Error::Proc("the page writers stopped".into()))
+        jobs.send(Job { targets, data, done: None }).map_err(|_| Error::Proc("the page writers stopped".into()))
+    }
+
+    /// Writes a batch whose data is lent only until the next read (a network frame's): split
+    /// between the writers and this thread, and back once all of it is written.
+    pub fn write_now(&mut self, targets: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
+        let mut parts = split(targets, self.threads.len() + 1);
+        let mine = parts.pop().unwrap_or_default();
+        if parts.is_empty() {
+            return write_batch(self.pid, self.fill, &mine, data);
+        }
+        self.check()?;
+        let stopped = || Error::Proc("the page writers stopped".into());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(parts.len());
+        let mut given = 0;
+        for targets in parts {
+            // SAFETY: `data` stays valid and unchanged until this function returns, which it
+            // does only once every job given it is written and dropped (told below, or the
+            // channel closes when a job is dropped unwritten).
+            let data = Data::Lasting(unsafe { Lasting::of(data) });
+            if jobs.send(Job { targets, data, done: Some(tx.clone()) }).is_err() {
+                break;
+            }
+            given += 1;
+        }
+        drop(tx);
+        let r = write_batch(self.pid, self.fill, &mine, data);
+        for _ in 0..given {
+            rx.recv().map_err(|_| stopped())?;
+        }
+        r?;
+        self.check()
     }
 
     fn check(&self) -> Result<()> {
@@ -927,5 +987,16 @@ mod tests {
         }
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(at, N * PAGE_SIZE) };
+    }
+
+    #[test]
+    fn a_batch_is_split_into_parts_of_whole_pages() {
+        let p = PAGE_SIZE;
+        let t = [(0x10000u64, 3 * p, 0), (0x40000, 4 * p, 3 * p)];
+        let parts = split(&t, 2);
+        assert_eq!(parts, vec![vec![(0x10000, 3 * p, 0), (0x40000, p, 3 * p)], vec![(0x41000, 3 * p, 4 * p)]]);
+        assert_eq!(split(&t, 3).len(), 3);
+        assert_eq!(split(&[(0x1000, p, 0)], 3), vec![vec![(0x1000, p, 0)]]);
+        assert_eq!(split(&[], 2), vec![Vec::<(u64, usize, usize)>::new()]);
     }
 }
