@@ -18,6 +18,14 @@ cc -O2 -o "$work/dirty" dirty.c
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); veth between two namespaces; median of $RUNS runs"
+# A VM whose host takes back memory freed a few seconds ago (virtio-balloon free page
+# reporting) makes a first touch of it cost several times more: the large sizes then measure
+# the host as much as crs. Said, not changed (as root: echo 11 > $order turns it off, until
+# the previous value is written back).
+order=/sys/module/page_reporting/parameters/page_reporting_order
+if [ -r "$order" ] && [ "$(cat "$order")" -ge 0 ] && [ "$(cat "$order")" -le 10 ] && [ -d /sys/bus/virtio/drivers/virtio_balloon ]; then
+  echo "note: free page reporting to the host may be on ($order is $(cat "$order")): figures for sizes above about 1 GiB vary with it"
+fi
 printf '%-6s %9s %9s %9s %10s %10s %10s %7s %9s\n' MiB total_ms frozen_ms MB/s tcp_MB/s fill_MB/s limit_MB/s ratio began_at
 for size in $SIZES; do
   bytes=$((size << 20))
