@@ -486,7 +486,8 @@ pub fn write_batch(pid: i32, fill: Option<&Fill>, targets: &[(u64, usize, usize)
 /// A restored process's fresh private anonymous mappings, registered with a userfaultfd of its
 /// own while its pages are written, so that they are written with UFFDIO_COPY: each page made
 /// from the image's bytes, where process_vm_writev has the kernel zero it first and then copy
-/// (a quarter of the time of a 1 GiB fill on the machines measured, bench/RESULTS.md). The
+/// (a 1 GiB fill took about a quarter less time on the VM measured, bench/RESULTS.md; a
+/// layout of lone pages, one call each, about 5% more). The
 /// userfaultfd is for faults raised in user mode only, and the process runs nothing while it
 /// is open: a page of those ranges that something else touches (a write of ours through
 /// process_vm_writev) fails with EFAULT rather than waits. Dropping it unregisters them all.
