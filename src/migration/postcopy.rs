@@ -95,6 +95,8 @@ struct Proc {
     /// go to `left` once looked at, and the destination is told the others are zero.
     unseen: BTreeMap<u64, u64>,
     left: BTreeMap<u64, u64>,
+    /// Everything the image left to send later, sent or not.
+    all: BTreeMap<u64, u64>,
     pagemap: Pagemap,
 }
 
@@ -110,6 +112,30 @@ impl Proc {
         let had: u64 = out.iter().map(|(a, b)| (b - a) / PAGE).sum();
         out.extend(take(&mut self.unseen, a, b, max - had));
         out.sort_unstable();
+        out
+    }
+
+    /// Up to `max` pages of [a, b) that the image left to send later, sent already or not:
+    /// a page sent on the main connection may still be on its way there behind megabytes of
+    /// others (the destination's receive buffer), while a process waits for it.
+    fn again(&self, a: u64, b: u64, max: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if a >= b {
+            return out;
+        }
+        let mut budget = max * PAGE;
+        let first = self.all.range(..=a).next_back();
+        for (&s, &e) in first.into_iter().chain(self.all.range(a + 1..b)) {
+            let (x, y) = (s.max(a), e.min(b));
+            let y = y.min(x + budget);
+            if x < y {
+                out.push((x, y));
+                budget -= y - x;
+            }
+            if budget == 0 {
+                break;
+            }
+        }
         out
     }
 
@@ -258,7 +284,8 @@ pub fn send(
         let path = format!("/proc/{pid}/mem");
         let mem = std::fs::File::open(&path).map_err(|e| (Error::io(&path, e), false))?;
         let pagemap = Pagemap::open(*pid).map_err(|e| (e, false))?;
-        procs.push(Proc { pid: *pid, mem, unseen: r.iter().copied().collect(), left: BTreeMap::new(), pagemap });
+        let all: BTreeMap<u64, u64> = r.iter().copied().collect();
+        procs.push(Proc { pid: *pid, mem, unseen: all.clone(), left: BTreeMap::new(), all, pagemap });
     }
     // Wants that came on `c` (no second connection): answered on it, before the rest.
     let mut wants: std::collections::VecDeque<(i32, u64, u64)> = Default::default();
@@ -312,7 +339,14 @@ pub fn send(
                 ));
             };
             if let Some(p) = procs.iter_mut().find(|p| p.pid == pid) {
-                let chunk = p.take(a, b, FRAME_PAGES);
+                let mut chunk = p.take(a, b, FRAME_PAGES);
+                // The page the process waits for (the first), if it went on the main
+                // connection already: again, here (the destination ignores a page it has).
+                if chunk.first().is_none_or(|c| c.0 != a) {
+                    let mut first = p.again(a, a.saturating_add(PAGE).min(b), 1);
+                    first.append(&mut chunk);
+                    chunk = first;
+                }
                 if !chunk.is_empty() {
                     let pages: u64 = chunk.iter().map(|(a, b)| (b - a) / PAGE).sum();
                     let frame = pages_frame(p, &chunk, std::mem::take(&mut side_buf)).map_err(|e| (e, false))?;
