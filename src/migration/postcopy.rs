@@ -523,6 +523,24 @@ impl crate::engine::lazy::Link for Link {
 mod tests {
     use super::*;
 
+    /// A page asked for again: only within what the image left to send later, whether it
+    /// went already or not, and no more than asked.
+    #[test]
+    fn a_page_asked_again_lies_within_what_was_left_to_send() {
+        let p = PAGE;
+        let me = std::process::id() as i32;
+        let all: BTreeMap<u64, u64> = [(10 * p, 20 * p), (30 * p, 40 * p)].into_iter().collect();
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        let pagemap = Pagemap::open(me).unwrap();
+        let pr = Proc { pid: me, mem, unseen: BTreeMap::new(), left: BTreeMap::new(), all, pagemap };
+        assert_eq!(pr.again(15 * p, 16 * p, 1), vec![(15 * p, 16 * p)]);
+        assert_eq!(pr.again(25 * p, 26 * p, 1), vec![], "between runs");
+        assert_eq!(pr.again(18 * p, 33 * p, 100), vec![(18 * p, 20 * p), (30 * p, 33 * p)]);
+        assert_eq!(pr.again(18 * p, 33 * p, 3), vec![(18 * p, 20 * p), (30 * p, 31 * p)]);
+        assert_eq!(pr.again(5 * p, 5 * p, 1), vec![]);
+        assert_eq!(pr.again(40 * p, 41 * p, 1), vec![], "past the last run");
+    }
+
     #[test]
     fn take_cuts_what_is_asked_and_keeps_the_rest() {
         let p = PAGE;
