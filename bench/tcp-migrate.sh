@@ -44,6 +44,15 @@ done
 ip netns exec $B env ${SHOW:+CRS_LOG=debug} "$CRS" restartd -b $NET.2 -p 1023 --key "$work/key" --allow-root --move-address 2>"$work/restartd.log" &
 until grep -q listening "$work/restartd.log"; do sleep 0.01; done
 
+# After a migration: its frozen and total ms (migrate -v) to $work/f and $work/t; the process
+# at the destination and anything left at the source killed.
+migrated() {
+  awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
+  awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
+  kill -9 "$(awk '{print $NF}' "$work/mig")" 2>/dev/null || true
+  for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+}
+
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); three namespaces on a bridge; min/median/max of $RUNS runs"
 printf '%-6s %-22s %-22s %-22s %-22s\n' conns "clients' longest (ms)" "baseline round (ms)" "frozen (ms)" "migrate total (ms)"
 for n in $CONNS; do
@@ -68,11 +77,7 @@ for n in $CONNS; do
     wait $cl || true
     grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
     awk '/^ok/ {print $5}' "$work/cl" >> "$work/w"
-    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
-    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
-    there=$(awk '{print $NF}' "$work/mig")
-    kill -9 "$there" 2>/dev/null || true
-    for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+    migrated
   done
   printf '%-6s %-22s %-22s %-22s %-22s\n' "$n" "$(stats 6 < "$work/w")" "$(stats 6 < "$work/base")" \
     "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
@@ -118,11 +123,7 @@ for n in $WAITING; do
     touch "$work/go"
     wait $cl || true
     grep -q '^ok' "$work/cl" || { echo "run failed: $(cat "$work/cl") $(cat "$work/migerr")"; exit 1; }
-    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "frozen") print $(i + 1)}' "$work/migerr" >> "$work/f"
-    awk '/frozen/ {for (i = 1; i <= NF; i++) if ($i == "in") print $(i + 1)}' "$work/migerr" >> "$work/t"
-    there=$(awk '{print $NF}' "$work/mig")
-    kill -9 "$there" 2>/dev/null || true
-    for p in $(ip netns pids $A); do kill -9 $p 2>/dev/null || true; done
+    migrated
   done
   printf '%-8s %-22s %-22s\n' "$n" "$(stats 6 < "$work/f")" "$(stats 6 < "$work/t")"
   [ -z "${SHOW:-}" ] || grep -v 'vma \| fd ' "$work/restartd.log" | tail -30 >&2
