@@ -36,6 +36,20 @@ fn transparent_huge_pages_and_resource_limits_survive() {
     r.verdict("ok");
 }
 
+/// A process that maps more files than a restore opens at once gets each back where it was,
+/// private and shared, with what the shared ones had written to their files.
+#[test]
+fn many_mapped_files_come_back() {
+    let dir = tmpdir("mem-files");
+    let d = dir.to_str().unwrap();
+    let mut p = start("memory", &[d, "8", "files"], &dir);
+    let img = format!("{d}/m.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&[&img]);
+    r.verdict("ok");
+}
+
 #[test]
 fn sparse_mapping_stores_only_touched_pages() {
     let dir = tmpdir("mem-sparse");

@@ -290,8 +290,24 @@ impl Calls {
     /// mmap(at, len, prot, flags | MAP_ANONYMOUS, -1, 0) that must land at `at` (flags with
     /// MAP_FIXED_NOREPLACE: it fails rather than replace anything); `what` names the mapping.
     pub fn mmap_anon_at(&mut self, at: u64, len: u64, prot: u32, flags: i32, what: String) -> &mut Self {
-        let flags = (flags | libc::MAP_ANONYMOUS) as u64;
-        let args = [at, len, prot as u64, flags, u64::MAX, 0].map(V);
+        self.mmap_at(at, len, prot, flags | libc::MAP_ANONYMOUS, None, 0, what)
+    }
+
+    /// mmap(at, len, prot, flags, fd, off) (fd -1 for None) that must land at `at`, as
+    /// [`Calls::mmap_anon_at`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap_at(
+        &mut self,
+        at: u64,
+        len: u64,
+        prot: u32,
+        flags: i32,
+        fd: Option<i32>,
+        off: u64,
+        what: String,
+    ) -> &mut Self {
+        let fd = fd.map_or(u64::MAX, |f| f as u64);
+        let args = [at, len, prot as u64, flags as u64, fd, off].map(V);
         self.push(
             libc::SYS_mmap,
             args,
@@ -305,6 +321,15 @@ impl Calls {
                 Ok(())
             }),
         )
+    }
+
+    /// openat(AT_FDCWD, path, flags); a failure names `what`. Its result is the fd.
+    pub fn open(&mut self, path: &str, flags: i32, what: &str) -> &mut Self {
+        let mut b = path.as_bytes().to_vec();
+        b.push(0);
+        let at = self.keep(&b);
+        let args = [V(libc::AT_FDCWD as i64 as u64), At(at), V(flags as u32 as u64), V(0), V(0), V(0)];
+        self.push(libc::SYS_openat, args, named("openat", what.to_string()))
     }
 
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping, pages and

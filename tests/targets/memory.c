@@ -3,7 +3,9 @@
  * "FAIL: what". argv[1]: a directory for its data file; argv[2] (optional): MiB of a sparse
  * mapping to touch 1 page in 256 of; argv[3] (optional), comma-separated: "exe" checks that
  * /proc/self/exe is unchanged, "thp" disables transparent huge pages (PR_SET_THP_DISABLE),
- * "rlim" lowers a few resource limits, "zero" reads 64 MiB it never writes but one byte. Whatever THP setting and resource limits it starts
+ * "rlim" lowers a few resource limits, "zero" reads 64 MiB it never writes but one byte, "files"
+ * maps 100 files of its own (more than a restore opens at once), each privately and every third
+ * one shared too, written through. Whatever THP setting and resource limits it starts
  * with must be the ones it ends with. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -95,6 +97,24 @@ int main(int argc, char **argv) {
     unsigned char *zread = mmap(0, zlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (size_t off = 0; off < zlen; off += pg) CHECK(((volatile unsigned char *)zread)[off] == 0, "fresh page");
     zread[zlen / 2 + 7] = 0x77;
+    /* "files": many files mapped, each at its own place in it (page i of file i differs) */
+    enum { NFILES = 100 };
+    unsigned char *fpriv[NFILES] = {0}, *fshared[NFILES] = {0};
+    if (strstr(opts, "files")) {
+        for (int i = 0; i < NFILES; i++) {
+            char fp[4200]; snprintf(fp, sizeof fp, "%s/many%d.dat", argc > 1 ? argv[1] : ".", i);
+            int f = open(fp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+            unsigned char page[2 * 4096]; fill(page, sizeof page, 20 + i);
+            if (f < 0 || write(f, page, sizeof page) != sizeof page) { printf("FAIL: write %s\n", fp); return 1; }
+            fpriv[i] = mmap(0, 2 * pg, PROT_READ, MAP_PRIVATE, f, 0);
+            if (i % 3 == 0) {
+                fshared[i] = mmap(0, pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, pg);
+                if (fshared[i] != MAP_FAILED) fshared[i][5] = (unsigned char)(0xE0 + i % 16);
+            }
+            close(f);
+            CHECK(fpriv[i] != MAP_FAILED && fshared[i] != MAP_FAILED, "mmap %s", fp);
+        }
+    }
     volatile long counter = 41;
 
     size_t n1, n2;
@@ -127,6 +147,13 @@ int main(int argc, char **argv) {
     CHECK(fmap[pg + 10] == 0xAB && fmap[3 * pg] == 0xCD, "modified file pages");
     fmap[pg + 10] = fbuf[pg + 10]; fmap[3 * pg] = fbuf[3 * pg];
     CHECK(memcmp(fmap, fbuf, sizeof fbuf) == 0, "file mapping content");
+    for (int i = 0; i < NFILES && fpriv[i]; i++) {
+        unsigned char want[2 * 4096]; fill(want, sizeof want, 20 + i);
+        if (fshared[i]) want[4096 + 5] = (unsigned char)(0xE0 + i % 16);
+        if (memcmp(fpriv[i], want, sizeof want) != 0) { CHECK(0, "mapped file %d", i); break; }
+        if (fshared[i] && memcmp(fshared[i], want + 4096, 4096) != 0) { CHECK(0, "shared mapped file %d", i); break; }
+        if (fshared[i]) fshared[i][6] = 1; /* still writable */
+    }
     for (size_t off = 0; off < slen; off += 256 * pg)
         if (sparse[off] != ((unsigned char)(off >> 20) | 1)) { CHECK(0, "sparse at %zu", off); break; }
     CHECK(sparse[pg] == 0, "untouched sparse page is zero");
