@@ -506,7 +506,9 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
 /// `moved`: the exact ranges (sorted) of mappings made otherwise (moved in whole, see engine::precopy),
 /// left out here. Made in two goes a group (each remote syscall alone costs two context
 /// switches: 4 ms for a small C program's 25 mappings of files, one at a time): the group's
-/// files opened, each once, then its mappings made and the files closed.
+/// files opened, then its mappings made and the files closed. Each mapping of a file opens
+/// it anew, as it did one at a time: two mappings side by side of one open file would
+/// become one (the kernel merges them), where the process had two.
 pub fn map_all(c: &mut Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Result<()> {
     // Files open at once in the child, at most: its limit on open files is rstrt's until
     // step 7.
@@ -520,27 +522,17 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Result<()> 
             attach(c, v)?;
             continue;
         }
-        let file = match opened(p)? {
-            Some(f) => {
-                let i = match files.iter().position(|g| *g == f) {
-                    Some(i) => i,
-                    None if files.len() == FILES_AT_ONCE => {
-                        make(c, &group, &files)?;
-                        group.clear();
-                        files.clear();
-                        files.push(f);
-                        0
-                    }
-                    None => {
-                        files.push(f);
-                        files.len() - 1
-                    }
-                };
-                Some(i)
-            }
-            None => None,
-        };
-        group.push((p, file));
+        let file = opened(p)?;
+        if file.is_some() && files.len() == FILES_AT_ONCE {
+            make(c, &group, &files)?;
+            group.clear();
+            files.clear();
+        }
+        let i = file.map(|f| {
+            files.push(f);
+            files.len() - 1
+        });
+        group.push((p, i));
     }
     make(c, &group, &files)
 }
