@@ -1043,28 +1043,31 @@ fn restore_one<R: Input>(
     crate::res::timerfd::restore(&mut c, &st.timerfds, same_boot || shared.opts.timens)?;
     crate::res::epoll::restore(&mut c, &st.epolls)?;
     crate::res::locks::restore(&mut c, &st.locks, &st.files)?;
-    cwd::restore(&mut c, &st.cwd)?;
-    // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap.
+    // The rt_sigaction that makes SIGTRAP ignored would itself end in a step's trap (and so
+    // would a batch's int3 after it: then these go one at a time).
     c.r.stepping &= trap(&st.signals) != libc::SIG_IGN as u64;
-    st.signals.restore(&mut c, inherited)?;
     let ours = procfs::read_stat(pid)?.ppid == std::process::id() as i32;
     if opts.detach && ours && st.task.pdeathsig != 0 {
         // Its parent would be us, and we exit now: the signal would fire at once.
         st.task.pdeathsig = 0;
     }
-    st.task.restore(&mut c, &st.head.comm)?;
-    thp::restore(&mut c, st.thp_disabled)?;
+    // What the leader has of its own that depends on nothing else, in one go.
+    let mut l = Calls::new();
+    cwd::calls(&mut l, &st.cwd);
+    st.signals.calls(&mut l, inherited);
+    st.task.calls(&mut l, &st.head.comm);
+    thp::calls(&mut l, st.thp_disabled);
+    if let Some(info) = st.thread_info.first() {
+        info.calls(&mut l, true);
+    }
+    let area = c.scratch.clone();
+    c.run_at_once(&l, &area)?;
     rlimits::restore(&mut c, &st.rlimits)?;
     // Scheduling and knobs after the limits (RLIMIT_NICE, RLIMIT_RTPRIO decide what the user
     // may set); dumpable after the knobs, which write the process's own /proc files.
     let slack = st.sched.as_ref().map(|s| s.restore(&mut c)).transpose()?;
     let (kept_knobs, thread_knobs) = knobs::restore(&mut c, &st.knobs)?;
     notes.extend(kept_knobs);
-    if let Some(info) = st.thread_info.first() {
-        let mut l = Calls::new();
-        info.calls(&mut l, true);
-        c.run(&l)?;
-    }
     // The other threads: the ids (as the leader's at step 4), what each task has of its own
     // (the leader's values, but for its own scheduling where it had one), then what is the
     // thread's alone. Made from the leader at step 3b, they still hold what it held then: its

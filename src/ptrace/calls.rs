@@ -197,6 +197,25 @@ impl Calls {
         self.push(libc::SYS_prctl, args, named("prctl(PR_SET_NAME)", name.to_string()))
     }
 
+    pub fn chdir(&mut self, path: &str) -> &mut Self {
+        let mut b = path.as_bytes().to_vec();
+        b.push(0);
+        let at = self.keep(&b);
+        self.push(libc::SYS_chdir, [At(at), V(0), V(0), V(0), V(0), V(0)], named("chdir", path.to_string()))
+    }
+
+    pub fn umask(&mut self, mask: u32) -> &mut Self {
+        self.must(libc::SYS_umask, [mask as u64, 0, 0, 0, 0, 0], "umask", format!("{mask:o}"))
+    }
+
+    /// rt_sigaction(sig, act, NULL, 8) with the struct sigaction `act` (handler, flags,
+    /// restorer, mask: four u64).
+    pub fn rt_sigaction(&mut self, sig: usize, act: &[u8]) -> &mut Self {
+        let at = self.keep(act);
+        let args = [V(sig as u64), At(at), V(0), V(8), V(0), V(0)];
+        self.push(libc::SYS_rt_sigaction, args, named("rt_sigaction", format!("signal {sig}")))
+    }
+
     /// personality(2).
     pub fn personality(&mut self, p: u32) -> &mut Self {
         self.must(libc::SYS_personality, [p as u64, 0, 0, 0, 0, 0], "personality", format!("{p:#x}"))
@@ -325,11 +344,25 @@ impl Calls {
 
     /// openat(AT_FDCWD, path, flags); a failure names `what`. Its result is the fd.
     pub fn open(&mut self, path: &str, flags: i32, what: &str) -> &mut Self {
+        self.open_checked(path, flags, named("openat", what.to_string()))
+    }
+
+    /// [`Calls::open`] whose raw result `check` judges.
+    pub fn open_checked(
+        &mut self,
+        path: &str,
+        flags: i32,
+        check: impl Fn(i64, &str) -> Result<()> + 'static,
+    ) -> &mut Self {
         let mut b = path.as_bytes().to_vec();
         b.push(0);
         let at = self.keep(&b);
         let args = [V(libc::AT_FDCWD as i64 as u64), At(at), V(flags as u32 as u64), V(0), V(0), V(0)];
-        self.push(libc::SYS_openat, args, named("openat", what.to_string()))
+        self.push(libc::SYS_openat, args, Box::new(check))
+    }
+
+    pub fn lseek_set(&mut self, fd: i32, pos: u64, what: &str) -> &mut Self {
+        self.must(libc::SYS_lseek, [fd as u64, pos, libc::SEEK_SET as u64, 0, 0, 0], "lseek", what.to_string())
     }
 
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping, pages and

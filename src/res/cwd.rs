@@ -2,7 +2,7 @@
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
-use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 
 /// crfinfo's line.
 pub fn describe(cwd: &str) -> Vec<String> {
@@ -35,8 +35,9 @@ pub fn collect(pid: i32) -> Result<String> {
     Ok(s.to_string())
 }
 
-pub fn restore(c: &mut Ctl, cwd: &str) -> Result<()> {
-    c.chdir(cwd)
+/// The restored process's working directory, in its list of calls.
+pub fn calls(l: &mut Calls, cwd: &str) {
+    l.chdir(cwd);
 }
 
 #[cfg(test)]

@@ -757,6 +757,8 @@ pub fn restore(
         }
         keepers.push((key, k));
     }
+    // Those opened by path, opened at the end in one go: (fd, path, open flags, what).
+    let mut by_path: Vec<(&Fd, String, u32, String)> = Vec::new();
     for f in fds.iter().filter(|f| !keep(f.fd)) {
         let (path, flags) = match f.kind {
             KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
@@ -786,8 +788,8 @@ pub fn restore(
                 inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(|| {
                     Error::Refused(format!("{what}: the image does not hold {}: it is damaged", f.id.path))
                 })?;
-            let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
-            c.open(&format!("/proc/self/fd/{raw}"), (open_flags | nonblock) as i32, &what)?
+            by_path.push((f, format!("/proc/self/fd/{raw}"), open_flags, what));
+            continue;
         } else if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
         } else if f.kind == KIND_PIPE {
@@ -841,19 +843,8 @@ pub fn restore(
         } else if f.kind == KIND_INOTIFY {
             c.inotify_init(libc::IN_CLOEXEC, &what)?
         } else {
-            // Opened non-blocking, without taking a terminal: the path was checked, but may
-            // name a FIFO by now, whose open would never return.
-            let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
-            match c.open(path, (open_flags | nonblock) as i32, &what) {
-                Err(Error::Sys { errno: e @ (Errno::EACCES | Errno::EPERM), .. }) => {
-                    return Err(Error::Permission(format!(
-                        "the image's fd {} ({path}) cannot be reopened as uid {uid}: {}",
-                        f.fd,
-                        e.desc()
-                    )));
-                }
-                r => r?,
-            }
+            by_path.push((f, path.to_string(), open_flags, what));
+            continue;
         };
         if shared.is_some() {
             placed.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what);
@@ -874,6 +865,7 @@ pub fn restore(
             c.lseek_set(f.fd, f.pos, &what)?;
         }
     }
+    open_by_path(c, &by_path, above, uid, &mut placed)?;
     if !placed.is_empty() {
         let area = c.scratch.clone();
         c.run_at_once(&placed, &area)?;
@@ -884,6 +876,56 @@ pub fn restore(
     }
     for (_, k) in keepers {
         c.close(k, "fifo")?;
+    }
+    Ok(())
+}
+
+/// Opens the fds of `by_path` (fd, path, its open flags, what) in one go, moves them above
+/// every fd of the image (`above`) in another (an open lands on the lowest free fd, maybe one
+/// another of them is to go to), and adds to `placed` the calls that put each in place with
+/// its flags and offset. Each is opened non-blocking, without taking a terminal: the path was
+/// checked, but may name a FIFO by now, whose open would never return.
+fn open_by_path(
+    c: &mut Ctl,
+    by_path: &[(&Fd, String, u32, String)],
+    above: u64,
+    uid: u32,
+    placed: &mut Calls,
+) -> Result<()> {
+    if by_path.is_empty() {
+        return Ok(());
+    }
+    let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
+    let mut opens = Calls::new();
+    for (f, path, flags, what) in by_path {
+        let (fd, path, what, mine) = (f.fd, path.clone(), what.clone(), matches!(f.kind, KIND_DELETED | KIND_MEMFD));
+        opens.open_checked(&path.clone(), (flags | nonblock) as i32, move |r, who| match r {
+            0.. => Ok(()),
+            e if !mine && (e == -(libc::EACCES as i64) || e == -(libc::EPERM as i64)) => {
+                Err(Error::Permission(format!(
+                    "the image's fd {fd} ({path}) cannot be reopened as uid {uid}: {}",
+                    Errno::from_raw(-e as i32).desc()
+                )))
+            }
+            e => Err(Error::sys(format!("openat (in {who})"), what.clone(), Errno::from_raw(-e as i32))),
+        });
+    }
+    let area = c.scratch.clone();
+    let tmps = c.run_at_once(&opens, &area)?;
+    let mut up = Calls::new();
+    for (&t, (_, _, _, what)) in tmps.iter().zip(by_path) {
+        up.fcntl(t as i32, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", what);
+        up.close(t as i32, what);
+    }
+    let got = c.run_at_once(&up, &area)?;
+    for (k, (f, _, flags, what)) in by_path.iter().enumerate() {
+        let u = *got.get(2 * k).ok_or_else(|| Error::Proc(format!("{what}: not opened")))? as i32;
+        placed.fcntl(u, libc::F_SETFL, *flags as u64, "fcntl(F_SETFL)", what);
+        placed.dup3(u, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, what);
+        placed.close(u, what);
+        if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED | KIND_MEMFD) {
+            placed.lseek_set(f.fd, f.pos, what);
+        }
     }
     Ok(())
 }

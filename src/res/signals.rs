@@ -6,6 +6,7 @@
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 
 pub const NSIG: usize = 64;
 
@@ -172,10 +173,9 @@ impl Signals {
         }
     }
 
-    /// Installs handlers and the alternate stack (the mask is set last, by ptrace) in a child
-    /// that inherited `from`: only what differs is set, each a remote syscall.
-    pub fn restore(&self, c: &mut Ctl, from: &Signals) -> Result<()> {
-        let pid = c.pid();
+    /// The calls that install handlers and the alternate stack (the mask is set last, by
+    /// ptrace) in a child that inherited `from`: only for what differs.
+    pub fn calls(&self, l: &mut Calls, from: &Signals) {
         for (i, a) in self.actions.iter().enumerate() {
             let sig = i + 1;
             if !settable(sig) || from.actions.get(i) == Some(a) {
@@ -183,20 +183,15 @@ impl Signals {
             }
             let mut e = Enc::new();
             e.u64(a.handler).u64(a.flags).u64(a.restorer).u64(a.mask);
-            let p = c.scratch.put(pid, 0, e.as_slice())?;
-            c.rt_sigaction(sig, Some(p), None)?;
+            l.rt_sigaction(sig, e.as_slice());
         }
         // SS_ONSTACK is a state, not a setting. The inherited stack (our own) must not stay
         // when the process had none: a handler with SA_ONSTACK would run on it.
         let flags = self.altstack_flags & !(libc::SS_ONSTACK as u32);
         let disabled = |f: u32| f & libc::SS_DISABLE as u32 != 0;
         if !disabled(flags) || !disabled(from.altstack_flags) {
-            let mut e = Enc::new();
-            e.u64(self.altstack_sp).u64(flags as u64).u64(self.altstack_size);
-            let p = c.scratch.put(pid, 0, e.as_slice())?;
-            c.sigaltstack(Some(p), None, &format!("stack {:#x}", self.altstack_sp))?;
+            l.sigaltstack((self.altstack_sp, flags, self.altstack_size), &format!("stack {:#x}", self.altstack_sp));
         }
-        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
+use crate::ptrace::calls::Calls;
 use crate::ptrace::procfs;
 use crate::ptrace::tracee::RseqConf;
 use crate::ptrace::{Ctl, RemoteAddr};
@@ -68,18 +69,16 @@ impl Task {
         Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
     }
 
-    /// Restores what needs no privilege; called after memory is in place (rseq needs its area).
-    pub fn restore(&self, c: &mut Ctl, comm: &str) -> Result<()> {
-        c.umask(self.umask)?;
-        c.personality(self.personality)?;
-        let name: String = comm.chars().take(15).collect();
-        let p = c.scratch.put_cstr(c.pid(), 0, &name)?;
-        c.prctl(libc::PR_SET_NAME, [p.0, 0, 0, 0], "prctl(PR_SET_NAME)", &name)?;
-        c.prctl(libc::PR_SET_PDEATHSIG, [self.pdeathsig as u64, 0, 0, 0], "prctl(PR_SET_PDEATHSIG)", "restore")?;
+    /// The calls that restore what needs no privilege; run once memory is in place (rseq
+    /// needs its area).
+    pub fn calls(&self, l: &mut Calls, comm: &str) {
+        l.umask(self.umask);
+        l.personality(self.personality);
+        l.set_name(comm);
+        l.prctl(libc::PR_SET_PDEATHSIG, [self.pdeathsig as u64, 0, 0, 0], "prctl(PR_SET_PDEATHSIG)", "restore");
         if let Some(r) = self.rseq {
-            c.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq")?;
+            l.rseq(RemoteAddr(r.ptr), r.len, 0, r.sig, "rseq");
         }
-        Ok(())
     }
 
     /// dumpable goes after the credentials (a uid change resets it).

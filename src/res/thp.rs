@@ -6,6 +6,7 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::Calls;
 
 /// crfinfo's line, if disabled.
 pub fn describe(disabled: bool) -> Vec<String> {
@@ -36,12 +37,11 @@ pub fn collect(c: &mut Ctl) -> Result<bool> {
     Ok(c.prctl(libc::PR_GET_THP_DISABLE, [0; 4], "prctl(PR_GET_THP_DISABLE)", "query")? != 0)
 }
 
-/// Disables transparent huge pages in the restored process, if its image says so.
-pub fn restore(c: &mut Ctl, disabled: bool) -> Result<()> {
+/// The call that disables transparent huge pages in the restored process, if its image says so.
+pub fn calls(l: &mut Calls, disabled: bool) {
     if disabled {
-        c.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0], "prctl(PR_SET_THP_DISABLE)", "restore")?;
+        l.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0], "prctl(PR_SET_THP_DISABLE)", "restore");
     }
-    Ok(())
 }
 
 #[cfg(test)]
