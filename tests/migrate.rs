@@ -904,3 +904,64 @@ fn mapping_flags_that_change_as_the_process_is_frozen_fail_the_migration() {
     }
     let _ = src.kill();
 }
+
+/// The same for a post-copy, whose copy runs without waiting for the check (for a large
+/// process it would be most of the freeze): the difference stops the post-copy before its last
+/// page, the copy there is killed, and the process runs on here.
+#[test]
+fn mapping_flags_that_change_as_a_post_copied_process_is_frozen_stop_it() {
+    let Some(n) = Nodes::new() else { return };
+    if !require(Path::new("/usr/bin/python3").exists(), "python3") {
+        return;
+    }
+    let dir = tmpdir("mig-flags-post");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let mut caught = None;
+    // Each migration that does not catch it moves the process: a new one for the next try.
+    for i in 0..12 {
+        let log = dir.join(format!("log{i}"));
+        let script = format!(
+            "import mmap, os\n\
+             m = mmap.mmap(-1, 4096)\n\
+             m[0] = 1\n\
+             open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
+             while True:\n\
+             \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
+             \x20   m.madvise(mmap.MADV_DODUMP)\n",
+            log = log.to_str().unwrap()
+        );
+        let mut c = n.cmd(&n.a, "python3", &["-c", &script]);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        let mut src = c.spawn().unwrap();
+        let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+        let o = migrate(&n, &["--key", &key, "--post-copy", &pid.to_string(), &n.addr_b]);
+        if o.status.success() {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid_there(&o), libc::SIGKILL) };
+            assert!(gone(&mut src), "moved, and still here");
+            continue;
+        }
+        caught = Some((stderr(&o), src, pid));
+        break;
+    }
+    let (err, mut src, pid) = caught.expect("no migration saw the flags change");
+    assert!(
+        err.contains("changed as it was frozen")
+            && err.contains("post-copy stopped before every page was sent")
+            && err.contains("runs on here"),
+        "{err}"
+    );
+    assert!(!gone(&mut src), "the process is gone");
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!state.contains(") T "), "left stopped: {state}");
+    // The copy ran there; it is killed once the source gives up.
+    let ran = d.1.all().into_iter().filter(|l| l.contains("its pages follow (post-copy)")).next_back().unwrap();
+    let copy: i32 = ran.split(" runs as pid ").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    let t0 = std::time::Instant::now();
+    while Path::new(&format!("/proc/{copy}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the copy {copy} still runs at the destination");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = src.kill();
+}

@@ -11,7 +11,10 @@
 //! frozen smaps is read again, beside the writing of the image ([`FlagsLater::check`]), and
 //! the caller waits for the comparison before the copy may run ([`FlagsLater::wait`]; a
 //! migration, between the destination's Restored and its Commit). A difference fails the
-//! migration by name, and the process runs on here as it was.
+//! migration by name, and the process runs on here as it was. A post-copy does not wait (for
+//! a process of a GiB the comparison takes some 15 ms, most of the freeze): its copy runs,
+//! and the source, frozen until the last page went, gives up and runs on if the comparison
+//! fails before then ([`FlagsLater::done`]).
 
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
@@ -83,7 +86,7 @@ fn read(pid: i32, precopied: Option<&super::precopy::Precopied>) -> Result<Vec<M
 fn compare(pid: i32, taken: &[MapEntry], precopied: Option<&super::precopy::Precopied>) -> Result<()> {
     let now = read(pid, precopied)?;
     match differs(pid, taken, &now) {
-        Some(d) => Err(Error::Refused(format!("{d}: nothing was moved, and it runs on here; try again"))),
+        Some(d) => Err(Error::Refused(d)),
         None => Ok(()),
     }
 }
@@ -145,6 +148,11 @@ impl FlagsLater {
             st.checks.push(h);
         }
         Ok(())
+    }
+
+    /// Whether every comparison is over (then [`FlagsLater::wait`] returns at once).
+    pub fn done(&self) -> bool {
+        lock(&self.0).map_or(true, |st| st.taken.is_empty() && st.checks.iter().all(|h| h.is_finished()))
     }
 
     /// Waits for every comparison: Err names the first mapping whose flags changed. Flags

@@ -364,7 +364,14 @@ fn commit(
     *remote_pid = parse_pid(&buf)?;
     let remote_pid = *remote_pid;
     // The mappings as they were frozen (checked while the image went and it was restored).
-    flags.wait()?;
+    // A post-copy need not wait: the process here stays frozen until the last page went,
+    // and the copy there is killed if the check fails before then (postcopy::send).
+    if later.is_none() {
+        flags.wait().map_err(|e| match e {
+            Error::Refused(d) => Error::Refused(format!("{d}: nothing was moved, and it runs on here; try again")),
+            e => e,
+        })?;
+    }
     // From here the copy may start: the frozen source must not run again unless we are sure
     // the copy does not.
     c.send(Kind::Commit, &[])?;
@@ -373,7 +380,7 @@ fn commit(
             let Some(Later { runs: p, urgent, timeout, out }) = later else { return Ok(()) };
             // Post-copy: it runs there; its pages follow from here, where it stays frozen.
             let runs = p.0.lock().map(|r| r.clone()).map_err(|_| Error::Proc("post-copy state poisoned".into()))?;
-            match super::postcopy::send(c, urgent, &runs, timeout) {
+            match super::postcopy::send(c, urgent, &runs, timeout, flags) {
                 Ok(s) => {
                     *out = Some(s);
                     return Ok(());

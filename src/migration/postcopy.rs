@@ -272,6 +272,7 @@ pub fn send(
     mut urgent: Option<Conn<TcpStream>>,
     runs: &[(i32, Vec<(u64, u64)>)],
     timeout: Duration,
+    flags: &crate::engine::vmflags::FlagsLater,
 ) -> std::result::Result<Sent, (Error, bool)> {
     let t0 = Instant::now();
     // A page a process waits for goes after what the socket holds and has not sent yet: hold
@@ -310,7 +311,14 @@ pub fn send(
     // When the last Want came (long ago at first: the bulk goes in large frames until the
     // process there asks for something).
     let mut asked: Option<Instant> = None;
+    // Whether the mappings' flags were found the same frozen as before the freeze (the copy
+    // there runs meanwhile; a difference stops the post-copy before its last page).
+    let mut checked = false;
     loop {
+        if !checked && flags.done() {
+            flags.wait().map_err(|e| (e, false))?;
+            checked = true;
+        }
         let pending = at < out.len();
         let mut fds =
             vec![libc::pollfd { fd, events: libc::POLLIN | if pending { libc::POLLOUT } else { 0 }, revents: 0 }];
@@ -410,6 +418,10 @@ pub fn send(
             continue;
         }
         if procs.iter().all(Proc::done) {
+            if !checked {
+                flags.wait().map_err(|e| (e, false))?;
+                checked = true;
+            }
             // Every page went: on the second connection first, which the destination
             // reads until its End too. (It stays open until AllIn: the destination may still
             // ask on it for a page on its way, and must not find it closed.)
