@@ -297,8 +297,11 @@ pub struct Stats {
     /// Post-copy: pages received from the source, and pages asked for first.
     pub received: u64,
     pub wanted: u64,
-    /// The longest a fault waited for its page from the source, in seconds.
+    /// The longest a fault waited for its page from the source, in seconds; how many waited,
+    /// and how long all together.
     pub longest: f64,
+    pub waits: u64,
+    pub waited: f64,
     /// From the first process given to the last page in.
     pub seconds: f64,
 }
@@ -872,7 +875,10 @@ impl State {
             if still {
                 self.waiting.push((fd, page, since));
             } else {
-                self.stats.longest = self.stats.longest.max(since.elapsed().as_secs_f64());
+                let w = since.elapsed().as_secs_f64();
+                self.stats.longest = self.stats.longest.max(w);
+                self.stats.waits += 1;
+                self.stats.waited += w;
                 wake(fd, page)?;
             }
         }

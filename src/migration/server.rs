@@ -307,10 +307,12 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         info!("{peer}: {who} runs as pid {pid}; its pages follow (post-copy)");
         outcome = server.link(Box::new(super::postcopy::Link::new(c, urgent))).and_then(|()| server.finish()).map(|st| {
             info!(
-                "{peer}: {who}: post-copy: {} pages in {:.1} ms after it ran, {} asked for first (the longest wait {:.1} ms), {} forks followed",
+                "{peer}: {who}: post-copy: {} pages in {:.1} ms after it ran, {} asked for first ({} faults waited, {:.2} ms on average, the longest {:.1} ms), {} forks followed",
                 st.received,
                 t0.elapsed().as_secs_f64() * 1e3,
                 st.wanted,
+                st.waits,
+                if st.waits > 0 { st.waited * 1e3 / st.waits as f64 } else { 0.0 },
                 st.longest * 1e3,
                 st.forks
             );
