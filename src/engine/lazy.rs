@@ -60,7 +60,10 @@ const FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
 const FAULT_CHUNK: u64 = 64 * PAGE;
 const FILL_CHUNK: u64 = 256 * PAGE;
 /// Most bytes one fault asks of a post-copy's source: each costs the faulting thread a round
-/// trip, and the source's reading and sealing of it.
+/// trip, and the source's reading and sealing of it. A fault that is not where the last one
+/// of its mm asked up to asks only its own page, which comes back sooner (a process that
+/// touches its memory at random would wait for 15 pages it does not need); one that is, the
+/// next WANT_CHUNK, as readahead does.
 const WANT_CHUNK: u64 = 16 * PAGE;
 /// Batches kept read and checked.
 const CACHED: usize = 4;
@@ -213,6 +216,8 @@ struct Mm {
     /// Some of its pages were moved (mremap): a REMOTE piece's key may differ from its
     /// address at the source. Until then they are the same, and a piece is found by its key.
     moved: bool,
+    /// Post-copy: where (at the source) the last page its faults asked for ends.
+    asked_to: u64,
 }
 
 impl Mm {
@@ -520,7 +525,7 @@ fn serve(mut st: State, rx: mpsc::Receiver<ToServer>, wake: &OwnedFd, stop: &Ato
                     st.pages.batches.extend(lazy.batches);
                     let rebase = |p: Piece| if p.batch == REMOTE { p } else { Piece { batch: p.batch + base, ..p } };
                     let pending = lazy.pending.into_iter().map(|(k, p)| (k, rebase(p))).collect();
-                    st.mms.push(Mm { pid, uffd, pending, from: lazy.from, moved: false });
+                    st.mms.push(Mm { pid, uffd, pending, from: lazy.from, moved: false, asked_to: 0 });
                 }
                 Ok(ToServer::Link(l)) => {
                     st.link = Some(l);
@@ -674,7 +679,7 @@ impl State {
                 // SAFETY: the kernel installed this fd in our table for us, with the event.
                 let uffd = unsafe { OwnedFd::from_raw_fd(msg.a as u32 as i32) };
                 if let Some((pending, from, moved)) = self.mm(fd).map(|m| (m.pending.clone(), m.from, m.moved)) {
-                    self.mms.push(Mm { pid: 0, uffd, pending, from, moved });
+                    self.mms.push(Mm { pid: 0, uffd, pending, from, moved, asked_to: 0 });
                     self.stats.forks += 1;
                 }
             }
@@ -713,7 +718,9 @@ impl State {
             }
             // Asked of the source, from this page on; its arrival wakes the fault.
             let from = v.off + (page - k);
-            let to = (from + WANT_CHUNK).min(v.off + v.len);
+            let ahead = if from == m.asked_to { WANT_CHUNK } else { PAGE };
+            let to = (from + ahead).min(v.off + v.len);
+            m.asked_to = to;
             self.waiting.push((fd, page, std::time::Instant::now()));
             if let Some(l) = self.link.as_mut()
                 && !self.asked.contains(&(who, from))
@@ -1043,7 +1050,7 @@ mod tests {
             pending.insert(at, Piece { len, batch, off: at });
         }
         let null = std::fs::File::open("/dev/null").unwrap();
-        let mut m = Mm { pid: 0, uffd: null.into(), pending, from: 0, moved: false };
+        let mut m = Mm { pid: 0, uffd: null.into(), pending, from: 0, moved: false, asked_to: 0 };
         for s in (0..0x10000u64).step_by(0x800) {
             for len in [0x800u64, 0x1000, 0x5000] {
                 let e = s + len;
