@@ -171,6 +171,9 @@ pub struct Source {
     tracker: Tracker,
     /// The last round is taken: the process is frozen.
     frozen: bool,
+    /// Then, the pages of the ranges tracked that hold data (sorted runs): a page sent and
+    /// dropped since (MADV_DONTNEED), and not touched again, is not written, and not here.
+    data: Vec<(u64, u64)>,
     /// Per area the destination holds, by start: a flag per page, set when it holds the page
     /// as it is now.
     held: BTreeMap<u64, (Area, Vec<bool>)>,
@@ -220,6 +223,7 @@ impl Source {
             start,
             tracker,
             frozen: false,
+            data: Vec::new(),
             held: BTreeMap::new(),
             rounds: Vec::new(),
             frame: Vec::new(),
@@ -474,9 +478,10 @@ impl Source {
     /// The process is frozen: the last writes are taken. The tracking itself ends when the
     /// Source is dropped, once the process is let go or killed.
     pub fn freeze(&mut self) -> Result<()> {
-        let taken = self.tracker()?.take()?;
+        let taken = self.tracker()?.take_last()?;
         self.forget(&taken.written);
         self.forget(&taken.lost);
+        self.data = taken.data;
         self.frozen = true;
         Ok(())
     }
@@ -496,9 +501,10 @@ impl Source {
     }
 
     /// For the frozen process's mappings `vmas` (after [`Source::freeze`]): the sorted ranges
-    /// whose pages the destination holds as they are. (Of those, the image writes as kept runs
-    /// the pages that hold data now: memory::dump_pages looks at the page tables, once; a page
-    /// dropped since it went is dropped there too.)
+    /// whose pages the destination holds as they are: held, not written since they went, and
+    /// holding data now (the last look, at the freeze: a page dropped since it went and not
+    /// touched again counts as not written). memory::dump_pages writes them as kept runs
+    /// without looking at them again.
     pub fn kept(&mut self, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
         if !self.frozen {
             return Err(Error::Proc("pre-copy: kept pages asked for before the last round".into()));
@@ -508,8 +514,15 @@ impl Source {
         for v in vmas.iter().filter(|v| eligible(v)) {
             let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| *a == area_of(v)) else { continue };
             let first = out.len();
+            let mut d = self.data.partition_point(|r| r.1 <= a.start);
             for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
                 let p = a.start + i as u64 * PAGE;
+                while d < self.data.len() && self.data[d].1 <= p {
+                    d += 1;
+                }
+                if self.data.get(d).is_none_or(|r| r.0 > p) {
+                    continue;
+                }
                 let n = out.len();
                 match out.last_mut() {
                     Some(w) if w.1 == p && n > first => w.1 = p + PAGE,

@@ -251,6 +251,33 @@ impl Pagemap {
     }
 }
 
+impl Pagemap {
+    /// For the last look at a tracked range (see [`Pagemap::written`]), in one walk and
+    /// without protecting anything again: the pages written since they were last protected,
+    /// and the pages that hold data (in memory or in swap, not the zero page), as runs.
+    pub fn written_and_data(&mut self, start: u64, end: u64) -> std::io::Result<(Runs, Runs)> {
+        let (mut written, mut data) = (Runs::new(), Runs::new());
+        let ask = ScanArg {
+            flags: PM_SCAN_CHECK_WPASYNC,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        self.scan(start, end, ask, |r| {
+            if r.categories & PAGE_IS_WRITTEN != 0 {
+                join(&mut written, r.start, r.end);
+            }
+            if r.categories & PAGE_IS_PFNZERO == 0 {
+                join(&mut data, r.start, r.end);
+            }
+        })?;
+        Ok((written, data))
+    }
+}
+
+/// Ranges of addresses, [start, end) each, in order.
+pub type Runs = Vec<(u64, u64)>;
+
 /// Appends a range, joined to the last one when it continues it.
 pub fn join(out: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     match out.last_mut() {

@@ -119,12 +119,29 @@ impl Tracker {
     /// found by the next call. With them, the ranges whose tracking was lost (unmapped, or
     /// mapped again: what they hold now is unknown), no longer tracked.
     pub fn take(&mut self) -> Result<Taken> {
+        self.take_as(false)
+    }
+
+    /// [`Tracker::take`] for the last time (the process is frozen): nothing is protected
+    /// again, and the same walk finds which pages hold data (`Taken::data`).
+    pub fn take_last(&mut self) -> Result<Taken> {
+        self.take_as(true)
+    }
+
+    fn take_as(&mut self, last: bool) -> Result<Taken> {
         let mut t = Taken::default();
         let pid = self.pid;
         let mut lost = Vec::new();
         for &(start, end) in &self.ranges {
-            match self.pagemap.written(start, end) {
-                Ok(runs) => t.written.extend(runs),
+            let found = match last {
+                false => self.pagemap.written(start, end).map(|w| (w, Vec::new())),
+                true => self.pagemap.written_and_data(start, end),
+            };
+            match found {
+                Ok((runs, data)) => {
+                    t.written.extend(runs);
+                    t.data.extend(data);
+                }
                 // Some of it is not registered memory any more.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT)) => lost.push((start, end)),
                 Err(e) => {
@@ -153,6 +170,8 @@ impl Tracker {
 pub struct Taken {
     pub written: Vec<(u64, u64)>,
     pub lost: Vec<(u64, u64)>,
+    /// [`Tracker::take_last`]: the pages of the ranges still tracked that hold data.
+    pub data: Vec<(u64, u64)>,
 }
 
 /// Whether this kernel lets crs track a running process's writes, asked on a userfaultfd and
