@@ -846,6 +846,26 @@ fn a_hybrid_migration_sends_most_ahead_and_the_rest_after() {
     assert!(!tracked(new), "the restored process is still registered with a userfaultfd");
 }
 
+/// A Python process on node a that flips a mapping's flags (MADV_DONTDUMP, MADV_DODUMP) all
+/// the time, once it said "ready" in `log`; and its pid.
+fn flag_flipper(n: &Nodes, log: &Path) -> (std::process::Child, i32) {
+    let script = format!(
+        "import mmap, os\n\
+         m = mmap.mmap(-1, 4096)\n\
+         m[0] = 1\n\
+         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
+         while True:\n\
+         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
+         \x20   m.madvise(mmap.MADV_DODUMP)\n",
+        log = log.to_str().unwrap()
+    );
+    let mut c = n.cmd(&n.a, "python3", &["-c", &script]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let src = c.spawn().unwrap();
+    let pid: i32 = log_line(log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    (src, pid)
+}
+
 /// A migration takes the mappings' flags from a look just before the freeze, and checks them
 /// against the frozen process's own while the image goes: a process that changes the flags of a
 /// whole mapping (madvise) all the time is caught doing it between the two, and the migration
@@ -859,21 +879,7 @@ fn mapping_flags_that_change_as_the_process_is_frozen_fail_the_migration() {
     let dir = tmpdir("mig-flags");
     let key = keyfile(&dir, "key");
     let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
-    let log = dir.join("log");
-    let script = format!(
-        "import mmap, os\n\
-         m = mmap.mmap(-1, 4096)\n\
-         m[0] = 1\n\
-         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
-         while True:\n\
-         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
-         \x20   m.madvise(mmap.MADV_DODUMP)\n",
-        log = log.to_str().unwrap()
-    );
-    let mut c = n.cmd(&n.a, "python3", &["-c", &script]);
-    c.stdin(Stdio::null()).stdout(Stdio::null());
-    let mut src = c.spawn().unwrap();
-    let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (mut src, pid) = flag_flipper(&n, &dir.join("log"));
     // Half of the looks find the flags the freeze does not: twelve tries fail to catch one
     // once in four thousand runs.
     let mut caught = None;
@@ -920,21 +926,7 @@ fn mapping_flags_that_change_as_a_post_copied_process_is_frozen_stop_it() {
     let mut caught = None;
     // Each migration that does not catch it moves the process: a new one for the next try.
     for i in 0..12 {
-        let log = dir.join(format!("log{i}"));
-        let script = format!(
-            "import mmap, os\n\
-             m = mmap.mmap(-1, 4096)\n\
-             m[0] = 1\n\
-             open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
-             while True:\n\
-             \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
-             \x20   m.madvise(mmap.MADV_DODUMP)\n",
-            log = log.to_str().unwrap()
-        );
-        let mut c = n.cmd(&n.a, "python3", &["-c", &script]);
-        c.stdin(Stdio::null()).stdout(Stdio::null());
-        let mut src = c.spawn().unwrap();
-        let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (mut src, pid) = flag_flipper(&n, &dir.join(format!("log{i}")));
         let o = migrate(&n, &["--key", &key, "--post-copy", &pid.to_string(), &n.addr_b]);
         if o.status.success() {
             // SAFETY: kill has no memory effects.
@@ -956,7 +948,7 @@ fn mapping_flags_that_change_as_a_post_copied_process_is_frozen_stop_it() {
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     assert!(!state.contains(") T "), "left stopped: {state}");
     // The copy ran there; it is killed once the source gives up.
-    let ran = d.1.all().into_iter().filter(|l| l.contains("its pages follow (post-copy)")).next_back().unwrap();
+    let ran = d.1.all().into_iter().rfind(|l| l.contains("its pages follow (post-copy)")).unwrap();
     let copy: i32 = ran.split(" runs as pid ").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
     let t0 = std::time::Instant::now();
     while Path::new(&format!("/proc/{copy}")).exists() {

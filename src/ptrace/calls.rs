@@ -91,6 +91,13 @@ impl Calls {
         at
     }
 
+    /// Keeps `s` with a NUL after it, for a pointer to a C string; its offset.
+    fn keep_cstr(&mut self, s: &[u8]) -> usize {
+        let at = self.keep(s);
+        self.bytes.push(0);
+        at
+    }
+
     /// Adds a call whose result `check` judges.
     fn push(&mut self, nr: i64, args: [Arg; 6], check: Check) -> &mut Self {
         self.calls.push(Call { nr, args, check, upto: self.bytes.len() });
@@ -190,17 +197,13 @@ impl Calls {
 
     /// prctl(PR_SET_NAME): the task's name (cut to 15 bytes, as the kernel keeps it).
     pub fn set_name(&mut self, name: &str) -> &mut Self {
-        let mut b: Vec<u8> = name.bytes().take(15).collect();
-        b.push(0);
-        let at = self.keep(&b);
+        let at = self.keep_cstr(&name.as_bytes()[..name.len().min(15)]);
         let args = [V(libc::PR_SET_NAME as u64), At(at), V(0), V(0), V(0), V(0)];
         self.push(libc::SYS_prctl, args, named("prctl(PR_SET_NAME)", name.to_string()))
     }
 
     pub fn chdir(&mut self, path: &str) -> &mut Self {
-        let mut b = path.as_bytes().to_vec();
-        b.push(0);
-        let at = self.keep(&b);
+        let at = self.keep_cstr(path.as_bytes());
         self.push(libc::SYS_chdir, [At(at), V(0), V(0), V(0), V(0), V(0)], named("chdir", path.to_string()))
     }
 
@@ -354,9 +357,7 @@ impl Calls {
         flags: i32,
         check: impl Fn(i64, &str) -> Result<()> + 'static,
     ) -> &mut Self {
-        let mut b = path.as_bytes().to_vec();
-        b.push(0);
-        let at = self.keep(&b);
+        let at = self.keep_cstr(path.as_bytes());
         let args = [V(libc::AT_FDCWD as i64 as u64), At(at), V(flags as u32 as u64), V(0), V(0), V(0)];
         self.push(libc::SYS_openat, args, Box::new(check))
     }
@@ -393,9 +394,7 @@ impl Calls {
     /// without CONFIG_ANON_VMA_NAME) is for the caller to judge.
     pub fn set_anon_name(&mut self, at: RemoteAddr, len: u64, name: &str) -> &mut Self {
         const PR_SET_VMA: u64 = 0x53564d41;
-        let mut b = name.as_bytes().to_vec();
-        b.push(0);
-        let p = self.keep(&b);
+        let p = self.keep_cstr(name.as_bytes());
         let args = [V(PR_SET_VMA), V(0), V(at.0), V(len), At(p), V(0)];
         self.push(libc::SYS_prctl, args, Box::new(|_, _| Ok(())))
     }

@@ -897,9 +897,9 @@ fn open_by_path(
     }
     let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
     let mut opens = Calls::new();
-    for (f, path, flags, what) in by_path {
-        let (fd, path, what, mine) = (f.fd, path.clone(), what.clone(), matches!(f.kind, KIND_DELETED | KIND_MEMFD));
-        opens.open_checked(&path.clone(), (flags | nonblock) as i32, move |r, who| match r {
+    for (f, p, flags, what) in by_path {
+        let (fd, path, what, mine) = (f.fd, p.clone(), what.clone(), matches!(f.kind, KIND_DELETED | KIND_MEMFD));
+        opens.open_checked(p, (flags | nonblock) as i32, move |r, who| match r {
             0.. => Ok(()),
             e if !mine && (e == -(libc::EACCES as i64) || e == -(libc::EPERM as i64)) => {
                 Err(Error::Permission(format!(
