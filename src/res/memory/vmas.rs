@@ -514,8 +514,8 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Result<()> 
     // step 7.
     const FILES_AT_ONCE: usize = 64;
     let made_here = |p: &&Plan| !p.vma.is_special() && moved.binary_search(&(p.vma.start, p.vma.end)).is_err();
-    let mut group: Vec<(&Plan, Option<usize>)> = Vec::new();
-    let mut files: Vec<(String, i32)> = Vec::new();
+    let mut group: Vec<(&Plan, Option<(String, i32)>)> = Vec::new();
+    let mut files = 0;
     for p in plans.iter().filter(made_here) {
         let v = &p.vma;
         if v.flags & VMA_SYSV != 0 {
@@ -523,18 +523,15 @@ pub fn map_all(c: &mut Ctl, plans: &[Plan], moved: &[(u64, u64)]) -> Result<()> 
             continue;
         }
         let file = opened(p)?;
-        if file.is_some() && files.len() == FILES_AT_ONCE {
-            make(c, &group, &files)?;
+        if file.is_some() && files == FILES_AT_ONCE {
+            make(c, &group)?;
             group.clear();
-            files.clear();
+            files = 0;
         }
-        let i = file.map(|f| {
-            files.push(f);
-            files.len() - 1
-        });
-        group.push((p, i));
+        files += file.is_some() as usize;
+        group.push((p, file));
     }
-    make(c, &group, &files)
+    make(c, &group)
 }
 
 /// The file (path, open flags) a plan's mapping is made from, if any.
@@ -559,21 +556,22 @@ fn opened(p: &Plan) -> Result<Option<(String, i32)>> {
     Ok(Some((path, mode | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)))
 }
 
-/// Makes the mappings of `group` (each with the index of its file in `files`, if any): opens
-/// the files in one go, then makes the mappings and closes the files in another. A failure
-/// leaves files open in the child, which a failed restore kills.
-fn make(c: &mut Ctl, group: &[(&Plan, Option<usize>)], files: &[(String, i32)]) -> Result<()> {
+/// Makes the mappings of `group` (each with the file it is made from, if any: path, open
+/// flags): opens the files in one go, then makes the mappings and closes the files in another.
+/// A failure leaves files open in the child, which a failed restore kills.
+fn make(c: &mut Ctl, group: &[(&Plan, Option<(String, i32)>)]) -> Result<()> {
     if group.is_empty() {
         return Ok(());
     }
     let area = c.scratch.clone();
     let mut opens = Calls::new();
-    for (path, flags) in files {
+    for (path, flags) in group.iter().filter_map(|g| g.1.as_ref()) {
         opens.open(path, *flags, path);
     }
     let fds = c.run_at_once(&opens, &area)?;
+    let mut next = fds.iter();
     let mut maps = Calls::new();
-    for &(p, file) in group {
+    for (p, file) in group {
         let v = &p.vma;
         let shared = v.flags & VMA_SHARED != 0;
         let mut flags = libc::MAP_FIXED_NOREPLACE
@@ -591,14 +589,14 @@ fn make(c: &mut Ctl, group: &[(&Plan, Option<usize>)], files: &[(String, i32)]) 
         let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
         let prot = if v.kind == KIND_FILE && shared { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
         match file {
-            Some(i) => {
-                let fd = *fds.get(i).ok_or_else(|| Error::Proc(format!("{what}: its file was not opened")))?;
+            Some(_) => {
+                let fd = *next.next().ok_or_else(|| Error::Proc(format!("{what}: its file was not opened")))?;
                 maps.mmap_at(v.start, v.len(), prot, flags, Some(fd as i32), v.pgoff * PAGE_SIZE as u64, what)
             }
             None => maps.mmap_anon_at(v.start, v.len(), prot, flags, what),
         };
     }
-    for (&fd, (path, _)) in fds.iter().zip(files) {
+    for (&fd, (path, _)) in fds.iter().zip(group.iter().filter_map(|g| g.1.as_ref())) {
         maps.close(fd as i32, path);
     }
     c.run_at_once(&maps, &area).map(drop)
