@@ -4,8 +4,9 @@
 //! fds and mappings by the resources that save them (res::files, res::memory).
 
 use crate::error::{Error, Result};
+use crate::ptrace::calls::{Answers, Calls, Q};
+use crate::ptrace::procfs;
 use crate::ptrace::tracee::Tracee;
-use crate::ptrace::{Ctl, procfs};
 
 const PR_GET_IO_FLUSHER: i32 = 58;
 
@@ -175,30 +176,60 @@ pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
     [timers(pid), namespaces(pid), numa].concat()
 }
 
-/// What only the frozen process itself can tell: security bits, a NUMA policy, syscall user
-/// dispatch, the I/O flusher flag.
-/// `securebits`: its PR_GET_SECUREBITS, which come back (res::caps) unless its uids mix 0 and
-/// others (`mixed`).
-pub fn asked(c: &mut Ctl, t: &Tracee, securebits: u32, mixed: bool) -> Result<Vec<String>> {
-    let mut why = Vec::new();
-    if securebits != 0 && mixed {
-        why.push(format!(
-            "it has security bits {securebits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS) and uids that mix 0 and others, which crs does not restore"
-        ));
+/// The questions for what only the frozen process itself can tell: its security bits, a NUMA
+/// policy, the I/O flusher flag.
+pub fn ask(l: &mut Calls) -> Asked {
+    Asked {
+        securebits: l.ask_prctl(libc::PR_GET_SECUREBITS, 0),
+        mempolicy: l.ask_mempolicy(),
+        io_flusher: l.ask_prctl(PR_GET_IO_FLUSHER, 0),
     }
-    let mode = c.mempolicy_mode()?;
-    if mode != 0 {
-        why.push(format!("it has a NUMA memory policy (set_mempolicy mode {mode:#x}), which crs does not restore yet"));
+}
+
+/// The questions of [`ask`].
+pub struct Asked {
+    securebits: Q,
+    mempolicy: Q,
+    io_flusher: Q,
+}
+
+impl Asked {
+    /// Its PR_GET_SECUREBITS.
+    pub fn securebits(&self, a: &Answers) -> Result<u32> {
+        a.ok(self.securebits, "prctl(PR_GET_SECUREBITS)", "query").map(|b| b as u32)
     }
-    if t.syscall_user_dispatch()? {
-        why.push("it uses syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH), which crs does not restore".into());
+
+    /// The reasons against the process among the answers and what its leader `t` shows
+    /// (syscall user dispatch). Its security bits come back (res::caps) unless its uids mix 0
+    /// and others (`mixed`).
+    pub fn reasons(&self, a: &Answers, t: &Tracee, mixed: bool) -> Result<Vec<String>> {
+        let mut why = Vec::new();
+        let securebits = self.securebits(a)?;
+        if securebits != 0 && mixed {
+            why.push(format!(
+                "it has security bits {securebits:#x} set (PR_SET_SECUREBITS, PR_SET_KEEPCAPS) and uids that mix 0 and others, which crs does not restore"
+            ));
+        }
+        let mode = match a.raw(self.mempolicy) {
+            0 => a.u32(self.mempolicy),
+            e if e == -(libc::ENOSYS as i64) => 0,
+            _ => a.ok(self.mempolicy, "get_mempolicy", "its policy").map(|_| 0)?,
+        };
+        if mode != 0 {
+            why.push(format!(
+                "it has a NUMA memory policy (set_mempolicy mode {mode:#x}), which crs does not restore yet"
+            ));
+        }
+        if t.syscall_user_dispatch()? {
+            why.push("it uses syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH), which crs does not restore".into());
+        }
+        // Only a process with CAP_SYS_RESOURCE may ask (EPERM otherwise), and only such a
+        // process can have set it.
+        if a.raw(self.io_flusher) == 1 {
+            why.push("it is an I/O flusher (PR_SET_IO_FLUSHER), which crs does not restore yet".into());
+        }
+        Ok(why)
     }
-    // Only a process with CAP_SYS_RESOURCE may ask (EPERM otherwise), and only such a process
-    // can have set it.
-    if c.prctl_raw(PR_GET_IO_FLUSHER, [0; 4])? == 1 {
-        why.push("it is an I/O flusher (PR_SET_IO_FLUSHER), which crs does not restore yet".into());
-    }
-    Ok(why)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::crf::pages::Run;
 use crate::crf::{Sink, Tag, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
+use crate::ptrace::calls::Calls;
 use crate::ptrace::remote::{Remote, syscall_all};
 use crate::ptrace::tracee::{Caught, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
@@ -1285,23 +1286,39 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let mut st = ProcessState { seccomp, ..Default::default() };
     let mut why = Vec::new();
     let asked = (|| -> Result<u64> {
-        let securebits = c.prctl(libc::PR_GET_SECUREBITS, [0; 4], "prctl(PR_GET_SECUREBITS)", "query")? as u32;
+        // Every question in one list, run in one go where the area allows.
+        let mut l = Calls::new();
+        let blocking = blockers::ask(&mut l);
+        let signals = Signals::ask(&mut l);
+        let task = Task::ask(&mut l);
+        let (mdwe_q, thp_q) = (mdwe::ask(&mut l), thp::ask(&mut l));
+        let slack = l.ask_prctl(libc::PR_GET_TIMERSLACK, 0);
+        let knobs_q = knobs::ask(&mut l);
+        let itimers_q = itimers::ask(&mut l);
+        let ptimers_q = crate::res::ptimers::ask(pid, &mut l)?;
+        let clear_tid = thread::ask_clear_tid(&mut l);
+        let brk = l.ask_brk();
+        let area = c.scratch.clone();
+        let a = c.ask_at_once(&l, &area)?;
+        let securebits = blocking.securebits(&a)?;
         let uids = procfs::status_ids(&status, "Uid");
         let all_root = uids.is_some_and(|u| u.iter().all(|&x| x == 0));
         let mixed = uids.is_none_or(|u| !all_root && u.contains(&0));
-        why = blockers::asked(&mut c, t, securebits, mixed)?;
+        why = blocking.reasons(&a, t, mixed)?;
         st.caps = crate::res::caps::collect(&status, securebits, all_root);
-        st.signals = Signals::collect(&mut c, sigmask)?;
+        st.signals = signals.signals(&a, sigmask)?;
         st.pending = pending;
-        st.task = Task::collect(&mut c, &status, rseq)?;
-        st.mdwe = mdwe::collect(&mut c)?;
-        st.thp_disabled = thp::collect(&mut c)?;
+        st.task = task.task(&a, pid, &status, rseq)?;
+        st.mdwe = mdwe::flags(&a, mdwe_q);
+        st.thp_disabled = thp::disabled(&a, thp_q)?;
         st.rlimits = rlimits::collect(pid)?;
-        st.sched = Some(Sched::collect(&mut c)?);
-        st.knobs = knobs::collect(&mut c)?;
-        st.itimers = itimers::collect(&mut c)?;
-        st.ptimers = crate::res::ptimers::collect(&mut c)?;
-        let (altstack, clear_tid) = thread::ask(&mut c)?;
+        st.sched = Some(Sched::read(pid, a.ok(slack, "prctl(PR_GET_TIMERSLACK)", "query")?)?);
+        st.knobs = knobs_q.knobs(&a, pid)?;
+        st.itimers = itimers::timers(&a, &itimers_q)?;
+        st.ptimers = crate::res::ptimers::timers(&a, ptimers_q)?;
+        let altstack = (st.signals.altstack_sp, st.signals.altstack_flags, st.signals.altstack_size);
+        let clear_tid = thread::clear_tid(&a, clear_tid)?;
+        let brk = a.ok(brk, "brk", "query")?;
         let leader = ThreadInfo {
             tid: pid,
             sigmask,
@@ -1330,7 +1347,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
             st.thread_sched = scheds;
         }
         debug!("pid {pid}: its threads asked {:.1} ms into the frozen work", t0.elapsed().as_secs_f64() * 1e3);
-        c.brk_query()
+        Ok(brk)
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");
     held.append(&mut c.r.held);

@@ -177,39 +177,6 @@ pub fn own_gadget() -> u64 {
     crs_syscall_gadget as *const () as usize as u64
 }
 
-// Queries every signal's action in one run inside a tracee, instead of one remote syscall per
-// signal: for sig in 1..=64, rt_sigaction(sig, NULL, r12 + 32 * sig, 8), its result (0 or
-// -errno) stored as an i32 at r13 + 4 * sig; then int3. Position-independent: it is copied
-// into the tracee. Only rax, rcx, rdx, rsi, rdi, r10, r11 and rbx change.
-std::arch::global_asm!(
-    ".pushsection .text.crs_sigactions,\"ax\",@progbits",
-    ".globl crs_sigactions_start",
-    ".globl crs_sigactions_end",
-    "crs_sigactions_start:",
-    "mov ebx, 1",
-    "2:",
-    "mov eax, 13", // rt_sigaction
-    "mov edi, ebx",
-    "xor esi, esi",
-    "mov rdx, rbx",
-    "shl rdx, 5",
-    "add rdx, r12",
-    "mov r10d, 8",
-    "syscall",
-    "mov dword ptr [r13 + 4 * rbx], eax",
-    "inc ebx",
-    "cmp ebx, 65",
-    "jne 2b",
-    "int3",
-    "crs_sigactions_end:",
-    ".popsection"
-);
-
-unsafe extern "C" {
-    fn crs_sigactions_start();
-    fn crs_sigactions_end();
-}
-
 // Runs a list of syscalls in one go inside a tracee, instead of one remote syscall (two stops)
 // each: r12 entries of 8 u64 at r13, each {nr, a0..a5, result}; every result (the raw
 // return) is stored in its entry; then int3. Position-independent, copied into the tracee;
@@ -265,14 +232,6 @@ pub fn set_batch(r: &mut Regs, entry: u64, list: u64, n: usize) {
     r.r13 = list;
 }
 
-/// The code that queries all signal actions at once (see the global_asm above it).
-pub fn sigactions_code() -> &'static [u8] {
-    let start = crs_sigactions_start as *const () as usize;
-    let end = crs_sigactions_end as *const () as usize;
-    // SAFETY: both labels delimit our own global_asm text, which is mapped and never changes.
-    unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }
-}
-
 /// Finds a `syscall` instruction (0f 05) in code bytes mapped at `base`.
 pub fn find_syscall_insn(code: &[u8], base: u64) -> Option<u64> {
     code.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| base + i as u64)
@@ -319,9 +278,7 @@ mod tests {
 
     #[test]
     fn own_gadget_is_syscall() {
-        // The signal query code ends in its int3 and is small enough for one scratch page.
-        let code = sigactions_code();
-        assert!(code.len() < 128 && code.ends_with(&[0xcc]), "{code:02x?}");
+        // The batch code ends in its int3 and is small enough for one scratch page.
         let code = batch_code();
         assert!(code.len() < 128 && code.ends_with(&[0xcc]), "{code:02x?}");
         // SAFETY: own_gadget() is the address of our own global_asm! text, 3 bytes long.

@@ -31,6 +31,8 @@ struct Call {
     /// Where its bytes end among the list's: each call's bytes are those kept after the
     /// previous call's and before it, so a run of calls has its bytes in one stretch.
     upto: usize,
+    /// It writes an answer into its bytes (a query: see [`Calls::answer`]).
+    answers: bool,
 }
 
 /// The syscalls to run in one task, in order, and the bytes their pointer arguments point to.
@@ -40,6 +42,59 @@ pub struct Calls {
     bytes: Vec<u8>,
     /// Pointers inside the bytes: (where, to which offset), made addresses once placed.
     fixups: Vec<(usize, usize)>,
+}
+
+/// A query of a list: its call's index, and where its answer lies among the list's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Q {
+    k: usize,
+    at: usize,
+}
+
+/// What a list's calls answered: each call's raw result, and the list's bytes as the calls
+/// left them (a query's answer among them).
+pub struct Answers {
+    results: Vec<i64>,
+    bytes: Vec<u8>,
+    pid: i32,
+}
+
+impl Answers {
+    /// The raw result of query `q` (a negative errno on failure).
+    pub fn raw(&self, q: Q) -> i64 {
+        self.results.get(q.k).copied().unwrap_or(-(libc::EINVAL as i64))
+    }
+
+    /// The result of query `q`, which must have succeeded: a failure names `call`, the task
+    /// and `what`.
+    pub fn ok(&self, q: Q, call: &str, what: &str) -> Result<u64> {
+        let r = self.raw(q);
+        named(call, what.to_string())(r, &format!("pid {}", self.pid))?;
+        Ok(r as u64)
+    }
+
+    /// The `N` bytes of query `q`'s answer.
+    pub fn bytes<const N: usize>(&self, q: Q) -> [u8; N] {
+        self.bytes.get(q.at..q.at + N).and_then(|b| b.try_into().ok()).unwrap_or([0; N])
+    }
+
+    /// Query `q`'s answer as an int.
+    pub fn u32(&self, q: Q) -> u32 {
+        u32::from_le_bytes(self.bytes(q))
+    }
+
+    /// Query `q`'s answer as `N` 64-bit words.
+    pub fn words<const N: usize>(&self, q: Q) -> [u64; N] {
+        let mut w = [0u64; N];
+        for (i, x) in w.iter_mut().enumerate() {
+            *x = self
+                .bytes
+                .get(q.at + 8 * i..q.at + 8 * i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+        }
+        w
+    }
 }
 
 /// The usual check: a failure names the syscall (`call`), the task and the object (`what`).
@@ -100,8 +155,77 @@ impl Calls {
 
     /// Adds a call whose result `check` judges.
     fn push(&mut self, nr: i64, args: [Arg; 6], check: Check) -> &mut Self {
-        self.calls.push(Call { nr, args, check, upto: self.bytes.len() });
+        self.calls.push(Call { nr, args, check, upto: self.bytes.len(), answers: false });
         self
+    }
+
+    /// Adds a query: `len` zero bytes kept for its answer, pointed to by argument `out` (the
+    /// others are `args`'s). Its raw result never stops the list: the caller judges it
+    /// ([`Answers::ok`]).
+    fn query(&mut self, nr: i64, mut args: [Arg; 6], out: Option<(usize, usize)>) -> Q {
+        // (Whole words: the next call's bytes, from the word its own begin in, must not hold
+        // a part of this answer.)
+        let at = out.map_or(0, |(i, len)| {
+            let at = self.keep(&vec![0u8; len.next_multiple_of(8)]);
+            args[i] = At(at);
+            at
+        });
+        let k = self.calls.len();
+        self.push(nr, args, Box::new(|_, _| Ok(())));
+        if let Some(c) = self.calls.last_mut() {
+            c.answers = out.is_some();
+        }
+        Q { k, at }
+    }
+
+    /// prctl(option, arg): answered in its result.
+    pub fn ask_prctl(&mut self, option: i32, arg: u64) -> Q {
+        self.query(libc::SYS_prctl, [V(option as u64), V(arg), V(0), V(0), V(0), V(0)], None)
+    }
+
+    /// prctl(option, &out): answered in the `len` bytes it is pointed at.
+    pub fn ask_prctl_out(&mut self, option: i32, len: usize) -> Q {
+        self.query(libc::SYS_prctl, [V(option as u64), V(0), V(0), V(0), V(0), V(0)], Some((1, len)))
+    }
+
+    /// personality(0xffffffff): the persona, unchanged.
+    pub fn ask_personality(&mut self) -> Q {
+        self.query(libc::SYS_personality, [V(0xffff_ffff), V(0), V(0), V(0), V(0), V(0)], None)
+    }
+
+    /// sigaltstack(NULL, &old): the stack_t (24 bytes).
+    pub fn ask_sigaltstack(&mut self) -> Q {
+        self.query(libc::SYS_sigaltstack, [V(0), V(0), V(0), V(0), V(0), V(0)], Some((1, 24)))
+    }
+
+    /// rt_sigaction(sig, NULL, &old) with the kernel's 8-byte mask: its action (32 bytes).
+    pub fn ask_rt_sigaction(&mut self, sig: usize) -> Q {
+        self.query(libc::SYS_rt_sigaction, [V(sig as u64), V(0), V(0), V(8), V(0), V(0)], Some((2, 32)))
+    }
+
+    /// get_mempolicy(&mode, NULL, 0, 0, 0): the mode (an int).
+    pub fn ask_mempolicy(&mut self) -> Q {
+        self.query(libc::SYS_get_mempolicy, [V(0); 6], Some((0, 4)))
+    }
+
+    /// getitimer(which, &value): the itimerval (32 bytes).
+    pub fn ask_getitimer(&mut self, which: i32) -> Q {
+        self.query(libc::SYS_getitimer, [V(which as u64), V(0), V(0), V(0), V(0), V(0)], Some((1, 32)))
+    }
+
+    /// timer_gettime(id, &value): the itimerspec (32 bytes).
+    pub fn ask_timer_gettime(&mut self, id: i32) -> Q {
+        self.query(libc::SYS_timer_gettime, [V(id as u64), V(0), V(0), V(0), V(0), V(0)], Some((1, 32)))
+    }
+
+    /// brk(0): the current break.
+    pub fn ask_brk(&mut self) -> Q {
+        self.query(libc::SYS_brk, [V(0); 6], None)
+    }
+
+    /// membarrier(cmd, 0, 0): answered in its result.
+    pub fn ask_membarrier(&mut self, cmd: u64) -> Q {
+        self.query(libc::SYS_membarrier, [V(cmd), V(0), V(0), V(0), V(0), V(0)], None)
     }
 
     /// Adds a call that must succeed; a failure names `call` and `what`.
@@ -439,16 +563,22 @@ impl Calls {
 impl Ctl<'_> {
     /// Runs `calls` here, one remote syscall each, stopping at the first that fails.
     pub fn run(&mut self, calls: &Calls) -> Result<()> {
+        self.ask(calls).map(drop)
+    }
+
+    /// [`Ctl::run`], with the answers of the list's queries.
+    pub fn ask(&mut self, calls: &Calls) -> Result<Answers> {
         let mut out = Vec::with_capacity(calls.len());
+        let mut bytes = calls.bytes.clone();
         for k in 0..calls.len() {
-            self.run_one(calls, k, &mut out)?;
+            self.run_one(calls, k, &mut out, &mut bytes)?;
         }
-        Ok(())
+        Ok(Answers { results: out, bytes, pid: self.pid() })
     }
 
     /// Runs call `k` of `calls` as a remote syscall, its bytes in the scratch area; its raw
-    /// result goes to `out` once checked.
-    fn run_one(&mut self, calls: &Calls, k: usize, out: &mut Vec<i64>) -> Result<()> {
+    /// result goes to `out` once checked, and what a query wrote to `bytes`.
+    fn run_one(&mut self, calls: &Calls, k: usize, out: &mut Vec<i64>, bytes: &mut [u8]) -> Result<()> {
         let base = self.scratch.addr.0;
         let stretch = calls.stretch(&(k..k + 1));
         if !stretch.is_empty() {
@@ -457,6 +587,10 @@ impl Ctl<'_> {
         let c = &calls.calls[k];
         let r = self.r.raw(c.nr, calls.args(k, base, stretch.start))?;
         (c.check)(r, &format!("pid {}", self.pid()))?;
+        if c.answers && !stretch.is_empty() {
+            let b = self.scratch.get(self.pid(), 0, stretch.len())?;
+            bytes[stretch].copy_from_slice(&b);
+        }
         out.push(r);
         Ok(())
     }
@@ -466,15 +600,21 @@ impl Ctl<'_> {
     /// otherwise, or for a call too big for `area` alone, one remote syscall each, as
     /// [`Ctl::run`]. Their raw results.
     pub fn run_at_once(&mut self, calls: &Calls, area: &Scratch) -> Result<Vec<i64>> {
+        self.ask_at_once(calls, area).map(|a| a.results)
+    }
+
+    /// [`Ctl::run_at_once`], with the answers of the list's queries.
+    pub fn ask_at_once(&mut self, calls: &Calls, area: &Scratch) -> Result<Answers> {
+        let pid = self.pid();
         let mut out = Vec::with_capacity(calls.len());
+        let mut bytes = calls.bytes.clone();
         if !self.r.stepping || !area.exec || area.len <= PAGE_SIZE {
             for k in 0..calls.len() {
-                self.run_one(calls, k, &mut out)?;
+                self.run_one(calls, k, &mut out, &mut bytes)?;
             }
-            return Ok(out);
+            return Ok(Answers { results: out, bytes, pid });
         }
         let code = arch::batch_code();
-        let pid = self.pid();
         let base = area.addr.0 + PAGE_SIZE as u64;
         area.put(pid, 0, code)?;
         let who = format!("pid {pid}");
@@ -486,7 +626,7 @@ impl Ctl<'_> {
                 to += 1;
             }
             if to == from {
-                self.run_one(calls, from, &mut out)?;
+                self.run_one(calls, from, &mut out, &mut bytes)?;
                 from += 1;
                 continue;
             }
@@ -496,6 +636,8 @@ impl Ctl<'_> {
             self.r.run(area.addr.0, code.len(), |r| arch::set_batch(r, area.addr.0, list, n))?;
             let mut b = vec![0u8; b.len()];
             mem::read_runs(pid, &[(base, b.len())], &mut b)?;
+            let stretch = calls.stretch(&(from..to));
+            bytes[stretch.clone()].copy_from_slice(&b[..stretch.len()]);
             for (k, c) in calls.calls[from..to].iter().enumerate() {
                 let o = (list - base) as usize + k * arch::BATCH_ENTRY + 56;
                 let r = i64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
@@ -504,7 +646,7 @@ impl Ctl<'_> {
             }
             from = to;
         }
-        Ok(out)
+        Ok(Answers { results: out, bytes, pid })
     }
 }
 
@@ -630,6 +772,31 @@ mod tests {
         assert_eq!(nr, libc::SYS_mprotect as u64);
         let addr = u64::from_le_bytes(s[(list - 0x2000) as usize + 8..][..8].try_into().unwrap());
         assert_eq!(addr, 0x1000, "the part starts at call 2, the second mprotect");
+    }
+
+    /// A query's answer is its own: pointed to by its argument, in whole words, and in no
+    /// other call's stretch, so that a part laid again after it (or a call run alone) cannot
+    /// put the list's zeros back over it; and read by its place.
+    #[test]
+    fn answers_are_their_queries_own() {
+        let mut l = Calls::new();
+        let int = l.ask_prctl_out(libc::PR_GET_PDEATHSIG, 4);
+        let stack = l.ask_sigaltstack();
+        let plain = l.ask_prctl(libc::PR_GET_DUMPABLE, 0);
+        l.set_name("x");
+        assert_eq!(l.args(int.k, 0x9000, 0)[1], 0x9000 + int.at as u64);
+        assert_eq!(l.args(stack.k, 0x9000, 0)[1], 0x9000 + stack.at as u64);
+        for q in [int, stack, plain] {
+            assert!(q.at % 8 == 0 && l.stretch(&(q.k + 1..q.k + 2)).start >= q.at + 8 * (q.k != plain.k) as usize);
+        }
+        let mut bytes = l.bytes.clone();
+        bytes[int.at..int.at + 4].copy_from_slice(&9u32.to_le_bytes());
+        bytes[stack.at + 8..stack.at + 16].copy_from_slice(&2u64.to_le_bytes());
+        let a = Answers { results: vec![0, 0, 1, 0], bytes, pid: 7 };
+        assert_eq!((a.u32(int), a.words::<3>(stack), a.raw(plain)), (9, [0, 2, 0], 1));
+        let failed = Answers { results: vec![-(libc::EPERM as i64)], bytes: vec![], pid: 7 };
+        let e = failed.ok(int, "prctl(PR_GET_PDEATHSIG)", "query").unwrap_err().to_string();
+        assert!(e.contains("prctl(PR_GET_PDEATHSIG) (in pid 7)") && e.contains("query"), "{e}");
     }
 
     /// One call at a time needs room for its own bytes only, however long the list: 8192

@@ -6,7 +6,6 @@
 use super::{Ctl, RemoteAddr};
 use crate::crf::Enc;
 use crate::error::{Error, Result};
-use nix::errno::Errno;
 
 /// A capget/capset header: _LINUX_CAPABILITY_VERSION_3, pid 0 (the caller).
 fn cap_header() -> [u8; 8] {
@@ -71,11 +70,6 @@ impl Ctl<'_> {
         self.call(libc::SYS_mremap, [from.0, len, len, flags, to.0, 0], "mremap", &what).map(drop)
     }
 
-    /// The current program break.
-    pub fn brk_query(&mut self) -> Result<u64> {
-        self.call(libc::SYS_brk, [0; 6], "brk", "query")
-    }
-
     /// openat(AT_FDCWD, path, flags); returns the fd.
     pub fn open(&mut self, path: &str, flags: i32, what: &str) -> Result<i32> {
         let p = self.scratch.put_cstr(self.pid(), PATH_AT, path)?;
@@ -115,11 +109,6 @@ impl Ctl<'_> {
 
     pub fn umask(&mut self, mask: u32) -> Result<()> {
         self.call(libc::SYS_umask, [mask as u64, 0, 0, 0, 0, 0], "umask", &format!("{mask:o}")).map(drop)
-    }
-
-    /// personality(2); 0xffffffff only asks.
-    pub fn personality(&mut self, p: u32) -> Result<u32> {
-        self.call(libc::SYS_personality, [p as u64, 0, 0, 0, 0, 0], "personality", &format!("{p:#x}")).map(|v| v as u32)
     }
 
     /// prctl(option, args...); `call` names the option in errors ("prctl(PR_SET_NAME)").
@@ -209,29 +198,6 @@ impl Ctl<'_> {
         self.raw(libc::SYS_membarrier, [cmd, 0, 0, 0, 0, 0])
     }
 
-    /// getitimer(which): (interval, value), each as (seconds, microseconds).
-    pub fn getitimer(&mut self, which: i32) -> Result<[u64; 4]> {
-        let out = self.scratch.addr;
-        self.call(libc::SYS_getitimer, [which as u64, out.0, 0, 0, 0, 0], "getitimer", &format!("timer {which}"))?;
-        let b = self.scratch.get(self.pid(), 0, 32)?;
-        let w = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default());
-        Ok([w(0), w(1), w(2), w(3)])
-    }
-
-    /// timer_gettime(id): (interval s, ns, value s, ns).
-    pub fn timer_gettime(&mut self, id: i32) -> Result<[u64; 4]> {
-        let out = self.scratch.addr;
-        self.call(
-            libc::SYS_timer_gettime,
-            [id as u64, out.0, 0, 0, 0, 0],
-            "timer_gettime",
-            &format!("POSIX timer {id}"),
-        )?;
-        let b = self.scratch.get(self.pid(), 0, 32)?;
-        let w = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default());
-        Ok([w(0), w(1), w(2), w(3)])
-    }
-
     /// timer_create(clock, sigevent, &id) with `id` preset (the id asked for, where the kernel
     /// takes requests); raw result: the new timer's id, or a negative errno.
     pub fn timer_create_raw(&mut self, clock: i32, sigevent: &[u8; 64], id: i32) -> Result<i64> {
@@ -269,19 +235,6 @@ impl Ctl<'_> {
         let at = self.scratch.put(self.pid(), 0, e.as_slice())?;
         self.call(libc::SYS_setitimer, [which as u64, at.0, 0, 0, 0, 0], "setitimer", &format!("timer {which}"))
             .map(drop)
-    }
-
-    /// get_mempolicy's mode for the process (no node mask, no address); 0 (MPOL_DEFAULT) on a
-    /// kernel without NUMA.
-    pub fn mempolicy_mode(&mut self) -> Result<i32> {
-        let out = self.scratch.addr;
-        match self.raw(libc::SYS_get_mempolicy, [out.0, 0, 0, 0, 0, 0])? {
-            0 => {}
-            e if e == -(libc::ENOSYS as i64) => return Ok(0),
-            e => return Err(Error::sys("get_mempolicy", format!("pid {}", self.pid()), Errno::from_raw(-e as i32))),
-        }
-        let b = self.scratch.get(self.pid(), 0, 4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// clone3 with the struct clone_args `args` (which may point into the scratch area past

@@ -7,6 +7,7 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::Result;
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::{Answers, Calls, Q};
 
 /// One timer: (interval, value), each in microseconds; value 0 means disarmed.
 pub type Timer = (u64, u64);
@@ -19,11 +20,17 @@ fn us(sec: u64, usec: u64) -> u64 {
     sec.saturating_mul(1_000_000).saturating_add(usec)
 }
 
-/// The three timers of the frozen process; empty when none is armed.
-pub fn collect(c: &mut Ctl) -> Result<Vec<Timer>> {
+/// The questions for the three timers of the frozen process.
+pub fn ask(l: &mut Calls) -> [Q; 3] {
+    [0, 1, 2].map(|which| l.ask_getitimer(which))
+}
+
+/// The three timers, as answered; empty when none is armed.
+pub fn timers(a: &Answers, qs: &[Q; 3]) -> Result<Vec<Timer>> {
     let mut t = Vec::with_capacity(3);
-    for which in 0..3 {
-        let [isec, iusec, vsec, vusec] = c.getitimer(which)?;
+    for (q, name) in qs.iter().zip(NAMES) {
+        a.ok(*q, "getitimer", name)?;
+        let [isec, iusec, vsec, vusec] = a.words(*q);
         t.push((us(isec, iusec), us(vsec, vusec)));
     }
     Ok(if t.iter().all(|&(_, v)| v == 0) { vec![] } else { t })

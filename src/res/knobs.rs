@@ -17,7 +17,7 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
-use crate::ptrace::calls::Calls;
+use crate::ptrace::calls::{Answers, Calls, Q};
 use nix::errno::Errno;
 
 /// One knob: how it is read (None: this kernel cannot tell), set, and shown; its default
@@ -51,18 +51,19 @@ type Plan = fn(u64, u64, &mut Calls);
 #[derive(Clone, Copy)]
 enum Get {
     Ask(Ask),
-    With(fn(&mut Ctl) -> Result<Option<u64>>),
     /// From the task's /proc files, by its id: from any thread of crs, no syscall run in it.
     Proc(fn(i32) -> Option<u64>),
 }
 
-/// A knob asked with one prctl: answered in its return value (`Returns(option, arg)`), or
-/// through an int it is pointed at (`IntAt(option)`). EINVAL or ENODEV: this kernel cannot
-/// tell.
+/// A knob asked with one syscall: a prctl answered in its return value (`Returns(option,
+/// arg)`) or through an int it is pointed at (`IntAt(option)`), or membarrier's registrations
+/// (`Membarrier`). EINVAL or ENODEV: this kernel cannot tell (any error, of membarrier: before
+/// Linux 6.3 a process cannot be asked).
 #[derive(Clone, Copy, Debug)]
 pub enum Ask {
     Returns(i32, u64),
     IntAt(i32),
+    Membarrier,
 }
 
 impl Ask {
@@ -71,39 +72,38 @@ impl Ask {
         match self {
             Ask::Returns(op, arg) => (libc::SYS_prctl, [op as u64, arg, 0, 0, 0, 0]),
             Ask::IntAt(op) => (libc::SYS_prctl, [op as u64, slot.0, 0, 0, 0, 0]),
+            Ask::Membarrier => (libc::SYS_membarrier, [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0]),
         }
+    }
+
+    /// The question, added to a list.
+    fn ask(self, l: &mut Calls) -> Q {
+        match self {
+            Ask::Returns(op, arg) => l.ask_prctl(op, arg),
+            Ask::IntAt(op) => l.ask_prctl_out(op, 4),
+            Ask::Membarrier => l.ask_membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS),
+        }
+    }
+
+    /// Asks task `c` alone, now.
+    fn one(self, c: &mut Ctl) -> Result<Option<u64>> {
+        let mut l = Calls::new();
+        let q = self.ask(&mut l);
+        let a = c.ask(&l)?;
+        self.answer(a.raw(q), || Ok(a.u32(q)), c.pid())
     }
 
     /// The answer, from the raw result and the int at the slot (`int`, read only for IntAt).
     pub fn answer(self, raw: i64, int: impl FnOnce() -> Result<u32>, who: i32) -> Result<Option<u64>> {
-        match raw {
-            r if r >= 0 => Ok(Some(match self {
-                Ask::Returns(..) => r as u64,
-                Ask::IntAt(_) => int()? as u64,
-            })),
-            e if e == -(libc::EINVAL as i64) || e == -(libc::ENODEV as i64) => Ok(None),
-            e => {
-                let op = match self {
-                    Ask::Returns(op, _) | Ask::IntAt(op) => op,
-                };
+        match (self, raw) {
+            (Ask::Membarrier, r) => Ok((r >= 0).then_some(r as u64 & MEMBARRIER_REGISTER)),
+            (Ask::Returns(..), r) if r >= 0 => Ok(Some(r as u64)),
+            (Ask::IntAt(_), r) if r >= 0 => Ok(Some(int()? as u64)),
+            (_, e) if e == -(libc::EINVAL as i64) || e == -(libc::ENODEV as i64) => Ok(None),
+            (Ask::Returns(op, _) | Ask::IntAt(op), e) => {
                 Err(Error::sys(format!("prctl({op})"), format!("thread {who}"), Errno::from_raw(-e as i32)))
             }
         }
-    }
-
-    fn one(self, c: &mut Ctl) -> Result<Option<u64>> {
-        let (_, args) = self.call(c.scratch.addr);
-        let raw = c.prctl_raw(args[0] as i32, [args[1], 0, 0, 0])?;
-        let pid = c.pid();
-        let scratch = &c.scratch;
-        self.answer(
-            raw,
-            || {
-                let b = scratch.get(pid, 0, 4)?;
-                Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            },
-            pid,
-        )
     }
 }
 
@@ -139,23 +139,6 @@ const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 const MEMBARRIER_REGISTER: u64 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
 const PR_SET_MEMORY_MERGE: i32 = 67;
 const PR_GET_MEMORY_MERGE: i32 = 68;
-
-/// A prctl that answers in its return value; None when this kernel does not know it.
-fn prctl_get(c: &mut Ctl, op: i32, arg: u64) -> Result<Option<u64>> {
-    match c.prctl_raw(op, [arg, 0, 0, 0])? {
-        r if r >= 0 => Ok(Some(r as u64)),
-        e if e == -(libc::EINVAL as i64) || e == -(libc::ENODEV as i64) => Ok(None),
-        e => Err(Error::sys(format!("prctl({op})"), format!("pid {}", c.pid()), Errno::from_raw(-e as i32))),
-    }
-}
-
-/// A prctl that answers through an int it is pointed at.
-fn prctl_get_int(c: &mut Ctl, op: i32, call: &str) -> Result<Option<u64>> {
-    let out = c.scratch.addr;
-    c.prctl(op, [out.0, 0, 0, 0], call, "query")?;
-    let b = c.scratch.get(c.pid(), 0, 4)?;
-    Ok(Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64))
-}
 
 /// A prctl that sets; EPERM refuses the restore, naming the knob and what would allow it
 /// (`needs`, empty when nothing would).
@@ -267,7 +250,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 3,
         name: "child subreaper",
-        get: Get::With(|c| prctl_get_int(c, libc::PR_GET_CHILD_SUBREAPER, "prctl(PR_GET_CHILD_SUBREAPER)")),
+        get: Get::Ask(Ask::IntAt(libc::PR_GET_CHILD_SUBREAPER)),
         set: Set::With(|c, v| prctl_set(c, libc::PR_SET_CHILD_SUBREAPER, [v, 0, 0, 0], "child subreaper", "")),
         default: 0,
         per_task: false,
@@ -275,10 +258,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 4,
         name: "membarrier registrations",
-        get: Get::With(|c| match c.membarrier_raw(MEMBARRIER_CMD_GET_REGISTRATIONS)? {
-            r if r >= 0 => Ok(Some(r as u64 & MEMBARRIER_REGISTER)),
-            _ => Ok(None), // before Linux 6.3 a process cannot be asked
-        }),
+        get: Get::Ask(Ask::Membarrier),
         set: Set::With(|c, v| {
             // Only registrations: an image's other bits would run barriers, not register.
             for bit in (0..16).map(|b| 1u64 << b).filter(|b| v & b & MEMBARRIER_REGISTER != 0) {
@@ -298,7 +278,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         key: 5,
         name: "KSM merging of all memory",
-        get: Get::With(|c| prctl_get(c, PR_GET_MEMORY_MERGE, 0)),
+        get: Get::Ask(Ask::Returns(PR_GET_MEMORY_MERGE, 0)),
         set: Set::With(|c, v| match v {
             0 => Ok(Applied::Done),
             _ => prctl_set(c, PR_SET_MEMORY_MERGE, [1, 0, 0, 0], "PR_SET_MEMORY_MERGE", "CAP_SYS_RESOURCE"),
@@ -373,19 +353,39 @@ fn knob(key: u32) -> Option<&'static Knob> {
 }
 
 /// Every knob this kernel reports for the frozen process, by key.
-pub fn collect(c: &mut Ctl) -> Result<Vec<(u32, u64)>> {
-    let mut out = Vec::new();
-    for k in KNOBS {
-        let v = match k.get {
-            Get::Ask(a) => a.one(c)?,
-            Get::With(f) => f(c)?,
-            Get::Proc(f) => f(c.pid()),
-        };
-        if let Some(v) = v {
-            out.push((k.key, v));
+/// The questions for the knobs the process itself must tell.
+pub fn ask(l: &mut Calls) -> Asked {
+    Asked(
+        KNOBS
+            .iter()
+            .map(|k| match k.get {
+                Get::Ask(a) => Some(a.ask(l)),
+                Get::Proc(_) => None,
+            })
+            .collect(),
+    )
+}
+
+/// The questions of [`ask`], per knob (None: read from /proc).
+pub struct Asked(Vec<Option<Q>>);
+
+impl Asked {
+    /// The knobs of process `pid`: (key, value), as answered or read; those this kernel cannot
+    /// tell are left out.
+    pub fn knobs(&self, a: &Answers, pid: i32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for (k, q) in KNOBS.iter().zip(&self.0) {
+            let v = match (k.get, q) {
+                (Get::Ask(ask), Some(q)) => ask.answer(a.raw(*q), || Ok(a.u32(*q)), pid)?,
+                (Get::Proc(f), _) => f(pid),
+                (Get::Ask(_), None) => None,
+            };
+            if let Some(v) = v {
+                out.push((k.key, v));
+            }
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 pub fn encode(knobs: &[(u32, u64)]) -> Vec<u8> {

@@ -5,13 +5,19 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::{Answers, Calls, Q};
 
 /// PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT.
 const KNOWN: u64 = 3;
 
-/// PR_GET_MDWE's flags, 0 when the kernel has no MDWE (Linux before 6.3 answers EINVAL).
-pub fn collect(c: &mut Ctl) -> Result<u64> {
-    Ok(c.prctl_raw(libc::PR_GET_MDWE, [0; 4])?.max(0) as u64)
+/// The question for its PR_GET_MDWE flags.
+pub fn ask(l: &mut Calls) -> Q {
+    l.ask_prctl(libc::PR_GET_MDWE, 0)
+}
+
+/// The flags answered, 0 when the kernel has no MDWE (Linux before 6.3 answers EINVAL).
+pub fn flags(a: &Answers, q: Q) -> u64 {
+    a.raw(q).max(0) as u64
 }
 
 /// The payload: u64 flags, never 0.

@@ -14,6 +14,7 @@
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
 use crate::ptrace::Ctl;
+use crate::ptrace::calls::{Answers, Calls, Q};
 use nix::errno::Errno;
 
 pub const SIGEV_SIGNAL: u32 = 0;
@@ -123,15 +124,21 @@ fn unfit(all: &[PTimer]) -> Vec<String> {
         .collect()
 }
 
-/// The timers of the frozen process, with the times each has (asked through `c`).
-pub fn collect(c: &mut Ctl) -> Result<Vec<PTimer>> {
-    let pid = c.pid();
+/// The timers of frozen process `pid`, and the questions for the times each has.
+pub fn ask(pid: i32, l: &mut Calls) -> Result<(Vec<PTimer>, Vec<Q>)> {
     let path = format!("/proc/{pid}/timers");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let mut all = parse(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))?;
+    let all = parse(&text).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))?;
     Error::blocked(pid, unfit(&all))?;
-    for t in &mut all {
-        let [isec, insec, vsec, vnsec] = c.timer_gettime(t.id)?;
+    let qs = all.iter().map(|t| l.ask_timer_gettime(t.id)).collect();
+    Ok((all, qs))
+}
+
+/// The timers of [`ask`], with their times as answered.
+pub fn timers(a: &Answers, (mut all, qs): (Vec<PTimer>, Vec<Q>)) -> Result<Vec<PTimer>> {
+    for (t, q) in all.iter_mut().zip(qs) {
+        a.ok(q, "timer_gettime", &format!("POSIX timer {}", t.id))?;
+        let [isec, insec, vsec, vnsec] = a.words(q);
         t.interval = isec.saturating_mul(NS).saturating_add(insec);
         t.left = vsec.saturating_mul(NS).saturating_add(vnsec);
     }

@@ -185,12 +185,6 @@ fn show_ioprio(p: u32) -> String {
 }
 
 impl Sched {
-    /// Reads it from outside, but for the timer slack, which only the process can tell.
-    pub fn collect(c: &mut Ctl) -> Result<Sched> {
-        let timer_slack = c.prctl(libc::PR_GET_TIMERSLACK, [0; 4], "prctl(PR_GET_TIMERSLACK)", "query")?;
-        Sched::read(c.pid(), timer_slack)
-    }
-
     /// All of it but the timer slack (which only the thread can tell), of task `tid`, read
     /// from outside.
     pub fn read(tid: i32, timer_slack: u64) -> Result<Sched> {

@@ -3,10 +3,9 @@
 //! addresses); restored the same way.
 //! (Signals queued and not yet delivered: pending.rs.)
 
-use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
+use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::Result;
-use crate::ptrace::Ctl;
-use crate::ptrace::calls::Calls;
+use crate::ptrace::calls::{Answers, Calls, Q};
 
 pub const NSIG: usize = 64;
 
@@ -32,6 +31,33 @@ pub struct Signals {
 fn action(b: &[u8]) -> SigAction {
     let w = |i: usize| u64::from_le_bytes(b.get(i * 8..i * 8 + 8).and_then(|x| x.try_into().ok()).unwrap_or([0; 8]));
     SigAction { handler: w(0), flags: w(1), restorer: w(2), mask: w(3) }
+}
+
+/// The questions of [`Signals::ask`].
+pub struct Asked {
+    /// Per signal (1 to NSIG), its rt_sigaction; None for those none may set.
+    actions: Vec<Option<Q>>,
+    altstack: Q,
+}
+
+impl Asked {
+    /// The process's handlers and alternate stack, as answered; `blocked` its signal mask.
+    pub fn signals(&self, a: &Answers, blocked: u64) -> Result<Signals> {
+        let mut actions = Vec::with_capacity(NSIG);
+        for (sig, q) in (1..=NSIG).zip(&self.actions) {
+            actions.push(match q {
+                Some(q) => {
+                    a.ok(*q, "rt_sigaction", &format!("signal {sig}"))?;
+                    action(&a.bytes::<32>(*q))
+                }
+                None => SigAction::default(),
+            });
+        }
+        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
+        a.ok(self.altstack, "sigaltstack", "query")?;
+        let [sp, flags, size] = a.words(self.altstack);
+        Ok(Signals { actions, blocked, altstack_sp: sp, altstack_flags: flags as u32, altstack_size: size })
+    }
 }
 
 fn settable(sig: usize) -> bool {
@@ -82,67 +108,11 @@ impl Signals {
         Ok(s)
     }
 
-    /// Reads the handlers and the alternate stack through syscalls run in the tracee.
-    pub fn collect(c: &mut Ctl, blocked: u64) -> Result<Signals> {
-        let pid = c.pid();
-        let out = c.scratch.addr;
-        let at_once = c.scratch.exec && c.r.stepping;
-        let actions = if at_once { Self::query_at_once(c)? } else { Self::query_each(c)? };
-        c.sigaltstack(None, Some(out), "query")?;
-        let b = c.scratch.get(pid, 0, 24)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }
-        Ok(Signals { actions, blocked, altstack_sp: w(0), altstack_flags: w(1) as u32, altstack_size: w(2) })
-    }
-
-    /// One rt_sigaction query per signal, each a remote syscall.
-    fn query_each(c: &mut Ctl) -> Result<Vec<SigAction>> {
-        let pid = c.pid();
-        let out = c.scratch.addr;
-        let mut actions = Vec::with_capacity(NSIG);
-        for sig in 1..=NSIG {
-            if !settable(sig) {
-                actions.push(SigAction::default());
-                continue;
-            }
-            c.rt_sigaction(sig, None, Some(out))?;
-            actions.push(action(&c.scratch.get(pid, 0, 32)?));
-        }
-        Ok(actions)
-    }
-
-    /// All queries in one run of arch::sigactions_code inside the tracee, copied to the
-    /// executable scratch area: the code at its start; in its second page, signal s's action
-    /// (32 bytes) at offset 32 × s and its result (an i32) at 32 × 65 + 4 × s.
-    fn query_at_once(c: &mut Ctl) -> Result<Vec<SigAction>> {
-        let pid = c.pid();
-        let code = crate::ptrace::arch::sigactions_code();
-        let (acts, res) = (PAGE_SIZE, PAGE_SIZE + 32 * (NSIG + 1));
-        let entry = c.scratch.put(pid, 0, code)?;
-        let (base_acts, base_res) = (c.scratch.addr.offset(acts as u64), c.scratch.addr.offset(res as u64));
-        c.r.run(entry.0, code.len(), |r| {
-            r.r12 = base_acts.0;
-            r.r13 = base_res.0;
-        })?;
-        let all = c.scratch.get(pid, acts, 32 * (NSIG + 1))?;
-        let results = c.scratch.get(pid, res, 4 * (NSIG + 1))?;
-        let mut actions = Vec::with_capacity(NSIG);
-        for sig in 1..=NSIG {
-            if !settable(sig) {
-                actions.push(SigAction::default());
-                continue;
-            }
-            let r = i32::from_le_bytes(results[4 * sig..4 * sig + 4].try_into().unwrap_or([0; 4]));
-            if r != 0 {
-                return Err(crate::error::Error::sys(
-                    format!("rt_sigaction (in pid {pid})"),
-                    format!("signal {sig}"),
-                    nix::errno::Errno::from_raw(-r),
-                ));
-            }
-            actions.push(action(&all[32 * sig..32 * sig + 32]));
-        }
-        Ok(actions)
+    /// The questions for the handlers and the alternate stack, asked through syscalls run in
+    /// the tracee; [`Asked::signals`] reads their answers.
+    pub fn ask(l: &mut Calls) -> Asked {
+        let actions = (1..=NSIG).map(|sig| settable(sig).then(|| l.ask_rt_sigaction(sig))).collect();
+        Asked { actions, altstack: l.ask_sigaltstack() }
     }
 
     /// This process's own handlers and alternate stack, which a child it clones inherits.

@@ -4,7 +4,7 @@
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
-use crate::ptrace::calls::Calls;
+use crate::ptrace::calls::{Answers, Calls, Q};
 use crate::ptrace::procfs;
 use crate::ptrace::tracee::RseqConf;
 use crate::ptrace::{Ctl, RemoteAddr};
@@ -18,6 +18,26 @@ pub struct Task {
     pub dumpable: u32,
     pub pdeathsig: u32,
     pub rseq: Option<RseqConf>,
+}
+
+/// The questions of [`Task::ask`].
+pub struct Asked {
+    personality: Q,
+    dumpable: Q,
+    pdeathsig: Q,
+}
+
+impl Asked {
+    /// The task's attributes: as answered, its umask from its `status`, its `rseq`.
+    pub fn task(&self, a: &Answers, pid: i32, status: &str, rseq: Option<RseqConf>) -> Result<Task> {
+        let umask = procfs::status_field(status, "Umask")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no Umask line")))?;
+        let personality = a.ok(self.personality, "personality", "0xffffffff")? as u32;
+        let dumpable = a.ok(self.dumpable, "prctl(PR_GET_DUMPABLE)", "query")? as u32;
+        a.ok(self.pdeathsig, "prctl(PR_GET_PDEATHSIG)", "query")?;
+        Ok(Task { umask, personality, dumpable, pdeathsig: a.u32(self.pdeathsig), rseq })
+    }
 }
 
 impl Task {
@@ -55,18 +75,14 @@ impl Task {
         Ok(t)
     }
 
-    pub fn collect(c: &mut Ctl, status: &str, rseq: Option<RseqConf>) -> Result<Task> {
-        let pid = c.pid();
-        let umask = procfs::status_field(status, "Umask")
-            .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no Umask line")))?;
-        let personality = c.personality(0xffff_ffff)?;
-        let dumpable = c.prctl(libc::PR_GET_DUMPABLE, [0; 4], "prctl(PR_GET_DUMPABLE)", "query")? as u32;
-        let out = c.scratch.addr;
-        c.prctl(libc::PR_GET_PDEATHSIG, [out.0, 0, 0, 0], "prctl(PR_GET_PDEATHSIG)", "query")?;
-        let b = c.scratch.get(pid, 0, 4)?;
-        let pdeathsig = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        Ok(Task { umask, personality, dumpable, pdeathsig, rseq })
+    /// The questions for what the process itself must tell: its personality, whether it is
+    /// dumpable, its parent-death signal.
+    pub fn ask(l: &mut Calls) -> Asked {
+        Asked {
+            personality: l.ask_personality(),
+            dumpable: l.ask_prctl(libc::PR_GET_DUMPABLE, 0),
+            pdeathsig: l.ask_prctl_out(libc::PR_GET_PDEATHSIG, 4),
+        }
     }
 
     /// The calls that restore what needs no privilege; run once memory is in place (rseq

@@ -5,8 +5,7 @@
 
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::Result;
-use crate::ptrace::Ctl;
-use crate::ptrace::calls::Calls;
+use crate::ptrace::calls::{Answers, Calls, Q};
 
 /// crfinfo's line, if disabled.
 pub fn describe(disabled: bool) -> Vec<String> {
@@ -32,9 +31,14 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<()> {
     d.finish()
 }
 
-/// Whether the frozen process has transparent huge pages disabled.
-pub fn collect(c: &mut Ctl) -> Result<bool> {
-    Ok(c.prctl(libc::PR_GET_THP_DISABLE, [0; 4], "prctl(PR_GET_THP_DISABLE)", "query")? != 0)
+/// The question whether the frozen process has transparent huge pages disabled.
+pub fn ask(l: &mut Calls) -> Q {
+    l.ask_prctl(libc::PR_GET_THP_DISABLE, 0)
+}
+
+/// The answer to [`ask`].
+pub fn disabled(a: &Answers, q: Q) -> Result<bool> {
+    Ok(a.ok(q, "prctl(PR_GET_THP_DISABLE)", "query")? != 0)
 }
 
 /// The call that disables transparent huge pages in the restored process, if its image says so.

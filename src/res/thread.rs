@@ -13,9 +13,9 @@
 use super::pending::Pending;
 use crate::crf::{Dec, Enc, Result as CrfResult};
 use crate::error::{Error, Result};
-use crate::ptrace::calls::Calls;
+use crate::ptrace::RemoteAddr;
+use crate::ptrace::calls::{Answers, Calls, Q};
 use crate::ptrace::tracee::{RseqConf, SIGINFO_LEN};
-use crate::ptrace::{Ctl, RemoteAddr};
 
 pub const PR_GET_TID_ADDRESS: i32 = 40;
 
@@ -59,18 +59,16 @@ pub fn comm_from(b: &[u8]) -> String {
     s
 }
 
-/// What only the thread can tell, asked through syscalls run in it (the scratch area at 0..24):
-/// its alternate signal stack and its clear_child_tid address.
-pub fn ask(c: &mut Ctl) -> Result<((u64, u32, u64), u64)> {
-    let pid = c.pid();
-    let out = c.scratch.addr;
-    c.sigaltstack(None, Some(out), "query")?;
-    let b = c.scratch.get(pid, 0, 24)?;
-    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-    let altstack = (w(0), w(8) as u32, w(16));
-    c.prctl(PR_GET_TID_ADDRESS, [out.0, 0, 0, 0], "prctl(PR_GET_TID_ADDRESS)", "query")?;
-    let b = c.scratch.get(pid, 0, 8)?;
-    Ok((altstack, u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]))))
+/// The question only the thread can answer beside its signals' (its alternate stack: see
+/// res::signals): its clear_child_tid address, asked through a syscall run in it.
+pub fn ask_clear_tid(l: &mut Calls) -> Q {
+    l.ask_prctl_out(PR_GET_TID_ADDRESS, 8)
+}
+
+/// The answer to [`ask_clear_tid`].
+pub fn clear_tid(a: &Answers, q: Q) -> Result<u64> {
+    a.ok(q, "prctl(PR_GET_TID_ADDRESS)", "query")?;
+    Ok(a.words::<1>(q)[0])
 }
 
 impl ThreadInfo {
