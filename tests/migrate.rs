@@ -582,6 +582,40 @@ fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
     assert!(!tracked(new), "the restored process is tracked");
 }
 
+/// --live of a process whose heap grows as it runs (malloc after malloc, brk after brk): the
+/// kernel grows the heap under the registration of our write tracking, which stays ours, and
+/// what went ahead of the heap stays held however far it grew since the last round. It moves
+/// with every block it allocated, and the image sent once it was frozen carries a small part
+/// of its memory.
+#[test]
+fn a_live_migration_follows_a_heap_that_grows() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live-grow");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = writer_as(&n, &dir, "grow");
+    // Some 10 MiB of heap by now, growing by as much a second.
+    std::thread::sleep(Duration::from_millis(1000));
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok"), "before: {v}");
+    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        return;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    let new = pid_there(&o);
+    assert!(gone(&mut src), "the source still runs");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = check(new, &log);
+    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    let blocks: usize = v.split("blocks=").nth(1).and_then(|b| b.split(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(blocks > 2500, "its heap grew by {blocks} blocks only: {v}");
+    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
+    assert!(!tracked(new), "the restored process is tracked");
+}
+
 /// The pid, as this test sees it, of the process that is `inner` in a pid namespace below
 /// ours (restartd's own).
 fn outer_pid(inner: i32) -> i32 {

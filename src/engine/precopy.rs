@@ -70,6 +70,13 @@ pub fn area_of(v: &Vma) -> Area {
     Area { start: v.start, end: v.end, noreserve: v.flags & memory::VMA_NORESERVE != 0 }
 }
 
+/// Whether an area held (sent ahead) becomes mapping `v` of the frozen process: the eligible
+/// mapping it begins, of the same kind. Its end may differ: a heap grown or shrunk at its end
+/// since the last round (brk) keeps the pages that went ahead, and the image carries the rest.
+fn becomes(a: &Area, v: &Vma) -> bool {
+    eligible(v) && v.start == a.start && area_of(v).noreserve == a.noreserve
+}
+
 /// [`eligible`] for a mapping of a running process, as smaps shows it.
 fn eligible_map(m: &MapEntry) -> bool {
     let anon = m.name.is_empty() || m.name == "[heap]" || m.name.starts_with("[anon:");
@@ -487,12 +494,14 @@ impl Source {
     }
 
     /// Mappings of the process as smaps shows them, without the mark of our own tracking
-    /// ("uw" on the ranges we registered): what they are without it. A range registered by
-    /// the process itself keeps its mark.
+    /// ("uw" on the ranges we registered): what they are without it. A mapping that overlaps
+    /// one of ours is ours whole (a mapping has one userfaultfd: the kernel grows a heap
+    /// registered with ours, brk after brk, under the same registration). A range registered
+    /// by the process itself keeps its mark.
     pub fn unmark(&self, maps: &mut [MapEntry]) {
         let ours = self.tracker.ranges();
         for m in maps.iter_mut() {
-            if ours.iter().any(|&(s, e)| s <= m.start && m.end <= e) {
+            if ours.iter().any(|&(s, e)| s < m.end && m.start < e) {
                 m.vmflags.retain(|f| f != "uw");
             } else if m.has_flag("uw") {
                 log::debug!("pid {}: {:#x}-{:#x} uw, not ours: {:x?}", self.pid, m.start, m.end, ours);
@@ -512,10 +521,11 @@ impl Source {
         let pid = self.pid;
         let mut out: Vec<(u64, u64)> = Vec::new();
         for v in vmas.iter().filter(|v| eligible(v)) {
-            let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| *a == area_of(v)) else { continue };
+            let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| becomes(a, v)) else { continue };
             let first = out.len();
             let mut d = self.data.partition_point(|r| r.1 <= a.start);
-            for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+            let within = ((v.end.min(a.end) - a.start) / PAGE) as usize;
+            for (i, _) in bits.iter().enumerate().take(within).filter(|(_, b)| **b) {
                 let p = a.start + i as u64 * PAGE;
                 while d < self.data.len() && self.data[d].1 <= p {
                     d += 1;
@@ -861,9 +871,10 @@ fn unmap_local(at: u64, len: u64) {
 
 /// Whether held area `h` is one of the image's mappings (`plans`, sorted): the same range
 /// and kind, which it then becomes.
-fn matched(h: &Held, plans: &[memory::Plan]) -> bool {
+/// The image's mapping that held area `h` becomes, if any (see [`becomes`]).
+fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> {
     let i = plans.partition_point(|p| p.vma.end <= h.area.start);
-    plans.get(i).is_some_and(|p| eligible(&p.vma) && area_of(&p.vma) == h.area)
+    plans.get(i).filter(|p| becomes(&h.area, &p.vma))
 }
 
 impl Store {
@@ -1149,19 +1160,23 @@ impl Store {
 
     /// The image's mappings (`plans`, sorted) that an area held here becomes: sorted ranges.
     pub fn moved(&self, plans: &[memory::Plan]) -> Vec<(u64, u64)> {
-        self.held.values().filter(|h| matched(h, plans)).map(|h| (h.area.start, h.area.end)).collect()
+        self.held.values().filter_map(|h| matched(h, plans)).map(|p| (p.vma.start, p.vma.end)).collect()
     }
 
-    /// In the restored process (`c`), its pages moved into place: each area held that is
-    /// one of the image's mappings (the same range and kind) is moved there (map_all left
-    /// that range free: see [`Store::moved`]), the others are unmapped. `plans` is sorted by
-    /// address.
+    /// In the restored process (`c`), its pages moved into place: each area held that
+    /// becomes one of the image's mappings (see [`becomes`]) is moved there, made that
+    /// mapping's size (map_all left its range free: see [`Store::moved`]), the others are
+    /// unmapped. `plans` is sorted by address.
     pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan]) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values_mut() {
             let (there, len) = (h.there, h.area.end - h.area.start);
-            if matched(h, plans) {
-                l.mremap(there, len, h.area.start);
+            if let Some(p) = matched(h, plans) {
+                let size = p.vma.end - p.vma.start;
+                l.mremap_resized(there, len, size, h.area.start);
+                // Past the end of a mapping that shrank: not the process's any more.
+                let within = (size.min(len) / PAGE) as usize;
+                h.state[within..].iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
             } else {
                 l.munmap(there, len);
                 // Gone from this process (a tree's next one has them still: see `rearm`).

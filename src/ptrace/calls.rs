@@ -493,9 +493,15 @@ impl Calls {
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping, pages and
     /// all, over whatever lies at `to`.
     pub fn mremap(&mut self, from: u64, len: u64, to: u64) -> &mut Self {
-        let what = format!("{from:#x}-{:#x} to {to:#x}", from + len);
+        self.mremap_resized(from, len, len, to)
+    }
+
+    /// mremap of `len` bytes at `from` to `to`, made `size` bytes there (the pages past `len`
+    /// are fresh; those past `size`, dropped).
+    pub fn mremap_resized(&mut self, from: u64, len: u64, size: u64, to: u64) -> &mut Self {
+        let what = format!("{from:#x}-{:#x} to {to:#x}-{:#x}", from + len, to + size);
         let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        self.must(libc::SYS_mremap, [from, len, len, flags, to, 0], "mremap", what)
+        self.must(libc::SYS_mremap, [from, len, size, flags, to, 0], "mremap", what)
     }
 
     pub fn munmap(&mut self, at: u64, len: u64) -> &mut Self {

@@ -4,6 +4,9 @@
  * random); argv[4] (optional) "seq": the pages in order instead, round and round (a
  * writer going through its memory, a scan); "churn": also drops pages (MADV_DONTNEED, every other one
  * then read so the zero page is mapped) and maps a side area afresh over itself (MAP_FIXED) now and then;
+ * "grow": also allocates a block of 4000 bytes with malloc at each write (up to 16384 of them),
+ * each filled in a form it can check, its heap grown (brk) by no more than each needs: it
+ * keeps growing while it runs, at nearly every write;
  * "uffd": holds a userfaultfd of its own, its side area registered with it (missing pages);
  * "fork": forks a child once its memory is filled, which makes every page its own (written
  * again), then writes them the same way (another sequence of pages), logs "forked PID" and
@@ -11,10 +14,11 @@
  * child leaves its pages shared with the parent until it writes them.
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
- * "ok writes=N gap_us=G" (G: the longest time between two turns of its loop since the last
+ * "ok writes=N gap_us=G blocks=B" (G: the longest time between two turns of its loop since the last
  * check, CLOCK_MONOTONIC) or "BAD ...". */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,6 +70,14 @@ int main(int argc, char **argv) {
     double rate = atof(argc > 3 ? argv[3] : "10") * 1e6 / PAGE; /* pages per second */
     int churn = argc > 4 && strcmp(argv[4], "churn") == 0;
     int seq = argc > 4 && strcmp(argv[4], "seq") == 0;
+    int grow = argc > 4 && strcmp(argv[4], "grow") == 0;
+    /* The blocks grown: their addresses kept off the heap. */
+    enum { BLOCKS = 16384, BLOCK = 4000 };
+    unsigned char **blocks = mmap(0, BLOCKS * sizeof *blocks, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t nblocks = 0;
+    if (blocks == MAP_FAILED) return 1;
+    /* The heap grown by as little as each block needs: brk at nearly every write. */
+    if (grow) mallopt(M_TOP_PAD, 0);
     unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned char *side = mmap(0, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     /* Reserved and hardly touched, as allocators and runtimes reserve: not to be copied. */
@@ -113,6 +125,13 @@ int main(int argc, char **argv) {
             size_t bad = pages;
             for (size_t i = 0; i < pages && bad == pages; i++)
                 if (!good(mem + i * PAGE, i, gen[i])) bad = i;
+            size_t block_bad = nblocks;
+            for (size_t b = 0; b < nblocks && block_bad == nblocks; b++)
+                for (size_t k = 0; k < BLOCK; k++)
+                    if (blocks[b][k] != (unsigned char)(b * 13 + k)) {
+                        block_bad = b;
+                        break;
+                    }
             size_t side_bad = SIDE_PAGES;
             for (size_t i = 0; i < SIDE_PAGES && side_bad == SIDE_PAGES; i++)
                 if (!good(side + i * PAGE, i, side_gen == 0 || i % 2 == 0 ? side_gen : ZERO)) side_bad = i;
@@ -120,11 +139,13 @@ int main(int argc, char **argv) {
                 dprintf(log, "BAD reserve pid %d\n", getpid());
             else if (bad < pages)
                 dprintf(log, "BAD page %zu (generation %u) pid %d\n", bad, gen[bad], getpid());
+            else if (block_bad < nblocks)
+                dprintf(log, "BAD block %zu of %zu pid %d\n", block_bad, nblocks, getpid());
             else if (side_bad < SIDE_PAGES)
                 dprintf(log, "BAD side page %zu (generation %u) pid %d\n", side_bad, side_gen, getpid());
             else
-                dprintf(log, "ok writes=%llu gap_us=%llu pid %d\n", (unsigned long long)writes,
-                        (unsigned long long)(gap / 1000), getpid());
+                dprintf(log, "ok writes=%llu gap_us=%llu blocks=%zu pid %d\n", (unsigned long long)writes,
+                        (unsigned long long)(gap / 1000), nblocks, getpid());
             gap = 0;
             last = now_ns();
             continue;
@@ -137,6 +158,12 @@ int main(int argc, char **argv) {
             gen[i] = gen[i] == ZERO ? 1 : gen[i] + 1;
             fill(mem + i * PAGE, i, gen[i]);
             writes++;
+            if (grow && nblocks < BLOCKS) {
+                unsigned char *b = malloc(BLOCK);
+                if (!b) return 6;
+                for (size_t k = 0; k < BLOCK; k++) b[k] = (unsigned char)(nblocks * 13 + k);
+                blocks[nblocks++] = b;
+            }
             if (churn && writes % 97 == 0) {
                 size_t j = (seed >> 20) % pages;
                 madvise(mem + j * PAGE, PAGE, MADV_DONTNEED);
