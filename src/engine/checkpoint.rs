@@ -589,7 +589,9 @@ fn frozen_checkpoint<W: Sink>(
         if opts.kill {
             states[0].tcp_conns.lock = conns.lock_name();
         }
-        if let Some(f) = &opts.flags_later {
+        // (A post-copy's begins once the copy runs: it need not hold up the freeze, and on a
+        // node short of CPUs it would; see migration::postcopy::send.)
+        if let Some(f) = opts.flags_later.as_ref().filter(|_| opts.postcopy.is_none()) {
             f.check()?;
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));

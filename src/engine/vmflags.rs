@@ -12,9 +12,10 @@
 //! the caller waits for the comparison before the copy may run ([`FlagsLater::wait`]; a
 //! migration, between the destination's Restored and its Commit). A difference fails the
 //! migration by name, and the process runs on here as it was. A post-copy does not wait (for
-//! a process of a GiB the comparison takes some 15 ms, most of the freeze): its copy runs,
-//! and the source, frozen until the last page went, gives up and runs on if the comparison
-//! fails before then ([`FlagsLater::done`]).
+//! a process of a GiB the comparison takes some 15 ms, most of the freeze), nor begin it
+//! while frozen (on a node short of CPUs it slows the freeze as much): its copy runs, then
+//! the comparison begins, and the source, frozen until the last page went, gives up and runs
+//! on if the comparison fails before then ([`FlagsLater::done`]).
 
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
