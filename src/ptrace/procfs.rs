@@ -95,7 +95,18 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
             let last = out.last_mut()?;
             last.untouched &= rest.trim() == "0 kB";
         } else if line.split(' ').next().is_some_and(|w| w.contains('-') && !w.contains(':')) {
-            out.push(parse_map_line(line)?);
+            let m = parse_map_line(line)?;
+            // Shown again, changed: the kernel reads a running process's mappings a few at a
+            // time, and resumes where it stopped, at a mapping that may have grown or moved
+            // meanwhile (a heap, brk after brk: [heap] twice, the second a page longer). The
+            // later view stands; the earlier gives way.
+            while out.last().is_some_and(|p| p.start >= m.start) {
+                out.pop();
+            }
+            if let Some(p) = out.last_mut().filter(|p| p.end > m.start) {
+                p.end = m.start;
+            }
+            out.push(m);
         }
     }
     Some(out)
@@ -279,7 +290,7 @@ mod tests {
 Size:                  8 kB
 Rss:                   8 kB
 VmFlags: rd mr mw me sd
-7ffd1000-7ffd3000 rw-p 00000000 00:00 0                          [stack]
+7e0000000000-7e0000002000 rw-p 00000000 00:00 0                          [stack]
 Size:                132 kB
 VmFlags: rd wr mr mw me gd ac
 7f0000000000-7f0000001000 rw-s 00000000 00:01 99                         /dev/zero (deleted)
@@ -302,6 +313,24 @@ VmFlags: rd ex mr mw me de sd
         assert!(m[2].shared && m[2].name == "/dev/zero (deleted)");
         assert_eq!(m[4].name, "[vvar_vclock]");
         assert_eq!(m[5].len(), 0x2000);
+    }
+
+    /// A mapping shown twice, changed in between (a running process's heap as it grows), is
+    /// the later view once, and the mappings stay in order and apart.
+    #[test]
+    fn a_mapping_shown_again_is_its_later_view() {
+        let text = "1000-3000 rw-p 00000000 00:00 0 [heap]\n\
+                    VmFlags: rd wr\n\
+                    1000-4000 rw-p 00000000 00:00 0 [heap]\n\
+                    VmFlags: rd wr mr\n\
+                    8000-9000 rw-p 00000000 00:00 0 \n\
+                    a000-c000 rw-p 00000000 00:00 0 \n\
+                    b000-c000 r--p 00000000 00:00 0 \n";
+        let m = parse_smaps(text).unwrap();
+        let spans: Vec<(u64, u64)> = m.iter().map(|m| (m.start, m.end)).collect();
+        assert_eq!(spans, vec![(0x1000, 0x4000), (0x8000, 0x9000), (0xa000, 0xb000), (0xb000, 0xc000)]);
+        assert_eq!(m[0].vmflags, ["rd", "wr", "mr"]);
+        assert!(!m[3].write);
     }
 
     #[test]
