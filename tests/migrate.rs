@@ -544,42 +544,64 @@ fn pid_there(o: &std::process::Output) -> i32 {
     out.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {out:?}"))
 }
 
+/// A writer of 64 MiB at 10 MB/s in `mode` (writer.c's argv[4]) on node a, moved after `ran`
+/// with migrate --live -v to node b, where its verdict 300 ms later is ok and its own; None
+/// when the kernel cannot track writes.
+struct MovedLive {
+    /// What migrate said (-v).
+    err: String,
+    /// Its check line there.
+    after: String,
+    /// Bytes of the image sent once it was frozen.
+    image: u64,
+    /// restartd, for its log.
+    daemon: Daemon,
+    _nodes: Nodes,
+}
+
+fn migrate_writer_live(name: &str, mode: &str, ran: Duration) -> Option<MovedLive> {
+    let n = Nodes::new()?;
+    let dir = tmpdir(name);
+    let key = keyfile(&dir, "key");
+    let daemon = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let (mut src, log, pid) = writer_as(&n, &dir, mode);
+    std::thread::sleep(ran);
+    let v = check(pid, &log);
+    assert!(v.starts_with("ok"), "before: {v}");
+    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        return None;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    let new = pid_there(&o);
+    assert!(gone(&mut src), "the source still runs");
+    // It writes on there; each page checks.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = check(new, &log);
+    assert!(after.starts_with("ok") && after.contains(&format!("pid {new}")), "after: {after}");
+    assert!(!tracked(new), "the restored process is tracked");
+    let image = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    Some(MovedLive { err, after, image, daemon, _nodes: n })
+}
+
 /// --live: the memory of a process that keeps writing goes ahead while it runs; it moves with
 /// every page as it last wrote it (pages it dropped read as zero, an area it mapped afresh
 /// holds what it wrote there since), and the image sent once it was frozen carried only a
 /// small part of its memory.
 #[test]
 fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
-    let Some(n) = Nodes::new() else { return };
-    let dir = tmpdir("mig-live");
-    let key = keyfile(&dir, "key");
-    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
-    let (mut src, log, pid) = writer(&n, &dir);
-    std::thread::sleep(Duration::from_millis(500));
-    let v = check(pid, &log);
-    assert!(v.starts_with("ok"), "before: {v}");
-    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
-    let err = stderr(&o);
-    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
-        return;
-    }
-    assert!(o.status.success(), "migrate: {err}");
-    let new = pid_there(&o);
-    assert!(gone(&mut src), "the source still runs");
+    let Some(m) = migrate_writer_live("mig-live", "churn", Duration::from_millis(500)) else { return };
+    let err = &m.err;
     assert!(err.contains("round 1:") && err.contains("sent ahead"), "-v says no round: {err}");
-    // It writes on there; each page checks.
-    std::thread::sleep(Duration::from_millis(300));
-    let v = check(new, &log);
-    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
-    let sent_ahead = d.1.line("bytes sent ahead");
+    let sent_ahead = m.daemon.1.line("bytes sent ahead");
     let ahead: u64 =
         sent_ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{sent_ahead}"));
     assert!(ahead >= 64 << 20, "less than its memory went ahead: {sent_ahead}");
     // Its 512 MiB reserve, of which it touched one page, did not go.
     assert!(ahead < 96 << 20, "untouched memory went ahead: {sent_ahead}");
-    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    let image = m.image;
     assert!(image < 16 << 20, "the image after the freeze carried {image} bytes of a 64 MiB process: {err}");
-    assert!(!tracked(new), "the restored process is tracked");
 }
 
 /// --live of a process whose heap grows as it runs (malloc after malloc, brk after brk): the
@@ -589,31 +611,13 @@ fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
 /// of its memory.
 #[test]
 fn a_live_migration_follows_a_heap_that_grows() {
-    let Some(n) = Nodes::new() else { return };
-    let dir = tmpdir("mig-live-grow");
-    let key = keyfile(&dir, "key");
-    let _d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
-    let (mut src, log, pid) = writer_as(&n, &dir, "grow");
-    // Some 10 MiB of heap by now, growing by as much a second.
-    std::thread::sleep(Duration::from_millis(1000));
-    let v = check(pid, &log);
-    assert!(v.starts_with("ok"), "before: {v}");
-    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
-    let err = stderr(&o);
-    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
-        return;
-    }
-    assert!(o.status.success(), "migrate: {err}");
-    let new = pid_there(&o);
-    assert!(gone(&mut src), "the source still runs");
-    std::thread::sleep(Duration::from_millis(300));
-    let v = check(new, &log);
-    assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "after: {v}");
+    // Some 10 MiB of heap by then, growing by as much a second.
+    let Some(m) = migrate_writer_live("mig-live-grow", "grow", Duration::from_millis(1000)) else { return };
+    let v = &m.after;
     let blocks: usize = v.split("blocks=").nth(1).and_then(|b| b.split(' ').next()?.parse().ok()).unwrap_or(0);
     assert!(blocks > 2500, "its heap grew by {blocks} blocks only: {v}");
-    let image: u64 = err.split(" bytes in ").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+    let (image, err) = (m.image, &m.err);
     assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
-    assert!(!tracked(new), "the restored process is tracked");
 }
 
 /// The pid, as this test sees it, of the process that is `inner` in a pid namespace below

@@ -596,19 +596,7 @@ mod tests {
     fn the_smallest_runs_are_looked_at_first() {
         let me = std::process::id() as i32;
         let len = 96 * PAGE as usize;
-        // SAFETY: a fresh anonymous mapping of ours, written only within its length and
-        // unmapped at the end.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
+        let base = crate::ptrace::pagemap::tests::fresh(len);
         let b = base as u64;
         let page = |i: u64| b + i * PAGE;
         // A large run of 64 pages (every one written), a small one of 4 (the first 3 written).
@@ -625,7 +613,7 @@ mod tests {
         assert_eq!(pr.left.clone().into_iter().collect::<Vec<_>>(), vec![(page(0), page(6)), (page(80), page(83))]);
         assert_eq!(pr.unseen.clone().into_iter().collect::<Vec<_>>(), vec![(page(6), page(64))]);
         // SAFETY: our mapping, no longer used.
-        unsafe { libc::munmap(base, len) };
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
     }
 
     #[test]

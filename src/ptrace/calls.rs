@@ -178,6 +178,12 @@ impl Calls {
         Q { k, at }
     }
 
+    /// The list's bytes, for its queries to answer into; none when it has no query (a list
+    /// of many threads' or mappings' calls is not copied for nothing).
+    fn answer_room(&self) -> Vec<u8> {
+        if self.calls.iter().any(|c| c.answers) { self.bytes.clone() } else { Vec::new() }
+    }
+
     /// prctl(option, arg): answered in its result.
     pub fn ask_prctl(&mut self, option: i32, arg: u64) -> Q {
         self.query(libc::SYS_prctl, [V(option as u64), V(arg), V(0), V(0), V(0), V(0)], None)
@@ -575,7 +581,7 @@ impl Ctl<'_> {
     /// [`Ctl::run`], with the answers of the list's queries.
     pub fn ask(&mut self, calls: &Calls) -> Result<Answers> {
         let mut out = Vec::with_capacity(calls.len());
-        let mut bytes = calls.bytes.clone();
+        let mut bytes = calls.answer_room();
         for k in 0..calls.len() {
             self.run_one(calls, k, &mut out, &mut bytes)?;
         }
@@ -613,7 +619,7 @@ impl Ctl<'_> {
     pub fn ask_at_once(&mut self, calls: &Calls, area: &Scratch) -> Result<Answers> {
         let pid = self.pid();
         let mut out = Vec::with_capacity(calls.len());
-        let mut bytes = calls.bytes.clone();
+        let mut bytes = calls.answer_room();
         if !self.r.stepping || !area.exec || area.len <= PAGE_SIZE {
             for k in 0..calls.len() {
                 self.run_one(calls, k, &mut out, &mut bytes)?;
@@ -642,8 +648,10 @@ impl Ctl<'_> {
             self.r.run(area.addr.0, code.len(), |r| arch::set_batch(r, area.addr.0, list, n))?;
             let mut b = vec![0u8; b.len()];
             mem::read_runs(pid, &[(base, b.len())], &mut b)?;
-            let stretch = calls.stretch(&(from..to));
-            bytes[stretch.clone()].copy_from_slice(&b[..stretch.len()]);
+            if !bytes.is_empty() {
+                let stretch = calls.stretch(&(from..to));
+                bytes[stretch.clone()].copy_from_slice(&b[..stretch.len()]);
+            }
             for (k, c) in calls.calls[from..to].iter().enumerate() {
                 let o = (list - base) as usize + k * arch::BATCH_ENTRY + 56;
                 let r = i64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
