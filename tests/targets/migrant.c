@@ -45,6 +45,13 @@ int main(int argc, char **argv) {
         pthread_create(&t, 0, worker, (void *)i);
     }
     long checks = 0, last[64] = {0};
+    /* Ready once every thread has run: a check right after would otherwise find one that the
+     * scheduler had not run yet (a busy machine) stalled. */
+    for (int i = 0; i < threads; i++)
+        while (!progress[i]) {
+            struct timespec t = {0, 1000 * 1000};
+            nanosleep(&t, 0);
+        }
     dprintf(log, "ready %d\n", getpid());
     for (;;) {
         /* Not pause(): restored inside it, the process re-issues it, and a SIGUSR1 that comes
