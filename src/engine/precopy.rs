@@ -833,6 +833,8 @@ pub struct Store {
     limit: u64,
     /// Bytes of pages received.
     pub received: u64,
+    /// Our mappings are still ours: not yet let go (see [`Store::leave`]).
+    here: bool,
 }
 
 /// A mapping of ours for `area`, placed as the area is within huge pages (the same offset
@@ -879,12 +881,13 @@ fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> 
 
 impl Store {
     pub fn new(limit: u64) -> Store {
-        Store { held: BTreeMap::new(), limit, received: 0 }
+        Store { held: BTreeMap::new(), limit, received: 0, here: true }
     }
 
     /// The areas the process has now (an Areas frame): those held already stay, a changed one
     /// gets the pages of the old ones where they overlap, the others go.
     pub fn follow(&mut self, areas: &[(Area, bool)]) -> Result<()> {
+        self.ours()?;
         let total: u64 = areas.iter().map(|(a, _)| a.end - a.start).sum();
         if total > self.limit {
             return Err(Error::Refused(format!(
@@ -940,6 +943,7 @@ impl Store {
 
     /// A Pages frame: each run must lie in one area held.
     pub fn pages(&mut self, b: &[u8]) -> Result<()> {
+        self.ours()?;
         let bad = |what: String| Error::Net(crate::net::NetError::Protocol(format!("pages sent ahead: {what}")));
         let n = le32(b, 0) as usize;
         let head = 8 + n * 16;
@@ -1013,6 +1017,7 @@ impl Store {
     /// A TREEPAGES batch: each run, of shared pages (no flag), must lie in one area held, and
     /// come once.
     pub fn put(&mut self, runs: &[crate::crf::pages::Run], data: &[u8], at: u64) -> Result<()> {
+        self.ours()?;
         let mut off = 0usize;
         for r in runs {
             let (s, e) = (r.addr, r.addr + r.len() as u64);
@@ -1063,6 +1068,7 @@ impl Store {
 
     /// [`Store::clear_of`] for every range of `ranges`.
     pub fn clear_of_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<()> {
+        self.ours()?;
         let me = std::process::id() as i32;
         let mut avoid: Vec<(u64, u64)> = ranges.to_vec();
         avoid.extend(procfs::read_maps(me)?.iter().map(|m| (m.start, m.end)));
@@ -1151,6 +1157,26 @@ impl Store {
             self.held.values().map(|h| (h.there, h.there + h.area.end - h.area.start)).collect();
         r.sort_unstable();
         r
+    }
+
+    /// Err once our mappings went ([`Store::leave`]): nothing may be written to them then.
+    fn ours(&self) -> Result<()> {
+        match self.here {
+            true => Ok(()),
+            false => Err(Error::Proc("the pages sent ahead were let go already".into())),
+        }
+    }
+
+    /// Once the processes to be restored are forked (each inherited our mappings): ours go.
+    /// Held on, each page the restore or the process then writes would be a copy, shared as
+    /// it is with us (a huge page split first), where, ours gone, it is the process's alone.
+    /// What is known of the pages stays, for the restore.
+    pub fn leave(&mut self) {
+        if std::mem::take(&mut self.here) {
+            for h in self.held.values() {
+                unmap_local(h.local, h.area.end - h.area.start);
+            }
+        }
     }
 
     /// Bytes of the areas held (mapped, whether pages arrived or not).
@@ -1312,6 +1338,11 @@ impl Stores {
     /// Bytes of pages received, all processes together.
     pub fn received(&self) -> u64 {
         self.by_pid.values().map(|s| s.received).sum()
+    }
+
+    /// [`Store::leave`] for every process.
+    pub fn leave(&mut self) {
+        self.by_pid.values_mut().for_each(Store::leave);
     }
 
     /// What was sent ahead of process `pid` (its pid at the source).
@@ -1655,9 +1686,7 @@ pub fn read_ahead<R: crate::crf::Input>(
 /// copy the few pages they touch.
 impl Drop for Store {
     fn drop(&mut self) {
-        for h in self.held.values() {
-            unmap_local(h.local, h.area.end - h.area.start);
-        }
+        self.leave();
     }
 }
 
@@ -1767,6 +1796,35 @@ mod tests {
         // Kept pages must have arrived.
         assert!(st.keep(&[(0x11000, 0x13000)]).is_ok());
         assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
+    }
+
+    /// Let go once the processes are forked: our mapping is gone, what is known of the
+    /// pages stays, and nothing more may be put in it.
+    #[test]
+    fn a_store_let_go_holds_no_mapping_and_takes_no_more() {
+        let mut st = Store::new(1 << 30);
+        let a = Area { start: 0x10000, end: 0x14000, noreserve: false };
+        st.follow(&[(a, false)]).unwrap();
+        let mut frame = pages_header(&[(0x11000, 0x12000)]);
+        frame.extend(std::iter::repeat_n(7u8, PAGE as usize));
+        st.pages(&frame).unwrap();
+        let local = st.held[&0x10000].local;
+        let mine =
+            |at: u64| procfs::read_maps(std::process::id() as i32).unwrap().iter().any(|m| m.start <= at && at < m.end);
+        assert!(mine(local));
+        st.leave();
+        assert!(!mine(local), "the store's mapping is still here");
+        assert!(st.pages(&frame).is_err() && st.follow(&[(a, false)]).is_err());
+        assert!(st.keep(&[(0x11000, 0x12000)]).is_ok(), "what arrived is forgotten");
+        // Dropped, it unmaps nothing more (the range may be another mapping's by then).
+        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: a new page where the store's mapping was, replacing nothing (NOREPLACE).
+        let again = unsafe { libc::mmap(local as *mut libc::c_void, PAGE as usize, libc::PROT_READ, fl, -1, 0) };
+        assert_eq!(again as u64, local);
+        drop(st);
+        assert!(mine(local), "the store unmapped what is not its own any more");
+        // SAFETY: the test's own page.
+        unsafe { libc::munmap(again, PAGE as usize) };
     }
 
     /// A mapping of ours sits as the process's area does within huge pages; a huge page of

@@ -394,6 +394,13 @@ fn restore_all<R: Input>(
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;
+    // Every process has the pages held for it (it inherited them): ours go.
+    if let Some(s) = store.as_deref_mut() {
+        s.leave();
+    }
+    if let Some(c) = cow.as_mut() {
+        c.leave();
+    }
 
     let ipc = shared.made.ipc.take();
     let tcp = Some(std::mem::take(&mut shared.made.repaired));
