@@ -426,6 +426,7 @@ fn running_checkpoint<W: Sink>(
             super::precopy::Frame::Member => Tag::PREMEMBER,
             super::precopy::Frame::Areas => Tag::PREAREAS,
             super::precopy::Frame::Pages => Tag::PREPAGES,
+            super::precopy::Frame::Caught => return Ok(()),
         };
         w.section(tag, 0, &[b]).map_err(image_io)
     };

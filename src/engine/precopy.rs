@@ -153,12 +153,14 @@ pub fn put_runs(b: &mut Vec<u8>, runs: &[(u64, u64)], flag: u32) {
 }
 
 /// The frames a round sends (the protocol's Member, Areas and Pages): Member (the pid, u32
-/// little-endian) before each process's Areas and Pages.
+/// little-endian) before each process's Areas and Pages; then Caught (empty), which returns
+/// once the other end holds everything sent (a destination that answers; an image at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame {
     Member,
     Areas,
     Pages,
+    Caught,
 }
 
 /// What one round sent.
@@ -613,6 +615,10 @@ fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> R
         }
         i += 1;
     }
+    // Over once the destination holds it all: what the processes write meanwhile counts in
+    // the round (a round ended at the socket would leave it to the freeze), and so does the
+    // time the destination takes in the rate.
+    send(Frame::Caught, &mut [])?;
     Ok(Round { pages, took: t0.elapsed() })
 }
 

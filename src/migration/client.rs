@@ -281,19 +281,21 @@ fn send_ahead(
     post: bool,
     ahead: &mut Ahead,
 ) -> Result<()> {
+    let mut buf = Vec::new();
     let mut send = |f: Frame, b: &mut [u8]| {
         let kind = match f {
             Frame::Member => Kind::Member,
             Frame::Areas => Kind::Areas,
             Frame::Pages => Kind::Pages,
+            Frame::Caught => {
+                return c.send(Kind::Caught, &[]).and_then(|()| c.expect(Kind::Caught, &mut buf)).map_err(Error::Net);
+            }
         };
         c.send_in_place(kind, b).map_err(Error::Net)
     };
     let how = if post { "follow once it runs there" } else { "go while it is frozen" };
     crate::engine::precopy::rounds(src, budget, post, &mut send, how, ahead)?;
-    // The destination answers once it has put every page in place (a round's last frames
-    // may still be in its socket): the process is frozen after that, not before.
-    let mut buf = Vec::new();
+    // The destination answers at once: every round ended with it caught up.
     c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut buf)).map_err(Error::Net)
 }
 

@@ -387,6 +387,8 @@ fn receive_ahead(c: &mut Conn<Paced>, st: &mut Stores) -> Result<()> {
             Kind::Member => st.member(&buf)?,
             Kind::Areas => st.follow(&decode_areas(&buf).map_err(|e| Error::Net(NetError::Protocol(e)))?)?,
             Kind::Pages => st.pages(&buf)?,
+            // Every page sent so far is in place (the source's round is over only then).
+            Kind::Caught => c.send(Kind::Caught, &[]).map_err(Error::Net)?,
             // Every page sent ahead is in place: the source may freeze the process now (it
             // waits for this, so that the freeze does not wait for us to catch up).
             Kind::Freeze => return c.send(Kind::Freeze, &[]).map_err(Error::Net),

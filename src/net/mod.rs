@@ -30,7 +30,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -86,6 +86,9 @@ pub enum Kind {
     /// none), and, as the first frame on that connection, the source's proof that it is the
     /// same client (empty, sealed under keys of the session's own: Conn::sibling).
     Urgent = 20,
+    /// Live migration: empty; from the client, after each round: answer once every page sent
+    /// so far is in place; from the server, the answer.
+    Caught = 21,
 }
 
 impl Kind {
@@ -112,6 +115,7 @@ impl Kind {
             18 => AllIn,
             19 => Member,
             20 => Urgent,
+            21 => Caught,
             _ => return None,
         })
     }
