@@ -86,6 +86,30 @@ fn eligible_map(m: &MapEntry) -> bool {
         && !["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].iter().any(|f| m.has_flag(f))
 }
 
+/// Joins in `maps` (smaps, in order) the eligible mappings side by side that `now` (the maps
+/// read since) shows as one: the first's, to the end of the last. Any other difference is
+/// left for the next look.
+fn joined(maps: &mut Vec<MapEntry>, now: &[MapEntry]) {
+    let mut i = 0;
+    while i < maps.len() {
+        let whole = now.iter().find(|n| n.start == maps[i].start).map(|n| n.end).filter(|&e| e > maps[i].end);
+        let Some(end) = whole.filter(|_| eligible_map(&maps[i])) else {
+            i += 1;
+            continue;
+        };
+        // The ones that follow, each where the last ended, up to that end exactly.
+        let mut j = i + 1;
+        while j < maps.len() && maps[j].start == maps[j - 1].end && maps[j - 1].end < end && eligible_map(&maps[j]) {
+            j += 1;
+        }
+        if maps[j - 1].end == end {
+            maps[i].end = end;
+            maps.drain(i + 1..j);
+        }
+        i += 1;
+    }
+}
+
 /// Areas frame: u32 count, then per area u64 start, u64 end, u32 flags (bit 0: noreserve;
 /// bit 1: huge pages allowed, a hint, see [`Store::pages`]), u32 zero.
 pub fn encode_areas(areas: &[(Area, bool)]) -> Vec<u8> {
@@ -323,7 +347,18 @@ impl Source {
     pub fn round(&mut self, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
         let t0 = Instant::now();
         let pid = self.pid;
-        let maps = procfs::read_smaps(pid)?;
+        let mut maps = procfs::read_smaps(pid)?;
+        let taken = self.tracker()?.take()?;
+        self.forget(&taken.written);
+        let spans: Vec<(u64, u64)> = maps.iter().filter(|m| eligible_map(m)).map(|m| (m.start, m.end)).collect();
+        let fresh = minus(&spans, self.tracker()?.ranges());
+        // Tracked from now on; what they hold now is sent below (the destination holds none of it).
+        if !self.tracker()?.add(&fresh)?.is_empty() {
+            // Registered, a range may have become one mapping with a tracked one beside it (a
+            // heap grown since the last round, whose flags now agree with the rest): the
+            // mappings as they are now, or the freeze would find one where two areas went.
+            joined(&mut maps, &procfs::read_maps(pid)?);
+        }
         let readable: Vec<(u64, u64)> =
             maps.iter().filter(|m| eligible_map(m) && m.read).map(|m| (m.start, m.end)).collect();
         let huge =
@@ -336,15 +371,9 @@ impl Source {
                 (a, huge.unwrap_or(false) && !m.has_flag("nh"))
             })
             .collect();
-        let taken = self.tracker()?.take()?;
-        self.forget(&taken.written);
         if let Some(now) = self.follow(&areas, &taken.lost) {
             send(Frame::Areas, &mut encode_areas(&now)[..])?;
         }
-        let spans: Vec<(u64, u64)> = areas.iter().map(|(a, _)| (a.start, a.end)).collect();
-        let fresh = minus(&spans, self.tracker()?.ranges());
-        // Tracked from now on; what they hold now is sent below (the destination holds none of it).
-        self.tracker()?.add(&fresh)?;
         // Pages shared with another process (the tree's children) are read through
         // /proc/PID/mem: pinned by process_vm_readv, each would become the process's own copy.
         self.shared.clear();
@@ -1755,6 +1784,30 @@ mod tests {
         );
         assert!(o.pieces(&[(2 * PAGE, 3 * PAGE)]).is_err());
         assert_eq!(o.held_bytes(), 4 * PAGE);
+    }
+
+    /// Anonymous mappings (`name` for all) as maps lists them.
+    fn maps(ranges: &[(u64, u64)], name: &str) -> Vec<MapEntry> {
+        let text: String = ranges.iter().map(|(s, e)| format!("{s:x}-{e:x} rw-p 00000000 00:00 0 {name}\n")).collect();
+        procfs::parse_smaps(&text).unwrap()
+    }
+
+    /// A heap grown since the last round, registered: the kernel made one mapping of it.
+    #[test]
+    fn mappings_the_kernel_joined_are_joined() {
+        let mut m = maps(&[(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0x9000), (0x20000, 0x21000)], "[heap]");
+        joined(&mut m, &maps(&[(0x1000, 0x8000), (0x8000, 0x9000), (0x20000, 0x22000)], "[heap]"));
+        let got: Vec<(u64, u64)> = m.iter().map(|m| (m.start, m.end)).collect();
+        // The one grown past what smaps showed is left for the next look.
+        assert_eq!(got, [(0x1000, 0x8000), (0x8000, 0x9000), (0x20000, 0x21000)]);
+        // Not joined: a mapping of a file between, or an end that falls inside one.
+        let mut m = maps(&[(0x1000, 0x3000), (0x3000, 0x8000)], "");
+        m[1].inode = 7;
+        joined(&mut m, &maps(&[(0x1000, 0x8000)], ""));
+        assert_eq!(m.len(), 2);
+        let mut m = maps(&[(0x1000, 0x3000), (0x3000, 0x8000)], "");
+        joined(&mut m, &maps(&[(0x1000, 0x5000)], ""));
+        assert_eq!(m.iter().map(|m| (m.start, m.end)).collect::<Vec<_>>(), [(0x1000, 0x3000), (0x3000, 0x8000)]);
     }
 
     #[test]
