@@ -77,11 +77,15 @@ pub fn spawn_child(want: i32, require: bool, exec: Option<&Exec>) -> Result<(i32
         }
         r
     };
-    let r = call(&args);
+    // The kernel takes the pid last, a whole fork later (a ms or two with much memory held):
+    // one in use here is asked first. (Freed or taken meanwhile, clone3 says so as before.)
+    let (r, e) = match in_use(want) {
+        true => (-1, Errno::EEXIST),
+        false => (call(&args), Errno::last()),
+    };
     if r > 0 {
         return Ok((r as i32, None));
     }
-    let e = Errno::last();
     let why = match e {
         Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{want}/comm")) {
             Ok(comm) => format!("pid {want} is in use by {} (rstrt --pidns would keep it)", comm.trim()),
@@ -111,6 +115,17 @@ pub fn spawn_child(want: i32, require: bool, exec: Option<&Exec>) -> Result<(i32
         return Ok((f, Some(why)));
     }
     Ok((r as i32, Some(why)))
+}
+
+/// Whether pid `want` is in use in the pid namespace our children are made in (a process's
+/// or a thread's); false when that cannot be told (another namespace: clone3 tells).
+fn in_use(want: i32) -> bool {
+    let ns = |n: &str| std::fs::metadata(format!("/proc/self/ns/{n}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if want <= 0 || !matches!((ns("pid"), ns("pid_for_children")), (Ok(a), Ok(b)) if a == b) {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it asks whether the pid exists.
+    unsafe { libc::kill(want, 0) == 0 || Errno::last() == Errno::EPERM }
 }
 
 /// In the child: die with rstrt, ask to be traced, then execute `exec` (the tracer sees the
