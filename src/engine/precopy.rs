@@ -103,8 +103,12 @@ fn joined(maps: &mut Vec<MapEntry>, now: &[MapEntry]) {
             j += 1;
         }
         if maps[j - 1].end == end {
-            maps[i].end = end;
-            maps.drain(i + 1..j);
+            let rest: Vec<MapEntry> = maps.drain(i + 1..j).collect();
+            let m = &mut maps[i];
+            m.end = end;
+            // Pages shared with another process anywhere in it are (see Source::round).
+            m.shares |= rest.iter().any(|r| r.shares);
+            m.untouched &= rest.iter().all(|r| r.untouched);
         }
         i += 1;
     }
@@ -1796,10 +1800,12 @@ mod tests {
     #[test]
     fn mappings_the_kernel_joined_are_joined() {
         let mut m = maps(&[(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0x9000), (0x20000, 0x21000)], "[heap]");
+        m[1].shares = true;
         joined(&mut m, &maps(&[(0x1000, 0x8000), (0x8000, 0x9000), (0x20000, 0x22000)], "[heap]"));
         let got: Vec<(u64, u64)> = m.iter().map(|m| (m.start, m.end)).collect();
         // The one grown past what smaps showed is left for the next look.
         assert_eq!(got, [(0x1000, 0x8000), (0x8000, 0x9000), (0x20000, 0x21000)]);
+        assert!(m[0].shares, "the pages a fork left shared in the part joined are forgotten");
         // Not joined: a mapping of a file between, or an end that falls inside one.
         let mut m = maps(&[(0x1000, 0x3000), (0x3000, 0x8000)], "");
         m[1].inode = 7;
