@@ -1838,14 +1838,19 @@ mod tests {
 
     /// The source and the store follow a change of areas by the same rule: what the source
     /// counts as held is what the store has.
+    /// A store holding area `start`-`end`, and the pages of `run`, each of them `byte`s.
+    fn store_with(start: u64, end: u64, run: (u64, u64), byte: u8) -> Store {
+        let mut st = Store::new(1 << 30);
+        st.follow(&[(Area { start, end, noreserve: false }, false)]).unwrap();
+        let mut frame = pages_header(&[run]);
+        frame.extend(std::iter::repeat_n(byte, (run.1 - run.0) as usize));
+        st.pages(&frame).unwrap();
+        st
+    }
+
     #[test]
     fn store_carries_pages_over_as_the_source_counts_them() {
-        let mut st = Store::new(1 << 30);
-        let a = Area { start: 0x10000, end: 0x14000, noreserve: false };
-        st.follow(&[(a, false)]).unwrap();
-        let mut frame = pages_header(&[(0x11000, 0x13000)]);
-        frame.extend(std::iter::repeat_n(7u8, 2 * PAGE as usize));
-        st.pages(&frame).unwrap();
+        let mut st = store_with(0x10000, 0x14000, (0x11000, 0x13000), 7);
         assert_eq!(st.received, 2 * PAGE);
         // The area grows: the pages received stay, at the same addresses.
         let b = Area { start: 0x10000, end: 0x18000, noreserve: false };
@@ -1867,12 +1872,10 @@ mod tests {
     /// pages stays, and nothing more may be put in it.
     #[test]
     fn a_store_let_go_holds_no_mapping_and_takes_no_more() {
-        let mut st = Store::new(1 << 30);
+        let mut st = store_with(0x10000, 0x14000, (0x11000, 0x12000), 7);
         let a = Area { start: 0x10000, end: 0x14000, noreserve: false };
-        st.follow(&[(a, false)]).unwrap();
         let mut frame = pages_header(&[(0x11000, 0x12000)]);
         frame.extend(std::iter::repeat_n(7u8, PAGE as usize));
-        st.pages(&frame).unwrap();
         let local = st.held[&0x10000].local;
         let mine =
             |at: u64| procfs::read_maps(std::process::id() as i32).unwrap().iter().any(|m| m.start <= at && at < m.end);
@@ -1953,12 +1956,7 @@ mod tests {
     /// A mapping of ours where the image has one moves elsewhere, its pages with it.
     #[test]
     fn store_moves_out_of_the_images_way() {
-        let mut st = Store::new(1 << 30);
-        let a = Area { start: 0x10000, end: 0x12000, noreserve: false };
-        st.follow(&[(a, false)]).unwrap();
-        let mut frame = pages_header(&[(0x11000, 0x12000)]);
-        frame.extend(std::iter::repeat_n(9u8, PAGE as usize));
-        st.pages(&frame).unwrap();
+        let mut st = store_with(0x10000, 0x12000, (0x11000, 0x12000), 9);
         let local = st.held[&0x10000].local;
         let image = Vma { start: local + PAGE, end: local + 8 * PAGE, kind: memory::KIND_ANON, ..Default::default() };
         st.clear_of(std::slice::from_ref(&image)).unwrap();
