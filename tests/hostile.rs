@@ -92,13 +92,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut c = Command::new(crs());
-        c.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string()]).args(extra);
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        close_extra_fds(&mut c);
-        let mut child = Reap(c.spawn().unwrap());
-        let said = watch(&mut child.0, "listening on", "restartd");
+        let (child, said, port) = on_free_port("listening on", "restartd", |port| {
+            let mut c = Command::new(crs());
+            c.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string()]).args(extra);
+            c
+        });
         Daemon { _child: child, said, port }
     }
 

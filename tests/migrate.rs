@@ -257,14 +257,11 @@ fn tampered_and_replayed_streams_are_refused() {
     }
     let dir = tmpdir("mig-tamper");
     let key = keyfile(&dir, "key");
-    // A free port, for restartd on loopback.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut d = Command::new(crs());
-    d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--key", &key, "--allow-root"])
-        .stderr(Stdio::piped());
-    close_extra_fds(&mut d);
-    let mut daemon = Reap(d.spawn().unwrap());
-    watch(&mut daemon.0, "listening", "restartd");
+    let (_daemon, _, port) = on_free_port("listening", "restartd", |port| {
+        let mut d = Command::new(crs());
+        d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--key", &key, "--allow-root"]);
+        d
+    });
     let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let log = dir.join("log");
@@ -306,18 +303,14 @@ fn through_inetd() {
     }
     let dir = tmpdir("mig-inetd");
     let key = keyfile(&dir, "key");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = dir.join("inetd.conf");
-    std::fs::write(
-        &conf,
-        format!("127.0.0.1:{port} stream tcp nowait root {} restartd -i --key {key} --allow-root\n", crs()),
-    )
-    .unwrap();
-    let mut i = Command::new("/usr/sbin/inetd");
-    i.arg("-d").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    close_extra_fds(&mut i);
-    let mut inetd = Reap(i.spawn().unwrap());
-    watch(&mut inetd.0, "ADD", "inetd");
+    let (inetd, _, port) = on_free_port("ADD", "inetd", |port| {
+        let line = format!("127.0.0.1:{port} stream tcp nowait root {} restartd -i --key {key} --allow-root\n", crs());
+        std::fs::write(&conf, line).unwrap();
+        let mut i = Command::new("/usr/sbin/inetd");
+        i.arg("-d").arg(&conf);
+        i
+    });
 
     let log = dir.join("log");
     let mut src = local_migrant(&log, "8");
@@ -399,12 +392,11 @@ fn a_keyless_restartd_restores_only_the_connecting_users_processes() {
     ckpt(&["-o", img.to_str().unwrap(), &src.0.id().to_string()]);
     std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut d = Command::new(crs());
-    d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--allow-root"]).stderr(Stdio::piped());
-    close_extra_fds(&mut d);
-    let mut daemon = Reap(d.spawn().unwrap());
-    watch(&mut daemon.0, "listening", "restartd");
+    let (_daemon, _, port) = on_free_port("listening", "restartd", |port| {
+        let mut d = Command::new(crs());
+        d.args(["restartd", "-b", "127.0.0.1", "-p", &port.to_string(), "--allow-root"]);
+        d
+    });
 
     // nobody sends root's image, by hand (support::NOBODY_CLIENT).
     let out = nobody_sends(port, img.to_str().unwrap());
@@ -427,24 +419,12 @@ fn through_systemd_socket_activation() {
     }
     let dir = tmpdir("mig-systemd");
     let key = keyfile(&dir, "key");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut a = Command::new(tool);
-    a.args([
-        "-l",
-        &format!("127.0.0.1:{port}"),
-        "--inetd",
-        "-a",
-        crs(),
-        "restartd",
-        "-i",
-        "--key",
-        &key,
-        "--allow-root",
-    ]);
-    a.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    close_extra_fds(&mut a);
-    let mut act = Reap(a.spawn().unwrap());
-    watch(&mut act.0, "Listening on", "socket-activate");
+    let (_act, _, port) = on_free_port("Listening on", "socket-activate", |port| {
+        let mut a = Command::new(tool);
+        let at = format!("127.0.0.1:{port}");
+        a.args(["-l", &at, "--inetd", "-a", crs(), "restartd", "-i", "--key", &key, "--allow-root"]);
+        a
+    });
 
     let log = dir.join("log");
     let mut src = local_migrant(&log, "8");

@@ -251,10 +251,23 @@ pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -
 /// Waits for a line containing `needle` on the child's stderr, then keeps draining it (to our
 /// stderr, tagged) so the child never blocks on a full pipe.
 pub fn watch(child: &mut std::process::Child, needle: &str, tag: &'static str) -> Said {
+    watch_or(child, needle, tag).unwrap_or_else(|before| panic!("{tag} never said {needle:?}, only {before:?}"))
+}
+
+/// [`watch`], or every line the child said before its stderr ended without `needle`.
+pub fn watch_or(child: &mut std::process::Child, needle: &str, tag: &'static str) -> Result<Said, Vec<String>> {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
-    let first = lines.find_map(|l| l.ok().filter(|l| l.contains(needle)));
-    let first = first.unwrap_or_else(|| panic!("{tag} never said {needle:?}"));
+    let mut before = Vec::new();
+    let first = lines.find_map(|l| match l {
+        Ok(l) if l.contains(needle) => Some(l),
+        Ok(l) => {
+            before.push(l);
+            None
+        }
+        Err(_) => None,
+    });
+    let Some(first) = first else { return Err(before) };
     let said = Said::default();
     said.0.lock().unwrap().push(first);
     let keep = said.clone();
@@ -264,7 +277,56 @@ pub fn watch(child: &mut std::process::Child, needle: &str, tag: &'static str) -
             keep.0.lock().unwrap().push(l);
         })
     });
-    said
+    Ok(said)
+}
+
+/// A server started by `start(port)` on a free loopback port, once it says `needle` and holds a
+/// socket listening there. The port is free when picked but may be taken (by another test's
+/// connection) before the server binds it: a server that said "in use" and stopped, or that
+/// listens nowhere soon after saying `needle` (inetd binds after it says "ADD" and only logs a
+/// failure), is started again on another port.
+pub fn on_free_port(needle: &str, tag: &'static str, start: impl Fn(u16) -> Command) -> (Reap, Said, u16) {
+    let mut lost = Vec::new();
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = start(port);
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        close_extra_fds(&mut c);
+        let mut child = Reap(c.spawn().unwrap());
+        match watch_or(&mut child.0, needle, tag) {
+            Ok(said) => {
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < Duration::from_secs(2) {
+                    if listens(child.0.id() as i32, port) {
+                        return (child, said, port);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                lost.push(port);
+            }
+            Err(before) if before.iter().any(|l| l.contains("in use")) => lost.push(port),
+            Err(before) => panic!("{tag} never said {needle:?}, only {before:?}"),
+        }
+    }
+    panic!("{tag}: every free port picked was taken before it listened: {lost:?}")
+}
+
+/// Whether `pid` holds a TCP socket listening on `port` (of its network namespace).
+pub fn listens(pid: i32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let here = f.get(1)?.ends_with(&format!(":{port:04X}")) && *f.get(3)? == "0A";
+            let inode = f.get(9)?;
+            here.then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str())))
 }
 
 /// What a watched program has said, from the line waited for on.
