@@ -33,11 +33,6 @@ fn gone(pids: &[i32]) {
     }
 }
 
-/// A TCP port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn has_nft() -> bool {
     require(Command::new("nft").arg("-v").output().is_ok(), "nft (apt install nftables)")
 }
@@ -273,12 +268,14 @@ fn has_redis() -> bool {
 }
 
 /// Debian's redis-server on 127.0.0.1's `port` (and ::1's), no persistence, its files in `d`.
-fn redis_server(port: u16, d: &str) -> Reap {
-    let mut c = Command::new("/usr/bin/redis-server");
-    c.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", d]);
-    c.stdout(Stdio::null()).stdin(Stdio::null());
-    close_extra_fds(&mut c);
-    Reap(c.spawn().unwrap())
+/// redis-server on a free port, listening: the server and its port.
+fn redis_server(d: &str) -> (Reap, u16) {
+    serving_on("redis-server", |port| {
+        let mut c = Command::new("/usr/bin/redis-server");
+        c.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", d]);
+        c.stdout(Stdio::null()).stdin(Stdio::null());
+        c
+    })
 }
 
 fn redis_at(port: u16) -> BufReader<TcpStream> {
@@ -304,8 +301,7 @@ fn redis_keeps_its_keys_and_serves_on_after_restore() {
     }
     let dir = tmpdir("redis");
     let d = dir.to_str().unwrap();
-    let port = free_port();
-    let mut server = redis_server(port, d);
+    let (mut server, port) = redis_server(d);
     let pid = server.0.id() as i32;
     let mut s = redis_at(port);
     assert_eq!(redis(&mut s, &["SET", "k", "kept across the restore"]), "+OK");
@@ -343,13 +339,13 @@ fn nginx_master_and_workers_serve_again_after_restore() {
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(dir.join("www/big"), &body).unwrap();
-    let port = free_port();
-    let conf = nginx_conf(d, &format!("127.0.0.1:{port}"));
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut c = Command::new("/usr/sbin/nginx");
-    c.args(["-c", &format!("{d}/nginx.conf"), "-p", d]).stdin(Stdio::null()).stdout(Stdio::null());
-    close_extra_fds(&mut c);
-    let mut master = Reap(c.spawn().unwrap());
+    let (mut master, port) = serving_on("nginx", |port| {
+        let conf = nginx_conf(d, &format!("127.0.0.1:{port}"));
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut c = Command::new("/usr/sbin/nginx");
+        c.args(["-c", &format!("{d}/nginx.conf"), "-p", d]).stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    });
     let pid = master.0.id() as i32;
     let get = || {
         let mut s = redis_at(port).into_inner();
@@ -552,8 +548,7 @@ fn redis_answers_the_same_connection_after_restore() {
     }
     let dir = tmpdir("redis-conn");
     let d = dir.to_str().unwrap();
-    let port = free_port();
-    let mut server = redis_server(port, d);
+    let (mut server, port) = redis_server(d);
     let pid = server.0.id() as i32;
     let mut s = redis_at(port);
     for n in 1..=100 {

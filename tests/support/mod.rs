@@ -311,6 +311,32 @@ pub fn on_free_port(needle: &str, tag: &'static str, start: impl Fn(u16) -> Comm
     panic!("{tag}: every free port picked was taken before it listened: {lost:?}")
 }
 
+/// A server started by `start(port)` on a free loopback port, once it holds a socket listening
+/// there; its stdio is left as `start` set it. Started again on another port when it stops
+/// before it listens (the port taken meanwhile, see [`on_free_port`]).
+pub fn serving_on(tag: &str, start: impl Fn(u16) -> Command) -> (Reap, u16) {
+    let mut lost = Vec::new();
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = start(port);
+        close_extra_fds(&mut c);
+        let mut child = Reap(c.spawn().unwrap());
+        let t0 = std::time::Instant::now();
+        loop {
+            if listens(child.0.id() as i32, port) {
+                return (child, port);
+            }
+            if child.0.try_wait().unwrap().is_some() {
+                lost.push(port);
+                break;
+            }
+            assert!(t0.elapsed() < TIMEOUT, "{tag} never listened on port {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("{tag} stopped before it listened on each free port picked: {lost:?}")
+}
+
 /// Whether `pid` holds a TCP socket listening on `port` (of its network namespace).
 pub fn listens(pid: i32, port: u16) -> bool {
     let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
