@@ -92,7 +92,9 @@ fn eligible_map(m: &MapEntry) -> bool {
 fn joined(maps: &mut Vec<MapEntry>, now: &[MapEntry]) {
     let mut i = 0;
     while i < maps.len() {
-        let whole = now.iter().find(|n| n.start == maps[i].start).map(|n| n.end).filter(|&e| e > maps[i].end);
+        // (`now` is in address order, as /proc lists it.)
+        let at = now.binary_search_by_key(&maps[i].start, |n| n.start).ok();
+        let whole = at.map(|k| now[k].end).filter(|&e| e > maps[i].end);
         let Some(end) = whole.filter(|_| eligible_map(&maps[i])) else {
             i += 1;
             continue;

@@ -389,8 +389,8 @@ fn receive_ahead(c: &mut Conn<Paced>, st: &mut Stores) -> Result<()> {
             Kind::Pages => st.pages(&buf)?,
             // Every page sent so far is in place (the source's round is over only then).
             Kind::Caught => c.send(Kind::Caught, &[]).map_err(Error::Net)?,
-            // Every page sent ahead is in place: the source may freeze the process now (it
-            // waits for this, so that the freeze does not wait for us to catch up).
+            // Every page sent ahead is in place: the source may freeze the process now. (The
+            // last round's Caught has caught up already; this answer says we are ready.)
             Kind::Freeze => return c.send(Kind::Freeze, &[]).map_err(Error::Net),
             k => return Err(Error::Net(NetError::Protocol(format!("expected pages sent ahead, got {k:?}")))),
         }
