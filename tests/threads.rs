@@ -239,3 +239,49 @@ fn a_copy_in_its_own_pid_namespace_keeps_every_tid() {
     // Its stdin stays open (Proc::wait would close it, and the copy would end of that).
     assert_eq!(r.child.wait().unwrap().signal(), Some(libc::SIGTERM));
 }
+
+/// Asks tests/targets/preempt.c for the signals its worker handled in 200 ms.
+fn handled(p: &mut Proc, when: &str) -> u64 {
+    p.send("progress");
+    let l = p.expect("handled");
+    l.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{when}: {l}"))
+}
+
+/// A signal on its way to a thread when the checkpoint freezes it (taken from the thread's
+/// queue at its signal-delivery stop) goes in the image as queued to that thread, and the
+/// restored thread queues it to itself (only it may: it came from tgkill): the worker of
+/// tests/targets/preempt.c, sent one SIGURG at a time as Go's runtime preempts a thread, is
+/// still sent them after the restore. Lost, the sender would wait for it for ever (and a Go
+/// program under load starved its goroutines so).
+#[test]
+fn a_signal_on_its_way_to_a_thread_reaches_it_after_restore() {
+    if !require(is_root(), "root (rstrt --pidns, which keeps the worker's tid)") {
+        return;
+    }
+    let dir = tmpdir("preempt");
+    let mut p = start("preempt", &[], &dir);
+    let worker = p.seen.last().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_string();
+    assert!(handled(&mut p, "before") > 0);
+    // Checkpoints while it runs on, until one froze the worker with a signal on its way.
+    let mut caught = None;
+    for i in 0..30 {
+        let img = dir.join(format!("p{i}.crf")).to_str().unwrap().to_string();
+        ckpt(&["-o", &img, &p.pid().to_string()]);
+        // The process that ran on got it back.
+        assert!(handled(&mut p, "after a checkpoint") > 0, "checkpoint {i}");
+        let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+        let line =
+            info.lines().find(|l| l.starts_with("thread:") && l.contains(&format!("tid {worker} "))).map(String::from);
+        if line.is_some_and(|l| l.contains("1 signals pending")) {
+            caught = Some(img);
+            break;
+        }
+        std::fs::remove_file(&img).unwrap();
+    }
+    let img = caught.expect("none of 30 checkpoints carried a signal on its way to the worker (one taken from its queue while frozen goes in the image)");
+    let mut copy = rstrt(&["--pidns", &img]);
+    assert!(handled(&mut copy, "restored") > 0, "the signal caught on its way was lost");
+    assert!(handled(&mut copy, "restored, again") > 0);
+    copy.send("quit");
+    assert!(copy.wait().success(), "{:?}", copy.seen);
+}

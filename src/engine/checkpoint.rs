@@ -1354,6 +1354,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     })();
     let unmapped = c.munmap_last(addr, len as u64, "scratch area");
     held.append(&mut c.r.held);
+    carry_held(pid, &mut st, held);
     // Done with remote syscalls: the process gets its own registers back now, so that even if
     // we die while writing the image (a reader that went away, SIGKILL, OOM), it runs on as
     // before, not from the middle of our gadget.
@@ -1404,6 +1405,22 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     st.vmas = vmas;
     st.cwd = cwd;
     Ok(st)
+}
+
+/// The signals that reached a thread while it was being frozen or asked (taken from its queue
+/// at its signal-delivery stop and kept from it, see tracee::Caught) go in the image as queued
+/// to that thread, ahead of those still queued: they came first. (A process that runs on gets
+/// them again too.) Lost, a signal another thread counts on never comes: Go's runtime sends a
+/// thread one preemption signal at a time and waits for it before it sends the next.
+fn carry_held(pid: i32, st: &mut ProcessState, held: &[Caught]) {
+    for c in held.iter().rev() {
+        let p = pending::Pending { shared: false, info: c.siginfo() };
+        if c.tid == pid {
+            st.pending.insert(0, p);
+        } else if let Some(t) = st.thread_info.iter_mut().find(|t| t.tid == c.tid) {
+            t.pending.insert(0, p);
+        }
+    }
 }
 
 /// The other threads: what the kernel shows of each from outside, and what only each can

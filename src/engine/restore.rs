@@ -1173,10 +1173,13 @@ fn restore_one<R: Input>(
         o.set_sigmask(!0)?;
     }
     pending::restore(&mut c, &st.pending)?;
-    for (o, info) in others.iter().zip(st.thread_info.iter().skip(1)) {
+    // Each thread queues its own: the kernel lets no other thread give a signal the siginfo of
+    // one from the kernel or from tgkill (a runtime's preemption signal).
+    for (o, info) in others.iter().zip(st.thread_info.iter().skip(1)).filter(|(_, i)| !i.pending.is_empty()) {
+        let mut oc = ctl(o)?;
         for p in &info.pending {
-            let at = c.scratch.put(pid, 0, &p.info)?;
-            c.queue_signal(p.signo(), at, Some(o.pid))?;
+            let at = oc.scratch.put(pid, 0, &p.info)?;
+            oc.queue_signal(pid, p.signo(), at, Some(o.pid))?;
         }
     }
     // The timers last: the time the restore takes must not count against them.

@@ -134,10 +134,11 @@ impl Ctl<'_> {
         self.call(libc::SYS_sigaltstack, [n, o, 0, 0, 0, 0], "sigaltstack", what).map(drop)
     }
 
-    /// Queues signal `sig` with the siginfo at `info` to the tracee itself: process-wide, or
-    /// to its thread `tid`.
-    pub fn queue_signal(&mut self, sig: i32, info: RemoteAddr, tid: Option<i32>) -> Result<()> {
-        let pid = self.pid() as u64;
+    /// Queues signal `sig` with the siginfo at `info` to the tracee's own process `pid`:
+    /// process-wide, or to its thread `tid` (which must be the tracee, for a siginfo of the
+    /// kernel's or of tgkill).
+    pub fn queue_signal(&mut self, pid: i32, sig: i32, info: RemoteAddr, tid: Option<i32>) -> Result<()> {
+        let pid = pid as u64;
         let what = format!("signal {sig}");
         match tid {
             None => self.call(libc::SYS_rt_sigqueueinfo, [pid, sig as u64, info.0, 0, 0, 0], "rt_sigqueueinfo", &what),

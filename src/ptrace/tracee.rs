@@ -446,6 +446,16 @@ impl Caught {
         Caught { tid: t.pid, sig, info: ok.then_some(info) }
     }
 
+    /// Its siginfo: as the kernel gave it, or (where it could not be read) one that names the
+    /// signal only, as sent by kill(2).
+    pub fn siginfo(&self) -> [u8; SIGINFO_LEN] {
+        self.info.unwrap_or_else(|| {
+            let mut i = [0u8; SIGINFO_LEN];
+            i[..4].copy_from_slice(&self.sig.to_le_bytes());
+            i
+        })
+    }
+
     /// Queues it again to its thread of process `pid`: with its siginfo where the kernel lets
     /// another process queue that one (si_code < 0: sigqueue, timers, tgkill... but SI_TKILL),
     /// otherwise as tgkill would (a kill(2) from us, then).

@@ -77,7 +77,7 @@ pub fn restore(c: &mut Ctl, pending: &[Pending]) -> Result<()> {
     let pid = c.pid();
     for p in pending {
         let at = c.scratch.put(pid, 0, &p.info)?;
-        c.queue_signal(p.signo(), at, (!p.shared).then_some(pid))?;
+        c.queue_signal(pid, p.signo(), at, (!p.shared).then_some(pid))?;
     }
     Ok(())
 }
