@@ -1,6 +1,8 @@
 //! Real runtimes nobody here wrote, each ticking and computing, checkpointed while they run:
 //! Go (its scheduler's threads, futexes, epoll with its own pipe or eventfd, timers,
-//! preemption signals). Node.js is in events.rs, CPython in threads.rs.
+//! preemption signals) and Java (OpenJDK's JVM: its collector's and compilers' threads, its
+//! safepoints, its memory mapped with reservations). Node.js is in events.rs, CPython in
+//! threads.rs.
 
 mod support;
 use support::*;
@@ -66,4 +68,48 @@ fn go_ticks_on() {
     progress(&mut r, "restored");
     progress(&mut r, "restored, again");
     assert!(r.wait().success(), "the restored program failed: {:?}", r.seen);
+}
+
+/// Compiles tests/targets/NAME.java with Debian's OpenJDK, once per test process: the
+/// directory of its classes.
+fn java_target(name: &str) -> Option<std::path::PathBuf> {
+    let ok = std::path::Path::new("/usr/bin/javac").exists() && std::path::Path::new("/usr/bin/java").exists();
+    if !require(ok, "java and javac (apt install openjdk-17-jdk-headless)") {
+        return None;
+    }
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets").join(format!("{name}.java"));
+    let out = tmp.join(format!("java-{name}-{}", std::process::id()));
+    let st = std::process::Command::new("/usr/bin/javac").arg("-d").arg(&out).arg(&src).status().expect("run javac");
+    assert!(st.success(), "javac {}", src.display());
+    Some(out)
+}
+
+/// A JVM (OpenJDK, G1, its JIT compiling the loops as they run) with a ticker, a queue between
+/// two threads and threads churning memory: copied while it runs (rstrt --pidns), then
+/// checkpointed (killed) and restored with its pid and tids: each goes on ticking, and every
+/// number on the queue comes once and in order.
+#[test]
+fn java_ticks_on() {
+    let Some(classes) = java_target("Ticker") else { return };
+    let dir = tmpdir("java");
+    let mut c = std::process::Command::new("/usr/bin/java");
+    // No hsperfdata file (/tmp/hsperfdata_USER/PID, which a copy would share), a small heap.
+    c.args(["-XX:-UsePerfData", "-Xmx128m", "-cp"]).arg(&classes).arg("Ticker").current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    progress(&mut p, "before");
+    let mut copy = copy_of(p.pid(), "--pidns");
+    progress(&mut copy, "copy");
+    assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
+    progress(&mut p, "original after the copy");
+    let img = format!("{}/java.crf", dir.display());
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.lines().filter(|l| l.starts_with("thread:")).count() >= 10, "{info}");
+    let mut r = rstrt(&["--require-pid", &img]);
+    progress(&mut r, "restored");
+    progress(&mut r, "restored, again");
+    assert!(r.wait().success(), "the restored JVM failed: {:?}", r.seen);
 }
