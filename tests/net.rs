@@ -1090,3 +1090,118 @@ fn a_service_on_ipv6_migrates_with_its_address() {
     drop(server);
     kill_there(&o);
 }
+
+/// PostgreSQL's server binaries (Debian's postgresql), the newest version installed.
+fn postgres_bin() -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).filter(|b| b.join("postgres").exists()).collect())
+        .unwrap_or_default();
+    found.sort();
+    let ok = found.last().is_some() && std::path::Path::new("/usr/bin/psql").exists();
+    require(ok && is_root(), "root, postgres and psql (apt install postgresql)").then(|| found.pop()).flatten()
+}
+
+/// One SQL command through psql as the postgres user, on loopback; its output, or the failure.
+fn psql(port: u16, sql: &str) -> Result<String, String> {
+    let o = Command::new("/usr/bin/psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-Atc", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    match o.status.success() {
+        true => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+    }
+}
+
+/// PostgreSQL (Debian's): its postmaster and the five processes it forks (checkpointer, writers,
+/// launchers), System V shared memory, anonymous shared memory for its buffers, POSIX shared
+/// memory, a TCP and a unix listener, the pipe that tells its children it died. Checkpointed
+/// (killed) with rows just committed, restored in its own pid and IPC namespaces (its System V
+/// segment outlives it, with its id in use: see system_v_objects_come_back_with_their_ids), it
+/// answers with every row and takes more.
+#[test]
+fn postgres_serves_its_rows_after_restore() {
+    let Some(bin) = postgres_bin() else { return };
+    let dir = tmpdir("postgres");
+    let d = dir.to_str().unwrap().to_string();
+    let as_postgres = |prog: &std::path::Path| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(prog);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    };
+    let st = Command::new("chown").args(["postgres", &d]).status().unwrap();
+    assert!(st.success());
+    let data = format!("{d}/data");
+    let mut init = as_postgres(&bin.join("initdb"));
+    init.args(["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]).stderr(Stdio::null());
+    close_extra_fds(&mut init);
+    assert!(init.status().unwrap().success(), "initdb");
+    let (mut server, port) = serving_on("postgres", |port| {
+        let mut c = as_postgres(&bin.join("postgres"));
+        c.args(["-D", &data, "-k", &d, "-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
+        c.args(["-c", "shared_buffers=16MB", "-c", "fsync=off"]).stderr(Stdio::null());
+        c
+    });
+    let pid = server.0.id() as i32;
+    let sql = "CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g";
+    let made = (|| {
+        let t0 = std::time::Instant::now();
+        loop {
+            match psql(port, sql) {
+                Ok(_) => return Ok(()),
+                // Listening already, but still starting up.
+                Err(e) if e.contains("starting up") && t0.elapsed() < TIMEOUT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })();
+    made.unwrap();
+    let sum = "SELECT count(*), sum(n), max(s) FROM t";
+    let before = psql(port, sum).unwrap();
+    let img = format!("{d}/pg.crf");
+    ckpt(&["-k", "-o", &img, &pid.to_string()]);
+    let _ = server.0.wait();
+    // What a killed postgres leaves, removed at the end: its System V segment (its key names
+    // the data directory) and its POSIX shared memory files.
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let shm: Vec<String> = info
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix("sysv shm:  id ")?.split_whitespace().next()?.to_string()))
+        .collect();
+    let mut files: Vec<String> =
+        info.split_whitespace().filter(|w| w.starts_with("/dev/shm/PostgreSQL.")).map(String::from).collect();
+    files.dedup();
+    struct Leftover(Vec<String>, Vec<String>);
+    impl Drop for Leftover {
+        fn drop(&mut self) {
+            for id in &self.0 {
+                let _ = Command::new("ipcrm").args(["-m", id]).stderr(Stdio::null()).status();
+            }
+            for f in &self.1 {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    let _left = Leftover(shm, files);
+    // The postmaster and the processes it forked (a backend may have ended, or be ending).
+    assert!(info.lines().filter(|l| l.starts_with("process:")).count() >= 5, "{info}");
+    let o = run(&["rstrt", "-d", "--pidns", "--ipcns", &img]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    struct Gone(i32);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _gone = Gone(new);
+    assert_eq!(psql(port, sum).unwrap(), before, "the rows after the restore");
+    psql(port, "INSERT INTO t VALUES (5001, 'after')").unwrap();
+    assert_eq!(psql(port, "SELECT count(*) FROM t").unwrap(), "5001");
+}
