@@ -198,15 +198,33 @@ fn a_python_repl_comes_back_in_its_terminal_mode() {
     t.type_line(&b, &format!("{} rstrt --shell-job {}; echo rstrt-said=$?", crs(), img.display()));
     // Python does not redraw its prompt: the restore is over once rstrt's child runs untraced
     // (keys typed before would be echoed by the terminal in the shell's modes).
+    // rstrt also sends it SIGWINCH (its job may redraw), and readline, taking it, puts the
+    // terminal back in the shell's modes until its handler is done: a key typed meanwhile is
+    // echoed by the terminal too. So: untraced, SIGWINCH taken, and back waiting for a key
+    // (read, poll, select or pselect6, as its readline goes).
     let rstrt = t.job(&b, "crs");
     let t0 = Instant::now();
-    loop {
-        let free = |k: i32| {
-            let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap_or_default();
-            status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["TracerPid:", "0"])
+    let waiting = |k: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
         };
-        if children(rstrt).into_iter().any(free) {
-            break;
+        let winch = 1u64 << (libc::SIGWINCH - 1);
+        let pending = |name: &str| u64::from_str_radix(&field(name), 16).map_or(true, |v| v & winch != 0);
+        let nr = std::fs::read_to_string(format!("/proc/{k}/syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok());
+        let in_read = nr.is_some_and(|n| {
+            [libc::SYS_read, libc::SYS_poll, libc::SYS_select, libc::SYS_pselect6, libc::SYS_ppoll].contains(&n)
+        });
+        field("TracerPid:") == "0" && !pending("SigPnd:") && !pending("ShdPnd:") && in_read
+    };
+    loop {
+        if children(rstrt).into_iter().any(waiting) {
+            std::thread::sleep(Duration::from_millis(20));
+            if children(rstrt).into_iter().any(waiting) {
+                break;
+            }
         }
         assert!(t0.elapsed() < TIMEOUT, "the restored python never ran");
         std::thread::sleep(Duration::from_millis(10));
