@@ -1654,7 +1654,7 @@ fn ask_threads(others: &[Other], how: &Asking, held: &mut Vec<Caught>) -> Result
 pub(crate) fn find_gadget(pid: i32, maps: &[procfs::MapEntry]) -> Result<u64> {
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
         Error::Refused(format!(
-            "pid {pid} has no vdso (booted with vdso=0?); crs needs one to run syscalls in the process"
+            "pid {pid} has no vdso (it unmapped its own, as programs run under valgrind do, or the kernel was booted with vdso=0): crs runs syscalls in a process through its vdso and cannot checkpoint it (run the program outside valgrind; boot without vdso=0)"
         ))
     })?;
     let mut code = vec![0u8; vdso.len() as usize];
