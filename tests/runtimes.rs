@@ -49,21 +49,27 @@ fn go_ticks_on() {
     let dir = tmpdir("go");
     let mut c = std::process::Command::new(&bin);
     c.env("GOMAXPROCS", "2").current_dir(&dir);
+    ticks_on(c, &dir, 3);
+}
+
+/// Runs runtime target `c` (which says "ready" and answers the "progress" protocol above),
+/// then: a leave-running copy in a pid namespace of its own, which keeps every tid (Go's
+/// preemption signals go by them: with new tids they would miss, and CPU-bound goroutines
+/// would starve the others); a checkpoint that kills it, of at least `threads` threads; its
+/// restore with its pid and tids. Each goes on ticking, and on counting in order.
+fn ticks_on(c: std::process::Command, dir: &std::path::Path, threads: usize) {
     let mut p = Proc::spawn(c);
     p.expect("ready");
     progress(&mut p, "before");
-    // A leave-running copy in a pid namespace of its own keeps every tid, which Go's
-    // preemption signals go by (with new tids they would miss, and CPU-bound goroutines
-    // would starve the others).
     let mut copy = copy_of(p.pid(), "--pidns");
     progress(&mut copy, "copy");
     assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
     progress(&mut p, "original after the copy");
-    let img = format!("{}/go.crf", dir.display());
+    let img = format!("{}/runtime.crf", dir.display());
     ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
     p.kill();
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
-    assert!(info.lines().filter(|l| l.starts_with("thread:")).count() >= 3, "{info}");
+    assert!(info.lines().filter(|l| l.starts_with("thread:")).count() >= threads, "{info}");
     let mut r = rstrt(&["--require-pid", &img]);
     progress(&mut r, "restored");
     progress(&mut r, "restored, again");
@@ -96,20 +102,5 @@ fn java_ticks_on() {
     let mut c = std::process::Command::new("/usr/bin/java");
     // No hsperfdata file (/tmp/hsperfdata_USER/PID, which a copy would share), a small heap.
     c.args(["-XX:-UsePerfData", "-Xmx128m", "-cp"]).arg(&classes).arg("Ticker").current_dir(&dir);
-    let mut p = Proc::spawn(c);
-    p.expect("ready");
-    progress(&mut p, "before");
-    let mut copy = copy_of(p.pid(), "--pidns");
-    progress(&mut copy, "copy");
-    assert!(copy.wait().success(), "the copy failed: {:?}", copy.seen);
-    progress(&mut p, "original after the copy");
-    let img = format!("{}/java.crf", dir.display());
-    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
-    p.kill();
-    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
-    assert!(info.lines().filter(|l| l.starts_with("thread:")).count() >= 10, "{info}");
-    let mut r = rstrt(&["--require-pid", &img]);
-    progress(&mut r, "restored");
-    progress(&mut r, "restored, again");
-    assert!(r.wait().success(), "the restored JVM failed: {:?}", r.seen);
+    ticks_on(c, &dir, 10);
 }

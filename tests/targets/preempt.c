@@ -37,12 +37,8 @@ static void *spin(void *arg) {
 }
 
 static void *worker(void *arg) {
-    (void)arg;
     atomic_store(&worker_tid, (int)syscall(SYS_gettid));
-    volatile unsigned long x = 0;
-    for (;;)
-        x++;
-    return NULL;
+    return spin(arg);
 }
 
 static void *sender(void *arg) {
