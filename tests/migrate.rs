@@ -617,17 +617,26 @@ fn outer_pid(inner: i32) -> i32 {
     panic!("no process is pid {inner} in a pid namespace below ours")
 }
 
+/// A tree moved by [`migrate_writer_tree`].
+struct TreeMoved {
+    /// "pids PID, KID", then what migrate said (-v).
+    said: String,
+    /// MiB of Pss of both processes before, and after at the destination.
+    pss: (u64, u64),
+}
+
 /// A writer and its child (64 MiB each, each its own pages, both writing) on node a, moved
 /// with `how` to node b (a pid namespace of its own there, where their pids are free); each
-/// then checks every page there, the child still the parent's. Returns what migrate said, or
-/// None when the kernel cannot track writes (`how` has --live).
-fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
+/// then checks every page there, the child still the parent's. None when the kernel cannot
+/// track writes (`how` has --live). `writer`: writer.c's MiB, MB/s and mode, if not the above.
+fn migrate_writer_tree(name: &str, how: &[&str], writer: Option<[&str; 3]>) -> Option<TreeMoved> {
     let n = Nodes::new()?;
     let dir = tmpdir(name);
     let key = keyfile(&dir, "key");
     let _d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
     let log = dir.join("log");
-    let mut c = n.cmd(&n.a, target("writer").to_str().unwrap(), &[log.to_str().unwrap(), "64", "10", "fork"]);
+    let [mib, rate, mode] = writer.unwrap_or(["64", "10", "fork"]);
+    let mut c = n.cmd(&n.a, target("writer").to_str().unwrap(), &[log.to_str().unwrap(), mib, rate, mode]);
     c.stdin(Stdio::null()).stdout(Stdio::null());
     let mut src = c.spawn().unwrap();
     let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -637,6 +646,7 @@ fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
         let v = check(p, &log);
         assert!(v.starts_with("ok") && v.ends_with(&format!("pid {p}")), "before: {v}");
     }
+    let before = pss_mib(&[pid, kid]);
     let mut args = vec!["--key", &key, "-v"];
     args.extend_from_slice(how);
     let (p, b) = (pid.to_string(), n.addr_b.clone());
@@ -656,6 +666,7 @@ fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
     let kids = std::fs::read_to_string(format!("/proc/{new}/task/{new}/children")).unwrap();
     let new_kid: i32 = kids.trim().parse().unwrap_or_else(|_| panic!("children of {new}: {kids:?}"));
     assert_eq!(outer_pid(kid), new_kid, "the child is not the restored parent's");
+    let after = pss_mib(&[new, new_kid]);
     std::thread::sleep(Duration::from_millis(300));
     // Each answers with its pid there, the one it had here.
     for (p, was) in [(new, pid), (new_kid, kid)] {
@@ -663,7 +674,7 @@ fn migrate_writer_tree(name: &str, how: &[&str]) -> Option<String> {
         assert!(v.starts_with("ok") && v.ends_with(&format!("pid {was}")), "after: {v}");
         assert!(!tracked(p), "restored pid {p} is tracked");
     }
-    Some(format!("pids {pid}, {kid}\n{err}"))
+    Some(TreeMoved { said: format!("pids {pid}, {kid}\n{err}"), pss: (before, after) })
 }
 
 /// The bytes a "N bytes ..." figure of `text` says, N the word before `after`.
@@ -676,8 +687,8 @@ fn bytes_before(text: &str, after: &str) -> u64 {
 /// write it, and the image sent once they were frozen carries a small part of it.
 #[test]
 fn a_live_migration_sends_a_trees_memory_ahead() {
-    let Some(said) = migrate_writer_tree("mig-live-tree", &["--live"]) else { return };
-    let (pids, err) = said.split_once('\n').unwrap();
+    let Some(m) = migrate_writer_tree("mig-live-tree", &["--live"], None) else { return };
+    let (pids, err) = m.said.split_once('\n').unwrap();
     assert!(err.contains(&format!("the rounds sent ahead the memory of {pids}")), "{err}");
     let ahead: u64 = err.lines().filter(|l| l.contains("sent ahead in")).map(|l| bytes_before(l, " bytes sent")).sum();
     assert!(ahead >= 128 << 20, "less than the two processes' memory went ahead: {err}");
@@ -685,13 +696,34 @@ fn a_live_migration_sends_a_trees_memory_ahead() {
     assert!(image < 32 << 20, "the image after the freeze carried {image} bytes of two 64 MiB processes: {err}");
 }
 
+/// --live moves a tree whose processes share most of their memory since a fork (writer.c
+/// "cow": the parent's 128 MiB, of which each writes 1 MB/s): what they still share at the
+/// freeze went ahead once per process, but the destination takes it as the first process's
+/// (RUN_SHARED), so the restored tree shares it again and takes the memory it took here, not
+/// twice as much; both then check every page of their own, still writing (copy-on-write holds).
+/// So does a hybrid migration (--live --post-copy), whose pages not sent ahead follow.
+#[test]
+fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
+    for how in [&["--live"][..], &["--live", "--post-copy"]] {
+        let Some(m) = migrate_writer_tree("mig-live-cow", how, Some(["128", "1", "cow"])) else { return };
+        let (before, after) = m.pss;
+        println!("{how:?}: Pss of the tree: {before} MiB at the source, {after} MiB at the destination");
+        assert!(before < 180, "the tree did not share its memory at the source: {before} MiB of Pss");
+        assert!(
+            after <= before + 24,
+            "{how:?}: the restored tree takes {after} MiB where the original took {before}: {}",
+            m.said
+        );
+    }
+}
+
 /// --post-copy moves a tree: both processes run there before their memory is there; the
 /// memory of each follows (pages of the one, then the other: they hold different data at the
 /// same addresses, and each checks its own).
 #[test]
 fn a_post_copy_migration_moves_a_tree() {
-    let Some(said) = migrate_writer_tree("mig-post-tree", &["--post-copy"]) else { return };
-    let err = said.split_once('\n').unwrap().1;
+    let Some(m) = migrate_writer_tree("mig-post-tree", &["--post-copy"], None) else { return };
+    let err = m.said.split_once('\n').unwrap().1;
     assert!(err.contains("post-copy: it ran there after"), "-v: {err}");
     let followed = bytes_before(err, " bytes followed");
     assert!(followed >= 128 << 20, "less than the two processes' memory followed: {err}");

@@ -718,19 +718,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
-/// MiB of Pss (each page shared by n processes counts 1/n in each) of `pids` together.
-fn pss_mib(pids: &[i32]) -> u64 {
-    let kib: u64 = pids
-        .iter()
-        .map(|p| {
-            let s = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
-            let line = s.lines().find(|l| l.starts_with("Pss:")).unwrap_or("Pss: 0 kB").to_string();
-            line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        })
-        .sum();
-    kib / 1024
-}
-
 /// Private memory a fork left shared (a parent's 256 MiB that its 4 children never wrote)
 /// is stored once, and shared again after the restore: the tree takes the memory it took,
 /// not 5 times as much. The checkpoint leaves the original's sharing as it was, and

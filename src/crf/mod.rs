@@ -28,8 +28,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// Bumped whenever the layout of any section changes; newer images are refused. Version 2
 /// added kept page runs (pages::RUN_KEPT), version 3 kept runs sent later (pages::RUN_LATER),
 /// version 4 pages copied before the freeze (PREAREAS, PREPAGES), version 5 those of each
-/// process of a tree (PREMEMBER), so older images read as version 5.
-pub const VERSION: u32 = 5;
+/// process of a tree (PREMEMBER), version 6 kept runs of pages a tree's processes share
+/// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), so older images read as version 6.
+pub const VERSION: u32 = 6;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64

@@ -20,7 +20,11 @@ pub const RUN_KEPT: u32 = 2;
 /// pages once the restored process runs (they are not held ahead: a page held ahead at the
 /// same address is stale).
 pub const RUN_LATER: u32 = 4;
-const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT | RUN_LATER;
+/// Run flag (version 6), only with RUN_KEPT, in a mapping with VMA_KEPT_FIRST: the pages a
+/// live migration sent ahead of the image's first process, which this process shares with it
+/// since a fork (the same pages at the source): the restore takes the first process's.
+pub const RUN_SHARED: u32 = 8;
+const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT | RUN_LATER | RUN_SHARED;
 
 /// Most pages in one batch: 4 MiB of data.
 pub const MAX_BATCH_PAGES: usize = 1024;
@@ -137,6 +141,7 @@ pub fn read_batch_header<R: Input>(r: &mut Reader<R>, sec: &Section) -> Result<B
             && run.flags & !RUN_FLAGS_KNOWN == 0
             && run.flags & (RUN_FILE_COPY | RUN_KEPT) != RUN_FILE_COPY | RUN_KEPT
             && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
+            && (run.flags & RUN_SHARED == 0 || run.flags == RUN_KEPT | RUN_SHARED)
             && run.addr >= prev_end
             && end.is_some_and(|e| e <= 1 << 56);
         if !ok {
@@ -286,5 +291,8 @@ mod tests {
         assert!(header(RUN_LATER).is_err());
         assert!(header(RUN_LATER | RUN_FILE_COPY).is_err());
         assert!(header(RUN_KEPT | RUN_LATER | RUN_FILE_COPY).is_err());
+        assert_eq!(header(RUN_KEPT | RUN_SHARED).unwrap(), PAGE_SIZE);
+        assert!(header(RUN_SHARED).is_err());
+        assert!(header(RUN_KEPT | RUN_SHARED | RUN_LATER).is_err());
     }
 }

@@ -570,6 +570,11 @@ fn frozen_checkpoint<W: Sink>(
             None
         };
         states[0].tree_cow = cow.as_ref().map(|c| c.cow.clone());
+        // What the destination of a live migration holds already, of each process.
+        let ahead = match &opts.precopied {
+            Some(p) => p.kept_all(&mut states)?,
+            None => Vec::new(),
+        };
         if states.len() > 1 {
             copies_once(&mut states)?;
         }
@@ -597,7 +602,7 @@ fn frozen_checkpoint<W: Sink>(
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         let (pages, bytes, stubs, out) =
-            write(out, &states, &mut spare, (opts.precopied.as_ref(), opts.postcopy.as_ref()), cow.as_ref())?;
+            write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref())?;
         match commit.take() {
             Some(c) if !late => c(out)?,
             c => written = c.map(|c| (c, out)),
@@ -1100,7 +1105,7 @@ fn write<W: Sink>(
     mut w: Writer<W>,
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
-    (precopied, postcopy): (Option<&super::precopy::Precopied>, Option<&PostCopy>),
+    (ahead, postcopy): (&[super::precopy::Kept], Option<&PostCopy>),
     cow: Option<&crate::res::treecow::Found>,
 ) -> Result<(u64, u64, Vec<String>, W)> {
     let io = image_io;
@@ -1116,10 +1121,11 @@ fn write<W: Sink>(
                 states.iter().zip(&c.sources).map(|(s, r)| (s.head.pid, r.as_slice())).collect();
             pages += memory::dump_shared(&sources, &mut w, spare)?;
         }
-        let kept = match (precopied, cow) {
-            (Some(p), _) => p.kept(st.head.pid, &st.vmas)?,
-            (None, Some(c)) => c.kept[i].clone(),
-            (None, None) => Vec::new(),
+        let none = super::precopy::Kept::default();
+        let (kept, shared) = match (ahead.get(i), cow) {
+            (Some(k), _) => (k.kept.clone(), k.shared.as_slice()),
+            (None, Some(c)) => (c.kept[i].clone(), &[][..]),
+            (None, None) => (Vec::new(), &none.shared[..]),
         };
         // A post-copy sends the rest of those ranges later (after a pre-copy, what changed
         // since it or never went), of every process.
@@ -1129,7 +1135,8 @@ fn write<W: Sink>(
         };
         let mut all = [kept.as_slice(), later.as_slice()].concat();
         all.sort_unstable();
-        let (n, runs) = memory::dump_pages(st.head.pid, &st.vmas, (&all, &later), &mut w, spare)?;
+        let not = memory::NotStored { kept: &all, later: &later, shared };
+        let (n, runs) = memory::dump_pages(st.head.pid, &st.vmas, not, &mut w, spare)?;
         pages += n;
         if let Some(p) = postcopy {
             p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))?.push((st.head.pid, runs));

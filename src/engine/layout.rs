@@ -52,6 +52,23 @@ pub fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The parts of sorted, apart ranges `a` that lie in sorted, apart ranges `b` too.
+pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (s, e) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if s < e {
+            out.push((s, e));
+        }
+        if a[i].1 <= b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
 /// The lowest gap of `len` bytes (plus a guard page each side) above 1 MiB that avoids all
 /// `ranges`.
 pub fn find_free(ranges: &[(u64, u64)], len: u64) -> Option<u64> {
@@ -132,6 +149,14 @@ mod tests {
         assert_eq!(stretches(&used, &keep), vec![(0x1000, 0x5000), (0x9000, 0xa000), (0xc000, 0xd000)]);
         assert_eq!(stretches(&used, &[]), vec![(0x1000, 0xd000)]);
         assert_eq!(stretches(&[], &keep), vec![]);
+    }
+
+    #[test]
+    fn intersection_of_ranges() {
+        let a = [(0x1000, 0x5000), (0x8000, 0xa000)];
+        let b = [(0x0, 0x2000), (0x3000, 0x9000), (0xa000, 0xb000)];
+        assert_eq!(intersect(&a, &b), vec![(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]);
+        assert_eq!(intersect(&a, &[]), vec![]);
     }
 
     #[test]

@@ -31,11 +31,13 @@
 //! forked once the rounds began. Pages a tree's processes share since a fork are sent ahead
 //! once per process (res::treecow does not store them once in a live migration's image).
 
-use super::layout::{find_free, minus};
+use super::layout::{find_free, intersect, minus};
 use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
+use crate::ptrace::pagemap::Pagemap;
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::wp::{self, Tracker};
+use crate::res::image::ProcessState;
 use crate::res::memory::{self, Vma};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -741,7 +743,12 @@ pub fn rounds(
 /// The sources of a live migration (a process and its descendants, or some of them), for the
 /// checkpoint that ends it (ckpt's Options carry it).
 #[derive(Clone)]
-pub struct Precopied(pub std::sync::Arc<std::sync::Mutex<Vec<Source>>>);
+pub struct Precopied {
+    srcs: std::sync::Arc<std::sync::Mutex<Vec<Source>>>,
+    /// The destination takes the pages a process shares with the first one since a fork as
+    /// that one's (a live migration: [`Precopied::kept_all`]).
+    shares: bool,
+}
 
 impl std::fmt::Debug for Precopied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -750,11 +757,17 @@ impl std::fmt::Debug for Precopied {
 }
 
 impl Precopied {
+    /// For a running checkpoint, whose image holds each process's pages copied ahead.
     pub fn new(srcs: Vec<Source>) -> Precopied {
-        Precopied(std::sync::Arc::new(std::sync::Mutex::new(srcs)))
+        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), shares: false }
+    }
+    /// For a live migration, whose destination takes the pages processes of the tree share
+    /// as the first one's.
+    pub fn migration(srcs: Vec<Source>) -> Precopied {
+        Precopied { shares: true, ..Precopied::new(srcs) }
     }
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Source>) -> Result<T>) -> Result<T> {
-        let mut s = self.0.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
+        let mut s = self.srcs.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
         f(&mut s)
     }
     /// See [`Source::freeze`], for each tracked process of the frozen ones, `pids`; the
@@ -781,6 +794,100 @@ impl Precopied {
             None => Ok(Vec::new()),
         })
     }
+
+    /// For the frozen processes of `states` (the first one first): per process,
+    /// [`Source::kept`], and of it (a live migration's, after the first) the pages that are
+    /// the very pages the first process has there, kept too, in an area both hold the same:
+    /// what they share since a fork and neither wrote since, which the destination holds
+    /// twice, as each one's. The image says to take those as the first one's (RUN_SHARED,
+    /// in mappings marked VMA_KEPT_FIRST), so that the restored processes share them again.
+    /// Which pages are the same the frame numbers say (/proc/PID/pagemap), which only a
+    /// process with CAP_SYS_ADMIN sees: without it, none is.
+    pub fn kept_all(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(states.len());
+        for st in states.iter() {
+            out.push(Kept { kept: self.kept(st.head.pid, &st.vmas)?, shared: Vec::new() });
+        }
+        log::debug!("kept pages of {} processes found in {:.1} ms", states.len(), t0.elapsed().as_secs_f64() * 1e3);
+        let Some((first, rest)) = states.split_first_mut().filter(|_| self.shares) else { return Ok(out) };
+        let first_pid = first.head.pid;
+        let (first_areas, first_kept) = (self.areas_of(first_pid)?, out[0].kept.clone());
+        if first_kept.is_empty() {
+            return Ok(out);
+        }
+        let mut first_map: Option<Pagemap> = None;
+        // The first one's frames, per area (read once, for every process that maps it).
+        let mut first_frames: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (st, k) in rest.iter_mut().zip(out[1..].iter_mut()) {
+            let areas = self.areas_of(st.head.pid)?;
+            let mut map: Option<Pagemap> = None;
+            for v in st.vmas.iter_mut().filter(|v| eligible(v)) {
+                let Some(a) = areas.get(&v.start).filter(|a| becomes(a, v) && first_areas.get(&a.start) == Some(*a))
+                else {
+                    continue;
+                };
+                let within = (a.start, v.end.min(a.end));
+                let both = intersect(&intersect(&k.kept, &first_kept), &[within]);
+                let before = k.shared.len();
+                if both.is_empty() {
+                    continue;
+                }
+                let theirs = match first_frames.get(&a.start) {
+                    Some(f) => f,
+                    None => {
+                        let fm = match &mut first_map {
+                            Some(m) => m,
+                            slot => slot.insert(Pagemap::open(first_pid)?),
+                        };
+                        let f = fm.shared_frames(a.start, a.end)?;
+                        first_frames.entry(a.start).or_insert(f)
+                    }
+                };
+                for &(s, e) in &both {
+                    let m = match &mut map {
+                        Some(m) => m,
+                        slot => slot.insert(Pagemap::open(st.head.pid)?),
+                    };
+                    let ours = m.shared_frames(s, e)?;
+                    let theirs = &theirs[((s - a.start) / PAGE) as usize..];
+                    for (i, _) in ours.iter().zip(theirs).enumerate().filter(|(_, (o, t))| **o != 0 && o == t) {
+                        let p = s + i as u64 * PAGE;
+                        crate::ptrace::pagemap::join(&mut k.shared, p, p + PAGE);
+                    }
+                }
+                if k.shared.len() > before {
+                    v.flags |= memory::VMA_KEPT_FIRST;
+                }
+            }
+            log::debug!(
+                "pid {}: {} bytes kept as pid {first_pid}'s ({:.1} ms since the first)",
+                st.head.pid,
+                k.shared.iter().map(|r| r.1 - r.0).sum::<u64>(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(out)
+    }
+
+    /// The areas the destination holds of process `pid`, by start (none if it is not tracked).
+    fn areas_of(&self, pid: i32) -> Result<BTreeMap<u64, Area>> {
+        self.with(|srcs| {
+            Ok(srcs
+                .iter()
+                .find(|s| s.pid == pid)
+                .map(|s| s.held.iter().map(|(k, (a, _))| (*k, *a)).collect())
+                .unwrap_or_default())
+        })
+    }
+}
+
+/// What the destination holds of a frozen process's pages (sorted ranges of addresses): all
+/// of them (kept runs), and of those, the ones it holds as the first process's.
+#[derive(Clone, Debug, Default)]
+pub struct Kept {
+    pub kept: Vec<(u64, u64)>,
+    pub shared: Vec<(u64, u64)>,
 }
 
 /// One area held at the destination: a mapping of ours, and per page 0 (nothing), 1 (as
@@ -798,6 +905,24 @@ struct Held {
     huge: bool,
     /// Per huge page of the area (2 MiB, aligned in the process): collapsed already.
     collapsed: Vec<bool>,
+    /// Left where it is in the restored process, its kept pages to be copied into the first
+    /// process's held pages moved in place of it (see [`Part`]).
+    aside: bool,
+}
+
+/// Which of a restored process's mappings a store's areas become (see [`Store::move_into`]):
+/// its own store's, all but those marked VMA_KEPT_FIRST, whose pages partly are the first
+/// process's; the first process's store's, only those.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Own,
+    First,
+}
+
+impl Part {
+    fn takes(self, p: &memory::Plan) -> bool {
+        (p.vma.flags & memory::VMA_KEPT_FIRST != 0) == (self == Part::First)
+    }
 }
 
 /// `n` zero bytes, or None if they cannot be had (zeroed lazily, as vec! does).
@@ -832,7 +957,7 @@ impl Held {
             ))
         })?;
         let local = map_local(area, huge)?;
-        Ok(Held { area, local, there: local, state, huge, collapsed: vec![false; chunks] })
+        Ok(Held { area, local, there: local, state, huge, collapsed: vec![false; chunks], aside: false })
     }
 
     /// Once every page of a huge page of the process's has arrived: made one huge page here
@@ -1096,6 +1221,7 @@ impl Store {
         for h in self.held.values_mut() {
             h.state.iter_mut().filter(|x| **x > 1).for_each(|x| *x = 1);
             h.there = h.local;
+            h.aside = false;
         }
     }
 
@@ -1225,30 +1351,76 @@ impl Store {
         self.held.values().map(|h| h.area.end - h.area.start).sum()
     }
 
-    /// The image's mappings (`plans`, sorted) that an area held here becomes: sorted ranges.
-    pub fn moved(&self, plans: &[memory::Plan]) -> Vec<(u64, u64)> {
-        self.held.values().filter_map(|h| matched(h, plans)).map(|p| (p.vma.start, p.vma.end)).collect()
+    /// The image's mappings (`plans`, sorted) that an area held here becomes, of those `part`
+    /// takes: sorted ranges.
+    pub fn moved(&self, plans: &[memory::Plan], part: Part) -> Vec<(u64, u64)> {
+        self.held
+            .values()
+            .filter_map(|h| matched(h, plans))
+            .filter(|p| part.takes(p))
+            .map(|p| (p.vma.start, p.vma.end))
+            .collect()
     }
 
     /// In the restored process (`c`), its pages moved into place: each area held that
-    /// becomes one of the image's mappings (see [`becomes`]) is moved there, made that
-    /// mapping's size (map_all left its range free: see [`Store::moved`]), the others are
-    /// unmapped. `plans` is sorted by address.
-    pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan]) -> Result<()> {
+    /// becomes one of the image's mappings (see [`becomes`]) that `part` takes is moved
+    /// there, made that mapping's size (map_all left its range free: see [`Store::moved`]);
+    /// of its own store (`Part::Own`), one that becomes a mapping the first process's take is
+    /// left aside, for [`Store::copy_aside`]; the others are unmapped. `plans` is sorted by
+    /// address.
+    pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan], part: Part) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values_mut() {
             let (there, len) = (h.there, h.area.end - h.area.start);
-            if let Some(p) = matched(h, plans) {
-                let size = p.vma.end - p.vma.start;
-                l.mremap_resized(there, len, size, h.area.start);
-                // Past the end of a mapping that shrank: not the process's any more.
-                let within = (size.min(len) / PAGE) as usize;
-                h.state[within..].iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
-            } else {
-                l.munmap(there, len);
-                // Gone from this process (a tree's next one has them still: see `rearm`).
-                h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+            match matched(h, plans) {
+                Some(p) if part.takes(p) => {
+                    let size = p.vma.end - p.vma.start;
+                    l.mremap_resized(there, len, size, h.area.start);
+                    // Past the end of a mapping that shrank: not the process's any more.
+                    let within = (size.min(len) / PAGE) as usize;
+                    h.state[within..].iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+                }
+                Some(_) if part == Part::Own => h.aside = true,
+                _ => {
+                    l.munmap(there, len);
+                    // Gone from this process (a tree's next one has them still: see `rearm`).
+                    h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+                }
             }
+        }
+        let area = c.scratch.clone();
+        c.run_at_once(&l, &area).map(drop)
+    }
+
+    /// Once the image's pages are in: the kept pages of the areas left aside (see
+    /// [`Store::move_into`]) are copied over the first process's, which `first` moved into
+    /// their place (and counts as written), and the areas go. In process `c`, whose pid is
+    /// `pid` here.
+    pub fn copy_aside(&mut self, c: &mut crate::ptrace::Ctl, pid: i32, first: &mut Store) -> Result<()> {
+        const CHUNK: usize = 1024;
+        let mut l = crate::ptrace::calls::Calls::new();
+        let mut buf = Vec::new();
+        for h in self.held.values_mut().filter(|h| h.aside) {
+            let mut i = 0;
+            while i < h.state.len() {
+                if h.state[i] != 2 {
+                    i += 1;
+                    continue;
+                }
+                let n = h.state[i..].iter().take(CHUNK).take_while(|&&x| x == 2).count();
+                let (off, len) = (i as u64 * PAGE, n * PAGE as usize);
+                buf.resize(len, 0);
+                // Through /proc/PID/mem: process_vm_readv would pin them, and so give the
+                // process a copy of each (shared, as they are, with the processes restored next).
+                crate::ptrace::mem::read_proc_mem(pid, h.there + off, &mut buf)?;
+                let to = h.area.start + off;
+                crate::ptrace::mem::write_runs(pid, &[(to, len)], &buf)?;
+                first.written(&[(to, len, 0)]);
+                i += n;
+            }
+            l.munmap(h.there, h.area.end - h.area.start);
+            h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+            h.aside = false;
         }
         let area = c.scratch.clone();
         c.run_at_once(&l, &area).map(drop)
@@ -1389,6 +1561,19 @@ impl Stores {
     /// What was sent ahead of process `pid` (its pid at the source).
     pub fn get_mut(&mut self, pid: i32) -> Option<&mut Store> {
         self.by_pid.get_mut(&pid)
+    }
+
+    /// What was sent ahead of process `pid`, and of `first` (another).
+    pub fn with_first(&mut self, pid: i32, first: i32) -> (Option<&mut Store>, Option<&mut Store>) {
+        let (mut own, mut theirs) = (None, None);
+        for (p, s) in self.by_pid.iter_mut() {
+            if *p == pid {
+                own = Some(s);
+            } else if *p == first {
+                theirs = Some(s);
+            }
+        }
+        (own, theirs)
     }
 }
 

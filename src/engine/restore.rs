@@ -14,7 +14,7 @@
 use super::family::{self, Family};
 use super::inherit::Made;
 use super::layout::{find_free, move_specials, stretches};
-use super::precopy::{self, Copied, Keep, Offsets, Store, Stores};
+use super::precopy::{self, Copied, Keep, Offsets, Part, Store, Stores};
 
 /// The pages a running checkpoint copied before the freeze, where the image holds them, and,
 /// for a lazy restore, the PREPAGES batches they are in (see precopy::read_ahead).
@@ -427,12 +427,15 @@ fn restore_all<R: Input>(
             .iter_mut()
             .find(|p| p.original == original)
             .ok_or_else(|| Error::Proc(format!("pid {original} was not created")))?;
-        let held = match cow.as_mut() {
-            Some(c) => {
+        // (With the first process's pages sent ahead, which it may share: see restore_one.)
+        let held = match (cow.as_mut(), store.as_deref_mut()) {
+            (Some(c), _) => {
                 c.rearm();
-                Some(c)
+                (Some(c), None)
             }
-            None => store.as_deref_mut().and_then(|s| s.get_mut(original)),
+            (None, Some(s)) if i > 0 => s.with_first(original, first_pid),
+            (None, Some(s)) => (s.get_mut(original), None),
+            (None, None) => (None, None),
         };
         let (next, exe_set, null_stdio) = restore_one(
             &mut rd,
@@ -640,6 +643,10 @@ fn write_later<R: Input>(
     Ok(())
 }
 
+/// The pages held here for a process: its own (sent ahead, or the tree's shared ones), and the
+/// first process's sent ahead, which it may share (see memory::VMA_KEPT_FIRST).
+type Held2<'a> = (Option<&'a mut Store>, Option<&'a mut Store>);
+
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
 /// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
 /// stopped, ready to run. Returns the section after its own (the next process's HEAD, None at
@@ -649,7 +656,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, mut store, offsets, copies): (&mut family::Proc, Option<&mut Store>, Option<InImage>, &mut memory::FileCopies),
+    (p, (mut store, first), offsets, copies): (&mut family::Proc, Held2, Option<InImage>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -662,6 +669,22 @@ fn restore_one<R: Input>(
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
+    // Mappings whose pages are partly the first process's (a live migration's tree, which
+    // shares them since a fork): the first process's held area goes into place, this one's
+    // own kept pages over it (precopy::Part).
+    let mut first = match first {
+        _ if !plans.iter().any(|p| p.vma.flags & memory::VMA_KEPT_FIRST != 0) => None,
+        Some(f) if store.is_some() => {
+            f.rearm();
+            Some(f)
+        }
+        _ => {
+            return Err(Error::Refused(format!(
+                "the image of pid {} takes pages as its first process's, which no live migration sent ahead of both: it is damaged, or restores only at the destination of that migration",
+                st.head.pid
+            )));
+        }
+    };
     // A mapping of a deleted file, a memfd or the tree's shared memory maps the one the
     // restorer made again, as inherited.
     for p in plans.iter_mut().filter(|p| p.vma.flags & memory::VMA_REMADE != 0) {
@@ -747,7 +770,7 @@ fn restore_one<R: Input>(
     }
     let special = |m: &MapEntry| m.is_vdso_or_vvar() || m.name == "[vsyscall]";
     // (And the pages sent ahead, until step 5 moves them into place.)
-    let ahead = store.as_ref().map(|s| s.ranges()).unwrap_or_default();
+    let ahead: Vec<(u64, u64)> = store.iter().chain(first.iter()).flat_map(|s| s.ranges()).collect();
     let keep: Vec<(u64, u64)> = child_maps
         .iter()
         .filter(|m| special(m))
@@ -762,8 +785,8 @@ fn restore_one<R: Input>(
     }
     // A tree's process after the first has the pages sent ahead of it where they were in
     // rstrt when it was forked, before its mappings were known: out of their way first.
-    if let Some(s) = store.as_deref_mut() {
-        let ranges: Vec<(u64, u64)> = st.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let ranges: Vec<(u64, u64)> = st.vmas.iter().map(|v| (v.start, v.end)).collect();
+    for s in store.iter_mut().chain(first.iter_mut()) {
         s.clear_there(&mut c, &ranges, &mut avoid)?;
     }
 
@@ -856,11 +879,16 @@ fn restore_one<R: Input>(
     // 5. Memory: the vdso where the image had it (moved as the image's user: the kernel
     //    checks where it may go), then every mapping and its pages.
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
-    let moved = store.as_ref().map(|s| s.moved(&plans)).unwrap_or_default();
+    let mut moved = store.as_ref().map(|s| s.moved(&plans, Part::Own)).unwrap_or_default();
+    moved.extend(first.as_ref().map(|s| s.moved(&plans, Part::First)).unwrap_or_default());
+    moved.sort_unstable();
     memory::map_all(&mut c, &plans, &moved)?;
     step("5 (mapped)");
     if let Some(st) = store.as_deref_mut() {
-        st.move_into(&mut c, &plans)?;
+        st.move_into(&mut c, &plans, Part::Own)?;
+    }
+    if let Some(f) = first.as_deref_mut() {
+        f.move_into(&mut c, &plans, Part::First)?;
     }
     copies.write_into(pid, &plans)?;
     // Pages of fresh private anonymous mappings go in with UFFDIO_COPY (not with a lazy
@@ -871,6 +899,7 @@ fn restore_one<R: Input>(
     let mut s = first_batch;
     let mut ahead = Vec::new();
     let mut later = Vec::new();
+    let mut as_first = Vec::new();
     // The id of the first PREPAGES batch in `deferred`, once given.
     let mut prepages: Option<u32> = None;
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
@@ -896,7 +925,13 @@ fn restore_one<R: Input>(
             order.next(&b.runs, sec.offset)?;
             ahead.clear();
             later.clear();
-            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later))?;
+            as_first.clear();
+            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_first))?;
+            // (`first` is there for any mapping marked so: checked above.)
+            if let Some(f) = first.as_deref_mut() {
+                f.keep(&as_first)?;
+                f.written(&targets);
+            }
             if !later.is_empty() {
                 if !remote {
                     return Err(Error::Refused(format!(
@@ -983,7 +1018,10 @@ fn restore_one<R: Input>(
         w.finish()
     })?;
     drop(fill);
-    if let Some(st) = store.as_deref() {
+    if let (Some(st), Some(f)) = (store.as_deref_mut(), first.as_deref_mut()) {
+        st.copy_aside(&mut c, pid, f)?;
+    }
+    for st in store.iter().chain(first.iter()) {
         st.drop_stale(&mut c)?;
     }
     debug!("pid {pid}: {npages} pages written");

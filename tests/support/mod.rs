@@ -472,3 +472,16 @@ pub fn nobody_sends(port: u16, img: &str) -> String {
     assert!(!out.is_empty(), "the client said nothing: {}", stderr(&o));
     out
 }
+
+/// MiB of Pss (each page shared by n processes counts 1/n in each) of `pids` together.
+pub fn pss_mib(pids: &[i32]) -> u64 {
+    let kib: u64 = pids
+        .iter()
+        .map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            let line = s.lines().find(|l| l.starts_with("Pss:")).unwrap_or("Pss: 0 kB").to_string();
+            line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    kib / 1024
+}

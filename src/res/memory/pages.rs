@@ -3,7 +3,7 @@
 //! the process as it arrives.
 
 use super::vmas::*;
-use crate::crf::pages::{self, RUN_FILE_COPY, RUN_KEPT, RUN_LATER, Run};
+use crate::crf::pages::{self, RUN_FILE_COPY, RUN_KEPT, RUN_LATER, RUN_SHARED, Run};
 use crate::crf::{PAGE_SIZE, Sink, Writer};
 use crate::error::{Error, Result};
 use crate::ptrace::mem;
@@ -95,24 +95,25 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
 /// A range of addresses: [start, end).
 pub type Span = (u64, u64);
 
-/// Kept runs within `later` (sorted ranges) become RUN_LATER ones, cut at its edges.
-fn mark_later(runs: Vec<Run>, later: &[(u64, u64)]) -> Vec<Run> {
-    if later.is_empty() {
+/// Kept runs within `ranges` (sorted) get `flag` too (RUN_LATER: sent later; RUN_SHARED: held
+/// as the first process's), cut at its edges.
+fn mark_kept(runs: Vec<Run>, ranges: &[(u64, u64)], flag: u32) -> Vec<Run> {
+    if ranges.is_empty() {
         return runs;
     }
     let page = PAGE_SIZE as u64;
     let mut out = Vec::with_capacity(runs.len());
     for r in runs {
-        if r.flags & RUN_KEPT == 0 {
+        if r.flags != RUN_KEPT {
             out.push(r);
             continue;
         }
         let end = r.addr + r.len() as u64;
         let mut at = r.addr;
         while at < end {
-            let i = later.partition_point(|l| l.1 <= at);
-            let (to, flags) = match later.get(i) {
-                Some(&(ls, le)) if ls <= at => (le.min(end), RUN_KEPT | RUN_LATER),
+            let i = ranges.partition_point(|l| l.1 <= at);
+            let (to, flags) = match ranges.get(i) {
+                Some(&(ls, le)) if ls <= at => (le.min(end), RUN_KEPT | flag),
                 Some(&(ls, _)) => (ls.min(end), RUN_KEPT),
                 None => (end, RUN_KEPT),
             };
@@ -121,6 +122,17 @@ fn mark_later(runs: Vec<Run>, later: &[(u64, u64)]) -> Vec<Run> {
         }
     }
     out
+}
+
+/// The pages of a process [`dump_pages`] does not store, as sorted ranges of addresses.
+#[derive(Clone, Copy, Default)]
+pub struct NotStored<'a> {
+    /// Those the receiver holds (or gets later): kept runs, not looked at.
+    pub kept: &'a [Span],
+    /// Of those, the ones a post-copy's source sends once the process runs (RUN_LATER).
+    pub later: &'a [Span],
+    /// Of those, the first process's pages sent ahead, which this one shares (RUN_SHARED).
+    pub shared: &'a [Span],
 }
 
 /// One batch to dump: its runs, and for each whether the process may read it (else the pages
@@ -141,13 +153,14 @@ const DUMP_BATCH_PAGES: usize = 256;
 const DUMP_BATCH_RUNS: usize = 1024;
 
 /// Splits the pages to store into batches of at most DUMP_BATCH_PAGES pages of data.
-fn plan_batches(pid: i32, vmas: &[Vma], kept: &[(u64, u64)], later: &[(u64, u64)]) -> Result<Vec<BatchPlan>> {
+fn plan_batches(pid: i32, vmas: &[Vma], not: NotStored) -> Result<Vec<BatchPlan>> {
     let mut pagemap = Pagemap::open(pid)?;
     let mut out = Vec::new();
     let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
-        let runs = mark_later(page_runs(&mut pagemap, v, kept)?, later);
+        let runs = mark_kept(page_runs(&mut pagemap, v, not.kept)?, not.later, RUN_LATER);
+        let runs = mark_kept(runs, not.shared, RUN_SHARED);
         // Pages a fork left shared are read through /proc/PID/mem: process_vm_readv pins
         // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
         // so that a checkpoint would leave a pre-forked server's workers taking their memory
@@ -267,19 +280,20 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
 /// the outputs hand buffers back for the reader to fill again.
 /// `spare`: buffers to read batches into, faulted in already (see [`warm_buffers`]); it gets
 /// them back at the end, for the next process.
-/// `kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
-/// otherwise): written as kept runs, without data, and not counted; of them, those in `later`
-/// (a post-copy) as runs sent later, which it returns too, as (start, end) ranges: the pages
-/// in memory or in swap there (one look at the page tables for both).
+/// `not.kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
+/// otherwise): written as kept runs, without data, and not counted; of them, those in
+/// `not.later` (a post-copy) as runs sent later, which it returns too, as (start, end) ranges:
+/// the pages in memory or in swap there (one look at the page tables for both); those in
+/// `not.shared` as held as the first process's.
 pub fn dump_pages<W: Sink>(
     pid: i32,
     vmas: &[Vma],
-    (kept, later): (&[Span], &[Span]),
+    not: NotStored,
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
 ) -> Result<(u64, Vec<(u64, u64)>)> {
     use std::sync::mpsc::sync_channel;
-    let batches = plan_batches(pid, vmas, kept, later)?;
+    let batches = plan_batches(pid, vmas, not)?;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
     let mut after: Vec<(u64, u64)> = Vec::new();
     for r in batches.iter().flat_map(|b| b.runs.iter()).filter(|r| r.flags & RUN_LATER != 0) {
@@ -400,12 +414,13 @@ pub fn warm_buffers() -> Vec<Vec<u8>> {
 
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
 /// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped,
-/// kept runs (no data) go to `kept`, those sent later to `later`.
+/// kept runs (no data) go to `kept`, those sent later to `later`, those held as the first
+/// process's to `shared`.
 pub fn batch_targets(
     plans: &[Plan],
     runs: &[Run],
     at: u64,
-    (kept, later): (&mut Vec<Span>, &mut Vec<Span>),
+    (kept, later, shared): (&mut Vec<Span>, &mut Vec<Span>, &mut Vec<Span>),
 ) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
     let mut off = 0usize;
@@ -426,8 +441,16 @@ pub fn batch_targets(
                 what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
             }));
         }
+        if r.flags & RUN_SHARED != 0 && v.flags & VMA_KEPT_FIRST == 0 {
+            return Err(Error::Image(crate::crf::CrfError::Bad {
+                offset: at,
+                what: format!("page run {:#x} is held as the first process's in a mapping not marked so", r.addr),
+            }));
+        }
         if r.flags & RUN_LATER != 0 {
             later.push((r.addr, end));
+        } else if r.flags & RUN_SHARED != 0 {
+            shared.push((r.addr, end));
         } else if r.flags & RUN_KEPT != 0 {
             kept.push((r.addr, end));
         } else if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
@@ -886,7 +909,7 @@ mod tests {
         let p = PAGE_SIZE as u64;
         let run = |a: u64, n: u32, flags: u32| Run { addr: a * p, npages: n, flags };
         let runs = vec![run(0, 10, RUN_KEPT), run(10, 2, 0), run(20, 4, RUN_KEPT)];
-        let got = mark_later(runs, &[(3 * p, 5 * p), (9 * p, 22 * p)]);
+        let got = mark_kept(runs, &[(3 * p, 5 * p), (9 * p, 22 * p)], RUN_LATER);
         let later = RUN_KEPT | RUN_LATER;
         assert_eq!(
             got,
@@ -909,10 +932,15 @@ mod tests {
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        let (k, l) = (&mut Vec::new(), &mut Vec::new());
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 1, flags: 0 }], 64, (&mut *k, &mut *l)).is_ok());
-        assert!(batch_targets(&plans, &[Run { addr: 0x2000, npages: 2, flags: 0 }], 64, (&mut *k, &mut *l)).is_err());
-        let e = batch_targets(&plans, &[Run { addr: 0x5000, npages: 1, flags: 0 }], 64, (k, l)).unwrap_err();
+        let (k, l, sh) = (&mut Vec::new(), &mut Vec::new(), &mut Vec::new());
+        let mut t = |addr: u64, npages: u32, flags: u32| {
+            batch_targets(&plans, &[Run { addr, npages, flags }], 64, (&mut *k, &mut *l, &mut *sh))
+        };
+        assert!(t(0x2000, 1, 0).is_ok());
+        assert!(t(0x2000, 2, 0).is_err());
+        // Held as the first process's only in a mapping marked so.
+        assert!(t(0x1000, 1, RUN_KEPT | RUN_SHARED).is_err());
+        let e = t(0x5000, 1, 0).unwrap_err();
         assert!(e.to_string().contains("offset 64"), "{e}");
     }
 
