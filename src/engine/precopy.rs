@@ -1122,7 +1122,7 @@ impl Store {
         let mut runs = Vec::with_capacity(n);
         for i in 0..n {
             let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
-            let e = s.checked_add(np * PAGE).unwrap_or(0);
+            let e = s.saturating_add(np * PAGE);
             let h = self.held.range(..=s).next_back().map(|x| x.1).filter(|h| h.area.start <= s && e <= h.area.end);
             let Some(h) = h.filter(|_| s.is_multiple_of(PAGE) && np > 0) else {
                 return Err(bad(format!("run {s:#x}+{np} pages lies outside the areas")));
@@ -1620,7 +1620,7 @@ impl Offsets {
         let mut off = head as u64;
         for i in 0..n {
             let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
-            let e = s.checked_add(np * PAGE).unwrap_or(0);
+            let e = s.saturating_add(np * PAGE);
             let i = self.areas.partition_point(|a| a.end <= s);
             if !s.is_multiple_of(PAGE) || np == 0 || !self.areas.get(i).is_some_and(|a| a.start <= s && e <= a.end) {
                 return Err(format!("run {s:#x}+{np} pages lies outside the areas"));
@@ -2050,6 +2050,14 @@ mod tests {
         let mut out = pages_header(&[(0x30000, 0x31000)]);
         out.extend(vec![0u8; PAGE as usize]);
         assert!(st.pages(&out).is_err());
+        // So is one whose end lies past the top of the address space (not wrapped round).
+        let mut wraps = 1u32.to_le_bytes().to_vec();
+        wraps.extend(0u32.to_le_bytes());
+        wraps.extend((u64::MAX - PAGE + 1).to_le_bytes());
+        wraps.extend(2u32.to_le_bytes());
+        wraps.extend(0u32.to_le_bytes());
+        wraps.extend(vec![0u8; 2 * PAGE as usize]);
+        assert!(st.pages(&wraps).is_err());
         // Kept pages must have arrived.
         assert!(st.keep(&[(0x11000, 0x13000)]).is_ok());
         assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
