@@ -4,7 +4,7 @@
  * (setsid) with a grandchild in its session, and a group leader (setpgid) with a grandchild in
  * its group. Every live member remembers its pid, parent, group and session, and fills 1 MiB
  * with a pattern of its own; it counts in a loop of short sleeps. Prints "ready" once the
- * zombies are zombies. On the line "check" on stdin, main signals each child (SIGUSR1), which
+ * zombies are zombies and every member has gone round its loop once. On the line "check" on stdin, main signals each child (SIGUSR1), which
  * signals its own child, reaps it, checks itself and exits 0 if all is as it was (1 otherwise,
  * after a line saying what differs); main reaps them and the two zombies (status 7, SIGTERM)
  * and says "ok" or "bad: ...".
@@ -77,8 +77,11 @@ static int self_check(const char *name, long counted) {
 /* Counts until asked; then asks `child` (if any), reaps it, checks itself; exits. */
 static void member(const char *name, pid_t child) {
     long counted = 0;
-    dprintf(3, "start %-20s\n", name);
     struct timespec t = { 0, 5 * 1000 * 1000 };
+    /* Once round the loop before it says it started (main says "ready" only then). */
+    nanosleep(&t, NULL);
+    counted++;
+    dprintf(3, "start %-20s\n", name);
     while (!asked) {
         nanosleep(&t, NULL);
         counted++;
@@ -132,6 +135,16 @@ static int is_zombie(pid_t p) {
     return e && e[1] == ' ' && e[2] == 'Z';
 }
 
+/* How many members (main too) said they started, in "log". */
+static int started(void) {
+    char line[64];
+    int n = 0;
+    FILE *f = fopen("log", "r");
+    while (f && fgets(line, sizeof line, f)) n += !strncmp(line, "start ", 6);
+    if (f) fclose(f);
+    return n;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     /* "shared": a page every member shares (MAP_SHARED anonymous, made before the forks),
@@ -160,7 +173,7 @@ int main(int argc, char **argv) {
         _exit(0);
     }
     pid_t kids[3] = { spawn("worker", 0), spawn("session", 1), spawn("group", 2) };
-    while (!is_zombie(z7) || !is_zombie(zt)) usleep(1000);
+    while (!is_zombie(z7) || !is_zombie(zt) || started() < 6) usleep(1000);
     printf("ready %d %d %d %d %d\n", kids[0], kids[1], kids[2], z7, zt);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) return 2;
