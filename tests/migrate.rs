@@ -697,8 +697,8 @@ fn a_live_migration_sends_a_trees_memory_ahead() {
 }
 
 /// --live moves a tree whose processes share most of their memory since a fork (writer.c
-/// "cow": the parent's 128 MiB, of which each writes 1 MB/s): what they still share at the
-/// freeze went ahead once per process, but the destination takes it as the first process's
+/// "cow": the parent's 128 MiB, of which each writes 1 MB/s): what the child still shares
+/// with its parent is not sent again, and the destination takes it as the parent's
 /// (RUN_SHARED), so the restored tree shares it again and takes the memory it took here, not
 /// twice as much; both then check every page of their own, still writing (copy-on-write holds).
 /// So does a hybrid migration (--live --post-copy), whose pages not sent ahead follow.
@@ -714,6 +714,11 @@ fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
             "{how:?}: the restored tree takes {after} MiB where the original took {before}: {}",
             m.said
         );
+        let not_sent = bytes_before(&m.said, " bytes of the descendants' memory are the root's");
+        assert!(not_sent >= 100 << 20, "{how:?}: the child's shared pages went again: {}", m.said);
+        let sent: u64 =
+            m.said.lines().filter(|l| l.contains("sent ahead in")).map(|l| bytes_before(l, " bytes sent")).sum();
+        assert!(sent < 200 << 20, "{how:?}: {sent} bytes sent ahead of a tree of 128 MiB it shares: {}", m.said);
     }
 }
 

@@ -153,6 +153,12 @@ fn run(a: &Args) -> Result<()> {
                 took.as_secs_f64() * 1e3
             );
         }
+        if m.ahead.same > 0 {
+            eprintln!(
+                "migrate: {} bytes of the descendants' memory are the root's pages, shared since a fork: not sent, held once",
+                m.ahead.same * crate::crf::PAGE_SIZE as u64
+            );
+        }
         if let Some(p) = &m.post {
             // Frozen here until it ran there: the freeze, but for the pages sent after.
             let ran = m.report.frozen.saturating_sub(p.took);

@@ -431,7 +431,7 @@ fn running_checkpoint<W: Sink>(
         w.section(tag, 0, &[b]).map_err(image_io)
     };
     // Failed, the Sources go with their tracking: the processes run on as they were.
-    super::precopy::rounds(&mut srcs, budget, false, &mut send, "are copied while it is frozen", &mut ahead)?;
+    super::precopy::rounds(&mut srcs, (budget, false, false), &mut send, "are copied while it is frozen", &mut ahead)?;
     let precopied = super::precopy::Precopied::new(srcs);
     let opts = Options { precopied: Some(precopied), ..opts.clone() };
     // The image is committed (synced, renamed) once the process runs again, as in a frozen

@@ -26,15 +26,19 @@
 //! or from its restored parent, which is one until it is restored), moves its own out of the
 //! way of its mappings ([`Store::clear_there`]) and into place, and drops the others.
 //!
+//! Pages a later process shares with the first one since a fork are sent once: its rounds
+//! leave out those the first one's held pages stand for ([`Source::same_as`]), the image
+//! says to take the first one's (RUN_SHARED: [`Precopied::kept_all`]), and its restore moves
+//! the first one's area into place, its own kept pages over it ([`Part`],
+//! [`Store::copy_aside`]), so that the processes share those pages again.
+//!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
 //! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the processes of a tree
-//! forked once the rounds began. Pages a tree's processes share since a fork are sent ahead
-//! once per process (res::treecow does not store them once in a live migration's image).
+//! forked once the rounds began.
 
 use super::layout::{find_free, intersect, minus};
 use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
-use crate::ptrace::pagemap::Pagemap;
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::wp::{self, Tracker};
 use crate::res::image::ProcessState;
@@ -200,6 +204,8 @@ pub enum Frame {
 pub struct Round {
     pub pages: u64,
     pub took: Duration,
+    /// Pages left out: the first process's, which the destination holds already.
+    pub same: u64,
 }
 
 /// The source side: the process's writes tracked, and which pages the destination holds.
@@ -225,6 +231,9 @@ pub struct Source {
     sent: Vec<(Area, bool)>,
     /// This round's pages a fork left shared (sorted ranges), read without pinning them.
     shared: Vec<(u64, u64)>,
+    /// The pages the last round left out as the very pages of the tree's first process's
+    /// (see [`Source::same_as`]), less those written since (sorted ranges).
+    same: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Source {
@@ -269,6 +278,7 @@ impl Source {
             rounds: Vec::new(),
             frame: Vec::new(),
             shared: Vec::new(),
+            same: Vec::new(),
             sent: Vec::new(),
         })
     }
@@ -340,6 +350,9 @@ impl Source {
 
     /// The destination no longer holds `ranges` as they are (written, or lost).
     fn forget(&mut self, ranges: &[(u64, u64)]) {
+        if !self.same.is_empty() && !ranges.is_empty() {
+            self.same = minus(&self.same, ranges);
+        }
         for &(s, e) in ranges {
             for (a, bits) in self.held.values_mut().filter(|(a, _)| a.end > s && a.start < e) {
                 let (from, to) =
@@ -352,7 +365,15 @@ impl Source {
     /// One round: follows the mappings, tracks new ones, sends (`send(areas, pages)`: an
     /// Areas frame when they changed, then Pages frames) the pages that hold data and that the
     /// destination does not hold as they are. Returns what it sent.
-    pub fn round(&mut self, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
+    /// With `first` (the tree's first process, whose round went just before; a live
+    /// migration's), the pages that are the very pages that one has at the same addresses,
+    /// held by the destination as they are, are left out (see [`Source::same_as`]): the
+    /// destination takes that one's (see [`Precopied::kept_all`]).
+    pub fn round(
+        &mut self,
+        send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
+        first: Option<&mut Source>,
+    ) -> Result<Round> {
         let t0 = Instant::now();
         let pid = self.pid;
         let mut maps = procfs::read_smaps(pid)?;
@@ -417,6 +438,14 @@ impl Source {
                 }
             }
         }
+        self.same = match first {
+            Some(f) => self.same_as(f, &want)?,
+            None => Vec::new(),
+        };
+        if !self.same.is_empty() {
+            want = minus(&want, &self.same);
+        }
+        let same = self.same.iter().map(|r| (r.1 - r.0) / PAGE).sum();
         let mut sent = 0u64;
         let mut batch: Vec<(u64, u64)> = Vec::new();
         let mut n = 0usize;
@@ -442,7 +471,7 @@ impl Source {
             }
         }
         sent += flush(&mut batch, self)?;
-        let r = Round { pages: sent, took: t0.elapsed() };
+        let r = Round { pages: sent, took: t0.elapsed(), same };
         self.rounds.push(r);
         Ok(r)
     }
@@ -490,14 +519,52 @@ impl Source {
         let sent = send(Frame::Pages, &mut frame[..len]);
         self.frame = frame;
         sent?;
-        for &(s, e) in &runs {
+        self.mark_held(&runs);
+        Ok(runs.iter().map(|r| (r.1 - r.0) / PAGE).sum())
+    }
+
+    /// The destination holds `runs` (sorted ranges) as they are now.
+    fn mark_held(&mut self, runs: &[(u64, u64)]) {
+        for &(s, e) in runs {
             for (a, bits) in self.held.values_mut().filter(|(a, _)| a.end > s && a.start < e) {
                 let (from, to) =
                     (((s.max(a.start) - a.start) / PAGE) as usize, ((e.min(a.end) - a.start) / PAGE) as usize);
                 bits[from..to].iter_mut().for_each(|b| *b = true);
             }
         }
-        Ok(runs.iter().map(|r| (r.1 - r.0) / PAGE).sum())
+    }
+
+    /// Of `want` (sorted ranges this round would send, each within one area), the pages that
+    /// are the very pages `first` has at the same addresses (the same frame: they share it
+    /// since a fork), in an area both hold with the same range, where the destination holds
+    /// `first`'s page: it has those pages already, as they are. (A page both map is
+    /// unchanged since the fork: a write by either would have made a copy; and `first` has
+    /// mapped it since it sent it, for it cannot map it again. Which pages are the same the
+    /// frame numbers say, which only root sees: without them, none is.) Sorted ranges.
+    fn same_as(&mut self, first: &mut Source, want: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+        let shared = intersect(want, &self.shared);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&start, (a, _)) in &self.held {
+            let Some((_, bits)) = first.held.get(&start).filter(|(fa, _)| fa == a) else { continue };
+            let lo = shared.partition_point(|r| r.1 <= a.start);
+            for &(s, e) in shared[lo..].iter().take_while(|r| r.0 < a.end) {
+                let (s, e) = (s.max(a.start), e.min(a.end));
+                let i0 = ((s - a.start) / PAGE) as usize;
+                if !bits[i0..i0 + ((e - s) / PAGE) as usize].iter().any(|&b| b) {
+                    continue;
+                }
+                // (Both run: neither is frozen before the last round.)
+                let theirs = first.tracker.pagemap().shared_frames(s, e)?;
+                let ours = self.tracker.pagemap().shared_frames(s, e)?;
+                for (k, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+                    if *o != 0 && o == t && bits[i0 + k] {
+                        let p = s + k as u64 * PAGE;
+                        crate::ptrace::pagemap::join(&mut out, p, p + PAGE);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// What a round now would send, in bytes: the pages written since the last round (found,
@@ -509,15 +576,19 @@ impl Source {
         self.forget(&taken.lost);
         let areas: Vec<Area> = self.areas();
         let mut left = 0;
+        let mut all = Vec::new();
         for a in areas {
             let data = self.tracker()?.pagemap().with_data(a.start, a.end);
             let data = data.map_err(|e| Error::io(format!("PAGEMAP_SCAN (pid {pid})"), e))?;
             let bits = &self.held[&a.start].1;
-            for (s, e) in data {
+            for &(s, e) in &data {
                 let (i, j) = (((s - a.start) / PAGE) as usize, ((e - a.start) / PAGE) as usize);
                 left += bits[i..j].iter().filter(|&&x| !x).count() as u64 * PAGE;
             }
+            all.extend(data);
         }
+        // (Not those the first process's held pages stand for, as they are.)
+        left -= intersect(&all, &self.same).iter().map(|r| r.1 - r.0).sum::<u64>().min(left);
         Ok(left)
     }
 
@@ -605,6 +676,10 @@ pub struct Ahead {
     pub frozen_throughout: Vec<String>,
     /// The processes whose memory was copied ahead, the root first.
     pub tracked: Vec<i32>,
+    /// Pages of the root's descendants the last round left out: the very pages of the
+    /// root's at the same addresses (they share them since a fork), which the destination
+    /// holds as the root's.
+    pub same: u64,
 }
 
 /// Most rounds of a pre-copy, and of one followed by a post-copy.
@@ -628,20 +703,28 @@ impl Source {
 /// frame. A process other than the first that ended meanwhile leaves the rounds (it is not
 /// in the image), and its areas go (an Areas frame of none): the destination holds nothing
 /// more of it.
-fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<Round> {
+/// With `same`, a process's pages that are the first one's are left out (see
+/// [`Source::round`]).
+fn round_all(
+    srcs: &mut Vec<Source>,
+    same: bool,
+    send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
+) -> Result<Round> {
     let t0 = Instant::now();
-    let mut pages = 0;
+    let (mut pages, mut as_first) = (0, 0);
     let mut i = 0;
     while i < srcs.len() {
         let pid = srcs[i].pid;
         send(Frame::Member, &mut (pid as u32).to_le_bytes())?;
+        let (head, rest) = srcs.split_at_mut(i);
+        let first = head.first_mut().filter(|_| same);
         // (Ended, its pid may be another process's by now: not that one's pages.)
-        let r = match srcs[i].ended() {
-            false => srcs[i].round(send),
+        let r = match rest[0].ended() {
+            false => rest[0].round(send, first),
             true => Err(Error::Proc(format!("pid {pid} ended"))),
         };
         match r {
-            Ok(r) => pages += r.pages,
+            Ok(r) => (pages, as_first) = (pages + r.pages, as_first + r.same),
             Err(e) if i > 0 && srcs[i].ended() => {
                 log::debug!("pid {pid} ended during the pre-copy ({e}): no more rounds of it");
                 send(Frame::Areas, &mut encode_areas(&[])[..])?;
@@ -656,7 +739,7 @@ fn round_all(srcs: &mut Vec<Source>, send: &mut dyn FnMut(Frame, &mut [u8]) -> R
     // the round (a round ended at the socket would leave it to the freeze), and so does the
     // time the destination takes in the rate.
     send(Frame::Caught, &mut [])?;
-    Ok(Round { pages, took: t0.elapsed() })
+    Ok(Round { pages, took: t0.elapsed(), same: as_first })
 }
 
 /// [`Source::left_bytes`] of every process of `srcs` (one that ended has none: the next round
@@ -681,10 +764,11 @@ fn left_all(srcs: &mut [Source]) -> Result<u64> {
 /// `send` carries, or MAX_ROUNDS: said in `ahead.gave_up`, with `rest`, what becomes of the
 /// rest). With `post` (the hybrid mode: what is left follows once the processes run there),
 /// HYBRID_ROUNDS at most: the first sends their memory, the next what they wrote meanwhile.
+/// `same`: a live migration's destination, which takes pages the processes share as the
+/// first one's: they are left out (see [`Source::round`]).
 pub fn rounds(
     srcs: &mut Vec<Source>,
-    budget: Duration,
-    post: bool,
+    (budget, post, same): (Duration, bool, bool),
     send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
     rest: &str,
     ahead: &mut Ahead,
@@ -698,8 +782,9 @@ pub fn rounds(
     let mut stalled = 0;
     let mut last_left = u64::MAX;
     loop {
-        let r = round_all(srcs, send)?;
+        let r = round_all(srcs, same, send)?;
         ahead.tracked = srcs.iter().map(|s| s.pid).collect();
+        ahead.same = r.same;
         ahead.rounds.push((r.pages, r.took));
         let bytes = r.pages * PAGE;
         // The rate of a round big enough to tell (or the first).
@@ -796,75 +881,49 @@ impl Precopied {
     }
 
     /// For the frozen processes of `states` (the first one first): per process,
-    /// [`Source::kept`], and of it (a live migration's, after the first) the pages that are
-    /// the very pages the first process has there, kept too, in an area both hold the same:
-    /// what they share since a fork and neither wrote since, which the destination holds
-    /// twice, as each one's. The image says to take those as the first one's (RUN_SHARED,
-    /// in mappings marked VMA_KEPT_FIRST), so that the restored processes share them again.
-    /// Which pages are the same the frame numbers say (/proc/PID/pagemap), which only a
-    /// process with CAP_SYS_ADMIN sees: without it, none is.
+    /// [`Source::kept`]; after the first, with a live migration's, also the pages the rounds
+    /// left out as the first one's (see [`Source::round`]) that it has not written since and
+    /// that hold data, where the first one's page is kept, in a mapping the held area
+    /// becomes that both hold with the same range: the image says to take those as the
+    /// first one's (RUN_SHARED, in mappings marked VMA_KEPT_FIRST), so that the restored
+    /// processes share them again, and they never went twice.
     pub fn kept_all(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
-        let t0 = Instant::now();
         let mut out = Vec::with_capacity(states.len());
         for st in states.iter() {
             out.push(Kept { kept: self.kept(st.head.pid, &st.vmas)?, shared: Vec::new() });
         }
-        log::debug!("kept pages of {} processes found in {:.1} ms", states.len(), t0.elapsed().as_secs_f64() * 1e3);
         let Some((first, rest)) = states.split_first_mut().filter(|_| self.shares) else { return Ok(out) };
         let first_pid = first.head.pid;
         let (first_areas, first_kept) = (self.areas_of(first_pid)?, out[0].kept.clone());
-        if first_kept.is_empty() {
-            return Ok(out);
-        }
-        let mut first_map: Option<Pagemap> = None;
-        // The first one's frames, per area (read once, for every process that maps it).
-        let mut first_frames: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for (st, k) in rest.iter_mut().zip(out[1..].iter_mut()) {
+            let same = self.with(|srcs| {
+                Ok(srcs.iter().find(|s| s.pid == st.head.pid).map(|s| intersect(&s.same, &s.data)).unwrap_or_default())
+            })?;
+            if same.is_empty() {
+                continue;
+            }
             let areas = self.areas_of(st.head.pid)?;
-            let mut map: Option<Pagemap> = None;
+            let same = intersect(&same, &first_kept);
             for v in st.vmas.iter_mut().filter(|v| eligible(v)) {
                 let Some(a) = areas.get(&v.start).filter(|a| becomes(a, v) && first_areas.get(&a.start) == Some(*a))
                 else {
                     continue;
                 };
-                let within = (a.start, v.end.min(a.end));
-                let both = intersect(&intersect(&k.kept, &first_kept), &[within]);
-                let before = k.shared.len();
-                if both.is_empty() {
-                    continue;
-                }
-                let theirs = match first_frames.get(&a.start) {
-                    Some(f) => f,
-                    None => {
-                        let fm = match &mut first_map {
-                            Some(m) => m,
-                            slot => slot.insert(Pagemap::open(first_pid)?),
-                        };
-                        let f = fm.shared_frames(a.start, a.end)?;
-                        first_frames.entry(a.start).or_insert(f)
-                    }
-                };
-                for &(s, e) in &both {
-                    let m = match &mut map {
-                        Some(m) => m,
-                        slot => slot.insert(Pagemap::open(st.head.pid)?),
-                    };
-                    let ours = m.shared_frames(s, e)?;
-                    let theirs = &theirs[((s - a.start) / PAGE) as usize..];
-                    for (i, _) in ours.iter().zip(theirs).enumerate().filter(|(_, (o, t))| **o != 0 && o == t) {
-                        let p = s + i as u64 * PAGE;
-                        crate::ptrace::pagemap::join(&mut k.shared, p, p + PAGE);
-                    }
-                }
-                if k.shared.len() > before {
+                let here = intersect(&same, &[(a.start, v.end.min(a.end))]);
+                if !here.is_empty() {
                     v.flags |= memory::VMA_KEPT_FIRST;
+                    k.shared.extend(here);
                 }
             }
+            if !k.shared.is_empty() {
+                let mut all = [k.kept.as_slice(), k.shared.as_slice()].concat();
+                all.sort_unstable();
+                k.kept = all;
+            }
             log::debug!(
-                "pid {}: {} bytes kept as pid {first_pid}'s ({:.1} ms since the first)",
+                "pid {}: {} bytes kept as pid {first_pid}'s",
                 st.head.pid,
-                k.shared.iter().map(|r| r.1 - r.0).sum::<u64>(),
-                t0.elapsed().as_secs_f64() * 1e3
+                k.shared.iter().map(|r| r.1 - r.0).sum::<u64>()
             );
         }
         Ok(out)
@@ -1397,26 +1456,39 @@ impl Store {
     /// their place (and counts as written), and the areas go. In process `c`, whose pid is
     /// `pid` here.
     pub fn copy_aside(&mut self, c: &mut crate::ptrace::Ctl, pid: i32, first: &mut Store) -> Result<()> {
-        const CHUNK: usize = 1024;
+        // In batches of up to 4 MiB: each read in one go, each written with one call.
+        const BATCH: usize = 1024;
         let mut l = crate::ptrace::calls::Calls::new();
         let mut buf = Vec::new();
         for h in self.held.values_mut().filter(|h| h.aside) {
-            let mut i = 0;
-            while i < h.state.len() {
-                if h.state[i] != 2 {
-                    i += 1;
-                    continue;
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for (i, _) in h.state.iter().enumerate().filter(|(_, x)| **x == 2) {
+                let p = h.area.start + i as u64 * PAGE;
+                crate::ptrace::pagemap::join(&mut runs, p, p + PAGE);
+            }
+            let mut k = 0;
+            while k < runs.len() {
+                let (mut batch, mut pages) = (Vec::new(), 0usize);
+                while k < runs.len() && pages < BATCH {
+                    let (s, e) = runs[k];
+                    let take = (((e - s) / PAGE) as usize).min(BATCH - pages);
+                    batch.push((s, take * PAGE as usize));
+                    pages += take;
+                    match s + (take as u64) * PAGE {
+                        at if at < e => runs[k].0 = at,
+                        _ => k += 1,
+                    }
                 }
-                let n = h.state[i..].iter().take(CHUNK).take_while(|&&x| x == 2).count();
-                let (off, len) = (i as u64 * PAGE, n * PAGE as usize);
-                buf.resize(len, 0);
-                // Through /proc/PID/mem: process_vm_readv would pin them, and so give the
-                // process a copy of each (shared, as they are, with the processes restored next).
-                crate::ptrace::mem::read_proc_mem(pid, h.there + off, &mut buf)?;
-                let to = h.area.start + off;
-                crate::ptrace::mem::write_runs(pid, &[(to, len)], &buf)?;
-                first.written(&[(to, len, 0)]);
-                i += n;
+                buf.resize(pages * PAGE as usize, 0);
+                // Read where they lie aside, through /proc/PID/mem (all of them "shared"):
+                // process_vm_readv would pin them, and so give the process a copy of each
+                // (shared, as they are, with the processes restored next).
+                let from: Vec<(u64, usize)> = batch.iter().map(|&(s, n)| (h.there + (s - h.area.start), n)).collect();
+                let all: Vec<(u64, u64)> = from.iter().map(|&(s, n)| (s, s + n as u64)).collect();
+                crate::ptrace::mem::read_runs_unpinned(pid, &from, &mut buf, &all)?;
+                crate::ptrace::mem::write_runs(pid, &batch, &buf)?;
+                let targets: Vec<(u64, usize, usize)> = batch.iter().map(|&(s, n)| (s, n, 0)).collect();
+                first.written(&targets);
             }
             l.munmap(h.there, h.area.end - h.area.start);
             h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);

@@ -770,7 +770,8 @@ fn restore_one<R: Input>(
     }
     let special = |m: &MapEntry| m.is_vdso_or_vvar() || m.name == "[vsyscall]";
     // (And the pages sent ahead, until step 5 moves them into place.)
-    let ahead: Vec<(u64, u64)> = store.iter().chain(first.iter()).flat_map(|s| s.ranges()).collect();
+    let mut ahead: Vec<(u64, u64)> = store.iter().chain(first.iter()).flat_map(|s| s.ranges()).collect();
+    ahead.sort_unstable();
     let keep: Vec<(u64, u64)> = child_maps
         .iter()
         .filter(|m| special(m))
@@ -1019,7 +1020,9 @@ fn restore_one<R: Input>(
     })?;
     drop(fill);
     if let (Some(st), Some(f)) = (store.as_deref_mut(), first.as_deref_mut()) {
+        step("5 (image's)");
         st.copy_aside(&mut c, pid, f)?;
+        step("5 (own kept over the first's)");
     }
     for st in store.iter().chain(first.iter()) {
         st.drop_stale(&mut c)?;

@@ -294,7 +294,7 @@ fn send_ahead(
         c.send_in_place(kind, b).map_err(Error::Net)
     };
     let how = if post { "follow once it runs there" } else { "go while it is frozen" };
-    crate::engine::precopy::rounds(src, budget, post, &mut send, how, ahead)?;
+    crate::engine::precopy::rounds(src, (budget, post, true), &mut send, how, ahead)?;
     // The destination answers at once: every round ended with it caught up.
     c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut buf)).map_err(Error::Net)
 }
