@@ -3,7 +3,7 @@
 # network namespaces (keyed veth; restartd in a pid namespace of its own, so that the tree
 # keeps its pids): a writer and its child sharing MIB MiB (tests/targets/writer.c "cow",
 # each rewriting 1 MB/s of it), and a Python multiprocessing pool, three workers forked
-# from a parent holding a 200 MiB bytearray (bench/runtimes/pool.py). Per case, median of
+# from a parent holding a 200 MiB bytearray (tests/targets/shared_pool.py). Per case, median of
 # RUNS runs of:
 #   sent_MB   bytes sent ahead by the rounds, and their share of the tree's own memory
 #             (its Pss at the source: each page counted once, the limit a move can reach)
@@ -49,7 +49,7 @@ for c in $CASES; do
       case $c in
         writer) (bare ip netns exec "$A" setsid "$work/writer" "$log" "$MIB" 1 cow </dev/null >/dev/null 2>&1 &)
                 until grep -q forked "$log" 2>/dev/null; do sleep 0.05; done ;;
-        pool) (bare ip netns exec "$A" setsid python3 "$here/runtimes/pool.py" "$log" </dev/null >/dev/null 2>&1 &)
+        pool) (bare ip netns exec "$A" setsid python3 "$here/../tests/targets/shared_pool.py" "$log" </dev/null >/dev/null 2>&1 &)
               until grep -q ready "$log" 2>/dev/null; do sleep 0.05; done ;;
       esac
       sleep 1

@@ -722,6 +722,72 @@ fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
     }
 }
 
+/// A real program's tree: a Python pool, three workers forked from a parent holding 200 MiB
+/// they only read (tests/targets/shared_pool.py), moved with --live. The workers' copies of
+/// the parent's memory are not sent, the restored pool takes the memory it took here, and
+/// every process goes on there with its pid: the parent finds its 200 MiB whole, each worker
+/// hashes its slice to the same digest as before.
+#[test]
+fn a_python_pool_moves_live_and_still_shares_its_parents_memory() {
+    if !require(Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
+        return;
+    }
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live-pool");
+    let key = keyfile(&dir, "key");
+    let _d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
+    let log = dir.join("log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/shared_pool.py");
+    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[script.to_str().unwrap(), log.to_str().unwrap()]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut src = c.spawn().unwrap();
+    let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Each worker has hashed its slice once: its digest, as it was before the move.
+    let digest = |w: usize, skip: usize| {
+        let l = log_line(&log, &format!("w{w} "), skip);
+        let f: Vec<String> = l.split_whitespace().map(String::from).collect();
+        (f[1].clone(), f[3].clone())
+    };
+    let before: Vec<(String, String)> = (0..3).map(|w| digest(w, 0)).collect();
+    log_line(&log, "parent True", 0);
+    let kids = |p: i32| -> Vec<i32> {
+        let k = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        k.split_whitespace().filter_map(|x| x.parse().ok()).collect()
+    };
+    let pss_here = pss_mib(&[vec![pid], kids(pid)].concat());
+    let p = pid.to_string();
+    let o = migrate(&n, &["--key", &key, "-v", "--live", &p, &n.addr_b]);
+    let err = stderr(&o);
+    if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
+        let _ = src.kill();
+        let _ = src.wait();
+        return;
+    }
+    assert!(o.status.success(), "migrate: {err}");
+    assert!(gone(&mut src), "the source still runs");
+    let not_sent = bytes_before(&err, " bytes of the descendants' memory are the root's");
+    assert!(not_sent >= 500 << 20, "the workers' copies of the parent's 200 MiB went: {err}");
+    let new = outer_pid(pid);
+    let tree = [vec![new], kids(new)].concat();
+    assert_eq!(tree.len(), 4, "the pool there: {tree:?}");
+    let pss_there = pss_mib(&tree);
+    println!("Pss of the pool: {pss_here} MiB here, {pss_there} MiB there");
+    assert!(pss_there <= pss_here + 24, "the pool takes {pss_there} MiB there, {pss_here} MiB here: {err}");
+    // Lines written there: every worker, as the same pid, with the same digest; the parent's
+    // memory whole.
+    let at = lines(&log);
+    for (w, was) in before.iter().enumerate() {
+        assert_eq!(&digest(w, at), was, "worker {w} after the move");
+    }
+    log_line(&log, "parent ", at);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("parent False"), "{text}");
+    for p in tree {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
 /// --post-copy moves a tree: both processes run there before their memory is there; the
 /// memory of each follows (pages of the one, then the other: they hold different data at the
 /// same addresses, and each checks its own).

@@ -2,7 +2,7 @@
 # three workers (start method "fork"), which only read it: each hashes its own slice every
 # 200 ms and writes a line "wN PID COUNT DIGEST"; the parent checks the whole of it every
 # second ("parent True"). Writes "ready PID" once the workers run.
-# usage: python3 pool.py LOG
+# usage: python3 shared_pool.py LOG
 import hashlib
 import multiprocessing as mp
 import os
