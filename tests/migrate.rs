@@ -714,7 +714,7 @@ fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
             "{how:?}: the restored tree takes {after} MiB where the original took {before}: {}",
             m.said
         );
-        let not_sent = bytes_before(&m.said, " bytes of the descendants' memory are the root's");
+        let not_sent = bytes_before(&m.said, " bytes of the descendants' memory were the root's");
         assert!(not_sent >= 100 << 20, "{how:?}: the child's shared pages went again: {}", m.said);
         let sent: u64 =
             m.said.lines().filter(|l| l.contains("sent ahead in")).map(|l| bytes_before(l, " bytes sent")).sum();
@@ -765,7 +765,7 @@ fn a_python_pool_moves_live_and_still_shares_its_parents_memory() {
     }
     assert!(o.status.success(), "migrate: {err}");
     assert!(gone(&mut src), "the source still runs");
-    let not_sent = bytes_before(&err, " bytes of the descendants' memory are the root's");
+    let not_sent = bytes_before(&err, " bytes of the descendants' memory were the root's");
     assert!(not_sent >= 500 << 20, "the workers' copies of the parent's 200 MiB went: {err}");
     let new = outer_pid(pid);
     let tree = [vec![new], kids(new)].concat();

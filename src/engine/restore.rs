@@ -930,7 +930,13 @@ fn restore_one<R: Input>(
             let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_first))?;
             // (`first` is there for any mapping marked so: checked above.)
             if let Some(f) = first.as_deref_mut() {
-                f.keep(&as_first)?;
+                f.keep(&as_first).map_err(|_| {
+                    let (s, e) = as_first.first().copied().unwrap_or_default();
+                    Error::Refused(format!(
+                        "the image takes pages {s:#x}-{e:#x} of pid {} as its first process's, which were not sent ahead of that one: it is damaged",
+                        st.head.pid
+                    ))
+                })?;
                 f.written(&targets);
             }
             if !later.is_empty() {
