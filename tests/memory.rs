@@ -459,7 +459,10 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
     let img = dir.join("c.crf");
     let o = ckpt(&["-v", "-o", img.to_str().unwrap(), &pid.to_string()]);
     let err = stderr(&o);
-    assert!(err.contains("since a fork: copied frozen, so that those pages are stored once"), "{err}");
+    assert!(
+        err.contains("share since a fork") && err.contains("copied frozen, so that those pages are stored once"),
+        "{err}"
+    );
     w.kill().unwrap();
     w.wait().unwrap();
 }

@@ -377,9 +377,9 @@ fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
     let shared = anon.saturating_sub(own);
     if procs.len() > 1 && shared > own / 8 {
         return Some(format!(
-            "pid {pid} and its descendants share {} MiB of their {} MiB since a fork: copied frozen, so that those pages are stored once",
+            "pid {pid} and its descendants share since a fork {} MiB of the {} MiB of private memory they map: copied frozen, so that those pages are stored once",
             shared >> 20,
-            own >> 20
+            anon >> 20
         ));
     }
     match anon {
