@@ -714,7 +714,7 @@ fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
             "{how:?}: the restored tree takes {after} MiB where the original took {before}: {}",
             m.said
         );
-        let not_sent = bytes_before(&m.said, " bytes of the descendants' memory were the root's");
+        let not_sent = bytes_before(&m.said, " bytes of the descendants' memory were");
         assert!(not_sent >= 100 << 20, "{how:?}: the child's shared pages went again: {}", m.said);
         let sent: u64 =
             m.said.lines().filter(|l| l.contains("sent ahead in")).map(|l| bytes_before(l, " bytes sent")).sum();
@@ -729,18 +729,36 @@ fn a_live_migration_keeps_what_a_tree_shares_since_a_fork_shared() {
 /// hashes its slice to the same digest as before.
 #[test]
 fn a_python_pool_moves_live_and_still_shares_its_parents_memory() {
+    pool_moves_live("mig-live-pool", false);
+}
+
+/// The same pool started by a shell, which is what is moved: the workers share their memory
+/// with the pool's parent, not with the tree's root (the shell), and still go once.
+#[test]
+fn a_python_pool_under_a_shell_moves_live_and_still_shares() {
+    pool_moves_live("mig-live-pool-sh", true);
+}
+
+fn pool_moves_live(name: &str, under_shell: bool) {
     if !require(Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)") {
         return;
     }
     let Some(n) = Nodes::new() else { return };
-    let dir = tmpdir("mig-live-pool");
+    let dir = tmpdir(name);
     let key = keyfile(&dir, "key");
     let _d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
     let log = dir.join("log");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/shared_pool.py");
-    let mut c = n.cmd(&n.a, "/usr/bin/python3", &[script.to_str().unwrap(), log.to_str().unwrap()]);
+    let (script, l) = (script.to_str().unwrap(), log.to_str().unwrap());
+    // (The shell waits for python and then runs ":", so that it does not exec it.)
+    let line = format!("/usr/bin/python3 {script} {l}; :");
+    let mut c = match under_shell {
+        true => n.cmd(&n.a, "/bin/bash", &["-c", &line]),
+        false => n.cmd(&n.a, "/usr/bin/python3", &[script, l]),
+    };
     c.stdin(Stdio::null()).stdout(Stdio::null());
     let mut src = c.spawn().unwrap();
+    let root = src.id() as i32;
     let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
     // Each worker has hashed its slice once: its digest, as it was before the move.
     let digest = |w: usize, skip: usize| {
@@ -750,13 +768,9 @@ fn a_python_pool_moves_live_and_still_shares_its_parents_memory() {
     };
     let before: Vec<(String, String)> = (0..3).map(|w| digest(w, 0)).collect();
     log_line(&log, "parent True", 0);
-    let kids = |p: i32| -> Vec<i32> {
-        let k = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        k.split_whitespace().filter_map(|x| x.parse().ok()).collect()
-    };
-    let pss_here = pss_mib(&[vec![pid], kids(pid)].concat());
-    let p = pid.to_string();
-    let o = migrate(&n, &["--key", &key, "-v", "--live", &p, &n.addr_b]);
+    let pss_here = pss_mib(&[vec![root], descendants(root)].concat());
+    let r = root.to_string();
+    let o = migrate(&n, &["--key", &key, "-v", "--live", &r, &n.addr_b]);
     let err = stderr(&o);
     if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
         let _ = src.kill();
@@ -765,11 +779,12 @@ fn a_python_pool_moves_live_and_still_shares_its_parents_memory() {
     }
     assert!(o.status.success(), "migrate: {err}");
     assert!(gone(&mut src), "the source still runs");
-    let not_sent = bytes_before(&err, " bytes of the descendants' memory were the root's");
+    let not_sent = bytes_before(&err, " bytes of the descendants' memory were");
     assert!(not_sent >= 500 << 20, "the workers' copies of the parent's 200 MiB went: {err}");
-    let new = outer_pid(pid);
-    let tree = [vec![new], kids(new)].concat();
-    assert_eq!(tree.len(), 4, "the pool there: {tree:?}");
+    let new = outer_pid(root);
+    let tree = [vec![new], descendants(new)].concat();
+    assert_eq!(tree.len(), if under_shell { 5 } else { 4 }, "the pool there: {tree:?}");
+    assert!(tree.contains(&outer_pid(pid)), "the pool's parent is not in the tree there: {tree:?}");
     let pss_there = pss_mib(&tree);
     println!("Pss of the pool: {pss_here} MiB here, {pss_there} MiB there");
     assert!(pss_there <= pss_here + 24, "the pool takes {pss_there} MiB there, {pss_here} MiB here: {err}");

@@ -704,20 +704,6 @@ fn a_pre_forking_server_serves_again() {
     assert!(st.success(), "ipcrm -s {sem}");
 }
 
-/// The pids of `pid`'s descendants (not itself).
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
-    for t in tasks.unwrap_or_default() {
-        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
-            out.push(k);
-            out.extend(descendants(k));
-        }
-    }
-    out
-}
-
 /// Private memory a fork left shared (a parent's 256 MiB that its 4 children never wrote)
 /// is stored once, and shared again after the restore: the tree takes the memory it took,
 /// not 5 times as much. The checkpoint leaves the original's sharing as it was, and

@@ -155,7 +155,7 @@ fn run(a: &Args) -> Result<()> {
         }
         if m.ahead.same > 0 {
             eprintln!(
-                "migrate: {} bytes of the descendants' memory were the root's pages, shared since a fork: the last round left them out",
+                "migrate: {} bytes of the descendants' memory were the very pages of an earlier process of the tree, shared since a fork: the last round left them out",
                 m.ahead.same * crate::crf::PAGE_SIZE as u64
             );
         }

@@ -20,9 +20,10 @@ pub const RUN_KEPT: u32 = 2;
 /// pages once the restored process runs (they are not held ahead: a page held ahead at the
 /// same address is stale).
 pub const RUN_LATER: u32 = 4;
-/// Run flag (version 6), only with RUN_KEPT, in a mapping with VMA_KEPT_FIRST: the pages a
-/// live migration sent ahead of the image's first process, which this process shares with it
-/// since a fork (the same pages at the source): the restore takes the first process's.
+/// Run flag (version 6), only with RUN_KEPT, in a mapping with VMA_KEPT_FIRST: pages a live
+/// migration sent ahead of an earlier process of the image (the first that holds an area of
+/// the mapping's range), which this process shares with it since a fork (the same pages at
+/// the source): the restore takes that process's.
 pub const RUN_SHARED: u32 = 8;
 const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT | RUN_LATER | RUN_SHARED;
 

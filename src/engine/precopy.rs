@@ -26,10 +26,11 @@
 //! or from its restored parent, which is one until it is restored), moves its own out of the
 //! way of its mappings ([`Store::clear_there`]) and into place, and drops the others.
 //!
-//! Pages a later process shares with the first one since a fork are sent once: its rounds
-//! leave out those the first one's held pages stand for ([`Source::same_as`]), the image
-//! says to take the first one's (RUN_SHARED: [`Precopied::kept_all`]), and its restore moves
-//! the first one's area into place, its own kept pages over it ([`Part`],
+//! Pages a process shares since a fork with an earlier one of the tree (its base for that
+//! area: the first that holds it with the same range) are sent once: its rounds leave out
+//! those the base's held pages stand for ([`Source::same_as`]), the image says to take the
+//! base's (RUN_SHARED: [`Precopied::kept_all`]), and its restore moves the base's area into
+//! place, its own kept pages over it ([`Part`],
 //! [`Store::copy_aside`]), so that the processes share those pages again.
 //!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
@@ -204,7 +205,7 @@ pub enum Frame {
 pub struct Round {
     pub pages: u64,
     pub took: Duration,
-    /// Pages left out: the first process's, which the destination holds already.
+    /// Pages left out: an earlier process's, which the destination holds already.
     pub same: u64,
 }
 
@@ -231,9 +232,11 @@ pub struct Source {
     sent: Vec<(Area, bool)>,
     /// This round's pages a fork left shared (sorted ranges), read without pinning them.
     shared: Vec<(u64, u64)>,
-    /// The pages the last round left out as the very pages of the tree's first process's
-    /// (see [`Source::same_as`]), less those written since (sorted ranges).
+    /// The pages the last round left out as the very pages of an earlier process's (see
+    /// [`Source::same_as`]), less those written since (sorted ranges).
     same: Vec<(u64, u64)>,
+    /// Whose, per area (by start).
+    same_base: BTreeMap<u64, i32>,
 }
 
 impl std::fmt::Debug for Source {
@@ -279,6 +282,7 @@ impl Source {
             frame: Vec::new(),
             shared: Vec::new(),
             same: Vec::new(),
+            same_base: BTreeMap::new(),
             sent: Vec::new(),
         })
     }
@@ -365,14 +369,14 @@ impl Source {
     /// One round: follows the mappings, tracks new ones, sends (`send(areas, pages)`: an
     /// Areas frame when they changed, then Pages frames) the pages that hold data and that the
     /// destination does not hold as they are. Returns what it sent.
-    /// With `first` (the tree's first process, whose round went just before; a live
-    /// migration's), the pages that are the very pages that one has at the same addresses,
-    /// held by the destination as they are, are left out (see [`Source::same_as`]): the
-    /// destination takes that one's (see [`Precopied::kept_all`]).
+    /// With `earlier` (the tree's processes whose rounds went before; a live migration's),
+    /// the pages that are the very pages one of those has at the same addresses, held by the
+    /// destination as they are, are left out (see [`Source::same_as`]): the destination
+    /// takes that one's (see [`Precopied::kept_all`]).
     pub fn round(
         &mut self,
         send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
-        first: Option<&mut Source>,
+        earlier: &mut [Source],
     ) -> Result<Round> {
         let t0 = Instant::now();
         let pid = self.pid;
@@ -438,10 +442,7 @@ impl Source {
                 }
             }
         }
-        self.same = match first {
-            Some(f) => self.same_as(f, &want)?,
-            None => Vec::new(),
-        };
+        self.same = self.same_as(earlier, &want)?;
         if !self.same.is_empty() {
             want = minus(&want, &self.same);
         }
@@ -535,18 +536,29 @@ impl Source {
     }
 
     /// Of `want` (sorted ranges this round would send, each within one area), the pages that
-    /// are the very pages `first` has at the same addresses (the same frame: they share it
-    /// since a fork), in an area both hold with the same range, where the destination holds
-    /// `first`'s page: it has those pages already, as they are. (A page both map is
-    /// unchanged since the fork: a write by either would have made a copy; and `first` has
-    /// mapped it since it sent it, for it cannot map it again. Which pages are the same the
-    /// frame numbers say, which only root sees: without them, none is.) Sorted ranges.
-    fn same_as(&mut self, first: &mut Source, want: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+    /// are the very pages the first of `earlier` that holds the area with the same range (its
+    /// base, noted in `same_base`) has at the same addresses (the same frame: they share it
+    /// since a fork), where the destination holds the base's page: it has those pages
+    /// already, as they are. (A page both map is unchanged since the fork: a write by either
+    /// would have made a copy; and the base has mapped it since it sent it, for it cannot map
+    /// it again. Which pages are the same the frame numbers say, which only root sees:
+    /// without them, none is.) Sorted ranges.
+    fn same_as(&mut self, earlier: &mut [Source], want: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+        self.same_base.clear();
         let shared = intersect(want, &self.shared);
         let mut out: Vec<(u64, u64)> = Vec::new();
+        if shared.is_empty() {
+            return Ok(out);
+        }
         for (&start, (a, _)) in &self.held {
-            let Some((_, bits)) = first.held.get(&start).filter(|(fa, _)| fa == a) else { continue };
             let lo = shared.partition_point(|r| r.1 <= a.start);
+            if shared.get(lo).is_none_or(|r| r.0 >= a.end) {
+                continue;
+            }
+            let held_so = |f: &&mut Source| f.held.get(&start).is_some_and(|(fa, _)| fa == a);
+            let Some(base) = earlier.iter_mut().find(held_so) else { continue };
+            let bits = &base.held[&start].1;
+            let before = out.len();
             for &(s, e) in shared[lo..].iter().take_while(|r| r.0 < a.end) {
                 let (s, e) = (s.max(a.start), e.min(a.end));
                 let i0 = ((s - a.start) / PAGE) as usize;
@@ -554,7 +566,7 @@ impl Source {
                     continue;
                 }
                 // (Both run: neither is frozen before the last round.)
-                let theirs = first.tracker.pagemap().shared_frames(s, e)?;
+                let theirs = base.tracker.pagemap().shared_frames(s, e)?;
                 let ours = self.tracker.pagemap().shared_frames(s, e)?;
                 for (k, (o, t)) in ours.iter().zip(&theirs).enumerate() {
                     if *o != 0 && o == t && bits[i0 + k] {
@@ -562,6 +574,9 @@ impl Source {
                         crate::ptrace::pagemap::join(&mut out, p, p + PAGE);
                     }
                 }
+            }
+            if out.len() > before {
+                self.same_base.insert(start, base.pid);
             }
         }
         Ok(out)
@@ -587,7 +602,7 @@ impl Source {
             }
             all.extend(data);
         }
-        // (Not those the first process's held pages stand for, as they are.)
+        // (Not those an earlier process's held pages stand for, as they are.)
         left -= intersect(&all, &self.same).iter().map(|r| r.1 - r.0).sum::<u64>().min(left);
         Ok(left)
     }
@@ -676,9 +691,9 @@ pub struct Ahead {
     pub frozen_throughout: Vec<String>,
     /// The processes whose memory was copied ahead, the root first.
     pub tracked: Vec<i32>,
-    /// Pages of the root's descendants the last round left out: the very pages of the
-    /// root's at the same addresses (they share them since a fork), which the destination
-    /// holds as the root's.
+    /// Pages of the root's descendants the last round left out: the very pages of an
+    /// earlier process's at the same addresses (they share them since a fork), which the
+    /// destination holds as that one's.
     pub same: u64,
 }
 
@@ -703,7 +718,7 @@ impl Source {
 /// frame. A process other than the first that ended meanwhile leaves the rounds (it is not
 /// in the image), and its areas go (an Areas frame of none): the destination holds nothing
 /// more of it.
-/// With `same`, a process's pages that are the first one's are left out (see
+/// With `same`, a process's pages that are an earlier one's are left out (see
 /// [`Source::round`]).
 fn round_all(
     srcs: &mut Vec<Source>,
@@ -716,11 +731,12 @@ fn round_all(
     while i < srcs.len() {
         let pid = srcs[i].pid;
         send(Frame::Member, &mut (pid as u32).to_le_bytes())?;
-        let (head, rest) = srcs.split_at_mut(i);
-        let first = head.first_mut().filter(|_| same);
+        let at = if same { i } else { 0 };
+        let (earlier, rest) = srcs.split_at_mut(at);
+        let me = &mut rest[i - at];
         // (Ended, its pid may be another process's by now: not that one's pages.)
-        let r = match rest[0].ended() {
-            false => rest[0].round(send, first),
+        let r = match me.ended() {
+            false => me.round(send, earlier),
             true => Err(Error::Proc(format!("pid {pid} ended"))),
         };
         match r {
@@ -765,7 +781,7 @@ fn left_all(srcs: &mut [Source]) -> Result<u64> {
 /// rest). With `post` (the hybrid mode: what is left follows once the processes run there),
 /// HYBRID_ROUNDS at most: the first sends their memory, the next what they wrote meanwhile.
 /// `same`: a live migration's destination, which takes pages the processes share as the
-/// first one's: they are left out (see [`Source::round`]).
+/// earlier one's: they are left out (see [`Source::round`]).
 pub fn rounds(
     srcs: &mut Vec<Source>,
     (budget, post, same): (Duration, bool, bool),
@@ -830,7 +846,7 @@ pub fn rounds(
 #[derive(Clone)]
 pub struct Precopied {
     srcs: std::sync::Arc<std::sync::Mutex<Vec<Source>>>,
-    /// The destination takes the pages a process shares with the first one since a fork as
+    /// The destination takes the pages a process shares with an earlier one since a fork as
     /// that one's (a live migration: [`Precopied::kept_all`]).
     shares: bool,
 }
@@ -847,7 +863,7 @@ impl Precopied {
         Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), shares: false }
     }
     /// For a live migration, whose destination takes the pages processes of the tree share
-    /// as the first one's.
+    /// as the earlier one's.
     pub fn migration(srcs: Vec<Source>) -> Precopied {
         Precopied { shares: true, ..Precopied::new(srcs) }
     }
@@ -882,34 +898,46 @@ impl Precopied {
 
     /// For the frozen processes of `states` (the first one first): per process,
     /// [`Source::kept`]; after the first, with a live migration's, also the pages the rounds
-    /// left out as the first one's (see [`Source::round`]) that it has not written since and
-    /// that hold data, where the first one's page is kept, in a mapping the held area
-    /// becomes that both hold with the same range: the image says to take those as the
-    /// first one's (RUN_SHARED, in mappings marked VMA_KEPT_FIRST), so that the restored
-    /// processes share them again, and they never went twice.
+    /// left out as an earlier process's (see [`Source::round`]) that it has not written
+    /// since and that hold data, where that process's page is kept, in a mapping the held
+    /// area becomes: the image says to take those as that process's (RUN_SHARED, in mappings
+    /// marked VMA_KEPT_FIRST), so that the restored processes share them again, and they
+    /// never went twice. That process is the image's first before this one that holds an
+    /// area of the same range, as a restore finds it (an area whose rounds took another
+    /// process's pages shares none).
     pub fn kept_all(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
         let mut out = Vec::with_capacity(states.len());
         for st in states.iter() {
             out.push(Kept { kept: self.kept(st.head.pid, &st.vmas)?, shared: Vec::new() });
         }
-        let Some((first, rest)) = states.split_first_mut().filter(|_| self.shares) else { return Ok(out) };
-        let first_pid = first.head.pid;
-        let (first_areas, first_kept) = (self.areas_of(first_pid)?, out[0].kept.clone());
-        for (st, k) in rest.iter_mut().zip(out[1..].iter_mut()) {
-            let same = self.with(|srcs| {
-                Ok(srcs.iter().find(|s| s.pid == st.head.pid).map(|s| intersect(&s.same, &s.data)).unwrap_or_default())
+        if !self.shares || states.len() < 2 {
+            return Ok(out);
+        }
+        let areas: Vec<BTreeMap<u64, Area>> =
+            states.iter().map(|st| self.areas_of(st.head.pid)).collect::<Result<_>>()?;
+        // (Their own: an earlier process's pages held as yet another's are not its to lend.)
+        let own: Vec<Vec<(u64, u64)>> = out.iter().map(|k| k.kept.clone()).collect();
+        for i in 1..states.len() {
+            let pid = states[i].head.pid;
+            let (same, bases) = self.with(|srcs| {
+                Ok(srcs
+                    .iter()
+                    .find(|s| s.pid == pid)
+                    .map(|s| (intersect(&s.same, &s.data), s.same_base.clone()))
+                    .unwrap_or_default())
             })?;
             if same.is_empty() {
                 continue;
             }
-            let areas = self.areas_of(st.head.pid)?;
-            let same = intersect(&same, &first_kept);
-            for v in st.vmas.iter_mut().filter(|v| eligible(v)) {
-                let Some(a) = areas.get(&v.start).filter(|a| becomes(a, v) && first_areas.get(&a.start) == Some(*a))
-                else {
+            let (before, after) = states.split_at_mut(i);
+            let k = &mut out[i];
+            for v in after[0].vmas.iter_mut().filter(|v| eligible(v)) {
+                let Some(a) = areas[i].get(&v.start).filter(|a| becomes(a, v)) else { continue };
+                let Some(j) = (0..i).find(|&j| areas[j].get(&a.start) == Some(a)) else { continue };
+                if bases.get(&a.start) != Some(&before[j].head.pid) {
                     continue;
-                };
-                let here = intersect(&same, &[(a.start, v.end.min(a.end))]);
+                }
+                let here = intersect(&intersect(&same, &own[j]), &[(a.start, v.end.min(a.end))]);
                 if !here.is_empty() {
                     v.flags |= memory::VMA_KEPT_FIRST;
                     k.shared.extend(here);
@@ -921,8 +949,7 @@ impl Precopied {
                 k.kept = all;
             }
             log::debug!(
-                "pid {}: {} bytes kept as pid {first_pid}'s",
-                st.head.pid,
+                "pid {pid}: {} bytes kept as an earlier process's",
                 k.shared.iter().map(|r| r.1 - r.0).sum::<u64>()
             );
         }
@@ -942,7 +969,7 @@ impl Precopied {
 }
 
 /// What the destination holds of a frozen process's pages (sorted ranges of addresses): all
-/// of them (kept runs), and of those, the ones it holds as the first process's.
+/// of them (kept runs), and of those, the ones it holds as an earlier process's.
 #[derive(Clone, Debug, Default)]
 pub struct Kept {
     pub kept: Vec<(u64, u64)>,
@@ -964,23 +991,26 @@ struct Held {
     huge: bool,
     /// Per huge page of the area (2 MiB, aligned in the process): collapsed already.
     collapsed: Vec<bool>,
-    /// Left where it is in the restored process, its kept pages to be copied into the first
+    /// Left where it is in the restored process, its kept pages to be copied over an earlier
     /// process's held pages moved in place of it (see [`Part`]).
     aside: bool,
 }
 
 /// Which of a restored process's mappings a store's areas become (see [`Store::move_into`]):
-/// its own store's, all but those marked VMA_KEPT_FIRST, whose pages partly are the first
-/// process's; the first process's store's, only those.
+/// its own store's, all but those marked VMA_KEPT_FIRST, whose pages partly are an earlier
+/// process's; an earlier process's store's, those of them it is the base of (by start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Part {
+pub enum Part<'a> {
     Own,
-    First,
+    Base(&'a [u64]),
 }
 
-impl Part {
+impl Part<'_> {
     fn takes(self, p: &memory::Plan) -> bool {
-        (p.vma.flags & memory::VMA_KEPT_FIRST != 0) == (self == Part::First)
+        match self {
+            Part::Own => p.vma.flags & memory::VMA_KEPT_FIRST == 0,
+            Part::Base(starts) => starts.contains(&p.vma.start),
+        }
     }
 }
 
@@ -1410,6 +1440,11 @@ impl Store {
         self.held.values().map(|h| h.area.end - h.area.start).sum()
     }
 
+    /// Whether an area held here becomes mapping `p` of the image (see [`becomes`]).
+    pub fn becomes(&self, p: &memory::Plan) -> bool {
+        self.held.get(&p.vma.start).is_some_and(|h| becomes(&h.area, &p.vma))
+    }
+
     /// The image's mappings (`plans`, sorted) that an area held here becomes, of those `part`
     /// takes: sorted ranges.
     pub fn moved(&self, plans: &[memory::Plan], part: Part) -> Vec<(u64, u64)> {
@@ -1424,7 +1459,7 @@ impl Store {
     /// In the restored process (`c`), its pages moved into place: each area held that
     /// becomes one of the image's mappings (see [`becomes`]) that `part` takes is moved
     /// there, made that mapping's size (map_all left its range free: see [`Store::moved`]);
-    /// of its own store (`Part::Own`), one that becomes a mapping the first process's take is
+    /// of its own store (`Part::Own`), one that becomes a mapping an earlier process's take is
     /// left aside, for [`Store::copy_aside`]; the others are unmapped. `plans` is sorted by
     /// address.
     pub fn move_into(&mut self, c: &mut crate::ptrace::Ctl, plans: &[memory::Plan], part: Part) -> Result<()> {
@@ -1452,14 +1487,14 @@ impl Store {
     }
 
     /// Once the image's pages are in: the kept pages of the areas left aside (see
-    /// [`Store::move_into`]) are copied over the first process's, which `first` moved into
-    /// their place (and counts as written), and the areas go. In process `c`, whose pid is
-    /// `pid` here.
-    pub fn copy_aside(&mut self, c: &mut crate::ptrace::Ctl, pid: i32, first: &mut Store) -> Result<()> {
+    /// [`Store::move_into`]) are copied over an earlier process's, moved into their place,
+    /// and the areas go. In process `c`, whose pid is `pid` here. Returns what it wrote, for
+    /// those processes' stores ([`Store::written`]).
+    pub fn copy_aside(&mut self, c: &mut crate::ptrace::Ctl, pid: i32) -> Result<Vec<(u64, usize, usize)>> {
         // In batches of up to 4 MiB: each read in one go, each written with one call.
         const BATCH: usize = 1024;
         let mut l = crate::ptrace::calls::Calls::new();
-        let mut buf = Vec::new();
+        let (mut buf, mut written) = (Vec::new(), Vec::new());
         for h in self.held.values_mut().filter(|h| h.aside) {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for (i, _) in h.state.iter().enumerate().filter(|(_, x)| **x == 2) {
@@ -1487,15 +1522,14 @@ impl Store {
                 let all: Vec<(u64, u64)> = from.iter().map(|&(s, n)| (s, s + n as u64)).collect();
                 crate::ptrace::mem::read_runs_unpinned(pid, &from, &mut buf, &all)?;
                 crate::ptrace::mem::write_runs(pid, &batch, &buf)?;
-                let targets: Vec<(u64, usize, usize)> = batch.iter().map(|&(s, n)| (s, n, 0)).collect();
-                first.written(&targets);
+                written.extend(batch.iter().map(|&(s, n)| (s, n, 0)));
             }
             l.munmap(h.there, h.area.end - h.area.start);
             h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
             h.aside = false;
         }
         let area = c.scratch.clone();
-        c.run_at_once(&l, &area).map(drop)
+        c.run_at_once(&l, &area).map(|_| written)
     }
 
     /// Kept runs of the image, `runs` (start, end): each must be pages held as received.
@@ -1635,17 +1669,20 @@ impl Stores {
         self.by_pid.get_mut(&pid)
     }
 
-    /// What was sent ahead of process `pid`, and of `first` (another).
-    pub fn with_first(&mut self, pid: i32, first: i32) -> (Option<&mut Store>, Option<&mut Store>) {
-        let (mut own, mut theirs) = (None, None);
+    /// What was sent ahead of process `pid`, and of each of `earlier` (others), in that
+    /// order (those sent nothing left out).
+    pub fn with_earlier(&mut self, pid: i32, earlier: &[i32]) -> (Option<&mut Store>, Vec<&mut Store>) {
+        let mut own = None;
+        let mut theirs: Vec<(usize, &mut Store)> = Vec::new();
         for (p, s) in self.by_pid.iter_mut() {
             if *p == pid {
                 own = Some(s);
-            } else if *p == first {
-                theirs = Some(s);
+            } else if let Some(k) = earlier.iter().position(|e| e == p) {
+                theirs.push((k, s));
             }
         }
-        (own, theirs)
+        theirs.sort_unstable_by_key(|t| t.0);
+        (own, theirs.into_iter().map(|t| t.1).collect())
     }
 }
 

@@ -427,15 +427,14 @@ fn restore_all<R: Input>(
             .iter_mut()
             .find(|p| p.original == original)
             .ok_or_else(|| Error::Proc(format!("pid {original} was not created")))?;
-        // (With the first process's pages sent ahead, which it may share: see restore_one.)
+        // (With the earlier processes' pages sent ahead, which it may share: see restore_one.)
         let held = match (cow.as_mut(), store.as_deref_mut()) {
             (Some(c), _) => {
                 c.rearm();
-                (Some(c), None)
+                (Some(c), Vec::new())
             }
-            (None, Some(s)) if i > 0 => s.with_first(original, first_pid),
-            (None, Some(s)) => (s.get_mut(original), None),
-            (None, None) => (None, None),
+            (None, Some(s)) => s.with_earlier(original, &live[..i]),
+            (None, None) => (None, Vec::new()),
         };
         let (next, exe_set, null_stdio) = restore_one(
             &mut rd,
@@ -644,8 +643,9 @@ fn write_later<R: Input>(
 }
 
 /// The pages held here for a process: its own (sent ahead, or the tree's shared ones), and the
-/// first process's sent ahead, which it may share (see memory::VMA_KEPT_FIRST).
-type Held2<'a> = (Option<&'a mut Store>, Option<&'a mut Store>);
+/// earlier processes' sent ahead, in the image's order, which it may share (see
+/// memory::VMA_KEPT_FIRST).
+type Held2<'a> = (Option<&'a mut Store>, Vec<&'a mut Store>);
 
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
 /// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
@@ -656,7 +656,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, (mut store, first), offsets, copies): (&mut family::Proc, Held2, Option<InImage>, &mut memory::FileCopies),
+    (p, (mut store, earlier), offsets, copies): (&mut family::Proc, Held2, Option<InImage>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -669,22 +669,25 @@ fn restore_one<R: Input>(
     let as_owner = creds::AsOwner::enter(&st.head)?;
     files::check(&st.files, same_boot)?;
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
-    // Mappings whose pages are partly the first process's (a live migration's tree, which
-    // shares them since a fork): the first process's held area goes into place, this one's
-    // own kept pages over it (precopy::Part).
-    let mut first = match first {
-        _ if !plans.iter().any(|p| p.vma.flags & memory::VMA_KEPT_FIRST != 0) => None,
-        Some(f) if store.is_some() => {
-            f.rearm();
-            Some(f)
+    // Mappings whose pages are partly an earlier process's (a live migration's tree, which
+    // shares them since a fork): the held area of the first earlier process that holds one
+    // of the same range (its base) goes into place, this one's own kept pages over it
+    // (precopy::Part).
+    let mut based: Vec<Vec<u64>> = vec![Vec::new(); earlier.len()];
+    for p in plans.iter().filter(|p| p.vma.flags & memory::VMA_KEPT_FIRST != 0) {
+        match earlier.iter().position(|s| s.becomes(p)).filter(|_| store.is_some()) {
+            Some(k) => based[k].push(p.vma.start),
+            None => {
+                return Err(Error::Refused(format!(
+                    "the image of pid {} takes pages of {:#x}-{:#x} as an earlier process's, which no live migration sent ahead of both: it is damaged, or restores only at the destination of that migration",
+                    st.head.pid, p.vma.start, p.vma.end
+                )));
+            }
         }
-        _ => {
-            return Err(Error::Refused(format!(
-                "the image of pid {} takes pages as its first process's, which no live migration sent ahead of both: it is damaged, or restores only at the destination of that migration",
-                st.head.pid
-            )));
-        }
-    };
+    }
+    let mut bases: Vec<(&mut Store, Vec<u64>)> =
+        earlier.into_iter().zip(based).filter(|(_, b)| !b.is_empty()).collect();
+    bases.iter_mut().for_each(|(s, _)| s.rearm());
     // A mapping of a deleted file, a memfd or the tree's shared memory maps the one the
     // restorer made again, as inherited.
     for p in plans.iter_mut().filter(|p| p.vma.flags & memory::VMA_REMADE != 0) {
@@ -770,7 +773,8 @@ fn restore_one<R: Input>(
     }
     let special = |m: &MapEntry| m.is_vdso_or_vvar() || m.name == "[vsyscall]";
     // (And the pages sent ahead, until step 5 moves them into place.)
-    let mut ahead: Vec<(u64, u64)> = store.iter().chain(first.iter()).flat_map(|s| s.ranges()).collect();
+    let mut ahead: Vec<(u64, u64)> =
+        store.iter().map(|s| &**s).chain(bases.iter().map(|b| &*b.0)).flat_map(|s| s.ranges()).collect();
     ahead.sort_unstable();
     let keep: Vec<(u64, u64)> = child_maps
         .iter()
@@ -787,7 +791,7 @@ fn restore_one<R: Input>(
     // A tree's process after the first has the pages sent ahead of it where they were in
     // rstrt when it was forked, before its mappings were known: out of their way first.
     let ranges: Vec<(u64, u64)> = st.vmas.iter().map(|v| (v.start, v.end)).collect();
-    for s in store.iter_mut().chain(first.iter_mut()) {
+    for s in store.iter_mut().map(|s| &mut **s).chain(bases.iter_mut().map(|b| &mut *b.0)) {
         s.clear_there(&mut c, &ranges, &mut avoid)?;
     }
 
@@ -881,15 +885,15 @@ fn restore_one<R: Input>(
     //    checks where it may go), then every mapping and its pages.
     move_specials(&mut c, &child_maps, &st.vmas, &avoid)?;
     let mut moved = store.as_ref().map(|s| s.moved(&plans, Part::Own)).unwrap_or_default();
-    moved.extend(first.as_ref().map(|s| s.moved(&plans, Part::First)).unwrap_or_default());
+    moved.extend(bases.iter().flat_map(|(s, b)| s.moved(&plans, Part::Base(b))));
     moved.sort_unstable();
     memory::map_all(&mut c, &plans, &moved)?;
     step("5 (mapped)");
     if let Some(st) = store.as_deref_mut() {
         st.move_into(&mut c, &plans, Part::Own)?;
     }
-    if let Some(f) = first.as_deref_mut() {
-        f.move_into(&mut c, &plans, Part::First)?;
+    for (s, b) in bases.iter_mut() {
+        s.move_into(&mut c, &plans, Part::Base(b))?;
     }
     copies.write_into(pid, &plans)?;
     // Pages of fresh private anonymous mappings go in with UFFDIO_COPY (not with a lazy
@@ -928,16 +932,21 @@ fn restore_one<R: Input>(
             later.clear();
             as_first.clear();
             let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_first))?;
-            // (`first` is there for any mapping marked so: checked above.)
-            if let Some(f) = first.as_deref_mut() {
-                f.keep(&as_first).map_err(|_| {
-                    let (s, e) = as_first.first().copied().unwrap_or_default();
+            // (Each lies in a mapping marked so, whose base was found above.)
+            for (s, b) in bases.iter_mut() {
+                let base_of = |r: &&(u64, u64)| {
+                    let i = plans.partition_point(|p| p.vma.end <= r.0);
+                    plans.get(i).is_some_and(|p| b.contains(&p.vma.start))
+                };
+                let runs: Vec<(u64, u64)> = as_first.iter().filter(base_of).copied().collect();
+                s.keep(&runs).map_err(|_| {
+                    let (s, e) = runs.first().copied().unwrap_or_default();
                     Error::Refused(format!(
-                        "the image takes pages {s:#x}-{e:#x} of pid {} as its first process's, which were not sent ahead of that one: it is damaged",
+                        "the image takes pages {s:#x}-{e:#x} of pid {} as an earlier process's, which were not sent ahead of that one: it is damaged",
                         st.head.pid
                     ))
                 })?;
-                f.written(&targets);
+                s.written(&targets);
             }
             if !later.is_empty() {
                 if !remote {
@@ -1025,12 +1034,13 @@ fn restore_one<R: Input>(
         w.finish()
     })?;
     drop(fill);
-    if let (Some(st), Some(f)) = (store.as_deref_mut(), first.as_deref_mut()) {
+    if let Some(st) = store.as_deref_mut().filter(|_| !bases.is_empty()) {
         step("5 (image's)");
-        st.copy_aside(&mut c, pid, f)?;
-        step("5 (own kept over the first's)");
+        let copied = st.copy_aside(&mut c, pid)?;
+        bases.iter_mut().for_each(|(s, _)| s.written(&copied));
+        step("5 (own kept over the earlier's)");
     }
-    for st in store.iter().chain(first.iter()) {
+    for st in store.iter().map(|s| &**s).chain(bases.iter().map(|b| &*b.0)) {
         st.drop_stale(&mut c)?;
     }
     debug!("pid {pid}: {npages} pages written");

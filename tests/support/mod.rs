@@ -485,3 +485,17 @@ pub fn pss_mib(pids: &[i32]) -> u64 {
         .sum();
     kib / 1024
 }
+
+/// The pids of `pid`'s descendants (not itself).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+    for t in tasks.unwrap_or_default() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+            out.push(k);
+            out.extend(descendants(k));
+        }
+    }
+    out
+}

@@ -96,7 +96,7 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
 pub type Span = (u64, u64);
 
 /// Kept runs within `ranges` (sorted) get `flag` too (RUN_LATER: sent later; RUN_SHARED: held
-/// as the first process's), cut at its edges.
+/// as an earlier process's), cut at its edges.
 fn mark_kept(runs: Vec<Run>, ranges: &[(u64, u64)], flag: u32) -> Vec<Run> {
     if ranges.is_empty() {
         return runs;
@@ -131,7 +131,7 @@ pub struct NotStored<'a> {
     pub kept: &'a [Span],
     /// Of those, the ones a post-copy's source sends once the process runs (RUN_LATER).
     pub later: &'a [Span],
-    /// Of those, the first process's pages sent ahead, which this one shares (RUN_SHARED).
+    /// Of those, an earlier process's pages sent ahead, which this one shares (RUN_SHARED).
     pub shared: &'a [Span],
 }
 
@@ -284,7 +284,7 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
 /// otherwise): written as kept runs, without data, and not counted; of them, those in
 /// `not.later` (a post-copy) as runs sent later, which it returns too, as (start, end) ranges:
 /// the pages in memory or in swap there (one look at the page tables for both); those in
-/// `not.shared` as held as the first process's.
+/// `not.shared` as held as an earlier process's.
 pub fn dump_pages<W: Sink>(
     pid: i32,
     vmas: &[Vma],
@@ -444,7 +444,7 @@ pub fn batch_targets(
         if r.flags & RUN_SHARED != 0 && v.flags & VMA_KEPT_FIRST == 0 {
             return Err(Error::Image(crate::crf::CrfError::Bad {
                 offset: at,
-                what: format!("page run {:#x} is held as the first process's in a mapping not marked so", r.addr),
+                what: format!("page run {:#x} is held as an earlier process's in a mapping not marked so", r.addr),
             }));
         }
         if r.flags & RUN_LATER != 0 {
@@ -938,7 +938,7 @@ mod tests {
         };
         assert!(t(0x2000, 1, 0).is_ok());
         assert!(t(0x2000, 2, 0).is_err());
-        // Held as the first process's only in a mapping marked so.
+        // Held as an earlier process's only in a mapping marked so.
         assert!(t(0x1000, 1, RUN_KEPT | RUN_SHARED).is_err());
         let e = t(0x5000, 1, 0).unwrap_err();
         assert!(e.to_string().contains("offset 64"), "{e}");

@@ -63,9 +63,10 @@ pub const VMA_SYSV: u32 = 1 << 17;
 /// a restore that cannot map the file itself writes that process's copy of them.
 pub const VMA_COPY_ELSEWHERE: u32 = 1 << 18;
 /// (Version 6.) A private anonymous mapping of a process after the first whose kept runs
-/// with RUN_SHARED are pages the first process's pages sent ahead hold (a live migration of a
-/// tree, whose processes share them since a fork): the restore moves the first process's
-/// held area of the same range into place, and its own kept pages over it.
+/// with RUN_SHARED are pages sent ahead of an earlier process of the image, the first that
+/// holds an area of the same range (a live migration of a tree, whose processes share them
+/// since a fork): the restore moves that process's held area into place, and its own kept
+/// pages over it.
 pub const VMA_KEPT_FIRST: u32 = 1 << 19;
 /// The mappings of something a restore makes again before it maps it.
 pub const VMA_REMADE: u32 = VMA_DELETED | VMA_TREE_SHM | VMA_MEMFD;
@@ -161,7 +162,7 @@ pub fn describe_vmas(vmas: &[Vma], stored: &std::collections::BTreeMap<u64, u64>
             advice.push("unmodified pages with an earlier process");
         }
         if m.flags & VMA_KEPT_FIRST != 0 {
-            advice.push("shares pages held as the first process's");
+            advice.push("shares pages held as an earlier process's");
         }
         if !advice.is_empty() {
             extra.push_str(&format!(" [{}]", advice.join(" ")));
@@ -231,7 +232,7 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             && !(v.flags & VMA_SHARED != 0 && v.flags & VMA_FILE_COPY != 0)
             // Pages stored elsewhere are a file copy's, of a file the image names.
             && (v.flags & VMA_COPY_ELSEWHERE == 0 || (v.flags & VMA_FILE_COPY != 0 && v.kind == KIND_FILE))
-            // Pages held as the first process's only where a restore may move them in.
+            // Pages held as an earlier process's only where a restore may move them in.
             && (v.flags & VMA_KEPT_FIRST == 0 || private_anon(&v));
         if !ok {
             return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
