@@ -933,8 +933,12 @@ impl Precopied {
             let k = &mut out[i];
             for v in after[0].vmas.iter_mut().filter(|v| eligible(v)) {
                 let Some(a) = areas[i].get(&v.start).filter(|a| becomes(a, v)) else { continue };
-                let Some(j) = (0..i).find(|&j| areas[j].get(&a.start) == Some(a)) else { continue };
-                if bases.get(&a.start) != Some(&before[j].head.pid) {
+                // The base as the restore finds it: the first earlier process with an area
+                // held that becomes this mapping (Store::becomes), which must be the very one
+                // the rounds compared with, holding the same range.
+                let becomes_too = |j: &usize| areas[*j].get(&a.start).is_some_and(|x| x.noreserve == a.noreserve);
+                let Some(j) = (0..i).find(becomes_too) else { continue };
+                if areas[j].get(&a.start) != Some(a) || bases.get(&a.start) != Some(&before[j].head.pid) {
                     continue;
                 }
                 let here = intersect(&intersect(&same, &own[j]), &[(a.start, v.end.min(a.end))]);
