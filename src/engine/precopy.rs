@@ -565,8 +565,9 @@ impl Source {
                 if !bits[i0..i0 + ((e - s) / PAGE) as usize].iter().any(|&b| b) {
                     continue;
                 }
-                // (Both run: neither is frozen before the last round.)
-                let theirs = base.tracker.pagemap().shared_frames(s, e)?;
+                // (Both run: neither is frozen before the last round. A base that ended since
+                // its round shares nothing: the next round lets it go.)
+                let Ok(theirs) = base.tracker.pagemap().shared_frames(s, e) else { break };
                 let ours = self.tracker.pagemap().shared_frames(s, e)?;
                 for (k, (o, t)) in ours.iter().zip(&theirs).enumerate() {
                     if *o != 0 && o == t && bits[i0 + k] {
@@ -846,6 +847,9 @@ pub fn rounds(
 #[derive(Clone)]
 pub struct Precopied {
     srcs: std::sync::Arc<std::sync::Mutex<Vec<Source>>>,
+    /// The pids of the processes whose Source [`Precopied::freeze`] dropped (not frozen, or
+    /// ended): the destination may hold their last areas still (see [`Precopied::kept_all`]).
+    dropped: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
     /// The destination takes the pages a process shares with an earlier one since a fork as
     /// that one's (a live migration: [`Precopied::kept_all`]).
     shares: bool,
@@ -860,7 +864,7 @@ impl std::fmt::Debug for Precopied {
 impl Precopied {
     /// For a running checkpoint, whose image holds each process's pages copied ahead.
     pub fn new(srcs: Vec<Source>) -> Precopied {
-        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), shares: false }
+        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), dropped: Default::default(), shares: false }
     }
     /// For a live migration, whose destination takes the pages processes of the tree share
     /// as the earlier one's.
@@ -874,10 +878,20 @@ impl Precopied {
     /// See [`Source::freeze`], for each tracked process of the frozen ones, `pids`; the
     /// others (ended since the last round) are dropped.
     pub fn freeze(&self, pids: &[i32]) -> Result<()> {
+        let mut gone = Vec::new();
         self.with(|srcs| {
-            srcs.retain(|s| pids.contains(&s.pid) && !s.ended());
+            srcs.retain(|s| match pids.contains(&s.pid) && !s.ended() {
+                true => true,
+                false => {
+                    gone.push(s.pid);
+                    false
+                }
+            });
             srcs.iter_mut().try_for_each(|s| s.freeze())
-        })
+        })?;
+        let mut d = self.dropped.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
+        d.extend(gone);
+        Ok(())
     }
     /// See [`Source::unmark`], for process `pid` if it is tracked.
     pub fn unmark(&self, pid: i32, maps: &mut [MapEntry]) -> Result<()> {
@@ -911,6 +925,14 @@ impl Precopied {
             out.push(Kept { kept: self.kept(st.head.pid, &st.vmas)?, shared: Vec::new() });
         }
         if !self.shares || states.len() < 2 {
+            return Ok(out);
+        }
+        // A process of the image with the pid of one whose tracking ended at the freeze (the
+        // pid reused since): the destination may hold that one's last areas under it, and
+        // take them for a base where we see none. Nothing is shared then (it never is, but
+        // for such a race).
+        let dropped = self.dropped.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?.clone();
+        if states.iter().any(|st| dropped.contains(&st.head.pid)) {
             return Ok(out);
         }
         let areas: Vec<BTreeMap<u64, Area>> =
