@@ -1121,11 +1121,10 @@ fn write<W: Sink>(
                 states.iter().zip(&c.sources).map(|(s, r)| (s.head.pid, r.as_slice())).collect();
             pages += memory::dump_shared(&sources, &mut w, spare)?;
         }
-        let none = super::precopy::Kept::default();
         let (kept, shared) = match (ahead.get(i), cow) {
             (Some(k), _) => (k.kept.clone(), k.shared.as_slice()),
             (None, Some(c)) => (c.kept[i].clone(), &[][..]),
-            (None, None) => (Vec::new(), &none.shared[..]),
+            (None, None) => (Vec::new(), &[][..]),
         };
         // A post-copy sends the rest of those ranges later (after a pre-copy, what changed
         // since it or never went), of every process.

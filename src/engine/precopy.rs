@@ -727,7 +727,7 @@ fn round_all(
     send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
 ) -> Result<Round> {
     let t0 = Instant::now();
-    let (mut pages, mut as_first) = (0, 0);
+    let (mut pages, mut left_out) = (0, 0);
     let mut i = 0;
     while i < srcs.len() {
         let pid = srcs[i].pid;
@@ -741,7 +741,7 @@ fn round_all(
             true => Err(Error::Proc(format!("pid {pid} ended"))),
         };
         match r {
-            Ok(r) => (pages, as_first) = (pages + r.pages, as_first + r.same),
+            Ok(r) => (pages, left_out) = (pages + r.pages, left_out + r.same),
             Err(e) if i > 0 && srcs[i].ended() => {
                 log::debug!("pid {pid} ended during the pre-copy ({e}): no more rounds of it");
                 send(Frame::Areas, &mut encode_areas(&[])[..])?;
@@ -756,7 +756,7 @@ fn round_all(
     // the round (a round ended at the socket would leave it to the freeze), and so does the
     // time the destination takes in the rate.
     send(Frame::Caught, &mut [])?;
-    Ok(Round { pages, took: t0.elapsed(), same: as_first })
+    Ok(Round { pages, took: t0.elapsed(), same: left_out })
 }
 
 /// [`Source::left_bytes`] of every process of `srcs` (one that ended has none: the next round

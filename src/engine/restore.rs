@@ -645,7 +645,7 @@ fn write_later<R: Input>(
 /// The pages held here for a process: its own (sent ahead, or the tree's shared ones), and the
 /// earlier processes' sent ahead, in the image's order, which it may share (see
 /// memory::VMA_KEPT_FIRST).
-type Held2<'a> = (Option<&'a mut Store>, Vec<&'a mut Store>);
+type HeldHere<'a> = (Option<&'a mut Store>, Vec<&'a mut Store>);
 
 /// Restores one process, `p` (created, still a copy of rstrt), from its image: the layout `st`
 /// read so far, its page batches from `first_batch` on and the rest of its sections. Leaves it
@@ -656,7 +656,7 @@ fn restore_one<R: Input>(
     sections: &mut SectionReader,
     first_batch: Option<crate::crf::Section>,
     st: &mut ProcessState,
-    (p, (mut store, earlier), offsets, copies): (&mut family::Proc, Held2, Option<InImage>, &mut memory::FileCopies),
+    (p, (mut store, earlier), offsets, copies): (&mut family::Proc, HeldHere, Option<InImage>, &mut memory::FileCopies),
     shared: &Shared,
     notes: &mut Vec<String>,
 ) -> Result<(Option<crate::crf::Section>, bool, u8)> {
@@ -671,8 +671,8 @@ fn restore_one<R: Input>(
     let mut plans = memory::plan(&st.vmas, same_boot, &shared.specials, &shared.vdso)?;
     // Mappings whose pages are partly an earlier process's (a live migration's tree, which
     // shares them since a fork): the held area of the first earlier process that holds one
-    // of the same range (its base) goes into place, this one's own kept pages over it
-    // (precopy::Part).
+    // that becomes the mapping (its base; the source made sure it holds the very same range)
+    // goes into place, this one's own kept pages over it (precopy::Part).
     let mut based: Vec<Vec<u64>> = vec![Vec::new(); earlier.len()];
     for p in plans.iter().filter(|p| p.vma.flags & memory::VMA_KEPT_FIRST != 0) {
         match earlier.iter().position(|s| s.becomes(p)).filter(|_| store.is_some()) {
@@ -904,7 +904,7 @@ fn restore_one<R: Input>(
     let mut s = first_batch;
     let mut ahead = Vec::new();
     let mut later = Vec::new();
-    let mut as_first = Vec::new();
+    let mut as_earlier = Vec::new();
     // The id of the first PREPAGES batch in `deferred`, once given.
     let mut prepages: Option<u32> = None;
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
@@ -930,15 +930,16 @@ fn restore_one<R: Input>(
             order.next(&b.runs, sec.offset)?;
             ahead.clear();
             later.clear();
-            as_first.clear();
-            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_first))?;
+            as_earlier.clear();
+            let targets =
+                memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_earlier))?;
             // (Each lies in a mapping marked so, whose base was found above.)
             for (s, b) in bases.iter_mut() {
                 let base_of = |r: &&(u64, u64)| {
                     let i = plans.partition_point(|p| p.vma.end <= r.0);
                     plans.get(i).is_some_and(|p| b.contains(&p.vma.start))
                 };
-                let runs: Vec<(u64, u64)> = as_first.iter().filter(base_of).copied().collect();
+                let runs: Vec<(u64, u64)> = as_earlier.iter().filter(base_of).copied().collect();
                 s.keep(&runs).map_err(|_| {
                     let (s, e) = runs.first().copied().unwrap_or_default();
                     Error::Refused(format!(
