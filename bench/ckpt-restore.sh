@@ -50,26 +50,33 @@ start_target() { # $1 = case; sets TPID once all its memory is dirty (no subshel
   done
 }
 
+# Each command is timed by netio from spawn to exit: timed from bash, the fork of the shell
+# would count too (a millisecond on a slow VM, more than the whole of some cases).
+timed() { # FILE CMD ARGS.. -> runs CMD, its time (ms) in FILE
+  local f=$1; shift
+  "$work/netio" time "$f" "$@"
+}
+
 run_crs() { # $1 = case -> "dump_ms restore_ms image_bytes"
-  local pid t0 t1 t2 img="$work/crs.crf" new
+  local pid img="$work/crs.crf" new
   start_target "$1"; pid=$TPID
-  t0=$(now); "$CRS" ckpt -k -o "$img" "$pid"; t1=$(now)
+  timed "$work/t1" "$CRS" ckpt -k -o "$img" "$pid"
   wait "$pid" 2>/dev/null || true
-  new=$("$CRS" rstrt -d "$img"); t2=$(now)
+  new=$(timed "$work/t2" "$CRS" rstrt -d "$img")
   kill -9 "$new"; sleep 0.05
-  echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(stat -c %s "$img")"
+  echo "$(<"$work/t1") $(<"$work/t2") $(stat -c %s "$img")"
   rm -f "$img"
 }
 
 run_criu() { # as run_crs
-  local pid t0 t1 t2 dir="$work/criu"
+  local pid dir="$work/criu"
   rm -rf "$dir"; mkdir -p "$dir"
   start_target "$1"; pid=$TPID
-  t0=$(now); "$CRIU" dump -t "$pid" -D "$dir" -o dump.log >/dev/null 2>&1; t1=$(now)
+  timed "$work/t1" "$CRIU" dump -t "$pid" -D "$dir" -o dump.log >/dev/null 2>&1
   wait "$pid" 2>/dev/null || true
-  "$CRIU" restore -d -D "$dir" -o restore.log >/dev/null 2>&1; t2=$(now)
+  timed "$work/t2" "$CRIU" restore -d -D "$dir" -o restore.log >/dev/null 2>&1
   kill -9 "$pid" 2>/dev/null || true; sleep 0.05
-  echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(du -sb "$dir" | cut -f1)"
+  echo "$(<"$work/t1") $(<"$work/t2") $(du -sb "$dir" | cut -f1)"
 }
 
 # The limits: writing BYTES to a new file beside the images, and filling MiB of fresh memory

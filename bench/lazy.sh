@@ -51,10 +51,10 @@ restore() {
   local t0 t1 t2 pid
   # Warm memory: this VM is slow to hand back memory freed seconds ago (see ckpt-restore.sh).
   "$work/netio" fill $(((SIZE + 64) << 20)) >/dev/null
-  t0=$(now)
+  t0=${EPOCHREALTIME//[!0-9]/}
   # shellcheck disable=SC2086
   pid=$("$CRS" rstrt $1 -d "$work/img.crf" | { read -r p; now >"$work/t1"; echo "$p"; })
-  t2=$(now)
+  t2=${EPOCHREALTIME//[!0-9]/}
   t1=$(cat "$work/t1")
   kill -9 "$pid"
   while [ -e "/proc/$pid" ]; do sleep 0.01; done
@@ -71,12 +71,12 @@ restore_criu() {
     lp=$!
     until [ -S "$work/criu/lazy-pages.socket" ]; do sleep 0.005; done
   fi
-  t0=$(now)
+  t0=${EPOCHREALTIME//[!0-9]/}
   "$CRIU" restore -D "$work/criu" -d ${1:+--lazy-pages} -o restore.log >/dev/null 2>&1 ||
     { echo "criu restore failed: $(tail -3 "$work/criu/restore.log")" >&2; exit 1; }
-  t1=$(now)
+  t1=${EPOCHREALTIME//[!0-9]/}
   [ "$1" = lazy ] && wait "$lp"
-  t2=$(now)
+  t2=${EPOCHREALTIME//[!0-9]/}
   pid=$(pgrep -n -f "$work/dirty")
   kill -9 "$pid"
   while [ -e "/proc/$pid" ]; do sleep 0.01; done

@@ -14,7 +14,10 @@ bare() {
 stats() {
   sort -n | awk -v w="${1:-6}" '{a[NR]=$1} END {f = "%" w ".1f"; printf f " " f " " f, a[1], a[int((NR+1)/2)], a[NR]}'
 }
-now() { echo "${EPOCHREALTIME//[!0-9]/}"; } # microseconds
+# Microseconds, printed (for a pipeline's end). To time a command, assign
+# t=${EPOCHREALTIME//[!0-9]/} instead: $(now) forks a subshell, and the fork (0.6 ms on a
+# slow VM) would count in the time measured.
+now() { echo "${EPOCHREALTIME//[!0-9]/}"; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f\n", (b - a) / 1000}'; }
 
 criu_frozen() { # dir -> freezing+frozen ms from CRIU's stats-dump
@@ -67,10 +70,10 @@ criu_dumps() {
   local d t0 t1
   for _ in $(seq "$RUNS"); do
     d=$(mktemp -d "$shm/criu.XXXXXX")
-    t0=$(now)
+    t0=${EPOCHREALTIME//[!0-9]/}
     "$CRIU" dump -t "$1" -D "$d" --leave-running --shell-job -o dump.log >/dev/null 2>&1 ||
       { echo "criu dump failed: $(tail -3 "$d/dump.log")" >&2; exit 1; }
-    t1=$(now)
+    t1=${EPOCHREALTIME//[!0-9]/}
     ms "$t0" "$t1" >>"$work/cckpt.ms"
     criu_frozen "$d" >>"$work/cfrozen.ms"
     rm -rf "$d"

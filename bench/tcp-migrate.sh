@@ -159,11 +159,11 @@ for n in $CONNS; do
       until grep -q connected "$work/cl"; do sleep 0.01; done
       sleep 1
       rm -rf "$shm/img"; mkdir "$shm/img"
-      t0=$(now)
+      t0=${EPOCHREALTIME//[!0-9]/}
       if [ $tool = crs ]; then
         ip netns exec $A "$CRS" ckpt -k --tcp-established -o "$shm/img/s.crf" "$pid" 2> "$work/err" \
           || { echo "crs ckpt failed: $(cat "$work/err")"; exit 1; }
-        t1=$(now)
+        t1=${EPOCHREALTIME//[!0-9]/}
         ip netns exec $A "$CRS" rstrt -d "$shm/img/s.crf" > /dev/null 2>> "$work/err" \
           || { echo "crs rstrt failed: $(cat "$work/err")"; exit 1; }
       else
@@ -171,11 +171,11 @@ for n in $CONNS; do
         # CRIU would try to dump.)
         nsenter -t "$pid" -m -n "$CRIU" dump -t "$pid" -D "$shm/img" --tcp-established -o dump.log \
           || { echo "criu dump failed: $(tail -5 "$shm/img/dump.log")"; exit 1; }
-        t1=$(now)
+        t1=${EPOCHREALTIME//[!0-9]/}
         ip netns exec $A "$CRIU" restore -D "$shm/img" --tcp-established -d -o restore.log \
           || { echo "criu restore failed: $(tail -5 "$shm/img/restore.log")"; exit 1; }
       fi
-      t2=$(now)
+      t2=${EPOCHREALTIME//[!0-9]/}
       wait $cl || true
       grep -q '^ok' "$work/cl" || { echo "$tool run failed: $(cat "$work/cl")"; exit 1; }
       if [ $tool = crs ]; then

@@ -63,15 +63,15 @@ for n in $WORKERS; do
   done
   for _ in $(seq "$RUNS"); do
     img=$shm/crs.crf
-    t0=$(now)
+    t0=${EPOCHREALTIME//[!0-9]/}
     "$CRS" ckpt -o "$img" "$pid" || { echo "ckpt -o $img failed" >&2; exit 1; }
-    t1=$(now)
+    t1=${EPOCHREALTIME//[!0-9]/}
     ms "$t0" "$t1" >>"$work/ckpt.ms"
     kill -STOP "$pid"
-    t0=$(now)
+    t0=${EPOCHREALTIME//[!0-9]/}
     new=$("$CRS" rstrt --pidns -d --inherit-stdio "$img" <&$hold {hold}>&- 2>"$work/rstrt.err") ||
       { kill -CONT "$pid"; echo "rstrt failed: $(cat "$work/rstrt.err")" >&2; exit 1; }
-    t1=$(now)
+    t1=${EPOCHREALTIME//[!0-9]/}
     ms "$t0" "$t1" >>"$work/rstrt.ms"
     kill -9 "$new" || { echo "the copy (pid $new) was not running after rstrt -d" >&2; exit 1; }
     settle "$work/threads" "$pid" # no copy left, only the original
@@ -98,10 +98,10 @@ for n in $WORKERS; do
     wait "$tpid" 2>/dev/null || true # reap it: its pid is free then
     for _ in $(seq "$RUNS"); do
       gone "$pid"
-      t0=$(now)
+      t0=${EPOCHREALTIME//[!0-9]/}
       "$CRIU" restore -d -D "$d" --shell-job --inherit-fd "fd[$hold]:$stdin" -o restore.log >/dev/null 2>&1 ||
         { echo "criu restore failed: $(grep -m3 Error "$d/restore.log")" >&2; exit 1; }
-      t1=$(now)
+      t1=${EPOCHREALTIME//[!0-9]/}
       ms "$t0" "$t1" >>"$work/crstrt.ms"
       [ -e "/proc/$pid" ] || { echo "criu's copy is not running" >&2; exit 1; }
       kill -9 "$pid"

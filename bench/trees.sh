@@ -61,16 +61,16 @@ for row in $ROWS; do
   orig=$(pss "$pid")
   for _ in $(seq "$RUNS"); do
     img=$shm/crs.crf
-    t0=$(now)
+    t0=${EPOCHREALTIME//[!0-9]/}
     out=$("$CRS" ckpt -v -o "$img" "$pid" 2>&1) || { echo "ckpt failed: $out" >&2; exit 1; }
-    t1=$(now)
+    t1=${EPOCHREALTIME//[!0-9]/}
     ms "$t0" "$t1" >>"$work/ckpt.ms"
     echo "$out" | sed -n 's/.*frozen \([0-9.]*\) ms/\1/p' >>"$work/frozen.ms"
     kill -STOP $(tree "$pid")
-    t0=$(now)
+    t0=${EPOCHREALTIME//[!0-9]/}
     new=$("$CRS" rstrt --pidns -d --inherit-stdio "$img" <&$hold {hold}>&- 2>"$work/rstrt.err") ||
       { kill -CONT $(tree "$pid"); echo "rstrt failed: $(cat "$work/rstrt.err")" >&2; exit 1; }
-    t1=$(now)
+    t1=${EPOCHREALTIME//[!0-9]/}
     ms "$t0" "$t1" >>"$work/rstrt.ms"
     crs_copy=$(pss "$new")
     kill -9 "$new"
@@ -94,10 +94,10 @@ for row in $ROWS; do
     for _ in $(seq "$RUNS"); do
       settle "$work/forest"
       gone $members
-      t0=$(now)
+      t0=${EPOCHREALTIME//[!0-9]/}
       "$CRIU" restore -d -D "$d" --shell-job --inherit-fd "fd[$hold]:$stdin" -o restore.log >/dev/null 2>&1 ||
         { echo "criu restore failed: $(grep -m3 Error "$d/restore.log")" >&2; exit 1; }
-      t1=$(now)
+      t1=${EPOCHREALTIME//[!0-9]/}
       ms "$t0" "$t1" >>"$work/crstrt.ms"
       criu_copy=$(pss "$pid")
       kill -9 $(tree "$pid")
