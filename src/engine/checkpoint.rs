@@ -307,6 +307,9 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 /// written (flush, fsync, rename); only when it succeeds are the processes killed or stopped
 /// as asked.
 pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
+    let warm = memory::Warming::begin();
+    // The mapped files are looked at before the freeze and again frozen: read once.
+    let _files = crate::res::fileid::Remembered::scope();
     let recheck = match precheck(pid, opts) {
         // Seen running, a process may be between two states (a client between socket and
         // connect, an fd closed while we looked): the same checks of the frozen processes
@@ -321,9 +324,9 @@ pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce
         && opts.precopied.is_none()
         && opts.postcopy.is_none()
     {
-        return running_checkpoint(pid, out, opts, budget, recheck, commit);
+        return running_checkpoint(pid, out, opts, budget, (recheck, warm), commit);
     }
-    frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)
+    frozen_checkpoint(pid, Out::New(out), opts, (recheck, warm), commit)
 }
 
 /// The image a checkpoint writes: begun already (the sections a running checkpoint copied
@@ -401,7 +404,7 @@ fn running_checkpoint<W: Sink>(
     out: W,
     opts: &Options,
     budget: Duration,
-    recheck: bool,
+    (recheck, warm): (bool, memory::Warming),
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     let mut ahead = super::precopy::Ahead::default();
@@ -415,7 +418,7 @@ fn running_checkpoint<W: Sink>(
         },
     }
     let Some(mut srcs) = source else {
-        let mut r = frozen_checkpoint(pid, Out::New(out), opts, recheck, commit)?;
+        let mut r = frozen_checkpoint(pid, Out::New(out), opts, (recheck, warm), commit)?;
         r.ahead = Some(ahead);
         return Ok(r);
     };
@@ -437,7 +440,7 @@ fn running_checkpoint<W: Sink>(
     // The image is committed (synced, renamed) once the process runs again, as in a frozen
     // checkpoint that lets it run on, and once its tracking has ended (precopy::Source).
     let mut written = None;
-    let mut r = frozen_checkpoint(pid, Out::Begun(w), &opts, recheck, |w| {
+    let mut r = frozen_checkpoint(pid, Out::Begun(w), &opts, (recheck, warm), |w| {
         written = Some(w);
         Ok(())
     })?;
@@ -481,16 +484,17 @@ pub fn checkpoint_prechecked<W: Sink>(
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     let opts = Options { running: None, ..opts.clone() };
-    frozen_checkpoint(pid, Out::New(out), &opts, false, commit)
+    frozen_checkpoint(pid, Out::New(out), &opts, (false, memory::Warming::here()), commit)
 }
 
-/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it. With
-/// `Options::running` and neither kill nor stop, `commit` runs once the processes run again.
+/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it, reading
+/// its pages into the buffers `warm` makes. With `Options::running` and neither kill nor stop,
+/// `commit` runs once the processes run again.
 fn frozen_checkpoint<W: Sink>(
     pid: i32,
     out: Out<W>,
     opts: &Options,
-    recheck: bool,
+    (recheck, warm): (bool, memory::Warming),
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     // Their mappings' flags, read while they still run (engine::vmflags).
@@ -500,7 +504,7 @@ fn frozen_checkpoint<W: Sink>(
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let mut urgent = Urgent::raise();
-    let mut spare = memory::warm_buffers();
+    let mut spare = warm.take();
     if opts.tcp_established {
         // Whether waiting connections can go back (the kernel's BTF read, a program loaded):
         // asked now, not while the processes are frozen.

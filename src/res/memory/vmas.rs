@@ -398,11 +398,10 @@ fn classify_one(
         let (id, elf) = match seen.iter().find(|s| s.0 == name) {
             Some((_, id, elf)) => (id.clone(), *elf),
             None => {
-                let id = match FileId::of(name, name, true) {
-                    Ok(id) => id,
+                let (id, elf) = match FileId::of_mapped(name) {
+                    Ok(x) => x,
                     Err(e) => return Ok(Err(format!("mapped file {name}: {e}"))),
                 };
-                let elf = id.file_type() == libc::S_IFREG && is_elf(name);
                 seen.push((name.to_string(), id.clone(), elf));
                 (id, elf)
             }
@@ -434,10 +433,6 @@ fn classify_one(
     }
     debug!("vma {:#x}-{:#x} {} {} {}", v.start, v.end, v.prot_string(), v.kind_name(), v.name);
     Ok(Ok(Some(v)))
-}
-
-fn is_elf(path: &str) -> bool {
-    elf_magic(path) == Some(true)
 }
 
 /// Whether the file at `path` begins as an ELF file does; None when it cannot be read.
