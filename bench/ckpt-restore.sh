@@ -6,7 +6,8 @@
 # Cases (env CASES, default "64 1024 4096 sparse sleep"): N, a process with N MiB of dirty
 # anonymous memory; sparse, 2 GiB mapped of which 10 MiB touched; sleep, a small process
 # (sleep(1)), whose target is 5 ms each way (issue 14) rather than a measured limit.
-# usage: bench/ckpt-restore.sh [CRS_BINARY] [CRIU_BINARY]   (env CASES, RUNS=5)
+# usage: bench/ckpt-restore.sh [CRS_BINARY] [CRIU_BINARY]   (env CASES, RUNS=5, CKPT_ARGS: more
+# ckpt options, e.g. "--no-libs --no-binary" for images without the libraries' pages, as CRIU's)
 # Prints median times (ms), each limit and the ratio time/limit, image sizes, and the ratio
 # crs/CRIU per figure. Needs root.
 set -euo pipefail
@@ -60,7 +61,8 @@ timed() { # FILE CMD ARGS.. -> runs CMD, its time (ms) in FILE
 run_crs() { # $1 = case -> "dump_ms restore_ms image_bytes"
   local pid img="$work/crs.crf" new
   start_target "$1"; pid=$TPID
-  timed "$work/t1" "$CRS" ckpt -k -o "$img" "$pid"
+  # shellcheck disable=SC2086
+  timed "$work/t1" "$CRS" ckpt -k ${CKPT_ARGS:-} -o "$img" "$pid"
   wait "$pid" 2>/dev/null || true
   new=$(timed "$work/t2" "$CRS" rstrt -d "$img")
   kill -9 "$new"; sleep 0.05
