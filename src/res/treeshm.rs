@@ -33,7 +33,9 @@ pub fn collect(states: &mut [ProcessState]) -> Result<Vec<Obj>> {
     // (dev, ino) of every shared anonymous mapping, by process and start address.
     let mut seen: Vec<(usize, u64, u64, u64)> = Vec::new();
     for (i, st) in states.iter().enumerate() {
-        for m in procfs::read_smaps(st.head.pid)? {
+        // (maps says each mapping's device and inode, as smaps does, without walking the
+        // page tables: 10 ms per 512 MiB of a frozen process.)
+        for m in procfs::read_maps(st.head.pid)? {
             let (maj, min) = m.dev;
             let dev = libc::makedev(maj, min);
             if st.vmas.iter().any(|v| v.start == m.start && v.kind == KIND_SHMEM) {
