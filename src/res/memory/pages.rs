@@ -165,11 +165,22 @@ fn plan_batches(pid: i32, vmas: &[Vma], not: NotStored) -> Result<Vec<BatchPlan>
         // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
         // so that a checkpoint would leave a pre-forked server's workers taking their memory
         // once each.
-        let shared = if v.shares && readable && !runs.is_empty() && v.kind != KIND_SHMEM {
-            pagemap.shared_anon(v.start, v.end)?
-        } else {
-            Vec::new()
-        };
+        // (Of the pages it reads: kept runs are not read, and looking at all of a GiB that
+        // is kept would cost some 10 ms of the freeze.)
+        let mut shared = Vec::new();
+        if v.shares && readable && v.kind != KIND_SHMEM {
+            let mut read: Vec<(u64, u64)> = Vec::new();
+            for r in runs.iter().filter(|r| r.flags & RUN_KEPT == 0) {
+                let end = r.addr + r.len() as u64;
+                match read.last_mut() {
+                    Some(l) if l.1 == r.addr => l.1 = end,
+                    _ => read.push((r.addr, end)),
+                }
+            }
+            for (s, e) in read {
+                shared.extend(pagemap.shared_anon(s, e)?);
+            }
+        }
         for (mut r, readable) in split_shared(runs, &shared, readable) {
             if r.flags & RUN_KEPT != 0 {
                 cur.runs.push(r);
