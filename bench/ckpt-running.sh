@@ -4,7 +4,9 @@
 # --frozen) and, given CRIU, criu dump --leave-running (which cannot pre-dump here: this kernel
 # has no soft-dirty tracking). The process has MIB of memory and keeps rewriting it at RATE
 # MB/s (tests/targets/writer.c); with TREE=1 it has a child with MIB of its own, written
-# the same way (the gap is the parent's; image/mem counts both). Sinks: "file", an image file in WORKDIR (synced, renamed);
+# the same way (the gap is the parent's; image/mem counts both); with TREE=cow a child that
+# shares the MIB since the fork until it writes them, as a worker pool's (image/mem counts
+# them once: stored once, the image is about the size of one process's memory). Sinks: "file", an image file in WORKDIR (synced, renamed);
 # "pipe", the image through a pipe to gzip -1 (a slow reader, as a compressor or a network
 # is). Per case, min / median / max of RUNS runs of:
 #   gap_ms     the longest gap between two turns of the process's own loop (CLOCK_MONOTONIC,
@@ -27,7 +29,11 @@ RATE=${RATE:-10}
 RUNS=${RUNS:-5}
 SINKS=${SINKS:-"file pipe"}
 TREE=${TREE:-}
-if [ -n "$TREE" ]; then kind=fork procs=2; else kind=plain procs=1; fi
+case "$TREE" in
+  "") kind=plain procs=1 ;;
+  cow) kind=cow procs=1 ;;
+  *) kind=fork procs=2 ;;
+esac
 . ./lib.sh
 work=$(mktemp -d "${WORKDIR:-/var/tmp}/ckpt-running.XXXXXX")
 trap 'pkill -9 -f "$work/writer" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -41,7 +47,7 @@ check() {
   tail -1 "$work/log"
 }
 echo "machine: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), $(uname -r); images in $(df --output=source,fstype "$work" | tail -1)"
-echo "process: $MIB MiB, rewriting $RATE MB/s$([ -n "$TREE" ] && echo ", and a child the same"); min / median / max of $RUNS runs"
+echo "process: $MIB MiB, rewriting $RATE MB/s$([ -n "$TREE" ] && echo ", and a child the same ($kind)"); min / median / max of $RUNS runs"
 printf '%-5s %-8s %20s %20s %20s %9s %20s\n' sink mode gap_ms frozen_ms total_ms image/mem rstrt_ms
 for sink in $SINKS; do
   modes="running frozen"

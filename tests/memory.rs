@@ -407,8 +407,8 @@ fn restore_writers(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: 
 /// A running checkpoint of a tree whose processes hold their own memory copies the memory of
 /// each while they write it (PREMEMBER sections say whose), and freezes them only for what
 /// they wrote since; restored from a file, as a stream and lazily, each process checks every
-/// page. A tree that shares most of its memory since a fork is copied frozen, so that those
-/// pages are stored once (res::treecow), and -v says why.
+/// page. A tree that shares most of its memory since a fork is copied while it runs too, and
+/// what the processes share is stored once and shared again after the restore.
 #[test]
 fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
     let dir = tmpdir("mem-running-tree");
@@ -424,8 +424,8 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
         return;
     }
     assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
-    let frozen_pages = frozen_pages(&err);
-    assert!(frozen_pages < 8192, "the frozen part carried {frozen_pages} pages of two 64 MiB processes: {err}");
+    let frozen = frozen_pages(&err);
+    assert!(frozen < 8192, "the frozen part carried {frozen} pages of two 64 MiB processes: {err}");
     for p in [pid, kid] {
         let v = support::nodes::check(p, &log);
         assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
@@ -452,19 +452,122 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
         kill_pid(kid2);
     }
 
-    // Most of its memory shared with its child since the fork: copied frozen.
+    // Most of its memory shared with its child since the fork: copied while they run too,
+    // the child's pages that are still the parent's stored once, as the parent's; restored,
+    // the two share them again.
     let dir = tmpdir("mem-running-cow");
-    let (mut w, log, pid) = writer_with(&dir, "10", "cow");
-    support::nodes::log_line(&log, "forked", 0);
+    let (mut w, log, pid) = writer_with(&dir, "1", "cow");
+    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let img = dir.join("c.crf");
-    let o = ckpt(&["-v", "-o", img.to_str().unwrap(), &pid.to_string()]);
+    let img = img.to_str().unwrap();
+    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
     let err = stderr(&o);
-    assert!(
-        err.contains("share since a fork") && err.contains("copied frozen, so that those pages are stored once"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    let frozen = frozen_pages(&err);
+    assert!(frozen < 8192, "the frozen part carried {frozen} pages of two 64 MiB processes: {err}");
+    let size = std::fs::metadata(img).unwrap().len();
+    assert!(size < 100 << 20, "the image of two processes sharing 64 MiB takes {size} bytes: {err}");
     w.kill().unwrap();
     w.wait().unwrap();
+    kill_pid(kid);
+    let stream = || Some(std::fs::File::open(img).unwrap());
+    let mut ways: Vec<(&[&str], Option<std::fs::File>)> = vec![(&[], None), (&[], stream())];
+    if is_root() {
+        ways.push((&["--lazy"], None));
+    }
+    for (args, stdin) in ways {
+        let piped = stdin.is_some();
+        let (new, kid2) = restore_writers(img, args, stdin, &log);
+        let pss = pss_mib(&[new, kid2]);
+        kill_pid(new);
+        kill_pid(kid2);
+        assert!(pss < 100, "restored ({args:?}, from a stream: {piped}), the two take {pss} MiB: not shared");
+    }
+}
+
+/// A checkpoint of a process that runs on takes the mappings' flags from a look just before
+/// the freeze (frozen, smaps would walk all of its page tables), and compares them with the
+/// frozen process's own before the image ends: a process that flips the flags of a whole
+/// mapping (madvise) all the time is caught doing it between the two; the checkpoint fails by
+/// name and leaves no image (through a pipe, a stream without its end, which a reader
+/// refuses), and the process runs on, untracked.
+#[test]
+fn mapping_flags_that_change_as_a_running_checkpoint_freezes_fail_it() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3") {
+        return;
+    }
+    let dir = tmpdir("mem-flags");
+    let log = dir.join("log");
+    // 32 MiB of its own (copied while it runs), and a page whose flags it flips.
+    let script = format!(
+        "import mmap, os\n\
+         b = bytearray(b'x' * (32 << 20))\n\
+         m = mmap.mmap(-1, 4096)\n\
+         m[0] = 1\n\
+         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
+         while True:\n\
+         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
+         \x20   m.madvise(mmap.MADV_DODUMP)\n",
+        log = log.to_str().unwrap()
+    );
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", &script]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let mut p = c.spawn().unwrap();
+    let pid: i32 = support::nodes::log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let img = dir.join("f.crf");
+    let img = img.to_str().unwrap();
+    // About half of the looks find the flags the freeze does not; up to forty tries.
+    let mut caught = None;
+    for _ in 0..40 {
+        let o = run(&["ckpt", "-v", "-o", img, &pid.to_string()]);
+        let err = stderr(&o);
+        if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+            p.kill().unwrap();
+            p.wait().unwrap();
+            return;
+        }
+        if o.status.success() {
+            assert!(err.contains("copied while it ran, "), "{err}");
+            std::fs::remove_file(img).unwrap();
+            continue;
+        }
+        caught = Some(err);
+        break;
+    }
+    let err = caught.expect("no checkpoint saw the flags change");
+    assert!(err.contains("changed as it was frozen") && err.contains("the image was not completed"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| n.to_string_lossy() == "log"), "left behind: {left:?}");
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!state.contains(") T ") && !tracked(pid), "left stopped or tracked: {state}");
+    // Through a pipe: the reader gets no end.
+    let mut refused = None;
+    for _ in 0..40 {
+        let mut c = std::process::Command::new(crs());
+        c.args(["ckpt", "-o", "-", &pid.to_string()]);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        close_extra_fds(&mut c);
+        let mut ck = c.spawn().unwrap();
+        let mut info = std::process::Command::new(crs());
+        info.args(["crfinfo", "-"]).stdin(ck.stdout.take().unwrap());
+        close_extra_fds(&mut info);
+        let read = info.output().unwrap();
+        let ck = ck.wait_with_output().unwrap();
+        if ck.status.success() {
+            assert!(read.status.success(), "a whole image refused: {}", stderr(&read));
+            continue;
+        }
+        refused = Some((stderr(&ck), read));
+        break;
+    }
+    let (err, read) = refused.expect("no checkpoint through a pipe saw the flags change");
+    assert!(err.contains("changed as it was frozen"), "{err}");
+    assert!(!read.status.success(), "crfinfo took the stream of a failed checkpoint: {err}");
+    assert!(!tracked(pid), "left tracked");
+    p.kill().unwrap();
+    p.wait().unwrap();
 }
 
 /// A process with a userfaultfd of its own is not tracked (its ranges and ours would meet):

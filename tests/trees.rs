@@ -708,29 +708,42 @@ fn a_pre_forking_server_serves_again() {
 /// is stored once, and shared again after the restore: the tree takes the memory it took,
 /// not 5 times as much. The checkpoint leaves the original's sharing as it was, and
 /// copy-on-write still holds in the copy: a child that writes its copy changes nobody else's
-/// (every process of the copy checks its own 256 MiB), and then takes 256 MiB more.
+/// (every process of the copy checks its own 256 MiB), and then takes 256 MiB more. So with
+/// a frozen checkpoint (the pages stored once for all, res::treecow) as with one that copies
+/// the memory while the tree runs (the parent's pages copied ahead; each child's that are
+/// still the parent's taken as its, RUN_SHARED).
 #[test]
 fn memory_a_fork_left_shared_is_stored_once_and_shared_again() {
     if !require(is_root(), "root (frame numbers in /proc/PID/pagemap; rstrt --pidns)") {
         return;
     }
-    let dir = tmpdir("cow");
+    stored_once_and_shared_again(&["--frozen"], "shared:    ", 1);
+    stored_once_and_shared_again(&[], "sharing:   pid ", 4);
+}
+
+/// [`memory_a_fork_left_shared_is_stored_once_and_shared_again`], checkpointed with `args`:
+/// crfinfo has `lines` lines beginning with `say` that each count 256 MiB or more.
+fn stored_once_and_shared_again(args: &[&str], say: &str, lines: usize) {
+    let dir = tmpdir(if args.is_empty() { "cow-running" } else { "cow-frozen" });
     let d = dir.to_str().unwrap();
     let mut p = start("cow", &[], &dir);
     let tree = || [vec![p.pid()], descendants(p.pid())].concat();
     assert_eq!(tree().len(), 5);
     let before = pss_mib(&tree());
     let img = format!("{d}/c.crf");
-    ckpt(&["-o", &img, &p.pid().to_string()]);
+    ckpt(&[args, &["-o", &img, &p.pid().to_string()]].concat());
     let after = pss_mib(&tree());
-    println!("original tree's Pss: {before} MiB before the checkpoint, {after} MiB after");
+    println!("{args:?}: original tree's Pss: {before} MiB before the checkpoint, {after} MiB after");
     assert!(before < 300 && after <= before + 8, "the checkpoint changed the tree's memory: {before} -> {after} MiB");
     let size = std::fs::metadata(&img).unwrap().len() >> 20;
-    assert!((256..320).contains(&size), "an image of {size} MiB for 256 MiB shared by 5 processes");
+    assert!((256..320).contains(&size), "{args:?}: an image of {size} MiB for 256 MiB shared by 5 processes");
     let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
-    let shared: u64 =
-        info.lines().find_map(|l| l.strip_prefix("shared:    ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-    assert!(shared >= 256 << 20, "{info}");
+    let shared = info
+        .lines()
+        .filter_map(|l| l.strip_prefix(say)?.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+        .filter(|&b| b >= 256 << 20)
+        .count();
+    assert_eq!(shared, lines, "{args:?}: {info}");
 
     let mut copy = rstrt(&["--pidns", &img]);
     copy.send("ping");

@@ -59,9 +59,9 @@ struct Args {
     #[argh(switch)]
     check: bool,
     /// copy the memory with the process frozen throughout (as --kill and --stop do): by
-    /// default a process that runs on, with 16 MiB or more of private memory (and its
-    /// descendants, unless they share much of it since a fork), has it copied while it runs
-    /// and is frozen only for what it wrote since (Linux 6.7+)
+    /// default a process that runs on, with 16 MiB or more of private memory (with its
+    /// descendants), has it copied while it runs and is frozen only for what it wrote since
+    /// (Linux 6.7+)
     #[argh(switch)]
     frozen: bool,
     /// the longest the process should be frozen when its memory is copied while it runs, in
@@ -220,6 +220,12 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
                     }
                     if !rounds.is_empty() {
                         eprintln!("{name}: copied while it ran, {} rounds: {}", rounds.len(), rounds.join(", "));
+                    }
+                    if ahead.same > 0 {
+                        eprintln!(
+                            "{name}: {} KiB of the descendants' memory were the very pages of an earlier process of the tree, shared since a fork: stored once",
+                            ahead.same * 4
+                        );
                     }
                     if let Some(why) = &ahead.gave_up {
                         eprintln!("{name}: {why}");

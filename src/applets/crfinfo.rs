@@ -61,6 +61,8 @@ fn describe(inp: impl Input) -> Result<()> {
         }
         let mut stored: BTreeMap<u64, u64> = BTreeMap::new(); // mapping start -> bytes stored
         let mut page_bytes = 0u64;
+        // Bytes of the pages it takes as an earlier process's (RUN_SHARED).
+        let mut as_earlier = 0u64;
         while let Some(s) = next.filter(|s| s.tag == Tag::TREEPAGES && procs.is_empty()) {
             let b = pages::read_batch_header(&mut r, &s)?;
             shared_bytes += b.data_len as u64;
@@ -71,6 +73,8 @@ fn describe(inp: impl Input) -> Result<()> {
         while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(&mut r, &s)?;
             order.next(&b.runs, s.offset)?;
+            as_earlier +=
+                b.runs.iter().filter(|r| r.flags & pages::RUN_SHARED != 0).map(|r| r.len() as u64).sum::<u64>();
             for run in b.runs.iter().filter(|r| r.flags & pages::RUN_KEPT == 0) {
                 let i = st.vmas.partition_point(|v| v.end <= run.addr);
                 let key = st.vmas.get(i).map_or(run.addr, |v| v.start);
@@ -81,14 +85,14 @@ fn describe(inp: impl Input) -> Result<()> {
             next = r.next_section()?;
         }
         head = sections.read_group(&mut r, &mut st, next, false, &mut |_, _| Ok(()))?;
-        procs.push((st, stored, page_bytes));
+        procs.push((st, stored, page_bytes, as_earlier));
         if head.is_none() {
             break;
         }
     }
-    println!("CRF image, format version {}, x86_64", crate::crf::VERSION);
+    println!("CRF image, format version {}, x86_64", r.version());
     let n = procs.len();
-    for (i, (st, stored, page_bytes)) in procs.iter().enumerate() {
+    for (i, (st, stored, page_bytes, _)) in procs.iter().enumerate() {
         if n > 1 {
             println!("-- process {} of {n}: pid {}", i + 1, st.head.pid);
         }
@@ -106,6 +110,12 @@ fn describe(inp: impl Input) -> Result<()> {
             "ahead:     {who}{} bytes of pages copied while the process ran, {} bytes of them distinct pages",
             a.received(),
             a.held_bytes()
+        );
+    }
+    for (st, .., as_earlier) in procs.iter().filter(|p| p.3 > 0) {
+        println!(
+            "sharing:   pid {}: {as_earlier} bytes of pages taken as an earlier process's (the same pages since a fork)",
+            st.head.pid
         );
     }
     if shared_bytes > 0 {

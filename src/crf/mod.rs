@@ -29,8 +29,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// added kept page runs (pages::RUN_KEPT), version 3 kept runs sent later (pages::RUN_LATER),
 /// version 4 pages copied before the freeze (PREAREAS, PREPAGES), version 5 those of each
 /// process of a tree (PREMEMBER), version 6 kept runs of pages a tree's processes share
-/// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), so older images read as version 6.
-pub const VERSION: u32 = 6;
+/// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), version 7 those in a running checkpoint's
+/// image (pages::PREMEMBER_HOLD), so older images read as version 7.
+pub const VERSION: u32 = 7;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
@@ -396,6 +397,8 @@ pub struct Section {
 /// `payload` (checked against its CRC) or, for page batches, with the `pages` helpers.
 pub struct Reader<R: Input> {
     inp: R,
+    /// The image's format version (its preamble's).
+    version: u32,
     offset: u64,
     sections: u64,
     done: bool,
@@ -427,7 +430,12 @@ impl<R: Input> Reader<R> {
         if arch != ARCH_X86_64 {
             return bad(8, format!("image is for architecture {arch} (ELF machine), this is x86_64"));
         }
-        Ok(Reader { inp, offset: PREAMBLE_LEN as u64, sections: 0, done: false })
+        Ok(Reader { inp, version, offset: PREAMBLE_LEN as u64, sections: 0, done: false })
+    }
+
+    /// The format version the image was written in.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     pub fn offset(&self) -> u64 {

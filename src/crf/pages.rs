@@ -22,10 +22,17 @@ pub const RUN_KEPT: u32 = 2;
 pub const RUN_LATER: u32 = 4;
 /// Run flag (version 6), only with RUN_KEPT, in a mapping with VMA_KEPT_FIRST: pages a live
 /// migration sent ahead of an earlier process of the image (the first that holds an area of
-/// the mapping's range), which this process shares with it since a fork (the same pages at
-/// the source): the restore takes that process's.
+/// the mapping's range; since version 7, or a running checkpoint's PREPAGES hold), which this
+/// process shares with it since a fork (the same pages at the source): the restore takes that
+/// process's.
 pub const RUN_SHARED: u32 = 8;
 const RUN_FLAGS_KNOWN: u32 = RUN_FILE_COPY | RUN_KEPT | RUN_LATER | RUN_SHARED;
+
+/// Section flag of a PREMEMBER (version 7; the first one's counts): the image's processes
+/// share pages since a fork that it stores once (RUN_SHARED, in a running checkpoint's image):
+/// a restore holds the pages copied ahead in memory, as a live migration's destination does,
+/// for a process to take an earlier one's. (Bit 1: bit 0 is crf::FLAG_OPTIONAL.)
+pub const PREMEMBER_HOLD: u32 = 2;
 
 /// Most pages in one batch: 4 MiB of data.
 pub const MAX_BATCH_PAGES: usize = 1024;

@@ -359,11 +359,11 @@ fn rollup_bytes(rollup: &str, field: &str) -> Option<u64> {
     v.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb << 10)
 }
 
-/// Why process `pid` (and its descendants, unless `alone`) is not worth copying while it
-/// runs, if it is not: little memory, or a tree whose processes share much of it since a fork
-/// (copied frozen, res::treecow stores those pages once; a tracked tree's copy of each
-/// process is its own).
-fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
+/// Whether process `pid` (and its descendants, unless `alone`) is worth copying while it
+/// runs: Err says why not (little memory); Ok(true) for a tree whose processes share much of
+/// it since a fork, whose rounds leave out what a process shares with an earlier one, so
+/// that the image stores those pages once (and a restore shares them again).
+fn worth_tracking(pid: i32, opts: &Options) -> std::result::Result<bool, String> {
     let procs = if opts.alone { vec![pid] } else { tree::walk(pid) };
     // Anonymous memory mapped, and its proportional share: what each process's own copy of
     // the pages it shares would add is the difference.
@@ -374,20 +374,13 @@ fn not_worth_tracking(pid: i32, opts: &Options) -> Option<String> {
             (Some(a), Some(o)) => (anon, own) = (anon + a, own + o),
             // A zombie, or one gone meanwhile, has none.
             _ if p != pid => {}
-            _ => return Some(format!("/proc/{pid}/smaps_rollup does not say its private memory: copied frozen")),
+            _ => return Err(format!("/proc/{pid}/smaps_rollup does not say its private memory: copied frozen")),
         }
     }
     let shared = anon.saturating_sub(own);
-    if procs.len() > 1 && shared > own / 8 {
-        return Some(format!(
-            "pid {pid} and its descendants share since a fork {} MiB of the {} MiB of private memory they map: copied frozen, so that those pages are stored once",
-            shared >> 20,
-            anon >> 20
-        ));
-    }
     match anon {
-        a if a >= RUNNING_MIN => None,
-        a => Some(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
+        a if a >= RUNNING_MIN => Ok(procs.len() > 1 && shared > own / 8),
+        a => Err(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
     }
 }
 
@@ -409,10 +402,11 @@ fn running_checkpoint<W: Sink>(
 ) -> Result<Report> {
     let mut ahead = super::precopy::Ahead::default();
     let mut source = None;
-    match not_worth_tracking(pid, opts) {
-        Some(why) => ahead.not_live = Some(why),
-        None => match super::precopy::Source::arm_tree(pid, opts.alone, &mut ahead) {
-            Ok(s) => source = Some(s),
+    let mut shares = false;
+    match worth_tracking(pid, opts) {
+        Err(why) => ahead.not_live = Some(why),
+        Ok(share) => match super::precopy::Source::arm_tree(pid, opts.alone, &mut ahead) {
+            Ok(s) => (source, shares) = (Some(s), share),
             Err(e @ Error::NotHere { .. }) => ahead.not_live = Some(format!("{e}: copied frozen")),
             Err(e) => return Err(e),
         },
@@ -424,19 +418,25 @@ fn running_checkpoint<W: Sink>(
     };
     // (Source::arm seized the process: a refused PTRACE_SEIZE came before the first byte.)
     let mut w = Writer::new(out).map_err(image_io)?;
+    // A tree that shares much since a fork: a restore holds the pages copied ahead, for the
+    // processes to share them again (said on every PREMEMBER).
+    let hold = if shares { crate::crf::pages::PREMEMBER_HOLD } else { 0 };
     let mut send = |f: super::precopy::Frame, b: &mut [u8]| {
-        let tag = match f {
-            super::precopy::Frame::Member => Tag::PREMEMBER,
-            super::precopy::Frame::Areas => Tag::PREAREAS,
-            super::precopy::Frame::Pages => Tag::PREPAGES,
+        let (tag, flags) = match f {
+            super::precopy::Frame::Member => (Tag::PREMEMBER, hold),
+            super::precopy::Frame::Areas => (Tag::PREAREAS, 0),
+            super::precopy::Frame::Pages => (Tag::PREPAGES, 0),
             super::precopy::Frame::Caught => return Ok(()),
         };
-        w.section(tag, 0, &[b]).map_err(image_io)
+        w.section(tag, flags, &[b]).map_err(image_io)
     };
     // Failed, the Sources go with their tracking: the processes run on as they were.
-    super::precopy::rounds(&mut srcs, (budget, false, false), &mut send, "are copied while it is frozen", &mut ahead)?;
-    let precopied = super::precopy::Precopied::new(srcs);
-    let opts = Options { precopied: Some(precopied), ..opts.clone() };
+    super::precopy::rounds(&mut srcs, (budget, false, shares), &mut send, "are copied while it is frozen", &mut ahead)?;
+    let precopied = super::precopy::Precopied::new(srcs, shares);
+    // Their mappings' flags read as they run, just before the freeze, as a live migration
+    // does (engine::vmflags): frozen, smaps would walk every page table of their memory.
+    let flags_later = Some(super::vmflags::FlagsLater::default());
+    let opts = Options { precopied: Some(precopied), flags_later, ..opts.clone() };
     // The image is committed (synced, renamed) once the process runs again, as in a frozen
     // checkpoint that lets it run on, and once its tracking has ended (precopy::Source).
     let mut written = None;
@@ -605,8 +605,19 @@ fn frozen_checkpoint<W: Sink>(
             f.check()?;
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
+        // An image committed once the processes run again (a running checkpoint's) ends only
+        // once the flags taken before the freeze are found to be theirs, while they are still
+        // frozen: a stream without its end is refused by any reader. (A live migration
+        // compares them before its copy may run.)
+        let flags_first = || match opts.flags_later.as_ref().filter(|_| late) {
+            Some(f) => f.wait().map_err(|e| match e {
+                Error::Refused(d) => Error::Refused(format!("{d}: the image was not completed; try again")),
+                e => e,
+            }),
+            None => Ok(()),
+        };
         let (pages, bytes, stubs, out) =
-            write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref())?;
+            write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref(), &flags_first)?;
         match commit.take() {
             Some(c) if !late => c(out)?,
             c => written = c.map(|c| (c, out)),
@@ -1103,14 +1114,16 @@ fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
     r
 }
 
-/// Writes the image of the collected `states` (the root's first) to `w`. Returns the pages
-/// and bytes written, the stubs, and the output, for the caller to commit.
+/// Writes the image of the collected `states` (the root's first) to `w`; `before_end` must
+/// pass before its end (the trailer). Returns the pages and bytes written, the stubs, and the
+/// output, for the caller to commit.
 fn write<W: Sink>(
     mut w: Writer<W>,
     states: &[ProcessState],
     spare: &mut Vec<Vec<u8>>,
     (ahead, postcopy): (&[super::precopy::Kept], Option<&PostCopy>),
     cow: Option<&crate::res::treecow::Found>,
+    before_end: &dyn Fn() -> Result<()>,
 ) -> Result<(u64, u64, Vec<String>, W)> {
     let io = image_io;
     let mut pages = 0;
@@ -1147,6 +1160,7 @@ fn write<W: Sink>(
         image::write(&mut w, st, false)?;
         stubs.extend(files::stubs(&st.files));
     }
+    before_end()?;
     let (out, bytes) = w.finish().map_err(io)?;
     Ok((pages, bytes, stubs, out))
 }

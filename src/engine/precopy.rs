@@ -850,8 +850,8 @@ pub struct Precopied {
     /// The pids of the processes whose Source [`Precopied::freeze`] dropped (not frozen, or
     /// ended): the destination may hold their last areas still (see [`Precopied::kept_all`]).
     dropped: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
-    /// The destination takes the pages a process shares with an earlier one since a fork as
-    /// that one's (a live migration: [`Precopied::kept_all`]).
+    /// The reader takes the pages a process shares with an earlier one since a fork as that
+    /// one's ([`Precopied::kept_all`]).
     shares: bool,
 }
 
@@ -862,14 +862,12 @@ impl std::fmt::Debug for Precopied {
 }
 
 impl Precopied {
-    /// For a running checkpoint, whose image holds each process's pages copied ahead.
-    pub fn new(srcs: Vec<Source>) -> Precopied {
-        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), dropped: Default::default(), shares: false }
-    }
-    /// For a live migration, whose destination takes the pages processes of the tree share
-    /// as the earlier one's.
-    pub fn migration(srcs: Vec<Source>) -> Precopied {
-        Precopied { shares: true, ..Precopied::new(srcs) }
+    /// The sources after their rounds. `shares`: the rounds left out the pages a process
+    /// shares with an earlier one (see [`Source::round`]), which the reader of the image
+    /// (a live migration's destination, or a restore that holds the pages copied ahead:
+    /// crf::pages::PREMEMBER_HOLD) takes as that one's.
+    pub fn new(srcs: Vec<Source>, shares: bool) -> Precopied {
+        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), dropped: Default::default(), shares }
     }
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Source>) -> Result<T>) -> Result<T> {
         let mut s = self.srcs.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
@@ -1942,6 +1940,9 @@ pub fn read_ahead<R: crate::crf::Input>(
     let mut buf = Vec::new();
     let t0 = Instant::now();
     let mapped = rd.window(0, 0).is_some();
+    // The processes share pages the image stores once: every one's are held here, in the
+    // image's order (crf::pages::PREMEMBER_HOLD; the first PREMEMBER says it).
+    let mut hold = None;
     loop {
         let sec = rd.next_section()?;
         let ahead = |t: Tag| t == Tag::PREAREAS || t == Tag::PREPAGES || t == Tag::PREMEMBER;
@@ -1950,7 +1951,11 @@ pub fn read_ahead<R: crate::crf::Input>(
             return Ok((all, sec));
         };
         let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
+        if s.tag == Tag::PREMEMBER && hold.is_none() {
+            hold = Some(s.flags & crate::crf::pages::PREMEMBER_HOLD != 0);
+        }
         let fresh = || match how {
+            Keep::Auto | Keep::Later if hold == Some(true) => Copied::Held(Store::new(1 << 47)),
             Keep::Auto if !mapped => Copied::Held(Store::new(1 << 47)),
             Keep::Later => Copied::Later(Offsets::default(), Vec::new()),
             _ => Copied::InImage(Offsets::default()),

@@ -209,7 +209,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     {
         return Err(explain(e, None, &mut c));
     }
-    let precopied = source.map(Precopied::migration);
+    let precopied = source.map(|s| Precopied::new(s, true));
     let postcopy = opts.post_copy.then(crate::engine::checkpoint::PostCopy::default);
     // The mappings' flags as read just before the freeze, checked before the copy may run.
     let flags_later = crate::engine::vmflags::FlagsLater::default();
