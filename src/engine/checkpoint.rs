@@ -405,8 +405,9 @@ fn running_checkpoint<W: Sink>(
     let mut shares = false;
     match worth_tracking(pid, opts) {
         Err(why) => ahead.not_live = Some(why),
+        // (Which pages are the same only frame numbers say, which only CAP_SYS_ADMIN sees.)
         Ok(share) => match super::precopy::Source::arm_tree(pid, opts.alone, &mut ahead) {
-            Ok(s) => (source, shares) = (Some(s), share),
+            Ok(s) => (source, shares) = (Some(s), share && crate::ptrace::pagemap::Pagemap::frames_visible()),
             Err(e @ Error::NotHere { .. }) => ahead.not_live = Some(format!("{e}: copied frozen")),
             Err(e) => return Err(e),
         },
@@ -611,7 +612,9 @@ fn frozen_checkpoint<W: Sink>(
         // compares them before its copy may run.)
         let flags_first = || match opts.flags_later.as_ref().filter(|_| late) {
             Some(f) => f.wait().map_err(|e| match e {
-                Error::Refused(d) => Error::Refused(format!("{d}: the image was not completed; try again")),
+                Error::Refused(d) => {
+                    Error::Refused(format!("{d}: the image was not completed; try again, or checkpoint it --frozen"))
+                }
                 e => e,
             }),
             None => Ok(()),
@@ -624,6 +627,13 @@ fn frozen_checkpoint<W: Sink>(
         }
         Ok((pages, bytes, stubs))
     })();
+    // Comparisons of the flags still under way hold the tracking: over before the processes
+    // run again.
+    if result.is_err()
+        && let Some(f) = &opts.flags_later
+    {
+        let _ = f.wait();
+    }
     urgent.real_time(true);
     let mut restored = Ok(());
     let mut tcp_lock = String::new();

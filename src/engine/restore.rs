@@ -679,7 +679,7 @@ fn restore_one<R: Input>(
             Some(k) => based[k].push(p.vma.start),
             None => {
                 return Err(Error::Refused(format!(
-                    "the image of pid {} takes pages of {:#x}-{:#x} as an earlier process's, which no live migration sent ahead of both: it is damaged, or restores only at the destination of that migration",
+                    "the image of pid {} takes pages of {:#x}-{:#x} as an earlier process's, which were not sent ahead of both (by a live migration, or in the image): it is damaged, or restores only at the destination of that migration",
                     st.head.pid, p.vma.start, p.vma.end
                 )));
             }

@@ -145,6 +145,18 @@ impl Pagemap {
         Ok(())
     }
 
+    /// Whether this process sees frame numbers in a pagemap (CAP_SYS_ADMIN, when it opens
+    /// one): asked of its own, at a page it has just written.
+    pub fn frames_visible() -> bool {
+        let mut probe = [1u8; 64];
+        std::hint::black_box(&mut probe);
+        let at = (probe.as_ptr() as u64) / PAGE * PAGE;
+        let Ok(mut pm) = Pagemap::open(std::process::id() as i32) else { return false };
+        let mut seen = false;
+        let read = pm.each_entry(at, at + PAGE, |e| seen = e & PM_PRESENT != 0 && e & ((1 << 55) - 1) != 0);
+        read.is_ok() && seen
+    }
+
     /// Per page of [start, end) (page-aligned), the frame number of the process's own page in
     /// memory there that another process maps too (what a fork leaves shared until one
     /// writes), else 0: not present, in swap, a file's, mapped by this process alone, or
@@ -297,6 +309,14 @@ fn push(out: &mut Vec<Touched>, start: u64, end: u64, file: bool) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn frame_numbers_are_seen_with_cap_sys_admin_only() {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+        let admin = u64::from_str_radix(eff, 16).unwrap() & (1 << 21) != 0; // CAP_SYS_ADMIN
+        assert_eq!(Pagemap::frames_visible(), admin, "CapEff {eff}");
+    }
 
     /// A fresh private anonymous mapping of `len` bytes for a test, which writes only inside
     /// it and unmaps it at the end.
