@@ -340,6 +340,85 @@ fn a_python_pool_finishes_its_sum() {
     assert!(r.wait().success());
 }
 
+/// A Python pool's shape (tests/targets/shared_pool.py: three workers forked from a parent
+/// holding 200 MiB they only read), started by a shell and checkpointed while it runs: copied
+/// while it runs, the workers' copies of the parent's memory left out (their base is the
+/// pool's parent, not the shell), so that the image holds it once; restored in a pid
+/// namespace of its own, the pool takes the memory it took, every worker goes on with its pid
+/// and the same digest of its slice, and the parent finds its 200 MiB whole.
+#[test]
+fn a_python_pool_checkpointed_while_it_runs_is_stored_once_and_shares_again() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)")
+        || !require(is_root(), "root (frame numbers in /proc/PID/pagemap; rstrt --pidns)")
+    {
+        return;
+    }
+    use support::nodes::{lines, log_line};
+    let dir = tmpdir("tree-pool-running");
+    let log = dir.join("log");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/shared_pool.py");
+    let line = format!("/usr/bin/python3 {} {}; :", script.to_str().unwrap(), log.to_str().unwrap());
+    let mut c = std::process::Command::new("/bin/bash");
+    c.args(["-c", &line]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let mut shell = c.spawn().unwrap();
+    let root = shell.id() as i32;
+    log_line(&log, "ready", 0);
+    let digest = |w: usize, skip: usize| {
+        let l = log_line(&log, &format!("w{w} "), skip);
+        let f: Vec<String> = l.split_whitespace().map(String::from).collect();
+        (f[1].clone(), f[3].clone())
+    };
+    let before: Vec<(String, String)> = (0..3).map(|w| digest(w, 0)).collect();
+    log_line(&log, "parent True", 0);
+    let tree = [vec![root], descendants(root)].concat();
+    assert_eq!(tree.len(), 5, "the pool and its shell: {tree:?}");
+    let pss_here = pss_mib(&tree);
+    let img = dir.join("p.crf");
+    let img = img.to_str().unwrap();
+    let o = ckpt(&["-v", "-o", img, &root.to_string()]);
+    let err = stderr(&o);
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        let _ = shell.kill();
+        let _ = shell.wait();
+        return;
+    }
+    assert!(err.contains("copied while they ran"), "{err}");
+    let kib: u64 = err
+        .lines()
+        .find_map(|l| l.split(" KiB of the descendants' memory were").next().filter(|s| s.len() < l.len()))
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("-v does not say what the workers share: {err}"));
+    assert!(kib >= 500 << 10, "the workers' copies of the parent's 200 MiB were stored: {err}");
+    let size = std::fs::metadata(img).unwrap().len();
+    assert!(size < 300 << 20, "an image of {size} bytes for a pool sharing 200 MiB: {err}");
+    for p in &tree {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let _ = shell.wait();
+    let at = lines(&log);
+    let mut r = rstrt(&["--pidns", img]);
+    // The lines written by the restored pool: every worker, as the same pid, with the same
+    // digest; the parent's memory whole.
+    for (w, was) in before.iter().enumerate() {
+        assert_eq!(&digest(w, at), was, "worker {w} after the restore");
+    }
+    log_line(&log, "parent ", at);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("parent False"), "{text}");
+    let members = descendants(r.pid());
+    let pss_there = pss_mib(&members);
+    println!("Pss of the pool: {pss_here} MiB before, {pss_there} MiB restored ({} processes)", members.len());
+    assert!(pss_there <= pss_here + 24, "the restored pool takes {pss_there} MiB, {pss_here} MiB before");
+    for p in members {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    r.kill();
+}
+
 /// Writes a small C project of 24 files into `dir`, each compile followed by a short sleep so
 /// that a build takes a few seconds.
 fn c_project(dir: &std::path::Path) {

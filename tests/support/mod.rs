@@ -80,6 +80,7 @@ impl Proc {
                     from = dst as u32 + 1;
                 }
                 libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+                default_dispositions();
                 Ok(())
             });
         }
@@ -172,15 +173,31 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// Targets must hold only what the test gives them: fds the test harness (or whatever started
-/// it) leaked would make ckpt refuse them.
+/// it) leaked would make ckpt refuse them. (And they start with SIGINT and SIGQUIT at their
+/// defaults: a runner started in the background by a shell without job control ignores them,
+/// and so would every target, which checks them.)
 pub fn close_extra_fds(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: close_range is async-signal-safe and touches only the child's fd table.
+    // SAFETY: close_range and sigaction are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            default_dispositions();
             Ok(())
         });
+    }
+}
+
+/// SIGINT and SIGQUIT back at their defaults, in a child about to exec a target (see
+/// [`close_extra_fds`]).
+fn default_dispositions() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: sigaction with a zeroed struct (SIG_DFL, empty mask) only changes this
+        // process's disposition of `sig`; it is async-signal-safe.
+        unsafe {
+            let dfl: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
     }
 }
 
