@@ -498,6 +498,9 @@ fn frozen_checkpoint<W: Sink>(
     (recheck, warm): (bool, memory::Warming),
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
+    // Each mapped file read once, for all the processes (a tree's share their libraries),
+    // and once for a precheck before (see `checkpoint`).
+    let _files = crate::res::fileid::Remembered::scope();
     // Their mappings' flags, read while they still run (engine::vmflags).
     if let Some(f) = &opts.flags_later {
         f.look(&members(pid, opts.alone), opts.precopied.as_ref())?;

@@ -143,6 +143,8 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
             "--tcp-established moves the process's connections, which a copy cannot share with it: drop --keep".into(),
         ));
     }
+    // The mapped files the precheck reads are not read again frozen (engine::checkpoint).
+    let _files = crate::res::fileid::Remembered::scope();
     if crd {
         // The module says what it refuses once it has the process (no ptrace to look first).
         crate::dev::flags_of(&flags)?;

@@ -212,7 +212,14 @@ pub struct Remembered(bool);
 
 impl Remembered {
     pub fn scope() -> Remembered {
-        Remembered(MEMO.with(|m| m.borrow_mut().get_or_insert_with(Vec::new).is_empty()))
+        Remembered(MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            let outer = m.is_none();
+            if outer {
+                *m = Some(Vec::new());
+            }
+            outer
+        }))
     }
 }
 
