@@ -761,11 +761,7 @@ fn pool_moves_live(name: &str, under_shell: bool) {
     let root = src.id() as i32;
     let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
     // Each worker has hashed its slice once: its digest, as it was before the move.
-    let digest = |w: usize, skip: usize| {
-        let l = log_line(&log, &format!("w{w} "), skip);
-        let f: Vec<String> = l.split_whitespace().map(String::from).collect();
-        (f[1].clone(), f[3].clone())
-    };
+    let digest = |w: usize, skip: usize| support::nodes::pool_worker(&log, w, skip);
     let before: Vec<(String, String)> = (0..3).map(|w| digest(w, 0)).collect();
     log_line(&log, "parent True", 0);
     let pss_here = pss_mib(&[vec![root], descendants(root)].concat());

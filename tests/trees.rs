@@ -364,11 +364,7 @@ fn a_python_pool_checkpointed_while_it_runs_is_stored_once_and_shares_again() {
     let mut shell = c.spawn().unwrap();
     let root = shell.id() as i32;
     log_line(&log, "ready", 0);
-    let digest = |w: usize, skip: usize| {
-        let l = log_line(&log, &format!("w{w} "), skip);
-        let f: Vec<String> = l.split_whitespace().map(String::from).collect();
-        (f[1].clone(), f[3].clone())
-    };
+    let digest = |w: usize, skip: usize| support::nodes::pool_worker(&log, w, skip);
     let before: Vec<(String, String)> = (0..3).map(|w| digest(w, 0)).collect();
     log_line(&log, "parent True", 0);
     let tree = [vec![root], descendants(root)].concat();

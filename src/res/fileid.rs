@@ -60,26 +60,12 @@ impl FileId {
         let md = f.metadata()?;
         let build_id =
             if with_build_id && md.is_file() { elf_build_id(&reopen(&f)?).unwrap_or_default() } else { Vec::new() };
-        Ok(FileId {
-            path: path.to_string(),
-            mode: md.mode(),
-            size: md.size(),
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec(),
-            dev: md.dev(),
-            ino: md.ino(),
-            rdev: md.rdev(),
-            build_id,
-        })
+        Ok(FileId { build_id, ..FileId::from_metadata(path, &md) })
     }
 
-    /// [`FileId::of`] with its build-id of a mapped file `path`, and whether the file is an
-    /// ELF file (read in the same look). Within a [`Remembered`] scope, a file seen already
-    /// (the same inode, size and mtime) is not read again: only looked at.
-    pub fn of_mapped(path: &str) -> std::io::Result<(FileId, bool)> {
-        let f = open_path_only(path)?;
-        let md = f.metadata()?;
-        let mut id = FileId {
+    /// The identity `md` says, recorded under the name `path`; no build-id.
+    fn from_metadata(path: &str, md: &std::fs::Metadata) -> FileId {
+        FileId {
             path: path.to_string(),
             mode: md.mode(),
             size: md.size(),
@@ -89,7 +75,16 @@ impl FileId {
             ino: md.ino(),
             rdev: md.rdev(),
             build_id: Vec::new(),
-        };
+        }
+    }
+
+    /// [`FileId::of`] with its build-id of a mapped file `path`, and whether the file is an
+    /// ELF file (read in the same look). Within a [`Remembered`] scope, a file seen already
+    /// (the same inode, size and mtime) is not read again: only looked at.
+    pub fn of_mapped(path: &str) -> std::io::Result<(FileId, bool)> {
+        let f = open_path_only(path)?;
+        let md = f.metadata()?;
+        let mut id = FileId::from_metadata(path, &md);
         if !md.is_file() {
             return Ok((id, false));
         }
@@ -115,18 +110,7 @@ impl FileId {
     /// Identity from a stat of `path` without opening it (for files we may not open, e.g. a
     /// write-only log); no build-id.
     pub fn stat(path: &str) -> std::io::Result<FileId> {
-        let md = std::fs::metadata(path)?;
-        Ok(FileId {
-            path: path.to_string(),
-            mode: md.mode(),
-            size: md.size(),
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec(),
-            dev: md.dev(),
-            ino: md.ino(),
-            rdev: md.rdev(),
-            build_id: Vec::new(),
-        })
+        Ok(FileId::from_metadata(path, &std::fs::metadata(path)?))
     }
 
     pub fn file_type(&self) -> u32 {

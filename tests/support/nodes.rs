@@ -149,6 +149,14 @@ pub fn log_line(log: &Path, prefix: &str, skip: usize) -> String {
     }
 }
 
+/// Worker `w`'s pid and digest of its slice, from its first line after `skip` lines of the log
+/// of tests/targets/shared_pool.py ("wN PID COUNT DIGEST").
+pub fn pool_worker(log: &Path, w: usize, skip: usize) -> (String, String) {
+    let l = log_line(log, &format!("w{w} "), skip);
+    let f: Vec<String> = l.split_whitespace().map(String::from).collect();
+    (f[1].clone(), f[3].clone())
+}
+
 pub fn lines(log: &Path) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().count()
 }
