@@ -500,17 +500,7 @@ fn mapping_flags_that_change_as_a_running_checkpoint_freezes_fail_it() {
     let dir = tmpdir("mem-flags");
     let log = dir.join("log");
     // 32 MiB of its own (copied while it runs), and a page whose flags it flips.
-    let script = format!(
-        "import mmap, os\n\
-         b = bytearray(b'x' * (32 << 20))\n\
-         m = mmap.mmap(-1, 4096)\n\
-         m[0] = 1\n\
-         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
-         while True:\n\
-         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
-         \x20   m.madvise(mmap.MADV_DODUMP)\n",
-        log = log.to_str().unwrap()
-    );
+    let script = support::nodes::flag_flipper_script(&log, 32);
     let mut c = std::process::Command::new("python3");
     c.args(["-c", &script]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
     close_extra_fds(&mut c);

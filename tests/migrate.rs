@@ -981,16 +981,7 @@ fn a_hybrid_migration_sends_most_ahead_and_the_rest_after() {
 /// A Python process on node a that flips a mapping's flags (MADV_DONTDUMP, MADV_DODUMP) all
 /// the time, once it said "ready" in `log`; and its pid.
 fn flag_flipper(n: &Nodes, log: &Path) -> (std::process::Child, i32) {
-    let script = format!(
-        "import mmap, os\n\
-         m = mmap.mmap(-1, 4096)\n\
-         m[0] = 1\n\
-         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
-         while True:\n\
-         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
-         \x20   m.madvise(mmap.MADV_DODUMP)\n",
-        log = log.to_str().unwrap()
-    );
+    let script = support::nodes::flag_flipper_script(log, 0);
     let mut c = n.cmd(&n.a, "python3", &["-c", &script]);
     c.stdin(Stdio::null()).stdout(Stdio::null());
     let src = c.spawn().unwrap();

@@ -149,6 +149,22 @@ pub fn log_line(log: &Path, prefix: &str, skip: usize) -> String {
     }
 }
 
+/// A Python program that holds `mib` MiB of its own and flips the flags of a whole mapping
+/// (madvise MADV_DONTDUMP, MADV_DODUMP) all the time; it writes "ready PID" to `log`.
+pub fn flag_flipper_script(log: &Path, mib: usize) -> String {
+    format!(
+        "import mmap, os\n\
+         b = bytearray(b'x' * ({mib} << 20))\n\
+         m = mmap.mmap(-1, 4096)\n\
+         m[0] = 1\n\
+         open({log:?}, 'a').write('ready %d\\n' % os.getpid())\n\
+         while True:\n\
+         \x20   m.madvise(mmap.MADV_DONTDUMP)\n\
+         \x20   m.madvise(mmap.MADV_DODUMP)\n",
+        log = log.to_str().unwrap()
+    )
+}
+
 /// Worker `w`'s pid and digest of its slice, from its first line after `skip` lines of the log
 /// of tests/targets/shared_pool.py ("wN PID COUNT DIGEST").
 pub fn pool_worker(log: &Path, w: usize, skip: usize) -> (String, String) {
