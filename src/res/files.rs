@@ -224,7 +224,11 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
             Err(e) => return Err(Error::io(&link, e)),
         };
         let info_path = format!("/proc/{pid}/fdinfo/{fd}");
-        let info = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        let info = match fs::read_to_string(&info_path) {
+            Ok(i) => i,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed since its link was read
+            Err(e) => return Err(Error::io(&info_path, e)),
+        };
         let (pos, raw_flags) =
             procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
         let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
