@@ -643,6 +643,76 @@ fn a_running_checkpoint_can_be_frozen_and_its_damage_is_refused() {
     }
 }
 
+/// A crafted running checkpoint that declares a vast area (64 TiB, unreserved, where the
+/// process maps nothing) beside its real ones restores from a stream as the plain image does,
+/// costing what arrived and not the area's size (a byte per page of it once was 16 GiB to
+/// walk); one whose areas change more often than rounds are run is refused, by name, however
+/// it is read.
+#[test]
+fn a_crafted_image_of_vast_areas_costs_nothing_and_endless_area_changes_are_refused() {
+    use crs::engine::precopy::{Area, decode_areas, encode_areas};
+    let dir = tmpdir("mem-running-vast");
+    let (mut w, log, pid) = writer(&dir, "10");
+    let d = dir.to_str().unwrap();
+    let img = format!("{d}/r.crf");
+    let o = ckpt(&["-v", "-o", &img, &pid.to_string()]);
+    w.kill().unwrap();
+    w.wait().unwrap();
+    if !require(!stderr(&o).contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        return;
+    }
+    let vast = Area { start: 1 << 40, end: 1 << 46, noreserve: true };
+    let bytes = std::fs::read(&img).unwrap();
+    let grown = rewrite(&bytes, |t, p| {
+        if t != crs::crf::Tag::PREAREAS {
+            return p;
+        }
+        let mut a = decode_areas(&p).unwrap();
+        assert!(a.iter().all(|x| x.0.end <= vast.start || x.0.start >= vast.end), "the writer maps {a:?}");
+        a.push((vast, false));
+        a.sort_by_key(|x| x.0.start);
+        encode_areas(&a)
+    });
+    let vast_img = format!("{d}/vast.crf");
+    std::fs::write(&vast_img, &grown).unwrap();
+    let t0 = std::time::Instant::now();
+    let (new, _) = restore_writer(&vast_img, &[], Some(std::fs::File::open(&vast_img).unwrap()), &log);
+    let took = t0.elapsed();
+    kill_pid(new);
+    // 60 ms here; 13 s when it was walked a page at a time.
+    assert!(took < std::time::Duration::from_secs(5), "the vast area took {took:?} to restore");
+    // Every PREAREAS section written 40 times over: more changes than rounds.
+    let mut r = crs::crf::Reader::new(&bytes[..]).unwrap();
+    let mut wr = crs::crf::Writer::new(Vec::new()).unwrap();
+    let mut buf = vec![0u8; crs::crf::pages::MAX_BATCH_PAGES * 4096];
+    while let Some(s) = r.next_section().unwrap() {
+        if s.tag == crs::crf::Tag::PAGES {
+            let b = crs::crf::pages::read_batch_header(&mut r, &s).unwrap();
+            let runs = b.runs.clone();
+            let data = b.data(&mut r, &mut buf).unwrap().to_vec();
+            crs::crf::pages::write_batch(&mut wr, &runs, &data).unwrap();
+            continue;
+        }
+        let p = r.payload(&s, "X").unwrap();
+        let times = if s.tag == crs::crf::Tag::PREAREAS { 40 } else { 1 };
+        for _ in 0..times {
+            wr.section(s.tag, s.flags, &[&p]).unwrap();
+        }
+    }
+    let endless = format!("{d}/endless.crf");
+    std::fs::write(&endless, wr.finish().unwrap().0).unwrap();
+    // From a stream, from the file, and crfinfo.
+    for args in [&["rstrt", "-d", "-"][..], &["rstrt", "-d", &endless], &["crfinfo", &endless]] {
+        let o = std::process::Command::new(crs())
+            .args(args)
+            .stdin(std::fs::File::open(&endless).unwrap())
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && o.stdout.is_empty(), "{args:?} took it: {}", stderr(&o));
+        assert!(stderr(&o).contains("changed 32 times"), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// An ordinary user's running checkpoint, restored by that user from a stream (rstrt - <
 /// image): the pages copied while the process ran are held for it in rstrt, so its first
 /// process does not execute its own program first (that would drop them): it is restored,

@@ -8,6 +8,7 @@ pub mod family;
 pub mod inherit;
 pub mod layout;
 pub mod lazy;
+pub mod pagestates;
 pub mod pidns;
 pub mod precopy;
 pub mod restore;

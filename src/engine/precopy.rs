@@ -38,6 +38,7 @@
 //! forked once the rounds began.
 
 use super::layout::{find_free, intersect, minus};
+use super::pagestates::States;
 use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
@@ -700,6 +701,18 @@ pub struct Ahead {
 
 /// Most rounds of a pre-copy, and of one followed by a post-copy.
 const MAX_ROUNDS: usize = 30;
+
+/// Err once a process's areas have changed more than rounds change them: `n` Areas frames
+/// (or PREAREAS sections), at most one a round and an empty one once it ended. Each change
+/// copies what the old areas held into the new ones.
+fn changes_within_rounds(n: usize) -> Result<()> {
+    match n > MAX_ROUNDS + 1 {
+        true => Err(Error::Refused(format!(
+            "the areas of a process sent ahead changed {n} times: more than rounds of a live migration send"
+        ))),
+        false => Ok(()),
+    }
+}
 const HYBRID_ROUNDS: usize = 2;
 
 /// Whether process `pid` (started at `start`, when given) has ended: its pid gone, a
@@ -1002,7 +1015,7 @@ pub struct Kept {
 
 /// One area held at the destination: a mapping of ours, and per page 0 (nothing), 1 (as
 /// received), and during the restore 2 (kept), 3 (written over by the image) or 4 (not in
-/// the restored process: its mapping differs).
+/// the restored process: its mapping differs), kept as runs (an area may be vast and sparse).
 struct Held {
     area: Area,
     /// Our mapping's address.
@@ -1010,11 +1023,12 @@ struct Held {
     /// Its address in the process being restored, which inherited it (see
     /// [`Store::clear_there`]).
     there: u64,
-    state: Vec<u8>,
+    state: States,
     /// The source allows huge pages here (see [`Store::pages`]).
     huge: bool,
-    /// Per huge page of the area (2 MiB, aligned in the process): collapsed already.
-    collapsed: Vec<bool>,
+    /// The huge pages of the area (2 MiB, aligned in the process) collapsed already, by
+    /// address.
+    collapsed: std::collections::BTreeSet<u64>,
     /// Left where it is in the restored process, its kept pages to be copied over an earlier
     /// process's held pages moved in place of it (see [`Part`]).
     aside: bool,
@@ -1038,39 +1052,32 @@ impl Part<'_> {
     }
 }
 
-/// `n` zero bytes, or None if they cannot be had (zeroed lazily, as vec! does).
-fn zeroed(n: usize) -> Option<Vec<u8>> {
-    if n == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: p comes from the global allocator with the layout of n bytes (capacity n), all
-    // of them initialized (zero).
-    Some(unsafe { Vec::from_raw_parts(p, n, n) })
-}
-
 /// A huge page (PMD) on x86_64.
 const HUGE: u64 = 2 << 20;
 
 impl Held {
     fn new(area: Area, huge: bool) -> Result<Held> {
-        let chunks = (area.end.div_ceil(HUGE) - area.start / HUGE) as usize;
-        // A byte per page: an image's area of many TiB (sparse ones exist) is refused if this
-        // machine cannot even hold that, rather than an abort.
-        let state = zeroed(area.pages()).ok_or_else(|| {
-            Error::Refused(format!(
-                "an area of {} bytes at {:#x}, sent ahead, is too large to follow on this machine",
-                area.end - area.start,
-                area.start
-            ))
-        })?;
         let local = map_local(area, huge)?;
-        Ok(Held { area, local, there: local, state, huge, collapsed: vec![false; chunks], aside: false })
+        Ok(Held {
+            area,
+            local,
+            there: local,
+            state: States::default(),
+            huge,
+            collapsed: Default::default(),
+            aside: false,
+        })
+    }
+
+    /// The index of the page at `addr` (inside the area).
+    fn page(&self, addr: u64) -> usize {
+        ((addr - self.area.start) / PAGE) as usize
+    }
+
+    /// Pages [s, e) of the process's (inside the area) take state `v`.
+    fn set(&mut self, s: u64, e: u64, v: u8) {
+        let (i, j) = (self.page(s), self.page(e));
+        self.state.set(i, j, v);
     }
 
     /// Once every page of a huge page of the process's has arrived: made one huge page here
@@ -1083,12 +1090,11 @@ impl Held {
         let first = from / HUGE * HUGE;
         let mut c = first;
         while c < to {
-            let i = ((c - self.area.start / HUGE * HUGE) / HUGE) as usize;
             let whole = c >= self.area.start && c + HUGE <= self.area.end;
-            if whole && !self.collapsed[i] {
-                let p = ((c - self.area.start) / PAGE) as usize;
-                if self.state[p..p + (HUGE / PAGE) as usize].iter().all(|&x| x == 1) {
-                    self.collapsed[i] = true;
+            if whole && !self.collapsed.contains(&c) {
+                let p = self.page(c);
+                if self.state.all(p, p + (HUGE / PAGE) as usize, |x| x == 1) {
+                    self.collapsed.insert(c);
                     // SAFETY: madvise on a whole huge page inside our own mapping; it changes
                     // how the pages are held, not what they hold.
                     unsafe {
@@ -1114,6 +1120,8 @@ pub struct Store {
     pub received: u64,
     /// Our mappings are still ours: not yet let go (see [`Store::leave`]).
     here: bool,
+    /// Areas frames followed: at most one a round, and one once the process ended.
+    follows: usize,
 }
 
 /// A mapping of ours for `area`, placed as the area is within huge pages (the same offset
@@ -1160,13 +1168,17 @@ fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> 
 
 impl Store {
     pub fn new(limit: u64) -> Store {
-        Store { held: BTreeMap::new(), limit, received: 0, here: true }
+        Store { held: BTreeMap::new(), limit, received: 0, here: true, follows: 0 }
     }
 
     /// The areas the process has now (an Areas frame): those held already stay, a changed one
     /// gets the pages of the old ones where they overlap, the others go.
     pub fn follow(&mut self, areas: &[(Area, bool)]) -> Result<()> {
         self.ours()?;
+        // Each change of an area copies what it holds of the old one: bounded, so that a
+        // crafted image of many small Areas cannot make that a great deal of copying.
+        self.follows += 1;
+        changes_within_rounds(self.follows)?;
         let total: u64 = areas.iter().map(|(a, _)| a.end - a.start).sum();
         if total > self.limit {
             return Err(Error::Refused(format!(
@@ -1188,20 +1200,19 @@ impl Store {
             // (The old areas are apart, as these are: those that meet it, walking down.)
             for (_, o) in old.range(..a.end).rev().take_while(|(_, o)| o.area.end > a.start) {
                 let (s, e) = (o.area.start.max(a.start), o.area.end.min(a.end));
-                for p in (s..e).step_by(PAGE as usize) {
-                    let (i, j) = (((p - o.area.start) / PAGE) as usize, ((p - a.start) / PAGE) as usize);
-                    if o.state[i] == 1 {
-                        // SAFETY: both pages lie inside mappings this store owns (i and j are
-                        // within their areas), which do not overlap.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                (o.local + i as u64 * PAGE) as *const u8,
-                                (h.local + j as u64 * PAGE) as *mut u8,
-                                PAGE as usize,
-                            )
-                        };
-                        h.state[j] = 1;
-                    }
+                for (i, j) in o.state.runs_within(o.page(s), o.page(e), 1) {
+                    let from = o.area.start + i as u64 * PAGE;
+                    let to = from + (j - i) as u64 * PAGE;
+                    // SAFETY: both runs lie inside mappings this store owns ([from, to) is
+                    // within both areas), which do not overlap.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            (o.local + (from - o.area.start)) as *const u8,
+                            (h.local + (from - a.start)) as *mut u8,
+                            (to - from) as usize,
+                        )
+                    };
+                    h.set(from, to, 1);
                 }
             }
             if h.huge {
@@ -1217,7 +1228,7 @@ impl Store {
 
     /// Bytes of the pages held.
     pub fn held_bytes(&self) -> u64 {
-        self.held.values().map(|h| h.state.iter().filter(|&&x| x != 0).count() as u64).sum::<u64>() * PAGE
+        self.held.values().map(|h| h.state.count() as u64).sum::<u64>() * PAGE
     }
 
     /// A Pages frame: each run must lie in one area held.
@@ -1265,8 +1276,7 @@ impl Store {
         let total = off - head;
         for (area, s, e) in runs {
             let Some(h) = self.held.get_mut(&area) else { continue };
-            let i = ((s - area) / PAGE) as usize;
-            h.state[i..i + ((e - s) / PAGE) as usize].iter_mut().for_each(|x| *x = 1);
+            h.set(s, e, 1);
             if h.huge {
                 h.collapse(s, e);
             }
@@ -1301,10 +1311,7 @@ impl Store {
         for r in runs {
             let (s, e) = (r.addr, r.addr + r.len() as u64);
             let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| e <= h.area.end);
-            let fresh = |h: &Held| {
-                let i = ((s - h.area.start) / PAGE) as usize;
-                h.state[i..i + r.npages as usize].iter().all(|&x| x == 0)
-            };
+            let fresh = |h: &Held| h.state.all(h.page(s), h.page(e), |x| x == 0);
             let Some(h) = h.filter(|h| r.flags == 0 && fresh(h)) else {
                 return Err(Error::Image(crate::crf::CrfError::Bad {
                     offset: at,
@@ -1317,11 +1324,10 @@ impl Store {
                     what: "shared pages shorter than their runs".into(),
                 })
             })?;
-            let i = ((s - h.area.start) / PAGE) as usize;
             // SAFETY: [s, e) lies inside the area (checked above), whose mapping of `len`
             // bytes at `local` is ours.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (h.local + (s - h.area.start)) as *mut u8, r.len()) };
-            h.state[i..i + r.npages as usize].fill(1);
+            h.set(s, e, 1);
             off += r.len();
             self.received += r.len() as u64;
         }
@@ -1332,7 +1338,7 @@ impl Store {
     /// again (the last process kept or wrote over its own copies, not ours).
     pub fn rearm(&mut self) {
         for h in self.held.values_mut() {
-            h.state.iter_mut().filter(|x| **x > 1).for_each(|x| *x = 1);
+            h.state.map_all(|x| x.min(1));
             h.there = h.local;
             h.aside = false;
         }
@@ -1496,13 +1502,13 @@ impl Store {
                     l.mremap_resized(there, len, size, h.area.start);
                     // Past the end of a mapping that shrank: not the process's any more.
                     let within = (size.min(len) / PAGE) as usize;
-                    h.state[within..].iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+                    h.state.map(within, usize::MAX, |_| 4);
                 }
                 Some(_) if part == Part::Own => h.aside = true,
                 _ => {
                     l.munmap(there, len);
                     // Gone from this process (a tree's next one has them still: see `rearm`).
-                    h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+                    h.state.map_all(|_| 4);
                 }
             }
         }
@@ -1520,11 +1526,8 @@ impl Store {
         let mut l = crate::ptrace::calls::Calls::new();
         let (mut buf, mut written) = (Vec::new(), Vec::new());
         for h in self.held.values_mut().filter(|h| h.aside) {
-            let mut runs: Vec<(u64, u64)> = Vec::new();
-            for (i, _) in h.state.iter().enumerate().filter(|(_, x)| **x == 2) {
-                let p = h.area.start + i as u64 * PAGE;
-                crate::ptrace::pagemap::join(&mut runs, p, p + PAGE);
-            }
+            let at = |i: usize| h.area.start + i as u64 * PAGE;
+            let mut runs: Vec<(u64, u64)> = h.state.runs_of(2).map(|(i, j)| (at(i), at(j))).collect();
             let mut k = 0;
             while k < runs.len() {
                 let (mut batch, mut pages) = (Vec::new(), 0usize);
@@ -1549,7 +1552,7 @@ impl Store {
                 written.extend(batch.iter().map(|&(s, n)| (s, n, 0)));
             }
             l.munmap(h.there, h.area.end - h.area.start);
-            h.state.iter_mut().filter(|x| **x != 0).for_each(|x| *x = 4);
+            h.state.map_all(|_| 4);
             h.aside = false;
         }
         let area = c.scratch.clone();
@@ -1561,9 +1564,8 @@ impl Store {
         for &(s, e) in runs {
             let h = self.held.range_mut(..=s).next_back().map(|x| x.1).filter(|h| e <= h.area.end);
             let ok = h.is_some_and(|h| {
-                let (i, j) = (((s - h.area.start) / PAGE) as usize, ((e - h.area.start) / PAGE) as usize);
-                let ok = h.state[i..j].iter().all(|&x| x == 1 || x == 2);
-                h.state[i..j].iter_mut().for_each(|x| *x = 2);
+                let ok = h.state.all(h.page(s), h.page(e), |x| x == 1 || x == 2);
+                h.set(s, e, 2);
                 ok
             });
             if !ok {
@@ -1580,11 +1582,8 @@ impl Store {
         for &(s, len, _) in targets {
             let e = s + len as u64;
             for h in self.held.values_mut().filter(|h| h.area.end > s && h.area.start < e) {
-                let (i, j) = (
-                    ((s.max(h.area.start) - h.area.start) / PAGE) as usize,
-                    ((e.min(h.area.end) - h.area.start) / PAGE) as usize,
-                );
-                h.state[i..j].iter_mut().filter(|x| **x == 1).for_each(|x| *x = 3);
+                let (i, j) = (h.page(s.max(h.area.start)), h.page(e.min(h.area.end)));
+                h.state.map(i, j, |x| if x == 1 { 3 } else { x });
             }
         }
     }
@@ -1594,13 +1593,7 @@ impl Store {
     pub fn drop_stale(&self, c: &mut crate::ptrace::Ctl) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values() {
-            let mut i = 0;
-            while i < h.state.len() {
-                if h.state[i] != 1 {
-                    i += 1;
-                    continue;
-                }
-                let j = i + h.state[i..].iter().take_while(|&&x| x == 1).count();
+            for (i, j) in h.state.runs_of(1) {
                 let at = h.area.start + i as u64 * PAGE;
                 l.madvise(
                     crate::ptrace::RemoteAddr(at),
@@ -1608,7 +1601,6 @@ impl Store {
                     libc::MADV_DONTNEED,
                     "madvise(MADV_DONTNEED)",
                 );
-                i = j;
             }
         }
         let area = c.scratch.clone();
@@ -1935,6 +1927,8 @@ pub fn read_ahead<R: crate::crf::Input>(
     use crate::crf::{CrfError, Tag};
     const WHAT: &str = "pages copied while the process ran";
     let mut all: CopiedAll = Vec::new();
+    // PREAREAS read, per process of `all`.
+    let mut changes: Vec<usize> = Vec::new();
     // The process the sections are of, as its index in `all`.
     let mut current: Option<usize> = None;
     let mut buf = Vec::new();
@@ -1979,6 +1973,7 @@ pub fn read_ahead<R: crate::crf::Input>(
                 None if all.len() >= MAX_MEMBERS => return Err(bad(format!("more than {MAX_MEMBERS} processes"))),
                 None => {
                     all.push((pid, fresh()));
+                    changes.push(0);
                     all.len() - 1
                 }
             });
@@ -1987,6 +1982,7 @@ pub fn read_ahead<R: crate::crf::Input>(
         // Sections of no PREMEMBER: the first process's.
         let i = *current.get_or_insert_with(|| {
             all.push((0, fresh()));
+            changes.push(0);
             0
         });
         let c = &mut all[i].1;
@@ -2026,6 +2022,8 @@ pub fn read_ahead<R: crate::crf::Input>(
             e => e,
         };
         if s.tag == Tag::PREAREAS {
+            changes[i] += 1;
+            changes_within_rounds(changes[i])?;
             // Small pages, as a restore without them makes: made huge pages here (a copy
             // each) they would cost more than the fork they spare.
             let areas: Vec<(Area, bool)> =
@@ -2183,7 +2181,7 @@ mod tests {
         let b = Area { start: 0x10000, end: 0x18000, noreserve: false };
         st.follow(&[(b, false)]).unwrap();
         let h = &st.held[&0x10000];
-        assert_eq!(h.state[..4], [0, 1, 1, 0]);
+        assert_eq!((0..4).map(|i| h.state.get(i)).collect::<Vec<_>>(), [0, 1, 1, 0]);
         // SAFETY: page 1 of the store's own mapping.
         assert_eq!(unsafe { *((h.local + PAGE) as *const u8) }, 7);
         // A run outside every area is refused.
@@ -2246,7 +2244,7 @@ mod tests {
         frame.extend(std::iter::repeat_n(5u8, (2 * HUGE - PAGE) as usize));
         st.pages(&frame).unwrap();
         let h = &st.held[&a.start];
-        assert_eq!(h.collapsed, vec![false, true, false, false]);
+        assert_eq!(h.collapsed.iter().copied().collect::<Vec<_>>(), vec![whole]);
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
         if thp.contains("[never]") {
             return;
@@ -2265,6 +2263,36 @@ mod tests {
         assert_eq!(huge_kb, 2048, "the whole huge page received is not one here");
         // SAFETY: a page of the store's own mapping.
         assert_eq!(unsafe { *((local + 3 * PAGE + HUGE - 1) as *const u8) }, 5);
+    }
+
+    /// An image may declare a vast sparse area (64 TiB here, as MAP_NORESERVE): holding it,
+    /// growing it and asking what it holds costs what arrived, not its size; and its areas
+    /// change at most once a round.
+    #[test]
+    fn a_vast_sparse_area_costs_what_arrived() {
+        let t0 = Instant::now();
+        let (start, end) = (1u64 << 40, 1u64 << 46);
+        let mut st = Store::new(1 << 47);
+        let area = |end: u64| [(Area { start, end, noreserve: true }, false)];
+        st.follow(&area(end)).unwrap();
+        let mut frame = pages_header(&[(end - 2 * PAGE, end)]);
+        frame.extend(std::iter::repeat_n(9u8, 2 * PAGE as usize));
+        st.pages(&frame).unwrap();
+        // Grown: the old area's pages are carried over; shrunk back, too.
+        st.follow(&area(end + PAGE)).unwrap();
+        st.follow(&area(end)).unwrap();
+        assert_eq!(st.held_bytes(), 2 * PAGE);
+        assert!(st.keep(&[(end - 2 * PAGE, end)]).is_ok());
+        st.rearm();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?} for a sparse area", t0.elapsed());
+        let h = &st.held[&start];
+        // SAFETY: the last page of the store's own mapping, carried over twice.
+        assert_eq!(unsafe { *((h.local + (end - start) - 1) as *const u8) }, 9);
+        while st.follows < MAX_ROUNDS + 1 {
+            st.follow(&area(end)).unwrap();
+        }
+        let e = st.follow(&area(end)).unwrap_err().to_string();
+        assert!(e.contains("changed 32 times"), "{e}");
     }
 
     /// The pages of a tree's TREEPAGES: only inside the areas, each once; a process's kept
