@@ -11,14 +11,18 @@
 #   frozen_ms migrate -v: from the freeze to the destination's Running
 #   pss_src / pss_dst  the tree's Pss in MiB before at the source, after at the destination
 # With OLD=BINARY, the same cases with that binary too (restartd of the same binary), in turns.
+# The pool runs the distribution's Python (env PY=/usr/bin/python3): restartd takes a file as
+# the same at the destination only if anyone may read it, and one under a home directory of
+# mode 700 (pyenv's) is sent whole in the frozen image.
 # usage: bench/live-tree.sh [CRS_BINARY]   (env MIB=512, RUNS=3, CASES="writer pool",
-# OLD=). Root, iproute2, python3, cc.
+# OLD=, PY=). Root, iproute2, python3, cc.
 set -euo pipefail
 cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
 MIB=${MIB:-512}
 RUNS=${RUNS:-3}
 CASES=${CASES:-"writer pool"}
+PY=${PY:-/usr/bin/python3}
 . ./lib.sh
 two_nodes 88 tree
 cc -O2 -o "$work/writer" ../tests/targets/writer.c
@@ -49,7 +53,7 @@ for c in $CASES; do
       case $c in
         writer) (bare ip netns exec "$A" setsid "$work/writer" "$log" "$MIB" 1 cow </dev/null >/dev/null 2>&1 &)
                 until grep -q forked "$log" 2>/dev/null; do sleep 0.05; done ;;
-        pool) (bare ip netns exec "$A" setsid python3 "$here/../tests/targets/shared_pool.py" "$log" </dev/null >/dev/null 2>&1 &)
+        pool) (bare ip netns exec "$A" setsid "$PY" "$here/../tests/targets/shared_pool.py" "$log" </dev/null >/dev/null 2>&1 &)
               until grep -q ready "$log" 2>/dev/null; do sleep 0.05; done ;;
       esac
       sleep 1

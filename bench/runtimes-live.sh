@@ -7,7 +7,9 @@
 # longest gap between two ticks before and after the move, in ms; "dead" if the moved
 # program stopped ticking.
 # usage: bench/runtimes-live.sh [CRS_BINARY]   (env PROGS="go py node java",
-#        MODES="live post both"). Needs root, iproute2, go, python3, node, javac.
+#        MODES="live post both", PY=/usr/bin/python3: the distribution's, which restartd
+#        finds the same at the destination; see live-tree.sh). Needs root, iproute2, go,
+#        python3, node, javac.
 set -euo pipefail
 cd "$(dirname "$0")"
 CRS=$(realpath "${1:-../target/x86_64-unknown-linux-gnu/release/crs}")
@@ -26,7 +28,7 @@ for prog in $PROGS; do
     log=$work/$prog-$mode.log
     case $prog in
       go) cmd=("$work/churn" "$log") ;;
-      py) cmd=(python3 "$here/threads.py" "$log") ;;
+      py) cmd=("${PY:-/usr/bin/python3}" "$here/threads.py" "$log") ;;
       node) cmd=(node "$here/objects.js" "$log") ;;
       java) cmd=(java -Xmx512m -cp "$work" Tick "$log") ;;
     esac
