@@ -272,6 +272,74 @@ fn lazy_restore_kills_the_process_when_a_page_batch_is_damaged() {
     assert!(!o.status.success() && stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
 }
 
+/// A lazy restore passes over the page batches a PAGEPLAN announces without reading them,
+/// and reads each one when it serves it: a batch whose run table was changed is found then
+/// (the process killed, rstrt naming the plan), where a restore that reads it first refuses
+/// the image before anything runs. An image without a plan (as crs wrote before CRF 8)
+/// restores lazily as well, every page as it was.
+#[test]
+fn lazy_restore_passes_over_the_planned_batches_and_checks_each_when_served() {
+    if !require(is_root(), "root (rstrt --lazy)") {
+        return;
+    }
+    use crs::crf::{Reader, Tag, Writer, pages};
+    let dir = tmpdir("mem-lazy-plan");
+    let d = dir.to_str().unwrap();
+    let mut p = start("lazy", &["64"], &dir);
+    let img = format!("{d}/l.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let bytes = std::fs::read(&img).unwrap();
+    // The image's sections: (tag, offset of the payload, length); without its PAGEPLAN.
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let mut w = Writer::new(Vec::new()).unwrap();
+    let mut secs = Vec::new();
+    let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * 4096];
+    while let Some(s) = r.next_section().unwrap() {
+        secs.push((s.tag, s.offset, s.len));
+        if s.tag == Tag::PAGES {
+            let b = pages::read_batch_header(&mut r, &s).unwrap();
+            let runs = b.runs.clone();
+            let data = b.data(&mut r, &mut buf).unwrap().to_vec();
+            pages::write_batch(&mut w, &runs, &data).unwrap();
+            continue;
+        }
+        let payload = r.payload(&s, "X").unwrap();
+        if s.tag != Tag::PAGEPLAN {
+            w.section(s.tag, s.flags, &[&payload]).unwrap();
+        }
+    }
+    assert_eq!(secs.iter().filter(|s| s.0 == Tag::PAGEPLAN).count(), 1, "no PAGEPLAN in {img}");
+    let unplanned = format!("{d}/unplanned.crf");
+    std::fs::write(&unplanned, w.finish().unwrap().0).unwrap();
+    let (mut r, finish) = lazy_rstrt(&unplanned);
+    r.send("go");
+    assert_eq!(r.expect(""), "ok", "{:?}", r.seen);
+    r.send("end");
+    assert!(finish(&mut r).0 > 0, "no page was brought in by a fault: the restore was not lazy");
+    // The middle batch's first run, a page further on.
+    let batches: Vec<_> = secs.iter().filter(|s| s.0 == Tag::PAGES).collect();
+    let mid = batches[batches.len() / 2];
+    let mut b = bytes.clone();
+    b[mid.1 as usize + 9] ^= 0x10;
+    let damaged = format!("{d}/damaged.crf");
+    std::fs::write(&damaged, &b).unwrap();
+    let o = run(&["rstrt", "-d", &damaged]);
+    assert!(!o.status.success() && o.stdout.is_empty(), "rstrt took {damaged}: {}", stderr(&o));
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "--lazy", &damaged]).stderr(std::process::Stdio::piped());
+    let mut r = Proc::spawn(c);
+    r.send("go");
+    let st = r.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    // Found once the process ran (exit 4), not before.
+    assert_eq!(st.code(), Some(4), "rstrt --lazy of a damaged image: {err}");
+    assert!(err.contains("not the one the PAGEPLAN announced"), "{err}");
+    assert!(!r.seen.iter().any(|l| l == "ok"), "the process ran on: {:?}", r.seen);
+}
+
 /// rstrt --lazy needs a file it can read pages from later, and root: each refusal says so.
 #[test]
 fn lazy_restore_refuses_a_pipe_and_an_ordinary_user() {

@@ -69,10 +69,24 @@ fn describe(inp: impl Input) -> Result<()> {
             b.data(&mut r, &mut buf)?;
             next = r.next_section()?;
         }
+        next = sections.take_plan(&mut r, next)?;
+        // The batches the plan announces, each checked against the one that comes.
+        let first = next.as_ref().map_or(r.offset(), |s| s.offset - crate::crf::SECTION_HEADER_LEN as u64);
+        let mut plan = match &sections.plan {
+            Some((p, at)) => pages::read_plan(p, *at, first)?.0.into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        let planned = sections.plan.is_some();
         let mut order = pages::InOrder::default();
         while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(&mut r, &s)?;
             order.next(&b.runs, s.offset)?;
+            if planned && plan.next().is_none_or(|p| p.runs != b.runs || p.data_at != r.offset()) {
+                return Err(crate::error::Error::Image(crate::crf::CrfError::Bad {
+                    offset: s.offset,
+                    what: "a page batch is not the one the PAGEPLAN announced".into(),
+                }));
+            }
             as_earlier +=
                 b.runs.iter().filter(|r| r.flags & pages::RUN_SHARED != 0).map(|r| r.len() as u64).sum::<u64>();
             for run in b.runs.iter().filter(|r| r.flags & pages::RUN_KEPT == 0) {
@@ -83,6 +97,12 @@ fn describe(inp: impl Input) -> Result<()> {
             page_bytes += b.data_len as u64;
             b.data(&mut r, &mut buf)?;
             next = r.next_section()?;
+        }
+        if let Some(p) = plan.next() {
+            return Err(crate::error::Error::Image(crate::crf::CrfError::Bad {
+                offset: p.at,
+                what: "the PAGEPLAN announces a page batch that is not there".into(),
+            }));
         }
         head = sections.read_group(&mut r, &mut st, next, false, &mut |_, _| Ok(()))?;
         procs.push((st, stored, page_bytes, as_earlier));

@@ -30,8 +30,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// version 4 pages copied before the freeze (PREAREAS, PREPAGES), version 5 those of each
 /// process of a tree (PREMEMBER), version 6 kept runs of pages a tree's processes share
 /// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), version 7 those in a running checkpoint's
-/// image (pages::PREMEMBER_HOLD), so older images read as version 7.
-pub const VERSION: u32 = 7;
+/// image (pages::PREMEMBER_HOLD), version 8 a process's page batches announced before them
+/// (PAGEPLAN, optional), so older images read as version 8.
+pub const VERSION: u32 = 8;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
@@ -64,6 +65,9 @@ impl Tag {
     /// The PREAREAS and PREPAGES that follow are of this process (u32 pid, as in the image);
     /// without any, of the first process.
     pub const PREMEMBER: Tag = Tag(46);
+    /// The runs of each of the PAGES batches that follow it (see `pages::write_plan`): where
+    /// each lies, without reading one of them. Optional.
+    pub const PAGEPLAN: Tag = Tag(48);
     /// The trailer.
     pub const END: Tag = Tag(0xffff_ffff);
 }
@@ -197,6 +201,17 @@ impl<W: Write> Writer<W> {
         self.out.flush()?;
         Ok((self.out, self.offset))
     }
+}
+
+/// A section header read apart from a Reader (at stream offset `at`): its tag, flags, length
+/// and payload CRC, once its own checksum is checked.
+pub fn parse_section_header(h: &[u8; SECTION_HEADER_LEN], at: u64) -> Result<(Tag, u32, u64, u32)> {
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    if crc32fast::hash(&h[0..20]) != word(20) {
+        return bad(at, "section header checksum mismatch");
+    }
+    let len = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    Ok((Tag(word(0)), word(4), len, word(16)))
 }
 
 fn section_header(tag: u32, flags: u32, len: u64, crc: u32) -> [u8; SECTION_HEADER_LEN] {
@@ -541,6 +556,20 @@ impl<R: Input> Reader<R> {
             return Ok(false);
         }
         self.offset += n;
+        Ok(true)
+    }
+
+    /// Passes over everything up to stream offset `to` (at or after this one), which holds
+    /// `sections` whole sections the caller knows of (and checks when it reads them later):
+    /// Ok(false), nothing consumed, if the input cannot.
+    pub fn pass_sections(&mut self, to: u64, sections: u64) -> Result<bool> {
+        let Some(n) = to.checked_sub(self.offset) else {
+            return bad(self.offset, format!("passing back to offset {to}"));
+        };
+        if !self.pass(n)? {
+            return Ok(false);
+        }
+        self.sections += sections;
         Ok(true)
     }
 

@@ -6,7 +6,9 @@
 //! ```
 //! `pad` makes the data start on a page boundary of the stream (offset 0 = the preamble).
 
-use super::{CrfError, Dec, Enc, Input, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Sink, Tag, Writer};
+use super::{
+    CrfError, Dec, Enc, FLAG_OPTIONAL, Input, PAGE_SIZE, Reader, Result, SECTION_HEADER_LEN, Section, Sink, Tag, Writer,
+};
 use std::io::{self, Write};
 
 /// Run flag: the pages are a copy of the mapped file's content (not modified by the process).
@@ -109,6 +111,123 @@ impl InOrder {
     }
 }
 
+/// The next run of a run table, checked: page-aligned, flags known and allowed together, at
+/// or after `prev_end` (which it moves on), below 2^56.
+fn next_run(d: &mut Dec, prev_end: &mut u64) -> Result<Run> {
+    let at = d.offset();
+    let run = Run { addr: d.u64()?, npages: d.u32()?, flags: d.u32()? };
+    let end = run.addr.checked_add(run.npages as u64 * PAGE_SIZE as u64);
+    let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
+        && run.npages > 0
+        && run.flags & !RUN_FLAGS_KNOWN == 0
+        && run.flags & (RUN_FILE_COPY | RUN_KEPT) != RUN_FILE_COPY | RUN_KEPT
+        && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
+        && (run.flags & RUN_SHARED == 0 || run.flags == RUN_KEPT | RUN_SHARED)
+        && run.addr >= *prev_end
+        && end.is_some_and(|e| e <= 1 << 56);
+    if !ok {
+        return Err(d.bad_at(at, format!("invalid page run {:#x}+{} pages", run.addr, run.npages)));
+    }
+    *prev_end = end.unwrap_or(0);
+    Ok(run)
+}
+
+/// Writes a PAGEPLAN section (none above MAX_PLAN): the runs of each batch that follows, in
+/// order, so that a reader
+/// that may pass over data (a lazy restore from a file) knows where each batch lies without
+/// reading one (a page of headers per MiB of image, scattered: on a disk, or a VM whose host
+/// took back memory left alone, as slow as the rest of the restore).
+///
+/// ```text
+/// u32 nbatches | u32 0 | nbatches x { u32 nruns | u32 0 | nruns x { u64 addr | u32 npages | u32 flags } }
+/// ```
+pub fn write_plan<W: Write>(w: &mut Writer<W>, batches: &[&[Run]]) -> io::Result<()> {
+    let size = 8 + batches.iter().map(|b| 8 + 16 * b.len()).sum::<usize>();
+    if size > MAX_PLAN {
+        return Ok(());
+    }
+    let mut e = Enc::new();
+    e.u32(batches.len() as u32).u32(0);
+    for runs in batches {
+        e.u32(runs.len() as u32).u32(0);
+        for r in *runs {
+            e.u64(r.addr).u32(r.npages).u32(r.flags);
+        }
+    }
+    w.section(Tag::PAGEPLAN, FLAG_OPTIONAL, &[&e.into_bytes()])
+}
+
+/// A batch a PAGEPLAN announces: its runs, where its section begins (header included) and where
+/// its data does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub runs: Vec<Run>,
+    pub at: u64,
+    pub data_at: u64,
+    pub data_len: usize,
+}
+
+impl Planned {
+    /// The batch, passed over: what checks it once its section is read (see
+    /// [`Deferred::settle`]).
+    pub fn deferred(&self) -> Deferred {
+        Deferred {
+            data_at: self.data_at,
+            data_len: self.data_len,
+            at: self.at + SECTION_HEADER_LEN as u64,
+            crc: crc32fast::Hasher::new(),
+            expect: 0,
+            name: "PAGES",
+            head: Some(batch_head(self.at, &self.runs)),
+        }
+    }
+}
+
+/// The largest PAGEPLAN written (4 MiB): some 170,000 batches, 170 GiB of memory in long runs;
+/// a process whose plan would be larger goes without one (it is optional).
+pub const MAX_PLAN: usize = 4 << 20;
+
+/// Reads a PAGEPLAN payload (the section's payload at stream offset `at`), whose batches
+/// begin at stream offset `first` (the next section's): each batch where it lies, in order,
+/// and the offset after the last. Each run is checked as a batch's run is; the batches go up
+/// in address order.
+pub fn read_plan(payload: &[u8], at: u64, first: u64) -> Result<(Vec<Planned>, u64)> {
+    let mut d = Dec::new(payload, at, "PAGEPLAN");
+    let n = d.u32()? as usize;
+    let zero = |v: u32| match v {
+        0 => Ok(()),
+        _ => Err(CrfError::Bad { offset: at, what: "PAGEPLAN: a reserved field is not zero".into() }),
+    };
+    zero(d.u32()?)?;
+    // Each batch takes at least 24 bytes of the payload (a run): a count beyond that is damage.
+    if n > payload.len() / 24 {
+        return Err(CrfError::Bad { offset: at, what: format!("PAGEPLAN of {n} batches in {} bytes", payload.len()) });
+    }
+    let mut out = Vec::with_capacity(n);
+    let (mut off, mut prev_end) = (first, 0u64);
+    for _ in 0..n {
+        let nruns = d.u32()? as usize;
+        zero(d.u32()?)?;
+        if nruns == 0 || nruns > payload.len() / 16 {
+            return Err(CrfError::Bad { offset: at, what: format!("PAGEPLAN: a batch of {nruns} runs") });
+        }
+        let mut runs = Vec::with_capacity(nruns);
+        for _ in 0..nruns {
+            runs.push(next_run(&mut d, &mut prev_end)?);
+        }
+        let data_len: usize = runs.iter().map(Run::data_len).sum();
+        if data_len > MAX_BATCH_PAGES * PAGE_SIZE {
+            return Err(CrfError::Bad { offset: at, what: format!("PAGEPLAN: a batch of {data_len} bytes") });
+        }
+        let head = batch_head(off, &runs).len() as u64;
+        let data_at = off + SECTION_HEADER_LEN as u64 + head;
+        out.push(Planned { runs, at: off, data_at, data_len });
+        off = data_at + data_len as u64;
+    }
+    d.finish()?;
+    Ok((out, off))
+}
+
 /// A batch whose header has been read; its data is still in the stream.
 pub struct Batch {
     pub runs: Vec<Run>,
@@ -141,21 +260,7 @@ pub fn read_batch_header<R: Input>(r: &mut Reader<R>, sec: &Section) -> Result<B
     let mut pages: u64 = 0;
     let mut prev_end = 0u64;
     for _ in 0..nruns {
-        let at = d.offset();
-        let run = Run { addr: d.u64()?, npages: d.u32()?, flags: d.u32()? };
-        let end = run.addr.checked_add(run.npages as u64 * PAGE_SIZE as u64);
-        let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
-            && run.npages > 0
-            && run.flags & !RUN_FLAGS_KNOWN == 0
-            && run.flags & (RUN_FILE_COPY | RUN_KEPT) != RUN_FILE_COPY | RUN_KEPT
-            && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
-            && (run.flags & RUN_SHARED == 0 || run.flags == RUN_KEPT | RUN_SHARED)
-            && run.addr >= prev_end
-            && end.is_some_and(|e| e <= 1 << 56);
-        if !ok {
-            return Err(d.bad_at(at, format!("invalid page run {:#x}+{} pages", run.addr, run.npages)));
-        }
-        prev_end = end.unwrap_or(0);
+        let run = next_run(&mut d, &mut prev_end)?;
         pages += (run.data_len() / PAGE_SIZE) as u64;
         runs.push(run);
     }
@@ -192,17 +297,57 @@ pub struct Deferred {
     /// Stream offset of the first data byte.
     pub data_at: u64,
     pub data_len: usize,
-    /// Stream offset of the section (for errors).
+    /// Stream offset of the section's payload (for errors).
     pub at: u64,
     crc: crc32fast::Hasher,
     expect: u32,
     /// The section's name, for errors.
     name: &'static str,
+    /// A batch a PAGEPLAN announced, not read yet: the payload before its data as it must be
+    /// (see [`Deferred::settle`]).
+    head: Option<Vec<u8>>,
 }
 
 impl Deferred {
+    /// Whether its section must be read first ([`Deferred::settle`]): a batch a PAGEPLAN
+    /// announced. The bytes to read are at [`Deferred::header_at`], up to `data_at`.
+    pub fn unsettled(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Stream offset of the section's header.
+    pub fn header_at(&self) -> u64 {
+        self.at - SECTION_HEADER_LEN as u64
+    }
+
+    /// A batch a PAGEPLAN announced, its section header and payload up to the data read
+    /// (`read`, from [`Deferred::header_at`]): it must be the very PAGES section announced,
+    /// whose CRC then checks its data.
+    pub fn settle(&mut self, read: &[u8]) -> Result<()> {
+        let Some(head) = self.head.as_ref() else { return Ok(()) };
+        let bad = |what: String| CrfError::Bad { offset: self.header_at(), what };
+        let h: &[u8; SECTION_HEADER_LEN] = read
+            .get(..SECTION_HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| bad("a planned batch's section header is cut short".into()))?;
+        let (tag, _, len, crc) = super::parse_section_header(h, self.header_at())?;
+        if tag != Tag::PAGES || len != (head.len() + self.data_len) as u64 || read[SECTION_HEADER_LEN..] != head[..] {
+            return Err(bad("a page batch is not the one the PAGEPLAN announced".into()));
+        }
+        self.crc.update(head);
+        self.expect = crc;
+        self.head = None;
+        Ok(())
+    }
+
     /// Checks the batch's data, read later, against its CRC.
     pub fn check(&self, data: &[u8]) -> Result<()> {
+        if self.head.is_some() {
+            return Err(CrfError::Bad {
+                offset: self.at,
+                what: "a planned batch checked before its section was read".into(),
+            });
+        }
         let mut crc = self.crc.clone();
         crc.update(data);
         if data.len() != self.data_len || crc.finalize() != self.expect {
@@ -223,6 +368,7 @@ impl Deferred {
             crc,
             expect: sec.crc,
             name,
+            head: None,
         }
     }
 }
@@ -242,6 +388,7 @@ impl Batch {
             crc: self.crc.clone(),
             expect: self.expect,
             name: "PAGES",
+            head: None,
         }))
     }
 }
@@ -302,5 +449,71 @@ mod tests {
         assert_eq!(header(RUN_KEPT | RUN_SHARED).unwrap(), PAGE_SIZE);
         assert!(header(RUN_SHARED).is_err());
         assert!(header(RUN_KEPT | RUN_SHARED | RUN_LATER).is_err());
+    }
+
+    /// A PAGEPLAN says where each batch that follows lies, as the writer put it: a reader
+    /// passes over them all at once, then reads each batch's section when it needs it and
+    /// finds it the one announced, its data checked by the section's CRC.
+    #[test]
+    fn a_plan_places_each_batch_as_written() {
+        let batches: Vec<Vec<Run>> = vec![
+            vec![Run { addr: 0x1000, npages: 2, flags: 0 }, Run { addr: 0x8000, npages: 1, flags: RUN_KEPT }],
+            vec![Run { addr: 0x9000, npages: 3, flags: 0 }],
+            vec![Run { addr: 0x20000, npages: 1, flags: RUN_FILE_COPY }],
+        ];
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.section(Tag(1), 0, &[b"x"]).unwrap();
+        let refs: Vec<&[Run]> = batches.iter().map(|b| &b[..]).collect();
+        write_plan(&mut w, &refs).unwrap();
+        let mut datas = Vec::new();
+        for (i, runs) in batches.iter().enumerate() {
+            let n: usize = runs.iter().map(Run::data_len).sum();
+            let data: Vec<u8> = (0..n).map(|k| (k % 253) as u8 ^ i as u8).collect();
+            write_batch(&mut w, runs, &data).unwrap();
+            datas.push(data);
+        }
+        w.section(Tag(2), 0, &[b"after"]).unwrap();
+        let img = w.finish().unwrap().0;
+
+        let mut r = Reader::new(&img[..]).unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        r.payload(&s, "X").unwrap();
+        let s = r.next_section().unwrap().unwrap();
+        assert_eq!((s.tag, s.flags), (Tag::PAGEPLAN, FLAG_OPTIONAL));
+        let p = r.payload(&s, "PAGEPLAN").unwrap();
+        let first = r.next_section().unwrap().unwrap();
+        let (plan, end) = read_plan(&p, s.offset, first.offset - SECTION_HEADER_LEN as u64).unwrap();
+        assert_eq!(plan.iter().map(|b| b.runs.clone()).collect::<Vec<_>>(), batches);
+        // Passed over whole (the first batch's header is read already), the reader goes on
+        // after the last batch, its count of sections kept.
+        assert!(r.pass_sections(end, plan.len() as u64 - 1).unwrap());
+        let after = r.next_section().unwrap().unwrap();
+        assert_eq!(after.tag, Tag(2));
+        r.payload(&after, "after").unwrap();
+        assert!(r.next_section().unwrap().is_none(), "the trailer's count of sections");
+        for (b, data) in plan.iter().zip(&datas) {
+            let mut d = b.deferred();
+            assert!(d.unsettled() && d.check(data).is_err());
+            d.settle(&img[d.header_at() as usize..d.data_at as usize]).unwrap();
+            d.check(data).unwrap();
+            let mut bad = data.clone();
+            if let Some(x) = bad.first_mut() {
+                *x ^= 1;
+                assert!(d.check(&bad).is_err());
+            }
+        }
+        // Another section where a batch was announced is refused, and the batch stays
+        // unchecked: its data is refused too.
+        let mut d = plan[1].deferred();
+        assert!(d.settle(&img[plan[0].at as usize..plan[0].data_at as usize]).is_err());
+        assert!(d.unsettled() && d.check(&datas[1]).is_err());
+        let mut reserved = p.clone();
+        reserved[4] = 1;
+        assert!(read_plan(&reserved, 0, 0).is_err());
+        // So is a plan whose counts run past its payload.
+        assert!(read_plan(&p[..p.len() - 4], 0, 0).is_err());
+        let mut huge = p.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_plan(&huge, 0, 0).is_err());
     }
 }

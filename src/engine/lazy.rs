@@ -252,7 +252,26 @@ struct Pages {
 impl Pages {
     /// Batch `b`'s data, read and checked.
     fn data(&mut self, b: u32) -> Result<&[u8]> {
-        let d = self.batches.get(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
+        let d = self.batches.get_mut(b as usize).ok_or_else(|| Error::Proc(format!("lazy restore: no batch {b}")))?;
+        if d.unsettled() {
+            // A batch a PAGEPLAN announced: its section read first, to be the one announced.
+            let (from, to) = (d.header_at(), d.data_at);
+            let mut head = vec![0u8; (to - from) as usize];
+            match &self.from {
+                Some(Source::Mapped(m)) => {
+                    let got = m.as_slice().get(from as usize..to as usize).ok_or_else(|| {
+                        Error::Proc(format!("lazy restore: the image ends before its page batch at offset {from}"))
+                    })?;
+                    head.copy_from_slice(got);
+                }
+                Some(Source::File(f)) => f
+                    .read_exact_at(&mut head, from)
+                    .map_err(|e| Error::io(format!("the image's page batch at offset {from}"), e))?,
+                None => return Err(Error::Proc("post-copy: no image file to read pages from".into())),
+            }
+            d.settle(&head)?;
+        }
+        let d = &self.batches[b as usize];
         let file = match &self.from {
             Some(Source::Mapped(m)) => {
                 let data = m.as_slice().get(d.data_at as usize..d.data_at as usize + d.data_len).ok_or_else(|| {

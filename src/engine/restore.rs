@@ -23,7 +23,7 @@ type InImage<'a> = (&'a Offsets, Option<&'a [crate::crf::pages::Deferred]>);
 type AllInImage = Vec<(i32, (Offsets, Option<Vec<crate::crf::pages::Deferred>>))>;
 use super::urgent::Urgent;
 use crate::crf::pages;
-use crate::crf::{Input, PAGE_SIZE, Reader, Tag};
+use crate::crf::{Input, PAGE_SIZE, Reader, SECTION_HEADER_LEN, Tag};
 use crate::error::{Error, Result};
 use crate::ptrace::arch::{self, Regs};
 use crate::ptrace::calls::{self, Calls};
@@ -307,6 +307,8 @@ fn restore_all<R: Input>(
         Some(c) => Some(shared_pages(&mut rd, c, &mut batch)?),
         None => None,
     };
+    // (The first process's page plan comes after the shared pages.)
+    batch = sections.take_plan(&mut rd, batch)?;
     if let Some(s) = batch.as_ref().filter(|s| s.tag == Tag::TREEPAGES && cow.is_none()) {
         return Err(Error::Image(crate::crf::CrfError::Bad {
             offset: s.offset,
@@ -925,8 +927,71 @@ fn restore_one<R: Input>(
         // Batches in address order: no page is written twice, so the order the writers take
         // them in cannot matter.
         let mut order = pages::InOrder::default();
+        // A lazy restore from a file passes over the batches a PAGEPLAN announces that go
+        // whole to the server, without reading one (a page of headers a MiB, scattered through
+        // the image): each is read, and found the one announced, when the server serves it.
+        // The others are read here, each found the one announced.
+        let plan = sections.plan.take().filter(|_| uffd.is_some() && !remote && store.is_none());
+        let (mut planned, mut plan_end) = (Vec::new(), 0);
+        if let Some((_, at)) = plan.as_ref().filter(|_| s.is_none_or(|s| s.tag != Tag::PAGES)) {
+            return Err(Error::Image(crate::crf::CrfError::Bad {
+                offset: *at,
+                what: "a PAGEPLAN without the page batches it announces".into(),
+            }));
+        }
+        if let (Some((payload, at)), Some(first)) = (plan, s.filter(|s| s.tag == Tag::PAGES)) {
+            let (all, end) = pages::read_plan(&payload, at, first.offset - SECTION_HEADER_LEN as u64)?;
+            for b in all {
+                ahead.clear();
+                later.clear();
+                as_earlier.clear();
+                let at = b.at + SECTION_HEADER_LEN as u64;
+                let targets = memory::batch_targets(&plans, &b.runs, at, (&mut ahead, &mut later, &mut as_earlier))?;
+                let whole = b.runs.iter().all(|r| r.flags == 0) && targets.len() == b.runs.len();
+                let lazy = whole && targets.iter().all(lazy_target);
+                planned.push((b, lazy.then_some(targets)));
+            }
+            plan_end = end;
+        }
+        let not_planned = |at: u64| {
+            Error::Image(crate::crf::CrfError::Bad {
+                offset: at,
+                what: "a page batch is not the one the PAGEPLAN announced".into(),
+            })
+        };
+        // The next batch of the plan.
+        let mut k = 0;
         while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
+            if !planned.is_empty() && k == planned.len() {
+                return Err(not_planned(sec.offset));
+            }
+            if let Some((p, _)) = planned.get(k) {
+                // Where it was announced, as long as announced.
+                if p.at + SECTION_HEADER_LEN as u64 != sec.offset
+                    || p.data_at + p.data_len as u64 != sec.offset + sec.len
+                {
+                    return Err(not_planned(sec.offset));
+                }
+                let j = k + planned[k..].iter().take_while(|b| b.1.is_some()).count();
+                let to = planned.get(j).map_or(plan_end, |b| b.0.at);
+                // (This one's header is read already.)
+                if j > k && rd.pass_sections(to, (j - k - 1) as u64)? {
+                    for (b, targets) in &mut planned[k..j] {
+                        order.next(&b.runs, b.at)?;
+                        deferred.defer(b.deferred(), &targets.take().unwrap_or_default());
+                    }
+                    k = j;
+                    s = rd.next_section()?;
+                    continue;
+                }
+            }
             let b = pages::read_batch_header(rd, &sec)?;
+            if let Some((p, _)) = planned.get(k) {
+                if p.runs != b.runs {
+                    return Err(not_planned(sec.offset));
+                }
+                k += 1;
+            }
             order.next(&b.runs, sec.offset)?;
             ahead.clear();
             later.clear();
@@ -1031,6 +1096,9 @@ fn restore_one<R: Input>(
             };
             w.write(targets, job)?;
             s = rd.next_section()?;
+        }
+        if let Some((p, _)) = planned.get(k) {
+            return Err(not_planned(p.at));
         }
         w.finish()
     })?;

@@ -570,6 +570,9 @@ pub struct SectionReader {
     last: &'static str,
     /// Another process's block may follow this one's (its HEAD ends this one's rest).
     pub more: bool,
+    /// The PAGEPLAN read after the layout, if any: its payload and stream offset (see
+    /// crf::pages::read_plan).
+    pub plan: Option<(Vec<u8>, u64)>,
 }
 
 fn bad(offset: u64, what: String) -> Error {
@@ -578,7 +581,20 @@ fn bad(offset: u64, what: String) -> Error {
 
 impl SectionReader {
     pub fn new() -> Self {
-        SectionReader { next: 0, seen: vec![false; SECTIONS.len()], last: "the preamble", more: false }
+        SectionReader { next: 0, seen: vec![false; SECTIONS.len()], last: "the preamble", more: false, plan: None }
+    }
+
+    /// Where the page batches that follow lie (a PAGEPLAN, `next` if it is one, before the
+    /// first batch: after the layout, or after a tree's TREEPAGES): kept, for a reader that
+    /// passes over them. Returns the section after it (`next` if it is not one).
+    pub fn take_plan<R: Input>(&mut self, rd: &mut Reader<R>, next: Option<Section>) -> Result<Option<Section>> {
+        match next {
+            Some(sec) if sec.tag == Tag::PAGEPLAN && self.plan.is_none() => {
+                self.plan = Some((rd.payload(&sec, "PAGEPLAN")?, sec.offset));
+                Ok(rd.next_section()?)
+            }
+            next => Ok(next),
+        }
     }
 
     /// Reads the layout sections (`layout`) or the rest into `st`, starting with `first` if
@@ -604,6 +620,11 @@ impl SectionReader {
                 self.missing(layout, rd.offset(), "the end")?;
                 return Ok(None);
             };
+            if sec.tag == Tag::PAGEPLAN && layout && self.plan.is_none() {
+                self.missing(true, sec.offset, "a page plan")?;
+                next = self.take_plan(rd, Some(sec))?;
+                continue;
+            }
             if sec.tag == Tag::PAGES || sec.tag == Tag::TREEPAGES {
                 if !layout {
                     return Err(bad(sec.offset, format!("unexpected page batch after {}", self.last)));

@@ -317,6 +317,12 @@ pub fn dump_pages<W: Sink>(
             _ => after.push((r.addr, end)),
         }
     }
+    // Where each batch will lie, announced first (a lazy restore from a file passes over
+    // them all at once).
+    if !batches.is_empty() {
+        let runs: Vec<&[Run]> = batches.iter().map(|b| &b.runs[..]).collect();
+        pages::write_plan(w, &runs).map_err(|e| Error::io("image", e))?;
+    }
     std::thread::scope(|s| {
         let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>>>(1);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
