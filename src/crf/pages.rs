@@ -178,7 +178,7 @@ impl Planned {
             crc: crc32fast::Hasher::new(),
             expect: 0,
             name: "PAGES",
-            head: Some(batch_head(self.at, &self.runs)),
+            planned: Some(self.runs.clone()),
         }
     }
 }
@@ -303,16 +303,15 @@ pub struct Deferred {
     expect: u32,
     /// The section's name, for errors.
     name: &'static str,
-    /// A batch a PAGEPLAN announced, not read yet: the payload before its data as it must be
-    /// (see [`Deferred::settle`]).
-    head: Option<Vec<u8>>,
+    /// A batch a PAGEPLAN announced, not read yet: its runs (see [`Deferred::settle`]).
+    planned: Option<Vec<Run>>,
 }
 
 impl Deferred {
     /// Whether its section must be read first ([`Deferred::settle`]): a batch a PAGEPLAN
     /// announced. The bytes to read are at [`Deferred::header_at`], up to `data_at`.
     pub fn unsettled(&self) -> bool {
-        self.head.is_some()
+        self.planned.is_some()
     }
 
     /// Stream offset of the section's header.
@@ -324,7 +323,10 @@ impl Deferred {
     /// (`read`, from [`Deferred::header_at`]): it must be the very PAGES section announced,
     /// whose CRC then checks its data.
     pub fn settle(&mut self, read: &[u8]) -> Result<()> {
-        let Some(head) = self.head.as_ref() else { return Ok(()) };
+        let Some(runs) = self.planned.as_ref() else { return Ok(()) };
+        // The payload before its data as it must be (made here, not for every batch passed
+        // over: with its padding, a page each).
+        let head = batch_head(self.header_at(), runs);
         let bad = |what: String| CrfError::Bad { offset: self.header_at(), what };
         let h: &[u8; SECTION_HEADER_LEN] = read
             .get(..SECTION_HEADER_LEN)
@@ -334,15 +336,15 @@ impl Deferred {
         if tag != Tag::PAGES || len != (head.len() + self.data_len) as u64 || read[SECTION_HEADER_LEN..] != head[..] {
             return Err(bad("a page batch is not the one the PAGEPLAN announced".into()));
         }
-        self.crc.update(head);
+        self.crc.update(&head);
         self.expect = crc;
-        self.head = None;
+        self.planned = None;
         Ok(())
     }
 
     /// Checks the batch's data, read later, against its CRC.
     pub fn check(&self, data: &[u8]) -> Result<()> {
-        if self.head.is_some() {
+        if self.planned.is_some() {
             return Err(CrfError::Bad {
                 offset: self.at,
                 what: "a planned batch checked before its section was read".into(),
@@ -368,7 +370,7 @@ impl Deferred {
             crc,
             expect: sec.crc,
             name,
-            head: None,
+            planned: None,
         }
     }
 }
@@ -388,7 +390,7 @@ impl Batch {
             crc: self.crc.clone(),
             expect: self.expect,
             name: "PAGES",
-            head: None,
+            planned: None,
         }))
     }
 }
