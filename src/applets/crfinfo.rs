@@ -72,20 +72,13 @@ fn describe(inp: impl Input) -> Result<()> {
         next = sections.take_plan(&mut r, next)?;
         // The batches the plan announces, each checked against the one that comes.
         let first = next.as_ref().map_or(r.offset(), |s| s.offset - crate::crf::SECTION_HEADER_LEN as u64);
-        let mut plan = match &sections.plan {
-            Some((p, at)) => pages::read_plan(p, *at, first)?.0.into_iter(),
-            None => Vec::new().into_iter(),
-        };
-        let planned = sections.plan.is_some();
+        let mut plan = sections.plan.as_ref().map(|(p, at)| pages::Plan::read(p, *at, first)).transpose()?;
         let mut order = pages::InOrder::default();
         while let Some(s) = next.filter(|s| s.tag == Tag::PAGES) {
             let b = pages::read_batch_header(&mut r, &s)?;
             order.next(&b.runs, s.offset)?;
-            if planned && plan.next().is_none_or(|p| p.runs != b.runs || p.data_at != r.offset()) {
-                return Err(crate::error::Error::Image(crate::crf::CrfError::Bad {
-                    offset: s.offset,
-                    what: "a page batch is not the one the PAGEPLAN announced".into(),
-                }));
+            if let Some(p) = plan.as_mut() {
+                p.came(&s, &b.runs)?;
             }
             as_earlier +=
                 b.runs.iter().filter(|r| r.flags & pages::RUN_SHARED != 0).map(|r| r.len() as u64).sum::<u64>();
@@ -98,11 +91,8 @@ fn describe(inp: impl Input) -> Result<()> {
             b.data(&mut r, &mut buf)?;
             next = r.next_section()?;
         }
-        if let Some(p) = plan.next() {
-            return Err(crate::error::Error::Image(crate::crf::CrfError::Bad {
-                offset: p.at,
-                what: "the PAGEPLAN announces a page batch that is not there".into(),
-            }));
+        if let Some(p) = &plan {
+            p.finish()?;
         }
         head = sections.read_group(&mut r, &mut st, next, false, &mut |_, _| Ok(()))?;
         procs.push((st, stored, page_bytes, as_earlier));

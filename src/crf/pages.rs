@@ -187,11 +187,75 @@ impl Planned {
 /// a process whose plan would be larger goes without one (it is optional).
 pub const MAX_PLAN: usize = 4 << 20;
 
-/// Reads a PAGEPLAN payload (the section's payload at stream offset `at`), whose batches
-/// begin at stream offset `first` (the next section's): each batch where it lies, in order,
-/// and the offset after the last. Each run is checked as a batch's run is; the batches go up
-/// in address order.
-pub fn read_plan(payload: &[u8], at: u64, first: u64) -> Result<(Vec<Planned>, u64)> {
+/// A PAGEPLAN read, and the batches that follow it checked against it in turn.
+pub struct Plan {
+    /// Each batch where it lies, in order.
+    pub batches: Vec<Planned>,
+    /// Stream offset after the last.
+    pub end: u64,
+    /// The next batch to come.
+    pub next: usize,
+}
+
+fn not_announced(offset: u64) -> CrfError {
+    CrfError::Bad { offset, what: "a page batch is not the one the PAGEPLAN announced".into() }
+}
+
+impl Plan {
+    /// Reads a PAGEPLAN payload (the section's payload at stream offset `at`), whose batches
+    /// begin at stream offset `first` (the next section's). Each run is checked as a batch's
+    /// run is; the batches go up in address order.
+    pub fn read(payload: &[u8], at: u64, first: u64) -> Result<Plan> {
+        let (batches, end) = read_plan(payload, at, first)?;
+        Ok(Plan { batches, end, next: 0 })
+    }
+
+    /// The next batch announced, which section `sec` (its header just read) must be: where
+    /// and as long as announced.
+    pub fn place(&self, sec: &Section) -> Result<&Planned> {
+        match self.batches.get(self.next) {
+            Some(p)
+                if p.at + SECTION_HEADER_LEN as u64 == sec.offset
+                    && p.data_at + p.data_len as u64 == sec.offset + sec.len =>
+            {
+                Ok(p)
+            }
+            _ => Err(not_announced(sec.offset)),
+        }
+    }
+
+    /// Batch section `sec`, whose run table is `runs`: the next one announced, the one after
+    /// it next.
+    pub fn came(&mut self, sec: &Section, runs: &[Run]) -> Result<()> {
+        if self.place(sec)?.runs != runs {
+            return Err(not_announced(sec.offset));
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Every batch announced came.
+    pub fn finish(&self) -> Result<()> {
+        match self.batches.get(self.next) {
+            Some(p) => Err(CrfError::Bad {
+                offset: p.at,
+                what: "the PAGEPLAN announces a page batch that is not there".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The length of a batch's payload before its data (see [`batch_head`]), for `nruns` runs,
+/// its section at stream offset `at`.
+fn head_len(at: u64, nruns: usize) -> u64 {
+    let table = 8 + 16 * nruns as u64;
+    let data_at = at + SECTION_HEADER_LEN as u64 + table;
+    table + (PAGE_SIZE as u64 - data_at % PAGE_SIZE as u64) % PAGE_SIZE as u64
+}
+
+/// [`Plan::read`]'s batches and end.
+fn read_plan(payload: &[u8], at: u64, first: u64) -> Result<(Vec<Planned>, u64)> {
     let mut d = Dec::new(payload, at, "PAGEPLAN");
     let n = d.u32()? as usize;
     let zero = |v: u32| match v {
@@ -219,8 +283,7 @@ pub fn read_plan(payload: &[u8], at: u64, first: u64) -> Result<(Vec<Planned>, u
         if data_len > MAX_BATCH_PAGES * PAGE_SIZE {
             return Err(CrfError::Bad { offset: at, what: format!("PAGEPLAN: a batch of {data_len} bytes") });
         }
-        let head = batch_head(off, &runs).len() as u64;
-        let data_at = off + SECTION_HEADER_LEN as u64 + head;
+        let data_at = off + SECTION_HEADER_LEN as u64 + head_len(off, runs.len());
         out.push(Planned { runs, at: off, data_at, data_len });
         off = data_at + data_len as u64;
     }

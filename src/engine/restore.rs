@@ -932,65 +932,48 @@ fn restore_one<R: Input>(
         // the image): each is read, and found the one announced, when the server serves it.
         // The others are read here, each found the one announced.
         let plan = sections.plan.take().filter(|_| uffd.is_some() && !remote && store.is_none());
-        let (mut planned, mut plan_end) = (Vec::new(), 0);
         if let Some((_, at)) = plan.as_ref().filter(|_| s.is_none_or(|s| s.tag != Tag::PAGES)) {
             return Err(Error::Image(crate::crf::CrfError::Bad {
                 offset: *at,
                 what: "a PAGEPLAN without the page batches it announces".into(),
             }));
         }
-        if let (Some((payload, at)), Some(first)) = (plan, s.filter(|s| s.tag == Tag::PAGES)) {
-            let (all, end) = pages::read_plan(&payload, at, first.offset - SECTION_HEADER_LEN as u64)?;
-            for b in all {
-                ahead.clear();
-                later.clear();
-                as_earlier.clear();
-                let at = b.at + SECTION_HEADER_LEN as u64;
-                let targets = memory::batch_targets(&plans, &b.runs, at, (&mut ahead, &mut later, &mut as_earlier))?;
-                let whole = b.runs.iter().all(|r| r.flags == 0) && targets.len() == b.runs.len();
-                let lazy = whole && targets.iter().all(lazy_target);
-                planned.push((b, lazy.then_some(targets)));
+        let mut plan = match (plan, s.filter(|s| s.tag == Tag::PAGES)) {
+            (Some((payload, at)), Some(first)) => {
+                Some(pages::Plan::read(&payload, at, first.offset - SECTION_HEADER_LEN as u64)?)
             }
-            plan_end = end;
-        }
-        let not_planned = |at: u64| {
-            Error::Image(crate::crf::CrfError::Bad {
-                offset: at,
-                what: "a page batch is not the one the PAGEPLAN announced".into(),
-            })
+            _ => None,
         };
-        // The next batch of the plan.
-        let mut k = 0;
+        // Per batch of the plan, where its pages go if they all go to the server.
+        let mut lazy: Vec<Option<Vec<(u64, usize, usize)>>> = Vec::new();
+        for b in plan.iter().flat_map(|p| &p.batches) {
+            ahead.clear();
+            later.clear();
+            as_earlier.clear();
+            let at = b.at + SECTION_HEADER_LEN as u64;
+            let targets = memory::batch_targets(&plans, &b.runs, at, (&mut ahead, &mut later, &mut as_earlier))?;
+            let whole = b.runs.iter().all(|r| r.flags == 0) && targets.len() == b.runs.len();
+            lazy.push((whole && targets.iter().all(lazy_target)).then_some(targets));
+        }
         while let Some(sec) = s.filter(|s| s.tag == Tag::PAGES) {
-            if !planned.is_empty() && k == planned.len() {
-                return Err(not_planned(sec.offset));
-            }
-            if let Some((p, _)) = planned.get(k) {
-                // Where it was announced, as long as announced.
-                if p.at + SECTION_HEADER_LEN as u64 != sec.offset
-                    || p.data_at + p.data_len as u64 != sec.offset + sec.len
-                {
-                    return Err(not_planned(sec.offset));
-                }
-                let j = k + planned[k..].iter().take_while(|b| b.1.is_some()).count();
-                let to = planned.get(j).map_or(plan_end, |b| b.0.at);
+            if let Some(p) = plan.as_mut() {
+                p.place(&sec)?;
+                let (k, j) = (p.next, p.next + lazy[p.next..].iter().take_while(|t| t.is_some()).count());
+                let to = p.batches.get(j).map_or(p.end, |b| b.at);
                 // (This one's header is read already.)
                 if j > k && rd.pass_sections(to, (j - k - 1) as u64)? {
-                    for (b, targets) in &mut planned[k..j] {
+                    for (b, targets) in p.batches[k..j].iter().zip(&mut lazy[k..j]) {
                         order.next(&b.runs, b.at)?;
                         deferred.defer(b.deferred(), &targets.take().unwrap_or_default());
                     }
-                    k = j;
+                    p.next = j;
                     s = rd.next_section()?;
                     continue;
                 }
             }
             let b = pages::read_batch_header(rd, &sec)?;
-            if let Some((p, _)) = planned.get(k) {
-                if p.runs != b.runs {
-                    return Err(not_planned(sec.offset));
-                }
-                k += 1;
+            if let Some(p) = plan.as_mut() {
+                p.came(&sec, &b.runs)?;
             }
             order.next(&b.runs, sec.offset)?;
             ahead.clear();
@@ -1097,8 +1080,8 @@ fn restore_one<R: Input>(
             w.write(targets, job)?;
             s = rd.next_section()?;
         }
-        if let Some((p, _)) = planned.get(k) {
-            return Err(not_planned(p.at));
+        if let Some(p) = &plan {
+            p.finish()?;
         }
         w.finish()
     })?;

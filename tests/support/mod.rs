@@ -247,6 +247,11 @@ pub fn stderr(o: &Output) -> String {
 /// Rewrites an image, letting `edit` change any section's payload (page batches are copied as
 /// they are); checksums and the trailer are recomputed, as a forger would.
 pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    rewrite_each(bytes, |t, p| vec![edit(t, p)])
+}
+
+/// [`rewrite`], where `edit` gives each section's payloads: none drops it, several repeat it.
+pub fn rewrite_each(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<Vec<u8>>) -> Vec<u8> {
     use crs::crf::{Reader, Tag, Writer, pages};
     let mut r = Reader::new(bytes).unwrap();
     let mut w = Writer::new(Vec::new()).unwrap();
@@ -260,7 +265,9 @@ pub fn rewrite(bytes: &[u8], edit: impl Fn(crs::crf::Tag, Vec<u8>) -> Vec<u8>) -
             continue;
         }
         let p = r.payload(&s, "X").unwrap();
-        w.section(s.tag, s.flags, &[&edit(s.tag, p)]).unwrap();
+        for p in edit(s.tag, p) {
+            w.section(s.tag, s.flags, &[&p]).unwrap();
+        }
     }
     w.finish().unwrap().0
 }
