@@ -215,6 +215,31 @@ fn lazy_rstrt(img: &str) -> (Proc, impl FnOnce(&mut Proc) -> (u64, u64)) {
     (p, finish)
 }
 
+/// The lazy target holding `mib` MiB, checkpointed (killed) to an image in a new directory
+/// `name`: the directory and the image.
+fn lazy_image(name: &str, mib: &str) -> (std::path::PathBuf, String) {
+    let dir = tmpdir(name);
+    let mut p = start("lazy", &[mib], &dir);
+    let img = format!("{}/l.crf", dir.to_str().unwrap());
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    (dir, img)
+}
+
+/// `rstrt --lazy img` of a damaged image, the process told to go: how rstrt ended, what it
+/// said, and what the process said.
+fn lazy_rstrt_damaged(img: &str) -> (std::process::ExitStatus, String, Vec<String>) {
+    let mut c = std::process::Command::new(crs());
+    c.args(["rstrt", "--lazy", img]).stderr(std::process::Stdio::piped());
+    let mut r = Proc::spawn(c);
+    r.send("go");
+    let st = r.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (st, err, r.seen.clone())
+}
+
 /// rstrt --lazy: the process runs before its pages are in, and does at once what a process
 /// may do to its memory (fork, mremap, MADV_DONTNEED, munmap and mmap, system calls that read
 /// and write it, two threads reading): its own checks, and its child's, find every byte as it
@@ -224,12 +249,7 @@ fn lazy_restore_serves_pages_while_the_process_runs() {
     if !require(is_root(), "root (rstrt --lazy)") {
         return;
     }
-    let dir = tmpdir("mem-lazy");
-    let d = dir.to_str().unwrap();
-    let mut p = start("lazy", &["512"], &dir);
-    let img = format!("{d}/l.crf");
-    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
-    p.kill();
+    let (_dir, img) = lazy_image("mem-lazy", "512");
     let (mut r, finish) = lazy_rstrt(&img);
     r.send("go");
     assert_eq!(r.expect(""), "ok", "{:?}", r.seen);
@@ -247,27 +267,15 @@ fn lazy_restore_kills_the_process_when_a_page_batch_is_damaged() {
     if !require(is_root(), "root (rstrt --lazy)") {
         return;
     }
-    let dir = tmpdir("mem-lazy-bad");
-    let d = dir.to_str().unwrap();
-    let mut p = start("lazy", &["64"], &dir);
-    let img = format!("{d}/l.crf");
-    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
-    p.kill();
+    let (_dir, img) = lazy_image("mem-lazy-bad", "64");
     let mut b = std::fs::read(&img).unwrap();
     let mid = b.len() / 2;
     b[mid] ^= 0x55;
     std::fs::write(&img, &b).unwrap();
-    let mut c = std::process::Command::new(crs());
-    c.args(["rstrt", "--lazy", &img]).stderr(std::process::Stdio::piped());
-    let mut r = Proc::spawn(c);
-    r.send("go");
-    let st = r.wait();
-    let mut err = String::new();
-    use std::io::Read;
-    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (st, err, seen) = lazy_rstrt_damaged(&img);
     assert!(!st.success(), "rstrt --lazy of a damaged image succeeded: {err}");
     assert!(err.contains("PAGES section checksum mismatch"), "{err}");
-    assert!(!r.seen.iter().any(|l| l == "ok"), "the process ran on: {:?}", r.seen);
+    assert!(!seen.iter().any(|l| l == "ok"), "the process ran on: {seen:?}");
     let o = run(&["rstrt", &img]);
     assert!(!o.status.success() && stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
 }
@@ -283,12 +291,8 @@ fn lazy_restore_passes_over_the_planned_batches_and_checks_each_when_served() {
         return;
     }
     use crs::crf::{Reader, Tag};
-    let dir = tmpdir("mem-lazy-plan");
+    let (dir, img) = lazy_image("mem-lazy-plan", "64");
     let d = dir.to_str().unwrap();
-    let mut p = start("lazy", &["64"], &dir);
-    let img = format!("{d}/l.crf");
-    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
-    p.kill();
     let bytes = std::fs::read(&img).unwrap();
     // The image's sections: (tag, offset of the payload).
     let mut r = Reader::new(&bytes[..]).unwrap();
@@ -315,18 +319,11 @@ fn lazy_restore_passes_over_the_planned_batches_and_checks_each_when_served() {
     std::fs::write(&damaged, &b).unwrap();
     let o = run(&["rstrt", "-d", &damaged]);
     assert!(!o.status.success() && o.stdout.is_empty(), "rstrt took {damaged}: {}", stderr(&o));
-    let mut c = std::process::Command::new(crs());
-    c.args(["rstrt", "--lazy", &damaged]).stderr(std::process::Stdio::piped());
-    let mut r = Proc::spawn(c);
-    r.send("go");
-    let st = r.wait();
-    let mut err = String::new();
-    use std::io::Read;
-    r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (st, err, seen) = lazy_rstrt_damaged(&damaged);
     // Found once the process ran (exit 4), not before.
     assert_eq!(st.code(), Some(4), "rstrt --lazy of a damaged image: {err}");
     assert!(err.contains("not the one the PAGEPLAN announced"), "{err}");
-    assert!(!r.seen.iter().any(|l| l == "ok"), "the process ran on: {:?}", r.seen);
+    assert!(!seen.iter().any(|l| l == "ok"), "the process ran on: {seen:?}");
 }
 
 /// rstrt --lazy needs a file it can read pages from later, and root: each refusal says so.
