@@ -109,3 +109,39 @@ fn node_ticks_on() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGKILL);
     assert!(grew, "node's timer or worker stopped after the restore");
 }
+
+/// A process whose fds come and go as crs looks at it (tests/targets/churn.c: an epoll set, an
+/// eventfd and an inotify instance made and closed, their numbers taken again, without pause).
+/// The look at the running process (the precheck of ckpt and migrate) passes over an fd closed,
+/// or opened again as another file, while it looked: before, some 3 looks in 100 failed on it
+/// ("/proc/PID/fdinfo/5: No such file"), and migrate with them. Leave-running checkpoints take
+/// the frozen process's fds as they are; the last image restores: the main thread's epoll set
+/// still fires, the churning thread runs on.
+#[test]
+fn fds_that_change_while_the_running_process_is_looked_at_are_passed_over() {
+    let dir = tmpdir("churn");
+    let d = dir.to_str().unwrap();
+    std::fs::create_dir(dir.join("img")).unwrap();
+    let mut p = start("churn", &[], &dir);
+    let pid = p.pid();
+    for i in 0..2000 {
+        if let Err(e) = crs::check(pid, &crs::Flags::default()) {
+            panic!("look {i} at the running process failed: {e}");
+        }
+    }
+    let img = format!("{d}/img/c.crf");
+    for _ in 0..20 {
+        ckpt(&["-o", &img, &pid.to_string()]);
+    }
+    p.send("x");
+    let before: u64 = p.expect("ok").split_whitespace().nth(1).unwrap().parse().unwrap();
+    ckpt(&["-k", "-o", &img, &pid.to_string()]);
+    p.kill();
+    let mut r = rstrt(&[&img]);
+    r.send("x");
+    let at: u64 = r.expect("ok").split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    r.send("x");
+    let later: u64 = r.expect("ok").split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(before <= at && at < later, "rounds {before}, then {at} and {later} after the restore: {:?}", r.seen);
+}

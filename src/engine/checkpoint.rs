@@ -152,9 +152,18 @@ fn members(pid: i32, alone: bool) -> Vec<i32> {
 
 /// Everything we can check without touching the processes: they exist, we may trace them, none
 /// has fds or mappings we cannot restore, their relations can be rebuilt. A descendant's
-/// reasons name it.
+/// reasons name it. Running, a process may be between two states as we look (an fd closed and
+/// its number taken again as we read about it): a refusal stands only if a second and a third
+/// look find one too (the last one's reasons are said).
 pub fn precheck(pid: i32, opts: &Options) -> Result<()> {
-    check_all(pid, opts, false)
+    let mut r = check_all(pid, opts, false);
+    for _ in 0..2 {
+        if !matches!(r, Err(Error::Blocked { .. })) {
+            break;
+        }
+        r = check_all(pid, opts, false);
+    }
+    r
 }
 
 /// [`precheck`], of processes we have frozen (`frozen`: traced by us) or not.
@@ -281,10 +290,10 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, frozen), &mut why)?;
     why.extend(blockers::relations(pid, frozen));
-    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.carry())?;
+    let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.carry(), !frozen)?;
     why.extend(unfit);
-    Error::gather(crate::res::epoll::collect(pid, &fds), &mut why)?;
-    Error::gather(crate::res::inotify::collect(pid, &fds), &mut why)?;
+    Error::gather(crate::res::epoll::collect(pid, &fds, !frozen), &mut why)?;
+    Error::gather(crate::res::inotify::collect(pid, &fds, !frozen), &mut why)?;
     let mut maps = procfs::read_smaps(pid)?;
     // Frozen after a copy made while it ran: without the marks of our own tracking.
     if let Some(p) = &opts.precopied {
@@ -310,7 +319,8 @@ pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce
     let warm = memory::Warming::begin();
     // The mapped files are looked at before the freeze and again frozen: read once.
     let _files = crate::res::fileid::Remembered::scope();
-    let recheck = match precheck(pid, opts) {
+    // (One look: a refusal is asked again of the frozen processes, which say for sure.)
+    let recheck = match check_all(pid, opts, false) {
         // Seen running, a process may be between two states (a client between socket and
         // connect, an fd closed while we looked): the same checks of the frozen processes
         // say for sure, with every reason, and let them go as they were if one stands.
@@ -1415,9 +1425,9 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     }
     let vmas = memory::classify(pid, &maps, &no_copy_rule(pid, opts))?;
     let fds = files::scan(pid, &opts.stubs, tree, opts.carry())?;
-    st.epolls = crate::res::epoll::collect(pid, &fds)?;
+    st.epolls = crate::res::epoll::collect(pid, &fds, false)?;
     st.timerfds = crate::res::timerfd::collect(pid, &fds)?;
-    st.inotify = crate::res::inotify::collect(pid, &fds)?;
+    st.inotify = crate::res::inotify::collect(pid, &fds, false)?;
     st.locks = crate::res::locks::collect(pid, &fds)?;
     st.pipes = crate::res::pipes::collect_all(pid, &fds)?;
     let cwd = cwd::collect(pid)?;

@@ -57,19 +57,30 @@ pub fn refusal(epfd: i32, t: &Target, ino: u64, ino_now: Option<u64>) -> Option<
 }
 
 /// The interest list of every epoll fd among `fds` of process `pid`; refuses, naming each,
-/// registrations crs cannot restore.
-pub fn collect(pid: i32, fds: &[crate::res::files::Fd]) -> Result<Vec<Epoll>> {
+/// registrations crs cannot restore. `running`: the process runs (a precheck), and may close
+/// an fd, or open another at its number, as we read: such an fd, or a registration whose fd
+/// changed, is passed over here (the checkpoint reads them again frozen).
+pub fn collect(pid: i32, fds: &[crate::res::files::Fd], running: bool) -> Result<Vec<Epoll>> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut why = Vec::new();
     for f in fds.iter().filter(|f| f.kind == crate::res::files::KIND_EPOLL) {
         let path = format!("/proc/{pid}/fdinfo/{}", f.fd);
-        let info = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let parsed = parse(&info).ok_or_else(|| Error::Proc(format!("{path}: unexpected format")))?;
+        let info = match std::fs::read_to_string(&path) {
+            Ok(i) => i,
+            Err(e) if running && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let parsed = match parse(&info) {
+            Some(p) => p,
+            None if running => continue,
+            None => return Err(Error::Proc(format!("{path}: unexpected format"))),
+        };
         let mut targets = Vec::with_capacity(parsed.len());
         for (t, ino) in parsed {
             let now = std::fs::metadata(format!("/proc/{pid}/fd/{}", t.tfd)).ok().map(|m| m.ino());
             match refusal(f.fd, &t, ino, now) {
+                Some(_) if running && now != Some(ino) => {}
                 Some(r) => why.push(r),
                 None => targets.push(t),
             }

@@ -194,7 +194,7 @@ pub struct Carry {
 /// Lists the process's fds and classifies them; refuses, naming every unsupported one, unless
 /// `stubs` says to carry it as a stub.
 pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<Vec<Fd>> {
-    let (fds, blocked) = scan_all(pid, stubs, tree, carry)?;
+    let (fds, blocked) = scan_all(pid, stubs, tree, carry, false)?;
     Error::blocked(pid, blocked)?;
     Ok(fds)
 }
@@ -202,8 +202,9 @@ pub fn scan(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<Vec<F
 /// [`scan`], returning the fds crs can restore and, apart, why each other one cannot be: a
 /// precheck goes on to look into the ones it can (epoll sets, inotify watches). `tree` holds
 /// the processes checkpointed with `pid`: a pipe between them is theirs (a FIFO only when
-/// `pid` holds it whole).
-pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(Vec<Fd>, Vec<String>)> {
+/// `pid` holds it whole). `running`: the process runs (a precheck), and an fd that changes as we
+/// look at it is passed over.
+pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bool) -> Result<(Vec<Fd>, Vec<String>)> {
     let shell_job = carry.shell_job;
     let job = super::terminal::controlling(tree.first().copied().unwrap_or(pid));
     // The numbers of the ptys whose masters the tree holds, looked up at the first slave.
@@ -229,269 +230,305 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry) -> Result<(
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed since its link was read
             Err(e) => return Err(Error::io(&info_path, e)),
         };
-        let (pos, raw_flags) =
-            procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
-        let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = raw_flags & !(libc::O_CLOEXEC as u32);
-        let refuse = |what: &str| format!("fd {fd} is {what} ({target}; ckpt --stub-fd {fd} carries it as a stub)");
-        // Locks are taken again (LOCKS); a lease, a delegation or a mandatory lock is not.
-        if let Err(why) = super::locks::parse(fd, &info) {
-            blocked.push(format!("fd {fd} ({target}) {why}"));
-            continue;
-        }
-        // A unix socket the checkpoint holds whole: one end of a pair, or a listener.
-        let socket = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
-        // Its protocol first: the unix checks read /proc/PID/net/unix, which a process of a
-        // thousand TCP connections should not pay a thousand times.
-        let proto = socket.and_then(|_| endpoints::sock_proto(pid, fd)).unwrap_or_default();
-        let unix = proto.starts_with("UNIX");
-        let socket_unix = socket.filter(|_| unix);
-        if let Some(ty) = socket_unix.and_then(|ino| endpoints::unix_fresh(pid, ino)) {
-            let id = FileId { path: target.clone(), mode: ty, ..Default::default() };
-            out.push(Fd { fd, kind: KIND_UNIXNEW, flags, cloexec, pos: 0, id });
-            continue;
-        }
-        // Or a TCP or UDP socket a restore makes again by itself (or why it cannot).
-        let mut inet_refused = None;
-        let mut reconnect = None;
-        let whole = match socket {
-            Some(ino) if unix && endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
-            Some(ino) if unix && endpoints::unix_listener(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXLISTEN)),
-            Some(ino) if unix && carry.unix_reconnect => match endpoints::unix_reconnectable(pid, fd, ino) {
-                Ok((ty, name)) => {
-                    reconnect = Some((ty, name));
-                    None
-                }
-                Err(why) => {
-                    inet_refused = Some(format!("which --unix-reconnect cannot connect again: {why}"));
-                    None
-                }
-            },
-            Some(ino) if unix => {
-                if endpoints::unix_reconnectable(pid, fd, ino).is_ok() {
-                    inet_refused = Some("which ckpt --unix-reconnect would connect again to its peer's name".into());
-                }
-                None
+        let (had, refused) = (out.len(), blocked.len());
+        'fd: {
+            // Running, the fd may be closed and its number taken again between its link, its
+            // fdinfo and what we look at next: passed over unless the last two name one file.
+            if running
+                && let Some(ino) = procfs::status_field(&info, "ino")
+                && FileId::stat(&link).map_or(true, |id| id.ino.to_string() != ino)
+            {
+                break 'fd;
             }
-            Some(ino) => match super::inet::classify(pid, fd, ino, carry.tcp_established, &|ino| {
-                outside_sockets.get_or_init(|| endpoints::sockets_held_outside(tree, pid)).get(&ino).cloned()
-            }) {
-                Some(Ok(())) => Some((ino, KIND_INET)),
-                Some(Err(why)) => {
-                    inet_refused = Some(why);
+            let (pos, raw_flags) =
+                procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
+            let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
+            let flags = raw_flags & !(libc::O_CLOEXEC as u32);
+            let refuse = |what: &str| format!("fd {fd} is {what} ({target}; ckpt --stub-fd {fd} carries it as a stub)");
+            // Locks are taken again (LOCKS); a lease, a delegation or a mandatory lock is not.
+            if let Err(why) = super::locks::parse(fd, &info) {
+                blocked.push(format!("fd {fd} ({target}) {why}"));
+                break 'fd;
+            }
+            // A unix socket the checkpoint holds whole: one end of a pair, or a listener.
+            let socket = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')?.parse::<u64>().ok());
+            // Its protocol first: the unix checks read /proc/PID/net/unix, which a process of a
+            // thousand TCP connections should not pay a thousand times.
+            let proto = socket.and_then(|_| endpoints::sock_proto(pid, fd)).unwrap_or_default();
+            let unix = proto.starts_with("UNIX");
+            let socket_unix = socket.filter(|_| unix);
+            if let Some(ty) = socket_unix.and_then(|ino| endpoints::unix_fresh(pid, ino)) {
+                let id = FileId { path: target.clone(), mode: ty, ..Default::default() };
+                out.push(Fd { fd, kind: KIND_UNIXNEW, flags, cloexec, pos: 0, id });
+                break 'fd;
+            }
+            // Or a TCP or UDP socket a restore makes again by itself (or why it cannot).
+            let mut inet_refused = None;
+            let mut reconnect = None;
+            let whole = match socket {
+                Some(ino) if unix && endpoints::unix_pair(tree, pid, fd, ino).is_some() => Some((ino, KIND_UNIXPAIR)),
+                Some(ino) if unix && endpoints::unix_listener(tree, pid, fd, ino).is_some() => {
+                    Some((ino, KIND_UNIXLISTEN))
+                }
+                Some(ino) if unix && carry.unix_reconnect => match endpoints::unix_reconnectable(pid, fd, ino) {
+                    Ok((ty, name)) => {
+                        reconnect = Some((ty, name));
+                        None
+                    }
+                    Err(why) => {
+                        inet_refused = Some(format!("which --unix-reconnect cannot connect again: {why}"));
+                        None
+                    }
+                },
+                Some(ino) if unix => {
+                    if endpoints::unix_reconnectable(pid, fd, ino).is_ok() {
+                        inet_refused =
+                            Some("which ckpt --unix-reconnect would connect again to its peer's name".into());
+                    }
                     None
                 }
+                Some(ino) => match super::inet::classify(pid, fd, ino, carry.tcp_established, &|ino| {
+                    outside_sockets.get_or_init(|| endpoints::sockets_held_outside(tree, pid)).get(&ino).cloned()
+                }) {
+                    Some(Ok(())) => Some((ino, KIND_INET)),
+                    Some(Err(why)) => {
+                        inet_refused = Some(why);
+                        None
+                    }
+                    None => None,
+                },
                 None => None,
-            },
-            None => None,
-        };
-        // A NETLINK_ROUTE socket with nothing waiting: made again.
-        if let Some(ino) = socket.filter(|_| proto == "NETLINK" && !stubs.fds.contains(&fd)) {
-            match super::netlink::classify(pid, fd, ino) {
-                Some(Ok(r)) => {
-                    let id = FileId {
-                        path: target.clone(),
-                        mode: r.ty,
-                        ino: r.port as u64,
-                        rdev: r.groups,
-                        dev: r.flags,
-                        ..Default::default()
-                    };
-                    out.push(Fd { fd, kind: KIND_NETLINK, flags, cloexec, pos: r.rcvbuf as u64, id });
-                    continue;
+            };
+            // A NETLINK_ROUTE socket with nothing waiting: made again.
+            if let Some(ino) = socket.filter(|_| proto == "NETLINK" && !stubs.fds.contains(&fd)) {
+                match super::netlink::classify(pid, fd, ino) {
+                    Some(Ok(r)) => {
+                        let id = FileId {
+                            path: target.clone(),
+                            mode: r.ty,
+                            ino: r.port as u64,
+                            rdev: r.groups,
+                            dev: r.flags,
+                            ..Default::default()
+                        };
+                        out.push(Fd { fd, kind: KIND_NETLINK, flags, cloexec, pos: r.rcvbuf as u64, id });
+                        break 'fd;
+                    }
+                    Some(Err(why)) => inet_refused = Some(format!("NETLINK_ROUTE {why}")),
+                    None => {}
                 }
-                Some(Err(why)) => inet_refused = Some(format!("NETLINK_ROUTE {why}")),
-                None => {}
             }
-        }
-        if let Some((ty, name)) = reconnect.filter(|_| !stubs.fds.contains(&fd)) {
-            let id = FileId { path: name, mode: ty, ino: socket.unwrap_or(0), ..Default::default() };
-            out.push(Fd { fd, kind: KIND_UNIXCONNECT, flags, cloexec, pos: 0, id });
-            continue;
-        }
-        // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
-        // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
-        let outside = || {
-            let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
-            let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
-            let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
-            (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
-                || (target.starts_with("socket:") && whole.is_none())
-                || (is_tty_or_pipe(&target) && !pipe)
-                || (ty == libc::S_IFSOCK && !target.starts_with("socket:"))
-        };
-        // A pipe between processes of the tree is theirs, even on fds 0-2 (a pipeline).
-        let tree_pipe =
-            || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target);
-        let stdio = fd <= 2 && is_tty_or_pipe(&target) && !tree_pipe();
-        // A terminal: the job's (the controlling one of the tree's first process) or another.
-        let tty = super::terminal::named_like_one(&target)
-            .then(|| FileId::stat(&link).ok())
-            .flatten()
-            .filter(|id| id.file_type() == libc::S_IFCHR)
-            .map(|id| FileId { rdev: super::terminal::device(pid, fd, &target, id.rdev), ..id });
-        // A pty pair whose master the tree holds: its own, whatever the job's terminal is.
-        let ptmx = super::ptys::is_master(&target).then(|| super::ptys::master_index(&info)).flatten();
-        // (The same pair: the same number in the same devpts instance, its slave's st_dev.)
-        let pts = tty.as_ref().and_then(|id| super::ptys::slave_index(id.rdev).map(|n| (id.dev, n))).filter(|p| {
-            let tree = if tree.is_empty() { std::slice::from_ref(&pid) } else { tree };
-            masters.get_or_init(|| super::ptys::masters(tree)).contains(p)
-        });
-        if !stubs.fds.contains(&fd) {
-            if let Some(n) = ptmx {
-                let dev = super::ptys::master_id(pid, fd).map_or(0, |p| p.0);
-                let id = FileId { path: target, ino: n as u64, dev, ..Default::default() };
-                out.push(Fd { fd, kind: KIND_PTMX, flags, cloexec, pos: 0, id });
-                continue;
+            if let Some((ty, name)) = reconnect.filter(|_| !stubs.fds.contains(&fd)) {
+                let id = FileId { path: name, mode: ty, ino: socket.unwrap_or(0), ..Default::default() };
+                out.push(Fd { fd, kind: KIND_UNIXCONNECT, flags, cloexec, pos: 0, id });
+                break 'fd;
             }
-            if let (Some(_), Some(id)) = (pts, tty.clone()) {
-                out.push(Fd { fd, kind: KIND_PTS, flags, cloexec, pos: 0, id: FileId { path: target, ..id } });
-                continue;
-            }
-        }
-        let on_job = tty.as_ref().is_some_and(|id| Some(id.rdev) == job);
-        if stubs.fds.contains(&fd) || (stubs.outside && !stdio && !(on_job && shell_job) && outside()) {
-            let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
-            out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
-            continue;
-        }
-        if let Some(id) = tty.clone().filter(|_| on_job && shell_job) {
-            let id = FileId { path: target, ..id };
-            out.push(Fd { fd, kind: KIND_TTY, flags, cloexec, pos: 0, id });
-            continue;
-        }
-        if stdio {
-            out.push(Fd {
-                fd,
-                kind: KIND_STDIO,
-                flags,
-                cloexec,
-                pos: 0,
-                id: FileId { path: target, ..Default::default() },
+            // Whose other end is outside: a pipe, socket, terminal, or a FIFO or socket by path.
+            // (A pipe or FIFO whose every end the process holds is not: it is restored whole.)
+            let outside = || {
+                let ty = FileId::stat(&link).map(|id| id.file_type()).unwrap_or(0);
+                let pipe = target.starts_with("pipe:") || ty == libc::S_IFIFO;
+                let within: &[i32] = if target.starts_with("pipe:") { tree } else { &[] };
+                (pipe && !endpoints::pipe_inside(within, pid, fd, &target))
+                    || (target.starts_with("socket:") && whole.is_none())
+                    || (is_tty_or_pipe(&target) && !pipe)
+                    || (ty == libc::S_IFSOCK && !target.starts_with("socket:"))
+            };
+            // A pipe between processes of the tree is theirs, even on fds 0-2 (a pipeline).
+            let tree_pipe =
+                || tree.len() > 1 && target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target);
+            let stdio = fd <= 2 && is_tty_or_pipe(&target) && !tree_pipe();
+            // A terminal: the job's (the controlling one of the tree's first process) or another.
+            let tty = super::terminal::named_like_one(&target)
+                .then(|| FileId::stat(&link).ok())
+                .flatten()
+                .filter(|id| id.file_type() == libc::S_IFCHR)
+                .map(|id| FileId { rdev: super::terminal::device(pid, fd, &target, id.rdev), ..id });
+            // A pty pair whose master the tree holds: its own, whatever the job's terminal is.
+            let ptmx = super::ptys::is_master(&target).then(|| super::ptys::master_index(&info)).flatten();
+            // (The same pair: the same number in the same devpts instance, its slave's st_dev.)
+            let pts = tty.as_ref().and_then(|id| super::ptys::slave_index(id.rdev).map(|n| (id.dev, n))).filter(|p| {
+                let tree = if tree.is_empty() { std::slice::from_ref(&pid) } else { tree };
+                masters.get_or_init(|| super::ptys::masters(tree)).contains(p)
             });
-            continue;
-        }
-        if super::memfd::name_of(&target).is_some() {
-            // Carried in the image (MEMFDS).
-            match FileId::of(&link, &target, false) {
-                Ok(id) if id.file_type() == libc::S_IFREG => {
-                    out.push(Fd { fd, kind: KIND_MEMFD, flags, cloexec, pos, id });
+            if !stubs.fds.contains(&fd) {
+                if let Some(n) = ptmx {
+                    let dev = super::ptys::master_id(pid, fd).map_or(0, |p| p.0);
+                    let id = FileId { path: target.clone(), ino: n as u64, dev, ..Default::default() };
+                    out.push(Fd { fd, kind: KIND_PTMX, flags, cloexec, pos: 0, id });
+                    break 'fd;
                 }
-                _ => blocked.push(refuse("a memfd crs cannot read")),
-            }
-            continue;
-        }
-        if target.ends_with(" (deleted)") {
-            // A regular file unlinked while open: carried in the image (DELETED).
-            let id = super::deleted::unlinked(&target).and_then(|p| FileId::of(&link, p, false).ok());
-            match id {
-                Some(id) if id.file_type() == libc::S_IFREG => {
-                    out.push(Fd { fd, kind: KIND_DELETED, flags, cloexec, pos, id });
+                if let (Some(_), Some(id)) = (pts, tty.clone()) {
+                    out.push(Fd {
+                        fd,
+                        kind: KIND_PTS,
+                        flags,
+                        cloexec,
+                        pos: 0,
+                        id: FileId { path: target.clone(), ..id },
+                    });
+                    break 'fd;
                 }
-                _ => blocked.push(refuse("a deleted file that is not a regular one")),
             }
-            continue;
-        }
-        let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
-        if target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target) {
-            let ino = target.trim_start_matches("pipe:[").trim_end_matches(']').parse().unwrap_or(0);
-            out.push(Fd { fd, kind: KIND_PIPE, flags, cloexec, pos: 0, id: anon(ino) });
-            continue;
-        }
-        if target == "anon_inode:[eventfd]" {
-            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-            let Some(count) = field("eventfd-count:").and_then(|v| v.parse::<u64>().ok()) else {
-                blocked.push(refuse("an eventfd whose counter its fdinfo does not show"));
-                continue;
-            };
-            let mut id = anon(0);
-            id.mode = field("eventfd-semaphore:").map_or(0, |v| (v == "1") as u32);
-            out.push(Fd { fd, kind: KIND_EVENTFD, flags, cloexec, pos: count, id });
-            continue;
-        }
-        if target == "anon_inode:[eventpoll]" {
-            out.push(Fd { fd, kind: KIND_EPOLL, flags, cloexec, pos: 0, id: anon(0) });
-            continue;
-        }
-        if target == "anon_inode:[signalfd]" {
-            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-            let Some(mask) = field("sigmask:").and_then(|v| u64::from_str_radix(v, 16).ok()) else {
-                blocked.push(refuse("a signalfd whose mask its fdinfo does not show"));
-                continue;
-            };
-            out.push(Fd { fd, kind: KIND_SIGNALFD, flags, cloexec, pos: mask, id: anon(0) });
-            continue;
-        }
-        if target == "anon_inode:[timerfd]" {
-            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-            let Some(clock) = field("clockid:").and_then(|v| v.parse::<u32>().ok()) else {
-                blocked.push(refuse("a timerfd whose clock its fdinfo does not show"));
-                continue;
-            };
-            let mut id = anon(0);
-            id.mode = clock;
-            out.push(Fd { fd, kind: KIND_TIMERFD, flags, cloexec, pos: 0, id });
-            continue;
-        }
-        if target == "anon_inode:inotify" {
-            out.push(Fd { fd, kind: KIND_INOTIFY, flags, cloexec, pos: 0, id: anon(0) });
-            continue;
-        }
-        if let Some((ino, kind)) = whole {
-            out.push(Fd { fd, kind, flags, cloexec, pos: 0, id: anon(ino) });
-            continue;
-        }
-        if !target.starts_with('/') {
-            let what = match target.split(':').next() {
-                Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
-                Some("socket") => match &inet_refused {
-                    Some(why) => format!("{}, {why}", endpoints::socket(pid, fd, &target)),
-                    None => endpoints::socket(pid, fd, &target),
-                },
-                Some("anon_inode") => match target.trim_start_matches("anon_inode:") {
-                    "[io_uring]" => "an io_uring instance, which crs does not restore".into(),
-                    "[pidfd]" => "a pidfd, which crs does not restore".into(),
-                    "[userfaultfd]" => "a userfaultfd, which crs does not restore".into(),
-                    "[perf_event]" => "a perf event, which crs does not restore".into(),
-                    "[fanotify]" => "a fanotify instance, which crs does not restore".into(),
-                    k if k.starts_with("bpf") => "a BPF object, which crs does not restore".into(),
-                    _ => format!("an anonymous inode of a kind crs does not restore yet ({target})"),
-                },
-                _ => "not a file".into(),
-            };
-            blocked.push(refuse(&what));
-            continue;
-        }
-        let id = FileId::stat(&link).map_err(|e| Error::io(&link, e))?;
-        let id = FileId { path: target.clone(), ..id };
-        let kind = match id.file_type() {
-            libc::S_IFREG => Ok(KIND_FILE),
-            libc::S_IFDIR => Ok(KIND_DIR),
-            libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
-            libc::S_IFCHR if on_job => Err(refuse("its controlling terminal, which only ckpt --shell-job carries")),
-            libc::S_IFCHR if tty.is_some() && shell_job => Err(refuse(
-                "a terminal other than the job's (crs restores one: the controlling terminal of the first process)",
-            )),
-            libc::S_IFCHR if tty.is_some() => {
-                Err(refuse("a terminal that is not the job's (ckpt --shell-job carries the job's terminal only)"))
+            let on_job = tty.as_ref().is_some_and(|id| Some(id.rdev) == job);
+            if stubs.fds.contains(&fd) || (stubs.outside && !stdio && !(on_job && shell_job) && outside()) {
+                let id = FileId { path: stub_of(pid, fd, &target, flags), ..Default::default() };
+                out.push(Fd { fd, kind: stubs.kind(), flags, cloexec, pos: 0, id });
+                break 'fd;
             }
-            libc::S_IFCHR if target == "/dev/ptmx" || target.starts_with("/dev/pts/ptmx") => {
-                Err(refuse("a pseudo-terminal master, which crs does not restore yet"))
+            if let Some(id) = tty.clone().filter(|_| on_job && shell_job) {
+                let id = FileId { path: target.clone(), ..id };
+                out.push(Fd { fd, kind: KIND_TTY, flags, cloexec, pos: 0, id });
+                break 'fd;
             }
-            libc::S_IFCHR => Err(refuse("a character device")),
-            libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target) => Ok(KIND_FIFO),
-            libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
-            libc::S_IFSOCK => Err(refuse("a socket")),
-            _ => Err(refuse("a special file")),
-        };
-        let kind = match kind {
-            Ok(k) => k,
-            Err(why) => {
-                blocked.push(why);
-                continue;
+            if stdio {
+                out.push(Fd {
+                    fd,
+                    kind: KIND_STDIO,
+                    flags,
+                    cloexec,
+                    pos: 0,
+                    id: FileId { path: target.clone(), ..Default::default() },
+                });
+                break 'fd;
             }
-        };
-        out.push(Fd { fd, kind, flags, cloexec, pos, id });
+            if super::memfd::name_of(&target).is_some() {
+                // Carried in the image (MEMFDS).
+                match FileId::of(&link, &target, false) {
+                    Ok(id) if id.file_type() == libc::S_IFREG => {
+                        out.push(Fd { fd, kind: KIND_MEMFD, flags, cloexec, pos, id });
+                    }
+                    _ => blocked.push(refuse("a memfd crs cannot read")),
+                }
+                break 'fd;
+            }
+            if target.ends_with(" (deleted)") {
+                // A regular file unlinked while open: carried in the image (DELETED).
+                let id = super::deleted::unlinked(&target).and_then(|p| FileId::of(&link, p, false).ok());
+                match id {
+                    Some(id) if id.file_type() == libc::S_IFREG => {
+                        out.push(Fd { fd, kind: KIND_DELETED, flags, cloexec, pos, id });
+                    }
+                    _ => blocked.push(refuse("a deleted file that is not a regular one")),
+                }
+                break 'fd;
+            }
+            let anon = |id: u64| FileId { path: target.clone(), ino: id, ..Default::default() };
+            if target.starts_with("pipe:") && endpoints::pipe_inside(tree, pid, fd, &target) {
+                let ino = target.trim_start_matches("pipe:[").trim_end_matches(']').parse().unwrap_or(0);
+                out.push(Fd { fd, kind: KIND_PIPE, flags, cloexec, pos: 0, id: anon(ino) });
+                break 'fd;
+            }
+            if target == "anon_inode:[eventfd]" {
+                let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+                let Some(count) = field("eventfd-count:").and_then(|v| v.parse::<u64>().ok()) else {
+                    blocked.push(refuse("an eventfd whose counter its fdinfo does not show"));
+                    break 'fd;
+                };
+                let mut id = anon(0);
+                id.mode = field("eventfd-semaphore:").map_or(0, |v| (v == "1") as u32);
+                out.push(Fd { fd, kind: KIND_EVENTFD, flags, cloexec, pos: count, id });
+                break 'fd;
+            }
+            if target == "anon_inode:[eventpoll]" {
+                out.push(Fd { fd, kind: KIND_EPOLL, flags, cloexec, pos: 0, id: anon(0) });
+                break 'fd;
+            }
+            if target == "anon_inode:[signalfd]" {
+                let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+                let Some(mask) = field("sigmask:").and_then(|v| u64::from_str_radix(v, 16).ok()) else {
+                    blocked.push(refuse("a signalfd whose mask its fdinfo does not show"));
+                    break 'fd;
+                };
+                out.push(Fd { fd, kind: KIND_SIGNALFD, flags, cloexec, pos: mask, id: anon(0) });
+                break 'fd;
+            }
+            if target == "anon_inode:[timerfd]" {
+                let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+                let Some(clock) = field("clockid:").and_then(|v| v.parse::<u32>().ok()) else {
+                    blocked.push(refuse("a timerfd whose clock its fdinfo does not show"));
+                    break 'fd;
+                };
+                let mut id = anon(0);
+                id.mode = clock;
+                out.push(Fd { fd, kind: KIND_TIMERFD, flags, cloexec, pos: 0, id });
+                break 'fd;
+            }
+            if target == "anon_inode:inotify" {
+                out.push(Fd { fd, kind: KIND_INOTIFY, flags, cloexec, pos: 0, id: anon(0) });
+                break 'fd;
+            }
+            if let Some((ino, kind)) = whole {
+                out.push(Fd { fd, kind, flags, cloexec, pos: 0, id: anon(ino) });
+                break 'fd;
+            }
+            if !target.starts_with('/') {
+                let what = match target.split(':').next() {
+                    Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
+                    Some("socket") => match &inet_refused {
+                        Some(why) => format!("{}, {why}", endpoints::socket(pid, fd, &target)),
+                        None => endpoints::socket(pid, fd, &target),
+                    },
+                    Some("anon_inode") => match target.trim_start_matches("anon_inode:") {
+                        "[io_uring]" => "an io_uring instance, which crs does not restore".into(),
+                        "[pidfd]" => "a pidfd, which crs does not restore".into(),
+                        "[userfaultfd]" => "a userfaultfd, which crs does not restore".into(),
+                        "[perf_event]" => "a perf event, which crs does not restore".into(),
+                        "[fanotify]" => "a fanotify instance, which crs does not restore".into(),
+                        k if k.starts_with("bpf") => "a BPF object, which crs does not restore".into(),
+                        _ => format!("an anonymous inode of a kind crs does not restore yet ({target})"),
+                    },
+                    _ => "not a file".into(),
+                };
+                blocked.push(refuse(&what));
+                break 'fd;
+            }
+            let id = match FileId::stat(&link) {
+                Ok(id) => id,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break 'fd, // closed since its fdinfo was read
+                Err(e) => return Err(Error::io(&link, e)),
+            };
+            // Running, another file may have come and gone at that number since its fdinfo.
+            if running && procfs::status_field(&info, "ino").is_some_and(|i| i != id.ino.to_string()) {
+                break 'fd;
+            }
+            let id = FileId { path: target.clone(), ..id };
+            let kind = match id.file_type() {
+                libc::S_IFREG => Ok(KIND_FILE),
+                libc::S_IFDIR => Ok(KIND_DIR),
+                libc::S_IFCHR if DEVICES.iter().any(|&(p, rdev)| p == target && rdev == id.rdev) => Ok(KIND_DEV),
+                libc::S_IFCHR if on_job => Err(refuse("its controlling terminal, which only ckpt --shell-job carries")),
+                libc::S_IFCHR if tty.is_some() && shell_job => Err(refuse(
+                    "a terminal other than the job's (crs restores one: the controlling terminal of the first process)",
+                )),
+                libc::S_IFCHR if tty.is_some() => {
+                    Err(refuse("a terminal that is not the job's (ckpt --shell-job carries the job's terminal only)"))
+                }
+                libc::S_IFCHR if target == "/dev/ptmx" || target.starts_with("/dev/pts/ptmx") => {
+                    Err(refuse("a pseudo-terminal master, which crs does not restore yet"))
+                }
+                libc::S_IFCHR => Err(refuse("a character device")),
+                libc::S_IFIFO if endpoints::pipe_inside(&[], pid, fd, &target) => Ok(KIND_FIFO),
+                libc::S_IFIFO => Err(refuse("a named pipe with an end in another process")),
+                libc::S_IFSOCK => Err(refuse("a socket")),
+                _ => Err(refuse("a special file")),
+            };
+            let kind = match kind {
+                Ok(k) => k,
+                Err(why) => {
+                    blocked.push(why);
+                    break 'fd;
+                }
+            };
+            out.push(Fd { fd, kind, flags, cloexec, pos, id });
+        }
+        // Seen running, the fd may have been closed and its number taken again as we looked
+        // (its link, fdinfo and identity then of different files): what was found of it goes,
+        // for the checkpoint to look at again frozen.
+        if running && fs::read_link(&link).ok().is_none_or(|t| t.as_os_str() != target.as_str()) {
+            out.truncate(had);
+            blocked.truncate(refused);
+        }
     }
     Ok((out, blocked))
 }

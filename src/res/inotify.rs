@@ -127,16 +127,34 @@ fn resolve(pid: i32, m: &Mark) -> std::result::Result<String, String> {
     Ok(p)
 }
 
-/// The watches of every inotify instance among `fds` of the frozen process `pid`; refuses,
-/// naming each, a watch whose file is gone or cannot be named, and unread events.
-pub fn collect(pid: i32, fds: &[Fd]) -> Result<Vec<Inotify>> {
+/// The watches of every inotify instance among `fds` of process `pid`; refuses, naming each,
+/// a watch whose file is gone or cannot be named, and unread events. `running`: the process
+/// runs (a precheck), and an fd closed as we read, or another opened at its number, is
+/// passed over here (the checkpoint reads it again frozen).
+pub fn collect(pid: i32, fds: &[Fd], running: bool) -> Result<Vec<Inotify>> {
     let mut out = Vec::new();
     let mut why = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_INOTIFY) {
         let path = format!("/proc/{pid}/fdinfo/{}", f.fd);
-        let info = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let marks = parse(&info).ok_or_else(|| Error::Proc(format!("{path}: unexpected inotify format")))?;
-        let ours = crate::ptrace::procfs::getfd(pid, f.fd, "inotify")?;
+        let info = match std::fs::read_to_string(&path) {
+            Ok(i) => i,
+            Err(e) if running && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let marks = match parse(&info) {
+            Some(m) => m,
+            None if running => continue,
+            None => return Err(Error::Proc(format!("{path}: unexpected inotify format"))),
+        };
+        let ours = match crate::ptrace::procfs::getfd(pid, f.fd, "inotify") {
+            Ok(o) => o,
+            Err(Error::Sys { errno: Errno::EBADF, .. }) if running => continue,
+            Err(e) => return Err(e),
+        };
+        // Running, the number may name another file by now.
+        if running && nix::sys::stat::fstat(&ours).map_or(true, |st| st.st_ino != f.id.ino) {
+            continue;
+        }
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int.
         if unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0 && queued > 0 {
