@@ -600,6 +600,42 @@ fn a_live_migration_follows_a_heap_that_grows() {
     assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
 }
 
+/// restartd's limit (--max-image-size) counts the pages sent ahead, not the size of the
+/// mappings they are sent for: the writer's 512 MiB reserve, of which it touched one page,
+/// costs a page. It moves to a restartd that takes 160 MiB (refused before, by the reserve's
+/// size); one that takes 32 MiB refuses it by name once more of its 64 MiB came, and it runs on
+/// at the source.
+#[test]
+fn a_live_migration_counts_the_pages_sent_not_the_size_of_their_mappings() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-live-limit");
+    let key = keyfile(&dir, "key");
+    let (mut src, log, pid) = writer(&n, &dir);
+    {
+        let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--max-image-size", "32M"]);
+        let o = migrate(&n, &["--key", &key, "--live", &pid.to_string(), &n.addr_b]);
+        let e = stderr(&o);
+        if !require(!e.contains("not live"), "write tracking (Linux 6.7+)") {
+            return;
+        }
+        assert_eq!(o.status.code(), Some(7), "{e}");
+        assert!(
+            e.contains("the pages sent ahead (") && e.contains("exceed this restartd's limit (33554432 bytes)"),
+            "{e}"
+        );
+        assert!(!gone(&mut src), "refused, the source is gone");
+        let v = check(pid, &log);
+        assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "refused, at the source: {v}");
+    }
+    let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--max-image-size", "160M"]);
+    let o = migrate(&n, &["--key", &key, "--live", &pid.to_string(), &n.addr_b]);
+    assert!(o.status.success(), "migrate: {}", stderr(&o));
+    let new = pid_there(&o);
+    assert!(gone(&mut src), "the source still runs");
+    let after = check(new, &log);
+    assert!(after.starts_with("ok") && after.contains(&format!("pid {new}")), "after: {after}");
+}
+
 /// The pid, as this test sees it, of the process that is `inner` in a pid namespace below
 /// ours (restartd's own).
 fn outer_pid(inner: i32) -> i32 {

@@ -102,6 +102,11 @@ impl States {
         self.within(i, j).into_iter().filter(|r| r.2 == v).map(|(s, e, _)| (s, e)).collect()
     }
 
+    /// How many pages of [i, j) are in a state other than 0.
+    pub fn count_within(&self, i: usize, j: usize) -> usize {
+        self.within(i, j).iter().map(|(s, e, _)| e - s).sum()
+    }
+
     /// How many pages are in a state other than 0.
     pub fn count(&self) -> usize {
         self.runs.iter().map(|(&s, &(e, _))| e - s).sum()
@@ -124,6 +129,8 @@ mod tests {
             assert_eq!(st.get(i), m, "page {i}");
         }
         assert_eq!(st.count(), model.iter().filter(|&&x| x != 0).count());
+        let (i, j) = (model.len() / 3, model.len() * 2 / 3);
+        assert_eq!(st.count_within(i, j), model[i..j].iter().filter(|&&x| x != 0).count());
         // Kept as the type says: apart, in order, no state 0, neighbours of one state joined.
         let runs: Vec<(usize, usize, u8)> = st.runs.iter().map(|(&s, &(e, v))| (s, e, v)).collect();
         for w in runs.windows(2) {

@@ -1055,6 +1055,9 @@ impl Part<'_> {
 /// A huge page (PMD) on x86_64.
 const HUGE: u64 = 2 << 20;
 
+/// Most bytes the areas sent ahead of a process may span: x86_64's user address space.
+const MAX_SPAN: u64 = 1 << 47;
+
 impl Held {
     fn new(area: Area, huge: bool) -> Result<Held> {
         let local = map_local(area, huge)?;
@@ -1114,8 +1117,13 @@ impl Held {
 /// The destination side: the pages sent ahead, in mappings of ours shaped as the process's.
 pub struct Store {
     held: BTreeMap<u64, Held>,
-    /// Most bytes of areas held.
+    /// Most bytes of pages held (what arrived, not the areas' size: a sparse area of many GiB
+    /// that a runtime reserved costs what was written of it).
     limit: u64,
+    /// Bytes of pages held now ([`Store::held_bytes`], kept up to date).
+    bytes_held: u64,
+    /// Bytes of pages held for the other processes of its tree, within the same limit.
+    others: u64,
     /// Bytes of pages received.
     pub received: u64,
     /// Our mappings are still ours: not yet let go (see [`Store::leave`]).
@@ -1168,7 +1176,7 @@ fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> 
 
 impl Store {
     pub fn new(limit: u64) -> Store {
-        Store { held: BTreeMap::new(), limit, received: 0, here: true, follows: 0 }
+        Store { held: BTreeMap::new(), limit, bytes_held: 0, others: 0, received: 0, here: true, follows: 0 }
     }
 
     /// The areas the process has now (an Areas frame): those held already stay, a changed one
@@ -1179,11 +1187,12 @@ impl Store {
         // crafted image of many small Areas cannot make that a great deal of copying.
         self.follows += 1;
         changes_within_rounds(self.follows)?;
-        let total: u64 = areas.iter().map(|(a, _)| a.end - a.start).sum();
-        if total > self.limit {
+        // What arrives counts against the limit (see [`Store::pages`]); the areas only map
+        // address space, which one process cannot have more of than its own.
+        let total = areas.iter().try_fold(0u64, |t, (a, _)| t.checked_add(a.end.checked_sub(a.start)?));
+        if total.is_none_or(|t| t > MAX_SPAN) {
             return Err(Error::Refused(format!(
-                "the process's memory sent ahead ({total} bytes of mappings) exceeds this restartd's limit ({} bytes)",
-                self.limit
+                "the areas sent ahead span more than a process's address space ({MAX_SPAN} bytes)"
             )));
         }
         let mut old = std::mem::take(&mut self.held);
@@ -1223,6 +1232,7 @@ impl Store {
         for h in old.into_values() {
             unmap_local(h.local, h.area.end - h.area.start);
         }
+        self.bytes_held = self.held_bytes();
         Ok(())
     }
 
@@ -1244,6 +1254,8 @@ impl Store {
         let mut off = head;
         let mut copies: Vec<(usize, u64, usize)> = Vec::with_capacity(n); // from, to, len
         let mut runs = Vec::with_capacity(n);
+        // Pages held from now on that were not (at most: runs that overlap count twice).
+        let mut more = 0u64;
         for i in 0..n {
             let (s, np) = (le64(b, 8 + i * 16), le32(b, 16 + i * 16) as u64);
             let e = s.saturating_add(np * PAGE);
@@ -1257,10 +1269,18 @@ impl Store {
             }
             copies.push((off, h.local + (s - h.area.start), len));
             runs.push((h.area.start, s, e));
+            more += np * PAGE - h.state.count_within(h.page(s), h.page(e)) as u64 * PAGE;
             off += len;
         }
         if off != b.len() {
             return Err(bad("data longer than its runs".into()));
+        }
+        let total = self.others + self.bytes_held + more;
+        if total > self.limit {
+            return Err(Error::Refused(format!(
+                "the pages sent ahead ({total} bytes) exceed this restartd's limit ({} bytes)",
+                self.limit
+            )));
         }
         const MADV_POPULATE_WRITE: i32 = 23;
         for &(from, to, len) in &copies {
@@ -1273,6 +1293,7 @@ impl Store {
                 std::ptr::copy_nonoverlapping(b.as_ptr().add(from), to as *mut u8, len)
             };
         }
+        self.bytes_held += more;
         let total = off - head;
         for (area, s, e) in runs {
             let Some(h) = self.held.get_mut(&area) else { continue };
@@ -1465,11 +1486,6 @@ impl Store {
         }
     }
 
-    /// Bytes of the areas held (mapped, whether pages arrived or not).
-    fn area_bytes(&self) -> u64 {
-        self.held.values().map(|h| h.area.end - h.area.start).sum()
-    }
-
     /// Whether an area held here becomes mapping `p` of the image (see [`becomes`]).
     pub fn becomes(&self, p: &memory::Plan) -> bool {
         self.held.get(&p.vma.start).is_some_and(|h| becomes(&h.area, &p.vma))
@@ -1649,25 +1665,24 @@ impl Stores {
         Ok(())
     }
 
-    fn current(&mut self) -> Result<(&mut Store, u64)> {
+    /// The current process's store, told what the others hold of the limit.
+    fn current(&mut self) -> Result<&mut Store> {
         let pid = self.current.ok_or_else(|| Self::bad("areas or pages before any Member frame".into()))?;
-        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.area_bytes()).sum();
+        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.bytes_held).sum();
         let st = self.by_pid.get_mut(&pid).ok_or_else(|| Self::bad("no such member".into()))?;
-        Ok((st, others))
+        st.others = others;
+        Ok(st)
     }
 
-    /// An Areas frame, for the current process: [`Store::follow`], within what the others
-    /// leave of the limit.
+    /// An Areas frame, for the current process: [`Store::follow`].
     pub fn follow(&mut self, areas: &[(Area, bool)]) -> Result<()> {
-        let limit = self.limit;
-        let (st, others) = self.current()?;
-        st.limit = limit.saturating_sub(others);
-        st.follow(areas)
+        self.current()?.follow(areas)
     }
 
-    /// A Pages frame, for the current process: [`Store::pages`].
+    /// A Pages frame, for the current process: [`Store::pages`], within what the others leave
+    /// of the limit.
     pub fn pages(&mut self, b: &[u8]) -> Result<()> {
-        self.current()?.0.pages(b)
+        self.current()?.pages(b)
     }
 
     /// Bytes of pages received, all processes together.
