@@ -543,10 +543,6 @@ fn frozen_checkpoint<W: Sink>(
         urgent.real_time(false);
         let members = members?;
         let out = out.begin()?;
-        // The last writes of a pre-copy.
-        if let Some(p) = &opts.precopied {
-            p.freeze(&procs.iter().map(|p| p.t.pid).collect::<Vec<_>>())?;
-        }
         let clocks = crate::res::clocks::read();
         if recheck {
             check_all(pid, opts, true)?;
@@ -571,6 +567,18 @@ fn frozen_checkpoint<W: Sink>(
                 e => e,
             })?;
             states.push(st);
+        }
+        // Their remote syscalls are done: the comparison of their mapping flags may begin,
+        // beside the last look at a pre-copy's pages, which walks as many page tables (16 ms
+        // for 4 GiB) on the other CPU. (A post-copy's begins once the copy runs: it need not
+        // hold up the freeze, and on a node short of CPUs it would; see
+        // migration::postcopy::send.)
+        if let Some(f) = opts.flags_later.as_ref().filter(|_| opts.postcopy.is_none()) {
+            f.check()?;
+        }
+        // The last writes of a pre-copy.
+        if let Some(p) = &opts.precopied {
+            p.freeze(&pids)?;
         }
         states[0].clocks = Some(clocks);
         states[0].terminal = job_terminal(&states)?;
@@ -612,11 +620,6 @@ fn frozen_checkpoint<W: Sink>(
         // With --kill the block on their packets stays, for the restore to lift.
         if opts.kill {
             states[0].tcp_conns.lock = conns.lock_name();
-        }
-        // (A post-copy's begins once the copy runs: it need not hold up the freeze, and on a
-        // node short of CPUs it would; see migration::postcopy::send.)
-        if let Some(f) = opts.flags_later.as_ref().filter(|_| opts.postcopy.is_none()) {
-            f.check()?;
         }
         debug!("pid {pid}: all collected {:.1} ms after the freeze began", ms(t0));
         // An image committed once the processes run again (a running checkpoint's) ends only

@@ -7,8 +7,9 @@
 //! ([`FlagsLater::frozen`]); any other difference, and the frozen smaps is read as before.
 //!
 //! A mapping whose flags changed in between without a change of its boundaries (madvise or
-//! mlock of the whole of it) would go with the old ones: once everything is collected, the
-//! frozen smaps is read again, beside the writing of the image ([`FlagsLater::check`]), and
+//! mlock of the whole of it) would go with the old ones: once the frozen processes have
+//! answered our remote syscalls, their smaps is read again, beside the last look at a
+//! pre-copy's pages and the writing of the image ([`FlagsLater::check`]), and
 //! the caller waits for the comparison before the copy may run ([`FlagsLater::wait`]; a
 //! migration, between the destination's Restored and its Commit). A difference fails the
 //! migration by name, and the process runs on here as it was. A post-copy does not wait (for
