@@ -621,12 +621,13 @@ impl Source {
     }
 
     /// Mappings of the process as smaps shows them, without the mark of our own tracking
-    /// ("uw" on the ranges we registered): what they are without it. A mapping that overlaps
-    /// one of ours is ours whole (a mapping has one userfaultfd: the kernel grows a heap
-    /// registered with ours, brk after brk, under the same registration). A range registered
-    /// by the process itself keeps its mark.
+    /// ("uw" on the ranges we registered, or did and let go since: the look may be older than
+    /// that, and the frozen comparison of the flags runs beside the last look at the pages):
+    /// what they are without it. A mapping that overlaps one of ours is ours whole (a mapping
+    /// has one userfaultfd: the kernel grows a heap registered with ours, brk after brk, under
+    /// the same registration). A range registered by the process itself keeps its mark.
     pub fn unmark(&self, maps: &mut [MapEntry]) {
-        let ours = self.tracker.ranges();
+        let ours: Vec<(u64, u64)> = self.tracker.ever_ours().copied().collect();
         for m in maps.iter_mut() {
             if ours.iter().any(|&(s, e)| s < m.end && m.start < e) {
                 m.vmflags.retain(|f| f != "uw");

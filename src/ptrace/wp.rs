@@ -38,6 +38,10 @@ pub struct Tracker {
     /// Those the kernel would not track (a mapping kind uffd-wp does not cover): a copy takes
     /// them whole at the end.
     pub untracked: Vec<(u64, u64)>,
+    /// Ranges tracked once and let go since (not registered memory any more, see
+    /// [`Tracker::take`]): a look at the mappings taken before we let one go may still show
+    /// our mark there.
+    let_go: Vec<(u64, u64)>,
 }
 
 /// A userfaultfd for the memory of the process `c` drives (stopped), made there with a remote
@@ -64,7 +68,14 @@ impl Tracker {
             ),
             _ => Error::io(format!("UFFDIO_API (pid {pid})"), e),
         })?;
-        let mut t = Tracker { pid, uffd, pagemap: Pagemap::open(pid)?, ranges: Vec::new(), untracked: Vec::new() };
+        let mut t = Tracker {
+            pid,
+            uffd,
+            pagemap: Pagemap::open(pid)?,
+            ranges: Vec::new(),
+            untracked: Vec::new(),
+            let_go: Vec::new(),
+        };
         t.add(ranges)?;
         Ok(t)
     }
@@ -107,6 +118,12 @@ impl Tracker {
     /// The ranges tracked, in order.
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
+    }
+
+    /// Every range registered with our userfaultfd since the tracking began: those tracked,
+    /// and those let go.
+    pub fn ever_ours(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.ranges.iter().chain(&self.let_go)
     }
 
     /// The pagemap of the process, for other questions.
@@ -160,6 +177,7 @@ impl Tracker {
                 log::debug!("pid {pid}: UFFDIO_UNREGISTER {start:#x}-{end:#x}: {e}");
             }
         }
+        self.let_go.extend(&lost);
         t.lost = lost;
         Ok(t)
     }
