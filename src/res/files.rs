@@ -233,13 +233,15 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
         let (had, refused) = (out.len(), blocked.len());
         'fd: {
             // Running, the fd may be closed and its number taken again between its link, its
-            // fdinfo and what we look at next: passed over unless the last two name one file.
-            if running
-                && let Some(ino) = procfs::status_field(&info, "ino")
-                && FileId::stat(&link).map_or(true, |id| id.ino.to_string() != ino)
-            {
-                break 'fd;
-            }
+            // fdinfo and what we look at next: passed over unless its file is the one its
+            // fdinfo names (that file's identity then serves below).
+            let seen = match running {
+                true => match FileId::stat(&link) {
+                    Ok(id) if procfs::status_field(&info, "ino").is_none_or(|i| i == id.ino.to_string()) => Some(id),
+                    _ => break 'fd,
+                },
+                false => None,
+            };
             let (pos, raw_flags) =
                 procfs::parse_fdinfo(&info).ok_or_else(|| Error::Proc(format!("{info_path}: unexpected format")))?;
             let cloexec = raw_flags & libc::O_CLOEXEC as u32 != 0;
@@ -483,15 +485,11 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
                 blocked.push(refuse(&what));
                 break 'fd;
             }
-            let id = match FileId::stat(&link) {
+            let id = match seen.map_or_else(|| FileId::stat(&link), Ok) {
                 Ok(id) => id,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break 'fd, // closed since its fdinfo was read
                 Err(e) => return Err(Error::io(&link, e)),
             };
-            // Running, another file may have come and gone at that number since its fdinfo.
-            if running && procfs::status_field(&info, "ino").is_some_and(|i| i != id.ino.to_string()) {
-                break 'fd;
-            }
             let id = FileId { path: target.clone(), ..id };
             let kind = match id.file_type() {
                 libc::S_IFREG => Ok(KIND_FILE),
