@@ -65,17 +65,7 @@ pub fn collect(pid: i32, fds: &[crate::res::files::Fd], running: bool) -> Result
     let mut out = Vec::new();
     let mut why = Vec::new();
     for f in fds.iter().filter(|f| f.kind == crate::res::files::KIND_EPOLL) {
-        let path = format!("/proc/{pid}/fdinfo/{}", f.fd);
-        let info = match std::fs::read_to_string(&path) {
-            Ok(i) => i,
-            Err(e) if running && e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let parsed = match parse(&info) {
-            Some(p) => p,
-            None if running => continue,
-            None => return Err(Error::Proc(format!("{path}: unexpected format"))),
-        };
+        let Some(parsed) = crate::res::files::fdinfo(pid, f.fd, running, "epoll", parse)? else { continue };
         let mut targets = Vec::with_capacity(parsed.len());
         for (t, ino) in parsed {
             let now = std::fs::metadata(format!("/proc/{pid}/fd/{}", t.tfd)).ok().map(|m| m.ino());

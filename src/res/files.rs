@@ -531,6 +531,30 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
     Ok((out, blocked))
 }
 
+/// The fdinfo of fd `fd` of process `pid`, as `parse` reads it (None: not of `what` kind).
+/// `running`: the process runs (a precheck), and may close the fd, or open another file at its
+/// number, as we read: then None, for the caller to pass it over (the checkpoint reads it
+/// again frozen); frozen, either is an error.
+pub fn fdinfo<T>(
+    pid: i32,
+    fd: i32,
+    running: bool,
+    what: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let info = match fs::read_to_string(&path) {
+        Ok(i) => i,
+        Err(e) if running && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match parse(&info) {
+        Some(v) => Ok(Some(v)),
+        None if running => Ok(None),
+        None => Err(Error::Proc(format!("{path}: unexpected {what} format"))),
+    }
+}
+
 /// The stubs among `fds`, one line each: "fd 7 (pipe:[12]: a pipe's ...) as /dev/null".
 pub fn stubs(fds: &[Fd]) -> Vec<String> {
     fds.iter()

@@ -135,17 +135,7 @@ pub fn collect(pid: i32, fds: &[Fd], running: bool) -> Result<Vec<Inotify>> {
     let mut out = Vec::new();
     let mut why = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_INOTIFY) {
-        let path = format!("/proc/{pid}/fdinfo/{}", f.fd);
-        let info = match std::fs::read_to_string(&path) {
-            Ok(i) => i,
-            Err(e) if running && e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let marks = match parse(&info) {
-            Some(m) => m,
-            None if running => continue,
-            None => return Err(Error::Proc(format!("{path}: unexpected inotify format"))),
-        };
+        let Some(marks) = crate::res::files::fdinfo(pid, f.fd, running, "inotify", parse)? else { continue };
         let ours = match crate::ptrace::procfs::getfd(pid, f.fd, "inotify") {
             Ok(o) => o,
             Err(Error::Sys { errno: Errno::EBADF, .. }) if running => continue,
