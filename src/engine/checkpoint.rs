@@ -638,7 +638,12 @@ fn frozen_checkpoint<W: Sink>(
         let (pages, bytes, stubs, out) =
             write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref(), &flags_first)?;
         match commit.take() {
-            Some(c) if !late => c(out)?,
+            Some(c) if !late => {
+                // (A post-copy sends the rest of their memory in it, seconds maybe, while the
+                // processes run at the destination.)
+                urgent.at_ease();
+                c(out)?
+            }
             c => written = c.map(|c| (c, out)),
         }
         Ok((pages, bytes, stubs))

@@ -363,9 +363,10 @@ pub trait Link: Send {
     /// Asks for the pages [addr, addr + len) of process `who` (its pid at the source; their
     /// address in the image) before the others.
     fn want(&mut self, who: i32, addr: u64, len: u64) -> Result<()>;
-    /// The next frame on the first connection or the second (`urgent`): a Pages frame read
-    /// into `buf` (runs and their data, as engine::precopy sends them), or whose the Pages
-    /// after it are; None: the source sent its last page on that one.
+    /// The next frame on the first connection or the second (`urgent`), read as far as it has
+    /// come, without waiting: a Pages frame read into `buf` (runs and their data, as
+    /// engine::precopy sends them), or whose the Pages after it are, or NotYet; None: the
+    /// source sent its last page on that one.
     fn next(&mut self, urgent: bool, buf: &mut Vec<u8>) -> Result<Option<Arrived>>;
     /// The source sent its last page on every connection.
     fn ended(&self) -> bool;
@@ -379,6 +380,8 @@ pub enum Arrived {
     Pages(usize),
     /// The Pages frames that follow are of this process (its pid at the source).
     Member(i32),
+    /// Not all of the next frame has come yet.
+    NotYet,
 }
 
 enum ToServer {
@@ -864,6 +867,7 @@ impl State {
                 }
                 Some(Arrived::Member(pid)) => self.member[urgent as usize] = pid,
                 Some(Arrived::Pages(len)) => break len,
+                Some(Arrived::NotYet) => return Ok(()),
             }
         };
         let b = &frame[..len];

@@ -55,6 +55,18 @@ impl Urgent {
     }
 }
 
+impl Urgent {
+    /// Back to the nice value it had, for long work that must not crowd out the processes
+    /// it serves (a post-copy's transfer, which runs while the processes run at the
+    /// destination, maybe on the same CPUs); real-time may still come after.
+    pub fn at_ease(&mut self) {
+        if let Some(old) = self.nice.take() {
+            // SAFETY: as above.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, old) };
+        }
+    }
+}
+
 impl Drop for Urgent {
     fn drop(&mut self) {
         // SAFETY: as above.

@@ -242,6 +242,15 @@ fn header(kind: u8, len: usize) -> [u8; 5] {
     h
 }
 
+/// What has come of a frame read piece by piece ([`Conn::recv_some`]): its header, how many
+/// of its bytes (header first), and the rest of them so far.
+#[derive(Default)]
+pub struct Partial {
+    hdr: [u8; 5],
+    got: usize,
+    buf: Vec<u8>,
+}
+
 /// One end of a connection: framing, sequence numbers, encryption and tags.
 pub struct Conn<S: Read + Write> {
     pub s: S,
@@ -333,16 +342,96 @@ impl<S: Read + Write> Conn<S> {
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<(Kind, usize)> {
         let mut hdr = [0u8; 5];
         self.s.read_exact(&mut hdr)?;
+        let wire = self.wire_len(&hdr)?;
+        if buf.len() < wire {
+            buf.resize(wire, 0);
+        }
+        self.s.read_exact(&mut buf[..wire])?;
+        self.open(hdr, buf)
+    }
+
+    /// [`Conn::recv_into`] without waiting for a frame to come whole: reads what socket `fd`
+    /// (the one under `s`) holds of it now into `part`, and once it is whole, returns it in
+    /// `buf` (swapped with `part`'s); Ok(None) until then. With `wait`, reads through `s` (as its timeouts allow) until the
+    /// frame is whole (then never None). A reader that must answer other things meanwhile (a page server) is
+    /// never held by a large frame whose last bytes are slow to come.
+    pub fn recv_some(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        part: &mut Partial,
+        buf: &mut Vec<u8>,
+        wait: bool,
+    ) -> Result<Option<(Kind, usize)>> {
+        while part.got < 5 {
+            let n = self.read_now(fd, &mut part.hdr[part.got..], wait)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            part.got += n;
+        }
+        let wire = self.wire_len(&part.hdr)?;
+        if part.buf.len() < wire {
+            part.buf.resize(wire, 0);
+        }
+        while part.got < 5 + wire {
+            let n = self.read_now(fd, &mut part.buf[part.got - 5..wire], wait)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            part.got += n;
+        }
+        part.got = 0;
+        let r = self.open(part.hdr, &mut part.buf)?;
+        // The frame goes to the caller; its old buffer takes the next one.
+        std::mem::swap(buf, &mut part.buf);
+        Ok(Some(r))
+    }
+
+    /// Reads into `to` what socket `fd` holds now (Ok(0): nothing yet), or with `wait`, at
+    /// least a byte through `s`. The peer's close is an error: a frame is being read.
+    fn read_now(&mut self, fd: std::os::fd::RawFd, to: &mut [u8], wait: bool) -> Result<usize> {
+        let closed = || NetError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
+        loop {
+            if wait {
+                return match self.s.read(to) {
+                    Ok(0) => Err(closed()),
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(NetError::Io(e)),
+                };
+            }
+            // SAFETY: recv writes at most `to.len()` bytes into `to`, ours.
+            let n = unsafe { libc::recv(fd, to.as_mut_ptr().cast(), to.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                return Ok(n as usize);
+            }
+            if n == 0 {
+                return Err(closed());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(NetError::Io(e)),
+            }
+        }
+    }
+
+    /// The bytes on the wire after a frame's header `hdr`: its payload and tag.
+    fn wire_len(&self, hdr: &[u8; 5]) -> Result<usize> {
         let len = u32::from_le_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
         if len > MAX_FRAME as usize {
             return Err(NetError::Protocol(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
         }
-        let wire = len + if self.keys.is_some() { TAG_LEN } else { 0 };
-        if buf.len() < wire {
-            buf.resize(wire, 0);
-        }
+        Ok(len + if self.keys.is_some() { TAG_LEN } else { 0 })
+    }
+
+    /// Opens the frame of header `hdr` whose wire bytes begin `buf`: its tag checked, its
+    /// payload decrypted in place; its kind and length.
+    fn open(&mut self, hdr: [u8; 5], buf: &mut [u8]) -> Result<(Kind, usize)> {
+        let len = u32::from_le_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
+        let wire = self.wire_len(&hdr)?;
         let frame = &mut buf[..wire];
-        self.s.read_exact(frame)?;
         if let Some(k) = &self.keys
             && k.open.open_in_place(nonce(self.recvd), Aad::from(hdr), frame).is_err()
         {
@@ -487,6 +576,45 @@ mod tests {
             c.send(*k, p).unwrap();
         }
         c.s.out
+    }
+
+    /// A frame read as it comes: nothing until its last byte, then the frame, whole and
+    /// checked, and the next one after it; with `wait`, the rest of one begun.
+    #[test]
+    fn a_frame_read_as_it_comes_is_given_once_whole() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let key = Some([7u8; 32]);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 31) as u8).collect();
+        let wire = frames(key, &[(Kind::Pages, &big), (Kind::Member, &[1, 2, 3, 4]), (Kind::Pages, &big[..5000])]);
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let fd = rx.as_raw_fd();
+        let mut c = Conn::new(rx, Side::Server);
+        c.authenticate([7u8; 32]);
+        let (mut part, mut buf) = (Partial::default(), Vec::new());
+        assert!(c.recv_some(fd, &mut part, &mut buf, false).unwrap().is_none(), "nothing came");
+        // The first frame in three pieces, the header cut in two.
+        let first = 5 + big.len() + TAG_LEN;
+        for piece in [&wire[..3], &wire[3..40_000], &wire[40_000..first - 1]] {
+            tx.write_all(piece).unwrap();
+            assert!(c.recv_some(fd, &mut part, &mut buf, false).unwrap().is_none());
+        }
+        tx.write_all(&wire[first - 1..first + 7]).unwrap();
+        assert_eq!(c.recv_some(fd, &mut part, &mut buf, false).unwrap(), Some((Kind::Pages, big.len())));
+        assert_eq!(&buf[..big.len()], &big[..]);
+        assert!(c.recv_some(fd, &mut part, &mut buf, false).unwrap().is_none(), "the Member frame is not whole");
+        // The rest comes later; a reader that waits gets it.
+        let rest = wire[first + 7..].to_vec();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.write_all(&rest).unwrap();
+            tx
+        });
+        assert_eq!(c.recv_some(fd, &mut part, &mut buf, true).unwrap(), Some((Kind::Member, 4)));
+        let _tx = t.join().unwrap();
+        assert_eq!(&buf[..4], &[1, 2, 3, 4]);
+        assert_eq!(c.recv_some(fd, &mut part, &mut buf, false).unwrap(), Some((Kind::Pages, 5000)));
+        assert_eq!(&buf[..5000], &big[..5000]);
     }
 
     fn server(key: Option<[u8; 32]>, bytes: Vec<u8>) -> Conn<Duplex> {

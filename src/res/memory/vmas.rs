@@ -476,6 +476,9 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
             )));
         }
     }
+    // Each file looked at once, however many of its mappings the image has (a library has
+    // four or five).
+    let mut seen: std::collections::HashMap<&str, std::result::Result<FileId, String>> = Default::default();
     for v in vmas {
         let mut from_file = false;
         if v.flags & (VMA_REMADE | VMA_SYSV) != 0 {
@@ -484,9 +487,12 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
             continue;
         }
         if let Some(f) = &v.file {
-            let why = match FileId::of(&f.path, &f.path, true) {
-                Ok(now) => f.same_content(&now, same_boot).err(),
-                Err(e) => Some(e.to_string()),
+            let now = seen
+                .entry(f.path.as_str())
+                .or_insert_with(|| FileId::of(&f.path, &f.path, true).map_err(|e| e.to_string()));
+            let why = match now {
+                Ok(now) => f.same_content(now, same_boot).err(),
+                Err(e) => Some(e.clone()),
             };
             match why {
                 None => from_file = true,
