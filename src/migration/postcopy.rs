@@ -287,8 +287,8 @@ fn write_some(c: &Conn<TcpStream>, out: &[u8], at: &mut usize) -> std::result::R
 const BULK_NICE: i32 = 5;
 
 /// This thread's priority: its own while it waits and answers what is asked for, lower while it
-/// makes a frame of the rest ([`BULK_NICE`]). Only where it may go back (root): a user's
-/// thread may lower its priority but not raise it again.
+/// makes a frame of the rest ([`BULK_NICE`]). Only where it may go back ([`may_raise_to`]):
+/// a user's thread may lower its priority but not raise it again.
 struct Priority {
     base: Option<i32>,
     low: bool,
@@ -296,13 +296,13 @@ struct Priority {
 
 impl Priority {
     fn new() -> Priority {
-        // SAFETY: geteuid and getpriority take no pointer; errno is this thread's.
+        // SAFETY: getpriority takes integers; errno is this thread's.
         let base = unsafe {
             *libc::__errno_location() = 0;
             let n = libc::getpriority(libc::PRIO_PROCESS, 0);
-            (libc::geteuid() == 0 && !(n == -1 && *libc::__errno_location() != 0)).then_some(n)
+            (!(n == -1 && *libc::__errno_location() != 0)).then_some(n)
         };
-        Priority { base, low: false }
+        Priority { base: base.filter(|&b| may_raise_to(b)), low: false }
     }
 
     fn low(&mut self, low: bool) {
@@ -315,6 +315,24 @@ impl Priority {
             self.base = None;
         }
     }
+}
+
+/// Whether this thread may raise its priority to nice `n` again once it lowered it:
+/// CAP_SYS_NICE in its effective set (root, but not in a user namespace without it), or an
+/// RLIMIT_NICE that allows `n`.
+fn may_raise_to(n: i32) -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    let eff = std::fs::read_to_string("/proc/thread-self/status").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
+    if eff.is_some_and(|e| e & (1 << CAP_SYS_NICE) != 0) {
+        return true;
+    }
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills one struct rlimit of ours.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut r) } == 0;
+    // (The lowest nice value it allows is 20 - rlim_cur.)
+    ok && 20 - (r.rlim_cur.min(40) as i32) <= n
 }
 
 impl Drop for Priority {
@@ -672,6 +690,31 @@ mod tests {
         assert_eq!(pr.unseen.clone().into_iter().collect::<Vec<_>>(), vec![(page(6), page(64))]);
         // SAFETY: our mapping, no longer used.
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
+    }
+
+    /// The bulk goes lower and back where the thread may raise itself again; elsewhere its
+    /// priority is left alone (it could not come back).
+    #[test]
+    fn the_bulk_goes_lower_and_back_only_where_it_may() {
+        // SAFETY: getpriority takes integers; errno is this thread's.
+        let nice = || unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, 0)
+        };
+        let base = nice();
+        let mut p = Priority::new();
+        p.low(true);
+        let low = nice();
+        p.low(false);
+        assert_eq!(nice(), base);
+        if may_raise_to(base) {
+            assert_eq!(low, (base + BULK_NICE).min(19));
+            p.low(true);
+            drop(p);
+            assert_eq!(nice(), base, "dropped, it is back");
+        } else {
+            assert_eq!(low, base);
+        }
     }
 
     #[test]
