@@ -53,9 +53,7 @@ impl Urgent {
             }
         }
     }
-}
 
-impl Urgent {
     /// Back to the nice value it had, for long work that must not crowd out the processes
     /// it serves (a post-copy's transfer, which runs while the processes run at the
     /// destination, maybe on the same CPUs); real-time may still come after.

@@ -352,9 +352,10 @@ impl<S: Read + Write> Conn<S> {
 
     /// [`Conn::recv_into`] without waiting for a frame to come whole: reads what socket `fd`
     /// (the one under `s`) holds of it now into `part`, and once it is whole, returns it in
-    /// `buf` (swapped with `part`'s); Ok(None) until then. With `wait`, reads through `s` (as its timeouts allow) until the
-    /// frame is whole (then never None). A reader that must answer other things meanwhile (a page server) is
-    /// never held by a large frame whose last bytes are slow to come.
+    /// `buf` (swapped with `part`'s); Ok(None) until then. With `wait`, reads through `s` (as
+    /// its timeouts allow) until the frame is whole (then never None). A reader that must
+    /// answer other things meanwhile (a page server) is never held by a large frame whose
+    /// last bytes are slow to come.
     pub fn recv_some(
         &mut self,
         fd: std::os::fd::RawFd,
