@@ -15,15 +15,21 @@ pub struct Urgent {
     fifo: Option<(i32, i32)>,
 }
 
+/// This thread's nice value, None if it cannot be read.
+pub fn nice() -> Option<i32> {
+    // SAFETY: getpriority takes integers (`which` 0 with who 0 is this thread); errno is this
+    // thread's (-1 is also a valid nice value).
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (!(n == -1 && *libc::__errno_location() != 0)).then_some(n)
+    }
+}
+
 impl Urgent {
     pub fn raise() -> Urgent {
-        // SAFETY: getpriority/setpriority take integers; `which` 0 with who 0 is this thread.
-        let nice = unsafe {
-            *libc::__errno_location() = 0;
-            let old = libc::getpriority(libc::PRIO_PROCESS, 0);
-            (!(old == -1 && *libc::__errno_location() != 0) && libc::setpriority(libc::PRIO_PROCESS, 0, -20) == 0)
-                .then_some(old)
-        };
+        // SAFETY: setpriority takes integers; who 0 is this thread.
+        let nice = nice().filter(|_| unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0);
         Urgent { nice, fifo: None }
     }
 

@@ -296,13 +296,7 @@ struct Priority {
 
 impl Priority {
     fn new() -> Priority {
-        // SAFETY: getpriority takes integers; errno is this thread's.
-        let base = unsafe {
-            *libc::__errno_location() = 0;
-            let n = libc::getpriority(libc::PRIO_PROCESS, 0);
-            (!(n == -1 && *libc::__errno_location() != 0)).then_some(n)
-        };
-        Priority { base: base.filter(|&b| may_raise_to(b)), low: false }
+        Priority { base: crate::engine::urgent::nice().filter(|&b| may_raise_to(b)), low: false }
     }
 
     fn low(&mut self, low: bool) {
@@ -696,11 +690,7 @@ mod tests {
     /// priority is left alone (it could not come back).
     #[test]
     fn the_bulk_goes_lower_and_back_only_where_it_may() {
-        // SAFETY: getpriority takes integers; errno is this thread's.
-        let nice = || unsafe {
-            *libc::__errno_location() = 0;
-            libc::getpriority(libc::PRIO_PROCESS, 0)
-        };
+        let nice = || crate::engine::urgent::nice().unwrap();
         let base = nice();
         let mut p = Priority::new();
         p.low(true);
