@@ -82,3 +82,47 @@ fn each_fd_crs_cannot_restore_is_named() {
     }
     p.verdict("ok");
 }
+
+/// A NUMA policy of a memory area (mbind), which crs does not restore, is refused whether the
+/// process runs on after the checkpoint or not (without a look at it running first, --kill
+/// reads numa_maps frozen), and the process keeps it. Python sets it (ctypes).
+#[test]
+fn a_numa_policy_of_an_area_is_refused_with_or_without_kill() {
+    const MBIND: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+n = 1 << 20
+a = libc.mmap(None, n, 3, 0x22, -1, 0)
+node0 = ctypes.c_ulong(1)
+# mbind(a, n, MPOL_BIND, {node 0}, 64, 0)
+if libc.syscall(237, ctypes.c_void_p(a), ctypes.c_ulong(n), 2, ctypes.byref(node0), ctypes.c_ulong(64), 0) != 0:
+    print("mbind failed, errno", ctypes.get_errno(), flush=True)
+    sys.exit(1)
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "check":
+        # get_mempolicy(&mode, NULL, 0, a, MPOL_F_ADDR)
+        mode = ctypes.c_int(-1)
+        r = libc.syscall(239, ctypes.byref(mode), None, ctypes.c_ulong(0), ctypes.c_void_p(a), ctypes.c_ulong(2))
+        print("ok" if r == 0 and mode.value == 2 else f"bad: mode {mode.value}, r {r}", flush=True)
+        break
+"#;
+    let dir = tmpdir("blockers-numa");
+    let d = dir.to_str().unwrap();
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", MBIND]).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid().to_string();
+    let img = format!("{d}/x.crf");
+    for kill in [false, true] {
+        let args: Vec<&str> = if kill { vec!["ckpt", "-k", "-o", &img, &pid] } else { vec!["ckpt", "-o", &img, &pid] };
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(3), "kill {kill}: {}", stderr(&o));
+        assert!(stderr(&o).contains("has a NUMA policy (mbind)"), "kill {kill}: {}", stderr(&o));
+        assert!(!std::path::Path::new(&img).exists(), "an image was left behind");
+    }
+    p.verdict("ok");
+}

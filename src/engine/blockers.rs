@@ -166,14 +166,18 @@ pub fn namespaces(pid: i32) -> Vec<String> {
 }
 
 /// All that the process's relations and kernel objects say against it (children, timers,
-/// namespaces, NUMA policies). Its file locks are found with its fds (res::files).
-/// `frozen`: asked again once the process is frozen, where time counts: numa_maps walks every
-/// page (17 ms a GiB), so it is read again only on a machine with more than one NUMA node
-/// (on one node, a policy set in between could only name node 0).
-pub fn relations(pid: i32, frozen: bool) -> Vec<String> {
-    let numa_nodes = std::fs::read_to_string("/sys/devices/system/node/possible").unwrap_or_default();
-    let numa = if frozen && numa_nodes.trim() == "0" { vec![] } else { numa(pid) };
+/// namespaces, and NUMA policies unless `numa` is false). Its file locks are found with its
+/// fds (res::files).
+pub fn relations(pid: i32, numa: bool) -> Vec<String> {
+    let numa = if numa { self::numa(pid) } else { vec![] };
     [timers(pid), namespaces(pid), numa].concat()
+}
+
+/// Whether the work on a frozen process, after a look at it running, reads its NUMA
+/// policies again: numa_maps walks every page (17 ms a GiB), where time counts, so only on a
+/// machine with more than one node (on one, a policy set in between could only name node 0).
+pub fn numa_again() -> bool {
+    std::fs::read_to_string("/sys/devices/system/node/possible").map_or(true, |n| n.trim() != "0")
 }
 
 /// The questions for what only the frozen process itself can tell: its security bits, a NUMA

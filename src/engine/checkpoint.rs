@@ -289,7 +289,8 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     // is gathered, then all are named at once.
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, frozen), &mut why)?;
-    why.extend(blockers::relations(pid, frozen));
+    // (Frozen too: this is a whole look, which a refusal seen running asks for.)
+    why.extend(blockers::relations(pid, true));
     let (fds, unfit) = files::scan_all(pid, &opts.stubs, tree, opts.carry(), !frozen)?;
     why.extend(unfit);
     Error::gather(crate::res::epoll::collect(pid, &fds, !frozen), &mut why)?;
@@ -1275,7 +1276,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let status = procfs::read_status(pid)?;
     let mut why = Vec::new();
     Error::gather(blockers::status(pid, &status, true), &mut why)?;
-    why.extend(blockers::relations(pid, true));
+    why.extend(blockers::relations(pid, blockers::numa_again()));
     // What the kernel shows of each other thread from outside (its credentials against the
     // leader's, its name, scheduling and robust list): read by a thread of ours while the
     // threads are asked (the process is frozen, a CPU otherwise idle); their reasons count
