@@ -534,7 +534,10 @@ impl<R: Input> Reader<R> {
                 .borrow(n)
                 .ok_or_else(|| CrfError::Truncated { offset: at, what: format!("expected {n} bytes of {what}") });
         }
-        let buf = &mut buf[..n];
+        let room = buf.len();
+        let Some(buf) = buf.get_mut(..n) else {
+            return bad(at, format!("{n} bytes of {what} do not fit a buffer of {room}"));
+        };
         self.read_exact_at(buf, what)?;
         Ok(buf)
     }

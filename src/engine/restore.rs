@@ -1053,6 +1053,11 @@ fn restore_one<R: Input>(
             }
             npages += (b.data_len / PAGE_SIZE) as u64;
             let mut buf = w.buffer()?;
+            // (A buffer comes back as long as the batch it held: batches differ, a first one
+            // is small.)
+            if buf.len() < b.data_len {
+                buf.resize(b.data_len, 0);
+            }
             let base = buf.as_ptr();
             let runs = b.runs.clone();
             let (at, n) = b.data(rd, &mut buf).map(|d| (d.as_ptr(), d.len()))?;
