@@ -304,6 +304,33 @@ fn precheck_one(pid: i32, opts: &Options, tree: &[i32], frozen: bool) -> Result<
     Ok(why)
 }
 
+/// What [`check_all`] looks at that the work on the frozen processes does not look at again,
+/// trusting a look before the freeze: wanted when there was none (see [`Look::Skipped`]).
+/// Keep it in step with check_all.
+fn unlooked(pid: i32, pids: &[i32], opts: &Options) -> Vec<String> {
+    // (Where collect reads them too, see blockers::numa_again.)
+    let numa = !blockers::numa_again();
+    let mut why: Vec<String> = pids.iter().filter(|_| numa).flat_map(|&m| blockers::numa(m)).collect();
+    if opts.shell_job && crate::res::terminal::controlling(pid).is_none() {
+        why.push("it has no controlling terminal (--shell-job is for a job run from a terminal)".into());
+    }
+    why
+}
+
+/// What a look at the running processes, before the freeze, found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Nothing against them: the frozen work refuses only what changed since.
+    Passed,
+    /// Reasons, maybe only of a moment (an fd closed as we looked): [`check_all`] again, frozen.
+    Refused,
+    /// None taken: the processes will not run on (--kill, --stop), so a longer freeze costs
+    /// them nothing and the look would cost the checkpoint a millisecond of its few. The
+    /// frozen work refuses what it finds, and [`unlooked`]; a refusal then has check_all,
+    /// frozen, name every reason at once.
+    Skipped,
+}
+
 /// Whether a mapped file's unmodified pages are left out of the image.
 fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
     let exe =
@@ -321,23 +348,27 @@ pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce
     // The mapped files are looked at before the freeze and again frozen: read once.
     let _files = crate::res::fileid::Remembered::scope();
     // (One look: a refusal is asked again of the frozen processes, which say for sure.)
-    let recheck = match check_all(pid, opts, false) {
-        // Seen running, a process may be between two states (a client between socket and
-        // connect, an fd closed while we looked): the same checks of the frozen processes
-        // say for sure, with every reason, and let them go as they were if one stands.
-        Err(Error::Blocked { reasons, .. }) => {
-            debug!("pid {pid} refused while running ({}); asked again frozen", reasons.join("; "));
-            true
+    let look = if opts.kill || opts.stop {
+        Look::Skipped
+    } else {
+        match check_all(pid, opts, false) {
+            // Seen running, a process may be between two states (a client between socket and
+            // connect, an fd closed while we looked): the same checks of the frozen processes
+            // say for sure, with every reason, and let them go as they were if one stands.
+            Err(Error::Blocked { reasons, .. }) => {
+                debug!("pid {pid} refused while running ({}); asked again frozen", reasons.join("; "));
+                Look::Refused
+            }
+            r => r.map(|_| Look::Passed)?,
         }
-        r => r.map(|_| false)?,
     };
     if let Some(budget) = opts.running.filter(|_| !opts.kill && !opts.stop)
         && opts.precopied.is_none()
         && opts.postcopy.is_none()
     {
-        return running_checkpoint(pid, out, opts, budget, (recheck, warm), commit);
+        return running_checkpoint(pid, out, opts, budget, (look, warm), commit);
     }
-    frozen_checkpoint(pid, Out::New(out), opts, (recheck, warm), commit)
+    frozen_checkpoint(pid, Out::New(out), opts, (look, warm), commit)
 }
 
 /// The image a checkpoint writes: begun already (the sections a running checkpoint copied
@@ -408,7 +439,7 @@ fn running_checkpoint<W: Sink>(
     out: W,
     opts: &Options,
     budget: Duration,
-    (recheck, warm): (bool, memory::Warming),
+    (look, warm): (Look, memory::Warming),
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     let mut ahead = super::precopy::Ahead::default();
@@ -424,7 +455,7 @@ fn running_checkpoint<W: Sink>(
         },
     }
     let Some(mut srcs) = source else {
-        let mut r = frozen_checkpoint(pid, Out::New(out), opts, (recheck, warm), commit)?;
+        let mut r = frozen_checkpoint(pid, Out::New(out), opts, (look, warm), commit)?;
         r.ahead = Some(ahead);
         return Ok(r);
     };
@@ -452,7 +483,7 @@ fn running_checkpoint<W: Sink>(
     // The image is committed (synced, renamed) once the process runs again, as in a frozen
     // checkpoint that lets it run on, and once its tracking has ended (precopy::Source).
     let mut written = None;
-    let mut r = frozen_checkpoint(pid, Out::Begun(w), &opts, (recheck, warm), |w| {
+    let mut r = frozen_checkpoint(pid, Out::Begun(w), &opts, (look, warm), |w| {
         written = Some(w);
         Ok(())
     })?;
@@ -496,17 +527,17 @@ pub fn checkpoint_prechecked<W: Sink>(
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     let opts = Options { running: None, ..opts.clone() };
-    frozen_checkpoint(pid, Out::New(out), &opts, (false, memory::Warming::here()), commit)
+    frozen_checkpoint(pid, Out::New(out), &opts, (Look::Passed, memory::Warming::here()), commit)
 }
 
-/// Freezes the tree, runs `precheck` again on it when `recheck`, and checkpoints it, reading
-/// its pages into the buffers `warm` makes. With `Options::running` and neither kill nor stop,
+/// Freezes the tree, checks it as `look` asks, and checkpoints it, reading its pages into the
+/// buffers `warm` makes. With `Options::running` and neither kill nor stop,
 /// `commit` runs once the processes run again.
 fn frozen_checkpoint<W: Sink>(
     pid: i32,
     out: Out<W>,
     opts: &Options,
-    (recheck, warm): (bool, memory::Warming),
+    (look, warm): (Look, memory::Warming),
     commit: impl FnOnce(W) -> Result<()>,
 ) -> Result<Report> {
     // Each mapped file read once, for all the processes (a tree's share their libraries),
@@ -519,7 +550,8 @@ fn frozen_checkpoint<W: Sink>(
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let mut urgent = Urgent::raise();
-    let mut spare = warm.take();
+    // (Taken once the processes are collected: made meanwhile on the other CPU.)
+    let mut warm = Some(warm);
     if opts.tcp_established {
         // Whether waiting connections can go back (the kernel's BTF read, a program loaded):
         // asked now, not while the processes are frozen.
@@ -545,8 +577,12 @@ fn frozen_checkpoint<W: Sink>(
         let members = members?;
         let out = out.begin()?;
         let clocks = crate::res::clocks::read();
-        if recheck {
-            check_all(pid, opts, true)?;
+        match look {
+            Look::Refused => check_all(pid, opts, true)?,
+            Look::Skipped => {
+                Error::blocked(pid, unlooked(pid, &procs.iter().map(|p| p.t.pid).collect::<Vec<_>>(), opts))?
+            }
+            Look::Passed => {}
         }
         zombies = members.iter().filter(|m| m.zombie.is_some()).count();
         let threads: usize = procs.iter().map(|p| p.others.len() + 1).sum();
@@ -636,6 +672,7 @@ fn frozen_checkpoint<W: Sink>(
             }),
             None => Ok(()),
         };
+        let mut spare = warm.take().map(memory::Warming::take).unwrap_or_default();
         let (pages, bytes, stubs, out) =
             write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref(), &flags_first)?;
         match commit.take() {
@@ -649,6 +686,23 @@ fn frozen_checkpoint<W: Sink>(
         }
         Ok((pages, bytes, stubs))
     })();
+    // Without a look before the freeze, a refusal found on the way names one reason: every one
+    // is named, looked for now, frozen.
+    let result = match result {
+        Err(Error::Blocked { pid: p, reasons: mut why }) if look == Look::Skipped => {
+            let mut more = unlooked(pid, &procs.iter().map(|p| p.t.pid).collect::<Vec<_>>(), opts);
+            if let Err(Error::Blocked { reasons, .. }) = check_all(pid, opts, true) {
+                more.extend(reasons);
+            }
+            for r in more {
+                if !why.contains(&r) {
+                    why.push(r);
+                }
+            }
+            Err(Error::Blocked { pid: p, reasons: why })
+        }
+        r => r,
+    };
     // Comparisons of the flags still under way hold the tracking: over before the processes
     // run again.
     if result.is_err()
