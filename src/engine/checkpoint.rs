@@ -344,7 +344,8 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 /// written (flush, fsync, rename); only when it succeeds are the processes killed or stopped
 /// as asked.
 pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
-    let warm = memory::Warming::begin();
+    // (Without a look first, no buffers are made ahead: see frozen_checkpoint.)
+    let warm = if opts.kill || opts.stop { memory::Warming::here() } else { memory::Warming::begin() };
     // The mapped files are looked at before the freeze and again frozen: read once.
     let _files = crate::res::fileid::Remembered::scope();
     // (One look: a refusal is asked again of the frozen processes, which say for sure.)
@@ -550,11 +551,14 @@ fn frozen_checkpoint<W: Sink>(
     // While the processes are frozen, threads that still run (spinning ones, on a busy node)
     // must not keep crs from the CPU: crs runs at the highest priority it may meanwhile.
     let mut urgent = Urgent::raise();
-    // (Taken once the processes are collected: made meanwhile on the other CPU.)
-    let mut warm = Some(warm);
-    // Freed once the processes are let go or killed (unmapped, 3 MiB of buffers cost 0.3 ms on
-    // a slow VM), beside their end.
-    let mut spare = Vec::new();
+    // The page buffers, made on the other CPU while we looked at the processes running.
+    // Without that look (Look::Skipped) none are made ahead, and the reads make what they
+    // need: a thread making them beside the freeze held the CPU a process woken to stop
+    // wanted (1 ms, in half the checkpoints of sleep), and one made to give way (SCHED_IDLE)
+    // starved on a busy node while it held our mappings' lock (and our exit) for 0.5 s.
+    // Freed once the processes are let go or killed (3 MiB unmapped cost 0.3 ms on a slow VM),
+    // beside their end.
+    let mut spare = if look == Look::Skipped { Vec::new() } else { warm.take() };
     if opts.tcp_established {
         // Whether waiting connections can go back (the kernel's BTF read, a program loaded):
         // asked now, not while the processes are frozen.
@@ -675,7 +679,6 @@ fn frozen_checkpoint<W: Sink>(
             }),
             None => Ok(()),
         };
-        spare = warm.take().map(memory::Warming::take).unwrap_or_default();
         let (pages, bytes, stubs, out) =
             write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref(), &flags_first)?;
         match commit.take() {

@@ -381,6 +381,8 @@ const SMALL_DUMP_PAGES: usize = 1024;
 /// [`dump_pages`]' batches read and written here, one after another.
 fn dump_inline<W: Sink>(pid: i32, batches: &[BatchPlan], w: &mut Writer<W>, spare: &mut Vec<Vec<u8>>) -> Result<()> {
     let mut buf = spare.pop().unwrap_or_default();
+    let most = batches.iter().map(|b| b.pages * PAGE_SIZE).max().unwrap_or(0);
+    buf.reserve(most.saturating_sub(buf.len()));
     for b in batches {
         let n = b.pages * PAGE_SIZE;
         if buf.len() < n {
@@ -446,7 +448,7 @@ impl Warming {
     /// first syscall that reschedules), and nothing is gained.
     pub fn begin() -> Warming {
         use std::os::unix::thread::JoinHandleExt;
-        let h = std::thread::Builder::new().name("warm".into()).spawn(idle_warm_buffers).ok();
+        let h = std::thread::Builder::new().name("warm".into()).spawn(warm_buffers).ok();
         if let Some(h) = &h {
             // SAFETY: sched_getaffinity/sched_getcpu fill a cpu_set_t we own;
             // pthread_setaffinity_np gets the handle of a thread we have not joined (it lives
@@ -474,16 +476,6 @@ impl Warming {
     pub fn take(self) -> Vec<Vec<u8>> {
         self.0.and_then(|h| h.join().ok()).unwrap_or_else(warm_buffers)
     }
-}
-
-/// [`warm_buffers`] at SCHED_IDLE: on a CPU nothing else wants. At a normal priority it may
-/// hold the CPU a process being frozen wakes on to reach its stop, and a freeze of a sleeping
-/// process then took 1 ms more.
-fn idle_warm_buffers() -> Vec<Vec<u8>> {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads the sched_param we own; pid 0 is this thread.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
-    warm_buffers()
 }
 
 /// Two buffers for [`dump_pages`], their pages faulted in: made before the process is frozen.
