@@ -296,6 +296,13 @@ fn shell_job_without_a_terminal_is_refused_by_name() {
     let o = run(&["ckpt", "--shell-job", "-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no controlling terminal"), "{}", stderr(&o));
+    // With --kill no look comes before the freeze: the look at the frozen process refuses it
+    // the same, and lets it run on.
+    let o = run(&["ckpt", "-k", "--shell-job", "-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no controlling terminal"), "{}", stderr(&o));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.contains(") S "), "not sleeping on after the refusal: {state}");
     // An image of it, restored with --shell-job by an rstrt that has no terminal.
     ckpt(&["-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
     let mut r = Command::new("setsid");
