@@ -344,12 +344,14 @@ fn no_copy_rule(pid: i32, opts: &Options) -> impl Fn(&str, bool) -> bool {
 /// written (flush, fsync, rename); only when it succeeds are the processes killed or stopped
 /// as asked.
 pub fn checkpoint<W: Sink>(pid: i32, out: W, opts: &Options, commit: impl FnOnce(W) -> Result<()>) -> Result<Report> {
-    // (Without a look first, no buffers are made ahead: see frozen_checkpoint.)
-    let warm = if opts.kill || opts.stop { memory::Warming::here() } else { memory::Warming::begin() };
+    // No look before the freeze for processes that will not run on (see Look::Skipped), and
+    // then no buffers made ahead either (see frozen_checkpoint).
+    let skip = opts.kill || opts.stop;
+    let warm = if skip { memory::Warming::here() } else { memory::Warming::begin() };
     // The mapped files are looked at before the freeze and again frozen: read once.
     let _files = crate::res::fileid::Remembered::scope();
     // (One look: a refusal is asked again of the frozen processes, which say for sure.)
-    let look = if opts.kill || opts.stop {
+    let look = if skip {
         Look::Skipped
     } else {
         match check_all(pid, opts, false) {
@@ -696,13 +698,12 @@ fn frozen_checkpoint<W: Sink>(
     // is named, looked for now, frozen.
     let result = match result {
         Err(Error::Blocked { pid: p, reasons: mut why }) if look == Look::Skipped => {
-            let mut more = unlooked(pid, &procs.iter().map(|p| p.t.pid).collect::<Vec<_>>(), opts);
+            // (check_all looks at what `unlooked` does too.)
             if let Err(Error::Blocked { reasons, .. }) = check_all(pid, opts, true) {
-                more.extend(reasons);
-            }
-            for r in more {
-                if !why.contains(&r) {
-                    why.push(r);
+                for r in reasons {
+                    if !why.contains(&r) {
+                        why.push(r);
+                    }
                 }
             }
             Err(Error::Blocked { pid: p, reasons: why })
