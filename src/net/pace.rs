@@ -101,6 +101,9 @@ impl Write for Paced {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.s.write(buf)
     }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.s.write_vectored(bufs)
+    }
     fn flush(&mut self) -> io::Result<()> {
         self.s.flush()
     }

@@ -38,25 +38,30 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
         let said = peer_said.clone();
         let thread = scope.spawn(move || {
             for out in rx {
-                let (framed, mut buf) = match out {
-                    Out::Framed(b) => (true, b),
-                    Out::Given(b) => (false, b),
+                let (mut head, mut data) = match out {
+                    Out::Framed(b) => (b, Vec::new()),
+                    Out::Given(head, data) => (head, data),
                 };
-                // A given buffer larger than a frame goes in several.
-                for frame in buf.chunks_mut(super::MAX_FRAME as usize) {
-                    if let Err(e) = c.send_in_place(Kind::Data, frame) {
-                        // The peer may have refused and closed: its reason beats "broken pipe".
-                        if let Ok(mut s) = said.lock() {
-                            *s = fetch_error(c);
-                        }
-                        return (c, Some(e));
-                    }
+                // What was buffered before a given buffer, then that buffer (in several frames
+                // if larger than one), in one write.
+                let mut frames: Vec<(Kind, &mut [u8])> = Vec::with_capacity(2);
+                if !head.is_empty() {
+                    frames.push((Kind::Data, &mut head[..]));
                 }
-                if framed {
-                    buf.clear();
-                    let _ = back.try_send(buf);
-                } else {
-                    let _ = given_back.try_send(buf);
+                frames.extend(data.chunks_mut(super::MAX_FRAME as usize).map(|f| (Kind::Data, f)));
+                if let Err(e) = c.send_frames(&mut frames) {
+                    // The peer may have refused and closed: its reason beats "broken pipe".
+                    if let Ok(mut s) = said.lock() {
+                        *s = fetch_error(c);
+                    }
+                    return (c, Some(e));
+                }
+                if head.capacity() > 0 {
+                    head.clear();
+                    let _ = back.try_send(head);
+                }
+                if data.capacity() > 0 {
+                    let _ = given_back.try_send(data);
                 }
             }
             (c, None)
@@ -82,8 +87,10 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
     }
 
     fn queue(&mut self, out: Out) -> io::Result<()> {
-        let (Out::Framed(b) | Out::Given(b)) = &out;
-        self.bytes += b.len() as u64;
+        self.bytes += match &out {
+            Out::Framed(b) => b.len(),
+            Out::Given(h, d) => h.len() + d.len(),
+        } as u64;
         let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("frame writer finished"))?;
         tx.send(out).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the destination failed"))
     }
@@ -102,19 +109,27 @@ impl<'scope, S: Read + Write + Send> FrameWriter<'scope, S> {
     }
 }
 
-/// What the sending thread sends: a frame we built, or a buffer given to us whole.
+/// What the sending thread sends: a frame we built; or a buffer given to us whole, after
+/// what was buffered before it (empty, or a frame of its own).
 enum Out {
     Framed(Vec<u8>),
-    Given(Vec<u8>),
+    Given(Vec<u8>, Vec<u8>),
 }
 
 impl<S: Read + Write + Send> crate::crf::Sink for FrameWriter<'_, S> {
     /// Sends what is buffered, then `data` as a frame of its own (or several, if larger than a
     /// frame), without a copy; returns a buffer given earlier that has been sent since.
     fn give(&mut self, data: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
-        self.send_buf()?;
-        if !data.is_empty() {
-            self.queue(Out::Given(data))?;
+        if data.is_empty() {
+            self.send_buf()?;
+        } else {
+            let head = if self.buf.is_empty() {
+                Vec::new()
+            } else {
+                let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(FRAME_ROOM));
+                std::mem::replace(&mut self.buf, next)
+            };
+            self.queue(Out::Given(head, data))?;
         }
         Ok(self.given.try_recv().ok())
     }
