@@ -661,6 +661,65 @@ struct TreeMoved {
     pss: (u64, u64),
 }
 
+/// restartd as the init of a pid namespace of its own: its handlers, and the processes they
+/// restored once they end (orphans in that namespace), are all reaped, none left a zombie
+/// (whose pid a later process of the same pid could not have).
+#[test]
+fn restartd_as_a_pid_namespaces_init_reaps_what_ends_there() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-reaps");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start_own_pids(&n, &["--key", &key, "--allow-root"]);
+    // restartd: the one child of unshare (ip netns exec became unshare).
+    let init = || -> i32 {
+        let kids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.0.id(), d.0.id())).unwrap();
+        kids.split_whitespace().next().expect("restartd under unshare").parse().unwrap()
+    };
+    let restartd = init();
+    let kids = |of: i32| -> Vec<(i32, char)> {
+        let list = std::fs::read_to_string(format!("/proc/{of}/task/{of}/children")).unwrap_or_default();
+        list.split_whitespace()
+            .filter_map(|k| k.parse().ok())
+            .filter_map(|k: i32| {
+                let st = std::fs::read_to_string(format!("/proc/{k}/stat")).ok()?;
+                Some((k, st.rsplit(')').next()?.split_whitespace().next()?.chars().next()?))
+            })
+            .collect()
+    };
+    let settled = |want: usize, why: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let k = kids(restartd);
+            let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if k.iter().all(|&(p, s)| s != 'Z' && !comm(p).starts_with("crs")) && k.len() == want {
+                return k;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{why}: restartd's children {k:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut copies = Vec::new();
+    for i in 0..2 {
+        let d2 = dir.join(format!("m{i}"));
+        std::fs::create_dir_all(&d2).unwrap();
+        let (mut src, _log, pid) = migrant(&n, &d2, "4");
+        let o = migrate(&n, &["--key", &key, &pid.to_string(), &n.addr_b]);
+        assert!(o.status.success(), "migrate: {}", stderr(&o));
+        assert!(gone(&mut src), "the source still runs");
+        // Its handler gone and reaped, the copy is restartd's child.
+        let k = settled(i + 1, "after a migration");
+        let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        assert!(k.iter().all(|c| comm(c.0).starts_with("target-migrant")), "restartd's children {k:?}");
+        let new: Vec<i32> = k.iter().map(|c| c.0).filter(|c| !copies.contains(c)).collect();
+        copies.extend(new);
+    }
+    for c in copies {
+        // SAFETY: kill has no memory effects.
+        assert_eq!(unsafe { libc::kill(c, libc::SIGKILL) }, 0);
+    }
+    settled(0, "after the copies were killed");
+}
+
 /// A writer and its child (64 MiB each, each its own pages, both writing) on node a, moved
 /// with `how` to node b (a pid namespace of its own there, where their pids are free); each
 /// then checks every page there, the child still the parent's. None when the kernel cannot
@@ -975,6 +1034,55 @@ fn a_post_copy_whose_link_fails_runs_on_at_the_source() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the copy {copy} still runs at the destination");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = src.kill();
+}
+
+/// restartd's handler is killed (SIGKILL) while a post-copy's pages follow: the copy, which
+/// would read zeros where its pages had not come (and a process that lives on with zeros is
+/// moved here, with threads: where this once failed), dies with it, and the process runs on
+/// at the source with its memory whole.
+#[test]
+fn a_post_copy_whose_handler_dies_kills_the_copy() {
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-post-handler");
+    let key = keyfile(&dir, "key");
+    let d = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let log = dir.join("log");
+    let mut c = n.cmd(&n.a, target("zeros").to_str().unwrap(), &[log.to_str().unwrap(), "256", "3"]);
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut src = c.spawn().unwrap();
+    let pid: i32 = log_line(&log, "ready", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let tc = [
+        "netns", "exec", &n.a, "tc", "qdisc", "add", "dev", &n.veth_a, "root", "tbf", "rate", "80mbit", "burst",
+        "64kb", "latency", "50ms",
+    ];
+    assert!(std::process::Command::new("ip").args(tc).status().unwrap().success());
+    let mut m = n.cmd(&n.a, crs(), &["migrate", "--key", &key, "--post-copy", &pid.to_string(), &n.addr_b]);
+    m.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let m = m.spawn().unwrap();
+    let l = d.1.line("its pages follow (post-copy)");
+    let copy: i32 = l.split(" runs as pid ").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    // Once it runs there on what it has (its pages come in address order meanwhile).
+    log_line(&log, &format!("pid {copy} tick"), 0);
+    let stat = std::fs::read_to_string(format!("/proc/{copy}/stat")).unwrap();
+    let handler: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(handler, libc::SIGKILL) }, 0, "handler {handler}");
+    let o = m.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("post-copy stopped before every page was sent"), "{err}");
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{copy}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the copy {copy} still runs at the destination");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!gone(&mut src), "the source is gone");
+    let before = lines(&log);
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "the source {pid} is gone");
+    let v = log_line(&log, &format!("pid {pid} bad"), before);
+    assert!(v.ends_with(" bad 0"), "the source: {v}");
     let _ = src.kill();
 }
 

@@ -180,15 +180,12 @@ fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
         if cfg.key.is_some() { "with a cluster key" } else { "without a key (this node's clients only)" },
         if cfg.allow_root { "accepted (--allow-root)" } else { "refused" }
     );
-    let mut live = 0usize;
+    // Our handlers. Other children may come to us too: as the init of a pid namespace, every
+    // process orphaned in it (the restored ones, once their handler is done), each reaped
+    // as it ends, never counted as a handler.
+    let mut live = std::collections::BTreeSet::<i32>::new();
     loop {
-        // Reap finished handlers (the processes they restored live on, as init's).
-        while live > 0 {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => live -= 1,
-            }
-        }
+        reap(&mut live, false);
         // A timed wait for the next client, so that a finished handler is reaped within a
         // second even when nobody connects.
         if !readable(&l, 1000) {
@@ -203,12 +200,8 @@ fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
                 continue;
             }
         };
-        if live >= a.max_clients {
-            // Block until one finishes rather than turn the client away at once.
-            if waitpid(None::<Pid>, None).is_ok() {
-                live -= 1;
-            }
-        }
+        // Block until one finishes rather than turn the client away at once.
+        while live.len() >= a.max_clients && reap(&mut live, true) {}
         // SAFETY: restartd is single-threaded here; the child serves one client and exits.
         match unsafe { libc::fork() } {
             0 => {
@@ -220,8 +213,29 @@ fn serve(a: &Args, cfg: &ServeConfig) -> Result<()> {
                 std::process::exit(code);
             }
             -1 => warn!("fork for client {peer}: {}", std::io::Error::last_os_error()),
-            _ => live += 1,
+            pid => {
+                live.insert(pid);
+            }
         }
+    }
+}
+
+/// Reaps every child that has ended (with `block`, waits for one first), handlers (`live`,
+/// taken out) or not; false once there is no child to wait for.
+fn reap(live: &mut std::collections::BTreeSet<i32>, block: bool) -> bool {
+    let mut flags = if block { None } else { Some(WaitPidFlag::WNOHANG) };
+    loop {
+        match waitpid(None::<Pid>, flags) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(w) => {
+                if let Some(p) = w.pid() {
+                    live.remove(&p.as_raw());
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        flags = Some(WaitPidFlag::WNOHANG);
     }
 }
 

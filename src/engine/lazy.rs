@@ -401,6 +401,8 @@ pub struct Server {
     remote: bool,
     thread: Option<std::thread::JoinHandle<Result<Stats>>>,
     running: bool,
+    /// Kills the processes if we die before every page is in (see [`Server::guard`]).
+    sentinel: std::sync::Mutex<Option<super::sentinel::Sentinel>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -456,7 +458,16 @@ impl Server {
             .name("crs-lazy".into())
             .spawn(move || serve(st, rx, &w, &s))
             .map_err(|e| Error::io("a thread to serve pages (lazy restore)", e))?;
-        Ok(Server { tx: Some(tx), wake, stop, released, remote, thread: Some(thread), running: false })
+        Ok(Server {
+            tx: Some(tx),
+            wake,
+            stop,
+            released,
+            remote,
+            thread: Some(thread),
+            running: false,
+            sentinel: Default::default(),
+        })
     }
 
     /// Registers the mappings of process `pid` (whose userfaultfd `uffd` is, see [`uffd_of`])
@@ -472,6 +483,16 @@ impl Server {
         tx.send(ToServer::Add(pid, fd, lazy))
             .map_err(|_| Error::Proc("lazy restore: the page server stopped".into()))?;
         self.poke();
+        Ok(())
+    }
+
+    /// From now on processes `pids` (the restored ones, not yet run) die with us, should we die
+    /// before every page is in: without us, what is not in yet would read as zeros.
+    pub fn guard(&self, pids: &[i32]) -> Result<()> {
+        let s = super::sentinel::Sentinel::start(pids)?;
+        if let Ok(mut g) = self.sentinel.lock() {
+            *g = Some(s);
+        }
         Ok(())
     }
 
@@ -512,10 +533,17 @@ impl Server {
     }
 
     fn join(&mut self) -> Result<Stats> {
-        match self.thread.take() {
+        let r = match self.thread.take() {
             Some(t) => t.join().unwrap_or_else(|_| Err(Error::Proc("lazy restore: the page server panicked".into()))),
             None => Ok(Stats::default()),
+        };
+        // Every page in, the processes no longer need us; else (killed already, or never run)
+        // the sentinel kills whatever is left of them as it goes.
+        match self.sentinel.get_mut().ok().and_then(|s| s.take()) {
+            Some(s) if r.is_ok() && self.running => s.stand_down(),
+            other => drop(other),
         }
+        r
     }
 }
 

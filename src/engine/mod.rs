@@ -12,6 +12,7 @@ pub mod pagestates;
 pub mod pidns;
 pub mod precopy;
 pub mod restore;
+pub mod sentinel;
 pub mod spawn;
 pub mod urgent;
 pub mod vmflags;

@@ -487,6 +487,10 @@ fn restore_all<R: Input>(
     if let (Some(h), Some(t)) = (&here, &restored.state.terminal) {
         h.apply(t)?;
     }
+    // A lazy restore's processes die with us until every page is in.
+    if let Some(l) = lazy {
+        l.guard(&family.procs.iter().map(|p| p.t.pid).collect::<Vec<_>>())?;
+    }
     if opts.hold {
         // From here the Held kills them if it is dropped unreleased.
         restored.held = Some(Held { family, ipc, tcp });
