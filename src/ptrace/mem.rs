@@ -155,6 +155,7 @@ impl Mapped {
         if ptr == libc::MAP_FAILED {
             return Err(Error::sys("mmap", what.to_string(), Errno::last()));
         }
+        shrunk::watch(ptr as usize, len, what);
         Ok(Mapped { ptr, len })
     }
 
@@ -177,8 +178,115 @@ unsafe impl Sync for Mapped {}
 impl Drop for Mapped {
     fn drop(&mut self) {
         if self.len > 0 {
+            shrunk::forget(self.ptr as usize);
             // SAFETY: unmapping exactly the mapping we made; no slice of it outlives self.
             unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// A mapped file truncated under us (its owner, root, rewrote it in place while rstrt read
+/// it) raises SIGBUS where we read past its new end: said in one line, and we exit with
+/// BAD_IMAGE (what the restore made dies with us: held processes by PTRACE_O_EXITKILL, those
+/// of a lazy restore by its sentinel). Any other SIGBUS goes on to the handler there was.
+mod shrunk {
+    use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+    /// Mappings watched at once, at most (rstrt maps one image).
+    const SLOTS: usize = 4;
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: Slot = Slot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        msg: AtomicPtr::new(std::ptr::null_mut()),
+        len: AtomicUsize::new(0),
+    };
+    static WATCHED: [Slot; SLOTS] = [FREE; SLOTS];
+    static OLD: std::sync::OnceLock<libc::sigaction> = std::sync::OnceLock::new();
+
+    struct Slot {
+        start: AtomicUsize,
+        end: AtomicUsize,
+        /// The line to print, leaked: the handler may not allocate.
+        msg: AtomicPtr<u8>,
+        len: AtomicUsize,
+    }
+
+    pub fn watch(start: usize, len: usize, what: &str) {
+        OLD.get_or_init(|| {
+            // SAFETY: sigaction installs our handler, which is async-signal-safe (atomic loads,
+            // write, _exit, or the old handler as the kernel would call it), and fills `old`.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_sigbus as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut sa.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGBUS, &sa, &mut old);
+                old
+            }
+        });
+        // (As the applet says its other errors: rstrt, or crs rstrt.)
+        let mut args = std::env::args().map(|a| a.rsplit('/').next().unwrap_or_default().to_string());
+        let name = match args.next() {
+            Some(a) if a == "crs" => args.next().unwrap_or(a),
+            a => a.unwrap_or_else(|| "crs".into()),
+        };
+        let line = format!(
+            "{name}: {what} shrank while it was read (truncated or rewritten in place): the restore is lost, and what it restored is killed\n"
+        );
+        let line: &'static mut [u8] = Box::leak(line.into_bytes().into_boxed_slice());
+        for s in &WATCHED {
+            if s.start.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                s.msg.store(line.as_mut_ptr(), Ordering::SeqCst);
+                s.len.store(line.len(), Ordering::SeqCst);
+                s.end.store(start + len, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    pub fn forget(start: usize) {
+        for s in &WATCHED {
+            if s.start.load(Ordering::SeqCst) == start {
+                s.end.store(0, Ordering::SeqCst);
+                s.start.store(0, Ordering::SeqCst);
+            }
+        }
+    }
+
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for s in &WATCHED {
+            let (start, end) = (s.start.load(Ordering::SeqCst), s.end.load(Ordering::SeqCst));
+            if start != 0 && (start..end).contains(&addr) {
+                // SAFETY: write(2) of the leaked line (valid for ever), then _exit: both
+                // async-signal-safe.
+                unsafe {
+                    libc::write(2, s.msg.load(Ordering::SeqCst).cast(), s.len.load(Ordering::SeqCst));
+                    libc::_exit(crate::exit::BAD_IMAGE);
+                }
+            }
+        }
+        // Not ours: the handler there was, as the kernel would have called it; or, if it was
+        // the default, back to it (the fault comes again, and does what it would have).
+        match OLD.get() {
+            Some(old) if old.sa_sigaction > libc::SIG_IGN && old.sa_flags & libc::SA_SIGINFO != 0 => {
+                // SAFETY: the old SA_SIGINFO handler, with the arguments the kernel gave us.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(old.sa_sigaction) };
+                f(sig, info, ctx)
+            }
+            Some(old) if old.sa_sigaction > libc::SIG_IGN => {
+                // SAFETY: the old plain handler, with the signal number.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(old.sa_sigaction) };
+                f(sig)
+            }
+            // SAFETY: signal(2) back to the default action; async-signal-safe.
+            _ => unsafe {
+                libc::signal(libc::SIGBUS, libc::SIG_DFL);
+            },
         }
     }
 }
@@ -186,6 +294,42 @@ impl Drop for Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mapped file truncated under us: reading past its new end says so in one line and
+    /// exits with BAD_IMAGE, in a child of the test (it exits).
+    #[test]
+    fn a_mapped_file_truncated_under_us_is_said_not_a_crash() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("crs-shrunk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        std::fs::write(&path, vec![5u8; 64 << 10]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let m = Mapped::new(&f, "image file img").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        let (mut rd, wr) = std::io::pipe().unwrap();
+        // SAFETY: the child only reads the mapping (raising SIGBUS, whose handler writes and
+        // _exits) and redirects its stderr with dup2; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&wr), 2);
+                let v = std::ptr::read_volatile(m.as_slice().as_ptr().add(32 << 10));
+                libc::_exit(v as i32 + 100);
+            }
+        }
+        drop(wr);
+        let mut said = String::new();
+        rd.read_to_string(&mut said).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}: {said}");
+        assert_eq!(libc::WEXITSTATUS(status), crate::exit::BAD_IMAGE, "{said}");
+        assert!(said.contains("image file img shrank while it was read") && said.lines().count() == 1, "{said}");
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Pages a fork left shared, read without pinning, stay shared in the process read; read
     /// with process_vm_readv, they become its own copies.
