@@ -787,3 +787,38 @@ fn an_ordinary_users_running_checkpoint_restores_from_a_stream() {
     assert!(v.starts_with("ok") && v.contains(&format!("pid {new}")), "restored: {v}");
     kill_pid(new);
 }
+
+/// A file mapped shared (MAP_SHARED) that is another file at restore time: refused by name,
+/// and for what it is (a shared mapping's pages are the file's, in no image), not as an image
+/// made with --no-binary/--no-libs.
+#[test]
+fn a_shared_mapping_of_a_file_replaced_since_is_refused_for_what_it_is() {
+    const SHARED: &str = r#"
+import mmap, sys
+f = open("data", "r+b")
+m = mmap.mmap(f.fileno(), 4096, flags=mmap.MAP_SHARED)
+print("ready", flush=True)
+sys.stdin.readline()
+"#;
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3") {
+        return;
+    }
+    let dir = tmpdir("memory-shared-replaced");
+    let data = dir.join("data");
+    std::fs::write(&data, vec![7u8; 4096]).unwrap();
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", SHARED]).current_dir(&dir);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let img = dir.join("x.crf");
+    let o = run(&["ckpt", "-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another file under its name.
+    std::fs::remove_file(&data).unwrap();
+    std::fs::write(&data, vec![8u8; 4096]).unwrap();
+    let o = run(&["rstrt", "-d", img.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(e.contains(&format!("mapped file {} is not the same here", data.display())), "{e}");
+    assert!(e.contains("maps it shared (MAP_SHARED)") && !e.contains("--no-binary"), "{e}");
+}

@@ -106,6 +106,11 @@ fn refusals_leave_the_source_running() {
         still_runs_at_source(&n, &mut src, pid, &log, why);
         drop(d);
     }
+    // Refused before anything is asked of anyone.
+    let o = migrate(&n, &["--max-downtime", "10", &p, &n.addr_b]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--max-downtime is the budget of --live"), "{}", stderr(&o));
+    still_runs_at_source(&n, &mut src, pid, &log, "--max-downtime");
     let _ = src.kill();
 }
 

@@ -52,8 +52,8 @@ struct Args {
     live: bool,
     /// the longest the process should be frozen with --live, in milliseconds (default 50);
     /// the rounds go on until what is left fits a tenth of it (half, once they stop shrinking)
-    #[argh(option, default = "50")]
-    max_downtime: u64,
+    #[argh(option)]
+    max_downtime: Option<u64>,
     /// post-copy: run the process (and its descendants) at the destination at once, frozen
     /// here only for its state without its private anonymous memory, which follows from here
     /// (first the pages it waits for); it is killed here once every page is there, and runs on
@@ -104,6 +104,10 @@ fn run(a: &Args) -> Result<()> {
         Some(p) => Some(key::load(p).map_err(Error::Usage)?),
         None => None,
     };
+    if a.max_downtime.is_some() && !a.live {
+        return Err(Error::Usage("--max-downtime is the budget of --live: give --live too".into()));
+    }
+    let budget = a.max_downtime.unwrap_or(50);
     let addrs = resolve(&a.host, a.port)?;
     let stubs = crate::res::files::Stubs::parse(&a.stub_fd, &a.stub_as).map_err(Error::Usage)?;
     let move_address =
@@ -118,7 +122,7 @@ fn run(a: &Args) -> Result<()> {
         tcp_established: a.tcp_established,
         unix_reconnect: a.unix_reconnect,
         move_address,
-        live: a.live.then(|| Duration::from_millis(a.max_downtime.max(1))),
+        live: a.live.then(|| Duration::from_millis(budget.max(1))),
         post_copy: a.post_copy,
         backend: a.backend.parse().map_err(Error::Usage)?,
     };
@@ -134,6 +138,14 @@ fn run(a: &Args) -> Result<()> {
     }
     for n in &m.report.notes {
         eprintln!("migrate: note: {n}");
+    }
+    // Frozen longer than the budget, and not said why already: the user asked for less.
+    let frozen = m.report.frozen.saturating_sub(m.post.as_ref().map_or(Duration::ZERO, |p| p.took));
+    if a.live && m.ahead.not_live.is_none() && m.ahead.gave_up.is_none() && frozen > Duration::from_millis(budget) {
+        eprintln!(
+            "migrate: frozen {:.1} ms, over --max-downtime {budget} ms: what is not sent ahead (its other state, memory not tracked while it ran; -v says which) took longer",
+            frozen.as_secs_f64() * 1e3
+        );
     }
     let verb = if a.keep { "copied" } else { "moved" };
     println!("{verb} pid {} to {}: it runs there as pid {}", a.pid, m.peer, m.remote_pid);
@@ -172,12 +184,18 @@ fn run(a: &Args) -> Result<()> {
             );
         }
         let secs = m.elapsed.as_secs_f64();
+        // After rounds sent ahead the image is what was left: a rate of it over the whole time
+        // would mean nothing.
+        let rate = if m.ahead.rounds.is_empty() {
+            format!("({:.0} MB/s)", m.bytes as f64 / secs / 1e6)
+        } else {
+            "(the rounds sent ahead included)".into()
+        };
         eprintln!(
-            "migrate: frozen {:.1} ms, {} bytes in {:.1} ms ({:.0} MB/s)",
+            "migrate: frozen {:.1} ms, {} bytes in {:.1} ms {rate}",
             m.report.frozen.as_secs_f64() * 1e3,
             m.bytes,
-            secs * 1e3,
-            m.bytes as f64 / secs / 1e6
+            secs * 1e3
         );
     }
     Ok(())

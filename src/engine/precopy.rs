@@ -846,8 +846,9 @@ pub fn rounds(
         }
         if stalled >= 3 || ahead.rounds.len() >= MAX_ROUNDS {
             ahead.gave_up = Some(format!(
-                "{} write their memory about as fast as it is copied ({:.0} MB/s): the last {} MiB {rest}",
+                "{} {} about as fast as it is copied ({:.0} MB/s): the last {} MiB {rest}",
                 who(srcs.len()),
+                if srcs.len() == 1 { "writes its memory" } else { "write their memory" },
                 rate / 1e6,
                 left >> 20
             ));

@@ -498,11 +498,14 @@ pub fn plan(vmas: &[Vma], same_boot: bool, local_specials: &[MapEntry], local_vd
                 None => from_file = true,
                 Some(_) if v.flags & VMA_FILE_COPY != 0 => {} // the image has the pages
                 Some(why) => {
+                    // A shared mapping's pages are the file's: never in any image.
+                    let without = if v.flags & VMA_SHARED != 0 {
+                        "and the process maps it shared (MAP_SHARED), whose pages are the file's own, never in an image"
+                    } else {
+                        "and the image was made without its pages (--no-binary/--no-libs)"
+                    };
                     return Err(Error::not_here(
-                        format!(
-                            "mapped file {} is not the same here, and the image was made without its pages (--no-binary/--no-libs)",
-                            f.path
-                        ),
+                        format!("mapped file {} is not the same here, {without}", f.path),
                         format!("it {why}; the image needs the very same file"),
                     ));
                 }
