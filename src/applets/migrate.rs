@@ -189,7 +189,7 @@ fn run(a: &Args) -> Result<()> {
         let rate = if m.ahead.rounds.is_empty() {
             format!("({:.0} MB/s)", m.bytes as f64 / secs / 1e6)
         } else {
-            "(the rounds sent ahead included)".into()
+            "(with the rounds before the freeze)".into()
         };
         eprintln!(
             "migrate: frozen {:.1} ms, {} bytes in {:.1} ms {rate}",

@@ -209,6 +209,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
         && let Err(e) = send_ahead(src, &mut c, budget, opts.post_copy, &mut ahead)
     {
+        // (Which step broke: a reset alone does not say.)
+        let e = match e {
+            Error::Net(NetError::Io(err)) => Error::Io { path: "sending its memory ahead (--live)".into(), err },
+            e => e,
+        };
         return Err(explain(e, None, &mut c));
     }
     let precopied = source.map(|s| Precopied::new(s, true));
