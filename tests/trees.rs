@@ -910,3 +910,75 @@ fn an_fd_in_flight_is_refused_by_name() {
     p.send("");
     assert_eq!(p.expect("got"), "got x the file sent");
 }
+
+/// Memory a fork left shared (MAP_SHARED anonymous) is stored once for the tree, whichever
+/// process wrote which pages of it: the parent wrote the first half of 64 MiB, each of three
+/// children its own eighth of the second, and each read all of it; the image holds it once
+/// (not once per process, as it did), and
+/// restored (in a pid namespace), every page is there and still shared: a child's write after
+/// the restore is seen by the parent.
+#[test]
+fn memory_shared_by_a_tree_is_stored_once() {
+    const SHM: &str = r#"
+import mmap, os, sys, signal, time
+M = 64 << 20
+m = mmap.mmap(-1, M, flags=mmap.MAP_SHARED)
+def fill(lo, hi, tag):
+    for i in range(lo, hi, 4096):
+        m[i:i + 8] = (i // 4096 * 7 + tag).to_bytes(8, 'little')
+def bad(lo, hi, tag):
+    return sum(int.from_bytes(m[i:i + 8], 'little') != i // 4096 * 7 + tag for i in range(lo, hi, 4096))
+fill(0, M // 2, 0)
+kids = []
+for k in range(3):
+    pid = os.fork()
+    if pid == 0:
+        lo = M // 2 + k * (M // 8)
+        fill(lo, lo + M // 8, k + 1)
+        sum(m[i] for i in range(0, M, 4096))
+        signal.signal(signal.SIGUSR1, lambda *a: m.__setitem__(slice(M - 8, M), (99 + k).to_bytes(8, 'little')))
+        while True:
+            time.sleep(1)
+    kids.append(pid)
+time.sleep(1.5)
+sum(m[i] for i in range(0, M, 4096))
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.startswith("poke"):
+        m[M - 8:M] = bytes(8)
+        os.kill(kids[1], signal.SIGUSR1)
+        for _ in range(100):
+            if int.from_bytes(m[M - 8:M], 'little') == 100:
+                break
+            time.sleep(0.05)
+        print("poked", int.from_bytes(m[M - 8:M], 'little'), flush=True)
+    elif line.startswith("check"):
+        b = bad(0, M // 2, 0) + sum(bad(M // 2 + k * (M // 8), M // 2 + (k + 1) * (M // 8) - 4096 * (k == 2), k + 1) for k in range(3))
+        print("ok" if b == 0 else "bad %d" % b, flush=True)
+        for p in kids:
+            os.kill(p, signal.SIGKILL)
+        break
+"#;
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3 (apt install python3)")
+        || !require(is_root(), "root (rstrt --pidns)")
+    {
+        return;
+    }
+    let dir = tmpdir("tree-shm-once");
+    let img = dir.join("t.crf");
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", SHM]).current_dir(&dir);
+    close_extra_fds(&mut c);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let o = ckpt(&["-k", "-v", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    assert!(stderr(&o).contains("and 3 descendants"), "{}", stderr(&o));
+    p.kill();
+    let size = std::fs::metadata(&img).unwrap().len();
+    // 64 MiB once, and the interpreters' own memory; once per process would be 256 MiB.
+    assert!(size < 100 << 20, "image of {} MiB", size >> 20);
+    let mut r = rstrt(&["--pidns", img.to_str().unwrap()]);
+    r.send("poke");
+    assert_eq!(r.expect("poked"), "poked 100", "a child's write after the restore: {:?}", r.seen);
+    r.verdict("ok");
+}

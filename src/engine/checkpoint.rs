@@ -1222,6 +1222,11 @@ fn write<W: Sink>(
     let io = image_io;
     let mut pages = 0;
     let mut stubs = Vec::new();
+    // Memory shared since a fork in the tree (TREE_SHM), by object: the offsets in it whose
+    // pages an earlier process stored. Stored once: the restore makes the object first, and
+    // every process maps it.
+    let mut shm_stored: std::collections::HashMap<(u64, u64), Vec<(u64, u64)>> = Default::default();
+    let page = crate::crf::PAGE_SIZE as u64;
     for (i, st) in states.iter().enumerate() {
         image::write(&mut w, st, true)?;
         // A reader restoring from a stream can check the image's header, create the processes
@@ -1245,8 +1250,37 @@ fn write<W: Sink>(
         };
         let mut all = [kept.as_slice(), later.as_slice()].concat();
         all.sort_unstable();
-        let not = memory::NotStored { kept: &all, later: &later, shared };
-        let (n, runs) = memory::dump_pages(st.head.pid, &st.vmas, not, &mut w, spare)?;
+        let shm = st.vmas.iter().filter(|v| v.flags & memory::VMA_TREE_SHM != 0);
+        let shm: Vec<(&memory::Vma, (u64, u64))> =
+            shm.filter_map(|v| v.file.as_ref().map(|f| (v, (f.dev, f.ino)))).collect();
+        let mut omit = Vec::new();
+        for &(v, obj) in &shm {
+            let base = v.pgoff * page;
+            for &(s, e) in shm_stored.get(&obj).into_iter().flatten() {
+                let (s, e) = (s.max(base), e.min(base + v.len()));
+                if s < e {
+                    omit.push((v.start + (s - base), v.start + (e - base)));
+                }
+            }
+        }
+        omit.sort_unstable();
+        // (Disjoint: several processes may have stored parts of one range.)
+        omit.dedup_by(|b, a| {
+            let joined = b.0 <= a.1;
+            a.1 = if joined { a.1.max(b.1) } else { a.1 };
+            joined
+        });
+        let not = memory::NotStored { kept: &all, later: &later, shared, omit: &omit };
+        let (n, runs, stored) = memory::dump_pages(st.head.pid, &st.vmas, not, &mut w, spare)?;
+        for (s, e) in stored {
+            if let Some(&(v, obj)) = shm.iter().find(|(v, _)| v.start <= s && e <= v.end) {
+                let base = v.pgoff * page;
+                shm_stored.entry(obj).or_default().push((base + (s - v.start), base + (e - v.start)));
+            }
+        }
+        for r in shm_stored.values_mut() {
+            r.sort_unstable();
+        }
         pages += n;
         if let Some(p) = postcopy {
             p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))?.push((st.head.pid, runs));

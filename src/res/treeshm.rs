@@ -2,7 +2,8 @@
 //! fork leaves shared: nginx's zones, a pre-forked server's scoreboard, a parent and its
 //! workers' counters). Each such object is listed once, with its size; each mapping of it
 //! carries VMA_TREE_SHM and the object's identity (`file.dev`, `file.ino`), and its pages
-//! come with its process as any mapping's do. A restore makes each object in the restorer
+//! come with the first process that has them (a later one's leave out what an earlier one
+//! stored: engine::checkpoint::write). A restore makes each object in the restorer
 //! before the processes exist (MAP_SHARED anonymous memory of its own, taken as a file through
 //! /proc/self/map_files, so it reads "/dev/zero (deleted)" as before), and every mapping of it
 //! maps that file: the processes share it again.

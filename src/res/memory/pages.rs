@@ -133,6 +133,42 @@ pub struct NotStored<'a> {
     pub later: &'a [Span],
     /// Of those, an earlier process's pages sent ahead, which this one shares (RUN_SHARED).
     pub shared: &'a [Span],
+    /// Not stored at all: memory this process shares with an earlier one of the tree
+    /// (TREE_SHM), which stored those pages of it; they are there once it is restored.
+    pub omit: &'a [Span],
+}
+
+/// `runs` without what lies in the sorted ranges `omit` (kept runs stay whole).
+fn leave_out(runs: Vec<Run>, omit: &[Span]) -> Vec<Run> {
+    if omit.is_empty() {
+        return runs;
+    }
+    let page = PAGE_SIZE as u64;
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        if r.flags & RUN_KEPT != 0 {
+            out.push(r);
+            continue;
+        }
+        let (mut at, end) = (r.addr, r.addr + r.len() as u64);
+        let from = omit.partition_point(|o| o.1 <= at);
+        for &(s, e) in &omit[from..] {
+            if s >= end {
+                break;
+            }
+            if s > at {
+                out.push(Run { addr: at, npages: ((s - at) / page) as u32, flags: r.flags });
+            }
+            at = at.max(e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push(Run { addr: at, npages: ((end - at) / page) as u32, flags: r.flags });
+        }
+    }
+    out
 }
 
 /// One batch to dump: its runs, and for each whether the process may read it (else the pages
@@ -166,7 +202,7 @@ fn plan_batches(pid: i32, vmas: &[Vma], not: NotStored) -> Result<Vec<BatchPlan>
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         let runs = mark_kept(page_runs(&mut pagemap, v, not.kept)?, not.later, RUN_LATER);
-        let runs = mark_kept(runs, not.shared, RUN_SHARED);
+        let runs = leave_out(mark_kept(runs, not.shared, RUN_SHARED), not.omit);
         // Pages a fork left shared are read through /proc/PID/mem: process_vm_readv pins
         // them, and the kernel then gives the process a copy of each (FAULT_FLAG_UNSHARE),
         // so that a checkpoint would leave a pre-forked server's workers taking their memory
@@ -304,16 +340,35 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
 /// otherwise): written as kept runs, without data, and not counted; of them, those in
 /// `not.later` (a post-copy) as runs sent later, which it returns too, as (start, end) ranges:
 /// the pages in memory or in swap there (one look at the page tables for both); those in
-/// `not.shared` as held as an earlier process's.
+/// `not.shared` as held as an earlier process's. The pages in `not.omit` are not stored at all.
+/// Returns, third, the ranges of pages it stored of memory shared in the tree (TREE_SHM).
 pub fn dump_pages<W: Sink>(
     pid: i32,
     vmas: &[Vma],
     not: NotStored,
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
-) -> Result<(u64, Vec<(u64, u64)>)> {
-    use std::sync::mpsc::sync_channel;
+) -> Result<(u64, Vec<Span>, Vec<Span>)> {
     let batches = plan_batches(pid, vmas, not)?;
+    let shm: Vec<Span> = vmas.iter().filter(|v| v.flags & VMA_TREE_SHM != 0).map(|v| (v.start, v.end)).collect();
+    let mut tree_shm: Vec<Span> = Vec::new();
+    for r in batches.iter().flat_map(|b| b.runs.iter()).filter(|r| r.flags & RUN_KEPT == 0) {
+        let i = shm.partition_point(|v| v.1 <= r.addr);
+        if shm.get(i).is_some_and(|v| v.0 <= r.addr) {
+            tree_shm.push((r.addr, r.addr + r.len() as u64));
+        }
+    }
+    dump_planned(pid, batches, w, spare).map(|(total, after)| (total, after, tree_shm))
+}
+
+/// [`dump_pages`] once its batches are planned.
+fn dump_planned<W: Sink>(
+    pid: i32,
+    batches: Vec<BatchPlan>,
+    w: &mut Writer<W>,
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<(u64, Vec<Span>)> {
+    use std::sync::mpsc::sync_channel;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
     let mut after: Vec<(u64, u64)> = Vec::new();
     for r in batches.iter().flat_map(|b| b.runs.iter()).filter(|r| r.flags & RUN_LATER != 0) {
