@@ -32,6 +32,11 @@ fn dispatch_by_name_and_by_argument() {
 fn bad_arguments_get_one_clear_line() {
     let o = run(&["ckpt", "--kill", "--stop", "1"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for frozen in ["--frozen", "--kill", "--stop"] {
+        let o = run(&["ckpt", "--max-frozen", "10", frozen, "1"]);
+        assert_eq!(o.status.code(), Some(2), "{frozen}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--max-frozen is the budget") && stderr(&o).lines().count() == 1, "{}", stderr(&o));
+    }
     let o = run(&["ckpt", "999999999"]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     let o = run(&["rstrt", "/nonexistent/x.crf"]);

@@ -67,8 +67,8 @@ struct Args {
     /// the longest the process should be frozen when its memory is copied while it runs, in
     /// milliseconds (default 50): the copy goes round again until what is left fits a tenth
     /// of it (half, once rounds stop shrinking)
-    #[argh(option, default = "50")]
-    max_frozen: u64,
+    #[argh(option)]
+    max_frozen: Option<u64>,
     /// which engine checkpoints: "ptrace" (the userspace one), "crd" (the kernel module,
     /// /dev/crd, see crd(4)), or "auto" (the default: ptrace, and crd when ptrace is refused)
     #[argh(option, default = "String::from(\"auto\")")]
@@ -91,6 +91,12 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
     super::verbose(a.verbose);
     if a.kill && a.stop {
         eprintln!("{name}: --kill and --stop exclude each other: choose one");
+        return exit::USAGE;
+    }
+    if a.max_frozen.is_some() && (a.frozen || a.kill || a.stop) {
+        eprintln!(
+            "{name}: --max-frozen is the budget of a checkpoint that copies memory while the process runs: not with --frozen, --kill or --stop"
+        );
         return exit::USAGE;
     }
     if a.deleted_max > 48 {
@@ -164,7 +170,7 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         backend,
         held_there: Vec::new(),
         flags_later: None,
-        running: (!a.frozen).then(|| std::time::Duration::from_millis(a.max_frozen.max(1))),
+        running: (!a.frozen).then(|| std::time::Duration::from_millis(a.max_frozen.unwrap_or(50).max(1))),
     };
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
