@@ -124,11 +124,21 @@ fn suspend() -> usize {
     if crate::res::seccomp::can_suspend() { PTRACE_O_SUSPEND_SECCOMP } else { 0 }
 }
 
+/// Whether process `pid` is exiting or gone (a zombie, dead, or no longer in /proc).
+fn exiting(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => crate::ptrace::procfs::status_field(&s, "State").is_some_and(|v| v.starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 impl Tracee {
     /// PTRACE_SEIZE: attaches without stopping or signalling the process.
     pub fn seize(pid: i32) -> Result<Tracee> {
         let opts = libc::PTRACE_O_TRACESYSGOOD as usize | suspend();
         ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts, "PTRACE_SEIZE").map_err(|e| match e.errno() {
+            // The kernel refuses a process that is exiting with EPERM too: it is going.
+            Some(Errno::EPERM) if exiting(pid) => Error::Gone(pid),
             Some(Errno::EPERM) => Error::Permission(format!(
                 "may not trace pid {pid}: it belongs to another user, is already traced, or ptrace is \
                  restricted; run as its owner or as root"
@@ -486,5 +496,30 @@ impl Drop for Tracee {
             // Best effort: on an error path the owner has already put the registers back.
             let _ = ptrace_raw(libc::PTRACE_DETACH, self.pid, 0, 0, "PTRACE_DETACH");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A zombie (a child that exited, not yet reaped) is exiting; we are not; nor is a
+    /// seize of the zombie refused as a matter of permission: it is gone.
+    #[test]
+    fn a_zombie_is_exiting_and_its_seize_says_gone() {
+        // SAFETY: the child only exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        let t0 = std::time::Instant::now();
+        while !super::exiting(pid) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "child {pid} never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!super::exiting(std::process::id() as i32));
+        let e = super::Tracee::seize(pid).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(&format!("no process {pid}")), "{e}");
+        let mut st = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
     }
 }
