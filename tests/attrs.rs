@@ -193,10 +193,13 @@ fn a_bash_loop_with_a_leaked_pipe_checkpoints_with_a_stub() {
     let me = format!("its read end held by pid {}", std::process::id());
     assert!(stderr(&o).contains("fd 5 is a pipe's write end") && stderr(&o).contains(&me), "{}", stderr(&o));
 
-    let o = run(&["ckpt", "-k", "--stub-fd", "5", "-o", &img, &pid]);
+    // (fd 77 it does not have: said, and nothing else changes.)
+    let o = run(&["ckpt", "-k", "--stub-fd", "5", "--stub-fd", "77", "-o", &img, &pid]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("fd 5 (pipe:["), "{}", stderr(&o));
     assert!(stderr(&o).contains("as /dev/null (--stub-fd)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--stub-fd 77: nothing was stubbed for it"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("--stub-fd 5:"), "{}", stderr(&o));
     p.kill();
     drop(r);
     let mut b = rstrt(&["--require-pid", &img]);

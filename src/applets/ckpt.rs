@@ -191,6 +191,11 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
             for s in &r.stubs {
                 eprintln!("{name}: {s} (--stub-fd)");
             }
+            for n in super::unused_stubs(&a.stub_fd, &r.stubs) {
+                eprintln!(
+                    "{name}: --stub-fd {n}: nothing was stubbed for it (no process of the image has fd {n} as a pipe, FIFO, socket or terminal)"
+                );
+            }
             for n in &r.notes {
                 eprintln!("{name}: note: {n}");
             }

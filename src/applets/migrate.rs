@@ -136,6 +136,11 @@ fn run(a: &Args) -> Result<()> {
     for s in &m.report.stubs {
         eprintln!("migrate: {s} (--stub-fd)");
     }
+    for n in super::unused_stubs(&a.stub_fd, &m.report.stubs) {
+        eprintln!(
+            "migrate: --stub-fd {n}: nothing was stubbed for it (no process of the image has fd {n} as a pipe, FIFO, socket or terminal)"
+        );
+    }
     for n in &m.report.notes {
         eprintln!("migrate: note: {n}");
     }

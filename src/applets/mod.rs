@@ -86,6 +86,19 @@ pub fn init_logging(applet: &'static str) {
     }
 }
 
+/// The fd numbers of --stub-fd (`asked`) that no stub line (`made`, "fd N (...) as ...")
+/// names: given, but stubbing nothing.
+pub fn unused_stubs(asked: &[String], made: &[String]) -> Vec<i32> {
+    let mut out: Vec<i32> = asked
+        .iter()
+        .filter_map(|a| a.parse::<i32>().ok())
+        .filter(|n| !made.iter().any(|s| s.starts_with(&format!("fd {n} "))))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Enables info-level logging for -v (unless CRS_LOG says otherwise).
 pub fn verbose(on: bool) {
     if on && std::env::var("CRS_LOG").is_err() {
