@@ -1278,9 +1278,6 @@ fn write<W: Sink>(
                 shm_stored.entry(obj).or_default().push((base + (s - v.start), base + (e - v.start)));
             }
         }
-        for r in shm_stored.values_mut() {
-            r.sort_unstable();
-        }
         pages += n;
         if let Some(p) = postcopy {
             p.0.lock().map_err(|_| Error::Proc("post-copy state poisoned".into()))?.push((st.head.pid, runs));

@@ -215,7 +215,6 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     }
     // The image arrives on a thread of its own, which checks each frame's tag, while this one
     // restores from what has arrived.
-    c.read_large_from(std::os::fd::AsRawFd::as_raw_fd(c.s.stream()));
     let mut fr = FrameStream::start(c, cfg.limit);
     fr.tee = tee;
     let opts = crate::RestartFlags {

@@ -234,9 +234,6 @@ fn nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// How much of a large frame a reader waits for at a time (see [`Conn::read_large`]).
-const LOWAT: usize = 256 << 10;
-
 /// Writes all of `parts`, in as few writes as the writer takes.
 fn write_all_vectored<W: Write>(w: &mut W, mut parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
     io::IoSlice::advance_slices(&mut parts, 0);
@@ -277,13 +274,11 @@ pub struct Conn<S: Read + Write> {
     me: Side,
     sent: u64,
     recvd: u64,
-    /// The socket under `s`, when large frames are read as told in [`Conn::read_large`].
-    large: Option<std::os::fd::RawFd>,
 }
 
 impl<S: Read + Write> Conn<S> {
     pub fn new(s: S, me: Side) -> Self {
-        Conn { s, keys: None, sibling: None, me, sent: 0, recvd: 0, large: None }
+        Conn { s, keys: None, sibling: None, me, sent: 0, recvd: 0 }
     }
 
     /// From now on every frame is encrypted and tagged under keys derived from `session`.
@@ -379,45 +374,8 @@ impl<S: Read + Write> Conn<S> {
         if buf.len() < wire {
             buf.resize(wire, 0);
         }
-        match self.large {
-            Some(fd) if wire > LOWAT => self.read_large(fd, &mut buf[..wire])?,
-            _ => self.s.read_exact(&mut buf[..wire])?,
-        }
+        self.s.read_exact(&mut buf[..wire])?;
         self.open(hdr, buf)
-    }
-
-    /// From now on frames larger than LOWAT are read from socket `fd` (the one under `s`) as
-    /// [`Conn::read_large`] tells.
-    pub fn read_large_from(&mut self, fd: std::os::fd::RawFd) {
-        self.large = Some(fd);
-    }
-
-    /// Reads `to` whole with the socket's SO_RCVLOWAT raised to what is missing of it (at most
-    /// LOWAT): the thread is woken once that much has come, not for every packet (each wake-up
-    /// is an interrupt to another CPU, dear on a VM). Never more than is missing, so the frame's
-    /// own bytes always wake it; back to 1 afterwards.
-    fn read_large(&mut self, fd: std::os::fd::RawFd, to: &mut [u8]) -> Result<()> {
-        let lowat = |v: usize| {
-            let v = v as libc::c_int;
-            // SAFETY: setsockopt reads one int from `v`, ours. A failure leaves the default (1):
-            // reads are woken more often, nothing else changes.
-            unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&v as *const libc::c_int).cast(), 4) };
-        };
-        let mut got = 0;
-        let r = loop {
-            if got == to.len() {
-                break Ok(());
-            }
-            lowat((to.len() - got).min(LOWAT));
-            match self.s.read(&mut to[got..]) {
-                Ok(0) => break Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        lowat(1);
-        Ok(r?)
     }
 
     /// [`Conn::recv_into`] without waiting for a frame to come whole: reads what socket `fd`
@@ -686,62 +644,6 @@ mod tests {
         assert_eq!(&buf[..4], &[1, 2, 3, 4]);
         assert_eq!(c.recv_some(fd, &mut part, &mut buf, false).unwrap(), Some((Kind::Pages, 5000)));
         assert_eq!(&buf[..5000], &big[..5000]);
-    }
-
-    /// Large frames read with SO_RCVLOWAT raised: pieces that come slowly, a last piece far
-    /// smaller than LOWAT, a small frame after, and frames sent together in one write all
-    /// come whole, and the socket waits for single bytes again afterwards.
-    #[test]
-    fn large_frames_read_in_slow_pieces_come_whole() {
-        use std::net::{TcpListener, TcpStream};
-        use std::os::fd::AsRawFd;
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let b = l.accept().unwrap().0;
-        let big: Vec<u8> = (0..LOWAT as u32 + 70_000).map(|i| (i * 13) as u8).collect();
-        let wire = frames(Some([9; 32]), &[(Kind::Data, &big), (Kind::End, &[])]);
-        let sent = big.clone();
-        let t = std::thread::spawn(move || {
-            let mut a = a;
-            for piece in wire.chunks(100_003) {
-                a.write_all(piece).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(30));
-            }
-            let mut c = Conn::new(a, Side::Client);
-            c.authenticate([9; 32]);
-            let (mut x, mut y) = (sent, vec![1u8; 3]);
-            // (Numbered from 0 again: a second client's frames, as the reader expects.)
-            c.send_frames(&mut [(Kind::Data, &mut x[..]), (Kind::Data, &mut y[..])]).unwrap();
-            c
-        });
-        let fd = b.as_raw_fd();
-        let mut c = Conn::new(b, Side::Server);
-        c.authenticate([9; 32]);
-        c.read_large_from(fd);
-        let mut buf = Vec::new();
-        assert_eq!(c.recv_into(&mut buf).unwrap(), (Kind::Data, big.len()));
-        assert!(buf[..big.len()] == big[..]);
-        assert_eq!(c.recv_into(&mut buf).unwrap(), (Kind::End, 0));
-        let v: libc::c_int = 0;
-        let mut n = 4 as libc::socklen_t;
-        // SAFETY: getsockopt writes one int into `v`, ours.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&v as *const libc::c_int).cast_mut().cast(),
-                &mut n,
-            )
-        };
-        assert_eq!(v, 1);
-        // The second client's frames, numbered from 0 under the same keys.
-        c.recvd = 0;
-        assert_eq!(c.recv_into(&mut buf).unwrap(), (Kind::Data, big.len()));
-        assert!(buf[..big.len()] == big[..]);
-        assert_eq!(c.recv_into(&mut buf).unwrap(), (Kind::Data, 3));
-        assert_eq!(&buf[..3], &[1, 1, 1]);
-        t.join().unwrap();
     }
 
     fn server(key: Option<[u8; 32]>, bytes: Vec<u8>) -> Conn<Duplex> {
