@@ -301,8 +301,17 @@ fn shell_job_without_a_terminal_is_refused_by_name() {
     let o = run(&["ckpt", "-k", "--shell-job", "-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no controlling terminal"), "{}", stderr(&o));
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(state.contains(") S "), "not sleeping on after the refusal: {state}");
+    // Let go, it is runnable for a moment before it sleeps again: wait for the sleep, and
+    // never see it stopped, traced or gone on the way.
+    let t0 = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.contains(") S ") {
+            break;
+        }
+        assert!(state.contains(") R ") && t0.elapsed() < TIMEOUT, "not sleeping on after the refusal: {state}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // An image of it, restored with --shell-job by an rstrt that has no terminal.
     ckpt(&["-o", dir.join("x.crf").to_str().unwrap(), &pid.to_string()]);
     let mut r = Command::new("setsid");
