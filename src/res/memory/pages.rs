@@ -933,13 +933,20 @@ fn split(targets: &[(u64, usize, usize)], n: usize) -> Vec<Vec<(u64, usize, usiz
 
 /// Threads that write a restored process's page batches while the restore reads and checks
 /// the next ones: the first-touch fill of the process's memory (every page zeroed by the
-/// kernel, then copied into) runs on every CPU, not only on the restore's.
-pub struct Writers<'s> {
+/// kernel, then copied into) runs on every CPU, not only on the restore's. They start once
+/// INLINE_BYTES have been written here: a small process's pages cost less to write than
+/// threads cost to start and to hand batches to.
+pub struct Writers<'s, 'e> {
+    scope: &'s std::thread::Scope<'s, 'e>,
     pid: i32,
     fill: Option<&'s Fill>,
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// The threads' ends of the channels, until they start.
+    ends: Option<(std::sync::mpsc::Receiver<Job>, std::sync::mpsc::SyncSender<Vec<u8>>)>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     made: usize,
+    /// Bytes written here so far, before the threads start.
+    inline: usize,
     /// A buffer given back unused.
     spare: Option<Vec<u8>>,
     failed: std::sync::Arc<std::sync::Mutex<Option<Error>>>,
@@ -949,22 +956,55 @@ pub struct Writers<'s> {
 /// Most buffers of a batch's size the writers use (each MAX_BATCH_PAGES pages).
 const WRITE_BUFFERS: usize = 4;
 
-impl<'s> Writers<'s> {
+/// Bytes of pages written by the restoring thread itself before the writers start (4 MiB:
+/// `sleep` has 0.5 MiB; three threads cost 0.3 ms of CPU to start, with their malloc arenas).
+const INLINE_BYTES: usize = 4 << 20;
+
+impl<'s, 'e> Writers<'s, 'e> {
     /// Writers for process `pid`, with UFFDIO_COPY where `fill` has registered its memory.
-    pub fn start<'e>(scope: &'s std::thread::Scope<'s, 'e>, pid: i32, fill: Option<&'s Fill>) -> Writers<'s> {
-        use std::sync::{Arc, Mutex, mpsc};
+    pub fn start(scope: &'s std::thread::Scope<'s, 'e>, pid: i32, fill: Option<&'s Fill>) -> Writers<'s, 'e> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(2);
+        let (back, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
+        Writers {
+            scope,
+            pid,
+            fill,
+            jobs: Some(jobs),
+            ends: Some((rx, back)),
+            free,
+            made: 0,
+            inline: 0,
+            spare: None,
+            failed: Default::default(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Whether a batch of `targets` is written here: until INLINE_BYTES are, or when no thread
+    /// can be had. Past them, the threads start.
+    fn here(&mut self, targets: &[(u64, usize, usize)]) -> bool {
+        if self.inline < INLINE_BYTES {
+            self.inline += targets.iter().map(|t| t.1).sum::<usize>();
+            return true;
+        }
+        if let Some((rx, back)) = self.ends.take() {
+            self.spawn(rx, back);
+        }
+        self.threads.is_empty()
+    }
+
+    fn spawn(&mut self, rx: std::sync::mpsc::Receiver<Job>, back: std::sync::mpsc::SyncSender<Vec<u8>>) {
+        use std::sync::{Arc, Mutex};
         let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 3);
-        let (jobs, rx) = mpsc::sync_channel::<Job>(2);
-        let (back, free) = mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
         let rx = Arc::new(Mutex::new(rx));
-        let failed = Arc::new(Mutex::new(None::<Error>));
+        let (pid, fill) = (self.pid, self.fill);
         // A thread may not be had (after unshare(CLONE_NEWTIME), Linux 6.1 refuses CLONE_VM
         // until the next fork): then the batches are written inline.
-        let threads = (0..n)
+        self.threads = (0..n)
             .map_while(|_| {
-                let (rx, back, failed) = (rx.clone(), back.clone(), failed.clone());
+                let (rx, back, failed) = (rx.clone(), back.clone(), self.failed.clone());
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || {
+                    .spawn_scoped(self.scope, move || {
                         loop {
                             let job = match rx.lock() {
                                 Ok(r) => r.recv(),
@@ -994,7 +1034,6 @@ impl<'s> Writers<'s> {
                     .ok()
             })
             .collect();
-        Writers { pid, fill, jobs: Some(jobs), free, made: 0, spare: None, failed, threads }
     }
 
     /// A buffer for the next batch's data (of MAX_BATCH_PAGES pages), once one is free.
@@ -1019,7 +1058,7 @@ impl<'s> Writers<'s> {
 
     /// Hands a batch to the writers; fails at once if one of them failed.
     pub fn write(&mut self, targets: Vec<(u64, usize, usize)>, data: Data) -> Result<()> {
-        if self.threads.is_empty() {
+        if self.here(&targets) {
             let bytes: &[u8] = match &data {
                 Data::Owned(v) => v,
                 // SAFETY: see Lasting::of: valid and unchanged until we finish.
@@ -1039,6 +1078,9 @@ impl<'s> Writers<'s> {
     /// Writes a batch whose data is lent only until the next read (a network frame's): split
     /// between the writers and this thread, and back once all of it is written.
     pub fn write_now(&mut self, targets: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
+        if self.here(targets) {
+            return write_batch(self.pid, self.fill, targets, data);
+        }
         let mut parts = split(targets, self.threads.len() + 1);
         let mine = parts.pop().unwrap_or_default();
         if parts.is_empty() {
