@@ -179,7 +179,11 @@ impl Drop for AsOwner {
 pub fn restore(c: &mut Ctl, h: &Header, keep: bool, join: bool) -> Result<Option<Keepers>> {
     let pid = c.pid();
     let keepers = if h.uids.iter().all(|&u| u != 0) { Some(keepers(c)?) } else { None };
-    c.run(&calls(h, keep, keepers, join))?;
+    // In one go where the scratch area is executable (five syscalls, each alone two context
+    // switches): a call after one that fails runs all the same, and the restore fails on the
+    // first failure (the process is killed, never run).
+    let area = c.scratch.clone();
+    c.run_at_once(&calls(h, keep, keepers, join), &area)?;
     verify(pid, h, if keep { Stage::Keeping } else { Stage::All })?;
     Ok(keepers)
 }
