@@ -772,6 +772,26 @@ pub fn restore(
         })?;
         copy_up(raw, f.fd, format!("fd {} (pty master {})", f.fd, f.id.ino));
     }
+    // The files made again (deleted while open, memfds) that a fd of its own (not a shared
+    // description) reopens through /proc/self/fd, below: copied above too, past the closing
+    // of what it inherited, and closed at the end.
+    let remade_at = ups.len();
+    let mut remade: Vec<i32> = Vec::new();
+    let own = |f: &&Fd| matches!(f.kind, KIND_DELETED | KIND_MEMFD) && !inherited.descs.iter().any(|d| d.0 == f.fd);
+    for f in fds.iter().filter(own) {
+        if let Some(&(_, _, raw)) = inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino))
+            && !remade.contains(&raw)
+        {
+            up.fcntl(
+                raw,
+                libc::F_DUPFD_CLOEXEC,
+                above,
+                "fcntl(F_DUPFD_CLOEXEC)",
+                &format!("fd {} {}", f.fd, f.id.path),
+            );
+            remade.push(raw);
+        }
+    }
     // Everything else it inherited goes (the copies above were not there yet).
     let mut gone = Calls::new();
     for n in have.into_iter().filter(|&n| !keep(n)) {
@@ -781,6 +801,8 @@ pub fn restore(
     let area = c.scratch.clone();
     let got = c.run_at_once(&up, &area)?;
     let descs: Vec<(i32, i32)> = ups.iter().zip(&got).map(|(&fd, &r)| (fd, r as i32)).collect();
+    let remade: Vec<(i32, i32)> =
+        remade.iter().zip(got.iter().skip(remade_at)).map(|(&raw, &r)| (raw, r as i32)).collect();
     // Each fd of those, put in place at the end, in one go: their copies lie above every fd
     // of the image, and each of its fds is one of them or made below, so no move there
     // lands on another.
@@ -847,11 +869,11 @@ pub fn restore(
             t
         } else if matches!(f.kind, KIND_DELETED | KIND_MEMFD) {
             // Reopened through the file the restorer made again, with the fd's own flags.
+            let damaged = || Error::Refused(format!("{what}: the image does not hold {}: it is damaged", f.id.path));
             let &(_, _, raw) =
-                inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(|| {
-                    Error::Refused(format!("{what}: the image does not hold {}: it is damaged", f.id.path))
-                })?;
-            by_path.push((f, format!("/proc/self/fd/{raw}"), open_flags, what));
+                inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(damaged)?;
+            let &(_, copy) = remade.iter().find(|r| r.0 == raw).ok_or_else(damaged)?;
+            by_path.push((f, format!("/proc/self/fd/{copy}"), open_flags, what));
             continue;
         } else if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
@@ -932,6 +954,9 @@ pub fn restore(
     if !placed.is_empty() {
         let area = c.scratch.clone();
         c.run_at_once(&placed, &area)?;
+    }
+    for (_, copy) in remade {
+        c.close(copy, "a file made again")?;
     }
     for (ino, r, w) in made {
         c.close(r, &format!("pipe:[{ino}]"))?;

@@ -6,7 +6,9 @@
  *
  * DIR mode: chdir(DIR/sub), umask(027); log.txt opened O_WRONLY|O_APPEND|O_CREAT and "line1\n"
  * written; data.txt opened O_RDWR at offset 5; DIR opened O_RDONLY|O_DIRECTORY|O_CLOEXEC;
- * /dev/null dup2'ed to fd 10 (the original closed); /dev/urandom at whatever fd. Prints "ready",
+ * /dev/null dup2'ed to fd 10 (the original closed); /dev/urandom at whatever fd; tmp.txt opened
+ * O_RDWR|O_CLOEXEC, "temporary" written, unlinked and its offset set to 4; a memfd "crs-lone"
+ * holding "memfd!" at offset 2 (each held by that one fd alone). Prints "ready",
  * then on the line "check" verifies all of it, appends "line2\n" to log.txt and prints one
  * verdict line, "ok files" or "FAIL: <what>"; exit status 0 only for ok.
  *
@@ -19,6 +21,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -134,6 +137,17 @@ int main(int argc, char **argv) {
         perror("/dev/urandom");
         return 2;
     }
+    /* A file deleted while open and a memfd, each at one fd alone (no dup, no mapping). */
+    int tmp = open("tmp.txt", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (tmp < 0 || write(tmp, "temporary", 9) != 9 || unlink("tmp.txt") || lseek(tmp, 4, SEEK_SET) != 4) {
+        perror("tmp.txt");
+        return 2;
+    }
+    int mfd = memfd_create("crs-lone", 0);
+    if (mfd < 0 || write(mfd, "memfd!", 6) != 6 || lseek(mfd, 2, SEEK_SET) != 2) {
+        perror("memfd_create");
+        return 2;
+    }
     struct stat log_st, data_st, dir_st;
     if (fstat(log, &log_st) || fstat(data, &data_st) || fstat(dirfd, &dir_st)) {
         perror("fstat");
@@ -201,6 +215,24 @@ int main(int argc, char **argv) {
         FAILF("fd %d is not /dev/urandom", ur);
     else if (read(ur, buf, 8) != 8)
         FAILF("reading 8 bytes from /dev/urandom failed: %s", strerror(errno));
+
+    /* The deleted file and the memfd: unlinked still, their bytes from their offsets. */
+    char link[64];
+    ssize_t k;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", tmp);
+    k = readlink(link, buf, sizeof buf - 1);
+    buf[k > 0 ? k : 0] = 0;
+    if (fstat(tmp, &s) || s.st_nlink != 0 || !strstr(buf, "/sub/tmp.txt (deleted)"))
+        FAILF("fd %d is not the deleted tmp.txt: %s", tmp, buf);
+    else if ((k = read(tmp, buf, 16)) != 5 || memcmp(buf, "orary", 5))
+        FAILF("the deleted tmp.txt read %zd bytes from its offset", k);
+    snprintf(link, sizeof link, "/proc/self/fd/%d", mfd);
+    k = readlink(link, buf, sizeof buf - 1);
+    buf[k > 0 ? k : 0] = 0;
+    if (strcmp(buf, "/memfd:crs-lone (deleted)"))
+        FAILF("fd %d is not the memfd: %s", mfd, buf);
+    else if ((k = read(mfd, buf, 16)) != 4 || memcmp(buf, "mfd!", 4))
+        FAILF("the memfd read %zd bytes from its offset", k);
 
     /* cwd and umask. */
     if (!getcwd(buf, sizeof buf))
