@@ -423,7 +423,8 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
             }
             if target == "anon_inode:[eventfd]" {
                 let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-                let Some(count) = field("eventfd-count:").and_then(|v| v.parse::<u64>().ok()) else {
+                // (In hex: "%16llx".)
+                let Some(count) = field("eventfd-count:").and_then(|v| u64::from_str_radix(v, 16).ok()) else {
                     blocked.push(refuse("an eventfd whose counter its fdinfo does not show"));
                     break 'fd;
                 };
