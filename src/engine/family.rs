@@ -50,13 +50,23 @@ impl Drop for Family {
         if !self.armed {
             return;
         }
+        // Every thread each has by now (those a restore made at its step 3b too), listed
+        // before the kill: a leader is reported dead only once its other threads are, and
+        // those we trace are ours to reap.
+        let threads: Vec<Vec<i32>> = self.procs.iter().map(|p| procfs::tasks(p.t.pid).unwrap_or_default()).collect();
         for p in &self.procs {
             let _ = p.t.kill(nix::sys::signal::Signal::SIGKILL);
         }
         // As their tracer (and the first one's parent) we see each die.
-        for p in &self.procs {
+        for (p, tids) in self.procs.iter().zip(threads) {
             for o in &p.others {
                 while o.wait().is_ok() {}
+            }
+            for tid in tids.into_iter().filter(|&t| t != p.t.pid) {
+                let mut status = 0;
+                // SAFETY: waitpid writes one int; a thread not ours to wait for is ECHILD.
+                while unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } == tid || Errno::last() == Errno::EINTR {
+                }
             }
             while p.t.wait().is_ok() {}
         }
