@@ -7,8 +7,9 @@
 //! pipe whose write end only we hold: when we die, by any signal, the pipe reads empty and it
 //! kills them, and their descendants, then exits. Told that every page is in
 //! ([`Sentinel::stand_down`]), it exits leaving them be. It holds nothing else of ours (no
-//! connection, image or userfaultfd), and it ignores the signals a terminal or a service
-//! manager sends a process group, so that it outlives us when they end us.
+//! connection, image or userfaultfd), it leads a session of its own (a kill of our process
+//! group does not reach it), and it ignores the signals a terminal or a service manager
+//! sends, so that it outlives us when they end us.
 
 use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -84,6 +85,9 @@ fn watch(rd: i32, keep: &[i32], watched: &[(i32, i32)]) -> ! {
             from = k as u32 + 1;
         }
         libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+        // A session of its own: a kill of our process group (kill -9 -PGID, as a supervisor
+        // ends a job) does not end it with us.
+        libc::setsid();
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE, libc::SIGTSTP] {
             libc::signal(s, libc::SIG_IGN);
         }
