@@ -85,10 +85,15 @@ fn becomes(a: &Area, v: &Vma) -> bool {
     eligible(v) && v.start == a.start && area_of(v).noreserve == a.noreserve
 }
 
-/// [`eligible`] for a mapping of a running process, as smaps shows it.
+/// [`eligible`] for a mapping of a running process, as smaps shows it, less what may not be
+/// accessed (PROT_NONE): an address space reserved that way (mariadbd reserves 8 TiB, Go and
+/// Java their heaps) costs nothing to carry frozen, but its tracking and every look at it
+/// would cost with its size (two seconds of freeze for 8 TiB). Made accessible since, it is
+/// a mapping the next round tracks (the destination holds only what the rounds sent).
 fn eligible_map(m: &MapEntry) -> bool {
     let anon = m.name.is_empty() || m.name == "[heap]" || m.name.starts_with("[anon:");
     anon && m.inode == 0
+        && (m.read || m.write || m.exec)
         && !m.shared
         && m.pkey == 0
         && !["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].iter().any(|f| m.has_flag(f))
