@@ -249,3 +249,58 @@ fn timer_signals_caught_during_a_freeze_keep_their_siginfo() {
     }
     p.verdict("ok");
 }
+
+/// A process stopped by a signal (here SIGTSTP, as ^Z stops a job) comes back stopped, its
+/// count where it was, and counts on once continued; the original, let run on by a plain
+/// ckpt, stays stopped too. (It came back running.)
+#[test]
+fn a_stopped_process_comes_back_stopped() {
+    let dir = support::tmpdir("stopped");
+    let count = dir.join("count");
+    let script = "import sys, time\n\
+                  n = 0\n\
+                  print('ready', flush=True)\n\
+                  while True:\n    n += 1\n    open(sys.argv[1], 'w').write(str(n))\n    time.sleep(0.01)\n";
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", script, count.to_str().unwrap()]);
+    let mut p = support::Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid();
+    let state = |pid: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("gone").to_string()
+    };
+    let read = || std::fs::read_to_string(&count).unwrap_or_default();
+    let stopped = |pid: i32| {
+        let t0 = std::time::Instant::now();
+        while state(pid) != "T" {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "pid {pid} is {}, not stopped", state(pid));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    stopped(pid);
+    let at = read();
+    let img = dir.join("s.crf");
+    support::ckpt(&["-o", img.to_str().unwrap(), &pid.to_string()]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(state(pid), "T", "the original runs on after a checkpoint of it stopped");
+    p.kill();
+    let o = support::run(&["rstrt", "-d", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let new: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    stopped(new);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(read(), at, "the copy counted while it should be stopped");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(new, libc::SIGCONT) };
+    let t0 = std::time::Instant::now();
+    while read() == at {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the copy did not count on after SIGCONT");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(new, libc::SIGKILL) };
+}

@@ -505,6 +505,9 @@ struct Frozen {
     others: Vec<Other>,
     live: Option<Regs>,
     held: Vec<Caught>,
+    /// It was stopped by a signal (SIGSTOP, SIGTSTP...) when we seized it: the image says
+    /// SIGSTOP is pending, so that it comes back stopped.
+    stopped: bool,
 }
 
 impl Frozen {
@@ -1193,8 +1196,10 @@ fn unix_listening(states: &[ProcessState]) -> Result<Vec<(crate::res::unixpairs:
 
 /// Seizes and stops process `pid` and all its threads, adding it to `procs`.
 fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
+    // (Once seized, a stopped process shows as traced, 't'.)
+    let stopped = procfs::read_stat(pid).is_ok_and(|s| s.state == 'T');
     let t = Tracee::seize(pid)?;
-    let mut p = Frozen { t, others: Vec::new(), live: None, held: Vec::new() };
+    let mut p = Frozen { t, others: Vec::new(), live: None, held: Vec::new(), stopped };
     // The leader is asked first and waited for last: until its other threads stop, those
     // that spin may hold every CPU it needs to reach its stop. Threads it started meanwhile
     // are caught by the second round.
@@ -1362,7 +1367,7 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     let r = regs::collect(&p.t, rseq)?;
     p.live = Some(r.live);
     let (live, image_regs) = (&r.live, r.image);
-    let (t, others, held) = (&p.t, &mut p.others, &mut p.held);
+    let (t, others, held, stopped) = (&p.t, &mut p.others, &mut p.held, p.stopped);
     let t0 = Instant::now();
     // Again, now that it cannot change, before anything is collected: a caller may have run
     // precheck a while ago.
@@ -1396,7 +1401,10 @@ fn collect(p: &mut Frozen, opts: &Options, tree: &[i32]) -> Result<ProcessState>
     Error::blocked(pid, why)?;
     let xsave = t.xstate()?;
     let sigmask = t.sigmask()?;
-    let pending = pending::collect(t)?;
+    let mut pending = pending::collect(t)?;
+    if stopped && !pending.iter().any(|p| p.signo() == libc::SIGSTOP) {
+        pending.push(pending::Pending::stop());
+    }
 
     // Things only the process itself can tell: ask it, through syscalls run in it.
     let gadget = find_gadget(pid, &procfs::read_maps(pid)?)?;

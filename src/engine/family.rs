@@ -36,6 +36,8 @@ pub struct Proc {
     pub gadget: u64,
     /// It executed the image's program: /proc/PID/exe names it.
     pub executed: bool,
+    /// Its image says it was stopped: it is stopped again as it is let go.
+    pub stop: bool,
 }
 
 /// Every process created for an image, the first one first. Dropped while armed, it kills
@@ -123,8 +125,17 @@ pub fn create(
     let gadget =
         if executed { super::checkpoint::find_gadget(pid, &procfs::read_maps(pid)?)? } else { arch::own_gadget() };
     early.armed = false;
-    let first =
-        Proc { t, original: root.pid, others: Vec::new(), held: Vec::new(), pid_note, scratch: None, gadget, executed };
+    let first = Proc {
+        t,
+        original: root.pid,
+        others: Vec::new(),
+        held: Vec::new(),
+        pid_note,
+        scratch: None,
+        gadget,
+        executed,
+        stop: false,
+    };
     let mut fam = Family { procs: vec![first], armed: true };
     if own_session {
         with(&mut fam.procs[0], |c| c.setsid())?;
@@ -269,6 +280,7 @@ fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
         scratch: None,
         gadget,
         executed,
+        stop: false,
     })
 }
 

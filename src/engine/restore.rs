@@ -146,6 +146,10 @@ impl Held {
         for p in procs.into_iter().rev() {
             let pid = p.t.pid;
             let r = (|| {
+                // Pending as it is let go, it stops before it runs.
+                if p.stop {
+                    p.t.kill(Signal::SIGSTOP)?;
+                }
                 for o in p.others {
                     o.detach()?;
                 }
@@ -1331,6 +1335,9 @@ fn restore_one<R: Input>(
     drop(c);
     p.held.retain(|s| !artefact(s));
     p.held.extend(held);
+    // Stopped when it was checkpointed (a SIGSTOP pending in the image): stopped again as it
+    // is let go, before it runs an instruction.
+    p.stop = st.pending.iter().any(|s| s.stops());
     p.others = others;
     debug!("restored pid {} as pid {pid} ({npages} pages)", st.head.pid);
     Ok((next, exe_set, null_stdio))

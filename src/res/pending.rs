@@ -20,6 +20,19 @@ impl Pending {
     pub fn signo(&self) -> i32 {
         i32::from_le_bytes([self.info[0], self.info[1], self.info[2], self.info[3]])
     }
+
+    /// A SIGSTOP to the whole process: it stops once it runs.
+    pub fn stops(&self) -> bool {
+        self.shared && self.signo() == libc::SIGSTOP
+    }
+
+    /// A SIGSTOP for the process, as kill(2) from nobody sends it (si_code SI_USER): what the
+    /// image of a stopped process holds, so that it stops again once it runs.
+    pub fn stop() -> Pending {
+        let mut info = [0u8; SIGINFO_LEN];
+        info[..4].copy_from_slice(&libc::SIGSTOP.to_le_bytes());
+        Pending { shared: true, info }
+    }
 }
 
 /// The frozen process's queued signals, the thread's queue first, each in its order.
@@ -72,10 +85,11 @@ pub fn describe(pending: &[Pending]) -> Vec<String> {
 
 /// Queues the pending signals again, sent by the process to itself (the only sender the
 /// kernel lets give any siginfo). Its signals must be blocked meanwhile: an unblocked one
-/// would otherwise be delivered at our next remote syscall.
+/// would otherwise be delivered at our next remote syscall. Not a SIGSTOP, which no mask
+/// blocks: the caller sends it once the process is let go (see [`Pending::stops`]).
 pub fn restore(c: &mut Ctl, pending: &[Pending]) -> Result<()> {
     let pid = c.pid();
-    for p in pending {
+    for p in pending.iter().filter(|p| !p.stops()) {
         let at = c.scratch.put(pid, 0, &p.info)?;
         c.queue_signal(pid, p.signo(), at, (!p.shared).then_some(pid))?;
     }
