@@ -631,6 +631,24 @@ fn a_live_migration_counts_the_pages_sent_not_the_size_of_their_mappings() {
         assert!(!gone(&mut src), "refused, the source is gone");
         let v = check(pid, &log);
         assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "refused, at the source: {v}");
+        // A post-copy counts the pages that follow the image: cut once past the limit, its
+        // copy killed there, and the process runs on here (it went through, and ran there).
+        let o = migrate(&n, &["--key", &key, "--post-copy", &pid.to_string(), &n.addr_b]);
+        assert!(!o.status.success(), "a post-copy past the limit moved: {}", stderr(&o));
+        assert!(!gone(&mut src), "cut, the source is gone");
+        let v = check(pid, &log);
+        assert!(v.starts_with("ok") && v.contains(&format!("pid {pid}")), "cut, at the source: {v}");
+        let cut = _d.1.line("then dropped");
+        assert!(cut.contains("exceed this restartd's limit (33554432 bytes"), "{cut}");
+        let copy: i32 =
+            cut.split(" restored as pid ").nth(1).and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
+        let t0 = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{copy}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{copy}/stat")).unwrap_or_default().contains(") Z")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the copy {copy} still runs there");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let _d = Daemon::start(&n, &["--key", &key, "--allow-root", "--max-image-size", "160M"]);
     let o = migrate(&n, &["--key", &key, "--live", &pid.to_string(), &n.addr_b]);

@@ -564,12 +564,17 @@ pub struct Link {
     ended: [bool; 2],
     /// What has come of each connection's next frame.
     parts: [Partial; 2],
+    /// Bytes of Pages frames that may still come, and the limit they count against.
+    room: u64,
+    limit: u64,
 }
 
 impl Link {
-    pub fn new(c: Conn<Paced>, urgent: Option<Conn<Paced>>) -> Link {
+    /// `room`: what restartd's limit (`limit`, --max-image-size) leaves of the image once its
+    /// `bytes` came: the pages that follow count against it too.
+    pub fn new(c: Conn<Paced>, urgent: Option<Conn<Paced>>, (limit, bytes): (u64, u64)) -> Link {
         let none = urgent.is_none();
-        Link { c, urgent, ended: [false, none], parts: Default::default() }
+        Link { c, urgent, ended: [false, none], parts: Default::default(), room: limit.saturating_sub(bytes), limit }
     }
 
     /// The next frame on the first connection or the second, once whole (see
@@ -585,7 +590,17 @@ impl Link {
             return Ok(Some(Arrived::NotYet));
         };
         match got {
-            (Kind::Pages, n) => Ok(Some(Arrived::Pages(n))),
+            (Kind::Pages, n) => {
+                // (What a Pages frame holds cannot be known before it comes: the image leaves
+                // whole mappings to send later, holes and all.)
+                self.room = self.room.checked_sub(n as u64).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "the pages the post-copy sends exceed this restartd's limit ({} bytes with the image, --max-image-size)",
+                        self.limit
+                    ))
+                })?;
+                Ok(Some(Arrived::Pages(n)))
+            }
             (Kind::Member, 4) => {
                 let pid = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
                 if pid == 0 || pid > i32::MAX as u32 {

@@ -305,7 +305,7 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     if let (Ok(()), Some(server)) = (&outcome, lazy) {
         let t0 = std::time::Instant::now();
         info!("{peer}: {who} runs as pid {pid}; its pages follow (post-copy)");
-        outcome = server.link(Box::new(super::postcopy::Link::new(c, urgent))).and_then(|()| server.finish()).map(|st| {
+        outcome = server.link(Box::new(super::postcopy::Link::new(c, urgent, (cfg.limit, bytes)))).and_then(|()| server.finish()).map(|st| {
             info!(
                 "{peer}: {who}: post-copy: {} pages in {:.1} ms after it ran, {} asked for first ({} faults waited, {:.2} ms on average, the longest {:.1} ms), {} forks followed",
                 st.received,
