@@ -99,7 +99,10 @@ fn original_and_copy_both_run_on() {
     r.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let pid = p.pid();
     assert!(err.contains(&format!("pid {pid} is in use by target-memory")), "rstrt stderr: {err}");
-    assert!(err.contains("(rstrt --pidns would keep it): restored pid"), "rstrt stderr: {err}");
+    assert!(
+        err.contains("would keep it: rstrt --pidns, or a restartd started in one): restored pid"),
+        "rstrt stderr: {err}"
+    );
 }
 
 #[test]

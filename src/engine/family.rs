@@ -243,10 +243,7 @@ fn fork(parent: &mut Proc, want: i32, require: bool) -> Result<Proc> {
     let mut note = None;
     if r < 0 {
         let why = match Errno::from_raw(-r as i32) {
-            Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{want}/comm")) {
-                Ok(comm) => format!("pid {want} is in use by {} (rstrt --pidns would keep it)", comm.trim()),
-                Err(_) => format!("pid {want} is in use (rstrt --pidns would keep it)"),
-            },
+            Errno::EEXIST => super::spawn::pid_in_use(want),
             Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
             e => format!("clone3 with set_tid failed: {}", e.desc()),
         };

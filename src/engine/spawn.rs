@@ -87,11 +87,7 @@ pub fn spawn_child(want: i32, require: bool, exec: Option<&Exec>) -> Result<(i32
         return Ok((r as i32, None));
     }
     let why = match e {
-        Errno::EEXIST => match std::fs::read_to_string(format!("/proc/{want}/comm")) {
-            Ok(comm) => format!("pid {want} is in use by {} (rstrt --pidns would keep it)", comm.trim()),
-            // A thread's id, or a process that just ended.
-            Err(_) => format!("pid {want} is in use (rstrt --pidns would keep it)"),
-        },
+        Errno::EEXIST => pid_in_use(want),
         Errno::EPERM => "restoring a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN".to_string(),
         Errno::ENOSYS => "this kernel has no clone3".to_string(),
         e => format!("clone3 with set_tid failed: {}", e.desc()),
@@ -156,4 +152,18 @@ fn child_stop(parent: libc::c_long, exec: Option<&Exec>) -> ! {
         libc::syscall(libc::SYS_exit_group, 127);
     }
     unreachable!()
+}
+
+/// Why pid `want` cannot be had: who holds it (a zombie not reaped yet says so: a process
+/// just killed, its parent slow to reap), and what would keep it.
+pub fn pid_in_use(want: i32) -> String {
+    let hint = "a pid namespace of the restore's own would keep it: rstrt --pidns, or a restartd started in one";
+    match crate::ptrace::procfs::read_stat(want) {
+        Ok(st) if st.state == 'Z' => {
+            format!("pid {want} is in use by {}, a zombie its parent has not reaped yet ({hint})", st.comm)
+        }
+        Ok(st) => format!("pid {want} is in use by {} ({hint})", st.comm),
+        // A thread's id, or a process that just ended.
+        Err(_) => format!("pid {want} is in use ({hint})"),
+    }
 }

@@ -14,7 +14,14 @@ pub fn client_hello<S: Read + Write>(c: &mut Conn<S>, key: Option<&[u8; 32]>) ->
     let cn: [u8; NONCE_LEN] = random()?;
     c.send(Kind::Hello, &hello(if key.is_some() { HELLO_KEYED } else { 0 }, &cn))?;
     let mut buf = Vec::new();
-    c.expect(Kind::Hello, &mut buf)?;
+    // What answers first with anything but a frame (a web server's "HTTP/1.1 400", say) is no
+    // restartd.
+    c.expect(Kind::Hello, &mut buf).map_err(|e| match e {
+        NetError::Protocol(why) => NetError::Protocol(format!(
+            "the peer does not answer as a restartd ({why}): is restartd what listens on that port?"
+        )),
+        e => e,
+    })?;
     let (version, flags, sn) = parse_hello(&buf)?;
     if version != PROTOCOL_VERSION {
         return Err(NetError::Protocol(format!(

@@ -286,8 +286,14 @@ impl<S: Read + Write + Send + 'static> FrameStream<S> {
                         self.done = true;
                         return Err(io::Error::other(msg));
                     }
-                    if let Some(f) = &mut self.tee {
-                        f.write_all(&b[..n])?;
+                    if let Some(f) = &mut self.tee
+                        && let Err(e) = f.write_all(&b[..n])
+                    {
+                        // This node's failure, not the image's.
+                        let msg = format!("restartd cannot spool the image (--spool): {e}");
+                        self.failure = Some((Code::RestoreFailed, msg.clone()));
+                        self.done = true;
+                        return Err(io::Error::other(msg));
                     }
                     (self.cur, self.end) = (b, n);
                 }

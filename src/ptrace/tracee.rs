@@ -132,6 +132,12 @@ fn exiting(pid: i32) -> bool {
     }
 }
 
+/// The pid of the process that traces `pid`, if one does.
+fn tracer_of(pid: i32) -> Option<i32> {
+    let status = crate::ptrace::procfs::read_status(pid).ok()?;
+    crate::ptrace::procfs::status_field(&status, "TracerPid")?.parse().ok().filter(|&t: &i32| t > 0)
+}
+
 impl Tracee {
     /// PTRACE_SEIZE: attaches without stopping or signalling the process.
     pub fn seize(pid: i32) -> Result<Tracee> {
@@ -139,6 +145,9 @@ impl Tracee {
         ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts, "PTRACE_SEIZE").map_err(|e| match e.errno() {
             // The kernel refuses a process that is exiting with EPERM too: it is going.
             Some(Errno::EPERM) if exiting(pid) => Error::Gone(pid),
+            Some(Errno::EPERM) if let Some(tracer) = tracer_of(pid) => {
+                Error::Refused(format!("pid {pid} is already traced by pid {tracer} (a debugger?); detach it first"))
+            }
             Some(Errno::EPERM) => Error::Permission(format!(
                 "may not trace pid {pid}: it belongs to another user, is already traced, or ptrace is \
                  restricted; run as its owner or as root"
