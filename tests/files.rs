@@ -128,3 +128,37 @@ fn a_socket_makes_ckpt_refuse_and_leave_the_process_alone() {
     assert_eq!(p.expect(""), "pong", "saw {:?}", p.seen);
     assert!(p.wait().success());
 }
+
+/// A restore whose unix socket's path another process listens on (the original, running
+/// on) is refused without connecting to it: the listener sees no connection from it (it saw
+/// one per attempt, which closed at once; a server may die of that).
+#[test]
+fn a_unix_listeners_path_in_use_is_refused_without_a_connection() {
+    let dir = support::tmpdir("unix-in-use");
+    let sock = dir.join("s.sock");
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n\
+                  print('ready', flush=True)\n\
+                  n = 0\n\
+                  while True:\n    c, _ = s.accept(); n += 1; c.sendall(b'%d\\n' % n); c.close()\n";
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", script, sock.to_str().unwrap()]);
+    let mut p = support::Proc::spawn(c);
+    p.expect("ready");
+    let nth = || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let mut b = String::new();
+        std::io::Read::read_to_string(&mut s, &mut b).unwrap();
+        b.trim().to_string()
+    };
+    assert_eq!(nth(), "1");
+    let img = dir.join("u.crf");
+    support::ckpt(&["-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    for _ in 0..2 {
+        let o = support::run(&["rstrt", "-d", img.to_str().unwrap()]);
+        assert!(!o.status.success(), "restored beside the original");
+        assert!(support::stderr(&o).contains("Address already in use"), "{}", support::stderr(&o));
+    }
+    assert_eq!(nth(), "2", "the refused restores connected to the original");
+    p.kill();
+}
