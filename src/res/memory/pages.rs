@@ -173,6 +173,7 @@ fn leave_out(runs: Vec<Run>, omit: &[Span]) -> Vec<Run> {
 
 /// One batch to dump: its runs, and for each whether the process may read it (else the pages
 /// come through /proc/PID/mem).
+#[derive(Default)]
 struct BatchPlan {
     runs: Vec<Run>,
     readable: Vec<bool>,
@@ -197,8 +198,8 @@ const FIRST_BATCH_PAGES: usize = 32;
 fn plan_batches(pid: i32, vmas: &[Vma], not: NotStored) -> Result<Vec<BatchPlan>> {
     let mut pagemap = Pagemap::open(pid)?;
     let mut out: Vec<BatchPlan> = Vec::new();
-    let most = |out: &Vec<BatchPlan>| DUMP_BATCH_PAGES.min(FIRST_BATCH_PAGES << out.len().min(8));
-    let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+    let most = |n: usize| DUMP_BATCH_PAGES.min(FIRST_BATCH_PAGES << n.min(8));
+    let mut cur = BatchPlan::default();
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         let runs = mark_kept(page_runs(&mut pagemap, v, not.kept)?, not.later, RUN_LATER);
@@ -226,38 +227,40 @@ fn plan_batches(pid: i32, vmas: &[Vma], not: NotStored) -> Result<Vec<BatchPlan>
                 shared.extend(pagemap.shared_anon(s, e)?);
             }
         }
-        for (mut r, readable) in split_shared(runs, &shared, readable) {
-            if r.flags & RUN_KEPT != 0 {
-                cur.runs.push(r);
-                cur.readable.push(readable);
-                if cur.runs.len() == DUMP_BATCH_RUNS {
-                    out.push(std::mem::replace(
-                        &mut cur,
-                        BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
-                    ));
-                }
-                continue;
-            }
-            while r.npages > 0 {
-                let take = (r.npages as usize).min(most(&out) - cur.pages) as u32;
-                cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
-                cur.readable.push(readable);
-                cur.pages += take as usize;
-                r.addr += take as u64 * PAGE_SIZE as u64;
-                r.npages -= take;
-                if cur.pages == most(&out) || cur.runs.len() == DUMP_BATCH_RUNS {
-                    out.push(std::mem::replace(
-                        &mut cur,
-                        BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 },
-                    ));
-                }
-            }
+        for (r, readable) in split_shared(runs, &shared, readable) {
+            add_run(&mut out, &mut cur, r, readable, &most);
         }
     }
     if !cur.runs.is_empty() {
         out.push(cur);
     }
     Ok(out)
+}
+
+/// Adds run `r` (`readable` or not) to `cur`, the batch being planned, cut where a batch is
+/// full: `most(n)` pages of data for the n-th batch of `out`, or DUMP_BATCH_RUNS runs. A kept
+/// run (no data) goes whole.
+fn add_run(out: &mut Vec<BatchPlan>, cur: &mut BatchPlan, mut r: Run, readable: bool, most: &dyn Fn(usize) -> usize) {
+    let kept = r.flags & RUN_KEPT != 0;
+    if !kept && r.npages == 0 {
+        return;
+    }
+    loop {
+        let take = if kept { r.npages } else { (r.npages as usize).min(most(out.len()) - cur.pages) as u32 };
+        cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
+        cur.readable.push(readable);
+        if !kept {
+            cur.pages += take as usize;
+        }
+        r.addr += take as u64 * PAGE_SIZE as u64;
+        r.npages -= take;
+        if cur.pages == most(out.len()) || cur.runs.len() == DUMP_BATCH_RUNS {
+            out.push(std::mem::take(cur));
+        }
+        if r.npages == 0 {
+            return;
+        }
+    }
 }
 
 /// Splits `runs` where they cross the sorted ranges `shared`: each piece with whether
@@ -443,28 +446,10 @@ const SMALL_BATCH_PAGES: usize = 64;
 
 /// `batches` cut again into batches of at most `most` pages of data each.
 fn resplit(batches: Vec<BatchPlan>, most: usize) -> Vec<BatchPlan> {
-    let fresh = || BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
     let mut out = Vec::with_capacity(batches.len());
-    let mut cur = fresh();
-    for (mut r, readable) in batches.into_iter().flat_map(|b| b.runs.into_iter().zip(b.readable)) {
-        // (Kept runs, without data, go as they are.)
-        loop {
-            let take =
-                if r.flags & RUN_KEPT != 0 { r.npages } else { (r.npages as usize).min(most - cur.pages) as u32 };
-            cur.runs.push(Run { addr: r.addr, npages: take, flags: r.flags });
-            cur.readable.push(readable);
-            if r.flags & RUN_KEPT == 0 {
-                cur.pages += take as usize;
-            }
-            r.addr += take as u64 * PAGE_SIZE as u64;
-            r.npages -= take;
-            if cur.pages == most || cur.runs.len() == DUMP_BATCH_RUNS {
-                out.push(std::mem::replace(&mut cur, fresh()));
-            }
-            if r.npages == 0 {
-                break;
-            }
-        }
+    let mut cur = BatchPlan::default();
+    for (r, readable) in batches.into_iter().flat_map(|b| b.runs.into_iter().zip(b.readable)) {
+        add_run(&mut out, &mut cur, r, readable, &|_| most);
     }
     if !cur.runs.is_empty() {
         out.push(cur);
@@ -497,7 +482,7 @@ pub fn dump_shared<W: Sink>(sources: &[(i32, &[Run])], w: &mut Writer<W>, spare:
     let mut total = 0;
     for &(pid, runs) in sources {
         // Read through /proc/PID/mem, which leaves them shared (see plan_batches).
-        let mut cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+        let mut cur = BatchPlan::default();
         let mut flush = |cur: &mut BatchPlan| -> Result<()> {
             if cur.runs.is_empty() {
                 return Ok(());
@@ -509,7 +494,7 @@ pub fn dump_shared<W: Sink>(sources: &[(i32, &[Run])], w: &mut Writer<W>, spare:
                 .map_err(|e| Error::io("image", e))?;
             spare.extend(back);
             total += cur.pages as u64;
-            *cur = BatchPlan { runs: Vec::new(), readable: Vec::new(), pages: 0 };
+            *cur = BatchPlan::default();
             Ok(())
         };
         for r in runs {
