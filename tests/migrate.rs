@@ -814,6 +814,26 @@ fn a_live_migration_sends_a_trees_memory_ahead() {
     assert!(image < 32 << 20, "the image after the freeze carried {image} bytes of two 64 MiB processes: {err}");
 }
 
+/// --live moves a tree whose processes write MAP_SHARED anonymous memory they both map
+/// (writer.c "shm": 64 MiB, the parent writing its pages, the child its own, 10 MB/s): the
+/// memory goes ahead while they write it, only what changed goes frozen, and each finds its
+/// pages there as it wrote them, the other's writes in the same memory. So does a hybrid
+/// migration (--live --post-copy).
+#[test]
+fn a_live_migration_sends_the_memory_a_tree_shares_ahead() {
+    for how in [&["--live"][..], &["--live", "--post-copy"]] {
+        let Some(m) = migrate_writer_tree("mig-live-shm", how, Some(["64", "10", "shm"])) else { return };
+        let (_, err) = m.said.split_once('\n').unwrap();
+        let shared = bytes_before(err, " bytes of memory the tree shares");
+        assert!(shared >= 64 << 20, "{how:?}: the shared memory was not sent ahead: {err}");
+        let image = bytes_before(err, " bytes in ");
+        assert!(
+            image < 32 << 20,
+            "{how:?}: the image after the freeze carried {image} bytes of a tree sharing 64 MiB: {err}"
+        );
+    }
+}
+
 /// --live moves a tree whose processes share most of their memory since a fork (writer.c
 /// "cow": the parent's 128 MiB, of which each writes 1 MB/s): what the child still shares
 /// with its parent is not sent again, and the destination takes it as the parent's

@@ -170,6 +170,12 @@ fn run(a: &Args) -> Result<()> {
                 took.as_secs_f64() * 1e3
             );
         }
+        if m.ahead.shm.0 > 0 {
+            eprintln!(
+                "migrate: the rounds sent ahead {} bytes of memory the tree shares ({} objects of MAP_SHARED anonymous memory): the freeze compared it, and carried what changed",
+                m.ahead.shm.1, m.ahead.shm.0
+            );
+        }
         if m.ahead.same > 0 {
             eprintln!(
                 "migrate: {} bytes of the descendants' memory were the very pages of an earlier process of the tree, shared since a fork: the last round left them out",

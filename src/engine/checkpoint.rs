@@ -473,12 +473,15 @@ fn running_checkpoint<W: Sink>(
             super::precopy::Frame::Areas => (Tag::PREAREAS, 0),
             super::precopy::Frame::Pages => (Tag::PREPAGES, 0),
             super::precopy::Frame::Caught => return Ok(()),
+            // (Not sent: the image has no section for it.)
+            super::precopy::Frame::Shm => return Err(Error::Proc("shared memory sent ahead into an image".into())),
         };
         w.section(tag, flags, &[b]).map_err(image_io)
     };
     // Failed, the Sources go with their tracking: the processes run on as they were.
-    super::precopy::rounds(&mut srcs, (budget, false, shares), &mut send, "are copied while it is frozen", &mut ahead)?;
-    let precopied = super::precopy::Precopied::new(srcs, shares);
+    let rest = "are copied while it is frozen";
+    super::precopy::rounds(&mut srcs, (budget, false, shares), None, &mut send, rest, &mut ahead)?;
+    let precopied = super::precopy::Precopied::new(srcs, shares, None);
     // Their mappings' flags read as they run, just before the freeze, as a live migration
     // does (engine::vmflags): frozen, smaps would walk every page table of their memory.
     let flags_later = Some(super::vmflags::FlagsLater::default());

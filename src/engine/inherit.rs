@@ -21,6 +21,8 @@ pub struct Made {
     pipes: Vec<(u64, i32, i32)>,
     /// Deleted files and shared memory made again: (dev, ino in the image, fd).
     remade: Vec<(u64, u64, i32)>,
+    /// Of the tree's shared memory, the objects a live migration sent ahead: (dev, ino).
+    sent_ahead: Vec<(u64, u64)>,
     /// Unix socket pairs' ends: (inode in the image, fd).
     sockets: Vec<(u64, i32)>,
     /// Descriptions more than one fd held, and the fd each was opened at.
@@ -46,11 +48,13 @@ impl Made {
     /// though this node lacks it). `terminal`:
     /// the path the job's terminal fds are opened on (rstrt --shell-job). `grant`: root gives
     /// a user's process the capabilities its image says it had (rstrt --user-caps).
+    /// `ahead`: the tree's shared memory a live migration sent ahead (engine::shmahead),
+    /// taken for the objects of the same identity and size.
     pub fn make(
         st: &mut ProcessState,
         opts: &crate::engine::restore::Options,
-        terminal: Option<&str>,
-        grant: bool,
+        (terminal, grant): (Option<&str>, bool),
+        mut ahead: Vec<crate::engine::shmahead::Held>,
         notes: &mut Vec<String>,
     ) -> Result<Made> {
         let mut m = Made {
@@ -64,7 +68,14 @@ impl Made {
             m.owned.extend([r, w]);
         }
         for o in &st.tree_shm {
-            let (fd, note) = treeshm::create_here(o)?;
+            let (fd, note) = match ahead.iter().position(|h| h.obj == *o) {
+                Some(k) => {
+                    let h = ahead.swap_remove(k);
+                    m.sent_ahead.push((o.dev, o.ino));
+                    (h.fd, h.note)
+                }
+                None => treeshm::create_here(o)?,
+            };
             notes.extend(note);
             m.remade.push((o.dev, o.ino, fd.as_raw_fd()));
             m.owned.push(fd);
@@ -205,6 +216,11 @@ impl Made {
 
     /// The fd a deleted file or the tree's shared memory (by its identity in the image) was
     /// made again at.
+    /// Whether the tree's shared memory (dev, ino) holds what a live migration sent ahead.
+    pub fn sent_ahead(&self, dev: u64, ino: u64) -> bool {
+        self.sent_ahead.contains(&(dev, ino))
+    }
+
     pub fn remade(&self, dev: u64, ino: u64) -> Option<i32> {
         self.remade.iter().find(|r| (r.0, r.1) == (dev, ino)).map(|r| r.2)
     }

@@ -13,6 +13,7 @@ pub mod pidns;
 pub mod precopy;
 pub mod restore;
 pub mod sentinel;
+pub mod shmahead;
 pub mod spawn;
 pub mod urgent;
 pub mod vmflags;

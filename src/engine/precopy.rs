@@ -34,11 +34,13 @@
 //! [`Store::copy_aside`]), so that the processes share those pages again.
 //!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
-//! (MAP_GROWSDOWN), shared memory, file mappings, droppable memory; the processes of a tree
-//! forked once the rounds began.
+//! (MAP_GROWSDOWN), System V shared memory, memfds, file mappings, droppable memory; the
+//! processes of a tree forked once the rounds began. The MAP_SHARED anonymous memory the
+//! processes share goes ahead another way, by content (engine::shmahead).
 
 use super::layout::{find_free, intersect, minus};
 use super::pagestates::States;
+use super::shmahead::ShmSource;
 use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
@@ -203,6 +205,8 @@ pub enum Frame {
     Member,
     Areas,
     Pages,
+    /// Pages of the tree's shared memory (engine::shmahead).
+    Shm,
     Caught,
 }
 
@@ -703,6 +707,8 @@ pub struct Ahead {
     /// earlier process's at the same addresses (they share them since a fork), which the
     /// destination holds as that one's.
     pub same: u64,
+    /// The objects of shared memory the rounds sent, and their bytes (engine::shmahead).
+    pub shm: (usize, u64),
 }
 
 /// Most rounds of a pre-copy, and of one followed by a post-copy.
@@ -742,7 +748,7 @@ impl Source {
 /// [`Source::round`]).
 fn round_all(
     srcs: &mut Vec<Source>,
-    same: bool,
+    (same, shm): (bool, Option<&mut ShmSource>),
     send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
 ) -> Result<Round> {
     let t0 = Instant::now();
@@ -771,6 +777,11 @@ fn round_all(
         }
         i += 1;
     }
+    // Then the memory they share (each Shm frame names its object, of no process alone).
+    if let Some(shm) = shm {
+        let pids: Vec<i32> = srcs.iter().map(|s| s.pid).collect();
+        pages += shm.round(&pids, send)?;
+    }
     // Over once the destination holds it all: what the processes write meanwhile counts in
     // the round (a round ended at the socket would leave it to the freeze), and so does the
     // time the destination takes in the rate.
@@ -780,8 +791,8 @@ fn round_all(
 
 /// [`Source::left_bytes`] of every process of `srcs` (one that ended has none: the next round
 /// lets it go).
-fn left_all(srcs: &mut [Source]) -> Result<u64> {
-    let mut left = 0;
+fn left_all(srcs: &mut [Source], shm: Option<&ShmSource>) -> Result<u64> {
+    let mut left = shm.map_or(0, ShmSource::left_bytes);
     for (i, s) in srcs.iter_mut().enumerate() {
         match s.left_bytes() {
             Ok(b) => left += b,
@@ -801,10 +812,12 @@ fn left_all(srcs: &mut [Source]) -> Result<u64> {
 /// rest). With `post` (the hybrid mode: what is left follows once the processes run there),
 /// HYBRID_ROUNDS at most: the first sends their memory, the next what they wrote meanwhile.
 /// `same`: a live migration's destination, which takes pages the processes share as the
-/// earlier one's: they are left out (see [`Source::round`]).
+/// earlier one's: they are left out (see [`Source::round`]). `shm`: a live migration's, which
+/// sends the memory they share (engine::shmahead) too.
 pub fn rounds(
     srcs: &mut Vec<Source>,
     (budget, post, same): (Duration, bool, bool),
+    mut shm: Option<&mut ShmSource>,
     send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>,
     rest: &str,
     ahead: &mut Ahead,
@@ -818,8 +831,9 @@ pub fn rounds(
     let mut stalled = 0;
     let mut last_left = u64::MAX;
     loop {
-        let r = round_all(srcs, same, send)?;
+        let r = round_all(srcs, (same, shm.as_deref_mut()), send)?;
         ahead.tracked = srcs.iter().map(|s| s.pid).collect();
+        ahead.shm = shm.as_deref().map_or((0, 0), ShmSource::objects);
         ahead.same = r.same;
         ahead.rounds.push((r.pages, r.took));
         let bytes = r.pages * PAGE;
@@ -827,7 +841,7 @@ pub fn rounds(
         if bytes >= 4 << 20 || rate == 0.0 {
             rate = rate.max(bytes as f64 / r.took.as_secs_f64().max(1e-6));
         }
-        let left = left_all(srcs)?;
+        let left = left_all(srcs, shm.as_deref())?;
         let need = Duration::from_secs_f64(left as f64 / rate.max(1.0));
         log::debug!(
             "{}: round {}: {} pages in {:.1} ms; {left} bytes written meanwhile, {:.1} ms at {:.0} MB/s",
@@ -873,6 +887,8 @@ pub struct Precopied {
     /// The reader takes the pages a process shares with an earlier one since a fork as that
     /// one's ([`Precopied::kept_all`]).
     shares: bool,
+    /// The memory the processes share, sent ahead (a live migration's).
+    shm: std::sync::Arc<std::sync::Mutex<Option<ShmSource>>>,
 }
 
 impl std::fmt::Debug for Precopied {
@@ -885,9 +901,11 @@ impl Precopied {
     /// The sources after their rounds. `shares`: the rounds left out the pages a process
     /// shares with an earlier one (see [`Source::round`]), which the reader of the image
     /// (a live migration's destination, or a restore that holds the pages copied ahead:
-    /// crf::pages::PREMEMBER_HOLD) takes as that one's.
-    pub fn new(srcs: Vec<Source>, shares: bool) -> Precopied {
-        Precopied { srcs: std::sync::Arc::new(std::sync::Mutex::new(srcs)), dropped: Default::default(), shares }
+    /// crf::pages::PREMEMBER_HOLD) takes as that one's. `shm`: the memory they share, if
+    /// the rounds sent it.
+    pub fn new(srcs: Vec<Source>, shares: bool, shm: Option<ShmSource>) -> Precopied {
+        let srcs = std::sync::Arc::new(std::sync::Mutex::new(srcs));
+        Precopied { srcs, dropped: Default::default(), shares, shm: std::sync::Arc::new(std::sync::Mutex::new(shm)) }
     }
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Source>) -> Result<T>) -> Result<T> {
         let mut s = self.srcs.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
@@ -937,7 +955,24 @@ impl Precopied {
     /// never went twice. That process is the image's first before this one that holds an
     /// area of the same range, as a restore finds it (an area whose rounds took another
     /// process's pages shares none).
+    /// And the pages of the memory they share (VMA_TREE_SHM) that the destination holds as
+    /// they are (engine::shmahead), in every mapping of it.
     pub fn kept_all(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
+        let mut out = self.kept_own(states)?;
+        let mut shm = self.shm.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
+        if let Some(shm) = shm.as_mut() {
+            for (k, more) in out.iter_mut().zip(shm.kept(states)?) {
+                if !more.is_empty() {
+                    k.kept.extend(more);
+                    k.kept.sort_unstable();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Precopied::kept_all`] of their own memory.
+    fn kept_own(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
         let mut out = Vec::with_capacity(states.len());
         for st in states.iter() {
             out.push(Kept { kept: self.kept(st.head.pid, &st.vmas)?, shared: Vec::new() });
@@ -1638,6 +1673,9 @@ pub struct Stores {
     /// Most bytes of areas held, all processes together.
     limit: u64,
     current: Option<i32>,
+    /// The tree's shared memory sent ahead (engine::shmahead), and the bytes of it received.
+    shm: Vec<super::shmahead::Held>,
+    shm_received: u64,
 }
 
 /// Most processes of a tree whose pages are sent ahead.
@@ -1645,13 +1683,13 @@ const MAX_MEMBERS: usize = 1 << 14;
 
 impl Stores {
     pub fn new(limit: u64) -> Stores {
-        Stores { by_pid: BTreeMap::new(), limit, current: None }
+        Stores { by_pid: BTreeMap::new(), limit, current: None, shm: Vec::new(), shm_received: 0 }
     }
 
     /// The pages a running checkpoint copied of its processes, by pid.
     pub fn held(stores: Vec<(i32, Store)>) -> Stores {
         let limit = stores.iter().map(|s| s.1.limit).max().unwrap_or(0);
-        Stores { by_pid: stores.into_iter().collect(), limit, current: None }
+        Stores { by_pid: stores.into_iter().collect(), limit, current: None, shm: Vec::new(), shm_received: 0 }
     }
 
     fn bad(what: String) -> Error {
@@ -1675,7 +1713,8 @@ impl Stores {
     /// The current process's store, told what the others hold of the limit.
     fn current(&mut self) -> Result<&mut Store> {
         let pid = self.current.ok_or_else(|| Self::bad("areas or pages before any Member frame".into()))?;
-        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.bytes_held).sum();
+        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.bytes_held).sum::<u64>()
+            + self.shm.iter().map(super::shmahead::Held::bytes).sum::<u64>();
         let st = self.by_pid.get_mut(&pid).ok_or_else(|| Self::bad("no such member".into()))?;
         st.others = others;
         Ok(st)
@@ -1692,9 +1731,30 @@ impl Stores {
         self.current()?.pages(b)
     }
 
+    /// A Shm frame: pages of the tree's shared memory (engine::shmahead::receive), within
+    /// what the processes' pages leave of the limit.
+    pub fn shm(&mut self, b: &[u8]) -> Result<()> {
+        let held: u64 = self.by_pid.values().map(|s| s.bytes_held).sum::<u64>()
+            + self.shm.iter().map(super::shmahead::Held::bytes).sum::<u64>();
+        super::shmahead::receive(&mut self.shm, b, self.limit.saturating_sub(held))?;
+        self.shm_received += b.len() as u64;
+        if self.shm_received > 32 * self.limit.min(1 << 40) {
+            return Err(Error::Refused(format!(
+                "{} bytes of shared memory sent ahead: more than rounds of a live migration send",
+                self.shm_received
+            )));
+        }
+        Ok(())
+    }
+
+    /// The tree's shared memory sent ahead, for the restore to take (engine::inherit).
+    pub fn take_shm(&mut self) -> Vec<super::shmahead::Held> {
+        std::mem::take(&mut self.shm)
+    }
+
     /// Bytes of pages received, all processes together.
     pub fn received(&self) -> u64 {
-        self.by_pid.values().map(|s| s.received).sum()
+        self.by_pid.values().map(|s| s.received).sum::<u64>() + self.shm_received
     }
 
     /// [`Store::leave`] for every process.

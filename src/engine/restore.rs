@@ -358,7 +358,8 @@ fn restore_all<R: Input>(
         s.clear_of(&st.vmas)?;
     }
     let grant = opts.grant_caps && creds::is_root();
-    let made = Made::make(&mut st, opts, here.as_ref().map(|h| h.path.as_str()), grant, &mut notes)?;
+    let ahead = store.as_deref_mut().map(Stores::take_shm).unwrap_or_default();
+    let made = Made::make(&mut st, opts, (here.as_ref().map(|h| h.path.as_str()), grant), ahead, &mut notes)?;
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(
@@ -912,9 +913,7 @@ fn restore_one<R: Input>(
     let fill = if uffd.is_none() { memory::Fill::new(&mut c, &plans, &moved) } else { None };
     let mut npages = 0u64;
     let mut s = first_batch;
-    let mut ahead = Vec::new();
-    let mut later = Vec::new();
-    let mut as_earlier = Vec::new();
+    let mut not = memory::NotWritten::default();
     // The id of the first PREPAGES batch in `deferred`, once given.
     let mut prepages: Option<u32> = None;
     let remote = uffd.is_some() && shared.lazy.is_some_and(|l| l.is_remote());
@@ -955,11 +954,9 @@ fn restore_one<R: Input>(
         // Per batch of the plan, where its pages go if they all go to the server.
         let mut lazy: Vec<Option<Vec<(u64, usize, usize)>>> = Vec::new();
         for b in plan.iter().flat_map(|p| &p.batches) {
-            ahead.clear();
-            later.clear();
-            as_earlier.clear();
+            not.clear();
             let at = b.at + SECTION_HEADER_LEN as u64;
-            let targets = memory::batch_targets(&plans, &b.runs, at, (&mut ahead, &mut later, &mut as_earlier))?;
+            let targets = memory::batch_targets(&plans, &b.runs, at, &mut not)?;
             let whole = b.runs.iter().all(|r| r.flags == 0) && targets.len() == b.runs.len();
             lazy.push((whole && targets.iter().all(lazy_target)).then_some(targets));
         }
@@ -984,11 +981,20 @@ fn restore_one<R: Input>(
                 p.came(&sec, &b.runs)?;
             }
             order.next(&b.runs, sec.offset)?;
-            ahead.clear();
-            later.clear();
-            as_earlier.clear();
-            let targets =
-                memory::batch_targets(&plans, &b.runs, sec.offset, (&mut ahead, &mut later, &mut as_earlier))?;
+            not.clear();
+            let targets = memory::batch_targets(&plans, &b.runs, sec.offset, &mut not)?;
+            // Kept in the tree's shared memory: only where its object holds what was sent.
+            for &(s, e) in &not.in_object {
+                let i = plans.partition_point(|p| p.vma.end <= s);
+                let f = plans.get(i).and_then(|p| p.vma.file.as_ref());
+                if !f.is_some_and(|f| shared.made.sent_ahead(f.dev, f.ino)) {
+                    return Err(Error::Refused(format!(
+                        "the image keeps pages {s:#x}-{e:#x} of pid {} in the tree's shared memory, which was not sent ahead: it restores only at the destination of that live migration",
+                        st.head.pid
+                    )));
+                }
+            }
+            let (ahead, later, as_earlier) = (&not.kept, &not.later, &not.shared);
             // (Each lies in a mapping marked so, whose base was found above.)
             for (s, b) in bases.iter_mut() {
                 let base_of = |r: &&(u64, u64)| {
@@ -1012,16 +1018,16 @@ fn restore_one<R: Input>(
                         later[0].0, later[0].1, st.head.pid
                     )));
                 }
-                deferred.remote(&later, st.head.pid);
+                deferred.remote(later, st.head.pid);
             }
             match store.as_deref_mut() {
                 Some(st) => {
-                    st.keep(&ahead)?;
+                    st.keep(ahead)?;
                     st.written(&targets);
                 }
                 None if !ahead.is_empty() && offsets.is_some() => {
                     let (o, later) = offsets.ok_or_else(|| Error::Proc("no offsets".into()))?;
-                    let pieces = o.pieces(&ahead).map_err(|(s, e)| {
+                    let pieces = o.pieces(ahead).map_err(|(s, e)| {
                         Error::Image(crate::crf::CrfError::Bad {
                             offset: sec.offset,
                             what: format!("pid {} keeps pages {s:#x}-{e:#x}, which no PREPAGES holds", st.head.pid),

@@ -3,6 +3,7 @@
 
 pub use crate::engine::precopy::Ahead;
 use crate::engine::precopy::{Frame, Precopied, Source};
+use crate::engine::shmahead::ShmSource;
 use crate::error::{Error, Left, Result};
 use crate::net::handshake::client_hello;
 use crate::net::parse_pid;
@@ -206,8 +207,10 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         flags.no_binary |= binary;
         flags.no_libs |= libs;
     }
+    // The memory the tree's processes share goes ahead too.
+    let mut shm = source.as_ref().map(|_| ShmSource::default());
     if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
-        && let Err(e) = send_ahead(src, &mut c, budget, opts.post_copy, &mut ahead)
+        && let Err(e) = send_ahead((src, shm.as_mut()), &mut c, budget, opts.post_copy, &mut ahead)
     {
         // (Which step broke: a reset alone does not say.)
         let e = match e {
@@ -216,7 +219,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         };
         return Err(explain(e, None, &mut c));
     }
-    let precopied = source.map(|s| Precopied::new(s, true));
+    let precopied = source.map(|s| Precopied::new(s, true, shm));
     let postcopy = opts.post_copy.then(crate::engine::checkpoint::PostCopy::default);
     // The mappings' flags as read just before the freeze, checked before the copy may run.
     let flags_later = crate::engine::vmflags::FlagsLater::default();
@@ -282,7 +285,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
 /// A live migration's pre-copy (engine::precopy::rounds), sent as Areas and Pages frames,
 /// then the Freeze frame: the image follows.
 fn send_ahead(
-    src: &mut Vec<Source>,
+    (src, shm): (&mut Vec<Source>, Option<&mut ShmSource>),
     c: &mut Conn<TcpStream>,
     budget: Duration,
     post: bool,
@@ -294,6 +297,7 @@ fn send_ahead(
             Frame::Member => Kind::Member,
             Frame::Areas => Kind::Areas,
             Frame::Pages => Kind::Pages,
+            Frame::Shm => Kind::Shm,
             Frame::Caught => {
                 return c.send(Kind::Caught, &[]).and_then(|()| c.expect(Kind::Caught, &mut buf)).map_err(Error::Net);
             }
@@ -301,7 +305,7 @@ fn send_ahead(
         c.send_in_place(kind, b).map_err(Error::Net)
     };
     let how = if post { "follow once it runs there" } else { "go while it is frozen" };
-    crate::engine::precopy::rounds(src, (budget, post, true), &mut send, how, ahead)?;
+    crate::engine::precopy::rounds(src, (budget, post, true), shm, &mut send, how, ahead)?;
     // The destination answers at once: every round ended with it caught up.
     c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut buf)).map_err(Error::Net)
 }

@@ -387,6 +387,7 @@ fn receive_ahead(c: &mut Conn<Paced>, st: &mut Stores) -> Result<()> {
             Kind::Member => st.member(&buf)?,
             Kind::Areas => st.follow(&decode_areas(&buf).map_err(|e| Error::Net(NetError::Protocol(e)))?)?,
             Kind::Pages => st.pages(&buf)?,
+            Kind::Shm => st.shm(&buf)?,
             // Every page sent so far is in place (the source's round is over only then).
             Kind::Caught => c.send(Kind::Caught, &[]).map_err(Error::Net)?,
             // Every page sent ahead is in place: the source may freeze the process now. (The

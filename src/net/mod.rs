@@ -30,7 +30,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRSM";
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 pub const DEFAULT_PORT: u16 = 1023;
 pub const NONCE_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -89,6 +89,8 @@ pub enum Kind {
     /// Live migration: empty; from the client, after each round: answer once every page sent
     /// so far is in place; from the server, the answer.
     Caught = 21,
+    /// Live migration: pages of the memory the tree's processes share (engine::shmahead).
+    Shm = 22,
 }
 
 impl Kind {
@@ -116,6 +118,7 @@ impl Kind {
             19 => Member,
             20 => Urgent,
             21 => Caught,
+            22 => Shm,
             _ => return None,
         })
     }

@@ -26,7 +26,7 @@ pub struct Obj {
 }
 
 /// The most one object may be (the image's processes map it; a restore makes it first).
-const MAX_SIZE: u64 = 1 << 46;
+pub const MAX_SIZE: u64 = 1 << 46;
 
 /// Finds the shared anonymous memory more than one of the frozen processes maps, marks each
 /// of their mappings of it, and returns the objects.

@@ -11,7 +11,9 @@
  * "fork": forks a child once its memory is filled, which makes every page its own (written
  * again), then writes them the same way (another sequence of pages), logs "forked PID" and
  * answers SIGUSR1 as the parent does (and dies with the parent); "cow": the same, but the
- * child leaves its pages shared with the parent until it writes them.
+ * child leaves its pages shared with the parent until it writes them; "shm": the same, but its
+ * memory (and the record of each page's generation) is MAP_SHARED anonymous memory both
+ * write, the parent the even pages, the child the odd ones, each checking its own.
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G blocks=B" (G: the longest time between two turns of its loop since the last
@@ -78,14 +80,16 @@ int main(int argc, char **argv) {
     if (blocks == MAP_FAILED) return 1;
     /* The heap grown by as little as each block needs: brk at nearly every write. */
     if (grow) mallopt(M_TOP_PAD, 0);
-    unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int shm = argc > 4 && strcmp(argv[4], "shm") == 0;
+    int kind = shm ? MAP_SHARED : MAP_PRIVATE;
+    unsigned char *mem = mmap(0, pages * PAGE, PROT_READ | PROT_WRITE, kind | MAP_ANONYMOUS, -1, 0);
     unsigned char *side = mmap(0, SIDE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     /* Reserved and hardly touched, as allocators and runtimes reserve: not to be copied. */
     unsigned char *reserve = mmap(0, 512ul << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (reserve == MAP_FAILED) return 1;
     reserve[12345] = 1;
-    uint32_t *gen = calloc(pages, sizeof *gen);
-    if (mem == MAP_FAILED || side == MAP_FAILED || !gen) return 1;
+    uint32_t *gen = mmap(0, pages * sizeof *gen, PROT_READ | PROT_WRITE, kind | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || side == MAP_FAILED || gen == MAP_FAILED) return 1;
     for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
     uint32_t side_gen = 0;
     for (size_t i = 0; i < SIDE_PAGES; i++) fill(side + i * PAGE, i, side_gen);
@@ -101,14 +105,16 @@ int main(int argc, char **argv) {
     sigaction(SIGUSR1, &sa, 0);
     uint64_t seed = 88172645463325252ull, writes = 0, gap = 0;
     int cow = argc > 4 && strcmp(argv[4], "cow") == 0;
-    if (cow || (argc > 4 && strcmp(argv[4], "fork") == 0)) {
+    size_t child = 0;
+    if (cow || shm || (argc > 4 && strcmp(argv[4], "fork") == 0)) {
         pid_t k = fork();
         if (k < 0) return 5;
         if (k == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
+            child = 1;
             /* Its own copy of every page (written again, the same): nothing shared since the
              * fork, as workers that computed their own data. */
-            if (!cow)
+            if (!cow && !shm)
                 for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
             seed = 1181783497276652981ull;
             dprintf(log, "forked %d\n", getpid());
@@ -124,7 +130,7 @@ int main(int argc, char **argv) {
             asked = 0;
             size_t bad = pages;
             for (size_t i = 0; i < pages && bad == pages; i++)
-                if (!good(mem + i * PAGE, i, gen[i])) bad = i;
+                if ((!shm || i % 2 == child) && !good(mem + i * PAGE, i, gen[i])) bad = i;
             size_t block_bad = nblocks;
             for (size_t b = 0; b < nblocks && block_bad == nblocks; b++)
                 for (size_t k = 0; k < BLOCK; k++)
@@ -155,6 +161,7 @@ int main(int argc, char **argv) {
         while (writes < due) {
             seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
             size_t i = seq ? writes % pages : seed % pages;
+            if (shm) i = ((i & ~(size_t)1) | child) % pages;
             gen[i] = gen[i] == ZERO ? 1 : gen[i] + 1;
             fill(mem + i * PAGE, i, gen[i]);
             writes++;

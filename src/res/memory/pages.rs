@@ -40,8 +40,21 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
     };
     match v.kind {
         // Shared memory may hold pages only another process (a child) touched, which our
-        // page table does not show: take all of it.
-        KIND_SHMEM => push(v.start, v.end, 0),
+        // page table does not show: take all of it, but for what lies in `kept` (the tree's
+        // shared memory a live migration sent ahead, unchanged: engine::shmahead).
+        KIND_SHMEM => {
+            let mut at = v.start;
+            for &(ks, ke) in &kept[kept.partition_point(|r| r.1 <= v.start)..] {
+                if ks >= v.end {
+                    break;
+                }
+                let (ks, ke) = (ks.max(v.start), ke.min(v.end));
+                push(at, ks, 0);
+                push(ks, ke, RUN_KEPT);
+                at = ke;
+            }
+            push(at, v.end, 0);
+        }
         // A file's private mapping: the pages it changed (copied on write) are its own; with
         // copy, the others up to the end of the file come from the file (past it they cannot
         // be read: SIGBUS).
@@ -585,16 +598,31 @@ pub fn warm_buffers() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The runs of a batch that a restore does not write, by why (see [`batch_targets`]).
+#[derive(Default)]
+pub struct NotWritten {
+    /// Kept runs: pages the restorer holds for the process.
+    pub kept: Vec<Span>,
+    /// Kept runs a post-copy's source sends later.
+    pub later: Vec<Span>,
+    /// Kept runs held as an earlier process's.
+    pub shared: Vec<Span>,
+    /// Kept runs of the tree's shared memory (VMA_TREE_SHM), whose object holds them.
+    pub in_object: Vec<Span>,
+}
+
+impl NotWritten {
+    pub fn clear(&mut self) {
+        for v in [&mut self.kept, &mut self.later, &mut self.shared, &mut self.in_object] {
+            v.clear();
+        }
+    }
+}
+
 /// Checks a batch's runs against the plan and returns the (address, length) ranges to write and
 /// the offsets of their data in the batch; file-copy runs of file-backed mappings are skipped,
-/// kept runs (no data) go to `kept`, those sent later to `later`, those held as the first
-/// process's to `shared`.
-pub fn batch_targets(
-    plans: &[Plan],
-    runs: &[Run],
-    at: u64,
-    (kept, later, shared): (&mut Vec<Span>, &mut Vec<Span>, &mut Vec<Span>),
-) -> Result<Vec<(u64, usize, usize)>> {
+/// the others it does not write go to `not`.
+pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64, not: &mut NotWritten) -> Result<Vec<(u64, usize, usize)>> {
     let mut out = Vec::with_capacity(runs.len());
     let mut off = 0usize;
     for r in runs {
@@ -621,11 +649,13 @@ pub fn batch_targets(
             }));
         }
         if r.flags & RUN_LATER != 0 {
-            later.push((r.addr, end));
+            not.later.push((r.addr, end));
         } else if r.flags & RUN_SHARED != 0 {
-            shared.push((r.addr, end));
+            not.shared.push((r.addr, end));
+        } else if r.flags & RUN_KEPT != 0 && v.flags & VMA_TREE_SHM != 0 {
+            not.in_object.push((r.addr, end));
         } else if r.flags & RUN_KEPT != 0 {
-            kept.push((r.addr, end));
+            not.kept.push((r.addr, end));
         } else if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
             out.push((r.addr, r.len(), off));
         }
@@ -1183,10 +1213,9 @@ mod tests {
             vma: Vma { start: 0x1000, end: 0x3000, prot: 3, kind: KIND_ANON, ..Default::default() },
             from_file: false,
         }];
-        let (k, l, sh) = (&mut Vec::new(), &mut Vec::new(), &mut Vec::new());
-        let mut t = |addr: u64, npages: u32, flags: u32| {
-            batch_targets(&plans, &[Run { addr, npages, flags }], 64, (&mut *k, &mut *l, &mut *sh))
-        };
+        let mut not = NotWritten::default();
+        let mut t =
+            |addr: u64, npages: u32, flags: u32| batch_targets(&plans, &[Run { addr, npages, flags }], 64, &mut not);
         assert!(t(0x2000, 1, 0).is_ok());
         assert!(t(0x2000, 2, 0).is_err());
         // Held as an earlier process's only in a mapping marked so.
