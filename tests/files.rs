@@ -157,7 +157,10 @@ fn a_unix_listeners_path_in_use_is_refused_without_a_connection() {
     for _ in 0..2 {
         let o = support::run(&["rstrt", "-d", img.to_str().unwrap()]);
         assert!(!o.status.success(), "restored beside the original");
-        assert!(support::stderr(&o).contains("Address already in use"), "{}", support::stderr(&o));
+        let err = support::stderr(&o);
+        assert!(err.contains("Address already in use"), "{err}");
+        // Who holds it is named.
+        assert!(err.contains(&format!("pid {} ", p.pid())) && err.contains("listens on it"), "{err}");
     }
     assert_eq!(nth(), "2", "the refused restores connected to the original");
     p.kill();

@@ -412,6 +412,15 @@ pub enum Peer {
     Closed,
 }
 
+/// What listens on unix socket path `path` in our network namespace: the processes that
+/// hold the socket, named (empty if none does: it is being closed); None when nothing listens
+/// there.
+pub fn unix_listener_holders(path: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/net/unix").ok()?;
+    let ino = listener_named(&text, path)?;
+    Some(name_holders(&holders(&format!("socket:[{ino}]"), 0, -1), 0))
+}
+
 /// The listening unix socket of /proc/PID/net/unix named `path`, if one.
 fn listener_named(text: &str, path: &str) -> Option<u64> {
     text.lines().skip(1).find_map(|l| {

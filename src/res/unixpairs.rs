@@ -487,19 +487,24 @@ pub fn listen_here(l: &Listening) -> Result<OwnedFd> {
             let n = l.name.split(|&b| b == 0).next().unwrap_or_default();
             std::path::PathBuf::from(std::ffi::OsStr::from_bytes(n))
         });
-        // (A listener of this network namespace is seen in /proc/net/unix: connecting to it
-        // to find out would hand it a connection that closes at once. One in another is
-        // found by connecting, which fails on a file nobody listens on.)
+        // (A listener of this network namespace is seen in /proc/net/unix, with who holds
+        // it: connecting to it to find out would hand it a connection that closes at once.
+        // One in another is found by connecting, which fails on a file nobody listens on.)
+        let here = path.as_ref().and_then(|p| super::endpoints::unix_listener_holders(&p.to_string_lossy()));
         let stale = e == Errno::EADDRINUSE
+            && here.is_none()
             && path.as_ref().is_some_and(|p| {
                 use std::os::unix::fs::FileTypeExt;
                 std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
-                    && !listening_here(p)
                     && std::os::unix::net::UnixStream::connect(p)
                         .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
             });
         if !stale {
-            return Err(Error::Refused(format!("{what}: bind: {} (is it in use?)", e.desc())));
+            let by = match here.as_deref() {
+                Some("") | None => "is it in use?".to_string(),
+                Some(h) => format!("{h} listens on it: stop it, or restore on another node"),
+            };
+            return Err(Error::Refused(format!("{what}: bind: {} ({by})", e.desc())));
         }
         if let Some(p) = &path {
             std::fs::remove_file(p).map_err(|e| Error::io(p.to_string_lossy().as_ref(), e))?;
@@ -545,17 +550,4 @@ pub fn describe_listening(all: &[Listening]) -> Vec<String> {
     all.iter()
         .map(|l| format!("listen:    unix socket {} on {}, backlog {}", l.ino, name_of(&l.name), l.backlog))
         .collect()
-}
-
-/// Whether a socket of this network namespace listens on `path` (/proc/net/unix: the flag
-/// __SO_ACCEPTCON, 0x10000, and the path last on the line).
-fn listening_here(path: &std::path::Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else { return false };
-    let want = path.to_string_lossy();
-    // (A path with runs of spaces does not match: then the caller connects, as before.)
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let listening = f.get(3).and_then(|x| u32::from_str_radix(x, 16).ok()).is_some_and(|x| x & 0x10000 != 0);
-        listening && f.len() > 7 && f[7..].join(" ") == want
-    })
 }
