@@ -543,6 +543,52 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
     }
 }
 
+/// A running checkpoint of a tree whose processes write MAP_SHARED anonymous memory they both
+/// map (writer.c "shm") copies that memory too while they write it (PRESHM), by content, and
+/// freezes them only for what changed since; restored from a file, as a stream and lazily,
+/// each finds its pages as it wrote them.
+#[test]
+fn a_running_checkpoint_copies_the_memory_a_tree_shares_while_it_writes_it() {
+    let dir = tmpdir("mem-running-shm");
+    let (mut w, log, pid) = writer_with(&dir, "10", "shm");
+    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let img = dir.join("s.crf");
+    let img = img.to_str().unwrap();
+    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
+    let err = stderr(&o);
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        w.kill().unwrap();
+        return;
+    }
+    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    // (The 64 MiB they share alone are 16384 pages.)
+    let frozen = frozen_pages(&err);
+    assert!(frozen < 8192, "the frozen part carried {frozen} pages of a tree sharing 64 MiB: {err}");
+    for p in [pid, kid] {
+        let v = support::nodes::check(p, &log);
+        assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
+        assert!(!tracked(p), "pid {p} is left tracked");
+    }
+    let info = run(&["crfinfo", img]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let out = String::from_utf8_lossy(&info.stdout);
+    assert!(out.contains("of the tree's shared memory copied while it ran"), "{out}");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    kill_pid(kid);
+    let stream = || Some(std::fs::File::open(img).unwrap());
+    let mut ways: Vec<(&[&str], Option<std::fs::File>)> = vec![(&[], None), (&[], stream())];
+    if is_root() {
+        ways.push((&["--lazy"], None));
+    }
+    for (args, stdin) in ways {
+        let (new, kid2) = restore_writers(img, args, stdin, &log);
+        kill_pid(new);
+        kill_pid(kid2);
+    }
+}
+
 /// A checkpoint of a process that runs on takes the mappings' flags from a look just before
 /// the freeze (frozen, smaps would walk all of its page tables), and compares them with the
 /// frozen process's own before the image ends: a process that flips the flags of a whole

@@ -232,6 +232,13 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
                     if !rounds.is_empty() {
                         eprintln!("{name}: copied while it ran, {} rounds: {}", rounds.len(), rounds.join(", "));
                     }
+                    if ahead.shm.0 > 0 {
+                        eprintln!(
+                            "{name}: copied while they ran: {} KiB of memory the tree shares ({} objects of MAP_SHARED anonymous memory), compared again once frozen",
+                            ahead.shm.1 / 1024,
+                            ahead.shm.0
+                        );
+                    }
                     if ahead.same > 0 {
                         eprintln!(
                             "{name}: {} KiB of the descendants' memory were the very pages of an earlier process of the tree, shared since a fork: stored once",

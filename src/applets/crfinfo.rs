@@ -44,7 +44,8 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
 fn describe(inp: impl Input) -> Result<()> {
     let mut r = Reader::new(inp)?;
     // The pages a running checkpoint copied before the freeze, checked as a restore holds them.
-    let (ahead, mut head) = crate::engine::precopy::read_ahead(&mut r, crate::engine::precopy::Keep::Look)?;
+    let (read, mut head) = crate::engine::precopy::read_ahead(&mut r, crate::engine::precopy::Keep::Look)?;
+    let ahead = read.copied;
     // Each process's block in turn (an image of a tree holds one per live process).
     let mut procs = Vec::new();
     let mut buf = vec![0u8; pages::MAX_BATCH_PAGES * PAGE_SIZE];
@@ -121,6 +122,9 @@ fn describe(inp: impl Input) -> Result<()> {
             a.received(),
             a.held_bytes()
         );
+    }
+    if read.shm_bytes > 0 {
+        println!("ahead:     {} bytes of pages of the tree's shared memory copied while it ran", read.shm_bytes);
     }
     for (st, .., as_earlier) in procs.iter().filter(|p| p.3 > 0) {
         println!(

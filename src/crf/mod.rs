@@ -31,8 +31,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// process of a tree (PREMEMBER), version 6 kept runs of pages a tree's processes share
 /// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), version 7 those in a running checkpoint's
 /// image (pages::PREMEMBER_HOLD), version 8 a process's page batches announced before them
-/// (PAGEPLAN, optional), so older images read as version 8.
-pub const VERSION: u32 = 8;
+/// (PAGEPLAN, optional), so older images read as version 8; version 9 the tree's shared
+/// memory copied before the freeze (PRESHM), and kept runs in its mappings.
+pub const VERSION: u32 = 9;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64
@@ -68,6 +69,9 @@ impl Tag {
     /// The runs of each of the PAGES batches that follow it (see `pages::write_plan`): where
     /// each lies, without reading one of them. Optional.
     pub const PAGEPLAN: Tag = Tag(48);
+    /// Pages of the tree's shared memory copied while the processes ran (a Shm frame of the
+    /// migration protocol, see engine::shmahead): before the first HEAD.
+    pub const PRESHM: Tag = Tag(49);
     /// The trailer.
     pub const END: Tag = Tag(0xffff_ffff);
 }

@@ -411,10 +411,12 @@ fn rollup_bytes(rollup: &str, field: &str) -> Option<u64> {
 fn worth_tracking(pid: i32, opts: &Options) -> std::result::Result<bool, String> {
     let procs = if opts.alone { vec![pid] } else { tree::walk(pid) };
     // Anonymous memory mapped, and its proportional share: what each process's own copy of
-    // the pages it shares would add is the difference.
-    let (mut anon, mut own) = (0u64, 0u64);
+    // the pages it shares would add is the difference. (And shared memory, each page once
+    // over the processes: the tree's is copied while it runs too.)
+    let (mut anon, mut own, mut shm) = (0u64, 0u64, 0u64);
     for &p in &procs {
         let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+        shm += rollup_bytes(&rollup, "Pss_Shmem").unwrap_or(0);
         match (rollup_bytes(&rollup, "Anonymous"), rollup_bytes(&rollup, "Pss_Anon")) {
             (Some(a), Some(o)) => (anon, own) = (anon + a, own + o),
             // A zombie, or one gone meanwhile, has none.
@@ -423,9 +425,9 @@ fn worth_tracking(pid: i32, opts: &Options) -> std::result::Result<bool, String>
         }
     }
     let shared = anon.saturating_sub(own);
-    match anon {
+    match anon + shm {
         a if a >= RUNNING_MIN => Ok(procs.len() > 1 && shared > own / 8),
-        a => Err(format!("pid {pid} has {} KiB of private memory: copied frozen, quicker", a >> 10)),
+        a => Err(format!("pid {pid} has {} KiB of anonymous memory: copied frozen, quicker", a >> 10)),
     }
 }
 
@@ -472,16 +474,17 @@ fn running_checkpoint<W: Sink>(
             super::precopy::Frame::Member => (Tag::PREMEMBER, hold),
             super::precopy::Frame::Areas => (Tag::PREAREAS, 0),
             super::precopy::Frame::Pages => (Tag::PREPAGES, 0),
+            super::precopy::Frame::Shm => (Tag::PRESHM, 0),
             super::precopy::Frame::Caught => return Ok(()),
-            // (Not sent: the image has no section for it.)
-            super::precopy::Frame::Shm => return Err(Error::Proc("shared memory sent ahead into an image".into())),
         };
         w.section(tag, flags, &[b]).map_err(image_io)
     };
     // Failed, the Sources go with their tracking: the processes run on as they were.
+    // (And the memory they share, PRESHM.)
+    let mut shm = super::shmahead::ShmSource::default();
     let rest = "are copied while it is frozen";
-    super::precopy::rounds(&mut srcs, (budget, false, shares), None, &mut send, rest, &mut ahead)?;
-    let precopied = super::precopy::Precopied::new(srcs, shares, None);
+    super::precopy::rounds(&mut srcs, (budget, false, shares), Some(&mut shm), &mut send, rest, &mut ahead)?;
+    let precopied = super::precopy::Precopied::new(srcs, shares, Some(shm));
     // Their mappings' flags read as they run, just before the freeze, as a live migration
     // does (engine::vmflags): frozen, smaps would walk every page table of their memory.
     let flags_later = Some(super::vmflags::FlagsLater::default());

@@ -1998,17 +1998,31 @@ impl Copied {
 /// image, 0 for the first process (an image without PREMEMBER sections, a version 4 one's).
 pub type CopiedAll = Vec<(i32, Copied)>;
 
-/// Reads the PREMEMBER, PREAREAS and PREPAGES sections an image of a running checkpoint begins
-/// with (engine::checkpoint's `running_checkpoint`), each checked before it is used (with
-/// [`Keep::Later`], a PREPAGES's data when it is read): kept as `how` says, per process.
+/// What an image of a running checkpoint holds of what was copied before the freeze.
+#[derive(Default)]
+pub struct ReadAhead {
+    /// Each process's pages (PREMEMBER, PREAREAS, PREPAGES).
+    pub copied: CopiedAll,
+    /// The tree's shared memory (PRESHM), each object made and written (not with
+    /// [`Keep::Look`]).
+    pub shm: Vec<super::shmahead::Held>,
+    /// Bytes of pages of it.
+    pub shm_bytes: u64,
+}
+
+/// Reads the PREMEMBER, PREAREAS, PREPAGES and PRESHM sections an image of a running checkpoint
+/// begins with (engine::checkpoint's `running_checkpoint`), each checked before it is used
+/// (with [`Keep::Later`], a PREPAGES's data when it is read): kept as `how` says, per
+/// process; the shared memory written into objects made for it (engine::shmahead).
 /// Returns them (empty: the image has no such section) and the first section after.
 pub fn read_ahead<R: crate::crf::Input>(
     rd: &mut crate::crf::Reader<R>,
     how: Keep,
-) -> Result<(CopiedAll, Option<crate::crf::Section>)> {
+) -> Result<(ReadAhead, Option<crate::crf::Section>)> {
     use crate::crf::{CrfError, Tag};
     const WHAT: &str = "pages copied while the process ran";
     let mut all: CopiedAll = Vec::new();
+    let (mut shm, mut shm_bytes) = (Vec::new(), 0u64);
     // PREAREAS read, per process of `all`.
     let mut changes: Vec<usize> = Vec::new();
     // The process the sections are of, as its index in `all`.
@@ -2021,10 +2035,10 @@ pub fn read_ahead<R: crate::crf::Input>(
     let mut hold = None;
     loop {
         let sec = rd.next_section()?;
-        let ahead = |t: Tag| t == Tag::PREAREAS || t == Tag::PREPAGES || t == Tag::PREMEMBER;
+        let ahead = |t: Tag| [Tag::PREAREAS, Tag::PREPAGES, Tag::PREMEMBER, Tag::PRESHM].contains(&t);
         let Some(s) = sec.filter(|s| ahead(s.tag)) else {
             log::debug!("{WHAT}: read in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-            return Ok((all, sec));
+            return Ok((ReadAhead { copied: all, shm, shm_bytes }, sec));
         };
         let bad = |what: String| Error::Image(CrfError::Bad { offset: s.offset, what: format!("{WHAT}: {what}") });
         if s.tag == Tag::PREMEMBER && hold.is_none() {
@@ -2059,6 +2073,27 @@ pub fn read_ahead<R: crate::crf::Input>(
                     all.len() - 1
                 }
             });
+            continue;
+        }
+        // The tree's shared memory: of no process alone.
+        if s.tag == Tag::PRESHM {
+            let n = s.len as usize;
+            if buf.len() < n && rd.window(s.offset, n).is_none() {
+                buf.resize(n, 0);
+            }
+            let data = rd.data(&mut buf, n, WHAT)?;
+            if crc32fast::hash(data) != s.crc {
+                return Err(bad("section checksum mismatch".into()));
+            }
+            let p = super::shmahead::parse(data).map_err(|e| bad(e.to_string()))?;
+            shm_bytes += p.runs.iter().map(|r| r.1 - r.0).sum::<u64>();
+            // (What it writes is as much as the image holds.)
+            if how != Keep::Look {
+                super::shmahead::receive(&mut shm, data, u64::MAX).map_err(|e| match e {
+                    Error::Net(crate::net::NetError::Protocol(w)) => bad(w),
+                    e => e,
+                })?;
+            }
             continue;
         }
         // Sections of no PREMEMBER: the first process's.

@@ -253,8 +253,9 @@ fn restore_all<R: Input>(
     // migration's destination holds those sent ahead.
     // (A lazy restore from a file leaves them there until the processes touch them.)
     let how = if lazy.is_some_and(|l| !l.is_remote()) { Keep::Later } else { Keep::Auto };
-    let (copied, first) = super::precopy::read_ahead(&mut rd, how)?;
-    if !copied.is_empty() && store.is_some() {
+    let (ahead, first) = super::precopy::read_ahead(&mut rd, how)?;
+    let (copied, mut shm_ahead) = (ahead.copied, ahead.shm);
+    if (!copied.is_empty() || !shm_ahead.is_empty()) && store.is_some() {
         return Err(Error::Refused(
             "the image of a live migration holds pages copied before the freeze too, which no crs writes: it is damaged"
                 .into(),
@@ -302,7 +303,7 @@ fn restore_all<R: Input>(
     // The pages the processes share since a fork, held here before they are made: each
     // inherits them and moves them into place.
     let mut cow = match &st.tree_cow {
-        Some(_) if store.is_some() || !offsets.is_empty() => {
+        Some(_) if store.is_some() || !offsets.is_empty() || !shm_ahead.is_empty() => {
             return Err(Error::Refused(format!(
                 "the image of pid {} shares pages between its processes and has pages copied ahead (a live migration's, or a running checkpoint's), which no crs writes together: it is damaged",
                 st.head.pid
@@ -358,8 +359,9 @@ fn restore_all<R: Input>(
         s.clear_of(&st.vmas)?;
     }
     let grant = opts.grant_caps && creds::is_root();
-    let ahead = store.as_deref_mut().map(Stores::take_shm).unwrap_or_default();
-    let made = Made::make(&mut st, opts, (here.as_ref().map(|h| h.path.as_str()), grant), ahead, &mut notes)?;
+    // The tree's shared memory sent ahead (a live migration's) or copied ahead (PRESHM).
+    shm_ahead.extend(store.as_deref_mut().map(Stores::take_shm).unwrap_or_default());
+    let made = Made::make(&mut st, opts, (here.as_ref().map(|h| h.path.as_str()), grant), shm_ahead, &mut notes)?;
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(

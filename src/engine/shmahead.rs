@@ -448,10 +448,16 @@ fn le32(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
 
-/// A Shm frame: the object made the first time it is named (at most MAX_OBJECTS), its pages
-/// written into it. `room`: the bytes the destination's limit leaves. Returns the bytes of
-/// pages it holds now that it did not.
-pub fn receive(objs: &mut Vec<Held>, b: &[u8], room: u64) -> Result<u64> {
+/// A Shm frame (or PRESHM section) checked: its object, its runs (offsets) and where its data
+/// begins.
+pub struct Parsed {
+    pub obj: Obj,
+    pub runs: Vec<(u64, u64)>,
+    head: usize,
+}
+
+/// Checks a Shm frame (or PRESHM section).
+pub fn parse(b: &[u8]) -> Result<Parsed> {
     let bad = |what: String| Error::Net(crate::net::NetError::Protocol(format!("shared memory sent ahead: {what}")));
     let (dev, ino, size) = (le64(b, 0), le64(b, 8), le64(b, 16));
     let n = le32(b, 24) as usize;
@@ -475,6 +481,16 @@ pub fn receive(objs: &mut Vec<Held>, b: &[u8], room: u64) -> Result<u64> {
     if b.len() as u64 != head as u64 + data {
         return Err(bad(format!("{} bytes of data for runs of {data}", b.len() - head)));
     }
+    Ok(Parsed { obj: Obj { dev, ino, size }, runs, head })
+}
+
+/// A Shm frame (or PRESHM section): the object made the first time it is named (at most
+/// MAX_OBJECTS), its pages written into it. `room`: the bytes the destination's limit
+/// leaves. Returns the bytes of pages it holds now that it did not.
+pub fn receive(objs: &mut Vec<Held>, b: &[u8], room: u64) -> Result<u64> {
+    let bad = |what: String| Error::Net(crate::net::NetError::Protocol(format!("shared memory sent ahead: {what}")));
+    let Parsed { obj: Obj { dev, ino, size }, runs, head } = parse(b)?;
+    let data: u64 = runs.iter().map(|r| r.1 - r.0).sum();
     let k = match objs.iter().position(|h| (h.obj.dev, h.obj.ino) == (dev, ino)) {
         Some(k) if objs[k].obj.size != size => {
             return Err(bad(format!("an object of {} bytes named again with {size}", objs[k].obj.size)));
