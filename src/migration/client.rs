@@ -179,7 +179,7 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
     c.send(Kind::Options, wishes.join(" ").as_bytes()).map_err(|e| here(e.into()))?;
     // The files it maps that the destination has the same of stay out of the image.
-    let mapped = super::files::mapped(pid);
+    let mapped = super::files::mapped_all(&crate::res::tree::walk(pid));
     let boot = crate::res::fileid::boot_id();
     let mut have = Vec::new();
     // A refusal of the Options (an Error frame, then the close) is read here.

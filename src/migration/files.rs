@@ -30,6 +30,26 @@ pub fn mapped(pid: i32) -> Vec<FileId> {
     out
 }
 
+/// [`mapped`] of each of the processes `pids` (a tree: its root may be a shell or su, and the
+/// program its child), each file once. A path under which two of them map different files
+/// is left out: their pages go in the image.
+pub fn mapped_all(pids: &[i32]) -> Vec<FileId> {
+    let mut out: Vec<FileId> = Vec::new();
+    let mut differ: Vec<String> = Vec::new();
+    for &pid in pids {
+        for id in mapped(pid) {
+            match out.iter().find(|f| f.path == id.path) {
+                Some(f) if (f.dev, f.ino) != (id.dev, id.ino) => differ.push(id.path),
+                Some(_) => {}
+                None => out.push(id),
+            }
+        }
+    }
+    out.retain(|f| !differ.contains(&f.path));
+    out.truncate(MAX_FILES);
+    out
+}
+
 trait Regular {
     fn filter_regular(self) -> std::io::Result<FileId>;
     /// The file the mapping `m` maps (its device and inode), not another under its name.
@@ -154,6 +174,33 @@ pub fn held_wholesale(pid: i32, ids: &[FileId], held: &[String]) -> (bool, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree's files are its processes' together: a child's program is among them.
+    #[test]
+    fn a_trees_files_are_those_of_each_of_its_processes() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let kid = child.id() as i32;
+        // (Until it has executed sleep, it maps our program.)
+        let sleep = |ids: &[FileId]| ids.iter().any(|i| i.path.ends_with("/sleep"));
+        for _ in 0..200 {
+            if sleep(&mapped(kid)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let me = std::process::id() as i32;
+        let all = mapped_all(&[me, kid]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!sleep(&mapped(me)) && sleep(&all), "{all:?}");
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(all.iter().any(|i| std::path::Path::new(&i.path) == exe), "{all:?}");
+        let mut paths: Vec<&str> = all.iter().map(|i| i.path.as_str()).collect();
+        paths.sort_unstable();
+        let n = paths.len();
+        paths.dedup();
+        assert_eq!(n, paths.len(), "a file twice: {paths:?}");
+    }
 
     #[test]
     fn a_process_maps_its_program_and_this_node_has_it() {
