@@ -129,6 +129,45 @@ fn a_socket_makes_ckpt_refuse_and_leave_the_process_alone() {
     assert!(p.wait().success());
 }
 
+/// A unix listener's socket file comes back with the permission bits the server gave it (a
+/// database's 0777, for clients of every user), not the restorer's umask's; and what crfinfo
+/// shows of it.
+#[test]
+fn a_unix_listeners_socket_file_keeps_its_mode() {
+    let dir = support::tmpdir("unix-mode");
+    let sock = dir.join("s.sock");
+    let script = "import os, socket, sys, time\n\
+                  s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n\
+                  os.chmod(sys.argv[1], 0o777)\n\
+                  print('ready', flush=True)\n\
+                  while True:\n    c, _ = s.accept(); c.sendall(b'hello\\n'); c.close()\n";
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", script, sock.to_str().unwrap()]);
+    let mut p = support::Proc::spawn(c);
+    p.expect("ready");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&sock), 0o777);
+    let img = dir.join("m.crf");
+    support::ckpt(&["-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    let info = support::run(&["crfinfo", img.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("file mode 777"), "{info:?}");
+    p.kill();
+    std::fs::remove_file(&sock).unwrap();
+    // (rstrt's umask would make it 0755.)
+    let o = support::run(&["rstrt", "-d", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let got = mode(&sock);
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut b = String::new();
+    std::io::Read::read_to_string(&mut s, &mut b).unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(b, "hello\n");
+    assert_eq!(got, 0o777, "the restored socket file's mode is {got:o}");
+}
+
 /// A restore whose unix socket's path another process listens on (the original, running
 /// on) is refused without connecting to it: the listener sees no connection from it (it saw
 /// one per attempt, which closed at once; a server may die of that).

@@ -1192,8 +1192,13 @@ fn unix_listening(states: &[ProcessState]) -> Result<Vec<(crate::res::unixpairs:
                     f.id.ino, f.fd, st.head.pid
                 ))
             })?;
-            let listening =
-                crate::res::unixpairs::Listening { ino: f.id.ino, ty: l.ty, name: l.name, backlog: l.backlog };
+            let listening = crate::res::unixpairs::Listening {
+                ino: f.id.ino,
+                ty: l.ty,
+                name: l.name,
+                backlog: l.backlog,
+                file: l.file,
+            };
             out.push((listening, l.waiting));
         }
     }

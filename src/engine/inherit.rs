@@ -137,7 +137,7 @@ impl Made {
             }
         }
         for l in &st.unix_listening {
-            let fd = unixpairs::listen_here(l)?;
+            let fd = unixpairs::listen_here(l, &st.head, notes)?;
             m.sockets.push((l.ino, fd.as_raw_fd()));
             m.owned.push(fd);
         }

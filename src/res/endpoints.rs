@@ -529,6 +529,9 @@ pub struct Listener {
     pub backlog: u32,
     /// Connections waiting to be accepted (each must be from a process of the checkpoint).
     pub waiting: u32,
+    /// Its socket file's permission bits, owner and group (a path whose file is the one it
+    /// bound).
+    pub file: Option<(u32, u32, u32)>,
 }
 
 /// Whether socket `ino`, held by `pid` as `fd`, is a named unix socket listening, which only
@@ -559,7 +562,16 @@ pub fn unix_listener(within: &[i32], pid: i32, fd: i32, ino: u64) -> Option<List
         }
     }
     let inside = holders(&format!("socket:[{ino}]"), pid, fd).iter().all(|x| x.0 == pid || within.contains(&x.0));
-    (inside && !name.is_empty()).then_some(Listener { ty, name, backlog, waiting: pending })
+    // The socket file, seen from the process's root, if it is the one it bound.
+    let file = (name.first() == Some(&b'/')).then_some(()).and_then(|()| {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::ffi::OsStr::from_bytes(name.split(|&b| b == 0).next().unwrap_or_default());
+        let m = fs::symlink_metadata(format!("/proc/{pid}/root{}", path.to_string_lossy())).ok()?;
+        let (vfs_ino, _) = d.vfs?;
+        (m.ino() == vfs_ino as u64 && m.mode() & libc::S_IFMT == libc::S_IFSOCK)
+            .then(|| (m.mode() & 0o7777, m.uid(), m.gid()))
+    });
+    (inside && !name.is_empty()).then_some(Listener { ty, name, backlog, waiting: pending, file })
 }
 
 /// What sock_diag says of unix socket `ino`: its peer's inode and its shutdown bits.

@@ -389,6 +389,10 @@ pub struct Listening {
     /// sun_path as bound: a path, or an abstract name beginning with a NUL byte.
     pub name: Vec<u8>,
     pub backlog: u32,
+    /// A path's socket file: its permission bits, owner and group (version 9), which the
+    /// restore gives the file it binds (a server's clients of other users must be able to
+    /// connect: postgres makes it 0777).
+    pub file: Option<(u32, u32, u32)>,
 }
 
 /// UNIXCONNS: a connection to a listener the checkpoint holds (a pre-forked server's
@@ -464,8 +468,10 @@ fn sockaddr(name: &[u8], what: &str) -> Result<(libc::sockaddr_un, libc::socklen
     Ok((a, (std::mem::size_of::<libc::sa_family_t>() + name.len()) as libc::socklen_t))
 }
 
-/// Makes listener `l` here (the caller holds the image owner's file-system ids, for a path).
-pub fn listen_here(l: &Listening) -> Result<OwnedFd> {
+/// Makes listener `l` here (the caller holds the image owner's file-system ids, for a path),
+/// its socket file as it was (`head`: the image's first process; what cannot be so goes to
+/// `notes`).
+pub fn listen_here(l: &Listening, head: &crate::res::head::Header, notes: &mut Vec<String>) -> Result<OwnedFd> {
     let what = format!("unix socket listening on {}", crate::text::printable(&name_of(&l.name)));
     // SAFETY: socket takes integers; the fd is owned below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, l.ty as i32 | libc::SOCK_CLOEXEC, 0) };
@@ -517,7 +523,44 @@ pub fn listen_here(l: &Listening) -> Result<OwnedFd> {
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog as i32) } != 0 {
         return Err(sys("listen", &what));
     }
+    if let Some(f) = l.file {
+        file_as_it_was(l, f, head, &what, notes)?;
+    }
     Ok(fd)
+}
+
+/// Gives the socket file of listener `l`, just bound, the permission bits it had (but the
+/// special ones), and its owner and group if they differ and are among the ids of `head`'s
+/// process (an image names no one else's); else says so in `notes`.
+fn file_as_it_was(
+    l: &Listening,
+    (mode, uid, gid): (u32, u32, u32),
+    head: &crate::res::head::Header,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let path = l.name.split(|&b| b == 0).next().unwrap_or_default();
+    let c = std::ffi::CString::new(path).map_err(|_| Error::Refused(format!("{what}: a path with a NUL byte")))?;
+    // SAFETY: fchmodat reads a NUL-terminated path that lives across the call.
+    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode & 0o777, 0) } != 0 {
+        return Err(sys("chmod", what));
+    }
+    let now = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).map_err(|e| Error::io(what, e))?;
+    if (now.uid(), now.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    let theirs = head.uids.contains(&uid) && (head.gids.contains(&gid) || head.groups.contains(&gid));
+    // SAFETY: lchown reads a NUL-terminated path that lives across the call.
+    if !theirs || unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+        notes.push(format!(
+            "{what}: its file is uid {}'s and gid {}'s here, not uid {uid}'s and gid {gid}'s (another process's than the first's, or not ours to give)",
+            now.uid(),
+            now.gid()
+        ));
+    }
+    Ok(())
 }
 
 pub fn encode_listening(all: &[Listening]) -> Vec<u8> {
@@ -525,6 +568,14 @@ pub fn encode_listening(all: &[Listening]) -> Vec<u8> {
     e.u32(all.len() as u32);
     for l in all {
         e.u64(l.ino).u32(l.ty).bytes(&l.name).u32(l.backlog);
+    }
+    // (Version 9: the socket files, after the listeners.)
+    let files: Vec<(u64, (u32, u32, u32))> = all.iter().filter_map(|l| Some((l.ino, l.file?))).collect();
+    if !files.is_empty() {
+        e.u32(files.len() as u32);
+        for (ino, (mode, uid, gid)) in files {
+            e.u64(ino).u32(mode).u32(uid).u32(gid);
+        }
     }
     e.into_bytes()
 }
@@ -535,12 +586,25 @@ pub fn decode_listening(b: &[u8], at: u64) -> CrfResult<Vec<Listening>> {
     let mut out: Vec<Listening> = Vec::with_capacity(n);
     for _ in 0..n {
         let rec = d.offset();
-        let l = Listening { ino: d.u64()?, ty: d.u32()?, name: d.bytes()?.to_vec(), backlog: d.u32()? };
+        let l = Listening { ino: d.u64()?, ty: d.u32()?, name: d.bytes()?.to_vec(), backlog: d.u32()?, file: None };
         let types = [libc::SOCK_STREAM as u32, libc::SOCK_SEQPACKET as u32];
         if !types.contains(&l.ty) || l.name.is_empty() || l.name.len() > 108 || out.iter().any(|o| o.ino == l.ino) {
             return Err(d.bad_at(rec, format!("listening socket {} of type {}", l.ino, l.ty)));
         }
         out.push(l);
+    }
+    // (Version 9: the socket files of paths, each once.)
+    if d.remaining() > 0 {
+        let m = d.count(20)?;
+        for _ in 0..m {
+            let rec = d.offset();
+            let (ino, mode, uid, gid) = (d.u64()?, d.u32()?, d.u32()?, d.u32()?);
+            let l = out.iter_mut().find(|l| l.ino == ino && l.file.is_none() && l.name.first() == Some(&b'/'));
+            match l {
+                Some(l) if mode <= 0o7777 => l.file = Some((mode, uid, gid)),
+                _ => return Err(d.bad_at(rec, format!("the socket file of listener {ino}, mode {mode:o}"))),
+            }
+        }
     }
     d.finish()?;
     Ok(out)
@@ -548,6 +612,9 @@ pub fn decode_listening(b: &[u8], at: u64) -> CrfResult<Vec<Listening>> {
 
 pub fn describe_listening(all: &[Listening]) -> Vec<String> {
     all.iter()
-        .map(|l| format!("listen:    unix socket {} on {}, backlog {}", l.ino, name_of(&l.name), l.backlog))
+        .map(|l| {
+            let file = l.file.map_or(String::new(), |(m, u, g)| format!(", file mode {m:o} uid {u} gid {g}"));
+            format!("listen:    unix socket {} on {}, backlog {}{file}", l.ino, name_of(&l.name), l.backlog)
+        })
         .collect()
 }
