@@ -1269,3 +1269,108 @@ fn mapping_flags_that_change_as_a_post_copied_process_is_frozen_stop_it() {
     }
     let _ = src.kill();
 }
+
+/// PostgreSQL (Debian's, nobody here wrote it) started with su, as an admin does: su, the
+/// postmaster and the processes it forks, its buffers in MAP_SHARED anonymous memory, a
+/// System V segment, and a unix socket its clients of every user connect to. Moved with
+/// --live to node b (a pid, IPC and mount namespace of its own there, with its own socket
+/// directory: the paths are free as on another machine): the memory they share goes ahead,
+/// the program's libraries under su are the destination's own (not in the image), and
+/// there it answers with every row and takes more, for its user and for nobody.
+#[test]
+fn postgres_under_su_moves_live_and_serves_every_user_there() {
+    let pg = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).filter(|b| b.join("postgres").exists()).max())
+        .ok()
+        .flatten();
+    let ok = pg.is_some() && Path::new("/usr/bin/psql").exists() && is_root();
+    if !require(ok, "root, postgres and psql (apt install postgresql)") {
+        return;
+    }
+    let bin = pg.unwrap();
+    let bin = bin.to_str().unwrap();
+    let Some(n) = Nodes::new() else { return };
+    let dir = tmpdir("mig-postgres");
+    let d = dir.to_str().unwrap().to_string();
+    let key = keyfile(&dir, "key");
+    let (data, sock) = (format!("{d}/data"), format!("{d}/sock"));
+    std::fs::create_dir(&sock).unwrap();
+    assert!(Command::new("chown").args(["-R", "postgres", &d]).status().unwrap().success());
+    // A shell command as a user, in this mount namespace or in that of process `at`.
+    let sh = |user: &str, at: Option<i32>, cmd: &str| {
+        let mut c = Command::new("nsenter");
+        if let Some(p) = at {
+            c.args(["-t", &p.to_string(), "-m"]);
+        }
+        c.args(["su", user, "-s", "/bin/sh", "-c", cmd]).stdin(Stdio::null());
+        close_extra_fds(&mut c);
+        let o = c.output().unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout).trim(), stderr(&o)))
+    };
+    let (ok, said) = sh("postgres", None, &format!("{bin}/initdb -D {data} -A trust --no-sync"));
+    assert!(ok, "initdb: {said}");
+    let run = format!("exec {bin}/postgres -D {data} -k {sock} -c listen_addresses='' -c shared_buffers=64MB");
+    let mut c = n.cmd(&n.a, "su", &["postgres", "-s", "/bin/sh", "-c", &run]);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut src = c.spawn().unwrap();
+    let su = src.id() as i32;
+    let psql = |user: &str, at: Option<i32>, sql: &str| {
+        sh(user, at, &format!("psql -h {sock} -U postgres -d postgres -Atc \"{sql}\""))
+    };
+    let t0 = std::time::Instant::now();
+    while !psql("postgres", None, "SELECT 1").0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "postgres did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let made = psql(
+        "postgres",
+        None,
+        "CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
+    );
+    assert!(made.0, "{}", made.1);
+    let sum = "SELECT count(*), sum(n) FROM t";
+    let before = psql("postgres", None, sum);
+    assert_eq!(before, (true, "100000|5000050000".to_string()));
+    let setup = format!(
+        "mount -t tmpfs none {sock} && chown postgres {sock} && exec {} restartd -b {} -p 1023 --key {key} --allow-root",
+        crs(),
+        n.addr_b
+    );
+    let ns = ["--pid", "--ipc", "--mount", "--propagation", "private", "--fork", "--mount-proc", "sh", "-c", &setup];
+    let mut c = n.cmd(&n.b, "unshare", &ns);
+    c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let said = watch(&mut child, "listening on", "restartd");
+    let _d = Daemon(child, said);
+    let o = migrate(&n, &["--key", &key, "--live", "-v", &su.to_string(), &n.addr_b]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "migrate: {err}");
+    assert!(gone(&mut src), "the source still runs");
+    assert!(bytes_before(&err, " bytes of memory the tree shares") >= 64 << 20, "{err}");
+    // (With the program's and its libraries' pages, some 70 MB.)
+    let image = bytes_before(&err, " bytes in ");
+    assert!(image < 40 << 20, "the image after the freeze carried {image} bytes: {err}");
+    let there = outer_pid(pid_there(&o));
+    // Its POSIX shared memory files, which outlive it, removed at the end.
+    struct Leftover(Vec<String>);
+    impl Drop for Leftover {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|f| drop(std::fs::remove_file(f)));
+        }
+    }
+    let (mut files, mut tree) = (Vec::new(), vec![there]);
+    while let Some(p) = tree.pop() {
+        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        tree.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
+        files.extend(maps.split_whitespace().filter(|w| w.starts_with("/dev/shm/PostgreSQL.")).map(String::from));
+    }
+    files.sort_unstable();
+    files.dedup();
+    let _left = Leftover(files);
+    assert_eq!(psql("postgres", Some(there), sum), before, "{err}");
+    let more = psql("postgres", Some(there), "INSERT INTO t VALUES (100001, 'there')");
+    assert!(more.0, "{}", more.1);
+    // Its socket file as postgres made it, open to every user.
+    assert_eq!(psql("nobody", Some(there), "SELECT count(*) FROM t"), (true, "100001".to_string()));
+}
