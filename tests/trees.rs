@@ -29,6 +29,8 @@ fn a_tree_comes_back_with_its_relations_and_zombies() {
     let kids = pids(&ready);
     assert_eq!(kids.len(), 5, "{ready}");
     let img = format!("{d}/t.crf");
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let names = [comm(kids[3]), comm(kids[4])];
     let o = ckpt(&["-k", "-v", "-o", &img, &p.pid().to_string()]);
     // main, 3 children, 2 grandchildren; 2 zombies.
     assert!(stderr(&o).contains("and 7 descendants (2 zombies)"), "{}", stderr(&o));
@@ -41,7 +43,18 @@ fn a_tree_comes_back_with_its_relations_and_zombies() {
     let mut all = kids.clone();
     all.push(p.pid());
     gone(&all);
-    rstrt(&["--require-pid", &img]).verdict("ok");
+    let mut r = rstrt(&["--require-pid", &img]);
+    // Each zombie has its name back (ps shows it so), not the restorer's.
+    for (z, name) in kids[3..].iter().zip(names) {
+        let t0 = std::time::Instant::now();
+        let state = || std::fs::read_to_string(format!("/proc/{z}/stat")).unwrap_or_default();
+        while !state().contains(") Z ") {
+            assert!(t0.elapsed() < TIMEOUT, "pid {z} is not a zombie again: {}", state());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(comm(*z), name, "the name of zombie {z}");
+    }
+    r.verdict("ok");
 }
 
 /// A copy in a pid namespace of its own, while the original runs on: both check themselves.

@@ -163,7 +163,7 @@ pub fn create(
     for m in members.iter().filter(|m| m.zombie.is_some()) {
         if let Some(i) = fam.procs.iter().position(|p| p.original == m.pid) {
             let p = fam.procs.remove(i);
-            die(p, m.zombie.unwrap_or(0))?;
+            die(p, m.zombie.unwrap_or(0), &m.comm)?;
         }
     }
     Ok(fam)
@@ -313,13 +313,20 @@ fn groups(fam: &mut Family, members: &[Member]) -> Result<()> {
     Ok(())
 }
 
-/// Makes `p` exit with wait status `status`, leaving the zombie for its parent to reap.
-fn die(mut p: Proc, status: i32) -> Result<()> {
+/// Makes `p` exit with wait status `status`, leaving the zombie, named `comm` (if any: ps
+/// shows it so), for its parent to reap.
+fn die(mut p: Proc, status: i32, comm: &str) -> Result<()> {
     let pid = p.t.pid;
     let done = |r: Result<()>| match r {
         Err(Error::Gone(_)) | Ok(()) => Ok(()),
         Err(e) => Err(e),
     };
+    if !comm.is_empty() {
+        scratch(&mut p)?;
+        let mut l = crate::ptrace::calls::Calls::new();
+        l.set_name(comm);
+        with(&mut p, |c| c.run(&l))?;
+    }
     if !libc::WIFSIGNALED(status) {
         let code = libc::WEXITSTATUS(status) as u64;
         return done(with(&mut p, |c| c.r.raw(libc::SYS_exit_group, [code, 0, 0, 0, 0, 0]).map(drop)));

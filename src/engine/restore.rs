@@ -322,7 +322,7 @@ fn restore_all<R: Input>(
     }
     let tree = if st.tree.is_empty() {
         let h = &st.head;
-        vec![Member { pid: h.pid, ppid: h.ppid, pgid: h.pgid, sid: h.sid, zombie: None }]
+        vec![Member { pid: h.pid, ppid: h.ppid, pgid: h.pgid, sid: h.sid, zombie: None, comm: String::new() }]
     } else {
         std::mem::take(&mut st.tree)
     };

@@ -19,6 +19,8 @@ pub struct Member {
     pub sid: i32,
     /// A zombie: its wait status (as waitpid reports it).
     pub zombie: Option<i32>,
+    /// A zombie's name (what ps shows of it; version 9), empty otherwise.
+    pub comm: String,
 }
 
 /// The most processes an image holds (a restore forks them with the restorer's privileges).
@@ -55,7 +57,12 @@ pub fn walk(root: i32) -> Vec<i32> {
 pub fn member(pid: i32) -> Result<Member> {
     let s = procfs::read_stat(pid)?;
     let zombie = (s.state == 'Z').then_some(s.exit_code);
-    Ok(Member { pid, ppid: s.ppid, pgid: s.pgid, sid: s.sid, zombie })
+    // (At most 15 bytes, as the kernel keeps it; a name read lossily may have grown.)
+    let mut comm = if zombie.is_some() { s.comm } else { String::new() };
+    while comm.len() > 15 {
+        comm.pop();
+    }
+    Ok(Member { pid, ppid: s.ppid, pgid: s.pgid, sid: s.sid, zombie, comm })
 }
 
 /// "pid 12 (sh)".
@@ -116,6 +123,14 @@ pub fn encode(all: &[Member]) -> Vec<u8> {
         e.u32(m.pid as u32).u32(m.ppid as u32).u32(m.pgid as u32).u32(m.sid as u32);
         e.u8(m.zombie.is_some() as u8).u32(m.zombie.unwrap_or(0) as u32);
     }
+    // (Version 9: the zombies' names, after the processes.)
+    let named: Vec<&Member> = all.iter().filter(|m| m.zombie.is_some() && !m.comm.is_empty()).collect();
+    if !named.is_empty() {
+        e.u32(named.len() as u32);
+        for m in named {
+            e.u32(m.pid as u32).bytes(m.comm.as_bytes());
+        }
+    }
     e.into_bytes()
 }
 
@@ -130,7 +145,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Member>> {
         let (pid, ppid, pgid, sid) = (d.u32()? as i32, d.u32()? as i32, d.u32()? as i32, d.u32()? as i32);
         let zombie = d.u8()? != 0;
         let status = d.u32()? as i32;
-        let m = Member { pid, ppid, pgid, sid, zombie: zombie.then_some(status) };
+        let m = Member { pid, ppid, pgid, sid, zombie: zombie.then_some(status), comm: String::new() };
         if m.pid <= 0 || out.iter().any(|o| o.pid == m.pid) {
             return Err(d.bad_at(at, format!("process {i}: pid {} again or not a pid", m.pid)));
         }
@@ -148,6 +163,23 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Member>> {
         }
         out.push(m);
     }
+    // (Version 9: the zombies' names.)
+    if d.remaining() > 0 {
+        let k = d.count(8)?;
+        for _ in 0..k {
+            let rec = d.offset();
+            let (pid, name) = (d.u32()? as i32, d.bytes()?);
+            let m = out.iter_mut().find(|m| m.pid == pid && m.zombie.is_some() && m.comm.is_empty());
+            match (m, std::str::from_utf8(name)) {
+                (Some(m), Ok(n)) if !n.is_empty() && n.len() < 16 && !n.contains('\0') => m.comm = n.to_string(),
+                _ => {
+                    return Err(
+                        d.bad_at(rec, format!("a name for pid {pid}, which is no zombie of the tree or has one"))
+                    );
+                }
+            }
+        }
+    }
     d.finish()?;
     Ok(out)
 }
@@ -161,7 +193,8 @@ pub fn describe(all: &[Member]) -> Vec<String> {
                 Some(s) => format!(", zombie exited {}", libc::WEXITSTATUS(s)),
                 None => String::new(),
             };
-            format!("tree:      pid {} parent {} group {} session {}{z}", m.pid, m.ppid, m.pgid, m.sid)
+            let name = if m.comm.is_empty() { String::new() } else { format!(", named {}", m.comm) };
+            format!("tree:      pid {} parent {} group {} session {}{z}{name}", m.pid, m.ppid, m.pgid, m.sid)
         })
         .collect()
 }
@@ -171,13 +204,23 @@ mod tests {
     use super::*;
 
     fn m(pid: i32, ppid: i32, pgid: i32, sid: i32) -> Member {
-        Member { pid, ppid, pgid, sid, zombie: None }
+        Member { pid, ppid, pgid, sid, zombie: None, comm: String::new() }
     }
 
     #[test]
     fn round_trip_and_order() {
         let all = vec![m(10, 1, 10, 10), m(11, 10, 10, 10), Member { zombie: Some(3 << 8), ..m(12, 11, 12, 10) }];
         assert_eq!(decode(&encode(&all), 0).unwrap(), all);
+        // A zombie's name; none for a live process.
+        let mut named = all.clone();
+        named[2].comm = "worker".into();
+        assert_eq!(decode(&encode(&named), 0).unwrap(), named);
+        let mut b = encode(&all);
+        b.extend(1u32.to_le_bytes());
+        b.extend(11u32.to_le_bytes());
+        b.extend(4u32.to_le_bytes());
+        b.extend(b"live");
+        assert!(decode(&b, 0).is_err(), "a name for a live process");
         // A child before its parent, a zombie's child, a zombie root.
         assert!(decode(&encode(&[all[0].clone(), all[2].clone(), all[1].clone()]), 0).is_err());
         let mut z = all.clone();
