@@ -292,6 +292,7 @@ fn a_stopped_process_comes_back_stopped() {
     let o = support::run(&["rstrt", "-d", img.to_str().unwrap()]);
     assert!(o.status.success(), "{}", support::stderr(&o));
     let new: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let _new = support::KillOnDrop(new);
     stopped(new);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(read(), at, "the copy counted while it should be stopped");
@@ -302,6 +303,4 @@ fn a_stopped_process_comes_back_stopped() {
         assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the copy did not count on after SIGCONT");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(new, libc::SIGKILL) };
 }

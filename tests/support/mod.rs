@@ -407,6 +407,16 @@ impl Drop for Reap {
     }
 }
 
+/// A process a test restored (not its child): killed when the test ends, even when it fails.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 impl Said {
     /// Every line said so far.
     pub fn all(&self) -> Vec<String> {
