@@ -130,4 +130,37 @@ fn a_file_the_user_may_no_longer_open_is_named_with_its_uid() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     let want = format!("the image's fd 2 ({}) cannot be reopened as uid 65534", log.display());
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give uid 65534 access to it"), "{}", stderr(&o));
+}
+
+/// A user's process holding a file its user may not open (root opened it for it: a daemon's
+/// log before it dropped its privileges) can be checkpointed, but ckpt --check says the
+/// restore would refuse it, naming the fd, the file and the uid; once the user may, it says
+/// nothing.
+#[test]
+fn check_says_which_file_a_restore_could_not_reopen() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    use std::os::unix::fs::{OpenOptionsExt, chown};
+    let dir = open_dir("sec-check-reopen");
+    let d = dir.to_str().unwrap();
+    let log = dir.join("root.log");
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&log).unwrap();
+    let mut c = as_nobody(&[support::target("memory").to_str().unwrap(), d, "8"]);
+    c.current_dir(&dir).stderr(f);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid().to_string();
+    let o = run(&["ckpt", "--check", &pid]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && out.contains(&format!("pid {pid} can be checkpointed")), "{out}");
+    let want =
+        format!("note: pid {pid}'s fd 2 is {}, which its user (uid 65534) may not open for writing", log.display());
+    assert!(out.contains(&want), "{out}");
+    chown(&log, Some(65534), Some(65534)).unwrap();
+    let o = run(&["ckpt", "--check", &pid]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && !out.contains("note:"), "{out}");
+    p.kill();
 }

@@ -55,7 +55,8 @@ struct Args {
     #[argh(switch)]
     unix_reconnect: bool,
     /// only say whether the process can be checkpointed, and every reason it cannot, one a
-    /// line; the process is not touched
+    /// line (and a note for each file its user could not open again, which a restore would
+    /// refuse); the process is not touched
     #[argh(switch)]
     check: bool,
     /// copy the memory with the process frozen throughout (as --kill and --stop do): by
@@ -134,6 +135,9 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         return match crate::check(a.pid, &flags) {
             Ok(()) => {
                 println!("pid {} can be checkpointed", a.pid);
+                for n in unreopenable(a.pid, a.alone) {
+                    println!("note: {}", crate::text::printable(&n));
+                }
                 exit::OK
             }
             Err(Error::Blocked { pid, reasons }) => {
@@ -172,6 +176,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         flags_later: None,
         running: (!a.frozen).then(|| std::time::Duration::from_millis(a.max_frozen.unwrap_or(50).max(1))),
     };
+    // Said before the checkpoint: the image is made anyway (the file may be fixed by then).
+    for n in unreopenable(a.pid, a.alone) {
+        eprintln!("{name}: note: {n}");
+    }
     let path = a.output.unwrap_or_else(|| format!("{}.crf", a.pid));
     // An existing device or FIFO (/dev/null, a named pipe) is written in place; only regular
     // files get the temporary name and the rename.
@@ -258,4 +266,10 @@ pub fn main(name: &str, argv: &[String]) -> i32 {
         }
         Err(e) => exit::report(name, &e),
     }
+}
+
+/// [`crate::res::files::unreopenable`] of `pid`, and of its descendants unless `alone`.
+fn unreopenable(pid: i32, alone: bool) -> Vec<String> {
+    let pids = if alone { vec![pid] } else { crate::res::tree::walk(pid) };
+    crate::res::files::unreopenable(&pids)
 }

@@ -126,6 +126,10 @@ fn run(a: &Args) -> Result<()> {
         post_copy: a.post_copy,
         backend: a.backend.parse().map_err(Error::Usage)?,
     };
+    // (The destination reopens them as the process's user, and would refuse the image.)
+    for n in crate::res::files::unreopenable(&crate::res::tree::walk(a.pid)) {
+        eprintln!("migrate: note: {n}");
+    }
     let m = migrate(a.pid, &addrs, &opts)?;
     if let Some(why) = &m.ahead.not_live {
         eprintln!("migrate: not live: {why}; the process was frozen for the whole copy");

@@ -100,9 +100,10 @@ pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     if raw < 0 {
         let e = Errno::last();
         return Err(match e {
-            Errno::EACCES | Errno::EPERM => {
-                Error::Permission(format!("the image's {what} cannot be reopened as its owner: {}", e.desc()))
-            }
+            Errno::EACCES | Errno::EPERM => Error::Permission(format!(
+                "the image's {what} cannot be reopened as its owner: {} (opened with privileges the process dropped since, or its mode changed): give its owner access to it, and restore again",
+                e.desc()
+            )),
             e => Error::sys("open", what, e),
         });
     }

@@ -992,7 +992,7 @@ fn open_by_path(
             0.. => Ok(()),
             e if !mine && (e == -(libc::EACCES as i64) || e == -(libc::EPERM as i64)) => {
                 Err(Error::Permission(format!(
-                    "the image's fd {fd} ({path}) cannot be reopened as uid {uid}: {}",
+                    "the image's fd {fd} ({path}) cannot be reopened as uid {uid}: {} (opened with privileges the process dropped since, or its mode changed): give uid {uid} access to it, and restore again",
                     Errno::from_raw(-e as i32).desc()
                 )))
             }
@@ -1032,6 +1032,75 @@ fn peerless(c: &mut Ctl, access: u32, what: &str) -> Result<i32> {
     };
     c.close(drop, what)?;
     Ok(keep)
+}
+
+/// Whether a user (`uid`, and its groups `gids`) may access a file of metadata `m` as `want`
+/// asks (4 read, 2 write, 1 search), by its permission bits (root: always; ACLs aside).
+fn may(m: &fs::Metadata, uid: u32, gids: &[u32], want: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let bits = if uid == 0 {
+        7
+    } else if m.uid() == uid {
+        m.mode() >> 6
+    } else if gids.contains(&m.gid()) {
+        m.mode() >> 3
+    } else {
+        m.mode()
+    };
+    bits & want == want
+}
+
+/// The regular files processes `pids` hold open by a path their own user could not open them
+/// by again (opened with privileges the process dropped since, or whose mode changed): a
+/// restore reopens each as its process's user, and refuses the image there. One line each,
+/// for the user to act on before the checkpoint is needed.
+pub fn unreopenable(pids: &[i32]) -> Vec<String> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Ok(status) = procfs::read_status(pid) else { continue };
+        let ids = |key: &str| -> Vec<u32> {
+            procfs::status_field(&status, key)
+                .map_or(Vec::new(), |v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        };
+        let (uids, mut gids) = (ids("Uid"), ids("Gid"));
+        let (Some(&uid), Some(&gid)) = (uids.get(3), gids.get(3)) else { continue };
+        gids = [vec![gid], ids("Groups")].concat();
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in dir.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(target) = fs::read_link(e.path()) else { continue };
+            let path = target.to_string_lossy().into_owned();
+            if !path.starts_with('/') || path.ends_with(" (deleted)") {
+                continue;
+            }
+            let Ok(m) = fs::metadata(e.path()) else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            // Each directory on the way is searched, then the file opened. (How it is open
+            // matters only when the user may not both read and write it.)
+            let dirs = target.ancestors().skip(1).all(|d| fs::metadata(d).is_ok_and(|m| may(&m, uid, &gids, 1)));
+            if dirs && may(&m, uid, &gids, 6) {
+                continue;
+            }
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let Some((_, flags)) = procfs::parse_fdinfo(&info) else { continue };
+            let want = match flags & libc::O_ACCMODE as u32 {
+                0 => 4,
+                1 => 2,
+                _ => 6,
+            };
+            if dirs && may(&m, uid, &gids, want) {
+                continue;
+            }
+            let how = if want == 4 { "reading" } else { "writing" };
+            out.push(format!(
+                "pid {pid}'s fd {fd} is {}, which its user (uid {uid}) may not open for {how}: a restore reopens it as that user, and refuses the image; give uid {uid} access to it",
+                crate::text::printable(&path)
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
