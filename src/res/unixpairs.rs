@@ -539,25 +539,37 @@ fn file_as_it_was(
     what: &str,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
     let path = l.name.split(|&b| b == 0).next().unwrap_or_default();
     let c = std::ffi::CString::new(path).map_err(|_| Error::Refused(format!("{what}: a path with a NUL byte")))?;
-    // SAFETY: fchmodat reads a NUL-terminated path that lives across the call.
-    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode & 0o777, 0) } != 0 {
+    // The file itself, as a path (no symlink followed: one swapped in since would lead our
+    // chmod elsewhere), and only if it is a socket.
+    // SAFETY: open reads a NUL-terminated path that lives across the call.
+    let raw = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(sys("open (O_PATH)", what));
+    }
+    // SAFETY: just opened, ours alone.
+    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    let now = nix::sys::stat::fstat(&file).map_err(|e| Error::sys("fstat", what, e))?;
+    if now.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(Error::Refused(format!("{what}: its path no longer names a socket")));
+    }
+    let by_fd = std::ffi::CString::new(format!("/proc/self/fd/{raw}")).map_err(|_| Error::Proc("fd path".into()))?;
+    // SAFETY: fchmodat reads a NUL-terminated path that lives across the call; it leads to
+    // the inode our fd holds.
+    if unsafe { libc::fchmodat(libc::AT_FDCWD, by_fd.as_ptr(), mode & 0o777, 0) } != 0 {
         return Err(sys("chmod", what));
     }
-    let now = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).map_err(|e| Error::io(what, e))?;
-    if (now.uid(), now.gid()) == (uid, gid) {
+    if (now.st_uid, now.st_gid) == (uid, gid) {
         return Ok(());
     }
     let theirs = head.uids.contains(&uid) && (head.gids.contains(&gid) || head.groups.contains(&gid));
-    // SAFETY: lchown reads a NUL-terminated path that lives across the call.
-    if !theirs || unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+    // SAFETY: fchownat with AT_EMPTY_PATH changes the inode our fd holds; the empty path is
+    // a NUL-terminated string that lives across the call.
+    if !theirs || unsafe { libc::fchownat(raw, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
         notes.push(format!(
             "{what}: its file is uid {}'s and gid {}'s here, not uid {uid}'s and gid {gid}'s (another process's than the first's, or not ours to give)",
-            now.uid(),
-            now.gid()
+            now.st_uid, now.st_gid
         ));
     }
     Ok(())
