@@ -21,7 +21,7 @@
 //! and data (precopy::put_runs), each run's address an offset in the object.
 
 use super::layout::{intersect, minus};
-use super::precopy::{Frame, put_runs};
+use super::precopy::{Frame, le32, le64, put_runs};
 use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::ptrace::pagemap::join;
@@ -438,14 +438,6 @@ impl Held {
     pub fn bytes(&self) -> u64 {
         self.got.iter().map(|r| r.1 - r.0).sum()
     }
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).map_or(0, word)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
 
 /// A Shm frame (or PRESHM section) checked: its object, its runs (offsets) and where its data

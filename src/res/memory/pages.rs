@@ -43,17 +43,9 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
         // page table does not show: take all of it, but for what lies in `kept` (the tree's
         // shared memory a live migration sent ahead, unchanged: engine::shmahead).
         KIND_SHMEM => {
-            let mut at = v.start;
-            for &(ks, ke) in &kept[kept.partition_point(|r| r.1 <= v.start)..] {
-                if ks >= v.end {
-                    break;
-                }
-                let (ks, ke) = (ks.max(v.start), ke.min(v.end));
-                push(at, ks, 0);
-                push(ks, ke, RUN_KEPT);
-                at = ke;
+            for (s, e, k) in by_kept(v, kept) {
+                push(s, e, if k { RUN_KEPT } else { 0 });
             }
-            push(at, v.end, 0);
         }
         // A file's private mapping: the pages it changed (copied on write) are its own; with
         // copy, the others up to the end of the file come from the file (past it they cannot
@@ -81,28 +73,34 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
         // since a fork, found in memory), or a post-copy's, sent later. A walk of a GiB of page
         // table costs some 4 ms of the freeze on this VM.
         _ => {
-            let mut at = v.start;
-            for &(ks, ke) in &kept[kept.partition_point(|r| r.1 <= v.start)..] {
-                if ks >= v.end {
-                    break;
-                }
-                let (ks, ke) = (ks.max(v.start), ke.min(v.end));
-                if at < ks {
-                    for (s, e) in pagemap.own_data(at, ks)? {
-                        push(s, e, 0);
-                    }
-                }
-                push(ks, ke, RUN_KEPT);
-                at = ke;
-            }
-            if at < v.end {
-                for (s, e) in pagemap.own_data(at, v.end)? {
-                    push(s, e, 0);
+            for (s, e, k) in by_kept(v, kept) {
+                match k {
+                    true => push(s, e, RUN_KEPT),
+                    false => pagemap.own_data(s, e)?.into_iter().for_each(|(s, e)| push(s, e, 0)),
                 }
             }
         }
     }
     Ok(runs)
+}
+
+/// Mapping `v` cut by the sorted ranges `kept`: its stretches in order, each with whether it
+/// lies in them.
+fn by_kept(v: &Vma, kept: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::new();
+    let mut at = v.start;
+    for &(ks, ke) in kept[kept.partition_point(|r| r.1 <= v.start)..].iter().take_while(|r| r.0 < v.end) {
+        let (ks, ke) = (ks.max(v.start), ke.min(v.end));
+        if at < ks {
+            out.push((at, ks, false));
+        }
+        out.push((ks, ke, true));
+        at = ke;
+    }
+    if at < v.end {
+        out.push((at, v.end, false));
+    }
+    out
 }
 
 /// A range of addresses: [start, end).
