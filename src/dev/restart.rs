@@ -53,7 +53,7 @@ fn read_all(f: &File) -> Result<Checked> {
     let mut st = ProcessState::default();
     let mut sections = SectionReader::new();
     let first = r.next_section()?;
-    if first.is_some_and(|s| [Tag::PREAREAS, Tag::PREPAGES, Tag::PREMEMBER].contains(&s.tag)) {
+    if first.is_some_and(|s| [Tag::PREAREAS, Tag::PREPAGES, Tag::PREMEMBER, Tag::PRESHM].contains(&s.tag)) {
         return Err(refused(
             "its memory was copied while the process ran (checkpoint it with ckpt --frozen for this backend)",
         ));
