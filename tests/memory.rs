@@ -461,6 +461,42 @@ fn restore_writers(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: 
     (new, kid)
 }
 
+/// writer.c in `mode` at `rate` MB/s and the child it forks, checkpointed with -v into
+/// DIR/t.crf while they run, which -v says of both.
+struct RunningTree {
+    w: std::process::Child,
+    log: std::path::PathBuf,
+    pid: i32,
+    kid: i32,
+    img: String,
+    err: String,
+}
+
+/// [`RunningTree`]; None (the writer gone) when the kernel cannot track writes.
+fn running_tree(dir: &std::path::Path, rate: &str, mode: &str) -> Option<RunningTree> {
+    let (mut w, log, pid) = writer_with(dir, rate, mode);
+    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let img = dir.join("t.crf").to_str().unwrap().to_string();
+    let o = ckpt(&["-v", "-o", &img, &pid.to_string()]);
+    let err = stderr(&o);
+    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
+        w.kill().unwrap();
+        return None;
+    }
+    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    Some(RunningTree { w, log, pid, kid, img, err })
+}
+
+/// Each of `pids` answers its check as itself after the checkpoint, untracked.
+fn ran_on(pids: &[i32], log: &std::path::Path) {
+    for &p in pids {
+        let v = support::nodes::check(p, log);
+        assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
+        assert!(!tracked(p), "pid {p} is left tracked");
+    }
+}
+
 /// A running checkpoint of a tree whose processes hold their own memory copies the memory of
 /// each while they write it (PREMEMBER sections say whose), and freezes them only for what
 /// they wrote since; restored from a file, as a stream and lazily, each process checks every
@@ -469,25 +505,11 @@ fn restore_writers(img: &str, args: &[&str], stdin: Option<std::fs::File>, log: 
 #[test]
 fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
     let dir = tmpdir("mem-running-tree");
-    let (mut w, log, pid) = writer_with(&dir, "10", "fork");
-    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let img = dir.join("t.crf");
-    let img = img.to_str().unwrap();
-    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
-    let err = stderr(&o);
-    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
-        w.kill().unwrap();
-        return;
-    }
-    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    let Some(RunningTree { mut w, log, pid, kid, img, err }) = running_tree(&dir, "10", "fork") else { return };
+    let img = img.as_str();
     let frozen = frozen_pages(&err);
     assert!(frozen < 8192, "the frozen part carried {frozen} pages of two 64 MiB processes: {err}");
-    for p in [pid, kid] {
-        let v = support::nodes::check(p, &log);
-        assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
-        assert!(!tracked(p), "pid {p} is left tracked");
-    }
+    ran_on(&[pid, kid], &log);
     let info = run(&["crfinfo", img]);
     assert!(info.status.success(), "{}", stderr(&info));
     let out = String::from_utf8_lossy(&info.stdout);
@@ -513,14 +535,8 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
     // the child's pages that are still the parent's stored once, as the parent's; restored,
     // the two share them again.
     let dir = tmpdir("mem-running-cow");
-    let (mut w, log, pid) = writer_with(&dir, "1", "cow");
-    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let img = dir.join("c.crf");
-    let img = img.to_str().unwrap();
-    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
-    let err = stderr(&o);
-    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    let Some(RunningTree { mut w, log, kid, img, err, .. }) = running_tree(&dir, "1", "cow") else { return };
+    let img = img.as_str();
     let frozen = frozen_pages(&err);
     assert!(frozen < 8192, "the frozen part carried {frozen} pages of two 64 MiB processes: {err}");
     let size = std::fs::metadata(img).unwrap().len();
@@ -550,26 +566,12 @@ fn a_running_checkpoint_copies_a_trees_memory_while_it_writes_it() {
 #[test]
 fn a_running_checkpoint_copies_the_memory_a_tree_shares_while_it_writes_it() {
     let dir = tmpdir("mem-running-shm");
-    let (mut w, log, pid) = writer_with(&dir, "10", "shm");
-    let kid: i32 = support::nodes::log_line(&log, "forked", 0).split_whitespace().nth(1).unwrap().parse().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let img = dir.join("s.crf");
-    let img = img.to_str().unwrap();
-    let o = ckpt(&["-v", "-o", img, &pid.to_string()]);
-    let err = stderr(&o);
-    if !require(!err.contains("Linux 6.7+"), "write tracking (Linux 6.7+)") {
-        w.kill().unwrap();
-        return;
-    }
-    assert!(err.contains(&format!("copied while they ran: the memory of pids {pid}, {kid}")), "{err}");
+    let Some(RunningTree { mut w, log, pid, kid, img, err }) = running_tree(&dir, "10", "shm") else { return };
+    let img = img.as_str();
     // (The 64 MiB they share alone are 16384 pages.)
     let frozen = frozen_pages(&err);
     assert!(frozen < 8192, "the frozen part carried {frozen} pages of a tree sharing 64 MiB: {err}");
-    for p in [pid, kid] {
-        let v = support::nodes::check(p, &log);
-        assert!(v.starts_with("ok") && v.contains(&format!("pid {p}")), "after the checkpoint: {v}");
-        assert!(!tracked(p), "pid {p} is left tracked");
-    }
+    ran_on(&[pid, kid], &log);
     let info = run(&["crfinfo", img]);
     assert!(info.status.success(), "{}", stderr(&info));
     let out = String::from_utf8_lossy(&info.stdout);
