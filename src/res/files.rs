@@ -1079,7 +1079,10 @@ pub fn unreopenable(pids: &[i32]) -> Vec<String> {
             }
             // Each directory on the way is searched, then the file opened. (How it is open
             // matters only when the user may not both read and write it.)
-            let dirs = target.ancestors().skip(1).all(|d| fs::metadata(d).is_ok_and(|m| may(&m, uid, &gids, 1)));
+            // (As the process sees them: through its root, which may be another mount
+            // namespace's.)
+            let seen = |d: &std::path::Path| fs::metadata(format!("/proc/{pid}/root{}", d.display()));
+            let dirs = target.ancestors().skip(1).all(|d| seen(d).is_ok_and(|m| may(&m, uid, &gids, 1)));
             if dirs && may(&m, uid, &gids, 6) {
                 continue;
             }
