@@ -1673,8 +1673,10 @@ pub struct Stores {
     /// Most bytes of areas held, all processes together.
     limit: u64,
     current: Option<i32>,
-    /// The tree's shared memory sent ahead (engine::shmahead), and the bytes of it received.
+    /// The tree's shared memory sent ahead (engine::shmahead), the bytes of its pages held,
+    /// and the bytes of it received.
     shm: Vec<super::shmahead::Held>,
+    shm_held: u64,
     shm_received: u64,
 }
 
@@ -1683,13 +1685,14 @@ const MAX_MEMBERS: usize = 1 << 14;
 
 impl Stores {
     pub fn new(limit: u64) -> Stores {
-        Stores { by_pid: BTreeMap::new(), limit, current: None, shm: Vec::new(), shm_received: 0 }
+        Stores { by_pid: BTreeMap::new(), limit, current: None, shm: Vec::new(), shm_held: 0, shm_received: 0 }
     }
 
     /// The pages a running checkpoint copied of its processes, by pid.
     pub fn held(stores: Vec<(i32, Store)>) -> Stores {
         let limit = stores.iter().map(|s| s.1.limit).max().unwrap_or(0);
-        Stores { by_pid: stores.into_iter().collect(), limit, current: None, shm: Vec::new(), shm_received: 0 }
+        let by_pid = stores.into_iter().collect();
+        Stores { by_pid, limit, current: None, shm: Vec::new(), shm_held: 0, shm_received: 0 }
     }
 
     fn bad(what: String) -> Error {
@@ -1713,8 +1716,8 @@ impl Stores {
     /// The current process's store, told what the others hold of the limit.
     fn current(&mut self) -> Result<&mut Store> {
         let pid = self.current.ok_or_else(|| Self::bad("areas or pages before any Member frame".into()))?;
-        let others: u64 = self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.bytes_held).sum::<u64>()
-            + self.shm.iter().map(super::shmahead::Held::bytes).sum::<u64>();
+        let others: u64 =
+            self.by_pid.iter().filter(|(p, _)| **p != pid).map(|(_, s)| s.bytes_held).sum::<u64>() + self.shm_held;
         let st = self.by_pid.get_mut(&pid).ok_or_else(|| Self::bad("no such member".into()))?;
         st.others = others;
         Ok(st)
@@ -1734,9 +1737,8 @@ impl Stores {
     /// A Shm frame: pages of the tree's shared memory (engine::shmahead::receive), within
     /// what the processes' pages leave of the limit.
     pub fn shm(&mut self, b: &[u8]) -> Result<()> {
-        let held: u64 = self.by_pid.values().map(|s| s.bytes_held).sum::<u64>()
-            + self.shm.iter().map(super::shmahead::Held::bytes).sum::<u64>();
-        super::shmahead::receive(&mut self.shm, b, self.limit.saturating_sub(held))?;
+        let held: u64 = self.by_pid.values().map(|s| s.bytes_held).sum::<u64>() + self.shm_held;
+        self.shm_held += super::shmahead::receive(&mut self.shm, b, self.limit.saturating_sub(held))?;
         self.shm_received += b.len() as u64;
         if self.shm_received > 32 * self.limit.min(1 << 40) {
             return Err(Error::Refused(format!(

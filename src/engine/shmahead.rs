@@ -434,12 +434,6 @@ pub struct Held {
     got: Vec<(u64, u64)>,
 }
 
-impl Held {
-    pub fn bytes(&self) -> u64 {
-        self.got.iter().map(|r| r.1 - r.0).sum()
-    }
-}
-
 /// A Shm frame (or PRESHM section) checked: its object, its runs (offsets) and where its data
 /// begins.
 pub struct Parsed {
