@@ -13,7 +13,7 @@ fn start(args: &[&str], dir: &Path) -> support::Proc {
 }
 
 /// A test directory: DIR/sub/data.txt holds "0123456789abcdef".
-fn setup(name: &str) -> (PathBuf, PathBuf) {
+fn setup(name: &str) -> (support::TmpDir, PathBuf) {
     let dir = support::tmpdir(name);
     let sub = dir.join("sub");
     std::fs::create_dir(&sub).unwrap();

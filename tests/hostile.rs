@@ -18,13 +18,13 @@ use support::*;
 
 /// A process of nobody's (the migrant, 1 MiB of memory), checkpointed by nobody with -k.
 /// Returns the directory (anyone may write it) and the image, which nobody owns.
-fn nobodys_image(name: &str) -> (PathBuf, String) {
+fn nobodys_image(name: &str) -> (TmpDir, String) {
     nobodys_image_with(name, &[])
 }
 
 /// [`nobodys_image`], the process started with `setpriv`'s further options `extra` (root's
 /// setpriv applies them before it becomes nobody).
-fn nobodys_image_with(name: &str, extra: &[&str]) -> (PathBuf, String) {
+fn nobodys_image_with(name: &str, extra: &[&str]) -> (TmpDir, String) {
     let dir = open_dir(name);
     let log = dir.join("log");
     let mut c = std::process::Command::new("setpriv");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use support::*;
 
 /// An image of the memory target (killed), and the offsets where its sections start.
-fn image(name: &str) -> (std::path::PathBuf, Vec<u8>, Vec<(usize, usize)>) {
+fn image(name: &str) -> (support::TmpDir, Vec<u8>, Vec<(usize, usize)>) {
     let dir = tmpdir(name);
     let d = dir.to_str().unwrap();
     let mut p = start("memory", &[d, "8"], &dir);

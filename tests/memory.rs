@@ -220,7 +220,7 @@ fn lazy_rstrt(img: &str) -> (Proc, impl FnOnce(&mut Proc) -> (u64, u64)) {
 
 /// The lazy target holding `mib` MiB, checkpointed (killed) to an image in a new directory
 /// `name`: the directory and the image.
-fn lazy_image(name: &str, mib: &str) -> (std::path::PathBuf, String) {
+fn lazy_image(name: &str, mib: &str) -> (TmpDir, String) {
     let dir = tmpdir(name);
     let mut p = start("lazy", &[mib], &dir);
     let img = format!("{}/l.crf", dir.to_str().unwrap());

@@ -39,7 +39,7 @@ fn has_nft() -> bool {
 
 /// The three nodes on one segment, a directory and the cluster key, for a migration test
 /// (None, said, when root, iproute2 or nft is missing).
-fn segment(name: &str) -> Option<(support::nodes::Segment, std::path::PathBuf, String)> {
+fn segment(name: &str) -> Option<(support::nodes::Segment, support::TmpDir, String)> {
     let seg = support::nodes::Segment::new()?;
     if !has_nft() {
         return None;

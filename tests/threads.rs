@@ -6,24 +6,23 @@ mod support;
 use support::*;
 
 /// Checkpoints (killing) a threads target with `workers` workers, plus the four extras when
-/// `sleep_ms` is given, and restores it with every tid.
-fn round_trip(name: &str, workers: usize, sleep_ms: Option<&str>) -> Proc {
-    round_trip_with(name, workers, sleep_ms, |_| {})
+/// `sleep_ms` is given, its image in `dir`, and restores it with every tid.
+fn round_trip(dir: &std::path::Path, workers: usize, sleep_ms: Option<&str>) -> Proc {
+    round_trip_with(dir, workers, sleep_ms, |_| {})
 }
 
 /// [`round_trip`] with the rstrt command changed by `change`.
 fn round_trip_with(
-    name: &str,
+    dir: &std::path::Path,
     workers: usize,
     sleep_ms: Option<&str>,
     change: impl FnOnce(&mut std::process::Command),
 ) -> Proc {
-    let dir = tmpdir(name);
     let d = dir.to_str().unwrap();
     let n = workers.to_string();
     let mut args = vec![n.as_str()];
     args.extend(sleep_ms);
-    let mut p = start("threads", &args, &dir);
+    let mut p = start("threads", &args, dir);
     if sleep_ms.is_some() {
         // The extras have settled: the reader in read(), the sleeper in nanosleep().
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -46,7 +45,7 @@ fn round_trip_with(
 /// a mutex/condvar ping-pong, a reader blocked on a pipe, a sleeper, pthread_kill and join.
 #[test]
 fn threads_waiting_sleeping_and_spinning_survive() {
-    round_trip("threads", 64, Some("1500")).verdict("ok");
+    round_trip(&tmpdir("threads"), 64, Some("1500")).verdict("ok");
 }
 
 /// Where a trap would change the process (rstrt runs with SIGTRAP ignored, which the child it
@@ -64,12 +63,12 @@ fn threads_come_back_one_syscall_at_a_time_where_a_trap_would_show() {
         // SAFETY: the hook only calls signal(), as above.
         unsafe { c.pre_exec(ignore) };
     };
-    round_trip_with("threads-trapign", 16, Some("1500"), ignore_trap).verdict("ok");
+    round_trip_with(&tmpdir("threads-trapign"), 16, Some("1500"), ignore_trap).verdict("ok");
 }
 
 #[test]
 fn two_hundred_fifty_six_threads_survive() {
-    round_trip("threads-256", 256, None).verdict("ok");
+    round_trip(&tmpdir("threads-256"), 256, None).verdict("ok");
 }
 
 /// A thread frozen 2 s into a 3 s nanosleep(&req, &rem) sleeps the second it had left after

@@ -21,12 +21,63 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A fresh directory for one test.
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.{}", std::process::id()));
+/// A test's own directory, removed when the test ends; kept when it failed, to be looked at.
+pub struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TmpDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A fresh directory for one test. Images of hundreds of megabytes are written there, so what
+/// test processes that have ended left behind (a failed test's directory, targets compiled by a
+/// run) is removed on the first call of each test process.
+pub fn tmpdir(name: &str) -> TmpDir {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    SWEPT.call_once(|| sweep(root));
+    let d = root.join(format!("{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TmpDir(d)
+}
+
+/// Removes the entries of ROOT named for a process that no longer runs ("NAME.PID" directories
+/// and "target-NAME-PID" binaries).
+fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit(['.', '-']).next().and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
 }
 
 /// Compiles tests/targets/NAME.c, once per test process (each test binary has its own copy, so
@@ -446,7 +497,7 @@ pub fn as_nobody(args: &[&str]) -> Command {
 }
 
 /// A fresh directory anyone may write (for files a test's unprivileged processes make).
-pub fn open_dir(name: &str) -> PathBuf {
+pub fn open_dir(name: &str) -> TmpDir {
     use std::os::unix::fs::PermissionsExt;
     let d = tmpdir(name);
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
