@@ -69,12 +69,20 @@ pub fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, i32> {
     })
 }
 
-/// Log lines go to stderr as "applet: message"; CRS_LOG=info|debug shows more.
+/// Log lines go to stderr as "applet: message"; CRS_LOG=info|debug shows more, each line
+/// then after the CLOCK_MONOTONIC time it was written at (seconds), which the logs of both
+/// ends of a migration on one machine share.
 pub fn init_logging(applet: &'static str) {
     use std::io::Write;
     let env = std::env::var("CRS_LOG").ok();
     let mut b = env_logger::Builder::new();
-    b.format(move |f, rec| writeln!(f, "{applet}: {}", rec.args()));
+    match env.is_some() {
+        true => b.format(move |f, rec| {
+            let us = crate::res::clocks::now(libc::CLOCK_MONOTONIC) / 1000;
+            writeln!(f, "[{}.{:06}] {applet}: {}", us / 1_000_000, us % 1_000_000, rec.args())
+        }),
+        false => b.format(move |f, rec| writeln!(f, "{applet}: {}", rec.args())),
+    };
     match &env {
         Some(filter) => b.parse_filters(filter),
         // Info passes the logger's own filter; the global level (warn) is raised by -v.

@@ -18,7 +18,8 @@ pub struct Clocks {
     pub boottime: u64,
 }
 
-fn now(clock: libc::clockid_t) -> u64 {
+/// Nanoseconds on `clock`, now.
+pub fn now(clock: libc::clockid_t) -> u64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into `t`, which we own.
     unsafe { libc::clock_gettime(clock, &mut t) };
