@@ -608,6 +608,10 @@ fn frozen_checkpoint<W: Sink>(
         // Again, now that nothing can change, before anything is collected: a caller may have
         // run precheck a while ago.
         let pids: Vec<i32> = procs.iter().map(|p| p.t.pid).collect();
+        // The memory they share, compared with what went ahead while they are collected.
+        if let Some(p) = &opts.precopied {
+            p.compare_shm(&pids);
+        }
         Error::blocked(pid, tree::check(&members))?;
         let mut states = Vec::with_capacity(procs.len());
         for (i, p) in procs.iter_mut().enumerate() {

@@ -889,6 +889,8 @@ pub struct Precopied {
     shares: bool,
     /// The memory the processes share, sent ahead (a live migration's).
     shm: std::sync::Arc<std::sync::Mutex<Option<ShmSource>>>,
+    /// Its comparison once the processes are frozen, running beside their collection.
+    shm_compare: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>>,
 }
 
 impl std::fmt::Debug for Precopied {
@@ -905,7 +907,27 @@ impl Precopied {
     /// the rounds sent it.
     pub fn new(srcs: Vec<Source>, shares: bool, shm: Option<ShmSource>) -> Precopied {
         let srcs = std::sync::Arc::new(std::sync::Mutex::new(srcs));
-        Precopied { srcs, dropped: Default::default(), shares, shm: std::sync::Arc::new(std::sync::Mutex::new(shm)) }
+        let shm = std::sync::Arc::new(std::sync::Mutex::new(shm));
+        Precopied { srcs, dropped: Default::default(), shares, shm, shm_compare: Default::default() }
+    }
+
+    /// Processes `pids` were just frozen: the memory they share is compared with what the
+    /// destination holds (ShmSource::compare) on a thread of its own, beside their
+    /// collection, which [`Precopied::kept_all`] waits for. (Without such a thread, kept_all
+    /// compares it itself.)
+    pub fn compare_shm(&self, pids: &[i32]) {
+        let has = self.shm.lock().is_ok_and(|s| s.as_ref().is_some_and(|s| s.objects().0 > 0));
+        if !has {
+            return;
+        }
+        let (shm, pids) = (self.shm.clone(), pids.to_vec());
+        let spawned = std::thread::Builder::new().name("crs-shm".into()).spawn(move || {
+            let mut shm = shm.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
+            shm.as_mut().map_or(Ok(()), |s| s.compare(&pids))
+        });
+        if let (Ok(h), Ok(mut at)) = (spawned, self.shm_compare.lock()) {
+            *at = Some(h);
+        }
     }
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Source>) -> Result<T>) -> Result<T> {
         let mut s = self.srcs.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
@@ -959,6 +981,10 @@ impl Precopied {
     /// they are (engine::shmahead), in every mapping of it.
     pub fn kept_all(&self, states: &mut [ProcessState]) -> Result<Vec<Kept>> {
         let mut out = self.kept_own(states)?;
+        let running = self.shm_compare.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?.take();
+        if let Some(h) = running {
+            h.join().unwrap_or_else(|_| Err(Error::Proc("comparing the shared memory failed".into())))?;
+        }
         let mut shm = self.shm.lock().map_err(|_| Error::Proc("pre-copy state poisoned".into()))?;
         if let Some(shm) = shm.as_mut() {
             for (k, more) in out.iter_mut().zip(shm.kept(states)?) {

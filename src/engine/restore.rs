@@ -361,7 +361,9 @@ fn restore_all<R: Input>(
     let grant = opts.grant_caps && creds::is_root();
     // The tree's shared memory sent ahead (a live migration's) or copied ahead (PRESHM).
     shm_ahead.extend(store.as_deref_mut().map(Stores::take_shm).unwrap_or_default());
+    let t0 = std::time::Instant::now();
     let made = Made::make(&mut st, opts, (here.as_ref().map(|h| h.path.as_str()), grant), shm_ahead, &mut notes)?;
+    debug!("what the processes inherit made in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     if opts.timens {
         let c = st.clocks.ok_or_else(|| {
             Error::Refused(
@@ -399,7 +401,9 @@ fn restore_all<R: Input>(
     }
     let program = program.filter(|_| !held_here);
     let exec = program.as_ref().map(super::spawn::Exec::of);
+    let t0 = std::time::Instant::now();
     let family = family::create(&tree, opts.require_pid, own_session, &ctty, exec.as_ref(), &mut notes);
+    debug!("{} processes created in {:.1} ms", tree.len(), t0.elapsed().as_secs_f64() * 1e3);
     shared.made = made;
     shared.made.close_ours();
     let mut family = family?;

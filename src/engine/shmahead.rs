@@ -264,6 +264,9 @@ pub struct ShmSource {
     frame: Vec<u8>,
     /// Pages the last round sent.
     last: u64,
+    /// Per object, the offsets whose pages the destination holds as they are, found by
+    /// [`ShmSource::compare`] once the processes were frozen.
+    frozen: Option<BTreeMap<Id, Vec<(u64, u64)>>>,
 }
 
 impl std::fmt::Debug for ShmSource {
@@ -289,7 +292,9 @@ impl ShmSource {
     pub fn round(&mut self, pids: &[i32], send: &mut dyn FnMut(Frame, &mut [u8]) -> Result<()>) -> Result<u64> {
         let zero = zero_hash();
         let mut sent = 0u64;
-        let ShmSource { objs, buf, frame, last } = self;
+        let ShmSource { objs, buf, frame, last, frozen } = self;
+        // (The processes run: what a freeze found is past.)
+        *frozen = None;
         for (id, wins) in windows(pids) {
             let size = wins.iter().map(|w| w.off + (w.end - w.start)).max().unwrap_or(0);
             let known = objs.contains_key(&id);
@@ -366,28 +371,28 @@ impl ShmSource {
         live.fold((0, 0), |(n, b), o| (n + 1, b + o.size))
     }
 
-    /// For the frozen processes of `states` (their tree's shared memory collected, the
-    /// first's TREESHM): per process, the sorted ranges of its addresses whose pages the
-    /// destination holds as they are now (their hash is the one held).
-    pub fn kept(&mut self, states: &[ProcessState]) -> Result<Vec<Vec<(u64, u64)>>> {
+    /// Processes `pids` are frozen: the objects change no more (but through a process outside
+    /// the tree). Finds, per object, the offsets whose pages the destination holds as they
+    /// are now (their hash is the one held). It reads each object once; the freeze runs it
+    /// beside the collection of the processes (see [`super::precopy::Precopied::compare_shm`]).
+    pub fn compare(&mut self, pids: &[i32]) -> Result<()> {
         let t0 = std::time::Instant::now();
-        let mut out = vec![Vec::new(); states.len()];
-        let Some(first) = states.first() else { return Ok(out) };
         let zero = zero_hash();
-        let ShmSource { objs, buf, .. } = self;
-        for ob in &first.tree_shm {
-            let Some(o) = objs.get(&(ob.dev, ob.ino)).filter(|o| !o.dropped && o.size == ob.size) else { continue };
-            let of_it = |v: &&crate::res::memory::Vma| {
-                v.flags & VMA_TREE_SHM != 0 && v.file.as_ref().is_some_and(|f| (f.dev, f.ino) == (ob.dev, ob.ino))
-            };
-            let mut wins = Vec::new();
-            for st in states {
-                for v in st.vmas.iter().filter(of_it).filter(|v| v.prot & libc::PROT_READ as u32 != 0) {
-                    wins.push(Window { pid: st.head.pid, start: v.start, end: v.end, off: v.pgoff * PAGE });
-                }
+        let ShmSource { objs, buf, frozen, .. } = self;
+        // (Through the processes, where the object is not mapped here.)
+        let wins = match objs.values().any(|o| o.view.is_none()) {
+            true => windows(pids),
+            false => BTreeMap::new(),
+        };
+        let mut found = BTreeMap::new();
+        for (id, o) in objs.iter().filter(|(_, o)| !o.dropped) {
+            let w = wins.get(id).map_or(&[][..], |w| w.as_slice());
+            // (A window that shows the object grown or shrunk since: nothing of it is kept.)
+            if o.view.is_none() && w.iter().any(|w| w.off + (w.end - w.start) > o.size) {
+                continue;
             }
             let mut same: Vec<(u64, u64)> = Vec::new();
-            // (Frozen, the object changes no more; a window that does not read keeps nothing.)
+            // (A window that does not read keeps nothing.)
             let mut one = |at: u64, c: Chunk| -> Result<()> {
                 let first = (at / PAGE) as usize;
                 let mut mark = |k: usize, h: u64| {
@@ -402,8 +407,40 @@ impl ShmSource {
                 }
                 Ok(())
             };
-            each_chunk((o.view.as_ref(), &wins, o.size), buf, &mut one)?;
+            each_chunk((o.view.as_ref(), w, o.size), buf, &mut one)?;
             same.sort_unstable();
+            log::debug!(
+                "shared memory of {} bytes: {} bytes held as they are ({:.1} ms)",
+                o.size,
+                same.iter().map(|r| r.1 - r.0).sum::<u64>(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            found.insert(*id, same);
+        }
+        *frozen = Some(found);
+        Ok(())
+    }
+
+    /// For the frozen processes of `states` (their tree's shared memory collected, the
+    /// first's TREESHM): per process, the sorted ranges of its addresses whose pages the
+    /// destination holds as they are now ([`ShmSource::compare`], made now if it was not).
+    pub fn kept(&mut self, states: &[ProcessState]) -> Result<Vec<Vec<(u64, u64)>>> {
+        let mut out = vec![Vec::new(); states.len()];
+        let Some(first) = states.first() else { return Ok(out) };
+        if self.frozen.is_none() {
+            self.compare(&states.iter().map(|st| st.head.pid).collect::<Vec<_>>())?;
+        }
+        let frozen = self.frozen.as_ref().ok_or_else(|| Error::Proc("shared memory not compared".into()))?;
+        for ob in &first.tree_shm {
+            let Some(o) = self.objs.get(&(ob.dev, ob.ino)).filter(|o| !o.dropped && o.size == ob.size) else {
+                continue;
+            };
+            let Some(same) = frozen.get(&(ob.dev, ob.ino)) else { continue };
+            let of_it = |v: &&crate::res::memory::Vma| {
+                v.flags & VMA_TREE_SHM != 0 && v.file.as_ref().is_some_and(|f| (f.dev, f.ino) == (ob.dev, ob.ino))
+            };
+            // (Only where the image maps it, as far as it maps it.)
+            let same = intersect(same, &[(0, o.size)]);
             for (i, st) in states.iter().enumerate() {
                 for v in st.vmas.iter().filter(of_it) {
                     let base = v.pgoff * PAGE;
@@ -412,12 +449,6 @@ impl ShmSource {
                     }
                 }
             }
-            log::debug!(
-                "shared memory of {} bytes: {} bytes held as they are ({:.1} ms)",
-                ob.size,
-                same.iter().map(|r| r.1 - r.0).sum::<u64>(),
-                t0.elapsed().as_secs_f64() * 1e3
-            );
         }
         out.iter_mut().for_each(|o| o.sort_unstable());
         Ok(out)
