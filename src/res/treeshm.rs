@@ -13,7 +13,6 @@ use super::image::ProcessState;
 use super::memory::{KIND_SHMEM, VMA_TREE_SHM};
 use crate::crf::{Dec, Enc, PAGE_SIZE, Result as CrfResult};
 use crate::error::{Error, Result};
-use crate::ptrace::procfs;
 use nix::errno::Errno;
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -33,15 +32,13 @@ pub const MAX_SIZE: u64 = 1 << 46;
 pub fn collect(states: &mut [ProcessState]) -> Result<Vec<Obj>> {
     // (dev, ino) of every shared anonymous mapping, by process and start address.
     let mut seen: Vec<(usize, u64, u64, u64)> = Vec::new();
+    // (As the collection saw them: a read of each process's maps again cost 0.7 ms each.)
     for (i, st) in states.iter().enumerate() {
-        // (maps says each mapping's device and inode, as smaps does, without walking the
-        // page tables: 10 ms per 512 MiB of a frozen process.)
-        for m in procfs::read_maps(st.head.pid)? {
-            let (maj, min) = m.dev;
-            let dev = libc::makedev(maj, min);
-            if st.vmas.iter().any(|v| v.start == m.start && v.kind == KIND_SHMEM) {
-                seen.push((i, m.start, dev, m.inode));
-            }
+        for v in st.vmas.iter().filter(|v| v.kind == KIND_SHMEM) {
+            let (dev, ino) = v.shm_id.ok_or_else(|| {
+                Error::Proc(format!("pid {}: shared memory {:#x}-{:#x} without its inode", st.head.pid, v.start, v.end))
+            })?;
+            seen.push((i, v.start, dev, ino));
         }
     }
     let mut out: Vec<Obj> = Vec::new();

@@ -101,6 +101,9 @@ pub struct Vma {
     /// At checkpoint only (not in the image): smaps showed pages of it another process maps
     /// too (see [`crate::ptrace::procfs::MapEntry::shares`]).
     pub shares: bool,
+    /// At checkpoint only (not in the image): the device and inode of shared anonymous
+    /// memory (KIND_SHMEM), which tell apart the objects behind such mappings.
+    pub shm_id: Option<(u64, u64)>,
 }
 
 impl Vma {
@@ -362,6 +365,9 @@ fn classify_one(
         n if n.starts_with('/') => KIND_FILE,
         _ => return refuse("a special mapping"),
     };
+    if v.kind == KIND_SHMEM {
+        v.shm_id = Some((libc::makedev(m.dev.0, m.dev.1), m.inode));
+    }
     if v.flags & VMA_SYSV != 0 {
         // Its file's inode number is the segment's id.
         let (maj, min) = m.dev;
@@ -731,6 +737,7 @@ mod tests {
                 content: vec![],
                 untouched: false,
                 shares: false,
+                shm_id: None,
             },
             Vma {
                 start: 0x3000,
@@ -744,6 +751,7 @@ mod tests {
                 content: vec![],
                 untouched: false,
                 shares: false,
+                shm_id: None,
             },
             Vma {
                 start: 0x7000,
@@ -757,6 +765,7 @@ mod tests {
                 content: vec![1, 2, 3],
                 untouched: false,
                 shares: false,
+                shm_id: None,
             },
         ];
         assert_eq!(decode_vmas(&encode_vmas(&v), 0).unwrap(), v);
