@@ -1,7 +1,7 @@
 //! A process crs cannot checkpoint is refused with every reason at once, and `ckpt --check`
 //! lists them touching nothing. Proven on a target with a child holding a socket (the child is
 //! in the checkpoint: its reason is named as its own; the pipe they share is no reason), a
-//! lease on a file and a POSIX timer on a thread's CPU clock, which runs on untouched.
+//! lease on a file and a POSIX timer on another process's CPU clock, which runs on untouched.
 
 mod support;
 use support::*;
@@ -23,7 +23,7 @@ fn every_reason_is_named_at_once_and_the_process_runs_on() {
         "its descendant pid ",
         "fd 5 is a netlink socket",
         "holds a lease (LEASE READ",
-        "POSIX timer 0 is on a thread's",
+        "POSIX timer 0 is on another process's CPU clock (CPU time of pid ",
     ] {
         assert!(e.contains(want), "lacks {want:?}: {e}");
     }

@@ -374,6 +374,74 @@ fn nginx_master_and_workers_serve_again_after_restore() {
     gone(&all);
 }
 
+/// haproxy (Debian's, 2 threads): each thread has a POSIX timer on its own CPU clock (its
+/// watchdog) and the stick table counts requests. Checkpointed (killed) and restored, it counts
+/// on from where it was, each watchdog timer on its restored thread's clock.
+#[test]
+fn haproxy_counts_on_with_its_watchdog_timers_after_restore() {
+    if !require(std::path::Path::new("/usr/sbin/haproxy").exists(), "haproxy (apt install haproxy)") {
+        return;
+    }
+    let dir = tmpdir("haproxy");
+    let d = dir.to_str().unwrap();
+    let (mut server, port) = serving_on("haproxy", |port| {
+        let conf = format!(
+            "global\n nbthread 2\ndefaults\n mode http\n timeout connect 1s\n timeout client 5s\n timeout server 5s\n\
+             frontend f\n bind 127.0.0.1:{port}\n stick-table type ip size 10 store http_req_cnt\n\
+             http-request track-sc0 src\n\
+             http-request return status 200 content-type text/plain lf-string \"requests %[sc0_http_req_cnt]\\n\"\n"
+        );
+        std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
+        let mut c = Command::new("/usr/sbin/haproxy");
+        c.args(["-f", &format!("{d}/haproxy.cfg"), "-db"]).stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    });
+    let pid = server.0.id() as i32;
+    let get = || {
+        let mut s = redis_at(port).into_inner();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        all.lines().last().unwrap_or_default().to_string()
+    };
+    for n in 1..=3 {
+        assert_eq!(get(), format!("requests {n}"));
+    }
+    let clocks = |pid: i32| {
+        let t = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
+        t.lines().filter(|l| l.starts_with("ClockID: ")).map(|l| l[9..].parse::<i32>().unwrap()).collect::<Vec<_>>()
+    };
+    // On the CPU clock of each thread: the tid's complement, shifted, and 6.
+    let of_threads = |pid: i32| {
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        tids.sort_unstable();
+        let mut of: Vec<i32> = clocks(pid).into_iter().map(|c| !(c >> 3)).collect();
+        of.sort_unstable();
+        (tids, of, clocks(pid).iter().all(|c| c & 7 == 6))
+    };
+    let (tids, of, sched) = of_threads(pid);
+    assert!(tids.len() == 2 && of == tids && sched, "haproxy's watchdog timers: {tids:?} {of:?}");
+    let img = format!("{d}/haproxy.crf");
+    ckpt(&["--kill", "-o", &img, &pid.to_string()]);
+    let _ = server.0.wait();
+    gone(&[pid]);
+    let o = run(&["rstrt", "-d", &img]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now = stderr(&o).split("restored as pid ").nth(1).and_then(|s| s.split_whitespace().next()?.parse().ok());
+    let now: i32 = now.unwrap_or(pid);
+    for n in 4..=6 {
+        assert_eq!(get(), format!("requests {n}"));
+    }
+    let (tids, of, sched) = of_threads(now);
+    assert!(tids.len() == 2 && of == tids && sched, "haproxy's watchdog timers after: {tids:?} {of:?}");
+    // SAFETY: kill takes integers; the restored haproxy, told to stop.
+    unsafe { libc::kill(now, libc::SIGTERM) };
+    gone(&[now]);
+}
+
 /// The nftables tables crs left in this network namespace for the connections of `pid` (its
 /// packet blocks).
 fn crs_tables(pid: i32) -> Vec<String> {

@@ -235,6 +235,42 @@ fn posix_timers_keep_their_ids_and_fire_on() {
     r.verdict("ok");
 }
 
+/// POSIX timers on the CPU clocks of threads (pthread_getcpuclockid) and of the process measure
+/// the same threads' time after a restore: the target checks that the timer of its spinning
+/// thread fires on and that of its sleeping thread does not. Restored as a copy beside the
+/// original (new tids, which each clock is taken to; both check), with its own tids, and in a
+/// pid namespace of its own.
+#[test]
+fn timers_on_threads_cpu_clocks_follow_their_threads() {
+    use support::{ckpt, rstrt, run, tmpdir};
+    let dir = tmpdir("cputimers");
+    let d = dir.to_str().unwrap();
+    let mut p = support::start("cputimers", &[], &dir);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img = format!("{d}/c.crf");
+    ckpt(&["-o", &img, &p.pid().to_string()]);
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let on_threads = info.lines().filter(|l| l.contains("clock CPU time of thread ")).count();
+    assert_eq!(on_threads, 2, "{info}");
+    assert!(info.contains("id 2 clock process CPU time, no signal"), "{info}");
+    // A copy, the original running on: every tid is another.
+    let mut copy = rstrt(&[&img]);
+    copy.verdict("ok");
+    p.verdict("ok");
+    let _ = p.child.wait();
+    // With its own tids.
+    let mut p = support::start("cputimers", &[], &dir);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&["--require-pid", &img]);
+    r.verdict("ok");
+    if support::is_root() {
+        let mut n = rstrt(&["--pidns", &img]);
+        n.verdict("ok");
+    }
+}
+
 /// Timer signals that fire while ckpt holds the process frozen (a real-time signal with a
 /// value, from a timer, to one thread or another) reach it afterwards as they were sent: the
 /// target's handlers check each one's si_code, timer id, value and thread. Forty checkpoints

@@ -1322,7 +1322,7 @@ fn restore_one<R: Input>(
         let i = st.thread_info.iter().position(|t| t.tid == tid)?;
         if i == 0 { Some(pid) } else { others.get(i - 1).map(|o| o.pid) }
     };
-    crate::res::ptimers::restore(&mut c, &st.ptimers, &tid_of)?;
+    crate::res::ptimers::restore(&mut c, &st.ptimers, st.thread_info.len().max(1), &tid_of)?;
     regs.load_xstate(t)?;
     // The other threads get their own registers and mask now: they are stopped, and none of
     // them is in the gadget the leader is about to unmap.

@@ -1,6 +1,6 @@
 /* A process crs must refuse, for several reasons at once: a child holding a netlink socket (the pipe
  * they share is no reason: both are in the checkpoint), a read lease on a file and a POSIX
- * timer on its thread's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
+ * timer on its child's CPU clock. argv[1]: a directory for the locked file. Prints "ready";
  * on "check" it prints "ok" (it ran on, untouched) and exits. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -36,7 +36,8 @@ int main(int argc, char **argv) {
     timer_t t;
     struct sigevent ev = {0};
     ev.sigev_notify = SIGEV_NONE;
-    if (timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &t)) return 1;
+    clockid_t kids;
+    if (clock_getcpuclockid(kid, &kids) || timer_create(kids, &ev, &t)) return 1;
     printf("ready\n");
     fflush(stdout);
     char line[64];
