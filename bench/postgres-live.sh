@@ -49,7 +49,11 @@ EOT
   grep -q listening "$work/rd.log" || { cat "$work/rd.log" >&2; exit 1; }
   su=$(pgrep -f "^su postgres -s /bin/sh -c exec $BIN/postgres -D $work/data")
   out=$("$CRS" migrate -v --live --key "$work/key" "$su" 127.0.0.1 2>&1)
-  line=$(echo "$out" | grep -E '^migrate: frozen [0-9.]+ ms, [0-9]+ bytes')
+  line=$(echo "$out" | grep -E '^migrate: frozen [0-9.]+ ms, [0-9]+ bytes') || {
+    echo "run $r: migrate did not say how long it froze the tree; it said:" >&2
+    echo "$out" | tail -5 >&2
+    exit 1
+  }
   there=$(pgrep -f "restartd -b 127.0.0.1 -p 1023 --key $work/key" | tail -1)
   said="$(psql_as postgres "$there" "SELECT count(*) FROM t"); $(psql_as nobody "$there" "SELECT count(*) FROM t")"
   echo "$line" | awk -v r="$r" -v said="$said" '{gsub(/,/, ""); printf "%-4s %10s %12s %s\n", r, $3, $5, said}'

@@ -49,7 +49,11 @@ for r in $(seq "$RUNS"); do
   until grep -q ready "$log" 2>/dev/null; do sleep 0.1; done
   pid=$(awk '/ready/ {print $2}' "$log")
   out=$(ip netns exec "$A" "$CRS" migrate -v --live --key "$work/key" "$pid" 10.94.0.2 2>&1)
-  line=$(echo "$out" | grep -E '^migrate: frozen [0-9.]+ ms, [0-9]+ bytes')
+  line=$(echo "$out" | grep -E '^migrate: frozen [0-9.]+ ms, [0-9]+ bytes') || {
+    echo "run $r: migrate did not say how long it froze the tree; it said:" >&2
+    echo "$out" | tail -5 >&2
+    exit 1
+  }
   # The moved parent (the source is gone): the one of its command line with KIDS children.
   moved=
   for p in $(pgrep -f "tree.py $KIDS $MIB $log"); do
