@@ -322,6 +322,16 @@ fn redis_keeps_its_keys_and_serves_on_after_restore() {
     gone(&[pid]);
 }
 
+/// The body of an HTTP/1.0 GET of `path` from 127.0.0.1:`port`.
+fn http_body(port: u16, path: &str) -> Vec<u8> {
+    let mut s = redis_at(port).into_inner();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer") + 4;
+    all.split_off(at)
+}
+
 /// nginx (Debian's nginx-light: a master and 2 workers sharing a listening socket, with unix
 /// socket pairs between them): checkpointed (killed) and restored as a tree, it serves a
 /// 5 MB file again, byte for byte.
@@ -347,14 +357,7 @@ fn nginx_master_and_workers_serve_again_after_restore() {
         c
     });
     let pid = master.0.id() as i32;
-    let get = || {
-        let mut s = redis_at(port).into_inner();
-        s.write_all(b"GET /big HTTP/1.0\r\n\r\n").unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer") + 4;
-        all.split_off(at)
-    };
+    let get = || http_body(port, "/big");
     assert!(get() == body, "nginx serves the file before");
     let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     let mut all: Vec<i32> = kids.split_whitespace().map(|k| k.parse().unwrap()).collect();
@@ -397,30 +400,23 @@ fn haproxy_counts_on_with_its_watchdog_timers_after_restore() {
         c
     });
     let pid = server.0.id() as i32;
-    let get = || {
-        let mut s = redis_at(port).into_inner();
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        let mut all = String::new();
-        s.read_to_string(&mut all).unwrap();
-        all.lines().last().unwrap_or_default().to_string()
-    };
+    let get = || String::from_utf8_lossy(&http_body(port, "/")).trim_end().to_string();
     for n in 1..=3 {
         assert_eq!(get(), format!("requests {n}"));
     }
-    let clocks = |pid: i32| {
-        let t = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
-        t.lines().filter(|l| l.starts_with("ClockID: ")).map(|l| l[9..].parse::<i32>().unwrap()).collect::<Vec<_>>()
-    };
-    // On the CPU clock of each thread: the tid's complement, shifted, and 6.
+    // Its threads, the threads whose CPU clocks its timers are on (the tid's complement,
+    // shifted, and 6: a thread's scheduler time), and whether every clock is such a one.
     let of_threads = |pid: i32| {
         let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
             .collect();
         tids.sort_unstable();
-        let mut of: Vec<i32> = clocks(pid).into_iter().map(|c| !(c >> 3)).collect();
+        let t = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
+        let clocks: Vec<i32> = t.lines().filter_map(|l| l.strip_prefix("ClockID: ")?.parse().ok()).collect();
+        let mut of: Vec<i32> = clocks.iter().map(|c| !(c >> 3)).collect();
         of.sort_unstable();
-        (tids, of, clocks(pid).iter().all(|c| c & 7 == 6))
+        (tids, of, clocks.iter().all(|c| c & 7 == 6))
     };
     let (tids, of, sched) = of_threads(pid);
     assert!(tids.len() == 2 && of == tids && sched, "haproxy's watchdog timers: {tids:?} {of:?}");
@@ -428,10 +424,12 @@ fn haproxy_counts_on_with_its_watchdog_timers_after_restore() {
     ckpt(&["--kill", "-o", &img, &pid.to_string()]);
     let _ = server.0.wait();
     gone(&[pid]);
-    let o = run(&["rstrt", "-d", &img]);
+    let o = run(&["rstrt", "-d", "-v", &img]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let now = stderr(&o).split("restored as pid ").nth(1).and_then(|s| s.split_whitespace().next()?.parse().ok());
-    let now: i32 = now.unwrap_or(pid);
+    // "rstrt: restored pid N (haproxy) as pid M"
+    let err = stderr(&o);
+    let now = err.lines().find_map(|l| l.strip_prefix("rstrt: restored pid ")?.rsplit(' ').next()?.parse().ok());
+    let now: i32 = now.unwrap_or_else(|| panic!("rstrt -v names no pid: {err}"));
     for n in 4..=6 {
         assert_eq!(get(), format!("requests {n}"));
     }
