@@ -568,7 +568,8 @@ impl Source {
             let held_so = |f: &&mut Source| f.held.get(&start).is_some_and(|(fa, _)| fa == a);
             let Some(base) = earlier.iter_mut().find(held_so) else { continue };
             let bits = &base.held[&start].1;
-            let before = out.len();
+            // (Kept apart from the last area's, which may lie right before this one.)
+            let mut mine: Vec<(u64, u64)> = Vec::new();
             for &(s, e) in shared[lo..].iter().take_while(|r| r.0 < a.end) {
                 let (s, e) = (s.max(a.start), e.min(a.end));
                 let i0 = ((s - a.start) / PAGE) as usize;
@@ -582,12 +583,13 @@ impl Source {
                 for (k, (o, t)) in ours.iter().zip(&theirs).enumerate() {
                     if *o != 0 && o == t && bits[i0 + k] {
                         let p = s + k as u64 * PAGE;
-                        crate::ptrace::pagemap::join(&mut out, p, p + PAGE);
+                        crate::ptrace::pagemap::join(&mut mine, p, p + PAGE);
                     }
                 }
             }
-            if out.len() > before {
+            if !mine.is_empty() {
                 self.same_base.insert(start, base.pid);
+                out.extend(mine);
             }
         }
         Ok(out)

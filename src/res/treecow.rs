@@ -132,7 +132,7 @@ pub fn collect(states: &[ProcessState]) -> Result<Option<Found>> {
                 let i = who[j];
                 crate::ptrace::pagemap::join(&mut found.kept[i], at, at + PAGE);
                 if source {
-                    push_run(&mut found.sources[i], at);
+                    push_run(&mut found.sources[i], at, a.start);
                     source = false;
                 }
             }
@@ -162,9 +162,13 @@ pub fn collect(states: &[ProcessState]) -> Result<Option<Found>> {
     Ok(Some(found))
 }
 
-fn push_run(out: &mut Vec<Run>, at: u64) {
+/// Adds the page at `at`, of the area beginning at `area`, to the runs `out`: a run never goes
+/// on from one area into the next (a restore holds each area apart, and takes a run in one),
+/// though two areas may lie side by side (a heap the processes grew, or mappings the kernel
+/// keeps apart for their flags).
+fn push_run(out: &mut Vec<Run>, at: u64, area: u64) {
     match out.last_mut() {
-        Some(r) if r.addr + r.len() as u64 == at => r.npages += 1,
+        Some(r) if r.addr + r.len() as u64 == at && r.addr >= area => r.npages += 1,
         _ => out.push(Run { addr: at, npages: 1, flags: 0 }),
     }
 }

@@ -51,14 +51,17 @@ impl Drop for TmpDir {
     }
 }
 
-/// A fresh directory for one test. Images of hundreds of megabytes are written there, so what
-/// test processes that have ended left behind (a failed test's directory, targets compiled by a
-/// run) is removed on the first call of each test process.
+/// A fresh directory for one test, "NAME.N.PID" (N counts the calls of this test process: two
+/// tests running side by side may ask for the same NAME). Images of hundreds of megabytes are
+/// written there, so what test processes that have ended left behind (a failed test's
+/// directory, targets compiled by a run) is removed on the first call of each test process.
 pub fn tmpdir(name: &str) -> TmpDir {
     static SWEPT: std::sync::Once = std::sync::Once::new();
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
     SWEPT.call_once(|| sweep(root));
-    let d = root.join(format!("{name}.{}", std::process::id()));
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = root.join(format!("{name}.{n}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     TmpDir(d)

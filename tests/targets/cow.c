@@ -1,5 +1,7 @@
-/* cow [MIB]: memory a fork left shared copy-on-write. The parent writes MIB MiB (default 256)
- * of anonymous memory, a pattern, then forks 4 children that only read it. Prints "ready"
+/* cow [MIB [split]]: memory a fork left shared copy-on-write. The parent writes MIB MiB
+ * (default 256) of anonymous memory, a pattern, then forks 4 children that only read it. With
+ * "split", the area past its middle (and 3 pages) is told MADV_NOHUGEPAGE: two mappings side by side, which
+ * the kernel does not merge, and whose shared pages run on from one into the other. Prints "ready"
  * once they all run, then for each line on stdin:
  *   "ping":  says "pong" (it runs, and has changed nothing);
  *   "write": child 1 writes its own copy of the whole area (0x5a), told through a pipe;
@@ -41,6 +43,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     area = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) return 2;
+    if (argc > 2 && !strcmp(argv[2], "split") && madvise(area + len / 2 + 12288, len / 2 - 12288, MADV_NOHUGEPAGE)) return 2;
     for (size_t i = 0; i < len; i++) area[i] = pattern(i);
     /* Per child: a pipe it reads orders from ('w' write, 'c' check), and one it answers on. */
     int order[4][2], done[4][2];
