@@ -204,3 +204,39 @@ fn a_unix_listeners_path_in_use_is_refused_without_a_connection() {
     assert_eq!(nth(), "2", "the refused restores connected to the original");
     p.kill();
 }
+
+/// Fds opened with O_PATH (a directory held to open files relative to, as rsync holds its
+/// source; a file held to stat it) come back O_PATH, on the same directory and file, and
+/// work as they did: the restore once set their status flags after the open, which O_PATH
+/// fds refuse (EBADF), and failed.
+#[test]
+fn o_path_fds_come_back_as_they_were() {
+    let dir = support::tmpdir("o-path");
+    std::fs::write(dir.join("x"), "in the directory\n").unwrap();
+    let script = "import fcntl, os, sys\n\
+                  d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)\n\
+                  f = os.open(sys.argv[1] + '/x', os.O_PATH)\n\
+                  print('ready', flush=True)\n\
+                  for line in sys.stdin:\n\
+                  \x20   both = all(fcntl.fcntl(n, fcntl.F_GETFL) & os.O_PATH for n in (d, f))\n\
+                  \x20   r = os.open('x', os.O_RDONLY, dir_fd=d)\n\
+                  \x20   print('o_path', both, os.fstat(f).st_ino, os.read(r, 100).decode().strip(), flush=True)\n\
+                  \x20   os.close(r)\n";
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", script, dir.to_str().unwrap()]);
+    let mut p = support::Proc::spawn(c);
+    p.expect("ready");
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(dir.join("x")).unwrap().ino();
+    let want = format!("o_path True {ino} in the directory");
+    p.send("check");
+    assert_eq!(p.expect("o_path"), want);
+    let img = dir.join("p.crf");
+    support::ckpt(&["-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    let info = support::run(&["crfinfo", img.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("flags 0o10"), "{info:?}");
+    let mut r = support::rstrt(&[img.to_str().unwrap()]);
+    r.send("check");
+    assert_eq!(r.expect("o_path"), want, "saw {:?}", r.seen);
+    r.kill();
+}

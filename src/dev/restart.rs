@@ -560,10 +560,12 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         // SAFETY: F_SETFL on an fd we own takes an int.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_ACCMODE) } < 0 {
+        if crate::res::files::settable(flags as u32)
+            && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_ACCMODE) } < 0
+        {
             return Err(sys("fcntl(F_SETFL)", path));
         }
-        if f.kind == KIND_FILE {
+        if f.kind == KIND_FILE && crate::res::files::settable(flags as u32) {
             // SAFETY: lseek on an fd we own.
             if unsafe { libc::lseek(file.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
                 return Err(sys("lseek", path));

@@ -933,13 +933,17 @@ pub fn restore(
             continue;
         };
         if shared.is_some() {
-            placed.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what);
+            if settable(open_flags) {
+                placed.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what);
+            }
             placed.dup3(tmp, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what);
             placed.close(tmp, &what);
             continue;
         }
         // The fd's own status flags, non-blocking or not.
-        c.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what)?;
+        if settable(open_flags) {
+            c.fcntl(tmp, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what)?;
+        }
         if tmp != f.fd {
             c.dup3(tmp, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what)?;
             c.close(tmp, &what)?;
@@ -1009,7 +1013,9 @@ fn open_by_path(
     let got = c.run_at_once(&up, &area)?;
     for (k, (f, _, flags, what)) in by_path.iter().enumerate() {
         let u = *got.get(2 * k).ok_or_else(|| Error::Proc(format!("{what}: not opened")))? as i32;
-        placed.fcntl(u, libc::F_SETFL, *flags as u64, "fcntl(F_SETFL)", what);
+        if settable(*flags) {
+            placed.fcntl(u, libc::F_SETFL, *flags as u64, "fcntl(F_SETFL)", what);
+        }
         placed.dup3(u, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, what);
         placed.close(u, what);
         if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED | KIND_MEMFD) {
@@ -1017,6 +1023,13 @@ fn open_by_path(
         }
     }
     Ok(())
+}
+
+/// Whether an fd opened with `flags` takes them again with F_SETFL after its open: not an
+/// O_PATH one (a directory held to work relative to, as rsync does), whose open gave it all
+/// the flags it has, and which F_SETFL refuses (EBADF).
+pub fn settable(flags: u32) -> bool {
+    flags & libc::O_PATH as u32 == 0
 }
 
 /// One end of something whose other end is closed at once: a pipe's read end (end of file), a
