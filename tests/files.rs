@@ -240,3 +240,28 @@ fn o_path_fds_come_back_as_they_were() {
     assert_eq!(r.expect("o_path"), want, "saw {:?}", r.seen);
     r.kill();
 }
+
+/// A file made with O_TMPFILE (never linked: a database's scratch file) comes back with its
+/// content and offset. Its fd's flags keep O_TMPFILE, which includes O_DIRECTORY: the
+/// restore once opened the file it made again with them, and failed (ENOTDIR).
+#[test]
+fn an_o_tmpfile_file_comes_back_with_its_content() {
+    let dir = support::tmpdir("o-tmpfile");
+    let script = "import os, sys\n\
+                  f = os.open(sys.argv[1], os.O_TMPFILE | os.O_RDWR, 0o600)\n\
+                  os.write(f, b'scratch space'); os.lseek(f, 3, os.SEEK_SET)\n\
+                  print('ready', flush=True)\n\
+                  for line in sys.stdin:\n\
+                  \x20   link = os.readlink('/proc/self/fd/%d' % f)\n\
+                  \x20   print('tmp', os.read(f, 100).decode(), '#' in link and link.endswith('(deleted)'), flush=True)\n";
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", script, dir.to_str().unwrap()]);
+    let mut p = support::Proc::spawn(c);
+    p.expect("ready");
+    let img = dir.join("t.crf");
+    support::ckpt(&["-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
+    let mut r = support::rstrt(&[img.to_str().unwrap()]);
+    r.send("check");
+    assert_eq!(r.expect("tmp"), "tmp atch space True", "saw {:?}", r.seen);
+    r.kill();
+}

@@ -548,7 +548,7 @@ fn prepare(st: &ProcessState, plans: &[memory::Plan], maps: &mut [MapArg], opts:
         let (path, flags) = if null {
             ("/dev/null", libc::O_RDWR)
         } else {
-            (f.id.path.as_str(), f.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
+            (f.id.path.as_str(), crate::res::files::reopen_flags(f.flags) as i32)
         };
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()

@@ -863,7 +863,7 @@ pub fn restore(
             ),
             _ => (f.id.path.as_str(), f.flags),
         };
-        let open_flags = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
+        let open_flags = reopen_flags(flags);
         let what = format!("fd {} {path}", f.fd);
         let shared = descs.iter().find(|d| d.0 == f.fd).map(|d| d.1);
         let tmp = if let Some(t) = shared {
@@ -1023,6 +1023,19 @@ fn open_by_path(
         }
     }
     Ok(())
+}
+
+/// The flags that open an fd of status flags `flags` again: without those that create or
+/// empty a file, and for a file made with O_TMPFILE (a database's scratch file; its flags keep
+/// O_TMPFILE, which includes O_DIRECTORY), without that: the restore opens the file it made
+/// again, not a new one in a directory.
+pub fn reopen_flags(flags: u32) -> u32 {
+    const TMPFILE_ONLY: u32 = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
+    let mut f = flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
+    if f & TMPFILE_ONLY != 0 {
+        f &= !(libc::O_TMPFILE as u32);
+    }
+    f
 }
 
 /// Whether an fd opened with `flags` takes them again with F_SETFL after its open: not an
