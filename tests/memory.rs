@@ -873,3 +873,58 @@ sys.stdin.readline()
     assert!(e.contains(&format!("mapped file {} is not the same here", data.display())), "{e}");
     assert!(e.contains("maps it shared (MAP_SHARED)") && !e.contains("--no-binary"), "{e}");
 }
+
+/// A reservation of terabytes (PROT_NONE, private, not MAP_NORESERVE: what a database or a
+/// runtime maps to grow into) comes back as it was, and the process makes parts of it usable
+/// as before. The restore once mapped it writable while the pages went in, which the kernel
+/// charges against its commit limit, and refused it (ENOMEM: mariadbd's 8 TiB).
+#[test]
+fn a_reservation_of_terabytes_comes_back_unaccounted() {
+    if !require(std::path::Path::new("/usr/bin/python3").exists(), "python3") {
+        return;
+    }
+    let dir = tmpdir("mem-reserve");
+    let script = "import ctypes, sys\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  libc.mmap.restype = ctypes.c_void_p\n\
+                  libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+                  libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
+                  a = libc.mmap(None, 16 << 40, 0, 0x22, -1, 0)\n\
+                  print('ready %x' % a, flush=True)\n\
+                  n = 0\n\
+                  for line in sys.stdin:\n\
+                  \x20   n += 1\n\
+                  \x20   p = a + (n << 20)\n\
+                  \x20   if libc.mprotect(p, 1 << 20, 3) != 0: print('mprotect failed', ctypes.get_errno(), flush=True); continue\n\
+                  \x20   ctypes.memset(p, n, 1 << 20)\n\
+                  \x20   print('used', n, ctypes.string_at(p + 12345, 1)[0], flush=True)\n";
+    let mut c = std::process::Command::new("/usr/bin/python3");
+    c.args(["-c", script]);
+    let mut p = Proc::spawn(c);
+    let at = p.expect("ready").split_whitespace().nth(1).unwrap().to_string();
+    p.send("use");
+    assert_eq!(p.expect("used"), "used 1 1");
+    // The reservation's line in maps and its flags (smaps): never accounted, no MAP_NORESERVE.
+    let reservation = |pid: i32| {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{at}-"))).skip(1);
+        let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or_default().to_string();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = maps.lines().find(|l| l.starts_with(&format!("{at}-"))).unwrap_or_default().to_string();
+        (line.split_whitespace().take(2).collect::<Vec<_>>().join(" "), flags)
+    };
+    let before = reservation(p.pid());
+    assert!(before.0.ends_with("---p") && !before.1.contains(" ac") && !before.1.contains(" nr"), "{before:?}");
+    let dir_s = dir.to_str().unwrap();
+    let img = format!("{dir_s}/r.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let mut r = rstrt(&[&img]);
+    r.send("use");
+    assert_eq!(r.expect("used"), "used 2 2", "saw {:?}", r.seen);
+    // (Its first MiB: the second, made usable, is a mapping of its own, as is the rest.)
+    let restored = *descendants(r.pid()).first().expect("the restored process");
+    let after = reservation(restored);
+    assert_eq!(after, before, "the reservation before and after the restore");
+    r.kill();
+}

@@ -32,8 +32,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// (pages::RUN_SHARED, memory::VMA_KEPT_FIRST), version 7 those in a running checkpoint's
 /// image (pages::PREMEMBER_HOLD), version 8 a process's page batches announced before them
 /// (PAGEPLAN, optional), so older images read as version 8; version 9 the tree's shared
-/// memory copied before the freeze (PRESHM), and kept runs in its mappings.
-pub const VERSION: u32 = 9;
+/// memory copied before the freeze (PRESHM), and kept runs in its mappings; version 10
+/// reservations mapped as they are (memory::VMA_EMPTY).
+pub const VERSION: u32 = 10;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64

@@ -640,6 +640,12 @@ pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64, not: &mut NotWritten
                 what: format!("page run {:#x} targets a {} mapping", r.addr, v.kind_name()),
             }));
         }
+        if v.flags & VMA_EMPTY != 0 {
+            return Err(Error::Image(crate::crf::CrfError::Bad {
+                offset: at,
+                what: format!("page run {:#x} targets a reservation that holds no page (VMA_EMPTY)", r.addr),
+            }));
+        }
         if r.flags & RUN_SHARED != 0 && v.flags & VMA_KEPT_FIRST == 0 {
             return Err(Error::Image(crate::crf::CrfError::Bad {
                 offset: at,
@@ -720,7 +726,7 @@ impl Fill {
         let mut wanted: Vec<&Plan> = plans
             .iter()
             .filter(|p| private_anon(&p.vma) && !p.from_file)
-            .filter(|p| p.vma.flags & (VMA_LOCKED | VMA_LOCKONFAULT) == 0)
+            .filter(|p| p.vma.flags & (VMA_LOCKED | VMA_LOCKONFAULT | VMA_EMPTY) == 0)
             .filter(|p| !overlaps(p.vma.start, p.vma.end))
             .collect();
         let enough = |w: &[&Plan]| w.iter().map(|p| p.vma.len()).sum::<u64>() >= FILL_MIN;

@@ -68,10 +68,15 @@ pub const VMA_COPY_ELSEWHERE: u32 = 1 << 18;
 /// since a fork): the restore moves that process's held area into place, and its own kept
 /// pages over it.
 pub const VMA_KEPT_FIRST: u32 = 1 << 19;
+/// (Version 10.) A private anonymous mapping without access (PROT_NONE) and with no page in
+/// memory or swap: a reservation (a database's or a runtime's, up to terabytes). A restore
+/// maps it as it is, never writable: a writable private mapping is charged against the
+/// commit limit, and one of terabytes is refused. The image holds no page of it.
+pub const VMA_EMPTY: u32 = 1 << 20;
 /// The mappings of something a restore makes again before it maps it.
 pub const VMA_REMADE: u32 = VMA_DELETED | VMA_TREE_SHM | VMA_MEMFD;
 /// Every flag an image may carry.
-const VMA_ALL: u32 = (1 << 20) - 1;
+const VMA_ALL: u32 = (1 << 21) - 1;
 
 /// mmap's MAP_DROPPABLE (Linux 6.11), not yet in libc.
 const MAP_DROPPABLE: i32 = 0x08;
@@ -337,7 +342,7 @@ fn classify_one(
         v.flags |= VMA_LOCKONFAULT;
     }
     let name = m.name.as_str();
-    v.kind = match name {
+    let kind = match name {
         "[vdso]" => KIND_VDSO,
         n if n.starts_with("[vvar") => KIND_VVAR,
         "[heap]" => KIND_HEAP,
@@ -365,6 +370,10 @@ fn classify_one(
         n if n.starts_with('/') => KIND_FILE,
         _ => return refuse("a special mapping"),
     };
+    v.kind = kind;
+    if v.prot == 0 && m.untouched && private_anon(&v) {
+        v.flags |= VMA_EMPTY;
+    }
     if v.kind == KIND_SHMEM {
         v.shm_id = Some((libc::makedev(m.dev.0, m.dev.1), m.inode));
     }
@@ -608,7 +617,13 @@ fn make(c: &mut Ctl, group: &[(&Plan, Option<(String, i32)>)]) -> Result<()> {
             flags |= libc::MAP_NORESERVE;
         }
         let what = format!("{:#x}-{:#x} {}", v.start, v.end, v.name);
-        let prot = if v.kind == KIND_FILE && shared { v.prot } else { (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+        // Writable while its pages are written (protect_all sets its own protection after),
+        // but for a reservation, which gets none.
+        let prot = match () {
+            _ if v.kind == KIND_FILE && shared => v.prot,
+            _ if v.flags & VMA_EMPTY != 0 => v.prot,
+            _ => (libc::PROT_READ | libc::PROT_WRITE) as u32,
+        };
         match file {
             Some(_) => {
                 let fd = *next.next().ok_or_else(|| Error::Proc(format!("{what}: its file was not opened")))?;
