@@ -1348,3 +1348,42 @@ fn mariadb_keeps_its_rows_and_takes_more_after_restore() {
     assert!(sql("SHUTDOWN").0);
     gone(&[pid]);
 }
+
+/// TCP sockets whose connection ended, still open: one a server accepted and its client
+/// reset, and a client's whose connect was refused (it tries again on the same socket, as
+/// clients that wait for their server do). Both keep the address of what they were, which
+/// the restore once bound again (beside the server's listener: refused) with the MSS of the
+/// old connection (32768 over loopback, past what setsockopt takes: refused). They come back
+/// as new sockets, unbound: the client connects on the same fd, and the server serves.
+#[test]
+fn tcp_sockets_whose_connection_ended_come_back_as_new_ones() {
+    let dir = tmpdir("tcp-ended");
+    let script = "import socket, struct, sys, time\n\
+                  l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n\
+                  c = socket.create_connection(l.getsockname()); a, _ = l.accept()\n\
+                  c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()\n\
+                  gone = socket.socket(); gone.bind(('127.0.0.1', 0)); port = gone.getsockname()[1]; gone.close()\n\
+                  r = socket.socket(); refused = r.connect_ex(('127.0.0.1', port))\n\
+                  time.sleep(0.1)\n\
+                  print('ready', refused, flush=True)\n\
+                  for line in sys.stdin:\n\
+                  \x20   try: a.recv(10); said = 'read'\n\
+                  \x20   except OSError as e: said = e.errno\n\
+                  \x20   again = r.connect_ex(l.getsockname()); b, _ = l.accept(); r.sendall(b'hi')\n\
+                  \x20   print('ended', said, again, b.recv(2).decode(), flush=True)\n";
+    let mut c = Command::new("python3");
+    c.args(["-c", script]);
+    let mut p = Proc::spawn(c);
+    assert_eq!(p.expect("ready"), format!("ready {}", libc::ECONNREFUSED));
+    let d = dir.to_str().unwrap();
+    let img = format!("{d}/e.crf");
+    let o = ckpt(&["-k", "-v", "-o", &img, &p.pid().to_string()]);
+    let said = stderr(&o);
+    assert_eq!(said.matches("a TCP connection that ended").count(), 2, "{said}");
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(!info.contains("TCP_MAXSEG"), "{info}");
+    let mut r = rstrt(&[&img]);
+    r.send("check");
+    assert_eq!(r.expect("ended"), format!("ended {} 0 hi", libc::ENOTCONN), "saw {:?}", r.seen);
+    r.kill();
+}

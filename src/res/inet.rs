@@ -178,6 +178,14 @@ pub(super) fn tcp_state(s: RawFd) -> Option<u8> {
     getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO)?.first().copied()
 }
 
+/// Whether a closed TCP socket had a connection, or tried one (a client whose connect was
+/// refused, a connection reset): TCP_INFO's tcpi_pmtu (bytes 60-63), which the connection's
+/// route set, is never 0 then.
+fn connection_ended(s: RawFd) -> bool {
+    let info = getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).unwrap_or_default();
+    tcp_state(s) == Some(TCP_CLOSE) && info.get(60..64).is_some_and(|b| b.iter().any(|&x| x != 0))
+}
+
 pub(super) const TCP_ESTABLISHED: u8 = 1;
 const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
@@ -349,8 +357,12 @@ pub fn collect(
     let local = name_of(s, false).ok_or_else(|| sys("getsockname", &what))?;
     let mut sock = Sock { ino, family, ty, local, ..Default::default() };
     let tcp = ty == libc::SOCK_STREAM as u32;
+    let ended = tcp && connection_ended(s);
     sock.state = match (tcp, tcp.then(|| tcp_state(s)).flatten()) {
         (true, Some(TCP_LISTEN)) => LISTEN,
+        // Its address was the connection's (an accepted one's is the listener's): a new
+        // socket, as a bind to it would fail beside the listener, or hold a port for nothing.
+        (true, Some(TCP_CLOSE)) if ended => NEW,
         (true, Some(TCP_CLOSE)) | (false, _) => {
             if let Some(peer) = (!tcp).then(|| name_of(s, true)).flatten() {
                 sock.peer = peer;
@@ -366,8 +378,20 @@ pub fn collect(
     if addr_of(&sock.local).is_none() || (sock.state == CONNECTED && addr_of(&sock.peer).is_none()) {
         return Err(Error::Proc(format!("{what}: an address crs does not know")));
     }
-    sock.opts = options(s, family, ty, false, &what)?;
+    if ended {
+        let any: std::net::IpAddr = match family as i32 {
+            libc::AF_INET6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        };
+        sock.local = sockaddr((any, 0).into());
+    }
+    sock.opts = options(s, family, ty, ended, &what)?;
     let desc = describe_one(&sock);
+    if ended {
+        notes.push(format!(
+            "fd {fd}: a TCP connection that ended (reset, refused or closed) comes back as a new {desc}, unbound: it reads ENOTCONN where it read the connection's end or error"
+        ));
+    }
     if sock.state == LISTEN {
         let (waiting, backlog) = diag_listener(pid, family, ino).map_err(|e| match e {
             Error::Sys { call, errno, .. } => Error::sys(call, format!("the backlog of {what}"), errno),
@@ -429,11 +453,24 @@ pub(super) fn options(s: RawFd, family: u16, ty: u32, established: bool, what: &
             continue;
         }
         let Some(v) = getsockopt(s, level, name) else { continue };
+        if (level, name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) && !user_mss(&v) {
+            continue;
+        }
         if base.iter().find(|b| (b.0, b.1) == (level, name)).and_then(|b| b.2.as_ref()) != Some(&v) {
             out.push(Opt { level, name, value: v });
         }
     }
     Ok(out)
+}
+
+/// Whether TCP_MAXSEG's value `v` may be one a program set. A socket that never connected
+/// says the MSS it was given (or the default, 536); one that connected, or tried to (a client
+/// that retries after ECONNREFUSED, a connection reset), says the last connection's MSS, which
+/// may lie past what setsockopt takes (88 to 32767: 32768 over loopback), and which the
+/// kernel works out again for the next connection.
+fn user_mss(v: &[u8]) -> bool {
+    let mss = v.get(..4).and_then(|b| b.try_into().ok()).map(i32::from_ne_bytes);
+    mss.is_some_and(|m| (88..=32767).contains(&m))
 }
 
 type Defaults = Vec<(i32, i32, Option<Vec<u8>>)>;
