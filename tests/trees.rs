@@ -1008,3 +1008,56 @@ for line in sys.stdin:
     assert_eq!(r.expect("poked"), "poked 100", "a child's write after the restore: {:?}", r.seen);
     r.verdict("ok");
 }
+
+/// rsync (Debian's, nobody here wrote it) copying a directory, rate limited: its three
+/// processes (sender, receiver, generator) with socket pairs between them, the heap they share
+/// since the forks (two mappings side by side), and the source directory held with O_PATH.
+/// Checkpointed midway (killed) and restored in a pid namespace of its own, it finishes the
+/// copy: every file the same, no temporary file left.
+#[test]
+fn rsync_finishes_a_copy_checkpointed_midway() {
+    if !require(std::path::Path::new("/usr/bin/rsync").exists(), "rsync (apt install rsync)")
+        || !require(is_root(), "root (rstrt --pidns)")
+    {
+        return;
+    }
+    let dir = tmpdir("tree-rsync");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..16u32 {
+        let body: Vec<u8> = (0..1u32 << 20).map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 11) as u8).collect();
+        std::fs::write(src.join(format!("f{i:02}")), body).unwrap();
+    }
+    let mut c = std::process::Command::new("rsync");
+    c.args(["-a", "--bwlimit=4096"]).arg(format!("{}/", src.display())).arg(&dst);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    close_extra_fds(&mut c);
+    let mut rsync = c.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while std::fs::read_dir(&dst).map_or(0, |d| d.count()) < 3 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "rsync copied nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let img = dir.join("r.crf");
+    let o = ckpt(&["-k", "-v", "-o", img.to_str().unwrap(), &rsync.id().to_string()]);
+    assert!(stderr(&o).contains("and 2 descendants"), "{}", stderr(&o));
+    let _ = rsync.wait();
+    let copied = std::fs::read_dir(&dst).unwrap().count();
+    assert!(copied < 17, "rsync was done before the checkpoint: {copied} files");
+    let r = run(&["rstrt", "-d", "--pidns", img.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let root: i32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+    let t = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{root}")).exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the restored rsync did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let want: Vec<String> = (0..16).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(names, want, "what the restored rsync left");
+    for n in &want {
+        assert!(std::fs::read(src.join(n)).unwrap() == std::fs::read(dst.join(n)).unwrap(), "{n} differs");
+    }
+}

@@ -389,7 +389,7 @@ pub fn collect(
     let desc = describe_one(&sock);
     if ended {
         notes.push(format!(
-            "fd {fd}: a TCP connection that ended (reset, refused or closed) comes back as a new {desc}, unbound: it reads ENOTCONN where it read the connection's end or error"
+            "pid {pid} fd {fd}: a TCP connection that ended (reset, refused or closed) comes back as a new {desc}, unbound: it reads ENOTCONN where it read the connection's end or error"
         ));
     }
     if sock.state == LISTEN {
