@@ -465,6 +465,13 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
                 out.push(Fd { fd, kind, flags, cloexec, pos: 0, id: anon(ino) });
                 break 'fd;
             }
+            if target == "anon_inode:[io_uring]" {
+                // (Its rings are mapped too: a stub for the fd would not do.)
+                blocked.push(format!(
+                    "fd {fd} is an io_uring instance ({target}), which crs does not restore: run the program without io_uring, if it has a setting for that (mariadbd: --innodb-use-native-aio=0)"
+                ));
+                break 'fd;
+            }
             if !target.starts_with('/') {
                 let what = match target.split(':').next() {
                     Some("pipe") => endpoints::pipe(pid, fd, &target, flags),
@@ -473,7 +480,6 @@ pub fn scan_all(pid: i32, stubs: &Stubs, tree: &[i32], carry: Carry, running: bo
                         None => endpoints::socket(pid, fd, &target),
                     },
                     Some("anon_inode") => match target.trim_start_matches("anon_inode:") {
-                        "[io_uring]" => "an io_uring instance, which crs does not restore".into(),
                         "[pidfd]" => "a pidfd, which crs does not restore".into(),
                         "[userfaultfd]" => "a userfaultfd, which crs does not restore".into(),
                         "[perf_event]" => "a perf event, which crs does not restore".into(),

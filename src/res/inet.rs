@@ -287,7 +287,15 @@ pub fn classify(
         TCP_ESTABLISHED => return Some(Err("which only ckpt --tcp-established carries".into())),
         st => {
             let name = TCP_STATES.get(st as usize).copied().unwrap_or("?");
-            return Some(Err(format!("a connection closing ({name}), which crs does not restore")));
+            // (A moment's state, mostly: a busy server has such sockets now and then.)
+            let (what, then) = match name {
+                "CLOSE_WAIT" => {
+                    ("closing", "its peer closed it, the process has not yet: checkpoint again once it has")
+                }
+                "SYN_SENT" | "SYN_RECV" => ("being made", "checkpoint again once it is made"),
+                _ => ("closing", "checkpoint again once it has closed"),
+            };
+            return Some(Err(format!("a connection {what} ({name}), which crs does not restore ({then})")));
         }
     }
     if let Some(holders) = outside(ino) {
