@@ -206,7 +206,7 @@ fn a_unix_listeners_path_in_use_is_refused_without_a_connection() {
 }
 
 /// Fds opened with O_PATH (a directory held to open files relative to, as rsync holds its
-/// source; a file held to stat it) come back O_PATH, on the same directory and file, and
+/// source, and dup'ed; a file held to stat it) come back O_PATH, on the same directory and file, and
 /// work as they did: the restore once set their status flags after the open, which O_PATH
 /// fds refuse (EBADF), and failed.
 #[test]
@@ -214,11 +214,11 @@ fn o_path_fds_come_back_as_they_were() {
     let dir = support::tmpdir("o-path");
     std::fs::write(dir.join("x"), "in the directory\n").unwrap();
     let script = "import fcntl, os, sys\n\
-                  d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)\n\
+                  d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY); dd = os.dup(d)\n\
                   f = os.open(sys.argv[1] + '/x', os.O_PATH)\n\
                   print('ready', flush=True)\n\
                   for line in sys.stdin:\n\
-                  \x20   both = all(fcntl.fcntl(n, fcntl.F_GETFL) & os.O_PATH for n in (d, f))\n\
+                  \x20   both = all(fcntl.fcntl(n, fcntl.F_GETFL) & os.O_PATH for n in (d, dd, f))\n\
                   \x20   r = os.open('x', os.O_RDONLY, dir_fd=d)\n\
                   \x20   print('o_path', both, os.fstat(f).st_ino, os.read(r, 100).decode().strip(), flush=True)\n\
                   \x20   os.close(r)\n";
@@ -242,18 +242,20 @@ fn o_path_fds_come_back_as_they_were() {
 }
 
 /// A file made with O_TMPFILE (never linked: a database's scratch file) comes back with its
-/// content and offset. Its fd's flags keep O_TMPFILE, which includes O_DIRECTORY: the
+/// content and offset, and one held by two fds (dup'ed) with one offset for both. Its fd's flags keep O_TMPFILE, which includes O_DIRECTORY: the
 /// restore once opened the file it made again with them, and failed (ENOTDIR).
 #[test]
 fn an_o_tmpfile_file_comes_back_with_its_content() {
     let dir = support::tmpdir("o-tmpfile");
     let script = "import os, sys\n\
                   f = os.open(sys.argv[1], os.O_TMPFILE | os.O_RDWR, 0o600)\n\
+                  g = os.open(sys.argv[1], os.O_TMPFILE | os.O_RDWR, 0o600); h = os.dup(g)\n\
                   os.write(f, b'scratch space'); os.lseek(f, 3, os.SEEK_SET)\n\
+                  os.write(g, b'shared'); os.lseek(g, 2, os.SEEK_SET)\n\
                   print('ready', flush=True)\n\
                   for line in sys.stdin:\n\
                   \x20   link = os.readlink('/proc/self/fd/%d' % f)\n\
-                  \x20   print('tmp', os.read(f, 100).decode(), '#' in link and link.endswith('(deleted)'), flush=True)\n";
+                  \x20   print('tmp', os.read(f, 100).decode(), '#' in link and link.endswith('(deleted)'), os.read(h, 2).decode(), os.read(g, 9).decode(), flush=True)\n";
     let mut c = std::process::Command::new("python3");
     c.args(["-c", script, dir.to_str().unwrap()]);
     let mut p = support::Proc::spawn(c);
@@ -262,6 +264,6 @@ fn an_o_tmpfile_file_comes_back_with_its_content() {
     support::ckpt(&["-k", "-o", img.to_str().unwrap(), &p.pid().to_string()]);
     let mut r = support::rstrt(&[img.to_str().unwrap()]);
     r.send("check");
-    assert_eq!(r.expect("tmp"), "tmp atch space True", "saw {:?}", r.seen);
+    assert_eq!(r.expect("tmp"), "tmp atch space True ar ed", "saw {:?}", r.seen);
     r.kill();
 }

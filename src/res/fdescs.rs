@@ -91,8 +91,8 @@ pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD | files::KIND_TTY | files::KIND_PTS) && via.is_none() {
         return Err(Error::Refused(format!("{what}: the image does not hold this file: it is damaged")));
     }
-    let keep = !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32);
-    let flags = (f.flags & keep) as i32 | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let reopen = files::reopen_flags(f.flags);
+    let flags = reopen as i32 | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     let path = std::ffi::CString::new(via.unwrap_or(&f.id.path))
         .map_err(|_| Error::Refused(format!("{what}: a NUL in it")))?;
     // SAFETY: open reads a NUL-terminated path that lives across the call.
@@ -111,7 +111,7 @@ pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: fcntl and lseek take integers, on our own fd.
     unsafe {
-        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, (f.flags & keep) as libc::c_int) < 0 {
+        if files::settable(reopen) && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, reopen as libc::c_int) < 0 {
             return Err(Error::sys("fcntl(F_SETFL)", what, Errno::last()));
         }
         if f.pos > 0 && libc::lseek(fd.as_raw_fd(), f.pos as libc::off_t, libc::SEEK_SET) < 0 {
