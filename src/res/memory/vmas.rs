@@ -241,7 +241,9 @@ pub fn decode_vmas(b: &[u8], at: u64) -> CrfResult<Vec<Vma>> {
             // Pages stored elsewhere are a file copy's, of a file the image names.
             && (v.flags & VMA_COPY_ELSEWHERE == 0 || (v.flags & VMA_FILE_COPY != 0 && v.kind == KIND_FILE))
             // Pages held as an earlier process's only where a restore may move them in.
-            && (v.flags & VMA_KEPT_FIRST == 0 || private_anon(&v));
+            && (v.flags & VMA_KEPT_FIRST == 0 || private_anon(&v))
+            // A reservation is private anonymous memory without access, and never held pages.
+            && (v.flags & VMA_EMPTY == 0 || (private_anon(&v) && v.prot == 0 && v.flags & VMA_KEPT_FIRST == 0));
         if !ok {
             return Err(d.bad_at(rec, format!("invalid mapping {:#x}-{:#x} kind {}", v.start, v.end, v.kind)));
         }
@@ -799,6 +801,15 @@ mod tests {
             let mut bad = v.clone();
             bad[0].file.as_mut().unwrap().mode = mode | 0o644;
             assert!(decode_vmas(&encode_vmas(&bad), 0).is_err());
+        }
+        // A reservation: private anonymous memory without access; not a file's, not writable.
+        let mut resv = v.clone();
+        (resv[1].prot, resv[1].flags) = (0, VMA_EMPTY);
+        assert_eq!(decode_vmas(&encode_vmas(&resv), 0).unwrap(), resv);
+        for (i, prot) in [(0, 0), (1, 3)] {
+            let mut bad = v.clone();
+            (bad[i].prot, bad[i].flags) = (prot, VMA_EMPTY);
+            assert!(decode_vmas(&encode_vmas(&bad), 0).is_err(), "{:?}", bad[i]);
         }
     }
 }
