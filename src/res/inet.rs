@@ -178,12 +178,11 @@ pub(super) fn tcp_state(s: RawFd) -> Option<u8> {
     getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO)?.first().copied()
 }
 
-/// Whether a closed TCP socket had a connection, or tried one (a client whose connect was
-/// refused, a connection reset): TCP_INFO's tcpi_pmtu (bytes 60-63), which the connection's
-/// route set, is never 0 then.
-fn connection_ended(s: RawFd) -> bool {
-    let info = getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).unwrap_or_default();
-    tcp_state(s) == Some(TCP_CLOSE) && info.get(60..64).is_some_and(|b| b.iter().any(|&x| x != 0))
+/// Whether a closed TCP socket (its TCP_INFO `info`) had a connection, or tried one (a client
+/// whose connect was refused, a connection reset): tcpi_pmtu (bytes 60-63), which the
+/// connection's route set, is never 0 then.
+fn connection_ended(info: &[u8]) -> bool {
+    info.first() == Some(&TCP_CLOSE) && info.get(60..64).is_some_and(|b| b.iter().any(|&x| x != 0))
 }
 
 pub(super) const TCP_ESTABLISHED: u8 = 1;
@@ -365,8 +364,9 @@ pub fn collect(
     let local = name_of(s, false).ok_or_else(|| sys("getsockname", &what))?;
     let mut sock = Sock { ino, family, ty, local, ..Default::default() };
     let tcp = ty == libc::SOCK_STREAM as u32;
-    let ended = tcp && connection_ended(s);
-    sock.state = match (tcp, tcp.then(|| tcp_state(s)).flatten()) {
+    let info = if tcp { getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO) } else { None };
+    let ended = info.as_deref().is_some_and(connection_ended);
+    sock.state = match (tcp, info.as_ref().and_then(|i| i.first().copied())) {
         (true, Some(TCP_LISTEN)) => LISTEN,
         // Its address was the connection's (an accepted one's is the listener's): a new
         // socket, as a bind to it would fail beside the listener, or hold a port for nothing.
