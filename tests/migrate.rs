@@ -1328,6 +1328,24 @@ fn postgres_under_su_moves_live_and_serves_every_user_there() {
         "CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
     );
     assert!(made.0, "{}", made.1);
+    // The System V segment the source made, which it leaves when migrate kills it (the
+    // destination's goes with its IPC namespace): removed at the end.
+    let mut tree = descendants(su);
+    tree.push(su);
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    // key shmid perms size cpid ...
+    let ids = table.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let ids = ids.filter(|w| w.len() > 4 && w[4].parse().is_ok_and(|p: i32| tree.contains(&p)));
+    struct Segments(Vec<String>);
+    impl Drop for Segments {
+        fn drop(&mut self) {
+            for id in &self.0 {
+                let _ = Command::new("ipcrm").args(["-m", id]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+    let segments = Segments(ids.map(|w| w[1].to_string()).collect());
+    assert!(!segments.0.is_empty(), "postgres made no System V segment: {table}");
     let sum = "SELECT count(*), sum(n) FROM t";
     let before = psql("postgres", None, sum);
     assert_eq!(before, (true, "100000|5000050000".to_string()));

@@ -91,14 +91,15 @@ fn perm(row: &[i64], uid_at: usize) -> Perm {
 /// processes' IPC namespace (a thread of ours joins it when it is not ours).
 pub fn collect(tree: &[i32], attached: &[i32], limit: u64) -> Result<Ipc> {
     let Some(&first) = tree.first() else { return Ok(Ipc::default()) };
+    let tree = started(tree)?;
     let theirs = format!("/proc/{first}/ns/ipc");
     let ns = std::fs::read_link(&theirs).map_err(|e| Error::io(&theirs, e))?;
     let ours = std::fs::read_link("/proc/self/ns/ipc").map_err(|e| Error::io("/proc/self/ns/ipc", e))?;
     if ns == ours {
-        return collect_here(tree, attached, limit, false);
+        return collect_here(&tree, attached, limit, false);
     }
     let ns_file = std::fs::File::open(&theirs).map_err(|e| Error::io(&theirs, e))?;
-    let (tree, attached) = (tree.to_vec(), attached.to_vec());
+    let attached = attached.to_vec();
     let t = std::thread::spawn(move || {
         // SAFETY: setns takes an fd we hold open and a flag; it moves only this thread, which
         // ends after the collection.
@@ -115,13 +116,31 @@ pub fn collect(tree: &[i32], attached: &[i32], limit: u64) -> Result<Ipc> {
     t.join().map_err(|_| Error::Proc("the System V IPC reader failed".into()))?
 }
 
-fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Result<Ipc> {
+/// Each of processes `tree` with when it started, in seconds since the epoch.
+fn started(tree: &[i32]) -> Result<Vec<(i32, i64)>> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("/proc/stat", e))?;
+    let boot = stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<i64>().ok());
+    let boot = boot.ok_or_else(|| Error::Proc("/proc/stat has no btime line".into()))?;
+    // SAFETY: sysconf takes an integer and reads no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    tree.iter().map(|&pid| Ok((pid, boot + (crate::ptrace::procfs::read_stat(pid)?.starttime / hz) as i64))).collect()
+}
+
+/// Whether `pid`, last seen on an object at time `at` (seconds since the epoch, the latest of
+/// the object's times), is one of processes `tree` (with their start times). A pid an object
+/// names may be a dead process's that one of the tree got again: the object is the tree's
+/// only if it was touched after that process started. (A second's slack: btime is rounded.)
+fn ours(tree: &[(i32, i64)], pid: i64, at: i64) -> bool {
+    pid > 0 && tree.iter().any(|&(p, start)| i64::from(p) == pid && at + 1 >= start)
+}
+
+fn collect_here(tree: &[(i32, i64)], attached: &[i32], limit: u64, own_ns: bool) -> Result<Ipc> {
     let mut ipc = Ipc { own_ns, ..Default::default() };
-    let ours = |pid: i64| pid > 0 && tree.contains(&(pid as i32));
     // key semid perms nsems uid gid cuid cgid otime ctime
     for row in table("sem")? {
         let p = perm(&row, 4);
         let n = row.get(3).copied().unwrap_or(0) as usize;
+        let at = row.get(8).copied().unwrap_or(0).max(row.get(9).copied().unwrap_or(0));
         let what = format!("System V semaphore set {} (key {:#x})", p.id, p.key);
         let mut pids = Vec::with_capacity(n);
         for i in 0..n {
@@ -135,7 +154,7 @@ fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Res
                 e => return Err(Error::sys("semctl(GETPID)", &what, e)),
             }
         }
-        if !own_ns && !pids.into_iter().any(ours) {
+        if !own_ns && !pids.into_iter().any(|pid| ours(tree, pid, at)) {
             continue;
         }
         let mut values = vec![0u16; n.max(1)];
@@ -160,7 +179,8 @@ fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Res
     for row in table("msg")? {
         let p = perm(&row, 7);
         let g = |i: usize| row.get(i).copied().unwrap_or(0);
-        if !own_ns && !ours(g(5)) && !ours(g(6)) {
+        let at = g(11).max(g(12)).max(g(13));
+        if !own_ns && !ours(tree, g(5), at) && !ours(tree, g(6), at) {
             continue;
         }
         let what = format!("System V message queue {} (key {:#x})", p.id, p.key);
@@ -201,7 +221,8 @@ fn collect_here(tree: &[i32], attached: &[i32], limit: u64, own_ns: bool) -> Res
     for row in table("shm")? {
         let p = perm(&row, 7);
         let g = |i: usize| row.get(i).copied().unwrap_or(0);
-        if !own_ns && !attached.contains(&p.id) && !ours(g(4)) && !ours(g(5)) {
+        let at = g(11).max(g(12)).max(g(13));
+        if !own_ns && !attached.contains(&p.id) && !ours(tree, g(4), at) && !ours(tree, g(5), at) {
             continue;
         }
         let size = g(3) as u64;
@@ -701,5 +722,26 @@ mod tests {
         assert!(e.contains("belongs to uid 0 gid 2"), "{e}");
         let root = crate::res::head::Header { uids: [0; 4], ..Default::default() };
         assert!(claims(&ipc(Perm { uid: 5, gid: 5, ..mine }), &root).is_ok());
+    }
+
+    #[test]
+    fn a_pid_on_an_object_is_the_trees_only_if_the_object_was_touched_since_it_started() {
+        let tree = [(40, 1000), (41, 2000)];
+        assert!(ours(&tree, 40, 1500));
+        assert!(ours(&tree, 41, 1999), "btime is rounded: a second's slack");
+        assert!(!ours(&tree, 41, 1500), "a dead process's object, its pid given again");
+        assert!(!ours(&tree, 42, 3000));
+        assert!(!ours(&tree, 0, 3000));
+    }
+
+    #[test]
+    fn a_segment_this_process_made_is_collected_as_its() {
+        // SAFETY: shmget takes integers; shmctl(IPC_RMID) takes a null buffer.
+        let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) };
+        assert!(id >= 0, "shmget: {}", Errno::last());
+        let ipc = collect(&[std::process::id() as i32], &[], 1 << 20);
+        // SAFETY: as above.
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        assert!(ipc.unwrap().shms.iter().any(|(p, size, _)| p.id == id && *size == 4096));
     }
 }
