@@ -54,6 +54,45 @@ fn pipes_eventfds_and_epoll_sets_survive() {
     r.verdict("ok");
 }
 
+/// An epoll instance a parent and its child share since a fork (tests/targets/epollfork.c):
+/// it comes back one instance, both processes' (a registration the child adds after the
+/// restore is the parent's to see), with the registration of a pipe the child closed, which
+/// the parent still has, and the child's own. One none of them has open at the fd it was
+/// registered as is refused by name, and the target runs on.
+#[test]
+fn an_epoll_instance_shared_across_a_fork_comes_back_shared() {
+    let dir = tmpdir("epollfork");
+    let d = dir.to_str().unwrap();
+    let mut p = start("epollfork", &[], &dir);
+    let img = format!("{d}/e.crf");
+    ckpt(&["-k", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let shared = info.lines().find(|l| l.starts_with("shared:") && l.contains("eventpoll")).unwrap_or_default();
+    assert_eq!(shared.matches(" fd ").count(), 4, "{info}"); // each process's epoll fd and its dup
+    // Each registration once, among the processes' EPOLL records.
+    for data in ["0xa", "0xb", "0xc"] {
+        assert_eq!(
+            info.matches(&format!("data {data}]")).count() + info.matches(&format!("data {data},")).count(),
+            1,
+            "{info}"
+        );
+    }
+    let mut r = rstrt(&["--pidns", &img]);
+    r.verdict("ok");
+    assert!(r.wait().success());
+
+    let mut p = start("epollfork", &["moved"], &dir);
+    let o = run(&["ckpt", "-k", "-o", &format!("{d}/moved.crf"), &p.pid().to_string()]);
+    assert!(!o.status.success(), "checkpointed an epoll registration no fd holds");
+    assert!(
+        stderr(&o).contains("watches a file as fd") && stderr(&o).contains("no longer open at that number"),
+        "{}",
+        stderr(&o)
+    );
+    p.verdict("ok");
+}
+
 /// A real runtime nobody here wrote: Node.js (libuv: threads, epoll, eventfds, its own
 /// pipes) ticking on a timer, with a worker thread posting numbered messages (checked in
 /// order), answering on stdin, before and after: after a checkpoint and restore, and in a

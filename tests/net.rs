@@ -322,6 +322,81 @@ fn redis_keeps_its_keys_and_serves_on_after_restore() {
     gone(&[pid]);
 }
 
+/// redis-server in the middle of a background save: its child writes the dump (slowed by
+/// rdb-key-save-delay) and holds its parent's epoll instance, whose registrations name fds it
+/// closed. Checkpointed (killed) and restored, the child finishes the save, the parent sees
+/// it succeed, and the dump holds every key.
+#[test]
+fn redis_finishes_a_background_save_checkpointed_midway() {
+    if !has_redis() || !require(std::path::Path::new("/usr/bin/redis-check-rdb").exists(), "redis-check-rdb") {
+        return;
+    }
+    if !require(is_root(), "root (to restore the pid redis knows its saving child by)") {
+        return;
+    }
+    let dir = tmpdir("redis-bgsave");
+    let d = dir.to_str().unwrap();
+    // A save 3 s after the start, once a key changed: our client is gone by then (a child
+    // forked while it is connected would hold its connection, closing, which crs refuses).
+    let (mut server, port) = serving_on("redis-server", |port| {
+        let mut c = Command::new("/usr/bin/redis-server");
+        let port = port.to_string();
+        c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "3 1", "--appendonly", "no", "--dir", d]);
+        c.args(["--rdb-key-save-delay", "200", "--enable-debug-command", "yes"]);
+        c.stdout(Stdio::null()).stdin(Stdio::null());
+        c
+    });
+    let pid = server.0.id() as i32;
+    let mut s = redis_at(port);
+    assert_eq!(redis(&mut s, &["DEBUG", "POPULATE", "20000"]), "+OK");
+    assert_eq!(redis(&mut s, &["SET", "marker", "saved midway"]), "+OK");
+    drop(s);
+    let t0 = std::time::Instant::now();
+    let saver = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next() {
+            break k.parse::<i32>().unwrap();
+        }
+        assert!(t0.elapsed() < TIMEOUT, "redis did not begin its background save");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Some keys saved, not all (20000 at 200 us each: 4 s).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let info = |s: &mut BufReader<TcpStream>, key: &str| {
+        s.get_mut().write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n").unwrap();
+        let mut head = String::new();
+        s.read_line(&mut head).unwrap();
+        let mut body = vec![0u8; head.trim_start_matches('$').trim().parse::<usize>().unwrap() + 2];
+        s.read_exact(&mut body).unwrap();
+        let text = String::from_utf8_lossy(&body).to_string();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
+    };
+    let mut s = redis_at(port);
+    assert_eq!(info(&mut s, "rdb_bgsave_in_progress"), "1");
+    drop(s);
+    let img = format!("{d}/redis.crf");
+    ckpt(&["--kill", "-o", &img, &pid.to_string()]);
+    let _ = server.0.wait();
+    gone(&[pid, saver]);
+    let crfinfo = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(crfinfo.contains("anon_inode:[eventpoll]") && crfinfo.contains(&format!("pid {saver} fd")), "{crfinfo}");
+    let o = run(&["rstrt", "-d", &img]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut s = redis_at(port);
+    assert_eq!(redis(&mut s, &["GET", "marker"]), "saved midway");
+    let t0 = std::time::Instant::now();
+    while info(&mut s, "rdb_bgsave_in_progress") != "0" {
+        assert!(t0.elapsed() < 4 * TIMEOUT, "the background save did not end");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(info(&mut s, "rdb_last_bgsave_status"), "ok");
+    let o = Command::new("/usr/bin/redis-check-rdb").arg(format!("{d}/dump.rdb")).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(said.contains("RDB looks OK") && said.contains("20001 keys read"), "{said}");
+    let _ = s.get_mut().write_all(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n");
+    gone(&[pid]);
+}
+
 /// The body of an HTTP/1.0 GET of `path` from 127.0.0.1:`port`.
 fn http_body(port: u16, path: &str) -> Vec<u8> {
     let mut s = redis_at(port).into_inner();

@@ -853,7 +853,10 @@ fn stored_once_and_shared_again(args: &[&str], cow_args: &[&str], say: &str, lin
     let restored = pss_mib(&members);
     println!("the copy's tree ({} processes with its pid namespace's init): {restored} MiB of Pss", members.len());
     let each: Vec<(i32, u64)> = members.iter().map(|&m| (m, pss_mib(&[m]))).collect();
-    assert!(restored <= before + 16, "the copy takes {restored} MiB where the original took {before}: (pid, MiB) {each:?}");
+    assert!(
+        restored <= before + 16,
+        "the copy takes {restored} MiB where the original took {before}: (pid, MiB) {each:?}"
+    );
     // One child writes its copy: only it sees that, and it has 256 MiB of its own now.
     copy.send("write");
     copy.expect("wrote");

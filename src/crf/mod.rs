@@ -33,8 +33,9 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// image (pages::PREMEMBER_HOLD), version 8 a process's page batches announced before them
 /// (PAGEPLAN, optional), so older images read as version 8; version 9 the tree's shared
 /// memory copied before the freeze (PRESHM), and kept runs in its mappings; version 10
-/// reservations mapped as they are (memory::VMA_EMPTY).
-pub const VERSION: u32 = 10;
+/// reservations mapped as they are (memory::VMA_EMPTY); version 11 epoll instances among the
+/// descriptions several fds share (FDESCS), each registration listed by one holder.
+pub const VERSION: u32 = 11;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64

@@ -665,6 +665,9 @@ fn frozen_checkpoint<W: Sink>(
         }
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;
+        // Each registration of an epoll instance made by one of the processes holding it.
+        let mut eps: Vec<(i32, &mut Vec<_>)> = states.iter_mut().map(|st| (st.head.pid, &mut st.epolls)).collect();
+        crate::res::epoll::share(&mut eps, &shared)?;
         states[0].fdescs = shared;
         let limit = opts.deleted_max.unwrap_or(crate::res::deleted::MAX_TOTAL);
         (states[0].deleted, states[0].memfds) = carried_files(&states, limit)?;

@@ -1,8 +1,9 @@
 //! FDESCS: open file descriptions that more than one fd holds (dup'ed fds of one process, as
 //! `prog > log 2>&1` makes; fds a script's children inherited from it), which share one
 //! offset and one set of status flags. Reopened once per fd, they would each get an offset of
-//! their own, and two writers would overwrite each other. Found at checkpoint with kcmp(2)
-//! among the regular files and directories with the same inode; each is listed once, with
+//! their own, and two writers would overwrite each other. An epoll instance inherited across
+//! a fork is one too: two would each wake on their own. Found at checkpoint with kcmp(2)
+//! among the files of a kind with the same inode; each is listed once, with
 //! every (pid, fd) that holds it. A restore opens it once, in the restorer, before it creates
 //! the processes, which inherit it and dup it to each fd that held it.
 
@@ -19,6 +20,10 @@ pub struct Desc {
     /// Every (pid, fd) that holds it, the first one first.
     pub holders: Vec<(i32, i32)>,
 }
+
+/// The kinds of file a description may be: an epoll instance is one too (see res::epoll).
+const KINDS: [u8; 7] =
+    [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY, files::KIND_PTS, files::KIND_EPOLL];
 
 /// The most holders a description may list.
 const MAX_HOLDERS: usize = 1 << 16;
@@ -45,8 +50,7 @@ pub fn collect(procs: &[(i32, &[Fd])]) -> Result<Vec<Desc>> {
     // Candidates: the files and directories with the same inode (a description has one).
     let mut all: Vec<(i32, &Fd)> = Vec::new();
     for &(pid, fds) in procs {
-        let kinds = [KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY, files::KIND_PTS];
-        all.extend(fds.iter().filter(|f| kinds.contains(&f.kind)).map(|f| (pid, f)));
+        all.extend(fds.iter().filter(|f| KINDS.contains(&f.kind)).map(|f| (pid, f)));
     }
     let mut taken = vec![false; all.len()];
     for i in 0..all.len() {
@@ -88,6 +92,16 @@ pub fn held_by(pid: i32, descs: &[Desc], opened: &[i32]) -> Vec<(i32, i32)> {
 pub fn open_here(d: &Desc, via: Option<&str>) -> Result<OwnedFd> {
     let f = &d.file;
     let what = format!("fd {} {}", f.fd, f.id.path);
+    if f.kind == files::KIND_EPOLL {
+        // Its registrations are made by the processes, once their fds exist (res::epoll).
+        // SAFETY: epoll_create1 takes a flag and returns a new fd, ours alone.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(Error::sys("epoll_create1", what, Errno::last()));
+        }
+        // SAFETY: `raw` was just made and is ours alone.
+        return Ok(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
     if matches!(f.kind, files::KIND_DELETED | files::KIND_MEMFD | files::KIND_TTY | files::KIND_PTS) && via.is_none() {
         return Err(Error::Refused(format!("{what}: the image does not hold this file: it is damaged")));
     }
@@ -142,10 +156,7 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Vec<Desc>> {
         let rec = d.offset();
         let file = files::decode_one(&mut d)?;
         let m = d.count(8)?;
-        if !(2..=MAX_HOLDERS).contains(&m)
-            || ![KIND_FILE, KIND_DIR, files::KIND_DELETED, files::KIND_MEMFD, files::KIND_TTY, files::KIND_PTS]
-                .contains(&file.kind)
-        {
+        if !(2..=MAX_HOLDERS).contains(&m) || !KINDS.contains(&file.kind) {
             return Err(d.bad_at(rec, format!("a description of kind {} held {m} times", file.kind)));
         }
         let mut holders: Vec<(i32, i32)> = Vec::with_capacity(m);
