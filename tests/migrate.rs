@@ -1389,6 +1389,11 @@ fn postgres_under_su_moves_live_and_serves_every_user_there() {
     assert_eq!(psql("postgres", Some(there), sum), before, "{err}");
     let more = psql("postgres", Some(there), "INSERT INTO t VALUES (100001, 'there')");
     assert!(more.0, "{}", more.1);
-    // Its socket file as postgres made it, open to every user.
+    // Its socket file as postgres made it, postgres's (not the tree's first process's, su's:
+    // root's), open to every user.
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(format!("/proc/{there}/root{sock}/.s.PGSQL.5432")).unwrap();
+    let postgres = std::fs::metadata(&data).unwrap();
+    assert_eq!((file.uid(), file.gid()), (postgres.uid(), postgres.gid()), "the socket file's owner");
     assert_eq!(psql("nobody", Some(there), "SELECT count(*) FROM t"), (true, "100001".to_string()));
 }

@@ -38,6 +38,8 @@ pub struct Made {
     slaves: Vec<OwnedFd>,
     /// The established TCP connections, in repair mode until the processes run.
     pub repaired: tcpconn::Repaired,
+    /// Socket files of owners the first process's ids do not name (see [`Made::give_files`]).
+    unowned: Vec<unixpairs::Unowned>,
 }
 
 impl Made {
@@ -137,7 +139,8 @@ impl Made {
             }
         }
         for l in &st.unix_listening {
-            let fd = unixpairs::listen_here(l, &st.head, notes)?;
+            let (fd, unowned) = unixpairs::listen_here(l, &st.head, notes)?;
+            m.unowned.extend(unowned);
             m.sockets.push((l.ino, fd.as_raw_fd()));
             m.owned.push(fd);
         }
@@ -207,6 +210,17 @@ impl Made {
             m.owned.push(fd);
         }
         Ok(m)
+    }
+
+    /// Once process `head` of the tree is read and checked: the socket files whose owner and
+    /// group are among its ids get them.
+    pub fn give_files(&mut self, head: &crate::res::head::Header, notes: &mut Vec<String>) {
+        self.unowned.retain(|u| !u.give(head, notes));
+    }
+
+    /// Once every process is read: the socket files whose owner no process of the image was.
+    pub fn unowned_notes(&mut self, notes: &mut Vec<String>) {
+        notes.extend(self.unowned.drain(..).map(|u| u.note()));
     }
 
     /// Closes the restorer's copies, once every process has inherited them.

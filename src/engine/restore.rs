@@ -433,6 +433,7 @@ fn restore_all<R: Input>(
                     st.head.pid
                 )));
             }
+            shared.made.give_files(&st.head, &mut notes);
         }
         sections.more = i + 1 < live.len();
         let p = family
@@ -469,6 +470,7 @@ fn restore_all<R: Input>(
             what: format!("a section ({}) after the last process", s.tag),
         }));
     }
+    shared.made.unowned_notes(&mut notes);
     if let Some(c) = checker {
         c.finish()?;
     }

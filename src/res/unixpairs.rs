@@ -468,10 +468,57 @@ fn sockaddr(name: &[u8], what: &str) -> Result<(libc::sockaddr_un, libc::socklen
     Ok((a, (std::mem::size_of::<libc::sa_family_t>() + name.len()) as libc::socklen_t))
 }
 
+/// A socket file whose owner and group are not among the image's first process's ids: given
+/// them once a later process of the tree whose ids they are is read and checked
+/// ([`Unowned::give`]), else named in a note ([`Unowned::note`]).
+pub struct Unowned {
+    /// The file (O_PATH), as it was bound.
+    file: OwnedFd,
+    uid: u32,
+    gid: u32,
+    /// Its owner and group now.
+    now: (u32, u32),
+    what: String,
+}
+
+impl Unowned {
+    /// Gives the file its owner and group if they are among the ids of process `head`; false
+    /// if they are not.
+    pub fn give(&self, head: &crate::res::head::Header, notes: &mut Vec<String>) -> bool {
+        if !theirs(head, self.uid, self.gid) {
+            return false;
+        }
+        // SAFETY: fchownat with AT_EMPTY_PATH changes the inode our fd holds; the empty path
+        // is a NUL-terminated string that lives across the call.
+        if unsafe { libc::fchownat(self.file.as_raw_fd(), c"".as_ptr(), self.uid, self.gid, libc::AT_EMPTY_PATH) } != 0
+        {
+            notes.push(self.note());
+        }
+        true
+    }
+
+    pub fn note(&self) -> String {
+        format!(
+            "{}: its file is uid {}'s and gid {}'s here, not uid {}'s and gid {}'s (not ours to give)",
+            self.what, self.now.0, self.now.1, self.uid, self.gid
+        )
+    }
+}
+
+/// Whether `uid` and `gid` are among the ids of process `head`.
+fn theirs(head: &crate::res::head::Header, uid: u32, gid: u32) -> bool {
+    head.uids.contains(&uid) && (head.gids.contains(&gid) || head.groups.contains(&gid))
+}
+
 /// Makes listener `l` here (the caller holds the image owner's file-system ids, for a path),
 /// its socket file as it was (`head`: the image's first process; what cannot be so goes to
-/// `notes`).
-pub fn listen_here(l: &Listening, head: &crate::res::head::Header, notes: &mut Vec<String>) -> Result<OwnedFd> {
+/// `notes`). A file of another owner than the first process's ids is returned, to be given
+/// once a process it belongs to is known.
+pub fn listen_here(
+    l: &Listening,
+    head: &crate::res::head::Header,
+    notes: &mut Vec<String>,
+) -> Result<(OwnedFd, Option<Unowned>)> {
     let what = format!("unix socket listening on {}", crate::text::printable(&name_of(&l.name)));
     // SAFETY: socket takes integers; the fd is owned below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, l.ty as i32 | libc::SOCK_CLOEXEC, 0) };
@@ -523,22 +570,23 @@ pub fn listen_here(l: &Listening, head: &crate::res::head::Header, notes: &mut V
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog as i32) } != 0 {
         return Err(sys("listen", &what));
     }
-    if let Some(f) = l.file {
-        file_as_it_was(l, f, head, &what, notes)?;
-    }
-    Ok(fd)
+    let unowned = match l.file {
+        Some(f) => file_as_it_was(l, f, head, &what, notes)?,
+        None => None,
+    };
+    Ok((fd, unowned))
 }
 
 /// Gives the socket file of listener `l`, just bound, the permission bits it had (but the
 /// special ones), and its owner and group if they differ and are among the ids of `head`'s
-/// process (an image names no one else's); else says so in `notes`.
+/// process (an image names no one else's); else returns it, for a later process's ids.
 fn file_as_it_was(
     l: &Listening,
     (mode, uid, gid): (u32, u32, u32),
     head: &crate::res::head::Header,
     what: &str,
     notes: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<Unowned>> {
     let path = l.name.split(|&b| b == 0).next().unwrap_or_default();
     let c = std::ffi::CString::new(path).map_err(|_| Error::Refused(format!("{what}: a path with a NUL byte")))?;
     // The file itself, as a path (no symlink followed: one swapped in since would lead our
@@ -561,18 +609,10 @@ fn file_as_it_was(
         return Err(sys("chmod", what));
     }
     if (now.st_uid, now.st_gid) == (uid, gid) {
-        return Ok(());
+        return Ok(None);
     }
-    let theirs = head.uids.contains(&uid) && (head.gids.contains(&gid) || head.groups.contains(&gid));
-    // SAFETY: fchownat with AT_EMPTY_PATH changes the inode our fd holds; the empty path is
-    // a NUL-terminated string that lives across the call.
-    if !theirs || unsafe { libc::fchownat(raw, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
-        notes.push(format!(
-            "{what}: its file is uid {}'s and gid {}'s here, not uid {uid}'s and gid {gid}'s (another process's than the first's, or not ours to give)",
-            now.st_uid, now.st_gid
-        ));
-    }
-    Ok(())
+    let u = Unowned { file, uid, gid, now: (now.st_uid, now.st_gid), what: what.to_string() };
+    Ok((!u.give(head, notes)).then_some(u))
 }
 
 pub fn encode_listening(all: &[Listening]) -> Vec<u8> {
