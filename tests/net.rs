@@ -593,6 +593,92 @@ fn an_established_connection_carries_on_with_its_bytes_in_flight() {
     r.verdict("ok");
 }
 
+/// Connections closed one way, with bytes in flight: one whose client shut its side after a
+/// last line the server has not read (CLOSE_WAIT), one the server shut after writing (its
+/// FIN acknowledged: FIN_WAIT2). Without --tcp-established each is refused by name; with it,
+/// checkpointed and killed, then restored, the server reads the last line and then the end
+/// of file, and writes on; and the other's client reads every byte, then the end, while the
+/// server still reads what the client writes.
+#[test]
+fn connections_closed_one_way_come_back_half_closed() {
+    if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() {
+        return;
+    }
+    let dir = tmpdir("tcp-half");
+    let d = dir.to_str().unwrap();
+    let idle = |p: &Proc| p.seen.last().cloned().unwrap_or_default().split_whitespace().nth(3).unwrap().to_string();
+
+    // Its peer closed (CLOSE_WAIT).
+    let mut p = start("inet", &[], &dir);
+    let port = idle(&p);
+    let mut c = connected(&mut p, &port);
+    c.write_all(b"last words\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    p.send("pump 8000000");
+    let pumped: u64 = p.expect("pumped").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let o = run(&["ckpt", "--check", &p.pid().to_string()]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        said.contains("its peer closed, the process not yet (CLOSE_WAIT), which only ckpt --tcp-established"),
+        "{said}"
+    );
+    let img = format!("{d}/close-wait.crf");
+    ckpt(&["--tcp-established", "--kill", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("11 bytes received unread") && info.contains("its peer closed its side"), "{info}");
+    let mut r = rstrt(&[&img]);
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 11 last words");
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 0 ", "the end of file, after the last line");
+    let mut at = 0;
+    pattern(&mut c, &mut at, pumped);
+    r.send("pump 1000");
+    assert_eq!(r.expect("pumped"), "pumped 1000");
+    pattern(&mut c, &mut at, 1000);
+    r.send("shut");
+    assert_eq!(r.expect("shut"), "shut 0");
+    assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "the end of file after the server's bytes");
+    assert!(crs_tables(r.pid()).is_empty() && crs_tables(p.pid()).is_empty(), "a block was left");
+    r.verdict("ok");
+
+    // It closed its side (FIN_WAIT2), its bytes not all read.
+    let mut p = start("inet", &[], &dir);
+    let port = idle(&p);
+    let mut c = connected(&mut p, &port);
+    p.send("pump 5000");
+    assert_eq!(p.expect("pumped"), "pumped 5000");
+    p.send("shut");
+    assert_eq!(p.expect("shut"), "shut 0");
+    let t0 = std::time::Instant::now();
+    while !String::from_utf8_lossy(&Command::new("ss").args(["-tan", "state", "fin-wait-2"]).output().unwrap().stdout)
+        .contains(&format!(":{port} "))
+    {
+        assert!(t0.elapsed() < TIMEOUT, "the server's FIN was not acknowledged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let img = format!("{d}/fin-wait.crf");
+    ckpt(&["--tcp-established", "--kill", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    assert!(info.contains("it closed its side"), "{info}");
+    let mut r = rstrt(&[&img]);
+    c.write_all(b"still heard\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 12 still heard");
+    let mut at = 0;
+    pattern(&mut c, &mut at, 5000);
+    assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "the end of file after the server's bytes");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    r.send("read");
+    assert_eq!(r.expect("read"), "read 0 ");
+    assert!(crs_tables(r.pid()).is_empty() && crs_tables(p.pid()).is_empty(), "a block was left");
+    r.verdict("ok");
+}
+
 /// Checkpointed with --tcp-established and left running, a server's connection carries on
 /// there, and the block is lifted.
 #[test]

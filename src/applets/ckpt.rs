@@ -43,8 +43,8 @@ struct Args {
     /// number, /dev/tty too) and the terminal's modes and size, for rstrt --shell-job
     #[argh(switch)]
     shell_job: bool,
-    /// carry established TCP connections too (TCP_REPAIR, root), and those a listener had not
-    /// accepted yet (Linux 6.9+): their packets are blocked (nftables) from the freeze until
+    /// carry established TCP connections too (TCP_REPAIR, root), half-closed ones, and those
+    /// a listener had not accepted yet (Linux 6.9+): their packets are blocked (nftables) from the freeze until
     /// the restored process runs, or the checkpointed one runs on; with --kill the block
     /// stays for rstrt to lift
     #[argh(switch)]

@@ -32,7 +32,8 @@ struct Args {
     /// destination needs the very same files
     #[argh(switch)]
     no_libs: bool,
-    /// carry established TCP connections too, and those waiting to be accepted, as ckpt(1)
+    /// carry established TCP connections too (half-closed ones too), and those waiting to be
+    /// accepted, as ckpt(1)
     /// does (root); with --move-address they carry on at the destination
     #[argh(switch)]
     tcp_established: bool,

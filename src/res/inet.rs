@@ -282,19 +282,23 @@ pub fn classify(
     let state = if ty == libc::SOCK_STREAM as u32 { tcp_state(s.as_raw_fd())? } else { TCP_CLOSE };
     match state {
         TCP_CLOSE | TCP_LISTEN => {}
-        TCP_ESTABLISHED if established => {}
+        st if is_connection_state(st) && established => {}
         TCP_ESTABLISHED => return Some(Err("which only ckpt --tcp-established carries".into())),
+        st if is_connection_state(st) => {
+            let name = TCP_STATES.get(st as usize).copied().unwrap_or("?");
+            let how = match st {
+                TCP_CLOSE_WAIT => "its peer closed, the process not yet",
+                TCP_FIN_WAIT1 | TCP_FIN_WAIT2 => "the process shut it down for writing",
+                _ => "closed both ways, still held",
+            };
+            return Some(Err(format!("a connection {how} ({name}), which only ckpt --tcp-established carries")));
+        }
         st => {
             let name = TCP_STATES.get(st as usize).copied().unwrap_or("?");
-            // (A moment's state, mostly: a busy server has such sockets now and then.)
-            let (what, then) = match name {
-                "CLOSE_WAIT" => {
-                    ("closing", "its peer closed it, the process has not yet: checkpoint again once it has")
-                }
-                "SYN_SENT" | "SYN_RECV" => ("being made", "checkpoint again once it is made"),
-                _ => ("closing", "checkpoint again once it has closed"),
-            };
-            return Some(Err(format!("a connection {what} ({name}), which crs does not restore ({then})")));
+            // (A moment's state: a client's connect under way.)
+            return Some(Err(format!(
+                "a connection being made ({name}), which crs does not restore (checkpoint again once it is made)"
+            )));
         }
     }
     if let Some(holders) = outside(ino) {
@@ -306,9 +310,21 @@ pub fn classify(
     Some(Ok(()))
 }
 
-/// Whether `s` is an established TCP connection.
+/// Whether `s` is a TCP connection crs carries (ckpt --tcp-established): established, or
+/// closed in one direction or both while its socket is still held (res::tcpconn).
 pub fn is_established(s: RawFd) -> bool {
-    kind(s).is_some_and(|k| k.1 == libc::SOCK_STREAM as u32) && tcp_state(s) == Some(TCP_ESTABLISHED)
+    kind(s).is_some_and(|k| k.1 == libc::SOCK_STREAM as u32) && tcp_state(s).is_some_and(is_connection_state)
+}
+
+pub(super) const TCP_FIN_WAIT1: u8 = 4;
+pub(super) const TCP_FIN_WAIT2: u8 = 5;
+pub(super) const TCP_CLOSE_WAIT: u8 = 8;
+pub(super) const TCP_LAST_ACK: u8 = 9;
+pub(super) const TCP_CLOSING: u8 = 11;
+
+/// The TCP states of a connection res::tcpconn carries.
+pub(super) fn is_connection_state(st: u8) -> bool {
+    [TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING].contains(&st)
 }
 
 /// The kernel's TCP states, by number.

@@ -50,7 +50,6 @@ pub const TCPI_OPT_SACK: u8 = 2;
 pub const TCPI_OPT_WSCALE: u8 = 4;
 pub const TCPI_OPT_ECN: u8 = 8;
 pub const TCPI_OPT_USEC_TS: u8 = 64;
-const TCP_CLOSE_WAIT: u8 = 8;
 const TCPOPT_MAXSEG: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
@@ -90,6 +89,19 @@ pub struct Conn {
     pub sndbuf: u32,
     pub rcvbuf: u32,
     pub opts: Vec<Opt>,
+    /// Its TCP state, when it was closed in one direction or both (FIN_WAIT1, FIN_WAIT2,
+    /// CLOSE_WAIT, LAST_ACK, CLOSING; 0 when established): `snd_seq` and `rcv_seq` leave out
+    /// the FINs, which the restore sends again (shutdown) and puts back (see [`closing`]).
+    pub state: u8,
+}
+
+/// Whether a connection in TCP state `state` had its peer's FIN, and had sent its own.
+fn fins(state: u8) -> (bool, bool) {
+    use inet::{TCP_CLOSE_WAIT, TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK};
+    (
+        matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING),
+        matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING),
+    )
 }
 
 /// The connections of an image, and the nftables table that blocks their packets, left by
@@ -189,16 +201,25 @@ fn collect_in(s: RawFd, ino: u64, queued: bool) -> Result<(Conn, bool)> {
     let what = name(&local, &peer);
     let info =
         inet::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).ok_or_else(|| sys("getsockopt(TCP_INFO)", &what))?;
-    let fin = queued && info.first() == Some(&TCP_CLOSE_WAIT);
-    if !(fin || info.first() == Some(&inet::TCP_ESTABLISHED)) || info.len() < 8 {
+    let st = info.first().copied().unwrap_or(0);
+    let fin = queued && st == inet::TCP_CLOSE_WAIT;
+    let carried = if queued { fin || st == inet::TCP_ESTABLISHED } else { inet::is_connection_state(st) };
+    if !carried || info.len() < 8 {
         return Err(Error::Proc(format!("{what} is no longer established")));
     }
+    // Closed one way or both (not waiting: those are ESTABLISHED or CLOSE_WAIT, `fin`).
+    let (fin_in, fin_out) = if queued { (false, false) } else { fins(st) };
+    // Its own FIN not acknowledged yet: it is in the send queue's count (and among the unsent
+    // bytes while it waits behind them), though not among its bytes.
+    let fin_queued = fin_out && st != inet::TCP_FIN_WAIT2;
     let family = inet::int_opt(s, libc::SOL_SOCKET, libc::SO_DOMAIN, &what)? as u16;
-    let outq = ioctl_int(s, libc::TIOCOUTQ, &what, "ioctl(SIOCOUTQ)")?;
-    let unsent = ioctl_int(s, SIOCOUTQNSD, &what, "ioctl(SIOCOUTQNSD)")?;
+    let outq = ioctl_int(s, libc::TIOCOUTQ, &what, "ioctl(SIOCOUTQ)")?.saturating_sub(fin_queued as u32);
+    let unsent = ioctl_int(s, SIOCOUTQNSD, &what, "ioctl(SIOCOUTQNSD)")?.saturating_sub(fin_queued as u32);
     let inq = ioctl_int(s, libc::FIONREAD, &what, "ioctl(SIOCINQ)")?;
     let (rcv_seq, received) = peek_queue(s, TCP_RECV_QUEUE, inq, &what)?;
     let (snd_seq, sent) = peek_queue(s, TCP_SEND_QUEUE, outq, &what)?;
+    // (The sequence numbers after each FIN: taken back, for the restore to send them again.)
+    let (rcv_seq, snd_seq) = (rcv_seq.wrapping_sub(fin_in as u32), snd_seq.wrapping_sub(fin_out as u32));
     set(s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, &what)?;
     let int = |level, name| inet::int_opt(s, level, name, &what);
     let mut window = [0u8; 20];
@@ -209,6 +230,10 @@ fn collect_in(s: RawFd, ino: u64, queued: bool) -> Result<(Conn, bool)> {
         return Err(sys("getsockopt(TCP_REPAIR_WINDOW)", &what));
     }
     let w = |i: usize| u32::from_ne_bytes([window[4 * i], window[4 * i + 1], window[4 * i + 2], window[4 * i + 3]]);
+    // Where the window was last offered from (rcv_wup) may count the peer's FIN: no further
+    // than what the restore receives before it (the kernel refuses a window past rcv_nxt).
+    let after = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+    let rcv_wup = if after(w(4), rcv_seq) { rcv_seq } else { w(4) };
     let conn = Conn {
         ino,
         family,
@@ -222,12 +247,13 @@ fn collect_in(s: RawFd, ino: u64, queued: bool) -> Result<(Conn, bool)> {
         snd_wscale: info[6] & 0xf,
         rcv_wscale: info[6] >> 4,
         timestamp: int(libc::IPPROTO_TCP, TCP_TIMESTAMP)? as u32,
-        window: [w(0), w(1), w(2), w(3), w(4)],
+        window: [w(0), w(1), w(2), w(3), rcv_wup],
         sndbuf: int(libc::SOL_SOCKET, libc::SO_SNDBUF)? as u32,
         rcvbuf: int(libc::SOL_SOCKET, libc::SO_RCVBUF)? as u32,
         opts: inet::options(s, family, libc::SOCK_STREAM as u32, true, &what)?,
         local,
         peer,
+        state: if fin_in || fin_out { st } else { 0 },
     };
     Ok((conn, fin))
 }
@@ -321,11 +347,21 @@ fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A connection a restore made: its socket, SO_REUSEADDR as it was, its name, and (closed one
+/// way or both) the connection, its queues left out, with where its send queue began (what
+/// the peer had acknowledged): its FINs go again at the release.
+struct Made {
+    fd: OwnedFd,
+    reuse: i32,
+    what: String,
+    closing: Option<(Conn, u32)>,
+}
+
 /// The connections a restore made, in repair mode, until the processes are let run, and
 /// those it puts back in their listeners' queues then.
 #[derive(Default)]
 pub struct Repaired {
-    socks: Vec<(OwnedFd, i32, String)>,
+    socks: Vec<Made>,
     /// Those that waited, their program being attached meanwhile (on a thread of its own: it
     /// takes milliseconds the restore goes on with).
     queued: Option<std::thread::JoinHandle<Result<tcpqueue::PutBack>>>,
@@ -366,13 +402,18 @@ impl Repaired {
 
     /// Keeps `fd` (a copy of connection `c`'s socket) for the release.
     pub fn push(&mut self, fd: OwnedFd, c: &Conn) {
-        self.socks.push((fd, inet::reuseaddr(&c.opts), name(&c.local, &c.peer)));
+        let una = c.snd_seq.wrapping_sub(c.sent.len() as u32);
+        let closing = (c.state != 0)
+            .then(|| (Conn { sent: Vec::new(), received: Vec::new(), opts: Vec::new(), ..c.clone() }, una));
+        self.socks.push(Made { fd, reuse: inet::reuseaddr(&c.opts), what: name(&c.local, &c.peer), closing });
     }
 
     /// The connections that waited go back in their listeners' queues (the service address
     /// is here by now), then the others leave repair mode (each sends a window probe),
-    /// SO_REUSEADDR as it was, then the block on their packets is lifted: the connections
-    /// carry on.
+    /// SO_REUSEADDR as it was, those whose peer had closed get its FIN again (a packet of
+    /// ours, which the block lets through), then the block on their packets is lifted: the
+    /// connections carry on, and those that had closed their side close it again (their FIN
+    /// sent again, which the peer had or takes now).
     pub fn release(self) -> Result<()> {
         if let Some(p) = self.queued {
             let t = std::time::Instant::now();
@@ -381,9 +422,14 @@ impl Repaired {
             p.send()?;
             log::debug!("{n} waiting connections back in their queues in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         }
-        for (fd, reuse, what) in &self.socks {
-            repair(fd.as_raw_fd(), false, what)?;
-            inet::set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse, what)?;
+        for m in &self.socks {
+            repair(m.fd.as_raw_fd(), false, &m.what)?;
+            inet::set_int(m.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, m.reuse, &m.what)?;
+        }
+        for m in &self.socks {
+            if let Some((c, una)) = m.closing.as_ref().filter(|c| fins(c.0.state).0) {
+                fin_again(m.fd.as_raw_fd(), c, *una, &m.what)?;
+            }
         }
         // Both tables in one run of nft (each run takes about 10 ms, the processes waiting).
         let mut tables = Vec::new();
@@ -397,7 +443,38 @@ impl Repaired {
         let t = std::time::Instant::now();
         let r = unlock_in(&tables, None);
         log::debug!("packet blocks lifted in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        for m in self.socks.iter().filter(|m| m.closing.as_ref().is_some_and(|c| fins(c.0.state).1)) {
+            // SAFETY: shutdown takes integers, on our own copy of the socket.
+            if unsafe { libc::shutdown(m.fd.as_raw_fd(), libc::SHUT_WR) } != 0 {
+                return Err(sys("shutdown(SHUT_WR)", &m.what));
+            }
+        }
         r
+    }
+}
+
+/// Connection `c` (restored, out of repair mode, socket `s`) gets its peer's FIN again: a
+/// segment from its peer, at the sequence number the FIN had, acknowledging `una` (where its
+/// send queue begins: no more than the peer had), through a raw socket (marked: crs's blocks
+/// let it pass). It is there once the connection shows it (CLOSE_WAIT).
+fn fin_again(s: RawFd, c: &Conn, una: u32, what: &str) -> Result<()> {
+    let (local, peer) = match (inet::addr_of(&c.local), inet::addr_of(&c.peer)) {
+        (Some(l), Some(p)) => (tcpqueue::plain(l), tcpqueue::plain(p)),
+        _ => return Err(Error::Proc(format!("{what}: an address crs does not know"))),
+    };
+    let wscale = if c.options & TCPI_OPT_WSCALE != 0 { c.snd_wscale } else { 0 };
+    let window = (c.window[1] >> wscale).min(u16::MAX as u32) as u16;
+    tcpqueue::send_segment(peer, local, c.rcv_seq, una, tcpqueue::ACK | tcpqueue::FIN, window, what)?;
+    let t = std::time::Instant::now();
+    loop {
+        let st = inet::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).and_then(|i| i.first().copied());
+        if st.is_some_and(|st| st != inet::TCP_ESTABLISHED && st != inet::TCP_FIN_WAIT1) {
+            return Ok(());
+        }
+        if t.elapsed() > std::time::Duration::from_millis(500) {
+            return Err(Error::Proc(format!("{what}: its peer's FIN, sent again, did not reach it")));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
 }
 
@@ -751,6 +828,14 @@ pub fn encode(c: &Conns) -> Vec<u8> {
     for c in &c.conns {
         encode_conn(&mut e, c);
     }
+    // (Version 11: the connections closed one way or both, with their states.)
+    let closing: Vec<&Conn> = c.conns.iter().filter(|c| c.state != 0).collect();
+    if !closing.is_empty() {
+        e.u32(closing.len() as u32);
+        for c in closing {
+            e.u64(c.ino).u8(c.state);
+        }
+    }
     e.into_bytes()
 }
 
@@ -787,6 +872,19 @@ pub fn decode(b: &[u8], at: u64) -> CrfResult<Conns> {
         }
         conns.push(c);
     }
+    if d.remaining() > 0 {
+        let k = d.count(9)?;
+        for _ in 0..k {
+            let rec = d.offset();
+            let (ino, state) = (d.u64()?, d.u8()?);
+            let c = conns.iter_mut().find(|c| c.ino == ino && c.state == 0);
+            let (fin_in, fin_out) = fins(state);
+            match c {
+                Some(c) if fin_in || fin_out => c.state = state,
+                _ => return Err(d.bad_at(rec, format!("the closing state {state} of connection {ino}"))),
+            }
+        }
+    }
     d.finish()?;
     Ok(Conns { lock, conns })
 }
@@ -821,6 +919,7 @@ pub fn decode_conn(d: &mut Dec) -> CrfResult<Conn> {
         sndbuf,
         rcvbuf,
         opts,
+        state: 0,
     };
     let fam = |a: &[u8]| inet::addr_of(a).is_some() && a.get(..2) == Some(&c.family.to_ne_bytes()[..]);
     let ok = matches!(family as i32, libc::AF_INET | libc::AF_INET6)
@@ -840,8 +939,14 @@ pub fn describe(c: &Conns) -> Vec<String> {
         .conns
         .iter()
         .map(|c| {
+            let closed = match fins(c.state) {
+                (true, true) => "; closed both ways",
+                (true, false) => "; its peer closed its side",
+                (false, true) => "; it closed its side",
+                (false, false) => "",
+            };
             format!(
-                "tcpconn:   {} {}: {} bytes received unread, {} sent unacknowledged, {} unsent; mss {}",
+                "tcpconn:   {} {}: {} bytes received unread, {} sent unacknowledged, {} unsent; mss {}{closed}",
                 c.ino,
                 name(&c.local, &c.peer),
                 c.received.len(),
@@ -855,4 +960,36 @@ pub fn describe(c: &Conns) -> Vec<String> {
         out.push(format!("tcplock:   their packets are blocked by nftables table inet {}", c.lock));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_states_round_trip_and_only_those() {
+        let addr = |port: u16| inet::sockaddr(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let c = |ino, state| Conn {
+            ino,
+            family: libc::AF_INET as u16,
+            local: addr(80),
+            peer: addr(4000 + ino as u16),
+            sent: vec![1, 2, 3],
+            unsent: 1,
+            state,
+            ..Default::default()
+        };
+        let all = Conns {
+            lock: "crs_1_2".into(),
+            conns: vec![c(1, 0), c(2, inet::TCP_CLOSE_WAIT), c(3, inet::TCP_FIN_WAIT2)],
+        };
+        assert_eq!(decode(&encode(&all), 0).unwrap(), all);
+        // A version 10 image (no states) reads as established connections.
+        let plain = Conns { conns: vec![c(1, 0)], ..all.clone() };
+        assert_eq!(decode(&encode(&plain), 0).unwrap(), plain);
+        for bad in [inet::TCP_ESTABLISHED, 7, 10, 12] {
+            let b = Conns { conns: vec![c(1, bad)], ..all.clone() };
+            assert!(decode(&encode(&b), 0).is_err(), "state {bad}");
+        }
+    }
 }

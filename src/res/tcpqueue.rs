@@ -46,9 +46,10 @@ fn fresh_marks() -> u32 {
     (std::process::id() ^ nanos ^ nanos >> 16) & 0xffff
 }
 
-/// The mark of the `i`th connection of a batch whose first is `first`.
+/// The mark of the `i`th connection of a batch whose first is `first` (never MARK itself,
+/// which [`send_segment`]'s packets carry).
 fn mark_of(first: u32, i: usize) -> u32 {
-    MARK | (first + i as u32) & 0xffff
+    MARK | (1 + (first + i as u32) % 0xffff)
 }
 
 /// A connection that waited in listener `listener`'s queue.
@@ -278,7 +279,7 @@ pub fn usable() -> std::result::Result<(), String> {
 // The packets.
 
 /// The addresses packets carry: an IPv4 address mapped in IPv6 as IPv4.
-fn plain(a: SocketAddr) -> SocketAddr {
+pub fn plain(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
@@ -308,9 +309,9 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-const ACK: u8 = 0x10;
+pub const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
-const FIN: u8 = 0x01;
+pub const FIN: u8 = 0x01;
 
 /// An IP packet from `from` to `to` carrying a TCP segment.
 fn packet(from: SocketAddr, to: SocketAddr, seq: u32, ack: u32, flags: u8, window: u16, data: &[u8]) -> Vec<u8> {
@@ -487,6 +488,48 @@ fn ends(c: &Conn) -> Result<(SocketAddr, SocketAddr)> {
     }
 }
 
+/// A raw socket for packets to `local` (an address of this node), marked `mark`, and the
+/// address to send them to.
+fn raw_to(local: SocketAddr, mark: u32, what: &str) -> Result<(OwnedFd, Vec<u8>)> {
+    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket takes integers; the fd is owned at once.
+    let raw = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    if raw < 0 {
+        return Err(sys("socket(SOCK_RAW, IPPROTO_RAW)", what));
+    }
+    // SAFETY: just made, ours alone.
+    let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+    inet::set_int(raw.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark as i32, what)?;
+    Ok((raw, inet::sockaddr(SocketAddr::new(local.ip(), 0))))
+}
+
+/// Sends packet `p` through raw socket `raw` to `to`.
+fn send_raw(raw: &OwnedFd, to: &[u8], p: &[u8], what: &str) -> Result<()> {
+    // SAFETY: sendto reads p.len() bytes of a live packet and a live sockaddr.
+    let n = unsafe {
+        libc::sendto(raw.as_raw_fd(), p.as_ptr().cast(), p.len(), 0, to.as_ptr().cast(), to.len() as libc::socklen_t)
+    };
+    if n != p.len() as isize {
+        return Err(sys("sendto (raw)", what));
+    }
+    Ok(())
+}
+
+/// Sends one TCP segment with no data from `from` to `to` (an address of this node), marked
+/// MARK: crs's packet blocks let it through.
+pub fn send_segment(
+    from: SocketAddr,
+    to: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    what: &str,
+) -> Result<()> {
+    let (raw, dst) = raw_to(to, MARK, what)?;
+    send_raw(&raw, &dst, &packet(from, to, seq, ack, flags, window, &[]), what)
+}
+
 /// Sends connection `q`'s packets, marked `mark` for its part of the program, and checks it
 /// is back.
 fn put_back(q: &Queued, mark: u32) -> Result<()> {
@@ -500,33 +543,8 @@ fn put_back(q: &Queued, mark: u32) -> Result<()> {
             local.ip()
         )));
     }
-    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: socket takes integers; the fd is owned at once.
-    let raw = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if raw < 0 {
-        return Err(sys("socket(SOCK_RAW, IPPROTO_RAW)", &what));
-    }
-    // SAFETY: just made, ours alone.
-    let raw = unsafe { OwnedFd::from_raw_fd(raw) };
-    inet::set_int(raw.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark as i32, &what)?;
-    let to = inet::sockaddr(SocketAddr::new(local.ip(), 0));
-    let send = |p: &[u8]| {
-        // SAFETY: sendto reads p.len() bytes of a live packet and a live sockaddr.
-        let n = unsafe {
-            libc::sendto(
-                raw.as_raw_fd(),
-                p.as_ptr().cast(),
-                p.len(),
-                0,
-                to.as_ptr().cast(),
-                to.len() as libc::socklen_t,
-            )
-        };
-        if n != p.len() as isize {
-            return Err(sys("sendto (raw)", &what));
-        }
-        Ok(())
-    };
+    let (raw, to) = raw_to(local, mark, &what)?;
+    let send = |p: &[u8]| send_raw(&raw, &to, p, &what);
     let wscale = if c.options & tcpconn::TCPI_OPT_WSCALE != 0 { c.snd_wscale } else { 0 };
     let window = (c.window[1] >> wscale).min(u16::MAX as u32) as u16;
     let first = c.rcv_seq.wrapping_sub(q.fin as u32).wrapping_sub(c.received.len() as u32);

@@ -8,8 +8,9 @@
  * "udp" sends a datagram on the connected socket and says what the bound one got, from which
  * port; "hold" accepts a connection on the listener that serves no one else, and keeps it; "pump N" writes up to N
  * more bytes of a pattern (byte i of the stream is i % 251) on it, as many as fit without
- * blocking, and says how many; "read" reads what is there and prints it; "check" says "ok"
- * and exits.
+ * blocking, and says how many; "read" reads what is there and prints it (with the count
+ * recv gave: 0 at end of file, -1 when nothing is there); "shut" shuts the connection
+ * down for writing; "check" says "ok" and exits.
  * With the argument "share", a child holds every socket too (and waits). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -141,6 +142,8 @@ int main(int argc, char **argv) {
             buf[got > 0 ? got : 0] = 0;
             buf[strcspn(buf, "\n")] = 0;
             printf("read %zd %s\n", got, buf);
+        } else if (!strncmp(line, "shut", 4)) {
+            printf("shut %d\n", shutdown(conn, SHUT_WR));
         } else if (!strncmp(line, "check", 5)) {
             printf("ok\n");
             return 0;
