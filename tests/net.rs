@@ -595,10 +595,11 @@ fn an_established_connection_carries_on_with_its_bytes_in_flight() {
 
 /// Connections closed one way, with bytes in flight: one whose client shut its side after a
 /// last line the server has not read (CLOSE_WAIT), one the server shut after writing (its
-/// FIN acknowledged: FIN_WAIT2). Without --tcp-established each is refused by name; with it,
-/// checkpointed and killed, then restored, the server reads the last line and then the end
-/// of file, and writes on; and the other's client reads every byte, then the end, while the
-/// server still reads what the client writes.
+/// FIN acknowledged: FIN_WAIT2), one it shut behind bytes it could not send yet (FIN_WAIT1).
+/// Without --tcp-established the first is refused by name; with it, checkpointed and killed,
+/// then restored, the server reads the last line and then the end of file, and writes on;
+/// the others' clients read every byte, then the end, while the server still reads what the
+/// client writes.
 #[test]
 fn connections_closed_one_way_come_back_half_closed() {
     if !require(is_root(), "root (TCP_REPAIR)") || !has_nft() {
@@ -676,6 +677,26 @@ fn connections_closed_one_way_come_back_half_closed() {
     r.send("read");
     assert_eq!(r.expect("read"), "read 0 ");
     assert!(crs_tables(r.pid()).is_empty() && crs_tables(p.pid()).is_empty(), "a block was left");
+    r.verdict("ok");
+
+    // It closed its side behind bytes not sent yet (its FIN queued: FIN_WAIT1).
+    let mut p = start("inet", &[], &dir);
+    let port = idle(&p);
+    let mut c = connected(&mut p, &port);
+    p.send("pump 8000000");
+    let pumped: u64 = p.expect("pumped").split_whitespace().nth(1).unwrap().parse().unwrap();
+    p.send("shut");
+    assert_eq!(p.expect("shut"), "shut 0");
+    let img = format!("{d}/fin-wait1.crf");
+    ckpt(&["--tcp-established", "--kill", "-o", &img, &p.pid().to_string()]);
+    p.kill();
+    let info = String::from_utf8_lossy(&run(&["crfinfo", &img]).stdout).to_string();
+    let line = info.lines().find(|l| l.starts_with("tcpconn:")).unwrap_or_default();
+    assert!(line.contains("it closed its side") && !line.contains(" 0 unsent"), "{info}");
+    let mut r = rstrt(&[&img]);
+    let mut at = 0;
+    pattern(&mut c, &mut at, pumped);
+    assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "the end of file after the server's bytes");
     r.verdict("ok");
 }
 
