@@ -288,6 +288,8 @@ fn inet_socket(pid: i32, file: &str, ino: u64) -> Option<String> {
         0x07 if tcp => format!("bound to {local}, not connected"),
         0x01 => format!("on {local}, connected to {remote}"),
         0x07 => format!("bound to {local}"),
+        // (The state is named by the reason that follows.)
+        _ if tcp => format!("on {local} -> {remote}"),
         s => format!("on {local} -> {remote} (state {s:#x})"),
     })
 }
