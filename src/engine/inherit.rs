@@ -135,7 +135,7 @@ impl Made {
                 let copy = fd.try_clone().map_err(|e| Error::io("a restored TCP connection (dup)", e))?;
                 m.sockets.push((c.ino, fd.as_raw_fd()));
                 m.owned.push(fd);
-                m.repaired.push(copy, c);
+                m.repaired.push(copy, c)?;
             }
         }
         for l in &st.unix_listening {

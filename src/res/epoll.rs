@@ -140,8 +140,10 @@ pub fn share(procs: &mut [(i32, &mut Vec<Epoll>)], descs: &[crate::res::fdescs::
         let list: Vec<Target> = procs[i0].1[k0].listed.iter().map(|l| l.0).collect();
         let mut each: Vec<Vec<Target>> = vec![Vec::new(); d.holders.len()];
         let mut why = Vec::new();
-        for (n, t) in list.iter().enumerate() {
-            let toff = list[..n].iter().filter(|o| o.tfd == t.tfd).count() as u64;
+        // Per fd number, the registrations at it so far (kcmp tells them apart by their place).
+        let mut at_fd: std::collections::HashMap<i32, u64> = std::collections::HashMap::new();
+        for t in &list {
+            let toff = *at_fd.entry(t.tfd).and_modify(|n| *n += 1).or_insert(0);
             let mut by = None;
             for (h, &(pid, _)) in d.holders.iter().enumerate() {
                 if is_target(pid, t.tfd, p0, e0, t.tfd, toff)? {

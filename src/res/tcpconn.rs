@@ -91,7 +91,8 @@ pub struct Conn {
     pub opts: Vec<Opt>,
     /// Its TCP state, when it was closed in one direction or both (FIN_WAIT1, FIN_WAIT2,
     /// CLOSE_WAIT, LAST_ACK, CLOSING; 0 when established): `snd_seq` and `rcv_seq` leave out
-    /// the FINs, which the restore sends again (shutdown) and puts back (see [`closing`]).
+    /// the FINs, which the restore sends again (shutdown) and puts back (see
+    /// [`Repaired::release`]).
     pub state: u8,
 }
 
@@ -347,14 +348,21 @@ fn send_all(s: RawFd, mut data: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A connection a restore made: its socket, SO_REUSEADDR as it was, its name, and (closed one
-/// way or both) the connection, its queues left out, with where its send queue began (what
-/// the peer had acknowledged): its FINs go again at the release.
+/// A connection a restore made: its socket, SO_REUSEADDR as it was, its name, and what its
+/// FINs need again at the release (closed one way or both).
 struct Made {
     fd: OwnedFd,
     reuse: i32,
     what: String,
-    closing: Option<(Conn, u32)>,
+    closing: Option<Closing>,
+}
+
+/// A connection closed one way or both: whether it shuts its side down again, and the FIN of
+/// its peer's it gets again, if any: a segment from the peer (`from`) at the sequence number
+/// the FIN had, acknowledging where the send queue begins (no more than the peer had).
+struct Closing {
+    shut: bool,
+    fin: Option<(std::net::SocketAddr, std::net::SocketAddr, u32, u32, u16)>,
 }
 
 /// The connections a restore made, in repair mode, until the processes are let run, and
@@ -401,11 +409,22 @@ impl Repaired {
     }
 
     /// Keeps `fd` (a copy of connection `c`'s socket) for the release.
-    pub fn push(&mut self, fd: OwnedFd, c: &Conn) {
-        let una = c.snd_seq.wrapping_sub(c.sent.len() as u32);
-        let closing = (c.state != 0)
-            .then(|| (Conn { sent: Vec::new(), received: Vec::new(), opts: Vec::new(), ..c.clone() }, una));
-        self.socks.push(Made { fd, reuse: inet::reuseaddr(&c.opts), what: name(&c.local, &c.peer), closing });
+    pub fn push(&mut self, fd: OwnedFd, c: &Conn) -> Result<()> {
+        let what = name(&c.local, &c.peer);
+        let (fin_in, fin_out) = fins(c.state);
+        let fin = match (inet::addr_of(&c.local), inet::addr_of(&c.peer)) {
+            _ if !fin_in => None,
+            (Some(l), Some(p)) => {
+                let wscale = if c.options & TCPI_OPT_WSCALE != 0 { c.snd_wscale } else { 0 };
+                let window = (c.window[1] >> wscale).min(u16::MAX as u32) as u16;
+                let una = c.snd_seq.wrapping_sub(c.sent.len() as u32);
+                Some((tcpqueue::plain(p), tcpqueue::plain(l), c.rcv_seq, una, window))
+            }
+            _ => return Err(Error::Proc(format!("{what}: an address crs does not know"))),
+        };
+        let closing = (fin_in || fin_out).then_some(Closing { shut: fin_out, fin });
+        self.socks.push(Made { fd, reuse: inet::reuseaddr(&c.opts), what, closing });
+        Ok(())
     }
 
     /// The connections that waited go back in their listeners' queues (the service address
@@ -427,8 +446,8 @@ impl Repaired {
             inet::set_int(m.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, m.reuse, &m.what)?;
         }
         for m in &self.socks {
-            if let Some((c, una)) = m.closing.as_ref().filter(|c| fins(c.0.state).0) {
-                fin_again(m.fd.as_raw_fd(), c, *una, &m.what)?;
+            if let Some(fin) = m.closing.as_ref().and_then(|c| c.fin) {
+                fin_again(m.fd.as_raw_fd(), fin, &m.what)?;
             }
         }
         // Both tables in one run of nft (each run takes about 10 ms, the processes waiting).
@@ -443,7 +462,7 @@ impl Repaired {
         let t = std::time::Instant::now();
         let r = unlock_in(&tables, None);
         log::debug!("packet blocks lifted in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-        for m in self.socks.iter().filter(|m| m.closing.as_ref().is_some_and(|c| fins(c.0.state).1)) {
+        for m in self.socks.iter().filter(|m| m.closing.as_ref().is_some_and(|c| c.shut)) {
             // SAFETY: shutdown takes integers, on our own copy of the socket.
             if unsafe { libc::shutdown(m.fd.as_raw_fd(), libc::SHUT_WR) } != 0 {
                 return Err(sys("shutdown(SHUT_WR)", &m.what));
@@ -453,18 +472,15 @@ impl Repaired {
     }
 }
 
-/// Connection `c` (restored, out of repair mode, socket `s`) gets its peer's FIN again: a
-/// segment from its peer, at the sequence number the FIN had, acknowledging `una` (where its
-/// send queue begins: no more than the peer had), through a raw socket (marked: crs's blocks
-/// let it pass). It is there once the connection shows it (CLOSE_WAIT).
-fn fin_again(s: RawFd, c: &Conn, una: u32, what: &str) -> Result<()> {
-    let (local, peer) = match (inet::addr_of(&c.local), inet::addr_of(&c.peer)) {
-        (Some(l), Some(p)) => (tcpqueue::plain(l), tcpqueue::plain(p)),
-        _ => return Err(Error::Proc(format!("{what}: an address crs does not know"))),
-    };
-    let wscale = if c.options & TCPI_OPT_WSCALE != 0 { c.snd_wscale } else { 0 };
-    let window = (c.window[1] >> wscale).min(u16::MAX as u32) as u16;
-    tcpqueue::send_segment(peer, local, c.rcv_seq, una, tcpqueue::ACK | tcpqueue::FIN, window, what)?;
+/// A connection (restored, out of repair mode, socket `s`) gets its peer's FIN again (see
+/// [`Closing`]), through a raw socket (marked: crs's blocks let it pass). It is there once
+/// the connection shows it (CLOSE_WAIT).
+fn fin_again(
+    s: RawFd,
+    (from, to, seq, ack, window): (std::net::SocketAddr, std::net::SocketAddr, u32, u32, u16),
+    what: &str,
+) -> Result<()> {
+    tcpqueue::send_segment(from, to, seq, ack, tcpqueue::ACK | tcpqueue::FIN, window, what)?;
     let t = std::time::Instant::now();
     loop {
         let st = inet::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO).and_then(|i| i.first().copied());

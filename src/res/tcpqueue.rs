@@ -515,8 +515,14 @@ fn send_raw(raw: &OwnedFd, to: &[u8], p: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sends one TCP segment with no data from `from` to `to` (an address of this node), marked
-/// MARK: crs's packet blocks let it through.
+/// Whether `a`'s address is one of this node's: a raw packet to it stays here (to another, it
+/// would leave by a route, its source forged).
+fn is_here(a: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok()
+}
+
+/// Sends one TCP segment with no data from `from` to `to`, which must be an address of this
+/// node, marked MARK: crs's packet blocks let it through.
 pub fn send_segment(
     from: SocketAddr,
     to: SocketAddr,
@@ -526,6 +532,9 @@ pub fn send_segment(
     window: u16,
     what: &str,
 ) -> Result<()> {
+    if !is_here(to) {
+        return Err(Error::Refused(format!("{what}: {} is not an address of this node", to.ip())));
+    }
     let (raw, dst) = raw_to(to, MARK, what)?;
     send_raw(&raw, &dst, &packet(from, to, seq, ack, flags, window, &[]), what)
 }
@@ -536,8 +545,7 @@ fn put_back(q: &Queued, mark: u32) -> Result<()> {
     let c = &q.conn;
     let what = format!("{} (waiting to be accepted)", tcpconn::name(&c.local, &c.peer));
     let (local, peer) = ends(c)?;
-    // Its address must be this node's: else the packets would leave by a route.
-    if std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).is_err() {
+    if !is_here(local) {
         return Err(Error::Refused(format!(
             "{what} cannot be put back in its listener's queue: {} is not an address of this node",
             local.ip()
