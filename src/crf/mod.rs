@@ -34,7 +34,8 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// (PAGEPLAN, optional), so older images read as version 8; version 9 the tree's shared
 /// memory copied before the freeze (PRESHM), and kept runs in its mappings; version 10
 /// reservations mapped as they are (memory::VMA_EMPTY); version 11 epoll instances among the
-/// descriptions several fds share (FDESCS), each registration listed by one holder.
+/// descriptions several fds share (FDESCS), each registration listed by one holder, and the
+/// states of TCP connections closed one way or both (TCPCONNS).
 pub const VERSION: u32 = 11;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
