@@ -116,20 +116,29 @@ pub fn collect(tree: &[i32], attached: &[i32], limit: u64) -> Result<Ipc> {
     t.join().map_err(|_| Error::Proc("the System V IPC reader failed".into()))?
 }
 
-/// Each of processes `tree` with when it started, in seconds since the epoch.
+/// Each of processes `tree` with when it started, in seconds since the epoch. Its start is
+/// counted on the boot-time clock (suspends included): the real-time clock now, less the
+/// time since. (/proc/stat's btime would move with every suspend, and a segment a process
+/// made before one would seem older than the process.)
 fn started(tree: &[i32]) -> Result<Vec<(i32, i64)>> {
-    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("/proc/stat", e))?;
-    let boot = stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<i64>().ok());
-    let boot = boot.ok_or_else(|| Error::Proc("/proc/stat has no btime line".into()))?;
+    let now = |clock| {
+        // SAFETY: a zeroed timespec is a valid value; clock_gettime writes into ours.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    };
+    let (real, boot) = (now(libc::CLOCK_REALTIME), now(libc::CLOCK_BOOTTIME));
     // SAFETY: sysconf takes an integer and reads no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    tree.iter().map(|&pid| Ok((pid, boot + (crate::ptrace::procfs::read_stat(pid)?.starttime / hz) as i64))).collect()
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let start = |ticks: u64| (real - boot + ticks as f64 / hz).floor() as i64;
+    tree.iter().map(|&pid| Ok((pid, start(crate::ptrace::procfs::read_stat(pid)?.starttime)))).collect()
 }
 
 /// Whether `pid`, last seen on an object at time `at` (seconds since the epoch, the latest of
 /// the object's times), is one of processes `tree` (with their start times). A pid an object
 /// names may be a dead process's that one of the tree got again: the object is the tree's
-/// only if it was touched after that process started. (A second's slack: btime is rounded.)
+/// only if it was touched after that process started. (A second's slack: both are rounded.)
 fn ours(tree: &[(i32, i64)], pid: i64, at: i64) -> bool {
     pid > 0 && tree.iter().any(|&(p, start)| i64::from(p) == pid && at + 1 >= start)
 }
@@ -728,7 +737,7 @@ mod tests {
     fn a_pid_on_an_object_is_the_trees_only_if_the_object_was_touched_since_it_started() {
         let tree = [(40, 1000), (41, 2000)];
         assert!(ours(&tree, 40, 1500));
-        assert!(ours(&tree, 41, 1999), "btime is rounded: a second's slack");
+        assert!(ours(&tree, 41, 1999), "both are rounded: a second's slack");
         assert!(!ours(&tree, 41, 1500), "a dead process's object, its pid given again");
         assert!(!ours(&tree, 42, 3000));
         assert!(!ours(&tree, 0, 3000));
