@@ -116,11 +116,19 @@ pub fn collect(tree: &[i32], attached: &[i32], limit: u64) -> Result<Ipc> {
     t.join().map_err(|_| Error::Proc("the System V IPC reader failed".into()))?
 }
 
-/// Each of processes `tree` with when it started, in seconds since the epoch. Its start is
-/// counted on the boot-time clock (suspends included): the real-time clock now, less the
-/// time since. (/proc/stat's btime would move with every suspend, and a segment a process
-/// made before one would seem older than the process.)
-fn started(tree: &[i32]) -> Result<Vec<(i32, i64)>> {
+/// One of the tree's processes as System V objects name them: its pid, when it started (in
+/// seconds since the epoch), and its ids (real, effective, saved, filesystem uid).
+#[derive(Clone, Copy)]
+struct Named {
+    pid: i32,
+    start: i64,
+    uids: [u32; 4],
+}
+
+/// Processes `tree` as [`Named`]. A start is counted on the boot-time clock (suspends
+/// included): the real-time clock now, less the time since. (/proc/stat's btime would move
+/// with every suspend, and a segment a process made before one would seem older than it.)
+fn started(tree: &[i32]) -> Result<Vec<Named>> {
     let now = |clock| {
         // SAFETY: a zeroed timespec is a valid value; clock_gettime writes into ours.
         let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
@@ -131,19 +139,29 @@ fn started(tree: &[i32]) -> Result<Vec<(i32, i64)>> {
     let (real, boot) = (now(libc::CLOCK_REALTIME), now(libc::CLOCK_BOOTTIME));
     // SAFETY: sysconf takes an integer and reads no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let start = |ticks: u64| (real - boot + ticks as f64 / hz).floor() as i64;
-    tree.iter().map(|&pid| Ok((pid, start(crate::ptrace::procfs::read_stat(pid)?.starttime)))).collect()
+    let mut out = Vec::with_capacity(tree.len());
+    for &pid in tree {
+        let ticks = crate::ptrace::procfs::read_stat(pid)?.starttime;
+        let status = crate::ptrace::procfs::read_status(pid)?;
+        let uids = crate::ptrace::procfs::status_ids(&status, "Uid")
+            .ok_or_else(|| Error::Proc(format!("/proc/{pid}/status: no Uid line")))?;
+        out.push(Named { pid, start: (real - boot + ticks as f64 / hz).floor() as i64, uids });
+    }
+    Ok(out)
 }
 
 /// Whether `pid`, last seen on an object at time `at` (seconds since the epoch, the latest of
-/// the object's times), is one of processes `tree` (with their start times). A pid an object
-/// names may be a dead process's that one of the tree got again: the object is the tree's
-/// only if it was touched after that process started. (A second's slack: both are rounded.)
-fn ours(tree: &[(i32, i64)], pid: i64, at: i64) -> bool {
-    pid > 0 && tree.iter().any(|&(p, start)| i64::from(p) == pid && at + 1 >= start)
+/// the object's times) and made by user `cuid`, is one of processes `tree`. A pid an object
+/// names may be a dead process's that one of the tree got again: the object is the tree's if
+/// it was touched since that process started (a second's slack: both are rounded), or was
+/// made by that process's own user (a clock set forward since would otherwise leave an
+/// object it made and left alone out of its image).
+fn ours(tree: &[Named], pid: i64, at: i64, cuid: i64) -> bool {
+    let own = |n: &Named| n.uids.iter().any(|&u| i64::from(u) == cuid);
+    pid > 0 && tree.iter().any(|n| i64::from(n.pid) == pid && (at + 1 >= n.start || own(n)))
 }
 
-fn collect_here(tree: &[(i32, i64)], attached: &[i32], limit: u64, own_ns: bool) -> Result<Ipc> {
+fn collect_here(tree: &[Named], attached: &[i32], limit: u64, own_ns: bool) -> Result<Ipc> {
     let mut ipc = Ipc { own_ns, ..Default::default() };
     // key semid perms nsems uid gid cuid cgid otime ctime
     for row in table("sem")? {
@@ -163,7 +181,8 @@ fn collect_here(tree: &[(i32, i64)], attached: &[i32], limit: u64, own_ns: bool)
                 e => return Err(Error::sys("semctl(GETPID)", &what, e)),
             }
         }
-        if !own_ns && !pids.into_iter().any(|pid| ours(tree, pid, at)) {
+        let cuid = row.get(6).copied().unwrap_or(-1);
+        if !own_ns && !pids.into_iter().any(|pid| ours(tree, pid, at, cuid)) {
             continue;
         }
         let mut values = vec![0u16; n.max(1)];
@@ -188,8 +207,8 @@ fn collect_here(tree: &[(i32, i64)], attached: &[i32], limit: u64, own_ns: bool)
     for row in table("msg")? {
         let p = perm(&row, 7);
         let g = |i: usize| row.get(i).copied().unwrap_or(0);
-        let at = g(11).max(g(12)).max(g(13));
-        if !own_ns && !ours(tree, g(5), at) && !ours(tree, g(6), at) {
+        let (at, cuid) = (g(11).max(g(12)).max(g(13)), g(9));
+        if !own_ns && !ours(tree, g(5), at, cuid) && !ours(tree, g(6), at, cuid) {
             continue;
         }
         let what = format!("System V message queue {} (key {:#x})", p.id, p.key);
@@ -230,8 +249,8 @@ fn collect_here(tree: &[(i32, i64)], attached: &[i32], limit: u64, own_ns: bool)
     for row in table("shm")? {
         let p = perm(&row, 7);
         let g = |i: usize| row.get(i).copied().unwrap_or(0);
-        let at = g(11).max(g(12)).max(g(13));
-        if !own_ns && !attached.contains(&p.id) && !ours(tree, g(4), at) && !ours(tree, g(5), at) {
+        let (at, cuid) = (g(11).max(g(12)).max(g(13)), g(9));
+        if !own_ns && !attached.contains(&p.id) && !ours(tree, g(4), at, cuid) && !ours(tree, g(5), at, cuid) {
             continue;
         }
         let size = g(3) as u64;
@@ -734,13 +753,14 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_on_an_object_is_the_trees_only_if_the_object_was_touched_since_it_started() {
-        let tree = [(40, 1000), (41, 2000)];
-        assert!(ours(&tree, 40, 1500));
-        assert!(ours(&tree, 41, 1999), "both are rounded: a second's slack");
-        assert!(!ours(&tree, 41, 1500), "a dead process's object, its pid given again");
-        assert!(!ours(&tree, 42, 3000));
-        assert!(!ours(&tree, 0, 3000));
+    fn a_pid_on_an_object_is_the_trees_if_touched_since_it_started_or_made_by_its_user() {
+        let tree = [Named { pid: 40, start: 1000, uids: [0; 4] }, Named { pid: 41, start: 2000, uids: [7; 4] }];
+        assert!(ours(&tree, 40, 1500, 101));
+        assert!(ours(&tree, 41, 1999, 101), "both are rounded: a second's slack");
+        assert!(!ours(&tree, 41, 1500, 101), "another user's, from before: a dead process's, its pid given again");
+        assert!(ours(&tree, 41, 1500, 7), "its own user's: kept, whatever the clock did");
+        assert!(!ours(&tree, 42, 3000, 7));
+        assert!(!ours(&tree, 0, 3000, 7));
     }
 
     #[test]
