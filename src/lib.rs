@@ -10,6 +10,7 @@
 //! [`migration`] moves processes between nodes. ARCHITECTURE.md, at the top of the sources,
 //! tells how the code stands in floors, how an image flows, and how to add a resource.
 
+pub mod aligned;
 pub mod applets;
 pub mod crf;
 pub mod dev;

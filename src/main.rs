@@ -5,6 +5,9 @@ use crs::applets::{self, APPLETS};
 use crs::exit;
 use std::path::Path;
 
+#[global_allocator]
+static ALLOC: crs::aligned::Aligned = crs::aligned::Aligned;
+
 fn usage() -> String {
     let mut s = String::from("usage: crs APPLET [ARGS...] | crs --list | crs --install DIR\n\napplets:\n");
     for a in APPLETS {
