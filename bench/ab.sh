@@ -4,7 +4,8 @@
 # each command timed from spawn to exit by netio. On a VM whose speed drifts within minutes,
 # medians of separate batches differ by more than the change being measured; paired runs do
 # not. Prints each binary's median and the median of the paired differences (B - A), in ms.
-# usage: bench/ab.sh CRS_A CRS_B   (env RUNS=40)   Needs root.
+# usage: bench/ab.sh CRS_A CRS_B   (env RUNS=40)   Needs root. Each binary is named crs (the
+# applet is read from the name it runs as): keep the two in directories of their own.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ $# -eq 2 ] || { echo "usage: bench/ab.sh CRS_A CRS_B" >&2; exit 2; }
@@ -21,9 +22,13 @@ one() { # CRS -> "dump_ms restore_ms"
   pid=$!
   sleep 0.05
   # (ckpt says on stderr that the killed process's parent sees it die: kept apart.)
-  "$work/netio" time "$work/t1" "$1" ckpt -k -o "$work/img.crf" "$pid" >/dev/null 2>>"$work/said"
+  if ! "$work/netio" time "$work/t1" "$1" ckpt -k -o "$work/img.crf" "$pid" >/dev/null 2>>"$work/said"; then
+    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    echo "ab.sh: $1 ckpt failed: $(tail -1 "$work/said")" >&2
+    return 1
+  fi
   wait "$pid" 2>/dev/null || true
-  new=$("$work/netio" time "$work/t2" "$1" rstrt -d "$work/img.crf")
+  new=$("$work/netio" time "$work/t2" "$1" rstrt -d "$work/img.crf") || { echo "ab.sh: $1 rstrt failed" >&2; return 1; }
   kill -9 "$new"
   rm -f "$work/img.crf"
   sleep 0.02
@@ -31,7 +36,8 @@ one() { # CRS -> "dump_ms restore_ms"
 }
 
 for i in $(seq "$RUNS"); do
-  if [ $((i % 2)) = 0 ]; then a=$(one "$A"); b=$(one "$B"); else b=$(one "$B"); a=$(one "$A"); fi
+  # (A command that fails ends the comparison: its target is killed, not waited for.)
+  if [ $((i % 2)) = 0 ]; then a=$(one "$A") && b=$(one "$B"); else b=$(one "$B") && a=$(one "$A"); fi || exit 1
   echo "$a $b"
 done > "$work/pairs"
 grep -v "sees it die" "$work/said" >&2 || true
