@@ -101,8 +101,9 @@ unsafe impl GlobalAlloc for Aligned {
         if was && will {
             // SAFETY: our block: malloc's realloc keeps its bytes (from the start of the
             // block, header and all), and the data is moved to where the new block's
-            // alignment falls if that differs (as it rarely does: an mmap'd block keeps its
-            // offset in the page).
+            // alignment falls if that differs. (An mmap'd block, grown by mremap, keeps its
+            // offset in the page and is not copied at all; a heap block that malloc moved
+            // may fall at another offset, and its bytes are then moved once more.)
             unsafe {
                 let raw = raw_of(p);
                 let off = p as usize - raw as usize;
