@@ -144,6 +144,50 @@ fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
     r.verdict("ok");
 }
 
+/// A checkpoint that lets the process run on is frozen only for its state and memory: the
+/// unmodified pages of its mapped files are read from the files once it runs again. The image
+/// must still hold the pages as they were mapped: here libc, a copy of it that the target
+/// maps (LD_LIBRARY_PATH), is replaced by another build after the checkpoint, and the target
+/// restored from the image must run on the image's pages of it and find its memory intact.
+#[test]
+fn a_running_checkpoint_stores_a_librarys_pages_read_after_the_freeze() {
+    let dir = tmpdir("applets-libcopy");
+    let d = dir.to_str().unwrap();
+    let libs = dir.join("lib");
+    std::fs::create_dir_all(&libs).unwrap();
+    // The libc the targets map, wherever this system keeps it.
+    let mut probe = start("memory", &[d, "1"], &dir);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", probe.pid())).unwrap();
+    probe.kill();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .expect("libc mapped");
+    let copy = libs.join("libc.so.6");
+    std::fs::copy(libc, &copy).unwrap();
+    let mut c = Command::new(target("memory"));
+    c.args([d, "8"]).current_dir(&dir).env("LD_LIBRARY_PATH", &libs);
+    let mut p = Proc::spawn(c);
+    p.expect("ready");
+    let pid = p.pid().to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(maps.contains(copy.to_str().unwrap()), "the target does not map the copy of libc:\n{maps}");
+    let img = format!("{d}/running.crf");
+    let o = run(&["ckpt", "-v", "-o", &img, &pid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.kill();
+    // Another build of it: a byte of its build-id changed, in a new file of the same name.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let id = crs::res::fileid::elf_build_id(&std::fs::File::open(&copy).unwrap()).expect("a build-id");
+    let at = bytes.windows(id.len()).position(|w| w == id).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::write(&copy, &bytes).unwrap();
+    let mut r = rstrt(&[&img]);
+    r.verdict("ok");
+}
+
 /// `PID=$(rstrt -d IMG)` returns at once: a detached process does not hold the pipe its pid
 /// is printed on (its fds 0-2 are /dev/null), and rstrt says so. Checked on sleep(1), a real
 /// program whose stdio were pipes when it was checkpointed.

@@ -150,10 +150,97 @@ impl Sink for Vec<u8> {}
 
 /// Writes an image in order: `Writer::new` emits the preamble, `section` each section, `finish`
 /// the trailer. It counts bytes so page data can be aligned relative to the stream start.
+///
+/// Held ([`Writer::hold`]), it keeps the sections in memory instead, in order, and writes them
+/// on [`Writer::release`]: a checkpoint whose process runs on writes its image once the
+/// process runs again, and a held section's data may lie in part in a file still
+/// ([`Piece::File`]: the unmodified pages of a mapped file, read from the file then), so that
+/// they cost the frozen process nothing.
 pub struct Writer<W: Write> {
     out: W,
     offset: u64,
     sections: u64,
+    held: Option<Vec<Held>>,
+    held_bytes: usize,
+    held_max: usize,
+}
+
+/// A file some of a held section's bytes are read from once it is written, by the name it was
+/// opened by (for errors).
+pub struct FileSource {
+    pub file: std::fs::File,
+    pub name: String,
+    /// Its size when opened: a piece may end past it only within its last page, which reads
+    /// as zeros (as a mapping of it does).
+    pub size: u64,
+}
+
+/// Where the data of a held section comes from, in order.
+pub enum Piece {
+    /// The next this many bytes of the section's data buffer.
+    Data(usize),
+    /// `len` bytes of a file from `pos`.
+    File { src: std::sync::Arc<FileSource>, pos: u64, len: usize },
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Data(n) => *n,
+            Piece::File { len, .. } => *len,
+        }
+    }
+}
+
+/// A section kept by a held Writer: its payload is `head`, then the pieces in order.
+struct Held {
+    tag: Tag,
+    flags: u32,
+    head: Vec<u8>,
+    data: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+/// Fills `out` (the pieces' length) from `data` and the files.
+fn assemble(data: &[u8], pieces: &[Piece], out: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (mut from, mut at) = (0usize, 0usize);
+    for p in pieces {
+        let n = p.len();
+        let dst = &mut out[at..at + n];
+        match p {
+            Piece::Data(_) => {
+                dst.copy_from_slice(&data[from..from + n]);
+                from += n;
+            }
+            Piece::File { src, pos, .. } => {
+                let mut got = 0;
+                while got < n {
+                    match src.file.read_at(&mut dst[got..], pos + got as u64) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", src.name))),
+                    }
+                }
+                // Past the end of the file, within its last page: zeros, as mapped.
+                let (end, page) = (pos + got as u64, PAGE_SIZE as u64);
+                if got < n && (end != src.size || pos + n as u64 > src.size.div_ceil(page) * page) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} ended at {end} while its pages up to {} were copied: it changed",
+                            src.name,
+                            pos + n as u64
+                        ),
+                    ));
+                }
+                dst[got..].fill(0);
+            }
+        }
+        at += n;
+    }
+    Ok(())
 }
 
 impl<W: Write> Writer<W> {
@@ -165,7 +252,89 @@ impl<W: Write> Writer<W> {
         let crc = crc32fast::hash(&pre[0..12]);
         pre[12..16].copy_from_slice(&crc.to_le_bytes());
         out.write_all(&pre)?;
-        Ok(Writer { out, offset: PREAMBLE_LEN as u64, sections: 0 })
+        Ok(Writer { out, offset: PREAMBLE_LEN as u64, sections: 0, held: None, held_bytes: 0, held_max: 0 })
+    }
+
+    /// Keeps every section from now on, until [`Writer::release`], or until they keep more
+    /// than `most` bytes of memory: then they are written at once (their files read), and the
+    /// sections that follow too.
+    pub fn hold(&mut self, most: usize) {
+        self.held.get_or_insert_with(Vec::new);
+        self.held_max = most;
+    }
+
+    /// Keeps `h`, or writes all that is kept once it is too much.
+    fn keep(&mut self, h: Held, memory: usize, len: u64) -> io::Result<()> {
+        self.held_bytes += memory;
+        if let Some(held) = self.held.as_mut() {
+            held.push(h);
+        }
+        self.offset += SECTION_HEADER_LEN as u64 + len;
+        self.sections += 1;
+        match self.held_bytes > self.held_max {
+            true => self.release(),
+            false => Ok(()),
+        }
+    }
+
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The bytes of memory the sections held keep (not those left in files).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Whether it holds its sections and may keep `more` bytes of memory too.
+    pub fn may_hold(&self, more: usize) -> bool {
+        self.held.is_some() && self.held_bytes + more <= self.held_max
+    }
+
+    /// Writes the sections held, in order, each assembled (its files read), and holds no more.
+    pub fn release(&mut self) -> io::Result<()> {
+        let Some(held) = self.held.take() else { return Ok(()) };
+        self.held_bytes = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        for h in held {
+            let len: usize = h.pieces.iter().map(Piece::len).sum();
+            let payload: &[u8] = match h.pieces.as_slice() {
+                [Piece::Data(_)] | [] => &h.data,
+                _ => {
+                    buf.resize(len, 0);
+                    assemble(&h.data, &h.pieces, &mut buf)?;
+                    &buf
+                }
+            };
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&h.head);
+            crc.update(payload);
+            let total = (h.head.len() + payload.len()) as u64;
+            self.out.write_all(&section_header(h.tag.0, h.flags, total, crc.finalize()))?;
+            self.out.write_all(&h.head)?;
+            self.out.write_all(payload)?;
+        }
+        Ok(())
+    }
+
+    /// Writes (or holds) a section whose payload is `head` then the `pieces`, whose Data
+    /// pieces are in `data` in order; a section not held is assembled now.
+    pub fn section_pieces(
+        &mut self,
+        tag: Tag,
+        flags: u32,
+        head: &[u8],
+        data: Vec<u8>,
+        pieces: Vec<Piece>,
+    ) -> io::Result<()> {
+        let len: usize = pieces.iter().map(Piece::len).sum();
+        if self.held.is_none() {
+            let mut whole = vec![0u8; len];
+            assemble(&data, &pieces, &mut whole)?;
+            return self.section(tag, flags, &[head, &whole]);
+        }
+        let memory = head.len() + data.len();
+        self.keep(Held { tag, flags, head: head.to_vec(), data, pieces }, memory, (head.len() + len) as u64)
     }
 
     /// Stream offset of the next byte to be written.
@@ -176,6 +345,11 @@ impl<W: Write> Writer<W> {
     /// Writes one section whose payload is the concatenation of `parts`.
     pub fn section(&mut self, tag: Tag, flags: u32, parts: &[&[u8]]) -> io::Result<()> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if self.held.is_some() {
+            let payload = parts.concat();
+            let h = Held { tag, flags, head: Vec::new(), pieces: vec![Piece::Data(payload.len())], data: payload };
+            return self.keep(h, len as usize, len);
+        }
         let mut crc = crc32fast::Hasher::new();
         for p in parts {
             crc.update(p);
@@ -197,6 +371,10 @@ impl<W: Write> Writer<W> {
         W: Sink,
     {
         let len = (head.len() + data.len()) as u64;
+        if self.held.is_some() {
+            let h = Held { tag, flags, head: head.to_vec(), pieces: vec![Piece::Data(data.len())], data };
+            return self.keep(h, len as usize, len).map(|_| None);
+        }
         let mut crc = crc32fast::Hasher::new();
         crc.update(head);
         crc.update(&data);
@@ -210,11 +388,15 @@ impl<W: Write> Writer<W> {
 
     /// Pushes what is written on to the reader (a frame to restartd, a pipe to rstrt).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        match self.held {
+            Some(_) => Ok(()),
+            None => self.out.flush(),
+        }
     }
 
     /// Writes the trailer and flushes; returns the inner writer and the image size in bytes.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
+        self.release()?;
         let mut e = Enc::new();
         e.u64(self.sections);
         e.u64(self.offset);

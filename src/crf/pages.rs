@@ -77,6 +77,18 @@ pub fn give_batch_as<W: Sink>(w: &mut Writer<W>, tag: Tag, runs: &[Run], data: V
     w.section_given(tag, 0, &head, data)
 }
 
+/// [`give_batch`] of a batch whose data is `pieces` (see [`super::Piece`]), the Data ones in
+/// `data`: held by a held Writer, assembled now by another.
+pub fn batch_of_pieces<W: Write>(
+    w: &mut Writer<W>,
+    runs: &[Run],
+    data: Vec<u8>,
+    pieces: Vec<super::Piece>,
+) -> io::Result<()> {
+    let head = batch_head(w.offset(), runs);
+    w.section_pieces(Tag::PAGES, 0, &head, data, pieces)
+}
+
 /// A batch's payload before its data: run count, padding, the runs, then padding that puts the
 /// data on a page boundary of the stream (the section starts at stream offset `at`).
 fn batch_head(at: u64, runs: &[Run]) -> Vec<u8> {
@@ -461,6 +473,57 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A held Writer whose batch data lies partly in a file writes, once released, the very
+    /// bytes a Writer given all the data writes at once; the last page of a file whose size is
+    /// not a multiple of pages reads as zeros past its end, as mapped; a file found shorter
+    /// than a piece needs is refused.
+    #[test]
+    fn a_held_batch_reads_its_file_pieces_on_release() {
+        use super::super::{FileSource, Piece};
+        use std::sync::Arc;
+        let path = std::env::temp_dir().join(format!("crs-held-pieces.{}", std::process::id()));
+        let content: Vec<u8> = (0..2 * PAGE_SIZE + 100).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let src = |size: u64| {
+            let file = std::fs::File::open(&path).unwrap();
+            Arc::new(FileSource { file, name: path.display().to_string(), size })
+        };
+        let runs = [Run { addr: 0x1000, npages: 1, flags: 0 }, Run { addr: 0x10000, npages: 2, flags: RUN_FILE_COPY }];
+        let anon: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 7) as u8).collect();
+        // The file's second and third pages: the third ends 100 bytes in, then zeros.
+        let mut whole = anon.clone();
+        whole.extend_from_slice(&content[PAGE_SIZE..]);
+        whole.resize(3 * PAGE_SIZE, 0);
+
+        let mut direct = Writer::new(Vec::new()).unwrap();
+        direct.section(Tag(1), 0, &[b"before"]).unwrap();
+        write_batch(&mut direct, &runs, &whole).unwrap();
+        direct.section(Tag(2), 0, &[b"after"]).unwrap();
+        let direct = direct.finish().unwrap().0;
+
+        let held_at_most = |size: u64, most: usize| {
+            let mut w = Writer::new(Vec::new()).unwrap();
+            w.hold(most);
+            w.section(Tag(1), 0, &[b"before"]).unwrap();
+            let pieces =
+                vec![Piece::Data(PAGE_SIZE), Piece::File { src: src(size), pos: PAGE_SIZE as u64, len: 2 * PAGE_SIZE }];
+            batch_of_pieces(&mut w, &runs, anon.clone(), pieces).unwrap();
+            w.section(Tag(2), 0, &[b"after"]).unwrap();
+            // Held, nothing is written yet but the preamble, every offset counted as if it were.
+            assert_eq!(w.held_bytes() > PAGE_SIZE, most > 2 * PAGE_SIZE);
+            w.finish().map(|(out, _)| out)
+        };
+        let held = |size: u64| held_at_most(size, 1 << 20);
+        assert!(held(content.len() as u64).unwrap() == direct, "a held image differs from one written at once");
+        // Held no more once it would keep more than it may: written then, the same.
+        assert!(held_at_most(content.len() as u64, 0).unwrap() == direct, "an image released early differs");
+        // Shrunk by a page since it was opened (the size it was opened with says more).
+        std::fs::write(&path, &content[..PAGE_SIZE + 100]).unwrap();
+        let e = held(content.len() as u64).expect_err("a file shorter than its pieces is refused");
+        assert!(e.to_string().contains("changed"), "{e}");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn batch_round_trip_and_alignment() {

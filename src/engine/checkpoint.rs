@@ -593,7 +593,7 @@ fn frozen_checkpoint<W: Sink>(
         let _walk = crate::res::endpoints::Snapshot::take();
         urgent.real_time(false);
         let members = members?;
-        let out = out.begin()?;
+        let mut out = out.begin()?;
         let clocks = crate::res::clocks::read();
         match look {
             Look::Refused => check_all(pid, opts, true)?,
@@ -697,18 +697,27 @@ fn frozen_checkpoint<W: Sink>(
             }),
             None => Ok(()),
         };
-        let (pages, bytes, stubs, out) =
+        // A checkpoint that lets them run on writes its image once they do: held here, the
+        // pages of their mapped files left in the files (see crf::Writer::hold).
+        if late {
+            out.hold(HELD_MAX);
+        }
+        let Written { pages, stubs, w, opened } =
             write(out, &states, &mut spare, (&ahead, opts.postcopy.as_ref()), cow.as_ref(), &flags_first)?;
         match commit.take() {
             Some(c) if !late => {
                 // (A post-copy sends the rest of their memory in it, seconds maybe, while the
                 // processes run at the destination.)
                 urgent.at_ease();
-                c(out)?
+                let (out, bytes) = w.finish().map_err(image_io)?;
+                c(out)?;
+                Ok((pages, bytes, stubs))
             }
-            c => written = c.map(|c| (c, out)),
+            c => {
+                written = c.map(|c| (c, w, opened));
+                Ok((pages, 0, stubs))
+            }
         }
-        Ok((pages, bytes, stubs))
     })();
     // Without a look before the freeze, a refusal found on the way names one reason: every one
     // is named, looked for now, frozen.
@@ -750,7 +759,7 @@ fn frozen_checkpoint<W: Sink>(
         restored = restored.and(p.put_back());
     }
     let processes = procs.len();
-    let (pages, image_bytes, stubs) = match result {
+    let (pages, mut image_bytes, stubs) = match result {
         Ok(r) => r,
         Err(e) => {
             let held: Vec<(i32, Vec<Caught>)> = procs.into_iter().map(|p| (p.t.pid, p.held)).collect();
@@ -800,11 +809,21 @@ fn frozen_checkpoint<W: Sink>(
             }
             redeliver(*m, held);
         }
-        debug!("checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms", ms(t0));
-        // They run on whatever becomes of it.
-        if let Some((commit, out)) = written {
+        // They run on whatever becomes of it: the image is written now (the pages left in
+        // files read), and committed only if those files did not change meanwhile.
+        if let Some((commit, w, opened)) = written {
+            let (out, bytes) = w.finish().map_err(image_io)?;
+            for o in &opened {
+                o.unchanged()?;
+            }
+            image_bytes = bytes;
             commit(out)?;
         }
+        debug!(
+            "checkpointed pid {pid}: {pages} pages, image {image_bytes} bytes, frozen {:.1} ms, written {:.1} ms after the freeze",
+            frozen.as_secs_f64() * 1e3,
+            ms(t0)
+        );
         frozen
     };
     Ok(Report { pid, pages, image_bytes, frozen, stubs, processes, zombies, notes, tcp_lock, ahead: None })
@@ -1231,9 +1250,10 @@ fn freeze_process(pid: i32, procs: &mut Vec<Frozen>) -> Result<()> {
     r
 }
 
-/// Writes the image of the collected `states` (the root's first) to `w`; `before_end` must
-/// pass before its end (the trailer). Returns the pages and bytes written, the stubs, and the
-/// output, for the caller to commit.
+/// Writes the image of the collected `states` (the root's first) to `w`, all but its end (the
+/// trailer), which `before_end` must pass first. Returns the pages written, the stubs, and the
+/// Writer, for the caller to finish and commit; with the files a held Writer (crf::Writer::hold)
+/// reads pages from as it is released, to be found unchanged before the image is committed.
 fn write<W: Sink>(
     mut w: Writer<W>,
     states: &[ProcessState],
@@ -1241,9 +1261,10 @@ fn write<W: Sink>(
     (ahead, postcopy): (&[super::precopy::Kept], Option<&PostCopy>),
     cow: Option<&crate::res::treecow::Found>,
     before_end: &dyn Fn() -> Result<()>,
-) -> Result<(u64, u64, Vec<String>, W)> {
+) -> Result<Written<W>> {
     let io = image_io;
     let mut pages = 0;
+    let mut opened = Vec::new();
     let mut stubs = Vec::new();
     // Memory shared since a fork in the tree (TREE_SHM), by object: the offsets in it whose
     // pages an earlier process stored. Stored once: the restore makes the object first, and
@@ -1294,7 +1315,8 @@ fn write<W: Sink>(
             joined
         });
         let not = memory::NotStored { kept: &all, later: &later, shared, omit: &omit };
-        let (n, runs, stored) = memory::dump_pages(st.head.pid, &st.vmas, not, &mut w, spare)?;
+        let sources = if w.holding() { copy_sources(st, &mut opened) } else { Vec::new() };
+        let (n, runs, stored) = memory::dump_pages(st.head.pid, &st.vmas, not, &mut w, spare, &sources)?;
         for (s, e) in stored {
             if let Some(&(v, obj)) = shm.iter().find(|(v, _)| v.start <= s && e <= v.end) {
                 let base = v.pgoff * page;
@@ -1309,8 +1331,88 @@ fn write<W: Sink>(
         stubs.extend(files::stubs(&st.files));
     }
     before_end()?;
-    let (out, bytes) = w.finish().map_err(io)?;
-    Ok((pages, bytes, stubs, out))
+    Ok(Written { pages, stubs, w, opened })
+}
+
+/// What [`write`] returns: the pages written, the stubs, the Writer, the files it reads.
+struct Written<W: Sink> {
+    pages: u64,
+    stubs: Vec<String>,
+    w: Writer<W>,
+    opened: Vec<Opened>,
+}
+
+/// A checkpoint whose processes run on keeps at most this much of their image in memory
+/// while they are frozen (see crf::Writer::hold): a process that wrote more since the copy
+/// began (one that writes about as fast as it is copied) has its image written at once, as
+/// holding it would cost more than writing it.
+const HELD_MAX: usize = 32 << 20;
+
+/// A file a held image reads pages from once the processes run again, with what it was when
+/// opened (the processes frozen).
+struct Opened {
+    src: std::sync::Arc<crate::crf::FileSource>,
+    dev: u64,
+    ino: u64,
+    /// Size, mtime and ctime, in seconds and nanoseconds.
+    stamp: [i64; 5],
+}
+
+fn stamp(md: &std::fs::Metadata) -> [i64; 5] {
+    use std::os::unix::fs::MetadataExt;
+    [md.size() as i64, md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()]
+}
+
+impl Opened {
+    /// Whether the file is as it was when opened: its pages read since are the ones the
+    /// frozen process had mapped (a change of content changes the ctime).
+    fn unchanged(&self) -> Result<()> {
+        let now = self.src.file.metadata().map_err(|e| Error::io(self.src.name.as_str(), e))?;
+        match stamp(&now) == self.stamp {
+            true => Ok(()),
+            false => Err(Error::Refused(format!(
+                "{} changed while its unmodified pages were copied into the image, after the process was let go: the image was not completed; checkpoint again",
+                self.src.name
+            ))),
+        }
+    }
+}
+
+/// The mappings of `st` whose unmodified pages a held image reads from their files (see
+/// crf::Writer::hold): each file opened now, while the processes are frozen, once (in
+/// `opened`), by the mapping itself (/proc/PID/map_files, root) or else by its path, and only
+/// if it is the very file mapped, as big as when collected; the pages of any other mapping
+/// are read from the process now.
+fn copy_sources(st: &ProcessState, opened: &mut Vec<Opened>) -> Vec<memory::CopySource> {
+    use std::os::unix::fs::MetadataExt;
+    let (pid, page) = (st.head.pid, crate::crf::PAGE_SIZE as u64);
+    let mut out = Vec::new();
+    for v in &st.vmas {
+        let copy = v.kind == memory::KIND_FILE
+            && v.flags & (memory::VMA_FILE_COPY | memory::VMA_COPY_ELSEWHERE | memory::VMA_SHARED)
+                == memory::VMA_FILE_COPY
+            && v.prot & libc::PROT_READ as u32 != 0;
+        let Some(f) = v.file.as_ref().filter(|_| copy) else { continue };
+        let known = opened.iter().find(|o| (o.dev, o.ino) == (f.dev, f.ino));
+        let src = match known {
+            Some(o) => o.src.clone(),
+            None => {
+                let by_map = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                let Ok(file) = std::fs::File::open(&by_map).or_else(|_| std::fs::File::open(&f.path)) else { continue };
+                let Ok(md) = file.metadata() else { continue };
+                if (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec())
+                    != (f.dev, f.ino, f.size, f.mtime_sec, f.mtime_nsec)
+                {
+                    continue;
+                }
+                let src = std::sync::Arc::new(crate::crf::FileSource { file, name: f.path.clone(), size: f.size });
+                opened.push(Opened { src: src.clone(), dev: f.dev, ino: f.ino, stamp: stamp(&md) });
+                src
+            }
+        };
+        out.push(memory::CopySource { start: v.start, end: v.end, base: v.pgoff * page, src });
+    }
+    out
 }
 
 /// A thread of the process other than its leader, frozen with it.

@@ -344,10 +344,24 @@ fn read_batch(pid: i32, b: &BatchPlan, data: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// A mapping whose unmodified pages (file-copy runs) a held image reads from its file once the
+/// processes run again (see crf::Writer::hold): the file, opened while they are frozen, and
+/// where in it the mapping begins.
+#[derive(Clone)]
+pub struct CopySource {
+    pub start: u64,
+    pub end: u64,
+    /// The file offset of `start`.
+    pub base: u64,
+    pub src: std::sync::Arc<crate::crf::FileSource>,
+}
+
 /// Writes the pages of every mapping in batches; returns the number of pages. A second thread
 /// reads the next batch from the process while this one checksums and writes the last. Each
 /// batch's buffer is given to the output whole (a migration sends it as a frame, uncopied);
-/// the outputs hand buffers back for the reader to fill again.
+/// the outputs hand buffers back for the reader to fill again. A held output (`w.holding()`)
+/// keeps each batch instead, its file-copy runs of the mappings in `sources` (sorted) read from
+/// their files later.
 /// `spare`: buffers to read batches into, faulted in already (see [`warm_buffers`]); it gets
 /// them back at the end, for the next process.
 /// `not.kept`: sorted ranges whose pages the receiver of a live migration holds already (empty
@@ -362,6 +376,7 @@ pub fn dump_pages<W: Sink>(
     not: NotStored,
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
+    sources: &[CopySource],
 ) -> Result<(u64, Vec<Span>, Vec<Span>)> {
     let batches = plan_batches(pid, vmas, not)?;
     let shm: Vec<Span> = vmas.iter().filter(|v| v.flags & VMA_TREE_SHM != 0).map(|v| (v.start, v.end)).collect();
@@ -372,7 +387,57 @@ pub fn dump_pages<W: Sink>(
             tree_shm.push((r.addr, r.addr + r.len() as u64));
         }
     }
-    dump_planned(pid, batches, w, spare).map(|(total, after)| (total, after, tree_shm))
+    dump_planned(pid, batches, w, spare, sources).map(|(total, after)| (total, after, tree_shm))
+}
+
+/// The mapping of `sources` whose file run `r` (a file-copy run) is read from later.
+fn source_of<'a>(sources: &'a [CopySource], r: &Run) -> Option<&'a CopySource> {
+    let i = sources.partition_point(|s| s.end <= r.addr);
+    sources.get(i).filter(|s| r.flags & RUN_FILE_COPY != 0 && s.start <= r.addr)
+}
+
+/// [`dump_planned`] into a held Writer: each batch kept, the pages read from the process now,
+/// its file-copy runs of a mapping in `sources` left to be read from the file.
+fn dump_held<W: Sink>(pid: i32, batches: &[BatchPlan], w: &mut Writer<W>, sources: &[CopySource]) -> Result<()> {
+    use crate::crf::Piece;
+    for b in batches {
+        if !w.holding() {
+            let mut data = vec![0u8; b.pages * PAGE_SIZE];
+            read_batch(pid, b, &mut data)?;
+            pages::give_batch(w, &b.runs, data).map_err(|e| Error::io("image", e))?;
+            continue;
+        }
+        let mut read = BatchPlan::default();
+        let mut pieces: Vec<Piece> = Vec::new();
+        for (r, &ok) in b.runs.iter().zip(&b.readable) {
+            if r.flags & RUN_KEPT != 0 {
+                continue;
+            }
+            match (source_of(sources, r), pieces.last_mut()) {
+                (Some(s), Some(Piece::File { src, pos, len }))
+                    if std::sync::Arc::ptr_eq(src, &s.src) && *pos + *len as u64 == s.base + (r.addr - s.start) =>
+                {
+                    *len += r.len()
+                }
+                (Some(s), _) => {
+                    pieces.push(Piece::File { src: s.src.clone(), pos: s.base + (r.addr - s.start), len: r.len() })
+                }
+                (None, last) => {
+                    read.runs.push(*r);
+                    read.readable.push(ok);
+                    read.pages += r.npages as usize;
+                    match last {
+                        Some(Piece::Data(n)) => *n += r.len(),
+                        _ => pieces.push(Piece::Data(r.len())),
+                    }
+                }
+            }
+        }
+        let mut data = vec![0u8; read.pages * PAGE_SIZE];
+        read_batch(pid, &read, &mut data)?;
+        pages::batch_of_pieces(w, &b.runs, data, pieces).map_err(|e| Error::io("image", e))?;
+    }
+    Ok(())
 }
 
 /// [`dump_pages`] once its batches are planned.
@@ -381,6 +446,7 @@ fn dump_planned<W: Sink>(
     batches: Vec<BatchPlan>,
     w: &mut Writer<W>,
     spare: &mut Vec<Vec<u8>>,
+    sources: &[CopySource],
 ) -> Result<(u64, Vec<Span>)> {
     use std::sync::mpsc::sync_channel;
     let total: u64 = batches.iter().map(|b| b.pages as u64).sum();
@@ -399,6 +465,23 @@ fn dump_planned<W: Sink>(
     if !batches.is_empty() {
         let runs: Vec<&[Run]> = batches.iter().map(|b| &b.runs[..]).collect();
         pages::write_plan(w, &runs).map_err(|e| Error::io("image", e))?;
+    }
+    // Held, the pages read from the process now are kept in fresh memory until it runs again:
+    // a copy that costs about as much as writing them (and more than writing them from the
+    // two buffers reused here). Worth it for a few MiB (a running checkpoint's last delta)
+    // before the pages left in files; past what the Writer may hold, it writes all it held
+    // and the rest goes as without it.
+    if w.holding() {
+        let own: usize = batches
+            .iter()
+            .flat_map(|b| b.runs.iter())
+            .filter(|r| r.flags & RUN_KEPT == 0 && source_of(sources, r).is_none())
+            .map(|r| r.len())
+            .sum();
+        if w.may_hold(own) {
+            return dump_held(pid, &batches, w, sources).map(|_| (total, after));
+        }
+        w.release().map_err(|e| Error::io("image", e))?;
     }
     if small {
         return dump_inline(pid, &batches, w, spare).map(|_| (total, after));
