@@ -1398,7 +1398,9 @@ fn copy_sources(st: &ProcessState, opened: &mut Vec<Opened>) -> Vec<memory::Copy
             Some(o) => o.src.clone(),
             None => {
                 let by_map = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-                let Ok(file) = std::fs::File::open(&by_map).or_else(|_| std::fs::File::open(&f.path)) else { continue };
+                // (Never a FIFO or a device, whatever the path names by now.)
+                let regular = crate::res::fileid::open_regular;
+                let Ok(file) = regular(&by_map).or_else(|_| regular(&f.path)) else { continue };
                 let Ok(md) = file.metadata() else { continue };
                 if (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec())
                     != (f.dev, f.ino, f.size, f.mtime_sec, f.mtime_nsec)
