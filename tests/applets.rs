@@ -112,6 +112,17 @@ fn no_libs_images_are_smaller_and_need_the_same_files() {
     r.verdict("ok");
 }
 
+/// Replaces the ELF file `path` by another build of it: the same size, a byte of its build-id
+/// changed, in a new file of the same name.
+fn rebuild(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let id = crs::res::fileid::elf_build_id(&std::fs::File::open(path).unwrap()).expect("a build-id");
+    let at = bytes.windows(id.len()).position(|w| w == id).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
     let dir = tmpdir("applets-nobin");
@@ -130,12 +141,7 @@ fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
     ckpt(&["-k", "--no-binary", "-o", &lean, &pid]);
     p.kill();
     // Same size, another build-id: a rebuilt binary.
-    let mut bytes = std::fs::read(&bin).unwrap();
-    let id = crs::res::fileid::elf_build_id(&std::fs::File::open(&bin).unwrap()).expect("a build-id");
-    let at = bytes.windows(id.len()).position(|w| w == id).unwrap();
-    bytes[at] ^= 0xff;
-    std::fs::remove_file(&bin).unwrap();
-    std::fs::write(&bin, &bytes).unwrap();
+    rebuild(&bin);
     let o = run(&["rstrt", &lean]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("memtarget"), "{}", stderr(&o));
@@ -177,13 +183,7 @@ fn a_running_checkpoint_stores_a_librarys_pages_read_after_the_freeze() {
     let o = run(&["ckpt", "-v", "-o", &img, &pid]);
     assert!(o.status.success(), "{}", stderr(&o));
     p.kill();
-    // Another build of it: a byte of its build-id changed, in a new file of the same name.
-    let mut bytes = std::fs::read(&copy).unwrap();
-    let id = crs::res::fileid::elf_build_id(&std::fs::File::open(&copy).unwrap()).expect("a build-id");
-    let at = bytes.windows(id.len()).position(|w| w == id).unwrap();
-    bytes[at] ^= 0xff;
-    std::fs::remove_file(&copy).unwrap();
-    std::fs::write(&copy, &bytes).unwrap();
+    rebuild(&copy);
     let mut r = rstrt(&[&img]);
     r.verdict("ok");
 }
