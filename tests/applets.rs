@@ -150,19 +150,14 @@ fn a_changed_binary_is_refused_for_a_no_binary_image_only() {
     r.verdict("ok");
 }
 
-/// A checkpoint that lets the process run on is frozen only for its state and memory: the
-/// unmodified pages of its mapped files are read from the files once it runs again. The image
-/// must still hold the pages as they were mapped: here libc, a copy of it that the target
-/// maps (LD_LIBRARY_PATH), is replaced by another build after the checkpoint, and the target
-/// restored from the image must run on the image's pages of it and find its memory intact.
-#[test]
-fn a_running_checkpoint_stores_a_librarys_pages_read_after_the_freeze() {
-    let dir = tmpdir("applets-libcopy");
+/// The memory target (8 MiB) on a copy of libc of its own, in DIR/lib (LD_LIBRARY_PATH), and
+/// that copy.
+fn on_libc_copy(dir: &std::path::Path) -> (Proc, std::path::PathBuf) {
     let d = dir.to_str().unwrap();
     let libs = dir.join("lib");
     std::fs::create_dir_all(&libs).unwrap();
     // The libc the targets map, wherever this system keeps it.
-    let mut probe = start("memory", &[d, "1"], &dir);
+    let mut probe = start("memory", &[d, "1"], dir);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", probe.pid())).unwrap();
     probe.kill();
     let libc = maps
@@ -173,12 +168,69 @@ fn a_running_checkpoint_stores_a_librarys_pages_read_after_the_freeze() {
     let copy = libs.join("libc.so.6");
     std::fs::copy(libc, &copy).unwrap();
     let mut c = Command::new(target("memory"));
-    c.args([d, "8"]).current_dir(&dir).env("LD_LIBRARY_PATH", &libs);
+    c.args([d, "8"]).current_dir(dir).env("LD_LIBRARY_PATH", &libs);
     let mut p = Proc::spawn(c);
     p.expect("ready");
-    let pid = p.pid().to_string();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid())).unwrap();
     assert!(maps.contains(copy.to_str().unwrap()), "the target does not map the copy of libc:\n{maps}");
+    (p, copy)
+}
+
+/// A mapped file that changes while the image of a checkpoint that let its process run on is
+/// written (its unmodified pages read from the file then) fails the checkpoint, saying so: the
+/// image has no end, which any reader refuses, and the process runs on as it was. The image
+/// goes into a FIFO that the test reads only once it has changed the file (its mtime).
+#[test]
+fn a_mapped_file_changed_while_a_running_checkpoint_is_written_fails_it() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tmpdir("applets-libtouch");
+    let (mut p, copy) = on_libc_copy(&dir);
+    let fifo = dir.join("image.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    // Opened before ckpt opens it, so that neither waits; read only once the file changed.
+    let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let mut c = Command::new(crs());
+    c.args(["ckpt", "-o", fifo.to_str().unwrap(), &p.pid().to_string()]).stderr(Stdio::piped());
+    close_extra_fds(&mut c);
+    let ck = c.spawn().unwrap();
+    // ckpt lets the process go, then writes the image: it waits once the pipe is full (the
+    // image holds libc's 2 MB).
+    let t0 = std::time::Instant::now();
+    // (Its wchan: pipe_write, anon_pipe_write since Linux 6.14.)
+    while !std::fs::read_to_string(format!("/proc/{}/wchan", ck.id())).unwrap_or_default().ends_with("pipe_write") {
+        assert!(t0.elapsed() < TIMEOUT, "ckpt never waited for its reader");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+    // SAFETY: fcntl changes the flags of an fd we own and touches no memory.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&reader), libc::F_SETFL, 0) };
+    let mut image = Vec::new();
+    reader.read_to_end(&mut image).unwrap();
+    let o = ck.wait_with_output().unwrap();
+    assert!(!o.status.success(), "ckpt succeeded though libc's copy changed");
+    assert!(stderr(&o).contains("libc.so.6 changed while its unmodified pages were copied"), "{}", stderr(&o));
+    let stored = dir.join("stored.crf");
+    std::fs::write(&stored, &image).unwrap();
+    let info = run(&["crfinfo", stored.to_str().unwrap()]);
+    assert!(!info.status.success(), "an image without its end was read whole ({} bytes)", image.len());
+    p.verdict("ok");
+}
+
+/// A checkpoint that lets the process run on is frozen only for its state and memory: the
+/// unmodified pages of its mapped files are read from the files once it runs again. The image
+/// must still hold the pages as they were mapped: here libc, a copy of it that the target
+/// maps (LD_LIBRARY_PATH), is replaced by another build after the checkpoint, and the target
+/// restored from the image must run on the image's pages of it and find its memory intact.
+#[test]
+fn a_running_checkpoint_stores_a_librarys_pages_read_after_the_freeze() {
+    let dir = tmpdir("applets-libcopy");
+    let d = dir.to_str().unwrap();
+    let (mut p, copy) = on_libc_copy(&dir);
+    let pid = p.pid().to_string();
     let img = format!("{d}/running.crf");
     let o = run(&["ckpt", "-v", "-o", &img, &pid]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -810,12 +810,14 @@ fn frozen_checkpoint<W: Sink>(
             redeliver(*m, held);
         }
         // They run on whatever becomes of it: the image is written now (the pages left in
-        // files read), and committed only if those files did not change meanwhile.
-        if let Some((commit, w, opened)) = written {
-            let (out, bytes) = w.finish().map_err(image_io)?;
+        // files read), and ends only if those files did not change meanwhile (through a pipe,
+        // a stream without its end is refused by any reader).
+        if let Some((commit, mut w, opened)) = written {
+            w.release().map_err(image_io)?;
             for o in &opened {
                 o.unchanged()?;
             }
+            let (out, bytes) = w.finish().map_err(image_io)?;
             image_bytes = bytes;
             commit(out)?;
         }
