@@ -397,16 +397,11 @@ fn source_of<'a>(sources: &'a [CopySource], r: &Run) -> Option<&'a CopySource> {
 }
 
 /// [`dump_planned`] into a held Writer: each batch kept, the pages read from the process now,
-/// its file-copy runs of a mapping in `sources` left to be read from the file.
+/// its file-copy runs of a mapping in `sources` left to be read from the file (at once, should
+/// the Writer stop holding on the way: crf::Writer::section_pieces).
 fn dump_held<W: Sink>(pid: i32, batches: &[BatchPlan], w: &mut Writer<W>, sources: &[CopySource]) -> Result<()> {
     use crate::crf::Piece;
     for b in batches {
-        if !w.holding() {
-            let mut data = vec![0u8; b.pages * PAGE_SIZE];
-            read_batch(pid, b, &mut data)?;
-            pages::give_batch(w, &b.runs, data).map_err(|e| Error::io("image", e))?;
-            continue;
-        }
         let mut read = BatchPlan::default();
         let mut pieces: Vec<Piece> = Vec::new();
         for (r, &ok) in b.runs.iter().zip(&b.readable) {
