@@ -35,8 +35,10 @@ pub const MAGIC: [u8; 4] = *b"CRF\0";
 /// memory copied before the freeze (PRESHM), and kept runs in its mappings; version 10
 /// reservations mapped as they are (memory::VMA_EMPTY); version 11 epoll instances among the
 /// descriptions several fds share (FDESCS), each registration listed by one holder, and the
-/// states of TCP connections closed one way or both (TCPCONNS).
-pub const VERSION: u32 = 11;
+/// states of TCP connections closed one way or both (TCPCONNS); version 12 kept runs in the
+/// private file mappings whose pages a live migration sent ahead (memory::VMA_FILE_COPY: a
+/// destination without the file).
+pub const VERSION: u32 = 12;
 /// The oldest version this crs reads.
 pub const OLDEST: u32 = 1;
 pub const ARCH_X86_64: u32 = 62; // ELF e_machine of x86_64

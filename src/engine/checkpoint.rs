@@ -226,10 +226,14 @@ fn check_all(pid: i32, opts: &Options, frozen: bool) -> Result<()> {
 /// The unmodified pages of a file that several processes map the same part of (a tree's
 /// binary and libraries: 2 MiB a process for a C program) are stored by the first whose
 /// mapping has every page of that part unmodified (program text): the others' mappings say
-/// so (VMA_COPY_ELSEWHERE), and store only the pages they changed themselves.
-fn copies_once(states: &mut [ProcessState]) -> Result<()> {
+/// so (VMA_COPY_ELSEWHERE), and store only the pages they changed themselves. A mapping
+/// whose pages a live migration sent ahead (`ahead`, per process: kept runs in it) is left
+/// as it is: the image does not store them, and the destination holds them for it alone.
+fn copies_once(states: &mut [ProcessState], ahead: &[super::precopy::Kept]) -> Result<()> {
     let mut stored: Vec<(FileId, (u64, u64))> = Vec::new();
-    for st in states.iter_mut() {
+    for (i, st) in states.iter_mut().enumerate() {
+        let kept = ahead.get(i).map_or(&[][..], |k| k.kept.as_slice());
+        let went = |v: &memory::Vma| !super::layout::intersect(kept, &[(v.start, v.end)]).is_empty();
         let mut mine = Vec::new();
         let copied = |v: &memory::Vma| {
             v.flags & memory::VMA_FILE_COPY != 0
@@ -237,7 +241,7 @@ fn copies_once(states: &mut [ProcessState]) -> Result<()> {
                 && v.prot & libc::PROT_READ as u32 != 0
         };
         let mut pagemap = None;
-        for v in st.vmas.iter_mut().filter(|v| copied(v)) {
+        for v in st.vmas.iter_mut().filter(|v| copied(v) && !went(v)) {
             let (Some(f), Some((from, to))) = (v.file.clone(), memory::copy_range(v)) else { continue };
             if stored.iter().any(|(g, (s, e))| *g == f && *s <= from && to <= *e) {
                 v.flags |= memory::VMA_COPY_ELSEWHERE;
@@ -661,7 +665,7 @@ fn frozen_checkpoint<W: Sink>(
             None => Vec::new(),
         };
         if states.len() > 1 {
-            copies_once(&mut states)?;
+            copies_once(&mut states, &ahead)?;
         }
         let all: Vec<(i32, &[files::Fd])> = states.iter().map(|st| (st.head.pid, st.files.as_slice())).collect();
         let shared = crate::res::fdescs::collect(&all)?;

@@ -33,9 +33,15 @@
 //! place, its own kept pages over it ([`Part`],
 //! [`Store::copy_aside`]), so that the processes share those pages again.
 //!
+//! The private mappings of files the destination of a live migration lacks go ahead as areas
+//! too ([`Source::carry_files`]): the image would carry their pages, and the restore make
+//! them anonymous memory; it moves the area into place instead, and the image keeps the
+//! pages the process did not write, if the file is the same at the freeze as when they began
+//! to go.
+//!
 //! What is never pre-copied (sent whole in the final image, as without --live): stacks
-//! (MAP_GROWSDOWN), System V shared memory, memfds, file mappings, droppable memory; the
-//! processes of a tree forked once the rounds began. The MAP_SHARED anonymous memory the
+//! (MAP_GROWSDOWN), System V shared memory, memfds, other file mappings, droppable memory;
+//! the processes of a tree forked once the rounds began. The MAP_SHARED anonymous memory the
 //! processes share goes ahead another way, by content (engine::shmahead).
 
 use super::layout::{find_free, intersect, minus};
@@ -70,9 +76,20 @@ impl Area {
 }
 
 /// Whether a mapping of the image is one whose pages may have been sent ahead: the same test
-/// on both sides ([`eligible_map`] for a running process).
+/// on both sides ([`eligible_map`] and [`Source::file_area`] for a running process).
 pub fn eligible(v: &Vma) -> bool {
-    memory::private_anon(v)
+    memory::private_anon(v) || file_copy(v)
+}
+
+/// A private mapping of a file whose unmodified pages the image stores (VMA_FILE_COPY, not
+/// left to an earlier process's copy): a live migration to a node without the file sends its
+/// pages ahead as an area (see [`Source::carry_files`]), and the restore moves them into
+/// place, anonymous memory as it would be without them.
+fn file_copy(v: &Vma) -> bool {
+    let not = memory::VMA_SHARED | memory::VMA_COPY_ELSEWHERE | memory::VMA_REMADE | memory::VMA_SYSV;
+    v.kind == memory::KIND_FILE
+        && v.flags & (not | memory::VMA_FILE_COPY) == memory::VMA_FILE_COPY
+        && v.prot & libc::PROT_READ as u32 != 0
 }
 
 /// The area of an eligible mapping.
@@ -98,7 +115,52 @@ fn eligible_map(m: &MapEntry) -> bool {
         && (m.read || m.write || m.exec)
         && !m.shared
         && m.pkey == 0
-        && !["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].iter().any(|f| m.has_flag(f))
+        && !m.vmflags.iter().any(|f| untracked(f))
+}
+
+/// The VmFlags of mappings never sent ahead: stacks, droppable, hugetlb, shadow stacks,
+/// sealed, device memory, and those a userfaultfd of the process's own handles.
+fn untracked(flag: &str) -> bool {
+    ["gd", "dp", "ht", "ss", "sl", "pf", "io", "um", "ui"].contains(&flag)
+}
+
+/// A file the destination of a live migration lacks (see [`Source::carry_files`]).
+#[derive(Clone, Copy, Debug)]
+struct Lacking {
+    dev: u64,
+    ino: u64,
+    size: u64,
+}
+
+/// A mapped file as it was when its pages began to go ahead; found the same at the freeze,
+/// the pages that went unmodified are still the file's (see [`stamp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The file process `pid` maps at `range` (device and inode `id`, `path`), as it is now:
+/// looked at through /proc/PID/map_files (root), else by its path, if that is the very inode.
+fn stamp(pid: i32, (start, end): (u64, u64), path: &str, id: (u64, u64)) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    let m = std::fs::metadata(link).or_else(|_| std::fs::metadata(path)).ok()?;
+    ((m.dev(), m.ino()) == id).then(|| Stamp {
+        dev: id.0,
+        ino: id.1,
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// The device number of mapping `m`'s file.
+fn dev_of(m: &MapEntry) -> u64 {
+    libc::makedev(m.dev.0, m.dev.1)
 }
 
 /// Joins in `maps` (smaps, in order) the eligible mappings side by side that `now` (the maps
@@ -247,6 +309,13 @@ pub struct Source {
     same: Vec<(u64, u64)>,
     /// Whose, per area (by start).
     same_base: BTreeMap<u64, i32>,
+    /// The files the destination lacks, whose private mappings go ahead too (a live
+    /// migration's: see [`Source::carry_files`]).
+    lacking: Vec<Lacking>,
+    /// Of those, the ones whose pages began to go, as they were then.
+    stamps: Vec<Stamp>,
+    /// The areas that are mappings of those files (by start), as of the last round.
+    file_areas: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Source {
@@ -294,7 +363,91 @@ impl Source {
             same: Vec::new(),
             same_base: BTreeMap::new(),
             sent: Vec::new(),
+            lacking: Vec::new(),
+            stamps: Vec::new(),
+            file_areas: Default::default(),
         })
+    }
+
+    /// The destination of this live migration lacks `files` (that the process maps, see
+    /// migration::files): their unmodified pages go ahead too, as areas of their own, each
+    /// private mapping of them that may be read; those pages the process has not written at
+    /// the freeze stay out of its image, if the file is then found as it was when they began
+    /// to go (same inode, size, mtime and ctime). Restored, such a mapping is anonymous
+    /// memory holding those pages, as it is when the image carries them.
+    pub fn carry_files(&mut self, files: &[crate::res::fileid::FileId]) {
+        self.lacking = files.iter().map(|f| Lacking { dev: f.dev, ino: f.ino, size: f.size }).collect();
+    }
+
+    /// The file the destination lacks that `m` privately maps, if it is one whose pages go
+    /// ahead.
+    fn lacking_of(&self, m: &MapEntry) -> Option<Lacking> {
+        if m.shared || m.inode == 0 || !m.read || m.pkey != 0 || m.vmflags.iter().any(|f| untracked(f)) {
+            return None;
+        }
+        self.lacking.iter().find(|l| (l.dev, l.ino) == (dev_of(m), m.inode)).copied()
+    }
+
+    /// Whether the rounds send mapping `m`'s pages.
+    fn tracks(&self, m: &MapEntry) -> bool {
+        eligible_map(m) || self.lacking_of(m).is_some()
+    }
+
+    /// Before mappings of files the destination lacks are first tracked (those of `maps`
+    /// within `fresh`): each file looked at (see [`Stamp`]), then its pages, up to the end
+    /// of the file, brought into the process's page table, read through /proc/PID/mem (not
+    /// pinned: a page it shares since a fork stays shared). Tracking protects only the pages
+    /// there: one brought in later would count as written, and go twice.
+    fn begin_files(&mut self, maps: &[MapEntry], fresh: &[(u64, u64)]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let pid = self.pid;
+        let mut mem: Option<std::fs::File> = None;
+        let mut buf = Vec::new();
+        for m in maps {
+            let Some(l) = self.lacking_of(m) else { continue };
+            let within = intersect(fresh, &[(m.start, m.end)]);
+            if within.is_empty() {
+                continue;
+            }
+            if !self.stamps.iter().any(|s| (s.dev, s.ino) == (l.dev, l.ino)) {
+                match stamp(pid, (m.start, m.end), &m.name, (l.dev, l.ino)) {
+                    Some(s) => self.stamps.push(s),
+                    // (Unmapped meanwhile, or another file under that name by now: its pages
+                    // go, but none is kept at the freeze.)
+                    None => continue,
+                }
+            }
+            // Past the file's last page the mapping cannot be read (SIGBUS).
+            let end = m.start.saturating_add(l.size.saturating_sub(m.offset).div_ceil(PAGE) * PAGE).min(m.end);
+            let f = match &mut mem {
+                Some(f) => f,
+                slot => {
+                    let path = format!("/proc/{pid}/mem");
+                    slot.insert(std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?)
+                }
+            };
+            for (s, e) in intersect(&within, &[(m.start, end)]) {
+                let mut at = s;
+                while at < e {
+                    let n = (e - at).min(FRAME_PAGES as u64 * PAGE) as usize;
+                    buf.resize(n, 0);
+                    // (A range unmapped meanwhile: the next round finds the change.)
+                    if f.read_exact_at(&mut buf, at).is_err() {
+                        break;
+                    }
+                    at += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file that mapping `v` of the frozen process maps is as it was when its
+    /// pages began to go ahead.
+    fn file_unchanged(&self, v: &Vma) -> bool {
+        let Some(f) = &v.file else { return false };
+        let then = self.stamps.iter().find(|s| (s.dev, s.ino) == (f.dev, f.ino));
+        then.is_some_and(|then| stamp(self.pid, (v.start, v.end), &f.path, (f.dev, f.ino)).as_ref() == Some(then))
     }
 
     /// [`Source::arm`] for `pid` and each of its live descendants (`alone`: none), the root
@@ -393,8 +546,11 @@ impl Source {
         let mut maps = procfs::read_smaps(pid)?;
         let taken = self.tracker()?.take()?;
         self.forget(&taken.written);
-        let spans: Vec<(u64, u64)> = maps.iter().filter(|m| eligible_map(m)).map(|m| (m.start, m.end)).collect();
+        let spans: Vec<(u64, u64)> = maps.iter().filter(|m| self.tracks(m)).map(|m| (m.start, m.end)).collect();
         let fresh = minus(&spans, self.tracker()?.ranges());
+        if !self.lacking.is_empty() {
+            self.begin_files(&maps, &fresh)?;
+        }
         // Tracked from now on; what they hold now is sent below (the destination holds none of it).
         if !self.tracker()?.add(&fresh)?.is_empty() {
             // Registered, a range may have become one mapping with a tracked one beside it (a
@@ -403,15 +559,16 @@ impl Source {
             joined(&mut maps, &procfs::read_maps(pid)?);
         }
         let readable: Vec<(u64, u64)> =
-            maps.iter().filter(|m| eligible_map(m) && m.read).map(|m| (m.start, m.end)).collect();
+            maps.iter().filter(|m| self.tracks(m) && m.read).map(|m| (m.start, m.end)).collect();
+        self.file_areas = maps.iter().filter(|m| !eligible_map(m) && self.tracks(m)).map(|m| m.start).collect();
         let huge =
             procfs::read_status(pid).ok().and_then(|s| procfs::status_field(&s, "THP_enabled").map(|v| v == "1"));
         let areas: Vec<(Area, bool)> = maps
             .iter()
-            .filter(|m| eligible_map(m))
+            .filter(|m| self.tracks(m))
             .map(|m| {
                 let a = Area { start: m.start, end: m.end, noreserve: m.has_flag("nr") };
-                (a, huge.unwrap_or(false) && !m.has_flag("nh"))
+                (a, huge.unwrap_or(false) && !m.has_flag("nh") && eligible_map(m))
             })
             .collect();
         if let Some(now) = self.follow(&areas, &taken.lost) {
@@ -420,8 +577,10 @@ impl Source {
         // Pages shared with another process (the tree's children) are read through
         // /proc/PID/mem: pinned by process_vm_readv, each would become the process's own copy.
         self.shared.clear();
-        for m in maps.iter().filter(|m| m.shares && eligible_map(m) && m.read) {
-            let sh = self.tracker()?.pagemap().shared_anon(m.start, m.end)?;
+        let sharing: Vec<(u64, u64)> =
+            maps.iter().filter(|m| m.shares && self.tracks(m) && m.read).map(|m| (m.start, m.end)).collect();
+        for (start, end) in sharing {
+            let sh = self.tracker()?.pagemap().shared_anon(start, end)?;
             self.shared.extend(sh);
         }
         let mut want: Vec<(u64, u64)> = Vec::new();
@@ -560,7 +719,8 @@ impl Source {
         if shared.is_empty() {
             return Ok(out);
         }
-        for (&start, (a, _)) in &self.held {
+        // (Not a file's: its pages are each process's own to send, see Precopied::kept_all.)
+        for (&start, (a, _)) in self.held.iter().filter(|(s, _)| !self.file_areas.contains(s)) {
             let lo = shared.partition_point(|r| r.1 <= a.start);
             if shared.get(lo).is_none_or(|r| r.0 >= a.end) {
                 continue;
@@ -661,6 +821,11 @@ impl Source {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for v in vmas.iter().filter(|v| eligible(v)) {
             let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| becomes(a, v)) else { continue };
+            // A file's pages that went unmodified are its content then.
+            if file_copy(v) && !self.file_unchanged(v) {
+                log::debug!("pid {pid}: {} changed since its pages went ahead", v.name);
+                continue;
+            }
             let first = out.len();
             let mut d = self.data.partition_point(|r| r.1 <= a.start);
             let within = ((v.end.min(a.end) - a.start) / PAGE) as usize;
@@ -1034,7 +1199,7 @@ impl Precopied {
             }
             let (before, after) = states.split_at_mut(i);
             let k = &mut out[i];
-            for v in after[0].vmas.iter_mut().filter(|v| eligible(v)) {
+            for v in after[0].vmas.iter_mut().filter(|v| memory::private_anon(v)) {
                 let Some(a) = areas[i].get(&v.start).filter(|a| becomes(a, v)) else { continue };
                 // The base as the restore finds it: the first earlier process with an area
                 // held that becomes this mapping (Store::becomes), which must be the very one

@@ -198,6 +198,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         None
     };
     let held_there = super::files::held(&mapped, &have);
+    // Those it lacks go ahead too, with the rounds (the image would carry them frozen).
+    if let Some(src) = source.as_mut() {
+        let lacking = super::files::lacking(&mapped, &have);
+        src.iter_mut().for_each(|s| s.carry_files(&lacking));
+    }
     debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
     // The module leaves out the executable's pages, or every other ELF file's, not files one
     // by one: as much of that as the destination holds.

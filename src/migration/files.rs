@@ -155,6 +155,11 @@ pub fn held(ids: &[FileId], have: &[u8]) -> Vec<String> {
     ids.iter().zip(have).filter(|(_, h)| **h == 1).map(|(id, _)| id.path.clone()).collect()
 }
 
+/// At the source: those of `ids` the destination does not say it holds (`have`).
+pub fn lacking(ids: &[FileId], have: &[u8]) -> Vec<FileId> {
+    ids.iter().zip(have).filter(|(_, h)| **h != 1).map(|(id, _)| id.clone()).collect()
+}
+
 /// For the crd backend, whose module leaves out the unmodified pages of the executable
 /// (CRD_NO_BINARY_FILE) or of every other ELF file mapped privately (CRD_NO_SHARED_LIBRARIES),
 /// not of files named one by one: whether the destination holds the executable `pid` maps,

@@ -13,7 +13,11 @@
  * answers SIGUSR1 as the parent does (and dies with the parent); "cow": the same, but the
  * child leaves its pages shared with the parent until it writes them; "shm": the same, but its
  * memory (and the record of each page's generation) is MAP_SHARED anonymous memory both
- * write, the parent the even pages, the child the odd ones, each checking its own.
+ * write, the parent the even pages, the child the odd ones, each checking its own;
+ * "file" (argv[5]: a path): also writes FILE_PAGES pages to that file, each in a form it can
+ * check, and maps the file privately, then keeps rewriting the first eighth of those pages as
+ * it does its memory (copied on write: its own), the others left as the file has them;
+ * "file-touch": the same, and sets the file's times to now every 10 ms (its content unchanged).
  * It also reserves 512 MiB it touches one page of.
  * On SIGUSR1 it checks every page against its own record and logs
  * "ok writes=N gap_us=G blocks=B" (G: the longest time between two turns of its loop since the last
@@ -30,12 +34,15 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096
 #define SIDE_PAGES 64
+#define FILE_PAGES 8192
+#define FILE_GEN 0x5eed
 #define ZERO 0xffffffffu
 
 static volatile sig_atomic_t asked;
@@ -93,6 +100,23 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < pages; i++) fill(mem + i * PAGE, i, 0);
     uint32_t side_gen = 0;
     for (size_t i = 0; i < SIDE_PAGES; i++) fill(side + i * PAGE, i, side_gen);
+    int touch = argc > 5 && strcmp(argv[4], "file-touch") == 0;
+    unsigned char *fmem = 0;
+    uint32_t *fgen = 0;
+    if (argc > 5 && (touch || strcmp(argv[4], "file") == 0)) {
+        int fd = open(argv[5], O_RDWR | O_CREAT | O_TRUNC, 0600);
+        unsigned char page[PAGE];
+        for (size_t i = 0; fd >= 0 && i < FILE_PAGES; i++) {
+            fill(page, i, FILE_GEN);
+            if (write(fd, page, PAGE) != PAGE) return 7;
+        }
+        fmem = mmap(0, FILE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+        fgen = mmap(0, FILE_PAGES * sizeof *fgen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (fd < 0 || fmem == MAP_FAILED || fgen == MAP_FAILED) return 7;
+        close(fd);
+        for (size_t i = 0; i < FILE_PAGES; i++) fgen[i] = FILE_GEN;
+    }
+    uint64_t touched = 0;
     if (argc > 4 && strcmp(argv[4], "uffd") == 0) {
         int u = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
         struct uffdio_api api = {.api = UFFD_API};
@@ -141,12 +165,17 @@ int main(int argc, char **argv) {
             size_t side_bad = SIDE_PAGES;
             for (size_t i = 0; i < SIDE_PAGES && side_bad == SIDE_PAGES; i++)
                 if (!good(side + i * PAGE, i, side_gen == 0 || i % 2 == 0 ? side_gen : ZERO)) side_bad = i;
+            size_t file_bad = FILE_PAGES;
+            for (size_t i = 0; fmem && i < FILE_PAGES && file_bad == FILE_PAGES; i++)
+                if (!good(fmem + i * PAGE, i, fgen[i])) file_bad = i;
             if (reserve[12345] != 1 || reserve[1 << 20])
                 dprintf(log, "BAD reserve pid %d\n", getpid());
             else if (bad < pages)
                 dprintf(log, "BAD page %zu (generation %u) pid %d\n", bad, gen[bad], getpid());
             else if (block_bad < nblocks)
                 dprintf(log, "BAD block %zu of %zu pid %d\n", block_bad, nblocks, getpid());
+            else if (fmem && file_bad < FILE_PAGES)
+                dprintf(log, "BAD file page %zu (generation %u) pid %d\n", file_bad, fgen[file_bad], getpid());
             else if (side_bad < SIDE_PAGES)
                 dprintf(log, "BAD side page %zu (generation %u) pid %d\n", side_bad, side_gen, getpid());
             else
@@ -165,6 +194,10 @@ int main(int argc, char **argv) {
             gen[i] = gen[i] == ZERO ? 1 : gen[i] + 1;
             fill(mem + i * PAGE, i, gen[i]);
             writes++;
+            if (fmem && writes % 4 == 0) {
+                size_t j = (seed >> 24) % (FILE_PAGES / 8);
+                fill(fmem + j * PAGE, j, ++fgen[j]);
+            }
             if (grow && nblocks < BLOCKS) {
                 unsigned char *b = malloc(BLOCK);
                 if (!b) return 6;
@@ -187,6 +220,10 @@ int main(int argc, char **argv) {
                 /* Every other page written again: the others read as zero. */
                 for (size_t k = 0; k < SIDE_PAGES; k += 2) fill(side + k * PAGE, k, side_gen);
             }
+        }
+        if (touch && t - touched > 10000000ull) {
+            utimensat(AT_FDCWD, argv[5], 0, 0);
+            touched = t;
         }
         struct timespec s = {0, 200 * 1000};
         nanosleep(&s, 0);

@@ -49,7 +49,8 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
         }
         // A file's private mapping: the pages it changed (copied on write) are its own; with
         // copy, the others up to the end of the file come from the file (past it they cannot
-        // be read: SIGBUS).
+        // be read: SIGBUS). With copy, what lies in `kept` went ahead: a live migration to a
+        // node without the file (engine::precopy::Source::carry_files).
         KIND_FILE => {
             let file_end = match (copy, &v.file) {
                 (true, Some(f)) => {
@@ -58,13 +59,20 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
                 }
                 _ => v.start,
             };
-            let mut at = v.start;
-            for t in pagemap.touched(v.start, v.end)?.into_iter().filter(|t| !t.file) {
-                push(at, t.start.min(file_end), RUN_FILE_COPY);
-                push(t.start, t.end, 0);
-                at = t.end;
+            let stretches = if copy { by_kept(v, kept) } else { vec![(v.start, v.end, false)] };
+            for (s, e, k) in stretches {
+                if k {
+                    push(s, e, RUN_KEPT);
+                    continue;
+                }
+                let mut at = s;
+                for t in pagemap.touched(s, e)?.into_iter().filter(|t| !t.file) {
+                    push(at, t.start.min(file_end), RUN_FILE_COPY);
+                    push(t.start, t.end, 0);
+                    at = t.end;
+                }
+                push(at, e.min(file_end), RUN_FILE_COPY);
             }
-            push(at, file_end, RUN_FILE_COPY);
         }
         // Anonymous memory: the zero page is not stored (it reads as zero anyway). What lies
         // in `kept` is not looked at: pages with data that the receiver holds as they are
