@@ -8,7 +8,10 @@
 # program stopped ticking.
 # usage: bench/runtimes-live.sh [CRS_BINARY]   (env PROGS="go py node java",
 #        MODES="live post both", PY=/usr/bin/python3: the distribution's, which restartd
-#        finds the same at the destination; see live-tree.sh). Needs root, iproute2, go,
+#        finds the same at the destination; see live-tree.sh; OWN=1: node run from a copy
+#        of its 99 MB binary in the work directory, which only root may look into, so that
+#        restartd, which looks at files as nobody, does not hold it: a destination without
+#        the program. Go's binary is built there always). Needs root, iproute2, go,
 #        python3, node, javac.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +23,11 @@ two_nodes 85 rtl
 here=$(pwd)/runtimes
 GOCACHE=$work/gocache GO111MODULE=off go build -o "$work/churn" "$here/churn.go"
 javac -d "$work" "$here/Tick.java"
+NODE=node
+if [ -n "${OWN:-}" ]; then
+  cp "$(command -v node)" "$work/node"
+  NODE=$work/node
+fi
 echo "machine: $(nproc) cpus, $(uname -r); frozen ms (migrate -v), then the program's longest gap in ms before / after"
 printf '%-5s %-5s %9s %9s %9s\n' prog mode frozen gap_before gap_after
 for prog in $PROGS; do
@@ -29,7 +37,7 @@ for prog in $PROGS; do
     case $prog in
       go) cmd=("$work/churn" "$log") ;;
       py) cmd=("${PY:-/usr/bin/python3}" "$here/threads.py" "$log") ;;
-      node) cmd=(node "$here/objects.js" "$log") ;;
+      node) cmd=("$NODE" "$here/objects.js" "$log") ;;
       java) cmd=(java -Xmx512m -cp "$work" Tick "$log") ;;
     esac
     (bare ip netns exec "$A" setsid "${cmd[@]}" </dev/null >/dev/null 2>&1 & echo $! > "$work/pid")
