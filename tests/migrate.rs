@@ -558,6 +558,11 @@ struct MovedLive {
 }
 
 fn migrate_writer_live(name: &str, mode: &str, ran: Duration) -> Option<MovedLive> {
+    migrate_writer_as(name, mode, ran, "--live")
+}
+
+/// [`migrate_writer_live`] with migrate's `how` (--live or --post-copy).
+fn migrate_writer_as(name: &str, mode: &str, ran: Duration, how: &str) -> Option<MovedLive> {
     let n = Nodes::new()?;
     let dir = tmpdir(name);
     let key = keyfile(&dir, "key");
@@ -566,7 +571,7 @@ fn migrate_writer_live(name: &str, mode: &str, ran: Duration) -> Option<MovedLiv
     std::thread::sleep(ran);
     let v = check(pid, &log);
     assert!(v.starts_with("ok"), "before: {v}");
-    let o = migrate(&n, &["--key", &key, "--live", "-v", &pid.to_string(), &n.addr_b]);
+    let o = migrate(&n, &["--key", &key, how, "-v", &pid.to_string(), &n.addr_b]);
     let err = stderr(&o);
     if !require(!err.contains("not live"), "write tracking (Linux 6.7+)") {
         return None;
@@ -644,6 +649,25 @@ fn a_file_that_changes_during_a_live_migration_goes_in_its_image() {
     let Some(m) = migrate_writer_live("mig-live-touch", "file-touch", Duration::from_millis(500)) else { return };
     let (image, err) = (m.image, &m.err);
     assert!(image > 28 << 20, "the image after the freeze carried {image} bytes, not the file's pages: {err}");
+}
+
+/// --post-copy alone of the same process: the file's pages go ahead all the same, before the
+/// freeze (its other memory follows once it runs there), and the image carries none of those
+/// it left as they were.
+#[test]
+fn a_post_copy_sends_ahead_a_file_the_destination_lacks() {
+    let o = run(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let tracks = out.lines().any(|l| l.starts_with("ok") && l.contains("write tracking"));
+    if !require(tracks, "write tracking (Linux 6.7+)") {
+        return;
+    }
+    let Some(m) = migrate_writer_as("mig-post-file", "file", Duration::from_millis(500), "--post-copy") else {
+        return;
+    };
+    let (image, err) = (m.image, &m.err);
+    assert!(err.contains("round 1:"), "-v says no round: {err}");
+    assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
 }
 
 /// restartd's limit (--max-image-size) counts the pages sent ahead, not the size of the

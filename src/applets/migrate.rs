@@ -58,7 +58,8 @@ struct Args {
     /// post-copy: run the process (and its descendants) at the destination at once, frozen
     /// here only for its state without its private anonymous memory, which follows from here
     /// (first the pages it waits for); it is killed here once every page is there, and runs on
-    /// here if the link fails before that (the copy is then killed)
+    /// here if the link fails before that (the copy is then killed); the files the destination
+    /// lacks go ahead first, while it runs
     #[argh(switch)]
     post_copy: bool,
     /// which engine checkpoints here: "ptrace", "crd" (the kernel module, /dev/crd, see

@@ -76,7 +76,7 @@ impl Area {
 }
 
 /// Whether a mapping of the image is one whose pages may have been sent ahead: the same test
-/// on both sides ([`eligible_map`] and [`Source::file_area`] for a running process).
+/// on both sides ([`eligible_map`] and [`Source::tracks`] for a running process).
 pub fn eligible(v: &Vma) -> bool {
     memory::private_anon(v) || file_copy(v)
 }
@@ -316,6 +316,8 @@ pub struct Source {
     stamps: Vec<Stamp>,
     /// The areas that are mappings of those files (by start), as of the last round.
     file_areas: std::collections::BTreeSet<u64>,
+    /// Only those go ahead (a post-copy's: see [`Source::files_only`]).
+    only_files: bool,
 }
 
 impl std::fmt::Debug for Source {
@@ -366,7 +368,15 @@ impl Source {
             lacking: Vec::new(),
             stamps: Vec::new(),
             file_areas: Default::default(),
+            only_files: false,
         })
+    }
+
+    /// Sends ahead only the pages of the files the destination lacks (see
+    /// [`Source::carry_files`]): a post-copy's, whose other pages follow once the process runs
+    /// there.
+    pub fn files_only(&mut self) {
+        self.only_files = true;
     }
 
     /// The destination of this live migration lacks `files` (that the process maps, see
@@ -390,7 +400,7 @@ impl Source {
 
     /// Whether the rounds send mapping `m`'s pages.
     fn tracks(&self, m: &MapEntry) -> bool {
-        eligible_map(m) || self.lacking_of(m).is_some()
+        (eligible_map(m) && !self.only_files) || self.lacking_of(m).is_some()
     }
 
     /// Before mappings of files the destination lacks are first tracked (those of `maps`

@@ -170,8 +170,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         }
         Err(e) => return Err(here(e)),
     };
+    // With --post-copy alone, the files the destination lacks go ahead all the same (their
+    // pages would go frozen): the destination takes pages ahead ("live"), maybe none.
+    let files_ahead = opts.live.is_none() && opts.post_copy && !crd && crate::ptrace::wp::available().is_ok();
     let mut wishes: Vec<String> = opts.move_address.map(|a| a.to_string()).into_iter().collect();
-    if source.is_some() {
+    if source.is_some() || files_ahead {
         wishes.push("live".into());
     }
     if opts.post_copy {
@@ -199,8 +202,19 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     };
     let held_there = super::files::held(&mapped, &have);
     // Those it lacks go ahead too, with the rounds (the image would carry them frozen).
+    let lacking = super::files::lacking(&mapped, &have);
+    if files_ahead && !lacking.is_empty() {
+        match Source::arm_tree(pid, false, &mut ahead) {
+            Ok(mut s) => {
+                s.iter_mut().for_each(Source::files_only);
+                source = Some(s);
+            }
+            // (A process with a userfaultfd of its own: they go frozen, as they did.)
+            Err(e @ Error::NotHere { .. }) => debug!("pid {pid}: its files do not go ahead: {e}"),
+            Err(e) => return Err(explain(e, None, &mut c)),
+        }
+    }
     if let Some(src) = source.as_mut() {
-        let lacking = super::files::lacking(&mapped, &have);
         src.iter_mut().for_each(|s| s.carry_files(&lacking));
     }
     debug!("pid {pid}: {} of {} mapped files are the same at the destination", held_there.len(), mapped.len());
@@ -212,11 +226,17 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
         flags.no_binary |= binary;
         flags.no_libs |= libs;
     }
-    // The memory the tree's processes share goes ahead too.
-    let mut shm = source.as_ref().map(|_| ShmSource::default());
-    if let (Some(src), Some(budget)) = (source.as_mut(), opts.live)
-        && let Err(e) = send_ahead((src, shm.as_mut()), &mut c, budget, opts.post_copy, &mut ahead)
-    {
+    // The memory the tree's processes share goes ahead too (with --live).
+    let mut shm = source.as_ref().filter(|_| opts.live.is_some()).map(|_| ShmSource::default());
+    let budget = opts.live.unwrap_or(Duration::from_millis(50));
+    let sent = match source.as_mut() {
+        Some(src) => send_ahead((src, shm.as_mut()), &mut c, budget, opts.post_copy, &mut ahead),
+        None if files_ahead => {
+            c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut Vec::new())).map_err(Error::Net)
+        }
+        None => Ok(()),
+    };
+    if let Err(e) = sent {
         // (Which step broke: a reset alone does not say.)
         let e = match e {
             Error::Net(NetError::Io(err)) => Error::Io { path: "sending its memory ahead (--live)".into(), err },
