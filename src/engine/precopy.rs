@@ -831,8 +831,9 @@ impl Source {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for v in vmas.iter().filter(|v| eligible(v)) {
             let Some((a, bits)) = self.held.get(&v.start).filter(|(a, _)| becomes(a, v)) else { continue };
-            // A file's pages that went unmodified are its content then.
-            if file_copy(v) && !self.file_unchanged(v) {
+            // A file's pages that went unmodified are its content then (and the area, as the
+            // last round saw it, that file's mapping).
+            if file_copy(v) && !(self.file_areas.contains(&v.start) && self.file_unchanged(v)) {
                 log::debug!("pid {pid}: {} changed since its pages went ahead", v.name);
                 continue;
             }
