@@ -70,13 +70,13 @@ for c in $CASES; do
       [ -n "$new" ] || { echo "no restored process: $out" >&2; exit 1; }
       dst=$(pss $(tree "$new"))
       sent=$(echo "$out" | awk '/sent ahead in/ {s += $4} END {print s + 0}')
-      frozen=$(echo "$out" | grep -oE 'frozen [0-9.]+ ms' | grep -oE '[0-9.]+')
+      frozen=$(echo "$out" | grep -oE 'frozen [0-9.]+ ms' | head -1 | grep -oE '[0-9.]+')
       echo "$sent $(( (t1 - t0) / 1000000 )) $frozen $src $dst" >> "$work/res"
       for p in $(tree "$new"); do kill -9 "$p" 2>/dev/null || true; done
       sleep 0.3
     done
     col() { awk -v c="$1" '{print $c}' "$work/res" | median; }
     s=$(col 1); src=$(col 4)
-    printf '%-7s %-4s %9d %8.2f %9d %9s %8d %8d\n' "$c" "$b" $((s / 1000000)) "$(awk -v s="$s" -v p="$src" 'BEGIN {print s / (p * 1048576)}')" "$(col 2)" "$(col 3)" "$src" "$(col 5)"
+    printf '%-7s %-4s %9d %8.2f %9d %9s %8s %8s\n' "$c" "$b" $((s / 1000000)) "$(awk -v s="$s" -v p="$src" 'BEGIN {print s / (p * 1048576)}')" "$(col 2)" "$(col 3)" "$src" "$(col 5)"
   done
 done

@@ -558,15 +558,23 @@ struct MovedLive {
 }
 
 fn migrate_writer_live(name: &str, mode: &str, ran: Duration) -> Option<MovedLive> {
-    migrate_writer_as(name, mode, ran, "--live")
+    migrate_writer_as(name, mode, ran, ("--live", false))
 }
 
-/// [`migrate_writer_live`] with migrate's `how` (--live or --post-copy).
-fn migrate_writer_as(name: &str, mode: &str, ran: Duration, how: &str) -> Option<MovedLive> {
+/// [`migrate_writer_live`] with migrate's `how` (--live or --post-copy), and with `hide`, to
+/// a node b where the writer's private directory (its file) is not there at all.
+fn migrate_writer_as(name: &str, mode: &str, ran: Duration, (how, hide): (&str, bool)) -> Option<MovedLive> {
     let n = Nodes::new()?;
     let dir = tmpdir(name);
     let key = keyfile(&dir, "key");
-    let daemon = Daemon::start(&n, &["--key", &key, "--allow-root"]);
+    let args = ["--key", &key, "--allow-root"];
+    let daemon = match hide {
+        true => {
+            std::fs::create_dir_all(dir.join("private")).unwrap();
+            Daemon::start_without(&n, &dir.join("private"), &args)
+        }
+        false => Daemon::start(&n, &args),
+    };
     let (mut src, log, pid) = writer_as(&n, &dir, mode);
     std::thread::sleep(ran);
     let v = check(pid, &log);
@@ -623,14 +631,15 @@ fn a_live_migration_follows_a_heap_that_grows() {
     assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
 }
 
-/// --live of a process that maps privately a file the destination does not hold (32 MiB, of
+/// --live of a process that maps privately a file the destination does not have (32 MiB, of
 /// which it keeps rewriting the first eighth): the file's pages go ahead with the rounds, and
 /// the image sent once it was frozen carries none of those it left as they were; it moves
 /// with every page of the file as it has it (its own and the file's), the mapping anonymous
 /// memory there. Without them, the image would carry its 28 MiB of unmodified pages.
 #[test]
 fn a_live_migration_sends_ahead_a_file_the_destination_lacks() {
-    let Some(m) = migrate_writer_live("mig-live-file", "file", Duration::from_millis(500)) else { return };
+    let ran = Duration::from_millis(500);
+    let Some(m) = migrate_writer_as("mig-live-file", "file", ran, ("--live", true)) else { return };
     let (image, err) = (m.image, &m.err);
     assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
     let sent_ahead = m.daemon.1.line("bytes sent ahead");
@@ -641,12 +650,26 @@ fn a_live_migration_sends_ahead_a_file_the_destination_lacks() {
     assert!(!maps.contains("/private/data"), "the file is mapped there: {maps}");
 }
 
-/// The same, but the process sets the file's times to now every 10 ms (its content as it
-/// was): the file is not found as it was when its pages began to go, and the image carries
-/// them all, as without --live; it moves with every page right.
+/// The same to a node that has the file after all, where restartd, which looks at files as
+/// nobody, does not see it (a directory of mode 700): its pages go ahead all the same, and the
+/// restore, as the process's owner, maps the file, with the pages the process changed over
+/// it; nothing went twice.
+#[test]
+fn a_file_sent_ahead_is_mapped_where_its_owner_finds_it() {
+    let Some(m) = migrate_writer_live("mig-live-file-there", "file", Duration::from_millis(500)) else { return };
+    let (image, err) = (m.image, &m.err);
+    assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid)).unwrap();
+    assert!(maps.contains("/private/data"), "the file is not mapped there: {maps}");
+}
+
+/// The file sent ahead to a node without it, but the process sets the file's times to now
+/// every 10 ms (its content as it was): the file is not found as it was when its pages began
+/// to go, and the image carries them all, as without --live; it moves with every page right.
 #[test]
 fn a_file_that_changes_during_a_live_migration_goes_in_its_image() {
-    let Some(m) = migrate_writer_live("mig-live-touch", "file-touch", Duration::from_millis(500)) else { return };
+    let ran = Duration::from_millis(500);
+    let Some(m) = migrate_writer_as("mig-live-touch", "file-touch", ran, ("--live", true)) else { return };
     let (image, err) = (m.image, &m.err);
     assert!(image > 28 << 20, "the image after the freeze carried {image} bytes, not the file's pages: {err}");
 }
@@ -662,9 +685,8 @@ fn a_post_copy_sends_ahead_a_file_the_destination_lacks() {
     if !require(tracks, "write tracking (Linux 6.7+)") {
         return;
     }
-    let Some(m) = migrate_writer_as("mig-post-file", "file", Duration::from_millis(500), "--post-copy") else {
-        return;
-    };
+    let ran = Duration::from_millis(500);
+    let Some(m) = migrate_writer_as("mig-post-file", "file", ran, ("--post-copy", true)) else { return };
     let (image, err) = (m.image, &m.err);
     assert!(err.contains("round 1:"), "-v says no round: {err}");
     assert!(image < 8 << 20, "the image after the freeze carried {image} bytes: {err}");

@@ -132,7 +132,7 @@ fn next_run(d: &mut Dec, prev_end: &mut u64) -> Result<Run> {
     let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
         && run.npages > 0
         && run.flags & !RUN_FLAGS_KNOWN == 0
-        && run.flags & (RUN_FILE_COPY | RUN_KEPT) != RUN_FILE_COPY | RUN_KEPT
+        && (run.flags & RUN_FILE_COPY == 0 || run.flags & !RUN_KEPT == RUN_FILE_COPY)
         && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
         && (run.flags & RUN_SHARED == 0 || run.flags == RUN_KEPT | RUN_SHARED)
         && run.addr >= *prev_end

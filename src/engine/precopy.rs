@@ -1414,10 +1414,11 @@ fn unmap_local(at: u64, len: u64) {
 
 /// Whether held area `h` is one of the image's mappings (`plans`, sorted): the same range
 /// and kind, which it then becomes.
-/// The image's mapping that held area `h` becomes, if any (see [`becomes`]).
+/// The image's mapping that held area `h` becomes, if any (see [`becomes`]); not a mapping
+/// of a file made from the file here (the same after all: see [`Source::carry_files`]).
 fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> {
     let i = plans.partition_point(|p| p.vma.end <= h.area.start);
-    plans.get(i).filter(|p| becomes(&h.area, &p.vma))
+    plans.get(i).filter(|p| becomes(&h.area, &p.vma) && !(p.from_file && p.vma.kind == memory::KIND_FILE))
 }
 
 impl Store {

@@ -721,14 +721,6 @@ fn restore_one<R: Input>(
     // ...and one the owner may execute (the kernel checks that with the child's rights, root's).
     let exe = exe.filter(fileid::may_execute);
     drop(as_owner);
-    // A mapping of a file whose pages a live migration sent ahead (the source found the file
-    // missing here) is made of them, whether this node has the file or not: the image keeps
-    // them as held (precopy::Source::carry_files).
-    if let Some(s) = store.as_deref() {
-        for p in plans.iter_mut().filter(|p| p.vma.kind == memory::KIND_FILE && p.from_file && s.becomes(p)) {
-            p.from_file = false;
-        }
-    }
     // Root restoring another user's process: it gets no mapping below vm.mmap_min_addr (root
     // could map there, the user could not) and none of root's terminal.
     let foreign = creds::is_root() && st.head.uids.iter().any(|&u| u != 0);

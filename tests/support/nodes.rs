@@ -116,6 +116,23 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// [`Daemon::start`], in a mount namespace of its own where `hidden` (a directory) is an
+    /// empty tmpfs: node b as a machine without the files there.
+    pub fn start_without(n: &Nodes, hidden: &Path, extra: &[&str]) -> Daemon {
+        let script = format!(
+            "mount -t tmpfs crs-hidden '{}' && exec '{}' restartd -b {} -p 1023 {}",
+            hidden.display(),
+            crs(),
+            n.addr_b,
+            extra.join(" ")
+        );
+        let mut c = n.cmd(&n.b, "unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+        c.stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let said = watch(&mut child, "listening on", "restartd");
+        Daemon(child, said)
+    }
+
     /// [`Daemon::start`], in a pid namespace of its own (with its /proc): node b as a machine
     /// of its own, where every pid of a tree from node a is free.
     pub fn start_own_pids(n: &Nodes, extra: &[&str]) -> Daemon {

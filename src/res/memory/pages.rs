@@ -59,19 +59,18 @@ fn page_runs(pagemap: &mut Pagemap, v: &Vma, kept: &[(u64, u64)]) -> Result<Vec<
                 }
                 _ => v.start,
             };
+            // Of those, its unmodified pages are kept (RUN_FILE_COPY too: a destination with
+            // the same file after all maps it); those it changed go here, as ever.
             let stretches = if copy { by_kept(v, kept) } else { vec![(v.start, v.end, false)] };
             for (s, e, k) in stretches {
-                if k {
-                    push(s, e, RUN_KEPT);
-                    continue;
-                }
+                let unmodified = if k { RUN_FILE_COPY | RUN_KEPT } else { RUN_FILE_COPY };
                 let mut at = s;
                 for t in pagemap.touched(s, e)?.into_iter().filter(|t| !t.file) {
-                    push(at, t.start.min(file_end), RUN_FILE_COPY);
+                    push(at, t.start.min(file_end), unmodified);
                     push(t.start, t.end, 0);
                     at = t.end;
                 }
-                push(at, e.min(file_end), RUN_FILE_COPY);
+                push(at, e.min(file_end), unmodified);
             }
         }
         // Anonymous memory: the zero page is not stored (it reads as zero anyway). What lies
@@ -744,6 +743,14 @@ pub fn batch_targets(plans: &[Plan], runs: &[Run], at: u64, not: &mut NotWritten
             not.shared.push((r.addr, end));
         } else if r.flags & RUN_KEPT != 0 && v.flags & VMA_TREE_SHM != 0 {
             not.in_object.push((r.addr, end));
+        } else if r.flags & RUN_KEPT != 0 && p.from_file {
+            // A file's unmodified pages sent ahead, where the same file is mapped: its own.
+            if r.flags & RUN_FILE_COPY == 0 {
+                return Err(Error::Image(crate::crf::CrfError::Bad {
+                    offset: at,
+                    what: format!("page run {:#x} is kept in a mapping made from its file", r.addr),
+                }));
+            }
         } else if r.flags & RUN_KEPT != 0 {
             not.kept.push((r.addr, end));
         } else if !(r.flags & RUN_FILE_COPY != 0 && p.from_file) {
@@ -935,7 +942,7 @@ impl FileCopies {
         let mut off = 0usize;
         for r in runs {
             let i = plans.partition_point(|p| p.vma.end <= r.addr);
-            if r.flags & RUN_FILE_COPY != 0
+            if r.flags & (RUN_FILE_COPY | RUN_KEPT) == RUN_FILE_COPY
                 && let Some(p) = plans.get(i).filter(|p| !p.from_file && p.vma.start <= r.addr)
                 && let Some(f) = &p.vma.file
             {
