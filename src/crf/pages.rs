@@ -132,7 +132,7 @@ fn next_run(d: &mut Dec, prev_end: &mut u64) -> Result<Run> {
     let ok = run.addr.is_multiple_of(PAGE_SIZE as u64)
         && run.npages > 0
         && run.flags & !RUN_FLAGS_KNOWN == 0
-        && (run.flags & RUN_FILE_COPY == 0 || run.flags & !RUN_KEPT == RUN_FILE_COPY)
+        && (run.flags & RUN_FILE_COPY == 0 || run.flags & !RUN_KEPT == RUN_FILE_COPY) // (KEPT: version 12)
         && (run.flags & RUN_LATER == 0 || run.flags == RUN_KEPT | RUN_LATER)
         && (run.flags & RUN_SHARED == 0 || run.flags == RUN_KEPT | RUN_SHARED)
         && run.addr >= *prev_end
@@ -577,6 +577,9 @@ mod tests {
         assert_eq!(header(RUN_KEPT | RUN_SHARED).unwrap(), PAGE_SIZE);
         assert!(header(RUN_SHARED).is_err());
         assert!(header(RUN_KEPT | RUN_SHARED | RUN_LATER).is_err());
+        // (Version 12) a file's unmodified pages sent ahead: no data either.
+        assert_eq!(header(RUN_KEPT | RUN_FILE_COPY).unwrap(), PAGE_SIZE);
+        assert!(header(RUN_KEPT | RUN_FILE_COPY | RUN_SHARED).is_err());
     }
 
     /// A PAGEPLAN says where each batch that follows lies, as the writer put it: a reader

@@ -1321,6 +1321,40 @@ mod tests {
         assert!(e.to_string().contains("offset 64"), "{e}");
     }
 
+    /// A file's unmodified pages a live migration sent ahead (RUN_FILE_COPY | RUN_KEPT): where
+    /// the mapping is made from the file they are its own (neither written nor kept); where it
+    /// is not, they are kept (held, checked by the store). Only they are kept in a mapping made
+    /// from its file.
+    #[test]
+    fn a_files_pages_sent_ahead_are_the_files_where_it_is_mapped() {
+        let file = |from_file: bool| Plan {
+            reopen: None,
+            vma: Vma {
+                start: 0x1000,
+                end: 0x5000,
+                prot: 1,
+                kind: KIND_FILE,
+                flags: VMA_FILE_COPY,
+                ..Default::default()
+            },
+            from_file,
+        };
+        let runs = [
+            Run { addr: 0x1000, npages: 2, flags: RUN_FILE_COPY | RUN_KEPT },
+            Run { addr: 0x3000, npages: 1, flags: 0 },
+            Run { addr: 0x4000, npages: 1, flags: RUN_FILE_COPY },
+        ];
+        let mut not = NotWritten::default();
+        let out = batch_targets(&[file(true)], &runs, 0, &mut not).unwrap();
+        assert_eq!(out, vec![(0x3000, 4096, 0)]);
+        assert!(not.kept.is_empty());
+        let out = batch_targets(&[file(false)], &runs, 0, &mut not).unwrap();
+        assert_eq!(out, vec![(0x3000, 4096, 0), (0x4000, 4096, 4096)]);
+        assert_eq!(not.kept, vec![(0x1000, 0x3000)]);
+        let kept = [Run { addr: 0x1000, npages: 1, flags: RUN_KEPT }];
+        assert!(batch_targets(&[file(true)], &kept, 0, &mut not).is_err());
+    }
+
     /// Pages written with UFFDIO_COPY where they are missing, over the ones there already
     /// (EEXIST) and past the registered range with process_vm_writev; each page as given.
     #[test]
