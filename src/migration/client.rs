@@ -229,14 +229,11 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     // The memory the tree's processes share goes ahead too (with --live).
     let mut shm = source.as_ref().filter(|_| opts.live.is_some()).map(|_| ShmSource::default());
     let budget = opts.live.unwrap_or(Duration::from_millis(50));
-    let sent = match source.as_mut() {
-        Some(src) => send_ahead((src, shm.as_mut()), &mut c, budget, opts.post_copy, &mut ahead),
-        None if files_ahead => {
-            c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut Vec::new())).map_err(Error::Net)
-        }
-        None => Ok(()),
-    };
-    if let Err(e) = sent {
+    // (Said "live": the Freeze, after the rounds if any.)
+    if (source.is_some() || files_ahead)
+        && let Err(e) =
+            send_ahead(source.as_mut().map(|s| (s, shm.as_mut())), &mut c, budget, opts.post_copy, &mut ahead)
+    {
         // (Which step broke: a reset alone does not say.)
         let e = match e {
             Error::Net(NetError::Io(err)) => Error::Io { path: "sending its memory ahead (--live)".into(), err },
@@ -307,10 +304,10 @@ pub fn migrate(pid: i32, addrs: &[SocketAddr], opts: &Options) -> Result<Moved> 
     }
 }
 
-/// A live migration's pre-copy (engine::precopy::rounds), sent as Areas and Pages frames,
-/// then the Freeze frame: the image follows.
+/// A live migration's pre-copy (engine::precopy::rounds) of `src`, sent as Areas and Pages
+/// frames (none without it), then the Freeze frame: the image follows.
 fn send_ahead(
-    (src, shm): (&mut Vec<Source>, Option<&mut ShmSource>),
+    src: Option<(&mut Vec<Source>, Option<&mut ShmSource>)>,
     c: &mut Conn<TcpStream>,
     budget: Duration,
     post: bool,
@@ -330,7 +327,9 @@ fn send_ahead(
         c.send_in_place(kind, b).map_err(Error::Net)
     };
     let how = if post { "follow once it runs there" } else { "go while it is frozen" };
-    crate::engine::precopy::rounds(src, (budget, post, true), shm, &mut send, how, ahead)?;
+    if let Some((src, shm)) = src {
+        crate::engine::precopy::rounds(src, (budget, post, true), shm, &mut send, how, ahead)?;
+    }
     // The destination answers at once: every round ended with it caught up.
     c.send(Kind::Freeze, &[]).and_then(|()| c.expect(Kind::Freeze, &mut buf)).map_err(Error::Net)
 }
