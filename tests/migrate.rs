@@ -609,8 +609,10 @@ fn a_live_migration_sends_the_memory_ahead_and_every_page_survives() {
     let ahead: u64 =
         sent_ahead.split_whitespace().rev().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{sent_ahead}"));
     assert!(ahead >= 64 << 20, "less than its memory went ahead: {sent_ahead}");
-    // Its 512 MiB reserve, of which it touched one page, did not go.
-    assert!(ahead < 96 << 20, "untouched memory went ahead: {sent_ahead}");
+    // Its 512 MiB reserve, of which it touched one page, did not go. (Its 64 MiB may go
+    // twice: a huge page khugepaged makes of them between two rounds counts as written. CI
+    // saw 137 MB once.)
+    assert!(ahead < 256 << 20, "untouched memory went ahead: {sent_ahead}");
     let image = m.image;
     assert!(image < 16 << 20, "the image after the freeze carried {image} bytes of a 64 MiB process: {err}");
 }
