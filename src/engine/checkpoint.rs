@@ -14,7 +14,7 @@ use crate::ptrace::remote::{Remote, syscall_all};
 use crate::ptrace::tracee::{Caught, Tracee, redeliver};
 use crate::ptrace::{Ctl, RemoteAddr, Scratch, mem, procfs};
 use crate::res::deleted::Deleted;
-use crate::res::fileid::FileId;
+use crate::res::fileid::{FileId, Stamp};
 use crate::res::head::{self, Header};
 use crate::res::image::{self, ProcessState, ThreadState};
 use crate::res::memfd::Memfd;
@@ -1358,15 +1358,7 @@ const HELD_MAX: usize = 32 << 20;
 /// opened (the processes frozen).
 struct Opened {
     src: std::sync::Arc<crate::crf::FileSource>,
-    dev: u64,
-    ino: u64,
-    /// Size, mtime and ctime, in seconds and nanoseconds.
-    stamp: [i64; 5],
-}
-
-fn stamp(md: &std::fs::Metadata) -> [i64; 5] {
-    use std::os::unix::fs::MetadataExt;
-    [md.size() as i64, md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()]
+    stamp: Stamp,
 }
 
 impl Opened {
@@ -1374,7 +1366,7 @@ impl Opened {
     /// frozen process had mapped (a change of content changes the ctime).
     fn unchanged(&self) -> Result<()> {
         let now = self.src.file.metadata().map_err(|e| Error::io(self.src.name.as_str(), e))?;
-        match stamp(&now) == self.stamp {
+        match Stamp::of(&now) == self.stamp {
             true => Ok(()),
             false => Err(Error::Refused(format!(
                 "{} changed while its unmodified pages were copied into the image, after the process was let go: the image was not completed; checkpoint again",
@@ -1399,7 +1391,7 @@ fn copy_sources(st: &ProcessState, opened: &mut Vec<Opened>) -> Vec<memory::Copy
                 == memory::VMA_FILE_COPY
             && v.prot & libc::PROT_READ as u32 != 0;
         let Some(f) = v.file.as_ref().filter(|_| copy) else { continue };
-        let known = opened.iter().find(|o| (o.dev, o.ino) == (f.dev, f.ino));
+        let known = opened.iter().find(|o| (o.stamp.dev, o.stamp.ino) == (f.dev, f.ino));
         let src = match known {
             Some(o) => o.src.clone(),
             None => {
@@ -1414,7 +1406,7 @@ fn copy_sources(st: &ProcessState, opened: &mut Vec<Opened>) -> Vec<memory::Copy
                     continue;
                 }
                 let src = std::sync::Arc::new(crate::crf::FileSource { file, name: f.path.clone(), size: f.size });
-                opened.push(Opened { src: src.clone(), dev: f.dev, ino: f.ino, stamp: stamp(&md) });
+                opened.push(Opened { src: src.clone(), stamp: Stamp::of(&md) });
                 src
             }
         };

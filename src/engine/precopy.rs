@@ -51,6 +51,7 @@ use crate::crf::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::ptrace::procfs::{self, MapEntry};
 use crate::ptrace::wp::{self, Tracker};
+use crate::res::fileid::Stamp;
 use crate::res::image::ProcessState;
 use crate::res::memory::{self, Vma};
 use std::collections::BTreeMap;
@@ -138,30 +139,14 @@ struct Lacking {
     size: u64,
 }
 
-/// A mapped file as it was when its pages began to go ahead; found the same at the freeze,
-/// the pages that went unmodified are still the file's (see [`stamp`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
 /// The file process `pid` maps at `range` (device and inode `id`, `path`), as it is now:
 /// looked at through /proc/PID/map_files (root), else by its path, if that is the very inode.
+/// Found the same at the freeze as when its pages began to go ahead, the pages that went
+/// unmodified are still the file's.
 fn stamp(pid: i32, (start, end): (u64, u64), path: &str, id: (u64, u64)) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
     let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
     let m = std::fs::metadata(link).or_else(|_| std::fs::metadata(path)).ok()?;
-    ((m.dev(), m.ino()) == id).then(|| Stamp {
-        dev: id.0,
-        ino: id.1,
-        size: m.size(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        ctime: (m.ctime(), m.ctime_nsec()),
-    })
+    Some(Stamp::of(&m)).filter(|s| (s.dev, s.ino) == id)
 }
 
 /// The device number of mapping `m`'s file.
@@ -416,7 +401,7 @@ impl Source {
     }
 
     /// Before mappings of files the destination lacks are first tracked (those of `maps`
-    /// within `fresh`): each file looked at (see [`Stamp`]), then its pages, up to the end
+    /// within `fresh`): each file looked at (see [`stamp`]), then its pages, up to the end
     /// of the file, brought into the process's page table, read through /proc/PID/mem (not
     /// pinned: a page it shares since a fork stays shared). Tracking protects only the pages
     /// there: one brought in later would count as written, and go twice.

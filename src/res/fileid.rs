@@ -50,6 +50,29 @@ pub fn may_execute(f: &File) -> bool {
     unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::X_OK, libc::AT_EACCESS) == 0 }
 }
 
+/// What a file is now, to tell later whether it changed: its device and inode, size, and
+/// modification and change times (a write changes the ctime, within the timestamp tick).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Stamp {
+    pub fn of(md: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
 impl FileId {
     /// Identity of the file at `open_path` (which may be a /proc magic link), recorded under the
     /// name `path`. Only a regular file is ever opened for reading (for its ELF build-id): the
