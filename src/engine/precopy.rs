@@ -1371,6 +1371,8 @@ pub struct Store {
     pub received: u64,
     /// Our mappings are still ours: not yet let go (see [`Store::leave`]).
     here: bool,
+    /// Our mappings are still there (let go, they stay until [`Store::unmap`]).
+    mapped: bool,
     /// Areas frames followed: at most one a round, and one once the process ended.
     follows: usize,
 }
@@ -1420,7 +1422,16 @@ fn matched<'a>(h: &Held, plans: &'a [memory::Plan]) -> Option<&'a memory::Plan> 
 
 impl Store {
     pub fn new(limit: u64) -> Store {
-        Store { held: BTreeMap::new(), limit, bytes_held: 0, others: 0, received: 0, here: true, follows: 0 }
+        Store {
+            held: BTreeMap::new(),
+            limit,
+            bytes_held: 0,
+            others: 0,
+            received: 0,
+            here: true,
+            mapped: true,
+            follows: 0,
+        }
     }
 
     /// The areas the process has now (an Areas frame): those held already stay, a changed one
@@ -1723,7 +1734,18 @@ impl Store {
     /// it is with us (a huge page split first), where, ours gone, it is the process's alone.
     /// What is known of the pages stays, for the restore.
     pub fn leave(&mut self) {
-        if std::mem::take(&mut self.here) {
+        self.let_go();
+        self.unmap();
+    }
+
+    /// Nothing more goes in or comes out of our mappings, which stay until [`Store::unmap`].
+    fn let_go(&mut self) {
+        self.here = false;
+    }
+
+    /// Our mappings go, once let go (see [`Store::leave`]).
+    fn unmap(&mut self) {
+        if !self.here && std::mem::take(&mut self.mapped) {
             for h in self.held.values() {
                 unmap_local(h.local, h.area.end - h.area.start);
             }
@@ -1880,6 +1902,8 @@ pub struct Stores {
     shm: Vec<super::shmahead::Held>,
     shm_held: u64,
     shm_received: u64,
+    /// [`Stores::leave`] keeps our mappings until [`Stores::unmap`] (see [`Stores::unmap_later`]).
+    later: bool,
 }
 
 /// Most processes of a tree whose pages are sent ahead.
@@ -1887,14 +1911,22 @@ const MAX_MEMBERS: usize = 1 << 14;
 
 impl Stores {
     pub fn new(limit: u64) -> Stores {
-        Stores { by_pid: BTreeMap::new(), limit, current: None, shm: Vec::new(), shm_held: 0, shm_received: 0 }
+        Stores {
+            by_pid: BTreeMap::new(),
+            limit,
+            current: None,
+            shm: Vec::new(),
+            shm_held: 0,
+            shm_received: 0,
+            later: false,
+        }
     }
 
     /// The pages a running checkpoint copied of its processes, by pid.
     pub fn held(stores: Vec<(i32, Store)>) -> Stores {
         let limit = stores.iter().map(|s| s.1.limit).max().unwrap_or(0);
         let by_pid = stores.into_iter().collect();
-        Stores { by_pid, limit, current: None, shm: Vec::new(), shm_held: 0, shm_received: 0 }
+        Stores { by_pid, limit, current: None, shm: Vec::new(), shm_held: 0, shm_received: 0, later: false }
     }
 
     fn bad(what: String) -> Error {
@@ -1961,9 +1993,27 @@ impl Stores {
         self.by_pid.values().map(|s| s.received).sum::<u64>() + self.shm_received
     }
 
-    /// [`Store::leave`] for every process.
+    /// [`Store::leave`] for every process; our mappings stay if asked to
+    /// ([`Stores::unmap_later`]).
     pub fn leave(&mut self) {
-        self.by_pid.values_mut().for_each(Store::leave);
+        match self.later {
+            true => self.by_pid.values_mut().for_each(Store::let_go),
+            false => self.by_pid.values_mut().for_each(Store::leave),
+        }
+    }
+
+    /// [`Stores::leave`] keeps our mappings, to be unmapped by [`Stores::unmap`] (or the
+    /// drop) once the restored processes run: unmapping what they inherited costs about
+    /// what forking it did (6 ms for 150 MB of small pages), which then does not count in
+    /// their freeze. Until then each page the restore writes over one held is a copy (a
+    /// live migration's last pages: a few hundred).
+    pub fn unmap_later(&mut self) {
+        self.later = true;
+    }
+
+    /// Our mappings go, once let go ([`Stores::leave`]).
+    pub fn unmap(&mut self) {
+        self.by_pid.values_mut().for_each(Store::unmap);
     }
 
     /// What was sent ahead of process `pid` (its pid at the source).
@@ -2520,6 +2570,35 @@ mod tests {
         // Kept pages must have arrived.
         assert!(st.keep(&[(0x11000, 0x13000)]).is_ok());
         assert!(st.keep(&[(0x13000, 0x14000)]).is_err());
+    }
+
+    /// Let go with its unmapping left for later (a live migration's, until the process runs):
+    /// nothing more goes in at once, the mapping goes only when unmapped, and once.
+    #[test]
+    fn stores_let_go_for_later_keep_their_mappings_until_unmapped() {
+        let st = store_with(0x10000, 0x14000, (0x11000, 0x12000), 7);
+        let local = st.held[&0x10000].local;
+        let mine =
+            |at: u64| procfs::read_maps(std::process::id() as i32).unwrap().iter().any(|m| m.start <= at && at < m.end);
+        let mut all = Stores::held(vec![(1, st)]);
+        all.unmap_later();
+        all.leave();
+        assert!(mine(local), "the mapping went with the store let go");
+        let mut frame = pages_header(&[(0x11000, 0x12000)]);
+        frame.extend(std::iter::repeat_n(7u8, PAGE as usize));
+        assert!(all.get_mut(1).is_some_and(|s| s.pages(&frame).is_err()), "a store let go takes more pages");
+        all.unmap();
+        assert!(!mine(local), "the store's mapping is still here once unmapped");
+        // Unmapped again (and dropped), it unmaps nothing more: the range is another's now.
+        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: a new page where the store's mapping was, replacing nothing (NOREPLACE).
+        let again = unsafe { libc::mmap(local as *mut libc::c_void, PAGE as usize, libc::PROT_READ, fl, -1, 0) };
+        assert_eq!(again as u64, local);
+        all.unmap();
+        drop(all);
+        assert!(mine(local), "the range was unmapped twice");
+        // SAFETY: the page mapped above, ours.
+        unsafe { libc::munmap(again, PAGE as usize) };
     }
 
     /// Let go once the processes are forked: our mapping is gone, what is known of the

@@ -182,6 +182,8 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
     let mut store = None;
     if live {
         let mut st = Stores::new(cfg.limit);
+        // Unmapped here once the process runs there (after commit, below).
+        st.unmap_later();
         if let Err(e) = receive_ahead(&mut c, &mut st) {
             info!("{peer}: live migration failed while pages were sent ahead ({} bytes): {e}", st.received());
             if !matches!(e, Error::Net(_)) {
@@ -301,6 +303,14 @@ pub fn serve_one(s: TcpStream, peer: SocketAddr, cfg: &ServeConfig) -> Result<Se
         }
     };
     let mut outcome = commit(&mut c, copy);
+    // What was sent ahead is the process's now: our mappings of it go, beside it (a
+    // post-copy's pages follow meanwhile).
+    if let Some(mut st) = store.take() {
+        let unmap = move || st.unmap();
+        if let Err(e) = std::thread::Builder::new().name("crs-unmap".into()).spawn(unmap) {
+            info!("{peer}: the pages sent ahead are unmapped as the restore returns: no thread for it ({e})");
+        }
+    }
     // A post-copy: it runs; its pages follow, from the source over this connection.
     if let (Ok(()), Some(server)) = (&outcome, lazy) {
         let t0 = std::time::Instant::now();
