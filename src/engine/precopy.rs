@@ -24,7 +24,10 @@
 //! other, each process's frames after a Member frame naming it; the destination holds a Store
 //! per process ([`Stores`]). Each restored process inherits them all (forked from the holder
 //! or from its restored parent, which is one until it is restored), moves its own out of the
-//! way of its mappings ([`Store::clear_there`]) and into place, and drops the others.
+//! way of its mappings ([`Store::clear_there`]) and into place, and drops the others. An area
+//! is held where the process has it when nothing of the holder's is there (`map_local`):
+//! inherited in place, it needs no move (a runtime's heap is hundreds of areas, and each move
+//! costs 8-17 us).
 //!
 //! Pages a process shares since a fork with an earlier one of the tree (its base for that
 //! area: the first that holds it with the same range) are sent once: its rounds leave out
@@ -1302,8 +1305,8 @@ const HUGE: u64 = 2 << 20;
 const MAX_SPAN: u64 = 1 << 47;
 
 impl Held {
-    fn new(area: Area, huge: bool) -> Result<Held> {
-        let local = map_local(area, huge)?;
+    fn new(area: Area, huge: bool, in_place: bool) -> Result<Held> {
+        let local = map_local(area, huge, in_place)?;
         Ok(Held {
             area,
             local,
@@ -1373,15 +1376,41 @@ pub struct Store {
     here: bool,
     /// Our mappings are still there (let go, they stay until [`Store::unmap`]).
     mapped: bool,
+    /// Each area is mapped where the process has it if it may (see [`map_local`]).
+    in_place: bool,
     /// Areas frames followed: at most one a round, and one once the process ended.
     follows: usize,
 }
 
-/// A mapping of ours for `area`, placed as the area is within huge pages (the same offset
-/// from a 2 MiB boundary), so that a huge page here is one there, when `huge`.
-fn map_local(area: Area, huge: bool) -> Result<u64> {
+/// A mapping of ours for `area`: where the process has it if nothing of ours is there (the
+/// restored process, which inherits it, then has it in place: see [`Store::in_place`]), else
+/// placed as the area is within huge pages (the same offset from a 2 MiB boundary), so that
+/// a huge page here is one there, when `huge`.
+fn map_local(area: Area, huge: bool, in_place: bool) -> Result<u64> {
     let len = area.end - area.start;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if area.noreserve { libc::MAP_NORESERVE } else { 0 };
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    if !in_place {
+        return map_anywhere(area, huge, flags);
+    }
+    // SAFETY: a new anonymous mapping that replaces nothing (NOREPLACE): it fails, or lands at
+    // the area's address, where nothing of ours is.
+    let p = unsafe {
+        libc::mmap(area.start as *mut libc::c_void, len as usize, rw, flags | libc::MAP_FIXED_NOREPLACE, -1, 0)
+    } as u64;
+    if p == area.start {
+        return Ok(p);
+    }
+    if p != libc::MAP_FAILED as u64 {
+        // A kernel that took the address as a hint (before Linux 4.17).
+        unmap_local(p, len);
+    }
+    map_anywhere(area, huge, flags)
+}
+
+/// [`map_local`] where the kernel finds room, with mmap `flags`.
+fn map_anywhere(area: Area, huge: bool, flags: i32) -> Result<u64> {
+    let len = area.end - area.start;
     let extra = if huge { HUGE } else { 0 };
     // SAFETY: a new anonymous mapping at an address the kernel chooses: it touches nothing of
     // ours.
@@ -1430,6 +1459,7 @@ impl Store {
             received: 0,
             here: true,
             mapped: true,
+            in_place: true,
             follows: 0,
         }
     }
@@ -1459,7 +1489,7 @@ impl Store {
                 self.held.insert(a.start, h);
                 continue;
             }
-            let mut h = Held::new(a, huge)?;
+            let mut h = Held::new(a, huge, self.in_place)?;
             // Carried over from the old areas: the very pages the source counts as held.
             // (The old areas are apart, as these are: those that meet it, walking down.)
             for (_, o) in old.range(..a.end).rev().take_while(|(_, o)| o.area.end > a.start) {
@@ -1573,6 +1603,9 @@ impl Store {
     pub fn shared(areas: &[crate::res::treecow::Area]) -> Result<Store> {
         let total: u64 = areas.iter().map(|a| a.end - a.start).sum();
         let mut st = Store::new(total);
+        // (Every process's mappings are cleared of them before they are forked: see
+        // restore::shared_pages.)
+        st.in_place = false;
         let areas: Vec<(Area, bool)> =
             areas.iter().map(|a| (Area { start: a.start, end: a.end, noreserve: a.noreserve }, false)).collect();
         st.follow(&areas)?;
@@ -1625,18 +1658,35 @@ impl Store {
     /// process's mappings can be made where they were.
     pub fn clear_of(&mut self, vmas: &[Vma]) -> Result<()> {
         let ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
-        self.clear_of_ranges(&ranges)
+        // (One where the first process has it, which becomes that very mapping, stays: see
+        // `in_place`. The first process has no mapping an earlier one's pages make.)
+        let stays = |h: &Held| {
+            h.local == h.area.start
+                && vmas.iter().any(|v| {
+                    becomes(&h.area, v)
+                        && v.end == h.area.end
+                        && memory::private_anon(v)
+                        && v.flags & memory::VMA_KEPT_FIRST == 0
+                })
+        };
+        let stays: Vec<u64> = self.held.values().filter(|h| stays(h)).map(|h| h.area.start).collect();
+        self.clear_of_ranges_but(&ranges, &stays)
     }
 
     /// [`Store::clear_of`] for every range of `ranges`.
     pub fn clear_of_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<()> {
+        self.clear_of_ranges_but(ranges, &[])
+    }
+
+    /// [`Store::clear_of_ranges`], but for the areas that begin at one of `stays`.
+    fn clear_of_ranges_but(&mut self, ranges: &[(u64, u64)], stays: &[u64]) -> Result<()> {
         self.ours()?;
         let me = std::process::id() as i32;
         let mut avoid: Vec<(u64, u64)> = ranges.to_vec();
         avoid.extend(procfs::read_maps(me)?.iter().map(|m| (m.start, m.end)));
         for h in self.held.values_mut() {
             let len = h.area.end - h.area.start;
-            if !ranges.iter().any(|v| v.1 > h.local && v.0 < h.local + len) {
+            if stays.contains(&h.area.start) || !ranges.iter().any(|v| v.1 > h.local && v.0 < h.local + len) {
                 continue;
             }
             // Claimed first (MAP_FIXED_NOREPLACE): another thread of ours may have mapped
@@ -1686,16 +1736,18 @@ impl Store {
     /// a tree's processes after the first, whose mappings were not known before they were
     /// forked (the first's are cleared of in our own address space first: see
     /// [`Store::clear_of`]).
+    /// One that is in place already, to become the mapping there that `part` takes of it,
+    /// stays (see [`Store::in_place`]); `plans` is sorted by address.
     pub fn clear_there(
         &mut self,
         c: &mut crate::ptrace::Ctl,
-        ranges: &[(u64, u64)],
+        (ranges, plans, part): (&[(u64, u64)], &[memory::Plan], Part),
         avoid: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
         let mut l = crate::ptrace::calls::Calls::new();
         for h in self.held.values_mut() {
             let len = h.area.end - h.area.start;
-            if !ranges.iter().any(|v| v.1 > h.there && v.0 < h.there + len) {
+            if Self::in_place(h, plans, part) || !ranges.iter().any(|v| v.1 > h.there && v.0 < h.there + len) {
                 continue;
             }
             let free = find_free(avoid, len + HUGE)
@@ -1710,6 +1762,15 @@ impl Store {
         }
         let area = c.scratch.clone();
         c.run_at_once(&l, &area).map(drop)
+    }
+
+    /// Whether held area `h` is where the restored process has it, and becomes that mapping
+    /// (of those `part` takes, see [`Store::move_into`]), as big: it needs no move. (Placed
+    /// so by [`map_local`]; each move costs 8-17 us, and a runtime's heap is hundreds of
+    /// areas.)
+    fn in_place(h: &Held, plans: &[memory::Plan], part: Part) -> bool {
+        let len = h.area.end - h.area.start;
+        matched(h, plans).filter(|p| part.takes(p)).is_some_and(|p| h.there == p.vma.start && p.vma.len() == len)
     }
 
     /// Our mappings as the restored process has them, as (start, end): its to keep until it
@@ -1781,7 +1842,9 @@ impl Store {
             match matched(h, plans) {
                 Some(p) if part.takes(p) => {
                     let size = p.vma.end - p.vma.start;
-                    l.mremap_resized(there, len, size, h.area.start);
+                    if !Self::in_place(h, plans, part) {
+                        l.mremap_resized(there, len, size, h.area.start);
+                    }
                     // Past the end of a mapping that shrank: not the process's any more.
                     let within = (size.min(len) / PAGE) as usize;
                     h.state.map(within, usize::MAX, |_| 4);
@@ -2714,6 +2777,37 @@ mod tests {
         st.keep(&[(0x11000, 0x12000)]).unwrap();
         // SAFETY: a page of the store's own mapping.
         assert_eq!(unsafe { *((st.held[&0x10000].local + PAGE) as *const u8) }, 3);
+    }
+
+    /// An area is held where the process has it when that is free here; one that becomes
+    /// the very mapping the image has there stays for the restore, one the image maps
+    /// otherwise there (grown) moves out of its way, its pages with it; one whose place is
+    /// taken here is held elsewhere.
+    #[test]
+    fn an_area_is_held_in_place_and_stays_only_for_its_very_mapping() {
+        // A free range of ours, for the process's area.
+        let probe = map_anywhere(
+            Area { start: 0, end: 8 * PAGE, noreserve: false },
+            false,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+        .unwrap();
+        unmap_local(probe, 8 * PAGE);
+        let (start, end) = (probe + 2 * PAGE, probe + 4 * PAGE);
+        let mut st = store_with(start, end, (start, start + PAGE), 5);
+        assert_eq!(st.held[&start].local, start, "not held in place");
+        let vma = |end| Vma { start, end, kind: memory::KIND_ANON, ..Default::default() };
+        st.clear_of(&[vma(end)]).unwrap();
+        assert_eq!(st.held[&start].local, start, "moved out of its own mapping's way");
+        st.clear_of(&[vma(end + PAGE)]).unwrap();
+        let moved = st.held[&start].local;
+        assert!(moved + 2 * PAGE <= start || moved >= end + PAGE, "{moved:#x} still in the grown mapping's way");
+        // SAFETY: the store's own mapping, where it is now.
+        assert_eq!(unsafe { *(moved as *const u8) }, 5);
+        // Its place taken (by the store's own mapping of the first), a second is held elsewhere.
+        let mut other = Store::new(1 << 30);
+        other.follow(&[(Area { start: moved, end: moved + PAGE, noreserve: false }, false)]).unwrap();
+        assert_ne!(other.held[&moved].local, moved, "held over a mapping of ours");
     }
 
     /// A mapping of ours where the image has one moves elsewhere, its pages with it.

@@ -810,8 +810,11 @@ fn restore_one<R: Input>(
     // A tree's process after the first has the pages sent ahead of it where they were in
     // rstrt when it was forked, before its mappings were known: out of their way first.
     let ranges: Vec<(u64, u64)> = st.vmas.iter().map(|v| (v.start, v.end)).collect();
-    for s in store.iter_mut().map(|s| &mut **s).chain(bases.iter_mut().map(|b| &mut *b.0)) {
-        s.clear_there(&mut c, &ranges, &mut avoid)?;
+    if let Some(s) = store.as_deref_mut() {
+        s.clear_there(&mut c, (&ranges, &plans, Part::Own), &mut avoid)?;
+    }
+    for (s, b) in bases.iter_mut() {
+        s.clear_there(&mut c, (&ranges, &plans, Part::Base(b)), &mut avoid)?;
     }
 
     step("3");
