@@ -1390,7 +1390,8 @@ fn map_local(area: Area, huge: bool, in_place: bool) -> Result<u64> {
     let len = area.end - area.start;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if area.noreserve { libc::MAP_NORESERVE } else { 0 };
     let rw = libc::PROT_READ | libc::PROT_WRITE;
-    if !in_place {
+    let (low, high) = stack_zone();
+    if !in_place || (area.end > low && area.start < high) {
         return map_anywhere(area, huge, flags);
     }
     // SAFETY: a new anonymous mapping that replaces nothing (NOREPLACE): it fails, or lands at
@@ -1406,6 +1407,25 @@ fn map_local(area: Area, huge: bool, in_place: bool) -> Result<u64> {
         unmap_local(p, len);
     }
     map_anywhere(area, huge, flags)
+}
+
+/// Where our main thread's stack is and may grow (RLIMIT_STACK, at least 8 MiB, at most 1
+/// GiB, and the kernel's guard gap below it): no area is held there in place, or the stack
+/// could not grow. Empty if our stack is not found.
+fn stack_zone() -> (u64, u64) {
+    static ZONE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *ZONE.get_or_init(|| {
+        let maps = procfs::read_maps(std::process::id() as i32).unwrap_or_default();
+        let Some(s) = maps.iter().find(|m| m.name == "[stack]") else { return (0, 0) };
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the rlimit we own.
+        let limit = match unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut r) } {
+            0 => r.rlim_cur,
+            _ => 0,
+        };
+        let room = limit.clamp(8 << 20, 1 << 30) + (1 << 20);
+        (s.end.saturating_sub(room), s.end)
+    })
 }
 
 /// [`map_local`] where the kernel finds room, with mmap `flags`.
@@ -1681,12 +1701,20 @@ impl Store {
     /// [`Store::clear_of_ranges`], but for the areas that begin at one of `stays`.
     fn clear_of_ranges_but(&mut self, ranges: &[(u64, u64)], stays: &[u64]) -> Result<()> {
         self.ours()?;
+        let in_way = |h: &Held| {
+            let len = h.area.end - h.area.start;
+            !stays.contains(&h.area.start) && ranges.iter().any(|v| v.1 > h.local && v.0 < h.local + len)
+        };
+        // (Our own maps, hundreds of lines with as many areas, are read only if one must move.)
+        if !self.held.values().any(in_way) {
+            return Ok(());
+        }
         let me = std::process::id() as i32;
         let mut avoid: Vec<(u64, u64)> = ranges.to_vec();
         avoid.extend(procfs::read_maps(me)?.iter().map(|m| (m.start, m.end)));
         for h in self.held.values_mut() {
             let len = h.area.end - h.area.start;
-            if stays.contains(&h.area.start) || !ranges.iter().any(|v| v.1 > h.local && v.0 < h.local + len) {
+            if !in_way(h) {
                 continue;
             }
             // Claimed first (MAP_FIXED_NOREPLACE): another thread of ours may have mapped
@@ -2808,6 +2836,19 @@ mod tests {
         let mut other = Store::new(1 << 30);
         other.follow(&[(Area { start: moved, end: moved + PAGE, noreserve: false }, false)]).unwrap();
         assert_ne!(other.held[&moved].local, moved, "held over a mapping of ours");
+    }
+
+    /// Never in place where our main thread's stack may grow: it could not grow any more.
+    #[test]
+    fn no_area_is_held_where_our_stack_may_grow() {
+        let maps = procfs::read_maps(std::process::id() as i32).unwrap();
+        let stack = maps.iter().find(|m| m.name == "[stack]").expect("no [stack] of ours");
+        let (low, high) = stack_zone();
+        assert!(low < stack.start && high == stack.end, "{low:#x}-{high:#x} for {:#x}", stack.start);
+        let start = stack.start - 64 * PAGE;
+        let st = store_with(start, start + 2 * PAGE, (start, start + PAGE), 1);
+        let local = st.held[&start].local;
+        assert!(local + 2 * PAGE <= low || local >= high, "held at {local:#x}, where our stack grows");
     }
 
     /// A mapping of ours where the image has one moves elsewhere, its pages with it.
