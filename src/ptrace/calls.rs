@@ -209,6 +209,11 @@ impl Calls {
         self.query(libc::SYS_rt_sigaction, [V(sig as u64), V(0), V(0), V(8), V(0), V(0)], Some((2, 32)))
     }
 
+    /// pipe2(&fds, flags): its two ends (two ints), once its result is checked.
+    pub fn ask_pipe2(&mut self, flags: i32) -> Q {
+        self.query(libc::SYS_pipe2, [V(0), V(flags as u64), V(0), V(0), V(0), V(0)], Some((0, 8)))
+    }
+
     /// get_mempolicy(&mode, NULL, 0, 0, 0): the mode (an int).
     pub fn ask_mempolicy(&mut self) -> Q {
         self.query(libc::SYS_get_mempolicy, [V(0); 6], Some((0, 4)))
@@ -490,6 +495,63 @@ impl Calls {
         let at = self.keep_cstr(path.as_bytes());
         let args = [V(libc::AT_FDCWD as i64 as u64), At(at), V(flags as u32 as u64), V(0), V(0), V(0)];
         self.push(libc::SYS_openat, args, Box::new(check))
+    }
+
+    /// eventfd2(0, flags): a new eventfd, its counter 0.
+    pub fn eventfd(&mut self, flags: i32, what: &str) -> &mut Self {
+        self.must(libc::SYS_eventfd2, [0, flags as u64, 0, 0, 0, 0], "eventfd2", what.to_string())
+    }
+
+    /// epoll_create1(flags).
+    pub fn epoll_create(&mut self, flags: i32, what: &str) -> &mut Self {
+        self.must(libc::SYS_epoll_create1, [flags as u64, 0, 0, 0, 0, 0], "epoll_create1", what.to_string())
+    }
+
+    /// signalfd4(-1, mask, 8, flags): a new signalfd for the signals in `mask` (bit n-1 for
+    /// signal n).
+    pub fn signalfd(&mut self, mask: u64, flags: i32, what: &str) -> &mut Self {
+        let at = self.keep(&mask.to_le_bytes());
+        let args = [V(u64::MAX), At(at), V(8), V(flags as u64), V(0), V(0)];
+        self.push(libc::SYS_signalfd4, args, named("signalfd4", what.to_string()))
+    }
+
+    /// timerfd_create(clock, flags): a new, disarmed timerfd.
+    pub fn timerfd_create(&mut self, clock: u32, flags: i32, what: &str) -> &mut Self {
+        self.must(
+            libc::SYS_timerfd_create,
+            [clock as u64, flags as u64, 0, 0, 0, 0],
+            "timerfd_create",
+            what.to_string(),
+        )
+    }
+
+    /// inotify_init1(flags).
+    pub fn inotify_init(&mut self, flags: i32, what: &str) -> &mut Self {
+        self.must(libc::SYS_inotify_init1, [flags as u64, 0, 0, 0, 0, 0], "inotify_init1", what.to_string())
+    }
+
+    /// socket(AF_UNIX, ty | SOCK_CLOEXEC, 0).
+    pub fn unix_socket(&mut self, ty: u32, what: &str) -> &mut Self {
+        let ty = (ty as i32 | libc::SOCK_CLOEXEC) as u64;
+        self.must(libc::SYS_socket, [libc::AF_UNIX as u64, ty, 0, 0, 0, 0], "socket", what.to_string())
+    }
+
+    /// write(fd, data): all of it, or the list fails.
+    pub fn write_all(&mut self, fd: i32, data: &[u8], what: &str) -> &mut Self {
+        let at = self.keep(data);
+        let (len, what) = (data.len() as i64, what.to_string());
+        let args = [V(fd as u64), At(at), V(data.len() as u64), V(0), V(0), V(0)];
+        self.push(
+            libc::SYS_write,
+            args,
+            Box::new(move |r, who| match r {
+                r if r == len => Ok(()),
+                r if (-4095..0).contains(&r) => {
+                    Err(Error::sys(format!("write (in {who})"), what.clone(), Errno::from_raw(-r as i32)))
+                }
+                r => Err(Error::Proc(format!("{what}: {r} of {len} bytes written (in {who})"))),
+            }),
+        )
     }
 
     pub fn lseek_set(&mut self, fd: i32, pos: u64, what: &str) -> &mut Self {

@@ -253,29 +253,6 @@ impl Ctl<'_> {
             .map(|fd| fd as i32)
     }
 
-    /// eventfd2(0, flags): a new eventfd.
-    pub fn eventfd(&mut self, flags: i32, what: &str) -> Result<i32> {
-        self.call(libc::SYS_eventfd2, [0, flags as u64, 0, 0, 0, 0], "eventfd2", what).map(|fd| fd as i32)
-    }
-
-    /// epoll_create1(flags): a new epoll instance.
-    pub fn epoll_create(&mut self, flags: i32, what: &str) -> Result<i32> {
-        self.call(libc::SYS_epoll_create1, [flags as u64, 0, 0, 0, 0, 0], "epoll_create1", what).map(|fd| fd as i32)
-    }
-
-    /// signalfd4(-1, mask, 8, flags): a new signalfd for the signals in `mask` (bit n-1 for
-    /// signal n).
-    pub fn signalfd(&mut self, mask: u64, flags: i32, what: &str) -> Result<i32> {
-        let at = self.scratch.put(self.pid(), 0, &mask.to_le_bytes())?;
-        self.call(libc::SYS_signalfd4, [u64::MAX, at.0, 8, flags as u64, 0, 0], "signalfd4", what).map(|fd| fd as i32)
-    }
-
-    /// timerfd_create(clock, flags): a new, disarmed timerfd.
-    pub fn timerfd_create(&mut self, clock: u32, flags: i32, what: &str) -> Result<i32> {
-        self.call(libc::SYS_timerfd_create, [clock as u64, flags as u64, 0, 0, 0, 0], "timerfd_create", what)
-            .map(|fd| fd as i32)
-    }
-
     /// timerfd_settime(fd, flags, {interval, value}, NULL), times in nanoseconds; raw result.
     pub fn timerfd_settime_raw(&mut self, fd: i32, flags: u32, interval: u64, value: u64) -> Result<i64> {
         let mut e = Enc::new();
@@ -304,11 +281,6 @@ impl Ctl<'_> {
     pub fn read_discard_raw(&mut self, fd: i32, len: u64) -> Result<i64> {
         let at = self.scratch.addr;
         self.raw(libc::SYS_read, [fd as u64, at.0, len.min(self.scratch.len as u64), 0, 0, 0])
-    }
-
-    /// inotify_init1(flags): a new inotify instance.
-    pub fn inotify_init(&mut self, flags: i32, what: &str) -> Result<i32> {
-        self.call(libc::SYS_inotify_init1, [flags as u64, 0, 0, 0, 0, 0], "inotify_init1", what).map(|fd| fd as i32)
     }
 
     /// inotify_add_watch(fd, path, mask); raw result (the watch descriptor).

@@ -814,21 +814,18 @@ pub fn restore(
     // of the image, and each of its fds is one of them or made below, so no move there
     // lands on another.
     let mut placed = Calls::new();
+    // The process's own pipes, made in one go and moved above in another (see `own_pipes`).
+    let mut own: Vec<&super::pipes::Pipe> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == KIND_PIPE) {
-        if made.iter().any(|m| m.0 == f.id.ino) {
+        if made.iter().any(|m| m.0 == f.id.ino) || own.iter().any(|p| p.ino == f.id.ino) {
             continue;
         }
         let p = pipes.iter().find(|p| p.ino == f.id.ino).ok_or_else(|| {
             Error::Refused(format!("fd {} is pipe {} of which the image holds nothing: it is damaged", f.fd, f.id.ino))
         })?;
-        let (r, w) = super::pipes::create(c, p)?;
-        let what = format!("pipe:[{}]", p.ino);
-        let hr = c.fcntl(r, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
-        let hw = c.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32;
-        c.close(r, &what)?;
-        c.close(w, &what)?;
-        made.push((p.ino, hr, hw));
+        own.push(p);
     }
+    made.extend(own_pipes(c, &own, above)?);
     // Each FIFO opened once for both ends and filled, before its fds are opened by path (a
     // reader or writer then always finds the other end); closed at the end.
     let mut keepers: Vec<(u64, i32)> = Vec::new();
@@ -849,8 +846,8 @@ pub fn restore(
         }
         keepers.push((key, k));
     }
-    // Those opened by path, opened at the end in one go: (fd, path, open flags, what).
-    let mut by_path: Vec<(&Fd, String, u32, String)> = Vec::new();
+    // Those opened by path or made anew, at the end in one go: (fd, how, open flags, what).
+    let mut by_path: Vec<(&Fd, Make, u32, String)> = Vec::new();
     for f in fds.iter().filter(|f| !keep(f.fd)) {
         let (path, flags) = match f.kind {
             KIND_STDIO => ("/dev/null", libc::O_RDWR as u32),
@@ -880,30 +877,27 @@ pub fn restore(
             let &(_, _, raw) =
                 inherited.deleted.iter().find(|d| (d.0, d.1) == (f.id.dev, f.id.ino)).ok_or_else(damaged)?;
             let &(_, copy) = remade.iter().find(|r| r.0 == raw).ok_or_else(damaged)?;
-            by_path.push((f, format!("/proc/self/fd/{copy}"), open_flags, what));
+            by_path.push((f, Make::Path(format!("/proc/self/fd/{copy}")), open_flags, what));
             continue;
         } else if f.kind == KIND_STUB_PIPE {
             peerless(c, open_flags & access, &what)?
         } else if f.kind == KIND_PIPE {
+            // Put in place from its end above, with the others at the end: each end lies
+            // above every fd of the image until then.
             let &(_, r, w) = made.iter().find(|m| m.0 == f.id.ino).ok_or_else(|| Error::Proc(what.clone()))?;
             let end = if open_flags & access == libc::O_RDONLY as u32 { r } else { w };
-            c.fcntl(end, libc::F_DUPFD_CLOEXEC, 0, "fcntl(F_DUPFD_CLOEXEC)", &what)? as i32
-        } else if f.kind == KIND_EVENTFD {
-            let sem = if f.id.mode == 1 { libc::EFD_SEMAPHORE } else { 0 };
-            let e = c.eventfd(libc::EFD_CLOEXEC | sem, &what)?;
-            if f.pos > 0 && c.write_raw(e, &f.pos.to_le_bytes())? != 8 {
-                return Err(Error::Proc(format!("{what}: the counter {} could not be set", f.pos)));
+            placed.dup3(end, f.fd, if f.cloexec { libc::O_CLOEXEC } else { 0 }, &what);
+            if settable(open_flags) {
+                placed.fcntl(f.fd, libc::F_SETFL, open_flags as u64, "fcntl(F_SETFL)", &what);
             }
-            e
-        } else if f.kind == KIND_EPOLL {
-            c.epoll_create(libc::EPOLL_CLOEXEC, &what)?
-        } else if f.kind == KIND_SIGNALFD {
-            c.signalfd(f.pos, libc::SFD_CLOEXEC, &what)?
-        } else if f.kind == KIND_TIMERFD {
-            // Disarmed: TIMERFDS arms it once every fd exists.
-            c.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, &what)?
-        } else if f.kind == KIND_UNIXNEW {
-            c.unix_socket(f.id.mode, &what)?
+            continue;
+        } else if matches!(
+            f.kind,
+            KIND_EVENTFD | KIND_EPOLL | KIND_SIGNALFD | KIND_TIMERFD | KIND_UNIXNEW | KIND_INOTIFY
+        ) {
+            // Made anew, in one go with the others (see `make`).
+            by_path.push((f, Make::New, open_flags, what));
+            continue;
         } else if f.kind == KIND_NETLINK {
             let r = super::netlink::Route {
                 ty: f.id.mode,
@@ -932,10 +926,8 @@ pub fn restore(
                 e => e,
             })?;
             s
-        } else if f.kind == KIND_INOTIFY {
-            c.inotify_init(libc::IN_CLOEXEC, &what)?
         } else {
-            by_path.push((f, path.to_string(), open_flags, what));
+            by_path.push((f, Make::Path(path.to_string()), open_flags, what));
             continue;
         };
         if shared.is_some() {
@@ -979,14 +971,91 @@ pub fn restore(
     Ok(())
 }
 
-/// Opens the fds of `by_path` (fd, path, its open flags, what) in one go, moves them above
-/// every fd of the image (`above`) in another (an open lands on the lowest free fd, maybe one
-/// another of them is to go to), and adds to `placed` the calls that put each in place with
-/// its flags and offset. Each is opened non-blocking, without taking a terminal: the path was
-/// checked, but may name a FIFO by now, whose open would never return.
+/// Makes the pipes of `own` inside the restored process, each of its capacity and filled with
+/// its bytes, its ends moved above every fd of the image (`above`): in one go for all, and one
+/// more to move them (each remote syscall costs two context switches; a runtime's event loop
+/// holds several pipes, each end an fd). Returns (pipe, read end, write end) each, for the
+/// caller to dup to its fds and close.
+fn own_pipes(c: &mut Ctl, own: &[&super::pipes::Pipe], above: u64) -> Result<Vec<(u64, i32, i32)>> {
+    if own.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut l = Calls::new();
+    let qs: Vec<_> = own.iter().map(|_| l.ask_pipe2(libc::O_CLOEXEC)).collect();
+    let area = c.scratch.clone();
+    let a = c.ask_at_once(&l, &area)?;
+    let mut ends = Vec::with_capacity(own.len());
+    for (&q, p) in qs.iter().zip(own) {
+        let what = format!("pipe:[{}]", p.ino);
+        a.ok(q, "pipe2", &what)?;
+        let b: [u8; 8] = a.bytes(q);
+        ends.push((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])));
+    }
+    let mut up = Calls::new();
+    for (&(r, w), p) in ends.iter().zip(own) {
+        let what = format!("pipe:[{}]", p.ino);
+        if p.capacity != 65536 {
+            up.fcntl(w, libc::F_SETPIPE_SZ, p.capacity as u64, "fcntl(F_SETPIPE_SZ)", &what);
+        }
+        up.fcntl(r, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what);
+        up.fcntl(w, libc::F_DUPFD_CLOEXEC, above, "fcntl(F_DUPFD_CLOEXEC)", &what);
+        up.close(r, &what).close(w, &what);
+    }
+    let got = c.run_at_once(&up, &area)?;
+    // Each pipe's results: its F_SETPIPE_SZ (when made), its two copies, its two closes.
+    let mut k = 0;
+    let mut made = Vec::with_capacity(own.len());
+    for p in own {
+        k += usize::from(p.capacity != 65536);
+        let (hr, hw) = match (got.get(k), got.get(k + 1)) {
+            (Some(&hr), Some(&hw)) => (hr as i32, hw as i32),
+            _ => return Err(Error::Proc(format!("pipe:[{}]: not moved above the image's fds", p.ino))),
+        };
+        k += 4;
+        if !p.data.is_empty() {
+            super::pipes::write_all(c, hw, p, &format!("pipe:[{}]", p.ino))?;
+        }
+        made.push((p.ino, hr, hw));
+    }
+    Ok(made)
+}
+
+/// How [`open_by_path`] makes an fd: opened by its path, or made anew as its kind is (an
+/// eventfd, epoll instance, signalfd, timerfd, inotify instance or unix socket not yet bound
+/// nor connected: [`make`]).
+enum Make {
+    Path(String),
+    New,
+}
+
+/// The call that makes fd `f` anew (see [`Make::New`]), added to `l`: as its kind is, with
+/// what it was made with; what it holds comes later (an eventfd's counter, see
+/// [`open_by_path`]; a timerfd's time, an epoll instance's registrations, an inotify
+/// instance's watches: TIMERFDS, EPOLLS, INOTIFY).
+fn make(l: &mut Calls, f: &Fd, what: &str) -> Result<()> {
+    match f.kind {
+        KIND_EVENTFD => l.eventfd(libc::EFD_CLOEXEC | if f.id.mode == 1 { libc::EFD_SEMAPHORE } else { 0 }, what),
+        KIND_EPOLL => l.epoll_create(libc::EPOLL_CLOEXEC, what),
+        KIND_SIGNALFD => l.signalfd(f.pos, libc::SFD_CLOEXEC, what),
+        // Disarmed: TIMERFDS arms it once every fd exists.
+        KIND_TIMERFD => l.timerfd_create(f.id.mode, libc::TFD_CLOEXEC, what),
+        KIND_UNIXNEW => l.unix_socket(f.id.mode, what),
+        KIND_INOTIFY => l.inotify_init(libc::IN_CLOEXEC, what),
+        k => return Err(Error::Proc(format!("{what}: an fd of kind {k} is not made anew"))),
+    };
+    Ok(())
+}
+
+/// Opens or makes the fds of `by_path` (fd, how, its open flags, what) in one go, moves them
+/// above every fd of the image (`above`) in another (an open lands on the lowest free fd,
+/// maybe one another of them is to go to), and adds to `placed` the calls that put each in
+/// place with its flags and offset (an eventfd's counter). Each is opened non-blocking,
+/// without taking a terminal: the path was checked, but may name a FIFO by now, whose open
+/// would never return. (Each remote syscall costs two context switches: a runtime's event
+/// loop holds a dozen such fds, made in 2-3 ms one call at a time.)
 fn open_by_path(
     c: &mut Ctl,
-    by_path: &[(&Fd, String, u32, String)],
+    by_path: &[(&Fd, Make, u32, String)],
     above: u64,
     uid: u32,
     placed: &mut Calls,
@@ -996,7 +1065,14 @@ fn open_by_path(
     }
     let nonblock = (libc::O_NONBLOCK | libc::O_NOCTTY) as u32;
     let mut opens = Calls::new();
-    for (f, p, flags, what) in by_path {
+    for (f, how, flags, what) in by_path {
+        let p = match how {
+            Make::Path(p) => p,
+            Make::New => {
+                make(&mut opens, f, what)?;
+                continue;
+            }
+        };
         let (fd, path, what, mine) = (f.fd, p.clone(), what.clone(), matches!(f.kind, KIND_DELETED | KIND_MEMFD));
         opens.open_checked(p, (flags | nonblock) as i32, move |r, who| match r {
             0.. => Ok(()),
@@ -1026,6 +1102,9 @@ fn open_by_path(
         placed.close(u, what);
         if f.pos > 0 && matches!(f.kind, KIND_FILE | KIND_DIR | KIND_DELETED | KIND_MEMFD) {
             placed.lseek_set(f.fd, f.pos, what);
+        }
+        if f.pos > 0 && f.kind == KIND_EVENTFD {
+            placed.write_all(f.fd, &f.pos.to_le_bytes(), &format!("{what} (its counter, {})", f.pos));
         }
     }
     Ok(())

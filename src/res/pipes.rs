@@ -126,20 +126,16 @@ pub fn describe(all: &[Pipe]) -> Vec<String> {
         .collect()
 }
 
-/// Makes pipe `p` inside the restored process: a pipe of its capacity, filled with its bytes.
-/// Returns (read end, write end), close-on-exec, for the caller to dup to its fds and close.
-pub fn create(c: &mut Ctl, p: &Pipe) -> Result<(i32, i32)> {
-    let what = format!("pipe:[{}]", p.ino);
-    let (r, w) = c.pipe(&what)?;
-    fill(c, w, p, &what)?;
-    Ok((r, w))
-}
-
 /// Gives the pipe (or FIFO) whose write end is `w` the capacity and bytes of `p`.
 pub fn fill(c: &mut Ctl, w: i32, p: &Pipe, what: &str) -> Result<()> {
     if p.capacity != 65536 {
         c.fcntl(w, libc::F_SETPIPE_SZ, p.capacity as u64, "fcntl(F_SETPIPE_SZ)", what)?;
     }
+    write_all(c, w, p, what)
+}
+
+/// Writes the bytes of `p` into the pipe whose write end is `w` (of its capacity already).
+pub fn write_all(c: &mut Ctl, w: i32, p: &Pipe, what: &str) -> Result<()> {
     for chunk in p.data.chunks(4096) {
         let n = c.write_raw(w, chunk)?;
         if n != chunk.len() as i64 {

@@ -1,7 +1,7 @@
-/* Event objects target: a pipe the process holds both ends of, with 4 unread bytes; two
- * eventfds (one a semaphore) with counts; an epoll set watching all three (the pipe
- * edge-triggered) with 64-bit data; a thread blocked in epoll_wait on a second epoll set
- * watching another inner pipe; timerfds (a periodic one every 50 ms, a one-shot that expired
+/* Event objects target: a pipe the process holds both ends of, with 4 unread bytes and a
+ * capacity of 16 KiB; two eventfds (one a semaphore) with counts; an epoll set watching all
+ * three (the pipe edge-triggered) with 64-bit data; a thread blocked in epoll_wait on a
+ * second epoll set watching another inner pipe; timerfds (a periodic one every 50 ms, a one-shot that expired
  * unread, an absolute one an hour ahead on the real-time clock); a signalfd for SIGUSR2 and
  * SIGHUP (blocked, a SIGUSR2 queued with a value); an inotify instance watching the current
  * directory (wd 1) and the file "watched" in it (wd 3: a watch was removed in between); a FIFO
@@ -54,6 +54,8 @@ int main(int argc, char **argv) {
     int plainsem = argc > 1 && !strcmp(argv[1], "plainsem");
     int p[2]; pipe(p);
     write(p[1], "wake", 4);
+    /* A capacity of its own, which comes back with its bytes (the pipe made after it has none). */
+    fcntl(p[1], F_SETPIPE_SZ, 16384);
     int e = eventfd(42, EFD_CLOEXEC), s = eventfd(3, EFD_SEMAPHORE | EFD_NONBLOCK);
     int ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = 0x1111222233334444ULL};
@@ -121,6 +123,8 @@ int main(int argc, char **argv) {
     CHECK(nfd1 == nfd0 && top1 == top0, "fds: %d up to %d, were %d up to %d", nfd1, top1, nfd0, top0);
     char b[8] = {0};
     CHECK(read(p[0], b, sizeof b) == 4 && !memcmp(b, "wake", 4), "the pipe's bytes: %.4s", b);
+    CHECK(fcntl(p[0], F_GETPIPE_SZ) == 16384, "the pipe's capacity: %d", fcntl(p[0], F_GETPIPE_SZ));
+    CHECK(fcntl(q[0], F_GETPIPE_SZ) == 65536, "the second pipe's capacity: %d", fcntl(q[0], F_GETPIPE_SZ));
     uint64_t v = 0;
     CHECK(read(e, &v, 8) == 8 && v == 42, "eventfd count %llu", (unsigned long long)v);
     if (plainsem) {
