@@ -1,15 +1,17 @@
 /* Event objects target: a pipe the process holds both ends of, with 4 unread bytes and a
  * capacity of 16 KiB; two eventfds (one a semaphore) with counts; an epoll set watching all
  * three (the pipe edge-triggered) with 64-bit data; a thread blocked in epoll_wait on a
- * second epoll set watching another inner pipe; timerfds (a periodic one every 50 ms, a one-shot that expired
- * unread, an absolute one an hour ahead on the real-time clock); a signalfd for SIGUSR2 and
- * SIGHUP (blocked, a SIGUSR2 queued with a value); an inotify instance watching the current
- * directory (wd 1) and the file "watched" in it (wd 3: a watch was removed in between); a FIFO
- * "fifo" in it, opened for reading and for writing, with 5 unread bytes; and a
- * third epoll set over the periodic timer, the signalfd and the inotify instance. Prints
- * "ready PID", waits for a line on stdin, then checks that all of it is as it was, that the
- * blocked thread wakes when its pipe is written, that the timers tick, the signals come out of
- * the signalfd and the watches report under their own wds. Prints "ok" or "FAIL: what". */
+ * second epoll set watching another inner pipe; timerfds (a periodic one every 50 ms, a
+ * one-shot that expired unread, an absolute one an hour ahead on the real-time clock); a
+ * signalfd for SIGUSR2 and SIGHUP (blocked, a SIGUSR2 queued with a value); an inotify
+ * instance watching the current directory (wd 1) and the file "watched" in it (wd 3: a watch
+ * was removed in between); a FIFO "fifo" in it, opened for reading and for writing, with 5
+ * unread bytes; and a third epoll set over the periodic timer, the signalfd and the inotify
+ * instance. Prints "ready PID", waits for a line on stdin, then checks that all of it is as
+ * it was, that the blocked thread wakes when its pipe is written, that the timers tick, the
+ * signals come out of the signalfd and the watches report under their own wds. Prints "ok" or
+ * "FAIL: what".
+ */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
