@@ -83,6 +83,11 @@ impl Answers {
         u32::from_le_bytes(self.bytes(q))
     }
 
+    /// Query `q`'s answer as two fds (pipe2, socketpair).
+    pub fn fd_pair(&self, q: Q) -> (i32, i32) {
+        fd_pair(&self.bytes::<8>(q))
+    }
+
     /// Query `q`'s answer as `N` 64-bit words.
     pub fn words<const N: usize>(&self, q: Q) -> [u64; N] {
         let mut w = [0u64; N];
@@ -95,6 +100,12 @@ impl Answers {
         }
         w
     }
+}
+
+/// Two fds as the kernel writes them (pipe2, socketpair): two ints; -1 each if `b` is short.
+pub fn fd_pair(b: &[u8]) -> (i32, i32) {
+    let int = |i: usize| b.get(i..i + 4).and_then(|x| x.try_into().ok()).map_or(-1, i32::from_le_bytes);
+    (int(0), int(4))
 }
 
 /// The usual check: a failure names the syscall (`call`), the task and the object (`what`).
@@ -541,15 +552,16 @@ impl Calls {
         let at = self.keep(data);
         let (len, what) = (data.len() as i64, what.to_string());
         let args = [V(fd as u64), At(at), V(data.len() as u64), V(0), V(0), V(0)];
+        let failed = named("write", what.clone());
         self.push(
             libc::SYS_write,
             args,
-            Box::new(move |r, who| match r {
-                r if r == len => Ok(()),
-                r if (-4095..0).contains(&r) => {
-                    Err(Error::sys(format!("write (in {who})"), what.clone(), Errno::from_raw(-r as i32)))
+            Box::new(move |r, who| {
+                failed(r, who)?;
+                match r == len {
+                    true => Ok(()),
+                    false => Err(Error::Proc(format!("{what}: {r} of {len} bytes written (in {who})"))),
                 }
-                r => Err(Error::Proc(format!("{what}: {r} of {len} bytes written (in {who})"))),
             }),
         )
     }

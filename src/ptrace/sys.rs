@@ -298,7 +298,7 @@ impl Ctl<'_> {
         let out = self.scratch.addr;
         self.call(libc::SYS_pipe2, [out.0, libc::O_CLOEXEC as u64, 0, 0, 0, 0], "pipe2", what)?;
         let b = self.scratch.get(self.pid(), 0, 8)?;
-        Ok((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])))
+        Ok(super::calls::fd_pair(&b))
     }
 
     /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): both ends.
@@ -349,7 +349,7 @@ impl Ctl<'_> {
         let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
         self.call(libc::SYS_socketpair, [libc::AF_UNIX as u64, ty, 0, out.0, 0, 0], "socketpair", what)?;
         let b = self.scratch.get(self.pid(), 0, 8)?;
-        Ok((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])))
+        Ok(super::calls::fd_pair(&b))
     }
 
     /// write(fd, bytes) of a short buffer; raw result.

@@ -988,8 +988,7 @@ fn own_pipes(c: &mut Ctl, own: &[&super::pipes::Pipe], above: u64) -> Result<Vec
     for (&q, p) in qs.iter().zip(own) {
         let what = format!("pipe:[{}]", p.ino);
         a.ok(q, "pipe2", &what)?;
-        let b: [u8; 8] = a.bytes(q);
-        ends.push((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])));
+        ends.push(a.fd_pair(q));
     }
     let mut up = Calls::new();
     for (&(r, w), p) in ends.iter().zip(own) {
